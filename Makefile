@@ -1,0 +1,37 @@
+# Two commands for a new user: `make demo` and `make test`. Each sets itself up first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# On a machine without an NVIDIA GPU, pin the CPU build of torch first so no
+# multi-GB CUDA wheel is pulled in; with a GPU, pip picks the normal CUDA build.
+CPU_TORCH ?= torch==2.13.0
+ROOT   ?= ./sleepsound-demo
+DEMO_ARGS ?=
+
+.PHONY: setup demo test clean-demo
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "NVIDIA GPU found: installing the default (CUDA) torch"; \
+		$(PY) -m pip install -q -e ".[test]"; \
+	else \
+		echo "No GPU: installing $(CPU_TORCH) (CPU build) and pinning it"; \
+		$(PY) -m pip install -q "$(CPU_TORCH)" && \
+		echo "$(CPU_TORCH)" > $(VENV)/constraints.txt && \
+		$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[test]"; \
+	fi
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sleepsound demo --root $(ROOT) $(DEMO_ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean-demo:
+	rm -rf $(ROOT) .prefect

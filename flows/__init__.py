@@ -1,0 +1,1 @@
+"""Prefect flows: what runs, in which order. The only layer that knows the orchestrator."""

@@ -1,0 +1,107 @@
+"""One typed configuration for a run, loaded from YAML, overridable by environment and flags.
+
+Its hash is recorded beside every artifact it produced, and the preprocessing part's
+hash keys the embedding cache, so changing a filter setting re-embeds and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "SLEEPSOUND_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PreprocessConfig(_Section):
+    """The paper's preprocessing (method.md), in order."""
+
+    channel: Literal["Mic", "Tracheal"] = "Mic"
+    target_rate: int = 16_000
+    highpass_hz: float = 50.0
+    preemphasis: float = 0.97
+    epoch_seconds: float = 30.0
+    # An epoch is invalid when more than this many seconds of it have zero RMS.
+    max_zero_rms_seconds: float = 10.0
+    zero_rms_frame_seconds: float = 0.1
+    block_epochs: int = Field(4, ge=1, description="epochs decoded per streaming block")
+
+    def fingerprint(self) -> str:
+        return _hash(self.model_dump(exclude={"block_epochs"}))[:12]
+
+
+class BackboneConfig(_Section):
+    name: str = "whisper-tiny.en-offline"
+    layer: int = -1
+    pool_seconds: float = 0.5
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 8
+
+
+class TrainingConfig(_Section):
+    head: Literal["attention", "mlp"] = "attention"
+    context_epochs: Literal[1, 3] = 1
+    lr: float = 5e-5
+    min_lr: float = 2.5e-6
+    epochs: int = 5
+    batch_size: int = 32
+    test_fraction: float = 0.2
+    seed: int = 0
+
+
+class RayConfig(_Section):
+    address: str | None = None
+    num_cpus: int | None = None
+    embed_workers: int = 1
+    num_gpus_per_worker: float = 0.0
+
+
+class Config(_Section):
+    preprocess: PreprocessConfig = PreprocessConfig()
+    backbone: BackboneConfig = BackboneConfig()
+    training: TrainingConfig = TrainingConfig()
+    ray: RayConfig = RayConfig()
+
+    def fingerprint(self) -> str:
+        return _hash(self.model_dump())[:12]
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    section, _, key = dotted.partition(".")
+    if not key:
+        raise ValueError(f"override {dotted!r} must look like section.key=value")
+    data.setdefault(section, {})[key] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                environ: dict[str, str] | None = None) -> Config:
+    """YAML file, then ``SLEEPSOUND_SECTION__KEY`` variables, then ``section.key=value`` flags."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    env = os.environ if environ is None else environ
+    for name, value in env.items():
+        if name.startswith(ENV_PREFIX) and "__" in name:
+            section, key = name[len(ENV_PREFIX):].lower().split("__", 1)
+            if section in Config.model_fields:
+                _set_dotted(data, f"{section}.{key}", yaml.safe_load(value))
+    for item in overrides or []:
+        dotted, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        _set_dotted(data, dotted.strip(), yaml.safe_load(value))
+    return Config.model_validate(data)

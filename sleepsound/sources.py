@@ -1,0 +1,122 @@
+"""Find the recordings under a source, in either accepted layout, without reading audio.
+
+PSG-Audio: ``APNEA_EDF/<patient>/<patient>[001].edf`` parts (brackets possibly
+URL-encoded) and ``APNEA_RML/<patient>.rml``. Plain: ``<name>.wav|.flac`` with optional
+``<name>.stages.csv`` and ``<name>.events.csv`` beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from sleepsound.storage import full_uri, open_root
+
+PART_RE = re.compile(r"^(?P<patient>.+)\[(?P<part>\d{3})\]\.(?:edf|bdf)$", re.IGNORECASE)
+PLAIN_SUFFIXES = (".wav", ".flac")
+
+
+@dataclass
+class RecordingSource:
+    """Where one night's files are; ``labels_uri`` is None for unlabelled nights."""
+
+    recording_id: str
+    subject_id: str
+    layout: str  # "psg-audio" or "plain"
+    audio_uris: list[str]
+    part_numbers: list[int] = field(default_factory=list)
+    labels_uri: str | None = None
+    events_uri: str | None = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def discover(source: str, rml_folder: str = "APNEA_RML") -> list[RecordingSource]:
+    """List every recording under ``source``; a folder with no audio yields an empty list."""
+    fs, root = open_root(source)
+    if not fs.exists(root):
+        raise FileNotFoundError(f"source {source!r} does not exist")
+    if fs.isdir(posixpath.join(root, "APNEA_EDF")):
+        return _discover_psg_audio(fs, root, rml_folder)
+    return _discover_plain(fs, root)
+
+
+def _discover_psg_audio(fs: fsspec.AbstractFileSystem, root: str, rml_folder: str) -> list[RecordingSource]:
+    edf_root = posixpath.join(root, "APNEA_EDF")
+    found: list[RecordingSource] = []
+    for patient_dir in sorted(fs.ls(edf_root, detail=False)):
+        if not fs.isdir(patient_dir):
+            continue
+        patient = posixpath.basename(patient_dir.rstrip("/"))
+        parts: list[tuple[int, str]] = []
+        for path in fs.ls(patient_dir, detail=False):
+            match = PART_RE.match(unquote(posixpath.basename(path)))
+            if match:
+                parts.append((int(match["part"]), full_uri(fs, path)))
+        parts.sort()
+        rml = posixpath.join(root, rml_folder, f"{patient}.rml")
+        found.append(RecordingSource(
+            recording_id=patient, subject_id=patient.split("-")[0], layout="psg-audio",
+            audio_uris=[uri for _, uri in parts], part_numbers=[n for n, _ in parts],
+            labels_uri=full_uri(fs, rml) if fs.exists(rml) else None,
+        ))
+    return found
+
+
+def _discover_plain(fs: fsspec.AbstractFileSystem, root: str) -> list[RecordingSource]:
+    found: list[RecordingSource] = []
+    for path in sorted(fs.find(root)):
+        name = posixpath.basename(path)
+        if not name.lower().endswith(PLAIN_SUFFIXES):
+            continue
+        stem = name.rsplit(".", 1)[0]
+        folder = posixpath.dirname(path)
+        stages = posixpath.join(folder, f"{stem}.stages.csv")
+        events = posixpath.join(folder, f"{stem}.events.csv")
+        found.append(RecordingSource(
+            recording_id=stem, subject_id=stem, layout="plain", audio_uris=[full_uri(fs, path)],
+            part_numbers=[1],
+            labels_uri=full_uri(fs, stages) if fs.exists(stages) else None,
+            events_uri=full_uri(fs, events) if fs.exists(events) else None,
+        ))
+    return found
+
+
+@contextlib.contextmanager
+def local_copies(uris: list[str]) -> Iterator[list[str]]:
+    """Local paths for ``uris``: the files themselves when local, else verified downloads.
+
+    A download lands under a temporary name and is checked against the object's size
+    before use, so a partial transfer is never read as a complete file.
+    """
+    tmpdir: str | None = None
+    paths: list[str] = []
+    try:
+        for uri in uris:
+            fs, path = fsspec.core.url_to_fs(uri)
+            if isinstance(fs, LocalFileSystem):
+                paths.append(path)
+                continue
+            tmpdir = tmpdir or tempfile.mkdtemp(prefix="sleepsound-")
+            local = os.path.join(tmpdir, unquote(posixpath.basename(path)))
+            fs.get_file(path, local + ".part")
+            expected = fs.size(path)
+            if os.path.getsize(local + ".part") != expected:
+                raise OSError(f"{uri}: download incomplete ({os.path.getsize(local + '.part')} of {expected} bytes)")
+            os.replace(local + ".part", local)
+            paths.append(local)
+        yield paths
+    finally:
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)

@@ -1,0 +1,90 @@
+"""One storage root for every artifact: a local path, ``file://`` or ``s3://``.
+
+Everything goes through fsspec so the same code writes to a laptop disk and to object
+storage. Writes are atomic: a file is written aside and then moved into place (a local
+rename, or a single PUT on object stores, which is atomic per object), so a crash never
+leaves a half-written artifact where a reader would take it for complete.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import uuid
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+
+def open_root(root: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return the filesystem and the protocol-free path of a storage root."""
+    fs, path = fsspec.core.url_to_fs(root)
+    return fs, path.rstrip("/") or "/"
+
+
+def join(*parts: str) -> str:
+    """Join storage path parts with '/' whatever the platform."""
+    return posixpath.join(*parts)
+
+
+def full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """The URI a user (or another process) can open again: keeps ``s3://``."""
+    return fs.unstrip_protocol(path) if not isinstance(fs, LocalFileSystem) else path
+
+
+def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write aside then move into place, so readers never see a partial file."""
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if isinstance(fs, LocalFileSystem):
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with fs.open(tmp, "wb") as handle:
+            handle.write(data)
+        fs.mv(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
+    write_bytes_atomic(fs, path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
+    with fs.open(path, "rb") as handle:
+        return json.loads(handle.read())
+
+
+def write_table(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> None:
+    """Write one Parquet file atomically (zstd; small row groups stay readable by pandas)."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    write_bytes_atomic(fs, path, buffer.getvalue())
+
+
+def read_table(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
+    with fs.open(path, "rb") as handle:
+        return pq.read_table(handle)
+
+
+def read_tables(fs: fsspec.AbstractFileSystem, paths: list[str]) -> pa.Table | None:
+    """Concatenate many small Parquet files (None when there are none)."""
+    tables = [read_table(fs, p) for p in sorted(paths)]
+    return pa.concat_tables(tables, promote_options="default") if tables else None
+
+
+def list_files(fs: fsspec.AbstractFileSystem, path: str, suffix: str) -> list[str]:
+    """Files under ``path`` ending with ``suffix``; an absent folder is simply empty."""
+    if not fs.exists(path):
+        return []
+    return sorted(p for p in fs.find(path) if p.endswith(suffix))
+
+
+def table_to_pandas(table: pa.Table) -> pd.DataFrame:
+    """Plain numpy-backed pandas (Ray and pyarrow may hand back Arrow-backed dtypes)."""
+    return table.to_pandas(types_mapper=None)

@@ -1,0 +1,1 @@
+"""Prefect tasks: coarse steps that pass URIs and small manifests, never arrays."""
