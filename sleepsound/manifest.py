@@ -41,6 +41,12 @@ def read_manifest(root: str) -> pd.DataFrame:
     return read_table(fs, join(root_path, MANIFEST_FILE)).to_pandas()
 
 
+def read_manifest_rows(root: str) -> list[dict[str, Any]]:
+    """Manifest rows as plain Python values (None stays None, lists stay lists)."""
+    fs, root_path = open_root(root)
+    return read_table(fs, join(root_path, MANIFEST_FILE)).to_pylist()
+
+
 def quarantine(rows: list[dict[str, Any]], failed: dict[str, str]) -> list[dict[str, Any]]:
     """Mark recordings that failed after validation (for example while streaming)."""
     for row in rows:

@@ -1,0 +1,30 @@
+"""Embed every accepted recording not yet in the cache (Ray Data inside the task)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from sleepsound.config import Config
+from sleepsound.embedding import embed_cohort, embeddings_dir
+from sleepsound.manifest import quarantine, read_manifest_rows, write_manifest
+from sleepsound.storage import open_root
+
+
+@task(name="embed", retries=1, retry_delay_seconds=5)
+def embed(root: str, config: dict[str, Any], use_ray: bool = True) -> dict[str, Any]:
+    """A retry is cheap: recordings finished before a failure are cache hits."""
+    cfg = Config.model_validate(config)
+    rows = read_manifest_rows(root)
+    accepted = [r for r in rows if r["status"] == "accepted"]
+    stats = embed_cohort(accepted, root, cfg, use_ray=use_ray)
+    if stats.failed:
+        write_manifest(root, quarantine(rows, stats.failed))
+        for rec, reason in stats.failed.items():
+            get_run_logger().warning("quarantined %s while streaming: %s", rec, reason)
+    get_run_logger().info("embedded %d recordings (%d epochs), %d from cache, %d failed",
+                          len(stats.embedded), stats.epochs, len(stats.cached), len(stats.failed))
+    _, root_path = open_root(root)
+    return {"embedded": len(stats.embedded), "cached": len(stats.cached), "failed": len(stats.failed),
+            "epochs": stats.epochs, "cache": embeddings_dir(root_path, cfg)}

@@ -1,0 +1,26 @@
+"""Discover and validate a source, and write the manifest under the storage root."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from sleepsound.config import Config
+from sleepsound.manifest import build_manifest, write_manifest
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=[2, 10])
+def ingest(source: str, root: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Returns counts only; the manifest itself stays in storage."""
+    cfg = Config.model_validate(config)
+    rows = build_manifest(source, cfg.preprocess, use_ray=True)
+    path = write_manifest(root, rows)
+    quarantined = [r for r in rows if r["status"] != "accepted"]
+    logger = get_run_logger()
+    for row in quarantined:
+        logger.warning("quarantined %s: [%s] %s", row["recording_id"], row["reason_code"], row["reason"])
+    logger.info("manifest: %d discovered, %d accepted, %d quarantined",
+                len(rows), len(rows) - len(quarantined), len(quarantined))
+    return {"manifest": path, "discovered": len(rows), "accepted": len(rows) - len(quarantined),
+            "quarantined": len(quarantined)}

@@ -1,0 +1,73 @@
+"""Session-wide real services for the tests: one Prefect API, one S3 server, one Ray session.
+
+Environment variables are set before Prefect or Ray start, because Ray workers inherit
+the driver's environment at ``ray.init`` and Prefect reads its settings on import.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="sleepsound-tests-"))
+os.environ.update({
+    "PREFECT_HOME": str(_SESSION_DIR / "prefect"),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "SLEEPSOUND_CACHE": str(_SESSION_DIR / "cache"),
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "TOKENIZERS_PARALLELISM": "false",
+})
+os.environ.pop("PREFECT_API_URL", None)
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 API (moto's server) on loopback, reachable from Ray workers too."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_api(session_dir: Path) -> Iterator[str]:
+    from flows.local_prefect import local_prefect_api
+
+    with local_prefect_api(session_dir / "prefect") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_endpoint: str, prefect_api: str) -> Iterator[None]:
+    """One Ray session per test run, started after the endpoints are announced."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"AWS_ENDPOINT_URL": s3_endpoint, "PREFECT_API_URL": prefect_api}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(session_dir: Path) -> str:
+    from sleepsound.backbones.tiny import save_tiny_random_backbone
+
+    return str(save_tiny_random_backbone("whisper", session_dir / "tiny-whisper"))

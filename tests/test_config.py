@@ -1,0 +1,33 @@
+import pytest
+from pydantic import ValidationError
+
+from sleepsound.config import Config, load_config
+
+
+def test_defaults_follow_the_paper():
+    cfg = Config()
+    assert (cfg.preprocess.target_rate, cfg.preprocess.highpass_hz, cfg.preprocess.epoch_seconds) == (16_000, 50.0, 30.0)
+    assert cfg.preprocess.max_zero_rms_seconds == 10.0
+    assert (cfg.training.lr, cfg.training.min_lr, cfg.training.epochs) == (5e-5, 2.5e-6, 5)
+
+
+def test_yaml_then_env_then_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("preprocess:\n  highpass_hz: 60\ntraining:\n  epochs: 7\n")
+    env = {"SLEEPSOUND_TRAINING__EPOCHS": "9", "SLEEPSOUND_BACKBONE__LAYER": "2"}
+    cfg = load_config(path, ["backbone.layer=3"], environ=env)
+    assert cfg.preprocess.highpass_hz == 60 and cfg.training.epochs == 9 and cfg.backbone.layer == 3
+
+
+def test_preprocessing_fingerprint_tracks_only_what_changes_audio():
+    base = Config()
+    assert base.preprocess.fingerprint() == Config(training={"epochs": 1}).preprocess.fingerprint()
+    assert base.preprocess.fingerprint() == Config(preprocess={"block_epochs": 9}).preprocess.fingerprint()
+    assert base.preprocess.fingerprint() != Config(preprocess={"highpass_hz": 60}).preprocess.fingerprint()
+
+
+def test_unknown_keys_are_refused(tmp_path):
+    with pytest.raises(ValidationError):
+        load_config(None, ["preprocess.hipass=60"], environ={})
+    with pytest.raises(ValueError):
+        load_config(None, ["nonsense"], environ={})

@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+import soxr
+from scipy import signal
+
+from sleepsound.config import PreprocessConfig
+from sleepsound.preprocess import StreamingFilter, count_epochs, iter_epochs, normalise, zero_rms_seconds
+
+RATE = 48_000
+
+
+def _noise(seconds: float, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(int(seconds * RATE)).astype(np.float32)
+
+
+def _blocks(x: np.ndarray, size: int) -> list[np.ndarray]:
+    return [x[i:i + size] for i in range(0, len(x), size)]
+
+
+def test_streamed_filter_equals_whole_signal():
+    cfg = PreprocessConfig()
+    x = _noise(7.3)
+    whole = StreamingFilter(RATE, cfg).process(x, last=True)
+    streamed = StreamingFilter(RATE, cfg)
+    parts = [streamed.process(b) for b in _blocks(x, 12_345)] + [streamed.process(x[:0], last=True)]
+    joined = np.concatenate(parts)
+    assert len(joined) == len(whole) == len(soxr.resample(x, RATE, 16_000))
+    np.testing.assert_allclose(joined, whole, atol=1e-4)
+
+
+def test_highpass_removes_hum_and_keeps_breath_band():
+    cfg = PreprocessConfig(preemphasis=0.0)
+    t = np.arange(10 * 16_000) / 16_000
+    filt = StreamingFilter(16_000, cfg)
+    hum = filt.process(np.sin(2 * np.pi * 20 * t).astype(np.float32), last=True)
+    voice = StreamingFilter(16_000, cfg).process(np.sin(2 * np.pi * 1000 * t).astype(np.float32), last=True)
+    steady = slice(16_000, None)
+    assert hum[steady].std() < 0.25 * (1 / np.sqrt(2))   # a 2nd-order high-pass at 50 Hz: ~-16 dB at 20 Hz
+    assert voice[steady].std() == pytest.approx(1 / np.sqrt(2), rel=0.02)
+
+
+def test_biquad_matches_scipy_reference():
+    cfg = PreprocessConfig(preemphasis=0.0)
+    x = np.random.default_rng(1).standard_normal(16_000).astype(np.float32)
+    sos = signal.butter(2, 50, btype="highpass", fs=16_000, output="sos")
+    assert sos.shape == (1, 6)   # a single biquad, as in the paper
+    np.testing.assert_allclose(StreamingFilter(16_000, cfg).process(x), signal.sosfilt(sos, x), atol=1e-5)
+
+
+def test_preemphasis_carries_state_across_blocks():
+    cfg = PreprocessConfig(highpass_hz=1.0)
+    x = np.random.default_rng(2).standard_normal(32_000).astype(np.float32)
+    whole = StreamingFilter(16_000, cfg).process(x)
+    f = StreamingFilter(16_000, cfg)
+    np.testing.assert_allclose(np.concatenate([f.process(x[:1000]), f.process(x[1000:])]), whole, atol=1e-6)
+
+
+def test_zero_rms_counts_flat_frames_at_any_offset():
+    x = _noise(30)
+    x[RATE * 5: RATE * 17] = 0.25   # 12 s flat line with an EDF-style DC offset
+    assert zero_rms_seconds(x, RATE, 0.1) == pytest.approx(12.0, abs=0.1)
+    assert zero_rms_seconds(_noise(30) * 1e-6, RATE, 0.1) == 0.0   # quiet is not silent
+
+
+def test_epochs_are_cut_and_invalidated_by_the_zero_rms_rule():
+    cfg = PreprocessConfig()
+    x = _noise(125)
+    x[RATE * 31: RATE * 42] = 0.0      # 11 s of silence in epoch 1: invalid
+    x[RATE * 65: RATE * 74] = 0.0      # 9 s in epoch 2: still valid
+    epochs = list(iter_epochs(_blocks(x, RATE * 30 * 2), RATE, cfg))
+    assert [e.index for e in epochs] == [0, 1, 2, 3] == list(range(count_epochs(len(x), RATE, cfg)))
+    assert [e.valid for e in epochs] == [True, False, True, True]
+    assert "zero RMS" in epochs[1].reason
+    assert all(e.audio.shape == (480_000,) for e in epochs)
+    valid = epochs[0].audio
+    assert abs(valid.mean()) < 1e-3 and valid.std() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_block_size_does_not_change_epochs():
+    cfg = PreprocessConfig()
+    x = _noise(95, seed=3)
+    a = list(iter_epochs(_blocks(x, RATE * 30), RATE, cfg))
+    b = list(iter_epochs(_blocks(x, RATE * 90), RATE, cfg))
+    for ea, eb in zip(a, b, strict=True):
+        np.testing.assert_allclose(ea.audio, eb.audio, atol=1e-4)
+
+
+def test_normalise_leaves_silence_finite():
+    assert np.all(np.isfinite(normalise(np.zeros(100, dtype=np.float32))))
