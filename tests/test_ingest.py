@@ -1,0 +1,107 @@
+"""Discovery, validation and streaming of real files written by the project's generator."""
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from sleepsound.config import PreprocessConfig
+from sleepsound.epoching import read_epochs
+from sleepsound.manifest import build_manifest
+from sleepsound.sources import discover
+from sleepsound.synth.writers import generate_cohort
+
+CFG = PreprocessConfig()
+
+
+@pytest.fixture(scope="module")
+def psg_cohort(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("psg")
+    generate_cohort(out, n_subjects=2, hours=0.25, seed=3, sample_rate=16_000, part_seconds=300, cycle_minutes=15)
+    return out
+
+
+def _copy(src: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "cohort"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _by_id(rows):
+    return {r["recording_id"]: r for r in rows}
+
+
+def test_discovers_parts_in_order_with_their_annotations(psg_cohort):
+    found = discover(str(psg_cohort))
+    assert len(found) == 2
+    for src in found:
+        assert src.layout == "psg-audio" and src.part_numbers == [1, 2, 3]
+        assert [Path(u).name for u in src.audio_uris] == [f"{src.recording_id}[00{i}].edf" for i in (1, 2, 3)]
+        assert src.labels_uri.endswith(f"APNEA_RML/{src.recording_id}.rml")
+
+
+def test_url_encoded_part_names_are_understood(psg_cohort, tmp_path):
+    cohort = _copy(psg_cohort, tmp_path)
+    for edf in cohort.glob("APNEA_EDF/*/*.edf"):
+        edf.rename(edf.with_name(edf.name.replace("[", "%5B").replace("]", "%5D")))
+    rows = build_manifest(str(cohort), CFG)
+    assert [r["status"] for r in rows] == ["accepted", "accepted"]
+    assert all(r["n_epochs"] == 30 for r in rows)
+
+
+def test_every_recording_is_accepted_or_quarantined_with_a_reason(psg_cohort, tmp_path):
+    cohort = _copy(psg_cohort, tmp_path)
+    first, second = sorted(p.name for p in (cohort / "APNEA_EDF").iterdir())
+    (cohort / "APNEA_EDF" / first / f"{first}[002].edf").write_bytes(b"this is not an EDF file at all" * 10)
+    (cohort / "APNEA_RML" / f"{second}.rml").unlink()
+    empty = cohort / "APNEA_EDF" / "00000001-000001"
+    empty.mkdir()
+    (empty / "00000001-000001[001].edf").write_bytes(b"")
+    gap = cohort / "APNEA_EDF" / "00000002-000002"
+    shutil.copytree(cohort / "APNEA_EDF" / second, gap)
+    for edf in gap.iterdir():
+        edf.rename(gap / edf.name.replace(second, "00000002-000002"))
+    (gap / "00000002-000002[002].edf").unlink()
+
+    rows = _by_id(build_manifest(str(cohort), CFG))
+    assert len(rows) == 4
+    assert Counter(r["status"] for r in rows.values()) == {"accepted": 1, "quarantined": 3}
+    assert rows[first]["reason_code"] == "unreadable_edf" and f"{first}[002].edf" in rows[first]["reason"]
+    assert rows[second]["status"] == "accepted" and rows[second]["label_source"] == "none"
+    assert rows["00000001-000001"]["reason_code"] == "empty_file"
+    assert rows["00000002-000002"]["reason_code"] == "missing_part" and "[2]" in rows["00000002-000002"]["reason"]
+
+
+def test_plain_layout_faults(tmp_path):
+    out = tmp_path / "plain"
+    generate_cohort(out, n_subjects=1, hours=0.05, seed=4, sample_rate=16_000, layout="plain", cycle_minutes=10)
+    sf.write(out / "lowrate.wav", np.zeros(8000 * 40, dtype=np.float32), 8000)
+    (out / "broken.flac").write_bytes(b"fLaC-but-not-really")
+    rows = _by_id(build_manifest(str(out), CFG))
+    good = next(r for r in rows.values() if r["recording_id"] not in {"lowrate", "broken"})
+    assert good["status"] == "accepted" and good["label_source"] == "csv" and good["n_epochs"] == 6
+    assert rows["lowrate"]["reason_code"] == "low_sample_rate"
+    assert rows["broken"]["reason_code"] == "unreadable_audio" and "broken.flac" in rows["broken"]["reason"]
+    tracheal = _by_id(build_manifest(str(out), PreprocessConfig(channel="Tracheal")))
+    assert tracheal[good["recording_id"]]["reason_code"] == "channel_missing"
+
+
+def test_streamed_epochs_carry_labels_across_parts(psg_cohort):
+    rows = build_manifest(str(psg_cohort), CFG)
+    epochs = list(read_epochs(rows[0], CFG))
+    assert [e["epoch_index"] for e in epochs] == list(range(rows[0]["n_epochs"]))
+    assert all(e["error"] is None and e["audio"].shape == (480_000,) for e in epochs)
+    assert {e["stage3"] for e in epochs} <= {"Wake", "NREM", "REM"}
+    assert all(e["valid"] for e in epochs)
+
+
+def test_a_night_that_breaks_while_streaming_yields_one_error_row(psg_cohort, tmp_path):
+    cohort = _copy(psg_cohort, tmp_path)
+    rows = build_manifest(str(cohort), CFG)
+    part = Path(rows[0]["source_uris"][1])
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])   # truncated after validation
+    out = list(read_epochs(rows[0], CFG))
+    assert out[-1]["error"] and out[-1]["epoch_index"] == -1
