@@ -1,0 +1,328 @@
+"""Philips Sleepware RML (PSG-Audio annotations): reader and writer side by side.
+
+The synthetic generator writes RML with :func:`write_rml` and every reader goes through
+:func:`parse_rml`, so the two cannot drift apart. The reader never raises on content it
+does not know: unknown elements, stage types and event types are kept (events) or
+mapped to ``UNS`` (stages) and described in ``RmlAnnotations.unknown``. It raises
+:class:`RmlError` only when the file is not RML at all.
+
+Security note: RML is trusted lab data, but it is still parsed defensively. ``xml.etree``
+(expat) never fetches external entities or DTDs; on top of that any document that
+declares entities (``<!ENTITY``) is refused, so no entity is ever expanded.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import BinaryIO
+
+from sleepsound.labels import EPOCH_SECONDS, RML_STAGE_TO_5, STAGE5_TO_RML, UNSCORED
+
+RML_NAMESPACE = "http://www.respironics.com/PatientStudy.xsd"
+_Q = f"{{{RML_NAMESPACE}}}"
+STAGING_ELEMENT = "NeuroAdultAASMStaging"
+
+# Event types the PSG-Audio description names; anything else is kept and reported.
+KNOWN_EVENT_TYPES: frozenset[str] = frozenset({
+    "ObstructiveApnea", "CentralApnea", "MixedApnea", "Hypopnea", "PeriodicRespiration",
+    "Snore", "RelativeDesaturation", "Arousal", "RERA", "LegMovement", "ChannelFail",
+})
+_KNOWN_TOP_LEVEL = frozenset({"Acquisition", "ChannelConfig", "ScoringData"})
+
+RmlSource = str | os.PathLike[str] | bytes | BinaryIO
+
+
+class RmlError(Exception):
+    """An annotation file that is not usable RML at all (bad XML, wrong root or namespace)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RmlEvent:
+    """One scored event; ``machine`` marks device-scored (``Machine="true"``) events."""
+
+    family: str
+    type: str
+    start_s: float
+    duration_s: float
+    machine: bool = False
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.duration_s
+
+
+@dataclass
+class RmlAnnotations:
+    """What an RML file says about one night; times in seconds from the start of part [001]."""
+
+    recording_start: datetime | None = None
+    duration_s: float | None = None
+    segment_durations_s: list[float] = field(default_factory=list)
+    channels: list[str] = field(default_factory=list)
+    stage_changes: list[tuple[float, str]] = field(default_factory=list)  # UserStaging only
+    events: list[RmlEvent] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+
+    def scored_seconds(self) -> float | None:
+        """End of the staged night: the last ``Stage`` element marks the end of the recording."""
+        return self.stage_changes[-1][0] if self.stage_changes else None
+
+
+# ----------------------------------------------------------------------------- reading
+
+def _read_source(source: RmlSource) -> tuple[bytes, str]:
+    if isinstance(source, bytes | bytearray):
+        return bytes(source), "<bytes>"
+    if hasattr(source, "read"):
+        data = source.read()  # type: ignore[union-attr]
+        name = str(getattr(source, "name", "<stream>"))
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        return data, name
+    path = os.fspath(source)  # type: ignore[arg-type]
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(), path
+    except OSError as exc:
+        raise RmlError(path, f"cannot read the RML file ({exc.strerror or exc})") from exc
+
+
+def _float(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def parse_rml(source: RmlSource) -> RmlAnnotations:
+    """Read an RML file (path, bytes or binary file object) into :class:`RmlAnnotations`."""
+    data, name = _read_source(source)
+    if b"<!ENTITY" in data:
+        raise RmlError(name, "the document declares XML entities; refused (RML never needs them)")
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as exc:
+        raise RmlError(name, f"not well-formed XML ({exc})") from exc
+    if root.tag != f"{_Q}PatientStudy":
+        raise RmlError(name, f"root element is {root.tag!r}; expected PatientStudy in namespace {RML_NAMESPACE}")
+
+    ann = RmlAnnotations()
+    notes: Counter[str] = Counter()
+    for child in root:
+        if _local(child.tag) not in _KNOWN_TOP_LEVEL or not child.tag.startswith(_Q):
+            notes[f"element <{_local(child.tag)}> under PatientStudy ignored"] += 1
+
+    session = root.find(f"{_Q}Acquisition/{_Q}Sessions/{_Q}Session")
+    if session is not None:
+        _read_session(session, ann, notes)
+    for channel in root.iterfind(f"{_Q}ChannelConfig/{_Q}Channels/{_Q}Channel"):
+        label = channel.findtext(f"{_Q}Label")
+        if label is None:
+            notes["Channel without Label ignored"] += 1
+        else:
+            ann.channels.append(label.strip())
+    scoring = root.find(f"{_Q}ScoringData")
+    if scoring is not None:
+        _read_events(scoring, ann, notes)
+        _read_user_staging(scoring, ann, notes)
+    ann.unknown = [f"{text} (x{count})" if count > 1 else text for text, count in notes.items()]
+    return ann
+
+
+def _read_session(session: ET.Element, ann: RmlAnnotations, notes: Counter[str]) -> None:
+    start = session.findtext(f"{_Q}RecordingStart")
+    if start is not None:
+        try:
+            ann.recording_start = datetime.fromisoformat(start.strip())
+        except ValueError:
+            notes[f"RecordingStart {start.strip()!r} is not an ISO date-time"] += 1
+    duration = session.findtext(f"{_Q}Duration")
+    if duration is not None:
+        ann.duration_s = _float(duration)
+        if ann.duration_s is None:
+            notes[f"Session Duration {duration.strip()!r} is not a number"] += 1
+    for segment in session.iterfind(f"{_Q}Segments/{_Q}Segment"):
+        value = _float(segment.findtext(f"{_Q}Duration"))
+        if value is None:
+            notes["Segment without a numeric Duration ignored"] += 1
+        else:
+            ann.segment_durations_s.append(value)
+
+
+def _read_events(scoring: ET.Element, ann: RmlAnnotations, notes: Counter[str]) -> None:
+    events = scoring.find(f"{_Q}Events")
+    if events is None:
+        return
+    for element in events:
+        if element.tag != f"{_Q}Event":
+            notes[f"element <{_local(element.tag)}> under Events ignored"] += 1
+            continue
+        family = element.get("Family", "")
+        etype = element.get("Type", "")
+        start = _float(element.get("Start"))
+        if start is None:
+            notes[f"event {family}/{etype} without a numeric Start dropped"] += 1
+            continue
+        duration = _float(element.get("Duration"))
+        if duration is None or duration < 0:
+            notes[f"event {family}/{etype} without a valid Duration kept with duration 0"] += 1
+            duration = 0.0
+        if etype not in KNOWN_EVENT_TYPES:
+            notes[f"event type {etype!r} (family {family!r}) not known; kept"] += 1
+        machine = element.get("Machine", "false").strip().lower() == "true"
+        ann.events.append(RmlEvent(family, etype, start, duration, machine))
+
+
+def _read_user_staging(scoring: ET.Element, ann: RmlAnnotations, notes: Counter[str]) -> None:
+    user = scoring.find(f"{_Q}StagingData/{_Q}UserStaging")
+    if user is None:
+        if scoring.find(f"{_Q}StagingData/{_Q}MachineStaging") is not None:
+            notes["no UserStaging; MachineStaging is present but never used"] += 1
+        return
+    staging = user.find(f"{_Q}{STAGING_ELEMENT}")
+    if staging is None:
+        others = [child for child in user if child.find(f"{_Q}Stage") is not None]
+        if not others:
+            notes["UserStaging holds no Stage elements"] += 1
+            return
+        staging = others[0]
+        notes[f"UserStaging uses <{_local(staging.tag)}> instead of <{STAGING_ELEMENT}>; read anyway"] += 1
+    for stage in staging:
+        if stage.tag != f"{_Q}Stage":
+            notes[f"element <{_local(stage.tag)}> under {_local(staging.tag)} ignored"] += 1
+            continue
+        stype = stage.get("Type", "")
+        start = _float(stage.get("Start"))
+        if start is None:
+            notes[f"Stage {stype!r} without a numeric Start dropped"] += 1
+            continue
+        if stype not in RML_STAGE_TO_5:
+            notes[f"stage type {stype!r} not known; its epochs are marked {UNSCORED}"] += 1
+        ann.stage_changes.append((start, stype))
+    ann.stage_changes.sort(key=lambda change: change[0])
+
+
+def stages_per_epoch(ann: RmlAnnotations, n_epochs: int | None = None) -> list[str]:
+    """Expand UserStaging change points onto the 30-s grid as 5-class names (``UNS`` where unscored).
+
+    Each Stage holds until the next; the last Stage only marks the end of the recording.
+    Without ``n_epochs`` the list covers the staged night; with it, the list is padded
+    with ``UNS`` or cut to exactly ``n_epochs``. Unknown types become ``UNS`` and are
+    noted in ``ann.unknown``.
+    """
+    changes = ann.stage_changes
+    if not changes:
+        return [UNSCORED] * (n_epochs or 0)
+    if len(changes) == 1:
+        # A single Stage cannot also mark the end; let it hold to the end we are told.
+        end_s = (n_epochs if n_epochs is not None else 1) * EPOCH_SECONDS
+        bounds = [(changes[0][0], end_s, changes[0][1])]
+    else:
+        bounds = [(start, nxt, stype) for (start, stype), (nxt, _) in zip(changes[:-1], changes[1:], strict=True)]
+        end_s = changes[-1][0]
+    total = n_epochs if n_epochs is not None else max(0, math.ceil(end_s / EPOCH_SECONDS - 1e-9))
+    stages = [UNSCORED] * total
+    off_grid = 0
+    for start, stop, stype in bounds:
+        if abs(start / EPOCH_SECONDS - round(start / EPOCH_SECONDS)) > 1e-6:
+            off_grid += 1
+        stage5 = RML_STAGE_TO_5.get(stype, UNSCORED)
+        if stype not in RML_STAGE_TO_5:
+            note = f"stage type {stype!r} not known; its epochs are marked {UNSCORED}"
+            if not any(item.startswith(note) for item in ann.unknown):
+                ann.unknown.append(note)
+        first = max(0, int(math.floor(start / EPOCH_SECONDS + 1e-6)))
+        last = min(total, int(math.ceil(stop / EPOCH_SECONDS - 1e-6)))
+        for index in range(first, last):
+            stages[index] = stage5
+    if off_grid:
+        note = f"{off_grid} Stage start(s) not on the 30-s grid; floored to the epoch"
+        if note not in ann.unknown:
+            ann.unknown.append(note)
+    return stages
+
+
+# ----------------------------------------------------------------------------- writing
+
+def stage_changes_from_epochs(stages: Sequence[str], epoch_seconds: float = EPOCH_SECONDS) -> list[tuple[float, str]]:
+    """5-class stages per epoch -> RML change points, ending with the end-of-recording Stage."""
+    changes: list[tuple[float, str]] = []
+    previous: str | None = None
+    for index, stage in enumerate(stages):
+        if stage != previous:
+            changes.append((index * epoch_seconds, STAGE5_TO_RML[stage]))
+            previous = stage
+    if stages:
+        changes.append((len(stages) * epoch_seconds, STAGE5_TO_RML[stages[-1]]))
+    return changes
+
+
+def format_seconds(value: float) -> str:
+    """Compact decimal text for seconds ("2888.5", "30"), exact to the millisecond."""
+    text = f"{value:.3f}".rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
+def _staging(parent: ET.Element, tag: str, changes: Sequence[tuple[float, str]]) -> None:
+    block = ET.SubElement(ET.SubElement(parent, f"{_Q}{tag}"), f"{_Q}{STAGING_ELEMENT}")
+    for start, stype in changes:
+        ET.SubElement(block, f"{_Q}Stage", {"Type": stype, "Start": format_seconds(start)})
+
+
+def rml_bytes(ann: RmlAnnotations, machine_stage_changes: Sequence[tuple[float, str]] | None = None) -> bytes:
+    """Serialise annotations as RML (UTF-8, indented); deterministic for the same input."""
+    ET.register_namespace("", RML_NAMESPACE)
+    root = ET.Element(f"{_Q}PatientStudy")
+    session = ET.SubElement(ET.SubElement(ET.SubElement(root, f"{_Q}Acquisition"), f"{_Q}Sessions"), f"{_Q}Session")
+    if ann.recording_start is not None:
+        ET.SubElement(session, f"{_Q}RecordingStart").text = ann.recording_start.isoformat(timespec="seconds")
+    if ann.duration_s is not None:
+        ET.SubElement(session, f"{_Q}Duration").text = format_seconds(ann.duration_s)
+    segments = ET.SubElement(session, f"{_Q}Segments")
+    for duration in ann.segment_durations_s:
+        ET.SubElement(ET.SubElement(segments, f"{_Q}Segment"), f"{_Q}Duration").text = format_seconds(duration)
+    channels = ET.SubElement(ET.SubElement(root, f"{_Q}ChannelConfig"), f"{_Q}Channels")
+    for index, label in enumerate(ann.channels):
+        ET.SubElement(ET.SubElement(channels, f"{_Q}Channel", {"EdfSignal": str(index)}), f"{_Q}Label").text = label
+    scoring = ET.SubElement(root, f"{_Q}ScoringData")
+    events = ET.SubElement(scoring, f"{_Q}Events")
+    for event in ann.events:
+        attrs = {"Family": event.family, "Type": event.type, "Start": format_seconds(event.start_s),
+                 "Duration": format_seconds(event.duration_s)}
+        if event.machine:
+            attrs["Machine"] = "true"
+        ET.SubElement(events, f"{_Q}Event", attrs)
+    staging = ET.SubElement(scoring, f"{_Q}StagingData", {"StagingDisplay": "NeuroAdultAASM"})
+    _staging(staging, "UserStaging", ann.stage_changes)
+    if machine_stage_changes is not None:
+        _staging(staging, "MachineStaging", machine_stage_changes)
+    ET.indent(root, space=" ")
+    buffer = io.BytesIO()
+    ET.ElementTree(root).write(buffer, encoding="utf-8", xml_declaration=True)
+    return buffer.getvalue() + b"\n"
+
+
+def write_rml(path: str | os.PathLike[str], ann: RmlAnnotations,
+              machine_stage_changes: Sequence[tuple[float, str]] | None = None) -> None:
+    """Write ``ann`` as an RML file (``unknown`` is not written: it describes a reading)."""
+    with open(path, "wb") as handle:
+        handle.write(rml_bytes(ann, machine_stage_changes))

@@ -1,0 +1,160 @@
+"""RML reader/writer: round trip, change-point expansion, tolerance of the unknown, clear errors."""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sleepsound.io.rml import (
+    RML_NAMESPACE,
+    RmlAnnotations,
+    RmlError,
+    RmlEvent,
+    parse_rml,
+    rml_bytes,
+    stage_changes_from_epochs,
+    stages_per_epoch,
+    write_rml,
+)
+from sleepsound.labels import STAGES_5, UNSCORED
+
+NS = RML_NAMESPACE
+
+# The example from psg-audio-format.md, completed where it elides.
+SPEC_EXAMPLE = f"""<?xml version="1.0" encoding="utf-8"?>
+<PatientStudy xmlns="{NS}">
+ <Acquisition><Sessions><Session>
+   <RecordingStart>2019-03-04T22:10:00</RecordingStart>
+   <Duration>25200</Duration>
+   <Segments><Segment><Duration>3600</Duration></Segment><Segment><Duration>3600</Duration></Segment></Segments>
+ </Session></Sessions></Acquisition>
+ <ChannelConfig><Channels><Channel EdfSignal="18"><Label>Mic</Label></Channel>
+   <Channel EdfSignal="19"><Label>Tracheal</Label></Channel></Channels></ChannelConfig>
+ <ScoringData>
+  <Events>
+   <Event Family="Respiratory" Type="ObstructiveApnea" Start="2888.5" Duration="13.5"/>
+   <Event Family="Respiratory" Type="Hypopnea" Start="3120.0" Duration="21.0"/>
+   <Event Family="Nasal" Type="Snore" Start="3301.2" Duration="1.4"/>
+   <Event Family="Neuro" Type="Arousal" Start="3400" Duration="5" Machine="true"/>
+  </Events>
+  <StagingData StagingDisplay="NeuroAdultAASM">
+   <UserStaging><NeuroAdultAASMStaging>
+    <Stage Type="Wake" Start="0"/>
+    <Stage Type="NonREM1" Start="630"/>
+    <Stage Type="NonREM2" Start="720"/>
+    <Stage Type="NonREM4" Start="780"/>
+    <Stage Type="REM" Start="840"/>
+    <Stage Type="NotScored" Start="870"/>
+    <Stage Type="Wake" Start="900"/>
+   </NeuroAdultAASMStaging></UserStaging>
+   <MachineStaging><NeuroAdultAASMStaging>
+    <Stage Type="REM" Start="0"/>
+    <Stage Type="REM" Start="900"/>
+   </NeuroAdultAASMStaging></MachineStaging>
+  </StagingData>
+ </ScoringData>
+</PatientStudy>
+"""
+
+
+def test_spec_example_parses_with_user_staging_only(tmp_path: Path) -> None:
+    path = tmp_path / "x.rml"
+    path.write_text(SPEC_EXAMPLE)
+    ann = parse_rml(path)
+    assert ann.recording_start == datetime(2019, 3, 4, 22, 10)
+    assert ann.duration_s == 25200
+    assert ann.segment_durations_s == [3600, 3600]
+    assert ann.channels == ["Mic", "Tracheal"]
+    assert ann.events[0] == RmlEvent("Respiratory", "ObstructiveApnea", 2888.5, 13.5, False)
+    assert ann.events[3].machine and not ann.events[2].machine
+    assert ann.stage_changes[0] == (0.0, "Wake") and ann.stage_changes[-1] == (900.0, "Wake")
+    stages = stages_per_epoch(ann)
+    # 630 s of wake = 21 epochs, then N1 x3, N2 x2, N3 (NonREM4) x2, REM x1, NotScored x1; the last Stage ends it.
+    assert stages == ["W"] * 21 + ["N1"] * 3 + ["N2"] * 2 + ["N3"] * 2 + ["R"] + [UNSCORED]
+    assert "R" not in stages[:21]  # MachineStaging (all REM) was not used
+    assert ann.unknown == []
+
+
+def test_stages_per_epoch_pads_and_truncates() -> None:
+    ann = RmlAnnotations(stage_changes=[(0.0, "Wake"), (60.0, "NonREM2"), (120.0, "NonREM2")])
+    assert stages_per_epoch(ann) == ["W", "W", "N2", "N2"]
+    assert stages_per_epoch(ann, 6) == ["W", "W", "N2", "N2", UNSCORED, UNSCORED]
+    assert stages_per_epoch(ann, 3) == ["W", "W", "N2"]
+    assert stages_per_epoch(RmlAnnotations(), 2) == [UNSCORED, UNSCORED]
+
+
+def test_unknown_stage_type_becomes_unscored_and_is_reported() -> None:
+    xml = SPEC_EXAMPLE.replace('Type="NonREM1" Start="630"', 'Type="Movement" Start="630"')
+    ann = parse_rml(xml.encode())
+    stages = stages_per_epoch(ann)
+    assert stages[21:24] == [UNSCORED] * 3
+    assert any("Movement" in note for note in ann.unknown)
+
+
+def test_unknown_elements_and_events_are_kept_or_reported_never_raised() -> None:
+    xml = SPEC_EXAMPLE.replace(
+        "<Events>",
+        '<Events><Event Family="User" Type="Comment" Start="10" Duration="0"/>'
+        '<Event Family="Respiratory" Type="Hypopnea" Duration="12"/>'
+        '<Event Family="Respiratory" Type="Hypopnea" Start="50" Duration="oops"/><Marker/>',
+    ).replace("<Acquisition>", "<Patient><Name>x</Name></Patient><Acquisition>")
+    ann = parse_rml(io.BytesIO(xml.encode()))
+    types = [e.type for e in ann.events]
+    assert "Comment" in types  # unknown type kept
+    assert RmlEvent("Respiratory", "Hypopnea", 50.0, 0.0) in ann.events  # bad duration -> 0, kept
+    assert len(ann.events) == 4 + 2  # the event without a Start was dropped
+    joined = " | ".join(ann.unknown)
+    for fragment in ("'Comment'", "without a numeric Start", "valid Duration", "<Marker>", "<Patient>"):
+        assert fragment in joined
+
+
+@pytest.mark.parametrize("payload, fragment", [
+    (b"<PatientStudy><unclosed></PatientStudy>", "not well-formed"),
+    (b'<PatientStudy xmlns="http://example.com/other.xsd"/>', "PatientStudy"),
+    (f'<Study xmlns="{NS}"/>'.encode(), "root element"),
+    (b"<PatientStudy/>", "namespace"),
+    (f'<!DOCTYPE x [<!ENTITY a "b">]><PatientStudy xmlns="{NS}">&a;</PatientStudy>'.encode(), "entities"),
+    (b"", "not well-formed"),
+])
+def test_not_rml_raises_rml_error_naming_the_file(tmp_path: Path, payload: bytes, fragment: str) -> None:
+    path = tmp_path / "broken.rml"
+    path.write_bytes(payload)
+    with pytest.raises(RmlError) as info:
+        parse_rml(path)
+    assert str(path) in str(info.value) and info.value.path == str(path)
+    assert fragment in info.value.message
+
+
+def test_missing_file_is_an_rml_error(tmp_path: Path) -> None:
+    with pytest.raises(RmlError, match="missing.rml"):
+        parse_rml(tmp_path / "missing.rml")
+
+
+def test_write_then_parse_round_trips(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    stages = [STAGES_5[i] for i in rng.integers(0, 5, 200)]
+    events = [RmlEvent("Respiratory", "ObstructiveApnea", 100.5, 23.4),
+              RmlEvent("Respiratory", "Hypopnea", 1234.567, 10.0),
+              RmlEvent("Nasal", "Snore", 2000.1, 1.4),
+              RmlEvent("Limb", "LegMovement", 3000.0, 2.0, machine=True)]
+    ann = RmlAnnotations(recording_start=datetime(2020, 5, 7, 23, 1, 2), duration_s=6000.0,
+                         segment_durations_s=[3600.0, 2400.0], channels=["SpO2", "Mic", "Tracheal"],
+                         stage_changes=stage_changes_from_epochs(stages), events=events)
+    machine = stage_changes_from_epochs(["W"] * 200)
+    path = tmp_path / "rt.rml"
+    write_rml(path, ann, machine)
+    back = parse_rml(path)
+    assert back == ann
+    assert stages_per_epoch(back) == stages
+    assert rml_bytes(ann, machine) == path.read_bytes()  # deterministic serialisation
+    assert b"<MachineStaging>" in path.read_bytes()
+
+
+def test_stage_changes_end_with_the_end_of_recording() -> None:
+    changes = stage_changes_from_epochs(["W", "W", "N1", "R"])
+    assert changes == [(0.0, "Wake"), (60.0, "NonREM1"), (90.0, "REM"), (120.0, "REM")]
+    assert stage_changes_from_epochs([]) == []
