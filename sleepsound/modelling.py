@@ -85,7 +85,9 @@ def predict_recordings(root: str, cfg: Config, run_id: str, model: dict[str, Any
         data = load_embedded(root, cfg, accepted[accepted["recording_id"] == row.recording_id])
         epochs = _all_epochs(root, cfg, row.recording_id)
         table = _prediction_table(head, data, epochs, cfg, split, model["version"])
-        write_table(fs, join(out_dir, f"recording_id={row.recording_id}", "part-0.parquet"), table)
+        # Hive partitioning: the folder name carries recording_id, so the file must not.
+        write_table(fs, join(out_dir, f"recording_id={row.recording_id}", "part-0.parquet"),
+                    table.drop_columns(["recording_id"]))
     return out_dir
 
 

@@ -53,6 +53,8 @@ def embeddings_schema(n_frames: int, dim: int) -> pa.Schema:
     ])
 
 
+# Written hive-partitioned (``predictions/recording_id=<id>/part-0.parquet``): the folder
+# carries ``recording_id`` and the files hold the other columns.
 PREDICTIONS = pa.schema([
     ("recording_id", pa.string()),
     ("subject_id", pa.string()),

@@ -1,0 +1,19 @@
+"""Metrics on held-out nights, night summaries and the HTML report for a run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from sleepsound.config import Config
+from sleepsound.results import write_run_outputs
+
+
+@task(name="report")
+def report(root: str, config: dict[str, Any], run_id: str, model: dict[str, Any],
+           predicted: dict[str, Any]) -> dict[str, Any]:
+    cfg = Config.model_validate(config)
+    meta = {"run_id": run_id, "backbone": cfg.backbone.name, "config_hash": cfg.fingerprint(),
+            "recordings_accepted": predicted["accepted"], "recordings_quarantined": predicted["quarantined"]}
+    return write_run_outputs(root, run_id, model, meta)

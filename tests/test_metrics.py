@@ -1,0 +1,101 @@
+"""Metrics against hand-computed small examples."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import cohen_kappa_score
+
+from sleepsound.metrics import (
+    PAPER_30S_HUBERT,
+    confusion_counts,
+    evaluate,
+    majority_class,
+    per_class_table,
+    row_normalise,
+)
+
+C = ["Wake", "NREM", "REM"]
+# Counts, rows true: Wake [1 1 0], NREM [1 3 0], REM [0 2 0]; REM is never predicted.
+TRUE = ["Wake", "Wake", "NREM", "NREM", "NREM", "NREM", "REM", "REM"]
+PRED = ["Wake", "NREM", "NREM", "NREM", "NREM", "Wake", "NREM", "NREM"]
+
+
+def test_confusion_counts_and_row_normalised() -> None:
+    counts = confusion_counts(TRUE, PRED, C)
+    assert counts.tolist() == [[1, 1, 0], [1, 3, 0], [0, 2, 0]]
+    norm = row_normalise(counts)
+    assert norm.tolist() == [[0.5, 0.5, 0.0], [0.25, 0.75, 0.0], [0.0, 1.0, 0.0]]
+    empty_row = row_normalise(np.array([[2, 0], [0, 0]]))
+    assert empty_row[0].tolist() == [1.0, 0.0] and np.isnan(empty_row[1]).all()
+
+
+def test_per_class_table_by_hand() -> None:
+    table = per_class_table(TRUE, PRED, C)
+    assert isinstance(table, pd.DataFrame)
+    assert list(table.columns) == ["SE", "SP", "PPV", "NPV"] and list(table.index) == C
+    # Wake: TP 1, FN 1, FP 1, TN 5
+    assert table.loc["Wake"].tolist() == pytest.approx([1 / 2, 5 / 6, 1 / 2, 5 / 6])
+    # NREM: TP 3, FN 1, FP 3, TN 1
+    assert table.loc["NREM"].tolist() == pytest.approx([3 / 4, 1 / 4, 3 / 6, 1 / 2])
+    # REM: TP 0, FN 2, FP 0, TN 6 -> PPV is 0/0: NaN, not an exception
+    rem = table.loc["REM"]
+    assert rem["SE"] == 0.0 and rem["SP"] == 1.0 and rem["NPV"] == pytest.approx(6 / 8)
+    assert math.isnan(rem["PPV"])
+
+
+def test_class_absent_from_truth_gives_nan_sensitivity() -> None:
+    table = per_class_table(["Wake", "NREM"], ["Wake", "REM"], C)
+    assert math.isnan(table.loc["REM", "SE"]) and table.loc["REM", "PPV"] == 0.0
+
+
+def test_evaluate_by_hand() -> None:
+    m = evaluate(TRUE, PRED, C, majority_class="NREM")
+    assert m["n_epochs"] == 8 and m["support"] == [2, 4, 2]
+    assert m["accuracy"] == pytest.approx(0.5)
+    # po = 0.5; pe = (2*2 + 4*6 + 2*0) / 64 = 0.4375; kappa = 0.0625 / 0.5625
+    assert m["kappa"] == pytest.approx(1 / 9)
+    assert m["kappa"] == pytest.approx(cohen_kappa_score(TRUE, PRED, labels=C))
+    # F1: Wake 0.5, NREM 2*0.5*0.75/1.25 = 0.6, REM 0
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.6 + 0.0) / 3)
+    # Baseline predicts NREM everywhere: accuracy 4/8, F1 NREM = 2*0.5*1/1.5, others 0
+    assert m["baseline_class"] == "NREM" and m["baseline_from"] == "training"
+    assert m["baseline_accuracy"] == pytest.approx(0.5)
+    assert m["baseline_macro_f1"] == pytest.approx((2 / 3) / 3)
+    assert m["baseline_kappa"] == pytest.approx(0.0)
+    assert m["confusion"] == [[1, 1, 0], [1, 3, 0], [0, 2, 0]]
+    assert m["confusion_normalised"][1] == [0.25, 0.75, 0.0]
+    rem = next(r for r in m["per_class"] if r["class"] == "REM")
+    assert math.isnan(rem["PPV"])
+
+
+def test_baseline_uses_the_training_majority() -> None:
+    # Training majority Wake, although NREM dominates the held-out labels.
+    m = evaluate(TRUE, PRED, C, majority_class=majority_class(["Wake", "Wake", "REM"], C))
+    assert m["baseline_class"] == "Wake" and m["baseline_accuracy"] == pytest.approx(2 / 8)
+    assert evaluate(TRUE, PRED, C)["baseline_from"] == "held-out"
+    assert majority_class(["REM", "Wake"], C) == "Wake"  # ties go to the earlier class
+
+
+def test_undefined_kappa_and_bad_labels() -> None:
+    m = evaluate(["NREM"] * 4, ["NREM"] * 4, C, "NREM")
+    assert m["accuracy"] == 1.0 and math.isnan(m["kappa"])
+    with pytest.raises(ValueError, match="N2"):
+        evaluate(["Wake", "N2"], ["Wake", "Wake"], C, "Wake")
+    with pytest.raises(ValueError):
+        confusion_counts(["Wake"], ["Wake", "REM"], C)
+    assert confusion_counts([], [], C).sum() == 0
+
+
+def test_kappa_matches_sklearn_on_random_labels() -> None:
+    rng = np.random.default_rng(0)
+    t, p = rng.choice(C, 300, p=[0.2, 0.7, 0.1]), rng.choice(C, 300)
+    assert evaluate(t, p, C, "NREM")["kappa"] == pytest.approx(cohen_kappa_score(t, p))
+
+
+def test_paper_reference_row() -> None:
+    assert PAPER_30S_HUBERT["Wake"] == {"SE": 0.81, "SP": 0.76, "PPV": 0.24, "NPV": 0.98}
+    assert PAPER_30S_HUBERT["NREM"]["NPV"] == 0.17 and PAPER_30S_HUBERT["REM"]["PPV"] == 0.06
