@@ -45,7 +45,9 @@ class BackboneConfig(_Section):
     pool_seconds: float = 0.5
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = 8
+    batch_size: int = Field(8, ge=1, description="epochs per model forward pass")
+    cpu_threads: int | None = Field(
+        None, ge=1, description="torch threads per model actor on CPU (default: the node's cores / embed_workers)")
 
 
 class TrainingConfig(_Section):
@@ -60,9 +62,14 @@ class TrainingConfig(_Section):
 
 
 class RayConfig(_Section):
+    """Resources of the Ray stages. Logical CPUs only schedule work: on a 2-core machine the
+    coordinating task (0.1), the reader (0.5) and one model actor (1) must fit together."""
+
     address: str | None = None
     num_cpus: int | None = None
-    embed_workers: int = 1
+    embed_workers: int = Field(1, ge=1, description="model actors (one per GPU on GPU nodes)")
+    embed_cpus: float = Field(1.0, gt=0, description="logical CPUs each model actor holds")
+    read_cpus: float = Field(0.5, gt=0, description="logical CPUs each streaming reader task holds")
     num_gpus_per_worker: float = 0.0
 
 

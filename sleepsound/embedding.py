@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -73,17 +74,24 @@ def epochs_path(root: str, cfg: Config, recording_id: str) -> str:
 class EmbedStage:
     """Model stage: loads the backbone once per worker, embeds the valid rows of a batch."""
 
-    def __init__(self, backbone: dict[str, Any]) -> None:
+    def __init__(self, backbone: dict[str, Any], workers_per_node: int = 1) -> None:
         from sleepsound.backbones.registry import load_backbone
 
         cfg = BackboneConfig.model_validate(backbone)
         self.batch_size = cfg.batch_size
+        device = resolve_device(cfg.device)
+        if device == "cpu":
+            # Ray pins OMP_NUM_THREADS to the actor's logical CPUs (1); the model is the heavy
+            # part of the pipeline, so give it the node's cores shared among its actors.
+            import torch
+
+            torch.set_num_threads(cfg.cpu_threads or max(1, (os.cpu_count() or 1) // max(1, workers_per_node)))
         self.backbone = load_backbone(cfg.name, layer=cfg.layer, pool_seconds=cfg.pool_seconds,
-                                      device=resolve_device(cfg.device), dtype=cfg.dtype)
+                                      device=device, dtype=cfg.dtype)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         audio = batch.pop("audio")
-        valid = np.asarray(batch["valid"], dtype=bool) & np.array([e is None for e in batch["error"]])
+        valid = np.asarray(batch["valid"], dtype=bool) & ~np.array([_text(e) is not None for e in batch["error"]])
         out: np.ndarray | None = None
         rows = np.flatnonzero(valid)
         for start in range(0, len(rows), self.batch_size):
@@ -166,11 +174,21 @@ def is_cached(root: str, cfg: Config, row: dict[str, Any]) -> bool:
             and fs.exists(embeddings_path(root_path, cfg, row["recording_id"], row["sha256"])))
 
 
+# Text columns of an epoch row; Ray's Arrow -> numpy conversion may turn their nulls into NaN.
+_TEXT_COLUMNS = frozenset({"recording_id", "subject_id", "stage5", "stage3", "invalid_reason", "error"})
+
+
+def _text(value: Any) -> str | None:
+    """A text cell as ``str``, or None for null (None, NaN, empty)."""
+    return value if isinstance(value, str) and value else None
+
+
 def _batches_to_rows(batches: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, Any]]:
     for batch in batches:
         names = list(batch)
         for i in range(len(batch[names[0]])):
-            yield {name: _scalar(batch[name][i]) for name in names}
+            yield {name: _text(batch[name][i]) if name in _TEXT_COLUMNS else _scalar(batch[name][i])
+                   for name in names}
 
 
 def _scalar(value: Any) -> Any:
@@ -226,16 +244,45 @@ def _ray_pipeline(todo: list[dict[str, Any]], cfg: Config, backbone: dict[str, A
     # Manifest rows hold lists; Ray Data items must be plain dicts of plain values.
     items = [{"row": json.dumps(r, default=str)} for r in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.flat_map(partial(_read_item, preprocess=cfg.preprocess.model_dump()), num_cpus=1)
+    ds = ds.map_batches(partial(_read_items, preprocess=cfg.preprocess.model_dump()), batch_size=1,
+                        batch_format="numpy", num_cpus=cfg.ray.read_cpus)
     ds = ds.map_batches(
-        EmbedStage, fn_constructor_kwargs={"backbone": backbone}, batch_size=cfg.backbone.batch_size,
-        batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.ray.embed_workers),
-        num_gpus=cfg.ray.num_gpus_per_worker or None, num_cpus=1,
+        EmbedStage, fn_constructor_kwargs={"backbone": backbone, "workers_per_node": cfg.ray.embed_workers}, batch_size=cfg.backbone.batch_size,
+        batch_format="numpy", concurrency=cfg.ray.embed_workers,
+        num_gpus=cfg.ray.num_gpus_per_worker or None, num_cpus=cfg.ray.embed_cpus,
     )
     yield from _batches_to_rows(ds.iter_batches(batch_size=64, batch_format="numpy"))
 
 
-def _read_item(item: dict[str, Any], preprocess: dict[str, Any]) -> Iterator[dict[str, Any]]:
+# Every block the reader emits has this schema, so an unlabelled night (all-null stages)
+# and a labelled one (strings) form one dataset; the audio travels as a tensor column.
+_TRANSPORT_FIELDS: list[tuple[str, pa.DataType]] = [
+    ("recording_id", pa.string()), ("subject_id", pa.string()), ("epoch_index", pa.int32()),
+    ("start_s", pa.float64()), ("stage5", pa.string()), ("stage3", pa.string()), ("valid", pa.bool_()),
+    ("invalid_reason", pa.string()), ("zero_rms_s", pa.float32()), ("n_epochs", pa.int32()),
+    ("error", pa.string()),
+]
+
+
+def _transport_table(rows: list[dict[str, Any]]) -> pa.Table:
+    from ray.data.extensions import ArrowTensorArray
+
+    columns = {name: pa.array([r[name] for r in rows], type=kind) for name, kind in _TRANSPORT_FIELDS}
+    columns["audio"] = ArrowTensorArray.from_numpy(np.stack([r["audio"] for r in rows]))
+    return pa.table(columns)
+
+
+def _read_items(items: dict[str, np.ndarray], preprocess: dict[str, Any]) -> Iterator[pa.Table]:
+    """Ray Data CPU stage: manifest rows in, blocks of ``block_epochs`` preprocessed epochs out."""
     from sleepsound.config import PreprocessConfig
 
-    yield from read_epochs(json.loads(item["row"]), PreprocessConfig.model_validate(preprocess))
+    cfg = PreprocessConfig.model_validate(preprocess)
+    for item in items["row"]:
+        rows: list[dict[str, Any]] = []
+        for row in read_epochs(json.loads(str(item)), cfg):
+            rows.append(row)
+            if len(rows) == cfg.block_epochs:
+                yield _transport_table(rows)
+                rows = []
+        if rows:
+            yield _transport_table(rows)

@@ -1,0 +1,80 @@
+"""The whole workflow as a real Prefect flow on a real Ray session, on local disk and on S3."""
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import s3fs
+
+from sleepsound.config import Config
+from sleepsound.synth.writers import generate_cohort
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    """Five short nights, plus one corrupt night and one night without labels."""
+    out = tmp_path_factory.mktemp("flow-cohort")
+    generate_cohort(out, n_subjects=6, hours=0.25, seed=11, sample_rate=16_000, part_seconds=600, cycle_minutes=15)
+    patients = sorted(p.name for p in (out / "APNEA_EDF").iterdir())
+    (out / "APNEA_EDF" / patients[0] / f"{patients[0]}[001].edf").write_bytes(b"\x00garbage" * 64)
+    (out / "APNEA_RML" / f"{patients[1]}.rml").unlink()
+    return out
+
+
+def _config(tiny_whisper: str) -> dict:
+    return Config.model_validate({
+        "backbone": {"name": tiny_whisper, "batch_size": 4},
+        "training": {"lr": 3e-3, "min_lr": 1e-4, "epochs": 8, "batch_size": 16},
+    }).model_dump()
+
+
+def test_flow_on_local_disk(cohort, tiny_whisper, tmp_path):
+    from flows.pipeline import run_pipeline_on_ray
+
+    root = str(tmp_path / "root")
+    result = run_pipeline_on_ray(str(cohort), root, _config(tiny_whisper), run_id="t1")
+    patients = sorted(p.name for p in (cohort / "APNEA_EDF").iterdir())
+    counts = result["counts"]
+    assert (counts["discovered"], counts["accepted"], counts["quarantined"]) == (6, 5, 1)
+
+    manifest = pd.read_parquet(Path(root) / "manifest" / "manifest.parquet")
+    bad = manifest.set_index("recording_id").loc[patients[0]]
+    assert bad["status"] == "quarantined" and bad["reason_code"] == "unreadable_edf"
+    assert f"{patients[0]}[001].edf" in bad["reason"]
+
+    preds = pd.read_parquet(Path(root) / "runs" / "t1" / "predictions")
+    assert set(preds["recording_id"].astype(str)) == set(patients[1:])
+    unlabelled = preds[preds["recording_id"].astype(str) == patients[1]]
+    assert (unlabelled["split"] == "unlabelled").all() and unlabelled["stage_true"].isna().all()
+    assert unlabelled["stage_pred"].notna().all()
+    assert {"prob_wake", "prob_nrem", "prob_rem", "model_version", "start_s"} <= set(preds.columns)
+    assert (preds["split"] == "test").any()
+    assert not preds.duplicated(["recording_id", "epoch_index"]).any()
+
+    assert (Path(root) / "runs" / "t1" / "report" / "index.html").read_text().count("<img") >= 2
+    summaries = pd.read_parquet(Path(root) / "runs" / "t1" / "summaries")
+    assert {"total_sleep_time_min", "sleep_efficiency"} <= set(summaries.columns)
+    assert 0 <= result["metrics"]["macro_f1"] <= 1
+
+    again = run_pipeline_on_ray(str(cohort), root, _config(tiny_whisper), run_id="t2")
+    assert again["counts"]["embedded"] == 0 and again["counts"]["cached"] == 5
+
+
+def test_flow_with_storage_root_on_s3(cohort, tiny_whisper, tmp_path):
+    from flows.pipeline import run_pipeline_on_ray
+
+    s3 = s3fs.S3FileSystem()
+    s3.mkdir("sleepsound-flow")
+    source = tmp_path / "source"
+    shutil.copytree(cohort, source)
+    s3.put(str(source) + "/", "sleepsound-flow/source/", recursive=True)
+    result = run_pipeline_on_ray("s3://sleepsound-flow/source", "s3://sleepsound-flow/root",
+                                 _config(tiny_whisper), run_id="s3run")
+    assert result["counts"]["accepted"] == 5
+    assert s3.exists("sleepsound-flow/root/manifest/manifest.parquet")
+    assert s3.exists("sleepsound-flow/root/runs/s3run/report/index.html")
+    preds = pd.read_parquet("s3://sleepsound-flow/root/runs/s3run/predictions")
+    assert preds["recording_id"].nunique() == 5
