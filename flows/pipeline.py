@@ -8,10 +8,12 @@ they start are never starved of the cores they need.
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime, timezone
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
@@ -28,15 +30,25 @@ COORDINATOR_CPUS = 0.1
 def pipeline(source: str, root: str, config: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Score a source end to end; returns the small summary the CLI prints."""
     logger = get_run_logger()
+    seconds: dict[str, float] = {}
+
+    def step(name: str, submitted: Any) -> Any:
+        started = time.perf_counter()
+        result = submitted.result()
+        seconds[name] = round(time.perf_counter() - started, 2)
+        return result
+
     with remote_options(num_cpus=COORDINATOR_CPUS):
-        ingested = ingest.submit(source, root, config).result()
-        embedded = embed.submit(root, config).result()
-        model = train.submit(root, config, run_id).result()
-        predicted = predict.submit(root, config, run_id, model).result()
-        reported = report.submit(root, config, run_id, model, predicted).result()
-    logger.info("run %s finished: report at %s", run_id, reported["report"])
+        ingested = step("ingest", ingest.submit(source, root, config))
+        embedded = step("embed", embed.submit(root, config))
+        model = step("train", train.submit(root, config, run_id))
+        predicted = step("predict", predict.submit(root, config, run_id, model))
+        reported = step("report", report.submit(root, config, run_id, model, predicted))
+    logger.info("run %s finished in %s: report at %s", run_id, seconds, reported["report"])
     return {
         "run_id": run_id,
+        "prefect_flow_run": {"id": str(flow_run.id), "name": flow_run.name},
+        "seconds": seconds,
         "counts": {**ingested, **embedded, "quarantined": predicted["quarantined"],
                    "accepted": predicted["accepted"]},
         "model": model,

@@ -119,6 +119,27 @@ def demo(
     _print_results(result)
 
 
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option(help="Port of the Prefect UI on 127.0.0.1.")] = 4200,
+) -> None:
+    """Browse the flow and task runs of local runs in Prefect's UI (state kept in ./.prefect)."""
+    import os
+    import subprocess
+
+    from flows.local_prefect import OFFLINE_ENV
+
+    home = Path(".prefect").resolve()
+    if not home.exists():
+        console.print("[red]no local Prefect state in ./.prefect:[/red] run `sleepsound run` or `sleepsound demo` first")
+        raise typer.Exit(2)
+    console.print(f"Prefect UI at http://127.0.0.1:{port} (Ctrl-C to stop)")
+    env = {**os.environ, **OFFLINE_ENV, "PREFECT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                      "--port", str(port)], env=env))
+
+
 def _run_flow(source: str, root: str, config: dict, ray_address: str | None, run_id: str | None) -> dict:
     from flows.local_prefect import local_prefect_api
 
@@ -143,6 +164,10 @@ def _print_results(result: dict) -> None:
     console.print(f"report:      {result['report']}")
     console.print(f"predictions: {result['predictions']}")
     console.print(f"summaries:   {result['summaries']}")
+    steps = ", ".join(f"{name} {sec:.0f} s" for name, sec in result["seconds"].items())
+    console.print(f"steps:       {steps}")
+    run = result["prefect_flow_run"]
+    console.print(f"Prefect:     flow run {run['name']} ({run['id']}); browse it with `sleepsound ui`")
 
 
 def main() -> None:  # pragma: no cover - entry point

@@ -59,8 +59,26 @@ def test_flow_on_local_disk(cohort, tiny_whisper, tmp_path):
     assert {"total_sleep_time_min", "sleep_efficiency"} <= set(summaries.columns)
     assert 0 <= result["metrics"]["macro_f1"] <= 1
 
+    _assert_prefect_recorded(result["prefect_flow_run"]["id"])
+    assert set(result["seconds"]) == {"ingest", "embed", "train", "predict", "report"}
+
     again = run_pipeline_on_ray(str(cohort), root, _config(tiny_whisper), run_id="t2")
     assert again["counts"]["embedded"] == 0 and again["counts"]["cached"] == 5
+
+
+def _assert_prefect_recorded(flow_run_id: str) -> None:
+    """The Prefect API holds the flow run and its five task runs, all completed."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
+                                      sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=50)
+    assert run.state.is_completed()
+    assert sorted(t.name.rsplit("-", 1)[0] for t in tasks) == ["embed", "ingest", "predict", "report", "train"]
+    assert all(t.state.is_completed() for t in tasks)
 
 
 def test_flow_with_storage_root_on_s3(cohort, tiny_whisper, tmp_path):
