@@ -259,7 +259,8 @@ def _ray_pipeline(todo: list[dict[str, Any]], cfg: Config, backbone: dict[str, A
 _TRANSPORT_FIELDS: list[tuple[str, pa.DataType]] = [
     ("recording_id", pa.string()), ("subject_id", pa.string()), ("epoch_index", pa.int32()),
     ("start_s", pa.float64()), ("stage5", pa.string()), ("stage3", pa.string()), ("valid", pa.bool_()),
-    ("invalid_reason", pa.string()), ("zero_rms_s", pa.float32()), ("n_epochs", pa.int32()),
+    ("invalid_reason", pa.string()), ("zero_rms_s", pa.float32()), ("nonfinite", pa.int32()),
+    ("clipped_fraction", pa.float32()), ("n_epochs", pa.int32()),
     ("error", pa.string()),
 ]
 

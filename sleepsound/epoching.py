@@ -22,7 +22,7 @@ from sleepsound.validate import probe_parts
 
 # Columns of an epoch row apart from the audio itself (see schemas.EPOCHS).
 EPOCH_COLUMNS = ("recording_id", "subject_id", "epoch_index", "start_s", "stage5", "stage3",
-                 "valid", "invalid_reason", "zero_rms_s")
+                 "valid", "invalid_reason", "zero_rms_s", "nonfinite", "clipped_fraction")
 
 
 def recording_source(row: dict[str, Any]) -> RecordingSource:
@@ -44,7 +44,7 @@ def read_epochs(row: dict[str, Any], cfg: PreprocessConfig) -> Iterator[dict[str
     except Exception as exc:  # noqa: BLE001 - any failure is this night's, reported by name
         yield {"recording_id": row["recording_id"], "subject_id": row["subject_id"], "epoch_index": -1,
                "start_s": 0.0, "stage5": None, "stage3": None, "valid": False,
-               "invalid_reason": None, "zero_rms_s": 0.0, "n_epochs": int(row["n_epochs"]),
+               "invalid_reason": None, "zero_rms_s": 0.0, "nonfinite": 0, "clipped_fraction": 0.0, "n_epochs": int(row["n_epochs"]),
                "audio": np.zeros(int(cfg.epoch_seconds * cfg.target_rate), dtype=np.float32),
                "error": f"{type(exc).__name__}: {exc}"}
 
@@ -62,7 +62,8 @@ def _read_epochs(row: dict[str, Any], cfg: PreprocessConfig) -> Iterator[dict[st
         rate = parts[0].sample_rate
         block = int(round(cfg.epoch_seconds * rate)) * cfg.block_epochs
         emitted = 0
-        for epoch in iter_epochs(iter_night_blocks(parts, block, src.layout), rate, cfg):
+        full_scale = max(p.full_scale for p in parts)
+        for epoch in iter_epochs(iter_night_blocks(parts, block, src.layout), rate, cfg, full_scale):
             if epoch.index >= n_epochs:
                 break
             emitted += 1
@@ -72,6 +73,7 @@ def _read_epochs(row: dict[str, Any], cfg: PreprocessConfig) -> Iterator[dict[st
                 "epoch_index": epoch.index, "start_s": epoch.index * cfg.epoch_seconds,
                 "stage5": stage5, "stage3": None if stage5 in (None, UNSCORED) else to_three_class(stage5),
                 "valid": epoch.valid, "invalid_reason": epoch.reason, "zero_rms_s": epoch.zero_rms_seconds,
+                "nonfinite": epoch.quality.nonfinite, "clipped_fraction": epoch.quality.clipped_fraction,
                 "n_epochs": n_epochs, "audio": epoch.audio if epoch.valid else empty, "error": None,
             }
     if emitted < n_epochs:

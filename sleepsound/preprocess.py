@@ -16,17 +16,28 @@ import soxr
 from scipy import signal
 
 from sleepsound.config import PreprocessConfig
+from sleepsound.quality import EpochQuality, flat_frames, measure_epoch, sanitise
 
 
 @dataclass
 class Epoch:
-    """One 30-s epoch of preprocessed 16 kHz audio and what the zero-RMS rule saw."""
+    """One 30-s epoch of preprocessed 16 kHz audio and what its raw samples showed."""
 
     index: int
     audio: np.ndarray
-    zero_rms_seconds: float
-    valid: bool
-    reason: str | None
+    quality: EpochQuality
+
+    @property
+    def valid(self) -> bool:
+        return self.quality.valid
+
+    @property
+    def reason(self) -> str | None:
+        return self.quality.invalid_reason
+
+    @property
+    def zero_rms_seconds(self) -> float:
+        return self.quality.zero_rms_s
 
 
 class StreamingFilter:
@@ -57,18 +68,9 @@ class StreamingFilter:
 
 
 def zero_rms_seconds(raw: np.ndarray, in_rate: float, frame_seconds: float) -> float:
-    """Seconds of digital silence: frames whose samples are all equal (RMS about their mean is 0).
-
-    Measured on the source samples before filtering, so a flat line is exactly flat and
-    an arbitrary DC offset from EDF scaling does not hide it.
-    """
+    """Seconds of digital silence in ``raw`` (see ``quality.flat_frames``)."""
     frame = max(1, int(round(frame_seconds * in_rate)))
-    n = len(raw) // frame
-    if n == 0:
-        return 0.0
-    frames = raw[: n * frame].reshape(n, frame)
-    flat = np.ptp(frames, axis=1) == 0
-    return float(flat.sum()) * frame / in_rate
+    return float(np.count_nonzero(flat_frames(raw, in_rate, frame_seconds))) * frame / in_rate
 
 
 def normalise(segment: np.ndarray) -> np.ndarray:
@@ -77,34 +79,34 @@ def normalise(segment: np.ndarray) -> np.ndarray:
     return ((segment - segment.mean()) / (std if std > 1e-8 else 1.0)).astype(np.float32)
 
 
-def iter_epochs(blocks: Iterable[np.ndarray], in_rate: float, cfg: PreprocessConfig) -> Iterator[Epoch]:
+def iter_epochs(blocks: Iterable[np.ndarray], in_rate: float, cfg: PreprocessConfig,
+                full_scale: float = 1.0) -> Iterator[Epoch]:
     """Cut a stream of raw blocks (aligned to the epoch grid) into preprocessed epochs.
 
     Blocks must hold a whole number of epochs at ``in_rate`` (the last may be short); a
-    trailing partial epoch is dropped because it has no full 30 s to score.
+    trailing partial epoch is dropped because it has no full 30 s to score. Each epoch's
+    raw samples are measured first (``quality.measure_epoch``); NaN/Inf samples are then
+    zeroed so they cannot leak into the filters' state and spoil the epochs after them.
     """
     raw_epoch = int(round(cfg.epoch_seconds * in_rate))
     out_epoch = int(round(cfg.epoch_seconds * cfg.target_rate))
     filt = StreamingFilter(in_rate, cfg)
-    zero_stats: deque[float] = deque()
+    measured: deque[EpochQuality] = deque()
     buffer = np.zeros(0, dtype=np.float32)
     next_index = 0
 
     def drain() -> Iterator[Epoch]:
         nonlocal buffer, next_index
-        while len(buffer) >= out_epoch and zero_stats:
+        while len(buffer) >= out_epoch and measured:
             audio, buffer = buffer[:out_epoch], buffer[out_epoch:]
-            zero_s = zero_stats.popleft()
-            valid = zero_s <= cfg.max_zero_rms_seconds
-            reason = None if valid else f"zero RMS for {zero_s:.1f} s of {cfg.epoch_seconds:.0f} s"
-            yield Epoch(next_index, normalise(audio) if valid else audio, zero_s, valid, reason)
+            quality = measured.popleft()
+            yield Epoch(next_index, normalise(audio) if quality.valid else audio, quality)
             next_index += 1
 
     for block in blocks:
         for start in range(0, len(block) - raw_epoch + 1, raw_epoch):
-            zero_stats.append(zero_rms_seconds(block[start:start + raw_epoch], in_rate,
-                                               cfg.zero_rms_frame_seconds))
-        buffer = np.concatenate([buffer, filt.process(block)])
+            measured.append(measure_epoch(block[start:start + raw_epoch], in_rate, cfg, full_scale)[0])
+        buffer = np.concatenate([buffer, filt.process(sanitise(block))])
         yield from drain()
     buffer = np.concatenate([buffer, filt.process(np.zeros(0, dtype=np.float32), last=True)])
     yield from drain()

@@ -39,6 +39,8 @@ EPOCHS = pa.schema([
     ("valid", pa.bool_()),
     ("invalid_reason", pa.string()),
     ("zero_rms_s", pa.float32()),
+    ("nonfinite", pa.int32()),          # NaN/Inf samples in the raw epoch
+    ("clipped_fraction", pa.float32()), # share of raw samples at full scale
 ])
 
 

@@ -87,3 +87,31 @@ def test_block_size_does_not_change_epochs():
 
 def test_normalise_leaves_silence_finite():
     assert np.all(np.isfinite(normalise(np.zeros(100, dtype=np.float32))))
+
+
+def test_nan_samples_invalidate_their_epoch_only():
+    cfg = PreprocessConfig()
+    x = _noise(90)
+    x[RATE * 40: RATE * 40 + 100] = np.nan   # inside epoch 1
+    epochs = list(iter_epochs(_blocks(x, RATE * 30), RATE, cfg))
+    assert [e.valid for e in epochs] == [True, False, True]
+    assert epochs[1].quality.nonfinite == 100 and "NaN" in epochs[1].reason
+    assert np.isfinite(epochs[2].audio).all() and epochs[2].audio.std() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_clipping_is_measured_against_the_format_full_scale():
+    from sleepsound.quality import measure_epoch
+
+    x = np.clip(_noise(30) * 3, -2.0, 2.0)   # a signal stored with physical range +-2
+    quality, _ = measure_epoch(x, RATE, PreprocessConfig(), full_scale=2.0)
+    assert quality.clipped_fraction == pytest.approx(np.mean(np.abs(x) >= 1.998), abs=1e-9)
+    assert 0.4 < quality.clipped_fraction < 0.6 and quality.valid   # clipping is reported, not dropped
+
+
+def test_silent_gaps_are_found_across_block_boundaries():
+    from sleepsound.quality import GapFinder
+
+    finder = GapFinder(frame_seconds=1.0, min_seconds=3.0)
+    for block in ([0, 1, 1], [1, 1, 0, 1], [1, 1, 1], [0, 0, 1, 1, 1, 1], [1]):
+        finder.feed(np.array(block, dtype=bool))
+    assert finder.finish() == [(1.0, 5.0), (6.0, 10.0), (12.0, 17.0)]

@@ -38,6 +38,7 @@ class PartInfo:
     n_samples: int
     channel_index: int
     labels: tuple[str, ...]
+    full_scale: float = 1.0  # largest magnitude the format can hold, for clipping checks
 
     @property
     def duration_s(self) -> float:
@@ -58,8 +59,9 @@ def probe_edf(path: str, channel: str) -> PartInfo:
             raise AudioError(path, "channel_missing",
                              f"audio channel {channel!r} not found; signals are {list(labels)}")
         index = labels.index(channel)
+        full_scale = max(abs(reader.getPhysicalMinimum(index)), abs(reader.getPhysicalMaximum(index)))
         return PartInfo(path, float(reader.getSampleFrequency(index)),
-                        int(reader.getNSamples()[index]), index, labels)
+                        int(reader.getNSamples()[index]), index, labels, float(full_scale))
     finally:
         reader.close()
 
