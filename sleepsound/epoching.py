@@ -29,7 +29,7 @@ def recording_source(row: dict[str, Any]) -> RecordingSource:
     """Rebuild the source description from a manifest row."""
     n = int(row["n_parts"])
     return RecordingSource(row["recording_id"], row["subject_id"], row["layout"], list(row["source_uris"]),
-                           list(range(1, n + 1)), row.get("labels_uri"))
+                           list(range(1, n + 1)), row.get("labels_uri"), row.get("events_uri"))
 
 
 def read_epochs(row: dict[str, Any], cfg: PreprocessConfig) -> Iterator[dict[str, Any]]:

@@ -23,6 +23,7 @@ MANIFEST = pa.schema([
     ("channels", pa.list_(pa.string())),
     ("label_source", pa.string()),      # "rml", "csv" or "none"
     ("labels_uri", pa.string()),
+    ("events_uri", pa.string()),        # plain layout's <name>.events.csv; PSG-Audio events live in the RML
     ("n_epochs", pa.int32()),
     ("status", pa.string()),            # "accepted" or "quarantined"
     ("reason_code", pa.string()),

@@ -58,7 +58,7 @@ def validate_recording(src: RecordingSource, cfg: PreprocessConfig) -> dict[str,
         "source_uris": src.audio_uris, "n_parts": len(src.audio_uris), "bytes": 0, "sha256": None,
         "duration_s": None, "sample_rate": None, "channels": [],
         "label_source": "none" if src.labels_uri is None else ("rml" if src.layout == "psg-audio" else "csv"),
-        "labels_uri": src.labels_uri, "n_epochs": 0, "status": "accepted", "reason_code": None, "reason": None,
+        "labels_uri": src.labels_uri, "events_uri": src.events_uri, "n_epochs": 0, "status": "accepted", "reason_code": None, "reason": None,
     }
     try:
         with local_copies(src.audio_uris) as paths:
