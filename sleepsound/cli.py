@@ -49,36 +49,51 @@ def synth(
 @app.command()
 def validate(
     source: Annotated[str, typer.Argument(help="Folder or s3:// prefix holding recordings.")],
-    root: Annotated[Optional[str], typer.Option(help="Storage root to write the manifest into.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    root: Annotated[Optional[str], typer.Option(help="Storage root to write the manifest (with findings) into.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+    deep: Annotated[bool, typer.Option("--deep/--quick", help="Also stream the audio for NaN/Inf, clipping, "
+                                       "zero-RMS epochs and silent gaps (--quick: headers and labels only).")] = True,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
-    """Check recordings without embedding anything; exit 0 however many are quarantined."""
+    """Check recordings without embedding anything; exit 0 however many are quarantined.
+
+    Exit 2 only when validation could not run (bad arguments, unreachable storage).
+    """
     from sleepsound.config import load_config
     from sleepsound.manifest import build_manifest, write_manifest
 
-    cfg = load_config(config, overrides)
     try:
-        rows = build_manifest(source, cfg.preprocess)
-    except (FileNotFoundError, OSError) as exc:
-        console.print(f"[red]cannot read source:[/red] {exc}")
+        cfg = load_config(config, overrides)
+    except (ValueError, OSError) as exc:
+        console.print(f"[red]bad configuration:[/red] {exc}")
         raise typer.Exit(2) from exc
-    if root:
-        write_manifest(root, rows)
+    try:
+        rows = build_manifest(source, cfg.preprocess, cfg.validation, deep=deep)
+        if root:
+            write_manifest(root, rows)
+    except OSError as exc:
+        console.print(f"[red]cannot run validation:[/red] {exc}")
+        raise typer.Exit(2) from exc
     accepted = [r for r in rows if r["status"] == "accepted"]
-    findings = [{"recording": r["recording_id"], "path": (r["source_uris"] or [""])[0], "level": "recording",
-                 "code": r["reason_code"], "message": r["reason"]} for r in rows if r["status"] != "accepted"]
+    findings = [{"recording": r["recording_id"], **f} for r in rows for f in r["findings"]]
     if as_json:
-        print(json.dumps({"discovered": len(rows), "accepted": len(accepted),
-                          "quarantined": len(rows) - len(accepted), "findings": findings}))
+        print(json.dumps({"discovered": len(rows), "accepted": len(accepted), "quarantined": len(rows) - len(accepted),
+                          "findings": findings}))
         return
-    table = Table("recording", "status", "hours", "rate", "labels", "reason")
+    table = Table("recording", "status", "hours", "rate", "labels", "warnings", "reason")
     for r in rows:
         hours = f"{r['duration_s'] / 3600:.2f}" if r["duration_s"] else "-"
         rate = f"{r['sample_rate']:g}" if r["sample_rate"] else "-"
-        table.add_row(r["recording_id"], r["status"], hours, rate, r["label_source"], r["reason"] or "")
+        warnings = sum(f["severity"] == "warning" for f in r["findings"])
+        table.add_row(r["recording_id"], r["status"], hours, rate, r["label_source"], str(warnings), r["reason"] or "")
     console.print(table)
+    if any(f["severity"] == "warning" for f in findings):
+        details = Table("recording", "level", "code", "message", title="warnings (processed, but read these)")
+        for f in findings:
+            if f["severity"] == "warning":
+                details.add_row(f["recording"], f["level"], f["code"], f["message"])
+        console.print(details)
     console.print(f"{len(rows)} discovered, {len(accepted)} accepted, {len(rows) - len(accepted)} quarantined")
 
 
@@ -140,6 +155,46 @@ def ui(
                                       "--port", str(port)], env=env))
 
 
+bench_app = typer.Typer(help="Benchmarks: throughput and peak memory beside a simple baseline, in one run.",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    hours: Annotated[float, typer.Option(help="Length of the synthetic night in hours.")] = 8.0,
+    sample_rate: Annotated[int, typer.Option(help="Microphone sample rate of the night in Hz.")] = 48_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    workdir: Annotated[Optional[Path], typer.Option(
+        help="Folder for the generated night (default: $SLEEPSOUND_CACHE/bench, reused across runs).")] = None,
+) -> None:
+    """Read, validate, resample, filter and epoch one synthetic night, beside a load-whole-file baseline."""
+    from sleepsound.bench.ingest import BenchError, run_ingest_bench
+
+    try:
+        if not as_json:
+            console.print(f"ingest benchmark: {hours:g} h at {sample_rate} Hz (the night is generated once, then reused)")
+        result = run_ingest_bench(hours=hours, sample_rate=sample_rate, workdir=workdir)
+    except BenchError as exc:
+        console.print(f"[red]benchmark failed:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        print(json.dumps(result))
+        return
+    ours, base = result["ours"], result["baseline"]
+    table = Table("figure", "ours (streamed)", "baseline (whole part)",
+                  title=f"ingest: {result['audio_hours']:g} h at {result['sample_rate']:g} Hz, {result['epochs']} epochs")
+    table.add_row("seconds", f"{ours['seconds']:.1f}", f"{base['seconds']:.1f}")
+    table.add_row("CPU seconds", f"{ours['cpu_seconds']:.1f}", f"{base['cpu_seconds']:.1f}")
+    table.add_row("x real time", f"{ours['x_realtime']:.0f}", f"{base['x_realtime']:.0f}")
+    table.add_row("x real time per core", f"{ours['x_realtime_per_core']:.0f}", f"{base['x_realtime_per_core']:.0f}")
+    table.add_row("peak RSS (MB)", f"{ours['peak_rss_mb']:.0f}", f"{base['peak_rss_mb']:.0f}")
+    console.print(table)
+    console.print(f"speedup {result['speedup']:.2f}x; goals: "
+                  + ", ".join(f"{name} {'met' if ok else 'MISSED'}" for name, ok in result["goals"].items()))
+    console.print(f"baseline: {result['method']['baseline']}")
+
+
 def _run_flow(source: str, root: str, config: dict, ray_address: str | None, run_id: str | None) -> dict:
     from flows.local_prefect import local_prefect_api
 
@@ -159,7 +214,8 @@ def _print_results(result: dict) -> None:
     console.print(table)
     counts = result["counts"]
     console.print(f"recordings: {counts['discovered']} discovered, {counts['accepted']} accepted, "
-                  f"{counts['quarantined']} quarantined; {counts['epochs']} epochs embedded "
+                  f"{counts['quarantined']} quarantined; {counts['epochs']} epochs and "
+                  f"{counts.get('shifted', 0)} shifted training windows embedded "
                   f"({counts['cached']} recordings from cache)")
     console.print(f"report:      {result['report']}")
     console.print(f"predictions: {result['predictions']}")

@@ -25,7 +25,9 @@ class _Section(BaseModel):
 class PreprocessConfig(_Section):
     """The paper's preprocessing (method.md), in order."""
 
-    channel: Literal["Mic", "Tracheal"] = "Mic"
+    # "both": the night is embedded once per microphone (each its own cache folder) and an
+    # epoch's two embeddings are concatenated along the feature axis.
+    channel: Literal["Mic", "Tracheal", "both"] = "Mic"
     target_rate: int = 16_000
     highpass_hz: float = 50.0
     preemphasis: float = 0.97
@@ -34,9 +36,21 @@ class PreprocessConfig(_Section):
     max_zero_rms_seconds: float = 10.0
     zero_rms_frame_seconds: float = 0.1
     block_epochs: int = Field(4, ge=1, description="epochs decoded per streaming block")
+    # Labels only, never audio, so not in the fingerprint; stored event coverage lets readers
+    # re-derive ``resp_label`` with a new value without re-embedding (see sleepsound.events).
+    resp_min_overlap_s: float = Field(10.0, ge=0, description="apnoea/hypopnoea seconds that mark an epoch "
+                                      "apnea_hypopnea (the clinical minimum event length)")
+
+    plain_channel_index: dict[Literal["Mic", "Tracheal"], int] = Field(
+        default_factory=lambda: {"Mic": 0, "Tracheal": 1},
+        description="which channel of a plain WAV/FLAC holds each microphone (0 = first)")
 
     def fingerprint(self) -> str:
-        return _hash(self.model_dump(exclude={"block_epochs"}))[:12]
+        return _hash(self.model_dump(exclude={"block_epochs", "resp_min_overlap_s"}))[:12]
+
+    def channels(self) -> list[str]:
+        """The single microphones this setting reads: both for ``"both"``, else the one named."""
+        return ["Mic", "Tracheal"] if self.channel == "both" else [self.channel]
 
 
 class BackboneConfig(_Section):
@@ -53,6 +67,11 @@ class BackboneConfig(_Section):
 class TrainingConfig(_Section):
     head: Literal["attention", "mlp"] = "attention"
     context_epochs: Literal[1, 3] = 1
+    # The paper's 15-s shifted extra samples between consecutive same-stage epochs (method.md,
+    # "Class imbalance"); embedded once into the cache, used for training only.
+    shift_augment: bool = True
+    shift_classes: list[Literal["Wake", "NREM", "REM"]] = Field(
+        default_factory=lambda: ["Wake", "NREM", "REM"], description="stages that get shifted samples")
     lr: float = 5e-5
     min_lr: float = 2.5e-6
     epochs: int = 5
@@ -73,11 +92,22 @@ class RayConfig(_Section):
     num_gpus_per_worker: float = 0.0
 
 
+class ValidationConfig(_Section):
+    """When validation calls something a fault or a warning (see README, "Fault codes")."""
+
+    clip_fraction: float = Field(0.01, gt=0, le=1, description="share of an epoch's samples at full scale "
+                                 "that counts as heavy clipping")
+    min_silent_gap_s: float = Field(60.0, gt=0, description="digital silence at least this long is reported")
+    start_tolerance_s: float = Field(60.0, ge=0, description="RML RecordingStart vs EDF start")
+    part_tolerance_s: float = Field(1.0, ge=0, description="an EDF part vs its RML segment")
+
+
 class Config(_Section):
     preprocess: PreprocessConfig = PreprocessConfig()
     backbone: BackboneConfig = BackboneConfig()
     training: TrainingConfig = TrainingConfig()
     ray: RayConfig = RayConfig()
+    validation: ValidationConfig = ValidationConfig()
 
     def fingerprint(self) -> str:
         return _hash(self.model_dump())[:12]

@@ -8,23 +8,43 @@ import pandas as pd
 import pyarrow as pa
 
 from sleepsound import schemas
-from sleepsound.config import PreprocessConfig
-from sleepsound.sources import discover
+from sleepsound.config import PreprocessConfig, ValidationConfig
+from sleepsound.findings import Finding
+from sleepsound.sources import RecordingSource, discover
 from sleepsound.storage import join, open_root, read_table, write_table
-from sleepsound.validate import validate_recording
+from sleepsound.validate import apply_findings, manifest_row, validate_recording
 
 MANIFEST_FILE = "manifest/manifest.parquet"
 
 
-def build_manifest(source: str, cfg: PreprocessConfig, use_ray: bool = False) -> list[dict[str, Any]]:
-    """Discover and validate every recording under ``source`` (on Ray workers when asked)."""
-    found = discover(source)
-    if use_ray and found:
-        import ray
+def build_manifest(source: str, cfg: PreprocessConfig, checks: ValidationConfig | None = None, deep: bool = False,
+                   use_ray: bool = False) -> list[dict[str, Any]]:
+    """Discover and validate every recording under ``source`` (one Ray task each when asked).
 
-        remote = ray.remote(num_cpus=1, max_retries=2)(validate_recording)
-        return ray.get([remote.remote(src, cfg) for src in found])
-    return [validate_recording(src, cfg) for src in found]
+    A night whose validator itself dies (a worker killed, out of memory) is retried by Ray,
+    then quarantined as ``validator_failed``: one night never takes the cohort down.
+    """
+    found = discover(source)
+    if not use_ray or not found:
+        return [validate_recording(src, cfg, checks, deep) for src in found]
+    import ray
+
+    remote = ray.remote(num_cpus=1, max_retries=2)(validate_recording)
+    refs = [remote.remote(src, cfg, checks, deep) for src in found]
+    rows: list[dict[str, Any]] = []
+    for src, ref in zip(found, refs, strict=True):
+        try:
+            rows.append(ray.get(ref))
+        except (ray.exceptions.RayError, OSError) as exc:
+            rows.append(failed_row(src, "validator_failed", f"validation crashed ({type(exc).__name__}); "
+                                   "the file may be malformed in a way that kills its reader"))
+    return rows
+
+
+def failed_row(src: RecordingSource, code: str, message: str) -> dict[str, Any]:
+    """A quarantined manifest row for a night that could not even be validated."""
+    path = src.audio_uris[0] if src.audio_uris else src.recording_id
+    return apply_findings(manifest_row(src), [Finding("recording", code, "error", path, message)])
 
 
 def write_manifest(root: str, rows: list[dict[str, Any]]) -> str:
@@ -51,6 +71,7 @@ def quarantine(rows: list[dict[str, Any]], failed: dict[str, str]) -> list[dict[
     """Mark recordings that failed after validation (for example while streaming)."""
     for row in rows:
         if row["recording_id"] in failed and row["status"] == "accepted":
-            row.update(status="quarantined", reason_code="read_error",
-                       reason=f"{row['source_uris'][0]}: {failed[row['recording_id']]}")
+            finding = Finding("recording", "read_error", "error", row["source_uris"][0], failed[row["recording_id"]])
+            earlier = [Finding(**f) for f in row.get("findings") or []]
+            apply_findings(row, [finding, *earlier])
     return rows

@@ -10,6 +10,12 @@ import pyarrow as pa
 
 LAYOUT_VERSION = 1
 
+# One validation finding (see sleepsound.findings): level recording|epoch, severity error|warning.
+FINDING = pa.struct([
+    ("level", pa.string()), ("code", pa.string()), ("severity", pa.string()), ("path", pa.string()),
+    ("message", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()),
+])
+
 MANIFEST = pa.schema([
     ("recording_id", pa.string()),
     ("subject_id", pa.string()),
@@ -28,6 +34,7 @@ MANIFEST = pa.schema([
     ("status", pa.string()),            # "accepted" or "quarantined"
     ("reason_code", pa.string()),
     ("reason", pa.string()),
+    ("findings", pa.list_(FINDING)),    # errors and warnings (sleepsound.findings.Finding)
 ])
 
 EPOCHS = pa.schema([
@@ -42,6 +49,14 @@ EPOCHS = pa.schema([
     ("zero_rms_s", pa.float32()),
     ("nonfinite", pa.int32()),          # NaN/Inf samples in the raw epoch
     ("clipped_fraction", pa.float32()), # share of raw samples at full scale
+    # Respiratory labels from the scored events (sleepsound.events); all null when the night
+    # has no events file. Fractions: share of the epoch under the union of that kind's events.
+    ("apnea_frac", pa.float32()),
+    ("hypopnea_frac", pa.float32()),
+    ("snore_frac", pa.float32()),
+    ("n_apnea", pa.int32()),            # apnoeas starting in the epoch (sum over a night = count)
+    ("n_hypopnea", pa.int32()),
+    ("resp_label", pa.string()),        # "none", "snore", "apnea_hypopnea", or null
 ])
 
 
@@ -50,6 +65,29 @@ def embeddings_schema(n_frames: int, dim: int) -> pa.Schema:
     return pa.schema([
         ("recording_id", pa.string()),
         ("epoch_index", pa.int32()),
+        ("n_frames", pa.int32()),
+        ("dim", pa.int32()),
+        ("embedding", pa.list_(pa.float16(), n_frames * dim)),
+    ])
+
+
+# Respiratory columns shared by epochs and shifted windows (labels over each row's own window).
+_RESP_FIELDS = [field for field in EPOCHS if field.name in
+                ("apnea_frac", "hypopnea_frac", "snore_frac", "n_apnea", "n_hypopnea", "resp_label")]
+
+
+def shifted_embeddings_schema(n_frames: int, dim: int) -> pa.Schema:
+    """15-s shifted training windows, one row per same-stage valid pair of epochs.
+
+    ``epoch_index`` is the pair's first epoch; the window starts ``offset_s`` into it.
+    """
+    return pa.schema([
+        ("recording_id", pa.string()),
+        ("epoch_index", pa.int32()),
+        ("offset_s", pa.float32()),
+        ("stage5", pa.string()),        # the pair's 5-class stage, null when the two differ (N2/N3)
+        ("stage3", pa.string()),
+        *_RESP_FIELDS,
         ("n_frames", pa.int32()),
         ("dim", pa.int32()),
         ("embedding", pa.list_(pa.float16(), n_frames * dim)),

@@ -20,6 +20,7 @@ from urllib.parse import unquote
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from sleepsound.io.transfer import download
 from sleepsound.storage import full_uri, open_root
 
 PART_RE = re.compile(r"^(?P<patient>.+)\[(?P<part>\d{3})\]\.(?:edf|bdf)$", re.IGNORECASE)
@@ -95,11 +96,8 @@ def _discover_plain(fs: fsspec.AbstractFileSystem, root: str) -> list[RecordingS
 
 @contextlib.contextmanager
 def local_copies(uris: list[str]) -> Iterator[list[str]]:
-    """Local paths for ``uris``: the files themselves when local, else verified downloads.
-
-    A download lands under a temporary name and is checked against the object's size
-    before use, so a partial transfer is never read as a complete file.
-    """
+    """Local paths for ``uris``: the files themselves when local, else verified downloads
+    (``io.transfer.download``: retried, size- and checksum-checked, atomic), removed on exit."""
     tmpdir: str | None = None
     paths: list[str] = []
     try:
@@ -109,13 +107,7 @@ def local_copies(uris: list[str]) -> Iterator[list[str]]:
                 paths.append(path)
                 continue
             tmpdir = tmpdir or tempfile.mkdtemp(prefix="sleepsound-")
-            local = os.path.join(tmpdir, unquote(posixpath.basename(path)))
-            fs.get_file(path, local + ".part")
-            expected = fs.size(path)
-            if os.path.getsize(local + ".part") != expected:
-                raise OSError(f"{uri}: download incomplete ({os.path.getsize(local + '.part')} of {expected} bytes)")
-            os.replace(local + ".part", local)
-            paths.append(local)
+            paths.append(download(uri, os.path.join(tmpdir, unquote(posixpath.basename(path)))))
         yield paths
     finally:
         if tmpdir:

@@ -14,7 +14,7 @@ from sleepsound.manifest import build_manifest, write_manifest
 def ingest(source: str, root: str, config: dict[str, Any]) -> dict[str, Any]:
     """Returns counts only; the manifest itself stays in storage."""
     cfg = Config.model_validate(config)
-    rows = build_manifest(source, cfg.preprocess, use_ray=True)
+    rows = build_manifest(source, cfg.preprocess, cfg.validation, use_ray=True)
     path = write_manifest(root, rows)
     quarantined = [r for r in rows if r["status"] != "accepted"]
     logger = get_run_logger()

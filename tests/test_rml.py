@@ -158,3 +158,17 @@ def test_stage_changes_end_with_the_end_of_recording() -> None:
     changes = stage_changes_from_epochs(["W", "W", "N1", "R"])
     assert changes == [(0.0, "Wake"), (60.0, "NonREM1"), (90.0, "REM"), (120.0, "REM")]
     assert stage_changes_from_epochs([]) == []
+
+
+def test_lights_off_and_on_as_seconds_or_date_times():
+    from datetime import datetime
+
+    from sleepsound.io.rml import RmlAnnotations, parse_rml, rml_bytes
+
+    ann = RmlAnnotations(recording_start=datetime(2019, 3, 4, 22, 10), lights_off_s=120.0, lights_on_s=25_080.0)
+    back = parse_rml(rml_bytes(ann))
+    assert (back.lights_off_s, back.lights_on_s) == (120.0, 25_080.0)
+    text = rml_bytes(ann).replace(b">120<", b">2019-03-04T22:15:00<").replace(b">25080<", b">yesterday<")
+    odd = parse_rml(text)
+    assert odd.lights_off_s == 300.0 and odd.lights_on_s is None
+    assert any("LightsOn" in note for note in odd.unknown)

@@ -74,6 +74,10 @@ class RmlAnnotations:
     stage_changes: list[tuple[float, str]] = field(default_factory=list)  # UserStaging only
     events: list[RmlEvent] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
+    # Lights off/on in seconds from the start, when the Session records them (Sleepware may
+    # write seconds or a date-time; both are read).
+    lights_off_s: float | None = None
+    lights_on_s: float | None = None
 
     def scored_seconds(self) -> float | None:
         """End of the staged night: the last ``Stage`` element marks the end of the recording."""
@@ -107,6 +111,20 @@ def _float(text: str | None) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
+
+
+def _seconds_or_time(text: str, start: datetime | None) -> float | None:
+    """Seconds from the start, given as a number or as an ISO date-time (needs RecordingStart)."""
+    value = _float(text)
+    if value is not None:
+        return value if value >= 0 else None
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    if start is None or moment < start:
+        return None
+    return (moment - start).total_seconds()
 
 
 def _local(tag: str) -> str:
@@ -160,6 +178,12 @@ def _read_session(session: ET.Element, ann: RmlAnnotations, notes: Counter[str])
         ann.duration_s = _float(duration)
         if ann.duration_s is None:
             notes[f"Session Duration {duration.strip()!r} is not a number"] += 1
+    for tag, attr in (("LightsOff", "lights_off_s"), ("LightsOn", "lights_on_s")):
+        text = session.findtext(f"{_Q}{tag}")
+        if text is not None:
+            setattr(ann, attr, _seconds_or_time(text, ann.recording_start))
+            if getattr(ann, attr) is None:
+                notes[f"{tag} {text.strip()!r} is neither seconds nor a date-time after RecordingStart"] += 1
     for segment in session.iterfind(f"{_Q}Segments/{_Q}Segment"):
         value = _float(segment.findtext(f"{_Q}Duration"))
         if value is None:
@@ -297,6 +321,9 @@ def rml_bytes(ann: RmlAnnotations, machine_stage_changes: Sequence[tuple[float, 
         ET.SubElement(session, f"{_Q}RecordingStart").text = ann.recording_start.isoformat(timespec="seconds")
     if ann.duration_s is not None:
         ET.SubElement(session, f"{_Q}Duration").text = format_seconds(ann.duration_s)
+    for tag, value in (("LightsOff", ann.lights_off_s), ("LightsOn", ann.lights_on_s)):
+        if value is not None:
+            ET.SubElement(session, f"{_Q}{tag}").text = format_seconds(value)
     segments = ET.SubElement(session, f"{_Q}Segments")
     for duration in ann.segment_durations_s:
         ET.SubElement(ET.SubElement(segments, f"{_Q}Segment"), f"{_Q}Duration").text = format_seconds(duration)

@@ -1,0 +1,160 @@
+"""Every fault the fault-injecting writer knows is found, named, and counted; healthy nights stay clean."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyedflib
+import pytest
+from typer.testing import CliRunner
+
+from sleepsound.config import PreprocessConfig, ValidationConfig
+from sleepsound.io.audio import probe_edf
+from sleepsound.manifest import build_manifest, read_manifest_rows
+from sleepsound.synth.faults import FAULTS, Fault, fault, part_path
+from sleepsound.synth.writers import generate_cohort
+
+CFG = PreprocessConfig()
+
+
+@pytest.fixture(scope="module")
+def cohorts(tmp_path_factory) -> dict[str, Path]:
+    psg = tmp_path_factory.mktemp("psg")
+    generate_cohort(psg, n_subjects=2, hours=0.25, seed=5, sample_rate=16_000, part_seconds=300, cycle_minutes=15)
+    plain = tmp_path_factory.mktemp("plain")
+    generate_cohort(plain, n_subjects=2, hours=0.1, seed=6, sample_rate=16_000, layout="plain", cycle_minutes=10)
+    return {"psg-audio": psg, "plain": plain}
+
+
+def _damaged(cohorts: dict[str, Path], item: Fault, tmp_path: Path) -> tuple[Path, str]:
+    cohort = tmp_path / "cohort"
+    shutil.copytree(cohorts[item.layout], cohort)
+    if item.layout == "psg-audio":
+        target = sorted(p.name for p in (cohort / "APNEA_EDF").iterdir())[0]
+    else:
+        target = sorted(p.stem for p in cohort.glob("*.flac"))[0]
+    item.apply(cohort, target)
+    return cohort, target
+
+
+def test_healthy_cohorts_have_no_findings(cohorts):
+    for cohort in cohorts.values():
+        rows = build_manifest(str(cohort), CFG, deep=True)
+        assert [r["status"] for r in rows] == ["accepted", "accepted"]
+        assert [r["findings"] for r in rows] == [[], []]
+
+
+@pytest.mark.parametrize("item", FAULTS, ids=[f.name for f in FAULTS])
+def test_each_fault_is_found_and_named(cohorts, item, tmp_path):
+    cohort, target = _damaged(cohorts, item, tmp_path)
+    rows = {r["recording_id"]: r for r in build_manifest(str(cohort), CFG, deep=True)}
+    accepted = sum(r["status"] == "accepted" for r in rows.values())
+    assert len(rows) == 2 and accepted + sum(r["status"] == "quarantined" for r in rows.values()) == 2
+
+    row = rows[target]
+    codes = {(f["code"], f["severity"]) for f in row["findings"]}
+    assert (item.code, item.severity) in codes, row["findings"]
+    if item.severity == "error":
+        assert row["status"] == "quarantined" and row["reason_code"] == item.code
+    else:
+        assert row["status"] == "accepted" and not any(f["severity"] == "error" for f in row["findings"])
+    named = next(f for f in row["findings"] if f["code"] == item.code)
+    assert named["message"] and named["level"] in {"recording", "epoch"}
+    assert str(cohort) in named["path"], "a finding names the file it is about"
+
+    other = next(r for rid, r in rows.items() if rid != target)
+    assert other["status"] == "accepted" and other["findings"] == []
+
+
+def test_epoch_findings_carry_times_and_runs(cohorts, tmp_path):
+    cohort, target = _damaged(cohorts, fault("3-minute silent gap"), tmp_path)
+    row = next(r for r in build_manifest(str(cohort), CFG, deep=True) if r["recording_id"] == target)
+    gap = next(f for f in row["findings"] if f["code"] == "silent_gap")
+    assert (gap["start_s"], gap["end_s"]) == pytest.approx((60.0, 240.0), abs=0.2)
+    assert "0:01:00 to 0:04:00" in gap["message"]
+    epochs = [f for f in row["findings"] if f["code"] == "zero_rms_epochs"]
+    assert len(epochs) == 1 and epochs[0]["level"] == "epoch"          # one run, not one line per epoch
+    assert (epochs[0]["start_s"], epochs[0]["end_s"]) == (60.0, 240.0)  # epochs 2-7 are flat for > 10 s
+    assert epochs[0]["path"].endswith(f"{target}[001].edf")
+
+
+def test_quick_validation_skips_the_audio_scan(cohorts, tmp_path):
+    cohort, target = _damaged(cohorts, fault("heavy clipping"), tmp_path)
+    quick = next(r for r in build_manifest(str(cohort), CFG) if r["recording_id"] == target)
+    assert quick["findings"] == []
+    loose = next(r for r in build_manifest(str(cohort), CFG, ValidationConfig(clip_fraction=1.0), deep=True)
+                 if r["recording_id"] == target)
+    assert not any(f["code"] == "clipping" for f in loose["findings"])
+
+
+def test_truncation_is_named_before_pyedflib_sees_the_file(cohorts, tmp_path, capfd):
+    cohort, target = _damaged(cohorts, fault("last part truncated"), tmp_path)
+    row = next(r for r in build_manifest(str(cohort), CFG) if r["recording_id"] == target)
+    assert "holds" in row["reason"] and "of 300 data records" in row["reason"]
+    assert capfd.readouterr().out == ""   # pyedflib prints to stdout on a bad file; we never let it
+
+
+def test_bdf_is_read_with_its_physical_scaling(tmp_path):
+    path = str(tmp_path / "night.bdf")
+    rate, seconds = 16_000, 4
+    x = np.sin(2 * np.pi * 220 * np.arange(rate * seconds) / rate) * 0.4
+    header = {"label": "Mic", "dimension": "a.u.", "sample_frequency": rate, "physical_max": 0.5,
+              "physical_min": -0.5, "digital_max": 8388607, "digital_min": -8388608, "prefilter": "",
+              "transducer": "mic"}
+    with pyedflib.EdfWriter(path, 1, file_type=pyedflib.FILETYPE_BDFPLUS) as writer:
+        writer.setSignalHeaders([header])
+        writer.writeSamples([x])
+    part = probe_edf(path, "Mic")
+    assert (part.sample_rate, part.n_samples, part.full_scale) == (rate, rate * seconds, 0.5)
+    with pyedflib.EdfReader(path) as reader:
+        np.testing.assert_allclose(reader.readSignal(0), x, atol=1e-6)   # 24-bit: far finer than 16-bit EDF
+
+
+def test_cli_json_report_and_manifest(cohorts, tmp_path):
+    from sleepsound.cli import app
+
+    cohort, target = _damaged(cohorts, fault("middle part missing"), tmp_path)
+    shutil.copyfile(part_path(cohorts["psg-audio"], target, 2), part_path(cohort, target, 2))  # restore it
+    (cohort / "APNEA_EDF" / target / f"{target}[002].edf").unlink()
+    result = CliRunner().invoke(app, ["validate", str(cohort), "--json", "--root", str(tmp_path / "root")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert (report["discovered"], report["accepted"], report["quarantined"]) == (2, 1, 1)
+    finding = report["findings"][0]
+    assert {"recording", "path", "level", "code", "message"} <= set(finding)
+    assert finding["recording"] == target and finding["code"] == "missing_part" and "[2]" in finding["message"]
+    stored = {r["recording_id"]: r for r in read_manifest_rows(str(tmp_path / "root"))}
+    assert stored[target]["findings"][0]["code"] == "missing_part"
+
+    table = CliRunner().invoke(app, ["validate", str(cohort)])
+    assert table.exit_code == 0 and "missing_part" not in table.output and "quarantined" in table.output
+    missing = CliRunner().invoke(app, ["validate", str(tmp_path / "nowhere"), "--json"])
+    assert missing.exit_code == 2
+
+
+def test_a_patient_folder_without_parts_is_quarantined(cohorts, tmp_path):
+    cohort = tmp_path / "cohort"
+    shutil.copytree(cohorts["psg-audio"], cohort)
+    target = sorted(p.name for p in (cohort / "APNEA_EDF").iterdir())[0]
+    shutil.rmtree(cohort / "APNEA_EDF" / target)
+    (cohort / "APNEA_EDF" / target).mkdir()
+    rows = {r["recording_id"]: r for r in build_manifest(str(cohort), CFG)}
+    assert rows[target]["status"] == "quarantined" and rows[target]["reason_code"] == "no_audio"
+    assert sum(r["status"] == "accepted" for r in rows.values()) == 1
+
+
+def test_plain_channel_choice_and_both_microphones(tmp_path):
+    stereo = tmp_path / "stereo"
+    generate_cohort(stereo, n_subjects=1, hours=0.05, seed=8, sample_rate=16_000, layout="plain",
+                    cycle_minutes=10, plain_channels=("Mic", "Tracheal"))
+    both = PreprocessConfig(channel="both")
+    assert build_manifest(str(stereo), both, deep=True)[0]["status"] == "accepted"
+    swapped = PreprocessConfig(channel="Tracheal", plain_channel_index={"Mic": 1, "Tracheal": 2})
+    row = build_manifest(str(stereo), swapped)[0]
+    assert row["reason_code"] == "channel_missing" and "index 2" in row["reason"]
+
+    mono = tmp_path / "mono"
+    generate_cohort(mono, n_subjects=1, hours=0.05, seed=8, sample_rate=16_000, layout="plain", cycle_minutes=10)
+    row = build_manifest(str(mono), both)[0]
+    assert row["status"] == "quarantined" and row["reason_code"] == "channel_missing" and "Tracheal" in row["reason"]
