@@ -2,9 +2,21 @@
 
 The CPU stage (``epoching.read_epochs``) and the model stage (``EmbedStage``) are
 separate so Ray Data sizes them independently; the same two pieces run in-process for
-tests. Results are written per recording as soon as its last epoch arrives, keyed by
+tests. Results are written per recording as soon as its last row arrives, keyed by
 what produced them (audio checksum, preprocessing, backbone), so a rerun embeds only
 what is new and a crash loses only the nights in flight.
+
+Cache layout per channel (``preprocess.channel`` "both" embeds each microphone into its
+own folder, since the channel is part of the preprocessing fingerprint)::
+
+    embeddings/<backbone>/<preproc>/<rec>-<sha>.parquet                 valid epochs
+    embeddings/<backbone>/<preproc>/<rec>-<sha>.shifted-<stage>.parquet 15-s shifted windows
+    epochs/<preproc>/<rec>.parquet                                      every epoch (written last)
+
+Shifted windows (training only, labelled nights only) live in one file per 3-class stage,
+so enabling augmentation, or another ``training.shift_classes`` stage, on an existing
+cache streams the night again but embeds only the missing stage's windows; disabling it
+embeds nothing. Each file is written even when empty: its presence means "done".
 """
 
 from __future__ import annotations
@@ -16,7 +28,6 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +35,10 @@ import numpy as np
 import pyarrow as pa
 
 from sleepsound import schemas
-from sleepsound.config import BackboneConfig, Config
-from sleepsound.epoching import EPOCH_COLUMNS, read_epochs
+from sleepsound.config import BackboneConfig, Config, PreprocessConfig
+from sleepsound.epoching import EPOCH_COLUMNS, end_row, read_epochs
+from sleepsound.events import RESP_COLUMNS
+from sleepsound.labels import STAGES_3
 from sleepsound.storage import join, open_root, write_table
 
 
@@ -71,6 +84,49 @@ def epochs_path(root: str, cfg: Config, recording_id: str) -> str:
     return join(root, "epochs", cfg.preprocess.fingerprint(), f"{recording_id}.parquet")
 
 
+def shifted_path(root: str, cfg: Config, recording_id: str, sha256: str, stage3: str) -> str:
+    """One recording's shifted windows of one 3-class stage, beside its epoch embeddings."""
+    return join(embeddings_dir(root, cfg), f"{recording_id}-{sha256[:16]}.shifted-{stage3}.parquet")
+
+
+def channel_configs(cfg: Config) -> list[Config]:
+    """One single-microphone configuration per channel that ``cfg`` reads (two for "both")."""
+    channels = cfg.preprocess.channels()
+    if channels == [cfg.preprocess.channel]:
+        return [cfg]
+    return [cfg.model_copy(update={"preprocess": cfg.preprocess.model_copy(update={"channel": ch})})
+            for ch in channels]
+
+
+def wanted_shift_classes(cfg: Config, row: dict[str, Any]) -> tuple[str, ...]:
+    """Stages whose shifted windows this configuration uses for ``row`` (labelled nights only)."""
+    if not cfg.training.shift_augment or row.get("label_source", "none") == "none":
+        return ()
+    return tuple(c for c in STAGES_3 if c in cfg.training.shift_classes)
+
+
+@dataclass(frozen=True)
+class EmbedPlan:
+    """What one channel of one recording still needs: its epochs, shifted windows of some stages."""
+
+    epochs: bool
+    shift_classes: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.epochs and not self.shift_classes
+
+
+def plan_recording(root: str, cfg: Config, row: dict[str, Any]) -> EmbedPlan:
+    """Compare the cache with what ``cfg`` (a single channel) needs for ``row``."""
+    fs, root_path = open_root(root)
+    rec, sha = row["recording_id"], row["sha256"]
+    epochs = not (fs.exists(epochs_path(root_path, cfg, rec)) and fs.exists(embeddings_path(root_path, cfg, rec, sha)))
+    missing = tuple(c for c in wanted_shift_classes(cfg, row)
+                    if not fs.exists(shifted_path(root_path, cfg, rec, sha, c)))
+    return EmbedPlan(epochs, missing)
+
+
 class EmbedStage:
     """Model stage: loads the backbone once per worker, embeds the valid rows of a batch."""
 
@@ -110,72 +166,131 @@ class EmbedStage:
 
 @dataclass
 class EmbedStats:
-    """What the embedding stage did, recording by recording."""
+    """What the embedding stage did, recording by recording (a recording counts once, whatever
+    its channels); ``epochs`` and ``shifted`` count rows embedded over all channels."""
 
     embedded: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     epochs: int = 0
+    shifted: int = 0
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One channel of one recording to stream, and what to embed from it."""
+
+    row: dict[str, Any]
+    cfg: Config  # single channel
+    plan: EmbedPlan
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.cfg.preprocess.channel, str(self.row["recording_id"])
 
 
 class RecordingCollector:
-    """Gathers rows per recording and writes a recording once all its epochs are in."""
+    """Gathers rows per (channel, recording) and writes them once the night's closing row says
+    how many rows it sent and they have all arrived (Ray may reorder rows)."""
 
-    def __init__(self, root: str, cfg: Config, manifest: dict[str, dict[str, Any]], stats: EmbedStats) -> None:
-        self.fs, _ = open_root(root)
-        self.root, self.cfg, self.manifest, self.stats = root, cfg, manifest, stats
-        self.pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    def __init__(self, root: str, items: list[WorkItem], stats: EmbedStats) -> None:
+        self.fs, self.root_path = open_root(root)
+        self.items = {item.key: item for item in items}
+        self.stats = stats
+        self.multi = len({item.key[0] for item in items}) > 1
+        self.pending: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        self.seen: dict[tuple[str, str], int] = defaultdict(int)
+        self.expected: dict[tuple[str, str], int] = {}
 
     def add(self, row: dict[str, Any]) -> None:
-        rec = str(row["recording_id"])
-        if rec in self.stats.failed:
+        key = (str(row["channel"]), str(row["recording_id"]))
+        if key[1] in self.stats.failed or key not in self.items:
             return
         if row.get("error"):
-            self.stats.failed[rec] = str(row["error"])
-            self.pending.pop(rec, None)
+            self._fail(key, str(row["error"]))
             return
-        self.pending[rec].append(row)
-        if len(self.pending[rec]) == int(row["n_epochs"]):
-            self._flush(rec, sorted(self.pending.pop(rec), key=lambda r: int(r["epoch_index"])))
-
-    def _flush(self, rec: str, rows: list[dict[str, Any]]) -> None:
-        _, root_path = open_root(self.root)
-        epochs = pa.Table.from_pylist([{k: r[k] for k in EPOCH_COLUMNS} for r in rows])
-        valid = [r for r in rows if r["valid"]]
-        if valid:
-            n_frames, dim = int(valid[0]["n_frames"]), int(valid[0]["dim"])
-            emb = np.stack([np.asarray(r["embedding"], dtype=np.float16) for r in valid]).ravel()
-            table = pa.table({
-                "recording_id": [rec] * len(valid),
-                "epoch_index": [int(r["epoch_index"]) for r in valid],
-                "n_frames": [n_frames] * len(valid), "dim": [dim] * len(valid),
-                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb), n_frames * dim),
-            })
-            schema = schemas.embeddings_schema(n_frames, dim)
+        self.seen[key] += 1
+        if row["kind"] == "end":
+            self.expected[key] = int(row["n_rows"])
         else:
-            table, schema = None, schemas.embeddings_schema(1, 1)
-        sha = self.manifest[rec]["sha256"]
-        # Embeddings first, epochs last: the epochs file is the recording's completion mark.
-        write_table(self.fs, embeddings_path(root_path, self.cfg, rec, sha),
-                    schemas.conform(table, schema) if table is not None else schema.empty_table())
-        write_table(self.fs, epochs_path(root_path, self.cfg, rec), schemas.conform(epochs, schemas.EPOCHS))
-        self.stats.embedded.append(rec)
-        self.stats.epochs += len(rows)
+            self.pending[key].append(row)
+        if self.seen[key] == self.expected.get(key):
+            self._flush(key, self.pending.pop(key, []))
+
+    def _fail(self, key: tuple[str, str], message: str) -> None:
+        self.stats.failed[key[1]] = f"{key[0]}: {message}" if self.multi else message
+        for other in [k for k in self.items if k[1] == key[1]]:
+            self.pending.pop(other, None)
+            self.items.pop(other)
+
+    def _flush(self, key: tuple[str, str], rows: list[dict[str, Any]]) -> None:
+        item = self.items.pop(key)
+        rec, sha, cfg = key[1], item.row["sha256"], item.cfg
+        rows.sort(key=lambda r: int(r["epoch_index"]))
+        shifted = [r for r in rows if r["kind"] == "shifted"]
+        for stage in item.plan.shift_classes:
+            windows = [r for r in shifted if r["stage3"] == stage]
+            write_table(self.fs, shifted_path(self.root_path, cfg, rec, sha, stage), _shifted_table(rec, windows))
+        epochs = [r for r in rows if r["kind"] == "epoch"]
+        if item.plan.epochs:
+            # Embeddings first, epochs last: the epochs file is the recording's completion mark.
+            write_table(self.fs, embeddings_path(self.root_path, cfg, rec, sha),
+                        _embeddings_table(rec, [r for r in epochs if r["valid"]]))
+            table = pa.Table.from_pylist([{k: r[k] for k in EPOCH_COLUMNS} for r in epochs])
+            write_table(self.fs, epochs_path(self.root_path, cfg, rec), schemas.conform(table, schemas.EPOCHS))
+        if rec not in self.stats.embedded:
+            self.stats.embedded.append(rec)
+        self.stats.epochs += len(epochs)
+        self.stats.shifted += len(shifted)
 
     def finish(self) -> None:
-        for rec, rows in self.pending.items():
-            self.stats.failed[rec] = f"only {len(rows)} of {rows[0]['n_epochs']} epochs arrived"
+        for key in list(self.items):
+            if key not in self.items:  # failed with its recording's other channel
+                continue
+            got = len(self.pending.get(key, []))
+            self._fail(key, f"only {got} rows arrived" + (f" of {self.expected[key] - 1}" if key in self.expected else ""))
         self.pending.clear()
 
 
+def _frames(rows: list[dict[str, Any]]) -> tuple[int, int, pa.Array]:
+    n_frames, dim = int(rows[0]["n_frames"]), int(rows[0]["dim"])
+    emb = np.stack([np.asarray(r["embedding"], dtype=np.float16) for r in rows]).ravel()
+    return n_frames, dim, pa.FixedSizeListArray.from_arrays(pa.array(emb), n_frames * dim)
+
+
+def _embeddings_table(rec: str, valid: list[dict[str, Any]]) -> pa.Table:
+    """A recording's valid epochs' embeddings (an empty table when none is valid)."""
+    if not valid:
+        return schemas.embeddings_schema(1, 1).empty_table()
+    n_frames, dim, emb = _frames(valid)
+    table = pa.table({"recording_id": [rec] * len(valid), "epoch_index": [int(r["epoch_index"]) for r in valid],
+                      "n_frames": [n_frames] * len(valid), "dim": [dim] * len(valid), "embedding": emb})
+    return schemas.conform(table, schemas.embeddings_schema(n_frames, dim))
+
+
+def _shifted_table(rec: str, windows: list[dict[str, Any]]) -> pa.Table:
+    """One stage's shifted windows of a recording (an empty table marks "none there")."""
+    if not windows:
+        return schemas.shifted_embeddings_schema(1, 1).empty_table()
+    n_frames, dim, emb = _frames(windows)
+    columns: dict[str, Any] = {name: [r[name] for r in windows] for name in
+                               ("epoch_index", "offset_s", "stage5", "stage3", *RESP_COLUMNS)}
+    table = pa.table({"recording_id": [rec] * len(windows), **columns, "n_frames": [n_frames] * len(windows),
+                      "dim": [dim] * len(windows), "embedding": emb})
+    return schemas.conform(table, schemas.shifted_embeddings_schema(n_frames, dim))
+
+
 def is_cached(root: str, cfg: Config, row: dict[str, Any]) -> bool:
-    fs, root_path = open_root(root)
-    return (fs.exists(epochs_path(root_path, cfg, row["recording_id"]))
-            and fs.exists(embeddings_path(root_path, cfg, row["recording_id"], row["sha256"])))
+    """Whether every channel of ``row`` already holds all that ``cfg`` needs."""
+    return all(plan_recording(root, c, row).empty for c in channel_configs(cfg))
 
 
 # Text columns of an epoch row; Ray's Arrow -> numpy conversion may turn their nulls into NaN.
-_TEXT_COLUMNS = frozenset({"recording_id", "subject_id", "stage5", "stage3", "invalid_reason", "error"})
+_TEXT_COLUMNS = frozenset({"recording_id", "subject_id", "stage5", "stage3", "invalid_reason", "error",
+                           "resp_label", "kind", "channel"})
+# Nullable numbers (null for unlabelled nights); Ray may hand them back as NaN floats.
+_NULLABLE_INTS = frozenset({"n_apnea", "n_hypopnea"})
+_NULLABLE_FLOATS = frozenset({"apnea_frac", "hypopnea_frac", "snore_frac"})
 
 
 def _text(value: Any) -> str | None:
@@ -183,12 +298,27 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _nullable(value: Any, integer: bool) -> Any:
+    """None for null (None or NaN), else the number (as int for integer columns)."""
+    value = _scalar(value)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return int(value) if integer else float(value)
+
+
+def _cell(name: str, value: Any) -> Any:
+    if name in _TEXT_COLUMNS:
+        return _text(value)
+    if name in _NULLABLE_INTS or name in _NULLABLE_FLOATS:
+        return _nullable(value, name in _NULLABLE_INTS)
+    return _scalar(value)
+
+
 def _batches_to_rows(batches: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, Any]]:
     for batch in batches:
         names = list(batch)
         for i in range(len(batch[names[0]])):
-            yield {name: _text(batch[name][i]) if name in _TEXT_COLUMNS else _scalar(batch[name][i])
-                   for name in names}
+            yield {name: _cell(name, batch[name][i]) for name in names}
 
 
 def _scalar(value: Any) -> Any:
@@ -196,33 +326,49 @@ def _scalar(value: Any) -> Any:
 
 
 def embed_cohort(manifest_rows: list[dict[str, Any]], root: str, cfg: Config, use_ray: bool = True) -> EmbedStats:
-    """Embed the accepted recordings not yet cached; returns per-recording outcomes."""
+    """Embed what the cache lacks for the accepted recordings; returns per-recording outcomes.
+
+    Every channel of every recording is one work item in one pipeline (one backbone load);
+    a recording counts as cached when no channel needs anything.
+    """
     stats = EmbedStats()
-    todo = []
+    items: list[WorkItem] = []
     for row in manifest_rows:
-        if is_cached(root, cfg, row):
-            stats.cached.append(row["recording_id"])
+        todo = [WorkItem(row, c, plan) for c in channel_configs(cfg) if not (plan := plan_recording(root, c, row)).empty]
+        if todo:
+            items += todo
         else:
-            todo.append(row)
-    if not todo:
+            stats.cached.append(row["recording_id"])
+    if not items:
         return stats
-    collector = RecordingCollector(root, cfg, {r["recording_id"]: r for r in todo}, stats)
+    collector = RecordingCollector(root, items, stats)
     backbone = cfg.backbone.model_dump()
     if use_ray:
-        rows = _ray_pipeline(todo, cfg, backbone)
+        rows = _ray_pipeline(items, cfg, backbone)
     else:
         stage = EmbedStage(backbone)
-        rows = _local_pipeline(todo, cfg, stage)
+        rows = _local_pipeline(items, cfg, stage)
     for row in rows:
         collector.add(row)
     collector.finish()
     return stats
 
 
-def _local_pipeline(todo: list[dict[str, Any]], cfg: Config, stage: EmbedStage) -> Iterator[dict[str, Any]]:
-    for row in todo:
+def night_rows(row: dict[str, Any], cfg: PreprocessConfig, plan: EmbedPlan) -> Iterator[dict[str, Any]]:
+    """A night's rows for the embedding stage, tagged with the channel, closed by ``end_row``."""
+    sent = 0
+    for out in read_epochs(row, cfg, plan.shift_classes, plan.epochs):
+        sent += 1
+        yield {**out, "channel": cfg.channel}
+        if out["error"]:
+            return
+    yield {**end_row(row, cfg, sent + 1), "channel": cfg.channel}
+
+
+def _local_pipeline(items: list[WorkItem], cfg: Config, stage: EmbedStage) -> Iterator[dict[str, Any]]:
+    for item in items:
         buffer: list[dict[str, Any]] = []
-        for epoch_row in read_epochs(row, cfg.preprocess):
+        for epoch_row in night_rows(item.row, item.cfg.preprocess, item.plan):
             buffer.append(epoch_row)
             if len(buffer) == cfg.backbone.batch_size:
                 yield from _batches_to_rows([stage(_to_batch(buffer))])
@@ -238,14 +384,15 @@ def _to_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return batch
 
 
-def _ray_pipeline(todo: list[dict[str, Any]], cfg: Config, backbone: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _ray_pipeline(items: list[WorkItem], cfg: Config, backbone: dict[str, Any]) -> Iterator[dict[str, Any]]:
     import ray
 
     # Manifest rows hold lists; Ray Data items must be plain dicts of plain values.
-    items = [{"row": json.dumps(r, default=str)} for r in todo]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(partial(_read_items, preprocess=cfg.preprocess.model_dump()), batch_size=1,
-                        batch_format="numpy", num_cpus=cfg.ray.read_cpus)
+    payload = [{"item": json.dumps({"row": item.row, "preprocess": item.cfg.preprocess.model_dump(),
+                                    "epochs": item.plan.epochs, "shift": list(item.plan.shift_classes)},
+                                   default=str)} for item in items]
+    ds = ray.data.from_items(payload, override_num_blocks=len(payload))
+    ds = ds.map_batches(_read_items, batch_size=1, batch_format="numpy", num_cpus=cfg.ray.read_cpus)
     ds = ds.map_batches(
         EmbedStage, fn_constructor_kwargs={"backbone": backbone, "workers_per_node": cfg.ray.embed_workers}, batch_size=cfg.backbone.batch_size,
         batch_format="numpy", concurrency=cfg.ray.embed_workers,
@@ -260,8 +407,11 @@ _TRANSPORT_FIELDS: list[tuple[str, pa.DataType]] = [
     ("recording_id", pa.string()), ("subject_id", pa.string()), ("epoch_index", pa.int32()),
     ("start_s", pa.float64()), ("stage5", pa.string()), ("stage3", pa.string()), ("valid", pa.bool_()),
     ("invalid_reason", pa.string()), ("zero_rms_s", pa.float32()), ("nonfinite", pa.int32()),
-    ("clipped_fraction", pa.float32()), ("n_epochs", pa.int32()),
-    ("error", pa.string()),
+    ("clipped_fraction", pa.float32()),
+    ("apnea_frac", pa.float32()), ("hypopnea_frac", pa.float32()), ("snore_frac", pa.float32()),
+    ("n_apnea", pa.int32()), ("n_hypopnea", pa.int32()), ("resp_label", pa.string()),
+    ("kind", pa.string()), ("offset_s", pa.float32()), ("channel", pa.string()),
+    ("n_epochs", pa.int32()), ("n_rows", pa.int32()), ("error", pa.string()),
 ]
 
 
@@ -273,14 +423,16 @@ def _transport_table(rows: list[dict[str, Any]]) -> pa.Table:
     return pa.table(columns)
 
 
-def _read_items(items: dict[str, np.ndarray], preprocess: dict[str, Any]) -> Iterator[pa.Table]:
-    """Ray Data CPU stage: manifest rows in, blocks of ``block_epochs`` preprocessed epochs out."""
+def _read_items(items: dict[str, np.ndarray]) -> Iterator[pa.Table]:
+    """Ray Data CPU stage: work items in, blocks of ``block_epochs`` preprocessed rows out."""
     from sleepsound.config import PreprocessConfig
 
-    cfg = PreprocessConfig.model_validate(preprocess)
-    for item in items["row"]:
+    for text in items["item"]:
+        item = json.loads(str(text))
+        cfg = PreprocessConfig.model_validate(item["preprocess"])
+        plan = EmbedPlan(bool(item["epochs"]), tuple(item["shift"]))
         rows: list[dict[str, Any]] = []
-        for row in read_epochs(json.loads(str(item)), cfg):
+        for row in night_rows(item["row"], cfg, plan):
             rows.append(row)
             if len(rows) == cfg.block_epochs:
                 yield _transport_table(rows)

@@ -2,7 +2,9 @@
 
 Training reads only cached embeddings, so retraining takes minutes. The split is by
 subject (never by epoch) and recorded with the model, together with what produced the
-features, so a model can always be traced back to its data.
+features, so a model can always be traced back to its data. Training adds the cached 15-s
+shifted windows of the training subjects (``training.shift_augment``); prediction and
+metrics use the epochs only.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pyarrow as pa
 from sleepsound import __version__, schemas
 from sleepsound.config import Config
 from sleepsound.dataset import EmbeddedEpochs, load_embedded
-from sleepsound.embedding import backbone_key
+from sleepsound.embedding import backbone_key, channel_configs
 from sleepsound.heads.attention import build_context
 from sleepsound.heads.io import load_head, save_head
 from sleepsound.labels import STAGES_3
@@ -29,11 +31,27 @@ TASK = "stage3"
 
 
 def _inputs(data: EmbeddedEpochs, context: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Model inputs (and frame mask) for the 30-s or 90-s configuration."""
+    """Model inputs (and frame mask) for the 30-s or 90-s configuration.
+
+    With 90-s context, epochs take their neighbouring epochs and a shifted window takes
+    the neighbouring shifted windows (those of pairs i - 1 and i + 1): together the same
+    90 s moved by 15 s. A neighbour that is not there (the night's edges, an invalid epoch,
+    a stage change or a stage without shifted windows) is zeros with its frames masked.
+    """
     if context == 1:
         return data.features, None
-    return build_context(data.features, data.epochs["recording_id"].to_numpy(),
-                         data.epochs["epoch_index"].to_numpy(), context)
+    shifted = data.is_shifted
+    if not shifted.any():
+        return build_context(data.features, data.epochs["recording_id"].to_numpy(),
+                             data.epochs["epoch_index"].to_numpy(), context)
+    n, t, d = data.features.shape
+    x = np.zeros((n, context * t, d), dtype=data.features.dtype)
+    mask = np.zeros((n, context * t), dtype=bool)
+    for part in (~shifted, shifted):
+        rows = data.epochs[part]
+        x[part], mask[part] = build_context(data.features[part], rows["recording_id"].to_numpy(),
+                                            rows["epoch_index"].to_numpy(), context)
+    return x, mask
 
 
 def labelled_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -48,8 +66,12 @@ def train_stage_model(root: str, cfg: Config, run_id: str, manifest: pd.DataFram
         raise ValueError(f"training needs labelled nights from at least 2 subjects; found {len(subjects)}")
     train_subjects, test_subjects = split_by_subject(subjects, cfg.training.test_fraction, cfg.training.seed)
     train_rows = labelled[labelled["subject_id"].isin(train_subjects)]
-    data = load_embedded(root, cfg, train_rows)
+    data = load_embedded(root, cfg, train_rows, shifted=cfg.training.shift_augment)
+    leaked = set(data.epochs["subject_id"].astype(str)) - set(map(str, train_subjects))
+    if leaked:  # the split is by subject: nothing of a test subject, shifted windows included
+        raise RuntimeError(f"training rows of non-training subjects {sorted(leaked)[:3]}")
     keep = data.epochs["stage3"].isin(STAGES_3).to_numpy()
+    n_shifted = int((keep & data.is_shifted).sum())
     x, mask = _inputs(data, cfg.training.context_epochs)
     y = np.array([STAGES_3.index(s) for s in data.epochs["stage3"][keep]])
     tcfg = TrainConfig(lr=cfg.training.lr, min_lr=cfg.training.min_lr, epochs=cfg.training.epochs,
@@ -59,9 +81,10 @@ def train_stage_model(root: str, cfg: Config, run_id: str, manifest: pd.DataFram
     lineage = {
         "run_id": run_id, "code_version": __version__, "config_hash": cfg.fingerprint(),
         "manifest_hash": hashlib.sha256(json.dumps(sorted(labelled["sha256"])).encode()).hexdigest()[:16],
-        "embedding_cache": f"{backbone_key(cfg.backbone)}/{cfg.preprocess.fingerprint()}",
+        "embedding_cache": [f"{backbone_key(c.backbone)}/{c.preprocess.fingerprint()}" for c in channel_configs(cfg)],
         "train_subjects": train_subjects, "test_subjects": test_subjects,
-        "train_epochs": int(keep.sum()), "class_counts": np.bincount(y, minlength=3).tolist(),
+        "train_epochs": int(keep.sum()) - n_shifted, "train_shifted": n_shifted,
+        "class_counts": np.bincount(y, minlength=3).tolist(),
     }
     version = f"{run_id}-{hashlib.sha256(json.dumps(lineage, sort_keys=True).encode()).hexdigest()[:8]}"
     fs, root_path = open_root(root)
@@ -69,7 +92,7 @@ def train_stage_model(root: str, cfg: Config, run_id: str, manifest: pd.DataFram
     save_head(result.model, fs, model_dir)
     write_json(fs, join(model_dir, "lineage.json"), {**lineage, "history": result.history})
     return {"model_dir": model_dir, "version": version, "train_subjects": train_subjects,
-            "test_subjects": test_subjects, "train_epochs": int(keep.sum())}
+            "test_subjects": test_subjects, "train_epochs": int(keep.sum()) - n_shifted, "train_shifted": n_shifted}
 
 
 def predict_recordings(root: str, cfg: Config, run_id: str, model: dict[str, Any],
@@ -91,12 +114,13 @@ def predict_recordings(root: str, cfg: Config, run_id: str, model: dict[str, Any
     return out_dir
 
 
-def _all_epochs(root: str, cfg: Config, recording_id: str) -> pd.DataFrame:
+def _all_epochs(root: str, cfg: Config, recording_id: str) -> list[dict[str, Any]]:
     from sleepsound.embedding import epochs_path
     from sleepsound.storage import read_table
 
     fs, root_path = open_root(root)
-    return read_table(fs, epochs_path(root_path, cfg, recording_id)).to_pylist()
+    # With two channels the epoch list is the first channel's; only windows valid in both have features.
+    return read_table(fs, epochs_path(root_path, channel_configs(cfg)[0], recording_id)).to_pylist()
 
 
 def _prediction_table(head: Any, data: EmbeddedEpochs, epochs: list[dict[str, Any]], cfg: Config,

@@ -8,7 +8,7 @@ same night processed at once, and memory stays bounded by the block size.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,11 +21,16 @@ from sleepsound.quality import EpochQuality, flat_frames, measure_epoch, sanitis
 
 @dataclass
 class Epoch:
-    """One 30-s epoch of preprocessed 16 kHz audio and what its raw samples showed."""
+    """One 30-s epoch of preprocessed 16 kHz audio and what its raw samples showed.
+
+    ``offset_s`` > 0 marks a shifted training window: it starts that far into epoch
+    ``index`` and ends as far into the next epoch (see ``iter_epochs``).
+    """
 
     index: int
     audio: np.ndarray
     quality: EpochQuality
+    offset_s: float = 0.0
 
     @property
     def valid(self) -> bool:
@@ -79,27 +84,46 @@ def normalise(segment: np.ndarray) -> np.ndarray:
     return ((segment - segment.mean()) / (std if std > 1e-8 else 1.0)).astype(np.float32)
 
 
+def _pair_quality(a: EpochQuality, b: EpochQuality) -> EpochQuality:
+    """A shifted window's quality: the worse of its two (valid) epochs' figures."""
+    return EpochQuality(max(a.zero_rms_s, b.zero_rms_s), a.nonfinite + b.nonfinite,
+                        max(a.clipped_fraction, b.clipped_fraction), a.invalid_reason or b.invalid_reason)
+
+
 def iter_epochs(blocks: Iterable[np.ndarray], in_rate: float, cfg: PreprocessConfig,
-                full_scale: float = 1.0) -> Iterator[Epoch]:
+                full_scale: float = 1.0, shift_after: Container[int] = ()) -> Iterator[Epoch]:
     """Cut a stream of raw blocks (aligned to the epoch grid) into preprocessed epochs.
 
     Blocks must hold a whole number of epochs at ``in_rate`` (the last may be short); a
     trailing partial epoch is dropped because it has no full 30 s to score. Each epoch's
     raw samples are measured first (``quality.measure_epoch``); NaN/Inf samples are then
     zeroed so they cannot leak into the filters' state and spoil the epochs after them.
+
+    For every ``i`` in ``shift_after`` whose epochs ``i`` and ``i + 1`` are both valid, a
+    shifted window (``offset_s`` = half an epoch) is yielded just before epoch ``i + 1``: the
+    second half of epoch i and the first half of epoch i + 1, cut from the same filtered
+    stream (same filter state as the epochs) and then normalised on its own, exactly like an
+    epoch. Only the previous epoch's second half is kept, so memory stays one block.
     """
     raw_epoch = int(round(cfg.epoch_seconds * in_rate))
     out_epoch = int(round(cfg.epoch_seconds * cfg.target_rate))
+    half = out_epoch // 2
     filt = StreamingFilter(in_rate, cfg)
     measured: deque[EpochQuality] = deque()
     buffer = np.zeros(0, dtype=np.float32)
     next_index = 0
+    tail: tuple[np.ndarray, EpochQuality] | None = None  # previous epoch's second half, unnormalised
 
     def drain() -> Iterator[Epoch]:
-        nonlocal buffer, next_index
+        nonlocal buffer, next_index, tail
         while len(buffer) >= out_epoch and measured:
             audio, buffer = buffer[:out_epoch], buffer[out_epoch:]
             quality = measured.popleft()
+            if tail is not None and quality.valid and tail[1].valid and (next_index - 1) in shift_after:
+                window = np.concatenate([tail[0], audio[:half]])
+                yield Epoch(next_index - 1, normalise(window), _pair_quality(tail[1], quality),
+                            half / cfg.target_rate)
+            tail = (audio[half:].copy(), quality) if shift_after else None
             yield Epoch(next_index, normalise(audio) if quality.valid else audio, quality)
             next_index += 1
 

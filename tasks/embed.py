@@ -7,7 +7,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from sleepsound.config import Config
-from sleepsound.embedding import embed_cohort, embeddings_dir
+from sleepsound.embedding import channel_configs, embed_cohort, embeddings_dir
 from sleepsound.manifest import quarantine, read_manifest_rows, write_manifest
 from sleepsound.storage import open_root
 
@@ -23,8 +23,9 @@ def embed(root: str, config: dict[str, Any], use_ray: bool = True) -> dict[str, 
         write_manifest(root, quarantine(rows, stats.failed))
         for rec, reason in stats.failed.items():
             get_run_logger().warning("quarantined %s while streaming: %s", rec, reason)
-    get_run_logger().info("embedded %d recordings (%d epochs), %d from cache, %d failed",
-                          len(stats.embedded), stats.epochs, len(stats.cached), len(stats.failed))
+    get_run_logger().info("embedded %d recordings (%d epochs, %d shifted windows), %d from cache, %d failed",
+                          len(stats.embedded), stats.epochs, stats.shifted, len(stats.cached), len(stats.failed))
     _, root_path = open_root(root)
     return {"embedded": len(stats.embedded), "cached": len(stats.cached), "failed": len(stats.failed),
-            "epochs": stats.epochs, "cache": embeddings_dir(root_path, cfg)}
+            "epochs": stats.epochs, "shifted": stats.shifted,
+            "cache": [embeddings_dir(root_path, channel_cfg) for channel_cfg in channel_configs(cfg)]}

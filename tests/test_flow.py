@@ -59,11 +59,27 @@ def test_flow_on_local_disk(cohort, tiny_whisper, tmp_path):
     assert {"total_sleep_time_min", "sleep_efficiency"} <= set(summaries.columns)
     assert 0 <= result["metrics"]["macro_f1"] <= 1
 
+    _assert_respiratory_labels_and_shifted_windows(Path(root), patients, result["model"])
+
     _assert_prefect_recorded(result["prefect_flow_run"]["id"])
     assert set(result["seconds"]) == {"ingest", "embed", "train", "predict", "report"}
 
     again = run_pipeline_on_ray(str(cohort), root, _config(tiny_whisper), run_id="t2")
     assert again["counts"]["embedded"] == 0 and again["counts"]["cached"] == 5
+
+
+def _assert_respiratory_labels_and_shifted_windows(root: Path, patients: list[str], model: dict) -> None:
+    """Epoch tables carry respiratory labels (null for the unlabelled night); the cache holds the
+    labelled nights' shifted windows (one file per stage), which trained the model."""
+    epochs = {p.stem: pd.read_parquet(p) for p in (root / "epochs").glob("*/*.parquet")}
+    assert set(epochs) == set(patients[1:])
+    assert epochs[patients[1]]["resp_label"].isna().all()
+    for rec in patients[2:]:
+        assert set(epochs[rec]["resp_label"]) <= {"none", "snore", "apnea_hypopnea"}
+        assert (epochs[rec]["n_apnea"] >= 0).all() and epochs[rec]["snore_frac"].between(0, 1).all()
+        assert len(list((root / "embeddings").glob(f"*/*/{rec}-*.shifted-*.parquet"))) == 3
+    assert not list((root / "embeddings").glob(f"*/*/{patients[1]}-*.shifted-*.parquet"))
+    assert model["train_shifted"] > 0
 
 
 def _assert_prefect_recorded(flow_run_id: str) -> None:

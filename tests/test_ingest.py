@@ -105,3 +105,4 @@ def test_a_night_that_breaks_while_streaming_yields_one_error_row(psg_cohort, tm
     part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])   # truncated after validation
     out = list(read_epochs(rows[0], CFG))
     assert out[-1]["error"] and out[-1]["epoch_index"] == -1
+    assert "changed since" in out[-1]["error"] and len(out) == 1   # caught before any epoch is emitted

@@ -157,3 +157,190 @@ def test_split_by_subject_is_deterministic_and_never_leaks() -> None:
         assert len(tr) == 1 and len(te) == 1
     with pytest.raises(ValueError):
         split_by_subject(["only"], 0.2)
+
+
+# ---------------------------------------------------------------- shifted windows, context, channels
+
+from pathlib import Path  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+from sleepsound.config import Config, PreprocessConfig  # noqa: E402
+from sleepsound.dataset import load_embedded  # noqa: E402
+from sleepsound.embedding import (  # noqa: E402
+    channel_configs,
+    embed_cohort,
+    embeddings_path,
+    epochs_path,
+    shifted_path,
+)
+from sleepsound.epoching import read_epochs, shift_pairs  # noqa: E402
+from sleepsound.manifest import build_manifest  # noqa: E402
+from sleepsound.modelling import _inputs, predict_recordings, train_stage_model  # noqa: E402
+from sleepsound.preprocess import StreamingFilter, iter_epochs, normalise  # noqa: E402
+from sleepsound.synth.writers import generate_cohort  # noqa: E402
+
+RATE = 48_000
+
+
+@pytest.fixture(scope="module")
+def nights(tmp_path_factory) -> list[dict]:
+    """Four 15-min nights at 16 kHz (every stage within them); the last has no annotations."""
+    out = tmp_path_factory.mktemp("shift-cohort")
+    generate_cohort(out, n_subjects=4, hours=0.25, seed=5, sample_rate=16_000, part_seconds=900, cycle_minutes=15)
+    unlabelled = sorted(p.name for p in (out / "APNEA_EDF").iterdir())[-1]
+    (out / "APNEA_RML" / f"{unlabelled}.rml").unlink()
+    rows = build_manifest(str(out), PreprocessConfig())
+    assert [r["status"] for r in rows] == ["accepted"] * 4 and rows[-1]["label_source"] == "none"
+    return rows
+
+
+def _config(tiny_whisper: str, **training) -> Config:
+    return Config.model_validate({
+        "backbone": {"name": tiny_whisper, "batch_size": 8},
+        "training": {"lr": 3e-3, "min_lr": 3e-4, "epochs": 2, "batch_size": 16, "test_fraction": 0.34, **training}})
+
+
+@pytest.fixture(scope="module")
+def embedded_root(nights, tiny_whisper, tmp_path_factory) -> str:
+    """The nights embedded with shifted windows of all three stages (the default)."""
+    root = str(tmp_path_factory.mktemp("shift-root"))
+    stats = embed_cohort(nights, root, _config(tiny_whisper), use_ray=False)
+    assert not stats.failed and stats.shifted > 0
+    return root
+
+
+def test_shifted_windows_equal_cutting_the_whole_filtered_stream() -> None:
+    cfg = PreprocessConfig()
+    x = np.random.default_rng(4).standard_normal(RATE * 150).astype(np.float32)
+    x[RATE * 95: RATE * 107] = 0.0  # 12 s of silence: epoch 3 is invalid
+    blocks = [x[i:i + RATE * 60] for i in range(0, len(x), RATE * 60)]
+    out = list(iter_epochs(blocks, RATE, cfg, shift_after={0, 1, 2, 3}))
+    # Only pairs of valid epochs, each window yielded just before the pair's second epoch.
+    assert [(e.index, e.offset_s) for e in out] == [(0, 0), (0, 15), (1, 0), (1, 15), (2, 0), (3, 0), (4, 0)]
+    whole = StreamingFilter(RATE, cfg).process(x, last=True)  # the night at once: no blocks, no carried state
+    epoch, half = 480_000, 240_000
+    for e in out:
+        start = e.index * epoch + (half if e.offset_s else 0)
+        if e.quality.valid:
+            np.testing.assert_allclose(e.audio, normalise(whole[start:start + epoch]), atol=2e-3)
+    plain = list(iter_epochs(blocks, RATE, cfg))
+    assert [e.index for e in plain] == [0, 1, 2, 3, 4]  # asking for nothing changes nothing
+    for a, b in zip(plain, [e for e in out if not e.offset_s], strict=True):
+        np.testing.assert_array_equal(a.audio, b.audio)
+    assert [e.index for e in iter_epochs(blocks, RATE, cfg, shift_after={1}) if e.offset_s] == [1]
+
+
+def test_shifted_rows_only_between_same_stage_pairs_of_enabled_classes(nights) -> None:
+    cfg = PreprocessConfig()
+    assert shift_pairs(["Wake", "Wake", "NREM", "NREM", None, None, "REM", "REM"], {"Wake", "REM"}) == {0, 6}
+    row = nights[0]
+    rows = list(read_epochs(row, cfg, shift_classes=("Wake", "REM")))
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    shifted = [r for r in rows if r["kind"] == "shifted"]
+    stage3 = [e["stage3"] for e in epochs]
+    want = {i for i in range(len(epochs) - 1) if stage3[i] == stage3[i + 1] in ("Wake", "REM")
+            and epochs[i]["valid"] and epochs[i + 1]["valid"]}
+    assert want and {r["epoch_index"] for r in shifted} == want
+    assert all(r["offset_s"] == 15.0 and r["start_s"] == r["epoch_index"] * 30 + 15 for r in shifted)
+    assert all(r["stage3"] == stage3[r["epoch_index"]] and r["resp_label"] is not None for r in shifted)
+    only = list(read_epochs(row, cfg, shift_classes=("Wake", "REM"), epochs=False))
+    assert [r["epoch_index"] for r in only] == [r["epoch_index"] for r in shifted]
+    for a, b in zip(only, shifted, strict=True):
+        np.testing.assert_array_equal(a["audio"], b["audio"])
+    assert not any(r["kind"] == "shifted" for r in read_epochs(nights[-1], cfg, shift_classes=("Wake",)))
+
+
+def test_cache_embeds_only_missing_shifted_windows(nights, tiny_whisper, tmp_path) -> None:
+    root = str(tmp_path / "root")
+    labelled = [r for r in nights if r["label_source"] != "none"]
+    first = embed_cohort(nights, root, _config(tiny_whisper, shift_augment=False), use_ray=False)
+    assert first.epochs == 4 * 30 and first.shifted == 0
+    cfg = _config(tiny_whisper, shift_classes=["REM"])
+    assert not any(Path(shifted_path(root, cfg, r["recording_id"], r["sha256"], "REM")).exists() for r in nights)
+    kept = {p: p.stat().st_mtime_ns for p in Path(root).rglob("*.parquet")}
+
+    rem = embed_cohort(nights, root, cfg, use_ray=False)  # augmentation turned on: shifted windows only
+    assert rem.epochs == 0 and rem.shifted > 0 and sorted(rem.embedded) == sorted(r["recording_id"] for r in labelled)
+    assert rem.cached == [nights[-1]["recording_id"]]  # unlabelled: no shifted windows to make
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # epochs and their embeddings untouched
+    table = pd.read_parquet(shifted_path(root, cfg, labelled[0]["recording_id"], labelled[0]["sha256"], "REM"))
+    assert set(table["stage3"]) <= {"REM"} and (table["offset_s"] == 15).all()
+
+    every = _config(tiny_whisper)
+    rem_files = {p: p.stat().st_mtime_ns for p in Path(root).rglob("*.shifted-REM.parquet")}
+    more = embed_cohort(nights, root, every, use_ray=False)  # Wake and NREM only
+    assert more.epochs == 0 and more.shifted > rem.shifted
+    assert {p: p.stat().st_mtime_ns for p in rem_files} == rem_files
+    for stats in (embed_cohort(nights, root, every, use_ray=False),
+                  embed_cohort(nights, root, _config(tiny_whisper, shift_augment=False), use_ray=False)):
+        assert stats.embedded == [] and stats.epochs == stats.shifted == 0 and len(stats.cached) == 4
+
+
+def test_training_uses_shifted_windows_of_training_subjects_only(nights, embedded_root, tiny_whisper) -> None:
+    cfg = _config(tiny_whisper)
+    manifest = pd.DataFrame(nights)
+    model = train_stage_model(embedded_root, cfg, "shift", manifest)
+    train, test = set(model["train_subjects"]), set(model["test_subjects"])
+    assert len(test) == 1 and nights[-1]["subject_id"] not in train | test
+
+    def shifted_rows(subjects: set[str]) -> int:
+        return sum(len(pd.read_parquet(shifted_path(embedded_root, cfg, r["recording_id"], r["sha256"], s)))
+                   for r in nights if r["subject_id"] in subjects for s in ("Wake", "NREM", "REM"))
+
+    assert shifted_rows(test) > 0  # the test subject's windows exist in the cache ...
+    assert model["train_shifted"] == shifted_rows(train) > 0  # ... and only the training subjects' are used
+    data = load_embedded(embedded_root, cfg, manifest[manifest["subject_id"].isin(train)], shifted=True)
+    assert set(data.epochs["subject_id"]) == train and data.is_shifted.sum() == model["train_shifted"]
+    assert model["train_epochs"] == int((~data.is_shifted).sum())
+    plain = train_stage_model(embedded_root, _config(tiny_whisper, shift_augment=False), "plain", manifest)
+    assert plain["train_shifted"] == 0 and plain["train_epochs"] == model["train_epochs"]
+
+
+def test_90s_context_trains_with_shifted_windows_and_predicts(nights, embedded_root, tiny_whisper, tmp_path) -> None:
+    cfg = _config(tiny_whisper, context_epochs=3)
+    manifest = pd.DataFrame(nights)
+    data = load_embedded(embedded_root, cfg, manifest.iloc[:1], shifted=True)
+    x, mask = _inputs(data, 3)
+    t = data.features.shape[1]
+    rows = data.epochs.reset_index(drop=True)
+    where = {(bool(s), int(i)): n for n, (s, i) in enumerate(zip(data.is_shifted, rows["epoch_index"], strict=True))}
+    for n, (is_shifted, i) in enumerate(zip(data.is_shifted, rows["epoch_index"], strict=True)):
+        before = where.get((bool(is_shifted), int(i) - 1))  # a shifted window's neighbours are shifted windows
+        assert mask[n, :t].all() == (before is not None) and mask[n, t:2 * t].all()
+        if before is not None:
+            np.testing.assert_array_equal(x[n, :t], data.features[before])
+    model = train_stage_model(embedded_root, cfg, "ctx3", manifest)
+    assert model["train_shifted"] > 0
+    out = predict_recordings(embedded_root, cfg, "ctx3", model, manifest)
+    preds = pd.read_parquet(out)
+    assert len(preds) == 4 * 30 and not preds.duplicated(["recording_id", "epoch_index"]).any()
+    assert preds["stage_pred"].notna().all()
+
+
+def test_both_channels_concatenate_each_epochs_embeddings(nights, embedded_root, tiny_whisper) -> None:
+    both = _config(tiny_whisper).model_copy(update={"preprocess": PreprocessConfig(channel="both")})
+    mic, tracheal = channel_configs(both)
+    assert (mic.preprocess.channel, tracheal.preprocess.channel) == ("Mic", "Tracheal")
+    assert mic.preprocess.fingerprint() != tracheal.preprocess.fingerprint()
+    stats = embed_cohort(nights, embedded_root, both, use_ray=False)  # Mic is cached: Tracheal only
+    assert stats.epochs == 4 * 30 and not stats.failed
+    for row in nights:
+        for single in (mic, tracheal):
+            assert Path(epochs_path(embedded_root, single, row["recording_id"])).exists()
+            assert Path(embeddings_path(embedded_root, single, row["recording_id"], row["sha256"])).exists()
+    manifest = pd.DataFrame(nights)
+    a = load_embedded(embedded_root, mic, manifest, shifted=True)
+    b = load_embedded(embedded_root, tracheal, manifest, shifted=True)
+    joined = load_embedded(embedded_root, both, manifest, shifted=True)
+    assert joined.features.shape[2] == a.features.shape[2] + b.features.shape[2]
+    assert joined.features.shape[:2] == (len(joined.epochs), a.features.shape[1])
+    key = ["recording_id", "epoch_index", "offset_s"]
+    common = a.epochs[key].merge(b.epochs[key], on=key)
+    assert len(joined.epochs) == len(common)
+    first = joined.epochs.iloc[0]
+    n_a = int(((a.epochs["recording_id"] == first["recording_id"]) & (a.epochs["epoch_index"] == first["epoch_index"])
+               & (a.epochs["offset_s"] == first["offset_s"])).to_numpy().argmax())
+    np.testing.assert_array_equal(joined.features[0, :, :a.features.shape[2]], a.features[n_a])
+    model = train_stage_model(embedded_root, both, "both", manifest)
+    assert len(model["train_subjects"]) == 2
