@@ -18,12 +18,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
 		echo "NVIDIA GPU found: installing the default (CUDA) torch"; \
-		$(PY) -m pip install -q -e ".[test]"; \
+		$(PY) -m pip install -q -e ".[test,bench]"; \
 	else \
 		echo "No GPU: installing $(CPU_TORCH) (CPU build) and pinning it"; \
 		$(PY) -m pip install -q "$(CPU_TORCH)" && \
 		echo "$(CPU_TORCH)" > $(VENV)/constraints.txt && \
-		$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[test]"; \
+		$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[test,bench]"; \
 	fi
 	@touch $(STAMP)
 

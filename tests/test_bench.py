@@ -1,0 +1,122 @@
+"""The ingest benchmark runs end to end on a tiny night and reports sane figures (never asserts speed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sleepsound.bench import ingest
+from sleepsound.bench.ingest import BenchError, night_name, run_ingest_bench
+from sleepsound.cli import app
+
+STAGE_KEYS = {"seconds", "cpu_seconds", "x_realtime", "x_realtime_per_core", "peak_rss_mb"}
+TOP_KEYS = {"benchmark", "audio_hours", "sample_rate", "channels_in_file", "epochs", "ours", "baseline", "speedup",
+            "goals", "seconds", "x_realtime_per_core", "peak_rss_mb", "baseline_seconds",
+            "baseline_x_realtime_per_core", "baseline_peak_rss_mb"}
+
+
+def _check(result: dict, hours: float, sample_rate: int) -> None:
+    assert TOP_KEYS <= set(result)
+    assert result["benchmark"] == "ingest"
+    assert result["audio_hours"] == pytest.approx(hours)
+    assert result["sample_rate"] == sample_rate
+    assert {"Mic", "Tracheal"} <= set(result["channels_in_file"])
+    assert result["epochs"] == round(hours * 120) == result["baseline_epochs"]
+    for stage in ("ours", "baseline"):
+        assert set(result[stage]) == STAGE_KEYS
+        assert all(value > 0 for value in result[stage].values()), result[stage]
+    assert result["seconds"] == result["ours"]["seconds"]
+    assert result["x_realtime_per_core"] == result["ours"]["x_realtime_per_core"]
+    assert result["peak_rss_mb"] == result["ours"]["peak_rss_mb"]
+    assert result["baseline_seconds"] == result["baseline"]["seconds"]
+    assert result["baseline_x_realtime_per_core"] == result["baseline"]["x_realtime_per_core"]
+    assert result["baseline_peak_rss_mb"] == result["baseline"]["peak_rss_mb"]
+    assert result["speedup"] > 0
+    assert set(result["goals"]) == {"peak_rss_mb_under_1500", "x_realtime_per_core_at_least_200",
+                                    "faster_than_baseline"}
+    assert all(isinstance(v, bool) for v in result["goals"].values())
+
+
+def test_run_ingest_bench_reports_both_stages_and_reuses_the_night(tmp_path: Path) -> None:
+    pytest.importorskip("librosa")
+    result = run_ingest_bench(hours=0.05, sample_rate=16_000, workdir=tmp_path)
+    _check(result, 0.05, 16_000)
+    night = tmp_path / night_name(0.05, 16_000, 0)
+    assert result["night"]["path"] == str(night) and result["night"]["generated_now"]
+    assert (night / "cohort.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [night.name]  # no temporary folder left behind
+
+    again = run_ingest_bench(hours=0.05, sample_rate=16_000, workdir=tmp_path)
+    assert not again["night"]["generated_now"]
+    assert again["epochs"] == result["epochs"]
+
+
+def test_cli_bench_ingest_json(tmp_path: Path) -> None:
+    pytest.importorskip("librosa")
+    out = CliRunner().invoke(app, ["bench", "ingest", "--hours", "0.05", "--sample-rate", "16000",
+                                   "--json", "--workdir", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    _check(json.loads(out.stdout.strip().splitlines()[-1]), 0.05, 16_000)
+
+
+def test_missing_librosa_fails_with_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = ingest.importlib.util.find_spec
+    monkeypatch.setattr(ingest.importlib.util, "find_spec", lambda name, *a: None if name == "librosa" else real(name, *a))
+    with pytest.raises(BenchError, match=r"librosa.*pip install"):
+        run_ingest_bench(hours=0.05, sample_rate=16_000, workdir=tmp_path)
+    assert not any(tmp_path.iterdir())  # failed before generating anything
+    out = CliRunner().invoke(app, ["bench", "ingest", "--hours", "0.05", "--json", "--workdir", str(tmp_path)])
+    assert out.exit_code == 2 and "librosa" in out.output
+
+
+def _pyedflib_blocks(path: str, chn: int, n_samples: int, block: int) -> list:
+    import numpy as np
+    import pyedflib
+
+    reader = pyedflib.EdfReader(path)
+    try:
+        return [reader.readSignal(chn, s, min(block, n_samples - s)).astype(np.float32)
+                for s in range(0, n_samples, block)]
+    finally:
+        reader.close()
+
+
+def test_streamed_edf_blocks_equal_pyedflib_bit_for_bit(tmp_path: Path) -> None:
+    """The benchmark's speed-up (numpy reads of EDF records) must not change a single sample."""
+    import numpy as np
+    import pyedflib
+
+    from sleepsound.io.audio import iter_part_blocks, probe_edf
+    from sleepsound.synth.writers import generate_cohort
+
+    generate_cohort(tmp_path / "night", 1, 0.01, seed=3, sample_rate=16_000)
+    paths = [str(p) for p in (tmp_path / "night").rglob("*.edf")]
+    # EDF+ with an annotation signal, odd and inverted physical ranges, digital values outside the header's range
+    plus = str(tmp_path / "plus.edf")
+    writer = pyedflib.EdfWriter(plus, 2, file_type=pyedflib.FILETYPE_EDFPLUS)
+    writer.setSignalHeaders([
+        {"label": "Mic", "dimension": "", "sample_frequency": 1000, "physical_min": -0.37, "physical_max": 1.91,
+         "digital_min": -2000, "digital_max": 30000, "transducer": "", "prefilter": ""},
+        {"label": "Tracheal", "dimension": "", "sample_frequency": 500, "physical_min": 5.0, "physical_max": -5.0,
+         "digital_min": -32767, "digital_max": 32767, "transducer": "", "prefilter": ""}])
+    rng = np.random.default_rng(0)
+    for _ in range(9):
+        writer.writeSamples([rng.integers(-2000, 30001, 1000).astype(np.int32),
+                             rng.integers(-32767, 32768, 500).astype(np.int32)], digital=True)
+    writer.writeAnnotation(3.0, 1.0, "note")
+    writer.close()
+    with open(plus, "r+b") as handle:  # sample 0 of the first record's Tracheal: -32768, below its digital minimum
+        handle.seek(256 * 4 + 2 * 1000)
+        handle.write(np.array([-32768], dtype="<i2").tobytes())
+    for path in [*paths, plus]:
+        for channel in ("Mic", "Tracheal"):
+            part = probe_edf(path, channel)
+            for block in (part.n_samples, 4_801, 997):
+                ours = list(iter_part_blocks(part, block, "psg-audio"))
+                ref = _pyedflib_blocks(path, part.channel_index, part.n_samples, block)
+                assert len(ours) == len(ref)
+                for a, b in zip(ours, ref, strict=True):
+                    assert a.dtype == np.float32 and np.array_equal(a.view(np.uint32), b.view(np.uint32))
