@@ -24,6 +24,8 @@ from fsspec.implementations.local import LocalFileSystem
 def open_root(root: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """Return the filesystem and the protocol-free path of a storage root."""
     fs, path = fsspec.core.url_to_fs(root)
+    if isinstance(fs, LocalFileSystem):
+        path = posixpath.normpath(path)  # messages name /data/x, not /work/../data/x
     return fs, path.rstrip("/") or "/"
 
 
