@@ -422,3 +422,17 @@ def test_offline_intermediate_layer_is_cheaper(offline):
     layer2 = load_backbone(layer=2)
     assert len(layer2.model.layers) == 2 and len(offline.model.layers) == 4
     assert layer2.fingerprint != offline.fingerprint
+
+
+def test_device_placement_and_compile_on_cpu(tiny_dirs, noise):
+    """The GPU-path options on a CPU machine: explicit placement, a clear refusal of CUDA, compile."""
+    plain = load_backbone(str(tiny_dirs["whisper"]), device="cpu")
+    assert not plain.on_cuda and all(p.device.type == "cpu" for p in plain.model.parameters())
+    assert plain.auto_batch_size(EPOCH) == 8   # CPU: a fixed batch; CUDA: measured from free memory
+    if not torch.cuda.is_available():
+        with pytest.raises(BackboneLoadError, match="no usable CUDA"):
+            load_backbone(str(tiny_dirs["whisper"]), device="cuda")
+    compiled = load_backbone(str(tiny_dirs["whisper"]), device="cpu", compile=True, compile_backend="eager")
+    assert compiled.model is not plain.model and hasattr(compiled.model, "_orig_mod")
+    np.testing.assert_allclose(compiled.embed(noise).astype(np.float32), plain.embed(noise).astype(np.float32),
+                               atol=2e-3)

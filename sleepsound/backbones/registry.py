@@ -100,6 +100,7 @@ class Backbone:
 
         _truncate(model, family, self.layer, self.layer_index)
         self.model = model.to(self.device).eval().requires_grad_(False)
+        self.on_cuda = torch.device(self.device).type == "cuda"
 
     def __repr__(self) -> str:
         return (f"Backbone(name={self.name!r}, family={self.family!r}, dim={self.dim}, layer={self.layer}, "
@@ -136,7 +137,11 @@ class Backbone:
             return np.zeros((0, self.n_output_frames(n_samples), self.dim), dtype=np.float16)
         if not np.isfinite(batch).all():
             raise ValueError("embed got NaN or infinite samples")
-        audio = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        audio = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if self.on_cuda:  # page-locked host memory lets the copy overlap the previous batch's compute
+            audio = audio.pin_memory().to(self.device, non_blocking=True)
+        else:
+            audio = audio.to(self.device)
         with torch.inference_mode():
             if self.family == "whisper":
                 features = self.log_mel(audio)
@@ -151,6 +156,21 @@ class Backbone:
                     frames = self.model(input_values=audio).last_hidden_state
             pooled = pool_frames(frames.float(), self.frames_per_pool)
         return pooled.to(torch.float16).cpu().numpy()
+
+    def auto_batch_size(self, n_samples: int, memory_fraction: float = 0.7, cap: int = 256,
+                        cpu_batch: int = 8) -> int:
+        """Segments per forward pass: on CUDA as many as ``memory_fraction`` of the free memory holds,
+        measured by a probe pass of two segments; on CPU ``cpu_batch`` (larger batches gain nothing
+        once the cores are busy, and cost memory)."""
+        if not self.on_cuda:
+            return cpu_batch
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        self.embed(np.zeros((2, n_samples), dtype=np.float32))
+        per_segment = max(1.0, (torch.cuda.max_memory_allocated(self.device) - base) / 2)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return int(max(1, min(cap, memory_fraction * free // per_segment)))
 
     def log_mel(self, audio: torch.Tensor) -> torch.Tensor:
         """Whisper's log-Mel features for a [B, n <= window] float32 batch, zero-padded to the window.
@@ -231,7 +251,9 @@ def _truncate(model: torch.nn.Module, family: str, layer: int, index: int) -> No
 def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    torch.device(device)  # validates the string
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():  # also validates the string
+        raise BackboneLoadError(f"device {device!r} asked for, but this machine has no usable CUDA GPU "
+                                "(use 'auto' or 'cpu')")
     return device
 
 
@@ -326,7 +348,8 @@ def _whisper_extractor(name: str, num_mel_bins: int) -> Any:
 
 
 def load_backbone(name: str = OFFLINE_WHISPER, *, layer: int = -1, pool_seconds: float = 0.5,
-                  device: str = "cpu", dtype: str = "float32") -> Backbone:
+                  device: str = "cpu", dtype: str = "float32", compile: bool = False,
+                  compile_backend: str = "inductor") -> Backbone:
     """Load a frozen backbone: ``whisper-tiny.en-offline``, a local model folder, or a Hugging Face id.
 
     ``layer``: -1 (default) is the model's output, ``last_hidden_state`` (for Whisper and the
@@ -341,6 +364,9 @@ def load_backbone(name: str = OFFLINE_WHISPER, *, layer: int = -1, pool_seconds:
     ``dtype``: ``float32``; ``bfloat16`` / ``float16`` run the model under autocast (float16
     on CUDA only); ``auto`` is bf16 (or fp16) on CUDA and float32 on CPU. Weights stay float32.
     (bf16 autocast on a CPU without native bf16, such as our AVX2 machines, is ~6x slower.)
+    ``compile``: wrap the model in ``torch.compile`` (``compile_backend``, inductor by default);
+    worth it for long GPU runs, where the first batch pays the compilation.
+    On CUDA, inputs go through pinned host memory and attention uses PyTorch's SDPA kernels.
     """
     from transformers import AutoModel, WhisperFeatureExtractor, WhisperModel
 
@@ -370,5 +396,8 @@ def load_backbone(name: str = OFFLINE_WHISPER, *, layer: int = -1, pool_seconds:
             _check_loading(name, info, prefix="")
         extractor = _whisper_extractor(source, config.num_mel_bins) if family == "whisper" else None
     model.eval().requires_grad_(False)
-    return Backbone(name=name, family=family, model=model, layer=layer, pool_seconds=pool_seconds, device=device,
-                    dtype=dtype, weights_hash=weights_hash(model), feature_extractor=extractor)
+    backbone = Backbone(name=name, family=family, model=model, layer=layer, pool_seconds=pool_seconds,
+                        device=device, dtype=dtype, weights_hash=weights_hash(model), feature_extractor=extractor)
+    if compile:  # same computation, fused kernels; the first batch pays the compilation
+        backbone.model = torch.compile(backbone.model, dynamic=False, backend=compile_backend)
+    return backbone
