@@ -1,0 +1,85 @@
+"""The embedding cache: hits and misses by what produced an embedding, readable without sleepsound."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from sleepsound.backbones.registry import load_backbone
+from sleepsound.backbones.tiny import save_tiny_random_backbone
+from sleepsound.config import Config, PreprocessConfig
+from sleepsound.embedding import embed_cohort, embeddings_dir, embeddings_path, epochs_path
+from sleepsound.epoching import read_epochs
+from sleepsound.manifest import build_manifest
+from sleepsound.synth.writers import generate_cohort
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("cache-cohort")
+    generate_cohort(out, n_subjects=3, hours=0.05, seed=21, sample_rate=16_000, part_seconds=180, cycle_minutes=10)
+    found = build_manifest(str(out), PreprocessConfig())
+    assert [r["status"] for r in found] == ["accepted"] * 3
+    return found
+
+
+def _cfg(backbone: str, **preprocess) -> Config:
+    return Config.model_validate({"backbone": {"name": backbone, "batch_size": 4}, "preprocess": preprocess,
+                                  "training": {"shift_augment": False}})
+
+
+def test_hits_and_misses_follow_what_produced_the_embeddings(rows, tiny_whisper, tmp_path):
+    root = str(tmp_path / "root")
+    cfg = _cfg(tiny_whisper)
+    first = embed_cohort(rows[:2], root, cfg, use_ray=False)
+    assert sorted(first.embedded) == sorted(r["recording_id"] for r in rows[:2]) and first.epochs == 12
+
+    again = embed_cohort(rows[:2], root, cfg, use_ray=False)
+    assert again.embedded == [] and len(again.cached) == 2 and again.epochs == 0
+
+    grown = embed_cohort(rows, root, cfg, use_ray=False)           # one new night: only it is embedded
+    assert grown.embedded == [rows[2]["recording_id"]] and len(grown.cached) == 2
+
+    filtered = _cfg(tiny_whisper, highpass_hz=80.0)                 # another filter: everything again
+    refiltered = embed_cohort(rows, root, filtered, use_ray=False)
+    assert len(refiltered.embedded) == 3
+    assert embeddings_dir(root, filtered) != embeddings_dir(root, cfg)
+
+    other = str(save_tiny_random_backbone("whisper", tmp_path / "other-whisper", seed=1))
+    swapped = embed_cohort(rows, root, _cfg(other), use_ray=False)  # other weights: everything again
+    assert len(swapped.embedded) == 3
+
+    layer = _cfg(tiny_whisper).model_copy(update={"backbone": _cfg(tiny_whisper).backbone.model_copy(
+        update={"layer": 1})})
+    assert len(embed_cohort(rows, root, layer, use_ray=False).embedded) == 3
+    assert embed_cohort(rows, root, cfg, use_ray=False).embedded == []   # the first cache is untouched
+
+
+def test_changed_audio_is_a_new_cache_entry(rows, tiny_whisper, tmp_path):
+    root = str(tmp_path / "root")
+    cfg = _cfg(tiny_whisper)
+    embed_cohort(rows[:1], root, cfg, use_ray=False)
+    edited = {**rows[0], "sha256": "f" * 64}                          # the night's audio changed upstream
+    assert embed_cohort([edited], root, cfg, use_ray=False).embedded == [rows[0]["recording_id"]]
+    assert Path(embeddings_path(root, cfg, rows[0]["recording_id"], "f" * 64)).exists()
+
+
+def test_cache_is_plain_parquet_equal_to_a_direct_forward_pass(rows, tiny_whisper, tmp_path):
+    root = str(tmp_path / "root")
+    cfg = _cfg(tiny_whisper)
+    embed_cohort(rows[:1], root, cfg, use_ray=False)
+    rec = rows[0]["recording_id"]
+    table = pd.read_parquet(embeddings_path(root, cfg, rec, rows[0]["sha256"]))   # pandas alone
+    epochs = pd.read_parquet(epochs_path(root, cfg, rec))
+    assert list(table["epoch_index"]) == list(epochs.loc[epochs["valid"], "epoch_index"])
+    n_frames, dim = int(table["n_frames"].iloc[0]), int(table["dim"].iloc[0])
+    cached = np.stack(table["embedding"].to_numpy()).reshape(len(table), n_frames, dim)
+    assert cached.dtype == np.float16 and (n_frames, dim) == (60, 32)
+    assert pq.read_schema(embeddings_path(root, cfg, rec, rows[0]["sha256"])).field("embedding").type.value_type \
+        == "halffloat"
+
+    audio = np.stack([r["audio"] for r in read_epochs(rows[0], cfg.preprocess) if r["valid"]])
+    direct = load_backbone(tiny_whisper).embed(audio)
+    np.testing.assert_allclose(cached.astype(np.float32), direct.astype(np.float32), atol=1e-3)
