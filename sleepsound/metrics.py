@@ -10,7 +10,7 @@ most frequent *training* class for every epoch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -161,3 +161,84 @@ def evaluate(y_true: Iterable[Any], y_pred: Iterable[Any], classes: Sequence[str
         "confusion_normalised": row_normalise(counts).tolist(),
         "per_class": per_class.reset_index().to_dict("records"),
     }
+
+
+def ahi_agreement(true_ahi: Sequence[float], pred_ahi: Sequence[float]) -> dict[str, Any]:
+    """How an AHI estimate agrees with the scored one, night by night.
+
+    Pearson r (and its p-value); Bland-Altman bias (mean of estimate - scored) and 95% limits
+    of agreement (bias +- 1.96 SD of the differences); severity agreement on the clinical
+    bands (4x4 confusion, exact agreement, Cohen's kappa); and, per screening threshold 5,
+    15 and 30 (scored AHI >= t is a positive), the estimate's sensitivity and specificity.
+    Nights where either value is unknown are left out.
+    """
+    from scipy.stats import pearsonr
+
+    from sleepsound.summaries import SEVERITIES, severity
+
+    t = np.asarray(true_ahi, dtype=np.float64)
+    p = np.asarray(pred_ahi, dtype=np.float64)
+    if t.shape != p.shape:
+        raise ValueError(f"{len(t)} scored AHIs but {len(p)} estimates")
+    keep = np.isfinite(t) & np.isfinite(p)
+    t, p = t[keep], p[keep]
+    diff = p - t
+    r, r_p = (pearsonr(t, p) if len(t) >= 3 and t.std() > 0 and p.std() > 0 else (float("nan"), float("nan")))
+    sd = float(diff.std(ddof=1)) if len(diff) > 1 else float("nan")
+    bias = float(diff.mean()) if len(diff) else float("nan")
+    bands = confusion_counts([severity(v) for v in t], [severity(v) for v in p], SEVERITIES)
+    screening = {}
+    for threshold in (5, 15, 30):
+        pos, hit = t >= threshold, p >= threshold
+        screening[str(threshold)] = {"SE": _ratio((pos & hit).sum(), pos.sum()),
+                                     "SP": _ratio((~pos & ~hit).sum(), (~pos).sum()),
+                                     "positives": int(pos.sum())}
+    return {
+        "n_nights": int(len(t)), "pearson_r": float(r), "pearson_p": float(r_p),
+        "bias": bias, "loa_low": bias - 1.96 * sd, "loa_high": bias + 1.96 * sd,
+        "mean_abs_error": float(np.abs(diff).mean()) if len(diff) else float("nan"),
+        "severity_classes": list(SEVERITIES), "severity_confusion": bands.tolist(),
+        "severity_agreement": _ratio(np.trace(bands), bands.sum()), "severity_kappa": cohen_kappa(bands),
+        "screening": screening,
+    }
+
+
+def bootstrap_ci(y_true: Sequence[Any], y_pred: Sequence[Any], groups: Sequence[Any],
+                 metric: Callable[[list[Any], list[Any]], float], n_boot: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile confidence interval of ``metric`` with subjects (``groups``) resampled.
+
+    Epochs of one subject are not independent, so whole subjects are drawn with
+    replacement and their epochs pooled; NaN draws (e.g. a class absent) are dropped.
+    """
+    yt, yp, g = np.asarray(list(y_true), dtype=object), np.asarray(list(y_pred), dtype=object), np.asarray(list(groups))
+    if not len(yt) == len(yp) == len(g):
+        raise ValueError("y_true, y_pred and groups need one entry per epoch")
+    subjects = np.unique(g)
+    if len(subjects) < 2:
+        return float("nan"), float("nan")
+    rows = {s: np.flatnonzero(g == s) for s in subjects}
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        take = np.concatenate([rows[s] for s in rng.choice(subjects, size=len(subjects), replace=True)])
+        values.append(metric(list(yt[take]), list(yp[take])))
+    finite = np.asarray([v for v in values if np.isfinite(v)])
+    if not len(finite):
+        return float("nan"), float("nan")
+    tail = (1.0 - level) / 2.0
+    return float(np.quantile(finite, tail)), float(np.quantile(finite, 1.0 - tail))
+
+
+def per_subject(y_true: Sequence[Any], y_pred: Sequence[Any], groups: Sequence[Any],
+                classes: Sequence[str] = STAGES_3) -> pd.DataFrame:
+    """Accuracy, macro-F1 and kappa of each subject's own epochs (one row per subject)."""
+    frame = pd.DataFrame({"true": list(y_true), "pred": list(y_pred), "subject": list(groups)})
+    rows = []
+    for subject, part in frame.groupby("subject", sort=True):
+        counts = confusion_counts(part["true"], part["pred"], classes)
+        rows.append({"subject": subject, "epochs": len(part),
+                     "accuracy": float((part["true"] == part["pred"]).mean()),
+                     "macro_f1": macro_f1(list(part["true"]), list(part["pred"]), classes),
+                     "kappa": cohen_kappa(counts)})
+    return pd.DataFrame(rows, columns=["subject", "epochs", "accuracy", "macro_f1", "kappa"])

@@ -21,6 +21,7 @@ denominator is 0.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,3 +99,38 @@ def summarise_nights(epochs: pd.DataFrame, stage_column: str = "stage",
     for rec, night in epochs.groupby("recording_id", sort=True):
         rows.append({"recording_id": rec, **night_summary(night_stages(night, stage_column), epoch_seconds)})
     return pd.DataFrame(rows, columns=["recording_id", *SUMMARY_FIELDS])
+
+
+# AHI severity bands (method.md, "Clinical definitions"): < 5 normal, 5-15 mild, 15-30 moderate, >= 30 severe.
+SEVERITY_BANDS: tuple[tuple[float, str], ...] = ((5.0, "normal"), (15.0, "mild"), (30.0, "moderate"),
+                                                 (math.inf, "severe"))
+SEVERITIES = tuple(name for _, name in SEVERITY_BANDS)
+
+
+def severity(ahi: float) -> str | None:
+    """The clinical severity class of an AHI; None when the AHI is unknown (no sleep)."""
+    if ahi is None or not math.isfinite(ahi):
+        return None
+    if ahi < 0:
+        raise ValueError(f"AHI cannot be negative, got {ahi}")
+    return next(name for bound, name in SEVERITY_BANDS if ahi < bound)
+
+
+def breathing_summary(stages: Sequence[str | None], events: Sequence[float], snore: Sequence[float],
+                      epoch_seconds: float = EPOCH_SECONDS) -> dict[str, Any]:
+    """Night-level breathing figures from per-epoch values, counted over sleep epochs only.
+
+    ``events``: apnoeas + hypopnoeas per epoch: scored onsets (``n_apnea + n_hypopnea``) for
+    the reference, or a model's expected count (its probability of an event-bearing epoch)
+    for an estimate. ``snore``: the share of each epoch with snoring (0-1). AHI is events
+    per hour of sleep; the snore index is snoring minutes per hour of sleep.
+    """
+    if not len(stages) == len(events) == len(snore):
+        raise ValueError("stages, events and snore need one value per epoch")
+    asleep = np.array([_clean(s) in ("NREM", "REM") for s in stages], dtype=bool)
+    sleep_hours = asleep.sum() * epoch_seconds / 3600.0
+    ev = np.nan_to_num(np.asarray(events, dtype=np.float64))[asleep]
+    sn = np.nan_to_num(np.asarray(snore, dtype=np.float64))[asleep]
+    ahi = float(ev.sum() / sleep_hours) if sleep_hours else float("nan")
+    return {"ahi": ahi, "severity": severity(ahi), "respiratory_events": float(ev.sum()),
+            "snore_index": float(sn.sum() * epoch_seconds / 60.0 / sleep_hours) if sleep_hours else float("nan")}

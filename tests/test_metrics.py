@@ -99,3 +99,50 @@ def test_kappa_matches_sklearn_on_random_labels() -> None:
 def test_paper_reference_row() -> None:
     assert PAPER_30S_HUBERT["Wake"] == {"SE": 0.81, "SP": 0.76, "PPV": 0.24, "NPV": 0.98}
     assert PAPER_30S_HUBERT["NREM"]["NPV"] == 0.17 and PAPER_30S_HUBERT["REM"]["PPV"] == 0.06
+
+
+def test_ahi_agreement_by_hand() -> None:
+    from sleepsound.metrics import ahi_agreement
+
+    scored = [2.0, 8.0, 20.0, 40.0, 12.0]
+    estimate = [4.0, 6.0, 25.0, 45.0, 16.0]        # differences 2, -2, 5, 5, 4
+    out = ahi_agreement(scored, estimate)
+    diff = np.array([2, -2, 5, 5, 4], dtype=float)
+    assert out["bias"] == pytest.approx(2.8)
+    assert out["loa_high"] - out["loa_low"] == pytest.approx(2 * 1.96 * diff.std(ddof=1))
+    assert out["pearson_r"] == pytest.approx(np.corrcoef(scored, estimate)[0, 1])
+    # bands: normal->normal, mild->mild, moderate->moderate, severe->severe, mild->gets 16 = moderate
+    assert out["severity_agreement"] == pytest.approx(0.8)
+    assert out["screening"]["15"] == {"SE": 1.0, "SP": pytest.approx(2 / 3), "positives": 2}
+    assert out["screening"]["5"]["SE"] == 1.0 and out["screening"]["5"]["SP"] == 1.0
+    with_gap = ahi_agreement(scored + [float("nan")], estimate + [3.0])
+    assert with_gap["n_nights"] == 5
+
+
+def test_bootstrap_resamples_subjects_not_epochs() -> None:
+    from sleepsound.metrics import bootstrap_ci, per_subject
+
+    # subject a is always right, subject b always wrong: the CI must span both extremes' mixtures
+    true = ["Wake"] * 10 + ["NREM"] * 10
+    pred = ["Wake"] * 10 + ["REM"] * 10
+    groups = ["a"] * 10 + ["b"] * 10
+    accuracy = lambda t, p: float(np.mean(np.asarray(t) == np.asarray(p)))  # noqa: E731
+    low, high = bootstrap_ci(true, pred, groups, accuracy, n_boot=400, seed=1)
+    assert low == 0.0 and high == 1.0                      # draws of (b, b) and (a, a) happen
+    assert all(math.isnan(v) for v in bootstrap_ci(true, pred, ["a"] * 20, accuracy))
+    table = per_subject(true, pred, groups)
+    assert table.set_index("subject")["accuracy"].to_dict() == {"a": 1.0, "b": 0.0}
+
+
+def test_severity_and_breathing_summary() -> None:
+    from sleepsound.summaries import breathing_summary, severity
+
+    assert [severity(v) for v in (0, 4.99, 5, 14.9, 15, 29.9, 30, 90)] == \
+        ["normal", "normal", "mild", "mild", "moderate", "moderate", "severe", "severe"]
+    assert severity(float("nan")) is None
+    stages = ["Wake"] * 20 + ["NREM"] * 100 + ["REM"] * 20 + [None] * 10   # 120 sleep epochs: 1 h
+    events = [1.0] * 20 + [0.0, 1.0] * 50 + [1.0] * 20 + [1.0] * 10          # wake/unknown events don't count
+    out = breathing_summary(stages, events, [0.25] * 150)
+    assert out["respiratory_events"] == 70 and out["ahi"] == pytest.approx(70.0)
+    assert out["severity"] == "severe" and out["snore_index"] == pytest.approx(15.0)
+    assert math.isnan(breathing_summary(["Wake"] * 4, [1] * 4, [0] * 4)["ahi"])
