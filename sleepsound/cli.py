@@ -195,6 +195,50 @@ def bench_ingest(
     console.print(f"baseline: {result['method']['baseline']}")
 
 
+models_app = typer.Typer(help="Trained heads stored under a storage root: versions, champion, lineage.",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
+RootOpt = Annotated[str, typer.Option(help="Storage root (path, file:// or s3://).")]
+
+
+@models_app.command("list")
+def models_list(
+    root: RootOpt,
+    task: Annotated[Optional[str], typer.Option(help="Only this task (default: every task).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Every stored version, oldest first; the champion is marked."""
+    from sleepsound import model_store
+
+    rows = [v for t in ([task] if task else model_store.tasks(root)) for v in model_store.versions(root, t)]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table("task", "version", "champion", "head", "context", "train subjects", "macro-F1", "kappa")
+    for v in rows:
+        table.add_row(v["task"], v["version"], "*" if v["champion"] else "", str(v["head"]),
+                      str(v["context_epochs"]), str(v["train_subjects"]),
+                      "-" if v["macro_f1"] is None else f"{v['macro_f1']:.3f}",
+                      "-" if v["kappa"] is None else f"{v['kappa']:.3f}")
+    console.print(table if rows else f"no models under {root}")
+
+
+@models_app.command("show")
+def models_show(
+    root: RootOpt,
+    version: Annotated[Optional[str], typer.Argument(help="Version (default: the task's champion).")] = None,
+    task: Annotated[str, typer.Option(help="Task of the model.")] = "stage3",
+) -> None:
+    """One version's config, lineage and held-out metrics, as JSON."""
+    from sleepsound import model_store
+
+    try:
+        print(json.dumps(model_store.show(root, task, version), indent=2, default=str))
+    except model_store.ModelNotFound as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
 def _run_flow(source: str, root: str, config: dict, ray_address: str | None, run_id: str | None) -> dict:
     from flows.local_prefect import local_prefect_api
 

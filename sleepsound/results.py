@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from sleepsound import model_store
 from sleepsound.labels import STAGES_3
 from sleepsound.manifest import read_manifest
 from sleepsound.metrics import evaluate
@@ -57,6 +58,11 @@ def write_run_outputs(root: str, run_id: str, model: dict[str, Any], meta: dict[
     run_dir = join(root_path, "runs", run_id)
     write_table(fs, join(run_dir, "summaries", "summaries.parquet"), pa.Table.from_pandas(summaries, preserve_index=False))
     write_json(fs, join(run_dir, "metrics.json"), metrics or {})
+    if metrics:
+        task = model.get("task", "stage3")
+        model_store.write_metrics(root, task, model["version"], {**metrics, "run_id": run_id})
+        if model_store.champion_version(root, task) is None:
+            model_store.set_champion(root, task, model["version"], "first evaluated model of this task")
 
     manifest = read_manifest(root)
     quarantined = manifest[manifest["status"] != "accepted"][["recording_id", "reason_code", "reason"]]

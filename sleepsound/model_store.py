@@ -1,0 +1,104 @@
+"""Trained heads as versioned artifacts under the storage root, with a champion per task.
+
+Layout: ``<root>/models/<task>/<version>/`` holds ``model.safetensors`` + ``config.json``
+(``heads.io``), ``lineage.json`` (what it was trained on: run, split, manifest hash,
+embedding cache key, code version) and, once evaluated, ``metrics.json``;
+``<root>/models/<task>/champion.json`` names the version that scores by default. A version
+folder is complete when its ``config.json`` exists (``heads.io.save_head`` writes it last).
+Nothing here loads weights or runs code from an artifact: it reads JSON only.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sleepsound.heads.io import CONFIG_NAME
+from sleepsound.storage import join, open_root, read_json, write_json
+
+CHAMPION = "champion.json"
+LINEAGE = "lineage.json"
+METRICS = "metrics.json"
+
+
+class ModelNotFound(LookupError):
+    """No such task or version under the storage root."""
+
+
+def model_dir(root_path: str, task: str, version: str) -> str:
+    return join(root_path, "models", task, version)
+
+
+def tasks(root: str) -> list[str]:
+    """Tasks with at least one stored model."""
+    fs, root_path = open_root(root)
+    base = join(root_path, "models")
+    if not fs.exists(base):
+        return []
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False) if fs.isdir(p))
+
+
+def versions(root: str, task: str) -> list[dict[str, Any]]:
+    """Every complete version of ``task``, oldest first, with its headline facts."""
+    fs, root_path = open_root(root)
+    base = join(root_path, "models", task)
+    if not fs.exists(base):
+        return []
+    champion = champion_version(root, task)
+    out = []
+    for path in fs.ls(base, detail=False):
+        version = path.rstrip("/").rsplit("/", 1)[-1]
+        if not fs.isdir(path) or not fs.exists(join(path, CONFIG_NAME)):
+            continue
+        lineage = _json_or_empty(fs, join(path, LINEAGE))
+        metrics = _json_or_empty(fs, join(path, METRICS))
+        config = read_json(fs, join(path, CONFIG_NAME))
+        out.append({
+            "task": task, "version": version, "champion": version == champion,
+            "created": lineage.get("created"), "head": config.get("head_class"),
+            "context_epochs": config.get("context_epochs"), "classes": config.get("classes"),
+            "train_subjects": len(lineage.get("train_subjects", [])),
+            "train_epochs": lineage.get("train_epochs"),
+            "macro_f1": metrics.get("macro_f1"), "kappa": metrics.get("kappa"), "accuracy": metrics.get("accuracy"),
+        })
+    return sorted(out, key=lambda v: (v["created"] or "", v["version"]))
+
+
+def show(root: str, task: str, version: str | None = None) -> dict[str, Any]:
+    """Everything stored about one version (default: the champion): config, lineage, metrics."""
+    fs, root_path = open_root(root)
+    version = version or champion_version(root, task)
+    if version is None:
+        raise ModelNotFound(f"task {task!r} has no champion under {root}; name a version (sleepsound models list)")
+    path = model_dir(root_path, task, version)
+    if not fs.exists(join(path, CONFIG_NAME)):
+        raise ModelNotFound(f"no model {task}/{version} under {root}")
+    return {"task": task, "version": version, "path": path, "champion": version == champion_version(root, task),
+            "config": read_json(fs, join(path, CONFIG_NAME)), "lineage": _json_or_empty(fs, join(path, LINEAGE)),
+            "metrics": _json_or_empty(fs, join(path, METRICS))}
+
+
+def champion_version(root: str, task: str) -> str | None:
+    fs, root_path = open_root(root)
+    pointer = join(root_path, "models", task, CHAMPION)
+    return read_json(fs, pointer)["version"] if fs.exists(pointer) else None
+
+
+def set_champion(root: str, task: str, version: str, reason: str) -> dict[str, Any]:
+    """Point ``task``'s champion at ``version`` (which must exist), recording why and what it replaced."""
+    fs, root_path = open_root(root)
+    if not fs.exists(join(model_dir(root_path, task, version), CONFIG_NAME)):
+        raise ModelNotFound(f"no model {task}/{version} under {root}")
+    record = {"version": version, "previous": champion_version(root, task), "reason": reason,
+              "promoted": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    write_json(fs, join(root_path, "models", task, CHAMPION), record)
+    return record
+
+
+def write_metrics(root: str, task: str, version: str, metrics: dict[str, Any]) -> None:
+    fs, root_path = open_root(root)
+    write_json(fs, join(model_dir(root_path, task, version), METRICS), metrics)
+
+
+def _json_or_empty(fs: Any, path: str) -> dict[str, Any]:
+    return read_json(fs, path) if fs.exists(path) else {}

@@ -1,0 +1,57 @@
+"""Versioned heads under a storage root: listing, showing, the champion pointer, and the CLI."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from sleepsound import model_store
+from sleepsound.heads.io import build_head, save_head
+from sleepsound.storage import join, open_root, write_json
+
+
+def _store(root: str, version: str, created: str, macro_f1: float | None) -> None:
+    fs, root_path = open_root(root)
+    path = model_store.model_dir(root_path, "stage3", version)
+    save_head(build_head("attention", dim=8, n_classes=3), fs, path, context=3)
+    write_json(fs, join(path, "lineage.json"), {"created": created, "train_subjects": ["a", "b"], "train_epochs": 40})
+    if macro_f1 is not None:
+        model_store.write_metrics(root, "stage3", version, {"macro_f1": macro_f1, "kappa": 0.1, "accuracy": 0.5})
+
+
+def test_versions_champion_and_show(tmp_path):
+    root = str(tmp_path / "root")
+    assert model_store.tasks(root) == [] and model_store.versions(root, "stage3") == []
+    _store(root, "r2-bbbb", "2026-11-02T00:00:00", 0.61)
+    _store(root, "r1-aaaa", "2026-11-01T00:00:00", None)
+    (tmp_path / "root" / "models" / "stage3" / "r3-half-written").mkdir()     # no config.json: incomplete
+    listed = model_store.versions(root, "stage3")
+    assert [v["version"] for v in listed] == ["r1-aaaa", "r2-bbbb"]
+    assert listed[1]["macro_f1"] == 0.61 and listed[0]["macro_f1"] is None and listed[1]["context_epochs"] == 3
+
+    with pytest.raises(model_store.ModelNotFound, match="no champion"):
+        model_store.show(root, "stage3")
+    with pytest.raises(model_store.ModelNotFound):
+        model_store.set_champion(root, "stage3", "r3-half-written", "test")
+    model_store.set_champion(root, "stage3", "r1-aaaa", "first")
+    record = model_store.set_champion(root, "stage3", "r2-bbbb", "better macro-F1")
+    assert record["previous"] == "r1-aaaa" and model_store.champion_version(root, "stage3") == "r2-bbbb"
+    shown = model_store.show(root, "stage3")
+    assert shown["version"] == "r2-bbbb" and shown["champion"] and shown["metrics"]["macro_f1"] == 0.61
+    assert shown["config"]["head_class"] == "AttentionPoolingHead" and shown["lineage"]["train_epochs"] == 40
+
+
+def test_models_cli(tmp_path):
+    from sleepsound.cli import app
+
+    root = str(tmp_path / "root")
+    _store(root, "r1-aaaa", "2026-11-01T00:00:00", 0.5)
+    model_store.set_champion(root, "stage3", "r1-aaaa", "first")
+    listed = CliRunner().invoke(app, ["models", "list", "--root", root, "--json"])
+    assert listed.exit_code == 0 and json.loads(listed.output)[0]["champion"] is True
+    table = CliRunner().invoke(app, ["models", "list", "--root", root])
+    assert "r1-aaaa" in table.output and "*" in table.output
+    shown = CliRunner().invoke(app, ["models", "show", "--root", root])
+    assert shown.exit_code == 0 and json.loads(shown.output)["version"] == "r1-aaaa"
+    missing = CliRunner().invoke(app, ["models", "show", "nope", "--root", root])
+    assert missing.exit_code == 2
