@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ENV_PREFIX = "SLEEPSOUND_"
 
@@ -56,12 +56,30 @@ class PreprocessConfig(_Section):
 class BackboneConfig(_Section):
     name: str = "whisper-tiny.en-offline"
     layer: int = -1
+    # Several hidden states for a learned weighted sum (as in SUPERB): the cache then holds
+    # len(layers) times as much and the head learns the weights; empty = ``layer`` alone.
+    layers: list[int] = Field(default_factory=list, description="hidden-state indices (as ``layer``: 0 = input "
+                              "of the first transformer layer, -1 = the model output); empty: use ``layer``")
     pool_seconds: float = 0.5
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int = Field(8, ge=1, description="epochs per model forward pass")
     cpu_threads: int | None = Field(
         None, ge=1, description="torch threads per model actor on CPU (default: the node's cores / embed_workers)")
+
+    @model_validator(mode="after")
+    def _one_layer_setting(self) -> BackboneConfig:
+        """``layer`` and ``layers`` together would be ambiguous: refuse rather than guess."""
+        if self.layers and self.layer != -1:
+            raise ValueError(f"set backbone.layer ({self.layer}) or backbone.layers ({self.layers}), not both")
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"backbone.layers lists a layer twice: {self.layers}")
+        return self
+
+    @property
+    def n_layers(self) -> int:
+        """Hidden states per frame in the cache: ``len(layers)``, 1 for the single-layer path."""
+        return max(1, len(self.layers))
 
 
 class TrainingConfig(_Section):
@@ -110,7 +128,10 @@ class Config(_Section):
     validation: ValidationConfig = ValidationConfig()
 
     def fingerprint(self) -> str:
-        return _hash(self.model_dump())[:12]
+        data = self.model_dump()
+        if not data["backbone"]["layers"]:  # configs from before ``layers`` keep their hash
+            del data["backbone"]["layers"]
+        return _hash(data)[:12]
 
 
 def _hash(obj: Any) -> str:

@@ -23,6 +23,9 @@ from sleepsound.storage import open_root, read_table
 class EmbeddedEpochs:
     """Valid epochs (and shifted windows) of some recordings: features [N, T, D] float16 and their rows.
 
+    With several backbone layers in the cache (``backbone.layers``) the features are
+    [N, T, L, D], the layers in the configured order.
+
     ``epochs`` holds the columns of schemas.EPOCHS plus ``offset_s`` (0 for an epoch, 15 for
     a shifted training window, whose ``epoch_index`` is its pair's first epoch), one row per
     feature row, same order.
@@ -57,11 +60,18 @@ def load_embedded(root: str, cfg: Config, manifest: pd.DataFrame, shifted: bool 
     return data
 
 
+_SIZE_COLUMNS = ("n_frames", "dim", "n_layers", "embedding")
+
+
 def _features(table: pa.Table) -> np.ndarray:
-    """Embeddings [rows, frames, dim] from a cache table's fixed-size list column."""
+    """Embeddings [rows, frames, dim] (or [rows, frames, layers, dim]) from a cache table's
+    fixed-size list column; a cache without ``n_layers`` (written before it existed) holds one layer."""
     n_frames, dim = int(table["n_frames"][0].as_py()), int(table["dim"][0].as_py())
+    n_layers = int(table["n_layers"][0].as_py()) if "n_layers" in table.column_names else 1
     flat = table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return flat.reshape(table.num_rows, n_frames, dim)
+    if n_layers == 1:
+        return flat.reshape(table.num_rows, n_frames, dim)
+    return flat.reshape(table.num_rows, n_frames, n_layers, dim)
 
 
 def _load_channel(root: str, cfg: Config, manifest: pd.DataFrame, shifted: bool) -> EmbeddedEpochs:
@@ -83,7 +93,8 @@ def _load_channel(root: str, cfg: Config, manifest: pd.DataFrame, shifted: bool)
             table = read_table(fs, path)
             if table.num_rows:
                 features.append(_features(table))
-                frames.append(_shifted_rows(table.drop_columns(["n_frames", "dim", "embedding"]).to_pandas(),
+                sizes = [c for c in _SIZE_COLUMNS if c in table.column_names]
+                frames.append(_shifted_rows(table.drop_columns(sizes).to_pandas(),
                                             row.subject_id, cfg.preprocess.epoch_seconds))
     if not features:
         return EmbeddedEpochs(np.zeros((0, 1, 1), dtype=np.float16), pd.DataFrame())
@@ -98,7 +109,8 @@ def _shifted_rows(windows: pd.DataFrame, subject_id: str, epoch_seconds: float) 
 
 
 def _join_channels(parts: list[EmbeddedEpochs]) -> EmbeddedEpochs:
-    """Windows present in every channel, features concatenated on the last axis (rows: first channel's)."""
+    """Windows present in every channel, features concatenated on the last axis (rows: first channel's);
+    with several layers each layer's vector is the channels' side by side."""
     if any(len(p.epochs) == 0 for p in parts):
         return EmbeddedEpochs(np.zeros((0, 1, 1), dtype=np.float16), pd.DataFrame())
     keys = [pd.MultiIndex.from_arrays([p.epochs["recording_id"].astype(str).to_numpy(),
@@ -108,5 +120,5 @@ def _join_channels(parts: list[EmbeddedEpochs]) -> EmbeddedEpochs:
     for other in keys[1:]:
         common = common[common.isin(other)]
     rows = [key.get_indexer(common) for key in keys]
-    features = np.concatenate([p.features[r] for p, r in zip(parts, rows, strict=True)], axis=2)
+    features = np.concatenate([p.features[r] for p, r in zip(parts, rows, strict=True)], axis=-1)
     return EmbeddedEpochs(features, parts[0].epochs.iloc[rows[0]].reset_index(drop=True))

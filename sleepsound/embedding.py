@@ -54,6 +54,8 @@ def resolve_device(device: str) -> str:
 def backbone_key(cfg: BackboneConfig) -> str:
     """Cache folder name for a backbone: readable name plus a hash of weights and settings."""
     parts: dict[str, Any] = {"name": cfg.name, "layer": cfg.layer, "pool": cfg.pool_seconds}
+    if cfg.layers:  # only then, so single-layer keys stay as they were
+        parts["layers"] = list(cfg.layers)
     local = Path(cfg.name)
     if local.is_dir():  # a local model: its config and weight files, by content prefix and size
         for path in sorted(local.iterdir()):
@@ -69,7 +71,8 @@ def backbone_key(cfg: BackboneConfig) -> str:
             parts["package"] = None
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", local.name if local.is_dir() else cfg.name)
-    return f"{slug}-L{cfg.layer}-{digest}"
+    layers = "_".join(str(k) for k in cfg.layers) if cfg.layers else str(cfg.layer)
+    return f"{slug}-L{layers}-{digest}"
 
 
 def embeddings_dir(root: str, cfg: Config) -> str:
@@ -143,7 +146,7 @@ class EmbedStage:
 
             torch.set_num_threads(cfg.cpu_threads or max(1, (os.cpu_count() or 1) // max(1, workers_per_node)))
         self.backbone = load_backbone(cfg.name, layer=cfg.layer, pool_seconds=cfg.pool_seconds,
-                                      device=device, dtype=cfg.dtype)
+                                      device=device, dtype=cfg.dtype, layers=cfg.layers)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         audio = batch.pop("audio")
@@ -160,7 +163,7 @@ class EmbedStage:
             out = np.zeros((len(audio), 1, 1), dtype=np.float16)
         batch["embedding"] = out.reshape(len(audio), -1)
         batch["n_frames"] = np.full(len(audio), out.shape[1], dtype=np.int32)
-        batch["dim"] = np.full(len(audio), out.shape[2], dtype=np.int32)
+        batch["dim"] = np.full(len(audio), out.shape[-1], dtype=np.int32)  # [B, T, D] or [B, T, L, D]
         return batch
 
 
@@ -226,16 +229,18 @@ class RecordingCollector:
     def _flush(self, key: tuple[str, str], rows: list[dict[str, Any]]) -> None:
         item = self.items.pop(key)
         rec, sha, cfg = key[1], item.row["sha256"], item.cfg
+        n_layers = cfg.backbone.n_layers  # EmbedStage's rows say frames and width, not layers
         rows.sort(key=lambda r: int(r["epoch_index"]))
         shifted = [r for r in rows if r["kind"] == "shifted"]
         for stage in item.plan.shift_classes:
             windows = [r for r in shifted if r["stage3"] == stage]
-            write_table(self.fs, shifted_path(self.root_path, cfg, rec, sha, stage), _shifted_table(rec, windows))
+            write_table(self.fs, shifted_path(self.root_path, cfg, rec, sha, stage),
+                        _shifted_table(rec, windows, n_layers))
         epochs = [r for r in rows if r["kind"] == "epoch"]
         if item.plan.epochs:
             # Embeddings first, epochs last: the epochs file is the recording's completion mark.
             write_table(self.fs, embeddings_path(self.root_path, cfg, rec, sha),
-                        _embeddings_table(rec, [r for r in epochs if r["valid"]]))
+                        _embeddings_table(rec, [r for r in epochs if r["valid"]], n_layers))
             table = pa.Table.from_pylist([{k: r[k] for k in EPOCH_COLUMNS} for r in epochs])
             write_table(self.fs, epochs_path(self.root_path, cfg, rec), schemas.conform(table, schemas.EPOCHS))
         if rec not in self.stats.embedded:
@@ -252,32 +257,37 @@ class RecordingCollector:
         self.pending.clear()
 
 
-def _frames(rows: list[dict[str, Any]]) -> tuple[int, int, pa.Array]:
+def _frames(rows: list[dict[str, Any]], n_layers: int) -> tuple[int, int, pa.Array]:
+    """(n_frames, dim, flat embeddings) of rows that each hold [n_frames, n_layers, dim] values."""
     n_frames, dim = int(rows[0]["n_frames"]), int(rows[0]["dim"])
-    emb = np.stack([np.asarray(r["embedding"], dtype=np.float16) for r in rows]).ravel()
-    return n_frames, dim, pa.FixedSizeListArray.from_arrays(pa.array(emb), n_frames * dim)
+    emb = np.stack([np.asarray(r["embedding"], dtype=np.float16) for r in rows])
+    if emb.shape[1] != n_frames * n_layers * dim:
+        raise ValueError(f"embedding rows of {emb.shape[1]} values are not {n_frames} frames x {n_layers} layers"
+                         f" x {dim} dims")
+    return n_frames, dim, pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), n_frames * n_layers * dim)
 
 
-def _embeddings_table(rec: str, valid: list[dict[str, Any]]) -> pa.Table:
+def _embeddings_table(rec: str, valid: list[dict[str, Any]], n_layers: int = 1) -> pa.Table:
     """A recording's valid epochs' embeddings (an empty table when none is valid)."""
     if not valid:
         return schemas.embeddings_schema(1, 1).empty_table()
-    n_frames, dim, emb = _frames(valid)
+    n_frames, dim, emb = _frames(valid, n_layers)
     table = pa.table({"recording_id": [rec] * len(valid), "epoch_index": [int(r["epoch_index"]) for r in valid],
-                      "n_frames": [n_frames] * len(valid), "dim": [dim] * len(valid), "embedding": emb})
-    return schemas.conform(table, schemas.embeddings_schema(n_frames, dim))
+                      "n_frames": [n_frames] * len(valid), "dim": [dim] * len(valid),
+                      "n_layers": [n_layers] * len(valid), "embedding": emb})
+    return schemas.conform(table, schemas.embeddings_schema(n_frames, dim, n_layers))
 
 
-def _shifted_table(rec: str, windows: list[dict[str, Any]]) -> pa.Table:
+def _shifted_table(rec: str, windows: list[dict[str, Any]], n_layers: int = 1) -> pa.Table:
     """One stage's shifted windows of a recording (an empty table marks "none there")."""
     if not windows:
         return schemas.shifted_embeddings_schema(1, 1).empty_table()
-    n_frames, dim, emb = _frames(windows)
+    n_frames, dim, emb = _frames(windows, n_layers)
     columns: dict[str, Any] = {name: [r[name] for r in windows] for name in
                                ("epoch_index", "offset_s", "stage5", "stage3", *RESP_COLUMNS)}
     table = pa.table({"recording_id": [rec] * len(windows), **columns, "n_frames": [n_frames] * len(windows),
-                      "dim": [dim] * len(windows), "embedding": emb})
-    return schemas.conform(table, schemas.shifted_embeddings_schema(n_frames, dim))
+                      "dim": [dim] * len(windows), "n_layers": [n_layers] * len(windows), "embedding": emb})
+    return schemas.conform(table, schemas.shifted_embeddings_schema(n_frames, dim, n_layers))
 
 
 def is_cached(root: str, cfg: Config, row: dict[str, Any]) -> bool:

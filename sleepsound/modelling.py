@@ -23,6 +23,7 @@ from sleepsound.dataset import EmbeddedEpochs, load_embedded
 from sleepsound.embedding import backbone_key, channel_configs
 from sleepsound.heads.attention import build_context
 from sleepsound.heads.io import load_head, save_head
+from sleepsound.heads.layers import layer_weights
 from sleepsound.labels import STAGES_3
 from sleepsound.storage import join, open_root, write_json, write_table
 from sleepsound.training import TrainConfig, predict_proba, split_by_subject, train_head
@@ -44,8 +45,8 @@ def _inputs(data: EmbeddedEpochs, context: int) -> tuple[np.ndarray, np.ndarray 
     if not shifted.any():
         return build_context(data.features, data.epochs["recording_id"].to_numpy(),
                              data.epochs["epoch_index"].to_numpy(), context)
-    n, t, d = data.features.shape
-    x = np.zeros((n, context * t, d), dtype=data.features.dtype)
+    n, t = data.features.shape[:2]
+    x = np.zeros((n, context * t, *data.features.shape[2:]), dtype=data.features.dtype)
     mask = np.zeros((n, context * t), dtype=bool)
     for part in (~shifted, shifted):
         rows = data.epochs[part]
@@ -59,7 +60,13 @@ def labelled_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def train_stage_model(root: str, cfg: Config, run_id: str, manifest: pd.DataFrame) -> dict[str, Any]:
-    """Split subjects, train on the training side, save the head with its lineage."""
+    """Split subjects, train on the training side, save the head with its lineage.
+
+    With several backbone layers (4-D features) the head learns their weighting; the
+    softmaxed weights, one per entry of ``backbone.layers``, go into lineage.json and the
+    head config's ``extra`` as ``layer_weights`` (beside ``layers``), so users see which
+    layers the model relies on.
+    """
     labelled = labelled_manifest(manifest)
     subjects = sorted(labelled["subject_id"].unique())
     if len(subjects) < 2:
@@ -86,10 +93,13 @@ def train_stage_model(root: str, cfg: Config, run_id: str, manifest: pd.DataFram
         "train_epochs": int(keep.sum()) - n_shifted, "train_shifted": n_shifted,
         "class_counts": np.bincount(y, minlength=3).tolist(),
     }
+    mixed = layer_weights(result.model)
+    layer_info = {} if mixed is None else {"layers": list(cfg.backbone.layers), "layer_weights": mixed}
+    lineage.update(layer_info)
     version = f"{run_id}-{hashlib.sha256(json.dumps(lineage, sort_keys=True).encode()).hexdigest()[:8]}"
     fs, root_path = open_root(root)
     model_dir = join(root_path, "models", TASK, version)
-    save_head(result.model, fs, model_dir)
+    save_head(result.model, fs, model_dir, extra=layer_info)
     write_json(fs, join(model_dir, "lineage.json"), {**lineage, "history": result.history})
     return {"model_dir": model_dir, "version": version, "train_subjects": train_subjects,
             "test_subjects": test_subjects, "train_epochs": int(keep.sum()) - n_shifted, "train_shifted": n_shifted}

@@ -60,14 +60,20 @@ EPOCHS = pa.schema([
 ])
 
 
-def embeddings_schema(n_frames: int, dim: int) -> pa.Schema:
-    """Frame embeddings pooled in time, float16, one row per valid epoch."""
+def embeddings_schema(n_frames: int, dim: int, n_layers: int = 1) -> pa.Schema:
+    """Frame embeddings pooled in time, float16, one row per valid epoch.
+
+    ``embedding`` is a row-major [n_frames, n_layers, dim] array, flattened (``backbone.layers``
+    keeps several hidden states). Caches written before ``n_layers`` existed lack the column
+    and hold one layer: read a missing column as 1.
+    """
     return pa.schema([
         ("recording_id", pa.string()),
         ("epoch_index", pa.int32()),
         ("n_frames", pa.int32()),
         ("dim", pa.int32()),
-        ("embedding", pa.list_(pa.float16(), n_frames * dim)),
+        ("n_layers", pa.int32()),
+        ("embedding", pa.list_(pa.float16(), n_frames * n_layers * dim)),
     ])
 
 
@@ -76,10 +82,11 @@ _RESP_FIELDS = [field for field in EPOCHS if field.name in
                 ("apnea_frac", "hypopnea_frac", "snore_frac", "n_apnea", "n_hypopnea", "resp_label")]
 
 
-def shifted_embeddings_schema(n_frames: int, dim: int) -> pa.Schema:
+def shifted_embeddings_schema(n_frames: int, dim: int, n_layers: int = 1) -> pa.Schema:
     """15-s shifted training windows, one row per same-stage valid pair of epochs.
 
     ``epoch_index`` is the pair's first epoch; the window starts ``offset_s`` into it.
+    ``embedding`` and ``n_layers`` as in :func:`embeddings_schema`.
     """
     return pa.schema([
         ("recording_id", pa.string()),
@@ -90,7 +97,8 @@ def shifted_embeddings_schema(n_frames: int, dim: int) -> pa.Schema:
         *_RESP_FIELDS,
         ("n_frames", pa.int32()),
         ("dim", pa.int32()),
-        ("embedding", pa.list_(pa.float16(), n_frames * dim)),
+        ("n_layers", pa.int32()),
+        ("embedding", pa.list_(pa.float16(), n_frames * n_layers * dim)),
     ])
 
 

@@ -158,6 +158,9 @@ def train_head(x: np.ndarray, y: Sequence[Any] | np.ndarray, cfg: TrainConfig | 
                context: int = 1, mask: np.ndarray | None = None) -> TrainResult:
     """Train a head on x [N, T, D] (float16 is fine; numpy or memmap) and labels y [N].
 
+    x [N, T, L, D] (several backbone layers) builds the head with ``n_layers=L``: it learns
+    a softmax weighting of the layers (see sleepsound.heads.layers) along with the rest.
+
     ``y`` holds class indices or names from ``cfg.classes``; ``mask`` [N, T] marks real
     frames (from ``build_context``); ``context`` is recorded with the model. ``val`` is
     (x, y) or (x, y, mask): when given, each epoch is scored by validation macro-F1, the
@@ -166,8 +169,8 @@ def train_head(x: np.ndarray, y: Sequence[Any] | np.ndarray, cfg: TrainConfig | 
     """
     cfg = cfg or TrainConfig()
     x = np.asarray(x) if not isinstance(x, np.ndarray) else x
-    if x.ndim != 3:
-        raise ValueError(f"expected x [N, T, D], got shape {x.shape}")
+    if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[2] < 2):
+        raise ValueError(f"expected x [N, T, D] or [N, T, L >= 2, D], got shape {x.shape}")
     yi = encode_labels(y, cfg.classes)
     if len(yi) != len(x) or len(yi) == 0:
         raise ValueError(f"need as many labels as inputs (> 0): {len(x)} inputs, {len(yi)} labels")
@@ -181,7 +184,9 @@ def train_head(x: np.ndarray, y: Sequence[Any] | np.ndarray, cfg: TrainConfig | 
     weights = class_weights(yi, cfg.n_classes)
     steps_per_epoch = math.ceil(len(yi) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    head_args: dict[str, Any] = {"dim": int(x.shape[2]), "n_classes": cfg.n_classes}
+    head_args: dict[str, Any] = {"dim": int(x.shape[-1]), "n_classes": cfg.n_classes}
+    if x.ndim == 4:
+        head_args["n_layers"] = int(x.shape[2])
     if cfg.dropout is not None:
         head_args["dropout"] = float(cfg.dropout)
 

@@ -436,3 +436,26 @@ def test_device_placement_and_compile_on_cpu(tiny_dirs, noise):
     assert compiled.model is not plain.model and hasattr(compiled.model, "_orig_mod")
     np.testing.assert_allclose(compiled.embed(noise).astype(np.float32), plain.embed(noise).astype(np.float32),
                                atol=2e-3)
+
+
+@pytest.mark.parametrize("family", ["whisper", "hubert"])
+def test_several_layers_equal_their_single_layer_embeddings(family, tiny_dirs, noise):
+    """``layers`` stacks hidden states as [B, T, L, D], each equal to the single-layer path."""
+    audio = noise[:, : 10 * SR]
+    multi = load_backbone(str(tiny_dirs[family]), layers=[0, 1])
+    assert multi.n_layers == 2 and "layers=[0, 1]" in repr(multi)
+    assert len(multi.model.encoder.layers if family != "whisper" else multi.model.layers) == 1  # truncated at 1
+    out = multi.embed(audio)
+    assert out.shape == (2, 20, 2, TINY_DIM) and out.dtype == np.float16
+    for slot, layer in enumerate([0, 1]):
+        single = load_backbone(str(tiny_dirs[family]), layer=layer).embed(audio)
+        np.testing.assert_allclose(out[:, :, slot].astype(np.float32), single.astype(np.float32), atol=2e-3)
+    with_output = load_backbone(str(tiny_dirs[family]), layers=[-1, 1]).embed(audio)
+    np.testing.assert_allclose(with_output[:, :, 0].astype(np.float32),
+                               load_backbone(str(tiny_dirs[family])).embed(audio).astype(np.float32), atol=2e-3)
+    assert load_backbone(str(tiny_dirs[family]), layers=[1, 0]).fingerprint != multi.fingerprint
+    assert multi.embed(audio[:0]).shape == (0, 20, 2, TINY_DIM)
+    with pytest.raises(ValueError, match="not both"):
+        load_backbone(str(tiny_dirs[family]), layer=1, layers=[0, 1])
+    with pytest.raises(ValueError, match="twice"):
+        load_backbone(str(tiny_dirs[family]), layers=[1, 0, 1])

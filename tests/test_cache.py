@@ -83,3 +83,39 @@ def test_cache_is_plain_parquet_equal_to_a_direct_forward_pass(rows, tiny_whispe
     audio = np.stack([r["audio"] for r in read_epochs(rows[0], cfg.preprocess) if r["valid"]])
     direct = load_backbone(tiny_whisper).embed(audio)
     np.testing.assert_allclose(cached.astype(np.float32), direct.astype(np.float32), atol=1e-3)
+
+
+def test_several_layers_are_cached_together_and_the_head_learns_their_weights(rows, tiny_whisper, tmp_path):
+    """``backbone.layers``: its own cache folder, [frames, layers, dim] rows, a head with layer weights."""
+    import json
+
+    import pandas as pd
+
+    from sleepsound.dataset import load_embedded
+    from sleepsound.modelling import train_stage_model
+
+    root = str(tmp_path / "root")
+    cfg = Config.model_validate({"backbone": {"name": tiny_whisper, "batch_size": 4, "layers": [1, -1]},
+                                 "training": {"shift_augment": False, "epochs": 2, "context_epochs": 1}})
+    single = _cfg(tiny_whisper)
+    assert embeddings_dir(root, cfg) != embeddings_dir(root, single)
+    assert len(embed_cohort(rows, root, cfg, use_ray=False).embedded) == 3
+    assert embed_cohort(rows, root, cfg, use_ray=False).embedded == []
+    rec = rows[0]["recording_id"]
+    table = pd.read_parquet(embeddings_path(root, cfg, rec, rows[0]["sha256"]))
+    assert (int(table["n_frames"].iloc[0]), int(table["n_layers"].iloc[0]), int(table["dim"].iloc[0])) == (60, 2, 32)
+    cached = np.stack(table["embedding"].to_numpy()).reshape(len(table), 60, 2, 32)
+    embed_cohort(rows[:1], root, single, use_ray=False)
+    plain = pd.read_parquet(embeddings_path(root, single, rec, rows[0]["sha256"]))
+    last = np.stack(plain["embedding"].to_numpy()).reshape(len(plain), 60, 32)
+    np.testing.assert_allclose(cached[:, :, 1].astype(np.float32), last.astype(np.float32), atol=1e-3)
+
+    manifest = pd.DataFrame(rows)
+    data = load_embedded(root, cfg, manifest)
+    assert data.features.shape[1:] == (60, 2, 32)
+    model = train_stage_model(root, cfg, "r-layers", manifest)
+    lineage = json.loads(Path(model["model_dir"], "lineage.json").read_text())
+    assert lineage["layers"] == [1, -1] and len(lineage["layer_weights"]) == 2
+    assert sum(lineage["layer_weights"]) == pytest.approx(1.0)
+    head_config = json.loads(Path(model["model_dir"], "config.json").read_text())
+    assert head_config["dims"]["n_layers"] == 2 and head_config["extra"]["layer_weights"] == lineage["layer_weights"]

@@ -31,3 +31,16 @@ def test_unknown_keys_are_refused(tmp_path):
         load_config(None, ["preprocess.hipass=60"], environ={})
     with pytest.raises(ValueError):
         load_config(None, ["nonsense"], environ={})
+
+
+def test_backbone_layers_setting():
+    """``backbone.layers`` or ``backbone.layer``, never both; an old config keeps its fingerprint."""
+    plain = Config()
+    assert plain.backbone.n_layers == 1
+    several = Config.model_validate({"backbone": {"layers": [2, -1]}})
+    assert several.backbone.n_layers == 2 and several.fingerprint() != plain.fingerprint()
+    assert Config.model_validate({"backbone": {"layers": []}}).fingerprint() == plain.fingerprint()
+    with pytest.raises(ValueError, match="not both"):
+        Config.model_validate({"backbone": {"layer": 3, "layers": [2, -1]}})
+    with pytest.raises(ValueError, match="twice"):
+        Config.model_validate({"backbone": {"layers": [2, 2]}})

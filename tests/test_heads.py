@@ -187,3 +187,34 @@ def test_unknown_kind_and_foreign_models_are_refused(tmp_path) -> None:
         build_head("transformer", dim=8)
     with pytest.raises(HeadArtifactError):
         save_head(torch.nn.Linear(2, 2), fsspec.filesystem("file"), str(tmp_path / "x"))
+
+
+@pytest.mark.parametrize("kind", ["attention", "mlp"])
+def test_layer_weighted_heads_learn_softmax_weights_and_round_trip(tmp_path, kind: str) -> None:
+    """n_layers > 1: [B, T, L, D] in, layer weights start equal, sum to 1, and survive save/load."""
+    from sleepsound.heads.layers import layer_weights
+
+    torch.manual_seed(0)
+    head = build_head(kind, dim=8, n_classes=3, n_layers=3).eval()
+    assert layer_weights(head) == pytest.approx([1 / 3] * 3)
+    assert layer_weights(build_head(kind, dim=8, n_classes=3)) is None
+    assert "layer_mix.logits" not in build_head(kind, dim=8, n_classes=3).state_dict()  # old heads unchanged
+    x = torch.from_numpy(np.random.default_rng(1).normal(size=(4, 5, 3, 8)).astype(np.float32))
+    logits, weights = head(x)
+    assert logits.shape == (4, 3) and weights.shape == (4, 5)
+    # Equal weights: the same as the single-layer head fed the plain mean of the layers.
+    plain = build_head(kind, dim=8, n_classes=3).eval()
+    plain.load_state_dict({k: v for k, v in head.state_dict().items() if not k.startswith("layer_mix")})
+    assert torch.allclose(plain(x.mean(dim=2))[0], logits, atol=1e-5)
+    with torch.no_grad():
+        head.layer_mix.logits.copy_(torch.tensor([2.0, 0.0, -1.0]))
+    fs = fsspec.filesystem("file")
+    save_head(head, fs, str(tmp_path / "h"))
+    loaded = load_head(fs, str(tmp_path / "h"))
+    assert layer_weights(loaded) == pytest.approx(layer_weights(head)) and sum(layer_weights(loaded)) == \
+        pytest.approx(1.0)
+    assert torch.equal(loaded(x)[0], head(x)[0])
+    with pytest.raises(ValueError, match="n_layers=x.shape"):
+        plain(x)
+    with pytest.raises(ValueError, match="backbone.layers"):
+        head(x[:, :, 0])

@@ -21,7 +21,7 @@ def test_json_and_parquet_round_trip(root):
     assert read_json(fs, f"{path}/runs/r1/meta.json") == {"a": 1}
     emb = np.arange(2 * 6, dtype=np.float16)
     table = pa.table({
-        "recording_id": ["a", "a"], "epoch_index": [0, 1], "n_frames": [2, 2], "dim": [3, 3],
+        "recording_id": ["a", "a"], "epoch_index": [0, 1], "n_frames": [2, 2], "dim": [3, 3], "n_layers": [1, 1],
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb), 6),
     })
     write_table(fs, f"{path}/embeddings/x.parquet", schemas.conform(table, schemas.embeddings_schema(2, 3)))

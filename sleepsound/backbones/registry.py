@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,14 @@ class Backbone:
     ``num_layers`` (transformer layers in the full model), ``pool_seconds``, ``device``, ``dtype`` (the resolved compute
     dtype), ``fingerprint`` (12 hex digits naming the weights, feature settings, layer and
     pooling, for cache keys), ``model`` (the frozen torch module, possibly truncated).
+    ``layers`` (as given, same convention as ``layer``; empty = the single-layer path),
+    ``layer_indices`` (their ``hidden_states`` indices) and ``n_layers`` (``len(layers)``, 1
+    when empty): with ``layers``, :meth:`embed` returns [B, T, n_layers, dim].
     """
 
     def __init__(self, *, name: str, family: str, model: torch.nn.Module, layer: int, pool_seconds: float,
-                 device: str, dtype: str, weights_hash: str, feature_extractor: Any = None) -> None:
+                 device: str, dtype: str, weights_hash: str, feature_extractor: Any = None,
+                 layers: Sequence[int] | None = None) -> None:
         if family not in FAMILIES:
             raise ValueError(f"unknown backbone family {family!r}; supported: {', '.join(FAMILIES)}")
         self.name, self.family = name, family
@@ -66,6 +71,14 @@ class Backbone:
         self.num_layers = int(config.encoder_layers if family == "whisper" else config.num_hidden_layers)
         self.layer = int(layer)
         self.layer_index = _layer_index(self.layer, self.num_layers)
+        self.layers = tuple(int(k) for k in layers or ())
+        if self.layers and self.layer != -1:
+            raise ValueError(f"give either layer ({self.layer}) or layers ({list(self.layers)}), not both")
+        self.layer_indices = tuple(_layer_index(k, self.num_layers) for k in self.layers)
+        named_layers = ["output" if k == -1 else i for k, i in zip(self.layers, self.layer_indices)]
+        if len(set(named_layers)) != len(named_layers):
+            raise ValueError(f"layers names one hidden state twice: {list(self.layers)}")
+        self.n_layers = max(1, len(self.layers))
         frames = pool_seconds * FRAME_RATE_HZ
         if pool_seconds <= 0 or abs(frames - round(frames)) > 1e-6:
             raise ValueError(f"pool_seconds must be a positive multiple of {1 / FRAME_RATE_HZ} s, got {pool_seconds}")
@@ -92,18 +105,31 @@ class Backbone:
         else:
             self.window_samples = None
 
-        self.fingerprint = hashlib.sha256(json.dumps({
+        named: dict[str, Any] = {
             "weights": weights_hash, "family": family,
             "layer": "output" if self.layer == -1 else self.layer_index, "pool_seconds": self.pool_seconds,
             "features": _feature_settings(feature_extractor),
-        }, sort_keys=True).encode()).hexdigest()[:12]
+        }
+        if self.layers:  # single-layer fingerprints stay exactly as they were
+            named["layers"] = named_layers
+        self.fingerprint = hashlib.sha256(json.dumps(named, sort_keys=True).encode()).hexdigest()[:12]
 
-        _truncate(model, family, self.layer, self.layer_index)
+        if not self.layers:
+            _truncate(model, family, self.layer, self.layer_index)
+            self._sources: tuple[int | None, ...] = ()
+        elif -1 in self.layers:  # the model output is wanted: keep the model whole
+            self._sources = tuple(None if k == -1 else i for k, i in zip(self.layers, self.layer_indices))
+        else:
+            top = max(self.layer_indices)
+            _truncate(model, family, top, top)
+            # The truncated model's output is exactly the single-layer path's ``layer=top``.
+            self._sources = tuple(None if i == top else i for i in self.layer_indices)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.on_cuda = torch.device(self.device).type == "cuda"
 
     def __repr__(self) -> str:
-        return (f"Backbone(name={self.name!r}, family={self.family!r}, dim={self.dim}, layer={self.layer}, "
+        chosen = f"layers={list(self.layers)}" if self.layers else f"layer={self.layer}"
+        return (f"Backbone(name={self.name!r}, family={self.family!r}, dim={self.dim}, {chosen}, "
                 f"pool_seconds={self.pool_seconds}, device={self.device!r}, dtype={self.dtype!r}, "
                 f"fingerprint={self.fingerprint!r})")
 
@@ -117,6 +143,8 @@ class Backbone:
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """float32 [B, n_samples] at 16 kHz -> float16 [B, T, dim], T = segment length / ``pool_seconds``.
+
+        With ``layers``: float16 [B, T, n_layers, dim], the layers in the order given, each pooled alike.
 
         One forward pass for the whole batch (callers choose the batch size). Whisper takes at
         most its 30-s window per segment: shorter segments are zero-padded to it and the output
@@ -134,7 +162,8 @@ class Backbone:
         if n_samples == 0:
             raise ValueError("embed got empty segments (0 samples)")
         if n == 0:
-            return np.zeros((0, self.n_output_frames(n_samples), self.dim), dtype=np.float16)
+            per_frame = (self.n_layers, self.dim) if self.layers else (self.dim,)
+            return np.zeros((0, self.n_output_frames(n_samples), *per_frame), dtype=np.float16)
         if not np.isfinite(batch).all():
             raise ValueError("embed got NaN or infinite samples")
         audio = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
@@ -146,16 +175,34 @@ class Backbone:
             if self.family == "whisper":
                 features = self.log_mel(audio)
                 with self._autocast():
-                    frames = self.model(input_features=features).last_hidden_state
+                    frames = self._hidden(input_features=features)
                 frames = frames[:, : math.ceil(n_samples / (2 * self.hop_length))]
             else:
                 mean = audio.mean(dim=1, keepdim=True)
                 var = audio.var(dim=1, keepdim=True, unbiased=False)
                 audio = (audio - mean) / torch.sqrt(var + 1e-7)  # as Wav2Vec2FeatureExtractor(do_normalize=True)
                 with self._autocast():
-                    frames = self.model(input_values=audio).last_hidden_state
-            pooled = pool_frames(frames.float(), self.frames_per_pool)
+                    frames = self._hidden(input_values=audio)
+            if frames.ndim == 4:  # pool every layer alike: the mean runs over time only
+                b, t, n_layers, d = frames.shape
+                pooled = pool_frames(frames.float().reshape(b, t, n_layers * d), self.frames_per_pool)
+                pooled = pooled.reshape(b, -1, n_layers, d)
+            else:
+                pooled = pool_frames(frames.float(), self.frames_per_pool)
         return pooled.to(torch.float16).cpu().numpy()
+
+    def _hidden(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """The chosen hidden state [B, T, D], or the chosen ones stacked [B, T, L, D] with ``layers``.
+
+        An entry equal to the (possibly truncated) model's output is taken from
+        ``last_hidden_state``, so it is the single-layer path's numbers exactly (and a
+        0-layer model, which records no hidden states, still works).
+        """
+        if not self.layers:
+            return self.model(**inputs).last_hidden_state
+        out = self.model(**inputs, output_hidden_states=True)
+        picked = [out.last_hidden_state if k is None else out.hidden_states[k] for k in self._sources]
+        return torch.stack(picked, dim=2)
 
     def auto_batch_size(self, n_samples: int, memory_fraction: float = 0.7, cap: int = 256,
                         cpu_batch: int = 8) -> int:
@@ -349,7 +396,7 @@ def _whisper_extractor(name: str, num_mel_bins: int) -> Any:
 
 def load_backbone(name: str = OFFLINE_WHISPER, *, layer: int = -1, pool_seconds: float = 0.5,
                   device: str = "cpu", dtype: str = "float32", compile: bool = False,
-                  compile_backend: str = "inductor") -> Backbone:
+                  compile_backend: str = "inductor", layers: Sequence[int] | None = None) -> Backbone:
     """Load a frozen backbone: ``whisper-tiny.en-offline``, a local model folder, or a Hugging Face id.
 
     ``layer``: -1 (default) is the model's output, ``last_hidden_state`` (for Whisper and the
@@ -359,6 +406,10 @@ def load_backbone(name: str = OFFLINE_WHISPER, *, layer: int = -1, pool_seconds:
     the last, the layers above it are removed from the model (see :func:`_truncate`), so an
     intermediate layer is also cheaper: on 2 CPU threads Whisper tiny.en took 0.17-0.23 s per
     30-s epoch at layer 2 and 0.11-0.13 s at layer 1, against 0.34-0.40 s for all 4 layers.
+    ``layers``: several hidden states at once (same convention; ``layer`` must then stay -1),
+    for a head that learns a weighted sum of them (as in SUPERB): the model runs once with
+    ``output_hidden_states=True``, truncated above the deepest one unless -1 is among them,
+    and :meth:`Backbone.embed` returns [B, T, len(layers), D] in the order given.
     ``pool_seconds``: frames are mean-pooled over windows of this length (a multiple of 20 ms).
     ``device``: ``cpu``, ``cuda``, ``cuda:1``, ... or ``auto`` (CUDA when available).
     ``dtype``: ``float32``; ``bfloat16`` / ``float16`` run the model under autocast (float16
@@ -397,7 +448,8 @@ def load_backbone(name: str = OFFLINE_WHISPER, *, layer: int = -1, pool_seconds:
         extractor = _whisper_extractor(source, config.num_mel_bins) if family == "whisper" else None
     model.eval().requires_grad_(False)
     backbone = Backbone(name=name, family=family, model=model, layer=layer, pool_seconds=pool_seconds,
-                        device=device, dtype=dtype, weights_hash=weights_hash(model), feature_extractor=extractor)
+                        device=device, dtype=dtype, weights_hash=weights_hash(model), feature_extractor=extractor,
+                        layers=layers)
     if compile:  # same computation, fused kernels; the first batch pays the compilation
         backbone.model = torch.compile(backbone.model, dynamic=False, backend=compile_backend)
     return backbone

@@ -16,6 +16,10 @@ with its two neighbours concatenated along time (3T frames) and predicts the mid
 ``build_context`` builds those inputs per recording; a neighbour that does not exist
 (the night's first or last epoch, or an epoch dropped as invalid) is zeros with its
 frames masked out, so the head never attends to padding.
+
+Several backbone layers (``n_layers`` > 1, input [B, T, L, D]): a learned softmax weighting
+(sleepsound.heads.layers) first sums them to [B, T, D]; with the default 1 the head is
+exactly as before (same parameters, same state dict keys).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+
+from sleepsound.heads.layers import LayerWeighting, check_inputs
 
 # Context is counted in epochs: 1 = 30 s, 3 = 90 s. Anything this long is surely a
 # mistake (seconds passed for epochs), and would need context x the memory of the cache.
@@ -46,11 +52,8 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Ten
     return torch.where(mask, weights, torch.zeros_like(weights))
 
 
-def _check_inputs(x: torch.Tensor, mask: torch.Tensor | None, dim: int) -> None:
-    if x.ndim != 3 or x.shape[-1] != dim:
-        raise ValueError(f"expected x of shape [batch, frames, {dim}], got {tuple(x.shape)}")
-    if mask is not None and tuple(mask.shape) != tuple(x.shape[:2]):
-        raise ValueError(f"mask shape {tuple(mask.shape)} does not match x's [batch, frames] {tuple(x.shape[:2])}")
+def _check_inputs(x: torch.Tensor, mask: torch.Tensor | None, dim: int, n_layers: int = 1) -> None:
+    check_inputs(x, mask, dim, n_layers)
 
 
 class AttentionPoolingHead(nn.Module):
@@ -59,22 +62,27 @@ class AttentionPoolingHead(nn.Module):
     kind = "attention"
 
     def __init__(self, dim: int, n_classes: int = 3, hidden: int | None = None, dropout: float = 0.1,
-                 scorer_hidden: int | None = None) -> None:
+                 scorer_hidden: int | None = None, n_layers: int = 1) -> None:
         super().__init__()
         if dim < 1 or n_classes < 2:
             raise ValueError(f"need dim >= 1 and n_classes >= 2, got dim={dim}, n_classes={n_classes}")
         hidden = int(hidden or max(1, dim // 2))
         scorer_hidden = int(scorer_hidden or max(1, dim // 2))
         self.dims = {"dim": int(dim), "n_classes": int(n_classes), "hidden": hidden, "dropout": float(dropout),
-                     "scorer_hidden": scorer_hidden}
+                     "scorer_hidden": scorer_hidden, "n_layers": int(n_layers)}
         self.scorer = nn.Sequential(nn.Linear(dim, scorer_hidden), nn.Tanh(), nn.Linear(scorer_hidden, 1))
         self.classifier = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout),
                                         nn.Linear(hidden, n_classes))
+        # Only with several layers, so a single-layer head keeps its parameters and state dict keys.
+        self.layer_mix = LayerWeighting(n_layers) if n_layers != 1 else None
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, T, D] (any float dtype), mask [B, T] (True = real frame) -> logits [B, C], weights [B, T]."""
-        _check_inputs(x, mask, self.dims["dim"])
+        """x [B, T, D] (or [B, T, L, D] with n_layers = L > 1; any float dtype), mask [B, T]
+        (True = real frame) -> logits [B, C], attention weights [B, T]."""
+        _check_inputs(x, mask, self.dims["dim"], self.dims["n_layers"])
         x = x.to(self.scorer[0].weight.dtype)
+        if self.layer_mix is not None:
+            x = self.layer_mix(x)
         if mask is not None:
             mask = mask.to(device=x.device, dtype=torch.bool)
             x = x.masked_fill(~mask.unsqueeze(-1), 0.0)  # padding can never leak, whatever it holds
@@ -114,6 +122,8 @@ def build_context(emb: np.ndarray, recording_ids: np.ndarray, epoch_index: np.nd
                   context: int) -> tuple[np.ndarray, np.ndarray]:
     """Each epoch with its neighbours along time: ([N, context*T, D], mask [N, context*T]).
 
+    Several layers per frame ([N, T, L, D]) give [N, context*T, L, D]: neighbours go along T.
+
     ``context`` counts epochs: 3 gives the paper's 90-s input (previous, this, next).
     Absent neighbours (the night's edges, epochs dropped as invalid, so missing from
     ``emb``) are zero frames with mask False. Row i of the output predicts row i of the
@@ -121,15 +131,15 @@ def build_context(emb: np.ndarray, recording_ids: np.ndarray, epoch_index: np.nd
     keeps ``emb``'s dtype and takes ``context`` times its memory.
     """
     emb = np.asarray(emb)
-    if emb.ndim != 3:
-        raise ValueError(f"expected embeddings [N, T, D], got shape {emb.shape}")
-    n, t, d = emb.shape
+    if emb.ndim not in (3, 4):
+        raise ValueError(f"expected embeddings [N, T, D] or [N, T, L, D], got shape {emb.shape}")
+    n, t = emb.shape[:2]
     idx = context_indices(recording_ids, epoch_index, context)
     if len(idx) != n:
         raise ValueError(f"{n} embedding rows but {len(idx)} recording ids / epoch indices")
     if context == 1:
         return emb, np.ones((n, t), dtype=bool)
-    out = np.zeros((n, context * t, d), dtype=emb.dtype)
+    out = np.zeros((n, context * t, *emb.shape[2:]), dtype=emb.dtype)
     mask = np.zeros((n, context * t), dtype=bool)
     for slot in range(context):
         present = idx[:, slot] >= 0

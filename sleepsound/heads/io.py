@@ -21,6 +21,7 @@ from safetensors.torch import save as save_tensors
 from torch import nn
 
 from sleepsound.heads.attention import AttentionPoolingHead
+from sleepsound.heads.layers import MAX_LAYERS
 from sleepsound.heads.mlp import MeanPoolingHead
 from sleepsound.labels import STAGES_3
 from sleepsound.storage import write_bytes_atomic
@@ -36,9 +37,11 @@ HEAD_CLASSES: dict[str, type[nn.Module]] = {"AttentionPoolingHead": AttentionPoo
 _ALIASES = {"attention": "AttentionPoolingHead", "mlp": "MeanPoolingHead"}
 _DIM_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
     "AttentionPoolingHead": {"dim": (int,), "n_classes": (int,), "hidden": (int, type(None)),
-                             "dropout": (int, float), "scorer_hidden": (int, type(None))},
-    "MeanPoolingHead": {"dim": (int,), "n_classes": (int,), "hidden": (int,), "dropout": (int, float)},
+                             "dropout": (int, float), "scorer_hidden": (int, type(None)), "n_layers": (int,)},
+    "MeanPoolingHead": {"dim": (int,), "n_classes": (int,), "hidden": (int,), "dropout": (int, float),
+                        "n_layers": (int,)},
 }
+# Optional: heads saved before ``n_layers`` existed lack it and are single-layer (the default 1).
 _REQUIRED_DIMS = ("dim", "n_classes")
 MAX_WIDTH = 16_384
 
@@ -72,6 +75,8 @@ def _check_dims(name: str, dims: Any, required: bool = True) -> dict[str, Any]:
         # Bounds keep a tampered config from asking for absurd allocations.
         if key == "dropout" and not 0.0 <= value < 1.0:
             raise HeadArtifactError(f"{name} dropout {value!r} is outside [0, 1)")
+        if key == "n_layers" and not 1 <= value <= MAX_LAYERS:
+            raise HeadArtifactError(f"{name} n_layers {value!r} is outside 1..{MAX_LAYERS}")
         if key != "dropout" and value is not None and not 1 <= value <= MAX_WIDTH:
             raise HeadArtifactError(f"{name} argument {key!r}={value!r} is outside 1..{MAX_WIDTH}")
     return dict(dims)
