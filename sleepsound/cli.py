@@ -195,6 +195,71 @@ def bench_ingest(
     console.print(f"baseline: {result['method']['baseline']}")
 
 
+def _positive_int(text: str) -> int:
+    from sleepsound.bench.ingest import BenchError
+
+    if not text.isdigit() or int(text) < 1:
+        raise BenchError(f"--batch-size takes a positive count or 'auto', got {text!r}")
+    return int(text)
+
+
+@bench_app.command("embed")
+def bench_embed(
+    backbone: Annotated[str, typer.Option(help="Backbone name, local folder or Hugging Face id.")] = "whisper-tiny.en-offline",
+    minutes: Annotated[float, typer.Option(help="Length of the synthetic night in minutes.")] = 30.0,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    batch_size: Annotated[Optional[str], typer.Option(
+        help="Epochs per forward pass, or 'auto' (from free GPU memory); default: the config's.")] = None,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone.")] = False,
+    workers: Annotated[Optional[str], typer.Option(
+        help="Also run through Ray Data with these model-actor counts, e.g. 1,2 (simulated on one machine).")] = None,
+    sample_rate: Annotated[int, typer.Option(help="Microphone sample rate of the night in Hz.")] = 48_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    workdir: Annotated[Optional[Path], typer.Option(
+        help="Folder for the generated night (default: $SLEEPSOUND_CACHE/bench, reused across runs).")] = None,
+) -> None:
+    """Embed one synthetic night end to end, beside the bare model and a clip-by-clip tutorial baseline."""
+    from sleepsound.bench.embed import parse_workers, run_embed_bench
+    from sleepsound.bench.ingest import BenchError
+
+    try:
+        if not as_json:
+            console.print(f"embed benchmark: {backbone}, {minutes:g} min at {sample_rate} Hz on {device}")
+        size: int | str | None = batch_size if batch_size in (None, "auto") else _positive_int(batch_size)
+        result = run_embed_bench(backbone=backbone, minutes=minutes, device=device, dtype=dtype,
+                                 batch_size=size, workers=parse_workers(workers), workdir=workdir,
+                                 sample_rate=sample_rate, compile=compile_model)
+    except BenchError as exc:
+        console.print(f"[red]benchmark failed:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table("figure", "ours (pipeline)", "model alone", "baseline (clip by clip)",
+                  title=f"embed: {result['backbone']} on {result['device_name']} ({result['dtype']}), "
+                        f"{result['epochs']} epochs")
+    table.add_row("seconds", f"{result['seconds']:.2f}", f"{result['model_seconds']:.2f}",
+                  f"{result['baseline_seconds']:.2f}")
+    table.add_row("epochs / s", f"{result['epochs_per_s']:.2f}", f"{result['model_epochs_per_s']:.2f}",
+                  f"{result['baseline_epochs_per_s']:.2f}")
+    table.add_row("GFLOP / s", f"{result['ours_gflops_per_s']:.0f}", f"{result['model_gflops_per_s']:.0f}",
+                  f"{result['baseline_gflops_per_s']:.0f}")
+    table.add_row("peak RSS (MB)", f"{result['peak_rss_mb']:.0f}", "", f"{result['baseline_peak_rss_mb']:.0f}")
+    console.print(table)
+    for row in result["scaling"]:
+        console.print(f"Ray, {row['workers']} model actor(s): {row['epochs_per_s']:.2f} epochs/s, "
+                      f"efficiency {row['efficiency']}")
+    if result["scaling_note"]:
+        console.print(result["scaling_note"])
+    mfu = "" if result["mfu"] is None else f", MFU {result['mfu']:.1%}"
+    console.print(f"speedup {result['speedup']:.2f}x, {result['x_realtime']:.0f}x real time (an 8-h night in "
+                  f"{result['eight_hour_night_seconds']:.0f} s), pipeline overhead {result['overhead_fraction']:.0%}"
+                  f"{mfu}; goals: " + ", ".join(f"{name} {'met' if ok else 'MISSED'}"
+                                                for name, ok in result["goals"].items()))
+    console.print(f"baseline: {result['method']['baseline']}")
+
+
 models_app = typer.Typer(help="Trained heads stored under a storage root: versions, champion, lineage.",
                          no_args_is_help=True)
 app.add_typer(models_app, name="models")

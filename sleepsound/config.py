@@ -53,6 +53,11 @@ class PreprocessConfig(_Section):
         return ["Mic", "Tracheal"] if self.channel == "both" else [self.channel]
 
 
+# With batch_size 'auto' the pipeline streams blocks of this many epochs (32 min of audio at
+# 16 kHz, 61 MB of float32) to each model worker, which runs them in forward passes of its own size.
+AUTO_STREAM_ROWS = 64
+
+
 class BackboneConfig(_Section):
     name: str = "whisper-tiny.en-offline"
     layer: int = -1
@@ -63,7 +68,11 @@ class BackboneConfig(_Section):
     pool_seconds: float = 0.5
     device: str = "auto"
     dtype: str = "auto"
-    batch_size: int = Field(8, ge=1, description="epochs per model forward pass")
+    batch_size: int | Literal["auto"] = Field(
+        8, description="epochs per model forward pass, or 'auto': on CUDA as many as 70% of the free GPU memory "
+        "holds (measured by a probe pass), on CPU 8")
+    compile: bool = Field(False, description="torch.compile the backbone (same numbers, fused kernels; the first "
+                          "batch pays the compilation)")
     cpu_threads: int | None = Field(
         None, ge=1, description="torch threads per model actor on CPU (default: the node's cores / embed_workers)")
 
@@ -75,6 +84,12 @@ class BackboneConfig(_Section):
         if len(set(self.layers)) != len(self.layers):
             raise ValueError(f"backbone.layers lists a layer twice: {self.layers}")
         return self
+
+    @property
+    def stream_rows(self) -> int:
+        """Epochs the pipeline hands a model worker at a time: ``batch_size``, or with 'auto' a
+        block large enough for any automatic forward batch (the worker splits it)."""
+        return AUTO_STREAM_ROWS if self.batch_size == "auto" else int(self.batch_size)
 
     @property
     def n_layers(self) -> int:

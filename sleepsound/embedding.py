@@ -39,6 +39,7 @@ from sleepsound.config import BackboneConfig, Config, PreprocessConfig
 from sleepsound.epoching import EPOCH_COLUMNS, end_row, read_epochs
 from sleepsound.events import RESP_COLUMNS
 from sleepsound.labels import STAGES_3
+from sleepsound.prefetch import prefetch
 from sleepsound.storage import join, open_root, write_table
 
 
@@ -137,7 +138,6 @@ class EmbedStage:
         from sleepsound.backbones.registry import load_backbone
 
         cfg = BackboneConfig.model_validate(backbone)
-        self.batch_size = cfg.batch_size
         device = resolve_device(cfg.device)
         if device == "cpu":
             # Ray pins OMP_NUM_THREADS to the actor's logical CPUs (1); the model is the heavy
@@ -146,15 +146,21 @@ class EmbedStage:
 
             torch.set_num_threads(cfg.cpu_threads or max(1, (os.cpu_count() or 1) // max(1, workers_per_node)))
         self.backbone = load_backbone(cfg.name, layer=cfg.layer, pool_seconds=cfg.pool_seconds,
-                                      device=device, dtype=cfg.dtype, layers=cfg.layers)
+                                      device=device, dtype=cfg.dtype, layers=cfg.layers, compile=cfg.compile)
+        # 'auto' is sized on the first batch, from its real segment length.
+        self.batch_size: int | None = None if cfg.batch_size == "auto" else int(cfg.batch_size)
+        self.stream_rows = cfg.stream_rows
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         audio = batch.pop("audio")
         valid = np.asarray(batch["valid"], dtype=bool) & ~np.array([_text(e) is not None for e in batch["error"]])
         out: np.ndarray | None = None
         rows = np.flatnonzero(valid)
-        for start in range(0, len(rows), self.batch_size):
-            take = rows[start:start + self.batch_size]
+        if self.batch_size is None and len(rows):
+            self.batch_size = self.backbone.auto_batch_size(audio.shape[1], cap=self.stream_rows)
+        step = self.batch_size or 1
+        for start in range(0, len(rows), step):
+            take = rows[start:start + step]
             emb = self.backbone.embed(np.ascontiguousarray(audio[take], dtype=np.float32))
             if out is None:
                 out = np.zeros((len(audio), *emb.shape[1:]), dtype=np.float16)
@@ -376,15 +382,21 @@ def night_rows(row: dict[str, Any], cfg: PreprocessConfig, plan: EmbedPlan) -> I
 
 
 def _local_pipeline(items: list[WorkItem], cfg: Config, stage: EmbedStage) -> Iterator[dict[str, Any]]:
+    """One process: a reader thread decodes and filters the next batch while the model embeds this one."""
+    for batch in prefetch(_local_batches(items, cfg.backbone.stream_rows), depth=2):
+        yield from _batches_to_rows([stage(batch)])
+
+
+def _local_batches(items: list[WorkItem], rows_per_batch: int) -> Iterator[dict[str, np.ndarray]]:
     for item in items:
         buffer: list[dict[str, Any]] = []
         for epoch_row in night_rows(item.row, item.cfg.preprocess, item.plan):
             buffer.append(epoch_row)
-            if len(buffer) == cfg.backbone.batch_size:
-                yield from _batches_to_rows([stage(_to_batch(buffer))])
+            if len(buffer) == rows_per_batch:
+                yield _to_batch(buffer)
                 buffer = []
         if buffer:
-            yield from _batches_to_rows([stage(_to_batch(buffer))])
+            yield _to_batch(buffer)
 
 
 def _to_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -404,7 +416,7 @@ def _ray_pipeline(items: list[WorkItem], cfg: Config, backbone: dict[str, Any]) 
     ds = ray.data.from_items(payload, override_num_blocks=len(payload))
     ds = ds.map_batches(_read_items, batch_size=1, batch_format="numpy", num_cpus=cfg.ray.read_cpus)
     ds = ds.map_batches(
-        EmbedStage, fn_constructor_kwargs={"backbone": backbone, "workers_per_node": cfg.ray.embed_workers}, batch_size=cfg.backbone.batch_size,
+        EmbedStage, fn_constructor_kwargs={"backbone": backbone, "workers_per_node": cfg.ray.embed_workers}, batch_size=cfg.backbone.stream_rows,
         batch_format="numpy", concurrency=cfg.ray.embed_workers,
         num_gpus=cfg.ray.num_gpus_per_worker or None, num_cpus=cfg.ray.embed_cpus,
     )

@@ -120,3 +120,36 @@ def test_streamed_edf_blocks_equal_pyedflib_bit_for_bit(tmp_path: Path) -> None:
                 assert len(ours) == len(ref)
                 for a, b in zip(ours, ref, strict=True):
                     assert a.dtype == np.float32 and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+EMBED_KEYS = {"backbone", "device", "epochs", "seconds", "epochs_per_s", "x_realtime", "peak_rss_mb",
+              "baseline_epochs_per_s", "speedup", "model_seconds", "overhead_fraction", "flops_per_epoch", "mfu",
+              "scaling", "goals", "versions", "date"}
+
+
+def test_cli_bench_embed_json_reports_ours_model_and_baseline(tmp_path: Path, tiny_whisper: str) -> None:
+    """A tiny random Whisper on a 2-minute night: every figure is there and consistent (speed never asserted)."""
+    pytest.importorskip("librosa")
+    out = CliRunner().invoke(app, ["bench", "embed", "--backbone", tiny_whisper, "--minutes", "1",
+                                   "--sample-rate", "16000", "--device", "cpu", "--batch-size", "2",
+                                   "--json", "--workdir", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output.strip().splitlines()[-1])
+    assert EMBED_KEYS <= set(result)
+    assert (result["backbone"], result["device"], result["epochs"], result["batch_size"]) == (tiny_whisper, "cpu", 2, 2)
+    assert result["epochs_per_s"] == pytest.approx(2 / result["seconds"], rel=0.01)
+    assert result["speedup"] == pytest.approx(result["epochs_per_s"] / result["baseline_epochs_per_s"], rel=0.02, abs=0.006)
+    assert result["x_realtime"] == pytest.approx(60 / result["seconds"], rel=0.02)
+    assert result["flops_per_epoch"] > 0 and result["peak_rss_mb"] > 0 and result["mfu"] is None
+    assert set(result["goals"]) == {"speedup_at_least_5", "overhead_under_0.20"}
+    assert "eight_hour_night_within_10_s" in result["goals_not_applicable"]
+
+
+def test_bench_embed_refuses_bad_workers() -> None:
+    from sleepsound.bench.embed import parse_workers
+
+    assert parse_workers("1,2") == [1, 2] and parse_workers(None) is None
+    with pytest.raises(BenchError, match="positive"):
+        parse_workers("0")
+    with pytest.raises(BenchError, match="comma-separated"):
+        parse_workers("one")

@@ -119,3 +119,29 @@ def test_several_layers_are_cached_together_and_the_head_learns_their_weights(ro
     assert sum(lineage["layer_weights"]) == pytest.approx(1.0)
     head_config = json.loads(Path(model["model_dir"], "config.json").read_text())
     assert head_config["dims"]["n_layers"] == 2 and head_config["extra"]["layer_weights"] == lineage["layer_weights"]
+
+
+def test_auto_batch_size_and_compile_reach_the_model_stage(rows, tiny_whisper, tmp_path):
+    """``batch_size: auto`` is sized on the first batch (8 on CPU); ``compile`` wraps the model."""
+    import torch
+
+    from sleepsound.embedding import EmbedStage
+
+    cfg = Config.model_validate({"backbone": {"name": tiny_whisper, "batch_size": "auto", "device": "cpu"},
+                                 "training": {"shift_augment": False}})
+    assert cfg.backbone.stream_rows == 64
+    root = str(tmp_path / "root")
+    assert len(embed_cohort(rows[:1], root, cfg, use_ray=False).embedded) == 1
+    fixed = _cfg(tiny_whisper)
+    assert embeddings_dir(root, cfg) == embeddings_dir(root, fixed)     # batching never changes the cache key
+    assert embed_cohort(rows[:1], root, fixed, use_ray=False).embedded == []
+
+    stage = EmbedStage(cfg.backbone.model_dump())
+    assert stage.batch_size is None                                     # sized on the first real batch
+    stage({"audio": np.zeros((3, 30 * 16_000), dtype=np.float32), "valid": np.array([True, True, False]),
+           "error": np.array([None, None, None], dtype=object)})
+    assert stage.batch_size == 8
+    compiled = EmbedStage({**cfg.backbone.model_dump(), "compile": True})
+    assert isinstance(compiled.backbone.model, torch._dynamo.eval_frame.OptimizedModule)
+    with pytest.raises(ValueError):
+        Config.model_validate({"backbone": {"batch_size": "big"}})
