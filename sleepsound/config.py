@@ -110,6 +110,12 @@ class TrainingConfig(_Section):
     epochs: int = 5
     batch_size: int = 32
     test_fraction: float = 0.2
+    # Subjects kept out of training to pick the best epoch (early stopping); drawn from the
+    # training side only when it has at least MIN_SUBJECTS_FOR_VALIDATION subjects.
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of training subjects for early stopping")
+    tasks: list[Literal["stage3", "stage5", "resp"]] = Field(
+        default_factory=lambda: ["stage3", "stage5", "resp"],
+        description="heads to train; stage3 always, the others where the labels allow (else skipped with a reason)")
     seed: int = 0
 
 
@@ -135,15 +141,24 @@ class ValidationConfig(_Section):
     part_tolerance_s: float = Field(1.0, ge=0, description="an EDF part vs its RML segment")
 
 
+class ReportConfig(_Section):
+    """What the run report draws. The attention view shows a Mel spectrogram of a held-out
+    epoch (derived from the audio, at 64 Mel bands): set ``attention_examples=0`` to leave it out."""
+
+    hypnograms: int = Field(12, ge=0, description="nights drawn as hypnograms and event timelines")
+    attention_examples: int = Field(2, ge=0, le=20, description="held-out epochs drawn in the attention view")
+
+
 class Config(_Section):
     preprocess: PreprocessConfig = PreprocessConfig()
     backbone: BackboneConfig = BackboneConfig()
     training: TrainingConfig = TrainingConfig()
     ray: RayConfig = RayConfig()
     validation: ValidationConfig = ValidationConfig()
+    report: ReportConfig = ReportConfig()
 
     def fingerprint(self) -> str:
-        data = self.model_dump()
+        data = self.model_dump(exclude={"report"})  # what the report draws never changes a model
         if not data["backbone"]["layers"]:  # configs from before ``layers`` keep their hash
             del data["backbone"]["layers"]
         return _hash(data)[:12]

@@ -1,16 +1,19 @@
-"""Train the staging head on training subjects and predict every accepted recording.
+"""Train one head per task on training subjects and predict every accepted recording.
 
-Training reads only cached embeddings, so retraining takes minutes. The split is by
-subject (never by epoch) and recorded with the model, together with what produced the
+Training reads only cached embeddings, so retraining takes minutes. One subject split
+(never by epoch) serves every task (sleepsound.label_tasks: 3-class and 5-class staging,
+the respiratory label) and is recorded with each model, together with what produced the
 features, so a model can always be traced back to its data. Training adds the cached 15-s
 shifted windows of the training subjects (``training.shift_augment``); prediction and
-metrics use the epochs only.
+metrics use the epochs only. With enough training subjects some are held back as
+validation subjects that pick the best training epoch (early stopping).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -24,11 +27,12 @@ from sleepsound.embedding import backbone_key, channel_configs
 from sleepsound.heads.attention import build_context
 from sleepsound.heads.io import load_head, save_head
 from sleepsound.heads.layers import layer_weights
-from sleepsound.labels import STAGES_3
+from sleepsound.label_tasks import PRIMARY, TASKS, LabelTask
 from sleepsound.storage import join, open_root, write_json, write_table
-from sleepsound.training import TrainConfig, predict_proba, split_by_subject, train_head
+from sleepsound.training import TrainConfig, TrainResult, predict_with_weights, split_by_subject, train_head
 
-TASK = "stage3"
+# Fewer training subjects than this: no validation subjects (each one is too dear to lose).
+MIN_SUBJECTS_FOR_VALIDATION = 5
 
 
 def _inputs(data: EmbeddedEpochs, context: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -59,65 +63,144 @@ def labelled_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
     return manifest[(manifest["status"] == "accepted") & (manifest["label_source"] != "none")]
 
 
-def train_stage_model(root: str, cfg: Config, run_id: str, manifest: pd.DataFrame) -> dict[str, Any]:
-    """Split subjects, train on the training side, save the head with its lineage.
+class NotTrainable(ValueError):
+    """A task whose labels do not allow a head on this training side (the run says why)."""
 
-    With several backbone layers (4-D features) the head learns their weighting; the
-    softmaxed weights, one per entry of ``backbone.layers``, go into lineage.json and the
-    head config's ``extra`` as ``layer_weights`` (beside ``layers``), so users see which
-    layers the model relies on.
-    """
+
+def subject_split(cfg: Config, manifest: pd.DataFrame) -> dict[str, list[str]]:
+    """Train / validation / test subjects of the labelled nights, seeded (the same for every task)."""
     labelled = labelled_manifest(manifest)
-    subjects = sorted(labelled["subject_id"].unique())
+    subjects = sorted(labelled["subject_id"].astype(str).unique())
     if len(subjects) < 2:
         raise ValueError(f"training needs labelled nights from at least 2 subjects; found {len(subjects)}")
-    train_subjects, test_subjects = split_by_subject(subjects, cfg.training.test_fraction, cfg.training.seed)
-    train_rows = labelled[labelled["subject_id"].isin(train_subjects)]
+    train, test = split_by_subject(subjects, cfg.training.test_fraction, cfg.training.seed)
+    val: list[str] = []
+    if cfg.training.val_fraction > 0 and len(train) >= MIN_SUBJECTS_FOR_VALIDATION:
+        train, val = split_by_subject(train, cfg.training.val_fraction, cfg.training.seed + 1)
+    return {"train_subjects": train, "val_subjects": val, "test_subjects": test}
+
+
+def train_models(root: str, cfg: Config, run_id: str, manifest: pd.DataFrame) -> dict[str, Any]:
+    """Every configured task's head on one split; the primary (stage3) head's facts at the top level.
+
+    Returns ``{model_dir, version, task, train/val/test_subjects, train_epochs, train_shifted,
+    heads: {task: {...}}, skipped: {task: reason}}``: locations and counts, never weights.
+    """
+    split = subject_split(cfg, manifest)
+    labelled = labelled_manifest(manifest)
+    train_rows = labelled[labelled["subject_id"].astype(str).isin(split["train_subjects"])]
     data = load_embedded(root, cfg, train_rows, shifted=cfg.training.shift_augment)
-    leaked = set(data.epochs["subject_id"].astype(str)) - set(map(str, train_subjects))
+    leaked = set(data.epochs["subject_id"].astype(str)) - set(split["train_subjects"])
     if leaked:  # the split is by subject: nothing of a test subject, shifted windows included
         raise RuntimeError(f"training rows of non-training subjects {sorted(leaked)[:3]}")
-    keep = data.epochs["stage3"].isin(STAGES_3).to_numpy()
-    n_shifted = int((keep & data.is_shifted).sum())
     x, mask = _inputs(data, cfg.training.context_epochs)
-    y = np.array([STAGES_3.index(s) for s in data.epochs["stage3"][keep]])
-    tcfg = TrainConfig(lr=cfg.training.lr, min_lr=cfg.training.min_lr, epochs=cfg.training.epochs,
-                       batch_size=cfg.training.batch_size, seed=cfg.training.seed)
-    result = train_head(x[keep], y, tcfg, head=cfg.training.head, context=cfg.training.context_epochs,
-                        mask=None if mask is None else mask[keep])
-    lineage = {
-        "run_id": run_id, "code_version": __version__, "config_hash": cfg.fingerprint(),
+    val = None
+    if split["val_subjects"]:
+        val_data = load_embedded(root, cfg, labelled[labelled["subject_id"].astype(str).isin(split["val_subjects"])])
+        val = (val_data, *_inputs(val_data, cfg.training.context_epochs))
+    tasks = [PRIMARY, *(t for t in cfg.training.tasks if t != PRIMARY)]
+    heads, skipped = {}, {}
+    for name in tasks:
+        try:
+            heads[name] = _train_task(root, cfg, run_id, labelled, split, TASKS[name], data, x, mask, val)
+        except NotTrainable as exc:
+            if name == PRIMARY:
+                raise
+            skipped[name] = str(exc)
+    primary = heads[PRIMARY]
+    return {"model_dir": primary["model_dir"], "version": primary["version"], "task": PRIMARY, **split,
+            "train_epochs": primary["train_epochs"], "train_shifted": primary["train_shifted"],
+            "heads": heads, "skipped": skipped}
+
+
+def _train_task(root: str, cfg: Config, run_id: str, labelled: pd.DataFrame, split: dict[str, list[str]],
+                task: LabelTask, data: EmbeddedEpochs, x: np.ndarray, mask: np.ndarray | None,
+                val: tuple[EmbeddedEpochs, np.ndarray, np.ndarray | None] | None) -> dict[str, Any]:
+    """Train and save one head; NotTrainable when its labels are missing or of one class only."""
+    result, y, keep = fit_task(cfg, task, data, x, mask, val)
+    n_shifted = int((keep & data.is_shifted).sum())
+    epochs = data.epochs[~data.is_shifted]
+    lineage: dict[str, Any] = {
+        "task": task.name, "run_id": run_id, "code_version": __version__, "config_hash": cfg.fingerprint(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "manifest_hash": hashlib.sha256(json.dumps(sorted(labelled["sha256"])).encode()).hexdigest()[:16],
         "embedding_cache": [f"{backbone_key(c.backbone)}/{c.preprocess.fingerprint()}" for c in channel_configs(cfg)],
-        "train_subjects": train_subjects, "test_subjects": test_subjects,
-        "train_epochs": int(keep.sum()) - n_shifted, "train_shifted": n_shifted,
-        "class_counts": np.bincount(y, minlength=3).tolist(),
+        **split, "train_epochs": int(keep.sum()) - n_shifted, "train_shifted": n_shifted,
+        "classes": list(task.classes), "class_counts": np.bincount(y, minlength=len(task.classes)).tolist(),
+        "best_epoch": result.best_epoch,
     }
+    if task.name == "resp":
+        lineage.update(_event_rates(epochs))
     mixed = layer_weights(result.model)
     layer_info = {} if mixed is None else {"layers": list(cfg.backbone.layers), "layer_weights": mixed}
     lineage.update(layer_info)
-    version = f"{run_id}-{hashlib.sha256(json.dumps(lineage, sort_keys=True).encode()).hexdigest()[:8]}"
+    digest = {k: v for k, v in lineage.items() if k != "created"}
+    version = f"{run_id}-{hashlib.sha256(json.dumps(digest, sort_keys=True).encode()).hexdigest()[:8]}"
     fs, root_path = open_root(root)
-    model_dir = join(root_path, "models", TASK, version)
-    save_head(result.model, fs, model_dir, extra=layer_info)
+    model_dir = join(root_path, "models", task.name, version)
+    save_head(result.model, fs, model_dir, extra={"task": task.name, **layer_info,
+                                                  **{k: lineage[k] for k in _RATE_KEYS if k in lineage}})
     write_json(fs, join(model_dir, "lineage.json"), {**lineage, "history": result.history})
-    return {"model_dir": model_dir, "version": version, "train_subjects": train_subjects,
-            "test_subjects": test_subjects, "train_epochs": int(keep.sum()) - n_shifted, "train_shifted": n_shifted}
+    return {"task": task.name, "model_dir": model_dir, "version": version,
+            "train_epochs": lineage["train_epochs"], "train_shifted": n_shifted,
+            "class_counts": lineage["class_counts"], **{k: lineage[k] for k in _RATE_KEYS if k in lineage}}
+
+
+_RATE_KEYS = ("events_per_event_epoch", "snore_share_per_snore_epoch")
+
+
+def _event_rates(epochs: pd.DataFrame) -> dict[str, float]:
+    """How a predicted label turns into counts: scored events per apnoea-hypopnoea epoch, and the
+    snoring share of a snore epoch, on the training epochs (an epoch can hold more than one event)."""
+    events = epochs["n_apnea"].fillna(0).to_numpy(float) + epochs["n_hypopnea"].fillna(0).to_numpy(float)
+    is_event = (epochs["resp_label"] == "apnea_hypopnea").to_numpy()
+    is_snore = (epochs["resp_label"] == "snore").to_numpy()
+    return {"events_per_event_epoch": float(events.sum() / is_event.sum()) if is_event.any() else 1.0,
+            "snore_share_per_snore_epoch": float(epochs["snore_frac"].to_numpy(float)[is_snore].mean())
+            if is_snore.any() else 1.0}
+
+
+def fit_task(cfg: Config, task: LabelTask, data: EmbeddedEpochs, x: np.ndarray, mask: np.ndarray | None,
+             val: tuple[EmbeddedEpochs, np.ndarray, np.ndarray | None] | None = None,
+             ) -> tuple[TrainResult, np.ndarray, np.ndarray]:
+    """One head on the rows that carry the task's labels -> (result, class indices, rows used)."""
+    labels = data.epochs[task.column] if task.column in data.epochs else pd.Series([None] * len(data.epochs))
+    keep = labels.isin(task.classes).to_numpy()
+    present = sorted(set(labels[keep]))
+    if len(present) < 2:
+        raise NotTrainable(f"{task.name}: the training subjects' epochs carry {len(present)} of its classes "
+                           f"({', '.join(task.classes)}); at least 2 are needed")
+    y = np.array([task.classes.index(v) for v in labels[keep]])
+    val_args = None
+    if val is not None:
+        val_data, val_x, val_mask = val
+        val_labels = val_data.epochs.get(task.column, pd.Series([None] * len(val_data.epochs)))
+        vk = val_labels.isin(task.classes).to_numpy()
+        if vk.any():
+            val_y = np.array([task.classes.index(v) for v in val_labels[vk]])
+            val_args = (val_x[vk], val_y) if val_mask is None else (val_x[vk], val_y, val_mask[vk])
+    tcfg = TrainConfig(lr=cfg.training.lr, min_lr=cfg.training.min_lr, epochs=cfg.training.epochs,
+                       batch_size=cfg.training.batch_size, seed=cfg.training.seed, classes=task.classes)
+    result = train_head(x[keep], y, tcfg, head=cfg.training.head, context=cfg.training.context_epochs,
+                        mask=None if mask is None else mask[keep], val=val_args)
+    return result, y, keep
 
 
 def predict_recordings(root: str, cfg: Config, run_id: str, model: dict[str, Any],
                        manifest: pd.DataFrame) -> str:
-    """Per-epoch predictions for every accepted recording, one Parquet file per recording."""
+    """Per-epoch predictions of every trained head for every accepted recording, one Parquet file each."""
     fs, root_path = open_root(root)
-    head = load_head(fs, model["model_dir"])
+    heads = {name: (TASKS[name], load_head(fs, info["model_dir"]), info)
+             for name, info in (model.get("heads") or {PRIMARY: model}).items()}
     out_dir = join(root_path, "runs", run_id, "predictions")
     accepted = manifest[manifest["status"] == "accepted"]
     for row in accepted.itertuples(index=False):
         split = ("unlabelled" if row.label_source == "none"
-                 else "train" if row.subject_id in model["train_subjects"] else "test")
+                 else "test" if str(row.subject_id) in model["test_subjects"]
+                 else "validation" if str(row.subject_id) in model.get("val_subjects", []) else "train")
         data = load_embedded(root, cfg, accepted[accepted["recording_id"] == row.recording_id])
         epochs = _all_epochs(root, cfg, row.recording_id)
-        table = _prediction_table(head, data, epochs, cfg, split, model["version"])
+        table = _prediction_table(heads, data, epochs, cfg, split, model["version"])
         # Hive partitioning: the folder name carries recording_id, so the file must not.
         write_table(fs, join(out_dir, f"recording_id={row.recording_id}", "part-0.parquet"),
                     table.drop_columns(["recording_id"]))
@@ -133,21 +216,52 @@ def _all_epochs(root: str, cfg: Config, recording_id: str) -> list[dict[str, Any
     return read_table(fs, epochs_path(root_path, channel_configs(cfg)[0], recording_id)).to_pylist()
 
 
-def _prediction_table(head: Any, data: EmbeddedEpochs, epochs: list[dict[str, Any]], cfg: Config,
-                      split: str, version: str) -> pa.Table:
-    probs: dict[int, np.ndarray] = {}
+def _prediction_table(heads: dict[str, tuple[LabelTask, Any, dict[str, Any]]], data: EmbeddedEpochs,
+                      epochs: list[dict[str, Any]], cfg: Config, split: str, version: str) -> pa.Table:
+    """One row per epoch of the night: scored labels, each head's prediction, stage3's attention."""
+    outputs: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
     if len(data.features):
         x, mask = _inputs(data, cfg.training.context_epochs)
-        p = predict_proba(head, x, mask=mask)
-        probs = dict(zip(data.epochs["epoch_index"].astype(int), p, strict=True))
+        index = data.epochs["epoch_index"].astype(int).to_numpy()
+        for name, (_, head, _) in heads.items():
+            probs, weights = predict_with_weights(head, x, mask=mask)
+            outputs[name] = {int(i): (p, w) for i, p, w in zip(index, probs, weights, strict=True)}
+    labels = _scored_labels(epochs, cfg)
     rows = []
-    for e in epochs:
-        pr = probs.get(int(e["epoch_index"]))
-        rows.append({
-            "recording_id": e["recording_id"], "subject_id": e["subject_id"], "epoch_index": e["epoch_index"],
-            "start_s": e["start_s"], "stage_true": e["stage3"],
-            "stage_pred": None if pr is None else STAGES_3[int(np.argmax(pr))],
-            "prob_wake": None if pr is None else float(pr[0]), "prob_nrem": None if pr is None else float(pr[1]),
-            "prob_rem": None if pr is None else float(pr[2]), "split": split, "model_version": version,
-        })
+    for e, scored in zip(epochs, labels, strict=True):
+        i = int(e["epoch_index"])
+        row: dict[str, Any] = {
+            "recording_id": e["recording_id"], "subject_id": e["subject_id"], "epoch_index": i,
+            "start_s": e["start_s"], "split": split, "model_version": version, **scored}
+        for name, (task, _, _) in heads.items():
+            got = outputs.get(name, {}).get(i)
+            row[task.pred_column] = None if got is None else task.classes[int(np.argmax(got[0]))]
+            for cls, column in _PROB_COLUMNS.get(name, {}).items():
+                row[column] = None if got is None else float(got[0][task.classes.index(cls)])
+            if name == PRIMARY:
+                row["attention"] = None if got is None else got[1].astype(np.float32).tolist()
+        rows.append(row)
     return pa.Table.from_pylist(rows, schema=schemas.PREDICTIONS)
+
+
+_PROB_COLUMNS = {"stage3": {"Wake": "prob_wake", "NREM": "prob_nrem", "REM": "prob_rem"},
+                 "resp": {"snore": "prob_snore", "apnea_hypopnea": "prob_apnea_hypopnea"}}
+
+
+def _scored_labels(epochs: list[dict[str, Any]], cfg: Config) -> list[dict[str, Any]]:
+    """The scored side of each epoch: stages, respiratory label (re-derived as in training), events."""
+    from sleepsound.events import resp_labels
+    from sleepsound.labels import STAGES_5
+
+    frame = pd.DataFrame(epochs)
+    has_events = "apnea_frac" in frame and frame["apnea_frac"].notna().any()
+    resp = (resp_labels(frame["apnea_frac"], frame["hypopnea_frac"], frame["snore_frac"], frame["n_apnea"],
+                        frame["n_hypopnea"], cfg.preprocess.epoch_seconds, cfg.preprocess.resp_min_overlap_s)
+            if has_events else [None] * len(frame))
+    out = []
+    for e, r in zip(epochs, resp, strict=True):
+        events = None if e.get("n_apnea") is None else float(e["n_apnea"] or 0) + float(e.get("n_hypopnea") or 0)
+        out.append({"stage_true": e["stage3"], "stage5_true": e["stage5"] if e["stage5"] in STAGES_5 else None,
+                    "resp_true": r if isinstance(r, str) else None, "events_true": events,
+                    "snore_frac_true": e.get("snore_frac")})
+    return out

@@ -114,9 +114,19 @@ PREDICTIONS = pa.schema([
     ("prob_wake", pa.float32()),
     ("prob_nrem", pa.float32()),
     ("prob_rem", pa.float32()),
-    ("split", pa.string()),             # "train", "test" or "unlabelled"
-    ("model_version", pa.string()),
+    ("stage5_true", pa.string()),       # W, N1, N2, N3, R where the scoring has them
+    ("stage5_pred", pa.string()),       # null when no 5-class head was trained
+    ("resp_true", pa.string()),         # none / snore / apnea_hypopnea; null for nights without events
+    ("resp_pred", pa.string()),
+    ("prob_snore", pa.float32()),
+    ("prob_apnea_hypopnea", pa.float32()),
+    ("events_true", pa.float32()),      # scored apnoea + hypopnoea onsets in the epoch
+    ("snore_frac_true", pa.float32()),  # scored share of the epoch with snoring
+    ("attention", pa.list_(pa.float32())),  # the stage3 head's weights over its input frames
+    ("split", pa.string()),             # "train", "validation", "test" or "unlabelled"
+    ("model_version", pa.string()),     # the stage3 head's; the run's metadata names every head
 ])
+PREDICTIONS_VERSION = 2
 
 SUMMARIES_FIELDS = [
     "recording_id", "subject_id", "split", "source", "time_in_bed_min", "total_sleep_time_min",

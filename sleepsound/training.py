@@ -250,22 +250,31 @@ def train_head(x: np.ndarray, y: Sequence[Any] | np.ndarray, cfg: TrainConfig | 
     return result
 
 
-@torch.inference_mode()
 def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 256,
                   mask: np.ndarray | None = None) -> np.ndarray:
     """Class probabilities [N, C] as float32 (the model is put in eval mode)."""
+    return predict_with_weights(model, x, batch_size, mask)[0]
+
+
+@torch.inference_mode()
+def predict_with_weights(model: nn.Module, x: np.ndarray, batch_size: int = 256,
+                         mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities [N, C] and the head's frame weights [N, T] (attention, or uniform
+    pooling), both float32: the weights are what the report's attention view draws."""
     model.eval()
     device = next(model.parameters()).device
     n_classes = int(getattr(model, "dims", {}).get("n_classes", 3))
     if len(x) == 0:
-        return np.zeros((0, n_classes), dtype=np.float32)
-    out = []
+        return np.zeros((0, n_classes), dtype=np.float32), np.zeros((0, x.shape[1] if x.ndim > 1 else 0),
+                                                                     dtype=np.float32)
+    probs, weights = [], []
     for start in range(0, len(x), batch_size):
         idx = np.arange(start, min(start + batch_size, len(x)))
         xb, mb = _batch(x, mask, idx, device)
-        logits, _ = model(xb, mb)
-        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float32))
-    return np.concatenate(out)
+        logits, w = model(xb, mb)
+        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy().astype(np.float32))
+        weights.append(w.float().cpu().numpy().astype(np.float32))
+    return np.concatenate(probs), np.concatenate(weights)
 
 
 def split_by_subject(subject_ids: Iterable[Any], test_fraction: float = 0.2,

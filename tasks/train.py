@@ -1,4 +1,4 @@
-"""Train the staging head from cached embeddings and register it under the storage root."""
+"""Train the heads (staging, 5-class, respiratory) from cached embeddings and register them under the root."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ from prefect import get_run_logger, task
 
 from sleepsound.config import Config
 from sleepsound.manifest import read_manifest
-from sleepsound.modelling import train_stage_model
+from sleepsound.modelling import train_models
 
 
 @task(name="train")
 def train(root: str, config: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Returns where the model lives and the subject split, not the weights."""
-    model = train_stage_model(root, Config.model_validate(config), run_id, read_manifest(root))
-    get_run_logger().info("trained %s on %d epochs from %d subjects; %d subjects held out",
-                          model["version"], model["train_epochs"], len(model["train_subjects"]),
-                          len(model["test_subjects"]))
+    model = train_models(root, Config.model_validate(config), run_id, read_manifest(root))
+    logger = get_run_logger()
+    for name, head in model["heads"].items():
+        logger.info("trained %s %s on %d epochs from %d subjects (%d for validation); %d subjects held out",
+                    name, head["version"], head["train_epochs"], len(model["train_subjects"]),
+                    len(model["val_subjects"]), len(model["test_subjects"]))
+    for name, reason in model["skipped"].items():
+        logger.info("skipped %s: %s", name, reason)
     return model

@@ -92,7 +92,7 @@ def test_several_layers_are_cached_together_and_the_head_learns_their_weights(ro
     import pandas as pd
 
     from sleepsound.dataset import load_embedded
-    from sleepsound.modelling import train_stage_model
+    from sleepsound.modelling import train_models
 
     root = str(tmp_path / "root")
     cfg = Config.model_validate({"backbone": {"name": tiny_whisper, "batch_size": 4, "layers": [1, -1]},
@@ -113,7 +113,7 @@ def test_several_layers_are_cached_together_and_the_head_learns_their_weights(ro
     manifest = pd.DataFrame(rows)
     data = load_embedded(root, cfg, manifest)
     assert data.features.shape[1:] == (60, 2, 32)
-    model = train_stage_model(root, cfg, "r-layers", manifest)
+    model = train_models(root, cfg, "r-layers", manifest)
     lineage = json.loads(Path(model["model_dir"], "lineage.json").read_text())
     assert lineage["layers"] == [1, -1] and len(lineage["layer_weights"]) == 2
     assert sum(lineage["layer_weights"]) == pytest.approx(1.0)

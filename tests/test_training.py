@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 import torch
@@ -176,7 +177,7 @@ from sleepsound.embedding import (  # noqa: E402
 )
 from sleepsound.epoching import read_epochs, shift_pairs  # noqa: E402
 from sleepsound.manifest import build_manifest  # noqa: E402
-from sleepsound.modelling import _inputs, predict_recordings, train_stage_model  # noqa: E402
+from sleepsound.modelling import _inputs, predict_recordings, train_models  # noqa: E402
 from sleepsound.preprocess import StreamingFilter, iter_epochs, normalise  # noqa: E402
 from sleepsound.synth.writers import generate_cohort  # noqa: E402
 
@@ -280,7 +281,7 @@ def test_cache_embeds_only_missing_shifted_windows(nights, tiny_whisper, tmp_pat
 def test_training_uses_shifted_windows_of_training_subjects_only(nights, embedded_root, tiny_whisper) -> None:
     cfg = _config(tiny_whisper)
     manifest = pd.DataFrame(nights)
-    model = train_stage_model(embedded_root, cfg, "shift", manifest)
+    model = train_models(embedded_root, cfg, "shift", manifest)
     train, test = set(model["train_subjects"]), set(model["test_subjects"])
     assert len(test) == 1 and nights[-1]["subject_id"] not in train | test
 
@@ -293,7 +294,7 @@ def test_training_uses_shifted_windows_of_training_subjects_only(nights, embedde
     data = load_embedded(embedded_root, cfg, manifest[manifest["subject_id"].isin(train)], shifted=True)
     assert set(data.epochs["subject_id"]) == train and data.is_shifted.sum() == model["train_shifted"]
     assert model["train_epochs"] == int((~data.is_shifted).sum())
-    plain = train_stage_model(embedded_root, _config(tiny_whisper, shift_augment=False), "plain", manifest)
+    plain = train_models(embedded_root, _config(tiny_whisper, shift_augment=False), "plain", manifest)
     assert plain["train_shifted"] == 0 and plain["train_epochs"] == model["train_epochs"]
 
 
@@ -310,7 +311,7 @@ def test_90s_context_trains_with_shifted_windows_and_predicts(nights, embedded_r
         assert mask[n, :t].all() == (before is not None) and mask[n, t:2 * t].all()
         if before is not None:
             np.testing.assert_array_equal(x[n, :t], data.features[before])
-    model = train_stage_model(embedded_root, cfg, "ctx3", manifest)
+    model = train_models(embedded_root, cfg, "ctx3", manifest)
     assert model["train_shifted"] > 0
     out = predict_recordings(embedded_root, cfg, "ctx3", model, manifest)
     preds = pd.read_parquet(out)
@@ -342,5 +343,94 @@ def test_both_channels_concatenate_each_epochs_embeddings(nights, embedded_root,
     n_a = int(((a.epochs["recording_id"] == first["recording_id"]) & (a.epochs["epoch_index"] == first["epoch_index"])
                & (a.epochs["offset_s"] == first["offset_s"])).to_numpy().argmax())
     np.testing.assert_array_equal(joined.features[0, :, :a.features.shape[2]], a.features[n_a])
-    model = train_stage_model(embedded_root, both, "both", manifest)
+    model = train_models(embedded_root, both, "both", manifest)
     assert len(model["train_subjects"]) == 2
+
+
+def test_every_task_gets_a_head_on_one_split_and_predictions_carry_them(nights, embedded_root, tiny_whisper) -> None:
+    """stage3, stage5 and resp heads share the split; predictions hold each head's labels, the
+    scored side, and the stage3 head's attention weights over its input frames."""
+    import json
+
+    from sleepsound import model_store
+
+    cfg = _config(tiny_whisper, context_epochs=3)
+    manifest = pd.DataFrame(nights)
+    model = train_models(embedded_root, cfg, "tasks", manifest)
+    assert set(model["heads"]) == {"stage3", "stage5", "resp"} and model["skipped"] == {}
+    assert model["val_subjects"] == []                      # 2 training subjects: too few to spare one
+    for name, head in model["heads"].items():
+        lineage = json.loads(Path(head["model_dir"], "lineage.json").read_text())
+        assert lineage["task"] == name and lineage["train_subjects"] == model["train_subjects"]
+        assert lineage["test_subjects"] == model["test_subjects"] and lineage["created"]
+        assert head["version"] in [v["version"] for v in model_store.versions(embedded_root, name)]
+    resp = model["heads"]["resp"]
+    assert resp["events_per_event_epoch"] > 0 and 0 < resp["snore_share_per_snore_epoch"] <= 1
+
+    preds = pd.read_parquet(predict_recordings(embedded_root, cfg, "tasks", model, manifest))
+    valid = preds["stage_pred"].notna()
+    assert set(preds.loc[valid, "stage5_pred"]) <= {"W", "N1", "N2", "N3", "R"}
+    assert set(preds.loc[valid, "resp_pred"]) <= {"none", "snore", "apnea_hypopnea"}
+    assert preds.loc[valid, ["prob_snore", "prob_apnea_hypopnea"]].notna().all().all()
+    weights = np.stack(preds.loc[valid, "attention"].to_numpy())
+    assert weights.shape[1] == 3 * 60 and np.allclose(weights.sum(axis=1), 1.0, atol=1e-4)
+    unlabelled = preds["split"] == "unlabelled"
+    assert preds.loc[unlabelled, ["stage_true", "resp_true", "events_true"]].isna().all().all()
+    labelled = preds[~unlabelled]
+    assert labelled["resp_true"].notna().all() and labelled["events_true"].notna().all()
+    assert set(labelled["split"]) == {"train", "test"}
+
+
+def test_a_task_without_labels_is_skipped_with_its_reason(nights, embedded_root, tiny_whisper) -> None:
+    """Nights scored in 3 classes only: no 5-class head, and the run says why; stage3 is still required."""
+    from sleepsound.modelling import NotTrainable, _train_task
+    from sleepsound.label_tasks import TASKS
+
+    cfg = _config(tiny_whisper)
+    data = load_embedded(embedded_root, cfg, pd.DataFrame(nights[:2]))
+    data.epochs["stage5"] = None
+    with pytest.raises(NotTrainable, match="stage5: the training subjects' epochs carry 0"):
+        _train_task(embedded_root, cfg, "x", pd.DataFrame(nights), {"train_subjects": [], "val_subjects": [],
+                    "test_subjects": []}, TASKS["stage5"], data, data.features, None, None)
+
+
+def test_validation_subjects_come_from_the_training_side() -> None:
+    from sleepsound.modelling import subject_split
+
+    manifest = pd.DataFrame({"recording_id": [f"r{i}" for i in range(10)], "subject_id": [f"s{i}" for i in range(10)],
+                             "status": "accepted", "label_source": "rml"})
+    split = subject_split(Config.model_validate({"training": {"val_fraction": 0.2}}), manifest)
+    assert len(split["test_subjects"]) == 2 and len(split["val_subjects"]) == 2 and len(split["train_subjects"]) == 6
+    assert not set(split["val_subjects"]) & (set(split["test_subjects"]) | set(split["train_subjects"]))
+    assert subject_split(Config.model_validate({"training": {"val_fraction": 0.2}}), manifest) == split
+    none = subject_split(Config.model_validate({"training": {"val_fraction": 0}}), manifest)
+    assert none["val_subjects"] == [] and none["test_subjects"] == split["test_subjects"]
+
+
+def test_kfold_cross_validation_tests_every_labelled_subject_once(nights, embedded_root, tiny_whisper) -> None:
+    from typer.testing import CliRunner
+
+    from sleepsound.cli import app
+    from sleepsound.cross_validation import kfold_subjects
+    from sleepsound.manifest import write_manifest
+
+    folds = kfold_subjects(["c", "a", "b", "d", "e"], 2, seed=3)
+    assert sorted(sum(folds, [])) == ["a", "b", "c", "d", "e"] and [len(f) for f in folds] == [3, 2]
+    assert kfold_subjects(["e", "d", "c", "b", "a"], 2, seed=3) == folds
+    with pytest.raises(ValueError, match="k-fold"):
+        kfold_subjects(["a", "b"], 3)
+
+    write_manifest(embedded_root, nights)
+    out = CliRunner().invoke(app, ["cv", "--root", embedded_root, "--folds", "3", "--json",
+                                   "--set", f"backbone.name={tiny_whisper}", "--set", "training.epochs=1",
+                                   "--set", "training.tasks=[stage3, resp]"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output.strip().splitlines()[-1])
+    labelled = sorted(r["subject_id"] for r in nights if r["label_source"] != "none")
+    assert sorted(sum(result["fold_subjects"], [])) == labelled
+    stage3 = result["tasks"]["stage3"]
+    assert [f["fold"] for f in stage3["per_fold"]] == [0, 1, 2]
+    assert stage3["pooled"]["n_epochs"] == sum(f["n_epochs"] for f in stage3["per_fold"]) > 0
+    assert 0 <= stage3["macro_f1_mean"] <= 1 and "resp" in result["tasks"] and "stage5" not in result["tasks"]
+    bad = CliRunner().invoke(app, ["cv", "--root", embedded_root, "--folds", "9"])
+    assert bad.exit_code == 2 and "k-fold" in bad.output
