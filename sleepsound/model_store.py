@@ -19,6 +19,7 @@ from sleepsound.storage import join, open_root, read_json, write_json
 CHAMPION = "champion.json"
 LINEAGE = "lineage.json"
 METRICS = "metrics.json"
+PROMOTIONS = "promotions.json"
 
 
 class ModelNotFound(LookupError):
@@ -93,6 +94,44 @@ def set_champion(root: str, task: str, version: str, reason: str) -> dict[str, A
               "promoted": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     write_json(fs, join(root_path, "models", task, CHAMPION), record)
     return record
+
+
+def promote_if_better(root: str, task: str, challenger: str, challenger_score: float,
+                      champion_score: float | None, *, metric: str = "macro_f1", margin: float = 0.01) -> dict[str, Any]:
+    """Champion/challenger: make ``challenger`` the champion only if it beats the champion's score
+    on the same evaluation set by at least ``margin`` (higher is better); a first model always wins.
+
+    Both scores must come from the same evaluation nights, or the comparison means nothing:
+    the caller scores both. The decision and both scores are appended to
+    ``models/<task>/promotions.json`` (promoted or not) and returned.
+    """
+    fs, root_path = open_root(root)
+    if not fs.exists(join(model_dir(root_path, task, challenger), CONFIG_NAME)):
+        raise ModelNotFound(f"no model {task}/{challenger} under {root}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    current = champion_version(root, task)
+    if challenger_score != challenger_score:  # NaN: nothing to judge it by
+        promoted, why = False, f"the challenger's {metric} is undefined on the evaluation set"
+    elif current is None or champion_score is None:
+        promoted, why = True, "no champion yet"
+    elif current == challenger:
+        promoted, why = False, "the challenger is already the champion"
+    elif challenger_score >= champion_score + margin:
+        promoted, why = True, f"{metric} {challenger_score:.4f} beats {champion_score:.4f} by at least {margin}"
+    else:
+        promoted, why = False, (f"{metric} {challenger_score:.4f} does not beat the champion's {champion_score:.4f} "
+                                f"by the margin {margin}")
+    decision = {"task": task, "metric": metric, "margin": margin, "promoted": promoted, "reason": why,
+                "challenger": {"version": challenger, "score": challenger_score},
+                "champion": {"version": current, "score": champion_score},
+                "decided": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    log_path = join(root_path, "models", task, PROMOTIONS)
+    log = read_json(fs, log_path) if fs.exists(log_path) else []
+    write_json(fs, log_path, [*log, decision])
+    if promoted:
+        set_champion(root, task, challenger, why)
+    return decision
 
 
 def write_metrics(root: str, task: str, version: str, metrics: dict[str, Any]) -> None:

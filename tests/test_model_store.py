@@ -55,3 +55,25 @@ def test_models_cli(tmp_path):
     assert shown.exit_code == 0 and json.loads(shown.output)["version"] == "r1-aaaa"
     missing = CliRunner().invoke(app, ["models", "show", "nope", "--root", root])
     assert missing.exit_code == 2
+
+
+def test_a_worse_challenger_is_refused_and_every_decision_is_logged(tmp_path):
+    root = str(tmp_path / "root")
+    for version in ("r1-aaaa", "r2-bbbb", "r3-cccc", "r4-dddd"):
+        _store(root, version, "2026-11-01T00:00:00", None)
+    first = model_store.promote_if_better(root, "stage3", "r1-aaaa", 0.50, None)
+    assert first["promoted"] and first["reason"] == "no champion yet"
+    worse = model_store.promote_if_better(root, "stage3", "r2-bbbb", 0.48, 0.50, margin=0.01)
+    assert not worse["promoted"] and "does not beat" in worse["reason"]
+    assert model_store.champion_version(root, "stage3") == "r1-aaaa"
+    close = model_store.promote_if_better(root, "stage3", "r3-cccc", 0.505, 0.50, margin=0.01)
+    assert not close["promoted"]                                   # better, but within the margin
+    better = model_store.promote_if_better(root, "stage3", "r4-dddd", 0.53, 0.50, margin=0.01)
+    assert better["promoted"] and model_store.champion_version(root, "stage3") == "r4-dddd"
+    nan = model_store.promote_if_better(root, "stage3", "r2-bbbb", float("nan"), 0.53)
+    assert not nan["promoted"] and "undefined" in nan["reason"]
+    log = json.loads((tmp_path / "root" / "models" / "stage3" / "promotions.json").read_text())
+    assert [d["promoted"] for d in log] == [True, False, False, True, False]
+    assert log[1]["champion"] == {"version": "r1-aaaa", "score": 0.50}
+    with pytest.raises(model_store.ModelNotFound):
+        model_store.promote_if_better(root, "stage3", "r9-none", 0.9, 0.5)
