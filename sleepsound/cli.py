@@ -155,6 +155,79 @@ def ui(
                                       "--port", str(port)], env=env))
 
 
+@app.command()
+def cv(
+    root: Annotated[str, typer.Option(help="Storage root of an earlier run (its manifest and embedding cache).")],
+    folds: Annotated[int, typer.Option(help="Number of subject folds.")] = 5,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """Subject-wise k-fold cross-validation of the heads on the cached embeddings (nothing is registered)."""
+    from sleepsound.config import load_config
+    from sleepsound.cross_validation import cross_validate
+    from sleepsound.manifest import read_manifest
+
+    try:
+        cfg = load_config(config, overrides)
+        result = cross_validate(root, cfg, read_manifest(root), folds)
+    except (ValueError, OSError) as exc:
+        console.print(f"[red]cannot cross-validate:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        print(json.dumps(result, default=float))
+        return
+    table = Table("task", "macro-F1 mean ± SD", "accuracy mean ± SD", "pooled macro-F1", "pooled kappa",
+                  title=f"{result['k']}-fold cross-validation by subject (seed {result['seed']})")
+    for name, figures in result["tasks"].items():
+        if "per_fold" not in figures:
+            table.add_row(name, "skipped", "", "", "")
+            continue
+        table.add_row(name, f"{figures['macro_f1_mean']:.3f} ± {figures['macro_f1_sd']:.3f}",
+                      f"{figures['accuracy_mean']:.3f} ± {figures['accuracy_sd']:.3f}",
+                      f"{figures['pooled']['macro_f1']:.3f}", f"{figures['pooled']['kappa']:.3f}")
+    console.print(table)
+
+
+@app.command("reproduce-embc2025")
+def reproduce_embc2025_command(
+    psg_audio: Annotated[str, typer.Option("--psg-audio", help="A copy of PSG-Audio (folder or s3:// prefix).")],
+    root: Annotated[str, typer.Option(help="Storage root for the manifest, the caches and the result.")],
+    backbone: Annotated[str, typer.Option(help="The HuBERT model (Hugging Face id or local folder).")] =
+        "facebook/hubert-base-ls960",
+    models: Annotated[Optional[list[str]], typer.Option("--model", help="Only these rows of Table II "
+                                                        "(repeatable): SoundSleepNet, 30-s HuBERT, 90-s HuBERT.")] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    local: Annotated[bool, typer.Option("--local/--ray", help="Embed in this process instead of Ray Data.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """Run the EMBC 2025 paper's protocol and print its Table II beside the paper's numbers."""
+    from sleepsound.config import load_config
+    from sleepsound.reproduce import reproduce_embc2025
+
+    try:
+        cfg = load_config(config, overrides)
+        result = reproduce_embc2025(psg_audio, root, cfg, backbone=backbone, use_ray=not local, models=models)
+    except (ValueError, OSError) as exc:
+        console.print(f"[red]cannot reproduce:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        print(json.dumps(result, default=float))
+        return
+    table = Table("model", "class", "SE", "SP", "PPV", "NPV", title=(
+        f"Table II: {result['test_participants']} test / {result['train_participants']} training participants "
+        f"({len(result['excluded'])} recordings excluded); paper's figures in brackets"))
+    for row in result["table_ii"]:
+        cells = [f"{row[c]:.2f} ({row[f'paper_{c}']:.2f})" if row[f"paper_{c}"] is not None else f"{row[c]:.2f}"
+                 for c in ("SE", "SP", "PPV", "NPV")]
+        table.add_row(row["model"], row["class"], *cells)
+    console.print(table)
+    for name, m in result["models"].items():
+        console.print(f"{name}: accuracy {m['accuracy']:.3f}, kappa {m['kappa']:.3f}, macro-F1 {m['macro_f1']:.3f} "
+                      f"(majority baseline macro-F1 {m['baseline_macro_f1']:.3f})")
+
+
 bench_app = typer.Typer(help="Benchmarks: throughput and peak memory beside a simple baseline, in one run.",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
@@ -320,7 +393,14 @@ def _print_results(result: dict) -> None:
     table.add_row("macro-F1", f"{m['macro_f1']:.3f}", f"{m['baseline_macro_f1']:.3f}")
     table.add_row("accuracy", f"{m['accuracy']:.3f}", f"{m['baseline_accuracy']:.3f}")
     table.add_row("Cohen's kappa", f"{m['kappa']:.3f}", "0.000")
+    for task in ("stage5", "resp"):
+        if f"{task}_macro_f1" in m:
+            table.add_row(f"{task} macro-F1", f"{m[f'{task}_macro_f1']:.3f}", "")
+    if "ahi_pearson_r" in m:
+        table.add_row("AHI Pearson r / bias", f"{m['ahi_pearson_r']:.2f} / {m['ahi_bias']:+.1f}", "")
     console.print(table)
+    for task, reason in result["model"].get("skipped", {}).items():
+        console.print(f"[yellow]{task} head not trained:[/yellow] {reason}")
     counts = result["counts"]
     console.print(f"recordings: {counts['discovered']} discovered, {counts['accepted']} accepted, "
                   f"{counts['quarantined']} quarantined; {counts['epochs']} epochs and "

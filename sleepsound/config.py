@@ -98,7 +98,7 @@ class BackboneConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    head: Literal["attention", "mlp"] = "attention"
+    head: Literal["attention", "mlp", "soundsleepnet"] = "attention"
     context_epochs: Literal[1, 3] = 1
     # The paper's 15-s shifted extra samples between consecutive same-stage epochs (method.md,
     # "Class imbalance"); embedded once into the cache, used for training only.
@@ -117,6 +117,9 @@ class TrainingConfig(_Section):
         default_factory=lambda: ["stage3", "stage5", "resp"],
         description="heads to train; stage3 always, the others where the labels allow (else skipped with a reason)")
     seed: int = 0
+    ray_workers: int = Field(1, ge=1, description="Ray Train workers for data-parallel head training (DDP); "
+                             "1 trains in the task's own process")
+    ray_use_gpu: bool = Field(False, description="one GPU per Ray Train worker")
 
 
 class RayConfig(_Section):

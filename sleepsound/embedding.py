@@ -58,7 +58,11 @@ def backbone_key(cfg: BackboneConfig) -> str:
     if cfg.layers:  # only then, so single-layer keys stay as they were
         parts["layers"] = list(cfg.layers)
     local = Path(cfg.name)
-    if local.is_dir():  # a local model: its config and weight files, by content prefix and size
+    if cfg.name == "mel":  # registry.MEL, the weightless front end: its settings and version are its "weights"
+        from sleepsound.backbones import mel
+
+        parts["front_end"] = [mel.FRONT_END_VERSION, mel.N_MELS, mel.WIN_LENGTH, mel.HOP_LENGTH, mel.TOP_DB]
+    elif local.is_dir():  # a local model: its config and weight files, by content prefix and size
         for path in sorted(local.iterdir()):
             if path.suffix in {".json", ".safetensors", ".bin"}:
                 with path.open("rb") as handle:

@@ -181,8 +181,15 @@ def fit_task(cfg: Config, task: LabelTask, data: EmbeddedEpochs, x: np.ndarray, 
             val_args = (val_x[vk], val_y) if val_mask is None else (val_x[vk], val_y, val_mask[vk])
     tcfg = TrainConfig(lr=cfg.training.lr, min_lr=cfg.training.min_lr, epochs=cfg.training.epochs,
                        batch_size=cfg.training.batch_size, seed=cfg.training.seed, classes=task.classes)
-    result = train_head(x[keep], y, tcfg, head=cfg.training.head, context=cfg.training.context_epochs,
-                        mask=None if mask is None else mask[keep], val=val_args)
+    if cfg.training.ray_workers > 1:
+        from sleepsound.distributed import train_head_ray
+
+        result = train_head_ray(x[keep], y, tcfg, head=cfg.training.head, context=cfg.training.context_epochs,
+                                mask=None if mask is None else mask[keep], val=val_args,
+                                workers=cfg.training.ray_workers, use_gpu=cfg.training.ray_use_gpu)
+    else:
+        result = train_head(x[keep], y, tcfg, head=cfg.training.head, context=cfg.training.context_epochs,
+                            mask=None if mask is None else mask[keep], val=val_args)
     return result, y, keep
 
 

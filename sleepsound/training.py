@@ -155,7 +155,8 @@ def _batch(x: np.ndarray, mask: np.ndarray | None, idx: np.ndarray,
 def train_head(x: np.ndarray, y: Sequence[Any] | np.ndarray, cfg: TrainConfig | None = None,
                val: tuple[np.ndarray, Any] | tuple[np.ndarray, Any, np.ndarray | None] | None = None,
                progress: Callable[[dict[str, float]], None] | None = None, *, head: str = "attention",
-               context: int = 1, mask: np.ndarray | None = None) -> TrainResult:
+               context: int = 1, mask: np.ndarray | None = None, rank: int = 0, world_size: int = 1,
+               wrap: Callable[[nn.Module], nn.Module] | None = None) -> TrainResult:
     """Train a head on x [N, T, D] (float16 is fine; numpy or memmap) and labels y [N].
 
     x [N, T, L, D] (several backbone layers) builds the head with ``n_layers=L``: it learns
@@ -166,6 +167,12 @@ def train_head(x: np.ndarray, y: Sequence[Any] | np.ndarray, cfg: TrainConfig | 
     (x, y) or (x, y, mask): when given, each epoch is scored by validation macro-F1, the
     best epoch's weights are kept and training stops after ``cfg.patience`` epochs
     without improvement. ``progress`` receives each epoch's history record.
+
+    Data parallel (sleepsound.distributed): ``world_size`` processes call this with the same
+    data and seed and their ``rank``; each takes an equal share of every epoch's shuffled
+    order (so all take the same number of steps), ``wrap`` makes the model data-parallel
+    (Ray Train's ``prepare_model``: DDP), and the class weights, schedule and validation are
+    computed on the whole data alike everywhere, so early stopping agrees across ranks.
     """
     cfg = cfg or TrainConfig()
     x = np.asarray(x) if not isinstance(x, np.ndarray) else x
@@ -182,7 +189,12 @@ def train_head(x: np.ndarray, y: Sequence[Any] | np.ndarray, cfg: TrainConfig | 
         val_mask = val[2] if len(val) > 2 else None
     device = _device(cfg.device)
     weights = class_weights(yi, cfg.n_classes)
-    steps_per_epoch = math.ceil(len(yi) / cfg.batch_size)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    share = len(yi) // world_size
+    if share == 0:
+        raise ValueError(f"{len(yi)} samples cannot be shared among {world_size} workers")
+    steps_per_epoch = math.ceil(share / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     head_args: dict[str, Any] = {"dim": int(x.shape[-1]), "n_classes": cfg.n_classes}
     if x.ndim == 4:
@@ -193,24 +205,25 @@ def train_head(x: np.ndarray, y: Sequence[Any] | np.ndarray, cfg: TrainConfig | 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = build_head(head, **head_args).to(device)
+        trained = wrap(model) if wrap is not None else model  # the wrapper shares model's parameters
         generator = torch.Generator().manual_seed(cfg.seed)
         loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=device))
-        optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimiser = torch.optim.AdamW(trained.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         yt = torch.from_numpy(yi).to(device)
         result = TrainResult(model, class_weights=weights, total_steps=total)
         best_score, best_state, since_best, step = -math.inf, None, 0, 0
         for epoch in range(cfg.epochs):
             started = time.perf_counter()
-            model.train()
-            order = torch.randperm(len(yi), generator=generator).numpy()
+            trained.train()
+            order = torch.randperm(len(yi), generator=generator).numpy()[rank::world_size][:share]
             running = 0.0
-            for start in range(0, len(yi), cfg.batch_size):
+            for start in range(0, share, cfg.batch_size):
                 idx = order[start:start + cfg.batch_size]
                 lr = lr_at(step, total, cfg)
                 for group in optimiser.param_groups:
                     group["lr"] = lr
                 xb, mb = _batch(x, mask, idx, device)
-                logits, _ = model(xb, mb)
+                logits, _ = trained(xb, mb)
                 loss = loss_fn(logits, yt[idx])
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite loss at step {step} (epoch {epoch})")
@@ -219,7 +232,7 @@ def train_head(x: np.ndarray, y: Sequence[Any] | np.ndarray, cfg: TrainConfig | 
                 optimiser.step()
                 running += float(loss.detach()) * len(idx)
                 step += 1
-            record: dict[str, float] = {"epoch": epoch, "step": step, "loss": running / len(yi), "lr": lr,
+            record: dict[str, float] = {"epoch": epoch, "step": step, "loss": running / share, "lr": lr,
                                         "seconds": time.perf_counter() - started}
             if val_x is not None:
                 pred = predict_proba(model, val_x, mask=val_mask).argmax(axis=1)

@@ -16,4 +16,4 @@ def report(root: str, config: dict[str, Any], run_id: str, model: dict[str, Any]
     cfg = Config.model_validate(config)
     meta = {"run_id": run_id, "backbone": cfg.backbone.name, "config_hash": cfg.fingerprint(),
             "recordings_accepted": predicted["accepted"], "recordings_quarantined": predicted["quarantined"]}
-    return write_run_outputs(root, run_id, model, meta)
+    return write_run_outputs(root, run_id, model, meta, cfg)

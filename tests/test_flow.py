@@ -1,5 +1,6 @@
 """The whole workflow as a real Prefect flow on a real Ray session, on local disk and on S3."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -54,10 +55,22 @@ def test_flow_on_local_disk(cohort, tiny_whisper, tmp_path):
     assert (preds["split"] == "test").any()
     assert not preds.duplicated(["recording_id", "epoch_index"]).any()
 
-    assert (Path(root) / "runs" / "t1" / "report" / "index.html").read_text().count("<img") >= 2
+    report = (Path(root) / "runs" / "t1" / "report" / "index.html").read_text()
+    for section in ("id='metrics'", "id='task-stage5'", "id='task-resp'", "id='ahi'", "id='attention'",
+                    "id='events'", "id='hypnograms'"):
+        assert section in report, section
+    assert report.count("<img") >= 6          # confusion x3, hypnograms, attention views, AHI figures, timelines
     summaries = pd.read_parquet(Path(root) / "runs" / "t1" / "summaries")
-    assert {"total_sleep_time_min", "sleep_efficiency"} <= set(summaries.columns)
+    assert {"total_sleep_time_min", "sleep_efficiency", "ahi", "severity", "snore_index"} <= set(summaries.columns)
+    scored = summaries[(summaries["source"] == "scored")]
+    assert scored["ahi"].notna().all() and summaries.loc[summaries["source"] == "predicted", "ahi"].notna().all()
     assert 0 <= result["metrics"]["macro_f1"] <= 1
+    assert {"stage5_macro_f1", "resp_macro_f1"} <= set(result["metrics"])
+    metrics = json.loads((Path(root) / "runs" / "t1" / "metrics.json").read_text())
+    assert set(metrics["tasks"]) == {"stage5", "resp"}
+    assert metrics["subject_ci"] == {}        # one test subject: nothing to resample (see test_results)
+    assert metrics["ahi"]["n_nights"] == len(result["model"]["test_subjects"])
+    assert set(result["model"]["heads"]) == {"stage3", "stage5", "resp"}
 
     _assert_respiratory_labels_and_shifted_windows(Path(root), patients, result["model"])
 

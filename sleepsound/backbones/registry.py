@@ -24,12 +24,16 @@ import math
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from sleepsound.backbones.mel import MelBackbone
+
 OFFLINE_WHISPER = "whisper-tiny.en-offline"
+MEL = "mel"  # the weightless log-Mel front end of sleepsound.backbones.mel
 SAMPLE_RATE = 16_000
 FRAME_RATE_HZ = 50.0
 FAMILIES = ("whisper", "hubert", "wav2vec2", "wavlm")
@@ -396,8 +400,10 @@ def _whisper_extractor(name: str, num_mel_bins: int) -> Any:
 
 def load_backbone(name: str = OFFLINE_WHISPER, *, layer: int = -1, pool_seconds: float = 0.5,
                   device: str = "cpu", dtype: str = "float32", compile: bool = False,
-                  compile_backend: str = "inductor", layers: Sequence[int] | None = None) -> Backbone:
+                  compile_backend: str = "inductor", layers: Sequence[int] | None = None) -> Backbone | MelBackbone:
     """Load a frozen backbone: ``whisper-tiny.en-offline``, a local model folder, or a Hugging Face id.
+
+    ``mel``: no model, a weightless log-Mel front end for end-to-end baselines (see :mod:`.mel`).
 
     ``layer``: -1 (default) is the model's output, ``last_hidden_state`` (for Whisper and the
     stable-layer-norm models after the final layer norm); k >= 0 is ``hidden_states[k]`` as
@@ -419,6 +425,11 @@ def load_backbone(name: str = OFFLINE_WHISPER, *, layer: int = -1, pool_seconds:
     worth it for long GPU runs, where the first batch pays the compilation.
     On CUDA, inputs go through pinned host memory and attention uses PyTorch's SDPA kernels.
     """
+    if name == MEL:
+        from sleepsound.backbones.mel import load_mel_backbone
+
+        return load_mel_backbone(pool_seconds=pool_seconds, device=device, dtype=dtype, layer=layer, layers=layers,
+                                 compile=compile, compile_backend=compile_backend)
     from transformers import AutoModel, WhisperFeatureExtractor, WhisperModel
 
     from sleepsound.backbones import whisper_ct2

@@ -419,6 +419,9 @@ def run_embed_bench(backbone: str = DEFAULT_BACKBONE, minutes: float = DEFAULT_M
         raise BenchError("minutes must cover at least one 30-s epoch")
     if workers is not None and (not workers or min(workers) < 1):
         raise BenchError("workers must be positive counts, e.g. 1,2")
+    if backbone == "mel":
+        raise BenchError("the baseline runs a transformers model clip by clip; 'mel' has no model to compare "
+                         "(its front end costs about 8 ms per epoch)")
     require_librosa()
     from sleepsound.embedding import resolve_device
 

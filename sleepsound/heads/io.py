@@ -23,6 +23,7 @@ from torch import nn
 from sleepsound.heads.attention import AttentionPoolingHead
 from sleepsound.heads.layers import MAX_LAYERS
 from sleepsound.heads.mlp import MeanPoolingHead
+from sleepsound.heads.soundsleepnet import SoundSleepNetHead
 from sleepsound.labels import STAGES_3
 from sleepsound.storage import write_bytes_atomic
 
@@ -33,14 +34,19 @@ WEIGHTS_NAME = "model.safetensors"
 
 # The only classes a config may name, and the constructor arguments each accepts.
 HEAD_CLASSES: dict[str, type[nn.Module]] = {"AttentionPoolingHead": AttentionPoolingHead,
-                                            "MeanPoolingHead": MeanPoolingHead}
-_ALIASES = {"attention": "AttentionPoolingHead", "mlp": "MeanPoolingHead"}
+                                            "MeanPoolingHead": MeanPoolingHead, "SoundSleepNetHead": SoundSleepNetHead}
+_ALIASES = {"attention": "AttentionPoolingHead", "mlp": "MeanPoolingHead", "soundsleepnet": "SoundSleepNetHead"}
 _DIM_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
     "AttentionPoolingHead": {"dim": (int,), "n_classes": (int,), "hidden": (int, type(None)),
                              "dropout": (int, float), "scorer_hidden": (int, type(None)), "n_layers": (int,)},
     "MeanPoolingHead": {"dim": (int,), "n_classes": (int,), "hidden": (int,), "dropout": (int, float),
                         "n_layers": (int,)},
+    "SoundSleepNetHead": {"dim": (int,), "n_classes": (int,), "conv_channels": (int,), "conv_blocks": (int,),
+                          "kernel_size": (int,), "lstm_hidden": (int,), "n_heads": (int,), "ff_dim": (int,),
+                          "dropout": (int, float), "n_layers": (int,)},
 }
+# Tighter upper bounds than MAX_WIDTH for arguments that multiply the model's size or depth.
+_MAX_DIM = {"conv_blocks": 16, "kernel_size": 63, "n_heads": 64, "conv_channels": 2048, "lstm_hidden": 2048}
 # Optional: heads saved before ``n_layers`` existed lack it and are single-layer (the default 1).
 _REQUIRED_DIMS = ("dim", "n_classes")
 MAX_WIDTH = 16_384
@@ -77,8 +83,9 @@ def _check_dims(name: str, dims: Any, required: bool = True) -> dict[str, Any]:
             raise HeadArtifactError(f"{name} dropout {value!r} is outside [0, 1)")
         if key == "n_layers" and not 1 <= value <= MAX_LAYERS:
             raise HeadArtifactError(f"{name} n_layers {value!r} is outside 1..{MAX_LAYERS}")
-        if key != "dropout" and value is not None and not 1 <= value <= MAX_WIDTH:
-            raise HeadArtifactError(f"{name} argument {key!r}={value!r} is outside 1..{MAX_WIDTH}")
+        limit = _MAX_DIM.get(key, MAX_WIDTH)
+        if key != "dropout" and value is not None and not 1 <= value <= limit:
+            raise HeadArtifactError(f"{name} argument {key!r}={value!r} is outside 1..{limit}")
     return dict(dims)
 
 
@@ -163,7 +170,10 @@ def load_head_with_config(fs: fsspec.AbstractFileSystem | None, directory: str) 
     """The head (eval mode, CPU) and its config. Only allow-listed classes, only tensors."""
     fs, directory = _resolve(fs, directory)
     config = head_config(fs, directory)
-    model = HEAD_CLASSES[config["head_class"]](**config["dims"])
+    try:
+        model = HEAD_CLASSES[config["head_class"]](**config["dims"])
+    except (ValueError, TypeError, AssertionError) as exc:  # in bounds, yet not a buildable head
+        raise HeadArtifactError(f"{config['head_class']}{config['dims']} cannot be built: {exc}") from exc
     with fs.open(posixpath.join(directory, WEIGHTS_NAME), "rb") as handle:
         try:
             state = load_tensors(handle.read())

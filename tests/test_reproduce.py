@@ -1,0 +1,54 @@
+"""``reproduce-embc2025`` end to end on a synthetic cohort in PSG-Audio layout (tiny backbones)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sleepsound.cli import app
+from sleepsound.synth.writers import generate_cohort
+
+
+@pytest.fixture(scope="module")
+def psg_audio(tmp_path_factory) -> Path:
+    """Six short nights, one of them with no RML (excluded, as the paper excluded bad recordings)."""
+    out = tmp_path_factory.mktemp("embc-cohort")
+    generate_cohort(out, n_subjects=6, hours=0.25, seed=8, sample_rate=16_000, part_seconds=900, cycle_minutes=15)
+    broken = sorted(p.name for p in (out / "APNEA_EDF").iterdir())[0]
+    (out / "APNEA_EDF" / broken / f"{broken}[001].edf").write_bytes(b"not an edf")
+    return out
+
+
+def test_reproduce_prints_table_ii_beside_the_papers_numbers(psg_audio, tiny_whisper, tmp_path):
+    root = tmp_path / "root"
+    out = CliRunner().invoke(app, ["reproduce-embc2025", "--psg-audio", str(psg_audio), "--root", str(root),
+                                   "--backbone", tiny_whisper, "--local", "--json",
+                                   "--set", "training.epochs=2", "--set", "training.lr=3e-3",
+                                   "--set", "training.min_lr=3e-4", "--set", "backbone.batch_size=8"])
+    assert out.exit_code == 0, out.output
+    # Progress bars of model loading share the output (CliRunner mixes stderr in): take the JSON object.
+    result = json.loads(out.output[out.output.index('{"protocol"'):].splitlines()[0])
+    assert (result["recordings"], result["accepted"], len(result["excluded"])) == (6, 5, 1)
+    assert result["excluded"][0]["reason_code"] == "unreadable_edf"
+    assert (result["participants"], result["train_participants"], result["test_participants"]) == (5, 4, 1)
+    assert set(result["models"]) == {"SoundSleepNet", "30-s HuBERT", "90-s HuBERT"}
+    assert result["models"]["90-s HuBERT"]["context_epochs"] == 3
+    assert result["models"]["SoundSleepNet"]["backbone"] == "mel"
+    n_test = {m["n_epochs"] for m in result["models"].values()}
+    assert len(n_test) == 1 and n_test.pop() > 0            # one split: the same test epochs for every model
+    rows = result["table_ii"]
+    assert [(r["model"], r["class"]) for r in rows[:3]] == [("SoundSleepNet", c) for c in ("Wake", "REM", "NREM")]
+    assert rows[0]["paper_SE"] == 0.78 and all(r["paper_NPV"] is not None for r in rows)
+    assert json.loads((root / "reproduce" / "embc2025.json").read_text())["table_ii"] == rows
+
+    table = CliRunner().invoke(app, ["reproduce-embc2025", "--psg-audio", str(psg_audio), "--root", str(root),
+                                     "--backbone", tiny_whisper, "--local", "--model", "30-s HuBERT",
+                                     "--set", "training.epochs=1"])
+    assert table.exit_code == 0, table.output
+    assert "Table II" in table.output and "(0.81)" in table.output  # the paper's 30-s HuBERT Wake SE
+    bad = CliRunner().invoke(app, ["reproduce-embc2025", "--psg-audio", str(psg_audio), "--root", str(root),
+                                   "--local", "--model", "ResNet"])
+    assert bad.exit_code == 2 and "unknown models" in bad.output
