@@ -200,6 +200,7 @@ def reproduce_embc2025_command(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     local: Annotated[bool, typer.Option("--local/--ray", help="Embed in this process instead of Ray Data.")] = False,
+    mel_pool_seconds: Annotated[float, typer.Option(help="Time resolution of SoundSleepNet's Mel frames.")] = 0.1,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Run the EMBC 2025 paper's protocol and print its Table II beside the paper's numbers."""
@@ -208,7 +209,8 @@ def reproduce_embc2025_command(
 
     try:
         cfg = load_config(config, overrides)
-        result = reproduce_embc2025(psg_audio, root, cfg, backbone=backbone, use_ray=not local, models=models)
+        result = reproduce_embc2025(psg_audio, root, cfg, backbone=backbone, use_ray=not local, models=models,
+                                    mel_pool_seconds=mel_pool_seconds)
     except (ValueError, OSError) as exc:
         console.print(f"[red]cannot reproduce:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -39,7 +39,7 @@ HUBERT_BASE = "facebook/hubert-base-ls960"
 SOUNDSLEEPNET_LR = 5e-4
 
 
-def model_configs(base: Config, backbone: str) -> dict[str, Config]:
+def model_configs(base: Config, backbone: str, mel_pool_seconds: float = 0.1) -> dict[str, Config]:
     """The paper's three models as configurations of this project (the row names of Table II)."""
     def variant(backbone_name: str, pool_seconds: float | None = None, **training: Any) -> Config:
         data = base.model_dump()
@@ -51,8 +51,8 @@ def model_configs(base: Config, backbone: str) -> dict[str, Config]:
         return Config.model_validate(data)
 
     return {
-        # The CNN reads the spectrogram at 0.1 s (300 frames per epoch), nearer its published input.
-        "SoundSleepNet": variant("mel", pool_seconds=0.1, head="soundsleepnet", context_epochs=1,
+        # By default the CNN reads the spectrogram at 0.1 s (300 frames per epoch), nearer its published input.
+        "SoundSleepNet": variant("mel", pool_seconds=mel_pool_seconds, head="soundsleepnet", context_epochs=1,
                                  lr=SOUNDSLEEPNET_LR),
         "30-s HuBERT": variant(backbone, head="attention", context_epochs=1),
         "90-s HuBERT": variant(backbone, head="attention", context_epochs=3),
@@ -60,10 +60,11 @@ def model_configs(base: Config, backbone: str) -> dict[str, Config]:
 
 
 def reproduce_embc2025(source: str, root: str, base: Config | None = None, backbone: str = HUBERT_BASE,
-                       use_ray: bool = True, models: list[str] | None = None) -> dict[str, Any]:
+                       use_ray: bool = True, models: list[str] | None = None,
+                       mel_pool_seconds: float = 0.1) -> dict[str, Any]:
     """Validate, embed, train and score the three models; returns (and writes) Table II with the paper's."""
     base = base or Config()
-    configs = model_configs(base, backbone)
+    configs = model_configs(base, backbone, mel_pool_seconds)
     if models:
         unknown = sorted(set(models) - set(configs))
         if unknown:

@@ -14,9 +14,9 @@ from sleepsound.synth.writers import generate_cohort
 
 @pytest.fixture(scope="module")
 def psg_audio(tmp_path_factory) -> Path:
-    """Six short nights, one of them with no RML (excluded, as the paper excluded bad recordings)."""
+    """Five 9-minute nights, one with a corrupt EDF (excluded, as the paper excluded bad recordings)."""
     out = tmp_path_factory.mktemp("embc-cohort")
-    generate_cohort(out, n_subjects=6, hours=0.25, seed=8, sample_rate=16_000, part_seconds=900, cycle_minutes=15)
+    generate_cohort(out, n_subjects=5, hours=0.15, seed=8, sample_rate=16_000, part_seconds=540, cycle_minutes=9)
     broken = sorted(p.name for p in (out / "APNEA_EDF").iterdir())[0]
     (out / "APNEA_EDF" / broken / f"{broken}[001].edf").write_bytes(b"not an edf")
     return out
@@ -25,15 +25,15 @@ def psg_audio(tmp_path_factory) -> Path:
 def test_reproduce_prints_table_ii_beside_the_papers_numbers(psg_audio, tiny_whisper, tmp_path):
     root = tmp_path / "root"
     out = CliRunner().invoke(app, ["reproduce-embc2025", "--psg-audio", str(psg_audio), "--root", str(root),
-                                   "--backbone", tiny_whisper, "--local", "--json",
+                                   "--backbone", tiny_whisper, "--local", "--json", "--mel-pool-seconds", "0.5",
                                    "--set", "training.epochs=2", "--set", "training.lr=3e-3",
                                    "--set", "training.min_lr=3e-4", "--set", "backbone.batch_size=8"])
     assert out.exit_code == 0, out.output
     # Progress bars of model loading share the output (CliRunner mixes stderr in): take the JSON object.
     result = json.loads(out.output[out.output.index('{"protocol"'):].splitlines()[0])
-    assert (result["recordings"], result["accepted"], len(result["excluded"])) == (6, 5, 1)
+    assert (result["recordings"], result["accepted"], len(result["excluded"])) == (5, 4, 1)
     assert result["excluded"][0]["reason_code"] == "unreadable_edf"
-    assert (result["participants"], result["train_participants"], result["test_participants"]) == (5, 4, 1)
+    assert (result["participants"], result["train_participants"], result["test_participants"]) == (4, 3, 1)
     assert set(result["models"]) == {"SoundSleepNet", "30-s HuBERT", "90-s HuBERT"}
     assert result["models"]["90-s HuBERT"]["context_epochs"] == 3
     assert result["models"]["SoundSleepNet"]["backbone"] == "mel"
