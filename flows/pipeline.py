@@ -26,24 +26,31 @@ from tasks.train import train
 COORDINATOR_CPUS = 0.1
 
 
+class StepTimer:
+    """Waits for each submitted task in turn and keeps its wall time, for the run's summary."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def step(self, name: str, submitted: Any) -> Any:
+        started = time.perf_counter()
+        result = submitted.result()
+        self.seconds[name] = round(time.perf_counter() - started, 2)
+        return result
+
+
 @flow(name="sleepsound-pipeline", log_prints=True)
 def pipeline(source: str, root: str, config: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Score a source end to end; returns the small summary the CLI prints."""
     logger = get_run_logger()
-    seconds: dict[str, float] = {}
-
-    def step(name: str, submitted: Any) -> Any:
-        started = time.perf_counter()
-        result = submitted.result()
-        seconds[name] = round(time.perf_counter() - started, 2)
-        return result
-
+    timer = StepTimer()
+    seconds = timer.seconds
     with remote_options(num_cpus=COORDINATOR_CPUS):
-        ingested = step("ingest", ingest.submit(source, root, config))
-        embedded = step("embed", embed.submit(root, config))
-        model = step("train", train.submit(root, config, run_id))
-        predicted = step("predict", predict.submit(root, config, run_id, model))
-        reported = step("report", report.submit(root, config, run_id, model, predicted))
+        ingested = timer.step("ingest", ingest.submit(source, root, config))
+        embedded = timer.step("embed", embed.submit(root, config))
+        model = timer.step("train", train.submit(root, config, run_id))
+        predicted = timer.step("predict", predict.submit(root, config, run_id, model))
+        reported = timer.step("report", report.submit(root, config, run_id, model, predicted))
     logger.info("run %s finished in %s: report at %s", run_id, seconds, reported["report"])
     return {
         "run_id": run_id,
@@ -63,6 +70,11 @@ def run_pipeline_on_ray(source: str, root: str, config: dict[str, Any], ray_addr
                         run_id: str | None = None) -> dict[str, Any]:
     """Run the flow with a Ray task runner: a local Ray unless an address is given."""
     run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return pipeline.with_options(task_runner=ray_runner(config, ray_address))(source, root, config, run_id)
+
+
+def ray_runner(config: dict[str, Any], ray_address: str | None = None) -> RayTaskRunner:
+    """A Ray task runner for a flow: this run's environment travels to the workers."""
     env = {k: v for k, v in os.environ.items()
            if k.startswith(("PREFECT_", "AWS_", "SLEEPSOUND_")) or k in {"DO_NOT_TRACK", "HF_HOME"}}
     init_kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "include_dashboard": False,
@@ -70,5 +82,4 @@ def run_pipeline_on_ray(source: str, root: str, config: dict[str, Any], ray_addr
     num_cpus = config.get("ray", {}).get("num_cpus")
     if num_cpus and not ray_address:
         init_kwargs["num_cpus"] = num_cpus
-    runner = RayTaskRunner(address=ray_address or config.get("ray", {}).get("address"), init_kwargs=init_kwargs)
-    return pipeline.with_options(task_runner=runner)(source, root, config, run_id)
+    return RayTaskRunner(address=ray_address or config.get("ray", {}).get("address"), init_kwargs=init_kwargs)

@@ -115,6 +115,32 @@ def run(
 
 
 @app.command()
+def score(
+    source: Annotated[str, typer.Option(help="Folder or s3:// prefix holding the recordings to score.")],
+    root: Annotated[str, typer.Option(help="Storage root holding the registered models; outputs go there too.")],
+    model: Annotated[Optional[list[str]], typer.Option(
+        "--model", help="Use this version instead of a task's champion: TASK=VERSION (repeatable).")] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    ray_address: RayOpt = None,
+    run_id: Annotated[Optional[str], typer.Option(help="Name of this run (default: a timestamp).")] = None,
+) -> None:
+    """Score a cohort with the registered models (champions by default): validate, embed, predict, report."""
+    from sleepsound.config import load_config
+
+    cfg = load_config(config, overrides)
+    versions = {}
+    for item in model or []:
+        task, sep, version = item.partition("=")
+        if not sep or not task or not version:
+            console.print(f"[red]--model takes TASK=VERSION, got {item!r}[/red]")
+            raise typer.Exit(2)
+        versions[task] = version
+    result = _run_flow(source, root, cfg.model_dump(), ray_address, run_id, flow="score", versions=versions)
+    _print_results(result)
+
+
+@app.command()
 def demo(
     root: Annotated[str, typer.Option(help="Storage root for the demo's outputs (path or s3://).")] = "./sleepsound-demo",
     subjects: Annotated[int, typer.Option(help="Synthetic nights to generate.")] = 6,
@@ -219,7 +245,8 @@ def reproduce_embc2025_command(
         return
     table = Table("model", "class", "SE", "SP", "PPV", "NPV", title=(
         f"Table II: {result['test_participants']} test / {result['train_participants']} training participants "
-        f"({len(result['excluded'])} recordings excluded); paper's figures in brackets"))
+        f"({len(result['excluded'])} recordings excluded), the HuBERT rows with {result['backbone']}; "
+        "paper's figures in brackets"))
     for row in result["table_ii"]:
         cells = [f"{row[c]:.2f} ({row[f'paper_{c}']:.2f})" if row[f"paper_{c}"] is not None else f"{row[c]:.2f}"
                  for c in ("SE", "SP", "PPV", "NPV")]
@@ -379,13 +406,24 @@ def models_show(
         raise typer.Exit(2) from exc
 
 
-def _run_flow(source: str, root: str, config: dict, ray_address: str | None, run_id: str | None) -> dict:
+def _run_flow(source: str, root: str, config: dict, ray_address: str | None, run_id: str | None,
+              flow: str = "pipeline", versions: dict[str, str] | None = None) -> dict:
     from flows.local_prefect import local_prefect_api
 
     with local_prefect_api(Path(".prefect").resolve()) as api_url:
+        console.print(f"Prefect API: {api_url}")
+        if flow == "score":
+            from flows.score import run_score_on_ray
+            from sleepsound.model_store import ModelNotFound
+
+            try:
+                return run_score_on_ray(source, root, config, ray_address=ray_address, run_id=run_id,
+                                        versions=versions)
+            except ModelNotFound as exc:
+                console.print(f"[red]cannot score:[/red] {exc}")
+                raise typer.Exit(2) from exc
         from flows.pipeline import run_pipeline_on_ray
 
-        console.print(f"Prefect API: {api_url}")
         return run_pipeline_on_ray(source, root, config, ray_address=ray_address, run_id=run_id)
 
 

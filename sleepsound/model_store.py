@@ -134,6 +134,35 @@ def promote_if_better(root: str, task: str, challenger: str, challenger_score: f
     return decision
 
 
+def serving_models(root: str, versions: dict[str, str] | None = None) -> dict[str, Any]:
+    """Each task's champion (or the version named in ``versions``) as the model dict that
+    ``modelling.predict_recordings`` and ``results.write_run_outputs`` take, without its test subjects.
+
+    The stage3 model is required; other tasks join when they have a champion or a named version.
+    """
+    versions = dict(versions or {})
+    unknown = sorted(set(versions) - set(tasks(root)))
+    if unknown:
+        raise ModelNotFound(f"no models of task(s) {unknown} under {root}")
+    heads: dict[str, dict[str, Any]] = {}
+    for task in tasks(root):
+        version = versions.get(task) or champion_version(root, task)
+        if version is None:
+            continue
+        info = show(root, task, version)
+        extra = info["config"].get("extra", {})
+        heads[task] = {"task": task, "model_dir": info["path"], "version": version,
+                       "class_counts": info["lineage"].get("class_counts"),
+                       **{k: extra[k] for k in ("events_per_event_epoch", "snore_share_per_snore_epoch") if k in extra}}
+    if "stage3" not in heads:
+        raise ModelNotFound(f"no stage3 champion under {root}: train one first (sleepsound run or train)")
+    lineage = show(root, "stage3", heads["stage3"]["version"])["lineage"]
+    return {"model_dir": heads["stage3"]["model_dir"], "version": heads["stage3"]["version"], "task": "stage3",
+            "train_subjects": list(lineage.get("train_subjects", [])),
+            "val_subjects": list(lineage.get("val_subjects", [])), "test_subjects": [],
+            "heads": heads, "skipped": {}}
+
+
 def write_metrics(root: str, task: str, version: str, metrics: dict[str, Any]) -> None:
     fs, root_path = open_root(root)
     write_json(fs, join(model_dir(root_path, task, version), METRICS), metrics)

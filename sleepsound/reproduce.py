@@ -93,7 +93,7 @@ def reproduce_embc2025(source: str, root: str, base: Config | None = None, backb
     out = {
         "protocol": "Xu, Brown and Ma, EMBC 2025 (method.md)", "code_version": __version__,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": source, "recordings": len(rows), "accepted": len(accepted), "excluded": excluded,
+        "source": source, "backbone": backbone, "recordings": len(rows), "accepted": len(accepted), "excluded": excluded,
         "participants": len(subjects), "train_participants": len(train), "test_participants": len(test),
         "test_subjects": test, "table_ii": table_ii(results), "models": results,
     }

@@ -80,6 +80,29 @@ def test_flow_on_local_disk(cohort, tiny_whisper, tmp_path):
     again = run_pipeline_on_ray(str(cohort), root, _config(tiny_whisper), run_id="t2")
     assert again["counts"]["embedded"] == 0 and again["counts"]["cached"] == 5
 
+    _assert_scoring_uses_the_champions(cohort, root, tiny_whisper, result["model"])
+
+
+def _assert_scoring_uses_the_champions(cohort: Path, root: str, tiny_whisper: str, trained: dict) -> None:
+    """The score flow trains nothing: the first run's heads (the champions) predict every night."""
+    from flows.score import run_score_on_ray
+    from sleepsound import model_store
+
+    stored = {task: len(model_store.versions(root, task)) for task in ("stage3", "stage5", "resp")}
+    scored = run_score_on_ray(str(cohort), root, _config(tiny_whisper), run_id="s1")
+    assert {task: len(model_store.versions(root, task)) for task in stored} == stored
+    assert {t: h["version"] for t, h in scored["model"]["heads"].items()} == \
+        {t: h["version"] for t, h in trained["heads"].items()}
+    assert scored["model"]["test_subjects"] == trained["test_subjects"]      # the nights it never trained on
+    assert set(scored["seconds"]) == {"ingest", "embed", "champions", "predict", "report"}
+    preds = pd.read_parquet(Path(root) / "runs" / "s1" / "predictions")
+    assert preds["recording_id"].nunique() == 5 and (preds["model_version"] == trained["version"]).all()
+    assert set(preds.loc[preds["split"] == "test", "subject_id"]) == set(trained["test_subjects"])
+    assert scored["metrics"]["macro_f1"] == pytest.approx(json.loads(
+        (Path(root) / "runs" / "t1" / "metrics.json").read_text())["macro_f1"])
+    with pytest.raises(model_store.ModelNotFound, match="task"):
+        run_score_on_ray(str(cohort), root, _config(tiny_whisper), run_id="s2", versions={"nope": "x"})
+
 
 def _assert_respiratory_labels_and_shifted_windows(root: Path, patients: list[str], model: dict) -> None:
     """Epoch tables carry respiratory labels (null for the unlabelled night); the cache holds the

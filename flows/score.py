@@ -1,0 +1,52 @@
+"""Score a cohort with the registered models: validate -> embed (cache-aware) -> predict -> report.
+
+Nothing is trained: each task's champion (or a named version) predicts every accepted night,
+and labelled nights of subjects the models never trained on are scored as held-out nights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect_ray.context import remote_options
+
+from flows.pipeline import COORDINATOR_CPUS, StepTimer
+from tasks.champions import champions
+from tasks.embed import embed
+from tasks.ingest import ingest
+from tasks.predict import predict
+from tasks.report import report
+
+
+@flow(name="sleepsound-score", log_prints=True)
+def score(source: str, root: str, config: dict[str, Any], run_id: str,
+          versions: dict[str, str] | None = None) -> dict[str, Any]:
+    """Returns the same summary as the pipeline flow; ``model`` names the versions used."""
+    timer = StepTimer()
+    with remote_options(num_cpus=COORDINATOR_CPUS):
+        ingested = timer.step("ingest", ingest.submit(source, root, config))
+        embedded = timer.step("embed", embed.submit(root, config))
+        model = timer.step("champions", champions.submit(root, versions))
+        predicted = timer.step("predict", predict.submit(root, config, run_id, model))
+        reported = timer.step("report", report.submit(root, config, run_id, model, predicted))
+    get_run_logger().info("scored %s in %s: report at %s", run_id, timer.seconds, reported["report"])
+    return {
+        "run_id": run_id, "prefect_flow_run": {"id": str(flow_run.id), "name": flow_run.name},
+        "seconds": timer.seconds,
+        "counts": {**ingested, **embedded, "quarantined": predicted["quarantined"], "accepted": predicted["accepted"]},
+        "model": model, "metrics": reported["metrics"], "report": reported["report"],
+        "predictions": predicted["predictions"], "summaries": reported["summaries"],
+    }
+
+
+def run_score_on_ray(source: str, root: str, config: dict[str, Any], ray_address: str | None = None,
+                     run_id: str | None = None, versions: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run the score flow with a Ray task runner: a local Ray unless an address is given."""
+    from datetime import datetime, timezone
+
+    from flows.pipeline import ray_runner
+
+    run_id = run_id or datetime.now(timezone.utc).strftime("score-%Y%m%dT%H%M%SZ")
+    return score.with_options(task_runner=ray_runner(config, ray_address))(source, root, config, run_id, versions)

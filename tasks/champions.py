@@ -1,0 +1,22 @@
+"""Which models score a cohort: each task's champion (or named versions), and the nights they never saw."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from sleepsound import model_store
+from sleepsound.manifest import read_manifest
+from sleepsound.modelling import labelled_manifest
+
+
+@task(name="champions")
+def champions(root: str, versions: dict[str, str] | None = None) -> dict[str, Any]:
+    """The serving models; labelled subjects outside their training side are scored as test nights."""
+    model = model_store.serving_models(root, versions)
+    seen = set(model["train_subjects"]) | set(model["val_subjects"])
+    labelled = set(labelled_manifest(read_manifest(root))["subject_id"].astype(str))
+    model["test_subjects"] = sorted(labelled - seen)
+    get_run_logger().info("scoring with %s", {name: head["version"] for name, head in model["heads"].items()})
+    return model
