@@ -362,6 +362,10 @@ def bench_embed(
     console.print(f"baseline: {result['method']['baseline']}")
 
 
+from sleepsound.clips.cli import clips_app  # noqa: E402  (typer only: no heavy imports at --help)
+
+app.add_typer(clips_app, name="clips")
+
 models_app = typer.Typer(help="Trained heads stored under a storage root: versions, champion, lineage.",
                          no_args_is_help=True)
 app.add_typer(models_app, name="models")

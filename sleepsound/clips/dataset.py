@@ -1,0 +1,168 @@
+"""Discover and load a folder dataset of short clips: one sub-folder per label.
+
+Layout: ``ROOT/<label>/<file>``; every non-hidden regular file directly inside a label
+folder is a candidate (any format soundfile reads). Each candidate ends either *used* or
+*rejected* with a reason naming the file, so ``len(clips) + len(rejected) == n_files``.
+
+Fixed-length policy (why: the head and the backbone batch need one length, and the
+tutorial detector fed Whisper audio of arbitrary length):
+
+1. read with soundfile, mix to mono (mean of the channels);
+2. resample to 16 kHz with soxr (high quality);
+3. peak-normalise to 1.0 (recording gain differs between clips; the label should not);
+   all-zero clips (digital silence) are kept as they are: silence is a valid "no event";
+4. pad with zeros at the end, or keep the first ``clip_samples`` (trim the tail).
+   ``clip_samples`` defaults to the longest accepted clip, at most 5 s, rounded up to a
+   whole 20-ms backbone frame. ``lengths`` keeps each clip's real length, so padding can
+   be masked out of the head's pooling.
+
+Rejected: unreadable files, no samples, shorter than ``min_seconds``, non-finite samples,
+a label folder not among the expected classes (or, for a file list, a missing file). Audio is held in memory
+(float32, 5 s max per clip), which suits clip datasets of a few thousand files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SAMPLE_RATE = 16_000
+MAX_CLIP_SECONDS = 5.0
+MIN_CLIP_SECONDS = 0.1
+FRAME_SAMPLES = 320  # one 20-ms backbone frame at 16 kHz
+
+
+class ClipError(ValueError):
+    """A file that cannot be used as a clip; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A file left out, with why (``reason`` starts with the file's path under the root)."""
+
+    file: str
+    label: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"file": self.file, "label": self.label, "reason": self.reason}
+
+
+@dataclass
+class ClipDataset:
+    """Accepted clips (fixed length) plus the rejected files; ``files`` are root-relative."""
+
+    root: str
+    classes: tuple[str, ...]
+    files: list[str]
+    labels: list[str]
+    audio: np.ndarray            # float32 [N, clip_samples], peak-normalised
+    lengths: np.ndarray          # int64 [N], real samples before padding (<= clip_samples)
+    clip_samples: int
+    rejected: list[Rejected] = field(default_factory=list)
+
+    @property
+    def n_files(self) -> int:
+        return len(self.files) + len(self.rejected)
+
+    def counts(self) -> dict[str, int]:
+        """Files discovered, used and rejected (they always add up)."""
+        return {"discovered": self.n_files, "used": len(self.files), "rejected": len(self.rejected)}
+
+    def subset(self, files: list[str]) -> ClipDataset:
+        """The clips named in ``files`` (root-relative), in that order; unknown names are an error."""
+        where = {f: i for i, f in enumerate(self.files)}
+        missing = [f for f in files if f not in where]
+        if missing:
+            raise KeyError(f"not among the accepted clips: {missing[:5]}")
+        idx = np.array([where[f] for f in files], dtype=np.int64)
+        return ClipDataset(self.root, self.classes, list(files), [self.labels[i] for i in idx],
+                           self.audio[idx], self.lengths[idx], self.clip_samples, [])
+
+
+def discover(root: str | Path) -> list[tuple[str, str]]:
+    """(label, root-relative path) for every candidate file, sorted; labels are folder names."""
+    base = Path(root)
+    if not base.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {base}")
+    found = []
+    for folder in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for file in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+            found.append((folder.name, f"{folder.name}/{file.name}"))
+    return found
+
+
+def read_mono_16k(path: str | Path, min_seconds: float = MIN_CLIP_SECONDS) -> np.ndarray:
+    """float32 mono 16-kHz samples, peak-normalised; raises ClipError with the reason."""
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # libsndfile raises several types for corrupt or foreign files
+        raise ClipError(f"unreadable audio ({type(exc).__name__}: {exc})") from exc
+    if data.shape[0] == 0:
+        raise ClipError("empty (no samples)")
+    if data.shape[0] < min_seconds * rate:
+        raise ClipError(f"too short ({data.shape[0] / rate:.3f} s < {min_seconds:g} s)")
+    mono = data.mean(axis=1)
+    if not np.isfinite(mono).all():
+        raise ClipError("non-finite samples (NaN or Inf)")
+    if rate != SAMPLE_RATE:
+        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
+    peak = float(np.abs(mono).max()) if mono.size else 0.0
+    if peak == 0.0:  # digital silence is a valid example of "no event": kept, nothing to normalise
+        return mono.astype(np.float32)
+    return (mono / peak).astype(np.float32)
+
+
+def default_clip_samples(lengths: list[int], max_seconds: float = MAX_CLIP_SECONDS) -> int:
+    """The longest clip, at most ``max_seconds``, rounded up to a whole 20-ms frame."""
+    longest = min(max(lengths), int(round(max_seconds * SAMPLE_RATE)))
+    return int(math.ceil(longest / FRAME_SAMPLES) * FRAME_SAMPLES)
+
+
+def fix_length(audio: np.ndarray, clip_samples: int) -> np.ndarray:
+    """Zero-pad at the end or keep the first ``clip_samples`` samples."""
+    out = np.zeros(clip_samples, dtype=np.float32)
+    n = min(len(audio), clip_samples)
+    out[:n] = audio[:n]
+    return out
+
+
+def load_dataset(root: str | Path, *, clip_seconds: float | None = None, classes: tuple[str, ...] | None = None,
+                 files: list[str] | None = None, min_seconds: float = MIN_CLIP_SECONDS,
+                 max_seconds: float = MAX_CLIP_SECONDS) -> ClipDataset:
+    """Load every clip under ``root`` (or only the root-relative ``files``, e.g. a held-out list).
+
+    ``classes`` (a trained model's) rejects files of other labels; when None the label
+    folders found are the classes. ``clip_seconds`` None applies the default policy.
+    """
+    found = discover(root)
+    if files is not None:
+        by_name = dict((rel, label) for label, rel in found)
+        found = [(by_name.get(rel, rel.split("/", 1)[0]), rel) for rel in files]
+    names = tuple(classes) if classes is not None else tuple(sorted({label for label, _ in found}))
+    kept: list[tuple[str, str, np.ndarray]] = []
+    rejected: list[Rejected] = []
+    base = Path(root)
+    for label, rel in found:
+        try:
+            if label not in names:
+                raise ClipError(f"label folder {label!r} is not one of the classes {list(names)}")
+            if not (base / rel).is_file():
+                raise ClipError("file not found")
+            kept.append((label, rel, read_mono_16k(base / rel, min_seconds)))
+        except ClipError as exc:
+            rejected.append(Rejected(rel, label, f"{rel}: {exc}"))
+    if clip_seconds is not None:
+        clip_samples = int(round(clip_seconds * SAMPLE_RATE))
+    else:
+        clip_samples = default_clip_samples([len(a) for _, _, a in kept], max_seconds) if kept else FRAME_SAMPLES
+    audio = np.stack([fix_length(a, clip_samples) for _, _, a in kept]) if kept else \
+        np.zeros((0, clip_samples), dtype=np.float32)
+    lengths = np.array([min(len(a), clip_samples) for _, _, a in kept], dtype=np.int64)
+    return ClipDataset(str(root), names, [r for _, r, _ in kept], [lb for lb, _, _ in kept], audio, lengths,
+                       clip_samples, rejected)

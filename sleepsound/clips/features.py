@@ -1,0 +1,100 @@
+"""Clip embeddings: one backbone pass, then the layer choice and pooling the head was trained on.
+
+The backbone runs once per clip with every candidate layer kept (``layers``) and frames
+mean-pooled to ``base_pool_seconds``; coarser pooling (``pool_factor`` x base) and the
+layer pick are cheap numpy steps on top. Training selects among these by validation, and
+prediction replays exactly the same steps from the saved :class:`FeatureSpec`, so the
+head sees identically computed inputs either way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sleepsound.backbones.registry import Backbone, load_backbone
+from sleepsound.clips.dataset import FRAME_SAMPLES
+
+
+@dataclass
+class FeatureSpec:
+    """How clip audio becomes head input; saved in the model's config (``extra.features``)."""
+
+    backbone: str
+    layers: list[int]                  # hidden states the backbone keeps (its ``layers`` argument)
+    base_pool_seconds: float = 0.1     # the backbone's own pooling
+    pick: list[int] = field(default_factory=list)  # positions into ``layers`` fed to the head (>1: a learned mix)
+    pool_factor: int = 1               # further mean pooling, in base pools
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
+        return cls(backbone=str(data["backbone"]), layers=[int(k) for k in data["layers"]],
+                   base_pool_seconds=float(data["base_pool_seconds"]), pick=[int(k) for k in data["pick"]],
+                   pool_factor=int(data["pool_factor"]))
+
+    @property
+    def pool_seconds(self) -> float:
+        return self.base_pool_seconds * self.pool_factor
+
+
+def default_layers(name: str, device: str = "cpu") -> list[int]:
+    """Every transformer layer's output: 1 .. num_layers - 1 and -1 (the normed last one)."""
+    probe = load_backbone(name, device=device)
+    return [*range(1, int(getattr(probe, "num_layers", 1))), -1]
+
+
+def load_clip_backbone(spec: FeatureSpec, device: str = "cpu") -> Backbone:
+    """The frozen backbone with the spec's layers and base pooling."""
+    return load_backbone(spec.backbone, layers=spec.layers if len(spec.layers) > 1 else None,
+                         layer=spec.layers[0] if len(spec.layers) == 1 else -1,
+                         pool_seconds=spec.base_pool_seconds, device=device)
+
+
+def embed_audio(backbone: Backbone, audio: np.ndarray, batch_size: int = 8,
+                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """float16 [N, T, L, D] for fixed-length clips [N, S] (L = 1 for a single-layer backbone)."""
+    parts = []
+    for start in range(0, len(audio), batch_size):
+        out = backbone.embed(np.ascontiguousarray(audio[start:start + batch_size], dtype=np.float32))
+        parts.append(out if out.ndim == 4 else out[:, :, None, :])
+        if progress is not None:
+            progress(min(start + batch_size, len(audio)), len(audio))
+    if not parts:
+        t = backbone.n_output_frames(audio.shape[1])
+        return np.zeros((0, t, max(1, len(getattr(backbone, "layers", ()))), backbone.dim), dtype=np.float16)
+    return np.concatenate(parts)
+
+
+def real_mask(lengths: np.ndarray, n_frames: int, samples_per_frame: int) -> np.ndarray:
+    """bool [N, n_frames]: frames holding at least one real (unpadded) sample."""
+    real = np.ceil(np.asarray(lengths) / samples_per_frame).astype(np.int64)
+    return np.arange(n_frames)[None, :] < np.maximum(real, 1)[:, None]
+
+
+def head_input(emb: np.ndarray, lengths: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(x, mask) for the head: picked layers ([N, T, D] for one, [N, T, L, D] for several), pooled."""
+    picked = emb[:, :, spec.pick, :] if len(spec.pick) > 1 else emb[:, :, spec.pick[0], :]
+    f = int(spec.pool_factor)
+    n, t = picked.shape[:2]
+    if f > 1:
+        groups = math.ceil(t / f)
+        pad = [(0, 0), (0, groups * f - t)] + [(0, 0)] * (picked.ndim - 2)
+        summed = np.pad(picked.astype(np.float32), pad).reshape(n, groups, f, *picked.shape[2:]).sum(axis=2)
+        counts = np.full(groups, float(f), dtype=np.float32)
+        counts[-1] = t - (groups - 1) * f
+        picked = (summed / counts.reshape(1, groups, *([1] * (picked.ndim - 2)))).astype(np.float16)
+    base_samples = int(round(spec.base_pool_seconds * 16_000))
+    samples_per_frame = max(FRAME_SAMPLES, base_samples) * f
+    return np.ascontiguousarray(picked), real_mask(lengths, picked.shape[1], samples_per_frame)
+
+
+def layer_names(layers: Sequence[int], pick: Sequence[int]) -> list[int]:
+    """The backbone layer numbers a pick refers to."""
+    return [int(layers[i]) for i in pick]

@@ -1,0 +1,237 @@
+"""Train a clip classifier: block split, one embedding pass, settings chosen on training blocks only.
+
+Why this shape: the test blocks are held out before anything is chosen, and every
+setting (head, layer or layer mix, pooling, learning rate, epoch count) is picked by
+blocked k-fold validation on the *training* blocks (each training block validated once),
+so the reported test score is untouched by selection. The chosen setting is then refit on
+all training blocks for the validated number of epochs (the epoch of lowest mean validation
+log-loss; the learning rate is constant, so the refit replays the validated schedule) and
+scored once on the test blocks.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+import sleepsound
+from sleepsound.backbones.registry import OFFLINE_WHISPER
+from sleepsound.clips.dataset import SAMPLE_RATE, ClipDataset, load_dataset
+from sleepsound.clips.features import (FeatureSpec, default_layers, embed_audio, head_input, layer_names,
+                                       load_clip_backbone)
+from sleepsound.clips.split import block_folds, block_split, group_by_label
+from sleepsound.heads.io import save_head
+from sleepsound.metrics import evaluate as score
+from sleepsound.metrics import majority_class
+from sleepsound.training import TrainConfig, predict_proba, train_head
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClipTrainSettings:
+    """What to search and how to split; defaults suit a few hundred 1-5 s clips on a CPU."""
+
+    backbone: str = OFFLINE_WHISPER
+    layers: list[int] | None = None            # None: every transformer layer's output
+    base_pool_seconds: float = 0.1
+    pool_factors: tuple[int, ...] = (1,)       # tried for the attention head (mean pooling ignores it)
+    heads: tuple[str, ...] = ("mlp", "attention")
+    lrs: tuple[float, ...] = (1e-3,)
+    max_epochs: int = 40                       # every epoch scored; the best by validation log-loss is kept
+    batch_size: int = 32
+    block_size: int = 25
+    test_fraction: float = 0.2
+    folds: int = 5                             # blocked k-fold validation on the training side
+    seed: int = 0
+    clip_seconds: float | None = None          # None: the longest clip, at most 5 s
+    embed_batch: int = 8
+    device: str = "cpu"
+    cache_dir: str | None = None               # embeddings as .npy, keyed by audio + backbone
+
+
+@dataclass
+class Candidate:
+    head: str
+    pick: list[int]
+    pool_factor: int
+    lr: float
+    val_macro_f1: float = float("nan")
+    val_accuracy: float = float("nan")
+    val_log_loss: float = float("nan")
+    best_epoch: int = -1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def candidates(n_layers: int, settings: ClipTrainSettings) -> list[Candidate]:
+    """Every (head, layer pick, pooling, lr): each single layer, plus the learned mix of all."""
+    picks = [[i] for i in range(n_layers)] + ([list(range(n_layers))] if n_layers > 1 else [])
+    out = []
+    for head, pick, lr in itertools.product(settings.heads, picks, settings.lrs):
+        factors = settings.pool_factors if head == "attention" else settings.pool_factors[:1]
+        out.extend(Candidate(head, pick, int(f), float(lr)) for f in factors)
+    return out
+
+
+def _config(settings: ClipTrainSettings, classes: tuple[str, ...], lr: float, epochs: int,
+            patience: int | None) -> TrainConfig:
+    """Constant learning rate, so a refit for the validated epoch count replays the validated schedule."""
+    return TrainConfig(classes=classes, lr=lr, min_lr=lr, constant_fraction=1.0, epochs=epochs,
+                       batch_size=settings.batch_size, seed=settings.seed, patience=patience, device=settings.device)
+
+
+def _log_loss(proba: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], 1e-7, 1.0)))) if len(y) else float("nan")
+
+
+def embed_dataset(ds: ClipDataset, spec: FeatureSpec, settings: ClipTrainSettings,
+                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Embeddings [N, T, L, D] of every accepted clip, from the cache when the same audio was embedded."""
+    backbone = load_clip_backbone(spec, settings.device)
+    key = hashlib.sha256(f"{backbone.fingerprint}|{ds.audio.shape}".encode() + ds.audio.tobytes()).hexdigest()[:16]
+    path = Path(settings.cache_dir) / f"clips-{key}.npy" if settings.cache_dir else None
+    if path is not None and path.exists():
+        return np.load(path, allow_pickle=False)
+    emb = embed_audio(backbone, ds.audio, settings.embed_batch, progress)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, emb, allow_pickle=False)
+        tmp.replace(path)
+    return emb
+
+
+def _fit_and_watch(x: np.ndarray, y: np.ndarray, mask: np.ndarray, fit: np.ndarray, val: np.ndarray,
+                   cand: Candidate, settings: ClipTrainSettings, classes: tuple[str, ...]) -> np.ndarray:
+    """Train ``max_epochs`` on ``fit`` and return the validation class indices predicted after
+    each epoch and their log-loss: (predictions [E, n_val], losses [E]) packed as
+    [E, n_val + 1]. ``train_head``'s ``wrap`` hook hands us the model so every epoch can be
+    scored as it ends."""
+    held: list[Any] = []
+    rows: list[np.ndarray] = []
+
+    def watch(_record: dict[str, float]) -> None:
+        proba = predict_proba(held[0], x[val], mask=mask[val])
+        rows.append(np.append(proba.argmax(axis=1).astype(np.float64), _log_loss(proba, y[val])))
+
+    cfg = _config(settings, classes, cand.lr, settings.max_epochs, None)
+    train_head(x[fit], y[fit], cfg, head=cand.head, mask=mask[fit], progress=watch,
+               wrap=lambda model: held.append(model) or model)
+    return np.stack(rows)
+
+
+def select(emb: np.ndarray, ds: ClipDataset, train_idx: np.ndarray, folds: list[np.ndarray], spec: FeatureSpec,
+           settings: ClipTrainSettings) -> tuple[Candidate, list[Candidate]]:
+    """Blocked k-fold validation on the training side for every candidate.
+
+    Per candidate the epoch count is the one with the lowest validation log-loss averaged
+    over the folds (macro-F1 saturates within an epoch or two on easy data and would stop
+    training far too early); it is scored by the macro-F1 of all folds' predictions at that
+    epoch. Best: highest macro-F1, then lowest log-loss, then the earlier (simpler) candidate.
+    """
+    y = np.array([ds.classes.index(lb) for lb in ds.labels], dtype=np.int64)
+    scored = []
+    for cand in candidates(emb.shape[2], settings):
+        cspec = FeatureSpec(spec.backbone, spec.layers, spec.base_pool_seconds, cand.pick, cand.pool_factor)
+        x, mask = head_input(emb, ds.lengths, cspec)
+        runs = []
+        for val in folds:
+            fit = np.setdiff1d(train_idx, val)
+            runs.append(_fit_and_watch(x, y, mask, fit, val, cand, settings, ds.classes))
+        losses = np.mean([r[:, -1] for r in runs], axis=0)
+        epoch = int(np.argmin(losses))
+        pred = np.concatenate([r[epoch, :-1] for r in runs]).astype(np.int64)
+        truth = np.concatenate([y[v] for v in folds])
+        cand.best_epoch, cand.val_log_loss = epoch, float(losses[epoch])
+        cand.val_macro_f1 = float(f1_score(truth, pred, average="macro", labels=range(len(ds.classes)),
+                                           zero_division=0))
+        cand.val_accuracy = float(np.mean(pred == truth))
+        log.info("candidate %s layers=%s pool=%gs lr=%g: validation macro-F1 %.4f, accuracy %.4f, log-loss %.4f "
+                 "at epoch %d", cand.head, layer_names(spec.layers, cand.pick), cspec.pool_seconds, cand.lr,
+                 cand.val_macro_f1, cand.val_accuracy, cand.val_log_loss, cand.best_epoch)
+        scored.append(cand)
+    best = max(scored, key=lambda c: (c.val_macro_f1, -c.val_log_loss))  # first wins exact ties
+    return best, scored
+
+
+def train_clips(data: str | Path, out_dir: str | Path, settings: ClipTrainSettings | None = None,
+                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train, score on the held-out blocks, save the head; returns the summary (also in the config)."""
+    settings = settings or ClipTrainSettings()
+    say = progress or (lambda _msg: None)
+    started = time.perf_counter()
+    ds = load_dataset(data, clip_seconds=settings.clip_seconds)
+    if len(ds.classes) < 2:
+        raise ValueError(f"need at least 2 label folders with usable clips under {data}, found {list(ds.classes)}")
+    split = block_split(group_by_label(ds.files, ds.labels), block_size=settings.block_size,
+                        test_fraction=settings.test_fraction, seed=settings.seed)
+    train_files = set(split.train)
+    fold_files = block_folds(group_by_label([f for f in ds.files if f in train_files],
+                                            [lb for f, lb in zip(ds.files, ds.labels) if f in train_files]),
+                             block_size=settings.block_size, k=settings.folds, seed=settings.seed + 1)
+    index = {f: i for i, f in enumerate(ds.files)}
+    train_idx, test_idx = (np.array([index[f] for f in files], dtype=np.int64) for files in (split.train, split.test))
+    folds = [np.array(sorted(index[f] for f in files), dtype=np.int64) for files in fold_files]
+    say(f"{ds.counts()['used']} clips used, {len(ds.rejected)} rejected; {len(split.train)} train "
+        f"({settings.folds} validation folds of whole blocks), {len(split.test)} test")
+
+    layers = settings.layers or default_layers(settings.backbone, settings.device)
+    spec = FeatureSpec(settings.backbone, list(layers), settings.base_pool_seconds, [0], 1)
+    t0 = time.perf_counter()
+    emb = embed_dataset(ds, spec, settings, lambda done, total: log.info("embedded %d/%d clips", done, total))
+    embed_s = time.perf_counter() - t0
+    say(f"embedded {len(emb)} clips in {embed_s:.0f} s")
+
+    t0 = time.perf_counter()
+    best, scored = select(emb, ds, train_idx, folds, spec, settings)
+    spec.pick, spec.pool_factor = best.pick, best.pool_factor
+    x, mask = head_input(emb, ds.lengths, spec)
+    y = np.array([ds.classes.index(lb) for lb in ds.labels], dtype=np.int64)
+    epochs = best.best_epoch + 1
+    result = train_head(x[train_idx], y[train_idx], _config(settings, ds.classes, best.lr, epochs, None),
+                        head=best.head, mask=mask[train_idx])
+    train_s = time.perf_counter() - t0
+    held_out: dict[str, Any] = {"n": 0}
+    if len(test_idx):
+        pred = predict_proba(result.model, x[test_idx], mask=mask[test_idx]).argmax(axis=1)
+        names = [ds.classes[i] for i in pred]
+        truth = [ds.labels[i] for i in test_idx]
+        metrics = score(truth, names, ds.classes, majority_class([ds.labels[i] for i in train_idx], ds.classes))
+        held_out = {"n": len(test_idx), **{k: metrics[k] for k in ("accuracy", "macro_f1", "kappa", "classes",
+                                                                    "confusion", "per_class", "baseline_accuracy")}}
+    chosen = {"head": best.head, "layers": layer_names(spec.layers, spec.pick), "pool_seconds": spec.pool_seconds,
+              "lr": best.lr, "epochs": epochs, "val_macro_f1": best.val_macro_f1, "val_accuracy": best.val_accuracy,
+              "val_log_loss": best.val_log_loss}
+    summary = {
+        "sleepsound_version": sleepsound.__version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "backbone": settings.backbone, "features": spec.as_dict(), "classes": list(ds.classes),
+        "clip_seconds": ds.clip_samples / SAMPLE_RATE, "clip_samples": ds.clip_samples, "sample_rate": SAMPLE_RATE,
+        "data_root": str(Path(data).resolve()),
+        "split": {**split.describe(), "validation": {"kind": "blocked k-fold on the training blocks",
+                                                      "folds": settings.folds, "seed": settings.seed + 1,
+                                                      "fold_sizes": [len(f) for f in folds]}},
+        "held_out_files": list(split.test),
+        "counts": {**ds.counts(), "train": len(train_idx), "test": len(test_idx)},
+        "rejected": [r.as_dict() for r in ds.rejected],
+        "chosen": chosen,
+        "candidates": [{"head": c.head, "layers": layer_names(spec.layers, c.pick),
+                        "pool_seconds": spec.base_pool_seconds * c.pool_factor, "lr": c.lr,
+                        "val_macro_f1": c.val_macro_f1, "val_accuracy": c.val_accuracy,
+                        "val_log_loss": c.val_log_loss, "best_epoch": c.best_epoch} for c in scored],
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
+        "held_out": held_out,
+        "seconds": {"embed": round(embed_s, 1), "select_and_fit": round(train_s, 1),
+                    "total": round(time.perf_counter() - started, 1)},
+    }
+    save_head(result.model, None, str(out_dir), extra={"clips": summary})
+    return summary

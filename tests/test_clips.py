@@ -1,0 +1,201 @@
+"""sleepsound clips: discovery and rejection, the block split, train + evaluate via the CLI, the model files.
+
+Synthetic clips: "snore" = low-frequency harmonic bursts, "quiet" = faint broadband noise,
+written with soundfile in several rates, channel counts and lengths; the backbone is the
+tiny random Whisper from conftest (a real local model folder, loaded the real way).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import typer
+from typer.testing import CliRunner
+
+from sleepsound.clips.cli import clips_app
+from sleepsound.clips.dataset import FRAME_SAMPLES, SAMPLE_RATE, load_dataset
+from sleepsound.clips.evaluate import ClipClassifier
+from sleepsound.clips.split import block_folds, block_split, file_index, ordered
+from sleepsound.heads.io import load_head_with_config
+
+
+def _snore(rng: np.random.Generator, seconds: float, rate: int) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    f0 = rng.uniform(70, 130)
+    tone = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6)) / k for k in range(1, 6))
+    envelope = np.clip(np.sin(2 * np.pi * rng.uniform(1.5, 3.0) * t), 0, None) ** 2
+    return (0.5 * tone * envelope / 3 + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def _quiet(rng: np.random.Generator, seconds: float, rate: int) -> np.ndarray:
+    return (0.01 * rng.standard_normal(int(seconds * rate))).astype(np.float32)
+
+
+def make_dataset(root: Path, per_label: int = 24, seed: int = 0) -> Path:
+    """DIR/snoring/1_<i>.wav and DIR/no_snoring/0_<i>.wav, with mixed rates, channels and lengths."""
+    rng = np.random.default_rng(seed)
+    for label, prefix, make in (("snoring", 1, _snore), ("no_snoring", 0, _quiet)):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_label):
+            rate = (16_000, 22_050, 8_000)[i % 3]
+            audio = make(rng, rng.uniform(0.6, 1.0), rate)
+            if i % 4 == 0:  # stereo: the loader takes the mean of the channels
+                audio = np.stack([audio, audio], axis=1)
+            sf.write(root / label / f"{prefix}_{i}.wav", audio, rate, subtype="PCM_16")
+    return root
+
+
+def test_discovery_rejects_with_reasons_and_counts_add_up(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "data", per_label=6)
+    (root / "snoring" / "1_broken.wav").write_bytes(b"RIFF not really a wave file")
+    sf.write(root / "snoring" / "1_empty.wav", np.zeros((0,), dtype=np.float32), 16_000)
+    sf.write(root / "no_snoring" / "0_blip.wav", np.ones(100, dtype=np.float32) * 0.1, 16_000)
+    sf.write(root / "no_snoring" / "0_silence.wav", np.zeros(16_000, dtype=np.float32), 16_000)  # kept
+    long = np.sin(np.arange(7 * 44_100) / 44_100 * 2 * np.pi * 200).astype(np.float32) * 0.2
+    sf.write(root / "snoring" / "1_long.flac", long, 44_100)
+
+    ds = load_dataset(root)
+    assert ds.counts() == {"discovered": 17, "used": 14, "rejected": 3}
+    assert ds.counts()["used"] + ds.counts()["rejected"] == ds.counts()["discovered"]
+    reasons = {r.file: r.reason for r in ds.rejected}
+    assert set(reasons) == {"snoring/1_broken.wav", "snoring/1_empty.wav", "no_snoring/0_blip.wav"}
+    assert reasons["snoring/1_broken.wav"].startswith("snoring/1_broken.wav: unreadable")
+    assert "empty" in reasons["snoring/1_empty.wav"] and "too short" in reasons["no_snoring/0_blip.wav"]
+    # Policy: the longest clip (7 s) capped at 5 s, a whole number of 20-ms frames; peak 1; silence kept as zeros.
+    assert ds.clip_samples == 5 * SAMPLE_RATE and ds.clip_samples % FRAME_SAMPLES == 0
+    assert ds.audio.shape == (14, ds.clip_samples) and ds.audio.dtype == np.float32
+    i_long, i_quiet = ds.files.index("snoring/1_long.flac"), ds.files.index("no_snoring/0_silence.wav")
+    assert ds.lengths[i_long] == ds.clip_samples and not ds.audio[i_quiet].any()
+    peaks = np.abs(ds.audio).max(axis=1)
+    assert np.allclose(peaks[np.arange(14) != i_quiet], 1.0, atol=1e-6)
+    short = ds.files.index("snoring/1_1.wav")  # 22.05 kHz, 0.6-1.0 s: resampled, then zero-padded
+    assert ds.lengths[short] < ds.clip_samples and not ds.audio[short, ds.lengths[short]:].any()
+
+    # Without the long file the default is the longest clip (< 1 s) rounded up to a frame.
+    (root / "snoring" / "1_long.flac").unlink()
+    ds2 = load_dataset(root)
+    assert ds2.clip_samples == int(np.ceil(ds2.lengths.max() / FRAME_SAMPLES) * FRAME_SAMPLES) <= SAMPLE_RATE
+    # A model's classes reject other label folders by name; a file list reports missing files.
+    only = load_dataset(root, classes=("snoring",), files=["snoring/1_0.wav", "no_snoring/0_0.wav", "snoring/x.wav"])
+    assert only.files == ["snoring/1_0.wav"]
+    assert [r.file for r in only.rejected] == ["no_snoring/0_0.wav", "snoring/x.wav"]
+    assert "not one of the classes" in only.rejected[0].reason and "not found" in only.rejected[1].reason
+
+
+def test_block_split_keeps_blocks_whole_and_is_seeded() -> None:
+    rng = np.random.default_rng(0)
+    files = {"snoring": [f"snoring/1_{i}.wav" for i in rng.permutation(95)],
+             "no_snoring": [f"no_snoring/0_{i}.wav" for i in rng.permutation(100)]}
+    assert file_index("snoring/1_17.wav") == 17
+    assert ordered(["a/1_10.wav", "a/1_9.wav", "a/1_100.wav"])[0] == ["a/1_9.wav", "a/1_10.wav", "a/1_100.wav"]
+    assert ordered(["a/b.wav", "a/a.wav", "a/c3.wav"]) == (["a/a.wav", "a/b.wav", "a/c3.wav"], "name")
+
+    split = block_split(files, block_size=20, test_fraction=0.2, seed=7)
+    assert sorted(split.train + split.test) == sorted(files["snoring"] + files["no_snoring"])
+    assert not set(split.train) & set(split.test)
+    test = set(split.test)
+    for label, blocks in split.blocks.items():
+        assert len(blocks) == 5 and split.order[label] == "numeric index"
+        assert len(split.test_blocks[label]) == 1  # round(0.2 * 5)
+        for block in blocks:  # a block is consecutive indices and lies wholly on one side
+            idx = [file_index(f) for f in block]
+            assert idx == list(range(idx[0], idx[0] + len(idx)))
+            assert len({f in test for f in block}) == 1
+    again = block_split(files, block_size=20, test_fraction=0.2, seed=7)
+    assert again.test == split.test and again.train == split.train
+    others = [block_split(files, block_size=20, test_fraction=0.2, seed=s).test for s in range(8)]
+    assert len({tuple(t) for t in others}) > 1
+    assert block_split(files, block_size=20, test_fraction=0.0).test == []
+    folds = block_folds({k: [f for f in v if f in set(split.train)] for k, v in files.items()}, block_size=20, k=2)
+    assert sorted(folds[0] + folds[1]) == sorted(split.train) and not set(folds[0]) & set(folds[1])
+    for blocks in split.blocks.values():  # folds hold whole blocks too
+        assert all(len({f in folds[0] for f in b}) == 1 for b in blocks if b[0] in set(split.train))
+    with pytest.raises(ValueError, match="whole blocks"):
+        block_split({"a": ["a/1.wav", "a/2.wav"]}, block_size=20, test_fraction=0.2)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_whisper: str) -> dict:
+    """One training run through the CLI, shared by the end-to-end and round-trip tests."""
+    tmp = tmp_path_factory.mktemp("clips")
+    data = make_dataset(tmp / "data", per_label=24)
+    model = tmp / "model"
+    app = typer.Typer()
+    app.add_typer(clips_app, name="clips")
+    args = ["clips", "train", "--data", str(data), "--out", str(model), "--backbone", tiny_whisper,
+            "--block-size", "4", "--test-fraction", "0.34", "--seed", "3", "--folds", "2", "--lr", "3e-3",
+            "--max-epochs", "10",
+            "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return {"app": app, "data": data, "model": model, "summary": json.loads(result.stdout), "args": args}
+
+
+def test_train_and_evaluate_via_cli(trained: dict) -> None:
+    app, data, model, summary = trained["app"], trained["data"], trained["model"], trained["summary"]
+    held = summary["held_out"]
+    assert summary["counts"]["test"] == held["n"] == 16  # 2 of 6 blocks of 4 per label
+    assert summary["counts"]["train"] + held["n"] == summary["counts"]["used"] == 48
+    assert held["accuracy"] >= 0.8, held
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["clips", "evaluate", "--model", str(model), "--data", str(data), "--split", "test",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)  # exactly one JSON object
+    assert {"n", "accuracy", "macro_f1", "confusion", "per_class", "classes", "rejected"} <= set(out)
+    assert out["n"] == held["n"] and sum(map(sum, out["confusion"])) == out["n"]
+    assert abs(out["accuracy"] - held["accuracy"]) <= 1 / out["n"] + 1e-9
+    assert {row["class"] for row in out["per_class"]} == {"no_snoring", "snoring"}
+
+    (data / "snoring" / "1_corrupt.wav").write_bytes(b"\x00" * 64)
+    try:
+        res = runner.invoke(app, ["clips", "evaluate", "--model", str(model), "--data", str(data), "--json"])
+    finally:
+        (data / "snoring" / "1_corrupt.wav").unlink()
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["n"] == 48 and out["counts"] == {"discovered": 49, "used": 48, "rejected": 1}
+    assert out["rejected"][0]["file"] == "snoring/1_corrupt.wav" and "1_corrupt.wav" in out["rejected"][0]["reason"]
+    assert out["accuracy"] >= 0.8
+
+    text = runner.invoke(app, ["clips", "evaluate", "--model", str(model), "--data", str(data)])
+    assert text.exit_code == 0 and "accuracy" in text.stdout
+    bad = runner.invoke(app, ["clips", "evaluate", "--model", str(data), "--data", str(data), "--json"])
+    assert bad.exit_code == 2
+
+
+def test_model_round_trip(trained: dict, tiny_whisper: str) -> None:
+    """Safetensors + JSON only; the saved recipe reloads and predicts the held-out files alike twice."""
+    model = trained["model"]
+    assert sorted(p.name for p in model.iterdir()) == ["config.json", "model.safetensors"]  # no pickles
+    head, config = load_head_with_config(None, str(model))
+    info = config["extra"]["clips"]
+    assert config["classes"] == info["classes"] == ["no_snoring", "snoring"]
+    assert info["backbone"] == tiny_whisper and info["sample_rate"] == SAMPLE_RATE
+    assert info["features"]["layers"] and info["chosen"]["head"] in {"mlp", "attention"}
+    assert info["split"]["kind"] == "block" and len(info["held_out_files"]) == info["counts"]["test"]
+    assert info["sleepsound_version"] and info["clip_seconds"] == info["clip_samples"] / SAMPLE_RATE
+    chosen_layers = info["chosen"]["layers"]
+    assert head.dims["n_layers"] == (len(chosen_layers) if len(chosen_layers) > 1 else 1)
+
+    clf = ClipClassifier(model)
+    ds = clf.load(trained["data"], split="test")
+    assert sorted(ds.files) == sorted(info["held_out_files"]) and not ds.rejected
+    first = clf.proba(ds.audio, ds.lengths)
+    second = ClipClassifier(model).proba(ds.audio, ds.lengths, batch_size=3)
+    assert first.shape == (len(ds.files), 2) and np.allclose(first, second, atol=1e-4)
+
+
+def test_a_gap_in_the_numbering_starts_a_new_block() -> None:
+    from sleepsound.clips.split import blocks_of
+
+    names = [f"s/1_{i}.wav" for i in (*range(0, 5), *range(10, 13), 14)]
+    blocks, how = blocks_of(list(reversed(names)), block_size=4)
+    assert how == "numeric index"
+    assert [[int(n.split("_")[1].split(".")[0]) for n in b] for b in blocks] == [[0, 1, 2, 3], [4], [10, 11, 12], [14]]
+    assert blocks_of(["b.wav", "a.wav", "c.wav"], 2) == ([["a.wav", "b.wav"], ["c.wav"]], "name")
