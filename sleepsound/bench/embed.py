@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.metadata
 import json
 import os
 import platform
@@ -51,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sleepsound.bench.ingest import BenchError, ensure_night, require_librosa
+from sleepsound.bench.ingest import BenchError, ensure_night, package_versions, require_librosa
 
 DEFAULT_BACKBONE = "whisper-tiny.en-offline"
 DEFAULT_MINUTES = 30.0  # 60 epochs: about 1.5 minutes for the whole benchmark on 2 CPU cores
@@ -212,20 +211,26 @@ def peak_tflops(name: str, dtype: str) -> float | None:
 
 # ----------------------------------------------------------------------------- stages (child side)
 
-def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
+def timed_embed(row: dict[str, Any], cfg: Any, use_ray: bool, what: str) -> tuple[Any, float]:
+    """``embed_cohort`` of one night into a throwaway storage root -> (stats, wall seconds)."""
     from sleepsound.embedding import embed_cohort
 
-    cfg = bench_config(spec["backbone"], spec["device"], spec["dtype"], spec["batch_size"], spec.get("compile", False))
-    row = night_row(Path(spec["night"]), cfg)
     root = tempfile.mkdtemp(prefix="sleepsound-bench-embed-")
     try:
         t0 = time.perf_counter()
-        stats = embed_cohort([row], root, cfg, use_ray=False)
+        stats = embed_cohort([row], root, cfg, use_ray=use_ray)
         seconds = time.perf_counter() - t0
     finally:
         shutil.rmtree(root, ignore_errors=True)
     if stats.failed:
-        raise BenchError(f"embedding failed: {stats.failed}")
+        raise BenchError(f"{what} failed: {stats.failed}")
+    return stats, seconds
+
+
+def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
+    cfg = bench_config(spec["backbone"], spec["device"], spec["dtype"], spec["batch_size"], spec.get("compile", False))
+    row = night_row(Path(spec["night"]), cfg)
+    stats, seconds = timed_embed(row, cfg, use_ray=False, what="embedding")
     return {"seconds": seconds, "epochs": stats.epochs, "audio_seconds": float(row["duration_s"]),
             "n_epochs": int(row["n_epochs"]), "peak_rss_mb": _peak_rss_mb()}
 
@@ -321,7 +326,6 @@ def measure_ray_scaling(night: Path, cfg: Any, workers: list[int], device: str) 
     """
     import ray
 
-    from sleepsound.embedding import embed_cohort
 
     started = not ray.is_initialized()
     if started:
@@ -336,15 +340,7 @@ def measure_ray_scaling(night: Path, cfg: Any, workers: list[int], device: str) 
             ray_cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={
                 "embed_workers": n, "embed_cpus": round(embed_cpus, 3),
                 "num_gpus_per_worker": (1.0 / n) if device.startswith("cuda") else 0.0})})
-            root = tempfile.mkdtemp(prefix="sleepsound-bench-embed-ray-")
-            try:
-                t0 = time.perf_counter()
-                stats = embed_cohort([row], root, ray_cfg, use_ray=True)
-                seconds = time.perf_counter() - t0
-            finally:
-                shutil.rmtree(root, ignore_errors=True)
-            if stats.failed:
-                raise BenchError(f"Ray embedding with {n} workers failed: {stats.failed}")
+            stats, seconds = timed_embed(row, ray_cfg, use_ray=True, what=f"Ray embedding with {n} workers")
             out.append({"workers": n, "seconds": round(seconds, 3), "epochs": stats.epochs,
                         "epochs_per_s": round(stats.epochs / seconds, 3), "embed_cpus_per_worker": round(embed_cpus, 3),
                         "gpus_per_worker": ray_cfg.ray.num_gpus_per_worker})
@@ -376,16 +372,6 @@ def _run_stage(stage: str, spec: dict[str, Any]) -> dict[str, Any]:
     if proc.returncode != 0:
         raise BenchError(f"the {stage!r} stage failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": ".".join(map(str, sys.version_info[:3]))}
-    for name in _VERSIONED:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def _goals(device: str, speedup: float, overhead: float, x_realtime: float,
@@ -501,7 +487,7 @@ def run_embed_bench(backbone: str = DEFAULT_BACKBONE, minutes: float = DEFAULT_M
             "mfu": "model_tflops_per_s / the GPU's dense bf16/fp16 peak; null on CPU (see cpu_gemm_gflops)",
         },
         "night": {"path": str(night), "generated_now": generated, "prepare_seconds": round(prepare_s, 1), "seed": seed},
-        "versions": _versions(),
+        "versions": package_versions(_VERSIONED),
         "date": dt.date.today().isoformat(),
     }
 

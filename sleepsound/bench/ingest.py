@@ -203,9 +203,10 @@ def _figures(stage: dict[str, Any], audio_s: float) -> dict[str, float]:
             "peak_rss_mb": round(stage["peak_rss_mb"], 1)}
 
 
-def _versions() -> dict[str, str | None]:
+def package_versions(names: tuple[str, ...] = _VERSIONED) -> dict[str, str | None]:
+    """Python's and these packages' versions (None when not installed), for a benchmark's record."""
     out: dict[str, str | None] = {"python": ".".join(map(str, sys.version_info[:3]))}
-    for name in _VERSIONED:
+    for name in names:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -260,7 +261,7 @@ def run_ingest_bench(hours: float = 8.0, sample_rate: int = 48_000, workdir: Pat
                    "peak_rss_mb": "ru_maxrss of the stage's own fresh process"},
         "night": {"path": str(night), "generated_now": generated, "generate_seconds": round(generate_s, 1),
                   "seed": seed},
-        "versions": _versions(),
+        "versions": package_versions(),
     }
 
 

@@ -17,7 +17,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,8 @@ class ClipTrainSettings:
 
 @dataclass
 class Candidate:
+    """One setting tried by the blocked k-fold selection, with its validation figures."""
+
     head: str
     pick: list[int]
     pool_factor: int
@@ -70,7 +72,6 @@ class Candidate:
     val_accuracy: float = float("nan")
     val_log_loss: float = float("nan")
     best_epoch: int = -1
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def candidates(n_layers: int, settings: ClipTrainSettings) -> list[Candidate]:
