@@ -115,6 +115,30 @@ def run(
 
 
 @app.command()
+def train(
+    source: Annotated[str, typer.Option(help="Folder or s3:// prefix holding the recordings.")],
+    root: Annotated[str, typer.Option(help="Storage root: models are registered and promoted there.")],
+    metric: Annotated[str, typer.Option(help="Metric a challenger must improve: macro_f1, kappa or accuracy.")] =
+        "macro_f1",
+    margin: Annotated[float, typer.Option(help="How much better than the champion a challenger must be.")] = 0.01,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    ray_address: RayOpt = None,
+    run_id: Annotated[Optional[str], typer.Option(help="Name of this run (default: a timestamp).")] = None,
+) -> None:
+    """Retrain every head and promote each only if it beats its champion on the fixed evaluation set."""
+    from sleepsound.config import load_config
+
+    if metric not in ("macro_f1", "kappa", "accuracy"):
+        console.print(f"[red]--metric must be macro_f1, kappa or accuracy, got {metric!r}[/red]")
+        raise typer.Exit(2)
+    cfg = load_config(config, overrides)
+    result = _run_flow(source, root, cfg.model_dump(), ray_address, run_id, flow="train", metric=metric,
+                       margin=margin)
+    _print_results(result)
+
+
+@app.command()
 def score(
     source: Annotated[str, typer.Option(help="Folder or s3:// prefix holding the recordings to score.")],
     root: Annotated[str, typer.Option(help="Storage root holding the registered models; outputs go there too.")],
@@ -411,7 +435,8 @@ def models_show(
 
 
 def _run_flow(source: str, root: str, config: dict, ray_address: str | None, run_id: str | None,
-              flow: str = "pipeline", versions: dict[str, str] | None = None) -> dict:
+              flow: str = "pipeline", versions: dict[str, str] | None = None, metric: str = "macro_f1",
+              margin: float = 0.01) -> dict:
     from flows.local_prefect import local_prefect_api
 
     with local_prefect_api(Path(".prefect").resolve()) as api_url:
@@ -426,6 +451,11 @@ def _run_flow(source: str, root: str, config: dict, ray_address: str | None, run
             except ModelNotFound as exc:
                 console.print(f"[red]cannot score:[/red] {exc}")
                 raise typer.Exit(2) from exc
+        if flow == "train":
+            from flows.train import run_train_on_ray
+
+            return run_train_on_ray(source, root, config, ray_address=ray_address, run_id=run_id, metric=metric,
+                                    margin=margin)
         from flows.pipeline import run_pipeline_on_ray
 
         return run_pipeline_on_ray(source, root, config, ray_address=ray_address, run_id=run_id)
@@ -445,6 +475,9 @@ def _print_results(result: dict) -> None:
     console.print(table)
     for task, reason in result["model"].get("skipped", {}).items():
         console.print(f"[yellow]{task} head not trained:[/yellow] {reason}")
+    for task, decision in result.get("promotions", {}).items():
+        verdict = "[green]promoted[/green]" if decision["promoted"] else "kept the champion"
+        console.print(f"{task}: {verdict} ({decision['reason']})")
     counts = result["counts"]
     console.print(f"recordings: {counts['discovered']} discovered, {counts['accepted']} accepted, "
                   f"{counts['quarantined']} quarantined; {counts['epochs']} epochs and "

@@ -24,6 +24,7 @@ from sleepsound import __version__, schemas
 from sleepsound.config import Config
 from sleepsound.dataset import EmbeddedEpochs, load_embedded
 from sleepsound.embedding import backbone_key, channel_configs
+from sleepsound.evaluation_set import evaluation_subjects
 from sleepsound.heads.attention import build_context
 from sleepsound.heads.io import load_head, save_head
 from sleepsound.heads.layers import layer_weights
@@ -67,13 +68,20 @@ class NotTrainable(ValueError):
     """A task whose labels do not allow a head on this training side (the run says why)."""
 
 
-def subject_split(cfg: Config, manifest: pd.DataFrame) -> dict[str, list[str]]:
-    """Train / validation / test subjects of the labelled nights, seeded (the same for every task)."""
+def subject_split(cfg: Config, manifest: pd.DataFrame, test_subjects: list[str] | None = None) -> dict[str, list[str]]:
+    """Train / validation / test subjects of the labelled nights, seeded (the same for every task).
+
+    ``test_subjects``: a fixed evaluation set (sleepsound.evaluation_set) instead of a fresh draw.
+    """
     labelled = labelled_manifest(manifest)
     subjects = sorted(labelled["subject_id"].astype(str).unique())
     if len(subjects) < 2:
         raise ValueError(f"training needs labelled nights from at least 2 subjects; found {len(subjects)}")
-    train, test = split_by_subject(subjects, cfg.training.test_fraction, cfg.training.seed)
+    if test_subjects is None:
+        train, test = split_by_subject(subjects, cfg.training.test_fraction, cfg.training.seed)
+    else:
+        test = sorted(set(test_subjects) & set(subjects))
+        train = sorted(set(subjects) - set(test))
     val: list[str] = []
     if cfg.training.val_fraction > 0 and len(train) >= MIN_SUBJECTS_FOR_VALIDATION:
         train, val = split_by_subject(train, cfg.training.val_fraction, cfg.training.seed + 1)
@@ -86,8 +94,8 @@ def train_models(root: str, cfg: Config, run_id: str, manifest: pd.DataFrame) ->
     Returns ``{model_dir, version, task, train/val/test_subjects, train_epochs, train_shifted,
     heads: {task: {...}}, skipped: {task: reason}}``: locations and counts, never weights.
     """
-    split = subject_split(cfg, manifest)
     labelled = labelled_manifest(manifest)
+    split = subject_split(cfg, manifest, evaluation_subjects(root, cfg, labelled))
     train_rows = labelled[labelled["subject_id"].astype(str).isin(split["train_subjects"])]
     data = load_embedded(root, cfg, train_rows, shifted=cfg.training.shift_augment)
     leaked = set(data.epochs["subject_id"].astype(str)) - set(split["train_subjects"])
@@ -122,6 +130,7 @@ def _train_task(root: str, cfg: Config, run_id: str, labelled: pd.DataFrame, spl
     epochs = data.epochs[~data.is_shifted]
     lineage: dict[str, Any] = {
         "task": task.name, "run_id": run_id, "code_version": __version__, "config_hash": cfg.fingerprint(),
+        "config": cfg.model_dump(exclude={"report"}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "manifest_hash": hashlib.sha256(json.dumps(sorted(labelled["sha256"])).encode()).hexdigest()[:16],
         "embedding_cache": [f"{backbone_key(c.backbone)}/{c.preprocess.fingerprint()}" for c in channel_configs(cfg)],
@@ -134,7 +143,7 @@ def _train_task(root: str, cfg: Config, run_id: str, labelled: pd.DataFrame, spl
     mixed = layer_weights(result.model)
     layer_info = {} if mixed is None else {"layers": list(cfg.backbone.layers), "layer_weights": mixed}
     lineage.update(layer_info)
-    digest = {k: v for k, v in lineage.items() if k != "created"}
+    digest = {k: v for k, v in lineage.items() if k not in ("created", "config")}
     version = f"{run_id}-{hashlib.sha256(json.dumps(digest, sort_keys=True).encode()).hexdigest()[:8]}"
     fs, root_path = open_root(root)
     model_dir = join(root_path, "models", task.name, version)

@@ -12,8 +12,10 @@ from sleepsound.results import write_run_outputs
 
 @task(name="report")
 def report(root: str, config: dict[str, Any], run_id: str, model: dict[str, Any],
-           predicted: dict[str, Any]) -> dict[str, Any]:
+           predicted: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``extra``: more lines for the report's run table (e.g. promotion decisions)."""
     cfg = Config.model_validate(config)
     meta = {"run_id": run_id, "backbone": cfg.backbone.name, "config_hash": cfg.fingerprint(),
-            "recordings_accepted": predicted["accepted"], "recordings_quarantined": predicted["quarantined"]}
+            "recordings_accepted": predicted["accepted"], "recordings_quarantined": predicted["quarantined"],
+            **(extra or {})}
     return write_run_outputs(root, run_id, model, meta, cfg)

@@ -81,6 +81,25 @@ def test_flow_on_local_disk(cohort, tiny_whisper, tmp_path):
     assert again["counts"]["embedded"] == 0 and again["counts"]["cached"] == 5
 
     _assert_scoring_uses_the_champions(cohort, root, tiny_whisper, result["model"])
+    _assert_retraining_keeps_an_equal_champion(cohort, root, tiny_whisper, result["model"])
+
+
+def _assert_retraining_keeps_an_equal_champion(cohort: Path, root: str, tiny_whisper: str, first: dict) -> None:
+    """The train flow registers challengers, scores them beside the champions on the recorded
+    evaluation set, and keeps each champion that the retrained twin does not beat by the margin."""
+    from flows.train import run_train_on_ray
+    from sleepsound import model_store
+
+    retrained = run_train_on_ray(str(cohort), root, _config(tiny_whisper), run_id="r1")
+    assert set(retrained["seconds"]) == {"ingest", "embed", "train", "promote", "predict", "report"}
+    assert retrained["model"]["test_subjects"] == first["test_subjects"]
+    stage3 = retrained["promotions"]["stage3"]
+    assert not stage3["promoted"] and stage3["champion"]["version"] == first["version"]
+    assert stage3["challenger"]["score"] == pytest.approx(stage3["champion"]["score"])
+    assert model_store.champion_version(root, "stage3") == first["version"]
+    assert retrained["model"]["version"] in [v["version"] for v in model_store.versions(root, "stage3")]
+    report = (Path(root) / "runs" / "r1" / "report" / "index.html").read_text()
+    assert "promotion stage3" in report and "not promoted" in report
 
 
 def _assert_scoring_uses_the_champions(cohort: Path, root: str, tiny_whisper: str, trained: dict) -> None:

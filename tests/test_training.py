@@ -434,3 +434,51 @@ def test_kfold_cross_validation_tests_every_labelled_subject_once(nights, embedd
     assert 0 <= stage3["macro_f1_mean"] <= 1 and "resp" in result["tasks"] and "stage5" not in result["tasks"]
     bad = CliRunner().invoke(app, ["cv", "--root", embedded_root, "--folds", "9"])
     assert bad.exit_code == 2 and "k-fold" in bad.output
+
+
+def test_promotion_scores_both_models_on_the_fixed_evaluation_set(nights, tiny_whisper, tmp_path) -> None:
+    """First model: champion. A retrained twin (same data, same seed: the same weights) scores the
+    same on the same recorded evaluation subjects, so it does not clear the margin. (The rule itself,
+    worse and better challengers included, is tested in test_model_store.)"""
+    from sleepsound import model_store
+    from sleepsound.evaluation_set import evaluation_set_path
+    from sleepsound.promotion import decide_promotions, evaluate_on_subjects
+
+    root = str(tmp_path / "root")
+    cfg = _config(tiny_whisper, shift_augment=False, tasks=["stage3", "resp"], epochs=2)
+    embed_cohort(nights, root, cfg, use_ray=False)
+    manifest = pd.DataFrame(nights)
+    first = train_models(root, cfg, "first", manifest)
+    recorded = json.loads(Path(evaluation_set_path(root)).read_text())["subjects"]
+    assert recorded == first["test_subjects"] and len(recorded) == 1
+    decided = decide_promotions(root, first, nights)
+    assert decided["stage3"]["promoted"] and decided["resp"]["promoted"]
+    assert model_store.champion_version(root, "stage3") == first["version"]
+
+    twin = train_models(root, cfg, "twin", manifest)
+    assert twin["test_subjects"] == recorded and twin["version"] != first["version"]
+    again = decide_promotions(root, twin, nights, margin=0.01)["stage3"]
+    assert not again["promoted"] and again["champion"]["version"] == first["version"]
+    assert again["challenger"]["score"] == pytest.approx(again["champion"]["score"])
+    assert again["champion"]["score"] == pytest.approx(decided["stage3"]["challenger"]["score"])
+    assert model_store.champion_version(root, "stage3") == first["version"]
+    direct = evaluate_on_subjects(root, "stage3", first["model_dir"], nights, recorded)
+    assert direct["n_epochs"] > 0 and direct["macro_f1"] == pytest.approx(again["champion"]["score"])
+    log = json.loads(Path(root, "models", "stage3", "promotions.json").read_text())
+    assert [d["promoted"] for d in log] == [True, False]
+
+
+def test_the_evaluation_set_is_drawn_once_and_explains_when_it_cannot_serve(tmp_path) -> None:
+    from sleepsound.evaluation_set import evaluation_subjects
+
+    root = str(tmp_path / "root")
+    cfg = Config.model_validate({"training": {"test_fraction": 0.2}})
+    labelled = pd.DataFrame({"subject_id": [f"s{i}" for i in range(10)]})
+    first = evaluation_subjects(root, cfg, labelled)
+    assert len(first) == 2
+    grown = pd.DataFrame({"subject_id": [f"s{i}" for i in range(14)]})
+    assert evaluation_subjects(root, cfg, grown) == first          # new subjects only join training
+    with pytest.raises(ValueError, match="none of the evaluation subjects"):
+        evaluation_subjects(root, cfg, pd.DataFrame({"subject_id": ["x1", "x2"]}))
+    with pytest.raises(ValueError, match="nothing left to train on"):
+        evaluation_subjects(root, cfg, pd.DataFrame({"subject_id": first}))

@@ -1,0 +1,55 @@
+"""Retrain and maybe promote: validate -> embed -> train -> promote -> predict -> report.
+
+The new heads are registered as challengers, scored beside the champions on the root's fixed
+evaluation set (sleepsound.evaluation_set), and each replaces its champion only when it is
+better on the declared metric by the declared margin. The run's predictions and report are the
+new heads'; the decisions and both scores are in the result and the report.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect_ray.context import remote_options
+
+from flows.pipeline import COORDINATOR_CPUS, StepTimer, ray_runner
+from tasks.embed import embed
+from tasks.ingest import ingest
+from tasks.predict import predict
+from tasks.promote import promote
+from tasks.report import report
+from tasks.train import train
+
+
+@flow(name="sleepsound-train", log_prints=True)
+def train_flow(source: str, root: str, config: dict[str, Any], run_id: str, metric: str = "macro_f1",
+               margin: float = 0.01) -> dict[str, Any]:
+    timer = StepTimer()
+    with remote_options(num_cpus=COORDINATOR_CPUS):
+        ingested = timer.step("ingest", ingest.submit(source, root, config))
+        embedded = timer.step("embed", embed.submit(root, config))
+        model = timer.step("train", train.submit(root, config, run_id))
+        decisions = timer.step("promote", promote.submit(root, model, metric, margin))
+        predicted = timer.step("predict", predict.submit(root, config, run_id, model))
+        extra = {f"promotion {name}": f"{'promoted' if d['promoted'] else 'not promoted'}: {d['reason']}"
+                 for name, d in decisions.items()}
+        reported = timer.step("report", report.submit(root, config, run_id, model, predicted, extra))
+    get_run_logger().info("trained %s in %s: report at %s", run_id, timer.seconds, reported["report"])
+    return {
+        "run_id": run_id, "prefect_flow_run": {"id": str(flow_run.id), "name": flow_run.name},
+        "seconds": timer.seconds,
+        "counts": {**ingested, **embedded, "quarantined": predicted["quarantined"], "accepted": predicted["accepted"]},
+        "model": model, "promotions": decisions, "metrics": reported["metrics"], "report": reported["report"],
+        "predictions": predicted["predictions"], "summaries": reported["summaries"],
+    }
+
+
+def run_train_on_ray(source: str, root: str, config: dict[str, Any], ray_address: str | None = None,
+                     run_id: str | None = None, metric: str = "macro_f1", margin: float = 0.01) -> dict[str, Any]:
+    """Run the train flow with a Ray task runner: a local Ray unless an address is given."""
+    run_id = run_id or datetime.now(timezone.utc).strftime("train-%Y%m%dT%H%M%SZ")
+    return train_flow.with_options(task_runner=ray_runner(config, ray_address))(source, root, config, run_id,
+                                                                                metric, margin)

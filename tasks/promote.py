@@ -1,0 +1,20 @@
+"""Champion/challenger: score the new heads and the champions on the evaluation set, promote or not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from sleepsound.manifest import read_manifest_rows
+from sleepsound.promotion import decide_promotions
+
+
+@task(name="promote")
+def promote(root: str, model: dict[str, Any], metric: str = "macro_f1", margin: float = 0.01) -> dict[str, Any]:
+    """Returns each task's decision with both scores (also logged in models/<task>/promotions.json)."""
+    decisions = decide_promotions(root, model, read_manifest_rows(root), metric=metric, margin=margin)
+    for name, decision in decisions.items():
+        get_run_logger().info("%s: %s (%s)", name, "promoted" if decision["promoted"] else "kept the champion",
+                              decision["reason"])
+    return decisions
