@@ -139,6 +139,36 @@ def train(
 
 
 @app.command()
+def nightly(
+    source: Annotated[str, typer.Option(help="Folder or s3:// prefix that new recordings arrive in.")],
+    root: Annotated[str, typer.Option(help="Storage root: models, state and outputs.")],
+    metric: Annotated[str, typer.Option(help="Metric a challenger must improve: macro_f1, kappa or accuracy.")] =
+        "macro_f1",
+    margin: Annotated[float, typer.Option(help="How much better than the champion a challenger must be.")] = 0.01,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    ray_address: RayOpt = None,
+    run_id: Annotated[Optional[str], typer.Option(help="Name of this run (default: a timestamp).")] = None,
+) -> None:
+    """Do only what is new: embed new nights, retrain and maybe promote if some are labelled, score them."""
+    from sleepsound.config import load_config
+
+    if metric not in ("macro_f1", "kappa", "accuracy"):
+        console.print(f"[red]--metric must be macro_f1, kappa or accuracy, got {metric!r}[/red]")
+        raise typer.Exit(2)
+    cfg = load_config(config, overrides)
+    result = _run_flow(source, root, cfg.model_dump(), ray_address, run_id, flow="nightly", metric=metric,
+                       margin=margin)
+    new = result["new"]
+    console.print(f"new nights: {len(new['labelled'])} labelled, {len(new['unlabelled'])} unlabelled; "
+                  f"retrained: {'yes' if result['trained'] else 'no'}")
+    if result["report"] is None:
+        console.print("nothing new to score")
+        return
+    _print_results(result)
+
+
+@app.command()
 def score(
     source: Annotated[str, typer.Option(help="Folder or s3:// prefix holding the recordings to score.")],
     root: Annotated[str, typer.Option(help="Storage root holding the registered models; outputs go there too.")],
@@ -451,6 +481,11 @@ def _run_flow(source: str, root: str, config: dict, ray_address: str | None, run
             except ModelNotFound as exc:
                 console.print(f"[red]cannot score:[/red] {exc}")
                 raise typer.Exit(2) from exc
+        if flow == "nightly":
+            from flows.nightly import run_nightly_on_ray
+
+            return run_nightly_on_ray(source, root, config, ray_address=ray_address, run_id=run_id, metric=metric,
+                                      margin=margin)
         if flow == "train":
             from flows.train import run_train_on_ray
 

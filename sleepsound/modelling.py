@@ -203,13 +203,16 @@ def fit_task(cfg: Config, task: LabelTask, data: EmbeddedEpochs, x: np.ndarray, 
 
 
 def predict_recordings(root: str, cfg: Config, run_id: str, model: dict[str, Any],
-                       manifest: pd.DataFrame) -> str:
-    """Per-epoch predictions of every trained head for every accepted recording, one Parquet file each."""
+                       manifest: pd.DataFrame, recordings: list[str] | None = None) -> str:
+    """Per-epoch predictions of every trained head for every accepted recording (or only those
+    in ``recordings``), one Parquet file each."""
     fs, root_path = open_root(root)
     heads = {name: (TASKS[name], load_head(fs, info["model_dir"]), info)
              for name, info in (model.get("heads") or {PRIMARY: model}).items()}
     out_dir = join(root_path, "runs", run_id, "predictions")
     accepted = manifest[manifest["status"] == "accepted"]
+    if recordings is not None:
+        accepted = accepted[accepted["recording_id"].astype(str).isin(set(recordings))]
     for row in accepted.itertuples(index=False):
         split = ("unlabelled" if row.label_source == "none"
                  else "test" if str(row.subject_id) in model["test_subjects"]

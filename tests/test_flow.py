@@ -82,6 +82,36 @@ def test_flow_on_local_disk(cohort, tiny_whisper, tmp_path):
 
     _assert_scoring_uses_the_champions(cohort, root, tiny_whisper, result["model"])
     _assert_retraining_keeps_an_equal_champion(cohort, root, tiny_whisper, result["model"])
+    _assert_nightly_does_only_what_is_new(cohort, root, tiny_whisper, tmp_path)
+
+
+def _assert_nightly_does_only_what_is_new(cohort: Path, root: str, tiny_whisper: str, tmp_path: Path) -> None:
+    """First nightly: every night is new (trained, promoted or not, scored). Then a new unlabelled
+    night arrives: only it is embedded and scored, nothing is trained. Then nothing is new."""
+    from flows.nightly import run_nightly_on_ray
+    from sleepsound.nightly_state import processed
+
+    source = tmp_path / "nightly-source"
+    shutil.copytree(cohort, source)
+    first = run_nightly_on_ray(str(source), root, _config(tiny_whisper), run_id="n1")
+    assert first["trained"] and set(first["promotions"]) == {"stage3", "stage5", "resp"}
+    assert len(first["new"]["labelled"]) == 4 and len(first["new"]["unlabelled"]) == 1
+    assert pd.read_parquet(Path(root) / "runs" / "n1" / "predictions")["recording_id"].nunique() == 5
+    assert len(processed(root)) == 5
+
+    generate_cohort(tmp_path / "extra", n_subjects=1, hours=0.25, seed=99, sample_rate=16_000, part_seconds=600,
+                    cycle_minutes=15)
+    patient = next((tmp_path / "extra" / "APNEA_EDF").iterdir()).name
+    shutil.copytree(tmp_path / "extra" / "APNEA_EDF" / patient, source / "APNEA_EDF" / patient)  # no RML: unlabelled
+    second = run_nightly_on_ray(str(source), root, _config(tiny_whisper), run_id="n2")
+    assert not second["trained"] and second["new"] == {"labelled": [], "unlabelled": [patient]}
+    assert second["counts"]["embedded"] == 1 and second["counts"]["cached"] == 5
+    preds = pd.read_parquet(Path(root) / "runs" / "n2" / "predictions")
+    assert set(preds["recording_id"].astype(str)) == {patient} and (preds["split"] == "unlabelled").all()
+
+    third = run_nightly_on_ray(str(source), root, _config(tiny_whisper), run_id="n3")
+    assert third["new"] == {"labelled": [], "unlabelled": []} and third["report"] is None
+    assert not (Path(root) / "runs" / "n3").exists() and len(processed(root)) == 6
 
 
 def _assert_retraining_keeps_an_equal_champion(cohort: Path, root: str, tiny_whisper: str, first: dict) -> None:

@@ -77,3 +77,15 @@ def test_a_worse_challenger_is_refused_and_every_decision_is_logged(tmp_path):
     assert log[1]["champion"] == {"version": "r1-aaaa", "score": 0.50}
     with pytest.raises(model_store.ModelNotFound):
         model_store.promote_if_better(root, "stage3", "r9-none", 0.9, 0.5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--source", "s", "--root", "r", "--metric", "loss"], "--metric must be"),
+    (["nightly", "--source", "s", "--root", "r", "--metric", "auc"], "--metric must be"),
+    (["score", "--source", "s", "--root", "r", "--model", "stage3"], "--model takes TASK=VERSION"),
+])
+def test_flow_commands_refuse_bad_arguments_before_starting_anything(args, message):
+    from sleepsound.cli import app
+
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 2 and message in out.output
