@@ -169,6 +169,36 @@ def nightly(
 
 
 @app.command()
+def deploy(
+    source: Annotated[str, typer.Option(help="Where new recordings arrive (folder or s3:// prefix).")],
+    root: Annotated[str, typer.Option(help="Storage root of models, state and outputs.")],
+    cron: Annotated[str, typer.Option(help="When the nightly deployment runs (cron, in --timezone).")] = "0 2 * * *",
+    timezone: Annotated[str, typer.Option(help="Time zone of the cron schedule.")] = "UTC",
+    work_pool: Annotated[str, typer.Option(help="Prefect work pool (created as a process pool if missing).")] =
+        "sleepsound",
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    ray_address: RayOpt = None,
+) -> None:
+    """Register the nightly (scheduled), train and score deployments with the Prefect API in PREFECT_API_URL."""
+    import os
+
+    from sleepsound.config import load_config
+
+    if not os.environ.get("PREFECT_API_URL"):
+        console.print("[red]set PREFECT_API_URL to the Prefect server that should hold the deployments[/red]")
+        raise typer.Exit(2)
+    from flows.deploy import register_deployments
+
+    cfg = load_config(config, overrides)
+    ids = register_deployments(source, root, cfg.model_dump(), cron=cron, timezone=timezone, work_pool=work_pool,
+                               ray_address=ray_address)
+    for name, deployment_id in ids.items():
+        print(f"{name}: {deployment_id}")
+    print(f"start a worker where the package is installed: prefect worker start --pool {work_pool}")
+
+
+@app.command()
 def score(
     source: Annotated[str, typer.Option(help="Folder or s3:// prefix holding the recordings to score.")],
     root: Annotated[str, typer.Option(help="Storage root holding the registered models; outputs go there too.")],

@@ -137,14 +137,18 @@ def _assert_scoring_uses_the_champions(cohort: Path, root: str, tiny_whisper: st
     from flows.score import run_score_on_ray
     from sleepsound import model_store
 
+    from flows.scheduled import score_deployment
+
     stored = {task: len(model_store.versions(root, task)) for task in ("stage3", "stage5", "resp")}
-    scored = run_score_on_ray(str(cohort), root, _config(tiny_whisper), run_id="s1")
+    scored = score_deployment(str(cohort), root, _config(tiny_whisper))     # what the deployment runs
+    run_id = scored["run_id"]
+    assert run_id.startswith("score-")
     assert {task: len(model_store.versions(root, task)) for task in stored} == stored
     assert {t: h["version"] for t, h in scored["model"]["heads"].items()} == \
         {t: h["version"] for t, h in trained["heads"].items()}
     assert scored["model"]["test_subjects"] == trained["test_subjects"]      # the nights it never trained on
     assert set(scored["seconds"]) == {"ingest", "embed", "champions", "predict", "report"}
-    preds = pd.read_parquet(Path(root) / "runs" / "s1" / "predictions")
+    preds = pd.read_parquet(Path(root) / "runs" / run_id / "predictions")
     assert preds["recording_id"].nunique() == 5 and (preds["model_version"] == trained["version"]).all()
     assert set(preds.loc[preds["split"] == "test", "subject_id"]) == set(trained["test_subjects"])
     assert scored["metrics"]["macro_f1"] == pytest.approx(json.loads(
