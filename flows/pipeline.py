@@ -24,6 +24,7 @@ from tasks.report import report
 from tasks.train import train
 
 COORDINATOR_CPUS = 0.1
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a submitted job's driver
 
 
 class StepTimer:
@@ -74,11 +75,16 @@ def run_pipeline_on_ray(source: str, root: str, config: dict[str, Any], ray_addr
 
 
 def ray_runner(config: dict[str, Any], ray_address: str | None = None) -> RayTaskRunner:
-    """A Ray task runner for a flow: this run's environment travels to the workers."""
-    env = {k: v for k, v in os.environ.items()
-           if k.startswith(("PREFECT_", "AWS_", "SLEEPSOUND_")) or k in {"DO_NOT_TRACK", "HF_HOME"}}
-    init_kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "include_dashboard": False,
-                                   "log_to_driver": False}
+    """A Ray task runner for a flow: this run's environment travels to the workers.
+
+    Inside a Ray job (``sleepsound submit``) the job's runtime environment already carries it,
+    and Ray refuses a second one that differs, so none is added there.
+    """
+    init_kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    if JOB_CONFIG_ENV not in os.environ:
+        env = {k: v for k, v in os.environ.items()
+               if k.startswith(("PREFECT_", "AWS_", "SLEEPSOUND_")) or k in {"DO_NOT_TRACK", "HF_HOME"}}
+        init_kwargs["runtime_env"] = {"env_vars": env}
     num_cpus = config.get("ray", {}).get("num_cpus")
     if num_cpus and not ray_address:
         init_kwargs["num_cpus"] = num_cpus

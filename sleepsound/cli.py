@@ -198,6 +198,26 @@ def deploy(
     print(f"start a worker where the package is installed: prefect worker start --pool {work_pool}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def submit(
+    ctx: typer.Context,
+    address: Annotated[str, typer.Option(help="The Ray cluster's job API, e.g. http://ray-head:8265.")],
+    flow: Annotated[str, typer.Argument(help="run, score, train or nightly; its options follow.")],
+    working_dir: Annotated[Optional[str], typer.Option(help="Upload this folder as the job's code.")] = None,
+    follow: Annotated[bool, typer.Option("--follow/--no-follow", help="Stream the job's logs until it ends.")] = True,
+) -> None:
+    """Run a flow on a Ray cluster as a Ray job (the flow's own options after it) and follow its logs."""
+    from sleepsound.submit import submit_flow
+
+    try:
+        result = submit_flow(address, flow, ctx.args, working_dir=working_dir, follow=follow)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    print(f"Ray job {result['job_id']}: {result['status']}")
+    raise typer.Exit(0 if result["status"] == "SUCCEEDED" else 1)
+
+
 @app.command()
 def score(
     source: Annotated[str, typer.Option(help="Folder or s3:// prefix holding the recordings to score.")],
