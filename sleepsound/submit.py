@@ -21,6 +21,7 @@ from typing import Any
 FLOWS = ("run", "score", "train", "nightly")
 FORWARDED_PREFIXES = ("PREFECT_", "AWS_", "SLEEPSOUND_")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+AGENT_WAIT_S = 120.0
 
 
 def job_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -54,13 +55,34 @@ def submit_flow(address: str, flow: str, args: Sequence[str], *, working_dir: st
     if pip:
         runtime_env["pip"] = list(pip)
     client = JobSubmissionClient(address)
-    job_id = client.submit_job(entrypoint=entrypoint(flow, args), runtime_env=runtime_env,
-                               metadata={"submitted_by": "sleepsound submit", "flow": flow})
+    job_id = _submit_when_agent_ready(
+        lambda: client.submit_job(entrypoint=entrypoint(flow, args), runtime_env=runtime_env,
+                                  metadata={"submitted_by": "sleepsound submit", "flow": flow}),
+        address, echo)
     echo(f"submitted {flow} as Ray job {job_id} to {address}")
     if follow:
         asyncio.run(_follow(client, job_id, echo, timeout_s))
     status = _wait(client, job_id, timeout_s)
     return {"job_id": job_id, "status": status, "logs": None if follow else client.get_job_logs(job_id)}
+
+
+def _submit_when_agent_ready(submit: Callable[[], str], address: str, echo: Callable[[str], None],
+                             wait_s: float = AGENT_WAIT_S, pause_s: float = 2.0) -> str:
+    """Submit, retrying while the cluster's job agent is still starting.
+
+    A head that has just come up (``ray up``, a restarted head pod) answers on its dashboard
+    before its job agent registers, and refuses jobs with "No available agent"; that is worth
+    waiting for, any other refusal is not.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return submit()
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.monotonic() > deadline:
+                raise
+            echo(f"the job agent at {address} is not ready yet; retrying")
+            time.sleep(pause_s)
 
 
 async def _follow(client: Any, job_id: str, echo: Callable[[str], None], timeout_s: float | None) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sleepsound.submit import entrypoint, job_environment
+from sleepsound.submit import _submit_when_agent_ready, entrypoint, job_environment
 from sleepsound.synth.writers import generate_cohort
 
 
@@ -28,13 +28,18 @@ def _free_port() -> int:
 def ray_head(tmp_path_factory) -> Iterator[str]:
     """A Ray head of its own (not the test session's), in the foreground, stopped with its process group."""
     port, dashboard = _free_port(), _free_port()
+    # The session's own Ray already holds the default agent ports (52365, ...): a second node on
+    # this machine needs its own, or its job agent never starts ("No available agent").
+    agent_ports = [f"--{name}={_free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")]
     bin_dir = Path(sys.executable).parent          # the cluster's nodes have sleepsound on PATH, as in infra/
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     ray = bin_dir / "ray"
     proc = subprocess.Popen([str(ray), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard}",
                              "--include-dashboard=true", "--dashboard-host=127.0.0.1", "--num-cpus=2",
-                             f"--temp-dir={tmp_path_factory.mktemp('rayhead')}", "--disable-usage-stats"],
+                             f"--temp-dir={tmp_path_factory.mktemp('rayhead')}", "--disable-usage-stats", *agent_ports],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     try:
@@ -67,6 +72,32 @@ def test_entrypoint_and_environment() -> None:
         entrypoint("run", ["--ray-address", "auto"])
     env = job_environment({"PREFECT_API_URL": "u", "AWS_ACCESS_KEY_ID": "k", "HOME": "/root", "SLEEPSOUND_X": "1"})
     assert env == {"PREFECT_API_URL": "u", "AWS_ACCESS_KEY_ID": "k", "SLEEPSOUND_X": "1"}
+
+
+def test_submission_waits_for_a_starting_job_agent_but_not_for_other_refusals() -> None:
+    answers = [RuntimeError("Request failed with status code 500: No available agent to submit job"), "raysubmit_1"]
+
+    def submit() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    said: list[str] = []
+    assert _submit_when_agent_ready(submit, "http://head:8265", said.append, wait_s=5, pause_s=0) == "raysubmit_1"
+    assert said == ["the job agent at http://head:8265 is not ready yet; retrying"]
+
+    def refuse() -> str:
+        raise RuntimeError("Request failed with status code 400: bad runtime_env")
+
+    with pytest.raises(RuntimeError, match="bad runtime_env"):
+        _submit_when_agent_ready(refuse, "http://head:8265", said.append, wait_s=5, pause_s=0)
+
+    def never_ready() -> str:
+        raise RuntimeError("No available agent to submit job, please try again later..")
+
+    with pytest.raises(RuntimeError, match="No available agent"):
+        _submit_when_agent_ready(never_ready, "http://head:8265", said.append, wait_s=0, pause_s=0)
 
 
 def test_submit_runs_a_flow_on_the_cluster_and_follows_its_logs(ray_head, tiny_whisper, prefect_api, tmp_path,
