@@ -15,6 +15,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect_ray.context import remote_options
 
+from sleepsound.root_lock import hold_root
+
 from flows.pipeline import COORDINATOR_CPUS, StepTimer, ray_runner
 from tasks.champions import champions
 from tasks.embed import embed
@@ -34,7 +36,7 @@ def nightly(source: str, root: str, config: dict[str, Any], run_id: str, metric:
     out: dict[str, Any] = {"run_id": run_id, "prefect_flow_run": {"id": str(flow_run.id), "name": flow_run.name},
                            "seconds": timer.seconds, "trained": False, "promotions": {}, "report": None,
                            "predictions": None, "summaries": None, "metrics": None}
-    with remote_options(num_cpus=COORDINATOR_CPUS):
+    with hold_root(root, run_id, "nightly"), remote_options(num_cpus=COORDINATOR_CPUS):
         ingested = timer.step("ingest", ingest.submit(source, root, config))
         embedded = timer.step("embed", embed.submit(root, config))
         new = timer.step("find-new", find_new.submit(root))

@@ -17,6 +17,8 @@ from prefect.runtime import flow_run
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
+from sleepsound.root_lock import hold_root
+
 from tasks.embed import embed
 from tasks.ingest import ingest
 from tasks.predict import predict
@@ -46,7 +48,7 @@ def pipeline(source: str, root: str, config: dict[str, Any], run_id: str) -> dic
     logger = get_run_logger()
     timer = StepTimer()
     seconds = timer.seconds
-    with remote_options(num_cpus=COORDINATOR_CPUS):
+    with hold_root(root, run_id, "run"), remote_options(num_cpus=COORDINATOR_CPUS):
         ingested = timer.step("ingest", ingest.submit(source, root, config))
         embedded = timer.step("embed", embed.submit(root, config))
         model = timer.step("train", train.submit(root, config, run_id))

@@ -12,6 +12,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect_ray.context import remote_options
 
+from sleepsound.root_lock import hold_root
+
 from flows.pipeline import COORDINATOR_CPUS, StepTimer
 from tasks.champions import champions
 from tasks.embed import embed
@@ -25,7 +27,7 @@ def score(source: str, root: str, config: dict[str, Any], run_id: str,
           versions: dict[str, str] | None = None) -> dict[str, Any]:
     """Returns the same summary as the pipeline flow; ``model`` names the versions used."""
     timer = StepTimer()
-    with remote_options(num_cpus=COORDINATOR_CPUS):
+    with hold_root(root, run_id, "score"), remote_options(num_cpus=COORDINATOR_CPUS):
         ingested = timer.step("ingest", ingest.submit(source, root, config))
         embedded = timer.step("embed", embed.submit(root, config))
         model = timer.step("champions", champions.submit(root, versions))

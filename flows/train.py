@@ -15,6 +15,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect_ray.context import remote_options
 
+from sleepsound.root_lock import hold_root
+
 from flows.pipeline import COORDINATOR_CPUS, StepTimer, ray_runner
 from tasks.embed import embed
 from tasks.ingest import ingest
@@ -28,7 +30,7 @@ from tasks.train import train
 def train_flow(source: str, root: str, config: dict[str, Any], run_id: str, metric: str = "macro_f1",
                margin: float = 0.01) -> dict[str, Any]:
     timer = StepTimer()
-    with remote_options(num_cpus=COORDINATOR_CPUS):
+    with hold_root(root, run_id, "train"), remote_options(num_cpus=COORDINATOR_CPUS):
         ingested = timer.step("ingest", ingest.submit(source, root, config))
         embedded = timer.step("embed", embed.submit(root, config))
         model = timer.step("train", train.submit(root, config, run_id))

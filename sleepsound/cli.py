@@ -517,6 +517,18 @@ def models_show(
 def _run_flow(source: str, root: str, config: dict, ray_address: str | None, run_id: str | None,
               flow: str = "pipeline", versions: dict[str, str] | None = None, metric: str = "macro_f1",
               margin: float = 0.01) -> dict:
+    from sleepsound.root_lock import RootBusy, check_free
+
+    try:
+        check_free(root)       # refuse at once, before Prefect and Ray start; the flow takes the lock itself
+        return _run_flow_locally(source, root, config, ray_address, run_id, flow, versions, metric, margin)
+    except RootBusy as exc:
+        console.print(f"[red]not started:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _run_flow_locally(source: str, root: str, config: dict, ray_address: str | None, run_id: str | None,
+                      flow: str, versions: dict[str, str] | None, metric: str, margin: float) -> dict:
     from flows.local_prefect import local_prefect_api
 
     with local_prefect_api(Path(".prefect").resolve()) as api_url:

@@ -1,0 +1,119 @@
+"""One writing run per storage root at a time.
+
+Two runs writing the same root would race on the manifest, the model store and the nightly
+state. A run therefore holds ``<root>/state/lock.json`` while it writes: it is created with an
+atomic create-if-absent (``O_EXCL`` on disk, ``If-None-Match: *`` on S3), so of two runs
+starting together exactly one gets it; the other is refused at once with a message naming the
+holder. The holder refreshes the lock's heartbeat while it runs; a lock whose heartbeat is
+older than ``stale_after_s`` belongs to a run that died (killed, machine lost) and is taken
+over, so a crash never locks a root for good. A holder on this same machine whose process is
+gone is known dead at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sleepsound.storage import join, open_root
+
+LOCK = "lock.json"
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 600.0
+
+
+class RootBusy(RuntimeError):
+    """Another run holds the storage root."""
+
+
+def lock_path(root_path: str) -> str:
+    return join(root_path, "state", LOCK)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _record(run_id: str, purpose: str, acquired: str) -> bytes:
+    return json.dumps({"run_id": run_id, "purpose": purpose, "host": socket.gethostname(), "pid": os.getpid(),
+                       "acquired": acquired, "heartbeat": _now().isoformat()}).encode()
+
+
+def holder(root: str) -> dict[str, Any] | None:
+    """The current lock record, or None when the root is free."""
+    fs, root_path = open_root(root)
+    try:
+        raw = fs.cat_file(lock_path(root_path))
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:   # created a moment ago and not yet written: held, and fresh
+        return {"run_id": "(starting)", "purpose": "unknown", "heartbeat": _now().isoformat()}
+
+
+def _died_here(record: dict[str, Any]) -> bool:
+    """True when the holder ran on this machine and its process is gone (killed, crashed):
+    no need to wait for its heartbeat to go stale. Other machines' runs only go stale."""
+    pid = record.get("pid")
+    if record.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:      # alive, another user's
+        return False
+    return False
+
+
+def check_free(root: str, stale_after_s: float = STALE_AFTER_S) -> None:
+    """RootBusy when a live run holds the root; lets a command refuse before it starts anything."""
+    current = holder(root)
+    if current is None:
+        return
+    beat = datetime.fromisoformat(current.get("heartbeat", "1970-01-01T00:00:00+00:00"))
+    if _now() - beat < timedelta(seconds=stale_after_s) and not _died_here(current):
+        _, root_path = open_root(root)
+        raise RootBusy(f"{root} is in use by run {current.get('run_id')!r} ({current.get('purpose')}, "
+                       f"on {current.get('host')}, since {current.get('acquired')}); wait for it to finish. "
+                       f"If that run died, its lock expires {stale_after_s:.0f} s after its last "
+                       f"heartbeat ({current.get('heartbeat')}), or remove {lock_path(root_path)}")
+
+
+@contextlib.contextmanager
+def hold_root(root: str, run_id: str, purpose: str, stale_after_s: float = STALE_AFTER_S,
+              heartbeat_s: float = HEARTBEAT_S) -> Iterator[dict[str, Any]]:
+    """Hold the root for the duration of the block; RootBusy when a live run holds it."""
+    fs, root_path = open_root(root)
+    path = lock_path(root_path)
+    fs.makedirs(join(root_path, "state"), exist_ok=True)
+    acquired = _now().isoformat()
+    try:
+        fs.pipe_file(path, _record(run_id, purpose, acquired), mode="create")
+    except FileExistsError:
+        check_free(root, stale_after_s)
+        fs.pipe_file(path, _record(run_id, purpose, acquired))   # a dead run's lock: take it over
+    stop = threading.Event()
+
+    def beat_loop() -> None:
+        while not stop.wait(heartbeat_s):
+            with contextlib.suppress(OSError):
+                fs.pipe_file(path, _record(run_id, purpose, acquired))
+
+    thread = threading.Thread(target=beat_loop, name="sleepsound-root-lock", daemon=True)
+    thread.start()
+    try:
+        yield {"run_id": run_id, "path": path, "acquired": acquired}
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        current = holder(root)
+        if current is not None and current.get("run_id") == run_id and current.get("acquired") == acquired:
+            fs.rm_file(path)

@@ -1,0 +1,127 @@
+"""One writing run per root: the second is refused with the holder named; a dead run's lock expires."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import s3fs
+
+from sleepsound.root_lock import RootBusy, holder, hold_root, lock_path
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_the_second_run_is_refused_while_the_first_holds_the_root(where, tmp_path, s3_endpoint) -> None:
+    if where == "s3":
+        s3fs.S3FileSystem().mkdir("sleepsound-lock")
+        root = "s3://sleepsound-lock/root"
+    else:
+        root = str(tmp_path / "root")
+    with hold_root(root, "night-1", "nightly"):
+        assert holder(root)["run_id"] == "night-1"
+        with pytest.raises(RootBusy, match="in use by run 'night-1' \\(nightly"):
+            with hold_root(root, "night-2", "train"):
+                pass
+    assert holder(root) is None                      # released
+    with hold_root(root, "night-2", "train"):        # and free for the next
+        assert holder(root)["run_id"] == "night-2"
+
+
+def test_of_two_runs_starting_together_exactly_one_gets_the_root(tmp_path) -> None:
+    root = str(tmp_path / "root")
+    results: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def attempt(n: int) -> None:
+        barrier.wait()
+        try:
+            with hold_root(root, f"run-{n}", "score"):
+                results.append("held")
+                barrier_done.wait()
+        except RootBusy:
+            results.append("refused")
+
+    barrier_done = threading.Event()
+    threads = [threading.Thread(target=attempt, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    while len(results) < 8:
+        if results.count("refused") == 7:
+            barrier_done.set()
+        threading.Event().wait(0.01)
+    barrier_done.set()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["held"] + ["refused"] * 7
+
+
+def test_a_dead_runs_lock_is_taken_over_after_it_goes_stale(tmp_path) -> None:
+    root = str(tmp_path / "root")
+    path = Path(lock_path(root))
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"run_id": "crashed", "purpose": "nightly", "host": "h", "pid": 1,
+                                "acquired": "2026-01-01T00:00:00+00:00", "heartbeat": "2026-01-01T00:00:00+00:00"}))
+    with hold_root(root, "next", "nightly", stale_after_s=60):
+        assert holder(root)["run_id"] == "next"
+    assert holder(root) is None
+
+
+def test_a_killed_run_on_this_machine_frees_the_root_at_once(tmp_path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    root = str(tmp_path / "root")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path = Path(lock_path(root))
+    path.parent.mkdir(parents=True)
+    now = "2999-01-01T00:00:00+00:00"            # a heartbeat that never goes stale
+    path.write_text(json.dumps({"run_id": "killed", "purpose": "run", "host": socket.gethostname(),
+                                "pid": int(dead.stdout), "acquired": now, "heartbeat": now}))
+    with hold_root(root, "rerun", "run"):
+        assert holder(root)["run_id"] == "rerun"
+    path.write_text(json.dumps({"run_id": "alive", "purpose": "run", "host": socket.gethostname(),
+                                "pid": os.getpid(), "acquired": now, "heartbeat": now}))
+    with pytest.raises(RootBusy, match="'alive'"):
+        with hold_root(root, "rerun", "run"):
+            pass
+
+
+def test_the_heartbeat_keeps_a_long_run_fresh(tmp_path) -> None:
+    root = str(tmp_path / "root")
+    with hold_root(root, "long", "train", heartbeat_s=0.05):
+        first = holder(root)["heartbeat"]
+        threading.Event().wait(0.3)
+        assert holder(root)["heartbeat"] > first
+
+
+@pytest.mark.parametrize("flow_name", ["pipeline", "score", "train", "nightly"])
+def test_every_writing_flow_refuses_a_root_another_run_holds(flow_name, prefect_api, tmp_path, monkeypatch) -> None:
+    """The flows take the lock themselves, so a deployment run started beside a CLI run is refused too."""
+    import importlib
+
+    from sleepsound.config import Config
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    module = importlib.import_module(f"flows.{flow_name}")
+    flow = {"pipeline": "pipeline", "score": "score", "train": "train_flow", "nightly": "nightly"}[flow_name]
+    root = str(tmp_path / "root")
+    with hold_root(root, "first", "nightly"):
+        with pytest.raises(RootBusy, match="in use by run 'first'"):
+            getattr(module, flow)(str(tmp_path / "nowhere"), root, Config().model_dump(), "second")
+    assert holder(root) is None                      # the refused run did not touch the first one's lock
+
+
+def test_the_cli_refuses_before_starting_anything(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from sleepsound.cli import app
+
+    root = str(tmp_path / "root")
+    with hold_root(root, "night-7", "nightly"):
+        out = CliRunner().invoke(app, ["train", "--source", str(tmp_path), "--root", root])
+    assert out.exit_code == 2
+    assert "not started" in out.output and "night-7" in out.output
