@@ -40,12 +40,16 @@ def full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
 
 
 def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write aside then move into place, so readers never see a partial file."""
+    """Write aside then move into place, so readers never see a partial file.
+
+    The aside file is hidden (a leading dot), so if the process dies before the move, Parquet
+    dataset readers (which skip dot files) and our own listings never take it for data.
+    """
     parent = posixpath.dirname(path)
     if parent:
         fs.makedirs(parent, exist_ok=True)
     if isinstance(fs, LocalFileSystem):
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        tmp = posixpath.join(parent, f".{posixpath.basename(path)}.tmp-{uuid.uuid4().hex}")
         with fs.open(tmp, "wb") as handle:
             handle.write(data)
         fs.mv(tmp, path)
