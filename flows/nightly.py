@@ -16,6 +16,7 @@ from prefect.runtime import flow_run
 from prefect_ray.context import remote_options
 
 from sleepsound.root_lock import hold_root
+from sleepsound.run_record import write_run_record
 
 from flows.pipeline import COORDINATOR_CPUS, StepTimer, ray_runner
 from tasks.champions import champions
@@ -49,6 +50,7 @@ def nightly(source: str, root: str, config: dict[str, Any], run_id: str, metric:
         to_score = [*new["labelled"], *new["unlabelled"]]
         if not to_score:
             logger.info("nothing new under %s: nothing trained or scored", source)
+            out["run_record"] = write_run_record(root, "nightly", config, out)
             return out
         serving = timer.step("champions", champions.submit(root))
         predicted = timer.step("predict", predict.submit(root, config, run_id, serving, to_score))
@@ -56,9 +58,10 @@ def nightly(source: str, root: str, config: dict[str, Any], run_id: str, metric:
                  for name, d in out["promotions"].items()}
         reported = timer.step("report", report.submit(root, config, run_id, serving, predicted, extra))
         timer.step("mark-done", mark_done.submit(root, run_id, to_score))
-    out.update(model=serving, metrics=reported["metrics"], report=reported["report"],
-               predictions=predicted["predictions"], summaries=reported["summaries"])
-    out["counts"].update(quarantined=predicted["quarantined"], accepted=predicted["accepted"])
+        out.update(model=serving, metrics=reported["metrics"], report=reported["report"],
+                   predictions=predicted["predictions"], summaries=reported["summaries"])
+        out["counts"].update(quarantined=predicted["quarantined"], accepted=predicted["accepted"])
+        out["run_record"] = write_run_record(root, "nightly", config, out)
     logger.info("nightly %s: %d new nights scored in %s", run_id, len(to_score), timer.seconds)
     return out
 

@@ -18,6 +18,7 @@ from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
 from sleepsound.root_lock import hold_root
+from sleepsound.run_record import write_run_record
 
 from tasks.embed import embed
 from tasks.ingest import ingest
@@ -54,19 +55,21 @@ def pipeline(source: str, root: str, config: dict[str, Any], run_id: str) -> dic
         model = timer.step("train", train.submit(root, config, run_id))
         predicted = timer.step("predict", predict.submit(root, config, run_id, model))
         reported = timer.step("report", report.submit(root, config, run_id, model, predicted))
-    logger.info("run %s finished in %s: report at %s", run_id, seconds, reported["report"])
-    return {
-        "run_id": run_id,
-        "prefect_flow_run": {"id": str(flow_run.id), "name": flow_run.name},
-        "seconds": seconds,
-        "counts": {**ingested, **embedded, "quarantined": predicted["quarantined"],
-                   "accepted": predicted["accepted"]},
-        "model": model,
-        "metrics": reported["metrics"],
-        "report": reported["report"],
-        "predictions": predicted["predictions"],
-        "summaries": reported["summaries"],
-    }
+        logger.info("run %s finished in %s: report at %s", run_id, seconds, reported["report"])
+        summary = {
+            "run_id": run_id,
+            "prefect_flow_run": {"id": str(flow_run.id), "name": flow_run.name},
+            "seconds": seconds,
+            "counts": {**ingested, **embedded, "quarantined": predicted["quarantined"],
+                       "accepted": predicted["accepted"]},
+            "model": model,
+            "metrics": reported["metrics"],
+            "report": reported["report"],
+            "predictions": predicted["predictions"],
+            "summaries": reported["summaries"],
+        }
+        summary["run_record"] = write_run_record(root, "run", config, summary)
+    return summary
 
 
 def run_pipeline_on_ray(source: str, root: str, config: dict[str, Any], ray_address: str | None = None,

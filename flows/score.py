@@ -13,6 +13,7 @@ from prefect.runtime import flow_run
 from prefect_ray.context import remote_options
 
 from sleepsound.root_lock import hold_root
+from sleepsound.run_record import write_run_record
 
 from flows.pipeline import COORDINATOR_CPUS, StepTimer
 from tasks.champions import champions
@@ -29,18 +30,20 @@ def score(source: str, root: str, config: dict[str, Any], run_id: str,
     timer = StepTimer()
     with hold_root(root, run_id, "score"), remote_options(num_cpus=COORDINATOR_CPUS):
         ingested = timer.step("ingest", ingest.submit(source, root, config))
-        embedded = timer.step("embed", embed.submit(root, config))
+        embedded = timer.step("embed", embed.submit(root, config, shifted=False))
         model = timer.step("champions", champions.submit(root, versions))
         predicted = timer.step("predict", predict.submit(root, config, run_id, model))
         reported = timer.step("report", report.submit(root, config, run_id, model, predicted))
-    get_run_logger().info("scored %s in %s: report at %s", run_id, timer.seconds, reported["report"])
-    return {
-        "run_id": run_id, "prefect_flow_run": {"id": str(flow_run.id), "name": flow_run.name},
-        "seconds": timer.seconds,
-        "counts": {**ingested, **embedded, "quarantined": predicted["quarantined"], "accepted": predicted["accepted"]},
-        "model": model, "metrics": reported["metrics"], "report": reported["report"],
-        "predictions": predicted["predictions"], "summaries": reported["summaries"],
-    }
+        get_run_logger().info("scored %s in %s: report at %s", run_id, timer.seconds, reported["report"])
+        summary = {
+            "run_id": run_id, "prefect_flow_run": {"id": str(flow_run.id), "name": flow_run.name},
+            "seconds": timer.seconds,
+            "counts": {**ingested, **embedded, "quarantined": predicted["quarantined"], "accepted": predicted["accepted"]},
+            "model": model, "metrics": reported["metrics"], "report": reported["report"],
+            "predictions": predicted["predictions"], "summaries": reported["summaries"],
+        }
+        summary["run_record"] = write_run_record(root, "score", config, summary)
+    return summary
 
 
 def run_score_on_ray(source: str, root: str, config: dict[str, Any], ray_address: str | None = None,

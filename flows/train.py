@@ -16,6 +16,7 @@ from prefect.runtime import flow_run
 from prefect_ray.context import remote_options
 
 from sleepsound.root_lock import hold_root
+from sleepsound.run_record import write_run_record
 
 from flows.pipeline import COORDINATOR_CPUS, StepTimer, ray_runner
 from tasks.embed import embed
@@ -39,14 +40,16 @@ def train_flow(source: str, root: str, config: dict[str, Any], run_id: str, metr
         extra = {f"promotion {name}": f"{'promoted' if d['promoted'] else 'not promoted'}: {d['reason']}"
                  for name, d in decisions.items()}
         reported = timer.step("report", report.submit(root, config, run_id, model, predicted, extra))
-    get_run_logger().info("trained %s in %s: report at %s", run_id, timer.seconds, reported["report"])
-    return {
-        "run_id": run_id, "prefect_flow_run": {"id": str(flow_run.id), "name": flow_run.name},
-        "seconds": timer.seconds,
-        "counts": {**ingested, **embedded, "quarantined": predicted["quarantined"], "accepted": predicted["accepted"]},
-        "model": model, "promotions": decisions, "metrics": reported["metrics"], "report": reported["report"],
-        "predictions": predicted["predictions"], "summaries": reported["summaries"],
-    }
+        get_run_logger().info("trained %s in %s: report at %s", run_id, timer.seconds, reported["report"])
+        summary = {
+            "run_id": run_id, "prefect_flow_run": {"id": str(flow_run.id), "name": flow_run.name},
+            "seconds": timer.seconds,
+            "counts": {**ingested, **embedded, "quarantined": predicted["quarantined"], "accepted": predicted["accepted"]},
+            "model": model, "promotions": decisions, "metrics": reported["metrics"], "report": reported["report"],
+            "predictions": predicted["predictions"], "summaries": reported["summaries"],
+        }
+        summary["run_record"] = write_run_record(root, "train", config, summary)
+    return summary
 
 
 def run_train_on_ray(source: str, root: str, config: dict[str, Any], ray_address: str | None = None,

@@ -125,12 +125,13 @@ class EmbedPlan:
         return not self.epochs and not self.shift_classes
 
 
-def plan_recording(root: str, cfg: Config, row: dict[str, Any]) -> EmbedPlan:
-    """Compare the cache with what ``cfg`` (a single channel) needs for ``row``."""
+def plan_recording(root: str, cfg: Config, row: dict[str, Any], shifted: bool = True) -> EmbedPlan:
+    """Compare the cache with what ``cfg`` (a single channel) needs for ``row``; ``shifted=False``
+    when only scoring, which never reads the training-only shifted windows."""
     fs, root_path = open_root(root)
     rec, sha = row["recording_id"], row["sha256"]
     epochs = not (fs.exists(epochs_path(root_path, cfg, rec)) and fs.exists(embeddings_path(root_path, cfg, rec, sha)))
-    missing = tuple(c for c in wanted_shift_classes(cfg, row)
+    missing = tuple(c for c in (wanted_shift_classes(cfg, row) if shifted else ())
                     if not fs.exists(shifted_path(root_path, cfg, rec, sha, c)))
     return EmbedPlan(epochs, missing)
 
@@ -345,16 +346,19 @@ def _scalar(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def embed_cohort(manifest_rows: list[dict[str, Any]], root: str, cfg: Config, use_ray: bool = True) -> EmbedStats:
+def embed_cohort(manifest_rows: list[dict[str, Any]], root: str, cfg: Config, use_ray: bool = True,
+                 shifted: bool = True) -> EmbedStats:
     """Embed what the cache lacks for the accepted recordings; returns per-recording outcomes.
 
+    ``shifted=False`` skips the shifted training windows (scoring only needs the epochs).
     Every channel of every recording is one work item in one pipeline (one backbone load);
     a recording counts as cached when no channel needs anything.
     """
     stats = EmbedStats()
     items: list[WorkItem] = []
     for row in manifest_rows:
-        todo = [WorkItem(row, c, plan) for c in channel_configs(cfg) if not (plan := plan_recording(root, c, row)).empty]
+        todo = [WorkItem(row, c, plan) for c in channel_configs(cfg)
+                if not (plan := plan_recording(root, c, row, shifted)).empty]
         if todo:
             items += todo
         else:

@@ -39,7 +39,7 @@ def evaluate_on_subjects(root: str, task: str, model_dir: str, manifest_rows: li
             and str(r["subject_id"]) in set(subjects)]
     if not rows:
         raise ValueError(f"no labelled nights of the evaluation subjects {subjects}")
-    stats = embed_cohort(rows, root, cfg, use_ray=False)   # cache hits unless the features differ
+    stats = embed_cohort(rows, root, cfg, use_ray=False, shifted=False)   # cache hits unless the features differ
     if stats.failed:
         raise RuntimeError(f"evaluation nights failed to embed: {stats.failed}")
     head = load_head(fs, model_dir)

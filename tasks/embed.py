@@ -13,12 +13,13 @@ from sleepsound.storage import open_root
 
 
 @task(name="embed", retries=1, retry_delay_seconds=5)
-def embed(root: str, config: dict[str, Any], use_ray: bool = True) -> dict[str, Any]:
-    """A retry is cheap: recordings finished before a failure are cache hits."""
+def embed(root: str, config: dict[str, Any], use_ray: bool = True, shifted: bool = True) -> dict[str, Any]:
+    """A retry is cheap: recordings finished before a failure are cache hits. ``shifted=False``
+    for flows that train nothing (score): the shifted training windows are not embedded."""
     cfg = Config.model_validate(config)
     rows = read_manifest_rows(root)
     accepted = [r for r in rows if r["status"] == "accepted"]
-    stats = embed_cohort(accepted, root, cfg, use_ray=use_ray)
+    stats = embed_cohort(accepted, root, cfg, use_ray=use_ray, shifted=shifted)
     if stats.failed:
         write_manifest(root, quarantine(rows, stats.failed))
         for rec, reason in stats.failed.items():

@@ -145,3 +145,13 @@ def test_auto_batch_size_and_compile_reach_the_model_stage(rows, tiny_whisper, t
     assert isinstance(compiled.backbone.model, torch._dynamo.eval_frame.OptimizedModule)
     with pytest.raises(ValueError):
         Config.model_validate({"backbone": {"batch_size": "big"}})
+
+
+def test_scoring_skips_the_shifted_training_windows_and_training_adds_only_them(rows, tiny_whisper, tmp_path):
+    root = tmp_path / "root"
+    cfg = Config.model_validate({"backbone": {"name": tiny_whisper, "batch_size": 4},
+                                 "training": {"shift_augment": True}})
+    scored = embed_cohort(rows[:1], str(root), cfg, use_ray=False, shifted=False)
+    assert scored.epochs > 0 and scored.shifted == 0 and not list(root.rglob("*.shifted-*.parquet"))
+    trained = embed_cohort(rows[:1], str(root), cfg, use_ray=False)
+    assert trained.epochs == 0 and trained.shifted > 0 and list(root.rglob("*.shifted-*.parquet"))

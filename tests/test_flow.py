@@ -76,6 +76,12 @@ def test_flow_on_local_disk(cohort, tiny_whisper, tmp_path):
 
     _assert_prefect_recorded(result["prefect_flow_run"]["id"])
     assert set(result["seconds"]) == {"ingest", "embed", "train", "predict", "report"}
+    record = json.loads((Path(root) / "runs" / "t1" / "run.json").read_text())
+    assert (record["schema"], record["flow"], record["run_id"]) == ("sleepsound.run/1", "run", "t1")
+    assert record["seconds"] == result["seconds"] and record["counts"] == result["counts"]
+    assert record["counts"]["discovered"] == record["counts"]["accepted"] + record["counts"]["quarantined"]
+    assert set(record["models"]) == {"stage3", "stage5", "resp"} and len(record["config_hash"]) > 8
+    assert record["prefect_flow_run"]["id"] == result["prefect_flow_run"]["id"]
 
     again = run_pipeline_on_ray(str(cohort), root, _config(tiny_whisper), run_id="t2")
     assert again["counts"]["embedded"] == 0 and again["counts"]["cached"] == 5
@@ -111,7 +117,8 @@ def _assert_nightly_does_only_what_is_new(cohort: Path, root: str, tiny_whisper:
 
     third = run_nightly_on_ray(str(source), root, _config(tiny_whisper), run_id="n3")
     assert third["new"] == {"labelled": [], "unlabelled": []} and third["report"] is None
-    assert not (Path(root) / "runs" / "n3").exists() and len(processed(root)) == 6
+    assert len(processed(root)) == 6
+    assert [p.name for p in (Path(root) / "runs" / "n3").iterdir()] == ["run.json"]   # only the record
 
 
 def _assert_retraining_keeps_an_equal_champion(cohort: Path, root: str, tiny_whisper: str, first: dict) -> None:
