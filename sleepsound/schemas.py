@@ -35,6 +35,7 @@ MANIFEST = pa.schema([
     ("reason_code", pa.string()),
     ("reason", pa.string()),
     ("findings", pa.list_(FINDING)),    # errors and warnings (sleepsound.findings.Finding)
+    ("source_stamp", pa.string()),      # files' sizes and versions + settings: unchanged -> row reused
 ])
 
 EPOCHS = pa.schema([

@@ -186,7 +186,7 @@ def manifest_row(src: RecordingSource) -> dict[str, Any]:
         "duration_s": None, "sample_rate": None, "channels": [],
         "label_source": "none" if src.labels_uri is None else ("rml" if src.layout == "psg-audio" else "csv"),
         "labels_uri": src.labels_uri, "events_uri": src.events_uri, "n_epochs": 0, "status": "accepted",
-        "reason_code": None, "reason": None, "findings": [],
+        "reason_code": None, "reason": None, "findings": [], "source_stamp": None,
     }
 
 

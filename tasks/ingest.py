@@ -7,20 +7,23 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from sleepsound.config import Config
-from sleepsound.manifest import build_manifest, write_manifest
+from sleepsound.manifest import build_manifest, previous_manifest_rows, write_manifest
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=[2, 10])
 def ingest(source: str, root: str, config: dict[str, Any]) -> dict[str, Any]:
     """Returns counts only; the manifest itself stays in storage."""
     cfg = Config.model_validate(config)
-    rows = build_manifest(source, cfg.preprocess, cfg.validation, use_ray=True)
+    previous = previous_manifest_rows(root)
+    rows = build_manifest(source, cfg.preprocess, cfg.validation, use_ray=True, previous=previous)
+    kept = {id(row) for row in previous}
+    reused = sum(id(row) in kept for row in rows)
     path = write_manifest(root, rows)
     quarantined = [r for r in rows if r["status"] != "accepted"]
     logger = get_run_logger()
     for row in quarantined:
         logger.warning("quarantined %s: [%s] %s", row["recording_id"], row["reason_code"], row["reason"])
-    logger.info("manifest: %d discovered, %d accepted, %d quarantined",
-                len(rows), len(rows) - len(quarantined), len(quarantined))
+    logger.info("manifest: %d discovered, %d accepted, %d quarantined; %d unchanged since the last manifest",
+                len(rows), len(rows) - len(quarantined), len(quarantined), reused)
     return {"manifest": path, "discovered": len(rows), "accepted": len(rows) - len(quarantined),
-            "quarantined": len(quarantined)}
+            "quarantined": len(quarantined), "unchanged": reused}

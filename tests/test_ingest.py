@@ -106,3 +106,44 @@ def test_a_night_that_breaks_while_streaming_yields_one_error_row(psg_cohort, tm
     out = list(read_epochs(rows[0], CFG))
     assert out[-1]["error"] and out[-1]["epoch_index"] == -1
     assert "changed since" in out[-1]["error"] and len(out) == 1   # caught before any epoch is emitted
+
+
+def _damage_in_place(path: Path) -> None:
+    """Overwrite bytes without changing the size or the modification time."""
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[:256] = b"\x00" * 256                       # the EDF header: unreadable if looked at
+    path.write_bytes(bytes(data))
+    import os
+
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_unchanged_nights_keep_their_rows_and_changed_ones_are_validated_again(psg_cohort, tmp_path):
+    import os
+
+    cohort = _copy(psg_cohort, tmp_path)
+    first = build_manifest(str(cohort), CFG)
+    assert all(r["status"] == "accepted" and r["source_stamp"] for r in first)
+    patient = first[0]["recording_id"]
+    part = cohort / "APNEA_EDF" / patient / f"{patient}[001].edf"
+
+    _damage_in_place(part)                            # same size, same mtime: taken as unchanged
+    again = build_manifest(str(cohort), CFG, previous=first)
+    assert again == first and again[0] is first[0]
+
+    os.utime(part)                                    # a newer version of the file: validated again
+    changed = _by_id(build_manifest(str(cohort), CFG, previous=first))
+    assert changed[patient]["status"] == "quarantined" and changed[patient]["source_stamp"] != first[0]["source_stamp"]
+    assert changed[first[1]["recording_id"]] is first[1]
+
+    deeper = build_manifest(str(cohort), PreprocessConfig(highpass_hz=60.0), previous=first)
+    assert all(row is not old for row, old in zip(deeper, first))   # other settings: everything again
+
+
+def test_quarantined_nights_are_always_validated_again(psg_cohort, tmp_path):
+    cohort = _copy(psg_cohort, tmp_path)
+    first = build_manifest(str(cohort), CFG)
+    stale = [{**first[0], "status": "quarantined", "reason_code": "io_error"}, first[1]]
+    again = build_manifest(str(cohort), CFG, previous=stale)
+    assert again[0]["status"] == "accepted" and again[0] is not stale[0] and again[1] is stale[1]
