@@ -466,6 +466,60 @@ def bench_embed(
     console.print(f"baseline: {result['method']['baseline']}")
 
 
+@bench_app.command("score")
+def bench_score(
+    nights: Annotated[int, typer.Option(help="Synthetic nights in the cohort.")] = 100,
+    minutes: Annotated[float, typer.Option(help="Length of each night in minutes.")] = 6.0,
+    workers: Annotated[str, typer.Option(help="Embedding model-actor counts to run the flow with, e.g. 1,2.")] = "1,2",
+    backbone: Annotated[Optional[str], typer.Option(help="Backbone (default: the config's).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Epochs per forward pass.")] = 16,
+    train_nights: Annotated[int, typer.Option(help="Nights the champions are trained on first (not timed).")] = 8,
+    baseline: Annotated[bool, typer.Option(help="Also run the one-process baseline.")] = True,
+    ray_address: RayOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    workdir: Annotated[Optional[Path], typer.Option(
+        help="Folder for the generated cohort (default: $SLEEPSOUND_CACHE/bench, reused across runs).")] = None,
+) -> None:
+    """Score a cohort of short synthetic nights with the score flow: per-stage times, scaling, peak memory."""
+    from flows.local_prefect import local_prefect_api
+    from sleepsound.bench.embed import parse_workers
+    from sleepsound.bench.ingest import BenchError
+    from sleepsound.bench.score import run_score_bench
+
+    try:
+        counts = parse_workers(workers) or [1]
+        if not as_json:
+            console.print(f"score benchmark: {nights} nights of {minutes:g} min, embedding workers {counts}")
+        with local_prefect_api(Path(".prefect").resolve()):
+            result = run_score_bench(nights=nights, minutes=minutes, workers=counts, backbone=backbone,
+                                     batch_size=batch_size, train_nights=train_nights, workdir=workdir,
+                                     ray_address=ray_address, baseline=baseline)
+    except BenchError as exc:
+        console.print(f"[red]benchmark failed:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table("run", "seconds", "nights / s", "epochs / s", "x real time", "peak RSS (MB)",
+                  title=f"score: {result['nights']} nights x {result['minutes_per_night']:g} min, {result['backbone']}, "
+                        f"{result['cpus']} CPUs")
+    rows = [(f"flow, {r['embed_workers']} embedding worker(s)", r) for r in result["runs"]]
+    if result["baseline"]:
+        rows.append(("baseline (one process)", result["baseline"]))
+    for name, r in rows:
+        table.add_row(name, f"{r['seconds']:.1f}", f"{r['nights_per_s']:.2f}", f"{r['epochs_per_s']:.1f}",
+                      f"{r['x_realtime']:.0f}", f"{r['peak_rss_mb']:.0f}")
+    console.print(table)
+    for r in result["runs"]:
+        console.print(f"stages with {r['embed_workers']} worker(s), seconds: "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in r["steps"].items()))
+    if result["scaling_efficiency"]:
+        console.print("scaling efficiency: " + ", ".join(f"{k} worker(s) {v:.0%}"
+                                                        for k, v in result["scaling_efficiency"].items()))
+    if result["speedup"] is not None:
+        console.print(f"best flow vs baseline: {result['speedup']:.2f}x; baseline: {result['baseline']['method']}")
+
+
 from sleepsound.clips.cli import clips_app  # noqa: E402  (typer only: no heavy imports at --help)
 
 app.add_typer(clips_app, name="clips")

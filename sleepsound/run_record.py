@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sleepsound import __version__
+from sleepsound.schemas import LAYOUT_VERSION, PREDICTIONS_VERSION
 from sleepsound.config import Config
 from sleepsound.storage import full_uri, join, open_root, write_json
 
@@ -27,7 +28,8 @@ def write_run_record(root: str, flow: str, config: dict[str, Any], summary: dict
     """Write the record of a finished flow run from its summary; returns its URI."""
     fs, root_path = open_root(root)
     record = {
-        "schema": SCHEMA, "run_id": summary["run_id"], "flow": flow,
+        "schema": SCHEMA, "layout_version": LAYOUT_VERSION, "predictions_schema_version": PREDICTIONS_VERSION,
+        "run_id": summary["run_id"], "flow": flow,
         "prefect_flow_run": summary.get("prefect_flow_run"),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config_hash": Config.model_validate(config).fingerprint(), "code_version": __version__,

@@ -11,12 +11,18 @@ from sleepsound.manifest import read_manifest
 from sleepsound.modelling import labelled_manifest
 
 
-@task(name="champions")
-def champions(root: str, versions: dict[str, str] | None = None) -> dict[str, Any]:
-    """The serving models; labelled subjects outside their training side are scored as test nights."""
+def serving_with_unseen(root: str, versions: dict[str, str] | None = None) -> dict[str, Any]:
+    """The serving models, with ``test_subjects``: labelled subjects outside their training side."""
     model = model_store.serving_models(root, versions)
     seen = set(model["train_subjects"]) | set(model["val_subjects"])
     labelled = set(labelled_manifest(read_manifest(root))["subject_id"].astype(str))
     model["test_subjects"] = sorted(labelled - seen)
+    return model
+
+
+@task(name="champions")
+def champions(root: str, versions: dict[str, str] | None = None) -> dict[str, Any]:
+    """The serving models; labelled subjects outside their training side are scored as test nights."""
+    model = serving_with_unseen(root, versions)
     get_run_logger().info("scoring with %s", {name: head["version"] for name, head in model["heads"].items()})
     return model

@@ -1,0 +1,281 @@
+"""``sleepsound bench score``: a cohort of short synthetic nights through the ``score`` flow.
+
+What it answers: how fast a whole cohort is scored end to end (validate, embed, predict,
+report) as the number of embedding workers grows, where the time goes per stage, and that
+memory stays bounded however many nights there are.
+
+The cohort (``nights`` nights of ``minutes`` each, PSG-Audio layout) is generated once and kept
+under ``$SLEEPSOUND_CACHE/bench/`` (or ``workdir``). The first ``train_nights`` nights train the
+champion heads once (``sleepsound train``, not timed); then, for each worker count, the score
+flow runs on a fresh storage root holding only those champions, so nothing is a cache hit.
+
+Each run is its own Python process (``python -m sleepsound.bench.score --stage ...``) so the
+figures are its own. Ours is the real flow: Prefect, a local Ray (``ray.embed_workers`` model
+actors beside the CPU readers), per-stage wall times from the flow. The **baseline** does the
+same work as a plain script would: one process, no Ray, no Prefect, one night after another
+(manifest, embed, predict). Memory is the peak of the summed resident set of the run's whole
+process tree (the driver, Ray's daemons and workers), sampled every 0.2 s from ``/proc``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sleepsound.bench.ingest import BenchError, bench_root, package_versions
+
+BASELINE_METHOD = ("one process, no Ray or Prefect: build_manifest, then embed_cohort and predict_recordings "
+                   "one night after another")
+SAMPLE_S = 0.2
+_VERSIONED = ("torch", "transformers", "ray", "prefect", "pyarrow")
+
+
+def cohort_name(nights: int, minutes: float, sample_rate: int, seed: int) -> str:
+    from sleepsound.synth.writers import GENERATOR_VERSION
+
+    return f"cohort-{nights}x{minutes:g}min-{int(sample_rate)}hz-seed{seed}-gen{GENERATOR_VERSION}"
+
+
+def ensure_cohort(nights: int, minutes: float, sample_rate: int, seed: int, workdir: Path | None = None) -> Path:
+    """The generated cohort's folder, made once (in a hidden folder, then renamed into place)."""
+    from sleepsound.synth.writers import generate_cohort
+
+    root = bench_root(workdir)
+    cohort = root / cohort_name(nights, minutes, sample_rate, seed)
+    if (cohort / "cohort.json").is_file():
+        return cohort
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cohort.name}-", dir=root))
+    try:
+        generate_cohort(tmp, n_subjects=nights, hours=minutes / 60, seed=seed, sample_rate=sample_rate,
+                        part_seconds=int(minutes * 60), cycle_minutes=max(minutes, 1.0))
+        try:
+            os.rename(tmp, cohort)
+        except OSError:
+            if not (cohort / "cohort.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cohort
+
+
+def subset(cohort: Path, count: int, out: Path) -> Path:
+    """A source holding the cohort's first ``count`` nights (their EDF folders and RML files)."""
+    patients = sorted(p.name for p in (cohort / "APNEA_EDF").iterdir() if p.is_dir())[:count]
+    (out / "APNEA_RML").mkdir(parents=True, exist_ok=True)
+    for patient in patients:
+        shutil.copytree(cohort / "APNEA_EDF" / patient, out / "APNEA_EDF" / patient)
+        rml = cohort / "APNEA_RML" / f"{patient}.rml"
+        if rml.is_file():
+            shutil.copy2(rml, out / "APNEA_RML" / rml.name)
+    return out
+
+
+# ----------------------------------------------------------------------------- memory of a process tree
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and every live descendant, from /proc (Ray's daemons and workers descend from the driver)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo += children.get(current, [])
+    return out
+
+
+def _rss_mb(pids: list[int]) -> float:
+    total_kb = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as handle:
+                for line in handle:
+                    if line.startswith("VmRSS:"):
+                        total_kb += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return total_kb / 1024
+
+
+class TreeMemory:
+    """Samples the summed RSS of this process and its descendants; ``peak_mb`` is the highest seen."""
+
+    def __init__(self, every_s: float = SAMPLE_S) -> None:
+        self.every_s, self.peak_mb, self.samples = every_s, 0.0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sleepsound-bench-memory", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.peak_mb = max(self.peak_mb, _rss_mb(_tree(os.getpid())))
+            self.samples += 1
+            if self._stop.wait(self.every_s):
+                return
+
+    def __enter__(self) -> TreeMemory:
+        if os.path.isdir("/proc"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+# ----------------------------------------------------------------------------- stages (child side)
+
+def _config(spec: dict[str, Any], workers: int) -> dict[str, Any]:
+    from sleepsound.config import Config
+
+    raw = {"backbone": {"name": spec["backbone"], "batch_size": spec["batch_size"]},
+           "training": {"epochs": spec["train_epochs"]}, "ray": {"embed_workers": workers}}
+    return Config.model_validate(raw).model_dump()
+
+
+def _stage_train(spec: dict[str, Any]) -> dict[str, Any]:
+    from flows.train import run_train_on_ray
+
+    result = run_train_on_ray(spec["train_source"], spec["root"], _config(spec, 1), run_id="bench-train")
+    return {"promoted": sorted(name for name, d in result["promotions"].items() if d["promoted"])}
+
+
+def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
+    from flows.score import run_score_on_ray
+
+    with TreeMemory() as memory:
+        started = time.perf_counter()
+        result = run_score_on_ray(spec["source"], spec["root"], _config(spec, spec["workers"]),
+                                  ray_address=spec.get("ray_address"), run_id=f"bench-w{spec['workers']}")
+        seconds = time.perf_counter() - started
+    counts = result["counts"]
+    return {"seconds": seconds, "steps": result["seconds"], "epochs": counts["epochs"],
+            "nights": counts["accepted"], "cached": counts["cached"], "peak_rss_mb": memory.peak_mb}
+
+
+def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
+    from sleepsound.config import Config
+    from sleepsound.embedding import embed_cohort
+    from sleepsound.manifest import build_manifest, read_manifest, write_manifest
+    from sleepsound.modelling import predict_recordings
+    from tasks.champions import serving_with_unseen
+
+    cfg = Config.model_validate(_config(spec, 1))
+    with TreeMemory() as memory:
+        started = time.perf_counter()
+        rows = build_manifest(spec["source"], cfg.preprocess, cfg.validation)
+        write_manifest(spec["root"], rows)
+        accepted = [r for r in rows if r["status"] == "accepted"]
+        epochs = 0
+        for row in accepted:                        # one night at a time, as a plain script would
+            epochs += embed_cohort([row], spec["root"], cfg, use_ray=False, shifted=False).epochs
+        predict_recordings(spec["root"], cfg, "bench-baseline", serving_with_unseen(spec["root"]),
+                           read_manifest(spec["root"]))
+        seconds = time.perf_counter() - started
+    return {"seconds": seconds, "epochs": epochs, "nights": len(accepted), "peak_rss_mb": memory.peak_mb}
+
+
+_STAGES = {"train": _stage_train, "ours": _stage_ours, "baseline": _stage_baseline}
+
+
+# ----------------------------------------------------------------------------- driver (parent side)
+
+def _run_stage(stage: str, spec: dict[str, Any]) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-m", "sleepsound.bench.score", "--stage", stage, "--spec", json.dumps(spec)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"the {stage!r} stage failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _fresh_root(models_from: Path, out: Path) -> Path:
+    """A storage root holding only the champions: every night is embedded again."""
+    shutil.copytree(models_from / "models", out / "models")
+    return out
+
+
+def run_score_bench(nights: int = 100, minutes: float = 6.0, workers: list[int] | None = None,
+                    backbone: str | None = None, batch_size: int = 16, train_nights: int = 8, train_epochs: int = 5,
+                    sample_rate: int = 16_000, seed: int = 0, workdir: Path | None = None,
+                    ray_address: str | None = None, baseline: bool = True) -> dict[str, Any]:
+    """Score ``nights`` generated nights with 1.. embedding workers, and the baseline; one JSON-able dict."""
+    from sleepsound.config import BackboneConfig
+
+    if nights < 2 or train_nights < 2 or train_nights > nights:
+        raise BenchError(f"need 2 <= --train-nights <= --nights; got {train_nights} and {nights}")
+    workers = workers or [1, 2]
+    backbone = backbone or BackboneConfig().name
+    cohort = ensure_cohort(nights, minutes, sample_rate, seed, workdir)
+    with tempfile.TemporaryDirectory(prefix="sleepsound-bench-score-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        base = {"backbone": backbone, "batch_size": batch_size, "train_epochs": train_epochs}
+        trained = scratch / "trained"
+        _run_stage("train", {**base, "train_source": str(subset(cohort, train_nights, scratch / "train-source")),
+                             "root": str(trained)})
+        runs = []
+        for count in workers:
+            root = _fresh_root(trained, scratch / f"score-w{count}")
+            stage = _run_stage("ours", {**base, "source": str(cohort), "root": str(root), "workers": count,
+                                        "ray_address": ray_address})
+            runs.append({"embed_workers": count, **_figures(stage, minutes)})
+            shutil.rmtree(root, ignore_errors=True)
+        reference = None
+        if baseline:
+            root = _fresh_root(trained, scratch / "baseline")
+            reference = {"method": BASELINE_METHOD,
+                         **_figures(_run_stage("baseline", {**base, "source": str(cohort), "root": str(root)}), minutes)}
+    best = max(runs, key=lambda r: r["nights_per_s"])
+    one = next((r for r in runs if r["embed_workers"] == 1), None)
+    return {
+        "benchmark": "score", "nights": nights, "minutes_per_night": minutes, "sample_rate": sample_rate,
+        "backbone": backbone, "batch_size": batch_size, "cpus": os.cpu_count(),
+        "ray_address": ray_address or "local", "runs": runs, "baseline": reference,
+        "speedup": round(best["nights_per_s"] / reference["nights_per_s"], 2) if reference else None,
+        "scaling_efficiency": {str(r["embed_workers"]): round(r["nights_per_s"] / (one["nights_per_s"]
+                                                                                     * r["embed_workers"]), 2)
+                               for r in runs} if one else None,
+        "versions": package_versions(_VERSIONED),
+    }
+
+
+def _figures(stage: dict[str, Any], minutes: float) -> dict[str, Any]:
+    out = {"seconds": round(stage["seconds"], 2), "nights": stage["nights"], "epochs": stage["epochs"],
+           "nights_per_s": round(stage["nights"] / stage["seconds"], 3),
+           "epochs_per_s": round(stage["epochs"] / stage["seconds"], 2),
+           "x_realtime": round(stage["nights"] * minutes * 60 / stage["seconds"], 1),
+           "peak_rss_mb": round(stage["peak_rss_mb"], 1)}
+    if "steps" in stage:
+        out["steps"] = stage["steps"]
+        out["cached"] = stage["cached"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Child entry point: ``python -m sleepsound.bench.score --stage train|ours|baseline --spec JSON``."""
+    parser = argparse.ArgumentParser(description="Run one stage of the score benchmark and print its figures.")
+    parser.add_argument("--stage", choices=sorted(_STAGES), required=True)
+    parser.add_argument("--spec", required=True)
+    args = parser.parse_args(argv)
+    print(json.dumps(_STAGES[args.stage](json.loads(args.spec))))
+
+
+if __name__ == "__main__":
+    main()

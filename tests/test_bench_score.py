@@ -1,0 +1,68 @@
+"""The score benchmark: a small cohort through the real score flow and the one-process baseline.
+
+Figures are checked for consistency, never for speed. The stages join the test session's Ray
+(``--ray-address``) instead of starting one each, to keep the suite fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sleepsound.bench.score import TreeMemory, cohort_name, ensure_cohort
+from sleepsound.cli import app
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def test_bench_score_json_times_every_stage_and_the_baseline(tiny_whisper, prefect_api, tmp_path: Path,
+                                                             monkeypatch) -> None:
+    import ray
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    out = CliRunner().invoke(app, ["bench", "score", "--nights", "4", "--minutes", "3", "--train-nights", "3",
+                                   "--workers", "1", "--backbone", tiny_whisper, "--batch-size", "4",
+                                   "--ray-address", ray.get_runtime_context().gcs_address,
+                                   "--workdir", str(tmp_path), "--json"])
+    assert out.exit_code == 0, out.output[-3000:]
+    result = json.loads(out.output.strip().splitlines()[-1])
+    assert (result["benchmark"], result["nights"], result["minutes_per_night"]) == ("score", 4, 3.0)
+    [run] = result["runs"]
+    assert run["embed_workers"] == 1 and run["nights"] == 4 and run["cached"] == 0   # nothing reused
+    assert run["epochs"] == result["baseline"]["epochs"] == 4 * 6
+    assert set(run["steps"]) == {"ingest", "embed", "champions", "predict", "report"}
+    assert sum(run["steps"].values()) <= run["seconds"]
+    for figures in (run, result["baseline"]):
+        assert figures["seconds"] > 0 and figures["peak_rss_mb"] > 0
+        assert figures["nights_per_s"] == pytest.approx(figures["nights"] / figures["seconds"], rel=0.01)
+    assert result["scaling_efficiency"] == {"1": 1.0}
+    assert result["speedup"] > 0
+    assert (tmp_path / cohort_name(4, 3.0, 16_000, 0) / "cohort.json").is_file()   # generated once, kept
+
+
+def test_the_cohort_is_generated_once(tmp_path: Path) -> None:
+    first = ensure_cohort(2, 0.5, 16_000, 1, tmp_path)
+    stamp = (first / "cohort.json").stat().st_mtime_ns
+    assert ensure_cohort(2, 0.5, 16_000, 1, tmp_path) == first
+    assert (first / "cohort.json").stat().st_mtime_ns == stamp
+    assert len(list((first / "APNEA_EDF").iterdir())) == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no half-made cohort left
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_tree_memory_sees_a_child_process() -> None:
+    import subprocess
+    import sys
+    import time
+
+    with TreeMemory(every_s=0.05) as alone:
+        time.sleep(0.2)
+    with TreeMemory(every_s=0.05) as with_child:
+        child = subprocess.Popen([sys.executable, "-c", "import time; b = bytearray(200 * 2**20); time.sleep(1.5)"])
+        child.wait()
+    assert with_child.samples > 3
+    assert with_child.peak_mb > alone.peak_mb + 150          # the child's 200 MB counted with ours
