@@ -500,7 +500,7 @@ def bench_score(
     if as_json:
         print(json.dumps(result))
         return
-    table = Table("run", "seconds", "nights / s", "epochs / s", "x real time", "peak RSS (MB)",
+    table = Table("run", "seconds", "nights / s", "epochs / s", "x real time", "peak PSS (MB)",
                   title=f"score: {result['nights']} nights x {result['minutes_per_night']:g} min, {result['backbone']}, "
                         f"{result['cpus']} CPUs")
     rows = [(f"flow, {r['embed_workers']} embedding worker(s)", r) for r in result["runs"]]
@@ -508,7 +508,7 @@ def bench_score(
         rows.append(("baseline (one process)", result["baseline"]))
     for name, r in rows:
         table.add_row(name, f"{r['seconds']:.1f}", f"{r['nights_per_s']:.2f}", f"{r['epochs_per_s']:.1f}",
-                      f"{r['x_realtime']:.0f}", f"{r['peak_rss_mb']:.0f}")
+                      f"{r['x_realtime']:.0f}", f"{r['peak_pss_mb']:.0f}")
     console.print(table)
     for r in result["runs"]:
         console.print(f"stages with {r['embed_workers']} worker(s), seconds: "

@@ -37,7 +37,7 @@ def test_bench_score_json_times_every_stage_and_the_baseline(tiny_whisper, prefe
     assert set(run["steps"]) == {"ingest", "embed", "champions", "predict", "report"}
     assert sum(run["steps"].values()) <= run["seconds"]
     for figures in (run, result["baseline"]):
-        assert figures["seconds"] > 0 and figures["peak_rss_mb"] > 0
+        assert figures["seconds"] > 0 and figures["peak_pss_mb"] > 0
         assert figures["nights_per_s"] == pytest.approx(figures["nights"] / figures["seconds"], rel=0.01)
     assert result["scaling_efficiency"] == {"1": 1.0}
     assert result["speedup"] > 0

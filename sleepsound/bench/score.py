@@ -13,8 +13,9 @@ Each run is its own Python process (``python -m sleepsound.bench.score --stage .
 figures are its own. Ours is the real flow: Prefect, a local Ray (``ray.embed_workers`` model
 actors beside the CPU readers), per-stage wall times from the flow. The **baseline** does the
 same work as a plain script would: one process, no Ray, no Prefect, one night after another
-(manifest, embed, predict). Memory is the peak of the summed resident set of the run's whole
-process tree (the driver, Ray's daemons and workers), sampled every 0.2 s from ``/proc``.
+(manifest, embed, predict). Memory is the peak of the summed proportional set size (PSS: shared
+pages such as Ray's object store counted once) of the run's whole process tree (the driver,
+Ray's daemons and workers), sampled every 0.2 s from ``/proc``.
 """
 
 from __future__ import annotations
@@ -101,22 +102,27 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def _rss_mb(pids: list[int]) -> float:
+def _pss_mb(pids: list[int]) -> float:
+    """Summed proportional set size: a shared page (Ray's object store, shared libraries) counts
+    once in all, not once per process that maps it, as summed RSS would. VmRSS where PSS is absent."""
     total_kb = 0
     for pid in pids:
         try:
+            with open(f"/proc/{pid}/smaps_rollup") as handle:
+                total_kb += next(int(line.split()[1]) for line in handle if line.startswith("Pss:"))
+            continue
+        except (OSError, StopIteration):
+            pass
+        try:
             with open(f"/proc/{pid}/status") as handle:
-                for line in handle:
-                    if line.startswith("VmRSS:"):
-                        total_kb += int(line.split()[1])
-                        break
-        except OSError:
+                total_kb += next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
             continue
     return total_kb / 1024
 
 
 class TreeMemory:
-    """Samples the summed RSS of this process and its descendants; ``peak_mb`` is the highest seen."""
+    """Samples the summed PSS of this process and its descendants; ``peak_mb`` is the highest seen."""
 
     def __init__(self, every_s: float = SAMPLE_S) -> None:
         self.every_s, self.peak_mb, self.samples = every_s, 0.0, 0
@@ -125,7 +131,7 @@ class TreeMemory:
 
     def _run(self) -> None:
         while True:
-            self.peak_mb = max(self.peak_mb, _rss_mb(_tree(os.getpid())))
+            self.peak_mb = max(self.peak_mb, _pss_mb(_tree(os.getpid())))
             self.samples += 1
             if self._stop.wait(self.every_s):
                 return
@@ -168,7 +174,7 @@ def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
         seconds = time.perf_counter() - started
     counts = result["counts"]
     return {"seconds": seconds, "steps": result["seconds"], "epochs": counts["epochs"],
-            "nights": counts["accepted"], "cached": counts["cached"], "peak_rss_mb": memory.peak_mb}
+            "nights": counts["accepted"], "cached": counts["cached"], "peak_pss_mb": memory.peak_mb}
 
 
 def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
@@ -190,7 +196,7 @@ def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
         predict_recordings(spec["root"], cfg, "bench-baseline", serving_with_unseen(spec["root"]),
                            read_manifest(spec["root"]))
         seconds = time.perf_counter() - started
-    return {"seconds": seconds, "epochs": epochs, "nights": len(accepted), "peak_rss_mb": memory.peak_mb}
+    return {"seconds": seconds, "epochs": epochs, "nights": len(accepted), "peak_pss_mb": memory.peak_mb}
 
 
 _STAGES = {"train": _stage_train, "ours": _stage_ours, "baseline": _stage_baseline}
@@ -261,7 +267,7 @@ def _figures(stage: dict[str, Any], minutes: float) -> dict[str, Any]:
            "nights_per_s": round(stage["nights"] / stage["seconds"], 3),
            "epochs_per_s": round(stage["epochs"] / stage["seconds"], 2),
            "x_realtime": round(stage["nights"] * minutes * 60 / stage["seconds"], 1),
-           "peak_rss_mb": round(stage["peak_rss_mb"], 1)}
+           "peak_pss_mb": round(stage["peak_pss_mb"], 1)}
     if "steps" in stage:
         out["steps"] = stage["steps"]
         out["cached"] = stage["cached"]
