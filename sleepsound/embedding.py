@@ -136,6 +136,23 @@ def plan_recording(root: str, cfg: Config, row: dict[str, Any], shifted: bool = 
     return EmbedPlan(epochs, missing)
 
 
+def forward_batches(rows: np.ndarray, size: int) -> list[np.ndarray]:
+    """``rows`` in forward passes of ``size``, the remainder in power-of-two pieces (13 -> 8, 4, 1).
+
+    A model worker sees batches of every length (nights end mid-block, invalid epochs drop out);
+    a forward pass of each new length leaves the CPU kernels' per-shape buffers behind, and a
+    long-running actor grew by gigabytes. With at most log2(size) + 1 lengths, memory stays flat.
+    """
+    out: list[np.ndarray] = []
+    start = 0
+    while start < len(rows):
+        left = len(rows) - start
+        step = size if left >= size else 1 << (left.bit_length() - 1)
+        out.append(rows[start:start + step])
+        start += step
+    return out
+
+
 class EmbedStage:
     """Model stage: loads the backbone once per worker, embeds the valid rows of a batch."""
 
@@ -163,9 +180,7 @@ class EmbedStage:
         rows = np.flatnonzero(valid)
         if self.batch_size is None and len(rows):
             self.batch_size = self.backbone.auto_batch_size(audio.shape[1], cap=self.stream_rows)
-        step = self.batch_size or 1
-        for start in range(0, len(rows), step):
-            take = rows[start:start + step]
+        for take in forward_batches(rows, self.batch_size or 1):
             emb = self.backbone.embed(np.ascontiguousarray(audio[take], dtype=np.float32))
             if out is None:
                 out = np.zeros((len(audio), *emb.shape[1:]), dtype=np.float16)

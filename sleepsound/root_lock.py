@@ -105,6 +105,9 @@ def hold_root(root: str, run_id: str, purpose: str, stale_after_s: float = STALE
     def beat_loop() -> None:
         while not stop.wait(heartbeat_s):
             with contextlib.suppress(OSError):
+                current = holder(root)
+                if current is None or (current.get("run_id"), current.get("acquired")) != (run_id, acquired):
+                    return          # taken over after we stalled: never overwrite the new holder's lock
                 fs.pipe_file(path, _record(run_id, purpose, acquired))
 
     thread = threading.Thread(target=beat_loop, name="sleepsound-root-lock", daemon=True)

@@ -37,7 +37,7 @@ def test_bench_score_json_times_every_stage_and_the_baseline(tiny_whisper, prefe
     assert set(run["steps"]) == {"ingest", "embed", "champions", "predict", "report"}
     assert sum(run["steps"].values()) <= run["seconds"]
     for figures in (run, result["baseline"]):
-        assert figures["seconds"] > 0 and figures["peak_pss_mb"] > 0
+        assert figures["seconds"] > 0 and figures["peak_pss_mb"] > 0 and figures["at_peak_mb"]
         assert figures["nights_per_s"] == pytest.approx(figures["nights"] / figures["seconds"], rel=0.01)
     assert result["scaling_efficiency"] == {"1": 1.0}
     assert result["speedup"] > 0
@@ -66,3 +66,4 @@ def test_tree_memory_sees_a_child_process() -> None:
         child.wait()
     assert with_child.samples > 3
     assert with_child.peak_mb > alone.peak_mb + 150          # the child's 200 MB counted with ours
+    assert max(with_child.at_peak.values()) > 150            # and named among the largest processes

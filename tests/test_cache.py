@@ -155,3 +155,15 @@ def test_scoring_skips_the_shifted_training_windows_and_training_adds_only_them(
     assert scored.epochs > 0 and scored.shifted == 0 and not list(root.rglob("*.shifted-*.parquet"))
     trained = embed_cohort(rows[:1], str(root), cfg, use_ray=False)
     assert trained.epochs == 0 and trained.shifted > 0 and list(root.rglob("*.shifted-*.parquet"))
+
+
+def test_forward_batches_use_few_lengths_and_cover_every_row_once():
+    from sleepsound.embedding import forward_batches
+
+    for size in (1, 4, 12, 16):
+        seen: set[int] = set()
+        for n in range(0, 40):
+            pieces = forward_batches(np.arange(n), size)
+            assert np.concatenate(pieces).tolist() == list(range(n)) if n else pieces == []
+            seen |= {len(p) for p in pieces}
+        assert seen <= {size} | {1 << k for k in range(size.bit_length()) if 1 << k < size}

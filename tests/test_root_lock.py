@@ -125,3 +125,13 @@ def test_the_cli_refuses_before_starting_anything(tmp_path) -> None:
         out = CliRunner().invoke(app, ["train", "--source", str(tmp_path), "--root", root])
     assert out.exit_code == 2
     assert "not started" in out.output and "night-7" in out.output
+
+
+def test_a_stalled_run_never_overwrites_the_lock_of_the_run_that_took_over(tmp_path) -> None:
+    root = str(tmp_path / "root")
+    with hold_root(root, "stalled", "train", heartbeat_s=0.05):
+        Path(lock_path(root)).write_text(json.dumps({"run_id": "next", "purpose": "train", "host": "h", "pid": 1,
+                                                     "acquired": "now", "heartbeat": "2999-01-01T00:00:00+00:00"}))
+        threading.Event().wait(0.3)                  # several heartbeats later
+        assert holder(root)["run_id"] == "next"
+    assert holder(root)["run_id"] == "next"          # and leaving does not remove it either

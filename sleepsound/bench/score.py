@@ -102,36 +102,52 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def _pss_mb(pids: list[int]) -> float:
-    """Summed proportional set size: a shared page (Ray's object store, shared libraries) counts
-    once in all, not once per process that maps it, as summed RSS would. VmRSS where PSS is absent."""
-    total_kb = 0
-    for pid in pids:
+def _pss_kb(pid: int) -> int:
+    """A process's proportional set size: a shared page (Ray's object store, shared libraries)
+    counts once across all that map it, as summed RSS would not. VmRSS where PSS is absent."""
+    for name, key in (("smaps_rollup", "Pss:"), ("status", "VmRSS:")):
         try:
-            with open(f"/proc/{pid}/smaps_rollup") as handle:
-                total_kb += next(int(line.split()[1]) for line in handle if line.startswith("Pss:"))
-            continue
-        except (OSError, StopIteration):
-            pass
-        try:
-            with open(f"/proc/{pid}/status") as handle:
-                total_kb += next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
+            with open(f"/proc/{pid}/{name}") as handle:
+                return next(int(line.split()[1]) for line in handle if line.startswith(key))
         except (OSError, StopIteration):
             continue
-    return total_kb / 1024
+    return 0
+
+
+def _process_name(pid: int) -> str:
+    """Ray names its workers by what they run (``ray::IDLE``, ``ray::MapWorker(...)``)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            args = handle.read().split(b"\0")
+    except OSError:
+        return "?"
+    text = args[0].decode(errors="replace")
+    if not text.startswith("ray::") and len(args) > 1:
+        text = " ".join(a.decode(errors="replace").rsplit("/", 1)[-1] for a in args[:3] if a)
+    return text[:60]
 
 
 class TreeMemory:
-    """Samples the summed PSS of this process and its descendants; ``peak_mb`` is the highest seen."""
+    """Samples the summed PSS of this process and its descendants; ``peak_mb`` is the highest seen
+    and ``at_peak`` the largest processes at that moment (MB by name), to say where memory went."""
 
     def __init__(self, every_s: float = SAMPLE_S) -> None:
         self.every_s, self.peak_mb, self.samples = every_s, 0.0, 0
+        self.at_peak: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sleepsound-bench-memory", daemon=True)
 
     def _run(self) -> None:
         while True:
-            self.peak_mb = max(self.peak_mb, _pss_mb(_tree(os.getpid())))
+            sizes = {pid: _pss_kb(pid) for pid in _tree(os.getpid())}
+            total = sum(sizes.values()) / 1024
+            if total > self.peak_mb:
+                self.peak_mb = total
+                by_name: dict[str, float] = {}
+                for pid, kb in sizes.items():
+                    name = _process_name(pid)
+                    by_name[name] = by_name.get(name, 0.0) + kb / 1024
+                self.at_peak = {k: round(v, 1) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])[:8]}
             self.samples += 1
             if self._stop.wait(self.every_s):
                 return
@@ -174,7 +190,8 @@ def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
         seconds = time.perf_counter() - started
     counts = result["counts"]
     return {"seconds": seconds, "steps": result["seconds"], "epochs": counts["epochs"],
-            "nights": counts["accepted"], "cached": counts["cached"], "peak_pss_mb": memory.peak_mb}
+            "nights": counts["accepted"], "cached": counts["cached"], "peak_pss_mb": memory.peak_mb,
+            "at_peak_mb": memory.at_peak}
 
 
 def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
@@ -196,7 +213,8 @@ def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
         predict_recordings(spec["root"], cfg, "bench-baseline", serving_with_unseen(spec["root"]),
                            read_manifest(spec["root"]))
         seconds = time.perf_counter() - started
-    return {"seconds": seconds, "epochs": epochs, "nights": len(accepted), "peak_pss_mb": memory.peak_mb}
+    return {"seconds": seconds, "epochs": epochs, "nights": len(accepted), "peak_pss_mb": memory.peak_mb,
+            "at_peak_mb": memory.at_peak}
 
 
 _STAGES = {"train": _stage_train, "ours": _stage_ours, "baseline": _stage_baseline}
@@ -267,7 +285,7 @@ def _figures(stage: dict[str, Any], minutes: float) -> dict[str, Any]:
            "nights_per_s": round(stage["nights"] / stage["seconds"], 3),
            "epochs_per_s": round(stage["epochs"] / stage["seconds"], 2),
            "x_realtime": round(stage["nights"] * minutes * 60 / stage["seconds"], 1),
-           "peak_pss_mb": round(stage["peak_pss_mb"], 1)}
+           "peak_pss_mb": round(stage["peak_pss_mb"], 1), "at_peak_mb": stage["at_peak_mb"]}
     if "steps" in stage:
         out["steps"] = stage["steps"]
         out["cached"] = stage["cached"]
