@@ -122,7 +122,7 @@ def test_a_flow_killed_mid_run_is_finished_by_a_rerun_that_redoes_nothing(tiny_w
     assert len(manifest) == manifest["recording_id"].nunique() == 6
 
 
-def test_storage_that_drops_and_delays_requests_under_a_whole_flow(tiny_whisper, prefect_api, s3_endpoint,
+def test_storage_that_drops_and_delays_requests_under_the_nightly_flow(tiny_whisper, prefect_api, s3_endpoint,
                                                                    tmp_path) -> None:
     cohort = tmp_path / "cohort"
     generate_cohort(cohort, n_subjects=3, hours=0.1, seed=33, sample_rate=16_000, part_seconds=360, cycle_minutes=6)
@@ -130,7 +130,7 @@ def test_storage_that_drops_and_delays_requests_under_a_whole_flow(tiny_whisper,
     s3.mkdir("sleepsound-faults")
     s3.put(str(cohort) + "/", "sleepsound-faults/source/", recursive=True)
     with FlakyS3Proxy(s3_endpoint, drop_every=9, delay_every=5, delay_s=0.3) as proxy:
-        proc = _sleepsound("run", "--source", "s3://sleepsound-faults/source", "--root", "s3://sleepsound-faults/root",
+        proc = _sleepsound("nightly", "--source", "s3://sleepsound-faults/source", "--root", "s3://sleepsound-faults/root",
                            "--run-id", "flaky", "--ray-address", _ray_address(),
                            "--set", f"backbone.name={tiny_whisper}", "--set", "training.epochs=2",
                            "--set", "training.test_fraction=0.34",
@@ -138,7 +138,7 @@ def test_storage_that_drops_and_delays_requests_under_a_whole_flow(tiny_whisper,
         output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-3000:]
     assert proxy.dropped >= 5 and proxy.delayed >= 5, (proxy.requests, proxy.dropped)
-    assert "3 discovered, 3 accepted, 0 quarantined" in output
+    assert "3 discovered, 3 accepted, 0 quarantined" in output and "retrained: yes" in output
     preds = pd.read_parquet("s3://sleepsound-faults/root/runs/flaky/predictions")
     assert preds["recording_id"].nunique() == 3
     assert not preds.duplicated(["recording_id", "epoch_index"]).any()
