@@ -209,15 +209,11 @@ def test_flow_with_storage_root_on_s3(cohort, tiny_whisper, tmp_path):
     preds = pd.read_parquet("s3://sleepsound-flow/root/runs/s3run/predictions")
     assert preds["recording_id"].nunique() == 5
 
+    # The score flow on the same S3 root (train and nightly on S3: tests/test_faults.py, via a flaky proxy).
     from flows.score import run_score_on_ray
-    from flows.train import run_train_on_ray
 
     scored = run_score_on_ray("s3://sleepsound-flow/source", "s3://sleepsound-flow/root", _config(tiny_whisper),
                               run_id="s3score")
     assert scored["counts"]["cached"] == 5 and scored["counts"]["unchanged"] == 5   # nothing embedded or re-read
     assert scored["model"]["heads"]["stage3"]["version"] == result["model"]["heads"]["stage3"]["version"]
-    retrained = run_train_on_ray("s3://sleepsound-flow/source", "s3://sleepsound-flow/root", _config(tiny_whisper),
-                                 run_id="s3train")
-    assert set(retrained["promotions"]) == {"stage3", "stage5", "resp"}
-    for run in ("s3score", "s3train"):
-        assert s3.exists(f"sleepsound-flow/root/runs/{run}/run.json")
+    assert s3.exists("sleepsound-flow/root/runs/s3score/run.json")
