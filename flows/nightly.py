@@ -18,7 +18,7 @@ from prefect_ray.context import remote_options
 from sleepsound.root_lock import hold_root
 from sleepsound.run_record import write_run_record
 
-from flows.pipeline import COORDINATOR_CPUS, StepTimer, ray_runner
+from flows.pipeline import COORDINATOR_CPUS, StepTimer, promotion_lines, ray_runner
 from tasks.champions import champions
 from tasks.embed import embed
 from tasks.ingest import ingest
@@ -54,8 +54,7 @@ def nightly(source: str, root: str, config: dict[str, Any], run_id: str, metric:
             return out
         serving = timer.step("champions", champions.submit(root))
         predicted = timer.step("predict", predict.submit(root, config, run_id, serving, to_score))
-        extra = {f"promotion {name}": f"{'promoted' if d['promoted'] else 'not promoted'}: {d['reason']}"
-                 for name, d in out["promotions"].items()}
+        extra = promotion_lines(out["promotions"])
         reported = timer.step("report", report.submit(root, config, run_id, serving, predicted, extra))
         timer.step("mark-done", mark_done.submit(root, run_id, to_score))
         out.update(model=serving, metrics=reported["metrics"], report=reported["report"],

@@ -43,6 +43,12 @@ class StepTimer:
         return result
 
 
+def promotion_lines(decisions: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The report's run-table lines for each head's promotion decision."""
+    return {f"promotion {name}": f"{'promoted' if d['promoted'] else 'not promoted'}: {d['reason']}"
+            for name, d in decisions.items()}
+
+
 @flow(name="sleepsound-pipeline", log_prints=True)
 def pipeline(source: str, root: str, config: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Score a source end to end; returns the small summary the CLI prints."""

@@ -18,7 +18,7 @@ from prefect_ray.context import remote_options
 from sleepsound.root_lock import hold_root
 from sleepsound.run_record import write_run_record
 
-from flows.pipeline import COORDINATOR_CPUS, StepTimer, ray_runner
+from flows.pipeline import COORDINATOR_CPUS, StepTimer, promotion_lines, ray_runner
 from tasks.embed import embed
 from tasks.ingest import ingest
 from tasks.predict import predict
@@ -37,8 +37,7 @@ def train_flow(source: str, root: str, config: dict[str, Any], run_id: str, metr
         model = timer.step("train", train.submit(root, config, run_id))
         decisions = timer.step("promote", promote.submit(root, model, metric, margin))
         predicted = timer.step("predict", predict.submit(root, config, run_id, model))
-        extra = {f"promotion {name}": f"{'promoted' if d['promoted'] else 'not promoted'}: {d['reason']}"
-                 for name, d in decisions.items()}
+        extra = promotion_lines(decisions)
         reported = timer.step("report", report.submit(root, config, run_id, model, predicted, extra))
         get_run_logger().info("trained %s in %s: report at %s", run_id, timer.seconds, reported["report"])
         summary = {

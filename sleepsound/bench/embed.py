@@ -36,21 +36,19 @@ of the same cores (``cpu_gemm_gflops``), the practical ceiling for a float32 mod
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import json
 import os
 import platform
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from sleepsound.bench.ingest import BenchError, ensure_night, package_versions, require_librosa
+from sleepsound.bench.ingest import (BenchError, ensure_night, package_versions, require_librosa, run_stage,
+                                     stage_main)
 
 DEFAULT_BACKBONE = "whisper-tiny.en-offline"
 DEFAULT_MINUTES = 30.0  # 60 epochs: about 1.5 minutes for the whole benchmark on 2 CPU cores
@@ -365,15 +363,6 @@ def scaling_note(device: str, workers: list[int]) -> str:
 
 # ----------------------------------------------------------------------------- driver (parent side)
 
-def _run_stage(stage: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """One stage in a fresh interpreter; its figures come back as the last line of stdout."""
-    proc = subprocess.run([sys.executable, "-m", "sleepsound.bench.embed", "--stage", stage, "--spec", json.dumps(spec)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise BenchError(f"the {stage!r} stage failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def _goals(device: str, speedup: float, overhead: float, x_realtime: float,
            scaling: list[dict[str, Any]]) -> tuple[dict[str, bool], dict[str, str]]:
     """The issue's goals that apply on this device, and why the others do not."""
@@ -420,10 +409,10 @@ def run_embed_bench(backbone: str = DEFAULT_BACKBONE, minutes: float = DEFAULT_M
 
     spec = {"night": str(night), "clips": str(clips), "backbone": backbone, "device": resolved, "dtype": dtype,
             "batch_size": batch_size, "compile": compile}
-    ours = _run_stage("ours", spec)
+    ours = run_stage("sleepsound.bench.embed", "ours", spec)
     epochs = int(ours["epochs"])
-    model = _run_stage("model", {**spec, "epochs": epochs})
-    base = _run_stage("baseline", {**spec, "epochs": epochs})
+    model = run_stage("sleepsound.bench.embed", "model", {**spec, "epochs": epochs})
+    base = run_stage("sleepsound.bench.embed", "baseline", {**spec, "epochs": epochs})
     scaling = measure_ray_scaling(night, cfg, sorted(set(workers)), resolved) if workers else []
 
     audio_s = float(ours["audio_seconds"])
@@ -507,16 +496,7 @@ def parse_workers(text: str | None) -> list[int] | None:
 
 def main(argv: list[str] | None = None) -> None:
     """Child entry point: ``python -m sleepsound.bench.embed --stage ours|model|baseline --spec JSON``."""
-    parser = argparse.ArgumentParser(description="Run one stage of the embedding benchmark and print its figures.")
-    parser.add_argument("--stage", choices=sorted(_STAGES), required=True)
-    parser.add_argument("--spec", required=True)
-    args = parser.parse_args(argv)
-    try:
-        result = _STAGES[args.stage](json.loads(args.spec))
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
-    print(json.dumps(result))
+    stage_main(_STAGES, "Run one stage of the embedding benchmark and print its figures.", argv)
 
 
 if __name__ == "__main__":

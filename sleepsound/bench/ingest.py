@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 BASELINE_METHOD = ("each ~1-hour EDF part loaded whole with pyedflib (librosa cannot read EDF), "
@@ -84,27 +85,61 @@ def night_name(hours: float, sample_rate: int, seed: int) -> str:
     return f"psg-audio-{hours:g}h-{int(sample_rate)}hz-seed{seed}-gen{GENERATOR_VERSION}"
 
 
+def ensure_generated(name: str, generate: Callable[[Path], None], workdir: Path | None = None) -> tuple[Path, bool]:
+    """A generated source under the bench root, made once: ``generate`` fills a hidden folder that
+    is then renamed into place, so a half-made one is never reused. Returns it and whether it was
+    made just now."""
+    root = bench_root(workdir)
+    target = root / name
+    if (target / "cohort.json").is_file():
+        return target, False
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    try:
+        generate(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "cohort.json").is_file():  # not another run finishing first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target, True
+
+
 def ensure_night(hours: float, sample_rate: int, seed: int, workdir: Path | None = None) -> tuple[Path, bool]:
     """The generated night's folder (a PSG-Audio source) and whether it was generated just now."""
     from sleepsound.synth.writers import generate_cohort
 
-    root = bench_root(workdir)
-    night = root / night_name(hours, sample_rate, seed)
-    if (night / "cohort.json").is_file():
-        return night, False
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{night.name}-", dir=root))
+    return ensure_generated(night_name(hours, sample_rate, seed),
+                            lambda out: generate_cohort(out, n_subjects=1, hours=hours, seed=seed,
+                                                        sample_rate=sample_rate, layout="psg-audio",
+                                                        part_seconds=3600), workdir)
+
+
+def run_stage(module: str, stage: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """One stage of a benchmark in a fresh interpreter (``python -m module``), so its peak memory
+    is its own; its figures come back as the last line of stdout."""
+    proc = subprocess.run([sys.executable, "-m", module, "--stage", stage, "--spec", json.dumps(spec)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"the {stage!r} stage failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def stage_main(stages: dict[str, Callable[[dict[str, Any]], dict[str, Any]]], description: str,
+               argv: list[str] | None = None) -> None:
+    """Child side of ``run_stage``: ``--stage NAME --spec JSON`` in, one JSON line of figures out."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--stage", choices=sorted(stages), required=True)
+    parser.add_argument("--spec", required=True)
+    args = parser.parse_args(argv)
     try:
-        generate_cohort(tmp, n_subjects=1, hours=hours, seed=seed, sample_rate=sample_rate,
-                        layout="psg-audio", part_seconds=3600)
-        try:
-            os.rename(tmp, night)
-        except OSError:
-            if not (night / "cohort.json").is_file():  # not another run finishing first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return night, True
+        result = stages[args.stage](json.loads(args.spec))
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    print(json.dumps(result))
 
 
 # ----------------------------------------------------------------------------- stages (child side)

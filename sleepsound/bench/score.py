@@ -20,19 +20,15 @@ Ray's daemons and workers), sampled every 0.2 s from ``/proc``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from sleepsound.bench.ingest import BenchError, bench_root, package_versions
+from sleepsound.bench.ingest import BenchError, ensure_generated, package_versions, run_stage, stage_main
 
 BASELINE_METHOD = ("one process, no Ray or Prefect: build_manifest, then embed_cohort and predict_recordings "
                    "one night after another")
@@ -47,25 +43,13 @@ def cohort_name(nights: int, minutes: float, sample_rate: int, seed: int) -> str
 
 
 def ensure_cohort(nights: int, minutes: float, sample_rate: int, seed: int, workdir: Path | None = None) -> Path:
-    """The generated cohort's folder, made once (in a hidden folder, then renamed into place)."""
+    """The generated cohort's folder, made once."""
     from sleepsound.synth.writers import generate_cohort
 
-    root = bench_root(workdir)
-    cohort = root / cohort_name(nights, minutes, sample_rate, seed)
-    if (cohort / "cohort.json").is_file():
-        return cohort
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cohort.name}-", dir=root))
-    try:
-        generate_cohort(tmp, n_subjects=nights, hours=minutes / 60, seed=seed, sample_rate=sample_rate,
-                        part_seconds=int(minutes * 60), cycle_minutes=max(minutes, 1.0))
-        try:
-            os.rename(tmp, cohort)
-        except OSError:
-            if not (cohort / "cohort.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    cohort, _ = ensure_generated(cohort_name(nights, minutes, sample_rate, seed),
+                                 lambda out: generate_cohort(out, n_subjects=nights, hours=minutes / 60, seed=seed,
+                                                             sample_rate=sample_rate, part_seconds=int(minutes * 60),
+                                                             cycle_minutes=max(minutes, 1.0)), workdir)
     return cohort
 
 
@@ -222,14 +206,6 @@ _STAGES = {"train": _stage_train, "ours": _stage_ours, "baseline": _stage_baseli
 
 # ----------------------------------------------------------------------------- driver (parent side)
 
-def _run_stage(stage: str, spec: dict[str, Any]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "sleepsound.bench.score", "--stage", stage, "--spec", json.dumps(spec)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise BenchError(f"the {stage!r} stage failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def _fresh_root(models_from: Path, out: Path) -> Path:
     """A storage root holding only the champions: every night is embedded again."""
     shutil.copytree(models_from / "models", out / "models")
@@ -252,12 +228,12 @@ def run_score_bench(nights: int = 100, minutes: float = 6.0, workers: list[int] 
         scratch = Path(scratch_dir)
         base = {"backbone": backbone, "batch_size": batch_size, "train_epochs": train_epochs}
         trained = scratch / "trained"
-        _run_stage("train", {**base, "train_source": str(subset(cohort, train_nights, scratch / "train-source")),
+        run_stage("sleepsound.bench.score", "train", {**base, "train_source": str(subset(cohort, train_nights, scratch / "train-source")),
                              "root": str(trained)})
         runs = []
         for count in workers:
             root = _fresh_root(trained, scratch / f"score-w{count}")
-            stage = _run_stage("ours", {**base, "source": str(cohort), "root": str(root), "workers": count,
+            stage = run_stage("sleepsound.bench.score", "ours", {**base, "source": str(cohort), "root": str(root), "workers": count,
                                         "ray_address": ray_address})
             runs.append({"embed_workers": count, **_figures(stage, minutes)})
             shutil.rmtree(root, ignore_errors=True)
@@ -265,7 +241,7 @@ def run_score_bench(nights: int = 100, minutes: float = 6.0, workers: list[int] 
         if baseline:
             root = _fresh_root(trained, scratch / "baseline")
             reference = {"method": BASELINE_METHOD,
-                         **_figures(_run_stage("baseline", {**base, "source": str(cohort), "root": str(root)}), minutes)}
+                         **_figures(run_stage("sleepsound.bench.score", "baseline", {**base, "source": str(cohort), "root": str(root)}), minutes)}
     best = max(runs, key=lambda r: r["nights_per_s"])
     one = next((r for r in runs if r["embed_workers"] == 1), None)
     return {
@@ -294,11 +270,7 @@ def _figures(stage: dict[str, Any], minutes: float) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """Child entry point: ``python -m sleepsound.bench.score --stage train|ours|baseline --spec JSON``."""
-    parser = argparse.ArgumentParser(description="Run one stage of the score benchmark and print its figures.")
-    parser.add_argument("--stage", choices=sorted(_STAGES), required=True)
-    parser.add_argument("--spec", required=True)
-    args = parser.parse_args(argv)
-    print(json.dumps(_STAGES[args.stage](json.loads(args.spec))))
+    stage_main(_STAGES, "Run one stage of the score benchmark and print its figures.", argv)
 
 
 if __name__ == "__main__":
