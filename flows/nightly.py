@@ -12,13 +12,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 from prefect_ray.context import remote_options
 
 from sleepsound.root_lock import hold_root
 from sleepsound.run_record import write_run_record
 
-from flows.pipeline import COORDINATOR_CPUS, StepTimer, promotion_lines, ray_runner
+from flows.pipeline import COORDINATOR_CPUS, StepTimer, flow_run_ref, flow_summary, promotion_lines, ray_runner
 from tasks.champions import champions
 from tasks.embed import embed
 from tasks.ingest import ingest
@@ -34,9 +33,9 @@ def nightly(source: str, root: str, config: dict[str, Any], run_id: str, metric:
             margin: float = 0.01) -> dict[str, Any]:
     timer = StepTimer()
     logger = get_run_logger()
-    out: dict[str, Any] = {"run_id": run_id, "prefect_flow_run": {"id": str(flow_run.id), "name": flow_run.name},
-                           "seconds": timer.seconds, "trained": False, "promotions": {}, "report": None,
-                           "predictions": None, "summaries": None, "metrics": None}
+    out: dict[str, Any] = {"run_id": run_id, "prefect_flow_run": flow_run_ref(), "seconds": timer.seconds,
+                           "trained": False, "promotions": {}, "report": None, "predictions": None,
+                           "summaries": None, "metrics": None}
     with hold_root(root, run_id, "nightly"), remote_options(num_cpus=COORDINATOR_CPUS):
         ingested = timer.step("ingest", ingest.submit(source, root, config))
         embedded = timer.step("embed", embed.submit(root, config))
@@ -57,9 +56,8 @@ def nightly(source: str, root: str, config: dict[str, Any], run_id: str, metric:
         extra = promotion_lines(out["promotions"])
         reported = timer.step("report", report.submit(root, config, run_id, serving, predicted, extra))
         timer.step("mark-done", mark_done.submit(root, run_id, to_score))
-        out.update(model=serving, metrics=reported["metrics"], report=reported["report"],
-                   predictions=predicted["predictions"], summaries=reported["summaries"])
-        out["counts"].update(quarantined=predicted["quarantined"], accepted=predicted["accepted"])
+        out.update(flow_summary(run_id, timer.seconds, ingested, embedded, serving, predicted, reported,
+                                promotions=out["promotions"]))
         out["run_record"] = write_run_record(root, "nightly", config, out)
     logger.info("nightly %s: %d new nights scored in %s", run_id, len(to_score), timer.seconds)
     return out

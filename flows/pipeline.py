@@ -49,6 +49,29 @@ def promotion_lines(decisions: dict[str, dict[str, Any]]) -> dict[str, str]:
             for name, d in decisions.items()}
 
 
+def flow_run_ref() -> dict[str, str]:
+    """The current Prefect flow run's id and name, so a summary leads back to its run in the Prefect UI."""
+    return {"id": str(flow_run.id), "name": flow_run.name}
+
+
+def flow_summary(run_id: str, seconds: dict[str, float], ingested: dict[str, Any], embedded: dict[str, Any],
+                 model: dict[str, Any], predicted: dict[str, Any], reported: dict[str, Any],
+                 promotions: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The summary a scoring flow returns and records, built in one place so every flow's keys stay the same."""
+    summary: dict[str, Any] = {
+        "run_id": run_id,
+        "prefect_flow_run": flow_run_ref(),
+        "seconds": seconds,
+        "counts": {**ingested, **embedded, "quarantined": predicted["quarantined"], "accepted": predicted["accepted"]},
+        "model": model,
+    }
+    if promotions is not None:
+        summary["promotions"] = promotions
+    summary.update(metrics=reported["metrics"], report=reported["report"], predictions=predicted["predictions"],
+                   summaries=reported["summaries"])
+    return summary
+
+
 @flow(name="sleepsound-pipeline", log_prints=True)
 def pipeline(source: str, root: str, config: dict[str, Any], run_id: str) -> dict[str, Any]:
     """Score a source end to end; returns the small summary the CLI prints."""
@@ -62,18 +85,7 @@ def pipeline(source: str, root: str, config: dict[str, Any], run_id: str) -> dic
         predicted = timer.step("predict", predict.submit(root, config, run_id, model))
         reported = timer.step("report", report.submit(root, config, run_id, model, predicted))
         logger.info("run %s finished in %s: report at %s", run_id, seconds, reported["report"])
-        summary = {
-            "run_id": run_id,
-            "prefect_flow_run": {"id": str(flow_run.id), "name": flow_run.name},
-            "seconds": seconds,
-            "counts": {**ingested, **embedded, "quarantined": predicted["quarantined"],
-                       "accepted": predicted["accepted"]},
-            "model": model,
-            "metrics": reported["metrics"],
-            "report": reported["report"],
-            "predictions": predicted["predictions"],
-            "summaries": reported["summaries"],
-        }
+        summary = flow_summary(run_id, seconds, ingested, embedded, model, predicted, reported)
         summary["run_record"] = write_run_record(root, "run", config, summary)
     return summary
 

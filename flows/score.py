@@ -9,13 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 from prefect_ray.context import remote_options
 
 from sleepsound.root_lock import hold_root
 from sleepsound.run_record import write_run_record
 
-from flows.pipeline import COORDINATOR_CPUS, StepTimer
+from flows.pipeline import COORDINATOR_CPUS, StepTimer, flow_summary
 from tasks.champions import champions
 from tasks.embed import embed
 from tasks.ingest import ingest
@@ -35,13 +34,7 @@ def score(source: str, root: str, config: dict[str, Any], run_id: str,
         predicted = timer.step("predict", predict.submit(root, config, run_id, model))
         reported = timer.step("report", report.submit(root, config, run_id, model, predicted))
         get_run_logger().info("scored %s in %s: report at %s", run_id, timer.seconds, reported["report"])
-        summary = {
-            "run_id": run_id, "prefect_flow_run": {"id": str(flow_run.id), "name": flow_run.name},
-            "seconds": timer.seconds,
-            "counts": {**ingested, **embedded, "quarantined": predicted["quarantined"], "accepted": predicted["accepted"]},
-            "model": model, "metrics": reported["metrics"], "report": reported["report"],
-            "predictions": predicted["predictions"], "summaries": reported["summaries"],
-        }
+        summary = flow_summary(run_id, timer.seconds, ingested, embedded, model, predicted, reported)
         summary["run_record"] = write_run_record(root, "score", config, summary)
     return summary
 

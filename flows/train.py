@@ -12,13 +12,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 from prefect_ray.context import remote_options
 
 from sleepsound.root_lock import hold_root
 from sleepsound.run_record import write_run_record
 
-from flows.pipeline import COORDINATOR_CPUS, StepTimer, promotion_lines, ray_runner
+from flows.pipeline import COORDINATOR_CPUS, StepTimer, flow_summary, promotion_lines, ray_runner
 from tasks.embed import embed
 from tasks.ingest import ingest
 from tasks.predict import predict
@@ -40,13 +39,8 @@ def train_flow(source: str, root: str, config: dict[str, Any], run_id: str, metr
         extra = promotion_lines(decisions)
         reported = timer.step("report", report.submit(root, config, run_id, model, predicted, extra))
         get_run_logger().info("trained %s in %s: report at %s", run_id, timer.seconds, reported["report"])
-        summary = {
-            "run_id": run_id, "prefect_flow_run": {"id": str(flow_run.id), "name": flow_run.name},
-            "seconds": timer.seconds,
-            "counts": {**ingested, **embedded, "quarantined": predicted["quarantined"], "accepted": predicted["accepted"]},
-            "model": model, "promotions": decisions, "metrics": reported["metrics"], "report": reported["report"],
-            "predictions": predicted["predictions"], "summaries": reported["summaries"],
-        }
+        summary = flow_summary(run_id, timer.seconds, ingested, embedded, model, predicted, reported,
+                               promotions=decisions)
         summary["run_record"] = write_run_record(root, "train", config, summary)
     return summary
 

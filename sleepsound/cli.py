@@ -22,6 +22,9 @@ console = Console()
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: section.key=value (repeatable).")]
 RayOpt = Annotated[Optional[str], typer.Option("--ray-address", help="Existing Ray cluster (default: start a local one).")]
+RunIdOpt = Annotated[Optional[str], typer.Option(help="Name of this run (default: a timestamp).")]
+MetricOpt = Annotated[str, typer.Option(help="Metric a challenger must improve: macro_f1, kappa or accuracy.")]
+MarginOpt = Annotated[float, typer.Option(help="How much better than the champion a challenger must be.")]
 
 
 @app.command()
@@ -104,7 +107,7 @@ def run(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     ray_address: RayOpt = None,
-    run_id: Annotated[Optional[str], typer.Option(help="Name of this run (default: a timestamp).")] = None,
+    run_id: RunIdOpt = None,
 ) -> None:
     """Run the whole workflow (validate, embed, train, predict, report) as a Prefect flow on Ray."""
     from sleepsound.config import load_config
@@ -118,20 +121,17 @@ def run(
 def train(
     source: Annotated[str, typer.Option(help="Folder or s3:// prefix holding the recordings.")],
     root: Annotated[str, typer.Option(help="Storage root: models are registered and promoted there.")],
-    metric: Annotated[str, typer.Option(help="Metric a challenger must improve: macro_f1, kappa or accuracy.")] =
-        "macro_f1",
-    margin: Annotated[float, typer.Option(help="How much better than the champion a challenger must be.")] = 0.01,
+    metric: MetricOpt = "macro_f1",
+    margin: MarginOpt = 0.01,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     ray_address: RayOpt = None,
-    run_id: Annotated[Optional[str], typer.Option(help="Name of this run (default: a timestamp).")] = None,
+    run_id: RunIdOpt = None,
 ) -> None:
     """Retrain every head and promote each only if it beats its champion on the fixed evaluation set."""
     from sleepsound.config import load_config
 
-    if metric not in ("macro_f1", "kappa", "accuracy"):
-        console.print(f"[red]--metric must be macro_f1, kappa or accuracy, got {metric!r}[/red]")
-        raise typer.Exit(2)
+    _check_metric(metric)
     cfg = load_config(config, overrides)
     result = _run_flow(source, root, cfg.model_dump(), ray_address, run_id, flow="train", metric=metric,
                        margin=margin)
@@ -142,20 +142,17 @@ def train(
 def nightly(
     source: Annotated[str, typer.Option(help="Folder or s3:// prefix that new recordings arrive in.")],
     root: Annotated[str, typer.Option(help="Storage root: models, state and outputs.")],
-    metric: Annotated[str, typer.Option(help="Metric a challenger must improve: macro_f1, kappa or accuracy.")] =
-        "macro_f1",
-    margin: Annotated[float, typer.Option(help="How much better than the champion a challenger must be.")] = 0.01,
+    metric: MetricOpt = "macro_f1",
+    margin: MarginOpt = 0.01,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     ray_address: RayOpt = None,
-    run_id: Annotated[Optional[str], typer.Option(help="Name of this run (default: a timestamp).")] = None,
+    run_id: RunIdOpt = None,
 ) -> None:
     """Do only what is new: embed new nights, retrain and maybe promote if some are labelled, score them."""
     from sleepsound.config import load_config
 
-    if metric not in ("macro_f1", "kappa", "accuracy"):
-        console.print(f"[red]--metric must be macro_f1, kappa or accuracy, got {metric!r}[/red]")
-        raise typer.Exit(2)
+    _check_metric(metric)
     cfg = load_config(config, overrides)
     result = _run_flow(source, root, cfg.model_dump(), ray_address, run_id, flow="nightly", metric=metric,
                        margin=margin)
@@ -227,7 +224,7 @@ def score(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     ray_address: RayOpt = None,
-    run_id: Annotated[Optional[str], typer.Option(help="Name of this run (default: a timestamp).")] = None,
+    run_id: RunIdOpt = None,
 ) -> None:
     """Score a cohort with the registered models (champions by default): validate, embed, predict, report."""
     from sleepsound.config import load_config
@@ -566,6 +563,13 @@ def models_show(
     except model_store.ModelNotFound as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
+
+
+def _check_metric(metric: str) -> None:
+    """Refuse an unknown --metric with exit 2 before Prefect and Ray start (train and nightly share it)."""
+    if metric not in ("macro_f1", "kappa", "accuracy"):
+        console.print(f"[red]--metric must be macro_f1, kappa or accuracy, got {metric!r}[/red]")
+        raise typer.Exit(2)
 
 
 def _run_flow(source: str, root: str, config: dict, ray_address: str | None, run_id: str | None,
