@@ -199,3 +199,25 @@ def test_a_gap_in_the_numbering_starts_a_new_block() -> None:
     assert how == "numeric index"
     assert [[int(n.split("_")[1].split(".")[0]) for n in b] for b in blocks] == [[0, 1, 2, 3], [4], [10, 11, 12], [14]]
     assert blocks_of(["b.wav", "a.wav", "c.wav"], 2) == ([["a.wav", "b.wav"], ["c.wav"]], "name")
+
+
+def test_cross_validation_scores_every_clip_once_by_a_model_blind_to_its_block(trained: dict,
+                                                                               tiny_whisper: str) -> None:
+    """`clips cv`: whole blocks per outer fold, the full selection inside each, pooled figures with a block CI."""
+    app, data = trained["app"], trained["data"]
+    args = ["clips", "cv", "--data", str(data), "--backbone", tiny_whisper, "--k", "3", "--block-size", "4",
+            "--folds", "2", "--head", "mlp", "--lr", "3e-3", "--max-epochs", "8", "--json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["kind"] == "blocked cross-validation" and out["k"] == 3
+    assert out["n"] == 48 == sum(map(sum, out["confusion"])) == sum(f["n"] for f in out["folds"])
+    assert out["n_blocks"] == 12 and len(out["folds"]) == 3    # 6 blocks of 4 per label, 2 per label per fold
+    assert all(f["n"] == 16 and f["chosen"]["head"] == "mlp" for f in out["folds"])
+    low, high = out["ci95"]["accuracy"]
+    assert low <= out["accuracy"] <= high and out["ci95"]["resampled"] == "blocks"
+    assert out["accuracy"] >= 0.8, out                         # snores vs faint noise: easy when done right
+    assert out["weakest_blocks"][0]["block"].split("/")[0] in {"snoring", "no_snoring"}
+
+    too_many = CliRunner().invoke(app, [*args[:6], "--k", "7", *args[8:]])
+    assert too_many.exit_code == 2 and "fewer than 7 folds" in too_many.output

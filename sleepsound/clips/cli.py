@@ -19,6 +19,18 @@ clips_app = typer.Typer(help="Short-window breathing-sound classifier: folders o
                         no_args_is_help=True, add_completion=False)
 
 DataOpt = Annotated[Path, typer.Option("--data", help="Folder with one sub-folder of clips per label.")]
+BackboneOpt = Annotated[str, typer.Option(help="Backbone name or local model folder.")]
+BlockSizeOpt = Annotated[int, typer.Option(help="At most this many consecutive clips per block (kept together); "
+                                           "a gap in the file numbering always starts a new block.")]
+HeadOpt = Annotated[Optional[list[str]], typer.Option(help="Head(s) to try: mlp, attention (repeatable).")]
+LrOpt = Annotated[Optional[list[float]], typer.Option(help="Learning rate(s) to try (repeatable).")]
+MaxEpochsOpt = Annotated[int, typer.Option(help="Epochs per validation run; the epoch of lowest validation "
+                                           "log-loss is the one refit.")]
+ClipSecondsOpt = Annotated[Optional[float], typer.Option(help="Fixed clip length; default the longest, <= 5 s.")]
+CacheOpt = Annotated[Optional[Path], typer.Option(help="Folder to cache clip embeddings in.")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log each validation run.")]
 
 
 def _json(obj: Any) -> str:
@@ -38,38 +50,42 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-@clips_app.command()
-def train(
-    data: DataOpt,
-    out: Annotated[Path, typer.Option("--out", help="Model folder to write (config.json + model.safetensors).")],
-    backbone: Annotated[str, typer.Option(help="Backbone name or local model folder.")] = "whisper-tiny.en-offline",
-    test_fraction: Annotated[float, typer.Option(help="Share of each label's blocks held out for the test.")] = 0.2,
-    seed: Annotated[int, typer.Option(help="Seed of the block choice and the training.")] = 0,
-    block_size: Annotated[int, typer.Option(help="At most this many consecutive clips per block (kept on one "
-                                            "side); a gap in the file numbering always starts a new block.")] = 25,
-    folds: Annotated[int, typer.Option(help="Blocked validation folds on the training side.")] = 5,
-    head: Annotated[Optional[list[str]], typer.Option(help="Head(s) to try: mlp, attention (repeatable).")] = None,
-    lr: Annotated[Optional[list[float]], typer.Option(help="Learning rate(s) to try (repeatable).")] = None,
-    max_epochs: Annotated[int, typer.Option(help="Epochs per validation run; the epoch of lowest validation "
-                                               "log-loss is the one refit.")] = 40,
-    clip_seconds: Annotated[Optional[float], typer.Option(help="Fixed clip length; default the longest, <= 5 s.")
-                            ] = None,
-    cache: Annotated[Optional[Path], typer.Option(help="Folder to cache clip embeddings in.")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each validation run.")] = False,
-) -> None:
-    """Train on the training blocks, choose settings on held-out training blocks, score the test blocks."""
-    from sleepsound.clips.train import ClipTrainSettings, train_clips
+def _settings(verbose: bool, *, head: list[str] | None, lr: list[float] | None, cache: Path | None,
+              **fields: Any) -> Any:
+    """ClipTrainSettings from the shared options (repeatable ones default to the settings' own lists)."""
+    from sleepsound.clips.train import ClipTrainSettings
 
     if verbose:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     defaults = ClipTrainSettings()
-    settings = ClipTrainSettings(backbone=backbone, test_fraction=test_fraction, seed=seed, block_size=block_size,
-                                 folds=folds,
-                                 heads=tuple(head or defaults.heads), lrs=tuple(lr or defaults.lrs),
-                                 max_epochs=max_epochs, clip_seconds=clip_seconds,
-                                 cache_dir=str(cache) if cache else None, device=device)
+    return ClipTrainSettings(heads=tuple(head or defaults.heads), lrs=tuple(lr or defaults.lrs),
+                             cache_dir=str(cache) if cache else None, **fields)
+
+
+@clips_app.command()
+def train(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Model folder to write (config.json + model.safetensors).")],
+    backbone: BackboneOpt = "whisper-tiny.en-offline",
+    test_fraction: Annotated[float, typer.Option(help="Share of each label's blocks held out for the test.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of the block choice and the training.")] = 0,
+    block_size: BlockSizeOpt = 25,
+    folds: Annotated[int, typer.Option(help="Blocked validation folds on the training side.")] = 5,
+    head: HeadOpt = None,
+    lr: LrOpt = None,
+    max_epochs: MaxEpochsOpt = 40,
+    clip_seconds: ClipSecondsOpt = None,
+    cache: CacheOpt = None,
+    device: DeviceOpt = "cpu",
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Train on the training blocks, choose settings on held-out training blocks, score the test blocks."""
+    from sleepsound.clips.train import train_clips
+
+    settings = _settings(verbose, backbone=backbone, test_fraction=test_fraction, seed=seed, block_size=block_size,
+                         folds=folds, head=head, lr=lr, max_epochs=max_epochs, clip_seconds=clip_seconds,
+                         cache=cache, device=device)
     try:
         summary = train_clips(data, out, settings, progress=None if as_json else typer.echo)
     except (OSError, ValueError) as exc:
@@ -92,13 +108,53 @@ def train(
 
 
 @clips_app.command()
+def cv(
+    data: DataOpt,
+    k: Annotated[int, typer.Option("--k", help="Outer folds of whole blocks; each clip is scored once, by a "
+                                   "model trained (with its own validation) on the other folds.")] = 10,
+    backbone: BackboneOpt = "whisper-tiny.en-offline",
+    seed: Annotated[int, typer.Option(help="Seed of the fold deal and the training.")] = 0,
+    block_size: BlockSizeOpt = 25,
+    folds: Annotated[int, typer.Option(help="Blocked validation folds inside each outer training side.")] = 5,
+    head: HeadOpt = None,
+    lr: LrOpt = None,
+    max_epochs: MaxEpochsOpt = 40,
+    clip_seconds: ClipSecondsOpt = None,
+    cache: CacheOpt = None,
+    device: DeviceOpt = "cpu",
+    as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Accuracy on unseen source recordings: the whole training procedure cross-validated over whole blocks."""
+    from sleepsound.clips.cross_validate import cross_validate_clips
+
+    settings = _settings(verbose, backbone=backbone, seed=seed, block_size=block_size, folds=folds, head=head, lr=lr,
+                         max_epochs=max_epochs, clip_seconds=clip_seconds, cache=cache, device=device)
+    try:
+        result = cross_validate_clips(data, settings, k=k, progress=None if as_json else typer.echo)
+    except (OSError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        typer.echo(_json(result))
+        return
+    for r in result["rejected"]:
+        typer.echo(f"rejected {r['reason']}")
+    acc, f1 = result["ci95"]["accuracy"], result["ci95"]["macro_f1"]
+    typer.echo(f"{result['n']} clips in {result['n_blocks']} blocks, each scored by a model that never saw its "
+               f"block: accuracy {result['accuracy']:.4f} (95% CI {acc[0]:.3f}-{acc[1]:.3f}), macro-F1 "
+               f"{result['macro_f1']:.4f} ({f1[0]:.3f}-{f1[1]:.3f}), confusion {result['confusion']} "
+               f"(rows true, columns predicted: {result['classes']})")
+    typer.echo("weakest blocks: " + ", ".join(f"{b['block']} {b['accuracy']:.2f}" for b in result["weakest_blocks"]))
+
+
+@clips_app.command()
 def evaluate(
     model: Annotated[Path, typer.Option("--model", help="Model folder written by `clips train`.")],
     data: DataOpt,
     split: Annotated[str, typer.Option(help="all: every clip in --data; test: exactly the model's held-out files.")]
     = "all",
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    device: DeviceOpt = "cpu",
+    as_json: JsonOpt = False,
 ) -> None:
     """Score a saved model on a folder of labelled clips."""
     from sleepsound.clips.evaluate import evaluate_clips

@@ -165,46 +165,90 @@ def select(emb: np.ndarray, ds: ClipDataset, train_idx: np.ndarray, folds: list[
     return best, scored
 
 
+@dataclass
+class FittedClips:
+    """A head refit on the training side with the setting blocked validation chose."""
+
+    model: Any
+    spec: FeatureSpec          # the chosen layers and pooling
+    best: Candidate
+    scored: list[Candidate]
+
+    def predict(self, emb: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Class indices for embeddings [N, T, L, D] of clips with real ``lengths``."""
+        x, mask = head_input(emb, lengths, self.spec)
+        return predict_proba(self.model, x, mask=mask).argmax(axis=1)
+
+
+def select_and_fit(emb: np.ndarray, ds: ClipDataset, train_idx: np.ndarray, folds: list[np.ndarray],
+                   spec: FeatureSpec, settings: ClipTrainSettings) -> FittedClips:
+    """Choose a setting by blocked validation on ``folds`` (within ``train_idx``), then refit it on all of
+    ``train_idx`` for the validated epoch count."""
+    best, scored = select(emb, ds, train_idx, folds, spec, settings)
+    chosen = FeatureSpec(spec.backbone, list(spec.layers), spec.base_pool_seconds, list(best.pick), best.pool_factor)
+    x, mask = head_input(emb, ds.lengths, chosen)
+    y = np.array([ds.classes.index(lb) for lb in ds.labels], dtype=np.int64)
+    result = train_head(x[train_idx], y[train_idx], _config(settings, ds.classes, best.lr, best.best_epoch + 1, None),
+                        head=best.head, mask=mask[train_idx])
+    return FittedClips(result.model, chosen, best, scored)
+
+
+def load_labelled(data: str | Path, settings: ClipTrainSettings) -> ClipDataset:
+    """The clip folder, refused unless at least two labels have usable clips."""
+    ds = load_dataset(data, clip_seconds=settings.clip_seconds)
+    if len(ds.classes) < 2:
+        raise ValueError(f"need at least 2 label folders with usable clips under {data}, found {list(ds.classes)}")
+    return ds
+
+
+def indices_of(ds: ClipDataset, files: list[str]) -> np.ndarray:
+    """Sorted row numbers of ``files`` in the dataset."""
+    index = {f: i for i, f in enumerate(ds.files)}
+    return np.array(sorted(index[f] for f in files), dtype=np.int64)
+
+
+def validation_folds(ds: ClipDataset, train_files: list[str], settings: ClipTrainSettings) -> list[np.ndarray]:
+    """Blocked validation folds (row numbers) within the training files."""
+    train = indices_of(ds, train_files)
+    fold_files = block_folds(group_by_label([ds.files[i] for i in train], [ds.labels[i] for i in train]),
+                             block_size=settings.block_size, k=settings.folds, seed=settings.seed + 1)
+    return [indices_of(ds, files) for files in fold_files]
+
+
+def embed_all(ds: ClipDataset, settings: ClipTrainSettings) -> tuple[FeatureSpec, np.ndarray]:
+    """Every candidate layer of every clip, embedded once (or read from the cache), with its spec."""
+    layers = settings.layers or default_layers(settings.backbone, settings.device)
+    spec = FeatureSpec(settings.backbone, list(layers), settings.base_pool_seconds, [0], 1)
+    return spec, embed_dataset(ds, spec, settings, lambda done, total: log.info("embedded %d/%d clips", done, total))
+
+
 def train_clips(data: str | Path, out_dir: str | Path, settings: ClipTrainSettings | None = None,
                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train, score on the held-out blocks, save the head; returns the summary (also in the config)."""
     settings = settings or ClipTrainSettings()
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
-    ds = load_dataset(data, clip_seconds=settings.clip_seconds)
-    if len(ds.classes) < 2:
-        raise ValueError(f"need at least 2 label folders with usable clips under {data}, found {list(ds.classes)}")
+    ds = load_labelled(data, settings)
     split = block_split(group_by_label(ds.files, ds.labels), block_size=settings.block_size,
                         test_fraction=settings.test_fraction, seed=settings.seed)
-    train_files = set(split.train)
-    fold_files = block_folds(group_by_label([f for f in ds.files if f in train_files],
-                                            [lb for f, lb in zip(ds.files, ds.labels) if f in train_files]),
-                             block_size=settings.block_size, k=settings.folds, seed=settings.seed + 1)
-    index = {f: i for i, f in enumerate(ds.files)}
-    train_idx, test_idx = (np.array([index[f] for f in files], dtype=np.int64) for files in (split.train, split.test))
-    folds = [np.array(sorted(index[f] for f in files), dtype=np.int64) for files in fold_files]
+    train_idx, test_idx = indices_of(ds, split.train), indices_of(ds, split.test)
+    folds = validation_folds(ds, split.train, settings)
     say(f"{ds.counts()['used']} clips used, {len(ds.rejected)} rejected; {len(split.train)} train "
         f"({settings.folds} validation folds of whole blocks), {len(split.test)} test")
 
-    layers = settings.layers or default_layers(settings.backbone, settings.device)
-    spec = FeatureSpec(settings.backbone, list(layers), settings.base_pool_seconds, [0], 1)
     t0 = time.perf_counter()
-    emb = embed_dataset(ds, spec, settings, lambda done, total: log.info("embedded %d/%d clips", done, total))
+    spec, emb = embed_all(ds, settings)
     embed_s = time.perf_counter() - t0
     say(f"embedded {len(emb)} clips in {embed_s:.0f} s")
 
     t0 = time.perf_counter()
-    best, scored = select(emb, ds, train_idx, folds, spec, settings)
-    spec.pick, spec.pool_factor = best.pick, best.pool_factor
-    x, mask = head_input(emb, ds.lengths, spec)
-    y = np.array([ds.classes.index(lb) for lb in ds.labels], dtype=np.int64)
+    fitted = select_and_fit(emb, ds, train_idx, folds, spec, settings)
+    best, scored, spec = fitted.best, fitted.scored, fitted.spec
     epochs = best.best_epoch + 1
-    result = train_head(x[train_idx], y[train_idx], _config(settings, ds.classes, best.lr, epochs, None),
-                        head=best.head, mask=mask[train_idx])
     train_s = time.perf_counter() - t0
     held_out: dict[str, Any] = {"n": 0}
     if len(test_idx):
-        pred = predict_proba(result.model, x[test_idx], mask=mask[test_idx]).argmax(axis=1)
+        pred = fitted.predict(emb[test_idx], ds.lengths[test_idx])
         names = [ds.classes[i] for i in pred]
         truth = [ds.labels[i] for i in test_idx]
         metrics = score(truth, names, ds.classes, majority_class([ds.labels[i] for i in train_idx], ds.classes))
@@ -234,5 +278,5 @@ def train_clips(data: str | Path, out_dir: str | Path, settings: ClipTrainSettin
         "seconds": {"embed": round(embed_s, 1), "select_and_fit": round(train_s, 1),
                     "total": round(time.perf_counter() - started, 1)},
     }
-    save_head(result.model, None, str(out_dir), extra={"clips": summary})
+    save_head(fitted.model, None, str(out_dir), extra={"clips": summary})
     return summary
