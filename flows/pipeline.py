@@ -108,7 +108,10 @@ def ray_runner(config: dict[str, Any], ray_address: str | None = None) -> RayTas
         env = {k: v for k, v in os.environ.items()
                if k.startswith(("PREFECT_", "AWS_", "SLEEPSOUND_")) or k in {"DO_NOT_TRACK", "HF_HOME"}}
         init_kwargs["runtime_env"] = {"env_vars": env}
-    num_cpus = config.get("ray", {}).get("num_cpus")
-    if num_cpus and not ray_address:
-        init_kwargs["num_cpus"] = num_cpus
-    return RayTaskRunner(address=ray_address or config.get("ray", {}).get("address"), init_kwargs=init_kwargs)
+    ray_cfg = config.get("ray", {})
+    if not (ray_address or ray_cfg.get("address")):  # sizes of a local session; a cluster keeps its own
+        if ray_cfg.get("num_cpus"):
+            init_kwargs["num_cpus"] = ray_cfg["num_cpus"]
+        if ray_cfg.get("object_store_mb"):
+            init_kwargs["object_store_memory"] = int(ray_cfg["object_store_mb"]) * 2**20
+    return RayTaskRunner(address=ray_address or ray_cfg.get("address"), init_kwargs=init_kwargs)

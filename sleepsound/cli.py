@@ -473,6 +473,8 @@ def bench_score(
     train_nights: Annotated[int, typer.Option(help="Nights the champions are trained on first (not timed).")] = 8,
     baseline: Annotated[bool, typer.Option(help="Also run the one-process baseline.")] = True,
     ray_address: RayOpt = None,
+    object_store_mb: Annotated[Optional[int], typer.Option(
+        help="Local Ray object store size in MB (ray.object_store_mb; default Ray's own).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     workdir: Annotated[Optional[Path], typer.Option(
         help="Folder for the generated cohort (default: $SLEEPSOUND_CACHE/bench, reused across runs).")] = None,
@@ -490,7 +492,7 @@ def bench_score(
         with local_prefect_api(Path(".prefect").resolve()):
             result = run_score_bench(nights=nights, minutes=minutes, workers=counts, backbone=backbone,
                                      batch_size=batch_size, train_nights=train_nights, workdir=workdir,
-                                     ray_address=ray_address, baseline=baseline)
+                                     ray_address=ray_address, baseline=baseline, object_store_mb=object_store_mb)
     except BenchError as exc:
         console.print(f"[red]benchmark failed:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -132,6 +132,8 @@ class RayConfig(_Section):
     embed_cpus: float = Field(1.0, gt=0, description="logical CPUs each model actor holds")
     read_cpus: float = Field(0.5, gt=0, description="logical CPUs each streaming reader task holds")
     num_gpus_per_worker: float = 0.0
+    object_store_mb: int | None = Field(None, ge=64, description="size of a local Ray session's shared object "
+                                        "store (default Ray's: 30% of RAM); a cluster keeps its own")
 
 
 class ValidationConfig(_Section):

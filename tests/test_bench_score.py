@@ -38,6 +38,9 @@ def test_bench_score_json_times_every_stage_and_the_baseline(tiny_whisper, prefe
     assert sum(run["steps"].values()) <= run["seconds"]
     for figures in (run, result["baseline"]):
         assert figures["seconds"] > 0 and figures["peak_pss_mb"] > 0 and figures["at_peak_mb"]
+        for name, parts in figures["split_at_peak_mb"].items():   # anon + shmem + file make up a process's PSS
+            assert set(parts) <= {"anon", "shmem", "file"}
+            assert sum(parts.values()) <= figures["at_peak_mb"][name] + 1.0
         assert figures["nights_per_s"] == pytest.approx(figures["nights"] / figures["seconds"], rel=0.01)
     assert result["scaling_efficiency"] == {"1": 1.0}
     assert result["speedup"] > 0
@@ -67,3 +70,7 @@ def test_tree_memory_sees_a_child_process() -> None:
     assert with_child.samples > 3
     assert with_child.peak_mb > alone.peak_mb + 150          # the child's 200 MB counted with ours
     assert max(with_child.at_peak.values()) > 150            # and named among the largest processes
+    child_split = max(with_child.split_at_peak.values(), key=lambda parts: parts.get("anon", 0.0))
+    if "anon" in child_split:                                 # kernels with smaps_rollup's Pss_* split
+        assert child_split["anon"] > 150                     # a bytearray is anonymous memory
+        assert child_split["shmem"] < 50

@@ -217,3 +217,15 @@ def test_flow_with_storage_root_on_s3(cohort, tiny_whisper, tmp_path):
     assert scored["counts"]["cached"] == 5 and scored["counts"]["unchanged"] == 5   # nothing embedded or re-read
     assert scored["model"]["heads"]["stage3"]["version"] == result["model"]["heads"]["stage3"]["version"]
     assert s3.exists("sleepsound-flow/root/runs/s3score/run.json")
+
+
+def test_local_ray_session_sizes_come_from_the_config_and_never_reach_a_cluster():
+    """ray.num_cpus and ray.object_store_mb size a local session; with an address the cluster keeps its own."""
+    from flows.pipeline import ray_runner
+
+    config = {"ray": {"num_cpus": 2, "object_store_mb": 512}}
+    local = ray_runner(config).init_kwargs
+    assert local["num_cpus"] == 2 and local["object_store_memory"] == 512 * 2**20
+    for remote in (ray_runner(config, "ray://head:10001"), ray_runner({"ray": {**config["ray"], "address": "auto"}})):
+        assert "num_cpus" not in remote.init_kwargs and "object_store_memory" not in remote.init_kwargs
+    assert "object_store_memory" not in ray_runner({"ray": {}}).init_kwargs

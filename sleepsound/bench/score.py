@@ -34,6 +34,7 @@ BASELINE_METHOD = ("one process, no Ray or Prefect: build_manifest, then embed_c
                    "one night after another")
 SAMPLE_S = 0.2
 _VERSIONED = ("torch", "transformers", "ray", "prefect", "pyarrow")
+_MODULE = "sleepsound.bench.score"  # the child stages run as `python -m` of this module
 
 
 def cohort_name(nights: int, minutes: float, sample_rate: int, seed: int) -> str:
@@ -86,16 +87,26 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def _pss_kb(pid: int) -> int:
-    """A process's proportional set size: a shared page (Ray's object store, shared libraries)
-    counts once across all that map it, as summed RSS would not. VmRSS where PSS is absent."""
-    for name, key in (("smaps_rollup", "Pss:"), ("status", "VmRSS:")):
-        try:
-            with open(f"/proc/{pid}/{name}") as handle:
-                return next(int(line.split()[1]) for line in handle if line.startswith(key))
-        except (OSError, StopIteration):
-            continue
-    return 0
+PSS_KINDS = ("Pss_Anon:", "Pss_Shmem:", "Pss_File:")  # heap and tensors / Ray's object store / mapped files
+
+
+def _pss_kb(pid: int) -> dict[str, int]:
+    """A process's proportional set size (``pss``): a shared page (Ray's object store, shared
+    libraries) counts once across all that map it, as summed RSS would not; split into
+    ``anon`` (heap, tensors), ``shmem`` (shared memory: Ray's object store) and ``file``
+    (libraries, mapped files), so growth can be told apart. VmRSS where smaps_rollup is absent."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            fields = {line.split()[0]: int(line.split()[1]) for line in handle if line.startswith("Pss")}
+        if "Pss:" in fields:
+            return {"pss": fields["Pss:"], **{k[4:-1].lower(): fields.get(k, 0) for k in PSS_KINDS}}
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            return {"pss": next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))}
+    except (OSError, StopIteration):
+        return {"pss": 0}
 
 
 def _process_name(pid: int) -> str:
@@ -112,26 +123,32 @@ def _process_name(pid: int) -> str:
 
 
 class TreeMemory:
-    """Samples the summed PSS of this process and its descendants; ``peak_mb`` is the highest seen
-    and ``at_peak`` the largest processes at that moment (MB by name), to say where memory went."""
+    """Samples the summed PSS of this process and its descendants; ``peak_mb`` is the highest seen,
+    ``at_peak`` the largest processes at that moment (MB by name) and ``split_at_peak`` the same
+    processes' anonymous / shared-memory / file-backed parts, to say where memory went."""
 
     def __init__(self, every_s: float = SAMPLE_S) -> None:
         self.every_s, self.peak_mb, self.samples = every_s, 0.0, 0
         self.at_peak: dict[str, float] = {}
+        self.split_at_peak: dict[str, dict[str, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sleepsound-bench-memory", daemon=True)
 
     def _run(self) -> None:
         while True:
             sizes = {pid: _pss_kb(pid) for pid in _tree(os.getpid())}
-            total = sum(sizes.values()) / 1024
+            total = sum(size["pss"] for size in sizes.values()) / 1024
             if total > self.peak_mb:
                 self.peak_mb = total
-                by_name: dict[str, float] = {}
-                for pid, kb in sizes.items():
-                    name = _process_name(pid)
-                    by_name[name] = by_name.get(name, 0.0) + kb / 1024
-                self.at_peak = {k: round(v, 1) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])[:8]}
+                by_name: dict[str, dict[str, float]] = {}
+                for pid, size in sizes.items():
+                    parts = by_name.setdefault(_process_name(pid), {})
+                    for kind, kb in size.items():
+                        parts[kind] = parts.get(kind, 0.0) + kb / 1024
+                largest = sorted(by_name.items(), key=lambda kv: -kv[1]["pss"])[:8]
+                self.at_peak = {name: round(parts["pss"], 1) for name, parts in largest}
+                self.split_at_peak = {name: {k: round(v, 1) for k, v in parts.items() if k != "pss"}
+                                      for name, parts in largest[:3]}
             self.samples += 1
             if self._stop.wait(self.every_s):
                 return
@@ -153,7 +170,8 @@ def _config(spec: dict[str, Any], workers: int) -> dict[str, Any]:
     from sleepsound.config import Config
 
     raw = {"backbone": {"name": spec["backbone"], "batch_size": spec["batch_size"]},
-           "training": {"epochs": spec["train_epochs"]}, "ray": {"embed_workers": workers}}
+           "training": {"epochs": spec["train_epochs"]},
+           "ray": {"embed_workers": workers, "object_store_mb": spec.get("object_store_mb")}}
     return Config.model_validate(raw).model_dump()
 
 
@@ -175,7 +193,7 @@ def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
     counts = result["counts"]
     return {"seconds": seconds, "steps": result["seconds"], "epochs": counts["epochs"],
             "nights": counts["accepted"], "cached": counts["cached"], "peak_pss_mb": memory.peak_mb,
-            "at_peak_mb": memory.at_peak}
+            "at_peak_mb": memory.at_peak, "split_at_peak_mb": memory.split_at_peak}
 
 
 def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
@@ -198,7 +216,7 @@ def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
                            read_manifest(spec["root"]))
         seconds = time.perf_counter() - started
     return {"seconds": seconds, "epochs": epochs, "nights": len(accepted), "peak_pss_mb": memory.peak_mb,
-            "at_peak_mb": memory.at_peak}
+            "at_peak_mb": memory.at_peak, "split_at_peak_mb": memory.split_at_peak}
 
 
 _STAGES = {"train": _stage_train, "ours": _stage_ours, "baseline": _stage_baseline}
@@ -215,7 +233,8 @@ def _fresh_root(models_from: Path, out: Path) -> Path:
 def run_score_bench(nights: int = 100, minutes: float = 6.0, workers: list[int] | None = None,
                     backbone: str | None = None, batch_size: int = 16, train_nights: int = 8, train_epochs: int = 5,
                     sample_rate: int = 16_000, seed: int = 0, workdir: Path | None = None,
-                    ray_address: str | None = None, baseline: bool = True) -> dict[str, Any]:
+                    ray_address: str | None = None, baseline: bool = True,
+                    object_store_mb: int | None = None) -> dict[str, Any]:
     """Score ``nights`` generated nights with 1.. embedding workers, and the baseline; one JSON-able dict."""
     from sleepsound.config import BackboneConfig
 
@@ -226,28 +245,30 @@ def run_score_bench(nights: int = 100, minutes: float = 6.0, workers: list[int] 
     cohort = ensure_cohort(nights, minutes, sample_rate, seed, workdir)
     with tempfile.TemporaryDirectory(prefix="sleepsound-bench-score-") as scratch_dir:
         scratch = Path(scratch_dir)
-        base = {"backbone": backbone, "batch_size": batch_size, "train_epochs": train_epochs}
+        base = {"backbone": backbone, "batch_size": batch_size, "train_epochs": train_epochs,
+                "object_store_mb": object_store_mb}
         trained = scratch / "trained"
-        run_stage("sleepsound.bench.score", "train", {**base, "train_source": str(subset(cohort, train_nights, scratch / "train-source")),
-                             "root": str(trained)})
+        train_source = subset(cohort, train_nights, scratch / "train-source")
+        run_stage(_MODULE, "train", {**base, "train_source": str(train_source), "root": str(trained)})
         runs = []
         for count in workers:
             root = _fresh_root(trained, scratch / f"score-w{count}")
-            stage = run_stage("sleepsound.bench.score", "ours", {**base, "source": str(cohort), "root": str(root), "workers": count,
-                                        "ray_address": ray_address})
+            stage = run_stage(_MODULE, "ours", {**base, "source": str(cohort), "root": str(root), "workers": count,
+                                                 "ray_address": ray_address})
             runs.append({"embed_workers": count, **_figures(stage, minutes)})
             shutil.rmtree(root, ignore_errors=True)
         reference = None
         if baseline:
             root = _fresh_root(trained, scratch / "baseline")
             reference = {"method": BASELINE_METHOD,
-                         **_figures(run_stage("sleepsound.bench.score", "baseline", {**base, "source": str(cohort), "root": str(root)}), minutes)}
+                         **_figures(run_stage(_MODULE, "baseline", {**base, "source": str(cohort), "root": str(root)}),
+                                    minutes)}
     best = max(runs, key=lambda r: r["nights_per_s"])
     one = next((r for r in runs if r["embed_workers"] == 1), None)
     return {
         "benchmark": "score", "nights": nights, "minutes_per_night": minutes, "sample_rate": sample_rate,
         "backbone": backbone, "batch_size": batch_size, "cpus": os.cpu_count(),
-        "ray_address": ray_address or "local", "runs": runs, "baseline": reference,
+        "ray_address": ray_address or "local", "object_store_mb": object_store_mb, "runs": runs, "baseline": reference,
         "speedup": round(best["nights_per_s"] / reference["nights_per_s"], 2) if reference else None,
         "scaling_efficiency": {str(r["embed_workers"]): round(r["nights_per_s"] / (one["nights_per_s"]
                                                                                      * r["embed_workers"]), 2)
@@ -261,7 +282,8 @@ def _figures(stage: dict[str, Any], minutes: float) -> dict[str, Any]:
            "nights_per_s": round(stage["nights"] / stage["seconds"], 3),
            "epochs_per_s": round(stage["epochs"] / stage["seconds"], 2),
            "x_realtime": round(stage["nights"] * minutes * 60 / stage["seconds"], 1),
-           "peak_pss_mb": round(stage["peak_pss_mb"], 1), "at_peak_mb": stage["at_peak_mb"]}
+           "peak_pss_mb": round(stage["peak_pss_mb"], 1), "at_peak_mb": stage["at_peak_mb"],
+           "split_at_peak_mb": stage.get("split_at_peak_mb", {})}
     if "steps" in stage:
         out["steps"] = stage["steps"]
         out["cached"] = stage["cached"]

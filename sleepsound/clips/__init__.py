@@ -5,7 +5,8 @@ A folder dataset whose sub-folders name the labels (``DIR/snoring/*.wav``,
 head. Modules: :mod:`.dataset` (discovery, loading, the fixed-length policy), :mod:`.split`
 (block-wise held-out split, because neighbouring clips share a source recording),
 :mod:`.features` (backbone embedding and pooling, identical at training and prediction),
-:mod:`.train` (settings chosen by validation on the training side only), :mod:`.evaluate`
+:mod:`.train` (settings chosen by validation on the training side only), :mod:`.cross_validate`
+(the whole procedure over folds of whole blocks: accuracy on unseen source recordings), :mod:`.evaluate`
 and :mod:`.cli`.
 """
 
