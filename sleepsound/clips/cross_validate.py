@@ -63,7 +63,7 @@ def cross_validate_clips(data: str | Path, settings: ClipTrainSettings | None = 
         fitted = select_and_fit(emb, ds, indices_of(ds, train_files), validation_folds(ds, train_files, settings),
                                 spec, settings)
         names = [ds.classes[c] for c in fitted.predict(emb[test_idx], ds.lengths[test_idx])]
-        for i, name in zip(test_idx, names):
+        for i, name in zip(test_idx, names, strict=True):
             predicted[int(i)] = name
         truth = [ds.labels[i] for i in test_idx]
         folds.append({"fold": number, "n": len(test_idx), "accuracy": _accuracy(truth, names),
@@ -79,7 +79,7 @@ def cross_validate_clips(data: str | Path, settings: ClipTrainSettings | None = 
     acc_ci = bootstrap_ci(ds.labels, pred, groups, _accuracy, seed=settings.seed)
     f1_ci = bootstrap_ci(ds.labels, pred, groups, lambda t, p: macro_f1(t, p, ds.classes), seed=settings.seed)
     by_block: dict[str, list[bool]] = {}
-    for g, t, p in zip(groups, ds.labels, pred):
+    for g, t, p in zip(groups, ds.labels, pred, strict=True):
         by_block.setdefault(g, []).append(t == p)
     weakest = sorted(({"block": g, "n": len(hits), "accuracy": float(np.mean(hits))} for g, hits in by_block.items()),
                      key=lambda b: (b["accuracy"], b["block"]))[:5]
