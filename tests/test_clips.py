@@ -17,7 +17,7 @@ import typer
 from typer.testing import CliRunner
 
 from sleepsound.clips.cli import clips_app
-from sleepsound.clips.dataset import FRAME_SAMPLES, SAMPLE_RATE, load_dataset
+from sleepsound.clips.dataset import FRAME_SAMPLES, SAMPLE_RATE, load_dataset, read_mono_16k
 from sleepsound.clips.evaluate import ClipClassifier
 from sleepsound.clips.split import block_folds, block_split, file_index, ordered
 from sleepsound.heads.io import load_head_with_config
@@ -57,14 +57,24 @@ def test_discovery_rejects_with_reasons_and_counts_add_up(tmp_path: Path) -> Non
     sf.write(root / "no_snoring" / "0_silence.wav", np.zeros(16_000, dtype=np.float32), 16_000)  # kept
     long = np.sin(np.arange(7 * 44_100) / 44_100 * 2 * np.pi * 200).astype(np.float32) * 0.2
     sf.write(root / "snoring" / "1_long.flac", long, 44_100)
+    (root / "snoring" / "1_zero.wav").write_bytes(b"")                           # 0 bytes
+    (root / "no_snoring" / "0_gone.wav").symlink_to(tmp_path / "nowhere.wav")   # a broken link
+    (root / "no_snoring" / "more").mkdir()                                      # nested folders are not read
 
     ds = load_dataset(root)
-    assert ds.counts() == {"discovered": 17, "used": 14, "rejected": 3}
+    assert ds.counts() == {"discovered": 20, "used": 14, "rejected": 6}
     assert ds.counts()["used"] + ds.counts()["rejected"] == ds.counts()["discovered"]
     reasons = {r.file: r.reason for r in ds.rejected}
-    assert set(reasons) == {"snoring/1_broken.wav", "snoring/1_empty.wav", "no_snoring/0_blip.wav"}
+    assert set(reasons) == {"snoring/1_broken.wav", "snoring/1_empty.wav", "no_snoring/0_blip.wav",
+                            "snoring/1_zero.wav", "no_snoring/0_gone.wav", "no_snoring/more"}
     assert reasons["snoring/1_broken.wav"].startswith("snoring/1_broken.wav: unreadable")
     assert "empty" in reasons["snoring/1_empty.wav"] and "too short" in reasons["no_snoring/0_blip.wav"]
+    assert reasons["snoring/1_zero.wav"].endswith("empty file (0 bytes)")
+    assert "broken symbolic link" in reasons["no_snoring/0_gone.wav"] and "a folder" in reasons["no_snoring/more"]
+    # A long file is read only as far as a clip can use (never whole), or to an explicit longer clip length.
+    assert len(read_mono_16k(root / "snoring" / "1_long.flac")) == 5 * SAMPLE_RATE
+    assert len(read_mono_16k(root / "snoring" / "1_long.flac", max_seconds=6.0)) == 6 * SAMPLE_RATE
+    assert load_dataset(root, clip_seconds=6.0).lengths.max() == 6 * SAMPLE_RATE
     # Policy: the longest clip (7 s) capped at 5 s, a whole number of 20-ms frames; peak 1; silence kept as zeros.
     assert ds.clip_samples == 5 * SAMPLE_RATE and ds.clip_samples % FRAME_SAMPLES == 0
     assert ds.audio.shape == (14, ds.clip_samples) and ds.audio.dtype == np.float32

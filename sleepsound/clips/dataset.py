@@ -1,8 +1,9 @@
 """Discover and load a folder dataset of short clips: one sub-folder per label.
 
-Layout: ``ROOT/<label>/<file>``; every non-hidden regular file directly inside a label
-folder is a candidate (any format soundfile reads). Each candidate ends either *used* or
-*rejected* with a reason naming the file, so ``len(clips) + len(rejected) == n_files``.
+Layout: ``ROOT/<label>/<file>``; every non-hidden entry directly inside a label folder is a
+candidate (any format soundfile reads; a sub-folder or a broken link is rejected by name).
+Each candidate ends either *used* or *rejected* with a reason naming the file, so
+``len(clips) + len(rejected) == n_files``.
 
 Fixed-length policy (why: the head and the backbone batch need one length, and the
 tutorial detector fed Whisper audio of arbitrary length):
@@ -86,21 +87,43 @@ class ClipDataset:
 
 
 def discover(root: str | Path) -> list[tuple[str, str]]:
-    """(label, root-relative path) for every candidate file, sorted; labels are folder names."""
+    """(label, root-relative path) for every non-hidden entry of every label folder, sorted; labels
+    are folder names. Entries that cannot be clips (a sub-folder, a broken link) are listed too, so
+    loading rejects them by name instead of leaving them out unseen."""
     base = Path(root)
     if not base.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {base}")
     found = []
     for folder in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for file in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-            found.append((folder.name, f"{folder.name}/{file.name}"))
+        for entry in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+            found.append((folder.name, f"{folder.name}/{entry.name}"))
     return found
 
 
-def read_mono_16k(path: str | Path, min_seconds: float = MIN_CLIP_SECONDS) -> np.ndarray:
-    """float32 mono 16-kHz samples, peak-normalised; raises ClipError with the reason."""
+def _check_entry(path: Path) -> None:
+    """Why an entry of a label folder is not a clip file, as a ClipError; nothing when it is one."""
+    if path.is_symlink() and not path.exists():
+        raise ClipError("broken symbolic link")
+    if path.is_dir():
+        raise ClipError("a folder, not a clip (clips must sit directly inside their label folder)")
+    if not path.exists():
+        raise ClipError("file not found")
+    if not path.is_file():
+        raise ClipError("not a regular file")
+
+
+def read_mono_16k(path: str | Path, min_seconds: float = MIN_CLIP_SECONDS,
+                  max_seconds: float = MAX_CLIP_SECONDS) -> np.ndarray:
+    """float32 mono 16-kHz samples of the first ``max_seconds`` (all a clip can use: a long
+    recording dropped into a clip folder is never read whole), peak-normalised; raises
+    ClipError with the reason."""
+    if Path(path).stat().st_size == 0:
+        raise ClipError("empty file (0 bytes)")
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as handle:
+            rate = handle.samplerate
+            data = handle.read(frames=min(handle.frames, math.ceil(max_seconds * rate)), dtype="float32",
+                               always_2d=True)
     except Exception as exc:  # libsndfile raises several types for corrupt or foreign files
         raise ClipError(f"unreadable audio ({type(exc).__name__}: {exc})") from exc
     if data.shape[0] == 0:
@@ -148,13 +171,13 @@ def load_dataset(root: str | Path, *, clip_seconds: float | None = None, classes
     kept: list[tuple[str, str, np.ndarray]] = []
     rejected: list[Rejected] = []
     base = Path(root)
+    read_seconds = clip_seconds if clip_seconds is not None else max_seconds  # no clip uses more than this
     for label, rel in found:
         try:
             if label not in names:
                 raise ClipError(f"label folder {label!r} is not one of the classes {list(names)}")
-            if not (base / rel).is_file():
-                raise ClipError("file not found")
-            kept.append((label, rel, read_mono_16k(base / rel, min_seconds)))
+            _check_entry(base / rel)
+            kept.append((label, rel, read_mono_16k(base / rel, min_seconds, read_seconds)))
         except ClipError as exc:
             rejected.append(Rejected(rel, label, f"{rel}: {exc}"))
     if clip_seconds is not None:
