@@ -72,7 +72,26 @@ def _discover_psg_audio(fs: fsspec.AbstractFileSystem, root: str, rml_folder: st
             audio_uris=[uri for _, uri in parts], part_numbers=[n for n, _ in parts],
             labels_uri=full_uri(fs, rml) if fs.exists(rml) else None,
         ))
-    return found
+    orphans = _orphan_annotations(fs, root, rml_folder, {src.recording_id for src in found})
+    return sorted(found + orphans, key=lambda src: src.recording_id) if orphans else found
+
+
+def _orphan_annotations(fs: fsspec.AbstractFileSystem, root: str, rml_folder: str,
+                        patients: set[str]) -> list[RecordingSource]:
+    """Nights whose ``<rml_folder>/<patient>.rml`` exists without an ``APNEA_EDF/<patient>/`` folder:
+    listed without audio, so validation quarantines them (``no_audio``) instead of losing them."""
+    rml_root = posixpath.join(root, rml_folder)
+    if not fs.isdir(rml_root):
+        return []
+    orphans: list[RecordingSource] = []
+    for path in sorted(fs.ls(rml_root, detail=False)):
+        name = posixpath.basename(path.rstrip("/"))
+        patient = name[:-len(".rml")]
+        if not name.endswith(".rml") or not patient or patient in patients or fs.isdir(path):
+            continue
+        orphans.append(RecordingSource(recording_id=patient, subject_id=patient.split("-")[0], layout="psg-audio",
+                                       audio_uris=[], part_numbers=[], labels_uri=full_uri(fs, path)))
+    return orphans
 
 
 def _discover_plain(fs: fsspec.AbstractFileSystem, root: str) -> list[RecordingSource]:

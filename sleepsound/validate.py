@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -55,13 +57,19 @@ def probe_parts(src: RecordingSource, paths: list[str], cfg: PreprocessConfig) -
 def probe_channel(src: RecordingSource, paths: list[str], cfg: PreprocessConfig, channel: str) -> list[PartInfo]:
     """``probe_parts`` for one microphone."""
     if not paths:
+        if src.layout == "psg-audio" and src.labels_uri is not None and not src.audio_uris:
+            raise AudioError(src.labels_uri, "no_audio",
+                             f"annotations without audio: no EDF parts under APNEA_EDF/{src.recording_id}/; "
+                             "upload the night's EDF files or remove the RML")
         raise AudioError(src.recording_id, "no_audio", "no audio files found for this recording")
     expected = list(range(1, len(src.part_numbers) + 1))
     if src.layout == "psg-audio" and src.part_numbers != expected:
-        missing = sorted(set(range(1, max(src.part_numbers) + 1)) - set(src.part_numbers))
-        raise AudioError(src.audio_uris[0], "missing_part",
-                         f"hour part(s) {missing} missing; the night's time axis would shift. Restore them")
+        _check_part_numbers(src)
     if src.layout == "psg-audio":
+        for path, uri in zip(paths, src.audio_uris, strict=True):
+            if os.path.isdir(path):
+                raise AudioError(uri, "unreadable_edf", "is a folder, not an EDF/BDF file; "
+                                 "remove it or put the part's file in its place")
         parts = [probe_edf(path, channel) for path in paths]
     else:
         parts = [probe_plain(path, channel, cfg.plain_channel_index.get(channel)) for path in paths]
@@ -73,6 +81,29 @@ def probe_channel(src: RecordingSource, paths: list[str], cfg: PreprocessConfig,
         rates = ", ".join(f"[{n:03d}] {p.sample_rate:g} Hz" for n, p in zip(src.part_numbers, parts, strict=True))
         raise AudioError(src.audio_uris[0], "inconsistent_parts", f"parts have different sample rates: {rates}")
     return parts
+
+
+def _check_part_numbers(src: RecordingSource) -> None:
+    """Name what is wrong with a PSG-Audio night's part numbers (not 1, 2, ... n): a part number
+    found twice (``[001]`` and ``%5B001%5D``), a number below 1, or gaps; raises AudioError."""
+    numbers = src.part_numbers
+    repeated = sorted({n for n in numbers if numbers.count(n) > 1})
+    if repeated:
+        first = repeated[0]
+        files = [uri for n, uri in zip(numbers, src.audio_uris, strict=True) if n == first]
+        raise AudioError(files[-1], "inconsistent_parts",
+                         f"part number(s) {repeated} found more than once (part [{first:03d}]: "
+                         f"{', '.join(posixpath.basename(f) for f in files)}; brackets URL-encoded or not name the "
+                         "same part). Keep one file per part")
+    unexpected = sorted(n for n in numbers if n < 1)
+    if unexpected:
+        file = src.audio_uris[numbers.index(unexpected[0])]
+        raise AudioError(file, "missing_part",
+                         f"part number(s) {unexpected} are not hour parts (parts are numbered from [001]); "
+                         "rename or remove the file")
+    missing = sorted(set(range(1, max(numbers) + 1)) - set(numbers))
+    raise AudioError(src.audio_uris[0], "missing_part",
+                     f"hour part(s) {missing} missing; the night's time axis would shift. Restore them")
 
 
 def check_continuity(parts: Sequence[PartInfo], numbers: Sequence[int], tolerance_s: float) -> None:
@@ -192,7 +223,11 @@ def manifest_row(src: RecordingSource) -> dict[str, Any]:
 
 def apply_findings(row: dict[str, Any], findings: Sequence[Finding]) -> dict[str, Any]:
     """Record ``findings`` in ``row``; the first error quarantines it and is its reason."""
-    return apply_findings(row, findings)
+    errors = [f for f in findings if f.severity == "error"]
+    if errors:
+        row.update(status="quarantined", reason_code=errors[0].code, reason=f"{errors[0].path}: {errors[0].message}")
+    row["findings"] = to_records(findings)
+    return row
 
 
 def validate_recording(src: RecordingSource, cfg: PreprocessConfig, checks: ValidationConfig | None = None,
@@ -226,10 +261,22 @@ def validate_recording(src: RecordingSource, cfg: PreprocessConfig, checks: Vali
         path = uri_of.get(exc.path, exc.path)  # name the source, never a temporary download
         findings.insert(0, Finding("recording", exc.code, "error", path, exc.message))
     except OSError as exc:  # storage trouble for this one night must not stop the others
-        findings.insert(0, Finding("recording", "io_error", "error", src.audio_uris[0] if src.audio_uris else "",
+        findings.insert(0, Finding("recording", "io_error", "error", _failed_uri(src, uri_of, exc),
                                    f"could not read from storage ({exc}); check access and retry"))
-    errors = [f for f in findings if f.severity == "error"]
-    if errors:
-        row.update(status="quarantined", reason_code=errors[0].code, reason=f"{errors[0].path}: {errors[0].message}")
-    row["findings"] = to_records(findings)
-    return row
+    except Exception as exc:  # noqa: BLE001 - a malformed file must quarantine its night, not stop the cohort
+        findings.insert(0, Finding("recording", "validator_failed", "error", _failed_uri(src, uri_of, exc),
+                                   f"validation crashed ({type(exc).__name__}: {exc}); the file may be malformed "
+                                   "in a way no check names yet: inspect it or re-export it"))
+    return apply_findings(row, findings)
+
+
+def _failed_uri(src: RecordingSource, uri_of: dict[str, str], exc: BaseException) -> str:
+    """The source URI an exception is about: the file it names when it names one of the night's
+    files (an OSError's ``filename``), else the night's first file (or labels, for a night without audio)."""
+    filename = getattr(exc, "filename", None)
+    if isinstance(filename, str):
+        if filename in uri_of:
+            return uri_of[filename]
+        if filename in src.audio_uris or filename == src.labels_uri:
+            return filename
+    return src.audio_uris[0] if src.audio_uris else (src.labels_uri or src.recording_id)

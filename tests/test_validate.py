@@ -158,3 +158,90 @@ def test_plain_channel_choice_and_both_microphones(tmp_path):
     generate_cohort(mono, n_subjects=1, hours=0.05, seed=8, sample_rate=16_000, layout="plain", cycle_minutes=10)
     row = build_manifest(str(mono), both)[0]
     assert row["status"] == "quarantined" and row["reason_code"] == "channel_missing" and "Tracheal" in row["reason"]
+
+
+def _psg_copy(cohorts: dict[str, Path], tmp_path: Path) -> tuple[Path, str, Path]:
+    """A copy of the PSG-Audio cohort, its first night, and that night's EDF folder."""
+    cohort = tmp_path / "cohort"
+    shutil.copytree(cohorts["psg-audio"], cohort)
+    target = sorted(p.name for p in (cohort / "APNEA_EDF").iterdir())[0]
+    return cohort, target, cohort / "APNEA_EDF" / target
+
+
+def _only_target_quarantined(cohort: Path, target: str) -> dict:
+    rows = {r["recording_id"]: r for r in build_manifest(str(cohort), CFG)}
+    assert len(rows) == 2 and [rid for rid, r in rows.items() if r["status"] == "accepted"] == \
+        [rid for rid in rows if rid != target]
+    assert rows[target]["status"] == "quarantined"
+    return rows[target]
+
+
+def test_unusual_part_names_are_named_for_what_they_are(cohorts, tmp_path):
+    cohort, target, folder = _psg_copy(cohorts, tmp_path)
+    shutil.copyfile(folder / f"{target}[001].edf", folder / f"{target}%5B001%5D.edf")   # the same part twice
+    row = _only_target_quarantined(cohort, target)
+    assert row["reason_code"] == "inconsistent_parts" and "found more than once" in row["reason"]
+    assert f"{target}%5B001%5D.edf" in row["reason"] and "[]" not in row["reason"]
+
+    (folder / f"{target}%5B001%5D.edf").rename(folder / f"{target}[000].edf")          # a part [000]
+    row = _only_target_quarantined(cohort, target)
+    assert row["findings"][0]["path"].endswith(f"{target}[000].edf") and "numbered from [001]" in row["reason"]
+
+    (folder / f"{target}[000].edf").unlink()
+    (folder / f"{target}[002].edf").unlink()
+    (folder / f"{target}[002].edf").mkdir()                                              # a folder named like a part
+    row = _only_target_quarantined(cohort, target)
+    assert row["reason_code"] == "unreadable_edf" and row["findings"][0]["path"].endswith(f"{target}[002].edf")
+    assert "is a folder" in row["reason"]
+
+    (folder / f"{target}[002].edf").rmdir()
+    (folder / f"{target}[002].edf").symlink_to(tmp_path / "gone.edf")                    # a dangling link
+    row = _only_target_quarantined(cohort, target)
+    assert row["reason_code"] == "io_error" and row["findings"][0]["path"].endswith(f"{target}[002].edf")
+
+
+def test_rml_with_an_unknown_encoding_is_bad_annotations(cohorts, tmp_path):
+    cohort, target, _ = _psg_copy(cohorts, tmp_path)
+    rml = cohort / "APNEA_RML" / f"{target}.rml"
+    rml.write_bytes(rml.read_bytes().replace(b"encoding='utf-8'", b"encoding='no-such-codec'", 1))
+    row = _only_target_quarantined(cohort, target)
+    assert row["reason_code"] == "bad_annotations" and "unknown character encoding" in row["reason"]
+    assert row["findings"][0]["path"] == str(rml)
+
+
+def test_rml_without_its_edf_folder_is_discovered_and_quarantined(cohorts, tmp_path):
+    cohort, target, folder = _psg_copy(cohorts, tmp_path)
+    shutil.rmtree(folder)
+    row = _only_target_quarantined(cohort, target)
+    assert row["reason_code"] == "no_audio" and row["findings"][0]["path"].endswith(f"APNEA_RML/{target}.rml")
+    assert "annotations without audio" in row["reason"]
+
+
+def test_a_crashing_check_quarantines_its_night_not_the_cohort(cohorts, tmp_path, monkeypatch):
+    import sleepsound.validate as validate
+
+    cohort, target, _ = _psg_copy(cohorts, tmp_path)
+    real = validate.probe_edf
+
+    def probe(path, channel):
+        if target in path:
+            raise ZeroDivisionError("float division by zero")
+        return real(path, channel)
+
+    monkeypatch.setattr(validate, "probe_edf", probe)
+    row = _only_target_quarantined(cohort, target)
+    assert row["reason_code"] == "validator_failed" and "ZeroDivisionError" in row["reason"]
+    assert row["findings"][0]["path"].endswith(f"{target}[001].edf")
+
+
+def test_apply_findings_records_the_first_error():
+    from sleepsound.findings import Finding
+    from sleepsound.sources import RecordingSource
+    from sleepsound.validate import apply_findings, manifest_row
+
+    row = manifest_row(RecordingSource("n1", "n1", "psg-audio", ["/x/n1[001].edf"], [1]))
+    warn = Finding("recording", "silent_gap", "warning", "/x/n1[001].edf", "quiet")
+    err = Finding("recording", "read_error", "error", "/x/n1[001].edf", "broke")
+    apply_findings(row, [warn, err])
+    assert (row["status"], row["reason_code"], row["reason"]) == ("quarantined", "read_error", "/x/n1[001].edf: broke")
+    assert [f["code"] for f in row["findings"]] == ["silent_gap", "read_error"]

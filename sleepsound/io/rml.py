@@ -140,6 +140,9 @@ def parse_rml(source: RmlSource) -> RmlAnnotations:
         root = ET.fromstring(data)
     except ET.ParseError as exc:
         raise RmlError(name, f"not well-formed XML ({exc})") from exc
+    except LookupError as exc:  # <?xml encoding="..."?> names a codec Python does not know
+        raise RmlError(name, f"the XML declaration names an unknown character encoding ({exc}); "
+                             "re-export the RML as UTF-8") from exc
     if root.tag != f"{_Q}PatientStudy":
         raise RmlError(name, f"root element is {root.tag!r}; expected PatientStudy in namespace {RML_NAMESPACE}")
 
