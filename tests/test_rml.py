@@ -79,6 +79,17 @@ def test_spec_example_parses_with_user_staging_only(tmp_path: Path) -> None:
     assert ann.unknown == []
 
 
+@pytest.mark.parametrize("bad", ["-60", "nan", "0", "one hour"])
+def test_an_unusable_segment_duration_voids_the_segment_list_and_says_so(bad: str) -> None:
+    """Segments pair with EDF parts by position, so one bad Duration must not shift the rest."""
+    xml = SPEC_EXAMPLE.replace("<Segment><Duration>3600</Duration></Segment><Segment>",
+                               f"<Segment><Duration>{bad}</Duration></Segment><Segment>", 1)
+    ann = parse_rml(xml.encode())
+    assert ann.segment_durations_s == []
+    assert any(f"Segment 1 Duration {bad!r}" in note and "not checked" in note for note in ann.unknown)
+    assert ann.stage_changes and ann.events                    # the rest of the RML is still read
+
+
 def test_stages_per_epoch_pads_and_truncates() -> None:
     ann = RmlAnnotations(stage_changes=[(0.0, "Wake"), (60.0, "NonREM2"), (120.0, "NonREM2")])
     assert stages_per_epoch(ann) == ["W", "W", "N2", "N2"]

@@ -187,12 +187,17 @@ def _read_session(session: ET.Element, ann: RmlAnnotations, notes: Counter[str])
             setattr(ann, attr, _seconds_or_time(text, ann.recording_start))
             if getattr(ann, attr) is None:
                 notes[f"{tag} {text.strip()!r} is neither seconds nor a date-time after RecordingStart"] += 1
-    for segment in session.iterfind(f"{_Q}Segments/{_Q}Segment"):
-        value = _float(segment.findtext(f"{_Q}Duration"))
-        if value is None:
-            notes["Segment without a numeric Duration ignored"] += 1
-        else:
-            ann.segment_durations_s.append(value)
+    for number, segment in enumerate(session.iterfind(f"{_Q}Segments/{_Q}Segment"), start=1):
+        text = segment.findtext(f"{_Q}Duration")
+        value = _float(text)
+        if value is None or value <= 0:
+            # Segments pair with EDF parts by position: dropping one would pair every later part with
+            # the wrong segment, so an unusable one voids the whole list (and the check it feeds).
+            notes[f"Segment {number} Duration {(text or '').strip()!r} is not a positive number: the EDF parts "
+                  "are not checked against the RML segments"] += 1
+            ann.segment_durations_s = []
+            break
+        ann.segment_durations_s.append(value)
 
 
 def _read_events(scoring: ET.Element, ann: RmlAnnotations, notes: Counter[str]) -> None:
