@@ -21,6 +21,9 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
 from sleepsound.storage import join, open_root
 
 LOCK = "lock.json"
@@ -87,6 +90,21 @@ def check_free(root: str, stale_after_s: float = STALE_AFTER_S) -> None:
                        f"heartbeat ({current.get('heartbeat')}), or remove {lock_path(root_path)}")
 
 
+def _create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Create ``path`` with ``data`` only if it does not exist (FileExistsError otherwise), atomically.
+
+    fsspec's generic ``pipe_file(mode="create")``, which local disk inherits, checks and then
+    writes, so two runs starting together could both pass the check; ``O_EXCL`` cannot race. S3
+    (s3fs) sends ``If-None-Match: *``, which is atomic on the server.
+    """
+    if isinstance(fs, LocalFileSystem):
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        return
+    fs.pipe_file(path, data, mode="create")
+
+
 @contextlib.contextmanager
 def hold_root(root: str, run_id: str, purpose: str, stale_after_s: float = STALE_AFTER_S,
               heartbeat_s: float = HEARTBEAT_S) -> Iterator[dict[str, Any]]:
@@ -96,7 +114,7 @@ def hold_root(root: str, run_id: str, purpose: str, stale_after_s: float = STALE
     fs.makedirs(join(root_path, "state"), exist_ok=True)
     acquired = _now().isoformat()
     try:
-        fs.pipe_file(path, _record(run_id, purpose, acquired), mode="create")
+        _create_exclusive(fs, path, _record(run_id, purpose, acquired))
     except FileExistsError:
         check_free(root, stale_after_s)
         fs.pipe_file(path, _record(run_id, purpose, acquired))   # a dead run's lock: take it over
