@@ -51,6 +51,7 @@ from sleepsound.bench.ingest import (BenchError, ensure_night, package_versions,
                                      stage_main)
 
 DEFAULT_BACKBONE = "whisper-tiny.en-offline"
+_MODULE = "sleepsound.bench.embed"  # the child stages run as `python -m` of this module
 DEFAULT_MINUTES = 30.0  # 60 epochs: about 1.5 minutes for the whole benchmark on 2 CPU cores
 SAMPLE_RATE = 48_000
 EPOCH_SECONDS = 30.0
@@ -409,10 +410,10 @@ def run_embed_bench(backbone: str = DEFAULT_BACKBONE, minutes: float = DEFAULT_M
 
     spec = {"night": str(night), "clips": str(clips), "backbone": backbone, "device": resolved, "dtype": dtype,
             "batch_size": batch_size, "compile": compile}
-    ours = run_stage("sleepsound.bench.embed", "ours", spec)
+    ours = run_stage(_MODULE, "ours", spec)
     epochs = int(ours["epochs"])
-    model = run_stage("sleepsound.bench.embed", "model", {**spec, "epochs": epochs})
-    base = run_stage("sleepsound.bench.embed", "baseline", {**spec, "epochs": epochs})
+    model = run_stage(_MODULE, "model", {**spec, "epochs": epochs})
+    base = run_stage(_MODULE, "baseline", {**spec, "epochs": epochs})
     scaling = measure_ray_scaling(night, cfg, sorted(set(workers)), resolved) if workers else []
 
     audio_s = float(ours["audio_seconds"])

@@ -47,6 +47,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
+_MODULE = "sleepsound.bench.ingest"  # the child stages run as `python -m` of this module
 BASELINE_METHOD = ("each ~1-hour EDF part loaded whole with pyedflib (librosa cannot read EDF), "
                    "librosa.resample(..., res_type='soxr_hq') to 16 kHz, then the same 50 Hz high-pass + "
                    "pre-emphasis with scipy, cut into 30-s epochs; one part at a time")
@@ -154,7 +155,7 @@ def _peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
-def _stage_ours(source: str) -> dict[str, Any]:
+def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
     from sleepsound.config import PreprocessConfig
     from sleepsound.epoching import read_epochs
     from sleepsound.sources import discover
@@ -163,7 +164,7 @@ def _stage_ours(source: str) -> dict[str, Any]:
     cfg = PreprocessConfig()
     wall0, cpu0 = time.perf_counter(), _cpu_seconds()
     epochs, audio_s, rate, channels = 0, 0.0, None, []
-    for src in discover(source):
+    for src in discover(spec["source"]):
         row = validate_recording(src, cfg)
         if row["status"] != "accepted":
             raise BenchError(f"{src.recording_id} quarantined: {row['reason']}")
@@ -178,7 +179,7 @@ def _stage_ours(source: str) -> dict[str, Any]:
             "sample_rate": rate, "channels_in_file": channels}
 
 
-def _stage_baseline(source: str) -> dict[str, Any]:
+def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
     require_librosa()
     import librosa
     import numpy as np
@@ -194,7 +195,7 @@ def _stage_baseline(source: str) -> dict[str, Any]:
     resample = librosa.resample  # librosa loads its submodules lazily: load them before the clock starts
     wall0, cpu0 = time.perf_counter(), _cpu_seconds()
     epochs, audio_s = 0, 0.0
-    for src in discover(source):
+    for src in discover(spec["source"]):
         with local_copies(src.audio_uris) as paths:
             for path in paths:
                 reader = pyedflib.EdfReader(path)
@@ -221,15 +222,6 @@ _STAGES = {"ours": _stage_ours, "baseline": _stage_baseline}
 
 
 # ----------------------------------------------------------------------------- driver (parent side)
-
-def _run_stage(stage: str, source: Path) -> dict[str, Any]:
-    """One stage in a fresh interpreter; its own figures come back as the last line of stdout."""
-    proc = subprocess.run([sys.executable, "-m", "sleepsound.bench.ingest", "--stage", stage, "--source", str(source)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise BenchError(f"the {stage!r} stage failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
 
 def _figures(stage: dict[str, Any], audio_s: float) -> dict[str, float]:
     return {"seconds": round(stage["seconds"], 3), "cpu_seconds": round(stage["cpu_seconds"], 3),
@@ -264,8 +256,8 @@ def run_ingest_bench(hours: float = 8.0, sample_rate: int = 48_000, workdir: Pat
     t0 = time.perf_counter()
     night, generated = ensure_night(hours, sample_rate, seed, workdir)
     generate_s = time.perf_counter() - t0
-    raw_ours = _run_stage("ours", night)
-    raw_base = _run_stage("baseline", night)
+    raw_ours = run_stage(_MODULE, "ours", {"source": str(night)})
+    raw_base = run_stage(_MODULE, "baseline", {"source": str(night)})
     audio_s = raw_ours["audio_seconds"]
     ours, base = _figures(raw_ours, audio_s), _figures(raw_base, audio_s)
     return {
@@ -301,17 +293,8 @@ def run_ingest_bench(hours: float = 8.0, sample_rate: int = 48_000, workdir: Pat
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Child entry point: ``python -m sleepsound.bench.ingest --stage ours|baseline --source DIR``."""
-    parser = argparse.ArgumentParser(description="Run one stage of the ingest benchmark and print its figures.")
-    parser.add_argument("--stage", choices=sorted(_STAGES), required=True)
-    parser.add_argument("--source", required=True)
-    args = parser.parse_args(argv)
-    try:
-        result = _STAGES[args.stage](args.source)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
-    print(json.dumps(result))
+    """Child entry point: ``python -m sleepsound.bench.ingest --stage ours|baseline --spec '{"source": DIR}'``."""
+    stage_main(_STAGES, "Run one stage of the ingest benchmark and print its figures.", argv)
 
 
 if __name__ == "__main__":
