@@ -58,12 +58,69 @@ def test_of_two_runs_starting_together_exactly_one_gets_the_root(tmp_path, round
     assert sorted(results) == ["held"] + ["refused"] * 7
 
 
-def test_a_dead_runs_lock_is_taken_over_after_it_goes_stale(tmp_path) -> None:
-    root = str(tmp_path / "root")
+def _write_dead_lock(root: str) -> Path:
     path = Path(lock_path(root))
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"run_id": "crashed", "purpose": "nightly", "host": "h", "pid": 1,
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"run_id": "crashed", "purpose": "nightly", "host": "elsewhere", "pid": 1,
                                 "acquired": "2026-01-01T00:00:00+00:00", "heartbeat": "2026-01-01T00:00:00+00:00"}))
+    return path
+
+
+@pytest.mark.parametrize("round_", range(10))
+def test_of_runs_finding_the_same_dead_lock_exactly_one_takes_it_over(tmp_path, round_: int) -> None:
+    root = str(tmp_path / f"root-{round_}")
+    _write_dead_lock(root)
+    results: list[str] = []
+    barrier, done = threading.Barrier(6), threading.Event()
+
+    def attempt(n: int) -> None:
+        barrier.wait()
+        try:
+            with hold_root(root, f"run-{n}", "score", stale_after_s=60):
+                results.append("held")
+                done.wait()
+        except RootBusy as exc:
+            results.append("refused" if "run-" in str(exc) else f"refused naming nobody: {exc}")
+
+    threads = [threading.Thread(target=attempt, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for _ in range(1000):            # every run has answered (a holder answers before it waits)
+        if len(results) == 6:
+            break
+        threading.Event().wait(0.01)
+    done.set()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["held"] + ["refused"] * 5
+    assert not list(Path(lock_path(root)).parent.glob("*.takeover-*"))     # no claim left behind
+
+
+def test_a_claim_left_by_a_run_that_died_mid_takeover_does_not_block_the_root(tmp_path) -> None:
+    import hashlib
+
+    root = str(tmp_path / "root")
+    path = _write_dead_lock(root)
+    claim = path.with_name(f"{path.name}.takeover-{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}")
+    claim.write_text(json.dumps({"run_id": "died-taking-over", "heartbeat": "2026-01-01T00:00:00+00:00"}))
+    with hold_root(root, "next", "nightly", stale_after_s=60):
+        assert holder(root)["run_id"] == "next"
+    assert not claim.exists()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_dead_runs_lock_is_taken_over_after_it_goes_stale(where, tmp_path, s3_endpoint) -> None:
+    dead = json.dumps({"run_id": "crashed", "purpose": "nightly", "host": "h", "pid": 1,
+                       "acquired": "2026-01-01T00:00:00+00:00", "heartbeat": "2026-01-01T00:00:00+00:00"})
+    if where == "s3":
+        fs = s3fs.S3FileSystem()
+        fs.mkdir("sleepsound-lock-stale")
+        root = "s3://sleepsound-lock-stale/root"
+        fs.pipe_file(lock_path(root), dead.encode())
+    else:
+        root = str(tmp_path / "root")
+        Path(lock_path(root)).parent.mkdir(parents=True)
+        Path(lock_path(root)).write_text(dead)
     with hold_root(root, "next", "nightly", stale_after_s=60):
         assert holder(root)["run_id"] == "next"
     assert holder(root) is None
