@@ -138,7 +138,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_whisper: str) -> dict
     app.add_typer(clips_app, name="clips")
     args = ["clips", "train", "--data", str(data), "--out", str(model), "--backbone", tiny_whisper,
             "--block-size", "4", "--test-fraction", "0.34", "--seed", "3", "--folds", "2", "--lr", "3e-3",
-            "--max-epochs", "10",
+            "--max-epochs", "10", "--no-refit", "--cache", str(tmp / "cache"),
             "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -177,6 +177,30 @@ def test_train_and_evaluate_via_cli(trained: dict) -> None:
     assert text.exit_code == 0 and "accuracy" in text.stdout
     bad = runner.invoke(app, ["clips", "evaluate", "--model", str(data), "--data", str(data), "--json"])
     assert bad.exit_code == 2
+
+
+def test_by_default_the_saved_head_is_refit_on_every_clip_after_the_test_is_scored(trained: dict,
+                                                                                    tmp_path: Path) -> None:
+    """The held-out score measures the procedure; the model to ship sees every source recording, and
+    `--split test` refuses to call its (now seen) held-out clips unseen."""
+    app, data, args = trained["app"], trained["data"], list(trained["args"])
+    args.remove("--no-refit")
+    args[args.index("--out") + 1] = str(tmp_path / "refit")
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["refit_on_all"] is True and out["held_out"] == trained["summary"]["held_out"]   # same split, same score
+    assert out["counts"]["saved_model_trained_on"] == 48 and trained["summary"]["counts"]["saved_model_trained_on"] == 32
+    refit_weights = load_head_with_config(None, str(tmp_path / "refit"))[0].state_dict()
+    scored_weights = load_head_with_config(None, str(trained["model"]))[0].state_dict()
+    assert any(not np.allclose(refit_weights[k].numpy(), scored_weights[k].numpy()) for k in refit_weights)
+
+    refused = CliRunner().invoke(app, ["clips", "evaluate", "--model", str(tmp_path / "refit"), "--data", str(data),
+                                       "--split", "test"])
+    assert refused.exit_code == 2 and "refit on every clip" in refused.output and "--no-refit" in refused.output
+    every = CliRunner().invoke(app, ["clips", "evaluate", "--model", str(tmp_path / "refit"), "--data", str(data),
+                                     "--json"])
+    assert every.exit_code == 0 and json.loads(every.stdout)["n"] == 48
 
 
 def test_model_round_trip(trained: dict, tiny_whisper: str) -> None:

@@ -71,6 +71,8 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of the block choice and the training.")] = 0,
     block_size: BlockSizeOpt = 25,
     folds: Annotated[int, typer.Option(help="Blocked validation folds on the training side.")] = 5,
+    refit: Annotated[bool, typer.Option(help="After scoring the test blocks, save a head refit on every clip "
+                                        "(the model to ship); --no-refit saves the head that was scored.")] = True,
     head: HeadOpt = None,
     lr: LrOpt = None,
     max_epochs: MaxEpochsOpt = 40,
@@ -80,12 +82,12 @@ def train(
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Train on the training blocks, choose settings on held-out training blocks, score the test blocks."""
+    """Choose settings on validation blocks, score the held-out test blocks, save a head refit on every clip."""
     from sleepsound.clips.train import train_clips
 
     settings = _settings(verbose, backbone=backbone, test_fraction=test_fraction, seed=seed, block_size=block_size,
                          folds=folds, head=head, lr=lr, max_epochs=max_epochs, clip_seconds=clip_seconds,
-                         cache=cache, device=device)
+                         cache=cache, device=device, refit_all=refit)
     try:
         summary = train_clips(data, out, settings, progress=None if as_json else typer.echo)
     except (OSError, ValueError) as exc:
@@ -93,6 +95,7 @@ def train(
     held, chosen = summary["held_out"], summary["chosen"]
     if as_json:
         typer.echo(_json({"model": str(out), "held_out": held, "chosen": chosen, "counts": summary["counts"],
+                          "refit_on_all": summary["refit_on_all"],
                           "rejected": summary["rejected"], "seconds": summary["seconds"]}))
         return
     typer.echo(f"chosen on validation blocks: {chosen['head']} head, layers {chosen['layers']}, "
@@ -104,7 +107,9 @@ def train(
         typer.echo(f"held-out test blocks ({held['n']} clips never seen in training): accuracy "
                    f"{held['accuracy']:.4f}, macro-F1 {held['macro_f1']:.4f}, confusion {held['confusion']} "
                    f"(rows true, columns predicted: {held['classes']})")
-    typer.echo(f"model written to {out}")
+    trained_on = summary["counts"]["saved_model_trained_on"]
+    typer.echo(f"model written to {out} (trained on {trained_on} clips"
+               + (", test blocks included: refit after scoring)" if summary["refit_on_all"] else ")"))
 
 
 @clips_app.command()

@@ -62,6 +62,12 @@ class ClipClassifier:
         files = self.held_out_files if split == "test" else None
         if split == "test" and not files:
             raise ValueError("this model recorded no held-out files (trained with test fraction 0)")
+        if split == "test" and self.info.get("refit_on_all"):
+            held = self.info.get("held_out") or {}
+            raise ValueError(f"this model was refit on every clip after its {len(files)} held-out clips were scored "
+                             f"(accuracy {held.get('accuracy', float('nan')):.4f} then, kept in its config.json), "
+                             "so none of them is unseen now; train with --no-refit to keep the scored model, or "
+                             "evaluate it on new clips")
         return load_dataset(data, clip_seconds=self.clip_samples / SAMPLE_RATE, classes=self.classes, files=files)
 
 

@@ -6,7 +6,10 @@ blocked k-fold validation on the *training* blocks (each training block validate
 so the reported test score is untouched by selection. The chosen setting is then refit on
 all training blocks for the validated number of epochs (the epoch of lowest mean validation
 log-loss; the learning rate is constant, so the refit replays the validated schedule) and
-scored once on the test blocks.
+scored once on the test blocks. Then, by default, the same setting is fit once more on every clip
+(test blocks included) and that head is saved: the held-out score measured the procedure, and the
+model a user ships should have seen every source recording there is (``refit_all=False`` saves
+the head that was scored instead, so ``clips evaluate --split test`` can re-check it).
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class ClipTrainSettings:
     embed_batch: int = 8
     device: str = "cpu"
     cache_dir: str | None = None               # embeddings as .npy, keyed by audio + backbone
+    refit_all: bool = True                     # after scoring the test blocks, save a head fit on every clip
 
 
 @dataclass
@@ -180,17 +184,22 @@ class FittedClips:
         return predict_proba(self.model, x, mask=mask).argmax(axis=1)
 
 
+def fit_setting(emb: np.ndarray, ds: ClipDataset, idx: np.ndarray, spec: FeatureSpec, best: Candidate,
+                settings: ClipTrainSettings) -> Any:
+    """The head of setting ``best`` trained on rows ``idx`` for its validated epoch count."""
+    x, mask = head_input(emb, ds.lengths, spec)
+    y = np.array([ds.classes.index(lb) for lb in ds.labels], dtype=np.int64)
+    return train_head(x[idx], y[idx], _config(settings, ds.classes, best.lr, best.best_epoch + 1, None),
+                      head=best.head, mask=mask[idx]).model
+
+
 def select_and_fit(emb: np.ndarray, ds: ClipDataset, train_idx: np.ndarray, folds: list[np.ndarray],
                    spec: FeatureSpec, settings: ClipTrainSettings) -> FittedClips:
     """Choose a setting by blocked validation on ``folds`` (within ``train_idx``), then refit it on all of
     ``train_idx`` for the validated epoch count."""
     best, scored = select(emb, ds, train_idx, folds, spec, settings)
     chosen = FeatureSpec(spec.backbone, list(spec.layers), spec.base_pool_seconds, list(best.pick), best.pool_factor)
-    x, mask = head_input(emb, ds.lengths, chosen)
-    y = np.array([ds.classes.index(lb) for lb in ds.labels], dtype=np.int64)
-    result = train_head(x[train_idx], y[train_idx], _config(settings, ds.classes, best.lr, best.best_epoch + 1, None),
-                        head=best.head, mask=mask[train_idx])
-    return FittedClips(result.model, chosen, best, scored)
+    return FittedClips(fit_setting(emb, ds, train_idx, chosen, best, settings), chosen, best, scored)
 
 
 def load_labelled(data: str | Path, settings: ClipTrainSettings) -> ClipDataset:
@@ -254,6 +263,9 @@ def train_clips(data: str | Path, out_dir: str | Path, settings: ClipTrainSettin
         metrics = score(truth, names, ds.classes, majority_class([ds.labels[i] for i in train_idx], ds.classes))
         held_out = {"n": len(test_idx), **{k: metrics[k] for k in ("accuracy", "macro_f1", "kappa", "classes",
                                                                     "confusion", "per_class", "baseline_accuracy")}}
+    model, refit = fitted.model, bool(settings.refit_all and len(test_idx))
+    if refit:   # the score above measured the procedure; the saved head sees every source recording
+        model = fit_setting(emb, ds, np.arange(len(ds.files)), spec, best, settings)
     chosen = {"head": best.head, "layers": layer_names(spec.layers, spec.pick), "pool_seconds": spec.pool_seconds,
               "lr": best.lr, "epochs": epochs, "val_macro_f1": best.val_macro_f1, "val_accuracy": best.val_accuracy,
               "val_log_loss": best.val_log_loss}
@@ -266,7 +278,9 @@ def train_clips(data: str | Path, out_dir: str | Path, settings: ClipTrainSettin
                                                       "folds": settings.folds, "seed": settings.seed + 1,
                                                       "fold_sizes": [len(f) for f in folds]}},
         "held_out_files": list(split.test),
-        "counts": {**ds.counts(), "train": len(train_idx), "test": len(test_idx)},
+        "refit_on_all": refit,           # True: the saved head also saw the held-out files
+        "counts": {**ds.counts(), "train": len(train_idx), "test": len(test_idx),
+                   "saved_model_trained_on": len(ds.files) if refit else len(train_idx)},
         "rejected": [r.as_dict() for r in ds.rejected],
         "chosen": chosen,
         "candidates": [{"head": c.head, "layers": layer_names(spec.layers, c.pick),
@@ -278,5 +292,5 @@ def train_clips(data: str | Path, out_dir: str | Path, settings: ClipTrainSettin
         "seconds": {"embed": round(embed_s, 1), "select_and_fit": round(train_s, 1),
                     "total": round(time.perf_counter() - started, 1)},
     }
-    save_head(fitted.model, None, str(out_dir), extra={"clips": summary})
+    save_head(model, None, str(out_dir), extra={"clips": summary})
     return summary
