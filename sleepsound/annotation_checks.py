@@ -15,7 +15,7 @@ import pandas as pd
 
 from sleepsound.findings import Finding, Quarantine, clock
 from sleepsound.io.audio import PartInfo
-from sleepsound.io.rml import RmlAnnotations, RmlEvent
+from sleepsound.io.rml import MAX_NIGHT_S, RmlAnnotations, RmlEvent
 from sleepsound.labels import APNEA_TYPES, EPOCH_SECONDS, HYPOPNEA_TYPES
 
 RESPIRATORY_TYPES = APNEA_TYPES | HYPOPNEA_TYPES
@@ -43,7 +43,8 @@ def check_rml(ann: RmlAnnotations, path: str, parts: Sequence[PartInfo], part_nu
                              f"[{part_numbers[0]:03d}] starts {first:%Y-%m-%d %H:%M:%S} ({offset:.0f} s apart): "
                              "this RML belongs to another recording; find the right one")
     _check_segments(ann.segment_durations_s, path, parts, part_numbers, tol)
-    _check_stage_changes([start for start, _ in ann.stage_changes], path)
+    _check_stage_changes([start for start, _ in ann.stage_changes], path,
+                         [f"UserStaging <Stage Type={stype!r}>" for _, stype in ann.stage_changes])
     staged = ann.scored_seconds()
     if staged is None or len(ann.stage_changes) < 2:
         findings.append(Finding("recording", "no_staging", "warning", path,
@@ -80,7 +81,16 @@ def _check_segments(segments: Sequence[float], path: str, parts: Sequence[PartIn
                              "Re-export the part")
 
 
-def _check_stage_changes(starts: Sequence[float], path: str) -> None:
+def _check_stage_changes(starts: Sequence[float], path: str, names: Sequence[str] | None = None) -> None:
+    """Stage change points must lie in the night and not clash; ``names`` says what each one is, for
+    the message (``<Stage Type='REM'>``, ``row 12``)."""
+    absurd = [i for i, s in enumerate(starts) if s > MAX_NIGHT_S]
+    if absurd:
+        first, more = absurd[0], f" (and {len(absurd) - 1} more)" if len(absurd) > 1 else ""
+        raise Quarantine(path, "invalid_staging",
+                         f"{names[first] if names else 'a stage'} starts at {starts[first]:g} s{more}, more than "
+                         f"{MAX_NIGHT_S / 86400:g} days into the night: a corrupt time, not a late one; "
+                         "fix the scoring export")
     negative = [s for s in starts if s < 0]
     if negative:
         raise Quarantine(path, "invalid_staging", f"{len(negative)} stage(s) start before the recording "
@@ -97,7 +107,7 @@ def _check_length(staged_s: float, audio_s: float, path: str, tol: Tolerances, w
         longer = "longer" if staged_s > audio_s else "shorter"
         raise Quarantine(path, "staging_length_mismatch",
                          f"staging ends at {clock(staged_s)} ({what}) but the audio lasts {clock(audio_s)}: "
-                         f"{abs(staged_s - audio_s):.0f} s {longer}, more than one epoch. A part may be missing "
+                         f"{abs(staged_s - audio_s):.6g} s {longer}, more than one epoch. A part may be missing "
                          "or the annotations belong to another recording")
 
 
@@ -149,7 +159,7 @@ def check_stage_table(table: pd.DataFrame, path: str, recording_id: str, n_epoch
                       "the last epoch_index")
         return []
     starts = table["start_s"]
-    _check_stage_changes(list(starts), path)
+    _check_stage_changes(list(starts), path, [f"row {i + 2}" for i in range(len(starts))])
     if float(starts.max()) > audio_s + tol.staging_s:
         _check_length(float(starts.max()), audio_s, path, tol, "the last change point")
     return []

@@ -8,6 +8,7 @@ epochs, whose times are in ``start_s`` / ``end_s`` from the start of the night.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -40,9 +41,14 @@ class Quarantine(Exception):
 
 
 def clock(seconds: float) -> str:
-    """Seconds from the start of the night as h:mm:ss, the way a sleep lab reads times."""
-    whole = int(round(seconds))
-    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+    """Seconds from the start of the night as h:mm:ss, the way a sleep lab reads times.
+
+    A time no night can have (beyond a year, or not finite: corrupt annotations) is given as
+    plain seconds, so a message never prints a 300-digit hour count."""
+    if not math.isfinite(seconds) or abs(seconds) >= 366 * 86400:
+        return f"{seconds:g} s"
+    whole = int(round(abs(seconds)))
+    return f"{'-' if seconds < 0 and whole else ''}{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
 def epoch_runs(flags: Sequence[bool]) -> list[tuple[int, int]]:

@@ -16,6 +16,7 @@ import hashlib
 import os
 import posixpath
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from sleepsound.annotation_checks import Tolerances, check_events, check_rml, check_stage_table
@@ -242,6 +243,10 @@ def validate_recording(src: RecordingSource, cfg: PreprocessConfig, checks: Vali
         with local_copies(src.audio_uris) as paths:
             uri_of = dict(zip(paths, src.audio_uris, strict=True))
             parts = probe_parts(src, paths, cfg)
+            by_channel = {channel: parts if channel == cfg.channels()[0] else probe_channel(src, paths, cfg, channel)
+                          for channel in cfg.channels()}
+            findings += [replace(f, path=uri_of.get(f.path, f.path))  # header warnings, naming the source file
+                         for channel_parts in by_channel.values() for part in channel_parts for f in part.findings]
             if src.layout == "psg-audio":
                 check_continuity(parts, src.part_numbers, checks.part_tolerance_s)
             row["sha256"], row["bytes"] = sha256_of(paths)
@@ -253,8 +258,7 @@ def validate_recording(src: RecordingSource, cfg: PreprocessConfig, checks: Vali
                 raise AudioError(src.audio_uris[0], "too_short", "shorter than one 30-s epoch")
             findings += _label_findings(src, row, parts, tol)
             if deep:
-                for channel in cfg.channels():
-                    channel_parts = parts if channel == cfg.channels()[0] else probe_channel(src, paths, cfg, channel)
+                for channel, channel_parts in by_channel.items():
                     findings += scan_audio(src, channel_parts, cfg, checks, row["n_epochs"],
                                            _part_locator(src, channel_parts), channel)
     except Quarantine as exc:

@@ -183,3 +183,42 @@ def test_lights_off_and_on_as_seconds_or_date_times():
     odd = parse_rml(text)
     assert odd.lights_off_s == 300.0 and odd.lights_on_s is None
     assert any("LightsOn" in note for note in odd.unknown)
+
+
+def test_absurd_times_give_short_notes_and_a_stage_time_quarantines() -> None:
+    """1e300 is finite, so it parses; no message may print it as a 300-digit number."""
+    from sleepsound.annotation_checks import check_events, check_rml
+    from sleepsound.findings import Quarantine
+
+    xml = (SPEC_EXAMPLE
+           .replace("<Events>", '<Events><Event Family="Respiratory" Type="Hypopnea" Start="1e300" Duration="12"/>'
+                                '<Event Family="Respiratory" Type="CentralApnea" Start="100" Duration="1e300"/>', 1)
+           .replace("<Duration>25200</Duration>", "<Duration>1e300</Duration>", 1)
+           .replace("<Segment><Duration>3600</Duration>", "<Segment><Duration>1e300</Duration>", 1)
+           .replace('<Stage Type="REM" Start="840"/>', '<Stage Type="REM" Start="1e300"/>', 1))
+    ann = parse_rml(xml.encode())
+    assert all(abs(e.start_s) < 1e6 for e in ann.events)                  # the absurd Start is dropped ...
+    assert RmlEvent("Respiratory", "CentralApnea", 100.0, 0.0) in ann.events  # ... an absurd Duration zeroed
+    assert ann.duration_s is None and ann.segment_durations_s == []
+    joined = " | ".join(ann.unknown)
+    for fragment in ("event Respiratory/Hypopnea with Start 1e+300 s dropped",
+                     "event Respiratory/CentralApnea with Duration 1e+300 s kept with duration 0",
+                     "Session Duration 1e+300 s ignored", "Segment 1 Duration 1e+300 s"):
+        assert fragment in joined, joined
+    assert max(len(note) for note in ann.unknown) < 200
+
+    assert ann.stage_changes[-1] == (1e300, "REM")                         # kept, for the check to quarantine
+    with pytest.raises(Quarantine) as info:
+        check_rml(ann, "/data/APNEA_RML/night.rml", [], [1], 900.0)
+    assert info.value.code == "invalid_staging" and info.value.path == "/data/APNEA_RML/night.rml"
+    assert "UserStaging <Stage Type='REM'> starts at 1e+300 s, more than 7 days into the night" in info.value.message
+    assert len(info.value.message) < 200
+
+    import pandas as pd
+
+    from sleepsound.annotation_checks import check_stage_table
+    with pytest.raises(Quarantine, match=r"row 3 starts at 1e\+300 s, more than 7 days"):   # a plain night's CSV
+        check_stage_table(pd.DataFrame({"start_s": [0.0, 1e300], "stage": ["W", "N2"]}), "/data/n.stages.csv",
+                          "n", 30, 900.0)
+    (note,) = check_events([RmlEvent("Respiratory", "Hypopnea", 1e300, 0.0)], 900.0, "/data/n.events.csv")
+    assert note.code == "invalid_events" and "at 1e+300 s" in note.message and len(note.message) < 200

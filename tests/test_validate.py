@@ -10,9 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from sleepsound.config import PreprocessConfig, ValidationConfig
-from sleepsound.io.audio import probe_edf
+from sleepsound.findings import Quarantine
+from sleepsound.io.audio import iter_part_blocks, probe_edf
 from sleepsound.manifest import build_manifest, read_manifest_rows
-from sleepsound.synth.faults import FAULTS, Fault, fault, part_path
+from sleepsound.synth.faults import FAULTS, Fault, edit_signal_header, fault, part_path
 from sleepsound.synth.writers import generate_cohort
 
 CFG = PreprocessConfig()
@@ -245,3 +246,122 @@ def test_apply_findings_records_the_first_error():
     apply_findings(row, [warn, err])
     assert (row["status"], row["reason_code"], row["reason"]) == ("quarantined", "read_error", "/x/n1[001].edf: broke")
     assert [f["code"] for f in row["findings"]] == ["silent_gap", "read_error"]
+
+
+# ----------------------------------------------------------------------------- damaged EDF headers
+
+def _tiny_edf(path: Path, file_type: int = pyedflib.FILETYPE_EDFPLUS, rate: int = 16_000,
+              seconds: int = 3) -> np.ndarray:
+    """A small part (SpO2, Mic and, in EDF+, pyedflib's EDF Annotations) written by pyedflib; returns the Mic."""
+    mic = 0.5 * np.sin(2 * np.pi * 220 * np.arange(rate * seconds) / rate)
+    common = {"prefilter": "", "transducer": "", "digital_max": 32767, "digital_min": -32767}
+    headers = [{**common, "label": "SpO2", "dimension": "%", "sample_frequency": 1, "physical_max": 100.0,
+                "physical_min": 0.0},
+               {**common, "label": "Mic", "dimension": "a.u.", "sample_frequency": rate, "physical_max": 1.0,
+                "physical_min": -1.0}]
+    with pyedflib.EdfWriter(str(path), 2, file_type=file_type) as writer:
+        writer.setSignalHeaders(headers)
+        writer.writeSamples([np.full(seconds, 95.0), mic])
+    return mic
+
+
+def _overwrite(path: Path, offset: int, text: bytes) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset:offset + len(text)] = text
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda p: _overwrite(p, 8, b"\x01"), "'local patient identification' holds byte 0x01 at position 1"),
+    (lambda p: _overwrite(p, 176, b"23.61.00"), "'start time' is '23.61.00', not a valid hh.mm.ss"),
+    (lambda p: _overwrite(p, 8, b"John Smith".ljust(80)),
+     "'local patient identification' does not follow the EDF+ subfields"),
+    (lambda p: edit_signal_header(p, "Mic", physical_min="abc"),
+     "'physical minimum' of signal 2 of 3 ('Mic') is 'abc', not a number"),
+    (lambda p: edit_signal_header(p, "Mic", physical_min="1", physical_max="1"),
+     "signal 'Mic': physical minimum and maximum are both 1, so its samples cannot be scaled"),
+    (lambda p: edit_signal_header(p, "SpO2", digital_max="99999"),
+     "signal 'SpO2': digital maximum 99999 is outside the EDF range -32768 to 32767"),
+    (lambda p: edit_signal_header(p, "Mic", digital_min="-3e4"),
+     "'digital minimum' of signal 2 of 3 ('Mic') is '-3e4', not an integer"),
+], ids=["non-ASCII byte", "start time", "EDF+ patient subfields", "physical min not a number",
+        "physical min == max", "digital max out of range", "digital min not an integer"])
+def test_an_edf_pyedflib_refuses_is_quarantined_naming_field_signal_and_value(tmp_path, capfd, damage, fragment):
+    path = tmp_path / "night[001].edf"
+    _tiny_edf(path)
+    damage(path)
+    with pytest.raises(OSError):
+        pyedflib.EdfReader(str(path)).close()   # the damage is one pyedflib refuses, with its generic text
+    capfd.readouterr()
+    with pytest.raises(Quarantine) as info:
+        probe_edf(str(path), "Mic")
+    assert info.value.code == "inconsistent_edf_header" and fragment in info.value.message, info.value.message
+    assert info.value.path == str(path) and info.value.message.endswith("re-export the file")
+    assert "John" not in info.value.message   # patient fields are located, never quoted
+    assert capfd.readouterr().out == ""
+
+
+def test_a_refusal_no_check_explains_keeps_pyedflibs_words_without_a_temporary_path(tmp_path):
+    path = tmp_path / "night[001].edf"
+    _tiny_edf(path)
+    _overwrite(path, 88, b"Startdate 02-MAR-2002 X X X".ljust(80))   # EDF+ date differs from the header's
+    with pytest.raises(Quarantine) as info:
+        probe_edf(str(path), "Mic")
+    assert info.value.code == "unreadable_edf" and "not EDF(+) or BDF(+) compliant" in info.value.message
+    assert str(path) not in info.value.message   # the finding's path names the file (the source, not a copy)
+
+
+def test_header_fields_that_contradict_the_file_name_the_bytes(tmp_path):
+    path = tmp_path / "night[001].edf"
+    _tiny_edf(path)
+    good = path.read_bytes()
+    path.write_bytes(good[:-1000])
+    with pytest.raises(Quarantine, match="1000 missing"):
+        probe_edf(str(path), "Mic")
+    path.write_bytes(b"\xffBIOSEMI" + good[8:])                        # an EDF whose version says BDF
+    with pytest.raises(Quarantine, match="the version field says BDF .* fits EDF's 2 bytes a sample"):
+        probe_edf(str(path), "Mic")
+
+
+@pytest.mark.parametrize("file_type", [pyedflib.FILETYPE_EDF, pyedflib.FILETYPE_EDFPLUS], ids=["EDF", "EDF+"])
+def test_an_empty_digital_range_of_the_microphone_quarantines_its_night(tmp_path, file_type):
+    path = tmp_path / "night[001].edf"
+    _tiny_edf(path, file_type)
+    edit_signal_header(path, "Mic", digital_min="32767", digital_max="32767")   # pyedflib opens the EDF, not the EDF+
+    with pytest.raises(Quarantine) as info:
+        probe_edf(str(path), "Mic")
+    assert info.value.code == "inconsistent_edf_header" and info.value.path == str(path)
+    assert "signal 'Mic': digital minimum and maximum are both 32767" in info.value.message
+
+    _tiny_edf(path, file_type)
+    edit_signal_header(path, "SpO2", digital_min="0", digital_max="0")
+    if file_type == pyedflib.FILETYPE_EDF:   # a signal never read may be broken: not the audio's fault
+        assert probe_edf(str(path), "Mic").findings == ()
+    else:                                    # ... but pyedflib refuses the whole EDF+ file for it
+        with pytest.raises(Quarantine, match="signal 'SpO2': digital minimum and maximum are both 0"):
+            probe_edf(str(path), "Mic")
+
+
+def test_a_reversed_digital_range_is_a_warning_and_the_audio_is_read_sign_inverted(tmp_path):
+    path = tmp_path / "night[001].edf"
+    mic = _tiny_edf(path, pyedflib.FILETYPE_EDF)
+    edit_signal_header(path, "Mic", digital_min="32767", digital_max="-32767")
+    part = probe_edf(str(path), "Mic")
+    (note,) = part.findings
+    assert (note.code, note.severity, note.path) == ("reversed_digital_range", "warning", str(path))
+    assert "signal 'Mic': digital minimum 32767 is above digital maximum -32767" in note.message
+    assert "sign-inverted" in note.message
+    audio = np.concatenate(list(iter_part_blocks(part, 10_000, "psg-audio")))
+    np.testing.assert_allclose(audio, -mic, atol=1e-4)                   # exactly the sign flip, nothing clamped
+
+    _tiny_edf(path, pyedflib.FILETYPE_EDFPLUS)                           # EDF+ forbids it, and pyedflib refuses it
+    edit_signal_header(path, "Mic", digital_min="32767", digital_max="-32767")
+    with pytest.raises(Quarantine, match=r"digital minimum 32767 is above digital maximum -32767, which EDF\+ forbids"):
+        probe_edf(str(path), "Mic")
+
+
+def test_clock_never_prints_a_300_digit_hour():
+    from sleepsound.findings import clock
+
+    assert (clock(0), clock(3661), clock(-30)) == ("0:00:00", "1:01:01", "-0:00:30")
+    assert clock(1e300) == "1e+300 s" and clock(float("nan")) == "nan s"

@@ -17,8 +17,8 @@ import numpy as np
 import pyedflib
 import soundfile as sf
 
-from sleepsound.findings import Quarantine
-from sleepsound.io.edf_header import EdfHeaderError, read_edf_header
+from sleepsound.findings import Finding, Quarantine
+from sleepsound.io.edf_header import EdfHeaderError, explain_refusal, read_edf_header
 
 # Plain files carry no labels: by default channel 0 is the ambient mic, 1 the tracheal
 # (``preprocess.plain_channel_index`` changes this).
@@ -40,6 +40,7 @@ class PartInfo:
     labels: tuple[str, ...]
     full_scale: float = 1.0  # largest magnitude the format can hold, for clipping checks
     start: datetime | None = None  # wall-clock start (EDF header); None for plain audio
+    findings: tuple[Finding, ...] = ()  # warnings about this file's header (their path is ``path``)
 
     @property
     def duration_s(self) -> float:
@@ -54,7 +55,9 @@ def probe_edf(path: str, channel: str) -> PartInfo:
     try:
         reader = pyedflib.EdfReader(path)
     except OSError as exc:
-        raise AudioError(path, "unreadable_edf", f"not a readable EDF/BDF file ({exc})") from exc
+        explain_refusal(path)  # raises EdfHeaderError naming the field, signal and value when it can
+        text = str(exc).removeprefix(f"{path}: ")  # the path may be a temporary download; the finding names the file
+        raise AudioError(path, "unreadable_edf", f"not a readable EDF/BDF file ({text})") from exc
     try:
         labels = tuple(label.strip() for label in reader.getSignalLabels())
         if channel not in labels:
@@ -63,9 +66,32 @@ def probe_edf(path: str, channel: str) -> PartInfo:
         index = labels.index(channel)
         full_scale = max(abs(reader.getPhysicalMinimum(index)), abs(reader.getPhysicalMaximum(index)))
         return PartInfo(path, float(reader.getSampleFrequency(index)),
-                        int(reader.getNSamples()[index]), index, labels, float(full_scale), header.start)
+                        int(reader.getNSamples()[index]), index, labels, float(full_scale), header.start,
+                        _scaling_findings(reader, index, path, channel))
     finally:
         reader.close()
+
+
+def _scaling_findings(reader: pyedflib.EdfReader, index: int, path: str, channel: str) -> tuple[Finding, ...]:
+    """The audio signal's digital-to-physical scaling: undefined (equal minimum and maximum) quarantines
+    the night; a digital minimum above the maximum only flips the sign, harmless for sound, so it is a
+    warning. pyedflib accepts both and would return raw digital values for the first."""
+    dmin, dmax = int(reader.getDigitalMinimum(index)), int(reader.getDigitalMaximum(index))
+    pmin, pmax = reader.getPhysicalMinimum(index), reader.getPhysicalMaximum(index)
+    for kind, low, high in (("digital", dmin, dmax), ("physical", pmin, pmax)):
+        if low == high:
+            raise AudioError(path, "inconsistent_edf_header",
+                             f"signal {channel!r}: {kind} minimum and maximum are both "
+                             f"{low if kind == 'digital' else format(low, 'g')}, so its samples "
+                             "cannot be scaled to physical values (division by zero); re-export the file")
+    if dmin < dmax:
+        return ()
+    flipped = pmin < pmax  # the slope (pmax - pmin) / (dmax - dmin) is negative
+    effect = ("the audio is read sign-inverted, which changes no sound feature" if flipped else
+              "the physical range is reversed too, so the audio is read with its usual sign")
+    return (Finding("recording", "reversed_digital_range", "warning", path,
+                    f"signal {channel!r}: digital minimum {dmin} is above digital maximum {dmax} (physical "
+                    f"{pmin:g} to {pmax:g}); {effect}. Kept; check the exporter"),)
 
 
 def probe_plain(path: str, channel: str, index: int | None = None) -> PartInfo:

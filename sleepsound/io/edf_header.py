@@ -11,8 +11,10 @@ inconsistent header goes back to the export software. The fixed-width ASCII head
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NoReturn
 
 from sleepsound.findings import Quarantine
 
@@ -53,8 +55,8 @@ def _number(path: str, text: str, what: str, kind: type = int) -> int | float:
     try:
         return kind(text)
     except ValueError:
-        raise EdfHeaderError(path, "inconsistent_edf_header",
-                             f"header field {what} is {text!r}, not a number; re-export the file") from None
+        raise EdfHeaderError(path, "inconsistent_edf_header", f"header field {what} is {text!r}, not "
+                             f"{'a whole number' if kind is int else 'a number'}; re-export the file") from None
 
 
 def _start(raw: bytes) -> datetime | None:
@@ -103,13 +105,125 @@ def read_edf_header(path: str) -> EdfHeader:
             raise EdfHeaderError(path, "inconsistent_edf_header",
                                  f"signal {label!r} declares {count} samples per data record")
     header = EdfHeader(is_bdf, _start(fixed), header_bytes, n_records, record_seconds, labels, samples)
+    other = EdfHeader(not is_bdf, None, header_bytes, n_records, record_seconds, labels, samples)
+    if size != header.expected_bytes and size == other.expected_bytes:
+        says, fits = ("BDF (0xFF 'BIOSEMI')", "EDF's 2") if is_bdf else ("EDF ('0')", "BDF's 3")
+        raise EdfHeaderError(path, "inconsistent_edf_header",
+                             f"the version field says {says} but the file's size fits {fits} bytes a sample "
+                             "exactly: the version field is wrong; re-export the file")
     if size < header.expected_bytes:
         whole = (size - header_bytes) // header.record_bytes
         raise EdfHeaderError(path, "truncated_edf",
                              f"truncated: holds {whole} complete of {n_records} data records "
-                             f"({size} of {header.expected_bytes} bytes); re-upload or re-export it")
+                             f"({size} of {header.expected_bytes} bytes, {header.expected_bytes - size} missing); "
+                             "re-upload or re-export it")
     if size > header.expected_bytes:
         raise EdfHeaderError(path, "inconsistent_edf_header",
                              f"{size - header.expected_bytes} bytes more than the header's {n_records} data records "
                              "account for; the header's record count is wrong, re-export the file")
     return header
+
+
+# ----------------------------------------------------------------------------- why pyedflib refused a file
+
+_INTEGER = re.compile(r"[+-]?\d+ *")                               # edflib's rule: left-aligned, space-padded
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)? *")
+# Main header fields after the version (offset, width, name as in the EDF spec).
+_MAIN_FIELDS = ((8, 80, "local patient identification"), (88, 80, "local recording identification"),
+                (168, 8, "start date"), (176, 8, "start time"), (184, 8, "number of bytes in header record"),
+                (192, 44, "reserved"), (236, 8, "number of data records"), (244, 8, "duration of a data record"),
+                (252, 4, "number of signals"))
+_MAIN_NUMBERS = ((184, 8, "number of bytes in header record", _INTEGER), (236, 8, "number of data records", _INTEGER),
+                 (244, 8, "duration of a data record", _NUMBER), (252, 4, "number of signals", _INTEGER))
+# EDF+ subfields (spec 2.1.3): patient 'code sex birthdate name ...', recording 'Startdate date ...'.
+_DATE_PLUS = r"(X|(0[1-9]|[12]\d|3[01])-(JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)-\d{4})"
+_PLUS_SUBFIELDS = ((8, "local patient identification", re.compile(rf"\S+ [MFX] {_DATE_PLUS} \S.*"),
+                    "'code sex birthdate name', e.g. 'X X X X'"),
+                   (88, "local recording identification", re.compile(rf"Startdate {_DATE_PLUS} \S.*"),
+                    "'Startdate dd-MMM-yyyy admincode technician equipment', e.g. 'Startdate X X X X'"))
+# Per-signal fields: width and what they must hold; field k of signal i sits at 256 + ns * (sum of the
+# widths before k) + i * width.
+_SIGNAL_FIELDS = (("label", 16, None), ("transducer type", 80, None), ("physical dimension", 8, None),
+                  ("physical minimum", 8, _NUMBER), ("physical maximum", 8, _NUMBER),
+                  ("digital minimum", 8, _INTEGER), ("digital maximum", 8, _INTEGER),
+                  ("prefiltering", 80, None), ("number of samples in each data record", 8, _INTEGER),
+                  ("reserved", 32, None))
+
+
+def explain_refusal(path: str) -> None:
+    """Raise EdfHeaderError naming the first header field of ``path`` that breaks the EDF/BDF spec.
+
+    Called only after pyedflib has refused a file (it is never stricter than pyedflib, so it
+    cannot reject a readable file): pyedflib's message says "contains format errors" or at
+    best the field, never which signal or what value, and a lab needs that to fix an export.
+    Returns without raising when it finds nothing; the caller then reports pyedflib's text.
+    Text fields (patient, recording) are never quoted, only the position of a bad byte.
+    """
+    header = read_edf_header(path)  # version, sizes and the record count against the file, first
+    ns = len(header.labels)
+    with open(path, "rb") as handle:
+        raw = handle.read(header.header_bytes)
+
+    def fail(message: str) -> NoReturn:
+        raise EdfHeaderError(path, "inconsistent_edf_header", f"{message}; re-export the file")
+
+    def check_ascii(data: bytes, what: str) -> None:
+        bad = next((i for i, byte in enumerate(data) if not 32 <= byte <= 126), None)
+        if bad is not None:
+            fail(f"header field {what} holds byte 0x{data[bad]:02x} at position {bad + 1}; "
+                 "EDF headers are printable ASCII")
+
+    for offset, width, name in _MAIN_FIELDS:
+        check_ascii(raw[offset:offset + width], f"'{name}'")
+    for offset, fmt, name, limits in ((168, "dd.mm.yy", "start date", ((1, 31), (1, 12), (0, 99))),
+                                      (176, "hh.mm.ss", "start time", ((0, 23), (0, 59), (0, 59)))):
+        text = raw[offset:offset + 8].decode("ascii")
+        parts = re.fullmatch(r"(\d\d)\.(\d\d)\.(\d\d)", text)
+        if parts is None or not all(lo <= int(v) <= hi for v, (lo, hi) in zip(parts.groups(), limits, strict=True)):
+            fail(f"header field '{name}' is {text!r}, not a valid {fmt} (with dots)")
+    for offset, width, name, pattern in _MAIN_NUMBERS:
+        text = raw[offset:offset + width].decode("ascii")
+        if not pattern.fullmatch(text):
+            fail(f"header field '{name}' is {text.rstrip()!r}, not a number (left-aligned, space-padded)")
+
+    fields: dict[str, list[str]] = {}
+    start = FIXED_BYTES
+    for name, width, pattern in _SIGNAL_FIELDS:
+        fields[name] = []
+        for i in range(ns):
+            data = raw[start + i * width:start + (i + 1) * width]
+            where = f"'{name}' of signal {i + 1} of {ns}"
+            check_ascii(data, where if name == "label" else f"{where} ({header.labels[i]!r})")
+            text = data.decode("ascii")
+            if pattern is not None and not pattern.fullmatch(text):
+                fail(f"header field {where} ({header.labels[i]!r}) is {text.rstrip()!r}, not "
+                     f"{'an integer' if pattern is _INTEGER else 'a number'} (left-aligned, space-padded)")
+            fields[name].append(text.strip())
+        start += ns * width
+    digital = (-8388608, 8388607) if header.is_bdf else (-32768, 32767)
+    for i, label in enumerate(header.labels):
+        pmin, pmax = (float(fields[f"physical {m}"][i]) for m in ("minimum", "maximum"))
+        dmin, dmax = (int(fields[f"digital {m}"][i]) for m in ("minimum", "maximum"))
+        if pmin == pmax:
+            fail(f"signal {label!r}: physical minimum and maximum are both {pmin:g}, so its samples cannot be "
+                 "scaled to physical values (division by zero)")
+        for name, value in (("minimum", dmin), ("maximum", dmax)):
+            if not digital[0] <= value <= digital[1]:
+                fail(f"signal {label!r}: digital {name} {value} is outside the {'BDF' if header.is_bdf else 'EDF'} "
+                     f"range {digital[0]} to {digital[1]}")
+        if dmin == dmax:
+            fail(f"signal {label!r}: digital minimum and maximum are both {dmin}, so its samples cannot be "
+                 "scaled to physical values (division by zero)")
+    plus = raw[192:197].decode("ascii")
+    if plus in ("EDF+C", "EDF+D", "BDF+C", "BDF+D"):
+        annotations = "BDF Annotations" if header.is_bdf else "EDF Annotations"
+        if annotations not in header.labels:
+            fail(f"the header says {plus} but no signal is labelled {annotations!r}")
+        for i, label in enumerate(header.labels):  # plain EDF allows it (pyedflib reads it sign-flipped)
+            dmin, dmax = int(fields["digital minimum"][i]), int(fields["digital maximum"][i])
+            if dmin > dmax:
+                fail(f"signal {label!r}: digital minimum {dmin} is above digital maximum {dmax}, which {plus[:4]} "
+                     "forbids")
+        for offset, name, pattern, form in _PLUS_SUBFIELDS:
+            if not pattern.fullmatch(raw[offset:offset + 80].decode("ascii")):
+                fail(f"the header says {plus} but its '{name}' does not follow the EDF+ subfields {form}")

@@ -35,6 +35,11 @@ KNOWN_EVENT_TYPES: frozenset[str] = frozenset({
     "Snore", "RelativeDesaturation", "Arousal", "RERA", "LegMovement", "ChannelFail",
 })
 _KNOWN_TOP_LEVEL = frozenset({"Acquisition", "ChannelConfig", "ScoringData"})
+# No recording lasts a week: a time or duration beyond this is corrupt, not late. Such event
+# times are dropped (or zeroed) with a note here; stage times are kept for the checks, which
+# quarantine the night (``annotation_checks``): a stage time places every later label.
+MAX_NIGHT_S = 7 * 24 * 3600.0
+_ABSURD = f"more than {MAX_NIGHT_S / 86400:g} days, no night is that long"
 
 RmlSource = str | os.PathLike[str] | bytes | BinaryIO
 
@@ -181,20 +186,27 @@ def _read_session(session: ET.Element, ann: RmlAnnotations, notes: Counter[str])
         ann.duration_s = _float(duration)
         if ann.duration_s is None:
             notes[f"Session Duration {duration.strip()!r} is not a number"] += 1
+        elif abs(ann.duration_s) > MAX_NIGHT_S:
+            notes[f"Session Duration {ann.duration_s:g} s ignored ({_ABSURD})"] += 1
+            ann.duration_s = None
     for tag, attr in (("LightsOff", "lights_off_s"), ("LightsOn", "lights_on_s")):
         text = session.findtext(f"{_Q}{tag}")
         if text is not None:
             setattr(ann, attr, _seconds_or_time(text, ann.recording_start))
-            if getattr(ann, attr) is None:
+            if (getattr(ann, attr) or 0.0) > MAX_NIGHT_S:
+                notes[f"{tag} {getattr(ann, attr):g} s ignored ({_ABSURD})"] += 1
+                setattr(ann, attr, None)
+            elif getattr(ann, attr) is None:
                 notes[f"{tag} {text.strip()!r} is neither seconds nor a date-time after RecordingStart"] += 1
     for number, segment in enumerate(session.iterfind(f"{_Q}Segments/{_Q}Segment"), start=1):
         text = segment.findtext(f"{_Q}Duration")
         value = _float(text)
-        if value is None or value <= 0:
+        if value is None or value <= 0 or value > MAX_NIGHT_S:
             # Segments pair with EDF parts by position: dropping one would pair every later part with
             # the wrong segment, so an unusable one voids the whole list (and the check it feeds).
-            notes[f"Segment {number} Duration {(text or '').strip()!r} is not a positive number: the EDF parts "
-                  "are not checked against the RML segments"] += 1
+            what = f"{value:g} s ({_ABSURD})" if value is not None and value > 0 else \
+                f"{(text or '').strip()!r} is not a positive number"
+            notes[f"Segment {number} Duration {what}: the EDF parts are not checked against the RML segments"] += 1
             ann.segment_durations_s = []
             break
         ann.segment_durations_s.append(value)
@@ -214,8 +226,14 @@ def _read_events(scoring: ET.Element, ann: RmlAnnotations, notes: Counter[str]) 
         if start is None:
             notes[f"event {family}/{etype} without a numeric Start dropped"] += 1
             continue
+        if abs(start) > MAX_NIGHT_S:
+            notes[f"event {family}/{etype} with Start {start:g} s dropped ({_ABSURD})"] += 1
+            continue
         duration = _float(element.get("Duration"))
-        if duration is None or duration < 0:
+        if duration is not None and duration > MAX_NIGHT_S:
+            notes[f"event {family}/{etype} with Duration {duration:g} s kept with duration 0 ({_ABSURD})"] += 1
+            duration = 0.0
+        elif duration is None or duration < 0:
             notes[f"event {family}/{etype} without a valid Duration kept with duration 0"] += 1
             duration = 0.0
         if etype not in KNOWN_EVENT_TYPES:

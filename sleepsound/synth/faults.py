@@ -6,8 +6,8 @@ fault in ``FAULTS`` and check that validation names it; a data team can use the 
 functions to rehearse what their pipeline does with a bad upload.
 
 EDF parts are rewritten through pyedflib's high-level reader/writer (physical values,
-same signal headers), RML through sleepsound's own reader/writer, so a fault changes only
-what it says it changes.
+same signal headers), damaged headers byte by byte (pyedflib would refuse to write them),
+RML through sleepsound's own reader/writer, so a fault changes only what it says it changes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import soundfile as sf
 from pyedflib import highlevel
 from scipy import signal as sps
 
-from sleepsound.io.rml import RmlEvent, parse_rml, write_rml
+from sleepsound.io.rml import RmlEvent, format_seconds, parse_rml, write_rml
 from sleepsound.labels import EPOCH_SECONDS
 
 
@@ -110,6 +110,61 @@ def header_claims_fewer_records(cohort: Path, patient: str) -> None:
     records = int(data[236:244].decode())
     data[236:244] = f"{records - 2:<8d}".encode()  # the file now holds more than its header says
     path.write_bytes(bytes(data))
+
+
+# Widths of the per-signal header fields, in file order (EDF spec): field k of signal i sits at
+# 256 + ns * (sum of the widths before k) + i * width.
+SIGNAL_FIELD_WIDTHS: dict[str, int] = {
+    "label": 16, "transducer": 80, "dimension": 8, "physical_min": 8, "physical_max": 8,
+    "digital_min": 8, "digital_max": 8, "prefilter": 80, "samples_per_record": 8, "reserved": 32,
+}
+
+
+def signal_header_fields(path: Path, label: str) -> dict[str, str]:
+    """The header fields of the signal called ``label``, as the ASCII text in the file."""
+    data = path.read_bytes()
+    ns = int(data[252:256])
+    labels = [data[256 + 16 * i:256 + 16 * (i + 1)].decode("ascii").strip() for i in range(ns)]
+    index, offset, fields = labels.index(label), 256, {}
+    for name, width in SIGNAL_FIELD_WIDTHS.items():
+        fields[name] = data[offset + index * width:offset + (index + 1) * width].decode("ascii").strip()
+        offset += ns * width
+    return fields
+
+
+def edit_signal_header(path: Path, label: str, **values: str) -> None:
+    """Overwrite header fields of the signal called ``label`` in place (left-aligned ASCII, as an exporter
+    writes them), the way a damaged export arrives: pyedflib's writer would refuse to write most of these."""
+    data = bytearray(path.read_bytes())
+    ns = int(data[252:256])
+    labels = [bytes(data[256 + 16 * i:256 + 16 * (i + 1)]).decode("ascii").strip() for i in range(ns)]
+    index, offset = labels.index(label), 256
+    for name, width in SIGNAL_FIELD_WIDTHS.items():
+        if name in values:
+            data[offset + index * width:offset + (index + 1) * width] = values[name].ljust(width).encode("ascii")
+        offset += ns * width
+    path.write_bytes(bytes(data))
+
+
+def start_date_with_colons(cohort: Path, patient: str) -> None:
+    """'dd:mm:yy' instead of 'dd.mm.yy': pyedflib refuses the file; validation must say which field."""
+    path = part_path(cohort, patient, 1)
+    data = bytearray(path.read_bytes())
+    data[168:176] = data[168:176].replace(b".", b":")
+    path.write_bytes(bytes(data))
+
+
+def mic_digital_range_reversed(cohort: Path, patient: str) -> None:
+    """Digital minimum and maximum of the Mic swapped: pyedflib reads the audio sign-inverted."""
+    path = part_path(cohort, patient, 1)
+    fields = signal_header_fields(path, "Mic")
+    edit_signal_header(path, "Mic", digital_min=fields["digital_max"], digital_max=fields["digital_min"])
+
+
+def mic_digital_range_empty(cohort: Path, patient: str) -> None:
+    """Digital minimum equal to the maximum: pyedflib opens it, but no scaling to physical values exists."""
+    path = part_path(cohort, patient, 1)
+    edit_signal_header(path, "Mic", digital_min=signal_header_fields(path, "Mic")["digital_max"])
 
 
 def truncate_last_part(cohort: Path, patient: str) -> None:
@@ -203,6 +258,22 @@ def two_stages_at_once(cohort: Path, patient: str) -> None:
         start, stype = ann.stage_changes[1]
         ann.stage_changes.insert(2, (start, "REM" if stype != "REM" else "Wake"))
     _edit_rml(cohort, patient, change)
+
+
+def stage_at_an_absurd_time(cohort: Path, patient: str) -> None:
+    """A Stage start of 1e300 s (finite, but no night's time): corrupt staging."""
+    def change(ann) -> None:
+        ann.stage_changes[2] = (1e300, ann.stage_changes[2][1])
+    _edit_rml(cohort, patient, change)
+    path = rml_path(cohort, patient)  # the writer rounds to milliseconds; write the value as a corrupt export does
+    path.write_text(path.read_text().replace(f'Start="{format_seconds(1e300)}"', 'Start="1e300"'))
+
+
+def event_at_an_absurd_time(cohort: Path, patient: str) -> None:
+    path = rml_path(cohort, patient)
+    marker = "<Events>"
+    path.write_text(path.read_text().replace(marker, marker + '<Event Family="Respiratory" Type="Hypopnea" '
+                                                              'Start="1e300" Duration="12"/>', 1))
 
 
 def events_outside(cohort: Path, patient: str) -> None:
@@ -307,6 +378,9 @@ FAULTS: tuple[Fault, ...] = (
     Fault("header field garbled", "psg-audio", "inconsistent_edf_header", "error", corrupt_header),
     Fault("header counts too few records", "psg-audio", "inconsistent_edf_header", "error",
           header_claims_fewer_records),
+    Fault("start date with colons", "psg-audio", "inconsistent_edf_header", "error", start_date_with_colons),
+    Fault("Mic digital range reversed", "psg-audio", "reversed_digital_range", "warning", mic_digital_range_reversed),
+    Fault("Mic digital range empty", "psg-audio", "inconsistent_edf_header", "error", mic_digital_range_empty),
     Fault("last part truncated", "psg-audio", "truncated_edf", "error", truncate_last_part),
     Fault("Mic channel missing", "psg-audio", "channel_missing", "error", drop_mic),
     Fault("Mic at 8 kHz", "psg-audio", "low_sample_rate", "error", mic_at_8khz),
@@ -322,6 +396,8 @@ FAULTS: tuple[Fault, ...] = (
     Fault("staging shorter than audio", "psg-audio", "staging_length_mismatch", "error", staging_too_short),
     Fault("stage before the start", "psg-audio", "invalid_staging", "error", stage_before_start),
     Fault("two stages at one time", "psg-audio", "invalid_staging", "error", two_stages_at_once),
+    Fault("stage at an absurd time", "psg-audio", "invalid_staging", "error", stage_at_an_absurd_time),
+    Fault("event at an absurd time", "psg-audio", "annotation_notes", "warning", event_at_an_absurd_time),
     Fault("events outside the recording", "psg-audio", "events_out_of_range", "warning", events_outside),
     Fault("event with negative duration", "psg-audio", "invalid_events", "warning", event_with_negative_duration),
     Fault("overlapping apnoea and hypopnoea", "psg-audio", "overlapping_events", "warning", overlapping_apnoeas),
