@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from sleepsound.annotations import AnnotationError
-from sleepsound.io.rml import RmlAnnotations, RmlEvent
+from sleepsound.io.rml import MAX_NIGHT_S, RmlAnnotations, RmlEvent
 from sleepsound.labels import APNEA_TYPES, HYPOPNEA_TYPES, SNORE_TYPES
 
 RESP_COLUMNS = ("apnea_frac", "hypopnea_frac", "snore_frac", "n_apnea", "n_hypopnea", "resp_label")
@@ -65,11 +65,18 @@ def read_events_csv(path: str) -> list[Event]:
         raise AnnotationError(path, "bad_events",
                               f"events CSV needs columns type,start_s,duration_s; lacks {missing}")
     numbers = table[["start_s", "duration_s"]].apply(pd.to_numeric, errors="coerce")
-    bad = ~np.isfinite(numbers.to_numpy(dtype=float)).all(axis=1) | table["type"].isna().to_numpy()
+    values = numbers.to_numpy(dtype=float)
+    bad = ~np.isfinite(values).all(axis=1) | table["type"].isna().to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise AnnotationError(path, "bad_events", f"row {row + 2} needs a type and numeric start_s and duration_s "
                               f"(got {table.iloc[row][['type', 'start_s', 'duration_s']].tolist()})")
+    absurd = (np.abs(values) > MAX_NIGHT_S).any(axis=1)   # clipped to the night, it would label every epoch
+    if absurd.any():
+        row = int(np.flatnonzero(absurd)[0])
+        raise AnnotationError(path, "bad_events", f"row {row + 2}: start_s {values[row, 0]:g} / duration_s "
+                              f"{values[row, 1]:g} reach beyond {MAX_NIGHT_S / 86400:g} days, no night is that "
+                              "long: a corrupt export; fix the file")
     families = table["family"].fillna("") if "family" in table.columns else [""] * len(table)
     return [Event(str(f), str(t), float(s), float(d)) for t, s, d, f in
             zip(table["type"], numbers["start_s"], numbers["duration_s"], families, strict=True)]

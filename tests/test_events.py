@@ -90,12 +90,14 @@ def test_malformed_events_csv_raises_bad_events(tmp_path: Path) -> None:
         "number.csv": "type,start_s,duration_s\nHypopnea,soon,12\n",
         "empty.csv": "",
         "missing.csv": "type,start_s,duration_s\n,3,12\n",
+        "absurd.csv": "type,start_s,duration_s\nHypopnea,3,12\nObstructiveApnea,30,1e300\n",
     }
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(AnnotationError) as info:
             read_events_csv(str(tmp_path / name))
         assert info.value.code == "bad_events" and name in str(info.value)
+    assert "row 3" in str(info.value) and "1e+300" in str(info.value) and len(str(info.value)) < 300
     (tmp_path / "ok.csv").write_text("start_s,duration_s,type\n3,12,Hypopnea\n5,-1,Snore\n")
     assert read_events_csv(str(tmp_path / "ok.csv")) == [Event("Hypopnea", 3, 12), Event("Snore", 5, -1)]
 
