@@ -255,7 +255,8 @@ def validate_recording(src: RecordingSource, cfg: PreprocessConfig, checks: Vali
             row["duration_s"] = sum(p.duration_s for p in parts)
             row["n_epochs"] = count_epochs(sum(p.n_samples for p in parts), parts[0].sample_rate, cfg)
             if row["n_epochs"] == 0:
-                raise AudioError(src.audio_uris[0], "too_short", "shorter than one 30-s epoch")
+                raise AudioError(src.audio_uris[0], "too_short", "shorter than one 30-s epoch, so it has no sleep stage; "
+                                 "label a short clip's windows with `sleepsound clips score`")
             findings += _label_findings(src, row, parts, tol)
             if deep:
                 for channel, channel_parts in by_channel.items():

@@ -255,3 +255,93 @@ def test_cross_validation_scores_every_clip_once_by_a_model_blind_to_its_block(t
 
     too_many = CliRunner().invoke(app, [*args[:6], "--k", "7", *args[8:]])
     assert too_many.exit_code == 2 and "fewer than 7 folds" in too_many.output
+
+
+REAL_BEDROOM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "psg-audio-clip" / \
+    "00006_00000995_NoApnea.wav"
+
+
+def test_clips_score_labels_every_window_of_a_real_bedroom_recording(trained: dict, tmp_path: Path) -> None:
+    """The shared 20-s PSG-Audio excerpt (22.05 kHz float64 WAV): read, resampled, cut into the model's
+    clip length, every window scored; a file that cannot be scored is named and makes the exit code 1."""
+    app, model = trained["app"], trained["model"]
+    res = CliRunner().invoke(app, ["clips", "score", "--model", str(model), str(REAL_BEDROOM), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    clip_s = out["clip_seconds"]
+    assert out["file"] == str(REAL_BEDROOM) and out["seconds"] == pytest.approx(20.0, abs=0.01)
+    assert len(out["windows"]) == int(np.ceil((out["seconds"] - out["unscored_tail_s"]) / clip_s - 1e-9))
+    assert out["windows"][0]["start_s"] == 0 and out["windows"][1]["start_s"] == pytest.approx(clip_s, abs=1e-3)
+    assert all(abs(sum(w["probabilities"].values()) - 1) < 1e-3 for w in out["windows"])
+    assert sum(out["seconds_by_label"].values()) + out["unscored_tail_s"] == pytest.approx(out["seconds"], abs=0.01)
+    assert out["label"] in out["classes"] == ["no_snoring", "snoring"]
+
+    (tmp_path / "broken.wav").write_bytes(b"RIFF....WAVEfmt nonsense")
+    res = CliRunner().invoke(app, ["clips", "score", "--model", str(model), str(trained["data"] / "snoring" /
+                                   "1_0.wav"), str(tmp_path / "broken.wav"), str(tmp_path / "gone.wav")])
+    assert res.exit_code == 1
+    assert "1_0.wav: snoring" in res.stdout or "1_0.wav: no_snoring" in res.stdout
+    assert "broken.wav: unreadable audio" in res.output and "gone.wav: file not found" in res.output
+
+
+def test_the_http_service_scores_an_upload_like_the_cli_and_refuses_bad_ones_by_name(trained: dict) -> None:
+    import io
+    import socket
+    import threading
+    import urllib.error
+    import urllib.request
+
+    import uvicorn
+
+    from sleepsound.clips.scoring import score_source
+    from sleepsound.clips.serve import create_app
+
+    clip = trained["data"] / "snoring" / "1_3.wav"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(trained["model"], max_seconds=3.0, max_mb=0.25),
+                                           host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            threading.Event().wait(0.05)
+        base = f"http://127.0.0.1:{port}"
+
+        def post(body: bytes, name: str) -> tuple[int, dict]:
+            request = urllib.request.Request(f"{base}/score?name={name}", data=body, method="POST",
+                                             headers={"Content-Type": "application/octet-stream"})
+            try:
+                with urllib.request.urlopen(request, timeout=60) as reply:
+                    return reply.status, json.loads(reply.read())
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.loads(exc.read())
+
+        with urllib.request.urlopen(f"{base}/health", timeout=10) as reply:
+            health = json.loads(reply.read())
+        assert health["status"] == "ok" and health["classes"] == ["no_snoring", "snoring"]
+
+        status, out = post(clip.read_bytes(), "1_3.wav")
+        assert status == 200, out
+        offline = score_source(ClipClassifier(trained["model"]), str(clip), "1_3.wav")
+        assert out["file"] == "1_3.wav" and out["label"] == offline["label"]
+        assert [w["probabilities"]["snoring"] for w in out["windows"]] == pytest.approx(
+            [w["probabilities"]["snoring"] for w in offline["windows"]], abs=2e-3)
+
+        four_seconds = np.tile(sf.read(clip, dtype="float32")[0], 6)[: 4 * sf.info(clip).samplerate]
+        buffer = io.BytesIO()
+        sf.write(buffer, four_seconds, sf.info(clip).samplerate, format="FLAC")
+        status, out = post(buffer.getvalue(), "long.flac")
+        assert status == 413 and "long.flac: longer than 3 s" in out["detail"]
+        status, out = post(b"not audio at all", "junk.wav")
+        assert status == 400 and out["detail"].startswith("junk.wav: unreadable audio")
+        status, out = post(b"", "nothing.wav")
+        assert status == 400 and "nothing.wav: empty request body" in out["detail"]
+        status, out = post(b"\0" * (300 * 1024), "big.wav")
+        assert status == 413 and "over the limit" in out["detail"]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

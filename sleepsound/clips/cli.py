@@ -177,3 +177,63 @@ def evaluate(
                f"(rows true, columns predicted: {result['classes']})")
     for r in result["rejected"]:
         typer.echo(f"rejected {r['reason']}")
+
+
+@clips_app.command("score")
+def score_files(
+    model: Annotated[Path, typer.Option("--model", help="Model folder written by `clips train`.")],
+    files: Annotated[list[Path], typer.Argument(help="Audio files (any format soundfile reads, any rate).")],
+    max_seconds: Annotated[float, typer.Option(help="Longest audio accepted; whole nights go to "
+                                               "`sleepsound score`.")] = 600.0,
+    device: DeviceOpt = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """Label every clip-length window of short recordings; exit 1 if any file could not be scored."""
+    from sleepsound.clips.dataset import ClipError
+    from sleepsound.clips.evaluate import ClipClassifier
+    from sleepsound.clips.scoring import score_source
+
+    try:
+        clf = ClipClassifier(model, device)
+    except (OSError, ValueError) as exc:  # a HeadArtifactError is a ValueError
+        raise _fail(str(exc)) from exc
+    failed = 0
+    for path in files:
+        try:
+            result: dict[str, Any] = score_source(clf, str(path), str(path), max_seconds)
+        except ClipError as exc:
+            failed += 1
+            result = {"file": str(path), "error": str(exc)}
+        if as_json:
+            typer.echo(_json(result))
+        elif "error" in result:
+            typer.echo(f"error: {result['error']}", err=True)
+        else:
+            share = ", ".join(f"{c} {s:g} s" for c, s in result["seconds_by_label"].items())
+            typer.echo(f"{path}: {result['label']} ({result['seconds']:g} s in {len(result['windows'])} window(s) "
+                       f"of {result['clip_seconds']:g} s: {share})")
+    if failed:
+        raise typer.Exit(1)
+
+
+@clips_app.command()
+def serve(
+    model: Annotated[Path, typer.Option("--model", help="Model folder written by `clips train`.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default: recordings are "
+                                      "health data).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    max_seconds: Annotated[float, typer.Option(help="Longest audio accepted per request.")] = 600.0,
+    max_mb: Annotated[float, typer.Option(help="Largest upload accepted per request, in MiB.")] = 64.0,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """HTTP service: POST audio bytes to /score, get each window's label and probabilities as JSON."""
+    import uvicorn
+
+    from sleepsound.clips.serve import create_app
+
+    try:
+        app = create_app(model, device=device, max_seconds=max_seconds, max_mb=max_mb)
+    except (OSError, ValueError) as exc:  # a HeadArtifactError is a ValueError
+        raise _fail(str(exc)) from exc
+    typer.echo(f"scoring with {model} on http://{host}:{port} (POST /score, GET /health, docs at /docs)")
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -119,8 +120,15 @@ def read_mono_16k(path: str | Path, min_seconds: float = MIN_CLIP_SECONDS,
     ClipError with the reason."""
     if Path(path).stat().st_size == 0:
         raise ClipError("empty file (0 bytes)")
+    return peak_normalise(decode_mono_16k(str(path), min_seconds, max_seconds))
+
+
+def decode_mono_16k(source: str | BinaryIO, min_seconds: float = MIN_CLIP_SECONDS,
+                    max_seconds: float = MAX_CLIP_SECONDS) -> np.ndarray:
+    """float32 mono 16-kHz samples of the first ``max_seconds`` of a file or file-like object
+    (any format soundfile reads), not normalised; ClipError with the reason when unusable."""
     try:
-        with sf.SoundFile(str(path)) as handle:
+        with sf.SoundFile(source) as handle:
             rate = handle.samplerate
             data = handle.read(frames=min(handle.frames, math.ceil(max_seconds * rate)), dtype="float32",
                                always_2d=True)
@@ -134,11 +142,15 @@ def read_mono_16k(path: str | Path, min_seconds: float = MIN_CLIP_SECONDS,
     if not np.isfinite(mono).all():
         raise ClipError("non-finite samples (NaN or Inf)")
     if rate != SAMPLE_RATE:
-        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
-    peak = float(np.abs(mono).max()) if mono.size else 0.0
-    if peak == 0.0:  # digital silence is a valid example of "no event": kept, nothing to normalise
-        return mono.astype(np.float32)
-    return (mono / peak).astype(np.float32)
+        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
+    return mono.astype(np.float32)
+
+
+def peak_normalise(audio: np.ndarray) -> np.ndarray:
+    """Scaled to peak 1 (recording gain should not decide the label); digital silence is a valid
+    example of "no event" and is kept as it is."""
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    return audio.astype(np.float32) if peak == 0.0 else (audio / peak).astype(np.float32)
 
 
 def default_clip_samples(lengths: list[int], max_seconds: float = MAX_CLIP_SECONDS) -> int:
