@@ -519,6 +519,46 @@ def bench_score(
         console.print(f"best flow vs baseline: {result['speedup']:.2f}x; baseline: {result['baseline']['method']}")
 
 
+
+@bench_app.command("clips")
+def bench_clips(
+    data: Annotated[Optional[Path], typer.Option(
+        help="Folder of clips in label sub-folders (default: 1-s clips cut from a synthetic night).")] = None,
+    clips: Annotated[int, typer.Option("--clips", help="How many clips (the first ones of --data).")] = 100,
+    backbone: Annotated[str, typer.Option(help="Backbone name or local model folder.")] = "whisper-tiny.en-offline",
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    batch_size: Annotated[Optional[int], typer.Option(
+        help="Clips per forward pass (ours; default the clips commands' own: 1 on CPU, 16 on GPU).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    workdir: Annotated[Optional[Path], typer.Option(
+        help="Folder for the generated clips (default: $SLEEPSOUND_CACHE/bench, reused across runs).")] = None,
+) -> None:
+    """Decode and embed short clips (every clips command's heavy stage), beside a clip-by-clip tutorial baseline."""
+    from sleepsound.bench.clips import run_clips_bench
+    from sleepsound.bench.ingest import BenchError
+
+    try:
+        if not as_json:
+            console.print(f"clips benchmark: {clips} clips, {backbone} on {device}")
+        result = run_clips_bench(data=data, n_clips=clips, backbone=backbone, device=device, batch_size=batch_size,
+                                 workdir=workdir)
+    except BenchError as exc:
+        console.print(f"[red]benchmark failed:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table("figure", "ours", "baseline (clip by clip)",
+                  title=f"clips: {result['clips']} clips ({result['audio_seconds']:g} s of audio), "
+                        f"{result['backbone']}")
+    table.add_row("seconds", f"{result['seconds']:.2f}", f"{result['baseline_seconds']:.2f}")
+    table.add_row("clips / s", f"{result['clips_per_second']:.2f}", f"{result['baseline_clips_per_second']:.2f}")
+    table.add_row("peak RSS (MB)", f"{result['peak_rss_mb']:.0f}", f"{result['baseline_peak_rss_mb']:.0f}")
+    console.print(table)
+    console.print(f"speedup {result['speedup']:.2f}x (ours: read {result['read_seconds']:.1f} s, embed "
+                  f"{result['embed_seconds']:.1f} s = {result['embed_clips_per_second']:.2f} clips/s, backbone load "
+                  f"in the total); baseline: {result['method']['baseline']}")
+
 from sleepsound.clips.cli import clips_app  # noqa: E402  (typer only: no heavy imports at --help)
 
 app.add_typer(clips_app, name="clips")

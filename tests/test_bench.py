@@ -153,3 +153,28 @@ def test_bench_embed_refuses_bad_workers() -> None:
         parse_workers("0")
     with pytest.raises(BenchError, match="comma-separated"):
         parse_workers("one")
+
+
+def test_cli_bench_clips_json_times_ours_and_the_baseline_on_the_same_clips(tmp_path: Path, tiny_whisper: str) -> None:
+    """Synthetic 1-s clips (made once, then reused) and a folder of the user's own: both sides embed the same
+    clips, each in its own process; every figure is there and consistent (speed never asserted)."""
+    pytest.importorskip("librosa")
+    args = ["bench", "clips", "--backbone", tiny_whisper, "--clips", "6", "--json", "--workdir", str(tmp_path)]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output.strip().splitlines()[-1])
+    assert result["benchmark"] == "clips" and result["clips"] == 6 and result["rejected"] == 0
+    assert result["audio_seconds"] == pytest.approx(6.0)
+    assert result["output_shape"][0] == 6 and result["output_shape"][2] >= 1       # every candidate layer kept
+    assert result["speedup"] == pytest.approx(result["baseline_seconds"] / result["seconds"], rel=0.02, abs=0.01)
+    assert result["clips_per_second"] == pytest.approx(6 / result["seconds"], rel=0.02)
+    assert result["peak_rss_mb"] > 0 and result["baseline_peak_rss_mb"] > 0
+    made = Path(result["data"])
+    assert made.parent == tmp_path and len(list((made / "clips").glob("*.wav"))) == 6
+
+    again = CliRunner().invoke(app, ["bench", "clips", "--backbone", tiny_whisper, "--data", str(made), "--clips", "4",
+                                     "--batch-size", "2"])
+    assert again.exit_code == 0, again.output
+    assert "4 clips (4 s of audio)" in again.output and "speedup" in again.output
+    missing = CliRunner().invoke(app, ["bench", "clips", "--data", str(tmp_path / "nowhere"), "--json"])
+    assert missing.exit_code == 2 and "clip folder not found" in missing.output

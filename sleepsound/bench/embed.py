@@ -39,16 +39,14 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
-import resource
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from sleepsound.bench.ingest import (BenchError, ensure_night, package_versions, require_librosa, run_stage,
-                                     stage_main)
+from sleepsound.bench.ingest import (BenchError, ensure_night, package_versions, peak_rss_mb, require_librosa,
+                                     run_stage, stage_main)
 
 DEFAULT_BACKBONE = "whisper-tiny.en-offline"
 _MODULE = "sleepsound.bench.embed"  # the child stages run as `python -m` of this module
@@ -135,11 +133,6 @@ def ensure_clips(night: Path, cfg: Any) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
 def count_flops_per_epoch(backbone: Any, n_samples: int) -> int:
@@ -231,7 +224,7 @@ def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
     row = night_row(Path(spec["night"]), cfg)
     stats, seconds = timed_embed(row, cfg, use_ray=False, what="embedding")
     return {"seconds": seconds, "epochs": stats.epochs, "audio_seconds": float(row["duration_s"]),
-            "n_epochs": int(row["n_epochs"]), "peak_rss_mb": _peak_rss_mb()}
+            "n_epochs": int(row["n_epochs"]), "peak_rss_mb": peak_rss_mb()}
 
 
 def _stage_model(spec: dict[str, Any]) -> dict[str, Any]:
@@ -261,7 +254,7 @@ def _stage_model(spec: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": seconds, "epochs": epochs, "load_seconds": load_seconds, "flops_per_epoch": flops,
             "cpu_gemm_gflops": gemm, "device": device, "device_name": device_name(device), "dtype": backbone.dtype,
             "batch_size": size, "family": backbone.family, "torch_threads": _torch_threads(),
-            "peak_rss_mb": _peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
@@ -302,7 +295,7 @@ def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
         pooled.append(hidden.mean(dim=1).float().cpu().numpy())
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "epochs": len(pooled), "torch_threads": _torch_threads(),
-            "peak_rss_mb": _peak_rss_mb()}
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def _torch_threads() -> int:

@@ -150,7 +150,8 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MB (imports included)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
@@ -175,7 +176,7 @@ def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
                 raise BenchError(f"{src.recording_id}: {epoch['error']}")
             epochs += 1
     return {"seconds": time.perf_counter() - wall0, "cpu_seconds": _cpu_seconds() - cpu0,
-            "peak_rss_mb": _peak_rss_mb(), "epochs": epochs, "audio_seconds": audio_s,
+            "peak_rss_mb": peak_rss_mb(), "epochs": epochs, "audio_seconds": audio_s,
             "sample_rate": rate, "channels_in_file": channels}
 
 
@@ -215,7 +216,7 @@ def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
                 epochs += len(part_epochs)
                 del y, part_epochs
     return {"seconds": time.perf_counter() - wall0, "cpu_seconds": _cpu_seconds() - cpu0,
-            "peak_rss_mb": _peak_rss_mb(), "epochs": epochs, "audio_seconds": audio_s}
+            "peak_rss_mb": peak_rss_mb(), "epochs": epochs, "audio_seconds": audio_s}
 
 
 _STAGES = {"ours": _stage_ours, "baseline": _stage_baseline}

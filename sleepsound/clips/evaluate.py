@@ -42,7 +42,7 @@ class ClipClassifier:
     def held_out_files(self) -> list[str]:
         return [str(f) for f in self.info.get("held_out_files", [])]
 
-    def proba(self, audio: np.ndarray, lengths: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    def proba(self, audio: np.ndarray, lengths: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Class probabilities [N, C] for fixed-length 16-kHz clips [N, clip_samples]."""
         if audio.ndim != 2 or audio.shape[1] != self.clip_samples:
             raise ValueError(f"expected clips [N, {self.clip_samples}], got {audio.shape}")
@@ -52,7 +52,7 @@ class ClipClassifier:
         x, mask = head_input(emb, lengths, self.spec)
         return predict_proba(self.model, x, mask=mask)
 
-    def predict(self, audio: np.ndarray, lengths: np.ndarray, batch_size: int = 8) -> list[str]:
+    def predict(self, audio: np.ndarray, lengths: np.ndarray, batch_size: int | None = None) -> list[str]:
         return [self.classes[i] for i in self.proba(audio, lengths, batch_size).argmax(axis=1)]
 
     def load(self, data: str | Path, split: str = "all") -> ClipDataset:
@@ -82,7 +82,7 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def evaluate_clips(model_dir: str | Path, data: str | Path, split: str = "all", batch_size: int = 8,
+def evaluate_clips(model_dir: str | Path, data: str | Path, split: str = "all", batch_size: int | None = None,
                    device: str = "cpu") -> dict[str, Any]:
     """{n, accuracy, macro_f1, kappa, classes, confusion, per_class, counts, rejected} on ``data``."""
     clf = ClipClassifier(model_dir, device)

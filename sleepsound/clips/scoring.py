@@ -38,7 +38,7 @@ def windows_of(audio: np.ndarray, clip_samples: int) -> tuple[np.ndarray, np.nda
     return windows, lengths, np.array(starts, dtype=np.int64)
 
 
-def score_audio(clf: ClipClassifier, audio: np.ndarray, name: str, batch_size: int = 8) -> dict[str, Any]:
+def score_audio(clf: ClipClassifier, audio: np.ndarray, name: str, batch_size: int | None = None) -> dict[str, Any]:
     """Per-window labels and probabilities, and the recording's totals, for 16-kHz mono ``audio``."""
     started = time.perf_counter()
     windows, lengths, starts = windows_of(audio, clf.clip_samples)
@@ -64,7 +64,7 @@ def score_audio(clf: ClipClassifier, audio: np.ndarray, name: str, batch_size: i
 
 
 def score_source(clf: ClipClassifier, source: str | BinaryIO, name: str,
-                 max_seconds: float = MAX_SCORE_SECONDS, batch_size: int = 8) -> dict[str, Any]:
+                 max_seconds: float = MAX_SCORE_SECONDS, batch_size: int | None = None) -> dict[str, Any]:
     """Decode (any format soundfile reads, any rate, mixed to mono) and score; ClipError naming
     ``name`` and the problem for unusable or over-long audio."""
     if isinstance(source, str) and not os.path.isfile(source):

@@ -58,7 +58,7 @@ class ClipTrainSettings:
     folds: int = 5                             # blocked k-fold validation on the training side
     seed: int = 0
     clip_seconds: float | None = None          # None: the longest clip, at most 5 s
-    embed_batch: int = 8
+    embed_batch: int | None = None             # clips per forward pass; None: 1 on CPU, 16 on GPU
     device: str = "cpu"
     cache_dir: str | None = None               # embeddings as .npy, keyed by audio + backbone
     refit_all: bool = True                     # after scoring the test blocks, save a head fit on every clip
