@@ -60,7 +60,7 @@ def load_clip_backbone(spec: FeatureSpec, device: str = "cpu") -> Backbone:
 def default_batch(backbone: Backbone) -> int:
     """Clips per forward pass: 1 on a CPU, 16 on a GPU. Whisper pads every clip to its 30-s
     window, so each clip's attention is already large; on 2 CPU cores batches of 8 embedded
-    about 30% slower than one clip at a time, with more memory (`sleepsound bench clips`)."""
+    about 40% slower than one clip at a time, with more memory (`sleepsound bench clips`)."""
     return 16 if backbone.on_cuda else 1
 
 
