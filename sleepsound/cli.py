@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -361,28 +362,43 @@ def reproduce_embc2025_command(
 bench_app = typer.Typer(help="Benchmarks: throughput and peak memory beside a simple baseline, in one run.",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+BenchJsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+BenchWorkdirOpt = Annotated[Optional[Path], typer.Option(
+    help="Folder for the generated input (default: $SLEEPSOUND_CACHE/bench, reused across runs).")]
+
+
+def _run_bench(as_json: bool, intro: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+    """A benchmark's shared frame: its intro line (table mode), a BenchError as exit 2, ``--json`` as one
+    printed line. Returns the result for the caller's table, or None once the JSON is printed."""
+    from sleepsound.bench.ingest import BenchError
+
+    try:
+        if not as_json:
+            console.print(intro)
+        result = run()
+    except BenchError as exc:
+        console.print(f"[red]benchmark failed:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        print(json.dumps(result))
+        return None
+    return result
 
 
 @bench_app.command("ingest")
 def bench_ingest(
     hours: Annotated[float, typer.Option(help="Length of the synthetic night in hours.")] = 8.0,
     sample_rate: Annotated[int, typer.Option(help="Microphone sample rate of the night in Hz.")] = 48_000,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
-    workdir: Annotated[Optional[Path], typer.Option(
-        help="Folder for the generated night (default: $SLEEPSOUND_CACHE/bench, reused across runs).")] = None,
+    as_json: BenchJsonOpt = False,
+    workdir: BenchWorkdirOpt = None,
 ) -> None:
     """Read, validate, resample, filter and epoch one synthetic night, beside a load-whole-file baseline."""
-    from sleepsound.bench.ingest import BenchError, run_ingest_bench
+    from sleepsound.bench.ingest import run_ingest_bench
 
-    try:
-        if not as_json:
-            console.print(f"ingest benchmark: {hours:g} h at {sample_rate} Hz (the night is generated once, then reused)")
-        result = run_ingest_bench(hours=hours, sample_rate=sample_rate, workdir=workdir)
-    except BenchError as exc:
-        console.print(f"[red]benchmark failed:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    if as_json:
-        print(json.dumps(result))
+    result = _run_bench(as_json, f"ingest benchmark: {hours:g} h at {sample_rate} Hz (the night is generated once, "
+                                 "then reused)",
+                        lambda: run_ingest_bench(hours=hours, sample_rate=sample_rate, workdir=workdir))
+    if result is None:
         return
     ours, base = result["ours"], result["baseline"]
     table = Table("figure", "ours (streamed)", "baseline (whole part)",
@@ -418,26 +434,20 @@ def bench_embed(
     workers: Annotated[Optional[str], typer.Option(
         help="Also run through Ray Data with these model-actor counts, e.g. 1,2 (simulated on one machine).")] = None,
     sample_rate: Annotated[int, typer.Option(help="Microphone sample rate of the night in Hz.")] = 48_000,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
-    workdir: Annotated[Optional[Path], typer.Option(
-        help="Folder for the generated night (default: $SLEEPSOUND_CACHE/bench, reused across runs).")] = None,
+    as_json: BenchJsonOpt = False,
+    workdir: BenchWorkdirOpt = None,
 ) -> None:
     """Embed one synthetic night end to end, beside the bare model and a clip-by-clip tutorial baseline."""
     from sleepsound.bench.embed import parse_workers, run_embed_bench
-    from sleepsound.bench.ingest import BenchError
 
-    try:
-        if not as_json:
-            console.print(f"embed benchmark: {backbone}, {minutes:g} min at {sample_rate} Hz on {device}")
+    def run() -> dict[str, Any]:
         size: int | str | None = batch_size if batch_size in (None, "auto") else _positive_int(batch_size)
-        result = run_embed_bench(backbone=backbone, minutes=minutes, device=device, dtype=dtype,
-                                 batch_size=size, workers=parse_workers(workers), workdir=workdir,
-                                 sample_rate=sample_rate, compile=compile_model)
-    except BenchError as exc:
-        console.print(f"[red]benchmark failed:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    if as_json:
-        print(json.dumps(result))
+        return run_embed_bench(backbone=backbone, minutes=minutes, device=device, dtype=dtype, batch_size=size,
+                               workers=parse_workers(workers), workdir=workdir, sample_rate=sample_rate,
+                               compile=compile_model)
+
+    result = _run_bench(as_json, f"embed benchmark: {backbone}, {minutes:g} min at {sample_rate} Hz on {device}", run)
+    if result is None:
         return
     table = Table("figure", "ours (pipeline)", "model alone", "baseline (clip by clip)",
                   title=f"embed: {result['backbone']} on {result['device_name']} ({result['dtype']}), "
@@ -475,29 +485,24 @@ def bench_score(
     ray_address: RayOpt = None,
     object_store_mb: Annotated[Optional[int], typer.Option(
         help="Local Ray object store size in MB (ray.object_store_mb; default Ray's own).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
-    workdir: Annotated[Optional[Path], typer.Option(
-        help="Folder for the generated cohort (default: $SLEEPSOUND_CACHE/bench, reused across runs).")] = None,
+    as_json: BenchJsonOpt = False,
+    workdir: BenchWorkdirOpt = None,
 ) -> None:
     """Score a cohort of short synthetic nights with the score flow: per-stage times, scaling, peak memory."""
     from flows.local_prefect import local_prefect_api
     from sleepsound.bench.embed import parse_workers
-    from sleepsound.bench.ingest import BenchError
     from sleepsound.bench.score import run_score_bench
 
-    try:
-        counts = parse_workers(workers) or [1]
-        if not as_json:
-            console.print(f"score benchmark: {nights} nights of {minutes:g} min, embedding workers {counts}")
+    def run() -> dict[str, Any]:
         with local_prefect_api(Path(".prefect").resolve()):
-            result = run_score_bench(nights=nights, minutes=minutes, workers=counts, backbone=backbone,
-                                     batch_size=batch_size, train_nights=train_nights, workdir=workdir,
-                                     ray_address=ray_address, baseline=baseline, object_store_mb=object_store_mb)
-    except BenchError as exc:
-        console.print(f"[red]benchmark failed:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    if as_json:
-        print(json.dumps(result))
+            return run_score_bench(nights=nights, minutes=minutes, workers=parse_workers(workers) or [1],
+                                   backbone=backbone, batch_size=batch_size, train_nights=train_nights,
+                                   workdir=workdir, ray_address=ray_address, baseline=baseline,
+                                   object_store_mb=object_store_mb)
+
+    result = _run_bench(as_json, f"score benchmark: {nights} nights of {minutes:g} min, embedding workers {workers}",
+                        run)
+    if result is None:
         return
     table = Table("run", "seconds", "nights / s", "epochs / s", "x real time", "peak PSS (MB)",
                   title=f"score: {result['nights']} nights x {result['minutes_per_night']:g} min, {result['backbone']}, "
@@ -529,24 +534,16 @@ def bench_clips(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
     batch_size: Annotated[Optional[int], typer.Option(
         help="Clips per forward pass (ours; default the clips commands' own: 1 on CPU, 16 on GPU).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
-    workdir: Annotated[Optional[Path], typer.Option(
-        help="Folder for the generated clips (default: $SLEEPSOUND_CACHE/bench, reused across runs).")] = None,
+    as_json: BenchJsonOpt = False,
+    workdir: BenchWorkdirOpt = None,
 ) -> None:
     """Decode and embed short clips (every clips command's heavy stage), beside a clip-by-clip tutorial baseline."""
     from sleepsound.bench.clips import run_clips_bench
-    from sleepsound.bench.ingest import BenchError
 
-    try:
-        if not as_json:
-            console.print(f"clips benchmark: {clips} clips, {backbone} on {device}")
-        result = run_clips_bench(data=data, n_clips=clips, backbone=backbone, device=device, batch_size=batch_size,
-                                 workdir=workdir)
-    except BenchError as exc:
-        console.print(f"[red]benchmark failed:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    if as_json:
-        print(json.dumps(result))
+    result = _run_bench(as_json, f"clips benchmark: {clips} clips, {backbone} on {device}",
+                        lambda: run_clips_bench(data=data, n_clips=clips, backbone=backbone, device=device,
+                                                batch_size=batch_size, workdir=workdir))
+    if result is None:
         return
     table = Table("figure", "ours", "baseline (clip by clip)",
                   title=f"clips: {result['clips']} clips ({result['audio_seconds']:g} s of audio), "
