@@ -655,18 +655,56 @@ def _run_flow_locally(source: str, root: str, config: dict, ray_address: str | N
         return run_pipeline_on_ray(source, root, config, ray_address=ray_address, run_id=run_id)
 
 
+NIGHTS_SHOWN = 15
+
+
+def _figure(value: Any, fmt: str) -> str:
+    """A table cell: ``-`` for a missing or NaN figure."""
+    return "-" if value is None or (isinstance(value, float) and value != value) else format(value, fmt)
+
+
+def _print_nights(summaries_uri: str) -> None:
+    """The predicted night summaries (first ``NIGHTS_SHOWN``): what a user scoring a cohort came for."""
+    from sleepsound.results import read_summaries
+
+    try:
+        nights = read_summaries(summaries_uri)
+    except (OSError, ValueError):      # no summaries written (nothing accepted): the counts below say why
+        return
+    nights = nights[nights["source"] == "predicted"]
+    if nights.empty:
+        return
+    table = Table(title=f"nights (predicted), {len(nights)} in all")
+    table.add_column("night", overflow="fold")
+    for name in ("h", "sleep h", "eff.", "REM %", "AHI", "severity", "snore idx"):
+        table.add_column(name, no_wrap=True)
+    for row in nights.head(NIGHTS_SHOWN).itertuples():
+        table.add_row(str(row.recording_id), _figure(row.time_in_bed_min / 60, ".1f"),
+                      _figure(row.total_sleep_time_min / 60, ".1f"), _figure(row.sleep_efficiency, ".0%"),
+                      _figure(row.pct_rem, ".0f"), _figure(row.ahi, ".1f"), _figure(row.severity, ""),
+                      _figure(row.snore_index, ".1f"))
+    console.print(table)
+    if len(nights) > NIGHTS_SHOWN:
+        console.print(f"... and {len(nights) - NIGHTS_SHOWN} more nights in {summaries_uri}")
+
+
 def _print_results(result: dict) -> None:
     m = result["metrics"]
-    table = Table("held-out figure", "model", "majority baseline", title=f"run {result['run_id']}")
-    table.add_row("macro-F1", f"{m['macro_f1']:.3f}", f"{m['baseline_macro_f1']:.3f}")
-    table.add_row("accuracy", f"{m['accuracy']:.3f}", f"{m['baseline_accuracy']:.3f}")
-    table.add_row("Cohen's kappa", f"{m['kappa']:.3f}", "0.000")
-    for task in ("stage5", "resp"):
-        if f"{task}_macro_f1" in m:
-            table.add_row(f"{task} macro-F1", f"{m[f'{task}_macro_f1']:.3f}", "")
-    if "ahi_pearson_r" in m:
-        table.add_row("AHI Pearson r / bias", f"{m['ahi_pearson_r']:.2f} / {m['ahi_bias']:+.1f}", "")
-    console.print(table)
+    if _figure(m.get("macro_f1"), ".3f") == "-":
+        console.print(f"run {result['run_id']}: no labelled night outside the models' training, so no held-out "
+                      "figures; predictions and night summaries only")
+    else:
+        table = Table("held-out figure", "model", "majority baseline", title=f"run {result['run_id']}")
+        table.add_row("macro-F1", f"{m['macro_f1']:.3f}", f"{m['baseline_macro_f1']:.3f}")
+        table.add_row("accuracy", f"{m['accuracy']:.3f}", f"{m['baseline_accuracy']:.3f}")
+        table.add_row("Cohen's kappa", f"{m['kappa']:.3f}", "0.000")
+        for task in ("stage5", "resp"):
+            if f"{task}_macro_f1" in m:
+                table.add_row(f"{task} macro-F1", f"{m[f'{task}_macro_f1']:.3f}", "")
+        if "ahi_pearson_r" in m:
+            table.add_row("AHI Pearson r / bias", f"{m['ahi_pearson_r']:.2f} / {m['ahi_bias']:+.1f}", "")
+        console.print(table)
+    _print_nights(result["summaries"])
     for task, reason in result["model"].get("skipped", {}).items():
         console.print(f"[yellow]{task} head not trained:[/yellow] {reason}")
     for task, decision in result.get("promotions", {}).items():

@@ -40,6 +40,13 @@ def read_predictions(root: str, run_id: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def read_summaries(summaries_uri: str) -> pd.DataFrame:
+    """A run's night summaries (one row per night and source), from the URI ``write_run_outputs`` returned."""
+    fs, path = open_root(summaries_uri)
+    with fs.open(join(path, "summaries.parquet"), "rb") as handle:
+        return pd.read_parquet(handle)
+
+
 def _stages(values: pd.Series) -> list[str | None]:
     return [v if isinstance(v, str) else None for v in values]
 

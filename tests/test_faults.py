@@ -139,6 +139,7 @@ def test_storage_that_drops_and_delays_requests_under_the_nightly_flow(tiny_whis
     assert proc.returncode == 0, output[-3000:]
     assert proxy.dropped >= 5 and proxy.delayed >= 5, (proxy.requests, proxy.dropped)
     assert "3 discovered, 3 accepted, 0 quarantined" in output and "retrained: yes" in output
+    assert "nights (predicted), 3 in all" in output    # the summaries, read back through the flaky proxy
     preds = pd.read_parquet("s3://sleepsound-faults/root/runs/flaky/predictions")
     assert preds["recording_id"].nunique() == 3
     assert not preds.duplicated(["recording_id", "epoch_index"]).any()

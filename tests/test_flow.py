@@ -114,6 +114,13 @@ def _assert_nightly_does_only_what_is_new(cohort: Path, root: str, tiny_whisper:
     assert second["counts"]["embedded"] == 1 and second["counts"]["cached"] == 5
     preds = pd.read_parquet(Path(root) / "runs" / "n2" / "predictions")
     assert set(preds["recording_id"].astype(str)) == {patient} and (preds["split"] == "unlabelled").all()
+    from sleepsound.cli import _print_results, console
+
+    with console.capture() as shown:                 # what the command prints for an unlabelled night
+        _print_results(second)
+    text = shown.get()
+    assert "no held-out figures" in text and "nan" not in text
+    assert "nights (predicted), 1 in all" in text and patient in text and "severity" in text
 
     third = run_nightly_on_ray(str(source), root, _config(tiny_whisper), run_id="n3")
     assert third["new"] == {"labelled": [], "unlabelled": []} and third["report"] is None
