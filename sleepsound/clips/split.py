@@ -78,11 +78,12 @@ def blocks_of(files: Sequence[str], block_size: int) -> tuple[list[list[str]], s
     return blocks, how
 
 
-def _n_test(n_blocks: int, test_fraction: float) -> int:
+def _n_test(n_blocks: int, test_fraction: float, label: str) -> int:
     if test_fraction <= 0:
         return 0
     if n_blocks < 2:
-        raise ValueError(f"cannot hold out whole blocks from {n_blocks} block(s); lower --block-size")
+        raise ValueError(f"label {label!r} has {n_blocks} block(s) of consecutive clips: cannot hold out whole "
+                         "blocks; lower --block-size, add clips, or train on everything with --test-fraction 0")
     return int(min(n_blocks - 1, max(1, round(test_fraction * n_blocks))))
 
 
@@ -97,7 +98,7 @@ def block_split(files_by_label: Mapping[str, Sequence[str]], *, block_size: int 
     for label in sorted(files_by_label):
         blocks, how = blocks_of(files_by_label[label], block_size)
         rng = np.random.default_rng([seed, zlib.crc32(label.encode())])
-        chosen = sorted(int(b) for b in rng.choice(len(blocks), size=_n_test(len(blocks), test_fraction),
+        chosen = sorted(int(b) for b in rng.choice(len(blocks), size=_n_test(len(blocks), test_fraction, label),
                                                    replace=False))
         split.blocks[label], split.test_blocks[label], split.order[label] = blocks, chosen, how
         for number, block in enumerate(blocks):
