@@ -311,9 +311,9 @@ def test_the_http_service_scores_an_upload_like_the_cli_and_refuses_bad_ones_by_
             threading.Event().wait(0.05)
         base = f"http://127.0.0.1:{port}"
 
-        def post(body: bytes, name: str) -> tuple[int, dict]:
+        def post(body: bytes, name: str, kind: str = "application/octet-stream") -> tuple[int, dict]:
             request = urllib.request.Request(f"{base}/score?name={name}", data=body, method="POST",
-                                             headers={"Content-Type": "application/octet-stream"})
+                                             headers={"Content-Type": kind})
             try:
                 with urllib.request.urlopen(request, timeout=60) as reply:
                     return reply.status, json.loads(reply.read())
@@ -342,6 +342,9 @@ def test_the_http_service_scores_an_upload_like_the_cli_and_refuses_bad_ones_by_
         assert status == 400 and "nothing.wav: empty request body" in out["detail"]
         status, out = post(b"\0" * (300 * 1024), "big.wav")
         assert status == 413 and "over the limit" in out["detail"]
+        status, out = post(b"--x\r\nContent-Disposition: form-data; name=file\r\n\r\n--x--", "form.wav",
+                           "multipart/form-data; boundary=x")
+        assert status == 415 and "--data-binary" in out["detail"]
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -71,6 +71,10 @@ def create_app(model_dir: str | Path, device: str = "cpu", max_seconds: float = 
 
     @app.post("/score")
     async def score(request: Request, name: str = "upload") -> dict[str, Any]:
+        if request.headers.get("content-type", "").startswith(("multipart/form-data",
+                                                                "application/x-www-form-urlencoded")):
+            raise HTTPException(415, f"{name}: send the audio file's bytes as the request body "
+                                     "(curl --data-binary @clip.wav), not as a form")
         body = await _body(request, max_bytes)
         if not body:
             raise HTTPException(400, f"{name}: empty request body; send the audio file's bytes")
