@@ -141,6 +141,10 @@ def check_events(events: Sequence[RmlEvent], audio_s: float, path: str) -> list[
 def check_stage_table(table: pd.DataFrame, path: str, recording_id: str, n_epochs: int, audio_s: float,
                       tol: Tolerances = Tolerances()) -> list[Finding]:
     """Checks of a plain layout's ``.stages.csv`` (already parsed by ``annotations.read_stage_table``)."""
+    if table.empty:  # a header without rows: like an RML without UserStaging
+        return [Finding("recording", "no_staging", "warning", path,
+                        "the stage CSV has a header but no rows: the night is scored but not used for "
+                        "training or metrics")]
     if "recording_id" in table.columns:
         others = sorted({str(v) for v in table["recording_id"].dropna()} - {recording_id})
         if others:

@@ -26,13 +26,14 @@ without events (unlabelled).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from sleepsound.annotations import AnnotationError
-from sleepsound.io.rml import MAX_NIGHT_S, RmlAnnotations, RmlEvent
+from sleepsound.annotations import AnnotationError, read_annotation_csv
+from sleepsound.io.rml import KNOWN_EVENT_TYPES, MAX_NIGHT_S, RmlAnnotations, RmlEvent
 from sleepsound.labels import APNEA_TYPES, HYPOPNEA_TYPES, SNORE_TYPES
 
 RESP_COLUMNS = ("apnea_frac", "hypopnea_frac", "snore_frac", "n_apnea", "n_hypopnea", "resp_label")
@@ -50,27 +51,28 @@ def events_from_rml(ann: RmlAnnotations) -> list[Event]:
 
 
 def read_events_csv(path: str) -> list[Event]:
-    """A plain layout's events CSV (``type,start_s,duration_s`` and optional ``family``).
+    """A plain layout's events CSV (``type,start_s,duration_s`` and optional ``family``), read as
+    ``annotations.read_annotation_csv`` reads any annotation CSV; types spelled otherwise than the
+    RML's (case, spaces, British spelling) are mapped to them (``event_type_of``).
 
     Raises ``AnnotationError(path, "bad_events", ...)`` when it cannot be read or a row
     lacks a type or a finite start/duration; a negative duration is not an error (the
     event is ignored by the labels, as validation warns).
     """
-    try:
-        table = pd.read_csv(path, dtype={"type": str, "family": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
-        raise AnnotationError(path, "bad_events", f"events CSV is not readable ({exc})") from exc
+    table = read_annotation_csv(path, "events CSV", "bad_events")
     missing = [c for c in ("type", "start_s", "duration_s") if c not in table.columns]
     if missing:
         raise AnnotationError(path, "bad_events",
-                              f"events CSV needs columns type,start_s,duration_s; lacks {missing}")
+                              f"events CSV needs columns type,start_s,duration_s; lacks {missing} "
+                              f"(has {list(table.columns)[:10]})")
     numbers = table[["start_s", "duration_s"]].apply(pd.to_numeric, errors="coerce")
     values = numbers.to_numpy(dtype=float)
     bad = ~np.isfinite(values).all(axis=1) | table["type"].isna().to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
+        got = [str(v) for v in table.iloc[row][["type", "start_s", "duration_s"]]]
         raise AnnotationError(path, "bad_events", f"row {row + 2} needs a type and numeric start_s and duration_s "
-                              f"(got {table.iloc[row][['type', 'start_s', 'duration_s']].tolist()})")
+                              f"(got {got})")
     absurd = (np.abs(values) > MAX_NIGHT_S).any(axis=1)   # clipped to the night, it would label every epoch
     if absurd.any():
         row = int(np.flatnonzero(absurd)[0])
@@ -78,8 +80,30 @@ def read_events_csv(path: str) -> list[Event]:
                               f"{values[row, 1]:g} reach beyond {MAX_NIGHT_S / 86400:g} days, no night is that "
                               "long: a corrupt export; fix the file")
     families = table["family"].fillna("") if "family" in table.columns else [""] * len(table)
-    return [Event(str(f), str(t), float(s), float(d)) for t, s, d, f in
+    return [Event(str(f), event_type_of(str(t)), float(s), float(d)) for t, s, d, f in
             zip(table["type"], numbers["start_s"], numbers["duration_s"], families, strict=True)]
+
+
+def _type_key(name: str) -> str:
+    return "".join(name.split()).replace("_", "").replace("-", "").lower().replace("pnoea", "pnea")
+
+
+# The RML's event types by ``_type_key`` ("obstructive apnoea" -> ObstructiveApnea), and other
+# common spellings of them.
+_TYPE_SPELLINGS: dict[str, str] = {
+    **{_type_key(name): name for name in KNOWN_EVENT_TYPES},
+    "snoring": "Snore",
+}
+
+
+def event_type_of(name: str) -> str:
+    """The RML type an events-CSV type means (``_TYPE_SPELLINGS``), or ``name`` itself when none."""
+    return _TYPE_SPELLINGS.get(_type_key(name), name)
+
+
+def unknown_event_types(events: Iterable[Event]) -> Counter[str]:
+    """Types (after ``event_type_of``) that no RML names: kept, but they feed no label."""
+    return Counter(e.type for e in events if e.type not in KNOWN_EVENT_TYPES)
 
 
 def _intervals(events: Iterable[Event], types: frozenset[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -2,7 +2,8 @@
 
 PSG-Audio: ``APNEA_EDF/<patient>/<patient>[001].edf`` parts (brackets possibly
 URL-encoded) and ``APNEA_RML/<patient>.rml``. Plain: ``<name>.wav|.flac`` with optional
-``<name>.stages.csv`` and ``<name>.events.csv`` beside it.
+``<name>.stages.csv`` and ``<name>.events.csv`` beside it (suffixes in any case). Hidden files
+and folders (``.name``, macOS ``._name`` and ``__MACOSX/``) are not recordings and are skipped.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from sleepsound.storage import full_uri, open_root
 
 PART_RE = re.compile(r"^(?P<patient>.+)\[(?P<part>\d{3})\]\.(?:edf|bdf)$", re.IGNORECASE)
 PLAIN_SUFFIXES = (".wav", ".flac")
+# Audio a plain night may arrive as but that is not read: listed so the night is quarantined
+# with the reason (``io.audio.probe_plain``) instead of disappearing from the counts.
+OTHER_AUDIO_SUFFIXES = (".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".wma", ".aif", ".aiff", ".amr")
+SIDECAR_SUFFIXES = {"labels_uri": ".stages.csv", "events_uri": ".events.csv"}
 
 
 @dataclass
@@ -95,22 +100,48 @@ def _orphan_annotations(fs: fsspec.AbstractFileSystem, root: str, rml_folder: st
 
 
 def _discover_plain(fs: fsspec.AbstractFileSystem, root: str) -> list[RecordingSource]:
-    found: list[RecordingSource] = []
+    """One source per file name stem, from one listing (no request per file on object storage).
+
+    A stem given by two audio files (``n.wav`` and ``n.flac``, or ``a/n.wav`` and ``b/n.wav``)
+    is one recording id, so it is listed once with every file and validation quarantines it
+    (two rows with one id would overwrite each other). Stage or event CSVs without audio are
+    listed too, without audio, so validation quarantines them (``no_audio``) instead of losing them.
+    """
+    audio: dict[str, list[str]] = {}
+    sidecars: dict[tuple[str, str], dict[str, str]] = {}  # (folder, stem) -> {"labels_uri": path, ...}
     for path in sorted(fs.find(root)):
-        name = posixpath.basename(path)
-        if not name.lower().endswith(PLAIN_SUFFIXES):
+        if _hidden(posixpath.relpath(path, root)):
             continue
-        stem = name.rsplit(".", 1)[0]
-        folder = posixpath.dirname(path)
-        stages = posixpath.join(folder, f"{stem}.stages.csv")
-        events = posixpath.join(folder, f"{stem}.events.csv")
+        name = posixpath.basename(path)
+        lower = name.lower()
+        kind = next((k for k, suffix in SIDECAR_SUFFIXES.items() if lower.endswith(suffix)), None)
+        if kind is not None:
+            stem = name[:-len(SIDECAR_SUFFIXES[kind])]
+            sidecars.setdefault((posixpath.dirname(path), stem), {})[kind] = full_uri(fs, path)
+        elif lower.endswith(PLAIN_SUFFIXES + OTHER_AUDIO_SUFFIXES):
+            audio.setdefault(name.rsplit(".", 1)[0], []).append(path)
+    found: list[RecordingSource] = []
+    for stem, paths in sorted(audio.items()):
+        labels = sidecars.pop((posixpath.dirname(paths[0]), stem), {})
+        for other in paths[1:]:
+            sidecars.pop((posixpath.dirname(other), stem), None)
         found.append(RecordingSource(
-            recording_id=stem, subject_id=stem, layout="plain", audio_uris=[full_uri(fs, path)],
-            part_numbers=[1],
-            labels_uri=full_uri(fs, stages) if fs.exists(stages) else None,
-            events_uri=full_uri(fs, events) if fs.exists(events) else None,
-        ))
-    return found
+            recording_id=stem, subject_id=stem, layout="plain", audio_uris=[full_uri(fs, p) for p in paths],
+            part_numbers=[1] * len(paths), **labels))
+    orphans: dict[str, dict[str, str]] = {}
+    for (_, stem), labels in sorted(sidecars.items()):
+        if stem not in audio:  # beside no audio; one id each (CSVs of a night filed elsewhere show as missing there)
+            orphans.setdefault(stem, labels)
+    found += [RecordingSource(recording_id=stem, subject_id=stem, layout="plain", audio_uris=[], part_numbers=[],
+                              **labels) for stem, labels in orphans.items()]
+    return sorted(found, key=lambda src: src.recording_id)
+
+
+def _hidden(relative: str) -> bool:
+    """A path under the source that no one uploads as a recording: a hidden file or folder
+    (``.Trash-1000/``, macOS ``._night.wav`` resource forks) or a zip's ``__MACOSX/`` folder."""
+    return any(part.startswith(".") and part not in {".", ".."} or part == "__MACOSX"
+               for part in relative.split("/"))
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from typing import Any
 from sleepsound.annotation_checks import Tolerances, check_events, check_rml, check_stage_table
 from sleepsound.annotations import read_rml, read_stage_table
 from sleepsound.config import PreprocessConfig, ValidationConfig
-from sleepsound.events import read_events_csv
+from sleepsound.events import read_events_csv, unknown_event_types
 from sleepsound.findings import Finding, Quarantine, clock, epoch_findings, to_records
 from sleepsound.io.audio import AudioError, PartInfo, iter_night_blocks, probe_edf, probe_plain
 from sleepsound.preprocess import count_epochs
@@ -62,7 +62,17 @@ def probe_channel(src: RecordingSource, paths: list[str], cfg: PreprocessConfig,
             raise AudioError(src.labels_uri, "no_audio",
                              f"annotations without audio: no EDF parts under APNEA_EDF/{src.recording_id}/; "
                              "upload the night's EDF files or remove the RML")
+        annotation = src.labels_uri or src.events_uri
+        if src.layout == "plain" and annotation is not None:
+            raise AudioError(annotation, "no_audio",
+                             f"annotations without audio: no {src.recording_id}.wav or .flac beside it; "
+                             "upload the night's audio or remove the CSV")
         raise AudioError(src.recording_id, "no_audio", "no audio files found for this recording")
+    if src.layout == "plain" and len(paths) > 1:
+        raise AudioError(src.audio_uris[0], "duplicate_recording",
+                         f"{len(paths)} audio files have the name {src.recording_id!r} "
+                         f"({', '.join(src.audio_uris)}), which is the recording id: keep one, or rename the "
+                         "others (with their CSVs)")
     expected = list(range(1, len(src.part_numbers) + 1))
     if src.layout == "psg-audio" and src.part_numbers != expected:
         _check_part_numbers(src)
@@ -142,7 +152,16 @@ def _label_findings(src: RecordingSource, row: dict[str, Any], parts: list[PartI
                                               row["n_epochs"], row["duration_s"], tol)
     if src.events_uri is not None:
         with _named(src.events_uri) as events_path:
-            findings += check_events(read_events_csv(events_path), row["duration_s"], src.events_uri)
+            events = read_events_csv(events_path)
+        findings += check_events(events, row["duration_s"], src.events_uri)
+        unknown = unknown_event_types(events)
+        if unknown:
+            names = ", ".join(f"{name!r} (x{count})" if count > 1 else repr(name)
+                              for name, count in unknown.most_common(10))
+            findings.append(Finding("recording", "annotation_notes", "warning", src.events_uri,
+                                    f"event type(s) {names} not known; kept, but they feed no label (apnoea, "
+                                    "hypopnoea and snore labels need ObstructiveApnea, CentralApnea, MixedApnea, "
+                                    "Hypopnea or Snore, in any case or spacing)"))
     return findings
 
 
@@ -175,6 +194,10 @@ def scan_audio(src: RecordingSource, parts: list[PartInfo], cfg: PreprocessConfi
             nonfinite.append(quality.nonfinite > 0)
             silent.append(quality.nonfinite == 0 and not quality.valid)
             clipped.append(quality.clipped_fraction >= checks.clip_fraction)
+    if len(nonfinite) < n_epochs:  # the decoder stopped early without an error
+        raise AudioError(path_at(len(nonfinite) * cfg.epoch_seconds), "truncated_audio",
+                         f"{channel}: the audio ends after {len(nonfinite)} of the {n_epochs} epochs its header "
+                         "declares: cut short; re-upload or re-export it")
     seconds = cfg.epoch_seconds
     findings: list[Finding] = []
     for flags, code, what in (
@@ -282,6 +305,6 @@ def _failed_uri(src: RecordingSource, uri_of: dict[str, str], exc: BaseException
     if isinstance(filename, str):
         if filename in uri_of:
             return uri_of[filename]
-        if filename in src.audio_uris or filename == src.labels_uri:
+        if filename in src.audio_uris or filename in (src.labels_uri, src.events_uri):
             return filename
     return src.audio_uris[0] if src.audio_uris else (src.labels_uri or src.recording_id)

@@ -102,6 +102,35 @@ def test_malformed_events_csv_raises_bad_events(tmp_path: Path) -> None:
     assert read_events_csv(str(tmp_path / "ok.csv")) == [Event("Hypopnea", 3, 12), Event("Snore", 5, -1)]
 
 
+def test_events_csv_spellings_and_exports_are_read_as_the_rml_types(tmp_path: Path) -> None:
+    want = [Event("ObstructiveApnea", 3.5, 12), Event("Hypopnea", 40, 11.25), Event("Snore", 60, 1)]
+    exports = {
+        "spelled.csv": "Type , Start_S,duration_s\nobstructive apnoea,3.5,12\n Hypopnoea ,40,11.25\nsnoring,60,1\n",
+        "excel.csv": b"\xef\xbb\xbftype;start_s;duration_s\r\nObstructive_Apnea;3,5;12\r\nHYPOPNEA;40;11,25\r\nSnore;60;1\r\n",
+        "unicode.csv": "type\tstart_s\tduration_s\nObstructiveApnea\t3.5\t12\nHypopnea\t40\t11.25\nSnore\t60\t1\n"
+                       .encode("utf-16"),
+    }
+    for name, data in exports.items():
+        (tmp_path / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+        assert read_events_csv(str(tmp_path / name)) == want, name
+    (tmp_path / "header.csv").write_text("start_s,duration_s,type\n")
+    assert read_events_csv(str(tmp_path / "header.csv")) == []       # scored, no events: every epoch "none"
+
+
+def test_unknown_event_types_in_a_csv_are_kept_and_reported(tmp_path: Path) -> None:
+    out = tmp_path / "plain"
+    generate_cohort(out, n_subjects=1, hours=2 / 60, seed=8, sample_rate=16_000, layout="plain", cycle_minutes=5)
+    (events,) = out.glob("*.events.csv")
+    events.write_text("start_s,duration_s,type\n10,12,OA\n50,12,OA\n70,15,Arousal\n90,12,obstructive apnoea\n")
+    (row,) = build_manifest(str(out), CFG)
+    assert row["status"] == "accepted"
+    (note,) = [f for f in row["findings"] if f["code"] == "annotation_notes"]
+    assert note["severity"] == "warning" and note["path"] == str(events)
+    assert "'OA' (x2)" in note["message"] and "Arousal" not in note["message"]   # RML knows Arousal
+    epochs = list(read_epochs(row, CFG))
+    assert [e["n_apnea"] for e in epochs] == [0, 0, 0, 1]               # only the apnoea spelled out counts
+
+
 @pytest.fixture(scope="module")
 def rml_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("events-psg")

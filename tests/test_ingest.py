@@ -89,6 +89,65 @@ def test_plain_layout_faults(tmp_path):
     assert tracheal[good["recording_id"]]["reason_code"] == "channel_missing"
 
 
+@pytest.fixture(scope="module")
+def plain_night(tmp_path_factory) -> Path:
+    """One 2-minute plain night (FLAC with its stage and event CSVs)."""
+    out = tmp_path_factory.mktemp("plain")
+    generate_cohort(out, n_subjects=1, hours=2 / 60, seed=4, sample_rate=16_000, layout="plain", cycle_minutes=10)
+    return out
+
+
+def test_plain_discovery_lists_every_night_once_and_skips_hidden_files(plain_night, tmp_path):
+    cohort = _copy(plain_night, tmp_path)
+    (night,) = sorted(cohort.glob("*.flac"))
+    stem = night.stem
+    shutil.copy(night, cohort / "twice.flac")                      # one name in two folders ...
+    (cohort / "site-b").mkdir()
+    shutil.copy(night, cohort / "site-b" / "twice.flac")
+    shutil.copy(night, cohort / "both.flac")                       # ... or as FLAC and WAV
+    sf.write(cohort / "both.wav", sf.read(night)[0], 16_000)
+    shutil.copy(night, cohort / "Loud Night.FLAC")                 # suffixes in any case
+    shutil.copy(cohort / f"{stem}.stages.csv", cohort / "Loud Night.Stages.CSV")
+    (cohort / "lost.stages.csv").write_text("epoch_index,stage\n0,W\n")   # annotations without audio
+    (cohort / "lost-too.events.csv").write_text("start_s,duration_s,type\n1,12,Hypopnea\n")
+    (cohort / "phone.ogg").write_bytes(b"OggS" + bytes(100))       # a format that is not read
+    (cohort / f"._{stem}.flac").write_bytes(b"\x00\x05\x16\x07Mac OS X")   # never recordings:
+    (cohort / "__MACOSX").mkdir()
+    shutil.copy(night, cohort / "__MACOSX" / "old.flac")
+    (cohort / ".Trash-1000").mkdir()
+    shutil.copy(night, cohort / ".Trash-1000" / "deleted.flac")
+
+    found = {src.recording_id: src for src in discover(str(cohort))}
+    assert sorted(found) == sorted([stem, "twice", "both", "Loud Night", "lost", "lost-too", "phone"])
+    assert found["Loud Night"].labels_uri.endswith("Loud Night.Stages.CSV")
+    rows = _by_id(build_manifest(str(cohort), CFG))
+    assert len(rows) == len(found) and all(r["status"] in ("accepted", "quarantined") for r in rows.values())
+    assert rows[stem]["status"] == rows["Loud Night"]["status"] == "accepted"
+    assert rows["Loud Night"]["label_source"] == "csv" and not rows["Loud Night"]["findings"]
+    for name in ("twice", "both"):
+        assert rows[name]["reason_code"] == "duplicate_recording" and len(rows[name]["source_uris"]) == 2
+    assert "site-b/twice.flac" in rows["twice"]["reason"]
+    assert rows["lost"]["reason_code"] == "no_audio" and "lost.stages.csv" in rows["lost"]["reason"]
+    assert rows["lost-too"]["reason_code"] == "no_audio" and "lost-too.events.csv" in rows["lost-too"]["reason"]
+    assert rows["phone"]["reason_code"] == "unreadable_audio" and "OGG is not read" in rows["phone"]["reason"]
+
+
+def test_a_flac_corrupted_mid_file_is_named_with_the_time_it_stops(plain_night, tmp_path):
+    cohort = _copy(plain_night, tmp_path)
+    (night,) = cohort.glob("*.flac")
+    data = bytearray(night.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 50_000] = np.random.default_rng(1).integers(0, 256, 50_000, np.uint8).tobytes()
+    night.write_bytes(bytes(data))
+    (quick,) = build_manifest(str(cohort), CFG)                    # headers only: looks fine
+    assert quick["status"] == "accepted"
+    out = list(read_epochs(quick, CFG))                            # the stream breaks: one error row, by name
+    assert out[-1]["epoch_index"] == -1 and night.name in out[-1]["error"]
+    assert "of 0:02:00" in out[-1]["error"] and "stops decoding after 0:00:00" not in out[-1]["error"]  # mid-night
+    (deep,) = build_manifest(str(cohort), CFG, deep=True)
+    assert deep["reason_code"] == "unreadable_audio" and deep["reason"].startswith(str(night))
+    assert "corrupt or cut short" in deep["reason"]
+
+
 def test_streamed_epochs_carry_labels_across_parts(psg_cohort):
     rows = build_manifest(str(psg_cohort), CFG)
     epochs = list(read_epochs(rows[0], CFG))

@@ -365,3 +365,63 @@ def test_clock_never_prints_a_300_digit_hour():
 
     assert (clock(0), clock(3661), clock(-30)) == ("0:00:00", "1:01:01", "-0:00:30")
     assert clock(1e300) == "1e+300 s" and clock(float("nan")) == "nan s"
+
+
+# ----------------------------------------------------------------------------- plain WAV files
+
+def _wav_bytes(seconds: float = 70.0, rate: int = 16_000, subtype: str = "PCM_16") -> bytes:
+    """A mono WAV of quiet noise (never silent, so never a zero-RMS epoch)."""
+    import io
+
+    import soundfile as sf
+
+    audio = np.random.default_rng(3).normal(0, 0.05, int(seconds * rate)).astype(np.float32)
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, rate, format="WAV", subtype=subtype)
+    return buffer.getvalue()
+
+
+def _one_wav(tmp_path: Path, name: str, data: bytes) -> dict:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / f"{name}.wav").write_bytes(data)
+    (row,) = build_manifest(str(folder), CFG, deep=True)
+    return row
+
+
+def test_a_wav_whose_header_sizes_disagree_with_the_file_is_named(tmp_path):
+    import struct
+
+    wav = _wav_bytes()
+    at = wav.index(b"data")
+
+    def with_sizes(riff: int, data: int, body: bytes = wav) -> bytes:
+        return body[:4] + struct.pack("<I", riff) + body[8:at + 4] + struct.pack("<I", data) + body[at + 8:]
+
+    cut = _one_wav(tmp_path, "cut", wav[:len(wav) // 2])                    # upload cut short
+    assert cut["reason_code"] == "truncated_audio" and "0:01:10 of audio" in cut["reason"]
+    assert "0:00:35" in cut["reason"] and "bytes missing" in cut["reason"]
+    header = _one_wav(tmp_path, "header", wav[:at + 8])                     # a header and nothing else
+    assert header["reason_code"] == "truncated_audio"
+    open_ended = _one_wav(tmp_path, "unfinalised", with_sizes(0, 0))        # the recorder never wrote the sizes
+    assert open_ended["reason_code"] == "unfinalised_audio" and "sox --ignore-length" in open_ended["reason"]
+    assert "0:01:10 more" in open_ended["reason"]
+    empty = _one_wav(tmp_path, "empty", with_sizes(at, 0, wav[:at + 8]))     # sizes right, no samples
+    assert empty["reason_code"] == "empty_file" and "no samples" in empty["reason"]
+
+    streaming = _one_wav(tmp_path, "streaming", with_sizes(0xFFFFFFFF, 0xFFFFFFFF))   # "to the end of the file"
+    tag = b"LIST" + struct.pack("<I", 12) + b"INFOISFT" + bytes(4)
+    tagged = wav + tag + b"TAG" + bytes(125)                                 # a chunk, then a raw ID3v1 tag
+    tagged = _one_wav(tmp_path, "tagged", tagged[:4] + struct.pack("<I", len(wav) + len(tag) - 8) + tagged[8:])
+    for row in (streaming, tagged):
+        assert row["status"] == "accepted" and row["n_epochs"] == 2, row["reason"]
+
+
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_24", "DOUBLE", "ALAW", "GSM610"])
+def test_wav_encodings_are_read_and_streamed(tmp_path, subtype):
+    from sleepsound.epoching import read_epochs
+
+    row = _one_wav(tmp_path, subtype.lower(), _wav_bytes(subtype=subtype))
+    assert row["status"] == "accepted" and row["n_epochs"] == 2, row["reason"]
+    epochs = list(read_epochs(row, CFG))            # GSM 6.10 cannot be seeked: read block by block anyway
+    assert [e["error"] for e in epochs] == [None, None] and all(e["valid"] for e in epochs)

@@ -8,6 +8,7 @@ as ordinary signals; a plain night is one WAV/FLAC. Both are read block by block
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,8 +18,9 @@ import numpy as np
 import pyedflib
 import soundfile as sf
 
-from sleepsound.findings import Finding, Quarantine
+from sleepsound.findings import Finding, Quarantine, clock
 from sleepsound.io.edf_header import EdfHeaderError, explain_refusal, read_edf_header
+from sleepsound.labels import EPOCH_SECONDS
 
 # Plain files carry no labels: by default channel 0 is the ambient mic, 1 the tracheal
 # (``preprocess.plain_channel_index`` changes this).
@@ -95,19 +97,92 @@ def _scaling_findings(reader: pyedflib.EdfReader, index: int, path: str, channel
 
 
 def probe_plain(path: str, channel: str, index: int | None = None) -> PartInfo:
-    """Read a WAV/FLAC header; ``channel`` is found at ``index`` (default: the plain-layout convention)."""
+    """Read a WAV/FLAC header; ``channel`` is found at ``index`` (default: the plain-layout convention).
+
+    Other audio formats are listed by discovery (so the night is counted) and refused here by
+    their suffix (a download keeps its source's name)."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in (".wav", ".flac"):
+        raise AudioError(path, "unreadable_audio", f"{suffix.lstrip('.').upper()} is not read (only WAV and FLAC "
+                         "are): convert it to FLAC, keeping the name")
     if os.path.getsize(path) == 0:
         raise AudioError(path, "empty_file", "file is empty (0 bytes); re-upload it")
     try:
         info = sf.info(path)
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioError(path, "unreadable_audio", f"not a readable WAV/FLAC file ({exc})") from exc
+        reason = getattr(exc, "error_string", None) or str(exc)  # without the (maybe temporary) path
+        raise AudioError(path, "unreadable_audio", f"not a readable WAV/FLAC file ({reason})") from exc
+    if info.format == "WAV":
+        check_wav_length(path)
+    if info.frames == 0:
+        raise AudioError(path, "empty_file", "holds an audio header but no samples; re-upload it")
     index = PLAIN_CHANNEL_INDEX[channel] if index is None else index
     if index >= info.channels:
         raise AudioError(path, "channel_missing",
                          f"channel {channel!r} (index {index}) missing: file has {info.channels} channel(s)")
     labels = tuple(f"ch{i}" for i in range(info.channels))
     return PartInfo(path, float(info.samplerate), int(info.frames), index, labels)
+
+
+def check_wav_length(path: str) -> None:
+    """Raise AudioError when a WAV's ``data`` chunk size disagrees with the file; libsndfile reads
+    either case without complaint, as a shorter night:
+
+    * ``truncated_audio``: the header declares more audio than the file holds (an upload or copy
+      cut short; less than a second missing is taken for a writer's miscount and read as it is);
+    * ``unfinalised_audio``: the header declares less (0, typically) than the samples that follow,
+      and no valid chunk does: a recording never closed properly (the recorder stopped or crashed
+      before writing the sizes).
+
+    Only RIFF/RIFX WAVE is checked (RF64 and Wave64 keep their sizes elsewhere); a ``data`` size of
+    0xFFFFFFFF is the streaming writers' "to the end of the file" and fine.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+            return
+        order = "<" if head[:4] == b"RIFF" else ">"
+        byte_rate, offset = 0, 12
+        while offset + 8 <= size:
+            handle.seek(offset)
+            chunk, length = struct.unpack(f"{order}4sI", handle.read(8))
+            if chunk == b"fmt " and length >= 12:
+                byte_rate = struct.unpack(f"{order}I", handle.read(12)[8:12])[0]
+            if chunk == b"data":
+                break
+            offset += 8 + length + (length & 1)
+        else:
+            return  # no data chunk: libsndfile's own error, or its 0 frames, says so
+        if length == 0xFFFFFFFF or byte_rate == 0:
+            return
+        start, held = offset + 8, size - offset - 8
+        seconds = f"{clock(length / byte_rate)} of audio"
+        if length - held >= byte_rate:
+            raise AudioError(path, "truncated_audio",
+                             f"truncated: the header declares {seconds} ({length} bytes) but the file holds "
+                             f"{clock(held / byte_rate)} ({length - held} bytes missing): an upload cut short; "
+                             "re-upload it")
+        end = start + length + (length & 1)
+        junk = _unparsed_tail(handle, end, size, order)
+        if junk >= EPOCH_SECONDS * byte_rate:  # a tag or padding is smaller than one epoch of audio
+            raise AudioError(path, "unfinalised_audio",
+                             f"the header declares {seconds} ({length} bytes) but {clock(junk / byte_rate)} more "
+                             "follows outside any chunk: a recording that was never finalised (the recorder "
+                             "stopped before writing the sizes). Rewrite the header, e.g. `sox --ignore-length "
+                             "in.wav out.wav`, and re-upload")
+
+
+def _unparsed_tail(handle: BinaryIO, offset: int, size: int, order: str) -> int:
+    """Bytes from ``offset`` on that are not inside well-formed chunks (an ASCII id and a size
+    that fits the file); 0 when the rest of the file is chunks (``LIST``, ``id3 `` ...)."""
+    while offset + 8 <= size:
+        handle.seek(offset)
+        chunk, length = struct.unpack(f"{order}4sI", handle.read(8))
+        if not all(32 <= c < 127 for c in chunk) or offset + 8 + length > size:
+            return size - offset
+        offset += 8 + length + (length & 1)
+    return 0
 
 
 @dataclass(frozen=True)
@@ -186,9 +261,33 @@ def iter_part_blocks(part: PartInfo, block_samples: int, layout: str) -> Iterato
             for start in range(0, part.n_samples, block_samples):
                 yield _read_edf_block(handle, fast, start, min(block_samples, part.n_samples - start))
     else:
-        with sf.SoundFile(part.path) as handle:
-            for block in handle.blocks(blocksize=block_samples, dtype="float32", always_2d=True):
-                yield np.ascontiguousarray(block[:, part.channel_index])
+        yield from _plain_blocks(part, block_samples)
+
+
+def _plain_blocks(part: PartInfo, block_samples: int) -> Iterator[np.ndarray]:
+    """A WAV/FLAC's chosen channel block by block. Data that stops decoding part way (a FLAC
+    corrupted or cut short) raises ``unreadable_audio`` with the time it stopped at. Read with
+    ``read`` rather than ``blocks``, which refuses files libsndfile cannot seek (GSM 6.10 WAV)."""
+    with sf.SoundFile(part.path) as handle:
+        while True:
+            try:
+                block = handle.read(block_samples, dtype="float32", always_2d=True)
+            except sf.LibsndfileError as exc:
+                raise AudioError(part.path, "unreadable_audio",
+                                 f"the audio stops decoding after {clock(_decoded(handle) / part.sample_rate)} of "
+                                 f"{clock(part.duration_s)} ({exc.error_string.strip()}): the file is corrupt or "
+                                 "cut short; re-upload or re-export it") from exc
+            if not len(block):
+                return
+            yield np.ascontiguousarray(block[:, part.channel_index])
+
+
+def _decoded(handle: sf.SoundFile) -> int:
+    """Frames decoded before a read failed (libsndfile's position), or 0 when it cannot say."""
+    try:
+        return max(0, int(handle.tell()))
+    except (sf.LibsndfileError, RuntimeError):
+        return 0
 
 
 def iter_night_blocks(parts: list[PartInfo], block_samples: int, layout: str) -> Iterator[np.ndarray]:

@@ -372,6 +372,61 @@ def plain_event_past_the_end(cohort: Path, name: str) -> None:
         handle.write("99999,15,,ObstructiveApnea\n")
 
 
+def _as_wav(cohort: Path, name: str) -> Path:
+    """The night's audio rewritten as 16-bit WAV (the generator writes FLAC), its path."""
+    path = _plain_audio(cohort, name)
+    audio, rate = sf.read(path, dtype="float32")
+    path.unlink()
+    sf.write(path.with_suffix(".wav"), audio, rate, subtype="PCM_16")
+    return path.with_suffix(".wav")
+
+
+def plain_wav_cut_short(cohort: Path, name: str) -> None:
+    """A WAV upload that stopped part way: the header still declares the whole night."""
+    path = _as_wav(cohort, name)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) * 2 // 3])
+
+
+def plain_wav_never_finalised(cohort: Path, name: str) -> None:
+    """A recorder that stopped before writing the sizes: RIFF and data sizes left at 0."""
+    path = _as_wav(cohort, name)
+    data = bytearray(path.read_bytes())
+    data[4:8] = bytes(4)
+    at = data.index(b"data")
+    data[at + 4:at + 8] = bytes(4)
+    path.write_bytes(bytes(data))
+
+
+def plain_flac_corrupt(cohort: Path, name: str) -> None:
+    """64 KiB of a FLAC's middle overwritten (a disk or transfer error): it stops decoding there."""
+    path = _plain_audio(cohort, name)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 65536] = np.random.default_rng(0).integers(0, 256, 65536, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def plain_wav_beside_flac(cohort: Path, name: str) -> None:
+    """The night uploaded twice, as FLAC and as WAV: two files, one recording id."""
+    path = _plain_audio(cohort, name)
+    audio, rate = sf.read(path, dtype="float32")
+    sf.write(path.with_suffix(".wav" if path.suffix == ".flac" else ".flac"), audio, rate, subtype="PCM_16")
+
+
+def plain_audio_missing(cohort: Path, name: str) -> None:
+    _plain_audio(cohort, name).unlink()
+
+
+def plain_stages_header_only(cohort: Path, name: str) -> None:
+    (cohort / f"{name}.stages.csv").write_text("epoch_index,stage\n")
+
+
+def plain_unknown_event_type(cohort: Path, name: str) -> None:
+    with open(cohort / f"{name}.events.csv", "a") as handle:
+        handle.write("40,12,,Apnoea\n")
+
+
 FAULTS: tuple[Fault, ...] = (
     Fault("empty part", "psg-audio", "empty_file", "error", empty_part),
     Fault("part is not EDF", "psg-audio", "unreadable_edf", "error", not_edf),
@@ -414,6 +469,13 @@ FAULTS: tuple[Fault, ...] = (
     Fault("stage CSV longer than audio", "plain", "staging_length_mismatch", "error", plain_stages_too_long),
     Fault("events CSV unparsable", "plain", "bad_events", "error", plain_garbled_events),
     Fault("event past the end (CSV)", "plain", "events_out_of_range", "warning", plain_event_past_the_end),
+    Fault("WAV cut short", "plain", "truncated_audio", "error", plain_wav_cut_short),
+    Fault("WAV never finalised", "plain", "unfinalised_audio", "error", plain_wav_never_finalised),
+    Fault("FLAC corrupted mid-file", "plain", "unreadable_audio", "error", plain_flac_corrupt),
+    Fault("same night as WAV and FLAC", "plain", "duplicate_recording", "error", plain_wav_beside_flac),
+    Fault("stage CSV without audio", "plain", "no_audio", "error", plain_audio_missing),
+    Fault("stage CSV with a header only", "plain", "no_staging", "warning", plain_stages_header_only),
+    Fault("event type not known (CSV)", "plain", "annotation_notes", "warning", plain_unknown_event_type),
 )
 
 
