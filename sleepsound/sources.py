@@ -1,7 +1,7 @@
 """Find the recordings under a source, in either accepted layout, without reading audio.
 
 PSG-Audio: ``APNEA_EDF/<patient>/<patient>[001].edf`` parts (brackets possibly
-URL-encoded) and ``APNEA_RML/<patient>.rml``. Plain: ``<name>.wav|.flac`` with optional
+URL-encoded) and ``APNEA_RML/<patient>.rml``. Plain: ``<name>.wav|.flac|.ogg|.mp3|...`` with optional
 ``<name>.stages.csv`` and ``<name>.events.csv`` beside it (suffixes in any case). Hidden files
 and folders (``.name``, macOS ``._name`` and ``__MACOSX/``) are not recordings and are skipped.
 """
@@ -21,14 +21,13 @@ from urllib.parse import unquote
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from sleepsound.io.audio import PLAIN_SUFFIXES, UNREAD_AUDIO_SUFFIXES
 from sleepsound.io.transfer import download
 from sleepsound.storage import full_uri, open_root
 
 PART_RE = re.compile(r"^(?P<patient>.+)\[(?P<part>\d{3})\]\.(?:edf|bdf)$", re.IGNORECASE)
-PLAIN_SUFFIXES = (".wav", ".flac")
-# Audio a plain night may arrive as but that is not read: listed so the night is quarantined
-# with the reason (``io.audio.probe_plain``) instead of disappearing from the counts.
-OTHER_AUDIO_SUFFIXES = (".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".wma", ".aif", ".aiff", ".amr")
+# Audio a plain night may arrive as but that is not read (UNREAD_AUDIO_SUFFIXES) is listed too,
+# so the night is quarantined with the reason (``io.audio.probe_plain``) instead of disappearing.
 SIDECAR_SUFFIXES = {"labels_uri": ".stages.csv", "events_uri": ".events.csv"}
 
 
@@ -118,7 +117,7 @@ def _discover_plain(fs: fsspec.AbstractFileSystem, root: str) -> list[RecordingS
         if kind is not None:
             stem = name[:-len(SIDECAR_SUFFIXES[kind])]
             sidecars.setdefault((posixpath.dirname(path), stem), {})[kind] = full_uri(fs, path)
-        elif lower.endswith(PLAIN_SUFFIXES + OTHER_AUDIO_SUFFIXES):
+        elif lower.endswith(PLAIN_SUFFIXES + UNREAD_AUDIO_SUFFIXES):
             audio.setdefault(name.rsplit(".", 1)[0], []).append(path)
     found: list[RecordingSource] = []
     for stem, paths in sorted(audio.items()):

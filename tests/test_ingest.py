@@ -110,7 +110,11 @@ def test_plain_discovery_lists_every_night_once_and_skips_hidden_files(plain_nig
     shutil.copy(cohort / f"{stem}.stages.csv", cohort / "Loud Night.Stages.CSV")
     (cohort / "lost.stages.csv").write_text("epoch_index,stage\n0,W\n")   # annotations without audio
     (cohort / "lost-too.events.csv").write_text("start_s,duration_s,type\n1,12,Hypopnea\n")
-    (cohort / "phone.ogg").write_bytes(b"OggS" + bytes(100))       # a format that is not read
+    audio, rate = sf.read(night, dtype="float32")
+    with sf.SoundFile(cohort / "phone.ogg", "w", rate, 1, format="OGG", subtype="VORBIS") as out:
+        for start in range(0, len(audio), rate):                   # lossy formats libsndfile decodes are read
+            out.write(audio[start:start + rate])                   # (in chunks: one big Vorbis write can crash)
+    (cohort / "tablet.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A " + bytes(100))   # a format that is not read
     (cohort / f"._{stem}.flac").write_bytes(b"\x00\x05\x16\x07Mac OS X")   # never recordings:
     (cohort / "__MACOSX").mkdir()
     shutil.copy(night, cohort / "__MACOSX" / "old.flac")
@@ -118,7 +122,7 @@ def test_plain_discovery_lists_every_night_once_and_skips_hidden_files(plain_nig
     shutil.copy(night, cohort / ".Trash-1000" / "deleted.flac")
 
     found = {src.recording_id: src for src in discover(str(cohort))}
-    assert sorted(found) == sorted([stem, "twice", "both", "Loud Night", "lost", "lost-too", "phone"])
+    assert sorted(found) == sorted([stem, "twice", "both", "Loud Night", "lost", "lost-too", "phone", "tablet"])
     assert found["Loud Night"].labels_uri.endswith("Loud Night.Stages.CSV")
     rows = _by_id(build_manifest(str(cohort), CFG))
     assert len(rows) == len(found) and all(r["status"] in ("accepted", "quarantined") for r in rows.values())
@@ -129,7 +133,8 @@ def test_plain_discovery_lists_every_night_once_and_skips_hidden_files(plain_nig
     assert "site-b/twice.flac" in rows["twice"]["reason"]
     assert rows["lost"]["reason_code"] == "no_audio" and "lost.stages.csv" in rows["lost"]["reason"]
     assert rows["lost-too"]["reason_code"] == "no_audio" and "lost-too.events.csv" in rows["lost-too"]["reason"]
-    assert rows["phone"]["reason_code"] == "unreadable_audio" and "OGG is not read" in rows["phone"]["reason"]
+    assert rows["phone"]["status"] == "accepted" and rows["phone"]["duration_s"] == pytest.approx(len(audio) / rate)
+    assert rows["tablet"]["reason_code"] == "unreadable_audio" and "M4A is not read" in rows["tablet"]["reason"]
 
 
 def test_a_flac_corrupted_mid_file_is_named_with_the_time_it_stops(plain_night, tmp_path):

@@ -22,6 +22,11 @@ from sleepsound.findings import Finding, Quarantine, clock
 from sleepsound.io.edf_header import EdfHeaderError, explain_refusal, read_edf_header
 from sleepsound.labels import EPOCH_SECONDS
 
+# Plain nights in the formats libsndfile decodes (lossy ones too: a phone's OGG or MP3 is still
+# a night's sound); other audio suffixes are listed by discovery and refused by name.
+PLAIN_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
+UNREAD_AUDIO_SUFFIXES = (".m4a", ".mp4", ".aac", ".wma", ".amr", ".webm", ".3gp")
+
 # Plain files carry no labels: by default channel 0 is the ambient mic, 1 the tracheal
 # (``preprocess.plain_channel_index`` changes this).
 PLAIN_CHANNEL_INDEX: dict[str, int] = {"Mic": 0, "Tracheal": 1}
@@ -97,21 +102,23 @@ def _scaling_findings(reader: pyedflib.EdfReader, index: int, path: str, channel
 
 
 def probe_plain(path: str, channel: str, index: int | None = None) -> PartInfo:
-    """Read a WAV/FLAC header; ``channel`` is found at ``index`` (default: the plain-layout convention).
+    """Read a plain night's header (WAV, FLAC, OGG, MP3, AIFF); ``channel`` is found at ``index``
+    (default: the plain-layout convention).
 
     Other audio formats are listed by discovery (so the night is counted) and refused here by
     their suffix (a download keeps its source's name)."""
     suffix = os.path.splitext(path)[1].lower()
-    if suffix not in (".wav", ".flac"):
-        raise AudioError(path, "unreadable_audio", f"{suffix.lstrip('.').upper()} is not read (only WAV and FLAC "
-                         "are): convert it to FLAC, keeping the name")
+    if suffix not in PLAIN_SUFFIXES:
+        raise AudioError(path, "unreadable_audio", f"{suffix.lstrip('.').upper()} is not read (libsndfile cannot "
+                         "decode it): convert it to FLAC, keeping the name")
     if os.path.getsize(path) == 0:
         raise AudioError(path, "empty_file", "file is empty (0 bytes); re-upload it")
     try:
         info = sf.info(path)
     except (sf.LibsndfileError, RuntimeError) as exc:
         reason = getattr(exc, "error_string", None) or str(exc)  # without the (maybe temporary) path
-        raise AudioError(path, "unreadable_audio", f"not a readable WAV/FLAC file ({reason})") from exc
+        raise AudioError(path, "unreadable_audio", f"not a readable {suffix.lstrip('.').upper()} file "
+                         f"({reason})") from exc
     if info.format == "WAV":
         check_wav_length(path)
     if info.frames == 0:
