@@ -10,6 +10,7 @@ the night's row count (``end_row``), so a consumer knows when a night is complet
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 from sleepsound.annotations import load_stages, read_rml
 from sleepsound.config import PreprocessConfig
 from sleepsound.events import RESP_COLUMNS, Event, events_from_rml, read_events_csv, window_labels
+from sleepsound.findings import Quarantine
 from sleepsound.io import rml
 from sleepsound.io.audio import iter_night_blocks
 from sleepsound.labels import UNSCORED, to_three_class
@@ -103,8 +105,17 @@ def read_epochs(row: dict[str, Any], cfg: PreprocessConfig, shift_classes: Colle
     """
     try:
         yield from _read_epochs(row, cfg, shift_classes, epochs)
+    except Quarantine as exc:  # a named fault, naming the source's file rather than its (temporary) local copy
+        yield {**_blank(row, cfg), "error": f"{type(exc).__name__} ({exc.code}): {_source_of(row, exc.path)}: "
+                                            f"{exc.message}"}
     except Exception as exc:  # noqa: BLE001 - any failure is this night's, reported by name
         yield {**_blank(row, cfg), "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _source_of(row: dict[str, Any], path: str) -> str:
+    """The source URI a local copy at ``path`` was made from (copies keep their file names)."""
+    uris = [*row.get("source_uris", []), row.get("labels_uri"), row.get("events_uri")]
+    return next((uri for uri in uris if uri and posixpath.basename(uri) == os.path.basename(path)), path)
 
 
 def _read_epochs(row: dict[str, Any], cfg: PreprocessConfig, shift_classes: Collection[str],

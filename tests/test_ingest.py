@@ -153,6 +153,21 @@ def test_a_flac_corrupted_mid_file_is_named_with_the_time_it_stops(plain_night, 
     assert "corrupt or cut short" in deep["reason"]
 
 
+def test_a_stream_that_breaks_names_the_source_file_not_its_temporary_copy(plain_night, tmp_path, s3_endpoint):
+    import s3fs
+
+    cohort = _copy(plain_night, tmp_path)
+    (night,) = cohort.glob("*.flac")
+    data = bytearray(night.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 50_000] = bytes(50_000)
+    night.write_bytes(bytes(data))
+    s3fs.S3FileSystem().put(str(cohort) + "/", "sleepsound-stream/source/", recursive=True)
+    (row,) = build_manifest("s3://sleepsound-stream/source", CFG)
+    error = list(read_epochs(row, CFG))[-1]["error"]
+    assert f"s3://sleepsound-stream/source/{night.name}:" in error and "unreadable_audio" in error
+    assert "/tmp" not in error
+
+
 def test_streamed_epochs_carry_labels_across_parts(psg_cohort):
     rows = build_manifest(str(psg_cohort), CFG)
     epochs = list(read_epochs(rows[0], CFG))
