@@ -43,7 +43,8 @@ def read_annotation_csv(path: str, what: str, code: str) -> pd.DataFrame:
 
     Accepted: UTF-8 with or without a BOM, UTF-16 with a BOM (Excel's "Unicode text"), anything
     else read as Latin-1 (the names that matter are ASCII); comma, semicolon or tab separated
-    (the one the header uses most), and with semicolons or tabs, decimal commas (``812,5``).
+    (the one the header uses most, or Excel's ``sep=;`` first line), and with semicolons or tabs,
+    decimal commas (``812,5``); lines starting with ``#`` are comments.
     Raises ``AnnotationError(path, code, ...)`` naming ``what`` when it is no such table.
     """
     with open(path, "rb") as handle:
@@ -60,8 +61,13 @@ def read_annotation_csv(path: str, what: str, code: str) -> pd.DataFrame:
             text = raw.decode("latin-1")
     if "\x00" in text:
         raise AnnotationError(path, code, f"{what} is not text (it holds NUL bytes): export it as CSV")
-    header = text.lstrip().split("\n", 1)[0]
-    sep = max((",", ";", "\t"), key=header.count)
+    lines = [line for line in text.lstrip().splitlines() if not line.lstrip().startswith("#")]  # comments
+    declared = lines[0].strip().lower() if lines else ""
+    if declared.startswith("sep=") and len(declared) == 5:       # Excel's "sep=;" first line
+        sep, lines = lines[0].strip()[4], lines[1:]
+    else:
+        sep = max((",", ";", "\t"), key=(lines[0] if lines else "").count)
+    text = "\n".join(lines)
     try:
         table = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:

@@ -425,3 +425,22 @@ def test_wav_encodings_are_read_and_streamed(tmp_path, subtype):
     assert row["status"] == "accepted" and row["n_epochs"] == 2, row["reason"]
     epochs = list(read_epochs(row, CFG))            # GSM 6.10 cannot be seeked: read block by block anyway
     assert [e["error"] for e in epochs] == [None, None] and all(e["valid"] for e in epochs)
+
+
+def test_a_float_wav_beyond_full_scale_is_not_called_clipped_but_an_integer_one_is(tmp_path):
+    """A float file has no full scale (values past 1.0 may just be unnormalised): no clipping warning;
+    the same waveform clipped into 16-bit PCM is."""
+    import soundfile as sf
+
+    rate, seconds = 16_000, 90
+    t = np.arange(rate * seconds) / rate
+    loud = (3.0 * np.sin(2 * np.pi * 180 * t)).astype(np.float32)      # peaks at 3.0
+    (tmp_path / "float").mkdir()
+    (tmp_path / "pcm").mkdir()
+    sf.write(tmp_path / "float" / "night.wav", loud, rate, subtype="FLOAT")
+    sf.write(tmp_path / "pcm" / "night.wav", np.clip(loud, -1, 1), rate, subtype="PCM_16")
+    (floating,) = build_manifest(str(tmp_path / "float"), CFG, deep=True)
+    (pcm,) = build_manifest(str(tmp_path / "pcm"), CFG, deep=True)
+    assert floating["status"] == pcm["status"] == "accepted"
+    assert not any(f["code"] == "clipping" for f in floating["findings"])
+    assert any(f["code"] == "clipping" for f in pcm["findings"])

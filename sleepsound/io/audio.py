@@ -7,6 +7,7 @@ as ordinary signals; a plain night is one WAV/FLAC. Both are read block by block
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from collections.abc import Iterator
@@ -128,7 +129,10 @@ def probe_plain(path: str, channel: str, index: int | None = None) -> PartInfo:
         raise AudioError(path, "channel_missing",
                          f"channel {channel!r} (index {index}) missing: file has {info.channels} channel(s)")
     labels = tuple(f"ch{i}" for i in range(info.channels))
-    return PartInfo(path, float(info.samplerate), int(info.frames), index, labels)
+    # Integer and lossy formats hold at most +-1.0; a float file has no full scale (values beyond 1 may
+    # just be unnormalised), so clipping cannot be told from its samples and is not checked.
+    full_scale = math.inf if info.subtype in ("FLOAT", "DOUBLE") else 1.0
+    return PartInfo(path, float(info.samplerate), int(info.frames), index, labels, full_scale)
 
 
 def check_wav_length(path: str) -> None:
