@@ -138,6 +138,22 @@ def check_events(events: Sequence[RmlEvent], audio_s: float, path: str) -> list[
     return findings
 
 
+def _start_disagreements(table: pd.DataFrame, path: str) -> list[Finding]:
+    """A table with both ``epoch_index`` and ``start_s`` is read by its epoch_index; a start_s that
+    says otherwise (another time origin, or rows shifted by an edit) is worth a look."""
+    if "start_s" not in table.columns:
+        return []
+    starts = pd.to_numeric(table["start_s"], errors="coerce")
+    off = (starts - table["epoch_index"] * EPOCH_SECONDS).abs() > 1.0
+    if not off.any():
+        return []
+    row = int(off.to_numpy().argmax())
+    return [Finding("recording", "annotation_notes", "warning", path,
+                    f"{int(off.sum())} row(s) whose start_s is not epoch_index x {EPOCH_SECONDS:g} s (first: row "
+                    f"{row + 2}, epoch {int(table['epoch_index'].iloc[row])} at start_s {starts.iloc[row]:g}); the "
+                    "stages are placed by epoch_index: check the export")]
+
+
 def check_stage_table(table: pd.DataFrame, path: str, recording_id: str, n_epochs: int, audio_s: float,
                       tol: Tolerances = Tolerances()) -> list[Finding]:
     """Checks of a plain layout's ``.stages.csv`` (already parsed by ``annotations.read_stage_table``)."""
@@ -161,7 +177,7 @@ def check_stage_table(table: pd.DataFrame, path: str, recording_id: str, n_epoch
                              f"epoch {int(clashes[clashes > 1].index[0])} has two different stages; fix the file")
         _check_length((int(index.max()) + 1) * EPOCH_SECONDS, n_epochs * EPOCH_SECONDS, path, tol,
                       "the last epoch_index")
-        return []
+        return _start_disagreements(table, path)
     starts = table["start_s"]
     _check_stage_changes(list(starts), path, [f"row {i + 2}" for i in range(len(starts))])
     if float(starts.max()) > audio_s + tol.staging_s:

@@ -79,3 +79,12 @@ def test_a_header_without_rows_is_a_night_without_staging(tmp_path):
     (finding,) = check_stage_table(read_stage_table(path), path, "n", 5, 150.0)
     assert (finding.code, finding.severity) == ("no_staging", "warning")
     assert load_stages(path, "csv", 3) == [UNSCORED] * 3
+
+
+def test_a_start_s_that_disagrees_with_epoch_index_is_noted(tmp_path):
+    agree = _write(tmp_path, "epoch_index,start_s,stage\n0,0,W\n1,30,N1\n2,60,N2\n", "a.stages.csv")
+    assert check_stage_table(read_stage_table(agree), agree, "a", 3, 90.0) == []
+    shifted = _write(tmp_path, "epoch_index,start_s,stage\n0,0,W\n1,60,N1\n2,90,N2\n", "b.stages.csv")
+    (note,) = check_stage_table(read_stage_table(shifted), shifted, "b", 3, 90.0)
+    assert (note.code, note.severity) == ("annotation_notes", "warning")
+    assert "2 row(s)" in note.message and "row 3, epoch 1 at start_s 60" in note.message
