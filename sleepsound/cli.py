@@ -702,7 +702,9 @@ def _print_results(result: dict) -> None:
             if f"{task}_macro_f1" in m:
                 table.add_row(f"{task} macro-F1", f"{m[f'{task}_macro_f1']:.3f}", "")
         if "ahi_pearson_r" in m:
-            table.add_row("AHI Pearson r / bias", f"{m['ahi_pearson_r']:.2f} / {m['ahi_bias']:+.1f}", "")
+            r = _figure(m["ahi_pearson_r"], ".2f")
+            r = "n/a (< 3 nights)" if r == "-" else r      # undefined with too few held-out nights, not a value
+            table.add_row("AHI Pearson r / bias", f"{r} / {_figure(m['ahi_bias'], '+.1f')}", "")
         console.print(table)
     _print_nights(result["summaries"])
     for task, reason in result["model"].get("skipped", {}).items():
