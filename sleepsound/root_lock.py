@@ -27,7 +27,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from sleepsound.storage import join, open_root
+from sleepsound.storage import join, open_root, write_bytes_atomic
 
 LOCK = "lock.json"
 HEARTBEAT_S = 30.0
@@ -140,7 +140,7 @@ def _take_over(fs: fsspec.AbstractFileSystem, path: str, dead: bytes, record: by
     try:
         if _read(fs, path) != dead:
             return False
-        _replace(fs, path, record)
+        write_bytes_atomic(fs, path, record)
         return True
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -168,19 +168,6 @@ def _acquire(fs: fsspec.AbstractFileSystem, root: str, path: str, record: Callab
                    f"(now held by {current.get('run_id', 'nobody')!r}); try again")
 
 
-def _replace(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Overwrite ``path`` so a reader sees the old record or the new one, never a half-written
-    file: on disk a temporary file renamed over it (``pipe_file`` truncates, then writes); an S3
-    put is atomic already."""
-    if isinstance(fs, LocalFileSystem):
-        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        with open(tmp, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-        return
-    fs.pipe_file(path, data)
-
-
 @contextlib.contextmanager
 def hold_root(root: str, run_id: str, purpose: str, stale_after_s: float = STALE_AFTER_S,
               heartbeat_s: float = HEARTBEAT_S) -> Iterator[dict[str, Any]]:
@@ -198,7 +185,7 @@ def hold_root(root: str, run_id: str, purpose: str, stale_after_s: float = STALE
                 current = holder(root)
                 if current is None or (current.get("run_id"), current.get("acquired")) != (run_id, acquired):
                     return          # taken over after we stalled: never overwrite the new holder's lock
-                _replace(fs, path, _record(run_id, purpose, acquired))
+                write_bytes_atomic(fs, path, _record(run_id, purpose, acquired))
 
     thread = threading.Thread(target=beat_loop, name="sleepsound-root-lock", daemon=True)
     thread.start()

@@ -95,28 +95,13 @@ def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
-    require_librosa()
-    import librosa
-    import torch
-
     from sleepsound.backbones.registry import load_backbone
+    from sleepsound.bench.embed import tutorial_embed
 
     backbone = load_backbone(spec["backbone"], device=spec["device"])
-    if backbone.family != "whisper":
-        raise BenchError("the clips baseline is written for Whisper backbones (their feature extractor)")
-    model, extractor = backbone.model, backbone.feature_extractor
-    files = _clip_files(spec["data"], spec.get("limit"))
-    load, _ = librosa.load, librosa.resample   # librosa loads its submodules lazily: before the clock starts
-    t0 = time.perf_counter()
-    pooled, audio_s = [], 0.0
-    for rel in files:
-        audio, _ = load(str(Path(spec["data"]) / rel), sr=16_000)
-        audio_s += len(audio) / 16_000
-        inputs = extractor(audio, sampling_rate=16_000, return_tensors="pt").input_features.to(backbone.device)
-        with torch.no_grad():
-            pooled.append(model(inputs).last_hidden_state.mean(dim=1).cpu().numpy())
-    return {"seconds": time.perf_counter() - t0, "clips": len(pooled), "audio_seconds": audio_s,
-            "peak_rss_mb": peak_rss_mb()}
+    paths = [str(Path(spec["data"]) / rel) for rel in _clip_files(spec["data"], spec.get("limit"))]
+    n, audio_s, seconds = tutorial_embed(paths, backbone)
+    return {"seconds": seconds, "clips": n, "audio_seconds": audio_s, "peak_rss_mb": peak_rss_mb()}
 
 
 _STAGES = {"ours": _stage_ours, "baseline": _stage_baseline}

@@ -257,45 +257,48 @@ def _stage_model(spec: dict[str, Any]) -> dict[str, Any]:
             "peak_rss_mb": peak_rss_mb()}
 
 
-def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
+def tutorial_embed(paths: list[str], backbone: Any) -> tuple[int, float, float]:
+    """The tutorial's loop with ``backbone``'s frozen weights: per file ``librosa.load(path, sr=16000)``,
+    the transformers feature extractor, one forward under ``torch.no_grad()`` (batch of one), mean over
+    time. Returns (files embedded, audio seconds, wall seconds); the clock starts after the set-up."""
     require_librosa()
     import librosa
     import torch
 
-    from sleepsound.backbones.registry import load_backbone
-    from sleepsound.embedding import resolve_device
-
-    cfg = bench_config(spec["backbone"], spec["device"], spec["dtype"], spec["batch_size"], spec.get("compile", False))
-    b = cfg.backbone
-    device = resolve_device(b.device)
-    backbone = load_backbone(b.name, layer=b.layer, pool_seconds=b.pool_seconds, device=device, dtype=b.dtype)
-    model, family = backbone.model, backbone.family  # the same frozen weights ours uses
+    model, family, device = backbone.model, backbone.family, backbone.device
     if family == "whisper":
-        extractor = backbone.feature_extractor
+        extractor, field = backbone.feature_extractor, "input_features"
     else:
         from transformers import Wav2Vec2FeatureExtractor
 
         extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16_000, padding_value=0.0,
                                              do_normalize=True, return_attention_mask=False)
+        field = "input_values"
     autocast = backbone._autocast  # ours' precision (float32 on CPU), so the comparison is the pipeline's
-    clips = sorted(Path(spec["clips"]).glob("clip-*.wav"))[: int(spec["epochs"])]
     load, _ = librosa.load, librosa.resample  # librosa loads its submodules lazily: before the clock starts
     t0 = time.perf_counter()
-    pooled = []
-    for path in clips:
+    pooled, audio_s = [], 0.0
+    for path in paths:
         audio, _ = load(str(path), sr=16_000)
-        if family == "whisper":
-            inputs = extractor(audio, sampling_rate=16_000, return_tensors="pt").input_features.to(device)
-            with torch.no_grad(), autocast():
-                hidden = model(inputs).last_hidden_state
-        else:
-            inputs = extractor(audio, sampling_rate=16_000, return_tensors="pt").input_values.to(device)
-            with torch.no_grad(), autocast():
-                hidden = model(inputs).last_hidden_state
+        audio_s += len(audio) / 16_000
+        inputs = getattr(extractor(audio, sampling_rate=16_000, return_tensors="pt"), field).to(device)
+        with torch.no_grad(), autocast():
+            hidden = model(inputs).last_hidden_state
         pooled.append(hidden.mean(dim=1).float().cpu().numpy())
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "epochs": len(pooled), "torch_threads": _torch_threads(),
-            "peak_rss_mb": peak_rss_mb()}
+    return len(pooled), audio_s, time.perf_counter() - t0
+
+
+def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
+    from sleepsound.backbones.registry import load_backbone
+    from sleepsound.embedding import resolve_device
+
+    cfg = bench_config(spec["backbone"], spec["device"], spec["dtype"], spec["batch_size"], spec.get("compile", False))
+    b = cfg.backbone
+    backbone = load_backbone(b.name, layer=b.layer, pool_seconds=b.pool_seconds, device=resolve_device(b.device),
+                             dtype=b.dtype)
+    clips = sorted(Path(spec["clips"]).glob("clip-*.wav"))[: int(spec["epochs"])]
+    n, _, seconds = tutorial_embed([str(c) for c in clips], backbone)
+    return {"seconds": seconds, "epochs": n, "torch_threads": _torch_threads(), "peak_rss_mb": peak_rss_mb()}
 
 
 def _torch_threads() -> int:

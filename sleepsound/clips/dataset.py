@@ -101,8 +101,9 @@ def discover(root: str | Path) -> list[tuple[str, str]]:
     return found
 
 
-def _check_entry(path: Path) -> None:
-    """Why an entry of a label folder is not a clip file, as a ClipError; nothing when it is one."""
+def check_clip_file(path: str | Path) -> None:
+    """Why ``path`` is not an audio file to read, as a ClipError; nothing when it is one."""
+    path = Path(path)
     if path.is_symlink() and not path.exists():
         raise ClipError("broken symbolic link")
     if path.is_dir():
@@ -111,6 +112,8 @@ def _check_entry(path: Path) -> None:
         raise ClipError("file not found")
     if not path.is_file():
         raise ClipError("not a regular file")
+    if path.stat().st_size == 0:
+        raise ClipError("empty file (0 bytes)")
 
 
 def read_mono_16k(path: str | Path, min_seconds: float = MIN_CLIP_SECONDS,
@@ -118,8 +121,7 @@ def read_mono_16k(path: str | Path, min_seconds: float = MIN_CLIP_SECONDS,
     """float32 mono 16-kHz samples of the first ``max_seconds`` (all a clip can use: a long
     recording dropped into a clip folder is never read whole), peak-normalised; raises
     ClipError with the reason."""
-    if Path(path).stat().st_size == 0:
-        raise ClipError("empty file (0 bytes)")
+    check_clip_file(path)
     return peak_normalise(decode_mono_16k(str(path), min_seconds, max_seconds))
 
 
@@ -188,7 +190,6 @@ def load_dataset(root: str | Path, *, clip_seconds: float | None = None, classes
         try:
             if label not in names:
                 raise ClipError(f"label folder {label!r} is not one of the classes {list(names)}")
-            _check_entry(base / rel)
             kept.append((label, rel, read_mono_16k(base / rel, min_seconds, read_seconds)))
         except ClipError as exc:
             rejected.append(Rejected(rel, label, f"{rel}: {exc}"))

@@ -12,14 +12,13 @@ Shared by ``sleepsound clips score`` (files on disk) and ``sleepsound clips serv
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from sleepsound.clips.dataset import MIN_CLIP_SECONDS, SAMPLE_RATE, ClipError, decode_mono_16k, fix_length, \
-    peak_normalise
+from sleepsound.clips.dataset import MIN_CLIP_SECONDS, SAMPLE_RATE, ClipError, check_clip_file, decode_mono_16k, \
+    fix_length, peak_normalise
 from sleepsound.clips.evaluate import ClipClassifier
 
 MAX_SCORE_SECONDS = 600.0   # longer audio is a night: score it with `sleepsound score`
@@ -67,11 +66,9 @@ def score_source(clf: ClipClassifier, source: str | BinaryIO, name: str,
                  max_seconds: float = MAX_SCORE_SECONDS, batch_size: int | None = None) -> dict[str, Any]:
     """Decode (any format soundfile reads, any rate, mixed to mono) and score; ClipError naming
     ``name`` and the problem for unusable or over-long audio."""
-    if isinstance(source, str) and not os.path.isfile(source):
-        raise ClipError(f"{name}: file not found")
-    if isinstance(source, str) and os.path.getsize(source) == 0:
-        raise ClipError(f"{name}: empty file (0 bytes)")
     try:
+        if isinstance(source, str):
+            check_clip_file(source)
         audio = decode_mono_16k(source, MIN_CLIP_SECONDS, max_seconds + 1.0)
     except ClipError as exc:
         raise ClipError(f"{name}: {exc}") from None

@@ -20,7 +20,7 @@ import pyedflib
 import soundfile as sf
 
 from sleepsound.findings import Finding, Quarantine, clock
-from sleepsound.io.edf_header import EdfHeaderError, explain_refusal, read_edf_header
+from sleepsound.io.edf_header import EdfHeaderError, empty_range, explain_refusal, read_edf_header
 from sleepsound.labels import EPOCH_SECONDS
 
 # Plain nights in the formats libsndfile decodes (lossy ones too: a phone's OGG or MP3 is still
@@ -87,11 +87,8 @@ def _scaling_findings(reader: pyedflib.EdfReader, index: int, path: str, channel
     dmin, dmax = int(reader.getDigitalMinimum(index)), int(reader.getDigitalMaximum(index))
     pmin, pmax = reader.getPhysicalMinimum(index), reader.getPhysicalMaximum(index)
     for kind, low, high in (("digital", dmin, dmax), ("physical", pmin, pmax)):
-        if low == high:
-            raise AudioError(path, "inconsistent_edf_header",
-                             f"signal {channel!r}: {kind} minimum and maximum are both "
-                             f"{low if kind == 'digital' else format(low, 'g')}, so its samples "
-                             "cannot be scaled to physical values (division by zero); re-export the file")
+        if (problem := empty_range(channel, kind, low, high)) is not None:
+            raise AudioError(path, "inconsistent_edf_header", f"{problem}; re-export the file")
     if dmin < dmax:
         return ()
     flipped = pmin < pmax  # the slope (pmax - pmin) / (dmax - dmin) is negative

@@ -150,6 +150,16 @@ _SIGNAL_FIELDS = (("label", 16, None), ("transducer type", 80, None), ("physical
                   ("reserved", 32, None))
 
 
+def empty_range(label: str, kind: str, low: float, high: float) -> str | None:
+    """Why signal ``label`` cannot be scaled when its ``kind`` ("digital" or "physical") minimum
+    equals its maximum (the scaling divides by their difference); None when they differ."""
+    if low != high:
+        return None
+    value = int(low) if kind == "digital" else format(low, "g")
+    return (f"signal {label!r}: {kind} minimum and maximum are both {value}, so its samples cannot be scaled to "
+            "physical values (division by zero)")
+
+
 def explain_refusal(path: str) -> None:
     """Raise EdfHeaderError naming the first header field of ``path`` that breaks the EDF/BDF spec.
 
@@ -204,16 +214,14 @@ def explain_refusal(path: str) -> None:
     for i, label in enumerate(header.labels):
         pmin, pmax = (float(fields[f"physical {m}"][i]) for m in ("minimum", "maximum"))
         dmin, dmax = (int(fields[f"digital {m}"][i]) for m in ("minimum", "maximum"))
-        if pmin == pmax:
-            fail(f"signal {label!r}: physical minimum and maximum are both {pmin:g}, so its samples cannot be "
-                 "scaled to physical values (division by zero)")
+        if (problem := empty_range(label, "physical", pmin, pmax)) is not None:
+            fail(problem)
         for name, value in (("minimum", dmin), ("maximum", dmax)):
             if not digital[0] <= value <= digital[1]:
                 fail(f"signal {label!r}: digital {name} {value} is outside the {'BDF' if header.is_bdf else 'EDF'} "
                      f"range {digital[0]} to {digital[1]}")
-        if dmin == dmax:
-            fail(f"signal {label!r}: digital minimum and maximum are both {dmin}, so its samples cannot be "
-                 "scaled to physical values (division by zero)")
+        if (problem := empty_range(label, "digital", dmin, dmax)) is not None:
+            fail(problem)
     plus = raw[192:197].decode("ascii")
     if plus in ("EDF+C", "EDF+D", "BDF+C", "BDF+D"):
         annotations = "BDF Annotations" if header.is_bdf else "EDF Annotations"
