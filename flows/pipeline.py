@@ -17,8 +17,8 @@ from prefect.runtime import flow_run
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
-from sleepsound.root_lock import hold_root
-from sleepsound.run_record import write_run_record
+from sleepsound.runs.root_lock import hold_root
+from sleepsound.runs.run_record import write_run_record
 
 from tasks.embed import embed
 from tasks.ingest import ingest

@@ -11,8 +11,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect_ray.context import remote_options
 
-from sleepsound.root_lock import hold_root
-from sleepsound.run_record import write_run_record
+from sleepsound.runs.root_lock import hold_root
+from sleepsound.runs.run_record import write_run_record
 
 from flows.pipeline import COORDINATOR_CPUS, StepTimer, flow_summary
 from tasks.champions import champions

@@ -1,7 +1,7 @@
 """Retrain and maybe promote: validate -> embed -> train -> promote -> predict -> report.
 
 The new heads are registered as challengers, scored beside the champions on the root's fixed
-evaluation set (sleepsound.evaluation_set), and each replaces its champion only when it is
+evaluation set (sleepsound.registry.evaluation_set), and each replaces its champion only when it is
 better on the declared metric by the declared margin. The run's predictions and report are the
 new heads'; the decisions and both scores are in the result and the report.
 """
@@ -14,8 +14,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect_ray.context import remote_options
 
-from sleepsound.root_lock import hold_root
-from sleepsound.run_record import write_run_record
+from sleepsound.runs.root_lock import hold_root
+from sleepsound.runs.run_record import write_run_record
 
 from flows.pipeline import COORDINATOR_CPUS, StepTimer, flow_summary, promotion_lines, ray_runner
 from tasks.embed import embed

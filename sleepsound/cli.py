@@ -64,8 +64,8 @@ def validate(
 
     Exit 2 only when validation could not run (bad arguments, unreachable storage).
     """
-    from sleepsound.config import load_config
-    from sleepsound.manifest import build_manifest, write_manifest
+    from sleepsound.core.config import load_config
+    from sleepsound.ingest.manifest import build_manifest, write_manifest
 
     try:
         cfg = load_config(config, overrides)
@@ -111,7 +111,7 @@ def run(
     run_id: RunIdOpt = None,
 ) -> None:
     """Run the whole workflow (validate, embed, train, predict, report) as a Prefect flow on Ray."""
-    from sleepsound.config import load_config
+    from sleepsound.core.config import load_config
 
     cfg = load_config(config, overrides)
     result = _run_flow(source, root, cfg.model_dump(), ray_address, run_id)
@@ -130,7 +130,7 @@ def train(
     run_id: RunIdOpt = None,
 ) -> None:
     """Retrain every head and promote each only if it beats its champion on the fixed evaluation set."""
-    from sleepsound.config import load_config
+    from sleepsound.core.config import load_config
 
     _check_metric(metric)
     cfg = load_config(config, overrides)
@@ -151,7 +151,7 @@ def nightly(
     run_id: RunIdOpt = None,
 ) -> None:
     """Do only what is new: embed new nights, retrain and maybe promote if some are labelled, score them."""
-    from sleepsound.config import load_config
+    from sleepsound.core.config import load_config
 
     _check_metric(metric)
     cfg = load_config(config, overrides)
@@ -181,7 +181,7 @@ def deploy(
     """Register the nightly (scheduled), train and score deployments with the Prefect API in PREFECT_API_URL."""
     import os
 
-    from sleepsound.config import load_config
+    from sleepsound.core.config import load_config
 
     if not os.environ.get("PREFECT_API_URL"):
         console.print("[red]set PREFECT_API_URL to the Prefect server that should hold the deployments[/red]")
@@ -205,7 +205,7 @@ def submit(
     follow: Annotated[bool, typer.Option("--follow/--no-follow", help="Stream the job's logs until it ends.")] = True,
 ) -> None:
     """Run a flow on a Ray cluster as a Ray job (the flow's own options after it) and follow its logs."""
-    from sleepsound.submit import submit_flow
+    from sleepsound.runs.submit import submit_flow
 
     try:
         result = submit_flow(address, flow, ctx.args, working_dir=working_dir, follow=follow)
@@ -228,7 +228,7 @@ def score(
     run_id: RunIdOpt = None,
 ) -> None:
     """Score a cohort with the registered models (champions by default): validate, embed, predict, report."""
-    from sleepsound.config import load_config
+    from sleepsound.core.config import load_config
 
     cfg = load_config(config, overrides)
     versions = {}
@@ -253,8 +253,8 @@ def demo(
     ray_address: RayOpt = None,
 ) -> None:
     """Generate a small synthetic cohort and run the full workflow on it."""
-    from sleepsound.config import load_config
-    from sleepsound.demo import DEMO_OVERRIDES, ensure_demo_cohort
+    from sleepsound.core.config import load_config
+    from sleepsound.recipes.demo import DEMO_OVERRIDES, ensure_demo_cohort
 
     source = ensure_demo_cohort(Path(".sleepsound-demo-source"), subjects, hours, seed, console)
     cfg = load_config(config, [*DEMO_OVERRIDES, *(overrides or [])])
@@ -292,9 +292,9 @@ def cv(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Subject-wise k-fold cross-validation of the heads on the cached embeddings (nothing is registered)."""
-    from sleepsound.config import load_config
-    from sleepsound.cross_validation import cross_validate
-    from sleepsound.manifest import read_manifest
+    from sleepsound.core.config import load_config
+    from sleepsound.train.cross_validation import cross_validate
+    from sleepsound.ingest.manifest import read_manifest
 
     try:
         cfg = load_config(config, overrides)
@@ -332,8 +332,8 @@ def reproduce_embc2025_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Run the EMBC 2025 paper's protocol and print its Table II beside the paper's numbers."""
-    from sleepsound.config import load_config
-    from sleepsound.reproduce import reproduce_embc2025
+    from sleepsound.core.config import load_config
+    from sleepsound.recipes.embc2025 import reproduce_embc2025
 
     try:
         cfg = load_config(config, overrides)
@@ -573,7 +573,7 @@ def models_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Every stored version, oldest first; the champion is marked."""
-    from sleepsound import model_store
+    from sleepsound.registry import store as model_store
 
     rows = [v for t in ([task] if task else model_store.tasks(root)) for v in model_store.versions(root, t)]
     if as_json:
@@ -595,7 +595,7 @@ def models_show(
     task: Annotated[str, typer.Option(help="Task of the model.")] = "stage3",
 ) -> None:
     """One version's config, lineage and held-out metrics, as JSON."""
-    from sleepsound import model_store
+    from sleepsound.registry import store as model_store
 
     try:
         print(json.dumps(model_store.show(root, task, version), indent=2, default=str))
@@ -614,7 +614,7 @@ def _check_metric(metric: str) -> None:
 def _run_flow(source: str, root: str, config: dict, ray_address: str | None, run_id: str | None,
               flow: str = "pipeline", versions: dict[str, str] | None = None, metric: str = "macro_f1",
               margin: float = 0.01) -> dict:
-    from sleepsound.root_lock import RootBusy, check_free
+    from sleepsound.runs.root_lock import RootBusy, check_free
 
     try:
         check_free(root)       # refuse at once, before Prefect and Ray start; the flow takes the lock itself
@@ -632,7 +632,7 @@ def _run_flow_locally(source: str, root: str, config: dict, ray_address: str | N
         console.print(f"Prefect API: {api_url}")
         if flow == "score":
             from flows.score import run_score_on_ray
-            from sleepsound.model_store import ModelNotFound
+            from sleepsound.registry.store import ModelNotFound
 
             try:
                 return run_score_on_ray(source, root, config, ray_address=ray_address, run_id=run_id,
@@ -665,7 +665,7 @@ def _figure(value: Any, fmt: str) -> str:
 
 def _print_nights(summaries_uri: str) -> None:
     """The predicted night summaries (first ``NIGHTS_SHOWN``): what a user scoring a cohort came for."""
-    from sleepsound.results import read_summaries
+    from sleepsound.report.outputs import read_summaries
 
     try:
         nights = read_summaries(summaries_uri)

@@ -6,10 +6,10 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from sleepsound.config import Config
-from sleepsound.embedding import channel_configs, embed_cohort, embeddings_dir
-from sleepsound.manifest import quarantine, read_manifest_rows, write_manifest
-from sleepsound.storage import open_root
+from sleepsound.core.config import Config
+from sleepsound.embed.cohort import channel_configs, embed_cohort, embeddings_dir
+from sleepsound.ingest.manifest import quarantine, read_manifest_rows, write_manifest
+from sleepsound.core.storage import open_root
 
 
 @task(name="embed", retries=1, retry_delay_seconds=5)

@@ -6,8 +6,8 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from sleepsound.config import Config
-from sleepsound.manifest import build_manifest, previous_manifest_rows, write_manifest
+from sleepsound.core.config import Config
+from sleepsound.ingest.manifest import build_manifest, previous_manifest_rows, write_manifest
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=[2, 10])

@@ -6,8 +6,8 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from sleepsound.manifest import read_manifest_rows
-from sleepsound.nightly_state import mark_processed, new_recordings
+from sleepsound.ingest.manifest import read_manifest_rows
+from sleepsound.runs.nightly_state import mark_processed, new_recordings
 
 
 @task(name="find-new")

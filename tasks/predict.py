@@ -6,10 +6,10 @@ from typing import Any
 
 from prefect import task
 
-from sleepsound.config import Config
-from sleepsound.manifest import read_manifest
-from sleepsound.modelling import predict_recordings
-from sleepsound.storage import full_uri, open_root
+from sleepsound.core.config import Config
+from sleepsound.ingest.manifest import read_manifest
+from sleepsound.train.fit import predict_recordings
+from sleepsound.core.storage import full_uri, open_root
 
 
 @task(name="predict")

@@ -6,8 +6,8 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from sleepsound.manifest import read_manifest_rows
-from sleepsound.promotion import decide_promotions
+from sleepsound.ingest.manifest import read_manifest_rows
+from sleepsound.registry.promotion import decide_promotions
 
 
 @task(name="promote")

@@ -6,8 +6,8 @@ from typing import Any
 
 from prefect import task
 
-from sleepsound.config import Config
-from sleepsound.results import write_run_outputs
+from sleepsound.core.config import Config
+from sleepsound.report.outputs import write_run_outputs
 
 
 @task(name="report")

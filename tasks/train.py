@@ -6,9 +6,9 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from sleepsound.config import Config
-from sleepsound.manifest import read_manifest
-from sleepsound.modelling import train_models
+from sleepsound.core.config import Config
+from sleepsound.ingest.manifest import read_manifest
+from sleepsound.train.fit import train_models
 
 
 @task(name="train")

@@ -68,6 +68,6 @@ def ray_session(s3_endpoint: str, prefect_api: str) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def tiny_whisper(session_dir: Path) -> str:
-    from sleepsound.backbones.tiny import save_tiny_random_backbone
+    from sleepsound.models.backbones.tiny import save_tiny_random_backbone
 
     return str(save_tiny_random_backbone("whisper", session_dir / "tiny-whisper"))

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from sleepsound.annotation_checks import check_stage_table
-from sleepsound.annotations import AnnotationError, load_stages, read_stage_table
-from sleepsound.labels import STAGE_SPELLINGS, STAGES_5, UNSCORED, stage5_of
+from sleepsound.ingest.label_checks import check_stage_table
+from sleepsound.labels.annotations import AnnotationError, load_stages, read_stage_table
+from sleepsound.labels.vocabulary import STAGE_SPELLINGS, STAGES_5, UNSCORED, stage5_of
 
 FIVE = "epoch_index,stage\n0,W\n1,N1\n2,N2\n3,N3\n4,R\n"
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from sleepsound.backbones import whisper_ct2
-from sleepsound.backbones.registry import (OFFLINE_WHISPER, Backbone, BackboneLoadError, load_backbone,
+from sleepsound.models.backbones import whisper_ct2
+from sleepsound.models.backbones.pretrained import (OFFLINE_WHISPER, Backbone, BackboneLoadError, load_backbone,
                                            pool_frames)
-from sleepsound.backbones.tiny import TINY_DIM, TINY_LAYERS, save_tiny_random_backbone
+from sleepsound.models.backbones.tiny import TINY_DIM, TINY_LAYERS, save_tiny_random_backbone
 
 SR = 16_000
 EPOCH = 30 * SR

@@ -20,7 +20,7 @@ from sleepsound.clips.cli import clips_app
 from sleepsound.clips.dataset import FRAME_SAMPLES, SAMPLE_RATE, load_dataset, read_mono_16k
 from sleepsound.clips.evaluate import ClipClassifier
 from sleepsound.clips.split import block_folds, block_split, file_index, ordered
-from sleepsound.heads.io import load_head_with_config
+from sleepsound.models.heads.artifacts import load_head_with_config
 
 
 def _snore(rng: np.random.Generator, seconds: float, rate: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from sleepsound.config import Config, load_config
+from sleepsound.core.config import Config, load_config
 
 
 def test_defaults_follow_the_paper():

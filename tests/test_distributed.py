@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sleepsound.training import TrainConfig, predict_proba, train_head
+from sleepsound.train.loop import TrainConfig, predict_proba, train_head
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -46,7 +46,7 @@ def test_ranks_take_equal_disjoint_shares_of_each_epoch() -> None:
 
 
 def test_ray_train_two_workers_learns_and_returns_an_ordinary_head(tmp_path) -> None:
-    from sleepsound.distributed import train_head_ray
+    from sleepsound.train.distributed import train_head_ray
 
     x, y = _task()
     vx, vy = _task(60, seed=1)
@@ -62,10 +62,10 @@ def test_ray_train_two_workers_learns_and_returns_an_ordinary_head(tmp_path) -> 
 def test_training_ray_workers_setting_trains_a_task_head_with_ray_train() -> None:
     import pandas as pd
 
-    from sleepsound.config import Config
-    from sleepsound.dataset import EmbeddedEpochs
-    from sleepsound.label_tasks import TASKS
-    from sleepsound.modelling import fit_task
+    from sleepsound.core.config import Config
+    from sleepsound.train.dataset import EmbeddedEpochs
+    from sleepsound.labels.targets import TASKS
+    from sleepsound.train.fit import fit_task
 
     x, y = _task(96)
     epochs = pd.DataFrame({"stage3": [("Wake", "NREM", "REM")[i] for i in y], "offset_s": 0.0})

@@ -18,9 +18,9 @@ import pytest
 import s3fs
 
 from flaky_s3 import FlakyS3Proxy
-from sleepsound.config import Config, PreprocessConfig
-from sleepsound.embedding import EmbedStats, embed_cohort
-from sleepsound.manifest import build_manifest
+from sleepsound.core.config import Config, PreprocessConfig
+from sleepsound.embed.cohort import EmbedStats, embed_cohort
+from sleepsound.ingest.manifest import build_manifest
 from sleepsound.synth.writers import generate_cohort
 
 pytestmark = pytest.mark.usefixtures("ray_session")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import s3fs
 
-from sleepsound.config import Config
+from sleepsound.core.config import Config
 from sleepsound.synth.writers import generate_cohort
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -95,7 +95,7 @@ def _assert_nightly_does_only_what_is_new(cohort: Path, root: str, tiny_whisper:
     """First nightly: every night is new (trained, promoted or not, scored). Then a new unlabelled
     night arrives: only it is embedded and scored, nothing is trained. Then nothing is new."""
     from flows.nightly import run_nightly_on_ray
-    from sleepsound.nightly_state import processed
+    from sleepsound.runs.nightly_state import processed
 
     source = tmp_path / "nightly-source"
     shutil.copytree(cohort, source)
@@ -132,7 +132,7 @@ def _assert_retraining_keeps_an_equal_champion(cohort: Path, root: str, tiny_whi
     """The train flow registers challengers, scores them beside the champions on the recorded
     evaluation set, and keeps each champion that the retrained twin does not beat by the margin."""
     from flows.train import run_train_on_ray
-    from sleepsound import model_store
+    from sleepsound.registry import store as model_store
 
     retrained = run_train_on_ray(str(cohort), root, _config(tiny_whisper), run_id="r1")
     assert set(retrained["seconds"]) == {"ingest", "embed", "train", "promote", "predict", "report"}
@@ -149,7 +149,7 @@ def _assert_retraining_keeps_an_equal_champion(cohort: Path, root: str, tiny_whi
 def _assert_scoring_uses_the_champions(cohort: Path, root: str, tiny_whisper: str, trained: dict) -> None:
     """The score flow trains nothing: the first run's heads (the champions) predict every night."""
     from flows.score import run_score_on_ray
-    from sleepsound import model_store
+    from sleepsound.registry import store as model_store
 
     from flows.scheduled import score_deployment
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from sleepsound.heads.attention import AttentionPoolingHead, build_context, context_indices
-from sleepsound.heads.io import HeadArtifactError, build_head, head_config, load_head, load_head_with_config, save_head
-from sleepsound.heads.mlp import MeanPoolingHead
+from sleepsound.models.heads.attention import AttentionPoolingHead, build_context, context_indices
+from sleepsound.models.heads.artifacts import HeadArtifactError, build_head, head_config, load_head, load_head_with_config, save_head
+from sleepsound.models.heads.mlp import MeanPoolingHead
 
 
 def _x(b: int = 4, t: int = 10, d: int = 32, seed: int = 0) -> torch.Tensor:
@@ -192,7 +192,7 @@ def test_unknown_kind_and_foreign_models_are_refused(tmp_path) -> None:
 @pytest.mark.parametrize("kind", ["attention", "mlp"])
 def test_layer_weighted_heads_learn_softmax_weights_and_round_trip(tmp_path, kind: str) -> None:
     """n_layers > 1: [B, T, L, D] in, layer weights start equal, sum to 1, and survive save/load."""
-    from sleepsound.heads.layers import layer_weights
+    from sleepsound.models.heads.layers import layer_weights
 
     torch.manual_seed(0)
     head = build_head(kind, dim=8, n_classes=3, n_layers=3).eval()

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sleepsound.config import PreprocessConfig
-from sleepsound.epoching import read_epochs
-from sleepsound.manifest import build_manifest
-from sleepsound.sources import discover
+from sleepsound.core.config import PreprocessConfig
+from sleepsound.embed.epochs import read_epochs
+from sleepsound.ingest.manifest import build_manifest
+from sleepsound.ingest.discovery import discover
 from sleepsound.synth.writers import generate_cohort
 
 CFG = PreprocessConfig()

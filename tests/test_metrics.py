@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from sleepsound.metrics import (
+from sleepsound.report.metrics import (
     PAPER_30S_HUBERT,
     confusion_counts,
     evaluate,
@@ -102,7 +102,7 @@ def test_paper_reference_row() -> None:
 
 
 def test_ahi_agreement_by_hand() -> None:
-    from sleepsound.metrics import ahi_agreement
+    from sleepsound.report.metrics import ahi_agreement
 
     scored = [2.0, 8.0, 20.0, 40.0, 12.0]
     estimate = [4.0, 6.0, 25.0, 45.0, 16.0]        # differences 2, -2, 5, 5, 4
@@ -120,7 +120,7 @@ def test_ahi_agreement_by_hand() -> None:
 
 
 def test_bootstrap_resamples_subjects_not_epochs() -> None:
-    from sleepsound.metrics import bootstrap_ci, per_subject
+    from sleepsound.report.metrics import bootstrap_ci, per_subject
 
     # subject a is always right, subject b always wrong: the CI must span both extremes' mixtures
     true = ["Wake"] * 10 + ["NREM"] * 10
@@ -135,7 +135,7 @@ def test_bootstrap_resamples_subjects_not_epochs() -> None:
 
 
 def test_severity_and_breathing_summary() -> None:
-    from sleepsound.summaries import breathing_summary, severity
+    from sleepsound.report.summaries import breathing_summary, severity
 
     assert [severity(v) for v in (0, 4.99, 5, 14.9, 15, 29.9, 30, 90)] == \
         ["normal", "normal", "mild", "mild", "moderate", "moderate", "severe", "severe"]

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from sleepsound.prefetch import prefetch
+from sleepsound.core.prefetch import prefetch
 
 
 def test_items_come_in_order_and_all_arrive():

@@ -3,8 +3,8 @@ import pytest
 import soxr
 from scipy import signal
 
-from sleepsound.config import PreprocessConfig
-from sleepsound.preprocess import StreamingFilter, count_epochs, iter_epochs, normalise, zero_rms_seconds
+from sleepsound.core.config import PreprocessConfig
+from sleepsound.embed.preprocess import StreamingFilter, count_epochs, iter_epochs, normalise, zero_rms_seconds
 
 RATE = 48_000
 
@@ -100,7 +100,7 @@ def test_nan_samples_invalidate_their_epoch_only():
 
 
 def test_clipping_is_measured_against_the_format_full_scale():
-    from sleepsound.quality import measure_epoch
+    from sleepsound.ingest.quality import measure_epoch
 
     x = np.clip(_noise(30) * 3, -2.0, 2.0)   # a signal stored with physical range +-2
     quality, _ = measure_epoch(x, RATE, PreprocessConfig(), full_scale=2.0)
@@ -109,7 +109,7 @@ def test_clipping_is_measured_against_the_format_full_scale():
 
 
 def test_silent_gaps_are_found_across_block_boundaries():
-    from sleepsound.quality import GapFinder
+    from sleepsound.ingest.quality import GapFinder
 
     finder = GapFinder(frame_seconds=1.0, min_seconds=3.0)
     for block in ([0, 1, 1], [1, 1, 0, 1], [1, 1, 1], [0, 0, 1, 1, 1, 1], [1]):

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sleepsound.metrics import ahi_agreement, evaluate
-from sleepsound.report import (ahi_scatter_figure, attention_figure, bland_altman_figure, event_timeline_figure,
+from sleepsound.report.metrics import ahi_agreement, evaluate
+from sleepsound.report.render import (ahi_scatter_figure, attention_figure, bland_altman_figure, event_timeline_figure,
                                hypnogram_figure, paper_comparison_table, render_report)
-from sleepsound.summaries import summarise_nights
+from sleepsound.report.summaries import summarise_nights
 
 C = ["Wake", "NREM", "REM"]
 EVIL = "<script>alert('x')</script>"

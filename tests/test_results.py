@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sleepsound.attention_view import MEL_BANDS, log_mel, pick_examples
-from sleepsound.results import night_breathing, subject_intervals, task_metrics
+from sleepsound.report.attention_view import MEL_BANDS, log_mel, pick_examples
+from sleepsound.report.outputs import night_breathing, subject_intervals, task_metrics
 
 
 def _night(n: int = 120, events_every: int = 10) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from sleepsound.io.rml import (
     stages_per_epoch,
     write_rml,
 )
-from sleepsound.labels import STAGES_5, UNSCORED
+from sleepsound.labels.vocabulary import STAGES_5, UNSCORED
 
 NS = RML_NAMESPACE
 
@@ -187,8 +187,8 @@ def test_lights_off_and_on_as_seconds_or_date_times():
 
 def test_absurd_times_give_short_notes_and_a_stage_time_quarantines() -> None:
     """1e300 is finite, so it parses; no message may print it as a 300-digit number."""
-    from sleepsound.annotation_checks import check_events, check_rml
-    from sleepsound.findings import Quarantine
+    from sleepsound.ingest.label_checks import check_events, check_rml
+    from sleepsound.core.findings import Quarantine
 
     xml = (SPEC_EXAMPLE
            .replace("<Events>", '<Events><Event Family="Respiratory" Type="Hypopnea" Start="1e300" Duration="12"/>'
@@ -216,7 +216,7 @@ def test_absurd_times_give_short_notes_and_a_stage_time_quarantines() -> None:
 
     import pandas as pd
 
-    from sleepsound.annotation_checks import check_stage_table
+    from sleepsound.ingest.label_checks import check_stage_table
     with pytest.raises(Quarantine, match=r"row 3 starts at 1e\+300 s, more than 7 days"):   # a plain night's CSV
         check_stage_table(pd.DataFrame({"start_s": [0.0, 1e300], "stage": ["W", "N2"]}), "/data/n.stages.csv",
                           "n", 30, 900.0)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import s3fs
 
-from sleepsound.root_lock import RootBusy, holder, hold_root, lock_path
+from sleepsound.runs.root_lock import RootBusy, holder, hold_root, lock_path
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -161,7 +161,7 @@ def test_every_writing_flow_refuses_a_root_another_run_holds(flow_name, prefect_
     """The flows take the lock themselves, so a deployment run started beside a CLI run is refused too."""
     import importlib
 
-    from sleepsound.config import Config
+    from sleepsound.core.config import Config
 
     monkeypatch.setenv("PREFECT_API_URL", prefect_api)
     module = importlib.import_module(f"flows.{flow_name}")

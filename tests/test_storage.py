@@ -3,8 +3,8 @@ import pyarrow as pa
 import pytest
 import s3fs
 
-from sleepsound import schemas
-from sleepsound.storage import list_files, open_root, read_json, read_table, write_json, write_table
+from sleepsound.core import schemas
+from sleepsound.core.storage import list_files, open_root, read_json, read_table, write_json, write_table
 
 
 @pytest.fixture(params=["local", "s3"])

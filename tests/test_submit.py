@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sleepsound.submit import _submit_when_agent_ready, entrypoint, job_environment
+from sleepsound.runs.submit import _submit_when_agent_ready, entrypoint, job_environment
 from sleepsound.synth.writers import generate_cohort
 
 

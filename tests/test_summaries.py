@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sleepsound.summaries import SUMMARY_FIELDS, night_summary, summarise_nights
+from sleepsound.report.summaries import SUMMARY_FIELDS, night_summary, summarise_nights
 
 W, N, R = "Wake", "NREM", "REM"
 # index:  0  1  2     3  4  5  6  7  8  9  10 11 12

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from sleepsound.io.rml import RML_NAMESPACE, RmlEvent, parse_rml, stages_per_epoch
-from sleepsound.labels import APNEA_TYPES, EPOCH_SECONDS, RML_STAGE_TO_5, STAGES_5
+from sleepsound.labels.vocabulary import APNEA_TYPES, EPOCH_SECONDS, RML_STAGE_TO_5, STAGES_5
 from sleepsound.synth.hypnogram import RESPIRATORY_FAMILY, SNORE_TYPE, make_night_plan
 from sleepsound.synth.sound import LIMIT_CEILING, channel_rates, soft_limit, synthesise_chunk
 from sleepsound.synth.writers import EDF_SIGNALS, Progress, expected_parts, generate_cohort, patient_id

@@ -8,9 +8,9 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from sleepsound.heads.attention import build_context
-from sleepsound.labels import STAGES_3
-from sleepsound.training import (
+from sleepsound.models.heads.attention import build_context
+from sleepsound.labels.vocabulary import STAGES_3
+from sleepsound.train.loop import (
     TrainConfig,
     class_weights,
     constant_steps_for,
@@ -166,19 +166,19 @@ from pathlib import Path  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
-from sleepsound.config import Config, PreprocessConfig  # noqa: E402
-from sleepsound.dataset import load_embedded  # noqa: E402
-from sleepsound.embedding import (  # noqa: E402
+from sleepsound.core.config import Config, PreprocessConfig  # noqa: E402
+from sleepsound.train.dataset import load_embedded  # noqa: E402
+from sleepsound.embed.cohort import (  # noqa: E402
     channel_configs,
     embed_cohort,
     embeddings_path,
     epochs_path,
     shifted_path,
 )
-from sleepsound.epoching import read_epochs, shift_pairs  # noqa: E402
-from sleepsound.manifest import build_manifest  # noqa: E402
-from sleepsound.modelling import _inputs, predict_recordings, train_models  # noqa: E402
-from sleepsound.preprocess import StreamingFilter, iter_epochs, normalise  # noqa: E402
+from sleepsound.embed.epochs import read_epochs, shift_pairs  # noqa: E402
+from sleepsound.ingest.manifest import build_manifest  # noqa: E402
+from sleepsound.train.fit import _inputs, predict_recordings, train_models  # noqa: E402
+from sleepsound.embed.preprocess import StreamingFilter, iter_epochs, normalise  # noqa: E402
 from sleepsound.synth.writers import generate_cohort  # noqa: E402
 
 RATE = 48_000
@@ -352,7 +352,7 @@ def test_every_task_gets_a_head_on_one_split_and_predictions_carry_them(nights, 
     scored side, and the stage3 head's attention weights over its input frames."""
     import json
 
-    from sleepsound import model_store
+    from sleepsound.registry import store as model_store
 
     cfg = _config(tiny_whisper, context_epochs=3)
     manifest = pd.DataFrame(nights)
@@ -383,8 +383,8 @@ def test_every_task_gets_a_head_on_one_split_and_predictions_carry_them(nights, 
 
 def test_a_task_without_labels_is_skipped_with_its_reason(nights, embedded_root, tiny_whisper) -> None:
     """Nights scored in 3 classes only: no 5-class head, and the run says why; stage3 is still required."""
-    from sleepsound.modelling import NotTrainable, _train_task
-    from sleepsound.label_tasks import TASKS
+    from sleepsound.train.fit import NotTrainable, _train_task
+    from sleepsound.labels.targets import TASKS
 
     cfg = _config(tiny_whisper)
     data = load_embedded(embedded_root, cfg, pd.DataFrame(nights[:2]))
@@ -395,7 +395,7 @@ def test_a_task_without_labels_is_skipped_with_its_reason(nights, embedded_root,
 
 
 def test_validation_subjects_come_from_the_training_side() -> None:
-    from sleepsound.modelling import subject_split
+    from sleepsound.train.fit import subject_split
 
     manifest = pd.DataFrame({"recording_id": [f"r{i}" for i in range(10)], "subject_id": [f"s{i}" for i in range(10)],
                              "status": "accepted", "label_source": "rml"})
@@ -411,8 +411,8 @@ def test_kfold_cross_validation_tests_every_labelled_subject_once(nights, embedd
     from typer.testing import CliRunner
 
     from sleepsound.cli import app
-    from sleepsound.cross_validation import kfold_subjects
-    from sleepsound.manifest import write_manifest
+    from sleepsound.train.cross_validation import kfold_subjects
+    from sleepsound.ingest.manifest import write_manifest
 
     folds = kfold_subjects(["c", "a", "b", "d", "e"], 2, seed=3)
     assert sorted(sum(folds, [])) == ["a", "b", "c", "d", "e"] and [len(f) for f in folds] == [3, 2]
@@ -440,9 +440,9 @@ def test_promotion_scores_both_models_on_the_fixed_evaluation_set(nights, tiny_w
     """First model: champion. A retrained twin (same data, same seed: the same weights) scores the
     same on the same recorded evaluation subjects, so it does not clear the margin. (The rule itself,
     worse and better challengers included, is tested in test_model_store.)"""
-    from sleepsound import model_store
-    from sleepsound.evaluation_set import evaluation_set_path
-    from sleepsound.promotion import decide_promotions, evaluate_on_subjects
+    from sleepsound.registry import store as model_store
+    from sleepsound.registry.evaluation_set import evaluation_set_path
+    from sleepsound.registry.promotion import decide_promotions, evaluate_on_subjects
 
     root = str(tmp_path / "root")
     cfg = _config(tiny_whisper, shift_augment=False, tasks=["stage3", "resp"], epochs=2)
@@ -469,7 +469,7 @@ def test_promotion_scores_both_models_on_the_fixed_evaluation_set(nights, tiny_w
 
 
 def test_the_evaluation_set_is_drawn_once_and_explains_when_it_cannot_serve(tmp_path) -> None:
-    from sleepsound.evaluation_set import evaluation_subjects
+    from sleepsound.registry.evaluation_set import evaluation_subjects
 
     root = str(tmp_path / "root")
     cfg = Config.model_validate({"training": {"test_fraction": 0.2}})

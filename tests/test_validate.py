@@ -9,10 +9,10 @@ import pyedflib
 import pytest
 from typer.testing import CliRunner
 
-from sleepsound.config import PreprocessConfig, ValidationConfig
-from sleepsound.findings import Quarantine
+from sleepsound.core.config import PreprocessConfig, ValidationConfig
+from sleepsound.core.findings import Quarantine
 from sleepsound.io.audio import iter_part_blocks, probe_edf
-from sleepsound.manifest import build_manifest, read_manifest_rows
+from sleepsound.ingest.manifest import build_manifest, read_manifest_rows
 from sleepsound.synth.faults import FAULTS, Fault, edit_signal_header, fault, part_path
 from sleepsound.synth.writers import generate_cohort
 
@@ -219,7 +219,7 @@ def test_rml_without_its_edf_folder_is_discovered_and_quarantined(cohorts, tmp_p
 
 
 def test_a_crashing_check_quarantines_its_night_not_the_cohort(cohorts, tmp_path, monkeypatch):
-    import sleepsound.validate as validate
+    import sleepsound.ingest.validate as validate
 
     cohort, target, _ = _psg_copy(cohorts, tmp_path)
     real = validate.probe_edf
@@ -236,9 +236,9 @@ def test_a_crashing_check_quarantines_its_night_not_the_cohort(cohorts, tmp_path
 
 
 def test_apply_findings_records_the_first_error():
-    from sleepsound.findings import Finding
-    from sleepsound.sources import RecordingSource
-    from sleepsound.validate import apply_findings, manifest_row
+    from sleepsound.core.findings import Finding
+    from sleepsound.ingest.discovery import RecordingSource
+    from sleepsound.ingest.validate import apply_findings, manifest_row
 
     row = manifest_row(RecordingSource("n1", "n1", "psg-audio", ["/x/n1[001].edf"], [1]))
     warn = Finding("recording", "silent_gap", "warning", "/x/n1[001].edf", "quiet")
@@ -361,7 +361,7 @@ def test_a_reversed_digital_range_is_a_warning_and_the_audio_is_read_sign_invert
 
 
 def test_clock_never_prints_a_300_digit_hour():
-    from sleepsound.findings import clock
+    from sleepsound.core.findings import clock
 
     assert (clock(0), clock(3661), clock(-30)) == ("0:00:00", "1:01:01", "-0:00:30")
     assert clock(1e300) == "1e+300 s" and clock(float("nan")) == "nan s"
@@ -419,7 +419,7 @@ def test_a_wav_whose_header_sizes_disagree_with_the_file_is_named(tmp_path):
 
 @pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_24", "DOUBLE", "ALAW", "GSM610"])
 def test_wav_encodings_are_read_and_streamed(tmp_path, subtype):
-    from sleepsound.epoching import read_epochs
+    from sleepsound.embed.epochs import read_epochs
 
     row = _one_wav(tmp_path, subtype.lower(), _wav_bytes(subtype=subtype))
     assert row["status"] == "accepted" and row["n_epochs"] == 2, row["reason"]

@@ -95,7 +95,7 @@ def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
-    from sleepsound.backbones.registry import load_backbone
+    from sleepsound.models.backbones.pretrained import load_backbone
     from sleepsound.bench.embed import tutorial_embed
 
     backbone = load_backbone(spec["backbone"], device=spec["device"])

@@ -78,7 +78,7 @@ _VERSIONED = ("torch", "transformers", "numpy", "librosa", "soxr", "ray")
 def bench_config(backbone: str, device: str, dtype: str, batch_size: int | str | None,
                  compile: bool = False) -> Any:
     """The pipeline configuration every stage uses: defaults, this backbone, no shifted windows."""
-    from sleepsound.config import Config
+    from sleepsound.core.config import Config
 
     section: dict[str, Any] = {"name": backbone, "device": device, "dtype": dtype, "compile": compile}
     if batch_size is not None:
@@ -88,8 +88,8 @@ def bench_config(backbone: str, device: str, dtype: str, batch_size: int | str |
 
 def night_row(night: Path, cfg: Any) -> dict[str, Any]:
     """The night's manifest row (headers, SHA-256, labels), as the flow's ingest writes it."""
-    from sleepsound.sources import discover
-    from sleepsound.validate import validate_recording
+    from sleepsound.ingest.discovery import discover
+    from sleepsound.ingest.validate import validate_recording
 
     sources = discover(str(night))
     if len(sources) != 1:
@@ -104,10 +104,10 @@ def ensure_clips(night: Path, cfg: Any) -> Path:
     """The night's ``Mic`` channel as 30-s WAV clips at its own rate (the baseline's input), written once."""
     import soundfile as sf
 
-    from sleepsound.epoching import recording_source
+    from sleepsound.embed.epochs import recording_source
     from sleepsound.io.audio import iter_night_blocks
-    from sleepsound.sources import local_copies
-    from sleepsound.validate import probe_parts
+    from sleepsound.ingest.discovery import local_copies
+    from sleepsound.ingest.validate import probe_parts
 
     out = night / f"clips-{cfg.preprocess.channel}"
     if (out / "done").is_file():
@@ -205,7 +205,7 @@ def peak_tflops(name: str, dtype: str) -> float | None:
 
 def timed_embed(row: dict[str, Any], cfg: Any, use_ray: bool, what: str) -> tuple[Any, float]:
     """``embed_cohort`` of one night into a throwaway storage root -> (stats, wall seconds)."""
-    from sleepsound.embedding import embed_cohort
+    from sleepsound.embed.cohort import embed_cohort
 
     root = tempfile.mkdtemp(prefix="sleepsound-bench-embed-")
     try:
@@ -230,8 +230,8 @@ def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
 def _stage_model(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
-    from sleepsound.backbones.registry import load_backbone
-    from sleepsound.embedding import resolve_device
+    from sleepsound.models.backbones.pretrained import load_backbone
+    from sleepsound.embed.cohort import resolve_device
 
     cfg = bench_config(spec["backbone"], spec["device"], spec["dtype"], spec["batch_size"], spec.get("compile", False))
     b = cfg.backbone
@@ -289,8 +289,8 @@ def tutorial_embed(paths: list[str], backbone: Any) -> tuple[int, float, float]:
 
 
 def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
-    from sleepsound.backbones.registry import load_backbone
-    from sleepsound.embedding import resolve_device
+    from sleepsound.models.backbones.pretrained import load_backbone
+    from sleepsound.embed.cohort import resolve_device
 
     cfg = bench_config(spec["backbone"], spec["device"], spec["dtype"], spec["batch_size"], spec.get("compile", False))
     b = cfg.backbone
@@ -395,7 +395,7 @@ def run_embed_bench(backbone: str = DEFAULT_BACKBONE, minutes: float = DEFAULT_M
         raise BenchError("the baseline runs a transformers model clip by clip; 'mel' has no model to compare "
                          "(its front end costs about 8 ms per epoch)")
     require_librosa()
-    from sleepsound.embedding import resolve_device
+    from sleepsound.embed.cohort import resolve_device
 
     resolved = resolve_device(device)
     cfg = bench_config(backbone, resolved, dtype, batch_size, compile)

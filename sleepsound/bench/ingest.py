@@ -74,7 +74,7 @@ def bench_root(workdir: Path | None = None) -> Path:
     """Where generated nights are kept: ``workdir`` or ``$SLEEPSOUND_CACHE/bench``."""
     if workdir is not None:
         return Path(workdir)
-    from sleepsound.backbones.whisper_ct2 import cache_root
+    from sleepsound.models.backbones.whisper_ct2 import cache_root
 
     return cache_root() / "bench"
 
@@ -157,10 +157,10 @@ def peak_rss_mb() -> float:
 
 
 def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
-    from sleepsound.config import PreprocessConfig
-    from sleepsound.epoching import read_epochs
-    from sleepsound.sources import discover
-    from sleepsound.validate import validate_recording
+    from sleepsound.core.config import PreprocessConfig
+    from sleepsound.embed.epochs import read_epochs
+    from sleepsound.ingest.discovery import discover
+    from sleepsound.ingest.validate import validate_recording
 
     cfg = PreprocessConfig()
     wall0, cpu0 = time.perf_counter(), _cpu_seconds()
@@ -187,8 +187,8 @@ def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
     import pyedflib
     from scipy import signal
 
-    from sleepsound.config import PreprocessConfig
-    from sleepsound.sources import discover, local_copies
+    from sleepsound.core.config import PreprocessConfig
+    from sleepsound.ingest.discovery import discover, local_copies
 
     cfg = PreprocessConfig()
     sos = signal.butter(2, cfg.highpass_hz, btype="highpass", fs=cfg.target_rate, output="sos")

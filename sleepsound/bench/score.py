@@ -167,7 +167,7 @@ class TreeMemory:
 # ----------------------------------------------------------------------------- stages (child side)
 
 def _config(spec: dict[str, Any], workers: int) -> dict[str, Any]:
-    from sleepsound.config import Config
+    from sleepsound.core.config import Config
 
     raw = {"backbone": {"name": spec["backbone"], "batch_size": spec["batch_size"]},
            "training": {"epochs": spec["train_epochs"]},
@@ -197,10 +197,10 @@ def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
-    from sleepsound.config import Config
-    from sleepsound.embedding import embed_cohort
-    from sleepsound.manifest import build_manifest, read_manifest, write_manifest
-    from sleepsound.modelling import predict_recordings
+    from sleepsound.core.config import Config
+    from sleepsound.embed.cohort import embed_cohort
+    from sleepsound.ingest.manifest import build_manifest, read_manifest, write_manifest
+    from sleepsound.train.fit import predict_recordings
     from tasks.champions import serving_with_unseen
 
     cfg = Config.model_validate(_config(spec, 1))
@@ -236,7 +236,7 @@ def run_score_bench(nights: int = 100, minutes: float = 6.0, workers: list[int] 
                     ray_address: str | None = None, baseline: bool = True,
                     object_store_mb: int | None = None) -> dict[str, Any]:
     """Score ``nights`` generated nights with 1.. embedding workers, and the baseline; one JSON-able dict."""
-    from sleepsound.config import BackboneConfig
+    from sleepsound.core.config import BackboneConfig
 
     if nights < 2 or train_nights < 2 or train_nights > nights:
         raise BenchError(f"need 2 <= --train-nights <= --nights; got {train_nights} and {nights}")

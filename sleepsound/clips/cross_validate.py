@@ -25,7 +25,7 @@ from sleepsound.clips.features import layer_names
 from sleepsound.clips.split import block_folds, blocks_of, group_by_label
 from sleepsound.clips.train import (ClipTrainSettings, embed_all, indices_of, load_labelled, select_and_fit,
                                     validation_folds)
-from sleepsound.metrics import bootstrap_ci, evaluate, macro_f1
+from sleepsound.report.metrics import bootstrap_ci, evaluate, macro_f1
 
 
 def block_ids(ds: ClipDataset, block_size: int) -> list[str]:

@@ -14,9 +14,9 @@ import numpy as np
 
 from sleepsound.clips.dataset import SAMPLE_RATE, ClipDataset, load_dataset
 from sleepsound.clips.features import FeatureSpec, embed_audio, head_input, load_clip_backbone
-from sleepsound.heads.io import HeadArtifactError, load_head_with_config
-from sleepsound.metrics import evaluate as score
-from sleepsound.training import predict_proba
+from sleepsound.models.heads.artifacts import HeadArtifactError, load_head_with_config
+from sleepsound.report.metrics import evaluate as score
+from sleepsound.train.loop import predict_proba
 
 SPLITS = ("all", "test")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sleepsound.backbones.registry import Backbone, load_backbone
+from sleepsound.models.backbones.pretrained import Backbone, load_backbone
 from sleepsound.clips.dataset import FRAME_SAMPLES
 
 

@@ -28,15 +28,15 @@ import numpy as np
 from sklearn.metrics import f1_score
 
 import sleepsound
-from sleepsound.backbones.registry import OFFLINE_WHISPER
+from sleepsound.models.backbones.pretrained import OFFLINE_WHISPER
 from sleepsound.clips.dataset import SAMPLE_RATE, ClipDataset, load_dataset
 from sleepsound.clips.features import (FeatureSpec, default_layers, embed_audio, head_input, layer_names,
                                        load_clip_backbone)
 from sleepsound.clips.split import block_folds, block_split, group_by_label
-from sleepsound.heads.io import save_head
-from sleepsound.metrics import evaluate as score
-from sleepsound.metrics import majority_class
-from sleepsound.training import TrainConfig, predict_proba, train_head
+from sleepsound.models.heads.artifacts import save_head
+from sleepsound.report.metrics import evaluate as score
+from sleepsound.report.metrics import majority_class
+from sleepsound.train.loop import TrainConfig, predict_proba, train_head
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import numpy as np
 import pyedflib
 import soundfile as sf
 
-from sleepsound.findings import Finding, Quarantine, clock
+from sleepsound.core.findings import Finding, Quarantine, clock
 from sleepsound.io.edf_header import EdfHeaderError, empty_range, explain_refusal, read_edf_header
-from sleepsound.labels import EPOCH_SECONDS
+from sleepsound.labels.vocabulary import EPOCH_SECONDS
 
 # Plain nights in the formats libsndfile decodes (lossy ones too: a phone's OGG or MP3 is still
 # a night's sound); other audio suffixes are listed by discovery and refused by name.

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NoReturn
 
-from sleepsound.findings import Quarantine
+from sleepsound.core.findings import Quarantine
 
 FIXED_BYTES = 256
 SIGNAL_BYTES = 256

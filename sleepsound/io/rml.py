@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import BinaryIO
 
-from sleepsound.labels import EPOCH_SECONDS, RML_STAGE_TO_5, STAGE5_TO_RML, UNSCORED
+from sleepsound.labels.vocabulary import EPOCH_SECONDS, RML_STAGE_TO_5, STAGE5_TO_RML, UNSCORED
 
 RML_NAMESPACE = "http://www.respironics.com/PatientStudy.xsd"
 _Q = f"{{{RML_NAMESPACE}}}"

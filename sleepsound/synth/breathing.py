@@ -16,7 +16,7 @@ import numpy as np
 from scipy.ndimage import uniform_filter1d
 from scipy.signal import lfilter
 
-from sleepsound.labels import EPOCH_SECONDS, STAGES_5
+from sleepsound.labels.vocabulary import EPOCH_SECONDS, STAGES_5
 from sleepsound.synth.hypnogram import (
     SNORE_FAMILY,
     SNORE_TYPE,

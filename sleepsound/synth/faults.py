@@ -26,7 +26,7 @@ from pyedflib import highlevel
 from scipy import signal as sps
 
 from sleepsound.io.rml import RmlEvent, format_seconds, parse_rml, write_rml
-from sleepsound.labels import EPOCH_SECONDS
+from sleepsound.labels.vocabulary import EPOCH_SECONDS
 
 
 @dataclass(frozen=True)

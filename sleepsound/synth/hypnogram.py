@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from sleepsound.labels import APNEA_TYPES, EPOCH_SECONDS, HYPOPNEA_TYPES, STAGES_5
+from sleepsound.labels.vocabulary import APNEA_TYPES, EPOCH_SECONDS, HYPOPNEA_TYPES, STAGES_5
 
 # Random-stream ids under (seed, subject_index); see make_night_plan.
 _STREAM_HYPNOGRAM, _STREAM_EVENTS, _STREAM_PARAMS, _STREAM_BREATHS, _STREAM_EXTRAS = 1, 2, 3, 4, 5

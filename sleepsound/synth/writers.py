@@ -29,7 +29,7 @@ from sleepsound.io.rml import (
     rml_bytes,
     stage_changes_from_epochs,
 )
-from sleepsound.labels import EPOCH_SECONDS, STAGE5_TO_RML
+from sleepsound.labels.vocabulary import EPOCH_SECONDS, STAGE5_TO_RML
 from sleepsound.synth.hypnogram import NightPlan, make_night_plan, make_recording_start
 from sleepsound.synth.sound import AUDIO_CHANNELS, channel_rates, synthesise_chunk
 

@@ -1,6 +1,0 @@
-"""Frozen speech foundation models that turn 30-s epochs into pooled frame embeddings.
-
-Import the submodules directly (``sleepsound.backbones.registry``, ``.whisper_ct2``,
-``.tiny``); this package imports nothing heavy itself, so ``import sleepsound.backbones``
-stays cheap for Ray workers and the CLI.
-"""

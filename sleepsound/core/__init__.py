@@ -1,0 +1,1 @@
+"""What every stage shares: settings, the storage root, Parquet schemas, findings, prefetching."""

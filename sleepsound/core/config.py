@@ -1,0 +1,200 @@
+"""One typed configuration for a run, loaded from YAML, overridable by environment and flags.
+
+Its hash is recorded beside every artifact it produced, and the preprocessing part's
+hash keys the embedding cache, so changing a filter setting re-embeds and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ENV_PREFIX = "SLEEPSOUND_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PreprocessConfig(_Section):
+    """The paper's preprocessing (method.md), in order."""
+
+    # "both": the night is embedded once per microphone (each its own cache folder) and an
+    # epoch's two embeddings are concatenated along the feature axis.
+    channel: Literal["Mic", "Tracheal", "both"] = "Mic"
+    target_rate: int = 16_000
+    highpass_hz: float = 50.0
+    preemphasis: float = 0.97
+    epoch_seconds: float = 30.0
+    # An epoch is invalid when more than this many seconds of it have zero RMS.
+    max_zero_rms_seconds: float = 10.0
+    zero_rms_frame_seconds: float = 0.1
+    block_epochs: int = Field(4, ge=1, description="epochs decoded per streaming block")
+    # Labels only, never audio, so not in the fingerprint; stored event coverage lets readers
+    # re-derive ``resp_label`` with a new value without re-embedding (see sleepsound.labels.events).
+    resp_min_overlap_s: float = Field(10.0, ge=0, description="apnoea/hypopnoea seconds that mark an epoch "
+                                      "apnea_hypopnea (the clinical minimum event length)")
+
+    plain_channel_index: dict[Literal["Mic", "Tracheal"], int] = Field(
+        default_factory=lambda: {"Mic": 0, "Tracheal": 1},
+        description="which channel of a plain WAV/FLAC holds each microphone (0 = first)")
+
+    def fingerprint(self) -> str:
+        return _hash(self.model_dump(exclude={"block_epochs", "resp_min_overlap_s"}))[:12]
+
+    def channels(self) -> list[str]:
+        """The single microphones this setting reads: both for ``"both"``, else the one named."""
+        return ["Mic", "Tracheal"] if self.channel == "both" else [self.channel]
+
+
+# With batch_size 'auto' the pipeline streams blocks of this many epochs (32 min of audio at
+# 16 kHz, 61 MB of float32) to each model worker, which runs them in forward passes of its own size.
+AUTO_STREAM_ROWS = 64
+
+
+class BackboneConfig(_Section):
+    name: str = "whisper-tiny.en-offline"
+    layer: int = -1
+    # Several hidden states for a learned weighted sum (as in SUPERB): the cache then holds
+    # len(layers) times as much and the head learns the weights; empty = ``layer`` alone.
+    layers: list[int] = Field(default_factory=list, description="hidden-state indices (as ``layer``: 0 = input "
+                              "of the first transformer layer, -1 = the model output); empty: use ``layer``")
+    pool_seconds: float = 0.5
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int | Literal["auto"] = Field(
+        8, description="epochs per model forward pass, or 'auto': on CUDA as many as 70% of the free GPU memory "
+        "holds (measured by a probe pass), on CPU 8")
+    compile: bool = Field(False, description="torch.compile the backbone (same numbers, fused kernels; the first "
+                          "batch pays the compilation)")
+    cpu_threads: int | None = Field(
+        None, ge=1, description="torch threads per model actor on CPU (default: the node's cores / embed_workers)")
+
+    @model_validator(mode="after")
+    def _one_layer_setting(self) -> BackboneConfig:
+        """``layer`` and ``layers`` together would be ambiguous: refuse rather than guess."""
+        if self.layers and self.layer != -1:
+            raise ValueError(f"set backbone.layer ({self.layer}) or backbone.layers ({self.layers}), not both")
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"backbone.layers lists a layer twice: {self.layers}")
+        return self
+
+    @property
+    def stream_rows(self) -> int:
+        """Epochs the pipeline hands a model worker at a time: ``batch_size``, or with 'auto' a
+        block large enough for any automatic forward batch (the worker splits it)."""
+        return AUTO_STREAM_ROWS if self.batch_size == "auto" else int(self.batch_size)
+
+    @property
+    def n_layers(self) -> int:
+        """Hidden states per frame in the cache: ``len(layers)``, 1 for the single-layer path."""
+        return max(1, len(self.layers))
+
+
+class TrainingConfig(_Section):
+    head: Literal["attention", "mlp", "soundsleepnet"] = "attention"
+    context_epochs: Literal[1, 3] = 1
+    # The paper's 15-s shifted extra samples between consecutive same-stage epochs (method.md,
+    # "Class imbalance"); embedded once into the cache, used for training only.
+    shift_augment: bool = True
+    shift_classes: list[Literal["Wake", "NREM", "REM"]] = Field(
+        default_factory=lambda: ["Wake", "NREM", "REM"], description="stages that get shifted samples")
+    lr: float = 5e-5
+    min_lr: float = 2.5e-6
+    epochs: int = 5
+    batch_size: int = 32
+    test_fraction: float = 0.2
+    # Subjects kept out of training to pick the best epoch (early stopping); drawn from the
+    # training side only when it has at least MIN_SUBJECTS_FOR_VALIDATION subjects.
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of training subjects for early stopping")
+    tasks: list[Literal["stage3", "stage5", "resp"]] = Field(
+        default_factory=lambda: ["stage3", "stage5", "resp"],
+        description="heads to train; stage3 always, the others where the labels allow (else skipped with a reason)")
+    seed: int = 0
+    ray_workers: int = Field(1, ge=1, description="Ray Train workers for data-parallel head training (DDP); "
+                             "1 trains in the task's own process")
+    ray_use_gpu: bool = Field(False, description="one GPU per Ray Train worker")
+
+
+class RayConfig(_Section):
+    """Resources of the Ray stages. Logical CPUs only schedule work: on a 2-core machine the
+    coordinating task (0.1), the reader (0.5) and one model actor (1) must fit together."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+    embed_workers: int = Field(1, ge=1, description="model actors (one per GPU on GPU nodes)")
+    embed_cpus: float = Field(1.0, gt=0, description="logical CPUs each model actor holds")
+    read_cpus: float = Field(0.5, gt=0, description="logical CPUs each streaming reader task holds")
+    num_gpus_per_worker: float = 0.0
+    object_store_mb: int | None = Field(None, ge=64, description="size of a local Ray session's shared object "
+                                        "store (default Ray's: 30% of RAM); a cluster keeps its own")
+
+
+class ValidationConfig(_Section):
+    """When validation calls something a fault or a warning (see README, "Fault codes")."""
+
+    clip_fraction: float = Field(0.01, gt=0, le=1, description="share of an epoch's samples at full scale "
+                                 "that counts as heavy clipping")
+    min_silent_gap_s: float = Field(60.0, gt=0, description="digital silence at least this long is reported")
+    start_tolerance_s: float = Field(60.0, ge=0, description="RML RecordingStart vs EDF start")
+    part_tolerance_s: float = Field(1.0, ge=0, description="an EDF part vs its RML segment")
+
+
+class ReportConfig(_Section):
+    """What the run report draws. The attention view shows a Mel spectrogram of a held-out
+    epoch (derived from the audio, at 64 Mel bands): set ``attention_examples=0`` to leave it out."""
+
+    hypnograms: int = Field(12, ge=0, description="nights drawn as hypnograms and event timelines")
+    attention_examples: int = Field(2, ge=0, le=20, description="held-out epochs drawn in the attention view")
+
+
+class Config(_Section):
+    preprocess: PreprocessConfig = PreprocessConfig()
+    backbone: BackboneConfig = BackboneConfig()
+    training: TrainingConfig = TrainingConfig()
+    ray: RayConfig = RayConfig()
+    validation: ValidationConfig = ValidationConfig()
+    report: ReportConfig = ReportConfig()
+
+    def fingerprint(self) -> str:
+        data = self.model_dump(exclude={"report"})  # what the report draws never changes a model
+        if not data["backbone"]["layers"]:  # configs from before ``layers`` keep their hash
+            del data["backbone"]["layers"]
+        return _hash(data)[:12]
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    section, _, key = dotted.partition(".")
+    if not key:
+        raise ValueError(f"override {dotted!r} must look like section.key=value")
+    data.setdefault(section, {})[key] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                environ: dict[str, str] | None = None) -> Config:
+    """YAML file, then ``SLEEPSOUND_SECTION__KEY`` variables, then ``section.key=value`` flags."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    env = os.environ if environ is None else environ
+    for name, value in env.items():
+        if name.startswith(ENV_PREFIX) and "__" in name:
+            section, key = name[len(ENV_PREFIX):].lower().split("__", 1)
+            if section in Config.model_fields:
+                _set_dotted(data, f"{section}.{key}", yaml.safe_load(value))
+    for item in overrides or []:
+        dotted, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        _set_dotted(data, dotted.strip(), yaml.safe_load(value))
+    return Config.model_validate(data)

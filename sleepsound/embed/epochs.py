@@ -1,0 +1,165 @@
+"""The CPU stage: one accepted recording in, a stream of labelled, preprocessed windows out.
+
+Written as a plain generator so it runs in-process for tests and as a Ray Data stage in
+the flow. It yields the night's epochs and, when asked, the 15-s shifted training windows
+between consecutive same-stage valid epochs (method.md, "Class imbalance"), both from one
+streaming pass. Each row carries ``n_epochs``; the embedding stage adds a closing row with
+the night's row count (``end_row``), so a consumer knows when a night is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sleepsound.labels.annotations import load_stages, read_rml
+from sleepsound.core.config import PreprocessConfig
+from sleepsound.labels.events import RESP_COLUMNS, Event, events_from_rml, read_events_csv, window_labels
+from sleepsound.core.findings import Quarantine
+from sleepsound.io import rml
+from sleepsound.io.audio import iter_night_blocks
+from sleepsound.labels.vocabulary import UNSCORED, to_three_class
+from sleepsound.embed.preprocess import iter_epochs
+from sleepsound.ingest.discovery import RecordingSource, local_copies
+from sleepsound.ingest.validate import probe_parts
+
+# Columns of an epoch row apart from the audio itself (see schemas.EPOCHS).
+EPOCH_COLUMNS = ("recording_id", "subject_id", "epoch_index", "start_s", "stage5", "stage3",
+                 "valid", "invalid_reason", "zero_rms_s", "nonfinite", "clipped_fraction", *RESP_COLUMNS)
+# Row kinds: a scored epoch, a shifted training window, the night's closing (or error) row.
+KINDS = ("epoch", "shifted", "end")
+
+
+@dataclass
+class NightLabels:
+    """What a night's annotations say per epoch: 5-class stages (None when unlabelled) and events."""
+
+    stages: list[str | None]
+    events: list[Event] | None  # None: no events source, so respiratory labels are null
+
+    @property
+    def stage3(self) -> list[str | None]:
+        return [None if s in (None, UNSCORED) else to_three_class(s) for s in self.stages]
+
+
+def recording_source(row: dict[str, Any]) -> RecordingSource:
+    """Rebuild the source description from a manifest row."""
+    n = int(row["n_parts"])
+    return RecordingSource(row["recording_id"], row["subject_id"], row["layout"], list(row["source_uris"]),
+                           list(range(1, n + 1)), row.get("labels_uri"), row.get("events_uri"))
+
+
+def night_labels(row: dict[str, Any], n_epochs: int) -> NightLabels:
+    """Stages and events of a night; an RML is parsed once for both."""
+    labels = NightLabels([None] * n_epochs, None)
+    if row.get("labels_uri"):
+        with local_copies([row["labels_uri"]]) as (path,):
+            if row["label_source"] == "rml":
+                ann = read_rml(path)
+                labels.stages = (list(rml.stages_per_epoch(ann, n_epochs)) + [UNSCORED] * n_epochs)[:n_epochs]
+                labels.events = events_from_rml(ann)
+            else:
+                labels.stages = list(load_stages(path, row["label_source"], n_epochs))
+    if row.get("events_uri"):
+        with local_copies([row["events_uri"]]) as (path,):
+            labels.events = read_events_csv(path)
+    return labels
+
+
+def shift_pairs(stage3: Sequence[str | None], classes: Collection[str]) -> set[int]:
+    """First epochs ``i`` of consecutive pairs with the same enabled 3-class stage (validity is
+    checked while streaming, in ``preprocess.iter_epochs``)."""
+    return {i for i in range(len(stage3) - 1)
+            if stage3[i] is not None and stage3[i] == stage3[i + 1] and stage3[i] in classes}
+
+
+def _blank(row: dict[str, Any], cfg: PreprocessConfig) -> dict[str, Any]:
+    """A row with no audio behind it (closing and error rows)."""
+    return {"recording_id": row["recording_id"], "subject_id": row["subject_id"], "epoch_index": -1,
+            "start_s": 0.0, "stage5": None, "stage3": None, "valid": False, "invalid_reason": None,
+            "zero_rms_s": 0.0, "nonfinite": 0, "clipped_fraction": 0.0, **dict.fromkeys(RESP_COLUMNS),
+            "kind": "end", "offset_s": 0.0, "n_epochs": int(row["n_epochs"]), "n_rows": -1,
+            "audio": np.zeros(int(cfg.epoch_seconds * cfg.target_rate), dtype=np.float32), "error": None}
+
+
+def end_row(row: dict[str, Any], cfg: PreprocessConfig, n_rows: int) -> dict[str, Any]:
+    """The night's closing row: ``n_rows`` counts every row of the night, this one included."""
+    return {**_blank(row, cfg), "n_rows": int(n_rows)}
+
+
+def read_epochs(row: dict[str, Any], cfg: PreprocessConfig, shift_classes: Collection[str] = (),
+                epochs: bool = True) -> Iterator[dict[str, Any]]:
+    """Stream one night into epoch rows (and shifted rows); a failure mid-night becomes one ``error`` row.
+
+    ``shift_classes``: 3-class stages whose same-stage valid pairs also yield a shifted
+    window (``kind`` "shifted", ``epoch_index`` the pair's first epoch, ``offset_s`` 15);
+    ``epochs`` False streams the night for its shifted windows only (a cache that already
+    holds the epochs). A night that breaks while streaming (a truncated part, storage gone)
+    must not stop the cohort: the consumer sees the error row, drops that night's partial
+    rows and quarantines it with the message.
+    """
+    try:
+        yield from _read_epochs(row, cfg, shift_classes, epochs)
+    except Quarantine as exc:  # a named fault, naming the source's file rather than its (temporary) local copy
+        yield {**_blank(row, cfg), "error": f"{type(exc).__name__} ({exc.code}): {_source_of(row, exc.path)}: "
+                                            f"{exc.message}"}
+    except Exception as exc:  # noqa: BLE001 - any failure is this night's, reported by name
+        yield {**_blank(row, cfg), "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _source_of(row: dict[str, Any], path: str) -> str:
+    """The source URI a local copy at ``path`` was made from (copies keep their file names)."""
+    uris = [*row.get("source_uris", []), row.get("labels_uri"), row.get("events_uri")]
+    return next((uri for uri in uris if uri and posixpath.basename(uri) == os.path.basename(path)), path)
+
+
+def _read_epochs(row: dict[str, Any], cfg: PreprocessConfig, shift_classes: Collection[str],
+                 epochs: bool) -> Iterator[dict[str, Any]]:
+    src = recording_source(row)
+    n_epochs = int(row["n_epochs"])
+    labels = night_labels(row, n_epochs)
+    stage3 = labels.stage3
+    pairs = shift_pairs(stage3, shift_classes)
+    length = cfg.epoch_seconds
+    resp = window_labels(labels.events, [i * length for i in range(n_epochs)], length, cfg.resp_min_overlap_s)
+    shifted_resp = window_labels(labels.events, [i * length + length / 2 for i in range(n_epochs)], length,
+                                 cfg.resp_min_overlap_s) if pairs else []
+    empty = np.zeros(int(length * cfg.target_rate), dtype=np.float32)
+    with local_copies(src.audio_uris) as paths:
+        size = sum(os.path.getsize(p) for p in paths)
+        if row.get("bytes") and size != int(row["bytes"]):  # the cache key is the validated audio's checksum
+            raise OSError(f"{src.audio_uris[0]}: the night's files hold {size} bytes, {row['bytes']} when validated: "
+                          "they changed since; validate again")
+        parts = probe_parts(src, paths, cfg)
+        rate = parts[0].sample_rate
+        block = int(round(length * rate)) * cfg.block_epochs
+        emitted = 0
+        full_scale = max(p.full_scale for p in parts)
+        for epoch in iter_epochs(iter_night_blocks(parts, block, src.layout), rate, cfg, full_scale, pairs):
+            i = epoch.index
+            if i >= n_epochs:
+                break
+            shifted = epoch.offset_s > 0
+            if not shifted:
+                emitted += 1
+                if not epochs:
+                    continue
+            stage5 = labels.stages[i]
+            if shifted and stage5 != labels.stages[i + 1]:
+                stage5 = None  # same 3-class stage, different 5-class ones (N2 then N3)
+            yield {
+                "recording_id": src.recording_id, "subject_id": src.subject_id, "epoch_index": i,
+                "start_s": i * length + epoch.offset_s, "stage5": stage5, "stage3": stage3[i],
+                "valid": epoch.valid, "invalid_reason": epoch.reason, "zero_rms_s": epoch.zero_rms_seconds,
+                "nonfinite": epoch.quality.nonfinite, "clipped_fraction": epoch.quality.clipped_fraction,
+                **(shifted_resp[i] if shifted else resp[i]),
+                "kind": "shifted" if shifted else "epoch", "offset_s": epoch.offset_s, "n_epochs": n_epochs,
+                "n_rows": -1, "audio": epoch.audio if epoch.valid else empty, "error": None,
+            }
+    if emitted < n_epochs:
+        raise OSError(f"{src.audio_uris[-1]}: audio ended after {emitted} of {n_epochs} epochs")

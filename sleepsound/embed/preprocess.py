@@ -1,0 +1,141 @@
+"""The paper's preprocessing, streamed: 16 kHz, 50 Hz biquad high-pass, pre-emphasis, 30-s epochs.
+
+Every step keeps its state across blocks (the resampler's history, the filter's delay
+line, the last sample for pre-emphasis), so a night processed in blocks equals the
+same night processed at once, and memory stays bounded by the block size.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Container, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import soxr
+from scipy import signal
+
+from sleepsound.core.config import PreprocessConfig
+from sleepsound.ingest.quality import EpochQuality, flat_frames, measure_epoch, sanitise
+
+
+@dataclass
+class Epoch:
+    """One 30-s epoch of preprocessed 16 kHz audio and what its raw samples showed.
+
+    ``offset_s`` > 0 marks a shifted training window: it starts that far into epoch
+    ``index`` and ends as far into the next epoch (see ``iter_epochs``).
+    """
+
+    index: int
+    audio: np.ndarray
+    quality: EpochQuality
+    offset_s: float = 0.0
+
+    @property
+    def valid(self) -> bool:
+        return self.quality.valid
+
+    @property
+    def reason(self) -> str | None:
+        return self.quality.invalid_reason
+
+    @property
+    def zero_rms_seconds(self) -> float:
+        return self.quality.zero_rms_s
+
+
+class StreamingFilter:
+    """Resample, high-pass and pre-emphasise a stream of blocks with carried state."""
+
+    def __init__(self, in_rate: float, cfg: PreprocessConfig) -> None:
+        self.cfg = cfg
+        self._resampler = (
+            soxr.ResampleStream(in_rate, cfg.target_rate, 1, dtype="float32", quality="HQ")
+            if in_rate != cfg.target_rate else None
+        )
+        # A biquad is a 2nd-order section: Butterworth order 2 at the cutoff.
+        self._sos = signal.butter(2, cfg.highpass_hz, btype="highpass", fs=cfg.target_rate, output="sos")
+        self._zi = np.zeros((self._sos.shape[0], 2))
+        self._last = 0.0
+
+    def process(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        x = self._resampler.resample_chunk(block, last=last) if self._resampler else block
+        if len(x) == 0:
+            return x.astype(np.float32)
+        y, self._zi = signal.sosfilt(self._sos, x, zi=self._zi)
+        # Pre-emphasis y[n] - a*y[n-1] lifts breathing and snore energy over low-frequency noise.
+        out = np.empty_like(y)
+        out[0] = y[0] - self.cfg.preemphasis * self._last
+        out[1:] = y[1:] - self.cfg.preemphasis * y[:-1]
+        self._last = float(y[-1])
+        return out.astype(np.float32)
+
+
+def zero_rms_seconds(raw: np.ndarray, in_rate: float, frame_seconds: float) -> float:
+    """Seconds of digital silence in ``raw`` (see ``quality.flat_frames``)."""
+    frame = max(1, int(round(frame_seconds * in_rate)))
+    return float(np.count_nonzero(flat_frames(raw, in_rate, frame_seconds))) * frame / in_rate
+
+
+def normalise(segment: np.ndarray) -> np.ndarray:
+    """Local mean-variance normalisation of one input segment (the paper's last step)."""
+    std = float(segment.std())
+    return ((segment - segment.mean()) / (std if std > 1e-8 else 1.0)).astype(np.float32)
+
+
+def _pair_quality(a: EpochQuality, b: EpochQuality) -> EpochQuality:
+    """A shifted window's quality: the worse of its two (valid) epochs' figures."""
+    return EpochQuality(max(a.zero_rms_s, b.zero_rms_s), a.nonfinite + b.nonfinite,
+                        max(a.clipped_fraction, b.clipped_fraction), a.invalid_reason or b.invalid_reason)
+
+
+def iter_epochs(blocks: Iterable[np.ndarray], in_rate: float, cfg: PreprocessConfig,
+                full_scale: float = 1.0, shift_after: Container[int] = ()) -> Iterator[Epoch]:
+    """Cut a stream of raw blocks (aligned to the epoch grid) into preprocessed epochs.
+
+    Blocks must hold a whole number of epochs at ``in_rate`` (the last may be short); a
+    trailing partial epoch is dropped because it has no full 30 s to score. Each epoch's
+    raw samples are measured first (``quality.measure_epoch``); NaN/Inf samples are then
+    zeroed so they cannot leak into the filters' state and spoil the epochs after them.
+
+    For every ``i`` in ``shift_after`` whose epochs ``i`` and ``i + 1`` are both valid, a
+    shifted window (``offset_s`` = half an epoch) is yielded just before epoch ``i + 1``: the
+    second half of epoch i and the first half of epoch i + 1, cut from the same filtered
+    stream (same filter state as the epochs) and then normalised on its own, exactly like an
+    epoch. Only the previous epoch's second half is kept, so memory stays one block.
+    """
+    raw_epoch = int(round(cfg.epoch_seconds * in_rate))
+    out_epoch = int(round(cfg.epoch_seconds * cfg.target_rate))
+    half = out_epoch // 2
+    filt = StreamingFilter(in_rate, cfg)
+    measured: deque[EpochQuality] = deque()
+    buffer = np.zeros(0, dtype=np.float32)
+    next_index = 0
+    tail: tuple[np.ndarray, EpochQuality] | None = None  # previous epoch's second half, unnormalised
+
+    def drain() -> Iterator[Epoch]:
+        nonlocal buffer, next_index, tail
+        while len(buffer) >= out_epoch and measured:
+            audio, buffer = buffer[:out_epoch], buffer[out_epoch:]
+            quality = measured.popleft()
+            if tail is not None and quality.valid and tail[1].valid and (next_index - 1) in shift_after:
+                window = np.concatenate([tail[0], audio[:half]])
+                yield Epoch(next_index - 1, normalise(window), _pair_quality(tail[1], quality),
+                            half / cfg.target_rate)
+            tail = (audio[half:].copy(), quality) if shift_after else None
+            yield Epoch(next_index, normalise(audio) if quality.valid else audio, quality)
+            next_index += 1
+
+    for block in blocks:
+        for start in range(0, len(block) - raw_epoch + 1, raw_epoch):
+            measured.append(measure_epoch(block[start:start + raw_epoch], in_rate, cfg, full_scale)[0])
+        buffer = np.concatenate([buffer, filt.process(sanitise(block))])
+        yield from drain()
+    buffer = np.concatenate([buffer, filt.process(np.zeros(0, dtype=np.float32), last=True)])
+    yield from drain()
+
+
+def count_epochs(n_samples: int, in_rate: float, cfg: PreprocessConfig) -> int:
+    """Full epochs a recording of ``n_samples`` holds."""
+    return int(n_samples // int(round(cfg.epoch_seconds * in_rate)))

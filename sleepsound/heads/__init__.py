@@ -1,8 +1,0 @@
-"""Small trained heads over frozen frame embeddings, and their safe on-disk form."""
-
-from sleepsound.heads.attention import AttentionPoolingHead, build_context, context_indices
-from sleepsound.heads.io import HEAD_CLASSES, HeadArtifactError, build_head, load_head, save_head
-from sleepsound.heads.mlp import MeanPoolingHead
-
-__all__ = ["HEAD_CLASSES", "AttentionPoolingHead", "HeadArtifactError", "MeanPoolingHead", "build_context",
-           "build_head", "context_indices", "load_head", "save_head"]

@@ -1,0 +1,163 @@
+"""Find the recordings under a source, in either accepted layout, without reading audio.
+
+PSG-Audio: ``APNEA_EDF/<patient>/<patient>[001].edf`` parts (brackets possibly
+URL-encoded) and ``APNEA_RML/<patient>.rml``. Plain: ``<name>.wav|.flac|.ogg|.mp3|...`` with optional
+``<name>.stages.csv`` and ``<name>.events.csv`` beside it (suffixes in any case). Hidden files
+and folders (``.name``, macOS ``._name`` and ``__MACOSX/``) are not recordings and are skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from sleepsound.io.audio import PLAIN_SUFFIXES, UNREAD_AUDIO_SUFFIXES
+from sleepsound.io.transfer import download
+from sleepsound.core.storage import full_uri, open_root
+
+PART_RE = re.compile(r"^(?P<patient>.+)\[(?P<part>\d{3})\]\.(?:edf|bdf)$", re.IGNORECASE)
+# Audio a plain night may arrive as but that is not read (UNREAD_AUDIO_SUFFIXES) is listed too,
+# so the night is quarantined with the reason (``io.audio.probe_plain``) instead of disappearing.
+SIDECAR_SUFFIXES = {"labels_uri": ".stages.csv", "events_uri": ".events.csv"}
+
+
+@dataclass
+class RecordingSource:
+    """Where one night's files are; ``labels_uri`` is None for unlabelled nights."""
+
+    recording_id: str
+    subject_id: str
+    layout: str  # "psg-audio" or "plain"
+    audio_uris: list[str]
+    part_numbers: list[int] = field(default_factory=list)
+    labels_uri: str | None = None
+    events_uri: str | None = None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def discover(source: str, rml_folder: str = "APNEA_RML") -> list[RecordingSource]:
+    """List every recording under ``source``; a folder with no audio yields an empty list."""
+    fs, root = open_root(source)
+    if not fs.exists(root):
+        raise FileNotFoundError(f"source {source!r} does not exist")
+    if fs.isdir(posixpath.join(root, "APNEA_EDF")):
+        return _discover_psg_audio(fs, root, rml_folder)
+    return _discover_plain(fs, root)
+
+
+def _discover_psg_audio(fs: fsspec.AbstractFileSystem, root: str, rml_folder: str) -> list[RecordingSource]:
+    edf_root = posixpath.join(root, "APNEA_EDF")
+    found: list[RecordingSource] = []
+    for patient_dir in sorted(fs.ls(edf_root, detail=False)):
+        if not fs.isdir(patient_dir):
+            continue
+        patient = posixpath.basename(patient_dir.rstrip("/"))
+        parts: list[tuple[int, str]] = []
+        for path in fs.ls(patient_dir, detail=False):
+            match = PART_RE.match(unquote(posixpath.basename(path)))
+            if match:
+                parts.append((int(match["part"]), full_uri(fs, path)))
+        parts.sort()
+        rml = posixpath.join(root, rml_folder, f"{patient}.rml")
+        found.append(RecordingSource(
+            recording_id=patient, subject_id=patient.split("-")[0], layout="psg-audio",
+            audio_uris=[uri for _, uri in parts], part_numbers=[n for n, _ in parts],
+            labels_uri=full_uri(fs, rml) if fs.exists(rml) else None,
+        ))
+    orphans = _orphan_annotations(fs, root, rml_folder, {src.recording_id for src in found})
+    return sorted(found + orphans, key=lambda src: src.recording_id) if orphans else found
+
+
+def _orphan_annotations(fs: fsspec.AbstractFileSystem, root: str, rml_folder: str,
+                        patients: set[str]) -> list[RecordingSource]:
+    """Nights whose ``<rml_folder>/<patient>.rml`` exists without an ``APNEA_EDF/<patient>/`` folder:
+    listed without audio, so validation quarantines them (``no_audio``) instead of losing them."""
+    rml_root = posixpath.join(root, rml_folder)
+    if not fs.isdir(rml_root):
+        return []
+    orphans: list[RecordingSource] = []
+    for path in sorted(fs.ls(rml_root, detail=False)):
+        name = posixpath.basename(path.rstrip("/"))
+        patient = name[:-len(".rml")]
+        if not name.endswith(".rml") or not patient or patient in patients or fs.isdir(path):
+            continue
+        orphans.append(RecordingSource(recording_id=patient, subject_id=patient.split("-")[0], layout="psg-audio",
+                                       audio_uris=[], part_numbers=[], labels_uri=full_uri(fs, path)))
+    return orphans
+
+
+def _discover_plain(fs: fsspec.AbstractFileSystem, root: str) -> list[RecordingSource]:
+    """One source per file name stem, from one listing (no request per file on object storage).
+
+    A stem given by two audio files (``n.wav`` and ``n.flac``, or ``a/n.wav`` and ``b/n.wav``)
+    is one recording id, so it is listed once with every file and validation quarantines it
+    (two rows with one id would overwrite each other). Stage or event CSVs without audio are
+    listed too, without audio, so validation quarantines them (``no_audio``) instead of losing them.
+    """
+    audio: dict[str, list[str]] = {}
+    sidecars: dict[tuple[str, str], dict[str, str]] = {}  # (folder, stem) -> {"labels_uri": path, ...}
+    for path in sorted(fs.find(root)):
+        if _hidden(posixpath.relpath(path, root)):
+            continue
+        name = posixpath.basename(path)
+        lower = name.lower()
+        kind = next((k for k, suffix in SIDECAR_SUFFIXES.items() if lower.endswith(suffix)), None)
+        if kind is not None:
+            stem = name[:-len(SIDECAR_SUFFIXES[kind])]
+            sidecars.setdefault((posixpath.dirname(path), stem), {})[kind] = full_uri(fs, path)
+        elif lower.endswith(PLAIN_SUFFIXES + UNREAD_AUDIO_SUFFIXES):
+            audio.setdefault(name.rsplit(".", 1)[0], []).append(path)
+    found: list[RecordingSource] = []
+    for stem, paths in sorted(audio.items()):
+        labels = sidecars.pop((posixpath.dirname(paths[0]), stem), {})
+        for other in paths[1:]:
+            sidecars.pop((posixpath.dirname(other), stem), None)
+        found.append(RecordingSource(
+            recording_id=stem, subject_id=stem, layout="plain", audio_uris=[full_uri(fs, p) for p in paths],
+            part_numbers=[1] * len(paths), **labels))
+    orphans: dict[str, dict[str, str]] = {}
+    for (_, stem), labels in sorted(sidecars.items()):
+        if stem not in audio:  # beside no audio; one id each (CSVs of a night filed elsewhere show as missing there)
+            orphans.setdefault(stem, labels)
+    found += [RecordingSource(recording_id=stem, subject_id=stem, layout="plain", audio_uris=[], part_numbers=[],
+                              **labels) for stem, labels in orphans.items()]
+    return sorted(found, key=lambda src: src.recording_id)
+
+
+def _hidden(relative: str) -> bool:
+    """A path under the source that no one uploads as a recording: a hidden file or folder
+    (``.Trash-1000/``, macOS ``._night.wav`` resource forks) or a zip's ``__MACOSX/`` folder."""
+    return any(part.startswith(".") and part not in {".", ".."} or part == "__MACOSX"
+               for part in relative.split("/"))
+
+
+@contextlib.contextmanager
+def local_copies(uris: list[str]) -> Iterator[list[str]]:
+    """Local paths for ``uris``: the files themselves when local, else verified downloads
+    (``io.transfer.download``: retried, size- and checksum-checked, atomic), removed on exit."""
+    tmpdir: str | None = None
+    paths: list[str] = []
+    try:
+        for uri in uris:
+            fs, path = fsspec.core.url_to_fs(uri)
+            if isinstance(fs, LocalFileSystem):
+                paths.append(path)
+                continue
+            tmpdir = tmpdir or tempfile.mkdtemp(prefix="sleepsound-")
+            paths.append(download(uri, os.path.join(tmpdir, unquote(posixpath.basename(path)))))
+        yield paths
+    finally:
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)

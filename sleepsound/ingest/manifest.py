@@ -1,0 +1,140 @@
+"""The manifest: one row per discovered recording, accepted or quarantined with its reason."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+
+from sleepsound import __version__
+from sleepsound.core import schemas
+from sleepsound.core.config import PreprocessConfig, ValidationConfig
+from sleepsound.core.findings import Finding
+from sleepsound.ingest.discovery import RecordingSource, discover
+from sleepsound.core.storage import join, open_root, read_table, write_table
+from sleepsound.ingest.validate import apply_findings, manifest_row, validate_recording
+
+MANIFEST_FILE = "manifest/manifest.parquet"
+
+
+def build_manifest(source: str, cfg: PreprocessConfig, checks: ValidationConfig | None = None, deep: bool = False,
+                   use_ray: bool = False, previous: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Discover and validate every recording under ``source`` (one Ray task each when asked).
+
+    With ``previous`` (the root's last manifest), an accepted night whose files (sizes and
+    versions: S3 ETag or modification time) and validation settings are unchanged keeps its row:
+    a nightly run over a growing source downloads and hashes only what is new or changed.
+    Quarantined nights are always validated again (the fault may have been transient).
+
+    A night whose validator itself dies (a worker killed, out of memory) is retried by Ray,
+    then quarantined as ``validator_failed``: one night never takes the cohort down.
+    """
+    found = discover(source)
+    stamps = source_stamps(source, found, _settings(cfg, checks, deep))
+    kept = {r["recording_id"]: r for r in previous or []
+            if r.get("status") == "accepted" and r.get("source_stamp")}
+    reused = {src.recording_id: kept[src.recording_id] for src in found
+              if stamps[src.recording_id] and kept.get(src.recording_id, {}).get("source_stamp") == stamps[src.recording_id]}
+    todo = [src for src in found if src.recording_id not in reused]
+    fresh = {row["recording_id"]: row for row in _validate(todo, cfg, checks, deep, use_ray)}
+    for rec, row in fresh.items():
+        row["source_stamp"] = stamps[rec]
+    return [reused.get(src.recording_id) or fresh[src.recording_id] for src in found]
+
+
+def _validate(found: list[RecordingSource], cfg: PreprocessConfig, checks: ValidationConfig | None, deep: bool,
+              use_ray: bool) -> list[dict[str, Any]]:
+    if not use_ray or not found:
+        return [validate_recording(src, cfg, checks, deep) for src in found]
+    import ray
+
+    remote = ray.remote(num_cpus=1, max_retries=2)(validate_recording)
+    refs = [remote.remote(src, cfg, checks, deep) for src in found]
+    rows: list[dict[str, Any]] = []
+    for src, ref in zip(found, refs, strict=True):
+        try:
+            rows.append(ray.get(ref))
+        except (ray.exceptions.RayError, OSError) as exc:
+            rows.append(failed_row(src, "validator_failed", f"validation crashed ({type(exc).__name__}); "
+                                   "the file may be malformed in a way that kills its reader"))
+    return rows
+
+
+def _settings(cfg: PreprocessConfig, checks: ValidationConfig | None, deep: bool) -> str:
+    """Everything besides the files that a manifest row depends on (the code's version included)."""
+    return json.dumps({"preprocess": cfg.model_dump(), "checks": (checks or ValidationConfig()).model_dump(),
+                       "deep": deep, "code": __version__}, sort_keys=True, default=str)
+
+
+def source_stamps(source: str, found: list[RecordingSource], settings: str) -> dict[str, str | None]:
+    """Per recording, a hash of its files' paths, sizes and versions and of ``settings``; None
+    when a file's version cannot be read (that night is then always validated afresh).
+    One listing of the source serves every night (no request per file on object storage)."""
+    fs, root = open_root(source)
+    try:
+        listing = {info["name"].rstrip("/"): info for info in fs.find(root, detail=True).values()}
+    except OSError:
+        listing = {}
+    out: dict[str, str | None] = {}
+    for src in found:
+        parts: list[Any] = [settings]
+        for uri in [*src.audio_uris, src.labels_uri, src.events_uri]:
+            if uri is None:
+                parts.append(None)
+                continue
+            info = listing.get(fsspec.core.url_to_fs(uri)[1].rstrip("/"))
+            version = None if info is None else (info.get("ETag") or info.get("mtime") or info.get("LastModified"))
+            if version is None:
+                parts = []
+                break
+            parts.append([uri, info.get("size"), str(version)])
+        out[src.recording_id] = hashlib.sha256(json.dumps(parts).encode()).hexdigest() if parts else None
+    return out
+
+
+def failed_row(src: RecordingSource, code: str, message: str) -> dict[str, Any]:
+    """A quarantined manifest row for a night that could not even be validated."""
+    path = src.audio_uris[0] if src.audio_uris else src.recording_id
+    return apply_findings(manifest_row(src), [Finding("recording", code, "error", path, message)])
+
+
+def write_manifest(root: str, rows: list[dict[str, Any]]) -> str:
+    """Write the manifest (replacing the previous one: it describes the source as seen now)."""
+    fs, root_path = open_root(root)
+    path = join(root_path, MANIFEST_FILE)
+    table = pa.Table.from_pylist(rows, schema=schemas.MANIFEST) if rows else schemas.MANIFEST.empty_table()
+    write_table(fs, path, table)
+    return path
+
+
+def read_manifest(root: str) -> pd.DataFrame:
+    fs, root_path = open_root(root)
+    return read_table(fs, join(root_path, MANIFEST_FILE)).to_pandas()
+
+
+def read_manifest_rows(root: str) -> list[dict[str, Any]]:
+    """Manifest rows as plain Python values (None stays None, lists stay lists)."""
+    fs, root_path = open_root(root)
+    return read_table(fs, join(root_path, MANIFEST_FILE)).to_pylist()
+
+
+def previous_manifest_rows(root: str) -> list[dict[str, Any]]:
+    """The root's last manifest, or nothing on a new root (or one written before ``source_stamp``)."""
+    try:
+        return read_manifest_rows(root)
+    except FileNotFoundError:
+        return []
+
+
+def quarantine(rows: list[dict[str, Any]], failed: dict[str, str]) -> list[dict[str, Any]]:
+    """Mark recordings that failed after validation (for example while streaming)."""
+    for row in rows:
+        if row["recording_id"] in failed and row["status"] == "accepted":
+            finding = Finding("recording", "read_error", "error", row["source_uris"][0], failed[row["recording_id"]])
+            earlier = [Finding(**f) for f in row.get("findings") or []]
+            apply_findings(row, [finding, *earlier])
+    return rows

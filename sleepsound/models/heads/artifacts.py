@@ -1,0 +1,193 @@
+"""Heads on disk as ``model.safetensors`` + ``config.json``: no pickles, no code from the artifact.
+
+``config.json`` names the head class, which must be in ``HEAD_CLASSES`` (an allow-list:
+loading never imports or calls anything a config names), its constructor dimensions
+(checked against the class's known parameters and plain number types), the class names
+in output order, the context (epochs per input: 1 = 30 s, 3 = 90 s) and the training
+settings. The weights are safetensors (raw tensors only). Works with any fsspec
+filesystem (local, s3, memory) given as ``fs`` plus a protocol-free directory path.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import fsspec
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+from torch import nn
+
+from sleepsound.models.heads.attention import AttentionPoolingHead
+from sleepsound.models.heads.layers import MAX_LAYERS
+from sleepsound.models.heads.mlp import MeanPoolingHead
+from sleepsound.models.heads.soundsleepnet import SoundSleepNetHead
+from sleepsound.labels.vocabulary import STAGES_3
+from sleepsound.core.storage import write_bytes_atomic
+
+FORMAT = "sleepsound-head"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+# The only classes a config may name, and the constructor arguments each accepts.
+HEAD_CLASSES: dict[str, type[nn.Module]] = {"AttentionPoolingHead": AttentionPoolingHead,
+                                            "MeanPoolingHead": MeanPoolingHead, "SoundSleepNetHead": SoundSleepNetHead}
+_ALIASES = {"attention": "AttentionPoolingHead", "mlp": "MeanPoolingHead", "soundsleepnet": "SoundSleepNetHead"}
+_DIM_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
+    "AttentionPoolingHead": {"dim": (int,), "n_classes": (int,), "hidden": (int, type(None)),
+                             "dropout": (int, float), "scorer_hidden": (int, type(None)), "n_layers": (int,)},
+    "MeanPoolingHead": {"dim": (int,), "n_classes": (int,), "hidden": (int,), "dropout": (int, float),
+                        "n_layers": (int,)},
+    "SoundSleepNetHead": {"dim": (int,), "n_classes": (int,), "conv_channels": (int,), "conv_blocks": (int,),
+                          "kernel_size": (int,), "lstm_hidden": (int,), "n_heads": (int,), "ff_dim": (int,),
+                          "dropout": (int, float), "n_layers": (int,)},
+}
+# Tighter upper bounds than MAX_WIDTH for arguments that multiply the model's size or depth.
+_MAX_DIM = {"conv_blocks": 16, "kernel_size": 63, "n_heads": 64, "conv_channels": 2048, "lstm_hidden": 2048}
+# Optional: heads saved before ``n_layers`` existed lack it and are single-layer (the default 1).
+_REQUIRED_DIMS = ("dim", "n_classes")
+MAX_WIDTH = 16_384
+
+
+class HeadArtifactError(ValueError):
+    """A head artifact that cannot be trusted or understood."""
+
+
+def head_class_name(kind_or_class: str) -> str:
+    """'attention' / 'mlp' or a class name from the allow-list -> the class name."""
+    name = _ALIASES.get(kind_or_class, kind_or_class)
+    if name not in HEAD_CLASSES:
+        raise HeadArtifactError(f"unknown head type {kind_or_class!r}; known: "
+                                f"{sorted(HEAD_CLASSES)} (or {sorted(_ALIASES)})")
+    return name
+
+
+def _check_dims(name: str, dims: Any, required: bool = True) -> dict[str, Any]:
+    if not isinstance(dims, Mapping):
+        raise HeadArtifactError(f"'dims' must be an object, got {type(dims).__name__}")
+    allowed = _DIM_TYPES[name]
+    unknown = sorted(set(dims) - set(allowed))
+    if unknown:
+        raise HeadArtifactError(f"{name} takes no arguments {unknown}; known: {sorted(allowed)}")
+    missing = [k for k in _REQUIRED_DIMS if k not in dims] if required else []
+    if missing:
+        raise HeadArtifactError(f"{name} config lacks {missing}")
+    for key, value in dims.items():
+        if isinstance(value, bool) or not isinstance(value, allowed[key]):
+            raise HeadArtifactError(f"{name} argument {key!r} has a bad value {value!r}")
+        # Bounds keep a tampered config from asking for absurd allocations.
+        if key == "dropout" and not 0.0 <= value < 1.0:
+            raise HeadArtifactError(f"{name} dropout {value!r} is outside [0, 1)")
+        if key == "n_layers" and not 1 <= value <= MAX_LAYERS:
+            raise HeadArtifactError(f"{name} n_layers {value!r} is outside 1..{MAX_LAYERS}")
+        limit = _MAX_DIM.get(key, MAX_WIDTH)
+        if key != "dropout" and value is not None and not 1 <= value <= limit:
+            raise HeadArtifactError(f"{name} argument {key!r}={value!r} is outside 1..{limit}")
+    return dict(dims)
+
+
+def build_head(kind: str, **dims: Any) -> nn.Module:
+    """A fresh head from the allow-list ('attention', 'mlp', or their class names)."""
+    name = head_class_name(kind)
+    return HEAD_CLASSES[name](**_check_dims(name, dims, required=False))
+
+
+def _resolve(fs: fsspec.AbstractFileSystem | None, directory: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    if fs is None:
+        fs, directory = fsspec.core.url_to_fs(directory)
+    return fs, directory.rstrip("/") or "/"
+
+
+def save_head(model: nn.Module, fs: fsspec.AbstractFileSystem | None, directory: str, *,
+              classes: Sequence[str] | None = None, context: int | None = None,
+              training: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``model.safetensors`` and ``config.json`` under ``directory``; returns the config.
+
+    ``classes``, ``context`` and ``training`` default to what ``train_head`` recorded on
+    the model (``model.meta``), else STAGES_3, 1 and {}. ``extra`` must be JSON. With
+    ``fs`` None, ``directory`` may be a URL (``s3://...``).
+    """
+    fs, directory = _resolve(fs, directory)
+    name = head_class_name(type(model).__name__)
+    if type(model) is not HEAD_CLASSES[name]:
+        raise HeadArtifactError(f"{type(model).__qualname__} is not an allow-listed head")
+    meta = dict(getattr(model, "meta", {}) or {})
+    classes = list(classes if classes is not None else meta.get("classes", STAGES_3))
+    if len(classes) != model.dims["n_classes"]:
+        raise ValueError(f"{len(classes)} class names for a head with {model.dims['n_classes']} outputs")
+    config = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "head_class": name,
+        "dims": _check_dims(name, model.dims), "classes": classes,
+        "context_epochs": int(context if context is not None else meta.get("context_epochs", 1)),
+        "training": dict(training if training is not None else meta.get("training", {})),
+        "extra": dict(extra or {}),
+    }
+    text = json.dumps(config, indent=2, sort_keys=True)  # fails here, before writing, if not JSON
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    write_bytes_atomic(fs, posixpath.join(directory, WEIGHTS_NAME), save_tensors(state))
+    # The config goes last: a directory with a config is a complete artifact.
+    write_bytes_atomic(fs, posixpath.join(directory, CONFIG_NAME), text.encode())
+    return config
+
+
+def validate_config(config: Any) -> dict[str, Any]:
+    """Check a loaded ``config.json``; raises HeadArtifactError on anything unexpected."""
+    if not isinstance(config, dict):
+        raise HeadArtifactError("head config must be a JSON object")
+    if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
+        raise HeadArtifactError(f"not a {FORMAT} v{FORMAT_VERSION} artifact: format={config.get('format')!r} "
+                                f"version={config.get('format_version')!r}")
+    name = config.get("head_class")
+    if not isinstance(name, str) or name not in HEAD_CLASSES:
+        raise HeadArtifactError(f"unknown head class {name!r}; allowed: {sorted(HEAD_CLASSES)}")
+    dims = _check_dims(name, config.get("dims"))
+    classes = config.get("classes")
+    if (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
+            or len(classes) != dims["n_classes"] or len(set(classes)) != len(classes)):
+        raise HeadArtifactError(f"'classes' must be {dims['n_classes']} distinct names, got {classes!r}")
+    context = config.get("context_epochs")
+    if isinstance(context, bool) or not isinstance(context, int) or context < 1 or context % 2 != 1:
+        raise HeadArtifactError(f"'context_epochs' must be an odd positive integer, got {context!r}")
+    return config
+
+
+def head_config(fs: fsspec.AbstractFileSystem | None, directory: str) -> dict[str, Any]:
+    """The validated ``config.json`` of a saved head."""
+    fs, directory = _resolve(fs, directory)
+    with fs.open(posixpath.join(directory, CONFIG_NAME), "rb") as handle:
+        raw = handle.read()
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise HeadArtifactError(f"config.json is not JSON: {exc}") from exc
+    return validate_config(config)
+
+
+def load_head_with_config(fs: fsspec.AbstractFileSystem | None, directory: str) -> tuple[nn.Module, dict[str, Any]]:
+    """The head (eval mode, CPU) and its config. Only allow-listed classes, only tensors."""
+    fs, directory = _resolve(fs, directory)
+    config = head_config(fs, directory)
+    try:
+        model = HEAD_CLASSES[config["head_class"]](**config["dims"])
+    except (ValueError, TypeError, AssertionError) as exc:  # in bounds, yet not a buildable head
+        raise HeadArtifactError(f"{config['head_class']}{config['dims']} cannot be built: {exc}") from exc
+    with fs.open(posixpath.join(directory, WEIGHTS_NAME), "rb") as handle:
+        try:
+            state = load_tensors(handle.read())
+        except Exception as exc:  # safetensors raises its own error types
+            raise HeadArtifactError(f"model.safetensors is unreadable: {exc}") from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise HeadArtifactError(f"weights do not fit {config['head_class']}{config['dims']}: {exc}") from exc
+    model.meta = {"classes": config["classes"], "context_epochs": config["context_epochs"],
+                  "training": config.get("training", {})}
+    return model.eval(), config
+
+
+def load_head(fs: fsspec.AbstractFileSystem | None, directory: str) -> nn.Module:
+    """The head alone (see ``load_head_with_config``); ``model.meta`` holds classes and context."""
+    return load_head_with_config(fs, directory)[0]

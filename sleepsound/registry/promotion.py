@@ -1,0 +1,72 @@
+"""Champion/challenger for a training run: score both on the root's evaluation set, promote or not.
+
+Each model is re-scored here, on the same evaluation subjects, with the features it was
+trained on (the configuration stored in its lineage: a champion from another backbone is
+embedded with that backbone, from the cache when it is there). The rule itself is
+``model_store.promote_if_better``: the challenger must beat the champion on the declared
+metric by the declared margin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sleepsound.registry import store as model_store
+from sleepsound.core.config import Config
+from sleepsound.train.dataset import load_embedded
+from sleepsound.embed.cohort import embed_cohort
+from sleepsound.models.heads.artifacts import load_head
+from sleepsound.labels.targets import TASKS
+from sleepsound.report.metrics import evaluate
+from sleepsound.train.fit import _inputs
+from sleepsound.core.storage import join, open_root, read_json
+from sleepsound.train.loop import predict_proba
+
+
+def evaluate_on_subjects(root: str, task: str, model_dir: str, manifest_rows: list[dict[str, Any]],
+                         subjects: list[str]) -> dict[str, Any]:
+    """``metrics.evaluate`` of one stored head on the scored epochs of ``subjects``' labelled nights."""
+    fs, _ = open_root(root)
+    lineage = read_json(fs, join(model_dir, model_store.LINEAGE))
+    if "config" not in lineage:
+        raise ValueError(f"{model_dir} predates stored configurations: it cannot be re-scored")
+    cfg = Config.model_validate(lineage["config"])
+    label_task = TASKS[task]
+    rows = [r for r in manifest_rows if r["status"] == "accepted" and r["label_source"] != "none"
+            and str(r["subject_id"]) in set(subjects)]
+    if not rows:
+        raise ValueError(f"no labelled nights of the evaluation subjects {subjects}")
+    stats = embed_cohort(rows, root, cfg, use_ray=False, shifted=False)   # cache hits unless the features differ
+    if stats.failed:
+        raise RuntimeError(f"evaluation nights failed to embed: {stats.failed}")
+    head = load_head(fs, model_dir)
+    data = load_embedded(root, cfg, pd.DataFrame(rows))
+    x, mask = _inputs(data, int(head.meta["context_epochs"]))
+    truth = data.epochs.get(label_task.column, pd.Series([None] * len(data.epochs)))
+    keep = truth.isin(label_task.classes).to_numpy()
+    probs = predict_proba(head, x[keep], mask=None if mask is None else mask[keep])
+    counts = lineage.get("class_counts") or [0] * len(label_task.classes)
+    return evaluate(truth[keep].astype(str).tolist(), [label_task.classes[i] for i in probs.argmax(axis=1)],
+                    label_task.classes, label_task.classes[int(np.argmax(counts))])
+
+
+def decide_promotions(root: str, model: dict[str, Any], manifest_rows: list[dict[str, Any]],
+                      metric: str = "macro_f1", margin: float = 0.01) -> dict[str, dict[str, Any]]:
+    """For each head just trained: its score, the champion's on the same subjects, the decision."""
+    _, root_path = open_root(root)
+    subjects = model["test_subjects"]
+    decisions = {}
+    for task, head in model["heads"].items():
+        challenger = evaluate_on_subjects(root, task, head["model_dir"], manifest_rows, subjects)[metric]
+        current = model_store.champion_version(root, task)
+        champion = None
+        if current is not None and current != head["version"]:
+            champion_dir = model_store.model_dir(root_path, task, current)
+            champion = evaluate_on_subjects(root, task, champion_dir, manifest_rows, subjects)[metric]
+        decisions[task] = model_store.promote_if_better(root, task, head["version"], float(challenger),
+                                                        None if champion is None else float(champion),
+                                                        metric=metric, margin=margin)
+    return decisions

@@ -1,0 +1,172 @@
+"""Trained heads as versioned artifacts under the storage root, with a champion per task.
+
+Layout: ``<root>/models/<task>/<version>/`` holds ``model.safetensors`` + ``config.json``
+(``models.heads.artifacts``), ``lineage.json`` (what it was trained on: run, split, manifest hash,
+embedding cache key, code version) and, once evaluated, ``metrics.json``;
+``<root>/models/<task>/champion.json`` names the version that scores by default. A version
+folder is complete when its ``config.json`` exists (``models.heads.artifacts.save_head`` writes it last).
+Nothing here loads weights or runs code from an artifact: it reads JSON only.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sleepsound.models.heads.artifacts import CONFIG_NAME
+from sleepsound.core.storage import join, open_root, read_json, write_json
+
+CHAMPION = "champion.json"
+LINEAGE = "lineage.json"
+METRICS = "metrics.json"
+PROMOTIONS = "promotions.json"
+
+
+class ModelNotFound(LookupError):
+    """No such task or version under the storage root."""
+
+
+def model_dir(root_path: str, task: str, version: str) -> str:
+    return join(root_path, "models", task, version)
+
+
+def tasks(root: str) -> list[str]:
+    """Tasks with at least one stored model."""
+    fs, root_path = open_root(root)
+    base = join(root_path, "models")
+    if not fs.exists(base):
+        return []
+    return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False) if fs.isdir(p))
+
+
+def versions(root: str, task: str) -> list[dict[str, Any]]:
+    """Every complete version of ``task``, oldest first, with its headline facts."""
+    fs, root_path = open_root(root)
+    base = join(root_path, "models", task)
+    if not fs.exists(base):
+        return []
+    champion = champion_version(root, task)
+    out = []
+    for path in fs.ls(base, detail=False):
+        version = path.rstrip("/").rsplit("/", 1)[-1]
+        if not fs.isdir(path) or not fs.exists(join(path, CONFIG_NAME)):
+            continue
+        lineage = _json_or_empty(fs, join(path, LINEAGE))
+        metrics = _json_or_empty(fs, join(path, METRICS))
+        config = read_json(fs, join(path, CONFIG_NAME))
+        out.append({
+            "task": task, "version": version, "champion": version == champion,
+            "created": lineage.get("created"), "head": config.get("head_class"),
+            "context_epochs": config.get("context_epochs"), "classes": config.get("classes"),
+            "train_subjects": len(lineage.get("train_subjects", [])),
+            "train_epochs": lineage.get("train_epochs"),
+            "macro_f1": metrics.get("macro_f1"), "kappa": metrics.get("kappa"), "accuracy": metrics.get("accuracy"),
+        })
+    return sorted(out, key=lambda v: (v["created"] or "", v["version"]))
+
+
+def show(root: str, task: str, version: str | None = None) -> dict[str, Any]:
+    """Everything stored about one version (default: the champion): config, lineage, metrics."""
+    fs, root_path = open_root(root)
+    version = version or champion_version(root, task)
+    if version is None:
+        raise ModelNotFound(f"task {task!r} has no champion under {root}; name a version (sleepsound models list)")
+    path = model_dir(root_path, task, version)
+    if not fs.exists(join(path, CONFIG_NAME)):
+        raise ModelNotFound(f"no model {task}/{version} under {root}")
+    return {"task": task, "version": version, "path": path, "champion": version == champion_version(root, task),
+            "config": read_json(fs, join(path, CONFIG_NAME)), "lineage": _json_or_empty(fs, join(path, LINEAGE)),
+            "metrics": _json_or_empty(fs, join(path, METRICS))}
+
+
+def champion_version(root: str, task: str) -> str | None:
+    fs, root_path = open_root(root)
+    pointer = join(root_path, "models", task, CHAMPION)
+    return read_json(fs, pointer)["version"] if fs.exists(pointer) else None
+
+
+def set_champion(root: str, task: str, version: str, reason: str) -> dict[str, Any]:
+    """Point ``task``'s champion at ``version`` (which must exist), recording why and what it replaced."""
+    fs, root_path = open_root(root)
+    if not fs.exists(join(model_dir(root_path, task, version), CONFIG_NAME)):
+        raise ModelNotFound(f"no model {task}/{version} under {root}")
+    record = {"version": version, "previous": champion_version(root, task), "reason": reason,
+              "promoted": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    write_json(fs, join(root_path, "models", task, CHAMPION), record)
+    return record
+
+
+def promote_if_better(root: str, task: str, challenger: str, challenger_score: float,
+                      champion_score: float | None, *, metric: str = "macro_f1", margin: float = 0.01) -> dict[str, Any]:
+    """Champion/challenger: make ``challenger`` the champion only if it beats the champion's score
+    on the same evaluation set by at least ``margin`` (higher is better); a first model always wins.
+
+    Both scores must come from the same evaluation nights, or the comparison means nothing:
+    the caller scores both. The decision and both scores are appended to
+    ``models/<task>/promotions.json`` (promoted or not) and returned.
+    """
+    fs, root_path = open_root(root)
+    if not fs.exists(join(model_dir(root_path, task, challenger), CONFIG_NAME)):
+        raise ModelNotFound(f"no model {task}/{challenger} under {root}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    current = champion_version(root, task)
+    if challenger_score != challenger_score:  # NaN: nothing to judge it by
+        promoted, why = False, f"the challenger's {metric} is undefined on the evaluation set"
+    elif current is None or champion_score is None:
+        promoted, why = True, "no champion yet"
+    elif current == challenger:
+        promoted, why = False, "the challenger is already the champion"
+    elif challenger_score >= champion_score + margin:
+        promoted, why = True, f"{metric} {challenger_score:.4f} beats {champion_score:.4f} by at least {margin}"
+    else:
+        promoted, why = False, (f"{metric} {challenger_score:.4f} does not beat the champion's {champion_score:.4f} "
+                                f"by the margin {margin}")
+    decision = {"task": task, "metric": metric, "margin": margin, "promoted": promoted, "reason": why,
+                "challenger": {"version": challenger, "score": challenger_score},
+                "champion": {"version": current, "score": champion_score},
+                "decided": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    log_path = join(root_path, "models", task, PROMOTIONS)
+    log = read_json(fs, log_path) if fs.exists(log_path) else []
+    write_json(fs, log_path, [*log, decision])
+    if promoted:
+        set_champion(root, task, challenger, why)
+    return decision
+
+
+def serving_models(root: str, versions: dict[str, str] | None = None) -> dict[str, Any]:
+    """Each task's champion (or the version named in ``versions``) as the model dict that
+    ``modelling.predict_recordings`` and ``results.write_run_outputs`` take, without its test subjects.
+
+    The stage3 model is required; other tasks join when they have a champion or a named version.
+    """
+    versions = dict(versions or {})
+    unknown = sorted(set(versions) - set(tasks(root)))
+    if unknown:
+        raise ModelNotFound(f"no models of task(s) {unknown} under {root}")
+    heads: dict[str, dict[str, Any]] = {}
+    for task in tasks(root):
+        version = versions.get(task) or champion_version(root, task)
+        if version is None:
+            continue
+        info = show(root, task, version)
+        extra = info["config"].get("extra", {})
+        heads[task] = {"task": task, "model_dir": info["path"], "version": version,
+                       "class_counts": info["lineage"].get("class_counts"),
+                       **{k: extra[k] for k in ("events_per_event_epoch", "snore_share_per_snore_epoch") if k in extra}}
+    if "stage3" not in heads:
+        raise ModelNotFound(f"no stage3 champion under {root}: train one first (sleepsound run or train)")
+    lineage = show(root, "stage3", heads["stage3"]["version"])["lineage"]
+    return {"model_dir": heads["stage3"]["model_dir"], "version": heads["stage3"]["version"], "task": "stage3",
+            "train_subjects": list(lineage.get("train_subjects", [])),
+            "val_subjects": list(lineage.get("val_subjects", [])), "test_subjects": [],
+            "heads": heads, "skipped": {}}
+
+
+def write_metrics(root: str, task: str, version: str, metrics: dict[str, Any]) -> None:
+    fs, root_path = open_root(root)
+    write_json(fs, join(model_dir(root_path, task, version), METRICS), metrics)
+
+
+def _json_or_empty(fs: Any, path: str) -> dict[str, Any]:
+    return read_json(fs, path) if fs.exists(path) else {}

@@ -1,0 +1,197 @@
+"""A run's outputs after prediction: metrics on held-out nights, night summaries, the report.
+
+Every head is scored on the test subjects against its majority baseline; the stage3 metrics
+carry subject-resampled confidence intervals. Night by night, the breathing figures (AHI,
+severity, snore index) are computed from the scored events and, where a respiratory head
+was trained, estimated from its probabilities: an epoch's expected events are
+P(apnoea-hypopnoea) x the training side's events per apnoea-hypopnoea epoch, its snoring
+share P(snore) x the training side's snoring share of a snore epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from sleepsound.registry import store as model_store
+from sleepsound.core.config import Config
+from sleepsound.labels.targets import PRIMARY, TASKS
+from sleepsound.ingest.manifest import read_manifest, read_manifest_rows
+from sleepsound.report.metrics import ahi_agreement, bootstrap_ci, cohen_kappa, confusion_counts, evaluate
+from sleepsound.report.render import (ahi_scatter_figure, bland_altman_figure, event_timeline_figure, hypnogram_figure,
+                               render_report)
+from sleepsound.core.storage import full_uri, join, open_root, write_bytes_atomic, write_json, write_table
+from sleepsound.report.summaries import breathing_summary, night_summary
+
+CI_BOOTSTRAPS = 500
+
+
+def read_predictions(root: str, run_id: str) -> pd.DataFrame:
+    fs, root_path = open_root(root)
+    frames = []
+    for path in sorted(fs.glob(join(root_path, "runs", run_id, "predictions", "recording_id=*", "*.parquet"))):
+        with fs.open(path, "rb") as handle:
+            frame = pd.read_parquet(handle)
+        frame.insert(0, "recording_id", path.split("recording_id=")[1].split("/")[0])
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def read_summaries(summaries_uri: str) -> pd.DataFrame:
+    """A run's night summaries (one row per night and source), from the URI ``write_run_outputs`` returned."""
+    fs, path = open_root(summaries_uri)
+    with fs.open(join(path, "summaries.parquet"), "rb") as handle:
+        return pd.read_parquet(handle)
+
+
+def _stages(values: pd.Series) -> list[str | None]:
+    return [v if isinstance(v, str) else None for v in values]
+
+
+def task_metrics(preds: pd.DataFrame, model: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each trained head on the test subjects' epochs, beside its training-side majority class."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, info in (model.get("heads") or {PRIMARY: model}).items():
+        task = TASKS[name]
+        if task.pred_column not in preds:
+            continue
+        test = preds[(preds["split"] == "test") & preds[task.true_column].isin(task.classes)
+                     & preds[task.pred_column].notna()]
+        if not len(test):
+            continue
+        counts = info.get("class_counts") or [0] * len(task.classes)
+        majority = task.classes[int(np.argmax(counts))]
+        out[name] = evaluate(test[task.true_column].astype(str), test[task.pred_column].astype(str), task.classes,
+                             majority)
+    return out
+
+
+def subject_intervals(preds: pd.DataFrame, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """95% bootstrap intervals of the stage3 accuracy, macro-F1 and kappa, subjects resampled."""
+    test = preds[(preds["split"] == "test") & preds["stage_true"].notna() & preds["stage_pred"].notna()]
+    if test["subject_id"].nunique() < 2:
+        return {}
+    classes = TASKS[PRIMARY].classes
+
+    def accuracy(t: list[Any], p: list[Any]) -> float:
+        return float(np.mean(np.asarray(t) == np.asarray(p)))
+
+    def macro(t: list[Any], p: list[Any]) -> float:
+        return float(evaluate(t, p, classes)["macro_f1"])
+
+    def kappa(t: list[Any], p: list[Any]) -> float:
+        return cohen_kappa(confusion_counts(t, p, classes))
+
+    args = (test["stage_true"].astype(str).tolist(), test["stage_pred"].astype(str).tolist(),
+            test["subject_id"].astype(str).tolist())
+    return {name: bootstrap_ci(*args, metric=fn, n_boot=CI_BOOTSTRAPS, seed=seed)
+            for name, fn in (("accuracy", accuracy), ("macro_f1", macro), ("kappa", kappa))}
+
+
+def night_breathing(night: pd.DataFrame, resp: dict[str, Any] | None) -> dict[str, Any]:
+    """Scored and estimated AHI, severity and snore index of one night (None where unknown)."""
+    out: dict[str, Any] = {}
+    if night["events_true"].notna().any():
+        scored = breathing_summary(_stages(night["stage_true"]), night["events_true"].to_numpy(float),
+                                   night["snore_frac_true"].to_numpy(float))
+        out |= {f"{k}_scored": scored[k] for k in ("ahi", "severity", "snore_index")}
+    if resp is not None and night["prob_apnea_hypopnea"].notna().any():
+        events = night["prob_apnea_hypopnea"].to_numpy(float) * resp.get("events_per_event_epoch", 1.0)
+        snore = night["prob_snore"].to_numpy(float) * resp.get("snore_share_per_snore_epoch", 1.0)
+        estimated = breathing_summary(_stages(night["stage_pred"]), events, snore)
+        out |= {f"{k}_estimated": estimated[k] for k in ("ahi", "severity", "snore_index")}
+    return out
+
+
+def write_run_outputs(root: str, run_id: str, model: dict[str, Any], meta: dict[str, Any],
+                      cfg: Config | None = None) -> dict[str, Any]:
+    """Compute and write metrics.json, summaries and report/index.html for ``run_id``."""
+    cfg = cfg or Config()
+    fs, root_path = open_root(root)
+    preds = read_predictions(root, run_id).sort_values(["recording_id", "epoch_index"])
+    heads = model.get("heads") or {PRIMARY: model}
+    by_task = task_metrics(preds, model)
+    metrics = by_task.get(PRIMARY)
+    resp = heads.get("resp")
+
+    rows, breathing, hypnograms, timelines = [], [], [], []
+    for rec, night in preds.groupby("recording_id", sort=True):
+        split = str(night["split"].iloc[0])
+        subject = str(night["subject_id"].iloc[0])
+        figures = night_breathing(night, resp)
+        for source, column in (("predicted", "stage_pred"), ("scored", "stage_true")):
+            if source == "scored" and split == "unlabelled":
+                continue
+            suffix = "_estimated" if source == "predicted" else "_scored"
+            rows.append({"recording_id": rec, "subject_id": subject, "split": split, "source": source,
+                         **night_summary(_stages(night[column])),
+                         **{k: figures.get(f"{k}{suffix}") for k in ("ahi", "severity", "snore_index")}})
+        if figures:
+            breathing.append({"recording_id": rec, "split": split, **figures})
+        if split in ("test", "unlabelled") and len(hypnograms) < cfg.report.hypnograms:
+            hypnograms.append(hypnogram_figure(rec, night["start_s"].to_numpy(), _stages(night["stage_true"]),
+                                               _stages(night["stage_pred"])))
+        if resp is not None and split in ("test", "unlabelled") and len(timelines) < cfg.report.hypnograms:
+            timelines.append(event_timeline_figure(rec, night["start_s"].to_numpy(float),
+                                                   night["events_true"].to_numpy(float),
+                                                   night["prob_apnea_hypopnea"].to_numpy(float),
+                                                   _stages(night["stage_pred"])))
+    summaries = pd.DataFrame(rows)
+    breathing_frame = pd.DataFrame(breathing)
+    ahi, ahi_figures = None, []
+    if {"ahi_scored", "ahi_estimated"} <= set(breathing_frame.columns):
+        test = breathing_frame[breathing_frame["split"] == "test"]
+        if len(test):
+            ahi = ahi_agreement(test["ahi_scored"].to_numpy(float), test["ahi_estimated"].to_numpy(float))
+            ahi_figures = [ahi_scatter_figure(test["ahi_scored"].to_numpy(float), test["ahi_estimated"].to_numpy(float)),
+                           bland_altman_figure(test["ahi_scored"].to_numpy(float),
+                                               test["ahi_estimated"].to_numpy(float), ahi)]
+    intervals = subject_intervals(preds, cfg.training.seed) if metrics else {}
+
+    run_dir = join(root_path, "runs", run_id)
+    write_table(fs, join(run_dir, "summaries", "summaries.parquet"), pa.Table.from_pandas(summaries, preserve_index=False))
+    everything = {**(metrics or {}), "tasks": {k: v for k, v in by_task.items() if k != PRIMARY},
+                  "ahi": ahi, "subject_ci": {k: list(v) for k, v in intervals.items()},
+                  "skipped_tasks": model.get("skipped", {})}
+    write_json(fs, join(run_dir, "metrics.json"), everything if metrics else {})
+    for name, task_result in by_task.items():
+        info = heads[name]
+        model_store.write_metrics(root, name, info["version"], {**task_result, "run_id": run_id})
+        if model_store.champion_version(root, name) is None:
+            model_store.set_champion(root, name, info["version"], "first evaluated model of this task")
+
+    from sleepsound.report.attention_view import attention_views
+
+    manifest = read_manifest(root)
+    quarantined = manifest[manifest["status"] != "accepted"][["recording_id", "reason_code", "reason"]]
+    meta = {**meta, "model_version": model["version"], "train_subjects": len(model["train_subjects"]),
+            "test_subjects": model["test_subjects"],
+            **{f"{name} model": info["version"] for name, info in heads.items() if name != PRIMARY},
+            **{f"{name} skipped": reason for name, reason in model.get("skipped", {}).items()}}
+    views = attention_views(preds, read_manifest_rows(root), cfg, cfg.report.attention_examples)
+    html_text = render_report(meta, metrics, summaries, hypnograms, quarantined.to_dict("records"),
+                              task_metrics={k: v for k, v in by_task.items() if k != PRIMARY},
+                              subject_ci=intervals, breathing=breathing_frame if len(breathing_frame) else None,
+                              ahi=ahi, ahi_figures=ahi_figures, attention_views=views, event_timelines=timelines)
+    report_path = join(run_dir, "report", "index.html")
+    write_bytes_atomic(fs, report_path, html_text.encode())
+    return {"report": full_uri(fs, report_path), "summaries": full_uri(fs, join(run_dir, "summaries")),
+            "metrics": _headline(metrics, by_task, ahi)}
+
+
+def _headline(metrics: dict[str, Any] | None, by_task: dict[str, dict[str, Any]],
+              ahi: dict[str, Any] | None) -> dict[str, Any]:
+    keys = ("accuracy", "kappa", "macro_f1", "baseline_accuracy", "baseline_macro_f1", "n_epochs")
+    if not metrics:
+        return {k: float("nan") for k in keys}
+    out = {k: metrics[k] for k in keys}
+    for name, result in by_task.items():
+        if name != PRIMARY:
+            out[f"{name}_macro_f1"] = result["macro_f1"]
+    if ahi is not None:
+        out["ahi_pearson_r"] = ahi["pearson_r"]
+        out["ahi_bias"] = ahi["bias"]
+    return out

@@ -1,0 +1,136 @@
+"""Night-level numbers a clinician reads, from a per-epoch hypnogram (true or predicted).
+
+Definitions (3-class stages, 30-s epochs; the recording's start is taken as lights out
+and its end as lights on):
+
+- time in bed (TIB): first to last epoch of the recording, every epoch counted,
+  including invalid/missing ones (stage None) and gaps in ``epoch_index``.
+- total sleep time (TST): NREM + REM epochs.
+- sleep efficiency: TST / TIB (a fraction in [0, 1]).
+- sleep onset latency (SOL): start of the recording to the first NREM or REM epoch.
+- WASO: Wake epochs from sleep onset to the end of the recording (lights on), the AASM
+  reading (TRT - SOL - TST when every epoch is scored). Epochs of unknown stage are not
+  counted as wake.
+- REM latency: sleep onset to the first REM epoch.
+- stage percentages: NREM and REM as % of TST; Wake as % of the epochs with a known stage.
+- epochs scored: epochs with a known stage (Wake/NREM/REM).
+
+Latencies are NaN when there is no sleep (or no REM); percentages are NaN when their
+denominator is 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sleepsound.labels.vocabulary import EPOCH_SECONDS, STAGES_3
+
+SLEEP = ("NREM", "REM")
+SUMMARY_FIELDS = ("n_epochs", "n_epochs_scored", "time_in_bed_min", "total_sleep_time_min", "sleep_efficiency",
+                  "sleep_onset_latency_min", "waso_min", "rem_latency_min", "pct_wake", "pct_nrem", "pct_rem")
+
+
+def _clean(stage: Any) -> str | None:
+    if stage is None or (isinstance(stage, float) and np.isnan(stage)) or stage is pd.NA:
+        return None
+    if stage not in STAGES_3:
+        raise ValueError(f"stage {stage!r} is not one of {STAGES_3} or None")
+    return str(stage)
+
+
+def night_summary(stages: Sequence[str | None], epoch_seconds: float = EPOCH_SECONDS) -> dict[str, Any]:
+    """Summary of one night given every epoch's stage in order (None = unknown/invalid)."""
+    minutes = epoch_seconds / 60.0
+    arr = np.array([_clean(s) or "" for s in stages], dtype=object)
+    n = len(arr)
+    asleep = np.isin(arr, SLEEP)
+    n_sleep = int(asleep.sum())
+    n_wake = int((arr == "Wake").sum())
+    n_rem = int((arr == "REM").sum())
+    scored = n_sleep + n_wake
+    onset = int(np.argmax(asleep)) if n_sleep else None
+    first_rem = int(np.argmax(arr == "REM")) if n_rem else None
+    return {
+        "n_epochs": n,
+        "n_epochs_scored": scored,
+        "time_in_bed_min": n * minutes,
+        "total_sleep_time_min": n_sleep * minutes,
+        "sleep_efficiency": n_sleep / n if n else float("nan"),
+        "sleep_onset_latency_min": onset * minutes if onset is not None else float("nan"),
+        "waso_min": int((arr[onset:] == "Wake").sum()) * minutes if onset is not None else float("nan"),
+        "rem_latency_min": (first_rem - onset) * minutes if first_rem is not None else float("nan"),
+        "pct_wake": 100.0 * n_wake / scored if scored else float("nan"),
+        "pct_nrem": 100.0 * (n_sleep - n_rem) / n_sleep if n_sleep else float("nan"),
+        "pct_rem": 100.0 * n_rem / n_sleep if n_sleep else float("nan"),
+    }
+
+
+def night_stages(night: pd.DataFrame, stage_column: str = "stage") -> list[str | None]:
+    """One recording's stages on a gap-free epoch grid: rows missing between its first
+    and last ``epoch_index`` become None."""
+    idx = night["epoch_index"].to_numpy(dtype=np.int64)
+    if len(np.unique(idx)) != len(idx):
+        raise ValueError("duplicate epoch_index within a recording")
+    if not len(idx):
+        return []
+    grid: list[str | None] = [None] * int(idx.max() - idx.min() + 1)
+    for i, stage in zip(idx - idx.min(), night[stage_column], strict=True):
+        grid[int(i)] = _clean(stage)
+    return grid
+
+
+def summarise_nights(epochs: pd.DataFrame, stage_column: str = "stage",
+                     epoch_seconds: float = EPOCH_SECONDS) -> pd.DataFrame:
+    """One row per ``recording_id`` (sorted) from a per-epoch table.
+
+    ``epochs`` has columns ``recording_id, epoch_index`` and ``stage_column`` (Wake/NREM/
+    REM or None/NaN); rows may come in any order, and epochs absent from the table count
+    as unknown. Works for scored and for predicted stages (pass the column name).
+    """
+    missing = [c for c in ("recording_id", "epoch_index", stage_column) if c not in epochs.columns]
+    if missing:
+        raise ValueError(f"epoch table lacks columns {missing}")
+    rows = []
+    for rec, night in epochs.groupby("recording_id", sort=True):
+        rows.append({"recording_id": rec, **night_summary(night_stages(night, stage_column), epoch_seconds)})
+    return pd.DataFrame(rows, columns=["recording_id", *SUMMARY_FIELDS])
+
+
+# AHI severity bands (method.md, "Clinical definitions"): < 5 normal, 5-15 mild, 15-30 moderate, >= 30 severe.
+SEVERITY_BANDS: tuple[tuple[float, str], ...] = ((5.0, "normal"), (15.0, "mild"), (30.0, "moderate"),
+                                                 (math.inf, "severe"))
+SEVERITIES = tuple(name for _, name in SEVERITY_BANDS)
+
+
+def severity(ahi: float) -> str | None:
+    """The clinical severity class of an AHI; None when the AHI is unknown (no sleep)."""
+    if ahi is None or not math.isfinite(ahi):
+        return None
+    if ahi < 0:
+        raise ValueError(f"AHI cannot be negative, got {ahi}")
+    return next(name for bound, name in SEVERITY_BANDS if ahi < bound)
+
+
+def breathing_summary(stages: Sequence[str | None], events: Sequence[float], snore: Sequence[float],
+                      epoch_seconds: float = EPOCH_SECONDS) -> dict[str, Any]:
+    """Night-level breathing figures from per-epoch values, counted over sleep epochs only.
+
+    ``events``: apnoeas + hypopnoeas per epoch: scored onsets (``n_apnea + n_hypopnea``) for
+    the reference, or a model's expected count (its probability of an event-bearing epoch)
+    for an estimate. ``snore``: the share of each epoch with snoring (0-1). AHI is events
+    per hour of sleep; the snore index is snoring minutes per hour of sleep.
+    """
+    if not len(stages) == len(events) == len(snore):
+        raise ValueError("stages, events and snore need one value per epoch")
+    asleep = np.array([_clean(s) in ("NREM", "REM") for s in stages], dtype=bool)
+    sleep_hours = asleep.sum() * epoch_seconds / 3600.0
+    ev = np.nan_to_num(np.asarray(events, dtype=np.float64))[asleep]
+    sn = np.nan_to_num(np.asarray(snore, dtype=np.float64))[asleep]
+    ahi = float(ev.sum() / sleep_hours) if sleep_hours else float("nan")
+    return {"ahi": ahi, "severity": severity(ahi), "respiratory_events": float(ev.sum()),
+            "snore_index": float(sn.sum() * epoch_seconds / 60.0 / sleep_hours) if sleep_hours else float("nan")}

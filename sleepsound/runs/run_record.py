@@ -1,0 +1,42 @@
+"""``runs/<run-id>/run.json``: what a flow run did, readable without sleepsound.
+
+Written last by every flow, so its presence says the run finished: which flow, which Prefect
+flow run, the configuration's hash, the code version, the model versions that predicted, the
+per-stage wall times and the counts (discovered = accepted + quarantined, embedded, cached).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sleepsound import __version__
+from sleepsound.core.schemas import LAYOUT_VERSION, PREDICTIONS_VERSION
+from sleepsound.core.config import Config
+from sleepsound.core.storage import full_uri, join, open_root, write_json
+
+SCHEMA = "sleepsound.run/1"
+
+
+def model_versions(model: dict[str, Any] | None) -> dict[str, str]:
+    """Each task's version in a flow's model summary (trained or serving); empty when none."""
+    heads = (model or {}).get("heads") or {}
+    return {name: str(head["version"]) for name, head in heads.items() if head.get("version")}
+
+
+def write_run_record(root: str, flow: str, config: dict[str, Any], summary: dict[str, Any]) -> str:
+    """Write the record of a finished flow run from its summary; returns its URI."""
+    fs, root_path = open_root(root)
+    record = {
+        "schema": SCHEMA, "layout_version": LAYOUT_VERSION, "predictions_schema_version": PREDICTIONS_VERSION,
+        "run_id": summary["run_id"], "flow": flow,
+        "prefect_flow_run": summary.get("prefect_flow_run"),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config_hash": Config.model_validate(config).fingerprint(), "code_version": __version__,
+        "models": model_versions(summary.get("model")), "seconds": summary.get("seconds", {}),
+        "counts": summary.get("counts", {}),
+        "outputs": {k: summary.get(k) for k in ("predictions", "summaries", "report")},
+    }
+    path = join(root_path, "runs", summary["run_id"], "run.json")
+    write_json(fs, path, record)
+    return full_uri(fs, path)

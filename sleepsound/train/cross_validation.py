@@ -1,0 +1,99 @@
+"""Subject-wise k-fold cross-validation of the heads, from the embedding cache alone.
+
+With a few dozen subjects one 80/20 split leaves a handful of test subjects and a noisy
+figure; k folds test every subject once. Folds are whole subjects (seeded permutation cut
+into k near-equal parts), each fold's heads train on the other folds (shifted windows
+included, as in a run) and predict the fold's epochs. Nothing is registered: the result is
+per-fold metrics, their mean and SD, and metrics pooled over all folds' predictions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sleepsound.core.config import Config
+from sleepsound.train.dataset import load_embedded
+from sleepsound.labels.targets import PRIMARY, TASKS
+from sleepsound.report.metrics import evaluate, majority_class
+from sleepsound.train.fit import NotTrainable, _inputs, fit_task, labelled_manifest
+from sleepsound.train.loop import predict_proba
+
+
+def kfold_subjects(subjects: list[str], k: int, seed: int = 0) -> list[list[str]]:
+    """Test subjects of each fold: a seeded permutation of the sorted ids cut into ``k`` parts."""
+    unique = sorted({str(s) for s in subjects})
+    if not 2 <= k <= len(unique):
+        raise ValueError(f"k-fold needs 2 <= k <= subjects; got k={k} with {len(unique)} labelled subjects")
+    order = np.random.default_rng(seed).permutation(len(unique))
+    return [sorted(unique[i] for i in part) for part in np.array_split(order, k)]
+
+
+def score_split(root: str, cfg: Config, labelled: pd.DataFrame, test_subjects: list[str],
+                tasks: list[str]) -> dict[str, dict[str, Any]]:
+    """Train each task's head on every labelled subject not in ``test_subjects`` and predict the
+    test subjects' scored epochs: ``{task: {"true", "pred", "metrics"}}`` or ``{task: {"skipped"}}``."""
+    subject = labelled["subject_id"].astype(str)
+    train_data = load_embedded(root, cfg, labelled[~subject.isin(test_subjects)], shifted=cfg.training.shift_augment)
+    test_data = load_embedded(root, cfg, labelled[subject.isin(test_subjects)])
+    x, mask = _inputs(train_data, cfg.training.context_epochs)
+    tx, tmask = _inputs(test_data, cfg.training.context_epochs)
+    out: dict[str, dict[str, Any]] = {}
+    for name in tasks:
+        task = TASKS[name]
+        try:
+            result, y, _ = fit_task(cfg, task, train_data, x, mask)
+        except NotTrainable as exc:
+            out[name] = {"skipped": str(exc)}
+            continue
+        truth = test_data.epochs.get(task.column, pd.Series([None] * len(test_data.epochs)))
+        scored = truth.isin(task.classes).to_numpy()
+        if not scored.any():
+            out[name] = {"skipped": "no scored test epochs"}
+            continue
+        probs = predict_proba(result.model, tx[scored], mask=None if tmask is None else tmask[scored])
+        pred = [task.classes[i] for i in probs.argmax(axis=1)]
+        true = truth[scored].astype(str).tolist()
+        majority = majority_class([task.classes[i] for i in y], task.classes)
+        out[name] = {"true": true, "pred": pred, "metrics": evaluate(true, pred, task.classes, majority),
+                     "train_epochs": int(len(y))}
+    return out
+
+
+def cross_validate(root: str, cfg: Config, manifest: pd.DataFrame, k: int = 5) -> dict[str, Any]:
+    """Train and test each configured task k times; returns per-fold and pooled figures."""
+    labelled = labelled_manifest(manifest)
+    folds = kfold_subjects(list(labelled["subject_id"].astype(str)), k, cfg.training.seed)
+    tasks = [PRIMARY, *(t for t in cfg.training.tasks if t != PRIMARY)]
+    pooled: dict[str, tuple[list[str], list[str]]] = {t: ([], []) for t in tasks}
+    per_fold: dict[str, list[dict[str, Any]]] = {t: [] for t in tasks}
+    skipped: dict[str, list[str]] = {t: [] for t in tasks}
+    for n, test_subjects in enumerate(folds):
+        for name, got in score_split(root, cfg, labelled, test_subjects, tasks).items():
+            if "skipped" in got:
+                skipped[name].append(f"fold {n}: {got['skipped']}")
+                continue
+            per_fold[name].append({"fold": n, "test_subjects": test_subjects, **_brief(got["metrics"])})
+            pooled[name][0].extend(got["true"])
+            pooled[name][1].extend(got["pred"])
+    out: dict[str, Any] = {"k": k, "seed": cfg.training.seed, "fold_subjects": folds, "tasks": {}}
+    for name in tasks:
+        if not per_fold[name]:
+            out["tasks"][name] = {"skipped": skipped[name]}
+            continue
+        f1 = np.array([f["macro_f1"] for f in per_fold[name]])
+        acc = np.array([f["accuracy"] for f in per_fold[name]])
+        out["tasks"][name] = {
+            "per_fold": per_fold[name], "skipped": skipped[name],
+            "macro_f1_mean": float(f1.mean()), "macro_f1_sd": float(f1.std(ddof=1)) if len(f1) > 1 else 0.0,
+            "accuracy_mean": float(acc.mean()), "accuracy_sd": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+            "pooled": evaluate(*pooled[name], TASKS[name].classes),
+        }
+    return out
+
+
+def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
+    keys = ("n_epochs", "accuracy", "macro_f1", "kappa", "baseline_accuracy", "baseline_macro_f1")
+    return {k: metrics[k] for k in keys if k in metrics}
