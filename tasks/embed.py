@@ -7,7 +7,8 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from sleepsound.core.config import Config
-from sleepsound.embed.cohort import channel_configs, embed_cohort, embeddings_dir
+from sleepsound.embed.cache import channel_configs, embeddings_dir
+from sleepsound.embed.cohort import embed_cohort
 from sleepsound.ingest.manifest import quarantine, read_manifest_rows, write_manifest
 from sleepsound.core.storage import open_root
 

@@ -10,7 +10,8 @@ import pytest
 from sleepsound.models.backbones.pretrained import load_backbone
 from sleepsound.models.backbones.tiny import save_tiny_random_backbone
 from sleepsound.core.config import Config, PreprocessConfig
-from sleepsound.embed.cohort import embed_cohort, embeddings_dir, embeddings_path, epochs_path
+from sleepsound.embed.cache import embeddings_dir, embeddings_path, epochs_path
+from sleepsound.embed.cohort import embed_cohort
 from sleepsound.embed.epochs import read_epochs
 from sleepsound.ingest.manifest import build_manifest
 from sleepsound.synth.writers import generate_cohort
@@ -125,7 +126,7 @@ def test_auto_batch_size_and_compile_reach_the_model_stage(rows, tiny_whisper, t
     """``batch_size: auto`` is sized on the first batch (8 on CPU); ``compile`` wraps the model."""
     import torch
 
-    from sleepsound.embed.cohort import EmbedStage
+    from sleepsound.embed.model_stage import EmbedStage
 
     cfg = Config.model_validate({"backbone": {"name": tiny_whisper, "batch_size": "auto", "device": "cpu"},
                                  "training": {"shift_augment": False}})
@@ -158,7 +159,7 @@ def test_scoring_skips_the_shifted_training_windows_and_training_adds_only_them(
 
 
 def test_forward_batches_use_few_lengths_and_cover_every_row_once():
-    from sleepsound.embed.cohort import forward_batches
+    from sleepsound.embed.model_stage import forward_batches
 
     for size in (1, 4, 12, 16):
         seen: set[int] = set()

@@ -19,7 +19,8 @@ import s3fs
 
 from flaky_s3 import FlakyS3Proxy
 from sleepsound.core.config import Config, PreprocessConfig
-from sleepsound.embed.cohort import EmbedStats, embed_cohort
+from sleepsound.embed.cohort import embed_cohort
+from sleepsound.embed.collector import EmbedStats
 from sleepsound.ingest.manifest import build_manifest
 from sleepsound.synth.writers import generate_cohort
 

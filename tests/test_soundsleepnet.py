@@ -14,7 +14,8 @@ from sleepsound.models.backbones.mel import MelBackbone
 from sleepsound.models.backbones.pretrained import load_backbone
 from sleepsound.core.config import BackboneConfig, Config, PreprocessConfig
 from sleepsound.train.dataset import load_embedded
-from sleepsound.embed.cohort import backbone_key, embed_cohort
+from sleepsound.embed.cache import backbone_key
+from sleepsound.embed.cohort import embed_cohort
 from sleepsound.models.heads.attention import build_context
 from sleepsound.models.heads.artifacts import HeadArtifactError, build_head, load_head, save_head
 from sleepsound.models.heads.soundsleepnet import SoundSleepNetHead

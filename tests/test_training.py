@@ -168,13 +168,8 @@ import pandas as pd  # noqa: E402
 
 from sleepsound.core.config import Config, PreprocessConfig  # noqa: E402
 from sleepsound.train.dataset import load_embedded  # noqa: E402
-from sleepsound.embed.cohort import (  # noqa: E402
-    channel_configs,
-    embed_cohort,
-    embeddings_path,
-    epochs_path,
-    shifted_path,
-)
+from sleepsound.embed.cache import channel_configs, embeddings_path, epochs_path, shifted_path  # noqa: E402
+from sleepsound.embed.cohort import embed_cohort  # noqa: E402
 from sleepsound.embed.epochs import read_epochs, shift_pairs  # noqa: E402
 from sleepsound.ingest.manifest import build_manifest  # noqa: E402
 from sleepsound.train.fit import _inputs, predict_recordings, train_models  # noqa: E402

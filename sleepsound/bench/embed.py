@@ -231,7 +231,7 @@ def _stage_model(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     from sleepsound.models.backbones.pretrained import load_backbone
-    from sleepsound.embed.cohort import resolve_device
+    from sleepsound.embed.model_stage import resolve_device
 
     cfg = bench_config(spec["backbone"], spec["device"], spec["dtype"], spec["batch_size"], spec.get("compile", False))
     b = cfg.backbone
@@ -290,7 +290,7 @@ def tutorial_embed(paths: list[str], backbone: Any) -> tuple[int, float, float]:
 
 def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
     from sleepsound.models.backbones.pretrained import load_backbone
-    from sleepsound.embed.cohort import resolve_device
+    from sleepsound.embed.model_stage import resolve_device
 
     cfg = bench_config(spec["backbone"], spec["device"], spec["dtype"], spec["batch_size"], spec.get("compile", False))
     b = cfg.backbone
@@ -395,7 +395,7 @@ def run_embed_bench(backbone: str = DEFAULT_BACKBONE, minutes: float = DEFAULT_M
         raise BenchError("the baseline runs a transformers model clip by clip; 'mel' has no model to compare "
                          "(its front end costs about 8 ms per epoch)")
     require_librosa()
-    from sleepsound.embed.cohort import resolve_device
+    from sleepsound.embed.model_stage import resolve_device
 
     resolved = resolve_device(device)
     cfg = bench_config(backbone, resolved, dtype, batch_size, compile)

@@ -24,9 +24,11 @@ from sleepsound.core.findings import Quarantine
 from sleepsound.io import rml
 from sleepsound.io.audio import iter_night_blocks
 from sleepsound.labels.vocabulary import UNSCORED, to_three_class
+from sleepsound.embed.cache import EmbedPlan
 from sleepsound.embed.preprocess import iter_epochs
 from sleepsound.ingest.discovery import RecordingSource, local_copies
 from sleepsound.ingest.validate import probe_parts
+
 
 # Columns of an epoch row apart from the audio itself (see schemas.EPOCHS).
 EPOCH_COLUMNS = ("recording_id", "subject_id", "epoch_index", "start_s", "stage5", "stage3",
@@ -36,6 +38,8 @@ KINDS = ("epoch", "shifted", "end")
 
 
 @dataclass
+
+
 class NightLabels:
     """What a night's annotations say per epoch: 5-class stages (None when unlabelled) and events."""
 
@@ -163,3 +167,14 @@ def _read_epochs(row: dict[str, Any], cfg: PreprocessConfig, shift_classes: Coll
             }
     if emitted < n_epochs:
         raise OSError(f"{src.audio_uris[-1]}: audio ended after {emitted} of {n_epochs} epochs")
+
+
+def night_rows(row: dict[str, Any], cfg: PreprocessConfig, plan: EmbedPlan) -> Iterator[dict[str, Any]]:
+    """A night's rows for the embedding stage, tagged with the channel, closed by ``end_row``."""
+    sent = 0
+    for out in read_epochs(row, cfg, plan.shift_classes, plan.epochs):
+        sent += 1
+        yield {**out, "channel": cfg.channel}
+        if out["error"]:
+            return
+    yield {**end_row(row, cfg, sent + 1), "channel": cfg.channel}

@@ -8,13 +8,7 @@ import pandas as pd
 import pyarrow as pa
 
 from sleepsound.core.config import Config
-from sleepsound.embed.cohort import (
-    channel_configs,
-    embeddings_path,
-    epochs_path,
-    shifted_path,
-    wanted_shift_classes,
-)
+from sleepsound.embed.cache import channel_configs, embeddings_path, epochs_path, shifted_path, wanted_shift_classes
 from sleepsound.labels.events import resp_labels
 from sleepsound.core.storage import open_root, read_table
 

@@ -24,7 +24,7 @@ from sleepsound import __version__
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
 from sleepsound.train.dataset import EmbeddedEpochs, load_embedded
-from sleepsound.embed.cohort import backbone_key, channel_configs
+from sleepsound.embed.cache import backbone_key, channel_configs
 from sleepsound.registry.evaluation_set import evaluation_subjects
 from sleepsound.models.heads.attention import build_context
 from sleepsound.models.heads.artifacts import load_head, save_head
@@ -228,7 +228,7 @@ def predict_recordings(root: str, cfg: Config, run_id: str, model: dict[str, Any
 
 
 def _all_epochs(root: str, cfg: Config, recording_id: str) -> list[dict[str, Any]]:
-    from sleepsound.embed.cohort import epochs_path
+    from sleepsound.embed.cache import epochs_path
     from sleepsound.core.storage import read_table
 
     fs, root_path = open_root(root)

@@ -1,0 +1,82 @@
+"""The model stage: a frozen backbone turns batches of preprocessed epochs into frame embeddings.
+
+One ``EmbedStage`` per worker loads the backbone once; Ray Data runs it as an actor pool
+(``ray_adapter``) and the one-process path calls it directly, on the same batches.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from sleepsound.core.config import BackboneConfig
+from sleepsound.embed.rows import text_cell
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` means the GPU when there is one; never assume CUDA."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def forward_batches(rows: np.ndarray, size: int) -> list[np.ndarray]:
+    """``rows`` in forward passes of ``size``, the remainder in power-of-two pieces (13 -> 8, 4, 1).
+
+    A model worker sees batches of every length (nights end mid-block, invalid epochs drop out).
+    Each new input shape costs: a torch.compile'd model recompiles, and CPU kernels keep per-shape
+    buffers (one process fed random lengths 1..16 grew from 870 to 1040 MB in 40 passes; with
+    power-of-two lengths it stayed at ~700 MB). At most log2(size) + 1 lengths bound both.
+    """
+    out: list[np.ndarray] = []
+    start = 0
+    while start < len(rows):
+        left = len(rows) - start
+        step = size if left >= size else 1 << (left.bit_length() - 1)
+        out.append(rows[start:start + step])
+        start += step
+    return out
+
+
+class EmbedStage:
+    """Model stage: loads the backbone once per worker, embeds the valid rows of a batch."""
+
+    def __init__(self, backbone: dict[str, Any], workers_per_node: int = 1) -> None:
+        from sleepsound.models.backbones.pretrained import load_backbone
+
+        cfg = BackboneConfig.model_validate(backbone)
+        device = resolve_device(cfg.device)
+        if device == "cpu":
+            # Ray pins OMP_NUM_THREADS to the actor's logical CPUs (1); the model is the heavy
+            # part of the pipeline, so give it the node's cores shared among its actors.
+            import torch
+
+            torch.set_num_threads(cfg.cpu_threads or max(1, (os.cpu_count() or 1) // max(1, workers_per_node)))
+        self.backbone = load_backbone(cfg.name, layer=cfg.layer, pool_seconds=cfg.pool_seconds,
+                                      device=device, dtype=cfg.dtype, layers=cfg.layers, compile=cfg.compile)
+        # 'auto' is sized on the first batch, from its real segment length.
+        self.batch_size: int | None = None if cfg.batch_size == "auto" else int(cfg.batch_size)
+        self.stream_rows = cfg.stream_rows
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        audio = batch.pop("audio")
+        valid = np.asarray(batch["valid"], dtype=bool) & ~np.array([text_cell(e) is not None for e in batch["error"]])
+        out: np.ndarray | None = None
+        rows = np.flatnonzero(valid)
+        if self.batch_size is None and len(rows):
+            self.batch_size = self.backbone.auto_batch_size(audio.shape[1], cap=self.stream_rows)
+        for take in forward_batches(rows, self.batch_size or 1):
+            emb = self.backbone.embed(np.ascontiguousarray(audio[take], dtype=np.float32))
+            if out is None:
+                out = np.zeros((len(audio), *emb.shape[1:]), dtype=np.float16)
+            out[take] = emb
+        if out is None:  # nothing valid in this batch: shape from a 30-s epoch
+            out = np.zeros((len(audio), 1, 1), dtype=np.float16)
+        batch["embedding"] = out.reshape(len(audio), -1)
+        batch["n_frames"] = np.full(len(audio), out.shape[1], dtype=np.int32)
+        batch["dim"] = np.full(len(audio), out.shape[-1], dtype=np.int32)  # [B, T, D] or [B, T, L, D]
+        return batch
