@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 
 from sleepsound.registry import store as model_store
 from sleepsound.ingest.manifest import read_manifest
-from sleepsound.train.fit import labelled_manifest
+from sleepsound.ingest.manifest import labelled_manifest
 
 
 def serving_with_unseen(root: str, versions: dict[str, str] | None = None) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from prefect import task
 
 from sleepsound.core.config import Config
 from sleepsound.ingest.manifest import read_manifest
-from sleepsound.train.fit import predict_recordings
+from sleepsound.predict.recordings import predict_recordings
 from sleepsound.core.storage import full_uri, open_root
 
 

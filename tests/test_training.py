@@ -172,7 +172,9 @@ from sleepsound.embed.cache import channel_configs, embeddings_path, epochs_path
 from sleepsound.embed.cohort import embed_cohort  # noqa: E402
 from sleepsound.embed.epochs import read_epochs, shift_pairs  # noqa: E402
 from sleepsound.ingest.manifest import build_manifest  # noqa: E402
-from sleepsound.train.fit import _inputs, predict_recordings, train_models  # noqa: E402
+from sleepsound.predict.recordings import predict_recordings  # noqa: E402
+from sleepsound.train.dataset import model_inputs  # noqa: E402
+from sleepsound.train.fit import train_models  # noqa: E402
 from sleepsound.embed.preprocess import StreamingFilter, iter_epochs, normalise  # noqa: E402
 from sleepsound.synth.writers import generate_cohort  # noqa: E402
 
@@ -297,7 +299,7 @@ def test_90s_context_trains_with_shifted_windows_and_predicts(nights, embedded_r
     cfg = _config(tiny_whisper, context_epochs=3)
     manifest = pd.DataFrame(nights)
     data = load_embedded(embedded_root, cfg, manifest.iloc[:1], shifted=True)
-    x, mask = _inputs(data, 3)
+    x, mask = model_inputs(data, 3)
     t = data.features.shape[1]
     rows = data.epochs.reset_index(drop=True)
     where = {(bool(s), int(i)): n for n, (s, i) in enumerate(zip(data.is_shifted, rows["epoch_index"], strict=True))}

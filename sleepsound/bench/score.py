@@ -200,7 +200,7 @@ def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
     from sleepsound.core.config import Config
     from sleepsound.embed.cohort import embed_cohort
     from sleepsound.ingest.manifest import build_manifest, read_manifest, write_manifest
-    from sleepsound.train.fit import predict_recordings
+    from sleepsound.predict.recordings import predict_recordings
     from tasks.champions import serving_with_unseen
 
     cfg = Config.model_validate(_config(spec, 1))

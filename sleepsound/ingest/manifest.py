@@ -138,3 +138,7 @@ def quarantine(rows: list[dict[str, Any]], failed: dict[str, str]) -> list[dict[
             earlier = [Finding(**f) for f in row.get("findings") or []]
             apply_findings(row, [finding, *earlier])
     return rows
+
+
+def labelled_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
+    return manifest[(manifest["status"] == "accepted") & (manifest["label_source"] != "none")]

@@ -31,7 +31,7 @@ from sleepsound.train.cross_validation import score_split
 from sleepsound.embed.cohort import embed_cohort
 from sleepsound.ingest.manifest import build_manifest, write_manifest
 from sleepsound.report.metrics import PAPER_TABLE_II, TABLE_COLUMNS
-from sleepsound.train.fit import labelled_manifest
+from sleepsound.ingest.manifest import labelled_manifest
 from sleepsound.core.storage import join, open_root, write_json
 from sleepsound.train.loop import split_by_subject
 

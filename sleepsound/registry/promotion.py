@@ -21,7 +21,7 @@ from sleepsound.embed.cohort import embed_cohort
 from sleepsound.models.heads.artifacts import load_head
 from sleepsound.labels.targets import TASKS
 from sleepsound.report.metrics import evaluate
-from sleepsound.train.fit import _inputs
+from sleepsound.train.dataset import model_inputs
 from sleepsound.core.storage import join, open_root, read_json
 from sleepsound.train.loop import predict_proba
 
@@ -44,7 +44,7 @@ def evaluate_on_subjects(root: str, task: str, model_dir: str, manifest_rows: li
         raise RuntimeError(f"evaluation nights failed to embed: {stats.failed}")
     head = load_head(fs, model_dir)
     data = load_embedded(root, cfg, pd.DataFrame(rows))
-    x, mask = _inputs(data, int(head.meta["context_epochs"]))
+    x, mask = model_inputs(data, int(head.meta["context_epochs"]))
     truth = data.epochs.get(label_task.column, pd.Series([None] * len(data.epochs)))
     keep = truth.isin(label_task.classes).to_numpy()
     probs = predict_proba(head, x[keep], mask=None if mask is None else mask[keep])

@@ -136,7 +136,7 @@ def promote_if_better(root: str, task: str, challenger: str, challenger_score: f
 
 def serving_models(root: str, versions: dict[str, str] | None = None) -> dict[str, Any]:
     """Each task's champion (or the version named in ``versions``) as the model dict that
-    ``modelling.predict_recordings`` and ``results.write_run_outputs`` take, without its test subjects.
+    ``predict.recordings.predict_recordings`` and ``report.outputs.write_run_outputs`` take, without its test subjects.
 
     The stage3 model is required; other tasks join when they have a champion or a named version.
     """

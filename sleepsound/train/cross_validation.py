@@ -18,7 +18,9 @@ from sleepsound.core.config import Config
 from sleepsound.train.dataset import load_embedded
 from sleepsound.labels.targets import PRIMARY, TASKS
 from sleepsound.report.metrics import evaluate, majority_class
-from sleepsound.train.fit import NotTrainable, _inputs, fit_task, labelled_manifest
+from sleepsound.ingest.manifest import labelled_manifest
+from sleepsound.train.dataset import model_inputs
+from sleepsound.train.fit import NotTrainable, fit_task
 from sleepsound.train.loop import predict_proba
 
 
@@ -38,8 +40,8 @@ def score_split(root: str, cfg: Config, labelled: pd.DataFrame, test_subjects: l
     subject = labelled["subject_id"].astype(str)
     train_data = load_embedded(root, cfg, labelled[~subject.isin(test_subjects)], shifted=cfg.training.shift_augment)
     test_data = load_embedded(root, cfg, labelled[subject.isin(test_subjects)])
-    x, mask = _inputs(train_data, cfg.training.context_epochs)
-    tx, tmask = _inputs(test_data, cfg.training.context_epochs)
+    x, mask = model_inputs(train_data, cfg.training.context_epochs)
+    tx, tmask = model_inputs(test_data, cfg.training.context_epochs)
     out: dict[str, dict[str, Any]] = {}
     for name in tasks:
         task = TASKS[name]

@@ -10,6 +10,7 @@ import pyarrow as pa
 from sleepsound.core.config import Config
 from sleepsound.embed.cache import channel_configs, embeddings_path, epochs_path, shifted_path, wanted_shift_classes
 from sleepsound.labels.events import resp_labels
+from sleepsound.models.heads.attention import build_context
 from sleepsound.core.storage import open_root, read_table
 
 
@@ -116,3 +117,27 @@ def _join_channels(parts: list[EmbeddedEpochs]) -> EmbeddedEpochs:
     rows = [key.get_indexer(common) for key in keys]
     features = np.concatenate([p.features[r] for p, r in zip(parts, rows, strict=True)], axis=-1)
     return EmbeddedEpochs(features, parts[0].epochs.iloc[rows[0]].reset_index(drop=True))
+
+
+def model_inputs(data: EmbeddedEpochs, context: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Model inputs (and frame mask) for the 30-s or 90-s configuration.
+
+    With 90-s context, epochs take their neighbouring epochs and a shifted window takes
+    the neighbouring shifted windows (those of pairs i - 1 and i + 1): together the same
+    90 s moved by 15 s. A neighbour that is not there (the night's edges, an invalid epoch,
+    a stage change or a stage without shifted windows) is zeros with its frames masked.
+    """
+    if context == 1:
+        return data.features, None
+    shifted = data.is_shifted
+    if not shifted.any():
+        return build_context(data.features, data.epochs["recording_id"].to_numpy(),
+                             data.epochs["epoch_index"].to_numpy(), context)
+    n, t = data.features.shape[:2]
+    x = np.zeros((n, context * t, *data.features.shape[2:]), dtype=data.features.dtype)
+    mask = np.zeros((n, context * t), dtype=bool)
+    for part in (~shifted, shifted):
+        rows = data.epochs[part]
+        x[part], mask[part] = build_context(data.features[part], rows["recording_id"].to_numpy(),
+                                            rows["epoch_index"].to_numpy(), context)
+    return x, mask

@@ -1,4 +1,4 @@
-"""Train one head per task on training subjects and predict every accepted recording.
+"""Train one head per target on the training subjects and register each under the storage root.
 
 Training reads only cached embeddings, so retraining takes minutes. One subject split
 (never by epoch) serves every task (sleepsound.labels.targets: 3-class and 5-class staging,
@@ -18,51 +18,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from sleepsound import __version__
-from sleepsound.core import schemas
 from sleepsound.core.config import Config
-from sleepsound.train.dataset import EmbeddedEpochs, load_embedded
+from sleepsound.ingest.manifest import labelled_manifest
+from sleepsound.train.dataset import EmbeddedEpochs, load_embedded, model_inputs
 from sleepsound.embed.cache import backbone_key, channel_configs
 from sleepsound.registry.evaluation_set import evaluation_subjects
-from sleepsound.models.heads.attention import build_context
-from sleepsound.models.heads.artifacts import load_head, save_head
+from sleepsound.models.heads.artifacts import save_head
 from sleepsound.models.heads.layers import layer_weights
 from sleepsound.labels.targets import PRIMARY, TASKS, LabelTask
-from sleepsound.core.storage import join, open_root, write_json, write_table
-from sleepsound.train.loop import TrainConfig, TrainResult, predict_with_weights, split_by_subject, train_head
+from sleepsound.core.storage import join, open_root, write_json
+from sleepsound.train.loop import TrainConfig, TrainResult, split_by_subject, train_head
 
 # Fewer training subjects than this: no validation subjects (each one is too dear to lose).
 MIN_SUBJECTS_FOR_VALIDATION = 5
-
-
-def _inputs(data: EmbeddedEpochs, context: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Model inputs (and frame mask) for the 30-s or 90-s configuration.
-
-    With 90-s context, epochs take their neighbouring epochs and a shifted window takes
-    the neighbouring shifted windows (those of pairs i - 1 and i + 1): together the same
-    90 s moved by 15 s. A neighbour that is not there (the night's edges, an invalid epoch,
-    a stage change or a stage without shifted windows) is zeros with its frames masked.
-    """
-    if context == 1:
-        return data.features, None
-    shifted = data.is_shifted
-    if not shifted.any():
-        return build_context(data.features, data.epochs["recording_id"].to_numpy(),
-                             data.epochs["epoch_index"].to_numpy(), context)
-    n, t = data.features.shape[:2]
-    x = np.zeros((n, context * t, *data.features.shape[2:]), dtype=data.features.dtype)
-    mask = np.zeros((n, context * t), dtype=bool)
-    for part in (~shifted, shifted):
-        rows = data.epochs[part]
-        x[part], mask[part] = build_context(data.features[part], rows["recording_id"].to_numpy(),
-                                            rows["epoch_index"].to_numpy(), context)
-    return x, mask
-
-
-def labelled_manifest(manifest: pd.DataFrame) -> pd.DataFrame:
-    return manifest[(manifest["status"] == "accepted") & (manifest["label_source"] != "none")]
 
 
 class NotTrainable(ValueError):
@@ -102,11 +72,11 @@ def train_models(root: str, cfg: Config, run_id: str, manifest: pd.DataFrame) ->
     leaked = set(data.epochs["subject_id"].astype(str)) - set(split["train_subjects"])
     if leaked:  # the split is by subject: nothing of a test subject, shifted windows included
         raise RuntimeError(f"training rows of non-training subjects {sorted(leaked)[:3]}")
-    x, mask = _inputs(data, cfg.training.context_epochs)
+    x, mask = model_inputs(data, cfg.training.context_epochs)
     val = None
     if split["val_subjects"]:
         val_data = load_embedded(root, cfg, labelled[labelled["subject_id"].astype(str).isin(split["val_subjects"])])
-        val = (val_data, *_inputs(val_data, cfg.training.context_epochs))
+        val = (val_data, *model_inputs(val_data, cfg.training.context_epochs))
     tasks = [PRIMARY, *(t for t in cfg.training.tasks if t != PRIMARY)]
     heads, skipped = {}, {}
     for name in tasks:
@@ -203,85 +173,3 @@ def fit_task(cfg: Config, task: LabelTask, data: EmbeddedEpochs, x: np.ndarray, 
     return result, y, keep
 
 
-def predict_recordings(root: str, cfg: Config, run_id: str, model: dict[str, Any],
-                       manifest: pd.DataFrame, recordings: list[str] | None = None) -> str:
-    """Per-epoch predictions of every trained head for every accepted recording (or only those
-    in ``recordings``), one Parquet file each."""
-    fs, root_path = open_root(root)
-    heads = {name: (TASKS[name], load_head(fs, info["model_dir"]), info)
-             for name, info in (model.get("heads") or {PRIMARY: model}).items()}
-    out_dir = join(root_path, "runs", run_id, "predictions")
-    accepted = manifest[manifest["status"] == "accepted"]
-    if recordings is not None:
-        accepted = accepted[accepted["recording_id"].astype(str).isin(set(recordings))]
-    for row in accepted.itertuples(index=False):
-        split = ("unlabelled" if row.label_source == "none"
-                 else "test" if str(row.subject_id) in model["test_subjects"]
-                 else "validation" if str(row.subject_id) in model.get("val_subjects", []) else "train")
-        data = load_embedded(root, cfg, accepted[accepted["recording_id"] == row.recording_id])
-        epochs = _all_epochs(root, cfg, row.recording_id)
-        table = _prediction_table(heads, data, epochs, cfg, split, model["version"])
-        # Hive partitioning: the folder name carries recording_id, so the file must not.
-        write_table(fs, join(out_dir, f"recording_id={row.recording_id}", "part-0.parquet"),
-                    table.drop_columns(["recording_id"]))
-    return out_dir
-
-
-def _all_epochs(root: str, cfg: Config, recording_id: str) -> list[dict[str, Any]]:
-    from sleepsound.embed.cache import epochs_path
-    from sleepsound.core.storage import read_table
-
-    fs, root_path = open_root(root)
-    # With two channels the epoch list is the first channel's; only windows valid in both have features.
-    return read_table(fs, epochs_path(root_path, channel_configs(cfg)[0], recording_id)).to_pylist()
-
-
-def _prediction_table(heads: dict[str, tuple[LabelTask, Any, dict[str, Any]]], data: EmbeddedEpochs,
-                      epochs: list[dict[str, Any]], cfg: Config, split: str, version: str) -> pa.Table:
-    """One row per epoch of the night: scored labels, each head's prediction, stage3's attention."""
-    outputs: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
-    if len(data.features):
-        x, mask = _inputs(data, cfg.training.context_epochs)
-        index = data.epochs["epoch_index"].astype(int).to_numpy()
-        for name, (_, head, _) in heads.items():
-            probs, weights = predict_with_weights(head, x, mask=mask)
-            outputs[name] = {int(i): (p, w) for i, p, w in zip(index, probs, weights, strict=True)}
-    labels = _scored_labels(epochs, cfg)
-    rows = []
-    for e, scored in zip(epochs, labels, strict=True):
-        i = int(e["epoch_index"])
-        row: dict[str, Any] = {
-            "recording_id": e["recording_id"], "subject_id": e["subject_id"], "epoch_index": i,
-            "start_s": e["start_s"], "split": split, "model_version": version, **scored}
-        for name, (task, _, _) in heads.items():
-            got = outputs.get(name, {}).get(i)
-            row[task.pred_column] = None if got is None else task.classes[int(np.argmax(got[0]))]
-            for cls, column in _PROB_COLUMNS.get(name, {}).items():
-                row[column] = None if got is None else float(got[0][task.classes.index(cls)])
-            if name == PRIMARY:
-                row["attention"] = None if got is None else got[1].astype(np.float32).tolist()
-        rows.append(row)
-    return pa.Table.from_pylist(rows, schema=schemas.PREDICTIONS)
-
-
-_PROB_COLUMNS = {"stage3": {"Wake": "prob_wake", "NREM": "prob_nrem", "REM": "prob_rem"},
-                 "resp": {"snore": "prob_snore", "apnea_hypopnea": "prob_apnea_hypopnea"}}
-
-
-def _scored_labels(epochs: list[dict[str, Any]], cfg: Config) -> list[dict[str, Any]]:
-    """The scored side of each epoch: stages, respiratory label (re-derived as in training), events."""
-    from sleepsound.labels.events import resp_labels
-    from sleepsound.labels.vocabulary import STAGES_5
-
-    frame = pd.DataFrame(epochs)
-    has_events = "apnea_frac" in frame and frame["apnea_frac"].notna().any()
-    resp = (resp_labels(frame["apnea_frac"], frame["hypopnea_frac"], frame["snore_frac"], frame["n_apnea"],
-                        frame["n_hypopnea"], cfg.preprocess.epoch_seconds, cfg.preprocess.resp_min_overlap_s)
-            if has_events else [None] * len(frame))
-    out = []
-    for e, r in zip(epochs, resp, strict=True):
-        events = None if e.get("n_apnea") is None else float(e["n_apnea"] or 0) + float(e.get("n_hypopnea") or 0)
-        out.append({"stage_true": e["stage3"], "stage5_true": e["stage5"] if e["stage5"] in STAGES_5 else None,
-                    "resp_true": r if isinstance(r, str) else None, "events_true": events,
-                    "snore_frac_true": e.get("snore_frac")})
-    return out

@@ -1,0 +1,1 @@
+"""Score accepted recordings with the serving heads: per-epoch predictions, partitioned by recording."""
