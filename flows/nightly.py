@@ -14,6 +14,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect_ray.context import remote_options
 
+from sleepsound.core.records import FlowSummary
+from sleepsound.core.storage import open_root
 from sleepsound.runs.root_lock import hold_root
 from sleepsound.runs.run_record import write_run_record
 
@@ -30,13 +32,14 @@ from tasks.train import train
 
 @flow(name="sleepsound-nightly", log_prints=True)
 def nightly(source: str, root: str, config: dict[str, Any], run_id: str, metric: str = "macro_f1",
-            margin: float = 0.01) -> dict[str, Any]:
+            margin: float = 0.01) -> FlowSummary:
     timer = StepTimer()
     logger = get_run_logger()
-    out: dict[str, Any] = {"run_id": run_id, "prefect_flow_run": flow_run_ref(), "seconds": timer.seconds,
+    out: FlowSummary = {"run_id": run_id, "prefect_flow_run": flow_run_ref(), "seconds": timer.seconds,
                            "trained": False, "promotions": {}, "report": None, "predictions": None,
                            "summaries": None, "metrics": None}
-    with hold_root(root, run_id, "nightly"), remote_options(num_cpus=COORDINATOR_CPUS):
+    store = open_root(root)   # opened once for the lock and the run record; tasks get the URI
+    with hold_root(store, run_id, "nightly"), remote_options(num_cpus=COORDINATOR_CPUS):
         ingested = timer.step("ingest", ingest.submit(source, root, config))
         embedded = timer.step("embed", embed.submit(root, config))
         new = timer.step("find-new", find_new.submit(root))
@@ -49,7 +52,7 @@ def nightly(source: str, root: str, config: dict[str, Any], run_id: str, metric:
         to_score = [*new["labelled"], *new["unlabelled"]]
         if not to_score:
             logger.info("nothing new under %s: nothing trained or scored", source)
-            out["run_record"] = write_run_record(root, "nightly", config, out)
+            out["run_record"] = write_run_record(store, "nightly", config, out)
             return out
         serving = timer.step("champions", champions.submit(root))
         predicted = timer.step("predict", predict.submit(root, config, run_id, serving, to_score))
@@ -58,13 +61,13 @@ def nightly(source: str, root: str, config: dict[str, Any], run_id: str, metric:
         timer.step("mark-done", mark_done.submit(root, run_id, to_score))
         out.update(flow_summary(run_id, timer.seconds, ingested, embedded, serving, predicted, reported,
                                 promotions=out["promotions"]))
-        out["run_record"] = write_run_record(root, "nightly", config, out)
+        out["run_record"] = write_run_record(store, "nightly", config, out)
     logger.info("nightly %s: %d new nights scored in %s", run_id, len(to_score), timer.seconds)
     return out
 
 
 def run_nightly_on_ray(source: str, root: str, config: dict[str, Any], ray_address: str | None = None,
-                       run_id: str | None = None, metric: str = "macro_f1", margin: float = 0.01) -> dict[str, Any]:
+                       run_id: str | None = None, metric: str = "macro_f1", margin: float = 0.01) -> FlowSummary:
     """Run the nightly flow with a Ray task runner: a local Ray unless an address is given."""
     run_id = run_id or datetime.now(timezone.utc).strftime("nightly-%Y%m%dT%H%M%SZ")
     return nightly.with_options(task_runner=ray_runner(config, ray_address))(source, root, config, run_id,

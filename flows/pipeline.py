@@ -17,6 +17,16 @@ from prefect.runtime import flow_run
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
+from sleepsound.core.records import (
+    Embedded,
+    FlowSummary,
+    Ingested,
+    Predicted,
+    PromotionDecision,
+    Reported,
+    TrainedModels,
+)
+from sleepsound.core.storage import open_root
 from sleepsound.runs.root_lock import hold_root
 from sleepsound.runs.run_record import write_run_record
 
@@ -43,7 +53,7 @@ class StepTimer:
         return result
 
 
-def promotion_lines(decisions: dict[str, dict[str, Any]]) -> dict[str, str]:
+def promotion_lines(decisions: dict[str, PromotionDecision]) -> dict[str, str]:
     """The report's run-table lines for each head's promotion decision."""
     return {f"promotion {name}": f"{'promoted' if d['promoted'] else 'not promoted'}: {d['reason']}"
             for name, d in decisions.items()}
@@ -54,11 +64,11 @@ def flow_run_ref() -> dict[str, str]:
     return {"id": str(flow_run.id), "name": flow_run.name}
 
 
-def flow_summary(run_id: str, seconds: dict[str, float], ingested: dict[str, Any], embedded: dict[str, Any],
-                 model: dict[str, Any], predicted: dict[str, Any], reported: dict[str, Any],
-                 promotions: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def flow_summary(run_id: str, seconds: dict[str, float], ingested: Ingested, embedded: Embedded,
+                 model: TrainedModels, predicted: Predicted, reported: Reported,
+                 promotions: dict[str, PromotionDecision] | None = None) -> FlowSummary:
     """The summary a scoring flow returns and records, built in one place so every flow's keys stay the same."""
-    summary: dict[str, Any] = {
+    summary: FlowSummary = {
         "run_id": run_id,
         "prefect_flow_run": flow_run_ref(),
         "seconds": seconds,
@@ -73,12 +83,13 @@ def flow_summary(run_id: str, seconds: dict[str, float], ingested: dict[str, Any
 
 
 @flow(name="sleepsound-pipeline", log_prints=True)
-def pipeline(source: str, root: str, config: dict[str, Any], run_id: str) -> dict[str, Any]:
+def pipeline(source: str, root: str, config: dict[str, Any], run_id: str) -> FlowSummary:
     """Score a source end to end; returns the small summary the CLI prints."""
     logger = get_run_logger()
     timer = StepTimer()
     seconds = timer.seconds
-    with hold_root(root, run_id, "run"), remote_options(num_cpus=COORDINATOR_CPUS):
+    store = open_root(root)   # opened once for the lock and the run record; tasks get the URI
+    with hold_root(store, run_id, "run"), remote_options(num_cpus=COORDINATOR_CPUS):
         ingested = timer.step("ingest", ingest.submit(source, root, config))
         embedded = timer.step("embed", embed.submit(root, config))
         model = timer.step("train", train.submit(root, config, run_id))
@@ -86,12 +97,12 @@ def pipeline(source: str, root: str, config: dict[str, Any], run_id: str) -> dic
         reported = timer.step("report", report.submit(root, config, run_id, model, predicted))
         logger.info("run %s finished in %s: report at %s", run_id, seconds, reported["report"])
         summary = flow_summary(run_id, seconds, ingested, embedded, model, predicted, reported)
-        summary["run_record"] = write_run_record(root, "run", config, summary)
+        summary["run_record"] = write_run_record(store, "run", config, summary)
     return summary
 
 
 def run_pipeline_on_ray(source: str, root: str, config: dict[str, Any], ray_address: str | None = None,
-                        run_id: str | None = None) -> dict[str, Any]:
+                        run_id: str | None = None) -> FlowSummary:
     """Run the flow with a Ray task runner: a local Ray unless an address is given."""
     run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return pipeline.with_options(task_runner=ray_runner(config, ray_address))(source, root, config, run_id)

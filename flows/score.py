@@ -11,6 +11,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect_ray.context import remote_options
 
+from sleepsound.core.records import FlowSummary
+from sleepsound.core.storage import open_root
 from sleepsound.runs.root_lock import hold_root
 from sleepsound.runs.run_record import write_run_record
 
@@ -24,10 +26,11 @@ from tasks.report import report
 
 @flow(name="sleepsound-score", log_prints=True)
 def score(source: str, root: str, config: dict[str, Any], run_id: str,
-          versions: dict[str, str] | None = None) -> dict[str, Any]:
+          versions: dict[str, str] | None = None) -> FlowSummary:
     """Returns the same summary as the pipeline flow; ``model`` names the versions used."""
     timer = StepTimer()
-    with hold_root(root, run_id, "score"), remote_options(num_cpus=COORDINATOR_CPUS):
+    store = open_root(root)   # opened once for the lock and the run record; tasks get the URI
+    with hold_root(store, run_id, "score"), remote_options(num_cpus=COORDINATOR_CPUS):
         ingested = timer.step("ingest", ingest.submit(source, root, config))
         embedded = timer.step("embed", embed.submit(root, config, shifted=False))
         model = timer.step("champions", champions.submit(root, versions))
@@ -35,12 +38,12 @@ def score(source: str, root: str, config: dict[str, Any], run_id: str,
         reported = timer.step("report", report.submit(root, config, run_id, model, predicted))
         get_run_logger().info("scored %s in %s: report at %s", run_id, timer.seconds, reported["report"])
         summary = flow_summary(run_id, timer.seconds, ingested, embedded, model, predicted, reported)
-        summary["run_record"] = write_run_record(root, "score", config, summary)
+        summary["run_record"] = write_run_record(store, "score", config, summary)
     return summary
 
 
 def run_score_on_ray(source: str, root: str, config: dict[str, Any], ray_address: str | None = None,
-                     run_id: str | None = None, versions: dict[str, str] | None = None) -> dict[str, Any]:
+                     run_id: str | None = None, versions: dict[str, str] | None = None) -> FlowSummary:
     """Run the score flow with a Ray task runner: a local Ray unless an address is given."""
     from datetime import datetime, timezone
 

@@ -14,6 +14,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect_ray.context import remote_options
 
+from sleepsound.core.records import FlowSummary
+from sleepsound.core.storage import open_root
 from sleepsound.runs.root_lock import hold_root
 from sleepsound.runs.run_record import write_run_record
 
@@ -28,9 +30,10 @@ from tasks.train import train
 
 @flow(name="sleepsound-train", log_prints=True)
 def train_flow(source: str, root: str, config: dict[str, Any], run_id: str, metric: str = "macro_f1",
-               margin: float = 0.01) -> dict[str, Any]:
+               margin: float = 0.01) -> FlowSummary:
     timer = StepTimer()
-    with hold_root(root, run_id, "train"), remote_options(num_cpus=COORDINATOR_CPUS):
+    store = open_root(root)   # opened once for the lock and the run record; tasks get the URI
+    with hold_root(store, run_id, "train"), remote_options(num_cpus=COORDINATOR_CPUS):
         ingested = timer.step("ingest", ingest.submit(source, root, config))
         embedded = timer.step("embed", embed.submit(root, config))
         model = timer.step("train", train.submit(root, config, run_id))
@@ -41,12 +44,12 @@ def train_flow(source: str, root: str, config: dict[str, Any], run_id: str, metr
         get_run_logger().info("trained %s in %s: report at %s", run_id, timer.seconds, reported["report"])
         summary = flow_summary(run_id, timer.seconds, ingested, embedded, model, predicted, reported,
                                promotions=decisions)
-        summary["run_record"] = write_run_record(root, "train", config, summary)
+        summary["run_record"] = write_run_record(store, "train", config, summary)
     return summary
 
 
 def run_train_on_ray(source: str, root: str, config: dict[str, Any], ray_address: str | None = None,
-                     run_id: str | None = None, metric: str = "macro_f1", margin: float = 0.01) -> dict[str, Any]:
+                     run_id: str | None = None, metric: str = "macro_f1", margin: float = 0.01) -> FlowSummary:
     """Run the train flow with a Ray task runner: a local Ray unless an address is given."""
     run_id = run_id or datetime.now(timezone.utc).strftime("train-%Y%m%dT%H%M%SZ")
     return train_flow.with_options(task_runner=ray_runner(config, ray_address))(source, root, config, run_id,

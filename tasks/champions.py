@@ -6,6 +6,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from sleepsound.core.records import TrainedModels
 from sleepsound.registry import store as model_store
 from sleepsound.ingest.manifest import read_manifest
 from sleepsound.ingest.manifest import labelled_manifest
@@ -21,7 +22,7 @@ def serving_with_unseen(root: str, versions: dict[str, str] | None = None) -> di
 
 
 @task(name="champions")
-def champions(root: str, versions: dict[str, str] | None = None) -> dict[str, Any]:
+def champions(root: str, versions: dict[str, str] | None = None) -> TrainedModels:
     """The serving models; labelled subjects outside their training side are scored as test nights."""
     model = serving_with_unseen(root, versions)
     get_run_logger().info("scoring with %s", {name: head["version"] for name, head in model["heads"].items()})

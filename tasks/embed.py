@@ -6,6 +6,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from sleepsound.core.records import Embedded
 from sleepsound.core.config import Config
 from sleepsound.embed.cache import channel_configs, embeddings_dir
 from sleepsound.embed.cohort import embed_cohort
@@ -14,20 +15,20 @@ from sleepsound.core.storage import open_root
 
 
 @task(name="embed", retries=1, retry_delay_seconds=5)
-def embed(root: str, config: dict[str, Any], use_ray: bool = True, shifted: bool = True) -> dict[str, Any]:
+def embed(root: str, config: dict[str, Any], use_ray: bool = True, shifted: bool = True) -> Embedded:
     """A retry is cheap: recordings finished before a failure are cache hits. ``shifted=False``
     for flows that train nothing (score): the shifted training windows are not embedded."""
     cfg = Config.model_validate(config)
-    rows = read_manifest_rows(root)
+    store = open_root(root)
+    rows = read_manifest_rows(store)
     accepted = [r for r in rows if r["status"] == "accepted"]
-    stats = embed_cohort(accepted, root, cfg, use_ray=use_ray, shifted=shifted)
+    stats = embed_cohort(accepted, store, cfg, use_ray=use_ray, shifted=shifted)
     if stats.failed:
-        write_manifest(root, quarantine(rows, stats.failed))
+        write_manifest(store, quarantine(rows, stats.failed))
         for rec, reason in stats.failed.items():
             get_run_logger().warning("quarantined %s while streaming: %s", rec, reason)
     get_run_logger().info("embedded %d recordings (%d epochs, %d shifted windows), %d from cache, %d failed",
                           len(stats.embedded), stats.epochs, stats.shifted, len(stats.cached), len(stats.failed))
-    _, root_path = open_root(root)
     return {"embedded": len(stats.embedded), "cached": len(stats.cached), "failed": len(stats.failed),
             "epochs": stats.epochs, "shifted": stats.shifted,
-            "cache": [embeddings_dir(root_path, channel_cfg) for channel_cfg in channel_configs(cfg)]}
+            "cache": [embeddings_dir(store.path, channel_cfg) for channel_cfg in channel_configs(cfg)]}

@@ -6,19 +6,22 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from sleepsound.core.records import Ingested
 from sleepsound.core.config import Config
+from sleepsound.core.storage import open_root
 from sleepsound.ingest.manifest import build_manifest, previous_manifest_rows, write_manifest
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=[2, 10])
-def ingest(source: str, root: str, config: dict[str, Any]) -> dict[str, Any]:
+def ingest(source: str, root: str, config: dict[str, Any]) -> Ingested:
     """Returns counts only; the manifest itself stays in storage."""
     cfg = Config.model_validate(config)
-    previous = previous_manifest_rows(root)
+    store = open_root(root)
+    previous = previous_manifest_rows(store)
     rows = build_manifest(source, cfg.preprocess, cfg.validation, use_ray=True, previous=previous)
     kept = {id(row) for row in previous}
     reused = sum(id(row) in kept for row in rows)
-    path = write_manifest(root, rows)
+    path = write_manifest(store, rows)
     quarantined = [r for r in rows if r["status"] != "accepted"]
     logger = get_run_logger()
     for row in quarantined:

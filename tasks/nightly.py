@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 from prefect import get_run_logger, task
 
+from sleepsound.core.storage import open_root
 from sleepsound.ingest.manifest import read_manifest_rows
 from sleepsound.runs.nightly_state import mark_processed, new_recordings
 
 
 @task(name="find-new")
-def find_new(root: str) -> dict[str, Any]:
+def find_new(root: str) -> dict[str, list[str]]:
     """New accepted nights since the last successful nightly run, split by whether they are labelled."""
-    new = new_recordings(root, read_manifest_rows(root))
+    store = open_root(root)
+    new = new_recordings(store, read_manifest_rows(store))
     labelled = [str(r["recording_id"]) for r in new if r["label_source"] != "none"]
     unlabelled = [str(r["recording_id"]) for r in new if r["label_source"] == "none"]
     get_run_logger().info("%d new nights: %d labelled, %d unlabelled", len(new), len(labelled), len(unlabelled))
@@ -22,6 +23,7 @@ def find_new(root: str) -> dict[str, Any]:
 
 @task(name="mark-done")
 def mark_done(root: str, run_id: str, recordings: list[str]) -> int:
-    rows = [r for r in read_manifest_rows(root) if str(r["recording_id"]) in set(recordings)]
-    mark_processed(root, run_id, rows)
+    store = open_root(root)
+    rows = [r for r in read_manifest_rows(store) if str(r["recording_id"]) in set(recordings)]
+    mark_processed(store, run_id, rows)
     return len(rows)

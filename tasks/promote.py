@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 from prefect import get_run_logger, task
 
+from sleepsound.core.records import PromotionDecision, TrainedModels
 from sleepsound.ingest.manifest import read_manifest_rows
 from sleepsound.registry.promotion import decide_promotions
 
 
 @task(name="promote")
-def promote(root: str, model: dict[str, Any], metric: str = "macro_f1", margin: float = 0.01) -> dict[str, Any]:
+def promote(root: str, model: TrainedModels, metric: str = "macro_f1",
+            margin: float = 0.01) -> dict[str, PromotionDecision]:
     """Returns each task's decision with both scores (also logged in models/<task>/promotions.json)."""
     decisions = decide_promotions(root, model, read_manifest_rows(root), metric=metric, margin=margin)
     for name, decision in decisions.items():

@@ -6,13 +6,14 @@ from typing import Any
 
 from prefect import task
 
+from sleepsound.core.records import Predicted, Reported, TrainedModels
 from sleepsound.core.config import Config
 from sleepsound.report.outputs import write_run_outputs
 
 
 @task(name="report")
-def report(root: str, config: dict[str, Any], run_id: str, model: dict[str, Any],
-           predicted: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def report(root: str, config: dict[str, Any], run_id: str, model: TrainedModels,
+           predicted: Predicted, extra: dict[str, Any] | None = None) -> Reported:
     """``extra``: more lines for the report's run table (e.g. promotion decisions)."""
     cfg = Config.model_validate(config)
     meta = {"run_id": run_id, "backbone": cfg.backbone.name, "config_hash": cfg.fingerprint(),

@@ -6,13 +6,14 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
+from sleepsound.core.records import TrainedModels
 from sleepsound.core.config import Config
 from sleepsound.ingest.manifest import read_manifest
 from sleepsound.train.fit import train_models
 
 
 @task(name="train")
-def train(root: str, config: dict[str, Any], run_id: str) -> dict[str, Any]:
+def train(root: str, config: dict[str, Any], run_id: str) -> TrainedModels:
     """Returns where the model lives and the subject split, not the weights."""
     model = train_models(root, Config.model_validate(config), run_id, read_manifest(root))
     logger = get_run_logger()

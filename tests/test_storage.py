@@ -11,7 +11,9 @@ from sleepsound.core.storage import list_files, open_root, read_json, read_table
 def root(request, tmp_path, s3_endpoint):
     if request.param == "local":
         return str(tmp_path / "root")
-    s3fs.S3FileSystem(anon=False).mkdir("storage-test")
+    fs = s3fs.S3FileSystem(anon=False)
+    if not fs.exists("storage-test"):      # the bucket is shared by the s3 cases
+        fs.mkdir("storage-test")
     return f"s3://storage-test/{tmp_path.name}"
 
 
@@ -41,3 +43,23 @@ def test_local_writes_leave_no_temporary_files(tmp_path):
 def test_conform_refuses_missing_columns():
     with pytest.raises(ValueError, match="lacks columns"):
         schemas.conform(pa.table({"recording_id": ["a"]}), schemas.EPOCHS)
+
+
+def test_a_root_is_opened_once_and_handed_along(root):
+    store = open_root(root)
+    assert open_root(store) is store                    # an opened root is not parsed again
+    assert store.uri == root                            # messages name the root as the user gave it
+    fs, path = store                                    # and it unpacks as (filesystem, path)
+    assert (fs, path) == (store.fs, store.path)
+    assert store.join("state", "lock.json") == f"{store.path}/state/lock.json"
+    write_json(store.fs, store.join("m.json"), {"x": 1})
+    assert read_json(store.fs, store.join("m.json")) == {"x": 1}
+
+
+def test_the_manifest_row_record_matches_the_manifest_schema():
+    from typing import get_type_hints
+
+    from sleepsound.core.records import FindingRecord, ManifestRow
+
+    assert list(get_type_hints(ManifestRow)) == schemas.MANIFEST.names
+    assert list(get_type_hints(FindingRecord)) == [f.name for f in schemas.FINDING]

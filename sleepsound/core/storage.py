@@ -12,6 +12,8 @@ import io
 import json
 import posixpath
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -21,12 +23,38 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 
-def open_root(root: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Return the filesystem and the protocol-free path of a storage root."""
+@dataclass(frozen=True)
+class StorageRoot:
+    """A storage root opened once: the URI as the user gave it, its filesystem, its protocol-free path.
+
+    A stage opens the root once and hands this record along, instead of every function re-parsing
+    the URI. It unpacks as ``fs, path`` so ``fs, path = open_root(root)`` reads either form.
+    """
+
+    uri: str
+    fs: fsspec.AbstractFileSystem
+    path: str
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.fs, self.path))
+
+    def join(self, *parts: str) -> str:
+        """A path under the root (protocol-free, for ``fs``)."""
+        return join(self.path, *parts)
+
+
+# What library functions accept as a storage root: a URI (as tasks pass it) or an opened root.
+RootLike = str | StorageRoot
+
+
+def open_root(root: RootLike) -> StorageRoot:
+    """The root's filesystem and protocol-free path; an already opened root is returned as it is."""
+    if isinstance(root, StorageRoot):
+        return root
     fs, path = fsspec.core.url_to_fs(root)
     if isinstance(fs, LocalFileSystem):
         path = posixpath.normpath(path)  # messages name /data/x, not /work/../data/x
-    return fs, path.rstrip("/") or "/"
+    return StorageRoot(str(root), fs, path.rstrip("/") or "/")
 
 
 def join(*parts: str) -> str:

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from sleepsound.core.config import BackboneConfig, Config
-from sleepsound.core.storage import join, open_root
+from sleepsound.core.records import ManifestRow
+from sleepsound.core.storage import RootLike, join, open_root
 from sleepsound.labels.vocabulary import STAGES_3
 
 
@@ -83,7 +84,7 @@ def channel_configs(cfg: Config) -> list[Config]:
             for ch in channels]
 
 
-def wanted_shift_classes(cfg: Config, row: dict[str, Any]) -> tuple[str, ...]:
+def wanted_shift_classes(cfg: Config, row: ManifestRow) -> tuple[str, ...]:
     """Stages whose shifted windows this configuration uses for ``row`` (labelled nights only)."""
     if not cfg.training.shift_augment or row.get("label_source", "none") == "none":
         return ()
@@ -104,7 +105,7 @@ class EmbedPlan:
         return not self.epochs and not self.shift_classes
 
 
-def plan_recording(root: str, cfg: Config, row: dict[str, Any], shifted: bool = True) -> EmbedPlan:
+def plan_recording(root: RootLike, cfg: Config, row: ManifestRow, shifted: bool = True) -> EmbedPlan:
     """Compare the cache with what ``cfg`` (a single channel) needs for ``row``; ``shifted=False``
     when only scoring, which never reads the training-only shifted windows."""
     fs, root_path = open_root(root)
@@ -115,6 +116,6 @@ def plan_recording(root: str, cfg: Config, row: dict[str, Any], shifted: bool = 
     return EmbedPlan(epochs, missing)
 
 
-def is_cached(root: str, cfg: Config, row: dict[str, Any]) -> bool:
+def is_cached(root: RootLike, cfg: Config, row: ManifestRow) -> bool:
     """Whether every channel of ``row`` already holds all that ``cfg`` needs."""
     return all(plan_recording(root, c, row).empty for c in channel_configs(cfg))

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from sleepsound.core.records import ManifestRow
+from sleepsound.core.storage import RootLike
 from sleepsound.core.config import Config
 from sleepsound.core.prefetch import prefetch
 from sleepsound.embed.cache import channel_configs, plan_recording
@@ -25,7 +27,7 @@ from sleepsound.embed.ray_adapter import ray_pipeline
 from sleepsound.embed.rows import batches_to_rows, to_batch
 
 
-def embed_cohort(manifest_rows: list[dict[str, Any]], root: str, cfg: Config, use_ray: bool = True,
+def embed_cohort(manifest_rows: list[ManifestRow], root: RootLike, cfg: Config, use_ray: bool = True,
                  shifted: bool = True) -> EmbedStats:
     """Embed what the cache lacks for the accepted recordings; returns per-recording outcomes.
 

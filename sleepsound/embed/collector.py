@@ -16,7 +16,8 @@ import pyarrow as pa
 
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
-from sleepsound.core.storage import open_root, write_table
+from sleepsound.core.records import ManifestRow
+from sleepsound.core.storage import RootLike, open_root, write_table
 from sleepsound.embed.cache import EmbedPlan, embeddings_path, epochs_path, shifted_path
 from sleepsound.embed.epochs import EPOCH_COLUMNS
 from sleepsound.labels.events import RESP_COLUMNS
@@ -42,7 +43,7 @@ class EmbedStats:
 class WorkItem:
     """One channel of one recording to stream, and what to embed from it."""
 
-    row: dict[str, Any]
+    row: ManifestRow
     cfg: Config  # single channel
     plan: EmbedPlan
 
@@ -55,7 +56,7 @@ class RecordingCollector:
     """Gathers rows per (channel, recording) and writes them once the night's closing row says
     how many rows it sent and they have all arrived (Ray may reorder rows)."""
 
-    def __init__(self, root: str, items: list[WorkItem], stats: EmbedStats) -> None:
+    def __init__(self, root: RootLike, items: list[WorkItem], stats: EmbedStats) -> None:
         self.fs, self.root_path = open_root(root)
         self.items = {item.key: item for item in items}
         self.stats = stats

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from sleepsound.core.records import ManifestRow
 from sleepsound.labels.annotations import load_stages, read_rml
 from sleepsound.core.config import PreprocessConfig
 from sleepsound.labels.events import RESP_COLUMNS, Event, events_from_rml, read_events_csv, window_labels
@@ -51,14 +52,14 @@ class NightLabels:
         return [None if s in (None, UNSCORED) else to_three_class(s) for s in self.stages]
 
 
-def recording_source(row: dict[str, Any]) -> RecordingSource:
+def recording_source(row: ManifestRow) -> RecordingSource:
     """Rebuild the source description from a manifest row."""
     n = int(row["n_parts"])
     return RecordingSource(row["recording_id"], row["subject_id"], row["layout"], list(row["source_uris"]),
                            list(range(1, n + 1)), row.get("labels_uri"), row.get("events_uri"))
 
 
-def night_labels(row: dict[str, Any], n_epochs: int) -> NightLabels:
+def night_labels(row: ManifestRow, n_epochs: int) -> NightLabels:
     """Stages and events of a night; an RML is parsed once for both."""
     labels = NightLabels([None] * n_epochs, None)
     if row.get("labels_uri"):
@@ -82,7 +83,7 @@ def shift_pairs(stage3: Sequence[str | None], classes: Collection[str]) -> set[i
             if stage3[i] is not None and stage3[i] == stage3[i + 1] and stage3[i] in classes}
 
 
-def _blank(row: dict[str, Any], cfg: PreprocessConfig) -> dict[str, Any]:
+def _blank(row: ManifestRow, cfg: PreprocessConfig) -> dict[str, Any]:
     """A row with no audio behind it (closing and error rows)."""
     return {"recording_id": row["recording_id"], "subject_id": row["subject_id"], "epoch_index": -1,
             "start_s": 0.0, "stage5": None, "stage3": None, "valid": False, "invalid_reason": None,
@@ -91,12 +92,12 @@ def _blank(row: dict[str, Any], cfg: PreprocessConfig) -> dict[str, Any]:
             "audio": np.zeros(int(cfg.epoch_seconds * cfg.target_rate), dtype=np.float32), "error": None}
 
 
-def end_row(row: dict[str, Any], cfg: PreprocessConfig, n_rows: int) -> dict[str, Any]:
+def end_row(row: ManifestRow, cfg: PreprocessConfig, n_rows: int) -> dict[str, Any]:
     """The night's closing row: ``n_rows`` counts every row of the night, this one included."""
     return {**_blank(row, cfg), "n_rows": int(n_rows)}
 
 
-def read_epochs(row: dict[str, Any], cfg: PreprocessConfig, shift_classes: Collection[str] = (),
+def read_epochs(row: ManifestRow, cfg: PreprocessConfig, shift_classes: Collection[str] = (),
                 epochs: bool = True) -> Iterator[dict[str, Any]]:
     """Stream one night into epoch rows (and shifted rows); a failure mid-night becomes one ``error`` row.
 
@@ -116,13 +117,13 @@ def read_epochs(row: dict[str, Any], cfg: PreprocessConfig, shift_classes: Colle
         yield {**_blank(row, cfg), "error": f"{type(exc).__name__}: {exc}"}
 
 
-def _source_of(row: dict[str, Any], path: str) -> str:
+def _source_of(row: ManifestRow, path: str) -> str:
     """The source URI a local copy at ``path`` was made from (copies keep their file names)."""
     uris = [*row.get("source_uris", []), row.get("labels_uri"), row.get("events_uri")]
     return next((uri for uri in uris if uri and posixpath.basename(uri) == os.path.basename(path)), path)
 
 
-def _read_epochs(row: dict[str, Any], cfg: PreprocessConfig, shift_classes: Collection[str],
+def _read_epochs(row: ManifestRow, cfg: PreprocessConfig, shift_classes: Collection[str],
                  epochs: bool) -> Iterator[dict[str, Any]]:
     src = recording_source(row)
     n_epochs = int(row["n_epochs"])
@@ -169,7 +170,7 @@ def _read_epochs(row: dict[str, Any], cfg: PreprocessConfig, shift_classes: Coll
         raise OSError(f"{src.audio_uris[-1]}: audio ended after {emitted} of {n_epochs} epochs")
 
 
-def night_rows(row: dict[str, Any], cfg: PreprocessConfig, plan: EmbedPlan) -> Iterator[dict[str, Any]]:
+def night_rows(row: ManifestRow, cfg: PreprocessConfig, plan: EmbedPlan) -> Iterator[dict[str, Any]]:
     """A night's rows for the embedding stage, tagged with the channel, closed by ``end_row``."""
     sent = 0
     for out in read_epochs(row, cfg, plan.shift_classes, plan.epochs):

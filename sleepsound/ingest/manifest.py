@@ -15,14 +15,15 @@ from sleepsound.core import schemas
 from sleepsound.core.config import PreprocessConfig, ValidationConfig
 from sleepsound.core.findings import Finding
 from sleepsound.ingest.discovery import RecordingSource, discover
-from sleepsound.core.storage import join, open_root, read_table, write_table
+from sleepsound.core.records import ManifestRow
+from sleepsound.core.storage import RootLike, join, open_root, read_table, write_table
 from sleepsound.ingest.validate import apply_findings, manifest_row, validate_recording
 
 MANIFEST_FILE = "manifest/manifest.parquet"
 
 
 def build_manifest(source: str, cfg: PreprocessConfig, checks: ValidationConfig | None = None, deep: bool = False,
-                   use_ray: bool = False, previous: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+                   use_ray: bool = False, previous: list[ManifestRow] | None = None) -> list[ManifestRow]:
     """Discover and validate every recording under ``source`` (one Ray task each when asked).
 
     With ``previous`` (the root's last manifest), an accepted night whose files (sizes and
@@ -47,14 +48,14 @@ def build_manifest(source: str, cfg: PreprocessConfig, checks: ValidationConfig 
 
 
 def _validate(found: list[RecordingSource], cfg: PreprocessConfig, checks: ValidationConfig | None, deep: bool,
-              use_ray: bool) -> list[dict[str, Any]]:
+              use_ray: bool) -> list[ManifestRow]:
     if not use_ray or not found:
         return [validate_recording(src, cfg, checks, deep) for src in found]
     import ray
 
     remote = ray.remote(num_cpus=1, max_retries=2)(validate_recording)
     refs = [remote.remote(src, cfg, checks, deep) for src in found]
-    rows: list[dict[str, Any]] = []
+    rows: list[ManifestRow] = []
     for src, ref in zip(found, refs, strict=True):
         try:
             rows.append(ray.get(ref))
@@ -96,13 +97,13 @@ def source_stamps(source: str, found: list[RecordingSource], settings: str) -> d
     return out
 
 
-def failed_row(src: RecordingSource, code: str, message: str) -> dict[str, Any]:
+def failed_row(src: RecordingSource, code: str, message: str) -> ManifestRow:
     """A quarantined manifest row for a night that could not even be validated."""
     path = src.audio_uris[0] if src.audio_uris else src.recording_id
     return apply_findings(manifest_row(src), [Finding("recording", code, "error", path, message)])
 
 
-def write_manifest(root: str, rows: list[dict[str, Any]]) -> str:
+def write_manifest(root: RootLike, rows: list[ManifestRow]) -> str:
     """Write the manifest (replacing the previous one: it describes the source as seen now)."""
     fs, root_path = open_root(root)
     path = join(root_path, MANIFEST_FILE)
@@ -111,18 +112,18 @@ def write_manifest(root: str, rows: list[dict[str, Any]]) -> str:
     return path
 
 
-def read_manifest(root: str) -> pd.DataFrame:
+def read_manifest(root: RootLike) -> pd.DataFrame:
     fs, root_path = open_root(root)
     return read_table(fs, join(root_path, MANIFEST_FILE)).to_pandas()
 
 
-def read_manifest_rows(root: str) -> list[dict[str, Any]]:
+def read_manifest_rows(root: RootLike) -> list[ManifestRow]:
     """Manifest rows as plain Python values (None stays None, lists stay lists)."""
     fs, root_path = open_root(root)
     return read_table(fs, join(root_path, MANIFEST_FILE)).to_pylist()
 
 
-def previous_manifest_rows(root: str) -> list[dict[str, Any]]:
+def previous_manifest_rows(root: RootLike) -> list[ManifestRow]:
     """The root's last manifest, or nothing on a new root (or one written before ``source_stamp``)."""
     try:
         return read_manifest_rows(root)
@@ -130,7 +131,7 @@ def previous_manifest_rows(root: str) -> list[dict[str, Any]]:
         return []
 
 
-def quarantine(rows: list[dict[str, Any]], failed: dict[str, str]) -> list[dict[str, Any]]:
+def quarantine(rows: list[ManifestRow], failed: dict[str, str]) -> list[ManifestRow]:
     """Mark recordings that failed after validation (for example while streaming)."""
     for row in rows:
         if row["recording_id"] in failed and row["status"] == "accepted":

@@ -17,8 +17,8 @@ import os
 import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any
 
+from sleepsound.core.records import ManifestRow
 from sleepsound.ingest.label_checks import Tolerances, check_events, check_rml, check_stage_table
 from sleepsound.labels.annotations import read_rml, read_stage_table
 from sleepsound.core.config import PreprocessConfig, ValidationConfig
@@ -134,7 +134,7 @@ def check_continuity(parts: Sequence[PartInfo], numbers: Sequence[int], toleranc
         elapsed += part.duration_s
 
 
-def _label_findings(src: RecordingSource, row: dict[str, Any], parts: list[PartInfo], tol: Tolerances) -> list[Finding]:
+def _label_findings(src: RecordingSource, row: ManifestRow, parts: list[PartInfo], tol: Tolerances) -> list[Finding]:
     """Stage labels (RML or stage CSV) and a plain night's events CSV, checked against the audio."""
     findings: list[Finding] = []
     if src.labels_uri is None:
@@ -233,7 +233,7 @@ def _part_locator(src: RecordingSource, parts: list[PartInfo]) -> Callable[[floa
     return path_at
 
 
-def manifest_row(src: RecordingSource) -> dict[str, Any]:
+def manifest_row(src: RecordingSource) -> ManifestRow:
     """A manifest row for ``src`` before anything is known of its contents."""
     return {
         "recording_id": src.recording_id, "subject_id": src.subject_id, "layout": src.layout,
@@ -245,7 +245,7 @@ def manifest_row(src: RecordingSource) -> dict[str, Any]:
     }
 
 
-def apply_findings(row: dict[str, Any], findings: Sequence[Finding]) -> dict[str, Any]:
+def apply_findings(row: ManifestRow, findings: Sequence[Finding]) -> ManifestRow:
     """Record ``findings`` in ``row``; the first error quarantines it and is its reason."""
     errors = [f for f in findings if f.severity == "error"]
     if errors:
@@ -255,7 +255,7 @@ def apply_findings(row: dict[str, Any], findings: Sequence[Finding]) -> dict[str
 
 
 def validate_recording(src: RecordingSource, cfg: PreprocessConfig, checks: ValidationConfig | None = None,
-                       deep: bool = False) -> dict[str, Any]:
+                       deep: bool = False) -> ManifestRow:
     """One manifest row for ``src`` (see ``schemas.MANIFEST``); never raises for bad data."""
     checks = checks or ValidationConfig()
     tol = Tolerances(start_s=checks.start_tolerance_s, part_s=checks.part_tolerance_s)

@@ -16,7 +16,8 @@ import pyarrow as pa
 
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
-from sleepsound.core.storage import join, open_root, write_table
+from sleepsound.core.records import TrainedModels
+from sleepsound.core.storage import RootLike, join, open_root, write_table
 from sleepsound.embed.cache import channel_configs
 from sleepsound.labels.targets import PRIMARY, TASKS, LabelTask
 from sleepsound.models.heads.artifacts import load_head
@@ -24,7 +25,7 @@ from sleepsound.train.dataset import EmbeddedEpochs, load_embedded, model_inputs
 from sleepsound.train.loop import predict_with_weights
 
 
-def predict_recordings(root: str, cfg: Config, run_id: str, model: dict[str, Any],
+def predict_recordings(root: RootLike, cfg: Config, run_id: str, model: TrainedModels,
                        manifest: pd.DataFrame, recordings: list[str] | None = None) -> str:
     """Per-epoch predictions of every trained head for every accepted recording (or only those
     in ``recordings``), one Parquet file each."""
@@ -48,7 +49,7 @@ def predict_recordings(root: str, cfg: Config, run_id: str, model: dict[str, Any
     return out_dir
 
 
-def _all_epochs(root: str, cfg: Config, recording_id: str) -> list[dict[str, Any]]:
+def _all_epochs(root: RootLike, cfg: Config, recording_id: str) -> list[dict[str, Any]]:
     from sleepsound.embed.cache import epochs_path
     from sleepsound.core.storage import read_table
 

@@ -32,7 +32,7 @@ from sleepsound.embed.cohort import embed_cohort
 from sleepsound.ingest.manifest import build_manifest, write_manifest
 from sleepsound.report.metrics import PAPER_TABLE_II, TABLE_COLUMNS
 from sleepsound.ingest.manifest import labelled_manifest
-from sleepsound.core.storage import join, open_root, write_json
+from sleepsound.core.storage import RootLike, join, open_root, write_json
 from sleepsound.train.loop import split_by_subject
 
 HUBERT_BASE = "facebook/hubert-base-ls960"
@@ -59,7 +59,7 @@ def model_configs(base: Config, backbone: str, mel_pool_seconds: float = 0.1) ->
     }
 
 
-def reproduce_embc2025(source: str, root: str, base: Config | None = None, backbone: str = HUBERT_BASE,
+def reproduce_embc2025(source: str, root: RootLike, base: Config | None = None, backbone: str = HUBERT_BASE,
                        use_ray: bool = True, models: list[str] | None = None,
                        mel_pool_seconds: float = 0.1) -> dict[str, Any]:
     """Validate, embed, train and score the three models; returns (and writes) Table II with the paper's."""

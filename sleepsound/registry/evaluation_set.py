@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 import pandas as pd
 
 from sleepsound.core.config import Config
-from sleepsound.core.storage import join, open_root, read_json, write_json
+from sleepsound.core.storage import RootLike, join, open_root, read_json, write_json
 from sleepsound.train.loop import split_by_subject
 
 EVALUATION_SET = "evaluation_set.json"
@@ -25,7 +25,7 @@ def evaluation_set_path(root_path: str) -> str:
     return join(root_path, "models", EVALUATION_SET)
 
 
-def evaluation_subjects(root: str, cfg: Config, labelled: pd.DataFrame) -> list[str]:
+def evaluation_subjects(root: RootLike, cfg: Config, labelled: pd.DataFrame) -> list[str]:
     """The root's evaluation subjects present among ``labelled``; drawn and recorded on first use."""
     fs, root_path = open_root(root)
     path = evaluation_set_path(root_path)

@@ -22,11 +22,12 @@ from sleepsound.models.heads.artifacts import load_head
 from sleepsound.labels.targets import TASKS
 from sleepsound.report.metrics import evaluate
 from sleepsound.train.dataset import model_inputs
-from sleepsound.core.storage import join, open_root, read_json
+from sleepsound.core.records import ManifestRow, PromotionDecision, TrainedModels
+from sleepsound.core.storage import RootLike, join, open_root, read_json
 from sleepsound.train.loop import predict_proba
 
 
-def evaluate_on_subjects(root: str, task: str, model_dir: str, manifest_rows: list[dict[str, Any]],
+def evaluate_on_subjects(root: RootLike, task: str, model_dir: str, manifest_rows: list[ManifestRow],
                          subjects: list[str]) -> dict[str, Any]:
     """``metrics.evaluate`` of one stored head on the scored epochs of ``subjects``' labelled nights."""
     fs, _ = open_root(root)
@@ -53,8 +54,8 @@ def evaluate_on_subjects(root: str, task: str, model_dir: str, manifest_rows: li
                     label_task.classes, label_task.classes[int(np.argmax(counts))])
 
 
-def decide_promotions(root: str, model: dict[str, Any], manifest_rows: list[dict[str, Any]],
-                      metric: str = "macro_f1", margin: float = 0.01) -> dict[str, dict[str, Any]]:
+def decide_promotions(root: RootLike, model: TrainedModels, manifest_rows: list[ManifestRow],
+                      metric: str = "macro_f1", margin: float = 0.01) -> dict[str, PromotionDecision]:
     """For each head just trained: its score, the champion's on the same subjects, the decision."""
     _, root_path = open_root(root)
     subjects = model["test_subjects"]

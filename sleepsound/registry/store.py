@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sleepsound.models.heads.artifacts import CONFIG_NAME
-from sleepsound.core.storage import join, open_root, read_json, write_json
+from sleepsound.core.records import HeadInfo, PromotionDecision, TrainedModels
+from sleepsound.core.storage import RootLike, join, open_root, read_json, write_json
 
 CHAMPION = "champion.json"
 LINEAGE = "lineage.json"
@@ -30,7 +31,7 @@ def model_dir(root_path: str, task: str, version: str) -> str:
     return join(root_path, "models", task, version)
 
 
-def tasks(root: str) -> list[str]:
+def tasks(root: RootLike) -> list[str]:
     """Tasks with at least one stored model."""
     fs, root_path = open_root(root)
     base = join(root_path, "models")
@@ -39,7 +40,7 @@ def tasks(root: str) -> list[str]:
     return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False) if fs.isdir(p))
 
 
-def versions(root: str, task: str) -> list[dict[str, Any]]:
+def versions(root: RootLike, task: str) -> list[dict[str, Any]]:
     """Every complete version of ``task``, oldest first, with its headline facts."""
     fs, root_path = open_root(root)
     base = join(root_path, "models", task)
@@ -65,7 +66,7 @@ def versions(root: str, task: str) -> list[dict[str, Any]]:
     return sorted(out, key=lambda v: (v["created"] or "", v["version"]))
 
 
-def show(root: str, task: str, version: str | None = None) -> dict[str, Any]:
+def show(root: RootLike, task: str, version: str | None = None) -> dict[str, Any]:
     """Everything stored about one version (default: the champion): config, lineage, metrics."""
     fs, root_path = open_root(root)
     version = version or champion_version(root, task)
@@ -79,13 +80,13 @@ def show(root: str, task: str, version: str | None = None) -> dict[str, Any]:
             "metrics": _json_or_empty(fs, join(path, METRICS))}
 
 
-def champion_version(root: str, task: str) -> str | None:
+def champion_version(root: RootLike, task: str) -> str | None:
     fs, root_path = open_root(root)
     pointer = join(root_path, "models", task, CHAMPION)
     return read_json(fs, pointer)["version"] if fs.exists(pointer) else None
 
 
-def set_champion(root: str, task: str, version: str, reason: str) -> dict[str, Any]:
+def set_champion(root: RootLike, task: str, version: str, reason: str) -> dict[str, Any]:
     """Point ``task``'s champion at ``version`` (which must exist), recording why and what it replaced."""
     fs, root_path = open_root(root)
     if not fs.exists(join(model_dir(root_path, task, version), CONFIG_NAME)):
@@ -96,8 +97,8 @@ def set_champion(root: str, task: str, version: str, reason: str) -> dict[str, A
     return record
 
 
-def promote_if_better(root: str, task: str, challenger: str, challenger_score: float,
-                      champion_score: float | None, *, metric: str = "macro_f1", margin: float = 0.01) -> dict[str, Any]:
+def promote_if_better(root: RootLike, task: str, challenger: str, challenger_score: float,
+                      champion_score: float | None, *, metric: str = "macro_f1", margin: float = 0.01) -> PromotionDecision:
     """Champion/challenger: make ``challenger`` the champion only if it beats the champion's score
     on the same evaluation set by at least ``margin`` (higher is better); a first model always wins.
 
@@ -134,7 +135,7 @@ def promote_if_better(root: str, task: str, challenger: str, challenger_score: f
     return decision
 
 
-def serving_models(root: str, versions: dict[str, str] | None = None) -> dict[str, Any]:
+def serving_models(root: RootLike, versions: dict[str, str] | None = None) -> TrainedModels:
     """Each task's champion (or the version named in ``versions``) as the model dict that
     ``predict.recordings.predict_recordings`` and ``report.outputs.write_run_outputs`` take, without its test subjects.
 
@@ -144,7 +145,7 @@ def serving_models(root: str, versions: dict[str, str] | None = None) -> dict[st
     unknown = sorted(set(versions) - set(tasks(root)))
     if unknown:
         raise ModelNotFound(f"no models of task(s) {unknown} under {root}")
-    heads: dict[str, dict[str, Any]] = {}
+    heads: dict[str, HeadInfo] = {}
     for task in tasks(root):
         version = versions.get(task) or champion_version(root, task)
         if version is None:
@@ -163,7 +164,7 @@ def serving_models(root: str, versions: dict[str, str] | None = None) -> dict[st
             "heads": heads, "skipped": {}}
 
 
-def write_metrics(root: str, task: str, version: str, metrics: dict[str, Any]) -> None:
+def write_metrics(root: RootLike, task: str, version: str, metrics: dict[str, Any]) -> None:
     fs, root_path = open_root(root)
     write_json(fs, join(model_dir(root_path, task, version), METRICS), metrics)
 

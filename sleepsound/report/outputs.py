@@ -23,13 +23,14 @@ from sleepsound.ingest.manifest import read_manifest, read_manifest_rows
 from sleepsound.report.metrics import ahi_agreement, bootstrap_ci, cohen_kappa, confusion_counts, evaluate
 from sleepsound.report.render import (ahi_scatter_figure, bland_altman_figure, event_timeline_figure, hypnogram_figure,
                                render_report)
-from sleepsound.core.storage import full_uri, join, open_root, write_bytes_atomic, write_json, write_table
+from sleepsound.core.records import HeadInfo, Reported, TrainedModels
+from sleepsound.core.storage import RootLike, full_uri, join, open_root, write_bytes_atomic, write_json, write_table
 from sleepsound.report.summaries import breathing_summary, night_summary
 
 CI_BOOTSTRAPS = 500
 
 
-def read_predictions(root: str, run_id: str) -> pd.DataFrame:
+def read_predictions(root: RootLike, run_id: str) -> pd.DataFrame:
     fs, root_path = open_root(root)
     frames = []
     for path in sorted(fs.glob(join(root_path, "runs", run_id, "predictions", "recording_id=*", "*.parquet"))):
@@ -51,7 +52,7 @@ def _stages(values: pd.Series) -> list[str | None]:
     return [v if isinstance(v, str) else None for v in values]
 
 
-def task_metrics(preds: pd.DataFrame, model: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def task_metrics(preds: pd.DataFrame, model: TrainedModels) -> dict[str, dict[str, Any]]:
     """Each trained head on the test subjects' epochs, beside its training-side majority class."""
     out: dict[str, dict[str, Any]] = {}
     for name, info in (model.get("heads") or {PRIMARY: model}).items():
@@ -91,7 +92,7 @@ def subject_intervals(preds: pd.DataFrame, seed: int = 0) -> dict[str, tuple[flo
             for name, fn in (("accuracy", accuracy), ("macro_f1", macro), ("kappa", kappa))}
 
 
-def night_breathing(night: pd.DataFrame, resp: dict[str, Any] | None) -> dict[str, Any]:
+def night_breathing(night: pd.DataFrame, resp: HeadInfo | None) -> dict[str, Any]:
     """Scored and estimated AHI, severity and snore index of one night (None where unknown)."""
     out: dict[str, Any] = {}
     if night["events_true"].notna().any():
@@ -106,8 +107,8 @@ def night_breathing(night: pd.DataFrame, resp: dict[str, Any] | None) -> dict[st
     return out
 
 
-def write_run_outputs(root: str, run_id: str, model: dict[str, Any], meta: dict[str, Any],
-                      cfg: Config | None = None) -> dict[str, Any]:
+def write_run_outputs(root: RootLike, run_id: str, model: TrainedModels, meta: dict[str, Any],
+                      cfg: Config | None = None) -> Reported:
     """Compute and write metrics.json, summaries and report/index.html for ``run_id``."""
     cfg = cfg or Config()
     fs, root_path = open_root(root)

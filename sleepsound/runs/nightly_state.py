@@ -10,9 +10,9 @@ and the model store make that cheap and free of duplicates). A recording whose a
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
 
-from sleepsound.core.storage import join, open_root, read_json, write_json
+from sleepsound.core.records import ManifestRow
+from sleepsound.core.storage import RootLike, join, open_root, read_json, write_json
 
 STATE = "nightly.json"
 
@@ -21,20 +21,20 @@ def state_path(root_path: str) -> str:
     return join(root_path, "state", STATE)
 
 
-def processed(root: str) -> dict[str, str]:
+def processed(root: RootLike) -> dict[str, str]:
     """{recording_id: sha256} of every night a successful nightly run handled."""
     fs, root_path = open_root(root)
     path = state_path(root_path)
     return dict(read_json(fs, path)["recordings"]) if fs.exists(path) else {}
 
 
-def new_recordings(root: str, manifest_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def new_recordings(root: RootLike, manifest_rows: list[ManifestRow]) -> list[ManifestRow]:
     """Accepted rows not yet processed (or whose audio changed since)."""
     done = processed(root)
     return [r for r in manifest_rows if r["status"] == "accepted" and done.get(str(r["recording_id"])) != r["sha256"]]
 
 
-def mark_processed(root: str, run_id: str, rows: list[dict[str, Any]]) -> None:
+def mark_processed(root: RootLike, run_id: str, rows: list[ManifestRow]) -> None:
     """Add ``rows`` to the processed set (atomic write), recording the run that did them."""
     fs, root_path = open_root(root)
     done = processed(root)

@@ -27,7 +27,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from sleepsound.core.storage import join, open_root, write_bytes_atomic
+from sleepsound.core.storage import RootLike, StorageRoot, join, open_root, write_bytes_atomic
 
 LOCK = "lock.json"
 HEARTBEAT_S = 30.0
@@ -66,7 +66,7 @@ def _parse(raw: bytes) -> dict[str, Any]:
         return {"run_id": "(starting)", "purpose": "unknown", "heartbeat": _now().isoformat()}
 
 
-def holder(root: str) -> dict[str, Any] | None:
+def holder(root: RootLike) -> dict[str, Any] | None:
     """The current lock record, or None when the root is free."""
     fs, root_path = open_root(root)
     raw = _read(fs, lock_path(root_path))
@@ -88,21 +88,21 @@ def _died_here(record: dict[str, Any]) -> bool:
     return False
 
 
-def check_free(root: str, stale_after_s: float = STALE_AFTER_S) -> None:
+def check_free(root: RootLike, stale_after_s: float = STALE_AFTER_S) -> None:
     """RootBusy when a live run holds the root; lets a command refuse before it starts anything."""
-    current = holder(root)
+    store = open_root(root)
+    current = holder(store)
     if current is not None:
-        _refuse_if_live(root, current, stale_after_s)
+        _refuse_if_live(store, current, stale_after_s)
 
 
-def _refuse_if_live(root: str, current: dict[str, Any], stale_after_s: float) -> None:
+def _refuse_if_live(store: StorageRoot, current: dict[str, Any], stale_after_s: float) -> None:
     beat = datetime.fromisoformat(current.get("heartbeat", "1970-01-01T00:00:00+00:00"))
     if _now() - beat < timedelta(seconds=stale_after_s) and not _died_here(current):
-        _, root_path = open_root(root)
-        raise RootBusy(f"{root} is in use by run {current.get('run_id')!r} ({current.get('purpose')}, "
+        raise RootBusy(f"{store.uri} is in use by run {current.get('run_id')!r} ({current.get('purpose')}, "
                        f"on {current.get('host')}, since {current.get('acquired')}); wait for it to finish. "
                        f"If that run died, its lock expires {stale_after_s:.0f} s after its last "
-                       f"heartbeat ({current.get('heartbeat')}), or remove {lock_path(root_path)}")
+                       f"heartbeat ({current.get('heartbeat')}), or remove {lock_path(store.path)}")
 
 
 def _create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
@@ -147,42 +147,41 @@ def _take_over(fs: fsspec.AbstractFileSystem, path: str, dead: bytes, record: by
             fs.rm_file(claim)
 
 
-def _acquire(fs: fsspec.AbstractFileSystem, root: str, path: str, record: Callable[[], bytes],
-             stale_after_s: float) -> None:
+def _acquire(store: StorageRoot, path: str, record: Callable[[], bytes], stale_after_s: float) -> None:
     """Create the lock, or take over a dead run's; RootBusy when a live run (or a faster taker) has it."""
     for _ in range(3):       # the lock may vanish (holder finished) or change hands between the steps
         try:
-            _create_exclusive(fs, path, record())
+            _create_exclusive(store.fs, path, record())
             return
         except FileExistsError:
             pass
-        raw = _read(fs, path)
+        raw = _read(store.fs, path)
         if raw is None:
             continue
-        _refuse_if_live(root, _parse(raw), stale_after_s)
-        if _take_over(fs, path, raw, record()):
+        _refuse_if_live(store, _parse(raw), stale_after_s)
+        if _take_over(store.fs, path, raw, record()):
             return
         time.sleep(0.05)     # the winner writes its lock within milliseconds: then it is named below
-    current = holder(root) or {}
-    raise RootBusy(f"{root}: another run took over the expired lock first "
+    current = holder(store) or {}
+    raise RootBusy(f"{store.uri}: another run took over the expired lock first "
                    f"(now held by {current.get('run_id', 'nobody')!r}); try again")
 
 
 @contextlib.contextmanager
-def hold_root(root: str, run_id: str, purpose: str, stale_after_s: float = STALE_AFTER_S,
+def hold_root(root: RootLike, run_id: str, purpose: str, stale_after_s: float = STALE_AFTER_S,
               heartbeat_s: float = HEARTBEAT_S) -> Iterator[dict[str, Any]]:
     """Hold the root for the duration of the block; RootBusy when a live run holds it."""
-    fs, root_path = open_root(root)
-    path = lock_path(root_path)
-    fs.makedirs(join(root_path, "state"), exist_ok=True)
+    store = open_root(root)
+    fs, path = store.fs, lock_path(store.path)
+    fs.makedirs(store.join("state"), exist_ok=True)
     acquired = _now().isoformat()
-    _acquire(fs, root, path, lambda: _record(run_id, purpose, acquired), stale_after_s)
+    _acquire(store, path, lambda: _record(run_id, purpose, acquired), stale_after_s)
     stop = threading.Event()
 
     def beat_loop() -> None:
         while not stop.wait(heartbeat_s):
             with contextlib.suppress(OSError):
-                current = holder(root)
+                current = holder(store)
                 if current is None or (current.get("run_id"), current.get("acquired")) != (run_id, acquired):
                     return          # taken over after we stalled: never overwrite the new holder's lock
                 write_bytes_atomic(fs, path, _record(run_id, purpose, acquired))
@@ -194,6 +193,6 @@ def hold_root(root: str, run_id: str, purpose: str, stale_after_s: float = STALE
     finally:
         stop.set()
         thread.join(timeout=5)
-        current = holder(root)
+        current = holder(store)
         if current is not None and current.get("run_id") == run_id and current.get("acquired") == acquired:
             fs.rm_file(path)

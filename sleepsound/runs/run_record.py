@@ -13,18 +13,19 @@ from typing import Any
 from sleepsound import __version__
 from sleepsound.core.schemas import LAYOUT_VERSION, PREDICTIONS_VERSION
 from sleepsound.core.config import Config
-from sleepsound.core.storage import full_uri, join, open_root, write_json
+from sleepsound.core.records import FlowSummary, TrainedModels
+from sleepsound.core.storage import RootLike, full_uri, join, open_root, write_json
 
 SCHEMA = "sleepsound.run/1"
 
 
-def model_versions(model: dict[str, Any] | None) -> dict[str, str]:
+def model_versions(model: TrainedModels | None) -> dict[str, str]:
     """Each task's version in a flow's model summary (trained or serving); empty when none."""
     heads = (model or {}).get("heads") or {}
     return {name: str(head["version"]) for name, head in heads.items() if head.get("version")}
 
 
-def write_run_record(root: str, flow: str, config: dict[str, Any], summary: dict[str, Any]) -> str:
+def write_run_record(root: RootLike, flow: str, config: dict[str, Any], summary: FlowSummary) -> str:
     """Write the record of a finished flow run from its summary; returns its URI."""
     fs, root_path = open_root(root)
     record = {

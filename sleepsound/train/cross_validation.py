@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sleepsound.core.storage import RootLike
 from sleepsound.core.config import Config
 from sleepsound.train.dataset import load_embedded
 from sleepsound.labels.targets import PRIMARY, TASKS
@@ -33,7 +34,7 @@ def kfold_subjects(subjects: list[str], k: int, seed: int = 0) -> list[list[str]
     return [sorted(unique[i] for i in part) for part in np.array_split(order, k)]
 
 
-def score_split(root: str, cfg: Config, labelled: pd.DataFrame, test_subjects: list[str],
+def score_split(root: RootLike, cfg: Config, labelled: pd.DataFrame, test_subjects: list[str],
                 tasks: list[str]) -> dict[str, dict[str, Any]]:
     """Train each task's head on every labelled subject not in ``test_subjects`` and predict the
     test subjects' scored epochs: ``{task: {"true", "pred", "metrics"}}`` or ``{task: {"skipped"}}``."""
@@ -64,7 +65,7 @@ def score_split(root: str, cfg: Config, labelled: pd.DataFrame, test_subjects: l
     return out
 
 
-def cross_validate(root: str, cfg: Config, manifest: pd.DataFrame, k: int = 5) -> dict[str, Any]:
+def cross_validate(root: RootLike, cfg: Config, manifest: pd.DataFrame, k: int = 5) -> dict[str, Any]:
     """Train and test each configured task k times; returns per-fold and pooled figures."""
     labelled = labelled_manifest(manifest)
     folds = kfold_subjects(list(labelled["subject_id"].astype(str)), k, cfg.training.seed)

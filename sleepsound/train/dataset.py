@@ -11,7 +11,7 @@ from sleepsound.core.config import Config
 from sleepsound.embed.cache import channel_configs, embeddings_path, epochs_path, shifted_path, wanted_shift_classes
 from sleepsound.labels.events import resp_labels
 from sleepsound.models.heads.attention import build_context
-from sleepsound.core.storage import open_root, read_table
+from sleepsound.core.storage import RootLike, open_root, read_table
 
 
 @dataclass
@@ -36,7 +36,7 @@ class EmbeddedEpochs:
         return self.epochs["offset_s"].to_numpy(dtype=float) > 0
 
 
-def load_embedded(root: str, cfg: Config, manifest: pd.DataFrame, shifted: bool = False) -> EmbeddedEpochs:
+def load_embedded(root: RootLike, cfg: Config, manifest: pd.DataFrame, shifted: bool = False) -> EmbeddedEpochs:
     """Join each recording's embeddings to its epoch rows (valid epochs only).
 
     ``shifted``: add the cached 15-s shifted windows of ``training.shift_classes`` (training
@@ -69,7 +69,7 @@ def _features(table: pa.Table) -> np.ndarray:
     return flat.reshape(table.num_rows, n_frames, n_layers, dim)
 
 
-def _load_channel(root: str, cfg: Config, manifest: pd.DataFrame, shifted: bool) -> EmbeddedEpochs:
+def _load_channel(root: RootLike, cfg: Config, manifest: pd.DataFrame, shifted: bool) -> EmbeddedEpochs:
     fs, root_path = open_root(root)
     features: list[np.ndarray] = []
     frames: list[pd.DataFrame] = []

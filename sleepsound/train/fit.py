@@ -28,7 +28,8 @@ from sleepsound.registry.evaluation_set import evaluation_subjects
 from sleepsound.models.heads.artifacts import save_head
 from sleepsound.models.heads.layers import layer_weights
 from sleepsound.labels.targets import PRIMARY, TASKS, LabelTask
-from sleepsound.core.storage import join, open_root, write_json
+from sleepsound.core.records import HeadInfo, TrainedModels
+from sleepsound.core.storage import RootLike, join, open_root, write_json
 from sleepsound.train.loop import TrainConfig, TrainResult, split_by_subject, train_head
 
 # Fewer training subjects than this: no validation subjects (each one is too dear to lose).
@@ -59,7 +60,7 @@ def subject_split(cfg: Config, manifest: pd.DataFrame, test_subjects: list[str] 
     return {"train_subjects": train, "val_subjects": val, "test_subjects": test}
 
 
-def train_models(root: str, cfg: Config, run_id: str, manifest: pd.DataFrame) -> dict[str, Any]:
+def train_models(root: RootLike, cfg: Config, run_id: str, manifest: pd.DataFrame) -> TrainedModels:
     """Every configured task's head on one split; the primary (stage3) head's facts at the top level.
 
     Returns ``{model_dir, version, task, train/val/test_subjects, train_epochs, train_shifted,
@@ -92,9 +93,9 @@ def train_models(root: str, cfg: Config, run_id: str, manifest: pd.DataFrame) ->
             "heads": heads, "skipped": skipped}
 
 
-def _train_task(root: str, cfg: Config, run_id: str, labelled: pd.DataFrame, split: dict[str, list[str]],
+def _train_task(root: RootLike, cfg: Config, run_id: str, labelled: pd.DataFrame, split: dict[str, list[str]],
                 task: LabelTask, data: EmbeddedEpochs, x: np.ndarray, mask: np.ndarray | None,
-                val: tuple[EmbeddedEpochs, np.ndarray, np.ndarray | None] | None) -> dict[str, Any]:
+                val: tuple[EmbeddedEpochs, np.ndarray, np.ndarray | None] | None) -> HeadInfo:
     """Train and save one head; NotTrainable when its labels are missing or of one class only."""
     result, y, keep = fit_task(cfg, task, data, x, mask, val)
     n_shifted = int((keep & data.is_shifted).sum())
