@@ -21,8 +21,8 @@ from sleepsound.core.config import Config
 from sleepsound.labels.targets import PRIMARY, TASKS
 from sleepsound.ingest.manifest import read_manifest, read_manifest_rows
 from sleepsound.report.metrics import ahi_agreement, bootstrap_ci, cohen_kappa, confusion_counts, evaluate
-from sleepsound.report.render import (ahi_scatter_figure, bland_altman_figure, event_timeline_figure, hypnogram_figure,
-                               render_report)
+from sleepsound.report.figures import ahi_scatter_figure, bland_altman_figure, event_timeline_figure, hypnogram_figure
+from sleepsound.report.render import render_report
 from sleepsound.core.storage import full_uri, join, open_root, write_bytes_atomic, write_json, write_table
 from sleepsound.report.summaries import breathing_summary, night_summary
 
