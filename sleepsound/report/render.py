@@ -8,7 +8,8 @@ is ever included: the report takes numbers and stage labels only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import pandas as pd
@@ -19,15 +20,14 @@ from sleepsound.report.sections import (contents, section_ahi, section_figures, 
                                         section_task)
 
 
-def render_report(meta: Mapping[str, Any], metrics: Mapping[str, Any] | None = None,
-                  summaries: pd.DataFrame | None = None, hypnograms: Iterable[str] = (),
-                  quarantined: Iterable[Mapping[str, Any]] = (), *, reference: str = "30-s HuBERT",
-                  task_metrics: Mapping[str, Mapping[str, Any] | None] | None = None,
-                  subject_ci: Mapping[str, tuple[float, float]] | None = None,
-                  breathing: pd.DataFrame | None = None, ahi: Mapping[str, Any] | None = None,
-                  ahi_figures: Iterable[str] = (), attention_views: Iterable[str] = (),
-                  event_timelines: Iterable[str] = ()) -> str:
-    """The run's report as one self-contained HTML string.
+# Figure fields: the <img> check each must pass and the figure function its error names.
+_FIGURE_SOURCES = {"hypnograms": "hypnogram_figure", "ahi_figures": "ahi_scatter_figure / bland_altman_figure",
+                   "attention_views": "attention_figure", "event_timelines": "event_timeline_figure"}
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: DataFrame fields have no single truth value for ==
+class ReportInputs:
+    """Everything one report shows, checked once when built so a bad input fails before any rendering.
 
     ``meta``: run id, model version, backbone, recordings_accepted / recordings_quarantined,
     test_subjects and anything else worth showing. ``metrics``: ``metrics.evaluate``'s
@@ -44,31 +44,57 @@ def render_report(meta: Mapping[str, Any], metrics: Mapping[str, Any] | None = N
     ``ahi_scatter_figure`` / ``bland_altman_figure`` (``#ahi``); ``attention_views``: tags
     from ``attention_figure`` (``#attention``); ``event_timelines``: tags from
     ``event_timeline_figure`` (``#events``).
+
+    The figure tags are embedded verbatim, so only the exact tags ``figures`` draws are
+    accepted; they and ``quarantined`` are kept as tuples, so a generator passed in is read
+    once and the record renders the same every time.
     """
-    if reference not in PAPER_TABLE_II:
-        raise ValueError(f"unknown reference {reference!r}; known: {sorted(PAPER_TABLE_II)}")
-    if breathing is not None and not isinstance(breathing, pd.DataFrame):
-        raise ValueError("breathing must be a pandas DataFrame with one row per night")
-    hypnogram_tags = img_tags(hypnograms, "hypnograms", "hypnogram_figure")
-    ahi_tags = img_tags(ahi_figures, "ahi_figures", "ahi_scatter_figure / bland_altman_figure")
-    attention_tags = img_tags(attention_views, "attention_views", "attention_figure")
-    timeline_tags = img_tags(event_timelines, "event_timelines", "event_timeline_figure")
+
+    meta: Mapping[str, Any]
+    metrics: Mapping[str, Any] | None = None
+    summaries: pd.DataFrame | None = None
+    hypnograms: Sequence[str] = ()
+    quarantined: Sequence[Mapping[str, Any]] = ()
+    _: KW_ONLY
+    reference: str = "30-s HuBERT"
+    task_metrics: Mapping[str, Mapping[str, Any] | None] | None = None
+    subject_ci: Mapping[str, tuple[float, float]] | None = None
+    breathing: pd.DataFrame | None = None
+    ahi: Mapping[str, Any] | None = None
+    ahi_figures: Sequence[str] = ()
+    attention_views: Sequence[str] = ()
+    event_timelines: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        if self.reference not in PAPER_TABLE_II:
+            raise ValueError(f"unknown reference {self.reference!r}; known: {sorted(PAPER_TABLE_II)}")
+        if self.breathing is not None and not isinstance(self.breathing, pd.DataFrame):
+            raise ValueError("breathing must be a pandas DataFrame with one row per night")
+        for name, source in _FIGURE_SOURCES.items():
+            object.__setattr__(self, name, tuple(img_tags(getattr(self, name), name, source)))
+        object.__setattr__(self, "quarantined", tuple(self.quarantined))
+
+
+def render_report(inputs: ReportInputs) -> str:
+    """The run's report as one self-contained HTML string, so it can be mailed or opened from
+    object storage with nothing beside it."""
+    meta, metrics, summaries = inputs.meta, inputs.metrics, inputs.summaries
     title = f"sleepsound run {fmt(meta.get('run_id'))}"
 
     body = section_run(meta)
-    body += section_metrics(meta, metrics, reference, subject_ci)
-    for name, task_result in (task_metrics or {}).items():
+    body += section_metrics(meta, metrics, inputs.reference, inputs.subject_ci)
+    for name, task_result in (inputs.task_metrics or {}).items():
         body += section_task(str(name), task_result)
 
-    body += section_figures("hypnograms", "Hypnograms (held-out nights)", hypnogram_tags, "", "none")
+    body += section_figures("hypnograms", "Hypnograms (held-out nights)", inputs.hypnograms, "", "none")
     body += section_figures(
-        "attention", "Attention view (held-out epochs)", attention_tags,
+        "attention", "Attention view (held-out epochs)", inputs.attention_views,
         "top: log-Mel spectrogram of the head's input; bottom: the head's attention weight per frame; "
         "green outline: the predicted epoch; shaded: masked-out frames (absent neighbours)",
         "No attention weights to show (no attention head, or no example epochs).")
-    body += section_ahi(breathing, ahi, ahi_tags)
+    body += section_ahi(inputs.breathing, inputs.ahi, inputs.ahi_figures)
     body += section_figures(
-        "events", "Breathing events, night by night", timeline_tags,
+        "events", "Breathing events, night by night", inputs.event_timelines,
         "markers: scored apnoea/hypopnoea onsets per epoch; line: the model's apnoea-hypopnoea probability",
         "No respiratory head: no event timelines.")
 
@@ -84,7 +110,7 @@ def render_report(meta: Mapping[str, Any], metrics: Mapping[str, Any] | None = N
         body.append("<p class='muted'>none</p>")
 
     body.append("<h2 id='quarantined'>Quarantined recordings</h2>")
-    q = pd.DataFrame(list(quarantined))
+    q = pd.DataFrame(list(inputs.quarantined))
     if not q.empty:
         body.append(table(q.set_index("recording_id") if "recording_id" in q.columns else q))
     else:

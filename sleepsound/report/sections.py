@@ -139,7 +139,7 @@ def section_task(name: str, metrics: Mapping[str, Any] | None) -> list[str]:
     return parts + _metrics_body(metrics, prefix=f"task-{esc(slug)}-", reference=None)
 
 
-def section_figures(anchor: str, heading: str, figures: list[str], caption: str, empty: str) -> list[str]:
+def section_figures(anchor: str, heading: str, figures: Sequence[str], caption: str, empty: str) -> list[str]:
     parts = [f"<h2 id='{anchor}'>{esc(heading)}</h2>"]
     if not figures:
         return [*parts, f"<p class='muted'>{esc(empty)}</p>"]
@@ -190,7 +190,7 @@ def _agreement_tables(ahi: Mapping[str, Any]) -> list[str]:
     return parts
 
 
-def section_ahi(breathing: pd.DataFrame | None, ahi: Mapping[str, Any] | None, figures: list[str]) -> list[str]:
+def section_ahi(breathing: pd.DataFrame | None, ahi: Mapping[str, Any] | None, figures: Sequence[str]) -> list[str]:
     parts = ["<h2 id='ahi'>Breathing: AHI, severity and snoring</h2>"]
     has_nights = breathing is not None and not breathing.empty
     if not has_nights and ahi is None and not figures:
