@@ -10,9 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sleepsound.report.figures import (ahi_scatter_figure, attention_figure, bland_altman_figure, event_timeline_figure,
+                                      hypnogram_figure)
 from sleepsound.report.metrics import ahi_agreement, evaluate
-from sleepsound.report.render import (ahi_scatter_figure, attention_figure, bland_altman_figure, event_timeline_figure,
-                               hypnogram_figure, paper_comparison_table, render_report)
+from sleepsound.report.render import ReportInputs, render_report
+from sleepsound.report.sections import paper_comparison_table
 from sleepsound.report.summaries import summarise_nights
 
 C = ["Wake", "NREM", "REM"]
@@ -55,7 +57,7 @@ def _render(n_nights: int = 2, n_epochs: int = 120) -> tuple[str, int]:
     meta = {"run_id": f"run-{EVIL}", "model_version": "v1-abc", "backbone": "hubert-base",
             "recordings_accepted": n_nights, "recordings_quarantined": 1, "test_subjects": ["s1", "s2"]}
     quarantined = [{"recording_id": "bad-night", "reason_code": "no_audio", "reason": f"missing {EVIL} audio"}]
-    return render_report(meta, metrics, summaries, figures, quarantined), len(figures)
+    return render_report(ReportInputs(meta, metrics, summaries, figures, quarantined)), len(figures)
 
 
 def test_report_has_every_section_and_an_image_per_figure() -> None:
@@ -86,10 +88,10 @@ def test_report_is_self_contained_and_escaped() -> None:
 
 
 def test_report_without_metrics_or_nights() -> None:
-    text = render_report({"run_id": "r0"}, None, pd.DataFrame(), [], [])
+    text = render_report(ReportInputs({"run_id": "r0"}, None, pd.DataFrame(), [], []))
     assert "No labelled held-out nights" in text and "<img" not in text
     with pytest.raises(ValueError):
-        render_report({"run_id": "r0"}, None, None, ["<b>not a figure</b>"], [])
+        render_report(ReportInputs({"run_id": "r0"}, None, None, ["<b>not a figure</b>"], []))
 
 
 def test_table_ii_shape_with_paper_rows() -> None:
@@ -269,12 +271,13 @@ def _full_report() -> tuple[str, dict[str, int]]:
         "event_timelines": [event_timeline_figure(EVIL, start, events, prob, stages)],
     }
     meta = {"run_id": "r-full", "test_subjects": ["s1", "s2"]}
-    text = render_report(meta, metrics, preds.pipe(summarise_nights, stage_column="stage_pred"),
-                         figures["hypnograms"], [{"recording_id": EVIL, "reason_code": "no_audio", "reason": EVIL}],
-                         task_metrics=tasks, subject_ci={"accuracy": (0.512, 0.734), "kappa": [0.101, 0.402],
-                                                         "macro_f1": (np.nan, np.nan)},
-                         breathing=breathing, ahi=agreement, ahi_figures=figures["ahi_figures"],
-                         attention_views=figures["attention_views"], event_timelines=figures["event_timelines"])
+    text = render_report(ReportInputs(
+        meta, metrics, preds.pipe(summarise_nights, stage_column="stage_pred"),
+        figures["hypnograms"], [{"recording_id": EVIL, "reason_code": "no_audio", "reason": EVIL}],
+        task_metrics=tasks, subject_ci={"accuracy": (0.512, 0.734), "kappa": [0.101, 0.402],
+                                        "macro_f1": (np.nan, np.nan)},
+        breathing=breathing, ahi=agreement, ahi_figures=figures["ahi_figures"],
+        attention_views=figures["attention_views"], event_timelines=figures["event_timelines"]))
     return text, {k: len(v) for k, v in figures.items()}
 
 
@@ -328,8 +331,9 @@ def test_old_call_still_works_and_says_what_is_missing() -> None:
     for line in ("No attention weights to show", "no breathing figures", "No respiratory head: no event timelines"):
         assert line in text, line
     # breathing nights without an agreement (no respiratory head): the table, and one muted line for the rest
-    text = render_report({"run_id": "r1"}, None, None, [], [], task_metrics={"resp": None},
-                         breathing=pd.DataFrame({"recording_id": ["a"], "split": ["test"], "ahi_scored": [7.25]}))
+    text = render_report(ReportInputs({"run_id": "r1"}, None, None, [], [], task_metrics={"resp": None},
+                                      breathing=pd.DataFrame({"recording_id": ["a"], "split": ["test"],
+                                                              "ahi_scored": [7.25]})))
     assert "7.2" in text and "no agreement figures" in text and "No labelled held-out epochs for this head" in text
 
 
@@ -339,9 +343,9 @@ def test_report_refuses_foreign_figures_and_bad_intervals() -> None:
                 [tag.replace("<img ", "<img onerror=alert(1) ")], tag, [b"<img>"]):
         for argument in ("ahi_figures", "attention_views", "event_timelines"):
             with pytest.raises(ValueError, match="<img>"):
-                render_report({"run_id": "r"}, **{argument: bad})
+                render_report(ReportInputs({"run_id": "r"}, **{argument: bad}))
     with pytest.raises(ValueError, match="subject_ci"):
-        render_report({"run_id": "r"}, evaluate(["Wake", "REM"], ["Wake", "NREM"], C, "NREM"),
-                      subject_ci={"accuracy": (0.1, 0.2, 0.3)})
+        render_report(ReportInputs({"run_id": "r"}, evaluate(["Wake", "REM"], ["Wake", "NREM"], C, "NREM"),
+                                   subject_ci={"accuracy": (0.1, 0.2, 0.3)}))
     with pytest.raises(ValueError, match="DataFrame"):
-        render_report({"run_id": "r"}, breathing=[{"recording_id": "a"}])  # type: ignore[arg-type]
+        render_report(ReportInputs({"run_id": "r"}, breathing=[{"recording_id": "a"}]))  # type: ignore[arg-type]

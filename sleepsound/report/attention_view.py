@@ -15,7 +15,7 @@ import pandas as pd
 
 from sleepsound.core.config import Config
 from sleepsound.embed.epochs import read_epochs
-from sleepsound.report.render import attention_figure
+from sleepsound.report.figures import attention_figure
 
 MEL_BANDS = 64
 N_FFT, HOP = 400, 160  # 25 ms windows, 10 ms hop at 16 kHz

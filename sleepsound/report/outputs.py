@@ -21,8 +21,8 @@ from sleepsound.core.config import Config
 from sleepsound.labels.targets import PRIMARY, TASKS
 from sleepsound.ingest.manifest import read_manifest, read_manifest_rows
 from sleepsound.report.metrics import ahi_agreement, bootstrap_ci, cohen_kappa, confusion_counts, evaluate
-from sleepsound.report.render import (ahi_scatter_figure, bland_altman_figure, event_timeline_figure, hypnogram_figure,
-                               render_report)
+from sleepsound.report.figures import ahi_scatter_figure, bland_altman_figure, event_timeline_figure, hypnogram_figure
+from sleepsound.report.render import ReportInputs, render_report
 from sleepsound.core.records import HeadInfo, Reported, TrainedModels
 from sleepsound.core.storage import RootLike, full_uri, join, open_root, write_bytes_atomic, write_json, write_table
 from sleepsound.report.summaries import breathing_summary, night_summary
@@ -173,10 +173,11 @@ def write_run_outputs(root: RootLike, run_id: str, model: TrainedModels, meta: d
             **{f"{name} model": info["version"] for name, info in heads.items() if name != PRIMARY},
             **{f"{name} skipped": reason for name, reason in model.get("skipped", {}).items()}}
     views = attention_views(preds, read_manifest_rows(root), cfg, cfg.report.attention_examples)
-    html_text = render_report(meta, metrics, summaries, hypnograms, quarantined.to_dict("records"),
-                              task_metrics={k: v for k, v in by_task.items() if k != PRIMARY},
-                              subject_ci=intervals, breathing=breathing_frame if len(breathing_frame) else None,
-                              ahi=ahi, ahi_figures=ahi_figures, attention_views=views, event_timelines=timelines)
+    html_text = render_report(ReportInputs(
+        meta, metrics, summaries, hypnograms, quarantined.to_dict("records"),
+        task_metrics={k: v for k, v in by_task.items() if k != PRIMARY}, subject_ci=intervals,
+        breathing=breathing_frame if len(breathing_frame) else None, ahi=ahi, ahi_figures=ahi_figures,
+        attention_views=views, event_timelines=timelines))
     report_path = join(run_dir, "report", "index.html")
     write_bytes_atomic(fs, report_path, html_text.encode())
     return {"report": full_uri(fs, report_path), "summaries": full_uri(fs, join(run_dir, "summaries")),
