@@ -1,6 +1,6 @@
 """Score a cohort with the registered models: validate -> embed (cache-aware) -> predict -> report.
 
-Nothing is trained: each task's champion (or a named version) predicts every accepted night,
+Nothing is trained: each target's champion (or a named version) predicts every accepted night,
 and labelled nights of subjects the models never trained on are scored as held-out nights.
 """
 

@@ -575,7 +575,7 @@ def models_list(
     """Every stored version, oldest first; the champion is marked."""
     from sleepsound.registry import store as model_store
 
-    rows = [v for t in ([task] if task else model_store.tasks(root)) for v in model_store.versions(root, t)]
+    rows = [v for t in ([task] if task else model_store.targets(root)) for v in model_store.versions(root, t)]
     if as_json:
         print(json.dumps(rows))
         return

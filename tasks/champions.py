@@ -1,4 +1,4 @@
-"""Which models score a cohort: each task's champion (or named versions), and the nights they never saw."""
+"""Which models score a cohort: each target's champion (or named versions), and the nights they never saw."""
 
 from __future__ import annotations
 

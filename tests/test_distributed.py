@@ -64,11 +64,11 @@ def test_training_ray_workers_setting_trains_a_task_head_with_ray_train() -> Non
 
     from sleepsound.core.config import Config
     from sleepsound.train.dataset import EmbeddedEpochs
-    from sleepsound.labels.targets import TASKS
-    from sleepsound.train.fit import fit_task
+    from sleepsound.labels.targets import TARGETS
+    from sleepsound.train.fit import fit_target
 
     x, y = _task(96)
     epochs = pd.DataFrame({"stage3": [("Wake", "NREM", "REM")[i] for i in y], "offset_s": 0.0})
     cfg = Config.model_validate({"training": {"ray_workers": 2, "epochs": 2, "lr": 3e-3, "min_lr": 3e-4}})
-    result, labels, keep = fit_task(cfg, TASKS["stage3"], EmbeddedEpochs(x, epochs), x, None)
+    result, labels, keep = fit_target(cfg, TARGETS["stage3"], EmbeddedEpochs(x, epochs), x, None)
     assert result.model.meta["training"]["ray_workers"] == 2 and keep.all() and (labels == y).all()

@@ -21,7 +21,7 @@ def _store(root: str, version: str, created: str, macro_f1: float | None) -> Non
 
 def test_versions_champion_and_show(tmp_path):
     root = str(tmp_path / "root")
-    assert model_store.tasks(root) == [] and model_store.versions(root, "stage3") == []
+    assert model_store.targets(root) == [] and model_store.versions(root, "stage3") == []
     _store(root, "r2-bbbb", "2026-11-02T00:00:00", 0.61)
     _store(root, "r1-aaaa", "2026-11-01T00:00:00", None)
     (tmp_path / "root" / "models" / "stage3" / "r3-half-written").mkdir()     # no config.json: incomplete

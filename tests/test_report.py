@@ -274,7 +274,7 @@ def _full_report() -> tuple[str, dict[str, int]]:
     text = render_report(ReportInputs(
         meta, metrics, preds.pipe(summarise_nights, stage_column="stage_pred"),
         figures["hypnograms"], [{"recording_id": EVIL, "reason_code": "no_audio", "reason": EVIL}],
-        task_metrics=tasks, subject_ci={"accuracy": (0.512, 0.734), "kappa": [0.101, 0.402],
+        target_metrics=tasks, subject_ci={"accuracy": (0.512, 0.734), "kappa": [0.101, 0.402],
                                         "macro_f1": (np.nan, np.nan)},
         breathing=breathing, ahi=agreement, ahi_figures=figures["ahi_figures"],
         attention_views=figures["attention_views"], event_timelines=figures["event_timelines"]))
@@ -331,7 +331,7 @@ def test_old_call_still_works_and_says_what_is_missing() -> None:
     for line in ("No attention weights to show", "no breathing figures", "No respiratory head: no event timelines"):
         assert line in text, line
     # breathing nights without an agreement (no respiratory head): the table, and one muted line for the rest
-    text = render_report(ReportInputs({"run_id": "r1"}, None, None, [], [], task_metrics={"resp": None},
+    text = render_report(ReportInputs({"run_id": "r1"}, None, None, [], [], target_metrics={"resp": None},
                                       breathing=pd.DataFrame({"recording_id": ["a"], "split": ["test"],
                                                               "ahi_scored": [7.25]})))
     assert "7.2" in text and "no agreement figures" in text and "No labelled held-out epochs for this head" in text

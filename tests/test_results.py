@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from sleepsound.report.attention_view import MEL_BANDS, log_mel, pick_examples
-from sleepsound.report.outputs import night_breathing, subject_intervals, task_metrics
+from sleepsound.report.outputs import night_breathing, subject_intervals, target_metrics
 
 
 def _night(n: int = 120, events_every: int = 10) -> pd.DataFrame:
@@ -41,7 +41,7 @@ def test_task_metrics_use_the_training_majority_and_test_rows_only() -> None:
         "resp_pred": ["none", "snore", "none", "none", "none", "none"],
     })
     model = {"heads": {"stage3": {"class_counts": [1, 9, 1]}, "resp": {"class_counts": [5, 1, 1]}}}
-    got = task_metrics(preds, model)
+    got = target_metrics(preds, model)
     assert got["stage3"]["n_epochs"] == 4 and got["stage3"]["baseline_class"] == "NREM"
     assert got["stage3"]["accuracy"] == pytest.approx(0.75)
     assert got["resp"]["n_epochs"] == 3 and got["resp"]["baseline_class"] == "none"

@@ -380,15 +380,15 @@ def test_every_task_gets_a_head_on_one_split_and_predictions_carry_them(nights, 
 
 def test_a_task_without_labels_is_skipped_with_its_reason(nights, embedded_root, tiny_whisper) -> None:
     """Nights scored in 3 classes only: no 5-class head, and the run says why; stage3 is still required."""
-    from sleepsound.train.fit import NotTrainable, _train_task
-    from sleepsound.labels.targets import TASKS
+    from sleepsound.train.fit import NotTrainable, _train_target
+    from sleepsound.labels.targets import TARGETS
 
     cfg = _config(tiny_whisper)
     data = load_embedded(embedded_root, cfg, pd.DataFrame(nights[:2]))
     data.epochs["stage5"] = None
     with pytest.raises(NotTrainable, match="stage5: the training subjects' epochs carry 0"):
-        _train_task(embedded_root, cfg, "x", pd.DataFrame(nights), {"train_subjects": [], "val_subjects": [],
-                    "test_subjects": []}, TASKS["stage5"], data, data.features, None, None)
+        _train_target(embedded_root, cfg, "x", pd.DataFrame(nights), {"train_subjects": [], "val_subjects": [],
+                    "test_subjects": []}, TARGETS["stage5"], data, data.features, None, None)
 
 
 def test_validation_subjects_come_from_the_training_side() -> None:

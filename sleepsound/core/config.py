@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 ENV_PREFIX = "SLEEPSOUND_"
 
@@ -113,8 +113,9 @@ class TrainingConfig(_Section):
     # Subjects kept out of training to pick the best epoch (early stopping); drawn from the
     # training side only when it has at least MIN_SUBJECTS_FOR_VALIDATION subjects.
     val_fraction: float = Field(0.1, ge=0, lt=1, description="share of training subjects for early stopping")
-    tasks: list[Literal["stage3", "stage5", "resp"]] = Field(
-        default_factory=lambda: ["stage3", "stage5", "resp"],
+    # What the heads predict. Read as ``tasks`` too, its name before "task" came to mean a Prefect task only.
+    targets: list[Literal["stage3", "stage5", "resp"]] = Field(
+        default_factory=lambda: ["stage3", "stage5", "resp"], validation_alias=AliasChoices("targets", "tasks"),
         description="heads to train; stage3 always, the others where the labels allow (else skipped with a reason)")
     seed: int = 0
     ray_workers: int = Field(1, ge=1, description="Ray Train workers for data-parallel head training (DDP); "
@@ -166,6 +167,7 @@ class Config(_Section):
         data = self.model_dump(exclude={"report"})  # what the report draws never changes a model
         if not data["backbone"]["layers"]:  # configs from before ``layers`` keep their hash
             del data["backbone"]["layers"]
+        data["training"]["tasks"] = data["training"].pop("targets")  # hashed under its former name: same hash
         return _hash(data)[:12]
 
 

@@ -19,7 +19,7 @@ from sleepsound.core.config import Config
 from sleepsound.core.records import TrainedModels
 from sleepsound.core.storage import RootLike, join, open_root, write_table
 from sleepsound.embed.cache import channel_configs
-from sleepsound.labels.targets import PRIMARY, TASKS, LabelTask
+from sleepsound.labels.targets import PRIMARY, TARGETS, Target
 from sleepsound.models.heads.artifacts import load_head
 from sleepsound.train.dataset import EmbeddedEpochs, load_embedded, model_inputs
 from sleepsound.train.loop import predict_with_weights
@@ -30,7 +30,7 @@ def predict_recordings(root: RootLike, cfg: Config, run_id: str, model: TrainedM
     """Per-epoch predictions of every trained head for every accepted recording (or only those
     in ``recordings``), one Parquet file each."""
     fs, root_path = open_root(root)
-    heads = {name: (TASKS[name], load_head(fs, info["model_dir"]), info)
+    heads = {name: (TARGETS[name], load_head(fs, info["model_dir"]), info)
              for name, info in (model.get("heads") or {PRIMARY: model}).items()}
     out_dir = join(root_path, "runs", run_id, "predictions")
     accepted = manifest[manifest["status"] == "accepted"]
@@ -58,7 +58,7 @@ def _all_epochs(root: RootLike, cfg: Config, recording_id: str) -> list[dict[str
     return read_table(fs, epochs_path(root_path, channel_configs(cfg)[0], recording_id)).to_pylist()
 
 
-def _prediction_table(heads: dict[str, tuple[LabelTask, Any, dict[str, Any]]], data: EmbeddedEpochs,
+def _prediction_table(heads: dict[str, tuple[Target, Any, dict[str, Any]]], data: EmbeddedEpochs,
                       epochs: list[dict[str, Any]], cfg: Config, split: str, version: str) -> pa.Table:
     """One row per epoch of the night: scored labels, each head's prediction, stage3's attention."""
     outputs: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
@@ -75,11 +75,11 @@ def _prediction_table(heads: dict[str, tuple[LabelTask, Any, dict[str, Any]]], d
         row: dict[str, Any] = {
             "recording_id": e["recording_id"], "subject_id": e["subject_id"], "epoch_index": i,
             "start_s": e["start_s"], "split": split, "model_version": version, **scored}
-        for name, (task, _, _) in heads.items():
+        for name, (target, _, _) in heads.items():
             got = outputs.get(name, {}).get(i)
-            row[task.pred_column] = None if got is None else task.classes[int(np.argmax(got[0]))]
+            row[target.pred_column] = None if got is None else target.classes[int(np.argmax(got[0]))]
             for cls, column in _PROB_COLUMNS.get(name, {}).items():
-                row[column] = None if got is None else float(got[0][task.classes.index(cls)])
+                row[column] = None if got is None else float(got[0][target.classes.index(cls)])
             if name == PRIMARY:
                 row["attention"] = None if got is None else got[1].astype(np.float32).tolist()
         rows.append(row)

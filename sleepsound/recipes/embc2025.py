@@ -46,7 +46,7 @@ def model_configs(base: Config, backbone: str, mel_pool_seconds: float = 0.1) ->
         data["backbone"]["name"] = backbone_name
         if pool_seconds is not None:
             data["backbone"]["pool_seconds"] = pool_seconds
-        data["training"].update(tasks=["stage3"], **training)
+        data["training"].update(targets=["stage3"], **training)
         data["preprocess"]["channel"] = "Mic"
         return Config.model_validate(data)
 

@@ -19,7 +19,7 @@ from sleepsound.core.config import Config
 from sleepsound.train.dataset import load_embedded
 from sleepsound.embed.cohort import embed_cohort
 from sleepsound.models.heads.artifacts import load_head
-from sleepsound.labels.targets import TASKS
+from sleepsound.labels.targets import TARGETS
 from sleepsound.report.metrics import evaluate
 from sleepsound.train.dataset import model_inputs
 from sleepsound.core.records import ManifestRow, PromotionDecision, TrainedModels
@@ -27,7 +27,7 @@ from sleepsound.core.storage import RootLike, join, open_root, read_json
 from sleepsound.train.loop import predict_proba
 
 
-def evaluate_on_subjects(root: RootLike, task: str, model_dir: str, manifest_rows: list[ManifestRow],
+def evaluate_on_subjects(root: RootLike, target: str, model_dir: str, manifest_rows: list[ManifestRow],
                          subjects: list[str]) -> dict[str, Any]:
     """``metrics.evaluate`` of one stored head on the scored epochs of ``subjects``' labelled nights."""
     fs, _ = open_root(root)
@@ -35,7 +35,7 @@ def evaluate_on_subjects(root: RootLike, task: str, model_dir: str, manifest_row
     if "config" not in lineage:
         raise ValueError(f"{model_dir} predates stored configurations: it cannot be re-scored")
     cfg = Config.model_validate(lineage["config"])
-    label_task = TASKS[task]
+    spec = TARGETS[target]
     rows = [r for r in manifest_rows if r["status"] == "accepted" and r["label_source"] != "none"
             and str(r["subject_id"]) in set(subjects)]
     if not rows:
@@ -46,12 +46,12 @@ def evaluate_on_subjects(root: RootLike, task: str, model_dir: str, manifest_row
     head = load_head(fs, model_dir)
     data = load_embedded(root, cfg, pd.DataFrame(rows))
     x, mask = model_inputs(data, int(head.meta["context_epochs"]))
-    truth = data.epochs.get(label_task.column, pd.Series([None] * len(data.epochs)))
-    keep = truth.isin(label_task.classes).to_numpy()
+    truth = data.epochs.get(spec.column, pd.Series([None] * len(data.epochs)))
+    keep = truth.isin(spec.classes).to_numpy()
     probs = predict_proba(head, x[keep], mask=None if mask is None else mask[keep])
-    counts = lineage.get("class_counts") or [0] * len(label_task.classes)
-    return evaluate(truth[keep].astype(str).tolist(), [label_task.classes[i] for i in probs.argmax(axis=1)],
-                    label_task.classes, label_task.classes[int(np.argmax(counts))])
+    counts = lineage.get("class_counts") or [0] * len(spec.classes)
+    return evaluate(truth[keep].astype(str).tolist(), [spec.classes[i] for i in probs.argmax(axis=1)],
+                    spec.classes, spec.classes[int(np.argmax(counts))])
 
 
 def decide_promotions(root: RootLike, model: TrainedModels, manifest_rows: list[ManifestRow],
@@ -60,14 +60,14 @@ def decide_promotions(root: RootLike, model: TrainedModels, manifest_rows: list[
     _, root_path = open_root(root)
     subjects = model["test_subjects"]
     decisions = {}
-    for task, head in model["heads"].items():
-        challenger = evaluate_on_subjects(root, task, head["model_dir"], manifest_rows, subjects)[metric]
-        current = model_store.champion_version(root, task)
+    for target, head in model["heads"].items():
+        challenger = evaluate_on_subjects(root, target, head["model_dir"], manifest_rows, subjects)[metric]
+        current = model_store.champion_version(root, target)
         champion = None
         if current is not None and current != head["version"]:
-            champion_dir = model_store.model_dir(root_path, task, current)
-            champion = evaluate_on_subjects(root, task, champion_dir, manifest_rows, subjects)[metric]
-        decisions[task] = model_store.promote_if_better(root, task, head["version"], float(challenger),
+            champion_dir = model_store.model_dir(root_path, target, current)
+            champion = evaluate_on_subjects(root, target, champion_dir, manifest_rows, subjects)[metric]
+        decisions[target] = model_store.promote_if_better(root, target, head["version"], float(challenger),
                                                         None if champion is None else float(champion),
                                                         metric=metric, margin=margin)
     return decisions

@@ -1,9 +1,9 @@
-"""Trained heads as versioned artifacts under the storage root, with a champion per task.
+"""Trained heads as versioned artifacts under the storage root, with a champion per target.
 
-Layout: ``<root>/models/<task>/<version>/`` holds ``model.safetensors`` + ``config.json``
+Layout: ``<root>/models/<target>/<version>/`` holds ``model.safetensors`` + ``config.json``
 (``models.heads.artifacts``), ``lineage.json`` (what it was trained on: run, split, manifest hash,
 embedding cache key, code version) and, once evaluated, ``metrics.json``;
-``<root>/models/<task>/champion.json`` names the version that scores by default. A version
+``<root>/models/<target>/champion.json`` names the version that scores by default. A version
 folder is complete when its ``config.json`` exists (``models.heads.artifacts.save_head`` writes it last).
 Nothing here loads weights or runs code from an artifact: it reads JSON only.
 """
@@ -24,14 +24,14 @@ PROMOTIONS = "promotions.json"
 
 
 class ModelNotFound(LookupError):
-    """No such task or version under the storage root."""
+    """No such target or version under the storage root."""
 
 
-def model_dir(root_path: str, task: str, version: str) -> str:
-    return join(root_path, "models", task, version)
+def model_dir(root_path: str, target: str, version: str) -> str:
+    return join(root_path, "models", target, version)
 
 
-def tasks(root: RootLike) -> list[str]:
+def targets(root: RootLike) -> list[str]:
     """Tasks with at least one stored model."""
     fs, root_path = open_root(root)
     base = join(root_path, "models")
@@ -40,13 +40,13 @@ def tasks(root: RootLike) -> list[str]:
     return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False) if fs.isdir(p))
 
 
-def versions(root: RootLike, task: str) -> list[dict[str, Any]]:
-    """Every complete version of ``task``, oldest first, with its headline facts."""
+def versions(root: RootLike, target: str) -> list[dict[str, Any]]:
+    """Every complete version of ``target``, oldest first, with its headline facts."""
     fs, root_path = open_root(root)
-    base = join(root_path, "models", task)
+    base = join(root_path, "models", target)
     if not fs.exists(base):
         return []
-    champion = champion_version(root, task)
+    champion = champion_version(root, target)
     out = []
     for path in fs.ls(base, detail=False):
         version = path.rstrip("/").rsplit("/", 1)[-1]
@@ -56,7 +56,7 @@ def versions(root: RootLike, task: str) -> list[dict[str, Any]]:
         metrics = _json_or_empty(fs, join(path, METRICS))
         config = read_json(fs, join(path, CONFIG_NAME))
         out.append({
-            "task": task, "version": version, "champion": version == champion,
+            "task": target, "version": version, "champion": version == champion,
             "created": lineage.get("created"), "head": config.get("head_class"),
             "context_epochs": config.get("context_epochs"), "classes": config.get("classes"),
             "train_subjects": len(lineage.get("train_subjects", [])),
@@ -66,52 +66,52 @@ def versions(root: RootLike, task: str) -> list[dict[str, Any]]:
     return sorted(out, key=lambda v: (v["created"] or "", v["version"]))
 
 
-def show(root: RootLike, task: str, version: str | None = None) -> dict[str, Any]:
+def show(root: RootLike, target: str, version: str | None = None) -> dict[str, Any]:
     """Everything stored about one version (default: the champion): config, lineage, metrics."""
     fs, root_path = open_root(root)
-    version = version or champion_version(root, task)
+    version = version or champion_version(root, target)
     if version is None:
-        raise ModelNotFound(f"task {task!r} has no champion under {root}; name a version (sleepsound models list)")
-    path = model_dir(root_path, task, version)
+        raise ModelNotFound(f"task {target!r} has no champion under {root}; name a version (sleepsound models list)")
+    path = model_dir(root_path, target, version)
     if not fs.exists(join(path, CONFIG_NAME)):
-        raise ModelNotFound(f"no model {task}/{version} under {root}")
-    return {"task": task, "version": version, "path": path, "champion": version == champion_version(root, task),
+        raise ModelNotFound(f"no model {target}/{version} under {root}")
+    return {"task": target, "version": version, "path": path, "champion": version == champion_version(root, target),
             "config": read_json(fs, join(path, CONFIG_NAME)), "lineage": _json_or_empty(fs, join(path, LINEAGE)),
             "metrics": _json_or_empty(fs, join(path, METRICS))}
 
 
-def champion_version(root: RootLike, task: str) -> str | None:
+def champion_version(root: RootLike, target: str) -> str | None:
     fs, root_path = open_root(root)
-    pointer = join(root_path, "models", task, CHAMPION)
+    pointer = join(root_path, "models", target, CHAMPION)
     return read_json(fs, pointer)["version"] if fs.exists(pointer) else None
 
 
-def set_champion(root: RootLike, task: str, version: str, reason: str) -> dict[str, Any]:
-    """Point ``task``'s champion at ``version`` (which must exist), recording why and what it replaced."""
+def set_champion(root: RootLike, target: str, version: str, reason: str) -> dict[str, Any]:
+    """Point ``target``'s champion at ``version`` (which must exist), recording why and what it replaced."""
     fs, root_path = open_root(root)
-    if not fs.exists(join(model_dir(root_path, task, version), CONFIG_NAME)):
-        raise ModelNotFound(f"no model {task}/{version} under {root}")
-    record = {"version": version, "previous": champion_version(root, task), "reason": reason,
+    if not fs.exists(join(model_dir(root_path, target, version), CONFIG_NAME)):
+        raise ModelNotFound(f"no model {target}/{version} under {root}")
+    record = {"version": version, "previous": champion_version(root, target), "reason": reason,
               "promoted": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    write_json(fs, join(root_path, "models", task, CHAMPION), record)
+    write_json(fs, join(root_path, "models", target, CHAMPION), record)
     return record
 
 
-def promote_if_better(root: RootLike, task: str, challenger: str, challenger_score: float,
+def promote_if_better(root: RootLike, target: str, challenger: str, challenger_score: float,
                       champion_score: float | None, *, metric: str = "macro_f1", margin: float = 0.01) -> PromotionDecision:
     """Champion/challenger: make ``challenger`` the champion only if it beats the champion's score
     on the same evaluation set by at least ``margin`` (higher is better); a first model always wins.
 
     Both scores must come from the same evaluation nights, or the comparison means nothing:
     the caller scores both. The decision and both scores are appended to
-    ``models/<task>/promotions.json`` (promoted or not) and returned.
+    ``models/<target>/promotions.json`` (promoted or not) and returned.
     """
     fs, root_path = open_root(root)
-    if not fs.exists(join(model_dir(root_path, task, challenger), CONFIG_NAME)):
-        raise ModelNotFound(f"no model {task}/{challenger} under {root}")
+    if not fs.exists(join(model_dir(root_path, target, challenger), CONFIG_NAME)):
+        raise ModelNotFound(f"no model {target}/{challenger} under {root}")
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
-    current = champion_version(root, task)
+    current = champion_version(root, target)
     if challenger_score != challenger_score:  # NaN: nothing to judge it by
         promoted, why = False, f"the challenger's {metric} is undefined on the evaluation set"
     elif current is None or champion_score is None:
@@ -123,15 +123,15 @@ def promote_if_better(root: RootLike, task: str, challenger: str, challenger_sco
     else:
         promoted, why = False, (f"{metric} {challenger_score:.4f} does not beat the champion's {champion_score:.4f} "
                                 f"by the margin {margin}")
-    decision = {"task": task, "metric": metric, "margin": margin, "promoted": promoted, "reason": why,
+    decision = {"task": target, "metric": metric, "margin": margin, "promoted": promoted, "reason": why,
                 "challenger": {"version": challenger, "score": challenger_score},
                 "champion": {"version": current, "score": champion_score},
                 "decided": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    log_path = join(root_path, "models", task, PROMOTIONS)
+    log_path = join(root_path, "models", target, PROMOTIONS)
     log = read_json(fs, log_path) if fs.exists(log_path) else []
     write_json(fs, log_path, [*log, decision])
     if promoted:
-        set_champion(root, task, challenger, why)
+        set_champion(root, target, challenger, why)
     return decision
 
 
@@ -139,20 +139,20 @@ def serving_models(root: RootLike, versions: dict[str, str] | None = None) -> Tr
     """Each task's champion (or the version named in ``versions``) as the model dict that
     ``predict.recordings.predict_recordings`` and ``report.outputs.write_run_outputs`` take, without its test subjects.
 
-    The stage3 model is required; other tasks join when they have a champion or a named version.
+    The stage3 model is required; other targets join when they have a champion or a named version.
     """
     versions = dict(versions or {})
-    unknown = sorted(set(versions) - set(tasks(root)))
+    unknown = sorted(set(versions) - set(targets(root)))
     if unknown:
-        raise ModelNotFound(f"no models of task(s) {unknown} under {root}")
+        raise ModelNotFound(f"no models of target(s) {unknown} under {root}")
     heads: dict[str, HeadInfo] = {}
-    for task in tasks(root):
-        version = versions.get(task) or champion_version(root, task)
+    for target in targets(root):
+        version = versions.get(target) or champion_version(root, target)
         if version is None:
             continue
-        info = show(root, task, version)
+        info = show(root, target, version)
         extra = info["config"].get("extra", {})
-        heads[task] = {"task": task, "model_dir": info["path"], "version": version,
+        heads[target] = {"task": target, "model_dir": info["path"], "version": version,
                        "class_counts": info["lineage"].get("class_counts"),
                        **{k: extra[k] for k in ("events_per_event_epoch", "snore_share_per_snore_epoch") if k in extra}}
     if "stage3" not in heads:
@@ -164,9 +164,9 @@ def serving_models(root: RootLike, versions: dict[str, str] | None = None) -> Tr
             "heads": heads, "skipped": {}}
 
 
-def write_metrics(root: RootLike, task: str, version: str, metrics: dict[str, Any]) -> None:
+def write_metrics(root: RootLike, target: str, version: str, metrics: dict[str, Any]) -> None:
     fs, root_path = open_root(root)
-    write_json(fs, join(model_dir(root_path, task, version), METRICS), metrics)
+    write_json(fs, join(model_dir(root_path, target, version), METRICS), metrics)
 
 
 def _json_or_empty(fs: Any, path: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from sleepsound.registry import store as model_store
 from sleepsound.core.config import Config
-from sleepsound.labels.targets import PRIMARY, TASKS
+from sleepsound.labels.targets import PRIMARY, TARGETS
 from sleepsound.ingest.manifest import read_manifest, read_manifest_rows
 from sleepsound.report.metrics import ahi_agreement, bootstrap_ci, cohen_kappa, confusion_counts, evaluate
 from sleepsound.report.figures import ahi_scatter_figure, bland_altman_figure, event_timeline_figure, hypnogram_figure
@@ -52,20 +52,20 @@ def _stages(values: pd.Series) -> list[str | None]:
     return [v if isinstance(v, str) else None for v in values]
 
 
-def task_metrics(preds: pd.DataFrame, model: TrainedModels) -> dict[str, dict[str, Any]]:
+def target_metrics(preds: pd.DataFrame, model: TrainedModels) -> dict[str, dict[str, Any]]:
     """Each trained head on the test subjects' epochs, beside its training-side majority class."""
     out: dict[str, dict[str, Any]] = {}
     for name, info in (model.get("heads") or {PRIMARY: model}).items():
-        task = TASKS[name]
-        if task.pred_column not in preds:
+        target = TARGETS[name]
+        if target.pred_column not in preds:
             continue
-        test = preds[(preds["split"] == "test") & preds[task.true_column].isin(task.classes)
-                     & preds[task.pred_column].notna()]
+        test = preds[(preds["split"] == "test") & preds[target.true_column].isin(target.classes)
+                     & preds[target.pred_column].notna()]
         if not len(test):
             continue
-        counts = info.get("class_counts") or [0] * len(task.classes)
-        majority = task.classes[int(np.argmax(counts))]
-        out[name] = evaluate(test[task.true_column].astype(str), test[task.pred_column].astype(str), task.classes,
+        counts = info.get("class_counts") or [0] * len(target.classes)
+        majority = target.classes[int(np.argmax(counts))]
+        out[name] = evaluate(test[target.true_column].astype(str), test[target.pred_column].astype(str), target.classes,
                              majority)
     return out
 
@@ -75,7 +75,7 @@ def subject_intervals(preds: pd.DataFrame, seed: int = 0) -> dict[str, tuple[flo
     test = preds[(preds["split"] == "test") & preds["stage_true"].notna() & preds["stage_pred"].notna()]
     if test["subject_id"].nunique() < 2:
         return {}
-    classes = TASKS[PRIMARY].classes
+    classes = TARGETS[PRIMARY].classes
 
     def accuracy(t: list[Any], p: list[Any]) -> float:
         return float(np.mean(np.asarray(t) == np.asarray(p)))
@@ -114,8 +114,8 @@ def write_run_outputs(root: RootLike, run_id: str, model: TrainedModels, meta: d
     fs, root_path = open_root(root)
     preds = read_predictions(root, run_id).sort_values(["recording_id", "epoch_index"])
     heads = model.get("heads") or {PRIMARY: model}
-    by_task = task_metrics(preds, model)
-    metrics = by_task.get(PRIMARY)
+    by_target = target_metrics(preds, model)
+    metrics = by_target.get(PRIMARY)
     resp = heads.get("resp")
 
     rows, breathing, hypnograms, timelines = [], [], [], []
@@ -154,13 +154,13 @@ def write_run_outputs(root: RootLike, run_id: str, model: TrainedModels, meta: d
 
     run_dir = join(root_path, "runs", run_id)
     write_table(fs, join(run_dir, "summaries", "summaries.parquet"), pa.Table.from_pandas(summaries, preserve_index=False))
-    everything = {**(metrics or {}), "tasks": {k: v for k, v in by_task.items() if k != PRIMARY},
+    everything = {**(metrics or {}), "tasks": {k: v for k, v in by_target.items() if k != PRIMARY},
                   "ahi": ahi, "subject_ci": {k: list(v) for k, v in intervals.items()},
                   "skipped_tasks": model.get("skipped", {})}
     write_json(fs, join(run_dir, "metrics.json"), everything if metrics else {})
-    for name, task_result in by_task.items():
+    for name, target_result in by_target.items():
         info = heads[name]
-        model_store.write_metrics(root, name, info["version"], {**task_result, "run_id": run_id})
+        model_store.write_metrics(root, name, info["version"], {**target_result, "run_id": run_id})
         if model_store.champion_version(root, name) is None:
             model_store.set_champion(root, name, info["version"], "first evaluated model of this task")
 
@@ -175,22 +175,22 @@ def write_run_outputs(root: RootLike, run_id: str, model: TrainedModels, meta: d
     views = attention_views(preds, read_manifest_rows(root), cfg, cfg.report.attention_examples)
     html_text = render_report(ReportInputs(
         meta, metrics, summaries, hypnograms, quarantined.to_dict("records"),
-        task_metrics={k: v for k, v in by_task.items() if k != PRIMARY}, subject_ci=intervals,
+        target_metrics={k: v for k, v in by_target.items() if k != PRIMARY}, subject_ci=intervals,
         breathing=breathing_frame if len(breathing_frame) else None, ahi=ahi, ahi_figures=ahi_figures,
         attention_views=views, event_timelines=timelines))
     report_path = join(run_dir, "report", "index.html")
     write_bytes_atomic(fs, report_path, html_text.encode())
     return {"report": full_uri(fs, report_path), "summaries": full_uri(fs, join(run_dir, "summaries")),
-            "metrics": _headline(metrics, by_task, ahi)}
+            "metrics": _headline(metrics, by_target, ahi)}
 
 
-def _headline(metrics: dict[str, Any] | None, by_task: dict[str, dict[str, Any]],
+def _headline(metrics: dict[str, Any] | None, by_target: dict[str, dict[str, Any]],
               ahi: dict[str, Any] | None) -> dict[str, Any]:
     keys = ("accuracy", "kappa", "macro_f1", "baseline_accuracy", "baseline_macro_f1", "n_epochs")
     if not metrics:
         return {k: float("nan") for k in keys}
     out = {k: metrics[k] for k in keys}
-    for name, result in by_task.items():
+    for name, result in by_target.items():
         if name != PRIMARY:
             out[f"{name}_macro_f1"] = result["macro_f1"]
     if ahi is not None:

@@ -17,7 +17,7 @@ import pandas as pd
 from sleepsound.report.html import STYLE, esc, fmt, img_tags, table
 from sleepsound.report.metrics import PAPER_TABLE_II
 from sleepsound.report.sections import (contents, section_ahi, section_figures, section_metrics, section_run,
-                                        section_task)
+                                        section_target)
 
 
 # Figure fields: the <img> check each must pass and the figure function its error names.
@@ -36,7 +36,7 @@ class ReportInputs:
     ``hypnograms``: <img> tags from ``hypnogram_figure``. ``quarantined``: records with
     recording_id, reason_code, reason. ``reference``: the Table II row shown beside ours.
 
-    Keyword-only extras (all optional): ``task_metrics``: task name -> ``metrics.evaluate``
+    Keyword-only extras (all optional): ``target_metrics``: target name -> ``metrics.evaluate``
     dict of another head (section ``#task-<name>``); ``subject_ci``: figure (accuracy,
     kappa, macro_f1) -> subject-resampled 95% interval, a column of the main table;
     ``breathing``: one row per night of scored/estimated AHI, severity and snore index;
@@ -57,7 +57,7 @@ class ReportInputs:
     quarantined: Sequence[Mapping[str, Any]] = ()
     _: KW_ONLY
     reference: str = "30-s HuBERT"
-    task_metrics: Mapping[str, Mapping[str, Any] | None] | None = None
+    target_metrics: Mapping[str, Mapping[str, Any] | None] | None = None
     subject_ci: Mapping[str, tuple[float, float]] | None = None
     breathing: pd.DataFrame | None = None
     ahi: Mapping[str, Any] | None = None
@@ -83,8 +83,8 @@ def render_report(inputs: ReportInputs) -> str:
 
     body = section_run(meta)
     body += section_metrics(meta, metrics, inputs.reference, inputs.subject_ci)
-    for name, task_result in (inputs.task_metrics or {}).items():
-        body += section_task(str(name), task_result)
+    for name, target_result in (inputs.target_metrics or {}).items():
+        body += section_target(str(name), target_result)
 
     body += section_figures("hypnograms", "Hypnograms (held-out nights)", inputs.hypnograms, "", "none")
     body += section_figures(

@@ -127,7 +127,7 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "task"
 
 
-def section_task(name: str, metrics: Mapping[str, Any] | None) -> list[str]:
+def section_target(name: str, metrics: Mapping[str, Any] | None) -> list[str]:
     """One more head (stage5, resp, ...) scored like the main one, without the paper's rows."""
     slug = _slug(str(name))
     parts = [f"<h2 id='task-{esc(slug)}'>Held-out subjects: {esc(name)} head</h2>"]

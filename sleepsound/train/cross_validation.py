@@ -17,11 +17,11 @@ import pandas as pd
 from sleepsound.core.storage import RootLike
 from sleepsound.core.config import Config
 from sleepsound.train.dataset import load_embedded
-from sleepsound.labels.targets import PRIMARY, TASKS
+from sleepsound.labels.targets import PRIMARY, TARGETS
 from sleepsound.report.metrics import evaluate, majority_class
 from sleepsound.ingest.manifest import labelled_manifest
 from sleepsound.train.dataset import model_inputs
-from sleepsound.train.fit import NotTrainable, fit_task
+from sleepsound.train.fit import NotTrainable, fit_target
 from sleepsound.train.loop import predict_proba
 
 
@@ -35,46 +35,46 @@ def kfold_subjects(subjects: list[str], k: int, seed: int = 0) -> list[list[str]
 
 
 def score_split(root: RootLike, cfg: Config, labelled: pd.DataFrame, test_subjects: list[str],
-                tasks: list[str]) -> dict[str, dict[str, Any]]:
+                targets: list[str]) -> dict[str, dict[str, Any]]:
     """Train each task's head on every labelled subject not in ``test_subjects`` and predict the
-    test subjects' scored epochs: ``{task: {"true", "pred", "metrics"}}`` or ``{task: {"skipped"}}``."""
+    test subjects' scored epochs: ``{target: {"true", "pred", "metrics"}}`` or ``{target: {"skipped"}}``."""
     subject = labelled["subject_id"].astype(str)
     train_data = load_embedded(root, cfg, labelled[~subject.isin(test_subjects)], shifted=cfg.training.shift_augment)
     test_data = load_embedded(root, cfg, labelled[subject.isin(test_subjects)])
     x, mask = model_inputs(train_data, cfg.training.context_epochs)
     tx, tmask = model_inputs(test_data, cfg.training.context_epochs)
     out: dict[str, dict[str, Any]] = {}
-    for name in tasks:
-        task = TASKS[name]
+    for name in targets:
+        target = TARGETS[name]
         try:
-            result, y, _ = fit_task(cfg, task, train_data, x, mask)
+            result, y, _ = fit_target(cfg, target, train_data, x, mask)
         except NotTrainable as exc:
             out[name] = {"skipped": str(exc)}
             continue
-        truth = test_data.epochs.get(task.column, pd.Series([None] * len(test_data.epochs)))
-        scored = truth.isin(task.classes).to_numpy()
+        truth = test_data.epochs.get(target.column, pd.Series([None] * len(test_data.epochs)))
+        scored = truth.isin(target.classes).to_numpy()
         if not scored.any():
             out[name] = {"skipped": "no scored test epochs"}
             continue
         probs = predict_proba(result.model, tx[scored], mask=None if tmask is None else tmask[scored])
-        pred = [task.classes[i] for i in probs.argmax(axis=1)]
+        pred = [target.classes[i] for i in probs.argmax(axis=1)]
         true = truth[scored].astype(str).tolist()
-        majority = majority_class([task.classes[i] for i in y], task.classes)
-        out[name] = {"true": true, "pred": pred, "metrics": evaluate(true, pred, task.classes, majority),
+        majority = majority_class([target.classes[i] for i in y], target.classes)
+        out[name] = {"true": true, "pred": pred, "metrics": evaluate(true, pred, target.classes, majority),
                      "train_epochs": int(len(y))}
     return out
 
 
 def cross_validate(root: RootLike, cfg: Config, manifest: pd.DataFrame, k: int = 5) -> dict[str, Any]:
-    """Train and test each configured task k times; returns per-fold and pooled figures."""
+    """Train and test each configured target k times; returns per-fold and pooled figures."""
     labelled = labelled_manifest(manifest)
     folds = kfold_subjects(list(labelled["subject_id"].astype(str)), k, cfg.training.seed)
-    tasks = [PRIMARY, *(t for t in cfg.training.tasks if t != PRIMARY)]
-    pooled: dict[str, tuple[list[str], list[str]]] = {t: ([], []) for t in tasks}
-    per_fold: dict[str, list[dict[str, Any]]] = {t: [] for t in tasks}
-    skipped: dict[str, list[str]] = {t: [] for t in tasks}
+    targets = [PRIMARY, *(t for t in cfg.training.targets if t != PRIMARY)]
+    pooled: dict[str, tuple[list[str], list[str]]] = {t: ([], []) for t in targets}
+    per_fold: dict[str, list[dict[str, Any]]] = {t: [] for t in targets}
+    skipped: dict[str, list[str]] = {t: [] for t in targets}
     for n, test_subjects in enumerate(folds):
-        for name, got in score_split(root, cfg, labelled, test_subjects, tasks).items():
+        for name, got in score_split(root, cfg, labelled, test_subjects, targets).items():
             if "skipped" in got:
                 skipped[name].append(f"fold {n}: {got['skipped']}")
                 continue
@@ -82,7 +82,7 @@ def cross_validate(root: RootLike, cfg: Config, manifest: pd.DataFrame, k: int =
             pooled[name][0].extend(got["true"])
             pooled[name][1].extend(got["pred"])
     out: dict[str, Any] = {"k": k, "seed": cfg.training.seed, "fold_subjects": folds, "tasks": {}}
-    for name in tasks:
+    for name in targets:
         if not per_fold[name]:
             out["tasks"][name] = {"skipped": skipped[name]}
             continue
@@ -92,7 +92,7 @@ def cross_validate(root: RootLike, cfg: Config, manifest: pd.DataFrame, k: int =
             "per_fold": per_fold[name], "skipped": skipped[name],
             "macro_f1_mean": float(f1.mean()), "macro_f1_sd": float(f1.std(ddof=1)) if len(f1) > 1 else 0.0,
             "accuracy_mean": float(acc.mean()), "accuracy_sd": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
-            "pooled": evaluate(*pooled[name], TASKS[name].classes),
+            "pooled": evaluate(*pooled[name], TARGETS[name].classes),
         }
     return out
 

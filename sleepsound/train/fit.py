@@ -1,7 +1,7 @@
 """Train one head per target on the training subjects and register each under the storage root.
 
 Training reads only cached embeddings, so retraining takes minutes. One subject split
-(never by epoch) serves every task (sleepsound.labels.targets: 3-class and 5-class staging,
+(never by epoch) serves every target (sleepsound.labels.targets: 3-class and 5-class staging,
 the respiratory label) and is recorded with each model, together with what produced the
 features, so a model can always be traced back to its data. Training adds the cached 15-s
 shifted windows of the training subjects (``training.shift_augment``); prediction and
@@ -27,7 +27,7 @@ from sleepsound.embed.cache import backbone_key, channel_configs
 from sleepsound.registry.evaluation_set import evaluation_subjects
 from sleepsound.models.heads.artifacts import save_head
 from sleepsound.models.heads.layers import layer_weights
-from sleepsound.labels.targets import PRIMARY, TASKS, LabelTask
+from sleepsound.labels.targets import PRIMARY, TARGETS, Target
 from sleepsound.core.records import HeadInfo, TrainedModels
 from sleepsound.core.storage import RootLike, join, open_root, write_json
 from sleepsound.train.loop import TrainConfig, TrainResult, split_by_subject, train_head
@@ -37,11 +37,11 @@ MIN_SUBJECTS_FOR_VALIDATION = 5
 
 
 class NotTrainable(ValueError):
-    """A task whose labels do not allow a head on this training side (the run says why)."""
+    """A target whose labels do not allow a head on this training side (the run says why)."""
 
 
 def subject_split(cfg: Config, manifest: pd.DataFrame, test_subjects: list[str] | None = None) -> dict[str, list[str]]:
-    """Train / validation / test subjects of the labelled nights, seeded (the same for every task).
+    """Train / validation / test subjects of the labelled nights, seeded (the same for every target).
 
     ``test_subjects``: a fixed evaluation set (sleepsound.registry.evaluation_set) instead of a fresh draw.
     """
@@ -63,8 +63,8 @@ def subject_split(cfg: Config, manifest: pd.DataFrame, test_subjects: list[str] 
 def train_models(root: RootLike, cfg: Config, run_id: str, manifest: pd.DataFrame) -> TrainedModels:
     """Every configured task's head on one split; the primary (stage3) head's facts at the top level.
 
-    Returns ``{model_dir, version, task, train/val/test_subjects, train_epochs, train_shifted,
-    heads: {task: {...}}, skipped: {task: reason}}``: locations and counts, never weights.
+    Returns ``{model_dir, version, task (the primary target), train/val/test_subjects, train_epochs, train_shifted,
+    heads: {target: {...}}, skipped: {target: reason}}``: locations and counts, never weights.
     """
     labelled = labelled_manifest(manifest)
     split = subject_split(cfg, manifest, evaluation_subjects(root, cfg, labelled))
@@ -78,11 +78,11 @@ def train_models(root: RootLike, cfg: Config, run_id: str, manifest: pd.DataFram
     if split["val_subjects"]:
         val_data = load_embedded(root, cfg, labelled[labelled["subject_id"].astype(str).isin(split["val_subjects"])])
         val = (val_data, *model_inputs(val_data, cfg.training.context_epochs))
-    tasks = [PRIMARY, *(t for t in cfg.training.tasks if t != PRIMARY)]
+    targets = [PRIMARY, *(t for t in cfg.training.targets if t != PRIMARY)]
     heads, skipped = {}, {}
-    for name in tasks:
+    for name in targets:
         try:
-            heads[name] = _train_task(root, cfg, run_id, labelled, split, TASKS[name], data, x, mask, val)
+            heads[name] = _train_target(root, cfg, run_id, labelled, split, TARGETS[name], data, x, mask, val)
         except NotTrainable as exc:
             if name == PRIMARY:
                 raise
@@ -93,24 +93,24 @@ def train_models(root: RootLike, cfg: Config, run_id: str, manifest: pd.DataFram
             "heads": heads, "skipped": skipped}
 
 
-def _train_task(root: RootLike, cfg: Config, run_id: str, labelled: pd.DataFrame, split: dict[str, list[str]],
-                task: LabelTask, data: EmbeddedEpochs, x: np.ndarray, mask: np.ndarray | None,
+def _train_target(root: RootLike, cfg: Config, run_id: str, labelled: pd.DataFrame, split: dict[str, list[str]],
+                target: Target, data: EmbeddedEpochs, x: np.ndarray, mask: np.ndarray | None,
                 val: tuple[EmbeddedEpochs, np.ndarray, np.ndarray | None] | None) -> HeadInfo:
     """Train and save one head; NotTrainable when its labels are missing or of one class only."""
-    result, y, keep = fit_task(cfg, task, data, x, mask, val)
+    result, y, keep = fit_target(cfg, target, data, x, mask, val)
     n_shifted = int((keep & data.is_shifted).sum())
     epochs = data.epochs[~data.is_shifted]
     lineage: dict[str, Any] = {
-        "task": task.name, "run_id": run_id, "code_version": __version__, "config_hash": cfg.fingerprint(),
+        "task": target.name, "run_id": run_id, "code_version": __version__, "config_hash": cfg.fingerprint(),
         "config": cfg.model_dump(exclude={"report"}),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "manifest_hash": hashlib.sha256(json.dumps(sorted(labelled["sha256"])).encode()).hexdigest()[:16],
         "embedding_cache": [f"{backbone_key(c.backbone)}/{c.preprocess.fingerprint()}" for c in channel_configs(cfg)],
         **split, "train_epochs": int(keep.sum()) - n_shifted, "train_shifted": n_shifted,
-        "classes": list(task.classes), "class_counts": np.bincount(y, minlength=len(task.classes)).tolist(),
+        "classes": list(target.classes), "class_counts": np.bincount(y, minlength=len(target.classes)).tolist(),
         "best_epoch": result.best_epoch,
     }
-    if task.name == "resp":
+    if target.name == "resp":
         lineage.update(_event_rates(epochs))
     mixed = layer_weights(result.model)
     layer_info = {} if mixed is None else {"layers": list(cfg.backbone.layers), "layer_weights": mixed}
@@ -118,11 +118,11 @@ def _train_task(root: RootLike, cfg: Config, run_id: str, labelled: pd.DataFrame
     digest = {k: v for k, v in lineage.items() if k not in ("created", "config")}
     version = f"{run_id}-{hashlib.sha256(json.dumps(digest, sort_keys=True).encode()).hexdigest()[:8]}"
     fs, root_path = open_root(root)
-    model_dir = join(root_path, "models", task.name, version)
-    save_head(result.model, fs, model_dir, extra={"task": task.name, **layer_info,
+    model_dir = join(root_path, "models", target.name, version)
+    save_head(result.model, fs, model_dir, extra={"task": target.name, **layer_info,
                                                   **{k: lineage[k] for k in _RATE_KEYS if k in lineage}})
     write_json(fs, join(model_dir, "lineage.json"), {**lineage, "history": result.history})
-    return {"task": task.name, "model_dir": model_dir, "version": version,
+    return {"task": target.name, "model_dir": model_dir, "version": version,
             "train_epochs": lineage["train_epochs"], "train_shifted": n_shifted,
             "class_counts": lineage["class_counts"], **{k: lineage[k] for k in _RATE_KEYS if k in lineage}}
 
@@ -141,27 +141,27 @@ def _event_rates(epochs: pd.DataFrame) -> dict[str, float]:
             if is_snore.any() else 1.0}
 
 
-def fit_task(cfg: Config, task: LabelTask, data: EmbeddedEpochs, x: np.ndarray, mask: np.ndarray | None,
+def fit_target(cfg: Config, target: Target, data: EmbeddedEpochs, x: np.ndarray, mask: np.ndarray | None,
              val: tuple[EmbeddedEpochs, np.ndarray, np.ndarray | None] | None = None,
              ) -> tuple[TrainResult, np.ndarray, np.ndarray]:
     """One head on the rows that carry the task's labels -> (result, class indices, rows used)."""
-    labels = data.epochs[task.column] if task.column in data.epochs else pd.Series([None] * len(data.epochs))
-    keep = labels.isin(task.classes).to_numpy()
+    labels = data.epochs[target.column] if target.column in data.epochs else pd.Series([None] * len(data.epochs))
+    keep = labels.isin(target.classes).to_numpy()
     present = sorted(set(labels[keep]))
     if len(present) < 2:
-        raise NotTrainable(f"{task.name}: the training subjects' epochs carry {len(present)} of its classes "
-                           f"({', '.join(task.classes)}); at least 2 are needed")
-    y = np.array([task.classes.index(v) for v in labels[keep]])
+        raise NotTrainable(f"{target.name}: the training subjects' epochs carry {len(present)} of its classes "
+                           f"({', '.join(target.classes)}); at least 2 are needed")
+    y = np.array([target.classes.index(v) for v in labels[keep]])
     val_args = None
     if val is not None:
         val_data, val_x, val_mask = val
-        val_labels = val_data.epochs.get(task.column, pd.Series([None] * len(val_data.epochs)))
-        vk = val_labels.isin(task.classes).to_numpy()
+        val_labels = val_data.epochs.get(target.column, pd.Series([None] * len(val_data.epochs)))
+        vk = val_labels.isin(target.classes).to_numpy()
         if vk.any():
-            val_y = np.array([task.classes.index(v) for v in val_labels[vk]])
+            val_y = np.array([target.classes.index(v) for v in val_labels[vk]])
             val_args = (val_x[vk], val_y) if val_mask is None else (val_x[vk], val_y, val_mask[vk])
     tcfg = TrainConfig(lr=cfg.training.lr, min_lr=cfg.training.min_lr, epochs=cfg.training.epochs,
-                       batch_size=cfg.training.batch_size, seed=cfg.training.seed, classes=task.classes)
+                       batch_size=cfg.training.batch_size, seed=cfg.training.seed, classes=target.classes)
     if cfg.training.ray_workers > 1:
         from sleepsound.train.distributed import train_head_ray
 
