@@ -270,7 +270,7 @@ def ui(
     import os
     import subprocess
 
-    from flows.local_prefect import OFFLINE_ENV
+    from sleepsound.runs.prefect_api import OFFLINE_ENV
 
     home = Path(".prefect").resolve()
     if not home.exists():
@@ -489,7 +489,7 @@ def bench_score(
     workdir: BenchWorkdirOpt = None,
 ) -> None:
     """Score a cohort of short synthetic nights with the score flow: per-stage times, scaling, peak memory."""
-    from flows.local_prefect import local_prefect_api
+    from sleepsound.runs.prefect_api import local_prefect_api
     from sleepsound.bench.embed import parse_workers
     from sleepsound.bench.score import run_score_bench
 
@@ -626,7 +626,7 @@ def _run_flow(source: str, root: str, config: dict, ray_address: str | None, run
 
 def _run_flow_locally(source: str, root: str, config: dict, ray_address: str | None, run_id: str | None,
                       flow: str, versions: dict[str, str] | None, metric: str, margin: float) -> dict:
-    from flows.local_prefect import local_prefect_api
+    from sleepsound.runs.prefect_api import local_prefect_api
 
     with local_prefect_api(Path(".prefect").resolve()) as api_url:
         console.print(f"Prefect API: {api_url}")
