@@ -201,7 +201,7 @@ def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
     from sleepsound.embed.cohort import embed_cohort
     from sleepsound.ingest.manifest import build_manifest, read_manifest, write_manifest
     from sleepsound.train.fit import predict_recordings
-    from tasks.champions import serving_with_unseen
+    from sleepsound.registry.serving import serving_with_unseen
 
     cfg = Config.model_validate(_config(spec, 1))
     with TreeMemory() as memory:
