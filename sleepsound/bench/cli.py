@@ -1,7 +1,9 @@
 """``sleepsound bench``: the benchmarks' command face, beside the commands it measures.
 
 Registered by sleepsound/cli.py as ``app.add_typer(bench_app, name="bench")``. Heavy imports
-happen inside the commands so ``--help`` stays instant.
+happen inside the commands so ``--help`` stays instant. Nothing here imports ``flows`` or
+``tasks``: ``bench score`` runs the real ``sleepsound train`` and ``sleepsound score`` commands as
+child processes, sharing the one Prefect API it starts.
 """
 
 from __future__ import annotations
@@ -175,6 +177,7 @@ def bench_score(
         table.add_row(name, f"{r['seconds']:.1f}", f"{r['nights_per_s']:.2f}", f"{r['epochs_per_s']:.1f}",
                       f"{r['x_realtime']:.0f}", f"{r['peak_pss_mb']:.0f}")
     console.print(table)
+    console.print(f"seconds: {result['method']['seconds']}")
     for r in result["runs"]:
         console.print(f"stages with {r['embed_workers']} worker(s), seconds: "
                       + ", ".join(f"{k} {v:.1f}" for k, v in r["steps"].items()))
