@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from sleepsound.core.config import Config
 
 app = typer.Typer(help="Sleep stages and breathing events from overnight audio.", no_args_is_help=True,
                   add_completion=False)
 console = Console()
+err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: section.key=value (repeatable).")]
@@ -63,14 +71,9 @@ def validate(
 
     Exit 2 only when validation could not run (bad arguments, unreachable storage).
     """
-    from sleepsound.core.config import load_config
+    cfg = _load_config(config, overrides)
     from sleepsound.ingest.manifest import build_manifest, write_manifest
 
-    try:
-        cfg = load_config(config, overrides)
-    except (ValueError, OSError) as exc:
-        console.print(f"[red]bad configuration:[/red] {exc}")
-        raise typer.Exit(2) from exc
     try:
         rows = build_manifest(source, cfg.preprocess, cfg.validation, deep=deep)
         if root:
@@ -110,9 +113,7 @@ def run(
     run_id: RunIdOpt = None,
 ) -> None:
     """Run the whole workflow (validate, embed, train, predict, report) as a Prefect flow on Ray."""
-    from sleepsound.core.config import load_config
-
-    cfg = load_config(config, overrides)
+    cfg = _load_config(config, overrides)
     result = _run_flow(source, root, cfg.model_dump(), ray_address, run_id)
     _print_results(result)
 
@@ -129,10 +130,8 @@ def train(
     run_id: RunIdOpt = None,
 ) -> None:
     """Retrain every head and promote each only if it beats its champion on the fixed evaluation set."""
-    from sleepsound.core.config import load_config
-
     _check_metric(metric)
-    cfg = load_config(config, overrides)
+    cfg = _load_config(config, overrides)
     result = _run_flow(source, root, cfg.model_dump(), ray_address, run_id, flow="train", metric=metric,
                        margin=margin)
     _print_results(result)
@@ -150,10 +149,8 @@ def nightly(
     run_id: RunIdOpt = None,
 ) -> None:
     """Do only what is new: embed new nights, retrain and maybe promote if some are labelled, score them."""
-    from sleepsound.core.config import load_config
-
     _check_metric(metric)
-    cfg = load_config(config, overrides)
+    cfg = _load_config(config, overrides)
     result = _run_flow(source, root, cfg.model_dump(), ray_address, run_id, flow="nightly", metric=metric,
                        margin=margin)
     new = result["new"]
@@ -180,14 +177,12 @@ def deploy(
     """Register the nightly (scheduled), train and score deployments with the Prefect API in PREFECT_API_URL."""
     import os
 
-    from sleepsound.core.config import load_config
-
     if not os.environ.get("PREFECT_API_URL"):
         console.print("[red]set PREFECT_API_URL to the Prefect server that should hold the deployments[/red]")
         raise typer.Exit(2)
+    cfg = _load_config(config, overrides)
     from flows.deploy import register_deployments
 
-    cfg = load_config(config, overrides)
     ids = register_deployments(source, root, cfg.model_dump(), cron=cron, timezone=timezone, work_pool=work_pool,
                                ray_address=ray_address)
     for name, deployment_id in ids.items():
@@ -227,9 +222,7 @@ def score(
     run_id: RunIdOpt = None,
 ) -> None:
     """Score a cohort with the registered models (champions by default): validate, embed, predict, report."""
-    from sleepsound.core.config import load_config
-
-    cfg = load_config(config, overrides)
+    cfg = _load_config(config, overrides)
     versions = {}
     for item in model or []:
         task, sep, version = item.partition("=")
@@ -252,11 +245,10 @@ def demo(
     ray_address: RayOpt = None,
 ) -> None:
     """Generate a small synthetic cohort and run the full workflow on it."""
-    from sleepsound.core.config import load_config
     from sleepsound.recipes.demo import DEMO_OVERRIDES, ensure_demo_cohort
 
+    cfg = _load_config(config, overrides, extra=DEMO_OVERRIDES)   # refused before the cohort is generated
     source = ensure_demo_cohort(Path(".sleepsound-demo-source"), subjects, hours, seed, console)
-    cfg = load_config(config, [*DEMO_OVERRIDES, *(overrides or [])])
     result = _run_flow(str(source), root, cfg.model_dump(), ray_address, "demo")
     _print_results(result)
 
@@ -291,12 +283,11 @@ def cv(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Subject-wise k-fold cross-validation of the heads on the cached embeddings (nothing is registered)."""
-    from sleepsound.core.config import load_config
+    cfg = _load_config(config, overrides)
     from sleepsound.train.cross_validation import cross_validate
     from sleepsound.ingest.manifest import read_manifest
 
     try:
-        cfg = load_config(config, overrides)
         result = cross_validate(root, cfg, read_manifest(root), folds)
     except (ValueError, OSError) as exc:
         console.print(f"[red]cannot cross-validate:[/red] {exc}")
@@ -331,11 +322,10 @@ def reproduce_embc2025_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Run the EMBC 2025 paper's protocol and print its Table II beside the paper's numbers."""
-    from sleepsound.core.config import load_config
+    cfg = _load_config(config, overrides)
     from sleepsound.recipes.embc2025 import reproduce_embc2025
 
     try:
-        cfg = load_config(config, overrides)
         result = reproduce_embc2025(psg_audio, root, cfg, backbone=backbone, use_ray=not local, models=models,
                                     mel_pool_seconds=mel_pool_seconds)
     except (ValueError, OSError) as exc:
@@ -408,6 +398,68 @@ def models_show(
     except model_store.ModelNotFound as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
+
+
+def _load_config(config: Path | None, overrides: list[str] | None, extra: Sequence[str] = ()) -> Config:
+    """Every command's settings: ``--config``, then ``SLEEPSOUND_*`` variables, then ``extra`` (a recipe's
+    own overrides) and the user's ``--set``. A bad setting or an unreadable file exits 2 with one line
+    naming it, before anything starts (Prefect, Ray, a root, a cohort), instead of a traceback."""
+    import yaml
+    from pydantic import ValidationError
+
+    from sleepsound.core.config import load_config
+
+    try:
+        return load_config(config, [*extra, *(overrides or [])])
+    except ValidationError as exc:
+        problem = _settings_problem(exc)
+    except UnicodeDecodeError:
+        problem = f"cannot read {config}: not UTF-8 text"
+    except OSError as exc:
+        problem = f"cannot read {exc.filename or config}: {exc.strerror or exc}"
+    except yaml.YAMLError as exc:     # only the file: an override's value names itself (a ValueError)
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = f"{config} is not valid YAML: {getattr(exc, 'problem', None) or exc}{where}"
+    except ValueError as exc:
+        problem = str(exc)
+    err_console.print(f"[red]bad configuration:[/red] {escape(' '.join(problem.split()))}", soft_wrap=True,
+                      highlight=False)
+    raise typer.Exit(2)
+
+
+def _settings_problem(exc: ValidationError) -> str:
+    """Each invalid setting by its dotted name and what is wrong; an unknown one with the valid names beside it."""
+    parts = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        name = ".".join(loc) or "configuration"
+        if error["type"] == "extra_forbidden":
+            section = ".".join(loc[:-1])
+            valid = ", ".join(_setting_names(loc[:-1]))
+            parts.append(f"{name}: unknown setting; {section} has {valid}" if section
+                         else f"{name}: unknown section; the sections are {valid}")
+            continue
+        value = error.get("input")
+        got = f" (got {value!r:.60})" if isinstance(value, (str, int, float, bool)) or value is None else ""
+        message = error["msg"].removeprefix("Value error, ")   # a validator's own sentence says it all
+        parts.append(f"{name}: {message}{got}")
+    return "; ".join(parts)
+
+
+def _setting_names(path: list[str]) -> list[str]:
+    """The settings a section (dotted ``path`` into ``Config``) accepts, for the message naming an unknown one."""
+    from pydantic import BaseModel
+
+    from sleepsound.core.config import Config
+
+    model: type[BaseModel] = Config
+    for part in path:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return sorted(model.model_fields)
 
 
 def _check_metric(metric: str) -> None:
