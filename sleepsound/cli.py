@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from sleepsound.core.config import Config
 
 app = typer.Typer(help="Sleep stages and breathing events from overnight audio.", no_args_is_help=True,
                   add_completion=False)
 console = Console()
+err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: section.key=value (repeatable).")]
@@ -64,14 +71,9 @@ def validate(
 
     Exit 2 only when validation could not run (bad arguments, unreachable storage).
     """
-    from sleepsound.core.config import load_config
+    cfg = _load_config(config, overrides)
     from sleepsound.ingest.manifest import build_manifest, write_manifest
 
-    try:
-        cfg = load_config(config, overrides)
-    except (ValueError, OSError) as exc:
-        console.print(f"[red]bad configuration:[/red] {exc}")
-        raise typer.Exit(2) from exc
     try:
         rows = build_manifest(source, cfg.preprocess, cfg.validation, deep=deep)
         if root:
@@ -111,9 +113,7 @@ def run(
     run_id: RunIdOpt = None,
 ) -> None:
     """Run the whole workflow (validate, embed, train, predict, report) as a Prefect flow on Ray."""
-    from sleepsound.core.config import load_config
-
-    cfg = load_config(config, overrides)
+    cfg = _load_config(config, overrides)
     result = _run_flow(source, root, cfg.model_dump(), ray_address, run_id)
     _print_results(result)
 
@@ -130,10 +130,8 @@ def train(
     run_id: RunIdOpt = None,
 ) -> None:
     """Retrain every head and promote each only if it beats its champion on the fixed evaluation set."""
-    from sleepsound.core.config import load_config
-
     _check_metric(metric)
-    cfg = load_config(config, overrides)
+    cfg = _load_config(config, overrides)
     result = _run_flow(source, root, cfg.model_dump(), ray_address, run_id, flow="train", metric=metric,
                        margin=margin)
     _print_results(result)
@@ -151,10 +149,8 @@ def nightly(
     run_id: RunIdOpt = None,
 ) -> None:
     """Do only what is new: embed new nights, retrain and maybe promote if some are labelled, score them."""
-    from sleepsound.core.config import load_config
-
     _check_metric(metric)
-    cfg = load_config(config, overrides)
+    cfg = _load_config(config, overrides)
     result = _run_flow(source, root, cfg.model_dump(), ray_address, run_id, flow="nightly", metric=metric,
                        margin=margin)
     new = result["new"]
@@ -181,14 +177,12 @@ def deploy(
     """Register the nightly (scheduled), train and score deployments with the Prefect API in PREFECT_API_URL."""
     import os
 
-    from sleepsound.core.config import load_config
-
     if not os.environ.get("PREFECT_API_URL"):
         console.print("[red]set PREFECT_API_URL to the Prefect server that should hold the deployments[/red]")
         raise typer.Exit(2)
+    cfg = _load_config(config, overrides)
     from flows.deploy import register_deployments
 
-    cfg = load_config(config, overrides)
     ids = register_deployments(source, root, cfg.model_dump(), cron=cron, timezone=timezone, work_pool=work_pool,
                                ray_address=ray_address)
     for name, deployment_id in ids.items():
@@ -228,9 +222,7 @@ def score(
     run_id: RunIdOpt = None,
 ) -> None:
     """Score a cohort with the registered models (champions by default): validate, embed, predict, report."""
-    from sleepsound.core.config import load_config
-
-    cfg = load_config(config, overrides)
+    cfg = _load_config(config, overrides)
     versions = {}
     for item in model or []:
         task, sep, version = item.partition("=")
@@ -253,11 +245,10 @@ def demo(
     ray_address: RayOpt = None,
 ) -> None:
     """Generate a small synthetic cohort and run the full workflow on it."""
-    from sleepsound.core.config import load_config
     from sleepsound.recipes.demo import DEMO_OVERRIDES, ensure_demo_cohort
 
+    cfg = _load_config(config, overrides, extra=DEMO_OVERRIDES)   # refused before the cohort is generated
     source = ensure_demo_cohort(Path(".sleepsound-demo-source"), subjects, hours, seed, console)
-    cfg = load_config(config, [*DEMO_OVERRIDES, *(overrides or [])])
     result = _run_flow(str(source), root, cfg.model_dump(), ray_address, "demo")
     _print_results(result)
 
@@ -270,7 +261,7 @@ def ui(
     import os
     import subprocess
 
-    from flows.local_prefect import OFFLINE_ENV
+    from sleepsound.runs.prefect_api import OFFLINE_ENV
 
     home = Path(".prefect").resolve()
     if not home.exists():
@@ -292,12 +283,11 @@ def cv(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Subject-wise k-fold cross-validation of the heads on the cached embeddings (nothing is registered)."""
-    from sleepsound.core.config import load_config
+    cfg = _load_config(config, overrides)
     from sleepsound.train.cross_validation import cross_validate
     from sleepsound.ingest.manifest import read_manifest
 
     try:
-        cfg = load_config(config, overrides)
         result = cross_validate(root, cfg, read_manifest(root), folds)
     except (ValueError, OSError) as exc:
         console.print(f"[red]cannot cross-validate:[/red] {exc}")
@@ -332,11 +322,10 @@ def reproduce_embc2025_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Run the EMBC 2025 paper's protocol and print its Table II beside the paper's numbers."""
-    from sleepsound.core.config import load_config
+    cfg = _load_config(config, overrides)
     from sleepsound.recipes.embc2025 import reproduce_embc2025
 
     try:
-        cfg = load_config(config, overrides)
         result = reproduce_embc2025(psg_audio, root, cfg, backbone=backbone, use_ray=not local, models=models,
                                     mel_pool_seconds=mel_pool_seconds)
     except (ValueError, OSError) as exc:
@@ -359,202 +348,9 @@ def reproduce_embc2025_command(
                       f"(majority baseline macro-F1 {m['baseline_macro_f1']:.3f})")
 
 
-bench_app = typer.Typer(help="Benchmarks: throughput and peak memory beside a simple baseline, in one run.",
-                        no_args_is_help=True)
+from sleepsound.bench.cli import bench_app  # noqa: E402  (typer only: no heavy imports at --help)
+
 app.add_typer(bench_app, name="bench")
-BenchJsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
-BenchWorkdirOpt = Annotated[Optional[Path], typer.Option(
-    help="Folder for the generated input (default: $SLEEPSOUND_CACHE/bench, reused across runs).")]
-
-
-def _run_bench(as_json: bool, intro: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
-    """A benchmark's shared frame: its intro line (table mode), a BenchError as exit 2, ``--json`` as one
-    printed line. Returns the result for the caller's table, or None once the JSON is printed."""
-    from sleepsound.bench.ingest import BenchError
-
-    try:
-        if not as_json:
-            console.print(intro)
-        result = run()
-    except BenchError as exc:
-        console.print(f"[red]benchmark failed:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    if as_json:
-        print(json.dumps(result))
-        return None
-    return result
-
-
-@bench_app.command("ingest")
-def bench_ingest(
-    hours: Annotated[float, typer.Option(help="Length of the synthetic night in hours.")] = 8.0,
-    sample_rate: Annotated[int, typer.Option(help="Microphone sample rate of the night in Hz.")] = 48_000,
-    as_json: BenchJsonOpt = False,
-    workdir: BenchWorkdirOpt = None,
-) -> None:
-    """Read, validate, resample, filter and epoch one synthetic night, beside a load-whole-file baseline."""
-    from sleepsound.bench.ingest import run_ingest_bench
-
-    result = _run_bench(as_json, f"ingest benchmark: {hours:g} h at {sample_rate} Hz (the night is generated once, "
-                                 "then reused)",
-                        lambda: run_ingest_bench(hours=hours, sample_rate=sample_rate, workdir=workdir))
-    if result is None:
-        return
-    ours, base = result["ours"], result["baseline"]
-    table = Table("figure", "ours (streamed)", "baseline (whole part)",
-                  title=f"ingest: {result['audio_hours']:g} h at {result['sample_rate']:g} Hz, {result['epochs']} epochs")
-    table.add_row("seconds", f"{ours['seconds']:.1f}", f"{base['seconds']:.1f}")
-    table.add_row("CPU seconds", f"{ours['cpu_seconds']:.1f}", f"{base['cpu_seconds']:.1f}")
-    table.add_row("x real time", f"{ours['x_realtime']:.0f}", f"{base['x_realtime']:.0f}")
-    table.add_row("x real time per core", f"{ours['x_realtime_per_core']:.0f}", f"{base['x_realtime_per_core']:.0f}")
-    table.add_row("peak RSS (MB)", f"{ours['peak_rss_mb']:.0f}", f"{base['peak_rss_mb']:.0f}")
-    console.print(table)
-    console.print(f"speedup {result['speedup']:.2f}x; goals: "
-                  + ", ".join(f"{name} {'met' if ok else 'MISSED'}" for name, ok in result["goals"].items()))
-    console.print(f"baseline: {result['method']['baseline']}")
-
-
-def _positive_int(text: str) -> int:
-    from sleepsound.bench.ingest import BenchError
-
-    if not text.isdigit() or int(text) < 1:
-        raise BenchError(f"--batch-size takes a positive count or 'auto', got {text!r}")
-    return int(text)
-
-
-@bench_app.command("embed")
-def bench_embed(
-    backbone: Annotated[str, typer.Option(help="Backbone name, local folder or Hugging Face id.")] = "whisper-tiny.en-offline",
-    minutes: Annotated[float, typer.Option(help="Length of the synthetic night in minutes.")] = 30.0,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
-    batch_size: Annotated[Optional[str], typer.Option(
-        help="Epochs per forward pass, or 'auto' (from free GPU memory); default: the config's.")] = None,
-    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone.")] = False,
-    workers: Annotated[Optional[str], typer.Option(
-        help="Also run through Ray Data with these model-actor counts, e.g. 1,2 (simulated on one machine).")] = None,
-    sample_rate: Annotated[int, typer.Option(help="Microphone sample rate of the night in Hz.")] = 48_000,
-    as_json: BenchJsonOpt = False,
-    workdir: BenchWorkdirOpt = None,
-) -> None:
-    """Embed one synthetic night end to end, beside the bare model and a clip-by-clip tutorial baseline."""
-    from sleepsound.bench.embed import parse_workers, run_embed_bench
-
-    def run() -> dict[str, Any]:
-        size: int | str | None = batch_size if batch_size in (None, "auto") else _positive_int(batch_size)
-        return run_embed_bench(backbone=backbone, minutes=minutes, device=device, dtype=dtype, batch_size=size,
-                               workers=parse_workers(workers), workdir=workdir, sample_rate=sample_rate,
-                               compile=compile_model)
-
-    result = _run_bench(as_json, f"embed benchmark: {backbone}, {minutes:g} min at {sample_rate} Hz on {device}", run)
-    if result is None:
-        return
-    table = Table("figure", "ours (pipeline)", "model alone", "baseline (clip by clip)",
-                  title=f"embed: {result['backbone']} on {result['device_name']} ({result['dtype']}), "
-                        f"{result['epochs']} epochs")
-    table.add_row("seconds", f"{result['seconds']:.2f}", f"{result['model_seconds']:.2f}",
-                  f"{result['baseline_seconds']:.2f}")
-    table.add_row("epochs / s", f"{result['epochs_per_s']:.2f}", f"{result['model_epochs_per_s']:.2f}",
-                  f"{result['baseline_epochs_per_s']:.2f}")
-    table.add_row("GFLOP / s", f"{result['ours_gflops_per_s']:.0f}", f"{result['model_gflops_per_s']:.0f}",
-                  f"{result['baseline_gflops_per_s']:.0f}")
-    table.add_row("peak RSS (MB)", f"{result['peak_rss_mb']:.0f}", "", f"{result['baseline_peak_rss_mb']:.0f}")
-    console.print(table)
-    for row in result["scaling"]:
-        console.print(f"Ray, {row['workers']} model actor(s): {row['epochs_per_s']:.2f} epochs/s, "
-                      f"efficiency {row['efficiency']}")
-    if result["scaling_note"]:
-        console.print(result["scaling_note"])
-    mfu = "" if result["mfu"] is None else f", MFU {result['mfu']:.1%}"
-    console.print(f"speedup {result['speedup']:.2f}x, {result['x_realtime']:.0f}x real time (an 8-h night in "
-                  f"{result['eight_hour_night_seconds']:.0f} s), pipeline overhead {result['overhead_fraction']:.0%}"
-                  f"{mfu}; goals: " + ", ".join(f"{name} {'met' if ok else 'MISSED'}"
-                                                for name, ok in result["goals"].items()))
-    console.print(f"baseline: {result['method']['baseline']}")
-
-
-@bench_app.command("score")
-def bench_score(
-    nights: Annotated[int, typer.Option(help="Synthetic nights in the cohort.")] = 100,
-    minutes: Annotated[float, typer.Option(help="Length of each night in minutes.")] = 6.0,
-    workers: Annotated[str, typer.Option(help="Embedding model-actor counts to run the flow with, e.g. 1,2.")] = "1,2",
-    backbone: Annotated[Optional[str], typer.Option(help="Backbone (default: the config's).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Epochs per forward pass.")] = 16,
-    train_nights: Annotated[int, typer.Option(help="Nights the champions are trained on first (not timed).")] = 8,
-    baseline: Annotated[bool, typer.Option(help="Also run the one-process baseline.")] = True,
-    ray_address: RayOpt = None,
-    object_store_mb: Annotated[Optional[int], typer.Option(
-        help="Local Ray object store size in MB (ray.object_store_mb; default Ray's own).")] = None,
-    as_json: BenchJsonOpt = False,
-    workdir: BenchWorkdirOpt = None,
-) -> None:
-    """Score a cohort of short synthetic nights with the score flow: per-stage times, scaling, peak memory."""
-    from flows.local_prefect import local_prefect_api
-    from sleepsound.bench.embed import parse_workers
-    from sleepsound.bench.score import run_score_bench
-
-    def run() -> dict[str, Any]:
-        with local_prefect_api(Path(".prefect").resolve()):
-            return run_score_bench(nights=nights, minutes=minutes, workers=parse_workers(workers) or [1],
-                                   backbone=backbone, batch_size=batch_size, train_nights=train_nights,
-                                   workdir=workdir, ray_address=ray_address, baseline=baseline,
-                                   object_store_mb=object_store_mb)
-
-    result = _run_bench(as_json, f"score benchmark: {nights} nights of {minutes:g} min, embedding workers {workers}",
-                        run)
-    if result is None:
-        return
-    table = Table("run", "seconds", "nights / s", "epochs / s", "x real time", "peak PSS (MB)",
-                  title=f"score: {result['nights']} nights x {result['minutes_per_night']:g} min, {result['backbone']}, "
-                        f"{result['cpus']} CPUs")
-    rows = [(f"flow, {r['embed_workers']} embedding worker(s)", r) for r in result["runs"]]
-    if result["baseline"]:
-        rows.append(("baseline (one process)", result["baseline"]))
-    for name, r in rows:
-        table.add_row(name, f"{r['seconds']:.1f}", f"{r['nights_per_s']:.2f}", f"{r['epochs_per_s']:.1f}",
-                      f"{r['x_realtime']:.0f}", f"{r['peak_pss_mb']:.0f}")
-    console.print(table)
-    for r in result["runs"]:
-        console.print(f"stages with {r['embed_workers']} worker(s), seconds: "
-                      + ", ".join(f"{k} {v:.1f}" for k, v in r["steps"].items()))
-    if result["scaling_efficiency"]:
-        console.print("scaling efficiency: " + ", ".join(f"{k} worker(s) {v:.0%}"
-                                                        for k, v in result["scaling_efficiency"].items()))
-    if result["speedup"] is not None:
-        console.print(f"best flow vs baseline: {result['speedup']:.2f}x; baseline: {result['baseline']['method']}")
-
-
-
-@bench_app.command("clips")
-def bench_clips(
-    data: Annotated[Optional[Path], typer.Option(
-        help="Folder of clips in label sub-folders (default: 1-s clips cut from a synthetic night).")] = None,
-    clips: Annotated[int, typer.Option("--clips", help="How many clips (the first ones of --data).")] = 100,
-    backbone: Annotated[str, typer.Option(help="Backbone name or local model folder.")] = "whisper-tiny.en-offline",
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
-    batch_size: Annotated[Optional[int], typer.Option(
-        help="Clips per forward pass (ours; default the clips commands' own: 1 on CPU, 16 on GPU).")] = None,
-    as_json: BenchJsonOpt = False,
-    workdir: BenchWorkdirOpt = None,
-) -> None:
-    """Decode and embed short clips (every clips command's heavy stage), beside a clip-by-clip tutorial baseline."""
-    from sleepsound.bench.clips import run_clips_bench
-
-    result = _run_bench(as_json, f"clips benchmark: {clips} clips, {backbone} on {device}",
-                        lambda: run_clips_bench(data=data, n_clips=clips, backbone=backbone, device=device,
-                                                batch_size=batch_size, workdir=workdir))
-    if result is None:
-        return
-    table = Table("figure", "ours", "baseline (clip by clip)",
-                  title=f"clips: {result['clips']} clips ({result['audio_seconds']:g} s of audio), "
-                        f"{result['backbone']}")
-    table.add_row("seconds", f"{result['seconds']:.2f}", f"{result['baseline_seconds']:.2f}")
-    table.add_row("clips / s", f"{result['clips_per_second']:.2f}", f"{result['baseline_clips_per_second']:.2f}")
-    table.add_row("peak RSS (MB)", f"{result['peak_rss_mb']:.0f}", f"{result['baseline_peak_rss_mb']:.0f}")
-    console.print(table)
-    console.print(f"speedup {result['speedup']:.2f}x (ours: read {result['read_seconds']:.1f} s, embed "
-                  f"{result['embed_seconds']:.1f} s = {result['embed_clips_per_second']:.2f} clips/s, backbone load "
-                  f"in the total); baseline: {result['method']['baseline']}")
 
 from sleepsound.clips.cli import clips_app  # noqa: E402  (typer only: no heavy imports at --help)
 
@@ -604,6 +400,68 @@ def models_show(
         raise typer.Exit(2) from exc
 
 
+def _load_config(config: Path | None, overrides: list[str] | None, extra: Sequence[str] = ()) -> Config:
+    """Every command's settings: ``--config``, then ``SLEEPSOUND_*`` variables, then ``extra`` (a recipe's
+    own overrides) and the user's ``--set``. A bad setting or an unreadable file exits 2 with one line
+    naming it, before anything starts (Prefect, Ray, a root, a cohort), instead of a traceback."""
+    import yaml
+    from pydantic import ValidationError
+
+    from sleepsound.core.config import load_config
+
+    try:
+        return load_config(config, [*extra, *(overrides or [])])
+    except ValidationError as exc:
+        problem = _settings_problem(exc)
+    except UnicodeDecodeError:
+        problem = f"cannot read {config}: not UTF-8 text"
+    except OSError as exc:
+        problem = f"cannot read {exc.filename or config}: {exc.strerror or exc}"
+    except yaml.YAMLError as exc:     # only the file: an override's value names itself (a ValueError)
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = f"{config} is not valid YAML: {getattr(exc, 'problem', None) or exc}{where}"
+    except ValueError as exc:
+        problem = str(exc)
+    err_console.print(f"[red]bad configuration:[/red] {escape(' '.join(problem.split()))}", soft_wrap=True,
+                      highlight=False)
+    raise typer.Exit(2)
+
+
+def _settings_problem(exc: ValidationError) -> str:
+    """Each invalid setting by its dotted name and what is wrong; an unknown one with the valid names beside it."""
+    parts = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        name = ".".join(loc) or "configuration"
+        if error["type"] == "extra_forbidden":
+            section = ".".join(loc[:-1])
+            valid = ", ".join(_setting_names(loc[:-1]))
+            parts.append(f"{name}: unknown setting; {section} has {valid}" if section
+                         else f"{name}: unknown section; the sections are {valid}")
+            continue
+        value = error.get("input")
+        got = f" (got {value!r:.60})" if isinstance(value, (str, int, float, bool)) or value is None else ""
+        message = error["msg"].removeprefix("Value error, ")   # a validator's own sentence says it all
+        parts.append(f"{name}: {message}{got}")
+    return "; ".join(parts)
+
+
+def _setting_names(path: list[str]) -> list[str]:
+    """The settings a section (dotted ``path`` into ``Config``) accepts, for the message naming an unknown one."""
+    from pydantic import BaseModel
+
+    from sleepsound.core.config import Config
+
+    model: type[BaseModel] = Config
+    for part in path:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return sorted(model.model_fields)
+
+
 def _check_metric(metric: str) -> None:
     """Refuse an unknown --metric with exit 2 before Prefect and Ray start (train and nightly share it)."""
     if metric not in ("macro_f1", "kappa", "accuracy"):
@@ -626,7 +484,7 @@ def _run_flow(source: str, root: str, config: dict, ray_address: str | None, run
 
 def _run_flow_locally(source: str, root: str, config: dict, ray_address: str | None, run_id: str | None,
                       flow: str, versions: dict[str, str] | None, metric: str, margin: float) -> dict:
-    from flows.local_prefect import local_prefect_api
+    from sleepsound.runs.prefect_api import local_prefect_api
 
     with local_prefect_api(Path(".prefect").resolve()) as api_url:
         console.print(f"Prefect API: {api_url}")

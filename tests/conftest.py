@@ -49,7 +49,7 @@ def s3_endpoint() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def prefect_api(session_dir: Path) -> Iterator[str]:
-    from flows.local_prefect import local_prefect_api
+    from sleepsound.runs.prefect_api import local_prefect_api
 
     with local_prefect_api(session_dir / "prefect") as url:
         yield url

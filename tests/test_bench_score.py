@@ -36,6 +36,13 @@ def test_bench_score_json_times_every_stage_and_the_baseline(tiny_whisper, prefe
     assert run["epochs"] == result["baseline"]["epochs"] == 4 * 6
     assert set(run["steps"]) == {"ingest", "embed", "champions", "predict", "report"}
     assert sum(run["steps"].values()) <= run["seconds"]
+    # the real `sleepsound score` command, measured whole from the parent; its steps from the run record
+    assert list(run["steps"]) == ["ingest", "embed", "champions", "predict", "report"] and run["run_id"] == "bench-w1"
+    assert any("sleepsound.cli" in name for name in run["at_peak_mb"])
+    assert run["work_seconds"] == pytest.approx(sum(run["steps"].values()), abs=0.05)
+    assert 0 < result["baseline"]["work_seconds"] <= result["baseline"]["seconds"]
+    assert {"seconds", "ours", "baseline", "memory"} <= set(result["method"])
+    assert "stage3" in result["train"]["promoted"] and "stage3" in result["train"]["champions"]
     for figures in (run, result["baseline"]):
         assert figures["seconds"] > 0 and figures["peak_pss_mb"] > 0 and figures["at_peak_mb"]
         for name, parts in figures["split_at_peak_mb"].items():   # anon + shmem + file make up a process's PSS
@@ -74,3 +81,16 @@ def test_tree_memory_sees_a_child_process() -> None:
     if "anon" in child_split:                                 # kernels with smaps_rollup's Pss_* split
         assert child_split["anon"] > 150                     # a bytearray is anonymous memory
         assert child_split["shmem"] < 50
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_tree_memory_of_another_pid_leaves_the_sampler_out() -> None:
+    """The score benchmark samples each child from the parent: the child's tree, not the parent's."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; b = bytearray(200 * 2**20); time.sleep(1.5)"])
+    with TreeMemory(every_s=0.05, pid=child.pid) as memory:
+        child.wait()
+    assert memory.peak_mb > 150
+    assert not any("pytest" in name for name in memory.at_peak)   # the sampling process is not counted

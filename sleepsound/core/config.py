@@ -179,7 +179,19 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     section, _, key = dotted.partition(".")
     if not key:
         raise ValueError(f"override {dotted!r} must look like section.key=value")
-    data.setdefault(section, {})[key] = value
+    target = data.setdefault(section, {})
+    if not isinstance(target, dict):
+        raise ValueError(f"cannot set {dotted}: {section} is {target!r}, not a section of settings")
+    target[key] = value
+
+
+def _yaml_value(text: str, where: str) -> Any:
+    """An override's value, parsed as YAML; a value YAML cannot read names the override that held it."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{where}: {text!r} is not a YAML value ({problem})") from exc
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
@@ -188,15 +200,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict[str, Any] = {}
     if path is not None:
         data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the top level must map sections ({', '.join(Config.model_fields)}) to "
+                             f"settings, not a {type(data).__name__}")
     env = os.environ if environ is None else environ
     for name, value in env.items():
         if name.startswith(ENV_PREFIX) and "__" in name:
             section, key = name[len(ENV_PREFIX):].lower().split("__", 1)
             if section in Config.model_fields:
-                _set_dotted(data, f"{section}.{key}", yaml.safe_load(value))
+                _set_dotted(data, f"{section}.{key}", _yaml_value(value, name))
     for item in overrides or []:
         dotted, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"override {item!r} must look like section.key=value")
-        _set_dotted(data, dotted.strip(), yaml.safe_load(value))
+        _set_dotted(data, dotted.strip(), _yaml_value(value, f"override {dotted.strip()}"))
     return Config.model_validate(data)
