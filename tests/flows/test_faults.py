@@ -1,7 +1,7 @@
 """Faults that happen at scale, each against the real components: a Ray worker killed while
 embedding, the flow's process killed mid-run and rerun, and object storage that drops and
-delays requests under a whole flow. (Two runs on one root: tests/test_root_lock.py; a worse
-challenger refused: tests/test_model_store.py.)"""
+delays requests under a whole flow. (Two runs on one root: tests/runs/test_root_lock.py; a worse
+challenger refused: tests/registry/test_model_store.py.)"""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import s3fs
 
-from flaky_s3 import FlakyS3Proxy
+from tests.flaky_s3 import FlakyS3Proxy
 from sleepsound.core.config import Config, PreprocessConfig
 from sleepsound.embed.cohort import embed_cohort
 from sleepsound.embed.collector import EmbedStats

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-INFRA = Path(__file__).resolve().parents[1] / "infra"
+INFRA = Path(__file__).resolve().parents[2] / "infra"
 
 
 def _launcher_config() -> dict:

@@ -36,7 +36,7 @@ def test_deploy_registers_a_cron_nightly_and_on_demand_train_and_score(api, tmp_
 
 
 def test_prefect_yaml_declares_the_same_entrypoints() -> None:
-    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())
+    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
     entrypoints = {d["name"]: d["entrypoint"] for d in spec["deployments"]}
     assert entrypoints == {"nightly": "flows/scheduled.py:nightly_deployment",
                            "train": "flows/scheduled.py:train_deployment",

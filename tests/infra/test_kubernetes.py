@@ -26,7 +26,7 @@ import pytest
 import yaml
 from referencing import Registry, Resource
 
-INFRA = Path(__file__).resolve().parents[1] / "infra"
+INFRA = Path(__file__).resolve().parents[2] / "infra"
 KUBERAY = INFRA / "kuberay"
 SCHEMAS = KUBERAY / "schemas"
 WORK_POOL = INFRA / "prefect" / "k8s-work-pool.json"

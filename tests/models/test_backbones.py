@@ -22,7 +22,7 @@ from sleepsound.models.backbones.tiny import TINY_DIM, TINY_LAYERS, save_tiny_ra
 SR = 16_000
 EPOCH = 30 * SR
 FAMILIES = ["whisper", "hubert", "wav2vec2", "wavlm"]
-KHAN = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "snoring-khan2019"
+KHAN = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "snoring-khan2019"
 
 
 @pytest.fixture(scope="module", autouse=True)

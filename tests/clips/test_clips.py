@@ -257,7 +257,7 @@ def test_cross_validation_scores_every_clip_once_by_a_model_blind_to_its_block(t
     assert too_many.exit_code == 2 and "fewer than 7 folds" in too_many.output
 
 
-REAL_BEDROOM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "psg-audio-clip" / \
+REAL_BEDROOM = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "psg-audio-clip" / \
     "00006_00000995_NoApnea.wav"
 
 

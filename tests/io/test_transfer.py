@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import s3fs
 
-from flaky_s3 import FlakyS3Proxy
+from tests.flaky_s3 import FlakyS3Proxy
 from sleepsound.io.transfer import RetryPolicy, download
 
 FAST = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.05)

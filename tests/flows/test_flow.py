@@ -216,7 +216,7 @@ def test_flow_with_storage_root_on_s3(cohort, tiny_whisper, tmp_path):
     preds = pd.read_parquet("s3://sleepsound-flow/root/runs/s3run/predictions")
     assert preds["recording_id"].nunique() == 5
 
-    # The score flow on the same S3 root (train and nightly on S3: tests/test_faults.py, via a flaky proxy).
+    # The score flow on the same S3 root (train and nightly on S3: tests/flows/test_faults.py, via a flaky proxy).
     from flows.score import run_score_on_ray
 
     scored = run_score_on_ray("s3://sleepsound-flow/source", "s3://sleepsound-flow/root", _config(tiny_whisper),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LIBRARY = REPO / "sleepsound"
 RAY_DATA_ADAPTER = LIBRARY / "embed" / "ray_adapter.py"
 
