@@ -9,7 +9,7 @@ CPU_TORCH ?= torch==2.13.0
 ROOT   ?= ./sleepsound-demo
 DEMO_ARGS ?=
 
-.PHONY: setup demo test clean-demo
+.PHONY: setup demo test test-fast clean-demo
 
 setup: $(STAMP)
 
@@ -31,7 +31,14 @@ demo: $(STAMP)
 	$(VENV)/bin/sleepsound demo --root $(ROOT) $(DEMO_ARGS)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
+
+# The unit tests alone (no Ray, no Prefect flows): about a minute, for the edit-test loop.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not ray and not prefect"
 
 clean-demo:
 	rm -rf $(ROOT) .prefect

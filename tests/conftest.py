@@ -71,3 +71,26 @@ def tiny_whisper(session_dir: Path) -> str:
     from sleepsound.models.backbones.tiny import save_tiny_random_backbone
 
     return str(save_tiny_random_backbone("whisper", session_dir / "tiny-whisper"))
+
+
+# Tests that start or join real Ray, or run flows against the Prefect API, are marked by the
+# fixtures they use, so `pytest -m "not ray and not prefect"` runs the fast unit tests alone.
+_MARKS_BY_FIXTURE = {"ray_session": "ray", "ray_head": "ray", "prefect_api": "prefect"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, mark in _MARKS_BY_FIXTURE.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(mark)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A test that starts Ray without saying so (no ``ray_session``) would slip into the fast run: fail it."""
+    import sys
+
+    markexpr = session.config.option.markexpr or ""
+    ray = sys.modules.get("ray")
+    if "not ray" in markexpr and ray is not None and ray.is_initialized():
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print("\nRay was started by a test not marked 'ray': give it the ray_session fixture", file=sys.stderr)
