@@ -8,18 +8,17 @@ them done. A failed run marks nothing, so the next one redoes the same nights fr
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect_ray.context import remote_options
 
+from flows.pipeline import COORDINATOR_CPUS, StepTimer, flow_run_ref, flow_summary, promotion_lines, ray_runner
 from sleepsound.core.records import FlowSummary
 from sleepsound.core.storage import open_root
 from sleepsound.runs.root_lock import hold_root
 from sleepsound.runs.run_record import write_run_record
-
-from flows.pipeline import COORDINATOR_CPUS, StepTimer, flow_run_ref, flow_summary, promotion_lines, ray_runner
 from tasks.champions import champions
 from tasks.embed import embed
 from tasks.ingest import ingest
@@ -69,6 +68,6 @@ def nightly(source: str, root: str, config: dict[str, Any], run_id: str, metric:
 def run_nightly_on_ray(source: str, root: str, config: dict[str, Any], ray_address: str | None = None,
                        run_id: str | None = None, metric: str = "macro_f1", margin: float = 0.01) -> FlowSummary:
     """Run the nightly flow with a Ray task runner: a local Ray unless an address is given."""
-    run_id = run_id or datetime.now(timezone.utc).strftime("nightly-%Y%m%dT%H%M%SZ")
+    run_id = run_id or datetime.now(UTC).strftime("nightly-%Y%m%dT%H%M%SZ")
     return nightly.with_options(task_runner=ray_runner(config, ray_address))(source, root, config, run_id,
                                                                              metric, margin)

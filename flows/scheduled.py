@@ -8,7 +8,7 @@ runner as a subflow; the subflow's run, tasks and logs appear under the parent i
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow
@@ -20,7 +20,7 @@ from flows.train import train_flow
 
 
 def _run_id(kind: str) -> str:
-    return datetime.now(timezone.utc).strftime(f"{kind}-%Y%m%dT%H%M%SZ")
+    return datetime.now(UTC).strftime(f"{kind}-%Y%m%dT%H%M%SZ")
 
 
 @flow(name="sleepsound-nightly-deployment")

@@ -8,18 +8,17 @@ new heads'; the decisions and both scores are in the result and the report.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect_ray.context import remote_options
 
+from flows.pipeline import COORDINATOR_CPUS, StepTimer, flow_summary, promotion_lines, ray_runner
 from sleepsound.core.records import FlowSummary
 from sleepsound.core.storage import open_root
 from sleepsound.runs.root_lock import hold_root
 from sleepsound.runs.run_record import write_run_record
-
-from flows.pipeline import COORDINATOR_CPUS, StepTimer, flow_summary, promotion_lines, ray_runner
 from tasks.embed import embed
 from tasks.ingest import ingest
 from tasks.predict import predict
@@ -51,6 +50,6 @@ def train_flow(source: str, root: str, config: dict[str, Any], run_id: str, metr
 def run_train_on_ray(source: str, root: str, config: dict[str, Any], ray_address: str | None = None,
                      run_id: str | None = None, metric: str = "macro_f1", margin: float = 0.01) -> FlowSummary:
     """Run the train flow with a Ray task runner: a local Ray unless an address is given."""
-    run_id = run_id or datetime.now(timezone.utc).strftime("train-%Y%m%dT%H%M%SZ")
+    run_id = run_id or datetime.now(UTC).strftime("train-%Y%m%dT%H%M%SZ")
     return train_flow.with_options(task_runner=ray_runner(config, ray_address))(source, root, config, run_id,
                                                                                 metric, margin)

@@ -284,8 +284,8 @@ def cv(
 ) -> None:
     """Subject-wise k-fold cross-validation of the heads on the cached embeddings (nothing is registered)."""
     cfg = _load_config(config, overrides)
-    from sleepsound.train.cross_validation import cross_validate
     from sleepsound.ingest.manifest import read_manifest
+    from sleepsound.train.cross_validation import cross_validate
 
     try:
         result = cross_validate(root, cfg, read_manifest(root), folds)

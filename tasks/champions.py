@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from prefect import get_run_logger, task
 
 from sleepsound.core.records import TrainedModels

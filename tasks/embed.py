@@ -6,12 +6,12 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from sleepsound.core.records import Embedded
 from sleepsound.core.config import Config
+from sleepsound.core.records import Embedded
+from sleepsound.core.storage import open_root
 from sleepsound.embed.cache import channel_configs, embeddings_dir
 from sleepsound.embed.cohort import embed_cohort
 from sleepsound.ingest.manifest import quarantine, read_manifest_rows, write_manifest
-from sleepsound.core.storage import open_root
 
 
 @task(name="embed", retries=1, retry_delay_seconds=5)

@@ -6,8 +6,8 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from sleepsound.core.records import Ingested
 from sleepsound.core.config import Config
+from sleepsound.core.records import Ingested
 from sleepsound.core.storage import open_root
 from sleepsound.ingest.manifest import build_manifest, previous_manifest_rows, write_manifest
 

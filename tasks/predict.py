@@ -6,11 +6,11 @@ from typing import Any
 
 from prefect import task
 
-from sleepsound.core.records import Predicted, TrainedModels
 from sleepsound.core.config import Config
+from sleepsound.core.records import Predicted, TrainedModels
+from sleepsound.core.storage import full_uri, open_root
 from sleepsound.ingest.manifest import read_manifest
 from sleepsound.predict.recordings import predict_recordings
-from sleepsound.core.storage import full_uri, open_root
 
 
 @task(name="predict")

@@ -6,8 +6,8 @@ from typing import Any
 
 from prefect import task
 
-from sleepsound.core.records import Predicted, Reported, TrainedModels
 from sleepsound.core.config import Config
+from sleepsound.core.records import Predicted, Reported, TrainedModels
 from sleepsound.report.outputs import write_run_outputs
 
 

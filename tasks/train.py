@@ -6,8 +6,8 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from sleepsound.core.records import TrainedModels
 from sleepsound.core.config import Config
+from sleepsound.core.records import TrainedModels
 from sleepsound.ingest.manifest import read_manifest
 from sleepsound.train.fit import train_models
 

@@ -152,9 +152,9 @@ def bench_score(
     workdir: BenchWorkdirOpt = None,
 ) -> None:
     """Score a cohort of short synthetic nights with the score flow: per-stage times, scaling, peak memory."""
-    from sleepsound.runs.prefect_api import local_prefect_api
     from sleepsound.bench.embed import parse_workers
     from sleepsound.bench.score import run_score_bench
+    from sleepsound.runs.prefect_api import local_prefect_api
 
     def run() -> dict[str, Any]:
         with local_prefect_api(Path(".prefect").resolve()):

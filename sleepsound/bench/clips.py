@@ -28,8 +28,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sleepsound.bench.ingest import (BenchError, ensure_generated, package_versions, peak_rss_mb, require_librosa,
-                                     run_stage, stage_main)
+from sleepsound.bench.ingest import (
+    BenchError,
+    ensure_generated,
+    package_versions,
+    peak_rss_mb,
+    require_librosa,
+    run_stage,
+    stage_main,
+)
 
 _MODULE = "sleepsound.bench.clips"
 DEFAULT_BACKBONE = "whisper-tiny.en-offline"
@@ -95,8 +102,8 @@ def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
-    from sleepsound.models.backbones.pretrained import load_backbone
     from sleepsound.bench.embed import tutorial_embed
+    from sleepsound.models.backbones.pretrained import load_backbone
 
     backbone = load_backbone(spec["backbone"], device=spec["device"])
     paths = [str(Path(spec["data"]) / rel) for rel in _clip_files(spec["data"], spec.get("limit"))]

@@ -45,8 +45,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sleepsound.bench.ingest import (BenchError, ensure_night, package_versions, peak_rss_mb, require_librosa,
-                                     run_stage, stage_main)
+from sleepsound.bench.ingest import (
+    BenchError,
+    ensure_night,
+    package_versions,
+    peak_rss_mb,
+    require_librosa,
+    run_stage,
+    stage_main,
+)
 
 DEFAULT_BACKBONE = "whisper-tiny.en-offline"
 _MODULE = "sleepsound.bench.embed"  # the child stages run as `python -m` of this module
@@ -105,9 +112,9 @@ def ensure_clips(night: Path, cfg: Any) -> Path:
     import soundfile as sf
 
     from sleepsound.embed.epochs import recording_source
-    from sleepsound.io.audio import iter_night_blocks
     from sleepsound.ingest.discovery import local_copies
     from sleepsound.ingest.validate import probe_parts
+    from sleepsound.io.audio import iter_night_blocks
 
     out = night / f"clips-{cfg.preprocess.channel}"
     if (out / "done").is_file():
@@ -230,8 +237,8 @@ def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
 def _stage_model(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
-    from sleepsound.models.backbones.pretrained import load_backbone
     from sleepsound.embed.model_stage import resolve_device
+    from sleepsound.models.backbones.pretrained import load_backbone
 
     cfg = bench_config(spec["backbone"], spec["device"], spec["dtype"], spec["batch_size"], spec.get("compile", False))
     b = cfg.backbone
@@ -289,8 +296,8 @@ def tutorial_embed(paths: list[str], backbone: Any) -> tuple[int, float, float]:
 
 
 def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
-    from sleepsound.models.backbones.pretrained import load_backbone
     from sleepsound.embed.model_stage import resolve_device
+    from sleepsound.models.backbones.pretrained import load_backbone
 
     cfg = bench_config(spec["backbone"], spec["device"], spec["dtype"], spec["batch_size"], spec.get("compile", False))
     b = cfg.backbone

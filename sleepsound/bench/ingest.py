@@ -43,8 +43,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 _MODULE = "sleepsound.bench.ingest"  # the child stages run as `python -m` of this module

@@ -23,8 +23,14 @@ import numpy as np
 from sleepsound.clips.dataset import ClipDataset
 from sleepsound.clips.features import layer_names
 from sleepsound.clips.split import block_folds, blocks_of, group_by_label
-from sleepsound.clips.train import (ClipTrainSettings, embed_all, indices_of, load_labelled, select_and_fit,
-                                    validation_folds)
+from sleepsound.clips.train import (
+    ClipTrainSettings,
+    embed_all,
+    indices_of,
+    load_labelled,
+    select_and_fit,
+    validation_folds,
+)
 from sleepsound.report.metrics import bootstrap_ci, evaluate, macro_f1
 
 
@@ -34,7 +40,7 @@ def block_ids(ds: ClipDataset, block_size: int) -> list[str]:
     for label, files in group_by_label(ds.files, ds.labels).items():
         blocks, _ = blocks_of(files, block_size)
         for number, block in enumerate(blocks):
-            out.update({f: f"{label}/{number}" for f in block})
+            out.update(dict.fromkeys(block, f"{label}/{number}"))
     return [out[f] for f in ds.files]
 
 

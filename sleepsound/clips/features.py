@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from sleepsound.models.backbones.pretrained import Backbone, load_backbone
 from sleepsound.clips.dataset import FRAME_SAMPLES
+from sleepsound.models.backbones.pretrained import Backbone, load_backbone
 
 
 @dataclass

@@ -17,8 +17,15 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from sleepsound.clips.dataset import MIN_CLIP_SECONDS, SAMPLE_RATE, ClipError, check_clip_file, decode_mono_16k, \
-    fix_length, peak_normalise
+from sleepsound.clips.dataset import (
+    MIN_CLIP_SECONDS,
+    SAMPLE_RATE,
+    ClipError,
+    check_clip_file,
+    decode_mono_16k,
+    fix_length,
+    peak_normalise,
+)
 from sleepsound.clips.evaluate import ClipClassifier
 
 MAX_SCORE_SECONDS = 600.0   # longer audio is a night: score it with `sleepsound score`

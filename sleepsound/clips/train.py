@@ -28,11 +28,17 @@ import numpy as np
 from sklearn.metrics import f1_score
 
 import sleepsound
-from sleepsound.models.backbones.pretrained import OFFLINE_WHISPER
 from sleepsound.clips.dataset import SAMPLE_RATE, ClipDataset, load_dataset
-from sleepsound.clips.features import (FeatureSpec, default_layers, embed_audio, head_input, layer_names,
-                                       load_clip_backbone)
+from sleepsound.clips.features import (
+    FeatureSpec,
+    default_layers,
+    embed_audio,
+    head_input,
+    layer_names,
+    load_clip_backbone,
+)
 from sleepsound.clips.split import block_folds, block_split, group_by_label
+from sleepsound.models.backbones.pretrained import OFFLINE_WHISPER
 from sleepsound.models.heads.artifacts import save_head
 from sleepsound.report.metrics import evaluate as score
 from sleepsound.report.metrics import majority_class
@@ -270,7 +276,7 @@ def train_clips(data: str | Path, out_dir: str | Path, settings: ClipTrainSettin
               "lr": best.lr, "epochs": epochs, "val_macro_f1": best.val_macro_f1, "val_accuracy": best.val_accuracy,
               "val_log_loss": best.val_log_loss}
     summary = {
-        "sleepsound_version": sleepsound.__version__, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "sleepsound_version": sleepsound.__version__, "created": _dt.datetime.now(_dt.UTC).isoformat(),
         "backbone": settings.backbone, "features": spec.as_dict(), "classes": list(ds.classes),
         "clip_seconds": ds.clip_samples / SAMPLE_RATE, "clip_samples": ds.clip_samples, "sample_rate": SAMPLE_RATE,
         "data_root": str(Path(data).resolve()),

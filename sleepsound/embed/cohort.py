@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from sleepsound.core.records import ManifestRow
-from sleepsound.core.storage import RootLike
 from sleepsound.core.config import Config
 from sleepsound.core.prefetch import prefetch
+from sleepsound.core.records import ManifestRow
+from sleepsound.core.storage import RootLike
 from sleepsound.embed.cache import channel_configs, plan_recording
 from sleepsound.embed.collector import EmbedStats, RecordingCollector, WorkItem
 from sleepsound.embed.epochs import night_rows

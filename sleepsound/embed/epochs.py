@@ -17,19 +17,18 @@ from typing import Any
 
 import numpy as np
 
-from sleepsound.core.records import ManifestRow
-from sleepsound.labels.annotations import load_stages, read_rml
 from sleepsound.core.config import PreprocessConfig
-from sleepsound.labels.events import RESP_COLUMNS, Event, events_from_rml, read_events_csv, window_labels
 from sleepsound.core.findings import Quarantine
-from sleepsound.io import rml
-from sleepsound.io.audio import iter_night_blocks
-from sleepsound.labels.vocabulary import UNSCORED, to_three_class
+from sleepsound.core.records import ManifestRow
 from sleepsound.embed.cache import EmbedPlan
 from sleepsound.embed.preprocess import iter_epochs
 from sleepsound.ingest.discovery import RecordingSource, local_copies
 from sleepsound.ingest.validate import probe_parts
-
+from sleepsound.io import rml
+from sleepsound.io.audio import iter_night_blocks
+from sleepsound.labels.annotations import load_stages, read_rml
+from sleepsound.labels.events import RESP_COLUMNS, Event, events_from_rml, read_events_csv, window_labels
+from sleepsound.labels.vocabulary import UNSCORED, to_three_class
 
 # Columns of an epoch row apart from the audio itself (see schemas.EPOCHS).
 EPOCH_COLUMNS = ("recording_id", "subject_id", "epoch_index", "start_s", "stage5", "stage3",
@@ -113,7 +112,7 @@ def read_epochs(row: ManifestRow, cfg: PreprocessConfig, shift_classes: Collecti
     except Quarantine as exc:  # a named fault, naming the source's file rather than its (temporary) local copy
         yield {**_blank(row, cfg), "error": f"{type(exc).__name__} ({exc.code}): {_source_of(row, exc.path)}: "
                                             f"{exc.message}"}
-    except Exception as exc:  # noqa: BLE001 - any failure is this night's, reported by name
+    except Exception as exc:
         yield {**_blank(row, cfg), "error": f"{type(exc).__name__}: {exc}"}
 
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-
 # Text columns of an epoch row; Ray's Arrow -> numpy conversion may turn their nulls into NaN.
 _TEXT_COLUMNS = frozenset({"recording_id", "subject_id", "stage5", "stage3", "invalid_reason", "error",
                            "resp_label", "kind", "channel"})

@@ -21,9 +21,9 @@ from urllib.parse import unquote
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from sleepsound.core.storage import full_uri, open_root
 from sleepsound.io.audio import PLAIN_SUFFIXES, UNREAD_AUDIO_SUFFIXES
 from sleepsound.io.transfer import download
-from sleepsound.core.storage import full_uri, open_root
 
 PART_RE = re.compile(r"^(?P<patient>.+)\[(?P<part>\d{3})\]\.(?:edf|bdf)$", re.IGNORECASE)
 # Audio a plain night may arrive as but that is not read (UNREAD_AUDIO_SUFFIXES) is listed too,
@@ -139,7 +139,7 @@ def _discover_plain(fs: fsspec.AbstractFileSystem, root: str) -> list[RecordingS
 def _hidden(relative: str) -> bool:
     """A path under the source that no one uploads as a recording: a hidden file or folder
     (``.Trash-1000/``, macOS ``._night.wav`` resource forks) or a zip's ``__MACOSX/`` folder."""
-    return any(part.startswith(".") and part not in {".", ".."} or part == "__MACOSX"
+    return any((part.startswith(".") and part not in {".", ".."}) or part == "__MACOSX"
                for part in relative.split("/"))
 
 

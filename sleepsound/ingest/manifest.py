@@ -14,9 +14,9 @@ from sleepsound import __version__
 from sleepsound.core import schemas
 from sleepsound.core.config import PreprocessConfig, ValidationConfig
 from sleepsound.core.findings import Finding
-from sleepsound.ingest.discovery import RecordingSource, discover
 from sleepsound.core.records import ManifestRow
 from sleepsound.core.storage import RootLike, join, open_root, read_table, write_table
+from sleepsound.ingest.discovery import RecordingSource, discover
 from sleepsound.ingest.validate import apply_findings, manifest_row, validate_recording
 
 MANIFEST_FILE = "manifest/manifest.parquet"

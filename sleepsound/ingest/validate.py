@@ -18,16 +18,16 @@ import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 
-from sleepsound.core.records import ManifestRow
-from sleepsound.ingest.label_checks import Tolerances, check_events, check_rml, check_stage_table
-from sleepsound.labels.annotations import read_rml, read_stage_table
 from sleepsound.core.config import PreprocessConfig, ValidationConfig
-from sleepsound.labels.events import read_events_csv, unknown_event_types
 from sleepsound.core.findings import Finding, Quarantine, clock, epoch_findings, to_records
-from sleepsound.io.audio import AudioError, PartInfo, iter_night_blocks, probe_edf, probe_plain
+from sleepsound.core.records import ManifestRow
 from sleepsound.embed.preprocess import count_epochs
-from sleepsound.ingest.quality import GapFinder, measure_epoch
 from sleepsound.ingest.discovery import RecordingSource, local_copies
+from sleepsound.ingest.label_checks import Tolerances, check_events, check_rml, check_stage_table
+from sleepsound.ingest.quality import GapFinder, measure_epoch
+from sleepsound.io.audio import AudioError, PartInfo, iter_night_blocks, probe_edf, probe_plain
+from sleepsound.labels.annotations import read_rml, read_stage_table
+from sleepsound.labels.events import read_events_csv, unknown_event_types
 
 MIN_SAMPLE_RATE = 16_000
 EDF_CLOCK_RESOLUTION_S = 1.0  # EDF headers give start times to the second
@@ -291,7 +291,7 @@ def validate_recording(src: RecordingSource, cfg: PreprocessConfig, checks: Vali
     except OSError as exc:  # storage trouble for this one night must not stop the others
         findings.insert(0, Finding("recording", "io_error", "error", _failed_uri(src, uri_of, exc),
                                    f"could not read from storage ({exc}); check access and retry"))
-    except Exception as exc:  # noqa: BLE001 - a malformed file must quarantine its night, not stop the cohort
+    except Exception as exc:
         findings.insert(0, Finding("recording", "validator_failed", "error", _failed_uri(src, uri_of, exc),
                                    f"validation crashed ({type(exc).__name__}: {exc}); the file may be malformed "
                                    "in a way no check names yet: inspect it or re-export it"))

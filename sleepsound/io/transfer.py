@@ -78,7 +78,7 @@ def download(uri: str, local: str, policy: RetryPolicy = RetryPolicy(), seed: in
                 raise IncompleteDownload(f"{uri}: downloaded bytes do not match the object's MD5 (ETag)")
             os.replace(partial, local)
             return local
-        except Exception as exc:  # noqa: BLE001 - classified just below
+        except Exception as exc:
             if os.path.exists(partial):
                 os.remove(partial)
             if not is_transient(exc) or attempt == policy.attempts:

@@ -32,8 +32,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from sleepsound.labels.annotations import AnnotationError, read_annotation_csv
 from sleepsound.io.rml import KNOWN_EVENT_TYPES, MAX_NIGHT_S, RmlAnnotations, RmlEvent
+from sleepsound.labels.annotations import AnnotationError, read_annotation_csv
 from sleepsound.labels.vocabulary import APNEA_TYPES, HYPOPNEA_TYPES, SNORE_TYPES
 
 RESP_COLUMNS = ("apnea_frac", "hypopnea_frac", "snore_frac", "n_apnea", "n_hypopnea", "resp_label")

@@ -29,10 +29,3 @@ TARGETS: dict[str, Target] = {
     "resp": Target("resp", "resp_label", RESP_LABELS, "resp_true", "resp_pred"),
 }
 PRIMARY = "stage3"
-
-
-def target_named(name: str) -> Target:
-    try:
-        return TARGETS[name]
-    except KeyError:
-        raise ValueError(f"unknown target {name!r}; known: {', '.join(TARGETS)}") from None

@@ -50,8 +50,8 @@ def predict_recordings(root: RootLike, cfg: Config, run_id: str, model: TrainedM
 
 
 def _all_epochs(root: RootLike, cfg: Config, recording_id: str) -> list[dict[str, Any]]:
-    from sleepsound.embed.cache import epochs_path
     from sleepsound.core.storage import read_table
+    from sleepsound.embed.cache import epochs_path
 
     fs, root_path = open_root(root)
     # With two channels the epoch list is the first channel's; only windows valid in both have features.

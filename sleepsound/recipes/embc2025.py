@@ -20,19 +20,18 @@ kappa and macro-F1, written to ``<root>/reproduce/embc2025.json``.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
 
 from sleepsound import __version__
 from sleepsound.core.config import Config
-from sleepsound.train.cross_validation import score_split
-from sleepsound.embed.cohort import embed_cohort
-from sleepsound.ingest.manifest import build_manifest, write_manifest
-from sleepsound.report.metrics import PAPER_TABLE_II, TABLE_COLUMNS
-from sleepsound.ingest.manifest import labelled_manifest
 from sleepsound.core.storage import RootLike, join, open_root, write_json
+from sleepsound.embed.cohort import embed_cohort
+from sleepsound.ingest.manifest import build_manifest, labelled_manifest, write_manifest
+from sleepsound.report.metrics import PAPER_TABLE_II, TABLE_COLUMNS
+from sleepsound.train.cross_validation import score_split
 from sleepsound.train.loop import split_by_subject
 
 HUBERT_BASE = "facebook/hubert-base-ls960"
@@ -92,7 +91,7 @@ def reproduce_embc2025(source: str, root: RootLike, base: Config | None = None, 
                 for r in rows if r["status"] != "accepted"]
     out = {
         "protocol": "Xu, Brown and Ma, EMBC 2025 (method.md)", "code_version": __version__,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": source, "backbone": backbone, "recordings": len(rows), "accepted": len(accepted), "excluded": excluded,
         "participants": len(subjects), "train_participants": len(train), "test_participants": len(test),
         "test_subjects": test, "table_ii": table_ii(results), "models": results,

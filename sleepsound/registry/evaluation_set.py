@@ -10,7 +10,7 @@ Delete the file to draw a new set (the old models' scores then no longer compare
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 
@@ -43,5 +43,5 @@ def evaluation_subjects(root: RootLike, cfg: Config, labelled: pd.DataFrame) -> 
         raise ValueError(f"training needs labelled nights from at least 2 subjects; found {len(present)}")
     _, test = split_by_subject(present, cfg.training.test_fraction, cfg.training.seed)
     write_json(fs, path, {"subjects": test, "drawn_from": len(present), "test_fraction": cfg.training.test_fraction,
-                          "seed": cfg.training.seed, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                          "seed": cfg.training.seed, "created": datetime.now(UTC).isoformat(timespec="seconds")})
     return test

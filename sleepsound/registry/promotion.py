@@ -14,16 +14,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sleepsound.registry import store as model_store
 from sleepsound.core.config import Config
-from sleepsound.train.dataset import load_embedded
-from sleepsound.embed.cohort import embed_cohort
-from sleepsound.models.heads.artifacts import load_head
-from sleepsound.labels.targets import TARGETS
-from sleepsound.report.metrics import evaluate
-from sleepsound.train.dataset import model_inputs
 from sleepsound.core.records import ManifestRow, PromotionDecision, TrainedModels
 from sleepsound.core.storage import RootLike, join, open_root, read_json
+from sleepsound.embed.cohort import embed_cohort
+from sleepsound.labels.targets import TARGETS
+from sleepsound.models.heads.artifacts import load_head
+from sleepsound.registry import store as model_store
+from sleepsound.report.metrics import evaluate
+from sleepsound.train.dataset import load_embedded, model_inputs
 from sleepsound.train.loop import predict_proba
 
 

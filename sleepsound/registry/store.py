@@ -10,12 +10,12 @@ Nothing here loads weights or runs code from an artifact: it reads JSON only.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from sleepsound.models.heads.artifacts import CONFIG_NAME
 from sleepsound.core.records import HeadInfo, PromotionDecision, TrainedModels
 from sleepsound.core.storage import RootLike, join, open_root, read_json, write_json
+from sleepsound.models.heads.artifacts import CONFIG_NAME
 
 CHAMPION = "champion.json"
 LINEAGE = "lineage.json"
@@ -92,7 +92,7 @@ def set_champion(root: RootLike, target: str, version: str, reason: str) -> dict
     if not fs.exists(join(model_dir(root_path, target, version), CONFIG_NAME)):
         raise ModelNotFound(f"no model {target}/{version} under {root}")
     record = {"version": version, "previous": champion_version(root, target), "reason": reason,
-              "promoted": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+              "promoted": datetime.now(UTC).isoformat(timespec="seconds")}
     write_json(fs, join(root_path, "models", target, CHAMPION), record)
     return record
 
@@ -126,7 +126,7 @@ def promote_if_better(root: RootLike, target: str, challenger: str, challenger_s
     decision = {"task": target, "metric": metric, "margin": margin, "promoted": promoted, "reason": why,
                 "challenger": {"version": challenger, "score": challenger_score},
                 "champion": {"version": current, "score": champion_score},
-                "decided": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "decided": datetime.now(UTC).isoformat(timespec="seconds")}
     log_path = join(root_path, "models", target, PROMOTIONS)
     log = read_json(fs, log_path) if fs.exists(log_path) else []
     write_json(fs, log_path, [*log, decision])
@@ -144,7 +144,7 @@ def serving_models(root: RootLike, versions: dict[str, str] | None = None) -> Tr
     versions = dict(versions or {})
     unknown = sorted(set(versions) - set(targets(root)))
     if unknown:
-        raise ModelNotFound(f"no models of target(s) {unknown} under {root}")
+        raise ModelNotFound(f"no models of task(s) {unknown} under {root}")
     heads: dict[str, HeadInfo] = {}
     for target in targets(root):
         version = versions.get(target) or champion_version(root, target)

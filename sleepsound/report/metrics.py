@@ -194,7 +194,7 @@ def ahi_agreement(true_ahi: Sequence[float], pred_ahi: Sequence[float]) -> dict[
                                      "SP": _ratio((~pos & ~hit).sum(), (~pos).sum()),
                                      "positives": int(pos.sum())}
     return {
-        "n_nights": int(len(t)), "pearson_r": float(r), "pearson_p": float(r_p),
+        "n_nights": len(t), "pearson_r": float(r), "pearson_p": float(r_p),
         "bias": bias, "loa_low": bias - 1.96 * sd, "loa_high": bias + 1.96 * sd,
         "mean_abs_error": float(np.abs(diff).mean()) if len(diff) else float("nan"),
         "severity_classes": list(SEVERITIES), "severity_confusion": bands.tolist(),

@@ -16,15 +16,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from sleepsound.registry import store as model_store
 from sleepsound.core.config import Config
-from sleepsound.labels.targets import PRIMARY, TARGETS
-from sleepsound.ingest.manifest import read_manifest, read_manifest_rows
-from sleepsound.report.metrics import ahi_agreement, bootstrap_ci, cohen_kappa, confusion_counts, evaluate
-from sleepsound.report.figures import ahi_scatter_figure, bland_altman_figure, event_timeline_figure, hypnogram_figure
-from sleepsound.report.render import ReportInputs, render_report
 from sleepsound.core.records import HeadInfo, Reported, TrainedModels
 from sleepsound.core.storage import RootLike, full_uri, join, open_root, write_bytes_atomic, write_json, write_table
+from sleepsound.ingest.manifest import read_manifest, read_manifest_rows
+from sleepsound.labels.targets import PRIMARY, TARGETS
+from sleepsound.registry import store as model_store
+from sleepsound.report.figures import ahi_scatter_figure, bland_altman_figure, event_timeline_figure, hypnogram_figure
+from sleepsound.report.metrics import ahi_agreement, bootstrap_ci, cohen_kappa, confusion_counts, evaluate
+from sleepsound.report.render import ReportInputs, render_report
 from sleepsound.report.summaries import breathing_summary, night_summary
 
 CI_BOOTSTRAPS = 500

@@ -16,9 +16,14 @@ import pandas as pd
 
 from sleepsound.report.html import STYLE, esc, fmt, img_tags, table
 from sleepsound.report.metrics import PAPER_TABLE_II
-from sleepsound.report.sections import (contents, section_ahi, section_figures, section_metrics, section_run,
-                                        section_target)
-
+from sleepsound.report.sections import (
+    contents,
+    section_ahi,
+    section_figures,
+    section_metrics,
+    section_run,
+    section_target,
+)
 
 # Figure fields: the <img> check each must pass and the figure function its error names.
 _FIGURE_SOURCES = {"hypnograms": "hypnogram_figure", "ahi_figures": "ahi_scatter_figure / bland_altman_figure",

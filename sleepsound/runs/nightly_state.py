@@ -9,7 +9,7 @@ and the model store make that cheap and free of duplicates). A recording whose a
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sleepsound.core.records import ManifestRow
 from sleepsound.core.storage import RootLike, join, open_root, read_json, write_json
@@ -40,4 +40,4 @@ def mark_processed(root: RootLike, run_id: str, rows: list[ManifestRow]) -> None
     done = processed(root)
     done.update({str(r["recording_id"]): str(r["sha256"]) for r in rows})
     write_json(fs, state_path(root_path), {"recordings": done, "last_run": run_id,
-                                           "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                                           "updated": datetime.now(UTC).isoformat(timespec="seconds")})

@@ -7,13 +7,13 @@ per-stage wall times and the counts (discovered = accepted + quarantined, embedd
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sleepsound import __version__
-from sleepsound.core.schemas import LAYOUT_VERSION, PREDICTIONS_VERSION
 from sleepsound.core.config import Config
 from sleepsound.core.records import FlowSummary, TrainedModels
+from sleepsound.core.schemas import LAYOUT_VERSION, PREDICTIONS_VERSION
 from sleepsound.core.storage import RootLike, full_uri, join, open_root, write_json
 
 SCHEMA = "sleepsound.run/1"
@@ -32,7 +32,7 @@ def write_run_record(root: RootLike, flow: str, config: dict[str, Any], summary:
         "schema": SCHEMA, "layout_version": LAYOUT_VERSION, "predictions_schema_version": PREDICTIONS_VERSION,
         "run_id": summary["run_id"], "flow": flow,
         "prefect_flow_run": summary.get("prefect_flow_run"),
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "config_hash": Config.model_validate(config).fingerprint(), "code_version": __version__,
         "models": model_versions(summary.get("model")), "seconds": summary.get("seconds", {}),
         "counts": summary.get("counts", {}),

@@ -14,13 +14,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sleepsound.core.storage import RootLike
 from sleepsound.core.config import Config
-from sleepsound.train.dataset import load_embedded
+from sleepsound.core.storage import RootLike
+from sleepsound.ingest.manifest import labelled_manifest
 from sleepsound.labels.targets import PRIMARY, TARGETS
 from sleepsound.report.metrics import evaluate, majority_class
-from sleepsound.ingest.manifest import labelled_manifest
-from sleepsound.train.dataset import model_inputs
+from sleepsound.train.dataset import load_embedded, model_inputs
 from sleepsound.train.fit import NotTrainable, fit_target
 from sleepsound.train.loop import predict_proba
 
@@ -61,7 +60,7 @@ def score_split(root: RootLike, cfg: Config, labelled: pd.DataFrame, test_subjec
         true = truth[scored].astype(str).tolist()
         majority = majority_class([target.classes[i] for i in y], target.classes)
         out[name] = {"true": true, "pred": pred, "metrics": evaluate(true, pred, target.classes, majority),
-                     "train_epochs": int(len(y))}
+                     "train_epochs": len(y)}
     return out
 
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from sleepsound.core.config import Config
+from sleepsound.core.storage import RootLike, open_root, read_table
 from sleepsound.embed.cache import channel_configs, embeddings_path, epochs_path, shifted_path, wanted_shift_classes
 from sleepsound.labels.events import resp_labels
 from sleepsound.models.heads.attention import build_context
-from sleepsound.core.storage import RootLike, open_root, read_table
 
 
 @dataclass

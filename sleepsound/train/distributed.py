@@ -60,9 +60,9 @@ def train_head_ray(x: np.ndarray, y: np.ndarray, cfg: TrainConfig, *, head: str 
                    mask: np.ndarray | None = None, val: tuple[Any, ...] | None = None, workers: int = 2,
                    use_gpu: bool = False, storage_path: str | None = None) -> TrainResult:
     """``train_head`` across ``workers`` Ray Train workers (an existing Ray session is used)."""
-    import ray
     from dataclasses import asdict
 
+    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from safetensors.torch import load_file

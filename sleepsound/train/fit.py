@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -21,15 +21,15 @@ import pandas as pd
 
 from sleepsound import __version__
 from sleepsound.core.config import Config
-from sleepsound.ingest.manifest import labelled_manifest
-from sleepsound.train.dataset import EmbeddedEpochs, load_embedded, model_inputs
-from sleepsound.embed.cache import backbone_key, channel_configs
-from sleepsound.registry.evaluation_set import evaluation_subjects
-from sleepsound.models.heads.artifacts import save_head
-from sleepsound.models.heads.layers import layer_weights
-from sleepsound.labels.targets import PRIMARY, TARGETS, Target
 from sleepsound.core.records import HeadInfo, TrainedModels
 from sleepsound.core.storage import RootLike, join, open_root, write_json
+from sleepsound.embed.cache import backbone_key, channel_configs
+from sleepsound.ingest.manifest import labelled_manifest
+from sleepsound.labels.targets import PRIMARY, TARGETS, Target
+from sleepsound.models.heads.artifacts import save_head
+from sleepsound.models.heads.layers import layer_weights
+from sleepsound.registry.evaluation_set import evaluation_subjects
+from sleepsound.train.dataset import EmbeddedEpochs, load_embedded, model_inputs
 from sleepsound.train.loop import TrainConfig, TrainResult, split_by_subject, train_head
 
 # Fewer training subjects than this: no validation subjects (each one is too dear to lose).
@@ -103,7 +103,7 @@ def _train_target(root: RootLike, cfg: Config, run_id: str, labelled: pd.DataFra
     lineage: dict[str, Any] = {
         "task": target.name, "run_id": run_id, "code_version": __version__, "config_hash": cfg.fingerprint(),
         "config": cfg.model_dump(exclude={"report"}),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "manifest_hash": hashlib.sha256(json.dumps(sorted(labelled["sha256"])).encode()).hexdigest()[:16],
         "embedding_cache": [f"{backbone_key(c.backbone)}/{c.preprocess.fingerprint()}" for c in channel_configs(cfg)],
         **split, "train_epochs": int(keep.sum()) - n_shifted, "train_shifted": n_shifted,

@@ -36,8 +36,8 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
-from sleepsound.models.heads.artifacts import build_head
 from sleepsound.labels.vocabulary import STAGES_3
+from sleepsound.models.heads.artifacts import build_head
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from sleepsound.models.backbones.pretrained import load_backbone
-from sleepsound.models.backbones.tiny import save_tiny_random_backbone
 from sleepsound.core.config import Config, PreprocessConfig
 from sleepsound.embed.cache import embeddings_dir, embeddings_path, epochs_path
 from sleepsound.embed.cohort import embed_cohort
 from sleepsound.embed.epochs import read_epochs
 from sleepsound.ingest.manifest import build_manifest
+from sleepsound.models.backbones.pretrained import load_backbone
+from sleepsound.models.backbones.tiny import save_tiny_random_backbone
 from sleepsound.synth.writers import generate_cohort
 
 

@@ -17,12 +17,12 @@ import pandas as pd
 import pytest
 import s3fs
 
-from tests.flaky_s3 import FlakyS3Proxy
 from sleepsound.core.config import Config, PreprocessConfig
 from sleepsound.embed.cohort import embed_cohort
 from sleepsound.embed.collector import EmbedStats
 from sleepsound.ingest.manifest import build_manifest
 from sleepsound.synth.writers import generate_cohort
+from tests.flaky_s3 import FlakyS3Proxy
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

@@ -148,10 +148,9 @@ def _assert_retraining_keeps_an_equal_champion(cohort: Path, root: str, tiny_whi
 
 def _assert_scoring_uses_the_champions(cohort: Path, root: str, tiny_whisper: str, trained: dict) -> None:
     """The score flow trains nothing: the first run's heads (the champions) predict every night."""
+    from flows.scheduled import score_deployment
     from flows.score import run_score_on_ray
     from sleepsound.registry import store as model_store
-
-    from flows.scheduled import score_deployment
 
     stored = {task: len(model_store.versions(root, task)) for task in ("stage3", "stage5", "resp")}
     scored = score_deployment(str(cohort), root, _config(tiny_whisper))     # what the deployment runs

@@ -10,8 +10,8 @@ import soundfile as sf
 
 from sleepsound.core.config import PreprocessConfig
 from sleepsound.embed.epochs import read_epochs
-from sleepsound.ingest.manifest import build_manifest
 from sleepsound.ingest.discovery import discover
+from sleepsound.ingest.manifest import build_manifest
 from sleepsound.synth.writers import generate_cohort
 
 CFG = PreprocessConfig()

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from sleepsound.core.config import PreprocessConfig, ValidationConfig
 from sleepsound.core.findings import Quarantine
-from sleepsound.io.audio import iter_part_blocks, probe_edf
 from sleepsound.ingest.manifest import build_manifest, read_manifest_rows
+from sleepsound.io.audio import iter_part_blocks, probe_edf
 from sleepsound.synth.faults import FAULTS, Fault, edit_signal_header, fault, part_path
 from sleepsound.synth.writers import generate_cohort
 

@@ -187,8 +187,8 @@ def test_lights_off_and_on_as_seconds_or_date_times():
 
 def test_absurd_times_give_short_notes_and_a_stage_time_quarantines() -> None:
     """1e300 is finite, so it parses; no message may print it as a 300-digit number."""
-    from sleepsound.ingest.label_checks import check_events, check_rml
     from sleepsound.core.findings import Quarantine
+    from sleepsound.ingest.label_checks import check_events, check_rml
 
     xml = (SPEC_EXAMPLE
            .replace("<Events>", '<Events><Event Family="Respiratory" Type="Hypopnea" Start="1e300" Duration="12"/>'

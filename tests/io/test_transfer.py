@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import s3fs
 
-from tests.flaky_s3 import FlakyS3Proxy
 from sleepsound.io.transfer import RetryPolicy, download
+from tests.flaky_s3 import FlakyS3Proxy
 
 FAST = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.05)
 

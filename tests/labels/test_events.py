@@ -6,18 +6,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sleepsound.labels.annotations import AnnotationError
 from sleepsound.core.config import PreprocessConfig
 from sleepsound.embed.epochs import night_labels, read_epochs
-from sleepsound.labels.events import events_from_rml, read_events_csv, resp_labels, window_labels
 from sleepsound.io.rml import RmlEvent
+from sleepsound.labels.annotations import AnnotationError
+from sleepsound.labels.events import events_from_rml, read_events_csv, resp_labels, window_labels
 
 
-def Event(type: str, start_s: float, duration_s: float) -> RmlEvent:  # noqa: N802 - reads like the record
+def Event(type: str, start_s: float, duration_s: float) -> RmlEvent:
     return RmlEvent("", type, float(start_s), float(duration_s))
+from sleepsound.ingest.manifest import build_manifest
 from sleepsound.io.rml import RmlAnnotations, RmlEvent, parse_rml
 from sleepsound.labels.vocabulary import APNEA_TYPES, HYPOPNEA_TYPES
-from sleepsound.ingest.manifest import build_manifest
 from sleepsound.synth.writers import generate_cohort
 
 CFG = PreprocessConfig()

@@ -15,8 +15,13 @@ import pytest
 import torch
 
 from sleepsound.models.backbones import whisper_ct2
-from sleepsound.models.backbones.pretrained import (OFFLINE_WHISPER, Backbone, BackboneLoadError, load_backbone,
-                                           pool_frames)
+from sleepsound.models.backbones.pretrained import (
+    OFFLINE_WHISPER,
+    Backbone,
+    BackboneLoadError,
+    load_backbone,
+    pool_frames,
+)
 from sleepsound.models.backbones.tiny import TINY_DIM, TINY_LAYERS, save_tiny_random_backbone
 
 SR = 16_000

@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from sleepsound.models.heads.artifacts import (
+    HeadArtifactError,
+    build_head,
+    head_config,
+    load_head,
+    load_head_with_config,
+    save_head,
+)
 from sleepsound.models.heads.attention import AttentionPoolingHead, build_context, context_indices
-from sleepsound.models.heads.artifacts import HeadArtifactError, build_head, head_config, load_head, load_head_with_config, save_head
 from sleepsound.models.heads.mlp import MeanPoolingHead
 
 

@@ -10,17 +10,17 @@ import pandas as pd
 import pytest
 import torch
 
-from sleepsound.models.backbones.mel import MelBackbone
-from sleepsound.models.backbones.pretrained import load_backbone
 from sleepsound.core.config import BackboneConfig, Config, PreprocessConfig
-from sleepsound.train.dataset import load_embedded
 from sleepsound.embed.cache import backbone_key
 from sleepsound.embed.cohort import embed_cohort
-from sleepsound.models.heads.attention import build_context
-from sleepsound.models.heads.artifacts import HeadArtifactError, build_head, load_head, save_head
-from sleepsound.models.heads.soundsleepnet import SoundSleepNetHead
 from sleepsound.ingest.manifest import build_manifest
+from sleepsound.models.backbones.mel import MelBackbone
+from sleepsound.models.backbones.pretrained import load_backbone
+from sleepsound.models.heads.artifacts import HeadArtifactError, build_head, load_head, save_head
+from sleepsound.models.heads.attention import build_context
+from sleepsound.models.heads.soundsleepnet import SoundSleepNetHead
 from sleepsound.synth.writers import generate_cohort
+from sleepsound.train.dataset import load_embedded
 from sleepsound.train.loop import TrainConfig, predict_proba, train_head
 
 SR = 16_000

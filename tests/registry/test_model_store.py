@@ -5,9 +5,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from sleepsound.registry import store as model_store
-from sleepsound.models.heads.artifacts import build_head, save_head
 from sleepsound.core.storage import join, open_root, write_json
+from sleepsound.models.heads.artifacts import build_head, save_head
+from sleepsound.registry import store as model_store
 
 
 def _store(root: str, version: str, created: str, macro_f1: float | None) -> None:

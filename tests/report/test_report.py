@@ -10,8 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sleepsound.report.figures import (ahi_scatter_figure, attention_figure, bland_altman_figure, event_timeline_figure,
-                                      hypnogram_figure)
+from sleepsound.report.figures import (
+    ahi_scatter_figure,
+    attention_figure,
+    bland_altman_figure,
+    event_timeline_figure,
+    hypnogram_figure,
+)
 from sleepsound.report.metrics import ahi_agreement, evaluate
 from sleepsound.report.render import ReportInputs, render_report
 from sleepsound.report.sections import paper_comparison_table

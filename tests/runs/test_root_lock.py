@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import s3fs
 
-from sleepsound.runs.root_lock import RootBusy, holder, hold_root, lock_path
+from sleepsound.runs.root_lock import RootBusy, hold_root, holder, lock_path
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -143,9 +143,8 @@ def test_a_killed_run_on_this_machine_frees_the_root_at_once(tmp_path) -> None:
         assert holder(root)["run_id"] == "rerun"
     path.write_text(json.dumps({"run_id": "alive", "purpose": "run", "host": socket.gethostname(),
                                 "pid": os.getpid(), "acquired": now, "heartbeat": now}))
-    with pytest.raises(RootBusy, match="'alive'"):
-        with hold_root(root, "rerun", "run"):
-            pass
+    with pytest.raises(RootBusy, match="'alive'"), hold_root(root, "rerun", "run"):
+        pass
 
 
 def test_the_heartbeat_keeps_a_long_run_fresh(tmp_path) -> None:
@@ -167,9 +166,8 @@ def test_every_writing_flow_refuses_a_root_another_run_holds(flow_name, prefect_
     module = importlib.import_module(f"flows.{flow_name}")
     flow = {"pipeline": "pipeline", "score": "score", "train": "train_flow", "nightly": "nightly"}[flow_name]
     root = str(tmp_path / "root")
-    with hold_root(root, "first", "nightly"):
-        with pytest.raises(RootBusy, match="in use by run 'first'"):
-            getattr(module, flow)(str(tmp_path / "nowhere"), root, Config().model_dump(), "second")
+    with hold_root(root, "first", "nightly"), pytest.raises(RootBusy, match="in use by run 'first'"):
+        getattr(module, flow)(str(tmp_path / "nowhere"), root, Config().model_dump(), "second")
     assert holder(root) is None                      # the refused run did not touch the first one's lock
 
 

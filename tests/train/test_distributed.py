@@ -63,8 +63,8 @@ def test_training_ray_workers_setting_trains_a_task_head_with_ray_train() -> Non
     import pandas as pd
 
     from sleepsound.core.config import Config
-    from sleepsound.train.dataset import EmbeddedEpochs
     from sleepsound.labels.targets import TARGETS
+    from sleepsound.train.dataset import EmbeddedEpochs
     from sleepsound.train.fit import fit_target
 
     x, y = _task(96)

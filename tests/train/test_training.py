@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from sleepsound.models.heads.attention import build_context
 from sleepsound.labels.vocabulary import STAGES_3
+from sleepsound.models.heads.attention import build_context
 from sleepsound.train.loop import (
     TrainConfig,
     class_weights,
@@ -167,16 +168,18 @@ from pathlib import Path  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from sleepsound.core.config import Config, PreprocessConfig  # noqa: E402
-from sleepsound.train.dataset import load_embedded  # noqa: E402
 from sleepsound.embed.cache import channel_configs, embeddings_path, epochs_path, shifted_path  # noqa: E402
 from sleepsound.embed.cohort import embed_cohort  # noqa: E402
 from sleepsound.embed.epochs import read_epochs, shift_pairs  # noqa: E402
+from sleepsound.embed.preprocess import StreamingFilter, iter_epochs, normalise  # noqa: E402
 from sleepsound.ingest.manifest import build_manifest  # noqa: E402
 from sleepsound.predict.recordings import predict_recordings  # noqa: E402
-from sleepsound.train.dataset import model_inputs  # noqa: E402
-from sleepsound.train.fit import train_models  # noqa: E402
-from sleepsound.embed.preprocess import StreamingFilter, iter_epochs, normalise  # noqa: E402
 from sleepsound.synth.writers import generate_cohort  # noqa: E402
+from sleepsound.train.dataset import (
+    load_embedded,
+    model_inputs,
+)
+from sleepsound.train.fit import train_models  # noqa: E402
 
 RATE = 48_000
 
@@ -380,8 +383,8 @@ def test_every_task_gets_a_head_on_one_split_and_predictions_carry_them(nights, 
 
 def test_a_task_without_labels_is_skipped_with_its_reason(nights, embedded_root, tiny_whisper) -> None:
     """Nights scored in 3 classes only: no 5-class head, and the run says why; stage3 is still required."""
-    from sleepsound.train.fit import NotTrainable, _train_target
     from sleepsound.labels.targets import TARGETS
+    from sleepsound.train.fit import NotTrainable, _train_target
 
     cfg = _config(tiny_whisper)
     data = load_embedded(embedded_root, cfg, pd.DataFrame(nights[:2]))
@@ -408,8 +411,8 @@ def test_kfold_cross_validation_tests_every_labelled_subject_once(nights, embedd
     from typer.testing import CliRunner
 
     from sleepsound.cli import app
-    from sleepsound.train.cross_validation import kfold_subjects
     from sleepsound.ingest.manifest import write_manifest
+    from sleepsound.train.cross_validation import kfold_subjects
 
     folds = kfold_subjects(["c", "a", "b", "d", "e"], 2, seed=3)
     assert sorted(sum(folds, [])) == ["a", "b", "c", "d", "e"] and [len(f) for f in folds] == [3, 2]

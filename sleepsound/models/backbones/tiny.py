@@ -46,7 +46,7 @@ def save_tiny_random_backbone(family: Family, out_dir: Path, seed: int = 0, **co
     The result loads with ``load_backbone(str(out_dir))``. ``config_overrides`` change the
     config (e.g. ``do_stable_layer_norm=True`` for the large-model layout of the waveform families).
     """
-    from transformers import (AutoModel, Wav2Vec2FeatureExtractor, WhisperFeatureExtractor, WhisperModel)
+    from transformers import AutoModel, Wav2Vec2FeatureExtractor, WhisperFeatureExtractor, WhisperModel
 
     out_dir = Path(out_dir)
     config = tiny_config(family, **config_overrides)

@@ -184,7 +184,7 @@ class CT2Model:
         return int(self.array(name).reshape(-1)[0])
 
 
-def whisper_config_from_ct2(ct2: CT2Model, prefix: str = "encoder/") -> "WhisperConfig":  # noqa: F821
+def whisper_config_from_ct2(ct2: CT2Model, prefix: str = "encoder/") -> WhisperConfig:  # noqa: F821
     """The encoder's architecture, inferred from tensor shapes, so any Whisper size converts."""
     from transformers import WhisperConfig
 
@@ -265,7 +265,7 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None
     module.load_state_dict(state, strict=True)
 
 
-def convert_ct2_encoder(model_bin: Path | str) -> "WhisperEncoder":  # noqa: F821
+def convert_ct2_encoder(model_bin: Path | str) -> WhisperEncoder:  # noqa: F821
     """Build a transformers ``WhisperEncoder`` from a CTranslate2 ``model.bin`` (no cache involved)."""
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
@@ -331,7 +331,7 @@ def is_encoder_only_dir(folder: Path | str) -> bool:
     return config.is_file() and bool(json.loads(config.read_text()).get(ENCODER_ONLY_KEY))
 
 
-def load_encoder_only(folder: Path | str) -> "WhisperEncoder":  # noqa: F821
+def load_encoder_only(folder: Path | str) -> WhisperEncoder:  # noqa: F821
     """Load a cached converted encoder (``config.json`` + ``model.safetensors``) with strict key checking."""
     from safetensors.torch import load_file
     from transformers import WhisperConfig
@@ -346,7 +346,7 @@ def load_encoder_only(folder: Path | str) -> "WhisperEncoder":  # noqa: F821
     return encoder.eval()
 
 
-def load_offline_whisper_encoder(model_bin: Path | str | None = None) -> tuple["WhisperEncoder", Path]:  # noqa: F821
+def load_offline_whisper_encoder(model_bin: Path | str | None = None) -> tuple[WhisperEncoder, Path]:  # noqa: F821
     """The offline Whisper encoder (bundled tiny.en unless ``model_bin`` is given) and its cache folder."""
     folder = converted_encoder_dir(model_bin)
     return load_encoder_only(folder), folder

@@ -20,12 +20,12 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
+from sleepsound.core.storage import write_bytes_atomic
+from sleepsound.labels.vocabulary import STAGES_3
 from sleepsound.models.heads.attention import AttentionPoolingHead
 from sleepsound.models.heads.layers import MAX_LAYERS
 from sleepsound.models.heads.mlp import MeanPoolingHead
 from sleepsound.models.heads.soundsleepnet import SoundSleepNetHead
-from sleepsound.labels.vocabulary import STAGES_3
-from sleepsound.core.storage import write_bytes_atomic
 
 FORMAT = "sleepsound-head"
 FORMAT_VERSION = 1
