@@ -38,7 +38,7 @@ def ordered(files: Sequence[str]) -> tuple[list[str], str]:
     """Files in recording order and how they were ordered ('numeric index' or 'name')."""
     indices = [file_index(f) for f in files]
     if files and all(i is not None for i in indices):
-        return [f for _, f in sorted(zip(indices, files), key=lambda t: (t[0], t[1]))], "numeric index"
+        return [f for _, f in sorted(zip(indices, files, strict=False), key=lambda t: (t[0], t[1]))], "numeric index"
     return sorted(files), "name"
 
 
@@ -109,7 +109,7 @@ def block_split(files_by_label: Mapping[str, Sequence[str]], *, block_size: int 
 def group_by_label(files: Sequence[str], labels: Sequence[str]) -> dict[str, list[str]]:
     """{label: [files]} from parallel lists."""
     out: dict[str, list[str]] = {}
-    for f, label in zip(files, labels):
+    for f, label in zip(files, labels, strict=False):
         out.setdefault(label, []).append(f)
     return out
 

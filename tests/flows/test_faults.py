@@ -67,7 +67,7 @@ def test_a_killed_embedding_worker_is_replaced_and_every_night_is_embedded(tiny_
     ours = sorted((tmp_path / "root").glob("epochs/*/*.parquet"))
     theirs = sorted((tmp_path / "reference").glob("epochs/*/*.parquet"))
     assert [p.name for p in ours] == [p.name for p in theirs]
-    for mine, ref in zip(ours, theirs):
+    for mine, ref in zip(ours, theirs, strict=False):
         pd.testing.assert_frame_equal(pd.read_parquet(mine), pd.read_parquet(ref))
 
 

@@ -217,7 +217,7 @@ def test_unchanged_nights_keep_their_rows_and_changed_ones_are_validated_again(p
     assert changed[first[1]["recording_id"]] is first[1]
 
     deeper = build_manifest(str(cohort), PreprocessConfig(highpass_hz=60.0), previous=first)
-    assert all(row is not old for row, old in zip(deeper, first))   # other settings: everything again
+    assert all(row is not old for row, old in zip(deeper, first, strict=False))   # other settings: everything again
 
 
 def test_quarantined_nights_are_always_validated_again(psg_cohort, tmp_path):

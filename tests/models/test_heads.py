@@ -123,7 +123,7 @@ def test_build_context_one_and_refusals() -> None:
 
 
 def test_90s_head_runs_on_built_context() -> None:
-    emb, recs, epochs = _night()
+    _emb, recs, epochs = _night()
     x, mask = build_context(np.random.default_rng(0).normal(size=(6, 4, 8)).astype(np.float16), recs, epochs, 3)
     logits, weights = AttentionPoolingHead(8).eval()(torch.from_numpy(x), torch.from_numpy(mask))
     assert logits.shape == (6, 3) and torch.all(weights[~torch.from_numpy(mask)] == 0)

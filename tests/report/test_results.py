@@ -54,7 +54,7 @@ def test_subject_intervals_need_two_subjects_and_bracket_the_estimate() -> None:
         truth = rng.choice(["Wake", "NREM", "REM"], size=40)
         pred = np.where(rng.random(40) < 0.7, truth, rng.choice(["Wake", "NREM", "REM"], size=40))
         rows += [{"split": "test", "subject_id": f"s{subject}", "stage_true": t, "stage_pred": p}
-                 for t, p in zip(truth, pred)]
+                 for t, p in zip(truth, pred, strict=False)]
     preds = pd.DataFrame(rows)
     ci = subject_intervals(preds)
     accuracy = float((preds["stage_true"] == preds["stage_pred"]).mean())

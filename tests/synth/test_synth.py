@@ -70,7 +70,7 @@ def test_event_count_follows_ahi_and_events_respect_sleep(ahi: float) -> None:
     assert abs(len(respiratory) - expected) <= max(3.0, 0.1 * expected)
     assert plan.ahi == pytest.approx(len(respiratory) / plan.sleep_hours)
     ordered = sorted(respiratory, key=lambda e: e.start_s)
-    for a, b in zip(ordered, ordered[1:]):
+    for a, b in zip(ordered, ordered[1:], strict=False):
         assert a.end_s <= b.start_s, "respiratory events overlap"
     for e in respiratory:
         epochs = range(int(e.start_s // EPOCH_SECONDS), int((e.end_s - 1e-9) // EPOCH_SECONDS) + 1)
@@ -251,7 +251,7 @@ def test_psg_audio_layout_and_edf_parts(psg_cohort) -> None:
 
 
 def test_edf_audio_matches_the_synthesiser(psg_cohort) -> None:
-    out, summaries, _ = psg_cohort
+    _out, summaries, _ = psg_cohort
     summary = summaries[1]
     plan = make_night_plan(summary.subject_id, HOURS, COHORT["seed"], subject_index=1,
                            cycle_minutes=COHORT["cycle_minutes"])
@@ -266,7 +266,7 @@ def test_edf_audio_matches_the_synthesiser(psg_cohort) -> None:
 
 
 def test_rml_from_the_writer_round_trips_the_plan(psg_cohort) -> None:
-    out, summaries, _ = psg_cohort
+    _out, summaries, _ = psg_cohort
     for index, summary in enumerate(summaries):
         plan = make_night_plan(summary.subject_id, HOURS, COHORT["seed"], subject_index=index,
                                cycle_minutes=COHORT["cycle_minutes"])

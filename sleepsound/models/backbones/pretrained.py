@@ -79,7 +79,7 @@ class Backbone:
         if self.layers and self.layer != -1:
             raise ValueError(f"give either layer ({self.layer}) or layers ({list(self.layers)}), not both")
         self.layer_indices = tuple(_layer_index(k, self.num_layers) for k in self.layers)
-        named_layers = ["output" if k == -1 else i for k, i in zip(self.layers, self.layer_indices)]
+        named_layers = ["output" if k == -1 else i for k, i in zip(self.layers, self.layer_indices, strict=False)]
         if len(set(named_layers)) != len(named_layers):
             raise ValueError(f"layers names one hidden state twice: {list(self.layers)}")
         self.n_layers = max(1, len(self.layers))
@@ -122,7 +122,7 @@ class Backbone:
             _truncate(model, family, self.layer, self.layer_index)
             self._sources: tuple[int | None, ...] = ()
         elif -1 in self.layers:  # the model output is wanted: keep the model whole
-            self._sources = tuple(None if k == -1 else i for k, i in zip(self.layers, self.layer_indices))
+            self._sources = tuple(None if k == -1 else i for k, i in zip(self.layers, self.layer_indices, strict=False))
         else:
             top = max(self.layer_indices)
             _truncate(model, family, top, top)
@@ -259,7 +259,7 @@ def pool_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
 
 def _conv_output_length(config: Any, n_samples: int) -> int:
     length = n_samples
-    for kernel, stride in zip(config.conv_kernel, config.conv_stride):
+    for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=False):
         length = (length - kernel) // stride + 1
     return length
 

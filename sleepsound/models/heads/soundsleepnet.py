@@ -76,7 +76,7 @@ class SoundSleepNetHead(nn.Module):
                      "n_heads": int(n_heads), "ff_dim": int(ff_dim), "dropout": float(dropout),
                      "n_layers": int(n_layers)}
         widths = [dim] + [conv_channels] * conv_blocks
-        self.encoder = nn.ModuleList(_ConvBlock(a, b, kernel_size, dropout) for a, b in zip(widths, widths[1:]))
+        self.encoder = nn.ModuleList(_ConvBlock(a, b, kernel_size, dropout) for a, b in zip(widths, widths[1:], strict=False))
         self.lstm = nn.LSTM(conv_channels, lstm_hidden, num_layers=LSTM_LAYERS, batch_first=True,
                             bidirectional=True, dropout=dropout)
         self.transformer = nn.ModuleList(
