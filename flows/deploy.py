@@ -13,7 +13,7 @@ from typing import Any
 from flows.scheduled import nightly_deployment, score_deployment, train_deployment
 
 DEFAULT_POOL = "sleepsound"
-DEFAULT_CRON = "0 2 * * *"   # 02:00 every night, after the night's recordings have been uploaded
+DEFAULT_CRON = "0 2 * * *"  # 02:00 every night, after the night's recordings have been uploaded
 
 
 def ensure_work_pool(name: str, pool_type: str = "process") -> None:
@@ -28,9 +28,17 @@ def ensure_work_pool(name: str, pool_type: str = "process") -> None:
             client.create_work_pool(WorkPoolCreate(name=name, type=pool_type))
 
 
-def register_deployments(source: str, root: str, config: dict[str, Any] | None = None, *,
-                         cron: str = DEFAULT_CRON, timezone: str = "UTC", work_pool: str = DEFAULT_POOL,
-                         ray_address: str | None = None, pool_type: str = "process") -> dict[str, str]:
+def register_deployments(
+    source: str,
+    root: str,
+    config: dict[str, Any] | None = None,
+    *,
+    cron: str = DEFAULT_CRON,
+    timezone: str = "UTC",
+    work_pool: str = DEFAULT_POOL,
+    ray_address: str | None = None,
+    pool_type: str = "process",
+) -> dict[str, str]:
     """Create or update the three deployments; returns {deployment name: id}."""
     from prefect.schedules import Cron
 
@@ -43,7 +51,8 @@ def register_deployments(source: str, root: str, config: dict[str, Any] | None =
     ]
     out = {}
     for flow_fn, name, schedule in specs:
-        deployment = flow_fn.to_deployment(name=name, parameters=dict(common), work_pool_name=work_pool,
-                                           tags=["sleepsound"], **schedule)
+        deployment = flow_fn.to_deployment(
+            name=name, parameters=dict(common), work_pool_name=work_pool, tags=["sleepsound"], **schedule
+        )
         out[f"{flow_fn.name}/{name}"] = str(deployment.apply())
     return out

@@ -30,14 +30,23 @@ from tasks.train import train
 
 
 @flow(name="sleepsound-nightly", log_prints=True)
-def nightly(source: str, root: str, config: dict[str, Any], run_id: str, metric: str = "macro_f1",
-            margin: float = 0.01) -> FlowSummary:
+def nightly(
+    source: str, root: str, config: dict[str, Any], run_id: str, metric: str = "macro_f1", margin: float = 0.01
+) -> FlowSummary:
     timer = StepTimer()
     logger = get_run_logger()
-    out: FlowSummary = {"run_id": run_id, "prefect_flow_run": flow_run_ref(), "seconds": timer.seconds,
-                           "trained": False, "promotions": {}, "report": None, "predictions": None,
-                           "summaries": None, "metrics": None}
-    store = open_root(root)   # opened once for the lock and the run record; tasks get the URI
+    out: FlowSummary = {
+        "run_id": run_id,
+        "prefect_flow_run": flow_run_ref(),
+        "seconds": timer.seconds,
+        "trained": False,
+        "promotions": {},
+        "report": None,
+        "predictions": None,
+        "summaries": None,
+        "metrics": None,
+    }
+    store = open_root(root)  # opened once for the lock and the run record; tasks get the URI
     with hold_root(store, run_id, "nightly"), remote_options(num_cpus=COORDINATOR_CPUS):
         ingested = timer.step("ingest", ingest.submit(source, root, config))
         embedded = timer.step("embed", embed.submit(root, config))
@@ -58,16 +67,27 @@ def nightly(source: str, root: str, config: dict[str, Any], run_id: str, metric:
         extra = promotion_lines(out["promotions"])
         reported = timer.step("report", report.submit(root, config, run_id, serving, predicted, extra))
         timer.step("mark-done", mark_done.submit(root, run_id, to_score))
-        out.update(flow_summary(run_id, timer.seconds, ingested, embedded, serving, predicted, reported,
-                                promotions=out["promotions"]))
+        out.update(
+            flow_summary(
+                run_id, timer.seconds, ingested, embedded, serving, predicted, reported, promotions=out["promotions"]
+            )
+        )
         out["run_record"] = write_run_record(store, "nightly", config, out)
     logger.info("nightly %s: %d new nights scored in %s", run_id, len(to_score), timer.seconds)
     return out
 
 
-def run_nightly_on_ray(source: str, root: str, config: dict[str, Any], ray_address: str | None = None,
-                       run_id: str | None = None, metric: str = "macro_f1", margin: float = 0.01) -> FlowSummary:
+def run_nightly_on_ray(
+    source: str,
+    root: str,
+    config: dict[str, Any],
+    ray_address: str | None = None,
+    run_id: str | None = None,
+    metric: str = "macro_f1",
+    margin: float = 0.01,
+) -> FlowSummary:
     """Run the nightly flow with a Ray task runner: a local Ray unless an address is given."""
     run_id = run_id or datetime.now(UTC).strftime("nightly-%Y%m%dT%H%M%SZ")
-    return nightly.with_options(task_runner=ray_runner(config, ray_address))(source, root, config, run_id,
-                                                                             metric, margin)
+    return nightly.with_options(task_runner=ray_runner(config, ray_address))(
+        source, root, config, run_id, metric, margin
+    )

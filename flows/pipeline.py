@@ -54,8 +54,10 @@ class StepTimer:
 
 def promotion_lines(decisions: dict[str, PromotionDecision]) -> dict[str, str]:
     """The report's run-table lines for each head's promotion decision."""
-    return {f"promotion {name}": f"{'promoted' if d['promoted'] else 'not promoted'}: {d['reason']}"
-            for name, d in decisions.items()}
+    return {
+        f"promotion {name}": f"{'promoted' if d['promoted'] else 'not promoted'}: {d['reason']}"
+        for name, d in decisions.items()
+    }
 
 
 def flow_run_ref() -> dict[str, str]:
@@ -63,9 +65,16 @@ def flow_run_ref() -> dict[str, str]:
     return {"id": str(flow_run.id), "name": flow_run.name}
 
 
-def flow_summary(run_id: str, seconds: dict[str, float], ingested: Ingested, embedded: Embedded,
-                 model: TrainedModels, predicted: Predicted, reported: Reported,
-                 promotions: dict[str, PromotionDecision] | None = None) -> FlowSummary:
+def flow_summary(
+    run_id: str,
+    seconds: dict[str, float],
+    ingested: Ingested,
+    embedded: Embedded,
+    model: TrainedModels,
+    predicted: Predicted,
+    reported: Reported,
+    promotions: dict[str, PromotionDecision] | None = None,
+) -> FlowSummary:
     """The summary a scoring flow returns and records, built in one place so every flow's keys stay the same."""
     summary: FlowSummary = {
         "run_id": run_id,
@@ -76,8 +85,12 @@ def flow_summary(run_id: str, seconds: dict[str, float], ingested: Ingested, emb
     }
     if promotions is not None:
         summary["promotions"] = promotions
-    summary.update(metrics=reported["metrics"], report=reported["report"], predictions=predicted["predictions"],
-                   summaries=reported["summaries"])
+    summary.update(
+        metrics=reported["metrics"],
+        report=reported["report"],
+        predictions=predicted["predictions"],
+        summaries=reported["summaries"],
+    )
     return summary
 
 
@@ -87,7 +100,7 @@ def pipeline(source: str, root: str, config: dict[str, Any], run_id: str) -> Flo
     logger = get_run_logger()
     timer = StepTimer()
     seconds = timer.seconds
-    store = open_root(root)   # opened once for the lock and the run record; tasks get the URI
+    store = open_root(root)  # opened once for the lock and the run record; tasks get the URI
     with hold_root(store, run_id, "run"), remote_options(num_cpus=COORDINATOR_CPUS):
         ingested = timer.step("ingest", ingest.submit(source, root, config))
         embedded = timer.step("embed", embed.submit(root, config))
@@ -100,8 +113,9 @@ def pipeline(source: str, root: str, config: dict[str, Any], run_id: str) -> Flo
     return summary
 
 
-def run_pipeline_on_ray(source: str, root: str, config: dict[str, Any], ray_address: str | None = None,
-                        run_id: str | None = None) -> FlowSummary:
+def run_pipeline_on_ray(
+    source: str, root: str, config: dict[str, Any], ray_address: str | None = None, run_id: str | None = None
+) -> FlowSummary:
     """Run the flow with a Ray task runner: a local Ray unless an address is given."""
     run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return pipeline.with_options(task_runner=ray_runner(config, ray_address))(source, root, config, run_id)
@@ -115,8 +129,11 @@ def ray_runner(config: dict[str, Any], ray_address: str | None = None) -> RayTas
     """
     init_kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     if JOB_CONFIG_ENV not in os.environ:
-        env = {k: v for k, v in os.environ.items()
-               if k.startswith(("PREFECT_", "AWS_", "SLEEPSOUND_")) or k in {"DO_NOT_TRACK", "HF_HOME"}}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k.startswith(("PREFECT_", "AWS_", "SLEEPSOUND_")) or k in {"DO_NOT_TRACK", "HF_HOME"}
+        }
         init_kwargs["runtime_env"] = {"env_vars": env}
     ray_cfg = config.get("ray", {})
     if not (ray_address or ray_cfg.get("address")):  # sizes of a local session; a cluster keeps its own

@@ -24,24 +24,44 @@ def _run_id(kind: str) -> str:
 
 
 @flow(name="sleepsound-nightly-deployment")
-def nightly_deployment(source: str, root: str, config: dict[str, Any] | None = None, ray_address: str | None = None,
-                       metric: str = "macro_f1", margin: float = 0.01) -> dict[str, Any]:
+def nightly_deployment(
+    source: str,
+    root: str,
+    config: dict[str, Any] | None = None,
+    ray_address: str | None = None,
+    metric: str = "macro_f1",
+    margin: float = 0.01,
+) -> dict[str, Any]:
     config = config or {}
     return nightly.with_options(task_runner=ray_runner(config, ray_address))(
-        source, root, config, _run_id("nightly"), metric, margin)
+        source, root, config, _run_id("nightly"), metric, margin
+    )
 
 
 @flow(name="sleepsound-train-deployment")
-def train_deployment(source: str, root: str, config: dict[str, Any] | None = None, ray_address: str | None = None,
-                     metric: str = "macro_f1", margin: float = 0.01) -> dict[str, Any]:
+def train_deployment(
+    source: str,
+    root: str,
+    config: dict[str, Any] | None = None,
+    ray_address: str | None = None,
+    metric: str = "macro_f1",
+    margin: float = 0.01,
+) -> dict[str, Any]:
     config = config or {}
     return train_flow.with_options(task_runner=ray_runner(config, ray_address))(
-        source, root, config, _run_id("train"), metric, margin)
+        source, root, config, _run_id("train"), metric, margin
+    )
 
 
 @flow(name="sleepsound-score-deployment")
-def score_deployment(source: str, root: str, config: dict[str, Any] | None = None, ray_address: str | None = None,
-                     versions: dict[str, str] | None = None) -> dict[str, Any]:
+def score_deployment(
+    source: str,
+    root: str,
+    config: dict[str, Any] | None = None,
+    ray_address: str | None = None,
+    versions: dict[str, str] | None = None,
+) -> dict[str, Any]:
     config = config or {}
     return score.with_options(task_runner=ray_runner(config, ray_address))(
-        source, root, config, _run_id("score"), versions)
+        source, root, config, _run_id("score"), versions
+    )

@@ -25,11 +25,12 @@ from tasks.report import report
 
 
 @flow(name="sleepsound-score", log_prints=True)
-def score(source: str, root: str, config: dict[str, Any], run_id: str,
-          versions: dict[str, str] | None = None) -> FlowSummary:
+def score(
+    source: str, root: str, config: dict[str, Any], run_id: str, versions: dict[str, str] | None = None
+) -> FlowSummary:
     """Returns the same summary as the pipeline flow; ``model`` names the versions used."""
     timer = StepTimer()
-    store = open_root(root)   # opened once for the lock and the run record; tasks get the URI
+    store = open_root(root)  # opened once for the lock and the run record; tasks get the URI
     with hold_root(store, run_id, "score"), remote_options(num_cpus=COORDINATOR_CPUS):
         ingested = timer.step("ingest", ingest.submit(source, root, config))
         embedded = timer.step("embed", embed.submit(root, config, shifted=False))
@@ -42,8 +43,14 @@ def score(source: str, root: str, config: dict[str, Any], run_id: str,
     return summary
 
 
-def run_score_on_ray(source: str, root: str, config: dict[str, Any], ray_address: str | None = None,
-                     run_id: str | None = None, versions: dict[str, str] | None = None) -> FlowSummary:
+def run_score_on_ray(
+    source: str,
+    root: str,
+    config: dict[str, Any],
+    ray_address: str | None = None,
+    run_id: str | None = None,
+    versions: dict[str, str] | None = None,
+) -> FlowSummary:
     """Run the score flow with a Ray task runner: a local Ray unless an address is given."""
     from datetime import datetime
 

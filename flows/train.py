@@ -28,10 +28,11 @@ from tasks.train import train
 
 
 @flow(name="sleepsound-train", log_prints=True)
-def train_flow(source: str, root: str, config: dict[str, Any], run_id: str, metric: str = "macro_f1",
-               margin: float = 0.01) -> FlowSummary:
+def train_flow(
+    source: str, root: str, config: dict[str, Any], run_id: str, metric: str = "macro_f1", margin: float = 0.01
+) -> FlowSummary:
     timer = StepTimer()
-    store = open_root(root)   # opened once for the lock and the run record; tasks get the URI
+    store = open_root(root)  # opened once for the lock and the run record; tasks get the URI
     with hold_root(store, run_id, "train"), remote_options(num_cpus=COORDINATOR_CPUS):
         ingested = timer.step("ingest", ingest.submit(source, root, config))
         embedded = timer.step("embed", embed.submit(root, config))
@@ -41,15 +42,24 @@ def train_flow(source: str, root: str, config: dict[str, Any], run_id: str, metr
         extra = promotion_lines(decisions)
         reported = timer.step("report", report.submit(root, config, run_id, model, predicted, extra))
         get_run_logger().info("trained %s in %s: report at %s", run_id, timer.seconds, reported["report"])
-        summary = flow_summary(run_id, timer.seconds, ingested, embedded, model, predicted, reported,
-                               promotions=decisions)
+        summary = flow_summary(
+            run_id, timer.seconds, ingested, embedded, model, predicted, reported, promotions=decisions
+        )
         summary["run_record"] = write_run_record(store, "train", config, summary)
     return summary
 
 
-def run_train_on_ray(source: str, root: str, config: dict[str, Any], ray_address: str | None = None,
-                     run_id: str | None = None, metric: str = "macro_f1", margin: float = 0.01) -> FlowSummary:
+def run_train_on_ray(
+    source: str,
+    root: str,
+    config: dict[str, Any],
+    ray_address: str | None = None,
+    run_id: str | None = None,
+    metric: str = "macro_f1",
+    margin: float = 0.01,
+) -> FlowSummary:
     """Run the train flow with a Ray task runner: a local Ray unless an address is given."""
     run_id = run_id or datetime.now(UTC).strftime("train-%Y%m%dT%H%M%SZ")
-    return train_flow.with_options(task_runner=ray_runner(config, ray_address))(source, root, config, run_id,
-                                                                                metric, margin)
+    return train_flow.with_options(task_runner=ray_runner(config, ray_address))(
+        source, root, config, run_id, metric, margin
+    )

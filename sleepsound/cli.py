@@ -22,14 +22,19 @@ if TYPE_CHECKING:
 
     from sleepsound.core.config import Config
 
-app = typer.Typer(help="Sleep stages and breathing events from overnight audio.", no_args_is_help=True,
-                  add_completion=False)
+app = typer.Typer(
+    help="Sleep stages and breathing events from overnight audio.", no_args_is_help=True, add_completion=False
+)
 console = Console()
 err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: section.key=value (repeatable).")]
-RayOpt = Annotated[Optional[str], typer.Option("--ray-address", help="Existing Ray cluster (default: start a local one).")]
+SetOpt = Annotated[
+    Optional[list[str]], typer.Option("--set", help="Override a setting: section.key=value (repeatable).")
+]
+RayOpt = Annotated[
+    Optional[str], typer.Option("--ray-address", help="Existing Ray cluster (default: start a local one).")
+]
 RunIdOpt = Annotated[Optional[str], typer.Option(help="Name of this run (default: a timestamp).")]
 MetricOpt = Annotated[str, typer.Option(help="Metric a challenger must improve: macro_f1, kappa or accuracy.")]
 MarginOpt = Annotated[float, typer.Option(help="How much better than the champion a challenger must be.")]
@@ -48,8 +53,15 @@ def synth(
     """Write a deterministic synthetic cohort in PSG-Audio (or plain) layout."""
     from sleepsound.synth.writers import generate_cohort
 
-    summaries = generate_cohort(out, n_subjects=subjects, hours=hours, seed=seed, sample_rate=sample_rate,
-                                layout=layout, cycle_minutes=cycle_minutes)
+    summaries = generate_cohort(
+        out,
+        n_subjects=subjects,
+        hours=hours,
+        seed=seed,
+        sample_rate=sample_rate,
+        layout=layout,
+        cycle_minutes=cycle_minutes,
+    )
     table = Table("subject", "hours", "epochs", "AHI")
     for s in summaries:
         table.add_row(str(s.subject_id), f"{s.hours:.2f}", str(s.n_epochs), f"{s.ahi:.1f}")
@@ -60,10 +72,18 @@ def synth(
 @app.command()
 def validate(
     source: Annotated[str, typer.Argument(help="Folder or s3:// prefix holding recordings.")],
-    root: Annotated[Optional[str], typer.Option(help="Storage root to write the manifest (with findings) into.")] = None,
+    root: Annotated[
+        Optional[str], typer.Option(help="Storage root to write the manifest (with findings) into.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
-    deep: Annotated[bool, typer.Option("--deep/--quick", help="Also stream the audio for NaN/Inf, clipping, "
-                                       "zero-RMS epochs and silent gaps (--quick: headers and labels only).")] = True,
+    deep: Annotated[
+        bool,
+        typer.Option(
+            "--deep/--quick",
+            help="Also stream the audio for NaN/Inf, clipping, "
+            "zero-RMS epochs and silent gaps (--quick: headers and labels only).",
+        ),
+    ] = True,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
 ) -> None:
@@ -84,8 +104,16 @@ def validate(
     accepted = [r for r in rows if r["status"] == "accepted"]
     findings = [{"recording": r["recording_id"], **f} for r in rows for f in r["findings"]]
     if as_json:
-        print(json.dumps({"discovered": len(rows), "accepted": len(accepted), "quarantined": len(rows) - len(accepted),
-                          "findings": findings}))
+        print(
+            json.dumps(
+                {
+                    "discovered": len(rows),
+                    "accepted": len(accepted),
+                    "quarantined": len(rows) - len(accepted),
+                    "findings": findings,
+                }
+            )
+        )
         return
     table = Table("recording", "status", "hours", "rate", "labels", "warnings", "reason")
     for r in rows:
@@ -132,8 +160,7 @@ def train(
     """Retrain every head and promote each only if it beats its champion on the fixed evaluation set."""
     _check_metric(metric)
     cfg = _load_config(config, overrides)
-    result = _run_flow(source, root, cfg.model_dump(), ray_address, run_id, flow="train", metric=metric,
-                       margin=margin)
+    result = _run_flow(source, root, cfg.model_dump(), ray_address, run_id, flow="train", metric=metric, margin=margin)
     _print_results(result)
 
 
@@ -151,11 +178,14 @@ def nightly(
     """Do only what is new: embed new nights, retrain and maybe promote if some are labelled, score them."""
     _check_metric(metric)
     cfg = _load_config(config, overrides)
-    result = _run_flow(source, root, cfg.model_dump(), ray_address, run_id, flow="nightly", metric=metric,
-                       margin=margin)
+    result = _run_flow(
+        source, root, cfg.model_dump(), ray_address, run_id, flow="nightly", metric=metric, margin=margin
+    )
     new = result["new"]
-    console.print(f"new nights: {len(new['labelled'])} labelled, {len(new['unlabelled'])} unlabelled; "
-                  f"retrained: {'yes' if result['trained'] else 'no'}")
+    console.print(
+        f"new nights: {len(new['labelled'])} labelled, {len(new['unlabelled'])} unlabelled; "
+        f"retrained: {'yes' if result['trained'] else 'no'}"
+    )
     if result["report"] is None:
         console.print("nothing new to score")
         return
@@ -168,8 +198,9 @@ def deploy(
     root: Annotated[str, typer.Option(help="Storage root of models, state and outputs.")],
     cron: Annotated[str, typer.Option(help="When the nightly deployment runs (cron, in --timezone).")] = "0 2 * * *",
     timezone: Annotated[str, typer.Option(help="Time zone of the cron schedule.")] = "UTC",
-    work_pool: Annotated[str, typer.Option(help="Prefect work pool (created as a process pool if missing).")] =
-        "sleepsound",
+    work_pool: Annotated[
+        str, typer.Option(help="Prefect work pool (created as a process pool if missing).")
+    ] = "sleepsound",
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     ray_address: RayOpt = None,
@@ -183,8 +214,9 @@ def deploy(
     cfg = _load_config(config, overrides)
     from flows.deploy import register_deployments
 
-    ids = register_deployments(source, root, cfg.model_dump(), cron=cron, timezone=timezone, work_pool=work_pool,
-                               ray_address=ray_address)
+    ids = register_deployments(
+        source, root, cfg.model_dump(), cron=cron, timezone=timezone, work_pool=work_pool, ray_address=ray_address
+    )
     for name, deployment_id in ids.items():
         print(f"{name}: {deployment_id}")
     print(f"start a worker where the package is installed: prefect worker start --pool {work_pool}")
@@ -214,8 +246,10 @@ def submit(
 def score(
     source: Annotated[str, typer.Option(help="Folder or s3:// prefix holding the recordings to score.")],
     root: Annotated[str, typer.Option(help="Storage root holding the registered models; outputs go there too.")],
-    model: Annotated[Optional[list[str]], typer.Option(
-        "--model", help="Use this version instead of a task's champion: TASK=VERSION (repeatable).")] = None,
+    model: Annotated[
+        Optional[list[str]],
+        typer.Option("--model", help="Use this version instead of a task's champion: TASK=VERSION (repeatable)."),
+    ] = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     ray_address: RayOpt = None,
@@ -236,7 +270,9 @@ def score(
 
 @app.command()
 def demo(
-    root: Annotated[str, typer.Option(help="Storage root for the demo's outputs (path or s3://).")] = "./sleepsound-demo",
+    root: Annotated[
+        str, typer.Option(help="Storage root for the demo's outputs (path or s3://).")
+    ] = "./sleepsound-demo",
     subjects: Annotated[int, typer.Option(help="Synthetic nights to generate.")] = 6,
     hours: Annotated[float, typer.Option(help="Length of each synthetic night in hours.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic cohort.")] = 7,
@@ -247,7 +283,7 @@ def demo(
     """Generate a small synthetic cohort and run the full workflow on it."""
     from sleepsound.recipes.demo import DEMO_OVERRIDES, ensure_demo_cohort
 
-    cfg = _load_config(config, overrides, extra=DEMO_OVERRIDES)   # refused before the cohort is generated
+    cfg = _load_config(config, overrides, extra=DEMO_OVERRIDES)  # refused before the cohort is generated
     source = ensure_demo_cohort(Path(".sleepsound-demo-source"), subjects, hours, seed, console)
     result = _run_flow(str(source), root, cfg.model_dump(), ray_address, "demo")
     _print_results(result)
@@ -265,13 +301,18 @@ def ui(
 
     home = Path(".prefect").resolve()
     if not home.exists():
-        console.print("[red]no local Prefect state in ./.prefect:[/red] run `sleepsound run` or `sleepsound demo` first")
+        console.print(
+            "[red]no local Prefect state in ./.prefect:[/red] run `sleepsound run` or `sleepsound demo` first"
+        )
         raise typer.Exit(2)
     console.print(f"Prefect UI at http://127.0.0.1:{port} (Ctrl-C to stop)")
     env = {**os.environ, **OFFLINE_ENV, "PREFECT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)
-    raise typer.Exit(subprocess.call([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                      "--port", str(port)], env=env))
+    raise typer.Exit(
+        subprocess.call(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env
+        )
+    )
 
 
 @app.command()
@@ -295,15 +336,25 @@ def cv(
     if as_json:
         print(json.dumps(result, default=float))
         return
-    table = Table("task", "macro-F1 mean ± SD", "accuracy mean ± SD", "pooled macro-F1", "pooled kappa",
-                  title=f"{result['k']}-fold cross-validation by subject (seed {result['seed']})")
+    table = Table(
+        "task",
+        "macro-F1 mean ± SD",
+        "accuracy mean ± SD",
+        "pooled macro-F1",
+        "pooled kappa",
+        title=f"{result['k']}-fold cross-validation by subject (seed {result['seed']})",
+    )
     for name, figures in result["tasks"].items():
         if "per_fold" not in figures:
             table.add_row(name, "skipped", "", "", "")
             continue
-        table.add_row(name, f"{figures['macro_f1_mean']:.3f} ± {figures['macro_f1_sd']:.3f}",
-                      f"{figures['accuracy_mean']:.3f} ± {figures['accuracy_sd']:.3f}",
-                      f"{figures['pooled']['macro_f1']:.3f}", f"{figures['pooled']['kappa']:.3f}")
+        table.add_row(
+            name,
+            f"{figures['macro_f1_mean']:.3f} ± {figures['macro_f1_sd']:.3f}",
+            f"{figures['accuracy_mean']:.3f} ± {figures['accuracy_sd']:.3f}",
+            f"{figures['pooled']['macro_f1']:.3f}",
+            f"{figures['pooled']['kappa']:.3f}",
+        )
     console.print(table)
 
 
@@ -311,10 +362,15 @@ def cv(
 def reproduce_embc2025_command(
     psg_audio: Annotated[str, typer.Option("--psg-audio", help="A copy of PSG-Audio (folder or s3:// prefix).")],
     root: Annotated[str, typer.Option(help="Storage root for the manifest, the caches and the result.")],
-    backbone: Annotated[str, typer.Option(help="The HuBERT model (Hugging Face id or local folder).")] =
-        "facebook/hubert-base-ls960",
-    models: Annotated[Optional[list[str]], typer.Option("--model", help="Only these rows of Table II "
-                                                        "(repeatable): SoundSleepNet, 30-s HuBERT, 90-s HuBERT.")] = None,
+    backbone: Annotated[
+        str, typer.Option(help="The HuBERT model (Hugging Face id or local folder).")
+    ] = "facebook/hubert-base-ls960",
+    models: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--model", help="Only these rows of Table II (repeatable): SoundSleepNet, 30-s HuBERT, 90-s HuBERT."
+        ),
+    ] = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     local: Annotated[bool, typer.Option("--local/--ray", help="Embed in this process instead of Ray Data.")] = False,
@@ -326,26 +382,40 @@ def reproduce_embc2025_command(
     from sleepsound.recipes.embc2025 import reproduce_embc2025
 
     try:
-        result = reproduce_embc2025(psg_audio, root, cfg, backbone=backbone, use_ray=not local, models=models,
-                                    mel_pool_seconds=mel_pool_seconds)
+        result = reproduce_embc2025(
+            psg_audio, root, cfg, backbone=backbone, use_ray=not local, models=models, mel_pool_seconds=mel_pool_seconds
+        )
     except (ValueError, OSError) as exc:
         console.print(f"[red]cannot reproduce:[/red] {exc}")
         raise typer.Exit(2) from exc
     if as_json:
         print(json.dumps(result, default=float))
         return
-    table = Table("model", "class", "SE", "SP", "PPV", "NPV", title=(
-        f"Table II: {result['test_participants']} test / {result['train_participants']} training participants "
-        f"({len(result['excluded'])} recordings excluded), the HuBERT rows with {result['backbone']}; "
-        "paper's figures in brackets"))
+    table = Table(
+        "model",
+        "class",
+        "SE",
+        "SP",
+        "PPV",
+        "NPV",
+        title=(
+            f"Table II: {result['test_participants']} test / {result['train_participants']} training participants "
+            f"({len(result['excluded'])} recordings excluded), the HuBERT rows with {result['backbone']}; "
+            "paper's figures in brackets"
+        ),
+    )
     for row in result["table_ii"]:
-        cells = [f"{row[c]:.2f} ({row[f'paper_{c}']:.2f})" if row[f"paper_{c}"] is not None else f"{row[c]:.2f}"
-                 for c in ("SE", "SP", "PPV", "NPV")]
+        cells = [
+            f"{row[c]:.2f} ({row[f'paper_{c}']:.2f})" if row[f"paper_{c}"] is not None else f"{row[c]:.2f}"
+            for c in ("SE", "SP", "PPV", "NPV")
+        ]
         table.add_row(row["model"], row["class"], *cells)
     console.print(table)
     for name, m in result["models"].items():
-        console.print(f"{name}: accuracy {m['accuracy']:.3f}, kappa {m['kappa']:.3f}, macro-F1 {m['macro_f1']:.3f} "
-                      f"(majority baseline macro-F1 {m['baseline_macro_f1']:.3f})")
+        console.print(
+            f"{name}: accuracy {m['accuracy']:.3f}, kappa {m['kappa']:.3f}, macro-F1 {m['macro_f1']:.3f} "
+            f"(majority baseline macro-F1 {m['baseline_macro_f1']:.3f})"
+        )
 
 
 from sleepsound.bench.cli import bench_app  # noqa: E402  (typer only: no heavy imports at --help)
@@ -356,8 +426,9 @@ from sleepsound.clips.cli import clips_app  # noqa: E402  (typer only: no heavy 
 
 app.add_typer(clips_app, name="clips")
 
-models_app = typer.Typer(help="Trained heads stored under a storage root: versions, champion, lineage.",
-                         no_args_is_help=True)
+models_app = typer.Typer(
+    help="Trained heads stored under a storage root: versions, champion, lineage.", no_args_is_help=True
+)
 app.add_typer(models_app, name="models")
 RootOpt = Annotated[str, typer.Option(help="Storage root (path, file:// or s3://).")]
 
@@ -377,10 +448,16 @@ def models_list(
         return
     table = Table("task", "version", "champion", "head", "context", "train subjects", "macro-F1", "kappa")
     for v in rows:
-        table.add_row(v["task"], v["version"], "*" if v["champion"] else "", str(v["head"]),
-                      str(v["context_epochs"]), str(v["train_subjects"]),
-                      "-" if v["macro_f1"] is None else f"{v['macro_f1']:.3f}",
-                      "-" if v["kappa"] is None else f"{v['kappa']:.3f}")
+        table.add_row(
+            v["task"],
+            v["version"],
+            "*" if v["champion"] else "",
+            str(v["head"]),
+            str(v["context_epochs"]),
+            str(v["train_subjects"]),
+            "-" if v["macro_f1"] is None else f"{v['macro_f1']:.3f}",
+            "-" if v["kappa"] is None else f"{v['kappa']:.3f}",
+        )
     console.print(table if rows else f"no models under {root}")
 
 
@@ -417,14 +494,15 @@ def _load_config(config: Path | None, overrides: list[str] | None, extra: Sequen
         problem = f"cannot read {config}: not UTF-8 text"
     except OSError as exc:
         problem = f"cannot read {exc.filename or config}: {exc.strerror or exc}"
-    except yaml.YAMLError as exc:     # only the file: an override's value names itself (a ValueError)
+    except yaml.YAMLError as exc:  # only the file: an override's value names itself (a ValueError)
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = f"{config} is not valid YAML: {getattr(exc, 'problem', None) or exc}{where}"
     except ValueError as exc:
         problem = str(exc)
-    err_console.print(f"[red]bad configuration:[/red] {escape(' '.join(problem.split()))}", soft_wrap=True,
-                      highlight=False)
+    err_console.print(
+        f"[red]bad configuration:[/red] {escape(' '.join(problem.split()))}", soft_wrap=True, highlight=False
+    )
     raise typer.Exit(2)
 
 
@@ -437,12 +515,15 @@ def _settings_problem(exc: ValidationError) -> str:
         if error["type"] == "extra_forbidden":
             section = ".".join(loc[:-1])
             valid = ", ".join(_setting_names(loc[:-1]))
-            parts.append(f"{name}: unknown setting; {section} has {valid}" if section
-                         else f"{name}: unknown section; the sections are {valid}")
+            parts.append(
+                f"{name}: unknown setting; {section} has {valid}"
+                if section
+                else f"{name}: unknown section; the sections are {valid}"
+            )
             continue
         value = error.get("input")
         got = f" (got {value!r:.60})" if isinstance(value, (str, int, float, bool)) or value is None else ""
-        message = error["msg"].removeprefix("Value error, ")   # a validator's own sentence says it all
+        message = error["msg"].removeprefix("Value error, ")  # a validator's own sentence says it all
         parts.append(f"{name}: {message}{got}")
     return "; ".join(parts)
 
@@ -469,21 +550,38 @@ def _check_metric(metric: str) -> None:
         raise typer.Exit(2)
 
 
-def _run_flow(source: str, root: str, config: dict, ray_address: str | None, run_id: str | None,
-              flow: str = "pipeline", versions: dict[str, str] | None = None, metric: str = "macro_f1",
-              margin: float = 0.01) -> dict:
+def _run_flow(
+    source: str,
+    root: str,
+    config: dict,
+    ray_address: str | None,
+    run_id: str | None,
+    flow: str = "pipeline",
+    versions: dict[str, str] | None = None,
+    metric: str = "macro_f1",
+    margin: float = 0.01,
+) -> dict:
     from sleepsound.runs.root_lock import RootBusy, check_free
 
     try:
-        check_free(root)       # refuse at once, before Prefect and Ray start; the flow takes the lock itself
+        check_free(root)  # refuse at once, before Prefect and Ray start; the flow takes the lock itself
         return _run_flow_locally(source, root, config, ray_address, run_id, flow, versions, metric, margin)
     except RootBusy as exc:
         console.print(f"[red]not started:[/red] {exc}")
         raise typer.Exit(2) from exc
 
 
-def _run_flow_locally(source: str, root: str, config: dict, ray_address: str | None, run_id: str | None,
-                      flow: str, versions: dict[str, str] | None, metric: str, margin: float) -> dict:
+def _run_flow_locally(
+    source: str,
+    root: str,
+    config: dict,
+    ray_address: str | None,
+    run_id: str | None,
+    flow: str,
+    versions: dict[str, str] | None,
+    metric: str,
+    margin: float,
+) -> dict:
     from sleepsound.runs.prefect_api import local_prefect_api
 
     with local_prefect_api(Path(".prefect").resolve()) as api_url:
@@ -493,21 +591,22 @@ def _run_flow_locally(source: str, root: str, config: dict, ray_address: str | N
             from sleepsound.registry.store import ModelNotFound
 
             try:
-                return run_score_on_ray(source, root, config, ray_address=ray_address, run_id=run_id,
-                                        versions=versions)
+                return run_score_on_ray(source, root, config, ray_address=ray_address, run_id=run_id, versions=versions)
             except ModelNotFound as exc:
                 console.print(f"[red]cannot score:[/red] {exc}")
                 raise typer.Exit(2) from exc
         if flow == "nightly":
             from flows.nightly import run_nightly_on_ray
 
-            return run_nightly_on_ray(source, root, config, ray_address=ray_address, run_id=run_id, metric=metric,
-                                      margin=margin)
+            return run_nightly_on_ray(
+                source, root, config, ray_address=ray_address, run_id=run_id, metric=metric, margin=margin
+            )
         if flow == "train":
             from flows.train import run_train_on_ray
 
-            return run_train_on_ray(source, root, config, ray_address=ray_address, run_id=run_id, metric=metric,
-                                    margin=margin)
+            return run_train_on_ray(
+                source, root, config, ray_address=ray_address, run_id=run_id, metric=metric, margin=margin
+            )
         from flows.pipeline import run_pipeline_on_ray
 
         return run_pipeline_on_ray(source, root, config, ray_address=ray_address, run_id=run_id)
@@ -527,7 +626,7 @@ def _print_nights(summaries_uri: str) -> None:
 
     try:
         nights = read_summaries(summaries_uri)
-    except (OSError, ValueError):      # no summaries written (nothing accepted): the counts below say why
+    except (OSError, ValueError):  # no summaries written (nothing accepted): the counts below say why
         return
     nights = nights[nights["source"] == "predicted"]
     if nights.empty:
@@ -537,10 +636,16 @@ def _print_nights(summaries_uri: str) -> None:
     for name in ("h", "sleep h", "eff.", "REM %", "AHI", "severity", "snore idx"):
         table.add_column(name, no_wrap=True)
     for row in nights.head(NIGHTS_SHOWN).itertuples():
-        table.add_row(str(row.recording_id), _figure(row.time_in_bed_min / 60, ".1f"),
-                      _figure(row.total_sleep_time_min / 60, ".1f"), _figure(row.sleep_efficiency, ".0%"),
-                      _figure(row.pct_rem, ".0f"), _figure(row.ahi, ".1f"), _figure(row.severity, ""),
-                      _figure(row.snore_index, ".1f"))
+        table.add_row(
+            str(row.recording_id),
+            _figure(row.time_in_bed_min / 60, ".1f"),
+            _figure(row.total_sleep_time_min / 60, ".1f"),
+            _figure(row.sleep_efficiency, ".0%"),
+            _figure(row.pct_rem, ".0f"),
+            _figure(row.ahi, ".1f"),
+            _figure(row.severity, ""),
+            _figure(row.snore_index, ".1f"),
+        )
     console.print(table)
     if len(nights) > NIGHTS_SHOWN:
         console.print(f"... and {len(nights) - NIGHTS_SHOWN} more nights in {summaries_uri}")
@@ -549,8 +654,10 @@ def _print_nights(summaries_uri: str) -> None:
 def _print_results(result: dict) -> None:
     m = result["metrics"]
     if _figure(m.get("macro_f1"), ".3f") == "-":
-        console.print(f"run {result['run_id']}: no labelled night outside the models' training, so no held-out "
-                      "figures; predictions and night summaries only")
+        console.print(
+            f"run {result['run_id']}: no labelled night outside the models' training, so no held-out "
+            "figures; predictions and night summaries only"
+        )
     else:
         table = Table("held-out figure", "model", "majority baseline", title=f"run {result['run_id']}")
         table.add_row("macro-F1", f"{m['macro_f1']:.3f}", f"{m['baseline_macro_f1']:.3f}")
@@ -561,7 +668,7 @@ def _print_results(result: dict) -> None:
                 table.add_row(f"{task} macro-F1", f"{m[f'{task}_macro_f1']:.3f}", "")
         if "ahi_pearson_r" in m:
             r = _figure(m["ahi_pearson_r"], ".2f")
-            r = "n/a (< 3 nights)" if r == "-" else r      # undefined with too few held-out nights, not a value
+            r = "n/a (< 3 nights)" if r == "-" else r  # undefined with too few held-out nights, not a value
             table.add_row("AHI Pearson r / bias", f"{r} / {_figure(m['ahi_bias'], '+.1f')}", "")
         console.print(table)
     _print_nights(result["summaries"])
@@ -571,10 +678,12 @@ def _print_results(result: dict) -> None:
         verdict = "[green]promoted[/green]" if decision["promoted"] else "kept the champion"
         console.print(f"{task}: {verdict} ({decision['reason']})")
     counts = result["counts"]
-    console.print(f"recordings: {counts['discovered']} discovered, {counts['accepted']} accepted, "
-                  f"{counts['quarantined']} quarantined; {counts['epochs']} epochs and "
-                  f"{counts.get('shifted', 0)} shifted training windows embedded "
-                  f"({counts['cached']} recordings from cache)")
+    console.print(
+        f"recordings: {counts['discovered']} discovered, {counts['accepted']} accepted, "
+        f"{counts['quarantined']} quarantined; {counts['epochs']} epochs and "
+        f"{counts.get('shifted', 0)} shifted training windows embedded "
+        f"({counts['cached']} recordings from cache)"
+    )
     console.print(f"report:      {result['report']}")
     console.print(f"predictions: {result['predictions']}")
     console.print(f"summaries:   {result['summaries']}")

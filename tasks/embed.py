@@ -27,8 +27,19 @@ def embed(root: str, config: dict[str, Any], use_ray: bool = True, shifted: bool
         write_manifest(store, quarantine(rows, stats.failed))
         for rec, reason in stats.failed.items():
             get_run_logger().warning("quarantined %s while streaming: %s", rec, reason)
-    get_run_logger().info("embedded %d recordings (%d epochs, %d shifted windows), %d from cache, %d failed",
-                          len(stats.embedded), stats.epochs, stats.shifted, len(stats.cached), len(stats.failed))
-    return {"embedded": len(stats.embedded), "cached": len(stats.cached), "failed": len(stats.failed),
-            "epochs": stats.epochs, "shifted": stats.shifted,
-            "cache": [embeddings_dir(store.path, channel_cfg) for channel_cfg in channel_configs(cfg)]}
+    get_run_logger().info(
+        "embedded %d recordings (%d epochs, %d shifted windows), %d from cache, %d failed",
+        len(stats.embedded),
+        stats.epochs,
+        stats.shifted,
+        len(stats.cached),
+        len(stats.failed),
+    )
+    return {
+        "embedded": len(stats.embedded),
+        "cached": len(stats.cached),
+        "failed": len(stats.failed),
+        "epochs": stats.epochs,
+        "shifted": stats.shifted,
+        "cache": [embeddings_dir(store.path, channel_cfg) for channel_cfg in channel_configs(cfg)],
+    }

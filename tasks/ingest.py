@@ -26,7 +26,17 @@ def ingest(source: str, root: str, config: dict[str, Any]) -> Ingested:
     logger = get_run_logger()
     for row in quarantined:
         logger.warning("quarantined %s: [%s] %s", row["recording_id"], row["reason_code"], row["reason"])
-    logger.info("manifest: %d discovered, %d accepted, %d quarantined; %d unchanged since the last manifest",
-                len(rows), len(rows) - len(quarantined), len(quarantined), reused)
-    return {"manifest": path, "discovered": len(rows), "accepted": len(rows) - len(quarantined),
-            "quarantined": len(quarantined), "unchanged": reused}
+    logger.info(
+        "manifest: %d discovered, %d accepted, %d quarantined; %d unchanged since the last manifest",
+        len(rows),
+        len(rows) - len(quarantined),
+        len(quarantined),
+        reused,
+    )
+    return {
+        "manifest": path,
+        "discovered": len(rows),
+        "accepted": len(rows) - len(quarantined),
+        "quarantined": len(quarantined),
+        "unchanged": reused,
+    }

@@ -14,8 +14,9 @@ from sleepsound.predict.recordings import predict_recordings
 
 
 @task(name="predict")
-def predict(root: str, config: dict[str, Any], run_id: str, model: TrainedModels,
-            recordings: list[str] | None = None) -> Predicted:
+def predict(
+    root: str, config: dict[str, Any], run_id: str, model: TrainedModels, recordings: list[str] | None = None
+) -> Predicted:
     """``recordings``: only these (the nightly flow's new nights); default every accepted one."""
     store = open_root(root)
     manifest = read_manifest(store)

@@ -10,11 +10,13 @@ from sleepsound.registry.promotion import decide_promotions
 
 
 @task(name="promote")
-def promote(root: str, model: TrainedModels, metric: str = "macro_f1",
-            margin: float = 0.01) -> dict[str, PromotionDecision]:
+def promote(
+    root: str, model: TrainedModels, metric: str = "macro_f1", margin: float = 0.01
+) -> dict[str, PromotionDecision]:
     """Returns each task's decision with both scores (also logged in models/<task>/promotions.json)."""
     decisions = decide_promotions(root, model, read_manifest_rows(root), metric=metric, margin=margin)
     for name, decision in decisions.items():
-        get_run_logger().info("%s: %s (%s)", name, "promoted" if decision["promoted"] else "kept the champion",
-                              decision["reason"])
+        get_run_logger().info(
+            "%s: %s (%s)", name, "promoted" if decision["promoted"] else "kept the champion", decision["reason"]
+        )
     return decisions

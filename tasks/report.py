@@ -12,11 +12,22 @@ from sleepsound.report.outputs import write_run_outputs
 
 
 @task(name="report")
-def report(root: str, config: dict[str, Any], run_id: str, model: TrainedModels,
-           predicted: Predicted, extra: dict[str, Any] | None = None) -> Reported:
+def report(
+    root: str,
+    config: dict[str, Any],
+    run_id: str,
+    model: TrainedModels,
+    predicted: Predicted,
+    extra: dict[str, Any] | None = None,
+) -> Reported:
     """``extra``: more lines for the report's run table (e.g. promotion decisions)."""
     cfg = Config.model_validate(config)
-    meta = {"run_id": run_id, "backbone": cfg.backbone.name, "config_hash": cfg.fingerprint(),
-            "recordings_accepted": predicted["accepted"], "recordings_quarantined": predicted["quarantined"],
-            **(extra or {})}
+    meta = {
+        "run_id": run_id,
+        "backbone": cfg.backbone.name,
+        "config_hash": cfg.fingerprint(),
+        "recordings_accepted": predicted["accepted"],
+        "recordings_quarantined": predicted["quarantined"],
+        **(extra or {}),
+    }
     return write_run_outputs(root, run_id, model, meta, cfg)

@@ -18,9 +18,15 @@ def train(root: str, config: dict[str, Any], run_id: str) -> TrainedModels:
     model = train_models(root, Config.model_validate(config), run_id, read_manifest(root))
     logger = get_run_logger()
     for name, head in model["heads"].items():
-        logger.info("trained %s %s on %d epochs from %d subjects (%d for validation); %d subjects held out",
-                    name, head["version"], head["train_epochs"], len(model["train_subjects"]),
-                    len(model["val_subjects"]), len(model["test_subjects"]))
+        logger.info(
+            "trained %s %s on %d epochs from %d subjects (%d for validation); %d subjects held out",
+            name,
+            head["version"],
+            head["train_epochs"],
+            len(model["train_subjects"]),
+            len(model["val_subjects"]),
+            len(model["test_subjects"]),
+        )
     for name, reason in model["skipped"].items():
         logger.info("skipped %s: %s", name, reason)
     return model

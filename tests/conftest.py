@@ -14,17 +14,19 @@ from pathlib import Path
 import pytest
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="sleepsound-tests-"))
-os.environ.update({
-    "PREFECT_HOME": str(_SESSION_DIR / "prefect"),
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "SLEEPSOUND_CACHE": str(_SESSION_DIR / "cache"),
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "TOKENIZERS_PARALLELISM": "false",
-})
+os.environ.update(
+    {
+        "PREFECT_HOME": str(_SESSION_DIR / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "SLEEPSOUND_CACHE": str(_SESSION_DIR / "cache"),
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+)
 os.environ.pop("PREFECT_API_URL", None)
 
 
@@ -60,8 +62,12 @@ def ray_session(s3_endpoint: str, prefect_api: str) -> Iterator[None]:
     """One Ray session per test run, started after the endpoints are announced."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"AWS_ENDPOINT_URL": s3_endpoint, "PREFECT_API_URL": prefect_api}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"AWS_ENDPOINT_URL": s3_endpoint, "PREFECT_API_URL": prefect_api}},
+    )
     yield
     ray.shutdown()
 

@@ -22,8 +22,15 @@ HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connectio
 
 
 class FlakyS3Proxy:
-    def __init__(self, upstream: str, mode: str = "truncate", failures: int = 0, drop_every: int = 0,
-                 delay_every: int = 0, delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        mode: str = "truncate",
+        failures: int = 0,
+        drop_every: int = 0,
+        delay_every: int = 0,
+        delay_s: float = 0.0,
+    ) -> None:
         if mode not in ("truncate", "corrupt"):
             raise ValueError(mode)
         self.upstream = urlsplit(upstream)
@@ -58,8 +65,12 @@ class FlakyS3Proxy:
                 if drop == "after":
                     self.close_connection = True
                     return
-                damage = self.command == "GET" and response.status in (200, 206) and len(payload) > 1024 \
+                damage = (
+                    self.command == "GET"
+                    and response.status in (200, 206)
+                    and len(payload) > 1024
                     and proxy._take_failure()
+                )
                 self.send_response(response.status)
                 head = self.command == "HEAD"  # no body, but the object's real Content-Length
                 for key, value in response.getheaders():

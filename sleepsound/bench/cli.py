@@ -18,14 +18,18 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
-RayOpt = Annotated[Optional[str], typer.Option("--ray-address",
-                                               help="Existing Ray cluster (default: start a local one).")]
+RayOpt = Annotated[
+    Optional[str], typer.Option("--ray-address", help="Existing Ray cluster (default: start a local one).")
+]
 
-bench_app = typer.Typer(help="Benchmarks: throughput and peak memory beside a simple baseline, in one run.",
-                        no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks: throughput and peak memory beside a simple baseline, in one run.", no_args_is_help=True
+)
 BenchJsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
-BenchWorkdirOpt = Annotated[Optional[Path], typer.Option(
-    help="Folder for the generated input (default: $SLEEPSOUND_CACHE/bench, reused across runs).")]
+BenchWorkdirOpt = Annotated[
+    Optional[Path],
+    typer.Option(help="Folder for the generated input (default: $SLEEPSOUND_CACHE/bench, reused across runs)."),
+]
 
 
 def _run_bench(as_json: bool, intro: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
@@ -56,23 +60,30 @@ def bench_ingest(
     """Read, validate, resample, filter and epoch one synthetic night, beside a load-whole-file baseline."""
     from sleepsound.bench.ingest import run_ingest_bench
 
-    result = _run_bench(as_json, f"ingest benchmark: {hours:g} h at {sample_rate} Hz (the night is generated once, "
-                                 "then reused)",
-                        lambda: run_ingest_bench(hours=hours, sample_rate=sample_rate, workdir=workdir))
+    result = _run_bench(
+        as_json,
+        f"ingest benchmark: {hours:g} h at {sample_rate} Hz (the night is generated once, then reused)",
+        lambda: run_ingest_bench(hours=hours, sample_rate=sample_rate, workdir=workdir),
+    )
     if result is None:
         return
     ours, base = result["ours"], result["baseline"]
-    table = Table("figure", "ours (streamed)", "baseline (whole part)",
-                  title=f"ingest: {result['audio_hours']:g} h at {result['sample_rate']:g} Hz, "
-                        f"{result['epochs']} epochs")
+    table = Table(
+        "figure",
+        "ours (streamed)",
+        "baseline (whole part)",
+        title=f"ingest: {result['audio_hours']:g} h at {result['sample_rate']:g} Hz, {result['epochs']} epochs",
+    )
     table.add_row("seconds", f"{ours['seconds']:.1f}", f"{base['seconds']:.1f}")
     table.add_row("CPU seconds", f"{ours['cpu_seconds']:.1f}", f"{base['cpu_seconds']:.1f}")
     table.add_row("x real time", f"{ours['x_realtime']:.0f}", f"{base['x_realtime']:.0f}")
     table.add_row("x real time per core", f"{ours['x_realtime_per_core']:.0f}", f"{base['x_realtime_per_core']:.0f}")
     table.add_row("peak RSS (MB)", f"{ours['peak_rss_mb']:.0f}", f"{base['peak_rss_mb']:.0f}")
     console.print(table)
-    console.print(f"speedup {result['speedup']:.2f}x; goals: "
-                  + ", ".join(f"{name} {'met' if ok else 'MISSED'}" for name, ok in result["goals"].items()))
+    console.print(
+        f"speedup {result['speedup']:.2f}x; goals: "
+        + ", ".join(f"{name} {'met' if ok else 'MISSED'}" for name, ok in result["goals"].items())
+    )
     console.print(f"baseline: {result['method']['baseline']}")
 
 
@@ -86,16 +97,23 @@ def _positive_int(text: str) -> int:
 
 @bench_app.command("embed")
 def bench_embed(
-    backbone: Annotated[str, typer.Option(help="Backbone name, local folder or Hugging Face id.")] = \
-        "whisper-tiny.en-offline",
+    backbone: Annotated[
+        str, typer.Option(help="Backbone name, local folder or Hugging Face id.")
+    ] = "whisper-tiny.en-offline",
     minutes: Annotated[float, typer.Option(help="Length of the synthetic night in minutes.")] = 30.0,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
-    batch_size: Annotated[Optional[str], typer.Option(
-        help="Epochs per forward pass, or 'auto' (from free GPU memory); default: the config's.")] = None,
+    batch_size: Annotated[
+        Optional[str],
+        typer.Option(help="Epochs per forward pass, or 'auto' (from free GPU memory); default: the config's."),
+    ] = None,
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone.")] = False,
-    workers: Annotated[Optional[str], typer.Option(
-        help="Also run through Ray Data with these model-actor counts, e.g. 1,2 (simulated on one machine).")] = None,
+    workers: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Also run through Ray Data with these model-actor counts, e.g. 1,2 (simulated on one machine)."
+        ),
+    ] = None,
     sample_rate: Annotated[int, typer.Option(help="Microphone sample rate of the night in Hz.")] = 48_000,
     as_json: BenchJsonOpt = False,
     workdir: BenchWorkdirOpt = None,
@@ -105,34 +123,57 @@ def bench_embed(
 
     def run() -> dict[str, Any]:
         size: int | str | None = batch_size if batch_size in (None, "auto") else _positive_int(batch_size)
-        return run_embed_bench(backbone=backbone, minutes=minutes, device=device, dtype=dtype, batch_size=size,
-                               workers=parse_workers(workers), workdir=workdir, sample_rate=sample_rate,
-                               compile=compile_model)
+        return run_embed_bench(
+            backbone=backbone,
+            minutes=minutes,
+            device=device,
+            dtype=dtype,
+            batch_size=size,
+            workers=parse_workers(workers),
+            workdir=workdir,
+            sample_rate=sample_rate,
+            compile=compile_model,
+        )
 
     result = _run_bench(as_json, f"embed benchmark: {backbone}, {minutes:g} min at {sample_rate} Hz on {device}", run)
     if result is None:
         return
-    table = Table("figure", "ours (pipeline)", "model alone", "baseline (clip by clip)",
-                  title=f"embed: {result['backbone']} on {result['device_name']} ({result['dtype']}), "
-                        f"{result['epochs']} epochs")
-    table.add_row("seconds", f"{result['seconds']:.2f}", f"{result['model_seconds']:.2f}",
-                  f"{result['baseline_seconds']:.2f}")
-    table.add_row("epochs / s", f"{result['epochs_per_s']:.2f}", f"{result['model_epochs_per_s']:.2f}",
-                  f"{result['baseline_epochs_per_s']:.2f}")
-    table.add_row("GFLOP / s", f"{result['ours_gflops_per_s']:.0f}", f"{result['model_gflops_per_s']:.0f}",
-                  f"{result['baseline_gflops_per_s']:.0f}")
+    table = Table(
+        "figure",
+        "ours (pipeline)",
+        "model alone",
+        "baseline (clip by clip)",
+        title=f"embed: {result['backbone']} on {result['device_name']} ({result['dtype']}), {result['epochs']} epochs",
+    )
+    table.add_row(
+        "seconds", f"{result['seconds']:.2f}", f"{result['model_seconds']:.2f}", f"{result['baseline_seconds']:.2f}"
+    )
+    table.add_row(
+        "epochs / s",
+        f"{result['epochs_per_s']:.2f}",
+        f"{result['model_epochs_per_s']:.2f}",
+        f"{result['baseline_epochs_per_s']:.2f}",
+    )
+    table.add_row(
+        "GFLOP / s",
+        f"{result['ours_gflops_per_s']:.0f}",
+        f"{result['model_gflops_per_s']:.0f}",
+        f"{result['baseline_gflops_per_s']:.0f}",
+    )
     table.add_row("peak RSS (MB)", f"{result['peak_rss_mb']:.0f}", "", f"{result['baseline_peak_rss_mb']:.0f}")
     console.print(table)
     for row in result["scaling"]:
-        console.print(f"Ray, {row['workers']} model actor(s): {row['epochs_per_s']:.2f} epochs/s, "
-                      f"efficiency {row['efficiency']}")
+        console.print(
+            f"Ray, {row['workers']} model actor(s): {row['epochs_per_s']:.2f} epochs/s, efficiency {row['efficiency']}"
+        )
     if result["scaling_note"]:
         console.print(result["scaling_note"])
     mfu = "" if result["mfu"] is None else f", MFU {result['mfu']:.1%}"
-    console.print(f"speedup {result['speedup']:.2f}x, {result['x_realtime']:.0f}x real time (an 8-h night in "
-                  f"{result['eight_hour_night_seconds']:.0f} s), pipeline overhead {result['overhead_fraction']:.0%}"
-                  f"{mfu}; goals: " + ", ".join(f"{name} {'met' if ok else 'MISSED'}"
-                                                for name, ok in result["goals"].items()))
+    console.print(
+        f"speedup {result['speedup']:.2f}x, {result['x_realtime']:.0f}x real time (an 8-h night in "
+        f"{result['eight_hour_night_seconds']:.0f} s), pipeline overhead {result['overhead_fraction']:.0%}"
+        f"{mfu}; goals: " + ", ".join(f"{name} {'met' if ok else 'MISSED'}" for name, ok in result["goals"].items())
+    )
     console.print(f"baseline: {result['method']['baseline']}")
 
 
@@ -146,8 +187,9 @@ def bench_score(
     train_nights: Annotated[int, typer.Option(help="Nights the champions are trained on first (not timed).")] = 8,
     baseline: Annotated[bool, typer.Option(help="Also run the one-process baseline.")] = True,
     ray_address: RayOpt = None,
-    object_store_mb: Annotated[Optional[int], typer.Option(
-        help="Local Ray object store size in MB (ray.object_store_mb; default Ray's own).")] = None,
+    object_store_mb: Annotated[
+        Optional[int], typer.Option(help="Local Ray object store size in MB (ray.object_store_mb; default Ray's own).")
+    ] = None,
     as_json: BenchJsonOpt = False,
     workdir: BenchWorkdirOpt = None,
 ) -> None:
@@ -158,64 +200,102 @@ def bench_score(
 
     def run() -> dict[str, Any]:
         with local_prefect_api(Path(".prefect").resolve()):
-            return run_score_bench(nights=nights, minutes=minutes, workers=parse_workers(workers) or [1],
-                                   backbone=backbone, batch_size=batch_size, train_nights=train_nights,
-                                   workdir=workdir, ray_address=ray_address, baseline=baseline,
-                                   object_store_mb=object_store_mb)
+            return run_score_bench(
+                nights=nights,
+                minutes=minutes,
+                workers=parse_workers(workers) or [1],
+                backbone=backbone,
+                batch_size=batch_size,
+                train_nights=train_nights,
+                workdir=workdir,
+                ray_address=ray_address,
+                baseline=baseline,
+                object_store_mb=object_store_mb,
+            )
 
-    result = _run_bench(as_json, f"score benchmark: {nights} nights of {minutes:g} min, embedding workers {workers}",
-                        run)
+    result = _run_bench(
+        as_json, f"score benchmark: {nights} nights of {minutes:g} min, embedding workers {workers}", run
+    )
     if result is None:
         return
-    table = Table("run", "seconds", "nights / s", "epochs / s", "x real time", "peak PSS (MB)",
-                  title=f"score: {result['nights']} nights x {result['minutes_per_night']:g} min, "
-                        f"{result['backbone']}, {result['cpus']} CPUs")
+    table = Table(
+        "run",
+        "seconds",
+        "nights / s",
+        "epochs / s",
+        "x real time",
+        "peak PSS (MB)",
+        title=f"score: {result['nights']} nights x {result['minutes_per_night']:g} min, "
+        f"{result['backbone']}, {result['cpus']} CPUs",
+    )
     rows = [(f"flow, {r['embed_workers']} embedding worker(s)", r) for r in result["runs"]]
     if result["baseline"]:
         rows.append(("baseline (one process)", result["baseline"]))
     for name, r in rows:
-        table.add_row(name, f"{r['seconds']:.1f}", f"{r['nights_per_s']:.2f}", f"{r['epochs_per_s']:.1f}",
-                      f"{r['x_realtime']:.0f}", f"{r['peak_pss_mb']:.0f}")
+        table.add_row(
+            name,
+            f"{r['seconds']:.1f}",
+            f"{r['nights_per_s']:.2f}",
+            f"{r['epochs_per_s']:.1f}",
+            f"{r['x_realtime']:.0f}",
+            f"{r['peak_pss_mb']:.0f}",
+        )
     console.print(table)
     console.print(f"seconds: {result['method']['seconds']}")
     for r in result["runs"]:
-        console.print(f"stages with {r['embed_workers']} worker(s), seconds: "
-                      + ", ".join(f"{k} {v:.1f}" for k, v in r["steps"].items()))
+        console.print(
+            f"stages with {r['embed_workers']} worker(s), seconds: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in r["steps"].items())
+        )
     if result["scaling_efficiency"]:
-        console.print("scaling efficiency: " + ", ".join(f"{k} worker(s) {v:.0%}"
-                                                        for k, v in result["scaling_efficiency"].items()))
+        console.print(
+            "scaling efficiency: "
+            + ", ".join(f"{k} worker(s) {v:.0%}" for k, v in result["scaling_efficiency"].items())
+        )
     if result["speedup"] is not None:
         console.print(f"best flow vs baseline: {result['speedup']:.2f}x; baseline: {result['baseline']['method']}")
 
 
-
 @bench_app.command("clips")
 def bench_clips(
-    data: Annotated[Optional[Path], typer.Option(
-        help="Folder of clips in label sub-folders (default: 1-s clips cut from a synthetic night).")] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Option(help="Folder of clips in label sub-folders (default: 1-s clips cut from a synthetic night)."),
+    ] = None,
     clips: Annotated[int, typer.Option("--clips", help="How many clips (the first ones of --data).")] = 100,
     backbone: Annotated[str, typer.Option(help="Backbone name or local model folder.")] = "whisper-tiny.en-offline",
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
-    batch_size: Annotated[Optional[int], typer.Option(
-        help="Clips per forward pass (ours; default the clips commands' own: 1 on CPU, 16 on GPU).")] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(help="Clips per forward pass (ours; default the clips commands' own: 1 on CPU, 16 on GPU)."),
+    ] = None,
     as_json: BenchJsonOpt = False,
     workdir: BenchWorkdirOpt = None,
 ) -> None:
     """Decode and embed short clips (every clips command's heavy stage), beside a clip-by-clip tutorial baseline."""
     from sleepsound.bench.clips import run_clips_bench
 
-    result = _run_bench(as_json, f"clips benchmark: {clips} clips, {backbone} on {device}",
-                        lambda: run_clips_bench(data=data, n_clips=clips, backbone=backbone, device=device,
-                                                batch_size=batch_size, workdir=workdir))
+    result = _run_bench(
+        as_json,
+        f"clips benchmark: {clips} clips, {backbone} on {device}",
+        lambda: run_clips_bench(
+            data=data, n_clips=clips, backbone=backbone, device=device, batch_size=batch_size, workdir=workdir
+        ),
+    )
     if result is None:
         return
-    table = Table("figure", "ours", "baseline (clip by clip)",
-                  title=f"clips: {result['clips']} clips ({result['audio_seconds']:g} s of audio), "
-                        f"{result['backbone']}")
+    table = Table(
+        "figure",
+        "ours",
+        "baseline (clip by clip)",
+        title=f"clips: {result['clips']} clips ({result['audio_seconds']:g} s of audio), {result['backbone']}",
+    )
     table.add_row("seconds", f"{result['seconds']:.2f}", f"{result['baseline_seconds']:.2f}")
     table.add_row("clips / s", f"{result['clips_per_second']:.2f}", f"{result['baseline_clips_per_second']:.2f}")
     table.add_row("peak RSS (MB)", f"{result['peak_rss_mb']:.0f}", f"{result['baseline_peak_rss_mb']:.0f}")
     console.print(table)
-    console.print(f"speedup {result['speedup']:.2f}x (ours: read {result['read_seconds']:.1f} s, embed "
-                  f"{result['embed_seconds']:.1f} s = {result['embed_clips_per_second']:.2f} clips/s, backbone load "
-                  f"in the total); baseline: {result['method']['baseline']}")
+    console.print(
+        f"speedup {result['speedup']:.2f}x (ours: read {result['read_seconds']:.1f} s, embed "
+        f"{result['embed_seconds']:.1f} s = {result['embed_clips_per_second']:.2f} clips/s, backbone load "
+        f"in the total); baseline: {result['method']['baseline']}"
+    )

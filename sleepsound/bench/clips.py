@@ -43,11 +43,15 @@ DEFAULT_BACKBONE = "whisper-tiny.en-offline"
 DEFAULT_CLIPS = 100
 CLIP_SECONDS = 1.0
 _VERSIONED = ("torch", "transformers", "numpy", "librosa", "soxr", "soundfile")
-OURS_METHOD = ("clips.dataset.load_dataset (soundfile, mono, soxr HQ to 16 kHz, peak-normalised, fixed length) + "
-               "clips.features.embed_audio with every candidate layer (as clips train), batches of batch_size; "
-               "backbone load included")
-BASELINE_METHOD = ("per clip: librosa.load(path, sr=16000), the transformers feature extractor, one encoder forward "
-                   "under torch.no_grad() (batch of one), mean over time of the last layer; model load not timed")
+OURS_METHOD = (
+    "clips.dataset.load_dataset (soundfile, mono, soxr HQ to 16 kHz, peak-normalised, fixed length) + "
+    "clips.features.embed_audio with every candidate layer (as clips train), batches of batch_size; "
+    "backbone load included"
+)
+BASELINE_METHOD = (
+    "per clip: librosa.load(path, sr=16000), the transformers feature extractor, one encoder forward "
+    "under torch.no_grad() (batch of one), mean over time of the last layer; model load not timed"
+)
 
 
 def ensure_clip_folder(n_clips: int, seed: int = 0, workdir: Path | None = None) -> Path:
@@ -58,18 +62,23 @@ def ensure_clip_folder(n_clips: int, seed: int = 0, workdir: Path | None = None)
 
     def generate(out: Path) -> None:
         night = out / "night"
-        hours = math.ceil(n_clips * CLIP_SECONDS / 60 + 1) / 60      # whole minutes, one to spare
-        generate_cohort(night, n_subjects=1, hours=hours, seed=seed, sample_rate=48_000, layout="plain",
-                        audio_format="wav")
+        hours = math.ceil(n_clips * CLIP_SECONDS / 60 + 1) / 60  # whole minutes, one to spare
+        generate_cohort(
+            night, n_subjects=1, hours=hours, seed=seed, sample_rate=48_000, layout="plain", audio_format="wav"
+        )
         source = next(p for p in night.rglob("*.wav"))
         (out / "clips").mkdir()
         with sf.SoundFile(source) as handle:
             block = int(CLIP_SECONDS * handle.samplerate)
             for i in range(n_clips):
-                sf.write(out / "clips" / f"clip-{i:05d}.wav", handle.read(block, dtype="float32"),
-                         handle.samplerate, subtype="PCM_16")
-        (out / "cohort.json").write_text((night / "cohort.json").read_text())   # the "made" marker
-        shutil.rmtree(night)                                                    # the night itself is not needed
+                sf.write(
+                    out / "clips" / f"clip-{i:05d}.wav",
+                    handle.read(block, dtype="float32"),
+                    handle.samplerate,
+                    subtype="PCM_16",
+                )
+        (out / "cohort.json").write_text((night / "cohort.json").read_text())  # the "made" marker
+        shutil.rmtree(night)  # the night itself is not needed
 
     name = f"clips-{n_clips}x{CLIP_SECONDS:g}s-48000hz-seed{seed}-gen{GENERATOR_VERSION}"
     folder, _ = ensure_generated(name, generate, workdir)
@@ -94,11 +103,18 @@ def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
     layers = default_layers(spec["backbone"], spec["device"])
     backbone = load_clip_backbone(FeatureSpec(spec["backbone"], layers, 0.1, [0], 1), spec["device"])
     t1 = time.perf_counter()
-    emb = embed_audio(backbone, ds.audio, spec["batch_size"])     # None: the clips commands' default
+    emb = embed_audio(backbone, ds.audio, spec["batch_size"])  # None: the clips commands' default
     embed_s = time.perf_counter() - t1
-    return {"seconds": time.perf_counter() - t0, "read_seconds": read_s, "embed_seconds": embed_s,
-            "clips": len(ds.files), "rejected": len(ds.rejected), "audio_seconds": float(ds.lengths.sum()) / 16_000,
-            "output_shape": list(emb.shape), "peak_rss_mb": peak_rss_mb()}
+    return {
+        "seconds": time.perf_counter() - t0,
+        "read_seconds": read_s,
+        "embed_seconds": embed_s,
+        "clips": len(ds.files),
+        "rejected": len(ds.rejected),
+        "audio_seconds": float(ds.lengths.sum()) / 16_000,
+        "output_shape": list(emb.shape),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
@@ -114,8 +130,14 @@ def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
 _STAGES = {"ours": _stage_ours, "baseline": _stage_baseline}
 
 
-def run_clips_bench(data: Path | None = None, n_clips: int = DEFAULT_CLIPS, backbone: str = DEFAULT_BACKBONE,
-                    device: str = "cpu", batch_size: int | None = None, workdir: Path | None = None) -> dict[str, Any]:
+def run_clips_bench(
+    data: Path | None = None,
+    n_clips: int = DEFAULT_CLIPS,
+    backbone: str = DEFAULT_BACKBONE,
+    device: str = "cpu",
+    batch_size: int | None = None,
+    workdir: Path | None = None,
+) -> dict[str, Any]:
     """Both stages on the same clips, each in its own process; the JSON object ``bench clips`` prints."""
     if n_clips < 1 or (batch_size is not None and batch_size < 1):
         raise BenchError("--clips and --batch-size must be at least 1")
@@ -129,19 +151,31 @@ def run_clips_bench(data: Path | None = None, n_clips: int = DEFAULT_CLIPS, back
     if ours["clips"] == 0:
         raise BenchError(f"no usable clips in {folder}")
     return {
-        "benchmark": "clips", "date": dt.date.today().isoformat(), "data": str(folder),
-        "backbone": backbone, "device": device, "batch_size": batch_size,
-        "clips": ours["clips"], "rejected": ours["rejected"], "audio_seconds": round(ours["audio_seconds"], 2),
-        "seconds": round(ours["seconds"], 2), "clips_per_second": round(ours["clips"] / ours["seconds"], 2),
+        "benchmark": "clips",
+        "date": dt.date.today().isoformat(),
+        "data": str(folder),
+        "backbone": backbone,
+        "device": device,
+        "batch_size": batch_size,
+        "clips": ours["clips"],
+        "rejected": ours["rejected"],
+        "audio_seconds": round(ours["audio_seconds"], 2),
+        "seconds": round(ours["seconds"], 2),
+        "clips_per_second": round(ours["clips"] / ours["seconds"], 2),
         "embed_clips_per_second": round(ours["clips"] / ours["embed_seconds"], 2),
-        "read_seconds": round(ours["read_seconds"], 2), "embed_seconds": round(ours["embed_seconds"], 2),
-        "peak_rss_mb": round(ours["peak_rss_mb"], 1), "output_shape": ours["output_shape"],
+        "read_seconds": round(ours["read_seconds"], 2),
+        "embed_seconds": round(ours["embed_seconds"], 2),
+        "peak_rss_mb": round(ours["peak_rss_mb"], 1),
+        "output_shape": ours["output_shape"],
         "baseline_seconds": round(base["seconds"], 2),
         "baseline_clips_per_second": round(base["clips"] / base["seconds"], 2),
         "baseline_peak_rss_mb": round(base["peak_rss_mb"], 1),
         "speedup": round(base["seconds"] / ours["seconds"], 2),
-        "method": {"ours": OURS_METHOD, "baseline": BASELINE_METHOD,
-                   "peak_rss_mb": "ru_maxrss of the stage's own fresh process"},
+        "method": {
+            "ours": OURS_METHOD,
+            "baseline": BASELINE_METHOD,
+            "peak_rss_mb": "ru_maxrss of the stage's own fresh process",
+        },
         "versions": package_versions(_VERSIONED),
     }
 

@@ -67,23 +67,33 @@ GOAL_SCALING_EFFICIENCY = 0.80
 NIGHT_HOURS = 8.0
 # Dense (no sparsity) bf16/fp16 tensor-core peaks in TFLOP/s, matched against the CUDA device name.
 PEAK_TFLOPS_BF16: tuple[tuple[str, float], ...] = (
-    ("H100 PCIE", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0),
+    ("H100 PCIE", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),
+    ("H200", 989.0),
+    ("A100", 312.0),
 )
-OURS_METHOD = ("embedding.embed_cohort([row], root, cfg, use_ray=False) end to end: backbone load, EDF decode, "
-               "soxr HQ to 16 kHz, 50 Hz high-pass, pre-emphasis, epoch checks and normalisation, the model "
-               "(batches of batch_size), float16 Parquet writes; shifted training windows off")
-MODEL_METHOD = ("Backbone.embed on ready-made float32 [batch_size, 480000] batches, the same number of epochs, "
-                "after one untimed warm-up batch; log-Mel (Whisper) or normalisation (waveform models) included")
-BASELINE_METHOD = ("per 30-s 48 kHz WAV clip: librosa.load(path, sr=16000), the transformers feature extractor, "
-                   "one encoder forward under torch.no_grad() (batch of one, default threads), mean over time; "
-                   "model load not timed")
+OURS_METHOD = (
+    "embedding.embed_cohort([row], root, cfg, use_ray=False) end to end: backbone load, EDF decode, "
+    "soxr HQ to 16 kHz, 50 Hz high-pass, pre-emphasis, epoch checks and normalisation, the model "
+    "(batches of batch_size), float16 Parquet writes; shifted training windows off"
+)
+MODEL_METHOD = (
+    "Backbone.embed on ready-made float32 [batch_size, 480000] batches, the same number of epochs, "
+    "after one untimed warm-up batch; log-Mel (Whisper) or normalisation (waveform models) included"
+)
+BASELINE_METHOD = (
+    "per 30-s 48 kHz WAV clip: librosa.load(path, sr=16000), the transformers feature extractor, "
+    "one encoder forward under torch.no_grad() (batch of one, default threads), mean over time; "
+    "model load not timed"
+)
 _VERSIONED = ("torch", "transformers", "numpy", "librosa", "soxr", "ray")
 
 
 # ----------------------------------------------------------------------------- shared helpers
 
-def bench_config(backbone: str, device: str, dtype: str, batch_size: int | str | None,
-                 compile: bool = False) -> Any:
+
+def bench_config(backbone: str, device: str, dtype: str, batch_size: int | str | None, compile: bool = False) -> Any:
     """The pipeline configuration every stage uses: defaults, this backbone, no shifted windows."""
     from sleepsound.core.config import Config
 
@@ -152,8 +162,9 @@ def count_flops_per_epoch(backbone: Any, n_samples: int) -> int:
     import torch
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-    def cpu_flash(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None,
-                  **kwargs: Any) -> int:
+    def cpu_flash(
+        query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any
+    ) -> int:
         return int(sdpa_flop_count(query_shape, key_shape, value_shape))
 
     extra: dict[Any, Any] = {}
@@ -210,6 +221,7 @@ def peak_tflops(name: str, dtype: str) -> float | None:
 
 # ----------------------------------------------------------------------------- stages (child side)
 
+
 def timed_embed(row: dict[str, Any], cfg: Any, use_ray: bool, what: str) -> tuple[Any, float]:
     """``embed_cohort`` of one night into a throwaway storage root -> (stats, wall seconds)."""
     from sleepsound.embed.cohort import embed_cohort
@@ -230,8 +242,13 @@ def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = bench_config(spec["backbone"], spec["device"], spec["dtype"], spec["batch_size"], spec.get("compile", False))
     row = night_row(Path(spec["night"]), cfg)
     stats, seconds = timed_embed(row, cfg, use_ray=False, what="embedding")
-    return {"seconds": seconds, "epochs": stats.epochs, "audio_seconds": float(row["duration_s"]),
-            "n_epochs": int(row["n_epochs"]), "peak_rss_mb": peak_rss_mb()}
+    return {
+        "seconds": seconds,
+        "epochs": stats.epochs,
+        "audio_seconds": float(row["duration_s"]),
+        "n_epochs": int(row["n_epochs"]),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def _stage_model(spec: dict[str, Any]) -> dict[str, Any]:
@@ -244,8 +261,9 @@ def _stage_model(spec: dict[str, Any]) -> dict[str, Any]:
     b = cfg.backbone
     device = resolve_device(b.device)
     t0 = time.perf_counter()
-    backbone = load_backbone(b.name, layer=b.layer, pool_seconds=b.pool_seconds, device=device, dtype=b.dtype,
-                             compile=b.compile)
+    backbone = load_backbone(
+        b.name, layer=b.layer, pool_seconds=b.pool_seconds, device=device, dtype=b.dtype, compile=b.compile
+    )
     load_seconds = time.perf_counter() - t0
     n_samples = int(round(EPOCH_SECONDS * cfg.preprocess.target_rate))
     epochs = int(spec["epochs"])
@@ -258,10 +276,20 @@ def _stage_model(spec: dict[str, Any]) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     flops = count_flops_per_epoch(backbone, n_samples)
     gemm = cpu_gemm_gflops() if device == "cpu" else None
-    return {"seconds": seconds, "epochs": epochs, "load_seconds": load_seconds, "flops_per_epoch": flops,
-            "cpu_gemm_gflops": gemm, "device": device, "device_name": device_name(device), "dtype": backbone.dtype,
-            "batch_size": size, "family": backbone.family, "torch_threads": _torch_threads(),
-            "peak_rss_mb": peak_rss_mb()}
+    return {
+        "seconds": seconds,
+        "epochs": epochs,
+        "load_seconds": load_seconds,
+        "flops_per_epoch": flops,
+        "cpu_gemm_gflops": gemm,
+        "device": device,
+        "device_name": device_name(device),
+        "dtype": backbone.dtype,
+        "batch_size": size,
+        "family": backbone.family,
+        "torch_threads": _torch_threads(),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def tutorial_embed(paths: list[str], backbone: Any) -> tuple[int, float, float]:
@@ -278,8 +306,9 @@ def tutorial_embed(paths: list[str], backbone: Any) -> tuple[int, float, float]:
     else:
         from transformers import Wav2Vec2FeatureExtractor
 
-        extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16_000, padding_value=0.0,
-                                             do_normalize=True, return_attention_mask=False)
+        extractor = Wav2Vec2FeatureExtractor(
+            feature_size=1, sampling_rate=16_000, padding_value=0.0, do_normalize=True, return_attention_mask=False
+        )
         field = "input_values"
     autocast = backbone._autocast  # ours' precision (float32 on CPU), so the comparison is the pipeline's
     load, _ = librosa.load, librosa.resample  # librosa loads its submodules lazily: before the clock starts
@@ -301,8 +330,9 @@ def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
 
     cfg = bench_config(spec["backbone"], spec["device"], spec["dtype"], spec["batch_size"], spec.get("compile", False))
     b = cfg.backbone
-    backbone = load_backbone(b.name, layer=b.layer, pool_seconds=b.pool_seconds, device=resolve_device(b.device),
-                             dtype=b.dtype)
+    backbone = load_backbone(
+        b.name, layer=b.layer, pool_seconds=b.pool_seconds, device=resolve_device(b.device), dtype=b.dtype
+    )
     clips = sorted(Path(spec["clips"]).glob("clip-*.wav"))[: int(spec["epochs"])]
     n, _, seconds = tutorial_embed([str(c) for c in clips], backbone)
     return {"seconds": seconds, "epochs": n, "torch_threads": _torch_threads(), "peak_rss_mb": peak_rss_mb()}
@@ -319,6 +349,7 @@ _STAGES = {"ours": _stage_ours, "model": _stage_model, "baseline": _stage_baseli
 
 # ----------------------------------------------------------------------------- Ray scaling (calling process)
 
+
 def measure_ray_scaling(night: Path, cfg: Any, workers: list[int], device: str) -> list[dict[str, Any]]:
     """Ours through Ray Data with N model actors on this machine, for each N in ``workers``.
 
@@ -327,7 +358,6 @@ def measure_ray_scaling(night: Path, cfg: Any, workers: list[int], device: str) 
     fit; on CUDA each actor holds 1/N of the one GPU.
     """
     import ray
-
 
     started = not ray.is_initialized()
     if started:
@@ -339,13 +369,28 @@ def measure_ray_scaling(night: Path, cfg: Any, workers: list[int], device: str) 
         out: list[dict[str, Any]] = []
         for n in workers:
             embed_cpus = max(0.05, min(1.0, (cpus - cfg.ray.read_cpus - 0.05) / n))
-            ray_cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={
-                "embed_workers": n, "embed_cpus": round(embed_cpus, 3),
-                "num_gpus_per_worker": (1.0 / n) if device.startswith("cuda") else 0.0})})
+            ray_cfg = cfg.model_copy(
+                update={
+                    "ray": cfg.ray.model_copy(
+                        update={
+                            "embed_workers": n,
+                            "embed_cpus": round(embed_cpus, 3),
+                            "num_gpus_per_worker": (1.0 / n) if device.startswith("cuda") else 0.0,
+                        }
+                    )
+                }
+            )
             stats, seconds = timed_embed(row, ray_cfg, use_ray=True, what=f"Ray embedding with {n} workers")
-            out.append({"workers": n, "seconds": round(seconds, 3), "epochs": stats.epochs,
-                        "epochs_per_s": round(stats.epochs / seconds, 3), "embed_cpus_per_worker": round(embed_cpus, 3),
-                        "gpus_per_worker": ray_cfg.ray.num_gpus_per_worker})
+            out.append(
+                {
+                    "workers": n,
+                    "seconds": round(seconds, 3),
+                    "epochs": stats.epochs,
+                    "epochs_per_s": round(stats.epochs / seconds, 3),
+                    "embed_cpus_per_worker": round(embed_cpus, 3),
+                    "gpus_per_worker": ray_cfg.ray.num_gpus_per_worker,
+                }
+            )
     finally:
         if started:
             ray.shutdown()
@@ -358,17 +403,23 @@ def measure_ray_scaling(night: Path, cfg: Any, workers: list[int], device: str) 
 def scaling_note(device: str, workers: list[int]) -> str:
     """What the scaling figures mean on this machine."""
     if device.startswith("cuda"):
-        return (f"simulated: {max(workers)} Ray model actors share this machine's one GPU (num_gpus_per_worker = 1/N); "
-                "efficiency here is contention on one GPU, not scaling across GPUs")
-    return (f"simulated on CPU: {max(workers)} Ray model actors share this machine's {os.cpu_count()} cores "
-            "(each actor gets cores / N torch threads), so efficiency measures CPU contention, not scaling "
-            "across devices; timings include actor start-up and each actor's model load")
+        return (
+            f"simulated: {max(workers)} Ray model actors share this machine's one GPU (num_gpus_per_worker = 1/N); "
+            "efficiency here is contention on one GPU, not scaling across GPUs"
+        )
+    return (
+        f"simulated on CPU: {max(workers)} Ray model actors share this machine's {os.cpu_count()} cores "
+        "(each actor gets cores / N torch threads), so efficiency measures CPU contention, not scaling "
+        "across devices; timings include actor start-up and each actor's model load"
+    )
 
 
 # ----------------------------------------------------------------------------- driver (parent side)
 
-def _goals(device: str, speedup: float, overhead: float, x_realtime: float,
-           scaling: list[dict[str, Any]]) -> tuple[dict[str, bool], dict[str, str]]:
+
+def _goals(
+    device: str, speedup: float, overhead: float, x_realtime: float, scaling: list[dict[str, Any]]
+) -> tuple[dict[str, bool], dict[str, str]]:
     """The issue's goals that apply on this device, and why the others do not."""
     goals = {"speedup_at_least_5": speedup >= GOAL_SPEEDUP, "overhead_under_0.20": overhead < GOAL_OVERHEAD_FRACTION}
     skipped: dict[str, str] = {}
@@ -385,10 +436,18 @@ def _goals(device: str, speedup: float, overhead: float, x_realtime: float,
     return goals, skipped
 
 
-def run_embed_bench(backbone: str = DEFAULT_BACKBONE, minutes: float = DEFAULT_MINUTES, device: str = "auto",
-                    dtype: str = "auto", batch_size: int | str | None = None, workers: list[int] | None = None,
-                    workdir: Path | None = None, sample_rate: int = SAMPLE_RATE, seed: int = 0,
-                    compile: bool = False) -> dict[str, Any]:
+def run_embed_bench(
+    backbone: str = DEFAULT_BACKBONE,
+    minutes: float = DEFAULT_MINUTES,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_size: int | str | None = None,
+    workers: list[int] | None = None,
+    workdir: Path | None = None,
+    sample_rate: int = SAMPLE_RATE,
+    seed: int = 0,
+    compile: bool = False,
+) -> dict[str, Any]:
     """Generate (or reuse) a night, measure ours, the bare model and the baseline, return the JSON object.
 
     Top-level ``seconds``, ``epochs_per_s``, ``x_realtime`` (audio seconds / wall seconds) and
@@ -399,8 +458,10 @@ def run_embed_bench(backbone: str = DEFAULT_BACKBONE, minutes: float = DEFAULT_M
     if workers is not None and (not workers or min(workers) < 1):
         raise BenchError("workers must be positive counts, e.g. 1,2")
     if backbone == "mel":
-        raise BenchError("the baseline runs a transformers model clip by clip; 'mel' has no model to compare "
-                         "(its front end costs about 8 ms per epoch)")
+        raise BenchError(
+            "the baseline runs a transformers model clip by clip; 'mel' has no model to compare "
+            "(its front end costs about 8 ms per epoch)"
+        )
     require_librosa()
     from sleepsound.embed.model_stage import resolve_device
 
@@ -411,8 +472,15 @@ def run_embed_bench(backbone: str = DEFAULT_BACKBONE, minutes: float = DEFAULT_M
     clips = ensure_clips(night, cfg)
     prepare_s = time.perf_counter() - t0
 
-    spec = {"night": str(night), "clips": str(clips), "backbone": backbone, "device": resolved, "dtype": dtype,
-            "batch_size": batch_size, "compile": compile}
+    spec = {
+        "night": str(night),
+        "clips": str(clips),
+        "backbone": backbone,
+        "device": resolved,
+        "dtype": dtype,
+        "batch_size": batch_size,
+        "compile": compile,
+    }
     ours = run_stage(_MODULE, "ours", spec)
     epochs = int(ours["epochs"])
     model = run_stage(_MODULE, "model", {**spec, "epochs": epochs})
@@ -469,14 +537,16 @@ def run_embed_bench(backbone: str = DEFAULT_BACKBONE, minutes: float = DEFAULT_M
         "goals": goals,
         "goals_not_applicable": skipped,
         "method": {
-            "ours": OURS_METHOD, "model": MODEL_METHOD, "baseline": BASELINE_METHOD,
+            "ours": OURS_METHOD,
+            "model": MODEL_METHOD,
+            "baseline": BASELINE_METHOD,
             "x_realtime": "audio seconds / wall seconds of ours",
             "overhead_fraction": "(ours seconds - model seconds) / model seconds; ours includes its backbone load",
             "overhead_fraction_after_load": "the same less the backbone load (paid once per worker, not per night)",
             "peak_rss_mb": "ru_maxrss of the stage's own fresh process; Ray scaling runs are not measured "
-                           "(their memory is in the Ray workers)",
+            "(their memory is in the Ray workers)",
             "flops_per_epoch": "torch FlopCounterMode on one Backbone.embed of a single 30-s segment "
-                               "(+ CPU flash attention by the counter's SDPA formula)",
+            "(+ CPU flash attention by the counter's SDPA formula)",
             "mfu": "model_tflops_per_s / the GPU's dense bf16/fp16 peak; null on CPU (see cpu_gemm_gflops)",
         },
         "night": {"path": str(night), "generated_now": generated, "prepare_seconds": round(prepare_s, 1), "seed": seed},

@@ -48,12 +48,16 @@ from pathlib import Path
 from typing import Any
 
 _MODULE = "sleepsound.bench.ingest"  # the child stages run as `python -m` of this module
-BASELINE_METHOD = ("each ~1-hour EDF part loaded whole with pyedflib (librosa cannot read EDF), "
-                   "librosa.resample(..., res_type='soxr_hq') to 16 kHz, then the same 50 Hz high-pass + "
-                   "pre-emphasis with scipy, cut into 30-s epochs; one part at a time")
-OURS_METHOD = ("sources.discover + validate.validate_recording (headers, SHA-256, labels) + every row of "
-               "epoching.read_epochs (streamed blocks, soxr HQ to 16 kHz, 50 Hz high-pass, pre-emphasis, "
-               "per-epoch quality checks and normalisation)")
+BASELINE_METHOD = (
+    "each ~1-hour EDF part loaded whole with pyedflib (librosa cannot read EDF), "
+    "librosa.resample(..., res_type='soxr_hq') to 16 kHz, then the same 50 Hz high-pass + "
+    "pre-emphasis with scipy, cut into 30-s epochs; one part at a time"
+)
+OURS_METHOD = (
+    "sources.discover + validate.validate_recording (headers, SHA-256, labels) + every row of "
+    "epoching.read_epochs (streamed blocks, soxr HQ to 16 kHz, 50 Hz high-pass, pre-emphasis, "
+    "per-epoch quality checks and normalisation)"
+)
 GOAL_PEAK_RSS_MB = 1500.0
 GOAL_X_REALTIME_PER_CORE = 200.0
 _VERSIONED = ("numpy", "scipy", "soxr", "pyedflib", "librosa")
@@ -66,8 +70,10 @@ class BenchError(RuntimeError):
 def require_librosa() -> None:
     """Fail early, with the fix, when the baseline's library is not installed."""
     if importlib.util.find_spec("librosa") is None:
-        raise BenchError("the ingest benchmark's baseline needs librosa, which is not installed: "
-                         "pip install 'sleepsound[bench]' (or: .venv/bin/pip install 'librosa>=0.10')")
+        raise BenchError(
+            "the ingest benchmark's baseline needs librosa, which is not installed: "
+            "pip install 'sleepsound[bench]' (or: .venv/bin/pip install 'librosa>=0.10')"
+        )
 
 
 def bench_root(workdir: Path | None = None) -> Path:
@@ -112,24 +118,32 @@ def ensure_night(hours: float, sample_rate: int, seed: int, workdir: Path | None
     """The generated night's folder (a PSG-Audio source) and whether it was generated just now."""
     from sleepsound.synth.writers import generate_cohort
 
-    return ensure_generated(night_name(hours, sample_rate, seed),
-                            lambda out: generate_cohort(out, n_subjects=1, hours=hours, seed=seed,
-                                                        sample_rate=sample_rate, layout="psg-audio",
-                                                        part_seconds=3600), workdir)
+    return ensure_generated(
+        night_name(hours, sample_rate, seed),
+        lambda out: generate_cohort(
+            out, n_subjects=1, hours=hours, seed=seed, sample_rate=sample_rate, layout="psg-audio", part_seconds=3600
+        ),
+        workdir,
+    )
 
 
 def run_stage(module: str, stage: str, spec: dict[str, Any]) -> dict[str, Any]:
     """One stage of a benchmark in a fresh interpreter (``python -m module``), so its peak memory
     is its own; its figures come back as the last line of stdout."""
-    proc = subprocess.run([sys.executable, "-m", module, "--stage", stage, "--spec", json.dumps(spec)],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--stage", stage, "--spec", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         raise BenchError(f"the {stage!r} stage failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def stage_main(stages: dict[str, Callable[[dict[str, Any]], dict[str, Any]]], description: str,
-               argv: list[str] | None = None) -> None:
+def stage_main(
+    stages: dict[str, Callable[[dict[str, Any]], dict[str, Any]]], description: str, argv: list[str] | None = None
+) -> None:
     """Child side of ``run_stage``: ``--stage NAME --spec JSON`` in, one JSON line of figures out."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--stage", choices=sorted(stages), required=True)
@@ -144,6 +158,7 @@ def stage_main(stages: dict[str, Callable[[dict[str, Any]], dict[str, Any]]], de
 
 
 # ----------------------------------------------------------------------------- stages (child side)
+
 
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -175,9 +190,15 @@ def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
             if epoch["error"]:
                 raise BenchError(f"{src.recording_id}: {epoch['error']}")
             epochs += 1
-    return {"seconds": time.perf_counter() - wall0, "cpu_seconds": _cpu_seconds() - cpu0,
-            "peak_rss_mb": peak_rss_mb(), "epochs": epochs, "audio_seconds": audio_s,
-            "sample_rate": rate, "channels_in_file": channels}
+    return {
+        "seconds": time.perf_counter() - wall0,
+        "cpu_seconds": _cpu_seconds() - cpu0,
+        "peak_rss_mb": peak_rss_mb(),
+        "epochs": epochs,
+        "audio_seconds": audio_s,
+        "sample_rate": rate,
+        "channels_in_file": channels,
+    }
 
 
 def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
@@ -215,8 +236,13 @@ def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
                 part_epochs = y[: n * epoch_len].reshape(n, epoch_len).astype(np.float32)
                 epochs += len(part_epochs)
                 del y, part_epochs
-    return {"seconds": time.perf_counter() - wall0, "cpu_seconds": _cpu_seconds() - cpu0,
-            "peak_rss_mb": peak_rss_mb(), "epochs": epochs, "audio_seconds": audio_s}
+    return {
+        "seconds": time.perf_counter() - wall0,
+        "cpu_seconds": _cpu_seconds() - cpu0,
+        "peak_rss_mb": peak_rss_mb(),
+        "epochs": epochs,
+        "audio_seconds": audio_s,
+    }
 
 
 _STAGES = {"ours": _stage_ours, "baseline": _stage_baseline}
@@ -224,11 +250,15 @@ _STAGES = {"ours": _stage_ours, "baseline": _stage_baseline}
 
 # ----------------------------------------------------------------------------- driver (parent side)
 
+
 def _figures(stage: dict[str, Any], audio_s: float) -> dict[str, float]:
-    return {"seconds": round(stage["seconds"], 3), "cpu_seconds": round(stage["cpu_seconds"], 3),
-            "x_realtime": round(audio_s / stage["seconds"], 1),
-            "x_realtime_per_core": round(audio_s / stage["cpu_seconds"], 1),
-            "peak_rss_mb": round(stage["peak_rss_mb"], 1)}
+    return {
+        "seconds": round(stage["seconds"], 3),
+        "cpu_seconds": round(stage["cpu_seconds"], 3),
+        "x_realtime": round(audio_s / stage["seconds"], 1),
+        "x_realtime_per_core": round(audio_s / stage["cpu_seconds"], 1),
+        "peak_rss_mb": round(stage["peak_rss_mb"], 1),
+    }
 
 
 def package_versions(names: tuple[str, ...] = _VERSIONED) -> dict[str, str | None]:
@@ -242,8 +272,9 @@ def package_versions(names: tuple[str, ...] = _VERSIONED) -> dict[str, str | Non
     return out
 
 
-def run_ingest_bench(hours: float = 8.0, sample_rate: int = 48_000, workdir: Path | None = None,
-                     seed: int = 0) -> dict[str, Any]:
+def run_ingest_bench(
+    hours: float = 8.0, sample_rate: int = 48_000, workdir: Path | None = None, seed: int = 0
+) -> dict[str, Any]:
     """Generate (or reuse) a night, measure ours and the baseline in their own processes, return the JSON object.
 
     ``x_realtime_per_core`` is audio seconds divided by the stage's CPU seconds (user + system);
@@ -283,12 +314,19 @@ def run_ingest_bench(hours: float = 8.0, sample_rate: int = 48_000, workdir: Pat
             "x_realtime_per_core_at_least_200": ours["x_realtime_per_core"] >= GOAL_X_REALTIME_PER_CORE,
             "faster_than_baseline": ours["seconds"] < base["seconds"],
         },
-        "method": {"ours": OURS_METHOD, "baseline": BASELINE_METHOD,
-                   "x_realtime_per_core": "audio seconds / (user + system CPU seconds of the stage's process)",
-                   "x_realtime": "audio seconds / wall seconds",
-                   "peak_rss_mb": "ru_maxrss of the stage's own fresh process"},
-        "night": {"path": str(night), "generated_now": generated, "generate_seconds": round(generate_s, 1),
-                  "seed": seed},
+        "method": {
+            "ours": OURS_METHOD,
+            "baseline": BASELINE_METHOD,
+            "x_realtime_per_core": "audio seconds / (user + system CPU seconds of the stage's process)",
+            "x_realtime": "audio seconds / wall seconds",
+            "peak_rss_mb": "ru_maxrss of the stage's own fresh process",
+        },
+        "night": {
+            "path": str(night),
+            "generated_now": generated,
+            "generate_seconds": round(generate_s, 1),
+            "seed": seed,
+        },
         "versions": package_versions(),
     }
 

@@ -46,18 +46,26 @@ from typing import Any
 
 from sleepsound.bench.ingest import BenchError, ensure_generated, package_versions, stage_main
 
-BASELINE_METHOD = ("one process, no Ray or Prefect (python -m sleepsound.bench.score --stage baseline): "
-                   "build_manifest, then embed_cohort and predict_recordings one night after another")
-OURS_METHOD = ("the command a user runs, python -m sleepsound.cli score --source ... --root ... --run-id ... "
-               "--set backbone.name=... backbone.batch_size=... training.epochs=... ray.embed_workers=N "
-               "(and --ray-address when given): the score flow on Prefect and Ray; steps and counts from "
-               "<root>/runs/<run-id>/run.json")
-SECONDS_METHOD = ("wall time of the whole child process, timed from this process from its start to its exit: "
-                  "interpreter start, imports, Ray start (or joining --ray-address), the flow or script, "
-                  "shutdown; work_seconds is the work alone (the flow's steps summed from its run record; the "
-                  "baseline's manifest, embed and predict timed inside it)")
-MEMORY_METHOD = ("peak summed PSS of the child's process tree (the command, and Ray's daemons and workers it "
-                 "started), sampled every 0.2 s from /proc by this process")
+BASELINE_METHOD = (
+    "one process, no Ray or Prefect (python -m sleepsound.bench.score --stage baseline): "
+    "build_manifest, then embed_cohort and predict_recordings one night after another"
+)
+OURS_METHOD = (
+    "the command a user runs, python -m sleepsound.cli score --source ... --root ... --run-id ... "
+    "--set backbone.name=... backbone.batch_size=... training.epochs=... ray.embed_workers=N "
+    "(and --ray-address when given): the score flow on Prefect and Ray; steps and counts from "
+    "<root>/runs/<run-id>/run.json"
+)
+SECONDS_METHOD = (
+    "wall time of the whole child process, timed from this process from its start to its exit: "
+    "interpreter start, imports, Ray start (or joining --ray-address), the flow or script, "
+    "shutdown; work_seconds is the work alone (the flow's steps summed from its run record; the "
+    "baseline's manifest, embed and predict timed inside it)"
+)
+MEMORY_METHOD = (
+    "peak summed PSS of the child's process tree (the command, and Ray's daemons and workers it "
+    "started), sampled every 0.2 s from /proc by this process"
+)
 SAMPLE_S = 0.2
 _VERSIONED = ("torch", "transformers", "ray", "prefect", "pyarrow")
 _MODULE = "sleepsound.bench.score"  # the baseline runs as `python -m` of this module
@@ -75,10 +83,19 @@ def ensure_cohort(nights: int, minutes: float, sample_rate: int, seed: int, work
     """The generated cohort's folder, made once."""
     from sleepsound.synth.writers import generate_cohort
 
-    cohort, _ = ensure_generated(cohort_name(nights, minutes, sample_rate, seed),
-                                 lambda out: generate_cohort(out, n_subjects=nights, hours=minutes / 60, seed=seed,
-                                                             sample_rate=sample_rate, part_seconds=int(minutes * 60),
-                                                             cycle_minutes=max(minutes, 1.0)), workdir)
+    cohort, _ = ensure_generated(
+        cohort_name(nights, minutes, sample_rate, seed),
+        lambda out: generate_cohort(
+            out,
+            n_subjects=nights,
+            hours=minutes / 60,
+            seed=seed,
+            sample_rate=sample_rate,
+            part_seconds=int(minutes * 60),
+            cycle_minutes=max(minutes, 1.0),
+        ),
+        workdir,
+    )
     return cohort
 
 
@@ -95,6 +112,7 @@ def subset(cohort: Path, count: int, out: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- memory of a process tree
+
 
 def _tree(pid: int) -> list[int]:
     """``pid`` and every live descendant, from /proc (Ray's daemons and workers descend from the driver)."""
@@ -177,8 +195,9 @@ class TreeMemory:
                         parts[kind] = parts.get(kind, 0.0) + kb / 1024
                 largest = sorted(by_name.items(), key=lambda kv: -kv[1]["pss"])[:8]
                 self.at_peak = {name: round(parts["pss"], 1) for name, parts in largest}
-                self.split_at_peak = {name: {k: round(v, 1) for k, v in parts.items() if k != "pss"}
-                                      for name, parts in largest[:3]}
+                self.split_at_peak = {
+                    name: {k: round(v, 1) for k, v in parts.items() if k != "pss"} for name, parts in largest[:3]
+                }
             self.samples += 1
             if self._stop.wait(self.every_s):
                 return
@@ -196,6 +215,7 @@ class TreeMemory:
 
 # ----------------------------------------------------------------------------- children, measured from here
 
+
 def run_measured(command: list[str], logs: Path) -> dict[str, Any]:
     """Run ``command`` as a child process; its wall time from start to exit and its tree's peak PSS,
     measured from this process. stdout and stderr go to ``logs``.out/.err; the stdout is returned."""
@@ -207,7 +227,7 @@ def run_measured(command: list[str], logs: Path) -> dict[str, Any]:
             with TreeMemory(pid=proc.pid) as memory:
                 code = proc.wait()
         finally:
-            if proc.poll() is None:       # interrupted: take the child (and its Ray) down with us
+            if proc.poll() is None:  # interrupted: take the child (and its Ray) down with us
                 proc.terminate()
                 proc.wait()
         seconds = time.perf_counter() - started
@@ -216,23 +236,34 @@ def run_measured(command: list[str], logs: Path) -> dict[str, Any]:
         stderr = err_path.read_text(errors="replace")
         shown = " ".join(command[1:4])
         raise BenchError(f"`{shown} ...` failed (exit {code}):\n{stdout[-2000:]}\n{stderr[-4000:]}")
-    return {"seconds": seconds, "stdout": stdout, "peak_pss_mb": memory.peak_mb, "at_peak_mb": memory.at_peak,
-            "split_at_peak_mb": memory.split_at_peak}
+    return {
+        "seconds": seconds,
+        "stdout": stdout,
+        "peak_pss_mb": memory.peak_mb,
+        "at_peak_mb": memory.at_peak,
+        "split_at_peak_mb": memory.split_at_peak,
+    }
 
 
-def _overrides(backbone: str, batch_size: int, train_epochs: int, workers: int,
-               object_store_mb: int | None) -> list[str]:
+def _overrides(
+    backbone: str, batch_size: int, train_epochs: int, workers: int, object_store_mb: int | None
+) -> list[str]:
     """The ``--set`` items of a run: the backbone (JSON-quoted, so a path stays a string), its batch,
     the training epochs, the embedding model actors and, when given, the local object store size."""
-    items = [f"backbone.name={json.dumps(backbone)}", f"backbone.batch_size={batch_size}",
-             f"training.epochs={train_epochs}", f"ray.embed_workers={workers}"]
+    items = [
+        f"backbone.name={json.dumps(backbone)}",
+        f"backbone.batch_size={batch_size}",
+        f"training.epochs={train_epochs}",
+        f"ray.embed_workers={workers}",
+    ]
     if object_store_mb is not None:
         items.append(f"ray.object_store_mb={object_store_mb}")
     return items
 
 
-def _command(name: str, source: str, root: str, run_id: str, overrides: list[str],
-             ray_address: str | None = None) -> list[str]:
+def _command(
+    name: str, source: str, root: str, run_id: str, overrides: list[str], ray_address: str | None = None
+) -> list[str]:
     """``python -m sleepsound.cli NAME ...``: the command line a user types, in this interpreter."""
     command = [sys.executable, "-m", "sleepsound.cli", name, "--source", source, "--root", root, "--run-id", run_id]
     for item in overrides:
@@ -274,16 +305,17 @@ def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
     from sleepsound.predict.recordings import predict_recordings
     from sleepsound.registry.serving import serving_with_unseen
 
-    cfg = load_config(None, spec["overrides"])      # the settings the command children get from --set
+    cfg = load_config(None, spec["overrides"])  # the settings the command children get from --set
     started = time.perf_counter()
     rows = build_manifest(spec["source"], cfg.preprocess, cfg.validation)
     write_manifest(spec["root"], rows)
     accepted = [r for r in rows if r["status"] == "accepted"]
     epochs = 0
-    for row in accepted:                            # one night at a time, as a plain script would
+    for row in accepted:  # one night at a time, as a plain script would
         epochs += embed_cohort([row], spec["root"], cfg, use_ray=False, shifted=False).epochs
-    predict_recordings(spec["root"], cfg, "bench-baseline", serving_with_unseen(spec["root"]),
-                       read_manifest(spec["root"]))
+    predict_recordings(
+        spec["root"], cfg, "bench-baseline", serving_with_unseen(spec["root"]), read_manifest(spec["root"])
+    )
     return {"work_seconds": time.perf_counter() - started, "epochs": epochs, "nights": len(accepted)}
 
 
@@ -292,17 +324,28 @@ _STAGES = {"baseline": _stage_baseline}
 
 # ----------------------------------------------------------------------------- driver (parent side)
 
+
 def _fresh_root(models_from: Path, out: Path) -> Path:
     """A storage root holding only the champions: every night is embedded again."""
     shutil.copytree(models_from / "models", out / "models")
     return out
 
 
-def run_score_bench(nights: int = 100, minutes: float = 6.0, workers: list[int] | None = None,
-                    backbone: str | None = None, batch_size: int = 16, train_nights: int = 8, train_epochs: int = 5,
-                    sample_rate: int = 16_000, seed: int = 0, workdir: Path | None = None,
-                    ray_address: str | None = None, baseline: bool = True,
-                    object_store_mb: int | None = None) -> dict[str, Any]:
+def run_score_bench(
+    nights: int = 100,
+    minutes: float = 6.0,
+    workers: list[int] | None = None,
+    backbone: str | None = None,
+    batch_size: int = 16,
+    train_nights: int = 8,
+    train_epochs: int = 5,
+    sample_rate: int = 16_000,
+    seed: int = 0,
+    workdir: Path | None = None,
+    ray_address: str | None = None,
+    baseline: bool = True,
+    object_store_mb: int | None = None,
+) -> dict[str, Any]:
     """Score ``nights`` generated nights with 1.. embedding workers, and the baseline; one JSON-able dict.
 
     Needs ``PREFECT_API_URL`` (``sleepsound bench score`` starts a local API): every child shares it."""
@@ -323,8 +366,9 @@ def run_score_bench(nights: int = 100, minutes: float = 6.0, workers: list[int] 
         scratch = Path(scratch_dir)
         trained = scratch / "trained"
         train_source = subset(cohort, train_nights, scratch / "train-source")
-        training = run_measured(_command("train", str(train_source), str(trained), "bench-train", settings(1)),
-                                scratch / "train")
+        training = run_measured(
+            _command("train", str(train_source), str(trained), "bench-train", settings(1)), scratch / "train"
+        )
         champions = _promoted(trained)
         if not champions["champions"]:
             raise BenchError(f"training promoted no champion:\n{training['stdout'][-2000:]}")
@@ -332,50 +376,81 @@ def run_score_bench(nights: int = 100, minutes: float = 6.0, workers: list[int] 
         for count in workers:
             root = _fresh_root(trained, scratch / f"score-w{count}")
             run_id = f"bench-w{count}"
-            stage = run_measured(_command("score", str(cohort), str(root), run_id, settings(count), ray_address),
-                                 scratch / run_id)
+            stage = run_measured(
+                _command("score", str(cohort), str(root), run_id, settings(count), ray_address), scratch / run_id
+            )
             record = _run_record(root, run_id)
             counts = record["counts"]
-            steps = dict(sorted(record["seconds"].items(),
-                                key=lambda kv: SCORE_STEPS.index(kv[0]) if kv[0] in SCORE_STEPS else len(SCORE_STEPS)))
-            stage.update(steps=steps, work_seconds=round(sum(steps.values()), 2),
-                         epochs=counts["epochs"], nights=counts["accepted"], cached=counts["cached"])
+            steps = dict(
+                sorted(
+                    record["seconds"].items(),
+                    key=lambda kv: SCORE_STEPS.index(kv[0]) if kv[0] in SCORE_STEPS else len(SCORE_STEPS),
+                )
+            )
+            stage.update(
+                steps=steps,
+                work_seconds=round(sum(steps.values()), 2),
+                epochs=counts["epochs"],
+                nights=counts["accepted"],
+                cached=counts["cached"],
+            )
             runs.append({"embed_workers": count, "run_id": run_id, **_figures(stage, minutes)})
             shutil.rmtree(root, ignore_errors=True)
         reference = None
         if baseline:
             root = _fresh_root(trained, scratch / "baseline")
             spec = {"source": str(cohort), "root": str(root), "overrides": settings(1)}
-            stage = run_measured([sys.executable, "-m", _MODULE, "--stage", "baseline", "--spec", json.dumps(spec)],
-                                 scratch / "baseline")
+            stage = run_measured(
+                [sys.executable, "-m", _MODULE, "--stage", "baseline", "--spec", json.dumps(spec)], scratch / "baseline"
+            )
             stage.update(json.loads(stage["stdout"].strip().splitlines()[-1]))
             reference = {"method": BASELINE_METHOD, **_figures(stage, minutes)}
     best = max(runs, key=lambda r: r["nights_per_s"])
     one = next((r for r in runs if r["embed_workers"] == 1), None)
     return {
-        "benchmark": "score", "nights": nights, "minutes_per_night": minutes, "sample_rate": sample_rate,
-        "backbone": backbone, "batch_size": batch_size, "cpus": os.cpu_count(),
-        "ray_address": ray_address or "local", "object_store_mb": object_store_mb,
-        "method": {"seconds": SECONDS_METHOD, "ours": OURS_METHOD, "baseline": BASELINE_METHOD,
-                   "memory": MEMORY_METHOD,
-                   "train": f"sleepsound train on the first {train_nights} nights first, not in any figure"},
+        "benchmark": "score",
+        "nights": nights,
+        "minutes_per_night": minutes,
+        "sample_rate": sample_rate,
+        "backbone": backbone,
+        "batch_size": batch_size,
+        "cpus": os.cpu_count(),
+        "ray_address": ray_address or "local",
+        "object_store_mb": object_store_mb,
+        "method": {
+            "seconds": SECONDS_METHOD,
+            "ours": OURS_METHOD,
+            "baseline": BASELINE_METHOD,
+            "memory": MEMORY_METHOD,
+            "train": f"sleepsound train on the first {train_nights} nights first, not in any figure",
+        },
         "train": {"nights": train_nights, "seconds": round(training["seconds"], 2), **champions},
-        "runs": runs, "baseline": reference,
+        "runs": runs,
+        "baseline": reference,
         "speedup": round(best["nights_per_s"] / reference["nights_per_s"], 2) if reference else None,
-        "scaling_efficiency": {str(r["embed_workers"]): round(r["nights_per_s"] / (one["nights_per_s"]
-                                                                                     * r["embed_workers"]), 2)
-                               for r in runs} if one else None,
+        "scaling_efficiency": {
+            str(r["embed_workers"]): round(r["nights_per_s"] / (one["nights_per_s"] * r["embed_workers"]), 2)
+            for r in runs
+        }
+        if one
+        else None,
         "versions": package_versions(_VERSIONED),
     }
 
 
 def _figures(stage: dict[str, Any], minutes: float) -> dict[str, Any]:
-    out = {"seconds": round(stage["seconds"], 2), "nights": stage["nights"], "epochs": stage["epochs"],
-           "nights_per_s": round(stage["nights"] / stage["seconds"], 3),
-           "epochs_per_s": round(stage["epochs"] / stage["seconds"], 2),
-           "x_realtime": round(stage["nights"] * minutes * 60 / stage["seconds"], 1),
-           "peak_pss_mb": round(stage["peak_pss_mb"], 1), "at_peak_mb": stage["at_peak_mb"],
-           "split_at_peak_mb": stage.get("split_at_peak_mb", {}), "work_seconds": round(stage["work_seconds"], 2)}
+    out = {
+        "seconds": round(stage["seconds"], 2),
+        "nights": stage["nights"],
+        "epochs": stage["epochs"],
+        "nights_per_s": round(stage["nights"] / stage["seconds"], 3),
+        "epochs_per_s": round(stage["epochs"] / stage["seconds"], 2),
+        "x_realtime": round(stage["nights"] * minutes * 60 / stage["seconds"], 1),
+        "peak_pss_mb": round(stage["peak_pss_mb"], 1),
+        "at_peak_mb": stage["at_peak_mb"],
+        "split_at_peak_mb": stage.get("split_at_peak_mb", {}),
+        "work_seconds": round(stage["work_seconds"], 2),
+    }
     if "steps" in stage:
         out["steps"] = stage["steps"]
         out["cached"] = stage["cached"]

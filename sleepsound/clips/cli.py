@@ -14,18 +14,27 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-clips_app = typer.Typer(help="Short-window breathing-sound classifier: folders of labelled clips "
-                             "(e.g. snoring/ and no_snoring/), a frozen speech backbone and a small head.",
-                        no_args_is_help=True, add_completion=False)
+clips_app = typer.Typer(
+    help="Short-window breathing-sound classifier: folders of labelled clips "
+    "(e.g. snoring/ and no_snoring/), a frozen speech backbone and a small head.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 DataOpt = Annotated[Path, typer.Option("--data", help="Folder with one sub-folder of clips per label.")]
 BackboneOpt = Annotated[str, typer.Option(help="Backbone name or local model folder.")]
-BlockSizeOpt = Annotated[int, typer.Option(help="At most this many consecutive clips per block (kept together); "
-                                           "a gap in the file numbering always starts a new block.")]
+BlockSizeOpt = Annotated[
+    int,
+    typer.Option(
+        help="At most this many consecutive clips per block (kept together); "
+        "a gap in the file numbering always starts a new block."
+    ),
+]
 HeadOpt = Annotated[Optional[list[str]], typer.Option(help="Head(s) to try: mlp, attention (repeatable).")]
 LrOpt = Annotated[Optional[list[float]], typer.Option(help="Learning rate(s) to try (repeatable).")]
-MaxEpochsOpt = Annotated[int, typer.Option(help="Epochs per validation run; the epoch of lowest validation "
-                                           "log-loss is the one refit.")]
+MaxEpochsOpt = Annotated[
+    int, typer.Option(help="Epochs per validation run; the epoch of lowest validation log-loss is the one refit.")
+]
 ClipSecondsOpt = Annotated[Optional[float], typer.Option(help="Fixed clip length; default the longest, <= 5 s.")]
 CacheOpt = Annotated[Optional[Path], typer.Option(help="Folder to cache clip embeddings in.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto.")]
@@ -42,6 +51,7 @@ def _json(obj: Any) -> str:
         if isinstance(v, (list, tuple)):
             return [clean(x) for x in v]
         return v
+
     return json.dumps(clean(obj), allow_nan=False)
 
 
@@ -50,16 +60,21 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _settings(verbose: bool, *, head: list[str] | None, lr: list[float] | None, cache: Path | None,
-              **fields: Any) -> Any:
+def _settings(
+    verbose: bool, *, head: list[str] | None, lr: list[float] | None, cache: Path | None, **fields: Any
+) -> Any:
     """ClipTrainSettings from the shared options (repeatable ones default to the settings' own lists)."""
     from sleepsound.clips.train import ClipTrainSettings
 
     if verbose:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     defaults = ClipTrainSettings()
-    return ClipTrainSettings(heads=tuple(head or defaults.heads), lrs=tuple(lr or defaults.lrs),
-                             cache_dir=str(cache) if cache else None, **fields)
+    return ClipTrainSettings(
+        heads=tuple(head or defaults.heads),
+        lrs=tuple(lr or defaults.lrs),
+        cache_dir=str(cache) if cache else None,
+        **fields,
+    )
 
 
 @clips_app.command()
@@ -71,8 +86,13 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of the block choice and the training.")] = 0,
     block_size: BlockSizeOpt = 25,
     folds: Annotated[int, typer.Option(help="Blocked validation folds on the training side.")] = 5,
-    refit: Annotated[bool, typer.Option(help="After scoring the test blocks, save a head refit on every clip "
-                                        "(the model to ship); --no-refit saves the head that was scored.")] = True,
+    refit: Annotated[
+        bool,
+        typer.Option(
+            help="After scoring the test blocks, save a head refit on every clip "
+            "(the model to ship); --no-refit saves the head that was scored."
+        ),
+    ] = True,
     head: HeadOpt = None,
     lr: LrOpt = None,
     max_epochs: MaxEpochsOpt = 40,
@@ -85,38 +105,72 @@ def train(
     """Choose settings on validation blocks, score the held-out test blocks, save a head refit on every clip."""
     from sleepsound.clips.train import train_clips
 
-    settings = _settings(verbose, backbone=backbone, test_fraction=test_fraction, seed=seed, block_size=block_size,
-                         folds=folds, head=head, lr=lr, max_epochs=max_epochs, clip_seconds=clip_seconds,
-                         cache=cache, device=device, refit_all=refit)
+    settings = _settings(
+        verbose,
+        backbone=backbone,
+        test_fraction=test_fraction,
+        seed=seed,
+        block_size=block_size,
+        folds=folds,
+        head=head,
+        lr=lr,
+        max_epochs=max_epochs,
+        clip_seconds=clip_seconds,
+        cache=cache,
+        device=device,
+        refit_all=refit,
+    )
     try:
         summary = train_clips(data, out, settings, progress=None if as_json else typer.echo)
     except (OSError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     held, chosen = summary["held_out"], summary["chosen"]
     if as_json:
-        typer.echo(_json({"model": str(out), "held_out": held, "chosen": chosen, "counts": summary["counts"],
-                          "refit_on_all": summary["refit_on_all"],
-                          "rejected": summary["rejected"], "seconds": summary["seconds"]}))
+        typer.echo(
+            _json(
+                {
+                    "model": str(out),
+                    "held_out": held,
+                    "chosen": chosen,
+                    "counts": summary["counts"],
+                    "refit_on_all": summary["refit_on_all"],
+                    "rejected": summary["rejected"],
+                    "seconds": summary["seconds"],
+                }
+            )
+        )
         return
-    typer.echo(f"chosen on validation blocks: {chosen['head']} head, layers {chosen['layers']}, "
-               f"pool {chosen['pool_seconds']:g} s, lr {chosen['lr']:g}, {chosen['epochs']} epochs "
-               f"(validation macro-F1 {chosen['val_macro_f1']:.3f})")
+    typer.echo(
+        f"chosen on validation blocks: {chosen['head']} head, layers {chosen['layers']}, "
+        f"pool {chosen['pool_seconds']:g} s, lr {chosen['lr']:g}, {chosen['epochs']} epochs "
+        f"(validation macro-F1 {chosen['val_macro_f1']:.3f})"
+    )
     for r in summary["rejected"]:
         typer.echo(f"rejected {r['reason']}")
     if held["n"]:
-        typer.echo(f"held-out test blocks ({held['n']} clips never seen in training): accuracy "
-                   f"{held['accuracy']:.4f}, macro-F1 {held['macro_f1']:.4f}, confusion {held['confusion']} "
-                   f"(rows true, columns predicted: {held['classes']})")
+        typer.echo(
+            f"held-out test blocks ({held['n']} clips never seen in training): accuracy "
+            f"{held['accuracy']:.4f}, macro-F1 {held['macro_f1']:.4f}, confusion {held['confusion']} "
+            f"(rows true, columns predicted: {held['classes']})"
+        )
     trained_on = summary["counts"]["saved_model_trained_on"]
-    typer.echo(f"model written to {out} (trained on {trained_on} clips"
-               + (", test blocks included: refit after scoring)" if summary["refit_on_all"] else ")"))
+    typer.echo(
+        f"model written to {out} (trained on {trained_on} clips"
+        + (", test blocks included: refit after scoring)" if summary["refit_on_all"] else ")")
+    )
 
 
 @clips_app.command()
 def cv(
     data: DataOpt,
-    k: Annotated[int, typer.Option("--k", help="Outer folds of whole blocks; each clip is scored once, by a "
-                                   "model trained (with its own validation) on the other folds.")] = 10,
+    k: Annotated[
+        int,
+        typer.Option(
+            "--k",
+            help="Outer folds of whole blocks; each clip is scored once, by a "
+            "model trained (with its own validation) on the other folds.",
+        ),
+    ] = 10,
     backbone: BackboneOpt = "whisper-tiny.en-offline",
     seed: Annotated[int, typer.Option(help="Seed of the fold deal and the training.")] = 0,
     block_size: BlockSizeOpt = 25,
@@ -133,8 +187,19 @@ def cv(
     """Accuracy on unseen source recordings: the whole training procedure cross-validated over whole blocks."""
     from sleepsound.clips.cross_validate import cross_validate_clips
 
-    settings = _settings(verbose, backbone=backbone, seed=seed, block_size=block_size, folds=folds, head=head, lr=lr,
-                         max_epochs=max_epochs, clip_seconds=clip_seconds, cache=cache, device=device)
+    settings = _settings(
+        verbose,
+        backbone=backbone,
+        seed=seed,
+        block_size=block_size,
+        folds=folds,
+        head=head,
+        lr=lr,
+        max_epochs=max_epochs,
+        clip_seconds=clip_seconds,
+        cache=cache,
+        device=device,
+    )
     try:
         result = cross_validate_clips(data, settings, k=k, progress=None if as_json else typer.echo)
     except (OSError, ValueError) as exc:
@@ -145,10 +210,12 @@ def cv(
     for r in result["rejected"]:
         typer.echo(f"rejected {r['reason']}")
     acc, f1 = result["ci95"]["accuracy"], result["ci95"]["macro_f1"]
-    typer.echo(f"{result['n']} clips in {result['n_blocks']} blocks, each scored by a model that never saw its "
-               f"block: accuracy {result['accuracy']:.4f} (95% CI {acc[0]:.3f}-{acc[1]:.3f}), macro-F1 "
-               f"{result['macro_f1']:.4f} ({f1[0]:.3f}-{f1[1]:.3f}), confusion {result['confusion']} "
-               f"(rows true, columns predicted: {result['classes']})")
+    typer.echo(
+        f"{result['n']} clips in {result['n_blocks']} blocks, each scored by a model that never saw its "
+        f"block: accuracy {result['accuracy']:.4f} (95% CI {acc[0]:.3f}-{acc[1]:.3f}), macro-F1 "
+        f"{result['macro_f1']:.4f} ({f1[0]:.3f}-{f1[1]:.3f}), confusion {result['confusion']} "
+        f"(rows true, columns predicted: {result['classes']})"
+    )
     typer.echo("weakest blocks: " + ", ".join(f"{b['block']} {b['accuracy']:.2f}" for b in result["weakest_blocks"]))
 
 
@@ -156,8 +223,9 @@ def cv(
 def evaluate(
     model: Annotated[Path, typer.Option("--model", help="Model folder written by `clips train`.")],
     data: DataOpt,
-    split: Annotated[str, typer.Option(help="all: every clip in --data; test: exactly the model's held-out files.")]
-    = "all",
+    split: Annotated[
+        str, typer.Option(help="all: every clip in --data; test: exactly the model's held-out files.")
+    ] = "all",
     device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
@@ -173,8 +241,10 @@ def evaluate(
         return
     acc = "n/a" if result["accuracy"] is None else f"{result['accuracy']:.4f}"
     f1 = "n/a" if result["macro_f1"] is None else f"{result['macro_f1']:.4f}"
-    typer.echo(f"{result['n']} clips ({split}): accuracy {acc}, macro-F1 {f1}, confusion {result['confusion']} "
-               f"(rows true, columns predicted: {result['classes']})")
+    typer.echo(
+        f"{result['n']} clips ({split}): accuracy {acc}, macro-F1 {f1}, confusion {result['confusion']} "
+        f"(rows true, columns predicted: {result['classes']})"
+    )
     for r in result["rejected"]:
         typer.echo(f"rejected {r['reason']}")
 
@@ -183,8 +253,9 @@ def evaluate(
 def score_files(
     model: Annotated[Path, typer.Option("--model", help="Model folder written by `clips train`.")],
     files: Annotated[list[Path], typer.Argument(help="Audio files (any format soundfile reads, any rate).")],
-    max_seconds: Annotated[float, typer.Option(help="Longest audio accepted; whole nights go to "
-                                               "`sleepsound score`.")] = 600.0,
+    max_seconds: Annotated[
+        float, typer.Option(help="Longest audio accepted; whole nights go to `sleepsound score`.")
+    ] = 600.0,
     device: DeviceOpt = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
@@ -210,8 +281,10 @@ def score_files(
             typer.echo(f"error: {result['error']}", err=True)
         else:
             share = ", ".join(f"{c} {s:g} s" for c, s in result["seconds_by_label"].items())
-            typer.echo(f"{path}: {result['label']} ({result['seconds']:g} s in {len(result['windows'])} window(s) "
-                       f"of {result['clip_seconds']:g} s: {share})")
+            typer.echo(
+                f"{path}: {result['label']} ({result['seconds']:g} s in {len(result['windows'])} window(s) "
+                f"of {result['clip_seconds']:g} s: {share})"
+            )
     if failed:
         raise typer.Exit(1)
 
@@ -219,8 +292,9 @@ def score_files(
 @clips_app.command()
 def serve(
     model: Annotated[Path, typer.Option("--model", help="Model folder written by `clips train`.")],
-    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default: recordings are "
-                                      "health data).")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (loopback by default: recordings are health data).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     max_seconds: Annotated[float, typer.Option(help="Longest audio accepted per request.")] = 600.0,
     max_mb: Annotated[float, typer.Option(help="Largest upload accepted per request, in MiB.")] = 64.0,

@@ -48,8 +48,12 @@ def _accuracy(truth: list[Any], pred: list[Any]) -> float:
     return float(np.mean(np.asarray(truth) == np.asarray(pred))) if truth else float("nan")
 
 
-def cross_validate_clips(data: str | Path, settings: ClipTrainSettings | None = None, k: int = 10,
-                         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def cross_validate_clips(
+    data: str | Path,
+    settings: ClipTrainSettings | None = None,
+    k: int = 10,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Pooled accuracy, macro-F1, confusion and per-class figures over ``k`` blocked outer folds,
     with 95% block-bootstrap intervals, each fold's figures and choice, and the weakest blocks."""
     settings = settings or ClipTrainSettings()
@@ -58,24 +62,37 @@ def cross_validate_clips(data: str | Path, settings: ClipTrainSettings | None = 
     ds = load_labelled(data, settings)
     outer = block_folds(group_by_label(ds.files, ds.labels), block_size=settings.block_size, k=k, seed=settings.seed)
     spec, emb = embed_all(ds, settings)
-    say(f"{len(ds.files)} clips used, {len(ds.rejected)} rejected; {k} outer folds of whole blocks; "
-        f"embedded in {time.perf_counter() - started:.0f} s")
+    say(
+        f"{len(ds.files)} clips used, {len(ds.rejected)} rejected; {k} outer folds of whole blocks; "
+        f"embedded in {time.perf_counter() - started:.0f} s"
+    )
 
     predicted: list[str | None] = [None] * len(ds.files)
     folds = []
     for number, test_files in enumerate(outer):
         test_idx = indices_of(ds, test_files)
         train_files = sorted(set(ds.files) - set(test_files))
-        fitted = select_and_fit(emb, ds, indices_of(ds, train_files), validation_folds(ds, train_files, settings),
-                                spec, settings)
+        fitted = select_and_fit(
+            emb, ds, indices_of(ds, train_files), validation_folds(ds, train_files, settings), spec, settings
+        )
         names = [ds.classes[c] for c in fitted.predict(emb[test_idx], ds.lengths[test_idx])]
         for i, name in zip(test_idx, names, strict=True):
             predicted[int(i)] = name
         truth = [ds.labels[i] for i in test_idx]
-        folds.append({"fold": number, "n": len(test_idx), "accuracy": _accuracy(truth, names),
-                      "chosen": {"head": fitted.best.head, "layers": layer_names(spec.layers, fitted.best.pick),
-                                 "pool_seconds": fitted.spec.pool_seconds, "lr": fitted.best.lr,
-                                 "epochs": fitted.best.best_epoch + 1}})
+        folds.append(
+            {
+                "fold": number,
+                "n": len(test_idx),
+                "accuracy": _accuracy(truth, names),
+                "chosen": {
+                    "head": fitted.best.head,
+                    "layers": layer_names(spec.layers, fitted.best.pick),
+                    "pool_seconds": fitted.spec.pool_seconds,
+                    "lr": fitted.best.lr,
+                    "epochs": fitted.best.best_epoch + 1,
+                },
+            }
+        )
         say(f"fold {number + 1}/{k}: {len(test_idx)} clips, accuracy {folds[-1]['accuracy']:.4f}")
 
     pred = [p for p in predicted if p is not None]
@@ -87,15 +104,27 @@ def cross_validate_clips(data: str | Path, settings: ClipTrainSettings | None = 
     by_block: dict[str, list[bool]] = {}
     for g, t, p in zip(groups, ds.labels, pred, strict=True):
         by_block.setdefault(g, []).append(t == p)
-    weakest = sorted(({"block": g, "n": len(hits), "accuracy": float(np.mean(hits))} for g, hits in by_block.items()),
-                     key=lambda b: (b["accuracy"], b["block"]))[:5]
+    weakest = sorted(
+        ({"block": g, "n": len(hits), "accuracy": float(np.mean(hits))} for g, hits in by_block.items()),
+        key=lambda b: (b["accuracy"], b["block"]),
+    )[:5]
     return {
-        "kind": "blocked cross-validation", "k": k, "inner_folds": settings.folds, "block_size": settings.block_size,
-        "seed": settings.seed, "backbone": settings.backbone, "n": len(pred), "n_blocks": len(by_block),
-        **{key: metrics[key] for key in ("accuracy", "macro_f1", "kappa", "classes", "confusion", "per_class",
-                                         "baseline_accuracy")},
+        "kind": "blocked cross-validation",
+        "k": k,
+        "inner_folds": settings.folds,
+        "block_size": settings.block_size,
+        "seed": settings.seed,
+        "backbone": settings.backbone,
+        "n": len(pred),
+        "n_blocks": len(by_block),
+        **{
+            key: metrics[key]
+            for key in ("accuracy", "macro_f1", "kappa", "classes", "confusion", "per_class", "baseline_accuracy")
+        },
         "ci95": {"accuracy": list(acc_ci), "macro_f1": list(f1_ci), "resampled": "blocks"},
-        "folds": folds, "weakest_blocks": weakest,
-        "counts": ds.counts(), "rejected": [r.as_dict() for r in ds.rejected],
+        "folds": folds,
+        "weakest_blocks": weakest,
+        "counts": ds.counts(),
+        "rejected": [r.as_dict() for r in ds.rejected],
         "seconds": round(time.perf_counter() - started, 1),
     }

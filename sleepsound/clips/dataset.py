@@ -63,8 +63,8 @@ class ClipDataset:
     classes: tuple[str, ...]
     files: list[str]
     labels: list[str]
-    audio: np.ndarray            # float32 [N, clip_samples], peak-normalised
-    lengths: np.ndarray          # int64 [N], real samples before padding (<= clip_samples)
+    audio: np.ndarray  # float32 [N, clip_samples], peak-normalised
+    lengths: np.ndarray  # int64 [N], real samples before padding (<= clip_samples)
     clip_samples: int
     rejected: list[Rejected] = field(default_factory=list)
 
@@ -83,8 +83,16 @@ class ClipDataset:
         if missing:
             raise KeyError(f"not among the accepted clips: {missing[:5]}")
         idx = np.array([where[f] for f in files], dtype=np.int64)
-        return ClipDataset(self.root, self.classes, list(files), [self.labels[i] for i in idx],
-                           self.audio[idx], self.lengths[idx], self.clip_samples, [])
+        return ClipDataset(
+            self.root,
+            self.classes,
+            list(files),
+            [self.labels[i] for i in idx],
+            self.audio[idx],
+            self.lengths[idx],
+            self.clip_samples,
+            [],
+        )
 
 
 def discover(root: str | Path) -> list[tuple[str, str]]:
@@ -116,8 +124,9 @@ def check_clip_file(path: str | Path) -> None:
         raise ClipError("empty file (0 bytes)")
 
 
-def read_mono_16k(path: str | Path, min_seconds: float = MIN_CLIP_SECONDS,
-                  max_seconds: float = MAX_CLIP_SECONDS) -> np.ndarray:
+def read_mono_16k(
+    path: str | Path, min_seconds: float = MIN_CLIP_SECONDS, max_seconds: float = MAX_CLIP_SECONDS
+) -> np.ndarray:
     """float32 mono 16-kHz samples of the first ``max_seconds`` (all a clip can use: a long
     recording dropped into a clip folder is never read whole), peak-normalised; raises
     ClipError with the reason."""
@@ -125,15 +134,17 @@ def read_mono_16k(path: str | Path, min_seconds: float = MIN_CLIP_SECONDS,
     return peak_normalise(decode_mono_16k(str(path), min_seconds, max_seconds))
 
 
-def decode_mono_16k(source: str | BinaryIO, min_seconds: float = MIN_CLIP_SECONDS,
-                    max_seconds: float = MAX_CLIP_SECONDS) -> np.ndarray:
+def decode_mono_16k(
+    source: str | BinaryIO, min_seconds: float = MIN_CLIP_SECONDS, max_seconds: float = MAX_CLIP_SECONDS
+) -> np.ndarray:
     """float32 mono 16-kHz samples of the first ``max_seconds`` of a file or file-like object
     (any format soundfile reads), not normalised; ClipError with the reason when unusable."""
     try:
         with sf.SoundFile(source) as handle:
             rate = handle.samplerate
-            data = handle.read(frames=min(handle.frames, math.ceil(max_seconds * rate)), dtype="float32",
-                               always_2d=True)
+            data = handle.read(
+                frames=min(handle.frames, math.ceil(max_seconds * rate)), dtype="float32", always_2d=True
+            )
     except Exception as exc:  # libsndfile raises several types for corrupt or foreign files
         raise ClipError(f"unreadable audio ({type(exc).__name__}: {exc})") from exc
     if data.shape[0] == 0:
@@ -169,9 +180,15 @@ def fix_length(audio: np.ndarray, clip_samples: int) -> np.ndarray:
     return out
 
 
-def load_dataset(root: str | Path, *, clip_seconds: float | None = None, classes: tuple[str, ...] | None = None,
-                 files: list[str] | None = None, min_seconds: float = MIN_CLIP_SECONDS,
-                 max_seconds: float = MAX_CLIP_SECONDS) -> ClipDataset:
+def load_dataset(
+    root: str | Path,
+    *,
+    clip_seconds: float | None = None,
+    classes: tuple[str, ...] | None = None,
+    files: list[str] | None = None,
+    min_seconds: float = MIN_CLIP_SECONDS,
+    max_seconds: float = MAX_CLIP_SECONDS,
+) -> ClipDataset:
     """Load every clip under ``root`` (or only the root-relative ``files``, e.g. a held-out list).
 
     ``classes`` (a trained model's) rejects files of other labels; when None the label
@@ -197,8 +214,12 @@ def load_dataset(root: str | Path, *, clip_seconds: float | None = None, classes
         clip_samples = int(round(clip_seconds * SAMPLE_RATE))
     else:
         clip_samples = default_clip_samples([len(a) for _, _, a in kept], max_seconds) if kept else FRAME_SAMPLES
-    audio = np.stack([fix_length(a, clip_samples) for _, _, a in kept]) if kept else \
-        np.zeros((0, clip_samples), dtype=np.float32)
+    audio = (
+        np.stack([fix_length(a, clip_samples) for _, _, a in kept])
+        if kept
+        else np.zeros((0, clip_samples), dtype=np.float32)
+    )
     lengths = np.array([min(len(a), clip_samples) for _, _, a in kept], dtype=np.int64)
-    return ClipDataset(str(root), names, [r for _, r, _ in kept], [lb for lb, _, _ in kept], audio, lengths,
-                       clip_samples, rejected)
+    return ClipDataset(
+        str(root), names, [r for _, r, _ in kept], [lb for lb, _, _ in kept], audio, lengths, clip_samples, rejected
+    )

@@ -64,10 +64,12 @@ class ClipClassifier:
             raise ValueError("this model recorded no held-out files (trained with test fraction 0)")
         if split == "test" and self.info.get("refit_on_all"):
             held = self.info.get("held_out") or {}
-            raise ValueError(f"this model was refit on every clip after its {len(files)} held-out clips were scored "
-                             f"(accuracy {held.get('accuracy', float('nan')):.4f} then, kept in its config.json), "
-                             "so none of them is unseen now; train with --no-refit to keep the scored model, or "
-                             "evaluate it on new clips")
+            raise ValueError(
+                f"this model was refit on every clip after its {len(files)} held-out clips were scored "
+                f"(accuracy {held.get('accuracy', float('nan')):.4f} then, kept in its config.json), "
+                "so none of them is unseen now; train with --no-refit to keep the scored model, or "
+                "evaluate it on new clips"
+            )
         return load_dataset(data, clip_seconds=self.clip_samples / SAMPLE_RATE, classes=self.classes, files=files)
 
 
@@ -82,20 +84,34 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def evaluate_clips(model_dir: str | Path, data: str | Path, split: str = "all", batch_size: int | None = None,
-                   device: str = "cpu") -> dict[str, Any]:
+def evaluate_clips(
+    model_dir: str | Path, data: str | Path, split: str = "all", batch_size: int | None = None, device: str = "cpu"
+) -> dict[str, Any]:
     """{n, accuracy, macro_f1, kappa, classes, confusion, per_class, counts, rejected} on ``data``."""
     clf = ClipClassifier(model_dir, device)
     ds = clf.load(data, split)
-    out: dict[str, Any] = {"model": str(model_dir), "data": str(data), "split": split, "n": len(ds.files),
-                           "classes": list(clf.classes)}
+    out: dict[str, Any] = {
+        "model": str(model_dir),
+        "data": str(data),
+        "split": split,
+        "n": len(ds.files),
+        "classes": list(clf.classes),
+    }
     if ds.files:
         predicted = clf.predict(ds.audio, ds.lengths, batch_size)
         metrics = score(ds.labels, predicted, clf.classes)
         out.update({k: metrics[k] for k in ("accuracy", "macro_f1", "kappa", "confusion", "per_class", "support")})
     else:
-        out.update({"accuracy": None, "macro_f1": None, "kappa": None,
-                    "confusion": [[0] * len(clf.classes) for _ in clf.classes], "per_class": [], "support": []})
+        out.update(
+            {
+                "accuracy": None,
+                "macro_f1": None,
+                "kappa": None,
+                "confusion": [[0] * len(clf.classes) for _ in clf.classes],
+                "per_class": [],
+                "support": [],
+            }
+        )
     out["counts"] = ds.counts()
     out["rejected"] = [r.as_dict() for r in ds.rejected]
     return _clean(out)

@@ -25,19 +25,23 @@ class FeatureSpec:
     """How clip audio becomes head input; saved in the model's config (``extra.features``)."""
 
     backbone: str
-    layers: list[int]                  # hidden states the backbone keeps (its ``layers`` argument)
-    base_pool_seconds: float = 0.1     # the backbone's own pooling
+    layers: list[int]  # hidden states the backbone keeps (its ``layers`` argument)
+    base_pool_seconds: float = 0.1  # the backbone's own pooling
     pick: list[int] = field(default_factory=list)  # positions into ``layers`` fed to the head (>1: a learned mix)
-    pool_factor: int = 1               # further mean pooling, in base pools
+    pool_factor: int = 1  # further mean pooling, in base pools
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
-        return cls(backbone=str(data["backbone"]), layers=[int(k) for k in data["layers"]],
-                   base_pool_seconds=float(data["base_pool_seconds"]), pick=[int(k) for k in data["pick"]],
-                   pool_factor=int(data["pool_factor"]))
+        return cls(
+            backbone=str(data["backbone"]),
+            layers=[int(k) for k in data["layers"]],
+            base_pool_seconds=float(data["base_pool_seconds"]),
+            pick=[int(k) for k in data["pick"]],
+            pool_factor=int(data["pool_factor"]),
+        )
 
     @property
     def pool_seconds(self) -> float:
@@ -52,9 +56,13 @@ def default_layers(name: str, device: str = "cpu") -> list[int]:
 
 def load_clip_backbone(spec: FeatureSpec, device: str = "cpu") -> Backbone:
     """The frozen backbone with the spec's layers and base pooling."""
-    return load_backbone(spec.backbone, layers=spec.layers if len(spec.layers) > 1 else None,
-                         layer=spec.layers[0] if len(spec.layers) == 1 else -1,
-                         pool_seconds=spec.base_pool_seconds, device=device)
+    return load_backbone(
+        spec.backbone,
+        layers=spec.layers if len(spec.layers) > 1 else None,
+        layer=spec.layers[0] if len(spec.layers) == 1 else -1,
+        pool_seconds=spec.base_pool_seconds,
+        device=device,
+    )
 
 
 def default_batch(backbone: Backbone) -> int:
@@ -64,13 +72,17 @@ def default_batch(backbone: Backbone) -> int:
     return 16 if backbone.on_cuda else 1
 
 
-def embed_audio(backbone: Backbone, audio: np.ndarray, batch_size: int | None = None,
-                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+def embed_audio(
+    backbone: Backbone,
+    audio: np.ndarray,
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
     """float16 [N, T, L, D] for fixed-length clips [N, S] (L = 1 for a single-layer backbone)."""
     batch_size = batch_size or default_batch(backbone)
     parts = []
     for start in range(0, len(audio), batch_size):
-        out = backbone.embed(np.ascontiguousarray(audio[start:start + batch_size], dtype=np.float32))
+        out = backbone.embed(np.ascontiguousarray(audio[start : start + batch_size], dtype=np.float32))
         parts.append(out if out.ndim == 4 else out[:, :, None, :])
         if progress is not None:
             progress(min(start + batch_size, len(audio)), len(audio))

@@ -28,7 +28,7 @@ from sleepsound.clips.dataset import (
 )
 from sleepsound.clips.evaluate import ClipClassifier
 
-MAX_SCORE_SECONDS = 600.0   # longer audio is a night: score it with `sleepsound score`
+MAX_SCORE_SECONDS = 600.0  # longer audio is a night: score it with `sleepsound score`
 
 
 class TooLong(ClipError):
@@ -39,7 +39,7 @@ def windows_of(audio: np.ndarray, clip_samples: int) -> tuple[np.ndarray, np.nda
     """(windows [N, clip_samples] prepared like training clips, real lengths [N], start samples [N])."""
     min_samples = int(round(MIN_CLIP_SECONDS * SAMPLE_RATE))
     starts = [s for s in range(0, len(audio), clip_samples) if s == 0 or len(audio) - s >= min_samples]
-    windows = np.stack([fix_length(peak_normalise(audio[s:s + clip_samples]), clip_samples) for s in starts])
+    windows = np.stack([fix_length(peak_normalise(audio[s : s + clip_samples]), clip_samples) for s in starts])
     lengths = np.array([min(clip_samples, len(audio) - s) for s in starts], dtype=np.int64)
     return windows, lengths, np.array(starts, dtype=np.int64)
 
@@ -51,16 +51,24 @@ def score_audio(clf: ClipClassifier, audio: np.ndarray, name: str, batch_size: i
     proba = clf.proba(windows, lengths, batch_size)
     classes = list(clf.classes)
     picked = proba.argmax(axis=1)
-    rows = [{"start_s": round(float(s) / SAMPLE_RATE, 3), "end_s": round(float(s + n) / SAMPLE_RATE, 3),
-             "label": classes[k], "probabilities": {c: round(float(p), 4) for c, p in zip(classes, row, strict=True)}}
-            for s, n, k, row in zip(starts, lengths, picked, proba, strict=True)]
+    rows = [
+        {
+            "start_s": round(float(s) / SAMPLE_RATE, 3),
+            "end_s": round(float(s + n) / SAMPLE_RATE, 3),
+            "label": classes[k],
+            "probabilities": {c: round(float(p), 4) for c, p in zip(classes, row, strict=True)},
+        }
+        for s, n, k, row in zip(starts, lengths, picked, proba, strict=True)
+    ]
     seconds = {c: round(float(lengths[picked == i].sum()) / SAMPLE_RATE, 3) for i, c in enumerate(classes)}
     mean = proba.mean(axis=0)
     scored = int(lengths.sum())
     return {
-        "file": name, "seconds": round(len(audio) / SAMPLE_RATE, 3),
-        "classes": classes, "clip_seconds": clf.clip_samples / SAMPLE_RATE,
-        "label": classes[int(mean.argmax())],                 # the class with the highest mean probability
+        "file": name,
+        "seconds": round(len(audio) / SAMPLE_RATE, 3),
+        "classes": classes,
+        "clip_seconds": clf.clip_samples / SAMPLE_RATE,
+        "label": classes[int(mean.argmax())],  # the class with the highest mean probability
         "mean_probabilities": {c: round(float(p), 4) for c, p in zip(classes, mean, strict=True)},
         "seconds_by_label": seconds,
         "unscored_tail_s": round((len(audio) - scored) / SAMPLE_RATE, 3),
@@ -69,8 +77,13 @@ def score_audio(clf: ClipClassifier, audio: np.ndarray, name: str, batch_size: i
     }
 
 
-def score_source(clf: ClipClassifier, source: str | BinaryIO, name: str,
-                 max_seconds: float = MAX_SCORE_SECONDS, batch_size: int | None = None) -> dict[str, Any]:
+def score_source(
+    clf: ClipClassifier,
+    source: str | BinaryIO,
+    name: str,
+    max_seconds: float = MAX_SCORE_SECONDS,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
     """Decode (any format soundfile reads, any rate, mixed to mono) and score; ClipError naming
     ``name`` and the problem for unusable or over-long audio."""
     try:

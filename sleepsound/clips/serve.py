@@ -33,9 +33,14 @@ MAX_UPLOAD_MB = 64.0
 
 def describe(clf: ClipClassifier, model_dir: str | Path) -> dict[str, Any]:
     """What the service scores with (no training data, no file lists)."""
-    return {"model": Path(model_dir).name, "classes": list(clf.classes), "backbone": clf.info.get("backbone"),
-            "clip_seconds": clf.clip_samples / SAMPLE_RATE, "head": (clf.info.get("chosen") or {}).get("head"),
-            "sleepsound_version": clf.info.get("sleepsound_version")}
+    return {
+        "model": Path(model_dir).name,
+        "classes": list(clf.classes),
+        "backbone": clf.info.get("backbone"),
+        "clip_seconds": clf.clip_samples / SAMPLE_RATE,
+        "head": (clf.info.get("chosen") or {}).get("head"),
+        "sleepsound_version": clf.info.get("sleepsound_version"),
+    }
 
 
 async def _body(request: Request, max_bytes: int) -> bytes:
@@ -52,18 +57,26 @@ async def _body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(model_dir: str | Path, device: str = "cpu", max_seconds: float = MAX_SCORE_SECONDS,
-               max_mb: float = MAX_UPLOAD_MB, warm: bool = True) -> FastAPI:
+def create_app(
+    model_dir: str | Path,
+    device: str = "cpu",
+    max_seconds: float = MAX_SCORE_SECONDS,
+    max_mb: float = MAX_UPLOAD_MB,
+    warm: bool = True,
+) -> FastAPI:
     """The service for the clip classifier in ``model_dir`` (a ``clips train`` output folder)."""
     clf = ClipClassifier(model_dir, device)
-    if warm:   # load the backbone and run it once, so the first request is as fast as the rest
+    if warm:  # load the backbone and run it once, so the first request is as fast as the rest
         clf.proba(np.zeros((1, clf.clip_samples), dtype=np.float32), np.array([clf.clip_samples]))
     turn = threading.Lock()
     max_bytes = int(max_mb * 2**20)
     info = describe(clf, model_dir)
-    app = FastAPI(title="sleepsound clip scoring", version=sleepsound.__version__,
-                  description="POST an audio file's bytes to /score; every window of the model's clip length "
-                              "gets a label and class probabilities.")
+    app = FastAPI(
+        title="sleepsound clip scoring",
+        version=sleepsound.__version__,
+        description="POST an audio file's bytes to /score; every window of the model's clip length "
+        "gets a label and class probabilities.",
+    )
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -71,10 +84,14 @@ def create_app(model_dir: str | Path, device: str = "cpu", max_seconds: float = 
 
     @app.post("/score")
     async def score(request: Request, name: str = "upload") -> dict[str, Any]:
-        if request.headers.get("content-type", "").startswith(("multipart/form-data",
-                                                                "application/x-www-form-urlencoded")):
-            raise HTTPException(415, f"{name}: send the audio file's bytes as the request body "
-                                     "(curl --data-binary @clip.wav), not as a form")
+        if request.headers.get("content-type", "").startswith(
+            ("multipart/form-data", "application/x-www-form-urlencoded")
+        ):
+            raise HTTPException(
+                415,
+                f"{name}: send the audio file's bytes as the request body "
+                "(curl --data-binary @clip.wav), not as a form",
+            )
         body = await _body(request, max_bytes)
         if not body:
             raise HTTPException(400, f"{name}: empty request body; send the audio file's bytes")

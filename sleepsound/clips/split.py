@@ -51,16 +51,23 @@ class BlockSplit:
     block_size: int
     test_fraction: float
     seed: int
-    blocks: dict[str, list[list[str]]] = field(default_factory=dict)      # label -> blocks in order
-    test_blocks: dict[str, list[int]] = field(default_factory=dict)       # label -> held-out block numbers
-    order: dict[str, str] = field(default_factory=dict)                   # label -> ordering used
+    blocks: dict[str, list[list[str]]] = field(default_factory=dict)  # label -> blocks in order
+    test_blocks: dict[str, list[int]] = field(default_factory=dict)  # label -> held-out block numbers
+    order: dict[str, str] = field(default_factory=dict)  # label -> ordering used
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary recorded with the model."""
-        return {"kind": "block", "block_size": self.block_size, "test_fraction": self.test_fraction,
-                "seed": self.seed, "order": self.order,
-                "n_blocks": {k: len(v) for k, v in self.blocks.items()}, "test_blocks": self.test_blocks,
-                "n_train": len(self.train), "n_test": len(self.test)}
+        return {
+            "kind": "block",
+            "block_size": self.block_size,
+            "test_fraction": self.test_fraction,
+            "seed": self.seed,
+            "order": self.order,
+            "n_blocks": {k: len(v) for k, v in self.blocks.items()},
+            "test_blocks": self.test_blocks,
+            "n_train": len(self.train),
+            "n_test": len(self.test),
+        }
 
 
 def blocks_of(files: Sequence[str], block_size: int) -> tuple[list[list[str]], str]:
@@ -82,13 +89,16 @@ def _n_test(n_blocks: int, test_fraction: float, label: str) -> int:
     if test_fraction <= 0:
         return 0
     if n_blocks < 2:
-        raise ValueError(f"label {label!r} has {n_blocks} block(s) of consecutive clips: cannot hold out whole "
-                         "blocks; lower --block-size, add clips, or train on everything with --test-fraction 0")
+        raise ValueError(
+            f"label {label!r} has {n_blocks} block(s) of consecutive clips: cannot hold out whole "
+            "blocks; lower --block-size, add clips, or train on everything with --test-fraction 0"
+        )
     return int(min(n_blocks - 1, max(1, round(test_fraction * n_blocks))))
 
 
-def block_split(files_by_label: Mapping[str, Sequence[str]], *, block_size: int = 25, test_fraction: float = 0.2,
-                seed: int = 0) -> BlockSplit:
+def block_split(
+    files_by_label: Mapping[str, Sequence[str]], *, block_size: int = 25, test_fraction: float = 0.2, seed: int = 0
+) -> BlockSplit:
     """Assign whole blocks of consecutive clips to test, per label (see the module docstring)."""
     if block_size < 1:
         raise ValueError("block_size must be >= 1")
@@ -98,8 +108,9 @@ def block_split(files_by_label: Mapping[str, Sequence[str]], *, block_size: int 
     for label in sorted(files_by_label):
         blocks, how = blocks_of(files_by_label[label], block_size)
         rng = np.random.default_rng([seed, zlib.crc32(label.encode())])
-        chosen = sorted(int(b) for b in rng.choice(len(blocks), size=_n_test(len(blocks), test_fraction, label),
-                                                   replace=False))
+        chosen = sorted(
+            int(b) for b in rng.choice(len(blocks), size=_n_test(len(blocks), test_fraction, label), replace=False)
+        )
         split.blocks[label], split.test_blocks[label], split.order[label] = blocks, chosen, how
         for number, block in enumerate(blocks):
             (split.test if number in chosen else split.train).extend(block)
@@ -114,8 +125,9 @@ def group_by_label(files: Sequence[str], labels: Sequence[str]) -> dict[str, lis
     return out
 
 
-def block_folds(files_by_label: Mapping[str, Sequence[str]], *, block_size: int = 25, k: int = 5,
-                seed: int = 0) -> list[list[str]]:
+def block_folds(
+    files_by_label: Mapping[str, Sequence[str]], *, block_size: int = 25, k: int = 5, seed: int = 0
+) -> list[list[str]]:
     """k validation folds of whole blocks (per label, blocks shuffled by (seed, label), dealt round-robin).
 
     Why: one small validation split of an easy dataset scores many settings at 100% and
@@ -127,8 +139,10 @@ def block_folds(files_by_label: Mapping[str, Sequence[str]], *, block_size: int 
     for label in sorted(files_by_label):
         blocks, _ = blocks_of(files_by_label[label], block_size)
         if len(blocks) < k:
-            raise ValueError(f"label {label!r} has {len(blocks)} training blocks, fewer than {k} folds; "
-                             "lower --block-size or the number of folds")
+            raise ValueError(
+                f"label {label!r} has {len(blocks)} training blocks, fewer than {k} folds; "
+                "lower --block-size or the number of folds"
+            )
         rng = np.random.default_rng([seed, zlib.crc32(label.encode()), k])
         for n, b in enumerate(rng.permutation(len(blocks))):
             folds[n % k].extend(blocks[int(b)])

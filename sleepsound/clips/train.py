@@ -52,22 +52,22 @@ class ClipTrainSettings:
     """What to search and how to split; defaults suit a few hundred 1-5 s clips on a CPU."""
 
     backbone: str = OFFLINE_WHISPER
-    layers: list[int] | None = None            # None: every transformer layer's output
+    layers: list[int] | None = None  # None: every transformer layer's output
     base_pool_seconds: float = 0.1
-    pool_factors: tuple[int, ...] = (1,)       # tried for the attention head (mean pooling ignores it)
+    pool_factors: tuple[int, ...] = (1,)  # tried for the attention head (mean pooling ignores it)
     heads: tuple[str, ...] = ("mlp", "attention")
     lrs: tuple[float, ...] = (1e-3,)
-    max_epochs: int = 40                       # every epoch scored; the best by validation log-loss is kept
+    max_epochs: int = 40  # every epoch scored; the best by validation log-loss is kept
     batch_size: int = 32
     block_size: int = 25
     test_fraction: float = 0.2
-    folds: int = 5                             # blocked k-fold validation on the training side
+    folds: int = 5  # blocked k-fold validation on the training side
     seed: int = 0
-    clip_seconds: float | None = None          # None: the longest clip, at most 5 s
-    embed_batch: int | None = None             # clips per forward pass; None: 1 on CPU, 16 on GPU
+    clip_seconds: float | None = None  # None: the longest clip, at most 5 s
+    embed_batch: int | None = None  # clips per forward pass; None: 1 on CPU, 16 on GPU
     device: str = "cpu"
-    cache_dir: str | None = None               # embeddings as .npy, keyed by audio + backbone
-    refit_all: bool = True                     # after scoring the test blocks, save a head fit on every clip
+    cache_dir: str | None = None  # embeddings as .npy, keyed by audio + backbone
+    refit_all: bool = True  # after scoring the test blocks, save a head fit on every clip
 
 
 @dataclass
@@ -94,19 +94,30 @@ def candidates(n_layers: int, settings: ClipTrainSettings) -> list[Candidate]:
     return out
 
 
-def _config(settings: ClipTrainSettings, classes: tuple[str, ...], lr: float, epochs: int,
-            patience: int | None) -> TrainConfig:
+def _config(
+    settings: ClipTrainSettings, classes: tuple[str, ...], lr: float, epochs: int, patience: int | None
+) -> TrainConfig:
     """Constant learning rate, so a refit for the validated epoch count replays the validated schedule."""
-    return TrainConfig(classes=classes, lr=lr, min_lr=lr, constant_fraction=1.0, epochs=epochs,
-                       batch_size=settings.batch_size, seed=settings.seed, patience=patience, device=settings.device)
+    return TrainConfig(
+        classes=classes,
+        lr=lr,
+        min_lr=lr,
+        constant_fraction=1.0,
+        epochs=epochs,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+        patience=patience,
+        device=settings.device,
+    )
 
 
 def _log_loss(proba: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], 1e-7, 1.0)))) if len(y) else float("nan")
 
 
-def embed_dataset(ds: ClipDataset, spec: FeatureSpec, settings: ClipTrainSettings,
-                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+def embed_dataset(
+    ds: ClipDataset, spec: FeatureSpec, settings: ClipTrainSettings, progress: Callable[[int, int], None] | None = None
+) -> np.ndarray:
     """Embeddings [N, T, L, D] of every accepted clip, from the cache when the same audio was embedded."""
     backbone = load_clip_backbone(spec, settings.device)
     key = hashlib.sha256(f"{backbone.fingerprint}|{ds.audio.shape}".encode() + ds.audio.tobytes()).hexdigest()[:16]
@@ -122,8 +133,16 @@ def embed_dataset(ds: ClipDataset, spec: FeatureSpec, settings: ClipTrainSetting
     return emb
 
 
-def _fit_and_watch(x: np.ndarray, y: np.ndarray, mask: np.ndarray, fit: np.ndarray, val: np.ndarray,
-                   cand: Candidate, settings: ClipTrainSettings, classes: tuple[str, ...]) -> np.ndarray:
+def _fit_and_watch(
+    x: np.ndarray,
+    y: np.ndarray,
+    mask: np.ndarray,
+    fit: np.ndarray,
+    val: np.ndarray,
+    cand: Candidate,
+    settings: ClipTrainSettings,
+    classes: tuple[str, ...],
+) -> np.ndarray:
     """Train ``max_epochs`` on ``fit`` and return the validation class indices predicted after
     each epoch and their log-loss: (predictions [E, n_val], losses [E]) packed as
     [E, n_val + 1]. ``train_head``'s ``wrap`` hook hands us the model so every epoch can be
@@ -136,13 +155,26 @@ def _fit_and_watch(x: np.ndarray, y: np.ndarray, mask: np.ndarray, fit: np.ndarr
         rows.append(np.append(proba.argmax(axis=1).astype(np.float64), _log_loss(proba, y[val])))
 
     cfg = _config(settings, classes, cand.lr, settings.max_epochs, None)
-    train_head(x[fit], y[fit], cfg, head=cand.head, mask=mask[fit], progress=watch,
-               wrap=lambda model: held.append(model) or model)
+    train_head(
+        x[fit],
+        y[fit],
+        cfg,
+        head=cand.head,
+        mask=mask[fit],
+        progress=watch,
+        wrap=lambda model: held.append(model) or model,
+    )
     return np.stack(rows)
 
 
-def select(emb: np.ndarray, ds: ClipDataset, train_idx: np.ndarray, folds: list[np.ndarray], spec: FeatureSpec,
-           settings: ClipTrainSettings) -> tuple[Candidate, list[Candidate]]:
+def select(
+    emb: np.ndarray,
+    ds: ClipDataset,
+    train_idx: np.ndarray,
+    folds: list[np.ndarray],
+    spec: FeatureSpec,
+    settings: ClipTrainSettings,
+) -> tuple[Candidate, list[Candidate]]:
     """Blocked k-fold validation on the training side for every candidate.
 
     Per candidate the epoch count is the one with the lowest validation log-loss averaged
@@ -164,12 +196,21 @@ def select(emb: np.ndarray, ds: ClipDataset, train_idx: np.ndarray, folds: list[
         pred = np.concatenate([r[epoch, :-1] for r in runs]).astype(np.int64)
         truth = np.concatenate([y[v] for v in folds])
         cand.best_epoch, cand.val_log_loss = epoch, float(losses[epoch])
-        cand.val_macro_f1 = float(f1_score(truth, pred, average="macro", labels=range(len(ds.classes)),
-                                           zero_division=0))
+        cand.val_macro_f1 = float(
+            f1_score(truth, pred, average="macro", labels=range(len(ds.classes)), zero_division=0)
+        )
         cand.val_accuracy = float(np.mean(pred == truth))
-        log.info("candidate %s layers=%s pool=%gs lr=%g: validation macro-F1 %.4f, accuracy %.4f, log-loss %.4f "
-                 "at epoch %d", cand.head, layer_names(spec.layers, cand.pick), cspec.pool_seconds, cand.lr,
-                 cand.val_macro_f1, cand.val_accuracy, cand.val_log_loss, cand.best_epoch)
+        log.info(
+            "candidate %s layers=%s pool=%gs lr=%g: validation macro-F1 %.4f, accuracy %.4f, log-loss %.4f at epoch %d",
+            cand.head,
+            layer_names(spec.layers, cand.pick),
+            cspec.pool_seconds,
+            cand.lr,
+            cand.val_macro_f1,
+            cand.val_accuracy,
+            cand.val_log_loss,
+            cand.best_epoch,
+        )
         scored.append(cand)
     best = max(scored, key=lambda c: (c.val_macro_f1, -c.val_log_loss))  # first wins exact ties
     return best, scored
@@ -180,7 +221,7 @@ class FittedClips:
     """A head refit on the training side with the setting blocked validation chose."""
 
     model: Any
-    spec: FeatureSpec          # the chosen layers and pooling
+    spec: FeatureSpec  # the chosen layers and pooling
     best: Candidate
     scored: list[Candidate]
 
@@ -190,17 +231,29 @@ class FittedClips:
         return predict_proba(self.model, x, mask=mask).argmax(axis=1)
 
 
-def fit_setting(emb: np.ndarray, ds: ClipDataset, idx: np.ndarray, spec: FeatureSpec, best: Candidate,
-                settings: ClipTrainSettings) -> Any:
+def fit_setting(
+    emb: np.ndarray, ds: ClipDataset, idx: np.ndarray, spec: FeatureSpec, best: Candidate, settings: ClipTrainSettings
+) -> Any:
     """The head of setting ``best`` trained on rows ``idx`` for its validated epoch count."""
     x, mask = head_input(emb, ds.lengths, spec)
     y = np.array([ds.classes.index(lb) for lb in ds.labels], dtype=np.int64)
-    return train_head(x[idx], y[idx], _config(settings, ds.classes, best.lr, best.best_epoch + 1, None),
-                      head=best.head, mask=mask[idx]).model
+    return train_head(
+        x[idx],
+        y[idx],
+        _config(settings, ds.classes, best.lr, best.best_epoch + 1, None),
+        head=best.head,
+        mask=mask[idx],
+    ).model
 
 
-def select_and_fit(emb: np.ndarray, ds: ClipDataset, train_idx: np.ndarray, folds: list[np.ndarray],
-                   spec: FeatureSpec, settings: ClipTrainSettings) -> FittedClips:
+def select_and_fit(
+    emb: np.ndarray,
+    ds: ClipDataset,
+    train_idx: np.ndarray,
+    folds: list[np.ndarray],
+    spec: FeatureSpec,
+    settings: ClipTrainSettings,
+) -> FittedClips:
     """Choose a setting by blocked validation on ``folds`` (within ``train_idx``), then refit it on all of
     ``train_idx`` for the validated epoch count."""
     best, scored = select(emb, ds, train_idx, folds, spec, settings)
@@ -225,8 +278,12 @@ def indices_of(ds: ClipDataset, files: list[str]) -> np.ndarray:
 def validation_folds(ds: ClipDataset, train_files: list[str], settings: ClipTrainSettings) -> list[np.ndarray]:
     """Blocked validation folds (row numbers) within the training files."""
     train = indices_of(ds, train_files)
-    fold_files = block_folds(group_by_label([ds.files[i] for i in train], [ds.labels[i] for i in train]),
-                             block_size=settings.block_size, k=settings.folds, seed=settings.seed + 1)
+    fold_files = block_folds(
+        group_by_label([ds.files[i] for i in train], [ds.labels[i] for i in train]),
+        block_size=settings.block_size,
+        k=settings.folds,
+        seed=settings.seed + 1,
+    )
     return [indices_of(ds, files) for files in fold_files]
 
 
@@ -237,19 +294,29 @@ def embed_all(ds: ClipDataset, settings: ClipTrainSettings) -> tuple[FeatureSpec
     return spec, embed_dataset(ds, spec, settings, lambda done, total: log.info("embedded %d/%d clips", done, total))
 
 
-def train_clips(data: str | Path, out_dir: str | Path, settings: ClipTrainSettings | None = None,
-                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def train_clips(
+    data: str | Path,
+    out_dir: str | Path,
+    settings: ClipTrainSettings | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Train, score on the held-out blocks, save the head; returns the summary (also in the config)."""
     settings = settings or ClipTrainSettings()
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     ds = load_labelled(data, settings)
-    split = block_split(group_by_label(ds.files, ds.labels), block_size=settings.block_size,
-                        test_fraction=settings.test_fraction, seed=settings.seed)
+    split = block_split(
+        group_by_label(ds.files, ds.labels),
+        block_size=settings.block_size,
+        test_fraction=settings.test_fraction,
+        seed=settings.seed,
+    )
     train_idx, test_idx = indices_of(ds, split.train), indices_of(ds, split.test)
     folds = validation_folds(ds, split.train, settings)
-    say(f"{ds.counts()['used']} clips used, {len(ds.rejected)} rejected; {len(split.train)} train "
-        f"({settings.folds} validation folds of whole blocks), {len(split.test)} test")
+    say(
+        f"{ds.counts()['used']} clips used, {len(ds.rejected)} rejected; {len(split.train)} train "
+        f"({settings.folds} validation folds of whole blocks), {len(split.test)} test"
+    )
 
     t0 = time.perf_counter()
     spec, emb = embed_all(ds, settings)
@@ -267,36 +334,75 @@ def train_clips(data: str | Path, out_dir: str | Path, settings: ClipTrainSettin
         names = [ds.classes[i] for i in pred]
         truth = [ds.labels[i] for i in test_idx]
         metrics = score(truth, names, ds.classes, majority_class([ds.labels[i] for i in train_idx], ds.classes))
-        held_out = {"n": len(test_idx), **{k: metrics[k] for k in ("accuracy", "macro_f1", "kappa", "classes",
-                                                                    "confusion", "per_class", "baseline_accuracy")}}
+        held_out = {
+            "n": len(test_idx),
+            **{
+                k: metrics[k]
+                for k in ("accuracy", "macro_f1", "kappa", "classes", "confusion", "per_class", "baseline_accuracy")
+            },
+        }
     model, refit = fitted.model, bool(settings.refit_all and len(test_idx))
-    if refit:   # the score above measured the procedure; the saved head sees every source recording
+    if refit:  # the score above measured the procedure; the saved head sees every source recording
         model = fit_setting(emb, ds, np.arange(len(ds.files)), spec, best, settings)
-    chosen = {"head": best.head, "layers": layer_names(spec.layers, spec.pick), "pool_seconds": spec.pool_seconds,
-              "lr": best.lr, "epochs": epochs, "val_macro_f1": best.val_macro_f1, "val_accuracy": best.val_accuracy,
-              "val_log_loss": best.val_log_loss}
+    chosen = {
+        "head": best.head,
+        "layers": layer_names(spec.layers, spec.pick),
+        "pool_seconds": spec.pool_seconds,
+        "lr": best.lr,
+        "epochs": epochs,
+        "val_macro_f1": best.val_macro_f1,
+        "val_accuracy": best.val_accuracy,
+        "val_log_loss": best.val_log_loss,
+    }
     summary = {
-        "sleepsound_version": sleepsound.__version__, "created": _dt.datetime.now(_dt.UTC).isoformat(),
-        "backbone": settings.backbone, "features": spec.as_dict(), "classes": list(ds.classes),
-        "clip_seconds": ds.clip_samples / SAMPLE_RATE, "clip_samples": ds.clip_samples, "sample_rate": SAMPLE_RATE,
+        "sleepsound_version": sleepsound.__version__,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(),
+        "backbone": settings.backbone,
+        "features": spec.as_dict(),
+        "classes": list(ds.classes),
+        "clip_seconds": ds.clip_samples / SAMPLE_RATE,
+        "clip_samples": ds.clip_samples,
+        "sample_rate": SAMPLE_RATE,
         "data_root": str(Path(data).resolve()),
-        "split": {**split.describe(), "validation": {"kind": "blocked k-fold on the training blocks",
-                                                      "folds": settings.folds, "seed": settings.seed + 1,
-                                                      "fold_sizes": [len(f) for f in folds]}},
+        "split": {
+            **split.describe(),
+            "validation": {
+                "kind": "blocked k-fold on the training blocks",
+                "folds": settings.folds,
+                "seed": settings.seed + 1,
+                "fold_sizes": [len(f) for f in folds],
+            },
+        },
         "held_out_files": list(split.test),
-        "refit_on_all": refit,           # True: the saved head also saw the held-out files
-        "counts": {**ds.counts(), "train": len(train_idx), "test": len(test_idx),
-                   "saved_model_trained_on": len(ds.files) if refit else len(train_idx)},
+        "refit_on_all": refit,  # True: the saved head also saw the held-out files
+        "counts": {
+            **ds.counts(),
+            "train": len(train_idx),
+            "test": len(test_idx),
+            "saved_model_trained_on": len(ds.files) if refit else len(train_idx),
+        },
         "rejected": [r.as_dict() for r in ds.rejected],
         "chosen": chosen,
-        "candidates": [{"head": c.head, "layers": layer_names(spec.layers, c.pick),
-                        "pool_seconds": spec.base_pool_seconds * c.pool_factor, "lr": c.lr,
-                        "val_macro_f1": c.val_macro_f1, "val_accuracy": c.val_accuracy,
-                        "val_log_loss": c.val_log_loss, "best_epoch": c.best_epoch} for c in scored],
+        "candidates": [
+            {
+                "head": c.head,
+                "layers": layer_names(spec.layers, c.pick),
+                "pool_seconds": spec.base_pool_seconds * c.pool_factor,
+                "lr": c.lr,
+                "val_macro_f1": c.val_macro_f1,
+                "val_accuracy": c.val_accuracy,
+                "val_log_loss": c.val_log_loss,
+                "best_epoch": c.best_epoch,
+            }
+            for c in scored
+        ],
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
         "held_out": held_out,
-        "seconds": {"embed": round(embed_s, 1), "select_and_fit": round(train_s, 1),
-                    "total": round(time.perf_counter() - started, 1)},
+        "seconds": {
+            "embed": round(embed_s, 1),
+            "select_and_fit": round(train_s, 1),
+            "total": round(time.perf_counter() - started, 1),
+        },
     }
     save_head(model, None, str(out_dir), extra={"clips": summary})
     return summary

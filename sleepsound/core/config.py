@@ -38,12 +38,16 @@ class PreprocessConfig(_Section):
     block_epochs: int = Field(4, ge=1, description="epochs decoded per streaming block")
     # Labels only, never audio, so not in the fingerprint; stored event coverage lets readers
     # re-derive ``resp_label`` with a new value without re-embedding (see sleepsound.labels.events).
-    resp_min_overlap_s: float = Field(10.0, ge=0, description="apnoea/hypopnoea seconds that mark an epoch "
-                                      "apnea_hypopnea (the clinical minimum event length)")
+    resp_min_overlap_s: float = Field(
+        10.0,
+        ge=0,
+        description="apnoea/hypopnoea seconds that mark an epoch apnea_hypopnea (the clinical minimum event length)",
+    )
 
     plain_channel_index: dict[Literal["Mic", "Tracheal"], int] = Field(
         default_factory=lambda: {"Mic": 0, "Tracheal": 1},
-        description="which channel of a plain WAV/FLAC holds each microphone (0 = first)")
+        description="which channel of a plain WAV/FLAC holds each microphone (0 = first)",
+    )
 
     def fingerprint(self) -> str:
         return _hash(self.model_dump(exclude={"block_epochs", "resp_min_overlap_s"}))[:12]
@@ -63,18 +67,26 @@ class BackboneConfig(_Section):
     layer: int = -1
     # Several hidden states for a learned weighted sum (as in SUPERB): the cache then holds
     # len(layers) times as much and the head learns the weights; empty = ``layer`` alone.
-    layers: list[int] = Field(default_factory=list, description="hidden-state indices (as ``layer``: 0 = input "
-                              "of the first transformer layer, -1 = the model output); empty: use ``layer``")
+    layers: list[int] = Field(
+        default_factory=list,
+        description="hidden-state indices (as ``layer``: 0 = input "
+        "of the first transformer layer, -1 = the model output); empty: use ``layer``",
+    )
     pool_seconds: float = 0.5
     device: str = "auto"
     dtype: str = "auto"
     batch_size: int | Literal["auto"] = Field(
-        8, description="epochs per model forward pass, or 'auto': on CUDA as many as 70% of the free GPU memory "
-        "holds (measured by a probe pass), on CPU 8")
-    compile: bool = Field(False, description="torch.compile the backbone (same numbers, fused kernels; the first "
-                          "batch pays the compilation)")
+        8,
+        description="epochs per model forward pass, or 'auto': on CUDA as many as 70% of the free GPU memory "
+        "holds (measured by a probe pass), on CPU 8",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the backbone (same numbers, fused kernels; the first batch pays the compilation)",
+    )
     cpu_threads: int | None = Field(
-        None, ge=1, description="torch threads per model actor on CPU (default: the node's cores / embed_workers)")
+        None, ge=1, description="torch threads per model actor on CPU (default: the node's cores / embed_workers)"
+    )
 
     @model_validator(mode="after")
     def _one_layer_setting(self) -> BackboneConfig:
@@ -104,7 +116,8 @@ class TrainingConfig(_Section):
     # "Class imbalance"); embedded once into the cache, used for training only.
     shift_augment: bool = True
     shift_classes: list[Literal["Wake", "NREM", "REM"]] = Field(
-        default_factory=lambda: ["Wake", "NREM", "REM"], description="stages that get shifted samples")
+        default_factory=lambda: ["Wake", "NREM", "REM"], description="stages that get shifted samples"
+    )
     lr: float = 5e-5
     min_lr: float = 2.5e-6
     epochs: int = 5
@@ -115,11 +128,16 @@ class TrainingConfig(_Section):
     val_fraction: float = Field(0.1, ge=0, lt=1, description="share of training subjects for early stopping")
     # What the heads predict. Read as ``tasks`` too, its name before "task" came to mean a Prefect task only.
     targets: list[Literal["stage3", "stage5", "resp"]] = Field(
-        default_factory=lambda: ["stage3", "stage5", "resp"], validation_alias=AliasChoices("targets", "tasks"),
-        description="heads to train; stage3 always, the others where the labels allow (else skipped with a reason)")
+        default_factory=lambda: ["stage3", "stage5", "resp"],
+        validation_alias=AliasChoices("targets", "tasks"),
+        description="heads to train; stage3 always, the others where the labels allow (else skipped with a reason)",
+    )
     seed: int = 0
-    ray_workers: int = Field(1, ge=1, description="Ray Train workers for data-parallel head training (DDP); "
-                             "1 trains in the task's own process")
+    ray_workers: int = Field(
+        1,
+        ge=1,
+        description="Ray Train workers for data-parallel head training (DDP); 1 trains in the task's own process",
+    )
     ray_use_gpu: bool = Field(False, description="one GPU per Ray Train worker")
 
 
@@ -133,15 +151,20 @@ class RayConfig(_Section):
     embed_cpus: float = Field(1.0, gt=0, description="logical CPUs each model actor holds")
     read_cpus: float = Field(0.5, gt=0, description="logical CPUs each streaming reader task holds")
     num_gpus_per_worker: float = 0.0
-    object_store_mb: int | None = Field(None, ge=64, description="size of a local Ray session's shared object "
-                                        "store (default Ray's: 30% of RAM); a cluster keeps its own")
+    object_store_mb: int | None = Field(
+        None,
+        ge=64,
+        description="size of a local Ray session's shared object "
+        "store (default Ray's: 30% of RAM); a cluster keeps its own",
+    )
 
 
 class ValidationConfig(_Section):
     """When validation calls something a fault or a warning (see README, "Fault codes")."""
 
-    clip_fraction: float = Field(0.01, gt=0, le=1, description="share of an epoch's samples at full scale "
-                                 "that counts as heavy clipping")
+    clip_fraction: float = Field(
+        0.01, gt=0, le=1, description="share of an epoch's samples at full scale that counts as heavy clipping"
+    )
     min_silent_gap_s: float = Field(60.0, gt=0, description="digital silence at least this long is reported")
     start_tolerance_s: float = Field(60.0, ge=0, description="RML RecordingStart vs EDF start")
     part_tolerance_s: float = Field(1.0, ge=0, description="an EDF part vs its RML segment")
@@ -194,19 +217,22 @@ def _yaml_value(text: str, where: str) -> Any:
         raise ValueError(f"{where}: {text!r} is not a YAML value ({problem})") from exc
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                environ: dict[str, str] | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, environ: dict[str, str] | None = None
+) -> Config:
     """YAML file, then ``SLEEPSOUND_SECTION__KEY`` variables, then ``section.key=value`` flags."""
     data: dict[str, Any] = {}
     if path is not None:
         data = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: the top level must map sections ({', '.join(Config.model_fields)}) to "
-                             f"settings, not a {type(data).__name__}")
+            raise ValueError(
+                f"{path}: the top level must map sections ({', '.join(Config.model_fields)}) to "
+                f"settings, not a {type(data).__name__}"
+            )
     env = os.environ if environ is None else environ
     for name, value in env.items():
         if name.startswith(ENV_PREFIX) and "__" in name:
-            section, key = name[len(ENV_PREFIX):].lower().split("__", 1)
+            section, key = name[len(ENV_PREFIX) :].lower().split("__", 1)
             if section in Config.model_fields:
                 _set_dotted(data, f"{section}.{key}", _yaml_value(value, name))
     for item in overrides or []:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 Level = Literal["recording", "epoch"]
 Severity = Literal["error", "warning"]
 
+
 @dataclass(frozen=True)
 class Finding:
     level: Level
@@ -64,16 +65,30 @@ def epoch_runs(flags: Sequence[bool]) -> list[tuple[int, int]]:
     return runs
 
 
-def epoch_findings(flags: Sequence[bool], code: str, path_at: Callable[[float], str], what: str,
-                   epoch_seconds: float, severity: Severity = "warning") -> list[Finding]:
+def epoch_findings(
+    flags: Sequence[bool],
+    code: str,
+    path_at: Callable[[float], str],
+    what: str,
+    epoch_seconds: float,
+    severity: Severity = "warning",
+) -> list[Finding]:
     """One epoch-level finding per run of flagged epochs, so a bad hour is one line, not 120."""
     out = []
     for first, stop in epoch_runs(flags):
         count = stop - first
         span = f"epoch {first}" if count == 1 else f"epochs {first}-{stop - 1}"
-        out.append(Finding("epoch", code, severity, path_at(first * epoch_seconds),
-                           f"{span} ({clock(first * epoch_seconds)} to {clock(stop * epoch_seconds)}): {what}",
-                           first * epoch_seconds, stop * epoch_seconds))
+        out.append(
+            Finding(
+                "epoch",
+                code,
+                severity,
+                path_at(first * epoch_seconds),
+                f"{span} ({clock(first * epoch_seconds)} to {clock(stop * epoch_seconds)}): {what}",
+                first * epoch_seconds,
+                stop * epoch_seconds,
+            )
+        )
     return out
 
 

@@ -21,9 +21,9 @@ from typing import Any, TypedDict
 class FindingRecord(TypedDict):
     """One validation finding as stored in the manifest (``core.findings.Finding`` as a dict)."""
 
-    level: str          # "recording" or "epoch"
+    level: str  # "recording" or "epoch"
     code: str
-    severity: str       # "error" quarantines the night, "warning" does not
+    severity: str  # "error" quarantines the night, "warning" does not
     path: str
     message: str
     start_s: float | None
@@ -35,35 +35,35 @@ class ManifestRow(TypedDict):
 
     recording_id: str
     subject_id: str
-    layout: str                     # "psg-audio" or "plain"
-    source_uris: list[str]          # the audio parts, in time order
+    layout: str  # "psg-audio" or "plain"
+    source_uris: list[str]  # the audio parts, in time order
     n_parts: int
     bytes: int
-    sha256: str | None              # of every part, in order: the embedding cache's key
+    sha256: str | None  # of every part, in order: the embedding cache's key
     duration_s: float | None
     sample_rate: float | None
     channels: list[str]
-    label_source: str               # "rml", "csv" or "none"
+    label_source: str  # "rml", "csv" or "none"
     labels_uri: str | None
     events_uri: str | None
     n_epochs: int
-    status: str                     # "accepted" or "quarantined"
+    status: str  # "accepted" or "quarantined"
     reason_code: str | None
     reason: str | None
     findings: list[FindingRecord]
-    source_stamp: str | None        # files' sizes and versions + settings: unchanged -> row reused
+    source_stamp: str | None  # files' sizes and versions + settings: unchanged -> row reused
 
 
 class HeadInfo(TypedDict, total=False):
     """Where one target's head lives and what it was trained on (never its weights)."""
 
-    task: str                       # the target: stage3, stage5 or resp (stored key name)
+    task: str  # the target: stage3, stage5 or resp (stored key name)
     model_dir: str
     version: str
     train_epochs: int
     train_shifted: int
     class_counts: list[int] | None
-    events_per_event_epoch: float           # resp only: how a predicted label becomes an event count
+    events_per_event_epoch: float  # resp only: how a predicted label becomes an event count
     snore_share_per_snore_epoch: float
 
 
@@ -75,12 +75,12 @@ class TrainedModels(TypedDict):
 
     model_dir: str
     version: str
-    task: str                       # always the primary target, stage3
+    task: str  # always the primary target, stage3
     train_subjects: list[str]
     val_subjects: list[str]
     test_subjects: list[str]
-    heads: dict[str, HeadInfo]      # target -> its head
-    skipped: dict[str, str]         # target -> why no head was trained
+    heads: dict[str, HeadInfo]  # target -> its head
+    skipped: dict[str, str]  # target -> why no head was trained
 
 
 class Ingested(TypedDict):
@@ -128,14 +128,14 @@ class ScoredVersion(TypedDict):
 class PromotionDecision(TypedDict):
     """One target's champion/challenger decision, with both scores (also appended to promotions.json)."""
 
-    task: str                       # the target (stored key name)
+    task: str  # the target (stored key name)
     metric: str
     margin: float
     promoted: bool
     reason: str
     challenger: ScoredVersion
     champion: ScoredVersion
-    decided: str                    # ISO time
+    decided: str  # ISO time
 
 
 class FlowSummary(TypedDict, total=False):
@@ -143,8 +143,8 @@ class FlowSummary(TypedDict, total=False):
 
     run_id: str
     prefect_flow_run: dict[str, str]
-    seconds: dict[str, float]       # per step
-    counts: dict[str, Any]          # Ingested and Embedded counts, and the manifest's
+    seconds: dict[str, float]  # per step
+    counts: dict[str, Any]  # Ingested and Embedded counts, and the manifest's
     model: TrainedModels
     promotions: dict[str, PromotionDecision]
     metrics: dict[str, Any]
@@ -152,5 +152,5 @@ class FlowSummary(TypedDict, total=False):
     predictions: str | None
     summaries: str | None
     run_record: str
-    new: dict[str, list[str]]       # nightly only: new nights, labelled and unlabelled
-    trained: bool                   # nightly only
+    new: dict[str, list[str]]  # nightly only: new nights, labelled and unlabelled
+    trained: bool  # nightly only

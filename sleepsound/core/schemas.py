@@ -11,54 +11,65 @@ import pyarrow as pa
 LAYOUT_VERSION = 1
 
 # One validation finding (see sleepsound.core.findings): level recording|epoch, severity error|warning.
-FINDING = pa.struct([
-    ("level", pa.string()), ("code", pa.string()), ("severity", pa.string()), ("path", pa.string()),
-    ("message", pa.string()), ("start_s", pa.float64()), ("end_s", pa.float64()),
-])
+FINDING = pa.struct(
+    [
+        ("level", pa.string()),
+        ("code", pa.string()),
+        ("severity", pa.string()),
+        ("path", pa.string()),
+        ("message", pa.string()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+    ]
+)
 
-MANIFEST = pa.schema([
-    ("recording_id", pa.string()),
-    ("subject_id", pa.string()),
-    ("layout", pa.string()),
-    ("source_uris", pa.list_(pa.string())),
-    ("n_parts", pa.int32()),
-    ("bytes", pa.int64()),
-    ("sha256", pa.string()),
-    ("duration_s", pa.float64()),
-    ("sample_rate", pa.float64()),
-    ("channels", pa.list_(pa.string())),
-    ("label_source", pa.string()),      # "rml", "csv" or "none"
-    ("labels_uri", pa.string()),
-    ("events_uri", pa.string()),        # plain layout's <name>.events.csv; PSG-Audio events live in the RML
-    ("n_epochs", pa.int32()),
-    ("status", pa.string()),            # "accepted" or "quarantined"
-    ("reason_code", pa.string()),
-    ("reason", pa.string()),
-    ("findings", pa.list_(FINDING)),    # errors and warnings (sleepsound.core.findings.Finding)
-    ("source_stamp", pa.string()),      # files' sizes and versions + settings: unchanged -> row reused
-])
+MANIFEST = pa.schema(
+    [
+        ("recording_id", pa.string()),
+        ("subject_id", pa.string()),
+        ("layout", pa.string()),
+        ("source_uris", pa.list_(pa.string())),
+        ("n_parts", pa.int32()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("duration_s", pa.float64()),
+        ("sample_rate", pa.float64()),
+        ("channels", pa.list_(pa.string())),
+        ("label_source", pa.string()),  # "rml", "csv" or "none"
+        ("labels_uri", pa.string()),
+        ("events_uri", pa.string()),  # plain layout's <name>.events.csv; PSG-Audio events live in the RML
+        ("n_epochs", pa.int32()),
+        ("status", pa.string()),  # "accepted" or "quarantined"
+        ("reason_code", pa.string()),
+        ("reason", pa.string()),
+        ("findings", pa.list_(FINDING)),  # errors and warnings (sleepsound.core.findings.Finding)
+        ("source_stamp", pa.string()),  # files' sizes and versions + settings: unchanged -> row reused
+    ]
+)
 
-EPOCHS = pa.schema([
-    ("recording_id", pa.string()),
-    ("subject_id", pa.string()),
-    ("epoch_index", pa.int32()),
-    ("start_s", pa.float64()),
-    ("stage5", pa.string()),            # W N1 N2 N3 R, UNS, or null when unlabelled
-    ("stage3", pa.string()),            # Wake NREM REM, or null
-    ("valid", pa.bool_()),
-    ("invalid_reason", pa.string()),
-    ("zero_rms_s", pa.float32()),
-    ("nonfinite", pa.int32()),          # NaN/Inf samples in the raw epoch
-    ("clipped_fraction", pa.float32()), # share of raw samples at full scale
-    # Respiratory labels from the scored events (sleepsound.labels.events); all null when the night
-    # has no events file. Fractions: share of the epoch under the union of that kind's events.
-    ("apnea_frac", pa.float32()),
-    ("hypopnea_frac", pa.float32()),
-    ("snore_frac", pa.float32()),
-    ("n_apnea", pa.int32()),            # apnoeas starting in the epoch (sum over a night = count)
-    ("n_hypopnea", pa.int32()),
-    ("resp_label", pa.string()),        # "none", "snore", "apnea_hypopnea", or null
-])
+EPOCHS = pa.schema(
+    [
+        ("recording_id", pa.string()),
+        ("subject_id", pa.string()),
+        ("epoch_index", pa.int32()),
+        ("start_s", pa.float64()),
+        ("stage5", pa.string()),  # W N1 N2 N3 R, UNS, or null when unlabelled
+        ("stage3", pa.string()),  # Wake NREM REM, or null
+        ("valid", pa.bool_()),
+        ("invalid_reason", pa.string()),
+        ("zero_rms_s", pa.float32()),
+        ("nonfinite", pa.int32()),  # NaN/Inf samples in the raw epoch
+        ("clipped_fraction", pa.float32()),  # share of raw samples at full scale
+        # Respiratory labels from the scored events (sleepsound.labels.events); all null when the night
+        # has no events file. Fractions: share of the epoch under the union of that kind's events.
+        ("apnea_frac", pa.float32()),
+        ("hypopnea_frac", pa.float32()),
+        ("snore_frac", pa.float32()),
+        ("n_apnea", pa.int32()),  # apnoeas starting in the epoch (sum over a night = count)
+        ("n_hypopnea", pa.int32()),
+        ("resp_label", pa.string()),  # "none", "snore", "apnea_hypopnea", or null
+    ]
+)
 
 
 def embeddings_schema(n_frames: int, dim: int, n_layers: int = 1) -> pa.Schema:
@@ -68,19 +79,24 @@ def embeddings_schema(n_frames: int, dim: int, n_layers: int = 1) -> pa.Schema:
     keeps several hidden states). Caches written before ``n_layers`` existed lack the column
     and hold one layer: read a missing column as 1.
     """
-    return pa.schema([
-        ("recording_id", pa.string()),
-        ("epoch_index", pa.int32()),
-        ("n_frames", pa.int32()),
-        ("dim", pa.int32()),
-        ("n_layers", pa.int32()),
-        ("embedding", pa.list_(pa.float16(), n_frames * n_layers * dim)),
-    ])
+    return pa.schema(
+        [
+            ("recording_id", pa.string()),
+            ("epoch_index", pa.int32()),
+            ("n_frames", pa.int32()),
+            ("dim", pa.int32()),
+            ("n_layers", pa.int32()),
+            ("embedding", pa.list_(pa.float16(), n_frames * n_layers * dim)),
+        ]
+    )
 
 
 # Respiratory columns shared by epochs and shifted windows (labels over each row's own window).
-_RESP_FIELDS = [field for field in EPOCHS if field.name in
-                ("apnea_frac", "hypopnea_frac", "snore_frac", "n_apnea", "n_hypopnea", "resp_label")]
+_RESP_FIELDS = [
+    field
+    for field in EPOCHS
+    if field.name in ("apnea_frac", "hypopnea_frac", "snore_frac", "n_apnea", "n_hypopnea", "resp_label")
+]
 
 
 def shifted_embeddings_schema(n_frames: int, dim: int, n_layers: int = 1) -> pa.Schema:
@@ -89,50 +105,64 @@ def shifted_embeddings_schema(n_frames: int, dim: int, n_layers: int = 1) -> pa.
     ``epoch_index`` is the pair's first epoch; the window starts ``offset_s`` into it.
     ``embedding`` and ``n_layers`` as in :func:`embeddings_schema`.
     """
-    return pa.schema([
-        ("recording_id", pa.string()),
-        ("epoch_index", pa.int32()),
-        ("offset_s", pa.float32()),
-        ("stage5", pa.string()),        # the pair's 5-class stage, null when the two differ (N2/N3)
-        ("stage3", pa.string()),
-        *_RESP_FIELDS,
-        ("n_frames", pa.int32()),
-        ("dim", pa.int32()),
-        ("n_layers", pa.int32()),
-        ("embedding", pa.list_(pa.float16(), n_frames * n_layers * dim)),
-    ])
+    return pa.schema(
+        [
+            ("recording_id", pa.string()),
+            ("epoch_index", pa.int32()),
+            ("offset_s", pa.float32()),
+            ("stage5", pa.string()),  # the pair's 5-class stage, null when the two differ (N2/N3)
+            ("stage3", pa.string()),
+            *_RESP_FIELDS,
+            ("n_frames", pa.int32()),
+            ("dim", pa.int32()),
+            ("n_layers", pa.int32()),
+            ("embedding", pa.list_(pa.float16(), n_frames * n_layers * dim)),
+        ]
+    )
 
 
 # Written hive-partitioned (``predictions/recording_id=<id>/part-0.parquet``): the folder
 # carries ``recording_id`` and the files hold the other columns.
-PREDICTIONS = pa.schema([
-    ("recording_id", pa.string()),
-    ("subject_id", pa.string()),
-    ("epoch_index", pa.int32()),
-    ("start_s", pa.float64()),
-    ("stage_true", pa.string()),
-    ("stage_pred", pa.string()),
-    ("prob_wake", pa.float32()),
-    ("prob_nrem", pa.float32()),
-    ("prob_rem", pa.float32()),
-    ("stage5_true", pa.string()),       # W, N1, N2, N3, R where the scoring has them
-    ("stage5_pred", pa.string()),       # null when no 5-class head was trained
-    ("resp_true", pa.string()),         # none / snore / apnea_hypopnea; null for nights without events
-    ("resp_pred", pa.string()),
-    ("prob_snore", pa.float32()),
-    ("prob_apnea_hypopnea", pa.float32()),
-    ("events_true", pa.float32()),      # scored apnoea + hypopnoea onsets in the epoch
-    ("snore_frac_true", pa.float32()),  # scored share of the epoch with snoring
-    ("attention", pa.list_(pa.float32())),  # the stage3 head's weights over its input frames
-    ("split", pa.string()),             # "train", "validation", "test" or "unlabelled"
-    ("model_version", pa.string()),     # the stage3 head's; the run's metadata names every head
-])
+PREDICTIONS = pa.schema(
+    [
+        ("recording_id", pa.string()),
+        ("subject_id", pa.string()),
+        ("epoch_index", pa.int32()),
+        ("start_s", pa.float64()),
+        ("stage_true", pa.string()),
+        ("stage_pred", pa.string()),
+        ("prob_wake", pa.float32()),
+        ("prob_nrem", pa.float32()),
+        ("prob_rem", pa.float32()),
+        ("stage5_true", pa.string()),  # W, N1, N2, N3, R where the scoring has them
+        ("stage5_pred", pa.string()),  # null when no 5-class head was trained
+        ("resp_true", pa.string()),  # none / snore / apnea_hypopnea; null for nights without events
+        ("resp_pred", pa.string()),
+        ("prob_snore", pa.float32()),
+        ("prob_apnea_hypopnea", pa.float32()),
+        ("events_true", pa.float32()),  # scored apnoea + hypopnoea onsets in the epoch
+        ("snore_frac_true", pa.float32()),  # scored share of the epoch with snoring
+        ("attention", pa.list_(pa.float32())),  # the stage3 head's weights over its input frames
+        ("split", pa.string()),  # "train", "validation", "test" or "unlabelled"
+        ("model_version", pa.string()),  # the stage3 head's; the run's metadata names every head
+    ]
+)
 PREDICTIONS_VERSION = 2
 
 SUMMARIES_FIELDS = [
-    "recording_id", "subject_id", "split", "source", "time_in_bed_min", "total_sleep_time_min",
-    "sleep_efficiency", "sleep_onset_latency_min", "waso_min", "rem_latency_min",
-    "pct_wake", "pct_nrem", "pct_rem",
+    "recording_id",
+    "subject_id",
+    "split",
+    "source",
+    "time_in_bed_min",
+    "total_sleep_time_min",
+    "sleep_efficiency",
+    "sleep_onset_latency_min",
+    "waso_min",
+    "rem_latency_min",
+    "pct_wake",
+    "pct_nrem",
+    "pct_rem",
 ]
 
 

@@ -80,8 +80,7 @@ def channel_configs(cfg: Config) -> list[Config]:
     channels = cfg.preprocess.channels()
     if channels == [cfg.preprocess.channel]:
         return [cfg]
-    return [cfg.model_copy(update={"preprocess": cfg.preprocess.model_copy(update={"channel": ch})})
-            for ch in channels]
+    return [cfg.model_copy(update={"preprocess": cfg.preprocess.model_copy(update={"channel": ch})}) for ch in channels]
 
 
 def wanted_shift_classes(cfg: Config, row: ManifestRow) -> tuple[str, ...]:
@@ -92,8 +91,6 @@ def wanted_shift_classes(cfg: Config, row: ManifestRow) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-
-
 class EmbedPlan:
     """What one channel of one recording still needs: its epochs, shifted windows of some stages."""
 
@@ -111,8 +108,11 @@ def plan_recording(root: RootLike, cfg: Config, row: ManifestRow, shifted: bool 
     fs, root_path = open_root(root)
     rec, sha = row["recording_id"], row["sha256"]
     epochs = not (fs.exists(epochs_path(root_path, cfg, rec)) and fs.exists(embeddings_path(root_path, cfg, rec, sha)))
-    missing = tuple(c for c in (wanted_shift_classes(cfg, row) if shifted else ())
-                    if not fs.exists(shifted_path(root_path, cfg, rec, sha, c)))
+    missing = tuple(
+        c
+        for c in (wanted_shift_classes(cfg, row) if shifted else ())
+        if not fs.exists(shifted_path(root_path, cfg, rec, sha, c))
+    )
     return EmbedPlan(epochs, missing)
 
 

@@ -27,8 +27,9 @@ from sleepsound.embed.ray_adapter import ray_pipeline
 from sleepsound.embed.rows import batches_to_rows, to_batch
 
 
-def embed_cohort(manifest_rows: list[ManifestRow], root: RootLike, cfg: Config, use_ray: bool = True,
-                 shifted: bool = True) -> EmbedStats:
+def embed_cohort(
+    manifest_rows: list[ManifestRow], root: RootLike, cfg: Config, use_ray: bool = True, shifted: bool = True
+) -> EmbedStats:
     """Embed what the cache lacks for the accepted recordings; returns per-recording outcomes.
 
     ``shifted=False`` skips the shifted training windows (scoring only needs the epochs).
@@ -38,8 +39,11 @@ def embed_cohort(manifest_rows: list[ManifestRow], root: RootLike, cfg: Config, 
     stats = EmbedStats()
     items: list[WorkItem] = []
     for row in manifest_rows:
-        todo = [WorkItem(row, c, plan) for c in channel_configs(cfg)
-                if not (plan := plan_recording(root, c, row, shifted)).empty]
+        todo = [
+            WorkItem(row, c, plan)
+            for c in channel_configs(cfg)
+            if not (plan := plan_recording(root, c, row, shifted)).empty
+        ]
         if todo:
             items += todo
         else:

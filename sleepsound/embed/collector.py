@@ -24,8 +24,6 @@ from sleepsound.labels.events import RESP_COLUMNS
 
 
 @dataclass
-
-
 class EmbedStats:
     """What the embedding stage did, recording by recording (a recording counts once, whatever
     its channels); ``epochs`` and ``shifted`` count rows embedded over all channels."""
@@ -38,8 +36,6 @@ class EmbedStats:
 
 
 @dataclass(frozen=True)
-
-
 class WorkItem:
     """One channel of one recording to stream, and what to embed from it."""
 
@@ -94,13 +90,17 @@ class RecordingCollector:
         shifted = [r for r in rows if r["kind"] == "shifted"]
         for stage in item.plan.shift_classes:
             windows = [r for r in shifted if r["stage3"] == stage]
-            write_table(self.fs, shifted_path(self.root_path, cfg, rec, sha, stage),
-                        _shifted_table(rec, windows, n_layers))
+            write_table(
+                self.fs, shifted_path(self.root_path, cfg, rec, sha, stage), _shifted_table(rec, windows, n_layers)
+            )
         epochs = [r for r in rows if r["kind"] == "epoch"]
         if item.plan.epochs:
             # Embeddings first, epochs last: the epochs file is the recording's completion mark.
-            write_table(self.fs, embeddings_path(self.root_path, cfg, rec, sha),
-                        _embeddings_table(rec, [r for r in epochs if r["valid"]], n_layers))
+            write_table(
+                self.fs,
+                embeddings_path(self.root_path, cfg, rec, sha),
+                _embeddings_table(rec, [r for r in epochs if r["valid"]], n_layers),
+            )
             table = pa.Table.from_pylist([{k: r[k] for k in EPOCH_COLUMNS} for r in epochs])
             write_table(self.fs, epochs_path(self.root_path, cfg, rec), schemas.conform(table, schemas.EPOCHS))
         if rec not in self.stats.embedded:
@@ -113,7 +113,9 @@ class RecordingCollector:
             if key not in self.items:  # failed with its recording's other channel
                 continue
             got = len(self.pending.get(key, []))
-            self._fail(key, f"only {got} rows arrived" + (f" of {self.expected[key] - 1}" if key in self.expected else ""))
+            self._fail(
+                key, f"only {got} rows arrived" + (f" of {self.expected[key] - 1}" if key in self.expected else "")
+            )
         self.pending.clear()
 
 
@@ -122,8 +124,9 @@ def _frames(rows: list[dict[str, Any]], n_layers: int) -> tuple[int, int, pa.Arr
     n_frames, dim = int(rows[0]["n_frames"]), int(rows[0]["dim"])
     emb = np.stack([np.asarray(r["embedding"], dtype=np.float16) for r in rows])
     if emb.shape[1] != n_frames * n_layers * dim:
-        raise ValueError(f"embedding rows of {emb.shape[1]} values are not {n_frames} frames x {n_layers} layers"
-                         f" x {dim} dims")
+        raise ValueError(
+            f"embedding rows of {emb.shape[1]} values are not {n_frames} frames x {n_layers} layers x {dim} dims"
+        )
     return n_frames, dim, pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), n_frames * n_layers * dim)
 
 
@@ -132,9 +135,16 @@ def _embeddings_table(rec: str, valid: list[dict[str, Any]], n_layers: int = 1) 
     if not valid:
         return schemas.embeddings_schema(1, 1).empty_table()
     n_frames, dim, emb = _frames(valid, n_layers)
-    table = pa.table({"recording_id": [rec] * len(valid), "epoch_index": [int(r["epoch_index"]) for r in valid],
-                      "n_frames": [n_frames] * len(valid), "dim": [dim] * len(valid),
-                      "n_layers": [n_layers] * len(valid), "embedding": emb})
+    table = pa.table(
+        {
+            "recording_id": [rec] * len(valid),
+            "epoch_index": [int(r["epoch_index"]) for r in valid],
+            "n_frames": [n_frames] * len(valid),
+            "dim": [dim] * len(valid),
+            "n_layers": [n_layers] * len(valid),
+            "embedding": emb,
+        }
+    )
     return schemas.conform(table, schemas.embeddings_schema(n_frames, dim, n_layers))
 
 
@@ -143,8 +153,17 @@ def _shifted_table(rec: str, windows: list[dict[str, Any]], n_layers: int = 1) -
     if not windows:
         return schemas.shifted_embeddings_schema(1, 1).empty_table()
     n_frames, dim, emb = _frames(windows, n_layers)
-    columns: dict[str, Any] = {name: [r[name] for r in windows] for name in
-                               ("epoch_index", "offset_s", "stage5", "stage3", *RESP_COLUMNS)}
-    table = pa.table({"recording_id": [rec] * len(windows), **columns, "n_frames": [n_frames] * len(windows),
-                      "dim": [dim] * len(windows), "n_layers": [n_layers] * len(windows), "embedding": emb})
+    columns: dict[str, Any] = {
+        name: [r[name] for r in windows] for name in ("epoch_index", "offset_s", "stage5", "stage3", *RESP_COLUMNS)
+    }
+    table = pa.table(
+        {
+            "recording_id": [rec] * len(windows),
+            **columns,
+            "n_frames": [n_frames] * len(windows),
+            "dim": [dim] * len(windows),
+            "n_layers": [n_layers] * len(windows),
+            "embedding": emb,
+        }
+    )
     return schemas.conform(table, schemas.shifted_embeddings_schema(n_frames, dim, n_layers))

@@ -31,15 +31,25 @@ from sleepsound.labels.events import RESP_COLUMNS, Event, events_from_rml, read_
 from sleepsound.labels.vocabulary import UNSCORED, to_three_class
 
 # Columns of an epoch row apart from the audio itself (see schemas.EPOCHS).
-EPOCH_COLUMNS = ("recording_id", "subject_id", "epoch_index", "start_s", "stage5", "stage3",
-                 "valid", "invalid_reason", "zero_rms_s", "nonfinite", "clipped_fraction", *RESP_COLUMNS)
+EPOCH_COLUMNS = (
+    "recording_id",
+    "subject_id",
+    "epoch_index",
+    "start_s",
+    "stage5",
+    "stage3",
+    "valid",
+    "invalid_reason",
+    "zero_rms_s",
+    "nonfinite",
+    "clipped_fraction",
+    *RESP_COLUMNS,
+)
 # Row kinds: a scored epoch, a shifted training window, the night's closing (or error) row.
 KINDS = ("epoch", "shifted", "end")
 
 
 @dataclass
-
-
 class NightLabels:
     """What a night's annotations say per epoch: 5-class stages (None when unlabelled) and events."""
 
@@ -54,8 +64,15 @@ class NightLabels:
 def recording_source(row: ManifestRow) -> RecordingSource:
     """Rebuild the source description from a manifest row."""
     n = int(row["n_parts"])
-    return RecordingSource(row["recording_id"], row["subject_id"], row["layout"], list(row["source_uris"]),
-                           list(range(1, n + 1)), row.get("labels_uri"), row.get("events_uri"))
+    return RecordingSource(
+        row["recording_id"],
+        row["subject_id"],
+        row["layout"],
+        list(row["source_uris"]),
+        list(range(1, n + 1)),
+        row.get("labels_uri"),
+        row.get("events_uri"),
+    )
 
 
 def night_labels(row: ManifestRow, n_epochs: int) -> NightLabels:
@@ -78,17 +95,35 @@ def night_labels(row: ManifestRow, n_epochs: int) -> NightLabels:
 def shift_pairs(stage3: Sequence[str | None], classes: Collection[str]) -> set[int]:
     """First epochs ``i`` of consecutive pairs with the same enabled 3-class stage (validity is
     checked while streaming, in ``preprocess.iter_epochs``)."""
-    return {i for i in range(len(stage3) - 1)
-            if stage3[i] is not None and stage3[i] == stage3[i + 1] and stage3[i] in classes}
+    return {
+        i
+        for i in range(len(stage3) - 1)
+        if stage3[i] is not None and stage3[i] == stage3[i + 1] and stage3[i] in classes
+    }
 
 
 def _blank(row: ManifestRow, cfg: PreprocessConfig) -> dict[str, Any]:
     """A row with no audio behind it (closing and error rows)."""
-    return {"recording_id": row["recording_id"], "subject_id": row["subject_id"], "epoch_index": -1,
-            "start_s": 0.0, "stage5": None, "stage3": None, "valid": False, "invalid_reason": None,
-            "zero_rms_s": 0.0, "nonfinite": 0, "clipped_fraction": 0.0, **dict.fromkeys(RESP_COLUMNS),
-            "kind": "end", "offset_s": 0.0, "n_epochs": int(row["n_epochs"]), "n_rows": -1,
-            "audio": np.zeros(int(cfg.epoch_seconds * cfg.target_rate), dtype=np.float32), "error": None}
+    return {
+        "recording_id": row["recording_id"],
+        "subject_id": row["subject_id"],
+        "epoch_index": -1,
+        "start_s": 0.0,
+        "stage5": None,
+        "stage3": None,
+        "valid": False,
+        "invalid_reason": None,
+        "zero_rms_s": 0.0,
+        "nonfinite": 0,
+        "clipped_fraction": 0.0,
+        **dict.fromkeys(RESP_COLUMNS),
+        "kind": "end",
+        "offset_s": 0.0,
+        "n_epochs": int(row["n_epochs"]),
+        "n_rows": -1,
+        "audio": np.zeros(int(cfg.epoch_seconds * cfg.target_rate), dtype=np.float32),
+        "error": None,
+    }
 
 
 def end_row(row: ManifestRow, cfg: PreprocessConfig, n_rows: int) -> dict[str, Any]:
@@ -96,8 +131,9 @@ def end_row(row: ManifestRow, cfg: PreprocessConfig, n_rows: int) -> dict[str, A
     return {**_blank(row, cfg), "n_rows": int(n_rows)}
 
 
-def read_epochs(row: ManifestRow, cfg: PreprocessConfig, shift_classes: Collection[str] = (),
-                epochs: bool = True) -> Iterator[dict[str, Any]]:
+def read_epochs(
+    row: ManifestRow, cfg: PreprocessConfig, shift_classes: Collection[str] = (), epochs: bool = True
+) -> Iterator[dict[str, Any]]:
     """Stream one night into epoch rows (and shifted rows); a failure mid-night becomes one ``error`` row.
 
     ``shift_classes``: 3-class stages whose same-stage valid pairs also yield a shifted
@@ -110,8 +146,10 @@ def read_epochs(row: ManifestRow, cfg: PreprocessConfig, shift_classes: Collecti
     try:
         yield from _read_epochs(row, cfg, shift_classes, epochs)
     except Quarantine as exc:  # a named fault, naming the source's file rather than its (temporary) local copy
-        yield {**_blank(row, cfg), "error": f"{type(exc).__name__} ({exc.code}): {_source_of(row, exc.path)}: "
-                                            f"{exc.message}"}
+        yield {
+            **_blank(row, cfg),
+            "error": f"{type(exc).__name__} ({exc.code}): {_source_of(row, exc.path)}: {exc.message}",
+        }
     except Exception as exc:
         yield {**_blank(row, cfg), "error": f"{type(exc).__name__}: {exc}"}
 
@@ -122,8 +160,9 @@ def _source_of(row: ManifestRow, path: str) -> str:
     return next((uri for uri in uris if uri and posixpath.basename(uri) == os.path.basename(path)), path)
 
 
-def _read_epochs(row: ManifestRow, cfg: PreprocessConfig, shift_classes: Collection[str],
-                 epochs: bool) -> Iterator[dict[str, Any]]:
+def _read_epochs(
+    row: ManifestRow, cfg: PreprocessConfig, shift_classes: Collection[str], epochs: bool
+) -> Iterator[dict[str, Any]]:
     src = recording_source(row)
     n_epochs = int(row["n_epochs"])
     labels = night_labels(row, n_epochs)
@@ -131,14 +170,19 @@ def _read_epochs(row: ManifestRow, cfg: PreprocessConfig, shift_classes: Collect
     pairs = shift_pairs(stage3, shift_classes)
     length = cfg.epoch_seconds
     resp = window_labels(labels.events, [i * length for i in range(n_epochs)], length, cfg.resp_min_overlap_s)
-    shifted_resp = window_labels(labels.events, [i * length + length / 2 for i in range(n_epochs)], length,
-                                 cfg.resp_min_overlap_s) if pairs else []
+    shifted_resp = (
+        window_labels(labels.events, [i * length + length / 2 for i in range(n_epochs)], length, cfg.resp_min_overlap_s)
+        if pairs
+        else []
+    )
     empty = np.zeros(int(length * cfg.target_rate), dtype=np.float32)
     with local_copies(src.audio_uris) as paths:
         size = sum(os.path.getsize(p) for p in paths)
         if row.get("bytes") and size != int(row["bytes"]):  # the cache key is the validated audio's checksum
-            raise OSError(f"{src.audio_uris[0]}: the night's files hold {size} bytes, {row['bytes']} when validated: "
-                          "they changed since; validate again")
+            raise OSError(
+                f"{src.audio_uris[0]}: the night's files hold {size} bytes, {row['bytes']} when validated: "
+                "they changed since; validate again"
+            )
         parts = probe_parts(src, paths, cfg)
         rate = parts[0].sample_rate
         block = int(round(length * rate)) * cfg.block_epochs
@@ -157,13 +201,24 @@ def _read_epochs(row: ManifestRow, cfg: PreprocessConfig, shift_classes: Collect
             if shifted and stage5 != labels.stages[i + 1]:
                 stage5 = None  # same 3-class stage, different 5-class ones (N2 then N3)
             yield {
-                "recording_id": src.recording_id, "subject_id": src.subject_id, "epoch_index": i,
-                "start_s": i * length + epoch.offset_s, "stage5": stage5, "stage3": stage3[i],
-                "valid": epoch.valid, "invalid_reason": epoch.reason, "zero_rms_s": epoch.zero_rms_seconds,
-                "nonfinite": epoch.quality.nonfinite, "clipped_fraction": epoch.quality.clipped_fraction,
+                "recording_id": src.recording_id,
+                "subject_id": src.subject_id,
+                "epoch_index": i,
+                "start_s": i * length + epoch.offset_s,
+                "stage5": stage5,
+                "stage3": stage3[i],
+                "valid": epoch.valid,
+                "invalid_reason": epoch.reason,
+                "zero_rms_s": epoch.zero_rms_seconds,
+                "nonfinite": epoch.quality.nonfinite,
+                "clipped_fraction": epoch.quality.clipped_fraction,
                 **(shifted_resp[i] if shifted else resp[i]),
-                "kind": "shifted" if shifted else "epoch", "offset_s": epoch.offset_s, "n_epochs": n_epochs,
-                "n_rows": -1, "audio": epoch.audio if epoch.valid else empty, "error": None,
+                "kind": "shifted" if shifted else "epoch",
+                "offset_s": epoch.offset_s,
+                "n_epochs": n_epochs,
+                "n_rows": -1,
+                "audio": epoch.audio if epoch.valid else empty,
+                "error": None,
             }
     if emitted < n_epochs:
         raise OSError(f"{src.audio_uris[-1]}: audio ended after {emitted} of {n_epochs} epochs")

@@ -37,7 +37,7 @@ def forward_batches(rows: np.ndarray, size: int) -> list[np.ndarray]:
     while start < len(rows):
         left = len(rows) - start
         step = size if left >= size else 1 << (left.bit_length() - 1)
-        out.append(rows[start:start + step])
+        out.append(rows[start : start + step])
         start += step
     return out
 
@@ -56,8 +56,15 @@ class EmbedStage:
             import torch
 
             torch.set_num_threads(cfg.cpu_threads or max(1, (os.cpu_count() or 1) // max(1, workers_per_node)))
-        self.backbone = load_backbone(cfg.name, layer=cfg.layer, pool_seconds=cfg.pool_seconds,
-                                      device=device, dtype=cfg.dtype, layers=cfg.layers, compile=cfg.compile)
+        self.backbone = load_backbone(
+            cfg.name,
+            layer=cfg.layer,
+            pool_seconds=cfg.pool_seconds,
+            device=device,
+            dtype=cfg.dtype,
+            layers=cfg.layers,
+            compile=cfg.compile,
+        )
         # 'auto' is sized on the first batch, from its real segment length.
         self.batch_size: int | None = None if cfg.batch_size == "auto" else int(cfg.batch_size)
         self.stream_rows = cfg.stream_rows

@@ -52,7 +52,8 @@ class StreamingFilter:
         self.cfg = cfg
         self._resampler = (
             soxr.ResampleStream(in_rate, cfg.target_rate, 1, dtype="float32", quality="HQ")
-            if in_rate != cfg.target_rate else None
+            if in_rate != cfg.target_rate
+            else None
         )
         # A biquad is a 2nd-order section: Butterworth order 2 at the cutoff.
         self._sos = signal.butter(2, cfg.highpass_hz, btype="highpass", fs=cfg.target_rate, output="sos")
@@ -86,12 +87,21 @@ def normalise(segment: np.ndarray) -> np.ndarray:
 
 def _pair_quality(a: EpochQuality, b: EpochQuality) -> EpochQuality:
     """A shifted window's quality: the worse of its two (valid) epochs' figures."""
-    return EpochQuality(max(a.zero_rms_s, b.zero_rms_s), a.nonfinite + b.nonfinite,
-                        max(a.clipped_fraction, b.clipped_fraction), a.invalid_reason or b.invalid_reason)
+    return EpochQuality(
+        max(a.zero_rms_s, b.zero_rms_s),
+        a.nonfinite + b.nonfinite,
+        max(a.clipped_fraction, b.clipped_fraction),
+        a.invalid_reason or b.invalid_reason,
+    )
 
 
-def iter_epochs(blocks: Iterable[np.ndarray], in_rate: float, cfg: PreprocessConfig,
-                full_scale: float = 1.0, shift_after: Container[int] = ()) -> Iterator[Epoch]:
+def iter_epochs(
+    blocks: Iterable[np.ndarray],
+    in_rate: float,
+    cfg: PreprocessConfig,
+    full_scale: float = 1.0,
+    shift_after: Container[int] = (),
+) -> Iterator[Epoch]:
     """Cut a stream of raw blocks (aligned to the epoch grid) into preprocessed epochs.
 
     Blocks must hold a whole number of epochs at ``in_rate`` (the last may be short); a
@@ -121,15 +131,14 @@ def iter_epochs(blocks: Iterable[np.ndarray], in_rate: float, cfg: PreprocessCon
             quality = measured.popleft()
             if tail is not None and quality.valid and tail[1].valid and (next_index - 1) in shift_after:
                 window = np.concatenate([tail[0], audio[:half]])
-                yield Epoch(next_index - 1, normalise(window), _pair_quality(tail[1], quality),
-                            half / cfg.target_rate)
+                yield Epoch(next_index - 1, normalise(window), _pair_quality(tail[1], quality), half / cfg.target_rate)
             tail = (audio[half:].copy(), quality) if shift_after else None
             yield Epoch(next_index, normalise(audio) if quality.valid else audio, quality)
             next_index += 1
 
     for block in blocks:
         for start in range(0, len(block) - raw_epoch + 1, raw_epoch):
-            measured.append(measure_epoch(block[start:start + raw_epoch], in_rate, cfg, full_scale)[0])
+            measured.append(measure_epoch(block[start : start + raw_epoch], in_rate, cfg, full_scale)[0])
         buffer = np.concatenate([buffer, filt.process(sanitise(block))])
         yield from drain()
     buffer = np.concatenate([buffer, filt.process(np.zeros(0, dtype=np.float32), last=True)])

@@ -29,15 +29,30 @@ def ray_pipeline(items: list[WorkItem], cfg: Config, backbone: dict[str, Any]) -
     import ray
 
     # Manifest rows hold lists; Ray Data items must be plain dicts of plain values.
-    payload = [{"item": json.dumps({"row": item.row, "preprocess": item.cfg.preprocess.model_dump(),
-                                    "epochs": item.plan.epochs, "shift": list(item.plan.shift_classes)},
-                                   default=str)} for item in items]
+    payload = [
+        {
+            "item": json.dumps(
+                {
+                    "row": item.row,
+                    "preprocess": item.cfg.preprocess.model_dump(),
+                    "epochs": item.plan.epochs,
+                    "shift": list(item.plan.shift_classes),
+                },
+                default=str,
+            )
+        }
+        for item in items
+    ]
     ds = ray.data.from_items(payload, override_num_blocks=len(payload))
     ds = ds.map_batches(read_items, batch_size=1, batch_format="numpy", num_cpus=cfg.ray.read_cpus)
     ds = ds.map_batches(
-        EmbedStage, fn_constructor_kwargs={"backbone": backbone, "workers_per_node": cfg.ray.embed_workers}, batch_size=cfg.backbone.stream_rows,
-        batch_format="numpy", concurrency=cfg.ray.embed_workers,
-        num_gpus=cfg.ray.num_gpus_per_worker or None, num_cpus=cfg.ray.embed_cpus,
+        EmbedStage,
+        fn_constructor_kwargs={"backbone": backbone, "workers_per_node": cfg.ray.embed_workers},
+        batch_size=cfg.backbone.stream_rows,
+        batch_format="numpy",
+        concurrency=cfg.ray.embed_workers,
+        num_gpus=cfg.ray.num_gpus_per_worker or None,
+        num_cpus=cfg.ray.embed_cpus,
     )
     yield from batches_to_rows(ds.iter_batches(batch_size=64, batch_format="numpy"))
 
@@ -45,14 +60,29 @@ def ray_pipeline(items: list[WorkItem], cfg: Config, backbone: dict[str, Any]) -
 # Every block the reader emits has this schema, so an unlabelled night (all-null stages)
 # and a labelled one (strings) form one dataset; the audio travels as a tensor column.
 _TRANSPORT_FIELDS: list[tuple[str, pa.DataType]] = [
-    ("recording_id", pa.string()), ("subject_id", pa.string()), ("epoch_index", pa.int32()),
-    ("start_s", pa.float64()), ("stage5", pa.string()), ("stage3", pa.string()), ("valid", pa.bool_()),
-    ("invalid_reason", pa.string()), ("zero_rms_s", pa.float32()), ("nonfinite", pa.int32()),
+    ("recording_id", pa.string()),
+    ("subject_id", pa.string()),
+    ("epoch_index", pa.int32()),
+    ("start_s", pa.float64()),
+    ("stage5", pa.string()),
+    ("stage3", pa.string()),
+    ("valid", pa.bool_()),
+    ("invalid_reason", pa.string()),
+    ("zero_rms_s", pa.float32()),
+    ("nonfinite", pa.int32()),
     ("clipped_fraction", pa.float32()),
-    ("apnea_frac", pa.float32()), ("hypopnea_frac", pa.float32()), ("snore_frac", pa.float32()),
-    ("n_apnea", pa.int32()), ("n_hypopnea", pa.int32()), ("resp_label", pa.string()),
-    ("kind", pa.string()), ("offset_s", pa.float32()), ("channel", pa.string()),
-    ("n_epochs", pa.int32()), ("n_rows", pa.int32()), ("error", pa.string()),
+    ("apnea_frac", pa.float32()),
+    ("hypopnea_frac", pa.float32()),
+    ("snore_frac", pa.float32()),
+    ("n_apnea", pa.int32()),
+    ("n_hypopnea", pa.int32()),
+    ("resp_label", pa.string()),
+    ("kind", pa.string()),
+    ("offset_s", pa.float32()),
+    ("channel", pa.string()),
+    ("n_epochs", pa.int32()),
+    ("n_rows", pa.int32()),
+    ("error", pa.string()),
 ]
 
 

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 # Text columns of an epoch row; Ray's Arrow -> numpy conversion may turn their nulls into NaN.
-_TEXT_COLUMNS = frozenset({"recording_id", "subject_id", "stage5", "stage3", "invalid_reason", "error",
-                           "resp_label", "kind", "channel"})
+_TEXT_COLUMNS = frozenset(
+    {"recording_id", "subject_id", "stage5", "stage3", "invalid_reason", "error", "resp_label", "kind", "channel"}
+)
 
 
 # Nullable numbers (null for unlabelled nights); Ray may hand them back as NaN floats.

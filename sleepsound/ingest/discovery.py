@@ -71,17 +71,23 @@ def _discover_psg_audio(fs: fsspec.AbstractFileSystem, root: str, rml_folder: st
                 parts.append((int(match["part"]), full_uri(fs, path)))
         parts.sort()
         rml = posixpath.join(root, rml_folder, f"{patient}.rml")
-        found.append(RecordingSource(
-            recording_id=patient, subject_id=patient.split("-")[0], layout="psg-audio",
-            audio_uris=[uri for _, uri in parts], part_numbers=[n for n, _ in parts],
-            labels_uri=full_uri(fs, rml) if fs.exists(rml) else None,
-        ))
+        found.append(
+            RecordingSource(
+                recording_id=patient,
+                subject_id=patient.split("-")[0],
+                layout="psg-audio",
+                audio_uris=[uri for _, uri in parts],
+                part_numbers=[n for n, _ in parts],
+                labels_uri=full_uri(fs, rml) if fs.exists(rml) else None,
+            )
+        )
     orphans = _orphan_annotations(fs, root, rml_folder, {src.recording_id for src in found})
     return sorted(found + orphans, key=lambda src: src.recording_id) if orphans else found
 
 
-def _orphan_annotations(fs: fsspec.AbstractFileSystem, root: str, rml_folder: str,
-                        patients: set[str]) -> list[RecordingSource]:
+def _orphan_annotations(
+    fs: fsspec.AbstractFileSystem, root: str, rml_folder: str, patients: set[str]
+) -> list[RecordingSource]:
     """Nights whose ``<rml_folder>/<patient>.rml`` exists without an ``APNEA_EDF/<patient>/`` folder:
     listed without audio, so validation quarantines them (``no_audio``) instead of losing them."""
     rml_root = posixpath.join(root, rml_folder)
@@ -90,11 +96,19 @@ def _orphan_annotations(fs: fsspec.AbstractFileSystem, root: str, rml_folder: st
     orphans: list[RecordingSource] = []
     for path in sorted(fs.ls(rml_root, detail=False)):
         name = posixpath.basename(path.rstrip("/"))
-        patient = name[:-len(".rml")]
+        patient = name[: -len(".rml")]
         if not name.endswith(".rml") or not patient or patient in patients or fs.isdir(path):
             continue
-        orphans.append(RecordingSource(recording_id=patient, subject_id=patient.split("-")[0], layout="psg-audio",
-                                       audio_uris=[], part_numbers=[], labels_uri=full_uri(fs, path)))
+        orphans.append(
+            RecordingSource(
+                recording_id=patient,
+                subject_id=patient.split("-")[0],
+                layout="psg-audio",
+                audio_uris=[],
+                part_numbers=[],
+                labels_uri=full_uri(fs, path),
+            )
+        )
     return orphans
 
 
@@ -115,7 +129,7 @@ def _discover_plain(fs: fsspec.AbstractFileSystem, root: str) -> list[RecordingS
         lower = name.lower()
         kind = next((k for k, suffix in SIDECAR_SUFFIXES.items() if lower.endswith(suffix)), None)
         if kind is not None:
-            stem = name[:-len(SIDECAR_SUFFIXES[kind])]
+            stem = name[: -len(SIDECAR_SUFFIXES[kind])]
             sidecars.setdefault((posixpath.dirname(path), stem), {})[kind] = full_uri(fs, path)
         elif lower.endswith(PLAIN_SUFFIXES + UNREAD_AUDIO_SUFFIXES):
             audio.setdefault(name.rsplit(".", 1)[0], []).append(path)
@@ -124,23 +138,31 @@ def _discover_plain(fs: fsspec.AbstractFileSystem, root: str) -> list[RecordingS
         labels = sidecars.pop((posixpath.dirname(paths[0]), stem), {})
         for other in paths[1:]:
             sidecars.pop((posixpath.dirname(other), stem), None)
-        found.append(RecordingSource(
-            recording_id=stem, subject_id=stem, layout="plain", audio_uris=[full_uri(fs, p) for p in paths],
-            part_numbers=[1] * len(paths), **labels))
+        found.append(
+            RecordingSource(
+                recording_id=stem,
+                subject_id=stem,
+                layout="plain",
+                audio_uris=[full_uri(fs, p) for p in paths],
+                part_numbers=[1] * len(paths),
+                **labels,
+            )
+        )
     orphans: dict[str, dict[str, str]] = {}
     for (_, stem), labels in sorted(sidecars.items()):
         if stem not in audio:  # beside no audio; one id each (CSVs of a night filed elsewhere show as missing there)
             orphans.setdefault(stem, labels)
-    found += [RecordingSource(recording_id=stem, subject_id=stem, layout="plain", audio_uris=[], part_numbers=[],
-                              **labels) for stem, labels in orphans.items()]
+    found += [
+        RecordingSource(recording_id=stem, subject_id=stem, layout="plain", audio_uris=[], part_numbers=[], **labels)
+        for stem, labels in orphans.items()
+    ]
     return sorted(found, key=lambda src: src.recording_id)
 
 
 def _hidden(relative: str) -> bool:
     """A path under the source that no one uploads as a recording: a hidden file or folder
     (``.Trash-1000/``, macOS ``._night.wav`` resource forks) or a zip's ``__MACOSX/`` folder."""
-    return any((part.startswith(".") and part not in {".", ".."}) or part == "__MACOSX"
-               for part in relative.split("/"))
+    return any((part.startswith(".") and part not in {".", ".."}) or part == "__MACOSX" for part in relative.split("/"))
 
 
 @contextlib.contextmanager

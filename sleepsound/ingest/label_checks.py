@@ -25,60 +25,96 @@ RESPIRATORY_TYPES = APNEA_TYPES | HYPOPNEA_TYPES
 class Tolerances:
     """How far annotations and audio may disagree before it is a fault."""
 
-    start_s: float = 60.0        # RML RecordingStart vs the EDF header's start
-    part_s: float = 1.0          # an EDF part vs the RML segment it should fill
+    start_s: float = 60.0  # RML RecordingStart vs the EDF header's start
+    part_s: float = 1.0  # an EDF part vs the RML segment it should fill
     staging_s: float = EPOCH_SECONDS  # staged length vs audio length ("more than one epoch")
 
 
-def check_rml(ann: RmlAnnotations, path: str, parts: Sequence[PartInfo], part_numbers: Sequence[int],
-              audio_s: float, tol: Tolerances = Tolerances()) -> list[Finding]:
+def check_rml(
+    ann: RmlAnnotations,
+    path: str,
+    parts: Sequence[PartInfo],
+    part_numbers: Sequence[int],
+    audio_s: float,
+    tol: Tolerances = Tolerances(),
+) -> list[Finding]:
     """All RML checks; raises Quarantine for a fault that makes the labels unusable."""
     findings: list[Finding] = []
     first = parts[0].start if parts else None
     if ann.recording_start is not None and first is not None:
         offset = abs((ann.recording_start - first).total_seconds())
         if offset > tol.start_s:
-            raise Quarantine(path, "annotation_mismatch",
-                             f"RecordingStart {ann.recording_start:%Y-%m-%d %H:%M:%S} but the EDF part "
-                             f"[{part_numbers[0]:03d}] starts {first:%Y-%m-%d %H:%M:%S} ({offset:.0f} s apart): "
-                             "this RML belongs to another recording; find the right one")
+            raise Quarantine(
+                path,
+                "annotation_mismatch",
+                f"RecordingStart {ann.recording_start:%Y-%m-%d %H:%M:%S} but the EDF part "
+                f"[{part_numbers[0]:03d}] starts {first:%Y-%m-%d %H:%M:%S} ({offset:.0f} s apart): "
+                "this RML belongs to another recording; find the right one",
+            )
     _check_segments(ann.segment_durations_s, path, parts, part_numbers, tol)
-    _check_stage_changes([start for start, _ in ann.stage_changes], path,
-                         [f"UserStaging <Stage Type={stype!r}>" for _, stype in ann.stage_changes])
+    _check_stage_changes(
+        [start for start, _ in ann.stage_changes],
+        path,
+        [f"UserStaging <Stage Type={stype!r}>" for _, stype in ann.stage_changes],
+    )
     staged = ann.scored_seconds()
     if staged is None or len(ann.stage_changes) < 2:
-        findings.append(Finding("recording", "no_staging", "warning", path,
-                                "no user staging (UserStaging holds fewer than two Stage elements): the night is "
-                                "scored but not used for training or metrics"))
+        findings.append(
+            Finding(
+                "recording",
+                "no_staging",
+                "warning",
+                path,
+                "no user staging (UserStaging holds fewer than two Stage elements): the night is "
+                "scored but not used for training or metrics",
+            )
+        )
     else:
         _check_length(staged, audio_s, path, tol, "the last Stage (end of recording)")
     findings += check_events([e for e in ann.events if not e.machine], audio_s, path)
     if ann.unknown:
-        findings.append(Finding("recording", "annotation_notes", "warning", path,
-                                "kept or ignored while reading: " + "; ".join(ann.unknown)))
+        findings.append(
+            Finding(
+                "recording",
+                "annotation_notes",
+                "warning",
+                path,
+                "kept or ignored while reading: " + "; ".join(ann.unknown),
+            )
+        )
     return findings
 
 
-def _check_segments(segments: Sequence[float], path: str, parts: Sequence[PartInfo], numbers: Sequence[int],
-                    tol: Tolerances) -> None:
+def _check_segments(
+    segments: Sequence[float], path: str, parts: Sequence[PartInfo], numbers: Sequence[int], tol: Tolerances
+) -> None:
     """Each EDF part must fill its RML segment: a short middle part would shift every later epoch."""
     if not segments:
         return
     if max(numbers) < len(segments):
         missing = list(range(max(numbers) + 1, len(segments) + 1))
-        raise Quarantine(path, "missing_part",
-                         f"the RML lists {len(segments)} segments but EDF parts {missing} are missing; restore them")
+        raise Quarantine(
+            path,
+            "missing_part",
+            f"the RML lists {len(segments)} segments but EDF parts {missing} are missing; restore them",
+        )
     if len(parts) > len(segments):
-        raise Quarantine(path, "annotation_mismatch",
-                         f"{len(parts)} EDF parts but the RML lists only {len(segments)} segments: "
-                         "this RML may belong to another recording")
+        raise Quarantine(
+            path,
+            "annotation_mismatch",
+            f"{len(parts)} EDF parts but the RML lists only {len(segments)} segments: "
+            "this RML may belong to another recording",
+        )
     for index, (part, number, segment) in enumerate(zip(parts, numbers, segments, strict=False)):
         last = index == len(parts) - 1
         if part.duration_s < segment - tol.part_s and not last:
-            raise Quarantine(part.path, "short_part",
-                             f"part [{number:03d}] holds {part.duration_s:.1f} s but its RML segment lasted "
-                             f"{segment:.1f} s; every later epoch would shift by {segment - part.duration_s:.1f} s. "
-                             "Re-export the part")
+            raise Quarantine(
+                part.path,
+                "short_part",
+                f"part [{number:03d}] holds {part.duration_s:.1f} s but its RML segment lasted "
+                f"{segment:.1f} s; every later epoch would shift by {segment - part.duration_s:.1f} s. "
+                "Re-export the part",
+            )
 
 
 def _check_stage_changes(starts: Sequence[float], path: str, names: Sequence[str] | None = None) -> None:
@@ -87,28 +123,40 @@ def _check_stage_changes(starts: Sequence[float], path: str, names: Sequence[str
     absurd = [i for i, s in enumerate(starts) if s > MAX_NIGHT_S]
     if absurd:
         first, more = absurd[0], f" (and {len(absurd) - 1} more)" if len(absurd) > 1 else ""
-        raise Quarantine(path, "invalid_staging",
-                         f"{names[first] if names else 'a stage'} starts at {starts[first]:g} s{more}, more than "
-                         f"{MAX_NIGHT_S / 86400:g} days into the night: a corrupt time, not a late one; "
-                         "fix the scoring export")
+        raise Quarantine(
+            path,
+            "invalid_staging",
+            f"{names[first] if names else 'a stage'} starts at {starts[first]:g} s{more}, more than "
+            f"{MAX_NIGHT_S / 86400:g} days into the night: a corrupt time, not a late one; "
+            "fix the scoring export",
+        )
     negative = [s for s in starts if s < 0]
     if negative:
-        raise Quarantine(path, "invalid_staging", f"{len(negative)} stage(s) start before the recording "
-                         f"(first at {negative[0]:g} s); fix the scoring export")
+        raise Quarantine(
+            path,
+            "invalid_staging",
+            f"{len(negative)} stage(s) start before the recording (first at {negative[0]:g} s); fix the scoring export",
+        )
     ordered = sorted(starts)
     repeated = sorted({a for a, b in zip(ordered, ordered[1:], strict=False) if a == b})
     if repeated:
-        raise Quarantine(path, "invalid_staging", f"{len(repeated)} time(s) carry two stages "
-                         f"(first at {clock(repeated[0])}); fix the scoring export")
+        raise Quarantine(
+            path,
+            "invalid_staging",
+            f"{len(repeated)} time(s) carry two stages (first at {clock(repeated[0])}); fix the scoring export",
+        )
 
 
 def _check_length(staged_s: float, audio_s: float, path: str, tol: Tolerances, what: str) -> None:
     if abs(staged_s - audio_s) > tol.staging_s:
         longer = "longer" if staged_s > audio_s else "shorter"
-        raise Quarantine(path, "staging_length_mismatch",
-                         f"staging ends at {clock(staged_s)} ({what}) but the audio lasts {clock(audio_s)}: "
-                         f"{abs(staged_s - audio_s):.6g} s {longer}, more than one epoch. A part may be missing "
-                         "or the annotations belong to another recording")
+        raise Quarantine(
+            path,
+            "staging_length_mismatch",
+            f"staging ends at {clock(staged_s)} ({what}) but the audio lasts {clock(audio_s)}: "
+            f"{abs(staged_s - audio_s):.6g} s {longer}, more than one epoch. A part may be missing "
+            "or the annotations belong to another recording",
+        )
 
 
 def check_events(events: Sequence[RmlEvent], audio_s: float, path: str) -> list[Finding]:
@@ -118,23 +166,45 @@ def check_events(events: Sequence[RmlEvent], audio_s: float, path: str) -> list[
     outside = [e for e in events if e.duration_s > 0 and (e.start_s < 0 or e.end_s > audio_s + 1e-6)]
     if invalid:
         e = invalid[0]
-        findings.append(Finding("recording", "invalid_events", "warning", path,
-                                f"{len(invalid)} event(s) without a positive duration, ignored "
-                                f"(first: {e.type} at {clock(e.start_s)}, {e.duration_s:g} s)"))
+        findings.append(
+            Finding(
+                "recording",
+                "invalid_events",
+                "warning",
+                path,
+                f"{len(invalid)} event(s) without a positive duration, ignored "
+                f"(first: {e.type} at {clock(e.start_s)}, {e.duration_s:g} s)",
+            )
+        )
     if outside:
         e = outside[0]
-        findings.append(Finding("recording", "events_out_of_range", "warning", path,
-                                f"{len(outside)} event(s) reach outside the recording (0 to {clock(audio_s)}), "
-                                f"clipped to it (first: {e.type} at {e.start_s:g} s for {e.duration_s:g} s)"))
-    breathing = sorted((e for e in events if e.type in RESPIRATORY_TYPES and e.duration_s > 0),
-                       key=lambda e: e.start_s)
+        findings.append(
+            Finding(
+                "recording",
+                "events_out_of_range",
+                "warning",
+                path,
+                f"{len(outside)} event(s) reach outside the recording (0 to {clock(audio_s)}), "
+                f"clipped to it (first: {e.type} at {e.start_s:g} s for {e.duration_s:g} s)",
+            )
+        )
+    breathing = sorted((e for e in events if e.type in RESPIRATORY_TYPES and e.duration_s > 0), key=lambda e: e.start_s)
     overlaps = [(a, b) for a, b in zip(breathing, breathing[1:], strict=False) if b.start_s < a.end_s - 1e-6]
     if overlaps:
         a, b = overlaps[0]
-        findings.append(Finding("recording", "overlapping_events", "warning", path,
-                                f"{len(overlaps)} apnoea/hypopnoea event(s) overlap the previous one (first: {b.type} "
-                                f"at {clock(b.start_s)} inside {a.type} from {clock(a.start_s)}); AHI counts each "
-                                "event, so check the scoring", a.start_s, b.end_s))
+        findings.append(
+            Finding(
+                "recording",
+                "overlapping_events",
+                "warning",
+                path,
+                f"{len(overlaps)} apnoea/hypopnoea event(s) overlap the previous one (first: {b.type} "
+                f"at {clock(b.start_s)} inside {a.type} from {clock(a.start_s)}); AHI counts each "
+                "event, so check the scoring",
+                a.start_s,
+                b.end_s,
+            )
+        )
     return findings
 
 
@@ -148,39 +218,58 @@ def _start_disagreements(table: pd.DataFrame, path: str) -> list[Finding]:
     if not off.any():
         return []
     row = int(off.to_numpy().argmax())
-    return [Finding("recording", "annotation_notes", "warning", path,
-                    f"{int(off.sum())} row(s) whose start_s is not epoch_index x {EPOCH_SECONDS:g} s (first: row "
-                    f"{row + 2}, epoch {int(table['epoch_index'].iloc[row])} at start_s {starts.iloc[row]:g}); the "
-                    "stages are placed by epoch_index: check the export")]
+    return [
+        Finding(
+            "recording",
+            "annotation_notes",
+            "warning",
+            path,
+            f"{int(off.sum())} row(s) whose start_s is not epoch_index x {EPOCH_SECONDS:g} s (first: row "
+            f"{row + 2}, epoch {int(table['epoch_index'].iloc[row])} at start_s {starts.iloc[row]:g}); the "
+            "stages are placed by epoch_index: check the export",
+        )
+    ]
 
 
-def check_stage_table(table: pd.DataFrame, path: str, recording_id: str, n_epochs: int, audio_s: float,
-                      tol: Tolerances = Tolerances()) -> list[Finding]:
+def check_stage_table(
+    table: pd.DataFrame, path: str, recording_id: str, n_epochs: int, audio_s: float, tol: Tolerances = Tolerances()
+) -> list[Finding]:
     """Checks of a plain layout's ``.stages.csv`` (already parsed by ``annotations.read_stage_table``)."""
     if table.empty:  # a header without rows: like an RML without UserStaging
-        return [Finding("recording", "no_staging", "warning", path,
-                        "the stage CSV has a header but no rows: the night is scored but not used for "
-                        "training or metrics")]
+        return [
+            Finding(
+                "recording",
+                "no_staging",
+                "warning",
+                path,
+                "the stage CSV has a header but no rows: the night is scored but not used for training or metrics",
+            )
+        ]
     if "recording_id" in table.columns:
         others = sorted({str(v) for v in table["recording_id"].dropna()} - {recording_id})
         if others:
-            raise Quarantine(path, "annotation_mismatch",
-                             f"stage file names recording(s) {others[:3]}, not {recording_id!r}: "
-                             "it belongs to another recording")
+            raise Quarantine(
+                path,
+                "annotation_mismatch",
+                f"stage file names recording(s) {others[:3]}, not {recording_id!r}: it belongs to another recording",
+            )
     if "epoch_index" in table.columns:
         index = table["epoch_index"]
         if (index < 0).any():
             raise Quarantine(path, "invalid_staging", f"negative epoch_index {int(index.min())}; fix the file")
         clashes = table.groupby("epoch_index")["stage"].nunique()
         if (clashes > 1).any():
-            raise Quarantine(path, "invalid_staging",
-                             f"epoch {int(clashes[clashes > 1].index[0])} has two different stages; fix the file")
-        _check_length((int(index.max()) + 1) * EPOCH_SECONDS, n_epochs * EPOCH_SECONDS, path, tol,
-                      "the last epoch_index")
+            raise Quarantine(
+                path,
+                "invalid_staging",
+                f"epoch {int(clashes[clashes > 1].index[0])} has two different stages; fix the file",
+            )
+        _check_length(
+            (int(index.max()) + 1) * EPOCH_SECONDS, n_epochs * EPOCH_SECONDS, path, tol, "the last epoch_index"
+        )
         return _start_disagreements(table, path)
     starts = table["start_s"]
     _check_stage_changes(list(starts), path, [f"row {i + 2}" for i in range(len(starts))])
     if float(starts.max()) > audio_s + tol.staging_s:
         _check_length(float(starts.max()), audio_s, path, tol, "the last change point")
     return []
-

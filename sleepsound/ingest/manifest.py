@@ -22,8 +22,14 @@ from sleepsound.ingest.validate import apply_findings, manifest_row, validate_re
 MANIFEST_FILE = "manifest/manifest.parquet"
 
 
-def build_manifest(source: str, cfg: PreprocessConfig, checks: ValidationConfig | None = None, deep: bool = False,
-                   use_ray: bool = False, previous: list[ManifestRow] | None = None) -> list[ManifestRow]:
+def build_manifest(
+    source: str,
+    cfg: PreprocessConfig,
+    checks: ValidationConfig | None = None,
+    deep: bool = False,
+    use_ray: bool = False,
+    previous: list[ManifestRow] | None = None,
+) -> list[ManifestRow]:
     """Discover and validate every recording under ``source`` (one Ray task each when asked).
 
     With ``previous`` (the root's last manifest), an accepted night whose files (sizes and
@@ -36,10 +42,12 @@ def build_manifest(source: str, cfg: PreprocessConfig, checks: ValidationConfig 
     """
     found = discover(source)
     stamps = source_stamps(source, found, _settings(cfg, checks, deep))
-    kept = {r["recording_id"]: r for r in previous or []
-            if r.get("status") == "accepted" and r.get("source_stamp")}
-    reused = {src.recording_id: kept[src.recording_id] for src in found
-              if stamps[src.recording_id] and kept.get(src.recording_id, {}).get("source_stamp") == stamps[src.recording_id]}
+    kept = {r["recording_id"]: r for r in previous or [] if r.get("status") == "accepted" and r.get("source_stamp")}
+    reused = {
+        src.recording_id: kept[src.recording_id]
+        for src in found
+        if stamps[src.recording_id] and kept.get(src.recording_id, {}).get("source_stamp") == stamps[src.recording_id]
+    }
     todo = [src for src in found if src.recording_id not in reused]
     fresh = {row["recording_id"]: row for row in _validate(todo, cfg, checks, deep, use_ray)}
     for rec, row in fresh.items():
@@ -47,8 +55,9 @@ def build_manifest(source: str, cfg: PreprocessConfig, checks: ValidationConfig 
     return [reused.get(src.recording_id) or fresh[src.recording_id] for src in found]
 
 
-def _validate(found: list[RecordingSource], cfg: PreprocessConfig, checks: ValidationConfig | None, deep: bool,
-              use_ray: bool) -> list[ManifestRow]:
+def _validate(
+    found: list[RecordingSource], cfg: PreprocessConfig, checks: ValidationConfig | None, deep: bool, use_ray: bool
+) -> list[ManifestRow]:
     if not use_ray or not found:
         return [validate_recording(src, cfg, checks, deep) for src in found]
     import ray
@@ -60,15 +69,29 @@ def _validate(found: list[RecordingSource], cfg: PreprocessConfig, checks: Valid
         try:
             rows.append(ray.get(ref))
         except (ray.exceptions.RayError, OSError) as exc:
-            rows.append(failed_row(src, "validator_failed", f"validation crashed ({type(exc).__name__}); "
-                                   "the file may be malformed in a way that kills its reader"))
+            rows.append(
+                failed_row(
+                    src,
+                    "validator_failed",
+                    f"validation crashed ({type(exc).__name__}); "
+                    "the file may be malformed in a way that kills its reader",
+                )
+            )
     return rows
 
 
 def _settings(cfg: PreprocessConfig, checks: ValidationConfig | None, deep: bool) -> str:
     """Everything besides the files that a manifest row depends on (the code's version included)."""
-    return json.dumps({"preprocess": cfg.model_dump(), "checks": (checks or ValidationConfig()).model_dump(),
-                       "deep": deep, "code": __version__}, sort_keys=True, default=str)
+    return json.dumps(
+        {
+            "preprocess": cfg.model_dump(),
+            "checks": (checks or ValidationConfig()).model_dump(),
+            "deep": deep,
+            "code": __version__,
+        },
+        sort_keys=True,
+        default=str,
+    )
 
 
 def source_stamps(source: str, found: list[RecordingSource], settings: str) -> dict[str, str | None]:

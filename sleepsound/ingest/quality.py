@@ -45,8 +45,9 @@ def flat_frames(raw: np.ndarray, in_rate: float, frame_seconds: float) -> np.nda
     return frames.max(axis=1) == frames.min(axis=1)
 
 
-def measure_epoch(raw: np.ndarray, in_rate: float, cfg: PreprocessConfig,
-                  full_scale: float = 1.0) -> tuple[EpochQuality, np.ndarray]:
+def measure_epoch(
+    raw: np.ndarray, in_rate: float, cfg: PreprocessConfig, full_scale: float = 1.0
+) -> tuple[EpochQuality, np.ndarray]:
     """Statistics of one epoch of raw samples, and its per-frame flatness (for gap finding)."""
     finite = np.isfinite(raw)
     nonfinite = int(raw.size - np.count_nonzero(finite))

@@ -69,13 +69,21 @@ def probe_edf(path: str, channel: str) -> PartInfo:
     try:
         labels = tuple(label.strip() for label in reader.getSignalLabels())
         if channel not in labels:
-            raise AudioError(path, "channel_missing",
-                             f"audio channel {channel!r} not found; signals are {list(labels)}")
+            raise AudioError(
+                path, "channel_missing", f"audio channel {channel!r} not found; signals are {list(labels)}"
+            )
         index = labels.index(channel)
         full_scale = max(abs(reader.getPhysicalMinimum(index)), abs(reader.getPhysicalMaximum(index)))
-        return PartInfo(path, float(reader.getSampleFrequency(index)),
-                        int(reader.getNSamples()[index]), index, labels, float(full_scale), header.start,
-                        _scaling_findings(reader, index, path, channel))
+        return PartInfo(
+            path,
+            float(reader.getSampleFrequency(index)),
+            int(reader.getNSamples()[index]),
+            index,
+            labels,
+            float(full_scale),
+            header.start,
+            _scaling_findings(reader, index, path, channel),
+        )
     finally:
         reader.close()
 
@@ -92,11 +100,21 @@ def _scaling_findings(reader: pyedflib.EdfReader, index: int, path: str, channel
     if dmin < dmax:
         return ()
     flipped = pmin < pmax  # the slope (pmax - pmin) / (dmax - dmin) is negative
-    effect = ("the audio is read sign-inverted, which changes no sound feature" if flipped else
-              "the physical range is reversed too, so the audio is read with its usual sign")
-    return (Finding("recording", "reversed_digital_range", "warning", path,
-                    f"signal {channel!r}: digital minimum {dmin} is above digital maximum {dmax} (physical "
-                    f"{pmin:g} to {pmax:g}); {effect}. Kept; check the exporter"),)
+    effect = (
+        "the audio is read sign-inverted, which changes no sound feature"
+        if flipped
+        else "the physical range is reversed too, so the audio is read with its usual sign"
+    )
+    return (
+        Finding(
+            "recording",
+            "reversed_digital_range",
+            "warning",
+            path,
+            f"signal {channel!r}: digital minimum {dmin} is above digital maximum {dmax} (physical "
+            f"{pmin:g} to {pmax:g}); {effect}. Kept; check the exporter",
+        ),
+    )
 
 
 def probe_plain(path: str, channel: str, index: int | None = None) -> PartInfo:
@@ -107,24 +125,30 @@ def probe_plain(path: str, channel: str, index: int | None = None) -> PartInfo:
     their suffix (a download keeps its source's name)."""
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in PLAIN_SUFFIXES:
-        raise AudioError(path, "unreadable_audio", f"{suffix.lstrip('.').upper()} is not read (libsndfile cannot "
-                         "decode it): convert it to FLAC, keeping the name")
+        raise AudioError(
+            path,
+            "unreadable_audio",
+            f"{suffix.lstrip('.').upper()} is not read (libsndfile cannot "
+            "decode it): convert it to FLAC, keeping the name",
+        )
     if os.path.getsize(path) == 0:
         raise AudioError(path, "empty_file", "file is empty (0 bytes); re-upload it")
     try:
         info = sf.info(path)
     except (sf.LibsndfileError, RuntimeError) as exc:
         reason = getattr(exc, "error_string", None) or str(exc)  # without the (maybe temporary) path
-        raise AudioError(path, "unreadable_audio", f"not a readable {suffix.lstrip('.').upper()} file "
-                         f"({reason})") from exc
+        raise AudioError(
+            path, "unreadable_audio", f"not a readable {suffix.lstrip('.').upper()} file ({reason})"
+        ) from exc
     if info.format == "WAV":
         check_wav_length(path)
     if info.frames == 0:
         raise AudioError(path, "empty_file", "holds an audio header but no samples; re-upload it")
     index = PLAIN_CHANNEL_INDEX[channel] if index is None else index
     if index >= info.channels:
-        raise AudioError(path, "channel_missing",
-                         f"channel {channel!r} (index {index}) missing: file has {info.channels} channel(s)")
+        raise AudioError(
+            path, "channel_missing", f"channel {channel!r} (index {index}) missing: file has {info.channels} channel(s)"
+        )
     labels = tuple(f"ch{i}" for i in range(info.channels))
     # Integer and lossy formats hold at most +-1.0; a float file has no full scale (values beyond 1 may
     # just be unnormalised), so clipping cannot be told from its samples and is not checked.
@@ -167,18 +191,24 @@ def check_wav_length(path: str) -> None:
         start, held = offset + 8, size - offset - 8
         seconds = f"{clock(length / byte_rate)} of audio"
         if length - held >= byte_rate:
-            raise AudioError(path, "truncated_audio",
-                             f"truncated: the header declares {seconds} ({length} bytes) but the file holds "
-                             f"{clock(held / byte_rate)} ({length - held} bytes missing): an upload cut short; "
-                             "re-upload it")
+            raise AudioError(
+                path,
+                "truncated_audio",
+                f"truncated: the header declares {seconds} ({length} bytes) but the file holds "
+                f"{clock(held / byte_rate)} ({length - held} bytes missing): an upload cut short; "
+                "re-upload it",
+            )
         end = start + length + (length & 1)
         junk = _unparsed_tail(handle, end, size, order)
         if junk >= EPOCH_SECONDS * byte_rate:  # a tag or padding is smaller than one epoch of audio
-            raise AudioError(path, "unfinalised_audio",
-                             f"the header declares {seconds} ({length} bytes) but {clock(junk / byte_rate)} more "
-                             "follows outside any chunk: a recording that was never finalised (the recorder "
-                             "stopped before writing the sizes). Rewrite the header, e.g. `sox --ignore-length "
-                             "in.wav out.wav`, and re-upload")
+            raise AudioError(
+                path,
+                "unfinalised_audio",
+                f"the header declares {seconds} ({length} bytes) but {clock(junk / byte_rate)} more "
+                "follows outside any chunk: a recording that was never finalised (the recorder "
+                "stopped before writing the sizes). Rewrite the header, e.g. `sox --ignore-length "
+                "in.wav out.wav`, and re-upload",
+            )
 
 
 def _unparsed_tail(handle: BinaryIO, offset: int, size: int, order: str) -> int:
@@ -231,8 +261,9 @@ def _edf_layout(reader: pyedflib.EdfReader, path: str, chn: int, n_samples: int)
     if not -32768 <= dmin < dmax <= 32767 or pmax == pmin:
         return None
     bitvalue = (pmax - pmin) / (dmax - dmin)
-    return _EdfLayout(header.header_bytes, sum(per_record), sum(per_record[:raw]), per_record[raw],
-                      bitvalue, pmax / bitvalue - dmax)
+    return _EdfLayout(
+        header.header_bytes, sum(per_record), sum(per_record[:raw]), per_record[raw], bitvalue, pmax / bitvalue - dmax
+    )
 
 
 def _read_edf_block(handle: BinaryIO, layout: _EdfLayout, start: int, n: int) -> np.ndarray:
@@ -241,9 +272,9 @@ def _read_edf_block(handle: BinaryIO, layout: _EdfLayout, start: int, n: int) ->
     first, last = start // spr, (start + n - 1) // spr + 1
     handle.seek(layout.data_offset + 2 * first * layout.record_samples)
     records = np.fromfile(handle, dtype="<i2", count=(last - first) * layout.record_samples)
-    digital = records.reshape(last - first, layout.record_samples)[:, layout.signal_offset:layout.signal_offset + spr]
+    digital = records.reshape(last - first, layout.record_samples)[:, layout.signal_offset : layout.signal_offset + spr]
     skip = start - first * spr
-    digital = digital.reshape(-1)[skip:skip + n]
+    digital = digital.reshape(-1)[skip : skip + n]
     return (layout.bitvalue * (layout.offset + digital.astype(np.float64))).astype(np.float32)
 
 
@@ -281,10 +312,13 @@ def _plain_blocks(part: PartInfo, block_samples: int) -> Iterator[np.ndarray]:
             try:
                 block = handle.read(block_samples, dtype="float32", always_2d=True)
             except sf.LibsndfileError as exc:
-                raise AudioError(part.path, "unreadable_audio",
-                                 f"the audio stops decoding after {clock(_decoded(handle) / part.sample_rate)} of "
-                                 f"{clock(part.duration_s)} ({exc.error_string.strip()}): the file is corrupt or "
-                                 "cut short; re-upload or re-export it") from exc
+                raise AudioError(
+                    part.path,
+                    "unreadable_audio",
+                    f"the audio stops decoding after {clock(_decoded(handle) / part.sample_rate)} of "
+                    f"{clock(part.duration_s)} ({exc.error_string.strip()}): the file is corrupt or "
+                    "cut short; re-upload or re-export it",
+                ) from exc
             if not len(block):
                 return
             yield np.ascontiguousarray(block[:, part.channel_index])

@@ -30,10 +30,21 @@ _Q = f"{{{RML_NAMESPACE}}}"
 STAGING_ELEMENT = "NeuroAdultAASMStaging"
 
 # Event types the PSG-Audio description names; anything else is kept and reported.
-KNOWN_EVENT_TYPES: frozenset[str] = frozenset({
-    "ObstructiveApnea", "CentralApnea", "MixedApnea", "Hypopnea", "PeriodicRespiration",
-    "Snore", "RelativeDesaturation", "Arousal", "RERA", "LegMovement", "ChannelFail",
-})
+KNOWN_EVENT_TYPES: frozenset[str] = frozenset(
+    {
+        "ObstructiveApnea",
+        "CentralApnea",
+        "MixedApnea",
+        "Hypopnea",
+        "PeriodicRespiration",
+        "Snore",
+        "RelativeDesaturation",
+        "Arousal",
+        "RERA",
+        "LegMovement",
+        "ChannelFail",
+    }
+)
 _KNOWN_TOP_LEVEL = frozenset({"Acquisition", "ChannelConfig", "ScoringData"})
 # No recording lasts a week: a time or duration beyond this is corrupt, not late. Such event
 # times are dropped (or zeroed) with a note here; stage times are kept for the checks, which
@@ -91,6 +102,7 @@ class RmlAnnotations:
 
 # ----------------------------------------------------------------------------- reading
 
+
 def _read_source(source: RmlSource) -> tuple[bytes, str]:
     if isinstance(source, bytes | bytearray):
         return bytes(source), "<bytes>"
@@ -146,8 +158,9 @@ def parse_rml(source: RmlSource) -> RmlAnnotations:
     except ET.ParseError as exc:
         raise RmlError(name, f"not well-formed XML ({exc})") from exc
     except LookupError as exc:  # <?xml encoding="..."?> names a codec Python does not know
-        raise RmlError(name, f"the XML declaration names an unknown character encoding ({exc}); "
-                             "re-export the RML as UTF-8") from exc
+        raise RmlError(
+            name, f"the XML declaration names an unknown character encoding ({exc}); re-export the RML as UTF-8"
+        ) from exc
     if root.tag != f"{_Q}PatientStudy":
         raise RmlError(name, f"root element is {root.tag!r}; expected PatientStudy in namespace {RML_NAMESPACE}")
 
@@ -204,8 +217,11 @@ def _read_session(session: ET.Element, ann: RmlAnnotations, notes: Counter[str])
         if value is None or value <= 0 or value > MAX_NIGHT_S:
             # Segments pair with EDF parts by position: dropping one would pair every later part with
             # the wrong segment, so an unusable one voids the whole list (and the check it feeds).
-            what = f"{value:g} s ({_ABSURD})" if value is not None and value > 0 else \
-                f"{(text or '').strip()!r} is not a positive number"
+            what = (
+                f"{value:g} s ({_ABSURD})"
+                if value is not None and value > 0
+                else f"{(text or '').strip()!r} is not a positive number"
+            )
             notes[f"Segment {number} Duration {what}: the EDF parts are not checked against the RML segments"] += 1
             ann.segment_durations_s = []
             break
@@ -313,6 +329,7 @@ def stages_per_epoch(ann: RmlAnnotations, n_epochs: int | None = None) -> list[s
 
 # ----------------------------------------------------------------------------- writing
 
+
 def stage_changes_from_epochs(stages: Sequence[str], epoch_seconds: float = EPOCH_SECONDS) -> list[tuple[float, str]]:
     """5-class stages per epoch -> RML change points, ending with the end-of-recording Stage."""
     changes: list[tuple[float, str]] = []
@@ -359,8 +376,12 @@ def rml_bytes(ann: RmlAnnotations, machine_stage_changes: Sequence[tuple[float, 
     scoring = ET.SubElement(root, f"{_Q}ScoringData")
     events = ET.SubElement(scoring, f"{_Q}Events")
     for event in ann.events:
-        attrs = {"Family": event.family, "Type": event.type, "Start": format_seconds(event.start_s),
-                 "Duration": format_seconds(event.duration_s)}
+        attrs = {
+            "Family": event.family,
+            "Type": event.type,
+            "Start": format_seconds(event.start_s),
+            "Duration": format_seconds(event.duration_s),
+        }
         if event.machine:
             attrs["Machine"] = "true"
         ET.SubElement(events, f"{_Q}Event", attrs)
@@ -374,8 +395,9 @@ def rml_bytes(ann: RmlAnnotations, machine_stage_changes: Sequence[tuple[float, 
     return buffer.getvalue() + b"\n"
 
 
-def write_rml(path: str | os.PathLike[str], ann: RmlAnnotations,
-              machine_stage_changes: Sequence[tuple[float, str]] | None = None) -> None:
+def write_rml(
+    path: str | os.PathLike[str], ann: RmlAnnotations, machine_stage_changes: Sequence[tuple[float, str]] | None = None
+) -> None:
     """Write ``ann`` as an RML file (``unknown`` is not written: it describes a reading)."""
     with open(path, "wb") as handle:
         handle.write(rml_bytes(ann, machine_stage_changes))

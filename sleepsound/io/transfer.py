@@ -45,7 +45,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False
     return isinstance(exc, (OSError, TimeoutError, ConnectionError)) or type(exc).__module__.startswith(
-        ("aiohttp", "botocore", "urllib3"))
+        ("aiohttp", "botocore", "urllib3")
+    )
 
 
 def _md5(path: str) -> str:
@@ -85,10 +86,17 @@ def download(uri: str, local: str, policy: RetryPolicy = RetryPolicy(), seed: in
                 if isinstance(exc, OSError) and uri in str(exc):
                     raise
                 kind = type(exc) if isinstance(exc, (FileNotFoundError, PermissionError)) else OSError
-                raise kind(f"{uri}: {type(exc).__name__}: {exc}"
-                           + (f" (after {attempt} attempts)" if attempt > 1 else "")) from exc
+                raise kind(
+                    f"{uri}: {type(exc).__name__}: {exc}" + (f" (after {attempt} attempts)" if attempt > 1 else "")
+                ) from exc
             wait = policy.delay(attempt, rng)
-            log.warning("retrying %s in %.1f s after %s (attempt %d of %d)", uri, wait, type(exc).__name__,
-                        attempt, policy.attempts)
+            log.warning(
+                "retrying %s in %.1f s after %s (attempt %d of %d)",
+                uri,
+                wait,
+                type(exc).__name__,
+                attempt,
+                policy.attempts,
+            )
             time.sleep(wait)
     raise AssertionError("unreachable")

@@ -50,8 +50,9 @@ def read_annotation_csv(path: str, what: str, code: str) -> pd.DataFrame:
     with open(path, "rb") as handle:
         raw = handle.read()
     if not raw.strip():
-        raise AnnotationError(path, code, f"{what} is empty ({len(raw)} bytes): re-upload it, or remove it to "
-                              "score the night without it")
+        raise AnnotationError(
+            path, code, f"{what} is empty ({len(raw)} bytes): re-upload it, or remove it to score the night without it"
+        )
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         text = raw.decode("utf-16", errors="replace")
     else:
@@ -63,7 +64,7 @@ def read_annotation_csv(path: str, what: str, code: str) -> pd.DataFrame:
         raise AnnotationError(path, code, f"{what} is not text (it holds NUL bytes): export it as CSV")
     lines = [line for line in text.lstrip().splitlines() if not line.lstrip().startswith("#")]  # comments
     declared = lines[0].strip().lower() if lines else ""
-    if declared.startswith("sep=") and len(declared) == 5:       # Excel's "sep=;" first line
+    if declared.startswith("sep=") and len(declared) == 5:  # Excel's "sep=;" first line
         sep, lines = lines[0].strip()[4], lines[1:]
     else:
         sep = max((",", ";", "\t"), key=(lines[0] if lines else "").count)
@@ -84,25 +85,38 @@ def read_stage_table(path: str) -> pd.DataFrame:
     (``labels.stage5_of``; blank cells stay missing, so unscored)."""
     table = read_annotation_csv(path, "stage CSV", "bad_annotations")
     if "stage" not in table.columns or not ({"epoch_index", "start_s"} & set(table.columns)):
-        raise AnnotationError(path, "bad_annotations",
-                              f"stage CSV needs 'stage' and 'epoch_index' or 'start_s'; has {list(table.columns)}")
+        raise AnnotationError(
+            path,
+            "bad_annotations",
+            f"stage CSV needs 'stage' and 'epoch_index' or 'start_s'; has {list(table.columns)}",
+        )
     names = table["stage"].dropna()
     unknown = sorted({name for name in names if stage5_of(name) is None})
     if unknown:
-        raise AnnotationError(path, "bad_annotations", f"unknown stage names {unknown[:10]}; use "
-                              f"{' '.join(STAGES_5)} (or Wake, REM, S1-S4, Stage 2, ...), or {UNSCORED}, ? or "
-                              "Movement for epochs without a stage")
+        raise AnnotationError(
+            path,
+            "bad_annotations",
+            f"unknown stage names {unknown[:10]}; use "
+            f"{' '.join(STAGES_5)} (or Wake, REM, S1-S4, Stage 2, ...), or {UNSCORED}, ? or "
+            "Movement for epochs without a stage",
+        )
     table["stage"] = table["stage"].map(stage5_of, na_action="ignore")
     key = "epoch_index" if "epoch_index" in table.columns else "start_s"
     numbers = pd.to_numeric(table[key], errors="coerce")
     if numbers.isna().any():
         row = int(numbers.isna().to_numpy().argmax())
-        raise AnnotationError(path, "bad_annotations", f"column {key!r} must hold numbers in every row "
-                              f"(row {row + 2}: {table[key].iloc[row]!r})")
+        raise AnnotationError(
+            path,
+            "bad_annotations",
+            f"column {key!r} must hold numbers in every row (row {row + 2}: {table[key].iloc[row]!r})",
+        )
     if key == "epoch_index" and not (numbers == numbers.round()).all():
         row = int((numbers != numbers.round()).to_numpy().argmax())
-        raise AnnotationError(path, "bad_annotations", f"epoch_index must be whole numbers (row {row + 2}: "
-                              f"{table[key].iloc[row]}); is this column epochs?")
+        raise AnnotationError(
+            path,
+            "bad_annotations",
+            f"epoch_index must be whole numbers (row {row + 2}: {table[key].iloc[row]}); is this column epochs?",
+        )
     table[key] = numbers
     return table
 
@@ -115,8 +129,11 @@ def stages_from_table(table: pd.DataFrame, n_epochs: int) -> list[str]:
                 stages[int(index)] = stage
         return stages
     changes = table.sort_values("start_s")
-    for (start, stage), end in zip(changes[["start_s", "stage"]].itertuples(index=False),
-                                   list(changes["start_s"].iloc[1:]) + [n_epochs * EPOCH_SECONDS], strict=True):
+    for (start, stage), end in zip(
+        changes[["start_s", "stage"]].itertuples(index=False),
+        list(changes["start_s"].iloc[1:]) + [n_epochs * EPOCH_SECONDS],
+        strict=True,
+    ):
         for index in range(max(0, int(start // EPOCH_SECONDS)), min(n_epochs, int(end // EPOCH_SECONDS))):
             stages[index] = stage if isinstance(stage, str) else UNSCORED
     return stages

@@ -62,26 +62,35 @@ def read_events_csv(path: str) -> list[Event]:
     table = read_annotation_csv(path, "events CSV", "bad_events")
     missing = [c for c in ("type", "start_s", "duration_s") if c not in table.columns]
     if missing:
-        raise AnnotationError(path, "bad_events",
-                              f"events CSV needs columns type,start_s,duration_s; lacks {missing} "
-                              f"(has {list(table.columns)[:10]})")
+        raise AnnotationError(
+            path,
+            "bad_events",
+            f"events CSV needs columns type,start_s,duration_s; lacks {missing} (has {list(table.columns)[:10]})",
+        )
     numbers = table[["start_s", "duration_s"]].apply(pd.to_numeric, errors="coerce")
     values = numbers.to_numpy(dtype=float)
     bad = ~np.isfinite(values).all(axis=1) | table["type"].isna().to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         got = [str(v) for v in table.iloc[row][["type", "start_s", "duration_s"]]]
-        raise AnnotationError(path, "bad_events", f"row {row + 2} needs a type and numeric start_s and duration_s "
-                              f"(got {got})")
-    absurd = (np.abs(values) > MAX_NIGHT_S).any(axis=1)   # clipped to the night, it would label every epoch
+        raise AnnotationError(
+            path, "bad_events", f"row {row + 2} needs a type and numeric start_s and duration_s (got {got})"
+        )
+    absurd = (np.abs(values) > MAX_NIGHT_S).any(axis=1)  # clipped to the night, it would label every epoch
     if absurd.any():
         row = int(np.flatnonzero(absurd)[0])
-        raise AnnotationError(path, "bad_events", f"row {row + 2}: start_s {values[row, 0]:g} / duration_s "
-                              f"{values[row, 1]:g} reach beyond {MAX_NIGHT_S / 86400:g} days, no night is that "
-                              "long: a corrupt export; fix the file")
+        raise AnnotationError(
+            path,
+            "bad_events",
+            f"row {row + 2}: start_s {values[row, 0]:g} / duration_s "
+            f"{values[row, 1]:g} reach beyond {MAX_NIGHT_S / 86400:g} days, no night is that "
+            "long: a corrupt export; fix the file",
+        )
     families = table["family"].fillna("") if "family" in table.columns else [""] * len(table)
-    return [Event(str(f), event_type_of(str(t)), float(s), float(d)) for t, s, d, f in
-            zip(table["type"], numbers["start_s"], numbers["duration_s"], families, strict=True)]
+    return [
+        Event(str(f), event_type_of(str(t)), float(s), float(d))
+        for t, s, d, f in zip(table["type"], numbers["start_s"], numbers["duration_s"], families, strict=True)
+    ]
 
 
 def _type_key(name: str) -> str:
@@ -108,8 +117,9 @@ def unknown_event_types(events: Iterable[Event]) -> Counter[str]:
 
 def _intervals(events: Iterable[Event], types: frozenset[str]) -> tuple[np.ndarray, np.ndarray]:
     """Union of the events of ``types`` as sorted disjoint [start, end) arrays, from t = 0 on."""
-    spans = sorted((max(0.0, e.start_s), e.end_s) for e in events
-                   if e.type in types and e.duration_s > 0 and e.end_s > 0)
+    spans = sorted(
+        (max(0.0, e.start_s), e.end_s) for e in events if e.type in types and e.duration_s > 0 and e.end_s > 0
+    )
     merged: list[list[float]] = []
     for start, end in spans:
         if merged and start <= merged[-1][1]:
@@ -140,18 +150,29 @@ def _coverage(events: Sequence[Event], types: frozenset[str], starts: np.ndarray
 
 def _starts_in(events: Sequence[Event], types: frozenset[str], starts: np.ndarray, length: float) -> np.ndarray:
     onsets = np.sort([max(0.0, e.start_s) for e in events if e.type in types and e.duration_s > 0 and e.end_s > 0])
-    return (np.searchsorted(onsets, starts + length, side="left")
-            - np.searchsorted(onsets, starts, side="left")).astype(np.int64)
+    return (
+        np.searchsorted(onsets, starts + length, side="left") - np.searchsorted(onsets, starts, side="left")
+    ).astype(np.int64)
 
 
-def resp_labels(apnea_frac: Sequence[float], hypopnea_frac: Sequence[float], snore_frac: Sequence[float],
-                n_apnea: Sequence[float], n_hypopnea: Sequence[float], window_s: float,
-                min_overlap_s: float) -> list[str | None]:
+def resp_labels(
+    apnea_frac: Sequence[float],
+    hypopnea_frac: Sequence[float],
+    snore_frac: Sequence[float],
+    n_apnea: Sequence[float],
+    n_hypopnea: Sequence[float],
+    window_s: float,
+    min_overlap_s: float,
+) -> list[str | None]:
     """The module's ``resp_label`` rule on stored columns; null where the fractions are null."""
-    ap, hy, sn = (pd.to_numeric(pd.Series(v, dtype=object), errors="coerce").to_numpy(dtype=float)
-                  for v in (apnea_frac, hypopnea_frac, snore_frac))
-    na, nh = (pd.to_numeric(pd.Series(v, dtype=object), errors="coerce").fillna(0).to_numpy(dtype=float)
-              for v in (n_apnea, n_hypopnea))
+    ap, hy, sn = (
+        pd.to_numeric(pd.Series(v, dtype=object), errors="coerce").to_numpy(dtype=float)
+        for v in (apnea_frac, hypopnea_frac, snore_frac)
+    )
+    na, nh = (
+        pd.to_numeric(pd.Series(v, dtype=object), errors="coerce").fillna(0).to_numpy(dtype=float)
+        for v in (n_apnea, n_hypopnea)
+    )
     breathing = (na + nh > 0) | ((ap + hy) * window_s >= min_overlap_s - _TOLERANCE_S)
     out: list[str | None] = []
     for i in range(len(ap)):
@@ -162,8 +183,9 @@ def resp_labels(apnea_frac: Sequence[float], hypopnea_frac: Sequence[float], sno
     return out
 
 
-def window_labels(events: Sequence[Event] | None, starts_s: Sequence[float], length_s: float,
-                  min_overlap_s: float) -> list[dict[str, object]]:
+def window_labels(
+    events: Sequence[Event] | None, starts_s: Sequence[float], length_s: float, min_overlap_s: float
+) -> list[dict[str, object]]:
     """Respiratory columns (``RESP_COLUMNS``) for windows ``[start, start + length_s)``.
 
     ``events`` None (a night without an events source) gives all-null columns.
@@ -177,6 +199,14 @@ def window_labels(events: Sequence[Event] | None, starts_s: Sequence[float], len
     na = _starts_in(events, APNEA_TYPES, starts, length_s)
     nh = _starts_in(events, HYPOPNEA_TYPES, starts, length_s)
     labels = resp_labels(ap, hy, sn, na, nh, length_s, min_overlap_s)
-    return [{"apnea_frac": float(ap[i]), "hypopnea_frac": float(hy[i]), "snore_frac": float(sn[i]),
-             "n_apnea": int(na[i]), "n_hypopnea": int(nh[i]), "resp_label": labels[i]}
-            for i in range(len(starts))]
+    return [
+        {
+            "apnea_frac": float(ap[i]),
+            "hypopnea_frac": float(hy[i]),
+            "snore_frac": float(sn[i]),
+            "n_apnea": int(na[i]),
+            "n_hypopnea": int(nh[i]),
+            "resp_label": labels[i],
+        }
+        for i in range(len(starts))
+    ]

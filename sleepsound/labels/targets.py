@@ -16,10 +16,10 @@ from sleepsound.labels.vocabulary import STAGES_3, STAGES_5
 
 @dataclass(frozen=True)
 class Target:
-    name: str                  # the model store's target folder
-    column: str                # the epoch table's label column
-    classes: tuple[str, ...]   # model output order
-    true_column: str           # prediction table columns
+    name: str  # the model store's target folder
+    column: str  # the epoch table's label column
+    classes: tuple[str, ...]  # model output order
+    true_column: str  # prediction table columns
     pred_column: str
 
 

@@ -26,7 +26,14 @@ RML_STAGE_TO_5: dict[str, str] = {
     "REM": "R",
     "NotScored": UNSCORED,
 }
-STAGE5_TO_RML: dict[str, str] = {"W": "Wake", "N1": "NonREM1", "N2": "NonREM2", "N3": "NonREM3", "R": "REM", UNSCORED: "NotScored"}
+STAGE5_TO_RML: dict[str, str] = {
+    "W": "Wake",
+    "N1": "NonREM1",
+    "N2": "NonREM2",
+    "N3": "NonREM3",
+    "R": "REM",
+    UNSCORED: "NotScored",
+}
 
 # Stage names a plain night's stage CSV may use, keyed as ``stage5_of`` compares them (lower case,
 # without spaces, "_" or "-"): the 5-class names, RML's, R&K's (S3 and S4 are N3, as NonREM4 is)
@@ -36,12 +43,31 @@ STAGE5_TO_RML: dict[str, str] = {"W": "Wake", "N1": "NonREM1", "N2": "NonREM2", 
 STAGE_SPELLINGS: dict[str, str] = {
     **{name.lower(): name for name in (*STAGES_5, UNSCORED)},
     **{name.lower(): stage for name, stage in RML_STAGE_TO_5.items()},
-    "awake": "W", "wk": "W", "s0": "W",
-    "s1": "N1", "nrem1": "N1", "stage1": "N1",
-    "s2": "N2", "nrem2": "N2", "stage2": "N2",
-    "s3": "N3", "s4": "N3", "n4": "N3", "nrem3": "N3", "nrem4": "N3", "sws": "N3", "stage3": "N3", "stage4": "N3",
-    "unscored": UNSCORED, "?": UNSCORED, "unknown": UNSCORED, "movement": UNSCORED, "movementtime": UNSCORED,
-    "mt": UNSCORED, "artifact": UNSCORED, "artefact": UNSCORED,
+    "awake": "W",
+    "wk": "W",
+    "s0": "W",
+    "s1": "N1",
+    "nrem1": "N1",
+    "stage1": "N1",
+    "s2": "N2",
+    "nrem2": "N2",
+    "stage2": "N2",
+    "s3": "N3",
+    "s4": "N3",
+    "n4": "N3",
+    "nrem3": "N3",
+    "nrem4": "N3",
+    "sws": "N3",
+    "stage3": "N3",
+    "stage4": "N3",
+    "unscored": UNSCORED,
+    "?": UNSCORED,
+    "unknown": UNSCORED,
+    "movement": UNSCORED,
+    "movementtime": UNSCORED,
+    "mt": UNSCORED,
+    "artifact": UNSCORED,
+    "artefact": UNSCORED,
 }
 
 
@@ -50,8 +76,8 @@ def stage5_of(name: str) -> str | None:
     leading "Stage"/"Sleep stage"), or None for a name it does not know."""
     key = "".join(name.split()).replace("_", "").replace("-", "").lower()
     for prefix in ("", "sleep", "sleepstage", "stage"):
-        if key.startswith(prefix) and key[len(prefix):] in STAGE_SPELLINGS:
-            return STAGE_SPELLINGS[key[len(prefix):]]
+        if key.startswith(prefix) and key[len(prefix) :] in STAGE_SPELLINGS:
+            return STAGE_SPELLINGS[key[len(prefix) :]]
     return None
 
 

@@ -25,27 +25,44 @@ from sleepsound.train.dataset import EmbeddedEpochs, load_embedded, model_inputs
 from sleepsound.train.loop import predict_with_weights
 
 
-def predict_recordings(root: RootLike, cfg: Config, run_id: str, model: TrainedModels,
-                       manifest: pd.DataFrame, recordings: list[str] | None = None) -> str:
+def predict_recordings(
+    root: RootLike,
+    cfg: Config,
+    run_id: str,
+    model: TrainedModels,
+    manifest: pd.DataFrame,
+    recordings: list[str] | None = None,
+) -> str:
     """Per-epoch predictions of every trained head for every accepted recording (or only those
     in ``recordings``), one Parquet file each."""
     fs, root_path = open_root(root)
-    heads = {name: (TARGETS[name], load_head(fs, info["model_dir"]), info)
-             for name, info in (model.get("heads") or {PRIMARY: model}).items()}
+    heads = {
+        name: (TARGETS[name], load_head(fs, info["model_dir"]), info)
+        for name, info in (model.get("heads") or {PRIMARY: model}).items()
+    }
     out_dir = join(root_path, "runs", run_id, "predictions")
     accepted = manifest[manifest["status"] == "accepted"]
     if recordings is not None:
         accepted = accepted[accepted["recording_id"].astype(str).isin(set(recordings))]
     for row in accepted.itertuples(index=False):
-        split = ("unlabelled" if row.label_source == "none"
-                 else "test" if str(row.subject_id) in model["test_subjects"]
-                 else "validation" if str(row.subject_id) in model.get("val_subjects", []) else "train")
+        split = (
+            "unlabelled"
+            if row.label_source == "none"
+            else "test"
+            if str(row.subject_id) in model["test_subjects"]
+            else "validation"
+            if str(row.subject_id) in model.get("val_subjects", [])
+            else "train"
+        )
         data = load_embedded(root, cfg, accepted[accepted["recording_id"] == row.recording_id])
         epochs = _all_epochs(root, cfg, row.recording_id)
         table = _prediction_table(heads, data, epochs, cfg, split, model["version"])
         # Hive partitioning: the folder name carries recording_id, so the file must not.
-        write_table(fs, join(out_dir, f"recording_id={row.recording_id}", "part-0.parquet"),
-                    table.drop_columns(["recording_id"]))
+        write_table(
+            fs,
+            join(out_dir, f"recording_id={row.recording_id}", "part-0.parquet"),
+            table.drop_columns(["recording_id"]),
+        )
     return out_dir
 
 
@@ -58,8 +75,14 @@ def _all_epochs(root: RootLike, cfg: Config, recording_id: str) -> list[dict[str
     return read_table(fs, epochs_path(root_path, channel_configs(cfg)[0], recording_id)).to_pylist()
 
 
-def _prediction_table(heads: dict[str, tuple[Target, Any, dict[str, Any]]], data: EmbeddedEpochs,
-                      epochs: list[dict[str, Any]], cfg: Config, split: str, version: str) -> pa.Table:
+def _prediction_table(
+    heads: dict[str, tuple[Target, Any, dict[str, Any]]],
+    data: EmbeddedEpochs,
+    epochs: list[dict[str, Any]],
+    cfg: Config,
+    split: str,
+    version: str,
+) -> pa.Table:
     """One row per epoch of the night: scored labels, each head's prediction, stage3's attention."""
     outputs: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
     if len(data.features):
@@ -73,8 +96,14 @@ def _prediction_table(heads: dict[str, tuple[Target, Any, dict[str, Any]]], data
     for e, scored in zip(epochs, labels, strict=True):
         i = int(e["epoch_index"])
         row: dict[str, Any] = {
-            "recording_id": e["recording_id"], "subject_id": e["subject_id"], "epoch_index": i,
-            "start_s": e["start_s"], "split": split, "model_version": version, **scored}
+            "recording_id": e["recording_id"],
+            "subject_id": e["subject_id"],
+            "epoch_index": i,
+            "start_s": e["start_s"],
+            "split": split,
+            "model_version": version,
+            **scored,
+        }
         for name, (target, _, _) in heads.items():
             got = outputs.get(name, {}).get(i)
             row[target.pred_column] = None if got is None else target.classes[int(np.argmax(got[0]))]
@@ -86,8 +115,10 @@ def _prediction_table(heads: dict[str, tuple[Target, Any, dict[str, Any]]], data
     return pa.Table.from_pylist(rows, schema=schemas.PREDICTIONS)
 
 
-_PROB_COLUMNS = {"stage3": {"Wake": "prob_wake", "NREM": "prob_nrem", "REM": "prob_rem"},
-                 "resp": {"snore": "prob_snore", "apnea_hypopnea": "prob_apnea_hypopnea"}}
+_PROB_COLUMNS = {
+    "stage3": {"Wake": "prob_wake", "NREM": "prob_nrem", "REM": "prob_rem"},
+    "resp": {"snore": "prob_snore", "apnea_hypopnea": "prob_apnea_hypopnea"},
+}
 
 
 def _scored_labels(epochs: list[dict[str, Any]], cfg: Config) -> list[dict[str, Any]]:
@@ -97,13 +128,29 @@ def _scored_labels(epochs: list[dict[str, Any]], cfg: Config) -> list[dict[str, 
 
     frame = pd.DataFrame(epochs)
     has_events = "apnea_frac" in frame and frame["apnea_frac"].notna().any()
-    resp = (resp_labels(frame["apnea_frac"], frame["hypopnea_frac"], frame["snore_frac"], frame["n_apnea"],
-                        frame["n_hypopnea"], cfg.preprocess.epoch_seconds, cfg.preprocess.resp_min_overlap_s)
-            if has_events else [None] * len(frame))
+    resp = (
+        resp_labels(
+            frame["apnea_frac"],
+            frame["hypopnea_frac"],
+            frame["snore_frac"],
+            frame["n_apnea"],
+            frame["n_hypopnea"],
+            cfg.preprocess.epoch_seconds,
+            cfg.preprocess.resp_min_overlap_s,
+        )
+        if has_events
+        else [None] * len(frame)
+    )
     out = []
     for e, r in zip(epochs, resp, strict=True):
         events = None if e.get("n_apnea") is None else float(e["n_apnea"] or 0) + float(e.get("n_hypopnea") or 0)
-        out.append({"stage_true": e["stage3"], "stage5_true": e["stage5"] if e["stage5"] in STAGES_5 else None,
-                    "resp_true": r if isinstance(r, str) else None, "events_true": events,
-                    "snore_frac_true": e.get("snore_frac")})
+        out.append(
+            {
+                "stage_true": e["stage3"],
+                "stage5_true": e["stage5"] if e["stage5"] in STAGES_5 else None,
+                "resp_true": r if isinstance(r, str) else None,
+                "events_true": events,
+                "snore_frac_true": e.get("snore_frac"),
+            }
+        )
     return out

@@ -16,14 +16,25 @@ from rich.console import Console
 # past 5 minutes, for the class that needs no help. Everything else is the paper's.
 DEMO_CYCLE_MINUTES = 30.0
 DEMO_SAMPLE_RATE = 16_000
-DEMO_OVERRIDES = ["training.lr=1e-3", "training.min_lr=5e-5", "training.epochs=30", "training.batch_size=32",
-                  "training.test_fraction=0.34", "training.shift_classes=[Wake, REM]"]
+DEMO_OVERRIDES = [
+    "training.lr=1e-3",
+    "training.min_lr=5e-5",
+    "training.epochs=30",
+    "training.batch_size=32",
+    "training.test_fraction=0.34",
+    "training.shift_classes=[Wake, REM]",
+]
 
 
 def ensure_demo_cohort(out: Path, subjects: int, hours: float, seed: int, console: Console) -> Path:
     """Generate the cohort unless the same one is already on disk (a rerun skips it)."""
-    params = {"subjects": subjects, "hours": hours, "seed": seed, "sample_rate": DEMO_SAMPLE_RATE,
-              "cycle_minutes": DEMO_CYCLE_MINUTES}
+    params = {
+        "subjects": subjects,
+        "hours": hours,
+        "seed": seed,
+        "sample_rate": DEMO_SAMPLE_RATE,
+        "cycle_minutes": DEMO_CYCLE_MINUTES,
+    }
     stamp = out / "demo-params.json"
     if stamp.exists() and json.loads(stamp.read_text()) == params:
         console.print(f"synthetic cohort already in {out}")
@@ -31,7 +42,14 @@ def ensure_demo_cohort(out: Path, subjects: int, hours: float, seed: int, consol
     from sleepsound.synth.writers import generate_cohort
 
     console.print(f"generating {subjects} synthetic nights of {hours:g} h in {out} ...")
-    generate_cohort(out, n_subjects=subjects, hours=hours, seed=seed, sample_rate=DEMO_SAMPLE_RATE,
-                    layout="psg-audio", cycle_minutes=DEMO_CYCLE_MINUTES)
+    generate_cohort(
+        out,
+        n_subjects=subjects,
+        hours=hours,
+        seed=seed,
+        sample_rate=DEMO_SAMPLE_RATE,
+        layout="psg-audio",
+        cycle_minutes=DEMO_CYCLE_MINUTES,
+    )
     stamp.write_text(json.dumps(params))
     return out

@@ -40,6 +40,7 @@ SOUNDSLEEPNET_LR = 5e-4
 
 def model_configs(base: Config, backbone: str, mel_pool_seconds: float = 0.1) -> dict[str, Config]:
     """The paper's three models as configurations of this project (the row names of Table II)."""
+
     def variant(backbone_name: str, pool_seconds: float | None = None, **training: Any) -> Config:
         data = base.model_dump()
         data["backbone"]["name"] = backbone_name
@@ -51,16 +52,23 @@ def model_configs(base: Config, backbone: str, mel_pool_seconds: float = 0.1) ->
 
     return {
         # By default the CNN reads the spectrogram at 0.1 s (300 frames per epoch), nearer its published input.
-        "SoundSleepNet": variant("mel", pool_seconds=mel_pool_seconds, head="soundsleepnet", context_epochs=1,
-                                 lr=SOUNDSLEEPNET_LR),
+        "SoundSleepNet": variant(
+            "mel", pool_seconds=mel_pool_seconds, head="soundsleepnet", context_epochs=1, lr=SOUNDSLEEPNET_LR
+        ),
         "30-s HuBERT": variant(backbone, head="attention", context_epochs=1),
         "90-s HuBERT": variant(backbone, head="attention", context_epochs=3),
     }
 
 
-def reproduce_embc2025(source: str, root: RootLike, base: Config | None = None, backbone: str = HUBERT_BASE,
-                       use_ray: bool = True, models: list[str] | None = None,
-                       mel_pool_seconds: float = 0.1) -> dict[str, Any]:
+def reproduce_embc2025(
+    source: str,
+    root: RootLike,
+    base: Config | None = None,
+    backbone: str = HUBERT_BASE,
+    use_ray: bool = True,
+    models: list[str] | None = None,
+    mel_pool_seconds: float = 0.1,
+) -> dict[str, Any]:
     """Validate, embed, train and score the three models; returns (and writes) Table II with the paper's."""
     base = base or Config()
     configs = model_configs(base, backbone, mel_pool_seconds)
@@ -83,18 +91,36 @@ def reproduce_embc2025(source: str, root: RootLike, base: Config | None = None, 
         got = score_split(root, cfg, labelled, test, ["stage3"])["stage3"]
         if "skipped" in got:
             raise ValueError(f"{name}: {got['skipped']}")
-        results[name] = {**got["metrics"], "train_epochs": got["train_epochs"],
-                         "embedded": len(stats.embedded), "cached": len(stats.cached),
-                         "backbone": cfg.backbone.name, "head": cfg.training.head,
-                         "context_epochs": cfg.training.context_epochs, "lr": cfg.training.lr}
-    excluded = [{"recording_id": r["recording_id"], "reason_code": r["reason_code"], "reason": r["reason"]}
-                for r in rows if r["status"] != "accepted"]
+        results[name] = {
+            **got["metrics"],
+            "train_epochs": got["train_epochs"],
+            "embedded": len(stats.embedded),
+            "cached": len(stats.cached),
+            "backbone": cfg.backbone.name,
+            "head": cfg.training.head,
+            "context_epochs": cfg.training.context_epochs,
+            "lr": cfg.training.lr,
+        }
+    excluded = [
+        {"recording_id": r["recording_id"], "reason_code": r["reason_code"], "reason": r["reason"]}
+        for r in rows
+        if r["status"] != "accepted"
+    ]
     out = {
-        "protocol": "Xu, Brown and Ma, EMBC 2025 (method.md)", "code_version": __version__,
+        "protocol": "Xu, Brown and Ma, EMBC 2025 (method.md)",
+        "code_version": __version__,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "source": source, "backbone": backbone, "recordings": len(rows), "accepted": len(accepted), "excluded": excluded,
-        "participants": len(subjects), "train_participants": len(train), "test_participants": len(test),
-        "test_subjects": test, "table_ii": table_ii(results), "models": results,
+        "source": source,
+        "backbone": backbone,
+        "recordings": len(rows),
+        "accepted": len(accepted),
+        "excluded": excluded,
+        "participants": len(subjects),
+        "train_participants": len(train),
+        "test_participants": len(test),
+        "test_subjects": test,
+        "table_ii": table_ii(results),
+        "models": results,
     }
     fs, root_path = open_root(root)
     write_json(fs, join(root_path, "reproduce", "embc2025.json"), out)
@@ -108,7 +134,12 @@ def table_ii(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         per_class = {r["class"]: r for r in metrics["per_class"]}
         for cls in ("Wake", "REM", "NREM"):  # the paper's row order
             paper = PAPER_TABLE_II.get(model, {}).get(cls, {})
-            rows.append({"model": model, "class": cls,
-                         **{c: per_class.get(cls, {}).get(c) for c in TABLE_COLUMNS},
-                         **{f"paper_{c}": paper.get(c) for c in TABLE_COLUMNS}})
+            rows.append(
+                {
+                    "model": model,
+                    "class": cls,
+                    **{c: per_class.get(cls, {}).get(c) for c in TABLE_COLUMNS},
+                    **{f"paper_{c}": paper.get(c) for c in TABLE_COLUMNS},
+                }
+            )
     return rows

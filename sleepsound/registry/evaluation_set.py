@@ -34,14 +34,25 @@ def evaluation_subjects(root: RootLike, cfg: Config, labelled: pd.DataFrame) -> 
         recorded = [str(s) for s in read_json(fs, path)["subjects"]]
         held = sorted(set(recorded) & set(present))
         if not held:
-            raise ValueError(f"none of the evaluation subjects recorded in {path} are among the labelled nights; "
-                             "delete that file to draw a new evaluation set")
+            raise ValueError(
+                f"none of the evaluation subjects recorded in {path} are among the labelled nights; "
+                "delete that file to draw a new evaluation set"
+            )
         if len(held) == len(present):
             raise ValueError(f"every labelled subject is in the evaluation set {path}: nothing left to train on")
         return held
     if len(present) < 2:
         raise ValueError(f"training needs labelled nights from at least 2 subjects; found {len(present)}")
     _, test = split_by_subject(present, cfg.training.test_fraction, cfg.training.seed)
-    write_json(fs, path, {"subjects": test, "drawn_from": len(present), "test_fraction": cfg.training.test_fraction,
-                          "seed": cfg.training.seed, "created": datetime.now(UTC).isoformat(timespec="seconds")})
+    write_json(
+        fs,
+        path,
+        {
+            "subjects": test,
+            "drawn_from": len(present),
+            "test_fraction": cfg.training.test_fraction,
+            "seed": cfg.training.seed,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
     return test

@@ -26,8 +26,9 @@ from sleepsound.train.dataset import load_embedded, model_inputs
 from sleepsound.train.loop import predict_proba
 
 
-def evaluate_on_subjects(root: RootLike, target: str, model_dir: str, manifest_rows: list[ManifestRow],
-                         subjects: list[str]) -> dict[str, Any]:
+def evaluate_on_subjects(
+    root: RootLike, target: str, model_dir: str, manifest_rows: list[ManifestRow], subjects: list[str]
+) -> dict[str, Any]:
     """``metrics.evaluate`` of one stored head on the scored epochs of ``subjects``' labelled nights."""
     fs, _ = open_root(root)
     lineage = read_json(fs, join(model_dir, model_store.LINEAGE))
@@ -35,11 +36,14 @@ def evaluate_on_subjects(root: RootLike, target: str, model_dir: str, manifest_r
         raise ValueError(f"{model_dir} predates stored configurations: it cannot be re-scored")
     cfg = Config.model_validate(lineage["config"])
     spec = TARGETS[target]
-    rows = [r for r in manifest_rows if r["status"] == "accepted" and r["label_source"] != "none"
-            and str(r["subject_id"]) in set(subjects)]
+    rows = [
+        r
+        for r in manifest_rows
+        if r["status"] == "accepted" and r["label_source"] != "none" and str(r["subject_id"]) in set(subjects)
+    ]
     if not rows:
         raise ValueError(f"no labelled nights of the evaluation subjects {subjects}")
-    stats = embed_cohort(rows, root, cfg, use_ray=False, shifted=False)   # cache hits unless the features differ
+    stats = embed_cohort(rows, root, cfg, use_ray=False, shifted=False)  # cache hits unless the features differ
     if stats.failed:
         raise RuntimeError(f"evaluation nights failed to embed: {stats.failed}")
     head = load_head(fs, model_dir)
@@ -49,12 +53,21 @@ def evaluate_on_subjects(root: RootLike, target: str, model_dir: str, manifest_r
     keep = truth.isin(spec.classes).to_numpy()
     probs = predict_proba(head, x[keep], mask=None if mask is None else mask[keep])
     counts = lineage.get("class_counts") or [0] * len(spec.classes)
-    return evaluate(truth[keep].astype(str).tolist(), [spec.classes[i] for i in probs.argmax(axis=1)],
-                    spec.classes, spec.classes[int(np.argmax(counts))])
+    return evaluate(
+        truth[keep].astype(str).tolist(),
+        [spec.classes[i] for i in probs.argmax(axis=1)],
+        spec.classes,
+        spec.classes[int(np.argmax(counts))],
+    )
 
 
-def decide_promotions(root: RootLike, model: TrainedModels, manifest_rows: list[ManifestRow],
-                      metric: str = "macro_f1", margin: float = 0.01) -> dict[str, PromotionDecision]:
+def decide_promotions(
+    root: RootLike,
+    model: TrainedModels,
+    manifest_rows: list[ManifestRow],
+    metric: str = "macro_f1",
+    margin: float = 0.01,
+) -> dict[str, PromotionDecision]:
     """For each head just trained: its score, the champion's on the same subjects, the decision."""
     _, root_path = open_root(root)
     subjects = model["test_subjects"]
@@ -66,7 +79,13 @@ def decide_promotions(root: RootLike, model: TrainedModels, manifest_rows: list[
         if current is not None and current != head["version"]:
             champion_dir = model_store.model_dir(root_path, target, current)
             champion = evaluate_on_subjects(root, target, champion_dir, manifest_rows, subjects)[metric]
-        decisions[target] = model_store.promote_if_better(root, target, head["version"], float(challenger),
-                                                        None if champion is None else float(champion),
-                                                        metric=metric, margin=margin)
+        decisions[target] = model_store.promote_if_better(
+            root,
+            target,
+            head["version"],
+            float(challenger),
+            None if champion is None else float(champion),
+            metric=metric,
+            margin=margin,
+        )
     return decisions

@@ -55,14 +55,22 @@ def versions(root: RootLike, target: str) -> list[dict[str, Any]]:
         lineage = _json_or_empty(fs, join(path, LINEAGE))
         metrics = _json_or_empty(fs, join(path, METRICS))
         config = read_json(fs, join(path, CONFIG_NAME))
-        out.append({
-            "task": target, "version": version, "champion": version == champion,
-            "created": lineage.get("created"), "head": config.get("head_class"),
-            "context_epochs": config.get("context_epochs"), "classes": config.get("classes"),
-            "train_subjects": len(lineage.get("train_subjects", [])),
-            "train_epochs": lineage.get("train_epochs"),
-            "macro_f1": metrics.get("macro_f1"), "kappa": metrics.get("kappa"), "accuracy": metrics.get("accuracy"),
-        })
+        out.append(
+            {
+                "task": target,
+                "version": version,
+                "champion": version == champion,
+                "created": lineage.get("created"),
+                "head": config.get("head_class"),
+                "context_epochs": config.get("context_epochs"),
+                "classes": config.get("classes"),
+                "train_subjects": len(lineage.get("train_subjects", [])),
+                "train_epochs": lineage.get("train_epochs"),
+                "macro_f1": metrics.get("macro_f1"),
+                "kappa": metrics.get("kappa"),
+                "accuracy": metrics.get("accuracy"),
+            }
+        )
     return sorted(out, key=lambda v: (v["created"] or "", v["version"]))
 
 
@@ -75,9 +83,15 @@ def show(root: RootLike, target: str, version: str | None = None) -> dict[str, A
     path = model_dir(root_path, target, version)
     if not fs.exists(join(path, CONFIG_NAME)):
         raise ModelNotFound(f"no model {target}/{version} under {root}")
-    return {"task": target, "version": version, "path": path, "champion": version == champion_version(root, target),
-            "config": read_json(fs, join(path, CONFIG_NAME)), "lineage": _json_or_empty(fs, join(path, LINEAGE)),
-            "metrics": _json_or_empty(fs, join(path, METRICS))}
+    return {
+        "task": target,
+        "version": version,
+        "path": path,
+        "champion": version == champion_version(root, target),
+        "config": read_json(fs, join(path, CONFIG_NAME)),
+        "lineage": _json_or_empty(fs, join(path, LINEAGE)),
+        "metrics": _json_or_empty(fs, join(path, METRICS)),
+    }
 
 
 def champion_version(root: RootLike, target: str) -> str | None:
@@ -91,14 +105,26 @@ def set_champion(root: RootLike, target: str, version: str, reason: str) -> dict
     fs, root_path = open_root(root)
     if not fs.exists(join(model_dir(root_path, target, version), CONFIG_NAME)):
         raise ModelNotFound(f"no model {target}/{version} under {root}")
-    record = {"version": version, "previous": champion_version(root, target), "reason": reason,
-              "promoted": datetime.now(UTC).isoformat(timespec="seconds")}
+    record = {
+        "version": version,
+        "previous": champion_version(root, target),
+        "reason": reason,
+        "promoted": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     write_json(fs, join(root_path, "models", target, CHAMPION), record)
     return record
 
 
-def promote_if_better(root: RootLike, target: str, challenger: str, challenger_score: float,
-                      champion_score: float | None, *, metric: str = "macro_f1", margin: float = 0.01) -> PromotionDecision:
+def promote_if_better(
+    root: RootLike,
+    target: str,
+    challenger: str,
+    challenger_score: float,
+    champion_score: float | None,
+    *,
+    metric: str = "macro_f1",
+    margin: float = 0.01,
+) -> PromotionDecision:
     """Champion/challenger: make ``challenger`` the champion only if it beats the champion's score
     on the same evaluation set by at least ``margin`` (higher is better); a first model always wins.
 
@@ -121,12 +147,23 @@ def promote_if_better(root: RootLike, target: str, challenger: str, challenger_s
     elif challenger_score >= champion_score + margin:
         promoted, why = True, f"{metric} {challenger_score:.4f} beats {champion_score:.4f} by at least {margin}"
     else:
-        promoted, why = False, (f"{metric} {challenger_score:.4f} does not beat the champion's {champion_score:.4f} "
-                                f"by the margin {margin}")
-    decision = {"task": target, "metric": metric, "margin": margin, "promoted": promoted, "reason": why,
-                "challenger": {"version": challenger, "score": challenger_score},
-                "champion": {"version": current, "score": champion_score},
-                "decided": datetime.now(UTC).isoformat(timespec="seconds")}
+        promoted, why = (
+            False,
+            (
+                f"{metric} {challenger_score:.4f} does not beat the champion's {champion_score:.4f} "
+                f"by the margin {margin}"
+            ),
+        )
+    decision = {
+        "task": target,
+        "metric": metric,
+        "margin": margin,
+        "promoted": promoted,
+        "reason": why,
+        "challenger": {"version": challenger, "score": challenger_score},
+        "champion": {"version": current, "score": champion_score},
+        "decided": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     log_path = join(root_path, "models", target, PROMOTIONS)
     log = read_json(fs, log_path) if fs.exists(log_path) else []
     write_json(fs, log_path, [*log, decision])
@@ -152,16 +189,26 @@ def serving_models(root: RootLike, versions: dict[str, str] | None = None) -> Tr
             continue
         info = show(root, target, version)
         extra = info["config"].get("extra", {})
-        heads[target] = {"task": target, "model_dir": info["path"], "version": version,
-                       "class_counts": info["lineage"].get("class_counts"),
-                       **{k: extra[k] for k in ("events_per_event_epoch", "snore_share_per_snore_epoch") if k in extra}}
+        heads[target] = {
+            "task": target,
+            "model_dir": info["path"],
+            "version": version,
+            "class_counts": info["lineage"].get("class_counts"),
+            **{k: extra[k] for k in ("events_per_event_epoch", "snore_share_per_snore_epoch") if k in extra},
+        }
     if "stage3" not in heads:
         raise ModelNotFound(f"no stage3 champion under {root}: train one first (sleepsound run or train)")
     lineage = show(root, "stage3", heads["stage3"]["version"])["lineage"]
-    return {"model_dir": heads["stage3"]["model_dir"], "version": heads["stage3"]["version"], "task": "stage3",
-            "train_subjects": list(lineage.get("train_subjects", [])),
-            "val_subjects": list(lineage.get("val_subjects", [])), "test_subjects": [],
-            "heads": heads, "skipped": {}}
+    return {
+        "model_dir": heads["stage3"]["model_dir"],
+        "version": heads["stage3"]["version"],
+        "task": "stage3",
+        "train_subjects": list(lineage.get("train_subjects", [])),
+        "val_subjects": list(lineage.get("val_subjects", [])),
+        "test_subjects": [],
+        "heads": heads,
+        "skipped": {},
+    }
 
 
 def write_metrics(root: RootLike, target: str, version: str, metrics: dict[str, Any]) -> None:

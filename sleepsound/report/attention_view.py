@@ -25,19 +25,34 @@ def log_mel(audio: np.ndarray, sample_rate: int = 16_000) -> np.ndarray:
     """[n_mels, frames] log-Mel power in dB of a mono float32 segment (transformers' audio utils)."""
     from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
 
-    filters = mel_filter_bank(num_frequency_bins=N_FFT // 2 + 1, num_mel_filters=MEL_BANDS, min_frequency=0.0,
-                              max_frequency=sample_rate / 2, sampling_rate=sample_rate, norm="slaney",
-                              mel_scale="slaney")
-    return spectrogram(np.asarray(audio, dtype=np.float32), window_function(N_FFT, "hann"), frame_length=N_FFT,
-                       hop_length=HOP, power=2.0, mel_filters=filters, log_mel="dB", db_range=80.0).astype(np.float32)
+    filters = mel_filter_bank(
+        num_frequency_bins=N_FFT // 2 + 1,
+        num_mel_filters=MEL_BANDS,
+        min_frequency=0.0,
+        max_frequency=sample_rate / 2,
+        sampling_rate=sample_rate,
+        norm="slaney",
+        mel_scale="slaney",
+    )
+    return spectrogram(
+        np.asarray(audio, dtype=np.float32),
+        window_function(N_FFT, "hann"),
+        frame_length=N_FFT,
+        hop_length=HOP,
+        power=2.0,
+        mel_filters=filters,
+        log_mel="dB",
+        db_range=80.0,
+    ).astype(np.float32)
 
 
 def pick_examples(preds: pd.DataFrame, n: int) -> pd.DataFrame:
     """Up to ``n`` confident correct test epochs, cycling through the stages."""
     if n <= 0 or "attention" not in preds:
         return preds.iloc[:0]
-    right = preds[(preds["split"] == "test") & (preds["stage_pred"] == preds["stage_true"])
-                  & preds["attention"].notna()].copy()
+    right = preds[
+        (preds["split"] == "test") & (preds["stage_pred"] == preds["stage_true"]) & preds["attention"].notna()
+    ].copy()
     if right.empty:
         return right
     right["confidence"] = right[["prob_wake", "prob_nrem", "prob_rem"]].max(axis=1)
@@ -83,10 +98,13 @@ def attention_views(preds: pd.DataFrame, manifest_rows: list[dict[str, Any]], cf
         weight_s = context * epoch_s / len(weights)
         mask = np.repeat([i in audio for i in sorted(wanted)], len(weights) // context)
         centre = ((index - first) * epoch_s, (index - first + 1) * epoch_s)
-        title = (f"{example.recording_id} epoch {index}: scored {example.stage_true}, predicted "
-                 f"{example.stage_pred} ({example.confidence:.2f})")
-        views.append(attention_figure(mel, HOP / cfg.preprocess.target_rate, weights, weight_s, title=title,
-                                      centre=centre, mask=mask))
+        title = (
+            f"{example.recording_id} epoch {index}: scored {example.stage_true}, predicted "
+            f"{example.stage_pred} ({example.confidence:.2f})"
+        )
+        views.append(
+            attention_figure(
+                mel, HOP / cfg.preprocess.target_rate, weights, weight_s, title=title, centre=centre, mask=mask
+            )
+        )
     return views
-
-

@@ -66,8 +66,13 @@ def _levels(stages: Sequence[str | None]) -> np.ndarray:
     return np.array([STAGE_LEVEL.get(s, np.nan) if isinstance(s, str) else np.nan for s in stages], dtype=float)
 
 
-def hypnogram_figure(recording_id: str, start_s: Sequence[float] | np.ndarray, true: Sequence[str | None],
-                     pred: Sequence[str | None], epoch_seconds: float = EPOCH_SECONDS) -> str:
+def hypnogram_figure(
+    recording_id: str,
+    start_s: Sequence[float] | np.ndarray,
+    true: Sequence[str | None],
+    pred: Sequence[str | None],
+    epoch_seconds: float = EPOCH_SECONDS,
+) -> str:
     """Scored (top) and predicted (bottom) hypnograms of one night as an <img> tag.
 
     Step plots, Wake on top; epochs of unknown stage leave a gap.
@@ -82,8 +87,7 @@ def hypnogram_figure(recording_id: str, start_s: Sequence[float] | np.ndarray, t
     axes = fig.subplots(2, 1, sharex=True)
     t_levels, p_levels = _levels(true)[order], _levels(pred)[order]
     for ax, levels, label in ((axes[0], t_levels, "scored"), (axes[1], p_levels, "predicted")):
-        ax.step(hours, np.append(levels, levels[-1:] if len(levels) else []), where="post", lw=1.0,
-                color="#1f4e9a")
+        ax.step(hours, np.append(levels, levels[-1:] if len(levels) else []), where="post", lw=1.0, color="#1f4e9a")
         ax.set_yticks([0, 1, 2], ["NREM", "REM", "Wake"])
         ax.set_ylim(-0.4, 2.4)
         ax.set_ylabel(label, fontsize=9)
@@ -108,8 +112,9 @@ def _floats(values: Any, what: str) -> np.ndarray:
     return out
 
 
-def _ahi_pairs(true_ahi: Sequence[float] | np.ndarray, pred_ahi: Sequence[float] | np.ndarray,
-               agreement: Mapping[str, Any] | None) -> tuple[np.ndarray, np.ndarray, Mapping[str, Any]]:
+def _ahi_pairs(
+    true_ahi: Sequence[float] | np.ndarray, pred_ahi: Sequence[float] | np.ndarray, agreement: Mapping[str, Any] | None
+) -> tuple[np.ndarray, np.ndarray, Mapping[str, Any]]:
     """Nights with both AHIs known, and the agreement figures drawn from them (computed if not given)."""
     t, p = _floats(true_ahi, "true_ahi"), _floats(pred_ahi, "pred_ahi")
     if t.shape != p.shape:
@@ -119,8 +124,10 @@ def _ahi_pairs(true_ahi: Sequence[float] | np.ndarray, pred_ahi: Sequence[float]
     if agreement is None:
         agreement = ahi_agreement(t, p)
     elif agreement.get("n_nights") is not None and int(agreement["n_nights"]) != len(t):
-        raise ValueError(f"the agreement figures describe {agreement['n_nights']} nights but {len(t)} nights "
-                         "have both a scored and an estimated AHI: pass the same nights to both")
+        raise ValueError(
+            f"the agreement figures describe {agreement['n_nights']} nights but {len(t)} nights "
+            "have both a scored and an estimated AHI: pass the same nights to both"
+        )
     return t, p, agreement
 
 
@@ -128,8 +135,11 @@ def _no_data(ax: Any, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#777", fontsize=9)
 
 
-def ahi_scatter_figure(true_ahi: Sequence[float] | np.ndarray, pred_ahi: Sequence[float] | np.ndarray,
-                       agreement: Mapping[str, Any] | None = None) -> str:
+def ahi_scatter_figure(
+    true_ahi: Sequence[float] | np.ndarray,
+    pred_ahi: Sequence[float] | np.ndarray,
+    agreement: Mapping[str, Any] | None = None,
+) -> str:
     """Estimated vs scored AHI per night as an <img> tag: how far the estimate sits from the identity
     line, and whether it crosses a clinical band (5/15/30, light lines on both axes).
 
@@ -157,8 +167,11 @@ def ahi_scatter_figure(true_ahi: Sequence[float] | np.ndarray, pred_ahi: Sequenc
     return _png(fig, "estimated vs scored AHI per night")
 
 
-def bland_altman_figure(true_ahi: Sequence[float] | np.ndarray, pred_ahi: Sequence[float] | np.ndarray,
-                        agreement: Mapping[str, Any] | None = None) -> str:
+def bland_altman_figure(
+    true_ahi: Sequence[float] | np.ndarray,
+    pred_ahi: Sequence[float] | np.ndarray,
+    agreement: Mapping[str, Any] | None = None,
+) -> str:
     """Bland-Altman plot of the AHI estimate as an <img> tag: mean of the two vs difference
     (estimate - scored), with the bias and 95% limits of agreement, so a systematic offset or an
     error growing with the AHI shows at a glance.
@@ -172,15 +185,26 @@ def bland_altman_figure(true_ahi: Sequence[float] | np.ndarray, pred_ahi: Sequen
     ax = fig.add_subplot()
     ax.axhline(0.0, color="#d0d0d0", lw=0.8, zorder=0)
     ax.scatter(mean, diff, s=18, color="#1f4e9a", alpha=0.8, zorder=2)
-    lines = (("bias", agreement.get("bias"), "-"), ("+1.96 SD", agreement.get("loa_high"), "--"),
-             ("-1.96 SD", agreement.get("loa_low"), "--"))
+    lines = (
+        ("bias", agreement.get("bias"), "-"),
+        ("+1.96 SD", agreement.get("loa_high"), "--"),
+        ("-1.96 SD", agreement.get("loa_low"), "--"),
+    )
     finite = [float(v) for _, v, _ in lines if v is not None and np.isfinite(float(v))]
     for label, value, style in lines:
         if value is not None and np.isfinite(float(value)):
             ax.axhline(float(value), color="#c0392b", lw=1.0, ls=style, zorder=1)
-            ax.annotate(f"{label} {float(value):.1f}", (1.0, float(value)), xycoords=("axes fraction", "data"),
-                        xytext=(-3, 2), textcoords="offset points", ha="right", va="bottom", fontsize=8,
-                        color="#c0392b")
+            ax.annotate(
+                f"{label} {float(value):.1f}",
+                (1.0, float(value)),
+                xycoords=("axes fraction", "data"),
+                xytext=(-3, 2),
+                textcoords="offset points",
+                ha="right",
+                va="bottom",
+                fontsize=8,
+                color="#c0392b",
+            )
     if not len(t):
         _no_data(ax, "no night with both a scored and an estimated AHI")
     span = np.concatenate([diff, finite, [0.0]])
@@ -199,8 +223,16 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(), strict=True))
 
 
-def attention_figure(mel_db: np.ndarray, mel_frame_seconds: float, weights: np.ndarray, weight_seconds: float, *,
-                     title: str, centre: tuple[float, float] | None = None, mask: np.ndarray | None = None) -> str:
+def attention_figure(
+    mel_db: np.ndarray,
+    mel_frame_seconds: float,
+    weights: np.ndarray,
+    weight_seconds: float,
+    *,
+    title: str,
+    centre: tuple[float, float] | None = None,
+    mask: np.ndarray | None = None,
+) -> str:
     """The paper's attention view as an <img> tag: the input's Mel spectrogram over the head's
     frame weights on one time axis, so one can see which breaths the head listens to.
 
@@ -212,8 +244,10 @@ def attention_figure(mel_db: np.ndarray, mel_frame_seconds: float, weights: np.n
     """
     mel = np.asarray(mel_db, dtype=np.float64)
     if mel.ndim != 2 or not 2 <= mel.shape[0] <= MAX_MEL_BANDS or mel.shape[1] < 1:
-        raise ValueError(f"mel_db must be a [n_mels, n_frames] Mel spectrogram with 2 to {MAX_MEL_BANDS} bands, "
-                         f"got shape {mel.shape}; the report never takes raw audio")
+        raise ValueError(
+            f"mel_db must be a [n_mels, n_frames] Mel spectrogram with 2 to {MAX_MEL_BANDS} bands, "
+            f"got shape {mel.shape}; the report never takes raw audio"
+        )
     w = _floats(weights, "weights")
     if not len(w):
         raise ValueError("weights must hold one attention weight per input frame, got none")
@@ -222,14 +256,18 @@ def attention_figure(mel_db: np.ndarray, mel_frame_seconds: float, weights: np.n
             raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
     mel_span, span = mel.shape[1] * float(mel_frame_seconds), len(w) * float(weight_seconds)
     if abs(mel_span - span) > max(float(weight_seconds) + float(mel_frame_seconds), 0.02 * span):
-        raise ValueError(f"the spectrogram covers {mel_span:.2f} s ({mel.shape[1]} frames) but the weights "
-                         f"{span:.2f} s ({len(w)} frames): they must describe the same input")
+        raise ValueError(
+            f"the spectrogram covers {mel_span:.2f} s ({mel.shape[1]} frames) but the weights "
+            f"{span:.2f} s ({len(w)} frames): they must describe the same input"
+        )
     present = np.ones(len(w), dtype=bool)
     if mask is not None:
         present = np.asarray(mask).astype(bool)
         if present.shape != w.shape:
-            raise ValueError(f"mask must have one entry per attention weight: {present.shape[0] if present.ndim else 0}"
-                             f" given for {len(w)} weights")
+            raise ValueError(
+                f"mask must have one entry per attention weight: {present.shape[0] if present.ndim else 0}"
+                f" given for {len(w)} weights"
+            )
     if centre is not None:
         lo, hi = (float(v) for v in centre)
         if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo < hi <= max(span, mel_span) + 1e-6):
@@ -242,8 +280,14 @@ def attention_figure(mel_db: np.ndarray, mel_frame_seconds: float, weights: np.n
     fig.subplots_adjust(left=0.08, right=0.99, top=0.9, bottom=0.13, hspace=0.08)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2.2, 1]})
     image = np.ma.masked_invalid(mel)
-    top.imshow(image, origin="lower", aspect="auto", cmap="magma", interpolation="nearest",
-               extent=(0.0, mel_span, 0.0, float(mel.shape[0])))
+    top.imshow(
+        image,
+        origin="lower",
+        aspect="auto",
+        cmap="magma",
+        interpolation="nearest",
+        extent=(0.0, mel_span, 0.0, float(mel.shape[0])),
+    )
     top.set_ylabel("Mel band", fontsize=9)
     values = np.where(finite, w, 0.0)
     bottom.stairs(values, edges, fill=True, color="#1f4e9a", alpha=0.85)
@@ -254,23 +298,38 @@ def attention_figure(mel_db: np.ndarray, mel_frame_seconds: float, weights: np.n
     bottom.set_xlim(0.0, max(span, mel_span))
     for start, stop in _runs(shaded):
         for ax in (top, bottom):
-            ax.axvspan(edges[start], edges[stop], facecolor="#bbbbbb", alpha=0.55, hatch="//", edgecolor="#888",
-                       lw=0, zorder=3)
+            ax.axvspan(
+                edges[start], edges[stop], facecolor="#bbbbbb", alpha=0.55, hatch="//", edgecolor="#888", lw=0, zorder=3
+            )
     if centre is not None:
         for ax in (top, bottom):
             ax.axvspan(lo, hi, facecolor="none", edgecolor="#2ecc71", lw=1.6, zorder=4)
-        top.annotate("predicted epoch", ((lo + hi) / 2.0, 1.0), xycoords=("data", "axes fraction"), xytext=(0, -4),
-                     textcoords="offset points", ha="center", va="top", fontsize=8, color="#1e8449", zorder=5,
-                     bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "#2ecc71", "alpha": 0.9})
+        top.annotate(
+            "predicted epoch",
+            ((lo + hi) / 2.0, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, -4),
+            textcoords="offset points",
+            ha="center",
+            va="top",
+            fontsize=8,
+            color="#1e8449",
+            zorder=5,
+            bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "#2ecc71", "alpha": 0.9},
+        )
     top.set_title(title + ("  (shaded: masked-out frames)" if shaded.any() else ""), fontsize=9, parse_math=False)
     return _png(fig, f"attention view: {title}")
 
 
-def event_timeline_figure(recording_id: str, start_s: Sequence[float] | np.ndarray,
-                          scored_events: Sequence[float | None] | np.ndarray | None,
-                          predicted_prob: Sequence[float | None] | np.ndarray,
-                          stages_pred: Sequence[str | None] | None = None, *,
-                          epoch_seconds: float = EPOCH_SECONDS) -> str:
+def event_timeline_figure(
+    recording_id: str,
+    start_s: Sequence[float] | np.ndarray,
+    scored_events: Sequence[float | None] | np.ndarray | None,
+    predicted_prob: Sequence[float | None] | np.ndarray,
+    stages_pred: Sequence[str | None] | None = None,
+    *,
+    epoch_seconds: float = EPOCH_SECONDS,
+) -> str:
     """One night's breathing events as an <img> tag: scored apnoea/hypopnoea onsets per epoch
     (markers) against the model's per-epoch apnoea-hypopnoea probability (line), so one sees
     where the estimate finds events the scorer did not, and the reverse.
@@ -306,8 +365,9 @@ def event_timeline_figure(recording_id: str, start_s: Sequence[float] | np.ndarr
     if stages is not None:
         wake = np.array([s == "Wake" for s in stages], dtype=bool)[order]
         for first, stop in _runs(wake):
-            ax.axvspan(start[first] / 3600.0, (start[stop - 1] + epoch_seconds) / 3600.0, color="#ececec", lw=0,
-                       zorder=0)
+            ax.axvspan(
+                start[first] / 3600.0, (start[stop - 1] + epoch_seconds) / 3600.0, color="#ececec", lw=0, zorder=0
+            )
     ax.plot(middle, prob, color="#1f4e9a", lw=0.9, zorder=2)
     ax.set_ylim(0.0, 1.05)
     ax.set_ylabel("P(apnoea/hypopnoea)", fontsize=8)

@@ -59,6 +59,7 @@ def fmt(value: Any, digits: int = 2) -> str:
 
 def table(frame: pd.DataFrame, digits: int | Mapping[str, int] = 2, index: bool = True) -> str:
     """An escaped HTML table; ``digits`` per column name or for all."""
+
     def places(col: Any) -> int:
         return digits.get(str(col), 2) if isinstance(digits, Mapping) else digits
 

@@ -84,8 +84,12 @@ def per_class_from_counts(counts: np.ndarray, classes: Sequence[str]) -> pd.Data
         fn = counts[i].sum() - tp
         fp = counts[:, i].sum() - tp
         tn = total - tp - fn - fp
-        rows[name] = {"SE": _ratio(tp, tp + fn), "SP": _ratio(tn, tn + fp),
-                      "PPV": _ratio(tp, tp + fp), "NPV": _ratio(tn, tn + fn)}
+        rows[name] = {
+            "SE": _ratio(tp, tp + fn),
+            "SP": _ratio(tn, tn + fp),
+            "PPV": _ratio(tp, tp + fp),
+            "NPV": _ratio(tn, tn + fn),
+        }
     frame = pd.DataFrame.from_dict(rows, orient="index", columns=list(TABLE_COLUMNS))
     frame.index.name = "class"
     return frame
@@ -126,8 +130,9 @@ def macro_f1(y_true: Sequence[Any], y_pred: Sequence[Any], classes: Sequence[Any
     return float(f1_score(list(y_true), list(y_pred), labels=list(classes), average="macro", zero_division=0))
 
 
-def evaluate(y_true: Iterable[Any], y_pred: Iterable[Any], classes: Sequence[str] = STAGES_3,
-             majority_class: Any | None = None) -> dict[str, Any]:
+def evaluate(
+    y_true: Iterable[Any], y_pred: Iterable[Any], classes: Sequence[str] = STAGES_3, majority_class: Any | None = None
+) -> dict[str, Any]:
     """Everything the report shows, as plain JSON-able values (NaN where undefined).
 
     ``majority_class`` is the most frequent class of the *training* labels (see
@@ -183,29 +188,43 @@ def ahi_agreement(true_ahi: Sequence[float], pred_ahi: Sequence[float]) -> dict[
     keep = np.isfinite(t) & np.isfinite(p)
     t, p = t[keep], p[keep]
     diff = p - t
-    r, r_p = (pearsonr(t, p) if len(t) >= 3 and t.std() > 0 and p.std() > 0 else (float("nan"), float("nan")))
+    r, r_p = pearsonr(t, p) if len(t) >= 3 and t.std() > 0 and p.std() > 0 else (float("nan"), float("nan"))
     sd = float(diff.std(ddof=1)) if len(diff) > 1 else float("nan")
     bias = float(diff.mean()) if len(diff) else float("nan")
     bands = confusion_counts([severity(v) for v in t], [severity(v) for v in p], SEVERITIES)
     screening = {}
     for threshold in (5, 15, 30):
         pos, hit = t >= threshold, p >= threshold
-        screening[str(threshold)] = {"SE": _ratio((pos & hit).sum(), pos.sum()),
-                                     "SP": _ratio((~pos & ~hit).sum(), (~pos).sum()),
-                                     "positives": int(pos.sum())}
+        screening[str(threshold)] = {
+            "SE": _ratio((pos & hit).sum(), pos.sum()),
+            "SP": _ratio((~pos & ~hit).sum(), (~pos).sum()),
+            "positives": int(pos.sum()),
+        }
     return {
-        "n_nights": len(t), "pearson_r": float(r), "pearson_p": float(r_p),
-        "bias": bias, "loa_low": bias - 1.96 * sd, "loa_high": bias + 1.96 * sd,
+        "n_nights": len(t),
+        "pearson_r": float(r),
+        "pearson_p": float(r_p),
+        "bias": bias,
+        "loa_low": bias - 1.96 * sd,
+        "loa_high": bias + 1.96 * sd,
         "mean_abs_error": float(np.abs(diff).mean()) if len(diff) else float("nan"),
-        "severity_classes": list(SEVERITIES), "severity_confusion": bands.tolist(),
-        "severity_agreement": _ratio(np.trace(bands), bands.sum()), "severity_kappa": cohen_kappa(bands),
+        "severity_classes": list(SEVERITIES),
+        "severity_confusion": bands.tolist(),
+        "severity_agreement": _ratio(np.trace(bands), bands.sum()),
+        "severity_kappa": cohen_kappa(bands),
         "screening": screening,
     }
 
 
-def bootstrap_ci(y_true: Sequence[Any], y_pred: Sequence[Any], groups: Sequence[Any],
-                 metric: Callable[[list[Any], list[Any]], float], n_boot: int = 1000, level: float = 0.95,
-                 seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    y_true: Sequence[Any],
+    y_pred: Sequence[Any],
+    groups: Sequence[Any],
+    metric: Callable[[list[Any], list[Any]], float],
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile confidence interval of ``metric`` with subjects (``groups``) resampled.
 
     Epochs of one subject are not independent, so whole subjects are drawn with
@@ -230,15 +249,21 @@ def bootstrap_ci(y_true: Sequence[Any], y_pred: Sequence[Any], groups: Sequence[
     return float(np.quantile(finite, tail)), float(np.quantile(finite, 1.0 - tail))
 
 
-def per_subject(y_true: Sequence[Any], y_pred: Sequence[Any], groups: Sequence[Any],
-                classes: Sequence[str] = STAGES_3) -> pd.DataFrame:
+def per_subject(
+    y_true: Sequence[Any], y_pred: Sequence[Any], groups: Sequence[Any], classes: Sequence[str] = STAGES_3
+) -> pd.DataFrame:
     """Accuracy, macro-F1 and kappa of each subject's own epochs (one row per subject)."""
     frame = pd.DataFrame({"true": list(y_true), "pred": list(y_pred), "subject": list(groups)})
     rows = []
     for subject, part in frame.groupby("subject", sort=True):
         counts = confusion_counts(part["true"], part["pred"], classes)
-        rows.append({"subject": subject, "epochs": len(part),
-                     "accuracy": float((part["true"] == part["pred"]).mean()),
-                     "macro_f1": macro_f1(list(part["true"]), list(part["pred"]), classes),
-                     "kappa": cohen_kappa(counts)})
+        rows.append(
+            {
+                "subject": subject,
+                "epochs": len(part),
+                "accuracy": float((part["true"] == part["pred"]).mean()),
+                "macro_f1": macro_f1(list(part["true"]), list(part["pred"]), classes),
+                "kappa": cohen_kappa(counts),
+            }
+        )
     return pd.DataFrame(rows, columns=["subject", "epochs", "accuracy", "macro_f1", "kappa"])

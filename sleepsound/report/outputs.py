@@ -59,14 +59,18 @@ def target_metrics(preds: pd.DataFrame, model: TrainedModels) -> dict[str, dict[
         target = TARGETS[name]
         if target.pred_column not in preds:
             continue
-        test = preds[(preds["split"] == "test") & preds[target.true_column].isin(target.classes)
-                     & preds[target.pred_column].notna()]
+        test = preds[
+            (preds["split"] == "test")
+            & preds[target.true_column].isin(target.classes)
+            & preds[target.pred_column].notna()
+        ]
         if not len(test):
             continue
         counts = info.get("class_counts") or [0] * len(target.classes)
         majority = target.classes[int(np.argmax(counts))]
-        out[name] = evaluate(test[target.true_column].astype(str), test[target.pred_column].astype(str), target.classes,
-                             majority)
+        out[name] = evaluate(
+            test[target.true_column].astype(str), test[target.pred_column].astype(str), target.classes, majority
+        )
     return out
 
 
@@ -86,18 +90,24 @@ def subject_intervals(preds: pd.DataFrame, seed: int = 0) -> dict[str, tuple[flo
     def kappa(t: list[Any], p: list[Any]) -> float:
         return cohen_kappa(confusion_counts(t, p, classes))
 
-    args = (test["stage_true"].astype(str).tolist(), test["stage_pred"].astype(str).tolist(),
-            test["subject_id"].astype(str).tolist())
-    return {name: bootstrap_ci(*args, metric=fn, n_boot=CI_BOOTSTRAPS, seed=seed)
-            for name, fn in (("accuracy", accuracy), ("macro_f1", macro), ("kappa", kappa))}
+    args = (
+        test["stage_true"].astype(str).tolist(),
+        test["stage_pred"].astype(str).tolist(),
+        test["subject_id"].astype(str).tolist(),
+    )
+    return {
+        name: bootstrap_ci(*args, metric=fn, n_boot=CI_BOOTSTRAPS, seed=seed)
+        for name, fn in (("accuracy", accuracy), ("macro_f1", macro), ("kappa", kappa))
+    }
 
 
 def night_breathing(night: pd.DataFrame, resp: HeadInfo | None) -> dict[str, Any]:
     """Scored and estimated AHI, severity and snore index of one night (None where unknown)."""
     out: dict[str, Any] = {}
     if night["events_true"].notna().any():
-        scored = breathing_summary(_stages(night["stage_true"]), night["events_true"].to_numpy(float),
-                                   night["snore_frac_true"].to_numpy(float))
+        scored = breathing_summary(
+            _stages(night["stage_true"]), night["events_true"].to_numpy(float), night["snore_frac_true"].to_numpy(float)
+        )
         out |= {f"{k}_scored": scored[k] for k in ("ahi", "severity", "snore_index")}
     if resp is not None and night["prob_apnea_hypopnea"].notna().any():
         events = night["prob_apnea_hypopnea"].to_numpy(float) * resp.get("events_per_event_epoch", 1.0)
@@ -107,8 +117,9 @@ def night_breathing(night: pd.DataFrame, resp: HeadInfo | None) -> dict[str, Any
     return out
 
 
-def write_run_outputs(root: RootLike, run_id: str, model: TrainedModels, meta: dict[str, Any],
-                      cfg: Config | None = None) -> Reported:
+def write_run_outputs(
+    root: RootLike, run_id: str, model: TrainedModels, meta: dict[str, Any], cfg: Config | None = None
+) -> Reported:
     """Compute and write metrics.json, summaries and report/index.html for ``run_id``."""
     cfg = cfg or Config()
     fs, root_path = open_root(root)
@@ -127,19 +138,34 @@ def write_run_outputs(root: RootLike, run_id: str, model: TrainedModels, meta: d
             if source == "scored" and split == "unlabelled":
                 continue
             suffix = "_estimated" if source == "predicted" else "_scored"
-            rows.append({"recording_id": rec, "subject_id": subject, "split": split, "source": source,
-                         **night_summary(_stages(night[column])),
-                         **{k: figures.get(f"{k}{suffix}") for k in ("ahi", "severity", "snore_index")}})
+            rows.append(
+                {
+                    "recording_id": rec,
+                    "subject_id": subject,
+                    "split": split,
+                    "source": source,
+                    **night_summary(_stages(night[column])),
+                    **{k: figures.get(f"{k}{suffix}") for k in ("ahi", "severity", "snore_index")},
+                }
+            )
         if figures:
             breathing.append({"recording_id": rec, "split": split, **figures})
         if split in ("test", "unlabelled") and len(hypnograms) < cfg.report.hypnograms:
-            hypnograms.append(hypnogram_figure(rec, night["start_s"].to_numpy(), _stages(night["stage_true"]),
-                                               _stages(night["stage_pred"])))
+            hypnograms.append(
+                hypnogram_figure(
+                    rec, night["start_s"].to_numpy(), _stages(night["stage_true"]), _stages(night["stage_pred"])
+                )
+            )
         if resp is not None and split in ("test", "unlabelled") and len(timelines) < cfg.report.hypnograms:
-            timelines.append(event_timeline_figure(rec, night["start_s"].to_numpy(float),
-                                                   night["events_true"].to_numpy(float),
-                                                   night["prob_apnea_hypopnea"].to_numpy(float),
-                                                   _stages(night["stage_pred"])))
+            timelines.append(
+                event_timeline_figure(
+                    rec,
+                    night["start_s"].to_numpy(float),
+                    night["events_true"].to_numpy(float),
+                    night["prob_apnea_hypopnea"].to_numpy(float),
+                    _stages(night["stage_pred"]),
+                )
+            )
     summaries = pd.DataFrame(rows)
     breathing_frame = pd.DataFrame(breathing)
     ahi, ahi_figures = None, []
@@ -147,16 +173,23 @@ def write_run_outputs(root: RootLike, run_id: str, model: TrainedModels, meta: d
         test = breathing_frame[breathing_frame["split"] == "test"]
         if len(test):
             ahi = ahi_agreement(test["ahi_scored"].to_numpy(float), test["ahi_estimated"].to_numpy(float))
-            ahi_figures = [ahi_scatter_figure(test["ahi_scored"].to_numpy(float), test["ahi_estimated"].to_numpy(float)),
-                           bland_altman_figure(test["ahi_scored"].to_numpy(float),
-                                               test["ahi_estimated"].to_numpy(float), ahi)]
+            ahi_figures = [
+                ahi_scatter_figure(test["ahi_scored"].to_numpy(float), test["ahi_estimated"].to_numpy(float)),
+                bland_altman_figure(test["ahi_scored"].to_numpy(float), test["ahi_estimated"].to_numpy(float), ahi),
+            ]
     intervals = subject_intervals(preds, cfg.training.seed) if metrics else {}
 
     run_dir = join(root_path, "runs", run_id)
-    write_table(fs, join(run_dir, "summaries", "summaries.parquet"), pa.Table.from_pandas(summaries, preserve_index=False))
-    everything = {**(metrics or {}), "tasks": {k: v for k, v in by_target.items() if k != PRIMARY},
-                  "ahi": ahi, "subject_ci": {k: list(v) for k, v in intervals.items()},
-                  "skipped_tasks": model.get("skipped", {})}
+    write_table(
+        fs, join(run_dir, "summaries", "summaries.parquet"), pa.Table.from_pandas(summaries, preserve_index=False)
+    )
+    everything = {
+        **(metrics or {}),
+        "tasks": {k: v for k, v in by_target.items() if k != PRIMARY},
+        "ahi": ahi,
+        "subject_ci": {k: list(v) for k, v in intervals.items()},
+        "skipped_tasks": model.get("skipped", {}),
+    }
     write_json(fs, join(run_dir, "metrics.json"), everything if metrics else {})
     for name, target_result in by_target.items():
         info = heads[name]
@@ -168,24 +201,43 @@ def write_run_outputs(root: RootLike, run_id: str, model: TrainedModels, meta: d
 
     manifest = read_manifest(root)
     quarantined = manifest[manifest["status"] != "accepted"][["recording_id", "reason_code", "reason"]]
-    meta = {**meta, "model_version": model["version"], "train_subjects": len(model["train_subjects"]),
-            "test_subjects": model["test_subjects"],
-            **{f"{name} model": info["version"] for name, info in heads.items() if name != PRIMARY},
-            **{f"{name} skipped": reason for name, reason in model.get("skipped", {}).items()}}
+    meta = {
+        **meta,
+        "model_version": model["version"],
+        "train_subjects": len(model["train_subjects"]),
+        "test_subjects": model["test_subjects"],
+        **{f"{name} model": info["version"] for name, info in heads.items() if name != PRIMARY},
+        **{f"{name} skipped": reason for name, reason in model.get("skipped", {}).items()},
+    }
     views = attention_views(preds, read_manifest_rows(root), cfg, cfg.report.attention_examples)
-    html_text = render_report(ReportInputs(
-        meta, metrics, summaries, hypnograms, quarantined.to_dict("records"),
-        target_metrics={k: v for k, v in by_target.items() if k != PRIMARY}, subject_ci=intervals,
-        breathing=breathing_frame if len(breathing_frame) else None, ahi=ahi, ahi_figures=ahi_figures,
-        attention_views=views, event_timelines=timelines))
+    html_text = render_report(
+        ReportInputs(
+            meta,
+            metrics,
+            summaries,
+            hypnograms,
+            quarantined.to_dict("records"),
+            target_metrics={k: v for k, v in by_target.items() if k != PRIMARY},
+            subject_ci=intervals,
+            breathing=breathing_frame if len(breathing_frame) else None,
+            ahi=ahi,
+            ahi_figures=ahi_figures,
+            attention_views=views,
+            event_timelines=timelines,
+        )
+    )
     report_path = join(run_dir, "report", "index.html")
     write_bytes_atomic(fs, report_path, html_text.encode())
-    return {"report": full_uri(fs, report_path), "summaries": full_uri(fs, join(run_dir, "summaries")),
-            "metrics": _headline(metrics, by_target, ahi)}
+    return {
+        "report": full_uri(fs, report_path),
+        "summaries": full_uri(fs, join(run_dir, "summaries")),
+        "metrics": _headline(metrics, by_target, ahi),
+    }
 
 
-def _headline(metrics: dict[str, Any] | None, by_target: dict[str, dict[str, Any]],
-              ahi: dict[str, Any] | None) -> dict[str, Any]:
+def _headline(
+    metrics: dict[str, Any] | None, by_target: dict[str, dict[str, Any]], ahi: dict[str, Any] | None
+) -> dict[str, Any]:
     keys = ("accuracy", "kappa", "macro_f1", "baseline_accuracy", "baseline_macro_f1", "n_epochs")
     if not metrics:
         return {k: float("nan") for k in keys}

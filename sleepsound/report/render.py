@@ -26,8 +26,12 @@ from sleepsound.report.sections import (
 )
 
 # Figure fields: the <img> check each must pass and the figure function its error names.
-_FIGURE_SOURCES = {"hypnograms": "hypnogram_figure", "ahi_figures": "ahi_scatter_figure / bland_altman_figure",
-                   "attention_views": "attention_figure", "event_timelines": "event_timeline_figure"}
+_FIGURE_SOURCES = {
+    "hypnograms": "hypnogram_figure",
+    "ahi_figures": "ahi_scatter_figure / bland_altman_figure",
+    "attention_views": "attention_figure",
+    "event_timelines": "event_timeline_figure",
+}
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: DataFrame fields have no single truth value for ==
@@ -93,24 +97,37 @@ def render_report(inputs: ReportInputs) -> str:
 
     body += section_figures("hypnograms", "Hypnograms (held-out nights)", inputs.hypnograms, "", "none")
     body += section_figures(
-        "attention", "Attention view (held-out epochs)", inputs.attention_views,
+        "attention",
+        "Attention view (held-out epochs)",
+        inputs.attention_views,
         "top: log-Mel spectrogram of the head's input; bottom: the head's attention weight per frame; "
         "green outline: the predicted epoch; shaded: masked-out frames (absent neighbours)",
-        "No attention weights to show (no attention head, or no example epochs).")
+        "No attention weights to show (no attention head, or no example epochs).",
+    )
     body += section_ahi(inputs.breathing, inputs.ahi, inputs.ahi_figures)
     body += section_figures(
-        "events", "Breathing events, night by night", inputs.event_timelines,
+        "events",
+        "Breathing events, night by night",
+        inputs.event_timelines,
         "markers: scored apnoea/hypopnoea onsets per epoch; line: the model's apnoea-hypopnoea probability",
-        "No respiratory head: no event timelines.")
+        "No respiratory head: no event timelines.",
+    )
 
     body.append("<h2 id='nights'>Night summaries</h2>")
     if summaries is not None and not summaries.empty:
         frame = summaries.set_index("recording_id") if "recording_id" in summaries.columns else summaries
-        body.append(table(frame, {"sleep_efficiency": 2, "pct_wake": 1, "pct_nrem": 1, "pct_rem": 1}
-                          | {c: 1 for c in frame.columns if str(c).endswith("_min")}))
-        body.append("<p class='muted'>minutes unless marked; sleep efficiency = TST / time in bed; "
-                    "WASO runs from sleep onset to the end of the recording; REM latency from sleep "
-                    "onset; NREM/REM % of total sleep time.</p>")
+        body.append(
+            table(
+                frame,
+                {"sleep_efficiency": 2, "pct_wake": 1, "pct_nrem": 1, "pct_rem": 1}
+                | {c: 1 for c in frame.columns if str(c).endswith("_min")},
+            )
+        )
+        body.append(
+            "<p class='muted'>minutes unless marked; sleep efficiency = TST / time in bed; "
+            "WASO runs from sleep onset to the end of the recording; REM latency from sleep "
+            "onset; NREM/REM % of total sleep time.</p>"
+        )
     else:
         body.append("<p class='muted'>none</p>")
 
@@ -120,7 +137,13 @@ def render_report(inputs: ReportInputs) -> str:
         body.append(table(q.set_index("recording_id") if "recording_id" in q.columns else q))
     else:
         body.append("<p class='muted'>none</p>")
-    parts = ["<!doctype html>", "<html lang='en'><head><meta charset='utf-8'>",
-             f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>", f"<h1>{esc(title)}</h1>",
-             contents(body), *body, "</body></html>"]
+    parts = [
+        "<!doctype html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        contents(body),
+        *body,
+        "</body></html>",
+    ]
     return "\n".join(parts)

@@ -26,26 +26,51 @@ def paper_comparison_table(per_class: pd.DataFrame, reference: str = "30-s HuBER
     rows = []
     for cls, values in per_class.iterrows():
         rows.append({"class": cls, "model": "this run", **{c: values.get(c, np.nan) for c in TABLE_COLUMNS}})
-        rows.append({"class": cls, "model": f"paper, {reference}",
-                     **{c: paper.get(str(cls), {}).get(c, np.nan) for c in TABLE_COLUMNS}})
+        rows.append(
+            {
+                "class": cls,
+                "model": f"paper, {reference}",
+                **{c: paper.get(str(cls), {}).get(c, np.nan) for c in TABLE_COLUMNS},
+            }
+        )
     return pd.DataFrame(rows).set_index("class")
 
 
 def section_run(meta: Mapping[str, Any]) -> list[str]:
-    keys = {"run_id": "run id", "model_version": "model version", "backbone": "backbone",
-            "recordings_accepted": "recordings processed", "recordings_quarantined": "recordings quarantined"}
+    keys = {
+        "run_id": "run id",
+        "model_version": "model version",
+        "backbone": "backbone",
+        "recordings_accepted": "recordings processed",
+        "recordings_quarantined": "recordings quarantined",
+    }
     ordered = [k for k in keys if k in meta] + [k for k in meta if k not in keys]
-    frame = pd.DataFrame({"value": [fmt(meta[k]) for k in ordered]},
-                         index=pd.Index([keys.get(k, k) for k in ordered], name="run"))
+    frame = pd.DataFrame(
+        {"value": [fmt(meta[k]) for k in ordered]}, index=pd.Index([keys.get(k, k) for k in ordered], name="run")
+    )
     return ["<h2 id='run'>Run</h2>", table(frame)]
 
 
 # subject_ci keys (results.subject_intervals') and the overall table's rows they belong to.
-_CI_ROWS = {"accuracy": "accuracy", "kappa": "Cohen's kappa", "cohen_kappa": "Cohen's kappa",
-            "Cohen's kappa": "Cohen's kappa", "macro_f1": "macro-F1", "macro-F1": "macro-F1"}
+_CI_ROWS = {
+    "accuracy": "accuracy",
+    "kappa": "Cohen's kappa",
+    "cohen_kappa": "Cohen's kappa",
+    "Cohen's kappa": "Cohen's kappa",
+    "macro_f1": "macro-F1",
+    "macro-F1": "macro-F1",
+}
 CI_COLUMN = "95% CI (subjects resampled)"
-BREATHING_COLUMNS = ("recording_id", "split", "ahi_scored", "ahi_estimated", "severity_scored", "severity_estimated",
-                     "snore_index_scored", "snore_index_estimated")
+BREATHING_COLUMNS = (
+    "recording_id",
+    "split",
+    "ahi_scored",
+    "ahi_estimated",
+    "severity_scored",
+    "severity_estimated",
+    "snore_index_scored",
+    "snore_index_estimated",
+)
 
 
 def _ci_text(name: str, interval: Any) -> str:
@@ -61,9 +86,11 @@ def _ci_text(name: str, interval: Any) -> str:
 
 def _overall_table(metrics: Mapping[str, Any], ci: Mapping[str, Any] | None) -> pd.DataFrame:
     """Accuracy, kappa and macro-F1 beside the majority baseline, and the subject-resampled CI if any."""
-    rows = {"accuracy": (metrics.get("accuracy"), metrics.get("baseline_accuracy")),
-            "Cohen's kappa": (metrics.get("kappa"), metrics.get("baseline_kappa", 0.0)),
-            "macro-F1": (metrics.get("macro_f1"), metrics.get("baseline_macro_f1"))}
+    rows = {
+        "accuracy": (metrics.get("accuracy"), metrics.get("baseline_accuracy")),
+        "Cohen's kappa": (metrics.get("kappa"), metrics.get("baseline_kappa", 0.0)),
+        "macro-F1": (metrics.get("macro_f1"), metrics.get("baseline_macro_f1")),
+    }
     intervals: dict[str, str] = {}
     for key, interval in (ci or {}).items():
         row = _CI_ROWS.get(str(key), str(key))
@@ -71,28 +98,36 @@ def _overall_table(metrics: Mapping[str, Any], ci: Mapping[str, Any] | None) -> 
             rows[row] = (metrics.get(str(key)), float("nan"))
         intervals[row] = _ci_text(str(key), interval)
     baseline = f"majority baseline ({metrics.get('baseline_class')})"
-    frame = pd.DataFrame({"model": [v[0] for v in rows.values()], baseline: [v[1] for v in rows.values()]},
-                         index=pd.Index(list(rows), name="figure"))
+    frame = pd.DataFrame(
+        {"model": [v[0] for v in rows.values()], baseline: [v[1] for v in rows.values()]},
+        index=pd.Index(list(rows), name="figure"),
+    )
     if intervals:
         frame[CI_COLUMN] = [intervals.get(row, "–") for row in rows]
     return frame
 
 
-def _metrics_body(metrics: Mapping[str, Any], *, prefix: str, reference: str | None,
-                  ci: Mapping[str, Any] | None = None) -> list[str]:
+def _metrics_body(
+    metrics: Mapping[str, Any], *, prefix: str, reference: str | None, ci: Mapping[str, Any] | None = None
+) -> list[str]:
     """Overall table, per-class SE/SP/PPV/NPV (beside the paper's row when ``reference``) and the
     confusion figure of one head's ``metrics.evaluate`` dict; ids start with ``prefix``."""
     parts = [table(_overall_table(metrics, ci), 3)]
     if ci:
-        parts.append("<p class='muted'>95% intervals: whole test subjects drawn with replacement, their epochs "
-                     "pooled (epochs of one night are not independent).</p>")
+        parts.append(
+            "<p class='muted'>95% intervals: whole test subjects drawn with replacement, their epochs "
+            "pooled (epochs of one night are not independent).</p>"
+        )
     if metrics.get("baseline_from") == "held-out":
-        parts.append("<p class='muted'>The baseline's class is the held-out labels' own majority, which flatters "
-                     "it.</p>")
+        parts.append(
+            "<p class='muted'>The baseline's class is the held-out labels' own majority, which flatters it.</p>"
+        )
     per_class = pd.DataFrame(metrics["per_class"]).set_index("class")
     if reference is not None:
-        parts.append(f"<h3 id='{prefix}per-class'>Per class, one-vs-rest (the paper's Table II shape; the paper's "
-                     f"row is {esc(reference)} on PSG-Audio's ambient microphone, 38 test participants)</h3>")
+        parts.append(
+            f"<h3 id='{prefix}per-class'>Per class, one-vs-rest (the paper's Table II shape; the paper's "
+            f"row is {esc(reference)} on PSG-Audio's ambient microphone, 38 test participants)</h3>"
+        )
         parts.append(table(paper_comparison_table(per_class, reference)))
     else:
         support = metrics.get("support")
@@ -101,25 +136,32 @@ def _metrics_body(metrics: Mapping[str, Any], *, prefix: str, reference: str | N
             by_class.insert(0, "scored epochs", [int(v) for v in support])
         parts.append(f"<h3 id='{prefix}per-class'>Per class, one-vs-rest</h3>")
         parts.append(table(by_class))
-    parts.append("<p class='muted'>SE sensitivity, SP specificity, PPV/NPV positive/negative predictive "
-                 "value; – where undefined (e.g. PPV of a class never predicted).</p>")
+    parts.append(
+        "<p class='muted'>SE sensitivity, SP specificity, PPV/NPV positive/negative predictive "
+        "value; – where undefined (e.g. PPV of a class never predicted).</p>"
+    )
     parts.append(f"<h3 id='{prefix}confusion'>Confusion matrix</h3>")
-    parts.append(f"<figure>{confusion_figure(metrics['confusion_normalised'], metrics['classes'])}"
-                 f"<figcaption>rows: scored {'stage' if reference is not None else 'class'}; each row sums to 1"
-                 "</figcaption></figure>")
+    parts.append(
+        f"<figure>{confusion_figure(metrics['confusion_normalised'], metrics['classes'])}"
+        f"<figcaption>rows: scored {'stage' if reference is not None else 'class'}; each row sums to 1"
+        "</figcaption></figure>"
+    )
     return parts
 
 
-def section_metrics(meta: Mapping[str, Any], metrics: Mapping[str, Any] | None, reference: str,
-                    ci: Mapping[str, Any] | None = None) -> list[str]:
+def section_metrics(
+    meta: Mapping[str, Any], metrics: Mapping[str, Any] | None, reference: str, ci: Mapping[str, Any] | None = None
+) -> list[str]:
     parts = ["<h2 id='metrics'>Held-out subjects</h2>"]
     if not metrics:
         return [*parts, "<p class='muted'>No labelled held-out nights: no metrics.</p>"]
     n_subjects = meta.get("test_subjects")
     n_subjects = len(n_subjects) if isinstance(n_subjects, (list, tuple, set)) else n_subjects
-    parts.append(f"<p>{esc(fmt(metrics.get('n_epochs')))} epochs"
-                 + (f" from {esc(fmt(n_subjects))} subjects the model never saw" if n_subjects is not None else "")
-                 + ".</p>")
+    parts.append(
+        f"<p>{esc(fmt(metrics.get('n_epochs')))} epochs"
+        + (f" from {esc(fmt(n_subjects))} subjects the model never saw" if n_subjects is not None else "")
+        + ".</p>"
+    )
     return parts + _metrics_body(metrics, prefix="", reference=reference, ci=ci)
 
 
@@ -134,8 +176,7 @@ def section_target(name: str, metrics: Mapping[str, Any] | None) -> list[str]:
     if not metrics:
         return [*parts, "<p class='muted'>No labelled held-out epochs for this head: no metrics.</p>"]
     classes = ", ".join(str(c) for c in metrics.get("classes", []))
-    parts.append(f"<p>{esc(fmt(metrics.get('n_epochs')))} epochs of the held-out subjects; classes "
-                 f"{esc(classes)}.</p>")
+    parts.append(f"<p>{esc(fmt(metrics.get('n_epochs')))} epochs of the held-out subjects; classes {esc(classes)}.</p>")
     return parts + _metrics_body(metrics, prefix=f"task-{esc(slug)}-", reference=None)
 
 
@@ -154,39 +195,63 @@ def _value_table(rows: Mapping[str, Any], name: str) -> pd.DataFrame:
 
 
 def _agreement_tables(ahi: Mapping[str, Any]) -> list[str]:
-    parts = [table(_value_table({
-        "nights": ahi.get("n_nights"), "Pearson r": ahi.get("pearson_r"), "Pearson p": ahi.get("pearson_p"),
-        "bias (estimate - scored)": ahi.get("bias"), "95% limits of agreement, low": ahi.get("loa_low"),
-        "95% limits of agreement, high": ahi.get("loa_high"), "mean absolute error": ahi.get("mean_abs_error"),
-        "severity agreement": ahi.get("severity_agreement"), "severity kappa": ahi.get("severity_kappa"),
-    }, "AHI agreement"), 2)]
+    parts = [
+        table(
+            _value_table(
+                {
+                    "nights": ahi.get("n_nights"),
+                    "Pearson r": ahi.get("pearson_r"),
+                    "Pearson p": ahi.get("pearson_p"),
+                    "bias (estimate - scored)": ahi.get("bias"),
+                    "95% limits of agreement, low": ahi.get("loa_low"),
+                    "95% limits of agreement, high": ahi.get("loa_high"),
+                    "mean absolute error": ahi.get("mean_abs_error"),
+                    "severity agreement": ahi.get("severity_agreement"),
+                    "severity kappa": ahi.get("severity_kappa"),
+                },
+                "AHI agreement",
+            ),
+            2,
+        )
+    ]
     screening = ahi.get("screening") or {}
     if screening:
+
         def threshold(key: Any) -> float:
             try:
                 return float(key)
             except (TypeError, ValueError):
                 return math.inf
+
         keys = sorted(screening, key=threshold)
-        index = pd.Index([f"AHI ≥ {threshold(k):g}" if math.isfinite(threshold(k)) else str(k) for k in keys],
-                         name="screening at")
-        frame = pd.DataFrame({
-            "SE": [screening[k].get("SE") for k in keys], "SP": [screening[k].get("SP") for k in keys],
-            "scored positives": pd.Series([screening[k].get("positives") for k in keys], index=index, dtype=object)},
-            index=index)
+        index = pd.Index(
+            [f"AHI ≥ {threshold(k):g}" if math.isfinite(threshold(k)) else str(k) for k in keys], name="screening at"
+        )
+        frame = pd.DataFrame(
+            {
+                "SE": [screening[k].get("SE") for k in keys],
+                "SP": [screening[k].get("SP") for k in keys],
+                "scored positives": pd.Series([screening[k].get("positives") for k in keys], index=index, dtype=object),
+            },
+            index=index,
+        )
         parts.append(table(frame))
     classes, counts = ahi.get("severity_classes"), ahi.get("severity_confusion")
     if classes and counts is not None:
         mat = np.asarray(counts)
         if mat.shape == (len(classes), len(classes)):
-            frame = pd.DataFrame(mat.astype(np.int64) if np.isfinite(mat).all() else mat,
-                                 index=pd.Index([str(c) for c in classes], name="scored \\ estimated"),
-                                 columns=[str(c) for c in classes])
+            frame = pd.DataFrame(
+                mat.astype(np.int64) if np.isfinite(mat).all() else mat,
+                index=pd.Index([str(c) for c in classes], name="scored \\ estimated"),
+                columns=[str(c) for c in classes],
+            )
             parts.append("<h3 id='ahi-severity'>Severity, scored vs estimated (nights)</h3>")
             parts.append(table(frame))
-    parts.append("<p class='muted'>Screening: a scored AHI at or above the threshold is a positive; SE/SP of the "
-                 "estimate at the same threshold. Severity: &lt; 5 normal, 5-15 mild, 15-30 moderate, "
-                 "≥ 30 severe.</p>")
+    parts.append(
+        "<p class='muted'>Screening: a scored AHI at or above the threshold is a positive; SE/SP of the "
+        "estimate at the same threshold. Severity: &lt; 5 normal, 5-15 mild, 15-30 moderate, "
+        "≥ 30 severe.</p>"
+    )
     return parts
 
 
@@ -202,12 +267,15 @@ def section_ahi(breathing: pd.DataFrame | None, ahi: Mapping[str, Any] | None, f
         frame = frame.set_index("recording_id") if "recording_id" in frame.columns else frame
         parts.append("<h3 id='breathing'>Night by night</h3>")
         parts.append(table(frame, {c: 1 for c in frame.columns if str(c).startswith(("ahi", "snore_index"))}))
-        parts.append("<p class='muted'>AHI: apnoeas + hypopnoeas per hour of sleep (the estimate over predicted "
-                     "sleep); snore index: snoring minutes per hour of sleep.</p>")
+        parts.append(
+            "<p class='muted'>AHI: apnoeas + hypopnoeas per hour of sleep (the estimate over predicted "
+            "sleep); snore index: snoring minutes per hour of sleep.</p>"
+        )
     parts.append("<h3 id='ahi-agreement'>Agreement on the held-out nights</h3>")
     if ahi is None or not ahi.get("n_nights"):
-        parts.append("<p class='muted'>No held-out night has both a scored and an estimated AHI: no agreement "
-                     "figures.</p>")
+        parts.append(
+            "<p class='muted'>No held-out night has both a scored and an estimated AHI: no agreement figures.</p>"
+        )
     else:
         parts += _agreement_tables(ahi)
     parts.extend(f"<figure>{fig}</figure>" for fig in figures)
@@ -216,6 +284,8 @@ def section_ahi(breathing: pd.DataFrame | None, ahi: Mapping[str, Any] | None, f
 
 def contents(body: list[str]) -> str:
     """A table of contents from the sections' <h2 id=...> headings (already escaped)."""
-    links = [f"<li><a href='#{anchor}'>{text}</a></li>"
-             for anchor, text in re.findall(r"<h2 id='([^']+)'>(.*?)</h2>", "\n".join(body))]
+    links = [
+        f"<li><a href='#{anchor}'>{text}</a></li>"
+        for anchor, text in re.findall(r"<h2 id='([^']+)'>(.*?)</h2>", "\n".join(body))
+    ]
     return f"<nav id='contents' aria-label='contents'><ul>{''.join(links)}</ul></nav>"

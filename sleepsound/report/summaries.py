@@ -31,8 +31,19 @@ import pandas as pd
 from sleepsound.labels.vocabulary import EPOCH_SECONDS, STAGES_3
 
 SLEEP = ("NREM", "REM")
-SUMMARY_FIELDS = ("n_epochs", "n_epochs_scored", "time_in_bed_min", "total_sleep_time_min", "sleep_efficiency",
-                  "sleep_onset_latency_min", "waso_min", "rem_latency_min", "pct_wake", "pct_nrem", "pct_rem")
+SUMMARY_FIELDS = (
+    "n_epochs",
+    "n_epochs_scored",
+    "time_in_bed_min",
+    "total_sleep_time_min",
+    "sleep_efficiency",
+    "sleep_onset_latency_min",
+    "waso_min",
+    "rem_latency_min",
+    "pct_wake",
+    "pct_nrem",
+    "pct_rem",
+)
 
 
 def _clean(stage: Any) -> str | None:
@@ -84,8 +95,9 @@ def night_stages(night: pd.DataFrame, stage_column: str = "stage") -> list[str |
     return grid
 
 
-def summarise_nights(epochs: pd.DataFrame, stage_column: str = "stage",
-                     epoch_seconds: float = EPOCH_SECONDS) -> pd.DataFrame:
+def summarise_nights(
+    epochs: pd.DataFrame, stage_column: str = "stage", epoch_seconds: float = EPOCH_SECONDS
+) -> pd.DataFrame:
     """One row per ``recording_id`` (sorted) from a per-epoch table.
 
     ``epochs`` has columns ``recording_id, epoch_index`` and ``stage_column`` (Wake/NREM/
@@ -102,8 +114,12 @@ def summarise_nights(epochs: pd.DataFrame, stage_column: str = "stage",
 
 
 # AHI severity bands (method.md, "Clinical definitions"): < 5 normal, 5-15 mild, 15-30 moderate, >= 30 severe.
-SEVERITY_BANDS: tuple[tuple[float, str], ...] = ((5.0, "normal"), (15.0, "mild"), (30.0, "moderate"),
-                                                 (math.inf, "severe"))
+SEVERITY_BANDS: tuple[tuple[float, str], ...] = (
+    (5.0, "normal"),
+    (15.0, "mild"),
+    (30.0, "moderate"),
+    (math.inf, "severe"),
+)
 SEVERITIES = tuple(name for _, name in SEVERITY_BANDS)
 
 
@@ -116,8 +132,9 @@ def severity(ahi: float) -> str | None:
     return next(name for bound, name in SEVERITY_BANDS if ahi < bound)
 
 
-def breathing_summary(stages: Sequence[str | None], events: Sequence[float], snore: Sequence[float],
-                      epoch_seconds: float = EPOCH_SECONDS) -> dict[str, Any]:
+def breathing_summary(
+    stages: Sequence[str | None], events: Sequence[float], snore: Sequence[float], epoch_seconds: float = EPOCH_SECONDS
+) -> dict[str, Any]:
     """Night-level breathing figures from per-epoch values, counted over sleep epochs only.
 
     ``events``: apnoeas + hypopnoeas per epoch: scored onsets (``n_apnea + n_hypopnea``) for
@@ -132,5 +149,9 @@ def breathing_summary(stages: Sequence[str | None], events: Sequence[float], sno
     ev = np.nan_to_num(np.asarray(events, dtype=np.float64))[asleep]
     sn = np.nan_to_num(np.asarray(snore, dtype=np.float64))[asleep]
     ahi = float(ev.sum() / sleep_hours) if sleep_hours else float("nan")
-    return {"ahi": ahi, "severity": severity(ahi), "respiratory_events": float(ev.sum()),
-            "snore_index": float(sn.sum() * epoch_seconds / 60.0 / sleep_hours) if sleep_hours else float("nan")}
+    return {
+        "ahi": ahi,
+        "severity": severity(ahi),
+        "respiratory_events": float(ev.sum()),
+        "snore_index": float(sn.sum() * epoch_seconds / 60.0 / sleep_hours) if sleep_hours else float("nan"),
+    }

@@ -39,5 +39,8 @@ def mark_processed(root: RootLike, run_id: str, rows: list[ManifestRow]) -> None
     fs, root_path = open_root(root)
     done = processed(root)
     done.update({str(r["recording_id"]): str(r["sha256"]) for r in rows})
-    write_json(fs, state_path(root_path), {"recordings": done, "last_run": run_id,
-                                           "updated": datetime.now(UTC).isoformat(timespec="seconds")})
+    write_json(
+        fs,
+        state_path(root_path),
+        {"recordings": done, "last_run": run_id, "updated": datetime.now(UTC).isoformat(timespec="seconds")},
+    )

@@ -56,7 +56,9 @@ def local_prefect_api(home: Path, timeout_s: float = 90.0) -> Iterator[str]:
     log = (home / "server.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PREFECT_HOME": str(home)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PREFECT_HOME": str(home)},
     )
     try:
         deadline = time.monotonic() + timeout_s

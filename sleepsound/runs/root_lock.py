@@ -32,7 +32,7 @@ from sleepsound.core.storage import RootLike, StorageRoot, join, open_root, writ
 LOCK = "lock.json"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0
-CLAIM_STALE_S = 60.0      # a takeover takes milliseconds: an older claim was left by a run that died in it
+CLAIM_STALE_S = 60.0  # a takeover takes milliseconds: an older claim was left by a run that died in it
 
 
 class RootBusy(RuntimeError):
@@ -48,8 +48,16 @@ def _now() -> datetime:
 
 
 def _record(run_id: str, purpose: str, acquired: str) -> bytes:
-    return json.dumps({"run_id": run_id, "purpose": purpose, "host": socket.gethostname(), "pid": os.getpid(),
-                       "acquired": acquired, "heartbeat": _now().isoformat()}).encode()
+    return json.dumps(
+        {
+            "run_id": run_id,
+            "purpose": purpose,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "acquired": acquired,
+            "heartbeat": _now().isoformat(),
+        }
+    ).encode()
 
 
 def _read(fs: fsspec.AbstractFileSystem, path: str) -> bytes | None:
@@ -62,7 +70,7 @@ def _read(fs: fsspec.AbstractFileSystem, path: str) -> bytes | None:
 def _parse(raw: bytes) -> dict[str, Any]:
     try:
         return json.loads(raw)
-    except ValueError:   # created a moment ago and not yet written: held, and fresh
+    except ValueError:  # created a moment ago and not yet written: held, and fresh
         return {"run_id": "(starting)", "purpose": "unknown", "heartbeat": _now().isoformat()}
 
 
@@ -83,7 +91,7 @@ def _died_here(record: dict[str, Any]) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except PermissionError:      # alive, another user's
+    except PermissionError:  # alive, another user's
         return False
     return False
 
@@ -99,10 +107,12 @@ def check_free(root: RootLike, stale_after_s: float = STALE_AFTER_S) -> None:
 def _refuse_if_live(store: StorageRoot, current: dict[str, Any], stale_after_s: float) -> None:
     beat = datetime.fromisoformat(current.get("heartbeat", "1970-01-01T00:00:00+00:00"))
     if _now() - beat < timedelta(seconds=stale_after_s) and not _died_here(current):
-        raise RootBusy(f"{store.uri} is in use by run {current.get('run_id')!r} ({current.get('purpose')}, "
-                       f"on {current.get('host')}, since {current.get('acquired')}); wait for it to finish. "
-                       f"If that run died, its lock expires {stale_after_s:.0f} s after its last "
-                       f"heartbeat ({current.get('heartbeat')}), or remove {lock_path(store.path)}")
+        raise RootBusy(
+            f"{store.uri} is in use by run {current.get('run_id')!r} ({current.get('purpose')}, "
+            f"on {current.get('host')}, since {current.get('acquired')}); wait for it to finish. "
+            f"If that run died, its lock expires {stale_after_s:.0f} s after its last "
+            f"heartbeat ({current.get('heartbeat')}), or remove {lock_path(store.path)}"
+        )
 
 
 def _create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
@@ -133,7 +143,7 @@ def _take_over(fs: fsspec.AbstractFileSystem, path: str, dead: bytes, record: by
     except FileExistsError:
         left = _read(fs, claim)
         beat = datetime.fromisoformat(_parse(left).get("heartbeat", _now().isoformat())) if left else _now()
-        if _now() - beat > timedelta(seconds=CLAIM_STALE_S):     # its taker died mid-takeover
+        if _now() - beat > timedelta(seconds=CLAIM_STALE_S):  # its taker died mid-takeover
             with contextlib.suppress(FileNotFoundError):
                 fs.rm_file(claim)
         return False
@@ -149,7 +159,7 @@ def _take_over(fs: fsspec.AbstractFileSystem, path: str, dead: bytes, record: by
 
 def _acquire(store: StorageRoot, path: str, record: Callable[[], bytes], stale_after_s: float) -> None:
     """Create the lock, or take over a dead run's; RootBusy when a live run (or a faster taker) has it."""
-    for _ in range(3):       # the lock may vanish (holder finished) or change hands between the steps
+    for _ in range(3):  # the lock may vanish (holder finished) or change hands between the steps
         try:
             _create_exclusive(store.fs, path, record())
             return
@@ -161,15 +171,18 @@ def _acquire(store: StorageRoot, path: str, record: Callable[[], bytes], stale_a
         _refuse_if_live(store, _parse(raw), stale_after_s)
         if _take_over(store.fs, path, raw, record()):
             return
-        time.sleep(0.05)     # the winner writes its lock within milliseconds: then it is named below
+        time.sleep(0.05)  # the winner writes its lock within milliseconds: then it is named below
     current = holder(store) or {}
-    raise RootBusy(f"{store.uri}: another run took over the expired lock first "
-                   f"(now held by {current.get('run_id', 'nobody')!r}); try again")
+    raise RootBusy(
+        f"{store.uri}: another run took over the expired lock first "
+        f"(now held by {current.get('run_id', 'nobody')!r}); try again"
+    )
 
 
 @contextlib.contextmanager
-def hold_root(root: RootLike, run_id: str, purpose: str, stale_after_s: float = STALE_AFTER_S,
-              heartbeat_s: float = HEARTBEAT_S) -> Iterator[dict[str, Any]]:
+def hold_root(
+    root: RootLike, run_id: str, purpose: str, stale_after_s: float = STALE_AFTER_S, heartbeat_s: float = HEARTBEAT_S
+) -> Iterator[dict[str, Any]]:
     """Hold the root for the duration of the block; RootBusy when a live run holds it."""
     store = open_root(root)
     fs, path = store.fs, lock_path(store.path)
@@ -183,7 +196,7 @@ def hold_root(root: RootLike, run_id: str, purpose: str, stale_after_s: float = 
             with contextlib.suppress(OSError):
                 current = holder(store)
                 if current is None or (current.get("run_id"), current.get("acquired")) != (run_id, acquired):
-                    return          # taken over after we stalled: never overwrite the new holder's lock
+                    return  # taken over after we stalled: never overwrite the new holder's lock
                 write_bytes_atomic(fs, path, _record(run_id, purpose, acquired))
 
     thread = threading.Thread(target=beat_loop, name="sleepsound-root-lock", daemon=True)

@@ -29,12 +29,17 @@ def write_run_record(root: RootLike, flow: str, config: dict[str, Any], summary:
     """Write the record of a finished flow run from its summary; returns its URI."""
     fs, root_path = open_root(root)
     record = {
-        "schema": SCHEMA, "layout_version": LAYOUT_VERSION, "predictions_schema_version": PREDICTIONS_VERSION,
-        "run_id": summary["run_id"], "flow": flow,
+        "schema": SCHEMA,
+        "layout_version": LAYOUT_VERSION,
+        "predictions_schema_version": PREDICTIONS_VERSION,
+        "run_id": summary["run_id"],
+        "flow": flow,
         "prefect_flow_run": summary.get("prefect_flow_run"),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config_hash": Config.model_validate(config).fingerprint(), "code_version": __version__,
-        "models": model_versions(summary.get("model")), "seconds": summary.get("seconds", {}),
+        "config_hash": Config.model_validate(config).fingerprint(),
+        "code_version": __version__,
+        "models": model_versions(summary.get("model")),
+        "seconds": summary.get("seconds", {}),
         "counts": summary.get("counts", {}),
         "outputs": {k: summary.get(k) for k in ("predictions", "summaries", "report")},
     }

@@ -39,9 +39,17 @@ def entrypoint(flow: str, args: Sequence[str]) -> str:
     return shlex.join(["sleepsound", flow, *args])
 
 
-def submit_flow(address: str, flow: str, args: Sequence[str], *, working_dir: str | None = None,
-                pip: Sequence[str] = (), follow: bool = True, timeout_s: float | None = None,
-                echo: Callable[[str], None] = print) -> dict[str, Any]:
+def submit_flow(
+    address: str,
+    flow: str,
+    args: Sequence[str],
+    *,
+    working_dir: str | None = None,
+    pip: Sequence[str] = (),
+    follow: bool = True,
+    timeout_s: float | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Submit the flow as a Ray job; with ``follow`` stream its logs until it ends.
 
     Returns ``{job_id, status, logs}`` (logs only when not followed). ``working_dir`` uploads a
@@ -56,9 +64,14 @@ def submit_flow(address: str, flow: str, args: Sequence[str], *, working_dir: st
         runtime_env["pip"] = list(pip)
     client = JobSubmissionClient(address)
     job_id = _submit_when_agent_ready(
-        lambda: client.submit_job(entrypoint=entrypoint(flow, args), runtime_env=runtime_env,
-                                  metadata={"submitted_by": "sleepsound submit", "flow": flow}),
-        address, echo)
+        lambda: client.submit_job(
+            entrypoint=entrypoint(flow, args),
+            runtime_env=runtime_env,
+            metadata={"submitted_by": "sleepsound submit", "flow": flow},
+        ),
+        address,
+        echo,
+    )
     echo(f"submitted {flow} as Ray job {job_id} to {address}")
     if follow:
         asyncio.run(_follow(client, job_id, echo, timeout_s))
@@ -66,8 +79,13 @@ def submit_flow(address: str, flow: str, args: Sequence[str], *, working_dir: st
     return {"job_id": job_id, "status": status, "logs": None if follow else client.get_job_logs(job_id)}
 
 
-def _submit_when_agent_ready(submit: Callable[[], str], address: str, echo: Callable[[str], None],
-                             wait_s: float = AGENT_WAIT_S, pause_s: float = 2.0) -> str:
+def _submit_when_agent_ready(
+    submit: Callable[[], str],
+    address: str,
+    echo: Callable[[str], None],
+    wait_s: float = AGENT_WAIT_S,
+    pause_s: float = 2.0,
+) -> str:
     """Submit, retrying while the cluster's job agent is still starting.
 
     A head that has just come up (``ray up``, a restarted head pod) answers on its dashboard

@@ -17,7 +17,18 @@ from sleepsound.synth.writers import (
 )
 
 __all__ = [
-    "ALL_CHANNELS", "NightPlan", "Progress", "SoundParams", "SubjectSummary", "SynthEvent", "channel_rates",
-    "generate_cohort", "make_hypnogram", "make_night_plan", "patient_id", "synthesise_chunk",
-    "write_plain_night", "write_psg_audio_night",
+    "ALL_CHANNELS",
+    "NightPlan",
+    "Progress",
+    "SoundParams",
+    "SubjectSummary",
+    "SynthEvent",
+    "channel_rates",
+    "generate_cohort",
+    "make_hypnogram",
+    "make_night_plan",
+    "patient_id",
+    "synthesise_chunk",
+    "write_plain_night",
+    "write_psg_audio_night",
 ]

@@ -35,8 +35,8 @@ STAGE_BREATHING: dict[str, tuple[float, float, float, float, float]] = {
     "N3": (0.92, 0.035, 1.15, 0.06, 0.30),
     "R": (1.12, 0.26, 0.70, 0.30, 0.06),
 }
-SNORE_EPISODE_STAY = 0.93   # P(snoring episode continues into the next epoch)
-SNORE_IN_EPISODE = 0.85     # P(a breath inside an episode is snored)
+SNORE_EPISODE_STAY = 0.93  # P(snoring episode continues into the next epoch)
+SNORE_IN_EPISODE = 0.85  # P(a breath inside an episode is snored)
 
 
 def _ar1(rng: np.random.Generator, n: int, tau_s: float) -> np.ndarray:
@@ -52,8 +52,9 @@ def _stage_table(stages: list[str], column: int) -> np.ndarray:
     return table[index]
 
 
-def make_breaths(stages: list[str], respiratory: list[SynthEvent], sound: SoundParams,
-                 rng: np.random.Generator) -> BreathTable:
+def make_breaths(
+    stages: list[str], respiratory: list[SynthEvent], sound: SoundParams, rng: np.random.Generator
+) -> BreathTable:
     """Breath onsets from an integrated stage-dependent rate, then apnoeas cut and hypopnoeas damped."""
     n_epochs = len(stages)
     n_grid = int(n_epochs * EPOCH_SECONDS * GRID_HZ)
@@ -93,11 +94,13 @@ def make_breaths(stages: list[str], respiratory: list[SynthEvent], sound: SoundP
         for i in range(n_epochs):  # per epoch (about a thousand), not per sample
             state = (draws[i] < SNORE_EPISODE_STAY) if state else (draws[i] < onset_p[i])
             episode[i] = state and stages[i] != "W"
-    snore = np.where(episode[epoch] & (rng.random(n) < SNORE_IN_EPISODE),
-                     sound.snore_level * rng.lognormal(0.0, 0.3, n), 0.0)
+    snore = np.where(
+        episode[epoch] & (rng.random(n) < SNORE_IN_EPISODE), sound.snore_level * rng.lognormal(0.0, 0.3, n), 0.0
+    )
 
     onset, insp, exp, depth, snore, recovery = _apply_events(
-        onset, insp, exp, depth, snore, recovery, respiratory, sound, rng)
+        onset, insp, exp, depth, snore, recovery, respiratory, sound, rng
+    )
     # No breath may run into the next one.
     room = np.diff(onset, append=np.inf) - insp - 0.05
     exp = np.clip(np.minimum(exp, room), 0.1, None)
@@ -106,9 +109,17 @@ def make_breaths(stages: list[str], respiratory: list[SynthEvent], sound: SoundP
     return BreathTable(onset, insp, exp, depth, snore, f0, recovery)
 
 
-def _apply_events(onset: np.ndarray, insp: np.ndarray, exp: np.ndarray, depth: np.ndarray, snore: np.ndarray,
-                  recovery: np.ndarray, respiratory: list[SynthEvent], sound: SoundParams,
-                  rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+def _apply_events(
+    onset: np.ndarray,
+    insp: np.ndarray,
+    exp: np.ndarray,
+    depth: np.ndarray,
+    snore: np.ndarray,
+    recovery: np.ndarray,
+    respiratory: list[SynthEvent],
+    sound: SoundParams,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, ...]:
     """Silence apnoeas (ended by a loud recovery breath) and damp hypopnoeas."""
     keep = np.ones(onset.size, dtype=bool)
     added: list[tuple[float, float, float, float, float, bool]] = []
@@ -134,24 +145,31 @@ def _apply_events(onset: np.ndarray, insp: np.ndarray, exp: np.ndarray, depth: n
             exp[before] = max(0.1, min(exp[before], s - onset[before] - insp[before] - 0.05))
             if obstructive and sound.snorer:  # crescendo snoring into the obstruction
                 lo = max(0, before - int(rng.integers(2, 6)))
-                snore[lo:before + 1] = np.maximum(snore[lo:before + 1], sound.snore_level * 1.2)
+                snore[lo : before + 1] = np.maximum(snore[lo : before + 1], sound.snore_level * 1.2)
         snort = rng.random() < (0.8 if sound.snorer else 0.3) and obstructive
-        added.append((e, rec_insp, rec_exp, rng.uniform(2.0, 3.2),
-                      sound.snore_level * 1.5 if snort else 0.0, True))
+        added.append((e, rec_insp, rec_exp, rng.uniform(2.0, 3.2), sound.snore_level * 1.5 if snort else 0.0, True))
     extra = np.array(added, dtype=float).reshape(-1, 6)
     onset = np.concatenate([onset[keep], extra[:, 0]])
     order = np.argsort(onset, kind="stable")
-    return (onset[order], np.concatenate([insp[keep], extra[:, 1]])[order],
-            np.concatenate([exp[keep], extra[:, 2]])[order], np.concatenate([depth[keep], extra[:, 3]])[order],
-            np.concatenate([snore[keep], extra[:, 4]])[order],
-            np.concatenate([recovery[keep], extra[:, 5].astype(bool)])[order])
+    return (
+        onset[order],
+        np.concatenate([insp[keep], extra[:, 1]])[order],
+        np.concatenate([exp[keep], extra[:, 2]])[order],
+        np.concatenate([depth[keep], extra[:, 3]])[order],
+        np.concatenate([snore[keep], extra[:, 4]])[order],
+        np.concatenate([recovery[keep], extra[:, 5].astype(bool)])[order],
+    )
 
 
 def snore_events(breaths: BreathTable) -> list[SynthEvent]:
     """One ``Nasal/Snore`` event per snored inspiration, on the 0.1-s grid scorers use."""
     idx = np.flatnonzero(breaths.snore > 0)
-    return [SynthEvent(SNORE_FAMILY, SNORE_TYPE, round(float(breaths.onset_s[i]), 1),
-                       max(0.1, round(float(breaths.insp_s[i]), 1))) for i in idx]
+    return [
+        SynthEvent(
+            SNORE_FAMILY, SNORE_TYPE, round(float(breaths.onset_s[i]), 1), max(0.1, round(float(breaths.insp_s[i]), 1))
+        )
+        for i in idx
+    ]
 
 
 # Mean transients per epoch by stage: rustles, voice-like bursts.
@@ -178,12 +196,23 @@ def make_transients(stages: list[str], rng: np.random.Generator) -> Transients:
     v_start = at(rng.poisson(voice_mean))
     b_start = rng.uniform(0, n_epochs * EPOCH_SECONDS, rng.poisson(BUMPS_PER_SECOND * n_epochs * EPOCH_SECONDS))
     start = np.concatenate([r_start, v_start, b_start])
-    kind = np.concatenate([np.full(r_start.size, Transients.RUSTLE), np.full(v_start.size, Transients.VOICE),
-                           np.full(b_start.size, Transients.BUMP)])
-    duration = np.concatenate([rng.uniform(0.5, 4.0, r_start.size), rng.uniform(0.8, 3.0, v_start.size),
-                               rng.uniform(0.05, 0.4, b_start.size)])
-    level = np.concatenate([rng.lognormal(np.log(1.2), 0.5, r_start.size), rng.lognormal(np.log(1.5), 0.4, v_start.size),
-                            rng.lognormal(np.log(0.6), 0.6, b_start.size)])
+    kind = np.concatenate(
+        [
+            np.full(r_start.size, Transients.RUSTLE),
+            np.full(v_start.size, Transients.VOICE),
+            np.full(b_start.size, Transients.BUMP),
+        ]
+    )
+    duration = np.concatenate(
+        [rng.uniform(0.5, 4.0, r_start.size), rng.uniform(0.8, 3.0, v_start.size), rng.uniform(0.05, 0.4, b_start.size)]
+    )
+    level = np.concatenate(
+        [
+            rng.lognormal(np.log(1.2), 0.5, r_start.size),
+            rng.lognormal(np.log(1.5), 0.4, v_start.size),
+            rng.lognormal(np.log(0.6), 0.6, b_start.size),
+        ]
+    )
     f0 = np.where(kind == Transients.VOICE, rng.uniform(90.0, 230.0, kind.size), 0.0)
     phase = rng.uniform(0, 2 * np.pi, kind.size)
     order = np.argsort(start, kind="stable")

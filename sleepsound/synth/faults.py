@@ -34,13 +34,14 @@ class Fault:
     """A way to damage one recording, and the finding validation must then report."""
 
     name: str
-    layout: str          # "psg-audio" or "plain"
-    code: str            # the finding's code
-    severity: str        # "error" (quarantined) or "warning" (processed)
+    layout: str  # "psg-audio" or "plain"
+    code: str  # the finding's code
+    severity: str  # "error" (quarantined) or "warning" (processed)
     apply: Callable[[Path, str], None]
 
 
 # ----------------------------------------------------------------------------- file helpers
+
 
 def part_path(cohort: Path, patient: str, number: int) -> Path:
     return cohort / "APNEA_EDF" / patient / f"{patient}[{number:03d}].edf"
@@ -64,8 +65,13 @@ def rewrite_edf(path: Path, change: Callable[[dict[str, np.ndarray], dict[str, d
     tmp = path.with_name(path.name + ".tmp")
     with warnings.catch_warnings():  # a fault may drive a signal to its physical limits on purpose
         warnings.simplefilter("ignore", UserWarning)
-        highlevel.write_edf(str(tmp), [by_label[label] for label in labels], [head_by_label[label] for label in labels],
-                            header, file_type=pyedflib.FILETYPE_EDFPLUS)
+        highlevel.write_edf(
+            str(tmp),
+            [by_label[label] for label in labels],
+            [head_by_label[label] for label in labels],
+            header,
+            file_type=pyedflib.FILETYPE_EDFPLUS,
+        )
     tmp.replace(path)
 
 
@@ -84,10 +90,12 @@ def _part_seconds(path: Path) -> float:
 def _set_mic(path: Path, edit: Callable[[np.ndarray, float], np.ndarray]) -> None:
     def change(signals: dict, headers: dict, header: dict) -> None:
         signals["Mic"] = edit(signals["Mic"], float(headers["Mic"]["sample_frequency"]))
+
     rewrite_edf(path, change)
 
 
 # ----------------------------------------------------------------------------- PSG-Audio faults
+
 
 def empty_part(cohort: Path, patient: str) -> None:
     part_path(cohort, patient, 1).write_bytes(b"")
@@ -115,8 +123,16 @@ def header_claims_fewer_records(cohort: Path, patient: str) -> None:
 # Widths of the per-signal header fields, in file order (EDF spec): field k of signal i sits at
 # 256 + ns * (sum of the widths before k) + i * width.
 SIGNAL_FIELD_WIDTHS: dict[str, int] = {
-    "label": 16, "transducer": 80, "dimension": 8, "physical_min": 8, "physical_max": 8,
-    "digital_min": 8, "digital_max": 8, "prefilter": 80, "samples_per_record": 8, "reserved": 32,
+    "label": 16,
+    "transducer": 80,
+    "dimension": 8,
+    "physical_min": 8,
+    "physical_max": 8,
+    "digital_min": 8,
+    "digital_max": 8,
+    "prefilter": 80,
+    "samples_per_record": 8,
+    "reserved": 32,
 }
 
 
@@ -124,10 +140,10 @@ def signal_header_fields(path: Path, label: str) -> dict[str, str]:
     """The header fields of the signal called ``label``, as the ASCII text in the file."""
     data = path.read_bytes()
     ns = int(data[252:256])
-    labels = [data[256 + 16 * i:256 + 16 * (i + 1)].decode("ascii").strip() for i in range(ns)]
+    labels = [data[256 + 16 * i : 256 + 16 * (i + 1)].decode("ascii").strip() for i in range(ns)]
     index, offset, fields = labels.index(label), 256, {}
     for name, width in SIGNAL_FIELD_WIDTHS.items():
-        fields[name] = data[offset + index * width:offset + (index + 1) * width].decode("ascii").strip()
+        fields[name] = data[offset + index * width : offset + (index + 1) * width].decode("ascii").strip()
         offset += ns * width
     return fields
 
@@ -137,11 +153,11 @@ def edit_signal_header(path: Path, label: str, **values: str) -> None:
     writes them), the way a damaged export arrives: pyedflib's writer would refuse to write most of these."""
     data = bytearray(path.read_bytes())
     ns = int(data[252:256])
-    labels = [bytes(data[256 + 16 * i:256 + 16 * (i + 1)]).decode("ascii").strip() for i in range(ns)]
+    labels = [bytes(data[256 + 16 * i : 256 + 16 * (i + 1)]).decode("ascii").strip() for i in range(ns)]
     index, offset = labels.index(label), 256
     for name, width in SIGNAL_FIELD_WIDTHS.items():
         if name in values:
-            data[offset + index * width:offset + (index + 1) * width] = values[name].ljust(width).encode("ascii")
+            data[offset + index * width : offset + (index + 1) * width] = values[name].ljust(width).encode("ascii")
         offset += ns * width
     path.write_bytes(bytes(data))
 
@@ -181,6 +197,7 @@ def _resample_mic(path: Path, rate: int) -> None:
         old = int(headers["Mic"]["sample_frequency"])
         signals["Mic"] = sps.resample_poly(signals["Mic"], rate, old).clip(-1, 1)
         headers["Mic"]["sample_frequency"] = rate
+
     rewrite_edf(path, change)
 
 
@@ -206,6 +223,7 @@ def _shorten(path: Path, seconds: int) -> None:
         for label, values in signals.items():
             rate = float(headers[label]["sample_frequency"])
             signals[label] = values[: len(values) - int(round(seconds * rate))]
+
     rewrite_edf(path, change)
 
 
@@ -218,8 +236,9 @@ def short_part_restamped(cohort: Path, patient: str) -> None:
     """Part [002] loses a minute and the later parts are re-stamped as if contiguous: only the RML can tell."""
     _shorten(part_path(cohort, patient, 2), 60)
     for path in parts_of(cohort, patient)[2:]:
-        rewrite_edf(path, lambda signals, headers, header: header.update(
-            startdate=header["startdate"] - timedelta(seconds=60)))
+        rewrite_edf(
+            path, lambda signals, headers, header: header.update(startdate=header["startdate"] - timedelta(seconds=60))
+        )
 
 
 def remove_rml(cohort: Path, patient: str) -> None:
@@ -239,6 +258,7 @@ def staging_too_long(cohort: Path, patient: str) -> None:
     def change(ann) -> None:
         end, stype = ann.stage_changes[-1]
         ann.stage_changes[-1] = (end + 3 * EPOCH_SECONDS, stype)
+
     _edit_rml(cohort, patient, change)
 
 
@@ -246,6 +266,7 @@ def staging_too_short(cohort: Path, patient: str) -> None:
     def change(ann) -> None:
         end = ann.stage_changes[-1][0] - 5 * EPOCH_SECONDS
         ann.stage_changes = [c for c in ann.stage_changes if c[0] < end] + [(end, ann.stage_changes[-1][1])]
+
     _edit_rml(cohort, patient, change)
 
 
@@ -257,13 +278,16 @@ def two_stages_at_once(cohort: Path, patient: str) -> None:
     def change(ann) -> None:
         start, stype = ann.stage_changes[1]
         ann.stage_changes.insert(2, (start, "REM" if stype != "REM" else "Wake"))
+
     _edit_rml(cohort, patient, change)
 
 
 def stage_at_an_absurd_time(cohort: Path, patient: str) -> None:
     """A Stage start of 1e300 s (finite, but no night's time): corrupt staging."""
+
     def change(ann) -> None:
         ann.stage_changes[2] = (1e300, ann.stage_changes[2][1])
+
     _edit_rml(cohort, patient, change)
     path = rml_path(cohort, patient)  # the writer rounds to milliseconds; write the value as a corrupt export does
     path.write_text(path.read_text().replace(f'Start="{format_seconds(1e300)}"', 'Start="1e300"'))
@@ -272,15 +296,21 @@ def stage_at_an_absurd_time(cohort: Path, patient: str) -> None:
 def event_at_an_absurd_time(cohort: Path, patient: str) -> None:
     path = rml_path(cohort, patient)
     marker = "<Events>"
-    path.write_text(path.read_text().replace(marker, marker + '<Event Family="Respiratory" Type="Hypopnea" '
-                                                              'Start="1e300" Duration="12"/>', 1))
+    path.write_text(
+        path.read_text().replace(
+            marker, marker + '<Event Family="Respiratory" Type="Hypopnea" Start="1e300" Duration="12"/>', 1
+        )
+    )
 
 
 def events_outside(cohort: Path, patient: str) -> None:
     def change(ann) -> None:
         end = ann.stage_changes[-1][0]
-        ann.events += [RmlEvent("Respiratory", "ObstructiveApnea", -20.0, 15.0),
-                       RmlEvent("Respiratory", "Hypopnea", end + 120.0, 20.0)]
+        ann.events += [
+            RmlEvent("Respiratory", "ObstructiveApnea", -20.0, 15.0),
+            RmlEvent("Respiratory", "Hypopnea", end + 120.0, 20.0),
+        ]
+
     _edit_rml(cohort, patient, change)
 
 
@@ -288,14 +318,18 @@ def event_with_negative_duration(cohort: Path, patient: str) -> None:
     path = rml_path(cohort, patient)
     text = path.read_text()
     marker = "<Events>"
-    path.write_text(text.replace(marker, marker + '<Event Family="Respiratory" Type="Hypopnea" Start="600" '
-                                              'Duration="-12"/>', 1))
+    path.write_text(
+        text.replace(marker, marker + '<Event Family="Respiratory" Type="Hypopnea" Start="600" Duration="-12"/>', 1)
+    )
 
 
 def overlapping_apnoeas(cohort: Path, patient: str) -> None:
     def change(ann) -> None:
-        ann.events += [RmlEvent("Respiratory", "ObstructiveApnea", 300.0, 30.0),
-                       RmlEvent("Respiratory", "Hypopnea", 310.0, 25.0)]
+        ann.events += [
+            RmlEvent("Respiratory", "ObstructiveApnea", 300.0, 30.0),
+            RmlEvent("Respiratory", "Hypopnea", 310.0, 25.0),
+        ]
+
     _edit_rml(cohort, patient, change)
 
 
@@ -305,12 +339,15 @@ def clipped_mic(cohort: Path, patient: str) -> None:
 
 def silent_stretch(seconds: float, start_s: float = 60.0) -> Callable[[Path, str], None]:
     """A microphone that goes flat for ``seconds`` (a constant, as a disconnected input reads)."""
+
     def apply(cohort: Path, patient: str) -> None:
         def edit(x: np.ndarray, rate: float) -> np.ndarray:
             x = x.copy()
-            x[int(start_s * rate): int((start_s + seconds) * rate)] = x[int(start_s * rate)]
+            x[int(start_s * rate) : int((start_s + seconds) * rate)] = x[int(start_s * rate)]
             return x
+
         _set_mic(part_path(cohort, patient, 1), edit)
+
     return apply
 
 
@@ -320,6 +357,7 @@ def all_parts_silent(cohort: Path, patient: str) -> None:
 
 
 # ----------------------------------------------------------------------------- plain-layout faults
+
 
 def _plain_audio(cohort: Path, name: str) -> Path:
     return next(p for p in cohort.iterdir() if p.stem == name and p.suffix in (".flac", ".wav"))
@@ -340,7 +378,7 @@ def plain_nan_samples(cohort: Path, name: str) -> None:
     """Float WAV with a burst of NaN in epoch 2 (a broken DSP chain upstream)."""
     path = _plain_audio(cohort, name)
     audio, rate = sf.read(path, dtype="float32")
-    audio[int(65 * rate): int(65 * rate) + 500] = np.nan
+    audio[int(65 * rate) : int(65 * rate) + 500] = np.nan
     path.unlink()
     sf.write(path.with_suffix(".wav"), audio, rate, subtype="FLOAT")
 
@@ -385,7 +423,7 @@ def plain_wav_cut_short(cohort: Path, name: str) -> None:
     """A WAV upload that stopped part way: the header still declares the whole night."""
     path = _as_wav(cohort, name)
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) * 2 // 3])
+    path.write_bytes(data[: len(data) * 2 // 3])
 
 
 def plain_wav_never_finalised(cohort: Path, name: str) -> None:
@@ -394,7 +432,7 @@ def plain_wav_never_finalised(cohort: Path, name: str) -> None:
     data = bytearray(path.read_bytes())
     data[4:8] = bytes(4)
     at = data.index(b"data")
-    data[at + 4:at + 8] = bytes(4)
+    data[at + 4 : at + 8] = bytes(4)
     path.write_bytes(bytes(data))
 
 
@@ -403,7 +441,7 @@ def plain_flac_corrupt(cohort: Path, name: str) -> None:
     path = _plain_audio(cohort, name)
     data = bytearray(path.read_bytes())
     middle = len(data) // 2
-    data[middle:middle + 65536] = np.random.default_rng(0).integers(0, 256, 65536, dtype=np.uint8).tobytes()
+    data[middle : middle + 65536] = np.random.default_rng(0).integers(0, 256, 65536, dtype=np.uint8).tobytes()
     path.write_bytes(bytes(data))
 
 
@@ -431,8 +469,9 @@ FAULTS: tuple[Fault, ...] = (
     Fault("empty part", "psg-audio", "empty_file", "error", empty_part),
     Fault("part is not EDF", "psg-audio", "unreadable_edf", "error", not_edf),
     Fault("header field garbled", "psg-audio", "inconsistent_edf_header", "error", corrupt_header),
-    Fault("header counts too few records", "psg-audio", "inconsistent_edf_header", "error",
-          header_claims_fewer_records),
+    Fault(
+        "header counts too few records", "psg-audio", "inconsistent_edf_header", "error", header_claims_fewer_records
+    ),
     Fault("start date with colons", "psg-audio", "inconsistent_edf_header", "error", start_date_with_colons),
     Fault("Mic digital range reversed", "psg-audio", "reversed_digital_range", "warning", mic_digital_range_reversed),
     Fault("Mic digital range empty", "psg-audio", "inconsistent_edf_header", "error", mic_digital_range_empty),
@@ -463,8 +502,7 @@ FAULTS: tuple[Fault, ...] = (
     Fault("plain file is not audio", "plain", "unreadable_audio", "error", plain_not_audio),
     Fault("plain file at 8 kHz", "plain", "low_sample_rate", "error", plain_8khz),
     Fault("NaN samples", "plain", "nonfinite_samples", "warning", plain_nan_samples),
-    Fault("stage CSV of another recording", "plain", "annotation_mismatch", "error",
-          plain_stages_of_another_recording),
+    Fault("stage CSV of another recording", "plain", "annotation_mismatch", "error", plain_stages_of_another_recording),
     Fault("stage CSV unparsable", "plain", "bad_annotations", "error", plain_garbled_stages),
     Fault("stage CSV longer than audio", "plain", "staging_length_mismatch", "error", plain_stages_too_long),
     Fault("events CSV unparsable", "plain", "bad_events", "error", plain_garbled_events),
@@ -485,4 +523,3 @@ def fault(name: str) -> Fault:
         if item.name == name:
             return item
     raise KeyError(f"no fault {name!r}; known: {[f.name for f in FAULTS]}")
-

@@ -22,7 +22,11 @@ _STREAM_HYPNOGRAM, _STREAM_EVENTS, _STREAM_PARAMS, _STREAM_BREATHS, _STREAM_EXTR
 
 # OSA severity mix of the synthetic cohort, and the AHI range drawn within each class.
 SEVERITY_AHI: dict[str, tuple[float, float]] = {
-    "normal": (0.5, 5.0), "mild": (5.0, 15.0), "moderate": (15.0, 30.0), "severe": (30.0, 70.0)}
+    "normal": (0.5, 5.0),
+    "mild": (5.0, 15.0),
+    "moderate": (15.0, 30.0),
+    "severe": (30.0, 70.0),
+}
 SEVERITY_PROBS: dict[str, float] = {"normal": 0.15, "mild": 0.20, "moderate": 0.25, "severe": 0.40}
 
 # Relative rate of respiratory events per stage: none awake, few in slow-wave sleep,
@@ -53,20 +57,20 @@ class SynthEvent:
 class SoundParams:
     """Per-subject acoustics: the things that differ between people and bedrooms, not stages."""
 
-    breath_rate_bpm: float      # resting rate in N2; stages scale it
-    expiration_level: float     # expiration loudness relative to inspiration
+    breath_rate_bpm: float  # resting rate in N2; stages scale it
+    expiration_level: float  # expiration loudness relative to inspiration
     snorer: bool
-    snore_f0_hz: float          # fundamental of the snore buzz
-    snore_brightness: float     # 0..1: harmonic decay ratio of the buzz
-    snore_level: float          # snore loudness relative to a breath
-    mic_gain: float             # ambient microphone gain (linear)
-    mic_distance_m: float       # mouth-to-microphone distance: level and high-frequency loss
+    snore_f0_hz: float  # fundamental of the snore buzz
+    snore_brightness: float  # 0..1: harmonic decay ratio of the buzz
+    snore_level: float  # snore loudness relative to a breath
+    mic_gain: float  # ambient microphone gain (linear)
+    mic_distance_m: float  # mouth-to-microphone distance: level and high-frequency loss
     tracheal_gain: float
-    room_level: float           # RMS of room noise at the ambient microphone
-    hvac_centre_hz: float       # centre of the ventilation rumble
-    hvac_ratio: float           # ventilation rumble against the pink floor
-    hvac_period_s: float        # on/off cycle of the ventilation
-    hum_level: float            # 50 Hz mains hum amplitude
+    room_level: float  # RMS of room noise at the ambient microphone
+    hvac_centre_hz: float  # centre of the ventilation rumble
+    hvac_ratio: float  # ventilation rumble against the pink floor
+    hvac_period_s: float  # on/off cycle of the ventilation
+    hum_level: float  # 50 Hz mains hum amplitude
     hum_harmonics: tuple[float, ...]
     hum_phases: tuple[float, ...]
     spo2_baseline: float
@@ -76,13 +80,13 @@ class SoundParams:
 class BreathTable:
     """Every breath of the night (sorted, non-overlapping): the skeleton of the sound."""
 
-    onset_s: np.ndarray    # start of inspiration
-    insp_s: np.ndarray     # inspiration length
-    exp_s: np.ndarray      # expiration length (a pause may follow)
-    depth: np.ndarray      # airflow amplitude; 1 is an ordinary N2 breath
-    snore: np.ndarray      # snore loudness on inspiration; 0 = no snore
-    f0_hz: np.ndarray      # snore pitch of the breath
-    recovery: np.ndarray   # bool: the gasp that ends an apnoea
+    onset_s: np.ndarray  # start of inspiration
+    insp_s: np.ndarray  # inspiration length
+    exp_s: np.ndarray  # expiration length (a pause may follow)
+    depth: np.ndarray  # airflow amplitude; 1 is an ordinary N2 breath
+    snore: np.ndarray  # snore loudness on inspiration; 0 = no snore
+    f0_hz: np.ndarray  # snore pitch of the breath
+    recovery: np.ndarray  # bool: the gasp that ends an apnoea
 
     def __len__(self) -> int:
         return int(self.onset_s.size)
@@ -100,8 +104,8 @@ class Transients:
     duration_s: np.ndarray
     level: np.ndarray
     kind: np.ndarray
-    f0_hz: np.ndarray      # voices only
-    phase: np.ndarray      # per-transient random phase for modulations
+    f0_hz: np.ndarray  # voices only
+    phase: np.ndarray  # per-transient random phase for modulations
 
     RUSTLE, VOICE, BUMP = 0, 1, 2
 
@@ -115,13 +119,13 @@ class NightPlan:
     seed: int
     stages: list[str]
     events: list[SynthEvent]
-    ahi: float                 # realised: respiratory events per hour of sleep in ``events``
-    target_ahi: float          # drawn from the severity class
+    ahi: float  # realised: respiratory events per hour of sleep in ``events``
+    target_ahi: float  # drawn from the severity class
     severity: str
     sound: SoundParams
     breaths: BreathTable
     transients: Transients
-    spo2_dips: np.ndarray      # (k, 3): centre_s, width_s, drop in % SpO2
+    spo2_dips: np.ndarray  # (k, 3): centre_s, width_s, drop in % SpO2
     recording_start: datetime
     cycle_minutes: float
     notes: dict[str, float] = field(default_factory=dict)
@@ -152,8 +156,14 @@ def _rng(seed: int, subject_index: int, stream: int) -> np.random.Generator:
 
 # ----------------------------------------------------------------------------- hypnogram
 
-def make_hypnogram(n_epochs: int, rng: np.random.Generator, cycle_minutes: float = 90.0,
-                   fragmentation: float = 0.0, n3_scale: float = 1.0) -> list[str]:
+
+def make_hypnogram(
+    n_epochs: int,
+    rng: np.random.Generator,
+    cycle_minutes: float = 90.0,
+    fragmentation: float = 0.0,
+    n3_scale: float = 1.0,
+) -> list[str]:
     """A night of 5-class stages built from NREM-REM cycles of about ``cycle_minutes``.
 
     Slow-wave sleep falls off and REM grows across the night; wake opens the night
@@ -173,8 +183,9 @@ def make_hypnogram(n_epochs: int, rng: np.random.Generator, cycle_minutes: float
         length = max(8, round(per_cycle * rng.uniform(0.85, 1.15)))
         pos = min(1.0, (len(seq) + length / 2) / n_epochs)
         rem = float(np.clip(0.08 + 0.32 * pos + rng.normal(0, 0.03) - 0.05 * fragmentation, 0.04, 0.45))
-        n3 = float(np.clip(n3_scale * (1 - 0.5 * fragmentation) * 0.5 * (1 - pos) ** 2 + rng.normal(0, 0.02),
-                           0.0, 0.55))
+        n3 = float(
+            np.clip(n3_scale * (1 - 0.5 * fragmentation) * 0.5 * (1 - pos) ** 2 + rng.normal(0, 0.02), 0.0, 0.55)
+        )
         n_rem = max(1, round(rem * length))
         n_n3 = round(n3 * length)
         # N1 opens a cycle only after REM or wake; the first cycle follows sleep-onset N1.
@@ -206,11 +217,12 @@ def make_hypnogram(n_epochs: int, rng: np.random.Generator, cycle_minutes: float
     stages[after] = "N1"  # falling back asleep goes through N1
     if rng.random() < 0.7:  # final awakening before lights-on
         tail = int(rng.integers(1, max(2, round(6 * scale)) + 1))
-        stages[max(onset + 1, n_epochs - tail):] = "W"
+        stages[max(onset + 1, n_epochs - tail) :] = "W"
     return [str(stage) for stage in stages]
 
 
 # ----------------------------------------------------------------------------- events
+
 
 def draw_severity(rng: np.random.Generator) -> tuple[str, float]:
     """An OSA severity class and an AHI inside it."""
@@ -255,7 +267,7 @@ def _walk_events(stages: list[str], rate: float, ahi: float, entropy: list[int])
         start = round(t, 1)
         end = start + duration
         last = int((end - 1e-9) // EPOCH_SECONDS)
-        if end > total - 10.0 or not sleep[epoch:last + 1].all():
+        if end > total - 10.0 or not sleep[epoch : last + 1].all():
             continue
         events.append(SynthEvent(RESPIRATORY_FAMILY, etype, start, duration))
         t = end + rng.uniform(6.0, 15.0)  # recovery breathing before the next event can start
@@ -286,8 +298,9 @@ def place_respiratory_events(stages: list[str], target_ahi: float, entropy: list
     return best
 
 
-def _arousals_and_desaturations(respiratory: list[SynthEvent], stages: list[str],
-                                rng: np.random.Generator) -> tuple[list[SynthEvent], np.ndarray]:
+def _arousals_and_desaturations(
+    respiratory: list[SynthEvent], stages: list[str], rng: np.random.Generator
+) -> tuple[list[SynthEvent], np.ndarray]:
     """Arousals after some events (plus a few spontaneous ones) and the SpO2 dips they cause."""
     total = len(stages) * EPOCH_SECONDS
     extra: list[SynthEvent] = []
@@ -295,8 +308,14 @@ def _arousals_and_desaturations(respiratory: list[SynthEvent], stages: list[str]
     for event in respiratory:
         apnoea = event.type in APNEA_TYPES
         if rng.random() < (0.45 if apnoea else 0.25):
-            extra.append(SynthEvent(AROUSAL_FAMILY, AROUSAL_TYPE, round(event.end_s + rng.uniform(0, 2), 1),
-                                    round(rng.uniform(3.0, 12.0), 1)))
+            extra.append(
+                SynthEvent(
+                    AROUSAL_FAMILY,
+                    AROUSAL_TYPE,
+                    round(event.end_s + rng.uniform(0, 2), 1),
+                    round(rng.uniform(3.0, 12.0), 1),
+                )
+            )
         if rng.random() < (0.85 if apnoea else 0.6):
             drop = rng.uniform(3.0, 9.0) if apnoea else rng.uniform(2.0, 4.5)
             start = event.end_s + rng.uniform(3.0, 10.0)
@@ -307,12 +326,19 @@ def _arousals_and_desaturations(respiratory: list[SynthEvent], stages: list[str]
     sleep_epochs = np.flatnonzero(np.isin(np.array(stages), ["N1", "N2", "R"]))
     n_spont = int(rng.poisson(4.0 * sleep_epochs.size * EPOCH_SECONDS / 3600.0)) if sleep_epochs.size else 0
     for epoch in rng.choice(sleep_epochs, size=n_spont) if n_spont else []:
-        extra.append(SynthEvent(AROUSAL_FAMILY, AROUSAL_TYPE, round(float(epoch) * EPOCH_SECONDS + rng.uniform(0, 25), 1),
-                                round(rng.uniform(3.0, 10.0), 1)))
+        extra.append(
+            SynthEvent(
+                AROUSAL_FAMILY,
+                AROUSAL_TYPE,
+                round(float(epoch) * EPOCH_SECONDS + rng.uniform(0, 25), 1),
+                round(rng.uniform(3.0, 10.0), 1),
+            )
+        )
     return extra, np.array(dips, dtype=float).reshape(-1, 3)
 
 
 # ----------------------------------------------------------------------------- subject
+
 
 def draw_sound_params(rng: np.random.Generator, severity: str) -> SoundParams:
     """One subject's voice, snoring and bedroom; snoring is likelier with worse OSA."""
@@ -346,9 +372,15 @@ def make_recording_start(seed: int, subject_index: int) -> datetime:
     return day + timedelta(hours=21, minutes=30 + int(rng.integers(0, 121)))
 
 
-def make_night_plan(subject_id: str, hours: float, seed: int, subject_index: int = 0,
-                    cycle_minutes: float = 90.0, ahi: float | None = None,
-                    recording_start: datetime | None = None) -> NightPlan:
+def make_night_plan(
+    subject_id: str,
+    hours: float,
+    seed: int,
+    subject_index: int = 0,
+    cycle_minutes: float = 90.0,
+    ahi: float | None = None,
+    recording_start: datetime | None = None,
+) -> NightPlan:
     """Everything about one night, deterministic from ``(seed, subject_index)``.
 
     ``hours`` is rounded to whole 30-s epochs. ``ahi`` overrides the AHI drawn from the
@@ -365,11 +397,14 @@ def make_night_plan(subject_id: str, hours: float, seed: int, subject_index: int
     severity, target = draw_severity(params_rng)
     if ahi is not None:
         target = float(ahi)
-        severity = next(name for name, (low, high) in reversed(SEVERITY_AHI.items()) if target >= low or name == "normal")
+        severity = next(
+            name for name, (low, high) in reversed(SEVERITY_AHI.items()) if target >= low or name == "normal"
+        )
     fragmentation = float(np.clip(target / 60.0, 0.0, 1.0))
     hyp_rng = _rng(seed, subject_index, _STREAM_HYPNOGRAM)
-    stages = make_hypnogram(n_epochs, hyp_rng, cycle_minutes, fragmentation,
-                            n3_scale=float(hyp_rng.lognormal(0.0, 0.3)))
+    stages = make_hypnogram(
+        n_epochs, hyp_rng, cycle_minutes, fragmentation, n3_scale=float(hyp_rng.lognormal(0.0, 0.3))
+    )
     sound = draw_sound_params(params_rng, severity)
 
     respiratory = place_respiratory_events(stages, target, [seed, subject_index, _STREAM_EVENTS])
@@ -377,16 +412,28 @@ def make_night_plan(subject_id: str, hours: float, seed: int, subject_index: int
     breath_rng = _rng(seed, subject_index, _STREAM_BREATHS)
     breaths = make_breaths(stages, respiratory, sound, breath_rng)
     transients = make_transients(stages, breath_rng)
-    events = sorted(respiratory + extra + snore_events(breaths),
-                    key=lambda e: (e.start_s, e.family, e.type, e.duration_s))
+    events = sorted(
+        respiratory + extra + snore_events(breaths), key=lambda e: (e.start_s, e.family, e.type, e.duration_s)
+    )
     sleep_h = sum(s != "W" for s in stages) * EPOCH_SECONDS / 3600.0
     realised = len(respiratory) / sleep_h if sleep_h > 0 else 0.0
     return NightPlan(
-        subject_id=subject_id, subject_index=subject_index, seed=seed, stages=stages, events=events,
-        ahi=realised, target_ahi=target, severity=severity, sound=sound, breaths=breaths,
-        transients=transients, spo2_dips=dips,
+        subject_id=subject_id,
+        subject_index=subject_index,
+        seed=seed,
+        stages=stages,
+        events=events,
+        ahi=realised,
+        target_ahi=target,
+        severity=severity,
+        sound=sound,
+        breaths=breaths,
+        transients=transients,
+        spo2_dips=dips,
         recording_start=recording_start or make_recording_start(seed, subject_index),
         cycle_minutes=cycle_minutes,
-        notes={"n_apnoeas": float(sum(e.type in APNEA_TYPES for e in respiratory)),
-               "n_hypopnoeas": float(sum(e.type in HYPOPNEA_TYPES for e in respiratory))},
+        notes={
+            "n_apnoeas": float(sum(e.type in APNEA_TYPES for e in respiratory)),
+            "n_hypopnoeas": float(sum(e.type in HYPOPNEA_TYPES for e in respiratory)),
+        },
     )

@@ -34,7 +34,7 @@ CONTROL_HZ = 1000
 # Noise stream ids (third element of the block seed).
 _BREATH, _ROOM, _RUSTLE, _SELF_NOISE, _SNORE_SENSOR, _FLOW = 11, 12, 13, 14, 15, 16
 
-LIMIT_KNEE = 0.5     # the output is linear below this ...
+LIMIT_KNEE = 0.5  # the output is linear below this ...
 LIMIT_CEILING = 0.98  # ... and never exceeds this, so 16-bit files never clip
 
 
@@ -53,6 +53,7 @@ def _sample_range(start_s: float, n_seconds: float, rate: int) -> tuple[int, int
 
 # ----------------------------------------------------------------------------- noise
 
+
 def _white(key: tuple[int, ...], b0: int, b1: int, block: int) -> np.ndarray:
     """Rows of unit-variance white noise for blocks ``b0..b1-1``; each row depends only on its block index.
 
@@ -69,7 +70,7 @@ def _white(key: tuple[int, ...], b0: int, b1: int, block: int) -> np.ndarray:
 
 def _white_noise(key: tuple[int, ...], n0: int, n: int, rate: int) -> np.ndarray:
     b0, b1 = n0 // rate, -(-(n0 + n) // rate)
-    return _white(key, b0, b1, rate).reshape(-1)[n0 - b0 * rate: n0 - b0 * rate + n]
+    return _white(key, b0, b1, rate).reshape(-1)[n0 - b0 * rate : n0 - b0 * rate + n]
 
 
 def _lp(f: np.ndarray, fc: float) -> np.ndarray:
@@ -82,7 +83,7 @@ def _hp(f: np.ndarray, fc: float) -> np.ndarray:
 
 def _fir(rate: int, numtaps: int, gain: np.ndarray, freqs: np.ndarray) -> np.ndarray:
     h = firwin2(numtaps, freqs, gain, fs=rate)
-    return (h / np.sqrt(np.sum(h ** 2))).astype(np.float32)  # unit-variance output for white input
+    return (h / np.sqrt(np.sum(h**2))).astype(np.float32)  # unit-variance output for white input
 
 
 @lru_cache(maxsize=64)
@@ -127,18 +128,19 @@ def _coloured(key: tuple[int, ...], n0: int, n: int, rate: int, kind: str, *para
     block = rate
     k0, k1 = n0 // block, -(-(n0 + n) // block)
     white = _white(key, k0 - 1, k1, block)
-    x = np.concatenate([white[:-1, block - (taps - 1):], white[1:]], axis=1)
+    x = np.concatenate([white[:-1, block - (taps - 1) :], white[1:]], axis=1)
     nfft = sfft.next_fast_len(x.shape[1], real=True)
     spectrum = sfft.rfft(x, nfft, axis=1)
     offset = n0 - k0 * block
     out = []
     for h_spec in _spectra(kind, rate, nfft, *params):
-        y = sfft.irfft(spectrum * h_spec, nfft, axis=1)[:, taps - 1: taps - 1 + block]
-        out.append(np.ascontiguousarray(y.reshape(-1)[offset: offset + n], dtype=np.float32))
+        y = sfft.irfft(spectrum * h_spec, nfft, axis=1)[:, taps - 1 : taps - 1 + block]
+        out.append(np.ascontiguousarray(y.reshape(-1)[offset : offset + n], dtype=np.float32))
     return out
 
 
 # ----------------------------------------------------------------------------- envelopes
+
 
 def _breath_state(b: BreathTable, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """For each time: breath index, inspiration phase u, expiration phase v (each in [0,1) or -1)."""
@@ -182,7 +184,9 @@ def _control_envelopes(plan: NightPlan, t0: float, t1: float) -> tuple[np.ndarra
             crackle = 0.3 + 0.7 * np.abs(np.sin(2 * np.pi * 2.7 * tau + tr.phase[i])) ** 3
             rustle += tr.level[i] * _bump(x, 0.5) * crackle
         elif tr.kind[i] == Transients.BUMP:
-            rustle += tr.level[i] * np.where((tau >= 0) & (tau < tr.duration_s[i] + 0.5), np.exp(-np.maximum(tau, 0) / 0.06), 0.0)
+            rustle += tr.level[i] * np.where(
+                (tau >= 0) & (tau < tr.duration_s[i] + 0.5), np.exp(-np.maximum(tau, 0) / 0.06), 0.0
+            )
         else:
             syllables = (0.5 + 0.5 * np.sin(2 * np.pi * 4.2 * tau + tr.phase[i])) ** 2
             voice += tr.level[i] * _bump(x, 0.3) * syllables
@@ -211,11 +215,15 @@ def _hum(plan: NightPlan, n0: int, n: int, rate: int) -> np.ndarray:
     if rate % 50 == 0:  # one period is a whole number of samples: render it once and tile
         period = rate // 50
         k = np.arange(period)
-        table = sum(s.hum_harmonics[h - 1] * np.sin(2 * np.pi * h * k / period + s.hum_phases[h - 1]) for h in harmonics)
+        table = sum(
+            s.hum_harmonics[h - 1] * np.sin(2 * np.pi * h * k / period + s.hum_phases[h - 1]) for h in harmonics
+        )
         return (s.hum_level * np.asarray(table)[(n0 + np.arange(n)) % period]).astype(np.float32)
     k = n0 + np.arange(n, dtype=np.int64)
-    out = sum(s.hum_harmonics[h - 1] * np.sin(2 * np.pi * ((50 * h * k) % rate) / rate + s.hum_phases[h - 1])
-              for h in harmonics)
+    out = sum(
+        s.hum_harmonics[h - 1] * np.sin(2 * np.pi * ((50 * h * k) % rate) / rate + s.hum_phases[h - 1])
+        for h in harmonics
+    )
     return (s.hum_level * np.asarray(out)).astype(np.float32)
 
 
@@ -232,13 +240,17 @@ def soft_limit(x: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- channels
 
-def _audio(plan: NightPlan, key: tuple[int, ...], n0: int, n: int, rate: int,
-           want: Collection[str]) -> dict[str, np.ndarray]:
+
+def _audio(
+    plan: NightPlan, key: tuple[int, ...], n0: int, n: int, rate: int, want: Collection[str]
+) -> dict[str, np.ndarray]:
     s, b = plan.sound, plan.breaths
     t = (n0 + np.arange(n)) / rate
     tc, env_c = _control_envelopes(plan, t[0], t[-1])
-    env = {name: (np.interp(t, tc, values).astype(np.float32) if np.any(values) else np.zeros(n, np.float32))
-           for name, values in env_c.items()}
+    env = {
+        name: (np.interp(t, tc, values).astype(np.float32) if np.any(values) else np.zeros(n, np.float32))
+        for name, values in env_c.items()
+    }
     bright, dark, trach_noise = _coloured((*key, _BREATH), n0, n, rate, "breath", round(s.mic_distance_m, 3))
     (room,) = _coloured((*key, _ROOM), n0, n, rate, "room", round(s.hvac_centre_hz, 1), round(s.hvac_ratio, 3))
     if np.any(env["rustle"] > 0):
@@ -268,19 +280,24 @@ def _audio(plan: NightPlan, key: tuple[int, ...], n0: int, n: int, rate: int,
     out: dict[str, np.ndarray] = {}
     if "Mic" in want:
         d = s.mic_distance_m
-        sources = ((0.025 / d) * (env["insp"] * bright + env["exp"] * dark)
-                   + (0.05 / d) * env["snore"] * snore_src
-                   + (0.05 / d) * env["voice"] * voice_src
-                   + 0.03 * env["rustle"] * rustle)
+        sources = (
+            (0.025 / d) * (env["insp"] * bright + env["exp"] * dark)
+            + (0.05 / d) * env["snore"] * snore_src
+            + (0.05 / d) * env["voice"] * voice_src
+            + 0.03 * env["rustle"] * rustle
+        )
         out["Mic"] = soft_limit(s.mic_gain * sources + s.room_level * env["hvac"] * room + hum)
     if "Tracheal" in want:
-        sources = (0.08 * (env["insp"] + 0.7 * env["exp"]) * trach_noise
-                   + 0.15 * env["snore"] * snore_trach
-                   + 0.12 * env["voice"] * voice_src
-                   + 0.05 * env["rustle"] * rustle)
+        sources = (
+            0.08 * (env["insp"] + 0.7 * env["exp"]) * trach_noise
+            + 0.15 * env["snore"] * snore_trach
+            + 0.12 * env["voice"] * voice_src
+            + 0.05 * env["rustle"] * rustle
+        )
         self_noise = 0.0004 * _white_noise((*key, _SELF_NOISE), n0, n, rate)
-        out["Tracheal"] = soft_limit(s.tracheal_gain * sources + 0.1 * s.room_level * env["hvac"] * room
-                                     + 0.3 * hum + self_noise)
+        out["Tracheal"] = soft_limit(
+            s.tracheal_gain * sources + 0.1 * s.room_level * env["hvac"] * room + 0.3 * hum + self_noise
+        )
     return out
 
 
@@ -320,8 +337,14 @@ def _spo2(plan: NightPlan, start_s: float, n_seconds: float) -> np.ndarray:
     return np.round(np.clip(level, 50.0, 100.0)).astype(np.float32)
 
 
-def synthesise_chunk(plan: NightPlan, start_s: float, n_seconds: float, sample_rate: int,
-                     seed: int | None = None, channels: Collection[str] | None = None) -> dict[str, np.ndarray]:
+def synthesise_chunk(
+    plan: NightPlan,
+    start_s: float,
+    n_seconds: float,
+    sample_rate: int,
+    seed: int | None = None,
+    channels: Collection[str] | None = None,
+) -> dict[str, np.ndarray]:
     """Signals for ``[start_s, start_s + n_seconds)`` of the night, float32, by channel label.
 
     The result is the same whether a range is rendered at once or in pieces. ``seed``

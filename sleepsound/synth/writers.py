@@ -122,18 +122,36 @@ def _part_name(patient: str, number: int) -> str:
     return f"{patient}[{number:03d}].edf"
 
 
-def write_edf_part(path: Path, plan: NightPlan, start_s: int, stop_s: int, sample_rate: int,
-                   chunk_seconds: int = 30, on_chunk: Callable[[float], None] | None = None) -> None:
+def write_edf_part(
+    path: Path,
+    plan: NightPlan,
+    start_s: int,
+    stop_s: int,
+    sample_rate: int,
+    chunk_seconds: int = 30,
+    on_chunk: Callable[[float], None] | None = None,
+) -> None:
     """One EDF part holding ``[start_s, stop_s)`` of the night, written a block of records at a time."""
     rates = channel_rates(sample_rate)
     tmp = path.with_name(path.name + ".part")
     writer = pyedflib.EdfWriter(str(tmp), len(EDF_SIGNALS), file_type=pyedflib.FILETYPE_EDF)
     try:
-        writer.setSignalHeaders([{
-            "label": spec.label, "dimension": spec.dimension, "sample_frequency": rates[spec.label],
-            "physical_min": spec.physical_min, "physical_max": spec.physical_max,
-            "digital_min": DIGITAL_MIN, "digital_max": DIGITAL_MAX, "transducer": spec.transducer,
-            "prefilter": ""} for spec in EDF_SIGNALS])
+        writer.setSignalHeaders(
+            [
+                {
+                    "label": spec.label,
+                    "dimension": spec.dimension,
+                    "sample_frequency": rates[spec.label],
+                    "physical_min": spec.physical_min,
+                    "physical_max": spec.physical_max,
+                    "digital_min": DIGITAL_MIN,
+                    "digital_max": DIGITAL_MAX,
+                    "transducer": spec.transducer,
+                    "prefilter": "",
+                }
+                for spec in EDF_SIGNALS
+            ]
+        )
         writer.setPatientCode(plan.subject_id)
         writer.setPatientName("synthetic")
         writer.setEquipment("sleepsound_synth")
@@ -163,8 +181,10 @@ def _machine_events(plan: NightPlan) -> list[RmlEvent]:
     rng = np.random.default_rng([plan.seed, plan.subject_index, 0xAD])
     n = max(1, int(rng.poisson(6.0 * plan.duration_s / 3600.0)))
     starts = np.sort(rng.uniform(0, max(1.0, plan.duration_s - 5.0), n))
-    return [RmlEvent("Limb", "LegMovement", round(float(s), 1), round(float(rng.uniform(0.5, 4.0)), 1), True)
-            for s in starts]
+    return [
+        RmlEvent("Limb", "LegMovement", round(float(s), 1), round(float(rng.uniform(0.5, 4.0)), 1), True)
+        for s in starts
+    ]
 
 
 def night_annotations(plan: NightPlan, segment_durations_s: Sequence[float], channels: Sequence[str]) -> RmlAnnotations:
@@ -173,14 +193,23 @@ def night_annotations(plan: NightPlan, segment_durations_s: Sequence[float], cha
     events += _machine_events(plan)
     events.sort(key=lambda e: (e.start_s, e.family, e.type, e.duration_s, e.machine))
     return RmlAnnotations(
-        recording_start=plan.recording_start, duration_s=plan.duration_s,
-        segment_durations_s=[float(d) for d in segment_durations_s], channels=list(channels),
-        stage_changes=stage_changes_from_epochs(plan.stages), events=events)
+        recording_start=plan.recording_start,
+        duration_s=plan.duration_s,
+        segment_durations_s=[float(d) for d in segment_durations_s],
+        channels=list(channels),
+        stage_changes=stage_changes_from_epochs(plan.stages),
+        events=events,
+    )
 
 
-def write_psg_audio_night(plan: NightPlan, out_dir: str | os.PathLike[str], sample_rate: int = 48_000,
-                          part_seconds: int = 3600, chunk_seconds: int = 30,
-                          on_chunk: Callable[[float], None] | None = None) -> tuple[list[Path], Path]:
+def write_psg_audio_night(
+    plan: NightPlan,
+    out_dir: str | os.PathLike[str],
+    sample_rate: int = 48_000,
+    part_seconds: int = 3600,
+    chunk_seconds: int = 30,
+    on_chunk: Callable[[float], None] | None = None,
+) -> tuple[list[Path], Path]:
     """``APNEA_EDF/<id>/<id>[001].edf``... and ``APNEA_RML/<id>.rml`` for one night."""
     out = Path(out_dir)
     total = int(round(plan.duration_s))
@@ -208,9 +237,15 @@ def write_psg_audio_night(plan: NightPlan, out_dir: str | os.PathLike[str], samp
     return paths, rml_path
 
 
-def write_plain_night(plan: NightPlan, out_dir: str | os.PathLike[str], sample_rate: int = 48_000,
-                      audio_format: str = "flac", channels: Sequence[str] = ("Mic",), chunk_seconds: int = 30,
-                      on_chunk: Callable[[float], None] | None = None) -> tuple[Path, Path, Path]:
+def write_plain_night(
+    plan: NightPlan,
+    out_dir: str | os.PathLike[str],
+    sample_rate: int = 48_000,
+    audio_format: str = "flac",
+    channels: Sequence[str] = ("Mic",),
+    chunk_seconds: int = 30,
+    on_chunk: Callable[[float], None] | None = None,
+) -> tuple[Path, Path, Path]:
     """``<id>.flac`` (or .wav; channel 0 Mic, 1 Tracheal) with ``<id>.stages.csv`` and ``<id>.events.csv``."""
     if audio_format not in AUDIO_FORMATS:
         raise ValueError(f"audio_format must be one of {AUDIO_FORMATS}, got {audio_format!r}")
@@ -220,8 +255,9 @@ def write_plain_night(plan: NightPlan, out_dir: str | os.PathLike[str], sample_r
     out.mkdir(parents=True, exist_ok=True)
     audio_path = out / f"{plan.subject_id}.{audio_format}"
     tmp = out / f"{plan.subject_id}.part.{audio_format}"
-    with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=len(channels),
-                      format=audio_format.upper(), subtype="PCM_16") as handle:
+    with sf.SoundFile(
+        tmp, "w", samplerate=sample_rate, channels=len(channels), format=audio_format.upper(), subtype="PCM_16"
+    ) as handle:
         for t, n in _chunks(0, int(round(plan.duration_s)), chunk_seconds):
             signals = synthesise_chunk(plan, t, n, sample_rate, channels=channels)
             handle.write(np.stack([signals[c] for c in channels], axis=1))
@@ -244,11 +280,20 @@ def write_plain_night(plan: NightPlan, out_dir: str | os.PathLike[str], sample_r
     return audio_path, stages_path, events_path
 
 
-def generate_cohort(out_dir: str | os.PathLike[str], n_subjects: int, hours: float, seed: int,
-                    sample_rate: int = 48_000, layout: str = "psg-audio", part_seconds: int = 3600,
-                    cycle_minutes: float = 90.0, audio_format: str = "flac",
-                    plain_channels: Sequence[str] = ("Mic",), chunk_seconds: int = 30,
-                    progress: ProgressFn | None = None) -> list[SubjectSummary]:
+def generate_cohort(
+    out_dir: str | os.PathLike[str],
+    n_subjects: int,
+    hours: float,
+    seed: int,
+    sample_rate: int = 48_000,
+    layout: str = "psg-audio",
+    part_seconds: int = 3600,
+    cycle_minutes: float = 90.0,
+    audio_format: str = "flac",
+    plain_channels: Sequence[str] = ("Mic",),
+    chunk_seconds: int = 30,
+    progress: ProgressFn | None = None,
+) -> list[SubjectSummary]:
     """Write ``n_subjects`` synthetic nights and ``cohort.json``; same arguments, same bytes.
 
     ``layout`` is ``"psg-audio"`` (EDF parts of ``part_seconds`` + RML) or ``"plain"``
@@ -261,7 +306,12 @@ def generate_cohort(out_dir: str | os.PathLike[str], n_subjects: int, hours: flo
         raise ValueError("need at least one subject and a positive number of hours")
     if int(sample_rate) != sample_rate or sample_rate < 1000:
         raise ValueError(f"sample_rate must be a whole number of Hz >= 1000, got {sample_rate}")
-    if int(part_seconds) != part_seconds or part_seconds < 1 or int(chunk_seconds) != chunk_seconds or chunk_seconds < 1:
+    if (
+        int(part_seconds) != part_seconds
+        or part_seconds < 1
+        or int(chunk_seconds) != chunk_seconds
+        or chunk_seconds < 1
+    ):
         raise ValueError("part_seconds and chunk_seconds must be positive whole seconds")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -275,21 +325,46 @@ def generate_cohort(out_dir: str | os.PathLike[str], n_subjects: int, hours: flo
                 progress(Progress(index, n_subjects, pid, float(done), total))
 
         if layout == "psg-audio":
-            edfs, rml_path = write_psg_audio_night(plan, out, sample_rate, int(part_seconds), int(chunk_seconds), on_chunk)
+            edfs, rml_path = write_psg_audio_night(
+                plan, out, sample_rate, int(part_seconds), int(chunk_seconds), on_chunk
+            )
             audio, annotations = tuple(map(str, edfs)), (str(rml_path),)
         else:
             audio_path, stages_path, events_path = write_plain_night(
-                plan, out, sample_rate, audio_format, plain_channels, int(chunk_seconds), on_chunk)
+                plan, out, sample_rate, audio_format, plain_channels, int(chunk_seconds), on_chunk
+            )
             audio, annotations = (str(audio_path),), (str(stages_path), str(events_path))
-        summaries.append(SubjectSummary(
-            subject_id=pid, hours=plan.duration_s / 3600.0, n_epochs=plan.n_epochs, ahi=round(plan.ahi, 2),
-            target_ahi=round(plan.target_ahi, 2), severity=plan.severity, snorer=plan.sound.snorer,
-            stage_counts=plan.stage_counts(), audio_paths=audio, annotation_paths=annotations,
-            event_counts=dict(sorted(Counter(e.type for e in plan.events).items()))))
-    _write_cohort_json(out, summaries, dict(
-        seed=seed, n_subjects=n_subjects, hours=hours, sample_rate=int(sample_rate), layout=layout,
-        part_seconds=int(part_seconds), cycle_minutes=cycle_minutes, audio_format=audio_format,
-        plain_channels=list(plain_channels), chunk_seconds=int(chunk_seconds)))
+        summaries.append(
+            SubjectSummary(
+                subject_id=pid,
+                hours=plan.duration_s / 3600.0,
+                n_epochs=plan.n_epochs,
+                ahi=round(plan.ahi, 2),
+                target_ahi=round(plan.target_ahi, 2),
+                severity=plan.severity,
+                snorer=plan.sound.snorer,
+                stage_counts=plan.stage_counts(),
+                audio_paths=audio,
+                annotation_paths=annotations,
+                event_counts=dict(sorted(Counter(e.type for e in plan.events).items())),
+            )
+        )
+    _write_cohort_json(
+        out,
+        summaries,
+        dict(
+            seed=seed,
+            n_subjects=n_subjects,
+            hours=hours,
+            sample_rate=int(sample_rate),
+            layout=layout,
+            part_seconds=int(part_seconds),
+            cycle_minutes=cycle_minutes,
+            audio_format=audio_format,
+            plain_channels=list(plain_channels),
+            chunk_seconds=int(chunk_seconds),
+        ),
+    )
     return summaries
 
 
@@ -298,13 +373,27 @@ def _write_cohort_json(out: Path, summaries: list[SubjectSummary], params: dict[
         return Path(path).relative_to(out).as_posix() if Path(path).is_relative_to(out) else path
 
     doc = {
-        "generator": "sleepsound.synth", "version": GENERATOR_VERSION, "seed": params["seed"], "params": params,
+        "generator": "sleepsound.synth",
+        "version": GENERATOR_VERSION,
+        "seed": params["seed"],
+        "params": params,
         "stage_names": {stage: STAGE5_TO_RML[stage] for stage in ("W", "N1", "N2", "N3", "R")},
-        "subjects": [{
-            "subject_id": s.subject_id, "hours": s.hours, "n_epochs": s.n_epochs, "ahi": s.ahi,
-            "target_ahi": s.target_ahi, "severity": s.severity, "snorer": s.snorer, "stage_counts": s.stage_counts,
-            "event_counts": s.event_counts, "audio_paths": [rel(p) for p in s.audio_paths],
-            "annotation_paths": [rel(p) for p in s.annotation_paths]} for s in summaries],
+        "subjects": [
+            {
+                "subject_id": s.subject_id,
+                "hours": s.hours,
+                "n_epochs": s.n_epochs,
+                "ahi": s.ahi,
+                "target_ahi": s.target_ahi,
+                "severity": s.severity,
+                "snorer": s.snorer,
+                "stage_counts": s.stage_counts,
+                "event_counts": s.event_counts,
+                "audio_paths": [rel(p) for p in s.audio_paths],
+                "annotation_paths": [rel(p) for p in s.annotation_paths],
+            }
+            for s in summaries
+        ],
     }
     tmp = out / "cohort.json.part"
     tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")

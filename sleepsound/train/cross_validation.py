@@ -33,8 +33,9 @@ def kfold_subjects(subjects: list[str], k: int, seed: int = 0) -> list[list[str]
     return [sorted(unique[i] for i in part) for part in np.array_split(order, k)]
 
 
-def score_split(root: RootLike, cfg: Config, labelled: pd.DataFrame, test_subjects: list[str],
-                targets: list[str]) -> dict[str, dict[str, Any]]:
+def score_split(
+    root: RootLike, cfg: Config, labelled: pd.DataFrame, test_subjects: list[str], targets: list[str]
+) -> dict[str, dict[str, Any]]:
     """Train each task's head on every labelled subject not in ``test_subjects`` and predict the
     test subjects' scored epochs: ``{target: {"true", "pred", "metrics"}}`` or ``{target: {"skipped"}}``."""
     subject = labelled["subject_id"].astype(str)
@@ -59,8 +60,12 @@ def score_split(root: RootLike, cfg: Config, labelled: pd.DataFrame, test_subjec
         pred = [target.classes[i] for i in probs.argmax(axis=1)]
         true = truth[scored].astype(str).tolist()
         majority = majority_class([target.classes[i] for i in y], target.classes)
-        out[name] = {"true": true, "pred": pred, "metrics": evaluate(true, pred, target.classes, majority),
-                     "train_epochs": len(y)}
+        out[name] = {
+            "true": true,
+            "pred": pred,
+            "metrics": evaluate(true, pred, target.classes, majority),
+            "train_epochs": len(y),
+        }
     return out
 
 
@@ -88,9 +93,12 @@ def cross_validate(root: RootLike, cfg: Config, manifest: pd.DataFrame, k: int =
         f1 = np.array([f["macro_f1"] for f in per_fold[name]])
         acc = np.array([f["accuracy"] for f in per_fold[name]])
         out["tasks"][name] = {
-            "per_fold": per_fold[name], "skipped": skipped[name],
-            "macro_f1_mean": float(f1.mean()), "macro_f1_sd": float(f1.std(ddof=1)) if len(f1) > 1 else 0.0,
-            "accuracy_mean": float(acc.mean()), "accuracy_sd": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+            "per_fold": per_fold[name],
+            "skipped": skipped[name],
+            "macro_f1_mean": float(f1.mean()),
+            "macro_f1_sd": float(f1.std(ddof=1)) if len(f1) > 1 else 0.0,
+            "accuracy_mean": float(acc.mean()),
+            "accuracy_sd": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
             "pooled": evaluate(*pooled[name], TARGETS[name].classes),
         }
     return out

@@ -50,9 +50,15 @@ def load_embedded(root: RootLike, cfg: Config, manifest: pd.DataFrame, shifted: 
     data = parts[0] if len(parts) == 1 else _join_channels(parts)
     if "apnea_frac" in data.epochs:
         e = data.epochs
-        e["resp_label"] = resp_labels(e["apnea_frac"], e["hypopnea_frac"], e["snore_frac"], e["n_apnea"],
-                                      e["n_hypopnea"], cfg.preprocess.epoch_seconds,
-                                      cfg.preprocess.resp_min_overlap_s)
+        e["resp_label"] = resp_labels(
+            e["apnea_frac"],
+            e["hypopnea_frac"],
+            e["snore_frac"],
+            e["n_apnea"],
+            e["n_hypopnea"],
+            cfg.preprocess.epoch_seconds,
+            cfg.preprocess.resp_min_overlap_s,
+        )
     return data
 
 
@@ -84,14 +90,17 @@ def _load_channel(root: RootLike, cfg: Config, manifest: pd.DataFrame, shifted: 
         for stage in wanted_shift_classes(cfg, row._asdict()) if shifted else ():
             path = shifted_path(root_path, cfg, row.recording_id, row.sha256, stage)
             if not fs.exists(path):
-                raise FileNotFoundError(f"{path}: shifted {stage} windows are not in the cache; "
-                                        "run the embed step with this configuration first")
+                raise FileNotFoundError(
+                    f"{path}: shifted {stage} windows are not in the cache; "
+                    "run the embed step with this configuration first"
+                )
             table = read_table(fs, path)
             if table.num_rows:
                 features.append(_features(table))
                 sizes = [c for c in _SIZE_COLUMNS if c in table.column_names]
-                frames.append(_shifted_rows(table.drop_columns(sizes).to_pandas(),
-                                            row.subject_id, cfg.preprocess.epoch_seconds))
+                frames.append(
+                    _shifted_rows(table.drop_columns(sizes).to_pandas(), row.subject_id, cfg.preprocess.epoch_seconds)
+                )
     if not features:
         return EmbeddedEpochs(np.zeros((0, 1, 1), dtype=np.float16), pd.DataFrame())
     return EmbeddedEpochs(np.concatenate(features), pd.concat(frames, ignore_index=True))
@@ -100,8 +109,12 @@ def _load_channel(root: RootLike, cfg: Config, manifest: pd.DataFrame, shifted: 
 def _shifted_rows(windows: pd.DataFrame, subject_id: str, epoch_seconds: float) -> pd.DataFrame:
     """Shifted windows as epoch-like rows: valid, starting ``offset_s`` into their first epoch."""
     windows["offset_s"] = windows["offset_s"].astype(float)
-    return windows.assign(subject_id=subject_id, valid=True, invalid_reason=None,
-                          start_s=windows["epoch_index"] * epoch_seconds + windows["offset_s"])
+    return windows.assign(
+        subject_id=subject_id,
+        valid=True,
+        invalid_reason=None,
+        start_s=windows["epoch_index"] * epoch_seconds + windows["offset_s"],
+    )
 
 
 def _join_channels(parts: list[EmbeddedEpochs]) -> EmbeddedEpochs:
@@ -109,9 +122,16 @@ def _join_channels(parts: list[EmbeddedEpochs]) -> EmbeddedEpochs:
     with several layers each layer's vector is the channels' side by side."""
     if any(len(p.epochs) == 0 for p in parts):
         return EmbeddedEpochs(np.zeros((0, 1, 1), dtype=np.float16), pd.DataFrame())
-    keys = [pd.MultiIndex.from_arrays([p.epochs["recording_id"].astype(str).to_numpy(),
-                                       p.epochs["epoch_index"].astype(np.int64).to_numpy(),
-                                       p.epochs["offset_s"].astype(float).to_numpy()]) for p in parts]
+    keys = [
+        pd.MultiIndex.from_arrays(
+            [
+                p.epochs["recording_id"].astype(str).to_numpy(),
+                p.epochs["epoch_index"].astype(np.int64).to_numpy(),
+                p.epochs["offset_s"].astype(float).to_numpy(),
+            ]
+        )
+        for p in parts
+    ]
     common = keys[0]
     for other in keys[1:]:
         common = common[common.isin(other)]
@@ -132,13 +152,15 @@ def model_inputs(data: EmbeddedEpochs, context: int) -> tuple[np.ndarray, np.nda
         return data.features, None
     shifted = data.is_shifted
     if not shifted.any():
-        return build_context(data.features, data.epochs["recording_id"].to_numpy(),
-                             data.epochs["epoch_index"].to_numpy(), context)
+        return build_context(
+            data.features, data.epochs["recording_id"].to_numpy(), data.epochs["epoch_index"].to_numpy(), context
+        )
     n, t = data.features.shape[:2]
     x = np.zeros((n, context * t, *data.features.shape[2:]), dtype=data.features.dtype)
     mask = np.zeros((n, context * t), dtype=bool)
     for part in (~shifted, shifted):
         rows = data.epochs[part]
-        x[part], mask[part] = build_context(data.features[part], rows["recording_id"].to_numpy(),
-                                            rows["epoch_index"].to_numpy(), context)
+        x[part], mask[part] = build_context(
+            data.features[part], rows["recording_id"].to_numpy(), rows["epoch_index"].to_numpy(), context
+        )
     return x, mask

@@ -88,26 +88,48 @@ def train_models(root: RootLike, cfg: Config, run_id: str, manifest: pd.DataFram
                 raise
             skipped[name] = str(exc)
     primary = heads[PRIMARY]
-    return {"model_dir": primary["model_dir"], "version": primary["version"], "task": PRIMARY, **split,
-            "train_epochs": primary["train_epochs"], "train_shifted": primary["train_shifted"],
-            "heads": heads, "skipped": skipped}
+    return {
+        "model_dir": primary["model_dir"],
+        "version": primary["version"],
+        "task": PRIMARY,
+        **split,
+        "train_epochs": primary["train_epochs"],
+        "train_shifted": primary["train_shifted"],
+        "heads": heads,
+        "skipped": skipped,
+    }
 
 
-def _train_target(root: RootLike, cfg: Config, run_id: str, labelled: pd.DataFrame, split: dict[str, list[str]],
-                target: Target, data: EmbeddedEpochs, x: np.ndarray, mask: np.ndarray | None,
-                val: tuple[EmbeddedEpochs, np.ndarray, np.ndarray | None] | None) -> HeadInfo:
+def _train_target(
+    root: RootLike,
+    cfg: Config,
+    run_id: str,
+    labelled: pd.DataFrame,
+    split: dict[str, list[str]],
+    target: Target,
+    data: EmbeddedEpochs,
+    x: np.ndarray,
+    mask: np.ndarray | None,
+    val: tuple[EmbeddedEpochs, np.ndarray, np.ndarray | None] | None,
+) -> HeadInfo:
     """Train and save one head; NotTrainable when its labels are missing or of one class only."""
     result, y, keep = fit_target(cfg, target, data, x, mask, val)
     n_shifted = int((keep & data.is_shifted).sum())
     epochs = data.epochs[~data.is_shifted]
     lineage: dict[str, Any] = {
-        "task": target.name, "run_id": run_id, "code_version": __version__, "config_hash": cfg.fingerprint(),
+        "task": target.name,
+        "run_id": run_id,
+        "code_version": __version__,
+        "config_hash": cfg.fingerprint(),
         "config": cfg.model_dump(exclude={"report"}),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "manifest_hash": hashlib.sha256(json.dumps(sorted(labelled["sha256"])).encode()).hexdigest()[:16],
         "embedding_cache": [f"{backbone_key(c.backbone)}/{c.preprocess.fingerprint()}" for c in channel_configs(cfg)],
-        **split, "train_epochs": int(keep.sum()) - n_shifted, "train_shifted": n_shifted,
-        "classes": list(target.classes), "class_counts": np.bincount(y, minlength=len(target.classes)).tolist(),
+        **split,
+        "train_epochs": int(keep.sum()) - n_shifted,
+        "train_shifted": n_shifted,
+        "classes": list(target.classes),
+        "class_counts": np.bincount(y, minlength=len(target.classes)).tolist(),
         "best_epoch": result.best_epoch,
     }
     if target.name == "resp":
@@ -119,12 +141,22 @@ def _train_target(root: RootLike, cfg: Config, run_id: str, labelled: pd.DataFra
     version = f"{run_id}-{hashlib.sha256(json.dumps(digest, sort_keys=True).encode()).hexdigest()[:8]}"
     fs, root_path = open_root(root)
     model_dir = join(root_path, "models", target.name, version)
-    save_head(result.model, fs, model_dir, extra={"task": target.name, **layer_info,
-                                                  **{k: lineage[k] for k in _RATE_KEYS if k in lineage}})
+    save_head(
+        result.model,
+        fs,
+        model_dir,
+        extra={"task": target.name, **layer_info, **{k: lineage[k] for k in _RATE_KEYS if k in lineage}},
+    )
     write_json(fs, join(model_dir, "lineage.json"), {**lineage, "history": result.history})
-    return {"task": target.name, "model_dir": model_dir, "version": version,
-            "train_epochs": lineage["train_epochs"], "train_shifted": n_shifted,
-            "class_counts": lineage["class_counts"], **{k: lineage[k] for k in _RATE_KEYS if k in lineage}}
+    return {
+        "task": target.name,
+        "model_dir": model_dir,
+        "version": version,
+        "train_epochs": lineage["train_epochs"],
+        "train_shifted": n_shifted,
+        "class_counts": lineage["class_counts"],
+        **{k: lineage[k] for k in _RATE_KEYS if k in lineage},
+    }
 
 
 _RATE_KEYS = ("events_per_event_epoch", "snore_share_per_snore_epoch")
@@ -136,21 +168,31 @@ def _event_rates(epochs: pd.DataFrame) -> dict[str, float]:
     events = epochs["n_apnea"].fillna(0).to_numpy(float) + epochs["n_hypopnea"].fillna(0).to_numpy(float)
     is_event = (epochs["resp_label"] == "apnea_hypopnea").to_numpy()
     is_snore = (epochs["resp_label"] == "snore").to_numpy()
-    return {"events_per_event_epoch": float(events.sum() / is_event.sum()) if is_event.any() else 1.0,
-            "snore_share_per_snore_epoch": float(epochs["snore_frac"].to_numpy(float)[is_snore].mean())
-            if is_snore.any() else 1.0}
+    return {
+        "events_per_event_epoch": float(events.sum() / is_event.sum()) if is_event.any() else 1.0,
+        "snore_share_per_snore_epoch": float(epochs["snore_frac"].to_numpy(float)[is_snore].mean())
+        if is_snore.any()
+        else 1.0,
+    }
 
 
-def fit_target(cfg: Config, target: Target, data: EmbeddedEpochs, x: np.ndarray, mask: np.ndarray | None,
-             val: tuple[EmbeddedEpochs, np.ndarray, np.ndarray | None] | None = None,
-             ) -> tuple[TrainResult, np.ndarray, np.ndarray]:
+def fit_target(
+    cfg: Config,
+    target: Target,
+    data: EmbeddedEpochs,
+    x: np.ndarray,
+    mask: np.ndarray | None,
+    val: tuple[EmbeddedEpochs, np.ndarray, np.ndarray | None] | None = None,
+) -> tuple[TrainResult, np.ndarray, np.ndarray]:
     """One head on the rows that carry the task's labels -> (result, class indices, rows used)."""
     labels = data.epochs[target.column] if target.column in data.epochs else pd.Series([None] * len(data.epochs))
     keep = labels.isin(target.classes).to_numpy()
     present = sorted(set(labels[keep]))
     if len(present) < 2:
-        raise NotTrainable(f"{target.name}: the training subjects' epochs carry {len(present)} of its classes "
-                           f"({', '.join(target.classes)}); at least 2 are needed")
+        raise NotTrainable(
+            f"{target.name}: the training subjects' epochs carry {len(present)} of its classes "
+            f"({', '.join(target.classes)}); at least 2 are needed"
+        )
     y = np.array([target.classes.index(v) for v in labels[keep]])
     val_args = None
     if val is not None:
@@ -160,17 +202,36 @@ def fit_target(cfg: Config, target: Target, data: EmbeddedEpochs, x: np.ndarray,
         if vk.any():
             val_y = np.array([target.classes.index(v) for v in val_labels[vk]])
             val_args = (val_x[vk], val_y) if val_mask is None else (val_x[vk], val_y, val_mask[vk])
-    tcfg = TrainConfig(lr=cfg.training.lr, min_lr=cfg.training.min_lr, epochs=cfg.training.epochs,
-                       batch_size=cfg.training.batch_size, seed=cfg.training.seed, classes=target.classes)
+    tcfg = TrainConfig(
+        lr=cfg.training.lr,
+        min_lr=cfg.training.min_lr,
+        epochs=cfg.training.epochs,
+        batch_size=cfg.training.batch_size,
+        seed=cfg.training.seed,
+        classes=target.classes,
+    )
     if cfg.training.ray_workers > 1:
         from sleepsound.train.distributed import train_head_ray
 
-        result = train_head_ray(x[keep], y, tcfg, head=cfg.training.head, context=cfg.training.context_epochs,
-                                mask=None if mask is None else mask[keep], val=val_args,
-                                workers=cfg.training.ray_workers, use_gpu=cfg.training.ray_use_gpu)
+        result = train_head_ray(
+            x[keep],
+            y,
+            tcfg,
+            head=cfg.training.head,
+            context=cfg.training.context_epochs,
+            mask=None if mask is None else mask[keep],
+            val=val_args,
+            workers=cfg.training.ray_workers,
+            use_gpu=cfg.training.ray_use_gpu,
+        )
     else:
-        result = train_head(x[keep], y, tcfg, head=cfg.training.head, context=cfg.training.context_epochs,
-                            mask=None if mask is None else mask[keep], val=val_args)
+        result = train_head(
+            x[keep],
+            y,
+            tcfg,
+            head=cfg.training.head,
+            context=cfg.training.context_epochs,
+            mask=None if mask is None else mask[keep],
+            val=val_args,
+        )
     return result, y, keep
-
-

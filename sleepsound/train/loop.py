@@ -48,15 +48,15 @@ class TrainConfig:
 
     lr: float = 5e-5
     min_lr: float = 2.5e-6
-    constant_fraction: float = 0.25   # share of all steps at ``lr`` before the linear decay
+    constant_fraction: float = 0.25  # share of all steps at ``lr`` before the linear decay
     constant_steps: int | None = None  # absolute override (the paper: 6000)
     epochs: int = 5
     batch_size: int = 32
     weight_decay: float = 1e-2
-    dropout: float | None = None       # None: the head's own default (attention 0.1, mlp 0.3)
+    dropout: float | None = None  # None: the head's own default (attention 0.1, mlp 0.3)
     seed: int = 0
-    device: str = "cpu"                # "cpu", "cuda", "cuda:1", or "auto"
-    patience: int | None = 2           # epochs without val macro-F1 gain before stopping; None: never
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", or "auto"
+    patience: int | None = 2  # epochs without val macro-F1 gain before stopping; None: never
     classes: tuple[str, ...] = STAGES_3
 
     def __post_init__(self) -> None:
@@ -116,8 +116,12 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     weights = np.zeros(n_classes, dtype=np.float64)
     weights[present] = counts.sum() / (present.sum() * counts[present])
     if not present.all():
-        warnings.warn(f"classes {np.flatnonzero(~present).tolist()} have no training samples; "
-                      "their loss weight is 0 and the head cannot learn them", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"classes {np.flatnonzero(~present).tolist()} have no training samples; "
+            "their loss weight is 0 and the head cannot learn them",
+            UserWarning,
+            stacklevel=2,
+        )
     return weights
 
 
@@ -145,18 +149,28 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _batch(x: np.ndarray, mask: np.ndarray | None, idx: np.ndarray,
-           device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _batch(
+    x: np.ndarray, mask: np.ndarray | None, idx: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     xb = torch.from_numpy(np.ascontiguousarray(x[idx], dtype=np.float32)).to(device)
     mb = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask[idx], dtype=bool)).to(device)
     return xb, mb
 
 
-def train_head(x: np.ndarray, y: Sequence[Any] | np.ndarray, cfg: TrainConfig | None = None,
-               val: tuple[np.ndarray, Any] | tuple[np.ndarray, Any, np.ndarray | None] | None = None,
-               progress: Callable[[dict[str, float]], None] | None = None, *, head: str = "attention",
-               context: int = 1, mask: np.ndarray | None = None, rank: int = 0, world_size: int = 1,
-               wrap: Callable[[nn.Module], nn.Module] | None = None) -> TrainResult:
+def train_head(
+    x: np.ndarray,
+    y: Sequence[Any] | np.ndarray,
+    cfg: TrainConfig | None = None,
+    val: tuple[np.ndarray, Any] | tuple[np.ndarray, Any, np.ndarray | None] | None = None,
+    progress: Callable[[dict[str, float]], None] | None = None,
+    *,
+    head: str = "attention",
+    context: int = 1,
+    mask: np.ndarray | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+) -> TrainResult:
     """Train a head on x [N, T, D] (float16 is fine; numpy or memmap) and labels y [N].
 
     x [N, T, L, D] (several backbone layers) builds the head with ``n_layers=L``: it learns
@@ -218,7 +232,7 @@ def train_head(x: np.ndarray, y: Sequence[Any] | np.ndarray, cfg: TrainConfig | 
             order = torch.randperm(len(yi), generator=generator).numpy()[rank::world_size][:share]
             running = 0.0
             for start in range(0, share, cfg.batch_size):
-                idx = order[start:start + cfg.batch_size]
+                idx = order[start : start + cfg.batch_size]
                 lr = lr_at(step, total, cfg)
                 for group in optimiser.param_groups:
                     group["lr"] = lr
@@ -232,12 +246,18 @@ def train_head(x: np.ndarray, y: Sequence[Any] | np.ndarray, cfg: TrainConfig | 
                 optimiser.step()
                 running += float(loss.detach()) * len(idx)
                 step += 1
-            record: dict[str, float] = {"epoch": epoch, "step": step, "loss": running / share, "lr": lr,
-                                        "seconds": time.perf_counter() - started}
+            record: dict[str, float] = {
+                "epoch": epoch,
+                "step": step,
+                "loss": running / share,
+                "lr": lr,
+                "seconds": time.perf_counter() - started,
+            }
             if val_x is not None:
                 pred = predict_proba(model, val_x, mask=val_mask).argmax(axis=1)
-                record["val_macro_f1"] = float(f1_score(val_y, pred, labels=range(cfg.n_classes), average="macro",
-                                                        zero_division=0))
+                record["val_macro_f1"] = float(
+                    f1_score(val_y, pred, labels=range(cfg.n_classes), average="macro", zero_division=0)
+                )
                 record["val_accuracy"] = float(accuracy_score(val_y, pred)) if len(val_y) else float("nan")
                 if record["val_macro_f1"] > best_score:
                     best_score, result.best_epoch, since_best = record["val_macro_f1"], epoch, 0
@@ -255,31 +275,41 @@ def train_head(x: np.ndarray, y: Sequence[Any] | np.ndarray, cfg: TrainConfig | 
         model.load_state_dict(best_state)
     else:
         result.best_epoch = len(result.history) - 1
-    model.meta = {"classes": list(cfg.classes), "context_epochs": int(context),
-                  "training": {**asdict(cfg), "classes": list(cfg.classes), "head": head,
-                               "train_samples": len(yi), "total_steps": total, "best_epoch": result.best_epoch,
-                               "class_weights": [float(w) for w in weights]}}
+    model.meta = {
+        "classes": list(cfg.classes),
+        "context_epochs": int(context),
+        "training": {
+            **asdict(cfg),
+            "classes": list(cfg.classes),
+            "head": head,
+            "train_samples": len(yi),
+            "total_steps": total,
+            "best_epoch": result.best_epoch,
+            "class_weights": [float(w) for w in weights],
+        },
+    }
     model.eval()
     return result
 
 
-def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 256,
-                  mask: np.ndarray | None = None) -> np.ndarray:
+def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 256, mask: np.ndarray | None = None) -> np.ndarray:
     """Class probabilities [N, C] as float32 (the model is put in eval mode)."""
     return predict_with_weights(model, x, batch_size, mask)[0]
 
 
 @torch.inference_mode()
-def predict_with_weights(model: nn.Module, x: np.ndarray, batch_size: int = 256,
-                         mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def predict_with_weights(
+    model: nn.Module, x: np.ndarray, batch_size: int = 256, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities [N, C] and the head's frame weights [N, T] (attention, or uniform
     pooling), both float32: the weights are what the report's attention view draws."""
     model.eval()
     device = next(model.parameters()).device
     n_classes = int(getattr(model, "dims", {}).get("n_classes", 3))
     if len(x) == 0:
-        return np.zeros((0, n_classes), dtype=np.float32), np.zeros((0, x.shape[1] if x.ndim > 1 else 0),
-                                                                     dtype=np.float32)
+        return np.zeros((0, n_classes), dtype=np.float32), np.zeros(
+            (0, x.shape[1] if x.ndim > 1 else 0), dtype=np.float32
+        )
     probs, weights = [], []
     for start in range(0, len(x), batch_size):
         idx = np.arange(start, min(start + batch_size, len(x)))
@@ -290,8 +320,9 @@ def predict_with_weights(model: nn.Module, x: np.ndarray, batch_size: int = 256,
     return np.concatenate(probs), np.concatenate(weights)
 
 
-def split_by_subject(subject_ids: Iterable[Any], test_fraction: float = 0.2,
-                     seed: int = 0) -> tuple[list[str], list[str]]:
+def split_by_subject(
+    subject_ids: Iterable[Any], test_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[str], list[str]]:
     """Deterministic subject-level split -> (train_subjects, test_subjects), sorted.
 
     ``subject_ids`` may repeat (one per epoch or recording). The test side holds

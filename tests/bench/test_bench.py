@@ -13,9 +13,23 @@ from sleepsound.bench.ingest import BenchError, night_name, run_ingest_bench
 from sleepsound.cli import app
 
 STAGE_KEYS = {"seconds", "cpu_seconds", "x_realtime", "x_realtime_per_core", "peak_rss_mb"}
-TOP_KEYS = {"benchmark", "audio_hours", "sample_rate", "channels_in_file", "epochs", "ours", "baseline", "speedup",
-            "goals", "seconds", "x_realtime_per_core", "peak_rss_mb", "baseline_seconds",
-            "baseline_x_realtime_per_core", "baseline_peak_rss_mb"}
+TOP_KEYS = {
+    "benchmark",
+    "audio_hours",
+    "sample_rate",
+    "channels_in_file",
+    "epochs",
+    "ours",
+    "baseline",
+    "speedup",
+    "goals",
+    "seconds",
+    "x_realtime_per_core",
+    "peak_rss_mb",
+    "baseline_seconds",
+    "baseline_x_realtime_per_core",
+    "baseline_peak_rss_mb",
+}
 
 
 def _check(result: dict, hours: float, sample_rate: int) -> None:
@@ -35,8 +49,11 @@ def _check(result: dict, hours: float, sample_rate: int) -> None:
     assert result["baseline_x_realtime_per_core"] == result["baseline"]["x_realtime_per_core"]
     assert result["baseline_peak_rss_mb"] == result["baseline"]["peak_rss_mb"]
     assert result["speedup"] > 0
-    assert set(result["goals"]) == {"peak_rss_mb_under_1500", "x_realtime_per_core_at_least_200",
-                                    "faster_than_baseline"}
+    assert set(result["goals"]) == {
+        "peak_rss_mb_under_1500",
+        "x_realtime_per_core_at_least_200",
+        "faster_than_baseline",
+    }
     assert all(isinstance(v, bool) for v in result["goals"].values())
 
 
@@ -56,15 +73,18 @@ def test_run_ingest_bench_reports_both_stages_and_reuses_the_night(tmp_path: Pat
 
 def test_cli_bench_ingest_json(tmp_path: Path) -> None:
     pytest.importorskip("librosa")
-    out = CliRunner().invoke(app, ["bench", "ingest", "--hours", "0.05", "--sample-rate", "16000",
-                                   "--json", "--workdir", str(tmp_path)])
+    out = CliRunner().invoke(
+        app, ["bench", "ingest", "--hours", "0.05", "--sample-rate", "16000", "--json", "--workdir", str(tmp_path)]
+    )
     assert out.exit_code == 0, out.output
     _check(json.loads(out.stdout.strip().splitlines()[-1]), 0.05, 16_000)
 
 
 def test_missing_librosa_fails_with_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = ingest.importlib.util.find_spec
-    monkeypatch.setattr(ingest.importlib.util, "find_spec", lambda name, *a: None if name == "librosa" else real(name, *a))
+    monkeypatch.setattr(
+        ingest.importlib.util, "find_spec", lambda name, *a: None if name == "librosa" else real(name, *a)
+    )
     with pytest.raises(BenchError, match=r"librosa.*pip install"):
         run_ingest_bench(hours=0.05, sample_rate=16_000, workdir=tmp_path)
     assert not any(tmp_path.iterdir())  # failed before generating anything
@@ -78,8 +98,9 @@ def _pyedflib_blocks(path: str, chn: int, n_samples: int, block: int) -> list:
 
     reader = pyedflib.EdfReader(path)
     try:
-        return [reader.readSignal(chn, s, min(block, n_samples - s)).astype(np.float32)
-                for s in range(0, n_samples, block)]
+        return [
+            reader.readSignal(chn, s, min(block, n_samples - s)).astype(np.float32) for s in range(0, n_samples, block)
+        ]
     finally:
         reader.close()
 
@@ -97,15 +118,38 @@ def test_streamed_edf_blocks_equal_pyedflib_bit_for_bit(tmp_path: Path) -> None:
     # EDF+ with an annotation signal, odd and inverted physical ranges, digital values outside the header's range
     plus = str(tmp_path / "plus.edf")
     writer = pyedflib.EdfWriter(plus, 2, file_type=pyedflib.FILETYPE_EDFPLUS)
-    writer.setSignalHeaders([
-        {"label": "Mic", "dimension": "", "sample_frequency": 1000, "physical_min": -0.37, "physical_max": 1.91,
-         "digital_min": -2000, "digital_max": 30000, "transducer": "", "prefilter": ""},
-        {"label": "Tracheal", "dimension": "", "sample_frequency": 500, "physical_min": 5.0, "physical_max": -5.0,
-         "digital_min": -32767, "digital_max": 32767, "transducer": "", "prefilter": ""}])
+    writer.setSignalHeaders(
+        [
+            {
+                "label": "Mic",
+                "dimension": "",
+                "sample_frequency": 1000,
+                "physical_min": -0.37,
+                "physical_max": 1.91,
+                "digital_min": -2000,
+                "digital_max": 30000,
+                "transducer": "",
+                "prefilter": "",
+            },
+            {
+                "label": "Tracheal",
+                "dimension": "",
+                "sample_frequency": 500,
+                "physical_min": 5.0,
+                "physical_max": -5.0,
+                "digital_min": -32767,
+                "digital_max": 32767,
+                "transducer": "",
+                "prefilter": "",
+            },
+        ]
+    )
     rng = np.random.default_rng(0)
     for _ in range(9):
-        writer.writeSamples([rng.integers(-2000, 30001, 1000).astype(np.int32),
-                             rng.integers(-32767, 32768, 500).astype(np.int32)], digital=True)
+        writer.writeSamples(
+            [rng.integers(-2000, 30001, 1000).astype(np.int32), rng.integers(-32767, 32768, 500).astype(np.int32)],
+            digital=True,
+        )
     writer.writeAnnotation(3.0, 1.0, "note")
     writer.close()
     with open(plus, "r+b") as handle:  # sample 0 of the first record's Tracheal: -32768, below its digital minimum
@@ -122,23 +166,58 @@ def test_streamed_edf_blocks_equal_pyedflib_bit_for_bit(tmp_path: Path) -> None:
                     assert a.dtype == np.float32 and np.array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
-EMBED_KEYS = {"backbone", "device", "epochs", "seconds", "epochs_per_s", "x_realtime", "peak_rss_mb",
-              "baseline_epochs_per_s", "speedup", "model_seconds", "overhead_fraction", "flops_per_epoch", "mfu",
-              "scaling", "goals", "versions", "date"}
+EMBED_KEYS = {
+    "backbone",
+    "device",
+    "epochs",
+    "seconds",
+    "epochs_per_s",
+    "x_realtime",
+    "peak_rss_mb",
+    "baseline_epochs_per_s",
+    "speedup",
+    "model_seconds",
+    "overhead_fraction",
+    "flops_per_epoch",
+    "mfu",
+    "scaling",
+    "goals",
+    "versions",
+    "date",
+}
 
 
 def test_cli_bench_embed_json_reports_ours_model_and_baseline(tmp_path: Path, tiny_whisper: str) -> None:
     """A tiny random Whisper on a 2-minute night: every figure is there and consistent (speed never asserted)."""
     pytest.importorskip("librosa")
-    out = CliRunner().invoke(app, ["bench", "embed", "--backbone", tiny_whisper, "--minutes", "1",
-                                   "--sample-rate", "16000", "--device", "cpu", "--batch-size", "2",
-                                   "--json", "--workdir", str(tmp_path)])
+    out = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "embed",
+            "--backbone",
+            tiny_whisper,
+            "--minutes",
+            "1",
+            "--sample-rate",
+            "16000",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "2",
+            "--json",
+            "--workdir",
+            str(tmp_path),
+        ],
+    )
     assert out.exit_code == 0, out.output
     result = json.loads(out.output.strip().splitlines()[-1])
     assert set(result) >= EMBED_KEYS
     assert (result["backbone"], result["device"], result["epochs"], result["batch_size"]) == (tiny_whisper, "cpu", 2, 2)
     assert result["epochs_per_s"] == pytest.approx(2 / result["seconds"], rel=0.01)
-    assert result["speedup"] == pytest.approx(result["epochs_per_s"] / result["baseline_epochs_per_s"], rel=0.02, abs=0.006)
+    assert result["speedup"] == pytest.approx(
+        result["epochs_per_s"] / result["baseline_epochs_per_s"], rel=0.02, abs=0.006
+    )
     assert result["x_realtime"] == pytest.approx(60 / result["seconds"], rel=0.02)
     assert result["flops_per_epoch"] > 0 and result["peak_rss_mb"] > 0 and result["mfu"] is None
     assert set(result["goals"]) == {"speedup_at_least_5", "overhead_under_0.20"}
@@ -165,15 +244,16 @@ def test_cli_bench_clips_json_times_ours_and_the_baseline_on_the_same_clips(tmp_
     result = json.loads(out.output.strip().splitlines()[-1])
     assert result["benchmark"] == "clips" and result["clips"] == 6 and result["rejected"] == 0
     assert result["audio_seconds"] == pytest.approx(6.0)
-    assert result["output_shape"][0] == 6 and result["output_shape"][2] >= 1       # every candidate layer kept
+    assert result["output_shape"][0] == 6 and result["output_shape"][2] >= 1  # every candidate layer kept
     assert result["speedup"] == pytest.approx(result["baseline_seconds"] / result["seconds"], rel=0.02, abs=0.01)
     assert result["clips_per_second"] == pytest.approx(6 / result["seconds"], rel=0.02)
     assert result["peak_rss_mb"] > 0 and result["baseline_peak_rss_mb"] > 0
     made = Path(result["data"])
     assert made.parent == tmp_path and len(list((made / "clips").glob("*.wav"))) == 6
 
-    again = CliRunner().invoke(app, ["bench", "clips", "--backbone", tiny_whisper, "--data", str(made), "--clips", "4",
-                                     "--batch-size", "2"])
+    again = CliRunner().invoke(
+        app, ["bench", "clips", "--backbone", tiny_whisper, "--data", str(made), "--clips", "4", "--batch-size", "2"]
+    )
     assert again.exit_code == 0, again.output
     assert "4 clips (4 s of audio)" in again.output and "speedup" in again.output
     missing = CliRunner().invoke(app, ["bench", "clips", "--data", str(tmp_path / "nowhere"), "--json"])

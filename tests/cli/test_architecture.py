@@ -25,7 +25,7 @@ def _lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
     if exe is None:
         pytest.skip("import-linter is not installed (pip install -e '.[test]')")
-    env = {**os.environ, "PYTHONPATH": str(tree)}      # this copy's packages, not the installed ones
+    env = {**os.environ, "PYTHONPATH": str(tree)}  # this copy's packages, not the installed ones
     return subprocess.run([exe, "--no-cache"], cwd=tree, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -45,8 +45,11 @@ def test_the_contracts_refuse_a_library_module_that_imports_a_flow(tmp_path: Pat
 
 def _calls_ray_data(path: Path) -> bool:
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Attribute) and node.attr in {"data", "map_batches"} and \
-                (node.attr == "map_batches" or (isinstance(node.value, ast.Name) and node.value.id == "ray")):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr in {"data", "map_batches"}
+            and (node.attr == "map_batches" or (isinstance(node.value, ast.Name) and node.value.id == "ray"))
+        ):
             return True
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ray.data"):
             return True

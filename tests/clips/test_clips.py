@@ -57,16 +57,22 @@ def test_discovery_rejects_with_reasons_and_counts_add_up(tmp_path: Path) -> Non
     sf.write(root / "no_snoring" / "0_silence.wav", np.zeros(16_000, dtype=np.float32), 16_000)  # kept
     long = np.sin(np.arange(7 * 44_100) / 44_100 * 2 * np.pi * 200).astype(np.float32) * 0.2
     sf.write(root / "snoring" / "1_long.flac", long, 44_100)
-    (root / "snoring" / "1_zero.wav").write_bytes(b"")                           # 0 bytes
-    (root / "no_snoring" / "0_gone.wav").symlink_to(tmp_path / "nowhere.wav")   # a broken link
-    (root / "no_snoring" / "more").mkdir()                                      # nested folders are not read
+    (root / "snoring" / "1_zero.wav").write_bytes(b"")  # 0 bytes
+    (root / "no_snoring" / "0_gone.wav").symlink_to(tmp_path / "nowhere.wav")  # a broken link
+    (root / "no_snoring" / "more").mkdir()  # nested folders are not read
 
     ds = load_dataset(root)
     assert ds.counts() == {"discovered": 20, "used": 14, "rejected": 6}
     assert ds.counts()["used"] + ds.counts()["rejected"] == ds.counts()["discovered"]
     reasons = {r.file: r.reason for r in ds.rejected}
-    assert set(reasons) == {"snoring/1_broken.wav", "snoring/1_empty.wav", "no_snoring/0_blip.wav",
-                            "snoring/1_zero.wav", "no_snoring/0_gone.wav", "no_snoring/more"}
+    assert set(reasons) == {
+        "snoring/1_broken.wav",
+        "snoring/1_empty.wav",
+        "no_snoring/0_blip.wav",
+        "snoring/1_zero.wav",
+        "no_snoring/0_gone.wav",
+        "no_snoring/more",
+    }
     assert reasons["snoring/1_broken.wav"].startswith("snoring/1_broken.wav: unreadable")
     assert "empty" in reasons["snoring/1_empty.wav"] and "too short" in reasons["no_snoring/0_blip.wav"]
     assert reasons["snoring/1_zero.wav"].endswith("empty file (0 bytes)")
@@ -83,7 +89,7 @@ def test_discovery_rejects_with_reasons_and_counts_add_up(tmp_path: Path) -> Non
     peaks = np.abs(ds.audio).max(axis=1)
     assert np.allclose(peaks[np.arange(14) != i_quiet], 1.0, atol=1e-6)
     short = ds.files.index("snoring/1_1.wav")  # 22.05 kHz, 0.6-1.0 s: resampled, then zero-padded
-    assert ds.lengths[short] < ds.clip_samples and not ds.audio[short, ds.lengths[short]:].any()
+    assert ds.lengths[short] < ds.clip_samples and not ds.audio[short, ds.lengths[short] :].any()
 
     # Without the long file the default is the longest clip (< 1 s) rounded up to a frame.
     (root / "snoring" / "1_long.flac").unlink()
@@ -98,8 +104,10 @@ def test_discovery_rejects_with_reasons_and_counts_add_up(tmp_path: Path) -> Non
 
 def test_block_split_keeps_blocks_whole_and_is_seeded() -> None:
     rng = np.random.default_rng(0)
-    files = {"snoring": [f"snoring/1_{i}.wav" for i in rng.permutation(95)],
-             "no_snoring": [f"no_snoring/0_{i}.wav" for i in rng.permutation(100)]}
+    files = {
+        "snoring": [f"snoring/1_{i}.wav" for i in rng.permutation(95)],
+        "no_snoring": [f"no_snoring/0_{i}.wav" for i in rng.permutation(100)],
+    }
     assert file_index("snoring/1_17.wav") == 17
     assert ordered(["a/1_10.wav", "a/1_9.wav", "a/1_100.wav"])[0] == ["a/1_9.wav", "a/1_10.wav", "a/1_100.wav"]
     assert ordered(["a/b.wav", "a/a.wav", "a/c3.wav"]) == (["a/a.wav", "a/b.wav", "a/c3.wav"], "name")
@@ -136,10 +144,32 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_whisper: str) -> dict
     model = tmp / "model"
     app = typer.Typer()
     app.add_typer(clips_app, name="clips")
-    args = ["clips", "train", "--data", str(data), "--out", str(model), "--backbone", tiny_whisper,
-            "--block-size", "4", "--test-fraction", "0.34", "--seed", "3", "--folds", "2", "--lr", "3e-3",
-            "--max-epochs", "10", "--no-refit", "--cache", str(tmp / "cache"),
-            "--json"]
+    args = [
+        "clips",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(model),
+        "--backbone",
+        tiny_whisper,
+        "--block-size",
+        "4",
+        "--test-fraction",
+        "0.34",
+        "--seed",
+        "3",
+        "--folds",
+        "2",
+        "--lr",
+        "3e-3",
+        "--max-epochs",
+        "10",
+        "--no-refit",
+        "--cache",
+        str(tmp / "cache"),
+        "--json",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return {"app": app, "data": data, "model": model, "summary": json.loads(result.stdout), "args": args}
@@ -153,8 +183,9 @@ def test_train_and_evaluate_via_cli(trained: dict) -> None:
     assert held["accuracy"] >= 0.8, held
 
     runner = CliRunner()
-    res = runner.invoke(app, ["clips", "evaluate", "--model", str(model), "--data", str(data), "--split", "test",
-                              "--json"])
+    res = runner.invoke(
+        app, ["clips", "evaluate", "--model", str(model), "--data", str(data), "--split", "test", "--json"]
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)  # exactly one JSON object
     assert {"n", "accuracy", "macro_f1", "confusion", "per_class", "classes", "rejected"} <= set(out)
@@ -179,8 +210,9 @@ def test_train_and_evaluate_via_cli(trained: dict) -> None:
     assert bad.exit_code == 2
 
 
-def test_by_default_the_saved_head_is_refit_on_every_clip_after_the_test_is_scored(trained: dict,
-                                                                                    tmp_path: Path) -> None:
+def test_by_default_the_saved_head_is_refit_on_every_clip_after_the_test_is_scored(
+    trained: dict, tmp_path: Path
+) -> None:
     """The held-out score measures the procedure; the model to ship sees every source recording, and
     `--split test` refuses to call its (now seen) held-out clips unseen."""
     app, data, args = trained["app"], trained["data"], list(trained["args"])
@@ -189,17 +221,21 @@ def test_by_default_the_saved_head_is_refit_on_every_clip_after_the_test_is_scor
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert out["refit_on_all"] is True and out["held_out"] == trained["summary"]["held_out"]   # same split, same score
-    assert out["counts"]["saved_model_trained_on"] == 48 and trained["summary"]["counts"]["saved_model_trained_on"] == 32
+    assert out["refit_on_all"] is True and out["held_out"] == trained["summary"]["held_out"]  # same split, same score
+    assert (
+        out["counts"]["saved_model_trained_on"] == 48 and trained["summary"]["counts"]["saved_model_trained_on"] == 32
+    )
     refit_weights = load_head_with_config(None, str(tmp_path / "refit"))[0].state_dict()
     scored_weights = load_head_with_config(None, str(trained["model"]))[0].state_dict()
     assert any(not np.allclose(refit_weights[k].numpy(), scored_weights[k].numpy()) for k in refit_weights)
 
-    refused = CliRunner().invoke(app, ["clips", "evaluate", "--model", str(tmp_path / "refit"), "--data", str(data),
-                                       "--split", "test"])
+    refused = CliRunner().invoke(
+        app, ["clips", "evaluate", "--model", str(tmp_path / "refit"), "--data", str(data), "--split", "test"]
+    )
     assert refused.exit_code == 2 and "refit on every clip" in refused.output and "--no-refit" in refused.output
-    every = CliRunner().invoke(app, ["clips", "evaluate", "--model", str(tmp_path / "refit"), "--data", str(data),
-                                     "--json"])
+    every = CliRunner().invoke(
+        app, ["clips", "evaluate", "--model", str(tmp_path / "refit"), "--data", str(data), "--json"]
+    )
     assert every.exit_code == 0 and json.loads(every.stdout)["n"] == 48
 
 
@@ -235,30 +271,51 @@ def test_a_gap_in_the_numbering_starts_a_new_block() -> None:
     assert blocks_of(["b.wav", "a.wav", "c.wav"], 2) == ([["a.wav", "b.wav"], ["c.wav"]], "name")
 
 
-def test_cross_validation_scores_every_clip_once_by_a_model_blind_to_its_block(trained: dict,
-                                                                               tiny_whisper: str) -> None:
+def test_cross_validation_scores_every_clip_once_by_a_model_blind_to_its_block(
+    trained: dict, tiny_whisper: str
+) -> None:
     """`clips cv`: whole blocks per outer fold, the full selection inside each, pooled figures with a block CI."""
     app, data = trained["app"], trained["data"]
-    args = ["clips", "cv", "--data", str(data), "--backbone", tiny_whisper, "--k", "3", "--block-size", "4",
-            "--folds", "2", "--head", "mlp", "--lr", "3e-3", "--max-epochs", "8", "--json"]
+    args = [
+        "clips",
+        "cv",
+        "--data",
+        str(data),
+        "--backbone",
+        tiny_whisper,
+        "--k",
+        "3",
+        "--block-size",
+        "4",
+        "--folds",
+        "2",
+        "--head",
+        "mlp",
+        "--lr",
+        "3e-3",
+        "--max-epochs",
+        "8",
+        "--json",
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["kind"] == "blocked cross-validation" and out["k"] == 3
     assert out["n"] == 48 == sum(map(sum, out["confusion"])) == sum(f["n"] for f in out["folds"])
-    assert out["n_blocks"] == 12 and len(out["folds"]) == 3    # 6 blocks of 4 per label, 2 per label per fold
+    assert out["n_blocks"] == 12 and len(out["folds"]) == 3  # 6 blocks of 4 per label, 2 per label per fold
     assert all(f["n"] == 16 and f["chosen"]["head"] == "mlp" for f in out["folds"])
     low, high = out["ci95"]["accuracy"]
     assert low <= out["accuracy"] <= high and out["ci95"]["resampled"] == "blocks"
-    assert out["accuracy"] >= 0.8, out                         # snores vs faint noise: easy when done right
+    assert out["accuracy"] >= 0.8, out  # snores vs faint noise: easy when done right
     assert out["weakest_blocks"][0]["block"].split("/")[0] in {"snoring", "no_snoring"}
 
     too_many = CliRunner().invoke(app, [*args[:6], "--k", "7", *args[8:]])
     assert too_many.exit_code == 2 and "fewer than 7 folds" in too_many.output
 
 
-REAL_BEDROOM = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "psg-audio-clip" / \
-    "00006_00000995_NoApnea.wav"
+REAL_BEDROOM = (
+    Path(__file__).resolve().parents[2].parent / "shared" / "data" / "psg-audio-clip" / "00006_00000995_NoApnea.wav"
+)
 
 
 def test_clips_score_labels_every_window_of_a_real_bedroom_recording(trained: dict, tmp_path: Path) -> None:
@@ -277,8 +334,18 @@ def test_clips_score_labels_every_window_of_a_real_bedroom_recording(trained: di
     assert out["label"] in out["classes"] == ["no_snoring", "snoring"]
 
     (tmp_path / "broken.wav").write_bytes(b"RIFF....WAVEfmt nonsense")
-    res = CliRunner().invoke(app, ["clips", "score", "--model", str(model), str(trained["data"] / "snoring" /
-                                   "1_0.wav"), str(tmp_path / "broken.wav"), str(tmp_path / "gone.wav")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "clips",
+            "score",
+            "--model",
+            str(model),
+            str(trained["data"] / "snoring" / "1_0.wav"),
+            str(tmp_path / "broken.wav"),
+            str(tmp_path / "gone.wav"),
+        ],
+    )
     assert res.exit_code == 1
     assert "1_0.wav: snoring" in res.stdout or "1_0.wav: no_snoring" in res.stdout
     assert "broken.wav: unreadable audio" in res.output and "gone.wav: file not found" in res.output
@@ -300,8 +367,15 @@ def test_the_http_service_scores_an_upload_like_the_cli_and_refuses_bad_ones_by_
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(trained["model"], max_seconds=3.0, max_mb=0.25),
-                                           host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(trained["model"], max_seconds=3.0, max_mb=0.25),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -312,8 +386,9 @@ def test_the_http_service_scores_an_upload_like_the_cli_and_refuses_bad_ones_by_
         base = f"http://127.0.0.1:{port}"
 
         def post(body: bytes, name: str, kind: str = "application/octet-stream") -> tuple[int, dict]:
-            request = urllib.request.Request(f"{base}/score?name={name}", data=body, method="POST",
-                                             headers={"Content-Type": kind})
+            request = urllib.request.Request(
+                f"{base}/score?name={name}", data=body, method="POST", headers={"Content-Type": kind}
+            )
             try:
                 with urllib.request.urlopen(request, timeout=60) as reply:
                     return reply.status, json.loads(reply.read())
@@ -329,7 +404,8 @@ def test_the_http_service_scores_an_upload_like_the_cli_and_refuses_bad_ones_by_
         offline = score_source(ClipClassifier(trained["model"]), str(clip), "1_3.wav")
         assert out["file"] == "1_3.wav" and out["label"] == offline["label"]
         assert [w["probabilities"]["snoring"] for w in out["windows"]] == pytest.approx(
-            [w["probabilities"]["snoring"] for w in offline["windows"]], abs=2e-3)
+            [w["probabilities"]["snoring"] for w in offline["windows"]], abs=2e-3
+        )
 
         four_seconds = np.tile(sf.read(clip, dtype="float32")[0], 6)[: 4 * sf.info(clip).samplerate]
         buffer = io.BytesIO()
@@ -342,8 +418,11 @@ def test_the_http_service_scores_an_upload_like_the_cli_and_refuses_bad_ones_by_
         assert status == 400 and "nothing.wav: empty request body" in out["detail"]
         status, out = post(b"\0" * (300 * 1024), "big.wav")
         assert status == 413 and "over the limit" in out["detail"]
-        status, out = post(b"--x\r\nContent-Disposition: form-data; name=file\r\n\r\n--x--", "form.wav",
-                           "multipart/form-data; boundary=x")
+        status, out = post(
+            b"--x\r\nContent-Disposition: form-data; name=file\r\n\r\n--x--",
+            "form.wav",
+            "multipart/form-data; boundary=x",
+        )
         assert status == 415 and "--data-binary" in out["detail"]
     finally:
         server.should_exit = True

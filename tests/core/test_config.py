@@ -6,7 +6,11 @@ from sleepsound.core.config import Config, load_config
 
 def test_defaults_follow_the_paper():
     cfg = Config()
-    assert (cfg.preprocess.target_rate, cfg.preprocess.highpass_hz, cfg.preprocess.epoch_seconds) == (16_000, 50.0, 30.0)
+    assert (cfg.preprocess.target_rate, cfg.preprocess.highpass_hz, cfg.preprocess.epoch_seconds) == (
+        16_000,
+        50.0,
+        30.0,
+    )
     assert cfg.preprocess.max_zero_rms_seconds == 10.0
     assert (cfg.training.lr, cfg.training.min_lr, cfg.training.epochs) == (5e-5, 2.5e-6, 5)
 

@@ -39,8 +39,8 @@ def test_the_reader_runs_at_most_depth_ahead_and_stops_with_the_consumer():
     stream = prefetch(items(), depth=2)
     assert next(stream) == 0
     time.sleep(0.3)
-    assert len(produced) <= 4            # the one taken, two queued, one waiting to be put
-    stream.close()                       # the consumer stops early: the reader thread ends
+    assert len(produced) <= 4  # the one taken, two queued, one waiting to be put
+    stream.close()  # the consumer stops early: the reader thread ends
     time.sleep(0.3)
     assert not any(t.name == "sleepsound-prefetch" and t.is_alive() for t in threading.enumerate())
     assert len(produced) <= 5

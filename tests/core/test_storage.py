@@ -12,7 +12,7 @@ def root(request, tmp_path, s3_endpoint):
     if request.param == "local":
         return str(tmp_path / "root")
     fs = s3fs.S3FileSystem(anon=False)
-    if not fs.exists("storage-test"):      # the bucket is shared by the s3 cases
+    if not fs.exists("storage-test"):  # the bucket is shared by the s3 cases
         fs.mkdir("storage-test")
     return f"s3://storage-test/{tmp_path.name}"
 
@@ -22,10 +22,16 @@ def test_json_and_parquet_round_trip(root):
     write_json(fs, f"{path}/runs/r1/meta.json", {"a": 1})
     assert read_json(fs, f"{path}/runs/r1/meta.json") == {"a": 1}
     emb = np.arange(2 * 6, dtype=np.float16)
-    table = pa.table({
-        "recording_id": ["a", "a"], "epoch_index": [0, 1], "n_frames": [2, 2], "dim": [3, 3], "n_layers": [1, 1],
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb), 6),
-    })
+    table = pa.table(
+        {
+            "recording_id": ["a", "a"],
+            "epoch_index": [0, 1],
+            "n_frames": [2, 2],
+            "dim": [3, 3],
+            "n_layers": [1, 1],
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb), 6),
+        }
+    )
     write_table(fs, f"{path}/embeddings/x.parquet", schemas.conform(table, schemas.embeddings_schema(2, 3)))
     back = read_table(fs, f"{path}/embeddings/x.parquet")
     assert back.schema.field("embedding").type.value_type == pa.float16()
@@ -47,9 +53,9 @@ def test_conform_refuses_missing_columns():
 
 def test_a_root_is_opened_once_and_handed_along(root):
     store = open_root(root)
-    assert open_root(store) is store                    # an opened root is not parsed again
-    assert store.uri == root                            # messages name the root as the user gave it
-    fs, path = store                                    # and it unpacks as (filesystem, path)
+    assert open_root(store) is store  # an opened root is not parsed again
+    assert store.uri == root  # messages name the root as the user gave it
+    fs, path = store  # and it unpacks as (filesystem, path)
     assert (fs, path) == (store.fs, store.path)
     assert store.join("state", "lock.json") == f"{store.path}/state/lock.json"
     write_json(store.fs, store.join("m.json"), {"x": 1})

@@ -27,8 +27,13 @@ def rows(tmp_path_factory) -> list[dict]:
 
 
 def _cfg(backbone: str, **preprocess) -> Config:
-    return Config.model_validate({"backbone": {"name": backbone, "batch_size": 4}, "preprocess": preprocess,
-                                  "training": {"shift_augment": False}})
+    return Config.model_validate(
+        {
+            "backbone": {"name": backbone, "batch_size": 4},
+            "preprocess": preprocess,
+            "training": {"shift_augment": False},
+        }
+    )
 
 
 def test_hits_and_misses_follow_what_produced_the_embeddings(rows, tiny_whisper, tmp_path):
@@ -40,10 +45,10 @@ def test_hits_and_misses_follow_what_produced_the_embeddings(rows, tiny_whisper,
     again = embed_cohort(rows[:2], root, cfg, use_ray=False)
     assert again.embedded == [] and len(again.cached) == 2 and again.epochs == 0
 
-    grown = embed_cohort(rows, root, cfg, use_ray=False)           # one new night: only it is embedded
+    grown = embed_cohort(rows, root, cfg, use_ray=False)  # one new night: only it is embedded
     assert grown.embedded == [rows[2]["recording_id"]] and len(grown.cached) == 2
 
-    filtered = _cfg(tiny_whisper, highpass_hz=80.0)                 # another filter: everything again
+    filtered = _cfg(tiny_whisper, highpass_hz=80.0)  # another filter: everything again
     refiltered = embed_cohort(rows, root, filtered, use_ray=False)
     assert len(refiltered.embedded) == 3
     assert embeddings_dir(root, filtered) != embeddings_dir(root, cfg)
@@ -52,17 +57,18 @@ def test_hits_and_misses_follow_what_produced_the_embeddings(rows, tiny_whisper,
     swapped = embed_cohort(rows, root, _cfg(other), use_ray=False)  # other weights: everything again
     assert len(swapped.embedded) == 3
 
-    layer = _cfg(tiny_whisper).model_copy(update={"backbone": _cfg(tiny_whisper).backbone.model_copy(
-        update={"layer": 1})})
+    layer = _cfg(tiny_whisper).model_copy(
+        update={"backbone": _cfg(tiny_whisper).backbone.model_copy(update={"layer": 1})}
+    )
     assert len(embed_cohort(rows, root, layer, use_ray=False).embedded) == 3
-    assert embed_cohort(rows, root, cfg, use_ray=False).embedded == []   # the first cache is untouched
+    assert embed_cohort(rows, root, cfg, use_ray=False).embedded == []  # the first cache is untouched
 
 
 def test_changed_audio_is_a_new_cache_entry(rows, tiny_whisper, tmp_path):
     root = str(tmp_path / "root")
     cfg = _cfg(tiny_whisper)
     embed_cohort(rows[:1], root, cfg, use_ray=False)
-    edited = {**rows[0], "sha256": "f" * 64}                          # the night's audio changed upstream
+    edited = {**rows[0], "sha256": "f" * 64}  # the night's audio changed upstream
     assert embed_cohort([edited], root, cfg, use_ray=False).embedded == [rows[0]["recording_id"]]
     assert Path(embeddings_path(root, cfg, rows[0]["recording_id"], "f" * 64)).exists()
 
@@ -72,14 +78,16 @@ def test_cache_is_plain_parquet_equal_to_a_direct_forward_pass(rows, tiny_whispe
     cfg = _cfg(tiny_whisper)
     embed_cohort(rows[:1], root, cfg, use_ray=False)
     rec = rows[0]["recording_id"]
-    table = pd.read_parquet(embeddings_path(root, cfg, rec, rows[0]["sha256"]))   # pandas alone
+    table = pd.read_parquet(embeddings_path(root, cfg, rec, rows[0]["sha256"]))  # pandas alone
     epochs = pd.read_parquet(epochs_path(root, cfg, rec))
     assert list(table["epoch_index"]) == list(epochs.loc[epochs["valid"], "epoch_index"])
     n_frames, dim = int(table["n_frames"].iloc[0]), int(table["dim"].iloc[0])
     cached = np.stack(table["embedding"].to_numpy()).reshape(len(table), n_frames, dim)
     assert cached.dtype == np.float16 and (n_frames, dim) == (60, 32)
-    assert pq.read_schema(embeddings_path(root, cfg, rec, rows[0]["sha256"])).field("embedding").type.value_type \
+    assert (
+        pq.read_schema(embeddings_path(root, cfg, rec, rows[0]["sha256"])).field("embedding").type.value_type
         == "halffloat"
+    )
 
     audio = np.stack([r["audio"] for r in read_epochs(rows[0], cfg.preprocess) if r["valid"]])
     direct = load_backbone(tiny_whisper).embed(audio)
@@ -96,8 +104,12 @@ def test_several_layers_are_cached_together_and_the_head_learns_their_weights(ro
     from sleepsound.train.fit import train_models
 
     root = str(tmp_path / "root")
-    cfg = Config.model_validate({"backbone": {"name": tiny_whisper, "batch_size": 4, "layers": [1, -1]},
-                                 "training": {"shift_augment": False, "epochs": 2, "context_epochs": 1}})
+    cfg = Config.model_validate(
+        {
+            "backbone": {"name": tiny_whisper, "batch_size": 4, "layers": [1, -1]},
+            "training": {"shift_augment": False, "epochs": 2, "context_epochs": 1},
+        }
+    )
     single = _cfg(tiny_whisper)
     assert embeddings_dir(root, cfg) != embeddings_dir(root, single)
     assert len(embed_cohort(rows, root, cfg, use_ray=False).embedded) == 3
@@ -128,19 +140,28 @@ def test_auto_batch_size_and_compile_reach_the_model_stage(rows, tiny_whisper, t
 
     from sleepsound.embed.model_stage import EmbedStage
 
-    cfg = Config.model_validate({"backbone": {"name": tiny_whisper, "batch_size": "auto", "device": "cpu"},
-                                 "training": {"shift_augment": False}})
+    cfg = Config.model_validate(
+        {
+            "backbone": {"name": tiny_whisper, "batch_size": "auto", "device": "cpu"},
+            "training": {"shift_augment": False},
+        }
+    )
     assert cfg.backbone.stream_rows == 64
     root = str(tmp_path / "root")
     assert len(embed_cohort(rows[:1], root, cfg, use_ray=False).embedded) == 1
     fixed = _cfg(tiny_whisper)
-    assert embeddings_dir(root, cfg) == embeddings_dir(root, fixed)     # batching never changes the cache key
+    assert embeddings_dir(root, cfg) == embeddings_dir(root, fixed)  # batching never changes the cache key
     assert embed_cohort(rows[:1], root, fixed, use_ray=False).embedded == []
 
     stage = EmbedStage(cfg.backbone.model_dump())
-    assert stage.batch_size is None                                     # sized on the first real batch
-    stage({"audio": np.zeros((3, 30 * 16_000), dtype=np.float32), "valid": np.array([True, True, False]),
-           "error": np.array([None, None, None], dtype=object)})
+    assert stage.batch_size is None  # sized on the first real batch
+    stage(
+        {
+            "audio": np.zeros((3, 30 * 16_000), dtype=np.float32),
+            "valid": np.array([True, True, False]),
+            "error": np.array([None, None, None], dtype=object),
+        }
+    )
     assert stage.batch_size == 8
     compiled = EmbedStage({**cfg.backbone.model_dump(), "compile": True})
     assert isinstance(compiled.backbone.model, torch._dynamo.eval_frame.OptimizedModule)
@@ -150,8 +171,9 @@ def test_auto_batch_size_and_compile_reach_the_model_stage(rows, tiny_whisper, t
 
 def test_scoring_skips_the_shifted_training_windows_and_training_adds_only_them(rows, tiny_whisper, tmp_path):
     root = tmp_path / "root"
-    cfg = Config.model_validate({"backbone": {"name": tiny_whisper, "batch_size": 4},
-                                 "training": {"shift_augment": True}})
+    cfg = Config.model_validate(
+        {"backbone": {"name": tiny_whisper, "batch_size": 4}, "training": {"shift_augment": True}}
+    )
     scored = embed_cohort(rows[:1], str(root), cfg, use_ray=False, shifted=False)
     assert scored.epochs > 0 and scored.shifted == 0 and not list(root.rglob("*.shifted-*.parquet"))
     trained = embed_cohort(rows[:1], str(root), cfg, use_ray=False)

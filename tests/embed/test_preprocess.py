@@ -14,7 +14,7 @@ def _noise(seconds: float, seed: int = 0) -> np.ndarray:
 
 
 def _blocks(x: np.ndarray, size: int) -> list[np.ndarray]:
-    return [x[i:i + size] for i in range(0, len(x), size)]
+    return [x[i : i + size] for i in range(0, len(x), size)]
 
 
 def test_streamed_filter_equals_whole_signal():
@@ -35,7 +35,7 @@ def test_highpass_removes_hum_and_keeps_breath_band():
     hum = filt.process(np.sin(2 * np.pi * 20 * t).astype(np.float32), last=True)
     voice = StreamingFilter(16_000, cfg).process(np.sin(2 * np.pi * 1000 * t).astype(np.float32), last=True)
     steady = slice(16_000, None)
-    assert hum[steady].std() < 0.25 * (1 / np.sqrt(2))   # a 2nd-order high-pass at 50 Hz: ~-16 dB at 20 Hz
+    assert hum[steady].std() < 0.25 * (1 / np.sqrt(2))  # a 2nd-order high-pass at 50 Hz: ~-16 dB at 20 Hz
     assert voice[steady].std() == pytest.approx(1 / np.sqrt(2), rel=0.02)
 
 
@@ -43,7 +43,7 @@ def test_biquad_matches_scipy_reference():
     cfg = PreprocessConfig(preemphasis=0.0)
     x = np.random.default_rng(1).standard_normal(16_000).astype(np.float32)
     sos = signal.butter(2, 50, btype="highpass", fs=16_000, output="sos")
-    assert sos.shape == (1, 6)   # a single biquad, as in the paper
+    assert sos.shape == (1, 6)  # a single biquad, as in the paper
     np.testing.assert_allclose(StreamingFilter(16_000, cfg).process(x), signal.sosfilt(sos, x), atol=1e-5)
 
 
@@ -57,16 +57,16 @@ def test_preemphasis_carries_state_across_blocks():
 
 def test_zero_rms_counts_flat_frames_at_any_offset():
     x = _noise(30)
-    x[RATE * 5: RATE * 17] = 0.25   # 12 s flat line with an EDF-style DC offset
+    x[RATE * 5 : RATE * 17] = 0.25  # 12 s flat line with an EDF-style DC offset
     assert zero_rms_seconds(x, RATE, 0.1) == pytest.approx(12.0, abs=0.1)
-    assert zero_rms_seconds(_noise(30) * 1e-6, RATE, 0.1) == 0.0   # quiet is not silent
+    assert zero_rms_seconds(_noise(30) * 1e-6, RATE, 0.1) == 0.0  # quiet is not silent
 
 
 def test_epochs_are_cut_and_invalidated_by_the_zero_rms_rule():
     cfg = PreprocessConfig()
     x = _noise(125)
-    x[RATE * 31: RATE * 42] = 0.0      # 11 s of silence in epoch 1: invalid
-    x[RATE * 65: RATE * 74] = 0.0      # 9 s in epoch 2: still valid
+    x[RATE * 31 : RATE * 42] = 0.0  # 11 s of silence in epoch 1: invalid
+    x[RATE * 65 : RATE * 74] = 0.0  # 9 s in epoch 2: still valid
     epochs = list(iter_epochs(_blocks(x, RATE * 30 * 2), RATE, cfg))
     assert [e.index for e in epochs] == [0, 1, 2, 3] == list(range(count_epochs(len(x), RATE, cfg)))
     assert [e.valid for e in epochs] == [True, False, True, True]
@@ -92,7 +92,7 @@ def test_normalise_leaves_silence_finite():
 def test_nan_samples_invalidate_their_epoch_only():
     cfg = PreprocessConfig()
     x = _noise(90)
-    x[RATE * 40: RATE * 40 + 100] = np.nan   # inside epoch 1
+    x[RATE * 40 : RATE * 40 + 100] = np.nan  # inside epoch 1
     epochs = list(iter_epochs(_blocks(x, RATE * 30), RATE, cfg))
     assert [e.valid for e in epochs] == [True, False, True]
     assert epochs[1].quality.nonfinite == 100 and "NaN" in epochs[1].reason
@@ -102,10 +102,10 @@ def test_nan_samples_invalidate_their_epoch_only():
 def test_clipping_is_measured_against_the_format_full_scale():
     from sleepsound.ingest.quality import measure_epoch
 
-    x = np.clip(_noise(30) * 3, -2.0, 2.0)   # a signal stored with physical range +-2
+    x = np.clip(_noise(30) * 3, -2.0, 2.0)  # a signal stored with physical range +-2
     quality, _ = measure_epoch(x, RATE, PreprocessConfig(), full_scale=2.0)
     assert quality.clipped_fraction == pytest.approx(np.mean(np.abs(x) >= 1.998), abs=1e-9)
-    assert 0.4 < quality.clipped_fraction < 0.6 and quality.valid   # clipping is reported, not dropped
+    assert 0.4 < quality.clipped_fraction < 0.6 and quality.valid  # clipping is reported, not dropped
 
 
 def test_silent_gaps_are_found_across_block_boundaries():

@@ -26,10 +26,12 @@ def cohort(tmp_path_factory) -> Path:
 
 
 def _config(tiny_whisper: str) -> dict:
-    return Config.model_validate({
-        "backbone": {"name": tiny_whisper, "batch_size": 4},
-        "training": {"lr": 3e-3, "min_lr": 1e-4, "epochs": 8, "batch_size": 16},
-    }).model_dump()
+    return Config.model_validate(
+        {
+            "backbone": {"name": tiny_whisper, "batch_size": 4},
+            "training": {"lr": 3e-3, "min_lr": 1e-4, "epochs": 8, "batch_size": 16},
+        }
+    ).model_dump()
 
 
 def test_flow_on_local_disk(cohort, tiny_whisper, tmp_path):
@@ -56,10 +58,17 @@ def test_flow_on_local_disk(cohort, tiny_whisper, tmp_path):
     assert not preds.duplicated(["recording_id", "epoch_index"]).any()
 
     report = (Path(root) / "runs" / "t1" / "report" / "index.html").read_text()
-    for section in ("id='metrics'", "id='task-stage5'", "id='task-resp'", "id='ahi'", "id='attention'",
-                    "id='events'", "id='hypnograms'"):
+    for section in (
+        "id='metrics'",
+        "id='task-stage5'",
+        "id='task-resp'",
+        "id='ahi'",
+        "id='attention'",
+        "id='events'",
+        "id='hypnograms'",
+    ):
         assert section in report, section
-    assert report.count("<img") >= 6          # confusion x3, hypnograms, attention views, AHI figures, timelines
+    assert report.count("<img") >= 6  # confusion x3, hypnograms, attention views, AHI figures, timelines
     summaries = pd.read_parquet(Path(root) / "runs" / "t1" / "summaries")
     assert {"total_sleep_time_min", "sleep_efficiency", "ahi", "severity", "snore_index"} <= set(summaries.columns)
     scored = summaries[(summaries["source"] == "scored")]
@@ -68,7 +77,7 @@ def test_flow_on_local_disk(cohort, tiny_whisper, tmp_path):
     assert {"stage5_macro_f1", "resp_macro_f1"} <= set(result["metrics"])
     metrics = json.loads((Path(root) / "runs" / "t1" / "metrics.json").read_text())
     assert set(metrics["tasks"]) == {"stage5", "resp"}
-    assert metrics["subject_ci"] == {}        # one test subject: nothing to resample (see test_results)
+    assert metrics["subject_ci"] == {}  # one test subject: nothing to resample (see test_results)
     assert metrics["ahi"]["n_nights"] == len(result["model"]["test_subjects"])
     assert set(result["model"]["heads"]) == {"stage3", "stage5", "resp"}
 
@@ -105,8 +114,9 @@ def _assert_nightly_does_only_what_is_new(cohort: Path, root: str, tiny_whisper:
     assert pd.read_parquet(Path(root) / "runs" / "n1" / "predictions")["recording_id"].nunique() == 5
     assert len(processed(root)) == 5
 
-    generate_cohort(tmp_path / "extra", n_subjects=1, hours=0.25, seed=99, sample_rate=16_000, part_seconds=600,
-                    cycle_minutes=15)
+    generate_cohort(
+        tmp_path / "extra", n_subjects=1, hours=0.25, seed=99, sample_rate=16_000, part_seconds=600, cycle_minutes=15
+    )
     patient = next((tmp_path / "extra" / "APNEA_EDF").iterdir()).name
     shutil.copytree(tmp_path / "extra" / "APNEA_EDF" / patient, source / "APNEA_EDF" / patient)  # no RML: unlabelled
     second = run_nightly_on_ray(str(source), root, _config(tiny_whisper), run_id="n2")
@@ -116,7 +126,7 @@ def _assert_nightly_does_only_what_is_new(cohort: Path, root: str, tiny_whisper:
     assert set(preds["recording_id"].astype(str)) == {patient} and (preds["split"] == "unlabelled").all()
     from sleepsound.cli import _print_results, console
 
-    with console.capture() as shown:                 # what the command prints for an unlabelled night
+    with console.capture() as shown:  # what the command prints for an unlabelled night
         _print_results(second)
     text = shown.get()
     assert "no held-out figures" in text and "nan" not in text
@@ -125,7 +135,7 @@ def _assert_nightly_does_only_what_is_new(cohort: Path, root: str, tiny_whisper:
     third = run_nightly_on_ray(str(source), root, _config(tiny_whisper), run_id="n3")
     assert third["new"] == {"labelled": [], "unlabelled": []} and third["report"] is None
     assert len(processed(root)) == 6
-    assert [p.name for p in (Path(root) / "runs" / "n3").iterdir()] == ["run.json"]   # only the record
+    assert [p.name for p in (Path(root) / "runs" / "n3").iterdir()] == ["run.json"]  # only the record
 
 
 def _assert_retraining_keeps_an_equal_champion(cohort: Path, root: str, tiny_whisper: str, first: dict) -> None:
@@ -153,19 +163,21 @@ def _assert_scoring_uses_the_champions(cohort: Path, root: str, tiny_whisper: st
     from sleepsound.registry import store as model_store
 
     stored = {task: len(model_store.versions(root, task)) for task in ("stage3", "stage5", "resp")}
-    scored = score_deployment(str(cohort), root, _config(tiny_whisper))     # what the deployment runs
+    scored = score_deployment(str(cohort), root, _config(tiny_whisper))  # what the deployment runs
     run_id = scored["run_id"]
     assert run_id.startswith("score-")
     assert {task: len(model_store.versions(root, task)) for task in stored} == stored
-    assert {t: h["version"] for t, h in scored["model"]["heads"].items()} == \
-        {t: h["version"] for t, h in trained["heads"].items()}
-    assert scored["model"]["test_subjects"] == trained["test_subjects"]      # the nights it never trained on
+    assert {t: h["version"] for t, h in scored["model"]["heads"].items()} == {
+        t: h["version"] for t, h in trained["heads"].items()
+    }
+    assert scored["model"]["test_subjects"] == trained["test_subjects"]  # the nights it never trained on
     assert set(scored["seconds"]) == {"ingest", "embed", "champions", "predict", "report"}
     preds = pd.read_parquet(Path(root) / "runs" / run_id / "predictions")
     assert preds["recording_id"].nunique() == 5 and (preds["model_version"] == trained["version"]).all()
     assert set(preds.loc[preds["split"] == "test", "subject_id"]) == set(trained["test_subjects"])
-    assert scored["metrics"]["macro_f1"] == pytest.approx(json.loads(
-        (Path(root) / "runs" / "t1" / "metrics.json").read_text())["macro_f1"])
+    assert scored["metrics"]["macro_f1"] == pytest.approx(
+        json.loads((Path(root) / "runs" / "t1" / "metrics.json").read_text())["macro_f1"]
+    )
     with pytest.raises(model_store.ModelNotFound, match="task"):
         run_score_on_ray(str(cohort), root, _config(tiny_whisper), run_id="s2", versions={"nope": "x"})
 
@@ -192,8 +204,11 @@ def _assert_prefect_recorded(flow_run_id: str) -> None:
 
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(flow_run_id)
-        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
-                                      sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=50)
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            limit=50,
+        )
     assert run.state.is_completed()
     assert sorted(t.name.rsplit("-", 1)[0] for t in tasks) == ["embed", "ingest", "predict", "report", "train"]
     assert all(t.state.is_completed() for t in tasks)
@@ -207,8 +222,9 @@ def test_flow_with_storage_root_on_s3(cohort, tiny_whisper, tmp_path):
     source = tmp_path / "source"
     shutil.copytree(cohort, source)
     s3.put(str(source) + "/", "sleepsound-flow/source/", recursive=True)
-    result = run_pipeline_on_ray("s3://sleepsound-flow/source", "s3://sleepsound-flow/root",
-                                 _config(tiny_whisper), run_id="s3run")
+    result = run_pipeline_on_ray(
+        "s3://sleepsound-flow/source", "s3://sleepsound-flow/root", _config(tiny_whisper), run_id="s3run"
+    )
     assert result["counts"]["accepted"] == 5
     assert s3.exists("sleepsound-flow/root/manifest/manifest.parquet")
     assert s3.exists("sleepsound-flow/root/runs/s3run/report/index.html")
@@ -218,9 +234,10 @@ def test_flow_with_storage_root_on_s3(cohort, tiny_whisper, tmp_path):
     # The score flow on the same S3 root (train and nightly on S3: tests/flows/test_faults.py, via a flaky proxy).
     from flows.score import run_score_on_ray
 
-    scored = run_score_on_ray("s3://sleepsound-flow/source", "s3://sleepsound-flow/root", _config(tiny_whisper),
-                              run_id="s3score")
-    assert scored["counts"]["cached"] == 5 and scored["counts"]["unchanged"] == 5   # nothing embedded or re-read
+    scored = run_score_on_ray(
+        "s3://sleepsound-flow/source", "s3://sleepsound-flow/root", _config(tiny_whisper), run_id="s3score"
+    )
+    assert scored["counts"]["cached"] == 5 and scored["counts"]["unchanged"] == 5  # nothing embedded or re-read
     assert scored["model"]["heads"]["stage3"]["version"] == result["model"]["heads"]["stage3"]["version"]
     assert s3.exists("sleepsound-flow/root/runs/s3score/run.json")
 

@@ -27,11 +27,14 @@ def test_cluster_launcher_config_passes_rays_own_validation() -> None:
     assert "--ray-client-server-port=10001" in " ".join(config["head_start_ray_commands"])
 
 
-@pytest.mark.parametrize("break_it, message", [
-    (lambda c: c.pop("head_node_type"), "head_node_type"),
-    (lambda c: c["available_node_types"]["gpu_worker"].update(max_workers="eight"), "is not of type 'integer'"),
-    (lambda c: c.update(cluster_nmae="typo"), "'cluster_nmae' was unexpected"),
-])
+@pytest.mark.parametrize(
+    "break_it, message",
+    [
+        (lambda c: c.pop("head_node_type"), "head_node_type"),
+        (lambda c: c["available_node_types"]["gpu_worker"].update(max_workers="eight"), "is not of type 'integer'"),
+        (lambda c: c.update(cluster_nmae="typo"), "'cluster_nmae' was unexpected"),
+    ],
+)
 def test_a_broken_launcher_config_is_caught(break_it, message: str) -> None:
     from ray.autoscaler._private.util import prepare_config, validate_config
 

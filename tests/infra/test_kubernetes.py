@@ -37,13 +37,14 @@ K8S_JOB = f"{K8S_DEFS}#/$defs/io.k8s.api.batch.v1.Job"
 SCHEMA_FOR_KIND = {"RayCluster": "raycluster.v1.json", "RayJob": "rayjob.v1.json"}
 SECRET = "sleepsound-env"
 GPU = "nvidia.com/gpu"
-JOB_MODES = ("K8sJobMode", "HTTPMode", "InteractiveMode")   # KubeRay v1.3's JobSubmissionMode
+JOB_MODES = ("K8sJobMode", "HTTPMode", "InteractiveMode")  # KubeRay v1.3's JobSubmissionMode
 MANIFESTS = ("raycluster.yaml", "rayjob.yaml")
 CREDENTIAL_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|KEY|CREDENTIAL", re.IGNORECASE)
 AWS_KEY_ID = re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b")
 
 
 # --- validators -------------------------------------------------------------------------------
+
 
 def _strict(node: Any) -> Any:
     """Refuse unknown fields, as ``kubectl apply`` does, where the API server alone would prune them."""
@@ -72,8 +73,9 @@ def schema_errors(instance: Any, ref: str) -> list[str]:
     """``path: message`` for each way ``instance`` breaks the schema at ``ref``."""
     schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$ref": ref}
     validator = jsonschema.Draft202012Validator(schema, registry=_registry())
-    return sorted(f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-                  for e in validator.iter_errors(instance))
+    return sorted(
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(instance)
+    )
 
 
 def crd_errors(manifest: dict[str, Any]) -> list[str]:
@@ -86,6 +88,7 @@ def crd_errors(manifest: dict[str, Any]) -> list[str]:
 
 
 # --- reading the manifests --------------------------------------------------------------------
+
 
 @cache
 def _load(name: str) -> dict[str, Any]:
@@ -165,14 +168,15 @@ def check_entrypoint(entrypoint: str) -> None:
     if any(a == "--ray-address" or a.startswith("--ray-address=") for a in argv):
         raise ValueError("a Ray job runs on its own cluster: leave --ray-address out")
     try:
-        command.make_context(argv[1], argv[2:])     # parses only: unknown options, missing required ones
+        command.make_context(argv[1], argv[2:])  # parses only: unknown options, missing required ones
     except Exception as exc:
-        if not any(cls.__name__ == "UsageError" for cls in type(exc).__mro__):   # click's, or typer's own copy
+        if not any(cls.__name__ == "UsageError" for cls in type(exc).__mro__):  # click's, or typer's own copy
             raise
         raise ValueError(f"sleepsound {argv[1]}: {exc}") from exc
 
 
 # --- the KubeRay manifests ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", MANIFESTS)
 def test_manifests_pass_the_kuberay_crd_schema(name: str) -> None:
@@ -187,23 +191,39 @@ def _gpu_container(doc: dict[str, Any]) -> dict[str, Any]:
     return _worker(doc, "gpu")["template"]["spec"]["containers"][0]
 
 
-@pytest.mark.parametrize("name, break_it, message", [
-    ("raycluster.yaml", lambda m: m["spec"].update(workerGroupSpec=[]), "'workerGroupSpec' was unexpected"),
-    ("raycluster.yaml", lambda m: m["spec"].pop("headGroupSpec"), "'headGroupSpec' is a required property"),
-    ("raycluster.yaml", lambda m: _worker(m, "cpu").update(minReplicas="zero"), "'zero' is not of type 'integer'"),
-    ("raycluster.yaml", lambda m: m["spec"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0}),
-     "0 is not of type 'string'"),
-    ("raycluster.yaml", lambda m: _gpu_container(m).update(resource={}), "'resource' was unexpected"),
-    ("raycluster.yaml", lambda m: _worker(m, "gpu")["template"]["spec"].update(tolerations={"key": GPU}),
-     "is not of type 'array'"),
-    ("raycluster.yaml", lambda m: m["spec"]["autoscalerOptions"].update(upscalingMode="Eager"),
-     "'Eager' is not one of"),
-    ("raycluster.yaml", lambda m: m["metadata"].update(name=7), "7 is not of type 'string'"),
-    ("raycluster.yaml", lambda m: m.update(apiVersion="ray.io/v1alpha1"), "not a ray.io/v1 RayCluster or RayJob"),
-    ("rayjob.yaml", lambda m: m["spec"].update(ttlSecondsAfterFinshed=60), "'ttlSecondsAfterFinshed' was unexpected"),
-    ("rayjob.yaml", lambda m: m["spec"].update(shutdownAfterJobFinishes="yes"), "'yes' is not of type 'boolean'"),
-    ("rayjob.yaml", lambda m: _worker(m, "gpu").update(maxReplica=8), "'maxReplica' was unexpected"),
-])
+@pytest.mark.parametrize(
+    "name, break_it, message",
+    [
+        ("raycluster.yaml", lambda m: m["spec"].update(workerGroupSpec=[]), "'workerGroupSpec' was unexpected"),
+        ("raycluster.yaml", lambda m: m["spec"].pop("headGroupSpec"), "'headGroupSpec' is a required property"),
+        ("raycluster.yaml", lambda m: _worker(m, "cpu").update(minReplicas="zero"), "'zero' is not of type 'integer'"),
+        (
+            "raycluster.yaml",
+            lambda m: m["spec"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0}),
+            "0 is not of type 'string'",
+        ),
+        ("raycluster.yaml", lambda m: _gpu_container(m).update(resource={}), "'resource' was unexpected"),
+        (
+            "raycluster.yaml",
+            lambda m: _worker(m, "gpu")["template"]["spec"].update(tolerations={"key": GPU}),
+            "is not of type 'array'",
+        ),
+        (
+            "raycluster.yaml",
+            lambda m: m["spec"]["autoscalerOptions"].update(upscalingMode="Eager"),
+            "'Eager' is not one of",
+        ),
+        ("raycluster.yaml", lambda m: m["metadata"].update(name=7), "7 is not of type 'string'"),
+        ("raycluster.yaml", lambda m: m.update(apiVersion="ray.io/v1alpha1"), "not a ray.io/v1 RayCluster or RayJob"),
+        (
+            "rayjob.yaml",
+            lambda m: m["spec"].update(ttlSecondsAfterFinshed=60),
+            "'ttlSecondsAfterFinshed' was unexpected",
+        ),
+        ("rayjob.yaml", lambda m: m["spec"].update(shutdownAfterJobFinishes="yes"), "'yes' is not of type 'boolean'"),
+        ("rayjob.yaml", lambda m: _worker(m, "gpu").update(maxReplica=8), "'maxReplica' was unexpected"),
+    ],
+)
 def test_a_broken_manifest_is_refused(name: str, break_it: Callable[[dict[str, Any]], Any], message: str) -> None:
     doc = manifest(name)
     break_it(doc)
@@ -216,7 +236,7 @@ def test_rays_autoscaler_sees_a_cpu_less_head_and_the_gpu_group(name: str) -> No
     from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
 
     cr = {"metadata": {"name": "sleepsound", "namespace": "sleepsound"}, "spec": cluster_spec(manifest(name))}
-    types = _derive_autoscaling_config_from_ray_cr(cr)["available_node_types"]   # also runs Ray's validate_config
+    types = _derive_autoscaling_config_from_ray_cr(cr)["available_node_types"]  # also runs Ray's validate_config
     assert types["headgroup"]["resources"]["CPU"] == 0 and "GPU" not in types["headgroup"]["resources"]
     assert types["gpu"]["resources"]["GPU"] == 1
     assert types["cpu"]["resources"]["CPU"] > 0 and "GPU" not in types["cpu"]["resources"]
@@ -241,13 +261,14 @@ def test_the_head_serves_the_job_api_and_autoscales(name: str) -> None:
 @pytest.mark.parametrize("name", MANIFESTS)
 def test_every_container_has_requests_within_limits(name: str) -> None:
     doc = manifest(name)
-    resources = [(f"{group}/{c['name']}", c.get("resources", {})) for group, pod in all_pods(doc)
-                 for c in pod["containers"]]
+    resources = [
+        (f"{group}/{c['name']}", c.get("resources", {})) for group, pod in all_pods(doc) for c in pod["containers"]
+    ]
     resources.append(("autoscaler", cluster_spec(doc)["autoscalerOptions"]["resources"]))
     for where, res in resources:
         requests, limits = res.get("requests", {}), res.get("limits", {})
         assert {"cpu", "memory"} <= set(limits) and {"cpu", "memory"} <= set(requests), where
-        for key, request in requests.items():            # the API server refuses a request above its limit
+        for key, request in requests.items():  # the API server refuses a request above its limit
             assert quantity(request) <= quantity(limits[key]), f"{where}: {key}"
 
 
@@ -259,7 +280,7 @@ def test_only_the_gpu_group_asks_for_gpus_and_it_lands_on_gpu_nodes(name: str) -
         if group != "gpu":
             assert gpus is None and container["image"].endswith(":cpu"), group
             continue
-        assert quantity(gpus) >= 1 and container["resources"]["requests"][GPU] == gpus   # extended resources: equal
+        assert quantity(gpus) >= 1 and container["resources"]["requests"][GPU] == gpus  # extended resources: equal
         assert container["image"].endswith(":cuda")
         assert pod["nodeSelector"]
         assert any(t["key"] == GPU and t["effect"] == "NoSchedule" for t in pod["tolerations"])
@@ -331,19 +352,23 @@ def test_the_rayjob_runs_a_real_sleepsound_command_and_cleans_up() -> None:
     assert spec["activeDeadlineSeconds"] > 0 and spec["backoffLimit"] >= 0
 
 
-@pytest.mark.parametrize("entrypoint, message", [
-    ("python -m sleepsound score", "not a sleepsound command"),
-    ("sleepsound scor --source s3://b/c --root s3://b/r", "no command 'scor'"),
-    ("sleepsound score --sorce s3://b/c --root s3://b/r", "No such option"),
-    ("sleepsound score --root s3://b/r", "Missing parameter: source"),
-    ("sleepsound score --source s3://b/c --root s3://b/r --ray-address auto", "leave --ray-address out"),
-])
+@pytest.mark.parametrize(
+    "entrypoint, message",
+    [
+        ("python -m sleepsound score", "not a sleepsound command"),
+        ("sleepsound scor --source s3://b/c --root s3://b/r", "no command 'scor'"),
+        ("sleepsound score --sorce s3://b/c --root s3://b/r", "No such option"),
+        ("sleepsound score --root s3://b/r", "Missing parameter: source"),
+        ("sleepsound score --source s3://b/c --root s3://b/r --ray-address auto", "leave --ray-address out"),
+    ],
+)
 def test_a_wrong_entrypoint_is_refused(entrypoint: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         check_entrypoint(entrypoint)
 
 
 # --- the Prefect work pool ----------------------------------------------------------------------
+
 
 def test_the_work_pool_template_passes_the_prefect_servers_validation() -> None:
     from prefect.server.schemas.actions import WorkPoolCreate
@@ -353,7 +378,7 @@ def test_the_work_pool_template_passes_the_prefect_servers_validation() -> None:
     variables = template["variables"]
     jsonschema.validators.validator_for(variables).check_schema(variables)
     defaults = {k: p["default"] for k, p in variables["properties"].items() if "default" in p}
-    jsonschema.validate(defaults, variables)             # as Prefect checks a deployment's job variables
+    jsonschema.validate(defaults, variables)  # as Prefect checks a deployment's job variables
 
 
 def test_an_undeclared_work_pool_variable_is_refused() -> None:
@@ -387,10 +412,13 @@ def test_the_work_pool_template_keeps_prefect_kubernetes_shape() -> None:
     assert set(mine["job_configuration"]) == set(stock["job_configuration"])
     stock_paths = _key_paths(stock["job_configuration"]["job_manifest"])
     assert stock_paths <= _key_paths(mine["job_configuration"]["job_manifest"])
-    for name, prop in stock["variables"]["properties"].items():   # a stock pool's job variables work here too
+    for name, prop in stock["variables"]["properties"].items():  # a stock pool's job variables work here too
         ours = mine["variables"]["properties"][name]
-        assert (ours.get("type"), ours.get("anyOf"), ours.get("enum")) == \
-               (prop.get("type"), prop.get("anyOf"), prop.get("enum")), name
+        assert (ours.get("type"), ours.get("anyOf"), ours.get("enum")) == (
+            prop.get("type"),
+            prop.get("anyOf"),
+            prop.get("enum"),
+        ), name
 
 
 def test_the_work_pool_renders_a_valid_kubernetes_job_with_the_sleepsound_image() -> None:
@@ -407,7 +435,7 @@ def test_the_work_pool_renders_a_valid_kubernetes_job_with_the_sleepsound_image(
 def test_a_broken_work_pool_job_is_refused() -> None:
     template = work_pool()
     pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
-    pod["containers"][0]["envFrom"] = {"secretRef": {"name": "{{ env_secret }}"}}     # an object, not a list
+    pod["containers"][0]["envFrom"] = {"secretRef": {"name": "{{ env_secret }}"}}  # an object, not a list
     errors = schema_errors(rendered_work_pool_job(template), K8S_JOB)
     assert any("is not of type 'array'" in e for e in errors), errors
 

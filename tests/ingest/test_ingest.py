@@ -101,21 +101,21 @@ def test_plain_discovery_lists_every_night_once_and_skips_hidden_files(plain_nig
     cohort = _copy(plain_night, tmp_path)
     (night,) = sorted(cohort.glob("*.flac"))
     stem = night.stem
-    shutil.copy(night, cohort / "twice.flac")                      # one name in two folders ...
+    shutil.copy(night, cohort / "twice.flac")  # one name in two folders ...
     (cohort / "site-b").mkdir()
     shutil.copy(night, cohort / "site-b" / "twice.flac")
-    shutil.copy(night, cohort / "both.flac")                       # ... or as FLAC and WAV
+    shutil.copy(night, cohort / "both.flac")  # ... or as FLAC and WAV
     sf.write(cohort / "both.wav", sf.read(night)[0], 16_000)
-    shutil.copy(night, cohort / "Loud Night.FLAC")                 # suffixes in any case
+    shutil.copy(night, cohort / "Loud Night.FLAC")  # suffixes in any case
     shutil.copy(cohort / f"{stem}.stages.csv", cohort / "Loud Night.Stages.CSV")
-    (cohort / "lost.stages.csv").write_text("epoch_index,stage\n0,W\n")   # annotations without audio
+    (cohort / "lost.stages.csv").write_text("epoch_index,stage\n0,W\n")  # annotations without audio
     (cohort / "lost-too.events.csv").write_text("start_s,duration_s,type\n1,12,Hypopnea\n")
     audio, rate = sf.read(night, dtype="float32")
     with sf.SoundFile(cohort / "phone.ogg", "w", rate, 1, format="OGG", subtype="VORBIS") as out:
-        for start in range(0, len(audio), rate):                   # lossy formats libsndfile decodes are read
-            out.write(audio[start:start + rate])                   # (in chunks: one big Vorbis write can crash)
-    (cohort / "tablet.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A " + bytes(100))   # a format that is not read
-    (cohort / f"._{stem}.flac").write_bytes(b"\x00\x05\x16\x07Mac OS X")   # never recordings:
+        for start in range(0, len(audio), rate):  # lossy formats libsndfile decodes are read
+            out.write(audio[start : start + rate])  # (in chunks: one big Vorbis write can crash)
+    (cohort / "tablet.m4a").write_bytes(b"\x00\x00\x00\x20ftypM4A " + bytes(100))  # a format that is not read
+    (cohort / f"._{stem}.flac").write_bytes(b"\x00\x05\x16\x07Mac OS X")  # never recordings:
     (cohort / "__MACOSX").mkdir()
     shutil.copy(night, cohort / "__MACOSX" / "old.flac")
     (cohort / ".Trash-1000").mkdir()
@@ -141,11 +141,13 @@ def test_a_flac_corrupted_mid_file_is_named_with_the_time_it_stops(plain_night, 
     cohort = _copy(plain_night, tmp_path)
     (night,) = cohort.glob("*.flac")
     data = bytearray(night.read_bytes())
-    data[len(data) // 2:len(data) // 2 + 50_000] = np.random.default_rng(1).integers(0, 256, 50_000, np.uint8).tobytes()
+    data[len(data) // 2 : len(data) // 2 + 50_000] = (
+        np.random.default_rng(1).integers(0, 256, 50_000, np.uint8).tobytes()
+    )
     night.write_bytes(bytes(data))
-    (quick,) = build_manifest(str(cohort), CFG)                    # headers only: looks fine
+    (quick,) = build_manifest(str(cohort), CFG)  # headers only: looks fine
     assert quick["status"] == "accepted"
-    out = list(read_epochs(quick, CFG))                            # the stream breaks: one error row, by name
+    out = list(read_epochs(quick, CFG))  # the stream breaks: one error row, by name
     assert out[-1]["epoch_index"] == -1 and night.name in out[-1]["error"]
     assert "of 0:02:00" in out[-1]["error"] and "stops decoding after 0:00:00" not in out[-1]["error"]  # mid-night
     (deep,) = build_manifest(str(cohort), CFG, deep=True)
@@ -159,7 +161,7 @@ def test_a_stream_that_breaks_names_the_source_file_not_its_temporary_copy(plain
     cohort = _copy(plain_night, tmp_path)
     (night,) = cohort.glob("*.flac")
     data = bytearray(night.read_bytes())
-    data[len(data) // 2:len(data) // 2 + 50_000] = bytes(50_000)
+    data[len(data) // 2 : len(data) // 2 + 50_000] = bytes(50_000)
     night.write_bytes(bytes(data))
     s3fs.S3FileSystem().put(str(cohort) + "/", "sleepsound-stream/source/", recursive=True)
     (row,) = build_manifest("s3://sleepsound-stream/source", CFG)
@@ -181,17 +183,17 @@ def test_a_night_that_breaks_while_streaming_yields_one_error_row(psg_cohort, tm
     cohort = _copy(psg_cohort, tmp_path)
     rows = build_manifest(str(cohort), CFG)
     part = Path(rows[0]["source_uris"][1])
-    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])   # truncated after validation
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])  # truncated after validation
     out = list(read_epochs(rows[0], CFG))
     assert out[-1]["error"] and out[-1]["epoch_index"] == -1
-    assert "changed since" in out[-1]["error"] and len(out) == 1   # caught before any epoch is emitted
+    assert "changed since" in out[-1]["error"] and len(out) == 1  # caught before any epoch is emitted
 
 
 def _damage_in_place(path: Path) -> None:
     """Overwrite bytes without changing the size or the modification time."""
     stat = path.stat()
     data = bytearray(path.read_bytes())
-    data[:256] = b"\x00" * 256                       # the EDF header: unreadable if looked at
+    data[:256] = b"\x00" * 256  # the EDF header: unreadable if looked at
     path.write_bytes(bytes(data))
     import os
 
@@ -207,17 +209,17 @@ def test_unchanged_nights_keep_their_rows_and_changed_ones_are_validated_again(p
     patient = first[0]["recording_id"]
     part = cohort / "APNEA_EDF" / patient / f"{patient}[001].edf"
 
-    _damage_in_place(part)                            # same size, same mtime: taken as unchanged
+    _damage_in_place(part)  # same size, same mtime: taken as unchanged
     again = build_manifest(str(cohort), CFG, previous=first)
     assert again == first and again[0] is first[0]
 
-    os.utime(part)                                    # a newer version of the file: validated again
+    os.utime(part)  # a newer version of the file: validated again
     changed = _by_id(build_manifest(str(cohort), CFG, previous=first))
     assert changed[patient]["status"] == "quarantined" and changed[patient]["source_stamp"] != first[0]["source_stamp"]
     assert changed[first[1]["recording_id"]] is first[1]
 
     deeper = build_manifest(str(cohort), PreprocessConfig(highpass_hz=60.0), previous=first)
-    assert all(row is not old for row, old in zip(deeper, first, strict=False))   # other settings: everything again
+    assert all(row is not old for row, old in zip(deeper, first, strict=False))  # other settings: everything again
 
 
 def test_quarantined_nights_are_always_validated_again(psg_cohort, tmp_path):

@@ -82,12 +82,15 @@ def test_spec_example_parses_with_user_staging_only(tmp_path: Path) -> None:
 @pytest.mark.parametrize("bad", ["-60", "nan", "0", "one hour"])
 def test_an_unusable_segment_duration_voids_the_segment_list_and_says_so(bad: str) -> None:
     """Segments pair with EDF parts by position, so one bad Duration must not shift the rest."""
-    xml = SPEC_EXAMPLE.replace("<Segment><Duration>3600</Duration></Segment><Segment>",
-                               f"<Segment><Duration>{bad}</Duration></Segment><Segment>", 1)
+    xml = SPEC_EXAMPLE.replace(
+        "<Segment><Duration>3600</Duration></Segment><Segment>",
+        f"<Segment><Duration>{bad}</Duration></Segment><Segment>",
+        1,
+    )
     ann = parse_rml(xml.encode())
     assert ann.segment_durations_s == []
     assert any(f"Segment 1 Duration {bad!r}" in note and "not checked" in note for note in ann.unknown)
-    assert ann.stage_changes and ann.events                    # the rest of the RML is still read
+    assert ann.stage_changes and ann.events  # the rest of the RML is still read
 
 
 def test_stages_per_epoch_pads_and_truncates() -> None:
@@ -123,14 +126,17 @@ def test_unknown_elements_and_events_are_kept_or_reported_never_raised() -> None
         assert fragment in joined
 
 
-@pytest.mark.parametrize("payload, fragment", [
-    (b"<PatientStudy><unclosed></PatientStudy>", "not well-formed"),
-    (b'<PatientStudy xmlns="http://example.com/other.xsd"/>', "PatientStudy"),
-    (f'<Study xmlns="{NS}"/>'.encode(), "root element"),
-    (b"<PatientStudy/>", "namespace"),
-    (f'<!DOCTYPE x [<!ENTITY a "b">]><PatientStudy xmlns="{NS}">&a;</PatientStudy>'.encode(), "entities"),
-    (b"", "not well-formed"),
-])
+@pytest.mark.parametrize(
+    "payload, fragment",
+    [
+        (b"<PatientStudy><unclosed></PatientStudy>", "not well-formed"),
+        (b'<PatientStudy xmlns="http://example.com/other.xsd"/>', "PatientStudy"),
+        (f'<Study xmlns="{NS}"/>'.encode(), "root element"),
+        (b"<PatientStudy/>", "namespace"),
+        (f'<!DOCTYPE x [<!ENTITY a "b">]><PatientStudy xmlns="{NS}">&a;</PatientStudy>'.encode(), "entities"),
+        (b"", "not well-formed"),
+    ],
+)
 def test_not_rml_raises_rml_error_naming_the_file(tmp_path: Path, payload: bytes, fragment: str) -> None:
     path = tmp_path / "broken.rml"
     path.write_bytes(payload)
@@ -148,13 +154,20 @@ def test_missing_file_is_an_rml_error(tmp_path: Path) -> None:
 def test_write_then_parse_round_trips(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     stages = [STAGES_5[i] for i in rng.integers(0, 5, 200)]
-    events = [RmlEvent("Respiratory", "ObstructiveApnea", 100.5, 23.4),
-              RmlEvent("Respiratory", "Hypopnea", 1234.567, 10.0),
-              RmlEvent("Nasal", "Snore", 2000.1, 1.4),
-              RmlEvent("Limb", "LegMovement", 3000.0, 2.0, machine=True)]
-    ann = RmlAnnotations(recording_start=datetime(2020, 5, 7, 23, 1, 2), duration_s=6000.0,
-                         segment_durations_s=[3600.0, 2400.0], channels=["SpO2", "Mic", "Tracheal"],
-                         stage_changes=stage_changes_from_epochs(stages), events=events)
+    events = [
+        RmlEvent("Respiratory", "ObstructiveApnea", 100.5, 23.4),
+        RmlEvent("Respiratory", "Hypopnea", 1234.567, 10.0),
+        RmlEvent("Nasal", "Snore", 2000.1, 1.4),
+        RmlEvent("Limb", "LegMovement", 3000.0, 2.0, machine=True),
+    ]
+    ann = RmlAnnotations(
+        recording_start=datetime(2020, 5, 7, 23, 1, 2),
+        duration_s=6000.0,
+        segment_durations_s=[3600.0, 2400.0],
+        channels=["SpO2", "Mic", "Tracheal"],
+        stage_changes=stage_changes_from_epochs(stages),
+        events=events,
+    )
     machine = stage_changes_from_epochs(["W"] * 200)
     path = tmp_path / "rt.rml"
     write_rml(path, ann, machine)
@@ -190,24 +203,32 @@ def test_absurd_times_give_short_notes_and_a_stage_time_quarantines() -> None:
     from sleepsound.core.findings import Quarantine
     from sleepsound.ingest.label_checks import check_events, check_rml
 
-    xml = (SPEC_EXAMPLE
-           .replace("<Events>", '<Events><Event Family="Respiratory" Type="Hypopnea" Start="1e300" Duration="12"/>'
-                                '<Event Family="Respiratory" Type="CentralApnea" Start="100" Duration="1e300"/>', 1)
-           .replace("<Duration>25200</Duration>", "<Duration>1e300</Duration>", 1)
-           .replace("<Segment><Duration>3600</Duration>", "<Segment><Duration>1e300</Duration>", 1)
-           .replace('<Stage Type="REM" Start="840"/>', '<Stage Type="REM" Start="1e300"/>', 1))
+    xml = (
+        SPEC_EXAMPLE.replace(
+            "<Events>",
+            '<Events><Event Family="Respiratory" Type="Hypopnea" Start="1e300" Duration="12"/>'
+            '<Event Family="Respiratory" Type="CentralApnea" Start="100" Duration="1e300"/>',
+            1,
+        )
+        .replace("<Duration>25200</Duration>", "<Duration>1e300</Duration>", 1)
+        .replace("<Segment><Duration>3600</Duration>", "<Segment><Duration>1e300</Duration>", 1)
+        .replace('<Stage Type="REM" Start="840"/>', '<Stage Type="REM" Start="1e300"/>', 1)
+    )
     ann = parse_rml(xml.encode())
-    assert all(abs(e.start_s) < 1e6 for e in ann.events)                  # the absurd Start is dropped ...
+    assert all(abs(e.start_s) < 1e6 for e in ann.events)  # the absurd Start is dropped ...
     assert RmlEvent("Respiratory", "CentralApnea", 100.0, 0.0) in ann.events  # ... an absurd Duration zeroed
     assert ann.duration_s is None and ann.segment_durations_s == []
     joined = " | ".join(ann.unknown)
-    for fragment in ("event Respiratory/Hypopnea with Start 1e+300 s dropped",
-                     "event Respiratory/CentralApnea with Duration 1e+300 s kept with duration 0",
-                     "Session Duration 1e+300 s ignored", "Segment 1 Duration 1e+300 s"):
+    for fragment in (
+        "event Respiratory/Hypopnea with Start 1e+300 s dropped",
+        "event Respiratory/CentralApnea with Duration 1e+300 s kept with duration 0",
+        "Session Duration 1e+300 s ignored",
+        "Segment 1 Duration 1e+300 s",
+    ):
         assert fragment in joined, joined
     assert max(len(note) for note in ann.unknown) < 200
 
-    assert ann.stage_changes[-1] == (1e300, "REM")                         # kept, for the check to quarantine
+    assert ann.stage_changes[-1] == (1e300, "REM")  # kept, for the check to quarantine
     with pytest.raises(Quarantine) as info:
         check_rml(ann, "/data/APNEA_RML/night.rml", [], [1], 900.0)
     assert info.value.code == "invalid_staging" and info.value.path == "/data/APNEA_RML/night.rml"
@@ -217,8 +238,10 @@ def test_absurd_times_give_short_notes_and_a_stage_time_quarantines() -> None:
     import pandas as pd
 
     from sleepsound.ingest.label_checks import check_stage_table
-    with pytest.raises(Quarantine, match=r"row 3 starts at 1e\+300 s, more than 7 days"):   # a plain night's CSV
-        check_stage_table(pd.DataFrame({"start_s": [0.0, 1e300], "stage": ["W", "N2"]}), "/data/n.stages.csv",
-                          "n", 30, 900.0)
+
+    with pytest.raises(Quarantine, match=r"row 3 starts at 1e\+300 s, more than 7 days"):  # a plain night's CSV
+        check_stage_table(
+            pd.DataFrame({"start_s": [0.0, 1e300], "stage": ["W", "N2"]}), "/data/n.stages.csv", "n", 30, 900.0
+        )
     (note,) = check_events([RmlEvent("Respiratory", "Hypopnea", 1e300, 0.0)], 900.0, "/data/n.events.csv")
     assert note.code == "invalid_events" and "at 1e+300 s" in note.message and len(note.message) < 200

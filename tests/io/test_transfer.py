@@ -25,11 +25,13 @@ def s3_object(s3_endpoint) -> tuple[str, bytes]:
 @pytest.fixture
 def via(monkeypatch, s3_endpoint):
     """Route s3fs through a flaky proxy for one test."""
+
     def route(mode: str, failures: int) -> FlakyS3Proxy:
         proxy = FlakyS3Proxy(s3_endpoint, mode, failures)
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         s3fs.S3FileSystem.clear_instance_cache()
         return proxy
+
     yield route
     s3fs.S3FileSystem.clear_instance_cache()
 
@@ -41,7 +43,7 @@ def test_damaged_transfers_are_retried_until_whole(s3_object, via, tmp_path, mod
         local = download(uri, str(tmp_path / "night.edf"), FAST, seed=0)
     assert proxy.damaged == 2
     assert open(local, "rb").read() == data
-    assert os.listdir(tmp_path) == ["night.edf"]   # no .part left behind
+    assert os.listdir(tmp_path) == ["night.edf"]  # no .part left behind
 
 
 def test_a_network_that_never_recovers_leaves_nothing(s3_object, via, tmp_path):

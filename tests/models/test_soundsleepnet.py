@@ -39,6 +39,7 @@ def _noise(rng: np.random.Generator, seconds: float, band: tuple[float, float]) 
 
 # ---------------------------------------------------------------- front end
 
+
 def test_front_end_shape_dtype_and_surface() -> None:
     bb = load_backbone("mel", pool_seconds=0.5, device="cpu", dtype="auto")
     assert isinstance(bb, MelBackbone)
@@ -58,15 +59,24 @@ def test_front_end_shape_dtype_and_surface() -> None:
 
 def test_pooling_is_the_mean_of_10_ms_frames() -> None:
     audio = _noise(np.random.default_rng(1), 2.05, (100, 3000))[None]
-    frames = load_backbone("mel", pool_seconds=0.01).embed(audio).astype(np.float32)      # 205 frames
-    pooled = load_backbone("mel", pool_seconds=0.1).embed(audio).astype(np.float32)       # 21 (last holds 5)
+    frames = load_backbone("mel", pool_seconds=0.01).embed(audio).astype(np.float32)  # 205 frames
+    pooled = load_backbone("mel", pool_seconds=0.1).embed(audio).astype(np.float32)  # 21 (last holds 5)
     assert frames.shape == (1, 205, 64) and pooled.shape == (1, 21, 64)
-    want = np.stack([frames[0, i:i + 10].mean(axis=0) for i in range(0, 205, 10)])
+    want = np.stack([frames[0, i : i + 10].mean(axis=0) for i in range(0, 205, 10)])
     np.testing.assert_allclose(pooled[0], want, atol=1e-2)
 
 
-@pytest.mark.parametrize("bad", [{"pool_seconds": 0.015}, {"pool_seconds": 0.0}, {"pool_seconds": -0.5},
-                                 {"layer": 3}, {"layers": [1, 2]}, {"dtype": "int8"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"pool_seconds": 0.015},
+        {"pool_seconds": 0.0},
+        {"pool_seconds": -0.5},
+        {"layer": 3},
+        {"layers": [1, 2]},
+        {"dtype": "int8"},
+    ],
+)
 def test_front_end_refuses_bad_settings(bad: dict) -> None:
     with pytest.raises(ValueError):
         load_backbone("mel", **bad)
@@ -84,7 +94,7 @@ def test_front_end_refuses_bad_audio() -> None:
 
 def test_fingerprint_and_cache_key_follow_the_settings() -> None:
     base = load_backbone("mel", pool_seconds=0.5).fingerprint
-    assert load_backbone("mel", pool_seconds=0.5, dtype="auto").fingerprint == base   # computes float32 anyway
+    assert load_backbone("mel", pool_seconds=0.5, dtype="auto").fingerprint == base  # computes float32 anyway
     assert load_backbone("mel", pool_seconds=0.1).fingerprint != base
     assert MelBackbone(pool_seconds=0.5, n_mels=32).fingerprint != base
     key = backbone_key(BackboneConfig(name="mel"))
@@ -97,20 +107,34 @@ def test_agrees_with_librosa_log_mel() -> None:
     rng = np.random.default_rng(2)
     t = np.arange(3 * SR) / SR
     audio = (0.1 * np.sin(2 * np.pi * 440 * t) + _noise(rng, 3, (50, 6000))).astype(np.float32)
-    power = librosa.feature.melspectrogram(y=audio, sr=SR, n_fft=400, hop_length=160, win_length=400,
-                                           window="hann", center=True, pad_mode="reflect", power=2.0, n_mels=64,
-                                           fmin=0.0, fmax=8000.0, htk=False, norm="slaney")
+    power = librosa.feature.melspectrogram(
+        y=audio,
+        sr=SR,
+        n_fft=400,
+        hop_length=160,
+        win_length=400,
+        window="hann",
+        center=True,
+        pad_mode="reflect",
+        power=2.0,
+        n_mels=64,
+        fmin=0.0,
+        fmax=8000.0,
+        htk=False,
+        norm="slaney",
+    )
     db = librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=80.0)[:, : len(audio) // 160]
-    ref = ((db - db.mean()) / np.sqrt(db.var() + 1e-5)).T                                # [300, 64]
+    ref = ((db - db.mean()) / np.sqrt(db.var() + 1e-5)).T  # [300, 64]
     bb = load_backbone("mel", pool_seconds=0.1)
     with torch.inference_mode():
         ours = bb.model.log_mel(torch.from_numpy(audio[None]))[0].numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-3)
     pooled = bb.embed(audio[None])[0].astype(np.float32)
-    np.testing.assert_allclose(pooled, ref.reshape(30, 10, 64).mean(axis=1), atol=5e-3)   # float16 output
+    np.testing.assert_allclose(pooled, ref.reshape(30, 10, 64).mean(axis=1), atol=5e-3)  # float16 output
 
 
 # ---------------------------------------------------------------- head
+
 
 def _head(**dims) -> SoundSleepNetHead:
     torch.manual_seed(0)
@@ -125,12 +149,12 @@ def test_head_shapes_and_weights() -> None:
     torch.testing.assert_close(weights.sum(dim=1), torch.ones(3))
     mask = torch.ones(3, 20, dtype=torch.bool)
     mask[0, 15:] = False
-    mask[1] = False                                     # no real frame: zero weights, finite logits
+    mask[1] = False  # no real frame: zero weights, finite logits
     logits, weights = head(torch.randn(3, 20, 16), mask)
     assert torch.isfinite(logits).all() and float(weights[1].abs().sum()) == 0
     torch.testing.assert_close(weights[0, :15], torch.full((15,), 1 / 15))
     assert float(weights[0, 15:].abs().sum()) == 0
-    assert sum(p.numel() for p in SoundSleepNetHead(64).parameters()) < 1_000_000   # CPU-trainable default
+    assert sum(p.numel() for p in SoundSleepNetHead(64).parameters()) < 1_000_000  # CPU-trainable default
 
 
 def test_padded_frames_do_not_change_the_output() -> None:
@@ -187,11 +211,17 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.pkl")) and not list(tmp_path.rglob("*.pt"))
 
 
-@pytest.mark.parametrize(("change", "error"), [
-    ({"conv_blocks": 1000}, HeadArtifactError), ({"lstm_hidden": 100_000}, HeadArtifactError),
-    ({"n_heads": 0}, HeadArtifactError), ({"kernel_size": 2.5}, HeadArtifactError),
-    ({"evil": 1}, HeadArtifactError), ({"n_heads": 3}, ValueError),
-])
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"conv_blocks": 1000}, HeadArtifactError),
+        ({"lstm_hidden": 100_000}, HeadArtifactError),
+        ({"n_heads": 0}, HeadArtifactError),
+        ({"kernel_size": 2.5}, HeadArtifactError),
+        ({"evil": 1}, HeadArtifactError),
+        ({"n_heads": 3}, ValueError),
+    ],
+)
 def test_tampered_dims_are_refused(tmp_path: Path, change: dict, error: type) -> None:
     directory = tmp_path / "h"
     save_head(_head(), None, str(directory))
@@ -204,13 +234,14 @@ def test_tampered_dims_are_refused(tmp_path: Path, change: dict, error: type) ->
 
 # ---------------------------------------------------------------- end to end
 
+
 def test_trains_on_mel_frames_and_beats_chance() -> None:
     torch.set_num_threads(2)
     rng = np.random.default_rng(4)
     bands = [(100, 600), (1500, 4000)]
     y = np.array([0, 1] * 48)
     audio = np.stack([_noise(rng, 4, bands[k]) for k in y])
-    x = load_backbone("mel", pool_seconds=0.1).embed(audio)                                # [96, 40, 64]
+    x = load_backbone("mel", pool_seconds=0.1).embed(audio)  # [96, 40, 64]
     assert x.shape == (96, 40, 64)
     cfg = TrainConfig(lr=5e-4, min_lr=5e-5, epochs=6, batch_size=16, patience=None, classes=("A", "B"))
     result = train_head(x[:64], y[:64], cfg, head="soundsleepnet")
@@ -224,12 +255,16 @@ def test_embed_cohort_through_the_cache(tmp_path: Path) -> None:
     generate_cohort(source, n_subjects=2, hours=0.05, seed=5, sample_rate=SR, part_seconds=180, cycle_minutes=10)
     rows = build_manifest(str(source), PreprocessConfig())
     assert [r["status"] for r in rows] == ["accepted"] * 2
-    cfg = Config.model_validate({"backbone": {"name": "mel", "batch_size": 4},
-                                 "training": {"shift_augment": False, "head": "soundsleepnet", "lr": 5e-4}})
+    cfg = Config.model_validate(
+        {
+            "backbone": {"name": "mel", "batch_size": 4},
+            "training": {"shift_augment": False, "head": "soundsleepnet", "lr": 5e-4},
+        }
+    )
     root = str(tmp_path / "root")
     stats = embed_cohort(rows, root, cfg, use_ray=False)
     assert sorted(stats.embedded) == sorted(r["recording_id"] for r in rows) and not stats.failed
-    assert embed_cohort(rows, root, cfg, use_ray=False).embedded == []                    # cached
+    assert embed_cohort(rows, root, cfg, use_ray=False).embedded == []  # cached
     data = load_embedded(root, cfg, pd.DataFrame(rows))
     assert data.features.shape == (len(data.epochs), 60, 64) and len(data.epochs) > 0
     assert data.features.dtype == np.float16 and np.isfinite(data.features.astype(np.float32)).all()

@@ -24,13 +24,33 @@ def psg_audio(tmp_path_factory) -> Path:
 
 def test_reproduce_prints_table_ii_beside_the_papers_numbers(psg_audio, tiny_whisper, tmp_path):
     root = tmp_path / "root"
-    out = CliRunner().invoke(app, ["reproduce-embc2025", "--psg-audio", str(psg_audio), "--root", str(root),
-                                   "--backbone", tiny_whisper, "--local", "--json", "--mel-pool-seconds", "0.5",
-                                   "--set", "training.epochs=2", "--set", "training.lr=3e-3",
-                                   "--set", "training.min_lr=3e-4", "--set", "backbone.batch_size=8"])
+    out = CliRunner().invoke(
+        app,
+        [
+            "reproduce-embc2025",
+            "--psg-audio",
+            str(psg_audio),
+            "--root",
+            str(root),
+            "--backbone",
+            tiny_whisper,
+            "--local",
+            "--json",
+            "--mel-pool-seconds",
+            "0.5",
+            "--set",
+            "training.epochs=2",
+            "--set",
+            "training.lr=3e-3",
+            "--set",
+            "training.min_lr=3e-4",
+            "--set",
+            "backbone.batch_size=8",
+        ],
+    )
     assert out.exit_code == 0, out.output
     # Progress bars of model loading share the output (CliRunner mixes stderr in): take the JSON object.
-    result = json.loads(out.output[out.output.index('{"protocol"'):].splitlines()[0])
+    result = json.loads(out.output[out.output.index('{"protocol"') :].splitlines()[0])
     assert (result["recordings"], result["accepted"], len(result["excluded"])) == (5, 4, 1)
     assert result["excluded"][0]["reason_code"] == "unreadable_edf"
     assert (result["participants"], result["train_participants"], result["test_participants"]) == (4, 3, 1)
@@ -38,17 +58,32 @@ def test_reproduce_prints_table_ii_beside_the_papers_numbers(psg_audio, tiny_whi
     assert result["models"]["90-s HuBERT"]["context_epochs"] == 3
     assert result["models"]["SoundSleepNet"]["backbone"] == "mel"
     n_test = {m["n_epochs"] for m in result["models"].values()}
-    assert len(n_test) == 1 and n_test.pop() > 0            # one split: the same test epochs for every model
+    assert len(n_test) == 1 and n_test.pop() > 0  # one split: the same test epochs for every model
     rows = result["table_ii"]
     assert [(r["model"], r["class"]) for r in rows[:3]] == [("SoundSleepNet", c) for c in ("Wake", "REM", "NREM")]
     assert rows[0]["paper_SE"] == 0.78 and all(r["paper_NPV"] is not None for r in rows)
     assert json.loads((root / "reproduce" / "embc2025.json").read_text())["table_ii"] == rows
 
-    table = CliRunner().invoke(app, ["reproduce-embc2025", "--psg-audio", str(psg_audio), "--root", str(root),
-                                     "--backbone", tiny_whisper, "--local", "--model", "30-s HuBERT",
-                                     "--set", "training.epochs=1"])
+    table = CliRunner().invoke(
+        app,
+        [
+            "reproduce-embc2025",
+            "--psg-audio",
+            str(psg_audio),
+            "--root",
+            str(root),
+            "--backbone",
+            tiny_whisper,
+            "--local",
+            "--model",
+            "30-s HuBERT",
+            "--set",
+            "training.epochs=1",
+        ],
+    )
     assert table.exit_code == 0, table.output
     assert "Table II" in table.output and "(0.81)" in table.output  # the paper's 30-s HuBERT Wake SE
-    bad = CliRunner().invoke(app, ["reproduce-embc2025", "--psg-audio", str(psg_audio), "--root", str(root),
-                                   "--local", "--model", "ResNet"])
+    bad = CliRunner().invoke(
+        app, ["reproduce-embc2025", "--psg-audio", str(psg_audio), "--root", str(root), "--local", "--model", "ResNet"]
+    )
     assert bad.exit_code == 2 and "unknown models" in bad.output

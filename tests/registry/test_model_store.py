@@ -24,7 +24,7 @@ def test_versions_champion_and_show(tmp_path):
     assert model_store.targets(root) == [] and model_store.versions(root, "stage3") == []
     _store(root, "r2-bbbb", "2026-11-02T00:00:00", 0.61)
     _store(root, "r1-aaaa", "2026-11-01T00:00:00", None)
-    (tmp_path / "root" / "models" / "stage3" / "r3-half-written").mkdir()     # no config.json: incomplete
+    (tmp_path / "root" / "models" / "stage3" / "r3-half-written").mkdir()  # no config.json: incomplete
     listed = model_store.versions(root, "stage3")
     assert [v["version"] for v in listed] == ["r1-aaaa", "r2-bbbb"]
     assert listed[1]["macro_f1"] == 0.61 and listed[0]["macro_f1"] is None and listed[1]["context_epochs"] == 3
@@ -67,7 +67,7 @@ def test_a_worse_challenger_is_refused_and_every_decision_is_logged(tmp_path):
     assert not worse["promoted"] and "does not beat" in worse["reason"]
     assert model_store.champion_version(root, "stage3") == "r1-aaaa"
     close = model_store.promote_if_better(root, "stage3", "r3-cccc", 0.505, 0.50, margin=0.01)
-    assert not close["promoted"]                                   # better, but within the margin
+    assert not close["promoted"]  # better, but within the margin
     better = model_store.promote_if_better(root, "stage3", "r4-dddd", 0.53, 0.50, margin=0.01)
     assert better["promoted"] and model_store.champion_version(root, "stage3") == "r4-dddd"
     nan = model_store.promote_if_better(root, "stage3", "r2-bbbb", float("nan"), 0.53)
@@ -79,11 +79,14 @@ def test_a_worse_challenger_is_refused_and_every_decision_is_logged(tmp_path):
         model_store.promote_if_better(root, "stage3", "r9-none", 0.9, 0.5)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--source", "s", "--root", "r", "--metric", "loss"], "--metric must be"),
-    (["nightly", "--source", "s", "--root", "r", "--metric", "auc"], "--metric must be"),
-    (["score", "--source", "s", "--root", "r", "--model", "stage3"], "--model takes TASK=VERSION"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--source", "s", "--root", "r", "--metric", "loss"], "--metric must be"),
+        (["nightly", "--source", "s", "--root", "r", "--metric", "auc"], "--metric must be"),
+        (["score", "--source", "s", "--root", "r", "--model", "stage3"], "--model takes TASK=VERSION"),
+    ],
+)
 def test_flow_commands_refuse_bad_arguments_before_starting_anything(args, message):
     from sleepsound.cli import app
 

@@ -105,7 +105,7 @@ def test_ahi_agreement_by_hand() -> None:
     from sleepsound.report.metrics import ahi_agreement
 
     scored = [2.0, 8.0, 20.0, 40.0, 12.0]
-    estimate = [4.0, 6.0, 25.0, 45.0, 16.0]        # differences 2, -2, 5, 5, 4
+    estimate = [4.0, 6.0, 25.0, 45.0, 16.0]  # differences 2, -2, 5, 5, 4
     out = ahi_agreement(scored, estimate)
     diff = np.array([2, -2, 5, 5, 4], dtype=float)
     assert out["bias"] == pytest.approx(2.8)
@@ -128,7 +128,7 @@ def test_bootstrap_resamples_subjects_not_epochs() -> None:
     groups = ["a"] * 10 + ["b"] * 10
     accuracy = lambda t, p: float(np.mean(np.asarray(t) == np.asarray(p)))  # noqa: E731
     low, high = bootstrap_ci(true, pred, groups, accuracy, n_boot=400, seed=1)
-    assert low == 0.0 and high == 1.0                      # draws of (b, b) and (a, a) happen
+    assert low == 0.0 and high == 1.0  # draws of (b, b) and (a, a) happen
     assert all(math.isnan(v) for v in bootstrap_ci(true, pred, ["a"] * 20, accuracy))
     table = per_subject(true, pred, groups)
     assert table.set_index("subject")["accuracy"].to_dict() == {"a": 1.0, "b": 0.0}
@@ -137,11 +137,19 @@ def test_bootstrap_resamples_subjects_not_epochs() -> None:
 def test_severity_and_breathing_summary() -> None:
     from sleepsound.report.summaries import breathing_summary, severity
 
-    assert [severity(v) for v in (0, 4.99, 5, 14.9, 15, 29.9, 30, 90)] == \
-        ["normal", "normal", "mild", "mild", "moderate", "moderate", "severe", "severe"]
+    assert [severity(v) for v in (0, 4.99, 5, 14.9, 15, 29.9, 30, 90)] == [
+        "normal",
+        "normal",
+        "mild",
+        "mild",
+        "moderate",
+        "moderate",
+        "severe",
+        "severe",
+    ]
     assert severity(float("nan")) is None
-    stages = ["Wake"] * 20 + ["NREM"] * 100 + ["REM"] * 20 + [None] * 10   # 120 sleep epochs: 1 h
-    events = [1.0] * 20 + [0.0, 1.0] * 50 + [1.0] * 20 + [1.0] * 10          # wake/unknown events don't count
+    stages = ["Wake"] * 20 + ["NREM"] * 100 + ["REM"] * 20 + [None] * 10  # 120 sleep epochs: 1 h
+    events = [1.0] * 20 + [0.0, 1.0] * 50 + [1.0] * 20 + [1.0] * 10  # wake/unknown events don't count
     out = breathing_summary(stages, events, [0.25] * 150)
     assert out["respiratory_events"] == 70 and out["ahi"] == pytest.approx(70.0)
     assert out["severity"] == "severe" and out["snore_index"] == pytest.approx(15.0)

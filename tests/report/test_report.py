@@ -47,8 +47,17 @@ def _nights(n_nights: int, n_epochs: int, seed: int = 0) -> pd.DataFrame:
         pred = np.where(rng.random(n_epochs) < 0.7, true, rng.choice(C, n_epochs)).astype(object)
         true[5:8] = None  # invalid epochs
         pred[5:8] = None
-        frames.append(pd.DataFrame({"recording_id": f"rec-{k}", "epoch_index": np.arange(n_epochs),
-                                    "start_s": 30.0 * np.arange(n_epochs), "stage_true": true, "stage_pred": pred}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "recording_id": f"rec-{k}",
+                    "epoch_index": np.arange(n_epochs),
+                    "start_s": 30.0 * np.arange(n_epochs),
+                    "stage_true": true,
+                    "stage_pred": pred,
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -57,10 +66,18 @@ def _render(n_nights: int = 2, n_epochs: int = 120) -> tuple[str, int]:
     scored = preds.dropna(subset=["stage_true", "stage_pred"])
     metrics = evaluate(scored["stage_true"], scored["stage_pred"], C, "NREM")
     summaries = summarise_nights(preds, stage_column="stage_pred")
-    figures = [hypnogram_figure(rec, n["start_s"].to_numpy(), list(n["stage_true"]), list(n["stage_pred"]))
-               for rec, n in preds.groupby("recording_id")]
-    meta = {"run_id": f"run-{EVIL}", "model_version": "v1-abc", "backbone": "hubert-base",
-            "recordings_accepted": n_nights, "recordings_quarantined": 1, "test_subjects": ["s1", "s2"]}
+    figures = [
+        hypnogram_figure(rec, n["start_s"].to_numpy(), list(n["stage_true"]), list(n["stage_pred"]))
+        for rec, n in preds.groupby("recording_id")
+    ]
+    meta = {
+        "run_id": f"run-{EVIL}",
+        "model_version": "v1-abc",
+        "backbone": "hubert-base",
+        "recordings_accepted": n_nights,
+        "recordings_quarantined": 1,
+        "test_subjects": ["s1", "s2"],
+    }
     quarantined = [{"recording_id": "bad-night", "reason_code": "no_audio", "reason": f"missing {EVIL} audio"}]
     return render_report(ReportInputs(meta, metrics, summaries, figures, quarantined)), len(figures)
 
@@ -77,9 +94,22 @@ def test_report_has_every_section_and_an_image_per_figure() -> None:
         assert img["src"].startswith("data:image/png;base64,")
         assert base64.b64decode(img["src"].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     body = " ".join(parser.text)
-    for needle in ("run-", "v1-abc", "hubert-base", "recordings processed", "recordings quarantined",
-                   "majority baseline (NREM)", "Cohen's kappa", "macro-F1", "paper, 30-s HuBERT",
-                   "rec-0", "rec-1", "bad-night", "no_audio", "total_sleep_time_min"):
+    for needle in (
+        "run-",
+        "v1-abc",
+        "hubert-base",
+        "recordings processed",
+        "recordings quarantined",
+        "majority baseline (NREM)",
+        "Cohen's kappa",
+        "macro-F1",
+        "paper, 30-s HuBERT",
+        "rec-0",
+        "rec-1",
+        "bad-night",
+        "no_audio",
+        "total_sleep_time_min",
+    ):
         assert needle in body, needle
     assert "<td>120</td>" in text  # counts stay integers
     assert "0.81" in body and "0.17" in body  # the paper's 30-s HuBERT Wake SE and NREM NPV
@@ -100,8 +130,10 @@ def test_report_without_metrics_or_nights() -> None:
 
 
 def test_table_ii_shape_with_paper_rows() -> None:
-    per_class = pd.DataFrame({"SE": [0.5, 0.6, 0.1], "SP": [0.9] * 3, "PPV": [0.3, 0.9, np.nan],
-                              "NPV": [0.9] * 3}, index=pd.Index(C, name="class"))
+    per_class = pd.DataFrame(
+        {"SE": [0.5, 0.6, 0.1], "SP": [0.9] * 3, "PPV": [0.3, 0.9, np.nan], "NPV": [0.9] * 3},
+        index=pd.Index(C, name="class"),
+    )
     table = paper_comparison_table(per_class)
     assert list(table.columns) == ["model", "SE", "SP", "PPV", "NPV"]
     wake_paper = table[(table.index == "Wake") & (table["model"] != "this run")].iloc[0]
@@ -153,8 +185,12 @@ def test_ahi_figures_are_pngs_and_leave_out_nan_nights() -> None:
     true, pred = _ahi_pair()
     agreement = ahi_agreement(true, pred)
     assert agreement["n_nights"] == 10
-    for tag in (ahi_scatter_figure(true, pred), ahi_scatter_figure(true, pred, agreement),
-                bland_altman_figure(true, pred), bland_altman_figure(list(true), list(pred), agreement)):
+    for tag in (
+        ahi_scatter_figure(true, pred),
+        ahi_scatter_figure(true, pred, agreement),
+        bland_altman_figure(true, pred),
+        bland_altman_figure(list(true), list(pred), agreement),
+    ):
         assert 1_000 < len(_png_of(tag)) < 200_000
     # None and pd.NA are unknown nights as well; no night at all still draws (an empty, labelled plot)
     _png_of(ahi_scatter_figure([10.0, None, 3.0, 40.0], [12.0, 7.0, pd.NA, 35.0]))
@@ -260,29 +296,56 @@ def _full_report() -> tuple[str, dict[str, int]]:
     tasks = {"stage5": evaluate(s5_true, s5_pred, STAGE5, "N2"), "resp": evaluate(resp_true, resp_pred, RESP, "none")}
     true, pred = _ahi_pair()
     agreement = ahi_agreement(true, pred)
-    breathing = pd.DataFrame({
-        "recording_id": [f"night-{k}" for k in range(len(true) - 1)] + [EVIL], "split": "test",
-        "ahi_scored": true, "ahi_estimated": pred,
-        "severity_scored": ["mild"] * len(true), "severity_estimated": ["moderate"] * len(true),
-        "snore_index_scored": 12.34, "snore_index_estimated": 9.87})
+    breathing = pd.DataFrame(
+        {
+            "recording_id": [f"night-{k}" for k in range(len(true) - 1)] + [EVIL],
+            "split": "test",
+            "ahi_scored": true,
+            "ahi_estimated": pred,
+            "severity_scored": ["mild"] * len(true),
+            "severity_estimated": ["moderate"] * len(true),
+            "snore_index_scored": 12.34,
+            "snore_index_estimated": 9.87,
+        }
+    )
     mel, weights = _attention_inputs()
     start, events, prob, stages = _night_breathing()
     figures = {
-        "hypnograms": [hypnogram_figure(rec, n["start_s"].to_numpy(), list(n["stage_true"]), list(n["stage_pred"]))
-                       for rec, n in preds.groupby("recording_id")],
+        "hypnograms": [
+            hypnogram_figure(rec, n["start_s"].to_numpy(), list(n["stage_true"]), list(n["stage_pred"]))
+            for rec, n in preds.groupby("recording_id")
+        ],
         "ahi_figures": [ahi_scatter_figure(true, pred, agreement), bland_altman_figure(true, pred, agreement)],
-        "attention_views": [attention_figure(mel, 0.01, weights, 0.5, title=f"{EVIL} epoch 3", centre=(30.0, 60.0),
-                                             mask=np.repeat([True, True, False], 60))],
+        "attention_views": [
+            attention_figure(
+                mel,
+                0.01,
+                weights,
+                0.5,
+                title=f"{EVIL} epoch 3",
+                centre=(30.0, 60.0),
+                mask=np.repeat([True, True, False], 60),
+            )
+        ],
         "event_timelines": [event_timeline_figure(EVIL, start, events, prob, stages)],
     }
     meta = {"run_id": "r-full", "test_subjects": ["s1", "s2"]}
-    text = render_report(ReportInputs(
-        meta, metrics, preds.pipe(summarise_nights, stage_column="stage_pred"),
-        figures["hypnograms"], [{"recording_id": EVIL, "reason_code": "no_audio", "reason": EVIL}],
-        target_metrics=tasks, subject_ci={"accuracy": (0.512, 0.734), "kappa": [0.101, 0.402],
-                                        "macro_f1": (np.nan, np.nan)},
-        breathing=breathing, ahi=agreement, ahi_figures=figures["ahi_figures"],
-        attention_views=figures["attention_views"], event_timelines=figures["event_timelines"]))
+    text = render_report(
+        ReportInputs(
+            meta,
+            metrics,
+            preds.pipe(summarise_nights, stage_column="stage_pred"),
+            figures["hypnograms"],
+            [{"recording_id": EVIL, "reason_code": "no_audio", "reason": EVIL}],
+            target_metrics=tasks,
+            subject_ci={"accuracy": (0.512, 0.734), "kappa": [0.101, 0.402], "macro_f1": (np.nan, np.nan)},
+            breathing=breathing,
+            ahi=agreement,
+            ahi_figures=figures["ahi_figures"],
+            attention_views=figures["attention_views"],
+            event_timelines=figures["event_timelines"],
+        )
+    )
     return text, {k: len(v) for k, v in figures.items()}
 
 
@@ -292,10 +355,28 @@ def test_report_with_every_new_section(full_report: tuple[str, dict[str, int]]) 
     parser.feed(text)
     ids = [attrs.get("id") for _, attrs in parser.tags if attrs.get("id")]
     assert len(ids) == len(set(ids)), "element ids must be unique"
-    assert {"contents", "run", "metrics", "per-class", "confusion", "task-stage5", "task-stage5-per-class",
-            "task-stage5-confusion", "task-resp", "task-resp-per-class", "task-resp-confusion", "hypnograms",
-            "attention", "ahi", "breathing", "ahi-agreement", "ahi-severity", "events", "nights",
-            "quarantined"} <= set(ids)
+    assert {
+        "contents",
+        "run",
+        "metrics",
+        "per-class",
+        "confusion",
+        "task-stage5",
+        "task-stage5-per-class",
+        "task-stage5-confusion",
+        "task-resp",
+        "task-resp-per-class",
+        "task-resp-confusion",
+        "hypnograms",
+        "attention",
+        "ahi",
+        "breathing",
+        "ahi-agreement",
+        "ahi-severity",
+        "events",
+        "nights",
+        "quarantined",
+    } <= set(ids)
     # the table of contents links every section heading, in page order
     links = [attrs["href"] for tag, attrs in parser.tags if tag == "a"]
     sections = [attrs["id"] for tag, attrs in parser.tags if tag == "h2"]
@@ -307,11 +388,28 @@ def test_report_with_every_new_section(full_report: tuple[str, dict[str, int]]) 
     for img in images:
         assert base64.b64decode((img["src"] or "").split(",", 1)[1])[:8] == PNG_MAGIC
     body = " ".join(parser.text)
-    for needle in ("95% CI (subjects resampled)", "0.512 – 0.734", "0.101 – 0.402",
-                   "Held-out subjects: stage5 head", "Held-out subjects: resp head", "majority baseline (N2)",
-                   "majority baseline (none)", "apnea_hypopnea", "scored epochs",
-                   "night-0", "12.3", "9.9", "moderate", "AHI ≥ 5", "AHI ≥ 15", "AHI ≥ 30", "Pearson r",
-                   "bias (estimate - scored)", "severity kappa", "scored \\ estimated"):
+    for needle in (
+        "95% CI (subjects resampled)",
+        "0.512 – 0.734",
+        "0.101 – 0.402",
+        "Held-out subjects: stage5 head",
+        "Held-out subjects: resp head",
+        "majority baseline (N2)",
+        "majority baseline (none)",
+        "apnea_hypopnea",
+        "scored epochs",
+        "night-0",
+        "12.3",
+        "9.9",
+        "moderate",
+        "AHI ≥ 5",
+        "AHI ≥ 15",
+        "AHI ≥ 30",
+        "Pearson r",
+        "bias (estimate - scored)",
+        "severity kappa",
+        "scored \\ estimated",
+    ):
         assert needle in body, needle
     assert "paper, 30-s HuBERT" in body and body.count("paper, 30-s HuBERT") == 3  # stage3 only, one per class
     assert "<td>macro-F1</td>" in text and "– – –" not in body  # an undefined interval is one dash
@@ -336,21 +434,39 @@ def test_old_call_still_works_and_says_what_is_missing() -> None:
     for line in ("No attention weights to show", "no breathing figures", "No respiratory head: no event timelines"):
         assert line in text, line
     # breathing nights without an agreement (no respiratory head): the table, and one muted line for the rest
-    text = render_report(ReportInputs({"run_id": "r1"}, None, None, [], [], target_metrics={"resp": None},
-                                      breathing=pd.DataFrame({"recording_id": ["a"], "split": ["test"],
-                                                              "ahi_scored": [7.25]})))
+    text = render_report(
+        ReportInputs(
+            {"run_id": "r1"},
+            None,
+            None,
+            [],
+            [],
+            target_metrics={"resp": None},
+            breathing=pd.DataFrame({"recording_id": ["a"], "split": ["test"], "ahi_scored": [7.25]}),
+        )
+    )
     assert "7.2" in text and "no agreement figures" in text and "No labelled held-out epochs for this head" in text
 
 
 def test_report_refuses_foreign_figures_and_bad_intervals() -> None:
     tag = ahi_scatter_figure([1.0, 20.0, 40.0], [2.0, 18.0, 33.0])
-    for bad in (['<img src="https://example.org/x.png">'], [tag + "<script>alert(1)</script>"],
-                [tag.replace("<img ", "<img onerror=alert(1) ")], tag, [b"<img>"]):
+    for bad in (
+        ['<img src="https://example.org/x.png">'],
+        [tag + "<script>alert(1)</script>"],
+        [tag.replace("<img ", "<img onerror=alert(1) ")],
+        tag,
+        [b"<img>"],
+    ):
         for argument in ("ahi_figures", "attention_views", "event_timelines"):
             with pytest.raises(ValueError, match="<img>"):
                 render_report(ReportInputs({"run_id": "r"}, **{argument: bad}))
     with pytest.raises(ValueError, match="subject_ci"):
-        render_report(ReportInputs({"run_id": "r"}, evaluate(["Wake", "REM"], ["Wake", "NREM"], C, "NREM"),
-                                   subject_ci={"accuracy": (0.1, 0.2, 0.3)}))
+        render_report(
+            ReportInputs(
+                {"run_id": "r"},
+                evaluate(["Wake", "REM"], ["Wake", "NREM"], C, "NREM"),
+                subject_ci={"accuracy": (0.1, 0.2, 0.3)},
+            )
+        )
     with pytest.raises(ValueError, match="DataFrame"):
         render_report(ReportInputs({"run_id": "r"}, breathing=[{"recording_id": "a"}]))  # type: ignore[arg-type]

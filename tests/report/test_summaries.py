@@ -19,11 +19,11 @@ def test_hand_built_night() -> None:
     s = night_summary(NIGHT)
     assert s["n_epochs"] == 13 and s["n_epochs_scored"] == 12
     assert s["time_in_bed_min"] == 6.5
-    assert s["total_sleep_time_min"] == 3.0                 # epochs 3 4 7 8 9 10
+    assert s["total_sleep_time_min"] == 3.0  # epochs 3 4 7 8 9 10
     assert s["sleep_efficiency"] == pytest.approx(6 / 13)
-    assert s["sleep_onset_latency_min"] == 1.5               # first sleep at epoch 3
-    assert s["waso_min"] == 2.0                              # wake at 5 6 11 12 (to lights on)
-    assert s["rem_latency_min"] == 2.5                       # REM at 8, 5 epochs after onset
+    assert s["sleep_onset_latency_min"] == 1.5  # first sleep at epoch 3
+    assert s["waso_min"] == 2.0  # wake at 5 6 11 12 (to lights on)
+    assert s["rem_latency_min"] == 2.5  # REM at 8, 5 epochs after onset
     assert s["pct_rem"] == pytest.approx(100 * 2 / 6) and s["pct_nrem"] == pytest.approx(100 * 4 / 6)
     assert s["pct_wake"] == pytest.approx(100 * 6 / 12)
     assert set(s) == set(SUMMARY_FIELDS)
@@ -41,10 +41,15 @@ def test_no_sleep_and_no_rem() -> None:
 
 
 def test_table_form_with_gaps_shuffled_rows_and_predictions() -> None:
-    rows = [{"recording_id": "night-1", "epoch_index": i, "start_s": 30.0 * i, "stage": s, "stage_pred": N}
-            for i, s in enumerate(NIGHT) if i != 2]  # epoch 2 missing from the table: a gap
-    rows += [{"recording_id": "night-0", "epoch_index": i, "start_s": 30.0 * i, "stage": W, "stage_pred": np.nan}
-             for i in range(4)]
+    rows = [
+        {"recording_id": "night-1", "epoch_index": i, "start_s": 30.0 * i, "stage": s, "stage_pred": N}
+        for i, s in enumerate(NIGHT)
+        if i != 2
+    ]  # epoch 2 missing from the table: a gap
+    rows += [
+        {"recording_id": "night-0", "epoch_index": i, "start_s": 30.0 * i, "stage": W, "stage_pred": np.nan}
+        for i in range(4)
+    ]
     table = pd.DataFrame(rows).sample(frac=1.0, random_state=0)
     out = summarise_nights(table)
     assert out["recording_id"].tolist() == ["night-0", "night-1"]

@@ -24,12 +24,12 @@ def test_the_second_run_is_refused_while_the_first_holds_the_root(where, tmp_pat
         with pytest.raises(RootBusy, match="in use by run 'night-1' \\(nightly"):
             with hold_root(root, "night-2", "train"):
                 pass
-    assert holder(root) is None                      # released
-    with hold_root(root, "night-2", "train"):        # and free for the next
+    assert holder(root) is None  # released
+    with hold_root(root, "night-2", "train"):  # and free for the next
         assert holder(root)["run_id"] == "night-2"
 
 
-@pytest.mark.parametrize("round_", range(15))   # a race shows only now and then: run it often
+@pytest.mark.parametrize("round_", range(15))  # a race shows only now and then: run it often
 def test_of_two_runs_starting_together_exactly_one_gets_the_root(tmp_path, round_: int) -> None:
     root = str(tmp_path / f"root-{round_}")
     results: list[str] = []
@@ -61,8 +61,18 @@ def test_of_two_runs_starting_together_exactly_one_gets_the_root(tmp_path, round
 def _write_dead_lock(root: str) -> Path:
     path = Path(lock_path(root))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"run_id": "crashed", "purpose": "nightly", "host": "elsewhere", "pid": 1,
-                                "acquired": "2026-01-01T00:00:00+00:00", "heartbeat": "2026-01-01T00:00:00+00:00"}))
+    path.write_text(
+        json.dumps(
+            {
+                "run_id": "crashed",
+                "purpose": "nightly",
+                "host": "elsewhere",
+                "pid": 1,
+                "acquired": "2026-01-01T00:00:00+00:00",
+                "heartbeat": "2026-01-01T00:00:00+00:00",
+            }
+        )
+    )
     return path
 
 
@@ -85,7 +95,7 @@ def test_of_runs_finding_the_same_dead_lock_exactly_one_takes_it_over(tmp_path, 
     threads = [threading.Thread(target=attempt, args=(n,)) for n in range(6)]
     for t in threads:
         t.start()
-    for _ in range(1000):            # every run has answered (a holder answers before it waits)
+    for _ in range(1000):  # every run has answered (a holder answers before it waits)
         if len(results) == 6:
             break
         threading.Event().wait(0.01)
@@ -93,7 +103,7 @@ def test_of_runs_finding_the_same_dead_lock_exactly_one_takes_it_over(tmp_path, 
     for t in threads:
         t.join()
     assert sorted(results) == ["held"] + ["refused"] * 5
-    assert not list(Path(lock_path(root)).parent.glob("*.takeover-*"))     # no claim left behind
+    assert not list(Path(lock_path(root)).parent.glob("*.takeover-*"))  # no claim left behind
 
 
 def test_a_claim_left_by_a_run_that_died_mid_takeover_does_not_block_the_root(tmp_path) -> None:
@@ -110,8 +120,16 @@ def test_a_claim_left_by_a_run_that_died_mid_takeover_does_not_block_the_root(tm
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_dead_runs_lock_is_taken_over_after_it_goes_stale(where, tmp_path, s3_endpoint) -> None:
-    dead = json.dumps({"run_id": "crashed", "purpose": "nightly", "host": "h", "pid": 1,
-                       "acquired": "2026-01-01T00:00:00+00:00", "heartbeat": "2026-01-01T00:00:00+00:00"})
+    dead = json.dumps(
+        {
+            "run_id": "crashed",
+            "purpose": "nightly",
+            "host": "h",
+            "pid": 1,
+            "acquired": "2026-01-01T00:00:00+00:00",
+            "heartbeat": "2026-01-01T00:00:00+00:00",
+        }
+    )
     if where == "s3":
         fs = s3fs.S3FileSystem()
         fs.mkdir("sleepsound-lock-stale")
@@ -136,13 +154,33 @@ def test_a_killed_run_on_this_machine_frees_the_root_at_once(tmp_path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     path = Path(lock_path(root))
     path.parent.mkdir(parents=True)
-    now = "2999-01-01T00:00:00+00:00"            # a heartbeat that never goes stale
-    path.write_text(json.dumps({"run_id": "killed", "purpose": "run", "host": socket.gethostname(),
-                                "pid": int(dead.stdout), "acquired": now, "heartbeat": now}))
+    now = "2999-01-01T00:00:00+00:00"  # a heartbeat that never goes stale
+    path.write_text(
+        json.dumps(
+            {
+                "run_id": "killed",
+                "purpose": "run",
+                "host": socket.gethostname(),
+                "pid": int(dead.stdout),
+                "acquired": now,
+                "heartbeat": now,
+            }
+        )
+    )
     with hold_root(root, "rerun", "run"):
         assert holder(root)["run_id"] == "rerun"
-    path.write_text(json.dumps({"run_id": "alive", "purpose": "run", "host": socket.gethostname(),
-                                "pid": os.getpid(), "acquired": now, "heartbeat": now}))
+    path.write_text(
+        json.dumps(
+            {
+                "run_id": "alive",
+                "purpose": "run",
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "acquired": now,
+                "heartbeat": now,
+            }
+        )
+    )
     with pytest.raises(RootBusy, match="'alive'"), hold_root(root, "rerun", "run"):
         pass
 
@@ -168,7 +206,7 @@ def test_every_writing_flow_refuses_a_root_another_run_holds(flow_name, prefect_
     root = str(tmp_path / "root")
     with hold_root(root, "first", "nightly"), pytest.raises(RootBusy, match="in use by run 'first'"):
         getattr(module, flow)(str(tmp_path / "nowhere"), root, Config().model_dump(), "second")
-    assert holder(root) is None                      # the refused run did not touch the first one's lock
+    assert holder(root) is None  # the refused run did not touch the first one's lock
 
 
 def test_the_cli_refuses_before_starting_anything(tmp_path) -> None:
@@ -186,8 +224,18 @@ def test_the_cli_refuses_before_starting_anything(tmp_path) -> None:
 def test_a_stalled_run_never_overwrites_the_lock_of_the_run_that_took_over(tmp_path) -> None:
     root = str(tmp_path / "root")
     with hold_root(root, "stalled", "train", heartbeat_s=0.05):
-        Path(lock_path(root)).write_text(json.dumps({"run_id": "next", "purpose": "train", "host": "h", "pid": 1,
-                                                     "acquired": "now", "heartbeat": "2999-01-01T00:00:00+00:00"}))
-        threading.Event().wait(0.3)                  # several heartbeats later
+        Path(lock_path(root)).write_text(
+            json.dumps(
+                {
+                    "run_id": "next",
+                    "purpose": "train",
+                    "host": "h",
+                    "pid": 1,
+                    "acquired": "now",
+                    "heartbeat": "2999-01-01T00:00:00+00:00",
+                }
+            )
+        )
+        threading.Event().wait(0.3)  # several heartbeats later
         assert holder(root)["run_id"] == "next"
-    assert holder(root)["run_id"] == "next"          # and leaving does not remove it either
+    assert holder(root)["run_id"] == "next"  # and leaving does not remove it either

@@ -30,17 +30,46 @@ def ray_head(tmp_path_factory) -> Iterator[str]:
     port, dashboard = _free_port(), _free_port()
     # The session's own Ray already holds the default agent ports (52365, ...): a second node on
     # this machine needs its own, or its job agent never starts ("No available agent").
-    agent_ports = [f"--{name}={_free_port()}" for name in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-        "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")]
-    bin_dir = Path(sys.executable).parent          # the cluster's nodes have sleepsound on PATH, as in infra/
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    agent_ports = [
+        f"--{name}={_free_port()}"
+        for name in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+            "ray-client-server-port",
+            "node-manager-port",
+            "object-manager-port",
+        )
+    ]
+    bin_dir = Path(sys.executable).parent  # the cluster's nodes have sleepsound on PATH, as in infra/
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     ray = bin_dir / "ray"
-    proc = subprocess.Popen([str(ray), "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard}",
-                             "--include-dashboard=true", "--dashboard-host=127.0.0.1", "--num-cpus=2",
-                             f"--temp-dir={tmp_path_factory.mktemp('rayhead')}", "--disable-usage-stats", *agent_ports],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(ray),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            f"--dashboard-port={dashboard}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            "--num-cpus=2",
+            f"--temp-dir={tmp_path_factory.mktemp('rayhead')}",
+            "--disable-usage-stats",
+            *agent_ports,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     address = f"http://127.0.0.1:{dashboard}"
     try:
         from ray.job_submission import JobSubmissionClient
@@ -65,8 +94,10 @@ def ray_head(tmp_path_factory) -> Iterator[str]:
 
 
 def test_entrypoint_and_environment() -> None:
-    assert entrypoint("run", ["--source", "s3://b/x y", "--set", "a.b=1"]) == \
-        "sleepsound run --source 's3://b/x y' --set a.b=1"
+    assert (
+        entrypoint("run", ["--source", "s3://b/x y", "--set", "a.b=1"])
+        == "sleepsound run --source 's3://b/x y' --set a.b=1"
+    )
     with pytest.raises(ValueError, match="unknown flow"):
         entrypoint("validate", [])
     with pytest.raises(ValueError, match="leave --ray-address out"):
@@ -101,8 +132,9 @@ def test_submission_waits_for_a_starting_job_agent_but_not_for_other_refusals() 
         _submit_when_agent_ready(never_ready, "http://head:8265", said.append, wait_s=0, pause_s=0)
 
 
-def test_submit_runs_a_flow_on_the_cluster_and_follows_its_logs(ray_head, tiny_whisper, prefect_api, tmp_path,
-                                                                monkeypatch) -> None:
+def test_submit_runs_a_flow_on_the_cluster_and_follows_its_logs(
+    ray_head, tiny_whisper, prefect_api, tmp_path, monkeypatch
+) -> None:
     from typer.testing import CliRunner
 
     from sleepsound.cli import app
@@ -112,15 +144,44 @@ def test_submit_runs_a_flow_on_the_cluster_and_follows_its_logs(ray_head, tiny_w
     cohort = tmp_path / "cohort"
     generate_cohort(cohort, n_subjects=3, hours=0.1, seed=4, sample_rate=16_000, part_seconds=360, cycle_minutes=6)
     root = tmp_path / "root"
-    out = CliRunner().invoke(app, ["submit", "--address", ray_head, "run", "--source", str(cohort), "--root", str(root),
-                                   "--run-id", "job", "--set", f"backbone.name={tiny_whisper}",
-                                   "--set", "training.epochs=1", "--set", "training.test_fraction=0.34"])
+    out = CliRunner().invoke(
+        app,
+        [
+            "submit",
+            "--address",
+            ray_head,
+            "run",
+            "--source",
+            str(cohort),
+            "--root",
+            str(root),
+            "--run-id",
+            "job",
+            "--set",
+            f"backbone.name={tiny_whisper}",
+            "--set",
+            "training.epochs=1",
+            "--set",
+            "training.test_fraction=0.34",
+        ],
+    )
     assert out.exit_code == 0, out.output[-3000:]
     assert "submitted run as Ray job" in out.output and "SUCCEEDED" in out.output
-    assert "held-out figure" in out.output                   # the flow's own summary, from the job's logs
+    assert "held-out figure" in out.output  # the flow's own summary, from the job's logs
     preds = pd.read_parquet(root / "runs" / "job" / "predictions")
     assert preds["recording_id"].nunique() == 3
 
-    bad = CliRunner().invoke(app, ["submit", "--address", ray_head, "run", "--source", str(tmp_path / "nothing-here"),
-                                   "--root", str(tmp_path / "root2")])
+    bad = CliRunner().invoke(
+        app,
+        [
+            "submit",
+            "--address",
+            ray_head,
+            "run",
+            "--source",
+            str(tmp_path / "nothing-here"),
+            "--root",
+            str(tmp_path / "root2"),
+        ],
+    )
     assert bad.exit_code == 1 and "FAILED" in bad.output

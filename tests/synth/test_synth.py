@@ -22,7 +22,7 @@ from sleepsound.synth.sound import LIMIT_CEILING, channel_rates, soft_limit, syn
 from sleepsound.synth.writers import EDF_SIGNALS, Progress, expected_parts, generate_cohort, patient_id
 
 RATE = 16_000
-HOURS = 0.25          # 900 s: two parts of 600 + 300 s
+HOURS = 0.25  # 900 s: two parts of 600 + 300 s
 PART_S = 600
 COHORT = dict(n_subjects=2, hours=HOURS, seed=5, sample_rate=RATE, part_seconds=PART_S, cycle_minutes=10.0)
 
@@ -37,9 +37,10 @@ def psg_cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list, li
 
 # ----------------------------------------------------------------------------- plans
 
+
 def _thirds(stages: list[str], stage: str) -> tuple[float, float]:
     n = len(stages)
-    first, last = stages[: n // 3], stages[2 * n // 3:]
+    first, last = stages[: n // 3], stages[2 * n // 3 :]
     return first.count(stage) / len(first), last.count(stage) / len(last)
 
 
@@ -53,7 +54,7 @@ def test_eight_hour_hypnogram_is_realistic(index: int) -> None:
     rem_first, rem_last = _thirds(plan.stages, "R")
     assert n3_first > n3_last + 0.05
     assert rem_last > rem_first + 0.05
-    assert plan.stages[0] == "W"                      # sleep-onset latency
+    assert plan.stages[0] == "W"  # sleep-onset latency
     assert 0.35 < counts["N2"] / plan.n_epochs < 0.75
     assert counts["W"] / plan.n_epochs < 0.3
     # Sleep cycles: REM comes back several times, roughly every 90 minutes.
@@ -125,6 +126,7 @@ def test_plans_are_deterministic_and_seed_dependent() -> None:
 
 # ----------------------------------------------------------------------------- sound
 
+
 @pytest.fixture(scope="module")
 def severe_plan():
     return make_night_plan("s", 1.5, seed=11, subject_index=1, cycle_minutes=30.0, ahi=40.0)
@@ -156,7 +158,7 @@ def test_apnoeas_are_near_silence_ended_by_breathing(severe_plan) -> None:
         mic_ratios.append(_rms(sig["Mic"][inside]) / _rms(sig["Mic"][before]))
         trach_ratios.append(_rms(sig["Tracheal"][inside]) / _rms(sig["Tracheal"][before]))
         flow = synthesise_chunk(severe_plan, start, int(e.end_s) + 1 - start, 8000, channels=["Flow Patient"])
-        flow_in = flow["Flow Patient"][int((e.start_s + 1 - start) * 25): int((e.end_s - 0.5 - start) * 25)]
+        flow_in = flow["Flow Patient"][int((e.start_s + 1 - start) * 25) : int((e.end_s - 0.5 - start) * 25)]
         assert np.abs(flow_in).max() < 0.05  # no airflow
     assert np.median(mic_ratios) < 0.3
     assert np.median(trach_ratios) < np.median(mic_ratios)  # the neck microphone hears less room
@@ -166,7 +168,7 @@ def _envelope_regularity(x: np.ndarray, rate: int) -> float:
     """Peak autocorrelation of the 100 Hz loudness envelope at breathing lags (1.5-7 s)."""
     env = np.sqrt(np.mean(x.reshape(-1, rate // 100) ** 2, axis=1))
     env = env - env.mean()
-    ac = np.correlate(env, env, "full")[env.size - 1:]
+    ac = np.correlate(env, env, "full")[env.size - 1 :]
     return float(ac[150:700].max() / ac[0])
 
 
@@ -192,7 +194,7 @@ def test_snore_sensor_and_spo2_follow_events(severe_plan) -> None:
         start = int(b.onset_s[i])
         x = synthesise_chunk(severe_plan, start, 3, 8000, channels=["Snore"])["Snore"]
         lo = int((b.onset_s[i] - start) * 500)
-        return _rms(x[lo: lo + int(b.insp_s[i] * 500)])
+        return _rms(x[lo : lo + int(b.insp_s[i] * 500)])
 
     assert np.median([snore_rms(i) for i in snored]) > 3 * np.median([snore_rms(i) for i in quiet])
     spo2 = synthesise_chunk(severe_plan, 0, int(severe_plan.duration_s), 8000, channels=["SpO2"])["SpO2"]
@@ -218,6 +220,7 @@ def test_synthesise_chunk_rejects_bad_ranges(severe_plan) -> None:
 
 
 # ----------------------------------------------------------------------------- files
+
 
 def test_psg_audio_layout_and_edf_parts(psg_cohort) -> None:
     out, summaries, _ = psg_cohort
@@ -253,8 +256,9 @@ def test_psg_audio_layout_and_edf_parts(psg_cohort) -> None:
 def test_edf_audio_matches_the_synthesiser(psg_cohort) -> None:
     _out, summaries, _ = psg_cohort
     summary = summaries[1]
-    plan = make_night_plan(summary.subject_id, HOURS, COHORT["seed"], subject_index=1,
-                           cycle_minutes=COHORT["cycle_minutes"])
+    plan = make_night_plan(
+        summary.subject_id, HOURS, COHORT["seed"], subject_index=1, cycle_minutes=COHORT["cycle_minutes"]
+    )
     expected = synthesise_chunk(plan, 610, 5, RATE)  # 10 s into part [002]
     with pyedflib.EdfReader(summary.audio_paths[1]) as reader:
         for name in ("Mic", "Tracheal", "Snore", "Flow Patient"):
@@ -268,8 +272,9 @@ def test_edf_audio_matches_the_synthesiser(psg_cohort) -> None:
 def test_rml_from_the_writer_round_trips_the_plan(psg_cohort) -> None:
     _out, summaries, _ = psg_cohort
     for index, summary in enumerate(summaries):
-        plan = make_night_plan(summary.subject_id, HOURS, COHORT["seed"], subject_index=index,
-                               cycle_minutes=COHORT["cycle_minutes"])
+        plan = make_night_plan(
+            summary.subject_id, HOURS, COHORT["seed"], subject_index=index, cycle_minutes=COHORT["cycle_minutes"]
+        )
         ann = parse_rml(summary.annotation_paths[0])
         assert ann.unknown == []
         assert ann.recording_start == plan.recording_start
@@ -317,8 +322,17 @@ def test_same_arguments_give_identical_files(psg_cohort, tmp_path: Path) -> None
 
 
 def test_plain_layout(tmp_path: Path) -> None:
-    summaries = generate_cohort(tmp_path, n_subjects=1, hours=0.1, seed=2, sample_rate=8000, layout="plain",
-                                audio_format="wav", plain_channels=("Mic", "Tracheal"), cycle_minutes=5.0)
+    summaries = generate_cohort(
+        tmp_path,
+        n_subjects=1,
+        hours=0.1,
+        seed=2,
+        sample_rate=8000,
+        layout="plain",
+        audio_format="wav",
+        plain_channels=("Mic", "Tracheal"),
+        cycle_minutes=5.0,
+    )
     (summary,) = summaries
     pid = summary.subject_id
     audio = tmp_path / f"{pid}.wav"
@@ -341,8 +355,9 @@ def test_plain_layout(tmp_path: Path) -> None:
     with open(tmp_path / f"{pid}.events.csv", newline="") as handle:
         events = list(csv.DictReader(handle))
     assert list(events[0]) == ["start_s", "duration_s", "family", "type"] if events else True
-    assert [(float(e["start_s"]), float(e["duration_s"]), e["family"], e["type"]) for e in events] == \
-        [(e.start_s, e.duration_s, e.family, e.type) for e in plan.events]
+    assert [(float(e["start_s"]), float(e["duration_s"]), e["family"], e["type"]) for e in events] == [
+        (e.start_s, e.duration_s, e.family, e.type) for e in plan.events
+    ]
 
     flac = generate_cohort(tmp_path / "flac", n_subjects=1, hours=0.05, seed=2, sample_rate=16000, layout="plain")
     assert sf.info(flac[0].audio_paths[0]).format == "FLAC" and sf.info(flac[0].audio_paths[0]).channels == 1

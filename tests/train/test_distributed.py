@@ -34,13 +34,15 @@ def test_ranks_take_equal_disjoint_shares_of_each_epoch() -> None:
                 def forward(self, xb, mb=None):
                     seen.setdefault(rank, []).append(len(xb))
                     return self.inner(xb, mb)
+
             return Recorder()
+
         return wrap
 
     cfg = TrainConfig(epochs=1, batch_size=2, lr=1e-3, min_lr=1e-4)
     for rank in (0, 1, 2):
         train_head(x, y, cfg, rank=rank, world_size=3, wrap=spy(rank))
-    assert seen == {0: [2, 1], 1: [2, 1], 2: [2, 1]}          # 10 // 3 = 3 each, same step count
+    assert seen == {0: [2, 1], 1: [2, 1], 2: [2, 1]}  # 10 // 3 = 3 each, same step count
     with pytest.raises(ValueError, match="outside world_size"):
         train_head(x, y, cfg, rank=3, world_size=3)
 
@@ -54,9 +56,9 @@ def test_ray_train_two_workers_learns_and_returns_an_ordinary_head(tmp_path) -> 
     result = train_head_ray(x, y, cfg, head="mlp", val=(vx, vy), workers=2, storage_path=str(tmp_path))
     assert type(result.model).__name__ == "MeanPoolingHead" and not result.model.training
     assert result.model.meta["classes"] == ["a", "b", "c"] and result.model.meta["training"]["ray_workers"] == 2
-    assert 1 <= len(result.history) <= 4 and result.total_steps == 4 * 6    # 96 samples each, batches of 16
+    assert 1 <= len(result.history) <= 4 and result.total_steps == 4 * 6  # 96 samples each, batches of 16
     accuracy = float((predict_proba(result.model, vx).argmax(axis=1) == vy).mean())
-    assert accuracy > 0.8                                      # chance is 1/3
+    assert accuracy > 0.8  # chance is 1/3
 
 
 def test_training_ray_workers_setting_trains_a_task_head_with_ray_train() -> None:

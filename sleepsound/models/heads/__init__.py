@@ -4,5 +4,14 @@ from sleepsound.models.heads.artifacts import HEAD_CLASSES, HeadArtifactError, b
 from sleepsound.models.heads.attention import AttentionPoolingHead, build_context, context_indices
 from sleepsound.models.heads.mlp import MeanPoolingHead
 
-__all__ = ["HEAD_CLASSES", "AttentionPoolingHead", "HeadArtifactError", "MeanPoolingHead", "build_context",
-           "build_head", "context_indices", "load_head", "save_head"]
+__all__ = [
+    "HEAD_CLASSES",
+    "AttentionPoolingHead",
+    "HeadArtifactError",
+    "MeanPoolingHead",
+    "build_context",
+    "build_head",
+    "context_indices",
+    "load_head",
+    "save_head",
+]

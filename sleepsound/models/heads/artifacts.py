@@ -33,17 +33,40 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 # The only classes a config may name, and the constructor arguments each accepts.
-HEAD_CLASSES: dict[str, type[nn.Module]] = {"AttentionPoolingHead": AttentionPoolingHead,
-                                            "MeanPoolingHead": MeanPoolingHead, "SoundSleepNetHead": SoundSleepNetHead}
+HEAD_CLASSES: dict[str, type[nn.Module]] = {
+    "AttentionPoolingHead": AttentionPoolingHead,
+    "MeanPoolingHead": MeanPoolingHead,
+    "SoundSleepNetHead": SoundSleepNetHead,
+}
 _ALIASES = {"attention": "AttentionPoolingHead", "mlp": "MeanPoolingHead", "soundsleepnet": "SoundSleepNetHead"}
 _DIM_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
-    "AttentionPoolingHead": {"dim": (int,), "n_classes": (int,), "hidden": (int, type(None)),
-                             "dropout": (int, float), "scorer_hidden": (int, type(None)), "n_layers": (int,)},
-    "MeanPoolingHead": {"dim": (int,), "n_classes": (int,), "hidden": (int,), "dropout": (int, float),
-                        "n_layers": (int,)},
-    "SoundSleepNetHead": {"dim": (int,), "n_classes": (int,), "conv_channels": (int,), "conv_blocks": (int,),
-                          "kernel_size": (int,), "lstm_hidden": (int,), "n_heads": (int,), "ff_dim": (int,),
-                          "dropout": (int, float), "n_layers": (int,)},
+    "AttentionPoolingHead": {
+        "dim": (int,),
+        "n_classes": (int,),
+        "hidden": (int, type(None)),
+        "dropout": (int, float),
+        "scorer_hidden": (int, type(None)),
+        "n_layers": (int,),
+    },
+    "MeanPoolingHead": {
+        "dim": (int,),
+        "n_classes": (int,),
+        "hidden": (int,),
+        "dropout": (int, float),
+        "n_layers": (int,),
+    },
+    "SoundSleepNetHead": {
+        "dim": (int,),
+        "n_classes": (int,),
+        "conv_channels": (int,),
+        "conv_blocks": (int,),
+        "kernel_size": (int,),
+        "lstm_hidden": (int,),
+        "n_heads": (int,),
+        "ff_dim": (int,),
+        "dropout": (int, float),
+        "n_layers": (int,),
+    },
 }
 # Tighter upper bounds than MAX_WIDTH for arguments that multiply the model's size or depth.
 _MAX_DIM = {"conv_blocks": 16, "kernel_size": 63, "n_heads": 64, "conv_channels": 2048, "lstm_hidden": 2048}
@@ -60,8 +83,9 @@ def head_class_name(kind_or_class: str) -> str:
     """'attention' / 'mlp' or a class name from the allow-list -> the class name."""
     name = _ALIASES.get(kind_or_class, kind_or_class)
     if name not in HEAD_CLASSES:
-        raise HeadArtifactError(f"unknown head type {kind_or_class!r}; known: "
-                                f"{sorted(HEAD_CLASSES)} (or {sorted(_ALIASES)})")
+        raise HeadArtifactError(
+            f"unknown head type {kind_or_class!r}; known: {sorted(HEAD_CLASSES)} (or {sorted(_ALIASES)})"
+        )
     return name
 
 
@@ -101,9 +125,16 @@ def _resolve(fs: fsspec.AbstractFileSystem | None, directory: str) -> tuple[fssp
     return fs, directory.rstrip("/") or "/"
 
 
-def save_head(model: nn.Module, fs: fsspec.AbstractFileSystem | None, directory: str, *,
-              classes: Sequence[str] | None = None, context: int | None = None,
-              training: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def save_head(
+    model: nn.Module,
+    fs: fsspec.AbstractFileSystem | None,
+    directory: str,
+    *,
+    classes: Sequence[str] | None = None,
+    context: int | None = None,
+    training: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write ``model.safetensors`` and ``config.json`` under ``directory``; returns the config.
 
     ``classes``, ``context`` and ``training`` default to what ``train_head`` recorded on
@@ -119,8 +150,11 @@ def save_head(model: nn.Module, fs: fsspec.AbstractFileSystem | None, directory:
     if len(classes) != model.dims["n_classes"]:
         raise ValueError(f"{len(classes)} class names for a head with {model.dims['n_classes']} outputs")
     config = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "head_class": name,
-        "dims": _check_dims(name, model.dims), "classes": classes,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "head_class": name,
+        "dims": _check_dims(name, model.dims),
+        "classes": classes,
         "context_epochs": int(context if context is not None else meta.get("context_epochs", 1)),
         "training": dict(training if training is not None else meta.get("training", {})),
         "extra": dict(extra or {}),
@@ -138,15 +172,21 @@ def validate_config(config: Any) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise HeadArtifactError("head config must be a JSON object")
     if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
-        raise HeadArtifactError(f"not a {FORMAT} v{FORMAT_VERSION} artifact: format={config.get('format')!r} "
-                                f"version={config.get('format_version')!r}")
+        raise HeadArtifactError(
+            f"not a {FORMAT} v{FORMAT_VERSION} artifact: format={config.get('format')!r} "
+            f"version={config.get('format_version')!r}"
+        )
     name = config.get("head_class")
     if not isinstance(name, str) or name not in HEAD_CLASSES:
         raise HeadArtifactError(f"unknown head class {name!r}; allowed: {sorted(HEAD_CLASSES)}")
     dims = _check_dims(name, config.get("dims"))
     classes = config.get("classes")
-    if (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
-            or len(classes) != dims["n_classes"] or len(set(classes)) != len(classes)):
+    if (
+        not isinstance(classes, list)
+        or not all(isinstance(c, str) for c in classes)
+        or len(classes) != dims["n_classes"]
+        or len(set(classes)) != len(classes)
+    ):
         raise HeadArtifactError(f"'classes' must be {dims['n_classes']} distinct names, got {classes!r}")
     context = config.get("context_epochs")
     if isinstance(context, bool) or not isinstance(context, int) or context < 1 or context % 2 != 1:
@@ -183,8 +223,11 @@ def load_head_with_config(fs: fsspec.AbstractFileSystem | None, directory: str) 
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise HeadArtifactError(f"weights do not fit {config['head_class']}{config['dims']}: {exc}") from exc
-    model.meta = {"classes": config["classes"], "context_epochs": config["context_epochs"],
-                  "training": config.get("training", {})}
+    model.meta = {
+        "classes": config["classes"],
+        "context_epochs": config["context_epochs"],
+        "training": config.get("training", {}),
+    }
     return model.eval(), config
 
 

@@ -61,18 +61,32 @@ class AttentionPoolingHead(nn.Module):
 
     kind = "attention"
 
-    def __init__(self, dim: int, n_classes: int = 3, hidden: int | None = None, dropout: float = 0.1,
-                 scorer_hidden: int | None = None, n_layers: int = 1) -> None:
+    def __init__(
+        self,
+        dim: int,
+        n_classes: int = 3,
+        hidden: int | None = None,
+        dropout: float = 0.1,
+        scorer_hidden: int | None = None,
+        n_layers: int = 1,
+    ) -> None:
         super().__init__()
         if dim < 1 or n_classes < 2:
             raise ValueError(f"need dim >= 1 and n_classes >= 2, got dim={dim}, n_classes={n_classes}")
         hidden = int(hidden or max(1, dim // 2))
         scorer_hidden = int(scorer_hidden or max(1, dim // 2))
-        self.dims = {"dim": int(dim), "n_classes": int(n_classes), "hidden": hidden, "dropout": float(dropout),
-                     "scorer_hidden": scorer_hidden, "n_layers": int(n_layers)}
+        self.dims = {
+            "dim": int(dim),
+            "n_classes": int(n_classes),
+            "hidden": hidden,
+            "dropout": float(dropout),
+            "scorer_hidden": scorer_hidden,
+            "n_layers": int(n_layers),
+        }
         self.scorer = nn.Sequential(nn.Linear(dim, scorer_hidden), nn.Tanh(), nn.Linear(scorer_hidden, 1))
-        self.classifier = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                        nn.Linear(hidden, n_classes))
+        self.classifier = nn.Sequential(
+            nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes)
+        )
         # Only with several layers, so a single-layer head keeps its parameters and state dict keys.
         self.layer_mix = LayerWeighting(n_layers) if n_layers != 1 else None
 
@@ -101,8 +115,10 @@ def context_indices(recording_ids: np.ndarray, epoch_index: np.ndarray, context:
     if not isinstance(context, (int, np.integer)) or context < 1 or context % 2 != 1:
         raise ValueError(f"context must be an odd number of epochs (1 = 30 s, 3 = 90 s), got {context!r}")
     if context > MAX_CONTEXT_EPOCHS:
-        raise ValueError(f"context={context} epochs is too long (max {MAX_CONTEXT_EPOCHS}); "
-                         "context counts epochs, not seconds: use 3 for the 90-s configuration")
+        raise ValueError(
+            f"context={context} epochs is too long (max {MAX_CONTEXT_EPOCHS}); "
+            "context counts epochs, not seconds: use 3 for the 90-s configuration"
+        )
     recs = pd.Index(np.asarray(recording_ids)).astype(str)
     epochs = np.asarray(epoch_index).astype(np.int64)
     if len(recs) != len(epochs):
@@ -118,8 +134,9 @@ def context_indices(recording_ids: np.ndarray, epoch_index: np.ndarray, context:
     return out
 
 
-def build_context(emb: np.ndarray, recording_ids: np.ndarray, epoch_index: np.ndarray,
-                  context: int) -> tuple[np.ndarray, np.ndarray]:
+def build_context(
+    emb: np.ndarray, recording_ids: np.ndarray, epoch_index: np.ndarray, context: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Each epoch with its neighbours along time: ([N, context*T, D], mask [N, context*T]).
 
     Several layers per frame ([N, T, L, D]) give [N, context*T, L, D]: neighbours go along T.
@@ -143,6 +160,6 @@ def build_context(emb: np.ndarray, recording_ids: np.ndarray, epoch_index: np.nd
     mask = np.zeros((n, context * t), dtype=bool)
     for slot in range(context):
         present = idx[:, slot] >= 0
-        out[present, slot * t:(slot + 1) * t] = emb[idx[present, slot]]
-        mask[present, slot * t:(slot + 1) * t] = True
+        out[present, slot * t : (slot + 1) * t] = emb[idx[present, slot]]
+        mask[present, slot * t : (slot + 1) * t] = True
     return out, mask

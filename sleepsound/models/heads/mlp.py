@@ -17,15 +17,22 @@ from sleepsound.models.heads.layers import LayerWeighting
 class MeanPoolingHead(nn.Module):
     kind = "mlp"
 
-    def __init__(self, dim: int, n_classes: int = 3, hidden: int = 128, dropout: float = 0.3,
-                 n_layers: int = 1) -> None:
+    def __init__(
+        self, dim: int, n_classes: int = 3, hidden: int = 128, dropout: float = 0.3, n_layers: int = 1
+    ) -> None:
         super().__init__()
         if dim < 1 or n_classes < 2:
             raise ValueError(f"need dim >= 1 and n_classes >= 2, got dim={dim}, n_classes={n_classes}")
-        self.dims = {"dim": int(dim), "n_classes": int(n_classes), "hidden": int(hidden), "dropout": float(dropout),
-                     "n_layers": int(n_layers)}
-        self.classifier = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                        nn.Linear(hidden, n_classes))
+        self.dims = {
+            "dim": int(dim),
+            "n_classes": int(n_classes),
+            "hidden": int(hidden),
+            "dropout": float(dropout),
+            "n_layers": int(n_layers),
+        }
+        self.classifier = nn.Sequential(
+            nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes)
+        )
         self.layer_mix = LayerWeighting(n_layers) if n_layers != 1 else None  # none: state dict as before
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

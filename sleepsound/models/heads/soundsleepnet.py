@@ -56,9 +56,19 @@ class SoundSleepNetHead(nn.Module):
 
     kind = "soundsleepnet"
 
-    def __init__(self, dim: int, n_classes: int = 3, conv_channels: int = 64, conv_blocks: int = 3,
-                 kernel_size: int = 5, lstm_hidden: int = 64, n_heads: int = 4, ff_dim: int = 256,
-                 dropout: float = 0.1, n_layers: int = 1) -> None:
+    def __init__(
+        self,
+        dim: int,
+        n_classes: int = 3,
+        conv_channels: int = 64,
+        conv_blocks: int = 3,
+        kernel_size: int = 5,
+        lstm_hidden: int = 64,
+        n_heads: int = 4,
+        ff_dim: int = 256,
+        dropout: float = 0.1,
+        n_layers: int = 1,
+    ) -> None:
         super().__init__()
         if dim < 1 or n_classes < 2:
             raise ValueError(f"need dim >= 1 and n_classes >= 2, got dim={dim}, n_classes={n_classes}")
@@ -71,17 +81,29 @@ class SoundSleepNetHead(nn.Module):
             raise ValueError(f"n_heads={n_heads} must divide the Transformer width 2 x lstm_hidden = {d_model}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.dims = {"dim": int(dim), "n_classes": int(n_classes), "conv_channels": int(conv_channels),
-                     "conv_blocks": int(conv_blocks), "kernel_size": int(kernel_size), "lstm_hidden": int(lstm_hidden),
-                     "n_heads": int(n_heads), "ff_dim": int(ff_dim), "dropout": float(dropout),
-                     "n_layers": int(n_layers)}
+        self.dims = {
+            "dim": int(dim),
+            "n_classes": int(n_classes),
+            "conv_channels": int(conv_channels),
+            "conv_blocks": int(conv_blocks),
+            "kernel_size": int(kernel_size),
+            "lstm_hidden": int(lstm_hidden),
+            "n_heads": int(n_heads),
+            "ff_dim": int(ff_dim),
+            "dropout": float(dropout),
+            "n_layers": int(n_layers),
+        }
         widths = [dim] + [conv_channels] * conv_blocks
-        self.encoder = nn.ModuleList(_ConvBlock(a, b, kernel_size, dropout) for a, b in zip(widths, widths[1:], strict=False))
-        self.lstm = nn.LSTM(conv_channels, lstm_hidden, num_layers=LSTM_LAYERS, batch_first=True,
-                            bidirectional=True, dropout=dropout)
+        self.encoder = nn.ModuleList(
+            _ConvBlock(a, b, kernel_size, dropout) for a, b in zip(widths, widths[1:], strict=False)
+        )
+        self.lstm = nn.LSTM(
+            conv_channels, lstm_hidden, num_layers=LSTM_LAYERS, batch_first=True, bidirectional=True, dropout=dropout
+        )
         self.transformer = nn.ModuleList(
             nn.TransformerEncoderLayer(d_model, n_heads, ff_dim, dropout, activation="gelu", batch_first=True)
-            for _ in range(TRANSFORMER_LAYERS))
+            for _ in range(TRANSFORMER_LAYERS)
+        )
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(d_model, n_classes))
         self.layer_mix = LayerWeighting(n_layers) if n_layers != 1 else None
 
@@ -93,8 +115,11 @@ class SoundSleepNetHead(nn.Module):
         if self.layer_mix is not None:
             x = self.layer_mix(x)
         b, t = x.shape[:2]
-        mask = (torch.ones(b, t, dtype=torch.bool, device=x.device) if mask is None
-                else mask.to(device=x.device, dtype=torch.bool))
+        mask = (
+            torch.ones(b, t, dtype=torch.bool, device=x.device)
+            if mask is None
+            else mask.to(device=x.device, dtype=torch.bool)
+        )
         lengths = mask.sum(dim=1)
         # Real frames to the front, in their order (a stable sort of "is padding"), then trim.
         order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices
