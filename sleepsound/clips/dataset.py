@@ -196,7 +196,7 @@ def load_dataset(
     """
     found = discover(root)
     if files is not None:
-        by_name = dict((rel, label) for label, rel in found)
+        by_name = {rel: label for label, rel in found}
         found = [(by_name.get(rel, rel.split("/", 1)[0]), rel) for rel in files]
     names = tuple(classes) if classes is not None else tuple(sorted({label for label, _ in found}))
     kept: list[tuple[str, str, np.ndarray]] = []

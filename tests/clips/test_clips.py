@@ -132,7 +132,7 @@ def test_block_split_keeps_blocks_whole_and_is_seeded() -> None:
     assert sorted(folds[0] + folds[1]) == sorted(split.train) and not set(folds[0]) & set(folds[1])
     for blocks in split.blocks.values():  # folds hold whole blocks too
         assert all(len({f in folds[0] for f in b}) == 1 for b in blocks if b[0] in set(split.train))
-    with pytest.raises(ValueError, match="label 'a' has 1 block.*--test-fraction 0"):
+    with pytest.raises(ValueError, match=r"label 'a' has 1 block.*--test-fraction 0"):
         block_split({"a": ["a/1.wav", "a/2.wav"]}, block_size=20, test_fraction=0.2)
 
 

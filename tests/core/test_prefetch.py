@@ -22,7 +22,7 @@ def test_a_reader_error_is_raised_in_the_consumer_after_the_items_before_it():
         raise OSError("night-7.edf: truncated record 12")
 
     got = []
-    with pytest.raises(OSError, match="night-7.edf"):
+    with pytest.raises(OSError, match=r"night-7\.edf"):
         for item in prefetch(items()):
             got.append(item)
     assert got == [1, 2]

@@ -376,7 +376,7 @@ def test_header_fields_that_contradict_the_file_name_the_bytes(tmp_path):
     with pytest.raises(Quarantine, match="1000 missing"):
         probe_edf(str(path), "Mic")
     path.write_bytes(b"\xffBIOSEMI" + good[8:])  # an EDF whose version says BDF
-    with pytest.raises(Quarantine, match="the version field says BDF .* fits EDF's 2 bytes a sample"):
+    with pytest.raises(Quarantine, match=r"the version field says BDF .* fits EDF's 2 bytes a sample"):
         probe_edf(str(path), "Mic")
 
 

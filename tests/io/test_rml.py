@@ -147,7 +147,7 @@ def test_not_rml_raises_rml_error_naming_the_file(tmp_path: Path, payload: bytes
 
 
 def test_missing_file_is_an_rml_error(tmp_path: Path) -> None:
-    with pytest.raises(RmlError, match="missing.rml"):
+    with pytest.raises(RmlError, match=r"missing\.rml"):
         parse_rml(tmp_path / "missing.rml")
 
 

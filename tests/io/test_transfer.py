@@ -1,6 +1,7 @@
 """Downloads from a real S3 server through a network that breaks: retried, verified, never partial."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,7 +43,7 @@ def test_damaged_transfers_are_retried_until_whole(s3_object, via, tmp_path, mod
     with via(mode, failures=2) as proxy:
         local = download(uri, str(tmp_path / "night.edf"), FAST, seed=0)
     assert proxy.damaged == 2
-    assert open(local, "rb").read() == data
+    assert Path(local).read_bytes() == data
     assert os.listdir(tmp_path) == ["night.edf"]  # no .part left behind
 
 

@@ -8,19 +8,17 @@ import pytest
 
 from sleepsound.core.config import PreprocessConfig
 from sleepsound.embed.epochs import night_labels, read_epochs
-from sleepsound.io.rml import RmlEvent
+from sleepsound.ingest.manifest import build_manifest
+from sleepsound.io.rml import RmlAnnotations, RmlEvent, parse_rml
 from sleepsound.labels.annotations import AnnotationError
 from sleepsound.labels.events import events_from_rml, read_events_csv, resp_labels, window_labels
+from sleepsound.labels.vocabulary import APNEA_TYPES, HYPOPNEA_TYPES
+from sleepsound.synth.writers import generate_cohort
 
 
 def Event(type: str, start_s: float, duration_s: float) -> RmlEvent:
     return RmlEvent("", type, float(start_s), float(duration_s))
 
-
-from sleepsound.ingest.manifest import build_manifest
-from sleepsound.io.rml import RmlAnnotations, RmlEvent, parse_rml
-from sleepsound.labels.vocabulary import APNEA_TYPES, HYPOPNEA_TYPES
-from sleepsound.synth.writers import generate_cohort
 
 CFG = PreprocessConfig()
 EPOCHS = [0.0, 30.0, 60.0, 90.0]
@@ -127,10 +125,11 @@ def test_events_csv_spellings_and_exports_are_read_as_the_rml_types(tmp_path: Pa
     want = [Event("ObstructiveApnea", 3.5, 12), Event("Hypopnea", 40, 11.25), Event("Snore", 60, 1)]
     exports = {
         "spelled.csv": "Type , Start_S,duration_s\nobstructive apnoea,3.5,12\n Hypopnoea ,40,11.25\nsnoring,60,1\n",
-        "excel.csv": b"\xef\xbb\xbftype;start_s;duration_s\r\nObstructive_Apnea;3,5;12\r\nHYPOPNEA;40;11,25\r\nSnore;60;1\r\n",
-        "unicode.csv": "type\tstart_s\tduration_s\nObstructiveApnea\t3.5\t12\nHypopnea\t40\t11.25\nSnore\t60\t1\n".encode(
-            "utf-16"
-        ),
+        "excel.csv": b"\xef\xbb\xbftype;start_s;duration_s\r\n"
+        b"Obstructive_Apnea;3,5;12\r\nHYPOPNEA;40;11,25\r\nSnore;60;1\r\n",
+        "unicode.csv": (
+            "type\tstart_s\tduration_s\nObstructiveApnea\t3.5\t12\nHypopnea\t40\t11.25\nSnore\t60\t1\n"
+        ).encode("utf-16"),
     }
     for name, data in exports.items():
         (tmp_path / name).write_bytes(data if isinstance(data, bytes) else data.encode())

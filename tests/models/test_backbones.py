@@ -401,7 +401,7 @@ def test_offline_conversion_has_no_missing_or_unexpected_keys(model_bin):
     assert set(expected) - set(state) == set(), "missing keys"
     assert all(state[k].shape == expected[k].shape for k in expected)
     assert all(torch.isfinite(v).all() for v in state.values())
-    with pytest.raises(RuntimeError, match="missing=\\['layers.3.fc2.bias'\\]"):
+    with pytest.raises(RuntimeError, match=r"missing=\['layers\.3\.fc2\.bias'\]"):
         whisper_ct2.load_strict(WhisperEncoder(config), {k: v for k, v in state.items() if k != "layers.3.fc2.bias"})
 
 

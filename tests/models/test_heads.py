@@ -226,7 +226,7 @@ def test_layer_weighted_heads_learn_softmax_weights_and_round_trip(tmp_path, kin
         1.0
     )
     assert torch.equal(loaded(x)[0], head(x)[0])
-    with pytest.raises(ValueError, match="n_layers=x.shape"):
+    with pytest.raises(ValueError, match=r"n_layers=x\.shape"):
         plain(x)
-    with pytest.raises(ValueError, match="backbone.layers"):
+    with pytest.raises(ValueError, match=r"backbone\.layers"):
         head(x[:, :, 0])

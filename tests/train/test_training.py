@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import f1_score
 
+from sleepsound.core.config import Config, PreprocessConfig
+from sleepsound.embed.cache import channel_configs, embeddings_path, epochs_path, shifted_path
+from sleepsound.embed.cohort import embed_cohort
+from sleepsound.embed.epochs import read_epochs, shift_pairs
+from sleepsound.embed.preprocess import StreamingFilter, iter_epochs, normalise
+from sleepsound.ingest.manifest import build_manifest
 from sleepsound.labels.vocabulary import STAGES_3
 from sleepsound.models.heads.attention import build_context
+from sleepsound.predict.recordings import predict_recordings
+from sleepsound.synth.writers import generate_cohort
+from sleepsound.train.dataset import (
+    load_embedded,
+    model_inputs,
+)
+from sleepsound.train.fit import train_models
 from sleepsound.train.loop import (
     TrainConfig,
     class_weights,
@@ -169,23 +184,6 @@ def test_split_by_subject_is_deterministic_and_never_leaks() -> None:
 
 # ---------------------------------------------------------------- shifted windows, context, channels
 
-from pathlib import Path  # noqa: E402
-
-import pandas as pd  # noqa: E402
-
-from sleepsound.core.config import Config, PreprocessConfig  # noqa: E402
-from sleepsound.embed.cache import channel_configs, embeddings_path, epochs_path, shifted_path  # noqa: E402
-from sleepsound.embed.cohort import embed_cohort  # noqa: E402
-from sleepsound.embed.epochs import read_epochs, shift_pairs  # noqa: E402
-from sleepsound.embed.preprocess import StreamingFilter, iter_epochs, normalise  # noqa: E402
-from sleepsound.ingest.manifest import build_manifest  # noqa: E402
-from sleepsound.predict.recordings import predict_recordings  # noqa: E402
-from sleepsound.synth.writers import generate_cohort  # noqa: E402
-from sleepsound.train.dataset import (
-    load_embedded,
-    model_inputs,
-)
-from sleepsound.train.fit import train_models  # noqa: E402
 
 RATE = 48_000
 
