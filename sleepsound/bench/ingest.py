@@ -9,9 +9,9 @@ keyed by its parameters and written atomically (generated in a temporary folder,
 Two stages are measured, each in its own fresh Python process (``python -m
 sleepsound.bench.ingest --stage ...``) so that each one's peak memory is its own:
 
-* **ours**: what the flow does per night, minus the model: ``sources.discover`` +
-  ``validate.validate_recording`` (headers, SHA-256 of every part, labels) + consuming every row
-  of ``epoching.read_epochs`` (the ``Mic`` channel streamed in blocks, soxr HQ to 16 kHz,
+* **ours**: what the flow does per night, minus the model: ``ingest.discovery.discover`` +
+  ``ingest.validate.validate_recording`` (headers, SHA-256 of every part, labels) + consuming every row
+  of ``embed.epochs.read_epochs`` (the ``Mic`` channel streamed in blocks, soxr HQ to 16 kHz,
   50 Hz biquad high-pass, pre-emphasis, per-epoch quality checks and normalisation).
 * **baseline**, as a tutorial would write it: each ~1-hour EDF part loaded whole with pyedflib
   (librosa cannot read EDF), ``librosa.resample(..., res_type="soxr_hq")`` to 16 kHz, then the
@@ -54,8 +54,8 @@ BASELINE_METHOD = (
     "pre-emphasis with scipy, cut into 30-s epochs; one part at a time"
 )
 OURS_METHOD = (
-    "sources.discover + validate.validate_recording (headers, SHA-256, labels) + every row of "
-    "epoching.read_epochs (streamed blocks, soxr HQ to 16 kHz, 50 Hz high-pass, pre-emphasis, "
+    "ingest.discovery.discover + ingest.validate.validate_recording (headers, SHA-256, labels) + every row of "
+    "embed.epochs.read_epochs (streamed blocks, soxr HQ to 16 kHz, 50 Hz high-pass, pre-emphasis, "
     "per-epoch quality checks and normalisation)"
 )
 GOAL_PEAK_RSS_MB = 1500.0

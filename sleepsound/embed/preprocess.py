@@ -74,7 +74,7 @@ class StreamingFilter:
 
 
 def zero_rms_seconds(raw: np.ndarray, in_rate: float, frame_seconds: float) -> float:
-    """Seconds of digital silence in ``raw`` (see ``quality.flat_frames``)."""
+    """Seconds of digital silence in ``raw`` (see ``ingest.quality.flat_frames``)."""
     frame = max(1, int(round(frame_seconds * in_rate)))
     return float(np.count_nonzero(flat_frames(raw, in_rate, frame_seconds))) * frame / in_rate
 
