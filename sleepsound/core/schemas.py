@@ -149,22 +149,6 @@ PREDICTIONS = pa.schema(
 )
 PREDICTIONS_VERSION = 2
 
-SUMMARIES_FIELDS = [
-    "recording_id",
-    "subject_id",
-    "split",
-    "source",
-    "time_in_bed_min",
-    "total_sleep_time_min",
-    "sleep_efficiency",
-    "sleep_onset_latency_min",
-    "waso_min",
-    "rem_latency_min",
-    "pct_wake",
-    "pct_nrem",
-    "pct_rem",
-]
-
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """Cast a table to ``schema`` (column order and types), failing loudly on a mismatch."""

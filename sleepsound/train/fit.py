@@ -210,6 +210,8 @@ def fit_target(
         seed=cfg.training.seed,
         classes=target.classes,
     )
+    shape = {"head": cfg.training.head, "context": cfg.training.context_epochs}
+    masked = None if mask is None else mask[keep]
     if cfg.training.ray_workers > 1:
         from sleepsound.train.distributed import train_head_ray
 
@@ -217,21 +219,12 @@ def fit_target(
             x[keep],
             y,
             tcfg,
-            head=cfg.training.head,
-            context=cfg.training.context_epochs,
-            mask=None if mask is None else mask[keep],
+            **shape,
+            mask=masked,
             val=val_args,
             workers=cfg.training.ray_workers,
             use_gpu=cfg.training.ray_use_gpu,
         )
     else:
-        result = train_head(
-            x[keep],
-            y,
-            tcfg,
-            head=cfg.training.head,
-            context=cfg.training.context_epochs,
-            mask=None if mask is None else mask[keep],
-            val=val_args,
-        )
+        result = train_head(x[keep], y, tcfg, **shape, mask=masked, val=val_args)
     return result, y, keep
