@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sleepsound.bench.ingest import (
+    PEAK_METHOD,
     BenchError,
     ensure_generated,
     package_versions,
@@ -174,7 +175,7 @@ def run_clips_bench(
         "method": {
             "ours": OURS_METHOD,
             "baseline": BASELINE_METHOD,
-            "peak_rss_mb": "ru_maxrss of the stage's own fresh process",
+            "peak_rss_mb": PEAK_METHOD,
         },
         "versions": package_versions(_VERSIONED),
     }

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from sleepsound.bench.ingest import (
+    PEAK_METHOD,
     BenchError,
     ensure_night,
     package_versions,
@@ -543,8 +544,7 @@ def run_embed_bench(
             "x_realtime": "audio seconds / wall seconds of ours",
             "overhead_fraction": "(ours seconds - model seconds) / model seconds; ours includes its backbone load",
             "overhead_fraction_after_load": "the same less the backbone load (paid once per worker, not per night)",
-            "peak_rss_mb": "ru_maxrss of the stage's own fresh process; Ray scaling runs are not measured "
-            "(their memory is in the Ray workers)",
+            "peak_rss_mb": PEAK_METHOD + "; Ray scaling runs are not measured (their memory is in the Ray workers)",
             "flops_per_epoch": "torch FlopCounterMode on one Backbone.embed of a single 30-s segment "
             "(+ CPU flash attention by the counter's SDPA formula)",
             "mfu": "model_tflops_per_s / the GPU's dense bf16/fp16 peak; null on CPU (see cpu_gemm_gflops)",

@@ -258,3 +258,24 @@ def test_cli_bench_clips_json_times_ours_and_the_baseline_on_the_same_clips(tmp_
     assert "4 clips (4 s of audio)" in again.output and "speedup" in again.output
     missing = CliRunner().invoke(app, ["bench", "clips", "--data", str(tmp_path / "nowhere"), "--json"])
     assert missing.exit_code == 2 and "clip folder not found" in missing.output
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_a_stage_reports_its_own_peak_memory_not_its_parents() -> None:
+    """ru_maxrss survives execve (a child would report at least this process's peak); VmHWM does not."""
+    import subprocess
+    import sys
+
+    from sleepsound.bench.ingest import peak_rss_mb
+
+    ballast = bytearray(400 * 2**20)  # touched: 400 MB resident in this process
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    assert peak_rss_mb() > 400
+    child = subprocess.run(
+        [sys.executable, "-c", "from sleepsound.bench.ingest import peak_rss_mb; print(peak_rss_mb())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert float(child.stdout) < 300  # the child's own imports, far below the parent's 400 MB of ballast
+    del ballast
