@@ -514,3 +514,31 @@ def test_several_layers_equal_their_single_layer_embeddings(family, tiny_dirs, n
         load_backbone(str(tiny_dirs[family]), layer=1, layers=[0, 1])
     with pytest.raises(ValueError, match="twice"):
         load_backbone(str(tiny_dirs[family]), layers=[1, 0, 1])
+
+
+def test_a_folders_weights_are_read_whole_once_and_then_known_by_their_stat(tmp_path, monkeypatch):
+    """Loading names the weights by whole-file digests, remembered by path, size and mtime: a
+    second load (every Ray worker's) hashes nothing, and rewritten weights get a new name."""
+    import hashlib
+
+    from sleepsound.models.backbones import pretrained
+
+    monkeypatch.setenv("SLEEPSOUND_CACHE", str(tmp_path / "cache"))
+    hashed: list[str] = []
+    real_digest = hashlib.file_digest
+
+    def counting_digest(handle, name):  # the real digest, counted
+        hashed.append(Path(handle.name).name)
+        return real_digest(handle, name)
+
+    monkeypatch.setattr(hashlib, "file_digest", counting_digest)
+    folder = save_tiny_random_backbone("hubert", tmp_path / "model", seed=1)
+    first = load_backbone(str(folder)).fingerprint
+    assert "model.safetensors" in hashed and "config.json" in hashed
+    hashed.clear()
+    assert load_backbone(str(folder)).fingerprint == first
+    assert hashed == []  # known by stat: nothing read whole
+    save_tiny_random_backbone("hubert", folder, seed=2)  # other weights, same file names
+    assert load_backbone(str(folder)).fingerprint != first
+    assert "model.safetensors" in hashed
+    assert pretrained.folder_weights_hash(folder) == pretrained.folder_weights_hash(folder)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import uuid
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -363,6 +365,61 @@ def weights_hash(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+WEIGHT_FILE_SUFFIXES = (".json", ".safetensors", ".bin")
+_DIGESTS = "file-digests.json"
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a whole file, remembered under the cache by path, size, mtime and inode.
+
+    A model's identity must cover every weight, but reading hundreds of MB at every load (once
+    per Ray worker) is the cost we avoid: each version of a file is read once, later loads
+    read its ``stat`` only. A file rewritten in place gets a new mtime, so a new digest.
+    """
+    from sleepsound.models.backbones.whisper_ct2 import cache_root
+
+    path = path.resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}"
+    memo_path = cache_root() / _DIGESTS
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if key in memo:
+        return str(memo[key])
+    with path.open("rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    memo = {k: v for k, v in memo.items() if not k.startswith(f"{path}|")}  # older versions of this file
+    memo[key] = digest
+    memo_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo_path.with_name(f".{memo_path.name}.{uuid.uuid4().hex}")
+    try:  # written aside and renamed: concurrent loaders at worst hash a file twice
+        tmp.write_text(json.dumps(memo, sort_keys=True))
+        os.replace(tmp, memo_path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a read-only cache costs a re-hash next time, nothing else
+    return digest
+
+
+def folder_weights_hash(folder: Path) -> str:
+    """A model folder's identity (16 hex digits): the whole-file digests of its config and weight files."""
+    files = {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.suffix in WEIGHT_FILE_SUFFIXES}
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _weights_identity(model: torch.nn.Module, folder: Path | None, name: str, config: Any) -> str:
+    """What names the loaded weights, as cheaply as it can be known for certain.
+
+    A folder (local, or the converted offline Whisper): its files' remembered digests. A hub id:
+    the revision it resolved to, which names its files immutably. Otherwise every tensor hashed.
+    """
+    if folder is not None:
+        return folder_weights_hash(folder)
+    commit = getattr(config, "_commit_hash", None)
+    return f"{name}@{commit}" if commit else weights_hash(model)
+
+
 def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or "\\" in name or Path(name).exists()
 
@@ -478,6 +535,7 @@ def load_backbone(
 
     from sleepsound.models.backbones import whisper_ct2
 
+    config: Any = None
     if name == OFFLINE_WHISPER:
         model, folder = whisper_ct2.load_offline_whisper_encoder()
         extractor = WhisperFeatureExtractor.from_pretrained(folder)
@@ -488,6 +546,7 @@ def load_backbone(
         if family not in FAMILIES:
             raise BackboneLoadError(f"backbone {name!r} is a {family!r} model; supported: {', '.join(FAMILIES)}")
         source = str(Path(name).expanduser()) if _looks_like_path(name) else name
+        folder = Path(source) if Path(source).is_dir() else None
         if family == "whisper" and whisper_ct2.is_encoder_only_dir(source):
             model = whisper_ct2.load_encoder_only(source)
         elif family == "whisper":
@@ -512,7 +571,7 @@ def load_backbone(
         pool_seconds=pool_seconds,
         device=device,
         dtype=dtype,
-        weights_hash=weights_hash(model),
+        weights_hash=_weights_identity(model, folder, name, config),
         feature_extractor=extractor,
         layers=layers,
     )
