@@ -115,10 +115,22 @@ def bench_embed(
         ),
     ] = None,
     sample_rate: Annotated[int, typer.Option(help="Microphone sample rate of the night in Hz.")] = 48_000,
+    cores: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Also run the Ray path on a cohort pinned to these core counts, e.g. 1,2 (the feed's scaling; "
+            "with --backbone null the pipeline alone is measured)."
+        ),
+    ] = None,
+    feed_nights: Annotated[int, typer.Option(help="Nights (of --minutes each) in the --cores cohort.")] = 8,
     as_json: BenchJsonOpt = False,
     workdir: BenchWorkdirOpt = None,
 ) -> None:
-    """Embed one synthetic night end to end, beside the bare model and a clip-by-clip tutorial baseline."""
+    """Embed one synthetic night end to end, beside the bare model and a clip-by-clip tutorial baseline.
+
+    --backbone null measures the pipeline alone (zeros at no cost in place of a model): its rate per
+    CPU core, and with --cores 1,2 how the Ray path scales over cores on a cohort.
+    """
     from sleepsound.bench.embed import parse_workers, run_embed_bench
 
     def run() -> dict[str, Any]:
@@ -133,6 +145,8 @@ def bench_embed(
             workdir=workdir,
             sample_rate=sample_rate,
             compile=compile_model,
+            cores=parse_workers(cores, option="--cores"),
+            feed_nights=feed_nights,
         )
 
     result = _run_bench(as_json, f"embed benchmark: {backbone}, {minutes:g} min at {sample_rate} Hz on {device}", run)
@@ -160,8 +174,14 @@ def bench_embed(
         f"{result['model_gflops_per_s']:.0f}",
         f"{result['baseline_gflops_per_s']:.0f}",
     )
+    table.add_row("x real time per core", f"{result['x_realtime_per_core']:.0f}", "", "")
     table.add_row("peak RSS (MB)", f"{result['peak_rss_mb']:.0f}", "", f"{result['baseline_peak_rss_mb']:.0f}")
     console.print(table)
+    for row in result["feed_scaling"]:
+        console.print(
+            f"Ray path, cohort of {row['nights']} nights on {row['cores']} core(s): {row['x_realtime']:.0f}x real "
+            f"time ({row['epochs_per_s']:.1f} epochs/s), efficiency {row['efficiency']}"
+        )
     for row in result["scaling"]:
         console.print(
             f"Ray, {row['workers']} model actor(s): {row['epochs_per_s']:.2f} epochs/s, efficiency {row['efficiency']}"
@@ -171,7 +191,8 @@ def bench_embed(
     mfu = "" if result["mfu"] is None else f", MFU {result['mfu']:.1%}"
     console.print(
         f"speedup {result['speedup']:.2f}x, {result['x_realtime']:.0f}x real time (an 8-h night in "
-        f"{result['eight_hour_night_seconds']:.0f} s), pipeline overhead {result['overhead_fraction']:.0%}"
+        f"{result['eight_hour_night_seconds']:.0f} s), pipeline overhead "
+        f"{'n/a' if result['overhead_fraction'] is None else format(result['overhead_fraction'], '.0%')}"
         f"{mfu}; goals: " + ", ".join(f"{name} {'met' if ok else 'MISSED'}" for name, ok in result["goals"].items())
     )
     console.print(f"baseline: {result['method']['baseline']}")

@@ -48,6 +48,7 @@ from typing import Any
 from sleepsound.bench.ingest import (
     PEAK_METHOD,
     BenchError,
+    cpu_seconds,
     ensure_night,
     package_versions,
     peak_rss_mb,
@@ -65,6 +66,8 @@ GOAL_SPEEDUP = 5.0
 GOAL_OVERHEAD_FRACTION = 0.20
 GOAL_NIGHT_SECONDS = 10.0  # an 8-hour night on one GPU, decode and resample included
 GOAL_SCALING_EFFICIENCY = 0.80
+GOAL_FEED_X_REALTIME_PER_CORE = 1500.0  # the pipeline alone (null backbone): audio s per CPU s
+DEFAULT_FEED_NIGHTS = 8
 NIGHT_HOURS = 8.0
 # Dense (no sparsity) bf16/fp16 tensor-core peaks in TFLOP/s, matched against the CUDA device name.
 PEAK_TFLOPS_BF16: tuple[tuple[str, float], ...] = (
@@ -242,9 +245,11 @@ def timed_embed(row: dict[str, Any], cfg: Any, use_ray: bool, what: str) -> tupl
 def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = bench_config(spec["backbone"], spec["device"], spec["dtype"], spec["batch_size"], spec.get("compile", False))
     row = night_row(Path(spec["night"]), cfg)
+    cpu0 = cpu_seconds()
     stats, seconds = timed_embed(row, cfg, use_ray=False, what="embedding")
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds() - cpu0,
         "epochs": stats.epochs,
         "audio_seconds": float(row["duration_s"]),
         "n_epochs": int(row["n_epochs"]),
@@ -302,6 +307,15 @@ def tutorial_embed(paths: list[str], backbone: Any) -> tuple[int, float, float]:
     import torch
 
     model, family, device = backbone.model, backbone.family, backbone.device
+    if family == "null":  # no model: the tutorial's data path (per-clip decode and resample) alone
+        load = librosa.load
+        t0 = time.perf_counter()
+        audio_s = 0.0
+        for path in paths:
+            audio, _ = load(str(path), sr=16_000)
+            audio_s += len(audio) / 16_000
+            backbone.embed(audio[None, :]).mean(axis=1)
+        return len(paths), audio_s, time.perf_counter() - t0
     if family == "whisper":
         extractor, field = backbone.feature_extractor, "input_features"
     else:
@@ -345,7 +359,68 @@ def _torch_threads() -> int:
     return int(torch.get_num_threads())
 
 
-_STAGES = {"ours": _stage_ours, "model": _stage_model, "baseline": _stage_baseline}
+def _stage_feed(spec: dict[str, Any]) -> dict[str, Any]:
+    """Ours through Ray Data on a cohort, this process (so Ray and every worker it starts) pinned to
+    ``cores`` CPU cores and Ray given as many logical CPUs: the feed's rate on that many cores."""
+    import ray
+
+    from sleepsound.embed.cohort import embed_cohort
+    from sleepsound.ingest.manifest import build_manifest
+
+    cores = int(spec["cores"])
+    available = sorted(os.sched_getaffinity(0))
+    if cores > len(available):
+        raise BenchError(f"--cores {cores}: this process may use {len(available)} cores")
+    os.sched_setaffinity(0, set(available[:cores]))
+    cfg = bench_config(spec["backbone"], spec["device"], spec["dtype"], spec["batch_size"])
+    # The readers share the cores; the (cost-free) model actor keeps a sliver.
+    cfg = cfg.model_copy(
+        update={"ray": cfg.ray.model_copy(update={"read_cpus": round((cores - 0.05) / cores, 3), "embed_cpus": 0.05})}
+    )
+    rows = [r for r in build_manifest(spec["cohort"], cfg.preprocess) if r["status"] == "accepted"]
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    root = tempfile.mkdtemp(prefix="sleepsound-bench-feed-")
+    try:
+        t0 = time.perf_counter()
+        stats = embed_cohort(rows, root, cfg, use_ray=True, shifted=False)
+        seconds = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+    if stats.failed:
+        raise BenchError(f"feed run on {cores} core(s) failed: {stats.failed}")
+    return {
+        "cores": cores,
+        "seconds": seconds,
+        "epochs": stats.epochs,
+        "nights": len(stats.embedded),
+        "audio_seconds": float(sum(r["duration_s"] for r in rows)),
+    }
+
+
+_STAGES = {"ours": _stage_ours, "model": _stage_model, "baseline": _stage_baseline, "feed": _stage_feed}
+
+
+def measure_feed_scaling(cohort: Path, spec: dict[str, Any], cores: list[int]) -> list[dict[str, Any]]:
+    """The Ray path on a cohort with 1..N cores, each run in its own pinned process (see ``_stage_feed``)."""
+    out = []
+    for n in cores:
+        run = run_stage(_MODULE, "feed", {**spec, "cohort": str(cohort), "cores": n})
+        out.append(
+            {
+                "cores": n,
+                "seconds": round(run["seconds"], 3),
+                "nights": run["nights"],
+                "epochs": run["epochs"],
+                "x_realtime": round(run["audio_seconds"] / run["seconds"], 1),
+                "epochs_per_s": round(run["epochs"] / run["seconds"], 2),
+            }
+        )
+    one = next((r["x_realtime"] for r in out if r["cores"] == 1), None)
+    for r in out:
+        r["efficiency"] = round(r["x_realtime"] / (r["cores"] * one), 3) if one else None
+    return out
 
 
 # ----------------------------------------------------------------------------- Ray scaling (calling process)
@@ -419,11 +494,29 @@ def scaling_note(device: str, workers: list[int]) -> str:
 
 
 def _goals(
-    device: str, speedup: float, overhead: float, x_realtime: float, scaling: list[dict[str, Any]]
+    device: str,
+    speedup: float,
+    overhead: float | None,
+    x_realtime: float,
+    scaling: list[dict[str, Any]],
+    per_core: float | None = None,
+    feed: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, bool], dict[str, str]]:
-    """The issue's goals that apply on this device, and why the others do not."""
-    goals = {"speedup_at_least_5": speedup >= GOAL_SPEEDUP, "overhead_under_0.20": overhead < GOAL_OVERHEAD_FRACTION}
+    """The issue's goals that apply on this device and backbone, and why the others do not.
+
+    ``overhead`` and ``per_core`` are None / given with the null backbone: then the goals are the
+    feed's own (per-core rate, scaling over cores), since there is no model to keep busy."""
     skipped: dict[str, str] = {}
+    if overhead is None:
+        goals = {"feed_x_realtime_per_core_at_least_1500": (per_core or 0.0) >= GOAL_FEED_X_REALTIME_PER_CORE}
+        multi = [r for r in feed or [] if r["cores"] > 1 and r["efficiency"] is not None]
+        if multi:
+            goals["feed_scaling_at_least_0.8"] = all(r["efficiency"] >= GOAL_SCALING_EFFICIENCY for r in multi)
+        else:
+            skipped["feed_scaling_at_least_0.8"] = "no --cores run with N > 1 (and 1)"
+        skipped["speedup_at_least_5"] = skipped["overhead_under_0.20"] = "goals of a real model; this is null"
+        return goals, skipped
+    goals = {"speedup_at_least_5": speedup >= GOAL_SPEEDUP, "overhead_under_0.20": overhead < GOAL_OVERHEAD_FRACTION}
     if device.startswith("cuda"):
         goals["eight_hour_night_within_10_s"] = NIGHT_HOURS * 3600.0 / x_realtime <= GOAL_NIGHT_SECONDS
         multi = [s for s in scaling if s["workers"] > 1 and s["efficiency"] is not None]
@@ -448,8 +541,13 @@ def run_embed_bench(
     sample_rate: int = SAMPLE_RATE,
     seed: int = 0,
     compile: bool = False,
+    cores: list[int] | None = None,
+    feed_nights: int = DEFAULT_FEED_NIGHTS,
 ) -> dict[str, Any]:
     """Generate (or reuse) a night, measure ours, the bare model and the baseline, return the JSON object.
+
+    ``cores``: also run ours through Ray Data on a cohort of ``feed_nights`` nights of ``minutes``,
+    pinned to each of these core counts (the feed's scaling; meant for the null backbone).
 
     Top-level ``seconds``, ``epochs_per_s``, ``x_realtime`` (audio seconds / wall seconds) and
     ``peak_rss_mb`` are ours; ``model_*`` the bare model's; ``baseline_*`` the baseline's.
@@ -458,6 +556,8 @@ def run_embed_bench(
         raise BenchError("minutes must cover at least one 30-s epoch")
     if workers is not None and (not workers or min(workers) < 1):
         raise BenchError("workers must be positive counts, e.g. 1,2")
+    if cores is not None and (not cores or min(cores) < 1 or max(cores) > len(os.sched_getaffinity(0))):
+        raise BenchError(f"cores must be counts from 1 to {len(os.sched_getaffinity(0))}, e.g. 1,2")
     if backbone == "mel":
         raise BenchError(
             "the baseline runs a transformers model clip by clip; 'mel' has no model to compare "
@@ -487,17 +587,25 @@ def run_embed_bench(
     model = run_stage(_MODULE, "model", {**spec, "epochs": epochs})
     base = run_stage(_MODULE, "baseline", {**spec, "epochs": epochs})
     scaling = measure_ray_scaling(night, cfg, sorted(set(workers)), resolved) if workers else []
+    feed: list[dict[str, Any]] = []
+    if cores:
+        from sleepsound.bench.score import ensure_cohort
+
+        cohort = ensure_cohort(feed_nights, minutes, sample_rate, seed, workdir)
+        feed = measure_feed_scaling(cohort, spec, sorted(set(cores)))
+    null = backbone == "null"
 
     audio_s = float(ours["audio_seconds"])
     eps = epochs / ours["seconds"]
     base_eps = base["epochs"] / base["seconds"]
-    overhead = (ours["seconds"] - model["seconds"]) / model["seconds"]
+    overhead = None if null else (ours["seconds"] - model["seconds"]) / model["seconds"]
+    per_core = audio_s / ours["cpu_seconds"]
     flops = int(model["flops_per_epoch"])
     model_tflops = flops * epochs / model["seconds"] / 1e12
     peak = peak_tflops(model["device_name"], model["dtype"])
     x_realtime = audio_s / ours["seconds"]
     speedup = eps / base_eps
-    goals, skipped = _goals(resolved, speedup, overhead, x_realtime, scaling)
+    goals, skipped = _goals(resolved, speedup, overhead, x_realtime, scaling, per_core, feed)
     gemm = model["cpu_gemm_gflops"]
     return {
         "benchmark": "embed",
@@ -514,13 +622,17 @@ def run_embed_bench(
         "seconds": round(ours["seconds"], 3),
         "epochs_per_s": round(eps, 3),
         "x_realtime": round(x_realtime, 1),
+        "cpu_seconds": round(ours["cpu_seconds"], 3),
+        "x_realtime_per_core": round(per_core, 1),
         "peak_rss_mb": round(ours["peak_rss_mb"], 1),
         "eight_hour_night_seconds": round(NIGHT_HOURS * 3600.0 / x_realtime, 1),
         "model_seconds": round(model["seconds"], 3),
         "model_epochs_per_s": round(epochs / model["seconds"], 3),
         "backbone_load_seconds": round(model["load_seconds"], 3),
-        "overhead_fraction": round(overhead, 3),
-        "overhead_fraction_after_load": round(overhead - model["load_seconds"] / model["seconds"], 3),
+        "overhead_fraction": None if overhead is None else round(overhead, 3),
+        "overhead_fraction_after_load": None
+        if overhead is None
+        else round(overhead - model["load_seconds"] / model["seconds"], 3),
         "baseline_epochs_per_s": round(base_eps, 3),
         "baseline_seconds": round(base["seconds"], 3),
         "baseline_peak_rss_mb": round(base["peak_rss_mb"], 1),
@@ -535,6 +647,8 @@ def run_embed_bench(
         "mfu": None if peak is None else round(model_tflops / peak, 4),
         "scaling": scaling,
         "scaling_note": scaling_note(resolved, workers) if workers else None,
+        "feed_scaling": feed,
+        "feed_nights": feed_nights if cores else None,
         "goals": goals,
         "goals_not_applicable": skipped,
         "method": {
@@ -542,6 +656,11 @@ def run_embed_bench(
             "model": MODEL_METHOD,
             "baseline": BASELINE_METHOD,
             "x_realtime": "audio seconds / wall seconds of ours",
+            "x_realtime_per_core": "audio seconds / CPU seconds (user + system, every thread) of ours' process",
+            "feed_scaling": "ours through Ray Data (use_ray=True) on a cohort of feed_nights nights, in a fresh "
+            "process pinned to N cores (sched_setaffinity, inherited by Ray's workers) with a Ray session of N "
+            "CPUs: readers hold (N - 0.05) / N CPUs each, the model actor 0.05; wall time from the manifest "
+            "rows to the cache, Ray Data's start-up included; efficiency = rate on N / (N x rate on 1)",
             "overhead_fraction": "(ours seconds - model seconds) / model seconds; ours includes its backbone load",
             "overhead_fraction_after_load": "the same less the backbone load (paid once per worker, not per night)",
             "peak_rss_mb": PEAK_METHOD + "; Ray scaling runs are not measured (their memory is in the Ray workers)",
@@ -555,16 +674,16 @@ def run_embed_bench(
     }
 
 
-def parse_workers(text: str | None) -> list[int] | None:
+def parse_workers(text: str | None, option: str = "--workers") -> list[int] | None:
     """``"1,2"`` -> ``[1, 2]``; None or empty -> None."""
     if not text:
         return None
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError as exc:
-        raise BenchError(f"--workers takes comma-separated counts such as 1,2; got {text!r}") from exc
+        raise BenchError(f"{option} takes comma-separated counts such as 1,2; got {text!r}") from exc
     if not values or min(values) < 1:
-        raise BenchError(f"--workers takes positive counts such as 1,2; got {text!r}")
+        raise BenchError(f"{option} takes positive counts such as 1,2; got {text!r}")
     return values
 
 

@@ -161,7 +161,8 @@ def stage_main(
 # ----------------------------------------------------------------------------- stages (child side)
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process, all its threads."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
@@ -192,7 +193,7 @@ def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
     from sleepsound.ingest.validate import validate_recording
 
     cfg = PreprocessConfig()
-    wall0, cpu0 = time.perf_counter(), _cpu_seconds()
+    wall0, cpu0 = time.perf_counter(), cpu_seconds()
     epochs, audio_s, rate, channels = 0, 0.0, None, []
     for src in discover(spec["source"]):
         row = validate_recording(src, cfg)
@@ -206,7 +207,7 @@ def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
             epochs += 1
     return {
         "seconds": time.perf_counter() - wall0,
-        "cpu_seconds": _cpu_seconds() - cpu0,
+        "cpu_seconds": cpu_seconds() - cpu0,
         "peak_rss_mb": peak_rss_mb(),
         "epochs": epochs,
         "audio_seconds": audio_s,
@@ -229,7 +230,7 @@ def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
     sos = signal.butter(2, cfg.highpass_hz, btype="highpass", fs=cfg.target_rate, output="sos")
     epoch_len = int(round(cfg.epoch_seconds * cfg.target_rate))
     resample = librosa.resample  # librosa loads its submodules lazily: load them before the clock starts
-    wall0, cpu0 = time.perf_counter(), _cpu_seconds()
+    wall0, cpu0 = time.perf_counter(), cpu_seconds()
     epochs, audio_s = 0, 0.0
     for src in discover(spec["source"]):
         with local_copies(src.audio_uris) as paths:
@@ -252,7 +253,7 @@ def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
                 del y, part_epochs
     return {
         "seconds": time.perf_counter() - wall0,
-        "cpu_seconds": _cpu_seconds() - cpu0,
+        "cpu_seconds": cpu_seconds() - cpu0,
         "peak_rss_mb": peak_rss_mb(),
         "epochs": epochs,
         "audio_seconds": audio_s,

@@ -36,10 +36,14 @@ def backbone_key(cfg: BackboneConfig) -> str:
     if cfg.layers:  # only then, so single-layer keys stay as they were
         parts["layers"] = list(cfg.layers)
     local = Path(cfg.name)
-    if cfg.name == "mel":  # registry.MEL, the weightless front end: its settings and version are its "weights"
+    if cfg.name == "mel":  # pretrained.MEL, the weightless front end: its settings and version are its "weights"
         from sleepsound.models.backbones import mel
 
         parts["front_end"] = [mel.FRONT_END_VERSION, mel.N_MELS, mel.WIN_LENGTH, mel.HOP_LENGTH, mel.TOP_DB]
+    elif cfg.name == "null":  # zeros for measuring the pipeline: never mixed with a model's cache
+        from sleepsound.models.backbones import null
+
+        parts["front_end"] = [null.NAME, null.VERSION, null.DIM]
     elif local.is_dir():  # a local model: its config and weight files, by content prefix and size
         for path in sorted(local.iterdir()):
             if path.suffix in {".json", ".safetensors", ".bin"}:

@@ -224,6 +224,47 @@ def test_cli_bench_embed_json_reports_ours_model_and_baseline(tmp_path: Path, ti
     assert "eight_hour_night_within_10_s" in result["goals_not_applicable"]
 
 
+@pytest.mark.ray  # the --cores run starts its own Ray in a pinned child process
+def test_bench_embed_null_measures_the_pipeline_alone_and_its_scaling_over_cores(tmp_path: Path) -> None:
+    """The null backbone: the same pipeline with zeros for a model, so the figures are the feed's own: its
+    rate per CPU core and, on a cohort through Ray Data pinned to one core, its rate there."""
+    pytest.importorskip("librosa")
+    out = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "embed",
+            "--backbone",
+            "null",
+            "--minutes",
+            "1",
+            "--sample-rate",
+            "16000",
+            "--device",
+            "cpu",
+            "--cores",
+            "1",
+            "--feed-nights",
+            "2",
+            "--json",
+            "--workdir",
+            str(tmp_path),
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output.strip().splitlines()[-1])
+    assert set(result) >= EMBED_KEYS | {"cpu_seconds", "x_realtime_per_core", "feed_scaling"}
+    assert result["epochs"] == 2 and result["flops_per_epoch"] == 0 and result["overhead_fraction"] is None
+    assert result["x_realtime_per_core"] == pytest.approx(60 / result["cpu_seconds"], rel=0.02)
+    [feed] = result["feed_scaling"]
+    assert (feed["cores"], feed["nights"], feed["epochs"], feed["efficiency"]) == (1, 2, 4, 1.0)
+    assert feed["x_realtime"] == pytest.approx(120 / feed["seconds"], rel=0.02)
+    assert set(result["goals"]) == {"feed_x_realtime_per_core_at_least_1500"}
+    assert "feed_scaling_at_least_0.8" in result["goals_not_applicable"]
+    refused = CliRunner().invoke(app, ["bench", "embed", "--backbone", "null", "--cores", "0"])
+    assert refused.exit_code == 2 and "--cores takes positive counts" in refused.output
+
+
 def test_bench_embed_refuses_bad_workers() -> None:
     from sleepsound.bench.embed import parse_workers
 

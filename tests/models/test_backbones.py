@@ -542,3 +542,18 @@ def test_a_folders_weights_are_read_whole_once_and_then_known_by_their_stat(tmp_
     assert load_backbone(str(folder)).fingerprint != first
     assert "model.safetensors" in hashed
     assert pretrained.folder_weights_hash(folder) == pretrained.folder_weights_hash(folder)
+
+
+def test_the_null_backbone_returns_a_models_shape_at_no_cost():
+    from sleepsound.core.config import BackboneConfig
+    from sleepsound.embed.cache import backbone_key
+
+    null = load_backbone("null", pool_seconds=0.5)
+    out = null.embed(np.ones((3, 480_000), dtype=np.float32))
+    assert out.shape == (3, 60, 768) and out.dtype == np.float16 and not out.any()
+    assert null.embed(np.ones((1, 8_000), dtype=np.float32)).shape == (1, 1, 768)  # half a second: one frame
+    assert load_backbone("null", pool_seconds=1.0).fingerprint != null.fingerprint
+    with pytest.raises(ValueError, match="no layers"):
+        load_backbone("null", layer=3)
+    keys = {backbone_key(BackboneConfig(name=name)) for name in ("null", "mel", "whisper-tiny.en-offline")}
+    assert len(keys) == 3  # never mixed with a model's cache

@@ -33,9 +33,11 @@ import torch
 
 if TYPE_CHECKING:
     from sleepsound.models.backbones.mel import MelBackbone
+    from sleepsound.models.backbones.null import NullBackbone
 
 OFFLINE_WHISPER = "whisper-tiny.en-offline"
 MEL = "mel"  # the weightless log-Mel front end of sleepsound.models.backbones.mel
+NULL = "null"  # zeros at no cost, for measuring the pipeline itself (sleepsound.models.backbones.null)
 SAMPLE_RATE = 16_000
 FRAME_RATE_HZ = 50.0
 FAMILIES = ("whisper", "hubert", "wav2vec2", "wavlm")
@@ -494,10 +496,11 @@ def load_backbone(
     compile: bool = False,
     compile_backend: str = "inductor",
     layers: Sequence[int] | None = None,
-) -> Backbone | MelBackbone:
+) -> Backbone | MelBackbone | NullBackbone:
     """Load a frozen backbone: ``whisper-tiny.en-offline``, a local model folder, or a Hugging Face id.
 
     ``mel``: no model, a weightless log-Mel front end for end-to-end baselines (see :mod:`.mel`).
+    ``null``: no model, zeros of a model's shape at no cost, for measuring the pipeline (see :mod:`.null`).
 
     ``layer``: -1 (default) is the model's output, ``last_hidden_state`` (for Whisper and the
     stable-layer-norm models after the final layer norm); k >= 0 is ``hidden_states[k]`` as
@@ -519,6 +522,12 @@ def load_backbone(
     worth it for long GPU runs, where the first batch pays the compilation.
     On CUDA, inputs go through pinned host memory and attention uses PyTorch's SDPA kernels.
     """
+    if name == NULL:
+        from sleepsound.models.backbones.null import load_null_backbone
+
+        return load_null_backbone(
+            pool_seconds=pool_seconds, device=device, dtype=dtype, layer=layer, layers=layers, compile=compile
+        )
     if name == MEL:
         from sleepsound.models.backbones.mel import load_mel_backbone
 
