@@ -122,7 +122,8 @@ def bench_embed(
             "with --backbone null the pipeline alone is measured)."
         ),
     ] = None,
-    feed_nights: Annotated[int, typer.Option(help="Nights (of --minutes each) in the --cores cohort.")] = 8,
+    feed_nights: Annotated[int, typer.Option(help="Nights in the --cores cohort.")] = 8,
+    feed_minutes: Annotated[float, typer.Option(help="Length of each --cores cohort night in minutes.")] = 30.0,
     as_json: BenchJsonOpt = False,
     workdir: BenchWorkdirOpt = None,
 ) -> None:
@@ -147,6 +148,7 @@ def bench_embed(
             compile=compile_model,
             cores=parse_workers(cores, option="--cores"),
             feed_nights=feed_nights,
+            feed_minutes=feed_minutes,
         )
 
     result = _run_bench(as_json, f"embed benchmark: {backbone}, {minutes:g} min at {sample_rate} Hz on {device}", run)

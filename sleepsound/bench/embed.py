@@ -363,6 +363,7 @@ def _stage_feed(spec: dict[str, Any]) -> dict[str, Any]:
     """Ours through Ray Data on a cohort, this process (so Ray and every worker it starts) pinned to
     ``cores`` CPU cores and Ray given as many logical CPUs: the feed's rate on that many cores."""
     import ray
+    import ray.data  # imported before the clock, as the flow's long-lived driver has it
 
     from sleepsound.embed.cohort import embed_cohort
     from sleepsound.ingest.manifest import build_manifest
@@ -543,10 +544,11 @@ def run_embed_bench(
     compile: bool = False,
     cores: list[int] | None = None,
     feed_nights: int = DEFAULT_FEED_NIGHTS,
+    feed_minutes: float = DEFAULT_MINUTES,
 ) -> dict[str, Any]:
     """Generate (or reuse) a night, measure ours, the bare model and the baseline, return the JSON object.
 
-    ``cores``: also run ours through Ray Data on a cohort of ``feed_nights`` nights of ``minutes``,
+    ``cores``: also run ours through Ray Data on a cohort of ``feed_nights`` nights of ``feed_minutes``,
     pinned to each of these core counts (the feed's scaling; meant for the null backbone).
 
     Top-level ``seconds``, ``epochs_per_s``, ``x_realtime`` (audio seconds / wall seconds) and
@@ -591,7 +593,7 @@ def run_embed_bench(
     if cores:
         from sleepsound.bench.score import ensure_cohort
 
-        cohort = ensure_cohort(feed_nights, minutes, sample_rate, seed, workdir)
+        cohort = ensure_cohort(feed_nights, feed_minutes, sample_rate, seed, workdir)
         feed = measure_feed_scaling(cohort, spec, sorted(set(cores)))
     null = backbone == "null"
 
@@ -649,6 +651,7 @@ def run_embed_bench(
         "scaling_note": scaling_note(resolved, workers) if workers else None,
         "feed_scaling": feed,
         "feed_nights": feed_nights if cores else None,
+        "feed_minutes_per_night": feed_minutes if cores else None,
         "goals": goals,
         "goals_not_applicable": skipped,
         "method": {
@@ -660,7 +663,8 @@ def run_embed_bench(
             "feed_scaling": "ours through Ray Data (use_ray=True) on a cohort of feed_nights nights, in a fresh "
             "process pinned to N cores (sched_setaffinity, inherited by Ray's workers) with a Ray session of N "
             "CPUs: readers hold (N - 0.05) / N CPUs each, the model actor 0.05; wall time from the manifest "
-            "rows to the cache, Ray Data's start-up included; efficiency = rate on N / (N x rate on 1)",
+            "rows to the cache, Ray Data's start-up included (its import not); "
+            "efficiency = rate on N / (N x rate on 1)",
             "overhead_fraction": "(ours seconds - model seconds) / model seconds; ours includes its backbone load",
             "overhead_fraction_after_load": "the same less the backbone load (paid once per worker, not per night)",
             "peak_rss_mb": PEAK_METHOD + "; Ray scaling runs are not measured (their memory is in the Ray workers)",

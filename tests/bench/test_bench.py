@@ -246,6 +246,8 @@ def test_bench_embed_null_measures_the_pipeline_alone_and_its_scaling_over_cores
             "1",
             "--feed-nights",
             "2",
+            "--feed-minutes",
+            "1",
             "--json",
             "--workdir",
             str(tmp_path),
