@@ -91,7 +91,10 @@ class RecordingCollector:
         for stage in item.plan.shift_classes:
             windows = [r for r in shifted if r["stage3"] == stage]
             write_table(
-                self.fs, shifted_path(self.root_path, cfg, rec, sha, stage), _shifted_table(rec, windows, n_layers)
+                self.fs,
+                shifted_path(self.root_path, cfg, rec, sha, stage),
+                _shifted_table(rec, windows, n_layers),
+                bulk=("embedding",),
             )
         epochs = [r for r in rows if r["kind"] == "epoch"]
         if item.plan.epochs:
@@ -100,6 +103,7 @@ class RecordingCollector:
                 self.fs,
                 embeddings_path(self.root_path, cfg, rec, sha),
                 _embeddings_table(rec, [r for r in epochs if r["valid"]], n_layers),
+                bulk=("embedding",),
             )
             table = pa.Table.from_pylist([{k: r[k] for k in EPOCH_COLUMNS} for r in epochs])
             write_table(self.fs, epochs_path(self.root_path, cfg, rec), schemas.conform(table, schemas.EPOCHS))

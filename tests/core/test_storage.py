@@ -69,3 +69,27 @@ def test_the_manifest_row_record_matches_the_manifest_schema():
 
     assert list(get_type_hints(ManifestRow)) == schemas.MANIFEST.names
     assert list(get_type_hints(FindingRecord)) == [f.name for f in schemas.FINDING]
+
+
+def test_bulk_columns_are_written_in_row_groups_without_dictionary_or_statistics(tmp_path):
+    """A night's embeddings go in groups of about 8 MB (the writer holds one group, not the night)."""
+    import pyarrow.parquet as pq
+
+    from sleepsound.core.storage import BULK_ROW_GROUP_BYTES
+
+    rows, width = 200, 46_080  # 200 epochs of 60 frames x 768 dims, float16: 18 MB
+    emb = np.random.default_rng(0).standard_normal((rows, width)).astype(np.float16)
+    table = pa.table(
+        {
+            "recording_id": ["r"] * rows,
+            "epoch_index": np.arange(rows, dtype=np.int32),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), width),
+        }
+    )
+    fs, path = open_root(str(tmp_path))
+    write_table(fs, f"{path}/e.parquet", table, bulk=("embedding",))
+    meta = pq.ParquetFile(f"{path}/e.parquet").metadata
+    assert meta.num_row_groups == -(-table.nbytes // BULK_ROW_GROUP_BYTES) >= 2
+    column = meta.row_group(0).column(2)
+    assert column.statistics is None and "PLAIN_DICTIONARY" not in column.encodings
+    assert read_table(fs, f"{path}/e.parquet").equals(table)
