@@ -108,6 +108,9 @@ def bench_embed(
         typer.Option(help="Epochs per forward pass, or 'auto' (from free GPU memory); default: the config's."),
     ] = None,
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone.")] = False,
+    cast_weights: Annotated[
+        bool, typer.Option("--cast-weights", help="Cast the weights to --dtype instead of autocast (GPU).")
+    ] = False,
     workers: Annotated[
         Optional[str],
         typer.Option(
@@ -146,6 +149,7 @@ def bench_embed(
             workdir=workdir,
             sample_rate=sample_rate,
             compile=compile_model,
+            cast_weights=cast_weights,
             cores=parse_workers(cores, option="--cores"),
             feed_nights=feed_nights,
             feed_minutes=feed_minutes,

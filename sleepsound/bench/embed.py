@@ -97,14 +97,39 @@ _VERSIONED = ("torch", "transformers", "numpy", "librosa", "soxr", "ray")
 # ----------------------------------------------------------------------------- shared helpers
 
 
-def bench_config(backbone: str, device: str, dtype: str, batch_size: int | str | None, compile: bool = False) -> Any:
+def bench_config(
+    backbone: str,
+    device: str,
+    dtype: str,
+    batch_size: int | str | None,
+    compile: bool = False,
+    cast_weights: bool = False,
+) -> Any:
     """The pipeline configuration every stage uses: defaults, this backbone, no shifted windows."""
     from sleepsound.core.config import Config
 
-    section: dict[str, Any] = {"name": backbone, "device": device, "dtype": dtype, "compile": compile}
+    section: dict[str, Any] = {
+        "name": backbone,
+        "device": device,
+        "dtype": dtype,
+        "compile": compile,
+        "cast_weights": cast_weights,
+    }
     if batch_size is not None:
         section["batch_size"] = batch_size
     return Config.model_validate({"backbone": section, "training": {"shift_augment": False}})
+
+
+def spec_config(spec: dict[str, Any]) -> Any:
+    """``bench_config`` from a stage's spec, as the driver wrote it."""
+    return bench_config(
+        spec["backbone"],
+        spec["device"],
+        spec["dtype"],
+        spec["batch_size"],
+        spec.get("compile", False),
+        spec.get("cast_weights", False),
+    )
 
 
 def night_row(night: Path, cfg: Any) -> dict[str, Any]:
@@ -243,7 +268,7 @@ def timed_embed(row: dict[str, Any], cfg: Any, use_ray: bool, what: str) -> tupl
 
 
 def _stage_ours(spec: dict[str, Any]) -> dict[str, Any]:
-    cfg = bench_config(spec["backbone"], spec["device"], spec["dtype"], spec["batch_size"], spec.get("compile", False))
+    cfg = spec_config(spec)
     row = night_row(Path(spec["night"]), cfg)
     cpu0 = cpu_seconds()
     stats, seconds = timed_embed(row, cfg, use_ray=False, what="embedding")
@@ -263,12 +288,18 @@ def _stage_model(spec: dict[str, Any]) -> dict[str, Any]:
     from sleepsound.embed.model_stage import resolve_device
     from sleepsound.models.backbones.pretrained import load_backbone
 
-    cfg = bench_config(spec["backbone"], spec["device"], spec["dtype"], spec["batch_size"], spec.get("compile", False))
+    cfg = spec_config(spec)
     b = cfg.backbone
     device = resolve_device(b.device)
     t0 = time.perf_counter()
     backbone = load_backbone(
-        b.name, layer=b.layer, pool_seconds=b.pool_seconds, device=device, dtype=b.dtype, compile=b.compile
+        b.name,
+        layer=b.layer,
+        pool_seconds=b.pool_seconds,
+        device=device,
+        dtype=b.dtype,
+        compile=b.compile,
+        cast_weights=b.cast_weights,
     )
     load_seconds = time.perf_counter() - t0
     n_samples = int(round(EPOCH_SECONDS * cfg.preprocess.target_rate))
@@ -343,10 +374,15 @@ def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
     from sleepsound.embed.model_stage import resolve_device
     from sleepsound.models.backbones.pretrained import load_backbone
 
-    cfg = bench_config(spec["backbone"], spec["device"], spec["dtype"], spec["batch_size"], spec.get("compile", False))
+    cfg = spec_config(spec)
     b = cfg.backbone
     backbone = load_backbone(
-        b.name, layer=b.layer, pool_seconds=b.pool_seconds, device=resolve_device(b.device), dtype=b.dtype
+        b.name,
+        layer=b.layer,
+        pool_seconds=b.pool_seconds,
+        device=resolve_device(b.device),
+        dtype=b.dtype,
+        cast_weights=b.cast_weights,
     )
     clips = sorted(Path(spec["clips"]).glob("clip-*.wav"))[: int(spec["epochs"])]
     n, _, seconds = tutorial_embed([str(c) for c in clips], backbone)
@@ -545,6 +581,7 @@ def run_embed_bench(
     cores: list[int] | None = None,
     feed_nights: int = DEFAULT_FEED_NIGHTS,
     feed_minutes: float = DEFAULT_MINUTES,
+    cast_weights: bool = False,
 ) -> dict[str, Any]:
     """Generate (or reuse) a night, measure ours, the bare model and the baseline, return the JSON object.
 
@@ -569,7 +606,7 @@ def run_embed_bench(
     from sleepsound.embed.model_stage import resolve_device
 
     resolved = resolve_device(device)
-    cfg = bench_config(backbone, resolved, dtype, batch_size, compile)
+    cfg = bench_config(backbone, resolved, dtype, batch_size, compile, cast_weights)
     t0 = time.perf_counter()
     night, generated = ensure_night(minutes / 60.0, sample_rate, seed, workdir)
     clips = ensure_clips(night, cfg)
@@ -583,6 +620,7 @@ def run_embed_bench(
         "dtype": dtype,
         "batch_size": batch_size,
         "compile": compile,
+        "cast_weights": cast_weights,
     }
     ours = run_stage(_MODULE, "ours", spec)
     epochs = int(ours["epochs"])
@@ -617,6 +655,7 @@ def run_embed_bench(
         "dtype": model["dtype"],
         "batch_size": model["batch_size"],
         "compile": compile,
+        "cast_weights": cast_weights,
         "torch_threads": model["torch_threads"],
         "audio_minutes": round(audio_s / 60.0, 3),
         "sample_rate": sample_rate,

@@ -35,6 +35,8 @@ def backbone_key(cfg: BackboneConfig) -> str:
     parts: dict[str, Any] = {"name": cfg.name, "layer": cfg.layer, "pool": cfg.pool_seconds}
     if cfg.layers:  # only then, so single-layer keys stay as they were
         parts["layers"] = list(cfg.layers)
+    if cfg.cast_weights:  # likewise: weights cast to the compute dtype give other numbers
+        parts["cast_weights"] = True
     local = Path(cfg.name)
     if cfg.name == "mel":  # pretrained.MEL, the weightless front end: its settings and version are its "weights"
         from sleepsound.models.backbones import mel

@@ -64,6 +64,7 @@ class EmbedStage:
             dtype=cfg.dtype,
             layers=cfg.layers,
             compile=cfg.compile,
+            cast_weights=cfg.cast_weights,
         )
         # 'auto' is sized on the first batch, from its real segment length.
         self.batch_size: int | None = None if cfg.batch_size == "auto" else int(cfg.batch_size)

@@ -254,6 +254,26 @@ def test_bf16_autocast_on_cpu_stays_close(tiny_dirs, noise):
     assert _cosine(low.embed(noise[:1]), ref) > 0.99
 
 
+@pytest.mark.parametrize("family", ["whisper", "hubert"])
+def test_bf16_cast_weights_stay_close_and_are_named_apart(family, tiny_dirs, noise):
+    """bf16 weights without autocast (the GPU's fast path): close to float32, with their own
+    fingerprint and cache key; with float32 there is nothing to cast and nothing changes."""
+    from sleepsound.core.config import BackboneConfig
+    from sleepsound.embed.cache import backbone_key
+
+    folder = str(tiny_dirs[family])
+    ref = load_backbone(folder).embed(noise[:2]).astype(np.float32)
+    cast = load_backbone(folder, dtype="bfloat16", cast_weights=True)
+    assert cast.cast_weights and next(cast.model.parameters()).dtype == torch.bfloat16
+    out = cast.embed(noise[:2])
+    assert out.dtype == np.float16 and out.shape == ref.shape
+    assert _cosine(out, ref) > 0.99
+    autocast = load_backbone(folder, dtype="bfloat16")
+    assert len({cast.fingerprint, autocast.fingerprint}) == 2
+    assert load_backbone(folder, cast_weights=True).fingerprint == load_backbone(folder).fingerprint  # float32
+    assert backbone_key(BackboneConfig(name=folder, cast_weights=True)) != backbone_key(BackboneConfig(name=folder))
+
+
 # ---------------------------------------------------------------- CTranslate2 reader
 
 

@@ -78,12 +78,16 @@ class Backbone:
         weights_hash: str,
         feature_extractor: Any = None,
         layers: Sequence[int] | None = None,
+        cast_weights: bool = False,
     ) -> None:
         if family not in FAMILIES:
             raise ValueError(f"unknown backbone family {family!r}; supported: {', '.join(FAMILIES)}")
         self.name, self.family = name, family
         self.device = _resolve_device(device)
         self.dtype = _resolve_dtype(dtype, self.device)
+        # bf16/fp16 weights instead of autocast over float32 weights: half the weight traffic and
+        # no casts per op, at the price of layer norms and softmax in the low precision too.
+        self.cast_weights = bool(cast_weights) and self.dtype != "float32"
         config = model.config
         self.dim = int(config.d_model if family == "whisper" else config.hidden_size)
         self.frame_rate_hz = FRAME_RATE_HZ
@@ -135,6 +139,8 @@ class Backbone:
         }
         if self.layers:  # single-layer fingerprints stay exactly as they were
             named["layers"] = named_layers
+        if self.cast_weights:  # likewise: only a model that runs in cast weights says so
+            named["weights_dtype"] = self.dtype
         self.fingerprint = hashlib.sha256(json.dumps(named, sort_keys=True).encode()).hexdigest()[:12]
 
         if not self.layers:
@@ -147,7 +153,10 @@ class Backbone:
             _truncate(model, family, top, top)
             # The truncated model's output is exactly the single-layer path's ``layer=top``.
             self._sources = tuple(None if i == top else i for i in self.layer_indices)
-        self.model = model.to(self.device).eval().requires_grad_(False)
+        model = model.to(self.device)
+        if self.cast_weights:
+            model = model.to(getattr(torch, self.dtype))
+        self.model = model.eval().requires_grad_(False)
         self.on_cuda = torch.device(self.device).type == "cuda"
 
     def __repr__(self) -> str:
@@ -202,7 +211,7 @@ class Backbone:
             audio = audio.to(self.device)
         with torch.inference_mode():
             if self.family == "whisper":
-                features = self.log_mel(audio)
+                features = self._model_input(self.log_mel(audio))
                 with self._autocast():
                     frames = self._hidden(input_features=features)
                 frames = frames[:, : math.ceil(n_samples / (2 * self.hop_length))]
@@ -211,7 +220,7 @@ class Backbone:
                 var = audio.var(dim=1, keepdim=True, unbiased=False)
                 audio = (audio - mean) / torch.sqrt(var + 1e-7)  # as Wav2Vec2FeatureExtractor(do_normalize=True)
                 with self._autocast():
-                    frames = self._hidden(input_values=audio)
+                    frames = self._hidden(input_values=self._model_input(audio))
             if frames.ndim == 4:  # pool every layer alike: the mean runs over time only
                 b, t, n_layers, d = frames.shape
                 pooled = pool_frames(frames.float().reshape(b, t, n_layers * d), self.frames_per_pool)
@@ -261,8 +270,12 @@ class Backbone:
         log_spec = torch.maximum(log_spec, log_spec.amax(dim=(1, 2), keepdim=True) - 8.0)
         return (log_spec + 4.0) / 4.0
 
+    def _model_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's input in its weights' dtype (float32 unless the weights were cast)."""
+        return x.to(getattr(torch, self.dtype)) if self.cast_weights else x
+
     def _autocast(self) -> Any:
-        if self.dtype == "float32":
+        if self.dtype == "float32" or self.cast_weights:
             return nullcontext()
         return torch.autocast(torch.device(self.device).type, dtype=getattr(torch, self.dtype))
 
@@ -496,6 +509,7 @@ def load_backbone(
     compile: bool = False,
     compile_backend: str = "inductor",
     layers: Sequence[int] | None = None,
+    cast_weights: bool = False,
 ) -> Backbone | MelBackbone | NullBackbone:
     """Load a frozen backbone: ``whisper-tiny.en-offline``, a local model folder, or a Hugging Face id.
 
@@ -516,7 +530,9 @@ def load_backbone(
     ``pool_seconds``: frames are mean-pooled over windows of this length (a multiple of 20 ms).
     ``device``: ``cpu``, ``cuda``, ``cuda:1``, ... or ``auto`` (CUDA when available).
     ``dtype``: ``float32``; ``bfloat16`` / ``float16`` run the model under autocast (float16
-    on CUDA only); ``auto`` is bf16 (or fp16) on CUDA and float32 on CPU. Weights stay float32.
+    on CUDA only); ``auto`` is bf16 (or fp16) on CUDA and float32 on CPU. Weights stay float32
+    unless ``cast_weights``: then the model's weights are cast to ``dtype`` and it runs without
+    autocast (faster on GPUs; numbers differ slightly, so the fingerprint and cache key say so).
     (bf16 autocast on a CPU without native bf16, such as our AVX2 machines, is ~6x slower.)
     ``compile``: wrap the model in ``torch.compile`` (``compile_backend``, inductor by default);
     worth it for long GPU runs, where the first batch pays the compilation.
@@ -583,6 +599,7 @@ def load_backbone(
         weights_hash=_weights_identity(model, folder, name, config),
         feature_extractor=extractor,
         layers=layers,
+        cast_weights=cast_weights,
     )
     if compile:  # same computation, fused kernels; the first batch pays the compilation
         backbone.model = torch.compile(backbone.model, dynamic=False, backend=compile_backend)
