@@ -399,9 +399,9 @@ def _stage_feed(spec: dict[str, Any]) -> dict[str, Any]:
     """Ours through Ray Data on a cohort, this process (so Ray and every worker it starts) pinned to
     ``cores`` CPU cores and Ray given as many logical CPUs: the feed's rate on that many cores."""
     import ray
-    import ray.data  # imported before the clock, as the flow's long-lived driver has it
 
     from sleepsound.embed.cohort import embed_cohort
+    from sleepsound.embed.ray_adapter import import_ray_data
     from sleepsound.ingest.manifest import build_manifest
 
     cores = int(spec["cores"])
@@ -417,6 +417,7 @@ def _stage_feed(spec: dict[str, Any]) -> dict[str, Any]:
     rows = [r for r in build_manifest(spec["cohort"], cfg.preprocess) if r["status"] == "accepted"]
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    import_ray_data()  # before the clock, as the flow's long-lived driver has it
     root = tempfile.mkdtemp(prefix="sleepsound-bench-feed-")
     try:
         t0 = time.perf_counter()

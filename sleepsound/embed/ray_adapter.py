@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from sleepsound.embed.collector import WorkItem
 
 
+def import_ray_data() -> None:
+    """Import Ray Data now (a few seconds the first time), e.g. before a benchmark's clock starts."""
+    import ray.data  # noqa: F401
+
+
 def ray_pipeline(items: list[WorkItem], cfg: Config, backbone: dict[str, Any]) -> Iterator[dict[str, Any]]:
     import ray
 
