@@ -156,6 +156,13 @@ class RayConfig(_Section):
     embed_cpus: float = Field(1.0, gt=0, description="logical CPUs each model actor holds")
     read_cpus: float = Field(0.5, gt=0, description="logical CPUs each streaming reader task holds")
     num_gpus_per_worker: float = 0.0
+    chunk_minutes: float = Field(
+        60.0,
+        ge=0,
+        description="a night on local disk longer than this is read by several readers at once, in chunks of "
+        "this length (each with an epoch of pre- and post-roll: the same rows to float rounding); 0: one reader "
+        "per night",
+    )
     object_store_mb: int | None = Field(
         None,
         ge=64,

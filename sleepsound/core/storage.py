@@ -57,6 +57,12 @@ def open_root(root: RootLike) -> StorageRoot:
     return StorageRoot(str(root), fs, path.rstrip("/") or "/")
 
 
+def is_local(uri: str) -> bool:
+    """Whether ``uri`` is on this machine's disk (a path or ``file://``), so reading it downloads nothing."""
+    fs, _ = fsspec.core.url_to_fs(uri)
+    return isinstance(fs, LocalFileSystem)
+
+
 def join(*parts: str) -> str:
     """Join storage path parts with '/' whatever the platform."""
     return posixpath.join(*parts)

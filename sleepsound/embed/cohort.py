@@ -18,10 +18,10 @@ import numpy as np
 from sleepsound.core.config import Config
 from sleepsound.core.prefetch import prefetch
 from sleepsound.core.records import ManifestRow
-from sleepsound.core.storage import RootLike
+from sleepsound.core.storage import RootLike, is_local
 from sleepsound.embed.cache import channel_configs, plan_recording
 from sleepsound.embed.collector import EmbedStats, RecordingCollector, WorkItem
-from sleepsound.embed.epochs import night_rows
+from sleepsound.embed.epochs import Chunk, night_rows
 from sleepsound.embed.model_stage import EmbedStage
 from sleepsound.embed.ray_adapter import ray_pipeline
 from sleepsound.embed.rows import batches_to_rows, to_batch
@@ -34,15 +34,19 @@ def embed_cohort(
 
     ``shifted=False`` skips the shifted training windows (scoring only needs the epochs).
     Every channel of every recording is one work item in one pipeline (one backbone load);
-    a recording counts as cached when no channel needs anything.
+    a recording counts as cached when no channel needs anything. On Ray, a night on local
+    disk longer than ``ray.chunk_minutes`` is several work items, chunks of its epochs that
+    readers stream side by side (see ``night_chunks``).
     """
     stats = EmbedStats()
     items: list[WorkItem] = []
+    chunk_epochs = round(cfg.ray.chunk_minutes * 60 / cfg.preprocess.epoch_seconds) if use_ray else 0
     for row in manifest_rows:
         todo = [
-            WorkItem(row, c, plan)
+            WorkItem(row, c, plan, chunk)
             for c in channel_configs(cfg)
             if not (plan := plan_recording(root, c, row, shifted)).empty
+            for chunk in night_chunks(row, chunk_epochs)
         ]
         if todo:
             items += todo
@@ -63,6 +67,20 @@ def embed_cohort(
     return stats
 
 
+def night_chunks(row: ManifestRow, chunk_epochs: int) -> list[Chunk | None]:
+    """How a night is split among readers: ``[None]`` (one reader, the whole night) unless it is
+    longer than ``chunk_epochs`` and its files are on local disk, then consecutive epoch ranges.
+
+    A chunk's reader opens only the files it needs when they are local; from object storage
+    each reader would download the whole night, so such nights stay whole (a cohort still
+    spreads over readers night by night).
+    """
+    n = int(row["n_epochs"])
+    if chunk_epochs <= 0 or n <= chunk_epochs or not all(is_local(uri) for uri in row["source_uris"]):
+        return [None]
+    return [(first, min(n, first + chunk_epochs)) for first in range(0, n, chunk_epochs)]
+
+
 def _local_pipeline(items: list[WorkItem], cfg: Config, stage: EmbedStage) -> Iterator[dict[str, Any]]:
     """One process: a reader thread decodes and filters the next batch while the model embeds this one."""
     for batch in prefetch(_local_batches(items, cfg.backbone.stream_rows), depth=2):
@@ -72,7 +90,7 @@ def _local_pipeline(items: list[WorkItem], cfg: Config, stage: EmbedStage) -> It
 def _local_batches(items: list[WorkItem], rows_per_batch: int) -> Iterator[dict[str, np.ndarray]]:
     for item in items:
         buffer: list[dict[str, Any]] = []
-        for epoch_row in night_rows(item.row, item.cfg.preprocess, item.plan):
+        for epoch_row in night_rows(item.row, item.cfg.preprocess, item.plan, item.chunk):
             buffer.append(epoch_row)
             if len(buffer) == rows_per_batch:
                 yield to_batch(buffer)

@@ -1,8 +1,9 @@
 """Collect the model stage's rows per recording and write each night to the cache once it is whole.
 
-Rows may arrive in any order (Ray reorders them); a night's closing row says how many rows
-it sent, so a night is written only when all of them are in, and a night that broke while
-streaming is failed as a whole, never written in part.
+Rows may arrive in any order (Ray reorders them, and a long night may be read as chunks by
+several readers at once); each chunk's closing row says how many rows it sent, so a night is
+written only when every chunk has closed and all their rows are in, and a night that broke
+while streaming is failed as a whole, never written in part.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sleepsound.core.config import Config
 from sleepsound.core.records import ManifestRow
 from sleepsound.core.storage import RootLike, open_root, write_table
 from sleepsound.embed.cache import EmbedPlan, embeddings_path, epochs_path, shifted_path
-from sleepsound.embed.epochs import EPOCH_COLUMNS
+from sleepsound.embed.epochs import EPOCH_COLUMNS, Chunk
 from sleepsound.labels.events import RESP_COLUMNS
 
 
@@ -37,11 +38,12 @@ class EmbedStats:
 
 @dataclass(frozen=True)
 class WorkItem:
-    """One channel of one recording to stream, and what to embed from it."""
+    """One channel of one recording (or a chunk of its epochs) to stream, and what to embed from it."""
 
     row: ManifestRow
     cfg: Config  # single channel
     plan: EmbedPlan
+    chunk: Chunk | None = None  # None: the whole night
 
     @property
     def key(self) -> tuple[str, str]:
@@ -49,17 +51,21 @@ class WorkItem:
 
 
 class RecordingCollector:
-    """Gathers rows per (channel, recording) and writes them once the night's closing row says
-    how many rows it sent and they have all arrived (Ray may reorder rows)."""
+    """Gathers rows per (channel, recording) and writes them once every chunk's closing row has
+    said how many rows it sent and they have all arrived (Ray may reorder rows)."""
 
     def __init__(self, root: RootLike, items: list[WorkItem], stats: EmbedStats) -> None:
         self.fs, self.root_path = open_root(root)
         self.items = {item.key: item for item in items}
+        self.chunks: dict[tuple[str, str], int] = defaultdict(int)
+        for item in items:
+            self.chunks[item.key] += 1
         self.stats = stats
         self.multi = len({item.key[0] for item in items}) > 1
         self.pending: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         self.seen: dict[tuple[str, str], int] = defaultdict(int)
-        self.expected: dict[tuple[str, str], int] = {}
+        self.expected: dict[tuple[str, str], int] = defaultdict(int)  # rows announced by closed chunks
+        self.closed: dict[tuple[str, str], int] = defaultdict(int)
 
     def add(self, row: dict[str, Any]) -> None:
         key = (str(row["channel"]), str(row["recording_id"]))
@@ -70,10 +76,11 @@ class RecordingCollector:
             return
         self.seen[key] += 1
         if row["kind"] == "end":
-            self.expected[key] = int(row["n_rows"])
+            self.expected[key] += int(row["n_rows"])
+            self.closed[key] += 1
         else:
             self.pending[key].append(row)
-        if self.seen[key] == self.expected.get(key):
+        if self.closed[key] == self.chunks[key] and self.seen[key] == self.expected[key]:
             self._flush(key, self.pending.pop(key, []))
 
     def _fail(self, key: tuple[str, str], message: str) -> None:
@@ -116,10 +123,12 @@ class RecordingCollector:
         for key in list(self.items):
             if key not in self.items:  # failed with its recording's other channel
                 continue
-            got = len(self.pending.get(key, []))
-            self._fail(
-                key, f"only {got} rows arrived" + (f" of {self.expected[key] - 1}" if key in self.expected else "")
-            )
+            got, closed, chunks = len(self.pending.get(key, [])), self.closed[key], self.chunks[key]
+            if closed == chunks:
+                self._fail(key, f"only {got} rows arrived of {self.expected[key] - closed}")
+            else:
+                closing = f" ({closed} of {chunks} chunks closed)" if closed else ""
+                self._fail(key, f"only {got} rows arrived{closing}")
         self.pending.clear()
 
 

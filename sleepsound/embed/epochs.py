@@ -131,8 +131,16 @@ def end_row(row: ManifestRow, cfg: PreprocessConfig, n_rows: int) -> dict[str, A
     return {**_blank(row, cfg), "n_rows": int(n_rows)}
 
 
+# A chunk of a night: epochs [first, stop) of it (see ``read_epochs``).
+Chunk = tuple[int, int]
+
+
 def read_epochs(
-    row: ManifestRow, cfg: PreprocessConfig, shift_classes: Collection[str] = (), epochs: bool = True
+    row: ManifestRow,
+    cfg: PreprocessConfig,
+    shift_classes: Collection[str] = (),
+    epochs: bool = True,
+    chunk: Chunk | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Stream one night into epoch rows (and shifted rows); a failure mid-night becomes one ``error`` row.
 
@@ -142,9 +150,16 @@ def read_epochs(
     holds the epochs). A night that breaks while streaming (a truncated part, storage gone)
     must not stop the cohort: the consumer sees the error row, drops that night's partial
     rows and quarantines it with the message.
+
+    ``chunk`` (first, stop): only epochs ``first .. stop - 1`` and the shifted windows of the
+    pairs starting among them, so several readers can share one night. The reader starts one
+    epoch early and stops one epoch late (pre- and post-roll: the resampler and the high-pass
+    carry state across epochs, and the resampler looks a few milliseconds ahead); the filters'
+    memory is far shorter than an epoch, so a chunk's rows equal the whole night's to float
+    rounding (tests/embed/test_preprocess.py).
     """
     try:
-        yield from _read_epochs(row, cfg, shift_classes, epochs)
+        yield from _read_epochs(row, cfg, shift_classes, epochs, chunk)
     except Quarantine as exc:  # a named fault, naming the source's file rather than its (temporary) local copy
         yield {
             **_blank(row, cfg),
@@ -161,10 +176,14 @@ def _source_of(row: ManifestRow, path: str) -> str:
 
 
 def _read_epochs(
-    row: ManifestRow, cfg: PreprocessConfig, shift_classes: Collection[str], epochs: bool
+    row: ManifestRow, cfg: PreprocessConfig, shift_classes: Collection[str], epochs: bool, chunk: Chunk | None
 ) -> Iterator[dict[str, Any]]:
     src = recording_source(row)
     n_epochs = int(row["n_epochs"])
+    lo, hi = chunk if chunk is not None else (0, n_epochs)
+    if not 0 <= lo < hi <= n_epochs:
+        raise ValueError(f"chunk {chunk} is not a range of the night's {n_epochs} epochs")
+    first = max(0, lo - 1)  # pre-roll: one epoch settles the filters' state
     labels = night_labels(row, n_epochs)
     stage3 = labels.stage3
     pairs = shift_pairs(stage3, shift_classes)
@@ -185,10 +204,15 @@ def _read_epochs(
             )
         parts = probe_parts(src, paths, cfg)
         rate = parts[0].sample_rate
-        block = int(round(length * rate)) * cfg.block_epochs
+        raw_epoch = int(round(length * rate))
+        block = raw_epoch * cfg.block_epochs
         emitted = 0
         full_scale = max(p.full_scale for p in parts)
-        for epoch in iter_epochs(iter_night_blocks(parts, block, src.layout), rate, cfg, full_scale, pairs):
+        # Post-roll: read through epoch ``hi`` (the look-ahead of epoch hi - 1's last samples, and the
+        # second half of the pair hi - 1, hi); the night's last chunk reads to the end, as a whole night does.
+        stop = None if hi >= n_epochs else (hi + 1) * raw_epoch
+        blocks = iter_night_blocks(parts, block, src.layout, start=first * raw_epoch, stop=stop)
+        for epoch in iter_epochs(blocks, rate, cfg, full_scale, pairs, first_index=first, emit_from=lo, emit_until=hi):
             i = epoch.index
             if i >= n_epochs:
                 break
@@ -220,14 +244,17 @@ def _read_epochs(
                 "audio": epoch.audio if epoch.valid else empty,
                 "error": None,
             }
-    if emitted < n_epochs:
-        raise OSError(f"{src.audio_uris[-1]}: audio ended after {emitted} of {n_epochs} epochs")
+    if emitted < hi - lo:
+        raise OSError(f"{src.audio_uris[-1]}: audio ended after {lo + emitted} of {n_epochs} epochs")
 
 
-def night_rows(row: ManifestRow, cfg: PreprocessConfig, plan: EmbedPlan) -> Iterator[dict[str, Any]]:
-    """A night's rows for the embedding stage, tagged with the channel, closed by ``end_row``."""
+def night_rows(
+    row: ManifestRow, cfg: PreprocessConfig, plan: EmbedPlan, chunk: Chunk | None = None
+) -> Iterator[dict[str, Any]]:
+    """A night's (or a chunk's) rows for the embedding stage, tagged with the channel, closed by
+    ``end_row`` (which counts this chunk's rows: the collector adds up every chunk's)."""
     sent = 0
-    for out in read_epochs(row, cfg, plan.shift_classes, plan.epochs):
+    for out in read_epochs(row, cfg, plan.shift_classes, plan.epochs, chunk):
         sent += 1
         yield {**out, "channel": cfg.channel}
         if out["error"]:

@@ -101,6 +101,9 @@ def iter_epochs(
     cfg: PreprocessConfig,
     full_scale: float = 1.0,
     shift_after: Container[int] = (),
+    first_index: int = 0,
+    emit_from: int = 0,
+    emit_until: int | None = None,
 ) -> Iterator[Epoch]:
     """Cut a stream of raw blocks (aligned to the epoch grid) into preprocessed epochs.
 
@@ -114,6 +117,12 @@ def iter_epochs(
     second half of epoch i and the first half of epoch i + 1, cut from the same filtered
     stream (same filter state as the epochs) and then normalised on its own, exactly like an
     epoch. Only the previous epoch's second half is kept, so memory stays one block.
+
+    A chunk of a night: ``blocks`` start at epoch ``first_index`` and only epochs in
+    ``[emit_from, emit_until)`` are yielded, with the shifted windows of the pairs that start
+    there. Epochs before ``emit_from`` are pre-roll, after are post-roll: read and filtered so
+    the resampler's and the filter's state match a whole night's, never yielded (see
+    ``embed.epochs.read_epochs``).
     """
     raw_epoch = int(round(cfg.epoch_seconds * in_rate))
     out_epoch = int(round(cfg.epoch_seconds * cfg.target_rate))
@@ -121,7 +130,8 @@ def iter_epochs(
     filt = StreamingFilter(in_rate, cfg)
     measured: deque[EpochQuality] = deque()
     buffer = np.zeros(0, dtype=np.float32)
-    next_index = 0
+    next_index = first_index
+    until = float("inf") if emit_until is None else emit_until
     tail: tuple[np.ndarray, EpochQuality] | None = None  # previous epoch's second half, unnormalised
 
     def drain() -> Iterator[Epoch]:
@@ -129,11 +139,19 @@ def iter_epochs(
         while len(buffer) >= out_epoch and measured:
             audio, buffer = buffer[:out_epoch], buffer[out_epoch:]
             quality = measured.popleft()
-            if tail is not None and quality.valid and tail[1].valid and (next_index - 1) in shift_after:
+            pair = next_index - 1  # the shifted window between this epoch and the previous one
+            if (
+                tail is not None
+                and quality.valid
+                and tail[1].valid
+                and pair in shift_after
+                and emit_from <= pair < until
+            ):
                 window = np.concatenate([tail[0], audio[:half]])
-                yield Epoch(next_index - 1, normalise(window), _pair_quality(tail[1], quality), half / cfg.target_rate)
+                yield Epoch(pair, normalise(window), _pair_quality(tail[1], quality), half / cfg.target_rate)
             tail = (audio[half:].copy(), quality) if shift_after else None
-            yield Epoch(next_index, normalise(audio) if quality.valid else audio, quality)
+            if emit_from <= next_index < until:
+                yield Epoch(next_index, normalise(audio) if quality.valid else audio, quality)
             next_index += 1
 
     for block in blocks:

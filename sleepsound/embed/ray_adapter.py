@@ -42,6 +42,7 @@ def ray_pipeline(items: list[WorkItem], cfg: Config, backbone: dict[str, Any]) -
                     "preprocess": item.cfg.preprocess.model_dump(),
                     "epochs": item.plan.epochs,
                     "shift": list(item.plan.shift_classes),
+                    "chunk": item.chunk,
                 },
                 default=str,
             )
@@ -106,7 +107,8 @@ def read_items(items: dict[str, np.ndarray]) -> Iterator[pa.Table]:
         cfg = PreprocessConfig.model_validate(item["preprocess"])
         plan = EmbedPlan(bool(item["epochs"]), tuple(item["shift"]))
         rows: list[dict[str, Any]] = []
-        for row in night_rows(item["row"], cfg, plan):
+        chunk = tuple(item["chunk"]) if item.get("chunk") else None
+        for row in night_rows(item["row"], cfg, plan, chunk):
             rows.append(row)
             if len(rows) == cfg.block_epochs:
                 yield _transport_table(rows)

@@ -278,8 +278,8 @@ def _read_edf_block(handle: BinaryIO, layout: _EdfLayout, start: int, n: int) ->
     return (layout.bitvalue * (layout.offset + digital.astype(np.float64))).astype(np.float32)
 
 
-def iter_part_blocks(part: PartInfo, block_samples: int, layout: str) -> Iterator[np.ndarray]:
-    """Yield float32 blocks of one part's chosen channel, in order.
+def iter_part_blocks(part: PartInfo, block_samples: int, layout: str, first: int = 0) -> Iterator[np.ndarray]:
+    """Yield float32 blocks of one part's chosen channel, in order, from sample ``first`` on.
 
     EDF samples are read record-wise with numpy when the file is plain 16-bit EDF: the same
     values as pyedflib's ``readSignal`` (which converts sample by sample, most of a night's
@@ -290,24 +290,37 @@ def iter_part_blocks(part: PartInfo, block_samples: int, layout: str) -> Iterato
         try:
             fast = _edf_layout(reader, part.path, part.channel_index, part.n_samples)
             if fast is None:
-                for start in range(0, part.n_samples, block_samples):
+                for start in range(first, part.n_samples, block_samples):
                     n = min(block_samples, part.n_samples - start)
                     yield reader.readSignal(part.channel_index, start, n).astype(np.float32)
                 return
         finally:
             reader.close()
         with open(part.path, "rb") as handle:
-            for start in range(0, part.n_samples, block_samples):
+            for start in range(first, part.n_samples, block_samples):
                 yield _read_edf_block(handle, fast, start, min(block_samples, part.n_samples - start))
     else:
-        yield from _plain_blocks(part, block_samples)
+        yield from _plain_blocks(part, block_samples, first)
 
 
-def _plain_blocks(part: PartInfo, block_samples: int) -> Iterator[np.ndarray]:
+def _plain_blocks(part: PartInfo, block_samples: int, first: int = 0) -> Iterator[np.ndarray]:
     """A WAV/FLAC's chosen channel block by block. Data that stops decoding part way (a FLAC
     corrupted or cut short) raises ``unreadable_audio`` with the time it stopped at. Read with
-    ``read`` rather than ``blocks``, which refuses files libsndfile cannot seek (GSM 6.10 WAV)."""
+    ``read`` rather than ``blocks``, which refuses files libsndfile cannot seek (GSM 6.10 WAV);
+    such a file is read from its start and the samples before ``first`` dropped."""
     with sf.SoundFile(part.path) as handle:
+        skip = first
+        if first:
+            try:
+                handle.seek(first)
+                skip = 0
+            except (sf.LibsndfileError, RuntimeError):
+                pass
+        while skip:
+            dropped = len(handle.read(min(skip, block_samples), dtype="float32", always_2d=True))
+            if not dropped:
+                return
+            skip -= dropped
         while True:
             try:
                 block = handle.read(block_samples, dtype="float32", always_2d=True)
@@ -332,16 +345,28 @@ def _decoded(handle: sf.SoundFile) -> int:
         return 0
 
 
-def iter_night_blocks(parts: list[PartInfo], block_samples: int, layout: str) -> Iterator[np.ndarray]:
+def iter_night_blocks(
+    parts: list[PartInfo], block_samples: int, layout: str, start: int = 0, stop: int | None = None
+) -> Iterator[np.ndarray]:
     """Concatenate parts on one time axis and re-cut into blocks of exactly ``block_samples``.
 
     Re-cutting keeps blocks aligned to the epoch grid across part boundaries (a part
     rarely holds a whole number of blocks); only the last block may be shorter.
+    ``start``/``stop``: only samples ``[start, stop)`` of the night (a chunk of it; parts
+    wholly outside are not opened), the blocks counted from ``start``.
     """
     pending: list[np.ndarray] = []
     filled = 0
+    remaining = None if stop is None else max(0, stop - start)
+    offset = 0  # the night's sample index where the current part begins
     for part in parts:
-        for block in iter_part_blocks(part, block_samples, layout):
+        if offset + part.n_samples <= start:
+            offset += part.n_samples
+            continue
+        for block in iter_part_blocks(part, block_samples, layout, first=max(0, start - offset)):
+            if remaining is not None:
+                block = block[:remaining]
+                remaining -= len(block)
             pending.append(block)
             filled += len(block)
             while filled >= block_samples:
@@ -349,5 +374,10 @@ def iter_night_blocks(parts: list[PartInfo], block_samples: int, layout: str) ->
                 yield joined[:block_samples]
                 rest = joined[block_samples:]
                 pending, filled = ([rest] if len(rest) else []), len(rest)
+            if remaining == 0:
+                break
+        offset += part.n_samples
+        if remaining == 0:
+            break
     if filled:
         yield np.concatenate(pending)

@@ -190,3 +190,42 @@ def test_forward_batches_use_few_lengths_and_cover_every_row_once():
             assert np.concatenate(pieces).tolist() == list(range(n)) if n else pieces == []
             seen |= {len(p) for p in pieces}
         assert seen <= {size} | {1 << k for k in range(size.bit_length()) if 1 << k < size}
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_long_nights_are_read_in_chunks_on_ray_and_cached_as_one_reader_would(tiny_whisper, tmp_path):
+    """With ray.chunk_minutes below a night's length, several readers share the night (chunks of
+    epochs, each with pre- and post-roll); the cache holds the same rows as the one-process path,
+    the embeddings equal to float rounding, and a night is still written whole, once."""
+    from sleepsound.embed.cohort import night_chunks
+
+    source = tmp_path / "src"
+    generate_cohort(source, n_subjects=2, hours=0.1, seed=5, sample_rate=48_000, part_seconds=150, cycle_minutes=3)
+    nights = build_manifest(str(source), PreprocessConfig())
+    cfg = Config.model_validate(
+        {"backbone": {"name": tiny_whisper, "batch_size": 4}, "ray": {"chunk_minutes": 1.5, "read_cpus": 0.5}}
+    )
+    assert night_chunks(nights[0], 3) == [(0, 3), (3, 6), (6, 9), (9, 12)]
+    assert night_chunks(nights[0], 12) == [None]
+    assert night_chunks({**nights[0], "source_uris": ["s3://b/x.edf"]}, 3) == [None]  # would download it 4 times
+    local, chunked = str(tmp_path / "local"), str(tmp_path / "ray")
+    one = embed_cohort(nights, local, cfg, use_ray=False)
+    many = embed_cohort(nights, chunked, cfg, use_ray=True)
+    assert many.failed == {} and sorted(many.embedded) == sorted(one.embedded)
+    assert (many.epochs, many.shifted) == (one.epochs, one.shifted) and many.epochs == 24 and many.shifted > 0
+    for row in nights:
+        rec = row["recording_id"]
+        pd.testing.assert_frame_equal(  # labels, validity, quality figures: identical
+            pd.read_parquet(epochs_path(local, cfg, rec)), pd.read_parquet(epochs_path(chunked, cfg, rec))
+        )
+        made = sorted(Path(embeddings_dir(local, cfg)).glob(f"{rec}-*.parquet"))
+        assert len(made) >= 2  # the epochs and at least one stage's shifted windows
+        for path in made:
+            x = pd.read_parquet(path)
+            y = pd.read_parquet(Path(embeddings_dir(chunked, cfg)) / path.name)
+            assert list(x["epoch_index"]) == list(y["epoch_index"])
+            if x.empty:  # a stage without shifted windows in this night: an empty file on both sides
+                continue
+            np.testing.assert_allclose(
+                np.stack(x["embedding"]).astype(np.float32), np.stack(y["embedding"]).astype(np.float32), atol=2e-2
+            )
