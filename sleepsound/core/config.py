@@ -156,6 +156,11 @@ class RayConfig(_Section):
     embed_cpus: float = Field(1.0, gt=0, description="logical CPUs each model actor holds")
     read_cpus: float = Field(0.5, gt=0, description="logical CPUs each streaming reader task holds")
     num_gpus_per_worker: float = 0.0
+    embed_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources each model actor needs, to pin the actors to the nodes that "
+        "advertise them (e.g. {model_node: 1}); GPUs are asked for with num_gpus_per_worker",
+    )
     chunk_minutes: float = Field(
         60.0,
         ge=0,
@@ -202,8 +207,20 @@ class Config(_Section):
         data = self.model_dump(exclude={"report"})  # what the report draws never changes a model
         if not data["backbone"]["layers"]:  # configs from before ``layers`` keep their hash
             del data["backbone"]["layers"]
+        for (section, key), default in _ADDED_LATER.items():  # likewise for later settings left at default
+            if data[section][key] == default:
+                del data[section][key]
         data["training"]["tasks"] = data["training"].pop("targets")  # hashed under its former name: same hash
         return _hash(data)[:12]
+
+
+# Settings added after configuration hashes were first recorded, with their defaults: a setting
+# left at its default is left out of the hash, so an unchanged configuration keeps its hash.
+_ADDED_LATER: dict[tuple[str, str], Any] = {
+    ("backbone", "cast_weights"): False,
+    ("ray", "chunk_minutes"): 60.0,
+    ("ray", "embed_resources"): {},
+}
 
 
 def _hash(obj: Any) -> str:

@@ -59,6 +59,7 @@ def ray_pipeline(items: list[WorkItem], cfg: Config, backbone: dict[str, Any]) -
         concurrency=cfg.ray.embed_workers,
         num_gpus=cfg.ray.num_gpus_per_worker or None,
         num_cpus=cfg.ray.embed_cpus,
+        resources=cfg.ray.embed_resources or None,
     )
     yield from batches_to_rows(ds.iter_batches(batch_size=64, batch_format="numpy"))
 

@@ -48,3 +48,14 @@ def test_backbone_layers_setting():
         Config.model_validate({"backbone": {"layer": 3, "layers": [2, -1]}})
     with pytest.raises(ValueError, match="twice"):
         Config.model_validate({"backbone": {"layers": [2, 2]}})
+
+
+def test_the_configuration_hash_of_unchanged_settings_stays_what_runs_recorded():
+    """Run records and model lineage carry Config.fingerprint(); settings added since (left at their
+    defaults) and the tasks -> targets rename must not change it for a configuration that did not."""
+    assert Config().fingerprint() == "eadb802c4f4b"  # the default configuration's hash before they existed
+    assert load_config(None, ["training.tasks=[stage3, resp]"]).fingerprint() == (
+        load_config(None, ["training.targets=[stage3, resp]"]).fingerprint()
+    )
+    for changed in ("ray.chunk_minutes=30", "backbone.cast_weights=true", "ray.embed_resources={model: 1}"):
+        assert load_config(None, [changed]).fingerprint() != Config().fingerprint(), changed
