@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
+import pyarrow as pa
 
 from sleepsound.core.config import Config
 from sleepsound.core.prefetch import prefetch
@@ -24,7 +24,7 @@ from sleepsound.embed.collector import EmbedStats, RecordingCollector, WorkItem
 from sleepsound.embed.epochs import Chunk, night_rows
 from sleepsound.embed.model_stage import EmbedStage
 from sleepsound.embed.ray_adapter import ray_pipeline
-from sleepsound.embed.rows import batches_to_rows, to_batch
+from sleepsound.embed.transport import table_rows, to_table
 
 
 def embed_cohort(
@@ -84,16 +84,16 @@ def night_chunks(row: ManifestRow, chunk_epochs: int) -> list[Chunk | None]:
 def _local_pipeline(items: list[WorkItem], cfg: Config, stage: EmbedStage) -> Iterator[dict[str, Any]]:
     """One process: a reader thread decodes and filters the next batch while the model embeds this one."""
     for batch in prefetch(_local_batches(items, cfg.backbone.stream_rows), depth=2):
-        yield from batches_to_rows([stage(batch)])
+        yield from table_rows([stage(batch)])
 
 
-def _local_batches(items: list[WorkItem], rows_per_batch: int) -> Iterator[dict[str, np.ndarray]]:
+def _local_batches(items: list[WorkItem], rows_per_batch: int) -> Iterator[pa.Table]:
     for item in items:
         buffer: list[dict[str, Any]] = []
         for epoch_row in night_rows(item.row, item.cfg.preprocess, item.plan, item.chunk):
             buffer.append(epoch_row)
             if len(buffer) == rows_per_batch:
-                yield to_batch(buffer)
+                yield to_table(buffer)
                 buffer = []
         if buffer:
-            yield to_batch(buffer)
+            yield to_table(buffer)

@@ -10,9 +10,10 @@ import os
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from sleepsound.core.config import BackboneConfig
-from sleepsound.embed.rows import text_cell
+from sleepsound.embed.transport import AUDIO, EMBEDDING, fixed_size_rows, rows_array
 
 
 def resolve_device(device: str) -> str:
@@ -70,21 +71,23 @@ class EmbedStage:
         self.batch_size: int | None = None if cfg.batch_size == "auto" else int(cfg.batch_size)
         self.stream_rows = cfg.stream_rows
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        audio = batch.pop("audio")
-        valid = np.asarray(batch["valid"], dtype=bool) & ~np.array([text_cell(e) is not None for e in batch["error"]])
-        out: np.ndarray | None = None
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """A transport table in (``embed.transport``), the same rows out with their embeddings
+        (zeros for invalid rows) in place of the audio."""
+        audio = rows_array(batch[AUDIO])
+        valid = batch["valid"].to_numpy(zero_copy_only=False) & batch["error"].is_null().to_numpy(zero_copy_only=False)
         rows = np.flatnonzero(valid)
         if self.batch_size is None and len(rows):
             self.batch_size = self.backbone.auto_batch_size(audio.shape[1], cap=self.stream_rows)
+        per_frame = (self.backbone.n_layers, self.backbone.dim) if self.backbone.layers else (self.backbone.dim,)
+        # Every batch's rows have one width, invalid ones included, so batches concatenate.
+        out = np.zeros((len(audio), self.backbone.n_output_frames(audio.shape[1]), *per_frame), dtype=np.float16)
         for take in forward_batches(rows, self.batch_size or 1):
-            emb = self.backbone.embed(np.ascontiguousarray(audio[take], dtype=np.float32))
-            if out is None:
-                out = np.zeros((len(audio), *emb.shape[1:]), dtype=np.float16)
-            out[take] = emb
-        if out is None:  # nothing valid in this batch: shape from a 30-s epoch
-            out = np.zeros((len(audio), 1, 1), dtype=np.float16)
-        batch["embedding"] = out.reshape(len(audio), -1)
-        batch["n_frames"] = np.full(len(audio), out.shape[1], dtype=np.int32)
-        batch["dim"] = np.full(len(audio), out.shape[-1], dtype=np.int32)  # [B, T, D] or [B, T, L, D]
-        return batch
+            out[take] = self.backbone.embed(np.ascontiguousarray(audio[take], dtype=np.float32))
+        n = len(audio)
+        return (
+            batch.drop_columns([AUDIO])
+            .append_column(EMBEDDING, fixed_size_rows(out.reshape(n, -1)))
+            .append_column("n_frames", pa.array(np.full(n, out.shape[1], dtype=np.int32)))
+            .append_column("dim", pa.array(np.full(n, out.shape[-1], dtype=np.int32)))  # [B, T, D] or [B, T, L, D]
+        )

@@ -155,12 +155,18 @@ def test_auto_batch_size_and_compile_reach_the_model_stage(rows, tiny_whisper, t
 
     stage = EmbedStage(cfg.backbone.model_dump())
     assert stage.batch_size is None  # sized on the first real batch
+    import pyarrow as pa
+
+    from sleepsound.embed.transport import fixed_size_rows
+
     stage(
-        {
-            "audio": np.zeros((3, 30 * 16_000), dtype=np.float32),
-            "valid": np.array([True, True, False]),
-            "error": np.array([None, None, None], dtype=object),
-        }
+        pa.table(
+            {
+                "audio": fixed_size_rows(np.zeros((3, 30 * 16_000), dtype=np.float32)),
+                "valid": [True, True, False],
+                "error": pa.array([None, None, None], type=pa.string()),
+            }
+        )
     )
     assert stage.batch_size == 8
     compiled = EmbedStage({**cfg.backbone.model_dump(), "compile": True})
@@ -229,3 +235,34 @@ def test_long_nights_are_read_in_chunks_on_ray_and_cached_as_one_reader_would(ti
             np.testing.assert_allclose(
                 np.stack(x["embedding"]).astype(np.float32), np.stack(y["embedding"]).astype(np.float32), atol=2e-2
             )
+
+
+def test_the_model_stage_keeps_one_row_width_and_the_transport_keeps_nulls(tiny_whisper):
+    """Arrow tables all the way: a batch with no valid row has the same embedding width as any
+    other (so Ray can join batches), and nulls come back as None, numbers as Python numbers."""
+    import pyarrow as pa
+
+    from sleepsound.embed.model_stage import EmbedStage
+    from sleepsound.embed.transport import EMBEDDING, TRANSPORT_FIELDS, table_rows, to_table
+
+    stage = EmbedStage(_cfg(tiny_whisper).backbone.model_dump())
+    blank = {name: None for name, _ in TRANSPORT_FIELDS}
+    rows = [
+        {
+            **blank,
+            "recording_id": "r",
+            "epoch_index": i,
+            "valid": valid,
+            "kind": "epoch",
+            "audio": np.random.default_rng(i).standard_normal(30 * 16_000).astype(np.float32),
+        }
+        for i, valid in enumerate([True, False, True])
+    ]
+    mixed = stage(to_table(rows))
+    dead = stage(to_table([{**r, "valid": False} for r in rows]))
+    assert mixed.schema == dead.schema and pa.concat_tables([mixed, dead]).num_rows == 6
+    out = list(table_rows([mixed, dead]))
+    assert [r["epoch_index"] for r in out] == [0, 1, 2, 0, 1, 2]
+    assert out[0]["stage3"] is None and out[0]["n_apnea"] is None and isinstance(out[0]["epoch_index"], int)
+    assert out[0][EMBEDDING].any() and not out[1][EMBEDDING].any() and not out[3][EMBEDDING].any()
+    assert out[0][EMBEDDING].size == out[0]["n_frames"] * out[0]["dim"]

@@ -1,0 +1,81 @@
+"""Epoch rows as Arrow tables and back: how rows travel from the CPU stage to the model and on.
+
+The readers, the model stage and the collector hand each other Arrow tables of one schema
+(``TRANSPORT_FIELDS`` plus the audio, then the embedding), in one process as on Ray Data, so
+nothing is converted cell by cell on the way: text stays Arrow strings, nulls stay nulls, and
+the audio and embeddings are fixed-size lists that numpy views without copying.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+AUDIO = "audio"
+EMBEDDING = "embedding"
+
+# Every table the CPU stage emits has this schema (and the audio), so an unlabelled night
+# (all-null stages) and a labelled one (strings) form one dataset.
+TRANSPORT_FIELDS: list[tuple[str, pa.DataType]] = [
+    ("recording_id", pa.string()),
+    ("subject_id", pa.string()),
+    ("epoch_index", pa.int32()),
+    ("start_s", pa.float64()),
+    ("stage5", pa.string()),
+    ("stage3", pa.string()),
+    ("valid", pa.bool_()),
+    ("invalid_reason", pa.string()),
+    ("zero_rms_s", pa.float32()),
+    ("nonfinite", pa.int32()),
+    ("clipped_fraction", pa.float32()),
+    ("apnea_frac", pa.float32()),
+    ("hypopnea_frac", pa.float32()),
+    ("snore_frac", pa.float32()),
+    ("n_apnea", pa.int32()),
+    ("n_hypopnea", pa.int32()),
+    ("resp_label", pa.string()),
+    ("kind", pa.string()),
+    ("offset_s", pa.float32()),
+    ("channel", pa.string()),
+    ("n_epochs", pa.int32()),
+    ("n_rows", pa.int32()),
+    ("error", pa.string()),
+]
+
+
+def fixed_size_rows(array: np.ndarray) -> pa.FixedSizeListArray:
+    """A 2-D numpy array as a fixed-size-list column, one list per row."""
+    array = np.ascontiguousarray(array)
+    return pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), int(array.shape[1]))
+
+
+def rows_array(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A fixed-size-list column as a 2-D numpy array [rows, list size]: a view of one chunk, or one
+    copy joining several (a batch gathered from several readers' blocks)."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    views = [c.flatten().to_numpy(zero_copy_only=False).reshape(len(c), c.type.list_size) for c in chunks if len(c)]
+    if len(views) == 1:
+        return views[0]
+    return np.concatenate(views) if views else np.zeros((0, column.type.list_size), dtype=np.float32)
+
+
+def to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """The CPU stage's rows (each with its 16-kHz ``audio``) as one transport table."""
+    columns = {name: pa.array([r[name] for r in rows], type=kind) for name, kind in TRANSPORT_FIELDS}
+    columns[AUDIO] = fixed_size_rows(np.stack([r[AUDIO] for r in rows]).astype(np.float32, copy=False))
+    return pa.table(columns)
+
+
+def table_rows(tables: Iterable[pa.Table]) -> Iterator[dict[str, Any]]:
+    """The model stage's tables as plain rows for the collector: Python values, None for null,
+    the embedding as a numpy row."""
+    for table in tables:
+        if not table.num_rows:
+            continue
+        embeddings = rows_array(table[EMBEDDING])
+        for i, row in enumerate(table.drop_columns([EMBEDDING]).to_pylist()):
+            row[EMBEDDING] = embeddings[i]
+            yield row
