@@ -36,7 +36,7 @@ test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
-# The unit tests alone (no Ray, no Prefect flows): about a minute, for the edit-test loop.
+# The unit tests alone (no Ray, no Prefect flows; about 3 minutes on 2 cores), for the edit-test loop.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not ray and not prefect"
 
