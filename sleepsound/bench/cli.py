@@ -111,6 +111,9 @@ def bench_embed(
     cast_weights: Annotated[
         bool, typer.Option("--cast-weights", help="Cast the weights to --dtype instead of autocast (GPU).")
     ] = False,
+    preprocess_device: Annotated[
+        str, typer.Option(help="Where resampling and filtering run: cpu (readers) or model (the model's device).")
+    ] = "cpu",
     workers: Annotated[
         Optional[str],
         typer.Option(
@@ -150,6 +153,7 @@ def bench_embed(
             sample_rate=sample_rate,
             compile=compile_model,
             cast_weights=cast_weights,
+            preprocess_device=preprocess_device,
             cores=parse_workers(cores, option="--cores"),
             feed_nights=feed_nights,
             feed_minutes=feed_minutes,

@@ -104,6 +104,7 @@ def bench_config(
     batch_size: int | str | None,
     compile: bool = False,
     cast_weights: bool = False,
+    preprocess_device: str = "cpu",
 ) -> Any:
     """The pipeline configuration every stage uses: defaults, this backbone, no shifted windows."""
     from sleepsound.core.config import Config
@@ -117,7 +118,9 @@ def bench_config(
     }
     if batch_size is not None:
         section["batch_size"] = batch_size
-    return Config.model_validate({"backbone": section, "training": {"shift_augment": False}})
+    return Config.model_validate(
+        {"backbone": section, "preprocess": {"device": preprocess_device}, "training": {"shift_augment": False}}
+    )
 
 
 def spec_config(spec: dict[str, Any]) -> Any:
@@ -129,6 +132,7 @@ def spec_config(spec: dict[str, Any]) -> Any:
         spec["batch_size"],
         spec.get("compile", False),
         spec.get("cast_weights", False),
+        spec.get("preprocess_device", "cpu"),
     )
 
 
@@ -583,6 +587,7 @@ def run_embed_bench(
     feed_nights: int = DEFAULT_FEED_NIGHTS,
     feed_minutes: float = DEFAULT_MINUTES,
     cast_weights: bool = False,
+    preprocess_device: str = "cpu",
 ) -> dict[str, Any]:
     """Generate (or reuse) a night, measure ours, the bare model and the baseline, return the JSON object.
 
@@ -596,6 +601,8 @@ def run_embed_bench(
         raise BenchError("minutes must cover at least one 30-s epoch")
     if workers is not None and (not workers or min(workers) < 1):
         raise BenchError("workers must be positive counts, e.g. 1,2")
+    if preprocess_device not in ("cpu", "model"):
+        raise BenchError(f"--preprocess-device is cpu or model, got {preprocess_device!r}")
     if cores is not None and (not cores or min(cores) < 1 or max(cores) > len(os.sched_getaffinity(0))):
         raise BenchError(f"cores must be counts from 1 to {len(os.sched_getaffinity(0))}, e.g. 1,2")
     if backbone == "mel":
@@ -607,7 +614,7 @@ def run_embed_bench(
     from sleepsound.embed.model_stage import resolve_device
 
     resolved = resolve_device(device)
-    cfg = bench_config(backbone, resolved, dtype, batch_size, compile, cast_weights)
+    cfg = bench_config(backbone, resolved, dtype, batch_size, compile, cast_weights, preprocess_device)
     t0 = time.perf_counter()
     night, generated = ensure_night(minutes / 60.0, sample_rate, seed, workdir)
     clips = ensure_clips(night, cfg)
@@ -622,6 +629,7 @@ def run_embed_bench(
         "batch_size": batch_size,
         "compile": compile,
         "cast_weights": cast_weights,
+        "preprocess_device": preprocess_device,
     }
     ours = run_stage(_MODULE, "ours", spec)
     epochs = int(ours["epochs"])
@@ -657,6 +665,7 @@ def run_embed_bench(
         "batch_size": model["batch_size"],
         "compile": compile,
         "cast_weights": cast_weights,
+        "preprocess_device": preprocess_device,
         "torch_threads": model["torch_threads"],
         "audio_minutes": round(audio_s / 60.0, 3),
         "sample_rate": sample_rate,

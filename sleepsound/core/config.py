@@ -36,6 +36,11 @@ class PreprocessConfig(_Section):
     max_zero_rms_seconds: float = 10.0
     zero_rms_frame_seconds: float = 0.1
     block_epochs: int = Field(4, ge=1, description="epochs decoded per streaming block")
+    device: Literal["cpu", "model"] = Field(
+        "cpu",
+        description="where resampling and the high-pass run: 'cpu' in the readers (soxr, scipy), or 'model' "
+        "on the model's device (torch; a GPU's, for nodes whose CPUs cannot keep up), with its own cache",
+    )
     # Labels only, never audio, so not in the fingerprint; stored event coverage lets readers
     # re-derive ``resp_label`` with a new value without re-embedding (see sleepsound.labels.events).
     resp_min_overlap_s: float = Field(
@@ -50,7 +55,9 @@ class PreprocessConfig(_Section):
     )
 
     def fingerprint(self) -> str:
-        return _hash(self.model_dump(exclude={"block_epochs", "resp_min_overlap_s"}))[:12]
+        # ``device`` only when not the default, so the CPU path's caches keep their folders.
+        exclude = {"block_epochs", "resp_min_overlap_s", *(("device",) if self.device == "cpu" else ())}
+        return _hash(self.model_dump(exclude=exclude))[:12]
 
     def channels(self) -> list[str]:
         """The single microphones this setting reads: both for ``"both"``, else the one named."""

@@ -59,7 +59,7 @@ def embed_cohort(
     if use_ray:
         rows = ray_pipeline(items, cfg, backbone)
     else:
-        stage = EmbedStage(backbone)
+        stage = EmbedStage(backbone, preprocess=cfg.preprocess.model_dump())
         rows = _local_pipeline(items, cfg, stage)
     for row in rows:
         collector.add(row)
@@ -93,7 +93,7 @@ def _local_batches(items: list[WorkItem], rows_per_batch: int) -> Iterator[pa.Ta
         for epoch_row in night_rows(item.row, item.cfg.preprocess, item.plan, item.chunk):
             buffer.append(epoch_row)
             if len(buffer) == rows_per_batch:
-                yield to_table(buffer)
+                yield to_table(buffer, raw=item.cfg.preprocess.device == "model")
                 buffer = []
         if buffer:
-            yield to_table(buffer)
+            yield to_table(buffer, raw=item.cfg.preprocess.device == "model")

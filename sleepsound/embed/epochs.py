@@ -21,7 +21,7 @@ from sleepsound.core.config import PreprocessConfig
 from sleepsound.core.findings import Quarantine
 from sleepsound.core.records import ManifestRow
 from sleepsound.embed.cache import EmbedPlan
-from sleepsound.embed.preprocess import iter_epochs
+from sleepsound.embed.preprocess import iter_epochs, iter_raw_epochs, margins
 from sleepsound.ingest.discovery import RecordingSource, local_copies
 from sleepsound.ingest.validate import probe_parts
 from sleepsound.io import rml
@@ -121,7 +121,10 @@ def _blank(row: ManifestRow, cfg: PreprocessConfig) -> dict[str, Any]:
         "offset_s": 0.0,
         "n_epochs": int(row["n_epochs"]),
         "n_rows": -1,
-        "audio": np.zeros(int(cfg.epoch_seconds * cfg.target_rate), dtype=np.float32),
+        # No audio behind it: in the CPU path a silent epoch (the transport's audio has one length),
+        # with preprocess.device model nothing (raw epochs travel as lists of any length).
+        "audio": np.zeros(0 if cfg.device == "model" else int(cfg.epoch_seconds * cfg.target_rate), dtype=np.float32),
+        "rate": float(cfg.target_rate),
         "error": None,
     }
 
@@ -212,7 +215,15 @@ def _read_epochs(
         # second half of the pair hi - 1, hi); the night's last chunk reads to the end, as a whole night does.
         stop = None if hi >= n_epochs else (hi + 1) * raw_epoch
         blocks = iter_night_blocks(parts, block, src.layout, start=first * raw_epoch, stop=stop)
-        for epoch in iter_epochs(blocks, rate, cfg, full_scale, pairs, first_index=first, emit_from=lo, emit_until=hi):
+        chunk_args = {"first_index": first, "emit_from": lo, "emit_until": hi}
+        if cfg.device == "model":  # raw epochs with margins: the model stage resamples and filters them
+            window = margins(int(rate), cfg.target_rate)
+            empty = np.zeros(raw_epoch + sum(window), dtype=np.float32)
+            stream = iter_raw_epochs(blocks, rate, cfg, window, full_scale, pairs, **chunk_args)
+        else:
+            stream = iter_epochs(blocks, rate, cfg, full_scale, pairs, **chunk_args)
+        audio_rate = float(rate) if cfg.device == "model" else float(cfg.target_rate)
+        for epoch in stream:
             i = epoch.index
             if i >= n_epochs:
                 break
@@ -242,6 +253,7 @@ def _read_epochs(
                 "n_epochs": n_epochs,
                 "n_rows": -1,
                 "audio": epoch.audio if epoch.valid else empty,
+                "rate": audio_rate,
                 "error": None,
             }
     if emitted < hi - lo:

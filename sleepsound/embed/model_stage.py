@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from sleepsound.core.config import BackboneConfig
-from sleepsound.embed.transport import AUDIO, EMBEDDING, fixed_size_rows, rows_array
+from sleepsound.core.config import BackboneConfig, PreprocessConfig
+from sleepsound.embed.transport import AUDIO, EMBEDDING, fixed_size_rows, rows_array, rows_list
 
 
 def resolve_device(device: str) -> str:
@@ -46,7 +46,9 @@ def forward_batches(rows: np.ndarray, size: int) -> list[np.ndarray]:
 class EmbedStage:
     """Model stage: loads the backbone once per worker, embeds the valid rows of a batch."""
 
-    def __init__(self, backbone: dict[str, Any], workers_per_node: int = 1) -> None:
+    def __init__(
+        self, backbone: dict[str, Any], workers_per_node: int = 1, preprocess: dict[str, Any] | None = None
+    ) -> None:
         from sleepsound.models.backbones.pretrained import load_backbone
 
         cfg = BackboneConfig.model_validate(backbone)
@@ -67,6 +69,12 @@ class EmbedStage:
             compile=cfg.compile,
             cast_weights=cfg.cast_weights,
         )
+        # preprocess.device model: the readers send raw epochs with margins; resample and filter here.
+        self.prepare = None
+        if preprocess is not None and PreprocessConfig.model_validate(preprocess).device == "model":
+            from sleepsound.embed.preprocess_torch import TorchPreprocess
+
+            self.prepare = TorchPreprocess(PreprocessConfig.model_validate(preprocess), self.backbone.device)
         # 'auto' is sized on the first batch, from its real segment length.
         self.batch_size: int | None = None if cfg.batch_size == "auto" else int(cfg.batch_size)
         self.stream_rows = cfg.stream_rows
@@ -74,8 +82,8 @@ class EmbedStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         """A transport table in (``embed.transport``), the same rows out with their embeddings
         (zeros for invalid rows) in place of the audio."""
-        audio = rows_array(batch[AUDIO])
         valid = batch["valid"].to_numpy(zero_copy_only=False) & batch["error"].is_null().to_numpy(zero_copy_only=False)
+        audio = rows_array(batch[AUDIO]) if self.prepare is None else self._prepared(batch, valid)
         rows = np.flatnonzero(valid)
         if self.batch_size is None and len(rows):
             self.batch_size = self.backbone.auto_batch_size(audio.shape[1], cap=self.stream_rows)
@@ -91,3 +99,20 @@ class EmbedStage:
             .append_column("n_frames", pa.array(np.full(n, out.shape[1], dtype=np.int32)))
             .append_column("dim", pa.array(np.full(n, out.shape[-1], dtype=np.int32)))  # [B, T, D] or [B, T, L, D]
         )
+
+    def _prepared(self, batch: pa.Table, valid: np.ndarray) -> np.ndarray:
+        """Raw epochs with margins -> normalised 16-kHz epochs [rows, samples] (zeros where invalid),
+        resampled and filtered on the model's device, one source rate at a time."""
+        import torch
+
+        assert self.prepare is not None
+        raw, rates = rows_list(batch[AUDIO]), batch["rate"].to_numpy(zero_copy_only=False)
+        out = np.zeros((len(raw), self.prepare.epoch), dtype=np.float32)
+        for rate in sorted({float(r) for r, ok in zip(rates, valid, strict=True) if ok}):
+            rows = np.flatnonzero(valid & (rates == rate))
+            with torch.inference_mode():
+                x = self.prepare(torch.from_numpy(np.stack([raw[i] for i in rows])), int(rate))
+                std = x.std(dim=1, unbiased=False, keepdim=True)
+                x = (x - x.mean(dim=1, keepdim=True)) / torch.where(std > 1e-8, std, torch.ones_like(std))
+            out[rows] = x.cpu().numpy()
+        return out

@@ -7,6 +7,7 @@ same night processed at once, and memory stays bounded by the block size.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
@@ -166,3 +167,84 @@ def iter_epochs(
 def count_epochs(n_samples: int, in_rate: float, cfg: PreprocessConfig) -> int:
     """Full epochs a recording of ``n_samples`` holds."""
     return int(n_samples // int(round(cfg.epoch_seconds * in_rate)))
+
+
+MARGIN_BEFORE_S = 0.3  # preprocess.device model: the high-pass's truncated response (0.256 s) and resampler history
+MARGIN_AFTER_S = 0.05  # and the resampler's look-ahead
+
+
+def reduced(rate: int, target: int) -> tuple[int, int]:
+    """(input, output) rates divided by their greatest common divisor: the polyphase pattern's period."""
+    g = math.gcd(int(rate), int(target))
+    return int(rate) // g, int(target) // g
+
+
+def margins(rate: int, target: int) -> tuple[int, int]:
+    """Raw samples to read before and after each epoch, whole multiples of the polyphase period so
+    the epoch starts exactly on an output sample."""
+    period = reduced(rate, target)[0]
+    before = math.ceil(MARGIN_BEFORE_S * rate / period) * period
+    after = math.ceil(MARGIN_AFTER_S * rate / period) * period
+    return before, after
+
+
+def iter_raw_epochs(
+    blocks: Iterable[np.ndarray],
+    in_rate: float,
+    cfg: PreprocessConfig,
+    margins: tuple[int, int],
+    full_scale: float = 1.0,
+    shift_after: Container[int] = (),
+    first_index: int = 0,
+    emit_from: int = 0,
+    emit_until: int | None = None,
+) -> Iterator[Epoch]:
+    """``iter_epochs`` for ``preprocess.device: model``: the same epochs and shifted windows, the
+    same quality figures and validity, but each one's audio raw (NaN/Inf zeroed), at ``in_rate``,
+    with ``margins`` = (before, after) raw samples around it, zeros beyond the night's ends, for
+    the model stage to resample and filter on its device (``embed.preprocess_torch``)."""
+    raw_epoch = int(round(cfg.epoch_seconds * in_rate))
+    half = raw_epoch // 2
+    before, after = margins
+    until = float("inf") if emit_until is None else emit_until
+    buffer = np.zeros(0, dtype=np.float32)
+    buffer_start = first_index * raw_epoch  # the night's sample index of buffer[0]
+    quality: dict[int, EpochQuality] = {}
+    measured = next_index = first_index  # next epoch to measure, next epoch to yield
+
+    def segment(lo: int, hi: int) -> np.ndarray:
+        """The night's samples [lo, hi), zeros where the stream has none (before or after the night)."""
+        out = np.zeros(hi - lo, dtype=np.float32)
+        a, b = max(lo, buffer_start), min(hi, buffer_start + len(buffer))
+        if b > a:
+            out[a - lo : b - lo] = buffer[a - buffer_start : b - buffer_start]
+        return out
+
+    def drain(finished: bool) -> Iterator[Epoch]:
+        nonlocal next_index, buffer, buffer_start
+        while next_index < measured:
+            i, pair = next_index, next_index - 1
+            if not finished and buffer_start + len(buffer) < (i + 1) * raw_epoch + after:
+                return  # epoch i's look-ahead margin has not been read yet
+            shifted = pair in shift_after and pair in quality and quality[pair].valid and quality[i].valid
+            if shifted and emit_from <= pair < until:
+                lo = pair * raw_epoch + half - before
+                window = segment(lo, lo + raw_epoch + before + after)
+                yield Epoch(pair, window, _pair_quality(quality[pair], quality[i]), half / in_rate)
+            if emit_from <= i < until:
+                lo = i * raw_epoch - before
+                yield Epoch(i, segment(lo, lo + raw_epoch + before + after), quality[i])
+            quality.pop(pair, None)
+            next_index += 1
+            keep_from = i * raw_epoch - before  # nothing later reaches back further
+            if keep_from > buffer_start:
+                buffer = buffer[keep_from - buffer_start :]
+                buffer_start = keep_from
+
+    for block in blocks:
+        for start in range(0, len(block) - raw_epoch + 1, raw_epoch):
+            quality[measured] = measure_epoch(block[start : start + raw_epoch], in_rate, cfg, full_scale)[0]
+            measured += 1
+        buffer = np.concatenate([buffer, sanitise(block).astype(np.float32, copy=False)])
+        yield from drain(finished=False)
+    yield from drain(finished=True)

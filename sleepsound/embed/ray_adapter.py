@@ -53,7 +53,11 @@ def ray_pipeline(items: list[WorkItem], cfg: Config, backbone: dict[str, Any]) -
     # Arrow tables from here on: the model stage and the driver read columns, never cells.
     ds = ds.map_batches(
         EmbedStage,
-        fn_constructor_kwargs={"backbone": backbone, "workers_per_node": cfg.ray.embed_workers},
+        fn_constructor_kwargs={
+            "backbone": backbone,
+            "workers_per_node": cfg.ray.embed_workers,
+            "preprocess": cfg.preprocess.model_dump(),
+        },
         batch_size=cfg.backbone.stream_rows,
         batch_format="pyarrow",
         concurrency=cfg.ray.embed_workers,
@@ -75,7 +79,7 @@ def read_items(items: dict[str, np.ndarray]) -> Iterator[pa.Table]:
         for row in night_rows(item["row"], cfg, plan, chunk):
             rows.append(row)
             if len(rows) == cfg.block_epochs:
-                yield to_table(rows)
+                yield to_table(rows, raw=cfg.device == "model")
                 rows = []
         if rows:
-            yield to_table(rows)
+            yield to_table(rows, raw=cfg.device == "model")

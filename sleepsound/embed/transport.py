@@ -43,6 +43,7 @@ TRANSPORT_FIELDS: list[tuple[str, pa.DataType]] = [
     ("n_epochs", pa.int32()),
     ("n_rows", pa.int32()),
     ("error", pa.string()),
+    ("rate", pa.float64()),  # of the audio: the target rate, or the source's (preprocess.device model)
 ]
 
 
@@ -62,11 +63,26 @@ def rows_array(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.concatenate(views) if views else np.zeros((0, column.type.list_size), dtype=np.float32)
 
 
-def to_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """The CPU stage's rows (each with its 16-kHz ``audio``) as one transport table."""
+def to_table(rows: list[dict[str, Any]], raw: bool = False) -> pa.Table:
+    """The CPU stage's rows as one transport table: 16-kHz epochs of one length as fixed-size lists,
+    or with ``raw`` (preprocess.device model) raw epochs with margins as lists of any length."""
     columns = {name: pa.array([r[name] for r in rows], type=kind) for name, kind in TRANSPORT_FIELDS}
-    columns[AUDIO] = fixed_size_rows(np.stack([r[AUDIO] for r in rows]).astype(np.float32, copy=False))
+    if raw:
+        columns[AUDIO] = pa.array([np.asarray(r[AUDIO], dtype=np.float32) for r in rows], type=pa.list_(pa.float32()))
+    else:
+        columns[AUDIO] = fixed_size_rows(np.stack([r[AUDIO] for r in rows]).astype(np.float32, copy=False))
     return pa.table(columns)
+
+
+def rows_list(column: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
+    """A list column as one numpy array per row (views of Arrow's buffers)."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    out: list[np.ndarray] = []
+    for chunk in chunks:
+        values = chunk.values.to_numpy(zero_copy_only=False)
+        offsets = chunk.offsets.to_numpy()
+        out += [values[offsets[i] : offsets[i + 1]] for i in range(len(chunk))]
+    return out
 
 
 def table_rows(tables: Iterable[pa.Table]) -> Iterator[dict[str, Any]]:

@@ -266,3 +266,31 @@ def test_the_model_stage_keeps_one_row_width_and_the_transport_keeps_nulls(tiny_
     assert out[0]["stage3"] is None and out[0]["n_apnea"] is None and isinstance(out[0]["epoch_index"], int)
     assert out[0][EMBEDDING].any() and not out[1][EMBEDDING].any() and not out[3][EMBEDDING].any()
     assert out[0][EMBEDDING].size == out[0]["n_frames"] * out[0]["dim"]
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_preprocessing_on_the_models_device_has_its_own_cache_and_the_same_epochs(tiny_whisper, tmp_path):
+    """preprocess.device model: readers send raw epochs with margins, the model stage resamples and
+    filters them; the same epochs, labels and quality as the CPU path, embeddings nearly the same
+    (another resampler: see test_preprocess_torch), in a cache folder of its own, one process or Ray."""
+    source = tmp_path / "src"
+    generate_cohort(source, n_subjects=1, hours=0.1, seed=5, sample_rate=48_000, part_seconds=150, cycle_minutes=3)
+    nights = build_manifest(str(source), PreprocessConfig())
+    rec, sha = nights[0]["recording_id"], nights[0]["sha256"]
+    cpu = _cfg(tiny_whisper)
+    model = cpu.model_copy(update={"preprocess": cpu.preprocess.model_copy(update={"device": "model"})})
+    assert cpu.preprocess.fingerprint() == PreprocessConfig().fingerprint() != model.preprocess.fingerprint()
+    root = str(tmp_path / "root")
+    embed_cohort(nights, root, cpu, use_ray=False)
+    reference = np.stack(pd.read_parquet(embeddings_path(root, cpu, rec, sha))["embedding"]).astype(np.float32)
+    for use_ray, where in ((False, "local"), (True, "ray")):
+        out = str(tmp_path / where)
+        stats = embed_cohort(nights, out, model, use_ray=use_ray)
+        assert stats.failed == {} and stats.epochs == 12
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(epochs_path(out, model, rec)), pd.read_parquet(epochs_path(root, cpu, rec))
+        )
+        got = np.stack(pd.read_parquet(embeddings_path(out, model, rec, sha))["embedding"]).astype(np.float32)
+        cosine = (got * reference).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(reference, axis=1)
+        assert cosine.min() > 0.999
+    assert embeddings_dir(root, cpu) != embeddings_dir(root, model)
