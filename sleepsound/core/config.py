@@ -224,6 +224,7 @@ class Config(_Section):
 # Settings added after configuration hashes were first recorded, with their defaults: a setting
 # left at its default is left out of the hash, so an unchanged configuration keeps its hash.
 _ADDED_LATER: dict[tuple[str, str], Any] = {
+    ("preprocess", "device"): "cpu",
     ("backbone", "cast_weights"): False,
     ("ray", "chunk_minutes"): 60.0,
     ("ray", "embed_resources"): {},

@@ -57,5 +57,10 @@ def test_the_configuration_hash_of_unchanged_settings_stays_what_runs_recorded()
     assert load_config(None, ["training.tasks=[stage3, resp]"]).fingerprint() == (
         load_config(None, ["training.targets=[stage3, resp]"]).fingerprint()
     )
-    for changed in ("ray.chunk_minutes=30", "backbone.cast_weights=true", "ray.embed_resources={model: 1}"):
+    for changed in (
+        "ray.chunk_minutes=30",
+        "backbone.cast_weights=true",
+        "ray.embed_resources={model: 1}",
+        "preprocess.device=model",
+    ):
         assert load_config(None, [changed]).fingerprint() != Config().fingerprint(), changed
