@@ -6,7 +6,7 @@ microphone at 48 kHz), ``minutes`` long, cached like the ingest benchmark's nigh
 (``python -m sleepsound.bench.embed --stage ...``) so that each peak memory is its own:
 
 * **ours**: the real pipeline from the manifest row to cached embeddings,
-  ``embedding.embed_cohort([row], root, cfg, use_ray=False)`` into a temporary storage root,
+  ``embed.cohort.embed_cohort([row], root, cfg, use_ray=False)`` into a temporary storage root,
   timed end to end: backbone load, EDF decode, soxr resample to 16 kHz, 50 Hz high-pass,
   pre-emphasis, epoch quality checks and normalisation, the model, Parquet writes. Training's
   shifted windows are off (``training.shift_augment=False``): the night's epochs only.
@@ -78,7 +78,7 @@ PEAK_TFLOPS_BF16: tuple[tuple[str, float], ...] = (
     ("A100", 312.0),
 )
 OURS_METHOD = (
-    "embedding.embed_cohort([row], root, cfg, use_ray=False) end to end: backbone load, EDF decode, "
+    "embed.cohort.embed_cohort([row], root, cfg, use_ray=False) end to end: backbone load, EDF decode, "
     "soxr HQ to 16 kHz, 50 Hz high-pass, pre-emphasis, epoch checks and normalisation, the model "
     "(batches of batch_size), float16 Parquet writes; shifted training windows off"
 )
@@ -290,21 +290,13 @@ def _stage_model(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
     from sleepsound.embed.model_stage import resolve_device
-    from sleepsound.models.backbones.pretrained import load_backbone
+    from sleepsound.models.backbones.pretrained import load_configured
 
     cfg = spec_config(spec)
     b = cfg.backbone
     device = resolve_device(b.device)
     t0 = time.perf_counter()
-    backbone = load_backbone(
-        b.name,
-        layer=b.layer,
-        pool_seconds=b.pool_seconds,
-        device=device,
-        dtype=b.dtype,
-        compile=b.compile,
-        cast_weights=b.cast_weights,
-    )
+    backbone = load_configured(b, device)
     load_seconds = time.perf_counter() - t0
     n_samples = int(round(EPOCH_SECONDS * cfg.preprocess.target_rate))
     epochs = int(spec["epochs"])
@@ -376,18 +368,11 @@ def tutorial_embed(paths: list[str], backbone: Any) -> tuple[int, float, float]:
 
 def _stage_baseline(spec: dict[str, Any]) -> dict[str, Any]:
     from sleepsound.embed.model_stage import resolve_device
-    from sleepsound.models.backbones.pretrained import load_backbone
+    from sleepsound.models.backbones.pretrained import load_configured
 
     cfg = spec_config(spec)
     b = cfg.backbone
-    backbone = load_backbone(
-        b.name,
-        layer=b.layer,
-        pool_seconds=b.pool_seconds,
-        device=resolve_device(b.device),
-        dtype=b.dtype,
-        cast_weights=b.cast_weights,
-    )
+    backbone = load_configured(b, resolve_device(b.device), compile=False)
     clips = sorted(Path(spec["clips"]).glob("clip-*.wav"))[: int(spec["epochs"])]
     n, _, seconds = tutorial_embed([str(c) for c in clips], backbone)
     return {"seconds": seconds, "epochs": n, "torch_threads": _torch_threads(), "peak_rss_mb": peak_rss_mb()}

@@ -49,7 +49,7 @@ class EmbedStage:
     def __init__(
         self, backbone: dict[str, Any], workers_per_node: int = 1, preprocess: dict[str, Any] | None = None
     ) -> None:
-        from sleepsound.models.backbones.pretrained import load_backbone
+        from sleepsound.models.backbones.pretrained import load_configured
 
         cfg = BackboneConfig.model_validate(backbone)
         device = resolve_device(cfg.device)
@@ -59,22 +59,14 @@ class EmbedStage:
             import torch
 
             torch.set_num_threads(cfg.cpu_threads or max(1, (os.cpu_count() or 1) // max(1, workers_per_node)))
-        self.backbone = load_backbone(
-            cfg.name,
-            layer=cfg.layer,
-            pool_seconds=cfg.pool_seconds,
-            device=device,
-            dtype=cfg.dtype,
-            layers=cfg.layers,
-            compile=cfg.compile,
-            cast_weights=cfg.cast_weights,
-        )
+        self.backbone = load_configured(cfg, device)
         # preprocess.device model: the readers send raw epochs with margins; resample and filter here.
         self.prepare = None
-        if preprocess is not None and PreprocessConfig.model_validate(preprocess).device == "model":
+        prep = None if preprocess is None else PreprocessConfig.model_validate(preprocess)
+        if prep is not None and prep.device == "model":
             from sleepsound.embed.preprocess_torch import TorchPreprocess
 
-            self.prepare = TorchPreprocess(PreprocessConfig.model_validate(preprocess), self.backbone.device)
+            self.prepare = TorchPreprocess(prep, self.backbone.device)
         # 'auto' is sized on the first batch, from its real segment length.
         self.batch_size: int | None = None if cfg.batch_size == "auto" else int(cfg.batch_size)
         self.stream_rows = cfg.stream_rows

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sleepsound.models.backbones.pretrained import DTYPES, SAMPLE_RATE, _resolve_device, pool_frames
+from sleepsound.models.backbones.pretrained import SAMPLE_RATE, _resolve_device, pool_frames, weightless_frames_per_pool
 
 NAME = "mel"
 FAMILY = "mel"
@@ -122,18 +122,9 @@ class MelBackbone:
         layers: Sequence[int] | None = None,
         n_mels: int = N_MELS,
     ) -> None:
-        if layer != -1 or list(layers or ()):
-            raise ValueError(
-                f"the mel front end has no layers to choose (got layer={layer}, "
-                f"layers={list(layers or ())}); leave backbone.layer at -1 and backbone.layers empty"
-            )
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-        frames = pool_seconds * FRAME_RATE_HZ
-        if not pool_seconds > 0 or abs(frames - round(frames)) > 1e-6:
-            raise ValueError(
-                f"pool_seconds must be a positive multiple of the {1 / FRAME_RATE_HZ:g} s hop, got {pool_seconds}"
-            )
+        frames_per_pool = weightless_frames_per_pool(
+            "mel front end", layer, layers, dtype, pool_seconds, FRAME_RATE_HZ, step=f"the {1 / FRAME_RATE_HZ:g} s hop"
+        )
         if not 1 <= n_mels <= N_FFT // 2 + 1:
             raise ValueError(f"n_mels must be in 1..{N_FFT // 2 + 1}, got {n_mels}")
         self.name, self.family = NAME, FAMILY
@@ -146,7 +137,7 @@ class MelBackbone:
         self.layer_indices: tuple[int, ...] = ()
         self.n_layers = 1
         self.pool_seconds = float(pool_seconds)
-        self.frames_per_pool = int(round(frames))
+        self.frames_per_pool = frames_per_pool
         self.feature_extractor = None
         self.window_samples = None
         settings = {

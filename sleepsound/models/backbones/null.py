@@ -22,7 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from sleepsound.models.backbones.pretrained import DTYPES, FRAME_RATE_HZ, SAMPLE_RATE, _resolve_device
+from sleepsound.models.backbones.pretrained import (
+    FRAME_RATE_HZ,
+    SAMPLE_RATE,
+    _resolve_device,
+    weightless_frames_per_pool,
+)
 
 NAME = "null"
 FAMILY = "null"
@@ -43,13 +48,7 @@ class NullBackbone:
         layers: Sequence[int] | None = None,
         dim: int = DIM,
     ) -> None:
-        if layer != -1 or list(layers or ()):
-            raise ValueError("the null backbone has no layers to choose; leave backbone.layer and backbone.layers")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-        frames = pool_seconds * FRAME_RATE_HZ
-        if not pool_seconds > 0 or abs(frames - round(frames)) > 1e-6:
-            raise ValueError(f"pool_seconds must be a positive multiple of {1 / FRAME_RATE_HZ} s, got {pool_seconds}")
+        frames_per_pool = weightless_frames_per_pool("null backbone", layer, layers, dtype, pool_seconds, FRAME_RATE_HZ)
         self.name, self.family = NAME, FAMILY
         self.device = _resolve_device(device)
         self.dtype = dtype
@@ -60,7 +59,7 @@ class NullBackbone:
         self.layer_indices: tuple[int, ...] = ()
         self.n_layers = 1
         self.pool_seconds = float(pool_seconds)
-        self.frames_per_pool = round(frames)
+        self.frames_per_pool = frames_per_pool
         self.feature_extractor = None
         self.window_samples = None
         self.model = None
@@ -88,17 +87,3 @@ class NullBackbone:
 
     def _autocast(self) -> Any:
         return nullcontext()
-
-
-def load_null_backbone(
-    *,
-    pool_seconds: float = 0.5,
-    device: str = "cpu",
-    dtype: str = "float32",
-    layer: int = -1,
-    layers: Sequence[int] | None = None,
-    compile: bool = False,
-    compile_backend: str = "inductor",
-) -> NullBackbone:
-    """The ``load_backbone("null", ...)`` path; ``compile`` has nothing to compile."""
-    return NullBackbone(pool_seconds=pool_seconds, device=device, dtype=dtype, layer=layer, layers=layers)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
+    from sleepsound.core.config import BackboneConfig
     from sleepsound.models.backbones.mel import MelBackbone
     from sleepsound.models.backbones.null import NullBackbone
 
@@ -338,6 +339,31 @@ def _truncate(model: torch.nn.Module, family: str, layer: int, index: int) -> No
         encoder.layer_norm = torch.nn.Identity()
 
 
+def weightless_frames_per_pool(
+    what: str,
+    layer: int,
+    layers: Sequence[int] | None,
+    dtype: str,
+    pool_seconds: float,
+    frame_rate_hz: float,
+    step: str | None = None,
+) -> int:
+    """Checks the settings of a front end without layers or weights (``mel``, ``null``) and returns
+    its frames per pooled frame: ``what`` names it in the errors, ``step`` its frame step."""
+    if layer != -1 or list(layers or ()):
+        raise ValueError(
+            f"the {what} has no layers to choose (got layer={layer}, "
+            f"layers={list(layers or ())}); leave backbone.layer at -1 and backbone.layers empty"
+        )
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    frames = pool_seconds * frame_rate_hz
+    if not pool_seconds > 0 or abs(frames - round(frames)) > 1e-6:
+        step = step or f"{1 / frame_rate_hz:g} s"
+        raise ValueError(f"pool_seconds must be a positive multiple of {step}, got {pool_seconds}")
+    return round(frames)
+
+
 def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -538,12 +564,10 @@ def load_backbone(
     worth it for long GPU runs, where the first batch pays the compilation.
     On CUDA, inputs go through pinned host memory and attention uses PyTorch's SDPA kernels.
     """
-    if name == NULL:
-        from sleepsound.models.backbones.null import load_null_backbone
+    if name == NULL:  # nothing to load, and nothing to compile
+        from sleepsound.models.backbones.null import NullBackbone
 
-        return load_null_backbone(
-            pool_seconds=pool_seconds, device=device, dtype=dtype, layer=layer, layers=layers, compile=compile
-        )
+        return NullBackbone(pool_seconds=pool_seconds, device=device, dtype=dtype, layer=layer, layers=layers)
     if name == MEL:
         from sleepsound.models.backbones.mel import load_mel_backbone
 
@@ -604,3 +628,20 @@ def load_backbone(
     if compile:  # same computation, fused kernels; the first batch pays the compilation
         backbone.model = torch.compile(backbone.model, dynamic=False, backend=compile_backend)
     return backbone
+
+
+def load_configured(
+    cfg: BackboneConfig, device: str, *, compile: bool | None = None
+) -> Backbone | MelBackbone | NullBackbone:
+    """``load_backbone`` with a ``BackboneConfig``'s settings on a resolved device: the pipeline's model
+    stage and the benchmarks load a backbone one way (``compile`` overrides the setting)."""
+    return load_backbone(
+        cfg.name,
+        layer=cfg.layer,
+        layers=cfg.layers,
+        pool_seconds=cfg.pool_seconds,
+        device=device,
+        dtype=cfg.dtype,
+        compile=cfg.compile if compile is None else compile,
+        cast_weights=cfg.cast_weights,
+    )
