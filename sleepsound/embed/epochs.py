@@ -197,7 +197,6 @@ def _read_epochs(
         if pairs
         else []
     )
-    empty = np.zeros(int(length * cfg.target_rate), dtype=np.float32)
     with local_copies(src.audio_uris) as paths:
         size = sum(os.path.getsize(p) for p in paths)
         if row.get("bytes") and size != int(row["bytes"]):  # the cache key is the validated audio's checksum
@@ -218,11 +217,11 @@ def _read_epochs(
         chunk_args = {"first_index": first, "emit_from": lo, "emit_until": hi}
         if cfg.device == "model":  # raw epochs with margins: the model stage resamples and filters them
             window = margins(int(rate), cfg.target_rate)
-            empty = np.zeros(raw_epoch + sum(window), dtype=np.float32)
             stream = iter_raw_epochs(blocks, rate, cfg, window, full_scale, pairs, **chunk_args)
+            audio_rate, empty = float(rate), np.zeros(raw_epoch + sum(window), dtype=np.float32)
         else:
             stream = iter_epochs(blocks, rate, cfg, full_scale, pairs, **chunk_args)
-        audio_rate = float(rate) if cfg.device == "model" else float(cfg.target_rate)
+            audio_rate, empty = float(cfg.target_rate), np.zeros(int(length * cfg.target_rate), dtype=np.float32)
         for epoch in stream:
             i = epoch.index
             if i >= n_epochs:
