@@ -93,3 +93,133 @@ def test_bulk_columns_are_written_in_row_groups_without_dictionary_or_statistics
     column = meta.row_group(0).column(2)
     assert column.statistics is None and "PLAIN_DICTIONARY" not in column.encodings
     assert read_table(fs, f"{path}/e.parquet").equals(table)
+
+
+def _disk_full_on(monkeypatch, marker: str) -> list[str]:
+    """Files opened for writing whose name contains ``marker`` fail as a full disk does: the file
+    is created, then the write raises ENOSPC. Returns the paths it failed, for the test to check."""
+    import builtins
+    import errno
+
+    real_open = builtins.open
+    failed: list[str] = []
+
+    class FullDisk:
+        def __init__(self, handle) -> None:
+            self.handle = handle
+
+        def write(self, data) -> int:
+            failed.append(self.handle.name)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.handle.close()
+
+    def open_(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        return FullDisk(handle) if "w" in mode and marker in str(file) else handle
+
+    monkeypatch.setattr(builtins, "open", open_)
+    return failed
+
+
+@pytest.mark.parametrize("kind", ["json", "parquet"])
+def test_a_full_disk_leaves_no_hidden_file_and_names_the_file_and_the_cause(kind, tmp_path, monkeypatch):
+    import errno
+
+    fs, path = open_root(str(tmp_path))
+    write_json(fs, f"{path}/kept.json", {"done": 1})
+    failed = _disk_full_on(monkeypatch, ".tmp-")
+    target = f"{path}/out.{kind}"
+    with pytest.raises(OSError) as caught:
+        if kind == "json":
+            write_json(fs, target, {"x": 1})
+        else:
+            write_table(fs, target, pa.table({"x": [1, 2, 3]}))
+    assert failed, "the injected full disk was not reached"
+    assert caught.value.errno == errno.ENOSPC
+    assert str(caught.value) == f"no space left on device writing {target}: free space and rerun; finished work is kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.json"]  # no hidden temp file, the old file kept
+    monkeypatch.undo()  # space freed: the rerun writes it
+    write_json(fs, target, {"x": 1}) if kind == "json" else write_table(fs, target, pa.table({"x": [1]}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.json", f"out.{kind}"]
+
+
+_FILL_A_SMALL_DISK = """
+import errno, json, os, sys
+import pyarrow as pa
+import numpy as np
+from sleepsound.core.storage import open_root, write_json, write_table
+disk = sys.argv[1]
+fs, path = open_root(disk)
+write_json(fs, f"{path}/kept.json", {"done": 1})
+big = pa.table({"x": np.random.default_rng(0).random(200_000)})  # ~1.6 MB of incompressible floats
+try:
+    write_table(fs, f"{path}/big.parquet", big)
+    error = None
+except OSError as exc:
+    error = {"errno": exc.errno, "message": str(exc)}
+left = sorted(os.listdir(disk))
+try:
+    write_table(fs, f"{path}/small.parquet", pa.table({"x": [1, 2]}))  # the next write is not blocked
+    blocked = None
+except OSError as exc:
+    blocked = str(exc)
+print(json.dumps({"error": error, "left": left, "blocked": blocked, "after": sorted(os.listdir(disk))}))
+"""
+
+
+def test_a_real_full_disk_is_reported_and_cleaned_up(tmp_path):
+    """A 512 KiB tmpfs, mounted in a private mount namespace where this machine allows it."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if not shutil.which("unshare"):
+        pytest.skip("no unshare here to mount a small tmpfs")
+    probe = subprocess.run(["unshare", "-rm", "mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(disk)], check=False)
+    if probe.returncode != 0:
+        pytest.skip("this machine does not let a test mount a tmpfs in a private namespace")
+    script = tmp_path / "fill.py"
+    script.write_text(_FILL_A_SMALL_DISK)
+    mount = f"mount -t tmpfs -o size=512k tmpfs {disk} && exec {sys.executable} {script} {disk}"
+    out = subprocess.run(["unshare", "-rm", "sh", "-c", mount], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)
+    target = f"{disk}/big.parquet"
+    assert result["error"] == {
+        "errno": 28,
+        "message": f"no space left on device writing {target}: free space and rerun; finished work is kept",
+    }
+    assert result["left"] == ["kept.json"]
+    assert result["blocked"] is None
+    assert result["after"] == ["kept.json", "small.parquet"]
+
+
+def test_a_local_write_is_fsynced_before_it_is_published_and_its_folder_after(tmp_path, monkeypatch):
+    """A power loss cannot be simulated here; what can be checked is the order of the calls that make it safe."""
+    import os
+
+    fs, _ = open_root(str(tmp_path))
+    target = tmp_path / "sub" / "m.json"
+    synced: list[tuple[str, bool]] = []  # (what was fsynced, was the file published yet)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), target.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_json(fs, str(target), {"x": 1})
+    assert len(synced) == 2, synced
+    (aside, published_then), (folder, published_after) = synced
+    assert aside.startswith(str(target.parent) + "/.m.json.tmp-") and not published_then  # the data, before the rename
+    assert folder == str(target.parent) and published_after  # the rename itself, after it
