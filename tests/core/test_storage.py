@@ -5,6 +5,7 @@ import s3fs
 
 from sleepsound.core import schemas
 from sleepsound.core.storage import list_files, open_root, read_json, read_table, write_json, write_table
+from tests.full_disk import disk_full_on, on_a_small_disk
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -95,47 +96,13 @@ def test_bulk_columns_are_written_in_row_groups_without_dictionary_or_statistics
     assert read_table(fs, f"{path}/e.parquet").equals(table)
 
 
-def _disk_full_on(monkeypatch, marker: str) -> list[str]:
-    """Files opened for writing whose name contains ``marker`` fail as a full disk does: the file
-    is created, then the write raises ENOSPC. Returns the paths it failed, for the test to check."""
-    import builtins
-    import errno
-
-    real_open = builtins.open
-    failed: list[str] = []
-
-    class FullDisk:
-        def __init__(self, handle) -> None:
-            self.handle = handle
-
-        def write(self, data) -> int:
-            failed.append(self.handle.name)
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __getattr__(self, name):
-            return getattr(self.handle, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc) -> None:
-            self.handle.close()
-
-    def open_(file, mode="r", *args, **kwargs):
-        handle = real_open(file, mode, *args, **kwargs)
-        return FullDisk(handle) if "w" in mode and marker in str(file) else handle
-
-    monkeypatch.setattr(builtins, "open", open_)
-    return failed
-
-
 @pytest.mark.parametrize("kind", ["json", "parquet"])
 def test_a_full_disk_leaves_no_hidden_file_and_names_the_file_and_the_cause(kind, tmp_path, monkeypatch):
     import errno
 
     fs, path = open_root(str(tmp_path))
     write_json(fs, f"{path}/kept.json", {"done": 1})
-    failed = _disk_full_on(monkeypatch, ".tmp-")
+    failed = disk_full_on(monkeypatch, ".tmp-")
     target = f"{path}/out.{kind}"
     with pytest.raises(OSError) as caught:
         if kind == "json":
@@ -176,25 +143,9 @@ print(json.dumps({"error": error, "left": left, "blocked": blocked, "after": sor
 
 
 def test_a_real_full_disk_is_reported_and_cleaned_up(tmp_path):
-    """A 512 KiB tmpfs, mounted in a private mount namespace where this machine allows it."""
-    import json
-    import shutil
-    import subprocess
-    import sys
-
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if not shutil.which("unshare"):
-        pytest.skip("no unshare here to mount a small tmpfs")
-    probe = subprocess.run(["unshare", "-rm", "mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", str(disk)], check=False)
-    if probe.returncode != 0:
-        pytest.skip("this machine does not let a test mount a tmpfs in a private namespace")
-    script = tmp_path / "fill.py"
-    script.write_text(_FILL_A_SMALL_DISK)
-    mount = f"mount -t tmpfs -o size=512k tmpfs {disk} && exec {sys.executable} {script} {disk}"
-    out = subprocess.run(["unshare", "-rm", "sh", "-c", mount], capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout)
-    target = f"{disk}/big.parquet"
+    """A 512 KiB tmpfs: the write that fills it fails naming the file, leaves nothing, and the next one works."""
+    result = on_a_small_disk(tmp_path, _FILL_A_SMALL_DISK)
+    target = f"{tmp_path}/disk/big.parquet"
     assert result["error"] == {
         "errno": 28,
         "message": f"no space left on device writing {target}: free space and rerun; finished work is kept",

@@ -340,14 +340,14 @@ def test_an_unreadable_claim_left_mid_takeover_ages_by_its_storage_time(tmp_path
 def test_a_run_whose_heartbeat_cannot_be_written_stops_writing_and_says_why(tmp_path, monkeypatch) -> None:
     """A full disk under the lock: the next write of the run raises, naming the root, the run and the cause."""
     from sleepsound.core.storage import open_root, write_json
-    from tests.core.test_storage import _disk_full_on
+    from tests.full_disk import disk_full_on
 
     root = str(tmp_path / "root")
     fs, path = open_root(root)
     elsewhere = str(tmp_path / "elsewhere")
     with pytest.raises(RuntimeError) as at_exit, hold_root(root, "full", "train", heartbeat_s=0.05):
         write_json(fs, f"{path}/before.json", {"x": 1})
-        failed = _disk_full_on(monkeypatch, ".lock.json.tmp-")
+        failed = disk_full_on(monkeypatch, ".lock.json.tmp-")
         threading.Event().wait(0.3)  # a few heartbeats
         assert failed, "the heartbeat never reached the full disk"
         monkeypatch.undo()  # the disk has room again: the run must still not write, the lock may be another's
@@ -362,3 +362,85 @@ def test_a_run_whose_heartbeat_cannot_be_written_stops_writing_and_says_why(tmp_
     assert not (tmp_path / "root" / "after.json").exists()
     assert (tmp_path / "elsewhere" / "free.json").exists()
     assert not list((tmp_path / "root" / "state").glob(".*tmp-*"))  # no temp files piled up
+
+
+def test_a_full_disk_when_the_lock_is_created_leaves_no_empty_lock_behind(tmp_path, monkeypatch) -> None:
+    """The crash-between-create-and-write of an empty lock.json, made by a full disk: now nothing is left."""
+    from sleepsound.core.storage import DiskFull
+    from tests.full_disk import disk_full_on
+
+    root = str(tmp_path / "root")
+    disk_full_on(monkeypatch, ".lock.json.tmp-")
+    with pytest.raises(DiskFull, match=r"no space left on device writing .*state/lock\.json"):
+        with hold_root(root, "a", "run"):
+            pass
+    monkeypatch.undo()
+    assert list((tmp_path / "root" / "state").iterdir()) == []  # no lock, no hidden file
+    with hold_root(root, "b", "run"):  # the rerun gets the root at once
+        assert holder(root)["run_id"] == "b"
+
+
+_LOCK_ON_A_FULL_DISK = """
+import json, os, sys, threading
+from sleepsound.core.storage import open_root, write_json
+from sleepsound.runs.root_lock import hold_root, holder
+
+disk = sys.argv[1]
+root = os.path.join(disk, "root")
+os.makedirs(os.path.join(root, "state"))
+filler = os.path.join(disk, "filler")
+
+
+def fill():
+    # fill the disk to the last block
+    with open(filler, "wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"x" * 4096)
+        except OSError:
+            pass
+
+
+fill()
+result = {}
+try:
+    with hold_root(root, "first", "run"):
+        result["first"] = "held"
+except Exception as exc:
+    result["first"] = f"{type(exc).__name__}: {exc}"
+result["left_in_state"] = sorted(os.listdir(os.path.join(root, "state")))
+os.unlink(filler)  # space freed: the rerun must get the root, not be refused by an empty lock
+try:
+    with hold_root(root, "rerun", "run", heartbeat_s=0.05):
+        result["rerun"] = "held"
+        fill()  # the disk fills up while it holds the root
+        threading.Event().wait(0.5)  # heartbeats fail
+        os.unlink(filler)  # and even with room again the run must not write: it cannot know it still holds
+        try:
+            write_json(open_root(root).fs, os.path.join(root, "late.json"), {"x": 1})
+            result["late_write"] = "written"
+        except Exception as exc:
+            result["late_write"] = f"{type(exc).__name__}: {exc}"
+except Exception as exc:
+    result["rerun_end"] = f"{type(exc).__name__}: {exc}"
+result["left_after"] = sorted(os.listdir(os.path.join(root, "state")))
+print(json.dumps(result))
+"""
+
+
+def test_a_real_full_disk_never_leaves_an_empty_lock_and_stops_a_holder_that_cannot_renew(tmp_path) -> None:
+    """On a 256 KiB tmpfs filled to the last block (where this machine lets a test mount one)."""
+    from tests.full_disk import on_a_small_disk
+
+    result = on_a_small_disk(tmp_path, _LOCK_ON_A_FULL_DISK, size="256k")
+    lock = f"{tmp_path}/disk/root/state/lock.json"
+    assert (
+        result["first"]
+        == f"DiskFull: no space left on device writing {lock}: free space and rerun; finished work is kept"
+    )
+    assert result["left_in_state"] == []  # no empty lock.json to refuse every later run, no hidden file
+    assert result["rerun"] == "held"
+    assert result["late_write"].startswith("RootLost: run 'rerun' no longer holds ")
+    assert "heartbeat could not be written: no space left on device" in result["late_write"]
+    assert result["rerun_end"].startswith("RootLost: run 'rerun' no longer holds ")
+    assert result["left_after"] == []  # its own lock removed on the way out, no temp files piled up
