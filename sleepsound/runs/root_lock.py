@@ -23,7 +23,10 @@ What is guaranteed, and what is not:
   credentials), once another run took the lock over, or once it has gone 90% of
   ``stale_after_s`` without renewing (a stalled process), which is before anyone else may
   judge it dead; the block then ends with ``RootLost`` rather than as if it had finished.
-  Writes made for the run by other processes (Ray workers) are not fenced by this check.
+  Writes made for the run by other processes (Ray workers) are fenced only where that
+  process follows the hold (``follow_hold`` with the token ``hold_root`` yields): each of its
+  writes under the root then first reads the lock and stops (``RootLost``) once it is not
+  this run's; it cannot see the holder's failed heartbeats until the lock changes hands.
 - On object stores that ignore conditional writes (``If-None-Match``), two runs starting in
   the same instant can both believe they hold the root; AWS S3 honours it.
 """
@@ -55,7 +58,7 @@ from sleepsound.core.storage import (
     write_bytes_atomic,
 )
 
-__all__ = ["RootBusy", "RootLost", "check_free", "hold_root", "holder", "lock_path"]
+__all__ = ["RootBusy", "RootLost", "check_free", "follow_hold", "hold_root", "holder", "lock_path"]
 
 LOCK = "lock.json"
 HEARTBEAT_S = 30.0
@@ -305,3 +308,26 @@ def hold_root(
                 fs.rm_file(path)
     if reason is not None:
         raise RootLost(f"{reason}; what it wrote before is kept, rerun it to finish")
+
+
+@contextlib.contextmanager
+def follow_hold(root: RootLike, token: dict[str, Any]) -> Iterator[None]:
+    """Fence this process's writes under ``root`` by another process's hold (``token``: what hold_root yielded).
+
+    For a worker (a Ray task) writing for the run that holds the root: before each write under
+    the root it reads the lock (one small read: a GET on S3) and raises RootLost once the lock is
+    gone or another run's, so a worker never writes over a run that took the root over.
+    """
+    store = open_root(root)
+    path = lock_path(store.path)
+    run_id, acquired = token["run_id"], token["acquired"]
+
+    def lost() -> str | None:
+        raw = _read(store.fs, path)
+        if _is_mine(raw, run_id, acquired):
+            return None
+        now = "its lock file was removed" if raw is None else f"the lock is run {_parse(raw).get('run_id')!r}'s"
+        return f"run {run_id!r} no longer holds {store.uri}: {now}"
+
+    with fenced(store.fs, store.path, lost):
+        yield

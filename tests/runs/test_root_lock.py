@@ -444,3 +444,45 @@ def test_a_real_full_disk_never_leaves_an_empty_lock_and_stops_a_holder_that_can
     assert "heartbeat could not be written: no space left on device" in result["late_write"]
     assert result["rerun_end"].startswith("RootLost: run 'rerun' no longer holds ")
     assert result["left_after"] == []  # its own lock removed on the way out, no temp files piled up
+
+
+def test_a_worker_following_the_hold_stops_writing_once_another_run_has_the_root(tmp_path) -> None:
+    """A worker process (a Ray task's, here a plain subprocess) holds no lock: it follows its run's."""
+    import subprocess
+    import sys
+
+    from sleepsound.runs.root_lock import follow_hold
+
+    root = str(tmp_path / "root")
+    worker = (
+        "import json, sys\n"
+        "from sleepsound.core.storage import open_root, write_json\n"
+        "from sleepsound.runs.root_lock import follow_hold\n"
+        "root, token, name = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]\n"
+        "with follow_hold(root, token):\n"
+        "    try:\n"
+        "        write_json(open_root(root).fs, f'{root}/{name}', {'x': 1})\n"
+        "        print('written')\n"
+        "    except RuntimeError as exc:\n"
+        "        print(f'{type(exc).__name__}: {exc}')\n"
+    )
+
+    def work(token: dict, name: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", worker, root, json.dumps(token), name], capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    with hold_root(root, "mine", "run") as token:
+        assert work(token, "during.json") == "written"
+    taken = {"run_id": "mine", "acquired": token["acquired"]}
+    with hold_root(root, "next", "run"):
+        answer = work(taken, "late.json")
+    assert answer.startswith("RootLost: run 'mine' no longer holds") and "'next'" in answer
+    assert (tmp_path / "root" / "during.json").exists() and not (tmp_path / "root" / "late.json").exists()
+    with follow_hold(root, taken):  # in this process too, and with the lock gone altogether
+        from sleepsound.core.storage import open_root, write_json
+
+        with pytest.raises(RootLost, match="lock file was removed"):
+            write_json(open_root(root).fs, f"{root}/gone.json", {"x": 1})
