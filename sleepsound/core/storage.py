@@ -15,9 +15,10 @@ storage. What a write guarantees:
   every write under that root asks it just before it publishes; a run that lost the root
   (its heartbeat could not be written, or another run took over) gets ``RootLost`` instead
   of overwriting the new holder's files. The check runs in this process: it fences the
-  writes of the process that holds the root (the flow and its threads), not those made by
-  other processes for it (Ray workers), and a write already past its check (microseconds on
-  disk, one PUT on S3) still lands.
+  writes of the process that holds the root (the flow and its threads); another process
+  writing for the run (a Ray worker) is fenced only if it follows the hold
+  (``runs.root_lock.follow_hold``). A write already past its check (microseconds on disk,
+  one PUT on S3) still lands.
 """
 
 from __future__ import annotations
