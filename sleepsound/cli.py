@@ -89,16 +89,27 @@ def validate(
 ) -> None:
     """Check recordings without embedding anything; exit 0 however many are quarantined.
 
-    Exit 2 only when validation could not run (bad arguments, unreachable storage).
+    Exit 2 only when validation could not run (bad arguments, unreachable storage, a root
+    another run holds: with --root it writes the manifest, so it holds the root like every
+    writing command, and refuses before validating anything).
     """
     cfg = _load_config(config, overrides)
+    from datetime import UTC, datetime
+
     from sleepsound.ingest.manifest import build_manifest, write_manifest
+    from sleepsound.runs.root_lock import RootBusy, RootLost, hold_root
 
     try:
-        rows = build_manifest(source, cfg.preprocess, cfg.validation, deep=deep)
         if root:
-            write_manifest(root, rows)
-    except OSError as exc:
+            with hold_root(root, datetime.now(UTC).strftime("validate-%Y%m%dT%H%M%SZ"), "validate"):
+                rows = build_manifest(source, cfg.preprocess, cfg.validation, deep=deep)
+                write_manifest(root, rows)
+        else:
+            rows = build_manifest(source, cfg.preprocess, cfg.validation, deep=deep)
+    except RootBusy as exc:
+        console.print(f"[red]not started:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except (OSError, RootLost) as exc:
         console.print(f"[red]cannot run validation:[/red] {exc}")
         raise typer.Exit(2) from exc
     accepted = [r for r in rows if r["status"] == "accepted"]

@@ -1,18 +1,37 @@
 """One storage root for every artifact: a local path, ``file://`` or ``s3://``.
 
 Everything goes through fsspec so the same code writes to a laptop disk and to object
-storage. Writes are atomic: a file is written aside and then moved into place (a local
-rename, or a single PUT on object stores, which is atomic per object), so a crash never
-leaves a half-written artifact where a reader would take it for complete.
+storage. What a write guarantees:
+
+- Atomic: a file is written aside and then moved into place (a local rename, or a single PUT
+  on object stores, which is atomic per object), so a crash never leaves a half-written
+  artifact where a reader would take it for complete.
+- Durable on local disk: the aside file is fsynced before the rename and its folder after, so
+  a power loss leaves the old file or the new one, never a published empty one. (On an object
+  store a PUT is durable once it returns; on NFS fsync is as good as the server's export.)
+- Clean on failure: a failed write (a full disk above all) removes its aside file and says
+  which file it was writing and that the disk is full; the files written before it are kept.
+- Fenced: a run that holds a root (``sleepsound.runs.root_lock``) registers a check here, and
+  every write under that root asks it just before it publishes; a run that lost the root
+  (its heartbeat could not be written, or another run took over) gets ``RootLost`` instead
+  of overwriting the new holder's files. The check runs in this process: it fences the
+  writes of the process that holds the root (the flow and its threads); another process
+  writing for the run (a Ray worker) is fenced only if it follows the hold
+  (``runs.root_lock.follow_hold``). A write already past its check (microseconds on disk,
+  one PUT on S3) still lands.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
+import os
 import posixpath
+import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,22 +92,176 @@ def full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return fs.unstrip_protocol(path) if not isinstance(fs, LocalFileSystem) else path
 
 
-def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+class RootLost(RuntimeError):
+    """This process's run no longer holds the root it is writing to: it must stop, not overwrite."""
+
+
+class DiskFull(OSError):
+    """The disk filled up during a write; the message names the file (``errno`` stays ENOSPC)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+# Fences of the roots held in this process: root key -> a check returning why the hold is lost (None: held).
+_FENCES: dict[tuple[str, str], Callable[[], str | None]] = {}
+_FENCES_LOCK = threading.Lock()
+
+
+def _fence_key(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, str]:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol, path.rstrip("/") or "/"
+
+
+@contextlib.contextmanager
+def fenced(fs: fsspec.AbstractFileSystem, root_path: str, check: Callable[[], str | None]) -> Iterator[None]:
+    """While the block runs, every write under ``root_path`` in this process asks ``check`` first.
+
+    ``check`` returns None while the root is held, else why not; the write then raises RootLost.
+    Lives here, not with the lock, so the foundations need no import from the runs stage.
+    """
+    key = _fence_key(fs, root_path)
+    with _FENCES_LOCK:  # a run of this process that took over from another of this process replaces its fence
+        _FENCES[key] = check
+    try:
+        yield
+    finally:
+        with _FENCES_LOCK:
+            if _FENCES.get(key) is check:
+                del _FENCES[key]
+
+
+def _check_fence(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """RootLost when ``path`` lies under a root this process held and has lost."""
+    protocol, target = _fence_key(fs, path)
+    with _FENCES_LOCK:
+        checks = [
+            check
+            for (proto, root), check in _FENCES.items()
+            if proto == protocol and (target == root or target.startswith(root.rstrip("/") + "/"))
+        ]
+    for check in checks:
+        reason = check()
+        if reason is not None:
+            raise RootLost(f"{reason}; {path} was not written")
+
+
+@contextlib.contextmanager
+def _naming_a_full_disk(path: str) -> Iterator[None]:
+    """Re-raise a full disk (or quota) as DiskFull naming the file being written; other errors pass as they are."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        message = f"no space left on device writing {path}: free space and rerun; finished work is kept"
+        raise DiskFull(errno.ENOSPC, message) from exc
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make a rename in ``folder`` durable; filesystems that cannot sync a folder are left as they are."""
+    handle = os.open(folder or ".", os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(handle)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(handle)
+
+
+def write_synced_aside(path: str, data: bytes) -> str:
+    """Write ``data`` to a hidden file beside ``path`` and fsync it; the aside file's path.
+
+    On failure the aside file is removed and a full disk is named (DiskFull), so failures
+    leave nothing behind to fill the disk further. Local disk only.
+    """
+    parent = posixpath.dirname(path)
+    tmp = posixpath.join(parent, f".{posixpath.basename(path)}.tmp-{uuid.uuid4().hex}")
+    try:
+        with _naming_a_full_disk(path), open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes, *, fence: bool = True) -> None:
     """Write aside then move into place, so readers never see a partial file.
 
     The aside file is hidden (a leading dot), so if the process dies before the move, Parquet
-    dataset readers (which skip dot files) and our own listings never take it for data.
+    dataset readers (which skip dot files) and our own listings never take it for data. On
+    local disk it is fsynced before the rename and the folder after. Just before publishing,
+    a write under a root this process holds checks the hold (``fence=False``: the lock's own
+    writes, which must go through to say the run is alive).
     """
     parent = posixpath.dirname(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    if isinstance(fs, LocalFileSystem):
-        tmp = posixpath.join(parent, f".{posixpath.basename(path)}.tmp-{uuid.uuid4().hex}")
-        with fs.open(tmp, "wb") as handle:
-            handle.write(data)
-        fs.mv(tmp, path)
-    else:
-        fs.pipe_file(path, data)
+    with _naming_a_full_disk(path):
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        if not isinstance(fs, LocalFileSystem):
+            if fence:
+                _check_fence(fs, path)
+            fs.pipe_file(path, data)
+            return
+        tmp = write_synced_aside(path, data)
+        try:
+            if fence:
+                _check_fence(fs, path)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _fsync_folder(parent)
+
+
+def create_bytes_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Create ``path`` holding ``data`` only if it does not exist (FileExistsError otherwise), atomically.
+
+    On local disk the data is written and fsynced aside and then hard-linked into place: the link
+    fails if the name exists, and the file never appears empty (where links are not supported,
+    ``O_EXCL`` creates it and a failed write removes it again). fsspec's generic
+    ``pipe_file(mode="create")``, which local disk inherits, checks and then writes, so two runs
+    could both pass the check. S3 (s3fs) sends ``If-None-Match: *``, atomic on the server; an
+    object store that ignores it lets both writers succeed, which no client can detect. Not
+    fenced: the root lock itself uses it.
+    """
+    if not isinstance(fs, LocalFileSystem):
+        with _naming_a_full_disk(path):
+            fs.pipe_file(path, data, mode="create")
+        return
+    tmp = write_synced_aside(path, data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        _create_with_o_excl(path, data)  # a filesystem without hard links
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _fsync_folder(posixpath.dirname(path))
+
+
+def _create_with_o_excl(path: str, data: bytes) -> None:
+    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with _naming_a_full_disk(path), os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        os.unlink(path)  # ours: created above, so no empty file is left to be taken for a lock
+        raise
 
 
 def write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:

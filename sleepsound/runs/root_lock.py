@@ -2,13 +2,33 @@
 
 Two runs writing the same root would race on the manifest, the model store and the nightly
 state. A run therefore holds ``<root>/state/lock.json`` while it writes: it is created with an
-atomic create-if-absent (``O_EXCL`` on disk, ``If-None-Match: *`` on S3), so of two runs
+atomic create-if-absent (a hard link on disk, ``If-None-Match: *`` on S3), so of two runs
 starting together exactly one gets it; the other is refused at once with a message naming the
-holder. The holder refreshes the lock's heartbeat while it runs; a lock whose heartbeat is
-older than ``stale_after_s`` belongs to a run that died (killed, machine lost) and is taken
-over, so a crash never locks a root for good. A holder on this same machine whose process is
-gone is known dead at once. Taking over is atomic too: the runs that find the same dead lock race
-to create a claim named after that lock's bytes, and only the one that creates it replaces the lock.
+holder. The holder rewrites the lock every ``heartbeat_s``; a lock the storage last wrote more
+than ``stale_after_s`` ago belongs to a run that died (killed, machine lost) and is taken over,
+so a crash never locks a root for good. A holder on this same machine whose process is gone is
+known dead at once. Taking over is atomic too: the runs that find the same dead lock race to
+create a claim named after that lock's bytes, and only the one that creates it replaces the lock.
+
+What is guaranteed, and what is not:
+
+- Staleness is judged by the storage's own clock: the lock's modification time against that of
+  a probe file written beside it a moment before, never the holder's clock against ours, so
+  hosts whose clocks disagree neither steal a live lock nor wait on a dead one. An empty or
+  unreadable lock (a run that died between creating and writing it) ages the same way. S3 keeps
+  modification times to the second, far finer than the ten minutes that matter here.
+- Fencing: every write under the root by the holding process checks the hold just before it
+  publishes (``sleepsound.core.storage.fenced``). A holder stops writing (``RootLost``, naming
+  the root, the run and the cause) once a heartbeat could not be written (a full disk, lost
+  credentials), once another run took the lock over, or once it has gone 90% of
+  ``stale_after_s`` without renewing (a stalled process), which is before anyone else may
+  judge it dead; the block then ends with ``RootLost`` rather than as if it had finished.
+  Writes made for the run by other processes (Ray workers) are fenced only where that
+  process follows the hold (``follow_hold`` with the token ``hold_root`` yields): each of its
+  writes under the root then first reads the lock and stops (``RootLost``) once it is not
+  this run's; it cannot see the holder's failed heartbeats until the lock changes hands.
+- On object stores that ignore conditional writes (``If-None-Match``), two runs starting in
+  the same instant can both believe they hold the root; AWS S3 honours it.
 """
 
 from __future__ import annotations
@@ -20,19 +40,32 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 
-from sleepsound.core.storage import RootLike, StorageRoot, join, open_root, write_bytes_atomic
+from sleepsound.core.storage import (
+    RootLike,
+    RootLost,
+    StorageRoot,
+    create_bytes_exclusive,
+    fenced,
+    join,
+    open_root,
+    write_bytes_atomic,
+)
+
+__all__ = ["RootBusy", "RootLost", "check_free", "follow_hold", "hold_root", "holder", "lock_path"]
 
 LOCK = "lock.json"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0
 CLAIM_STALE_S = 60.0  # a takeover takes milliseconds: an older claim was left by a run that died in it
+LEASE_FRACTION = 0.9  # a holder stops writing this far into stale_after_s without a renewal: margin for slow clocks
+UNREADABLE = "(unknown: lock file empty or unreadable)"
 
 
 class RootBusy(RuntimeError):
@@ -48,6 +81,11 @@ def _now() -> datetime:
 
 
 def _record(run_id: str, purpose: str, acquired: str) -> bytes:
+    """The lock's content: who holds it, for people and for the holder to recognise its own lock.
+
+    ``heartbeat`` is the holder's wall clock, shown to people only: staleness is judged by the
+    storage's modification time of the file.
+    """
     return json.dumps(
         {
             "run_id": run_id,
@@ -69,9 +107,10 @@ def _read(fs: fsspec.AbstractFileSystem, path: str) -> bytes | None:
 
 def _parse(raw: bytes) -> dict[str, Any]:
     try:
-        return json.loads(raw)
-    except ValueError:  # created a moment ago and not yet written: held, and fresh
-        return {"run_id": "(starting)", "purpose": "unknown", "heartbeat": _now().isoformat()}
+        record = json.loads(raw)
+    except ValueError:  # created and not (yet) written: its age is the file's
+        return {"run_id": UNREADABLE, "purpose": "unknown"}
+    return record if isinstance(record, dict) else {"run_id": UNREADABLE, "purpose": "unknown"}
 
 
 def holder(root: RootLike) -> dict[str, Any] | None:
@@ -81,9 +120,45 @@ def holder(root: RootLike) -> dict[str, Any] | None:
     return None if raw is None else _parse(raw)
 
 
+def _modified(fs: fsspec.AbstractFileSystem, path: str) -> float | None:
+    """When the storage last wrote ``path`` (seconds since the epoch, by the storage's clock); None if absent."""
+    fs.invalidate_cache(path)  # s3fs answers from its listing cache otherwise
+    try:
+        stamp = fs.modified(path)
+    except FileNotFoundError:
+        return None
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp()
+
+
+def _storage_now(fs: fsspec.AbstractFileSystem, folder: str) -> float:
+    """The storage's clock now: the modification time of a probe file written (and removed) in ``folder``.
+
+    The same clock stamped the lock, so on local disk, NFS and S3 alike the lock's age needs no
+    two hosts' clocks to agree.
+    """
+    probe = join(folder, f".clock-{uuid.uuid4().hex}")
+    fs.pipe_file(probe, b"")
+    try:
+        stamp = _modified(fs, probe)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(probe)
+    if stamp is None:
+        raise OSError(f"{probe} vanished as it was written: cannot read the storage's clock")
+    return stamp
+
+
+def _age_s(fs: fsspec.AbstractFileSystem, path: str) -> float | None:
+    """Seconds since the storage last wrote ``path``; None when it is gone."""
+    modified = _modified(fs, path)
+    if modified is None:
+        return None
+    return max(0.0, _storage_now(fs, os.path.dirname(path)) - modified)
+
+
 def _died_here(record: dict[str, Any]) -> bool:
     """True when the holder ran on this machine and its process is gone (killed, crashed):
-    no need to wait for its heartbeat to go stale. Other machines' runs only go stale."""
+    no need to wait for its lock to go stale. Other machines' runs only go stale."""
     pid = record.get("pid")
     if record.get("host") != socket.gethostname() or not isinstance(pid, int):
         return False
@@ -99,35 +174,23 @@ def _died_here(record: dict[str, Any]) -> bool:
 def check_free(root: RootLike, stale_after_s: float = STALE_AFTER_S) -> None:
     """RootBusy when a live run holds the root; lets a command refuse before it starts anything."""
     store = open_root(root)
-    current = holder(store)
-    if current is not None:
-        _refuse_if_live(store, current, stale_after_s)
+    path = lock_path(store.path)
+    raw = _read(store.fs, path)
+    if raw is None:
+        return
+    age = _age_s(store.fs, path)
+    if age is not None:
+        _refuse_if_live(store, _parse(raw), age, stale_after_s)
 
 
-def _refuse_if_live(store: StorageRoot, current: dict[str, Any], stale_after_s: float) -> None:
-    beat = datetime.fromisoformat(current.get("heartbeat", "1970-01-01T00:00:00+00:00"))
-    if _now() - beat < timedelta(seconds=stale_after_s) and not _died_here(current):
+def _refuse_if_live(store: StorageRoot, current: dict[str, Any], age_s: float, stale_after_s: float) -> None:
+    if age_s < stale_after_s and not _died_here(current):
         raise RootBusy(
             f"{store.uri} is in use by run {current.get('run_id')!r} ({current.get('purpose')}, "
             f"on {current.get('host')}, since {current.get('acquired')}); wait for it to finish. "
-            f"If that run died, its lock expires {stale_after_s:.0f} s after its last "
-            f"heartbeat ({current.get('heartbeat')}), or remove {lock_path(store.path)}"
+            f"If that run died, its lock expires {stale_after_s:.0f} s after it was last renewed "
+            f"({age_s:.0f} s ago by the storage's clock), or remove {lock_path(store.path)}"
         )
-
-
-def _create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Create ``path`` with ``data`` only if it does not exist (FileExistsError otherwise), atomically.
-
-    fsspec's generic ``pipe_file(mode="create")``, which local disk inherits, checks and then
-    writes, so two runs starting together could both pass the check; ``O_EXCL`` cannot race. S3
-    (s3fs) sends ``If-None-Match: *``, which is atomic on the server.
-    """
-    if isinstance(fs, LocalFileSystem):
-        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        return
-    fs.pipe_file(path, data, mode="create")
 
 
 def _take_over(fs: fsspec.AbstractFileSystem, path: str, dead: bytes, record: bytes) -> bool:
@@ -139,18 +202,17 @@ def _take_over(fs: fsspec.AbstractFileSystem, path: str, dead: bytes, record: by
     """
     claim = f"{path}.takeover-{hashlib.sha256(dead).hexdigest()[:16]}"
     try:
-        _create_exclusive(fs, claim, record)
+        create_bytes_exclusive(fs, claim, record)
     except FileExistsError:
-        left = _read(fs, claim)
-        beat = datetime.fromisoformat(_parse(left).get("heartbeat", _now().isoformat())) if left else _now()
-        if _now() - beat > timedelta(seconds=CLAIM_STALE_S):  # its taker died mid-takeover
+        age = _age_s(fs, claim)
+        if age is not None and age > CLAIM_STALE_S:  # its taker died mid-takeover
             with contextlib.suppress(FileNotFoundError):
                 fs.rm_file(claim)
         return False
     try:
         if _read(fs, path) != dead:
             return False
-        write_bytes_atomic(fs, path, record)
+        write_bytes_atomic(fs, path, record, fence=False)
         return True
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -161,14 +223,15 @@ def _acquire(store: StorageRoot, path: str, record: Callable[[], bytes], stale_a
     """Create the lock, or take over a dead run's; RootBusy when a live run (or a faster taker) has it."""
     for _ in range(3):  # the lock may vanish (holder finished) or change hands between the steps
         try:
-            _create_exclusive(store.fs, path, record())
+            create_bytes_exclusive(store.fs, path, record())
             return
         except FileExistsError:
             pass
         raw = _read(store.fs, path)
-        if raw is None:
-            continue
-        _refuse_if_live(store, _parse(raw), stale_after_s)
+        age = None if raw is None else _age_s(store.fs, path)
+        if raw is None or age is None or _read(store.fs, path) != raw:
+            continue  # the lock changed while its age was read: the age may be another record's
+        _refuse_if_live(store, _parse(raw), age, stale_after_s)
         if _take_over(store.fs, path, raw, record()):
             return
         time.sleep(0.05)  # the winner writes its lock within milliseconds: then it is named below
@@ -179,33 +242,92 @@ def _acquire(store: StorageRoot, path: str, record: Callable[[], bytes], stale_a
     )
 
 
+def _is_mine(raw: bytes | None, run_id: str, acquired: str) -> bool:
+    record = {} if raw is None else _parse(raw)
+    return (record.get("run_id"), record.get("acquired")) == (run_id, acquired)
+
+
 @contextlib.contextmanager
 def hold_root(
     root: RootLike, run_id: str, purpose: str, stale_after_s: float = STALE_AFTER_S, heartbeat_s: float = HEARTBEAT_S
 ) -> Iterator[dict[str, Any]]:
-    """Hold the root for the duration of the block; RootBusy when a live run holds it."""
+    """Hold the root for the duration of the block; RootBusy when a live run holds it.
+
+    While held, this process's writes under the root raise RootLost once the hold is lost
+    (see the module's notes), and so does the end of the block.
+    """
     store = open_root(root)
     fs, path = store.fs, lock_path(store.path)
     fs.makedirs(store.join("state"), exist_ok=True)
     acquired = _now().isoformat()
+    hold: dict[str, Any] = {"renewed": time.monotonic(), "lost": None}  # renewed: when the last good write began
     _acquire(store, path, lambda: _record(run_id, purpose, acquired), stale_after_s)
     stop = threading.Event()
 
+    def lost() -> str | None:
+        """None while this run holds the root, else why not (the fence asks before every write)."""
+        if hold["lost"] is None:
+            silent = time.monotonic() - hold["renewed"]
+            if silent > LEASE_FRACTION * stale_after_s:
+                hold["lost"] = f"its lock was not renewed for {silent:.0f} s (another run may take it over)"
+        return None if hold["lost"] is None else f"run {run_id!r} no longer holds {store.uri}: {hold['lost']}"
+
     def beat_loop() -> None:
         while not stop.wait(heartbeat_s):
-            with contextlib.suppress(OSError):
-                current = holder(store)
-                if current is None or (current.get("run_id"), current.get("acquired")) != (run_id, acquired):
-                    return  # taken over after we stalled: never overwrite the new holder's lock
-                write_bytes_atomic(fs, path, _record(run_id, purpose, acquired))
+            began = time.monotonic()
+            if lost() is not None:
+                return
+            try:
+                raw = _read(fs, path)
+                if not _is_mine(raw, run_id, acquired):  # taken over after we stalled: never overwrite it
+                    taker = "its lock file was removed" if raw is None else None
+                    if taker is None:
+                        current = _parse(raw or b"")
+                        taker = f"run {current.get('run_id')!r} on {current.get('host')} took it over"
+                    hold["lost"] = taker
+                    return
+                if stop.is_set():
+                    return
+                write_bytes_atomic(fs, path, _record(run_id, purpose, acquired), fence=False)
+                hold["renewed"] = began
+            except Exception as exc:  # any failure to renew ends the hold, with its cause
+                hold["lost"] = f"its heartbeat could not be written: {exc}"
+                return
 
     thread = threading.Thread(target=beat_loop, name="sleepsound-root-lock", daemon=True)
     thread.start()
     try:
-        yield {"run_id": run_id, "path": path, "acquired": acquired}
+        with fenced(fs, store.path, lost):
+            yield {"run_id": run_id, "path": path, "acquired": acquired}
+        reason = lost()
     finally:
         stop.set()
         thread.join(timeout=5)
-        current = holder(store)
-        if current is not None and current.get("run_id") == run_id and current.get("acquired") == acquired:
-            fs.rm_file(path)
+        if _is_mine(_read(fs, path), run_id, acquired):
+            with contextlib.suppress(OSError):  # a lock that cannot be removed expires after stale_after_s
+                fs.rm_file(path)
+    if reason is not None:
+        raise RootLost(f"{reason}; what it wrote before is kept, rerun it to finish")
+
+
+@contextlib.contextmanager
+def follow_hold(root: RootLike, token: dict[str, Any]) -> Iterator[None]:
+    """Fence this process's writes under ``root`` by another process's hold (``token``: what hold_root yielded).
+
+    For a worker (a Ray task) writing for the run that holds the root: before each write under
+    the root it reads the lock (one small read: a GET on S3) and raises RootLost once the lock is
+    gone or another run's, so a worker never writes over a run that took the root over.
+    """
+    store = open_root(root)
+    path = lock_path(store.path)
+    run_id, acquired = token["run_id"], token["acquired"]
+
+    def lost() -> str | None:
+        raw = _read(store.fs, path)
+        if _is_mine(raw, run_id, acquired):
+            return None
+        now = "its lock file was removed" if raw is None else f"the lock is run {_parse(raw).get('run_id')!r}'s"
+        return f"run {run_id!r} no longer holds {store.uri}: {now}"
+
+    with fenced(store.fs, store.path, lost):
+        yield

@@ -5,6 +5,7 @@ import s3fs
 
 from sleepsound.core import schemas
 from sleepsound.core.storage import list_files, open_root, read_json, read_table, write_json, write_table
+from tests.full_disk import disk_full_on, on_a_small_disk
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -93,3 +94,83 @@ def test_bulk_columns_are_written_in_row_groups_without_dictionary_or_statistics
     column = meta.row_group(0).column(2)
     assert column.statistics is None and "PLAIN_DICTIONARY" not in column.encodings
     assert read_table(fs, f"{path}/e.parquet").equals(table)
+
+
+@pytest.mark.parametrize("kind", ["json", "parquet"])
+def test_a_full_disk_leaves_no_hidden_file_and_names_the_file_and_the_cause(kind, tmp_path, monkeypatch):
+    import errno
+
+    fs, path = open_root(str(tmp_path))
+    write_json(fs, f"{path}/kept.json", {"done": 1})
+    failed = disk_full_on(monkeypatch, ".tmp-")
+    target = f"{path}/out.{kind}"
+    with pytest.raises(OSError) as caught:
+        if kind == "json":
+            write_json(fs, target, {"x": 1})
+        else:
+            write_table(fs, target, pa.table({"x": [1, 2, 3]}))
+    assert failed, "the injected full disk was not reached"
+    assert caught.value.errno == errno.ENOSPC
+    assert str(caught.value) == f"no space left on device writing {target}: free space and rerun; finished work is kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.json"]  # no hidden temp file, the old file kept
+    monkeypatch.undo()  # space freed: the rerun writes it
+    write_json(fs, target, {"x": 1}) if kind == "json" else write_table(fs, target, pa.table({"x": [1]}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.json", f"out.{kind}"]
+
+
+_FILL_A_SMALL_DISK = """
+import errno, json, os, sys
+import pyarrow as pa
+import numpy as np
+from sleepsound.core.storage import open_root, write_json, write_table
+disk = sys.argv[1]
+fs, path = open_root(disk)
+write_json(fs, f"{path}/kept.json", {"done": 1})
+big = pa.table({"x": np.random.default_rng(0).random(200_000)})  # ~1.6 MB of incompressible floats
+try:
+    write_table(fs, f"{path}/big.parquet", big)
+    error = None
+except OSError as exc:
+    error = {"errno": exc.errno, "message": str(exc)}
+left = sorted(os.listdir(disk))
+try:
+    write_table(fs, f"{path}/small.parquet", pa.table({"x": [1, 2]}))  # the next write is not blocked
+    blocked = None
+except OSError as exc:
+    blocked = str(exc)
+print(json.dumps({"error": error, "left": left, "blocked": blocked, "after": sorted(os.listdir(disk))}))
+"""
+
+
+def test_a_real_full_disk_is_reported_and_cleaned_up(tmp_path):
+    """A 512 KiB tmpfs: the write that fills it fails naming the file, leaves nothing, and the next one works."""
+    result = on_a_small_disk(tmp_path, _FILL_A_SMALL_DISK)
+    target = f"{tmp_path}/disk/big.parquet"
+    assert result["error"] == {
+        "errno": 28,
+        "message": f"no space left on device writing {target}: free space and rerun; finished work is kept",
+    }
+    assert result["left"] == ["kept.json"]
+    assert result["blocked"] is None
+    assert result["after"] == ["kept.json", "small.parquet"]
+
+
+def test_a_local_write_is_fsynced_before_it_is_published_and_its_folder_after(tmp_path, monkeypatch):
+    """A power loss cannot be simulated here; what can be checked is the order of the calls that make it safe."""
+    import os
+
+    fs, _ = open_root(str(tmp_path))
+    target = tmp_path / "sub" / "m.json"
+    synced: list[tuple[str, bool]] = []  # (what was fsynced, was the file published yet)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), target.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_json(fs, str(target), {"x": 1})
+    assert len(synced) == 2, synced
+    (aside, published_then), (folder, published_after) = synced
+    assert aside.startswith(str(target.parent) + "/.m.json.tmp-") and not published_then  # the data, before the rename
+    assert folder == str(target.parent) and published_after  # the rename itself, after it

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import s3fs
 
-from sleepsound.runs.root_lock import RootBusy, hold_root, holder, lock_path
+from sleepsound.runs.root_lock import RootBusy, RootLost, hold_root, holder, lock_path
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -73,6 +73,7 @@ def _write_dead_lock(root: str) -> Path:
             }
         )
     )
+    _age(path, 700)  # the storage last wrote it long ago
     return path
 
 
@@ -113,6 +114,7 @@ def test_a_claim_left_by_a_run_that_died_mid_takeover_does_not_block_the_root(tm
     path = _write_dead_lock(root)
     claim = path.with_name(f"{path.name}.takeover-{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}")
     claim.write_text(json.dumps({"run_id": "died-taking-over", "heartbeat": "2026-01-01T00:00:00+00:00"}))
+    _age(claim, 120)
     with hold_root(root, "next", "nightly", stale_after_s=60):
         assert holder(root)["run_id"] == "next"
     assert not claim.exists()
@@ -120,6 +122,7 @@ def test_a_claim_left_by_a_run_that_died_mid_takeover_does_not_block_the_root(tm
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_dead_runs_lock_is_taken_over_after_it_goes_stale(where, tmp_path, s3_endpoint) -> None:
+    """Stale by the storage's clock: S3's LastModified, a local file's mtime."""
     dead = json.dumps(
         {
             "run_id": "crashed",
@@ -127,7 +130,7 @@ def test_a_dead_runs_lock_is_taken_over_after_it_goes_stale(where, tmp_path, s3_
             "host": "h",
             "pid": 1,
             "acquired": "2026-01-01T00:00:00+00:00",
-            "heartbeat": "2026-01-01T00:00:00+00:00",
+            "heartbeat": "2999-01-01T00:00:00+00:00",  # a clock far ahead: not what decides
         }
     )
     if where == "s3":
@@ -139,7 +142,10 @@ def test_a_dead_runs_lock_is_taken_over_after_it_goes_stale(where, tmp_path, s3_
         root = str(tmp_path / "root")
         Path(lock_path(root)).parent.mkdir(parents=True)
         Path(lock_path(root)).write_text(dead)
-    with hold_root(root, "next", "nightly", stale_after_s=60):
+    with pytest.raises(RootBusy, match="'crashed'"), hold_root(root, "next", "nightly", stale_after_s=2):
+        pass  # written just now by the storage's clock
+    threading.Event().wait(3.1)  # S3 keeps whole seconds
+    with hold_root(root, "next", "nightly", stale_after_s=2):
         assert holder(root)["run_id"] == "next"
     assert holder(root) is None
 
@@ -222,20 +228,261 @@ def test_the_cli_refuses_before_starting_anything(tmp_path) -> None:
 
 
 def test_a_stalled_run_never_overwrites_the_lock_of_the_run_that_took_over(tmp_path) -> None:
+    """And it is told: its next write and the end of its block raise RootLost naming the taker."""
+    from sleepsound.core.storage import open_root, write_json
+
     root = str(tmp_path / "root")
-    with hold_root(root, "stalled", "train", heartbeat_s=0.05):
-        Path(lock_path(root)).write_text(
-            json.dumps(
-                {
-                    "run_id": "next",
-                    "purpose": "train",
-                    "host": "h",
-                    "pid": 1,
-                    "acquired": "now",
-                    "heartbeat": "2999-01-01T00:00:00+00:00",
-                }
+    fs, path = open_root(root)
+    with pytest.raises(RootLost, match="'next' on h took it over") as at_exit:
+        with hold_root(root, "stalled", "train", heartbeat_s=0.05):
+            Path(lock_path(root)).write_text(
+                json.dumps(
+                    {
+                        "run_id": "next",
+                        "purpose": "train",
+                        "host": "h",
+                        "pid": 1,
+                        "acquired": "now",
+                        "heartbeat": "2999-01-01T00:00:00+00:00",
+                    }
+                )
             )
-        )
-        threading.Event().wait(0.3)  # several heartbeats later
-        assert holder(root)["run_id"] == "next"
+            threading.Event().wait(0.3)  # several heartbeats later
+            assert holder(root)["run_id"] == "next"
+            with pytest.raises(RootLost, match=r"run 'stalled' no longer holds .*'next' on h took it over"):
+                write_json(fs, f"{path}/manifest/overwritten.json", {"x": 1})
+    assert "rerun it" in str(at_exit.value)
     assert holder(root)["run_id"] == "next"  # and leaving does not remove it either
+    assert not (tmp_path / "root" / "manifest" / "overwritten.json").exists()
+
+
+def test_a_run_stalled_past_its_lease_stops_writing_before_another_may_take_over(tmp_path) -> None:
+    """A heartbeat that cannot keep up (a stalled process) ends the hold before the lock goes stale."""
+    from sleepsound.core.storage import open_root, write_json
+
+    root = str(tmp_path / "root")
+    fs, path = open_root(root)
+    with pytest.raises(RootLost), hold_root(root, "slow", "train", stale_after_s=0.2, heartbeat_s=5):
+        write_json(fs, f"{path}/early.json", {"x": 1})  # within its lease
+        threading.Event().wait(0.3)
+        with pytest.raises(RootLost, match=r"run 'slow' no longer holds .*not renewed for"):
+            write_json(fs, f"{path}/late.json", {"x": 1})
+    assert (tmp_path / "root" / "early.json").exists() and not (tmp_path / "root" / "late.json").exists()
+
+
+def _age(path: Path, seconds: float) -> None:
+    """Make the storage say the file was last written ``seconds`` ago (its modification time)."""
+    import os
+    import time
+
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def _live_lock_elsewhere(root: str, heartbeat: str) -> Path:
+    path = Path(lock_path(root))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"run_id": "skewed", "purpose": "nightly", "host": "elsewhere", "pid": 1, "acquired": heartbeat}
+    path.write_text(json.dumps({**record, "heartbeat": heartbeat}))
+    return path
+
+
+def test_a_live_holder_whose_clock_is_601_s_behind_is_not_taken_over(tmp_path) -> None:
+    """Its heartbeat says 601 s ago (its own clock), but the storage wrote the lock just now."""
+    from datetime import UTC, datetime, timedelta
+
+    root = str(tmp_path / "root")
+    _live_lock_elsewhere(root, (datetime.now(UTC) - timedelta(seconds=601)).isoformat())
+    with pytest.raises(RootBusy, match="in use by run 'skewed'"), hold_root(root, "mine", "train"):
+        pass
+    assert holder(root)["run_id"] == "skewed"
+
+
+def test_a_lock_the_storage_last_wrote_long_ago_is_taken_over_whatever_its_heartbeat_says(tmp_path) -> None:
+    """A holder whose clock runs ahead stamps heartbeats in our future; the storage's clock says it died."""
+    from datetime import UTC, datetime, timedelta
+
+    root = str(tmp_path / "root")
+    path = _live_lock_elsewhere(root, (datetime.now(UTC) + timedelta(seconds=3600)).isoformat())
+    _age(path, 700)
+    with hold_root(root, "mine", "train"):
+        assert holder(root)["run_id"] == "mine"
+
+
+@pytest.mark.parametrize("content", [b"", b'{"run_id": "half-writ'])
+def test_an_empty_or_unreadable_lock_ages_by_its_storage_time_and_is_taken_over(content, tmp_path) -> None:
+    root = str(tmp_path / "root")
+    path = Path(lock_path(root))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)  # a run died between creating the lock and writing it
+    with pytest.raises(RootBusy, match="in use"), hold_root(root, "mine", "train"):
+        pass  # just created: its writer may be a moment from writing it
+    _age(path, 700)
+    with hold_root(root, "mine", "train"):
+        assert holder(root)["run_id"] == "mine"
+    assert holder(root) is None
+
+
+def test_an_unreadable_claim_left_mid_takeover_ages_by_its_storage_time(tmp_path) -> None:
+    import hashlib
+
+    root = str(tmp_path / "root")
+    path = _write_dead_lock(root)
+    _age(path, 700)
+    claim = path.with_name(f"{path.name}.takeover-{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}")
+    claim.write_bytes(b"")
+    _age(claim, 120)
+    with hold_root(root, "next", "nightly"):
+        assert holder(root)["run_id"] == "next"
+    assert not claim.exists()
+
+
+def test_a_run_whose_heartbeat_cannot_be_written_stops_writing_and_says_why(tmp_path, monkeypatch) -> None:
+    """A full disk under the lock: the next write of the run raises, naming the root, the run and the cause."""
+    from sleepsound.core.storage import open_root, write_json
+    from tests.full_disk import disk_full_on
+
+    root = str(tmp_path / "root")
+    fs, path = open_root(root)
+    elsewhere = str(tmp_path / "elsewhere")
+    with pytest.raises(RuntimeError) as at_exit, hold_root(root, "full", "train", heartbeat_s=0.05):
+        write_json(fs, f"{path}/before.json", {"x": 1})
+        failed = disk_full_on(monkeypatch, ".lock.json.tmp-")
+        threading.Event().wait(0.3)  # a few heartbeats
+        assert failed, "the heartbeat never reached the full disk"
+        monkeypatch.undo()  # the disk has room again: the run must still not write, the lock may be another's
+        with pytest.raises(RuntimeError) as caught:
+            write_json(fs, f"{path}/after.json", {"x": 1})
+        message = str(caught.value)
+        assert type(caught.value).__name__ == "RootLost"
+        assert "'full'" in message and root in message and "no space left on device" in message.lower()
+        assert "after.json" in message
+        write_json(open_root(elsewhere).fs, f"{elsewhere}/free.json", {"x": 1})  # another root is not fenced
+    assert type(at_exit.value).__name__ == "RootLost"  # the run ends failed, not as if it had finished
+    assert not (tmp_path / "root" / "after.json").exists()
+    assert (tmp_path / "elsewhere" / "free.json").exists()
+    assert not list((tmp_path / "root" / "state").glob(".*tmp-*"))  # no temp files piled up
+
+
+def test_a_full_disk_when_the_lock_is_created_leaves_no_empty_lock_behind(tmp_path, monkeypatch) -> None:
+    """The crash-between-create-and-write of an empty lock.json, made by a full disk: now nothing is left."""
+    from sleepsound.core.storage import DiskFull
+    from tests.full_disk import disk_full_on
+
+    root = str(tmp_path / "root")
+    disk_full_on(monkeypatch, ".lock.json.tmp-")
+    with pytest.raises(DiskFull, match=r"no space left on device writing .*state/lock\.json"):
+        with hold_root(root, "a", "run"):
+            pass
+    monkeypatch.undo()
+    assert list((tmp_path / "root" / "state").iterdir()) == []  # no lock, no hidden file
+    with hold_root(root, "b", "run"):  # the rerun gets the root at once
+        assert holder(root)["run_id"] == "b"
+
+
+_LOCK_ON_A_FULL_DISK = """
+import json, os, sys, threading
+from sleepsound.core.storage import open_root, write_json
+from sleepsound.runs.root_lock import hold_root, holder
+
+disk = sys.argv[1]
+root = os.path.join(disk, "root")
+os.makedirs(os.path.join(root, "state"))
+filler = os.path.join(disk, "filler")
+
+
+def fill():
+    # fill the disk to the last block
+    with open(filler, "wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"x" * 4096)
+        except OSError:
+            pass
+
+
+fill()
+result = {}
+try:
+    with hold_root(root, "first", "run"):
+        result["first"] = "held"
+except Exception as exc:
+    result["first"] = f"{type(exc).__name__}: {exc}"
+result["left_in_state"] = sorted(os.listdir(os.path.join(root, "state")))
+os.unlink(filler)  # space freed: the rerun must get the root, not be refused by an empty lock
+try:
+    with hold_root(root, "rerun", "run", heartbeat_s=0.05):
+        result["rerun"] = "held"
+        fill()  # the disk fills up while it holds the root
+        threading.Event().wait(0.5)  # heartbeats fail
+        os.unlink(filler)  # and even with room again the run must not write: it cannot know it still holds
+        try:
+            write_json(open_root(root).fs, os.path.join(root, "late.json"), {"x": 1})
+            result["late_write"] = "written"
+        except Exception as exc:
+            result["late_write"] = f"{type(exc).__name__}: {exc}"
+except Exception as exc:
+    result["rerun_end"] = f"{type(exc).__name__}: {exc}"
+result["left_after"] = sorted(os.listdir(os.path.join(root, "state")))
+print(json.dumps(result))
+"""
+
+
+def test_a_real_full_disk_never_leaves_an_empty_lock_and_stops_a_holder_that_cannot_renew(tmp_path) -> None:
+    """On a 256 KiB tmpfs filled to the last block (where this machine lets a test mount one)."""
+    from tests.full_disk import on_a_small_disk
+
+    result = on_a_small_disk(tmp_path, _LOCK_ON_A_FULL_DISK, size="256k")
+    lock = f"{tmp_path}/disk/root/state/lock.json"
+    assert (
+        result["first"]
+        == f"DiskFull: no space left on device writing {lock}: free space and rerun; finished work is kept"
+    )
+    assert result["left_in_state"] == []  # no empty lock.json to refuse every later run, no hidden file
+    assert result["rerun"] == "held"
+    assert result["late_write"].startswith("RootLost: run 'rerun' no longer holds ")
+    assert "heartbeat could not be written: no space left on device" in result["late_write"]
+    assert result["rerun_end"].startswith("RootLost: run 'rerun' no longer holds ")
+    assert result["left_after"] == []  # its own lock removed on the way out, no temp files piled up
+
+
+def test_a_worker_following_the_hold_stops_writing_once_another_run_has_the_root(tmp_path) -> None:
+    """A worker process (a Ray task's, here a plain subprocess) holds no lock: it follows its run's."""
+    import subprocess
+    import sys
+
+    from sleepsound.runs.root_lock import follow_hold
+
+    root = str(tmp_path / "root")
+    worker = (
+        "import json, sys\n"
+        "from sleepsound.core.storage import open_root, write_json\n"
+        "from sleepsound.runs.root_lock import follow_hold\n"
+        "root, token, name = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]\n"
+        "with follow_hold(root, token):\n"
+        "    try:\n"
+        "        write_json(open_root(root).fs, f'{root}/{name}', {'x': 1})\n"
+        "        print('written')\n"
+        "    except RuntimeError as exc:\n"
+        "        print(f'{type(exc).__name__}: {exc}')\n"
+    )
+
+    def work(token: dict, name: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", worker, root, json.dumps(token), name], capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    with hold_root(root, "mine", "run") as token:
+        assert work(token, "during.json") == "written"
+    taken = {"run_id": "mine", "acquired": token["acquired"]}
+    with hold_root(root, "next", "run"):
+        answer = work(taken, "late.json")
+    assert answer.startswith("RootLost: run 'mine' no longer holds") and "'next'" in answer
+    assert (tmp_path / "root" / "during.json").exists() and not (tmp_path / "root" / "late.json").exists()
+    with follow_hold(root, taken):  # in this process too, and with the lock gone altogether
+        from sleepsound.core.storage import open_root, write_json
+
+        with pytest.raises(RootLost, match="lock file was removed"):
+            write_json(open_root(root).fs, f"{root}/gone.json", {"x": 1})
