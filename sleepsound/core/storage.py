@@ -131,6 +131,13 @@ def fenced(fs: fsspec.AbstractFileSystem, root_path: str, check: Callable[[], st
                 del _FENCES[key]
 
 
+def is_fenced(fs: fsspec.AbstractFileSystem, root_path: str) -> bool:
+    """Whether this process already fences writes under ``root_path`` (it holds the root, or follows the hold)."""
+    key = _fence_key(fs, root_path)
+    with _FENCES_LOCK:
+        return key in _FENCES
+
+
 def _check_fence(fs: fsspec.AbstractFileSystem, path: str) -> None:
     """RootLost when ``path`` lies under a root this process held and has lost."""
     protocol, target = _fence_key(fs, path)

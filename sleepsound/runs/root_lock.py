@@ -53,6 +53,7 @@ from sleepsound.core.storage import (
     StorageRoot,
     create_bytes_exclusive,
     fenced,
+    is_fenced,
     join,
     open_root,
     write_bytes_atomic,
@@ -311,14 +312,19 @@ def hold_root(
 
 
 @contextlib.contextmanager
-def follow_hold(root: RootLike, token: dict[str, Any]) -> Iterator[None]:
+def follow_hold(root: RootLike, token: dict[str, Any] | None) -> Iterator[None]:
     """Fence this process's writes under ``root`` by another process's hold (``token``: what hold_root yielded).
 
     For a worker (a Ray task) writing for the run that holds the root: before each write under
     the root it reads the lock (one small read: a GET on S3) and raises RootLost once the lock is
-    gone or another run's, so a worker never writes over a run that took the root over.
+    gone or another run's, so a worker never writes over a run that took the root over. No token
+    (a task called outside a flow), or a process that holds the root itself (a task run in the
+    flow's own process): nothing to add.
     """
     store = open_root(root)
+    if token is None or is_fenced(store.fs, store.path):
+        yield
+        return
     path = lock_path(store.path)
     run_id, acquired = token["run_id"], token["acquired"]
 

@@ -486,3 +486,20 @@ def test_a_worker_following_the_hold_stops_writing_once_another_run_has_the_root
 
         with pytest.raises(RootLost, match="lock file was removed"):
             write_json(open_root(root).fs, f"{root}/gone.json", {"x": 1})
+
+
+def test_a_task_run_in_the_holders_own_process_keeps_the_holders_fence(tmp_path) -> None:
+    """A task run in the flow's own process follows the hold it already has: leaving the task must
+    not unfence the run (the holder's fence, which heartbeats feed, stays in place)."""
+    from sleepsound.core.storage import is_fenced, open_root, write_json
+    from sleepsound.runs.root_lock import follow_hold
+
+    store = open_root(str(tmp_path / "root"))
+    with follow_hold(store, None):  # a task called outside any flow: nothing to follow
+        assert not is_fenced(store.fs, store.path)
+        write_json(store.fs, store.join("free.json"), {"x": 1})
+    with hold_root(store, "mine", "run") as token:
+        with follow_hold(store, token):
+            write_json(store.fs, store.join("inside.json"), {"x": 1})
+        assert is_fenced(store.fs, store.path)
+    assert not is_fenced(store.fs, store.path)
