@@ -118,6 +118,7 @@ def submit_flow(
     """
     from ray.job_submission import JobSubmissionClient
 
+    command = entrypoint(flow, args)
     env = job_environment(forward_secrets=forward_secrets)
     withheld = withheld_secrets(forward_secrets=forward_secrets)
     if withheld:
@@ -135,7 +136,7 @@ def submit_flow(
     client = JobSubmissionClient(address)
     job_id = _submit_when_agent_ready(
         lambda: client.submit_job(
-            entrypoint=entrypoint(flow, args),
+            entrypoint=command,
             runtime_env=runtime_env,
             metadata={"submitted_by": "sleepsound submit", "flow": flow},
         ),
