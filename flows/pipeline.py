@@ -29,6 +29,7 @@ from sleepsound.core.records import (
 from sleepsound.core.storage import open_root
 from sleepsound.runs.root_lock import hold_root
 from sleepsound.runs.run_record import write_run_record
+from sleepsound.runs.submit import job_environment
 from tasks.embed import embed
 from tasks.ingest import ingest
 from tasks.predict import predict
@@ -122,19 +123,20 @@ def run_pipeline_on_ray(
 
 
 def ray_runner(config: dict[str, Any], ray_address: str | None = None) -> RayTaskRunner:
-    """A Ray task runner for a flow: this run's environment travels to the workers.
+    """A Ray task runner for a flow: this run's settings (endpoints, region, ``SLEEPSOUND_*``)
+    travel to the workers, its secrets do not.
 
-    Inside a Ray job (``sleepsound submit``) the job's runtime environment already carries it,
-    and Ray refuses a second one that differs, so none is added there.
+    A runtime environment is stored by the cluster and shown by its dashboard and state API, so
+    secrets stay out of it (``sleepsound.runs.submit.job_environment``). A local session started
+    here needs none: its raylet and workers inherit this process's environment. A cluster's
+    workers (``--ray-address``, or one found already running on this machine) use the cluster's
+    own credentials: the Secret the KubeRay manifests mount, an instance role, the AWS chain.
+    Inside a Ray job (``sleepsound submit``) the job's runtime environment already carries the
+    settings, and Ray refuses a second one that differs, so none is added there.
     """
     init_kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     if JOB_CONFIG_ENV not in os.environ:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k.startswith(("PREFECT_", "AWS_", "SLEEPSOUND_")) or k in {"DO_NOT_TRACK", "HF_HOME"}
-        }
-        init_kwargs["runtime_env"] = {"env_vars": env}
+        init_kwargs["runtime_env"] = {"env_vars": job_environment()}
     ray_cfg = config.get("ray", {})
     if not (ray_address or ray_cfg.get("address")):  # sizes of a local session; a cluster keeps its own
         if ray_cfg.get("num_cpus"):

@@ -240,12 +240,23 @@ def submit(
     flow: Annotated[str, typer.Argument(help="run, score, train or nightly; its options follow.")],
     working_dir: Annotated[Optional[str], typer.Option(help="Upload this folder as the job's code.")] = None,
     follow: Annotated[bool, typer.Option("--follow/--no-follow", help="Stream the job's logs until it ends.")] = True,
+    forward_secret: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--forward-secret",
+            help="Send this secret-looking variable (e.g. AWS_SECRET_ACCESS_KEY) with the job anyway (repeatable); "
+            "anyone who can read the Ray dashboard or Jobs API reads it in plain text. By default none is sent: "
+            "the job uses the cluster's own credentials.",
+        ),
+    ] = None,
 ) -> None:
     """Run a flow on a Ray cluster as a Ray job (the flow's own options after it) and follow its logs."""
     from sleepsound.runs.submit import submit_flow
 
     try:
-        result = submit_flow(address, flow, ctx.args, working_dir=working_dir, follow=follow)
+        result = submit_flow(
+            address, flow, ctx.args, working_dir=working_dir, forward_secrets=forward_secret or (), follow=follow
+        )
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc

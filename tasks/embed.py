@@ -1,4 +1,7 @@
-"""Embed every accepted recording not yet in the cache (Ray Data inside the task)."""
+"""Embed every accepted recording not yet in the cache (Ray Data inside the task).
+
+Its logs carry counts, never a recording id (a patient id in PSG-Audio); the manifest names them.
+"""
 
 from __future__ import annotations
 
@@ -23,10 +26,13 @@ def embed(root: str, config: dict[str, Any], use_ray: bool = True, shifted: bool
     rows = read_manifest_rows(store)
     accepted = [r for r in rows if r["status"] == "accepted"]
     stats = embed_cohort(accepted, store, cfg, use_ray=use_ray, shifted=shifted)
-    if stats.failed:
-        write_manifest(store, quarantine(rows, stats.failed))
-        for rec, reason in stats.failed.items():
-            get_run_logger().warning("quarantined %s while streaming: %s", rec, reason)
+    if stats.failed:  # a count only: ids (patient ids) and reasons (file paths) go to the manifest
+        path = write_manifest(store, quarantine(rows, stats.failed))
+        get_run_logger().warning(
+            "quarantined %d recordings while streaming (read_error); which ones and why: status and reason in %s",
+            len(stats.failed),
+            path,
+        )
     get_run_logger().info(
         "embedded %d recordings (%d epochs, %d shifted windows), %d from cache, %d failed",
         len(stats.embedded),

@@ -1,7 +1,12 @@
-"""Discover and validate a source, and write the manifest under the storage root."""
+"""Discover and validate a source, and write the manifest under the storage root.
+
+Its logs (Prefect's, readable by whoever reads the Prefect API) carry counts and reason codes,
+never a recording id: in PSG-Audio those are patient ids. The manifest names them.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -24,8 +29,14 @@ def ingest(source: str, root: str, config: dict[str, Any]) -> Ingested:
     path = write_manifest(store, rows)
     quarantined = [r for r in rows if r["status"] != "accepted"]
     logger = get_run_logger()
-    for row in quarantined:
-        logger.warning("quarantined %s: [%s] %s", row["recording_id"], row["reason_code"], row["reason"])
+    if quarantined:  # counts by reason code: ids (patient ids) and reasons (file paths) stay in the manifest
+        codes = Counter(str(row["reason_code"]) for row in quarantined)
+        logger.warning(
+            "quarantined %d recordings (%s); which ones and why: status and reason in %s",
+            len(quarantined),
+            ", ".join(f"{code}: {n}" for code, n in sorted(codes.items())),
+            path,
+        )
     logger.info(
         "manifest: %d discovered, %d accepted, %d quarantined; %d unchanged since the last manifest",
         len(rows),

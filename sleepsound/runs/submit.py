@@ -3,9 +3,13 @@
 The job's driver runs on the cluster (its head node) with the same command a user would type
 (``sleepsound run|score|train|nightly ...``), so the flow, its Prefect state and its Ray work
 all live on the cluster, and the submitting laptop can disconnect. Settings travel as the
-command's arguments; credentials and endpoints as environment variables of the job
-(``PREFECT_API_URL``, ``AWS_*``, ``SLEEPSOUND_*``), never in the command line that the Ray
-dashboard shows. Clusters with token authentication (Ray's default for ``ray start``) need
+command's arguments; endpoints and other non-secret settings as environment variables of the job
+(``PREFECT_API_URL``, ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``, ``SLEEPSOUND_*``). A job's
+runtime environment is stored by the cluster and served in plain text by its dashboard and Jobs
+API (``GET /api/jobs/<id>``), so no secret travels there unless asked for by name
+(``forward_secrets``): the job's driver and workers use the cluster's own credentials (the
+Kubernetes Secret the KubeRay manifests mount, an instance role, the standard AWS chain).
+Clusters with token authentication (Ray's default for ``ray start``) need
 ``RAY_AUTH_MODE=token`` and the token (``~/.ray/auth_token`` or ``RAY_AUTH_TOKEN``) here.
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -20,14 +25,68 @@ from typing import Any
 
 FLOWS = ("run", "score", "train", "nightly")
 FORWARDED_PREFIXES = ("PREFECT_", "AWS_", "SLEEPSOUND_")
+FORWARDED_NAMES = ("HF_HOME", "DO_NOT_TRACK")
+# Secrets by name: the AWS credential triple (the key id is only half a secret, but it names whose
+# key it is and is useless without the other half), Prefect Cloud's key, and anything whose name
+# says password, credential, secret, token, API key or auth (PREFECT_API_AUTH_STRING: a self-hosted
+# Prefect server's basic-auth pair); by value, a URL carrying a password (https://user:pass@host).
+SECRET_NAMES = frozenset(
+    {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "PREFECT_API_KEY"}
+)
+SECRET_PATTERN = re.compile(r"PASSWORD|PASSWD|CREDENTIAL|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|AUTH", re.IGNORECASE)
+URL_WITH_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]*@", re.IGNORECASE)
+# Not secrets, but they pick this machine's AWS identity (a profile, a role, a token file here):
+# sent along they would override the cluster's own, or point at files the cluster lacks.
+LOCAL_IDENTITY = frozenset(
+    {
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_ROLE_SESSION_NAME",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    }
+)
+VISIBLE_WHERE = "anyone who can read the Ray dashboard or its Jobs API (GET /api/jobs/<id>) reads it in plain text"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 AGENT_WAIT_S = 120.0
 
 
-def job_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The variables a job needs from here: Prefect, object storage, sleepsound settings."""
+def is_secret(name: str, value: str = "") -> bool:
+    """Whether a variable holds a credential, going by its name (``SECRET_NAMES``, ``SECRET_PATTERN``)
+    or a password in a URL value."""
+    return name.upper() in SECRET_NAMES or bool(SECRET_PATTERN.search(name) or URL_WITH_PASSWORD.match(value))
+
+
+def stays_here(name: str, value: str = "") -> bool:
+    """Whether a variable is left out of a job unless named: a secret, or this machine's AWS identity."""
+    return is_secret(name, value) or name.upper() in LOCAL_IDENTITY
+
+
+def job_environment(environ: dict[str, str] | None = None, forward_secrets: Sequence[str] = ()) -> dict[str, str]:
+    """The variables a job needs from here (Prefect, object storage, sleepsound settings), secrets left out.
+
+    A runtime environment is readable by whoever reads the cluster's dashboard, so a secret (or
+    this machine's AWS identity, ``stays_here``) goes only when named in ``forward_secrets``; a
+    named one that is not set here is an error.
+    """
     environ = dict(os.environ if environ is None else environ)
-    return {k: v for k, v in environ.items() if k.startswith(FORWARDED_PREFIXES) or k in ("HF_HOME", "DO_NOT_TRACK")}
+    missing = [name for name in forward_secrets if name not in environ]
+    if missing:
+        raise ValueError(f"--forward-secret {', '.join(missing)}: not set in this environment, nothing to forward")
+    wanted = {k: v for k, v in environ.items() if k.startswith(FORWARDED_PREFIXES) or k in FORWARDED_NAMES}
+    env = {k: v for k, v in wanted.items() if not stays_here(k, v)}
+    return env | {name: environ[name] for name in forward_secrets}
+
+
+def withheld_secrets(environ: dict[str, str] | None = None, forward_secrets: Sequence[str] = ()) -> list[str]:
+    """Names of the variables a job would have carried but does not (``stays_here``), sorted."""
+    environ = dict(os.environ if environ is None else environ)
+    candidates = {k: v for k, v in environ.items() if k.startswith(FORWARDED_PREFIXES) or k in FORWARDED_NAMES}
+    return sorted(k for k, v in candidates.items() if stays_here(k, v) and k not in forward_secrets)
 
 
 def entrypoint(flow: str, args: Sequence[str]) -> str:
@@ -46,6 +105,7 @@ def submit_flow(
     *,
     working_dir: str | None = None,
     pip: Sequence[str] = (),
+    forward_secrets: Sequence[str] = (),
     follow: bool = True,
     timeout_s: float | None = None,
     echo: Callable[[str], None] = print,
@@ -53,11 +113,22 @@ def submit_flow(
     """Submit the flow as a Ray job; with ``follow`` stream its logs until it ends.
 
     Returns ``{job_id, status, logs}`` (logs only when not followed). ``working_dir`` uploads a
-    local folder as the job's code; ``pip`` installs packages into its environment.
+    local folder as the job's code; ``pip`` installs packages into its environment;
+    ``forward_secrets`` names secret-looking variables to send anyway (each with a warning).
     """
     from ray.job_submission import JobSubmissionClient
 
-    runtime_env: dict[str, Any] = {"env_vars": job_environment()}
+    command = entrypoint(flow, args)
+    env = job_environment(forward_secrets=forward_secrets)
+    withheld = withheld_secrets(forward_secrets=forward_secrets)
+    if withheld:
+        echo(
+            f"not forwarding {', '.join(withheld)} (secrets and this machine's identity stay here): the job uses "
+            "the cluster's own credentials; --forward-secret NAME sends one anyway"
+        )
+    for name in forward_secrets:
+        echo(f"warning: forwarding {name} in the job's runtime environment: {VISIBLE_WHERE}")
+    runtime_env: dict[str, Any] = {"env_vars": env}
     if working_dir:
         runtime_env["working_dir"] = working_dir
     if pip:
@@ -65,7 +136,7 @@ def submit_flow(
     client = JobSubmissionClient(address)
     job_id = _submit_when_agent_ready(
         lambda: client.submit_job(
-            entrypoint=entrypoint(flow, args),
+            entrypoint=command,
             runtime_env=runtime_env,
             metadata={"submitted_by": "sleepsound submit", "flow": flow},
         ),

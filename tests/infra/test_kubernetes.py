@@ -331,6 +331,33 @@ def test_credentials_come_only_from_the_secret(name: str) -> None:
         assert {"secretRef": {"name": SECRET}} in pod["containers"][0]["envFrom"], group
 
 
+def secrets_sent_with_the_job(spec: dict[str, Any]) -> list[str]:
+    """Secret-looking variables a RayJob hands Ray itself (its ``runtimeEnvYAML`` or ``NAME=value``
+    in its entrypoint): Ray stores both and shows them on the dashboard and Jobs API in plain text."""
+    from sleepsound.runs.submit import stays_here
+
+    runtime_env = yaml.safe_load(spec.get("runtimeEnvYAML") or "{}") or {}
+    sent = dict(runtime_env.get("env_vars") or {})
+    for word in shlex.split(spec["entrypoint"]):
+        name, is_assignment, value = word.partition("=")
+        if is_assignment and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            sent[name] = value
+    return sorted(name for name, value in sent.items() if stays_here(name, str(value)))
+
+
+def test_the_rayjob_sends_no_secret_through_ray() -> None:
+    """Credentials reach the job's driver and workers from the Secret in their pods' environment,
+    never through Ray's job record."""
+    spec = manifest("rayjob.yaml")["spec"]
+    assert secrets_sent_with_the_job(spec) == []
+    leaky = {
+        **spec,
+        "runtimeEnvYAML": "env_vars:\n  AWS_SECRET_ACCESS_KEY: x\n  AWS_DEFAULT_REGION: eu-west-2\n",
+        "entrypoint": f"PREFECT_API_KEY=pnu_x {spec['entrypoint']}",
+    }
+    assert secrets_sent_with_the_job(leaky) == ["AWS_SECRET_ACCESS_KEY", "PREFECT_API_KEY"]
+
+
 def test_the_rayjob_runs_the_raycluster_it_describes() -> None:
     import ray
     from packaging.version import Version

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from sleepsound.runs.submit import _submit_when_agent_ready, entrypoint, job_environment
+from sleepsound.runs.submit import _submit_when_agent_ready, entrypoint, is_secret, job_environment, withheld_secrets
 from sleepsound.synth.writers import generate_cohort
 
 
@@ -102,8 +105,55 @@ def test_entrypoint_and_environment() -> None:
         entrypoint("validate", [])
     with pytest.raises(ValueError, match="leave --ray-address out"):
         entrypoint("run", ["--ray-address", "auto"])
-    env = job_environment({"PREFECT_API_URL": "u", "AWS_ACCESS_KEY_ID": "k", "HOME": "/root", "SLEEPSOUND_X": "1"})
-    assert env == {"PREFECT_API_URL": "u", "AWS_ACCESS_KEY_ID": "k", "SLEEPSOUND_X": "1"}
+    env = job_environment({"PREFECT_API_URL": "u", "AWS_DEFAULT_REGION": "r", "HOME": "/root", "SLEEPSOUND_X": "1"})
+    assert env == {"PREFECT_API_URL": "u", "AWS_DEFAULT_REGION": "r", "SLEEPSOUND_X": "1"}
+
+
+def test_secrets_and_this_machines_identity_stay_here_unless_named() -> None:
+    here = {
+        "PREFECT_API_URL": "http://prefect:4200/api",
+        "PREFECT_API_KEY": "pnu_x",
+        "PREFECT_API_AUTH_STRING": "admin:pw",
+        "AWS_ACCESS_KEY_ID": "AKIA...",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_SESSION_TOKEN": "t",
+        "AWS_PROFILE": "laptop",
+        "AWS_DEFAULT_REGION": "eu-west-2",
+        "AWS_ENDPOINT_URL_S3": "http://minio:9000",
+        "SLEEPSOUND_TRAINING__EPOCHS": "3",
+        "SLEEPSOUND_DB_PASSWORD": "pw",
+        "SLEEPSOUND_MIRROR": "https://user:pw@mirror/x",
+        "HF_HOME": "/hf",
+        "DO_NOT_TRACK": "1",
+        "GITHUB_TOKEN": "g",
+    }
+    assert job_environment(here) == {
+        "PREFECT_API_URL": "http://prefect:4200/api",
+        "AWS_DEFAULT_REGION": "eu-west-2",
+        "AWS_ENDPOINT_URL_S3": "http://minio:9000",
+        "SLEEPSOUND_TRAINING__EPOCHS": "3",
+        "HF_HOME": "/hf",
+        "DO_NOT_TRACK": "1",
+    }
+    assert withheld_secrets(here) == sorted(
+        [
+            "PREFECT_API_KEY",
+            "PREFECT_API_AUTH_STRING",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+            "SLEEPSOUND_DB_PASSWORD",
+            "SLEEPSOUND_MIRROR",
+        ]
+    )
+    named = job_environment(here, forward_secrets=["PREFECT_API_KEY"])
+    assert named["PREFECT_API_KEY"] == "pnu_x" and "AWS_SECRET_ACCESS_KEY" not in named
+    assert "PREFECT_API_KEY" not in withheld_secrets(here, forward_secrets=["PREFECT_API_KEY"])
+    with pytest.raises(ValueError, match="--forward-secret AWS_SECURITY_TOKEN: not set"):
+        job_environment(here, forward_secrets=["AWS_SECURITY_TOKEN"])
+    assert all(is_secret(n) for n in ("AWS_SECURITY_TOKEN", "X_API_KEY", "MY_CREDENTIALS", "X_SECRET_Y"))
+    assert not any(is_secret(n) for n in ("AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "PREFECT_API_URL", "HF_HOME"))
 
 
 def test_submission_waits_for_a_starting_job_agent_but_not_for_other_refusals() -> None:
@@ -185,3 +235,46 @@ def test_submit_runs_a_flow_on_the_cluster_and_follows_its_logs(
         ],
     )
     assert bad.exit_code == 1 and "FAILED" in bad.output
+
+
+def test_a_submitted_job_carries_no_secret_the_jobs_api_would_show(ray_head, monkeypatch) -> None:
+    """The Jobs API serves a job's runtime environment to anyone who can reach the dashboard:
+    only settings go there, secrets only when named, and then with a warning."""
+    from ray.job_submission import JobSubmissionClient
+    from typer.testing import CliRunner
+
+    from sleepsound.cli import app
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIADONOTLEAK0000000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-leak-aws-secret")
+    monkeypatch.setenv("PREFECT_API_KEY", "do-not-leak-prefect-key")
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.example:4200/api")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-2")
+
+    def submit(*extra: str) -> tuple[str, str]:
+        """A job that ends at once (the flow's --help): what matters is what it was given."""
+        out = CliRunner().invoke(app, ["submit", "--address", ray_head, "--no-follow", *extra, "--", "run", "--help"])
+        assert out.exit_code == 0, out.output[-3000:]
+        return re.search(r"Ray job (\S+): SUCCEEDED", out.output).group(1), out.output
+
+    def served(job_id: str) -> tuple[dict, str]:
+        with urllib.request.urlopen(f"{ray_head}/api/jobs/{job_id}", timeout=30) as answer:
+            body = answer.read().decode()
+        return JobSubmissionClient(ray_head).get_job_info(job_id).runtime_env["env_vars"], body
+
+    job_id, said = submit()
+    env, body = served(job_id)
+    assert "do-not-leak" not in body and "AKIADONOTLEAK" not in body
+    assert env["PREFECT_API_URL"] == "http://prefect.example:4200/api" and env["AWS_DEFAULT_REGION"] == "eu-west-2"
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PREFECT_API_KEY"} & set(env)
+    assert "not forwarding AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, PREFECT_API_KEY" in said
+    assert "do-not-leak" not in said  # names only, never values
+
+    job_id, said = submit("--forward-secret", "PREFECT_API_KEY")
+    env, body = served(job_id)
+    assert env["PREFECT_API_KEY"] == "do-not-leak-prefect-key" and "do-not-leak-aws" not in json.dumps(env)
+    assert "warning: forwarding PREFECT_API_KEY" in said and "Ray dashboard or its Jobs API" in said
+
+    missing = CliRunner().invoke(app, ["submit", "--address", ray_head, "--forward-secret", "NOPE_TOKEN", "run"])
+    assert missing.exit_code == 2 and "--forward-secret NOPE_TOKEN: not set" in missing.output
