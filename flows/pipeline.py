@@ -107,7 +107,7 @@ def pipeline(source: str, root: str, config: dict[str, Any], run_id: str) -> Flo
         embedded = timer.step("embed", embed.submit(root, config))
         model = timer.step("train", train.submit(root, config, run_id))
         predicted = timer.step("predict", predict.submit(root, config, run_id, model))
-        reported = timer.step("report", report.submit(root, config, run_id, model, predicted))
+        reported = timer.step("report", report.submit(root, config, run_id, model, predicted, trained=True))
         logger.info("run %s finished in %s: report at %s", run_id, seconds, reported["report"])
         summary = flow_summary(run_id, seconds, ingested, embedded, model, predicted, reported)
         summary["run_record"] = write_run_record(store, "run", config, summary)

@@ -40,7 +40,7 @@ def train_flow(
         decisions = timer.step("promote", promote.submit(root, model, metric, margin))
         predicted = timer.step("predict", predict.submit(root, config, run_id, model))
         extra = promotion_lines(decisions)
-        reported = timer.step("report", report.submit(root, config, run_id, model, predicted, extra))
+        reported = timer.step("report", report.submit(root, config, run_id, model, predicted, extra, trained=True))
         get_run_logger().info("trained %s in %s: report at %s", run_id, timer.seconds, reported["report"])
         summary = flow_summary(
             run_id, timer.seconds, ingested, embedded, model, predicted, reported, promotions=decisions

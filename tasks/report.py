@@ -19,8 +19,11 @@ def report(
     model: TrainedModels,
     predicted: Predicted,
     extra: dict[str, Any] | None = None,
+    trained: bool = False,
 ) -> Reported:
-    """``extra``: more lines for the report's run table (e.g. promotion decisions)."""
+    """``extra``: more lines for the report's run table (e.g. promotion decisions). ``trained``: this
+    run trained ``model`` (train, run), so the heads' own metrics.json are written; a scoring run
+    (score, nightly) writes only under runs/<run_id>/."""
     cfg = Config.model_validate(config)
     meta = {
         "run_id": run_id,
@@ -30,4 +33,4 @@ def report(
         "recordings_quarantined": predicted["quarantined"],
         **(extra or {}),
     }
-    return write_run_outputs(root, run_id, model, meta, cfg)
+    return write_run_outputs(root, run_id, model, meta, cfg, trained=trained)

@@ -252,7 +252,11 @@ def evaluate(
 @clips_app.command("score")
 def score_files(
     model: Annotated[Path, typer.Option("--model", help="Model folder written by `clips train`.")],
-    files: Annotated[list[Path], typer.Argument(help="Audio files (any format soundfile reads, any rate).")],
+    files: Annotated[
+        list[Path],
+        # readable=False: click would refuse the whole batch for one unreadable file; each is checked alone
+        typer.Argument(help="Audio files (any format soundfile reads, any rate).", readable=False),
+    ],
     max_seconds: Annotated[
         float, typer.Option(help="Longest audio accepted; whole nights go to `sleepsound score`.")
     ] = 600.0,
@@ -275,6 +279,9 @@ def score_files(
         except ClipError as exc:
             failed += 1
             result = {"file": str(path), "error": str(exc)}
+        except Exception as exc:  # one file's fault (storage, decoder, model) never costs the others
+            failed += 1
+            result = {"file": str(path), "error": f"{path}: scoring failed ({type(exc).__name__}: {exc})"}
         if as_json:
             typer.echo(_json(result))
         elif "error" in result:
@@ -286,6 +293,8 @@ def score_files(
                 f"of {result['clip_seconds']:g} s: {share})"
             )
     if failed:
+        if not as_json:
+            typer.echo(f"{failed} of {len(files)} file(s) could not be scored (named above)", err=True)
         raise typer.Exit(1)
 
 

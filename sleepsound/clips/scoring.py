@@ -27,6 +27,7 @@ from sleepsound.clips.dataset import (
     peak_normalise,
 )
 from sleepsound.clips.evaluate import ClipClassifier
+from sleepsound.io.audio import unreadable_reason
 
 MAX_SCORE_SECONDS = 600.0  # longer audio is a night: score it with `sleepsound score`
 
@@ -89,9 +90,14 @@ def score_source(
     try:
         if isinstance(source, str):
             check_clip_file(source)
+            reason = unreadable_reason(source)  # a permission or a FIFO, named before libsndfile opens it
+            if reason is not None:
+                raise ClipError(reason[1])
         audio = decode_mono_16k(source, MIN_CLIP_SECONDS, max_seconds + 1.0)
     except ClipError as exc:
         raise ClipError(f"{name}: {exc}") from None
+    except OSError as exc:  # e.g. a folder on the way that may not be searched: this file only
+        raise ClipError(f"{name}: {exc.strerror or exc}") from None
     if len(audio) > max_seconds * SAMPLE_RATE:
         raise TooLong(f"{name}: longer than {max_seconds:g} s; score whole nights with `sleepsound score`")
     return score_audio(clf, audio, name, batch_size)

@@ -1,9 +1,16 @@
-"""Find the recordings under a source, in either accepted layout, without reading audio.
+"""Find the recordings under a source, in both accepted layouts, without reading audio.
 
 PSG-Audio: ``APNEA_EDF/<patient>/<patient>[001].edf`` parts (brackets possibly
 URL-encoded) and ``APNEA_RML/<patient>.rml``. Plain: ``<name>.wav|.flac|.ogg|.mp3|...`` with optional
-``<name>.stages.csv`` and ``<name>.events.csv`` beside it (suffixes in any case). Hidden files
-and folders (``.name``, macOS ``._name`` and ``__MACOSX/``) are not recordings and are skipped.
+``<name>.stages.csv`` and ``<name>.events.csv`` beside it (suffixes in any case). One source may
+hold both: plain nights anywhere outside ``APNEA_EDF/`` and the annotation folder are found
+beside the PSG-Audio ones. Hidden files and folders (``.name``, macOS ``._name`` and
+``__MACOSX/``) are not recordings and are skipped.
+
+On local disk symbolic links are followed (a folder reached twice, through a loop or a second
+link, is listed once); what cannot be listed (a loop, a folder this process may not read) becomes
+a source with a ``problem``, which validation quarantines with that reason, so nothing under
+the source disappears without a line in the manifest.
 """
 
 from __future__ import annotations
@@ -42,19 +49,122 @@ class RecordingSource:
     part_numbers: list[int] = field(default_factory=list)
     labels_uri: str | None = None
     events_uri: str | None = None
+    problem: tuple[str, str, str] | None = None  # (path, code, message): quarantined as found
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
 def discover(source: str, rml_folder: str = "APNEA_RML") -> list[RecordingSource]:
-    """List every recording under ``source``; a folder with no audio yields an empty list."""
+    """List every recording under ``source``, both layouts at once; a folder with no audio yields
+    an empty list. Recording ids are unique: an id found in both layouts is listed once, with
+    every file, as a problem (``duplicate_recording``)."""
     fs, root = open_root(source)
     if not fs.exists(root):
         raise FileNotFoundError(f"source {source!r} does not exist")
-    if fs.isdir(posixpath.join(root, "APNEA_EDF")):
-        return _discover_psg_audio(fs, root, rml_folder)
-    return _discover_plain(fs, root)
+    files, unlisted = _listing(fs, root)
+    psg: list[RecordingSource] = []
+    edf_root = posixpath.join(root, "APNEA_EDF")
+    if fs.isdir(edf_root):
+        psg = _discover_psg_audio(fs, root, rml_folder)
+        layout_folders = (edf_root + "/", posixpath.join(root, rml_folder) + "/")
+        files = [path for path in files if not path.startswith(layout_folders)]
+    plain = _discover_plain(fs, root, files)
+    return sorted(_one_per_id(psg, plain) + unlisted, key=lambda src: src.recording_id)
+
+
+def _one_per_id(psg: list[RecordingSource], plain: list[RecordingSource]) -> list[RecordingSource]:
+    """PSG-Audio and plain nights together; an id both give (``APNEA_EDF/x/`` and ``x.wav``) becomes
+    one source holding every file, with the clash as its problem (two rows with one id would
+    overwrite each other downstream)."""
+    by_id = {src.recording_id: src for src in psg}
+    out = list(psg)
+    for src in plain:
+        other = by_id.get(src.recording_id)
+        if other is None:
+            out.append(src)
+            continue
+        plain_files = [u for u in (*src.audio_uris, src.labels_uri, src.events_uri) if u]
+        other.problem = (
+            plain_files[0],
+            "duplicate_recording",
+            f"the recording id {src.recording_id!r} names both a PSG-Audio night (APNEA_EDF/{src.recording_id}/) "
+            f"and a plain night ({', '.join(plain_files)}); rename the plain night's files (with their CSVs)",
+        )
+        other.audio_uris = [*other.audio_uris, *src.audio_uris]
+    return out
+
+
+def _listing(fs: fsspec.AbstractFileSystem, root: str) -> tuple[list[str], list[RecordingSource]]:
+    """Every file path under ``root`` (hidden ones left out), and a problem source for each folder
+    that could not be listed. On local disk links are followed (``_walk_local``); object stores have none."""
+    if isinstance(fs, LocalFileSystem):
+        return _walk_local(root)
+    return [path for path in sorted(fs.find(root)) if not _hidden(posixpath.relpath(path, root))], []
+
+
+def _walk_local(root: str) -> tuple[list[str], list[RecordingSource]]:
+    """``os.walk`` that follows symbolic links to folders, each real folder once: a link back to a
+    folder above it (a loop) or to one already listed is skipped and reported, as is a folder
+    that cannot be listed (permission denied)."""
+    files: list[str] = []
+    problems: list[RecordingSource] = []
+    listed = {os.path.realpath(root): root}
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as entries:
+                names = sorted((entry.name, entry.is_symlink()) for entry in entries)
+        except OSError as exc:
+            why = (
+                f"the folder could not be listed ({exc.strerror}): any recording in it is not seen; fix its permissions"
+            )
+            problems.append(_unlisted(root, folder, "unlisted_folder", why))
+            continue
+        for name, is_link in names:
+            path = posixpath.join(folder, name)
+            relative = posixpath.relpath(path, root)
+            if _hidden(relative):
+                continue
+            if not os.path.isdir(path):  # files, file links (broken ones too: validation names them)
+                files.append(path)
+                continue
+            real = os.path.realpath(path)
+            first = listed.get(real)
+            if first is None:
+                listed[real] = path
+                pending.append(path)
+            elif is_link:
+                where = "the source folder" if first == root else repr(posixpath.relpath(first, root))
+                why = (
+                    f"a symbolic link back to {where}, a folder above it (a loop)"
+                    if _leads_above(root, folder, real)
+                    else f"a symbolic link to {where}, already listed"
+                )
+                problems.append(
+                    _unlisted(
+                        root, path, "skipped_link", f"{why}: not followed; what is under it is listed once, there"
+                    )
+                )
+    return sorted(files), problems
+
+
+def _leads_above(root: str, folder: str, real: str) -> bool:
+    """Whether ``real`` is the real path of ``folder`` or of a folder above it up to ``root``: a link
+    there would list the same files forever."""
+    while True:
+        if os.path.realpath(folder) == real:
+            return True
+        if folder == root or posixpath.dirname(folder) == folder:
+            return False
+        folder = posixpath.dirname(folder)
+
+
+def _unlisted(root: str, path: str, code: str, message: str) -> RecordingSource:
+    """A problem source for a folder that was not listed, named by its path under the source."""
+    relative = posixpath.relpath(path, root)
+    return RecordingSource(relative, relative, "plain", [], [], problem=(path, code, message))
 
 
 def _discover_psg_audio(fs: fsspec.AbstractFileSystem, root: str, rml_folder: str) -> list[RecordingSource]:
@@ -112,8 +222,9 @@ def _orphan_annotations(
     return orphans
 
 
-def _discover_plain(fs: fsspec.AbstractFileSystem, root: str) -> list[RecordingSource]:
-    """One source per file name stem, from one listing (no request per file on object storage).
+def _discover_plain(fs: fsspec.AbstractFileSystem, root: str, files: list[str]) -> list[RecordingSource]:
+    """One source per file name stem of ``files`` (one listing of the source: no request per file
+    on object storage).
 
     A stem given by two audio files (``n.wav`` and ``n.flac``, or ``a/n.wav`` and ``b/n.wav``)
     is one recording id, so it is listed once with every file and validation quarantines it
@@ -122,9 +233,7 @@ def _discover_plain(fs: fsspec.AbstractFileSystem, root: str) -> list[RecordingS
     """
     audio: dict[str, list[str]] = {}
     sidecars: dict[tuple[str, str], dict[str, str]] = {}  # (folder, stem) -> {"labels_uri": path, ...}
-    for path in sorted(fs.find(root)):
-        if _hidden(posixpath.relpath(path, root)):
-            continue
+    for path in files:
         name = posixpath.basename(path)
         lower = name.lower()
         kind = next((k for k, suffix in SIDECAR_SUFFIXES.items() if lower.endswith(suffix)), None)

@@ -25,7 +25,7 @@ from sleepsound.embed.preprocess import count_epochs
 from sleepsound.ingest.discovery import RecordingSource, local_copies
 from sleepsound.ingest.label_checks import Tolerances, check_events, check_rml, check_stage_table
 from sleepsound.ingest.quality import GapFinder, measure_epoch
-from sleepsound.io.audio import AudioError, PartInfo, iter_night_blocks, probe_edf, probe_plain
+from sleepsound.io.audio import AudioError, PartInfo, iter_night_blocks, probe_edf, probe_plain, unreadable_reason
 from sleepsound.labels.annotations import read_rml, read_stage_table
 from sleepsound.labels.events import read_events_csv, unknown_event_types
 
@@ -217,6 +217,9 @@ def _label_findings(src: RecordingSource, row: ManifestRow, parts: list[PartInfo
 def _named(uri: str) -> Iterator[str]:
     """A local copy of an annotation file whose faults name ``uri``, not the temporary copy."""
     with local_copies([uri]) as (path,):
+        reason = unreadable_reason(path)  # before opening: a FIFO would block the read forever
+        if reason is not None:
+            raise Quarantine(uri, *reason)
         try:
             yield path
         except Quarantine as exc:
@@ -356,6 +359,8 @@ def validate_recording(
     findings: list[Finding] = []
     uri_of: dict[str, str] = {}
     try:
+        if src.problem is not None:  # found by discovery (a skipped link, a clash of ids): nothing to open
+            raise Quarantine(*src.problem)
         with local_copies(src.audio_uris) as paths:
             uri_of = dict(zip(paths, src.audio_uris, strict=True))
             parts = probe_parts(src, paths, cfg)

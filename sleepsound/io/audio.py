@@ -7,8 +7,10 @@ as ordinary signals; a plain night is one WAV/FLAC. Both are read block by block
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,8 +57,59 @@ class PartInfo:
         return self.n_samples / self.sample_rate
 
 
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def unreadable_reason(path: str) -> tuple[str, str] | None:
+    """Why the local file ``path`` cannot be read at all, as (code, message), or None when it can.
+
+    Checked with ``os.stat`` before anything opens it: opening a FIFO blocks until a writer comes,
+    and a decoder's "System error." or an "empty file" would hide the real cause (a FIFO has size
+    0; a file the process may not read fails in libsndfile without saying why)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return "broken_link", "a symbolic link to a file that does not exist; fix the link or copy the file in"
+        return "file_not_found", "file not found (removed while it was being read?)"
+    except PermissionError:
+        return "permission_denied", _PERMISSION
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "broken_link", "a symbolic link loop (the link leads back to itself); fix the link"
+        raise
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in _NOT_REGULAR if test(info.st_mode)), "not a plain file")
+        return "not_regular_file", f"not a regular file ({kind}); put the recording's file in its place"
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    except PermissionError:
+        return "permission_denied", _PERMISSION
+    return None
+
+
+_PERMISSION = (
+    "permission denied: this process may not read it; fix the file's (or its folder's) permissions "
+    "or run as a user who can read it"
+)
+
+
+def check_readable(path: str) -> None:
+    """Raise AudioError naming why ``path`` cannot be read (``unreadable_reason``); nothing when it can."""
+    reason = unreadable_reason(path)
+    if reason is not None:
+        raise AudioError(path, *reason)
+
+
 def probe_edf(path: str, channel: str) -> PartInfo:
     """Read an EDF/BDF header and locate ``channel`` by label (never by index)."""
+    check_readable(path)
     if os.path.getsize(path) == 0:
         raise AudioError(path, "empty_file", "file is empty (0 bytes); re-upload it")
     header = read_edf_header(path)  # names truncation and header faults (EdfHeaderError); pyedflib would not
@@ -131,6 +184,7 @@ def probe_plain(path: str, channel: str, index: int | None = None) -> PartInfo:
             f"{suffix.lstrip('.').upper()} is not read (libsndfile cannot "
             "decode it): convert it to FLAC, keeping the name",
         )
+    check_readable(path)
     if os.path.getsize(path) == 0:
         raise AudioError(path, "empty_file", "file is empty (0 bytes); re-upload it")
     try:

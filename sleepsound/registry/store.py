@@ -211,9 +211,23 @@ def serving_models(root: RootLike, versions: dict[str, str] | None = None) -> Tr
     }
 
 
+class NotTheTrainingRun(PermissionError):
+    """A run other than the one that trained a model tried to write that model's own files."""
+
+
 def write_metrics(root: RootLike, target: str, version: str, metrics: dict[str, Any]) -> None:
+    """Record a model's own held-out figures; only the run that trained it may (``metrics["run_id"]``
+    must be its lineage's ``run_id``), so another run's nights never pass for the model's evaluation.
+    That run may write them again: a rerun of a crashed run retrains the same version."""
     fs, root_path = open_root(root)
-    write_json(fs, join(model_dir(root_path, target, version), METRICS), metrics)
+    path = model_dir(root_path, target, version)
+    trained_by = _json_or_empty(fs, join(path, LINEAGE)).get("run_id")
+    if trained_by is None or metrics.get("run_id") != trained_by:
+        raise NotTheTrainingRun(
+            f"{join(path, METRICS)} belongs to the run that trained {target}/{version} ({trained_by or 'unknown'}); "
+            f"run {metrics.get('run_id')!r} writes its figures under runs/{metrics.get('run_id')}/ only"
+        )
+    write_json(fs, join(path, METRICS), metrics)
 
 
 def _json_or_empty(fs: Any, path: str) -> dict[str, Any]:

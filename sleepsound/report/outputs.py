@@ -118,9 +118,19 @@ def night_breathing(night: pd.DataFrame, resp: HeadInfo | None) -> dict[str, Any
 
 
 def write_run_outputs(
-    root: RootLike, run_id: str, model: TrainedModels, meta: dict[str, Any], cfg: Config | None = None
+    root: RootLike,
+    run_id: str,
+    model: TrainedModels,
+    meta: dict[str, Any],
+    cfg: Config | None = None,
+    trained: bool = False,
 ) -> Reported:
-    """Compute and write metrics.json, summaries and report/index.html for ``run_id``."""
+    """Compute and write metrics.json, summaries and report/index.html under ``runs/<run_id>/``.
+
+    ``trained``: this run trained ``model``'s heads (train, run), so their test-subject figures
+    are also their own ``models/<task>/<version>/metrics.json``, and a task without a champion
+    gets its first. A scoring run (score, nightly) writes nothing under ``models/``: a model's
+    files belong to the run that trained it, and other nights' figures would pass for its own."""
     cfg = cfg or Config()
     fs, root_path = open_root(root)
     preds = read_predictions(root, run_id).sort_values(["recording_id", "epoch_index"])
@@ -191,7 +201,7 @@ def write_run_outputs(
         "skipped_tasks": model.get("skipped", {}),
     }
     write_json(fs, join(run_dir, "metrics.json"), everything if metrics else {})
-    for name, target_result in by_target.items():
+    for name, target_result in by_target.items() if trained else ():
         info = heads[name]
         model_store.write_metrics(root, name, info["version"], {**target_result, "run_id": run_id})
         if model_store.champion_version(root, name) is None:

@@ -8,6 +8,10 @@ tiny random Whisper from conftest (a real local model folder, loaded the real wa
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -349,6 +353,65 @@ def test_clips_score_labels_every_window_of_a_real_bedroom_recording(trained: di
     assert res.exit_code == 1
     assert "1_0.wav: snoring" in res.stdout or "1_0.wav: no_snoring" in res.stdout
     assert "broken.wav: unreadable audio" in res.output and "gone.wav: file not found" in res.output
+
+
+def _without_root_privileges() -> list[str]:
+    """A command prefix under which file permissions are enforced: nothing for an ordinary user; as
+    root, setpriv drops the capabilities that let root read any file."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: root reads any file, so no permission error occurs")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def test_clips_score_scores_every_readable_file_and_names_each_one_it_cannot_read(
+    trained: dict, tmp_path: Path
+) -> None:
+    """Issue 15: one unreadable file (in a folder this process may not enter) stopped the whole batch.
+    The real command, in a process that lacks the permission: the good files are scored, each
+    failure is named with its cause (not libsndfile's "System error."), and the exit code is 1."""
+    good = trained["data"] / "snoring" / "1_0.wav"
+    other = trained["data"] / "no_snoring" / "0_1.wav"
+    locked = tmp_path / "locked.wav"
+    shutil.copy(good, locked)
+    locked.chmod(0)
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    shutil.copy(good, closed / "inside.wav")
+    closed.chmod(0)
+    os.mkfifo(tmp_path / "pipe.wav")
+    files = [good, closed / "inside.wav", locked, tmp_path / "pipe.wav", other]
+    try:
+        out = subprocess.run(
+            [
+                *_without_root_privileges(),
+                sys.executable,
+                "-m",
+                "sleepsound.cli",
+                "clips",
+                "score",
+                "--model",
+                str(trained["model"]),
+                "--json",
+                *map(str, files),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+            check=False,
+        )
+    finally:
+        closed.chmod(0o755)
+    assert out.returncode == 1, out.stderr
+    results = {r["file"]: r for r in map(json.loads, out.stdout.splitlines())}
+    assert list(results) == [str(f) for f in files]  # every file answered, in order
+    assert results[str(good)]["label"] in ("snoring", "no_snoring") and results[str(other)]["windows"]
+    assert results[str(closed / "inside.wav")]["error"] == f"{closed / 'inside.wav'}: Permission denied"
+    assert results[str(locked)]["error"].startswith(f"{locked}: permission denied")
+    assert results[str(tmp_path / "pipe.wav")]["error"] == f"{tmp_path / 'pipe.wav'}: not a regular file"
 
 
 def test_the_http_service_scores_an_upload_like_the_cli_and_refuses_bad_ones_by_name(trained: dict) -> None:

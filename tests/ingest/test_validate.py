@@ -218,7 +218,8 @@ def test_unusual_part_names_are_named_for_what_they_are(cohorts, tmp_path):
     (folder / f"{target}[002].edf").rmdir()
     (folder / f"{target}[002].edf").symlink_to(tmp_path / "gone.edf")  # a dangling link
     row = _only_target_quarantined(cohort, target)
-    assert row["reason_code"] == "io_error" and row["findings"][0]["path"].endswith(f"{target}[002].edf")
+    assert row["reason_code"] == "broken_link" and row["findings"][0]["path"].endswith(f"{target}[002].edf")
+    assert "symbolic link to a file that does not exist" in row["reason"]
 
 
 def test_rml_with_an_unknown_encoding_is_bad_annotations(cohorts, tmp_path):

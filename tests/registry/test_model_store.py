@@ -14,9 +14,11 @@ def _store(root: str, version: str, created: str, macro_f1: float | None) -> Non
     fs, root_path = open_root(root)
     path = model_store.model_dir(root_path, "stage3", version)
     save_head(build_head("attention", dim=8, n_classes=3), fs, path, context=3)
-    write_json(fs, join(path, "lineage.json"), {"created": created, "train_subjects": ["a", "b"], "train_epochs": 40})
+    lineage = {"run_id": version.split("-")[0], "created": created, "train_subjects": ["a", "b"], "train_epochs": 40}
+    write_json(fs, join(path, "lineage.json"), lineage)
     if macro_f1 is not None:
-        model_store.write_metrics(root, "stage3", version, {"macro_f1": macro_f1, "kappa": 0.1, "accuracy": 0.5})
+        figures = {"macro_f1": macro_f1, "kappa": 0.1, "accuracy": 0.5, "run_id": lineage["run_id"]}
+        model_store.write_metrics(root, "stage3", version, figures)
 
 
 def test_versions_champion_and_show(tmp_path):
@@ -39,6 +41,20 @@ def test_versions_champion_and_show(tmp_path):
     shown = model_store.show(root, "stage3")
     assert shown["version"] == "r2-bbbb" and shown["champion"] and shown["metrics"]["macro_f1"] == 0.61
     assert shown["config"]["head_class"] == "AttentionPoolingHead" and shown["lineage"]["train_epochs"] == 40
+
+
+def test_only_the_training_run_writes_a_models_own_metrics(tmp_path):
+    """Issue 15: a score run overwrote the champion's metrics.json with other nights' figures."""
+    root = str(tmp_path / "root")
+    _store(root, "r1-aaaa", "2026-11-01T00:00:00", 0.5)
+    path = tmp_path / "root" / "models" / "stage3" / "r1-aaaa" / "metrics.json"
+    before = path.read_bytes()
+    for run in ("score-20261102T000000Z", None):
+        with pytest.raises(model_store.NotTheTrainingRun, match="belongs to the run that trained stage3/r1-aaaa"):
+            model_store.write_metrics(root, "stage3", "r1-aaaa", {"macro_f1": 0.09, "run_id": run})
+    assert path.read_bytes() == before
+    model_store.write_metrics(root, "stage3", "r1-aaaa", {"macro_f1": 0.52, "run_id": "r1"})  # its rerun may
+    assert json.loads(path.read_text())["macro_f1"] == 0.52
 
 
 def test_models_cli(tmp_path):
