@@ -73,7 +73,11 @@ def decide_promotions(
     subjects = model["test_subjects"]
     decisions = {}
     for target, head in model["heads"].items():
-        challenger = evaluate_on_subjects(root, target, head["model_dir"], manifest_rows, subjects)[metric]
+        evaluated = evaluate_on_subjects(root, target, head["model_dir"], manifest_rows, subjects)
+        # A nightly run's report scores with the serving models, so the challenger's own figures
+        # are these; a train run's report writes its fuller ones over them afterwards.
+        model_store.write_first_metrics(root, target, head["version"], evaluated)
+        challenger = evaluated[metric]
         current = model_store.champion_version(root, target)
         champion = None
         if current is not None and current != head["version"]:

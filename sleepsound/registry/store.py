@@ -230,5 +230,15 @@ def write_metrics(root: RootLike, target: str, version: str, metrics: dict[str, 
     write_json(fs, join(path, METRICS), metrics)
 
 
+def write_first_metrics(root: RootLike, target: str, version: str, metrics: dict[str, Any]) -> None:
+    """Record figures for a model that has none yet, as its training run (a model's figures are its
+    own run's: the promotion step of that run evaluates it on the evaluation subjects)."""
+    fs, root_path = open_root(root)
+    path = model_dir(root_path, target, version)
+    if not fs.exists(join(path, METRICS)):
+        trained_by = _json_or_empty(fs, join(path, LINEAGE)).get("run_id")
+        write_metrics(root, target, version, {**metrics, "run_id": trained_by})
+
+
 def _json_or_empty(fs: Any, path: str) -> dict[str, Any]:
     return read_json(fs, path) if fs.exists(path) else {}

@@ -506,6 +506,9 @@ def test_promotion_scores_both_models_on_the_fixed_evaluation_set(nights, tiny_w
     assert recorded == first["test_subjects"] and len(recorded) == 1
     decided = decide_promotions(root, first, nights)
     assert decided["stage3"]["promoted"] and decided["resp"]["promoted"]
+    # Its own figures (a nightly run's report writes none for the heads it trains): the promotion's.
+    own = model_store.show(root, "stage3", first["version"])["metrics"]
+    assert own["run_id"] == "first" and own["macro_f1"] == pytest.approx(decided["stage3"]["challenger"]["score"])
     assert model_store.champion_version(root, "stage3") == first["version"]
 
     twin = train_models(root, cfg, "twin", manifest)
