@@ -47,15 +47,15 @@ def nightly(
         "metrics": None,
     }
     store = open_root(root)  # opened once for the lock and the run record; tasks get the URI
-    with hold_root(store, run_id, "nightly"), remote_options(num_cpus=COORDINATOR_CPUS):
-        ingested = timer.step("ingest", ingest.submit(source, root, config))
-        embedded = timer.step("embed", embed.submit(root, config))
+    with hold_root(store, run_id, "nightly") as hold, remote_options(num_cpus=COORDINATOR_CPUS):
+        ingested = timer.step("ingest", ingest.submit(source, root, config, hold=hold))
+        embedded = timer.step("embed", embed.submit(root, config, hold=hold))
         new = timer.step("find-new", find_new.submit(root))
         out["new"] = new
         out["counts"] = {**ingested, **embedded}
         if new["labelled"]:
-            model = timer.step("train", train.submit(root, config, run_id))
-            out["promotions"] = timer.step("promote", promote.submit(root, model, metric, margin))
+            model = timer.step("train", train.submit(root, config, run_id, hold=hold))
+            out["promotions"] = timer.step("promote", promote.submit(root, model, metric, margin, hold=hold))
             out["trained"] = True
         to_score = [*new["labelled"], *new["unlabelled"]]
         if not to_score:
@@ -63,10 +63,10 @@ def nightly(
             out["run_record"] = write_run_record(store, "nightly", config, out)
             return out
         serving = timer.step("champions", champions.submit(root))
-        predicted = timer.step("predict", predict.submit(root, config, run_id, serving, to_score))
+        predicted = timer.step("predict", predict.submit(root, config, run_id, serving, to_score, hold=hold))
         extra = promotion_lines(out["promotions"])
-        reported = timer.step("report", report.submit(root, config, run_id, serving, predicted, extra))
-        timer.step("mark-done", mark_done.submit(root, run_id, to_score))
+        reported = timer.step("report", report.submit(root, config, run_id, serving, predicted, extra, hold=hold))
+        timer.step("mark-done", mark_done.submit(root, run_id, to_score, hold=hold))
         out.update(
             flow_summary(
                 run_id, timer.seconds, ingested, embedded, serving, predicted, reported, promotions=out["promotions"]

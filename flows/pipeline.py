@@ -102,12 +102,12 @@ def pipeline(source: str, root: str, config: dict[str, Any], run_id: str) -> Flo
     timer = StepTimer()
     seconds = timer.seconds
     store = open_root(root)  # opened once for the lock and the run record; tasks get the URI
-    with hold_root(store, run_id, "run"), remote_options(num_cpus=COORDINATOR_CPUS):
-        ingested = timer.step("ingest", ingest.submit(source, root, config))
-        embedded = timer.step("embed", embed.submit(root, config))
-        model = timer.step("train", train.submit(root, config, run_id))
-        predicted = timer.step("predict", predict.submit(root, config, run_id, model))
-        reported = timer.step("report", report.submit(root, config, run_id, model, predicted, trained=True))
+    with hold_root(store, run_id, "run") as hold, remote_options(num_cpus=COORDINATOR_CPUS):
+        ingested = timer.step("ingest", ingest.submit(source, root, config, hold=hold))
+        embedded = timer.step("embed", embed.submit(root, config, hold=hold))
+        model = timer.step("train", train.submit(root, config, run_id, hold=hold))
+        predicted = timer.step("predict", predict.submit(root, config, run_id, model, hold=hold))
+        reported = timer.step("report", report.submit(root, config, run_id, model, predicted, trained=True, hold=hold))
         logger.info("run %s finished in %s: report at %s", run_id, seconds, reported["report"])
         summary = flow_summary(run_id, seconds, ingested, embedded, model, predicted, reported)
         summary["run_record"] = write_run_record(store, "run", config, summary)

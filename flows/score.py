@@ -31,12 +31,12 @@ def score(
     """Returns the same summary as the pipeline flow; ``model`` names the versions used."""
     timer = StepTimer()
     store = open_root(root)  # opened once for the lock and the run record; tasks get the URI
-    with hold_root(store, run_id, "score"), remote_options(num_cpus=COORDINATOR_CPUS):
-        ingested = timer.step("ingest", ingest.submit(source, root, config))
-        embedded = timer.step("embed", embed.submit(root, config, shifted=False))
+    with hold_root(store, run_id, "score") as hold, remote_options(num_cpus=COORDINATOR_CPUS):
+        ingested = timer.step("ingest", ingest.submit(source, root, config, hold=hold))
+        embedded = timer.step("embed", embed.submit(root, config, shifted=False, hold=hold))
         model = timer.step("champions", champions.submit(root, versions))
-        predicted = timer.step("predict", predict.submit(root, config, run_id, model))
-        reported = timer.step("report", report.submit(root, config, run_id, model, predicted))
+        predicted = timer.step("predict", predict.submit(root, config, run_id, model, hold=hold))
+        reported = timer.step("report", report.submit(root, config, run_id, model, predicted, hold=hold))
         get_run_logger().info("scored %s in %s: report at %s", run_id, timer.seconds, reported["report"])
         summary = flow_summary(run_id, timer.seconds, ingested, embedded, model, predicted, reported)
         summary["run_record"] = write_run_record(store, "score", config, summary)

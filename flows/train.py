@@ -33,14 +33,16 @@ def train_flow(
 ) -> FlowSummary:
     timer = StepTimer()
     store = open_root(root)  # opened once for the lock and the run record; tasks get the URI
-    with hold_root(store, run_id, "train"), remote_options(num_cpus=COORDINATOR_CPUS):
-        ingested = timer.step("ingest", ingest.submit(source, root, config))
-        embedded = timer.step("embed", embed.submit(root, config))
-        model = timer.step("train", train.submit(root, config, run_id))
-        decisions = timer.step("promote", promote.submit(root, model, metric, margin))
-        predicted = timer.step("predict", predict.submit(root, config, run_id, model))
+    with hold_root(store, run_id, "train") as hold, remote_options(num_cpus=COORDINATOR_CPUS):
+        ingested = timer.step("ingest", ingest.submit(source, root, config, hold=hold))
+        embedded = timer.step("embed", embed.submit(root, config, hold=hold))
+        model = timer.step("train", train.submit(root, config, run_id, hold=hold))
+        decisions = timer.step("promote", promote.submit(root, model, metric, margin, hold=hold))
+        predicted = timer.step("predict", predict.submit(root, config, run_id, model, hold=hold))
         extra = promotion_lines(decisions)
-        reported = timer.step("report", report.submit(root, config, run_id, model, predicted, extra, trained=True))
+        reported = timer.step(
+            "report", report.submit(root, config, run_id, model, predicted, extra, trained=True, hold=hold)
+        )
         get_run_logger().info("trained %s in %s: report at %s", run_id, timer.seconds, reported["report"])
         summary = flow_summary(
             run_id, timer.seconds, ingested, embedded, model, predicted, reported, promotions=decisions

@@ -10,42 +10,46 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from sleepsound.core.config import Config
-from sleepsound.core.records import Embedded
+from sleepsound.core.records import Embedded, RootHold
 from sleepsound.core.storage import open_root
 from sleepsound.embed.cache import channel_configs, embeddings_dir
 from sleepsound.embed.cohort import embed_cohort
 from sleepsound.ingest.manifest import quarantine, read_manifest_rows, write_manifest
+from sleepsound.runs.root_lock import follow_hold
 
 
 @task(name="embed", retries=1, retry_delay_seconds=5)
-def embed(root: str, config: dict[str, Any], use_ray: bool = True, shifted: bool = True) -> Embedded:
+def embed(
+    root: str, config: dict[str, Any], use_ray: bool = True, shifted: bool = True, hold: RootHold | None = None
+) -> Embedded:
     """A retry is cheap: recordings finished before a failure are cache hits. ``shifted=False``
     for flows that train nothing (score): the shifted training windows are not embedded."""
-    cfg = Config.model_validate(config)
-    store = open_root(root)
-    rows = read_manifest_rows(store)
-    accepted = [r for r in rows if r["status"] == "accepted"]
-    stats = embed_cohort(accepted, store, cfg, use_ray=use_ray, shifted=shifted)
-    if stats.failed:  # a count only: ids (patient ids) and reasons (file paths) go to the manifest
-        path = write_manifest(store, quarantine(rows, stats.failed))
-        get_run_logger().warning(
-            "quarantined %d recordings while streaming (read_error); which ones and why: status and reason in %s",
+    with follow_hold(root, hold):
+        cfg = Config.model_validate(config)
+        store = open_root(root)
+        rows = read_manifest_rows(store)
+        accepted = [r for r in rows if r["status"] == "accepted"]
+        stats = embed_cohort(accepted, store, cfg, use_ray=use_ray, shifted=shifted)
+        if stats.failed:  # a count only: ids (patient ids) and reasons (file paths) go to the manifest
+            path = write_manifest(store, quarantine(rows, stats.failed))
+            get_run_logger().warning(
+                "quarantined %d recordings while streaming (read_error); which ones and why: status and reason in %s",
+                len(stats.failed),
+                path,
+            )
+        get_run_logger().info(
+            "embedded %d recordings (%d epochs, %d shifted windows), %d from cache, %d failed",
+            len(stats.embedded),
+            stats.epochs,
+            stats.shifted,
+            len(stats.cached),
             len(stats.failed),
-            path,
         )
-    get_run_logger().info(
-        "embedded %d recordings (%d epochs, %d shifted windows), %d from cache, %d failed",
-        len(stats.embedded),
-        stats.epochs,
-        stats.shifted,
-        len(stats.cached),
-        len(stats.failed),
-    )
-    return {
-        "embedded": len(stats.embedded),
-        "cached": len(stats.cached),
-        "failed": len(stats.failed),
-        "epochs": stats.epochs,
-        "shifted": stats.shifted,
-        "cache": [embeddings_dir(store.path, channel_cfg) for channel_cfg in channel_configs(cfg)],
-    }
+        return {
+            "embedded": len(stats.embedded),
+            "cached": len(stats.cached),
+            "failed": len(stats.failed),
+            "epochs": stats.epochs,
+            "shifted": stats.shifted,
+            "cache": [embeddings_dir(store.path, channel_cfg) for channel_cfg in channel_configs(cfg)],
+        }

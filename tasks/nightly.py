@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
+from sleepsound.core.records import RootHold
 from sleepsound.core.storage import open_root
 from sleepsound.ingest.manifest import read_manifest_rows
 from sleepsound.runs.nightly_state import mark_processed, new_recordings
+from sleepsound.runs.root_lock import follow_hold
 
 
 @task(name="find-new")
@@ -21,8 +23,9 @@ def find_new(root: str) -> dict[str, list[str]]:
 
 
 @task(name="mark-done")
-def mark_done(root: str, run_id: str, recordings: list[str]) -> int:
-    store = open_root(root)
-    rows = [r for r in read_manifest_rows(store) if str(r["recording_id"]) in set(recordings)]
-    mark_processed(store, run_id, rows)
-    return len(rows)
+def mark_done(root: str, run_id: str, recordings: list[str], hold: RootHold | None = None) -> int:
+    with follow_hold(root, hold):
+        store = open_root(root)
+        rows = [r for r in read_manifest_rows(store) if str(r["recording_id"]) in set(recordings)]
+        mark_processed(store, run_id, rows)
+        return len(rows)

@@ -7,26 +7,28 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from sleepsound.core.config import Config
-from sleepsound.core.records import TrainedModels
+from sleepsound.core.records import RootHold, TrainedModels
 from sleepsound.ingest.manifest import read_manifest
+from sleepsound.runs.root_lock import follow_hold
 from sleepsound.train.fit import train_models
 
 
 @task(name="train")
-def train(root: str, config: dict[str, Any], run_id: str) -> TrainedModels:
+def train(root: str, config: dict[str, Any], run_id: str, hold: RootHold | None = None) -> TrainedModels:
     """Returns where the model lives and the subject split, not the weights."""
-    model = train_models(root, Config.model_validate(config), run_id, read_manifest(root))
-    logger = get_run_logger()
-    for name, head in model["heads"].items():
-        logger.info(
-            "trained %s %s on %d epochs from %d subjects (%d for validation); %d subjects held out",
-            name,
-            head["version"],
-            head["train_epochs"],
-            len(model["train_subjects"]),
-            len(model["val_subjects"]),
-            len(model["test_subjects"]),
-        )
-    for name, reason in model["skipped"].items():
-        logger.info("skipped %s: %s", name, reason)
-    return model
+    with follow_hold(root, hold):
+        model = train_models(root, Config.model_validate(config), run_id, read_manifest(root))
+        logger = get_run_logger()
+        for name, head in model["heads"].items():
+            logger.info(
+                "trained %s %s on %d epochs from %d subjects (%d for validation); %d subjects held out",
+                name,
+                head["version"],
+                head["train_epochs"],
+                len(model["train_subjects"]),
+                len(model["val_subjects"]),
+                len(model["test_subjects"]),
+            )
+        for name, reason in model["skipped"].items():
+            logger.info("skipped %s: %s", name, reason)
+        return model

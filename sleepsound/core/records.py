@@ -154,3 +154,12 @@ class FlowSummary(TypedDict, total=False):
     run_record: str
     new: dict[str, list[str]]  # nightly only: new nights, labelled and unlabelled
     trained: bool  # nightly only
+
+
+class RootHold(TypedDict):
+    """A run's hold on its storage root, as the flow hands it to its tasks: they write only while
+    the lock is still this (``runs.root_lock.follow_hold``)."""
+
+    run_id: str
+    path: str  # the lock file
+    acquired: str

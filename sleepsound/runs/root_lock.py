@@ -47,6 +47,7 @@ from typing import Any
 
 import fsspec
 
+from sleepsound.core.records import RootHold
 from sleepsound.core.storage import (
     RootLike,
     RootLost,
@@ -251,7 +252,7 @@ def _is_mine(raw: bytes | None, run_id: str, acquired: str) -> bool:
 @contextlib.contextmanager
 def hold_root(
     root: RootLike, run_id: str, purpose: str, stale_after_s: float = STALE_AFTER_S, heartbeat_s: float = HEARTBEAT_S
-) -> Iterator[dict[str, Any]]:
+) -> Iterator[RootHold]:
     """Hold the root for the duration of the block; RootBusy when a live run holds it.
 
     While held, this process's writes under the root raise RootLost once the hold is lost
@@ -312,7 +313,7 @@ def hold_root(
 
 
 @contextlib.contextmanager
-def follow_hold(root: RootLike, token: dict[str, Any] | None) -> Iterator[None]:
+def follow_hold(root: RootLike, token: RootHold | None) -> Iterator[None]:
     """Fence this process's writes under ``root`` by another process's hold (``token``: what hold_root yielded).
 
     For a worker (a Ray task) writing for the run that holds the root: before each write under
@@ -332,7 +333,8 @@ def follow_hold(root: RootLike, token: dict[str, Any] | None) -> Iterator[None]:
         raw = _read(store.fs, path)
         if _is_mine(raw, run_id, acquired):
             return None
-        now = "its lock file was removed" if raw is None else f"the lock is run {_parse(raw).get('run_id')!r}'s"
+        other = None if raw is None else _parse(raw).get("run_id")
+        now = "its lock file was removed" if raw is None else f"the lock is now held by run {other!r}"
         return f"run {run_id!r} no longer holds {store.uri}: {now}"
 
     with fenced(store.fs, store.path, lost):
