@@ -247,9 +247,12 @@ def values_digest(values: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(values)).hexdigest()
 
 
-def embedding_values(table: pa.Table) -> np.ndarray:
-    """A cache table's ``embedding`` column as one flat numpy array (no copy when it can)."""
-    return table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+def _column_digest(column: pa.ChunkedArray) -> str:
+    """``values_digest`` of a fixed-size-list column, chunk by chunk (no copy of the whole column)."""
+    digest = hashlib.sha256()
+    for chunk in column.chunks:
+        digest.update(np.ascontiguousarray(chunk.flatten().to_numpy(zero_copy_only=False)))
+    return digest.hexdigest()
 
 
 def read_cached_table(root: RootLike, path: str, columns: list[str] | None = None) -> pa.Table:
@@ -268,7 +271,7 @@ def read_cached_table(root: RootLike, path: str, columns: list[str] | None = Non
     except (OSError, pa.ArrowException, ValueError) as exc:
         raise _bad_file(store, path, f"unreadable ({type(exc).__name__}: {exc})") from exc
     digest = cache_meta(table.schema.metadata).get("sha256")
-    if digest and "embedding" in table.column_names and values_digest(embedding_values(table)) != digest:
+    if digest and "embedding" in table.column_names and _column_digest(table["embedding"]) != digest:
         raise _bad_file(store, path, "its embedding values differ from the checksum recorded when it was written")
     return table
 

@@ -411,3 +411,26 @@ def test_readers_name_a_bad_cache_file_and_quarantine_it_so_the_rerun_heals(rows
     with pytest.raises(OSError, match=rf"{epochs}: unreadable \(ArrowInvalid"):
         load_embedded(root, cfg, manifest)
     assert _quarantined(root, epochs).exists()
+
+
+def test_a_truncated_cache_object_on_s3_is_quarantined_and_embedded_again(rows, s3_endpoint):
+    """The same on object storage: footers read by range, the bad object moved under quarantine/cache."""
+    import json
+
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    if not fs.exists("cache-checks"):
+        fs.mkdir("cache-checks")
+    root, cfg, row = "s3://cache-checks/root", _cfg("mel"), rows[0]
+    assert embed_cohort(rows[:1], root, cfg, use_ray=False).embedded == [row["recording_id"]]
+    path = embeddings_path("cache-checks/root", cfg, row["recording_id"], row["sha256"])
+    data = fs.cat_file(path)
+    fs.pipe_file(path, data[: len(data) // 2])
+    again = embed_cohort(rows[:1], root, cfg, use_ray=False)
+    assert again.embedded == [row["recording_id"]]
+    assert again.quarantined[0].startswith(f"{path}: not a readable Parquet file")
+    moved = path.replace("cache-checks/root/", "cache-checks/root/quarantine/cache/", 1)
+    assert fs.cat_file(moved) == data[: len(data) // 2]
+    assert json.loads(fs.cat_file(f"{moved}.reason.json"))["path"] == path
+    assert fs.cat_file(path) == data  # embedded again, byte for byte (same batches as the first run)
