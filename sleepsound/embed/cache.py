@@ -199,29 +199,44 @@ def entry_problems(store: StorageRoot, cfg: Config, row: ManifestRow, shifted: b
     return problems
 
 
-# A footer read should fetch the file's tail, not a whole object-store block (s3fs reads 50 MB ahead).
-_FOOTER_BLOCK = 1 << 16
-
-
 def _footer(fs: Any, path: str, problems: dict[str, str]) -> pq.FileMetaData | None:
-    """The Parquet footer of ``path``, or None with the problem recorded."""
+    """The Parquet footer of ``path``, or None with the problem recorded.
+
+    Only the file's size and tail are fetched (two small range reads on object storage, where
+    pyarrow through a file object would read a whole block ahead). Storage errors (a network
+    failure, a denied read) propagate: only bytes that do not parse make a file bad, so a
+    healthy file is never quarantined because the storage hiccuped.
+    """
+    size = int(fs.size(path))
+    if size < 12:
+        problems[path] = f"not a readable Parquet file (it holds {size} bytes)"
+        return None
+    tail = fs.cat_file(path, start=size - 8, end=size)
+    length = int.from_bytes(tail[:4], "little")
+    if tail[4:] != b"PAR1" or length + 12 > size:
+        problems[path] = f"not a readable Parquet file (no footer in its last bytes: truncated? it holds {size} bytes)"
+        return None
+    footer = fs.cat_file(path, start=size - 8 - length, end=size)
     try:
-        with fs.open(path, "rb", block_size=_FOOTER_BLOCK) as handle:
-            return pq.read_metadata(handle)
-    except (OSError, pa.ArrowException, ValueError) as exc:
+        return pq.read_metadata(pa.BufferReader(b"PAR1" + footer))
+    except (OSError, pa.ArrowException, ValueError) as exc:  # bytes in hand: a parse error, not storage
         problems[path] = f"not a readable Parquet file ({type(exc).__name__}: {exc})"
         return None
 
 
+def _parse(data: bytes, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(pa.BufferReader(data), columns=columns)
+
+
 def _valid_count(fs: Any, path: str, meta: pq.FileMetaData, problems: dict[str, str]) -> int | None:
     """Valid epochs in an epochs file: recorded at write, or counted from its ``valid`` column
-    (files written before the count was recorded)."""
+    (files written before the count was recorded; an epochs file is a few kB)."""
     recorded = cache_meta(meta.metadata).get("n_valid")
     if recorded is not None:
         return int(recorded)
+    data = fs.cat_file(path)
     try:
-        with fs.open(path, "rb", block_size=_FOOTER_BLOCK) as handle:
-            valid = pq.read_table(handle, columns=["valid"])["valid"]
+        valid = _parse(data, ["valid"])["valid"]
     except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
         problems[path] = f"its valid column is unreadable ({type(exc).__name__}: {exc})"
         return None
@@ -264,10 +279,11 @@ def read_cached_table(root: RootLike, path: str, columns: list[str] | None = Non
     """
     store = open_root(root)
     try:
-        with store.fs.open(path, "rb") as handle:
-            table = pq.read_table(handle, columns=columns)
+        data = store.fs.cat_file(path)  # storage errors propagate as they are: the file may be fine
     except FileNotFoundError as exc:
         raise CacheFileError(f"{path}: not in the cache; run the embed step with this configuration first") from exc
+    try:
+        table = _parse(data, columns)
     except (OSError, pa.ArrowException, ValueError) as exc:
         raise _bad_file(store, path, f"unreadable ({type(exc).__name__}: {exc})") from exc
     digest = cache_meta(table.schema.metadata).get("sha256")
