@@ -5,19 +5,31 @@ mean-pooled to ``base_pool_seconds``; coarser pooling (``pool_factor`` x base) a
 layer pick are cheap numpy steps on top. Training selects among these by validation, and
 prediction replays exactly the same steps from the saved :class:`FeatureSpec`, so the
 head sees identically computed inputs either way.
+
+The embeddings of a clip set can be cached as ``.npy`` (``read_cached_embeddings``), checked
+when read: a truncated or altered file is moved to ``quarantine/`` beside it, named in a
+warning, and embedded again instead of failing every rerun.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import hashlib
+import json
+import logging
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sleepsound.clips.dataset import FRAME_SAMPLES
 from sleepsound.models.backbones.pretrained import Backbone, load_backbone
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -118,3 +130,69 @@ def head_input(emb: np.ndarray, lengths: np.ndarray, spec: FeatureSpec) -> tuple
 def layer_names(layers: Sequence[int], pick: Sequence[int]) -> list[int]:
     """The backbone layer numbers a pick refers to."""
     return [int(layers[i]) for i in pick]
+
+
+def _digest(emb: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(emb)).hexdigest()
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def write_cached_embeddings(path: Path, emb: np.ndarray) -> None:
+    """Save ``emb`` as ``.npy`` aside then rename it into place, its SHA-256 beside it (checked on read).
+
+    The checksum file goes first, so a crash between the two leaves a checksum without its
+    array (ignored) rather than an array whose check was never recorded.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checksum = _checksum_path(path)
+    tmp = checksum.with_name(f".{checksum.name}.tmp")
+    tmp.write_text(_digest(emb))
+    tmp.replace(checksum)
+    tmp = path.with_name(f".{path.stem}.tmp.npy")
+    np.save(tmp, emb, allow_pickle=False)
+    tmp.replace(path)
+
+
+def read_cached_embeddings(path: Path, n_clips: int) -> np.ndarray | None:
+    """The cached embeddings [N, T, L, D] at ``path``, or None when absent or bad.
+
+    Checked: numpy reads the whole array its header announces (a truncated file fails), it
+    holds float16 [n_clips, T, L, D], and its values match the SHA-256 recorded at write
+    (caches written before the checksum skip that check; hashing costs about 0.5 s a GB,
+    small beside the embedding pass it saves). A bad file is quarantined (``quarantine_cached``).
+    """
+    if not path.exists():
+        return None
+    try:
+        emb = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        quarantine_cached(path, f"unreadable ({type(exc).__name__}: {exc})")
+        return None
+    if emb.dtype != np.float16 or emb.ndim != 4 or len(emb) != n_clips:
+        quarantine_cached(path, f"holds {emb.dtype} {list(emb.shape)}, not float16 embeddings of {n_clips} clips")
+        return None
+    checksum = _checksum_path(path)
+    recorded = checksum.read_text().strip() if checksum.exists() else None
+    if recorded and _digest(emb) != recorded:
+        quarantine_cached(path, "its values differ from the checksum recorded when it was written")
+        return None
+    return emb
+
+
+def quarantine_cached(path: Path, problem: str) -> Path:
+    """Move a bad cache file (and its checksum) to ``quarantine/`` beside it, with a JSON reason, and
+    warn naming the file and the problem; returns where it went."""
+    folder = path.parent / "quarantine"
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / path.name
+    os.replace(path, dest)
+    checksum = _checksum_path(path)
+    if checksum.exists():
+        os.replace(checksum, _checksum_path(dest))
+    reason = {"path": str(path), "problem": problem, "quarantined_at": _dt.datetime.now(_dt.UTC).isoformat()}
+    dest.with_name(dest.name + ".reason.json").write_text(json.dumps(reason, indent=2))
+    log.warning("clip embedding cache %s: %s; moved to %s, embedding again", path, problem, dest)
+    return dest

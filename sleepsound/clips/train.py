@@ -36,6 +36,8 @@ from sleepsound.clips.features import (
     head_input,
     layer_names,
     load_clip_backbone,
+    read_cached_embeddings,
+    write_cached_embeddings,
 )
 from sleepsound.clips.split import block_folds, block_split, group_by_label
 from sleepsound.models.backbones.pretrained import OFFLINE_WHISPER
@@ -122,14 +124,11 @@ def embed_dataset(
     backbone = load_clip_backbone(spec, settings.device)
     key = hashlib.sha256(f"{backbone.fingerprint}|{ds.audio.shape}".encode() + ds.audio.tobytes()).hexdigest()[:16]
     path = Path(settings.cache_dir) / f"clips-{key}.npy" if settings.cache_dir else None
-    if path is not None and path.exists():
-        return np.load(path, allow_pickle=False)
+    if path is not None and (cached := read_cached_embeddings(path, len(ds.audio))) is not None:
+        return cached
     emb = embed_audio(backbone, ds.audio, settings.embed_batch, progress)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, emb, allow_pickle=False)
-        tmp.replace(path)
+        write_cached_embeddings(path, emb)
     return emb
 
 

@@ -13,21 +13,46 @@ Shifted windows (training only, labelled nights only) live in one file per 3-cla
 so enabling augmentation, or another ``training.shift_classes`` stage, on an existing
 cache streams the night again but embeds only the missing stage's windows; disabling it
 embeds nothing. Each file is written even when empty: its presence means "done".
+
+A file that is present is also checked before it counts as cached, cheaply (no data page is
+read, so a cached night on object storage costs a few small range reads, not a download):
+both Parquet footers must parse, the epochs file must hold the night's epochs and the
+embeddings file one row per valid epoch (the epochs file records its valid count at write;
+older files without it have their small ``valid`` column counted). What fails is moved to
+``<root>/quarantine/cache/<same path>`` with a ``.reason.json`` beside it, named in a warning,
+and embedded again. The embedding values carry a SHA-256 recorded at write, verified by the
+readers (``read_cached_table``), which decode every value anyway: hashing an 8-hour night's
+88 MB costs about 0.04 s there, where at the cache check it would mean reading every cached
+night in full on each rerun.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
+import logging
+import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from sleepsound.core.config import BackboneConfig, Config
 from sleepsound.core.records import ManifestRow
-from sleepsound.core.storage import RootLike, join, open_root
+from sleepsound.core.storage import RootLike, StorageRoot, join, open_root, write_json
 from sleepsound.labels.vocabulary import STAGES_3
+
+log = logging.getLogger(__name__)
+
+# Parquet key-value metadata written with each cache file: JSON, see ``with_cache_meta``.
+CACHE_META_KEY = b"sleepsound.cache"
+QUARANTINE_DIR = "quarantine/cache"
 
 
 def backbone_key(cfg: BackboneConfig) -> str:
@@ -102,6 +127,7 @@ class EmbedPlan:
 
     epochs: bool
     shift_classes: tuple[str, ...] = ()
+    quarantined: tuple[str, ...] = ()  # cache files found bad and moved aside ("path: problem")
 
     @property
     def empty(self) -> bool:
@@ -110,18 +136,180 @@ class EmbedPlan:
 
 def plan_recording(root: RootLike, cfg: Config, row: ManifestRow, shifted: bool = True) -> EmbedPlan:
     """Compare the cache with what ``cfg`` (a single channel) needs for ``row``; ``shifted=False``
-    when only scoring, which never reads the training-only shifted windows."""
-    fs, root_path = open_root(root)
+    when only scoring, which never reads the training-only shifted windows.
+
+    A cache file that fails its check (``entry_problems``) is quarantined and counts as missing,
+    so it is embedded again."""
+    store = open_root(root)
+    problems = entry_problems(store, cfg, row, shifted)
+    for path, problem in problems.items():
+        quarantine_cache_file(store, path, problem)
     rec, sha = row["recording_id"], row["sha256"]
-    epochs = not (fs.exists(epochs_path(root_path, cfg, rec)) and fs.exists(embeddings_path(root_path, cfg, rec, sha)))
+    present = [
+        store.fs.exists(p) and p not in problems
+        for p in (epochs_path(store.path, cfg, rec), embeddings_path(store.path, cfg, rec, sha))
+    ]
     missing = tuple(
         c
         for c in (wanted_shift_classes(cfg, row) if shifted else ())
-        if not fs.exists(shifted_path(root_path, cfg, rec, sha, c))
+        if (path := shifted_path(store.path, cfg, rec, sha, c)) in problems or not store.fs.exists(path)
     )
-    return EmbedPlan(epochs, missing)
+    return EmbedPlan(not all(present), missing, tuple(f"{p}: {why}" for p, why in problems.items()))
 
 
 def is_cached(root: RootLike, cfg: Config, row: ManifestRow) -> bool:
-    """Whether every channel of ``row`` already holds all that ``cfg`` needs."""
-    return all(plan_recording(root, c, row).empty for c in channel_configs(cfg))
+    """Whether every channel of ``row`` already holds all that ``cfg`` needs, intact (moves nothing)."""
+    store = open_root(root)
+    for c in channel_configs(cfg):
+        rec, sha = row["recording_id"], row["sha256"]
+        paths = [epochs_path(store.path, c, rec), embeddings_path(store.path, c, rec, sha)]
+        paths += [shifted_path(store.path, c, rec, sha, k) for k in wanted_shift_classes(c, row)]
+        if entry_problems(store, c, row) or not all(store.fs.exists(p) for p in paths):
+            return False
+    return True
+
+
+class CacheFileError(OSError):
+    """A cache file that cannot be read or fails its check; the message names the file."""
+
+
+def entry_problems(store: StorageRoot, cfg: Config, row: ManifestRow, shifted: bool = True) -> dict[str, str]:
+    """The present cache files of ``row`` (one channel) that fail their check, with the problem.
+
+    Absent files are no problem here (they are simply not cached). Only footers are read:
+    the epochs file must hold the night's ``n_epochs`` rows, the embeddings file one per
+    valid epoch; a pair where one side is absent is not checked against the other, since the
+    missing side is written again anyway.
+    """
+    fs, rec, sha = store.fs, row["recording_id"], row["sha256"]
+    problems: dict[str, str] = {}
+    epochs, emb = epochs_path(store.path, cfg, rec), embeddings_path(store.path, cfg, rec, sha)
+    epochs_meta = _footer(fs, epochs, problems) if fs.exists(epochs) else None
+    emb_meta = _footer(fs, emb, problems) if fs.exists(emb) else None
+    if epochs_meta is not None and epochs_meta.num_rows != int(row["n_epochs"]):
+        problems[epochs] = f"holds {epochs_meta.num_rows} epochs, the night has {row['n_epochs']}"
+    elif epochs_meta is not None and emb_meta is not None:
+        n_valid = _valid_count(fs, epochs, epochs_meta, problems)
+        if n_valid is not None and emb_meta.num_rows != n_valid:
+            problems[emb] = f"holds {emb_meta.num_rows} embeddings, {epochs} has {n_valid} valid epochs"
+    for stage in wanted_shift_classes(cfg, row) if shifted else ():
+        path = shifted_path(store.path, cfg, rec, sha, stage)
+        if fs.exists(path):
+            _footer(fs, path, problems)
+    return problems
+
+
+def _footer(fs: Any, path: str, problems: dict[str, str]) -> pq.FileMetaData | None:
+    """The Parquet footer of ``path``, or None with the problem recorded.
+
+    Only the file's size and tail are fetched (two small range reads on object storage, where
+    pyarrow through a file object would read a whole block ahead). Storage errors (a network
+    failure, a denied read) propagate: only bytes that do not parse make a file bad, so a
+    healthy file is never quarantined because the storage hiccuped.
+    """
+    size = int(fs.size(path))
+    if size < 12:
+        problems[path] = f"not a readable Parquet file (it holds {size} bytes)"
+        return None
+    tail = fs.cat_file(path, start=size - 8, end=size)
+    length = int.from_bytes(tail[:4], "little")
+    if tail[4:] != b"PAR1" or length + 12 > size:
+        problems[path] = f"not a readable Parquet file (no footer in its last bytes: truncated? it holds {size} bytes)"
+        return None
+    footer = fs.cat_file(path, start=size - 8 - length, end=size)
+    try:
+        return pq.read_metadata(pa.BufferReader(b"PAR1" + footer))
+    except (OSError, pa.ArrowException, ValueError) as exc:  # bytes in hand: a parse error, not storage
+        problems[path] = f"not a readable Parquet file ({type(exc).__name__}: {exc})"
+        return None
+
+
+def _parse(data: bytes, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(pa.BufferReader(data), columns=columns)
+
+
+def _valid_count(fs: Any, path: str, meta: pq.FileMetaData, problems: dict[str, str]) -> int | None:
+    """Valid epochs in an epochs file: recorded at write, or counted from its ``valid`` column
+    (files written before the count was recorded; an epochs file is a few kB)."""
+    recorded = cache_meta(meta.metadata).get("n_valid")
+    if recorded is not None:
+        return int(recorded)
+    data = fs.cat_file(path)
+    try:
+        valid = _parse(data, ["valid"])["valid"]
+    except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
+        problems[path] = f"its valid column is unreadable ({type(exc).__name__}: {exc})"
+        return None
+    return int(pc.sum(valid).as_py() or 0)
+
+
+def cache_meta(metadata: dict[bytes, bytes] | None) -> dict[str, Any]:
+    """What a cache file recorded about itself at write (empty for files written before)."""
+    raw = (metadata or {}).get(CACHE_META_KEY)
+    try:
+        return dict(json.loads(raw)) if raw else {}
+    except (ValueError, TypeError):
+        return {}
+
+
+def with_cache_meta(table: pa.Table, **meta: Any) -> pa.Table:
+    """``table`` carrying ``meta`` in its schema metadata, which Parquet keeps in the footer."""
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), CACHE_META_KEY: json.dumps(meta)})
+
+
+def values_digest(values: np.ndarray) -> str:
+    """SHA-256 of an embedding column's values in row order (what the readers recompute)."""
+    return hashlib.sha256(np.ascontiguousarray(values)).hexdigest()
+
+
+def _column_digest(column: pa.ChunkedArray) -> str:
+    """``values_digest`` of a fixed-size-list column, chunk by chunk (no copy of the whole column)."""
+    digest = hashlib.sha256()
+    for chunk in column.chunks:
+        digest.update(np.ascontiguousarray(chunk.flatten().to_numpy(zero_copy_only=False)))
+    return digest.hexdigest()
+
+
+def read_cached_table(root: RootLike, path: str, columns: list[str] | None = None) -> pa.Table:
+    """Read a cache file, verifying the digest of its embedding values when it recorded one.
+
+    A file that cannot be read or fails its digest is quarantined, and the error names it and
+    says to embed again (the next embed step finds it missing and rewrites it), instead of a
+    bare Arrow error on every rerun.
+    """
+    store = open_root(root)
+    try:
+        data = store.fs.cat_file(path)  # storage errors propagate as they are: the file may be fine
+    except FileNotFoundError as exc:
+        raise CacheFileError(f"{path}: not in the cache; run the embed step with this configuration first") from exc
+    try:
+        table = _parse(data, columns)
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise _bad_file(store, path, f"unreadable ({type(exc).__name__}: {exc})") from exc
+    digest = cache_meta(table.schema.metadata).get("sha256")
+    if digest and "embedding" in table.column_names and _column_digest(table["embedding"]) != digest:
+        raise _bad_file(store, path, "its embedding values differ from the checksum recorded when it was written")
+    return table
+
+
+def _bad_file(store: StorageRoot, path: str, problem: str) -> CacheFileError:
+    dest = quarantine_cache_file(store, path, problem)
+    return CacheFileError(f"{path}: {problem}; moved to {dest}: run the embed step again to re-embed it")
+
+
+def quarantine_path(store: StorageRoot, path: str) -> str:
+    """Where a bad cache file goes: the same path under ``<root>/quarantine/cache``."""
+    relative = posixpath.relpath(path, store.path) if path.startswith(store.path.rstrip("/") + "/") else path
+    return store.join(QUARANTINE_DIR, relative.lstrip("/"))
+
+
+def quarantine_cache_file(store: StorageRoot, path: str, problem: str) -> str:
+    """Move a bad cache file aside (a later bad copy replaces an earlier one) with a JSON reason
+    beside it, and warn naming the file and the problem; returns where it went."""
+    dest = quarantine_path(store, path)
+    store.fs.makedirs(posixpath.dirname(dest), exist_ok=True)
+    store.fs.mv(path, dest)
+    reason = {"path": path, "problem": problem, "quarantined_at": _dt.datetime.now(_dt.UTC).isoformat()}
+    write_json(store.fs, f"{dest}.reason.json", reason)
+    log.warning("cache file %s: %s; moved to %s, to be embedded again", path, problem, dest)
+    return dest

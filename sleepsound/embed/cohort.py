@@ -34,7 +34,8 @@ def embed_cohort(
 
     ``shifted=False`` skips the shifted training windows (scoring only needs the epochs).
     Every channel of every recording is one work item in one pipeline (one backbone load);
-    a recording counts as cached when no channel needs anything. On Ray, a night on local
+    a recording counts as cached when no channel needs anything. A cache file that fails its
+    check is quarantined (``stats.quarantined``) and embedded again. On Ray, a night on local
     disk longer than ``ray.chunk_minutes`` is several work items, chunks of its epochs that
     readers stream side by side (see ``night_chunks``).
     """
@@ -42,10 +43,13 @@ def embed_cohort(
     items: list[WorkItem] = []
     chunk_epochs = round(cfg.ray.chunk_minutes * 60 / cfg.preprocess.epoch_seconds) if use_ray else 0
     for row in manifest_rows:
+        plans = [(c, plan_recording(root, c, row, shifted)) for c in channel_configs(cfg)]
+        for _, plan in plans:
+            stats.quarantined += plan.quarantined
         todo = [
             WorkItem(row, c, plan, chunk)
-            for c in channel_configs(cfg)
-            if not (plan := plan_recording(root, c, row, shifted)).empty
+            for c, plan in plans
+            if not plan.empty
             for chunk in night_chunks(row, chunk_epochs)
         ]
         if todo:

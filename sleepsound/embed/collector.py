@@ -19,7 +19,7 @@ from sleepsound.core import schemas
 from sleepsound.core.config import Config
 from sleepsound.core.records import ManifestRow
 from sleepsound.core.storage import RootLike, open_root, write_table
-from sleepsound.embed.cache import EmbedPlan, embeddings_path, epochs_path, shifted_path
+from sleepsound.embed.cache import EmbedPlan, embeddings_path, epochs_path, shifted_path, values_digest, with_cache_meta
 from sleepsound.embed.epochs import EPOCH_COLUMNS, Chunk
 from sleepsound.labels.events import RESP_COLUMNS
 
@@ -32,6 +32,7 @@ class EmbedStats:
     embedded: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    quarantined: list[str] = field(default_factory=list)  # bad cache files moved aside: "path: problem"
     epochs: int = 0
     shifted: int = 0
 
@@ -113,7 +114,9 @@ class RecordingCollector:
                 bulk=("embedding",),
             )
             table = pa.Table.from_pylist([{k: r[k] for k in EPOCH_COLUMNS} for r in epochs])
-            write_table(self.fs, epochs_path(self.root_path, cfg, rec), schemas.conform(table, schemas.EPOCHS))
+            n_valid = sum(bool(r["valid"]) for r in epochs)  # the embeddings file's row count, checked on a cache hit
+            table = with_cache_meta(schemas.conform(table, schemas.EPOCHS), n_valid=n_valid)
+            write_table(self.fs, epochs_path(self.root_path, cfg, rec), table)
         if rec not in self.stats.embedded:
             self.stats.embedded.append(rec)
         self.stats.epochs += len(epochs)
@@ -132,22 +135,24 @@ class RecordingCollector:
         self.pending.clear()
 
 
-def _frames(rows: list[dict[str, Any]], n_layers: int) -> tuple[int, int, pa.Array]:
-    """(n_frames, dim, flat embeddings) of rows that each hold [n_frames, n_layers, dim] values."""
+def _frames(rows: list[dict[str, Any]], n_layers: int) -> tuple[int, int, pa.Array, str]:
+    """(n_frames, dim, flat embeddings, their digest) of rows that each hold [n_frames, n_layers, dim] values."""
     n_frames, dim = int(rows[0]["n_frames"]), int(rows[0]["dim"])
     emb = np.stack([np.asarray(r["embedding"], dtype=np.float16) for r in rows])
     if emb.shape[1] != n_frames * n_layers * dim:
         raise ValueError(
             f"embedding rows of {emb.shape[1]} values are not {n_frames} frames x {n_layers} layers x {dim} dims"
         )
-    return n_frames, dim, pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), n_frames * n_layers * dim)
+    flat = emb.ravel()
+    array = pa.FixedSizeListArray.from_arrays(pa.array(flat), n_frames * n_layers * dim)
+    return n_frames, dim, array, values_digest(flat)
 
 
 def _embeddings_table(rec: str, valid: list[dict[str, Any]], n_layers: int = 1) -> pa.Table:
     """A recording's valid epochs' embeddings (an empty table when none is valid)."""
     if not valid:
         return schemas.embeddings_schema(1, 1).empty_table()
-    n_frames, dim, emb = _frames(valid, n_layers)
+    n_frames, dim, emb, digest = _frames(valid, n_layers)
     table = pa.table(
         {
             "recording_id": [rec] * len(valid),
@@ -158,14 +163,14 @@ def _embeddings_table(rec: str, valid: list[dict[str, Any]], n_layers: int = 1) 
             "embedding": emb,
         }
     )
-    return schemas.conform(table, schemas.embeddings_schema(n_frames, dim, n_layers))
+    return with_cache_meta(schemas.conform(table, schemas.embeddings_schema(n_frames, dim, n_layers)), sha256=digest)
 
 
 def _shifted_table(rec: str, windows: list[dict[str, Any]], n_layers: int = 1) -> pa.Table:
     """One stage's shifted windows of a recording (an empty table marks "none there")."""
     if not windows:
         return schemas.shifted_embeddings_schema(1, 1).empty_table()
-    n_frames, dim, emb = _frames(windows, n_layers)
+    n_frames, dim, emb, digest = _frames(windows, n_layers)
     columns: dict[str, Any] = {
         name: [r[name] for r in windows] for name in ("epoch_index", "offset_s", "stage5", "stage3", *RESP_COLUMNS)
     }
@@ -179,4 +184,6 @@ def _shifted_table(rec: str, windows: list[dict[str, Any]], n_layers: int = 1) -
             "embedding": emb,
         }
     )
-    return schemas.conform(table, schemas.shifted_embeddings_schema(n_frames, dim, n_layers))
+    return with_cache_meta(
+        schemas.conform(table, schemas.shifted_embeddings_schema(n_frames, dim, n_layers)), sha256=digest
+    )

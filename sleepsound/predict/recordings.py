@@ -18,7 +18,7 @@ from sleepsound.core import schemas
 from sleepsound.core.config import Config
 from sleepsound.core.records import TrainedModels
 from sleepsound.core.storage import RootLike, join, open_root, write_table
-from sleepsound.embed.cache import channel_configs
+from sleepsound.embed.cache import channel_configs, epochs_path, read_cached_table
 from sleepsound.labels.targets import PRIMARY, TARGETS, Target
 from sleepsound.models.heads.artifacts import load_head
 from sleepsound.train.dataset import EmbeddedEpochs, load_embedded, model_inputs
@@ -67,12 +67,9 @@ def predict_recordings(
 
 
 def _all_epochs(root: RootLike, cfg: Config, recording_id: str) -> list[dict[str, Any]]:
-    from sleepsound.core.storage import read_table
-    from sleepsound.embed.cache import epochs_path
-
-    fs, root_path = open_root(root)
+    store = open_root(root)
     # With two channels the epoch list is the first channel's; only windows valid in both have features.
-    return read_table(fs, epochs_path(root_path, channel_configs(cfg)[0], recording_id)).to_pylist()
+    return read_cached_table(store, epochs_path(store.path, channel_configs(cfg)[0], recording_id)).to_pylist()
 
 
 def _prediction_table(

@@ -9,8 +9,15 @@ import pandas as pd
 import pyarrow as pa
 
 from sleepsound.core.config import Config
-from sleepsound.core.storage import RootLike, open_root, read_table
-from sleepsound.embed.cache import channel_configs, embeddings_path, epochs_path, shifted_path, wanted_shift_classes
+from sleepsound.core.storage import RootLike, open_root
+from sleepsound.embed.cache import (
+    channel_configs,
+    embeddings_path,
+    epochs_path,
+    read_cached_table,
+    shifted_path,
+    wanted_shift_classes,
+)
 from sleepsound.labels.events import resp_labels
 from sleepsound.models.heads.attention import build_context
 
@@ -77,12 +84,13 @@ def _features(table: pa.Table) -> np.ndarray:
 
 
 def _load_channel(root: RootLike, cfg: Config, manifest: pd.DataFrame, shifted: bool) -> EmbeddedEpochs:
-    fs, root_path = open_root(root)
+    store = open_root(root)  # cache files are read checked: a bad one is named and quarantined
+    fs, root_path = store
     features: list[np.ndarray] = []
     frames: list[pd.DataFrame] = []
     for row in manifest.itertuples(index=False):
-        epochs = read_table(fs, epochs_path(root_path, cfg, row.recording_id)).to_pandas()
-        emb = read_table(fs, embeddings_path(root_path, cfg, row.recording_id, row.sha256))
+        epochs = read_cached_table(store, epochs_path(root_path, cfg, row.recording_id)).to_pandas()
+        emb = read_cached_table(store, embeddings_path(root_path, cfg, row.recording_id, row.sha256))
         if emb.num_rows:
             features.append(_features(emb))
             order = pd.DataFrame({"epoch_index": emb["epoch_index"].to_numpy()})
@@ -94,7 +102,7 @@ def _load_channel(root: RootLike, cfg: Config, manifest: pd.DataFrame, shifted: 
                     f"{path}: shifted {stage} windows are not in the cache; "
                     "run the embed step with this configuration first"
                 )
-            table = read_table(fs, path)
+            table = read_cached_table(store, path)
             if table.num_rows:
                 features.append(_features(table))
                 sizes = [c for c in _SIZE_COLUMNS if c in table.column_names]

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -294,3 +295,142 @@ def test_preprocessing_on_the_models_device_has_its_own_cache_and_the_same_epoch
         cosine = (got * reference).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(reference, axis=1)
         assert cosine.min() > 0.999
     assert embeddings_dir(root, cpu) != embeddings_dir(root, model)
+
+
+# --- corrupt and partial cache files: named, quarantined, embedded again (issue 15) ---
+
+
+def _shift_cfg() -> Config:
+    """The weightless mel front end (cheap, deterministic, non-zero values), shifted windows on."""
+    return Config.model_validate({"backbone": {"name": "mel", "batch_size": 4}, "training": {"shift_augment": True}})
+
+
+def _truncate(path: str) -> bytes:
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])
+    return data[: len(data) // 2]
+
+
+def _quarantined(root: str, path: str) -> Path:
+    return Path(root, "quarantine", "cache", Path(path).relative_to(root))
+
+
+@pytest.mark.parametrize("which", ["embeddings", "epochs", "shifted"])
+def test_a_truncated_cache_file_is_quarantined_by_name_and_embedded_again(rows, tmp_path, caplog, which):
+    import json
+
+    from sleepsound.embed.cache import shifted_path, wanted_shift_classes
+
+    root, cfg, row = str(tmp_path / "root"), _shift_cfg(), rows[0]
+    rec, sha = row["recording_id"], row["sha256"]
+    assert len(embed_cohort(rows[:2], root, cfg, use_ray=False).embedded) == 2
+    stage = wanted_shift_classes(cfg, row)[0]
+    path = {
+        "embeddings": embeddings_path(root, cfg, rec, sha),
+        "epochs": epochs_path(root, cfg, rec),
+        "shifted": shifted_path(root, cfg, rec, sha, stage),
+    }[which]
+    before = pd.read_parquet(path)
+    cut = _truncate(path)
+
+    with caplog.at_level("WARNING", logger="sleepsound.embed.cache"):
+        again = embed_cohort(rows[:2], root, cfg, use_ray=False)
+    assert again.embedded == [rec] and again.cached == [rows[1]["recording_id"]] and not again.failed
+    assert len(again.quarantined) == 1 and again.quarantined[0].startswith(f"{path}: not a readable Parquet file")
+    assert path in caplog.text and "quarantine" in caplog.text
+    moved = _quarantined(root, path)
+    assert moved.read_bytes() == cut
+    reason = json.loads(Path(f"{moved}.reason.json").read_text())
+    assert reason["path"] == path and "not a readable Parquet file" in reason["problem"]
+    after = pd.read_parquet(path)  # the same rows, embedded again (to float16 rounding: other batches)
+    emb = ["embedding"] if "embedding" in before else []
+    pd.testing.assert_frame_equal(after.drop(columns=emb), before.drop(columns=emb))
+    if emb and len(before):
+        np.testing.assert_allclose(np.stack(after["embedding"]), np.stack(before["embedding"]), atol=1e-3)
+    assert embed_cohort(rows[:2], root, cfg, use_ray=False).embedded == []  # healed: a cache hit again
+
+
+def test_an_embeddings_file_that_disagrees_with_its_epochs_is_quarantined(rows, tmp_path):
+    root, cfg, row = str(tmp_path / "root"), _cfg("mel"), rows[0]
+    embed_cohort(rows[:1], root, cfg, use_ray=False)
+    path = embeddings_path(root, cfg, row["recording_id"], row["sha256"])
+    table = pq.read_table(path)
+    pq.write_table(table.slice(0, table.num_rows - 1), path)  # a readable file one row short
+    again = embed_cohort(rows[:1], root, cfg, use_ray=False)
+    assert again.embedded == [row["recording_id"]]
+    epochs = epochs_path(root, cfg, row["recording_id"])
+    n = table.num_rows
+    assert again.quarantined == [f"{path}: holds {n - 1} embeddings, {epochs} has {n} valid epochs"]
+    assert pq.read_table(path).equals(table)
+
+
+def test_caches_written_before_the_checks_stay_cache_hits(rows, tmp_path):
+    """Files without the recorded valid count and checksum are checked by footer and counted rows."""
+    root, cfg, row = str(tmp_path / "root"), _cfg("mel"), rows[0]
+    embed_cohort(rows[:1], root, cfg, use_ray=False)
+    for path in (
+        embeddings_path(root, cfg, row["recording_id"], row["sha256"]),
+        epochs_path(root, cfg, row["recording_id"]),
+    ):
+        pq.write_table(pq.read_table(path).replace_schema_metadata(None), path)
+        assert b"sleepsound.cache" not in (pq.read_metadata(path).metadata or {})
+    again = embed_cohort(rows[:1], root, cfg, use_ray=False)
+    assert again.cached == [row["recording_id"]] and not Path(root, "quarantine").exists()
+
+
+def test_readers_name_a_bad_cache_file_and_quarantine_it_so_the_rerun_heals(rows, tmp_path):
+    """Training and prediction read the files in full: a digest mismatch (values altered, footer intact)
+    or a file truncated after the embed step is an error naming the file, never a bare Arrow error."""
+    from sleepsound.train.dataset import load_embedded
+
+    root, cfg, row = str(tmp_path / "root"), _cfg("mel"), rows[0]
+    manifest = pd.DataFrame(rows[:1])
+    embed_cohort(rows[:1], root, cfg, use_ray=False)
+    first = load_embedded(root, cfg, manifest)
+    path = embeddings_path(root, cfg, row["recording_id"], row["sha256"])
+
+    table = pq.read_table(path)  # flip values, keep the schema (and its recorded checksum)
+    flat = np.asarray(table["embedding"].combine_chunks().flatten()).copy()
+    flat[:10] += np.float16(1.0)
+    altered = table.set_column(
+        table.schema.get_field_index("embedding"),
+        table.schema.field("embedding"),
+        pa.FixedSizeListArray.from_arrays(pa.array(flat), table.schema.field("embedding").type.list_size),
+    )
+    pq.write_table(altered, path)
+    assert embed_cohort(rows[:1], root, cfg, use_ray=False).cached == [row["recording_id"]]  # footers agree
+    with pytest.raises(OSError, match=rf"{path}: its embedding values differ from the checksum"):
+        load_embedded(root, cfg, manifest)
+    assert _quarantined(root, path).exists() and not Path(path).exists()
+    healed = embed_cohort(rows[:1], root, cfg, use_ray=False)
+    assert healed.embedded == [row["recording_id"]]
+    np.testing.assert_array_equal(load_embedded(root, cfg, manifest).features, first.features)
+
+    epochs = epochs_path(root, cfg, row["recording_id"])
+    _truncate(epochs)  # after the embed step checked it
+    with pytest.raises(OSError, match=rf"{epochs}: unreadable \(ArrowInvalid"):
+        load_embedded(root, cfg, manifest)
+    assert _quarantined(root, epochs).exists()
+
+
+def test_a_truncated_cache_object_on_s3_is_quarantined_and_embedded_again(rows, s3_endpoint):
+    """The same on object storage: footers read by range, the bad object moved under quarantine/cache."""
+    import json
+
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    if not fs.exists("cache-checks"):
+        fs.mkdir("cache-checks")
+    root, cfg, row = "s3://cache-checks/root", _cfg("mel"), rows[0]
+    assert embed_cohort(rows[:1], root, cfg, use_ray=False).embedded == [row["recording_id"]]
+    path = embeddings_path("cache-checks/root", cfg, row["recording_id"], row["sha256"])
+    data = fs.cat_file(path)
+    fs.pipe_file(path, data[: len(data) // 2])
+    again = embed_cohort(rows[:1], root, cfg, use_ray=False)
+    assert again.embedded == [row["recording_id"]]
+    assert again.quarantined[0].startswith(f"{path}: not a readable Parquet file")
+    moved = path.replace("cache-checks/root/", "cache-checks/root/quarantine/cache/", 1)
+    assert fs.cat_file(moved) == data[: len(data) // 2]
+    assert json.loads(fs.cat_file(f"{moved}.reason.json"))["path"] == path
+    assert fs.cat_file(path) == data  # embedded again, byte for byte (same batches as the first run)
