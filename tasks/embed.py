@@ -38,12 +38,14 @@ def embed(
                 path,
             )
         get_run_logger().info(
-            "embedded %d recordings (%d epochs, %d shifted windows), %d from cache, %d failed",
+            "embedded %d recordings (%d epochs, %d shifted windows), %d from cache, %d failed; "
+            "%d bad cache files quarantined and embedded again",
             len(stats.embedded),
             stats.epochs,
             stats.shifted,
             len(stats.cached),
             len(stats.failed),
+            len(stats.quarantined),
         )
         return {
             "embedded": len(stats.embedded),
@@ -51,5 +53,6 @@ def embed(
             "failed": len(stats.failed),
             "epochs": stats.epochs,
             "shifted": stats.shifted,
+            "cache_files_quarantined": len(stats.quarantined),
             "cache": [embeddings_dir(store.path, channel_cfg) for channel_cfg in channel_configs(cfg)],
         }

@@ -102,6 +102,7 @@ class Embedded(TypedDict):
     epochs: int
     shifted: int
     cache: list[str]
+    cache_files_quarantined: int  # bad cache files moved to <root>/quarantine/cache and embedded again
 
 
 class Predicted(TypedDict):

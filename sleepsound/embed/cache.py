@@ -305,11 +305,16 @@ def quarantine_path(store: StorageRoot, path: str) -> str:
 
 def quarantine_cache_file(store: StorageRoot, path: str, problem: str) -> str:
     """Move a bad cache file aside (a later bad copy replaces an earlier one) with a JSON reason
-    beside it, and warn naming the file and the problem; returns where it went."""
+    beside it, and warn naming the problem and the quarantine folder; returns where it went."""
     dest = quarantine_path(store, path)
     store.fs.makedirs(posixpath.dirname(dest), exist_ok=True)
     store.fs.mv(path, dest)
     reason = {"path": path, "problem": problem, "quarantined_at": _dt.datetime.now(_dt.UTC).isoformat()}
     write_json(store.fs, f"{dest}.reason.json", reason)
-    log.warning("cache file %s: %s; moved to %s, to be embedded again", path, problem, dest)
+    # Cache paths hold recording ids (patient ids): the log names the folder, the reason file the path.
+    log.warning(
+        "a cache file failed its check (%s); moved to %s with its path and reason, to be embedded again",
+        problem,
+        store.join(QUARANTINE_DIR),
+    )
     return dest

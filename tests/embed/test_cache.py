@@ -337,7 +337,8 @@ def test_a_truncated_cache_file_is_quarantined_by_name_and_embedded_again(rows, 
         again = embed_cohort(rows[:2], root, cfg, use_ray=False)
     assert again.embedded == [rec] and again.cached == [rows[1]["recording_id"]] and not again.failed
     assert len(again.quarantined) == 1 and again.quarantined[0].startswith(f"{path}: not a readable Parquet file")
-    assert path in caplog.text and "quarantine" in caplog.text
+    assert "not a readable Parquet file" in caplog.text and "quarantine" in caplog.text
+    assert rec not in caplog.text  # cache paths hold recording ids (patient ids): the reason file names it
     moved = _quarantined(root, path)
     assert moved.read_bytes() == cut
     reason = json.loads(Path(f"{moved}.reason.json").read_text())
