@@ -141,6 +141,8 @@ def night_row(night: Path, cfg: Any) -> dict[str, Any]:
     from sleepsound.ingest.discovery import discover
     from sleepsound.ingest.validate import validate_recording
 
+    for legacy in night.glob("clips-*"):  # the baseline's clips lived inside the night once: now a plain night
+        shutil.rmtree(legacy, ignore_errors=True)
     sources = discover(str(night))
     if len(sources) != 1:
         raise BenchError(f"{night}: expected one recording, found {len(sources)}")
@@ -159,12 +161,13 @@ def ensure_clips(night: Path, cfg: Any) -> Path:
     from sleepsound.ingest.validate import probe_parts
     from sleepsound.io.audio import iter_night_blocks
 
-    out = night / f"clips-{cfg.preprocess.channel}"
+    # Beside the night, not in it: WAV files in a source folder are nights of their own.
+    out = night.parent / f"{night.name}-clips-{cfg.preprocess.channel}"
     if (out / "done").is_file():
         return out
     row = night_row(night, cfg)
     src = recording_source(row)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=night))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=night.parent))
     try:
         with local_copies(src.audio_uris) as paths:
             parts = probe_parts(src, paths, cfg.preprocess)
