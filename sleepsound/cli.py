@@ -583,13 +583,15 @@ def _run_flow(
     metric: str = "macro_f1",
     margin: float = 0.01,
 ) -> dict:
+    from sleepsound.runs.preflight import NotStartable, check_can_start
     from sleepsound.runs.root_lock import RootBusy, check_free
 
-    try:
-        check_free(root)  # refuse at once, before Prefect and Ray start; the flow takes the lock itself
+    try:  # refuse at once, before Prefect and Ray start; the flow takes the lock itself
+        check_can_start("run" if flow == "pipeline" else flow, source, root, versions)
+        check_free(root)
         return _run_flow_locally(source, root, config, ray_address, run_id, flow, versions, metric, margin)
-    except RootBusy as exc:
-        console.print(f"[red]not started:[/red] {exc}")
+    except (RootBusy, NotStartable) as exc:
+        err_console.print(f"[red]not started:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from exc
 
 

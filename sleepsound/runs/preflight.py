@@ -1,0 +1,78 @@
+"""What a flow command checks before it starts anything: a problem found here costs the user a
+second and one line, where the same problem found by the flow cost minutes of embedding and a
+traceback (a missing source, a root that cannot be written, no model to score with).
+
+Each check reads only: nothing is created, so a refused command leaves no root or state behind.
+"""
+
+from __future__ import annotations
+
+import os
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+FLOWS = ("run", "train", "nightly", "score")
+
+
+class NotStartable(ValueError):
+    """A precondition of the command does not hold; the message says which and the way out."""
+
+
+def check_source(source: str) -> None:
+    """The source exists and is a folder (or an object-store prefix with something under it)."""
+    try:
+        fs, path = fsspec.core.url_to_fs(source)
+    except (ValueError, ImportError) as exc:
+        raise NotStartable(f"--source {source}: not a path or URL sleepsound can read ({exc})") from exc
+    if isinstance(fs, LocalFileSystem):
+        if not os.path.exists(path):
+            raise NotStartable(f"--source {source} does not exist: give the folder that holds the recordings")
+        if not os.path.isdir(path):
+            raise NotStartable(f"--source {source} is a file: give the folder that holds the recordings")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise NotStartable(f"--source {source}: permission denied; this process may not list it")
+        return
+    try:
+        found = fs.exists(path) and bool(fs.ls(path, detail=False))
+    except (OSError, PermissionError) as exc:
+        raise NotStartable(f"--source {source}: cannot be listed ({exc}); check the address and credentials") from exc
+    if not found:
+        raise NotStartable(f"--source {source}: nothing there; check the bucket and prefix")
+
+
+def check_root_writable(root: str) -> None:
+    """A local root (or the nearest folder above it that exists) can be written by this process.
+
+    Object-store roots are checked by the run's lock, its first write, which names the problem.
+    """
+    fs, path = fsspec.core.url_to_fs(root)
+    if not isinstance(fs, LocalFileSystem):
+        return
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotStartable(f"--root {root}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise NotStartable(f"--root {root}: {existing} is not writable by this process")
+
+
+def check_models(root: str, versions: dict[str, str]) -> None:
+    """A score run has a stage3 model to score with, and every version it names exists."""
+    from sleepsound.registry.store import ModelNotFound, serving_models
+
+    try:
+        serving_models(root, versions)
+    except ModelNotFound as exc:
+        raise NotStartable(f"cannot score: {exc}") from exc
+
+
+def check_can_start(flow: str, source: str, root: str, versions: dict[str, str] | None = None) -> None:
+    """Every check a flow command makes before it starts Prefect, Ray or a lock (NotStartable)."""
+    if flow not in FLOWS:
+        raise ValueError(f"unknown flow {flow!r}")
+    check_source(source)
+    check_root_writable(root)
+    if flow == "score":
+        check_models(root, versions or {})

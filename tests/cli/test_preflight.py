@@ -1,0 +1,86 @@
+"""A flow command whose preconditions do not hold stops at once: exit 2, one line naming the
+problem and the way out, nothing created, no Prefect or Ray started (before: minutes of work and
+a traceback). The real commands run through typer's CliRunner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sleepsound.cli import app
+
+NEVER = ("flows", "tasks", "prefect", "ray")  # torch may load: the score check reads the model store
+
+
+def _refused(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, expected: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    modules = set(sys.modules)
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 2, out.output
+    assert "Traceback" not in out.output and out.stdout == ""
+    [line] = out.stderr.splitlines()
+    assert line.startswith("not started: ") and expected in line, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "the refusal created something"
+    assert not [m for m in set(sys.modules) - modules if m.split(".")[0] in NEVER]
+
+
+@pytest.mark.parametrize("command", ["run", "train", "nightly", "score"])
+def test_a_missing_source_is_refused_before_any_work(command, tmp_path, monkeypatch) -> None:
+    args = [command, "--source", str(tmp_path / "missing"), "--root", str(tmp_path / "root")]
+    _refused(args, tmp_path, monkeypatch, f"--source {tmp_path / 'missing'} does not exist")
+
+
+def test_a_file_given_as_the_source_is_refused(tmp_path, monkeypatch) -> None:
+    (tmp_path / "night.wav").write_bytes(b"RIFF")
+    args = ["run", "--source", str(tmp_path / "night.wav"), "--root", str(tmp_path / "root")]
+    _refused(args, tmp_path, monkeypatch, "is a file: give the folder that holds the recordings")
+
+
+def test_score_without_a_model_is_refused_before_embedding(tmp_path, monkeypatch) -> None:
+    (tmp_path / "nights").mkdir()
+    args = ["score", "--source", str(tmp_path / "nights"), "--root", str(tmp_path / "root")]
+    _refused(args, tmp_path, monkeypatch, "cannot score: no stage3 champion under")
+
+
+def test_score_naming_an_unknown_version_is_refused(tmp_path, monkeypatch) -> None:
+    (tmp_path / "nights").mkdir()
+    args = ["score", "--source", str(tmp_path / "nights"), "--root", str(tmp_path / "root"), "--model", "stage3=v9"]
+    _refused(args, tmp_path, monkeypatch, "cannot score: no models of task(s) ['stage3']")
+
+
+def test_a_root_this_process_may_not_write_is_refused(tmp_path) -> None:
+    """In a process that really lacks the permission (as root: without the capabilities that bypass it)."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: root may write any folder")
+        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+    (tmp_path / "nights").mkdir()
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    args = ["run", "--source", str(tmp_path / "nights"), "--root", str(locked / "root")]
+    out = subprocess.run(
+        [*prefix, sys.executable, "-c", "from sleepsound.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("not started: ") and "is not writable by this process" in out.stderr
+    assert not (locked / "root").exists() and not (tmp_path / ".prefect").exists()
+
+
+def test_a_root_under_a_file_is_refused(tmp_path, monkeypatch) -> None:
+    (tmp_path / "nights").mkdir()
+    (tmp_path / "afile").write_text("")
+    args = ["run", "--source", str(tmp_path / "nights"), "--root", str(tmp_path / "afile" / "root")]
+    _refused(args, tmp_path, monkeypatch, "is a file, not a folder")
