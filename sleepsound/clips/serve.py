@@ -84,9 +84,8 @@ def create_app(
 
     @app.post("/score")
     async def score(request: Request, name: str = "upload") -> dict[str, Any]:
-        if request.headers.get("content-type", "").startswith(
-            ("multipart/form-data", "application/x-www-form-urlencoded")
-        ):
+        # curl --data-binary labels the bytes a urlencoded form: only a real multipart form is refused.
+        if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
             raise HTTPException(
                 415,
                 f"{name}: send the audio file's bytes as the request body "

@@ -464,6 +464,9 @@ def test_the_http_service_scores_an_upload_like_the_cli_and_refuses_bad_ones_by_
 
         status, out = post(clip.read_bytes(), "1_3.wav")
         assert status == 200, out
+        # curl --data-binary @clip.wav says application/x-www-form-urlencoded: the bytes are the audio
+        status, curl = post(clip.read_bytes(), "1_3.wav", "application/x-www-form-urlencoded")
+        assert status == 200 and curl["label"] == out["label"], curl
         offline = score_source(ClipClassifier(trained["model"]), str(clip), "1_3.wav")
         assert out["file"] == "1_3.wav" and out["label"] == offline["label"]
         assert [w["probabilities"]["snoring"] for w in out["windows"]] == pytest.approx(
