@@ -28,6 +28,26 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"sleepsound {version('sleepsound')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Sleep stages and breathing events from overnight audio."""
+
+
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file.")]
 SetOpt = Annotated[
     Optional[list[str]], typer.Option("--set", help="Override a setting: section.key=value (repeatable).")
