@@ -29,7 +29,6 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-
 def _print_version(value: bool) -> None:
     if value:
         from importlib.metadata import version
