@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="Sleep stages and breathing events from overnight audio.", no_args_is_help=True, add_completion=False
 )
-console = Console()
+# Piped or captured, tables are as wide as their cells: ids cut to fit 80 columns are useless to
+# the next command (`--model stage3=<version>`). On a terminal rich fits them to the window.
+console = Console(width=None if sys.stdout.isatty() else 1000)
 err_console = Console(stderr=True)
 
 

@@ -12,3 +12,21 @@ from sleepsound.cli import app
 def test_version_prints_the_installed_version_and_exits_0() -> None:
     out = CliRunner().invoke(app, ["--version"])
     assert out.exit_code == 0 and out.stdout.strip() == f"sleepsound {version('sleepsound')}"
+
+
+def test_piped_tables_keep_whole_recording_ids(tmp_path) -> None:
+    """A table piped to another command keeps every id whole (they were cut to fit 80 columns)."""
+    import subprocess
+    import sys
+
+    source = tmp_path / "source"
+    source.mkdir()
+    long_id = "subject-0042_night-2026-12-04_bedroom-microphone-left-channel_take-3"
+    (source / f"{long_id}.wav").write_bytes(b"")  # quarantined: empty file, named in the table
+    out = subprocess.run(
+        [sys.executable, "-c", "from sleepsound.cli import main; main()", "validate", str(source), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert long_id in out.stdout, out.stdout
