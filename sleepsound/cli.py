@@ -117,10 +117,14 @@ def validate(
     cfg = _load_config(config, overrides)
     from datetime import UTC, datetime
 
+    from sleepsound.ingest.discovery import discover, nothing_found
     from sleepsound.ingest.manifest import build_manifest, write_manifest
     from sleepsound.runs.root_lock import RootBusy, RootLost, hold_root
 
     try:
+        if not discover(source):  # before the root is touched: an empty manifest would replace its rows
+            err_console.print(f"[red]nothing to validate:[/red] {escape(nothing_found(source))}", soft_wrap=True)
+            raise typer.Exit(2)
         if root:
             with hold_root(root, datetime.now(UTC).strftime("validate-%Y%m%dT%H%M%SZ"), "validate"):
                 rows = build_manifest(source, cfg.preprocess, cfg.validation, deep=deep)

@@ -55,6 +55,15 @@ class RecordingSource:
         return dict(self.__dict__)
 
 
+def nothing_found(source: str) -> str:
+    """What a user is told when a source holds no recording: the layouts that were looked for."""
+    return (
+        f"no recordings under {source}: looked for PSG-Audio nights (APNEA_EDF/<patient>/<patient>[001].edf, "
+        f"labels in APNEA_RML/<patient>.rml) and plain nights (<name>{'|'.join(PLAIN_SUFFIXES)}, "
+        "optional <name>.stages.csv and <name>.events.csv) in every subfolder"
+    )
+
+
 def discover(source: str, rml_folder: str = "APNEA_RML") -> list[RecordingSource]:
     """List every recording under ``source``, both layouts at once; a folder with no audio yields
     an empty list. Recording ids are unique: an id found in both layouts is listed once, with

@@ -41,6 +41,14 @@ def check_source(source: str) -> None:
         raise NotStartable(f"--source {source}: nothing there; check the bucket and prefix")
 
 
+def check_has_recordings(source: str) -> None:
+    """The source holds at least one recording of a layout sleepsound reads (one listing)."""
+    from sleepsound.ingest.discovery import discover, nothing_found
+
+    if not discover(source):
+        raise NotStartable(nothing_found(source))
+
+
 def check_root_writable(root: str) -> None:
     """A local root (or the nearest folder above it that exists) can be written by this process.
 
@@ -73,6 +81,8 @@ def check_can_start(flow: str, source: str, root: str, versions: dict[str, str] 
     if flow not in FLOWS:
         raise ValueError(f"unknown flow {flow!r}")
     check_source(source)
+    if flow != "nightly":  # a nightly run over an empty incoming folder is a quiet night, not a mistake
+        check_has_recordings(source)
     check_root_writable(root)
     if flow == "score":
         check_models(root, versions or {})

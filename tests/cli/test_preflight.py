@@ -31,6 +31,12 @@ def _refused(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, e
     assert not [m for m in set(sys.modules) - modules if m.split(".")[0] in NEVER]
 
 
+def _one_night(folder: Path) -> None:
+    """A source holding one recording as discovery sees it (validation would quarantine it)."""
+    folder.mkdir()
+    (folder / "night.wav").write_bytes(b"")
+
+
 @pytest.mark.parametrize("command", ["run", "train", "nightly", "score"])
 def test_a_missing_source_is_refused_before_any_work(command, tmp_path, monkeypatch) -> None:
     args = [command, "--source", str(tmp_path / "missing"), "--root", str(tmp_path / "root")]
@@ -44,13 +50,13 @@ def test_a_file_given_as_the_source_is_refused(tmp_path, monkeypatch) -> None:
 
 
 def test_score_without_a_model_is_refused_before_embedding(tmp_path, monkeypatch) -> None:
-    (tmp_path / "nights").mkdir()
+    _one_night(tmp_path / "nights")
     args = ["score", "--source", str(tmp_path / "nights"), "--root", str(tmp_path / "root")]
     _refused(args, tmp_path, monkeypatch, "cannot score: no stage3 champion under")
 
 
 def test_score_naming_an_unknown_version_is_refused(tmp_path, monkeypatch) -> None:
-    (tmp_path / "nights").mkdir()
+    _one_night(tmp_path / "nights")
     args = ["score", "--source", str(tmp_path / "nights"), "--root", str(tmp_path / "root"), "--model", "stage3=v9"]
     _refused(args, tmp_path, monkeypatch, "cannot score: no models of task(s) ['stage3']")
 
@@ -63,7 +69,7 @@ def test_a_root_this_process_may_not_write_is_refused(tmp_path) -> None:
         if setpriv is None:
             pytest.skip("running as root without setpriv: root may write any folder")
         prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
-    (tmp_path / "nights").mkdir()
+    _one_night(tmp_path / "nights")
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     args = ["run", "--source", str(tmp_path / "nights"), "--root", str(locked / "root")]
@@ -80,7 +86,26 @@ def test_a_root_this_process_may_not_write_is_refused(tmp_path) -> None:
 
 
 def test_a_root_under_a_file_is_refused(tmp_path, monkeypatch) -> None:
-    (tmp_path / "nights").mkdir()
+    _one_night(tmp_path / "nights")
     (tmp_path / "afile").write_text("")
     args = ["run", "--source", str(tmp_path / "nights"), "--root", str(tmp_path / "afile" / "root")]
     _refused(args, tmp_path, monkeypatch, "is a file, not a folder")
+
+
+@pytest.mark.parametrize("command", ["run", "train", "score"])
+def test_a_source_without_recordings_says_which_layouts_it_looked_for(command, tmp_path, monkeypatch) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not audio")
+    args = [command, "--source", str(tmp_path / "empty"), "--root", str(tmp_path / "root")]
+    _refused(args, tmp_path, monkeypatch, "no recordings under")
+    out = CliRunner().invoke(app, args)
+    assert "APNEA_EDF/<patient>/<patient>[001].edf" in out.stderr and ".flac" in out.stderr
+
+
+def test_validate_on_a_source_without_recordings_exits_2_and_writes_no_manifest(tmp_path) -> None:
+    (tmp_path / "empty").mkdir()
+    root = tmp_path / "root"
+    out = CliRunner().invoke(app, ["validate", str(tmp_path / "empty"), "--root", str(root), "--quick"])
+    assert out.exit_code == 2 and out.stdout == ""
+    assert out.stderr.startswith("nothing to validate: no recordings under") and "plain nights" in out.stderr
+    assert not root.exists()

@@ -13,6 +13,7 @@ from sleepsound.runs.root_lock import hold_root, holder
 def test_validate_refuses_a_root_another_run_holds_and_writes_nothing(tmp_path: Path) -> None:
     source = tmp_path / "source"
     source.mkdir()
+    (source / "night.wav").write_bytes(b"")  # one recording (quarantined: empty)
     root = str(tmp_path / "root")
     with hold_root(root, "night-7", "nightly"):
         out = CliRunner().invoke(app, ["validate", str(source), "--root", root, "--quick"])
@@ -27,6 +28,7 @@ def test_validate_holds_the_root_while_it_writes_and_frees_it_after(tmp_path: Pa
 
     source = tmp_path / "source"
     source.mkdir()
+    (source / "night.wav").write_bytes(b"")  # one recording (quarantined: empty)
     root = str(tmp_path / "root")
     seen: list[dict | None] = []
     real_write = manifest.write_manifest

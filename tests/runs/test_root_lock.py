@@ -220,9 +220,11 @@ def test_the_cli_refuses_before_starting_anything(tmp_path) -> None:
 
     from sleepsound.cli import app
 
-    root = str(tmp_path / "root")
+    root, source = str(tmp_path / "root"), tmp_path / "source"
+    source.mkdir()
+    (source / "night.wav").write_bytes(b"")
     with hold_root(root, "night-7", "nightly"):
-        out = CliRunner().invoke(app, ["train", "--source", str(tmp_path), "--root", root])
+        out = CliRunner().invoke(app, ["train", "--source", str(source), "--root", root])
     assert out.exit_code == 2
     assert "not started" in out.output and "night-7" in out.output
 
