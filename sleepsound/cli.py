@@ -720,6 +720,10 @@ def _print_results(result: dict) -> None:
             r = "n/a (< 3 nights)" if r == "-" else r  # undefined with too few held-out nights, not a value
             table.add_row("AHI Pearson r / bias", f"{r} / {_figure(m['ahi_bias'], '+.1f')}", "")
         console.print(table)
+        from sleepsound.report.sanity import sanity_warnings
+
+        for warning in sanity_warnings(m):
+            console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     _print_nights(result["summaries"])
     for task, reason in result["model"].get("skipped", {}).items():
         console.print(f"[yellow]{task} head not trained:[/yellow] {reason}")

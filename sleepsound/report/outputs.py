@@ -241,7 +241,10 @@ def write_run_outputs(
     return {
         "report": full_uri(fs, report_path),
         "summaries": full_uri(fs, join(run_dir, "summaries")),
-        "metrics": _headline(metrics, by_target, ahi),
+        "metrics": {
+            **_headline(metrics, by_target, ahi),
+            "held_out_nights": int(preds.loc[preds["split"] == "test", "recording_id"].nunique()),
+        },
     }
 
 
