@@ -487,9 +487,19 @@ def models_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Every stored version, oldest first; the champion is marked."""
+    from sleepsound.core.storage import open_root
     from sleepsound.registry import store as model_store
 
-    rows = [v for t in ([task] if task else model_store.targets(root)) for v in model_store.versions(root, t)]
+    store = open_root(root)
+    if not store.fs.exists(store.path):
+        err_console.print(f"[red]no storage root at {escape(root)}[/red]: check the path", highlight=False)
+        raise typer.Exit(2)
+    known = model_store.targets(root)
+    if task and task not in known:
+        have = ", ".join(known) or "none yet"
+        err_console.print(f"[red]no models of task {task!r} under {escape(root)}[/red] (tasks here: {have})")
+        raise typer.Exit(2)
+    rows = [v for t in ([task] if task else known) for v in model_store.versions(root, t)]
     if as_json:
         print(json.dumps(rows))
         return

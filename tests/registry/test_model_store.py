@@ -71,6 +71,10 @@ def test_models_cli(tmp_path):
     assert shown.exit_code == 0 and json.loads(shown.output)["version"] == "r1-aaaa"
     missing = CliRunner().invoke(app, ["models", "show", "nope", "--root", root])
     assert missing.exit_code == 2
+    typo = CliRunner().invoke(app, ["models", "list", "--root", str(tmp_path / "rot")])
+    assert typo.exit_code == 2 and "no storage root at" in typo.stderr and typo.stdout == ""
+    task = CliRunner().invoke(app, ["models", "list", "--root", root, "--task", "stage9"])
+    assert task.exit_code == 2 and "no models of task 'stage9'" in task.stderr and "tasks here: stage3" in task.stderr
 
 
 def test_a_worse_challenger_is_refused_and_every_decision_is_logged(tmp_path):
