@@ -49,6 +49,8 @@ def _main(
     """Sleep stages and breathing events from overnight audio."""
 
 
+SYNTH_ASK_GB = 4  # a cohort larger than this is written only when the user says so
+
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file.")]
 SetOpt = Annotated[
     Optional[list[str]], typer.Option("--set", help="Override a setting: section.key=value (repeatable).")
@@ -70,9 +72,40 @@ def synth(
     sample_rate: Annotated[int, typer.Option(help="Microphone sample rate in Hz.")] = 48_000,
     layout: Annotated[str, typer.Option(help="'psg-audio' (EDF + RML) or 'plain' (FLAC + CSV).")] = "psg-audio",
     cycle_minutes: Annotated[float, typer.Option(help="Sleep-cycle length; shorten for short demo nights.")] = 90.0,
+    yes: Annotated[bool, typer.Option("--yes", help=f"Write more than {SYNTH_ASK_GB} GB without asking.")] = False,
 ) -> None:
-    """Write a deterministic synthetic cohort in PSG-Audio (or plain) layout."""
+    """Write a deterministic synthetic cohort in PSG-Audio (or plain) layout.
+
+    Full nights are large (an 8-hour 48 kHz PSG-Audio night is about 5.5 GB): above a few GB the
+    command asks first (or needs --yes when it cannot ask), and refuses what the disk cannot hold.
+    """
+    import shutil
+
     from sleepsound.synth.writers import generate_cohort
+
+    # EDF holds Mic and Tracheal at 16 bits; plain audio is one 16-bit channel before compression.
+    per_second = sample_rate * 2 * (2 if layout == "psg-audio" else 1)
+    size_gb = subjects * hours * 3600 * per_second / 1e9
+    existing = out.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    free_gb = shutil.disk_usage(existing).free / 1e9
+    if size_gb > free_gb:
+        err_console.print(
+            f"[red]not written:[/red] {subjects} night(s) of {hours:g} h at {sample_rate} Hz need about "
+            f"{size_gb:.1f} GB; {existing} has {free_gb:.1f} GB free"
+        )
+        raise typer.Exit(2)
+    if size_gb > SYNTH_ASK_GB and not yes:
+        shape = f"{subjects} night(s) of {hours:g} h at {sample_rate} Hz: about {size_gb:.1f} GB"
+        if not sys.stdin.isatty():
+            err_console.print(
+                f"[red]not written:[/red] {shape}; pass --yes to write it, or ask for less "
+                "(e.g. --subjects 2 --hours 1 --sample-rate 16000 --cycle-minutes 20)"
+            )
+            raise typer.Exit(2)
+        if not typer.confirm(f"write {shape} to {out}?"):
+            raise typer.Exit(1)
 
     summaries = generate_cohort(
         out,

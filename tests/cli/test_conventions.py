@@ -30,3 +30,14 @@ def test_piped_tables_keep_whole_recording_ids(tmp_path) -> None:
         timeout=120,
     )
     assert long_id in out.stdout, out.stdout
+
+
+def test_synth_asks_before_writing_many_gigabytes(tmp_path) -> None:
+    """The defaults (4 nights of 8 h at 48 kHz) are about 22 GB: not written without a yes."""
+    out = CliRunner().invoke(app, ["synth", str(tmp_path / "cohort")], input="")
+    assert out.exit_code == 2 and "about 22.1 GB; pass --yes" in out.stderr
+    assert not (tmp_path / "cohort").exists()
+    small = CliRunner().invoke(
+        app, ["synth", str(tmp_path / "small"), "--subjects", "1", "--hours", "0.02", "--sample-rate", "16000"]
+    )
+    assert small.exit_code == 0 and (tmp_path / "small" / "APNEA_EDF").is_dir()
