@@ -34,7 +34,7 @@ from tasks.embed import embed
 from tasks.ingest import ingest
 from tasks.predict import predict
 from tasks.report import report
-from tasks.train import train
+from tasks.train import train, trainable
 
 COORDINATOR_CPUS = 0.1
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a submitted job's driver
@@ -104,6 +104,7 @@ def pipeline(source: str, root: str, config: dict[str, Any], run_id: str) -> Flo
     store = open_root(root)  # opened once for the lock and the run record; tasks get the URI
     with hold_root(store, run_id, "run") as hold, remote_options(num_cpus=COORDINATOR_CPUS):
         ingested = timer.step("ingest", ingest.submit(source, root, config, hold=hold))
+        timer.step("check-trainable", trainable.submit(root))  # before minutes of embedding
         embedded = timer.step("embed", embed.submit(root, config, hold=hold))
         model = timer.step("train", train.submit(root, config, run_id, hold=hold))
         predicted = timer.step("predict", predict.submit(root, config, run_id, model, hold=hold))

@@ -24,7 +24,7 @@ from tasks.ingest import ingest
 from tasks.predict import predict
 from tasks.promote import promote
 from tasks.report import report
-from tasks.train import train
+from tasks.train import train, trainable
 
 
 @flow(name="sleepsound-train", log_prints=True)
@@ -35,6 +35,7 @@ def train_flow(
     store = open_root(root)  # opened once for the lock and the run record; tasks get the URI
     with hold_root(store, run_id, "train") as hold, remote_options(num_cpus=COORDINATOR_CPUS):
         ingested = timer.step("ingest", ingest.submit(source, root, config, hold=hold))
+        timer.step("check-trainable", trainable.submit(root))  # before minutes of embedding
         embedded = timer.step("embed", embed.submit(root, config, hold=hold))
         model = timer.step("train", train.submit(root, config, run_id, hold=hold))
         decisions = timer.step("promote", promote.submit(root, model, metric, margin, hold=hold))

@@ -651,6 +651,7 @@ def _run_flow(
     metric: str = "macro_f1",
     margin: float = 0.01,
 ) -> dict:
+    from sleepsound.registry.evaluation_set import CannotTrain
     from sleepsound.runs.preflight import NotStartable, check_can_start
     from sleepsound.runs.root_lock import RootBusy, check_free
 
@@ -660,6 +661,9 @@ def _run_flow(
         return _run_flow_locally(source, root, config, ray_address, run_id, flow, versions, metric, margin)
     except (RootBusy, NotStartable) as exc:
         err_console.print(f"[red]not started:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from exc
+    except CannotTrain as exc:  # found right after validation, before anything was embedded
+        err_console.print(f"[red]not trained:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from exc
 
 

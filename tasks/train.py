@@ -8,7 +8,8 @@ from prefect import get_run_logger, task
 
 from sleepsound.core.config import Config
 from sleepsound.core.records import RootHold, TrainedModels
-from sleepsound.ingest.manifest import read_manifest
+from sleepsound.ingest.manifest import labelled_manifest, read_manifest
+from sleepsound.registry.evaluation_set import check_trainable
 from sleepsound.runs.root_lock import follow_hold
 from sleepsound.train.fit import train_models
 
@@ -32,3 +33,10 @@ def train(root: str, config: dict[str, Any], run_id: str, hold: RootHold | None 
         for name, reason in model["skipped"].items():
             logger.info("skipped %s: %s", name, reason)
         return model
+
+
+@task(name="check-trainable")
+def trainable(root: str) -> None:
+    """Right after validation: CannotTrain (one line at the command) before minutes of embedding
+    when the labelled nights cannot train and evaluate on this root."""
+    check_trainable(root, labelled_manifest(read_manifest(root)))

@@ -25,8 +25,13 @@ def evaluation_set_path(root_path: str) -> str:
     return join(root_path, "models", EVALUATION_SET)
 
 
-def evaluation_subjects(root: RootLike, cfg: Config, labelled: pd.DataFrame) -> list[str]:
-    """The root's evaluation subjects present among ``labelled``; drawn and recorded on first use."""
+class CannotTrain(ValueError):
+    """The labelled nights cannot train and evaluate a head on this root; the message says why and what to do."""
+
+
+def _recorded_held(root: RootLike, labelled: pd.DataFrame) -> list[str] | None:
+    """The recorded evaluation subjects present among ``labelled`` (None before the set is drawn);
+    CannotTrain when the nights cannot serve it."""
     fs, root_path = open_root(root)
     path = evaluation_set_path(root_path)
     present = sorted(labelled["subject_id"].astype(str).unique())
@@ -34,15 +39,32 @@ def evaluation_subjects(root: RootLike, cfg: Config, labelled: pd.DataFrame) -> 
         recorded = [str(s) for s in read_json(fs, path)["subjects"]]
         held = sorted(set(recorded) & set(present))
         if not held:
-            raise ValueError(
+            raise CannotTrain(
                 f"none of the evaluation subjects recorded in {path} are among the labelled nights; "
-                "delete that file to draw a new evaluation set"
+                "add their nights to the source, or delete that file to draw a new evaluation set"
             )
         if len(held) == len(present):
-            raise ValueError(f"every labelled subject is in the evaluation set {path}: nothing left to train on")
+            raise CannotTrain(f"every labelled subject is in the evaluation set {path}: nothing left to train on")
         return held
     if len(present) < 2:
-        raise ValueError(f"training needs labelled nights from at least 2 subjects; found {len(present)}")
+        raise CannotTrain(f"training needs labelled nights from at least 2 subjects; found {len(present)}")
+    return None
+
+
+def check_trainable(root: RootLike, labelled: pd.DataFrame) -> None:
+    """CannotTrain when these labelled nights cannot train on this root; writes nothing, so a run
+    can ask right after validation, before it embeds anything."""
+    _recorded_held(root, labelled)
+
+
+def evaluation_subjects(root: RootLike, cfg: Config, labelled: pd.DataFrame) -> list[str]:
+    """The root's evaluation subjects present among ``labelled``; drawn and recorded on first use."""
+    fs, root_path = open_root(root)
+    path = evaluation_set_path(root_path)
+    held = _recorded_held(root, labelled)
+    if held is not None:
+        return held
+    present = sorted(labelled["subject_id"].astype(str).unique())
     _, test = split_by_subject(present, cfg.training.test_fraction, cfg.training.seed)
     write_json(
         fs,

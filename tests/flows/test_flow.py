@@ -84,7 +84,7 @@ def test_flow_on_local_disk(cohort, tiny_whisper, tmp_path):
     _assert_respiratory_labels_and_shifted_windows(Path(root), patients, result["model"])
 
     _assert_prefect_recorded(result["prefect_flow_run"]["id"])
-    assert set(result["seconds"]) == {"ingest", "embed", "train", "predict", "report"}
+    assert set(result["seconds"]) == {"ingest", "check-trainable", "embed", "train", "predict", "report"}
     record = json.loads((Path(root) / "runs" / "t1" / "run.json").read_text())
     assert (record["schema"], record["flow"], record["run_id"]) == ("sleepsound.run/1", "run", "t1")
     assert record["seconds"] == result["seconds"] and record["counts"] == result["counts"]
@@ -145,7 +145,7 @@ def _assert_retraining_keeps_an_equal_champion(cohort: Path, root: str, tiny_whi
     from sleepsound.registry import store as model_store
 
     retrained = run_train_on_ray(str(cohort), root, _config(tiny_whisper), run_id="r1")
-    assert set(retrained["seconds"]) == {"ingest", "embed", "train", "promote", "predict", "report"}
+    assert set(retrained["seconds"]) == {"ingest", "check-trainable", "embed", "train", "promote", "predict", "report"}
     assert retrained["model"]["test_subjects"] == first["test_subjects"]
     stage3 = retrained["promotions"]["stage3"]
     assert not stage3["promoted"] and stage3["champion"]["version"] == first["version"]
@@ -154,6 +154,21 @@ def _assert_retraining_keeps_an_equal_champion(cohort: Path, root: str, tiny_whi
     assert retrained["model"]["version"] in [v["version"] for v in model_store.versions(root, "stage3")]
     report = (Path(root) / "runs" / "r1" / "report" / "index.html").read_text()
     assert "promotion stage3" in report and "not promoted" in report
+
+    # Without the evaluation subjects' nights, train stops right after validation, before embedding.
+    from sleepsound.ingest.manifest import read_manifest_rows
+    from sleepsound.registry.evaluation_set import CannotTrain
+
+    source = cohort.parent / "without-evaluation-subjects"
+    shutil.copytree(cohort, source)
+    for row in read_manifest_rows(root):
+        if str(row["subject_id"]) in first["test_subjects"]:
+            shutil.rmtree(source / "APNEA_EDF" / str(row["recording_id"]), ignore_errors=True)
+            (source / "APNEA_RML" / f"{row['recording_id']}.rml").unlink(missing_ok=True)
+    before = sorted(p.name for p in (Path(root) / "runs").iterdir())
+    with pytest.raises(CannotTrain, match="none of the evaluation subjects"):
+        run_train_on_ray(str(source), root, _config(tiny_whisper), run_id="r2")
+    assert sorted(p.name for p in (Path(root) / "runs").iterdir()) == before  # nothing written for r2
 
 
 def _assert_scoring_uses_the_champions(cohort: Path, root: str, tiny_whisper: str, trained: dict) -> None:
@@ -197,7 +212,7 @@ def _assert_respiratory_labels_and_shifted_windows(root: Path, patients: list[st
 
 
 def _assert_prefect_recorded(flow_run_id: str) -> None:
-    """The Prefect API holds the flow run and its five task runs, all completed."""
+    """The Prefect API holds the flow run and its six task runs, all completed."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import TaskRunSort
@@ -210,7 +225,8 @@ def _assert_prefect_recorded(flow_run_id: str) -> None:
             limit=50,
         )
     assert run.state.is_completed()
-    assert sorted(t.name.rsplit("-", 1)[0] for t in tasks) == ["embed", "ingest", "predict", "report", "train"]
+    names = ["check-trainable", "embed", "ingest", "predict", "report", "train"]
+    assert sorted(t.name.rsplit("-", 1)[0] for t in tasks) == names
     assert all(t.state.is_completed() for t in tasks)
 
 

@@ -538,3 +538,17 @@ def test_the_evaluation_set_is_drawn_once_and_explains_when_it_cannot_serve(tmp_
         evaluation_subjects(root, cfg, pd.DataFrame({"subject_id": ["x1", "x2"]}))
     with pytest.raises(ValueError, match="nothing left to train on"):
         evaluation_subjects(root, cfg, pd.DataFrame({"subject_id": first}))
+
+
+def test_whether_nights_can_train_is_known_before_embedding_and_asking_writes_nothing(tmp_path) -> None:
+    from sleepsound.registry.evaluation_set import CannotTrain, check_trainable, evaluation_subjects
+
+    root = tmp_path / "root"
+    with pytest.raises(CannotTrain, match="at least 2 subjects; found 1"):
+        check_trainable(str(root), pd.DataFrame({"subject_id": ["s1"]}))
+    check_trainable(str(root), pd.DataFrame({"subject_id": ["s1", "s2"]}))
+    assert not root.exists()  # asking drew no evaluation set
+    cfg = Config.model_validate({"training": {"test_fraction": 0.5}})
+    drawn = evaluation_subjects(str(root), cfg, pd.DataFrame({"subject_id": ["s1", "s2", "s3", "s4"]}))
+    with pytest.raises(CannotTrain, match="add their nights to the source, or delete that file"):
+        check_trainable(str(root), pd.DataFrame({"subject_id": sorted({"s1", "s2", "s3", "s4"} - set(drawn))}))
