@@ -59,6 +59,9 @@ RayOpt = Annotated[
     Optional[str], typer.Option("--ray-address", help="Existing Ray cluster (default: start a local one).")
 ]
 RunIdOpt = Annotated[Optional[str], typer.Option(help="Name of this run (default: a timestamp).")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print the run's summary as one JSON object (status lines go to stderr).")
+]
 MetricOpt = Annotated[str, typer.Option(help="Metric a challenger must improve: macro_f1, kappa or accuracy.")]
 MarginOpt = Annotated[float, typer.Option(help="How much better than the champion a challenger must be.")]
 
@@ -208,11 +211,12 @@ def run(
     overrides: SetOpt = None,
     ray_address: RayOpt = None,
     run_id: RunIdOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Run the whole workflow (validate, embed, train, predict, report) as a Prefect flow on Ray."""
     cfg = _load_config(config, overrides)
     result = _run_flow(source, root, cfg.model_dump(), ray_address, run_id)
-    _print_results(result)
+    _print_results(result, as_json)
 
 
 @app.command()
@@ -225,12 +229,13 @@ def train(
     overrides: SetOpt = None,
     ray_address: RayOpt = None,
     run_id: RunIdOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Retrain every head and promote each only if it beats its champion on the fixed evaluation set."""
     _check_metric(metric)
     cfg = _load_config(config, overrides)
     result = _run_flow(source, root, cfg.model_dump(), ray_address, run_id, flow="train", metric=metric, margin=margin)
-    _print_results(result)
+    _print_results(result, as_json)
 
 
 @app.command()
@@ -243,6 +248,7 @@ def nightly(
     overrides: SetOpt = None,
     ray_address: RayOpt = None,
     run_id: RunIdOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Do only what is new: embed new nights, retrain and maybe promote if some are labelled, score them."""
     _check_metric(metric)
@@ -250,6 +256,9 @@ def nightly(
     result = _run_flow(
         source, root, cfg.model_dump(), ray_address, run_id, flow="nightly", metric=metric, margin=margin
     )
+    if as_json:
+        _print_results(result, as_json)
+        return
     new = result["new"]
     console.print(
         f"new nights: {len(new['labelled'])} labelled, {len(new['unlabelled'])} unlabelled; "
@@ -334,6 +343,7 @@ def score(
     overrides: SetOpt = None,
     ray_address: RayOpt = None,
     run_id: RunIdOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Score a cohort with the registered models (champions by default): validate, embed, predict, report."""
     cfg = _load_config(config, overrides)
@@ -345,7 +355,7 @@ def score(
             raise typer.Exit(2)
         versions[task] = version
     result = _run_flow(source, root, cfg.model_dump(), ray_address, run_id, flow="score", versions=versions)
-    _print_results(result)
+    _print_results(result, as_json)
 
 
 @app.command()
@@ -681,7 +691,7 @@ def _run_flow_locally(
     from sleepsound.runs.prefect_api import local_prefect_api
 
     with local_prefect_api(Path(".prefect").resolve()) as api_url:
-        console.print(f"Prefect API: {api_url}")
+        err_console.print(f"Prefect API: {api_url}", highlight=False)
         if flow == "score":
             from flows.score import run_score_on_ray
             from sleepsound.registry.store import ModelNotFound
@@ -747,7 +757,13 @@ def _print_nights(summaries_uri: str) -> None:
         console.print(f"... and {len(nights) - NIGHTS_SHOWN} more nights in {summaries_uri}")
 
 
-def _print_results(result: dict) -> None:
+def _print_results(result: dict, as_json: bool = False) -> None:
+    """The run's summary as tables, or with ``as_json`` as one JSON object (the run record's content)."""
+    if as_json:
+        from sleepsound.core.json_text import json_text
+
+        print(json_text(result))
+        return
     m = result["metrics"]
     if _figure(m.get("macro_f1"), ".3f") == "-":
         console.print(

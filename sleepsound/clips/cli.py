@@ -6,13 +6,13 @@ imports happen inside the commands so ``--help`` stays instant.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+
+from sleepsound.core.json_text import json_text
 
 clips_app = typer.Typer(
     help="Short-window breathing-sound classifier: folders of labelled clips "
@@ -43,16 +43,7 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log each vali
 
 
 def _json(obj: Any) -> str:
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and math.isnan(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    return json.dumps(clean(obj), allow_nan=False)
+    return json_text(obj)
 
 
 def _fail(message: str) -> typer.Exit:

@@ -131,6 +131,14 @@ def _assert_nightly_does_only_what_is_new(cohort: Path, root: str, tiny_whisper:
     text = shown.get()
     assert "no held-out figures" in text and "nan" not in text
     assert "nights (predicted), 1 in all" in text and patient in text and "severity" in text
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()) as printed:  # --json: one object, undefined figures null
+        _print_results(second, as_json=True)
+    summary = json.loads(printed.getvalue())
+    assert summary["run_id"] == "n2" and summary["new"]["unlabelled"] == [patient]
+    assert summary["metrics"]["macro_f1"] is None and summary["counts"] == second["counts"]
 
     third = run_nightly_on_ray(str(source), root, _config(tiny_whisper), run_id="n3")
     assert third["new"] == {"labelled": [], "unlabelled": []} and third["report"] is None
