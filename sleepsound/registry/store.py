@@ -15,7 +15,7 @@ from typing import Any
 
 from sleepsound.core.records import HeadInfo, PromotionDecision, TrainedModels
 from sleepsound.core.storage import RootLike, join, open_root, read_json, write_json
-from sleepsound.models.heads.artifacts import CONFIG_NAME
+from sleepsound.models.files import CONFIG_NAME
 
 CHAMPION = "champion.json"
 LINEAGE = "lineage.json"

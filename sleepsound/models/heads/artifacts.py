@@ -22,6 +22,7 @@ from torch import nn
 
 from sleepsound.core.storage import write_bytes_atomic
 from sleepsound.labels.vocabulary import STAGES_3
+from sleepsound.models.files import CONFIG_NAME, WEIGHTS_NAME
 from sleepsound.models.heads.attention import AttentionPoolingHead
 from sleepsound.models.heads.layers import MAX_LAYERS
 from sleepsound.models.heads.mlp import MeanPoolingHead
@@ -29,8 +30,6 @@ from sleepsound.models.heads.soundsleepnet import SoundSleepNetHead
 
 FORMAT = "sleepsound-head"
 FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 # The only classes a config may name, and the constructor arguments each accepts.
 HEAD_CLASSES: dict[str, type[nn.Module]] = {
