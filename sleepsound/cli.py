@@ -22,9 +22,14 @@ if TYPE_CHECKING:
 
     from sleepsound.core.config import Config
 
+# Tracebacks never show local variables: they can hold credentials and patient ids.
 app = typer.Typer(
-    help="Sleep stages and breathing events from overnight audio.", no_args_is_help=True, add_completion=False
+    help="Sleep stages and breathing events from overnight audio.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
 )
+_DEBUG = {"on": False}  # set by --debug: an unexpected error shows its traceback
 # Piped or captured, tables are as wide as their cells: ids cut to fit 80 columns are useless to
 # the next command (`--model stage3=<version>`). On a terminal rich fits them to the window.
 console = Console(width=None if sys.stdout.isatty() else 1000)
@@ -45,8 +50,10 @@ def _main(
         bool,
         typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
     ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an unexpected error.")] = False,
 ) -> None:
     """Sleep stages and breathing events from overnight audio."""
+    _DEBUG["on"] = debug
 
 
 SYNTH_ASK_GB = 4  # a cohort larger than this is written only when the user says so
@@ -809,8 +816,21 @@ def _print_results(result: dict, as_json: bool = False) -> None:
     console.print(f"Prefect:     flow run {run['name']} ({run['id']}); browse it with `sleepsound ui`")
 
 
-def main() -> None:  # pragma: no cover - entry point
-    app()
+def main() -> None:
+    """The command's entry point: an error nobody planned for is one line and exit 1 (the traceback
+    with --debug); planned refusals already said their line and exit 2."""
+    try:
+        app()
+    except Exception as exc:
+        if _DEBUG["on"]:
+            raise
+        err_console.print(
+            f"[red]error:[/red] {escape(type(exc).__name__)}: {escape(str(exc))}\n"
+            "This was not expected: rerun with --debug for the traceback, and report it if it is a bug.",
+            soft_wrap=True,
+            highlight=False,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -57,3 +57,26 @@ def test_models_list_needs_no_torch(tmp_path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["0", "False"], out.stdout + out.stderr
+
+
+def test_an_unexpected_error_is_one_line_and_its_traceback_waits_for_debug(tmp_path) -> None:
+    """A damaged champion.json is nothing the command plans for: one line and exit 1; --debug shows
+    the traceback (and tracebacks never print local variables, which can hold secrets)."""
+    import subprocess
+    import sys
+
+    champion = tmp_path / "root" / "models" / "stage3" / "champion.json"
+    champion.parent.mkdir(parents=True)
+    champion.write_text("{not json")
+
+    def command(*extra: str) -> subprocess.CompletedProcess[str]:
+        args = [*extra, "models", "show", "--root", str(tmp_path / "root")]
+        main = "from sleepsound.cli import main; main()"
+        return subprocess.run([sys.executable, "-c", main, *args], capture_output=True, text=True, timeout=120)
+
+    plain = command()
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    assert plain.stderr.startswith("error: JSONDecodeError: ") and "rerun with --debug" in plain.stderr
+    debug = command("--debug")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "JSONDecodeError" in debug.stderr
+    assert "locals" not in debug.stderr.lower()
