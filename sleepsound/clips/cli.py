@@ -38,6 +38,17 @@ MaxEpochsOpt = Annotated[
 ClipSecondsOpt = Annotated[Optional[float], typer.Option(help="Fixed clip length; default the longest, <= 5 s.")]
 CacheOpt = Annotated[Optional[Path], typer.Option(help="Folder to cache clip embeddings in.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto.")]
+CategoriesOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="CSV of label,first,last,category (inclusive ranges of the file numbers) naming each clip's "
+        "source category; default DATA/categories.csv, else each block of consecutive clips."
+    ),
+]
+PositiveOpt = Annotated[
+    str,
+    typer.Option(help="The class an alarm is raised for: each category's share called it is reported."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log each validation run.")]
 
@@ -75,6 +86,29 @@ def _settings(
         cache_dir=str(cache) if cache else None,
         **fields,
     )
+
+
+def _echo_worst(result: dict[str, Any]) -> None:
+    """The worst source category's figures, printed before any pooled figure."""
+    alarm, missed = result.get("worst_false_alarm"), result.get("worst_recall")
+    if alarm:
+        typer.echo(
+            f"worst false alarm: {alarm['category']} called {result['positive']} {alarm['rate']:.0%} of the time "
+            f"({round(alarm['rate'] * alarm['n'])}/{alarm['n']})"
+        )
+    if missed:
+        typer.echo(f"worst {result['positive']} recall: {missed['category']} {missed['recall']:.2f} (n {missed['n']})")
+    if not alarm and not missed:
+        for label, worst in result["worst_category"].items():
+            typer.echo(f"worst {label} category: {worst['category']} accuracy {worst['accuracy']:.2f} (n {worst['n']})")
+
+
+def _echo_categories(result: dict[str, Any]) -> None:
+    """One line per source category (worst first within each label), and where the names came from."""
+    typer.echo(f"per source category (from {result['category_source']}):")
+    for row in result["categories"]:
+        called = ", ".join(f"{c} {n}" for c, n in row["called"].items())
+        typer.echo(f"  {row['label']:>12} | {row['category']}: n {row['n']}, accuracy {row['accuracy']:.2f} ({called})")
 
 
 @clips_app.command()
@@ -181,10 +215,13 @@ def cv(
     clip_seconds: ClipSecondsOpt = None,
     cache: CacheOpt = None,
     device: DeviceOpt = "cpu",
+    categories: CategoriesOpt = None,
+    positive: PositiveOpt = "snoring",
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Accuracy on unseen source recordings: the whole training procedure cross-validated over whole blocks."""
+    """Accuracy on unseen source recordings: the whole training procedure cross-validated over whole blocks,
+    reported per source category, worst first."""
     from sleepsound.clips.cross_validate import cross_validate_clips
 
     settings = _settings(
@@ -201,7 +238,14 @@ def cv(
         device=device,
     )
     try:
-        result = cross_validate_clips(data, settings, k=k, progress=None if as_json else typer.echo)
+        result = cross_validate_clips(
+            data,
+            settings,
+            k=k,
+            progress=None if as_json else typer.echo,
+            categories=categories,
+            positive=positive,
+        )
     except (OSError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     if as_json:
@@ -210,6 +254,7 @@ def cv(
     for r in result["rejected"]:
         typer.echo(f"rejected {r['reason']}")
     acc, f1 = result["ci95"]["accuracy"], result["ci95"]["macro_f1"]
+    _echo_worst(result)
     typer.echo(
         f"{result['n']} clips in {result['n_blocks']} blocks, each scored by a model that never saw its "
         f"block: accuracy {result['accuracy']:.4f} (95% CI {acc[0]:.3f}-{acc[1]:.3f}), macro-F1 "
@@ -217,6 +262,7 @@ def cv(
         f"(rows true, columns predicted: {result['classes']})"
     )
     typer.echo("weakest blocks: " + ", ".join(f"{b['block']} {b['accuracy']:.2f}" for b in result["weakest_blocks"]))
+    _echo_categories(result)
 
 
 @clips_app.command()
@@ -227,13 +273,15 @@ def evaluate(
         str, typer.Option(help="all: every clip in --data; test: exactly the model's held-out files.")
     ] = "all",
     device: DeviceOpt = "cpu",
+    categories: CategoriesOpt = None,
+    positive: PositiveOpt = "snoring",
     as_json: JsonOpt = False,
 ) -> None:
-    """Score a saved model on a folder of labelled clips."""
+    """Score a saved model on a folder of labelled clips, per source category, worst first."""
     from sleepsound.clips.evaluate import evaluate_clips
 
     try:
-        result = evaluate_clips(model, data, split=split, device=device)
+        result = evaluate_clips(model, data, split=split, device=device, categories=categories, positive=positive)
     except (OSError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     if as_json:
@@ -241,10 +289,14 @@ def evaluate(
         return
     acc = "n/a" if result["accuracy"] is None else f"{result['accuracy']:.4f}"
     f1 = "n/a" if result["macro_f1"] is None else f"{result['macro_f1']:.4f}"
+    if result["n"]:
+        _echo_worst(result)
     typer.echo(
         f"{result['n']} clips ({split}): accuracy {acc}, macro-F1 {f1}, confusion {result['confusion']} "
         f"(rows true, columns predicted: {result['classes']})"
     )
+    if result["n"]:
+        _echo_categories(result)
     for r in result["rejected"]:
         typer.echo(f"rejected {r['reason']}")
 

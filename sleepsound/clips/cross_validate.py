@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from sleepsound.clips.categories import categorise, find_categories, per_category
 from sleepsound.clips.dataset import ClipDataset
 from sleepsound.clips.features import layer_names
 from sleepsound.clips.split import block_folds, blocks_of, group_by_label
@@ -53,13 +54,19 @@ def cross_validate_clips(
     settings: ClipTrainSettings | None = None,
     k: int = 10,
     progress: Callable[[str], None] | None = None,
+    categories: str | Path | None = None,
+    positive: str | None = None,
 ) -> dict[str, Any]:
     """Pooled accuracy, macro-F1, confusion and per-class figures over ``k`` blocked outer folds,
-    with 95% block-bootstrap intervals, each fold's figures and choice, and the weakest blocks."""
+    with 95% block-bootstrap intervals, each fold's figures and choice, the weakest blocks, and every
+    source category's figures (``categories``: a mapping file, else ``categories.csv`` in ``data``,
+    else the blocks) led by the worst; ``positive`` (when it is a class) adds each category's share
+    called positive, the worst false-alarm rate and the worst recall."""
     settings = settings or ClipTrainSettings()
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     ds = load_labelled(data, settings)
+    ranges, category_source = find_categories(data, categories)
     outer = block_folds(group_by_label(ds.files, ds.labels), block_size=settings.block_size, k=k, seed=settings.seed)
     spec, emb = embed_all(ds, settings)
     say(
@@ -108,6 +115,8 @@ def cross_validate_clips(
         ({"block": g, "n": len(hits), "accuracy": float(np.mean(hits))} for g, hits in by_block.items()),
         key=lambda b: (b["accuracy"], b["block"]),
     )[:5]
+    cats = categorise(ds.files, ds.labels, ranges, settings.block_size)
+    by_category = per_category(ds.labels, pred, cats, ds.classes, positive if positive in ds.classes else None)
     return {
         "kind": "blocked cross-validation",
         "k": k,
@@ -117,6 +126,9 @@ def cross_validate_clips(
         "backbone": settings.backbone,
         "n": len(pred),
         "n_blocks": len(by_block),
+        # the worst source category first: a pooled mean hides the one sound type not learnt
+        **{key: by_category[key] for key in ("worst_false_alarm", "worst_recall") if key in by_category},
+        "worst_category": by_category["worst_category"],
         **{
             key: metrics[key]
             for key in ("accuracy", "macro_f1", "kappa", "classes", "confusion", "per_class", "baseline_accuracy")
@@ -124,6 +136,9 @@ def cross_validate_clips(
         "ci95": {"accuracy": list(acc_ci), "macro_f1": list(f1_ci), "resampled": "blocks"},
         "folds": folds,
         "weakest_blocks": weakest,
+        "category_source": category_source,
+        "positive": by_category.get("positive"),
+        "categories": by_category["categories"],
         "counts": ds.counts(),
         "rejected": [r.as_dict() for r in ds.rejected],
         "seconds": round(time.perf_counter() - started, 1),
