@@ -372,3 +372,61 @@ def serve(
         raise _fail(str(exc)) from exc
     typer.echo(f"scoring with {model} on http://{host}:{port} (POST /score, GET /health, docs at /docs)")
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
+
+
+@clips_app.command("hard-negatives")
+def hard_negatives(
+    out: Annotated[Path, typer.Option("--out", help="New folder to write (no_snoring/, snoring/, categories.csv).")],
+    n: Annotated[int, typer.Option("--n", help="Hard negatives in all, spread evenly over the categories.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed writes the same clips.")] = 0,
+    seconds: Annotated[float, typer.Option(help="Length of every clip.")] = 1.0,
+    category: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="Categories to make (repeatable): tv_speech, room_speech, fan_hvac, motor_hum, vibration_motor."
+        ),
+    ] = None,
+    speech: Annotated[
+        str, typer.Option(help="Speech from espeak-ng (espeak), the built-in formant synthesiser (synth), or auto.")
+    ] = "auto",
+    snoring: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Snoring clips (a clip dataset with snoring/, or a folder of clips) to mix over backgrounds."
+        ),
+    ] = None,
+    n_snoring: Annotated[Optional[int], typer.Option(help="Snoring mixes in all (default --n).")] = None,
+    snr: Annotated[
+        Optional[list[float]], typer.Option(help="Snore-to-background ratio(s) in dB (repeatable; default 0, 5, 10).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write generated bedroom sounds that are not snoring (TV, talk, fans, motors), and snoring mixed over them."""
+    from sleepsound.clips.hard_negatives import write_hard_negatives
+    from sleepsound.synth.bedroom import CATEGORIES
+
+    try:
+        summary = write_hard_negatives(
+            out,
+            n=n,
+            seed=seed,
+            seconds=seconds,
+            categories=tuple(category or CATEGORIES),
+            speech_source=speech,
+            snoring=snoring,
+            n_snoring=n_snoring,
+            snrs_db=tuple(snr or (0.0, 5.0, 10.0)),
+            progress=None if as_json else typer.echo,
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        typer.echo(_json(summary))
+        return
+    counts = summary["counts"]
+    typer.echo(
+        f"wrote {counts['no_snoring']} hard negatives and {counts['snoring']} snoring mixes to {out} "
+        f"(speech from {summary['speech_source']}; categories in {out / 'categories.csv'})"
+    )
+    for skipped in summary["snoring_clips"]["skipped"]:
+        typer.echo(f"skipped snoring clip {skipped}")
