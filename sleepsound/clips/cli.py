@@ -49,6 +49,13 @@ PositiveOpt = Annotated[
     str,
     typer.Option(help="The class an alarm is raised for: each category's share called it is reported."),
 ]
+HardNegativesOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="A clip folder (e.g. from `clips hard-negatives`) added to every training side only: never "
+        "validated or tested on, so the figures stay those of the data's own unseen blocks."
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log each validation run.")]
 
@@ -133,6 +140,7 @@ def train(
     clip_seconds: ClipSecondsOpt = None,
     cache: CacheOpt = None,
     device: DeviceOpt = "cpu",
+    hard_negatives: HardNegativesOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -153,6 +161,7 @@ def train(
         cache=cache,
         device=device,
         refit_all=refit,
+        hard_negatives=str(hard_negatives) if hard_negatives else None,
     )
     try:
         summary = train_clips(data, out, settings, progress=None if as_json else typer.echo)
@@ -217,6 +226,7 @@ def cv(
     device: DeviceOpt = "cpu",
     categories: CategoriesOpt = None,
     positive: PositiveOpt = "snoring",
+    hard_negatives: HardNegativesOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -236,6 +246,7 @@ def cv(
         clip_seconds=clip_seconds,
         cache=cache,
         device=device,
+        hard_negatives=str(hard_negatives) if hard_negatives else None,
     )
     try:
         result = cross_validate_clips(

@@ -27,10 +27,13 @@ from sleepsound.clips.split import block_folds, blocks_of, group_by_label
 from sleepsound.clips.train import (
     ClipTrainSettings,
     embed_all,
+    extra_rows,
     indices_of,
+    load_extra,
     load_labelled,
     select_and_fit,
     validation_folds,
+    with_extra,
 )
 from sleepsound.report.metrics import bootstrap_ci, evaluate, macro_f1
 
@@ -68,10 +71,13 @@ def cross_validate_clips(
     ds = load_labelled(data, settings)
     ranges, category_source = find_categories(data, categories)
     outer = block_folds(group_by_label(ds.files, ds.labels), block_size=settings.block_size, k=k, seed=settings.seed)
-    spec, emb = embed_all(ds, settings)
+    extra = load_extra(settings, ds)
+    spec, emb = embed_all(ds, settings, extra)
+    full = with_extra(ds, extra)  # the data's rows first (same numbers), then clips added to every training side
     say(
         f"{len(ds.files)} clips used, {len(ds.rejected)} rejected; {k} outer folds of whole blocks; "
-        f"embedded in {time.perf_counter() - started:.0f} s"
+        + (f"{len(extra.files)} added to every training side; " if extra else "")
+        + f"embedded in {time.perf_counter() - started:.0f} s"
     )
 
     predicted: list[str | None] = [None] * len(ds.files)
@@ -80,7 +86,12 @@ def cross_validate_clips(
         test_idx = indices_of(ds, test_files)
         train_files = sorted(set(ds.files) - set(test_files))
         fitted = select_and_fit(
-            emb, ds, indices_of(ds, train_files), validation_folds(ds, train_files, settings), spec, settings
+            emb,
+            full,
+            indices_of(full, train_files + extra_rows(full)),
+            validation_folds(full, train_files, settings),  # the data's training blocks only
+            spec,
+            settings,
         )
         names = [ds.classes[c] for c in fitted.predict(emb[test_idx], ds.lengths[test_idx])]
         for i, name in zip(test_idx, names, strict=True):
@@ -124,6 +135,8 @@ def cross_validate_clips(
         "block_size": settings.block_size,
         "seed": settings.seed,
         "backbone": settings.backbone,
+        "hard_negatives": settings.hard_negatives,
+        "added_to_training": len(extra.files) if extra else 0,
         "n": len(pred),
         "n_blocks": len(by_block),
         # the worst source category first: a pooled mean hides the one sound type not learnt

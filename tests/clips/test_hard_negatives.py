@@ -79,3 +79,53 @@ def test_the_cli_writes_a_folder_and_never_over_an_existing_one(tmp_path: Path) 
     assert json.loads(res.stdout)["per_category"] == dict.fromkeys(bedroom.CATEGORIES, 2)
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_added_clips_join_every_training_side_and_are_never_validated_or_tested_on(tmp_path: Path) -> None:
+    """`--hard-negatives`: the figures stay those of the data's own held-out blocks; the added clips are
+    embedded (and cached) on their own, and a folder mixed from the data's own snores is refused."""
+    app = typer.Typer()
+    app.add_typer(clips_app, name="clips")
+    data = make_dataset(tmp_path / "data", per_label=16)
+    extra = tmp_path / "hard"
+    write_hard_negatives(extra, n=10, seed=0, seconds=1.0, speech_source="synth")
+    cache = tmp_path / "cache"
+    common = ["--backbone", "mel", "--block-size", "4", "--folds", "2", "--head", "mlp", "--max-epochs", "3"]
+    common += ["--cache", str(cache), "--json"]
+
+    res = CliRunner().invoke(app, ["clips", "cv", "--data", str(data), "--k", "2", *common])
+    assert res.exit_code == 0, res.output
+    plain = json.loads(res.stdout)
+    assert plain["added_to_training"] == 0 and len(list(cache.glob("clips-*.npy"))) == 1
+    res = CliRunner().invoke(
+        app, ["clips", "cv", "--data", str(data), "--k", "2", "--hard-negatives", str(extra), *common]
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["added_to_training"] == 10 and out["hard_negatives"] == str(extra)
+    assert out["n"] == 32 == sum(f["n"] for f in out["folds"]) == sum(map(sum, out["confusion"]))  # data only
+    assert all(not r["category"].startswith("+extra") for r in out["categories"])
+    assert len(list(cache.glob("clips-*.npy"))) == 2  # the data's embeddings reused, the added ones cached apart
+
+    model = tmp_path / "model"
+    res = CliRunner().invoke(
+        app,
+        ["clips", "train", "--data", str(data), "--out", str(model), "--test-fraction", "0.25"]
+        + ["--hard-negatives", str(extra), *common],
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    counts = summary["counts"]
+    assert counts["added_to_training"] == 10 and counts["used"] == 32  # the data's own clips
+    assert counts["train"] == 24 + 10 and counts["test"] == summary["held_out"]["n"] == 8
+    config = json.loads((model / "config.json").read_text())["extra"]["clips"]
+    assert sum(config["split"]["validation"]["fold_sizes"]) == 24  # validation: the data's training blocks only
+    assert not any(f.startswith("+extra") for f in config["held_out_files"])
+    assert counts["saved_model_trained_on"] == 32 + 10
+
+    leaky = tmp_path / "leaky"
+    write_hard_negatives(leaky, n=10, seed=0, speech_source="synth", snoring=data, n_snoring=15)
+    res = CliRunner().invoke(
+        app, ["clips", "cv", "--data", str(data), "--k", "2", "--hard-negatives", str(leaky), *common]
+    )
+    assert res.exit_code == 2 and "leak held-out clips into training" in res.output
