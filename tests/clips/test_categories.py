@@ -148,6 +148,14 @@ def test_evaluate_reports_categories_from_a_file_given_by_the_user(data: Path, t
         f"no_snoring/run {i} ({4 * i}-{4 * i + 3})" for i in range(6)
     }
     assert out["worst_recall"]["category"] == "all snores"
+    text = CliRunner().invoke(
+        app, ["clips", "evaluate", "--model", str(model), "--data", str(data), "--categories", str(mapping)]
+    )
+    assert text.exit_code == 0, text.output
+    assert (
+        text.stdout.startswith("worst false alarm: no_snoring/run ")
+        and "worst snoring recall: all snores" in text.stdout
+    )
     bad = CliRunner().invoke(
         app, ["clips", "evaluate", "--model", str(model), "--data", str(data), "--categories", str(tmp_path / "no.csv")]
     )
