@@ -38,6 +38,24 @@ MaxEpochsOpt = Annotated[
 ClipSecondsOpt = Annotated[Optional[float], typer.Option(help="Fixed clip length; default the longest, <= 5 s.")]
 CacheOpt = Annotated[Optional[Path], typer.Option(help="Folder to cache clip embeddings in.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or auto.")]
+CategoriesOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="CSV of label,first,last,category (inclusive ranges of the file numbers) naming each clip's "
+        "source category; default DATA/categories.csv, else each block of consecutive clips."
+    ),
+]
+PositiveOpt = Annotated[
+    str,
+    typer.Option(help="The class an alarm is raised for: each category's share called it is reported."),
+]
+HardNegativesOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="A clip folder (e.g. from `clips hard-negatives`) added to every training side only: never "
+        "validated or tested on, so the figures stay those of the data's own unseen blocks."
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log each validation run.")]
 
@@ -68,6 +86,29 @@ def _settings(
     )
 
 
+def _echo_worst(result: dict[str, Any]) -> None:
+    """The worst source category's figures, printed before any pooled figure."""
+    alarm, missed = result.get("worst_false_alarm"), result.get("worst_recall")
+    if alarm:
+        typer.echo(
+            f"worst false alarm: {alarm['category']} called {result['positive']} {alarm['rate']:.0%} of the time "
+            f"({round(alarm['rate'] * alarm['n'])}/{alarm['n']})"
+        )
+    if missed:
+        typer.echo(f"worst {result['positive']} recall: {missed['category']} {missed['recall']:.2f} (n {missed['n']})")
+    if not alarm and not missed:
+        for label, worst in result["worst_category"].items():
+            typer.echo(f"worst {label} category: {worst['category']} accuracy {worst['accuracy']:.2f} (n {worst['n']})")
+
+
+def _echo_categories(result: dict[str, Any]) -> None:
+    """One line per source category (worst first within each label), and where the names came from."""
+    typer.echo(f"per source category (from {result['category_source']}):")
+    for row in result["categories"]:
+        called = ", ".join(f"{c} {n}" for c, n in row["called"].items())
+        typer.echo(f"  {row['label']:>12} | {row['category']}: n {row['n']}, accuracy {row['accuracy']:.2f} ({called})")
+
+
 @clips_app.command()
 def train(
     data: DataOpt,
@@ -90,6 +131,7 @@ def train(
     clip_seconds: ClipSecondsOpt = None,
     cache: CacheOpt = None,
     device: DeviceOpt = "cpu",
+    hard_negatives: HardNegativesOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -110,6 +152,7 @@ def train(
         cache=cache,
         device=device,
         refit_all=refit,
+        hard_negatives=str(hard_negatives) if hard_negatives else None,
     )
     try:
         summary = train_clips(data, out, settings, progress=None if as_json else typer.echo)
@@ -172,10 +215,14 @@ def cv(
     clip_seconds: ClipSecondsOpt = None,
     cache: CacheOpt = None,
     device: DeviceOpt = "cpu",
+    categories: CategoriesOpt = None,
+    positive: PositiveOpt = "snoring",
+    hard_negatives: HardNegativesOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Accuracy on unseen source recordings: the whole training procedure cross-validated over whole blocks."""
+    """Accuracy on unseen source recordings: the whole training procedure cross-validated over whole blocks,
+    reported per source category, worst first."""
     from sleepsound.clips.cross_validate import cross_validate_clips
 
     settings = _settings(
@@ -190,9 +237,17 @@ def cv(
         clip_seconds=clip_seconds,
         cache=cache,
         device=device,
+        hard_negatives=str(hard_negatives) if hard_negatives else None,
     )
     try:
-        result = cross_validate_clips(data, settings, k=k, progress=None if as_json else typer.echo)
+        result = cross_validate_clips(
+            data,
+            settings,
+            k=k,
+            progress=None if as_json else typer.echo,
+            categories=categories,
+            positive=positive,
+        )
     except (OSError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     if as_json:
@@ -201,6 +256,7 @@ def cv(
     for r in result["rejected"]:
         typer.echo(f"rejected {r['reason']}")
     acc, f1 = result["ci95"]["accuracy"], result["ci95"]["macro_f1"]
+    _echo_worst(result)
     typer.echo(
         f"{result['n']} clips in {result['n_blocks']} blocks, each scored by a model that never saw its "
         f"block: accuracy {result['accuracy']:.4f} (95% CI {acc[0]:.3f}-{acc[1]:.3f}), macro-F1 "
@@ -208,6 +264,7 @@ def cv(
         f"(rows true, columns predicted: {result['classes']})"
     )
     typer.echo("weakest blocks: " + ", ".join(f"{b['block']} {b['accuracy']:.2f}" for b in result["weakest_blocks"]))
+    _echo_categories(result)
 
 
 @clips_app.command()
@@ -218,13 +275,15 @@ def evaluate(
         str, typer.Option(help="all: every clip in --data; test: exactly the model's held-out files.")
     ] = "all",
     device: DeviceOpt = "cpu",
+    categories: CategoriesOpt = None,
+    positive: PositiveOpt = "snoring",
     as_json: JsonOpt = False,
 ) -> None:
-    """Score a saved model on a folder of labelled clips."""
+    """Score a saved model on a folder of labelled clips, per source category, worst first."""
     from sleepsound.clips.evaluate import evaluate_clips
 
     try:
-        result = evaluate_clips(model, data, split=split, device=device)
+        result = evaluate_clips(model, data, split=split, device=device, categories=categories, positive=positive)
     except (OSError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     if as_json:
@@ -232,10 +291,14 @@ def evaluate(
         return
     acc = "n/a" if result["accuracy"] is None else f"{result['accuracy']:.4f}"
     f1 = "n/a" if result["macro_f1"] is None else f"{result['macro_f1']:.4f}"
+    if result["n"]:
+        _echo_worst(result)
     typer.echo(
         f"{result['n']} clips ({split}): accuracy {acc}, macro-F1 {f1}, confusion {result['confusion']} "
         f"(rows true, columns predicted: {result['classes']})"
     )
+    if result["n"]:
+        _echo_categories(result)
     for r in result["rejected"]:
         typer.echo(f"rejected {r['reason']}")
 
@@ -311,3 +374,61 @@ def serve(
         raise _fail(str(exc)) from exc
     typer.echo(f"scoring with {model} on http://{host}:{port} (POST /score, GET /health, docs at /docs)")
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
+
+
+@clips_app.command("hard-negatives")
+def hard_negatives(
+    out: Annotated[Path, typer.Option("--out", help="New folder to write (no_snoring/, snoring/, categories.csv).")],
+    n: Annotated[int, typer.Option("--n", help="Hard negatives in all, spread evenly over the categories.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed writes the same clips.")] = 0,
+    seconds: Annotated[float, typer.Option(help="Length of every clip.")] = 1.0,
+    category: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="Categories to make (repeatable): tv_speech, room_speech, fan_hvac, motor_hum, vibration_motor."
+        ),
+    ] = None,
+    speech: Annotated[
+        str, typer.Option(help="Speech from espeak-ng (espeak), the built-in formant synthesiser (synth), or auto.")
+    ] = "auto",
+    snoring: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Snoring clips (a clip dataset with snoring/, or a folder of clips) to mix over backgrounds."
+        ),
+    ] = None,
+    n_snoring: Annotated[Optional[int], typer.Option(help="Snoring mixes in all (default --n).")] = None,
+    snr: Annotated[
+        Optional[list[float]], typer.Option(help="Snore-to-background ratio(s) in dB (repeatable; default 0, 5, 10).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write generated bedroom sounds that are not snoring (TV, talk, fans, motors), and snoring mixed over them."""
+    from sleepsound.clips.hard_negatives import write_hard_negatives
+    from sleepsound.synth.bedroom import CATEGORIES
+
+    try:
+        summary = write_hard_negatives(
+            out,
+            n=n,
+            seed=seed,
+            seconds=seconds,
+            categories=tuple(category or CATEGORIES),
+            speech_source=speech,
+            snoring=snoring,
+            n_snoring=n_snoring,
+            snrs_db=tuple(snr or (0.0, 5.0, 10.0)),
+            progress=None if as_json else typer.echo,
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        typer.echo(_json(summary))
+        return
+    counts = summary["counts"]
+    typer.echo(
+        f"wrote {counts['no_snoring']} hard negatives and {counts['snoring']} snoring mixes to {out} "
+        f"(speech from {summary['speech_source']}; categories in {out / 'categories.csv'})"
+    )
+    for skipped in summary["snoring_clips"]["skipped"]:
+        typer.echo(f"skipped snoring clip {skipped}")

@@ -20,16 +20,20 @@ from typing import Any
 
 import numpy as np
 
+from sleepsound.clips.categories import categorise, find_categories, per_category
 from sleepsound.clips.dataset import ClipDataset
 from sleepsound.clips.features import layer_names
 from sleepsound.clips.split import block_folds, blocks_of, group_by_label
 from sleepsound.clips.train import (
     ClipTrainSettings,
     embed_all,
+    extra_rows,
     indices_of,
+    load_extra,
     load_labelled,
     select_and_fit,
     validation_folds,
+    with_extra,
 )
 from sleepsound.report.metrics import bootstrap_ci, evaluate, macro_f1
 
@@ -53,18 +57,27 @@ def cross_validate_clips(
     settings: ClipTrainSettings | None = None,
     k: int = 10,
     progress: Callable[[str], None] | None = None,
+    categories: str | Path | None = None,
+    positive: str | None = None,
 ) -> dict[str, Any]:
     """Pooled accuracy, macro-F1, confusion and per-class figures over ``k`` blocked outer folds,
-    with 95% block-bootstrap intervals, each fold's figures and choice, and the weakest blocks."""
+    with 95% block-bootstrap intervals, each fold's figures and choice, the weakest blocks, and every
+    source category's figures (``categories``: a mapping file, else ``categories.csv`` in ``data``,
+    else the blocks) led by the worst; ``positive`` (when it is a class) adds each category's share
+    called positive, the worst false-alarm rate and the worst recall."""
     settings = settings or ClipTrainSettings()
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     ds = load_labelled(data, settings)
+    ranges, category_source = find_categories(data, categories)
     outer = block_folds(group_by_label(ds.files, ds.labels), block_size=settings.block_size, k=k, seed=settings.seed)
-    spec, emb = embed_all(ds, settings)
+    extra = load_extra(settings, ds)
+    spec, emb = embed_all(ds, settings, extra)
+    full = with_extra(ds, extra)  # the data's rows first (same numbers), then clips added to every training side
     say(
         f"{len(ds.files)} clips used, {len(ds.rejected)} rejected; {k} outer folds of whole blocks; "
-        f"embedded in {time.perf_counter() - started:.0f} s"
+        + (f"{len(extra.files)} added to every training side; " if extra else "")
+        + f"embedded in {time.perf_counter() - started:.0f} s"
     )
 
     predicted: list[str | None] = [None] * len(ds.files)
@@ -73,7 +86,12 @@ def cross_validate_clips(
         test_idx = indices_of(ds, test_files)
         train_files = sorted(set(ds.files) - set(test_files))
         fitted = select_and_fit(
-            emb, ds, indices_of(ds, train_files), validation_folds(ds, train_files, settings), spec, settings
+            emb,
+            full,
+            indices_of(full, train_files + extra_rows(full)),
+            validation_folds(full, train_files, settings),  # the data's training blocks only
+            spec,
+            settings,
         )
         names = [ds.classes[c] for c in fitted.predict(emb[test_idx], ds.lengths[test_idx])]
         for i, name in zip(test_idx, names, strict=True):
@@ -108,6 +126,8 @@ def cross_validate_clips(
         ({"block": g, "n": len(hits), "accuracy": float(np.mean(hits))} for g, hits in by_block.items()),
         key=lambda b: (b["accuracy"], b["block"]),
     )[:5]
+    cats = categorise(ds.files, ds.labels, ranges, settings.block_size)
+    by_category = per_category(ds.labels, pred, cats, ds.classes, positive if positive in ds.classes else None)
     return {
         "kind": "blocked cross-validation",
         "k": k,
@@ -115,8 +135,13 @@ def cross_validate_clips(
         "block_size": settings.block_size,
         "seed": settings.seed,
         "backbone": settings.backbone,
+        "hard_negatives": settings.hard_negatives,
+        "added_to_training": len(extra.files) if extra else 0,
         "n": len(pred),
         "n_blocks": len(by_block),
+        # the worst source category first: a pooled mean hides the one sound type not learnt
+        **{key: by_category[key] for key in ("worst_false_alarm", "worst_recall") if key in by_category},
+        "worst_category": by_category["worst_category"],
         **{
             key: metrics[key]
             for key in ("accuracy", "macro_f1", "kappa", "classes", "confusion", "per_class", "baseline_accuracy")
@@ -124,6 +149,9 @@ def cross_validate_clips(
         "ci95": {"accuracy": list(acc_ci), "macro_f1": list(f1_ci), "resampled": "blocks"},
         "folds": folds,
         "weakest_blocks": weakest,
+        "category_source": category_source,
+        "positive": by_category.get("positive"),
+        "categories": by_category["categories"],
         "counts": ds.counts(),
         "rejected": [r.as_dict() for r in ds.rejected],
         "seconds": round(time.perf_counter() - started, 1),

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from sleepsound.clips.categories import categorise, find_categories, per_category
 from sleepsound.clips.dataset import SAMPLE_RATE, ClipDataset, load_dataset
 from sleepsound.clips.features import FeatureSpec, embed_audio, head_input, load_clip_backbone
 from sleepsound.models.heads.artifacts import HeadArtifactError, load_head_with_config
@@ -85,10 +86,18 @@ def _clean(value: Any) -> Any:
 
 
 def evaluate_clips(
-    model_dir: str | Path, data: str | Path, split: str = "all", batch_size: int | None = None, device: str = "cpu"
+    model_dir: str | Path,
+    data: str | Path,
+    split: str = "all",
+    batch_size: int | None = None,
+    device: str = "cpu",
+    categories: str | Path | None = None,
+    positive: str | None = None,
 ) -> dict[str, Any]:
-    """{n, accuracy, macro_f1, kappa, classes, confusion, per_class, counts, rejected} on ``data``."""
+    """{n, accuracy, macro_f1, kappa, classes, confusion, per_class, counts, rejected} on ``data``, and every
+    source category's figures (see :mod:`sleepsound.clips.categories`), the worst first."""
     clf = ClipClassifier(model_dir, device)
+    ranges, category_source = find_categories(data, categories)
     ds = clf.load(data, split)
     out: dict[str, Any] = {
         "model": str(model_dir),
@@ -101,6 +110,13 @@ def evaluate_clips(
         predicted = clf.predict(ds.audio, ds.lengths, batch_size)
         metrics = score(ds.labels, predicted, clf.classes)
         out.update({k: metrics[k] for k in ("accuracy", "macro_f1", "kappa", "confusion", "per_class", "support")})
+        block_size = int((clf.info.get("split") or {}).get("block_size", 25))  # the model's own blocks
+        cats = categorise(ds.files, ds.labels, ranges, block_size)
+        found = per_category(ds.labels, predicted, cats, clf.classes, positive if positive in clf.classes else None)
+        out.update({k: found[k] for k in ("worst_false_alarm", "worst_recall", "worst_category") if k in found})
+        out.update(
+            {"category_source": category_source, "positive": found.get("positive"), "categories": found["categories"]}
+        )
     else:
         out.update(
             {

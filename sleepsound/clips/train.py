@@ -14,6 +14,7 @@ the head that was scored instead, so ``clips evaluate --split test`` can re-chec
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
 import hashlib
 import itertools
@@ -70,6 +71,7 @@ class ClipTrainSettings:
     device: str = "cpu"
     cache_dir: str | None = None  # embeddings as .npy, keyed by audio + backbone
     refit_all: bool = True  # after scoring the test blocks, save a head fit on every clip
+    hard_negatives: str | None = None  # a clip folder added to every training side, never validated or tested on
 
 
 @dataclass
@@ -268,6 +270,58 @@ def load_labelled(data: str | Path, settings: ClipTrainSettings) -> ClipDataset:
     return ds
 
 
+EXTRA_PREFIX = "+extra/"  # names of added training clips, so they never collide with the data's own
+
+
+def load_extra(settings: ClipTrainSettings, ds: ClipDataset) -> ClipDataset | None:
+    """The ``hard_negatives`` folder at the data's clip length and classes (other labels rejected), or None.
+
+    Refused when its ``manifest.csv`` says a snoring mix was made from one of the data's own clips: that
+    clip's sound would reach every training side, held-out folds included.
+    """
+    if not settings.hard_negatives:
+        return None
+    folder = Path(settings.hard_negatives)
+    manifest = folder / "manifest.csv"
+    if manifest.is_file():
+        with manifest.open(newline="", encoding="utf-8") as fh:
+            used = {row.get("snore_file") or "" for row in csv.DictReader(fh)}
+        shared = sorted(used & set(ds.files))
+        if shared:
+            raise ValueError(
+                f"{folder}: {len(shared)} of its snoring mixes were made from clips of the data itself "
+                f"(e.g. {shared[0]}), which would leak held-out clips into training; make the folder without "
+                "--snoring, or from other snoring clips"
+            )
+    extra = load_dataset(folder, clip_seconds=ds.clip_samples / SAMPLE_RATE, classes=ds.classes)
+    if not extra.files:
+        raise ValueError(f"{folder}: no usable clips of the classes {list(ds.classes)} to add to training")
+    if extra.clip_samples != ds.clip_samples:
+        raise ValueError(f"{folder}: clips of {extra.clip_samples} samples, the data's are {ds.clip_samples}")
+    return extra
+
+
+def with_extra(ds: ClipDataset, extra: ClipDataset | None) -> ClipDataset:
+    """The data's clips followed by the extra ones (named ``+extra/...``): the data keeps its row numbers."""
+    if extra is None:
+        return ds
+    return ClipDataset(
+        ds.root,
+        ds.classes,
+        [*ds.files, *(EXTRA_PREFIX + f for f in extra.files)],
+        [*ds.labels, *extra.labels],
+        np.concatenate([ds.audio, extra.audio]),
+        np.concatenate([ds.lengths, extra.lengths]),
+        ds.clip_samples,
+        list(ds.rejected),
+    )
+
+
+def extra_rows(ds: ClipDataset) -> list[str]:
+    """The names of the added training clips in a :func:`with_extra` dataset."""
+    return [f for f in ds.files if f.startswith(EXTRA_PREFIX)]
+
+
 def indices_of(ds: ClipDataset, files: list[str]) -> np.ndarray:
     """Sorted row numbers of ``files`` in the dataset."""
     index = {f: i for i, f in enumerate(ds.files)}
@@ -286,11 +340,18 @@ def validation_folds(ds: ClipDataset, train_files: list[str], settings: ClipTrai
     return [indices_of(ds, files) for files in fold_files]
 
 
-def embed_all(ds: ClipDataset, settings: ClipTrainSettings) -> tuple[FeatureSpec, np.ndarray]:
-    """Every candidate layer of every clip, embedded once (or read from the cache), with its spec."""
+def embed_all(
+    ds: ClipDataset, settings: ClipTrainSettings, extra: ClipDataset | None = None
+) -> tuple[FeatureSpec, np.ndarray]:
+    """Every candidate layer of every clip, embedded once (or read from the cache), with its spec; with
+    ``extra``, its rows follow the data's (each set cached on its own, so adding one re-embeds nothing)."""
     layers = settings.layers or default_layers(settings.backbone, settings.device)
     spec = FeatureSpec(settings.backbone, list(layers), settings.base_pool_seconds, [0], 1)
-    return spec, embed_dataset(ds, spec, settings, lambda done, total: log.info("embedded %d/%d clips", done, total))
+    emb = embed_dataset(ds, spec, settings, lambda done, total: log.info("embedded %d/%d clips", done, total))
+    if extra is not None:
+        more = embed_dataset(extra, spec, settings, lambda done, total: log.info("embedded %d/%d added", done, total))
+        emb = np.concatenate([emb, more])
+    return spec, emb
 
 
 def train_clips(
@@ -310,15 +371,18 @@ def train_clips(
         test_fraction=settings.test_fraction,
         seed=settings.seed,
     )
-    train_idx, test_idx = indices_of(ds, split.train), indices_of(ds, split.test)
+    extra = load_extra(settings, ds)
+    data_ds, ds = ds, with_extra(ds, extra)  # added clips join every training side, never a validation or test one
+    train_idx, test_idx = indices_of(ds, split.train + extra_rows(ds)), indices_of(ds, split.test)
     folds = validation_folds(ds, split.train, settings)
     say(
-        f"{ds.counts()['used']} clips used, {len(ds.rejected)} rejected; {len(split.train)} train "
+        f"{data_ds.counts()['used']} clips used, {len(data_ds.rejected)} rejected; {len(split.train)} train "
         f"({settings.folds} validation folds of whole blocks), {len(split.test)} test"
+        + (f"; {len(extra.files)} added to training from {settings.hard_negatives}" if extra else "")
     )
 
     t0 = time.perf_counter()
-    spec, emb = embed_all(ds, settings)
+    spec, emb = embed_all(data_ds, settings, extra)
     embed_s = time.perf_counter() - t0
     say(f"embedded {len(emb)} clips in {embed_s:.0f} s")
 
@@ -375,12 +439,14 @@ def train_clips(
         "held_out_files": list(split.test),
         "refit_on_all": refit,  # True: the saved head also saw the held-out files
         "counts": {
-            **ds.counts(),
+            **data_ds.counts(),
+            "added_to_training": len(extra.files) if extra else 0,
             "train": len(train_idx),
             "test": len(test_idx),
             "saved_model_trained_on": len(ds.files) if refit else len(train_idx),
         },
-        "rejected": [r.as_dict() for r in ds.rejected],
+        "rejected": [r.as_dict() for r in ds.rejected]
+        + ([{**r.as_dict(), "file": EXTRA_PREFIX + r.file} for r in extra.rejected] if extra else []),
         "chosen": chosen,
         "candidates": [
             {

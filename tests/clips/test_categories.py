@@ -1,0 +1,162 @@
+"""Per-source-category figures: the categories file, the block fallback, the worst category first in
+`clips cv` and `clips evaluate` (real forward passes of the weightless mel front end on synthetic clips)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from sleepsound.clips.categories import (
+    CategoryRange,
+    categorise,
+    find_categories,
+    per_category,
+    read_categories,
+    write_categories,
+)
+from sleepsound.clips.cli import clips_app
+from tests.clips.test_clips import make_dataset
+
+KHAN = Path(__file__).with_name("khan2019_categories.csv")
+
+
+def test_the_shared_datasets_description_names_ten_categories_of_fifty() -> None:
+    ranges = read_categories(KHAN)
+    assert len(ranges) == 10 and {r.label for r in ranges} == {"no_snoring"}
+    assert [(r.first, r.last) for r in ranges] == [(50 * i, 50 * i + 49) for i in range(10)]
+    files = ["no_snoring/0_460.wav", "no_snoring/0_160.wav", "snoring/1_30.wav", "snoring/1_3.wav"]
+    labels = ["no_snoring", "no_snoring", "snoring", "snoring"]
+    assert categorise(files, labels, ranges, block_size=25) == [
+        "television news",
+        "near-silence with a vibration motor",
+        "snoring/run 1 (30-30)",  # a gap in the numbering (3 -> 30) starts a new run
+        "snoring/run 0 (3-3)",
+    ]
+
+
+def test_categories_file_round_trip_and_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "categories.csv"
+    ranges = [CategoryRange("no_snoring", 0, 9, "tv"), CategoryRange("no_snoring", 10, 19, "fan")]
+    write_categories(path, ranges)
+    assert read_categories(path) == ranges
+    assert find_categories(tmp_path) == (ranges, str(path))  # found beside the data
+    assert find_categories(tmp_path / "elsewhere") == ([], "blocks")
+
+    bad = tmp_path / "bad.csv"
+    for text, problem in (
+        ("label,first,category\nno_snoring,0,tv\n", "missing column(s) last"),
+        ("label,first,last,category\nno_snoring,0,x,tv\n", "line 2: first and last must be whole numbers"),
+        ("label,first,last,category\nno_snoring,5,1,tv\n", "line 2: needs a label, a category and first <= last"),
+        ("label,first,last,category\nno_snoring,0,9,tv\nno_snoring,9,12,fan\n", "line 3: no_snoring 9-12 overlaps"),
+        ("# only a comment\n", "no category rows"),
+        ("# a comment\nlabel,first,last,category\nno_snoring,a,1,tv\n", "line 3: first and last"),
+    ):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(problem)) as err:
+            read_categories(bad)
+        assert str(bad) in str(err.value)
+    with pytest.raises(ValueError, match="cannot read the categories file"):
+        read_categories(tmp_path / "missing.csv")
+
+
+def test_per_category_reports_false_alarms_and_recall_worst_first() -> None:
+    truth = ["n"] * 6 + ["s"] * 4
+    pred = ["s", "s", "n", "n", "n", "s"] + ["s", "s", "s", "n"]
+    cats = ["tv", "tv", "tv", "fan", "fan", "fan", "run 0", "run 0", "run 1", "run 1"]
+    out = per_category(truth, pred, cats, ("n", "s"), positive="s")
+    assert out["worst_false_alarm"] == {"category": "tv", "n": 3, "rate": pytest.approx(2 / 3)}
+    assert out["worst_recall"] == {"category": "run 1", "n": 2, "recall": 0.5}
+    assert out["worst_category"] == {
+        "n": {"category": "tv", "n": 3, "accuracy": pytest.approx(1 / 3)},
+        "s": {"category": "run 1", "n": 2, "accuracy": 0.5},
+    }
+    rows = {(r["label"], r["category"]): r for r in out["categories"]}
+    assert rows[("n", "fan")]["called"] == {"n": 2, "s": 1} and rows[("n", "fan")]["called_positive"] == 1 / 3
+    assert sum(r["n"] for r in out["categories"]) == 10
+    assert "worst_false_alarm" not in per_category(truth, pred, cats, ("n", "s"))  # no positive class named
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = make_dataset(tmp_path_factory.mktemp("cats") / "data", per_label=24)
+    write_categories(
+        root / "categories.csv",
+        [CategoryRange("no_snoring", 0, 11, "quiet A"), CategoryRange("no_snoring", 12, 23, "quiet B")],
+    )
+    return root
+
+
+def test_cv_reports_every_source_category_and_leads_with_the_worst(data: Path) -> None:
+    app = typer.Typer()
+    app.add_typer(clips_app, name="clips")
+    common = ["--backbone", "mel", "--block-size", "4", "--folds", "2", "--head", "mlp"]
+    args = ["clips", "cv", "--data", str(data), "--k", "3", *common, "--lr", "3e-3", "--max-epochs", "6"]
+    res = CliRunner().invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["category_source"] == str(data / "categories.csv") and out["positive"] == "snoring"
+    keys = list(out)
+    assert keys.index("worst_false_alarm") < keys.index("accuracy") and keys.index("worst_recall") < keys.index(
+        "accuracy"
+    )
+    rows = out["categories"]
+    assert {r["category"] for r in rows if r["label"] == "no_snoring"} == {"quiet A", "quiet B"}
+    assert {r["category"] for r in rows if r["label"] == "snoring"} == {
+        f"snoring/run {i} ({4 * i}-{4 * i + 3})" for i in range(6)
+    }  # no rows for snoring in the file: one category per block
+    assert sum(r["n"] for r in rows) == out["n"] == 48
+    confusion = out["confusion"]  # rows true no_snoring / snoring, columns predicted
+    negatives = [r for r in rows if r["label"] == "no_snoring"]
+    assert sum(r["called"]["snoring"] for r in negatives) == confusion[0][1]
+    worst = max(negatives, key=lambda r: r["called_positive"])
+    assert out["worst_false_alarm"]["rate"] == worst["called_positive"]
+    assert out["worst_recall"]["recall"] == min(r["accuracy"] for r in rows if r["label"] == "snoring")
+
+    text = CliRunner().invoke(app, args)
+    assert text.exit_code == 0, text.output
+    lines = text.stdout.splitlines()
+    first_pooled = next(i for i, line in enumerate(lines) if "each scored by a model" in line)
+    assert any(line.startswith("worst false alarm: ") for line in lines[:first_pooled])
+    assert any("| quiet A: n 12" in line for line in lines)
+
+
+def test_evaluate_reports_categories_from_a_file_given_by_the_user(data: Path, tmp_path: Path) -> None:
+    app = typer.Typer()
+    app.add_typer(clips_app, name="clips")
+    model = tmp_path / "model"
+    train = [
+        *("clips", "train", "--data", str(data), "--out", str(model), "--backbone", "mel"),
+        *("--block-size", "4", "--folds", "2", "--head", "mlp", "--max-epochs", "4", "--test-fraction", "0"),
+    ]
+    assert CliRunner().invoke(app, train).exit_code == 0
+    mapping = tmp_path / "mine.csv"
+    write_categories(mapping, [CategoryRange("snoring", 0, 23, "all snores")])
+    res = CliRunner().invoke(
+        app, ["clips", "evaluate", "--model", str(model), "--data", str(data), "--categories", str(mapping), "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["category_source"] == str(mapping)
+    cats = {(r["label"], r["category"]): r["n"] for r in out["categories"]}
+    assert cats[("snoring", "all snores")] == 24
+    assert {c for (label, c) in cats if label == "no_snoring"} == {
+        f"no_snoring/run {i} ({4 * i}-{4 * i + 3})" for i in range(6)
+    }
+    assert out["worst_recall"]["category"] == "all snores"
+    text = CliRunner().invoke(
+        app, ["clips", "evaluate", "--model", str(model), "--data", str(data), "--categories", str(mapping)]
+    )
+    assert text.exit_code == 0, text.output
+    assert (
+        text.stdout.startswith("worst false alarm: no_snoring/run ")
+        and "worst snoring recall: all snores" in text.stdout
+    )
+    bad = CliRunner().invoke(
+        app, ["clips", "evaluate", "--model", str(model), "--data", str(data), "--categories", str(tmp_path / "no.csv")]
+    )
+    assert bad.exit_code == 2 and "no.csv" in bad.output

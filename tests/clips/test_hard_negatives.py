@@ -1,0 +1,131 @@
+"""`clips hard-negatives`: the folder of generated bedroom sounds, its categories file, levels and snoring
+mixes, written the same from the same seed."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import typer
+from typer.testing import CliRunner
+
+from sleepsound.clips.categories import categorise, read_categories
+from sleepsound.clips.cli import clips_app
+from sleepsound.clips.dataset import load_dataset
+from sleepsound.clips.hard_negatives import LEVEL_DBFS, write_hard_negatives
+from sleepsound.synth import bedroom
+from tests.clips.test_clips import make_dataset
+
+RATE = bedroom.SAMPLE_RATE
+
+
+def test_the_folder_writer_makes_the_clips_folder_the_categories_and_the_mixes(tmp_path: Path) -> None:
+    snores = make_dataset(tmp_path / "real", per_label=6)
+    (snores / "snoring" / "1_bad.wav").write_bytes(b"not audio")
+    out = tmp_path / "hard"
+    summary = write_hard_negatives(
+        out, n=12, seed=3, seconds=0.5, speech_source="synth", snoring=snores, n_snoring=10, snrs_db=(0.0, 10.0)
+    )
+    assert summary["counts"] == {"no_snoring": 12, "snoring": 10} and summary["speech_source"] == "synth"
+    assert summary["snoring_clips"]["used"] == 6 and summary["snoring_clips"]["skipped"][0].startswith(
+        "snoring/1_bad.wav: "
+    )
+    assert not list(tmp_path.glob(".hard*"))  # built aside and renamed into place
+    ds = load_dataset(out)
+    assert ds.counts() == {"discovered": 22, "used": 22, "rejected": 0}
+    for path in sorted(out.glob("*/*.wav")):
+        audio, rate = sf.read(path, dtype="float64")
+        assert rate == RATE and audio.shape == (RATE // 2,) and np.all(np.isfinite(audio))
+        assert np.abs(audio).max() < 0.99
+        rms_db = 20 * np.log10(np.sqrt(np.mean(audio**2)))
+        assert LEVEL_DBFS[0] - 1.5 <= rms_db <= LEVEL_DBFS[1] + 0.5, path.name
+
+    ranges = read_categories(out / "categories.csv")
+    cats = categorise(ds.files, ds.labels, ranges, block_size=25)
+    with (out / "manifest.csv").open() as fh:
+        manifest = {row["file"]: row for row in csv.DictReader(fh)}
+    assert set(manifest) == set(ds.files)
+    assert all(manifest[f]["category"] == c for f, c in zip(ds.files, cats, strict=True))
+    negatives = {c for c, lb in zip(cats, ds.labels, strict=True) if lb == "no_snoring"}
+    assert negatives == set(bedroom.CATEGORIES)
+    assert "snoring over tv_speech at 10 dB" in cats and all(
+        manifest[f]["snore_file"].startswith("snoring/1_") for f in ds.files if f.startswith("snoring/")
+    )
+
+    again = tmp_path / "again"
+    write_hard_negatives(
+        again, n=12, seed=3, seconds=0.5, speech_source="synth", snoring=snores, n_snoring=10, snrs_db=(0.0, 10.0)
+    )
+    for path in sorted(out.glob("*/*.wav")):
+        assert path.read_bytes() == (again / path.relative_to(out)).read_bytes()  # the same seed, the same files
+
+    with pytest.raises(ValueError, match="already exists"):
+        write_hard_negatives(out, n=12, speech_source="synth")
+    with pytest.raises(ValueError, match="one per category"):
+        write_hard_negatives(tmp_path / "few", n=3, speech_source="synth")
+
+
+def test_the_cli_writes_a_folder_and_never_over_an_existing_one(tmp_path: Path) -> None:
+    app = typer.Typer()
+    app.add_typer(clips_app, name="clips")
+    out = tmp_path / "hard"
+    args = ["clips", "hard-negatives", "--out", str(out), "--n", "10", "--seed", "1", "--speech", "synth", "--json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["per_category"] == dict.fromkeys(bedroom.CATEGORIES, 2)
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_added_clips_join_every_training_side_and_are_never_validated_or_tested_on(tmp_path: Path) -> None:
+    """`--hard-negatives`: the figures stay those of the data's own held-out blocks; the added clips are
+    embedded (and cached) on their own, and a folder mixed from the data's own snores is refused."""
+    app = typer.Typer()
+    app.add_typer(clips_app, name="clips")
+    data = make_dataset(tmp_path / "data", per_label=16)
+    extra = tmp_path / "hard"
+    write_hard_negatives(extra, n=10, seed=0, seconds=1.0, speech_source="synth")
+    cache = tmp_path / "cache"
+    common = ["--backbone", "mel", "--block-size", "4", "--folds", "2", "--head", "mlp", "--max-epochs", "3"]
+    common += ["--cache", str(cache), "--json"]
+
+    res = CliRunner().invoke(app, ["clips", "cv", "--data", str(data), "--k", "2", *common])
+    assert res.exit_code == 0, res.output
+    plain = json.loads(res.stdout)
+    assert plain["added_to_training"] == 0 and len(list(cache.glob("clips-*.npy"))) == 1
+    res = CliRunner().invoke(
+        app, ["clips", "cv", "--data", str(data), "--k", "2", "--hard-negatives", str(extra), *common]
+    )
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["added_to_training"] == 10 and out["hard_negatives"] == str(extra)
+    assert out["n"] == 32 == sum(f["n"] for f in out["folds"]) == sum(map(sum, out["confusion"]))  # data only
+    assert all(not r["category"].startswith("+extra") for r in out["categories"])
+    assert len(list(cache.glob("clips-*.npy"))) == 2  # the data's embeddings reused, the added ones cached apart
+
+    model = tmp_path / "model"
+    res = CliRunner().invoke(
+        app,
+        ["clips", "train", "--data", str(data), "--out", str(model), "--test-fraction", "0.25"]
+        + ["--hard-negatives", str(extra), *common],
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    counts = summary["counts"]
+    assert counts["added_to_training"] == 10 and counts["used"] == 32  # the data's own clips
+    assert counts["train"] == 24 + 10 and counts["test"] == summary["held_out"]["n"] == 8
+    config = json.loads((model / "config.json").read_text())["extra"]["clips"]
+    assert sum(config["split"]["validation"]["fold_sizes"]) == 24  # validation: the data's training blocks only
+    assert not any(f.startswith("+extra") for f in config["held_out_files"])
+    assert counts["saved_model_trained_on"] == 32 + 10
+
+    leaky = tmp_path / "leaky"
+    write_hard_negatives(leaky, n=10, seed=0, speech_source="synth", snoring=data, n_snoring=15)
+    res = CliRunner().invoke(
+        app, ["clips", "cv", "--data", str(data), "--k", "2", "--hard-negatives", str(leaky), *common]
+    )
+    assert res.exit_code == 2 and "leak held-out clips into training" in res.output
