@@ -6,7 +6,6 @@ allow-listed head classes, raw tensors), so a model folder from elsewhere runs n
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import numpy as np
 from sleepsound.clips.categories import categorise, find_categories, per_category
 from sleepsound.clips.dataset import SAMPLE_RATE, ClipDataset, load_dataset
 from sleepsound.clips.features import FeatureSpec, embed_audio, head_input, load_clip_backbone
+from sleepsound.core.json_text import undefined_as_null
 from sleepsound.models.heads.artifacts import HeadArtifactError, load_head_with_config
 from sleepsound.report.metrics import evaluate as score
 from sleepsound.train.loop import predict_proba
@@ -74,17 +74,6 @@ class ClipClassifier:
         return load_dataset(data, clip_seconds=self.clip_samples / SAMPLE_RATE, classes=self.classes, files=files)
 
 
-def _clean(value: Any) -> Any:
-    """NaN -> None, recursively, so the result is strict JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def evaluate_clips(
     model_dir: str | Path,
     data: str | Path,
@@ -130,4 +119,4 @@ def evaluate_clips(
         )
     out["counts"] = ds.counts()
     out["rejected"] = [r.as_dict() for r in ds.rejected]
-    return _clean(out)
+    return undefined_as_null(out)

@@ -7,16 +7,17 @@ import math
 from typing import Any
 
 
+def undefined_as_null(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (nested in dicts, lists, tuples) replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: undefined_as_null(x) for k, x in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [undefined_as_null(x) for x in value]
+    return value
+
+
 def json_text(obj: Any, **dumps: Any) -> str:
     """``obj`` as strict JSON; values json cannot name (dates, paths) as their text."""
-
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    return json.dumps(clean(obj), allow_nan=False, default=str, **dumps)
+    return json.dumps(undefined_as_null(obj), allow_nan=False, default=str, **dumps)
