@@ -26,6 +26,7 @@ STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;col
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}h2{margin-top:1.6em}
 .muted{color:#777}figure{margin:1em 0}figcaption{font-size:0.85em;color:#555}
+.warning{background:#fff4e5;border-left:4px solid #e8a33d;padding:0.5em 0.8em}
 nav ul{margin:0.3em 0;padding-left:1.2em}nav li{margin:0.1em 0}"""
 
 

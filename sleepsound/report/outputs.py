@@ -10,6 +10,7 @@ share P(snore) x the training side's snoring share of a snore epoch.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -211,8 +212,11 @@ def write_run_outputs(
 
     manifest = read_manifest(root)
     quarantined = manifest[manifest["status"] != "accepted"][["recording_id", "reason_code", "reason"]]
+    held_out_nights = int(preds.loc[preds["split"] == "test", "recording_id"].nunique())
     meta = {
         **meta,
+        "written": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "held_out_nights": held_out_nights,
         "model_version": model["version"],
         "train_subjects": len(model["train_subjects"]),
         "test_subjects": model["test_subjects"],
@@ -243,7 +247,7 @@ def write_run_outputs(
         "summaries": full_uri(fs, join(run_dir, "summaries")),
         "metrics": {
             **_headline(metrics, by_target, ahi),
-            "held_out_nights": int(preds.loc[preds["split"] == "test", "recording_id"].nunique()),
+            "held_out_nights": held_out_nights,
         },
     }
 

@@ -18,6 +18,7 @@ import pandas as pd
 from sleepsound.report.figures import confusion_figure
 from sleepsound.report.html import esc, fmt, table
 from sleepsound.report.metrics import PAPER_TABLE_II, TABLE_COLUMNS
+from sleepsound.report.sanity import sanity_warnings
 
 
 def paper_comparison_table(per_class: pd.DataFrame, reference: str = "30-s HuBERT") -> pd.DataFrame:
@@ -39,10 +40,15 @@ def paper_comparison_table(per_class: pd.DataFrame, reference: str = "30-s HuBER
 def section_run(meta: Mapping[str, Any]) -> list[str]:
     keys = {
         "run_id": "run id",
+        "written": "report written",
         "model_version": "model version",
         "backbone": "backbone",
+        "config_hash": "configuration hash",
         "recordings_accepted": "recordings processed",
         "recordings_quarantined": "recordings quarantined",
+        "train_subjects": "training subjects",
+        "test_subjects": "held-out subjects",
+        "held_out_nights": "held-out nights",
     }
     ordered = [k for k in keys if k in meta] + [k for k in meta if k not in keys]
     frame = pd.DataFrame(
@@ -162,6 +168,8 @@ def section_metrics(
         + (f" from {esc(fmt(n_subjects))} subjects the model never saw" if n_subjects is not None else "")
         + ".</p>"
     )
+    warnings = sanity_warnings({**metrics, "held_out_nights": meta.get("held_out_nights")})
+    parts += [f"<p class='warning' role='alert'><strong>Warning:</strong> {esc(w)}.</p>" for w in warnings]
     return parts + _metrics_body(metrics, prefix="", reference=reference, ci=ci)
 
 

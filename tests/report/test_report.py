@@ -470,3 +470,33 @@ def test_report_refuses_foreign_figures_and_bad_intervals() -> None:
         )
     with pytest.raises(ValueError, match="DataFrame"):
         render_report(ReportInputs({"run_id": "r"}, breathing=[{"recording_id": "a"}]))  # type: ignore[arg-type]
+
+
+def test_the_report_warns_when_its_figures_mean_little_and_says_when_it_was_written() -> None:
+    """A one-class head and two held-out nights are said in the report, above the figures; the run
+    table has readable labels and the date (issue 19)."""
+    preds = _nights(2, 120)
+    scored = preds.dropna(subset=["stage_true", "stage_pred"])
+    one_class = evaluate(scored["stage_true"], ["NREM"] * len(scored), C, "NREM")
+    meta = {"run_id": "r1", "written": "2026-12-05 01:00 UTC", "config_hash": "abc123", "held_out_nights": 2}
+    text = render_report(ReportInputs(meta, one_class, pd.DataFrame(), [], []))
+    parser = _Collector()
+    parser.feed(text)
+    body = " ".join(parser.text)
+    assert "no better than always answering the training majority class" in body
+    assert "rest on 2 nights" in body
+    assert text.count("role='alert'") == 2
+    assert text.index("role='alert'") < text.index("id='per-class'")  # read before the figures
+    for label in ("report written", "2026-12-05 01:00 UTC", "configuration hash", "held-out nights"):
+        assert label in body, label
+    assert "config_hash" not in body
+    good = render_report(
+        ReportInputs(
+            {**meta, "held_out_nights": 5},
+            evaluate(scored["stage_true"], scored["stage_pred"], C, "NREM"),
+            pd.DataFrame(),
+            [],
+            [],
+        )
+    )
+    assert "role='alert'" not in good
