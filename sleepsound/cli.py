@@ -165,15 +165,16 @@ def validate(
     from sleepsound.runs.root_lock import RootBusy, RootLost, hold_root
 
     try:
-        if not discover(source):  # before the root is touched: an empty manifest would replace its rows
+        found = discover(source)
+        if not found:  # before the root is touched: an empty manifest would replace its rows
             err_console.print(f"[red]nothing to validate:[/red] {escape(nothing_found(source))}", soft_wrap=True)
             raise typer.Exit(2)
         if root:
             with hold_root(root, datetime.now(UTC).strftime("validate-%Y%m%dT%H%M%SZ"), "validate"):
-                rows = build_manifest(source, cfg.preprocess, cfg.validation, deep=deep)
+                rows = build_manifest(source, cfg.preprocess, cfg.validation, deep=deep, found=found)
                 write_manifest(root, rows)
         else:
-            rows = build_manifest(source, cfg.preprocess, cfg.validation, deep=deep)
+            rows = build_manifest(source, cfg.preprocess, cfg.validation, deep=deep, found=found)
     except RootBusy as exc:
         console.print(f"[red]not started:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -29,8 +29,10 @@ def build_manifest(
     deep: bool = False,
     use_ray: bool = False,
     previous: list[ManifestRow] | None = None,
+    found: list[RecordingSource] | None = None,
 ) -> list[ManifestRow]:
-    """Discover and validate every recording under ``source`` (one Ray task each when asked).
+    """Discover and validate every recording under ``source`` (one Ray task each when asked);
+    ``found``: what ``discover(source)`` already returned, so the source is not listed twice.
 
     With ``previous`` (the root's last manifest), an accepted night whose files (sizes and
     versions: S3 ETag or modification time) and validation settings are unchanged keeps its row:
@@ -40,7 +42,7 @@ def build_manifest(
     A night whose validator itself dies (a worker killed, out of memory) is retried by Ray,
     then quarantined as ``validator_failed``: one night never takes the cohort down.
     """
-    found = discover(source)
+    found = discover(source) if found is None else found
     stamps = source_stamps(source, found, _settings(cfg, checks, deep))
     kept = {r["recording_id"]: r for r in previous or [] if r.get("status") == "accepted" and r.get("source_stamp")}
     reused = {
