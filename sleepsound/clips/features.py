@@ -14,7 +14,6 @@ warning, and embedded again instead of failing every rerun.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import math
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from sleepsound.clips.dataset import FRAME_SAMPLES
+from sleepsound.core.storage import values_digest
 from sleepsound.models.backbones.pretrained import Backbone, load_backbone
 
 log = logging.getLogger(__name__)
@@ -132,10 +132,6 @@ def layer_names(layers: Sequence[int], pick: Sequence[int]) -> list[int]:
     return [int(layers[i]) for i in pick]
 
 
-def _digest(emb: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(emb)).hexdigest()
-
-
 def _checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
@@ -149,7 +145,7 @@ def write_cached_embeddings(path: Path, emb: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     checksum = _checksum_path(path)
     tmp = checksum.with_name(f".{checksum.name}.tmp")
-    tmp.write_text(_digest(emb))
+    tmp.write_text(values_digest(emb))
     tmp.replace(checksum)
     tmp = path.with_name(f".{path.stem}.tmp.npy")
     np.save(tmp, emb, allow_pickle=False)
@@ -176,7 +172,7 @@ def read_cached_embeddings(path: Path, n_clips: int) -> np.ndarray | None:
         return None
     checksum = _checksum_path(path)
     recorded = checksum.read_text().strip() if checksum.exists() else None
-    if recorded and _digest(emb) != recorded:
+    if recorded and values_digest(emb) != recorded:
         quarantine_cached(path, "its values differ from the checksum recorded when it was written")
         return None
     return emb

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import os
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import fsspec
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -326,3 +328,9 @@ def list_files(fs: fsspec.AbstractFileSystem, path: str, suffix: str) -> list[st
 def table_to_pandas(table: pa.Table) -> pd.DataFrame:
     """Plain numpy-backed pandas (Ray and pyarrow may hand back Arrow-backed dtypes)."""
     return table.to_pandas(types_mapper=None)
+
+
+def values_digest(values: np.ndarray) -> str:
+    """SHA-256 of an array's values in row order: recorded beside a cached array when it is
+    written, recomputed when it is read, so altered values are caught even where the file parses."""
+    return hashlib.sha256(np.ascontiguousarray(values)).hexdigest()

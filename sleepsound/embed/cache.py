@@ -257,13 +257,8 @@ def with_cache_meta(table: pa.Table, **meta: Any) -> pa.Table:
     return table.replace_schema_metadata({**(table.schema.metadata or {}), CACHE_META_KEY: json.dumps(meta)})
 
 
-def values_digest(values: np.ndarray) -> str:
-    """SHA-256 of an embedding column's values in row order (what the readers recompute)."""
-    return hashlib.sha256(np.ascontiguousarray(values)).hexdigest()
-
-
 def _column_digest(column: pa.ChunkedArray) -> str:
-    """``values_digest`` of a fixed-size-list column, chunk by chunk (no copy of the whole column)."""
+    """``core.storage.values_digest`` of a fixed-size-list column, chunk by chunk (no copy of the whole column)."""
     digest = hashlib.sha256()
     for chunk in column.chunks:
         digest.update(np.ascontiguousarray(chunk.flatten().to_numpy(zero_copy_only=False)))

@@ -18,8 +18,8 @@ import pyarrow as pa
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
 from sleepsound.core.records import ManifestRow
-from sleepsound.core.storage import RootLike, open_root, write_table
-from sleepsound.embed.cache import EmbedPlan, embeddings_path, epochs_path, shifted_path, values_digest, with_cache_meta
+from sleepsound.core.storage import RootLike, open_root, values_digest, write_table
+from sleepsound.embed.cache import EmbedPlan, embeddings_path, epochs_path, shifted_path, with_cache_meta
 from sleepsound.embed.epochs import EPOCH_COLUMNS, Chunk
 from sleepsound.labels.events import RESP_COLUMNS
 
