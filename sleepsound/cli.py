@@ -669,20 +669,28 @@ def _run_flow(
     metric: str = "macro_f1",
     margin: float = 0.01,
 ) -> dict:
-    from sleepsound.registry.evaluation_set import CannotTrain
     from sleepsound.runs.preflight import NotStartable, check_can_start
     from sleepsound.runs.root_lock import RootBusy, check_free
 
-    try:  # refuse at once, before Prefect and Ray start; the flow takes the lock itself
+    try:  # refuse at once, before Prefect and Ray start (and before torch loads); the flow takes the lock itself
         check_can_start("run" if flow == "pipeline" else flow, source, root, versions)
         check_free(root)
-        return _run_flow_locally(source, root, config, ray_address, run_id, flow, versions, metric, margin)
     except (RootBusy, NotStartable) as exc:
-        err_console.print(f"[red]not started:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
-        raise typer.Exit(2) from exc
+        raise _refused("not started", exc) from exc
+    from sleepsound.registry.evaluation_set import CannotTrain
+
+    try:
+        return _run_flow_locally(source, root, config, ray_address, run_id, flow, versions, metric, margin)
+    except RootBusy as exc:  # another run took the root between the check and the flow's lock
+        raise _refused("not started", exc) from exc
     except CannotTrain as exc:  # found right after validation, before anything was embedded
-        err_console.print(f"[red]not trained:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
-        raise typer.Exit(2) from exc
+        raise _refused("not trained", exc) from exc
+
+
+def _refused(what: str, exc: Exception) -> typer.Exit:
+    """Say why a run did not start (or stopped before its work), in one line; exit 2."""
+    err_console.print(f"[red]{what}:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
+    return typer.Exit(2)
 
 
 def _run_flow_locally(
