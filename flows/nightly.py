@@ -8,7 +8,6 @@ them done. A failed run marks nothing, so the next one redoes the same nights fr
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -18,7 +17,7 @@ from flows.pipeline import COORDINATOR_CPUS, StepTimer, flow_run_ref, flow_summa
 from sleepsound.core.records import FlowSummary
 from sleepsound.core.storage import open_root
 from sleepsound.runs.root_lock import hold_root
-from sleepsound.runs.run_record import write_run_record
+from sleepsound.runs.run_record import default_run_id, write_run_record
 from tasks.champions import champions
 from tasks.embed import embed
 from tasks.ingest import ingest
@@ -87,7 +86,7 @@ def run_nightly_on_ray(
     margin: float = 0.01,
 ) -> FlowSummary:
     """Run the nightly flow with a Ray task runner: a local Ray unless an address is given."""
-    run_id = run_id or datetime.now(UTC).strftime("nightly-%Y%m%dT%H%M%SZ")
+    run_id = run_id or default_run_id("nightly")
     return nightly.with_options(task_runner=ray_runner(config, ray_address))(
         source, root, config, run_id, metric, margin
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -28,7 +27,7 @@ from sleepsound.core.records import (
 )
 from sleepsound.core.storage import open_root
 from sleepsound.runs.root_lock import hold_root
-from sleepsound.runs.run_record import write_run_record
+from sleepsound.runs.run_record import default_run_id, write_run_record
 from sleepsound.runs.submit import job_environment
 from tasks.embed import embed
 from tasks.ingest import ingest
@@ -119,7 +118,7 @@ def run_pipeline_on_ray(
     source: str, root: str, config: dict[str, Any], ray_address: str | None = None, run_id: str | None = None
 ) -> FlowSummary:
     """Run the flow with a Ray task runner: a local Ray unless an address is given."""
-    run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_id = run_id or default_run_id("pipeline")
     return pipeline.with_options(task_runner=ray_runner(config, ray_address))(source, root, config, run_id)
 
 

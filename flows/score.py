@@ -6,7 +6,6 @@ and labelled nights of subjects the models never trained on are scored as held-o
 
 from __future__ import annotations
 
-from datetime import UTC
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -16,7 +15,7 @@ from flows.pipeline import COORDINATOR_CPUS, StepTimer, flow_summary
 from sleepsound.core.records import FlowSummary
 from sleepsound.core.storage import open_root
 from sleepsound.runs.root_lock import hold_root
-from sleepsound.runs.run_record import write_run_record
+from sleepsound.runs.run_record import default_run_id, write_run_record
 from tasks.champions import champions
 from tasks.embed import embed
 from tasks.ingest import ingest
@@ -52,9 +51,8 @@ def run_score_on_ray(
     versions: dict[str, str] | None = None,
 ) -> FlowSummary:
     """Run the score flow with a Ray task runner: a local Ray unless an address is given."""
-    from datetime import datetime
 
     from flows.pipeline import ray_runner
 
-    run_id = run_id or datetime.now(UTC).strftime("score-%Y%m%dT%H%M%SZ")
+    run_id = run_id or default_run_id("score")
     return score.with_options(task_runner=ray_runner(config, ray_address))(source, root, config, run_id, versions)

@@ -8,7 +8,6 @@ new heads'; the decisions and both scores are in the result and the report.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -18,7 +17,7 @@ from flows.pipeline import COORDINATOR_CPUS, StepTimer, flow_summary, promotion_
 from sleepsound.core.records import FlowSummary
 from sleepsound.core.storage import open_root
 from sleepsound.runs.root_lock import hold_root
-from sleepsound.runs.run_record import write_run_record
+from sleepsound.runs.run_record import default_run_id, write_run_record
 from tasks.embed import embed
 from tasks.ingest import ingest
 from tasks.predict import predict
@@ -62,7 +61,7 @@ def run_train_on_ray(
     margin: float = 0.01,
 ) -> FlowSummary:
     """Run the train flow with a Ray task runner: a local Ray unless an address is given."""
-    run_id = run_id or datetime.now(UTC).strftime("train-%Y%m%dT%H%M%SZ")
+    run_id = run_id or default_run_id("train")
     return train_flow.with_options(task_runner=ray_runner(config, ray_address))(
         source, root, config, run_id, metric, margin
     )

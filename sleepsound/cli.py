@@ -705,8 +705,11 @@ def _run_flow_locally(
     margin: float,
 ) -> dict:
     from sleepsound.runs.prefect_api import local_prefect_api
+    from sleepsound.runs.progress_view import progress_bars
+    from sleepsound.runs.run_record import default_run_id
 
-    with local_prefect_api(Path(".prefect").resolve()) as api_url:
+    run_id = run_id or default_run_id(flow)  # known here, so the bars can follow the run's progress
+    with local_prefect_api(Path(".prefect").resolve()) as api_url, progress_bars(err_console, api_url, run_id):
         err_console.print(f"Prefect API: {api_url}", highlight=False)
         if flow == "score":
             from flows.score import run_score_on_ray

@@ -16,6 +16,7 @@ from sleepsound.embed.cache import channel_configs, embeddings_dir
 from sleepsound.embed.cohort import embed_cohort
 from sleepsound.ingest.manifest import quarantine, read_manifest_rows, write_manifest
 from sleepsound.runs.root_lock import follow_hold
+from tasks.progress import run_progress
 
 
 @task(name="embed", retries=1, retry_delay_seconds=5)
@@ -29,7 +30,7 @@ def embed(
         store = open_root(root)
         rows = read_manifest_rows(store)
         accepted = [r for r in rows if r["status"] == "accepted"]
-        stats = embed_cohort(accepted, store, cfg, use_ray=use_ray, shifted=shifted)
+        stats = embed_cohort(accepted, store, cfg, use_ray=use_ray, shifted=shifted, progress=run_progress(hold))
         if stats.failed:  # a count only: ids (patient ids) and reasons (file paths) go to the manifest
             path = write_manifest(store, quarantine(rows, stats.failed))
             get_run_logger().warning(

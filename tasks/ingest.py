@@ -16,6 +16,7 @@ from sleepsound.core.records import Ingested, RootHold
 from sleepsound.core.storage import open_root
 from sleepsound.ingest.manifest import build_manifest, previous_manifest_rows, write_manifest
 from sleepsound.runs.root_lock import follow_hold
+from tasks.progress import run_progress
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=[2, 10])
@@ -25,7 +26,9 @@ def ingest(source: str, root: str, config: dict[str, Any], hold: RootHold | None
         cfg = Config.model_validate(config)
         store = open_root(root)
         previous = previous_manifest_rows(store)
-        rows = build_manifest(source, cfg.preprocess, cfg.validation, use_ray=True, previous=previous)
+        rows = build_manifest(
+            source, cfg.preprocess, cfg.validation, use_ray=True, previous=previous, progress=run_progress(hold)
+        )
         kept = {id(row) for row in previous}
         reused = sum(id(row) in kept for row in rows)
         path = write_manifest(store, rows)

@@ -12,13 +12,14 @@ from sleepsound.ingest.manifest import labelled_manifest, read_manifest
 from sleepsound.registry.evaluation_set import check_trainable
 from sleepsound.runs.root_lock import follow_hold
 from sleepsound.train.fit import train_models
+from tasks.progress import run_progress
 
 
 @task(name="train")
 def train(root: str, config: dict[str, Any], run_id: str, hold: RootHold | None = None) -> TrainedModels:
     """Returns where the model lives and the subject split, not the weights."""
     with follow_hold(root, hold):
-        model = train_models(root, Config.model_validate(config), run_id, read_manifest(root))
+        model = train_models(root, Config.model_validate(config), run_id, read_manifest(root), run_progress(hold))
         logger = get_run_logger()
         for name, head in model["heads"].items():
             logger.info(

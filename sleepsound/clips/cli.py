@@ -154,8 +154,13 @@ def train(
         refit_all=refit,
         hard_negatives=str(hard_negatives) if hard_negatives else None,
     )
+    from rich.console import Console
+
+    from sleepsound.runs.progress_view import local_bars
+
     try:
-        summary = train_clips(data, out, settings, progress=None if as_json else typer.echo)
+        with local_bars(Console(stderr=True)) as bar:
+            summary = train_clips(data, out, settings, progress=None if as_json else typer.echo, bar=bar)
     except (OSError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     held, chosen = summary["held_out"], summary["chosen"]

@@ -41,6 +41,7 @@ from sleepsound.clips.features import (
     write_cached_embeddings,
 )
 from sleepsound.clips.split import block_folds, block_split, group_by_label
+from sleepsound.core.progress import Progress, quiet
 from sleepsound.models.backbones.pretrained import OFFLINE_WHISPER
 from sleepsound.models.heads.artifacts import save_head
 from sleepsound.report.metrics import evaluate as score
@@ -175,6 +176,7 @@ def select(
     folds: list[np.ndarray],
     spec: FeatureSpec,
     settings: ClipTrainSettings,
+    bar: Progress = quiet,
 ) -> tuple[Candidate, list[Candidate]]:
     """Blocked k-fold validation on the training side for every candidate.
 
@@ -185,7 +187,9 @@ def select(
     """
     y = np.array([ds.classes.index(lb) for lb in ds.labels], dtype=np.int64)
     scored = []
-    for cand in candidates(emb.shape[2], settings):
+    tried = candidates(emb.shape[2], settings)
+    bar("select", 0, len(tried), "settings")
+    for cand in tried:
         cspec = FeatureSpec(spec.backbone, spec.layers, spec.base_pool_seconds, cand.pick, cand.pool_factor)
         x, mask = head_input(emb, ds.lengths, cspec)
         runs = []
@@ -213,6 +217,7 @@ def select(
             cand.best_epoch,
         )
         scored.append(cand)
+        bar("select", len(scored), len(tried), "settings")
     best = max(scored, key=lambda c: (c.val_macro_f1, -c.val_log_loss))  # first wins exact ties
     return best, scored
 
@@ -254,10 +259,11 @@ def select_and_fit(
     folds: list[np.ndarray],
     spec: FeatureSpec,
     settings: ClipTrainSettings,
+    bar: Progress = quiet,
 ) -> FittedClips:
     """Choose a setting by blocked validation on ``folds`` (within ``train_idx``), then refit it on all of
     ``train_idx`` for the validated epoch count."""
-    best, scored = select(emb, ds, train_idx, folds, spec, settings)
+    best, scored = select(emb, ds, train_idx, folds, spec, settings, bar)
     chosen = FeatureSpec(spec.backbone, list(spec.layers), spec.base_pool_seconds, list(best.pick), best.pool_factor)
     return FittedClips(fit_setting(emb, ds, train_idx, chosen, best, settings), chosen, best, scored)
 
@@ -341,15 +347,15 @@ def validation_folds(ds: ClipDataset, train_files: list[str], settings: ClipTrai
 
 
 def embed_all(
-    ds: ClipDataset, settings: ClipTrainSettings, extra: ClipDataset | None = None
+    ds: ClipDataset, settings: ClipTrainSettings, extra: ClipDataset | None = None, bar: Progress = quiet
 ) -> tuple[FeatureSpec, np.ndarray]:
     """Every candidate layer of every clip, embedded once (or read from the cache), with its spec; with
     ``extra``, its rows follow the data's (each set cached on its own, so adding one re-embeds nothing)."""
     layers = settings.layers or default_layers(settings.backbone, settings.device)
     spec = FeatureSpec(settings.backbone, list(layers), settings.base_pool_seconds, [0], 1)
-    emb = embed_dataset(ds, spec, settings, lambda done, total: log.info("embedded %d/%d clips", done, total))
+    emb = embed_dataset(ds, spec, settings, lambda done, total: bar("embed clips", done, total, "clips"))
     if extra is not None:
-        more = embed_dataset(extra, spec, settings, lambda done, total: log.info("embedded %d/%d added", done, total))
+        more = embed_dataset(extra, spec, settings, lambda done, total: bar("embed added", done, total, "clips"))
         emb = np.concatenate([emb, more])
     return spec, emb
 
@@ -359,8 +365,10 @@ def train_clips(
     out_dir: str | Path,
     settings: ClipTrainSettings | None = None,
     progress: Callable[[str], None] | None = None,
+    bar: Progress = quiet,
 ) -> dict[str, Any]:
-    """Train, score on the held-out blocks, save the head; returns the summary (also in the config)."""
+    """Train, score on the held-out blocks, save the head; returns the summary (also in the config).
+    ``progress`` hears a line per step, ``bar`` the counts of clips embedded and settings tried."""
     settings = settings or ClipTrainSettings()
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
@@ -382,12 +390,12 @@ def train_clips(
     )
 
     t0 = time.perf_counter()
-    spec, emb = embed_all(data_ds, settings, extra)
+    spec, emb = embed_all(data_ds, settings, extra, bar)
     embed_s = time.perf_counter() - t0
     say(f"embedded {len(emb)} clips in {embed_s:.0f} s")
 
     t0 = time.perf_counter()
-    fitted = select_and_fit(emb, ds, train_idx, folds, spec, settings)
+    fitted = select_and_fit(emb, ds, train_idx, folds, spec, settings, bar)
     best, scored, spec = fitted.best, fitted.scored, fitted.spec
     epochs = best.best_epoch + 1
     train_s = time.perf_counter() - t0

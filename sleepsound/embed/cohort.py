@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from sleepsound.core.config import Config
 from sleepsound.core.prefetch import prefetch
+from sleepsound.core.progress import Progress, quiet
 from sleepsound.core.records import ManifestRow
 from sleepsound.core.storage import RootLike, is_local
 from sleepsound.embed.cache import channel_configs, plan_recording
@@ -28,7 +29,12 @@ from sleepsound.embed.transport import table_rows, to_table
 
 
 def embed_cohort(
-    manifest_rows: list[ManifestRow], root: RootLike, cfg: Config, use_ray: bool = True, shifted: bool = True
+    manifest_rows: list[ManifestRow],
+    root: RootLike,
+    cfg: Config,
+    use_ray: bool = True,
+    shifted: bool = True,
+    progress: Progress = quiet,
 ) -> EmbedStats:
     """Embed what the cache lacks for the accepted recordings; returns per-recording outcomes.
 
@@ -37,7 +43,8 @@ def embed_cohort(
     a recording counts as cached when no channel needs anything. A cache file that fails its
     check is quarantined (``stats.quarantined``) and embedded again. On Ray, a night on local
     disk longer than ``ray.chunk_minutes`` is several work items, chunks of its epochs that
-    readers stream side by side (see ``night_chunks``).
+    readers stream side by side (see ``night_chunks``). ``progress`` hears the epochs embedded of
+    those to embed (shifted windows not counted).
     """
     stats = EmbedStats()
     items: list[WorkItem] = []
@@ -65,8 +72,14 @@ def embed_cohort(
     else:
         stage = EmbedStage(backbone, preprocess=cfg.preprocess.model_dump())
         rows = _local_pipeline(items, cfg, stage)
+    total = sum(item.plan.epochs * _epochs_in(item) for item in items)
+    done = 0
+    progress("embed", done, total, "epochs")
     for row in rows:
         collector.add(row)
+        if row.get("kind") == "epoch":
+            done += 1
+            progress("embed", done, total, "epochs")
     collector.finish()
     return stats
 
@@ -83,6 +96,11 @@ def night_chunks(row: ManifestRow, chunk_epochs: int) -> list[Chunk | None]:
     if chunk_epochs <= 0 or n <= chunk_epochs or not all(is_local(uri) for uri in row["source_uris"]):
         return [None]
     return [(first, min(n, first + chunk_epochs)) for first in range(0, n, chunk_epochs)]
+
+
+def _epochs_in(item: WorkItem) -> int:
+    first, stop = item.chunk if item.chunk is not None else (0, int(item.row["n_epochs"]))
+    return stop - first
 
 
 def _local_pipeline(items: list[WorkItem], cfg: Config, stage: EmbedStage) -> Iterator[dict[str, Any]]:

@@ -14,6 +14,7 @@ from sleepsound import __version__
 from sleepsound.core import schemas
 from sleepsound.core.config import PreprocessConfig, ValidationConfig
 from sleepsound.core.findings import Finding
+from sleepsound.core.progress import Progress, quiet
 from sleepsound.core.records import ManifestRow
 from sleepsound.core.storage import RootLike, join, open_root, read_table, write_table
 from sleepsound.ingest.discovery import RecordingSource, discover
@@ -30,6 +31,7 @@ def build_manifest(
     use_ray: bool = False,
     previous: list[ManifestRow] | None = None,
     found: list[RecordingSource] | None = None,
+    progress: Progress = quiet,
 ) -> list[ManifestRow]:
     """Discover and validate every recording under ``source`` (one Ray task each when asked);
     ``found``: what ``discover(source)`` already returned, so the source is not listed twice.
@@ -51,22 +53,31 @@ def build_manifest(
         if stamps[src.recording_id] and kept.get(src.recording_id, {}).get("source_stamp") == stamps[src.recording_id]
     }
     todo = [src for src in found if src.recording_id not in reused]
-    fresh = {row["recording_id"]: row for row in _validate(todo, cfg, checks, deep, use_ray)}
+    fresh = {row["recording_id"]: row for row in _validate(todo, cfg, checks, deep, use_ray, progress)}
     for rec, row in fresh.items():
         row["source_stamp"] = stamps[rec]
     return [reused.get(src.recording_id) or fresh[src.recording_id] for src in found]
 
 
 def _validate(
-    found: list[RecordingSource], cfg: PreprocessConfig, checks: ValidationConfig | None, deep: bool, use_ray: bool
+    found: list[RecordingSource],
+    cfg: PreprocessConfig,
+    checks: ValidationConfig | None,
+    deep: bool,
+    use_ray: bool,
+    progress: Progress = quiet,
 ) -> list[ManifestRow]:
+    rows: list[ManifestRow] = []
+    progress("validate", 0, len(found), "recordings")
     if not use_ray or not found:
-        return [validate_recording(src, cfg, checks, deep) for src in found]
+        for src in found:
+            rows.append(validate_recording(src, cfg, checks, deep))
+            progress("validate", len(rows), len(found), "recordings")
+        return rows
     import ray
 
     remote = ray.remote(num_cpus=1, max_retries=2)(validate_recording)
     refs = [remote.remote(src, cfg, checks, deep) for src in found]
-    rows: list[ManifestRow] = []
     for src, ref in zip(found, refs, strict=True):
         try:
             rows.append(ray.get(ref))
@@ -79,6 +90,7 @@ def _validate(
                     "the file may be malformed in a way that kills its reader",
                 )
             )
+        progress("validate", len(rows), len(found), "recordings")
     return rows
 
 

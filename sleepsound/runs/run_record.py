@@ -17,6 +17,12 @@ from sleepsound.core.schemas import LAYOUT_VERSION, PREDICTIONS_VERSION
 from sleepsound.core.storage import RootLike, full_uri, join, open_root, write_json
 
 SCHEMA = "sleepsound.run/1"
+_RUN_ID_PREFIX = {"pipeline": "", "score": "score-", "train": "train-", "nightly": "nightly-"}
+
+
+def default_run_id(flow: str) -> str:
+    """A run's id when the user names none: the flow and the UTC second it started."""
+    return datetime.now(UTC).strftime(_RUN_ID_PREFIX[flow] + "%Y%m%dT%H%M%SZ")
 
 
 def model_versions(model: TrainedModels | None) -> dict[str, str]:

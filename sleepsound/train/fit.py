@@ -21,6 +21,7 @@ import pandas as pd
 
 from sleepsound import __version__
 from sleepsound.core.config import Config
+from sleepsound.core.progress import Progress, quiet
 from sleepsound.core.records import HeadInfo, TrainedModels
 from sleepsound.core.storage import RootLike, join, open_root, write_json
 from sleepsound.embed.cache import backbone_key, channel_configs
@@ -60,7 +61,9 @@ def subject_split(cfg: Config, manifest: pd.DataFrame, test_subjects: list[str] 
     return {"train_subjects": train, "val_subjects": val, "test_subjects": test}
 
 
-def train_models(root: RootLike, cfg: Config, run_id: str, manifest: pd.DataFrame) -> TrainedModels:
+def train_models(
+    root: RootLike, cfg: Config, run_id: str, manifest: pd.DataFrame, progress: Progress = quiet
+) -> TrainedModels:
     """Every configured task's head on one split; the primary (stage3) head's facts at the top level.
 
     Returns ``{model_dir, version, task (the primary target), train/val/test_subjects, train_epochs, train_shifted,
@@ -82,7 +85,7 @@ def train_models(root: RootLike, cfg: Config, run_id: str, manifest: pd.DataFram
     heads, skipped = {}, {}
     for name in targets:
         try:
-            heads[name] = _train_target(root, cfg, run_id, labelled, split, TARGETS[name], data, x, mask, val)
+            heads[name] = _train_target(root, cfg, run_id, labelled, split, TARGETS[name], data, x, mask, val, progress)
         except NotTrainable as exc:
             if name == PRIMARY:
                 raise
@@ -111,9 +114,10 @@ def _train_target(
     x: np.ndarray,
     mask: np.ndarray | None,
     val: tuple[EmbeddedEpochs, np.ndarray, np.ndarray | None] | None,
+    progress: Progress = quiet,
 ) -> HeadInfo:
     """Train and save one head; NotTrainable when its labels are missing or of one class only."""
-    result, y, keep = fit_target(cfg, target, data, x, mask, val)
+    result, y, keep = fit_target(cfg, target, data, x, mask, val, progress)
     n_shifted = int((keep & data.is_shifted).sum())
     epochs = data.epochs[~data.is_shifted]
     lineage: dict[str, Any] = {
@@ -183,8 +187,10 @@ def fit_target(
     x: np.ndarray,
     mask: np.ndarray | None,
     val: tuple[EmbeddedEpochs, np.ndarray, np.ndarray | None] | None = None,
+    progress: Progress = quiet,
 ) -> tuple[TrainResult, np.ndarray, np.ndarray]:
-    """One head on the rows that carry the task's labels -> (result, class indices, rows used)."""
+    """One head on the rows that carry the task's labels -> (result, class indices, rows used);
+    ``progress`` hears its training epochs (in this process; Ray Train workers report nothing)."""
     labels = data.epochs[target.column] if target.column in data.epochs else pd.Series([None] * len(data.epochs))
     keep = labels.isin(target.classes).to_numpy()
     present = sorted(set(labels[keep]))
@@ -226,5 +232,17 @@ def fit_target(
             use_gpu=cfg.training.ray_use_gpu,
         )
     else:
-        result = train_head(x[keep], y, tcfg, **shape, mask=masked, val=val_args)
+        stage = f"train {target.name}"
+        progress(stage, 0, tcfg.epochs, "epochs")
+        result = train_head(
+            x[keep],
+            y,
+            tcfg,
+            **shape,
+            mask=masked,
+            val=val_args,
+            progress=lambda record: progress(stage, int(record["epoch"]) + 1, tcfg.epochs, "epochs"),
+        )
+        if len(result.history) < tcfg.epochs:  # stopped early: the bar ends where training did
+            progress(stage, len(result.history), len(result.history), "epochs")
     return result, y, keep

@@ -63,3 +63,26 @@ def test_a_clip_cache_written_before_its_checksum_is_still_used(clips, tmp_path)
     stamp = path.stat().st_mtime_ns
     np.testing.assert_array_equal(_embed(clips, cache), first)
     assert path.stat().st_mtime_ns == stamp and not (cache / "quarantine").exists()
+
+
+def test_training_reports_clips_embedded_and_settings_tried(tmp_path):
+    """What `clips train` draws as bars: counts in, to the end, never a file name."""
+    from sleepsound.clips.train import train_clips
+    from tests.clips.test_clips import make_dataset
+
+    data = make_dataset(tmp_path / "data", per_label=6)
+    heard: list[tuple[str, int, int, str]] = []
+    settings = ClipTrainSettings(
+        backbone="mel", block_size=2, folds=2, max_epochs=2, heads=("mlp",), test_fraction=0.34, refit_all=False
+    )
+    summary = train_clips(data, tmp_path / "model", settings, bar=lambda *call: heard.append(call))
+    used = summary["counts"]["used"]
+    embedded = [c for c in heard if c[0] == "embed clips"]
+    assert embedded[-1] == ("embed clips", used, used, "clips") and all(c[2] == used for c in embedded)
+    selected = [c for c in heard if c[0] == "select"]
+    assert selected[0][1] == 0 and selected[-1] == (
+        "select",
+        len(summary["candidates"]),
+        len(summary["candidates"]),
+        "settings",
+    )

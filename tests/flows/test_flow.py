@@ -1,6 +1,7 @@
 """The whole workflow as a real Prefect flow on a real Ray session, on local disk and on S3."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -84,6 +85,7 @@ def test_flow_on_local_disk(cohort, tiny_whisper, tmp_path):
     _assert_respiratory_labels_and_shifted_windows(Path(root), patients, result["model"])
 
     _assert_prefect_recorded(result["prefect_flow_run"]["id"])
+    _assert_progress_reported("t1", result["counts"])
     assert set(result["seconds"]) == {"ingest", "check-trainable", "embed", "train", "predict", "report"}
     record = json.loads((Path(root) / "runs" / "t1" / "run.json").read_text())
     assert (record["schema"], record["flow"], record["run_id"]) == ("sleepsound.run/1", "run", "t1")
@@ -236,6 +238,21 @@ def _assert_prefect_recorded(flow_run_id: str) -> None:
     names = ["check-trainable", "embed", "ingest", "predict", "report", "train"]
     assert sorted(t.name.rsplit("-", 1)[0] for t in tasks) == names
     assert all(t.state.is_completed() for t in tasks)
+
+
+def _assert_progress_reported(run_id: str, counts: dict) -> None:
+    """What the command line's bars show: every stage reported to the Prefect API, to its end."""
+    from datetime import UTC, datetime
+
+    from sleepsound.runs.progress_view import read_progress
+
+    stages = {
+        s["stage"]: s for s in read_progress(os.environ["PREFECT_API_URL"], run_id, datetime(2000, 1, 1, tzinfo=UTC))
+    }
+    assert stages["validate"] == {"stage": "validate", "done": 6, "total": 6, "unit": "recordings"}
+    assert stages["embed"]["done"] == stages["embed"]["total"] == 5 * 30  # five accepted 15-min nights
+    assert stages["train stage3"]["done"] == stages["train stage3"]["total"] >= 1
+    assert {"train stage5", "train resp"} <= set(stages)
 
 
 def test_flow_with_storage_root_on_s3(cohort, tiny_whisper, tmp_path):
