@@ -139,6 +139,10 @@ def ray_runner(config: dict[str, Any], ray_address: str | None = None) -> RayTas
         init_kwargs["runtime_env"] = {"env_vars": job_environment()}
     ray_cfg = config.get("ray", {})
     if not (ray_address or ray_cfg.get("address")):  # sizes of a local session; a cluster keeps its own
+        if "RAY_ADDRESS" not in os.environ:
+            # Ray's own default for a new local session, said explicitly: token authentication on,
+            # without the warning Ray prints at every start when the mode is left unset.
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
         if ray_cfg.get("num_cpus"):
             init_kwargs["num_cpus"] = ray_cfg["num_cpus"]
         if ray_cfg.get("object_store_mb"):

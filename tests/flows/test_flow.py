@@ -293,3 +293,19 @@ def test_local_ray_session_sizes_come_from_the_config_and_never_reach_a_cluster(
     for remote in (ray_runner(config, "ray://head:10001"), ray_runner({"ray": {**config["ray"], "address": "auto"}})):
         assert "num_cpus" not in remote.init_kwargs and "object_store_memory" not in remote.init_kwargs
     assert "object_store_memory" not in ray_runner({"ray": {}}).init_kwargs
+
+
+def test_a_local_session_says_token_authentication_explicitly(monkeypatch):
+    """Ray's default for a new local session (token auth on) set explicitly, so Ray does not warn about
+    it at every command; a mode the user chose, or a cluster's address, is left alone."""
+    from flows.pipeline import ray_runner
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ray_runner({"ray": {}}, "ray://head:10001")
+    assert "RAY_AUTH_MODE" not in os.environ
+    ray_runner({"ray": {}})
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ray_runner({"ray": {}})
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"
