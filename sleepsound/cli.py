@@ -7,6 +7,7 @@ and Prefect reads its settings only after the local API has been announced.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -709,7 +710,11 @@ def _run_flow_locally(
     from sleepsound.runs.run_record import default_run_id
 
     run_id = run_id or default_run_id(flow)  # known here, so the bars can follow the run's progress
-    with local_prefect_api(Path(".prefect").resolve()) as api_url, progress_bars(err_console, api_url, run_id):
+    keep_s = 60 * float(os.environ.get("SLEEPSOUND_PREFECT_KEEP_MINUTES", "15"))  # 0: stopped after the run
+    with (
+        local_prefect_api(Path(".prefect").resolve(), keep_s=keep_s) as api_url,
+        progress_bars(err_console, api_url, run_id),
+    ):
         err_console.print(f"Prefect API: {api_url}", highlight=False)
         if flow == "score":
             from flows.score import run_score_on_ray

@@ -1,18 +1,30 @@
-"""A local Prefect API for one run, started and stopped around it, state under the project.
+"""A local Prefect API for the command line's runs, state under the project.
 
 The ephemeral in-process server would be started again inside every Ray worker (slow,
 and its logs never reach the flow's run). One real server on loopback, announced via
 ``PREFECT_API_URL`` before Ray starts, is shared by the flow and all its workers.
 Nothing here imports Prefect: the variables must be set before Prefect reads them.
+
+Starting that server is most of a short command's fixed cost (about 6 s on an idle 2-core
+machine, 20 s on a busy one), so the command line keeps it: the server runs under a small
+keeper process (``python -m sleepsound.runs.prefect_api``) that stops it once no command has
+used it for ``keep_s`` seconds. The next command finds it through ``<home>/server.json`` and
+its health check, and starts a new one when it is gone. Commands mark their use by touching
+``<home>/last-used`` while they run, so a long run is never cut off.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import fcntl
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +36,7 @@ OFFLINE_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "PREFECT_LOGGING_LEVEL": "WARNING",
 }
+_TOUCH_EVERY_S = 20.0
 
 
 def _free_port() -> int:
@@ -40,9 +53,25 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _server_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, home: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not _healthy(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"local Prefect server did not start; see {home / 'server.log'}")
+        time.sleep(0.25)
+
+
 @contextlib.contextmanager
-def local_prefect_api(home: Path, timeout_s: float = 90.0) -> Iterator[str]:
-    """Yield an API URL: the user's ``PREFECT_API_URL`` if set, else a server we run."""
+def local_prefect_api(home: Path, timeout_s: float = 90.0, keep_s: float = 0.0) -> Iterator[str]:
+    """Yield an API URL: the user's ``PREFECT_API_URL`` if set, else a server on loopback.
+
+    ``keep_s`` 0: the server is started for the body and stopped after it. Above 0: a kept server
+    is reused (or started) and left running until it has been idle for ``keep_s`` seconds.
+    """
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     existing = os.environ.get("PREFECT_API_URL")
@@ -51,28 +80,141 @@ def local_prefect_api(home: Path, timeout_s: float = 90.0) -> Iterator[str]:
         return
     home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(home))
+    if keep_s > 0:
+        with _kept_server(home, timeout_s, keep_s) as url:
+            yield url
+        return
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     log = (home / "server.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PREFECT_HOME": str(home)},
+        _server_command(port), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PREFECT_HOME": str(home)}
     )
     try:
-        deadline = time.monotonic() + timeout_s
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"local Prefect server did not start; see {home / 'server.log'}")
-            time.sleep(0.5)
+        _wait_healthy(url, proc, home, timeout_s)
         os.environ["PREFECT_API_URL"] = url
         yield url
     finally:
         os.environ.pop("PREFECT_API_URL", None)
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
         log.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@contextlib.contextmanager
+def _kept_server(home: Path, timeout_s: float, keep_s: float) -> Iterator[str]:
+    used = home / "last-used"
+    used.touch()
+    with _locked(home / "server.lock"):  # two commands starting at once share one server
+        url = _running_url(home)
+        if url is None:
+            url = _start_keeper(home, timeout_s, keep_s)
+        used.touch()  # a server that took long to start is not idle yet
+    os.environ["PREFECT_API_URL"] = url
+    stop = threading.Event()
+
+    def mark_use() -> None:
+        while not stop.wait(min(_TOUCH_EVERY_S, keep_s / 4)):
+            used.touch()
+
+    marker = threading.Thread(target=mark_use, name="sleepsound-prefect-use", daemon=True)
+    marker.start()
+    try:
+        yield url
+    finally:
+        stop.set()
+        marker.join(timeout=5)
+        used.touch()
+        os.environ.pop("PREFECT_API_URL", None)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _running_url(home: Path) -> str | None:
+    """The kept server's URL when its record is readable and it answers its health check."""
+    try:
+        record = json.loads((home / "server.json").read_text())
+        url = str(record["url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return url if url.startswith("http://127.0.0.1:") and _healthy(url) else None
+
+
+def _start_keeper(home: Path, timeout_s: float, keep_s: float) -> str:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    with (home / "server.log").open("ab") as log:
+        keeper = subprocess.Popen(
+            [sys.executable, "-m", "sleepsound.runs.prefect_api", "--home", str(home), "--port", str(port)]
+            + ["--keep-s", str(keep_s)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PREFECT_HOME": str(home)},
+            start_new_session=True,  # outlives this command, and its Ctrl-C
+        )
+    _wait_healthy(url, keeper, home, timeout_s)
+    (home / "server.json").write_text(json.dumps({"url": url, "keeper_pid": keeper.pid, "keep_s": keep_s}))
+    return url
+
+
+def keep(home: Path, port: int, keep_s: float) -> int:
+    """The keeper: run the server until nothing has touched ``<home>/last-used`` for ``keep_s`` seconds
+    (or the server dies, or the keeper is told to stop); then stop it and forget its record.
+
+    Idleness is checked again under the lock that starting commands take, after they mark their use:
+    a command either sees the record gone (and starts a server) or is seen by the keeper."""
+    used = home / "last-used"
+    server = subprocess.Popen(_server_command(port), env={**os.environ, "PREFECT_HOME": str(home)})
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+
+    def idle() -> bool:
+        try:
+            return time.time() - used.stat().st_mtime >= keep_s
+        except OSError:
+            return True
+
+    try:
+        while not stopping.wait(min(10.0, keep_s / 4)) and server.poll() is None:
+            if idle():
+                with _locked(home / "server.lock"):
+                    if idle():
+                        _forget(home)
+                        break
+    finally:
+        with _locked(home / "server.lock"):
+            _forget(home)
+            _stop(server)
+    return 0
+
+
+def _forget(home: Path) -> None:
+    """Remove the server's record if it is this keeper's."""
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads((home / "server.json").read_text()).get("keeper_pid") == os.getpid():
+            (home / "server.json").unlink()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Keep a local Prefect server while commands use it.")
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--keep-s", type=float, required=True)
+    args = parser.parse_args()
+    sys.exit(keep(args.home, args.port, args.keep_s))
