@@ -22,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 import scipy.fft as sfft
 import soxr
-from scipy.signal import fftconvolve, firwin2
+from scipy.signal import fftconvolve, firwin2, oaconvolve
 
 from sleepsound.synth import bedroom
 from sleepsound.synth.hypnogram import NightPlan, Transients
@@ -42,7 +42,7 @@ from sleepsound.synth.sound import (
 from sleepsound.synth.styles import BREATH_MODELS, TV_CLIP_S, TV_CLIPS, MicSpec, RoomSpec, StyleAssets, StyleParams
 
 # Noise stream ids (the classic generator uses 11-16).
-_S_SOURCE, _S_MIC = 21, 25
+_S_SOURCE, _S_MIC, _S_RUSTLE = 21, 25, 27
 _S_BACKGROUND = {"fan": 22, "hvac": 23, "traffic": 24}
 _BG_CODE = {"fan": 0.0, "hvac": 1.0, "traffic": 2.0}
 SPEECH_RATE = bedroom.SAMPLE_RATE
@@ -60,7 +60,7 @@ def _peaks(f: np.ndarray, centres: tuple[float, ...], weights: tuple[float, ...]
 def _source_bank(
     f: np.ndarray, rate: int, model: float, lo: float, hi: float, tilt: float, *rest: float
 ) -> tuple[int, tuple[np.ndarray, ...]]:
-    """Inhalation (two spectra a breath blends between), exhalation, snore turbulence, rustle."""
+    """Inhalation (two spectra a breath blends between), exhalation, snore turbulence."""
     f1, f2, f3, s_lo, s_hi = rest
     band = _hp(f, lo) ** 2 * _lp(f, hi) ** 2
     if model == 0:  # classic spectra, at 1 m
@@ -77,8 +77,12 @@ def _source_bank(
         b = band * (0.15 + _peaks(f, tuple(1.12 * x for x in formants), (1.0, 0.7, 0.4)))
         exp = band * _lp(f, 0.6 * hi) * (0.15 + _peaks(f, tuple(0.9 * x for x in formants), (1.0, 0.5, 0.2)))
     snore_noise = _hp(f, s_lo) ** 2 * _lp(f, s_hi) ** 2
-    rustle = _hp(f, 300.0) * _lp(f, 6000.0)
-    return 2 * (rate // 100) + 1, (a, b, exp, snore_noise, rustle)
+    return 2 * (rate // 100) + 1, (a, b, exp, snore_noise)
+
+
+def _rustle_bank(f: np.ndarray, rate: int) -> tuple[int, tuple[np.ndarray, ...]]:
+    """Bedding and body movement: broadband, lighter than the classic rustle in the lows."""
+    return 2 * (rate // 100) + 1, (_hp(f, 300.0) * _lp(f, 6000.0),)
 
 
 def _background_bank(f: np.ndarray, rate: int, code: float, lowpass: float) -> tuple[int, tuple[np.ndarray, ...]]:
@@ -94,6 +98,7 @@ def _background_bank(f: np.ndarray, rate: int, code: float, lowpass: float) -> t
 
 EXTRA_BANKS["style_source"] = _source_bank
 EXTRA_BANKS["style_background"] = _background_bank
+EXTRA_BANKS["style_rustle"] = _rustle_bank
 
 
 def _design(rate: int, taps: int, gain: np.ndarray, f: np.ndarray) -> np.ndarray:
@@ -318,6 +323,42 @@ def _voices(plan: NightPlan, st: StyleParams, key: tuple[int, ...], a: int, m: i
     return out
 
 
+RUMBLE_RATE = 4000  # HVAC and traffic rumble (below 600 Hz) are made at this rate and interpolated
+
+
+def _rumble(key: tuple[int, ...], kind: str, lowpass_hz: float, b0: int, bm: int, rate: int) -> np.ndarray:
+    """Shaped background noise; low rumbles on a coarse absolute grid (ten times cheaper at 48 kHz)."""
+    stream, code = (*key, _S_BACKGROUND[kind]), _BG_CODE[kind]
+    if kind == "fan" or rate % RUMBLE_RATE or rate <= 2 * RUMBLE_RATE:
+        return _coloured(stream, b0, bm, rate, "style_background", code, lowpass_hz)[0]
+    step = rate // RUMBLE_RATE
+    l0, l1 = b0 // step - 1, -(-(b0 + bm) // step) + 2
+    (low,) = _coloured(stream, l0, l1 - l0, RUMBLE_RATE, "style_background", code, lowpass_hz)
+    fine = (b0 + np.arange(bm)) / step
+    return np.interp(fine, np.arange(l0, l1), low).astype(np.float32)
+
+
+def _tones(
+    f0: float, harmonics: int, amp: float, key: tuple[int, ...], k: int, b0: int, bm: int, rate: int
+) -> np.ndarray:
+    """Blade-pass or duct hum: harmonics of ``f0`` falling 0.6 per step, phase from the absolute sample
+    index (in float64 at every 1024th sample, rotated in complex64 between and to the harmonics)."""
+    phases = np.random.default_rng([*key, 0xB6, k]).uniform(0, 2 * np.pi, harmonics)
+    block = 1024  # exact phase at each block start, a shared rotation table within blocks
+    heads = b0 + block * np.arange(-(-bm // block), dtype=np.float64)
+    head = np.exp(2j * np.pi * ((f0 * heads / rate) % 1.0)).astype(np.complex64)
+    step = np.exp(2j * np.pi * f0 * np.arange(block) / rate).astype(np.complex64)
+    z = (head[:, None] * step[None, :]).reshape(-1)[:bm]
+    zh = z.copy()
+    out = np.zeros(bm, dtype=np.float32)
+    for h in range(1, harmonics + 1):
+        if h * f0 >= 0.45 * rate:
+            break
+        out += (np.float32(amp * 0.6 ** (h - 1)) * zh * np.complex64(np.exp(1j * phases[h - 1]))).imag
+        zh *= z
+    return out
+
+
 def _backgrounds(
     st: StyleParams, assets: StyleAssets, key: tuple[int, ...], b0: int, bm: int, rate: int
 ) -> np.ndarray | None:
@@ -353,19 +394,9 @@ def _backgrounds(
             for i in np.flatnonzero((starts < b0 + bm) & (starts + tv[0].size > b0)):
                 _place(sig, b0, tv[int(assets.tv_clip[i])], int(starts[i]))
         else:
-            (sig,) = _coloured(
-                (*key, _S_BACKGROUND[bg.kind]), b0, bm, rate, "style_background", _BG_CODE[bg.kind], bg.lowpass_hz
-            )
-            if bg.tone_hz:  # blade pass or duct hum: phase from the absolute sample index
-                phases = np.random.default_rng([*key, 0xB6, k]).uniform(0, 2 * np.pi, bg.harmonics)
-                n_abs = b0 + np.arange(bm, dtype=np.float64)
-                amp = 0.6 if bg.kind == "fan" else 0.4
-                for h in range(1, bg.harmonics + 1):
-                    if h * bg.tone_hz < 0.45 * rate:
-                        cycles = (h * bg.tone_hz * n_abs / rate) % 1.0
-                        sig = sig + (amp * 0.6 ** (h - 1) * np.sin(2 * np.pi * cycles + phases[h - 1])).astype(
-                            np.float32
-                        )
+            sig = _rumble(key, bg.kind, bg.lowpass_hz, b0, bm, rate)
+            if bg.tone_hz:
+                sig = sig + _tones(bg.tone_hz, bg.harmonics, 0.6 if bg.kind == "fan" else 0.4, key, k, b0, bm, rate)
         out += env * sig
     return out
 
@@ -399,9 +430,13 @@ def styled_audio(
     )  # fmt: skip
     breath = (env["insp_a"] * src[0] + env["insp_b"] * src[1] + env["exp"] * src[2])[ps:]
     snore = _snore(plan, st, t, env["snore"], src)
-    snore = fftconvolve(snore, tract, mode="valid").astype(np.float32) if tract is not None else snore[ps:]
+    snore = oaconvolve(snore, tract, mode="valid").astype(np.float32) if tract is not None else snore[ps:]
     voice = _voices(plan, st, key, b0, bm, rate)
-    rustle = (env["rustle"] * src[4])[ps:]
+    if np.any(env["rustle"] > 0):
+        (rustle,) = _coloured((*key, _S_RUSTLE), a0, m, rate, "style_rustle")
+        rustle = (env["rustle"] * rustle)[ps:]
+    else:
+        rustle = np.zeros(m - ps, dtype=np.float32)
     far = _backgrounds(st, assets, key, b0, bm, rate)
     hum = _hum(plan, n0, n, rate)
 
@@ -423,7 +458,7 @@ def styled_audio(
         contact = _contact_fir(rate)
         pc = contact.size - 1
         sources = 0.08 * breath + 0.15 * snore + 0.12 * voice + 0.05 * rustle
-        trach = fftconvolve(sources[pr - pc :], contact, mode="valid")
+        trach = oaconvolve(sources[pr - pc :], contact, mode="valid")
         if far is not None:
             trach += 0.05 * far[pr:]
         trach += 0.0004 * _white_noise((*key, _S_MIC + 1), n0, n, rate)
