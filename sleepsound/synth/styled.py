@@ -323,17 +323,19 @@ def _voices(plan: NightPlan, st: StyleParams, key: tuple[int, ...], a: int, m: i
     return out
 
 
-RUMBLE_RATE = 4000  # HVAC and traffic rumble (below 600 Hz) are made at this rate and interpolated
+# Background noise is made on a coarser absolute grid and interpolated: rumbles (HVAC, traffic, below
+# 600 Hz) at 4 kHz, fan air (below 5 kHz) at 16 kHz; linear interpolation's images stay >= 20 dB down.
+LOW_RATES: dict[str, int] = {"hvac": 4000, "traffic": 4000, "fan": 16000}
 
 
 def _rumble(key: tuple[int, ...], kind: str, lowpass_hz: float, b0: int, bm: int, rate: int) -> np.ndarray:
-    """Shaped background noise; low rumbles on a coarse absolute grid (ten times cheaper at 48 kHz)."""
-    stream, code = (*key, _S_BACKGROUND[kind]), _BG_CODE[kind]
-    if kind == "fan" or rate % RUMBLE_RATE or rate <= 2 * RUMBLE_RATE:
+    """Shaped background noise of one kind for samples ``b0 .. b0+bm``, chunk-exact."""
+    stream, code, low_rate = (*key, _S_BACKGROUND[kind]), _BG_CODE[kind], LOW_RATES[kind]
+    if rate % low_rate or rate < 2 * low_rate:
         return _coloured(stream, b0, bm, rate, "style_background", code, lowpass_hz)[0]
-    step = rate // RUMBLE_RATE
+    step = rate // low_rate
     l0, l1 = b0 // step - 1, -(-(b0 + bm) // step) + 2
-    (low,) = _coloured(stream, l0, l1 - l0, RUMBLE_RATE, "style_background", code, lowpass_hz)
+    (low,) = _coloured(stream, l0, l1 - l0, low_rate, "style_background", code, min(lowpass_hz, 0.3 * low_rate))
     fine = (b0 + np.arange(bm)) / step
     return np.interp(fine, np.arange(l0, l1), low).astype(np.float32)
 

@@ -253,3 +253,19 @@ def test_a_mixed_cohort_records_each_nights_style(tmp_path: Path) -> None:
         generate_cohort(tmp_path / "d", **kwargs, style="loud")
     with pytest.raises(ValueError, match="not a readable"):
         night_styles(tmp_path / "d")
+
+
+def test_the_synth_command_takes_a_style(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sleepsound.cli import app
+
+    args = ["--subjects", "2", "--hours", "0.02", "--sample-rate", "8000", "--cycle-minutes", "5", "--layout", "plain"]
+    out = CliRunner().invoke(app, ["synth", str(tmp_path / "c"), *args, "--style", "mixed", "--speech", "synth"])
+    assert out.exit_code == 0, out.output
+    assert "classic" in out.stdout and "varied" in out.stdout
+    assert list(night_styles(tmp_path / "c").values()) == ["classic", "varied"]
+    out = CliRunner().invoke(app, ["synth", str(tmp_path / "d"), *args, "--style", "loud"])
+    assert out.exit_code == 2 and "unknown style" in out.stderr and not (tmp_path / "d").exists()
+    out = CliRunner().invoke(app, ["synth", str(tmp_path / "d"), *args, "--style", "varied", "--speech", "festival"])
+    assert out.exit_code == 2 and "--speech must be one of" in out.stderr
