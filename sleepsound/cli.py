@@ -84,6 +84,16 @@ def synth(
     layout: Annotated[str, typer.Option(help="'psg-audio' (EDF + RML) or 'plain' (FLAC + CSV).")] = "psg-audio",
     cycle_minutes: Annotated[float, typer.Option(help="Sleep-cycle length; shorten for short demo nights.")] = 90.0,
     yes: Annotated[bool, typer.Option("--yes", help=f"Write more than {SYNTH_ASK_GB} GB without asking.")] = False,
+    style: Annotated[
+        str,
+        typer.Option(
+            help="Generator style: classic, varied, phone-fan, tv-bedroom, hvac-hall, quiet-electret; "
+            "'mixed' or a comma list gives the nights these styles in turn."
+        ),
+    ] = "classic",
+    speech: Annotated[
+        str, typer.Option(help="TV and sleep-talk voices of styled nights: espeak (espeak-ng), synth, or auto.")
+    ] = "auto",
 ) -> None:
     """Write a deterministic synthetic cohort in PSG-Audio (or plain) layout.
 
@@ -92,7 +102,17 @@ def synth(
     """
     import shutil
 
+    from sleepsound.synth.styles import SPEECH_SOURCES, resolve_styles
     from sleepsound.synth.writers import generate_cohort
+
+    try:
+        resolve_styles(style)
+    except ValueError as exc:
+        err_console.print(f"[red]not written:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if speech not in SPEECH_SOURCES:
+        err_console.print(f"[red]not written:[/red] --speech must be one of {', '.join(SPEECH_SOURCES)}")
+        raise typer.Exit(2)
 
     # EDF holds Mic and Tracheal at 16 bits; plain audio is one 16-bit channel before compression.
     per_second = sample_rate * 2 * (2 if layout == "psg-audio" else 1)
@@ -126,10 +146,12 @@ def synth(
         sample_rate=sample_rate,
         layout=layout,
         cycle_minutes=cycle_minutes,
+        style=style,
+        speech_source=speech,
     )
-    table = Table("subject", "hours", "epochs", "AHI")
+    table = Table("subject", "hours", "epochs", "AHI", "style")
     for s in summaries:
-        table.add_row(str(s.subject_id), f"{s.hours:.2f}", str(s.n_epochs), f"{s.ahi:.1f}")
+        table.add_row(str(s.subject_id), f"{s.hours:.2f}", str(s.n_epochs), f"{s.ahi:.1f}", s.style)
     console.print(table)
     console.print(f"cohort written to [bold]{out}[/bold]")
 

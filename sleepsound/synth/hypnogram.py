@@ -12,10 +12,14 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sleepsound.labels.vocabulary import APNEA_TYPES, EPOCH_SECONDS, HYPOPNEA_TYPES, STAGES_5
+
+if TYPE_CHECKING:
+    from sleepsound.synth.styles import StyleAssets, StyleParams
 
 # Random-stream ids under (seed, subject_index); see make_night_plan.
 _STREAM_HYPNOGRAM, _STREAM_EVENTS, _STREAM_PARAMS, _STREAM_BREATHS, _STREAM_EXTRAS = 1, 2, 3, 4, 5
@@ -129,6 +133,8 @@ class NightPlan:
     recording_start: datetime
     cycle_minutes: float
     notes: dict[str, float] = field(default_factory=dict)
+    style: StyleParams | None = None  # None: the classic generator (sound.py), exactly as it always was
+    style_assets: StyleAssets | None = None
 
     @property
     def n_epochs(self) -> int:
@@ -380,6 +386,8 @@ def make_night_plan(
     cycle_minutes: float = 90.0,
     ahi: float | None = None,
     recording_start: datetime | None = None,
+    style: str = "classic",
+    speech_source: str = "auto",
 ) -> NightPlan:
     """Everything about one night, deterministic from ``(seed, subject_index)``.
 
@@ -417,7 +425,7 @@ def make_night_plan(
     )
     sleep_h = sum(s != "W" for s in stages) * EPOCH_SECONDS / 3600.0
     realised = len(respiratory) / sleep_h if sleep_h > 0 else 0.0
-    return NightPlan(
+    plan = NightPlan(
         subject_id=subject_id,
         subject_index=subject_index,
         seed=seed,
@@ -437,3 +445,8 @@ def make_night_plan(
             "n_hypopnoeas": float(sum(e.type in HYPOPNEA_TYPES for e in respiratory)),
         },
     )
+    if style == "classic":
+        return plan
+    from sleepsound.synth.styles import apply_style
+
+    return apply_style(plan, style, speech_source)

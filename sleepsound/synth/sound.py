@@ -18,7 +18,7 @@ sensor: snore vibration), ``Flow Patient`` (25 Hz nasal flow) and ``SpO2`` (1 Hz
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from functools import lru_cache
 
 import numpy as np
@@ -36,6 +36,12 @@ _BREATH, _ROOM, _RUSTLE, _SELF_NOISE, _SNORE_SENSOR, _FLOW = 11, 12, 13, 14, 15,
 
 LIMIT_KNEE = 0.5  # the output is linear below this ...
 LIMIT_CEILING = 0.98  # ... and never exceeds this, so 16-bit files never clip
+
+
+# Further noise filter banks by kind (the generator styles register theirs): (freqs, rate, *params) ->
+# (taps, gains); the classic kinds below are never looked up here.
+FilterBankDesign = Callable[..., tuple[int, tuple[np.ndarray, ...]]]
+EXTRA_BANKS: dict[str, FilterBankDesign] = {}
 
 
 def channel_rates(sample_rate: int) -> dict[str, int]:
@@ -107,6 +113,8 @@ def _filters(kind: str, rate: int, *params: float) -> tuple[np.ndarray, ...]:
     elif kind == "rustle":
         taps = 2 * (rate // 100) + 1
         gains = (_hp(f, 150.0) * _lp(f, 5000.0),)
+    elif kind in EXTRA_BANKS:
+        taps, gains = EXTRA_BANKS[kind](f, rate, *params)
     else:
         raise ValueError(kind)
     out = []
@@ -362,7 +370,12 @@ def synthesise_chunk(
     out: dict[str, np.ndarray] = {}
     if want & set(AUDIO_CHANNELS):
         n0, n = _sample_range(start_s, n_seconds, sample_rate)
-        out.update(_audio(plan, key, n0, n, sample_rate, want))
+        if plan.style is None:
+            out.update(_audio(plan, key, n0, n, sample_rate, want))
+        else:  # a generator style: same plan, other sound models, room, microphone and background
+            from sleepsound.synth.styled import styled_audio
+
+            out.update(styled_audio(plan, key, n0, n, sample_rate, want))
     if "Snore" in want:
         out["Snore"] = _snore_sensor(plan, key, start_s, n_seconds)
     if "Flow Patient" in want:

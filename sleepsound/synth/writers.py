@@ -95,6 +95,8 @@ class SubjectSummary:
     audio_paths: tuple[str, ...]
     annotation_paths: tuple[str, ...]
     event_counts: dict[str, int] = field(default_factory=dict)
+    style: str = "classic"  # the generator style the night was rendered in (see synth.styles)
+    style_params: dict[str, object] | None = None  # its drawn parameters; None for classic
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -293,13 +295,21 @@ def generate_cohort(
     plain_channels: Sequence[str] = ("Mic",),
     chunk_seconds: int = 30,
     progress: ProgressFn | None = None,
+    style: str = "classic",
+    speech_source: str = "auto",
 ) -> list[SubjectSummary]:
     """Write ``n_subjects`` synthetic nights and ``cohort.json``; same arguments, same bytes.
 
     ``layout`` is ``"psg-audio"`` (EDF parts of ``part_seconds`` + RML) or ``"plain"``
     (one ``audio_format`` file per night + stage/event CSVs). ``cycle_minutes`` shortens
-    sleep cycles so short demo nights still hold every stage.
+    sleep cycles so short demo nights still hold every stage. ``style`` is a generator
+    style, ``mixed`` or a comma list (nights take the listed styles in turn); each night's
+    style and parameters go into ``cohort.json``. The default ``classic`` writes exactly
+    the files it always did. ``speech_source`` (auto, espeak, synth) voices styled TVs.
     """
+    from sleepsound.synth.styles import CLASSIC, resolve_styles, style_for_night
+
+    resolve_styles(style)  # refuse an unknown style before writing anything
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if n_subjects < 1 or hours <= 0:
@@ -318,7 +328,16 @@ def generate_cohort(
     summaries: list[SubjectSummary] = []
     for index in range(n_subjects):
         pid = patient_id(seed, index)
-        plan = make_night_plan(pid, hours, seed, subject_index=index, cycle_minutes=cycle_minutes)
+        night_style = style_for_night(style, index)
+        plan = make_night_plan(
+            pid,
+            hours,
+            seed,
+            subject_index=index,
+            cycle_minutes=cycle_minutes,
+            style=night_style,
+            speech_source=speech_source,
+        )
 
         def on_chunk(done: float, index: int = index, pid: str = pid, total: float = plan.duration_s) -> None:
             if progress is not None:
@@ -347,24 +366,25 @@ def generate_cohort(
                 audio_paths=audio,
                 annotation_paths=annotations,
                 event_counts=dict(sorted(Counter(e.type for e in plan.events).items())),
+                style=night_style,
+                style_params=plan.style.to_json() if plan.style is not None else None,
             )
         )
-    _write_cohort_json(
-        out,
-        summaries,
-        dict(
-            seed=seed,
-            n_subjects=n_subjects,
-            hours=hours,
-            sample_rate=int(sample_rate),
-            layout=layout,
-            part_seconds=int(part_seconds),
-            cycle_minutes=cycle_minutes,
-            audio_format=audio_format,
-            plain_channels=list(plain_channels),
-            chunk_seconds=int(chunk_seconds),
-        ),
+    params: dict[str, object] = dict(
+        seed=seed,
+        n_subjects=n_subjects,
+        hours=hours,
+        sample_rate=int(sample_rate),
+        layout=layout,
+        part_seconds=int(part_seconds),
+        cycle_minutes=cycle_minutes,
+        audio_format=audio_format,
+        plain_channels=list(plain_channels),
+        chunk_seconds=int(chunk_seconds),
     )
+    if style != CLASSIC:  # a classic cohort's cohort.json stays byte-identical to before styles
+        params["style"] = style
+    _write_cohort_json(out, summaries, params)
     return summaries
 
 
@@ -391,6 +411,7 @@ def _write_cohort_json(out: Path, summaries: list[SubjectSummary], params: dict[
                 "event_counts": s.event_counts,
                 "audio_paths": [rel(p) for p in s.audio_paths],
                 "annotation_paths": [rel(p) for p in s.annotation_paths],
+                **({"style": s.style, "style_params": s.style_params} if "style" in params else {}),
             }
             for s in summaries
         ],
@@ -398,6 +419,17 @@ def _write_cohort_json(out: Path, summaries: list[SubjectSummary], params: dict[
     tmp = out / "cohort.json.part"
     tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, out / "cohort.json")
+
+
+def night_styles(cohort_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """Subject id -> generator style of a written cohort (``classic`` for cohorts made before styles),
+    so an evaluation can hold styles out of training."""
+    path = Path(cohort_dir) / "cohort.json"
+    try:
+        doc = json.loads(path.read_text())
+        return {s["subject_id"]: s.get("style", "classic") for s in doc["subjects"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a readable synthetic cohort description ({exc})") from exc
 
 
 def expected_parts(hours: float, part_seconds: int = 3600) -> int:

@@ -1,0 +1,271 @@
+"""Generator styles: classic stays byte-for-byte what it was; every style is reproducible, keeps the
+event truth in the audio, and colours the sound measurably by its room, microphone and background."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.signal import butter, sosfiltfilt, welch
+
+from sleepsound.labels.vocabulary import APNEA_TYPES
+from sleepsound.synth.hypnogram import NightPlan, make_night_plan
+from sleepsound.synth.sound import synthesise_chunk
+from sleepsound.synth.styled import _room_irs
+from sleepsound.synth.styles import (
+    CLASSIC,
+    MIXED,
+    NAMED_STYLES,
+    BackgroundSpec,
+    MicSpec,
+    RoomSpec,
+    draw_style,
+    make_assets,
+    resolve_styles,
+    style_for_night,
+)
+from sleepsound.synth.writers import generate_cohort, night_styles
+
+# Digests of the classic generator taken before styles existed (commit c66dd34): a change to classic
+# (new random draws, a different filter, a reordered sum) changes them, and with them every cache.
+CLASSIC_CHUNKS_SHA256 = "6bef74b6ee3beecc49d077edfa878ad8d68c3cd23b33a1619be4145724895702"
+CLASSIC_FILES_SHA256 = {
+    "psg-audio": "6c0c3c54cadf0d3be2e9be46d1e5fc598726164d306850110c59dd6b5ef9c2d3",
+    "plain": "ca36ad5725838c1e6265f3c7c1fb2bcef8560015662fae49a707316327665298",
+}
+
+
+def _chunks_digest(plan, rate: int = 8000) -> str:
+    h = hashlib.sha256()
+    for start in range(0, int(plan.duration_s), 30):
+        signals = synthesise_chunk(plan, start, 30, rate)
+        for name in sorted(signals):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(signals[name]).tobytes())
+    return h.hexdigest()
+
+
+def _files_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            h.update(path.relative_to(folder).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def test_classic_is_unchanged_sample_for_sample_and_byte_for_byte(tmp_path: Path) -> None:
+    plan = make_night_plan("s", 0.05, seed=3, subject_index=1, cycle_minutes=5.0, ahi=40.0)
+    assert _chunks_digest(plan) == CLASSIC_CHUNKS_SHA256
+    for layout, digest in CLASSIC_FILES_SHA256.items():
+        out = tmp_path / layout
+        generate_cohort(out, n_subjects=1, hours=0.05, seed=3, sample_rate=8000, layout=layout, cycle_minutes=5.0)
+        assert _files_digest(out) == digest, layout
+
+
+# ----------------------------------------------------------------------------- styled nights
+
+RATE = 8000
+DRAWN = tuple(s for s in NAMED_STYLES if s != CLASSIC)
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
+def _restyle(plan: NightPlan, **changes: object) -> NightPlan:
+    """The plan in its style with some parameters changed (assets drawn again to match)."""
+    style = dataclasses.replace(plan.style, **changes)
+    return dataclasses.replace(plan, style=style, style_assets=make_assets(style, plan))
+
+
+@pytest.fixture(scope="module")
+def severe_plans() -> dict[str, NightPlan]:
+    """One severe 20-min night per style (subject varies, so snorers and non-snorers both appear)."""
+    return {
+        style: make_night_plan("s", 1 / 3, seed=11, subject_index=i, cycle_minutes=8.0, ahi=45.0, style=style)
+        for i, style in enumerate(NAMED_STYLES)
+    }
+
+
+def test_styles_resolve_and_refuse_unknown_names() -> None:
+    assert resolve_styles(MIXED) == NAMED_STYLES
+    assert [style_for_night("classic,varied", i) for i in range(4)] == ["classic", "varied"] * 2
+    with pytest.raises(ValueError, match="unknown style"):
+        resolve_styles("classic,loud")
+    with pytest.raises(ValueError, match="not a drawn style"):
+        draw_style("classic", 0, 0, 60.0)
+
+
+def test_every_style_is_reproducible_by_seed_and_keeps_the_plan(severe_plans) -> None:
+    classic = make_night_plan("s", 0.05, seed=4, subject_index=0, cycle_minutes=5.0, ahi=30.0)
+    mics = {CLASSIC: synthesise_chunk(classic, 30, 10, RATE, channels=["Mic"])["Mic"]}
+    for style in DRAWN:
+        a = make_night_plan("s", 0.05, seed=4, subject_index=0, cycle_minutes=5.0, ahi=30.0, style=style)
+        b = make_night_plan("s", 0.05, seed=4, subject_index=0, cycle_minutes=5.0, ahi=30.0, style=style)
+        other = make_night_plan("s", 0.05, seed=5, subject_index=0, cycle_minutes=5.0, ahi=30.0, style=style)
+        assert a.style == b.style and a.style.name == style and a.style != other.style
+        assert (a.stages, a.events) == (classic.stages, classic.events)  # events placed exactly as classic's
+        assert np.array_equal(a.breaths.onset_s, classic.breaths.onset_s)
+        x, y = (synthesise_chunk(p, 30, 10, RATE, channels=["Mic", "Tracheal"]) for p in (a, b))
+        assert all(np.array_equal(x[k], y[k]) for k in x)
+        assert not np.allclose(x["Mic"], synthesise_chunk(other, 30, 10, RATE, channels=["Mic"])["Mic"])
+        assert np.all(np.isfinite(x["Mic"])) and np.abs(x["Mic"]).max() < 1.0 and _rms(x["Mic"]) > 1e-3
+        mics[style] = x["Mic"]
+    names = list(mics)
+    assert all(not np.allclose(mics[p], mics[q]) for i, p in enumerate(names) for q in names[i + 1 :])
+
+
+def test_styled_sound_does_not_depend_on_chunking(severe_plans) -> None:
+    plan = severe_plans["tv-bedroom"]
+    whole = synthesise_chunk(plan, 300, 40, RATE, channels=["Mic", "Tracheal"])
+    pieces = [synthesise_chunk(plan, s, n, RATE, channels=["Mic", "Tracheal"]) for s, n in ((300, 13), (313, 27))]
+    for name, signal in whole.items():
+        np.testing.assert_allclose(np.concatenate([p[name] for p in pieces]), signal, rtol=0, atol=1e-6)
+
+
+def _event_ratios(plan: NightPlan) -> tuple[list[float], list[float]]:
+    """Breath-band (200-3000 Hz) RMS during each event over the breathing just before it (>= 8 s, after
+    the previous event's recovery): (apnoeas, hypopnoeas)."""
+    sos = butter(4, [200, 3000], btype="bandpass", fs=RATE, output="sos")
+    apnoea, hypopnoea = [], []
+    events = plan.respiratory_events()
+    for j, e in enumerate(events):
+        start = int(max(events[j - 1].end_s + 8 if j else 0, e.start_s - 20))
+        if e.start_s - start < 8:
+            continue
+        y = sosfiltfilt(sos, synthesise_chunk(plan, start, int(e.end_s) + 1 - start, RATE, channels=["Mic"])["Mic"])
+        inside = y[int((e.start_s + 1 - start) * RATE) : int((e.end_s - 0.5 - start) * RATE)]
+        before = y[: int((e.start_s - 1 - start) * RATE)]
+        (apnoea if e.type in APNEA_TYPES else hypopnoea).append(_rms(inside) / _rms(before))
+    return apnoea, hypopnoea
+
+
+@pytest.mark.parametrize("style", DRAWN)
+def test_event_truth_is_in_the_audio_of_every_style(severe_plans, style: str) -> None:
+    """Apnoeas silent of breath (the background goes on), hypopnoeas at least 30% quieter, in the mix and
+    in the sleeper's sound alone (backgrounds off)."""
+    plan = severe_plans[style]
+    apnoea, hypopnoea = _event_ratios(plan)
+    assert len(apnoea) >= 2 and len(hypopnoea) >= 2 and len(apnoea) + len(hypopnoea) >= 6, (len(apnoea), len(hypopnoea))
+    assert np.median(apnoea) < 0.5
+    sleeper = _restyle(plan, backgrounds=())
+    apnoea, hypopnoea = _event_ratios(sleeper)
+    assert np.median(apnoea) < 0.1 and max(apnoea) < 0.5
+    assert np.median(hypopnoea) <= 0.7
+    b = plan.breaths
+    for e in plan.respiratory_events():  # and the recovery: a breath starts right at the event's end
+        assert np.min(np.abs(b.onset_s - e.end_s)) < 3.0
+
+
+def _band_db(x: np.ndarray, low: float, high: float) -> float:
+    f, p = welch(x, RATE, nperseg=4096)
+    return float(10 * np.log10(p[(f >= low) & (f < high)].mean()))
+
+
+def test_microphones_colour_the_spectrum_measurably(severe_plans) -> None:
+    plan = severe_plans["varied"]
+    tilt = {}
+    for kind, (hp, pf, pdb, lp) in {
+        "mems": (200.0, 3000.0, 8.0, 3900.0),
+        "electret": (60.0, 1500.0, 0.0, 1500.0),
+    }.items():
+        mic = MicSpec(kind, hp, pf, pdb, lp, gain_db=0.0, noise_dbfs=-75.0, clip_level=0.0)
+        x = synthesise_chunk(_restyle(plan, mic=mic, backgrounds=()), 240, 60, RATE, channels=["Mic"])["Mic"]
+        tilt[kind] = _band_db(x, 2000, 3500) - _band_db(x, 300, 800)
+    assert tilt["mems"] > tilt["electret"] + 6.0
+    loud = dataclasses.replace(plan.style.mic, gain_db=12.0, clip_level=0.1)  # an overloaded input clips hard
+    x = synthesise_chunk(_restyle(plan, mic=loud), 240, 60, RATE, channels=["Mic"])["Mic"]
+    assert np.abs(x).max() == pytest.approx(0.1, abs=1e-6) and 0 < np.mean(np.abs(x) >= 0.1 - 1e-6) < 0.2
+
+
+def test_room_reverberation_follows_its_rt60() -> None:
+    for rt60 in (0.3, 0.7):
+        room = RoomSpec("medium", rt60, (3.0, 7.0), (0.4, -0.3), near_drr_db=0.0, far_drr_db=-10.0)
+        mic = MicSpec("flat", 20.0, 3000.0, 0.0, 20000.0, 0.0, -75.0, 0.0)
+        near, far = _room_irs(room, mic, 16000, (1, 2))
+        for h in (near, far):
+            decay = 10 * np.log10(np.cumsum((h**2)[::-1])[::-1] / np.sum(h**2))  # Schroeder integral
+            t5, t25 = np.argmax(decay < -5) / 16000, np.argmax(decay < -25) / 16000
+            assert 3 * (t25 - t5) == pytest.approx(rt60, rel=0.3)  # T20 extrapolated to 60 dB
+        assert np.sum(far[: 16 * 5] ** 2) < np.sum(near[: 16 * 5] ** 2)  # less direct sound from across the room
+
+
+def test_fan_and_tv_backgrounds_are_there_and_carry_their_signatures(severe_plans) -> None:
+    plan = severe_plans["varied"]
+    whole = ((0.0, plan.duration_s),)
+    fan = BackgroundSpec("fan", -40.0, 170.0, 3, 2000.0, whole)
+    tv = BackgroundSpec("tv", -36.0, 0.0, 0, 7000.0, whole)
+    quiet = synthesise_chunk(_restyle(plan, backgrounds=()), 600, 30, RATE, channels=["Mic"])["Mic"]
+    with_fan = synthesise_chunk(_restyle(plan, backgrounds=(fan,)), 600, 30, RATE, channels=["Mic"])["Mic"]
+    f, p = welch(with_fan - quiet, RATE, nperseg=8192)  # what the fan added
+    peak = f[np.argmax(p * (f > 100))]  # its blade-pass tone (or a harmonic, after the microphone's high-pass)
+    assert abs(peak - 170.0 * round(peak / 170.0)) < 2.0 and round(peak / 170.0) <= 3
+    assert _rms(with_fan - quiet) > 0.003
+    with_tv = synthesise_chunk(_restyle(plan, backgrounds=(tv,)), 600, 30, RATE, channels=["Mic"])["Mic"]
+    env = np.sqrt(np.mean((with_tv - quiet).reshape(-1, RATE // 100) ** 2, axis=1))  # 100 Hz envelope
+    spectrum = np.abs(np.fft.rfft(env - env.mean())) ** 2
+    fm = np.fft.rfftfreq(env.size, 0.01)
+    assert spectrum[(fm >= 2) & (fm <= 8)].sum() > 2 * spectrum[(fm >= 0.1) & (fm <= 0.6)].sum()  # syllables
+
+
+def test_movement_comes_more_in_wake_and_never_inside_events() -> None:
+    plan = make_night_plan("s", 2.0, seed=2, subject_index=3, cycle_minutes=30.0, ahi=30.0, style="varied")
+    assets = plan.style_assets
+    stage = np.array(plan.stages)[(assets.move_start_s // 30).astype(int)]
+    per_epoch = {s: np.sum(stage == s) / max(1, plan.stages.count(s)) for s in ("W", "N2")}
+    assert per_epoch["W"] > 3 * per_epoch["N2"]
+    for e in plan.respiratory_events():
+        assert not np.any((assets.move_start_s < e.end_s) & (assets.move_start_s + assets.move_duration_s > e.start_s))
+
+
+def test_speech_falls_back_to_the_formant_synthesiser(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert draw_style("tv-bedroom", 1, 0, 60.0).speech_source == "synth"
+    with pytest.raises(ValueError, match="speech source"):
+        draw_style("tv-bedroom", 1, 0, 60.0, speech_source="festival")
+
+
+def test_a_mixed_cohort_records_each_nights_style(tmp_path: Path) -> None:
+    kwargs = dict(n_subjects=3, hours=0.05, seed=3, sample_rate=RATE, layout="plain", cycle_minutes=5.0)
+    summaries = generate_cohort(tmp_path / "a", **kwargs, style="classic,varied,tv-bedroom", speech_source="synth")
+    assert [s.style for s in summaries] == ["classic", "varied", "tv-bedroom"]
+    doc = json.loads((tmp_path / "a" / "cohort.json").read_text())
+    assert doc["params"]["style"] == "classic,varied,tv-bedroom"
+    assert doc["subjects"][0]["style_params"] is None
+    assert doc["subjects"][2]["style_params"]["backgrounds"][-1]["kind"] == "tv"
+    assert night_styles(tmp_path / "a") == {s.subject_id: s.style for s in summaries}
+    classic = generate_cohort(tmp_path / "c", **kwargs)
+    assert set(night_styles(tmp_path / "c").values()) == {"classic"}
+    for styled, plain in zip(summaries, classic, strict=True):  # same truth, other sound
+        assert Path(styled.annotation_paths[1]).read_bytes() == Path(plain.annotation_paths[1]).read_bytes()
+        same_audio = Path(styled.audio_paths[0]).read_bytes() == Path(plain.audio_paths[0]).read_bytes()
+        assert same_audio == (styled.style == "classic")
+    again = generate_cohort(tmp_path / "b", **kwargs, style="classic,varied,tv-bedroom", speech_source="synth")
+    assert [Path(s.audio_paths[0]).read_bytes() for s in again] == [
+        Path(s.audio_paths[0]).read_bytes() for s in summaries
+    ]
+    with pytest.raises(ValueError, match="unknown style"):
+        generate_cohort(tmp_path / "d", **kwargs, style="loud")
+    with pytest.raises(ValueError, match="not a readable"):
+        night_styles(tmp_path / "d")
+
+
+def test_the_synth_command_takes_a_style(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sleepsound.cli import app
+
+    args = ["--subjects", "2", "--hours", "0.02", "--sample-rate", "8000", "--cycle-minutes", "5", "--layout", "plain"]
+    out = CliRunner().invoke(app, ["synth", str(tmp_path / "c"), *args, "--style", "mixed", "--speech", "synth"])
+    assert out.exit_code == 0, out.output
+    assert "classic" in out.stdout and "varied" in out.stdout
+    assert list(night_styles(tmp_path / "c").values()) == ["classic", "varied"]
+    out = CliRunner().invoke(app, ["synth", str(tmp_path / "d"), *args, "--style", "loud"])
+    assert out.exit_code == 2 and "unknown style" in out.stderr and not (tmp_path / "d").exists()
+    out = CliRunner().invoke(app, ["synth", str(tmp_path / "d"), *args, "--style", "varied", "--speech", "festival"])
+    assert out.exit_code == 2 and "--speech must be one of" in out.stderr
