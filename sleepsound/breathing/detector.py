@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Literal, TypedDict
 
 import numpy as np
-from scipy.ndimage import percentile_filter, uniform_filter1d
+from scipy.ndimage import maximum_filter1d, percentile_filter, uniform_filter1d
 
 from sleepsound.breathing.envelope import FEATURES, FRAME_HZ
 
@@ -58,7 +58,7 @@ class DetectorSettings:
     floor_window_s: float = 60.0  # the noise floor: a low percentile over a minute
     floor_percentile: float = 10.0
     sound_over_floor: float = 0.5  # a frame is sound when its power exceeds the floor's by half (1.8 dB)
-    quiet_fraction: float = 0.1  # "no breath sound": under a tenth of the usual breath's power above the floor
+    quiet_fraction: float = 0.01  # "no breath sound": the AASM's 90% drop in amplitude, 1% in power
     min_breath_s: float = 0.3
     max_breath_s: float = 6.0  # one continuous sound longer than this is not one breath
     rhythm_window_s: float = 40.0
@@ -67,6 +67,7 @@ class DetectorSettings:
     voiced_share: float = 0.5  # a sound this much voiced is a snore, or speech when also syllabic
     syllable_jump_db: float = 4.0  # median frame-to-frame level jump of syllabic sound (a breath: 1-2 dB)
     sound_below_loud_db: float = 20.0  # quieter than the loud sounds of the last 2 min by more: silence
+    cycle_s: float = 6.0  # one breath cycle at the slowest usual rate (10/min): the amplitude window
     min_confidence: float = 0.5  # events below are left out of the table and the indices
 
 
@@ -110,7 +111,7 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 def _sounds(
     excess: np.ndarray, floor: np.ndarray, voiced: np.ndarray, broad_db: np.ndarray, settings: DetectorSettings
 ) -> list[_Sound]:
-    """Stretches of sound (gaps under 0.3 s bridged), each marked breath or other sound.
+    """Stretches of sound (gaps under 0.2 s bridged), each marked breath or other sound.
 
     A frame is sound when it stands above the floor by ``sound_over_floor`` and is within
     ``sound_below_loud_db`` of the loud sounds of the last two minutes (so the faint tail of a
@@ -131,7 +132,7 @@ def _sounds(
     mask = (excess > settings.sound_over_floor * floor) & (
         excess > loud * 10.0 ** (-settings.sound_below_loud_db / 10.0)
     )
-    bridge = int(0.3 * FRAME_HZ)
+    bridge = int(0.2 * FRAME_HZ)
     merged: list[list[int]] = []
     for start, stop in _runs(mask):
         if merged and start - merged[-1][1] < bridge:
@@ -150,19 +151,6 @@ def _sounds(
         s.breath = stop - start <= longest and not (share >= settings.voiced_share and syllabic)
         s.clean = s.breath and share < settings.voiced_share
         out.append(s)
-    return out
-
-
-def _baseline(times: np.ndarray, amps: np.ndarray, keep: np.ndarray, window: float) -> np.ndarray:
-    """Median amplitude of the kept breaths in the ``window`` frames before each breath (NaN when none)."""
-    out = np.full(len(times), np.nan)
-    lo = 0
-    for k in range(len(times)):
-        while lo < k and times[lo] < times[k] - window:
-            lo += 1
-        prior = amps[lo:k][keep[lo:k]]
-        if len(prior) >= 3:
-            out[k] = float(np.median(prior))
     return out
 
 
@@ -199,7 +187,6 @@ def detect_events(
     starts = np.array([b.start for b in breaths])
     stops = np.array([b.stop for b in breaths])
     amps = np.sqrt(np.array([b.peak for b in breaths]))
-    window = settings.baseline_s * FRAME_HZ
     invalid_before = np.concatenate([[0], np.cumsum(~valid)])
     min_len = settings.min_event_s * FRAME_HZ
     max_len = settings.max_event_s * FRAME_HZ
@@ -209,25 +196,43 @@ def detect_events(
         lo = stops[k] - settings.rhythm_window_s * FRAME_HZ
         return int(np.count_nonzero((starts <= stops[k]) & (starts >= lo))) >= settings.rhythm_breaths
 
-    keep = np.ones(len(breaths), dtype=bool)
+    def rhythm_at(frame: int) -> bool:
+        """At least ``rhythm_breaths`` breaths in the window before ``frame``."""
+        lo = frame - settings.rhythm_window_s * FRAME_HZ
+        return int(np.count_nonzero((starts < frame) & (starts >= lo))) >= settings.rhythm_breaths
+
+    # The breath cycles' amplitude: the loudest breath within half a cycle window either side.
+    breath_frames = np.zeros(n, dtype=bool)
+    for b in breaths:
+        breath_frames[b.start : b.stop] = True
+    clean_frames = np.zeros(n, dtype=bool)
+    for b in breaths:
+        clean_frames[b.start : b.stop] |= b.clean
+    width = int(settings.cycle_s * FRAME_HZ) | 1
+    cycle = maximum_filter1d(np.where(breath_frames, excess, 0.0), size=width)
+    # The same from plain (unvoiced) breath noise alone: snoring that starts or stops changes the
+    # sound far more than the airflow, so a dip must show in the plain breaths too, where heard.
+    plain = maximum_filter1d(np.where(clean_frames, excess, 0.0), size=width)
+    in_frames = np.zeros(n, dtype=bool)
     events: list[BreathingEvent] = []
     for _ in range(2):  # the second pass leaves the first pass's events out of the baseline
-        base = _baseline(starts.astype(float), amps, keep, window)
+        cycle_base = _frame_baseline(cycle, breath_frames & ~in_frames, settings)
+        plain_base = _frame_baseline(plain, clean_frames & ~in_frames, settings)
         events = []
-        in_event = np.zeros(len(breaths), dtype=bool)
+        in_frames = np.zeros(n, dtype=bool)
         # Apnoeas: gaps between consecutive breaths.
         for k in range(len(breaths) - 1):
             gap_start, gap_stop = int(stops[k]), int(starts[k + 1])
             length = gap_stop - gap_start
             if length < min_len or length > max_len or invalid_before[gap_stop] != invalid_before[gap_start]:
                 continue
-            if not rhythm_before(k) or not np.isfinite(base[k + 1]):
+            usual = cycle_base[gap_start]  # the usual breath cycle's power above the floor, before the gap
+            if not rhythm_before(k) or not np.isfinite(usual):
                 continue
-            usual = base[k + 1] ** 2  # the usual breath's power above the floor
             quiet = float(np.mean(excess[gap_start:gap_stop] < settings.quiet_fraction * usual))
             if quiet < 0.6:
                 continue
-            recovery = amps[k + 1] / base[k + 1]
+            recovery = amps[k + 1] / np.sqrt(usual)
             confidence = (
                 0.45
                 + 0.2 * min(1.0, (length - min_len) / min_len)
@@ -236,36 +241,74 @@ def detect_events(
                 - (0.1 if not breaths[k + 1].clean else 0.0)
             )
             events.append(_event(gap_start, gap_stop, "apnea", confidence))
-            in_event[k + 1] = True
-        # Hypopnoeas: runs of breaths at least 30% weaker than the baseline.
-        weak = amps < (1.0 - settings.hypopnea_drop) * base
-        k = 0
-        while k < len(breaths):
-            if not weak[k]:
-                k += 1
+            in_frames[gap_start:gap_stop] = True
+        # Hypopnoeas: at least 10 s where the breath cycles' amplitude stays 30% under the baseline.
+        limit = (1.0 - settings.hypopnea_drop) ** 2
+        for start, stop, ratio in _weak_stretches(excess, cycle, cycle_base, breath_frames, settings):
+            if invalid_before[stop] != invalid_before[start] or not rhythm_at(start):
                 continue
-            j = k
-            while j + 1 < len(breaths) and weak[j + 1] and starts[j + 1] - stops[j] < min_len:
-                j += 1
-            first, after = k, j + 1
-            k = j + 1
-            if after >= len(breaths) or j == first or not rhythm_before(max(0, first - 1)):
-                continue
-            start, stop = int(starts[first]), int(starts[after])
-            if not min_len <= stop - start <= max_len or invalid_before[stop] != invalid_before[start]:
-                continue
-            ratio = float(np.mean(amps[first:after] / base[first:after]))
-            recovery = amps[after] / base[first]
+            heard = plain_base[start:stop]
+            if np.isfinite(heard).all() and np.median(plain[start:stop] / np.maximum(heard, 1e-30)) >= limit:
+                continue  # only the snoring changed
+            after = int(np.searchsorted(starts, stop))
+            recovery = amps[after] / np.sqrt(cycle_base[start]) if after < len(breaths) else 1.0
+            # Mostly the depth of the dip: breath sounds vary by 30% from breath to breath in REM and
+            # wake, so a dip just past the rule is a hypopnoea only with a long stretch or a recovery.
             confidence = (
-                0.4
-                + 0.3 * min(1.0, max(0.0, (1.0 - settings.hypopnea_drop - ratio) / 0.4))
+                0.25
+                + 0.5 * min(1.0, max(0.0, (1.0 - settings.hypopnea_drop - ratio) / 0.35))
                 + 0.15 * min(1.0, (stop - start - min_len) / min_len)
                 + 0.15 * float(min(1.0, max(0.0, (recovery - 1.0) / 0.5)))
             )
             events.append(_event(start, stop, "hypopnea", confidence))
-            in_event[first:after] = True
-        keep = ~in_event
+            in_frames[start:stop] = True
     return _resolve(events, settings.min_confidence)
+
+
+def _frame_baseline(cycle: np.ndarray, usable: np.ndarray, settings: DetectorSettings) -> np.ndarray:
+    """Per frame, the median breath-cycle power over the previous ``baseline_s`` (1-s steps), from
+    frames that are breathing and not already in an event; NaN until there is a minute's worth."""
+    block = int(FRAME_HZ)
+    n_blocks = int(np.ceil(len(cycle) / block))
+    values = np.full(n_blocks * block, np.nan)
+    values[: len(cycle)] = np.where(usable, cycle, np.nan)
+    per_block = values.reshape(n_blocks, block)
+    seen = np.isfinite(per_block).any(axis=1)
+    blocks = np.full(n_blocks, np.nan)
+    blocks[seen] = np.nanmax(per_block[seen], axis=1)
+    width = int(settings.baseline_s)
+    out = np.full(n_blocks, np.nan)
+    for k in range(n_blocks):
+        prior = blocks[max(0, k - width) : k]
+        prior = prior[np.isfinite(prior)]
+        if len(prior) >= width // 4:
+            out[k] = float(np.median(prior))
+    return np.repeat(out, block)[: len(cycle)]
+
+
+def _weak_stretches(
+    excess: np.ndarray,
+    cycle: np.ndarray,
+    base: np.ndarray,
+    breath_frames: np.ndarray,
+    settings: DetectorSettings,
+) -> list[tuple[int, int, float]]:
+    """(start, stop, amplitude ratio) of stretches whose breath cycles are weaker than the baseline by
+    ``hypopnea_drop`` in amplitude ((1 - drop)^2 in power), at least ``min_event_s`` long once the
+    cycle window's reach (half a window each side) is given back, with breathing still heard."""
+    limit = (1.0 - settings.hypopnea_drop) ** 2
+    weak = np.isfinite(base) & (cycle < limit * base) & (cycle > 0)
+    half = int(settings.cycle_s * FRAME_HZ) // 2
+    out = []
+    for start, stop in _runs(weak):
+        lo, hi = max(0, start - half), min(len(cycle), stop + half)
+        if not settings.min_event_s * FRAME_HZ <= hi - lo <= settings.max_event_s * FRAME_HZ:
+            continue
+        if breath_frames[lo:hi].mean() < 0.1:  # no breathing heard: an apnoea or silence, not a hypopnoea
+            continue
+        ratio = float(np.sqrt(np.median(cycle[start:stop] / base[start:stop])))
+        out.append((lo, hi, ratio))
+    return out
 
 
 def _event(start: int, stop: int, kind: EventType, confidence: float) -> BreathingEvent:
