@@ -82,9 +82,7 @@ def epoch_envelope(audio: np.ndarray, rate: float) -> np.ndarray:
     acf = np.fft.irfft(np.where(low, power, 0.0), n=n, axis=1)
     zero = acf[:, :1]
     voicing = np.where(zero > tiny, acf[:, lo_lag : hi_lag + 1].max(axis=1, keepdims=True) / np.maximum(zero, tiny), 0)
-    out = np.stack(
-        [np.maximum(breath_db, FLOOR_DB), np.maximum(broad_db, FLOOR_DB), flatness, voicing[:, 0]], axis=1
-    )
+    out = np.stack([np.maximum(breath_db, FLOOR_DB), np.maximum(broad_db, FLOOR_DB), flatness, voicing[:, 0]], axis=1)
     return np.nan_to_num(out, nan=0.0).astype(np.float32)
 
 

@@ -1,4 +1,5 @@
-"""Predict every accepted recording with each target's head: one Parquet file of epochs per night.
+"""Predict every accepted recording with each target's head: one Parquet file of epochs per night,
+and the night's breathing events (``sleepsound.breathing``) in a table beside it.
 
 Each row carries the scored side (stages, respiratory label re-derived as in training, event
 counts) beside every head's prediction and probabilities, and the stage3 head's attention
@@ -14,9 +15,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from sleepsound.breathing.detector import BreathingEvent, detect_events
+from sleepsound.breathing.store import load_envelope, write_events
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
-from sleepsound.core.records import TrainedModels
+from sleepsound.core.records import ManifestRow, TrainedModels
 from sleepsound.core.storage import RootLike, join, open_root, write_table
 from sleepsound.embed.cache import channel_configs, epochs_path, read_cached_table
 from sleepsound.labels.targets import PRIMARY, TARGETS, Target
@@ -63,7 +66,17 @@ def predict_recordings(
             join(out_dir, f"recording_id={row.recording_id}", "part-0.parquet"),
             table.drop_columns(["recording_id"]),
         )
+        night_events(root, cfg, run_id, dict(row._asdict()))
     return out_dir
+
+
+def night_events(root: RootLike, cfg: Config, run_id: str, row: ManifestRow) -> list[BreathingEvent]:
+    """Detect a night's apnoeas and hypopnoeas from its breathing envelope (the first channel's, made
+    from its audio if the cache has none) and write the event table beside the predictions."""
+    env, valid = load_envelope(root, channel_configs(cfg)[0], row)
+    events = detect_events(env, valid)
+    write_events(root, run_id, str(row["recording_id"]), events)
+    return events
 
 
 def _all_epochs(root: RootLike, cfg: Config, recording_id: str) -> list[dict[str, Any]]:
