@@ -229,7 +229,9 @@ def detect_events(
             usual = cycle_base[gap_start]  # the usual breath cycle's power above the floor, before the gap
             if not rhythm_before(k) or not np.isfinite(usual):
                 continue
-            quiet = float(np.mean(excess[gap_start:gap_stop] < settings.quiet_fraction * usual))
+            # No breath sound: 90% under the usual breath in amplitude, or lost in the room's noise.
+            silent = np.maximum(settings.quiet_fraction * usual, settings.sound_over_floor * floor[gap_start:gap_stop])
+            quiet = float(np.mean(excess[gap_start:gap_stop] < silent))
             if quiet < 0.6:
                 continue
             recovery = amps[k + 1] / np.sqrt(usual)
