@@ -22,6 +22,7 @@ from sleepsound.core.config import Config
 from sleepsound.core.records import ManifestRow, TrainedModels
 from sleepsound.core.storage import RootLike, join, open_root, write_table
 from sleepsound.embed.cache import channel_configs, epochs_path, read_cached_table
+from sleepsound.ingest.manifest import read_manifest_rows
 from sleepsound.labels.targets import PRIMARY, TARGETS, Target
 from sleepsound.models.heads.artifacts import load_head
 from sleepsound.train.dataset import EmbeddedEpochs, load_embedded, model_inputs
@@ -47,6 +48,7 @@ def predict_recordings(
     accepted = manifest[manifest["status"] == "accepted"]
     if recordings is not None:
         accepted = accepted[accepted["recording_id"].astype(str).isin(set(recordings))]
+    manifest_rows = {str(r["recording_id"]): r for r in read_manifest_rows(root)}  # typed rows (None, not NaN)
     for row in accepted.itertuples(index=False):
         split = (
             "unlabelled"
@@ -66,7 +68,7 @@ def predict_recordings(
             join(out_dir, f"recording_id={row.recording_id}", "part-0.parquet"),
             table.drop_columns(["recording_id"]),
         )
-        night_events(root, cfg, run_id, dict(row._asdict()))
+        night_events(root, cfg, run_id, manifest_rows[str(row.recording_id)])
     return out_dir
 
 

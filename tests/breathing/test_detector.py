@@ -91,7 +91,10 @@ def test_ahi_counts_sleep_and_rei_the_whole_recording():
     stages = ["Wake"] * 120 + ["NREM"] * 360 + ["REM"] * 120  # 5 h, 4 h asleep
     events = [
         {"start_s": 100.0, "end_s": 115.0, "type": "apnea", "confidence": 0.9},  # in wake
-        *({"start_s": 4000.0 + 60 * k, "end_s": 4012.0 + 60 * k, "type": "hypopnea", "confidence": 0.7} for k in range(7)),
+        *(
+            {"start_s": 4000.0 + 60 * k, "end_s": 4012.0 + 60 * k, "type": "hypopnea", "confidence": 0.7}
+            for k in range(7)
+        ),
     ]
     out = event_indices(events, stages)
     assert out["ahi"] == pytest.approx(7 / 4.0) and out["rei"] == pytest.approx(8 / 5.0)
