@@ -13,8 +13,9 @@ Why these features (one row per 0.1-s frame):
   A steady hum (fan blade-pass) raises it evenly all night, so the detector reads it
   against its rolling level, never as an absolute.
 
-One real FFT of 1600 points per frame at 16 kHz (300 per epoch): about a millisecond per
-epoch, against the backbone's hundreds (measured in the notes of issue 17).
+Two real FFTs of 1600 points per frame at 16 kHz (300 frames per epoch): measured at 25 ms per
+30-s epoch on a busy 2-core machine, about 24 s of CPU per 8-h night, in the readers' stage
+(see /work/notes/s22-events.md); the backbone's own cost per epoch is far larger on CPU.
 """
 
 from __future__ import annotations
