@@ -1,4 +1,5 @@
-"""Predict every accepted recording with the trained head; Parquet partitioned by recording."""
+"""Predict every accepted recording with the trained heads, and detect its breathing events; Parquet
+partitioned by recording."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from prefect import task
 
 from sleepsound.core.config import Config
 from sleepsound.core.records import Predicted, RootHold, TrainedModels
-from sleepsound.core.storage import full_uri, open_root
+from sleepsound.core.storage import full_uri, join, open_root
 from sleepsound.ingest.manifest import read_manifest
 from sleepsound.predict.recordings import predict_recordings
 from sleepsound.runs.root_lock import follow_hold
@@ -29,4 +30,9 @@ def predict(
         manifest = read_manifest(store)
         out = predict_recordings(store, Config.model_validate(config), run_id, model, manifest, recordings)
         accepted = int((manifest["status"] == "accepted").sum())
-        return {"predictions": full_uri(store.fs, out), "accepted": accepted, "quarantined": len(manifest) - accepted}
+        return {
+            "predictions": full_uri(store.fs, out),
+            "events": full_uri(store.fs, join(store.path, "runs", run_id, "events")),
+            "accepted": accepted,
+            "quarantined": len(manifest) - accepted,
+        }

@@ -109,6 +109,7 @@ class Predicted(TypedDict):
     """What the predict task returns: where the predictions are, and the manifest's counts."""
 
     predictions: str
+    events: str  # runs/<run-id>/events: one breathing-event table per night
     accepted: int
     quarantined: int
 

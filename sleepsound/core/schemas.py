@@ -149,6 +149,31 @@ PREDICTIONS = pa.schema(
 )
 PREDICTIONS_VERSION = 2
 
+# A night's breathing envelope (cache: <root>/breathing/<preproc>/<rec>-<sha>.parquet), one row per
+# 0.1-s frame from the recording's start; the features are those of sleepsound.breathing.envelope.
+ENVELOPE = pa.schema(
+    [
+        ("epoch_index", pa.int32()),
+        ("valid", pa.bool_()),  # the epoch's validity (an invalid epoch's frames are not read as breathing)
+        ("breath_db", pa.float32()),
+        ("broad_db", pa.float32()),
+        ("flatness", pa.float32()),
+        ("voicing", pa.float32()),
+    ]
+)
+
+# A night's breathing events (runs/<run-id>/events/recording_id=<rec>/part-0.parquet): the detector's
+# apnoeas and hypopnoeas, times in seconds from the recording's start. The night report reads these columns.
+EVENTS = pa.schema(
+    [
+        ("recording_id", pa.string()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("type", pa.string()),  # "apnea" or "hypopnea"
+        ("confidence", pa.float32()),  # in [0, 1]
+    ]
+)
+
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """Cast a table to ``schema`` (column order and types), failing loudly on a mismatch."""

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from sleepsound.breathing.store import envelope_table, write_envelope
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
 from sleepsound.core.records import ManifestRow
@@ -56,7 +57,8 @@ class RecordingCollector:
     said how many rows it sent and they have all arrived (Ray may reorder rows)."""
 
     def __init__(self, root: RootLike, items: list[WorkItem], stats: EmbedStats) -> None:
-        self.fs, self.root_path = open_root(root)
+        self.fs_root = open_root(root)
+        self.fs, self.root_path = self.fs_root
         self.items = {item.key: item for item in items}
         self.chunks: dict[tuple[str, str], int] = defaultdict(int)
         for item in items:
@@ -113,6 +115,10 @@ class RecordingCollector:
                 _embeddings_table(rec, [r for r in epochs if r["valid"]], n_layers),
                 bulk=("embedding",),
             )
+            # The breathing envelope came down the same stream (breathing.store): written before the
+            # epochs file too, so a night marked complete has it.
+            if epochs and "envelope" in epochs[0]:
+                write_envelope(self.fs_root, cfg, item.row, envelope_table(epochs, cfg.preprocess.epoch_seconds))
             table = pa.Table.from_pylist([{k: r[k] for k in EPOCH_COLUMNS} for r in epochs])
             n_valid = sum(bool(r["valid"]) for r in epochs)  # the embeddings file's row count, checked on a cache hit
             table = with_cache_meta(schemas.conform(table, schemas.EPOCHS), n_valid=n_valid)

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from sleepsound.breathing.envelope import empty_envelope, frames_per_epoch
 from sleepsound.core.config import PreprocessConfig
 from sleepsound.core.findings import Quarantine
 from sleepsound.core.records import ManifestRow
@@ -125,6 +126,7 @@ def _blank(row: ManifestRow, cfg: PreprocessConfig) -> dict[str, Any]:
         # with preprocess.device model nothing (raw epochs travel as lists of any length).
         "audio": np.zeros(0 if cfg.device == "model" else int(cfg.epoch_seconds * cfg.target_rate), dtype=np.float32),
         "rate": float(cfg.target_rate),
+        "envelope": empty_envelope(cfg.epoch_seconds),
         "error": None,
     }
 
@@ -214,7 +216,10 @@ def _read_epochs(
         # second half of the pair hi - 1, hi); the night's last chunk reads to the end, as a whole night does.
         stop = None if hi >= n_epochs else (hi + 1) * raw_epoch
         blocks = iter_night_blocks(parts, block, src.layout, start=first * raw_epoch, stop=stop)
-        chunk_args = {"first_index": first, "emit_from": lo, "emit_until": hi}
+        # The breathing envelope rides with the epochs (not the shifted windows), from the same stream.
+        chunk_args = {"first_index": first, "emit_from": lo, "emit_until": hi, "envelope": epochs}
+        no_envelope = empty_envelope(length)
+        n_frames = frames_per_epoch(length)
         if cfg.device == "model":  # raw epochs with margins: the model stage resamples and filters them
             window = margins(int(rate), cfg.target_rate)
             stream = iter_raw_epochs(blocks, rate, cfg, window, full_scale, pairs, **chunk_args)
@@ -253,10 +258,21 @@ def _read_epochs(
                 "n_rows": -1,
                 "audio": epoch.audio if epoch.valid else empty,
                 "rate": audio_rate,
+                "envelope": _frames(epoch.envelope, n_frames) if epoch.envelope is not None else no_envelope,
                 "error": None,
             }
     if emitted < hi - lo:
         raise OSError(f"{src.audio_uris[-1]}: audio ended after {lo + emitted} of {n_epochs} epochs")
+
+
+def _frames(envelope: np.ndarray, n: int) -> np.ndarray:
+    """An epoch's envelope on exactly ``n`` frames (a source rate that does not divide 0.1 s evenly
+    can leave one frame short; the last frame is repeated)."""
+    if len(envelope) == n:
+        return envelope
+    if len(envelope) > n:
+        return envelope[:n]
+    return np.concatenate([envelope, np.repeat(envelope[-1:], n - len(envelope), axis=0)])
 
 
 def night_rows(

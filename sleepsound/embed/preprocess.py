@@ -16,6 +16,7 @@ import numpy as np
 import soxr
 from scipy import signal
 
+from sleepsound.breathing.envelope import epoch_envelope
 from sleepsound.core.config import PreprocessConfig
 from sleepsound.ingest.quality import EpochQuality, flat_frames, measure_epoch, sanitise
 
@@ -32,6 +33,8 @@ class Epoch:
     audio: np.ndarray
     quality: EpochQuality
     offset_s: float = 0.0
+    # The breathing envelope of the unnormalised audio (``breathing.envelope``), when asked for.
+    envelope: np.ndarray | None = None
 
     @property
     def valid(self) -> bool:
@@ -105,6 +108,7 @@ def iter_epochs(
     first_index: int = 0,
     emit_from: int = 0,
     emit_until: int | None = None,
+    envelope: bool = False,
 ) -> Iterator[Epoch]:
     """Cut a stream of raw blocks (aligned to the epoch grid) into preprocessed epochs.
 
@@ -124,6 +128,10 @@ def iter_epochs(
     there. Epochs before ``emit_from`` are pre-roll, after are post-roll: read and filtered so
     the resampler's and the filter's state match a whole night's, never yielded (see
     ``embed.epochs.read_epochs``).
+
+    ``envelope``: each epoch (not the shifted windows) also carries its breathing envelope,
+    computed from the filtered audio before the per-epoch normalisation, which would erase
+    the level differences between epochs that the breathing detector reads.
     """
     raw_epoch = int(round(cfg.epoch_seconds * in_rate))
     out_epoch = int(round(cfg.epoch_seconds * cfg.target_rate))
@@ -152,7 +160,8 @@ def iter_epochs(
                 yield Epoch(pair, normalise(window), _pair_quality(tail[1], quality), half / cfg.target_rate)
             tail = (audio[half:].copy(), quality) if shift_after else None
             if emit_from <= next_index < until:
-                yield Epoch(next_index, normalise(audio) if quality.valid else audio, quality)
+                env = epoch_envelope(audio, cfg.target_rate) if envelope else None
+                yield Epoch(next_index, normalise(audio) if quality.valid else audio, quality, envelope=env)
             next_index += 1
 
     for block in blocks:
@@ -198,11 +207,14 @@ def iter_raw_epochs(
     first_index: int = 0,
     emit_from: int = 0,
     emit_until: int | None = None,
+    envelope: bool = False,
 ) -> Iterator[Epoch]:
     """``iter_epochs`` for ``preprocess.device: model``: the same epochs and shifted windows, the
     same quality figures and validity, but each one's audio raw (NaN/Inf zeroed), at ``in_rate``,
     with ``margins`` = (before, after) raw samples around it, zeros beyond the night's ends, for
-    the model stage to resample and filter on its device (``embed.preprocess_torch``)."""
+    the model stage to resample and filter on its device (``embed.preprocess_torch``).
+    ``envelope``: each epoch's breathing envelope from its raw samples at ``in_rate`` (not
+    high-passed nor pre-emphasised: the detector reads levels relative to their own night)."""
     raw_epoch = int(round(cfg.epoch_seconds * in_rate))
     half = raw_epoch // 2
     before, after = margins
@@ -233,7 +245,9 @@ def iter_raw_epochs(
                 yield Epoch(pair, window, _pair_quality(quality[pair], quality[i]), half / in_rate)
             if emit_from <= i < until:
                 lo = i * raw_epoch - before
-                yield Epoch(i, segment(lo, lo + raw_epoch + before + after), quality[i])
+                audio = segment(lo, lo + raw_epoch + before + after)
+                env = epoch_envelope(audio[before : before + raw_epoch], in_rate) if envelope else None
+                yield Epoch(i, audio, quality[i], envelope=env)
             quality.pop(pair, None)
             next_index += 1
             keep_from = i * raw_epoch - before  # nothing later reaches back further

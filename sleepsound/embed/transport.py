@@ -16,6 +16,7 @@ import pyarrow as pa
 
 AUDIO = "audio"
 EMBEDDING = "embedding"
+ENVELOPE = "envelope"  # an epoch's breathing envelope, [frames x features] flattened (breathing.envelope)
 
 # Every table the CPU stage emits has this schema (and the audio), so an unlabelled night
 # (all-null stages) and a labelled one (strings) form one dataset.
@@ -71,6 +72,8 @@ def to_table(rows: list[dict[str, Any]], raw: bool = False) -> pa.Table:
         columns[AUDIO] = pa.array([np.asarray(r[AUDIO], dtype=np.float32) for r in rows], type=pa.list_(pa.float32()))
     else:
         columns[AUDIO] = fixed_size_rows(np.stack([r[AUDIO] for r in rows]).astype(np.float32, copy=False))
+    if ENVELOPE in rows[0]:
+        columns[ENVELOPE] = fixed_size_rows(np.stack([np.asarray(r[ENVELOPE], np.float32).ravel() for r in rows]))
     return pa.table(columns)
 
 
@@ -87,11 +90,13 @@ def rows_list(column: pa.Array | pa.ChunkedArray) -> list[np.ndarray]:
 
 def table_rows(tables: Iterable[pa.Table]) -> Iterator[dict[str, Any]]:
     """The model stage's tables as plain rows for the collector: Python values, None for null,
-    the embedding as a numpy row."""
+    the embedding (and the breathing envelope, flat) as numpy rows."""
     for table in tables:
         if not table.num_rows:
             continue
-        embeddings = rows_array(table[EMBEDDING])
-        for i, row in enumerate(table.drop_columns([EMBEDDING]).to_pylist()):
-            row[EMBEDDING] = embeddings[i]
+        arrays = [name for name in (EMBEDDING, ENVELOPE) if name in table.column_names]
+        values = {name: rows_array(table[name]) for name in arrays}
+        for i, row in enumerate(table.drop_columns(arrays).to_pylist()):
+            for name in arrays:
+                row[name] = values[name][i]
             yield row

@@ -1,4 +1,5 @@
-"""Predict every accepted recording with each target's head: one Parquet file of epochs per night.
+"""Predict every accepted recording with each target's head: one Parquet file of epochs per night,
+and the night's breathing events (``sleepsound.breathing``) in a table beside it.
 
 Each row carries the scored side (stages, respiratory label re-derived as in training, event
 counts) beside every head's prediction and probabilities, and the stage3 head's attention
@@ -14,11 +15,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from sleepsound.breathing.detector import BreathingEvent, detect_events
+from sleepsound.breathing.store import load_envelope, write_events
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
-from sleepsound.core.records import TrainedModels
+from sleepsound.core.records import ManifestRow, TrainedModels
 from sleepsound.core.storage import RootLike, join, open_root, write_table
 from sleepsound.embed.cache import channel_configs, epochs_path, read_cached_table
+from sleepsound.ingest.manifest import read_manifest_rows
 from sleepsound.labels.targets import PRIMARY, TARGETS, Target
 from sleepsound.models.heads.artifacts import load_head
 from sleepsound.train.dataset import EmbeddedEpochs, load_embedded, model_inputs
@@ -44,6 +48,7 @@ def predict_recordings(
     accepted = manifest[manifest["status"] == "accepted"]
     if recordings is not None:
         accepted = accepted[accepted["recording_id"].astype(str).isin(set(recordings))]
+    manifest_rows = {str(r["recording_id"]): r for r in read_manifest_rows(root)}  # typed rows (None, not NaN)
     for row in accepted.itertuples(index=False):
         split = (
             "unlabelled"
@@ -63,7 +68,17 @@ def predict_recordings(
             join(out_dir, f"recording_id={row.recording_id}", "part-0.parquet"),
             table.drop_columns(["recording_id"]),
         )
+        night_events(root, cfg, run_id, manifest_rows[str(row.recording_id)])
     return out_dir
+
+
+def night_events(root: RootLike, cfg: Config, run_id: str, row: ManifestRow) -> list[BreathingEvent]:
+    """Detect a night's apnoeas and hypopnoeas from its breathing envelope (the first channel's, made
+    from its audio if the cache has none) and write the event table beside the predictions."""
+    env, valid = load_envelope(root, channel_configs(cfg)[0], row)
+    events = detect_events(env, valid)
+    write_events(root, run_id, str(row["recording_id"]), events)
+    return events
 
 
 def _all_epochs(root: RootLike, cfg: Config, recording_id: str) -> list[dict[str, Any]]:

@@ -17,16 +17,20 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from sleepsound.breathing.detector import BreathingEvent
+from sleepsound.breathing.evaluate import Counts, add_counts, match_counts, scored_events, scores
+from sleepsound.breathing.store import read_events
 from sleepsound.core.config import Config
 from sleepsound.core.records import HeadInfo, Reported, TrainedModels
 from sleepsound.core.storage import RootLike, full_uri, join, open_root, write_bytes_atomic, write_json, write_table
 from sleepsound.ingest.manifest import read_manifest, read_manifest_rows
 from sleepsound.labels.targets import PRIMARY, TARGETS
+from sleepsound.labels.vocabulary import EPOCH_SECONDS
 from sleepsound.registry import store as model_store
 from sleepsound.report.figures import ahi_scatter_figure, bland_altman_figure, event_timeline_figure, hypnogram_figure
 from sleepsound.report.metrics import ahi_agreement, bootstrap_ci, cohen_kappa, confusion_counts, evaluate
 from sleepsound.report.render import ReportInputs, render_report
-from sleepsound.report.summaries import breathing_summary, night_summary
+from sleepsound.report.summaries import breathing_summary, event_indices, night_summary, severity
 
 CI_BOOTSTRAPS = 500
 
@@ -102,19 +106,37 @@ def subject_intervals(preds: pd.DataFrame, seed: int = 0) -> dict[str, tuple[flo
     }
 
 
-def night_breathing(night: pd.DataFrame, resp: HeadInfo | None) -> dict[str, Any]:
-    """Scored and estimated AHI, severity and snore index of one night (None where unknown)."""
+# The detector's figures in the summaries (beside the snore index and the head's estimate).
+EVENT_FIELDS = ("ahi", "severity", "rei", "severity_rei", "n_apnea", "n_hypopnea", "ahi_warning")
+
+
+def night_breathing(
+    night: pd.DataFrame, resp: HeadInfo | None, detected: list[BreathingEvent] | None = None
+) -> dict[str, Any]:
+    """Scored and estimated breathing figures of one night (None where unknown).
+
+    ``_estimated``: AHI and REI from the detector's events (``detected``) on the predicted
+    hypnogram, the headline; ``ahi_head_estimated``: the respiratory head's expected events per
+    hour of predicted sleep, as before the detector (kept for comparison). ``_scored``: from the
+    scored events (AHI per hour of scored sleep, REI per hour of recording)."""
     out: dict[str, Any] = {}
+    epoch = EPOCH_SECONDS
     if night["events_true"].notna().any():
         scored = breathing_summary(
             _stages(night["stage_true"]), night["events_true"].to_numpy(float), night["snore_frac_true"].to_numpy(float)
         )
         out |= {f"{k}_scored": scored[k] for k in ("ahi", "severity", "snore_index")}
+        rei = float(np.nansum(night["events_true"].to_numpy(float))) / (len(night) * epoch / 3600.0)
+        out |= {"rei_scored": rei, "severity_rei_scored": severity(rei)}
     if resp is not None and night["prob_apnea_hypopnea"].notna().any():
         events = night["prob_apnea_hypopnea"].to_numpy(float) * resp.get("events_per_event_epoch", 1.0)
         snore = night["prob_snore"].to_numpy(float) * resp.get("snore_share_per_snore_epoch", 1.0)
         estimated = breathing_summary(_stages(night["stage_pred"]), events, snore)
         out |= {f"{k}_estimated": estimated[k] for k in ("ahi", "severity", "snore_index")}
+        out |= {"ahi_head_estimated": estimated["ahi"]}
+    if detected is not None:
+        indices = event_indices(detected, _stages(night["stage_pred"]), epoch)
+        out |= {f"{k}_estimated": indices[k] for k in EVENT_FIELDS}
     return out
 
 
@@ -140,11 +162,15 @@ def write_run_outputs(
     metrics = by_target.get(PRIMARY)
     resp = heads.get("resp")
 
-    rows, breathing, hypnograms, timelines = [], [], [], []
+    detected = read_events(root, run_id)
+    manifest_rows = {str(r["recording_id"]): r for r in read_manifest_rows(root)}
+    rows, breathing, hypnograms, timelines, event_counts = [], [], [], [], []
     for rec, night in preds.groupby("recording_id", sort=True):
         split = str(night["split"].iloc[0])
         subject = str(night["subject_id"].iloc[0])
-        figures = night_breathing(night, resp)
+        figures = night_breathing(night, resp, detected.get(str(rec)))
+        if split == "test" and str(rec) in detected and night["events_true"].notna().any():
+            event_counts.append(_event_counts(manifest_rows.get(str(rec)), detected[str(rec)]))
         for source, column in (("predicted", "stage_pred"), ("scored", "stage_true")):
             if source == "scored" and split == "unlabelled":
                 continue
@@ -156,7 +182,8 @@ def write_run_outputs(
                     "split": split,
                     "source": source,
                     **night_summary(_stages(night[column])),
-                    **{k: figures.get(f"{k}{suffix}") for k in ("ahi", "severity", "snore_index")},
+                    **{k: figures.get(f"{k}{suffix}") for k in ("ahi", "severity", "snore_index", *EVENT_FIELDS)},
+                    "ahi_head": figures.get(f"ahi_head{suffix}"),
                 }
             )
         if figures:
@@ -189,6 +216,7 @@ def write_run_outputs(
                 bland_altman_figure(test["ahi_scored"].to_numpy(float), test["ahi_estimated"].to_numpy(float), ahi),
             ]
     intervals = subject_intervals(preds, cfg.training.seed) if metrics else {}
+    breathing_metrics = _breathing_metrics(breathing_frame, event_counts)
 
     run_dir = join(root_path, "runs", run_id)
     write_table(
@@ -198,6 +226,7 @@ def write_run_outputs(
         **(metrics or {}),
         "tasks": {k: v for k, v in by_target.items() if k != PRIMARY},
         "ahi": ahi,
+        "breathing_events": breathing_metrics,
         "subject_ci": {k: list(v) for k, v in intervals.items()},
         "skipped_tasks": model.get("skipped", {}),
     }
@@ -250,6 +279,38 @@ def write_run_outputs(
             "held_out_nights": held_out_nights,
         },
     }
+
+
+def _event_counts(row: Any, detected: list[BreathingEvent]) -> dict[str, Counts]:
+    """A test night's scored events (read again from its annotation files) against the detected ones."""
+    from sleepsound.embed.epochs import night_labels
+
+    if row is None:
+        return {}
+    truth = scored_events(night_labels(row, int(row["n_epochs"])).events or [])
+    return match_counts(truth, detected)
+
+
+def _breathing_metrics(breathing: pd.DataFrame, counts: list[dict[str, Counts]]) -> dict[str, Any] | None:
+    """The detector on the test nights with scored events: event-level precision/recall/F1 per type
+    (an event is found when a detection of its type overlaps it), and the per-night AHI and REI
+    errors of the detector and of the respiratory head's estimate (the figures before it)."""
+    if not counts or not len(breathing) or "rei_scored" not in breathing:
+        return None
+    test = breathing[(breathing["split"] == "test") & breathing["rei_scored"].notna()]
+    out: dict[str, Any] = {"nights": len(test), "events": scores(add_counts(c for c in counts if c))}
+    for name, estimate, truth in (
+        ("rei", "rei_estimated", "rei_scored"),
+        ("ahi", "ahi_estimated", "ahi_scored"),
+        ("ahi_head", "ahi_head_estimated", "ahi_scored"),
+    ):
+        if estimate in test and truth in test:
+            error = (test[estimate].astype(float) - test[truth].astype(float)).dropna()
+            if len(error):
+                out[f"{name}_mean_abs_error"] = float(error.abs().mean())
+                out[f"{name}_bias"] = float(error.mean())
+                out[f"{name}_within_5"] = float((error.abs() < 5).mean())
+    return out
 
 
 def _headline(

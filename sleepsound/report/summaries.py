@@ -155,3 +155,51 @@ def breathing_summary(
         "respiratory_events": float(ev.sum()),
         "snore_index": float(sn.sum() * epoch_seconds / 60.0 / sleep_hours) if sleep_hours else float("nan"),
     }
+
+
+# Below this much estimated sleep an AHI is flagged: with 2 h of sleep one event more or less moves
+# it by 0.5/h, and the sleep estimate itself (from sound alone) can be off by tens of minutes, so
+# the ratio mostly reflects the denominator. Home sleep apnoea tests ask for at least 4 h of
+# recording for the same reason; 2 h of sleep is the least on which the AASM lets a split-night
+# diagnostic part be scored.
+MIN_SLEEP_HOURS_FOR_AHI = 2.0
+
+
+def event_indices(
+    events: Sequence[dict[str, Any]],
+    stages: Sequence[str | None],
+    epoch_seconds: float = EPOCH_SECONDS,
+    recording_seconds: float | None = None,
+) -> dict[str, Any]:
+    """AHI and REI of one night from its detected events and its (estimated) hypnogram.
+
+    * ``ahi``: events starting in an epoch of estimated sleep per hour of estimated sleep;
+      ``severity`` its class (< 5, 5-15, 15-30, >= 30).
+    * ``rei`` (respiratory event index): every event per hour of recording, as home sleep
+      apnoea tests report it (they cannot see sleep); ``severity_rei`` its class.
+    * ``n_apnea``, ``n_hypopnea``: all events of the night by type.
+    * ``ahi_warning``: a sentence when estimated sleep is under ``MIN_SLEEP_HOURS_FOR_AHI``
+      (then read the REI), else None.
+    """
+    n = len(stages)
+    hours = (recording_seconds if recording_seconds is not None else n * epoch_seconds) / 3600.0
+    asleep = np.array([_clean(s) in SLEEP for s in stages], dtype=bool)
+    sleep_hours = asleep.sum() * epoch_seconds / 3600.0
+    during_sleep = sum(1 for e in events if 0 <= (i := int(float(e["start_s"]) // epoch_seconds)) < n and asleep[i])
+    ahi = during_sleep / sleep_hours if sleep_hours else float("nan")
+    rei = len(events) / hours if hours else float("nan")
+    warning = (
+        f"estimated sleep {sleep_hours:.1f} h is under {MIN_SLEEP_HOURS_FOR_AHI:g} h: "
+        "the AHI is unreliable, read the REI"
+        if sleep_hours < MIN_SLEEP_HOURS_FOR_AHI
+        else None
+    )
+    return {
+        "ahi": float(ahi),
+        "severity": severity(ahi),
+        "rei": float(rei),
+        "severity_rei": severity(rei),
+        "n_apnea": sum(e["type"] == "apnea" for e in events),
+        "n_hypopnea": sum(e["type"] == "hypopnea" for e in events),
+        "ahi_warning": warning,
+    }

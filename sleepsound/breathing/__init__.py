@@ -1,0 +1,1 @@
+"""Breathing events from the sound itself: a low-rate envelope, a detector, per-night indices."""

@@ -1,0 +1,107 @@
+"""A 10-Hz breathing envelope of an epoch's audio, cheap enough to compute while the night streams.
+
+Why these features (one row per 0.1-s frame):
+
+* ``breath_db``: power in 250-2500 Hz, where the turbulent noise of breathing through nose
+  and mouth sits; the detector measures breaths as modulation of it above a tracked floor.
+* ``broad_db``: power over the whole band (60 Hz up), to tell a sound that is loud everywhere
+  (a door, a voice) from breath noise.
+* ``flatness``: spectral flatness in 250-4000 Hz (1: white noise, 0: a pure tone). Breath
+  noise is flat; voiced speech, TV and music are harmonic.
+* ``voicing``: the highest normalised autocorrelation of the frame below 1.5 kHz at the lags
+  of a 90-400 Hz voice pitch: speech and most snores are periodic, breath noise is not.
+  A steady hum (fan blade-pass) raises it evenly all night, so the detector reads it
+  against its rolling level, never as an absolute.
+
+Two real FFTs of 1600 points per frame at 16 kHz (300 frames per epoch): measured at 25 ms per
+30-s epoch on a busy 2-core machine, about 24 s of CPU per 8-h night, in the readers' stage
+(see /work/notes/s22-events.md); the backbone's own cost per epoch is far larger on CPU.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+FRAME_SECONDS = 0.1
+FRAME_HZ = 1.0 / FRAME_SECONDS
+FEATURES: tuple[str, ...] = ("breath_db", "broad_db", "flatness", "voicing")
+BREATH_BAND_HZ = (250.0, 2500.0)
+BROAD_LOW_HZ = 60.0
+FLATNESS_BAND_HZ = (250.0, 4000.0)
+VOICING_MAX_HZ = 1500.0
+PITCH_HZ = (90.0, 400.0)
+FLOOR_DB = -140.0  # digital silence: log10 of zero power, clipped
+
+
+@lru_cache(maxsize=8)
+def _plan(n: int, rate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Window and band masks for frames of ``n`` samples at ``rate`` (cached per shape)."""
+    freqs = np.fft.rfftfreq(n, 1.0 / rate)
+    nyq = rate / 2.0
+
+    def band(lo: float, hi: float) -> np.ndarray:
+        mask = (freqs >= lo) & (freqs < min(hi, nyq))
+        if not mask.any():  # a very low rate: fall back to what the band can hold
+            mask = freqs >= min(lo, nyq / 2)
+        return mask
+
+    window = np.hanning(n).astype(np.float32)
+    lo_lag = max(1, int(rate / PITCH_HZ[1]))
+    hi_lag = min(n - 1, int(np.ceil(rate / PITCH_HZ[0])))
+    return (
+        window,
+        band(*BREATH_BAND_HZ),
+        band(BROAD_LOW_HZ, np.inf),
+        band(*FLATNESS_BAND_HZ),
+        freqs < VOICING_MAX_HZ,
+        lo_lag,
+        hi_lag,
+    )
+
+
+def epoch_envelope(audio: np.ndarray, rate: float) -> np.ndarray:
+    """``[frames, len(FEATURES)]`` float32 of one epoch's audio (any rate; a trailing part frame is dropped).
+
+    The audio must not be normalised per epoch: the detector compares levels across epochs.
+    """
+    n = int(round(FRAME_SECONDS * rate))
+    frames = len(audio) // n
+    if frames == 0:
+        return np.zeros((0, len(FEATURES)), dtype=np.float32)
+    window, breath, broad, flat, low, lo_lag, hi_lag = _plan(n, float(rate))
+    x = np.asarray(audio[: frames * n], dtype=np.float32).reshape(frames, n)
+    x = x - x.mean(axis=1, keepdims=True)
+    power = np.abs(np.fft.rfft(x * window, axis=1)) ** 2 / n
+    tiny = 1e-14
+    breath_db = 10.0 * np.log10(power[:, breath].mean(axis=1) + tiny)
+    broad_db = 10.0 * np.log10(power[:, broad].mean(axis=1) + tiny)
+    band = power[:, flat] + tiny
+    flatness = np.exp(np.log(band).mean(axis=1)) / band.mean(axis=1)
+    # Autocorrelation of the low band (Wiener-Khinchin), normalised by lag 0.
+    acf = np.fft.irfft(np.where(low, power, 0.0), n=n, axis=1)
+    zero = acf[:, :1]
+    voicing = np.where(zero > tiny, acf[:, lo_lag : hi_lag + 1].max(axis=1, keepdims=True) / np.maximum(zero, tiny), 0)
+    out = np.stack([np.maximum(breath_db, FLOOR_DB), np.maximum(broad_db, FLOOR_DB), flatness, voicing[:, 0]], axis=1)
+    return np.nan_to_num(out, nan=0.0).astype(np.float32)
+
+
+def night_envelope(epochs: list[np.ndarray], frames_per_epoch: int) -> np.ndarray:
+    """Stack epochs' envelopes on one grid, padding or cutting each to ``frames_per_epoch`` rows."""
+    out = np.zeros((len(epochs) * frames_per_epoch, len(FEATURES)), dtype=np.float32)
+    out[:, 0] = out[:, 1] = FLOOR_DB
+    for i, env in enumerate(epochs):
+        k = min(len(env), frames_per_epoch)
+        out[i * frames_per_epoch : i * frames_per_epoch + k] = env[:k]
+    return out
+
+
+def frames_per_epoch(epoch_seconds: float) -> int:
+    """Envelope frames in one epoch (300 for 30 s)."""
+    return int(round(epoch_seconds * FRAME_HZ))
+
+
+def empty_envelope(epoch_seconds: float) -> np.ndarray:
+    """An epoch's envelope where there is no audio (shifted windows, closing rows): all zeros."""
+    return np.zeros((frames_per_epoch(epoch_seconds), len(FEATURES)), dtype=np.float32)

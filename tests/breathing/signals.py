@@ -1,0 +1,63 @@
+"""Tiny breathing signals with known pauses, made with numpy (8 kHz: the breath band fits under 4 kHz)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import signal
+
+RATE = 8000
+
+
+def _band_noise(rng: np.random.Generator, n: int, lo: float, hi: float) -> np.ndarray:
+    sos = signal.butter(4, [lo, hi], btype="bandpass", fs=RATE, output="sos")
+    return signal.sosfilt(sos, rng.standard_normal(n))
+
+
+def breathing(
+    seconds: float,
+    pauses: tuple[tuple[float, float], ...] = (),
+    weak: tuple[tuple[float, float], ...] = (),
+    weak_gain: float = 0.35,
+    period_s: float = 4.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """Breaths every ``period_s`` (1.4 s inspiration, 1.8 s expiration of band noise, +-10% in depth),
+    none starting inside a ``pauses`` interval, ``weak_gain`` times as loud inside ``weak``; the first
+    breath after a pause or a weak stretch is 1.5 times as loud (the recovery)."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE)
+    out = np.zeros(n)
+    t, recovering = 1.0, False
+    while t < seconds - 4:
+        paused = any(a <= t < b for a, b in pauses)
+        soft = any(a <= t < b for a, b in weak)
+        if paused:
+            t, recovering = next(b for a, b in pauses if a <= t < b), True
+            continue
+        gain = rng.uniform(0.9, 1.1) * (weak_gain if soft else 1.5 if recovering else 1.0)
+        recovering = soft
+        for offset, length, level in ((0.0, 1.4, 1.0), (1.5, 1.8, 0.6)):
+            k0, k = int((t + offset) * RATE), int(length * RATE)
+            out[k0 : k0 + k] += gain * level * np.hanning(k) * _band_noise(rng, k, 300, 1800)
+        t += period_s * rng.uniform(0.95, 1.05)
+    return 0.05 * out
+
+
+def fan(seconds: float, level: float, seed: int = 1) -> np.ndarray:
+    """Steady broadband air noise with a 120-Hz blade hum, at ``level`` RMS."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE)
+    x = _band_noise(rng, n, 60, 3500) + 0.3 * np.sin(2 * np.pi * 120 * np.arange(n) / RATE)
+    return level * x / x.std()
+
+
+def speech(seconds: float, start: float, length: float, level: float = 0.05) -> np.ndarray:
+    """A voiced, syllabic burst (150 Hz and its harmonics, 4.2 syllables per second) at ``start``."""
+    n = int(seconds * RATE)
+    out = np.zeros(n)
+    k0, k = int(start * RATE), int(length * RATE)
+    t = np.arange(k) / RATE
+    voice = sum(np.sin(2 * np.pi * 150 * h * t) / h for h in range(1, 12))
+    syllables = (0.5 + 0.5 * np.sin(2 * np.pi * 4.2 * t)) ** 2
+    out[k0 : k0 + k] = level * voice * syllables / np.std(voice)
+    return out

@@ -1,0 +1,104 @@
+"""The envelope and the detector on tiny numpy signals with known pauses, steady fan noise and speech."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sleepsound.breathing.detector import detect_events
+from sleepsound.breathing.envelope import FEATURES, epoch_envelope
+from sleepsound.breathing.evaluate import add_counts, match_counts, scores
+from sleepsound.report.summaries import MIN_SLEEP_HOURS_FOR_AHI, event_indices
+from tests.breathing.signals import RATE, breathing, fan, speech
+
+SECONDS = 240.0
+PAUSE = (130.0, 152.0)  # 22 s without a breath
+
+
+def _detect(audio: np.ndarray) -> list:
+    return detect_events(epoch_envelope(audio, RATE))
+
+
+def _only(events: list, kind: str) -> dict:
+    assert [e["type"] for e in events] == [kind], events
+    return events[0]
+
+
+def test_envelope_tells_breath_noise_from_silence_and_voice():
+    env = epoch_envelope(breathing(12.0) + speech(12.0, 8.0, 2.0), RATE)
+    assert env.shape == (120, len(FEATURES)) and env.dtype == np.float32
+    breath_db, flatness, voicing = (env[:, FEATURES.index(k)] for k in ("breath_db", "flatness", "voicing"))
+    inspiration, silence, voice = slice(12, 20), slice(49, 50), slice(82, 98)  # 1.2-2 s, 4.9 s, 8.2-9.8 s
+    assert breath_db[inspiration].min() > breath_db[silence].max() + 20
+    assert voicing[voice].mean() > 0.6 > 0.3 > voicing[inspiration].mean()
+    assert flatness[inspiration].mean() > flatness[voice].mean()
+
+
+@pytest.mark.parametrize("fan_level", [0.0, 0.01], ids=["quiet room", "fan"])
+def test_regular_breathing_has_no_events(fan_level):
+    audio = breathing(SECONDS) + fan(SECONDS, fan_level)
+    assert _detect(audio) == []
+
+
+@pytest.mark.parametrize("fan_level", [0.0, 0.01], ids=["quiet room", "fan"])
+def test_a_pause_in_breathing_is_one_apnoea_where_it_is(fan_level):
+    audio = breathing(SECONDS, pauses=(PAUSE,)) + fan(SECONDS, fan_level)
+    event = _only(_detect(audio), "apnea")
+    # silence from the end of the last breath (up to 3.5 s into the pause) to the recovery breath
+    assert PAUSE[0] <= event["start_s"] <= PAUSE[0] + 3.5 and PAUSE[1] - 0.5 <= event["end_s"] <= PAUSE[1] + 1
+    assert 0.5 <= event["confidence"] <= 1.0
+
+
+def test_weaker_breaths_for_twenty_seconds_are_a_hypopnoea():
+    audio = breathing(SECONDS, weak=(PAUSE,)) + fan(SECONDS, 0.003)
+    event = _only(_detect(audio), "hypopnea")
+    assert event["start_s"] < PAUSE[0] + 4 and event["end_s"] > PAUSE[1] - 4
+
+
+def test_a_dip_of_ten_percent_is_no_hypopnoea():
+    assert _detect(breathing(SECONDS, weak=(PAUSE,), weak_gain=0.9)) == []
+
+
+def test_a_pause_shorter_than_ten_seconds_is_no_apnoea():
+    assert _detect(breathing(SECONDS, pauses=((130.0, 137.0),))) == []
+
+
+def test_speech_during_a_pause_does_not_end_it():
+    audio = breathing(SECONDS, pauses=(PAUSE,)) + speech(SECONDS, 138.0, 3.0)
+    event = _only(_detect(audio), "apnea")
+    assert event["start_s"] <= PAUSE[0] + 3.5 and event["end_s"] >= PAUSE[1] - 0.5  # one event over the whole pause
+
+
+def test_a_tv_lull_without_breathing_before_it_is_no_pause():
+    talk = sum(speech(SECONDS, t, 2.5) for t in np.arange(2.0, SECONDS - 3, 3.0) if not 120 <= t < 140)
+    assert _detect(talk) == []
+
+
+def test_event_matching_counts_overlaps_per_type():
+    truth = [{"start_s": 10.0, "end_s": 25.0, "type": "apnea"}, {"start_s": 60.0, "end_s": 75.0, "type": "hypopnea"}]
+    detected = [
+        {"start_s": 20.0, "end_s": 32.0, "type": "apnea", "confidence": 0.9},
+        {"start_s": 61.0, "end_s": 72.0, "type": "apnea", "confidence": 0.6},  # right place, wrong type
+        {"start_s": 100.0, "end_s": 112.0, "type": "hypopnea", "confidence": 0.7},
+    ]
+    result = scores(add_counts([match_counts(truth, detected)]))
+    assert result["apnea"]["recall"] == 1.0 and result["apnea"]["precision"] == 0.5
+    assert result["hypopnea"]["recall"] == 0.0 and result["hypopnea"]["f1"] == 0.0
+    assert result["any"]["recall"] == 1.0 and result["any"]["precision"] == pytest.approx(2 / 3)
+
+
+def test_ahi_counts_sleep_and_rei_the_whole_recording():
+    stages = ["Wake"] * 120 + ["NREM"] * 360 + ["REM"] * 120  # 5 h, 4 h asleep
+    events = [
+        {"start_s": 100.0, "end_s": 115.0, "type": "apnea", "confidence": 0.9},  # in wake
+        *(
+            {"start_s": 4000.0 + 60 * k, "end_s": 4012.0 + 60 * k, "type": "hypopnea", "confidence": 0.7}
+            for k in range(7)
+        ),
+    ]
+    out = event_indices(events, stages)
+    assert out["ahi"] == pytest.approx(7 / 4.0) and out["rei"] == pytest.approx(8 / 5.0)
+    assert (out["n_apnea"], out["n_hypopnea"], out["severity"], out["ahi_warning"]) == (1, 7, "normal", None)
+    short = event_indices(events, ["Wake"] * 120 + ["NREM"] * 120 + ["Wake"] * 360)  # 1 h asleep
+    assert short["ahi_warning"] and f"{MIN_SLEEP_HOURS_FOR_AHI:g} h" in short["ahi_warning"]
+    assert short["ahi"] == pytest.approx(7 / 1.0) and short["severity"] == "mild"

@@ -1,0 +1,75 @@
+"""The event table and the indices on the score path, and a cache made before envelopes existed.
+
+The steps of the train and score flows in one process (no Ray, no Prefect), on two tiny synthetic
+nights with the tiny random Whisper from conftest: embed, train, predict (which detects events),
+then the run's outputs. Then the nights' envelope files are removed, as in a cache written before
+this change, and scoring again makes them from the audio without embedding anything again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from sleepsound.core import schemas
+from sleepsound.core.config import Config
+from sleepsound.embed.cohort import embed_cohort
+from sleepsound.ingest.manifest import build_manifest, read_manifest, read_manifest_rows, write_manifest
+from sleepsound.predict.recordings import predict_recordings
+from sleepsound.report.outputs import read_summaries, write_run_outputs
+from sleepsound.synth.writers import generate_cohort
+from sleepsound.train.fit import train_models
+
+
+def test_scoring_writes_the_event_table_and_rebuilds_missing_envelopes(tiny_whisper, tmp_path):
+    cfg = Config.model_validate(
+        {"backbone": {"name": tiny_whisper, "batch_size": 4}, "training": {"epochs": 2, "batch_size": 16}}
+    )
+    source, root = tmp_path / "nights", tmp_path / "root"
+    generate_cohort(source, n_subjects=3, hours=0.1, seed=21, sample_rate=16_000, part_seconds=360, cycle_minutes=6)
+    write_manifest(str(root), build_manifest(str(source), cfg.preprocess, cfg.validation))
+    rows = [r for r in read_manifest_rows(str(root)) if r["status"] == "accepted"]
+    assert not embed_cohort(rows, str(root), cfg, use_ray=False).failed
+    envelopes = sorted((root / "breathing").rglob("*.parquet"))
+    assert len(envelopes) == len(rows)  # written by the embed stream, one per night
+    model = train_models(str(root), cfg, "t1", read_manifest(str(root)))
+    predict_recordings(str(root), cfg, "t1", model, read_manifest(str(root)))
+
+    tables = sorted((root / "runs" / "t1" / "events").glob("recording_id=*/part-0.parquet"))
+    assert {p.parent.name.split("=")[1] for p in tables} == {r["recording_id"] for r in rows}
+    for path in tables:
+        table = pq.read_table(path)
+        assert table.schema.equals(schemas.EVENTS, check_metadata=False)
+        assert set(table["recording_id"].to_pylist()) <= {path.parent.name.split("=")[1]}
+        assert set(table["type"].to_pylist()) <= {"apnea", "hypopnea"}
+    written = {p.name: pq.read_table(p) for p in envelopes}
+
+    reported = write_run_outputs(str(root), "t1", model, {"run_id": "t1"}, cfg, trained=True)
+    summaries = read_summaries(reported["summaries"])
+    predicted = summaries[summaries["source"] == "predicted"]
+    assert {"ahi", "rei", "severity", "severity_rei", "n_apnea", "n_hypopnea", "ahi_warning", "ahi_head"} <= set(
+        summaries.columns
+    )
+    events = pd.concat([pq.read_table(p).to_pandas() for p in tables])
+    assert int(predicted["n_apnea"].sum()) == int((events["type"] == "apnea").sum())
+    hours = predicted["time_in_bed_min"] / 60.0
+    assert ((predicted["rei"] * hours).round(6) == (predicted["n_apnea"] + predicted["n_hypopnea"])).all()
+    assert predicted["ahi_warning"].notna().all()  # six-minute nights: far under 2 h of sleep
+    metrics = json.loads((root / "runs" / "t1" / "metrics.json").read_text())
+    assert "breathing_events" in metrics
+
+    # A cache from before envelopes: scoring makes them again from the audio, the same as the stream's.
+    shutil.rmtree(root / "breathing")
+    assert embed_cohort(rows, str(root), cfg, use_ray=False, shifted=False).cached == [r["recording_id"] for r in rows]
+    predict_recordings(str(root), cfg, "s1", model, read_manifest(str(root)))
+    rebuilt = {p.name: pq.read_table(p) for p in sorted((root / "breathing").rglob("*.parquet"))}
+    assert rebuilt.keys() == written.keys()
+    for name, table in rebuilt.items():
+        assert table.num_rows == written[name].num_rows
+        for column in ("breath_db", "voicing"):
+            a, b = table[column].to_numpy(), written[name][column].to_numpy()
+            assert abs(a - b).max() < 1e-3, (name, column)
+    assert len(list((root / "runs" / "s1" / "events").glob("recording_id=*/part-0.parquet"))) == len(rows)
