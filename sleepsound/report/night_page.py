@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import textwrap
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -63,12 +64,13 @@ def clock_text(nf: NightFigures, seconds: float) -> str:
 
 
 @readable
-def draw_night_chart(fig: Figure, nf: NightFigures) -> None:
-    """Hypnogram (top) with breathing events and snoring underneath, on one clock-time axis."""
+def draw_night_chart(fig: Figure, nf: NightFigures, area: Mapping[str, float] | None = None) -> None:
+    """Hypnogram (top) with breathing events and snoring underneath, on one clock-time axis;
+    ``area``: left/right/top/bottom in figure fractions (the PDF page), else the whole figure."""
     levels = LEVELS5 if nf.stage_head == "stage5" else LEVELS3
     hours0 = (nf.start_s - (nf.start_s.min() if len(nf.start_s) else 0.0)) / 3600.0
     step = nf.epoch_seconds / 3600.0
-    grid = fig.add_gridspec(3, 1, height_ratios=[3, 1.1, 1.1], hspace=0.12)
+    grid = fig.add_gridspec(3, 1, height_ratios=[3, 1.1, 1.1], hspace=0.12, **(area or {}))
     hyp = fig.add_subplot(grid[0])
     ev = fig.add_subplot(grid[1], sharex=hyp)
     sn = fig.add_subplot(grid[2], sharex=hyp)
@@ -107,7 +109,7 @@ def draw_night_chart(fig: Figure, nf: NightFigures) -> None:
         ev.fill_between(hours0 + step / 2, np.nan_to_num(nf.prob_event), step="mid", color="#c0392b", alpha=0.6, lw=0)
         ev.set_ylim(0, 1)
         ev.set_yticks([0, 0.5, 1], ["0%", "50%", "100%"])
-        ev.set_ylabel("P(apnoea or\nhypopnoea)")
+        ev.set_ylabel("P(event)")
     else:
         ev.set_yticks([])
         ev.text(
@@ -123,7 +125,7 @@ def draw_night_chart(fig: Figure, nf: NightFigures) -> None:
         sn.fill_between(hours0 + step / 2, np.nan_to_num(nf.prob_snore), step="mid", color="#7d3c98", alpha=0.6, lw=0)
         sn.set_ylim(0, 1)
         sn.set_yticks([0, 0.5, 1], ["0%", "50%", "100%"])
-        sn.set_ylabel("P(snoring)")
+        sn.set_ylabel("P(snore)")
     else:
         sn.set_yticks([])
         sn.text(
@@ -226,7 +228,7 @@ def render_night_html(
     what = (
         "the detected apnoeas and hypopnoeas"
         if nf.events is not None
-        else "the per-epoch probability of an apnoea or hypopnoea"
+        else "the per-epoch probability of an apnoea or hypopnoea (P(event))"
     )
     facts = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in header_facts(nf, run_id))
     scored = nf.ahi_scored is not None
@@ -257,7 +259,7 @@ def render_night_html(
         f"<figure>{night_chart_tag(nf)}<figcaption>Stages from the "
         f"{'5-class' if nf.stage_head == 'stage5' else '3-class'} head on the clock (REM in red); underneath, "
         f"{what}"
-        " and the probability of snoring, on the same time axis.</figcaption></figure>",
+        " and the probability of snoring (P(snore)), on the same time axis.</figcaption></figure>",
         "<div class='cols'><section>",
         "<h2 id='stages'>Sleep stages</h2>",
         _table(("stage", "minutes", "% of sleep", "% of time in bed"), stage_rows(nf), "minutes and shares per stage"),
@@ -297,14 +299,13 @@ def _pdf_page(nf: NightFigures, run_id: str) -> Figure:
     """One A4 page: header, disclaimer, the chart, then the tables, laid out in figure coordinates."""
     fig = Figure(figsize=(8.27, 11.69))
     fig.text(0.06, 0.965, f"Night report: {nf.recording_id}", fontsize=16, weight="bold", parse_math=False)
-    fig.text(0.06, 0.945, DISCLAIMER, fontsize=8.5, wrap=True, color="#1f4e9a", va="top")
+    fig.text(0.06, 0.948, "\n".join(textwrap.wrap(DISCLAIMER, 110)), fontsize=8.5, color="#1f4e9a", va="top")
     y = 0.915
     for k, v in header_facts(nf, run_id):
         fig.text(0.06, y, k, fontsize=9, color="#555", va="top")
         fig.text(0.25, y, v, fontsize=9, va="top", parse_math=False)
         y -= 0.016
-    chart = fig.add_subfigure(fig.add_gridspec(1, 1, left=0.03, right=0.98, top=y - 0.005, bottom=y - 0.34)[0])
-    draw_night_chart(chart, nf)
+    draw_night_chart(fig, nf, {"left": 0.16, "right": 0.96, "top": y - 0.025, "bottom": y - 0.31})
     scored = nf.ahi_scored is not None
     tables = [
         ("Sleep stages", ("stage", "minutes", "% of sleep", "% in bed"), stage_rows(nf), (0.06, 0.47)),
@@ -312,10 +313,10 @@ def _pdf_page(nf: NightFigures, run_id: str) -> Figure:
     ]
     b_rows = breathing_rows(nf) if scored else [r[:2] for r in breathing_rows(nf)]
     b_head = ("figure", "estimate", "scored (PSG)") if scored else ("figure", "estimate from audio")
-    top = y - 0.36
+    top = y - 0.38
     for name, head, rows, (x0, x1) in tables:
         _pdf_table(fig, name, head, rows, x0, x1, top, 0.018 * (len(rows) + 1))
-    top -= 0.018 * 8 + 0.05
+    top -= 0.018 * 7 + 0.05
     _pdf_table(fig, "Breathing", b_head, b_rows, 0.06, 0.94, top, 0.018 * (len(b_rows) + 1))
     top -= 0.018 * (len(b_rows) + 1) + 0.05
     fig.text(0.06, top, f"Source of the breathing figures: {nf.ahi_source}.", fontsize=8, color="#555", wrap=True)
@@ -341,14 +342,12 @@ def _pdf_table(
     ax = fig.add_axes((x0, top - height, x1 - x0, height))
     ax.axis("off")
     table = ax.table(
-        cellText=[list(r) for r in rows], colLabels=list(head), loc="upper left", cellLoc="right", colLoc="right"
+        cellText=[list(r) for r in rows], colLabels=list(head), loc="upper left", cellLoc="left", colLoc="left"
     )
     table.auto_set_font_size(False)
     table.set_fontsize(8)
-    for (r, c), cell in table.get_celld().items():
+    for (r, _c), cell in table.get_celld().items():
         cell.set_edgecolor("#cccccc")
-        if c == 0:
-            cell._loc = "left"  # the figure's name reads from the left
         if r == 0:
             cell.set_facecolor("#f3f3f3")
     table.auto_set_column_width(list(range(len(head))))
