@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MultipleLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter
 
 from sleepsound.report.figures import _png, readable
 from sleepsound.report.html import esc
@@ -44,9 +44,13 @@ img{max-width:100%;height:auto}figure{margin:0.5em 0}figcaption{font-size:0.85em
 .disclaimer{background:#eef4fb;border-left:4px solid #1f4e9a;padding:0.5em 0.8em}.muted{color:#666}
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:0.15em 1em;margin:0.5em 0}dl.facts dt{color:#555}
 dl.facts dd{margin:0}.cols{display:flex;flex-wrap:wrap;gap:0 2em}.cols>section{flex:1 1 300px}
-@media print{@page{margin:12mm}body{margin:0;max-width:none;font-size:10pt}a{color:inherit;text-decoration:none}
-.noprint{display:none}h2{break-after:avoid}figure,table,section{break-inside:avoid}
-.disclaimer{border:1px solid #1f4e9a}}"""
+@media print{@page{margin:8mm 10mm}body{margin:0;padding:0;max-width:none;font-size:9pt;line-height:1.25}
+a{color:inherit;text-decoration:none}.noprint{display:none}h1{font-size:14pt}h2{font-size:11pt;margin:0.6em 0 0.2em;
+break-after:avoid}figure,table,section{break-inside:avoid}figure{margin:0.2em 0}
+figure img{max-height:52mm;width:auto}figcaption{font-size:8pt}
+td,th{padding:1px 6px}table{margin:0.2em 0}caption{display:none}
+dl.facts{grid-template-columns:max-content 1fr max-content 1fr}.disclaimer{border:1px solid #1f4e9a;padding:0.3em 0.6em}
+.cols{flex-wrap:nowrap}}"""
 
 
 def _clock(nf: NightFigures) -> Callable[[float, Any], str]:
@@ -54,13 +58,24 @@ def _clock(nf: NightFigures) -> Callable[[float, Any], str]:
     if nf.start is not None:
         start = nf.start
         return lambda h, _pos: (start + timedelta(hours=h)).strftime("%H:%M")
-    return lambda h, _pos: f"+{int(h)}:{round((h % 1) * 60):02d}"
+    return lambda h, _pos: f"+{round(h * 60) // 60}:{round(h * 60) % 60:02d}"
 
 
 def clock_text(nf: NightFigures, seconds: float) -> str:
     if nf.start is not None:
         return (nf.start + timedelta(seconds=seconds)).strftime("%H:%M")
     return f"+{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d} from recording start"
+
+
+def clock_ticks(start: datetime | None, span_h: float) -> np.ndarray:
+    """Tick positions (hours from the start) on round clock times: every 5, 10 or 30 minutes or
+    every hour, by the night's length; from the recording's start when its clock time is unknown."""
+    step_min = 5 if span_h <= 0.5 else 10 if span_h <= 1.5 else 30 if span_h <= 4 else 60
+    offset_min = 0.0
+    if start is not None:
+        since_midnight = start.hour * 60 + start.minute + start.second / 60.0
+        offset_min = (-since_midnight) % step_min
+    return np.arange(offset_min, span_h * 60.0 + 1e-6, step_min) / 60.0
 
 
 @readable
@@ -133,9 +148,9 @@ def draw_night_chart(fig: Figure, nf: NightFigures, area: Mapping[str, float] | 
         )
     span = hours0[-1] + step if len(hours0) else 1.0
     hyp.set_xlim(0, span)
-    tick = 1 / 12 if span <= 0.5 else 1 / 6 if span <= 1.5 else 0.5 if span <= 4 else 1.0
+    ticks = clock_ticks(nf.start, span)
     for ax in (hyp, ev, sn):
-        ax.xaxis.set_major_locator(MultipleLocator(tick))
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_major_formatter(FuncFormatter(_clock(nf)))
         ax.tick_params(axis="x", labelbottom=ax is sn)
     sn.set_xlabel("clock time" if nf.start is not None else "time from the start of the recording (h:mm)")
@@ -160,11 +175,12 @@ def header_facts(nf: NightFigures, run_id: str) -> list[tuple[str, str]]:
         ("Recording", nf.recording_id),
         ("Subject", nf.subject_id),
         ("Study date", date),
+        ("Run", run_id),
         ("Lights off", clock_text(nf, 0.0) if known else "recording start (0:00)"),
         ("Lights on", clock_text(nf, nf.duration_s)),
         ("Data source", nf.data_source),
         ("Models", ", ".join(f"{k} {v}" for k, v in nf.models.items()) or "–"),
-        ("Run", run_id),
+        ("Report written", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
     ]
     if not known:
         facts.append(("Times", "from the recording's start: its files record no clock time"))
@@ -207,7 +223,7 @@ def breathing_rows(nf: NightFigures) -> list[tuple[str, str, str]]:
         ("Hypopnoea index", _n(a["ahi_hypopnea"], 1, per_h), "–"),
         ("Events during sleep", _n(a["events"], 0 if nf.events is not None else 1), _n(ref.get("events", math.nan), 0)),
         ("Longest event", longest, "–"),
-        ("Severity (AHI <5 normal, 5-15 mild, 15-30 moderate, ≥30 severe)", nf.severity or "–", "–"),
+        ("Severity (by AHI)", nf.severity or "–", "–"),
         ("Snore index (snoring minutes per hour of sleep)", _n(nf.snore_index, 1), "–"),
     ]
 
@@ -237,10 +253,7 @@ def render_night_html(
         ("figure", "estimate from audio", "scored (PSG)") if scored else ("figure", "estimate from audio")
     )
     b_rows = b_rows if scored else [r[:2] for r in b_rows]
-    missing = "".join(
-        f"<tr><td>{esc(k)}</td><td class='text'>not measurable from audio ({esc(v)})</td></tr>"
-        for k, v in NOT_FROM_AUDIO.items()
-    )
+    missing = "".join(f"<tr><td>{esc(k)}</td><td class='text'>{esc(v)}</td></tr>" for k, v in NOT_FROM_AUDIO.items())
     notes = "".join(f"<p class='muted'>{esc(n)}.</p>" for n in nf.notes)
     body = [
         "<!doctype html>",
@@ -267,14 +280,18 @@ def render_night_html(
         "<h2 id='measures'>Sleep measures</h2>",
         _table(("measure", "value"), measure_rows(nf), "lights off and on are the recording's start and end"),
         "</section></div>",
+        "<div class='cols'><section>",
         "<h2 id='breathing'>Breathing</h2>",
         _table(b_head, b_rows, "events per hour of sleep; events count only in sleep"),
-        f"<p class='muted'>Source of the breathing figures: {esc(nf.ahi_source)}.</p>",
+        "<p class='muted'>Severity by AHI: &lt; 5 normal, 5-15 mild, 15-30 moderate, ≥ 30 severe. "
+        f"Source of the breathing figures: {esc(nf.ahi_source)}.</p>",
         notes,
+        "</section><section>",
         "<h2 id='not-measured'>Not measured</h2>",
-        "<div class='scroll'><table><tr><th scope='col'>figure</th><th scope='col' class='text'>status</th></tr>",
+        "<p>These are not measurable from audio:</p>",
+        "<div class='scroll'><table><tr><th scope='col'>figure</th><th scope='col' class='text'>why</th></tr>",
         f"{missing}</table></div>",
-        f"<p class='muted'>Written {esc(datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC'))} by sleepsound.</p>",
+        "</section></div>",
         "</body></html>",
     ]
     return "\n".join(body)

@@ -6,6 +6,7 @@ installs it). Screenshots go to $SLEEPSOUND_TEST_ARTEFACTS when set, else a pyte
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from pypdf import PdfReader
 
 from sleepsound.labels.events import RESP_LABELS
 from sleepsound.labels.vocabulary import STAGES_3, STAGES_5
@@ -173,5 +175,12 @@ def test_night_report_in_the_browser(browser: Any, run_dir: Path, artefacts: Pat
         page.emulate_media(media="print")
         assert page.locator(".noprint").evaluate("e => getComputedStyle(e).display") == "none"
         assert page.locator("figure").evaluate("e => getComputedStyle(e).breakInside") == "avoid"
+        if width == "desktop":  # Chromium's own print of the page: one sheet of A4 and of Letter, links hidden
+            for paper in ("A4", "Letter"):
+                printed = page.pdf(format=paper, print_background=True)
+                (artefacts / f"night-report-{paper}.pdf").write_bytes(printed)
+                assert len(PdfReader(io.BytesIO(printed)).pages) == 1
+            text = PdfReader(io.BytesIO(printed)).pages[0].extract_text()
+            assert "Night report: P2-night1" in text and "run report" not in text
     finally:
         page.close()

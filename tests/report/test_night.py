@@ -16,7 +16,7 @@ import pytest
 from pypdf import PdfReader
 
 from sleepsound.report.night import ahi_by_stage, night_figures, read_night_events, recording_start, subject_trends
-from sleepsound.report.night_page import night_pdf, render_night_html
+from sleepsound.report.night_page import clock_ticks, night_pdf, render_night_html
 from sleepsound.report.outputs import write_night_reports
 from tests.report.conftest import NIGHT_START, write_events
 
@@ -48,6 +48,12 @@ def test_ahi_by_stage_by_hand() -> None:
     assert weighted["events"] == 0.25 and math.isnan(weighted["ahi_rem"])  # no REM: undefined, not 0
     with pytest.raises(ValueError, match="one entry per epoch"):
         ahi_by_stage([1.0], starts, stages[:3])
+
+
+def test_hypnogram_ticks_fall_on_round_clock_times() -> None:
+    assert list(clock_ticks(datetime(2024, 3, 9, 22, 41), 2.0) * 60) == pytest.approx([19, 49, 79, 109])  # 23:00 ...
+    assert list(clock_ticks(datetime(2024, 3, 9, 22, 0), 8.0) * 60) == pytest.approx(range(0, 481, 60))
+    assert list(clock_ticks(None, 0.25) * 60) == pytest.approx([0, 5, 10, 15])  # from the recording's start
 
 
 def test_event_table_is_read_and_checked(tmp_path: Path) -> None:
