@@ -464,7 +464,9 @@ def trend_figure(subject_id: str, nights: pd.DataFrame) -> str:
         ax.plot(x, values, marker="o", color=colour)
         ax.set_title(name)
         ax.set_xticks(x, labels, rotation=30, ha="right")
-        ax.set_ylim(bottom=0)
+        finite = values[np.isfinite(values)]
+        top = 100.0 if "efficiency" in name else max(float(finite.max()) if finite.size else 0.0, 1.0) * 1.2
+        ax.set_ylim(0, max(top, 6.0 if name.startswith("AHI") else 0.0))  # the AHI's 5/h line stays in view
         ax.grid(axis="y", color="#e5e5e5")
     for threshold in AHI_THRESHOLDS:
         axes[0].axhline(threshold, color="#d0d0d0", lw=0.8, ls="--", zorder=0)
