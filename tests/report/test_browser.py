@@ -123,6 +123,7 @@ def run_dir(three_nights: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory
 
 def _open(browser: Any, path: Path, width: int) -> Any:
     page = browser.new_page(viewport={"width": width, "height": 900})
+    page.set_default_timeout(5000)  # a missing element fails in seconds, not the default 30
     page.goto(path.as_uri())
     return page
 
