@@ -9,7 +9,9 @@ CPU_TORCH ?= torch==2.13.0
 ROOT   ?= ./sleepsound-demo
 DEMO_ARGS ?=
 
-.PHONY: setup demo test test-fast clean-demo
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: setup demo test test-fast clean-demo chromium
 
 setup: $(STAMP)
 
@@ -30,14 +32,26 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/sleepsound demo --root $(ROOT) $(DEMO_ARGS)
 
-test: $(STAMP)
+# The report's browser tests drive Debian's chromium through Playwright (never `playwright install`).
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing chromium for the report's browser tests"; \
+			apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+		else \
+			echo "The report's browser tests need $(CHROMIUM): run 'sudo apt-get install -y chromium' (Debian/Ubuntu), then 'make test' again." >&2; \
+			exit 2; \
+		fi; \
+	fi
+
+test: $(STAMP) chromium
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 # The unit tests alone (no Ray, no Prefect flows; about 3 minutes on 2 cores), for the edit-test loop.
-test-fast: $(STAMP)
+test-fast: $(STAMP) chromium
 	$(PY) -m pytest -q -m "not ray and not prefect"
 
 clean-demo:

@@ -13,14 +13,16 @@ data are drawn with mathtext off, so a ``$`` in a recording id cannot break a fi
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import math
 import numbers
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import pandas as pd
+from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -30,7 +32,33 @@ from sleepsound.report.metrics import ahi_agreement
 
 # Hypnogram rows, top to bottom: Wake on top, then REM, then NREM (the clinical convention).
 STAGE_LEVEL = {"Wake": 2, "REM": 1, "NREM": 0}
-FIGURE_DPI = 80
+FIGURE_DPI = 100
+# Font sizes (points) every figure is drawn with: at 100 dpi a 10-pt tick label is about 14 px, readable
+# where the page shows the figure at its own size (the old 7-9 pt titles at 80 dpi were 8-10 px).
+READABLE = {
+    "font.size": 11,
+    "axes.titlesize": 12,
+    "axes.labelsize": 11,
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 10,
+    "figure.titlesize": 13,
+}
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def readable(draw: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Draw with the ``READABLE`` font sizes (matplotlib reads them when an artist is made)."""
+
+    @functools.wraps(draw)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with rc_context(READABLE):
+            return draw(*args, **kwargs)
+
+    return wrapper
+
+
 AHI_THRESHOLDS = (5.0, 15.0, 30.0)  # clinical severity bands (method.md): normal / mild / moderate / severe
 MAX_MEL_BANDS = 512  # a spectrogram has tens of bands; anything taller (or 1-D) is refused as not one
 
@@ -43,22 +71,33 @@ def _png(fig: Figure, alt: str) -> str:
     return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
 
 
+# Class names as the axes show them: long snake_case names wrap instead of running into their neighbours.
+CLASS_LABELS = {"apnea_hypopnea": "apnoea/\nhypopnoea", "none": "none", "snore": "snore"}
+
+
+@readable
 def confusion_figure(normalised: Sequence[Sequence[float]], classes: Sequence[str]) -> str:
-    """Row-normalised confusion matrix (rows true, columns predicted) as an <img> tag."""
+    """Row-normalised confusion matrix (rows true, columns predicted) as an <img> tag.
+
+    The figure grows with the number of classes so the cell values and labels never overlap.
+    """
     mat = np.asarray(normalised, dtype=float)
-    fig = Figure(figsize=(3.8, 3.3), layout="constrained")
+    n = len(classes)
+    side = max(4.2, 0.95 * n + 2.2)
+    fig = Figure(figsize=(side, side * 0.9), layout="constrained")
     ax = fig.add_subplot()
     ax.imshow(np.ma.masked_invalid(mat), cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
+    for i in range(n):
+        for j in range(n):
             value = mat[i, j]
             text = "–" if np.isnan(value) else f"{value:.2f}"
             ax.text(j, i, text, ha="center", va="center", color="white" if value > 0.6 else "black")
-    ax.set_xticks(range(len(classes)), [str(c) for c in classes])
-    ax.set_yticks(range(len(classes)), [str(c) for c in classes])
+    labels = [CLASS_LABELS.get(str(c), str(c)) for c in classes]
+    ax.set_xticks(range(n), labels)
+    ax.set_yticks(range(n), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true (scored)")
-    ax.set_title("row-normalised confusion", fontsize=10)
+    ax.set_title("row-normalised confusion")
     return _png(fig, "row-normalised confusion matrix")
 
 
@@ -66,6 +105,7 @@ def _levels(stages: Sequence[str | None]) -> np.ndarray:
     return np.array([STAGE_LEVEL.get(s, np.nan) if isinstance(s, str) else np.nan for s in stages], dtype=float)
 
 
+@readable
 def hypnogram_figure(
     recording_id: str,
     start_s: Sequence[float] | np.ndarray,
@@ -90,11 +130,11 @@ def hypnogram_figure(
         ax.step(hours, np.append(levels, levels[-1:] if len(levels) else []), where="post", lw=1.0, color="#1f4e9a")
         ax.set_yticks([0, 1, 2], ["NREM", "REM", "Wake"])
         ax.set_ylim(-0.4, 2.4)
-        ax.set_ylabel(label, fontsize=9)
+        ax.set_ylabel(label)
     both = ~np.isnan(t_levels) & ~np.isnan(p_levels)
     agree = float((t_levels[both] == p_levels[both]).mean()) if both.any() else float("nan")
     axes[1].set_xlabel("hours from the start of the recording")
-    axes[0].set_title(f"{recording_id}  (epoch agreement {fmt(agree)})", fontsize=9, parse_math=False)
+    axes[0].set_title(f"{recording_id}  (epoch agreement {fmt(agree)})", parse_math=False)
     return _png(fig, f"hypnogram of {recording_id}")
 
 
@@ -132,9 +172,10 @@ def _ahi_pairs(
 
 
 def _no_data(ax: Any, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#777", fontsize=9)
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#777")
 
 
+@readable
 def ahi_scatter_figure(
     true_ahi: Sequence[float] | np.ndarray,
     pred_ahi: Sequence[float] | np.ndarray,
@@ -162,11 +203,12 @@ def ahi_scatter_figure(
     ax.set_aspect("equal")
     ax.set_xlabel("scored AHI (events / h of sleep)")
     ax.set_ylabel("estimated AHI")
-    ax.legend(loc="upper left", fontsize=8, frameon=False)
-    ax.set_title(f"AHI per night (n = {len(t)}, Pearson r {fmt(agreement.get('pearson_r'))})", fontsize=10)
+    ax.legend(loc="upper left", frameon=False)
+    ax.set_title(f"AHI per night (n = {len(t)}, Pearson r {fmt(agreement.get('pearson_r'))})")
     return _png(fig, "estimated vs scored AHI per night")
 
 
+@readable
 def bland_altman_figure(
     true_ahi: Sequence[float] | np.ndarray,
     pred_ahi: Sequence[float] | np.ndarray,
@@ -202,7 +244,6 @@ def bland_altman_figure(
                 textcoords="offset points",
                 ha="right",
                 va="bottom",
-                fontsize=8,
                 color="#c0392b",
             )
     if not len(t):
@@ -213,7 +254,7 @@ def bland_altman_figure(
     ax.set_xlim(0, max(35.0, 1.08 * float(mean.max(initial=0.0))))
     ax.set_xlabel("mean of scored and estimated AHI")
     ax.set_ylabel("estimated - scored AHI")
-    ax.set_title(f"Bland-Altman, AHI (n = {len(t)})", fontsize=10)
+    ax.set_title(f"Bland-Altman, AHI (n = {len(t)})")
     return _png(fig, "Bland-Altman plot of the AHI estimate")
 
 
@@ -223,6 +264,7 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(), strict=True))
 
 
+@readable
 def attention_figure(
     mel_db: np.ndarray,
     mel_frame_seconds: float,
@@ -288,12 +330,12 @@ def attention_figure(
         interpolation="nearest",
         extent=(0.0, mel_span, 0.0, float(mel.shape[0])),
     )
-    top.set_ylabel("Mel band", fontsize=9)
+    top.set_ylabel("Mel band")
     values = np.where(finite, w, 0.0)
     bottom.stairs(values, edges, fill=True, color="#1f4e9a", alpha=0.85)
     peak = float(values.max()) if values.size and values.max() > 0 else 1.0
     bottom.set_ylim(0.0, 1.1 * peak)
-    bottom.set_ylabel("attention", fontsize=9)
+    bottom.set_ylabel("attention")
     bottom.set_xlabel("seconds into the input")
     bottom.set_xlim(0.0, max(span, mel_span))
     for start, stop in _runs(shaded):
@@ -312,15 +354,15 @@ def attention_figure(
             textcoords="offset points",
             ha="center",
             va="top",
-            fontsize=8,
             color="#1e8449",
             zorder=5,
             bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "#2ecc71", "alpha": 0.9},
         )
-    top.set_title(title + ("  (shaded: masked-out frames)" if shaded.any() else ""), fontsize=9, parse_math=False)
+    top.set_title(title + ("  (shaded: masked-out frames)" if shaded.any() else ""), parse_math=False)
     return _png(fig, f"attention view: {title}")
 
 
+@readable
 def event_timeline_figure(
     recording_id: str,
     start_s: Sequence[float] | np.ndarray,
@@ -359,32 +401,74 @@ def event_timeline_figure(
     start, events, prob = start[order], events[order], prob[order]
     middle = (start + epoch_seconds / 2.0) / 3600.0
 
-    fig = Figure(figsize=(9, 2.4))
-    fig.subplots_adjust(left=0.08, right=0.92, top=0.86, bottom=0.2)
+    fig = Figure(figsize=(10, 3.0), layout="constrained")
     ax = fig.add_subplot()
     if stages is not None:
         wake = np.array([s == "Wake" for s in stages], dtype=bool)[order]
         for first, stop in _runs(wake):
             ax.axvspan(
-                start[first] / 3600.0, (start[stop - 1] + epoch_seconds) / 3600.0, color="#ececec", lw=0, zorder=0
+                start[first] / 3600.0,
+                (start[stop - 1] + epoch_seconds) / 3600.0,
+                color="#ececec",
+                lw=0,
+                zorder=0,
+                label="predicted Wake" if first == _runs(wake)[0][0] else None,
             )
-    ax.plot(middle, prob, color="#1f4e9a", lw=0.9, zorder=2)
-    ax.set_ylim(0.0, 1.05)
-    ax.set_ylabel("P(apnoea/hypopnoea)", fontsize=8)
+    ax.plot(middle, prob, color="#1f4e9a", lw=1.1, zorder=2, label="model: P(apnoea or hypopnoea in the epoch)")
+    ax.set_ylim(0.0, 1.18)
+    ax.set_yticks([0.0, 0.25, 0.5, 0.75, 1.0], ["0%", "25%", "50%", "75%", "100%"])
+    ax.set_ylabel("probability")
     ax.set_xlabel("hours from the start of the recording")
     if n:
         ax.set_xlim(start[0] / 3600.0, (start[-1] + epoch_seconds) / 3600.0)
-    twin = ax.twinx()
     has = np.isfinite(events) & (events > 0)
-    twin.plot(middle[has], events[has], ls="none", marker="v", ms=4, color="#c0392b", zorder=3)
-    twin.set_ylim(0.0, 1.15 * max(1.0, float(events[has].max()) if has.any() else 1.0))
-    twin.set_ylabel("scored events", fontsize=8, color="#c0392b")
+    if has.any():  # scored onsets as marks along the top, above the probability's range: no second axis
+        ax.plot(
+            middle[has],
+            np.full(int(has.sum()), 1.1),
+            ls="none",
+            marker="v",
+            ms=6,
+            color="#c0392b",
+            zorder=3,
+            label="scored apnoea/hypopnoea onset(s) in the epoch",
+        )
     if not np.isfinite(events).any():
         scored_text = "no scored events"
     else:
         scored_text = f"{fmt(float(np.nansum(events)), 0)} scored apnoea/hypopnoea onsets"
     if not n:
         _no_data(ax, "no epochs")
-    shade = "; shaded: predicted Wake" if stages is not None else ""
-    ax.set_title(f"{recording_id}  ({scored_text}; line: model probability{shade})", fontsize=9, parse_math=False)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncols=3, frameon=False, fontsize=9)
+    ax.set_title(f"{recording_id}  ({scored_text})", parse_math=False)
     return _png(fig, f"breathing event timeline of {recording_id}")
+
+
+@readable
+def trend_figure(subject_id: str, nights: pd.DataFrame) -> str:
+    """One subject's nights side by side, as home snore trackers show them: AHI, snore index and
+    sleep efficiency per night (``night.subject_trends`` rows of that subject, in date order)."""
+    labels = [
+        str(d) if isinstance(d, str) else f"night {i + 1}"
+        for i, d in enumerate(nights.get("study_date", [None] * len(nights)))
+    ]
+    x = np.arange(len(nights))
+    fig = Figure(figsize=(10, 3.2), layout="constrained")
+    axes = fig.subplots(1, 3)
+    panels = (
+        ("AHI (events / h of sleep)", _floats(nights["ahi"], "ahi"), "#c0392b"),
+        ("snore index (min / h of sleep)", _floats(nights["snore_index"], "snore_index"), "#7d3c98"),
+        ("sleep efficiency (%)", 100.0 * _floats(nights["sleep_efficiency"], "sleep_efficiency"), "#1f4e9a"),
+    )
+    for ax, (name, values, colour) in zip(axes, panels, strict=True):
+        ax.plot(x, values, marker="o", color=colour)
+        ax.set_title(name)
+        ax.set_xticks(x, labels, rotation=30, ha="right")
+        finite = values[np.isfinite(values)]
+        top = 100.0 if "efficiency" in name else max(float(finite.max()) if finite.size else 0.0, 1.0) * 1.2
+        ax.set_ylim(0, max(top, 6.0 if name.startswith("AHI") else 0.0))  # the AHI's 5/h line stays in view
+        ax.grid(axis="y", color="#e5e5e5")
+    for threshold in AHI_THRESHOLDS:
+        axes[0].axhline(threshold, color="#d0d0d0", lw=0.8, ls="--", zorder=0)
+    fig.suptitle(f"subject {subject_id}: {len(nights)} nights", parse_math=False)
+    return _png(fig, f"trends across nights of subject {subject_id}: AHI, snore index, sleep efficiency")

@@ -27,9 +27,17 @@ from sleepsound.ingest.manifest import read_manifest, read_manifest_rows
 from sleepsound.labels.targets import PRIMARY, TARGETS
 from sleepsound.labels.vocabulary import EPOCH_SECONDS
 from sleepsound.registry import store as model_store
-from sleepsound.report.figures import ahi_scatter_figure, bland_altman_figure, event_timeline_figure, hypnogram_figure
+from sleepsound.report.figures import (
+    ahi_scatter_figure,
+    bland_altman_figure,
+    event_timeline_figure,
+    hypnogram_figure,
+    trend_figure,
+)
 from sleepsound.report.metrics import ahi_agreement, bootstrap_ci, cohen_kappa, confusion_counts, evaluate
-from sleepsound.report.render import ReportInputs, render_report
+from sleepsound.report.night import NightFigures, night_figures, read_night_events, recording_start, subject_trends
+from sleepsound.report.night_page import data_source_text, file_stem, night_pdf, render_night_html
+from sleepsound.report.render import NightLink, ReportInputs, render_report
 from sleepsound.report.summaries import breathing_summary, event_indices, night_summary, severity
 
 CI_BOOTSTRAPS = 500
@@ -138,6 +146,66 @@ def night_breathing(
         indices = event_indices(detected, _stages(night["stage_pred"]), epoch)
         out |= {f"{k}_estimated": indices[k] for k in EVENT_FIELDS}
     return out
+
+
+def write_night_reports(
+    root: RootLike, run_id: str, preds: pd.DataFrame, model: TrainedModels, backbone: str | None
+) -> tuple[list[NightLink], list[NightFigures]]:
+    """Every predicted night's clinical report, ``runs/<run_id>/report/nights/<rec>.html`` and ``.pdf``.
+
+    The breathing events are the run's event table where it wrote one, the per-epoch
+    probabilities otherwise (``night.night_figures``); the clock times come from the night's
+    first EDF header where it has one.
+    """
+    fs, root_path = open_root(root)
+    heads = model.get("heads") or {PRIMARY: model}
+    resp = heads.get("resp")
+    named = sorted(heads.items(), key=lambda kv: list(TARGETS).index(kv[0]) if kv[0] in TARGETS else len(TARGETS))
+    models = {name: str(info.get("version")) for name, info in named if info.get("version")}
+    if backbone:
+        models["backbone"] = backbone.rstrip("/").rsplit("/", 1)[-1]
+    try:
+        rows = {str(r["recording_id"]): r for r in read_manifest_rows(root)}
+    except FileNotFoundError:
+        rows = {}
+    links: list[NightLink] = []
+    nights: list[NightFigures] = []
+    used: set[str] = set()
+    for rec, night in preds.groupby("recording_id", sort=True):
+        rec = str(rec)
+        row = rows.get(rec)
+        figures = night_figures(
+            night,
+            events=read_night_events(root, run_id, rec),
+            start=recording_start(row.get("source_uris") or [], str(row.get("layout"))) if row else None,
+            data_source=data_source_text(row),
+            models=models,
+            events_per_event_epoch=resp.get("events_per_event_epoch", 1.0) if resp else None,
+            snore_share_per_snore_epoch=resp.get("snore_share_per_snore_epoch", 1.0) if resp else None,
+        )
+        stem, n = file_stem(rec), 1
+        while stem.lower() in used:  # two ids that differ only in characters a file name cannot hold
+            n += 1
+            stem = f"{file_stem(rec)}-{n}"
+        used.add(stem.lower())
+        folder = join(root_path, "runs", run_id, "report", "nights")
+        write_bytes_atomic(fs, join(folder, f"{stem}.html"), render_night_html(figures, run_id, stem).encode())
+        write_bytes_atomic(fs, join(folder, f"{stem}.pdf"), night_pdf(figures, run_id))
+        nights.append(figures)
+        links.append(
+            NightLink(
+                recording_id=rec,
+                subject_id=figures.subject_id,
+                html=f"nights/{stem}.html",
+                pdf=f"nights/{stem}.pdf",
+                study_date=figures.start.strftime("%Y-%m-%d") if figures.start else None,
+                ahi=figures.ahi["ahi"],
+                snore_index=figures.snore_index,
+                sleep_efficiency=figures.summary["sleep_efficiency"],
+                source="event table" if figures.events is not None else "per-epoch",
+            )
+        )
+    return links, nights
 
 
 def write_run_outputs(
@@ -253,6 +321,11 @@ def write_run_outputs(
         **{f"{name} skipped": reason for name, reason in model.get("skipped", {}).items()},
     }
     views = attention_views(preds, read_manifest_rows(root), cfg, cfg.report.attention_examples)
+    night_links, nights = write_night_reports(root, run_id, preds, model, meta.get("backbone"))
+    trends = subject_trends(nights)
+    trend_figures = [trend_figure(str(subject), rows) for subject, rows in trends.groupby("subject_id", sort=True)][
+        : cfg.report.hypnograms
+    ]
     html_text = render_report(
         ReportInputs(
             meta,
@@ -267,6 +340,9 @@ def write_run_outputs(
             ahi_figures=ahi_figures,
             attention_views=views,
             event_timelines=timelines,
+            night_links=night_links,
+            trends=trends if len(trends) else None,
+            trend_figures=trend_figures,
         )
     )
     report_path = join(run_dir, "report", "index.html")

@@ -10,19 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import pandas as pd
 
+from sleepsound.labels.targets import TARGETS
 from sleepsound.report.html import STYLE, esc, fmt, img_tags, table
 from sleepsound.report.metrics import PAPER_TABLE_II
 from sleepsound.report.sections import (
+    SUMMARY_LABELS,
     contents,
     section_ahi,
     section_figures,
     section_metrics,
+    section_nights,
     section_run,
     section_target,
+    section_trends,
 )
 
 # Figure fields: the <img> check each must pass and the figure function its error names.
@@ -31,7 +35,22 @@ _FIGURE_SOURCES = {
     "ahi_figures": "ahi_scatter_figure / bland_altman_figure",
     "attention_views": "attention_figure",
     "event_timelines": "event_timeline_figure",
+    "trend_figures": "trend_figure",
 }
+
+
+class NightLink(TypedDict):
+    """One night's clinical report as the run report lists it (paths relative to the run report)."""
+
+    recording_id: str
+    subject_id: str
+    html: str
+    pdf: str
+    study_date: str | None
+    ahi: float
+    snore_index: float
+    sleep_efficiency: float
+    source: str  # where its breathing figures came from: "event table" or "per-epoch"
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: DataFrame fields have no single truth value for ==
@@ -73,6 +92,9 @@ class ReportInputs:
     ahi_figures: Sequence[str] = ()
     attention_views: Sequence[str] = ()
     event_timelines: Sequence[str] = ()
+    night_links: Sequence[NightLink] = ()
+    trends: pd.DataFrame | None = None
+    trend_figures: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         if self.reference not in PAPER_TABLE_II:
@@ -82,6 +104,9 @@ class ReportInputs:
         for name, source in _FIGURE_SOURCES.items():
             object.__setattr__(self, name, tuple(img_tags(getattr(self, name), name, source)))
         object.__setattr__(self, "quarantined", tuple(self.quarantined))
+        object.__setattr__(self, "night_links", tuple(self.night_links))
+        if self.trends is not None and not isinstance(self.trends, pd.DataFrame):
+            raise ValueError("trends must be a pandas DataFrame (night.subject_trends)")
 
 
 def render_report(inputs: ReportInputs) -> str:
@@ -89,10 +114,18 @@ def render_report(inputs: ReportInputs) -> str:
     object storage with nothing beside it."""
     meta, metrics, summaries = inputs.meta, inputs.metrics, inputs.summaries
     title = f"sleepsound run {fmt(meta.get('run_id'))}"
+    written = meta.get("written")
 
+    # One order for every flow (run, train, score, nightly): the heads in TARGETS' order, whatever order they came in.
+    known = list(TARGETS)
+    targets = sorted(
+        (inputs.target_metrics or {}).items(),
+        key=lambda kv: (known.index(kv[0]) if kv[0] in known else len(known), str(kv[0])),
+    )
     body = section_run(meta)
+    body += section_nights(inputs.night_links)
     body += section_metrics(meta, metrics, inputs.reference, inputs.subject_ci)
-    for name, target_result in (inputs.target_metrics or {}).items():
+    for name, target_result in targets:
         body += section_target(str(name), target_result)
 
     body += section_figures("hypnograms", "Hypnograms (held-out nights)", inputs.hypnograms, "", "none")
@@ -113,18 +146,22 @@ def render_report(inputs: ReportInputs) -> str:
         "No respiratory head: no event timelines.",
     )
 
-    body.append("<h2 id='nights'>Night summaries</h2>")
+    body += section_trends(inputs.trends, inputs.trend_figures)
+    body.append("<h2 id='summaries'>Night summaries</h2>")
     if summaries is not None and not summaries.empty:
         frame = summaries.set_index("recording_id") if "recording_id" in summaries.columns else summaries
+        if "sleep_efficiency" in frame.columns:
+            frame = frame.assign(sleep_efficiency=frame["sleep_efficiency"] * 100.0)
         body.append(
             table(
                 frame,
-                {"sleep_efficiency": 2, "pct_wake": 1, "pct_nrem": 1, "pct_rem": 1}
+                {"sleep_efficiency": 1, "pct_wake": 1, "pct_nrem": 1, "pct_rem": 1, "ahi": 1, "snore_index": 1}
                 | {c: 1 for c in frame.columns if str(c).endswith("_min")},
+                labels=SUMMARY_LABELS,
             )
         )
         body.append(
-            "<p class='muted'>minutes unless marked; sleep efficiency = TST / time in bed; "
+            "<p class='muted'>sleep efficiency = total sleep / time in bed; "
             "WASO runs from sleep onset to the end of the recording; REM latency from sleep "
             "onset; NREM/REM % of total sleep time.</p>"
         )
@@ -140,8 +177,10 @@ def render_report(inputs: ReportInputs) -> str:
     parts = [
         "<!doctype html>",
         "<html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
+        f"<p class='subtitle'>{esc(f'written {fmt(written)}' if written else 'date not recorded')}</p>",
         contents(body),
         *body,
         "</body></html>",

@@ -37,24 +37,129 @@ def paper_comparison_table(per_class: pd.DataFrame, reference: str = "30-s HuBER
     return pd.DataFrame(rows).set_index("class")
 
 
+# The Run table's rows in words, in this order; the rest follow in their own order.
+RUN_LABELS = {
+    "run_id": "run id",
+    "written": "run date (report written)",
+    "model_version": "3-class stage head version",
+    "stage5 model": "5-class stage head version",
+    "resp model": "breathing head version",
+    "backbone": "backbone",
+    "config_hash": "configuration hash",
+    "recordings_accepted": "recordings processed",
+    "recordings_quarantined": "recordings quarantined",
+    "train_subjects": "training subjects",
+    "test_subjects": "held-out subjects",
+    "held_out_nights": "held-out nights",
+}
+HEAD_WORDS = {"stage3": "3-class stage head", "stage5": "5-class stage head", "resp": "breathing head"}
+
+
+def run_label(key: str) -> str:
+    """A Run-table key in words: known keys by name, '<head> skipped' / 'promotion <head>' by pattern."""
+    if key in RUN_LABELS:
+        return RUN_LABELS[key]
+    words = key.replace("_", " ")
+    for head, name in HEAD_WORDS.items():
+        if key == f"{head} skipped":
+            return f"{name}: not trained, because"
+        if key == f"promotion {head}":
+            return f"{name}: promotion"
+        if key == f"{head} model":
+            return f"{name} version"
+    return words
+
+
 def section_run(meta: Mapping[str, Any]) -> list[str]:
-    keys = {
-        "run_id": "run id",
-        "written": "report written",
-        "model_version": "model version",
-        "backbone": "backbone",
-        "config_hash": "configuration hash",
-        "recordings_accepted": "recordings processed",
-        "recordings_quarantined": "recordings quarantined",
-        "train_subjects": "training subjects",
-        "test_subjects": "held-out subjects",
-        "held_out_nights": "held-out nights",
-    }
-    ordered = [k for k in keys if k in meta] + [k for k in meta if k not in keys]
+    ordered = [k for k in RUN_LABELS if k in meta] + sorted(k for k in meta if k not in RUN_LABELS)
     frame = pd.DataFrame(
-        {"value": [fmt(meta[k]) for k in ordered]}, index=pd.Index([keys.get(k, k) for k in ordered], name="run")
+        {"value": [fmt(meta[k]) for k in ordered]}, index=pd.Index([run_label(k) for k in ordered], name="run")
     )
     return ["<h2 id='run'>Run</h2>", table(frame)]
+
+
+# The night summaries' columns in words (``summaries.SUMMARY_FIELDS`` and the breathing figures).
+SUMMARY_LABELS = {
+    "recording_id": "recording",
+    "subject_id": "subject",
+    "split": "split",
+    "source": "stages",
+    "n_epochs": "epochs",
+    "n_epochs_scored": "epochs with a stage",
+    "time_in_bed_min": "time in bed (min)",
+    "total_sleep_time_min": "total sleep (min)",
+    "sleep_efficiency": "sleep efficiency (%)",
+    "sleep_onset_latency_min": "sleep onset latency (min)",
+    "waso_min": "WASO (min)",
+    "rem_latency_min": "REM latency (min)",
+    "pct_wake": "Wake (% of staged)",
+    "pct_nrem": "NREM (% of sleep)",
+    "pct_rem": "REM (% of sleep)",
+    "ahi": "AHI (/h)",
+    "severity": "severity",
+    "snore_index": "snore index (min/h)",
+    "ahi_scored": "AHI scored (/h)",
+    "ahi_estimated": "AHI estimated (/h)",
+    "severity_scored": "severity scored",
+    "severity_estimated": "severity estimated",
+    "snore_index_scored": "snore index scored (min/h)",
+    "snore_index_estimated": "snore index estimated (min/h)",
+}
+
+
+def _percent(fraction: Any) -> float | None:
+    return None if fraction is None else 100.0 * float(fraction)
+
+
+def section_nights(links: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The per-night clinical reports (HTML and PDF), one row per night."""
+    parts = ["<h2 id='nights'>Night reports</h2>"]
+    if not links:
+        return [*parts, "<p class='muted'>No predicted nights: no night reports.</p>"]
+    rows = []
+    for link in links:
+        rec = esc(link["recording_id"])
+        rows.append(
+            "<tr>"
+            f"<td><a href='{esc(link['html'])}'>{rec}</a></td><td>{esc(link['subject_id'])}</td>"
+            f"<td>{esc(fmt(link.get('study_date')))}</td><td>{esc(fmt(link.get('ahi'), 1))}</td>"
+            f"<td>{esc(fmt(link.get('snore_index'), 1))}</td>"
+            f"<td>{esc(fmt(_percent(link.get('sleep_efficiency')), 1))}</td>"
+            f"<td><a href='{esc(link['pdf'])}'>PDF</a></td>"
+            "</tr>"
+        )
+    head = "".join(
+        f"<th scope='col'>{h}</th>"
+        for h in (
+            "recording",
+            "subject",
+            "study date",
+            "AHI (/h)",
+            "snore index (min/h)",
+            "sleep efficiency (%)",
+            "print",
+        )
+    )
+    return [
+        *parts,
+        "<p>One clinical report per night: hypnogram on the clock, stage table, sleep measures and breathing, "
+        "as a page to print and as a PDF. Figures are estimates from audio.</p>",
+        f"<div class='scroll'><table><tr>{head}</tr>{''.join(rows)}</table></div>",
+    ]
+
+
+def section_trends(trends: pd.DataFrame | None, figures: Sequence[str]) -> list[str]:
+    """AHI, snore index and sleep efficiency night after night for each subject with several nights."""
+    parts = ["<h2 id='trends'>Trends across nights</h2>"]
+    if trends is None or trends.empty:
+        return [*parts, "<p class='muted'>No subject has more than one night in this run: no trends.</p>"]
+    frame = trends.assign(sleep_efficiency=trends["sleep_efficiency"] * 100.0).set_index("subject_id")
+    labels = {"subject_id": "subject", "study_date": "study date", **SUMMARY_LABELS}
+    parts.append(table(frame, {"ahi": 1, "snore_index": 1, "sleep_efficiency": 1}, labels=labels))
+    parts.extend(
+        f"<figure>{fig}<figcaption>estimates from audio, night by night</figcaption></figure>" for fig in figures
+    )
+    return parts
 
 
 # subject_ci keys (results.subject_intervals') and the overall table's rows they belong to.
@@ -274,7 +379,13 @@ def section_ahi(breathing: pd.DataFrame | None, ahi: Mapping[str, Any] | None, f
         frame = breathing[ordered + [c for c in breathing.columns if c not in ordered]]
         frame = frame.set_index("recording_id") if "recording_id" in frame.columns else frame
         parts.append("<h3 id='breathing'>Night by night</h3>")
-        parts.append(table(frame, {c: 1 for c in frame.columns if str(c).startswith(("ahi", "snore_index"))}))
+        parts.append(
+            table(
+                frame,
+                {c: 1 for c in frame.columns if str(c).startswith(("ahi", "snore_index"))},
+                labels=SUMMARY_LABELS,
+            )
+        )
         parts.append(
             "<p class='muted'>AHI: apnoeas + hypopnoeas per hour of sleep (the estimate over predicted "
             "sleep); snore index: snoring minutes per hour of sleep.</p>"

@@ -87,7 +87,7 @@ def test_report_has_every_section_and_an_image_per_figure() -> None:
     parser = _Collector()
     parser.feed(text)
     ids = {attrs.get("id") for _, attrs in parser.tags}
-    assert {"run", "metrics", "per-class", "confusion", "hypnograms", "nights", "quarantined"} <= ids
+    assert {"run", "metrics", "per-class", "confusion", "hypnograms", "nights", "summaries", "quarantined"} <= ids
     images = [attrs for tag, attrs in parser.tags if tag == "img"]
     assert len(images) == 1 + n_hypnograms  # the confusion matrix and one hypnogram per night
     for img in images:
@@ -108,7 +108,8 @@ def test_report_has_every_section_and_an_image_per_figure() -> None:
         "rec-1",
         "bad-night",
         "no_audio",
-        "total_sleep_time_min",
+        "total sleep (min)",  # the summary table's columns in words, not their keys
+        "sleep efficiency (%)",
     ):
         assert needle in body, needle
     assert "<td>120</td>" in text  # counts stay integers
