@@ -28,7 +28,7 @@ from sleepsound.breathing.store import events_path
 from sleepsound.core.storage import RootLike, open_root
 from sleepsound.io.edf_header import EdfHeaderError, read_edf_header
 from sleepsound.labels.vocabulary import EPOCH_SECONDS
-from sleepsound.report.summaries import breathing_summary, night_summary, severity
+from sleepsound.report.summaries import MIN_SLEEP_HOURS_FOR_AHI, breathing_summary, night_summary, severity
 
 # The five AASM stages as the 5-class head names them, in the report's order (W, R, N1, N2, N3),
 # and how each folds into the 3-class stages the sleep measures are defined on.
@@ -174,6 +174,13 @@ class NightFigures:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def rei(self) -> float:
+        """Every detected event per hour of recording (what home sleep apnoea tests report, sleep
+        unseen); NaN without an event table."""
+        hours = self.duration_s / 3600.0
+        return len(self.events) / hours if self.events is not None and hours > 0 else math.nan
+
+    @property
     def lights_on(self) -> datetime | None:
         return self.start + timedelta(seconds=self.duration_s) if self.start is not None else None
 
@@ -260,6 +267,12 @@ def night_figures(
         snore_index = breathing_summary(
             folded, np.zeros(len(folded)), np.nan_to_num(prob_snore) * snore_share_per_snore_epoch, epoch_seconds
         )["snore_index"]
+    sleep_hours = summary["total_sleep_time_min"] / 60.0
+    if sleep_hours < MIN_SLEEP_HOURS_FOR_AHI:
+        notes.append(
+            f"estimated sleep is {sleep_hours:.1f} h, under {MIN_SLEEP_HOURS_FOR_AHI:g} h: the AHI rests on too little "
+            "sleep to mean much; read the REI (per hour of recording)"
+        )
     scored = None
     if "events_true" in night and night["events_true"].notna().any() and night["stage_true"].notna().any():
         scored = ahi_by_stage(

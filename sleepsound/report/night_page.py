@@ -25,6 +25,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter
 from sleepsound.report.figures import _png, readable
 from sleepsound.report.html import esc
 from sleepsound.report.night import NOT_FROM_AUDIO, STAGE_NAMES, NightFigures
+from sleepsound.report.summaries import severity
 
 DISCLAIMER = (
     "These figures are estimates from the bedside audio by machine-learning models. They are not "
@@ -224,6 +225,8 @@ def breathing_rows(nf: NightFigures) -> list[tuple[str, str, str]]:
         ("Events during sleep", _n(a["events"], 0 if nf.events is not None else 1), _n(ref.get("events", math.nan), 0)),
         ("Longest event", longest, "–"),
         ("Severity (by AHI)", nf.severity or "–", "–"),
+        ("REI (events per hour of recording)", _n(nf.rei, 1, per_h), "–"),
+        ("Severity (by REI)", severity(nf.rei) if math.isfinite(nf.rei) else "–", "–"),
         ("Snore index (snoring minutes per hour of sleep)", _n(nf.snore_index, 1), "–"),
     ]
 

@@ -16,7 +16,7 @@ import pytest
 from pypdf import PdfReader
 
 from sleepsound.report.night import ahi_by_stage, night_figures, read_night_events, recording_start, subject_trends
-from sleepsound.report.night_page import clock_ticks, night_pdf, render_night_html
+from sleepsound.report.night_page import breathing_rows, clock_ticks, night_pdf, render_night_html
 from sleepsound.report.outputs import write_night_reports
 from tests.report.conftest import NIGHT_START, write_events
 
@@ -93,6 +93,10 @@ def test_night_figures_from_the_event_table_and_without_it(three_nights: pd.Data
     assert nf.ahi_scored is not None and nf.ahi_scored["events"] == 5  # the scored onsets, 3 of them in REM
     assert nf.ahi_scored["ahi_rem"] == pytest.approx(3 / (20 / 60))  # 40 REM epochs: 20 min
     assert nf.snore_index > 0 and nf.lights_on == datetime(2024, 3, 10, 0, 41)
+    assert nf.rei == pytest.approx(2 / 2.0)  # both events over the 2 h recorded, asleep or not
+    assert ("REI (events per hour of recording)", "1.0 /h", "–") in breathing_rows(nf)
+    assert ("Severity (by REI)", "normal", "–") in breathing_rows(nf)
+    assert any("under 2 h" in note and "REI" in note for note in nf.notes)  # 100 min of sleep: read the REI
 
     fallback = _figures(night, None)
     assert "per-epoch" in fallback.ahi_source and math.isnan(fallback.ahi["ahi_apnea"])
