@@ -270,8 +270,7 @@ def night_figures(
     sleep_hours = summary["total_sleep_time_min"] / 60.0
     if sleep_hours < MIN_SLEEP_HOURS_FOR_AHI:
         notes.append(
-            f"estimated sleep is {sleep_hours:.1f} h, under {MIN_SLEEP_HOURS_FOR_AHI:g} h: the AHI rests on too little "
-            "sleep to mean much; read the REI (per hour of recording)"
+            f"{sleep_hours:.1f} h of estimated sleep (under {MIN_SLEEP_HOURS_FOR_AHI:g} h): read the REI, not the AHI"
         )
     scored = None
     if "events_true" in night and night["events_true"].notna().any() and night["stage_true"].notna().any():

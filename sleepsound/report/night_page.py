@@ -48,7 +48,7 @@ dl.facts dd{margin:0}.cols{display:flex;flex-wrap:wrap;gap:0 2em}.cols>section{f
 @media print{@page{margin:8mm 10mm}body{margin:0;padding:0;max-width:none;font-size:9pt;line-height:1.25}
 a{color:inherit;text-decoration:none}.noprint{display:none}h1{font-size:14pt}h2{font-size:11pt;margin:0.6em 0 0.2em;
 break-after:avoid}figure,table,section{break-inside:avoid}figure{margin:0.2em 0}
-figure img{max-height:52mm;width:auto}figcaption{font-size:8pt}
+figure img{max-height:46mm;width:auto}figcaption{font-size:8pt}
 td,th{padding:1px 6px}table{margin:0.2em 0}caption{display:none}
 dl.facts{grid-template-columns:max-content 1fr max-content 1fr}.disclaimer{border:1px solid #1f4e9a;padding:0.3em 0.6em}
 .cols{flex-wrap:nowrap}}"""
@@ -224,9 +224,12 @@ def breathing_rows(nf: NightFigures) -> list[tuple[str, str, str]]:
         ("Hypopnoea index", _n(a["ahi_hypopnea"], 1, per_h), "–"),
         ("Events during sleep", _n(a["events"], 0 if nf.events is not None else 1), _n(ref.get("events", math.nan), 0)),
         ("Longest event", longest, "–"),
-        ("Severity (by AHI)", nf.severity or "–", "–"),
-        ("REI (events per hour of recording)", _n(nf.rei, 1, per_h), "–"),
-        ("Severity (by REI)", severity(nf.rei) if math.isfinite(nf.rei) else "–", "–"),
+        ("REI (per hour of recording)", _n(nf.rei, 1, per_h), "–"),
+        (
+            "Severity by AHI / by REI",
+            f"{nf.severity or '–'} / {severity(nf.rei) if math.isfinite(nf.rei) else '–'}",
+            "–",
+        ),
         ("Snore index (snoring minutes per hour of sleep)", _n(nf.snore_index, 1), "–"),
     ]
 

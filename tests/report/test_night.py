@@ -94,8 +94,8 @@ def test_night_figures_from_the_event_table_and_without_it(three_nights: pd.Data
     assert nf.ahi_scored["ahi_rem"] == pytest.approx(3 / (20 / 60))  # 40 REM epochs: 20 min
     assert nf.snore_index > 0 and nf.lights_on == datetime(2024, 3, 10, 0, 41)
     assert nf.rei == pytest.approx(2 / 2.0)  # both events over the 2 h recorded, asleep or not
-    assert ("REI (events per hour of recording)", "1.0 /h", "–") in breathing_rows(nf)
-    assert ("Severity (by REI)", "normal", "–") in breathing_rows(nf)
+    assert ("REI (per hour of recording)", "1.0 /h", "–") in breathing_rows(nf)
+    assert ("Severity by AHI / by REI", "normal / normal", "–") in breathing_rows(nf)
     assert any("under 2 h" in note and "REI" in note for note in nf.notes)  # 100 min of sleep: read the REI
 
     fallback = _figures(night, None)
