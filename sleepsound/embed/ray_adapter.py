@@ -48,6 +48,9 @@ def ray_pipeline(items: list[WorkItem], cfg: Config, backbone: dict[str, Any]) -
         }
         for item in items
     ]
+    # Ray Data's own progress bars draw in whatever process runs this (a flow's embed task: a Ray
+    # worker whose output nobody sees); the command line draws its own from the task's counts.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     ds = ray.data.from_items(payload, override_num_blocks=len(payload))
     ds = ds.map_batches(read_items, batch_size=1, batch_format="numpy", num_cpus=cfg.ray.read_cpus)
     # Arrow tables from here on: the model stage and the driver read columns, never cells.
