@@ -86,14 +86,17 @@ def embed_cohort(
 
 def night_chunks(row: ManifestRow, chunk_epochs: int) -> list[Chunk | None]:
     """How a night is split among readers: ``[None]`` (one reader, the whole night) unless it is
-    longer than ``chunk_epochs`` and its files are on local disk, then consecutive epoch ranges.
+    longer than ``chunk_epochs`` and its files are on local disk or are PSG-Audio EDF parts on
+    object storage, then consecutive epoch ranges.
 
-    A chunk's reader opens only the files it needs when they are local; from object storage
-    each reader would download the whole night, so such nights stay whole (a cohort still
+    A chunk's reader opens only the files it needs when they are local, and reads only the byte
+    ranges of the records it needs from object storage (``epochs.night_parts``); a plain night on
+    object storage would be downloaded whole by each reader, so it stays whole (a cohort still
     spreads over readers night by night).
     """
     n = int(row["n_epochs"])
-    if chunk_epochs <= 0 or n <= chunk_epochs or not all(is_local(uri) for uri in row["source_uris"]):
+    where = row["layout"] == "psg-audio" or all(is_local(uri) for uri in row["source_uris"])
+    if chunk_epochs <= 0 or n <= chunk_epochs or not where:
         return [None]
     return [(first, min(n, first + chunk_epochs)) for first in range(0, n, chunk_epochs)]
 

@@ -9,24 +9,27 @@ the night's row count (``end_row``), so a consumer knows when a night is complet
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import fsspec
 import numpy as np
 
 from sleepsound.breathing.envelope import empty_envelope, frames_per_epoch
 from sleepsound.core.config import PreprocessConfig
 from sleepsound.core.findings import Quarantine
 from sleepsound.core.records import ManifestRow
+from sleepsound.core.storage import is_local
 from sleepsound.embed.cache import EmbedPlan
 from sleepsound.embed.preprocess import iter_epochs, iter_raw_epochs, margins
 from sleepsound.ingest.discovery import RecordingSource, local_copies
 from sleepsound.ingest.validate import probe_parts
 from sleepsound.io import rml
-from sleepsound.io.audio import iter_night_blocks
+from sleepsound.io.audio import PartInfo, iter_night_blocks, probe_remote_edf
 from sleepsound.labels.annotations import load_stages, read_rml
 from sleepsound.labels.events import RESP_COLUMNS, Event, events_from_rml, read_events_csv, window_labels
 from sleepsound.labels.vocabulary import UNSCORED, to_three_class
@@ -180,6 +183,33 @@ def _source_of(row: ManifestRow, path: str) -> str:
     return next((uri for uri in uris if uri and posixpath.basename(uri) == os.path.basename(path)), path)
 
 
+@contextlib.contextmanager
+def night_parts(src: RecordingSource, row: ManifestRow, cfg: PreprocessConfig, chunk: bool) -> Iterator[list[PartInfo]]:
+    """The night's parts to stream. A chunk of a PSG-Audio night on object storage reads its EDF
+    parts where they lie, by byte ranges of the records it needs (each part's header fetched to place
+    it on the night's time axis), so readers sharing a night never download it whole; anything else
+    (a whole night, plain audio, a part that is not plain 16-bit EDF) is read from local files or
+    verified downloads. Either way the files must still hold the bytes that were validated."""
+    if chunk and src.layout == "psg-audio" and not all(is_local(uri) for uri in src.audio_uris):
+        remote = [probe_remote_edf(uri, cfg.channels()[0]) for uri in src.audio_uris]
+        parts = [p for p in remote if p is not None]
+        if len(parts) == len(remote) and len({p.sample_rate for p in parts}) == 1:
+            _same_bytes(src, row, sum(fsspec.core.url_to_fs(uri)[0].size(uri) for uri in src.audio_uris))
+            yield parts
+            return
+    with local_copies(src.audio_uris) as paths:
+        _same_bytes(src, row, sum(os.path.getsize(p) for p in paths))
+        yield probe_parts(src, paths, cfg)
+
+
+def _same_bytes(src: RecordingSource, row: ManifestRow, size: int) -> None:
+    if row.get("bytes") and size != int(row["bytes"]):  # the cache key is the validated audio's checksum
+        raise OSError(
+            f"{src.audio_uris[0]}: the night's files hold {size} bytes, {row['bytes']} when validated: "
+            "they changed since; validate again"
+        )
+
+
 def _read_epochs(
     row: ManifestRow, cfg: PreprocessConfig, shift_classes: Collection[str], epochs: bool, chunk: Chunk | None
 ) -> Iterator[dict[str, Any]]:
@@ -199,14 +229,7 @@ def _read_epochs(
         if pairs
         else []
     )
-    with local_copies(src.audio_uris) as paths:
-        size = sum(os.path.getsize(p) for p in paths)
-        if row.get("bytes") and size != int(row["bytes"]):  # the cache key is the validated audio's checksum
-            raise OSError(
-                f"{src.audio_uris[0]}: the night's files hold {size} bytes, {row['bytes']} when validated: "
-                "they changed since; validate again"
-            )
-        parts = probe_parts(src, paths, cfg)
+    with night_parts(src, row, cfg, chunk is not None) as parts:
         rate = parts[0].sample_rate
         raw_epoch = int(round(length * rate))
         block = raw_epoch * cfg.block_epochs

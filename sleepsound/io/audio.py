@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO
 
+import fsspec
 import numpy as np
 import pyedflib
 import soundfile as sf
@@ -29,6 +30,8 @@ from sleepsound.labels.vocabulary import EPOCH_SECONDS
 # a night's sound); other audio suffixes are listed by discovery and refused by name.
 PLAIN_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
 UNREAD_AUDIO_SUFFIXES = (".m4a", ".mp4", ".aac", ".wma", ".amr", ".webm", ".3gp")
+
+_REMOTE_BLOCK_BYTES = 8 * 2**20  # ranged reads of object storage: a few requests per hour of 48 kHz audio
 
 # Plain files carry no labels: by default channel 0 is the ambient mic, 1 the tracheal
 # (``preprocess.plain_channel_index`` changes this).
@@ -51,6 +54,8 @@ class PartInfo:
     full_scale: float = 1.0  # largest magnitude the format can hold, for clipping checks
     start: datetime | None = None  # wall-clock start (EDF header); None for plain audio
     findings: tuple[Finding, ...] = ()  # warnings about this file's header (their path is ``path``)
+    # Set for a part read where it lies (object storage, by byte ranges): where its samples sit.
+    edf_layout: _EdfLayout | None = None
 
     @property
     def duration_s(self) -> float:
@@ -320,12 +325,55 @@ def _edf_layout(reader: pyedflib.EdfReader, path: str, chn: int, n_samples: int)
     )
 
 
+def probe_remote_edf(uri: str, channel: str) -> PartInfo | None:
+    """``channel`` of an EDF part on object storage, to be read where it lies by byte ranges: its
+    header is fetched (a few KB), never the file. None for anything but plain 16-bit EDF with a
+    usable scaling (BDF, odd headers): such a part is downloaded and read as usual.
+
+    Scaling is parsed from the header's ASCII as pyedflib parses it, and applied as
+    ``_read_edf_block`` applies pyedflib's, so the samples equal a downloaded copy's."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    try:
+        header = read_edf_header(path, fs)
+    except EdfHeaderError:
+        return None
+    ordinary = [i for i, label in enumerate(header.labels) if label != "EDF Annotations"]
+    labels = tuple(header.labels[i] for i in ordinary)
+    if header.is_bdf or channel not in labels or not header.scaling:
+        return None
+    index = labels.index(channel)
+    raw = ordinary[index]
+    pmin, pmax, dmin, dmax = header.scaling[raw]
+    if not (math.isfinite(pmin) and math.isfinite(pmax)) or pmax == pmin or not -32768 <= dmin < dmax <= 32767:
+        return None
+    bitvalue = (pmax - pmin) / (dmax - dmin)
+    per_record = header.samples_per_record
+    layout = _EdfLayout(
+        header.header_bytes, sum(per_record), sum(per_record[:raw]), per_record[raw], bitvalue, pmax / bitvalue - dmax
+    )
+    return PartInfo(
+        uri,
+        per_record[raw] / header.record_seconds,
+        per_record[raw] * header.n_records,
+        index,
+        labels,
+        float(max(abs(pmin), abs(pmax))),
+        header.start,
+        edf_layout=layout,
+    )
+
+
 def _read_edf_block(handle: BinaryIO, layout: _EdfLayout, start: int, n: int) -> np.ndarray:
-    """Samples ``[start, start + n)`` of the signal as float32 (whole records read, then sliced)."""
+    """Samples ``[start, start + n)`` of the signal as float32 (whole records read, then sliced;
+    ``handle`` a local file or a remote one, where this is one ranged read)."""
     spr = layout.signal_samples
     first, last = start // spr, (start + n - 1) // spr + 1
     handle.seek(layout.data_offset + 2 * first * layout.record_samples)
-    records = np.fromfile(handle, dtype="<i2", count=(last - first) * layout.record_samples)
+    count = (last - first) * layout.record_samples
+    records = np.frombuffer(handle.read(2 * count), dtype="<i2")
+    if len(records) != count:
+        name = str(getattr(handle, "name", "") or getattr(handle, "path", ""))
+        raise AudioError(name, "truncated_edf", "file ends inside a data record; re-upload it")
     digital = records.reshape(last - first, layout.record_samples)[:, layout.signal_offset : layout.signal_offset + spr]
     skip = start - first * spr
     digital = digital.reshape(-1)[skip : skip + n]
@@ -339,6 +387,12 @@ def iter_part_blocks(part: PartInfo, block_samples: int, layout: str, first: int
     values as pyedflib's ``readSignal`` (which converts sample by sample, most of a night's
     ingest time at 48 kHz) at a fraction of the cost; anything else is read by pyedflib.
     """
+    if part.edf_layout is not None:  # where it lies: ranged reads of the records needed, nothing else
+        fs, path = fsspec.core.url_to_fs(part.path)
+        with fs.open(path, "rb", block_size=_REMOTE_BLOCK_BYTES, cache_type="readahead") as handle:
+            for start in range(first, part.n_samples, block_samples):
+                yield _read_edf_block(handle, part.edf_layout, start, min(block_samples, part.n_samples - start))
+        return
     if layout == "psg-audio":
         reader = pyedflib.EdfReader(part.path)
         try:

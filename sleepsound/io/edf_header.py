@@ -10,11 +10,14 @@ inconsistent header goes back to the export software. The fixed-width ASCII head
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NoReturn
+
+import fsspec
 
 from sleepsound.core.findings import Quarantine
 
@@ -37,6 +40,9 @@ class EdfHeader:
     record_seconds: float
     labels: tuple[str, ...]
     samples_per_record: tuple[int, ...]
+    # Per signal (physical minimum, maximum, digital minimum, maximum); NaN where a field is not a
+    # number. Read for record-wise reading without pyedflib (a file on object storage, by ranges).
+    scaling: tuple[tuple[float, float, float, float], ...] = ()
 
     @property
     def record_bytes(self) -> int:
@@ -63,6 +69,13 @@ def _number(path: str, text: str, what: str, kind: type = int) -> int | float:
         ) from None
 
 
+def _lenient(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def _start(raw: bytes) -> datetime | None:
     """Start date and time (dd.mm.yy hh.mm.ss; years 85-99 are 19xx, the rest 20xx)."""
     try:
@@ -73,10 +86,11 @@ def _start(raw: bytes) -> datetime | None:
         return None
 
 
-def read_edf_header(path: str) -> EdfHeader:
-    """Parse and check the header of ``path``; raises EdfHeaderError naming the fault."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as handle:
+def read_edf_header(path: str, fs: fsspec.AbstractFileSystem | None = None) -> EdfHeader:
+    """Parse and check the header of ``path`` (on ``fs``, e.g. object storage: its first few KB
+    read, nothing more); raises EdfHeaderError naming the fault."""
+    size = fs.size(path) if fs is not None else os.path.getsize(path)
+    with fs.open(path, "rb", block_size=2**16) if fs is not None else open(path, "rb") as handle:
         fixed = handle.read(FIXED_BYTES)
         if len(fixed) < FIXED_BYTES:
             raise EdfHeaderError(
@@ -123,7 +137,10 @@ def read_edf_header(path: str) -> EdfHeader:
             raise EdfHeaderError(
                 path, "inconsistent_edf_header", f"signal {label!r} declares {count} samples per data record"
             )
-    header = EdfHeader(is_bdf, _start(fixed), header_bytes, n_records, record_seconds, labels, samples)
+    scaling = tuple(
+        tuple(_lenient(_field(signals, ns * (16 + 80 + 8 + 8 * k) + 8 * i, 8)) for k in range(4)) for i in range(ns)
+    )
+    header = EdfHeader(is_bdf, _start(fixed), header_bytes, n_records, record_seconds, labels, samples, scaling)
     other = EdfHeader(not is_bdf, None, header_bytes, n_records, record_seconds, labels, samples)
     if size != header.expected_bytes and size == other.expected_bytes:
         says, fits = ("BDF (0xFF 'BIOSEMI')", "EDF's 2") if is_bdf else ("EDF ('0')", "BDF's 3")

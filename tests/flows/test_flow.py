@@ -163,7 +163,7 @@ def _assert_retraining_keeps_an_equal_champion(cohort: Path, root: str, tiny_whi
     assert model_store.champion_version(root, "stage3") == first["version"]
     assert retrained["model"]["version"] in [v["version"] for v in model_store.versions(root, "stage3")]
     report = (Path(root) / "runs" / "r1" / "report" / "index.html").read_text()
-    assert "promotion stage3" in report and "not promoted" in report
+    assert "3-class stage head: promotion" in report and "not promoted" in report
 
     # Without the evaluation subjects' nights, train stops right after validation, before embedding.
     from sleepsound.ingest.manifest import read_manifest_rows
