@@ -214,7 +214,9 @@ def test_long_nights_are_read_in_chunks_on_ray_and_cached_as_one_reader_would(ti
     )
     assert night_chunks(nights[0], 3) == [(0, 3), (3, 6), (6, 9), (9, 12)]
     assert night_chunks(nights[0], 12) == [None]
-    assert night_chunks({**nights[0], "source_uris": ["s3://b/x.edf"]}, 3) == [None]  # would download it 4 times
+    remote = {**nights[0], "source_uris": ["s3://b/x.edf"]}
+    assert night_chunks(remote, 3) == [(0, 3), (3, 6), (6, 9), (9, 12)]  # EDF parts: read by byte ranges
+    assert night_chunks({**remote, "layout": "plain"}, 3) == [None]  # would download it 4 times
     local, chunked = str(tmp_path / "local"), str(tmp_path / "ray")
     one = embed_cohort(nights, local, cfg, use_ray=False)
     many = embed_cohort(nights, chunked, cfg, use_ray=True)
