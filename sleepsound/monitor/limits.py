@@ -319,7 +319,10 @@ def quiet_disconnect_tracebacks() -> None:
 
 
 def refused_response(exc: Refused) -> JSONResponse:
-    return JSONResponse({"detail": exc.message}, status_code=exc.status)
+    """The refusal as JSON; an upload cut off unread (408, 413) also closes the connection, so the
+    server stops reading the rest of it rather than draining it for keep-alive."""
+    headers = {"Connection": "close"} if exc.status in (408, 413) else None
+    return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
 
 
 def install_handlers(app: Any) -> None:
