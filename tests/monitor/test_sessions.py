@@ -178,8 +178,21 @@ def test_a_server_killed_mid_night_resumes_the_session_and_loses_nothing(
             client.delete(f"{base}/v1/sessions/{sid}", headers=auth)
             _wait_published(client, base, sid, auth)
             streamed = client.get(f"{base}/v1/sessions/{sid}/epochs", headers=auth).json()
+        # SIGTERM while a client is stuck half-way through an upload (the read timeout is 30 s):
+        # the graceful shutdown gives it 5 s, then the server exits
+        import socket
+
+        stuck = socket.create_connection(("127.0.0.1", port), timeout=10)
+        stuck.sendall(
+            f"POST /v1/sessions/{sid}/chunks/999 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Authorization: {auth['Authorization']}\r\nContent-Length: 100000\r\n\r\nRIFF".encode()
+        )
+        time.sleep(0.3)
+        started = time.monotonic()
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=20) is not None
+        assert time.monotonic() - started < 12
+        stuck.close()
     finally:
         if second.poll() is None:
             second.kill()
