@@ -42,6 +42,7 @@ from sleepsound.monitor.limits import (
     decode_audio,
     install_handlers,
     read_body,
+    run_unless_gone,
     upload_bytes,
 )
 from sleepsound.monitor.scoring import Scorer
@@ -170,7 +171,7 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
     )
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:  # async: on the event loop, never queued for a pool thread
         return {
             "status": "ok",
             "sessions": sum(s.state == "open" for s in monitor.sessions.values()),
@@ -230,8 +231,6 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
                 f"{name}: {seconds:.1f} s of audio is too short to hold a {MIN_PAUSE_S:g}-s breathing pause; "
                 f"send at least {MIN_PAUSE_S:g} s",
             )
-        if await request.is_disconnected():
-            raise Refused(400, "client disconnected")
 
         def analyse() -> tuple[list[Any], list[dict[str, Any]]]:
             pauses = breathing_pauses(audio, rate)
@@ -255,7 +254,7 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
         try:
             if monitor.worker.queued >= settings.max_sessions:  # the sessions' jobs keep their room
                 raise Busy()
-            pauses, windows = await monitor.worker.submit(analyse)
+            pauses, windows = await run_unless_gone(monitor.worker, request, analyse)
         except Busy:
             raise Refused(503, "the scoring queue is full; retry in a few seconds") from None
         scored = [w for w in windows if w["prob_snore"] is not None]

@@ -128,10 +128,9 @@ def upload_bytes(body: bytes, content_type: str, name: str, field: str = "file")
     return found[field]
 
 
-def decode_audio(data: bytes, name: str, limits: AudioLimits, channel: int = 0) -> tuple[np.ndarray, int, float]:
-    """(mono float32 samples of ``channel``, sample rate, full scale) of an uploaded file, bounded
-    before decoding: the header's rate and length are checked first and at most the allowed frames
-    (plus one, to tell an over-long file) are ever decoded."""
+def probe_audio(data: bytes, name: str, limits: AudioLimits) -> Any:
+    """The upload's header (``soundfile.info``), refused before anything is decoded when it is not
+    audio, its rate is under ``limits.min_rate`` or it declares more than ``limits.max_seconds``."""
     if not data:
         raise Refused(400, f"{name}: empty upload; send the audio file's bytes")
     try:
@@ -145,6 +144,15 @@ def decode_audio(data: bytes, name: str, limits: AudioLimits, channel: int = 0) 
     declared = info.frames / rate
     if declared > limits.max_seconds:
         raise Refused(413, f"{name}: longer than {limits.max_seconds:g} s ({declared:.1f} s)")
+    return info
+
+
+def decode_audio(data: bytes, name: str, limits: AudioLimits, channel: int = 0) -> tuple[np.ndarray, int, float]:
+    """(mono float32 samples of ``channel``, sample rate, full scale) of an uploaded file, bounded
+    before decoding (``probe_audio``), and the decode itself reads at most the allowed frames (plus
+    one, to tell an over-long file) whatever the header claims."""
+    info = probe_audio(data, name, limits)
+    rate = int(info.samplerate)
     max_frames = int(limits.max_seconds * rate)
     try:
         with sf.SoundFile(io.BytesIO(data)) as handle:
@@ -163,6 +171,28 @@ def decode_audio(data: bytes, name: str, limits: AudioLimits, channel: int = 0) 
     return np.ascontiguousarray(samples[:, channel]), rate, full_scale
 
 
+async def run_unless_gone(worker: BoundedWorker, request: Request, job: Callable[[], T], poll_s: float = 0.1) -> T:
+    """``job`` on ``worker``, skipped if the client goes away while it waits in the queue (``ClientGone``);
+    ``Busy`` at once when the queue is full. A job already running finishes (its work is bounded)."""
+    gone = threading.Event()
+
+    def guarded() -> T:
+        if gone.is_set():
+            worker.abandoned += 1
+            raise ClientGone()
+        return job()
+
+    future = worker.submit(guarded)
+    while True:
+        done, _ = await asyncio.wait({future}, timeout=poll_s)
+        if done:
+            return future.result()
+        if await request.is_disconnected():
+            gone.set()
+            future.cancel()  # nobody waits for it now
+            raise ClientGone()
+
+
 class Busy(Exception):
     """The worker's queue is full: the caller answers 503 at once rather than queueing without bound."""
 
@@ -179,8 +209,10 @@ class BoundedWorker:
             queue.Queue(maxsize=max_queued)
         )
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
         self.busy = False
+        self.finished = 0  # jobs taken off the queue
+        self.abandoned = 0  # jobs skipped because their client had gone
+        self._thread.start()
 
     @property
     def queued(self) -> int:
@@ -234,6 +266,7 @@ class BoundedWorker:
             else:
                 done(result, None)
             finally:
+                self.finished += 1
                 self.busy = False
 
 
