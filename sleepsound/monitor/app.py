@@ -180,14 +180,19 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
             **scorer.describe(),
         }
 
+    def operator(authorization: str | None, what: str) -> None:
+        """With an operator token configured, ``what`` needs it (401 without a token, 403 with another)."""
+        if settings.operator_token_hash is None:
+            return
+        presented = (authorization or "")[7:].strip() if (authorization or "").lower().startswith("bearer ") else ""
+        if not presented:
+            raise Refused(401, f"{what} needs the operator token (Authorization: Bearer <token>)")
+        if not hmac.compare_digest(token_hash(presented), settings.operator_token_hash):
+            raise Refused(403, "not the operator token")
+
     @app.post("/v1/sessions", status_code=201)
     def open_session(body: SessionCreate, authorization: str | None = Header(None)) -> SessionCreated:
-        if settings.operator_token_hash is not None:
-            presented = (authorization or "")[7:].strip() if (authorization or "").lower().startswith("bearer ") else ""
-            if not presented:
-                raise Refused(401, "opening a session needs the operator token (Authorization: Bearer <token>)")
-            if not hmac.compare_digest(token_hash(presented), settings.operator_token_hash):
-                raise Refused(403, "not the operator token")
+        operator(authorization, "opening a session")
         session, token = monitor.open_session(body.bed_id, body.chunk_seconds)
         return SessionCreated(
             session_id=session.id,
@@ -220,7 +225,10 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
         return SessionStatus(**monitor.status(session))
 
     @app.post("/analyze-breathing")
-    async def analyze_breathing(request: Request, name: str = "upload") -> BreathingAnswer:
+    async def analyze_breathing(
+        request: Request, name: str = "upload", authorization: str | None = Header(None)
+    ) -> BreathingAnswer:
+        operator(authorization, "analysing a clip")
         body = await read_body(request, clip_limits.max_bytes, settings.read_timeout_s)
         data = upload_bytes(body, request.headers.get("content-type", ""), name)
         audio, rate, full_scale = await run_in_threadpool(decode_audio, data, name, clip_limits, scorer.channel_index)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import socket
@@ -177,3 +178,23 @@ def test_an_idle_session_is_closed_and_its_night_published(trained: Trained, liv
         assert status["epochs_scored"] == 2 and status["run_id"] == f"monitor-{sid}"
         late = client.post(f"{live.base}/v1/sessions/{sid}/chunks/99", content=chunks[0], headers=auth)
         assert late.status_code == 409
+
+
+OPERATOR = Settings(operator_token_hash=hashlib.sha256(b"op-secret").hexdigest())
+
+
+@pytest.mark.parametrize("live", [OPERATOR], indirect=True)
+def test_with_an_operator_token_only_the_operator_opens_sessions_and_analyses_clips(live: Live) -> None:
+    with httpx.Client(timeout=30) as client:
+        assert client.post(f"{live.base}/v1/sessions", json={"bed_id": "b"}).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert client.post(f"{live.base}/v1/sessions", json={"bed_id": "b"}, headers=wrong).status_code == 403
+        assert client.post(f"{live.base}/analyze-breathing", content=_wav(12, 16_000)).status_code == 401
+        operator = {"Authorization": "Bearer op-secret"}
+        opened = client.post(f"{live.base}/v1/sessions", json={"bed_id": "b"}, headers=operator)
+        assert opened.status_code == 201
+        # the operator token is not a device token
+        sid = opened.json()["session_id"]
+        assert client.get(f"{live.base}/v1/sessions/{sid}", headers=operator).status_code == 403
+        analysed = client.post(f"{live.base}/analyze-breathing", content=_wav(12, 16_000), headers=operator)
+        assert analysed.status_code == 200 and analysed.json()["status"] == "success"
