@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Header, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -32,6 +34,7 @@ import sleepsound
 from sleepsound.core.config import Config
 from sleepsound.embed.preprocess import EpochCutter
 from sleepsound.ingest.validate import MIN_SAMPLE_RATE
+from sleepsound.monitor.alerts import AlertRules
 from sleepsound.monitor.breathing import MIN_PAUSE_S, breathing_pauses, detection
 from sleepsound.monitor.limits import (
     AudioLimits,
@@ -71,6 +74,7 @@ class Settings:
     extra_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     expiry_check_s: float = 5.0
+    rules: AlertRules = field(default_factory=AlertRules)
 
 
 class SessionCreate(BaseModel):
@@ -140,6 +144,7 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
         settings.idle_timeout_s,
         settings.rate_per_s,
         settings.burst,
+        settings.rules,
     )
 
     @contextlib.asynccontextmanager
@@ -223,6 +228,46 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
         session = monitor.authorise(sid, authorization)
         await run_in_threadpool(monitor.end_session, session)
         return SessionStatus(**monitor.status(session))
+
+    @app.get("/v1/alerts")
+    def list_alerts(session_id: str | None = None, authorization: str | None = Header(None)) -> list[dict[str, Any]]:
+        operator(authorization, "reading alerts")
+        return monitor.alerts.listing(session_id)
+
+    @app.post("/v1/alerts/{alert_id}/ack")
+    def acknowledge(alert_id: str, authorization: str | None = Header(None)) -> dict[str, Any]:
+        operator(authorization, "acknowledging an alert")
+        alert = monitor.alerts.acknowledge(alert_id, "operator")
+        if alert is None:
+            raise Refused(404, f"no alert {alert_id}")
+        return alert
+
+    @app.get("/v1/alerts/stream")
+    async def alert_stream(request: Request, authorization: str | None = Header(None)) -> StreamingResponse:
+        """Server-sent events: every alert and acknowledgement from now on, a comment every 15 s."""
+        operator(authorization, "following alerts")
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+
+        def deliver(message: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(lambda: inbox.full() or inbox.put_nowait(message))
+
+        unsubscribe = monitor.alerts.subscribe(deliver)
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                yield b": connected\n\n"
+                while not await request.is_disconnected():
+                    try:
+                        message = await asyncio.wait_for(inbox.get(), 15.0)
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+                        continue
+                    yield f"event: {message['type']}\ndata: {json.dumps(message['alert'])}\n\n".encode()
+            finally:
+                unsubscribe()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
     @app.post("/analyze-breathing")
     async def analyze_breathing(

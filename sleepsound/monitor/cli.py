@@ -52,9 +52,15 @@ def serve(
         str, typer.Option(help="Environment variable holding the operator token needed to open sessions.")
     ] = "SLEEPSOUND_MONITOR_OPERATOR_TOKEN",
     graceful: Annotated[float, typer.Option(help="Seconds SIGTERM waits for running requests.")] = 5.0,
+    alerts: Annotated[
+        Optional[Path], typer.Option(help="YAML file of alert rules and webhooks (see sleepsound/monitor/alerts.py).")
+    ] = None,
 ) -> None:
     """Serve the monitoring API (POST /v1/sessions, chunks, DELETE; POST /analyze-breathing; GET /health)."""
+    from pydantic import ValidationError
+
     from sleepsound.cli import _load_config
+    from sleepsound.monitor.alerts import load_rules
     from sleepsound.monitor.app import Settings, create_app
     from sleepsound.monitor.limits import serve as run_server
     from sleepsound.monitor.limits import service_logging
@@ -72,7 +78,12 @@ def serve(
             f"listening on {host} needs an operator token in ${operator_token_env}: anyone who reaches the port "
             "could open sessions (or keep the default loopback address behind a TLS reverse proxy)"
         )
+    try:
+        rules = load_rules(alerts)
+    except (OSError, ValueError, ValidationError) as exc:
+        raise _fail(f"alert rules {alerts}: {exc}") from exc
     settings = Settings(
+        rules=rules,
         host=host,
         max_sessions=max_sessions,
         max_chunk_bytes=int(max_chunk_mb * 2**20),

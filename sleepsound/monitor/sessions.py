@@ -43,6 +43,8 @@ from sleepsound.core import schemas
 from sleepsound.core.config import Config
 from sleepsound.core.storage import is_local, open_root, write_synced_aside, write_table
 from sleepsound.embed.preprocess import Epoch
+from sleepsound.monitor.alerts import AlertRules, Alerts
+from sleepsound.monitor.breathing import breathing_pauses
 from sleepsound.monitor.limits import AudioLimits, BoundedWorker, Busy, Refused, decode_audio
 from sleepsound.monitor.scoring import Scorer
 from sleepsound.monitor.stream import NightStream, Piece
@@ -95,6 +97,10 @@ class Session:
     embedded_through: int = 0  # epochs [0, embedded_through) embedded (or known invalid)
     scored: int = 0  # epochs [0, scored) on disk in epochs.jsonl
     queued: bool = False
+    last_chunk: float = 0.0  # wall clock of the last chunk taken (the no-audio rule)
+    recent: list[dict[str, Any]] = field(default_factory=list)  # the last hour's scored rows, trimmed
+    reasons: dict[int, str | None] = field(default_factory=dict)  # why an epoch was not scored
+    clipped: dict[int, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     bucket: Bucket | None = None
 
@@ -119,6 +125,7 @@ class Monitor:
         idle_timeout_s: float = 600.0,
         rate: float = 5.0,
         burst: float = 20.0,
+        rules: AlertRules | None = None,
     ) -> None:
         store = open_root(root)
         if not is_local(root):
@@ -140,6 +147,9 @@ class Monitor:
         self.rate, self.burst = rate, burst
         self.sessions: dict[str, Session] = {}
         self.worker = BoundedWorker(max_queued=max_sessions + 8)
+        self.alerts = Alerts(rules or AlertRules(), self.dir, cfg.preprocess.epoch_seconds)
+        resp = scorer.model["heads"].get("resp") or {}
+        self.events_per_event_epoch = float(resp.get("events_per_event_epoch", 1.0))
         self._registry = threading.Lock()
         self._resume()
 
@@ -155,6 +165,8 @@ class Monitor:
             now = time.time()
             stream = NightStream(self.cfg.preprocess, self.window, chunk_seconds)
             session = Session(sid, bed_id, token_hash(token), now, now, stream, bucket=Bucket(self.rate, self.burst))
+            session.last_chunk = now
+            self._watch(session)
             (self.dir / sid / "spool").mkdir(parents=True)
             self._save(session)
             self.sessions[sid] = session
@@ -194,8 +206,9 @@ class Monitor:
             os.replace(write_synced_aside(str(spool), data), spool)
             accepted = session.stream.accept(seq, audio, rate, full_scale)
             session.cut += accepted.epochs
-            session.last_seen = time.time()
+            session.last_seen = session.last_chunk = time.time()
             self._save(session)
+            self._pauses(session)
             if accepted.missing:
                 log.info("session %s: %d chunk(s) given up as missing audio", session.id, len(accepted.missing))
             self._queue(session)
@@ -227,6 +240,9 @@ class Monitor:
         now = time.time()
         ended = 0
         for session in list(self.sessions.values()):
+            if session.state == "open" and session.stream.rate is not None:
+                night_s = session.stream.night_samples / session.stream.rate
+                self.alerts.on_silence(session.id, session.bed_id, now - session.last_chunk, night_s)
             if session.state == "open" and now - session.last_seen > self.idle_timeout_s:
                 self.end_session(session, "ended after the idle timeout")
                 ended += 1
@@ -237,6 +253,36 @@ class Monitor:
 
     def predictions(self, session: Session) -> list[dict[str, Any]]:
         return _read_rows(self.dir / session.id / "epochs.jsonl")
+
+    # ------------------------------------------------------------------ alerts
+
+    def _watch(self, session: Session) -> None:
+        rule = self.alerts.rules.breathing_pause
+        session.stream.tail_seconds = rule.window_s if rule.enabled else 0.0
+
+    def _pauses(self, session: Session) -> None:
+        """The pause rule over the stream's recent audio (under the session's lock, after a chunk)."""
+        stream = session.stream
+        start, audio = stream.recent_audio()
+        if not stream.tail_seconds or stream.rate is None or not len(audio):
+            return
+        found = breathing_pauses(audio, stream.rate, self.alerts.rules.breathing_pause.min_pause_s)
+        offset = start / stream.rate
+        self.alerts.on_chunk(session.id, session.bed_id, [(offset + p.start_s, offset + p.end_s) for p in found])
+
+    def _epoch_rules(self, session: Session, rows: list[dict[str, Any]]) -> None:
+        keep = ("epoch_index", "resp_pred", "prob_apnea_hypopnea", "stage_pred")
+        session.recent += [{k: row.get(k) for k in keep} for row in rows]
+        rules = self.alerts.rules
+        minutes = max(rules.event_rate.window_minutes, rules.loud_snoring.minutes, rules.sensor.minutes)
+        session.recent = session.recent[-int(minutes * 60 / self.cfg.preprocess.epoch_seconds) - 1 :]
+        first = int(session.recent[0]["epoch_index"])
+        for table in (session.reasons, session.clipped):
+            for i in [i for i in table if i < first]:
+                del table[i]
+        self.alerts.on_epochs(
+            session.id, session.bed_id, session.recent, session.reasons, session.clipped, self.events_per_event_epoch
+        )
 
     # ------------------------------------------------------------------ scoring thread
 
@@ -259,6 +305,9 @@ class Monitor:
             cut, session.cut = session.cut, []
             final = session.state == "ending" and not session.cut
         if cut:
+            for e in cut:
+                session.reasons[e.index] = e.reason
+                session.clipped[e.index] = e.quality.clipped_fraction
             session.features.update(self.scorer.embed(session.id, cut))
             session.embedded_through = max(session.embedded_through, max(e.index for e in cut) + 1)
         h = self.scorer.half_context
@@ -272,6 +321,7 @@ class Monitor:
             session.scored += len(rows)
             for i in [i for i in session.features if i < session.scored - h]:
                 del session.features[i]
+            self._epoch_rules(session, rows)
             with session.lock:
                 gone = session.stream.keep_from(max(0, session.scored - h))
                 self._save(session)
@@ -378,6 +428,12 @@ class Monitor:
             sid, saved["bed_id"], saved["token_hash"], saved["created"], time.time(), stream, state=saved["state"]
         )
         session.bucket = Bucket(self.rate, self.burst)
+        session.last_chunk = time.time()
+        self._watch(session)
+        session.recent = [
+            {k: r.get(k) for k in ("epoch_index", "resp_pred", "prob_apnea_hypopnea", "stage_pred")}
+            for r in rows[-240:]
+        ]
         session.scored = session.embedded_through = scored
         for p in st["pieces"]:
             piece = Piece(**p)
@@ -406,6 +462,7 @@ class Monitor:
 
     def close(self) -> None:
         self.worker.stop()
+        self.alerts.stop()
         with contextlib.suppress(OSError):
             fcntl.flock(self._lock_handle, fcntl.LOCK_UN)
             self._lock_handle.close()

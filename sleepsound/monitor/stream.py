@@ -77,6 +77,9 @@ class NightStream:
         self.first_epoch = first_epoch
         self.emit_from = emit_from
         self._cutter: EpochCutter | None = None
+        self.tail_seconds = 0.0  # how much recent in-order audio to keep for the pause rule (0: none)
+        self._tail = np.zeros(0, dtype=np.float32)
+        self._tail_start = 0  # the night's sample index of _tail[0]
 
     @property
     def raw_epoch(self) -> int:
@@ -147,8 +150,26 @@ class NightStream:
             return []
         return self._marked(list(self.cutter().push(samples[skip:])))
 
+    def recent_audio(self) -> tuple[int, np.ndarray]:
+        """(the night's sample index where it starts, the last ``tail_seconds`` of audio since the last gap)."""
+        return self._tail_start, self._tail
+
+    def _keep_tail(self, audio: np.ndarray | None) -> None:
+        if not self.tail_seconds or self.rate is None:
+            return
+        if audio is None:  # a gap: what came before it is not continuous with what follows
+            self._tail, self._tail_start = np.zeros(0, dtype=np.float32), self.night_samples
+            return
+        if not len(self._tail):
+            self._tail_start = self.night_samples
+        joined = np.concatenate([self._tail, audio])
+        keep = int(self.tail_seconds * self.rate)
+        self._tail_start += max(0, len(joined) - keep)
+        self._tail = joined[-keep:]
+
     def _feed(self, seq: int, audio: np.ndarray) -> list[Epoch]:
         self.pieces.append(Piece(seq, self.night_samples, len(audio)))
+        self._keep_tail(audio)
         self.night_samples += len(audio)
         return self._marked(list(self.cutter().push(audio)))
 
@@ -158,6 +179,7 @@ class NightStream:
         self.missing.append((self.night_samples, self.night_samples + n))
         self.pieces.append(Piece(seq, self.night_samples, n, missing=True))
         self.night_samples += n
+        self._keep_tail(None)
         return self._marked(list(self.cutter().push(np.zeros(n, dtype=np.float32))))
 
     def _marked(self, epochs: list[Epoch]) -> list[Epoch]:
