@@ -41,7 +41,8 @@ import pyarrow as pa
 
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
-from sleepsound.core.storage import is_local, open_root, write_synced_aside, write_table
+from sleepsound.core.records import FlowSummary
+from sleepsound.core.storage import full_uri, is_local, open_root, write_synced_aside, write_table
 from sleepsound.embed.preprocess import Epoch
 from sleepsound.monitor.alerts import AlertRules, Alerts
 from sleepsound.monitor.breathing import breathing_pauses
@@ -335,21 +336,42 @@ class Monitor:
         """The night under ``runs/monitor-<id>/`` as ``score`` writes it, holding the root's lock briefly."""
         from sleepsound.report.outputs import write_run_outputs
         from sleepsound.runs.root_lock import RootBusy, hold_root
+        from sleepsound.runs.run_record import write_run_record
 
         session.state = "ended"
         run_id = f"monitor-{session.id}"
         rows = self.predictions(session)
         table = pa.Table.from_pylist(rows, schema=schemas.PREDICTIONS) if rows else schemas.PREDICTIONS.empty_table()
         store = open_root(self.root)
+        predictions = f"{store.path}/runs/{run_id}/predictions"
+        rate = session.stream.rate or 1
+        summary: FlowSummary = {
+            "run_id": run_id,
+            "model": self.scorer.model,
+            "seconds": {"night": round(session.stream.night_samples / rate, 1)},
+            "counts": {
+                "epochs": len(rows),
+                "scored": sum(r["stage_pred"] is not None for r in rows),
+                "missing_seconds": round(sum(b - a for a, b in session.stream.missing) / rate, 1),
+            },
+            "predictions": full_uri(store.fs, predictions),
+            "summaries": None,
+            "report": None,
+        }
         try:
             with hold_root(store, run_id, "monitor"):
                 write_table(
                     store.fs,
-                    f"{store.path}/runs/{run_id}/predictions/recording_id={session.id}/part-0.parquet",
+                    f"{predictions}/recording_id={session.id}/part-0.parquet",
                     table.drop_columns(["recording_id"]),
                 )
                 if rows:
-                    write_run_outputs(store, run_id, self.scorer.model, {"run_id": run_id, "flow": "monitor"}, self.cfg)
+                    reported = write_run_outputs(
+                        store, run_id, self.scorer.model, {"run_id": run_id, "flow": "monitor"}, self.cfg
+                    )
+                    summary |= {"summaries": reported["summaries"], "report": reported["report"]}
+                    summary["metrics"] = reported["metrics"]
+                write_run_record(store, "monitor", self.cfg.model_dump(), summary)  # last: the run is complete
         except RootBusy:
             log.info("session %s: the root is busy with another run; its night is published later", session.id)
             with session.lock:
