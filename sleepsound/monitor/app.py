@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -36,6 +35,7 @@ from sleepsound.embed.preprocess import EpochCutter
 from sleepsound.ingest.validate import MIN_SAMPLE_RATE
 from sleepsound.monitor.alerts import AlertRules
 from sleepsound.monitor.breathing import MIN_PAUSE_S, breathing_pauses, detection
+from sleepsound.monitor.dashboard import Access, add_dashboard
 from sleepsound.monitor.limits import (
     AudioLimits,
     Busy,
@@ -49,7 +49,7 @@ from sleepsound.monitor.limits import (
     upload_bytes,
 )
 from sleepsound.monitor.scoring import Scorer
-from sleepsound.monitor.sessions import Monitor, token_hash
+from sleepsound.monitor.sessions import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -185,19 +185,12 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
             **scorer.describe(),
         }
 
-    def operator(authorization: str | None, what: str) -> None:
-        """With an operator token configured, ``what`` needs it (401 without a token, 403 with another)."""
-        if settings.operator_token_hash is None:
-            return
-        presented = (authorization or "")[7:].strip() if (authorization or "").lower().startswith("bearer ") else ""
-        if not presented:
-            raise Refused(401, f"{what} needs the operator token (Authorization: Bearer <token>)")
-        if not hmac.compare_digest(token_hash(presented), settings.operator_token_hash):
-            raise Refused(403, "not the operator token")
+    access = Access(settings.operator_token_hash)
+    add_dashboard(app, monitor, access)
 
     @app.post("/v1/sessions", status_code=201)
-    def open_session(body: SessionCreate, authorization: str | None = Header(None)) -> SessionCreated:
-        operator(authorization, "opening a session")
+    def open_session(body: SessionCreate, request: Request) -> SessionCreated:
+        access.check(request, "opening a session")
         session, token = monitor.open_session(body.bed_id, body.chunk_seconds)
         return SessionCreated(
             session_id=session.id,
@@ -230,22 +223,22 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
         return SessionStatus(**monitor.status(session))
 
     @app.get("/v1/alerts")
-    def list_alerts(session_id: str | None = None, authorization: str | None = Header(None)) -> list[dict[str, Any]]:
-        operator(authorization, "reading alerts")
+    def list_alerts(request: Request, session_id: str | None = None) -> list[dict[str, Any]]:
+        access.check(request, "reading alerts")
         return monitor.alerts.listing(session_id)
 
     @app.post("/v1/alerts/{alert_id}/ack")
-    def acknowledge(alert_id: str, authorization: str | None = Header(None)) -> dict[str, Any]:
-        operator(authorization, "acknowledging an alert")
+    def acknowledge(alert_id: str, request: Request) -> dict[str, Any]:
+        access.check(request, "acknowledging an alert")
         alert = monitor.alerts.acknowledge(alert_id, "operator")
         if alert is None:
             raise Refused(404, f"no alert {alert_id}")
         return alert
 
     @app.get("/v1/alerts/stream")
-    async def alert_stream(request: Request, authorization: str | None = Header(None)) -> StreamingResponse:
+    async def alert_stream(request: Request) -> StreamingResponse:
         """Server-sent events: every alert and acknowledgement from now on, a comment every 15 s."""
-        operator(authorization, "following alerts")
+        access.check(request, "following alerts")
         loop = asyncio.get_running_loop()
         inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
 
@@ -270,10 +263,8 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
     @app.post("/analyze-breathing")
-    async def analyze_breathing(
-        request: Request, name: str = "upload", authorization: str | None = Header(None)
-    ) -> BreathingAnswer:
-        operator(authorization, "analysing a clip")
+    async def analyze_breathing(request: Request, name: str = "upload") -> BreathingAnswer:
+        access.check(request, "analysing a clip")
         body = await read_body(request, clip_limits.max_bytes, settings.read_timeout_s)
         data = upload_bytes(body, request.headers.get("content-type", ""), name)
         audio, rate, full_scale = await run_in_threadpool(decode_audio, data, name, clip_limits, scorer.channel_index)

@@ -52,6 +52,7 @@ from sleepsound.monitor.stream import NightStream, Piece
 
 log = logging.getLogger(__name__)
 State = Literal["open", "ending", "ended", "published"]
+KEEP = ("epoch_index", "stage_pred", "resp_pred", "prob_apnea_hypopnea", "prob_snore")  # what rules and dashboard read
 
 
 def token_hash(token: str) -> str:
@@ -100,6 +101,7 @@ class Session:
     queued: bool = False
     last_chunk: float = 0.0  # wall clock of the last chunk taken (the no-audio rule)
     recent: list[dict[str, Any]] = field(default_factory=list)  # the last hour's scored rows, trimmed
+    night: list[dict[str, Any]] = field(default_factory=list)  # every scored epoch, trimmed (the dashboard)
     reasons: dict[int, str | None] = field(default_factory=dict)  # why an epoch was not scored
     clipped: dict[int, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -272,8 +274,9 @@ class Monitor:
         self.alerts.on_chunk(session.id, session.bed_id, [(offset + p.start_s, offset + p.end_s) for p in found])
 
     def _epoch_rules(self, session: Session, rows: list[dict[str, Any]]) -> None:
-        keep = ("epoch_index", "resp_pred", "prob_apnea_hypopnea", "stage_pred")
-        session.recent += [{k: row.get(k) for k in keep} for row in rows]
+        trimmed = [{k: row.get(k) for k in KEEP} for row in rows]
+        session.recent += trimmed
+        session.night += trimmed
         rules = self.alerts.rules
         minutes = max(rules.event_rate.window_minutes, rules.loud_snoring.minutes, rules.sensor.minutes)
         session.recent = session.recent[-int(minutes * 60 / self.cfg.preprocess.epoch_seconds) - 1 :]
@@ -452,10 +455,8 @@ class Monitor:
         session.bucket = Bucket(self.rate, self.burst)
         session.last_chunk = time.time()
         self._watch(session)
-        session.recent = [
-            {k: r.get(k) for k in ("epoch_index", "resp_pred", "prob_apnea_hypopnea", "stage_pred")}
-            for r in rows[-240:]
-        ]
+        session.night = [{k: r.get(k) for k in KEEP} for r in rows]
+        session.recent = session.night[-240:]
         session.scored = session.embedded_through = scored
         for p in st["pieces"]:
             piece = Piece(**p)
