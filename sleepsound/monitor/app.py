@@ -6,6 +6,9 @@
     GET    /v1/sessions/{id}/epochs              its scored epochs (the batch predictions' columns)
     DELETE /v1/sessions/{id}                     end it: the rest is scored, the night published
     POST   /analyze-breathing                    one clip: Normal / Snoring / Apnea Alert
+    GET    /v1/alerts, POST /v1/alerts/{id}/ack  alerts (``monitor.alerts``), acknowledging one
+    GET    /v1/alerts/stream                     alerts as server-sent events
+    GET    /dashboard, /login, /v1/beds          the dashboard (``monitor.dashboard``)
     GET    /health                               never waits behind scoring
 
 Who may do what: a device token (random, 256 bits, only its SHA-256 kept, compared in constant
@@ -152,7 +155,10 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
         async def expire() -> None:
             while True:
                 await asyncio.sleep(settings.expiry_check_s)
-                await run_in_threadpool(monitor.expire_idle)
+                try:
+                    await run_in_threadpool(monitor.expire_idle)
+                except Exception as exc:  # a full disk, say: say so and keep watching
+                    log.error("checking idle sessions failed: %s: %s", type(exc).__name__, exc)
 
         task = asyncio.create_task(expire())
         try:
