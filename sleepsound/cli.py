@@ -547,6 +547,10 @@ from sleepsound.clips.cli import clips_app  # noqa: E402  (typer only: no heavy 
 
 app.add_typer(clips_app, name="clips")
 
+from sleepsound.monitor.cli import monitor_app  # noqa: E402  (typer only: no heavy imports at --help)
+
+app.add_typer(monitor_app, name="monitor")
+
 models_app = typer.Typer(
     help="Trained heads stored under a storage root: versions, champion, lineage.", no_args_is_help=True
 )

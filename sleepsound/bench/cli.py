@@ -330,3 +330,56 @@ def bench_clips(
         f"{result['embed_seconds']:.1f} s = {result['embed_clips_per_second']:.2f} clips/s, backbone load "
         f"in the total); baseline: {result['method']['baseline']}"
     )
+
+
+@bench_app.command("monitor")
+def bench_monitor(
+    root: Annotated[str, typer.Option(help="Storage root holding the champions (local disk; copied per run).")],
+    beds: Annotated[int, typer.Option(help="Most beds to try (runs 1, 2, 4, ... up to this).")] = 20,
+    minutes: Annotated[float, typer.Option(help="Length of each bed's synthetic night in minutes.")] = 10.0,
+    speed: Annotated[float, typer.Option(help="Replay speed: 1 is real time, 10 ten times faster.")] = 1.0,
+    chunk_seconds: Annotated[float, typer.Option(help="Audio per chunk.")] = 10.0,
+    overrides: Annotated[
+        Optional[list[str]], typer.Option("--set", help="A setting for the server: section.key=value (repeatable).")
+    ] = None,
+    as_json: BenchJsonOpt = False,
+    workdir: BenchWorkdirOpt = None,
+) -> None:
+    """Replay synthetic nights against a live monitor server: beds held in real time, alert latency, memory."""
+    from sleepsound.monitor.bench import run_monitor_bench
+
+    result = _run_bench(
+        as_json,
+        f"monitor benchmark: up to {beds} beds, {minutes:g}-min nights at {speed:g}x real time",
+        lambda: run_monitor_bench(
+            root, beds, minutes, speed, chunk_seconds, overrides=list(overrides or []), workdir=workdir
+        ),
+    )
+    if result is None:
+        return
+    table = Table(
+        "beds",
+        "held",
+        "worst ack delay s",
+        "scoring lag (epochs)",
+        "dropped",
+        "alerts",
+        "latency p50 s",
+        "p95 s",
+        "MB / bed",
+        title=f"monitor at {speed:g}x real time",
+    )
+    for run in result["runs"]:
+        table.add_row(
+            str(run["beds"]),
+            "yes" if run["held"] else "no",
+            f"{run['worst_ack_delay_s']:.2f}",
+            str(run["worst_scoring_lag_epochs"]),
+            str(run["dropped_chunks"]),
+            str(run["alerts"]),
+            "-" if run["alert_latency_p50_s"] is None else f"{run['alert_latency_p50_s']:.2f}",
+            "-" if run["alert_latency_p95_s"] is None else f"{run['alert_latency_p95_s']:.2f}",
+            f"{run['memory_per_bed_mb']:.1f}",
+        )
+    console.print(table)
+    console.print(f"most beds held in real time: {result['most_beds_held']}")

@@ -367,18 +367,27 @@ def serve(
     max_seconds: Annotated[float, typer.Option(help="Longest audio accepted per request.")] = 600.0,
     max_mb: Annotated[float, typer.Option(help="Largest upload accepted per request, in MiB.")] = 64.0,
     device: DeviceOpt = "cpu",
+    allowed_host: Annotated[
+        Optional[list[str]], typer.Option(help="Another Host name to answer to (a reverse proxy's; repeatable).")
+    ] = None,
 ) -> None:
     """HTTP service: POST audio bytes to /score, get each window's label and probabilities as JSON."""
-    import uvicorn
-
     from sleepsound.clips.serve import create_app
+    from sleepsound.monitor.limits import serve as run_server
 
     try:
-        app = create_app(model, device=device, max_seconds=max_seconds, max_mb=max_mb)
+        app = create_app(
+            model,
+            device=device,
+            max_seconds=max_seconds,
+            max_mb=max_mb,
+            host=host,
+            extra_hosts=tuple(allowed_host or ()),
+        )
     except (OSError, ValueError) as exc:  # a HeadArtifactError is a ValueError
         raise _fail(str(exc)) from exc
     typer.echo(f"scoring with {model} on http://{host}:{port} (POST /score, GET /health, docs at /docs)")
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="info")
+    run_server(app, host, port)  # no access log; SIGTERM gives running requests 5 s
 
 
 @clips_app.command("hard-negatives")

@@ -4,31 +4,49 @@
     GET  /health                the model's classes, backbone and clip length
 
 Why this shape: one model, loaded (and its backbone warmed up) once at start, so a request
-costs one forward pass; requests take turns on the model (a lock), since a CPU forward pass
-already uses every core. Uploads are bounded in bytes and seconds, and bad audio is a 400
-naming the upload and the problem. Audio is never logged or kept: it lives in memory for the
-request only, and the access log is off (upload names may identify a patient).
+costs one forward pass; requests take turns on one scoring thread with a bounded queue
+(``monitor.limits.BoundedWorker``: a full queue is a 503 at once), since a CPU forward pass
+already uses every core, and ``/health`` runs on the event loop, never behind them. Uploads are
+bounded in bytes and read time while they arrive, and in rate and seconds from their header
+before decoding (``monitor.limits``, shared with ``monitor serve``); bad audio is a 400 naming
+the upload and the problem. A request whose client has gone is not scored. Requests for another
+Host, and state-changing ones from another Origin, are refused. Audio is never logged or kept:
+it lives in memory for the request only, and the access log is off (upload names may identify
+a patient).
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
-from starlette.concurrency import run_in_threadpool
+from fastapi import FastAPI, Request
 
 import sleepsound
 from sleepsound.clips.dataset import SAMPLE_RATE, ClipError
 from sleepsound.clips.evaluate import ClipClassifier
 from sleepsound.clips.scoring import MAX_SCORE_SECONDS, TooLong, score_source
+from sleepsound.monitor.limits import (
+    AudioLimits,
+    BoundedWorker,
+    Busy,
+    GuardMiddleware,
+    Refused,
+    allowed_hosts,
+    clean_message,
+    install_handlers,
+    probe_audio,
+    read_body,
+    run_unless_gone,
+)
 
 log = logging.getLogger(__name__)
 MAX_UPLOAD_MB = 64.0
+MAX_QUEUED = 8
+READ_TIMEOUT_S = 30.0
 
 
 def describe(clf: ClipClassifier, model_dir: str | Path) -> dict[str, Any]:
@@ -43,33 +61,23 @@ def describe(clf: ClipClassifier, model_dir: str | Path) -> dict[str, Any]:
     }
 
 
-async def _body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``max_bytes`` (never buffered past it)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise HTTPException(413, f"upload of {int(declared)} bytes is over the limit of {max_bytes} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise HTTPException(413, f"upload is over the limit of {max_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def create_app(
     model_dir: str | Path,
     device: str = "cpu",
     max_seconds: float = MAX_SCORE_SECONDS,
     max_mb: float = MAX_UPLOAD_MB,
     warm: bool = True,
+    host: str = "127.0.0.1",
+    extra_hosts: tuple[str, ...] = (),
+    read_timeout_s: float = READ_TIMEOUT_S,
+    max_queued: int = MAX_QUEUED,
 ) -> FastAPI:
     """The service for the clip classifier in ``model_dir`` (a ``clips train`` output folder)."""
     clf = ClipClassifier(model_dir, device)
     if warm:  # load the backbone and run it once, so the first request is as fast as the rest
         clf.proba(np.zeros((1, clf.clip_samples), dtype=np.float32), np.array([clf.clip_samples]))
-    turn = threading.Lock()
-    max_bytes = int(max_mb * 2**20)
+    limits = AudioLimits(int(max_mb * 2**20), max_seconds)
+    worker = BoundedWorker(max_queued, name="clip-scoring")
     info = describe(clf, model_dir)
     app = FastAPI(
         title="sleepsound clip scoring",
@@ -77,32 +85,44 @@ def create_app(
         description="POST an audio file's bytes to /score; every window of the model's clip length "
         "gets a label and class probabilities.",
     )
+    app.state.worker = worker
+    install_handlers(app)
+    app.add_middleware(GuardMiddleware, allowed_hosts=allowed_hosts(host, extra_hosts))
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", **info}
+    async def health() -> dict[str, Any]:  # async: on the event loop, never queued for a pool thread
+        return {"status": "ok", **info, "queued": worker.queued, "scoring": worker.busy}
 
     @app.post("/score")
     async def score(request: Request, name: str = "upload") -> dict[str, Any]:
         # curl --data-binary labels the bytes a urlencoded form: only a real multipart form is refused.
         if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-            raise HTTPException(
+            raise Refused(
                 415,
                 f"{name}: send the audio file's bytes as the request body "
                 "(curl --data-binary @clip.wav), not as a form",
             )
-        body = await _body(request, max_bytes)
+        body = await read_body(request, limits.max_bytes, read_timeout_s)
         if not body:
-            raise HTTPException(400, f"{name}: empty request body; send the audio file's bytes")
+            raise Refused(400, f"{name}: empty request body; send the audio file's bytes")
+        try:
+            probe_audio(body, name, limits)
+        except Refused as exc:
+            if exc.status == 413 and "longer than" in exc.message:  # the CLI's wording for a long file
+                raise Refused(
+                    413, f"{name}: longer than {max_seconds:g} s; score whole nights with `sleepsound score`"
+                ) from None
+            raise
 
         def run() -> dict[str, Any]:
-            with turn:
-                return score_source(clf, io.BytesIO(body), name, max_seconds)
+            return score_source(clf, io.BytesIO(body), name, max_seconds)
 
         try:
-            result = await run_in_threadpool(run)
+            result = await run_unless_gone(worker, request, run)
+        except Busy:
+            raise Refused(503, f"{name}: {max_queued} requests are already waiting; retry in a few seconds") from None
         except ClipError as exc:
-            raise HTTPException(413 if isinstance(exc, TooLong) else 400, str(exc)) from None
+            raise Refused(413 if isinstance(exc, TooLong) else 400, clean_message(str(exc), name)) from None
         log.info("scored %.1f s of audio in %.2f s", result["seconds"], result["scoring_seconds"])
         return result
 

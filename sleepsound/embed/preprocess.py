@@ -132,45 +132,91 @@ def iter_epochs(
     ``envelope``: each epoch (not the shifted windows) also carries its breathing envelope,
     computed from the filtered audio before the per-epoch normalisation, which would erase
     the level differences between epochs that the breathing detector reads.
-    """
-    raw_epoch = int(round(cfg.epoch_seconds * in_rate))
-    out_epoch = int(round(cfg.epoch_seconds * cfg.target_rate))
-    half = out_epoch // 2
-    filt = StreamingFilter(in_rate, cfg)
-    measured: deque[EpochQuality] = deque()
-    buffer = np.zeros(0, dtype=np.float32)
-    next_index = first_index
-    until = float("inf") if emit_until is None else emit_until
-    tail: tuple[np.ndarray, EpochQuality] | None = None  # previous epoch's second half, unnormalised
 
-    def drain() -> Iterator[Epoch]:
-        nonlocal buffer, next_index, tail
-        while len(buffer) >= out_epoch and measured:
-            audio, buffer = buffer[:out_epoch], buffer[out_epoch:]
-            quality = measured.popleft()
-            pair = next_index - 1  # the shifted window between this epoch and the previous one
+    The work is ``EpochCutter``'s, so the bedside stream (which pushes audio as it arrives)
+    cuts epochs with exactly this code.
+    """
+    cutter = EpochCutter(in_rate, cfg, full_scale, shift_after, first_index, emit_from, emit_until, envelope)
+    for block in blocks:
+        yield from cutter.push(block)
+    yield from cutter.finish()
+
+
+class EpochCutter:
+    """``iter_epochs`` as a push interface: feed raw blocks as they come, take the epochs they complete.
+
+    Why a class: a live stream (``sleepsound.monitor``) has audio only when a device sends it,
+    so it cannot hand ``iter_epochs`` an iterator; pushing through this object keeps one
+    implementation for both. Blocks may be any length: raw samples wait in a buffer shorter
+    than an epoch until a whole epoch can be measured (with epoch-aligned blocks it stays
+    empty, so the batch path copies nothing more than before).
+    """
+
+    def __init__(
+        self,
+        in_rate: float,
+        cfg: PreprocessConfig,
+        full_scale: float = 1.0,
+        shift_after: Container[int] = (),
+        first_index: int = 0,
+        emit_from: int = 0,
+        emit_until: int | None = None,
+        envelope: bool = False,
+    ) -> None:
+        self.cfg = cfg
+        self.envelope = envelope
+        self.in_rate = in_rate
+        self.full_scale = full_scale
+        self.shift_after = shift_after
+        self.emit_from = emit_from
+        self.until = float("inf") if emit_until is None else emit_until
+        self.raw_epoch = int(round(cfg.epoch_seconds * in_rate))
+        self.out_epoch = int(round(cfg.epoch_seconds * cfg.target_rate))
+        self.half = self.out_epoch // 2
+        self._filter = StreamingFilter(in_rate, cfg)
+        self._measured: deque[EpochQuality] = deque()
+        self._raw = np.zeros(0, dtype=np.float32)  # raw samples of an epoch not yet measured
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self.next_index = first_index
+        self._tail: tuple[np.ndarray, EpochQuality] | None = None  # previous epoch's second half, unnormalised
+
+    def push(self, block: np.ndarray) -> Iterator[Epoch]:
+        """Measure and filter ``block`` now; the returned iterator yields the epochs it completed."""
+        raw = np.concatenate([self._raw, block]) if len(self._raw) else block
+        whole = len(raw) - len(raw) % self.raw_epoch
+        for start in range(0, whole, self.raw_epoch):
+            self._measured.append(
+                measure_epoch(raw[start : start + self.raw_epoch], self.in_rate, self.cfg, self.full_scale)[0]
+            )
+        self._raw = raw[whole:].copy()
+        self._buffer = np.concatenate([self._buffer, self._filter.process(sanitise(block))])
+        return self._drain()
+
+    def finish(self) -> Iterator[Epoch]:
+        """The end of the stream: flush the resampler; a trailing partial epoch is dropped."""
+        self._buffer = np.concatenate([self._buffer, self._filter.process(np.zeros(0, dtype=np.float32), last=True)])
+        return self._drain()
+
+    def _drain(self) -> Iterator[Epoch]:
+        while len(self._buffer) >= self.out_epoch and self._measured:
+            audio, self._buffer = self._buffer[: self.out_epoch], self._buffer[self.out_epoch :]
+            quality = self._measured.popleft()
+            pair = self.next_index - 1  # the shifted window between this epoch and the previous one
+            tail = self._tail
             if (
                 tail is not None
                 and quality.valid
                 and tail[1].valid
-                and pair in shift_after
-                and emit_from <= pair < until
+                and pair in self.shift_after
+                and self.emit_from <= pair < self.until
             ):
-                window = np.concatenate([tail[0], audio[:half]])
-                yield Epoch(pair, normalise(window), _pair_quality(tail[1], quality), half / cfg.target_rate)
-            tail = (audio[half:].copy(), quality) if shift_after else None
-            if emit_from <= next_index < until:
-                env = epoch_envelope(audio, cfg.target_rate) if envelope else None
-                yield Epoch(next_index, normalise(audio) if quality.valid else audio, quality, envelope=env)
-            next_index += 1
-
-    for block in blocks:
-        for start in range(0, len(block) - raw_epoch + 1, raw_epoch):
-            measured.append(measure_epoch(block[start : start + raw_epoch], in_rate, cfg, full_scale)[0])
-        buffer = np.concatenate([buffer, filt.process(sanitise(block))])
-        yield from drain()
-    buffer = np.concatenate([buffer, filt.process(np.zeros(0, dtype=np.float32), last=True)])
-    yield from drain()
+                window = np.concatenate([tail[0], audio[: self.half]])
+                yield Epoch(pair, normalise(window), _pair_quality(tail[1], quality), self.half / self.cfg.target_rate)
+            self._tail = (audio[self.half :].copy(), quality) if self.shift_after else None
+            if self.emit_from <= self.next_index < self.until:
+                env = epoch_envelope(audio, self.cfg.target_rate) if self.envelope else None
+                yield Epoch(self.next_index, normalise(audio) if quality.valid else audio, quality, envelope=env)
+            self.next_index += 1
 
 
 def count_epochs(n_samples: int, in_rate: float, cfg: PreprocessConfig) -> int:

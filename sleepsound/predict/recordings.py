@@ -61,7 +61,7 @@ def predict_recordings(
         )
         data = load_embedded(root, cfg, accepted[accepted["recording_id"] == row.recording_id])
         epochs = _all_epochs(root, cfg, row.recording_id)
-        table = _prediction_table(heads, data, epochs, cfg, split, model["version"])
+        table = prediction_table(heads, data, epochs, cfg, split, model["version"])
         # Hive partitioning: the folder name carries recording_id, so the file must not.
         write_table(
             fs,
@@ -87,7 +87,7 @@ def _all_epochs(root: RootLike, cfg: Config, recording_id: str) -> list[dict[str
     return read_cached_table(store, epochs_path(store.path, channel_configs(cfg)[0], recording_id)).to_pylist()
 
 
-def _prediction_table(
+def prediction_table(
     heads: dict[str, tuple[Target, Any, dict[str, Any]]],
     data: EmbeddedEpochs,
     epochs: list[dict[str, Any]],

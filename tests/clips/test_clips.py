@@ -493,3 +493,86 @@ def test_the_http_service_scores_an_upload_like_the_cli_and_refuses_bad_ones_by_
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_the_http_service_bounds_its_work_and_refuses_what_main_let_through(trained: dict, caplog) -> None:
+    """Issue 18's list for `clips serve`, each through a live server: a 1 Hz WAV, an unbounded queue,
+    /health behind scoring, a client gone before its turn, a slow client, an aborted upload's
+    traceback, a BytesIO repr in a message, no Host check, a cross-origin text/plain POST."""
+    import io
+    import logging
+    import socket
+    import threading
+    import time
+
+    import httpx
+
+    from sleepsound.clips.serve import create_app
+    from tests.monitor.conftest import free_port, start_server
+
+    caplog.set_level(logging.INFO)
+    app = create_app(trained["model"], max_seconds=3.0, max_mb=0.25, read_timeout_s=1.0, max_queued=3)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server, thread = start_server(app, port)
+    clip = (trained["data"] / "snoring" / "1_3.wav").read_bytes()
+
+    def raw(request: bytes) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(request)
+        return sock
+
+    try:
+        with httpx.Client(timeout=30) as client:
+            buffer = io.BytesIO()
+            sf.write(buffer, np.zeros(600, dtype=np.float32), 1, format="WAV", subtype="PCM_16")
+            started = time.monotonic()
+            one_hz = client.post(f"{base}/score?name=bomb.wav", content=buffer.getvalue())
+            assert one_hz.status_code == 422 and "sample rate 1 Hz" in one_hz.json()["detail"]
+            assert time.monotonic() - started < 2
+            junk = client.post(f"{base}/score?name=junk.wav", content=b"not audio" * 20)
+            assert junk.status_code == 400 and "<_io" not in junk.text and "object at 0x" not in junk.text
+            assert client.get(f"{base}/health", headers={"Host": "evil.example"}).status_code == 400
+            forged = client.post(
+                f"{base}/score", content=clip, headers={"Origin": "http://evil.example", "Content-Type": "text/plain"}
+            )
+            assert forged.status_code == 403
+
+            slow = raw(f"POST /score HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 50000\r\n\r\nRIFF".encode())
+            assert slow.recv(4096).startswith(b"HTTP/1.1 408")
+            slow.close()
+            caplog.clear()
+            raw(f"POST /score HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 50000\r\n\r\n".encode()).close()
+
+            # the scoring thread busy: a request whose client leaves while queued is never scored,
+            # the queue holds 3 and refuses the rest at once, /health answers throughout
+            release = threading.Event()
+            app.state.worker.put(release.wait)
+            header = f"POST /score?name=gone.wav HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            header += f"Content-Length: {len(clip)}\r\n\r\n"
+            raw(header.encode() + clip).close()
+            time.sleep(0.5)
+            codes: list[int] = []
+
+            def post() -> None:
+                with httpx.Client(timeout=60) as c:
+                    codes.append(c.post(f"{base}/score?name=x.wav", content=clip).status_code)
+
+            posts = [threading.Thread(target=post) for _ in range(6)]
+            for t in posts:
+                t.start()
+            time.sleep(1.0)
+            started = time.monotonic()
+            assert client.get(f"{base}/health").json()["scoring"] is True
+            assert time.monotonic() - started < 1
+            release.set()
+            for t in posts:
+                t.join()
+            assert sorted(codes) == [200, 200, 503, 503, 503, 503]
+            assert app.state.worker.abandoned == 1
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("went away" in m for m in messages) >= 2  # the aborted upload and the client gone while queued
+        assert not any(r.exc_info for r in caplog.records), messages
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -1,0 +1,1 @@
+"""Bedside monitoring: streamed nights scored as they arrive (``sleepsound monitor serve``)."""

@@ -1,0 +1,334 @@
+"""The bedside monitoring service: sessions of streamed audio scored as the night goes.
+
+    POST   /v1/sessions                          {"bed_id": ...} -> session id + device token (once)
+    POST   /v1/sessions/{id}/chunks/{seq}        a chunk of audio (raw body or multipart ``file``)
+    GET    /v1/sessions/{id}                     the session's state
+    GET    /v1/sessions/{id}/epochs              its scored epochs (the batch predictions' columns)
+    DELETE /v1/sessions/{id}                     end it: the rest is scored, the night published
+    POST   /analyze-breathing                    one clip: Normal / Snoring / Apnea Alert
+    GET    /v1/alerts, POST /v1/alerts/{id}/ack  alerts (``monitor.alerts``), acknowledging one
+    GET    /v1/alerts/stream                     alerts as server-sent events
+    GET    /dashboard, /login, /v1/beds          the dashboard (``monitor.dashboard``)
+    GET    /health                               never waits behind scoring
+
+Who may do what: a device token (random, 256 bits, only its SHA-256 kept, compared in constant
+time) opens its own session and nothing else; with an operator token configured, opening a
+session needs it. Every request passes ``limits.GuardMiddleware`` (Host and Origin checks) and
+every upload ``limits.read_body`` / ``decode_audio`` (bytes, read time, rate, seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Header, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+import sleepsound
+from sleepsound.core.config import Config
+from sleepsound.embed.preprocess import EpochCutter
+from sleepsound.ingest.validate import MIN_SAMPLE_RATE
+from sleepsound.monitor.alerts import AlertRules
+from sleepsound.monitor.breathing import MIN_PAUSE_S, breathing_pauses, detection
+from sleepsound.monitor.dashboard import Access, add_dashboard
+from sleepsound.monitor.limits import (
+    AudioLimits,
+    Busy,
+    GuardMiddleware,
+    Refused,
+    allowed_hosts,
+    decode_audio,
+    install_handlers,
+    read_body,
+    run_unless_gone,
+    upload_bytes,
+)
+from sleepsound.monitor.scoring import Scorer
+from sleepsound.monitor.sessions import Monitor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's limits (``monitor serve`` options)."""
+
+    host: str = "127.0.0.1"
+    max_sessions: int = 32
+    max_chunk_bytes: int = 8 << 20
+    max_chunk_seconds: float = 30.0
+    min_chunk_seconds: float = 1.0
+    max_clip_seconds: float = 300.0
+    max_clip_bytes: int = 32 << 20
+    read_timeout_s: float = 30.0
+    idle_timeout_s: float = 600.0
+    reorder_window: int = 8
+    rate_per_s: float = 5.0
+    burst: int = 20
+    operator_token_hash: str | None = None
+    extra_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    expiry_check_s: float = 5.0
+    rules: AlertRules = field(default_factory=AlertRules)
+
+
+class SessionCreate(BaseModel):
+    bed_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="The bed's opaque id (never logged).")
+    chunk_seconds: float | None = Field(
+        None, gt=0, le=30, description="The chunks' length, for sizing a gap (default: the first chunk's)."
+    )
+
+
+class SessionCreated(BaseModel):
+    session_id: str
+    token: str
+    epoch_seconds: float
+    min_sample_rate: int
+    max_chunk_seconds: float
+    max_chunk_bytes: int
+
+
+class ChunkReply(BaseModel):
+    session_id: str
+    seq: int
+    duplicate: bool
+    missing: list[int]
+    next_seq: int
+    epochs_scored: int
+
+
+class SessionStatus(BaseModel):
+    session_id: str
+    state: str
+    next_seq: int
+    waiting_chunks: list[int]
+    epochs_scored: int
+    run_id: str | None
+
+
+class Pause(BaseModel):
+    start_s: float
+    end_s: float
+
+
+class BreathingAnswer(BaseModel):
+    status: str
+    detection: str
+    probabilities: dict[str, float] | None
+    pauses: list[Pause]
+    windows: list[dict[str, Any]]
+    seconds: float
+    note: str | None = None
+
+
+def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, str] | None = None) -> FastAPI:
+    """The service for the storage root ``root`` (its champion heads, ``cfg``'s backbone and preprocessing)."""
+    scorer = Scorer(root, cfg, versions)
+    # A night's chunks need the rate batch validation asks of a night (scored alike); a clip, 8 kHz.
+    limits = AudioLimits(
+        settings.max_chunk_bytes, settings.max_chunk_seconds, settings.min_chunk_seconds, MIN_SAMPLE_RATE
+    )
+    clip_limits = AudioLimits(settings.max_clip_bytes, settings.max_clip_seconds)
+    monitor = Monitor(
+        root,
+        cfg,
+        scorer,
+        limits,
+        settings.max_sessions,
+        settings.reorder_window,
+        settings.idle_timeout_s,
+        settings.rate_per_s,
+        settings.burst,
+        settings.rules,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def expire() -> None:
+            while True:
+                await asyncio.sleep(settings.expiry_check_s)
+                try:
+                    await run_in_threadpool(monitor.expire_idle)
+                except Exception as exc:  # a full disk, say: say so and keep watching
+                    log.error("checking idle sessions failed: %s: %s", type(exc).__name__, exc)
+
+        task = asyncio.create_task(expire())
+        try:
+            yield
+        finally:
+            task.cancel()
+            monitor.close()
+
+    app = FastAPI(
+        title="sleepsound bedside monitoring",
+        version=sleepsound.__version__,
+        lifespan=lifespan,
+        description="Stream a night's audio in chunks; every 30-s epoch is scored as it completes.",
+    )
+    app.state.monitor = monitor
+    install_handlers(app)
+    app.add_middleware(
+        GuardMiddleware,
+        allowed_hosts=allowed_hosts(settings.host, settings.extra_hosts),
+        allowed_origins=settings.allowed_origins,
+    )
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:  # async: on the event loop, never queued for a pool thread
+        return {
+            "status": "ok",
+            "sessions": sum(s.state == "open" for s in monitor.sessions.values()),
+            "scoring_queue": monitor.worker.queued,
+            "scoring": monitor.worker.busy,
+            **scorer.describe(),
+        }
+
+    access = Access(settings.operator_token_hash)
+    add_dashboard(app, monitor, access)
+
+    @app.post("/v1/sessions", status_code=201)
+    def open_session(body: SessionCreate, request: Request) -> SessionCreated:
+        access.check(request, "opening a session")
+        session, token = monitor.open_session(body.bed_id, body.chunk_seconds)
+        return SessionCreated(
+            session_id=session.id,
+            token=token,
+            epoch_seconds=cfg.preprocess.epoch_seconds,
+            min_sample_rate=limits.min_rate,
+            max_chunk_seconds=limits.max_seconds,
+            max_chunk_bytes=limits.max_bytes,
+        )
+
+    @app.post("/v1/sessions/{sid}/chunks/{seq}")
+    async def add_chunk(sid: str, seq: int, request: Request, authorization: str | None = Header(None)) -> ChunkReply:
+        session = monitor.authorise(sid, authorization)
+        body = await read_body(request, limits.max_bytes, settings.read_timeout_s)
+        data = upload_bytes(body, request.headers.get("content-type", ""), f"chunk {seq}")
+        return ChunkReply(**await run_in_threadpool(monitor.add_chunk, session, seq, data))
+
+    @app.get("/v1/sessions/{sid}")
+    def session_status(sid: str, authorization: str | None = Header(None)) -> SessionStatus:
+        return SessionStatus(**monitor.status(monitor.authorise(sid, authorization)))
+
+    @app.get("/v1/sessions/{sid}/epochs")
+    def session_epochs(sid: str, authorization: str | None = Header(None)) -> list[dict[str, Any]]:
+        return monitor.predictions(monitor.authorise(sid, authorization))
+
+    @app.delete("/v1/sessions/{sid}")
+    async def end_session(sid: str, authorization: str | None = Header(None)) -> SessionStatus:
+        session = monitor.authorise(sid, authorization)
+        await run_in_threadpool(monitor.end_session, session)
+        return SessionStatus(**monitor.status(session))
+
+    @app.get("/v1/alerts")
+    def list_alerts(request: Request, session_id: str | None = None) -> list[dict[str, Any]]:
+        access.check(request, "reading alerts")
+        return monitor.alerts.listing(session_id)
+
+    @app.post("/v1/alerts/{alert_id}/ack")
+    def acknowledge(alert_id: str, request: Request) -> dict[str, Any]:
+        access.check(request, "acknowledging an alert")
+        alert = monitor.alerts.acknowledge(alert_id, "operator")
+        if alert is None:
+            raise Refused(404, f"no alert {alert_id}")
+        return alert
+
+    @app.get("/v1/alerts/stream")
+    async def alert_stream(request: Request) -> StreamingResponse:
+        """Server-sent events: every alert and acknowledgement from now on, a comment every 15 s."""
+        access.check(request, "following alerts")
+        loop = asyncio.get_running_loop()
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+
+        def deliver(message: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(lambda: inbox.full() or inbox.put_nowait(message))
+
+        unsubscribe = monitor.alerts.subscribe(deliver)
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                yield b": connected\n\n"
+                while not await request.is_disconnected():
+                    try:
+                        message = await asyncio.wait_for(inbox.get(), 15.0)
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+                        continue
+                    yield f"event: {message['type']}\ndata: {json.dumps(message['alert'])}\n\n".encode()
+            finally:
+                unsubscribe()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    @app.post("/analyze-breathing")
+    async def analyze_breathing(request: Request, name: str = "upload") -> BreathingAnswer:
+        access.check(request, "analysing a clip")
+        body = await read_body(request, clip_limits.max_bytes, settings.read_timeout_s)
+        data = upload_bytes(body, request.headers.get("content-type", ""), name)
+        audio, rate, full_scale = await run_in_threadpool(decode_audio, data, name, clip_limits, scorer.channel_index)
+        seconds = len(audio) / rate
+        if seconds < MIN_PAUSE_S:
+            raise Refused(
+                422,
+                f"{name}: {seconds:.1f} s of audio is too short to hold a {MIN_PAUSE_S:g}-s breathing pause; "
+                f"send at least {MIN_PAUSE_S:g} s",
+            )
+
+        def analyse() -> tuple[list[Any], list[dict[str, Any]]]:
+            pauses = breathing_pauses(audio, rate)
+            cutter = EpochCutter(rate, cfg.preprocess, full_scale)
+            epochs = [*cutter.push(audio), *cutter.finish()]
+            features = scorer.embed("clip", epochs)
+            windows = []
+            for e in epochs:
+                row = scorer.predict("clip", "clip", e.index, features)
+                windows.append(
+                    {
+                        "start_s": row["start_s"],
+                        "end_s": row["start_s"] + cfg.preprocess.epoch_seconds,
+                        "valid": e.valid,
+                        "invalid_reason": e.reason,
+                        **{k: row[k] for k in ("stage_pred", "resp_pred", "prob_snore", "prob_apnea_hypopnea")},
+                    }
+                )
+            return pauses, windows
+
+        try:
+            if monitor.worker.queued >= settings.max_sessions:  # the sessions' jobs keep their room
+                raise Busy()
+            pauses, windows = await run_unless_gone(monitor.worker, request, analyse)
+        except Busy:
+            raise Refused(503, "the scoring queue is full; retry in a few seconds") from None
+        scored = [w for w in windows if w["prob_snore"] is not None]
+        note = None
+        probabilities = None
+        if scored:
+            snore = max(w["prob_snore"] for w in scored)
+            apnea = max(w["prob_apnea_hypopnea"] for w in scored)
+            probabilities = {"snoring": snore, "apnea": apnea, "normal": max(0.0, 1.0 - max(snore, apnea))}
+        elif "resp" not in scorer.heads:
+            note = "no respiratory head under this root: the answer rests on breathing pauses alone"
+        else:
+            note = (
+                f"no full valid {cfg.preprocess.epoch_seconds:g}-s window: the respiratory head was not run; "
+                "the answer rests on breathing pauses alone"
+            )
+        return BreathingAnswer(
+            status="success",
+            detection=detection(pauses, scored),
+            probabilities=probabilities,
+            pauses=[Pause(start_s=p.start_s, end_s=p.end_s) for p in pauses],
+            windows=windows,
+            seconds=round(seconds, 3),
+            note=note,
+        )
+
+    return app

@@ -1,0 +1,283 @@
+"""``sleepsound bench monitor``: how many beds one monitor server holds in real time, and how fast alerts come.
+
+It replays synthetic nights (the project's generator, one per bed) against a real ``monitor serve``
+subprocess on loopback, each bed a thread sending its night in chunks paced at ``speed`` times
+real time (a chunk is sent when its audio would have ended), and follows the alert stream. For
+``beds`` = 1, 2, 4, ... up to the number asked it reports:
+
+- held: every bed kept up: each chunk acknowledged before the next one was due, and scoring
+  never more than ``max_lag_epochs`` epochs behind the audio sent (polled every second);
+- alert latency: from the moment the audio that shows an alert's event had been sent (the end
+  of the chunk holding the alert's ``end_s``) to the alert arriving on ``/v1/alerts/stream``;
+- memory per bed: the server's peak resident memory during the run above its idle level, per bed;
+- dropped chunks: chunks not acknowledged with a 200 (after three tries).
+
+The most beds held is the largest run in which every bed kept up. Figures depend on the
+backbone (``--set backbone.name=...``) and the machine; the server runs with the root's champions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+READY_S = 180.0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _rss_kb(pid: int) -> int:
+    """Resident memory of ``pid`` in KiB (Linux), 0 when unknown."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _nights(beds: int, minutes: float, sample_rate: int, seed: int, workdir: Path) -> list[np.ndarray]:
+    """One synthetic night per bed (plain FLAC), decoded."""
+    import soundfile as sf
+
+    from sleepsound.synth.writers import generate_cohort
+
+    folder = workdir / f"nights-{beds}-{minutes:g}min-{sample_rate}hz-seed{seed}"
+    if not (folder / "cohort.json").is_file():
+        generate_cohort(
+            folder,
+            n_subjects=beds,
+            hours=minutes / 60,
+            seed=seed,
+            sample_rate=sample_rate,
+            layout="plain",
+            cycle_minutes=max(1.0, min(90.0, minutes)),
+        )
+    out = []
+    for path in sorted(folder.rglob("*.flac"))[:beds]:
+        audio, _ = sf.read(path, dtype="float32", always_2d=True)
+        out.append(audio[:, 0])
+    return out
+
+
+def _flac(audio: np.ndarray, rate: int) -> bytes:
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, rate, format="FLAC")
+    return buffer.getvalue()
+
+
+def _run(
+    root: Path,
+    nights: list[np.ndarray],
+    rate: int,
+    speed: float,
+    chunk_s: float,
+    overrides: list[str],
+    max_lag_epochs: int,
+    log: Path,
+) -> dict[str, Any]:
+    import httpx
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    sets = [arg for item in overrides for arg in ("--set", item)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sleepsound.cli",
+        "monitor",
+        "serve",
+        "--root",
+        str(root),
+        "--port",
+        str(port),
+        "--rate",
+        "1000",
+        "--max-sessions",
+        str(len(nights) + 1),
+        *sets,
+    ]
+    server = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + READY_S
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"the monitor server exited ({server.returncode}); its log: {log}")
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the monitor server did not start within {READY_S:g} s; its log: {log}")
+            time.sleep(0.3)
+        idle_kb = _rss_kb(server.pid)
+        alerts: list[tuple[float, dict[str, Any]]] = []
+        stop = threading.Event()
+
+        def follow() -> None:
+            try:
+                with httpx.Client(timeout=None) as client, client.stream("GET", f"{base}/v1/alerts/stream") as reply:
+                    kind = None
+                    for line in reply.iter_lines():
+                        if stop.is_set():
+                            return
+                        if line.startswith("event: "):
+                            kind = line[7:]
+                        elif line.startswith("data: ") and kind == "alert":
+                            alerts.append((time.monotonic(), json.loads(line[6:])))
+            except httpx.TransportError:
+                return
+
+        threading.Thread(target=follow, daemon=True).start()
+        step = int(chunk_s * rate)
+        chunks = [[_flac(n[i : i + step], rate) for i in range(0, len(n) - step + 1, step)] for n in nights]
+        sessions: list[tuple[str, dict[str, str]]] = []
+        with httpx.Client(timeout=30) as client:
+            for b in range(len(nights)):
+                opened = client.post(f"{base}/v1/sessions", json={"bed_id": f"bench-{b}"}).json()
+                sessions.append((opened["session_id"], {"Authorization": f"Bearer {opened['token']}"}))
+        t0 = time.monotonic() + 0.5
+        late = [0.0] * len(nights)
+        dropped = [0] * len(nights)
+        lag = [0] * len(nights)
+        sent = [0] * len(nights)
+        peak_kb = [idle_kb]
+
+        def bed(b: int) -> None:
+            sid, auth = sessions[b]
+            with httpx.Client(timeout=30) as client:
+                for k, body in enumerate(chunks[b]):
+                    due = t0 + (k + 1) * chunk_s / speed
+                    time.sleep(max(0.0, due - time.monotonic()))
+                    ok = False
+                    for _ in range(3):
+                        try:
+                            ok = client.post(
+                                f"{base}/v1/sessions/{sid}/chunks/{k}", content=body, headers=auth
+                            ).is_success
+                        except httpx.TransportError:
+                            ok = False
+                        if ok:
+                            break
+                    dropped[b] += not ok
+                    sent[b] = k + 1
+                    late[b] = max(late[b], time.monotonic() - due)
+
+        def watch() -> None:
+            with httpx.Client(timeout=10) as client:
+                while not stop.is_set():
+                    peak_kb[0] = max(peak_kb[0], _rss_kb(server.pid))
+                    for b, (sid, auth) in enumerate(sessions):
+                        try:
+                            scored = client.get(f"{base}/v1/sessions/{sid}", headers=auth).json()["epochs_scored"]
+                        except (httpx.TransportError, KeyError, ValueError):
+                            continue
+                        lag[b] = max(lag[b], int(sent[b] * chunk_s // 30) - int(scored))
+                    time.sleep(1.0)
+
+        threads = [threading.Thread(target=bed, args=(b,)) for b in range(len(nights))]
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        time.sleep(2.0)  # the last epochs' scoring, the last alerts
+        stop.set()
+        interval = chunk_s / speed
+        latencies = []
+        for received, alert in alerts:
+            if alert["rule"] == "no_audio":
+                continue
+            chunk_end = np.ceil(alert["end_s"] / chunk_s) * chunk_s
+            latencies.append(received - (t0 + chunk_end / speed))
+        held = [late[b] <= interval and lag[b] <= max_lag_epochs and not dropped[b] for b in range(len(nights))]
+        return {
+            "beds": len(nights),
+            "held": all(held),
+            "beds_kept_up": int(sum(held)),
+            "worst_ack_delay_s": round(max(late), 3),
+            "worst_scoring_lag_epochs": int(max(lag)),
+            "dropped_chunks": int(sum(dropped)),
+            "alerts": len(latencies),
+            "alert_latency_p50_s": round(float(np.percentile(latencies, 50)), 3) if latencies else None,
+            "alert_latency_p95_s": round(float(np.percentile(latencies, 95)), 3) if latencies else None,
+            "memory_per_bed_mb": round(max(0, peak_kb[0] - idle_kb) / 1024 / len(nights), 1),
+            "server_idle_mb": round(idle_kb / 1024, 1),
+        }
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def run_monitor_bench(
+    root: str | Path,
+    beds: int = 20,
+    minutes: float = 10.0,
+    speed: float = 1.0,
+    chunk_seconds: float = 10.0,
+    sample_rate: int = 16_000,
+    seed: int = 0,
+    overrides: list[str] | None = None,
+    max_lag_epochs: int = 2,
+    workdir: Path | None = None,
+) -> dict[str, Any]:
+    """Runs with 1, 2, 4, ... ``beds`` beds (each on a fresh copy of ``root``'s models); stops after the
+    first run that did not keep up. Returns every run and the most beds held."""
+    import shutil
+
+    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="sleepsound-bench-monitor-"))
+    work.mkdir(parents=True, exist_ok=True)
+    nights = _nights(beds, minutes, sample_rate, seed, work)
+    counts = sorted({*(2**i for i in range(beds.bit_length()) if 2**i < beds), beds})
+    runs = []
+    for n in counts:
+        run_root = work / f"root-{n}"
+        shutil.rmtree(run_root, ignore_errors=True)
+        for part in ("models", "manifest"):
+            if (Path(root) / part).exists():
+                shutil.copytree(Path(root) / part, run_root / part)
+        run = _run(
+            run_root,
+            nights[:n],
+            sample_rate,
+            speed,
+            chunk_seconds,
+            list(overrides or []),
+            max_lag_epochs,
+            work / f"server-{n}.log",
+        )
+        runs.append(run)
+        if not run["held"]:
+            break
+    held = [r["beds"] for r in runs if r["held"]]
+    return {
+        "speed": speed,
+        "minutes": minutes,
+        "chunk_seconds": chunk_seconds,
+        "most_beds_held": max(held) if held else 0,
+        "runs": runs,
+        "cpu_count": os.cpu_count(),
+    }

@@ -1,0 +1,109 @@
+"""``sleepsound monitor``: the bedside monitoring service.
+
+Registered by sleepsound/cli.py as ``app.add_typer(monitor_app, name="monitor")``. Heavy
+imports happen inside the command so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+monitor_app = typer.Typer(
+    help="Bedside monitoring: devices stream a night's audio, every 30-s epoch is scored as it completes.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+@monitor_app.command()
+def serve(
+    root: Annotated[str, typer.Option(help="Storage root (local disk) holding the champion heads; nights land there.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default: audio is health data).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file.")] = None,
+    overrides: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override a setting: section.key=value (repeatable).")
+    ] = None,
+    model: Annotated[
+        Optional[list[str]],
+        typer.Option("--model", help="Use this version instead of a task's champion: TASK=VERSION (repeatable)."),
+    ] = None,
+    max_sessions: Annotated[int, typer.Option(help="Most sessions open at once.")] = 32,
+    max_chunk_mb: Annotated[float, typer.Option(help="Largest chunk upload, in MiB.")] = 8.0,
+    read_timeout: Annotated[float, typer.Option(help="Seconds a client has to send a request's body.")] = 30.0,
+    idle_timeout: Annotated[float, typer.Option(help="Seconds without a request after which a session ends.")] = 600.0,
+    rate: Annotated[float, typer.Option(help="Requests a second per device token (bursts of 4x).")] = 5.0,
+    allowed_host: Annotated[
+        Optional[list[str]], typer.Option(help="Another Host name to answer to (the reverse proxy's; repeatable).")
+    ] = None,
+    allowed_origin: Annotated[
+        Optional[list[str]], typer.Option(help="Another origin allowed to POST (repeatable).")
+    ] = None,
+    operator_token_env: Annotated[
+        str, typer.Option(help="Environment variable holding the operator token needed to open sessions.")
+    ] = "SLEEPSOUND_MONITOR_OPERATOR_TOKEN",
+    graceful: Annotated[float, typer.Option(help="Seconds SIGTERM waits for running requests.")] = 5.0,
+    alerts: Annotated[
+        Optional[Path], typer.Option(help="YAML file of alert rules and webhooks (see sleepsound/monitor/alerts.py).")
+    ] = None,
+) -> None:
+    """Serve the monitoring API (POST /v1/sessions, chunks, DELETE; POST /analyze-breathing; GET /health)."""
+    from pydantic import ValidationError
+
+    from sleepsound.cli import _load_config
+    from sleepsound.monitor.alerts import load_rules
+    from sleepsound.monitor.app import Settings, create_app
+    from sleepsound.monitor.limits import serve as run_server
+    from sleepsound.monitor.limits import service_logging
+
+    cfg = _load_config(config, overrides)
+    versions = {}
+    for item in model or []:
+        task, sep, version = item.partition("=")
+        if not sep or not task or not version:
+            raise _fail(f"--model takes TASK=VERSION, got {item!r}")
+        versions[task] = version
+    operator = os.environ.get(operator_token_env) or None
+    if host not in LOOPBACK and operator is None:
+        raise _fail(
+            f"listening on {host} needs an operator token in ${operator_token_env}: anyone who reaches the port "
+            "could open sessions (or keep the default loopback address behind a TLS reverse proxy)"
+        )
+    try:
+        rules = load_rules(alerts)
+    except (OSError, ValueError, ValidationError) as exc:
+        raise _fail(f"alert rules {alerts}: {exc}") from exc
+    settings = Settings(
+        rules=rules,
+        host=host,
+        max_sessions=max_sessions,
+        max_chunk_bytes=int(max_chunk_mb * 2**20),
+        read_timeout_s=read_timeout,
+        idle_timeout_s=idle_timeout,
+        rate_per_s=rate,
+        burst=int(max(1, 4 * rate)),
+        operator_token_hash=hashlib.sha256(operator.encode()).hexdigest() if operator else None,
+        extra_hosts=tuple(allowed_host or ()),
+        allowed_origins=tuple(allowed_origin or ()),
+    )
+    service_logging()
+    try:
+        app = create_app(root, cfg, settings, versions)
+    except (OSError, ValueError, LookupError, RuntimeError) as exc:  # LookupError: no champion
+        raise _fail(str(exc)) from exc
+    typer.echo(f"monitoring with the champions of {root} on http://{host}:{port} (API docs at /docs)")
+    run_server(app, host, port, graceful_s=graceful)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)

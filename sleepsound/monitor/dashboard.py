@@ -1,0 +1,308 @@
+"""The dashboard: every bed being monitored, its night so far, and the alert feed, in one page.
+
+Plain HTML and a little JavaScript served by the monitoring app (no build step): the page polls
+``GET /v1/beds`` every 2 s for each bed's state, hypnogram and breathing figures, follows
+``GET /v1/alerts/stream`` (server-sent events) for alerts as they are raised, and acknowledges
+one with ``POST /v1/alerts/{id}/ack``. A finished night links to its report.
+
+Who may look: with an operator token configured, ``/login`` takes it and sets a session cookie
+(random; only its hash is kept; HttpOnly, SameSite=Strict, 12 hours); the API also takes the
+token as a bearer. Without one (loopback only: ``monitor serve`` refuses another address
+without a token), the page is open to whoever can reach the loopback port.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import pandas as pd
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+
+from sleepsound.monitor.limits import Refused, read_body
+
+COOKIE = "sleepsound_monitor"
+COOKIE_HOURS = 12.0
+HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "same-origin",  # no-referrer would make a form POST say Origin: null
+}
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Access:
+    """Who may use the operator side: the operator token (bearer) or a logged-in browser (cookie)."""
+
+    def __init__(self, operator_token_hash: str | None) -> None:
+        self.token_hash = operator_token_hash
+        self._cookies: dict[str, float] = {}  # cookie hash -> expiry (monotonic)
+
+    @property
+    def open(self) -> bool:
+        return self.token_hash is None
+
+    def check(self, request: Request, what: str) -> None:
+        """401 without credentials, 403 with wrong ones."""
+        if self.token_hash is None:
+            return
+        authorization = request.headers.get("authorization") or ""
+        presented = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
+        if presented:
+            if not hmac.compare_digest(_digest(presented), self.token_hash):
+                raise Refused(403, "not the operator token")
+            return
+        if self.logged_in(request):
+            return
+        raise Refused(401, f"{what} needs the operator token (Authorization: Bearer <token>) or a login")
+
+    def logged_in(self, request: Request) -> bool:
+        cookie = request.cookies.get(COOKIE)
+        if not cookie:
+            return False
+        expiry = self._cookies.get(_digest(cookie))
+        return expiry is not None and expiry > time.monotonic()
+
+    def login(self, token: str) -> str | None:
+        """A new cookie value when ``token`` is the operator token."""
+        if self.token_hash is None or not hmac.compare_digest(_digest(token), self.token_hash):
+            return None
+        now = time.monotonic()
+        self._cookies = {k: v for k, v in self._cookies.items() if v > now}
+        cookie = secrets.token_urlsafe(32)
+        self._cookies[_digest(cookie)] = now + COOKIE_HOURS * 3600
+        return cookie
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), 1)
+
+
+def bed_view(monitor: Any, session: Any) -> dict[str, Any]:
+    """One bed as the page shows it: state, hypnogram so far, estimated AHI and snore index."""
+    from sleepsound.report.outputs import night_breathing
+
+    night = list(session.night)
+    rules = monitor.alerts.rules
+    silent = session.state == "open" and time.time() - session.last_chunk > rules.no_audio.seconds
+    last = night[-1] if night else None
+    if session.state != "open":
+        state = "ended"
+    elif silent or last is None or last["stage_pred"] is None:
+        state = "no signal" if (silent or last is not None) else "starting"
+    else:
+        state = {"Wake": "awake"}.get(last["stage_pred"], last["stage_pred"])
+    figures: dict[str, Any] = {}
+    if night:
+        frame = pd.DataFrame(night).assign(events_true=None, snore_frac_true=None, stage_true=None)
+        figures = night_breathing(frame, monitor.scorer.model["heads"].get("resp"))
+    return {
+        "session_id": session.id,
+        "bed_id": session.bed_id,
+        "state": state,
+        "epochs": len(night),
+        "hypnogram": [[row["epoch_index"], row["stage_pred"]] for row in night],
+        "ahi": _number(figures.get("ahi_estimated")),
+        "snore_index": _number(figures.get("snore_index_estimated")),
+        "report": f"/runs/{session.run_id}/report" if session.state == "published" and session.run_id else None,
+    }
+
+
+def add_dashboard(app: FastAPI, monitor: Any, access: Access) -> None:
+    """The page, its script, login, the beds' JSON and the finished nights' reports."""
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/dashboard", status_code=303)
+
+    @app.get("/login", include_in_schema=False)
+    def login_page() -> HTMLResponse:
+        return HTMLResponse(LOGIN_HTML.replace("{message}", ""), headers=HEADERS)
+
+    @app.post("/login", include_in_schema=False)
+    async def login(request: Request) -> Response:
+        body = await read_body(request, 4096, 10.0)
+        token = (parse_qs(body.decode("utf-8", "replace")).get("token") or [""])[0]
+        cookie = access.login(token)
+        if cookie is None:
+            page = LOGIN_HTML.replace("{message}", '<p class="error">That is not the operator token.</p>')
+            return HTMLResponse(page, status_code=401, headers=HEADERS)
+        reply = RedirectResponse("/dashboard", status_code=303)
+        reply.set_cookie(COOKIE, cookie, max_age=int(COOKIE_HOURS * 3600), httponly=True, samesite="strict", path="/")
+        return reply
+
+    @app.get("/dashboard", include_in_schema=False)
+    def dashboard(request: Request) -> Response:
+        if not access.open and not access.logged_in(request):
+            return RedirectResponse("/login", status_code=303)
+        return HTMLResponse(DASHBOARD_HTML, headers=HEADERS)
+
+    @app.get("/dashboard.js", include_in_schema=False)
+    def script() -> Response:
+        return Response(DASHBOARD_JS, media_type="text/javascript", headers=HEADERS)
+
+    @app.get("/v1/beds")
+    def beds(request: Request) -> list[dict[str, Any]]:
+        access.check(request, "the dashboard")
+        return [bed_view(monitor, s) for s in sorted(monitor.sessions.values(), key=lambda s: s.created)]
+
+    @app.get("/runs/{run_id}/report", include_in_schema=False)
+    def report(run_id: str, request: Request) -> Response:
+        access.check(request, "a night's report")
+        if not any(s.run_id == run_id for s in monitor.sessions.values()):
+            raise Refused(404, f"no published night {run_id}")
+        path = Path(monitor.dir).parents[1] / "runs" / run_id / "report" / "index.html"
+        if not path.exists():
+            raise Refused(404, f"night {run_id} has no report")
+        return FileResponse(path, media_type="text/html", headers=HEADERS)
+
+
+LOGIN_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>sleepsound monitor: log in</title>
+<style>body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:24rem;padding:0 1rem}
+input,button{font-size:1rem;padding:.5rem;width:100%;box-sizing:border-box;margin:.3rem 0}.error{color:#b00020}</style>
+</head><body><h1>Bedside monitor</h1>{message}
+<form method="post" action="/login"><label for="token">Operator token</label>
+<input id="token" name="token" type="password" autocomplete="current-password" required>
+<button type="submit">Log in</button></form></body></html>
+"""
+
+DASHBOARD_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>sleepsound monitor</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:0;padding:.8rem;background:#f6f7f9;color:#1d2330}
+h1{font-size:1.3rem;margin:.2rem 0 .8rem}main{display:grid;gap:.8rem;grid-template-columns:1fr}
+@media(min-width:900px){main{grid-template-columns:2fr 1fr}}
+.bed{background:#fff;border-radius:.5rem;padding:.7rem;margin-bottom:.8rem;box-shadow:0 1px 2px #0002}
+.bed h2{font-size:1.05rem;margin:0 0 .3rem;display:flex;justify-content:space-between;gap:.5rem;flex-wrap:wrap}
+.state{font-weight:600}.state.awake{color:#b36b00}.state.NREM{color:#1f5fa8}.state.REM{color:#6b3fa0}
+.state.no.signal,.state.ended{color:#666}.figures{font-size:.9rem;color:#444}
+svg{width:100%;height:70px;background:#fafbfc;border:1px solid #e3e6ea;border-radius:.3rem}
+.feed{background:#fff;border-radius:.5rem;padding:.7rem;box-shadow:0 1px 2px #0002}
+.alert{border-left:4px solid #b00020;padding:.3rem .5rem;margin:.4rem 0;background:#fff5f6}
+.alert.acknowledged{border-color:#999;background:#f3f3f3}
+.alert button{font-size:.9rem;padding:.3rem .6rem;margin-top:.2rem}.empty{color:#666}
+.legend{font-size:.75rem;color:#666}.feed h2{font-size:1.05rem;margin:0 0 .3rem}
+</style></head>
+<body><h1>Bedside monitor</h1>
+<main><section id="beds" aria-label="beds"><p class="empty">No beds yet.</p></section>
+<section class="feed" aria-label="alerts"><h2>Alerts</h2>
+<div id="alerts"><p class="empty">No alerts.</p></div></section></main>
+<script src="/dashboard.js"></script></body></html>
+"""
+
+DASHBOARD_JS = r"""'use strict';
+const LEVEL = {Wake: 8, REM: 30, NREM: 55};
+const beds = document.getElementById('beds');
+const feed = document.getElementById('alerts');
+const known = new Map();
+
+function el(tag, attrs, text) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function hypnogram(points) {
+  const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
+  const n = Math.max(points.length, 1);
+  svg.setAttribute('viewBox', `0 0 ${n} 64`);
+  svg.setAttribute('preserveAspectRatio', 'none');
+  svg.setAttribute('class', 'hypnogram');
+  let d = '';
+  points.forEach(([i, stage], k) => {
+    if (stage === null) return;
+    const y = LEVEL[stage];
+    const starts = k === 0 || points[k - 1][1] === null;
+    d += `${starts ? 'M' : 'L'}${k} ${y} L${k + 1} ${y} `;
+  });
+  const path = document.createElementNS('http://www.w3.org/2000/svg', 'path');
+  path.setAttribute('d', d.trim());
+  path.setAttribute('fill', 'none');
+  path.setAttribute('stroke', '#1f5fa8');
+  path.setAttribute('stroke-width', '2');
+  path.setAttribute('vector-effect', 'non-scaling-stroke');
+  svg.appendChild(path);
+  svg.dataset.epochs = String(points.length);
+  return svg;
+}
+
+function figure(value, unit) { return value === null ? '-' : `${value} ${unit}`; }
+
+async function refresh() {
+  const reply = await fetch('/v1/beds', {credentials: 'same-origin'});
+  if (reply.status === 401) { location.href = '/login'; return; }
+  const list = await reply.json();
+  beds.replaceChildren();
+  if (!list.length) beds.appendChild(el('p', {class: 'empty'}, 'No beds yet.'));
+  for (const bed of list) {
+    const card = el('article', {class: 'bed', 'data-session': bed.session_id});
+    const title = el('h2');
+    title.appendChild(el('span', {class: 'name'}, bed.bed_id));
+    title.appendChild(el('span', {class: `state ${bed.state}`}, bed.state));
+    card.appendChild(title);
+    card.appendChild(hypnogram(bed.hypnogram));
+    card.appendChild(el('div', {class: 'legend'}, 'hypnogram: Wake top, REM middle, NREM bottom; gaps unscored'));
+    const minutes = (bed.epochs / 2).toFixed(1);
+    card.appendChild(el('div', {class: 'figures'},
+      `${minutes} min scored, events/h ${figure(bed.ahi, '')}, snore index ${figure(bed.snore_index, 'min/h')}`));
+    if (bed.report) {
+      const link = el('a', {href: bed.report}, 'Night report');
+      card.appendChild(link);
+    }
+    beds.appendChild(card);
+  }
+}
+
+function showAlert(alert) {
+  known.set(alert.id, alert);
+  let item = feed.querySelector(`[data-alert="${alert.id}"]`);
+  if (!item) {
+    item = el('div', {'data-alert': alert.id});
+    feed.prepend(item);
+  }
+  const empty = feed.querySelector('.empty');
+  if (empty) empty.remove();
+  item.className = 'alert' + (alert.acknowledged_at ? ' acknowledged' : '');
+  item.replaceChildren();
+  const when = new Date(alert.raised_at * 1000).toLocaleTimeString();
+  item.appendChild(el('strong', {}, alert.rule.replace('_', ' ')));
+  const span = `${Math.round(alert.start_s)}-${Math.round(alert.end_s)} s into the night`;
+  item.appendChild(el('div', {}, `${alert.bed_id}, ${span}, raised ${when}`));
+  if (alert.acknowledged_at) {
+    item.appendChild(el('div', {class: 'ack'}, 'acknowledged'));
+  } else {
+    const button = el('button', {type: 'button'}, 'Acknowledge');
+    button.addEventListener('click', async () => {
+      const reply = await fetch(`/v1/alerts/${alert.id}/ack`, {method: 'POST', credentials: 'same-origin'});
+      if (reply.ok) showAlert(await reply.json());
+    });
+    item.appendChild(button);
+  }
+}
+
+async function start() {
+  await refresh();
+  const reply = await fetch('/v1/alerts', {credentials: 'same-origin'});
+  if (reply.ok) for (const alert of await reply.json()) showAlert(alert);
+  const stream = new EventSource('/v1/alerts/stream');
+  stream.addEventListener('alert', (e) => showAlert(JSON.parse(e.data)));
+  stream.addEventListener('acknowledged', (e) => showAlert(JSON.parse(e.data)));
+  setInterval(refresh, 2000);
+}
+start();
+"""

@@ -1,0 +1,518 @@
+"""Monitoring sessions: their state on disk, the scoring of their epochs, their night's run.
+
+Where things live (a local storage root; the service holds ``monitor/serve.lock`` with
+``flock``, so one service writes ``monitor/`` at a time and a killed one leaves no stale lock):
+
+    monitor/sessions/<session-id>/session.json    bed, token hash, stream journal (atomic rewrite per chunk)
+    monitor/sessions/<session-id>/spool/<seq>.audio   a chunk's bytes until the epochs it feeds are scored
+    monitor/sessions/<session-id>/epochs.jsonl    scored epochs, one prediction row a line (fsync'd)
+    runs/monitor-<session-id>/                    predictions, summaries, metrics, report, as ``score`` writes
+
+Why this is safe to write beside batch runs: ``monitor/`` belongs to the service alone, and the
+one write under the shared part of the root (the finished night's ``runs/<run-id>/``) is made
+holding the root's lock (``runs.root_lock.hold_root``, purpose ``monitor``) for those seconds
+only; when a batch run holds the root, publishing waits and is retried.
+
+Nothing acknowledged is lost: a chunk is on disk (spool + journal) before its 200, a scored
+epoch is on disk before its audio is dropped, and a restarted service replays each open
+session's journal from one epoch before the first unscored epoch (``stream.NightStream``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from sleepsound.core import schemas
+from sleepsound.core.config import Config
+from sleepsound.core.records import FlowSummary
+from sleepsound.core.storage import full_uri, is_local, open_root, write_synced_aside, write_table
+from sleepsound.embed.preprocess import Epoch
+from sleepsound.monitor.alerts import AlertRules, Alerts
+from sleepsound.monitor.breathing import breathing_pauses
+from sleepsound.monitor.limits import AudioLimits, BoundedWorker, Busy, Refused, decode_audio
+from sleepsound.monitor.scoring import Scorer
+from sleepsound.monitor.stream import NightStream, Piece
+
+log = logging.getLogger(__name__)
+State = Literal["open", "ending", "ended", "published"]
+KEEP = ("epoch_index", "stage_pred", "resp_pred", "prob_apnea_hypopnea", "prob_snore")  # what rules and dashboard read
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass
+class Bucket:
+    """A token bucket: ``rate`` requests a second on average, bursts of ``burst``."""
+
+    rate: float
+    burst: float
+    level: float = -1.0
+    stamp: float = 0.0
+
+    def take(self) -> float:
+        """0 when a request may go now, else the seconds until one may."""
+        now = time.monotonic()
+        if self.level < 0:
+            self.level, self.stamp = self.burst, now
+        self.level = min(self.burst, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.level >= 1:
+            self.level -= 1
+            return 0.0
+        return (1 - self.level) / self.rate
+
+
+@dataclass
+class Session:
+    """One bed's night in the service. ``lock`` guards the stream and ``cut``; the embeddings and the
+    scored count belong to the scoring thread."""
+
+    id: str
+    bed_id: str
+    token_hash: str
+    created: float
+    last_seen: float
+    stream: NightStream
+    state: State = "open"
+    run_id: str | None = None
+    cut: list[Epoch] = field(default_factory=list)  # cut, not yet embedded
+    features: dict[int, np.ndarray | None] = field(default_factory=dict)
+    embedded_through: int = 0  # epochs [0, embedded_through) embedded (or known invalid)
+    scored: int = 0  # epochs [0, scored) on disk in epochs.jsonl
+    queued: bool = False
+    last_chunk: float = 0.0  # wall clock of the last chunk taken (the no-audio rule)
+    recent: list[dict[str, Any]] = field(default_factory=list)  # the last hour's scored rows, trimmed
+    night: list[dict[str, Any]] = field(default_factory=list)  # every scored epoch, trimmed (the dashboard)
+    reasons: dict[int, str | None] = field(default_factory=dict)  # why an epoch was not scored
+    clipped: dict[int, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    bucket: Bucket | None = None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Atomic and durable: a crash leaves the old file or the new one."""
+    tmp = Path(write_synced_aside(str(path), json.dumps(obj).encode()))
+    os.replace(tmp, path)
+
+
+class Monitor:
+    """Every session of one storage root, their files, and the scoring thread's jobs."""
+
+    def __init__(
+        self,
+        root: str,
+        cfg: Config,
+        scorer: Scorer,
+        limits: AudioLimits,
+        max_sessions: int = 32,
+        window: int = 8,
+        idle_timeout_s: float = 600.0,
+        rate: float = 5.0,
+        burst: float = 20.0,
+        rules: AlertRules | None = None,
+    ) -> None:
+        store = open_root(root)
+        if not is_local(root):
+            raise ValueError(f"{root}: monitor serve needs a storage root on local disk")
+        self.root = root
+        self.dir = Path(store.path) / "monitor" / "sessions"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock_handle = (Path(store.path) / "monitor" / "serve.lock").open("a+")
+        try:
+            fcntl.flock(self._lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"{root}: another monitor service is serving this root") from None
+        self.cfg = cfg
+        self.scorer = scorer
+        self.limits = limits
+        self.max_sessions = max_sessions
+        self.window = window
+        self.idle_timeout_s = idle_timeout_s
+        self.rate, self.burst = rate, burst
+        self.sessions: dict[str, Session] = {}
+        self.worker = BoundedWorker(max_queued=max_sessions + 8)
+        self.alerts = Alerts(rules or AlertRules(), self.dir, cfg.preprocess.epoch_seconds)
+        resp = scorer.model["heads"].get("resp") or {}
+        self.events_per_event_epoch = float(resp.get("events_per_event_epoch", 1.0))
+        self._registry = threading.Lock()
+        self._resume()
+
+    # ------------------------------------------------------------------ sessions
+
+    def open_session(self, bed_id: str, chunk_seconds: float | None) -> tuple[Session, str]:
+        """A new session and its device token (returned once; only its hash is kept)."""
+        with self._registry:
+            if sum(s.state in ("open", "ending") for s in self.sessions.values()) >= self.max_sessions:
+                raise Refused(503, f"at capacity: {self.max_sessions} sessions open; retry later")
+            token = secrets.token_urlsafe(32)
+            sid = uuid.uuid4().hex
+            now = time.time()
+            stream = NightStream(self.cfg.preprocess, self.window, chunk_seconds)
+            session = Session(sid, bed_id, token_hash(token), now, now, stream, bucket=Bucket(self.rate, self.burst))
+            session.last_chunk = now
+            self._watch(session)
+            (self.dir / sid / "spool").mkdir(parents=True)
+            self._save(session)
+            self.sessions[sid] = session
+        log.info("session %s opened (%d open)", sid, len(self.sessions))
+        return session, token
+
+    def authorise(self, sid: str, authorization: str | None) -> Session:
+        """The session, if ``authorization`` carries its device token: 401 without a token, 403 with
+        another (a token opens only its own session; an unknown id is 403 too, so ids cannot be probed)."""
+        if not authorization or not authorization.lower().startswith("bearer ") or not authorization[7:].strip():
+            raise Refused(401, "a device token is required (Authorization: Bearer <token>)")
+        presented = token_hash(authorization[7:].strip())
+        session = self.sessions.get(sid)
+        expected = session.token_hash if session is not None else token_hash(secrets.token_urlsafe(32))
+        if not hmac.compare_digest(presented, expected) or session is None:
+            raise Refused(403, "this token does not open this session")
+        wait = session.bucket.take() if session.bucket else 0.0
+        if wait > 0:
+            raise Refused(429, f"too many requests for this session; retry in {wait:.1f} s")
+        return session
+
+    def add_chunk(self, session: Session, seq: int, data: bytes) -> dict[str, Any]:
+        """Decode, spool and stream one chunk (called on a worker thread of the request pool)."""
+        name = f"chunk {seq}"
+        if session.state != "open":
+            raise Refused(409, f"{name}: the session has ended")
+        with session.lock:
+            if session.stream.is_duplicate(seq):
+                session.last_seen = time.time()
+                return self._reply(session, seq, duplicate=True)
+        audio, rate, full_scale = decode_audio(data, name, self.limits, self.scorer.channel_index)
+        with session.lock:
+            if session.stream.is_duplicate(seq):  # the same chunk raced itself
+                return self._reply(session, seq, duplicate=True)
+            session.stream.check_rate(rate, name)
+            spool = self.dir / session.id / "spool" / f"{seq}.audio"
+            os.replace(write_synced_aside(str(spool), data), spool)
+            accepted = session.stream.accept(seq, audio, rate, full_scale)
+            session.cut += accepted.epochs
+            session.last_seen = session.last_chunk = time.time()
+            self._save(session)
+            self._pauses(session)
+            if accepted.missing:
+                log.info("session %s: %d chunk(s) given up as missing audio", session.id, len(accepted.missing))
+            self._queue(session)
+            return self._reply(session, seq, duplicate=False, missing=accepted.missing)
+
+    def end_session(self, session: Session, why: str = "closed") -> None:
+        """No more audio: flush the stream; the scoring thread scores the rest and publishes the night."""
+        with session.lock:
+            if session.state != "open":
+                return
+            session.cut += session.stream.finish()
+            session.state = "ending"
+            self._save(session)
+            self._queue(session)
+        log.info("session %s %s", session.id, why)
+
+    def status(self, session: Session) -> dict[str, Any]:
+        return {
+            "session_id": session.id,
+            "state": session.state,
+            "next_seq": session.stream.next_seq,
+            "waiting_chunks": sorted(session.stream.pending),
+            "epochs_scored": session.scored,
+            "run_id": session.run_id,
+        }
+
+    def expire_idle(self) -> int:
+        """End sessions with no request for ``idle_timeout_s``; retry unpublished nights. Returns how many ended."""
+        now = time.time()
+        ended = 0
+        for session in list(self.sessions.values()):
+            if session.state == "open" and session.stream.rate is not None:
+                night_s = session.stream.night_samples / session.stream.rate
+                self.alerts.on_silence(session.id, session.bed_id, now - session.last_chunk, night_s)
+            if session.state == "open" and now - session.last_seen > self.idle_timeout_s:
+                self.end_session(session, "ended after the idle timeout")
+                ended += 1
+            elif session.state == "ended" or (session.cut and not session.queued):
+                with session.lock:
+                    self._queue(session)
+        return ended
+
+    def predictions(self, session: Session) -> list[dict[str, Any]]:
+        return _read_rows(self.dir / session.id / "epochs.jsonl")
+
+    # ------------------------------------------------------------------ alerts
+
+    def _watch(self, session: Session) -> None:
+        rule = self.alerts.rules.breathing_pause
+        session.stream.tail_seconds = rule.window_s if rule.enabled else 0.0
+
+    def _pauses(self, session: Session) -> None:
+        """The pause rule over the stream's recent audio (under the session's lock, after a chunk)."""
+        stream = session.stream
+        start, audio = stream.recent_audio()
+        if not stream.tail_seconds or stream.rate is None or not len(audio):
+            return
+        found = breathing_pauses(audio, stream.rate, self.alerts.rules.breathing_pause.min_pause_s)
+        offset = start / stream.rate
+        self.alerts.on_chunk(session.id, session.bed_id, [(offset + p.start_s, offset + p.end_s) for p in found])
+
+    def _epoch_rules(self, session: Session, rows: list[dict[str, Any]]) -> None:
+        trimmed = [{k: row.get(k) for k in KEEP} for row in rows]
+        session.recent += trimmed
+        session.night += trimmed
+        rules = self.alerts.rules
+        minutes = max(rules.event_rate.window_minutes, rules.loud_snoring.minutes, rules.sensor.minutes)
+        session.recent = session.recent[-int(minutes * 60 / self.cfg.preprocess.epoch_seconds) - 1 :]
+        first = int(session.recent[0]["epoch_index"])
+        for table in (session.reasons, session.clipped):
+            for i in [i for i in table if i < first]:
+                del table[i]
+        self.alerts.on_epochs(
+            session.id, session.bed_id, session.recent, session.reasons, session.clipped, self.events_per_event_epoch
+        )
+
+    # ------------------------------------------------------------------ scoring thread
+
+    def _queue(self, session: Session) -> None:
+        """One job per session at most is ever queued, so the bounded queue cannot overflow."""
+        if not session.queued:
+            try:
+                self.worker.put(lambda: self._score(session), self._after)
+            except Busy:  # clip analyses took the room: the expiry loop queues it again shortly
+                return
+            session.queued = True
+
+    def _after(self, result: Any, error: BaseException | None) -> None:
+        if error is not None:
+            log.error("scoring failed: %s", type(error).__name__ + (f": {error}" if str(error) else ""))
+
+    def _score(self, session: Session) -> None:
+        with session.lock:
+            session.queued = False
+            cut, session.cut = session.cut, []
+            final = session.state == "ending" and not session.cut
+        if cut:
+            for e in cut:
+                session.reasons[e.index] = e.reason
+                session.clipped[e.index] = e.quality.clipped_fraction
+            session.features.update(self.scorer.embed(session.id, cut))
+            session.embedded_through = max(session.embedded_through, max(e.index for e in cut) + 1)
+        h = self.scorer.half_context
+        ready = session.embedded_through if final else session.embedded_through - h
+        rows = [
+            self.scorer.predict(session.id, session.bed_id, i, session.features)
+            for i in range(session.scored, max(session.scored, ready))
+        ]
+        if rows:
+            _append_rows(self.dir / session.id / "epochs.jsonl", rows)
+            session.scored += len(rows)
+            for i in [i for i in session.features if i < session.scored - h]:
+                del session.features[i]
+            self._epoch_rules(session, rows)
+            with session.lock:
+                gone = session.stream.keep_from(max(0, session.scored - h))
+                self._save(session)
+            for piece in gone:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.dir / session.id / "spool" / f"{piece.seq}.audio").unlink()
+        if final or session.state == "ended":
+            self._publish(session)
+
+    def _publish(self, session: Session) -> None:
+        """The night under ``runs/monitor-<id>/`` as ``score`` writes it, holding the root's lock briefly."""
+        from sleepsound.report.outputs import write_run_outputs
+        from sleepsound.runs.root_lock import RootBusy, hold_root
+        from sleepsound.runs.run_record import write_run_record
+
+        session.state = "ended"
+        run_id = f"monitor-{session.id}"
+        rows = self.predictions(session)
+        table = pa.Table.from_pylist(rows, schema=schemas.PREDICTIONS) if rows else schemas.PREDICTIONS.empty_table()
+        store = open_root(self.root)
+        predictions = f"{store.path}/runs/{run_id}/predictions"
+        rate = session.stream.rate or 1
+        summary: FlowSummary = {
+            "run_id": run_id,
+            "model": self.scorer.model,
+            "seconds": {"night": round(session.stream.night_samples / rate, 1)},
+            "counts": {
+                "epochs": len(rows),
+                "scored": sum(r["stage_pred"] is not None for r in rows),
+                "missing_seconds": round(sum(b - a for a, b in session.stream.missing) / rate, 1),
+            },
+            "predictions": full_uri(store.fs, predictions),
+            "summaries": None,
+            "report": None,
+        }
+        try:
+            with hold_root(store, run_id, "monitor"):
+                write_table(
+                    store.fs,
+                    f"{predictions}/recording_id={session.id}/part-0.parquet",
+                    table.drop_columns(["recording_id"]),
+                )
+                if rows:
+                    reported = write_run_outputs(
+                        store, run_id, self.scorer.model, {"run_id": run_id, "flow": "monitor"}, self.cfg
+                    )
+                    summary |= {"summaries": reported["summaries"], "report": reported["report"]}
+                    summary["metrics"] = reported["metrics"]
+                write_run_record(store, "monitor", self.cfg.model_dump(), summary)  # last: the run is complete
+        except RootBusy:
+            log.info("session %s: the root is busy with another run; its night is published later", session.id)
+            with session.lock:
+                self._save(session)
+            return
+        session.run_id = run_id
+        session.state = "published"
+        with session.lock:
+            self._save(session)
+        shutil.rmtree(self.dir / session.id / "spool", ignore_errors=True)
+        log.info("session %s published: %d epochs", session.id, len(rows))
+
+    # ------------------------------------------------------------------ persistence
+
+    def _save(self, session: Session) -> None:
+        s = session.stream
+        _write_json(
+            self.dir / session.id / "session.json",
+            {
+                "id": session.id,
+                "bed_id": session.bed_id,
+                "token_hash": session.token_hash,
+                "created": session.created,
+                "last_seen": session.last_seen,
+                "state": session.state,
+                "run_id": session.run_id,
+                "stream": {
+                    "chunk_seconds": s.chunk_seconds,
+                    "rate": s.rate,
+                    "full_scale": None if s.full_scale == float("inf") else s.full_scale,
+                    "next_seq": s.next_seq,
+                    "night_samples": s.night_samples,
+                    "missing": s.missing,
+                    "pieces": [asdict(p) for p in s.pieces],
+                    "pending": sorted(s.pending),
+                },
+            },
+        )
+
+    def _resume(self) -> None:
+        """Every session a previous server left: open ones carry on where their scored epochs end."""
+        for path in sorted(self.dir.glob("*/session.json")):
+            saved = json.loads(path.read_text())
+            if saved["state"] == "published":
+                continue
+            session = self._restore(saved)
+            self.sessions[session.id] = session
+            if session.state in ("ending", "ended") or session.cut:
+                if session.state == "ending" and not session.cut:
+                    session.state = "ended"
+                self._queue(session)
+        if self.sessions:
+            log.info("resumed %d session(s)", len(self.sessions))
+
+    def _restore(self, saved: dict[str, Any]) -> Session:
+        sid = saved["id"]
+        folder = self.dir / sid
+        rows = _read_rows(folder / "epochs.jsonl", repair=True)
+        scored = len(rows)
+        h = self.scorer.half_context
+        emit_from = max(0, scored - h)
+        st = saved["stream"]
+        stream = NightStream(
+            self.cfg.preprocess,
+            self.window,
+            st["chunk_seconds"],
+            st["rate"],
+            float("inf") if st["full_scale"] is None else st["full_scale"],
+            st["next_seq"],
+            st["night_samples"],
+            [tuple(m) for m in st["missing"]],
+            first_epoch=max(0, emit_from - 1),
+            emit_from=emit_from,
+        )
+        session = Session(
+            sid, saved["bed_id"], saved["token_hash"], saved["created"], time.time(), stream, state=saved["state"]
+        )
+        session.bucket = Bucket(self.rate, self.burst)
+        session.last_chunk = time.time()
+        self._watch(session)
+        session.night = [{k: r.get(k) for k in KEEP} for r in rows]
+        session.recent = session.night[-240:]
+        session.scored = session.embedded_through = scored
+        for p in st["pieces"]:
+            piece = Piece(**p)
+            audio = None if piece.missing else self._spooled(sid, piece.seq)
+            session.cut += stream.replay(piece, audio)
+        for seq in st["pending"]:
+            stream.pending[seq] = self._spooled(sid, seq)
+        session.embedded_through = emit_from
+        if session.state == "ending":
+            session.cut += stream.finish()
+        return session
+
+    def _spooled(self, sid: str, seq: int) -> np.ndarray:
+        data = (self.dir / sid / "spool" / f"{seq}.audio").read_bytes()
+        return decode_audio(data, f"chunk {seq}", self.limits, self.scorer.channel_index)[0]
+
+    def _reply(self, session: Session, seq: int, duplicate: bool, missing: list[int] | None = None) -> dict[str, Any]:
+        return {
+            "session_id": session.id,
+            "seq": seq,
+            "duplicate": duplicate,
+            "missing": missing or [],
+            "next_seq": session.stream.next_seq,
+            "epochs_scored": session.scored,
+        }
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.alerts.stop()
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._lock_handle, fcntl.LOCK_UN)
+            self._lock_handle.close()
+
+
+def _append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _read_rows(path: Path, repair: bool = False) -> list[dict[str, Any]]:
+    """Scored rows; a line torn by a crash mid-write (the last one) is dropped (``repair``: and cut off)."""
+    if not path.exists():
+        return []
+    rows: list[dict[str, Any]] = []
+    good = 0
+    with path.open("rb") as handle:
+        for line in handle:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                break
+            good += len(line)
+    if repair and good != path.stat().st_size:
+        with path.open("r+b") as handle:
+            handle.truncate(good)
+    return rows

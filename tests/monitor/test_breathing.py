@@ -1,0 +1,96 @@
+"""POST /analyze-breathing (the tutorial's endpoint) and a scoring thread that never holds up /health."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from sleepsound.monitor.app import Settings
+from sleepsound.monitor.breathing import breathing_pauses
+from tests.monitor.conftest import NIGHT_RATE, Live, Trained
+
+RATE = 16_000
+
+
+def _breaths(seconds: float, pause: tuple[float, float] | None, seed: int = 0) -> np.ndarray:
+    """Noise bursts of 1.5 s every 4 s over a quiet floor (breathing), none inside ``pause``."""
+    rng = np.random.default_rng(seed)
+    audio = rng.normal(0, 0.002, int(seconds * RATE)).astype(np.float32)
+    for start in np.arange(0.0, seconds - 1.5, 4.0):
+        if pause and pause[0] - 1.5 < start < pause[1]:
+            continue
+        lo = int(start * RATE)
+        audio[lo : lo + int(1.5 * RATE)] += rng.normal(0, 0.1, int(1.5 * RATE)).astype(np.float32)
+    return audio
+
+
+def _flac(audio: np.ndarray, rate: int = RATE) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, rate, format="FLAC")
+    return buffer.getvalue()
+
+
+def test_pauses_are_found_with_their_recovery_breath() -> None:
+    audio = _breaths(60, (20.0, 36.0))
+    (pause,) = breathing_pauses(audio, RATE)
+    assert pause.start_s == pytest.approx(17.5, abs=0.2) and pause.end_s == pytest.approx(36.0, abs=0.2)
+    assert breathing_pauses(_breaths(60, None), RATE) == []
+    assert breathing_pauses(np.zeros(60 * RATE, dtype=np.float32), RATE) == []  # no breathing seen at all: no guess
+
+
+def test_analyze_breathing_answers_like_the_tutorial(trained: Trained, live: Live) -> None:
+    clip = _flac(_breaths(60, (20.0, 36.0)))
+    with httpx.Client(timeout=60) as client:
+        form = client.post(f"{live.base}/analyze-breathing", files={"file": ("clip.flac", clip, "audio/flac")})
+        assert form.status_code == 200, form.text
+        out = form.json()
+        assert out["status"] == "success" and out["detection"] == "Apnea Alert"
+        assert len(out["pauses"]) == 1 and out["pauses"][0]["end_s"] == pytest.approx(36.0, abs=0.2)
+        assert [w["start_s"] for w in out["windows"]] == [0.0, 30.0]
+        assert set(out["probabilities"]) == {"snoring", "apnea", "normal"}
+        raw = client.post(f"{live.base}/analyze-breathing?name=clip.flac", content=clip).json()
+        assert raw["windows"] == out["windows"] and raw["pauses"] == out["pauses"]
+
+        night = _flac(trained.night[: 60 * NIGHT_RATE], NIGHT_RATE)
+        scored = client.post(f"{live.base}/analyze-breathing", files={"file": ("night.flac", night)}).json()
+        assert scored["detection"] in ("Normal", "Snoring", "Apnea Alert") and len(scored["windows"]) == 2
+
+        short = client.post(f"{live.base}/analyze-breathing", files={"file": ("short.flac", _flac(_breaths(6, None)))})
+        assert short.status_code == 422 and "too short to hold a 10-s breathing pause" in short.json()["detail"]
+        twenty = client.post(f"{live.base}/analyze-breathing", content=_flac(_breaths(20, None))).json()
+        assert twenty["probabilities"] is None and "no full valid 30-s window" in twenty["note"]
+        assert twenty["detection"] == "Normal"
+        no_file = client.post(f"{live.base}/analyze-breathing", files={"other": ("x.flac", clip)})
+        assert no_file.status_code == 400 and "no 'file' part" in no_file.json()["detail"]
+
+
+@pytest.mark.parametrize("live", [Settings(max_sessions=2)], indirect=True)
+def test_health_answers_at_once_while_the_scoring_queue_is_full(trained: Trained, live: Live) -> None:
+    clip = _flac(trained.night[: 300 * NIGHT_RATE], NIGHT_RATE)
+    codes: list[int] = []
+
+    def analyse() -> None:
+        with httpx.Client(timeout=120) as client:
+            codes.append(client.post(f"{live.base}/analyze-breathing", content=clip).status_code)
+
+    threads = [threading.Thread(target=analyse) for _ in range(6)]
+    for t in threads:
+        t.start()
+    seen_busy, slowest = False, 0.0
+    with httpx.Client(timeout=5) as client:
+        while any(t.is_alive() for t in threads):
+            started = time.monotonic()
+            health = client.get(f"{live.base}/health").json()
+            slowest = max(slowest, time.monotonic() - started)
+            seen_busy |= health["scoring"] or health["scoring_queue"] > 0
+            time.sleep(0.05)
+    for t in threads:
+        t.join()
+    assert seen_busy and slowest < 1.0
+    assert 200 in codes and 503 in codes  # the queue is bounded: the surplus is refused at once, not queued

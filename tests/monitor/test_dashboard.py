@@ -1,0 +1,100 @@
+"""The dashboard in a real headless Chromium (Debian's /usr/bin/chromium driven by Playwright, no browser
+download): log in, see a bed appear, its hypnogram grow and an alert arrive, acknowledge it, open the
+finished night's report. Screenshots go to $SLEEPSOUND_TEST_ARTEFACTS when set."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sleepsound.monitor.alerts import AlertRules
+from sleepsound.monitor.app import Settings
+from tests.monitor.conftest import Live
+from tests.monitor.test_alerts import _chunks
+from tests.monitor.test_breathing import _breaths
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+TOKEN = "operator-secret-token"
+SETTINGS = Settings(
+    operator_token_hash=hashlib.sha256(TOKEN.encode()).hexdigest(),
+    rate_per_s=1000.0,
+    burst=1000,
+    rules=AlertRules.model_validate({"no_audio": {"seconds": 600}}),
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as play:
+        chromium = play.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.mark.parametrize("live", [SETTINGS], indirect=True)
+def test_the_dashboard_shows_a_bed_its_night_and_its_alert_and_acknowledges_it(
+    live: Live, browser: Any, tmp_path: Path
+) -> None:
+    shots = Path(os.environ.get("SLEEPSOUND_TEST_ARTEFACTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    operator = {"Authorization": f"Bearer {TOKEN}"}
+    page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone
+    try:
+        page.goto(f"{live.base}/dashboard")
+        assert page.url.endswith("/login")
+        page.fill("#token", "not-it")
+        page.click("button[type=submit]")
+        page.wait_for_selector("text=That is not the operator token.")
+        page.fill("#token", TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/dashboard")
+        page.wait_for_selector("#beds >> text=No beds yet.")
+
+        chunks = _chunks(_breaths(150, (80.0, 96.0)))  # a pause from 77.5 s to the breath at 96 s
+        with httpx.Client(timeout=60) as client:
+            opened = client.post(f"{live.base}/v1/sessions", json={"bed_id": "bed-12"}, headers=operator).json()
+            sid, device = opened["session_id"], {"Authorization": f"Bearer {opened['token']}"}
+
+            def send(seqs: range) -> None:
+                for seq in seqs:
+                    url = f"{live.base}/v1/sessions/{sid}/chunks/{seq}"
+                    assert client.post(url, content=chunks[seq], headers=device).status_code == 200
+
+            send(range(0, 6))  # 60 s: two epochs
+            page.wait_for_selector(f"article[data-session='{sid}'] svg[data-epochs='2']", timeout=30_000)
+            assert page.inner_text(f"article[data-session='{sid}'] .name") == "bed-12"
+            send(range(6, 12))  # the hypnogram grows, and the pause ends in chunk 9
+            page.wait_for_selector(f"article[data-session='{sid}'] svg[data-epochs='4']", timeout=30_000)
+            page.wait_for_selector(".alert:not(.acknowledged) >> text=breathing pause", timeout=30_000)
+            page.screenshot(path=str(shots / "monitor-dashboard-phone.png"), full_page=True)
+            page.click(".alert button")
+            page.wait_for_selector(".alert.acknowledged >> text=acknowledged")
+            (alert,) = client.get(f"{live.base}/v1/alerts", headers=operator).json()
+            assert alert["rule"] == "breathing_pause" and alert["acknowledged_at"] is not None
+
+            client.delete(f"{live.base}/v1/sessions/{sid}", headers=device)
+            page.wait_for_selector(f"article[data-session='{sid}'] >> text=Night report", timeout=60_000)
+            page.set_viewport_size({"width": 1280, "height": 800})
+            page.screenshot(path=str(shots / "monitor-dashboard-desktop.png"), full_page=True)
+            page.click(f"article[data-session='{sid}'] >> text=Night report")
+            page.wait_for_load_state()
+            assert f"monitor-{sid}" in page.content()
+        # the page's script calls the API with the login cookie; without it the API says 401
+        assert httpx.get(f"{live.base}/v1/beds").status_code == 401
+        assert httpx.get(f"{live.base}/v1/alerts/stream", timeout=5).status_code == 401
+    finally:
+        page.close()
+    assert (shots / "monitor-dashboard-phone.png").stat().st_size > 10_000
+    assert time.time() > 0
