@@ -163,6 +163,14 @@ def detect_events(
     spans such frames. Events are sorted by start and never overlap (an apnoea wins over a
     hypopnoea on the same breaths).
     """
+    return resolve_events(detect_candidates(envelope, valid, settings), settings.min_confidence)
+
+
+def detect_candidates(
+    envelope: np.ndarray, valid: np.ndarray | None = None, settings: DetectorSettings = DEFAULT
+) -> list[BreathingEvent]:
+    """Every event the rules propose, overlapping and at any confidence: ``resolve_events`` keeps the
+    confident ones, so an evaluation can try several confidence cuts without re-running the rules."""
     if envelope.ndim != 2 or envelope.shape[1] != len(FEATURES):
         raise ValueError(f"an envelope has {len(FEATURES)} features per frame, got shape {envelope.shape}")
     n = len(envelope)
@@ -264,7 +272,7 @@ def detect_events(
             )
             events.append(_event(start, stop, "hypopnea", confidence))
             in_frames[start:stop] = True
-    return _resolve(events, settings.min_confidence)
+    return events
 
 
 def _frame_baseline(cycle: np.ndarray, usable: np.ndarray, settings: DetectorSettings) -> np.ndarray:
@@ -322,7 +330,7 @@ def _event(start: int, stop: int, kind: EventType, confidence: float) -> Breathi
     }
 
 
-def _resolve(events: list[BreathingEvent], min_confidence: float) -> list[BreathingEvent]:
+def resolve_events(events: list[BreathingEvent], min_confidence: float) -> list[BreathingEvent]:
     """Confident events, sorted, without overlaps: an apnoea beats a hypopnoea, then the more confident."""
     order = sorted(
         (e for e in events if e["confidence"] >= min_confidence),
