@@ -38,7 +38,9 @@ A_EVENTS = _night(
     [_ev(105, 118, "apnea"), _ev(598, 610, "hypopnea"), _ev(905, 920, "apnea"), _ev(1500, 1512, "hypopnea")],
 )
 # A clean half-hour night in style "b" with two false events: 4 per hour; one at low confidence.
-B_CLEAN = _night("b", "clean", [], [_ev(50, 62, "hypopnea"), _ev(400, 415, "apnea"), _ev(700, 711, "hypopnea", 0.3)], 0.5, 0.5)
+B_CLEAN = _night(
+    "b", "clean", [], [_ev(50, 62, "hypopnea"), _ev(400, 415, "apnea"), _ev(700, 711, "hypopnea", 0.3)], 0.5, 0.5
+)
 B_EVENTS = _night("b", "events", [(100, 120, "apnea")], [_ev(101, 119, "apnea")])
 
 
