@@ -103,4 +103,4 @@ def test_command_on_a_tiny_cohort(tmp_path):
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["min_confidence"] == 0.6 and any((root / "breathing").rglob("*.parquet"))
     missing = CliRunner().invoke(app, ["breathing-eval", str(tmp_path / "none"), "--root", str(root)])
-    assert missing.exit_code == 2 and "no <style>" in missing.output
+    assert missing.exit_code == 2 and "no <style>" in " ".join(missing.output.split())
