@@ -73,6 +73,7 @@ class DetectorSettings:
     # the development styles (classic, varied, quiet-electret; lowest per-night REI error), checked on
     # held-out styles (phone-fan, tv-bedroom, hvac-hall) and a fresh cohort: notes/s22-transfer.md.
     min_confidence: float = 0.7
+    min_weak_breaths: int = 2  # breath sounds that must begin inside a hypopnoea: whole weak cycles
 
 
 DEFAULT = DetectorSettings()
@@ -319,6 +320,11 @@ def _weak_stretches(
         if not settings.min_event_s * FRAME_HZ <= hi - lo <= settings.max_event_s * FRAME_HZ:
             continue
         if breath_frames[lo:hi].mean() < 0.1:  # no breathing heard: an apnoea or silence, not a hypopnoea
+            continue
+        # Whole weak cycles: at least this many breath sounds begin inside the event (one faint breath
+        # between two short pauses is no sustained drop of the breathing, only a gap).
+        onsets = np.diff(breath_frames[lo:hi].astype(np.int8), prepend=np.int8(breath_frames[max(0, lo - 1)]))
+        if int(np.count_nonzero(onsets == 1)) < settings.min_weak_breaths:
             continue
         ratio = float(np.sqrt(np.median(cycle[start:stop] / base[start:stop])))
         out.append((lo, hi, ratio))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ from sleepsound.breathing.detector import DEFAULT, detect_candidates, detect_eve
 from sleepsound.breathing.envelope import FEATURES, epoch_envelope
 from sleepsound.breathing.evaluate import add_counts, match_counts, scores
 from sleepsound.report.summaries import MIN_SLEEP_HOURS_FOR_AHI, event_indices
-from tests.breathing.signals import RATE, breathing, fan, speech
+from tests.breathing.signals import RATE, breathing, fan, one_sound_breaths, speech
 
 SECONDS = 240.0
 PAUSE = (130.0, 152.0)  # 22 s without a breath
@@ -69,6 +71,15 @@ def test_a_short_dip_just_past_the_rule_is_below_the_calibrated_confidence():
         "confidence"
     ] < DEFAULT.min_confidence
     assert _detect(audio) == []
+
+
+def test_one_faint_breath_between_two_short_pauses_is_no_hypopnoea():
+    # 15 s holding a single faint breath: no whole weak breath cycles, so no sustained drop (the rule
+    # asks for two breaths beginning in the event); without it this was a hypopnoea at 0.8.
+    audio = one_sound_breaths(SECONDS, ((121.0, 137.0),), 128.0, 0.3) + fan(SECONDS, 0.003)
+    assert _detect(audio) == []
+    lenient = detect_candidates(epoch_envelope(audio, RATE), settings=replace(DEFAULT, min_weak_breaths=0))
+    assert [e["type"] for e in lenient] == ["hypopnea"] and lenient[0]["confidence"] >= DEFAULT.min_confidence
 
 
 def test_a_pause_shorter_than_ten_seconds_is_no_apnoea():
