@@ -97,6 +97,8 @@ def test_command_on_a_tiny_cohort(tmp_path):
         "all": 4,
     }
     assert report["groups"]["all"]["clean_nights"] == 2
+    clean = [p for p in report["groups"]["all"]["per_night"] if p["kind"] == "clean"]
+    assert [sum(p["n_true"].values()) for p in clean] == [0, 0]  # generated with ahi=0: no event at all
     assert report["groups"]["all"]["clean_false_per_h"] is not None
     # The envelopes are cached in the storage root: a second evaluation takes the cohorts as they are.
     again = CliRunner().invoke(app, [*args[:4], "--held-out", "tv-bedroom", "--min-confidence", "0.6", "--json"])
