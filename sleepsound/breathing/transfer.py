@@ -42,7 +42,7 @@ from sleepsound.breathing.evaluate import Counts, Interval, add_counts, match_co
 KINDS = ("events", "clean")  # nights with the drawn AHI, and nights with none
 DEFAULT_STYLES = ("classic", "varied", "quiet-electret", "phone-fan", "tv-bedroom", "hvac-hall")
 DEFAULT_HELD_OUT = ("phone-fan", "tv-bedroom", "hvac-hall")
-CONFIDENCE_GRID = tuple(round(0.4 + 0.05 * k, 2) for k in range(9))  # 0.40 .. 0.80
+CONFIDENCE_GRID = tuple(round(0.4 + 0.05 * k, 2) for k in range(11))  # 0.40 .. 0.90
 SLEEP_STAGES = frozenset({"N1", "N2", "N3", "R"})
 
 
