@@ -389,6 +389,59 @@ def score(
     _print_results(result, as_json)
 
 
+@app.command("breathing-eval")
+def breathing_eval(
+    cohorts: Annotated[
+        Path, typer.Argument(help="Folder of <style>/<events|clean>/ cohorts (written there with --build).")
+    ],
+    root: Annotated[
+        str, typer.Option(help="Storage root: caches the nights' envelopes; the report goes to transfer/.")
+    ],
+    held_out: Annotated[
+        str, typer.Option(help="Comma list of styles held out of any fitting.")
+    ] = "phone-fan,tv-bedroom,hvac-hall",
+    build: Annotated[bool, typer.Option(help="Write the cohorts first (kept when already written alike).")] = False,
+    styles: Annotated[
+        str, typer.Option(help="Styles to build (with --build).")
+    ] = "classic,varied,quiet-electret,phone-fan,tv-bedroom,hvac-hall",
+    nights: Annotated[int, typer.Option(help="Nights with events per style.")] = 2,
+    clean: Annotated[int, typer.Option(help="Nights without events per style.")] = 1,
+    hours: Annotated[float, typer.Option(help="Hours per night.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the cohorts.")] = 17,
+    min_confidence: Annotated[
+        Optional[float], typer.Option(help="Use this cut instead of fitting it on the development styles.")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write the JSON report here instead of <root>/transfer/.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Transfer evaluation of the breathing-event detector: whole generator styles held out."""
+    from sleepsound.breathing.transfer import format_report, report_json, run_transfer
+
+    try:
+        report, path = run_transfer(
+            cohorts,
+            root,
+            [s.strip() for s in held_out.split(",") if s.strip()],
+            build,
+            [s.strip() for s in styles.split(",") if s.strip()],
+            nights,
+            clean,
+            hours,
+            seed,
+            min_confidence,
+            out,
+            progress=lambda msg: err_console.print(msg),
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        err_console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(2) from None
+    if as_json:
+        print(report_json(report))
+    else:
+        print(format_report(report))
+        err_console.print(f"report written to {escape(str(path))}")
+
+
 @app.command()
 def demo(
     root: Annotated[

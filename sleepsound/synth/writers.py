@@ -297,6 +297,7 @@ def generate_cohort(
     progress: ProgressFn | None = None,
     style: str = "classic",
     speech_source: str = "auto",
+    ahi: float | None = None,
 ) -> list[SubjectSummary]:
     """Write ``n_subjects`` synthetic nights and ``cohort.json``; same arguments, same bytes.
 
@@ -306,6 +307,8 @@ def generate_cohort(
     style, ``mixed`` or a comma list (nights take the listed styles in turn); each night's
     style and parameters go into ``cohort.json``. The default ``classic`` writes exactly
     the files it always did. ``speech_source`` (auto, espeak, synth) voices styled TVs.
+    ``ahi`` overrides every night's drawn AHI (0: nights without a breathing event, to measure
+    false alarms); recorded in ``cohort.json`` only when given.
     """
     from sleepsound.synth.styles import CLASSIC, resolve_styles, style_for_night
 
@@ -335,6 +338,7 @@ def generate_cohort(
             seed,
             subject_index=index,
             cycle_minutes=cycle_minutes,
+            ahi=ahi,
             style=night_style,
             speech_source=speech_source,
         )
@@ -384,6 +388,8 @@ def generate_cohort(
     )
     if style != CLASSIC:  # a classic cohort's cohort.json stays byte-identical to before styles
         params["style"] = style
+    if ahi is not None:
+        params["ahi"] = float(ahi)
     _write_cohort_json(out, summaries, params)
     return summaries
 

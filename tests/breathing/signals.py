@@ -61,3 +61,23 @@ def speech(seconds: float, start: float, length: float, level: float = 0.05) -> 
     syllables = (0.5 + 0.5 * np.sin(2 * np.pi * 4.2 * t)) ** 2
     out[k0 : k0 + k] = level * voice * syllables / np.std(voice)
     return out
+
+
+def one_sound_breaths(
+    seconds: float, gaps: tuple[tuple[float, float], ...], faint_at: float, gain: float
+) -> np.ndarray:
+    """Breaths of one 2.5-s sound every 4 s, none inside ``gaps``, and one faint breath (``gain``) at
+    ``faint_at``: a single weak breath between two pauses, each too short for an apnoea."""
+    rng = np.random.default_rng(3)
+    out = np.zeros(int(seconds * RATE))
+    t, k = 1.0, int(2.5 * RATE)
+    while t < seconds - 4:
+        if any(a <= t < b for a, b in gaps):
+            t = next(b for a, b in gaps if a <= t < b)
+            continue
+        k0 = int(t * RATE)
+        out[k0 : k0 + k] += rng.uniform(0.9, 1.1) * np.hanning(k) * _band_noise(rng, k, 300, 1800)
+        t += 4.0
+    k0 = int(faint_at * RATE)
+    out[k0 : k0 + k] += gain * np.hanning(k) * _band_noise(rng, k, 300, 1800)
+    return 0.05 * out

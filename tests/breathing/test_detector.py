@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from sleepsound.breathing.detector import detect_events
+from sleepsound.breathing.detector import DEFAULT, detect_candidates, detect_events
 from sleepsound.breathing.envelope import FEATURES, epoch_envelope
 from sleepsound.breathing.evaluate import add_counts, match_counts, scores
 from sleepsound.report.summaries import MIN_SLEEP_HOURS_FOR_AHI, event_indices
-from tests.breathing.signals import RATE, breathing, fan, speech
+from tests.breathing.signals import RATE, breathing, fan, one_sound_breaths, speech
 
 SECONDS = 240.0
 PAUSE = (130.0, 152.0)  # 22 s without a breath
@@ -57,6 +59,27 @@ def test_weaker_breaths_for_twenty_seconds_are_a_hypopnoea():
 
 def test_a_dip_of_ten_percent_is_no_hypopnoea():
     assert _detect(breathing(SECONDS, weak=(PAUSE,), weak_gain=0.9)) == []
+
+
+def test_a_short_dip_just_past_the_rule_is_below_the_calibrated_confidence():
+    # 45% weaker for 12 s: the rule's candidate, but breath-to-breath variation in wake and REM makes
+    # such dips the detector's typical false alarm; the cut fitted on the development styles
+    # (0.7, notes s22-transfer) leaves it out, where the old hand-set 0.5 reported it.
+    audio = breathing(SECONDS, weak=((130.0, 142.0),), weak_gain=0.55) + fan(SECONDS, 0.003)
+    candidates = detect_candidates(epoch_envelope(audio, RATE))
+    assert [e["type"] for e in candidates] == ["hypopnea"] and 0.5 <= candidates[0][
+        "confidence"
+    ] < DEFAULT.min_confidence
+    assert _detect(audio) == []
+
+
+def test_one_faint_breath_between_two_short_pauses_is_no_hypopnoea():
+    # 15 s holding a single faint breath: no whole weak breath cycles, so no sustained drop (the rule
+    # asks for two breaths beginning in the event); without it this was a hypopnoea at 0.8.
+    audio = one_sound_breaths(SECONDS, ((121.0, 137.0),), 128.0, 0.3) + fan(SECONDS, 0.003)
+    assert _detect(audio) == []
+    lenient = detect_candidates(epoch_envelope(audio, RATE), settings=replace(DEFAULT, min_weak_breaths=0))
+    assert [e["type"] for e in lenient] == ["hypopnea"] and lenient[0]["confidence"] >= DEFAULT.min_confidence
 
 
 def test_a_pause_shorter_than_ten_seconds_is_no_apnoea():

@@ -1,0 +1,417 @@
+"""Honest transfer evaluation of the breathing-event detector: whole generator styles held out.
+
+A detector (or a threshold, or a head) tuned on the nights it is scored on says nothing about
+the nights a clinic will bring. So the cohort is built in several generator styles
+(``synth.styles``: other breath and snore models, rooms, microphones, fan, HVAC, TV), the
+styles are split into a development set and a held-out set, anything fitted (here the
+detector's minimum confidence) is fitted on the development styles only, and the figures are
+reported per style, per set and overall:
+
+* per-night REI error (events per hour of recording) and AHI error (per hour of *scored* sleep:
+  the detector alone has no sleep estimate, so the scored stages are its denominator);
+* event-level precision, recall and F1 per type (found = overlapped by a detection of the type);
+* the clean nights' false events per hour: nights generated with no event at all (``ahi=0``),
+  in every style, so with the style's fan, HVAC or TV in the background.
+
+Plain functions; the cohorts are ordinary plain-layout synthetic cohorts, one folder per style
+and kind, read the way ``score`` reads a night (manifest, epochs, the cached envelope).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypedDict
+
+import numpy as np
+
+from sleepsound.breathing.detector import (
+    DEFAULT,
+    EVENT_TYPES,
+    BreathingEvent,
+    DetectorSettings,
+    detect_candidates,
+    resolve_events,
+)
+from sleepsound.breathing.evaluate import Counts, Interval, add_counts, match_counts, scored_events, scores
+
+KINDS = ("events", "clean")  # nights with the drawn AHI, and nights with none
+DEFAULT_STYLES = ("classic", "varied", "quiet-electret", "phone-fan", "tv-bedroom", "hvac-hall")
+DEFAULT_HELD_OUT = ("phone-fan", "tv-bedroom", "hvac-hall")
+CONFIDENCE_GRID = tuple(round(0.4 + 0.05 * k, 2) for k in range(11))  # 0.40 .. 0.90
+SLEEP_STAGES = frozenset({"N1", "N2", "N3", "R"})
+
+
+class NightResult(TypedDict):
+    """One night's truth and detections, the unit every figure is summed from."""
+
+    style: str
+    kind: str  # "events" or "clean"
+    recording_id: str
+    hours: float  # of recording
+    sleep_hours: float  # scored sleep
+    truth: list[Interval]
+    candidates: list[BreathingEvent]  # every event the detector proposed, before the confidence cut
+    sleep_mask_s: list[tuple[float, float]]  # scored sleep as (start, end) seconds, for the AHI
+
+
+class GroupFigures(TypedDict):
+    """The figures of a set of nights (a style, the development or held-out set, all)."""
+
+    nights: int
+    clean_nights: int
+    events: dict[str, dict[str, float | int]]  # per type and "any": precision, recall, f1 and counts
+    rei_abs_error: float  # mean over nights, events/h
+    rei_max_error: float
+    rei_within_5: float  # share of nights within 5 events/h of the truth
+    ahi_abs_error: float  # per hour of scored sleep
+    clean_false_per_h: float  # events per hour on the clean nights (NaN without clean nights)
+    clean_max_per_h: float  # the worst clean night
+    per_night: list[dict[str, Any]]
+
+
+class TransferReport(TypedDict):
+    styles: list[str]
+    held_out: list[str]
+    min_confidence: float  # the cut applied (fitted on the development styles, or given)
+    fitted: bool
+    calibration: list[dict[str, float]]  # the development styles' criterion per candidate cut
+    groups: dict[str, GroupFigures]  # each style, "development", "held out", "all"
+
+
+# --- building the cohorts -------------------------------------------------------------------------
+
+
+def cohort_dir(root: str | os.PathLike[str], style: str, kind: str) -> Path:
+    return Path(root) / style / kind
+
+
+def build_cohorts(
+    root: str | os.PathLike[str],
+    styles: Sequence[str] = DEFAULT_STYLES,
+    nights: int = 2,
+    clean_nights: int = 1,
+    hours: float = 1.0,
+    seed: int = 17,
+    sample_rate: int = 16_000,
+    cycle_minutes: float = 30.0,
+    speech_source: str = "auto",
+    progress: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Write (or keep, when already written with these settings) one plain cohort per style and kind.
+
+    Each style gets its own seeds, so development and held-out styles share no night plan: a
+    threshold fitted on one set has not seen the other set's event times.
+    """
+    from sleepsound.synth.writers import generate_cohort
+
+    out = []
+    for index, style in enumerate(styles):
+        for kind, count in (("events", nights), ("clean", clean_nights)):
+            if count < 1:
+                continue
+            where = cohort_dir(root, style, kind)
+            night_seed = seed * 1000 + 10 * index + (5 if kind == "clean" else 0)
+            wanted = {"seed": night_seed, "n_subjects": count, "hours": hours, "sample_rate": sample_rate}
+            if _written_with(where, wanted):
+                out.append(where)
+                continue
+            if progress:
+                progress(f"writing {count} {kind} night(s) in style {style}")
+            generate_cohort(
+                where,
+                count,
+                hours,
+                night_seed,
+                sample_rate=sample_rate,
+                layout="plain",
+                cycle_minutes=cycle_minutes,
+                style=style,
+                speech_source=speech_source,
+                ahi=0.0 if kind == "clean" else None,
+            )
+            out.append(where)
+    return out
+
+
+def _written_with(where: Path, wanted: dict[str, Any]) -> bool:
+    path = where / "cohort.json"
+    if not path.exists():
+        return False
+    params = json.loads(path.read_text()).get("params", {})
+    return all(params.get(k) == v for k, v in wanted.items())
+
+
+def find_cohorts(root: str | os.PathLike[str]) -> list[tuple[str, str, Path]]:
+    """(style, kind, folder) of every ``<root>/<style>/<kind>/cohort.json`` written by ``build_cohorts``."""
+    found = []
+    for path in sorted(Path(root).glob("*/*/cohort.json")):
+        style, kind = path.parent.parent.name, path.parent.name
+        if kind in KINDS:
+            found.append((style, kind, path.parent))
+    if not found:
+        raise FileNotFoundError(f"{root}: no <style>/<events|clean>/cohort.json found (build them with --build)")
+    return found
+
+
+# --- reading the nights ---------------------------------------------------------------------------
+
+
+def read_nights(
+    cohort_root: str | os.PathLike[str],
+    storage_root: str | os.PathLike[str],
+    settings: DetectorSettings = DEFAULT,
+    styles: Iterable[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[NightResult]:
+    """Every night of the cohorts with its truth and the detector's candidate events.
+
+    The envelope comes from the storage root's cache (``breathing.store``), computed from the
+    audio the way ``score`` computes it when it is missing, so a second evaluation of the same
+    cohorts costs only the detector.
+    """
+    from sleepsound.breathing.store import load_envelope
+    from sleepsound.core.config import Config
+    from sleepsound.embed.cache import channel_configs
+    from sleepsound.embed.epochs import night_labels
+    from sleepsound.ingest.manifest import build_manifest
+
+    cfg = channel_configs(Config())[0]
+    keep = set(styles) if styles is not None else None
+    out: list[NightResult] = []
+    for style, kind, folder in find_cohorts(cohort_root):
+        if keep is not None and style not in keep:
+            continue
+        rows = [r for r in build_manifest(str(folder), cfg.preprocess, cfg.validation) if r["status"] == "accepted"]
+        if not rows:
+            raise ValueError(f"{folder}: no accepted recording")
+        for row in rows:
+            if progress:
+                progress(f"{style}/{kind}: a night of {row['n_epochs']} epochs")
+            env, valid = load_envelope(str(storage_root), cfg, row)
+            labels = night_labels(row, int(row["n_epochs"]))
+            epoch = cfg.preprocess.epoch_seconds
+            sleep = [(i * epoch, (i + 1) * epoch) for i, stage in enumerate(labels.stages) if stage in SLEEP_STAGES]
+            out.append(
+                {
+                    "style": style,
+                    "kind": kind,
+                    "recording_id": str(row["recording_id"]),
+                    "hours": len(env) / 36_000.0,
+                    "sleep_hours": len(sleep) * epoch / 3600.0,
+                    "truth": scored_events(labels.events or []),
+                    "candidates": detect_candidates(env, valid, settings),
+                    "sleep_mask_s": sleep,
+                }
+            )
+    return out
+
+
+# --- the figures ----------------------------------------------------------------------------------
+
+
+def detections(night: NightResult, min_confidence: float) -> list[BreathingEvent]:
+    return resolve_events(night["candidates"], min_confidence)
+
+
+def _in_sleep(events: Sequence[Interval | BreathingEvent], sleep: Sequence[tuple[float, float]]) -> int:
+    if not sleep:
+        return 0
+    starts = np.array([s for s, _ in sleep])
+    ends = np.array([e for _, e in sleep])
+    count = 0
+    for e in events:
+        k = int(np.searchsorted(starts, e["start_s"], side="right")) - 1
+        count += int(k >= 0 and e["start_s"] < ends[k])
+    return count
+
+
+def night_figures(night: NightResult, min_confidence: float) -> dict[str, Any]:
+    """One night's indices (truth and detected) and its per-type match counts."""
+    found = detections(night, min_confidence)
+    hours, sleep_h = night["hours"], night["sleep_hours"]
+    rei_true = len(night["truth"]) / hours if hours else math.nan
+    rei_det = len(found) / hours if hours else math.nan
+    ahi_true = _in_sleep(night["truth"], night["sleep_mask_s"]) / sleep_h if sleep_h else math.nan
+    ahi_det = _in_sleep(found, night["sleep_mask_s"]) / sleep_h if sleep_h else math.nan
+    return {
+        "style": night["style"],
+        "kind": night["kind"],
+        "recording_id": night["recording_id"],
+        "hours": hours,
+        "rei_true": rei_true,
+        "rei_detected": rei_det,
+        "ahi_true": ahi_true,
+        "ahi_detected": ahi_det,
+        "n_true": {t: sum(e["type"] == t for e in night["truth"]) for t in EVENT_TYPES},
+        "n_detected": {t: sum(e["type"] == t for e in found) for t in EVENT_TYPES},
+        "counts": match_counts(night["truth"], found),
+    }
+
+
+def group_figures(nights: Sequence[NightResult], min_confidence: float) -> GroupFigures:
+    """Summed event counts and averaged per-night errors of a set of nights."""
+    per = [night_figures(n, min_confidence) for n in nights]
+    rei_err = np.array([abs(p["rei_detected"] - p["rei_true"]) for p in per], dtype=float)
+    ahi_err = np.array([abs(p["ahi_detected"] - p["ahi_true"]) for p in per], dtype=float)
+    clean = [p for p in per if p["kind"] == "clean"]
+    clean_hours = sum(p["hours"] for p in clean)
+    clean_events = sum(sum(p["n_detected"].values()) for p in clean)
+    counts: dict[str, Counts] = add_counts(p["counts"] for p in per)
+    return {
+        "nights": len(per),
+        "clean_nights": len(clean),
+        "events": scores(counts) if counts else {},
+        "rei_abs_error": float(np.mean(rei_err)) if len(per) else math.nan,
+        "rei_max_error": float(np.max(rei_err)) if len(per) else math.nan,
+        "rei_within_5": float(np.mean(rei_err <= 5.0)) if len(per) else math.nan,
+        "ahi_abs_error": float(np.nanmean(ahi_err)) if np.isfinite(ahi_err).any() else math.nan,
+        "clean_false_per_h": clean_events / clean_hours if clean_hours else math.nan,
+        "clean_max_per_h": max((sum(p["n_detected"].values()) / p["hours"] for p in clean), default=math.nan),
+        "per_night": per,
+    }
+
+
+def calibrate(
+    nights: Sequence[NightResult], grid: Sequence[float] = CONFIDENCE_GRID
+) -> tuple[float, list[dict[str, float]]]:
+    """The minimum confidence that best serves the development nights: the lowest mean per-night
+    REI error (which counts both missed events and false alarms on clean nights), ties to the
+    higher event F1 of both types. Only development nights may be passed here."""
+    table = []
+    for cut in grid:
+        g = group_figures(nights, cut)
+        f1 = [g["events"].get(t, {}).get("f1", math.nan) for t in EVENT_TYPES]
+        table.append(
+            {
+                "min_confidence": float(cut),
+                "rei_abs_error": g["rei_abs_error"],
+                "mean_f1": float(np.nanmean(f1)) if np.isfinite(f1).any() else 0.0,
+                "clean_false_per_h": g["clean_false_per_h"],
+            }
+        )
+    best = min(table, key=lambda r: (round(r["rei_abs_error"], 6), -r["mean_f1"]))
+    return best["min_confidence"], table
+
+
+def transfer_report(
+    nights: Sequence[NightResult],
+    held_out: Sequence[str],
+    min_confidence: float | None = None,
+) -> TransferReport:
+    """Per style, development set, held-out set and all: the figures at one confidence cut.
+
+    With ``min_confidence`` None the cut is fitted on the development styles (every style not in
+    ``held_out``) and only then applied to the held-out ones.
+    """
+    styles = list(dict.fromkeys(n["style"] for n in nights))
+    unknown = sorted(set(held_out) - set(styles))
+    if unknown:
+        raise ValueError(f"held-out style(s) {', '.join(unknown)} have no nights; styles here: {', '.join(styles)}")
+    dev = [n for n in nights if n["style"] not in held_out]
+    calibration: list[dict[str, float]] = []
+    fitted = min_confidence is None
+    if min_confidence is None:
+        if not dev:
+            raise ValueError("every style is held out: nothing to fit the confidence cut on (give --min-confidence)")
+        min_confidence, calibration = calibrate(dev)
+    groups: dict[str, GroupFigures] = {
+        s: group_figures([n for n in nights if n["style"] == s], min_confidence) for s in styles
+    }
+    if dev:
+        groups["development"] = group_figures(dev, min_confidence)
+    held = [n for n in nights if n["style"] in held_out]
+    if held:
+        groups["held out"] = group_figures(held, min_confidence)
+    groups["all"] = group_figures(nights, min_confidence)
+    return {
+        "styles": styles,
+        "held_out": list(held_out),
+        "min_confidence": float(min_confidence),
+        "fitted": fitted,
+        "calibration": calibration,
+        "groups": groups,
+    }
+
+
+def _fmt(x: float, spec: str = ".2f") -> str:
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+
+
+def format_report(report: TransferReport) -> str:
+    """The report as a plain-text table: one row per style, then the sets."""
+    how = "fitted on the development styles" if report["fitted"] else "given"
+    lines = [
+        f"Held out: {', '.join(report['held_out']) or 'none'}; min confidence {report['min_confidence']:.2f} ({how}).",
+        f"{'group':<16}{'nights':>7}{'clean':>6}  {'apnoea P/R/F1':<17}{'hypopnoea P/R/F1':<19}"
+        f"{'REI |err|':>10}{'max':>7}{'<=5/h':>7}{'AHI |err|':>10}{'clean ev/h':>11}{'worst':>7}",
+    ]
+    for name, g in report["groups"].items():
+        if name in ("development", "held out", "all"):
+            lines.append("-" * len(lines[1]))
+        ev = g["events"]
+
+        def prf(t: str, ev: dict[str, dict[str, float | int]] = ev) -> str:
+            s = ev.get(t)
+            if not s:
+                return "-"
+            return f"{_fmt(float(s['precision']))}/{_fmt(float(s['recall']))}/{_fmt(float(s['f1']))}"
+
+        lines.append(
+            f"{name:<16}{g['nights']:>7}{g['clean_nights']:>6}  {prf('apnea'):<17}{prf('hypopnea'):<19}"
+            f"{_fmt(g['rei_abs_error'], '.1f'):>10}{_fmt(g['rei_max_error'], '.1f'):>7}"
+            f"{_fmt(100 * g['rei_within_5'], '.0f') + '%':>7}{_fmt(g['ahi_abs_error'], '.1f'):>10}"
+            f"{_fmt(g['clean_false_per_h'], '.1f'):>11}{_fmt(g['clean_max_per_h'], '.1f'):>7}"
+        )
+    return "\n".join(lines)
+
+
+def report_json(report: TransferReport) -> str:
+    """JSON with NaN written as null (a strict reader's JSON)."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float):
+            return x if math.isfinite(x) else None
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        if isinstance(x, np.integer | np.floating):
+            return clean(x.item())
+        return x
+
+    return json.dumps(clean(report), indent=2)
+
+
+def with_settings(settings: DetectorSettings, **changes: Any) -> DetectorSettings:
+    return replace(settings, **changes)
+
+
+def run_transfer(
+    cohorts: str | os.PathLike[str],
+    root: str | os.PathLike[str],
+    held_out: Sequence[str] = DEFAULT_HELD_OUT,
+    build: bool = False,
+    styles: Sequence[str] = DEFAULT_STYLES,
+    nights: int = 2,
+    clean_nights: int = 1,
+    hours: float = 1.0,
+    seed: int = 17,
+    min_confidence: float | None = None,
+    out: str | os.PathLike[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[TransferReport, Path]:
+    """Build (with ``build``) or take the cohorts, score every night, report, and write the JSON to
+    ``out`` or ``<root>/transfer/breathing-transfer.json``."""
+    if build:
+        build_cohorts(cohorts, styles, nights, clean_nights, hours, seed, progress=progress)
+    nights_read = read_nights(cohorts, root, styles=styles if build else None, progress=progress)
+    report = transfer_report(nights_read, held_out, min_confidence)
+    path = Path(out) if out is not None else Path(root) / "transfer" / "breathing-transfer.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report_json(report))
+    return report, path

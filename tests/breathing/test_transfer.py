@@ -1,0 +1,108 @@
+"""The transfer evaluation: matching and per-style sums on hand-made nights, the clean nights' false
+alarm rate, the confidence fitted on development styles only, and the command on a tiny cohort."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from sleepsound.breathing.transfer import NightResult, group_figures, transfer_report
+from sleepsound.cli import app
+
+
+def _ev(start: float, end: float, kind: str, conf: float = 0.9) -> dict:
+    return {"start_s": start, "end_s": end, "type": kind, "confidence": conf}
+
+
+def _night(style: str, kind: str, truth: list, found: list, hours: float = 1.0, sleep_h: float = 1.0) -> NightResult:
+    return {
+        "style": style,
+        "kind": kind,
+        "recording_id": f"{style}-{kind}-{len(truth)}-{len(found)}",
+        "hours": hours,
+        "sleep_hours": sleep_h,
+        "truth": [{"start_s": s, "end_s": e, "type": t} for s, e, t, *_ in truth],
+        "candidates": found,
+        "sleep_mask_s": [(0.0, sleep_h * 3600.0)],
+    }
+
+
+# Style "a": 2 apnoeas (one found), 2 hypopnoeas (both found, once typed apnoea), one false hypopnoea.
+A_EVENTS = _night(
+    "a",
+    "events",
+    [(100, 120, "apnea"), (300, 315, "apnea"), (600, 620, "hypopnea"), (900, 915, "hypopnea")],
+    [_ev(105, 118, "apnea"), _ev(598, 610, "hypopnea"), _ev(905, 920, "apnea"), _ev(1500, 1512, "hypopnea")],
+)
+# A clean half-hour night in style "b" with two false events: 4 per hour; one at low confidence.
+B_CLEAN = _night(
+    "b", "clean", [], [_ev(50, 62, "hypopnea"), _ev(400, 415, "apnea"), _ev(700, 711, "hypopnea", 0.3)], 0.5, 0.5
+)
+B_EVENTS = _night("b", "events", [(100, 120, "apnea")], [_ev(101, 119, "apnea")])
+
+
+def test_matching_and_sums_per_style():
+    g = group_figures([A_EVENTS], 0.5)
+    ap, hy, any_ = g["events"]["apnea"], g["events"]["hypopnea"], g["events"]["any"]
+    assert (ap["scored"], ap["found"], ap["detected"], ap["correct"]) == (2, 1, 2, 1)
+    assert (hy["scored"], hy["found"], hy["detected"], hy["correct"]) == (2, 1, 2, 1)
+    assert any_["found"] == 3 and any_["correct"] == 3 and any_["precision"] == pytest.approx(0.75)
+    assert ap["f1"] == pytest.approx(0.5)
+    assert g["rei_abs_error"] == 0.0 and g["rei_within_5"] == 1.0  # 4 scored, 4 detected in one hour
+    assert math.isnan(g["clean_false_per_h"]) and g["clean_nights"] == 0
+
+
+def test_clean_night_false_alarms_per_hour_and_the_cut():
+    g = group_figures([B_CLEAN, B_EVENTS], 0.5)
+    assert g["clean_nights"] == 1
+    assert g["clean_false_per_h"] == pytest.approx(4.0) and g["clean_max_per_h"] == pytest.approx(4.0)
+    assert g["rei_max_error"] == pytest.approx(4.0) and g["rei_within_5"] == 1.0
+    assert group_figures([B_CLEAN], 0.2)["clean_false_per_h"] == pytest.approx(6.0)  # the low one counts
+    assert group_figures([B_CLEAN], 0.95)["clean_false_per_h"] == 0.0
+
+
+def test_report_per_style_and_held_out_styles_never_fit_the_cut():
+    report = transfer_report([A_EVENTS, B_CLEAN, B_EVENTS], held_out=["b"])
+    assert list(report["groups"]) == ["a", "b", "development", "held out", "all"]
+    assert report["fitted"] and report["groups"]["held out"]["nights"] == 2
+    assert report["groups"]["a"]["events"]["apnea"] == report["groups"]["development"]["events"]["apnea"]
+    # A development night whose one true event is at 0.6, a held-out clean night with false alarms at
+    # 0.65: fitted on the development style the cut keeps the true event; fitted on both, it would
+    # rise above 0.65 to silence the held-out night.
+    dev = _night("d", "events", [(100, 120, "apnea")], [_ev(100, 120, "apnea", 0.6)])
+    held = _night("h", "clean", [], [_ev(t, t + 12, "hypopnea", 0.65) for t in (100, 300, 500)])
+    assert transfer_report([dev, held], held_out=["h"])["min_confidence"] <= 0.6
+    assert transfer_report([dev, held], held_out=[])["min_confidence"] > 0.65
+    with pytest.raises(ValueError, match="held-out style"):
+        transfer_report([A_EVENTS], held_out=["tv-bedroom"])
+    with pytest.raises(ValueError, match="every style is held out"):
+        transfer_report([A_EVENTS], held_out=["a"])
+
+
+def test_command_on_a_tiny_cohort(tmp_path):
+    cohorts, root, out = tmp_path / "cohorts", tmp_path / "root", tmp_path / "report.json"
+    args = ["breathing-eval", str(cohorts), "--root", str(root), "--build", "--styles", "classic,tv-bedroom"]
+    args += ["--held-out", "tv-bedroom", "--nights", "1", "--clean", "1", "--hours", "0.1", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "held out" in result.output and "classic" in result.output
+    report = json.loads(out.read_text())
+    assert report["held_out"] == ["tv-bedroom"] and report["styles"] == ["classic", "tv-bedroom"]
+    assert {g: report["groups"][g]["nights"] for g in ("classic", "tv-bedroom", "all")} == {
+        "classic": 2,
+        "tv-bedroom": 2,
+        "all": 4,
+    }
+    assert report["groups"]["all"]["clean_nights"] == 2
+    clean = [p for p in report["groups"]["all"]["per_night"] if p["kind"] == "clean"]
+    assert [sum(p["n_true"].values()) for p in clean] == [0, 0]  # generated with ahi=0: no event at all
+    assert report["groups"]["all"]["clean_false_per_h"] is not None
+    # The envelopes are cached in the storage root: a second evaluation takes the cohorts as they are.
+    again = CliRunner().invoke(app, [*args[:4], "--held-out", "tv-bedroom", "--min-confidence", "0.6", "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["min_confidence"] == 0.6 and any((root / "breathing").rglob("*.parquet"))
+    missing = CliRunner().invoke(app, ["breathing-eval", str(tmp_path / "none"), "--root", str(root)])
+    assert missing.exit_code == 2 and "no <style>" in " ".join(missing.output.split())
