@@ -3,7 +3,7 @@
 The rules and their defaults (a YAML file given to ``monitor serve --alerts`` changes any of them):
 
 - ``breathing_pause``: a pause of at least 10 s ended by a recovery breath (``breathing.breathing_pauses``
-  over the last 90 s of the stream after every chunk); one alert per pause.
+  over the last 180 s of the stream after every chunk: the batch detector's apnoeas); one alert per pause.
 - ``event_rate``: estimated apnoea-hypopnoea events per hour over the last hour above 30 (severe
   in AASM terms), from the resp head's probabilities as the batch report estimates them
   (P(apnoea-hypopnoea) x events per event epoch); judged once 10 minutes have been scored.
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 class PauseRule(BaseModel):
     enabled: bool = True
     min_pause_s: float = Field(10.0, gt=0)
-    window_s: float = Field(90.0, gt=0)
+    window_s: float = Field(180.0, gt=0)  # the audio the detector reads: the pause and 90 s of breathing before it
 
 
 class EventRateRule(BaseModel):

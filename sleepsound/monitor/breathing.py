@@ -1,7 +1,8 @@
 """Breathing pauses in a stretch of audio, and the tutorial's one-clip answer built on them.
 
-``breathing_pauses`` is the one door to pause detection: today a plain energy-envelope rule
-(the stand-in), tomorrow ``sleepsound.breathing``'s event detector behind the same signature.
+``breathing_pauses`` is the one door to pause detection for the bedside: the batch pipeline's own
+detector (``sleepsound.breathing``) on the audio as the embed stream sees it, so a pause alerted
+at the bedside is an apnoea the night's report counts.
 """
 
 from __future__ import annotations
@@ -11,8 +12,16 @@ from typing import Any
 
 import numpy as np
 
+from sleepsound.breathing.detector import detect_events
+from sleepsound.breathing.envelope import epoch_envelope
+from sleepsound.core.config import PreprocessConfig
+from sleepsound.embed.preprocess import StreamingFilter
+from sleepsound.ingest.quality import sanitise
+
 MIN_PAUSE_S = 10.0  # the scoring manual's apnoea: at least 10 s of cessation
-FRAME_S = 0.1
+# The detector judges a pause against the breathing before it (its noise floor over a minute, the
+# breaths of the last two minutes, a rhythm in the 40 s before): it needs this much audio.
+CONTEXT_S = 90.0
 
 
 @dataclass(frozen=True)
@@ -21,37 +30,33 @@ class Pause:
 
     start_s: float
     end_s: float
+    confidence: float = 1.0
 
     @property
     def seconds(self) -> float:
         return self.end_s - self.start_s
 
 
-def breathing_pauses(audio: np.ndarray, rate: int, min_pause_s: float = MIN_PAUSE_S) -> list[Pause]:
-    """Pauses of at least ``min_pause_s`` ended by a recovery breath (a quiet stretch still running
-    at the end of ``audio`` is not reported: its end is not known yet).
+def breathing_pauses(
+    audio: np.ndarray, rate: int, min_pause_s: float = MIN_PAUSE_S, preprocess: PreprocessConfig | None = None
+) -> list[Pause]:
+    """The detector's apnoeas of at least ``min_pause_s`` in ``audio`` (hypopnoeas are not a pause).
 
-    Stand-in rule: 0.1-s RMS frames; a frame "breathes" when it is above the floor (10th
-    percentile) by 30% of the range to the 95th percentile, in dB; audio whose range is under
-    6 dB shows no breathing at all and yields nothing rather than one long pause.
+    The audio goes through the batch stream's resampler and filter and becomes the same 10-Hz
+    envelope the embed stage caches, so the rules and the confidence cut are the batch ones. An
+    apnoea ends at its recovery breath: one still running at the end of ``audio`` is not reported.
+    With less than ``CONTEXT_S`` of audio before a pause there is too little breathing to judge it.
     """
-    frame = max(1, int(round(FRAME_S * rate)))
-    n = len(audio) // frame
-    if n == 0:
+    cfg = preprocess or PreprocessConfig()
+    if len(audio) < MIN_PAUSE_S * rate:
         return []
-    x = np.asarray(audio[: n * frame], dtype=np.float64).reshape(n, frame)
-    db = 10 * np.log10(np.mean((x - x.mean(axis=1, keepdims=True)) ** 2, axis=1) + 1e-12)
-    floor, peak = np.percentile(db, 10), np.percentile(db, 95)
-    if peak - floor < 6.0:
-        return []
-    breathing = db > floor + 0.3 * (peak - floor)
-    pauses: list[Pause] = []
-    last_breath = None
-    for i in np.flatnonzero(breathing):
-        if last_breath is not None and (i - last_breath - 1) * FRAME_S >= min_pause_s:
-            pauses.append(Pause(round((last_breath + 1) * FRAME_S, 2), round(i * FRAME_S, 2)))
-        last_breath = i
-    return pauses
+    filtered = StreamingFilter(rate, cfg).process(sanitise(np.asarray(audio, dtype=np.float32)), last=True)
+    events = detect_events(epoch_envelope(filtered, cfg.target_rate))
+    return [
+        Pause(float(e["start_s"]), float(e["end_s"]), float(e["confidence"]))
+        for e in events
+        if e["type"] == "apnea" and e["end_s"] - e["start_s"] >= min_pause_s
+    ]
 
 
 def detection(pauses: list[Pause], windows: list[dict[str, Any]]) -> str:

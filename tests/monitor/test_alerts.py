@@ -91,7 +91,7 @@ def test_alerts_from_live_streams_reach_the_stream_and_a_webhook_that_was_down(l
     try:
         with httpx.Client(timeout=60) as client:
             sessions = {}
-            for name, audio in (("silent", np.zeros(100 * RATE, dtype=np.float32)), ("pause", _breaths(60, (20, 36)))):
+            for name, audio in (("silent", np.zeros(100 * RATE, dtype=np.float32)), ("pause", _breaths(120, (60, 76)))):
                 opened = client.post(f"{live.base}/v1/sessions", json={"bed_id": f"bed-{name}"}).json()
                 auth = {"Authorization": f"Bearer {opened['token']}"}
                 sessions[name] = opened["session_id"]
@@ -117,7 +117,7 @@ def test_alerts_from_live_streams_reach_the_stream_and_a_webhook_that_was_down(l
                 assert time.monotonic() < deadline, rules
                 time.sleep(0.2)
             pause = next(a for a in alerts if a["rule"] == "breathing_pause")
-            assert pause["start_s"] == pytest.approx(17.5, abs=0.3) and pause["end_s"] == pytest.approx(36.0, abs=0.3)
+            assert pause["start_s"] == pytest.approx(57.5, abs=0.3) and pause["end_s"] == pytest.approx(76.0, abs=0.3)
             assert pause["bed_id"] == "bed-pause" and pause["evidence"]["pause_s"] == pytest.approx(18.5, abs=0.5)
             sensor = next(a for a in alerts if a["rule"] == "sensor")
             assert sensor["start_s"] == 0.0 and "zero RMS" in sensor["evidence"]["last_reason"]

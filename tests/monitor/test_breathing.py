@@ -37,22 +37,26 @@ def _flac(audio: np.ndarray, rate: int = RATE) -> bytes:
 
 
 def test_pauses_are_found_with_their_recovery_breath() -> None:
-    audio = _breaths(60, (20.0, 36.0))
+    """The batch detector's apnoeas (from the last breath to the recovery breath), given the 90 s of
+    breathing before a pause that it judges the pause against."""
+    audio = _breaths(120, (60.0, 76.0))
     (pause,) = breathing_pauses(audio, RATE)
-    assert pause.start_s == pytest.approx(17.5, abs=0.2) and pause.end_s == pytest.approx(36.0, abs=0.2)
-    assert breathing_pauses(_breaths(60, None), RATE) == []
-    assert breathing_pauses(np.zeros(60 * RATE, dtype=np.float32), RATE) == []  # no breathing seen at all: no guess
+    assert pause.start_s == pytest.approx(57.5, abs=0.3) and pause.end_s == pytest.approx(76.0, abs=0.3)
+    assert 0.7 <= pause.confidence <= 1.0
+    assert breathing_pauses(_breaths(120, None), RATE) == []
+    assert breathing_pauses(np.zeros(120 * RATE, dtype=np.float32), RATE) == []  # no breathing seen at all: no guess
+    assert breathing_pauses(_breaths(120, (60.0, 66.0)), RATE) == []  # 6 s is not an apnoea
 
 
 def test_analyze_breathing_answers_like_the_tutorial(trained: Trained, live: Live) -> None:
-    clip = _flac(_breaths(60, (20.0, 36.0)))
+    clip = _flac(_breaths(120, (60.0, 76.0)))
     with httpx.Client(timeout=60) as client:
         form = client.post(f"{live.base}/analyze-breathing", files={"file": ("clip.flac", clip, "audio/flac")})
         assert form.status_code == 200, form.text
         out = form.json()
         assert out["status"] == "success" and out["detection"] == "Apnea Alert"
-        assert len(out["pauses"]) == 1 and out["pauses"][0]["end_s"] == pytest.approx(36.0, abs=0.2)
-        assert [w["start_s"] for w in out["windows"]] == [0.0, 30.0]
+        assert len(out["pauses"]) == 1 and out["pauses"][0]["end_s"] == pytest.approx(76.0, abs=0.3)
+        assert [w["start_s"] for w in out["windows"]] == [0.0, 30.0, 60.0, 90.0]
         assert set(out["probabilities"]) == {"snoring", "apnea", "normal"}
         raw = client.post(f"{live.base}/analyze-breathing?name=clip.flac", content=clip).json()
         assert raw["windows"] == out["windows"] and raw["pauses"] == out["pauses"]
