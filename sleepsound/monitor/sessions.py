@@ -6,6 +6,8 @@ Where things live (a local storage root; the service holds ``monitor/serve.lock`
     monitor/sessions/<session-id>/session.json    bed, token hash, stream journal (atomic rewrite per chunk)
     monitor/sessions/<session-id>/spool/<seq>.audio   a chunk's bytes until the epochs it feeds are scored
     monitor/sessions/<session-id>/epochs.jsonl    scored epochs, one prediction row a line (fsync'd)
+    monitor/sessions/<session-id>/envelopes.bin   each cut epoch's breathing envelope (fsync'd): the night's
+                                                  event table at publication
     runs/monitor-<session-id>/                    predictions, summaries, metrics, report, as ``score`` writes
 
 Why this is safe to write beside batch runs: ``monitor/`` belongs to the service alone, and the
@@ -29,6 +31,7 @@ import logging
 import os
 import secrets
 import shutil
+import struct
 import threading
 import time
 import uuid
@@ -39,6 +42,9 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from sleepsound.breathing.detector import detect_events
+from sleepsound.breathing.envelope import FEATURES, empty_envelope, frames_per_epoch, night_envelope
+from sleepsound.breathing.store import write_events
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
 from sleepsound.core.records import FlowSummary
@@ -51,6 +57,7 @@ from sleepsound.monitor.scoring import Scorer
 from sleepsound.monitor.stream import NightStream, Piece
 
 log = logging.getLogger(__name__)
+ENVELOPES = "envelopes.bin"
 State = Literal["open", "ending", "ended", "published"]
 KEEP = ("epoch_index", "stage_pred", "resp_pred", "prob_apnea_hypopnea", "prob_snore")  # what rules and dashboard read
 
@@ -309,6 +316,7 @@ class Monitor:
             cut, session.cut = session.cut, []
             final = session.state == "ending" and not session.cut
         if cut:
+            _append_envelopes(self.dir / session.id / ENVELOPES, cut)
             for e in cut:
                 session.reasons[e.index] = e.reason
                 session.clipped[e.index] = e.quality.clipped_fraction
@@ -368,7 +376,10 @@ class Monitor:
                     f"{predictions}/recording_id={session.id}/part-0.parquet",
                     table.drop_columns(["recording_id"]),
                 )
-                if rows:
+                if rows:  # the night's breathing events, as `score` writes them (the summaries read them)
+                    spool = self.dir / session.id / ENVELOPES
+                    events = detect_events(*_night_envelope(spool, len(rows), self.cfg.preprocess.epoch_seconds))
+                    write_events(store, run_id, session.id, events)
                     reported = write_run_outputs(
                         store, run_id, self.scorer.model, {"run_id": run_id, "flow": "monitor"}, self.cfg
                     )
@@ -489,6 +500,34 @@ class Monitor:
         with contextlib.suppress(OSError):
             fcntl.flock(self._lock_handle, fcntl.LOCK_UN)
             self._lock_handle.close()
+
+
+def _append_envelopes(path: Path, epochs: list[Epoch]) -> None:
+    """Each cut epoch's breathing envelope as a fixed-size record (index, valid, float32 frames),
+    synced: the night's event table is detected from them when it is published, after a restart too."""
+    with path.open("ab") as handle:
+        for e in epochs:
+            if e.envelope is not None:
+                handle.write(struct.pack("<i?", e.index, e.valid) + np.ascontiguousarray(e.envelope, "<f4").tobytes())
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _night_envelope(path: Path, n_epochs: int, epoch_seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """The night's envelope ``[frames, FEATURES]`` and per-frame validity for epochs ``[0, n_epochs)``;
+    an epoch cut twice (a restart cuts again from the last scored one) keeps its last record, a
+    record torn by a crash is dropped, and an epoch without one is invalid."""
+    per = frames_per_epoch(epoch_seconds)
+    size = struct.calcsize("<i?") + per * len(FEATURES) * 4
+    data = path.read_bytes() if path.exists() else b""
+    epochs: dict[int, tuple[bool, np.ndarray]] = {}
+    for start in range(0, len(data) - size + 1, size):
+        index, valid = struct.unpack_from("<i?", data, start)
+        frames = np.frombuffer(data, "<f4", per * len(FEATURES), start + struct.calcsize("<i?"))
+        epochs[index] = (valid, frames.reshape(per, len(FEATURES)))
+    env = night_envelope([epochs[i][1] if i in epochs else empty_envelope(epoch_seconds) for i in range(n_epochs)], per)
+    valid = np.repeat([i in epochs and epochs[i][0] for i in range(n_epochs)], per)
+    return env, valid
 
 
 def _append_rows(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -90,7 +90,12 @@ class NightStream:
         if self._cutter is None:
             assert self.rate is not None
             self._cutter = EpochCutter(
-                self.rate, self.cfg, self.full_scale, first_index=self.first_epoch, emit_from=self.emit_from
+                self.rate,
+                self.cfg,
+                self.full_scale,
+                first_index=self.first_epoch,
+                emit_from=self.emit_from,
+                envelope=True,  # for the night's event table (sessions: envelopes.bin)
             )
         return self._cutter
 

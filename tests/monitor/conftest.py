@@ -65,6 +65,7 @@ class Trained:
     tiny_whisper: str
     night: np.ndarray  # the streamed night's samples (float32, exactly what its FLAC decodes to)
     batch: pd.DataFrame  # that night's batch predictions, by epoch
+    batch_events: pd.DataFrame  # that night's batch event table (breathing events)
 
 
 @pytest.fixture(scope="session")
@@ -83,16 +84,18 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_whisper: str) -> Trai
 
     night_dir = tmp / "night"
     generate_cohort(
-        night_dir, n_subjects=1, hours=0.1, seed=77, sample_rate=NIGHT_RATE, layout="plain", cycle_minutes=6
-    )
+        night_dir, n_subjects=1, hours=0.1, seed=77, sample_rate=NIGHT_RATE, layout="plain", cycle_minutes=6, ahi=45.0
+    )  # breathing events in 6 minutes, for the event table
     # batch `score` of that night: ingest -> embed -> champions -> predict
     _ingest_and_embed(night_dir, str(root), cfg, shifted=False)
     predict_recordings(str(root), cfg, "batch", serving_with_unseen(str(root)), read_manifest(str(root)))
     batch = read_predictions(str(root), "batch").sort_values("epoch_index").reset_index(drop=True)
+    (events,) = (root / "runs" / "batch" / "events").glob("recording_id=*/part-0.parquet")
     flac = next(night_dir.rglob("*.flac"))
     night, rate = sf.read(flac, dtype="float32")
     assert rate == NIGHT_RATE
-    return Trained(champions, cfg, tiny_whisper, night if night.ndim == 1 else night[:, 0], batch)
+    night = night if night.ndim == 1 else night[:, 0]
+    return Trained(champions, cfg, tiny_whisper, night, batch, pd.read_parquet(events))
 
 
 @pytest.fixture

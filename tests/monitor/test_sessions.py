@@ -90,6 +90,9 @@ def test_a_night_streamed_in_chunks_scores_as_batch_score_and_lands_as_a_run(tra
     published = pd.read_parquet(run / "predictions" / f"recording_id={sid}" / "part-0.parquet")
     assert published["epoch_index"].tolist() == trained.batch["epoch_index"].tolist()
     assert (run / "summaries" / "summaries.parquet").exists() and (run / "report" / "index.html").exists()
+    events = pd.read_parquet(run / "events" / f"recording_id={sid}" / "part-0.parquet")  # as `score` finds them
+    assert len(trained.batch_events) >= 2 and events["type"].tolist() == trained.batch_events["type"].tolist()
+    np.testing.assert_allclose(events[["start_s", "end_s"]], trained.batch_events[["start_s", "end_s"]], atol=0.2)
     record = json.loads((run / "run.json").read_text())
     assert record["flow"] == "monitor" and record["counts"]["epochs"] == len(trained.batch)
     assert record["models"]["stage3"] == trained.batch["model_version"].iloc[0]
