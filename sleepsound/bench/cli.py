@@ -344,6 +344,7 @@ def bench_monitor(
     ] = None,
     as_json: BenchJsonOpt = False,
     workdir: BenchWorkdirOpt = None,
+    ramp: Annotated[bool, typer.Option(help="Run 1, 2, 4, ... beds up to --beds; --no-ramp: --beds only.")] = True,
 ) -> None:
     """Replay synthetic nights against a live monitor server: beds held in real time, alert latency, memory."""
     from sleepsound.monitor.bench import run_monitor_bench
@@ -352,7 +353,7 @@ def bench_monitor(
         as_json,
         f"monitor benchmark: up to {beds} beds, {minutes:g}-min nights at {speed:g}x real time",
         lambda: run_monitor_bench(
-            root, beds, minutes, speed, chunk_seconds, overrides=list(overrides or []), workdir=workdir
+            root, beds, minutes, speed, chunk_seconds, overrides=list(overrides or []), workdir=workdir, ramp=ramp
         ),
     )
     if result is None:

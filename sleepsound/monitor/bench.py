@@ -243,15 +243,17 @@ def run_monitor_bench(
     overrides: list[str] | None = None,
     max_lag_epochs: int = 2,
     workdir: Path | None = None,
+    ramp: bool = True,
 ) -> dict[str, Any]:
     """Runs with 1, 2, 4, ... ``beds`` beds (each on a fresh copy of ``root``'s models); stops after the
-    first run that did not keep up. Returns every run and the most beds held."""
+    first run that did not keep up. ``ramp`` False: the one run with ``beds`` beds (a goal's check
+    without the smaller runs' time). Returns every run and the most beds held."""
     import shutil
 
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="sleepsound-bench-monitor-"))
     work.mkdir(parents=True, exist_ok=True)
     nights = _nights(beds, minutes, sample_rate, seed, work)
-    counts = sorted({*(2**i for i in range(beds.bit_length()) if 2**i < beds), beds})
+    counts = sorted({*(2**i for i in range(beds.bit_length()) if 2**i < beds), beds}) if ramp else [beds]
     runs = []
     for n in counts:
         run_root = work / f"root-{n}"
