@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from sleepsound.breathing.detector import detect_events
-from sleepsound.breathing.envelope import epoch_envelope
+from sleepsound.breathing.envelope import FEATURES, FRAME_SECONDS, epoch_envelope
 from sleepsound.core.config import PreprocessConfig
 from sleepsound.embed.preprocess import StreamingFilter
 from sleepsound.ingest.quality import sanitise
@@ -37,26 +37,66 @@ class Pause:
         return self.end_s - self.start_s
 
 
+class PauseWatch:
+    """The pause rule's view of one stream: its breathing envelope, made chunk by chunk.
+
+    Why not keep the raw audio and run the detector over it after every chunk: a bed would hold
+    minutes of samples (11.5 MB for 180 s at 16 kHz) and re-filter them per chunk, so 20 beds
+    posting at once would hold gigabytes for a moment. Here each chunk goes once through the batch
+    stream's resampler and filter (state carried), becomes 10-Hz envelope frames (4 numbers each),
+    and only the last ``keep_s`` of frames are kept (29 KB for 180 s); the detector runs on those.
+    """
+
+    def __init__(self, rate: float, keep_s: float, preprocess: PreprocessConfig | None = None) -> None:
+        self.cfg = preprocess or PreprocessConfig()
+        self.rate = rate
+        self.keep = max(1, int(round(keep_s / FRAME_SECONDS)))
+        self.start_s = 0.0  # the stream's time of the first kept frame
+        self._filter = StreamingFilter(rate, self.cfg)
+        self._rest = np.zeros(0, dtype=np.float32)  # filtered samples short of a whole frame
+        self._frames = np.zeros((0, len(FEATURES)), dtype=np.float32)
+
+    def push(self, audio: np.ndarray) -> None:
+        filtered = self._filter.process(sanitise(np.asarray(audio, dtype=np.float32)))
+        x = np.concatenate([self._rest, filtered]) if len(self._rest) else filtered
+        frame = int(round(FRAME_SECONDS * self.cfg.target_rate))
+        whole = len(x) - len(x) % frame
+        self._rest = x[whole:].copy()
+        frames = np.concatenate([self._frames, epoch_envelope(x[:whole], self.cfg.target_rate)])
+        drop = max(0, len(frames) - self.keep)
+        self.start_s += drop * FRAME_SECONDS
+        self._frames = frames[drop:]
+
+    def restart(self, at_s: float) -> None:
+        """After a gap: what comes next is not continuous with what came before."""
+        self.__init__(self.rate, self.keep * FRAME_SECONDS, self.cfg)  # type: ignore[misc]
+        self.start_s = at_s
+
+    def pauses(self, min_pause_s: float = MIN_PAUSE_S) -> list[Pause]:
+        """The detector's apnoeas of at least ``min_pause_s`` among the kept frames, in stream seconds;
+        one still running at the end is not reported (its recovery breath has not come)."""
+        return [
+            Pause(round(self.start_s + e["start_s"], 2), round(self.start_s + e["end_s"], 2), float(e["confidence"]))
+            for e in detect_events(self._frames)
+            if e["type"] == "apnea" and e["end_s"] - e["start_s"] >= min_pause_s
+        ]
+
+
 def breathing_pauses(
     audio: np.ndarray, rate: int, min_pause_s: float = MIN_PAUSE_S, preprocess: PreprocessConfig | None = None
 ) -> list[Pause]:
-    """The detector's apnoeas of at least ``min_pause_s`` in ``audio`` (hypopnoeas are not a pause).
+    """The detector's apnoeas of at least ``min_pause_s`` in one clip (hypopnoeas are not a pause).
 
     The audio goes through the batch stream's resampler and filter and becomes the same 10-Hz
-    envelope the embed stage caches, so the rules and the confidence cut are the batch ones. An
-    apnoea ends at its recovery breath: one still running at the end of ``audio`` is not reported.
+    envelope the embed stage caches, so the rules and the confidence cut are the batch ones.
     With less than ``CONTEXT_S`` of audio before a pause there is too little breathing to judge it.
     """
-    cfg = preprocess or PreprocessConfig()
     if len(audio) < MIN_PAUSE_S * rate:
         return []
-    filtered = StreamingFilter(rate, cfg).process(sanitise(np.asarray(audio, dtype=np.float32)), last=True)
-    events = detect_events(epoch_envelope(filtered, cfg.target_rate))
-    return [
-        Pause(float(e["start_s"]), float(e["end_s"]), float(e["confidence"]))
-        for e in events
-        if e["type"] == "apnea" and e["end_s"] - e["start_s"] >= min_pause_s
-    ]
+    watch = PauseWatch(rate, len(audio) / rate + 1.0, preprocess)
+    watch.push(audio)
+    watch.push(np.zeros(0, dtype=np.float32))
+    return watch.pauses(min_pause_s)
 
 
 def detection(pauses: list[Pause], windows: list[dict[str, Any]]) -> str:

@@ -51,7 +51,6 @@ from sleepsound.core.records import FlowSummary
 from sleepsound.core.storage import full_uri, is_local, open_root, write_synced_aside, write_table
 from sleepsound.embed.preprocess import Epoch
 from sleepsound.monitor.alerts import AlertRules, Alerts
-from sleepsound.monitor.breathing import breathing_pauses
 from sleepsound.monitor.limits import AudioLimits, BoundedWorker, Busy, Refused, decode_audio
 from sleepsound.monitor.scoring import Scorer
 from sleepsound.monitor.stream import NightStream, Piece
@@ -271,14 +270,12 @@ class Monitor:
         session.stream.tail_seconds = rule.window_s if rule.enabled else 0.0
 
     def _pauses(self, session: Session) -> None:
-        """The pause rule over the stream's recent audio (under the session's lock, after a chunk)."""
-        stream = session.stream
-        start, audio = stream.recent_audio()
-        if not stream.tail_seconds or stream.rate is None or not len(audio):
+        """The pause rule over the stream's recent breathing envelope (under the session's lock, after a chunk)."""
+        watch = session.stream.watch
+        if watch is None:
             return
-        found = breathing_pauses(audio, stream.rate, self.alerts.rules.breathing_pause.min_pause_s)
-        offset = start / stream.rate
-        self.alerts.on_chunk(session.id, session.bed_id, [(offset + p.start_s, offset + p.end_s) for p in found])
+        found = watch.pauses(self.alerts.rules.breathing_pause.min_pause_s)
+        self.alerts.on_chunk(session.id, session.bed_id, [(p.start_s, p.end_s) for p in found])
 
     def _epoch_rules(self, session: Session, rows: list[dict[str, Any]]) -> None:
         trimmed = [{k: row.get(k) for k in KEEP} for row in rows]

@@ -19,6 +19,7 @@ import numpy as np
 
 from sleepsound.core.config import PreprocessConfig
 from sleepsound.embed.preprocess import Epoch, EpochCutter
+from sleepsound.monitor.breathing import PauseWatch
 from sleepsound.monitor.limits import Refused
 
 MISSING = "missing_audio"
@@ -77,9 +78,8 @@ class NightStream:
         self.first_epoch = first_epoch
         self.emit_from = emit_from
         self._cutter: EpochCutter | None = None
-        self.tail_seconds = 0.0  # how much recent in-order audio to keep for the pause rule (0: none)
-        self._tail = np.zeros(0, dtype=np.float32)
-        self._tail_start = 0  # the night's sample index of _tail[0]
+        self.tail_seconds = 0.0  # how much of the stream the pause rule reads (0: no pause rule)
+        self.watch: PauseWatch | None = None  # its breathing envelope, made as chunks are fed
 
     @property
     def raw_epoch(self) -> int:
@@ -155,22 +155,18 @@ class NightStream:
             return []
         return self._marked(list(self.cutter().push(samples[skip:])))
 
-    def recent_audio(self) -> tuple[int, np.ndarray]:
-        """(the night's sample index where it starts, the last ``tail_seconds`` of audio since the last gap)."""
-        return self._tail_start, self._tail
-
     def _keep_tail(self, audio: np.ndarray | None) -> None:
+        """Feed the pause rule's envelope (``monitor.breathing.PauseWatch``), which restarts after a gap:
+        what came before it is not continuous with what follows."""
         if not self.tail_seconds or self.rate is None:
             return
-        if audio is None:  # a gap: what came before it is not continuous with what follows
-            self._tail, self._tail_start = np.zeros(0, dtype=np.float32), self.night_samples
-            return
-        if not len(self._tail):
-            self._tail_start = self.night_samples
-        joined = np.concatenate([self._tail, audio])
-        keep = int(self.tail_seconds * self.rate)
-        self._tail_start += max(0, len(joined) - keep)
-        self._tail = joined[-keep:]
+        if self.watch is None:
+            self.watch = PauseWatch(self.rate, self.tail_seconds, self.cfg)
+            self.watch.start_s = self.night_samples / self.rate
+        if audio is None:
+            self.watch.restart(self.night_samples / self.rate)
+        else:
+            self.watch.push(audio)
 
     def _feed(self, seq: int, audio: np.ndarray) -> list[Epoch]:
         self.pieces.append(Piece(seq, self.night_samples, len(audio)))

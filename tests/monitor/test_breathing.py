@@ -48,6 +48,27 @@ def test_pauses_are_found_with_their_recovery_breath() -> None:
     assert breathing_pauses(_breaths(120, (60.0, 66.0)), RATE) == []  # 6 s is not an apnoea
 
 
+def test_a_stream_finds_the_pause_when_its_recovery_breath_arrives_keeping_only_the_envelope() -> None:
+    from sleepsound.monitor.breathing import PauseWatch
+
+    audio = _breaths(260, (200.0, 216.0))
+    watch = PauseWatch(RATE, keep_s=180)
+    step = 7 * RATE
+    found_at = None
+    for start in range(0, len(audio), step):
+        watch.push(audio[start : start + step])
+        assert watch.pauses() == [] or found_at is not None or start + step >= 216 * RATE
+        if found_at is None and watch.pauses():
+            found_at = (start + step) / RATE
+    assert found_at == pytest.approx(217.0, abs=7)  # the chunk holding the recovery breath (at 216 s)
+    (pause,) = watch.pauses()
+    (whole,) = breathing_pauses(audio, RATE)
+    assert pause.start_s == pytest.approx(whole.start_s, abs=0.2) and pause.end_s == pytest.approx(whole.end_s, abs=0.2)
+    assert watch.start_s == pytest.approx(80.0, abs=0.2)  # 180 s of 10-Hz frames kept, nothing older
+    watch.restart(at_s=300.0)  # a gap: nothing before it counts
+    assert watch.pauses() == [] and watch.start_s == 300.0
+
+
 def test_analyze_breathing_answers_like_the_tutorial(trained: Trained, live: Live) -> None:
     clip = _flac(_breaths(120, (60.0, 76.0)))
     with httpx.Client(timeout=60) as client:
