@@ -5,9 +5,7 @@ finished night's report. Screenshots go to $SLEEPSOUND_TEST_ARTEFACTS when set."
 from __future__ import annotations
 
 import hashlib
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +18,6 @@ from tests.monitor.conftest import Live
 from tests.monitor.test_alerts import _chunks
 from tests.monitor.test_breathing import _breaths
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 TOKEN = "operator-secret-token"
 SETTINGS = Settings(
     operator_token_hash=hashlib.sha256(TOKEN.encode()).hexdigest(),
@@ -31,24 +27,11 @@ SETTINGS = Settings(
 )
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as play:
-        chromium = play.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield chromium
-        chromium.close()
-
-
 @pytest.mark.parametrize("live", [SETTINGS], indirect=True)
 def test_the_dashboard_shows_a_bed_its_night_and_its_alert_and_acknowledges_it(
-    live: Live, browser: Any, tmp_path: Path
+    live: Live, browser: Any, artefacts: Path
 ) -> None:
-    shots = Path(os.environ.get("SLEEPSOUND_TEST_ARTEFACTS") or tmp_path)
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = artefacts
     operator = {"Authorization": f"Bearer {TOKEN}"}
     page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone
     try:

@@ -7,8 +7,6 @@ installs it). Screenshots go to $SLEEPSOUND_TEST_ARTEFACTS when set, else a pyte
 from __future__ import annotations
 
 import io
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +26,6 @@ from sleepsound.report.summaries import night_summary
 from tests.report.conftest import write_events
 from tests.report.test_night import MODEL
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 WIDTHS = {"phone": 390, "desktop": 1280}
 
 # Elements wider than the viewport, outside the scroll containers wide tables live in.
@@ -50,26 +39,6 @@ OVERFLOW_JS = """() => {
   }
   return {scroll: document.documentElement.scrollWidth, width: w, wide: out.slice(0, 5)};
 }"""
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (as root: apt-get install -y chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as play:
-        chromium = play.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture(scope="session")
-def artefacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = os.environ.get("SLEEPSOUND_TEST_ARTEFACTS")
-    path = Path(folder) if folder else tmp_path_factory.mktemp("report-screenshots")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @pytest.fixture(scope="session")
