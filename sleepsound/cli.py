@@ -377,14 +377,14 @@ def score(
     as_json: JsonOpt = False,
 ) -> None:
     """Score a cohort with the registered models (champions by default): validate, embed, predict, report."""
+    from sleepsound.registry.serving import parse_versions
+
     cfg = _load_config(config, overrides)
-    versions = {}
-    for item in model or []:
-        task, sep, version = item.partition("=")
-        if not sep or not task or not version:
-            console.print(f"[red]--model takes TASK=VERSION, got {item!r}[/red]")
-            raise typer.Exit(2)
-        versions[task] = version
+    try:
+        versions = parse_versions(model)
+    except ValueError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(2) from exc
     result = _run_flow(source, root, cfg.model_dump(), ray_address, run_id, flow="score", versions=versions)
     _print_results(result, as_json)
 

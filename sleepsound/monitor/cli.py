@@ -64,14 +64,13 @@ def serve(
     from sleepsound.monitor.app import Settings, create_app
     from sleepsound.monitor.limits import serve as run_server
     from sleepsound.monitor.limits import service_logging
+    from sleepsound.registry.serving import parse_versions
 
     cfg = _load_config(config, overrides)
-    versions = {}
-    for item in model or []:
-        task, sep, version = item.partition("=")
-        if not sep or not task or not version:
-            raise _fail(f"--model takes TASK=VERSION, got {item!r}")
-        versions[task] = version
+    try:
+        versions = parse_versions(model)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
     operator = os.environ.get(operator_token_env) or None
     if host not in LOOPBACK and operator is None:
         raise _fail(

@@ -12,6 +12,17 @@ from sleepsound.ingest.manifest import labelled_manifest, read_manifest
 from sleepsound.registry import store as model_store
 
 
+def parse_versions(items: list[str] | None) -> dict[str, str]:
+    """``--model TASK=VERSION`` options as {task: version}; ValueError naming a malformed one."""
+    versions: dict[str, str] = {}
+    for item in items or []:
+        task, sep, version = item.partition("=")
+        if not sep or not task or not version:
+            raise ValueError(f"--model takes TASK=VERSION, got {item!r}")
+        versions[task] = version
+    return versions
+
+
 def serving_with_unseen(root: RootLike, versions: dict[str, str] | None = None) -> TrainedModels:
     """The serving models, with ``test_subjects``: labelled subjects outside their training side."""
     store = open_root(root)
