@@ -25,6 +25,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Header, Request
@@ -78,6 +79,10 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     expiry_check_s: float = 5.0
     rules: AlertRules = field(default_factory=AlertRules)
+    # Off by default: audio is health data and is held only as long as scoring needs it. A folder
+    # here keeps each finished night's audio there as <session-id>.flac, a plain recording that
+    # `validate`, `score` and `nightly --source FOLDER` read like any other night.
+    keep_audio: str | None = None
 
 
 class SessionCreate(BaseModel):
@@ -148,6 +153,7 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
         settings.rate_per_s,
         settings.burst,
         settings.rules,
+        Path(settings.keep_audio) if settings.keep_audio else None,
     )
 
     @contextlib.asynccontextmanager

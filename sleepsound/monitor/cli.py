@@ -55,6 +55,13 @@ def serve(
     alerts: Annotated[
         Optional[Path], typer.Option(help="YAML file of alert rules and webhooks (see sleepsound/monitor/alerts.py).")
     ] = None,
+    keep_audio: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Keep each finished night's audio here as <session-id>.flac (health data: off by default), "
+            "a plain recording for validate, score and nightly --source."
+        ),
+    ] = None,
 ) -> None:
     """Serve the monitoring API (POST /v1/sessions, chunks, DELETE; POST /analyze-breathing; GET /health)."""
     from pydantic import ValidationError
@@ -82,6 +89,7 @@ def serve(
     except (OSError, ValueError, ValidationError) as exc:
         raise _fail(f"alert rules {alerts}: {exc}") from exc
     settings = Settings(
+        keep_audio=str(keep_audio) if keep_audio else None,
         rules=rules,
         host=host,
         max_sessions=max_sessions,

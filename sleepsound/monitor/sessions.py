@@ -8,6 +8,8 @@ Where things live (a local storage root; the service holds ``monitor/serve.lock`
     monitor/sessions/<session-id>/epochs.jsonl    scored epochs, one prediction row a line (fsync'd)
     monitor/sessions/<session-id>/envelopes.bin   each cut epoch's breathing envelope (fsync'd): the night's
                                                   event table at publication
+    monitor/sessions/<session-id>/kept.jsonl      with --keep-audio only: scored pieces whose spool files
+                                                  wait to become <keep-audio>/<session-id>.flac
     runs/monitor-<session-id>/                    predictions, summaries, metrics, report, as ``score`` writes
 
 Why this is safe to write beside batch runs: ``monitor/`` belongs to the service alone, and the
@@ -57,6 +59,7 @@ from sleepsound.monitor.stream import NightStream, Piece
 
 log = logging.getLogger(__name__)
 ENVELOPES = "envelopes.bin"
+KEPT = "kept.jsonl"  # with keep_audio: the pieces scored already, whose spool files wait for publication
 State = Literal["open", "ending", "ended", "published"]
 KEEP = ("epoch_index", "stage_pred", "resp_pred", "prob_apnea_hypopnea", "prob_snore")  # what rules and dashboard read
 
@@ -135,6 +138,7 @@ class Monitor:
         rate: float = 5.0,
         burst: float = 20.0,
         rules: AlertRules | None = None,
+        keep_audio: Path | None = None,
     ) -> None:
         store = open_root(root)
         if not is_local(root):
@@ -148,6 +152,9 @@ class Monitor:
         except BlockingIOError:
             raise RuntimeError(f"{root}: another monitor service is serving this root") from None
         self.cfg = cfg
+        self.keep_audio = keep_audio
+        if keep_audio is not None:
+            keep_audio.mkdir(parents=True, exist_ok=True)
         self.scorer = scorer
         self.limits = limits
         self.max_sessions = max_sessions
@@ -334,7 +341,9 @@ class Monitor:
             with session.lock:
                 gone = session.stream.keep_from(max(0, session.scored - h))
                 self._save(session)
-            for piece in gone:
+            if self.keep_audio is not None:  # the night's audio is kept: its pieces wait for publication
+                _append_rows(self.dir / session.id / KEPT, [asdict(piece) for piece in gone])
+            for piece in [] if self.keep_audio is not None else gone:
                 with contextlib.suppress(FileNotFoundError):
                     (self.dir / session.id / "spool" / f"{piece.seq}.audio").unlink()
         if final or session.state == "ended":
@@ -388,12 +397,36 @@ class Monitor:
             with session.lock:
                 self._save(session)
             return
+        if self.keep_audio is not None:
+            self._keep_night(session)
         session.run_id = run_id
         session.state = "published"
         with session.lock:
             self._save(session)
         shutil.rmtree(self.dir / session.id / "spool", ignore_errors=True)
         log.info("session %s published: %d epochs", session.id, len(rows))
+
+    def _keep_night(self, session: Session) -> None:
+        """The night's audio as ``<keep_audio>/<session-id>.flac``, in order, missing chunks as silence,
+        written aside and renamed into place: a plain recording the batch side reads."""
+        import soundfile as sf
+
+        stream = session.stream
+        if stream.rate is None:
+            return
+        pieces = {Piece(**row).seq: Piece(**row) for row in _read_rows(self.dir / session.id / KEPT)}
+        pieces.update({p.seq: p for p in stream.pieces})
+        out = self.keep_audio / f"{session.id}.flac"  # type: ignore[operator]
+        partial = out.with_suffix(".flac.partial")
+        with sf.SoundFile(partial, "w", samplerate=stream.rate, channels=1, format="FLAC", subtype="PCM_16") as night:
+            for piece in sorted(pieces.values(), key=lambda p: p.start):
+                if piece.missing:
+                    night.write(np.zeros(piece.samples, dtype=np.float32))
+                    continue
+                data = (self.dir / session.id / "spool" / f"{piece.seq}.audio").read_bytes()
+                audio, _, _ = decode_audio(data, f"chunk {piece.seq}", self.limits, self.scorer.channel_index)
+                night.write(audio[: piece.samples])
+        os.replace(partial, out)
 
     # ------------------------------------------------------------------ persistence
 

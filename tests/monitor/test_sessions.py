@@ -7,11 +7,13 @@ httpx client over real HTTP, a server subprocess killed with SIGKILL mid-night.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +21,9 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import soundfile as sf
 
+from sleepsound.monitor.app import Settings
 from sleepsound.monitor.stream import MISSING
 from tests.monitor.conftest import NIGHT_RATE, Live, Trained, config_overrides, flac_chunks, free_port
 
@@ -207,3 +211,37 @@ def test_a_server_killed_mid_night_resumes_the_session_and_loses_nothing(
     assert "resumed 1 session(s)" in text and "Traceback" not in text
     assert "bed-7" not in text and auth["Authorization"][7:] not in text
     assert np.isfinite(pd.DataFrame(streamed)["prob_wake"].to_numpy(float)).all()
+
+
+KEPT = Path(tempfile.gettempdir()) / "sleepsound-test-kept-nights"
+KEEP = Settings(rate_per_s=1000.0, burst=1000, keep_audio=str(KEPT))
+
+
+@pytest.mark.parametrize("live", [KEEP], indirect=True)
+def test_a_night_kept_by_the_operator_lands_as_a_plain_recording_the_batch_side_reads(
+    trained: Trained, live: Live, tmp_path: Path
+) -> None:
+    """Off by default (no audio kept: the other tests check the spool is gone); with --keep-audio the
+    night, missing chunks as silence, is a FLAC the batch side validates like any night."""
+    night = trained.night[: 150 * NIGHT_RATE]
+    chunks = flac_chunks(night, NIGHT_RATE, 10.0)
+    with httpx.Client(timeout=60) as client:
+        sid, auth = _open(client, live.base)
+        for i in [i for i in range(len(chunks)) if i != 4]:  # chunk 4 (40-50 s) never arrives
+            client.post(f"{live.base}/v1/sessions/{sid}/chunks/{i}", content=chunks[i], headers=auth)
+        client.delete(f"{live.base}/v1/sessions/{sid}", headers=auth)
+        _wait_published(client, live.base, sid, auth)
+    source = tmp_path / "kept"
+    source.mkdir()
+    os.replace(KEPT / f"{sid}.flac", source / f"{sid}.flac")
+    kept, rate = sf.read(source / f"{sid}.flac", dtype="float32")
+    assert rate == NIGHT_RATE and len(kept) == len(night)
+    decoded = np.concatenate([sf.read(io.BytesIO(c), dtype="float32")[0] for c in chunks])
+    gap = slice(40 * NIGHT_RATE, 50 * NIGHT_RATE)
+    assert not kept[gap].any()
+    np.testing.assert_array_equal(np.delete(kept, np.r_[gap]), np.delete(decoded, np.r_[gap]))
+    from sleepsound.core.config import PreprocessConfig
+    from sleepsound.ingest.manifest import build_manifest
+
+    [row] = build_manifest(str(source), PreprocessConfig())
+    assert row["status"] == "accepted" and row["recording_id"] == sid and row["n_epochs"] == 5
