@@ -2,6 +2,7 @@
 
     POST   /v1/sessions                          {"bed_id": ...} -> session id + device token (once)
     POST   /v1/sessions/{id}/chunks/{seq}        a chunk of audio (raw body or multipart ``file``)
+    WS     /v1/sessions/{id}/stream              the same chunks over one WebSocket (seq + audio per message)
     GET    /v1/sessions/{id}                     the session's state
     GET    /v1/sessions/{id}/epochs              its scored epochs (the batch predictions' columns)
     DELETE /v1/sessions/{id}                     end it: the rest is scored, the night published
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, Header, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -219,6 +220,38 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
         body = await read_body(request, limits.max_bytes, settings.read_timeout_s)
         data = upload_bytes(body, request.headers.get("content-type", ""), f"chunk {seq}")
         return ChunkReply(**await run_in_threadpool(monitor.add_chunk, session, seq, data))
+
+    @app.websocket("/v1/sessions/{sid}/stream")
+    async def stream_chunks(websocket: WebSocket, sid: str) -> None:
+        """The same chunks over one WebSocket: each binary message is an 8-byte little-endian sequence
+        number and the chunk's audio bytes, answered by the JSON that POST .../chunks/{seq} returns, or
+        ``{"seq", "status", "detail"}`` for a refused chunk (the socket stays open). The device token
+        comes in the Authorization header, as for every request; each message passes the same token
+        check, rate limit and audio limits as a POST."""
+        auth = websocket.headers.get("authorization")
+        try:
+            session = monitor.authorise(sid, auth)
+        except Refused as exc:
+            await websocket.close(code=1008, reason=exc.message[:100])
+            return
+        await websocket.accept()
+        with contextlib.suppress(WebSocketDisconnect, TimeoutError):
+            while True:
+                message = await asyncio.wait_for(websocket.receive(), timeout=settings.idle_timeout_s)
+                if message["type"] == "websocket.disconnect":
+                    return
+                data = message.get("bytes")
+                seq = int.from_bytes(data[:8], "little", signed=True) if data and len(data) >= 8 else None
+                try:
+                    if seq is None:
+                        raise Refused(400, "a chunk is an 8-byte little-endian sequence number, then the audio")
+                    if len(data) - 8 > limits.max_bytes:  # type: ignore[arg-type]
+                        raise Refused(413, f"chunk {seq}: over {limits.max_bytes} bytes")
+                    monitor.authorise(sid, auth)  # the token again, and the session's rate limit
+                    reply = await run_in_threadpool(monitor.add_chunk, session, seq, data[8:])  # type: ignore[index]
+                    await websocket.send_json(ChunkReply(**reply).model_dump())
+                except Refused as exc:
+                    await websocket.send_json({"seq": seq, "status": exc.status, "detail": exc.message})
 
     @app.get("/v1/sessions/{sid}")
     def session_status(sid: str, authorization: str | None = Header(None)) -> SessionStatus:

@@ -245,3 +245,35 @@ def test_a_night_kept_by_the_operator_lands_as_a_plain_recording_the_batch_side_
 
     [row] = build_manifest(str(source), PreprocessConfig())
     assert row["status"] == "accepted" and row["recording_id"] == sid and row["n_epochs"] == 5
+
+
+def test_a_night_streamed_over_one_websocket_scores_as_batch_score(trained: Trained, live: Live) -> None:
+    """The same chunks over one WebSocket (8-byte sequence number + audio per message): duplicates and
+    malformed messages answered without closing it, a wrong token refused at the door, and the same
+    predictions as batch `score`."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    chunks = flac_chunks(trained.night, NIGHT_RATE, CHUNK_S)
+    ws_base = live.base.replace("http://", "ws://")
+    with httpx.Client(timeout=60) as client:
+        sid, auth = _open(client, live.base)
+        other, _ = _open(client, live.base, bed="bed-8")
+        # a token opens only its own session, on a socket as on a POST: refused before the handshake ends
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"{ws_base}/v1/sessions/{other}/stream", additional_headers=auth)
+        assert refused.value.response.status_code == 403
+        with connect(f"{ws_base}/v1/sessions/{sid}/stream", additional_headers=auth, max_size=None) as ws:
+            ws.send(b"\x01\x02")  # too short to hold a sequence number
+            assert json.loads(ws.recv(timeout=30))["status"] == 400
+            replies = []
+            for seq in [*range(len(chunks)), 3]:  # chunk 3 twice
+                ws.send(seq.to_bytes(8, "little", signed=True) + chunks[seq])
+                replies.append(json.loads(ws.recv(timeout=60)))
+            assert [r["seq"] for r in replies if r["duplicate"]] == [3]
+            bad = ws.send((len(chunks)).to_bytes(8, "little") + b"not audio") or json.loads(ws.recv(timeout=30))
+            assert bad["status"] == 400 and "unreadable audio" in bad["detail"]
+        client.delete(f"{live.base}/v1/sessions/{sid}", headers=auth)
+        _wait_published(client, live.base, sid, auth)
+        streamed = client.get(f"{live.base}/v1/sessions/{sid}/epochs", headers=auth).json()
+    _same_as_batch(streamed, trained.batch)
