@@ -91,10 +91,11 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the test session (Debian's, driven by Playwright; `make test`
-    installs it), for the reports' and the dashboard's page tests."""
+    """One headless Chromium per test module (Debian's, driven by Playwright; `make test` installs it),
+    for the reports' and the dashboard's page tests. Not per session: Playwright's sync API keeps an
+    event loop on this thread while it is open, and later tests call asyncio.run (sleepsound submit)."""
     if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (as root: apt-get install -y chromium)")
     from playwright.sync_api import sync_playwright
