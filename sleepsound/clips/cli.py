@@ -56,6 +56,13 @@ HardNegativesOpt = Annotated[
         "validated or tested on, so the figures stay those of the data's own unseen blocks."
     ),
 ]
+TargetRecallOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        help="Decide the positive class by a threshold on its probability, the highest that keeps this recall "
+        "on the validation blocks (out of fold), stored with the model; --target-recall 0: argmax."
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log each validation run.")]
 
@@ -132,6 +139,7 @@ def train(
     cache: CacheOpt = None,
     device: DeviceOpt = "cpu",
     hard_negatives: HardNegativesOpt = None,
+    target_recall: TargetRecallOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -153,6 +161,7 @@ def train(
         device=device,
         refit_all=refit,
         hard_negatives=str(hard_negatives) if hard_negatives else None,
+        target_recall=target_recall or None,
     )
     from rich.console import Console
 
@@ -223,6 +232,7 @@ def cv(
     categories: CategoriesOpt = None,
     positive: PositiveOpt = "snoring",
     hard_negatives: HardNegativesOpt = None,
+    target_recall: TargetRecallOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -243,6 +253,8 @@ def cv(
         cache=cache,
         device=device,
         hard_negatives=str(hard_negatives) if hard_negatives else None,
+        target_recall=target_recall or None,
+        positive=positive,
     )
     try:
         result = cross_validate_clips(
