@@ -25,6 +25,7 @@ from sleepsound.clips.dataset import ClipDataset
 from sleepsound.clips.features import layer_names
 from sleepsound.clips.split import block_folds, blocks_of, group_by_label
 from sleepsound.clips.train import (
+    GENERATED,
     ClipTrainSettings,
     decide,
     embed_all,
@@ -32,6 +33,7 @@ from sleepsound.clips.train import (
     indices_of,
     load_extra,
     load_labelled,
+    resolved_hard_negatives,
     select_and_fit,
     tied_rows,
     untied,
@@ -70,6 +72,21 @@ def cross_validate_clips(
     called positive, the worst false-alarm rate and the worst recall."""
     settings = settings or ClipTrainSettings()
     say = progress or (lambda _msg: None)
+    with resolved_hard_negatives(data, settings, say) as (resolved, made):
+        result = _cross_validate(data, resolved, k, say, categories, positive)
+    if made is not None:
+        result["hard_negatives"], result["hard_negatives_generated"] = GENERATED, made
+    return result
+
+
+def _cross_validate(
+    data: str | Path,
+    settings: ClipTrainSettings,
+    k: int,
+    say: Callable[[str], None],
+    categories: str | Path | None,
+    positive: str | None,
+) -> dict[str, Any]:
     started = time.perf_counter()
     ds = load_labelled(data, settings)
     ranges, category_source = find_categories(data, categories)

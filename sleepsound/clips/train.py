@@ -19,9 +19,11 @@ import datetime as _dt
 import hashlib
 import itertools
 import logging
+import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,7 @@ class ClipTrainSettings:
     cache_dir: str | None = None  # embeddings as .npy, keyed by audio + backbone
     refit_all: bool = True  # after scoring the test blocks, save a head fit on every clip
     hard_negatives: str | None = None  # a clip folder added to every training side, never validated or tested on
+    generated_counts: tuple[int, int] = (300, 150)  # hard_negatives="generated": negatives, snoring mixes
     positive: str = "snoring"  # the class an alarm is raised for (the decision threshold is on its probability)
     target_recall: float | None = None  # None: argmax; else the threshold keeping this recall out of fold
 
@@ -387,6 +390,50 @@ def untied(rows: np.ndarray, held: np.ndarray, tied: np.ndarray | None) -> np.nd
     return rows[~np.isin(tied[rows], held)]
 
 
+GENERATED = "generated"  # --hard-negatives value: make them here (clips hard-negatives) for this training
+GENERATED_SEED_OFFSET = 101  # generated from seed + this: other draws than any folder made with the plain seed
+
+
+@contextmanager
+def resolved_hard_negatives(
+    data: str | Path, settings: ClipTrainSettings, say: Callable[[str], None]
+) -> Iterator[tuple[ClipTrainSettings, dict[str, Any] | None]]:
+    """``settings`` with ``hard_negatives="generated"`` replaced by a folder made for this run (bedroom
+    negatives of every category and the data's own snores mixed over more of them, in a temporary
+    folder removed afterwards), and what was made; any other value passes through unchanged.
+
+    Why: hard negatives of many TVs, talkers, fans and motors are what keep the detector from calling
+    them snoring (issue 16); made here from a seed, with espeak-ng's speech or the built-in synthesiser's.
+    """
+    if settings.hard_negatives != GENERATED:
+        yield settings, None
+        return
+    from sleepsound.clips.hard_negatives import write_hard_negatives
+
+    ds = load_labelled(data, settings)
+    if not {"no_snoring", "snoring"} <= set(ds.classes):
+        raise ValueError(
+            f"--hard-negatives generated makes no_snoring and snoring clips; {data} has the labels "
+            f"{list(ds.classes)}: give a folder of your own, or none"
+        )
+    with tempfile.TemporaryDirectory(prefix="sleepsound-hard-negatives-") as tmp:
+        folder = Path(tmp) / "generated"
+        made = write_hard_negatives(
+            folder,
+            n=settings.generated_counts[0],
+            seed=settings.seed + GENERATED_SEED_OFFSET,
+            seconds=ds.clip_samples / SAMPLE_RATE,
+            snoring=data,
+            n_snoring=settings.generated_counts[1],
+        )
+        say(
+            f"made {made['counts']['no_snoring']} hard negatives and {made['counts']['snoring']} snoring mixes "
+            f"(seed {made['seed']}, speech from {made['speech_source']})"
+        )
+        made = {k: made[k] for k in ("seed", "seconds", "speech_source", "counts", "per_category", "snrs_db")}
+        yield replace(settings, hard_negatives=str(folder)), made
+
+
 def with_extra(ds: ClipDataset, extra: ClipDataset | None) -> ClipDataset:
     """The data's clips followed by the extra ones (named ``+extra/...``): the data keeps its row numbers."""
     if extra is None:
@@ -451,6 +498,18 @@ def train_clips(
     ``progress`` hears a line per step, ``bar`` the counts of clips embedded and settings tried."""
     settings = settings or ClipTrainSettings()
     say = progress or (lambda _msg: None)
+    with resolved_hard_negatives(data, settings, say) as (resolved, made):
+        return _train_clips(data, out_dir, resolved, say, bar, made)
+
+
+def _train_clips(
+    data: str | Path,
+    out_dir: str | Path,
+    settings: ClipTrainSettings,
+    say: Callable[[str], None],
+    bar: Progress,
+    made: dict[str, Any] | None,
+) -> dict[str, Any]:
     started = time.perf_counter()
     ds = load_labelled(data, settings)
     split = block_split(
@@ -553,6 +612,7 @@ def train_clips(
             for c in scored
         ],
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
+        "hard_negatives_generated": made,  # what --hard-negatives generated made (its folder is gone), or None
         "held_out": held_out,
         "seconds": {
             "embed": round(embed_s, 1),

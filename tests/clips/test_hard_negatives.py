@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +145,42 @@ def test_added_clips_join_every_training_side_and_are_never_validated_or_tested_
     )
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["added_to_training"] == 25
+
+
+def test_generated_hard_negatives_are_made_for_the_run_mixed_from_its_own_snores_and_tied_to_them(
+    tmp_path: Path,
+) -> None:
+    """`--hard-negatives generated`: made per run (seeded), the data's snores mixed over fresh backgrounds,
+    the folder gone afterwards; cross-validation still scores the data's own clips only."""
+    from sleepsound.clips.cross_validate import cross_validate_clips
+    from sleepsound.clips.train import resolved_hard_negatives, train_clips
+
+    data = make_dataset(tmp_path / "data", per_label=16)
+    settings = ClipTrainSettings(
+        backbone="mel", block_size=4, folds=2, heads=("mlp",), max_epochs=3, hard_negatives="generated"
+    )
+    settings.generated_counts = (10, 15)
+    heard: list[str] = []
+    with resolved_hard_negatives(data, settings, heard.append) as (resolved, made):
+        folder = Path(resolved.hard_negatives or "")
+        assert folder.is_dir() and made is not None and made["counts"] == {"no_snoring": 10, "snoring": 15}
+        with (folder / "manifest.csv").open() as fh:
+            sources = {row["snore_file"] for row in csv.DictReader(fh) if row["label"] == "snoring"}
+        assert sources and sources <= {f"snoring/1_{i}.wav" for i in range(16)}  # the data's own snores
+        first = sorted(p.read_bytes() for p in folder.glob("no_snoring/*.wav"))
+    assert not folder.exists() and "made 10 hard negatives and 15 snoring mixes" in heard[0]
+    with resolved_hard_negatives(data, settings, heard.append) as (resolved, _):
+        assert sorted(p.read_bytes() for p in Path(resolved.hard_negatives or "").glob("no_snoring/*.wav")) == first
+
+    summary = train_clips(data, tmp_path / "model", replace(settings, test_fraction=0.34))
+    assert summary["counts"]["added_to_training"] == 25 and summary["hard_negatives_generated"]["seed"] == 101
+    assert summary["counts"]["train"] < 24 + 25  # mixes of the test blocks' snores left out of training
+    result = cross_validate_clips(data, settings, k=2)
+    assert result["n"] == 32 and result["hard_negatives"] == "generated" and result["added_to_training"] == 25
+    with pytest.raises(ValueError, match="makes no_snoring and snoring clips"):
+        (tmp_path / "other" / "a").mkdir(parents=True)
+        (tmp_path / "other" / "b").mkdir()
+        for label in ("a", "b"):
+            for i in range(4):
+                sf.write(tmp_path / "other" / label / f"{i}.wav", np.ones(8000, np.float32) * 0.1 * (i + 1), 16000)
+        train_clips(tmp_path / "other", tmp_path / "m2", settings)
