@@ -145,8 +145,8 @@ def train(
     clip_seconds: ClipSecondsOpt = None,
     cache: CacheOpt = None,
     device: DeviceOpt = "cpu",
-    hard_negatives: HardNegativesOpt = None,
-    target_recall: TargetRecallOpt = None,
+    hard_negatives: HardNegativesOpt = "generated",
+    target_recall: TargetRecallOpt = 0.97,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -238,8 +238,8 @@ def cv(
     device: DeviceOpt = "cpu",
     categories: CategoriesOpt = None,
     positive: PositiveOpt = "snoring",
-    hard_negatives: HardNegativesOpt = None,
-    target_recall: TargetRecallOpt = None,
+    hard_negatives: HardNegativesOpt = "generated",
+    target_recall: TargetRecallOpt = 0.97,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:

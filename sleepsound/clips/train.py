@@ -75,7 +75,7 @@ class ClipTrainSettings:
     cache_dir: str | None = None  # embeddings as .npy, keyed by audio + backbone
     refit_all: bool = True  # after scoring the test blocks, save a head fit on every clip
     hard_negatives: str | None = None  # a clip folder added to every training side, never validated or tested on
-    generated_counts: tuple[int, int] = (300, 150)  # hard_negatives="generated": negatives, snoring mixes
+    generated_per_clip: tuple[float, float] = (0.6, 0.3)  # "generated": negatives, snoring mixes per data clip
     positive: str = "snoring"  # the class an alarm is raised for (the decision threshold is on its probability)
     target_recall: float | None = None  # None: argmax; else the threshold keeping this recall out of fold
 
@@ -399,8 +399,9 @@ def resolved_hard_negatives(
     data: str | Path, settings: ClipTrainSettings, say: Callable[[str], None]
 ) -> Iterator[tuple[ClipTrainSettings, dict[str, Any] | None]]:
     """``settings`` with ``hard_negatives="generated"`` replaced by a folder made for this run (bedroom
-    negatives of every category and the data's own snores mixed over more of them, in a temporary
-    folder removed afterwards), and what was made; any other value passes through unchanged.
+    negatives of every category, 0.6 per data clip, and the data's own snores mixed over more of them,
+    0.3 per data clip, in a temporary folder removed afterwards), and what was made; any other value
+    passes through unchanged. Data without snoring and no_snoring labels gets none (said, and recorded).
 
     Why: hard negatives of many TVs, talkers, fans and motors are what keep the detector from calling
     them snoring (issue 16); made here from a seed, with espeak-ng's speech or the built-in synthesiser's.
@@ -412,19 +413,19 @@ def resolved_hard_negatives(
 
     ds = load_labelled(data, settings)
     if not {"no_snoring", "snoring"} <= set(ds.classes):
-        raise ValueError(
-            f"--hard-negatives generated makes no_snoring and snoring clips; {data} has the labels "
-            f"{list(ds.classes)}: give a folder of your own, or none"
-        )
+        say(f"no hard negatives generated: they are no_snoring and snoring clips, the labels here are {ds.classes}")
+        yield replace(settings, hard_negatives=None), {"skipped": f"labels {list(ds.classes)}"}
+        return
+    n_neg, n_mix = (round(share * len(ds.files)) for share in settings.generated_per_clip)
     with tempfile.TemporaryDirectory(prefix="sleepsound-hard-negatives-") as tmp:
         folder = Path(tmp) / "generated"
         made = write_hard_negatives(
             folder,
-            n=settings.generated_counts[0],
+            n=max(n_neg, 5),  # at least one per category
             seed=settings.seed + GENERATED_SEED_OFFSET,
             seconds=ds.clip_samples / SAMPLE_RATE,
             snoring=data,
-            n_snoring=settings.generated_counts[1],
+            n_snoring=max(n_mix, 15),  # at least one per category and SNR
         )
         say(
             f"made {made['counts']['no_snoring']} hard negatives and {made['counts']['snoring']} snoring mixes "
