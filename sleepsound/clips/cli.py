@@ -54,15 +54,15 @@ HardNegativesOpt = Annotated[
     typer.Option(
         help="Clips added to every training side only, never validated or tested on (the figures stay those of "
         "the data's own unseen blocks): a clip folder (e.g. from `clips hard-negatives`), 'generated' (made for "
-        "this run: 300 bedroom negatives and 150 of the data's snores mixed over more, each mix kept off the "
-        "folds that hold its snore), or 'none'."
+        "this run from --seed: 0.6 bedroom negatives per data clip: TV news, talk, fans, motor hums, vibration "
+        "motors), or 'none'."
     ),
 ]
 TargetRecallOpt = Annotated[
     Optional[float],
     typer.Option(
         help="Decide the positive class by a threshold on its probability, the highest that keeps this recall "
-        "on the validation blocks (out of fold), stored with the model; --target-recall 0: argmax."
+        "on the validation blocks (out of fold), stored with the model; default (or 0): argmax."
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
@@ -146,7 +146,7 @@ def train(
     cache: CacheOpt = None,
     device: DeviceOpt = "cpu",
     hard_negatives: HardNegativesOpt = "generated",
-    target_recall: TargetRecallOpt = 0.97,
+    target_recall: TargetRecallOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -239,7 +239,7 @@ def cv(
     categories: CategoriesOpt = None,
     positive: PositiveOpt = "snoring",
     hard_negatives: HardNegativesOpt = "generated",
-    target_recall: TargetRecallOpt = 0.97,
+    target_recall: TargetRecallOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:

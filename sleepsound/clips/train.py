@@ -75,7 +75,9 @@ class ClipTrainSettings:
     cache_dir: str | None = None  # embeddings as .npy, keyed by audio + backbone
     refit_all: bool = True  # after scoring the test blocks, save a head fit on every clip
     hard_negatives: str | None = None  # a clip folder added to every training side, never validated or tested on
-    generated_per_clip: tuple[float, float] = (0.6, 0.3)  # "generated": negatives, snoring mixes per data clip
+    # "generated": negatives and snoring mixes per data clip; no mixes by default (measured, issue 16: mixes of
+    # the data's snores over generated TVs and motors taught the head to call real TVs and motors snoring)
+    generated_per_clip: tuple[float, float] = (0.6, 0.0)
     positive: str = "snoring"  # the class an alarm is raised for (the decision threshold is on its probability)
     target_recall: float | None = None  # None: argmax; else the threshold keeping this recall out of fold
 
@@ -399,8 +401,8 @@ def resolved_hard_negatives(
     data: str | Path, settings: ClipTrainSettings, say: Callable[[str], None]
 ) -> Iterator[tuple[ClipTrainSettings, dict[str, Any] | None]]:
     """``settings`` with ``hard_negatives="generated"`` replaced by a folder made for this run (bedroom
-    negatives of every category, 0.6 per data clip, and the data's own snores mixed over more of them,
-    0.3 per data clip, in a temporary folder removed afterwards), and what was made; any other value
+    negatives of every category, 0.6 per data clip, and, when ``generated_per_clip`` asks for them, the
+    data's own snores mixed over more, in a temporary folder removed afterwards), and what was made; any other value
     passes through unchanged. Data without snoring and no_snoring labels gets none (said, and recorded).
 
     Why: hard negatives of many TVs, talkers, fans and motors are what keep the detector from calling
@@ -424,8 +426,8 @@ def resolved_hard_negatives(
             n=max(n_neg, 5),  # at least one per category
             seed=settings.seed + GENERATED_SEED_OFFSET,
             seconds=ds.clip_samples / SAMPLE_RATE,
-            snoring=data,
-            n_snoring=max(n_mix, 15),  # at least one per category and SNR
+            snoring=data if n_mix > 0 else None,
+            n_snoring=max(n_mix, 15) if n_mix > 0 else None,  # at least one per category and SNR
         )
         say(
             f"made {made['counts']['no_snoring']} hard negatives and {made['counts']['snoring']} snoring mixes "
