@@ -25,13 +25,18 @@ from sleepsound.clips.dataset import ClipDataset
 from sleepsound.clips.features import layer_names
 from sleepsound.clips.split import block_folds, blocks_of, group_by_label
 from sleepsound.clips.train import (
+    GENERATED,
     ClipTrainSettings,
+    decide,
     embed_all,
     extra_rows,
     indices_of,
     load_extra,
     load_labelled,
+    resolved_hard_negatives,
     select_and_fit,
+    tied_rows,
+    untied,
     validation_folds,
     with_extra,
 )
@@ -67,6 +72,21 @@ def cross_validate_clips(
     called positive, the worst false-alarm rate and the worst recall."""
     settings = settings or ClipTrainSettings()
     say = progress or (lambda _msg: None)
+    with resolved_hard_negatives(data, settings, say) as (resolved, made):
+        result = _cross_validate(data, resolved, k, say, categories, positive)
+    if made is not None:
+        result["hard_negatives"], result["hard_negatives_generated"] = GENERATED, made
+    return result
+
+
+def _cross_validate(
+    data: str | Path,
+    settings: ClipTrainSettings,
+    k: int,
+    say: Callable[[str], None],
+    categories: str | Path | None,
+    positive: str | None,
+) -> dict[str, Any]:
     started = time.perf_counter()
     ds = load_labelled(data, settings)
     ranges, category_source = find_categories(data, categories)
@@ -74,6 +94,7 @@ def cross_validate_clips(
     extra = load_extra(settings, ds)
     spec, emb = embed_all(ds, settings, extra)
     full = with_extra(ds, extra)  # the data's rows first (same numbers), then clips added to every training side
+    tied = tied_rows(full, settings.hard_negatives)  # mixes of the data's own snores: kept off their held-out folds
     say(
         f"{len(ds.files)} clips used, {len(ds.rejected)} rejected; {k} outer folds of whole blocks; "
         + (f"{len(extra.files)} added to every training side; " if extra else "")
@@ -81,6 +102,7 @@ def cross_validate_clips(
     )
 
     predicted: list[str | None] = [None] * len(ds.files)
+    probabilities: list[list[float]] = [[] for _ in ds.files]  # each clip's, from the model that never saw it
     folds = []
     for number, test_files in enumerate(outer):
         test_idx = indices_of(ds, test_files)
@@ -88,14 +110,17 @@ def cross_validate_clips(
         fitted = select_and_fit(
             emb,
             full,
-            indices_of(full, train_files + extra_rows(full)),
+            untied(indices_of(full, train_files + extra_rows(full)), test_idx, tied),
             validation_folds(full, train_files, settings),  # the data's training blocks only
             spec,
             settings,
+            tied=tied,
         )
-        names = [ds.classes[c] for c in fitted.predict(emb[test_idx], ds.lengths[test_idx])]
-        for i, name in zip(test_idx, names, strict=True):
+        proba = fitted.proba(emb[test_idx], ds.lengths[test_idx])
+        names = [ds.classes[c] for c in decide(proba, fitted.decision)]
+        for i, name, row in zip(test_idx, names, proba, strict=True):
             predicted[int(i)] = name
+            probabilities[int(i)] = [round(float(v), 5) for v in row]
         truth = [ds.labels[i] for i in test_idx]
         folds.append(
             {
@@ -108,6 +133,7 @@ def cross_validate_clips(
                     "pool_seconds": fitted.spec.pool_seconds,
                     "lr": fitted.best.lr,
                     "epochs": fitted.best.best_epoch + 1,
+                    "threshold": None if fitted.decision is None else fitted.decision["threshold"],
                 },
             }
         )
@@ -152,6 +178,12 @@ def cross_validate_clips(
         "category_source": category_source,
         "positive": by_category.get("positive"),
         "categories": by_category["categories"],
+        "target_recall": settings.target_recall,
+        # every clip's out-of-fold probabilities: other thresholds can be studied without retraining
+        "clips": [
+            {"file": f, "label": t, "predicted": p, "probabilities": dict(zip(ds.classes, q, strict=True))}
+            for f, t, p, q in zip(ds.files, ds.labels, pred, probabilities, strict=True)
+        ],
         "counts": ds.counts(),
         "rejected": [r.as_dict() for r in ds.rejected],
         "seconds": round(time.perf_counter() - started, 1),

@@ -14,6 +14,7 @@ import numpy as np
 from sleepsound.clips.categories import categorise, find_categories, per_category
 from sleepsound.clips.dataset import SAMPLE_RATE, ClipDataset, load_dataset
 from sleepsound.clips.features import FeatureSpec, embed_audio, head_input, load_clip_backbone
+from sleepsound.clips.train import decide
 from sleepsound.core.json_text import undefined_as_null
 from sleepsound.models.heads.artifacts import HeadArtifactError, load_head_with_config
 from sleepsound.report.metrics import evaluate as score
@@ -38,6 +39,12 @@ class ClipClassifier:
             raise HeadArtifactError(f"model expects {info.get('sample_rate')} Hz; clips run at {SAMPLE_RATE} Hz")
         self.device = device
         self._backbone: Any = None
+        self.decision: dict[str, Any] | None = info.get("decision") or None
+        if self.decision is not None:
+            pos = self.decision.get("positive")
+            if pos not in self.classes or not 0 <= float(self.decision.get("threshold", -1)) <= 1:
+                raise HeadArtifactError(f"{model_dir}: decision threshold {self.decision} names no class or is not 0-1")
+            self.decision = {**self.decision, "positive_index": self.classes.index(pos)}
 
     @property
     def held_out_files(self) -> list[str]:
@@ -53,8 +60,12 @@ class ClipClassifier:
         x, mask = head_input(emb, lengths, self.spec)
         return predict_proba(self.model, x, mask=mask)
 
+    def decide(self, proba: np.ndarray) -> np.ndarray:
+        """Class indices: the stored threshold on the positive class when the model has one, else argmax."""
+        return decide(proba, self.decision)
+
     def predict(self, audio: np.ndarray, lengths: np.ndarray, batch_size: int | None = None) -> list[str]:
-        return [self.classes[i] for i in self.proba(audio, lengths, batch_size).argmax(axis=1)]
+        return [self.classes[i] for i in self.decide(self.proba(audio, lengths, batch_size))]
 
     def load(self, data: str | Path, split: str = "all") -> ClipDataset:
         """The folder's clips at the model's clip length; ``split='test'``: only the recorded held-out files."""

@@ -51,7 +51,7 @@ def score_audio(clf: ClipClassifier, audio: np.ndarray, name: str, batch_size: i
     windows, lengths, starts = windows_of(audio, clf.clip_samples)
     proba = clf.proba(windows, lengths, batch_size)
     classes = list(clf.classes)
-    picked = proba.argmax(axis=1)
+    picked = clf.decide(proba)  # the model's calibrated threshold when it has one
     rows = [
         {
             "start_s": round(float(s) / SAMPLE_RATE, 3),
@@ -69,7 +69,7 @@ def score_audio(clf: ClipClassifier, audio: np.ndarray, name: str, batch_size: i
         "seconds": round(len(audio) / SAMPLE_RATE, 3),
         "classes": classes,
         "clip_seconds": clf.clip_samples / SAMPLE_RATE,
-        "label": classes[int(mean.argmax())],  # the class with the highest mean probability
+        "label": classes[int(clf.decide(mean[None, :])[0])],  # the mean probabilities, decided as a window's
         "mean_probabilities": {c: round(float(p), 4) for c, p in zip(classes, mean, strict=True)},
         "seconds_by_label": seconds,
         "unscored_tail_s": round((len(audio) - scored) / SAMPLE_RATE, 3),

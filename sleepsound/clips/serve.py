@@ -57,6 +57,7 @@ def describe(clf: ClipClassifier, model_dir: str | Path) -> dict[str, Any]:
         "backbone": clf.info.get("backbone"),
         "clip_seconds": clf.clip_samples / SAMPLE_RATE,
         "head": (clf.info.get("chosen") or {}).get("head"),
+        "threshold": None if clf.decision is None else {clf.decision["positive"]: clf.decision["threshold"]},
         "sleepsound_version": clf.info.get("sleepsound_version"),
     }
 

@@ -19,9 +19,11 @@ import datetime as _dt
 import hashlib
 import itertools
 import logging
+import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,11 @@ class ClipTrainSettings:
     cache_dir: str | None = None  # embeddings as .npy, keyed by audio + backbone
     refit_all: bool = True  # after scoring the test blocks, save a head fit on every clip
     hard_negatives: str | None = None  # a clip folder added to every training side, never validated or tested on
+    # "generated": negatives and snoring mixes per data clip; no mixes by default (measured, issue 16: mixes of
+    # the data's snores over generated TVs and motors taught the head to call real TVs and motors snoring)
+    generated_per_clip: tuple[float, float] = (0.6, 0.0)
+    positive: str = "snoring"  # the class an alarm is raised for (the decision threshold is on its probability)
+    target_recall: float | None = None  # None: argmax; else the threshold keeping this recall out of fold
 
 
 @dataclass
@@ -87,6 +94,8 @@ class Candidate:
     val_accuracy: float = float("nan")
     val_log_loss: float = float("nan")
     best_epoch: int = -1
+    val_proba: np.ndarray | None = None  # out-of-fold probabilities [n_val, C] at the chosen epoch
+    val_truth: np.ndarray | None = None  # their true class indices
 
 
 def candidates(n_layers: int, settings: ClipTrainSettings) -> list[Candidate]:
@@ -144,16 +153,18 @@ def _fit_and_watch(
     cand: Candidate,
     settings: ClipTrainSettings,
     classes: tuple[str, ...],
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Train ``max_epochs`` on ``fit`` and return the validation class indices predicted after
     each epoch and their log-loss: (predictions [E, n_val], losses [E]) packed as
-    [E, n_val + 1]. ``train_head``'s ``wrap`` hook hands us the model so every epoch can be
-    scored as it ends."""
+    [E, n_val + 1], and the probabilities [E, n_val, C] (for a threshold calibrated out of fold).
+    ``train_head``'s ``wrap`` hook hands us the model so every epoch can be scored as it ends."""
     held: list[Any] = []
     rows: list[np.ndarray] = []
+    probas: list[np.ndarray] = []
 
     def watch(_record: dict[str, float]) -> None:
         proba = predict_proba(held[0], x[val], mask=mask[val])
+        probas.append(proba.astype(np.float32))
         rows.append(np.append(proba.argmax(axis=1).astype(np.float64), _log_loss(proba, y[val])))
 
     cfg = _config(settings, classes, cand.lr, settings.max_epochs, None)
@@ -166,7 +177,7 @@ def _fit_and_watch(
         progress=watch,
         wrap=lambda model: held.append(model) or model,
     )
-    return np.stack(rows)
+    return np.stack(rows), np.stack(probas)
 
 
 def select(
@@ -177,6 +188,7 @@ def select(
     spec: FeatureSpec,
     settings: ClipTrainSettings,
     bar: Progress = quiet,
+    tied: np.ndarray | None = None,
 ) -> tuple[Candidate, list[Candidate]]:
     """Blocked k-fold validation on the training side for every candidate.
 
@@ -192,15 +204,18 @@ def select(
     for cand in tried:
         cspec = FeatureSpec(spec.backbone, spec.layers, spec.base_pool_seconds, cand.pick, cand.pool_factor)
         x, mask = head_input(emb, ds.lengths, cspec)
-        runs = []
+        runs, probas = [], []
         for val in folds:
-            fit = np.setdiff1d(train_idx, val)
-            runs.append(_fit_and_watch(x, y, mask, fit, val, cand, settings, ds.classes))
+            fit = untied(np.setdiff1d(train_idx, val), val, tied)  # no mix of a validation snore in its fit
+            packed, proba = _fit_and_watch(x, y, mask, fit, val, cand, settings, ds.classes)
+            runs.append(packed)
+            probas.append(proba)
         losses = np.mean([r[:, -1] for r in runs], axis=0)
         epoch = int(np.argmin(losses))
         pred = np.concatenate([r[epoch, :-1] for r in runs]).astype(np.int64)
         truth = np.concatenate([y[v] for v in folds])
         cand.best_epoch, cand.val_log_loss = epoch, float(losses[epoch])
+        cand.val_proba, cand.val_truth = np.concatenate([p[epoch] for p in probas]), truth
         cand.val_macro_f1 = float(
             f1_score(truth, pred, average="macro", labels=range(len(ds.classes)), zero_division=0)
         )
@@ -230,11 +245,57 @@ class FittedClips:
     spec: FeatureSpec  # the chosen layers and pooling
     best: Candidate
     scored: list[Candidate]
+    decision: dict[str, Any] | None = None  # the calibrated threshold (see calibrate_threshold), or None: argmax
+
+    def proba(self, emb: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Class probabilities [N, C] for embeddings [N, T, L, D] of clips with real ``lengths``."""
+        x, mask = head_input(emb, lengths, self.spec)
+        return predict_proba(self.model, x, mask=mask)
 
     def predict(self, emb: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Class indices for embeddings [N, T, L, D] of clips with real ``lengths``."""
-        x, mask = head_input(emb, lengths, self.spec)
-        return predict_proba(self.model, x, mask=mask).argmax(axis=1)
+        """Class indices (the calibrated threshold's when there is one)."""
+        return decide(self.proba(emb, lengths), self.decision)
+
+
+def decide(proba: np.ndarray, decision: dict[str, Any] | None) -> np.ndarray:
+    """Class indices from probabilities [N, C]: the positive class wherever its probability reaches the
+    threshold, else the likeliest other class; argmax when there is no threshold."""
+    picked = proba.argmax(axis=1)
+    if not decision:
+        return picked
+    pos, threshold = int(decision["positive_index"]), float(decision["threshold"])
+    others = proba.copy()
+    others[:, pos] = -np.inf
+    return np.where(proba[:, pos] >= threshold, pos, others.argmax(axis=1))
+
+
+def calibrate_threshold(
+    proba: np.ndarray, truth: np.ndarray, positive_index: int, target_recall: float
+) -> dict[str, Any]:
+    """The highest threshold on the positive class's probability that keeps ``target_recall`` of the
+    positives in ``proba`` (out-of-fold: clips of source runs the scoring model never saw).
+
+    Why: argmax (0.5) is not where a bedside alarm wants to sit; the threshold is chosen on held-out
+    sources for the recall the issue demands, and then buys as few false alarms as that recall allows.
+    """
+    if not 0 < target_recall <= 1:
+        raise ValueError(f"target recall must be in (0, 1], got {target_recall}")
+    p = proba[:, positive_index]
+    is_pos = truth == positive_index
+    if not is_pos.any() or is_pos.all():
+        raise ValueError("calibrating a threshold needs validation clips of the positive class and of the others")
+    ranked = np.sort(p[is_pos])
+    missed = int(np.floor((1 - target_recall) * len(ranked) + 1e-9))  # positives allowed below the threshold
+    threshold = float(ranked[missed])
+    return {
+        "positive_index": positive_index,
+        "threshold": threshold,
+        "target_recall": target_recall,
+        "validation_recall": float(np.mean(p[is_pos] >= threshold)),
+        "validation_false_alarm": float(np.mean(p[~is_pos] >= threshold)),
+        "validation_n": {"positive": int(is_pos.sum()), "other": int((~is_pos).sum())},
+        "calibrated_on": "out-of-fold probabilities of the chosen setting on the validation blocks",
+    }
 
 
 def fit_setting(
@@ -260,12 +321,20 @@ def select_and_fit(
     spec: FeatureSpec,
     settings: ClipTrainSettings,
     bar: Progress = quiet,
+    tied: np.ndarray | None = None,
 ) -> FittedClips:
     """Choose a setting by blocked validation on ``folds`` (within ``train_idx``), then refit it on all of
     ``train_idx`` for the validated epoch count."""
-    best, scored = select(emb, ds, train_idx, folds, spec, settings, bar)
+    best, scored = select(emb, ds, train_idx, folds, spec, settings, bar, tied)
     chosen = FeatureSpec(spec.backbone, list(spec.layers), spec.base_pool_seconds, list(best.pick), best.pool_factor)
-    return FittedClips(fit_setting(emb, ds, train_idx, chosen, best, settings), chosen, best, scored)
+    decision = None
+    if settings.target_recall is not None and settings.positive in ds.classes:
+        assert best.val_proba is not None and best.val_truth is not None
+        decision = calibrate_threshold(
+            best.val_proba, best.val_truth, ds.classes.index(settings.positive), settings.target_recall
+        )
+        decision["positive"] = settings.positive
+    return FittedClips(fit_setting(emb, ds, train_idx, chosen, best, settings), chosen, best, scored, decision)
 
 
 def load_labelled(data: str | Path, settings: ClipTrainSettings) -> ClipDataset:
@@ -282,29 +351,90 @@ EXTRA_PREFIX = "+extra/"  # names of added training clips, so they never collide
 def load_extra(settings: ClipTrainSettings, ds: ClipDataset) -> ClipDataset | None:
     """The ``hard_negatives`` folder at the data's clip length and classes (other labels rejected), or None.
 
-    Refused when its ``manifest.csv`` says a snoring mix was made from one of the data's own clips: that
-    clip's sound would reach every training side, held-out folds included.
+    A snoring mix made from one of the data's own clips (its ``manifest.csv`` names the clip) is kept, but
+    :func:`tied_rows` ties it to that clip, so it never trains a model that is validated or tested on it.
     """
     if not settings.hard_negatives:
         return None
     folder = Path(settings.hard_negatives)
-    manifest = folder / "manifest.csv"
-    if manifest.is_file():
-        with manifest.open(newline="", encoding="utf-8") as fh:
-            used = {row.get("snore_file") or "" for row in csv.DictReader(fh)}
-        shared = sorted(used & set(ds.files))
-        if shared:
-            raise ValueError(
-                f"{folder}: {len(shared)} of its snoring mixes were made from clips of the data itself "
-                f"(e.g. {shared[0]}), which would leak held-out clips into training; make the folder without "
-                "--snoring, or from other snoring clips"
-            )
     extra = load_dataset(folder, clip_seconds=ds.clip_samples / SAMPLE_RATE, classes=ds.classes)
     if not extra.files:
         raise ValueError(f"{folder}: no usable clips of the classes {list(ds.classes)} to add to training")
     if extra.clip_samples != ds.clip_samples:
         raise ValueError(f"{folder}: clips of {extra.clip_samples} samples, the data's are {ds.clip_samples}")
     return extra
+
+
+def tied_rows(full: ClipDataset, folder: str | Path | None) -> np.ndarray:
+    """For every row of a :func:`with_extra` dataset, the data row an added clip was made from (a snoring
+    mix of one of the data's own clips, per the folder's ``manifest.csv``), else -1.
+
+    Why: augmentation stays inside the training folds: an added mix leaves every training side whose
+    validation or test side holds the snore it was made from, so no held-out snore is heard in training.
+    """
+    tied = np.full(len(full.files), -1, dtype=np.int64)
+    manifest = Path(folder) / "manifest.csv" if folder else None
+    if manifest is None or not manifest.is_file():
+        return tied
+    with manifest.open(newline="", encoding="utf-8") as fh:
+        made_from = {row["file"]: row.get("snore_file") or "" for row in csv.DictReader(fh) if row.get("file")}
+    row_of = {f: i for i, f in enumerate(full.files) if not f.startswith(EXTRA_PREFIX)}
+    for i, name in enumerate(full.files):
+        if name.startswith(EXTRA_PREFIX):
+            tied[i] = row_of.get(made_from.get(name[len(EXTRA_PREFIX) :], ""), -1)
+    return tied
+
+
+def untied(rows: np.ndarray, held: np.ndarray, tied: np.ndarray | None) -> np.ndarray:
+    """``rows`` without the added clips made from a clip of ``held`` (see :func:`tied_rows`)."""
+    if tied is None or not len(held):
+        return rows
+    return rows[~np.isin(tied[rows], held)]
+
+
+GENERATED = "generated"  # --hard-negatives value: make them here (clips hard-negatives) for this training
+GENERATED_SEED_OFFSET = 101  # generated from seed + this: other draws than any folder made with the plain seed
+
+
+@contextmanager
+def resolved_hard_negatives(
+    data: str | Path, settings: ClipTrainSettings, say: Callable[[str], None]
+) -> Iterator[tuple[ClipTrainSettings, dict[str, Any] | None]]:
+    """``settings`` with ``hard_negatives="generated"`` replaced by a folder made for this run (bedroom
+    negatives of every category, 0.6 per data clip, and, when ``generated_per_clip`` asks for them, the
+    data's own snores mixed over more, in a temporary folder removed afterwards), and what was made; any other value
+    passes through unchanged. Data without snoring and no_snoring labels gets none (said, and recorded).
+
+    Why: hard negatives of many TVs, talkers, fans and motors are what keep the detector from calling
+    them snoring (issue 16); made here from a seed, with espeak-ng's speech or the built-in synthesiser's.
+    """
+    if settings.hard_negatives != GENERATED:
+        yield settings, None
+        return
+    from sleepsound.clips.hard_negatives import write_hard_negatives
+
+    ds = load_labelled(data, settings)
+    if not {"no_snoring", "snoring"} <= set(ds.classes):
+        say(f"no hard negatives generated: they are no_snoring and snoring clips, the labels here are {ds.classes}")
+        yield replace(settings, hard_negatives=None), {"skipped": f"labels {list(ds.classes)}"}
+        return
+    n_neg, n_mix = (round(share * len(ds.files)) for share in settings.generated_per_clip)
+    with tempfile.TemporaryDirectory(prefix="sleepsound-hard-negatives-") as tmp:
+        folder = Path(tmp) / "generated"
+        made = write_hard_negatives(
+            folder,
+            n=max(n_neg, 5),  # at least one per category
+            seed=settings.seed + GENERATED_SEED_OFFSET,
+            seconds=ds.clip_samples / SAMPLE_RATE,
+            snoring=data if n_mix > 0 else None,
+            n_snoring=max(n_mix, 15) if n_mix > 0 else None,  # at least one per category and SNR
+        )
+        say(
+            f"made {made['counts']['no_snoring']} hard negatives and {made['counts']['snoring']} snoring mixes "
+            f"(seed {made['seed']}, speech from {made['speech_source']})"
+        )
+        made = {k: made[k] for k in ("seed", "seconds", "speech_source", "counts", "per_category", "snrs_db")}
+        yield replace(settings, hard_negatives=str(folder)), made
 
 
 def with_extra(ds: ClipDataset, extra: ClipDataset | None) -> ClipDataset:
@@ -371,6 +501,18 @@ def train_clips(
     ``progress`` hears a line per step, ``bar`` the counts of clips embedded and settings tried."""
     settings = settings or ClipTrainSettings()
     say = progress or (lambda _msg: None)
+    with resolved_hard_negatives(data, settings, say) as (resolved, made):
+        return _train_clips(data, out_dir, resolved, say, bar, made)
+
+
+def _train_clips(
+    data: str | Path,
+    out_dir: str | Path,
+    settings: ClipTrainSettings,
+    say: Callable[[str], None],
+    bar: Progress,
+    made: dict[str, Any] | None,
+) -> dict[str, Any]:
     started = time.perf_counter()
     ds = load_labelled(data, settings)
     split = block_split(
@@ -381,7 +523,9 @@ def train_clips(
     )
     extra = load_extra(settings, ds)
     data_ds, ds = ds, with_extra(ds, extra)  # added clips join every training side, never a validation or test one
-    train_idx, test_idx = indices_of(ds, split.train + extra_rows(ds)), indices_of(ds, split.test)
+    tied = tied_rows(ds, settings.hard_negatives)
+    test_idx = indices_of(ds, split.test)
+    train_idx = untied(indices_of(ds, split.train + extra_rows(ds)), test_idx, tied)
     folds = validation_folds(ds, split.train, settings)
     say(
         f"{data_ds.counts()['used']} clips used, {len(data_ds.rejected)} rejected; {len(split.train)} train "
@@ -395,7 +539,7 @@ def train_clips(
     say(f"embedded {len(emb)} clips in {embed_s:.0f} s")
 
     t0 = time.perf_counter()
-    fitted = select_and_fit(emb, ds, train_idx, folds, spec, settings, bar)
+    fitted = select_and_fit(emb, ds, train_idx, folds, spec, settings, bar, tied)
     best, scored, spec = fitted.best, fitted.scored, fitted.spec
     epochs = best.best_epoch + 1
     train_s = time.perf_counter() - t0
@@ -445,6 +589,7 @@ def train_clips(
             },
         },
         "held_out_files": list(split.test),
+        "decision": fitted.decision,  # None: argmax; else the positive class from its calibrated threshold
         "refit_on_all": refit,  # True: the saved head also saw the held-out files
         "counts": {
             **data_ds.counts(),
@@ -470,6 +615,7 @@ def train_clips(
             for c in scored
         ],
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
+        "hard_negatives_generated": made,  # what --hard-negatives generated made (its folder is gone), or None
         "held_out": held_out,
         "seconds": {
             "embed": round(embed_s, 1),

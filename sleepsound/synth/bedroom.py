@@ -4,8 +4,9 @@ Why: a snore detector trained on one TV recording calls another TV snoring (issu
 unseen television-news clips, 14 of 25 vibration-motor clips). These generators make many
 different TVs, talkers, fans and motors, each clip deterministic from ``(seed, category, index)``:
 
-* ``tv_speech``: speech through a broadcast chain (100 Hz-7 kHz band, compression), often over a
-  music bed, then a little room;
+* ``tv_speech``: TV news: one or two newsreaders with pauses and breaths, studio presence, music beds
+  and stings, broadcast compression, limiting and loudness riding, through a TV's small loudspeaker
+  (150 Hz-8 kHz, a resonant peak, some distortion, cabinet rumble), in a bedroom;
 * ``room_speech``: speech in the room (reverberant, full band) over room tone;
 * ``fan_hvac``: shaped broadband air noise plus a blade-pass hum (50-300 Hz) slowly modulated;
 * ``motor_hum``: harmonic hum of a motor or transformer (50-300 Hz), slow wow, little noise;
@@ -35,7 +36,8 @@ from sleepsound.synth.sound import soft_limit
 SAMPLE_RATE = 16_000
 CATEGORIES: tuple[str, ...] = ("tv_speech", "room_speech", "fan_hvac", "motor_hum", "vibration_motor")
 SPEECH_SOURCES = ("auto", "espeak", "synth")
-TV_BAND_HZ = (100.0, 7000.0)
+TV_BAND_HZ = (100.0, 7000.0)  # a broadcast chain's band (also used by synth.styled)
+TV_SPEAKER_BAND_HZ = (150.0, 8000.0)  # a TV's small loudspeaker: the band its corners are drawn within
 
 # Vowel formants (F1, F2, F3 in Hz) of an adult male voice (Peterson & Barney averages).
 _VOWELS = np.array(
@@ -312,16 +314,115 @@ def vibration_motor(rng: np.random.Generator, n: int, rate: int = SAMPLE_RATE) -
     return _unit_rms(_unit_rms(buzz) * gate + floor * room_tone(rng, n, rate))
 
 
+def peaking(x: np.ndarray, f0: float, gain_db: float, q: float, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """RBJ peaking equaliser (why: a small loudspeaker's resonance, a bump of ``gain_db`` at ``f0``)."""
+    a_gain = 10 ** (gain_db / 40)
+    w0 = 2 * np.pi * f0 / rate
+    alpha = np.sin(w0) / (2 * q)
+    b = np.array([1 + alpha * a_gain, -2 * np.cos(w0), 1 - alpha * a_gain])
+    a = np.array([1 + alpha / a_gain, -2 * np.cos(w0), 1 - alpha / a_gain])
+    return lfilter(b / a[0], a / a[0], x).astype(np.float32)
+
+
+def limit(x: np.ndarray, rate: int, ceiling: float, release_s: float = 0.05) -> np.ndarray:
+    """Peak limiter: instant attack, exponential release, so no sample exceeds ``ceiling`` (re unit RMS)."""
+    peak = np.abs(x).astype(np.float64)
+    a = np.exp(-1.0 / (release_s * rate))
+    held = lfilter([1 - a], [1, -a], peak)
+    env = np.maximum(peak, held)  # never below the peak itself: the attack is instant
+    return (x * np.minimum(1.0, ceiling / np.maximum(env, 1e-12))).astype(np.float32)
+
+
+def loudness_normalise(x: np.ndarray, rate: int, seconds: float = 3.0, max_gain_db: float = 15.0) -> np.ndarray:
+    """Long-term loudness riding (broadcast AGC): the gain follows the inverse of a ``seconds``-long RMS, up to
+    ``max_gain_db`` of boost, so quiet passages (pauses, breaths) are lifted toward the programme level."""
+    env = _envelope(_unit_rms(x), rate, seconds)
+    gain = np.minimum(1.0 / env, 10 ** (max_gain_db / 20))
+    return _unit_rms(x * gain)
+
+
+def breath_in(rng: np.random.Generator, n: int, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Unit-RMS inhalation of a talker between phrases: turbulent noise through a vocal-tract-like band
+    (0.4-3 kHz, one broad resonance), rising then falling."""
+    noise = _band(rng.standard_normal(n), rng.uniform(300, 600), rng.uniform(2500, 4500), rate, order=2)
+    centre = rng.uniform(800, 1800)
+    noise = noise + 0.7 * _band(rng.standard_normal(n), centre / 1.25, centre * 1.25, rate, order=2)
+    tau = np.linspace(0, 1, n)
+    return _unit_rms(noise * np.sin(np.pi * tau) ** rng.uniform(0.8, 2.0))
+
+
+def music_sting(rng: np.random.Generator, n: int, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Unit-RMS news sting: a bright brass-like chord hit with a low drum boom and a cymbal wash, decaying."""
+    t = np.arange(n) / rate
+    root = rng.uniform(90, 180)
+    chord = root * 2 ** (np.array([0, 4, 7, 12, rng.choice([14, 16, 19])]) / 12)
+    brass = sum((0.8**h) * np.sin(2 * np.pi * f * (h + 1) * t + rng.random() * 6.28) for f in chord for h in range(8))
+    decay = np.exp(-t / rng.uniform(0.4, 1.2)) * np.minimum(t / 0.005, 1)
+    boom = np.sin(2 * np.pi * rng.uniform(50, 90) * t) * np.exp(-t / 0.15)
+    cymbal = _band(rng.standard_normal(n), 4000, 7900, rate, order=2) * np.exp(-t / rng.uniform(0.2, 0.8))
+    return _unit_rms(_unit_rms(brass) * decay + 0.8 * boom + 0.3 * cymbal)
+
+
+def news_programme(rng: np.random.Generator, n: int, rate: int = SAMPLE_RATE, source: str = "auto") -> np.ndarray:
+    """Unit-RMS broadcast news as it leaves the studio: one or two newsreaders in phrases of 0.6-2.5 s with
+    pauses (an audible breath in most), studio presence, sometimes a music bed under the speech and a
+    sting between items; then broadcast compression, a peak limiter and long-term loudness riding."""
+    talkers = 2 if rng.random() < 0.35 else 1
+    voices = [np.random.default_rng(rng.integers(2**32)) for _ in range(talkers)]  # each talker its own voice draws
+    out = np.zeros(n)
+    pos, who = int(rng.integers(0, rate // 2)), 0
+    while pos < n:
+        phrase = int(rng.uniform(0.6, 2.5) * rate)
+        if rng.random() < 0.12:  # a sting between items
+            out[pos : pos + phrase] += 1.2 * music_sting(rng, phrase, rate)[: n - pos]
+        else:
+            voice = speech(np.random.default_rng(voices[who].integers(2**32)), phrase, rate, source)
+            out[pos : pos + phrase] += voice[: n - pos]
+            if talkers == 2 and rng.random() < 0.5:
+                who = 1 - who
+        pos += phrase
+        gap = int(rng.uniform(0.15, 0.6) * rate)
+        if rng.random() < 0.7 and pos < n:  # the newsreader's breath in the pause
+            length = int(rng.uniform(0.2, min(0.45, gap / rate + 0.05)) * rate)
+            start = pos + max(0, (gap - length) // 2)
+            seg = breath_in(rng, length, rate) * 10 ** (-rng.uniform(12, 24) / 20)
+            out[start : start + length] += seg[: max(0, n - start)]
+        pos += gap
+    studio = room(out, rng, rate, wet=(0.03, 0.12))  # a treated studio: a little presence, short decay
+    if rng.random() < 0.5:
+        studio = _unit_rms(studio) + 10 ** (-rng.uniform(12, 22) / 20) * music_bed(rng, n, rate)
+    chain = compress(_band(studio, 60.0, 7800.0, rate), rate, rng.uniform(-22, -12), rng.uniform(4, 10))
+    chain = limit(chain, rate, ceiling=rng.uniform(2.0, 3.0))
+    return loudness_normalise(chain, rate, seconds=rng.uniform(2.0, 4.0))
+
+
+def tv_loudspeaker(x: np.ndarray, rng: np.random.Generator, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Unit-RMS sound of a TV's small loudspeaker: the 150 Hz-8 kHz band of a small driver (TV_SPEAKER_BAND_HZ
+    with the corners drawn inside it), its resonant peak (200-600 Hz, +6-12 dB), soft and slightly
+    asymmetric distortion, and cabinet rumble (40-140 Hz) that follows the programme's level."""
+    low = rng.uniform(TV_SPEAKER_BAND_HZ[0], 200.0)
+    high = rng.uniform(6000.0, TV_SPEAKER_BAND_HZ[1] * 0.95)
+    y = _band(x, low, high, rate, order=4)
+    y = peaking(_unit_rms(y), rng.uniform(200, 600), rng.uniform(6, 12), rng.uniform(1.5, 4.0), rate)
+    drive = rng.uniform(0.3, 0.8)
+    y = _unit_rms(y)
+    y = np.tanh(drive * (y + rng.uniform(0.02, 0.1) * y**2)) / drive  # cone excursion: odd and even harmonics
+    y = _band(y - np.mean(y), low, high, rate, order=4)  # the driver cannot reproduce what the clipping made outside
+    rumble = _band(rng.standard_normal(len(x)), 40.0, 140.0, rate, order=2)
+    rumble = _unit_rms(rumble) * _envelope(_unit_rms(y), rate, 0.05)
+    return _unit_rms(_unit_rms(y) + 10 ** (-rng.uniform(20, 30) / 20) * rumble)
+
+
 def tv_speech(rng: np.random.Generator, n: int, rate: int = SAMPLE_RATE, source: str = "auto") -> np.ndarray:
-    """Unit-RMS TV: speech (with a music bed two times in three) through a 100 Hz-7 kHz broadcast band and
-    compression, then the room it plays in."""
-    voice = speech(rng, n, rate, source)
-    if rng.random() < 2 / 3:
-        voice = _unit_rms(voice) + 10 ** (-rng.uniform(8, 20) / 20) * music_bed(rng, n, rate)
-    broadcast = compress(_band(voice, *TV_BAND_HZ, rate), rate, rng.uniform(-24, -14), rng.uniform(3, 8))
-    broadcast = _band(broadcast, *TV_BAND_HZ, rate)  # compression's gain changes leak a little out of band
-    tone = 10 ** (-rng.uniform(25, 40) / 20) * room_tone(rng, n, rate)
-    return _unit_rms(room(broadcast, rng, rate, wet=(0.05, 0.3)) + tone)
+    """Unit-RMS TV news in a bedroom: :func:`news_programme` through :func:`tv_loudspeaker`, then the room
+    it plays in over room tone. The programme runs 3 s longer than the clip (the loudness riding settles)
+    and the clip is a random stretch of its last part."""
+    warm = 3 * rate
+    programme = news_programme(rng, n + warm, rate, source)
+    start = int(rng.integers(warm // 2, warm + 1))
+    speaker = tv_loudspeaker(programme[start : start + n], rng, rate)
+    tone = 10 ** (-rng.uniform(30, 45) / 20) * room_tone(rng, n, rate)
+    return _unit_rms(room(speaker, rng, rate, wet=(0.1, 0.35)) + tone)
 
 
 def room_speech(rng: np.random.Generator, n: int, rate: int = SAMPLE_RATE, source: str = "auto") -> np.ndarray:

@@ -181,10 +181,17 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_whisper: str) -> dict
 
 def test_train_and_evaluate_via_cli(trained: dict) -> None:
     app, data, model, summary = trained["app"], trained["data"], trained["model"], trained["summary"]
-    held = summary["held_out"]
-    assert summary["counts"]["test"] == held["n"] == 16  # 2 of 6 blocks of 4 per label
-    assert summary["counts"]["train"] + held["n"] == summary["counts"]["used"] == 48
+    held, counts = summary["held_out"], summary["counts"]
+    assert counts["test"] == held["n"] == 16  # 2 of 6 blocks of 4 per label
+    assert counts["used"] == 48 and counts["added_to_training"] == 29  # default: 0.6 generated negatives per clip
+    assert counts["train"] == 32 + 29
     assert held["accuracy"] >= 0.8, held
+    info = json.loads((model / "config.json").read_text())["extra"]["clips"]  # the default path, as shipped
+    assert info["settings"]["target_recall"] is None and info["decision"] is None  # argmax by default
+    assert info["hard_negatives_generated"]["seed"] == 3 + 101 and info["hard_negatives_generated"]["counts"] == {
+        "no_snoring": 29,
+        "snoring": 0,
+    }
 
     runner = CliRunner()
     res = runner.invoke(
@@ -227,7 +234,8 @@ def test_by_default_the_saved_head_is_refit_on_every_clip_after_the_test_is_scor
     out = json.loads(res.stdout)
     assert out["refit_on_all"] is True and out["held_out"] == trained["summary"]["held_out"]  # same split, same score
     assert (
-        out["counts"]["saved_model_trained_on"] == 48 and trained["summary"]["counts"]["saved_model_trained_on"] == 32
+        out["counts"]["saved_model_trained_on"] == 48 + 29
+        and trained["summary"]["counts"]["saved_model_trained_on"] == trained["summary"]["counts"]["train"]
     )
     refit_weights = load_head_with_config(None, str(tmp_path / "refit"))[0].state_dict()
     scored_weights = load_head_with_config(None, str(trained["model"]))[0].state_dict()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from sleepsound.clips.categories import categorise, read_categories
 from sleepsound.clips.cli import clips_app
 from sleepsound.clips.dataset import load_dataset
 from sleepsound.clips.hard_negatives import LEVEL_DBFS, write_hard_negatives
+from sleepsound.clips.train import ClipTrainSettings, load_extra, load_labelled, tied_rows, untied, with_extra
 from sleepsound.synth import bedroom
 from tests.clips.test_clips import make_dataset
 
@@ -93,7 +95,10 @@ def test_added_clips_join_every_training_side_and_are_never_validated_or_tested_
     common = ["--backbone", "mel", "--block-size", "4", "--folds", "2", "--head", "mlp", "--max-epochs", "3"]
     common += ["--cache", str(cache), "--json"]
 
-    res = CliRunner().invoke(app, ["clips", "cv", "--data", str(data), "--k", "2", *common])
+    res = CliRunner().invoke(
+        app,
+        ["clips", "cv", "--data", str(data), "--k", "2", "--hard-negatives", "none", "--target-recall", "0", *common],
+    )
     assert res.exit_code == 0, res.output
     plain = json.loads(res.stdout)
     assert plain["added_to_training"] == 0 and len(list(cache.glob("clips-*.npy"))) == 1
@@ -123,9 +128,63 @@ def test_added_clips_join_every_training_side_and_are_never_validated_or_tested_
     assert not any(f.startswith("+extra") for f in config["held_out_files"])
     assert counts["saved_model_trained_on"] == 32 + 10
 
-    leaky = tmp_path / "leaky"
-    write_hard_negatives(leaky, n=10, seed=0, speech_source="synth", snoring=data, n_snoring=15)
+    # snoring mixed from the data's own clips: each mix is tied to its snore and kept off every training
+    # side whose validation or test side holds that snore (augmentation inside the training folds only)
+    mixed = tmp_path / "mixed"
+    write_hard_negatives(mixed, n=10, seed=0, speech_source="synth", snoring=data, n_snoring=15)
+    ds = load_labelled(data, ClipTrainSettings())
+    full = with_extra(ds, load_extra(ClipTrainSettings(hard_negatives=str(mixed)), ds))
+    tied = tied_rows(full, mixed)
+    added = np.arange(len(ds.files), len(full.files))
+    assert (tied[: len(ds.files)] == -1).all()
+    is_mix = np.array([full.files[i].startswith("+extra/snoring/") for i in added])
+    assert is_mix.sum() == 15 and (tied[added[is_mix]] >= 0).all() and (tied[added[~is_mix]] == -1).all()
+    assert all(full.labels[tied[i]] == "snoring" for i in added[is_mix])
+    held = np.unique(tied[added[is_mix]])[:2]
+    kept = untied(np.arange(len(full.files)), held, tied)
+    assert not np.isin(tied[kept], held).any() and len(kept) == len(full.files) - np.isin(tied, held).sum()
     res = CliRunner().invoke(
-        app, ["clips", "cv", "--data", str(data), "--k", "2", "--hard-negatives", str(leaky), *common]
+        app, ["clips", "cv", "--data", str(data), "--k", "2", "--hard-negatives", str(mixed), *common]
     )
-    assert res.exit_code == 2 and "leak held-out clips into training" in res.output
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["added_to_training"] == 25
+
+
+def test_generated_hard_negatives_are_made_for_the_run_mixed_from_its_own_snores_and_tied_to_them(
+    tmp_path: Path,
+) -> None:
+    """`--hard-negatives generated`: made per run (seeded), the data's snores mixed over fresh backgrounds,
+    the folder gone afterwards; cross-validation still scores the data's own clips only."""
+    from sleepsound.clips.cross_validate import cross_validate_clips
+    from sleepsound.clips.train import resolved_hard_negatives, train_clips
+
+    data = make_dataset(tmp_path / "data", per_label=16)
+    settings = ClipTrainSettings(
+        backbone="mel", block_size=4, folds=2, heads=("mlp",), max_epochs=3, hard_negatives="generated"
+    )
+    settings.generated_per_clip = (10 / 32, 15 / 32)  # 10 negatives and 15 mixes for 32 clips
+    heard: list[str] = []
+    with resolved_hard_negatives(data, settings, heard.append) as (resolved, made):
+        folder = Path(resolved.hard_negatives or "")
+        assert folder.is_dir() and made is not None and made["counts"] == {"no_snoring": 10, "snoring": 15}
+        with (folder / "manifest.csv").open() as fh:
+            sources = {row["snore_file"] for row in csv.DictReader(fh) if row["label"] == "snoring"}
+        assert sources and sources <= {f"snoring/1_{i}.wav" for i in range(16)}  # the data's own snores
+        first = sorted(p.read_bytes() for p in folder.glob("no_snoring/*.wav"))
+    assert not folder.exists() and "made 10 hard negatives and 15 snoring mixes" in heard[0]
+    with resolved_hard_negatives(data, settings, heard.append) as (resolved, _):
+        assert sorted(p.read_bytes() for p in Path(resolved.hard_negatives or "").glob("no_snoring/*.wav")) == first
+
+    summary = train_clips(data, tmp_path / "model", replace(settings, test_fraction=0.34))
+    assert summary["counts"]["added_to_training"] == 25 and summary["hard_negatives_generated"]["seed"] == 101
+    assert summary["counts"]["train"] < 24 + 25  # mixes of the test blocks' snores left out of training
+    result = cross_validate_clips(data, settings, k=2)
+    assert result["n"] == 32 and result["hard_negatives"] == "generated" and result["added_to_training"] == 25
+    other = tmp_path / "other"
+    for label in ("a", "b"):
+        (other / label).mkdir(parents=True)
+        for i in range(8):
+            sf.write(other / label / f"{i}.wav", np.full(8000, 0.1 * (i + 1), np.float32), 16000)
+    with resolved_hard_negatives(other, settings, heard.append) as (resolved, made):
+        assert resolved.hard_negatives is None and made == {"skipped": "labels ['a', 'b']"}  # not snoring data
+    assert "no hard negatives generated" in heard[-1]

@@ -29,10 +29,51 @@ def test_every_category_is_deterministic_finite_unit_rms_and_exactly_long(catego
     assert not np.allclose(a, bedroom.background(category, 5, 2, speech_source="synth"))
 
 
-def test_tv_speech_stays_in_the_broadcast_band() -> None:
+def test_tv_speech_stays_in_the_tv_loudspeakers_band() -> None:
     x = np.concatenate([bedroom.background("tv_speech", 3, i, speech_source="synth") for i in range(6)])
-    assert _power_share(x, 0, 60) < 0.002 and _power_share(x, 7600, RATE / 2) < 0.002
+    assert _power_share(x, 0, 60) < 0.002 and _power_share(x, 7700, RATE / 2) < 0.002
+    assert _power_share(x, 60, 140) < 0.02  # cabinet rumble, well below the programme
     assert _power_share(x, 150, 4000) > 0.8
+
+
+def test_the_tv_loudspeaker_has_its_band_a_resonant_peak_and_rumble_that_follows_the_programme() -> None:
+    noise = np.random.default_rng(9).standard_normal(4 * RATE).astype(np.float32)
+    for draw in range(4):
+        y = bedroom.tv_loudspeaker(noise, np.random.default_rng(draw), RATE)
+        f, p = welch(y, RATE, nperseg=4096)
+        assert 190 <= f[np.argmax(p)] <= 620, draw  # the driver's resonance leads a white input
+        assert p[f < 100].sum() / p.sum() < 0.01 and p[f > 7700].sum() / p.sum() < 0.001, draw
+    silent = np.zeros(RATE, np.float32)
+    silent[: RATE // 2] = noise[: RATE // 2]
+    y = bedroom.tv_loudspeaker(silent, np.random.default_rng(0), RATE)
+    assert np.abs(y[-RATE // 4 :]).max() < 0.01 * np.abs(y[: RATE // 2]).max()  # no programme, no rumble
+
+
+def test_limiter_ceiling_loudness_riding_and_breaths() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(8 * RATE).astype(np.float32)
+    x[2 * RATE :] *= 0.1  # a passage 20 dB quieter
+    limited = bedroom.limit(x * 3, RATE, ceiling=2.0)
+    assert np.abs(limited).max() <= 2.0 + 1e-6 and np.abs(x * 3).max() > 2.0
+    ridden = bedroom.loudness_normalise(x, RATE, seconds=0.5, max_gain_db=15)
+    before = np.std(x[6 * RATE :]) / np.std(x[:RATE])
+    after = np.std(ridden[6 * RATE :]) / np.std(ridden[:RATE])
+    assert 20 * np.log10(after / before) > 12  # the quiet passage is lifted toward the programme level
+    breath = bedroom.breath_in(np.random.default_rng(2), RATE // 3, RATE)
+    assert _power_share(breath, 250, 5000) > 0.9
+    env = bedroom._envelope(breath, RATE, 0.01)
+    assert env[len(env) // 2] > 3 * max(env[len(env) // 20], env[-1])  # rises and falls
+
+
+def test_news_programme_is_deterministic_and_pauses_between_phrases() -> None:
+    a = bedroom.news_programme(np.random.default_rng(5), 6 * RATE, RATE, "synth")
+    assert np.array_equal(a, bedroom.news_programme(np.random.default_rng(5), 6 * RATE, RATE, "synth"))
+    depths = []
+    for draw in range(6):
+        x = bedroom.news_programme(np.random.default_rng(draw), 8 * RATE, RATE, "synth")
+        env = bedroom._envelope(x, RATE, 0.02)[::160]
+        depths.append(20 * np.log10(np.percentile(env, 50) / np.percentile(env, 5)))
+    assert max(depths) > 15 and min(depths) > 2  # pauses (a music bed under some fills them partly)
 
 
 def test_synthetic_speech_is_modulated_at_syllable_rate_not_breathing_rate() -> None:
