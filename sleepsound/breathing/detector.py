@@ -71,7 +71,7 @@ class DetectorSettings:
     cycle_s: float = 6.0  # one breath cycle at the slowest usual rate (10/min): the amplitude window
     # Events below are left out of the table and the indices. Fitted by `sleepsound breathing-eval` on
     # the development styles (classic, varied, quiet-electret; lowest per-night REI error), checked on
-    # held-out styles (phone-fan, tv-bedroom, hvac-hall) and a fresh cohort: notes/s22-transfer.md.
+    # held-out styles (phone-fan, tv-bedroom, hvac-hall) and a fresh cohort: README, "Transfer evaluation".
     min_confidence: float = 0.7
     min_weak_breaths: int = 2  # breath sounds that must begin inside a hypopnoea: whole weak cycles
 
