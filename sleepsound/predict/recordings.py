@@ -22,7 +22,6 @@ from sleepsound.core.config import Config
 from sleepsound.core.records import ManifestRow, TrainedModels
 from sleepsound.core.storage import RootLike, join, open_root, write_table
 from sleepsound.embed.cache import channel_configs, epochs_path, read_cached_table
-from sleepsound.ingest.manifest import read_manifest_rows
 from sleepsound.labels.targets import PRIMARY, TARGETS, Target
 from sleepsound.models.heads.artifacts import load_head
 from sleepsound.train.dataset import EmbeddedEpochs, load_embedded, model_inputs
@@ -48,7 +47,9 @@ def predict_recordings(
     accepted = manifest[manifest["status"] == "accepted"]
     if recordings is not None:
         accepted = accepted[accepted["recording_id"].astype(str).isin(set(recordings))]
-    manifest_rows = {str(r["recording_id"]): r for r in read_manifest_rows(root)}  # typed rows (None, not NaN)
+    # The given manifest's rows as plain values (None, not NaN; lists, not arrays), for the event detector.
+    typed = pa.Table.from_pandas(accepted, preserve_index=False).to_pylist()
+    manifest_rows = {str(r["recording_id"]): r for r in typed}
     for row in accepted.itertuples(index=False):
         split = (
             "unlabelled"
