@@ -35,14 +35,14 @@ def _ended(pid: int) -> bool:
 
 def test_a_kept_server_serves_the_next_command_then_stops_when_idle(tmp_path: Path, no_api_url) -> None:
     home = tmp_path / "prefect"
-    with local_prefect_api(home, keep_s=4) as url:
+    with local_prefect_api(home, keep_s=2) as url:
         assert _healthy(url) and os.environ["PREFECT_API_URL"] == url
     assert "PREFECT_API_URL" not in os.environ
     assert _healthy(url)  # still there for the next command
     started = time.monotonic()
-    with local_prefect_api(home, keep_s=4) as again:
+    with local_prefect_api(home, keep_s=2) as again:
         assert again == url and time.monotonic() - started < 2  # reused: no server boot
-        time.sleep(5)  # longer than keep_s, but in use: the keeper must not stop it
+        time.sleep(3)  # longer than keep_s, but in use: the keeper must not stop it
         with urllib.request.urlopen(f"{again}/health", timeout=2) as response:
             assert response.status == 200
     record = json.loads((home / "server.json").read_text())
