@@ -28,22 +28,20 @@ from sleepsound.breathing.store import events_path
 from sleepsound.core.storage import RootLike, open_root
 from sleepsound.io.edf_header import EdfHeaderError, read_edf_header
 from sleepsound.labels.vocabulary import EPOCH_SECONDS
-from sleepsound.report.summaries import MIN_SLEEP_HOURS_FOR_AHI, breathing_summary, night_summary, severity
+from sleepsound.report.summaries import (
+    EVENT_TYPES,
+    MIN_SLEEP_HOURS_FOR_AHI,
+    ahi_by_stage,
+    breathing_summary,
+    night_summary,
+    severity,
+    stage3_of,
+)
 
 # The five AASM stages as the 5-class head names them, in the report's order (W, R, N1, N2, N3),
 # and how each folds into the 3-class stages the sleep measures are defined on.
 STAGE5_ORDER: tuple[str, ...] = ("W", "R", "N1", "N2", "N3")
 STAGE3_ORDER: tuple[str, ...] = ("Wake", "REM", "NREM")
-TO_STAGE3 = {
-    "W": "Wake",
-    "R": "REM",
-    "N1": "NREM",
-    "N2": "NREM",
-    "N3": "NREM",
-    "Wake": "Wake",
-    "REM": "REM",
-    "NREM": "NREM",
-}
 STAGE_NAMES = {
     "W": "Wake",
     "R": "REM",
@@ -54,7 +52,6 @@ STAGE_NAMES = {
     "REM": "REM",
     "NREM": "NREM",
 }
-EVENT_TYPES = ("apnea", "hypopnea")
 EVENT_COLUMNS = ("recording_id", "start_s", "end_s", "type", "confidence")
 NOT_FROM_AUDIO = {
     "SpO2 (oxygen saturation)": "needs a pulse oximeter",
@@ -62,68 +59,6 @@ NOT_FROM_AUDIO = {
     "arousal index": "needs EEG",
     "periodic limb movements": "needs leg EMG",
 }
-
-
-def _stage3(stage: Any) -> str | None:
-    return TO_STAGE3.get(stage) if isinstance(stage, str) else None
-
-
-def ahi_by_stage(
-    onset_s: Sequence[float] | np.ndarray,
-    epoch_start_s: Sequence[float] | np.ndarray,
-    stages: Sequence[str | None],
-    *,
-    types: Sequence[str | None] | None = None,
-    weights: Sequence[float] | np.ndarray | None = None,
-    epoch_seconds: float = EPOCH_SECONDS,
-) -> dict[str, float]:
-    """Events per hour of sleep overall, in REM, in NREM and per event type.
-
-    An event counts in the stage of the epoch holding its onset, and only when that epoch is
-    sleep (AASM: events are scored during sleep); events outside every epoch are dropped.
-    ``stages``: 3- or 5-class names (None unknown). ``weights``: an event's count (1 for a
-    detected event; an epoch's expected count when the events are per-epoch estimates).
-    ``types``: 'apnea' / 'hypopnea' per event; without them the per-type AHIs are NaN.
-    An AHI whose hours of sleep are 0 is NaN.
-    """
-    onsets = np.asarray(onset_s, dtype=np.float64)
-    starts = np.asarray(epoch_start_s, dtype=np.float64)
-    if len(starts) != len(stages):
-        raise ValueError(f"epoch_start_s and stages need one entry per epoch: {len(starts)} and {len(stages)}")
-    w = np.ones(len(onsets)) if weights is None else np.nan_to_num(np.asarray(weights, dtype=np.float64))
-    if len(w) != len(onsets) or (types is not None and len(types) != len(onsets)):
-        raise ValueError("onset_s, weights and types need one entry per event")
-    order = np.argsort(starts, kind="stable")
-    starts = starts[order]
-    stage3 = np.array([_stage3(stages[i]) or "" for i in order], dtype=object)
-    hours = {s: float((stage3 == s).sum()) * epoch_seconds / 3600.0 for s in ("REM", "NREM")}
-    hours["sleep"] = hours["REM"] + hours["NREM"]
-
-    event_stage = np.full(len(onsets), "", dtype=object)
-    if len(starts):
-        where = np.searchsorted(starts, onsets, side="right") - 1
-        idx = np.clip(where, 0, len(starts) - 1)
-        inside = (where >= 0) & (onsets < starts[idx] + epoch_seconds)
-        event_stage[inside] = stage3[idx[inside]]
-    counts = {s: float(w[event_stage == s].sum()) for s in ("REM", "NREM")}
-    asleep = np.isin(event_stage, ("REM", "NREM"))
-
-    def rate(n: float, h: float) -> float:
-        return n / h if h > 0 else math.nan
-
-    out = {
-        "events": counts["REM"] + counts["NREM"],
-        "sleep_hours": hours["sleep"],
-        "ahi": rate(counts["REM"] + counts["NREM"], hours["sleep"]),
-        "ahi_rem": rate(counts["REM"], hours["REM"]),
-        "ahi_nrem": rate(counts["NREM"], hours["NREM"]),
-    }
-    kinds = np.array([t if isinstance(t, str) else "" for t in types], dtype=object) if types is not None else None
-    for kind in EVENT_TYPES:
-        n = float(w[asleep & (kinds == kind)].sum()) if kinds is not None else math.nan
-        out[f"events_{kind}"] = n
-        out[f"ahi_{kind}"] = rate(n, hours["sleep"]) if kinds is not None else math.nan
-    return out
 
 
 def read_night_events(root: RootLike, run_id: str, recording_id: str) -> pd.DataFrame | None:
@@ -226,7 +161,7 @@ def night_figures(
     three = _strings(night["stage_pred"])
     use5 = bool(five) and any(five) and all(f is not None for f, t in zip(five, three, strict=True) if t is not None)
     stages = five if use5 else three
-    folded = [_stage3(s) for s in stages]
+    folded = [stage3_of(s) for s in stages]
     summary = night_summary(folded, epoch_seconds)
     names = STAGE5_ORDER if use5 else STAGE3_ORDER
     stage_minutes = {s: sum(1 for x in stages if x == s) * epoch_seconds / 60.0 for s in names}

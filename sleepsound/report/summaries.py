@@ -165,6 +165,83 @@ def breathing_summary(
 MIN_SLEEP_HOURS_FOR_AHI = 2.0
 
 
+# How the 5-class head's stages (and the 3-class ones) fold into the 3 classes sleep is measured in.
+TO_STAGE3 = {
+    "W": "Wake",
+    "R": "REM",
+    "N1": "NREM",
+    "N2": "NREM",
+    "N3": "NREM",
+    "Wake": "Wake",
+    "REM": "REM",
+    "NREM": "NREM",
+}
+EVENT_TYPES = ("apnea", "hypopnea")
+
+
+def stage3_of(stage: Any) -> str | None:
+    """A 3- or 5-class stage name in 3 classes (None for anything else)."""
+    return TO_STAGE3.get(stage) if isinstance(stage, str) else None
+
+
+def ahi_by_stage(
+    onset_s: Sequence[float] | np.ndarray,
+    epoch_start_s: Sequence[float] | np.ndarray,
+    stages: Sequence[str | None],
+    *,
+    types: Sequence[str | None] | None = None,
+    weights: Sequence[float] | np.ndarray | None = None,
+    epoch_seconds: float = EPOCH_SECONDS,
+) -> dict[str, float]:
+    """Events per hour of sleep overall, in REM, in NREM and per event type.
+
+    An event counts in the stage of the epoch holding its onset, and only when that epoch is
+    sleep (AASM: events are scored during sleep); events outside every epoch are dropped.
+    ``stages``: 3- or 5-class names (None unknown). ``weights``: an event's count (1 for a
+    detected event; an epoch's expected count when the events are per-epoch estimates).
+    ``types``: 'apnea' / 'hypopnea' per event; without them the per-type AHIs are NaN.
+    An AHI whose hours of sleep are 0 is NaN.
+    """
+    onsets = np.asarray(onset_s, dtype=np.float64)
+    starts = np.asarray(epoch_start_s, dtype=np.float64)
+    if len(starts) != len(stages):
+        raise ValueError(f"epoch_start_s and stages need one entry per epoch: {len(starts)} and {len(stages)}")
+    w = np.ones(len(onsets)) if weights is None else np.nan_to_num(np.asarray(weights, dtype=np.float64))
+    if len(w) != len(onsets) or (types is not None and len(types) != len(onsets)):
+        raise ValueError("onset_s, weights and types need one entry per event")
+    order = np.argsort(starts, kind="stable")
+    starts = starts[order]
+    stage3 = np.array([stage3_of(stages[i]) or "" for i in order], dtype=object)
+    hours = {s: float((stage3 == s).sum()) * epoch_seconds / 3600.0 for s in ("REM", "NREM")}
+    hours["sleep"] = hours["REM"] + hours["NREM"]
+
+    event_stage = np.full(len(onsets), "", dtype=object)
+    if len(starts):
+        where = np.searchsorted(starts, onsets, side="right") - 1
+        idx = np.clip(where, 0, len(starts) - 1)
+        inside = (where >= 0) & (onsets < starts[idx] + epoch_seconds)
+        event_stage[inside] = stage3[idx[inside]]
+    counts = {s: float(w[event_stage == s].sum()) for s in ("REM", "NREM")}
+    asleep = np.isin(event_stage, ("REM", "NREM"))
+
+    def rate(n: float, h: float) -> float:
+        return n / h if h > 0 else math.nan
+
+    out = {
+        "events": counts["REM"] + counts["NREM"],
+        "sleep_hours": hours["sleep"],
+        "ahi": rate(counts["REM"] + counts["NREM"], hours["sleep"]),
+        "ahi_rem": rate(counts["REM"], hours["REM"]),
+        "ahi_nrem": rate(counts["NREM"], hours["NREM"]),
+    }
+    kinds = np.array([t if isinstance(t, str) else "" for t in types], dtype=object) if types is not None else None
+    for kind in EVENT_TYPES:
+        n = float(w[asleep & (kinds == kind)].sum()) if kinds is not None else math.nan
+        out[f"events_{kind}"] = n
+        out[f"ahi_{kind}"] = rate(n, hours["sleep"]) if kinds is not None else math.nan
+    return out
+
+
 def event_indices(
     events: Sequence[dict[str, Any]],
     stages: Sequence[str | None],
@@ -183,10 +260,10 @@ def event_indices(
     """
     n = len(stages)
     hours = (recording_seconds if recording_seconds is not None else n * epoch_seconds) / 3600.0
-    asleep = np.array([_clean(s) in SLEEP for s in stages], dtype=bool)
-    sleep_hours = asleep.sum() * epoch_seconds / 3600.0
-    during_sleep = sum(1 for e in events if 0 <= (i := int(float(e["start_s"]) // epoch_seconds)) < n and asleep[i])
-    ahi = during_sleep / sleep_hours if sleep_hours else float("nan")
+    checked = [_clean(s) for s in stages]
+    onsets = [float(e["start_s"]) for e in events]
+    during_sleep = ahi_by_stage(onsets, np.arange(n) * epoch_seconds, checked, epoch_seconds=epoch_seconds)
+    sleep_hours, ahi = during_sleep["sleep_hours"], during_sleep["ahi"]
     rei = len(events) / hours if hours else float("nan")
     warning = (
         f"estimated sleep {sleep_hours:.1f} h is under {MIN_SLEEP_HOURS_FOR_AHI:g} h: "
