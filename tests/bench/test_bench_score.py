@@ -31,9 +31,9 @@ def test_bench_score_json_times_every_stage_and_the_baseline(
             "bench",
             "score",
             "--nights",
-            "4",
-            "--minutes",
             "3",
+            "--minutes",
+            "2",
             "--train-nights",
             "3",
             "--workers",
@@ -51,10 +51,10 @@ def test_bench_score_json_times_every_stage_and_the_baseline(
     )
     assert out.exit_code == 0, out.output[-3000:]
     result = json.loads(out.output.strip().splitlines()[-1])
-    assert (result["benchmark"], result["nights"], result["minutes_per_night"]) == ("score", 4, 3.0)
+    assert (result["benchmark"], result["nights"], result["minutes_per_night"]) == ("score", 3, 2.0)
     [run] = result["runs"]
-    assert run["embed_workers"] == 1 and run["nights"] == 4 and run["cached"] == 0  # nothing reused
-    assert run["epochs"] == result["baseline"]["epochs"] == 4 * 6
+    assert run["embed_workers"] == 1 and run["nights"] == 3 and run["cached"] == 0  # nothing reused
+    assert run["epochs"] == result["baseline"]["epochs"] == 3 * 4
     assert set(run["steps"]) == {"ingest", "embed", "champions", "predict", "report"}
     assert sum(run["steps"].values()) <= run["seconds"]
     # the real `sleepsound score` command, measured whole from the parent; its steps from the run record
@@ -72,7 +72,7 @@ def test_bench_score_json_times_every_stage_and_the_baseline(
         assert figures["nights_per_s"] == pytest.approx(figures["nights"] / figures["seconds"], rel=0.01)
     assert result["scaling_efficiency"] == {"1": 1.0}
     assert result["speedup"] > 0
-    assert (tmp_path / cohort_name(4, 3.0, 16_000, 0) / "cohort.json").is_file()  # generated once, kept
+    assert (tmp_path / cohort_name(3, 2.0, 16_000, 0) / "cohort.json").is_file()  # generated once, kept
 
 
 def test_the_cohort_is_generated_once(tmp_path: Path) -> None:

@@ -94,7 +94,7 @@ def test_a_flow_killed_mid_run_is_finished_by_a_rerun_that_redoes_nothing(tiny_w
     from flows.pipeline import run_pipeline_on_ray
 
     cohort = tmp_path / "cohort"
-    generate_cohort(cohort, n_subjects=6, hours=0.25, seed=32, sample_rate=16_000, part_seconds=900, cycle_minutes=15)
+    generate_cohort(cohort, n_subjects=6, hours=0.1, seed=32, sample_rate=16_000, part_seconds=360, cycle_minutes=6)
     root = tmp_path / "root"
     cfg = _cfg(tiny_whisper)
     proc = _sleepsound(
@@ -146,7 +146,7 @@ def test_storage_that_drops_and_delays_requests_under_the_nightly_flow(
     s3 = s3fs.S3FileSystem()
     s3.mkdir("sleepsound-faults")
     s3.put(str(cohort) + "/", "sleepsound-faults/source/", recursive=True)
-    with FlakyS3Proxy(s3_endpoint, drop_every=9, delay_every=5, delay_s=0.3) as proxy:
+    with FlakyS3Proxy(s3_endpoint, drop_every=13, delay_every=5, delay_s=0.05) as proxy:
         proc = _sleepsound(
             "nightly",
             "--source",
