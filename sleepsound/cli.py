@@ -94,6 +94,14 @@ def synth(
     speech: Annotated[
         str, typer.Option(help="TV and sleep-talk voices of styled nights: espeak (espeak-ng), synth, or auto.")
     ] = "auto",
+    snoring: Annotated[
+        bool,
+        typer.Option(
+            "--snoring/--no-snoring",
+            help="--no-snoring: nights without any snore (every other draw unchanged), e.g. a TV or fan "
+            "night for the snore index's false alarms.",
+        ),
+    ] = True,
 ) -> None:
     """Write a deterministic synthetic cohort in PSG-Audio (or plain) layout.
 
@@ -148,6 +156,7 @@ def synth(
         cycle_minutes=cycle_minutes,
         style=style,
         speech_source=speech,
+        snoring=snoring,
     )
     table = Table("subject", "hours", "epochs", "AHI", "style")
     for s in summaries:

@@ -280,3 +280,23 @@ def event_indices(
         "n_hypopnea": sum(e["type"] == "hypopnea" for e in events),
         "ahi_warning": warning,
     }
+
+
+SNORE_FROM_FRAMES = "per-second snoring head"
+SNORE_FROM_EPOCHS = "per-epoch estimate (no per-second snoring head: P(snore) x snoring share of a snore epoch)"
+
+
+def snore_shares(
+    night: pd.DataFrame, snore_share_per_snore_epoch: float | None, epoch_seconds: float = EPOCH_SECONDS
+) -> tuple[np.ndarray | None, str | None]:
+    """Each epoch's estimated snoring share (0-1) and where it comes from: the per-second head's
+    seconds called snoring where the predictions have them, else the respiratory head's
+    P(snore) x the training side's snoring share of a snore epoch (``snore_share_per_snore_epoch``,
+    None when there is no respiratory head), else (None, None)."""
+    if "snore_s_pred" in night and night["snore_s_pred"].notna().any():
+        return night["snore_s_pred"].to_numpy(np.float64, na_value=np.nan) / epoch_seconds, SNORE_FROM_FRAMES
+    if snore_share_per_snore_epoch is not None and "prob_snore" in night and night["prob_snore"].notna().any():
+        return night["prob_snore"].to_numpy(
+            np.float64, na_value=np.nan
+        ) * snore_share_per_snore_epoch, SNORE_FROM_EPOCHS
+    return None, None
