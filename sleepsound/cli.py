@@ -865,6 +865,10 @@ def _print_nights(summaries_uri: str) -> None:
             _figure(row.snore_index, ".1f"),
         )
     console.print(table)
+    if "snore_source" in nights:  # the per-second snoring head, or today's per-epoch estimate (older roots)
+        sources = sorted({str(s) for s in nights["snore_source"].dropna()})
+        if sources:
+            console.print(f"snore index from: {'; '.join(sources)}")
     if len(nights) > NIGHTS_SHOWN:
         console.print(f"... and {len(nights) - NIGHTS_SHOWN} more nights in {summaries_uri}")
 

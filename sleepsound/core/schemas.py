@@ -179,6 +179,18 @@ EVENTS = pa.schema(
     ]
 )
 
+# A night's snoring bouts from the per-second snoring head (runs/<run-id>/snoring/recording_id=<rec>/
+# part-0.parquet, beside the event table): runs of consecutive frames called snoring, in seconds
+# from the recording's start. Written for runs whose predictions have the per-second columns.
+SNORING = pa.schema(
+    [
+        ("recording_id", pa.string()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("mean_prob", pa.float32()),  # the bout's mean P(snoring)
+    ]
+)
+
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """Cast a table to ``schema`` (column order and types), failing loudly on a mismatch."""

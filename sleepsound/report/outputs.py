@@ -20,6 +20,7 @@ import pyarrow as pa
 from sleepsound.breathing.detector import BreathingEvent
 from sleepsound.breathing.evaluate import Counts, add_counts, match_counts, scored_events, scores
 from sleepsound.breathing.store import read_events
+from sleepsound.core import schemas
 from sleepsound.core.config import Config
 from sleepsound.core.records import HeadInfo, Reported, TrainedModels
 from sleepsound.core.storage import RootLike, full_uri, join, open_root, write_bytes_atomic, write_json, write_table
@@ -38,7 +39,14 @@ from sleepsound.report.metrics import ahi_agreement, bootstrap_ci, cohen_kappa, 
 from sleepsound.report.night import NightFigures, night_figures, read_night_events, recording_start, subject_trends
 from sleepsound.report.night_page import data_source_text, file_stem, night_pdf, render_night_html
 from sleepsound.report.render import NightLink, ReportInputs, render_report
-from sleepsound.report.summaries import breathing_summary, event_indices, night_summary, severity, snore_shares
+from sleepsound.report.summaries import (
+    breathing_summary,
+    event_indices,
+    night_summary,
+    severity,
+    snore_shares,
+    snoring_bouts,
+)
 
 CI_BOOTSTRAPS = 500
 
@@ -180,6 +188,15 @@ def night_breathing(
     return out
 
 
+def _write_snoring(fs: Any, root_path: str, run_id: str, rec: str, night: pd.DataFrame) -> None:
+    """The night's snoring bouts (``schemas.SNORING``) beside its event table."""
+    from sleepsound.train.frames import CUT
+
+    rows = [{"recording_id": rec, **b} for b in snoring_bouts(night, CUT)]
+    path = join(root_path, "runs", run_id, "snoring", f"recording_id={rec}", "part-0.parquet")
+    write_table(fs, path, pa.Table.from_pylist(rows, schema=schemas.SNORING))
+
+
 def write_night_reports(
     root: RootLike, run_id: str, preds: pd.DataFrame, model: TrainedModels, backbone: str | None
 ) -> tuple[list[NightLink], list[NightFigures]]:
@@ -269,6 +286,8 @@ def write_run_outputs(
         split = str(night["split"].iloc[0])
         subject = str(night["subject_id"].iloc[0])
         figures = night_breathing(night, resp, detected.get(str(rec)))
+        if "snore_frames" in night and night["snore_frames"].notna().any():
+            _write_snoring(fs, root_path, run_id, str(rec), night)
         if split == "test" and str(rec) in detected and night["events_true"].notna().any():
             event_counts.append(_event_counts(manifest_rows.get(str(rec)), detected[str(rec)]))
         for source, column in (("predicted", "stage_pred"), ("scored", "stage_true")):

@@ -300,3 +300,30 @@ def snore_shares(
             np.float64, na_value=np.nan
         ) * snore_share_per_snore_epoch, SNORE_FROM_EPOCHS
     return None, None
+
+
+def snoring_bouts(night: pd.DataFrame, cut: float, epoch_seconds: float = EPOCH_SECONDS) -> list[dict[str, float]]:
+    """Runs of consecutive frames called snoring (P > ``cut``) in one night's predictions, across epoch
+    boundaries where the epochs follow each other: ``{start_s, end_s, mean_prob}`` each, by time."""
+    bouts: list[dict[str, float]] = []
+    open_bout: list[float] | None = None  # [start, end, sum of P, frames]
+    for start, frames in zip(night["start_s"].to_numpy(float), night["snore_frames"], strict=True):
+        if frames is None or (isinstance(frames, float) and math.isnan(frames)):
+            continue
+        probs = np.asarray(frames, dtype=np.float64)
+        step = epoch_seconds / len(probs)
+        for k, p in enumerate(probs):
+            t = float(start + k * step)
+            if p > cut and open_bout is not None and abs(open_bout[1] - t) < 1e-6:
+                open_bout[1], open_bout[2], open_bout[3] = t + step, open_bout[2] + p, open_bout[3] + 1
+            elif p > cut:
+                if open_bout is not None:
+                    bouts.append(_bout(open_bout))
+                open_bout = [t, t + step, p, 1.0]
+    if open_bout is not None:
+        bouts.append(_bout(open_bout))
+    return bouts
+
+
+def _bout(b: list[float]) -> dict[str, float]:
+    return {"start_s": b[0], "end_s": b[1], "mean_prob": b[2] / b[3]}

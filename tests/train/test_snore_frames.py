@@ -112,3 +112,37 @@ def test_the_generator_makes_a_night_without_snoring_and_changes_nothing_else() 
     assert quiet.stages == snoring.stages
     assert [e for e in quiet.events if e.type != "Snore"] == [e for e in snoring.events if e.type != "Snore"]
     assert np.array_equal(quiet.breaths.onset_s, snoring.breaths.onset_s)
+
+
+def test_snoring_bouts_join_consecutive_called_frames_across_epochs() -> None:
+    from sleepsound.report.summaries import snoring_bouts
+
+    first = [0.0] * 58 + [0.9, 0.7]  # the last second of epoch 0 ...
+    second = [0.8] + [0.1] * 58 + [0.6]  # ... runs into epoch 1's first frame
+    night = pd.DataFrame(
+        {"start_s": [0.0, 30.0, 60.0, 120.0], "snore_frames": [first, second, None, [0.9] + [0.0] * 59]}
+    )
+    bouts = snoring_bouts(night, 0.5)
+    assert [(b["start_s"], b["end_s"]) for b in bouts] == [(29.0, 30.5), (59.5, 60.0), (120.0, 120.5)]
+    assert bouts[0]["mean_prob"] == pytest.approx(0.8)
+
+
+def test_night_summaries_say_where_the_snore_index_comes_from() -> None:
+    from sleepsound.report.outputs import night_breathing
+
+    n = 120  # an hour, asleep throughout: 10 s of snoring in every epoch is 20 min per hour
+    night = pd.DataFrame(
+        {
+            "stage_pred": ["NREM"] * n,
+            "prob_apnea_hypopnea": [0.0] * n,
+            "prob_snore": [1.0] * n,
+            "snore_s_pred": [10.0] * n,
+            "events_true": [None] * n,
+        }
+    )
+    resp = {"events_per_event_epoch": 1.0, "snore_share_per_snore_epoch": 0.5}
+    got = night_breathing(night, resp)  # type: ignore[arg-type]
+    assert got["snore_source"] == SNORE_FROM_FRAMES and got["snore_index_estimated"] == pytest.approx(10.0 / 30 * 60)
+    assert got["snore_index_epoch_estimated"] == pytest.approx(30.0)  # today's estimate, kept beside it
+    older = night_breathing(night.drop(columns="snore_s_pred"), resp)  # type: ignore[arg-type]
+    assert older["snore_source"] == SNORE_FROM_EPOCHS and older["snore_index_estimated"] == pytest.approx(30.0)

@@ -380,7 +380,7 @@ def test_every_task_gets_a_head_on_one_split_and_predictions_carry_them(nights, 
     cfg = _config(tiny_whisper, context_epochs=3)
     manifest = pd.DataFrame(nights)
     model = train_models(embedded_root, cfg, "tasks", manifest)
-    assert set(model["heads"]) == {"stage3", "stage5", "resp"} and model["skipped"] == {}
+    assert set(model["heads"]) == {"stage3", "stage5", "resp", "snore"} and model["skipped"] == {}
     assert model["val_subjects"] == []  # 2 training subjects: too few to spare one
     for name, head in model["heads"].items():
         lineage = json.loads(Path(head["model_dir"], "lineage.json").read_text())
@@ -402,6 +402,18 @@ def test_every_task_gets_a_head_on_one_split_and_predictions_carry_them(nights, 
     labelled = preds[~unlabelled]
     assert labelled["resp_true"].notna().all() and labelled["events_true"].notna().all()
     assert set(labelled["split"]) == {"train", "test"}
+    # the per-second snoring head: each valid epoch's 60 frames, its seconds called snoring, the frames' truth
+    frames = np.stack(preds.loc[valid, "snore_frames"].to_numpy())
+    assert frames.shape[1] == 60 and ((frames >= 0) & (frames <= 1)).all()
+    called = (frames > 0.5).sum(axis=1) * 0.5
+    assert np.allclose(preds.loc[valid, "snore_s_pred"].to_numpy(float), called)
+    truth = np.stack(preds.loc[valid & ~unlabelled, "snore_frames_true"].to_numpy())
+    scored_s = labelled.loc[valid, "snore_frac_true"].to_numpy(float) * 30
+    assert truth.shape[1] == 60 and truth.any() and (scored_s[truth.any(axis=1)] > 0.25).all()
+    assert np.corrcoef(truth.sum(axis=1) * 0.5, scored_s)[0, 1] > 0.9  # frames: the events' seconds, to a frame
+    assert preds.loc[unlabelled, "snore_frames_true"].isna().all()
+    snore = json.loads(Path(model["heads"]["snore"]["model_dir"], "config.json").read_text())
+    assert snore["head_class"] == "FrameHead" and snore["classes"] == ["none", "snore"]
 
 
 def test_a_task_without_labels_is_skipped_with_its_reason(nights, embedded_root, tiny_whisper) -> None:
