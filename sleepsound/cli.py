@@ -891,9 +891,9 @@ def _print_results(result: dict, as_json: bool = False) -> None:
         table.add_row("macro-F1", f"{m['macro_f1']:.3f}", f"{m['baseline_macro_f1']:.3f}")
         table.add_row("accuracy", f"{m['accuracy']:.3f}", f"{m['baseline_accuracy']:.3f}")
         table.add_row("Cohen's kappa", f"{m['kappa']:.3f}", "0.000")
-        for task in ("stage5", "resp"):
+        for task, label in (("stage5", "stage5"), ("resp", "resp"), ("snore", "snoring per 0.5-s frame")):
             if f"{task}_macro_f1" in m:
-                table.add_row(f"{task} macro-F1", f"{m[f'{task}_macro_f1']:.3f}", "")
+                table.add_row(f"{label} macro-F1", f"{m[f'{task}_macro_f1']:.3f}", "")
         if "ahi_pearson_r" in m:
             r = _figure(m["ahi_pearson_r"], ".2f")
             r = "n/a (< 3 nights)" if r == "-" else r  # undefined with too few held-out nights, not a value
