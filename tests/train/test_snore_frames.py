@@ -146,3 +146,20 @@ def test_night_summaries_say_where_the_snore_index_comes_from() -> None:
     assert got["snore_index_epoch_estimated"] == pytest.approx(30.0)  # today's estimate, kept beside it
     older = night_breathing(night.drop(columns="snore_s_pred"), resp)  # type: ignore[arg-type]
     assert older["snore_source"] == SNORE_FROM_EPOCHS and older["snore_index_estimated"] == pytest.approx(30.0)
+
+
+def test_synth_no_snoring_writes_nights_without_a_snore(tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from sleepsound.cli import app
+
+    args = ["synth", str(tmp_path / "c"), "--subjects", "2", "--hours", "0.02", "--sample-rate", "8000"]
+    out = CliRunner().invoke(app, [*args, "--layout", "plain", "--cycle-minutes", "1", "--no-snoring"])
+    assert out.exit_code == 0, out.output
+    cohort = json.loads((tmp_path / "c" / "cohort.json").read_text())
+    assert cohort["params"]["snoring"] is False
+    assert all(s["snorer"] is False and "Snore" not in s["event_counts"] for s in cohort["subjects"])
+    tables = sorted((tmp_path / "c").rglob("*events*.csv"))
+    assert len(tables) == 2 and all("Snore" not in t.read_text() for t in tables)
