@@ -94,6 +94,14 @@ def synth(
     speech: Annotated[
         str, typer.Option(help="TV and sleep-talk voices of styled nights: espeak (espeak-ng), synth, or auto.")
     ] = "auto",
+    snoring: Annotated[
+        bool,
+        typer.Option(
+            "--snoring/--no-snoring",
+            help="--no-snoring: nights without any snore (every other draw unchanged), e.g. a TV or fan "
+            "night for the snore index's false alarms.",
+        ),
+    ] = True,
 ) -> None:
     """Write a deterministic synthetic cohort in PSG-Audio (or plain) layout.
 
@@ -148,6 +156,7 @@ def synth(
         cycle_minutes=cycle_minutes,
         style=style,
         speech_source=speech,
+        snoring=snoring,
     )
     table = Table("subject", "hours", "epochs", "AHI", "style")
     for s in summaries:
@@ -856,6 +865,10 @@ def _print_nights(summaries_uri: str) -> None:
             _figure(row.snore_index, ".1f"),
         )
     console.print(table)
+    if "snore_source" in nights:  # the per-second snoring head, or today's per-epoch estimate (older roots)
+        sources = sorted({str(s) for s in nights["snore_source"].dropna()})
+        if sources:
+            console.print(f"snore index from: {'; '.join(sources)}")
     if len(nights) > NIGHTS_SHOWN:
         console.print(f"... and {len(nights) - NIGHTS_SHOWN} more nights in {summaries_uri}")
 
@@ -878,9 +891,9 @@ def _print_results(result: dict, as_json: bool = False) -> None:
         table.add_row("macro-F1", f"{m['macro_f1']:.3f}", f"{m['baseline_macro_f1']:.3f}")
         table.add_row("accuracy", f"{m['accuracy']:.3f}", f"{m['baseline_accuracy']:.3f}")
         table.add_row("Cohen's kappa", f"{m['kappa']:.3f}", "0.000")
-        for task in ("stage5", "resp"):
+        for task, label in (("stage5", "stage5"), ("resp", "resp"), ("snore", "snoring per 0.5-s frame")):
             if f"{task}_macro_f1" in m:
-                table.add_row(f"{task} macro-F1", f"{m[f'{task}_macro_f1']:.3f}", "")
+                table.add_row(f"{label} macro-F1", f"{m[f'{task}_macro_f1']:.3f}", "")
         if "ahi_pearson_r" in m:
             r = _figure(m["ahi_pearson_r"], ".2f")
             r = "n/a (< 3 nights)" if r == "-" else r  # undefined with too few held-out nights, not a value

@@ -139,8 +139,8 @@ class TrainingConfig(_Section):
     # training side only when it has at least MIN_SUBJECTS_FOR_VALIDATION subjects.
     val_fraction: float = Field(0.1, ge=0, lt=1, description="share of training subjects for early stopping")
     # What the heads predict. Read as ``tasks`` too, its name before "task" came to mean a Prefect task only.
-    targets: list[Literal["stage3", "stage5", "resp"]] = Field(
-        default_factory=lambda: ["stage3", "stage5", "resp"],
+    targets: list[Literal["stage3", "stage5", "resp", "snore"]] = Field(
+        default_factory=lambda: ["stage3", "stage5", "resp", "snore"],
         validation_alias=AliasChoices("targets", "tasks"),
         description="heads to train; stage3 always, the others where the labels allow (else skipped with a reason)",
     )
@@ -217,6 +217,8 @@ class Config(_Section):
         for (section, key), default in _ADDED_LATER.items():  # likewise for later settings left at default
             if data[section][key] == default:
                 del data[section][key]
+        if data["training"]["targets"] == ["stage3", "stage5", "resp", "snore"]:
+            data["training"]["targets"] = ["stage3", "stage5", "resp"]  # the default before the snore head
         data["training"]["tasks"] = data["training"].pop("targets")  # hashed under its former name: same hash
         return _hash(data)[:12]
 

@@ -143,11 +143,16 @@ PREDICTIONS = pa.schema(
         ("events_true", pa.float32()),  # scored apnoea + hypopnoea onsets in the epoch
         ("snore_frac_true", pa.float32()),  # scored share of the epoch with snoring
         ("attention", pa.list_(pa.float32())),  # the stage3 head's weights over its input frames
+        # The per-second snoring head's (null without one): seconds of the epoch called snoring, each
+        # pooled frame's P(snoring), and the frames' scored truth (1 snoring; null for unlabelled nights).
+        ("snore_s_pred", pa.float32()),
+        ("snore_frames", pa.list_(pa.float32())),
+        ("snore_frames_true", pa.list_(pa.int8())),
         ("split", pa.string()),  # "train", "validation", "test" or "unlabelled"
         ("model_version", pa.string()),  # the stage3 head's; the run's metadata names every head
     ]
 )
-PREDICTIONS_VERSION = 2
+PREDICTIONS_VERSION = 3  # 3: the per-second snoring columns
 
 # A night's breathing envelope (cache: <root>/breathing/<preproc>/<rec>-<sha>.parquet), one row per
 # 0.1-s frame from the recording's start; the features are those of sleepsound.breathing.envelope.
@@ -171,6 +176,18 @@ EVENTS = pa.schema(
         ("end_s", pa.float64()),
         ("type", pa.string()),  # "apnea" or "hypopnea"
         ("confidence", pa.float32()),  # in [0, 1]
+    ]
+)
+
+# A night's snoring bouts from the per-second snoring head (runs/<run-id>/snoring/recording_id=<rec>/
+# part-0.parquet, beside the event table): runs of consecutive frames called snoring, in seconds
+# from the recording's start. Written for runs whose predictions have the per-second columns.
+SNORING = pa.schema(
+    [
+        ("recording_id", pa.string()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+        ("mean_prob", pa.float32()),  # the bout's mean P(snoring)
     ]
 )
 

@@ -210,3 +210,17 @@ def window_labels(
         }
         for i in range(len(starts))
     ]
+
+
+def snore_frames(
+    events: Sequence[Event] | None, starts_s: Sequence[float], window_s: float, n_frames: int, min_share: float = 0.5
+) -> np.ndarray | None:
+    """Per-frame snoring targets of windows ``[start, start + window_s)``: [windows, n_frames] bool, a
+    frame (``window_s / n_frames`` long: 0.5 s for the cache's pooled frames of an epoch) snoring when
+    snore events cover more than ``min_share`` of it. None for a night without an events source."""
+    if events is None:
+        return None
+    frame_s = window_s / n_frames
+    starts = np.asarray(starts_s, dtype=np.float64)[:, None] + np.arange(n_frames) * frame_s
+    share = _coverage(events, SNORE_TYPES, starts.ravel(), frame_s).reshape(starts.shape)
+    return share > min_share + _TOLERANCE_S

@@ -61,7 +61,8 @@ log = logging.getLogger(__name__)
 ENVELOPES = "envelopes.bin"
 KEPT = "kept.jsonl"  # with keep_audio: the pieces scored already, whose spool files wait for publication
 State = Literal["open", "ending", "ended", "published"]
-KEEP = ("epoch_index", "stage_pred", "resp_pred", "prob_apnea_hypopnea", "prob_snore")  # what rules and dashboard read
+# What rules and dashboard read (snore_s_pred: the per-second snoring head's seconds, for the snore index).
+KEEP = ("epoch_index", "stage_pred", "resp_pred", "prob_apnea_hypopnea", "prob_snore", "snore_s_pred")
 
 
 def token_hash(token: str) -> str:

@@ -62,7 +62,12 @@ def predict_recordings(
         )
         data = load_embedded(root, cfg, accepted[accepted["recording_id"] == row.recording_id])
         epochs = _all_epochs(root, cfg, row.recording_id)
-        table = prediction_table(heads, data, epochs, cfg, split, model["version"])
+        truth = None
+        if any(target.frames for target, _, _ in heads.values()) and row.label_source != "none":
+            from sleepsound.train.frames import frame_labels
+
+            truth = frame_labels(data, manifest_rows, cfg.preprocess.epoch_seconds)
+        table = prediction_table(heads, data, epochs, cfg, split, model["version"], truth)
         # Hive partitioning: the folder name carries recording_id, so the file must not.
         write_table(
             fs,
@@ -95,13 +100,26 @@ def prediction_table(
     cfg: Config,
     split: str,
     version: str,
+    frame_truth: np.ndarray | None = None,
 ) -> pa.Table:
-    """One row per epoch of the night: scored labels, each head's prediction, stage3's attention."""
+    """One row per epoch of the night: scored labels, each head's prediction, stage3's attention,
+    and the per-second snoring head's frames where there is one (``frame_truth``: ``data``'s frame
+    targets, ``train.frames.frame_labels``, for labelled nights)."""
     outputs: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+    frames: dict[int, np.ndarray] = {}
+    truth: dict[int, np.ndarray] = {}
     if len(data.features):
-        x, mask = model_inputs(data, cfg.training.context_epochs)
         index = data.epochs["epoch_index"].astype(int).to_numpy()
-        for name, (_, head, _) in heads.items():
+        epoch_rows = [name for name, (target, _, _) in heads.items() if not target.frames]
+        x, mask = model_inputs(data, cfg.training.context_epochs) if epoch_rows else (None, None)
+        for name, (target, head, _) in heads.items():
+            if target.frames:  # each epoch's own frames (data holds an epoch's context neighbours too)
+                from sleepsound.train.frames import frame_probs
+
+                frames = {int(i): p for i, p in zip(index, frame_probs(head, data.features), strict=True)}
+                if frame_truth is not None:
+                    truth = {int(i): t for i, t in zip(index, frame_truth, strict=True) if (t >= 0).all()}
+                continue
             probs, weights = predict_with_weights(head, x, mask=mask)
             outputs[name] = {int(i): (p, w) for i, p, w in zip(index, probs, weights, strict=True)}
     labels = _scored_labels(epochs, cfg)
@@ -124,8 +142,22 @@ def prediction_table(
                 row[column] = None if got is None else float(got[0][target.classes.index(cls)])
             if name == PRIMARY:
                 row["attention"] = None if got is None else got[1].astype(np.float32).tolist()
+        row |= _snore_columns(frames.get(i), truth.get(i), cfg.preprocess.epoch_seconds)
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=schemas.PREDICTIONS)
+
+
+def _snore_columns(probs: np.ndarray | None, truth: np.ndarray | None, epoch_seconds: float) -> dict[str, Any]:
+    """The per-second snoring columns of one epoch (all null without the head or the epoch's features)."""
+    from sleepsound.train.frames import CUT
+
+    if probs is None:
+        return {"snore_s_pred": None, "snore_frames": None, "snore_frames_true": None}
+    return {
+        "snore_s_pred": float((probs > CUT).sum() * epoch_seconds / len(probs)),
+        "snore_frames": probs.astype(np.float32).tolist(),
+        "snore_frames_true": None if truth is None else truth.astype(np.int8).tolist(),
+    }
 
 
 _PROB_COLUMNS = {

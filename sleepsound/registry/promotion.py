@@ -48,6 +48,19 @@ def evaluate_on_subjects(
         raise RuntimeError(f"evaluation nights failed to embed: {stats.failed}")
     head = load_head(fs, model_dir)
     data = load_embedded(root, cfg, pd.DataFrame(rows))
+    if spec.frames:  # the per-second snoring head: every labelled frame of the evaluation nights
+        from sleepsound.train.frames import CUT, frame_labels, frame_probs, manifest_lookup
+
+        y = frame_labels(data, manifest_lookup(pd.DataFrame(rows)), cfg.preprocess.epoch_seconds)
+        known = y >= 0
+        called = frame_probs(head, data.features)[known] > CUT
+        counts = lineage.get("class_counts") or [0] * len(spec.classes)
+        return evaluate(
+            [spec.classes[int(v)] for v in y[known]],
+            [spec.classes[int(v)] for v in called],
+            spec.classes,
+            spec.classes[int(np.argmax(counts))],
+        )
     x, mask = model_inputs(data, int(head.meta["context_epochs"]))
     truth = data.epochs.get(spec.column, pd.Series([None] * len(data.epochs)))
     keep = truth.isin(spec.classes).to_numpy()

@@ -31,10 +31,12 @@ from sleepsound.labels.vocabulary import EPOCH_SECONDS
 from sleepsound.report.summaries import (
     EVENT_TYPES,
     MIN_SLEEP_HOURS_FOR_AHI,
+    SNORE_FROM_FRAMES,
     ahi_by_stage,
     breathing_summary,
     night_summary,
     severity,
+    snore_shares,
     stage3_of,
 )
 
@@ -107,6 +109,9 @@ class NightFigures:
     longest_event_s: float
     epoch_seconds: float = EPOCH_SECONDS
     notes: list[str] = field(default_factory=list)
+    # Where the snoring row and the snore index come from: the per-second head (``prob_snore`` then
+    # holds each epoch's share of seconds called snoring) or the per-epoch P(snore) (None: neither).
+    snore_source: str | None = None
 
     @property
     def rei(self) -> float:
@@ -198,10 +203,11 @@ def night_figures(
         ahi = dict.fromkeys(ahi, math.nan)
         source = "none: this run has no respiratory head and no event table"
     snore_index = math.nan
-    if resp and snore_share_per_snore_epoch is not None:
-        snore_index = breathing_summary(
-            folded, np.zeros(len(folded)), np.nan_to_num(prob_snore) * snore_share_per_snore_epoch, epoch_seconds
-        )["snore_index"]
+    shares, snore_source = snore_shares(night, snore_share_per_snore_epoch if resp else None, epoch_seconds)
+    if shares is not None:
+        snore_index = breathing_summary(folded, np.zeros(len(folded)), np.nan_to_num(shares), epoch_seconds)[
+            "snore_index"
+        ]
     sleep_hours = summary["total_sleep_time_min"] / 60.0
     if sleep_hours < MIN_SLEEP_HOURS_FOR_AHI:
         notes.append(
@@ -227,7 +233,11 @@ def night_figures(
         start_s=starts,
         stages=stages,
         prob_event=prob_event if resp else np.full(len(starts), np.nan),
-        prob_snore=prob_snore if resp else np.full(len(starts), np.nan),
+        prob_snore=shares
+        if snore_source == SNORE_FROM_FRAMES and shares is not None
+        else prob_snore
+        if resp
+        else np.full(len(starts), np.nan),
         events=events,
         summary=summary,
         stage_minutes=stage_minutes,
@@ -238,6 +248,7 @@ def night_figures(
         longest_event_s=longest,
         epoch_seconds=epoch_seconds,
         notes=notes,
+        snore_source=snore_source,
     )
 
 

@@ -25,7 +25,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter
 from sleepsound.report.figures import _png, readable
 from sleepsound.report.html import esc
 from sleepsound.report.night import NOT_FROM_AUDIO, STAGE_NAMES, NightFigures
-from sleepsound.report.summaries import severity
+from sleepsound.report.summaries import SNORE_FROM_FRAMES, severity
 
 DISCLAIMER = (
     "These figures are estimates from the bedside audio by machine-learning models. They are not "
@@ -141,7 +141,7 @@ def draw_night_chart(fig: Figure, nf: NightFigures, area: Mapping[str, float] | 
         sn.fill_between(hours0 + step / 2, np.nan_to_num(nf.prob_snore), step="mid", color="#7d3c98", alpha=0.6, lw=0)
         sn.set_ylim(0, 1)
         sn.set_yticks([0, 0.5, 1], ["0%", "50%", "100%"])
-        sn.set_ylabel("P(snore)")
+        sn.set_ylabel("snoring" if nf.snore_source == SNORE_FROM_FRAMES else "P(snore)")
     else:
         sn.set_yticks([])
         sn.text(
@@ -278,7 +278,12 @@ def render_night_html(
         f"<figure>{night_chart_tag(nf)}<figcaption>Stages from the "
         f"{'5-class' if nf.stage_head == 'stage5' else '3-class'} head on the clock (REM in red); underneath, "
         f"{what}"
-        " and the probability of snoring (P(snore)), on the same time axis.</figcaption></figure>",
+        + (
+            " and the share of each epoch's seconds called snoring (per-second snoring head)"
+            if nf.snore_source == SNORE_FROM_FRAMES
+            else " and the probability of snoring (P(snore))"
+        )
+        + ", on the same time axis.</figcaption></figure>",
         "<div class='cols'><section>",
         "<h2 id='stages'>Sleep stages</h2>",
         _table(("stage", "minutes", "% of sleep", "% of time in bed"), stage_rows(nf), "minutes and shares per stage"),

@@ -20,6 +20,7 @@ import pyarrow as pa
 from sleepsound.breathing.detector import BreathingEvent
 from sleepsound.breathing.evaluate import Counts, add_counts, match_counts, scored_events, scores
 from sleepsound.breathing.store import read_events
+from sleepsound.core import schemas
 from sleepsound.core.config import Config
 from sleepsound.core.records import HeadInfo, Reported, TrainedModels
 from sleepsound.core.storage import RootLike, full_uri, join, open_root, write_bytes_atomic, write_json, write_table
@@ -38,7 +39,14 @@ from sleepsound.report.metrics import ahi_agreement, bootstrap_ci, cohen_kappa, 
 from sleepsound.report.night import NightFigures, night_figures, read_night_events, recording_start, subject_trends
 from sleepsound.report.night_page import data_source_text, file_stem, night_pdf, render_night_html
 from sleepsound.report.render import NightLink, ReportInputs, render_report
-from sleepsound.report.summaries import breathing_summary, event_indices, night_summary, severity
+from sleepsound.report.summaries import (
+    breathing_summary,
+    event_indices,
+    night_summary,
+    severity,
+    snore_shares,
+    snoring_bouts,
+)
 
 CI_BOOTSTRAPS = 500
 
@@ -72,6 +80,11 @@ def target_metrics(preds: pd.DataFrame, model: TrainedModels) -> dict[str, dict[
         target = TARGETS[name]
         if target.pred_column not in preds:
             continue
+        if target.frames:
+            got = _frame_metrics(preds, info)
+            if got is not None:
+                out[name] = got
+            continue
         test = preds[
             (preds["split"] == "test")
             & preds[target.true_column].isin(target.classes)
@@ -85,6 +98,27 @@ def target_metrics(preds: pd.DataFrame, model: TrainedModels) -> dict[str, dict[
             test[target.true_column].astype(str), test[target.pred_column].astype(str), target.classes, majority
         )
     return out
+
+
+def _frame_metrics(preds: pd.DataFrame, info: HeadInfo) -> dict[str, Any] | None:
+    """The per-second snoring head on the test nights' labelled frames (None without any)."""
+    from sleepsound.train.frames import CUT
+
+    if "snore_frames_true" not in preds:
+        return None
+    test = preds[(preds["split"] == "test") & preds["snore_frames_true"].notna() & preds["snore_frames"].notna()]
+    if not len(test):
+        return None
+    truth = np.concatenate([np.asarray(v, dtype=np.int8) for v in test["snore_frames_true"]])
+    called = np.concatenate([np.asarray(v, dtype=np.float32) for v in test["snore_frames"]]) > CUT
+    classes = TARGETS["snore"].classes
+    counts = info.get("class_counts") or [0] * len(classes)
+    return evaluate(
+        [classes[int(v)] for v in truth],
+        [classes[int(v)] for v in called],
+        classes,
+        classes[int(np.argmax(counts))],
+    )
 
 
 def subject_intervals(preds: pd.DataFrame, seed: int = 0) -> dict[str, tuple[float, float]]:
@@ -141,11 +175,26 @@ def night_breathing(
         snore = night["prob_snore"].to_numpy(float) * resp.get("snore_share_per_snore_epoch", 1.0)
         estimated = breathing_summary(_stages(night["stage_pred"]), events, snore)
         out |= {f"{k}_estimated": estimated[k] for k in ("ahi", "severity", "snore_index")}
-        out |= {"ahi_head_estimated": estimated["ahi"]}
+        out |= {"ahi_head_estimated": estimated["ahi"], "snore_index_epoch_estimated": estimated["snore_index"]}
+    # The snore index: the per-second head's where the predictions have it, else the per-epoch estimate.
+    shares, source = snore_shares(night, resp.get("snore_share_per_snore_epoch", 1.0) if resp else None)
+    if shares is not None:
+        stages = _stages(night["stage_pred"])
+        out["snore_index_estimated"] = breathing_summary(stages, np.zeros(len(stages)), shares)["snore_index"]
+        out["snore_source"] = source
     if detected is not None:
         indices = event_indices(detected, _stages(night["stage_pred"]), epoch)
         out |= {f"{k}_estimated": indices[k] for k in EVENT_FIELDS}
     return out
+
+
+def _write_snoring(fs: Any, root_path: str, run_id: str, rec: str, night: pd.DataFrame) -> None:
+    """The night's snoring bouts (``schemas.SNORING``) beside its event table."""
+    from sleepsound.train.frames import CUT
+
+    rows = [{"recording_id": rec, **b} for b in snoring_bouts(night, CUT)]
+    path = join(root_path, "runs", run_id, "snoring", f"recording_id={rec}", "part-0.parquet")
+    write_table(fs, path, pa.Table.from_pylist(rows, schema=schemas.SNORING))
 
 
 def write_night_reports(
@@ -237,6 +286,8 @@ def write_run_outputs(
         split = str(night["split"].iloc[0])
         subject = str(night["subject_id"].iloc[0])
         figures = night_breathing(night, resp, detected.get(str(rec)))
+        if "snore_frames" in night and night["snore_frames"].notna().any():
+            _write_snoring(fs, root_path, run_id, str(rec), night)
         if split == "test" and str(rec) in detected and night["events_true"].notna().any():
             event_counts.append(_event_counts(manifest_rows.get(str(rec)), detected[str(rec)]))
         for source, column in (("predicted", "stage_pred"), ("scored", "stage_true")):
@@ -252,6 +303,7 @@ def write_run_outputs(
                     **night_summary(_stages(night[column])),
                     **{k: figures.get(f"{k}{suffix}") for k in ("ahi", "severity", "snore_index", *EVENT_FIELDS)},
                     "ahi_head": figures.get(f"ahi_head{suffix}"),
+                    "snore_source": figures.get("snore_source") if source == "predicted" else "scored events",
                 }
             )
         if figures:

@@ -280,3 +280,50 @@ def event_indices(
         "n_hypopnea": sum(e["type"] == "hypopnea" for e in events),
         "ahi_warning": warning,
     }
+
+
+SNORE_FROM_FRAMES = "per-second snoring head"
+SNORE_FROM_EPOCHS = "per-epoch estimate (no per-second snoring head: P(snore) x snoring share of a snore epoch)"
+
+
+def snore_shares(
+    night: pd.DataFrame, snore_share_per_snore_epoch: float | None, epoch_seconds: float = EPOCH_SECONDS
+) -> tuple[np.ndarray | None, str | None]:
+    """Each epoch's estimated snoring share (0-1) and where it comes from: the per-second head's
+    seconds called snoring where the predictions have them, else the respiratory head's
+    P(snore) x the training side's snoring share of a snore epoch (``snore_share_per_snore_epoch``,
+    None when there is no respiratory head), else (None, None)."""
+    if "snore_s_pred" in night and night["snore_s_pred"].notna().any():
+        return night["snore_s_pred"].to_numpy(np.float64, na_value=np.nan) / epoch_seconds, SNORE_FROM_FRAMES
+    if snore_share_per_snore_epoch is not None and "prob_snore" in night and night["prob_snore"].notna().any():
+        return night["prob_snore"].to_numpy(
+            np.float64, na_value=np.nan
+        ) * snore_share_per_snore_epoch, SNORE_FROM_EPOCHS
+    return None, None
+
+
+def snoring_bouts(night: pd.DataFrame, cut: float, epoch_seconds: float = EPOCH_SECONDS) -> list[dict[str, float]]:
+    """Runs of consecutive frames called snoring (P > ``cut``) in one night's predictions, across epoch
+    boundaries where the epochs follow each other: ``{start_s, end_s, mean_prob}`` each, by time."""
+    bouts: list[dict[str, float]] = []
+    open_bout: list[float] | None = None  # [start, end, sum of P, frames]
+    for start, frames in zip(night["start_s"].to_numpy(float), night["snore_frames"], strict=True):
+        if frames is None or (isinstance(frames, float) and math.isnan(frames)):
+            continue
+        probs = np.asarray(frames, dtype=np.float64)
+        step = epoch_seconds / len(probs)
+        for k, p in enumerate(probs):
+            t = float(start + k * step)
+            if p > cut and open_bout is not None and abs(open_bout[1] - t) < 1e-6:
+                open_bout[1], open_bout[2], open_bout[3] = t + step, open_bout[2] + p, open_bout[3] + 1
+            elif p > cut:
+                if open_bout is not None:
+                    bouts.append(_bout(open_bout))
+                open_bout = [t, t + step, p, 1.0]
+    if open_bout is not None:
+        bouts.append(_bout(open_bout))
+    return bouts
+
+
+def _bout(b: list[float]) -> dict[str, float]:
+    return {"start_s": b[0], "end_s": b[1], "mean_prob": b[2] / b[3]}

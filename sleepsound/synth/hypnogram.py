@@ -8,6 +8,7 @@ parameters and the breathing, so changing one model does not reshuffle the other
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -388,11 +389,14 @@ def make_night_plan(
     recording_start: datetime | None = None,
     style: str = "classic",
     speech_source: str = "auto",
+    snoring: bool = True,
 ) -> NightPlan:
     """Everything about one night, deterministic from ``(seed, subject_index)``.
 
     ``hours`` is rounded to whole 30-s epochs. ``ahi`` overrides the AHI drawn from the
-    severity mix. Snore events are breath-level: one per snored inspiration.
+    severity mix. Snore events are breath-level: one per snored inspiration. ``snoring``
+    False: a night without a single snore (nor the snort that may end an apnoea), every other
+    draw as it would be, to measure what a snore detector makes of the rest (TV, fan).
     """
     from sleepsound.synth.breathing import make_breaths, make_transients, snore_events
 
@@ -419,6 +423,9 @@ def make_night_plan(
     extra, dips = _arousals_and_desaturations(respiratory, stages, _rng(seed, subject_index, _STREAM_EVENTS + 10))
     breath_rng = _rng(seed, subject_index, _STREAM_BREATHS)
     breaths = make_breaths(stages, respiratory, sound, breath_rng)
+    if not snoring:
+        sound = dataclasses.replace(sound, snorer=False)
+        breaths = dataclasses.replace(breaths, snore=np.zeros_like(breaths.snore))
     transients = make_transients(stages, breath_rng)
     events = sorted(
         respiratory + extra + snore_events(breaths), key=lambda e: (e.start_s, e.family, e.type, e.duration_s)

@@ -298,6 +298,7 @@ def generate_cohort(
     style: str = "classic",
     speech_source: str = "auto",
     ahi: float | None = None,
+    snoring: bool = True,
 ) -> list[SubjectSummary]:
     """Write ``n_subjects`` synthetic nights and ``cohort.json``; same arguments, same bytes.
 
@@ -308,7 +309,8 @@ def generate_cohort(
     style and parameters go into ``cohort.json``. The default ``classic`` writes exactly
     the files it always did. ``speech_source`` (auto, espeak, synth) voices styled TVs.
     ``ahi`` overrides every night's drawn AHI (0: nights without a breathing event, to measure
-    false alarms); recorded in ``cohort.json`` only when given.
+    false alarms); recorded in ``cohort.json`` only when given. ``snoring`` False: nights
+    without any snore (``make_night_plan``), recorded in ``cohort.json`` only then.
     """
     from sleepsound.synth.styles import CLASSIC, resolve_styles, style_for_night
 
@@ -341,6 +343,7 @@ def generate_cohort(
             ahi=ahi,
             style=night_style,
             speech_source=speech_source,
+            snoring=snoring,
         )
 
         def on_chunk(done: float, index: int = index, pid: str = pid, total: float = plan.duration_s) -> None:
@@ -390,6 +393,8 @@ def generate_cohort(
         params["style"] = style
     if ahi is not None:
         params["ahi"] = float(ahi)
+    if not snoring:
+        params["snoring"] = False
     _write_cohort_json(out, summaries, params)
     return summaries
 

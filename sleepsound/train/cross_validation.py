@@ -19,7 +19,7 @@ from sleepsound.core.storage import RootLike
 from sleepsound.ingest.manifest import labelled_manifest
 from sleepsound.labels.targets import PRIMARY, TARGETS
 from sleepsound.report.metrics import evaluate, majority_class
-from sleepsound.train.dataset import load_embedded, model_inputs
+from sleepsound.train.dataset import EmbeddedEpochs, load_embedded, model_inputs
 from sleepsound.train.fit import NotTrainable, fit_target
 from sleepsound.train.loop import predict_proba
 
@@ -46,6 +46,9 @@ def score_split(
     out: dict[str, dict[str, Any]] = {}
     for name in targets:
         target = TARGETS[name]
+        if target.frames:
+            out[name] = _score_frames(cfg, labelled, train_data, test_data)
+            continue
         try:
             result, y, _ = fit_target(cfg, target, train_data, x, mask)
         except NotTrainable as exc:
@@ -67,6 +70,29 @@ def score_split(
             "train_epochs": len(y),
         }
     return out
+
+
+def _score_frames(
+    cfg: Config, labelled: pd.DataFrame, train_data: EmbeddedEpochs, test_data: EmbeddedEpochs
+) -> dict[str, Any]:
+    """The per-second snoring head's fold: trained on the training side, every labelled test frame scored."""
+    from sleepsound.train.frames import CUT, fit_frames, frame_labels, frame_probs, manifest_lookup
+
+    rows = manifest_lookup(labelled)
+    try:
+        result, y = fit_frames(cfg, train_data, rows)
+    except ValueError as exc:
+        return {"skipped": f"snore: {exc}"}
+    ty = frame_labels(test_data, rows, cfg.preprocess.epoch_seconds)
+    known = ty >= 0
+    if not known.any():
+        return {"skipped": "no labelled test frames"}
+    called = frame_probs(result.model, test_data.features)[known] > CUT
+    classes = TARGETS["snore"].classes
+    true = [classes[int(v)] for v in ty[known]]
+    pred = [classes[int(v)] for v in called]
+    majority = majority_class([classes[int(v)] for v in y[y >= 0]], classes)
+    return {"true": true, "pred": pred, "metrics": evaluate(true, pred, classes, majority), "train_epochs": len(y)}
 
 
 def cross_validate(root: RootLike, cfg: Config, manifest: pd.DataFrame, k: int = 5) -> dict[str, Any]:

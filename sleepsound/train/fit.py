@@ -85,6 +85,9 @@ def train_models(
     heads, skipped = {}, {}
     for name in targets:
         try:
+            if TARGETS[name].frames:
+                heads[name] = _train_frames(root, cfg, run_id, labelled, split, TARGETS[name], data, val, progress)
+                continue
             heads[name] = _train_target(root, cfg, run_id, labelled, split, TARGETS[name], data, x, mask, val, progress)
         except NotTrainable as exc:
             if name == PRIMARY:
@@ -164,6 +167,69 @@ def _train_target(
 
 
 _RATE_KEYS = ("events_per_event_epoch", "snore_share_per_snore_epoch")
+
+
+def _train_frames(
+    root: RootLike,
+    cfg: Config,
+    run_id: str,
+    labelled: pd.DataFrame,
+    split: dict[str, list[str]],
+    target: Target,
+    data: EmbeddedEpochs,
+    val: tuple[EmbeddedEpochs, np.ndarray, np.ndarray | None] | None,
+    progress: Progress = quiet,
+) -> HeadInfo:
+    """Train and save the per-frame snoring head (``train.frames``); NotTrainable without snoring frames."""
+    from sleepsound.train.frames import fit_frames, manifest_lookup
+
+    try:
+        result, y = fit_frames(cfg, data, manifest_lookup(labelled), None if val is None else val[0], progress)
+    except ValueError as exc:
+        raise NotTrainable(f"{target.name}: {exc}") from exc
+    labelled_frames = y[y >= 0]
+    lineage: dict[str, Any] = {
+        "task": target.name,
+        "run_id": run_id,
+        "code_version": __version__,
+        "config_hash": cfg.fingerprint(),
+        "config": cfg.model_dump(exclude={"report"}),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "manifest_hash": hashlib.sha256(json.dumps(sorted(labelled["sha256"])).encode()).hexdigest()[:16],
+        "embedding_cache": [f"{backbone_key(c.backbone)}/{c.preprocess.fingerprint()}" for c in channel_configs(cfg)],
+        **split,
+        "train_epochs": int((y >= 0).any(axis=1).sum()),
+        "train_shifted": 0,
+        "classes": list(target.classes),
+        "class_counts": np.bincount(labelled_frames.astype(np.int64), minlength=2).tolist(),  # frames, not epochs
+        "frame_seconds": cfg.preprocess.epoch_seconds / y.shape[1],
+        "best_epoch": result.best_epoch,
+    }
+    mixed = layer_weights(result.model)
+    layer_info = {} if mixed is None else {"layers": list(cfg.backbone.layers), "layer_weights": mixed}
+    lineage.update(layer_info)
+    digest = {k: v for k, v in lineage.items() if k not in ("created", "config")}
+    version = f"{run_id}-{hashlib.sha256(json.dumps(digest, sort_keys=True).encode()).hexdigest()[:8]}"
+    fs, root_path = open_root(root)
+    model_dir = join(root_path, "models", target.name, version)
+    save_head(
+        result.model,
+        fs,
+        model_dir,
+        classes=target.classes,
+        context=1,
+        training={"frames": True, "frame_seconds": lineage["frame_seconds"]},
+        extra={"task": target.name, "frames": True, **layer_info},
+    )
+    write_json(fs, join(model_dir, "lineage.json"), {**lineage, "history": result.history})
+    return {
+        "task": target.name,
+        "model_dir": model_dir,
+        "version": version,
+        "train_epochs": lineage["train_epochs"],
+        "train_shifted": 0,
+        "class_counts": lineage["class_counts"],
+    }
 
 
 def _event_rates(epochs: pd.DataFrame) -> dict[str, float]:

@@ -59,6 +59,18 @@ def _same_as_batch(streamed: list[dict], batch: pd.DataFrame) -> None:
     for column in PROBS:
         if column in batch and batch[column].notna().any():
             assert got[column].to_numpy(float) == pytest.approx(batch[column].to_numpy(float), abs=2e-3), column
+    # per-second snoring: the champion snore head on the same frames, every frame as batch scores it
+    assert batch["snore_s_pred"].notna().sum() >= 10
+    assert got["snore_frames"].notna().tolist() == batch["snore_frames"].notna().tolist()
+    live = np.concatenate([np.asarray(v, float) for v in got["snore_frames"].dropna()])
+    done = np.concatenate([np.asarray(v, float) for v in batch["snore_frames"].dropna()])
+    assert live == pytest.approx(done, abs=2e-3)
+    at_cut = np.abs(done - 0.5) < 2e-3  # a frame this close to the cut may be called either way
+    assert ((live > 0.5) == (done > 0.5))[~at_cut].all()
+    seconds = got["snore_s_pred"].to_numpy(float)
+    assert seconds[got["snore_s_pred"].notna()] == pytest.approx(
+        batch["snore_s_pred"].dropna().to_numpy(float), abs=0.5 * at_cut.sum() + 1e-6
+    )
 
 
 def test_a_night_streamed_in_chunks_scores_as_batch_score_and_lands_as_a_run(trained: Trained, live: Live) -> None:
@@ -94,6 +106,8 @@ def test_a_night_streamed_in_chunks_scores_as_batch_score_and_lands_as_a_run(tra
     published = pd.read_parquet(run / "predictions" / f"recording_id={sid}" / "part-0.parquet")
     assert published["epoch_index"].tolist() == trained.batch["epoch_index"].tolist()
     assert (run / "summaries" / "summaries.parquet").exists() and (run / "report" / "index.html").exists()
+    summaries = pd.read_parquet(run / "summaries" / "summaries.parquet")
+    assert summaries.loc[summaries["source"] == "predicted", "snore_source"].tolist() == ["per-second snoring head"]
     events = pd.read_parquet(run / "events" / f"recording_id={sid}" / "part-0.parquet")  # as `score` finds them
     assert len(trained.batch_events) >= 2 and events["type"].tolist() == trained.batch_events["type"].tolist()
     np.testing.assert_allclose(events[["start_s", "end_s"]], trained.batch_events[["start_s", "end_s"]], atol=0.2)

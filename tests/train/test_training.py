@@ -380,7 +380,7 @@ def test_every_task_gets_a_head_on_one_split_and_predictions_carry_them(nights, 
     cfg = _config(tiny_whisper, context_epochs=3)
     manifest = pd.DataFrame(nights)
     model = train_models(embedded_root, cfg, "tasks", manifest)
-    assert set(model["heads"]) == {"stage3", "stage5", "resp"} and model["skipped"] == {}
+    assert set(model["heads"]) == {"stage3", "stage5", "resp", "snore"} and model["skipped"] == {}
     assert model["val_subjects"] == []  # 2 training subjects: too few to spare one
     for name, head in model["heads"].items():
         lineage = json.loads(Path(head["model_dir"], "lineage.json").read_text())
@@ -402,6 +402,50 @@ def test_every_task_gets_a_head_on_one_split_and_predictions_carry_them(nights, 
     labelled = preds[~unlabelled]
     assert labelled["resp_true"].notna().all() and labelled["events_true"].notna().all()
     assert set(labelled["split"]) == {"train", "test"}
+    # the per-second snoring head: each valid epoch's 60 frames, its seconds called snoring, the frames' truth
+    frames = np.stack(preds.loc[valid, "snore_frames"].to_numpy())
+    assert frames.shape[1] == 60 and ((frames >= 0) & (frames <= 1)).all()
+    called = (frames > 0.5).sum(axis=1) * 0.5
+    assert np.allclose(preds.loc[valid, "snore_s_pred"].to_numpy(float), called)
+    truth = np.stack(preds.loc[valid & ~unlabelled, "snore_frames_true"].to_numpy())
+    scored_s = labelled.loc[valid, "snore_frac_true"].to_numpy(float) * 30
+    assert truth.shape[1] == 60 and truth.any() and (scored_s[truth.any(axis=1)] > 0.25).all()
+    assert np.corrcoef(truth.sum(axis=1) * 0.5, scored_s)[0, 1] > 0.9  # frames: the events' seconds, to a frame
+    assert preds.loc[unlabelled, "snore_frames_true"].isna().all()
+    snore = json.loads(Path(model["heads"]["snore"]["model_dir"], "config.json").read_text())
+    assert snore["head_class"] == "FrameHead" and snore["classes"] == ["none", "snore"]
+
+
+def test_heads_without_a_snore_head_fall_back_to_the_per_epoch_snore_index(
+    nights, embedded_root, tiny_whisper, tmp_path
+) -> None:
+    """Heads trained before the per-second snoring head (targets without ``snore``): the predictions'
+    per-second columns are null, no snoring table is written, and the summaries say the snore index
+    is the per-epoch estimate; with the head, the same nights' summaries say per-second."""
+    import shutil
+
+    from sleepsound.ingest.manifest import write_manifest
+    from sleepsound.report.outputs import read_summaries, write_run_outputs
+    from sleepsound.report.summaries import SNORE_FROM_EPOCHS, SNORE_FROM_FRAMES
+
+    root = str(tmp_path / "root")  # a copy with its manifest written, as a scoring run's root has
+    shutil.copytree(embedded_root, root)
+    write_manifest(root, nights)
+    manifest = pd.DataFrame(nights)
+    for targets, run_id, source in (
+        (["stage3", "resp"], "older", SNORE_FROM_EPOCHS),
+        (["stage3", "resp", "snore"], "newer", SNORE_FROM_FRAMES),
+    ):
+        cfg = _config(tiny_whisper, targets=targets, shift_augment=False)
+        model = train_models(root, cfg, run_id, manifest)
+        preds = pd.read_parquet(predict_recordings(root, cfg, run_id, model, manifest))
+        assert preds["snore_s_pred"].notna().any() == ("snore" in targets)
+        reported = write_run_outputs(root, run_id, model, {"run_id": run_id}, cfg)
+        summaries = read_summaries(reported["summaries"])
+        predicted = summaries[summaries["source"] == "predicted"]
+        assert predicted["snore_source"].tolist() == [source] * len(nights)
+        assert "snore_index" in predicted  # NaN where the tiny heads predict no sleep: per hour of sleep
+        assert Path(root, "runs", run_id, "snoring").exists() == ("snore" in targets)
 
 
 def test_a_task_without_labels_is_skipped_with_its_reason(nights, embedded_root, tiny_whisper) -> None:

@@ -24,6 +24,7 @@ from sleepsound.core.storage import write_bytes_atomic
 from sleepsound.labels.vocabulary import STAGES_3
 from sleepsound.models.files import CONFIG_NAME, WEIGHTS_NAME
 from sleepsound.models.heads.attention import AttentionPoolingHead
+from sleepsound.models.heads.frames import FrameHead
 from sleepsound.models.heads.layers import MAX_LAYERS
 from sleepsound.models.heads.mlp import MeanPoolingHead
 from sleepsound.models.heads.soundsleepnet import SoundSleepNetHead
@@ -36,8 +37,14 @@ HEAD_CLASSES: dict[str, type[nn.Module]] = {
     "AttentionPoolingHead": AttentionPoolingHead,
     "MeanPoolingHead": MeanPoolingHead,
     "SoundSleepNetHead": SoundSleepNetHead,
+    "FrameHead": FrameHead,
 }
-_ALIASES = {"attention": "AttentionPoolingHead", "mlp": "MeanPoolingHead", "soundsleepnet": "SoundSleepNetHead"}
+_ALIASES = {
+    "attention": "AttentionPoolingHead",
+    "mlp": "MeanPoolingHead",
+    "soundsleepnet": "SoundSleepNetHead",
+    "frames": "FrameHead",
+}
 _DIM_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
     "AttentionPoolingHead": {
         "dim": (int,),
@@ -63,6 +70,14 @@ _DIM_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
         "lstm_hidden": (int,),
         "n_heads": (int,),
         "ff_dim": (int,),
+        "dropout": (int, float),
+        "n_layers": (int,),
+    },
+    "FrameHead": {
+        "dim": (int,),
+        "n_classes": (int,),
+        "hidden": (int,),
+        "kernel_size": (int,),
         "dropout": (int, float),
         "n_layers": (int,),
     },
