@@ -36,4 +36,4 @@ def report(
             "recordings_quarantined": predicted["quarantined"],
             **(extra or {}),
         }
-        return write_run_outputs(root, run_id, model, meta, cfg, trained=trained)
+        return write_run_outputs(root, run_id, model, meta, cfg, trained=trained, use_ray=True)

@@ -36,9 +36,9 @@ from sleepsound.report.figures import (
     trend_figure,
 )
 from sleepsound.report.metrics import ahi_agreement, bootstrap_ci, cohen_kappa, confusion_counts, evaluate
-from sleepsound.report.night import NightFigures, night_figures, read_night_events, recording_start, subject_trends
-from sleepsound.report.night_page import data_source_text, file_stem, night_pdf, render_night_html
-from sleepsound.report.render import NightLink, ReportInputs, render_report
+from sleepsound.report.night import subject_trends
+from sleepsound.report.night_reports import write_night_reports
+from sleepsound.report.render import ReportInputs, render_report
 from sleepsound.report.summaries import (
     breathing_summary,
     event_indices,
@@ -197,66 +197,6 @@ def _write_snoring(fs: Any, root_path: str, run_id: str, rec: str, night: pd.Dat
     write_table(fs, path, pa.Table.from_pylist(rows, schema=schemas.SNORING))
 
 
-def write_night_reports(
-    root: RootLike, run_id: str, preds: pd.DataFrame, model: TrainedModels, backbone: str | None
-) -> tuple[list[NightLink], list[NightFigures]]:
-    """Every predicted night's clinical report, ``runs/<run_id>/report/nights/<rec>.html`` and ``.pdf``.
-
-    The breathing events are the run's event table where it wrote one, the per-epoch
-    probabilities otherwise (``night.night_figures``); the clock times come from the night's
-    first EDF header where it has one.
-    """
-    fs, root_path = open_root(root)
-    heads = model.get("heads") or {PRIMARY: model}
-    resp = heads.get("resp")
-    named = sorted(heads.items(), key=lambda kv: list(TARGETS).index(kv[0]) if kv[0] in TARGETS else len(TARGETS))
-    models = {name: str(info.get("version")) for name, info in named if info.get("version")}
-    if backbone:
-        models["backbone"] = backbone.rstrip("/").rsplit("/", 1)[-1]
-    try:
-        rows = {str(r["recording_id"]): r for r in read_manifest_rows(root)}
-    except FileNotFoundError:
-        rows = {}
-    links: list[NightLink] = []
-    nights: list[NightFigures] = []
-    used: set[str] = set()
-    for rec, night in preds.groupby("recording_id", sort=True):
-        rec = str(rec)
-        row = rows.get(rec)
-        figures = night_figures(
-            night,
-            events=read_night_events(root, run_id, rec),
-            start=recording_start(row.get("source_uris") or [], str(row.get("layout"))) if row else None,
-            data_source=data_source_text(row),
-            models=models,
-            events_per_event_epoch=resp.get("events_per_event_epoch", 1.0) if resp else None,
-            snore_share_per_snore_epoch=resp.get("snore_share_per_snore_epoch", 1.0) if resp else None,
-        )
-        stem, n = file_stem(rec), 1
-        while stem.lower() in used:  # two ids that differ only in characters a file name cannot hold
-            n += 1
-            stem = f"{file_stem(rec)}-{n}"
-        used.add(stem.lower())
-        folder = join(root_path, "runs", run_id, "report", "nights")
-        write_bytes_atomic(fs, join(folder, f"{stem}.html"), render_night_html(figures, run_id, stem).encode())
-        write_bytes_atomic(fs, join(folder, f"{stem}.pdf"), night_pdf(figures, run_id))
-        nights.append(figures)
-        links.append(
-            NightLink(
-                recording_id=rec,
-                subject_id=figures.subject_id,
-                html=f"nights/{stem}.html",
-                pdf=f"nights/{stem}.pdf",
-                study_date=figures.start.strftime("%Y-%m-%d") if figures.start else None,
-                ahi=figures.ahi["ahi"],
-                snore_index=figures.snore_index,
-                sleep_efficiency=figures.summary["sleep_efficiency"],
-                source="event table" if figures.events is not None else "per-epoch",
-            )
-        )
-    return links, nights
-
-
 def write_run_outputs(
     root: RootLike,
     run_id: str,
@@ -264,13 +204,15 @@ def write_run_outputs(
     meta: dict[str, Any],
     cfg: Config | None = None,
     trained: bool = False,
+    use_ray: bool = False,
 ) -> Reported:
     """Compute and write metrics.json, summaries and report/index.html under ``runs/<run_id>/``.
 
     ``trained``: this run trained ``model``'s heads (train, run), so their test-subject figures
     are also their own ``models/<task>/<version>/metrics.json``, and a task without a champion
     gets its first. A scoring run (score, nightly) writes nothing under ``models/``: a model's
-    files belong to the run that trained it, and other nights' figures would pass for its own."""
+    files belong to the run that trained it, and other nights' figures would pass for its own.
+    ``use_ray``: the nights' pages render as Ray tasks (``night_reports``)."""
     cfg = cfg or Config()
     fs, root_path = open_root(root)
     preds = read_predictions(root, run_id).sort_values(["recording_id", "epoch_index"])
@@ -373,7 +315,7 @@ def write_run_outputs(
         **{f"{name} skipped": reason for name, reason in model.get("skipped", {}).items()},
     }
     views = attention_views(preds, read_manifest_rows(root), cfg, cfg.report.attention_examples)
-    night_links, nights = write_night_reports(root, run_id, preds, model, meta.get("backbone"))
+    night_links, nights = write_night_reports(root, run_id, preds, model, meta.get("backbone"), use_ray=use_ray)
     trends = subject_trends(nights)
     trend_figures = [trend_figure(str(subject), rows) for subject, rows in trends.groupby("subject_id", sort=True)][
         : cfg.report.hypnograms

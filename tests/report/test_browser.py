@@ -20,7 +20,8 @@ from sleepsound.labels.vocabulary import STAGES_3, STAGES_5
 from sleepsound.report.figures import event_timeline_figure, hypnogram_figure, trend_figure
 from sleepsound.report.metrics import evaluate
 from sleepsound.report.night import subject_trends
-from sleepsound.report.outputs import night_breathing, write_night_reports
+from sleepsound.report.night_reports import write_night_reports
+from sleepsound.report.outputs import night_breathing
 from sleepsound.report.render import ReportInputs, render_report
 from sleepsound.report.summaries import night_summary
 from tests.report.conftest import write_events

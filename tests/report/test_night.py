@@ -17,7 +17,7 @@ from pypdf import PdfReader
 
 from sleepsound.report.night import ahi_by_stage, night_figures, read_night_events, recording_start, subject_trends
 from sleepsound.report.night_page import breathing_rows, clock_ticks, night_pdf, render_night_html
-from sleepsound.report.outputs import write_night_reports
+from sleepsound.report.night_reports import write_night_reports
 from tests.report.conftest import NIGHT_START, write_events
 
 MODEL = {
@@ -167,3 +167,23 @@ def test_every_night_gets_a_page_and_a_pdf(three_nights: pd.DataFrame, tmp_path:
     assert nights[0].models == {"stage3": "v3", "stage5": "v5", "resp": "vr", "backbone": "hubert-base"}
     assert nights[0].start is None  # no manifest: times are from the recording's start, and the page says so
     assert "from the recording's start" in html.unescape((folder / links[0]["html"]).read_text())
+
+
+def test_nights_rendered_as_ray_tasks_are_the_pages_one_process_writes(
+    ray_session, three_nights: pd.DataFrame, tmp_path: Path
+) -> None:
+    """A cohort's pages render as Ray tasks (one night a task here) and come back to be written by the
+    caller: the same files, in the same order, as rendering them in one process."""
+    for root in (tmp_path / "one", tmp_path / "ray"):
+        write_events(root, "r1", "P2-night1", [(1205.0, 1230.0, "apnea", 0.9)])
+    alone, _ = write_night_reports(tmp_path / "one", "r1", three_nights, MODEL, "hubert-base")
+    fanned, nights = write_night_reports(
+        str(tmp_path / "ray"), "r1", three_nights, MODEL, "hubert-base", use_ray=True, nights_per_task=1
+    )
+    assert fanned == alone and [n.recording_id for n in nights] == ["P1-night1", "P1-night2", "P2-night1"]
+    for link in fanned:
+        one, ray = (tmp_path / side / "runs" / "r1" / "report" for side in ("one", "ray"))
+        assert (ray / link["html"]).read_bytes() == (one / link["html"]).read_bytes()
+        pdfs = [PdfReader(io.BytesIO((side / link["pdf"]).read_bytes())) for side in (one, ray)]
+        assert pdfs[0].pages[0].extract_text() == pdfs[1].pages[0].extract_text()
+        assert "Night report" in pdfs[1].pages[0].extract_text()

@@ -1,0 +1,157 @@
+"""Every predicted night's clinical page and PDF, rendered in parallel when the run has Ray.
+
+A page and its PDF cost about a third of a second of one core (matplotlib's layout and PDF
+writer), so a cohort of 5,000 nights would spend half an hour in one process. Rendering is pure
+(a night's predictions in, bytes out), so batches of nights go to Ray tasks and only the bytes
+come back: every write stays in the calling task, under its run's hold on the root.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from sleepsound.core.records import HeadInfo, TrainedModels
+from sleepsound.core.storage import RootLike, full_uri, join, open_root, write_bytes_atomic
+from sleepsound.ingest.manifest import read_manifest_rows
+from sleepsound.labels.targets import PRIMARY, TARGETS
+from sleepsound.report.night import NightFigures, night_figures, read_night_events, recording_start
+from sleepsound.report.night_page import data_source_text, file_stem, night_pdf, render_night_html
+from sleepsound.report.render import NightLink
+
+NIGHTS_PER_TASK = 32  # about 10 s of rendering per task: enough to hide a task's start-up
+
+
+@dataclass(frozen=True)
+class NightJob:
+    """One night to render: its predictions, its manifest row (clock times, data source) and file stem."""
+
+    recording_id: str
+    stem: str
+    night: pd.DataFrame
+    row: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class RenderedNight:
+    stem: str
+    figures: NightFigures
+    html: bytes
+    pdf: bytes
+
+
+def render_nights(
+    root: str, run_id: str, jobs: list[NightJob], models: dict[str, str], resp: HeadInfo | None
+) -> list[RenderedNight]:
+    """The pages of ``jobs``, in order (reads the run's event tables; writes nothing)."""
+    out = []
+    for job in jobs:
+        figures = night_figures(
+            job.night,
+            events=read_night_events(root, run_id, job.recording_id),
+            start=recording_start(job.row.get("source_uris") or [], str(job.row.get("layout"))) if job.row else None,
+            data_source=data_source_text(job.row),
+            models=models,
+            events_per_event_epoch=resp.get("events_per_event_epoch", 1.0) if resp else None,
+            snore_share_per_snore_epoch=resp.get("snore_share_per_snore_epoch", 1.0) if resp else None,
+        )
+        html = render_night_html(figures, run_id, job.stem).encode()
+        out.append(RenderedNight(job.stem, figures, html, night_pdf(figures, run_id)))
+    return out
+
+
+def _jobs(root: RootLike, preds: pd.DataFrame) -> list[NightJob]:
+    try:
+        rows = {str(r["recording_id"]): r for r in read_manifest_rows(root)}
+    except FileNotFoundError:
+        rows = {}
+    jobs, used = [], set()
+    for rec, night in preds.groupby("recording_id", sort=True):
+        rec = str(rec)
+        stem, n = file_stem(rec), 1
+        while stem.lower() in used:  # two ids that differ only in characters a file name cannot hold
+            n += 1
+            stem = f"{file_stem(rec)}-{n}"
+        used.add(stem.lower())
+        jobs.append(NightJob(rec, stem, night, rows.get(rec)))
+    return jobs
+
+
+def _rendered(
+    root: str,
+    run_id: str,
+    batches: list[list[NightJob]],
+    models: dict[str, str],
+    resp: HeadInfo | None,
+    use_ray: bool,
+) -> Iterator[list[RenderedNight]]:
+    """Each batch's pages, in batch order; on Ray, about two batches per free CPU render ahead, no more
+    (the pages of 5,000 nights would be a gigabyte in the object store)."""
+    if not use_ray or len(batches) < 2:
+        for batch in batches:
+            yield render_nights(root, run_id, batch, models, resp)
+        return
+    import ray
+
+    remote = ray.remote(num_cpus=1, max_retries=2)(render_nights)
+    ahead = max(2, int(ray.available_resources().get("CPU", 1)) * 2)
+    pending = deque(remote.remote(root, run_id, batch, models, resp) for batch in batches[:ahead])
+    for batch in batches[ahead:]:
+        yield ray.get(pending.popleft())  # in order: the report's links keep the nights' order
+        pending.append(remote.remote(root, run_id, batch, models, resp))
+    while pending:
+        yield ray.get(pending.popleft())
+
+
+def write_night_reports(
+    root: RootLike,
+    run_id: str,
+    preds: pd.DataFrame,
+    model: TrainedModels,
+    backbone: str | None,
+    use_ray: bool = False,
+    nights_per_task: int = NIGHTS_PER_TASK,
+) -> tuple[list[NightLink], list[NightFigures]]:
+    """Every predicted night's clinical report, ``runs/<run_id>/report/nights/<rec>.html`` and ``.pdf``.
+
+    The breathing events are the run's event table where it wrote one, the per-epoch
+    probabilities otherwise (``night.night_figures``); the clock times come from the night's
+    first EDF header where it has one. ``use_ray``: render batches of ``nights_per_task`` nights
+    as Ray tasks (the calling process still writes every file).
+    """
+    store = open_root(root)
+    heads = model.get("heads") or {PRIMARY: model}
+    named = sorted(heads.items(), key=lambda kv: list(TARGETS).index(kv[0]) if kv[0] in TARGETS else len(TARGETS))
+    models = {name: str(info.get("version")) for name, info in named if info.get("version")}
+    if backbone:
+        models["backbone"] = backbone.rstrip("/").rsplit("/", 1)[-1]
+    jobs = _jobs(store, preds)
+    batches = [jobs[i : i + max(1, nights_per_task)] for i in range(0, len(jobs), max(1, nights_per_task))]
+    folder = join(store.path, "runs", run_id, "report", "nights")
+    links: list[NightLink] = []
+    nights: list[NightFigures] = []
+    pages = _rendered(full_uri(store.fs, store.path), run_id, batches, models, heads.get("resp"), use_ray)
+    for batch, rendered in zip(batches, pages, strict=True):
+        for job, page in zip(batch, rendered, strict=True):
+            write_bytes_atomic(store.fs, join(folder, f"{page.stem}.html"), page.html)
+            write_bytes_atomic(store.fs, join(folder, f"{page.stem}.pdf"), page.pdf)
+            figures = page.figures
+            nights.append(figures)
+            links.append(
+                NightLink(
+                    recording_id=job.recording_id,
+                    subject_id=figures.subject_id,
+                    html=f"nights/{page.stem}.html",
+                    pdf=f"nights/{page.stem}.pdf",
+                    study_date=figures.start.strftime("%Y-%m-%d") if figures.start else None,
+                    ahi=figures.ahi["ahi"],
+                    snore_index=figures.snore_index,
+                    sleep_efficiency=figures.summary["sleep_efficiency"],
+                    source="event table" if figures.events is not None else "per-epoch",
+                )
+            )
+    return links, nights
