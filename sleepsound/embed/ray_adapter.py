@@ -90,8 +90,13 @@ def ray_pipeline(items: list[WorkItem], cfg: Config, backbone: dict[str, Any]) -
     yield from table_rows(ds.iter_batches(batch_size=64, batch_format="pyarrow"))
 
 
+# Rows per Arrow table a reader hands Ray Data: whatever the decode block, enough that per-table costs
+# (building the columns, Ray Data's per-batch bookkeeping) stay small beside the rows' own.
+READ_TABLE_ROWS = 4
+
+
 def read_items(items: dict[str, np.ndarray]) -> Iterator[pa.Table]:
-    """Ray Data CPU stage: work items in, blocks of ``block_epochs`` preprocessed rows out."""
+    """Ray Data CPU stage: work items in, tables of ``READ_TABLE_ROWS`` preprocessed rows out."""
     for text in items["item"]:
         item = json.loads(str(text))
         cfg = PreprocessConfig.model_validate(item["preprocess"])
@@ -100,7 +105,7 @@ def read_items(items: dict[str, np.ndarray]) -> Iterator[pa.Table]:
         chunk = tuple(item["chunk"]) if item.get("chunk") else None
         for row in night_rows(item["row"], cfg, plan, chunk):
             rows.append(row)
-            if len(rows) == cfg.block_epochs:
+            if len(rows) == READ_TABLE_ROWS:
                 yield to_table(rows, raw=cfg.device == "model")
                 rows = []
         if rows:
