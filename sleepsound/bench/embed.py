@@ -408,7 +408,9 @@ def _stage_feed(spec: dict[str, Any]) -> dict[str, Any]:
     )
     rows = [r for r in build_manifest(spec["cohort"], cfg.preprocess) if r["status"] == "accepted"]
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    # A new local session always: with a cluster already running on the machine (``ray start``, another
+    # run's), a plain init would join it, unpinned, and refuse num_cpus.
+    ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False)
     import_ray_data()  # before the clock, as the flow's long-lived driver has it
     root = tempfile.mkdtemp(prefix="sleepsound-bench-feed-")
     try:
@@ -468,7 +470,7 @@ def measure_ray_scaling(night: Path, cfg: Any, workers: list[int], device: str) 
     started = not ray.is_initialized()
     if started:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
         cpus = float(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
         row = night_row(night, cfg)

@@ -158,6 +158,12 @@ def test_a_night_read_in_chunks_equals_it_read_whole(layout, tmp_path):
         for name in ("valid", "invalid_reason", "zero_rms_s", "nonfinite", "clipped_fraction", "stage5", "resp_label"):
             assert other[name] == r[name], name
         assert np.max(np.abs(other["audio"] - r["audio"])) <= CHUNK_TOLERANCE
+    # Decoding blocks of 4 epochs (block_epochs' former default) gives the very same rows.
+    four = list(read_epochs(row, cfg.model_copy(update={"block_epochs": 4}), stages))
+    assert [key(r) for r in four] == [key(r) for r in whole]
+    for a, b in zip(whole, four, strict=True):
+        np.testing.assert_array_equal(a["audio"], b["audio"])
+        np.testing.assert_array_equal(a["envelope"], b["envelope"])
     [bad] = read_epochs(row, cfg, chunk=(3, 3))
     assert "not a range of the night's" in bad["error"]
 
