@@ -1,6 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's /usr/bin/chromium driven by Playwright, no browser
 download): log in by name and password, see a bed appear, its hypnogram grow and an alert arrive,
-acknowledge it (the acknowledgement names the user), open the finished night's report. Screenshots go to $SLEEPSOUND_TEST_ARTEFACTS when set."""
+acknowledge it (the acknowledgement names the user), open the finished night's report. Screenshots go to
+$SLEEPSOUND_TEST_ARTEFACTS when set."""
 
 from __future__ import annotations
 
