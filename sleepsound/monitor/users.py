@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
 
+log = logging.getLogger(__name__)
 USERS_FILE = "users.json"  # under <root>/monitor/
 NAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 MIN_PASSWORD = 10
@@ -149,6 +151,7 @@ class UserStore:
         self.path = path
         self._stamp: tuple[int, int] | None = None
         self._users: dict[str, UserRecord] = {}
+        self._damaged = False
         self._lock = threading.Lock()
 
     def users(self) -> dict[str, UserRecord]:
@@ -159,12 +162,18 @@ class UserStore:
             stamp = None
         with self._lock:
             if stamp != self._stamp:
-                self._users = load_users(self.path) if stamp is not None else {}
                 self._stamp = stamp
+                try:
+                    self._users = load_users(self.path) if stamp is not None else {}
+                    self._damaged = False
+                except ValueError as exc:  # fail closed: keep the last good users, and the dashboard shut
+                    log.error("%s; keeping the users read before", exc)
+                    self._damaged = True
             return self._users
 
     def any(self) -> bool:
-        return bool(self.users())
+        """Whether logins are configured (a damaged users file counts: the dashboard stays shut)."""
+        return bool(self.users()) or self._damaged
 
     def verify(self, name: str, password: str) -> bool:
         """Whether ``name`` is a user with ``password``; as slow for an unknown name as for a known one."""

@@ -122,3 +122,7 @@ def test_users_log_in_by_name_and_password_failures_are_limited_and_the_token_st
         assert _login(nurse, base, name="nurse-1", password=PASSWORD).status_code == 303
         assert nurse.post(f"{base}/logout", follow_redirects=False).status_code == 303
         assert nurse.get(f"{base}/v1/beds").status_code == 401
+
+        path.write_text("{not json")  # a damaged users file: the last good users stay, nothing opens up
+        assert _login(nurse, base, name="nurse-1", password=PASSWORD).status_code == 303
+        assert httpx.get(f"{base}/v1/beds").status_code == 401
