@@ -9,7 +9,8 @@
     POST   /analyze-breathing                    one clip: Normal / Snoring / Apnea Alert
     GET    /v1/alerts, POST /v1/alerts/{id}/ack  alerts (``monitor.alerts``), acknowledging one
     GET    /v1/alerts/stream                     alerts as server-sent events
-    GET    /dashboard, /login, /v1/beds          the dashboard (``monitor.dashboard``)
+    GET    /dashboard, /login, /v1/beds, /v1/me  the dashboard (``monitor.dashboard``)
+    POST   /login, /logout                       a user's name and password (``monitor.users``) or the token
     GET    /health                               never waits behind scoring
 
 Who may do what: a device token (random, 256 bits, only its SHA-256 kept, compared in constant

@@ -8,7 +8,11 @@ real time (a chunk is sent when its audio would have ended), and follows the ale
 - held: every bed kept up: each chunk acknowledged before the next one was due, and scoring
   never more than ``max_lag_epochs`` epochs behind the audio sent (polled every second);
 - alert latency: from the moment the audio that shows an alert's event had been sent (the end
-  of the chunk holding the alert's ``end_s``) to the alert arriving on ``/v1/alerts/stream``;
+  of the chunk holding the alert's ``end_s``) to the alert arriving on ``/v1/alerts/stream``,
+  per rule, with how many whole chunks each alert waited after that one (a breathing pause is
+  alerted once its recovery breath is heard: when that falls in the next chunk, the alert waits
+  one chunk length, so the pause rule's p95 follows the chunk size: ``--chunk-seconds`` is
+  repeatable, one run per size);
 - memory per bed: the server's peak resident memory during the run above its idle level, per bed;
 - dropped chunks: chunks not acknowledged with a 200 (after three tries).
 
