@@ -338,7 +338,10 @@ def bench_monitor(
     beds: Annotated[int, typer.Option(help="Most beds to try (runs 1, 2, 4, ... up to this).")] = 20,
     minutes: Annotated[float, typer.Option(help="Length of each bed's synthetic night in minutes.")] = 10.0,
     speed: Annotated[float, typer.Option(help="Replay speed: 1 is real time, 10 ten times faster.")] = 1.0,
-    chunk_seconds: Annotated[float, typer.Option(help="Audio per chunk.")] = 10.0,
+    chunk_seconds: Annotated[
+        Optional[list[float]],
+        typer.Option(help="Audio per chunk, 1-30 s (repeatable: the runs again per chunk size; default 10)."),
+    ] = None,
     overrides: Annotated[
         Optional[list[str]], typer.Option("--set", help="A setting for the server: section.key=value (repeatable).")
     ] = None,
@@ -353,12 +356,20 @@ def bench_monitor(
         as_json,
         f"monitor benchmark: up to {beds} beds, {minutes:g}-min nights at {speed:g}x real time",
         lambda: run_monitor_bench(
-            root, beds, minutes, speed, chunk_seconds, overrides=list(overrides or []), workdir=workdir, ramp=ramp
+            root,
+            beds,
+            minutes,
+            speed,
+            list(chunk_seconds or [10.0]),
+            overrides=list(overrides or []),
+            workdir=workdir,
+            ramp=ramp,
         ),
     )
     if result is None:
         return
     table = Table(
+        "chunk s",
         "beds",
         "held",
         "worst ack delay s",
@@ -367,11 +378,14 @@ def bench_monitor(
         "alerts",
         "latency p50 s",
         "p95 s",
+        "pause p95 s",
         "MB / bed",
         title=f"monitor at {speed:g}x real time",
     )
     for run in result["runs"]:
+        pause = run["alert_latency_by_rule"].get("breathing_pause")
         table.add_row(
+            f"{run['chunk_seconds']:g}",
             str(run["beds"]),
             "yes" if run["held"] else "no",
             f"{run['worst_ack_delay_s']:.2f}",
@@ -380,7 +394,9 @@ def bench_monitor(
             str(run["alerts"]),
             "-" if run["alert_latency_p50_s"] is None else f"{run['alert_latency_p50_s']:.2f}",
             "-" if run["alert_latency_p95_s"] is None else f"{run['alert_latency_p95_s']:.2f}",
+            "-" if pause is None else f"{pause['p95_s']:.2f}",
             f"{run['memory_per_bed_mb']:.1f}",
         )
     console.print(table)
-    console.print(f"most beds held in real time: {result['most_beds_held']}")
+    by_chunk = ", ".join(f"{k} s chunks: {v}" for k, v in result["most_beds_held_by_chunk"].items())
+    console.print(f"most beds held in real time: {result['most_beds_held']} ({by_chunk})")

@@ -9,12 +9,15 @@
     POST   /analyze-breathing                    one clip: Normal / Snoring / Apnea Alert
     GET    /v1/alerts, POST /v1/alerts/{id}/ack  alerts (``monitor.alerts``), acknowledging one
     GET    /v1/alerts/stream                     alerts as server-sent events
-    GET    /dashboard, /login, /v1/beds          the dashboard (``monitor.dashboard``)
+    GET    /dashboard, /login, /v1/beds, /v1/me  the dashboard (``monitor.dashboard``)
+    POST   /login, /logout                       a user's name and password (``monitor.users``) or the token
     GET    /health                               never waits behind scoring
 
 Who may do what: a device token (random, 256 bits, only its SHA-256 kept, compared in constant
 time) opens its own session and nothing else; with an operator token configured, opening a
-session needs it. Every request passes ``limits.GuardMiddleware`` (Host and Origin checks) and
+session needs it. The operator side (dashboard, alerts) takes the operator token or a login:
+a named user's password (``monitor.users``, scrypt-hashed in ``monitor/users.json``) or the token;
+an acknowledgement records who made it. Every request passes ``limits.GuardMiddleware`` (Host and Origin checks) and
 every upload ``limits.read_body`` / ``decode_audio`` (bytes, read time, rate, seconds).
 """
 
@@ -55,6 +58,7 @@ from sleepsound.monitor.limits import (
 )
 from sleepsound.monitor.scoring import Scorer
 from sleepsound.monitor.sessions import Monitor
+from sleepsound.monitor.users import USERS_FILE, FailedLogins, UserStore
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,8 @@ class Settings:
     extra_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     expiry_check_s: float = 5.0
+    login_failures: int = 5  # failed dashboard logins per name (and per address) ...
+    login_window_s: float = 900.0  # ... in this window, before further attempts are refused
     rules: AlertRules = field(default_factory=AlertRules)
     # Off by default: audio is health data and is held only as long as scoring needs it. A folder
     # here keeps each finished night's audio there as <session-id>.flac, a plain recording that
@@ -198,12 +204,16 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
             **scorer.describe(),
         }
 
-    access = Access(settings.operator_token_hash)
+    access = Access(
+        settings.operator_token_hash,
+        UserStore(monitor.dir.parent / USERS_FILE),
+        FailedLogins(settings.login_failures, settings.login_window_s),
+    )
     add_dashboard(app, monitor, access)
 
     @app.post("/v1/sessions", status_code=201)
     def open_session(body: SessionCreate, request: Request) -> SessionCreated:
-        access.check(request, "opening a session")
+        access.check(request, "opening a session", devices=True)
         session, token = monitor.open_session(body.bed_id, body.chunk_seconds)
         return SessionCreated(
             session_id=session.id,
@@ -275,7 +285,7 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
     @app.post("/v1/alerts/{alert_id}/ack")
     def acknowledge(alert_id: str, request: Request) -> dict[str, Any]:
         access.check(request, "acknowledging an alert")
-        alert = monitor.alerts.acknowledge(alert_id, "operator")
+        alert = monitor.alerts.acknowledge(alert_id, access.who(request) or "operator")
         if alert is None:
             raise Refused(404, f"no alert {alert_id}")
         return alert
@@ -309,7 +319,7 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
 
     @app.post("/analyze-breathing")
     async def analyze_breathing(request: Request, name: str = "upload") -> BreathingAnswer:
-        access.check(request, "analysing a clip")
+        access.check(request, "analysing a clip", devices=True)
         body = await read_body(request, clip_limits.max_bytes, settings.read_timeout_s)
         data = upload_bytes(body, request.headers.get("content-type", ""), name)
         audio, rate, full_scale = await run_in_threadpool(decode_audio, data, name, clip_limits, scorer.channel_index)

@@ -8,7 +8,11 @@ real time (a chunk is sent when its audio would have ended), and follows the ale
 - held: every bed kept up: each chunk acknowledged before the next one was due, and scoring
   never more than ``max_lag_epochs`` epochs behind the audio sent (polled every second);
 - alert latency: from the moment the audio that shows an alert's event had been sent (the end
-  of the chunk holding the alert's ``end_s``) to the alert arriving on ``/v1/alerts/stream``;
+  of the chunk holding the alert's ``end_s``) to the alert arriving on ``/v1/alerts/stream``,
+  per rule, with how many whole chunks each alert waited after that one (a breathing pause is
+  alerted once its recovery breath is heard: when that falls in the next chunk, the alert waits
+  one chunk length, so the pause rule's p95 follows the chunk size: ``--chunk-seconds`` is
+  repeatable, one run per size);
 - memory per bed: the server's peak resident memory during the run above its idle level, per bed;
 - dropped chunks: chunks not acknowledged with a 200 (after three tries).
 
@@ -27,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -206,15 +211,19 @@ def _run(
         interval = chunk_s / speed
         latencies = []
         by_rule: dict[str, list[float]] = {}
+        waited: dict[str, list[int]] = {}
         for received, alert in alerts:
             if alert["rule"] == "no_audio":
                 continue
             chunk_end = np.ceil(alert["end_s"] / chunk_s) * chunk_s
             latencies.append(received - (t0 + chunk_end / speed))
             by_rule.setdefault(alert["rule"], []).append(latencies[-1])
+            # where the time went: whole chunks sent after the one holding end_s before the alert came
+            waited.setdefault(alert["rule"], []).append(max(0, int(latencies[-1] // interval)))
         held = [late[b] <= interval and lag[b] <= max_lag_epochs and not dropped[b] for b in range(len(nights))]
         return {
             "beds": len(nights),
+            "chunk_seconds": chunk_s,
             "held": all(held),
             "beds_kept_up": int(sum(held)),
             "worst_ack_delay_s": round(max(late), 3),
@@ -230,6 +239,9 @@ def _run(
                     "alerts": len(values),
                     "p50_s": round(float(np.percentile(values, 50)), 3),
                     "p95_s": round(float(np.percentile(values, 95)), 3),
+                    # alerts raised after the chunk holding end_s, after the next one, ...: the part of
+                    # the latency that is waiting for audio rather than computing
+                    "alerts_by_chunks_waited": {str(k): waited[rule].count(k) for k in sorted(set(waited[rule]))},
                 }
                 for rule, values in sorted(by_rule.items())
             },
@@ -249,7 +261,7 @@ def run_monitor_bench(
     beds: int = 20,
     minutes: float = 10.0,
     speed: float = 1.0,
-    chunk_seconds: float = 10.0,
+    chunk_seconds: float | Sequence[float] = 10.0,
     sample_rate: int = 16_000,
     seed: int = 0,
     overrides: list[str] | None = None,
@@ -259,39 +271,50 @@ def run_monitor_bench(
 ) -> dict[str, Any]:
     """Runs with 1, 2, 4, ... ``beds`` beds (each on a fresh copy of ``root``'s models); stops after the
     first run that did not keep up. ``ramp`` False: the one run with ``beds`` beds (a goal's check
-    without the smaller runs' time). Returns every run and the most beds held."""
+    without the smaller runs' time). Several ``chunk_seconds``: the whole ramp once per chunk size
+    (devices may send 1-30 s chunks, and the pause alert's latency is bounded below by one chunk's
+    wait when the recovery breath's confirmation falls into the next chunk). Returns every run, the
+    most beds held per chunk size and at every chunk size."""
     import shutil
 
+    sizes = [float(chunk_seconds)] if isinstance(chunk_seconds, int | float) else [float(c) for c in chunk_seconds]
+    if not sizes or any(not 1.0 <= c <= 30.0 for c in sizes):
+        raise ValueError(f"chunk sizes {sizes}: the service takes chunks of 1-30 s")
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="sleepsound-bench-monitor-"))
     work.mkdir(parents=True, exist_ok=True)
     nights = _nights(beds, minutes, sample_rate, seed, work)
     counts = sorted({*(2**i for i in range(beds.bit_length()) if 2**i < beds), beds}) if ramp else [beds]
     runs = []
-    for n in counts:
-        run_root = work / f"root-{n}"
-        shutil.rmtree(run_root, ignore_errors=True)
-        for part in ("models", "manifest"):
-            if (Path(root) / part).exists():
-                shutil.copytree(Path(root) / part, run_root / part)
-        run = _run(
-            run_root,
-            nights[:n],
-            sample_rate,
-            speed,
-            chunk_seconds,
-            list(overrides or []),
-            max_lag_epochs,
-            work / f"server-{n}.log",
-        )
-        runs.append(run)
-        if not run["held"]:
-            break
-    held = [r["beds"] for r in runs if r["held"]]
+    held_by_chunk: dict[str, int] = {}
+    for size in sizes:
+        held = []
+        for n in counts:
+            run_root = work / f"root-{n}-{size:g}s"
+            shutil.rmtree(run_root, ignore_errors=True)
+            for part in ("models", "manifest"):
+                if (Path(root) / part).exists():
+                    shutil.copytree(Path(root) / part, run_root / part)
+            run = _run(
+                run_root,
+                nights[:n],
+                sample_rate,
+                speed,
+                size,
+                list(overrides or []),
+                max_lag_epochs,
+                work / f"server-{n}-{size:g}s.log",
+            )
+            runs.append(run)
+            if not run["held"]:
+                break
+            held.append(n)
+        held_by_chunk[f"{size:g}"] = max(held) if held else 0
     return {
         "speed": speed,
         "minutes": minutes,
-        "chunk_seconds": chunk_seconds,
-        "most_beds_held": max(held) if held else 0,
+        "chunk_seconds": sizes[0] if len(sizes) == 1 else sizes,
+        "most_beds_held": min(held_by_chunk.values()),
+        "most_beds_held_by_chunk": held_by_chunk,
         "runs": runs,
         "cpu_count": os.cpu_count(),
     }

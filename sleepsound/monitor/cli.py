@@ -111,6 +111,85 @@ def serve(
     run_server(app, host, port, graceful_s=graceful)
 
 
+users_app = typer.Typer(
+    help="Dashboard users: names and passwords (scrypt-hashed in ROOT/monitor/users.json) for the dashboard login.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+monitor_app.add_typer(users_app, name="users")
+RootOpt = Annotated[str, typer.Option(help="Storage root (local disk) the monitor service serves.")]
+
+
+def _users_file(root: str) -> Path:
+    from sleepsound.core.storage import is_local, open_root
+    from sleepsound.monitor.users import users_path
+
+    if not is_local(root):
+        raise _fail(f"{root}: dashboard users live in a storage root on local disk")
+    return users_path(open_root(root).path)
+
+
+@users_app.command("add")
+def users_add(
+    name: Annotated[str, typer.Argument(help="The user's name (letters, digits, '.', '_', '@', '-').")],
+    root: RootOpt,
+    password_stdin: Annotated[
+        bool, typer.Option(help="Read the password from the first line of standard input (scripts) instead of asking.")
+    ] = False,
+) -> None:
+    """Add a user, or set an existing user's password (asked twice, never echoed; only its hash is kept)."""
+    import sys
+
+    from sleepsound.monitor.users import MIN_PASSWORD, add_user
+
+    path = _users_file(root)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt(f"Password for {name}", hide_input=True, confirmation_prompt=True)
+    if len(password) < MIN_PASSWORD:
+        raise _fail(f"a password needs at least {MIN_PASSWORD} characters")
+    try:
+        new = add_user(path, name, password)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"{'added' if new else 'changed the password of'} {name} in {path}")
+
+
+@users_app.command("remove")
+def users_remove(name: Annotated[str, typer.Argument(help="The user's name.")], root: RootOpt) -> None:
+    """Remove a user (their dashboard login ends at once, on a running server too)."""
+    from sleepsound.monitor.users import remove_user
+
+    path = _users_file(root)
+    try:
+        removed = remove_user(path, name)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    if not removed:
+        raise _fail(f"no user {name} in {path}")
+    typer.echo(f"removed {name} from {path}")
+
+
+@users_app.command("list")
+def users_list(root: RootOpt) -> None:
+    """The users' names, one a line, with when their password was set (never a hash)."""
+    import datetime
+
+    from sleepsound.monitor.users import load_users
+
+    path = _users_file(root)
+    try:
+        users = load_users(path)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    for name, record in sorted(users.items()):
+        when = datetime.datetime.fromtimestamp(record["created"], datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        typer.echo(f"{name}\tpassword set {when}")
+    if not users:
+        typer.echo(f"no users in {path}", err=True)
+
+
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(2)

@@ -5,18 +5,23 @@ Plain HTML and a little JavaScript served by the monitoring app (no build step):
 ``GET /v1/alerts/stream`` (server-sent events) for alerts as they are raised, and acknowledges
 one with ``POST /v1/alerts/{id}/ack``. A finished night links to its report.
 
-Who may look: with an operator token configured, ``/login`` takes it and sets a session cookie
-(random; only its hash is kept; HttpOnly, SameSite=Strict, 12 hours); the API also takes the
-token as a bearer. Without one (loopback only: ``monitor serve`` refuses another address
-without a token), the page is open to whoever can reach the loopback port.
+Who may look: ``/login`` takes a user's name and password (``monitor.users``: ``sleepsound
+monitor users add NAME``; scrypt hashes at rest, failed logins limited per name and per address)
+or the operator token, and sets a session cookie (random; only its hash is kept; HttpOnly,
+SameSite=Strict, 12 hours) that remembers who logged in: an acknowledgement records that name.
+The API also takes the token as a bearer. With neither a token nor a user (loopback only:
+``monitor serve`` refuses another address without a token), the page is open to whoever can
+reach the loopback port.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import math
 import secrets
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,8 +30,12 @@ from urllib.parse import parse_qs
 import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from sleepsound.monitor.limits import Refused, read_body
+from sleepsound.monitor.users import FailedLogins, UserStore
+
+log = logging.getLogger(__name__)
 
 COOKIE = "sleepsound_monitor"
 COOKIE_HOURS = 12.0
@@ -43,45 +52,89 @@ def _digest(text: str) -> str:
 
 
 class Access:
-    """Who may use the operator side: the operator token (bearer) or a logged-in browser (cookie)."""
+    """Who may use the operator side: the operator token (bearer), or a browser logged in (cookie) with
+    the token or as a named user (``monitor.users``: name and password, hashed at rest).
 
-    def __init__(self, operator_token_hash: str | None) -> None:
+    Open (no check) only when neither an operator token nor any user is configured (loopback only:
+    ``monitor serve`` refuses another address without a token). Opening a session (a device's
+    request) takes the operator token or a logged-in browser, never a user's password.
+    """
+
+    def __init__(
+        self, operator_token_hash: str | None, users: UserStore | None = None, failures: FailedLogins | None = None
+    ) -> None:
         self.token_hash = operator_token_hash
-        self._cookies: dict[str, float] = {}  # cookie hash -> expiry (monotonic)
+        self.users = users
+        self.failures = failures or FailedLogins()
+        self._cookies: dict[str, tuple[float, str]] = {}  # cookie hash -> (expiry (monotonic), who)
+        self._lock = threading.Lock()
 
     @property
     def open(self) -> bool:
-        return self.token_hash is None
+        return self.token_hash is None and not (self.users is not None and self.users.any())
 
-    def check(self, request: Request, what: str) -> None:
-        """401 without credentials, 403 with wrong ones."""
-        if self.token_hash is None:
+    def check(self, request: Request, what: str, devices: bool = False) -> None:
+        """401 without credentials, 403 with wrong ones. ``devices``: a request a device makes (opening a
+        session), open whenever no operator token is configured, whatever users there are."""
+        if self.token_hash is None and (devices or self.open):
             return
         authorization = request.headers.get("authorization") or ""
         presented = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
         if presented:
-            if not hmac.compare_digest(_digest(presented), self.token_hash):
+            if self.token_hash is None or not hmac.compare_digest(_digest(presented), self.token_hash):
                 raise Refused(403, "not the operator token")
             return
-        if self.logged_in(request):
+        if self.who(request) is not None:
             return
         raise Refused(401, f"{what} needs the operator token (Authorization: Bearer <token>) or a login")
 
-    def logged_in(self, request: Request) -> bool:
+    def who(self, request: Request) -> str | None:
+        """Who makes this request: a user's name, ``operator`` (the token, or an open service), or None."""
+        if self.open:
+            return "operator"
+        authorization = request.headers.get("authorization") or ""
+        presented = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
+        if presented and self.token_hash is not None and hmac.compare_digest(_digest(presented), self.token_hash):
+            return "operator"
         cookie = request.cookies.get(COOKIE)
         if not cookie:
-            return False
-        expiry = self._cookies.get(_digest(cookie))
-        return expiry is not None and expiry > time.monotonic()
+            return None
+        with self._lock:
+            entry = self._cookies.get(_digest(cookie))
+        if entry is None or entry[0] <= time.monotonic():
+            return None
+        who = entry[1]
+        if who != "operator" and (self.users is None or who not in self.users.users()):
+            return None  # a user removed since: their cookie goes with them
+        return who
+
+    def logged_in(self, request: Request) -> bool:
+        return self.who(request) is not None
 
     def login(self, token: str) -> str | None:
         """A new cookie value when ``token`` is the operator token."""
         if self.token_hash is None or not hmac.compare_digest(_digest(token), self.token_hash):
             return None
+        return self._cookie("operator")
+
+    def login_user(self, name: str, password: str) -> str | None:
+        """A new cookie value when ``name`` is a user with ``password`` (slow: call it off the event loop)."""
+        if self.users is None or not self.users.verify(name, password):
+            return None
+        return self._cookie(name)
+
+    def logout(self, request: Request) -> None:
+        cookie = request.cookies.get(COOKIE)
+        if cookie:
+            with self._lock:
+                self._cookies.pop(_digest(cookie), None)
+
+    def _cookie(self, who: str) -> str:
         now = time.monotonic()
-        self._cookies = {k: v for k, v in self._cookies.items() if v > now}
         cookie = secrets.token_urlsafe(32)
-        self._cookies[_digest(cookie)] = now + COOKIE_HOURS * 3600
+        with self._lock:
+            self._cookies = {k: v for k, v in self._cookies.items() if v[0] > now}
+            self._cookies[_digest(cookie)] = (now + COOKIE_HOURS * 3600, who)
         return cookie
 
 
@@ -132,15 +185,48 @@ def add_dashboard(app: FastAPI, monitor: Any, access: Access) -> None:
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
+        """Name and password, or the operator token. Failures count per name and per client address
+        (``users.FailedLogins``); past the limit the attempt is refused unread (429)."""
         body = await read_body(request, 4096, 10.0)
-        token = (parse_qs(body.decode("utf-8", "replace")).get("token") or [""])[0]
-        cookie = access.login(token)
+        form = parse_qs(body.decode("utf-8", "replace"))
+        token = (form.get("token") or [""])[0]
+        name = (form.get("name") or [""])[0].strip()
+        password = (form.get("password") or [""])[0]
+        address = f"address:{request.client.host if request.client else '?'}"
+        keys = (address, f"name:{name}") if name else (address, "token")
+        wait = access.failures.wait(*keys)
+        if wait > 0:
+            message = f"Too many failed logins; try again in {math.ceil(wait / 60)} min."
+            page = LOGIN_HTML.replace("{message}", f'<p class="error">{message}</p>')
+            return HTMLResponse(page, status_code=429, headers={**HEADERS, "Retry-After": str(math.ceil(wait))})
+        if name:  # scrypt takes ~50 ms: off the event loop, so /health never waits for it
+            cookie = await run_in_threadpool(access.login_user, name, password)
+            failure = "Unknown name or wrong password."
+        else:
+            cookie = access.login(token)
+            failure = "That is not the operator token."
         if cookie is None:
-            page = LOGIN_HTML.replace("{message}", '<p class="error">That is not the operator token.</p>')
+            access.failures.failed(*keys)
+            log.info("failed dashboard login (%s)", "name and password" if name else "token")
+            page = LOGIN_HTML.replace("{message}", f'<p class="error">{failure}</p>')
             return HTMLResponse(page, status_code=401, headers=HEADERS)
+        access.failures.succeeded(keys[1])
         reply = RedirectResponse("/dashboard", status_code=303)
         reply.set_cookie(COOKIE, cookie, max_age=int(COOKIE_HOURS * 3600), httponly=True, samesite="strict", path="/")
         return reply
+
+    @app.post("/logout", include_in_schema=False)
+    def logout(request: Request) -> Response:
+        access.logout(request)
+        reply = RedirectResponse("/login", status_code=303)
+        reply.delete_cookie(COOKIE, path="/")
+        return reply
+
+    @app.get("/v1/me")
+    def me(request: Request) -> dict[str, Any]:
+        """Who the dashboard is logged in as (its header shows it)."""
+        access.check(request, "the dashboard")
+        return {"who": access.who(request), "open": access.open}
 
     @app.get("/dashboard", include_in_schema=False)
     def dashboard(request: Request) -> Response:
@@ -174,9 +260,15 @@ LOGIN_HTML = """<!doctype html>
 <style>body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:24rem;padding:0 1rem}
 input,button{font-size:1rem;padding:.5rem;width:100%;box-sizing:border-box;margin:.3rem 0}.error{color:#b00020}</style>
 </head><body><h1>Bedside monitor</h1>{message}
-<form method="post" action="/login"><label for="token">Operator token</label>
-<input id="token" name="token" type="password" autocomplete="current-password" required>
-<button type="submit">Log in</button></form></body></html>
+<form method="post" action="/login" id="user-login"><label for="name">Name</label>
+<input id="name" name="name" autocomplete="username" required>
+<label for="password">Password</label>
+<input id="password" name="password" type="password" autocomplete="current-password" required>
+<button type="submit" id="user-submit">Log in</button></form>
+<details><summary>Log in with the operator token</summary>
+<form method="post" action="/login" id="token-login"><label for="token">Operator token</label>
+<input id="token" name="token" type="password" autocomplete="off" required>
+<button type="submit" id="token-submit">Log in with the token</button></form></details></body></html>
 """
 
 DASHBOARD_HTML = """<!doctype html>
@@ -195,9 +287,13 @@ svg{width:100%;height:70px;background:#fafbfc;border:1px solid #e3e6ea;border-ra
 .alert{border-left:4px solid #b00020;padding:.3rem .5rem;margin:.4rem 0;background:#fff5f6}
 .alert.acknowledged{border-color:#999;background:#f3f3f3}
 .alert button{font-size:.9rem;padding:.3rem .6rem;margin-top:.2rem}.empty{color:#666}
-.legend{font-size:.75rem;color:#666}.feed h2{font-size:1.05rem;margin:0 0 .3rem}
+.legend{font-size:.75rem;color:#666}header{display:flex;justify-content:space-between;align-items:center;
+flex-wrap:wrap;gap:.5rem}.who{font-size:.9rem;color:#444}.who button{font-size:.85rem}
+.feed h2{font-size:1.05rem;margin:0 0 .3rem}
 </style></head>
-<body><h1>Bedside monitor</h1>
+<body><header><h1>Bedside monitor</h1>
+<form method="post" action="/logout" class="who"><span id="who"></span> <button type="submit">Log out</button></form>
+</header>
 <main><section id="beds" aria-label="beds"><p class="empty">No beds yet.</p></section>
 <section class="feed" aria-label="alerts"><h2>Alerts</h2>
 <div id="alerts"><p class="empty">No alerts.</p></div></section></main>
@@ -284,7 +380,8 @@ function showAlert(alert) {
   const span = `${Math.round(alert.start_s)}-${Math.round(alert.end_s)} s into the night`;
   item.appendChild(el('div', {}, `${alert.bed_id}, ${span}, raised ${when}`));
   if (alert.acknowledged_at) {
-    item.appendChild(el('div', {class: 'ack'}, 'acknowledged'));
+    const by = alert.acknowledged_by ? ` by ${alert.acknowledged_by}` : '';
+    item.appendChild(el('div', {class: 'ack'}, `acknowledged${by}`));
   } else {
     const button = el('button', {type: 'button'}, 'Acknowledge');
     button.addEventListener('click', async () => {
@@ -297,6 +394,11 @@ function showAlert(alert) {
 
 async function start() {
   await refresh();
+  const me = await fetch('/v1/me', {credentials: 'same-origin'});
+  if (me.ok) {
+    const who = await me.json();
+    document.getElementById('who').textContent = who.open ? 'open on loopback' : `logged in as ${who.who}`;
+  }
   const reply = await fetch('/v1/alerts', {credentials: 'same-origin'});
   if (reply.ok) for (const alert of await reply.json()) showAlert(alert);
   const stream = new EventSource('/v1/alerts/stream');

@@ -1,6 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's /usr/bin/chromium driven by Playwright, no browser
-download): log in, see a bed appear, its hypnogram grow and an alert arrive, acknowledge it, open the
-finished night's report. Screenshots go to $SLEEPSOUND_TEST_ARTEFACTS when set."""
+download): log in by name and password, see a bed appear, its hypnogram grow and an alert arrive,
+acknowledge it (the acknowledgement names the user), open the finished night's report. Screenshots go to
+$SLEEPSOUND_TEST_ARTEFACTS when set."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from sleepsound.monitor.alerts import AlertRules
 from sleepsound.monitor.app import Settings
+from sleepsound.monitor.users import add_user, users_path
 from tests.monitor.conftest import Live
 from tests.monitor.test_alerts import _chunks
 from tests.monitor.test_breathing import _breaths
@@ -29,20 +31,24 @@ SETTINGS = Settings(
 
 @pytest.mark.parametrize("live", [SETTINGS], indirect=True)
 def test_the_dashboard_shows_a_bed_its_night_and_its_alert_and_acknowledges_it(
-    live: Live, browser: Any, artefacts: Path
+    live: Live, browser: Any, artefacts: Path, fresh_root: Path
 ) -> None:
     shots = artefacts
+    add_user(users_path(fresh_root), "nurse-1", "correct horse battery")
     operator = {"Authorization": f"Bearer {TOKEN}"}
     page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone
     try:
         page.goto(f"{live.base}/dashboard")
         assert page.url.endswith("/login")
-        page.fill("#token", "not-it")
-        page.click("button[type=submit]")
-        page.wait_for_selector("text=That is not the operator token.")
-        page.fill("#token", TOKEN)
-        page.click("button[type=submit]")
+        page.fill("#name", "nurse-1")
+        page.fill("#password", "not-the-password")
+        page.click("#user-submit")
+        page.wait_for_selector("text=Unknown name or wrong password.")
+        page.fill("#name", "nurse-1")
+        page.fill("#password", "correct horse battery")
+        page.click("#user-submit")
         page.wait_for_url("**/dashboard")
+        page.wait_for_selector("#who >> text=logged in as nurse-1")
         page.wait_for_selector("#beds >> text=No beds yet.")
 
         chunks = _chunks(_breaths(150, (80.0, 96.0)))  # a pause from 77.5 s to the breath at 96 s
@@ -63,9 +69,10 @@ def test_the_dashboard_shows_a_bed_its_night_and_its_alert_and_acknowledges_it(
             page.wait_for_selector(".alert:not(.acknowledged) >> text=breathing pause", timeout=30_000)
             page.screenshot(path=str(shots / "monitor-dashboard-phone.png"), full_page=True)
             page.click(".alert button")
-            page.wait_for_selector(".alert.acknowledged >> text=acknowledged")
+            page.wait_for_selector(".alert.acknowledged >> text=acknowledged by nurse-1")
             (alert,) = client.get(f"{live.base}/v1/alerts", headers=operator).json()
             assert alert["rule"] == "breathing_pause" and alert["acknowledged_at"] is not None
+            assert alert["acknowledged_by"] == "nurse-1"
 
             client.delete(f"{live.base}/v1/sessions/{sid}", headers=device)
             page.wait_for_selector(f"article[data-session='{sid}'] >> text=Night report", timeout=60_000)
