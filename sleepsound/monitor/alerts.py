@@ -7,7 +7,8 @@ The rules and their defaults (a YAML file given to ``monitor serve --alerts`` ch
 - ``event_rate``: estimated apnoea-hypopnoea events per hour over the last hour above 30 (severe
   in AASM terms), from the resp head's probabilities as the batch report estimates them
   (P(apnoea-hypopnoea) x events per event epoch); judged once 10 minutes have been scored.
-- ``loud_snoring``: the resp head calls snoring in every epoch for 10 minutes.
+- ``loud_snoring``: snoring in every epoch for 10 minutes: at least 10 s of the epoch called snoring
+  by the per-second ``snore`` head, or, for heads that predate it, the resp head's snore label.
 - ``no_audio``: no chunk for 120 s while the session is open (the device is gone).
 - ``sensor``: the microphone silent (an epoch refused for zero RMS) or clipping (over 1% of an
   epoch's samples at full scale) for 5 minutes.
@@ -61,6 +62,7 @@ class EventRateRule(BaseModel):
 class SnoringRule(BaseModel):
     enabled: bool = True
     minutes: float = Field(10.0, gt=0)
+    seconds_per_epoch: float = Field(10.0, gt=0, le=30)  # per-second head: an epoch snores with this much snoring
 
 
 class NoAudioRule(BaseModel):
@@ -166,7 +168,14 @@ class Alerts:
         now_s = (int(last["epoch_index"]) + 1) * e
         r = self.rules.loud_snoring
         if r.enabled:
-            run = _trailing(rows, lambda row: row.get("resp_pred") == "snore")
+
+            def snoring(row: dict[str, Any]) -> bool:
+                seconds = row.get("snore_s_pred")
+                if seconds is not None:
+                    return float(seconds) >= r.seconds_per_epoch
+                return row.get("resp_pred") == "snore"
+
+            run = _trailing(rows, snoring)
             self._episode(
                 session_id,
                 bed_id,

@@ -150,3 +150,21 @@ def test_alerts_from_live_streams_reach_the_stream_and_a_webhook_that_was_down(l
     reloaded = Alerts(AlertRules(), folder, 30.0).listing()
     assert {a["id"] for a in reloaded} == {a["id"] for a in alerts}
     assert next(a for a in reloaded if a["id"] == pause["id"])["acknowledged_at"] is not None
+
+
+def test_loud_snoring_reads_the_per_second_head_where_the_rows_have_it(tmp_path: Path) -> None:
+    """20 epochs (10 min): with the per-second head an epoch snores when 10 s of it are called snoring,
+    whatever the resp head's epoch label; rows without it fall back to that label."""
+    alerts = Alerts(AlertRules(), tmp_path, epoch_seconds=30.0)
+
+    def rows(snore_s: float | None, label: str) -> list[dict[str, Any]]:
+        return [{"epoch_index": i, "resp_pred": label, "snore_s_pred": snore_s} for i in range(20)]
+
+    for session, night in {
+        "s-quiet": rows(9.5, "snore"),  # the epoch head says snore; the seconds say not enough
+        "s-loud": rows(12.0, "none"),
+        "s-old": rows(None, "snore"),  # heads without the per-second head
+    }.items():
+        alerts.on_epochs(session, "bed", night, {}, {}, 1.0)
+    raised = {a["session_id"] for a in alerts.listing() if a["rule"] == "loud_snoring"}
+    assert raised == {"s-loud", "s-old"}
