@@ -123,16 +123,7 @@ def _train_target(
     result, y, keep = fit_target(cfg, target, data, x, mask, val, progress)
     n_shifted = int((keep & data.is_shifted).sum())
     epochs = data.epochs[~data.is_shifted]
-    lineage: dict[str, Any] = {
-        "task": target.name,
-        "run_id": run_id,
-        "code_version": __version__,
-        "config_hash": cfg.fingerprint(),
-        "config": cfg.model_dump(exclude={"report"}),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "manifest_hash": hashlib.sha256(json.dumps(sorted(labelled["sha256"])).encode()).hexdigest()[:16],
-        "embedding_cache": [f"{backbone_key(c.backbone)}/{c.preprocess.fingerprint()}" for c in channel_configs(cfg)],
-        **split,
+    lineage = _lineage(cfg, run_id, labelled, split, target) | {
         "train_epochs": int(keep.sum()) - n_shifted,
         "train_shifted": n_shifted,
         "classes": list(target.classes),
@@ -141,20 +132,8 @@ def _train_target(
     }
     if target.name == "resp":
         lineage.update(_event_rates(epochs))
-    mixed = layer_weights(result.model)
-    layer_info = {} if mixed is None else {"layers": list(cfg.backbone.layers), "layer_weights": mixed}
-    lineage.update(layer_info)
-    digest = {k: v for k, v in lineage.items() if k not in ("created", "config")}
-    version = f"{run_id}-{hashlib.sha256(json.dumps(digest, sort_keys=True).encode()).hexdigest()[:8]}"
-    fs, root_path = open_root(root)
-    model_dir = join(root_path, "models", target.name, version)
-    save_head(
-        result.model,
-        fs,
-        model_dir,
-        extra={"task": target.name, **layer_info, **{k: lineage[k] for k in _RATE_KEYS if k in lineage}},
-    )
-    write_json(fs, join(model_dir, "lineage.json"), {**lineage, "history": result.history})
+    rates = {k: lineage[k] for k in _RATE_KEYS if k in lineage}
+    model_dir, version = _save(root, cfg, run_id, target, result, lineage, extra=rates)
     return {
         "task": target.name,
         "model_dir": model_dir,
@@ -188,7 +167,41 @@ def _train_frames(
     except ValueError as exc:
         raise NotTrainable(f"{target.name}: {exc}") from exc
     labelled_frames = y[y >= 0]
-    lineage: dict[str, Any] = {
+    lineage = _lineage(cfg, run_id, labelled, split, target) | {
+        "train_epochs": int((y >= 0).any(axis=1).sum()),
+        "train_shifted": 0,
+        "classes": list(target.classes),
+        "class_counts": np.bincount(labelled_frames.astype(np.int64), minlength=2).tolist(),  # frames, not epochs
+        "frame_seconds": cfg.preprocess.epoch_seconds / y.shape[1],
+        "best_epoch": result.best_epoch,
+    }
+    model_dir, version = _save(
+        root,
+        cfg,
+        run_id,
+        target,
+        result,
+        lineage,
+        extra={"frames": True},
+        classes=target.classes,
+        context=1,
+        training={"frames": True, "frame_seconds": lineage["frame_seconds"]},
+    )
+    return {
+        "task": target.name,
+        "model_dir": model_dir,
+        "version": version,
+        "train_epochs": lineage["train_epochs"],
+        "train_shifted": 0,
+        "class_counts": lineage["class_counts"],
+    }
+
+
+def _lineage(
+    cfg: Config, run_id: str, labelled: pd.DataFrame, split: dict[str, list[str]], target: Target
+) -> dict[str, Any]:
+    """What every head's lineage.json starts with: the run, code, settings, nights and split it came from."""
+    return {
         "task": target.name,
         "run_id": run_id,
         "code_version": __version__,
@@ -198,13 +211,21 @@ def _train_frames(
         "manifest_hash": hashlib.sha256(json.dumps(sorted(labelled["sha256"])).encode()).hexdigest()[:16],
         "embedding_cache": [f"{backbone_key(c.backbone)}/{c.preprocess.fingerprint()}" for c in channel_configs(cfg)],
         **split,
-        "train_epochs": int((y >= 0).any(axis=1).sum()),
-        "train_shifted": 0,
-        "classes": list(target.classes),
-        "class_counts": np.bincount(labelled_frames.astype(np.int64), minlength=2).tolist(),  # frames, not epochs
-        "frame_seconds": cfg.preprocess.epoch_seconds / y.shape[1],
-        "best_epoch": result.best_epoch,
     }
+
+
+def _save(
+    root: RootLike,
+    cfg: Config,
+    run_id: str,
+    target: Target,
+    result: Any,
+    lineage: dict[str, Any],
+    extra: dict[str, Any],
+    **head_meta: Any,
+) -> tuple[str, str]:
+    """Write a trained head and its lineage under a version named by the run and the lineage's digest
+    (time and settings left out, so a rerun of the same run on the same nights gets the same version)."""
     mixed = layer_weights(result.model)
     layer_info = {} if mixed is None else {"layers": list(cfg.backbone.layers), "layer_weights": mixed}
     lineage.update(layer_info)
@@ -212,24 +233,9 @@ def _train_frames(
     version = f"{run_id}-{hashlib.sha256(json.dumps(digest, sort_keys=True).encode()).hexdigest()[:8]}"
     fs, root_path = open_root(root)
     model_dir = join(root_path, "models", target.name, version)
-    save_head(
-        result.model,
-        fs,
-        model_dir,
-        classes=target.classes,
-        context=1,
-        training={"frames": True, "frame_seconds": lineage["frame_seconds"]},
-        extra={"task": target.name, "frames": True, **layer_info},
-    )
+    save_head(result.model, fs, model_dir, extra={"task": target.name, **extra, **layer_info}, **head_meta)
     write_json(fs, join(model_dir, "lineage.json"), {**lineage, "history": result.history})
-    return {
-        "task": target.name,
-        "model_dir": model_dir,
-        "version": version,
-        "train_epochs": lineage["train_epochs"],
-        "train_shifted": 0,
-        "class_counts": lineage["class_counts"],
-    }
+    return model_dir, version
 
 
 def _event_rates(epochs: pd.DataFrame) -> dict[str, float]:
