@@ -1,7 +1,7 @@
 """Faults that happen at scale, each against the real components: a Ray worker killed while
 embedding, the flow's process killed mid-run and rerun, and object storage that drops and
-delays requests under a whole flow. (Two runs on one root: tests/runs/test_root_lock.py; a worse
-challenger refused: tests/registry/test_model_store.py.)"""
+delays requests under a whole flow (then the score flow on the same S3 root). (Two runs on one
+root: tests/runs/test_root_lock.py; a worse challenger refused: tests/registry/test_model_store.py.)"""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def test_a_flow_killed_mid_run_is_finished_by_a_rerun_that_redoes_nothing(tiny_w
     from flows.pipeline import run_pipeline_on_ray
 
     cohort = tmp_path / "cohort"
-    generate_cohort(cohort, n_subjects=6, hours=0.1, seed=32, sample_rate=16_000, part_seconds=360, cycle_minutes=6)
+    generate_cohort(cohort, n_subjects=6, hours=0.25, seed=32, sample_rate=16_000, part_seconds=900, cycle_minutes=15)
     root = tmp_path / "root"
     cfg = _cfg(tiny_whisper)
     proc = _sleepsound(
@@ -176,3 +176,13 @@ def test_storage_that_drops_and_delays_requests_under_the_nightly_flow(
     night = cohort / "APNEA_EDF"
     for local in night.rglob("*.edf"):  # nothing damaged on the way in or out
         assert s3.cat_file(f"sleepsound-faults/source/APNEA_EDF/{local.parent.name}/{local.name}") == local.read_bytes()
+
+    # The score flow on the same S3 root (direct, no proxy): the champions nightly promoted score the
+    # nights from the cache, nothing embedded or re-read.
+    from flows.score import run_score_on_ray
+
+    root = "s3://sleepsound-faults/root"
+    scored = run_score_on_ray("s3://sleepsound-faults/source", root, _cfg(tiny_whisper).model_dump(), run_id="s3score")
+    assert scored["counts"]["cached"] == 3 and scored["counts"]["unchanged"] == 3
+    assert s3.exists("sleepsound-faults/root/runs/s3score/run.json")
+    assert pd.read_parquet(f"{root}/runs/s3score/predictions")["recording_id"].nunique() == 3

@@ -1,4 +1,5 @@
-"""The whole workflow as a real Prefect flow on a real Ray session, on local disk and on S3."""
+"""The whole workflow as a real Prefect flow on a real Ray session, on local disk (on S3: the nightly and
+score flows in tests/flows/test_faults.py, through a flaky proxy)."""
 
 import json
 import os
@@ -7,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import s3fs
 
 from sleepsound.core.config import Config
 from sleepsound.synth.writers import generate_cohort
@@ -77,10 +77,10 @@ def test_flow_on_local_disk(cohort, tiny_whisper, tmp_path):
     assert 0 <= result["metrics"]["macro_f1"] <= 1
     assert {"stage5_macro_f1", "resp_macro_f1"} <= set(result["metrics"])
     metrics = json.loads((Path(root) / "runs" / "t1" / "metrics.json").read_text())
-    assert set(metrics["tasks"]) == {"stage5", "resp"}
+    assert set(metrics["tasks"]) == {"stage5", "resp", "snore"}
     assert metrics["subject_ci"] == {}  # one test subject: nothing to resample (see test_results)
     assert metrics["ahi"]["n_nights"] == len(result["model"]["test_subjects"])
-    assert set(result["model"]["heads"]) == {"stage3", "stage5", "resp"}
+    assert set(result["model"]["heads"]) == {"stage3", "stage5", "resp", "snore"}
 
     _assert_respiratory_labels_and_shifted_windows(Path(root), patients, result["model"])
 
@@ -91,7 +91,7 @@ def test_flow_on_local_disk(cohort, tiny_whisper, tmp_path):
     assert (record["schema"], record["flow"], record["run_id"]) == ("sleepsound.run/1", "run", "t1")
     assert record["seconds"] == result["seconds"] and record["counts"] == result["counts"]
     assert record["counts"]["discovered"] == record["counts"]["accepted"] + record["counts"]["quarantined"]
-    assert set(record["models"]) == {"stage3", "stage5", "resp"} and len(record["config_hash"]) > 8
+    assert set(record["models"]) == {"stage3", "stage5", "resp", "snore"} and len(record["config_hash"]) > 8
     assert record["prefect_flow_run"]["id"] == result["prefect_flow_run"]["id"]
 
     again = run_pipeline_on_ray(str(cohort), root, _config(tiny_whisper), run_id="t2")
@@ -111,7 +111,7 @@ def _assert_nightly_does_only_what_is_new(cohort: Path, root: str, tiny_whisper:
     source = tmp_path / "nightly-source"
     shutil.copytree(cohort, source)
     first = run_nightly_on_ray(str(source), root, _config(tiny_whisper), run_id="n1")
-    assert first["trained"] and set(first["promotions"]) == {"stage3", "stage5", "resp"}
+    assert first["trained"] and set(first["promotions"]) == {"stage3", "stage5", "resp", "snore"}
     assert len(first["new"]["labelled"]) == 4 and len(first["new"]["unlabelled"]) == 1
     assert pd.read_parquet(Path(root) / "runs" / "n1" / "predictions")["recording_id"].nunique() == 5
     assert len(processed(root)) == 5
@@ -187,7 +187,7 @@ def _assert_scoring_uses_the_champions(cohort: Path, root: str, tiny_whisper: st
     from flows.score import run_score_on_ray
     from sleepsound.registry import store as model_store
 
-    stored = {task: len(model_store.versions(root, task)) for task in ("stage3", "stage5", "resp")}
+    stored = {task: len(model_store.versions(root, task)) for task in ("stage3", "stage5", "resp", "snore")}
     scored = score_deployment(str(cohort), root, _config(tiny_whisper))  # what the deployment runs
     run_id = scored["run_id"]
     assert run_id.startswith("score-")
@@ -253,34 +253,6 @@ def _assert_progress_reported(run_id: str, counts: dict) -> None:
     assert stages["embed"]["done"] == stages["embed"]["total"] == 5 * 30  # five accepted 15-min nights
     assert stages["train stage3"]["done"] == stages["train stage3"]["total"] >= 1
     assert {"train stage5", "train resp"} <= set(stages)
-
-
-def test_flow_with_storage_root_on_s3(cohort, tiny_whisper, tmp_path):
-    from flows.pipeline import run_pipeline_on_ray
-
-    s3 = s3fs.S3FileSystem()
-    s3.mkdir("sleepsound-flow")
-    source = tmp_path / "source"
-    shutil.copytree(cohort, source)
-    s3.put(str(source) + "/", "sleepsound-flow/source/", recursive=True)
-    result = run_pipeline_on_ray(
-        "s3://sleepsound-flow/source", "s3://sleepsound-flow/root", _config(tiny_whisper), run_id="s3run"
-    )
-    assert result["counts"]["accepted"] == 5
-    assert s3.exists("sleepsound-flow/root/manifest/manifest.parquet")
-    assert s3.exists("sleepsound-flow/root/runs/s3run/report/index.html")
-    preds = pd.read_parquet("s3://sleepsound-flow/root/runs/s3run/predictions")
-    assert preds["recording_id"].nunique() == 5
-
-    # The score flow on the same S3 root (train and nightly on S3: tests/flows/test_faults.py, via a flaky proxy).
-    from flows.score import run_score_on_ray
-
-    scored = run_score_on_ray(
-        "s3://sleepsound-flow/source", "s3://sleepsound-flow/root", _config(tiny_whisper), run_id="s3score"
-    )
-    assert scored["counts"]["cached"] == 5 and scored["counts"]["unchanged"] == 5  # nothing embedded or re-read
-    assert scored["model"]["heads"]["stage3"]["version"] == result["model"]["heads"]["stage3"]["version"]
-    assert s3.exists("sleepsound-flow/root/runs/s3score/run.json")
 
 
 def test_local_ray_session_sizes_come_from_the_config_and_never_reach_a_cluster():
