@@ -141,7 +141,7 @@ def _train_target(
         "train_epochs": lineage["train_epochs"],
         "train_shifted": n_shifted,
         "class_counts": lineage["class_counts"],
-        **{k: lineage[k] for k in _RATE_KEYS if k in lineage},
+        **rates,
     }
 
 
