@@ -34,7 +34,9 @@ _DEBUG = {"on": False}  # set by --debug: an unexpected error shows its tracebac
 # Piped or captured, tables are as wide as their cells: ids cut to fit 80 columns are useless to
 # the next command (`--model stage3=<version>`). On a terminal rich fits them to the window.
 console = Console(width=None if sys.stdout.isatty() else 1000)
-err_console = Console(stderr=True)
+# Errors never wrap where nobody reads them on a terminal: a path broken over two lines of a log
+# cannot be copied (nor grepped for).
+err_console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 
 def _print_version(value: bool) -> None:
