@@ -59,7 +59,7 @@ def test_bench_score_json_times_every_stage_and_the_baseline(
     assert sum(run["steps"].values()) <= run["seconds"]
     # the real `sleepsound score` command, measured whole from the parent; its steps from the run record
     assert list(run["steps"]) == ["ingest", "embed", "champions", "predict", "report"] and run["run_id"] == "bench-w1"
-    assert any("sleepsound.cli" in name for name in run["at_peak_mb"])
+    assert any("sleepsound.cli" in name for name in run["at_peak_mb"]), run["at_peak_mb"]
     assert run["work_seconds"] == pytest.approx(sum(run["steps"].values()), abs=0.05)
     assert 0 < result["baseline"]["work_seconds"] <= result["baseline"]["seconds"]
     assert {"seconds", "ours", "baseline", "memory"} <= set(result["method"])
