@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,13 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from sleepsound.core.ports import free_port
+
 READY_S = 180.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _rss_kb(pid: int) -> int:
@@ -101,7 +96,7 @@ def _run(
 ) -> dict[str, Any]:
     import httpx
 
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     sets = [arg for item in overrides for arg in ("--set", item)]
     cmd = [

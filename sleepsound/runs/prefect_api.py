@@ -21,7 +21,6 @@ import fcntl
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from sleepsound.core.ports import free_port
+
 OFFLINE_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
@@ -37,12 +38,6 @@ OFFLINE_ENV = {
     "PREFECT_LOGGING_LEVEL": "WARNING",
 }
 _TOUCH_EVERY_S = 20.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _healthy(url: str) -> bool:
@@ -84,7 +79,7 @@ def local_prefect_api(home: Path, timeout_s: float = 90.0, keep_s: float = 0.0) 
         with _kept_server(home, timeout_s, keep_s) as url:
             yield url
         return
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     log = (home / "server.log").open("ab")
     proc = subprocess.Popen(
@@ -156,7 +151,7 @@ def _running_url(home: Path) -> str | None:
 
 
 def _start_keeper(home: Path, timeout_s: float, keep_s: float) -> str:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     with (home / "server.log").open("ab") as log:
         keeper = subprocess.Popen(

@@ -5,7 +5,6 @@ tests/report/test_model_files.py runs them); plus a live monitor server on loopb
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import soundfile as sf
 import uvicorn
 
 from sleepsound.core.config import Config
+from sleepsound.core.ports import free_port
 from sleepsound.embed.cohort import embed_cohort
 from sleepsound.ingest.manifest import build_manifest, read_manifest, read_manifest_rows, write_manifest
 from sleepsound.predict.recordings import predict_recordings
@@ -104,12 +104,6 @@ def fresh_root(trained: Trained, tmp_path: Path) -> Path:
     root = tmp_path / "root"
     shutil.copytree(trained.root, root)
     return root
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

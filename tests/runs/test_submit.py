@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,24 +16,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from sleepsound.core.ports import free_port
 from sleepsound.runs.submit import _submit_when_agent_ready, entrypoint, is_secret, job_environment, withheld_secrets
 from sleepsound.synth.writers import generate_cohort
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory) -> Iterator[str]:
     """A Ray head of its own (not the test session's), in the foreground, stopped with its process group."""
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard = free_port(), free_port()
     # The session's own Ray already holds the default agent ports (52365, ...): a second node on
     # this machine needs its own, or its job agent never starts ("No available agent").
     agent_ports = [
-        f"--{name}={_free_port()}"
+        f"--{name}={free_port()}"
         for name in (
             "dashboard-agent-listen-port",
             "dashboard-agent-grpc-port",
