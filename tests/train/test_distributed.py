@@ -47,21 +47,10 @@ def test_ranks_take_equal_disjoint_shares_of_each_epoch() -> None:
         train_head(x, y, cfg, rank=3, world_size=3)
 
 
-def test_ray_train_two_workers_learns_and_returns_an_ordinary_head(tmp_path) -> None:
-    from sleepsound.train.distributed import train_head_ray
-
-    x, y = _task()
-    vx, vy = _task(60, seed=1)
-    cfg = TrainConfig(epochs=4, batch_size=16, lr=3e-3, min_lr=3e-4, classes=("a", "b", "c"))
-    result = train_head_ray(x, y, cfg, head="mlp", val=(vx, vy), workers=2, storage_path=str(tmp_path))
-    assert type(result.model).__name__ == "MeanPoolingHead" and not result.model.training
-    assert result.model.meta["classes"] == ["a", "b", "c"] and result.model.meta["training"]["ray_workers"] == 2
-    assert 1 <= len(result.history) <= 4 and result.total_steps == 4 * 6  # 96 samples each, batches of 16
-    accuracy = float((predict_proba(result.model, vx).argmax(axis=1) == vy).mean())
-    assert accuracy > 0.8  # chance is 1/3
-
-
-def test_training_ray_workers_setting_trains_a_task_head_with_ray_train() -> None:
+def test_the_ray_workers_setting_trains_a_head_with_ray_train_that_learns_and_is_ordinary() -> None:
+    """``training.ray_workers=2``: the task's head is trained by a real Ray Train run (2 workers, DDP
+    on CPU) and comes back as the ordinary head one process trains. (One Ray Train run: each costs
+    about 12 s of the suite.)"""
     import pandas as pd
 
     from sleepsound.core.config import Config
@@ -69,8 +58,18 @@ def test_training_ray_workers_setting_trains_a_task_head_with_ray_train() -> Non
     from sleepsound.train.dataset import EmbeddedEpochs
     from sleepsound.train.fit import fit_target
 
-    x, y = _task(96)
-    epochs = pd.DataFrame({"stage3": [("Wake", "NREM", "REM")[i] for i in y], "offset_s": 0.0})
-    cfg = Config.model_validate({"training": {"ray_workers": 2, "epochs": 2, "lr": 3e-3, "min_lr": 3e-4}})
-    result, labels, keep = fit_target(cfg, TARGETS["stage3"], EmbeddedEpochs(x, epochs), x, None)
-    assert result.model.meta["training"]["ray_workers"] == 2 and keep.all() and (labels == y).all()
+    names = ("Wake", "NREM", "REM")
+    x, y = _task()
+    vx, vy = _task(60, seed=1)
+    epochs = pd.DataFrame({"stage3": [names[i] for i in y], "offset_s": 0.0})
+    val = EmbeddedEpochs(vx, pd.DataFrame({"stage3": [names[i] for i in vy], "offset_s": 0.0}))
+    cfg = Config.model_validate(
+        {"training": {"ray_workers": 2, "epochs": 4, "batch_size": 16, "lr": 3e-3, "min_lr": 3e-4, "head": "mlp"}}
+    )
+    result, labels, keep = fit_target(cfg, TARGETS["stage3"], EmbeddedEpochs(x, epochs), x, None, val=(val, vx, None))
+    assert keep.all() and (labels == y).all()
+    assert type(result.model).__name__ == "MeanPoolingHead" and not result.model.training
+    assert result.model.meta["classes"] == list(names) and result.model.meta["training"]["ray_workers"] == 2
+    assert 1 <= len(result.history) <= 4 and result.total_steps == 4 * 6  # 96 samples each, batches of 16
+    accuracy = float((predict_proba(result.model, vx).argmax(axis=1) == vy).mean())
+    assert accuracy > 0.8  # chance is 1/3
