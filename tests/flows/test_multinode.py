@@ -56,18 +56,35 @@ def cohort(tmp_path_factory) -> Path:
     return out
 
 
+class Cluster:
+    """The child process holding the cluster; its address is read when first asked for, so the
+    nodes start while the cohort is made and the champions trained."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CLUSTER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        )
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        self._address: str | None = None
+
+    @property
+    def address(self) -> str:
+        if self._address is None:
+            self._address = json.loads(self.stdout.readline())["address"]
+        return self._address
+
+
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CLUSTER],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
-    )
-    assert proc.stdout is not None and proc.stdin is not None
-    proc.address = json.loads(proc.stdout.readline())["address"]  # type: ignore[attr-defined]
-    yield proc
+def cluster() -> Iterator[Cluster]:
+    started = Cluster()
+    yield started
+    proc = started.proc
+    assert proc.stdin is not None
     proc.stdin.write("stop\n")
     proc.stdin.flush()
     try:
@@ -129,7 +146,7 @@ def _fresh_root(champions: Path, path: Path) -> Path:
 
 
 def test_score_across_nodes_equals_one_node_even_when_a_reader_node_is_lost(
-    cohort, champions, cluster, tiny_whisper, prefect_api, tmp_path
+    cluster, cohort, champions, tiny_whisper, prefect_api, tmp_path
 ):
     """One multi-node run (a reader node removed while it embeds) against the same flow on one node:
     no night lost, counts add up, and the outputs are the one-node run's. (One run for both checks:
