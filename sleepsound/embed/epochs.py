@@ -16,7 +16,6 @@ from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import numpy as np
 
 from sleepsound.breathing.envelope import empty_envelope, frames_per_epoch
@@ -194,7 +193,7 @@ def night_parts(src: RecordingSource, row: ManifestRow, cfg: PreprocessConfig, c
         remote = [probe_remote_edf(uri, cfg.channels()[0]) for uri in src.audio_uris]
         parts = [p for p in remote if p is not None]
         if len(parts) == len(remote) and len({p.sample_rate for p in parts}) == 1:
-            _same_bytes(src, row, sum(fsspec.core.url_to_fs(uri)[0].size(uri) for uri in src.audio_uris))
+            _same_bytes(src, row, sum(int(p.file_bytes or 0) for p in parts))  # sizes the headers were checked against
             yield parts
             return
     with local_copies(src.audio_uris) as paths:

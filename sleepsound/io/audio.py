@@ -54,8 +54,10 @@ class PartInfo:
     full_scale: float = 1.0  # largest magnitude the format can hold, for clipping checks
     start: datetime | None = None  # wall-clock start (EDF header); None for plain audio
     findings: tuple[Finding, ...] = ()  # warnings about this file's header (their path is ``path``)
-    # Set for a part read where it lies (object storage, by byte ranges): where its samples sit.
+    # Set for a part read where it lies (object storage, by byte ranges): where its samples sit, and
+    # the file's size (its header was checked against it), so nobody asks the store for it again.
     edf_layout: _EdfLayout | None = None
+    file_bytes: int | None = None
 
     @property
     def duration_s(self) -> float:
@@ -360,6 +362,7 @@ def probe_remote_edf(uri: str, channel: str) -> PartInfo | None:
         float(max(abs(pmin), abs(pmax))),
         header.start,
         edf_layout=layout,
+        file_bytes=header.expected_bytes,  # read_edf_header refused any other size
     )
 
 

@@ -207,6 +207,7 @@ def test_a_night_on_s3_is_read_in_chunks_by_byte_ranges(s3_endpoint, tmp_path):
 
     with night_parts(recording_source(row), row, cfg, chunk=True) as parts:  # read where they lie
         assert [p.path for p in parts] == row["source_uris"] and all(p.edf_layout is not None for p in parts)
+        assert [p.file_bytes for p in parts] == [s3.size(uri) for uri in row["source_uris"]]
     with night_parts(recording_source(row), row, cfg, chunk=False) as parts:  # a whole night: downloaded
         assert all(p.edf_layout is None and not p.path.startswith("s3://") for p in parts)
 
