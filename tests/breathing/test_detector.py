@@ -11,7 +11,7 @@ from sleepsound.breathing.detector import DEFAULT, detect_candidates, detect_eve
 from sleepsound.breathing.envelope import FEATURES, epoch_envelope
 from sleepsound.breathing.evaluate import add_counts, match_counts, scores
 from sleepsound.report.summaries import MIN_SLEEP_HOURS_FOR_AHI, event_indices
-from tests.breathing.signals import RATE, breathing, fan, one_sound_breaths, speech
+from tests.breathing.signals import RATE, breathing, fan, fast_breaths_between_pauses, one_sound_breaths, speech
 
 SECONDS = 240.0
 PAUSE = (130.0, 152.0)  # 22 s without a breath
@@ -80,6 +80,19 @@ def test_one_faint_breath_between_two_short_pauses_is_no_hypopnoea():
     assert _detect(audio) == []
     lenient = detect_candidates(epoch_envelope(audio, RATE), settings=replace(DEFAULT, min_weak_breaths=0))
     assert [e["type"] for e in lenient] == ["hypopnea"] and lenient[0]["confidence"] >= DEFAULT.min_confidence
+
+
+def test_fast_breaths_that_run_into_each_other_after_a_pause_are_still_breaths():
+    # After an apnoea the breathing runs fast and its noise never falls back to the floor: one long
+    # stretch of sound. Taken whole it is no breath (longer than one), so neither pause had a
+    # recovery nor the second a rhythm before it; cut at its deep dips it is breaths again.
+    pauses = ((90.0, 112.0), (134.0, 156.0))
+    env = epoch_envelope(fast_breaths_between_pauses(SECONDS, pauses) + fan(SECONDS, 0.003), RATE)
+    events = detect_events(env)
+    assert [e["type"] for e in events] == ["apnea", "apnea"], events
+    for event, (a, b) in zip(events, pauses, strict=True):
+        assert a <= event["start_s"] <= a + 3.5 and b - 0.5 <= event["end_s"] <= b + 1
+    assert detect_events(env, settings=replace(DEFAULT, split_db=0.0)) == []
 
 
 def test_a_pause_shorter_than_ten_seconds_is_no_apnoea():
