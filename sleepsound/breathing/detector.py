@@ -7,7 +7,11 @@ The AASM's rules read on sound instead of airflow:
 * a hypopnoea is at least 10 s of breaths at least 30% weaker (in amplitude, the square root
   of their power above the floor) than the usual breath of the two minutes before;
 * the breath or snore that ends an event (the recovery, louder than usual) is supporting
-  evidence and raises the event's confidence; it is not required.
+  evidence and raises the event's confidence; it is not required;
+* an event is a dip, not a step: the breathing must come back after it. The silence of an apnoea is
+  also judged against the breathing of the minute after it (90% under that too), and a hypopnoea's
+  breaths must be 30% weaker than that breathing as well, so sound that steps down and stays down
+  (snoring that stops, a sleeper turning away from the microphone) is no event.
 
 Robustness:
 
@@ -78,8 +82,10 @@ class DetectorSettings:
     # held-out styles (phone-fan, tv-bedroom, hvac-hall) and a fresh cohort: README, "Transfer evaluation".
     min_confidence: float = 0.7
     min_weak_breaths: int = 2  # breath sounds that must begin inside a hypopnoea: whole weak cycles
-    after_s: float = 60.0  # the breathing after an event, which must come back (a dip, not a step)
-    step_check: bool = False
+    # An event is a dip, not a step: the breathing of the minute after it must be louder than the event
+    # by the same rules (snoring that stops for good, a sleeper turning away is no event); False: off.
+    after_s: float = 60.0
+    step_check: bool = True
     # A sound longer than a breath, not mostly voiced, is cut where it dips this far under its loud part:
     # the fast breaths after a pause run into each other without reaching the floor (notes s24-events).
     split_db: float = 10.0

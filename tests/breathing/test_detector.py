@@ -57,6 +57,16 @@ def test_weaker_breaths_for_twenty_seconds_are_a_hypopnoea():
     assert event["start_s"] < PAUSE[0] + 4 and event["end_s"] > PAUSE[1] - 4
 
 
+def test_breathing_that_steps_down_and_stays_down_is_no_hypopnoea():
+    # 65% weaker from 150 s to the end (snoring that stopped, a sleeper turned away): the breathing never
+    # comes back, so it is a new level, not a dip; without the rule it was a 98-s hypopnoea at 0.88.
+    audio = breathing(360.0, weak=((150.0, 360.0),)) + fan(360.0, 0.003)
+    env = epoch_envelope(audio, RATE)
+    assert detect_events(env) == []
+    without = detect_candidates(env, settings=replace(DEFAULT, step_check=False))
+    assert [e["type"] for e in without] == ["hypopnea"] and without[0]["confidence"] >= DEFAULT.min_confidence
+
+
 def test_a_dip_of_ten_percent_is_no_hypopnoea():
     assert _detect(breathing(SECONDS, weak=(PAUSE,), weak_gain=0.9)) == []
 
