@@ -295,9 +295,9 @@ def detect_candidates(
             if quiet < 0.6:
                 continue
             if settings.step_check:
-                after = _after_base(after_blocks, gap_stop, settings)
-                if np.isfinite(after) and after < usual:
-                    silent_after = np.maximum(settings.quiet_fraction * after, silent)
+                later = _after_base(after_blocks, gap_stop, settings)
+                if np.isfinite(later) and later < usual:
+                    silent_after = np.maximum(settings.quiet_fraction * later, silent)
                     if float(np.mean(excess[gap_start:gap_stop] < silent_after)) < 0.6:
                         continue
             recovery = amps[k + 1] / np.sqrt(usual)
@@ -319,9 +319,9 @@ def detect_candidates(
             if np.isfinite(heard).all() and np.median(plain[start:stop] / np.maximum(heard, 1e-30)) >= limit:
                 continue  # only the snoring changed
             if settings.step_check:
-                after = _after_base(after_blocks, stop, settings)
+                later = _after_base(after_blocks, stop, settings)
                 half = int(settings.cycle_s * FRAME_HZ) // 2
-                if np.isfinite(after) and np.median(cycle[start + half : stop - half]) >= limit * after:
+                if np.isfinite(later) and np.median(cycle[start + half : stop - half]) >= limit * later:
                     continue  # a step down that stays, not a dip: the breathing never came back
             after = int(np.searchsorted(starts, stop))
             recovery = amps[after] / np.sqrt(cycle_base[start]) if after < len(breaths) else 1.0
