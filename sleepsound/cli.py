@@ -104,6 +104,13 @@ def synth(
             "night for the snore index's false alarms.",
         ),
     ] = True,
+    real_snores: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Folder of recorded snore clips (WAV/FLAC/OGG, any rate) laid on the snored breaths "
+            "instead of the generator's snores, level-matched; the same folder and seed give the same files."
+        ),
+    ] = None,
 ) -> None:
     """Write a deterministic synthetic cohort in PSG-Audio (or plain) layout.
 
@@ -112,13 +119,16 @@ def synth(
     """
     import shutil
 
+    from sleepsound.synth.realsnores import clip_names
     from sleepsound.synth.styles import SPEECH_SOURCES, resolve_styles
     from sleepsound.synth.writers import generate_cohort
 
     try:
         resolve_styles(style)
+        if real_snores is not None:
+            clip_names(real_snores)
     except ValueError as exc:
-        err_console.print(f"[red]not written:[/red] {exc}")
+        err_console.print(f"[red]not written:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     if speech not in SPEECH_SOURCES:
         err_console.print(f"[red]not written:[/red] --speech must be one of {', '.join(SPEECH_SOURCES)}")
@@ -159,6 +169,7 @@ def synth(
         style=style,
         speech_source=speech,
         snoring=snoring,
+        real_snores=real_snores,
     )
     table = Table("subject", "hours", "epochs", "AHI", "style")
     for s in summaries:
@@ -423,6 +434,13 @@ def breathing_eval(
         Optional[float], typer.Option(help="Use this cut instead of fitting it on the development styles.")
     ] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write the JSON report here instead of <root>/transfer/.")] = None,
+    real_snores: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="With --build: also write every held-out style's nights with these recorded snore clips "
+            "(groups <style>+real, same night plans), reported apart as 'real snores', never fitted on."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Transfer evaluation of the breathing-event detector: whole generator styles held out."""
@@ -442,6 +460,7 @@ def breathing_eval(
             min_confidence,
             out,
             progress=lambda msg: err_console.print(msg),
+            real_snores=real_snores,
         )
     except (FileNotFoundError, ValueError) as exc:
         err_console.print(f"[red]{escape(str(exc))}[/red]")

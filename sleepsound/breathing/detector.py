@@ -7,12 +7,20 @@ The AASM's rules read on sound instead of airflow:
 * a hypopnoea is at least 10 s of breaths at least 30% weaker (in amplitude, the square root
   of their power above the floor) than the usual breath of the two minutes before;
 * the breath or snore that ends an event (the recovery, louder than usual) is supporting
-  evidence and raises the event's confidence; it is not required.
+  evidence and raises the event's confidence; it is not required;
+* an event is a dip, not a step: the breathing must come back after it. The silence of an apnoea is
+  also judged against the breathing of the minute after it (90% under that too), and a hypopnoea's
+  breaths must be 30% weaker than that breathing as well, so sound that steps down and stays down
+  (snoring that stops, a sleeper turning away from the microphone) is no event.
 
 Robustness:
 
 * steady noise (fan, HVAC, a hum): the noise floor is tracked (a low percentile over a minute),
   and a breath is a modulation above it, so a constant sound adds nothing;
+* breaths that run into each other (the fast, loud breathing after an apnoea, whose noise never falls
+  back to the floor between breaths): a stretch longer than a breath that is not mostly voiced is cut
+  at its deep dips (10 dB under its loud part) into breaths, so the recovery is heard as breathing
+  and the next pause has its rhythm before it;
 * speech, TV, a voice in the room: a stretch of sound that is mostly voiced (periodic below
   1.5 kHz, more than the night's own level of periodicity) or longer than a breath can be is
   "other sound": it never counts as a breath, so it cannot end a pause nor make a breathing
@@ -74,6 +82,13 @@ class DetectorSettings:
     # held-out styles (phone-fan, tv-bedroom, hvac-hall) and a fresh cohort: README, "Transfer evaluation".
     min_confidence: float = 0.7
     min_weak_breaths: int = 2  # breath sounds that must begin inside a hypopnoea: whole weak cycles
+    # An event is a dip, not a step: the breathing of the minute after it must be louder than the event
+    # by the same rules (snoring that stops for good, a sleeper turning away is no event); False: off.
+    after_s: float = 60.0
+    step_check: bool = True
+    # A sound longer than a breath, not mostly voiced, is cut where it dips this far under its loud part:
+    # the fast breaths after a pause run into each other without reaching the floor (notes s24-events).
+    split_db: float = 10.0
 
 
 DEFAULT = DetectorSettings()
@@ -120,9 +135,10 @@ def _sounds(
 
     A frame is sound when it stands above the floor by ``sound_over_floor`` and is within
     ``sound_below_loud_db`` of the loud sounds of the last two minutes (so the faint tail of a
-    breath does not join it to the next). A stretch is other sound (speech, TV, movement) when
-    it is longer than one breath can be, or voiced and syllabic: its level jumps between frames
-    as syllables do (4-5 per second), where a breath or a snore swells and fades smoothly.
+    breath does not join it to the next). A stretch longer than a breath, not mostly voiced, is
+    first cut at its deep dips (``_split_long``). A stretch is other sound (speech, TV, movement)
+    when it is still longer than one breath can be, or voiced and syllabic: its level jumps between
+    frames as syllables do (4-5 per second), where a breath or a snore swells and fades smoothly.
     """
     block = int(FRAME_HZ)
     loud = np.repeat(
@@ -146,6 +162,8 @@ def _sounds(
             merged.append([start, stop])
     jumps = np.abs(np.diff(broad_db, prepend=broad_db[:1]))
     longest = settings.max_breath_s * FRAME_HZ
+    if settings.split_db > 0:
+        merged = _split_long(merged, excess, voiced, longest, bridge, settings)
     out = []
     for start, stop in merged:
         if stop - start < settings.min_breath_s * FRAME_HZ:
@@ -156,6 +174,34 @@ def _sounds(
         s.breath = stop - start <= longest and not (share >= settings.voiced_share and syllabic)
         s.clean = s.breath and share < settings.voiced_share
         out.append(s)
+    return out
+
+
+def _split_long(
+    merged: list[list[int]],
+    excess: np.ndarray,
+    voiced: np.ndarray,
+    longest: float,
+    bridge: int,
+    settings: DetectorSettings,
+) -> list[list[int]]:
+    """Stretches longer than one breath, not mostly voiced, cut at their deep dips (``split_db`` under
+    their loud part): fast breaths after a pause run into each other without reaching the floor, and
+    are still breaths one by one."""
+    out: list[list[int]] = []
+    for start, stop in merged:
+        if stop - start <= longest or float(voiced[start:stop].mean()) >= settings.voiced_share:
+            out.append([start, stop])
+            continue
+        part = excess[start:stop]
+        keep = part > np.percentile(part, 90) * 10.0 ** (-settings.split_db / 10.0)
+        pieces: list[list[int]] = []
+        for a, b in _runs(keep):
+            if pieces and a - pieces[-1][1] < bridge:
+                pieces[-1][1] = b
+            else:
+                pieces.append([a, b])
+        out.extend([[start + a, start + b] for a, b in pieces] if len(pieces) > 1 else [[start, stop]])
     return out
 
 
@@ -231,6 +277,7 @@ def detect_candidates(
     for _ in range(2):  # the second pass leaves the first pass's events out of the baseline
         cycle_base = _frame_baseline(cycle, breath_frames & ~in_frames, settings)
         plain_base = _frame_baseline(plain, clean_frames & ~in_frames, settings)
+        after_blocks = _blocks(cycle, breath_frames & ~in_frames)
         events = []
         in_frames = np.zeros(n, dtype=bool)
         # Apnoeas: gaps between consecutive breaths.
@@ -247,6 +294,12 @@ def detect_candidates(
             quiet = float(np.mean(excess[gap_start:gap_stop] < silent))
             if quiet < 0.6:
                 continue
+            if settings.step_check:
+                later = _after_base(after_blocks, gap_stop, settings)
+                if np.isfinite(later) and later < usual:
+                    silent_after = np.maximum(settings.quiet_fraction * later, silent)
+                    if float(np.mean(excess[gap_start:gap_stop] < silent_after)) < 0.6:
+                        continue
             recovery = amps[k + 1] / np.sqrt(usual)
             confidence = (
                 0.45
@@ -265,6 +318,11 @@ def detect_candidates(
             heard = plain_base[start:stop]
             if np.isfinite(heard).all() and np.median(plain[start:stop] / np.maximum(heard, 1e-30)) >= limit:
                 continue  # only the snoring changed
+            if settings.step_check:
+                later = _after_base(after_blocks, stop, settings)
+                half = int(settings.cycle_s * FRAME_HZ) // 2
+                if np.isfinite(later) and np.median(cycle[start + half : stop - half]) >= limit * later:
+                    continue  # a step down that stays, not a dip: the breathing never came back
             after = int(np.searchsorted(starts, stop))
             recovery = amps[after] / np.sqrt(cycle_base[start]) if after < len(breaths) else 1.0
             # Mostly the depth of the dip: breath sounds vary by 30% from breath to breath in REM and
@@ -280,9 +338,8 @@ def detect_candidates(
     return events
 
 
-def _frame_baseline(cycle: np.ndarray, usable: np.ndarray, settings: DetectorSettings) -> np.ndarray:
-    """Per frame, the median breath-cycle power over the previous ``baseline_s`` (1-s steps), from
-    frames that are breathing and not already in an event; NaN until there is a minute's worth."""
+def _blocks(cycle: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """Per second, the highest breath-cycle power among usable frames (NaN where none)."""
     block = int(FRAME_HZ)
     n_blocks = int(np.ceil(len(cycle) / block))
     values = np.full(n_blocks * block, np.nan)
@@ -291,6 +348,24 @@ def _frame_baseline(cycle: np.ndarray, usable: np.ndarray, settings: DetectorSet
     seen = np.isfinite(per_block).any(axis=1)
     blocks = np.full(n_blocks, np.nan)
     blocks[seen] = np.nanmax(per_block[seen], axis=1)
+    return blocks
+
+
+def _after_base(blocks: np.ndarray, stop: int, settings: DetectorSettings) -> float:
+    """The median breath-cycle power of the ``after_s`` after frame ``stop`` (NaN with under a quarter of
+    it breathing): an event is a dip of the breathing, so the breathing must come back after it."""
+    k = int(np.ceil(stop / FRAME_HZ))
+    after = blocks[k : k + int(settings.after_s)]
+    after = after[np.isfinite(after)]
+    return float(np.median(after)) if len(after) >= settings.after_s / 4 else float("nan")
+
+
+def _frame_baseline(cycle: np.ndarray, usable: np.ndarray, settings: DetectorSettings) -> np.ndarray:
+    """Per frame, the median breath-cycle power over the previous ``baseline_s`` (1-s steps), from
+    frames that are breathing and not already in an event; NaN until there is a minute's worth."""
+    block = int(FRAME_HZ)
+    blocks = _blocks(cycle, usable)
+    n_blocks = len(blocks)
     width = int(settings.baseline_s)
     out = np.full(n_blocks, np.nan)
     for k in range(n_blocks):

@@ -43,6 +43,7 @@ KINDS = ("events", "clean")  # nights with the drawn AHI, and nights with none
 DEFAULT_STYLES = ("classic", "varied", "quiet-electret", "phone-fan", "tv-bedroom", "hvac-hall")
 DEFAULT_HELD_OUT = ("phone-fan", "tv-bedroom", "hvac-hall")
 CONFIDENCE_GRID = tuple(round(0.4 + 0.05 * k, 2) for k in range(11))  # 0.40 .. 0.90
+REAL_SUFFIX = "+real"  # <style>+real: the style's nights again, with recorded snores (never fitted on)
 SLEEP_STAGES = frozenset({"N1", "N2", "N3", "R"})
 
 
@@ -101,27 +102,42 @@ def build_cohorts(
     cycle_minutes: float = 30.0,
     speech_source: str = "auto",
     progress: Callable[[str], None] | None = None,
+    real_snores: str | os.PathLike[str] | None = None,
+    real_styles: Sequence[str] = (),
 ) -> list[Path]:
     """Write (or keep, when already written with these settings) one plain cohort per style and kind.
 
     Each style gets its own seeds, so development and held-out styles share no night plan: a
-    threshold fitted on one set has not seen the other set's event times.
+    threshold fitted on one set has not seen the other set's event times. With ``real_snores`` (a
+    folder of recorded snore clips), each of ``real_styles`` is written a second time as
+    ``<style>+real``: the same night plans, with the recorded snores laid on the snored breaths.
     """
+    from sleepsound.synth.realsnores import folder_digest
     from sleepsound.synth.writers import generate_cohort
 
+    digest = folder_digest(real_snores) if real_snores is not None else None
+    jobs: list[tuple[int, str, str, bool]] = [(i, s, s, False) for i, s in enumerate(styles)]
+    if real_snores is not None:
+        jobs += [(i, s, s + REAL_SUFFIX, True) for i, s in enumerate(styles) if s in real_styles]
     out = []
-    for index, style in enumerate(styles):
+    for index, style, group, real in jobs:
         for kind, count in (("events", nights), ("clean", clean_nights)):
             if count < 1:
                 continue
-            where = cohort_dir(root, style, kind)
+            where = cohort_dir(root, group, kind)
             night_seed = seed * 1000 + 10 * index + (5 if kind == "clean" else 0)
-            wanted = {"seed": night_seed, "n_subjects": count, "hours": hours, "sample_rate": sample_rate}
+            wanted: dict[str, Any] = {
+                "seed": night_seed,
+                "n_subjects": count,
+                "hours": hours,
+                "sample_rate": sample_rate,
+                "real_snores_sha256": digest if real else None,
+            }
             if _written_with(where, wanted):
                 out.append(where)
                 continue
             if progress:
-                progress(f"writing {count} {kind} night(s) in style {style}")
+                progress(f"writing {count} {kind} night(s) in style {style}" + (" with real snores" if real else ""))
             generate_cohort(
                 where,
                 count,
@@ -133,6 +149,7 @@ def build_cohorts(
                 style=style,
                 speech_source=speech_source,
                 ahi=0.0 if kind == "clean" else None,
+                real_snores=real_snores if real else None,
             )
             out.append(where)
     return out
@@ -306,12 +323,17 @@ def transfer_report(
     """Per style, development set, held-out set and all: the figures at one confidence cut.
 
     With ``min_confidence`` None the cut is fitted on the development styles (every style not in
-    ``held_out``) and only then applied to the held-out ones.
+    ``held_out``) and only then applied to the held-out ones. Groups named ``<style>+real`` (recorded
+    snores) are never fitted on and are summed apart, as "real snores", out of "held out" and "all",
+    so those stay comparable with evaluations made without them.
     """
     styles = list(dict.fromkeys(n["style"] for n in nights))
-    unknown = sorted(set(held_out) - set(styles))
+    real = [n for n in nights if n["style"].endswith(REAL_SUFFIX)]
+    nights = [n for n in nights if not n["style"].endswith(REAL_SUFFIX)]
+    synthetic = [s for s in styles if not s.endswith(REAL_SUFFIX)]
+    unknown = sorted(set(held_out) - set(synthetic))
     if unknown:
-        raise ValueError(f"held-out style(s) {', '.join(unknown)} have no nights; styles here: {', '.join(styles)}")
+        raise ValueError(f"held-out style(s) {', '.join(unknown)} have no nights; styles here: {', '.join(synthetic)}")
     dev = [n for n in nights if n["style"] not in held_out]
     calibration: list[dict[str, float]] = []
     fitted = min_confidence is None
@@ -320,14 +342,17 @@ def transfer_report(
             raise ValueError("every style is held out: nothing to fit the confidence cut on (give --min-confidence)")
         min_confidence, calibration = calibrate(dev)
     groups: dict[str, GroupFigures] = {
-        s: group_figures([n for n in nights if n["style"] == s], min_confidence) for s in styles
+        s: group_figures([n for n in [*nights, *real] if n["style"] == s], min_confidence) for s in styles
     }
     if dev:
         groups["development"] = group_figures(dev, min_confidence)
     held = [n for n in nights if n["style"] in held_out]
     if held:
         groups["held out"] = group_figures(held, min_confidence)
-    groups["all"] = group_figures(nights, min_confidence)
+    if nights:
+        groups["all"] = group_figures(nights, min_confidence)
+    if real:
+        groups["real snores"] = group_figures(real, min_confidence)
     return {
         "styles": styles,
         "held_out": list(held_out),
@@ -351,7 +376,7 @@ def format_report(report: TransferReport) -> str:
         f"{'REI |err|':>10}{'max':>7}{'<=5/h':>7}{'AHI |err|':>10}{'clean ev/h':>11}{'worst':>7}",
     ]
     for name, g in report["groups"].items():
-        if name in ("development", "held out", "all"):
+        if name in ("development", "held out", "all", "real snores"):
             lines.append("-" * len(lines[1]))
         ev = g["events"]
 
@@ -404,12 +429,28 @@ def run_transfer(
     min_confidence: float | None = None,
     out: str | os.PathLike[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    real_snores: str | os.PathLike[str] | None = None,
 ) -> tuple[TransferReport, Path]:
     """Build (with ``build``) or take the cohorts, score every night, report, and write the JSON to
-    ``out`` or ``<root>/transfer/breathing-transfer.json``."""
+    ``out`` or ``<root>/transfer/breathing-transfer.json``. With ``real_snores`` (and ``build``) the
+    held-out styles are also written with the folder's recorded snores (``<style>+real``)."""
+    wanted = list(styles)
     if build:
-        build_cohorts(cohorts, styles, nights, clean_nights, hours, seed, progress=progress)
-    nights_read = read_nights(cohorts, root, styles=styles if build else None, progress=progress)
+        real_styles = [s for s in held_out if s in styles]
+        build_cohorts(
+            cohorts,
+            styles,
+            nights,
+            clean_nights,
+            hours,
+            seed,
+            progress=progress,
+            real_snores=real_snores,
+            real_styles=real_styles,
+        )
+        if real_snores is not None:
+            wanted += [s + REAL_SUFFIX for s in real_styles]
+    nights_read = read_nights(cohorts, root, styles=wanted if build else None, progress=progress)
     report = transfer_report(nights_read, held_out, min_confidence)
     path = Path(out) if out is not None else Path(root) / "transfer" / "breathing-transfer.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ import numpy as np
 from sleepsound.labels.vocabulary import APNEA_TYPES, EPOCH_SECONDS, HYPOPNEA_TYPES, STAGES_5
 
 if TYPE_CHECKING:
+    from sleepsound.synth.realsnores import RealSnores
     from sleepsound.synth.styles import StyleAssets, StyleParams
 
 # Random-stream ids under (seed, subject_index); see make_night_plan.
@@ -136,6 +137,7 @@ class NightPlan:
     notes: dict[str, float] = field(default_factory=dict)
     style: StyleParams | None = None  # None: the classic generator (sound.py), exactly as it always was
     style_assets: StyleAssets | None = None
+    real_snores: RealSnores | None = None  # None: the generator's snores; else recorded clips (synth.realsnores)
 
     @property
     def n_epochs(self) -> int:

@@ -284,6 +284,12 @@ def _audio(
         phi = 2 * np.pi * tr.f0_hz[vi] * (tau + 0.08 / (2 * np.pi * 0.6) * np.sin(2 * np.pi * 0.6 * tau + tr.phase[vi]))
         voice_src[vmask] = _buzz(phi, 0.75)
     hum = _hum(plan, n0, n, rate)
+    if plan.real_snores is not None:  # recorded clips in place of the buzz (synth.realsnores)
+        from sleepsound.synth.realsnores import real_snore_track
+
+        real = real_snore_track(plan, b.snore, n0, n, rate)
+        snore_src = snore_trach = real
+        env["snore"] = np.ones(n, dtype=np.float32)
 
     out: dict[str, np.ndarray] = {}
     if "Mic" in want:

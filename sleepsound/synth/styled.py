@@ -431,8 +431,13 @@ def styled_audio(
         *st.breath_formants_hz, *st.snore_noise_hz,
     )  # fmt: skip
     breath = (env["insp_a"] * src[0] + env["insp_b"] * src[1] + env["exp"] * src[2])[ps:]
-    snore = _snore(plan, st, t, env["snore"], src)
-    snore = oaconvolve(snore, tract, mode="valid").astype(np.float32) if tract is not None else snore[ps:]
+    if plan.real_snores is not None:  # recorded clips in place of the snore model (synth.realsnores)
+        from sleepsound.synth.realsnores import real_snore_track
+
+        snore = real_snore_track(plan, assets.snore, b0, bm, rate)
+    else:
+        snore = _snore(plan, st, t, env["snore"], src)
+        snore = oaconvolve(snore, tract, mode="valid").astype(np.float32) if tract is not None else snore[ps:]
     voice = _voices(plan, st, key, b0, bm, rate)
     if np.any(env["rustle"] > 0):
         (rustle,) = _coloured((*key, _S_RUSTLE), a0, m, rate, "style_rustle")

@@ -97,6 +97,7 @@ class SubjectSummary:
     event_counts: dict[str, int] = field(default_factory=dict)
     style: str = "classic"  # the generator style the night was rendered in (see synth.styles)
     style_params: dict[str, object] | None = None  # its drawn parameters; None for classic
+    real_snore_clips: tuple[str, ...] | None = None  # the recorded clips its snores were taken from
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -299,6 +300,7 @@ def generate_cohort(
     speech_source: str = "auto",
     ahi: float | None = None,
     snoring: bool = True,
+    real_snores: str | os.PathLike[str] | None = None,
 ) -> list[SubjectSummary]:
     """Write ``n_subjects`` synthetic nights and ``cohort.json``; same arguments, same bytes.
 
@@ -311,10 +313,15 @@ def generate_cohort(
     ``ahi`` overrides every night's drawn AHI (0: nights without a breathing event, to measure
     false alarms); recorded in ``cohort.json`` only when given. ``snoring`` False: nights
     without any snore (``make_night_plan``), recorded in ``cohort.json`` only then.
+    ``real_snores``: a folder of recorded snore clips laid on the snored breaths instead of the
+    generator's snore (``synth.realsnores``); the folder, its digest and each night's clips go
+    into ``cohort.json``.
     """
+    from sleepsound.synth.realsnores import folder_digest, lay_real_snores
     from sleepsound.synth.styles import CLASSIC, resolve_styles, style_for_night
 
     resolve_styles(style)  # refuse an unknown style before writing anything
+    real_digest = folder_digest(real_snores) if real_snores is not None else None  # refuse a bad folder now
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if n_subjects < 1 or hours <= 0:
@@ -345,6 +352,8 @@ def generate_cohort(
             speech_source=speech_source,
             snoring=snoring,
         )
+        if real_snores is not None:
+            plan = lay_real_snores(plan, real_snores)
 
         def on_chunk(done: float, index: int = index, pid: str = pid, total: float = plan.duration_s) -> None:
             if progress is not None:
@@ -375,6 +384,7 @@ def generate_cohort(
                 event_counts=dict(sorted(Counter(e.type for e in plan.events).items())),
                 style=night_style,
                 style_params=plan.style.to_json() if plan.style is not None else None,
+                real_snore_clips=plan.real_snores.clips if plan.real_snores is not None else None,
             )
         )
     params: dict[str, object] = dict(
@@ -395,6 +405,9 @@ def generate_cohort(
         params["ahi"] = float(ahi)
     if not snoring:
         params["snoring"] = False
+    if real_snores is not None:
+        params["real_snores"] = str(Path(real_snores).resolve())
+        params["real_snores_sha256"] = real_digest
     _write_cohort_json(out, summaries, params)
     return summaries
 
@@ -423,6 +436,7 @@ def _write_cohort_json(out: Path, summaries: list[SubjectSummary], params: dict[
                 "audio_paths": [rel(p) for p in s.audio_paths],
                 "annotation_paths": [rel(p) for p in s.annotation_paths],
                 **({"style": s.style, "style_params": s.style_params} if "style" in params else {}),
+                **({"real_snore_clips": list(s.real_snore_clips)} if s.real_snore_clips is not None else {}),
             }
             for s in summaries
         ],

@@ -81,3 +81,30 @@ def one_sound_breaths(
     k0 = int(faint_at * RATE)
     out[k0 : k0 + k] += gain * np.hanning(k) * _band_noise(rng, k, 300, 1800)
     return 0.05 * out
+
+
+def fast_breaths_between_pauses(
+    seconds: float, pauses: tuple[tuple[float, float], ...], period_s: float = 2.0
+) -> np.ndarray:
+    """Breaths every 4 s, none inside ``pauses``; for 30 s after each pause the breathing runs fast
+    (every ``period_s``) with breath noise never ceasing in between (15 dB under the breaths' peaks),
+    as it does after an apnoea: one stretch of sound that never falls back to the room's floor."""
+    rng = np.random.default_rng(5)
+    out = np.zeros(int(seconds * RATE))
+    t = 1.0
+    while t < seconds - 4:
+        pause = next(((a, b) for a, b in pauses if a <= t < b), None)
+        if pause:
+            t = pause[1]
+            k0, k = int(t * RATE), int(min(30.0, seconds - t) * RATE)
+            out[k0 : k0 + k] += 0.18 * _band_noise(rng, k, 300, 1800)  # the noise between fast breaths
+            stop = min(t + 30.0, next((a for a, _ in pauses if a > t), seconds) - 0.5)
+            while t < stop - period_s:
+                k0, k = int(t * RATE), int(period_s * 0.8 * RATE)
+                out[k0 : k0 + k] += rng.uniform(0.9, 1.1) * np.hanning(k) * _band_noise(rng, k, 300, 1800)
+                t += period_s
+            continue
+        k0, k = int(t * RATE), int(3.0 * RATE)
+        out[k0 : k0 + k] += rng.uniform(0.9, 1.1) * np.hanning(k) * _band_noise(rng, k, 300, 1800)
+        t += 4.0
+    return 0.05 * out

@@ -11,7 +11,7 @@ from sleepsound.breathing.detector import DEFAULT, detect_candidates, detect_eve
 from sleepsound.breathing.envelope import FEATURES, epoch_envelope
 from sleepsound.breathing.evaluate import add_counts, match_counts, scores
 from sleepsound.report.summaries import MIN_SLEEP_HOURS_FOR_AHI, event_indices
-from tests.breathing.signals import RATE, breathing, fan, one_sound_breaths, speech
+from tests.breathing.signals import RATE, breathing, fan, fast_breaths_between_pauses, one_sound_breaths, speech
 
 SECONDS = 240.0
 PAUSE = (130.0, 152.0)  # 22 s without a breath
@@ -57,6 +57,16 @@ def test_weaker_breaths_for_twenty_seconds_are_a_hypopnoea():
     assert event["start_s"] < PAUSE[0] + 4 and event["end_s"] > PAUSE[1] - 4
 
 
+def test_breathing_that_steps_down_and_stays_down_is_no_hypopnoea():
+    # 65% weaker from 150 s to the end (snoring that stopped, a sleeper turned away): the breathing never
+    # comes back, so it is a new level, not a dip; without the rule it was a 98-s hypopnoea at 0.88.
+    audio = breathing(360.0, weak=((150.0, 360.0),)) + fan(360.0, 0.003)
+    env = epoch_envelope(audio, RATE)
+    assert detect_events(env) == []
+    without = detect_candidates(env, settings=replace(DEFAULT, step_check=False))
+    assert [e["type"] for e in without] == ["hypopnea"] and without[0]["confidence"] >= DEFAULT.min_confidence
+
+
 def test_a_dip_of_ten_percent_is_no_hypopnoea():
     assert _detect(breathing(SECONDS, weak=(PAUSE,), weak_gain=0.9)) == []
 
@@ -80,6 +90,19 @@ def test_one_faint_breath_between_two_short_pauses_is_no_hypopnoea():
     assert _detect(audio) == []
     lenient = detect_candidates(epoch_envelope(audio, RATE), settings=replace(DEFAULT, min_weak_breaths=0))
     assert [e["type"] for e in lenient] == ["hypopnea"] and lenient[0]["confidence"] >= DEFAULT.min_confidence
+
+
+def test_fast_breaths_that_run_into_each_other_after_a_pause_are_still_breaths():
+    # After an apnoea the breathing runs fast and its noise never falls back to the floor: one long
+    # stretch of sound. Taken whole it is no breath (longer than one), so neither pause had a
+    # recovery nor the second a rhythm before it; cut at its deep dips it is breaths again.
+    pauses = ((90.0, 112.0), (134.0, 156.0))
+    env = epoch_envelope(fast_breaths_between_pauses(SECONDS, pauses) + fan(SECONDS, 0.003), RATE)
+    events = detect_events(env)
+    assert [e["type"] for e in events] == ["apnea", "apnea"], events
+    for event, (a, b) in zip(events, pauses, strict=True):
+        assert a <= event["start_s"] <= a + 3.5 and b - 0.5 <= event["end_s"] <= b + 1
+    assert detect_events(env, settings=replace(DEFAULT, split_db=0.0)) == []
 
 
 def test_a_pause_shorter_than_ten_seconds_is_no_apnoea():

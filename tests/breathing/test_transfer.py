@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from sleepsound.breathing.transfer import NightResult, group_figures, transfer_report
 from sleepsound.cli import app
+from tests.synth.snoreclips import make_snore_clips
 
 
 def _ev(start: float, end: float, kind: str, conf: float = 0.9) -> dict:
@@ -86,16 +87,22 @@ def test_command_on_a_tiny_cohort(tmp_path):
     cohorts, root, out = tmp_path / "cohorts", tmp_path / "root", tmp_path / "report.json"
     args = ["breathing-eval", str(cohorts), "--root", str(root), "--build", "--styles", "classic,tv-bedroom"]
     args += ["--held-out", "tv-bedroom", "--nights", "1", "--clean", "1", "--hours", "0.1", "--out", str(out)]
+    # The held-out style again with "recorded" snores (clips cut from the generator: no outside data).
+    args += ["--real-snores", str(make_snore_clips(tmp_path / "clips"))]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "held out" in result.output and "classic" in result.output
+    assert "held out" in result.output and "classic" in result.output and "real snores" in result.output
     report = json.loads(out.read_text())
-    assert report["held_out"] == ["tv-bedroom"] and report["styles"] == ["classic", "tv-bedroom"]
-    assert {g: report["groups"][g]["nights"] for g in ("classic", "tv-bedroom", "all")} == {
+    assert report["held_out"] == ["tv-bedroom"] and report["styles"] == ["classic", "tv-bedroom", "tv-bedroom+real"]
+    assert {g: report["groups"][g]["nights"] for g in ("classic", "tv-bedroom", "all", "real snores")} == {
         "classic": 2,
         "tv-bedroom": 2,
-        "all": 4,
+        "all": 4,  # the real-snore nights are summed apart, never fitted on
+        "real snores": 2,
     }
+    real = json.loads((cohorts / "tv-bedroom+real" / "events" / "cohort.json").read_text())
+    plain = json.loads((cohorts / "tv-bedroom" / "events" / "cohort.json").read_text())
+    assert real["params"]["seed"] == plain["params"]["seed"] and "real_snores" in real["params"]
     assert report["groups"]["all"]["clean_nights"] == 2
     clean = [p for p in report["groups"]["all"]["per_night"] if p["kind"] == "clean"]
     assert [sum(p["n_true"].values()) for p in clean] == [0, 0]  # generated with ahi=0: no event at all
