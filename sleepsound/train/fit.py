@@ -160,10 +160,12 @@ def _train_frames(
     progress: Progress = quiet,
 ) -> HeadInfo:
     """Train and save the per-frame snoring head (``train.frames``); NotTrainable without snoring frames."""
+    from sleepsound.train.clip_epochs import snore_clip_frames
     from sleepsound.train.frames import fit_frames, manifest_lookup
 
+    extra = snore_clip_frames(root, cfg, int((~data.is_shifted).sum()), progress)
     try:
-        result, y = fit_frames(cfg, data, manifest_lookup(labelled), None if val is None else val[0], progress)
+        result, y = fit_frames(cfg, data, manifest_lookup(labelled), None if val is None else val[0], progress, extra)
     except ValueError as exc:
         raise NotTrainable(f"{target.name}: {exc}") from exc
     labelled_frames = y[y >= 0]
@@ -174,6 +176,8 @@ def _train_frames(
         "class_counts": np.bincount(labelled_frames.astype(np.int64), minlength=2).tolist(),  # frames, not epochs
         "frame_seconds": cfg.preprocess.epoch_seconds / y.shape[1],
         "best_epoch": result.best_epoch,
+        # the clip epochs beside the nights' frames (training side only): what was laid, how many frames
+        "snore_clips": None if extra is None else {"epochs": len(extra.features), **extra.info},
     }
     model_dir, version = _save(
         root,

@@ -27,6 +27,7 @@ from sleepsound.core.progress import Progress, quiet
 from sleepsound.core.records import ManifestRow
 from sleepsound.labels.events import snore_frames
 from sleepsound.models.heads.frames import FrameHead
+from sleepsound.train.clip_epochs import ClipFrames
 from sleepsound.train.dataset import EmbeddedEpochs
 
 # The head's size and schedule: small on purpose (a few thousand weights on tiny.en's 384-d frames
@@ -175,15 +176,25 @@ def fit_frames(
     rows: dict[str, ManifestRow],
     val: EmbeddedEpochs | None = None,
     progress: Progress = quiet,
+    extra: ClipFrames | None = None,
 ) -> tuple[FrameResult, np.ndarray]:
-    """The snoring head on ``data``'s epochs (shifted windows left out) -> (result, frame targets used)."""
+    """The snoring head on ``data``'s epochs (shifted windows left out) and ``extra`` clip epochs
+    (``train.clip_epochs``: training side only) -> (result, the nights' frame targets used)."""
     epochs_only = ~data.is_shifted
     part = EmbeddedEpochs(data.features[epochs_only], data.epochs[epochs_only].reset_index(drop=True))
     y = frame_labels(part, rows, cfg.preprocess.epoch_seconds)
+    x_all, y_all = part.features, y
+    if extra is not None and len(extra.features):
+        if extra.features.shape[1:] != part.features.shape[1:]:
+            raise ValueError(
+                f"clip epochs have frames {list(extra.features.shape[1:])}, the nights {list(part.features.shape[1:])}"
+            )
+        x_all = np.concatenate([part.features, extra.features])
+        y_all = np.concatenate([y, extra.labels])
     val_args = None
     if val is not None and len(val.features):
         val_args = (val.features, frame_labels(val, rows, cfg.preprocess.epoch_seconds))
-    return train_frame_head(part.features, y, cfg.training.seed, val_args, progress), y
+    return train_frame_head(x_all, y_all, cfg.training.seed, val_args, progress), y
 
 
 def manifest_lookup(manifest: pd.DataFrame) -> dict[str, ManifestRow]:
