@@ -37,7 +37,7 @@ def test_clips_are_laid_end_to_end_and_each_frame_takes_its_clips_label() -> Non
     # [1.5, 2.0) straddles clip 1 (to 1.75) and clip 2 (snoring); second epoch: [2.0, 2.5) clip 2 then clip 0,
     # both snoring; [2.5, 3.0) clip 0; [3.0, 3.5) and [3.5, 4.0) clip 1
     assert y.tolist() == [[1, -1, 0, -1], [1, 1, 0, 0]]
-    assert clip.tolist() == [[0, 1, 1, 2], [0, 0, 1, 1]]  # the clip holding each frame's middle (0.75 s: clip 1's start)
+    assert clip.tolist() == [[0, 1, 1, 2], [0, 0, 1, 1]]  # the clip at each frame's middle (0.75 s: clip 1's)
     with pytest.raises(ValueError, match="no clips"):
         C.lay_clips(clips, [1, 0, 1], [], 2 * rate)
 
