@@ -414,6 +414,11 @@ def test_every_task_gets_a_head_on_one_split_and_predictions_carry_them(nights, 
     assert preds.loc[unlabelled, "snore_frames_true"].isna().all()
     snore = json.loads(Path(model["heads"]["snore"]["model_dir"], "config.json").read_text())
     assert snore["head_class"] == "FrameHead" and snore["classes"] == ["none", "snore"]
+    # the default clip epochs (generated bedroom sounds, no snoring) joined its training frames only
+    clips = json.loads(Path(model["heads"]["snore"]["model_dir"], "lineage.json").read_text())["snore_clips"]
+    n_train = int((valid & (preds["split"] == "train")).sum())  # the training subjects' valid epochs
+    assert clips["epochs"] == max(1, round(0.1 * n_train)) and clips["sources"][0]["source"] == "generated"
+    assert clips["sources"][0]["frames"] == {"snoring": 0, "no_snoring": 60 * clips["epochs"]}
 
 
 def test_heads_without_a_snore_head_fall_back_to_the_per_epoch_snore_index(
