@@ -119,6 +119,17 @@ def test_a_laid_recording_embeds_as_the_same_audio_does_as_a_night_and_is_cached
     assert np.array_equal(fixed.features, got.features) and "embedding again" in caplog.text
 
 
+def test_with_preprocess_on_the_model_device_the_clip_epochs_are_the_cpu_paths() -> None:
+    """preprocess.device model: raw epochs with margins, filtered by the model stage, as a night's are."""
+    rng = np.random.default_rng(2)
+    clips = [rng.normal(0, 0.1, C.RATE * 7).astype(np.float32) for _ in range(5)]
+    cpu = C.clip_frames(clips, [0, 1, 0, 1, 0], list("abcde"), range(5), _mel())
+    on_model = _mel().model_copy(update={"preprocess": _mel().preprocess.model_copy(update={"device": "model"})})
+    got = C.clip_frames(clips, [0, 1, 0, 1, 0], list("abcde"), range(5), on_model)
+    assert got.features.shape == cpu.features.shape == (2, 60, 64) and np.array_equal(got.labels, cpu.labels)
+    assert np.allclose(got.features.astype(np.float32), cpu.features.astype(np.float32), atol=2e-3)
+
+
 def test_a_clip_folder_is_read_in_runs_of_its_numbers_and_a_bad_one_is_named(tmp_path) -> None:
     rng = np.random.default_rng(1)
     for label, first in (("snoring", "1"), ("no_snoring", "0")):
