@@ -50,6 +50,10 @@ CACHE_VERSION = 1
 SNORING, NOT_SNORING, STRADDLES = 1, 0, -1
 
 
+class ClipSourceError(ValueError):
+    """A ``training.snore_clips`` source that cannot be used (the message names it): the run stops."""
+
+
 @dataclass
 class Laid:
     """Clips laid end to end: ``audio`` at RATE, and where each laid piece starts and ends."""
@@ -273,10 +277,10 @@ def folder_clips(folder: str) -> tuple[list[np.ndarray], list[int], list[str], l
 
     base = Path(folder)
     if not base.is_dir():
-        raise ValueError(f"training.snore_clips: {folder} is not a folder of clips (snoring/, no_snoring/)")
+        raise ClipSourceError(f"training.snore_clips: {folder} is not a folder of clips (snoring/, no_snoring/)")
     ds = load_dataset(base, classes=("no_snoring", "snoring"))
     if not ds.files or len(set(ds.labels)) < 2:
-        raise ValueError(
+        raise ClipSourceError(
             f"training.snore_clips: {folder} holds {len(ds.files)} usable clips of {sorted(set(ds.labels))}; "
             "it needs snoring/ and no_snoring/ clips"
         )

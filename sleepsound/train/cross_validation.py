@@ -77,13 +77,15 @@ def _score_frames(
 ) -> dict[str, Any]:
     """The per-second snoring head's fold: trained on the training side (with the run's clip epochs,
     ``training.snore_clips``), every labelled test frame scored."""
-    from sleepsound.train.clip_epochs import snore_clip_frames
+    from sleepsound.train.clip_epochs import ClipSourceError, snore_clip_frames
     from sleepsound.train.frames import CUT, fit_frames, frame_labels, frame_probs, manifest_lookup
 
     rows = manifest_lookup(labelled)
-    extra = snore_clip_frames(root, cfg, int((~train_data.is_shifted).sum()))
+    n_epochs = int((~train_data.is_shifted).sum())
     try:
-        result, y = fit_frames(cfg, train_data, rows, extra=extra)
+        result, y = fit_frames(cfg, train_data, rows, extra=lambda: snore_clip_frames(root, cfg, n_epochs))
+    except ClipSourceError:
+        raise
     except ValueError as exc:
         return {"skipped": f"snore: {exc}"}
     ty = frame_labels(test_data, rows, cfg.preprocess.epoch_seconds)

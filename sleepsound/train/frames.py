@@ -13,6 +13,7 @@ AdamW; with validation subjects the epoch of best snoring F1 is kept.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,14 +177,23 @@ def fit_frames(
     rows: dict[str, ManifestRow],
     val: EmbeddedEpochs | None = None,
     progress: Progress = quiet,
-    extra: ClipFrames | None = None,
+    extra: ClipFrames | Callable[[], ClipFrames | None] | None = None,
 ) -> tuple[FrameResult, np.ndarray]:
     """The snoring head on ``data``'s epochs (shifted windows left out) and ``extra`` clip epochs
-    (``train.clip_epochs``: training side only) -> (result, the nights' frame targets used)."""
+    (``train.clip_epochs``: training side only; a callable is asked only once the nights can train a
+    head, so a root without scored snoring makes none) -> (result, the nights' frame targets used)."""
     epochs_only = ~data.is_shifted
     part = EmbeddedEpochs(data.features[epochs_only], data.epochs[epochs_only].reset_index(drop=True))
     y = frame_labels(part, rows, cfg.preprocess.epoch_seconds)
     x_all, y_all = part.features, y
+    known = y[y >= 0]
+    if len(set(known.tolist())) < 2:  # clips alone never make the head: its figures are the nights' frames
+        raise ValueError(
+            "per-frame snoring needs snoring and other frames; "
+            f"the training nights' frames hold {len(known)} of one kind"
+        )
+    if callable(extra):
+        extra = extra()
     if extra is not None and len(extra.features):
         if extra.features.shape[1:] != part.features.shape[1:]:
             raise ValueError(

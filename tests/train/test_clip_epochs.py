@@ -166,6 +166,26 @@ def test_generated_clip_epochs_are_bedroom_negatives_sized_by_the_training_side(
     assert skipped is not None and len(skipped.features) == 0 and "both" in skipped.info["skipped"]
 
 
+def test_clip_epochs_never_make_a_snore_head_alone() -> None:
+    """Its figures are the nights' frames: nights without a known snoring frame train none, clips or not."""
+    from sleepsound.train.dataset import EmbeddedEpochs
+    from sleepsound.train.frames import fit_frames
+
+    rng = np.random.default_rng(3)
+    nights = EmbeddedEpochs(
+        rng.normal(size=(4, 60, 8)).astype(np.float16),
+        pd.DataFrame({"recording_id": "r", "epoch_index": range(4), "offset_s": 0.0}),
+    )
+    clips = C.ClipFrames(
+        rng.normal(size=(3, 60, 8)).astype(np.float16),
+        np.tile([0, 1], (3, 30)).astype(np.int8),
+        np.zeros((3, 60), np.int64),
+        ["c"],
+    )
+    with pytest.raises(ValueError, match="training nights' frames hold 0"):  # no events source: nothing known
+        fit_frames(_mel(), nights, {}, extra=clips)
+
+
 def test_the_setting_is_checked() -> None:
     """(Its hash rule, an old configuration keeping its hash, is in tests/core/test_config.py.)"""
     assert Config().training.snore_clips == list(SNORE_CLIPS_DEFAULT)

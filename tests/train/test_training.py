@@ -476,6 +476,20 @@ def test_a_task_without_labels_is_skipped_with_its_reason(nights, embedded_root,
         )
 
 
+def test_a_clip_folder_that_cannot_be_read_stops_the_snore_head_rather_than_skipping_it(
+    nights, embedded_root, tiny_whisper, tmp_path
+) -> None:
+    from sleepsound.labels.targets import TARGETS
+    from sleepsound.train.clip_epochs import ClipSourceError
+    from sleepsound.train.fit import _train_frames
+
+    cfg = _config(tiny_whisper, snore_clips=["generated", str(tmp_path / "no-such-clips")])
+    data = load_embedded(embedded_root, cfg, pd.DataFrame(nights[:2]))
+    split = {"train_subjects": [], "val_subjects": [], "test_subjects": []}
+    with pytest.raises(ClipSourceError, match="no-such-clips is not a folder"):
+        _train_frames(embedded_root, cfg, "x", pd.DataFrame(nights), split, TARGETS["snore"], data, None)
+
+
 def test_validation_subjects_come_from_the_training_side() -> None:
     from sleepsound.train.fit import subject_split
 
