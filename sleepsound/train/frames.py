@@ -187,7 +187,7 @@ def fit_frames(
     y = frame_labels(part, rows, cfg.preprocess.epoch_seconds)
     x_all, y_all = part.features, y
     known = y[y >= 0]
-    if len(set(known.tolist())) < 2:  # clips alone never make the head: its figures are the nights' frames
+    if len(np.unique(known)) < 2:  # clips alone never make the head: its figures are the nights' frames
         raise ValueError(
             "per-frame snoring needs snoring and other frames; "
             f"the training nights' frames hold {len(known)} of one kind"
