@@ -126,7 +126,15 @@ class BackboneConfig(_Section):
         return max(1, len(self.layers))
 
 
+# What ``training.snore_clips`` adds by default (measured in the README's per-second snoring section).
+SNORE_CLIPS_DEFAULT: tuple[str, ...] = ("generated",)
+
+
 class TrainingConfig(_Section):
+    """How the heads are trained. ``snore_clips`` (with ``snore_generated_share``) adds labelled short
+    clips, laid into epochs and embedded as a night is, to the per-second snore head's training frames
+    only: generated bedroom sounds that are not snoring ("generated") and/or clip folders."""
+
     head: Literal["attention", "mlp", "soundsleepnet"] = "attention"
     context_epochs: Literal[1, 3] = 1
     # The paper's 15-s shifted extra samples between consecutive same-stage epochs (method.md,
@@ -156,6 +164,27 @@ class TrainingConfig(_Section):
         description="Ray Train workers for data-parallel head training (DDP); 1 trains in the task's own process",
     )
     ray_use_gpu: bool = Field(False, description="one GPU per Ray Train worker")
+    # Extra training frames for the per-second snore head (train.clip_epochs): short clips laid end to
+    # end into epochs, cut, preprocessed and embedded as a night's epochs are, each frame labelled by
+    # the clip it lies in. Training side only: never a validation or test subject's frames.
+    snore_clips: list[str] = Field(
+        default_factory=lambda: list(SNORE_CLIPS_DEFAULT),
+        description="clip epochs added to the snore head's training frames: 'generated' (bedroom sounds that "
+        "are not snoring, made here from training.seed: TV, talk, fans, motor hums, a vibration motor) and/or "
+        "clip folders in the clips layout (snoring/, no_snoring/); [] for none",
+    )
+    snore_generated_share: float = Field(
+        0.1, gt=0, le=1, description="generated clip epochs per training night epoch (at least one)"
+    )
+
+    @model_validator(mode="after")
+    def _snore_clip_sources(self) -> TrainingConfig:
+        """Each source once, none empty: a doubled folder would silently weigh twice."""
+        if any(not s.strip() for s in self.snore_clips):
+            raise ValueError(f"training.snore_clips holds an empty entry: {self.snore_clips}")
+        if len(set(self.snore_clips)) != len(self.snore_clips):
+            raise ValueError(f"training.snore_clips names a source twice: {self.snore_clips}")
+        return self
 
 
 class RayConfig(_Section):
@@ -237,6 +266,11 @@ _ADDED_LATER: dict[tuple[str, str], Any] = {
     ("backbone", "cast_weights"): False,
     ("ray", "chunk_minutes"): 60.0,
     ("ray", "embed_resources"): {},
+    # The snore head's clip epochs: a configuration from before them keeps its hash. It now trains with
+    # the default's extra frames (as it gained the snore head itself); the heads' lineage records what
+    # was added (``snore_clips``), and the code version the change.
+    ("training", "snore_clips"): list(SNORE_CLIPS_DEFAULT),
+    ("training", "snore_generated_share"): 0.1,
 }
 
 

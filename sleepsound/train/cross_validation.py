@@ -47,7 +47,7 @@ def score_split(
     for name in targets:
         target = TARGETS[name]
         if target.frames:
-            out[name] = _score_frames(cfg, labelled, train_data, test_data)
+            out[name] = _score_frames(root, cfg, labelled, train_data, test_data)
             continue
         try:
             result, y, _ = fit_target(cfg, target, train_data, x, mask)
@@ -73,14 +73,19 @@ def score_split(
 
 
 def _score_frames(
-    cfg: Config, labelled: pd.DataFrame, train_data: EmbeddedEpochs, test_data: EmbeddedEpochs
+    root: RootLike, cfg: Config, labelled: pd.DataFrame, train_data: EmbeddedEpochs, test_data: EmbeddedEpochs
 ) -> dict[str, Any]:
-    """The per-second snoring head's fold: trained on the training side, every labelled test frame scored."""
+    """The per-second snoring head's fold: trained on the training side (with the run's clip epochs,
+    ``training.snore_clips``), every labelled test frame scored."""
+    from sleepsound.train.clip_epochs import ClipSourceError, snore_clip_frames
     from sleepsound.train.frames import CUT, fit_frames, frame_labels, frame_probs, manifest_lookup
 
     rows = manifest_lookup(labelled)
+    n_epochs = int((~train_data.is_shifted).sum())
     try:
-        result, y = fit_frames(cfg, train_data, rows)
+        result, y = fit_frames(cfg, train_data, rows, extra=lambda: snore_clip_frames(root, cfg, n_epochs))
+    except ClipSourceError:
+        raise
     except ValueError as exc:
         return {"skipped": f"snore: {exc}"}
     ty = frame_labels(test_data, rows, cfg.preprocess.epoch_seconds)

@@ -160,12 +160,24 @@ def _train_frames(
     progress: Progress = quiet,
 ) -> HeadInfo:
     """Train and save the per-frame snoring head (``train.frames``); NotTrainable without snoring frames."""
+    from sleepsound.train.clip_epochs import ClipFrames, ClipSourceError, snore_clip_frames
     from sleepsound.train.frames import fit_frames, manifest_lookup
 
+    added: list[ClipFrames | None] = []
+
+    def clip_epochs() -> ClipFrames | None:  # asked for only once the nights can train the head
+        added.append(snore_clip_frames(root, cfg, int((~data.is_shifted).sum()), progress))
+        return added[0]
+
     try:
-        result, y = fit_frames(cfg, data, manifest_lookup(labelled), None if val is None else val[0], progress)
+        result, y = fit_frames(
+            cfg, data, manifest_lookup(labelled), None if val is None else val[0], progress, clip_epochs
+        )
+    except ClipSourceError:
+        raise  # a configured clip source that cannot be read stops the run, never skips the head quietly
     except ValueError as exc:
         raise NotTrainable(f"{target.name}: {exc}") from exc
+    extra = added[0] if added else None
     labelled_frames = y[y >= 0]
     lineage = _lineage(cfg, run_id, labelled, split, target) | {
         "train_epochs": int((y >= 0).any(axis=1).sum()),
@@ -174,6 +186,8 @@ def _train_frames(
         "class_counts": np.bincount(labelled_frames.astype(np.int64), minlength=2).tolist(),  # frames, not epochs
         "frame_seconds": cfg.preprocess.epoch_seconds / y.shape[1],
         "best_epoch": result.best_epoch,
+        # the clip epochs beside the nights' frames (training side only): what was laid, how many frames
+        "snore_clips": None if extra is None else {"epochs": len(extra.features), **extra.info},
     }
     model_dir, version = _save(
         root,

@@ -13,6 +13,7 @@ AdamW; with validation subjects the epoch of best snoring F1 is kept.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ from sleepsound.core.progress import Progress, quiet
 from sleepsound.core.records import ManifestRow
 from sleepsound.labels.events import snore_frames
 from sleepsound.models.heads.frames import FrameHead
+from sleepsound.train.clip_epochs import ClipFrames
 from sleepsound.train.dataset import EmbeddedEpochs
 
 # The head's size and schedule: small on purpose (a few thousand weights on tiny.en's 384-d frames
@@ -175,15 +177,34 @@ def fit_frames(
     rows: dict[str, ManifestRow],
     val: EmbeddedEpochs | None = None,
     progress: Progress = quiet,
+    extra: ClipFrames | Callable[[], ClipFrames | None] | None = None,
 ) -> tuple[FrameResult, np.ndarray]:
-    """The snoring head on ``data``'s epochs (shifted windows left out) -> (result, frame targets used)."""
+    """The snoring head on ``data``'s epochs (shifted windows left out) and ``extra`` clip epochs
+    (``train.clip_epochs``: training side only; a callable is asked only once the nights can train a
+    head, so a root without scored snoring makes none) -> (result, the nights' frame targets used)."""
     epochs_only = ~data.is_shifted
     part = EmbeddedEpochs(data.features[epochs_only], data.epochs[epochs_only].reset_index(drop=True))
     y = frame_labels(part, rows, cfg.preprocess.epoch_seconds)
+    x_all, y_all = part.features, y
+    known = y[y >= 0]
+    if len(np.unique(known)) < 2:  # clips alone never make the head: its figures are the nights' frames
+        raise ValueError(
+            "per-frame snoring needs snoring and other frames; "
+            f"the training nights' frames hold {len(known)} of one kind"
+        )
+    if callable(extra):
+        extra = extra()
+    if extra is not None and len(extra.features):
+        if extra.features.shape[1:] != part.features.shape[1:]:
+            raise ValueError(
+                f"clip epochs have frames {list(extra.features.shape[1:])}, the nights {list(part.features.shape[1:])}"
+            )
+        x_all = np.concatenate([part.features, extra.features])
+        y_all = np.concatenate([y, extra.labels])
     val_args = None
     if val is not None and len(val.features):
         val_args = (val.features, frame_labels(val, rows, cfg.preprocess.epoch_seconds))
-    return train_frame_head(part.features, y, cfg.training.seed, val_args, progress), y
+    return train_frame_head(x_all, y_all, cfg.training.seed, val_args, progress), y
 
 
 def manifest_lookup(manifest: pd.DataFrame) -> dict[str, ManifestRow]:

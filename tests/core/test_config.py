@@ -62,5 +62,7 @@ def test_the_configuration_hash_of_unchanged_settings_stays_what_runs_recorded()
         "backbone.cast_weights=true",
         "ray.embed_resources={model: 1}",
         "preprocess.device=model",
+        "training.snore_clips=[]" if Config().training.snore_clips else "training.snore_clips=[generated]",
+        "training.snore_generated_share=0.5",
     ):
         assert load_config(None, [changed]).fingerprint() != Config().fingerprint(), changed

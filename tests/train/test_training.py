@@ -414,6 +414,11 @@ def test_every_task_gets_a_head_on_one_split_and_predictions_carry_them(nights, 
     assert preds.loc[unlabelled, "snore_frames_true"].isna().all()
     snore = json.loads(Path(model["heads"]["snore"]["model_dir"], "config.json").read_text())
     assert snore["head_class"] == "FrameHead" and snore["classes"] == ["none", "snore"]
+    # the default clip epochs (generated bedroom sounds, no snoring) joined its training frames only
+    clips = json.loads(Path(model["heads"]["snore"]["model_dir"], "lineage.json").read_text())["snore_clips"]
+    n_train = int((valid & (preds["split"] == "train")).sum())  # the training subjects' valid epochs
+    assert clips["epochs"] == max(1, round(0.1 * n_train)) and clips["sources"][0]["source"] == "generated"
+    assert clips["sources"][0]["frames"] == {"snoring": 0, "no_snoring": 60 * clips["epochs"]}
 
 
 def test_heads_without_a_snore_head_fall_back_to_the_per_epoch_snore_index(
@@ -469,6 +474,20 @@ def test_a_task_without_labels_is_skipped_with_its_reason(nights, embedded_root,
             None,
             None,
         )
+
+
+def test_a_clip_folder_that_cannot_be_read_stops_the_snore_head_rather_than_skipping_it(
+    nights, embedded_root, tiny_whisper, tmp_path
+) -> None:
+    from sleepsound.labels.targets import TARGETS
+    from sleepsound.train.clip_epochs import ClipSourceError
+    from sleepsound.train.fit import _train_frames
+
+    cfg = _config(tiny_whisper, snore_clips=["generated", str(tmp_path / "no-such-clips")])
+    data = load_embedded(embedded_root, cfg, pd.DataFrame(nights[:2]))
+    split = {"train_subjects": [], "val_subjects": [], "test_subjects": []}
+    with pytest.raises(ClipSourceError, match="no-such-clips is not a folder"):
+        _train_frames(embedded_root, cfg, "x", pd.DataFrame(nights), split, TARGETS["snore"], data, None)
 
 
 def test_validation_subjects_come_from_the_training_side() -> None:
