@@ -295,10 +295,20 @@ def folder_clips(folder: str) -> tuple[list[np.ndarray], list[int], list[str], l
     return clips, labels, list(ds.files), groups, info
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=64)
+def _generated_piece(category: str, seed: int, index: int, speech: str) -> np.ndarray:
+    """One generated bedroom sound, kept per process: every training run of a process (k-fold folds,
+    the flows' Ray workers, one training run after another) asks for the same first pieces again."""
+    from sleepsound.synth import bedroom
+
+    x = bedroom.background(category, seed, index, GENERATED_PIECE_S, RATE, speech)
+    x.setflags(write=False)
+    return x
+
+
 def generated_clips(n_pieces: int, seed: int, speech: str = "auto") -> tuple[tuple[np.ndarray, ...], tuple[str, ...]]:
     """``n_pieces`` generated bedroom sounds of GENERATED_PIECE_S, the categories in turn, each at a
-    level drawn as the clips' hard negatives are; kept per process (k-fold runs ask again)."""
+    level drawn as the clips' hard negatives are."""
     from sleepsound.clips.hard_negatives import LEVEL_DBFS
     from sleepsound.synth import bedroom
 
@@ -307,7 +317,7 @@ def generated_clips(n_pieces: int, seed: int, speech: str = "auto") -> tuple[tup
     for i in range(n_pieces):
         category = bedroom.CATEGORIES[i % len(bedroom.CATEGORIES)]
         index = i // len(bedroom.CATEGORIES)
-        x = bedroom.background(category, seed, index, GENERATED_PIECE_S, RATE, speech)
+        x = _generated_piece(category, seed, index, speech)
         clips.append(bedroom.at_level(x, float(level.uniform(*LEVEL_DBFS))))
         names.append(f"{GENERATED}/{category}/{index}")
     return tuple(clips), tuple(names)
