@@ -29,7 +29,10 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 
 def _cfg(tiny_whisper: str) -> Config:
     return Config.model_validate(
-        {"backbone": {"name": tiny_whisper, "batch_size": 4}, "training": {"epochs": 2, "test_fraction": 0.34}}
+        {  # tiny: no clip epochs for the snore head (tests/train covers them)
+            "backbone": {"name": tiny_whisper, "batch_size": 4},
+            "training": {"epochs": 2, "test_fraction": 0.34, "snore_clips": []},
+        }
     )
 
 
@@ -163,6 +166,8 @@ def test_storage_that_drops_and_delays_requests_under_the_nightly_flow(
             "training.epochs=2",
             "--set",
             "training.test_fraction=0.34",
+            "--set",
+            "training.snore_clips=[]",
             env=_cli_env(prefect_api, AWS_ENDPOINT_URL=proxy.url),
         )
         output, _ = proc.communicate(timeout=600)

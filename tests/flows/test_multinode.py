@@ -134,7 +134,7 @@ def champions(cohort, tiny_whisper, prefect_api, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("multinode-train")
     source = subset(cohort, 3, tmp_path_factory.mktemp("multinode-train-source"))  # 3 nights are enough
     config = Config.model_validate(
-        {"backbone": {"name": tiny_whisper, "batch_size": 4}, "training": {"epochs": 2}}
+        {"backbone": {"name": tiny_whisper, "batch_size": 4}, "training": {"epochs": 2, "snore_clips": []}}
     ).model_dump()
     run_train_on_ray(str(source), str(root), config, run_id="train")
     return root / "models"

@@ -207,6 +207,8 @@ def test_submit_runs_a_flow_on_the_cluster_and_follows_its_logs(
             "training.epochs=1",
             "--set",
             "training.test_fraction=0.34",
+            "--set",
+            "training.snore_clips=[]",
         ],
     )
     assert out.exit_code == 0, out.output[-3000:]
