@@ -9,10 +9,13 @@ the audio and embeddings are fixed-size lists that numpy views without copying.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    from sleepsound.embed.preprocess import Epoch
 
 AUDIO = "audio"
 EMBEDDING = "embedding"
@@ -100,3 +103,27 @@ def table_rows(tables: Iterable[pa.Table]) -> Iterator[dict[str, Any]]:
             for name in arrays:
                 row[name] = values[name][i]
             yield row
+
+
+def epoch_row(recording_id: str, epoch: Epoch, epoch_seconds: float, channel: str, rate: float) -> dict[str, Any]:
+    """The transport row of a valid epoch cut outside a night's readers (a live stream, clips laid into
+    epochs): no labels, no night length (``n_epochs``/``n_rows`` -1), so the model stage takes it as
+    it takes a reader's."""
+    row: dict[str, Any] = dict.fromkeys(name for name, _ in TRANSPORT_FIELDS)
+    return row | {
+        "recording_id": recording_id,
+        "subject_id": recording_id,
+        "epoch_index": epoch.index,
+        "start_s": epoch.index * epoch_seconds,
+        "valid": True,
+        "zero_rms_s": epoch.zero_rms_seconds,
+        "nonfinite": epoch.quality.nonfinite,
+        "clipped_fraction": epoch.quality.clipped_fraction,
+        "kind": "epoch",
+        "offset_s": 0.0,
+        "channel": channel,
+        "n_epochs": -1,
+        "n_rows": -1,
+        "rate": rate,
+        AUDIO: epoch.audio,
+    }

@@ -17,7 +17,7 @@ from sleepsound.core.config import Config
 from sleepsound.core.records import TrainedModels
 from sleepsound.core.storage import RootLike, open_root
 from sleepsound.embed.preprocess import Epoch
-from sleepsound.embed.transport import EMBEDDING, TRANSPORT_FIELDS, table_rows, to_table
+from sleepsound.embed.transport import EMBEDDING, epoch_row, table_rows, to_table
 from sleepsound.labels.targets import TARGETS
 from sleepsound.predict.recordings import prediction_table
 from sleepsound.train.dataset import EmbeddedEpochs
@@ -65,7 +65,8 @@ class Scorer:
         valid = [e for e in epochs if e.valid]
         if not valid:
             return out
-        rows = [self._transport_row(recording_id, e) for e in valid]
+        pre = self.cfg.preprocess
+        rows = [epoch_row(recording_id, e, pre.epoch_seconds, pre.channel, float(pre.target_rate)) for e in valid]
         backbone = self.stage.backbone
         for row in table_rows([self.stage(to_table(rows))]):
             flat = np.asarray(row[EMBEDDING])
@@ -73,27 +74,6 @@ class Scorer:
             shape = (n_frames, backbone.n_layers, dim) if backbone.layers else (n_frames, dim)
             out[int(row["epoch_index"])] = flat.reshape(shape)
         return out
-
-    def _transport_row(self, recording_id: str, epoch: Epoch) -> dict[str, Any]:
-        row: dict[str, Any] = dict.fromkeys(name for name, _ in TRANSPORT_FIELDS)
-        row |= {
-            "recording_id": recording_id,
-            "subject_id": recording_id,
-            "epoch_index": epoch.index,
-            "start_s": epoch.index * self.cfg.preprocess.epoch_seconds,
-            "valid": True,
-            "zero_rms_s": epoch.zero_rms_seconds,
-            "nonfinite": epoch.quality.nonfinite,
-            "clipped_fraction": epoch.quality.clipped_fraction,
-            "kind": "epoch",
-            "offset_s": 0.0,
-            "channel": self.cfg.preprocess.channel,
-            "n_epochs": -1,
-            "n_rows": -1,
-            "rate": float(self.cfg.preprocess.target_rate),
-            "audio": epoch.audio,
-        }
-        return row
 
     def predict(
         self, recording_id: str, subject_id: str, index: int, features: dict[int, np.ndarray | None]

@@ -149,37 +149,13 @@ def frame_targets(laid: Laid, epoch_samples: int, n_frames: int) -> tuple[np.nda
     return labels.reshape(n_epochs, n_frames), laid.clip[middle].reshape(n_epochs, n_frames)
 
 
-def _transport_row(epoch: Any, cfg: Config, rate: float) -> dict[str, Any]:
-    """A transport row (``embed.transport``) of a laid epoch, as the night readers make them."""
-    from sleepsound.embed.transport import TRANSPORT_FIELDS
-
-    row: dict[str, Any] = dict.fromkeys(name for name, _ in TRANSPORT_FIELDS)
-    return row | {
-        "recording_id": "clip-epochs",
-        "subject_id": "clip-epochs",
-        "epoch_index": epoch.index,
-        "start_s": epoch.index * cfg.preprocess.epoch_seconds,
-        "valid": True,
-        "zero_rms_s": epoch.zero_rms_seconds,
-        "nonfinite": epoch.quality.nonfinite,
-        "clipped_fraction": epoch.quality.clipped_fraction,
-        "kind": "epoch",
-        "offset_s": 0.0,
-        "channel": cfg.preprocess.channel,
-        "n_epochs": -1,
-        "n_rows": -1,
-        "rate": rate,
-        "audio": epoch.audio,
-    }
-
-
 def embed_laid(audio: np.ndarray, cfg: Config, progress: Progress = quiet) -> tuple[np.ndarray, np.ndarray]:
     """(features of the valid epochs, valid [E] bool) of laid audio at RATE, through the night's path:
     the epoch cutter of ``preprocess.device`` (``iter_epochs``, or ``iter_raw_epochs`` whose raw epochs
     the model stage filters) and the model stage, in blocks of the backbone's stream size."""
     from sleepsound.embed.model_stage import EmbedStage
     from sleepsound.embed.preprocess import iter_epochs, iter_raw_epochs, margins
-    from sleepsound.embed.transport import EMBEDDING, table_rows, to_table
+    from sleepsound.embed.transport import EMBEDDING, epoch_row, table_rows, to_table
 
     prep = cfg.preprocess
     raw = prep.device == "model"
@@ -194,7 +170,10 @@ def embed_laid(audio: np.ndarray, cfg: Config, progress: Progress = quiet) -> tu
     out: list[np.ndarray] = []
     step = stage.stream_rows
     for start in range(0, len(kept), step):
-        rows = [_transport_row(e, cfg, rate) for e in kept[start : start + step]]
+        rows = [
+            epoch_row("clip-epochs", e, cfg.preprocess.epoch_seconds, cfg.preprocess.channel, rate)
+            for e in kept[start : start + step]
+        ]
         for row in table_rows([stage(to_table(rows, raw=raw))]):
             flat = np.asarray(row[EMBEDDING])
             n_frames, dim = int(row["n_frames"]), int(row["dim"])
