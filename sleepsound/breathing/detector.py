@@ -154,12 +154,7 @@ def _sounds(
         excess > loud * 10.0 ** (-settings.sound_below_loud_db / 10.0)
     )
     bridge = int(0.2 * FRAME_HZ)
-    merged: list[list[int]] = []
-    for start, stop in _runs(mask):
-        if merged and start - merged[-1][1] < bridge:
-            merged[-1][1] = stop
-        else:
-            merged.append([start, stop])
+    merged = _bridged_runs(mask, bridge)
     jumps = np.abs(np.diff(broad_db, prepend=broad_db[:1]))
     longest = settings.max_breath_s * FRAME_HZ
     if settings.split_db > 0:
@@ -174,6 +169,17 @@ def _sounds(
         s.breath = stop - start <= longest and not (share >= settings.voiced_share and syllabic)
         s.clean = s.breath and share < settings.voiced_share
         out.append(s)
+    return out
+
+
+def _bridged_runs(mask: np.ndarray, bridge: int) -> list[list[int]]:
+    """Runs of ``mask`` as [start, stop), joined across gaps shorter than ``bridge`` frames."""
+    out: list[list[int]] = []
+    for start, stop in _runs(mask):
+        if out and start - out[-1][1] < bridge:
+            out[-1][1] = stop
+        else:
+            out.append([start, stop])
     return out
 
 
@@ -195,12 +201,7 @@ def _split_long(
             continue
         part = excess[start:stop]
         keep = part > np.percentile(part, 90) * 10.0 ** (-settings.split_db / 10.0)
-        pieces: list[list[int]] = []
-        for a, b in _runs(keep):
-            if pieces and a - pieces[-1][1] < bridge:
-                pieces[-1][1] = b
-            else:
-                pieces.append([a, b])
+        pieces = _bridged_runs(keep, bridge)
         out.extend([[start + a, start + b] for a, b in pieces] if len(pieces) > 1 else [[start, stop]])
     return out
 
