@@ -111,6 +111,14 @@ def synth(
             "instead of the generator's snores, level-matched; the same folder and seed give the same files."
         ),
     ] = None,
+    real_background: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Folder of recorded background clips (e.g. TV news, people talking; WAV/FLAC/OGG, any rate) "
+            "strung together as the night's TV instead of the generator's speech, at the TV's level; a "
+            "style without a TV gets one at the tv-bedroom style's levels and schedule."
+        ),
+    ] = None,
 ) -> None:
     """Write a deterministic synthetic cohort in PSG-Audio (or plain) layout.
 
@@ -127,6 +135,8 @@ def synth(
         resolve_styles(style)
         if real_snores is not None:
             clip_names(real_snores)
+        if real_background is not None:
+            clip_names(real_background, "background clips")
     except ValueError as exc:
         err_console.print(f"[red]not written:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
@@ -170,6 +180,7 @@ def synth(
         speech_source=speech,
         snoring=snoring,
         real_snores=real_snores,
+        real_background=real_background,
     )
     table = Table("subject", "hours", "epochs", "AHI", "style")
     for s in summaries:
@@ -441,6 +452,14 @@ def breathing_eval(
             "(groups <style>+real, same night plans), reported apart as 'real snores', never fitted on."
         ),
     ] = None,
+    real_background: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="With --build: also write every held-out style's nights with these recorded background clips "
+            "as their TV (groups <style>+realbg, same night plans), reported apart as 'real background', "
+            "never fitted on."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Transfer evaluation of the breathing-event detector: whole generator styles held out."""
@@ -461,6 +480,7 @@ def breathing_eval(
             out,
             progress=lambda msg: err_console.print(msg),
             real_snores=real_snores,
+            real_background=real_background,
         )
     except (FileNotFoundError, ValueError) as exc:
         err_console.print(f"[red]{escape(str(exc))}[/red]")

@@ -49,21 +49,21 @@ class RealSnores:
     clip_of_breath: np.ndarray  # per breath of the plan: index into ``clips``
 
 
-def clip_names(folder: str | Path) -> tuple[str, ...]:
+def clip_names(folder: str | Path, what: str = "snore clips") -> tuple[str, ...]:
     """The audio files of a clip folder, sorted (the draws depend on this order, not on the listing's)."""
     where = Path(folder)
     if not where.is_dir():
-        raise ValueError(f"{where}: not a folder of snore clips")
+        raise ValueError(f"{where}: not a folder of {what}")
     names = tuple(sorted(p.name for p in where.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES))
     if not names:
         raise ValueError(f"{where}: no audio clips ({', '.join(AUDIO_SUFFIXES)}) in the folder")
     return names
 
 
-def folder_digest(folder: str | Path) -> str:
+def folder_digest(folder: str | Path, what: str = "snore clips") -> str:
     """SHA-256 over the clips' names and bytes: a cohort records it, so clips changed later are noticed."""
     h = hashlib.sha256()
-    for name in clip_names(folder):
+    for name in clip_names(folder, what):
         h.update(name.encode())
         h.update((Path(folder) / name).read_bytes())
     return h.hexdigest()
