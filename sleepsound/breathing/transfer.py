@@ -46,12 +46,12 @@ CONFIDENCE_GRID = tuple(round(0.4 + 0.05 * k, 2) for k in range(11))  # 0.40 .. 
 REAL_SUFFIX = "+real"  # <style>+real: the style's nights again, with recorded snores (never fitted on)
 REALBG_SUFFIX = "+realbg"  # <style>+realbg: ... with a recorded background as their TV (never fitted on)
 TV_SUFFIX = "+tv"  # <style>+tv: ... with the generator's TV where +realbg has the recorded one (its comparison)
-RECORDED = {REAL_SUFFIX: "real snores", REALBG_SUFFIX: "real background", TV_SUFFIX: "generator TV"}
+APART = {REAL_SUFFIX: "real snores", REALBG_SUFFIX: "real background", TV_SUFFIX: "generator TV"}  # summed apart
 
 
 def recorded_suffix(group: str) -> str | None:
     """The suffix of a group summed apart (``<style>+real``, ``+realbg``, ``+tv``), None for a plain style."""
-    return next((x for x in RECORDED if group.endswith(x)), None)
+    return next((x for x in APART if group.endswith(x)), None)
 
 
 SLEEP_STAGES = frozenset({"N1", "N2", "N3", "R"})
@@ -349,12 +349,13 @@ def transfer_report(
 
     With ``min_confidence`` None the cut is fitted on the development styles (every style not in
     ``held_out``) and only then applied to the held-out ones. Groups named ``<style>+real`` (recorded
-    snores) and ``<style>+realbg`` (a recorded background) are never fitted on and are summed apart,
-    as "real snores" and "real background", out of "held out" and "all", so those stay comparable
-    with evaluations made without them.
+    snores), ``<style>+realbg`` (a recorded background as the TV) and ``<style>+tv`` (the generator's
+    TV in its place) are never fitted on and are summed apart, as "real snores", "real background" and
+    "generator TV", out of "held out" and "all", so those stay comparable with evaluations made
+    without them.
     """
     styles = list(dict.fromkeys(n["style"] for n in nights))
-    recorded = {x: [n for n in nights if recorded_suffix(n["style"]) == x] for x in RECORDED}
+    recorded = {x: [n for n in nights if recorded_suffix(n["style"]) == x] for x in APART}
     real = [n for n in nights if recorded_suffix(n["style"]) is not None]
     nights = [n for n in nights if recorded_suffix(n["style"]) is None]
     synthetic = [s for s in styles if recorded_suffix(s) is None]
@@ -378,7 +379,7 @@ def transfer_report(
         groups["held out"] = group_figures(held, min_confidence)
     if nights:
         groups["all"] = group_figures(nights, min_confidence)
-    for suffix, name in RECORDED.items():
+    for suffix, name in APART.items():
         if recorded[suffix]:
             groups[name] = group_figures(recorded[suffix], min_confidence)
     return {
@@ -404,7 +405,7 @@ def format_report(report: TransferReport) -> str:
         f"{'REI |err|':>10}{'max':>7}{'<=5/h':>7}{'AHI |err|':>10}{'clean ev/h':>11}{'worst':>7}",
     ]
     for name, g in report["groups"].items():
-        if name in ("development", "held out", "all", *RECORDED.values()):
+        if name in ("development", "held out", "all", *APART.values()):
             lines.append("-" * len(lines[1]))
         ev = g["events"]
 
