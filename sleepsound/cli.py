@@ -119,6 +119,17 @@ def synth(
             "style without a TV gets one at the tv-bedroom style's levels and schedule."
         ),
     ] = None,
+    background_categories: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="With --real-background and --background-only: the label,first,last,category file naming "
+            "the clips' categories by file number (default: categories.csv in the folder)."
+        ),
+    ] = None,
+    background_only: Annotated[
+        Optional[str],
+        typer.Option(help="With --real-background: play only the clips of these categories (comma list)."),
+    ] = None,
 ) -> None:
     """Write a deterministic synthetic cohort in PSG-Audio (or plain) layout.
 
@@ -135,8 +146,7 @@ def synth(
         resolve_styles(style)
         if real_snores is not None:
             clip_names(real_snores)
-        if real_background is not None:
-            clip_names(real_background, "background clips")
+        only = _background_only(real_background, background_categories, background_only)
     except ValueError as exc:
         err_console.print(f"[red]not written:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
@@ -181,6 +191,7 @@ def synth(
         snoring=snoring,
         real_snores=real_snores,
         real_background=real_background,
+        real_background_only=only,
     )
     table = Table("subject", "hours", "epochs", "AHI", "style")
     for s in summaries:
@@ -422,6 +433,22 @@ def score(
     _print_results(result, as_json)
 
 
+def _background_only(folder: Path | None, categories: Path | None, only: str | None) -> tuple[str, ...] | None:
+    """The clips ``--background-only`` picks from ``--real-background`` (None: all); ValueError on a bad folder."""
+    from sleepsound.synth.realbackground import select_clips
+    from sleepsound.synth.realsnores import clip_names
+
+    if folder is None:
+        if only is not None or categories is not None:
+            raise ValueError("--background-only and --background-categories need --real-background")
+        return None
+    clip_names(folder, "background clips")
+    if only is None:
+        return None
+    wanted = [c.strip() for c in only.split(",") if c.strip()]
+    return select_clips(folder, categories if categories is not None else folder / "categories.csv", wanted)
+
+
 @app.command("breathing-eval")
 def breathing_eval(
     cohorts: Annotated[
@@ -460,12 +487,24 @@ def breathing_eval(
             "never fitted on."
         ),
     ] = None,
+    background_categories: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="With --real-background and --background-only: the label,first,last,category file naming "
+            "the clips' categories by file number (default: categories.csv in the folder)."
+        ),
+    ] = None,
+    background_only: Annotated[
+        Optional[str],
+        typer.Option(help="With --real-background: play only the clips of these categories (comma list)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Transfer evaluation of the breathing-event detector: whole generator styles held out."""
     from sleepsound.breathing.transfer import format_report, report_json, run_transfer
 
     try:
+        only = _background_only(real_background, background_categories, background_only)
         report, path = run_transfer(
             cohorts,
             root,
@@ -481,6 +520,7 @@ def breathing_eval(
             progress=lambda msg: err_console.print(msg),
             real_snores=real_snores,
             real_background=real_background,
+            real_background_only=only,
         )
     except (FileNotFoundError, ValueError) as exc:
         err_console.print(f"[red]{escape(str(exc))}[/red]")

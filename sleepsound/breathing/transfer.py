@@ -115,6 +115,7 @@ def build_cohorts(
     real_snores: str | os.PathLike[str] | None = None,
     real_styles: Sequence[str] = (),
     real_background: str | os.PathLike[str] | None = None,
+    real_background_only: Sequence[str] | None = None,
 ) -> list[Path]:
     """Write (or keep, when already written with these settings) one plain cohort per style and kind.
 
@@ -130,7 +131,11 @@ def build_cohorts(
     from sleepsound.synth.writers import generate_cohort
 
     digest = folder_digest(real_snores) if real_snores is not None else None
-    bg_digest = folder_digest(real_background, "background clips") if real_background is not None else None
+    bg_digest = (
+        folder_digest(real_background, "background clips", real_background_only)
+        if real_background is not None
+        else None
+    )
     jobs: list[tuple[int, str, str, str]] = [(i, s, s, "") for i, s in enumerate(styles)]
     if real_snores is not None:
         jobs += [(i, s, s + REAL_SUFFIX, REAL_SUFFIX) for i, s in enumerate(styles) if s in real_styles]
@@ -175,6 +180,7 @@ def build_cohorts(
                 real_snores=real_snores if real else None,
                 real_background=real_background if real_bg else None,
                 generator_tv=suffix == TV_SUFFIX,
+                real_background_only=real_background_only if real_bg else None,
             )
             out.append(where)
     return out
@@ -460,6 +466,7 @@ def run_transfer(
     progress: Callable[[str], None] | None = None,
     real_snores: str | os.PathLike[str] | None = None,
     real_background: str | os.PathLike[str] | None = None,
+    real_background_only: Sequence[str] | None = None,
 ) -> tuple[TransferReport, Path]:
     """Build (with ``build``) or take the cohorts, score every night, report, and write the JSON to
     ``out`` or ``<root>/transfer/breathing-transfer.json``. With ``real_snores`` (and ``build``) the
@@ -479,6 +486,7 @@ def run_transfer(
             real_snores=real_snores,
             real_styles=real_styles,
             real_background=real_background,
+            real_background_only=real_background_only,
         )
         if real_snores is not None:
             wanted += [s + REAL_SUFFIX for s in real_styles]

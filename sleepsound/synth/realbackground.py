@@ -28,6 +28,7 @@ is made, and a chunk adds only the pieces that overlap it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -129,9 +130,37 @@ def _bank(folder: str, clips: tuple[str, ...], rate: int, band_rms: float = 1.0)
     return out
 
 
-def lay_real_background(plan: NightPlan, folder: str | Path) -> NightPlan:
-    """The same plan with its TV played from the clips in ``folder`` (a TV added where the style has none)."""
+def select_clips(folder: str | Path, categories_file: str | Path, categories: Sequence[str]) -> tuple[str, ...]:
+    """The folder's clips whose file number (the last integer of the name, as ``clips`` reads it) falls
+    in a range of ``categories`` in a ``label,first,last,category`` file (``sleepsound.clips.categories``)."""
+    from sleepsound.clips.categories import read_categories
+    from sleepsound.clips.split import file_index
+
+    ranges = read_categories(categories_file)
+    known = sorted({r.category for r in ranges})
+    unknown = [c for c in categories if c not in known]
+    if unknown or not categories:
+        raise ValueError(f"{categories_file}: no category {unknown or '(none asked)'}; it names {', '.join(known)}")
+    chosen = [r for r in ranges if r.category in categories]
+    names = tuple(
+        n
+        for n in clip_names(folder, "background clips")
+        if (i := file_index(n)) is not None and any(r.first <= i <= r.last for r in chosen)
+    )
+    if not names:
+        raise ValueError(f"{folder}: no clip numbered within {', '.join(categories)} of {categories_file}")
+    return names
+
+
+def lay_real_background(plan: NightPlan, folder: str | Path, only: Sequence[str] | None = None) -> NightPlan:
+    """The same plan with its TV played from the clips in ``folder`` (or only the files ``only`` of
+    it, e.g. from :func:`select_clips`); a TV added where the style has none."""
     names = clip_names(folder, "background clips")
+    if only is not None:
+        missing = sorted(set(only) - set(names))
+        if missing or not only:
+            raise ValueError(f"{folder}: no background clip(s) {', '.join(missing) or '(none given)'}")
+        names = tuple(sorted(set(only)))
     where = str(Path(folder).resolve())
     rng = np.random.default_rng([int(plan.seed) & 0x7FFFFFFF, plan.subject_index, _STREAM])
     if len(names) > MAX_CLIPS:

@@ -304,6 +304,7 @@ def generate_cohort(
     real_snores: str | os.PathLike[str] | None = None,
     real_background: str | os.PathLike[str] | None = None,
     generator_tv: bool = False,
+    real_background_only: Sequence[str] | None = None,
 ) -> list[SubjectSummary]:
     """Write ``n_subjects`` synthetic nights and ``cohort.json``; same arguments, same bytes.
 
@@ -321,7 +322,8 @@ def generate_cohort(
     into ``cohort.json``. ``real_background``: a folder of recorded background clips (TV, talk)
     strung together as the night's TV instead of the generator's speech, a TV added at the
     tv-bedroom style's levels and schedule where the style has none (``synth.realbackground``);
-    the folder, its digest and each night's TV go into ``cohort.json``. ``generator_tv``: the same
+    the folder, its digest and each night's TV go into ``cohort.json``; ``real_background_only``: play
+    only these files of it (recorded in ``cohort.json``). ``generator_tv``: the same
     TV where a style has none, but the generator's own (the comparison for ``real_background``).
     """
     from sleepsound.synth.realbackground import add_generator_tv, describe, lay_real_background
@@ -330,7 +332,11 @@ def generate_cohort(
 
     resolve_styles(style)  # refuse an unknown style before writing anything
     real_digest = folder_digest(real_snores) if real_snores is not None else None  # refuse a bad folder now
-    bg_digest = folder_digest(real_background, "background clips") if real_background is not None else None
+    bg_digest = (
+        folder_digest(real_background, "background clips", real_background_only)
+        if real_background is not None
+        else None
+    )
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if n_subjects < 1 or hours <= 0:
@@ -364,7 +370,7 @@ def generate_cohort(
         if real_snores is not None:
             plan = lay_real_snores(plan, real_snores)
         if real_background is not None:
-            plan = lay_real_background(plan, real_background)
+            plan = lay_real_background(plan, real_background, real_background_only)
         elif generator_tv:
             plan = add_generator_tv(plan)
 
@@ -425,6 +431,8 @@ def generate_cohort(
     if real_background is not None:
         params["real_background"] = str(Path(real_background).resolve())
         params["real_background_sha256"] = bg_digest
+        if real_background_only is not None:
+            params["real_background_files"] = sorted(real_background_only)
     if generator_tv:
         params["generator_tv"] = True
     _write_cohort_json(out, summaries, params)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from sleepsound.cli import app
 from sleepsound.synth.hypnogram import NightPlan, make_night_plan
-from sleepsound.synth.realbackground import add_generator_tv, lay_real_background
+from sleepsound.synth.realbackground import add_generator_tv, lay_real_background, select_clips
 from sleepsound.synth.sound import synthesise_chunk
 from sleepsound.synth.writers import generate_cohort
 from tests.synth.bgclips import make_background_clips
@@ -121,3 +121,25 @@ def test_a_cohort_records_its_background_and_the_command_takes_it(tmp_path: Path
                             style="hvac-hall", speech_source="synth", real_background=clips)  # fmt: skip
     audio = sorted((tmp_path / "a").glob("*.flac"))[0]
     assert audio.read_bytes() == Path(again[0].audio_paths[0]).read_bytes()
+
+
+def test_a_categories_file_picks_the_clips_to_play(tmp_path: Path, clips: Path) -> None:
+    table = tmp_path / "categories.csv"
+    table.write_text("label,first,last,category\nbackground,0,0,tv\nbackground,1,1,talk\nbackground,2,2,tv\n")
+    assert select_clips(clips, table, ["tv"]) == ("bg_0.wav", "bg_2.wav")
+    with pytest.raises(ValueError, match=r"categories\.csv: no category \['news'\]; it names talk, tv"):
+        select_clips(clips, table, ["news"])
+    args = ["--subjects", "1", "--hours", "0.05", "--sample-rate", "8000", "--layout", "plain", "--seed", "5"]
+    args += ["--cycle-minutes", "5", "--style", "classic", "--real-background", str(clips)]
+    pick = ["--background-categories", str(table), "--background-only", "tv"]
+    result = CliRunner().invoke(app, ["synth", str(tmp_path / "a"), *args, *pick])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "a" / "cohort.json").read_text())
+    assert doc["params"]["real_background_files"] == ["bg_0.wav", "bg_2.wav"]
+    assert doc["subjects"][0]["real_background"]["clips"] == 2
+    assert CliRunner().invoke(app, ["synth", str(tmp_path / "b"), *args]).exit_code == 0  # the whole folder
+    whole = json.loads((tmp_path / "b" / "cohort.json").read_text())
+    assert whole["params"]["real_background_sha256"] != doc["params"]["real_background_sha256"]
+    assert "real_background_files" not in whole["params"] and whole["subjects"][0]["real_background"]["clips"] == 3
+    alone = CliRunner().invoke(app, ["synth", str(tmp_path / "c"), "--background-only", "tv"])
+    assert alone.exit_code == 2 and "need --real-background" in " ".join(alone.output.split())
