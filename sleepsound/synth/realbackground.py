@@ -165,10 +165,11 @@ def lay_real_background(plan: NightPlan, folder: str | Path, only: Sequence[str]
     rng = np.random.default_rng([int(plan.seed) & 0x7FFFFFFF, plan.subject_index, _STREAM])
     if len(names) > MAX_CLIPS:
         names = tuple(names[int(i)] for i in np.sort(rng.choice(len(names), MAX_CLIPS, replace=False)))
-    names = tuple(n for n, x in zip(names, _bank(where, names, 16_000), strict=True) if np.any(x))  # reads all now
+    durations = _durations(where, names)  # a clip too short to crossfade is refused first, by name
+    sounding = [np.any(x) for x in _bank(where, names, 16_000)]  # reads every clip now, not mid-night
+    names, durations = tuple(n for n, keep in zip(names, sounding, strict=True) if keep), durations[sounding]
     if not names:
         raise ValueError(f"{where}: every background clip is silent")
-    durations = _durations(where, names)
     order: list[int] = []
     total = 0.0
     while total < plan.duration_s + 1.0:  # passes through the repertoire, each in its own order
