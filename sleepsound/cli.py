@@ -111,6 +111,25 @@ def synth(
             "instead of the generator's snores, level-matched; the same folder and seed give the same files."
         ),
     ] = None,
+    real_background: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Folder of recorded background clips (e.g. TV news, people talking; WAV/FLAC/OGG, any rate) "
+            "strung together as the night's TV instead of the generator's speech, at the TV's level; a "
+            "style without a TV gets one at the tv-bedroom style's levels and schedule."
+        ),
+    ] = None,
+    background_categories: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="With --real-background and --background-only: the label,first,last,category file naming "
+            "the clips' categories by file number (default: categories.csv in the folder)."
+        ),
+    ] = None,
+    background_only: Annotated[
+        Optional[str],
+        typer.Option(help="With --real-background: play only the clips of these categories (comma list)."),
+    ] = None,
 ) -> None:
     """Write a deterministic synthetic cohort in PSG-Audio (or plain) layout.
 
@@ -127,6 +146,7 @@ def synth(
         resolve_styles(style)
         if real_snores is not None:
             clip_names(real_snores)
+        only = _background_only(real_background, background_categories, background_only)
     except ValueError as exc:
         err_console.print(f"[red]not written:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
@@ -170,6 +190,8 @@ def synth(
         speech_source=speech,
         snoring=snoring,
         real_snores=real_snores,
+        real_background=real_background,
+        real_background_only=only,
     )
     table = Table("subject", "hours", "epochs", "AHI", "style")
     for s in summaries:
@@ -411,6 +433,22 @@ def score(
     _print_results(result, as_json)
 
 
+def _background_only(folder: Path | None, categories: Path | None, only: str | None) -> tuple[str, ...] | None:
+    """The clips ``--background-only`` picks from ``--real-background`` (None: all); ValueError on a bad folder."""
+    from sleepsound.synth.realbackground import select_clips
+    from sleepsound.synth.realsnores import clip_names
+
+    if folder is None:
+        if only is not None or categories is not None:
+            raise ValueError("--background-only and --background-categories need --real-background")
+        return None
+    clip_names(folder, "background clips")
+    if only is None:
+        return None
+    wanted = [c.strip() for c in only.split(",") if c.strip()]
+    return select_clips(folder, categories if categories is not None else folder / "categories.csv", wanted)
+
+
 @app.command("breathing-eval")
 def breathing_eval(
     cohorts: Annotated[
@@ -441,12 +479,32 @@ def breathing_eval(
             "(groups <style>+real, same night plans), reported apart as 'real snores', never fitted on."
         ),
     ] = None,
+    real_background: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="With --build: also write every held-out style's nights with these recorded background clips "
+            "as their TV (groups <style>+realbg, same night plans), reported apart as 'real background', "
+            "never fitted on."
+        ),
+    ] = None,
+    background_categories: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="With --real-background and --background-only: the label,first,last,category file naming "
+            "the clips' categories by file number (default: categories.csv in the folder)."
+        ),
+    ] = None,
+    background_only: Annotated[
+        Optional[str],
+        typer.Option(help="With --real-background: play only the clips of these categories (comma list)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Transfer evaluation of the breathing-event detector: whole generator styles held out."""
     from sleepsound.breathing.transfer import format_report, report_json, run_transfer
 
     try:
+        only = _background_only(real_background, background_categories, background_only)
         report, path = run_transfer(
             cohorts,
             root,
@@ -461,6 +519,8 @@ def breathing_eval(
             out,
             progress=lambda msg: err_console.print(msg),
             real_snores=real_snores,
+            real_background=real_background,
+            real_background_only=only,
         )
     except (FileNotFoundError, ValueError) as exc:
         err_console.print(f"[red]{escape(str(exc))}[/red]")

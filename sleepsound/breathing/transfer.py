@@ -44,6 +44,16 @@ DEFAULT_STYLES = ("classic", "varied", "quiet-electret", "phone-fan", "tv-bedroo
 DEFAULT_HELD_OUT = ("phone-fan", "tv-bedroom", "hvac-hall")
 CONFIDENCE_GRID = tuple(round(0.4 + 0.05 * k, 2) for k in range(11))  # 0.40 .. 0.90
 REAL_SUFFIX = "+real"  # <style>+real: the style's nights again, with recorded snores (never fitted on)
+REALBG_SUFFIX = "+realbg"  # <style>+realbg: ... with a recorded background as their TV (never fitted on)
+TV_SUFFIX = "+tv"  # <style>+tv: ... with the generator's TV where +realbg has the recorded one (its comparison)
+APART = {REAL_SUFFIX: "real snores", REALBG_SUFFIX: "real background", TV_SUFFIX: "generator TV"}  # summed apart
+
+
+def recorded_suffix(group: str) -> str | None:
+    """The suffix of a group summed apart (``<style>+real``, ``+realbg``, ``+tv``), None for a plain style."""
+    return next((x for x in APART if group.endswith(x)), None)
+
+
 SLEEP_STAGES = frozenset({"N1", "N2", "N3", "R"})
 
 
@@ -104,23 +114,37 @@ def build_cohorts(
     progress: Callable[[str], None] | None = None,
     real_snores: str | os.PathLike[str] | None = None,
     real_styles: Sequence[str] = (),
+    real_background: str | os.PathLike[str] | None = None,
+    real_background_only: Sequence[str] | None = None,
 ) -> list[Path]:
     """Write (or keep, when already written with these settings) one plain cohort per style and kind.
 
     Each style gets its own seeds, so development and held-out styles share no night plan: a
     threshold fitted on one set has not seen the other set's event times. With ``real_snores`` (a
     folder of recorded snore clips), each of ``real_styles`` is written a second time as
-    ``<style>+real``: the same night plans, with the recorded snores laid on the snored breaths.
+    ``<style>+real``: the same night plans, with the recorded snores laid on the snored breaths; with
+    ``real_background`` (recorded TV or talk), as ``<style>+realbg``: the same plans with the recorded
+    background as the night's TV (a TV added at tv-bedroom's levels where the style has none), and as
+    ``<style>+tv``: the same TV made by the generator (what the recorded one is compared with).
     """
     from sleepsound.synth.realsnores import folder_digest
     from sleepsound.synth.writers import generate_cohort
 
     digest = folder_digest(real_snores) if real_snores is not None else None
-    jobs: list[tuple[int, str, str, bool]] = [(i, s, s, False) for i, s in enumerate(styles)]
+    bg_digest = (
+        folder_digest(real_background, "background clips", real_background_only)
+        if real_background is not None
+        else None
+    )
+    jobs: list[tuple[int, str, str, str]] = [(i, s, s, "") for i, s in enumerate(styles)]
     if real_snores is not None:
-        jobs += [(i, s, s + REAL_SUFFIX, True) for i, s in enumerate(styles) if s in real_styles]
+        jobs += [(i, s, s + REAL_SUFFIX, REAL_SUFFIX) for i, s in enumerate(styles) if s in real_styles]
+    if real_background is not None:
+        jobs += [(i, s, s + REALBG_SUFFIX, REALBG_SUFFIX) for i, s in enumerate(styles) if s in real_styles]
+        jobs += [(i, s, s + TV_SUFFIX, TV_SUFFIX) for i, s in enumerate(styles) if s in real_styles and s != "classic"]
     out = []
-    for index, style, group, real in jobs:
+    for index, style, group, suffix in jobs:
+        real, real_bg = suffix == REAL_SUFFIX, suffix == REALBG_SUFFIX
         for kind, count in (("events", nights), ("clean", clean_nights)):
             if count < 1:
                 continue
@@ -132,12 +156,16 @@ def build_cohorts(
                 "hours": hours,
                 "sample_rate": sample_rate,
                 "real_snores_sha256": digest if real else None,
+                "real_background_sha256": bg_digest if real_bg else None,
+                "generator_tv": True if suffix == TV_SUFFIX else None,
             }
             if _written_with(where, wanted):
                 out.append(where)
                 continue
             if progress:
-                progress(f"writing {count} {kind} night(s) in style {style}" + (" with real snores" if real else ""))
+                what = {REAL_SUFFIX: " with real snores", REALBG_SUFFIX: " with a real background"}.get(suffix, "")
+                what = " with the generator's TV" if suffix == TV_SUFFIX else what
+                progress(f"writing {count} {kind} night(s) in style {style}{what}")
             generate_cohort(
                 where,
                 count,
@@ -150,6 +178,9 @@ def build_cohorts(
                 speech_source=speech_source,
                 ahi=0.0 if kind == "clean" else None,
                 real_snores=real_snores if real else None,
+                real_background=real_background if real_bg else None,
+                generator_tv=suffix == TV_SUFFIX,
+                real_background_only=real_background_only if real_bg else None,
             )
             out.append(where)
     return out
@@ -324,13 +355,16 @@ def transfer_report(
 
     With ``min_confidence`` None the cut is fitted on the development styles (every style not in
     ``held_out``) and only then applied to the held-out ones. Groups named ``<style>+real`` (recorded
-    snores) are never fitted on and are summed apart, as "real snores", out of "held out" and "all",
-    so those stay comparable with evaluations made without them.
+    snores), ``<style>+realbg`` (a recorded background as the TV) and ``<style>+tv`` (the generator's
+    TV in its place) are never fitted on and are summed apart, as "real snores", "real background" and
+    "generator TV", out of "held out" and "all", so those stay comparable with evaluations made
+    without them.
     """
     styles = list(dict.fromkeys(n["style"] for n in nights))
-    real = [n for n in nights if n["style"].endswith(REAL_SUFFIX)]
-    nights = [n for n in nights if not n["style"].endswith(REAL_SUFFIX)]
-    synthetic = [s for s in styles if not s.endswith(REAL_SUFFIX)]
+    recorded = {x: [n for n in nights if recorded_suffix(n["style"]) == x] for x in APART}
+    real = [n for n in nights if recorded_suffix(n["style"]) is not None]
+    nights = [n for n in nights if recorded_suffix(n["style"]) is None]
+    synthetic = [s for s in styles if recorded_suffix(s) is None]
     unknown = sorted(set(held_out) - set(synthetic))
     if unknown:
         raise ValueError(f"held-out style(s) {', '.join(unknown)} have no nights; styles here: {', '.join(synthetic)}")
@@ -351,8 +385,9 @@ def transfer_report(
         groups["held out"] = group_figures(held, min_confidence)
     if nights:
         groups["all"] = group_figures(nights, min_confidence)
-    if real:
-        groups["real snores"] = group_figures(real, min_confidence)
+    for suffix, name in APART.items():
+        if recorded[suffix]:
+            groups[name] = group_figures(recorded[suffix], min_confidence)
     return {
         "styles": styles,
         "held_out": list(held_out),
@@ -376,7 +411,7 @@ def format_report(report: TransferReport) -> str:
         f"{'REI |err|':>10}{'max':>7}{'<=5/h':>7}{'AHI |err|':>10}{'clean ev/h':>11}{'worst':>7}",
     ]
     for name, g in report["groups"].items():
-        if name in ("development", "held out", "all", "real snores"):
+        if name in ("development", "held out", "all", *APART.values()):
             lines.append("-" * len(lines[1]))
         ev = g["events"]
 
@@ -430,10 +465,13 @@ def run_transfer(
     out: str | os.PathLike[str] | None = None,
     progress: Callable[[str], None] | None = None,
     real_snores: str | os.PathLike[str] | None = None,
+    real_background: str | os.PathLike[str] | None = None,
+    real_background_only: Sequence[str] | None = None,
 ) -> tuple[TransferReport, Path]:
     """Build (with ``build``) or take the cohorts, score every night, report, and write the JSON to
     ``out`` or ``<root>/transfer/breathing-transfer.json``. With ``real_snores`` (and ``build``) the
-    held-out styles are also written with the folder's recorded snores (``<style>+real``)."""
+    held-out styles are also written with the folder's recorded snores (``<style>+real``), with
+    ``real_background`` with the folder's recorded background as their TV (``<style>+realbg``)."""
     wanted = list(styles)
     if build:
         real_styles = [s for s in held_out if s in styles]
@@ -447,9 +485,14 @@ def run_transfer(
             progress=progress,
             real_snores=real_snores,
             real_styles=real_styles,
+            real_background=real_background,
+            real_background_only=real_background_only,
         )
         if real_snores is not None:
             wanted += [s + REAL_SUFFIX for s in real_styles]
+        if real_background is not None:
+            wanted += [s + REALBG_SUFFIX for s in real_styles]
+            wanted += [s + TV_SUFFIX for s in real_styles if s != "classic"]
     nights_read = read_nights(cohorts, root, styles=wanted if build else None, progress=progress)
     report = transfer_report(nights_read, held_out, min_confidence)
     path = Path(out) if out is not None else Path(root) / "transfer" / "breathing-transfer.json"

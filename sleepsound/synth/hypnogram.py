@@ -20,6 +20,7 @@ import numpy as np
 from sleepsound.labels.vocabulary import APNEA_TYPES, EPOCH_SECONDS, HYPOPNEA_TYPES, STAGES_5
 
 if TYPE_CHECKING:
+    from sleepsound.synth.realbackground import RealBackground
     from sleepsound.synth.realsnores import RealSnores
     from sleepsound.synth.styles import StyleAssets, StyleParams
 
@@ -138,6 +139,7 @@ class NightPlan:
     style: StyleParams | None = None  # None: the classic generator (sound.py), exactly as it always was
     style_assets: StyleAssets | None = None
     real_snores: RealSnores | None = None  # None: the generator's snores; else recorded clips (synth.realsnores)
+    real_background: RealBackground | None = None  # None: the generator's TV; else recordings (synth.realbackground)
 
     @property
     def n_epochs(self) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -49,21 +50,26 @@ class RealSnores:
     clip_of_breath: np.ndarray  # per breath of the plan: index into ``clips``
 
 
-def clip_names(folder: str | Path) -> tuple[str, ...]:
+def clip_names(folder: str | Path, what: str = "snore clips") -> tuple[str, ...]:
     """The audio files of a clip folder, sorted (the draws depend on this order, not on the listing's)."""
     where = Path(folder)
     if not where.is_dir():
-        raise ValueError(f"{where}: not a folder of snore clips")
+        raise ValueError(f"{where}: not a folder of {what}")
     names = tuple(sorted(p.name for p in where.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES))
     if not names:
         raise ValueError(f"{where}: no audio clips ({', '.join(AUDIO_SUFFIXES)}) in the folder")
     return names
 
 
-def folder_digest(folder: str | Path) -> str:
-    """SHA-256 over the clips' names and bytes: a cohort records it, so clips changed later are noticed."""
+def folder_digest(folder: str | Path, what: str = "snore clips", names: Sequence[str] | None = None) -> str:
+    """SHA-256 over the clips' names and bytes (all of the folder's, or ``names``): a cohort records
+    it, so clips changed later are noticed."""
+    listed = clip_names(folder, what)
+    missing = sorted(set(names or ()) - set(listed))
+    if missing or (names is not None and not names):
+        raise ValueError(f"{folder}: no clip(s) {', '.join(missing) or '(none given)'} in the folder")
     h = hashlib.sha256()
-    for name in clip_names(folder):
+    for name in listed if names is None else sorted(names):
         h.update(name.encode())
         h.update((Path(folder) / name).read_bytes())
     return h.hexdigest()

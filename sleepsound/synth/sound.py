@@ -290,6 +290,12 @@ def _audio(
         real = real_snore_track(plan, b.snore, n0, n, rate)
         snore_src = snore_trach = real
         env["snore"] = np.ones(n, dtype=np.float32)
+    if plan.real_background is not None:  # a recorded TV in the room (synth.realbackground)
+        from sleepsound.synth.realbackground import classic_tv
+
+        tv = classic_tv(plan, n0, n, rate)
+    else:
+        tv = np.zeros(n, dtype=np.float32)
 
     out: dict[str, np.ndarray] = {}
     if "Mic" in want:
@@ -300,7 +306,7 @@ def _audio(
             + (0.05 / d) * env["voice"] * voice_src
             + 0.03 * env["rustle"] * rustle
         )
-        out["Mic"] = soft_limit(s.mic_gain * sources + s.room_level * env["hvac"] * room + hum)
+        out["Mic"] = soft_limit(s.mic_gain * sources + s.room_level * env["hvac"] * room + tv + hum)
     if "Tracheal" in want:
         sources = (
             0.08 * (env["insp"] + 0.7 * env["exp"]) * trach_noise
@@ -310,7 +316,7 @@ def _audio(
         )
         self_noise = 0.0004 * _white_noise((*key, _SELF_NOISE), n0, n, rate)
         out["Tracheal"] = soft_limit(
-            s.tracheal_gain * sources + 0.1 * s.room_level * env["hvac"] * room + 0.3 * hum + self_noise
+            s.tracheal_gain * sources + 0.1 * s.room_level * env["hvac"] * room + 0.05 * tv + 0.3 * hum + self_noise
         )
     return out
 

@@ -361,10 +361,11 @@ def _tones(
     return out
 
 
-def _backgrounds(
-    st: StyleParams, assets: StyleAssets, key: tuple[int, ...], b0: int, bm: int, rate: int
-) -> np.ndarray | None:
-    """Fan, HVAC, traffic and TV at their levels, each on and off through the night."""
+def _backgrounds(plan: NightPlan, key: tuple[int, ...], b0: int, bm: int, rate: int) -> np.ndarray | None:
+    """Fan, HVAC, traffic and TV at their levels, each on and off through the night (the TV from
+    recorded clips where the plan has them: synth.realbackground)."""
+    st, assets = plan.style, plan.style_assets
+    assert st is not None and assets is not None
     if not st.backgrounds:
         return None
     t = (b0 + np.arange(bm)) / rate
@@ -389,7 +390,11 @@ def _backgrounds(
         if bg.kind == "fan":
             env_c = env_c * (1.0 + 0.05 * np.sin(2 * np.pi * 0.2 * tc + k))
         env = (10 ** (bg.level_dbfs / 20) * np.interp(t, tc, env_c)).astype(np.float32)
-        if bg.kind == "tv":
+        if bg.kind == "tv" and plan.real_background is not None:
+            from sleepsound.synth.realbackground import real_background_track
+
+            sig = real_background_track(plan, b0, bm, rate)
+        elif bg.kind == "tv":
             _, tv = _speech_bank(key[0], key[1], st.speech_source, rate)
             sig = np.zeros(bm, dtype=np.float32)
             starts = np.round(assets.tv_start_s * rate).astype(np.int64)
@@ -444,7 +449,7 @@ def styled_audio(
         rustle = (env["rustle"] * rustle)[ps:]
     else:
         rustle = np.zeros(m - ps, dtype=np.float32)
-    far = _backgrounds(st, assets, key, b0, bm, rate)
+    far = _backgrounds(plan, key, b0, bm, rate)
     hum = _hum(plan, n0, n, rate)
 
     out: dict[str, np.ndarray] = {}

@@ -98,6 +98,7 @@ class SubjectSummary:
     style: str = "classic"  # the generator style the night was rendered in (see synth.styles)
     style_params: dict[str, object] | None = None  # its drawn parameters; None for classic
     real_snore_clips: tuple[str, ...] | None = None  # the recorded clips its snores were taken from
+    real_background: dict[str, object] | None = None  # its recorded TV: clips played, level, schedule
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -301,6 +302,9 @@ def generate_cohort(
     ahi: float | None = None,
     snoring: bool = True,
     real_snores: str | os.PathLike[str] | None = None,
+    real_background: str | os.PathLike[str] | None = None,
+    generator_tv: bool = False,
+    real_background_only: Sequence[str] | None = None,
 ) -> list[SubjectSummary]:
     """Write ``n_subjects`` synthetic nights and ``cohort.json``; same arguments, same bytes.
 
@@ -315,13 +319,24 @@ def generate_cohort(
     without any snore (``make_night_plan``), recorded in ``cohort.json`` only then.
     ``real_snores``: a folder of recorded snore clips laid on the snored breaths instead of the
     generator's snore (``synth.realsnores``); the folder, its digest and each night's clips go
-    into ``cohort.json``.
+    into ``cohort.json``. ``real_background``: a folder of recorded background clips (TV, talk)
+    strung together as the night's TV instead of the generator's speech, a TV added at the
+    tv-bedroom style's levels and schedule where the style has none (``synth.realbackground``);
+    the folder, its digest and each night's TV go into ``cohort.json``; ``real_background_only``: play
+    only these files of it (recorded in ``cohort.json``). ``generator_tv``: the same
+    TV where a style has none, but the generator's own (the comparison for ``real_background``).
     """
+    from sleepsound.synth.realbackground import add_generator_tv, describe, lay_real_background
     from sleepsound.synth.realsnores import folder_digest, lay_real_snores
     from sleepsound.synth.styles import CLASSIC, resolve_styles, style_for_night
 
     resolve_styles(style)  # refuse an unknown style before writing anything
     real_digest = folder_digest(real_snores) if real_snores is not None else None  # refuse a bad folder now
+    bg_digest = (
+        folder_digest(real_background, "background clips", real_background_only)
+        if real_background is not None
+        else None
+    )
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if n_subjects < 1 or hours <= 0:
@@ -354,6 +369,10 @@ def generate_cohort(
         )
         if real_snores is not None:
             plan = lay_real_snores(plan, real_snores)
+        if real_background is not None:
+            plan = lay_real_background(plan, real_background, real_background_only)
+        elif generator_tv:
+            plan = add_generator_tv(plan)
 
         def on_chunk(done: float, index: int = index, pid: str = pid, total: float = plan.duration_s) -> None:
             if progress is not None:
@@ -385,6 +404,7 @@ def generate_cohort(
                 style=night_style,
                 style_params=plan.style.to_json() if plan.style is not None else None,
                 real_snore_clips=plan.real_snores.clips if plan.real_snores is not None else None,
+                real_background=describe(plan.real_background) if plan.real_background is not None else None,
             )
         )
     params: dict[str, object] = dict(
@@ -408,6 +428,13 @@ def generate_cohort(
     if real_snores is not None:
         params["real_snores"] = str(Path(real_snores).resolve())
         params["real_snores_sha256"] = real_digest
+    if real_background is not None:
+        params["real_background"] = str(Path(real_background).resolve())
+        params["real_background_sha256"] = bg_digest
+        if real_background_only is not None:
+            params["real_background_files"] = sorted(real_background_only)
+    if generator_tv:
+        params["generator_tv"] = True
     _write_cohort_json(out, summaries, params)
     return summaries
 
@@ -437,6 +464,7 @@ def _write_cohort_json(out: Path, summaries: list[SubjectSummary], params: dict[
                 "annotation_paths": [rel(p) for p in s.annotation_paths],
                 **({"style": s.style, "style_params": s.style_params} if "style" in params else {}),
                 **({"real_snore_clips": list(s.real_snore_clips)} if s.real_snore_clips is not None else {}),
+                **({"real_background": s.real_background} if s.real_background is not None else {}),
             }
             for s in summaries
         ],

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from sleepsound.breathing.transfer import NightResult, group_figures, transfer_report
 from sleepsound.cli import app
+from tests.synth.bgclips import make_background_clips
 from tests.synth.snoreclips import make_snore_clips
 
 
@@ -87,19 +88,28 @@ def test_command_on_a_tiny_cohort(tmp_path):
     cohorts, root, out = tmp_path / "cohorts", tmp_path / "root", tmp_path / "report.json"
     args = ["breathing-eval", str(cohorts), "--root", str(root), "--build", "--styles", "classic,tv-bedroom"]
     args += ["--held-out", "tv-bedroom", "--nights", "1", "--clean", "1", "--hours", "0.1", "--out", str(out)]
-    # The held-out style again with "recorded" snores (clips cut from the generator: no outside data).
+    # The held-out style again with "recorded" snores (clips cut from the generator: no outside data),
+    # and with a "recorded" background as its TV (+realbg) beside the generator's TV (+tv).
     args += ["--real-snores", str(make_snore_clips(tmp_path / "clips"))]
+    args += ["--real-background", str(make_background_clips(tmp_path / "bg"))]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "held out" in result.output and "classic" in result.output and "real snores" in result.output
+    assert "real background" in result.output and "generator TV" in result.output
     report = json.loads(out.read_text())
-    assert report["held_out"] == ["tv-bedroom"] and report["styles"] == ["classic", "tv-bedroom", "tv-bedroom+real"]
-    assert {g: report["groups"][g]["nights"] for g in ("classic", "tv-bedroom", "all", "real snores")} == {
+    assert report["held_out"] == ["tv-bedroom"]
+    assert report["styles"] == ["classic", "tv-bedroom", "tv-bedroom+real", "tv-bedroom+realbg", "tv-bedroom+tv"]
+    groups = ("classic", "tv-bedroom", "all", "real snores", "real background", "generator TV")
+    assert {g: report["groups"][g]["nights"] for g in groups} == {
         "classic": 2,
         "tv-bedroom": 2,
-        "all": 4,  # the real-snore nights are summed apart, never fitted on
+        "all": 4,  # the real-snore and real-background nights are summed apart, never fitted on
         "real snores": 2,
+        "real background": 2,
+        "generator TV": 2,
     }
+    realbg = json.loads((cohorts / "tv-bedroom+realbg" / "clean" / "cohort.json").read_text())
+    assert realbg["params"]["real_background_sha256"] and realbg["subjects"][0]["real_background"]["clips"] == 3
     real = json.loads((cohorts / "tv-bedroom+real" / "events" / "cohort.json").read_text())
     plain = json.loads((cohorts / "tv-bedroom" / "events" / "cohort.json").read_text())
     assert real["params"]["seed"] == plain["params"]["seed"] and "real_snores" in real["params"]
