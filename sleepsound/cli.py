@@ -74,6 +74,18 @@ JsonOpt = Annotated[
 ]
 MetricOpt = Annotated[str, typer.Option(help="Metric a challenger must improve: macro_f1, kappa or accuracy.")]
 MarginOpt = Annotated[float, typer.Option(help="How much better than the champion a challenger must be.")]
+# Recorded background clips (synth, breathing-eval): which of the folder's clips play.
+BackgroundCategoriesOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="With --real-background and --background-only: the label,first,last,category file naming "
+        "the clips' categories by file number (default: categories.csv in the folder)."
+    ),
+]
+BackgroundOnlyOpt = Annotated[
+    Optional[str],
+    typer.Option(help="With --real-background: play only the clips of these categories (comma list)."),
+]
 
 
 @app.command()
@@ -119,17 +131,8 @@ def synth(
             "style without a TV gets one at the tv-bedroom style's levels and schedule."
         ),
     ] = None,
-    background_categories: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="With --real-background and --background-only: the label,first,last,category file naming "
-            "the clips' categories by file number (default: categories.csv in the folder)."
-        ),
-    ] = None,
-    background_only: Annotated[
-        Optional[str],
-        typer.Option(help="With --real-background: play only the clips of these categories (comma list)."),
-    ] = None,
+    background_categories: BackgroundCategoriesOpt = None,
+    background_only: BackgroundOnlyOpt = None,
 ) -> None:
     """Write a deterministic synthetic cohort in PSG-Audio (or plain) layout.
 
@@ -487,17 +490,8 @@ def breathing_eval(
             "never fitted on."
         ),
     ] = None,
-    background_categories: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="With --real-background and --background-only: the label,first,last,category file naming "
-            "the clips' categories by file number (default: categories.csv in the folder)."
-        ),
-    ] = None,
-    background_only: Annotated[
-        Optional[str],
-        typer.Option(help="With --real-background: play only the clips of these categories (comma list)."),
-    ] = None,
+    background_categories: BackgroundCategoriesOpt = None,
+    background_only: BackgroundOnlyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Transfer evaluation of the breathing-event detector: whole generator styles held out."""
