@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -227,7 +226,7 @@ def test_a_server_killed_mid_night_resumes_the_session_and_loses_nothing(
     assert np.isfinite(pd.DataFrame(streamed)["prob_wake"].to_numpy(float)).all()
 
 
-KEPT = Path(tempfile.gettempdir()) / "sleepsound-test-kept-nights"
+KEPT = Path(os.environ["SLEEPSOUND_CACHE"]).parent / "kept-nights"  # this test process's own folder (conftest)
 KEEP = Settings(rate_per_s=1000.0, burst=1000, keep_audio=str(KEPT))
 
 

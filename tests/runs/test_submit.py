@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,9 +24,12 @@ from sleepsound.synth.writers import generate_cohort
 
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory) -> Iterator[str]:
+def ray_head() -> Iterator[str]:
     """A Ray head of its own (not the test session's), in the foreground, stopped with its process group."""
     port, dashboard = free_port(), free_port()
+    # A short folder of its own: Ray's Unix socket paths live under it and may not pass 107 bytes,
+    # which pytest's temporary paths can (under pytest-xdist the head never came up).
+    temp_dir = tempfile.mkdtemp(prefix="rayhead-")
     # The session's own Ray already holds the default agent ports (52365, ...): a second node on
     # this machine needs its own, or its job agent never starts ("No available agent").
     agent_ports = [
@@ -58,7 +63,7 @@ def ray_head(tmp_path_factory) -> Iterator[str]:
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             "--num-cpus=2",
-            f"--temp-dir={tmp_path_factory.mktemp('rayhead')}",
+            f"--temp-dir={temp_dir}",
             "--disable-usage-stats",
             *agent_ports,
         ],
@@ -88,6 +93,7 @@ def ray_head(tmp_path_factory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_entrypoint_and_environment() -> None:
