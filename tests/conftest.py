@@ -125,6 +125,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for fixture, mark in _MARKS_BY_FIXTURE.items():
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(mark)
+        if item.get_closest_marker("ray") or item.get_closest_marker("prefect"):
+            # Under pytest-xdist (`make test` runs two workers) every test of Ray or Prefect runs on one
+            # worker, so a run keeps one Ray session and one Prefect API; the other tests share out.
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
