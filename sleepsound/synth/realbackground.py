@@ -39,7 +39,7 @@ import soundfile as sf
 import soxr
 
 from sleepsound.synth.bedroom import _band
-from sleepsound.synth.realsnores import _read_clip, clip_names
+from sleepsound.synth.realsnores import clip_names, read_clip, sounding_rms
 from sleepsound.synth.styles import TV_CLIP_S, TV_CLIPS, BackgroundSpec, StyleParams, _background
 
 if TYPE_CHECKING:
@@ -64,15 +64,6 @@ class RealBackground:
     tv: BackgroundSpec  # the level and on/off schedule the stream plays at
     added_tv: bool  # True: the style had no TV, this one was drawn at tv-bedroom's levels and schedule
     band_rms: float  # the generator TV's long-term RMS in SPEECH_BAND_HZ (at unit level): the stream's too
-
-
-def _sounding_rms(x: np.ndarray, rate: int) -> float:
-    """RMS over the 20-ms frames within 20 dB of the loudest (0 for a silent clip)."""
-    frame = max(1, int(0.02 * rate))
-    k = x.size // frame
-    power = (x[: k * frame].reshape(k, frame) ** 2).mean(axis=1) if k else np.array([float(np.mean(x**2))])
-    sounding = power[power >= power.max() * 0.01]
-    return float(np.sqrt(sounding.mean())) if sounding.size and sounding.mean() > 0 else 0.0
 
 
 def _durations(folder: str, clips: tuple[str, ...]) -> np.ndarray:
@@ -110,9 +101,9 @@ def _bank(folder: str, clips: tuple[str, ...], rate: int, band_rms: float = 1.0)
     raw = []
     band_energy = 0.0
     for name in clips:
-        x, native = _read_clip(Path(folder) / name)
+        x, native = read_clip(Path(folder) / name)
         x = np.asarray(x, dtype=np.float64)
-        rms = _sounding_rms(x, native)
+        rms = sounding_rms(x, native)
         x = x / rms if rms > 0 else np.zeros_like(x)
         band_energy += float(np.sum(_band(x, *SPEECH_BAND_HZ, native) ** 2)) * rate / native
         if native != rate:

@@ -75,7 +75,7 @@ def folder_digest(folder: str | Path, what: str = "snore clips", names: Sequence
     return h.hexdigest()
 
 
-def _read_clip(path: Path) -> tuple[np.ndarray, int]:
+def read_clip(path: Path) -> tuple[np.ndarray, int]:
     try:
         audio, rate = sf.read(path, dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as exc:
@@ -86,13 +86,19 @@ def _read_clip(path: Path) -> tuple[np.ndarray, int]:
     return mono - float(mono.mean()), int(rate)
 
 
-def _normalised(x: np.ndarray, rate: int) -> np.ndarray:
-    """Unit RMS over the sounding part (20-ms frames within 20 dB of the loudest), fades at both ends."""
+def sounding_rms(x: np.ndarray, rate: int) -> float:
+    """RMS over the sounding part of a clip: its 20-ms frames within 20 dB of the loudest (0 when silent),
+    so a clip with a silent second half is not taken for a quiet one."""
     frame = max(1, int(0.02 * rate))
     k = x.size // frame
     power = (x[: k * frame].reshape(k, frame) ** 2).mean(axis=1) if k else np.array([float(np.mean(x**2))])
     sounding = power[power >= power.max() * 0.01]
-    rms = float(np.sqrt(sounding.mean())) if sounding.size and sounding.mean() > 0 else 0.0
+    return float(np.sqrt(sounding.mean())) if sounding.size and sounding.mean() > 0 else 0.0
+
+
+def _normalised(x: np.ndarray, rate: int) -> np.ndarray:
+    """Unit RMS over the sounding part, fades at both ends."""
+    rms = sounding_rms(x, rate)
     if rms <= 0.0:
         return np.zeros_like(x)
     fade = max(1, int(FADE_S * rate))
@@ -105,7 +111,7 @@ def _bank(folder: str, clips: tuple[str, ...], rate: int) -> tuple[np.ndarray, .
     """The night's clips at ``rate`` (resampled with soxr as needed), normalised."""
     out = []
     for name in clips:
-        x, native = _read_clip(Path(folder) / name)
+        x, native = read_clip(Path(folder) / name)
         if native != rate:
             x = soxr.resample(x, native, rate, quality="HQ")
         out.append(_normalised(np.asarray(x, dtype=np.float64), rate))
