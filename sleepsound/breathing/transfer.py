@@ -54,6 +54,19 @@ def recorded_suffix(group: str) -> str | None:
     return next((x for x in APART if group.endswith(x)), None)
 
 
+def recorded_groups(
+    styles: Sequence[str], real_styles: Sequence[str], real_snores: object, real_background: object
+) -> list[tuple[str, str]]:
+    """(style, suffix) of every group written again with recorded sound: ``+real`` with recorded
+    snores, ``+realbg`` with a recorded background and ``+tv`` with the generator's TV beside it
+    (classic has no TV renderer), for each of ``real_styles`` in ``styles``' order."""
+    chosen = [s for s in styles if s in real_styles]
+    out = [(s, REAL_SUFFIX) for s in chosen] if real_snores is not None else []
+    if real_background is not None:
+        out += [(s, REALBG_SUFFIX) for s in chosen] + [(s, TV_SUFFIX) for s in chosen if s != "classic"]
+    return out
+
+
 SLEEP_STAGES = frozenset({"N1", "N2", "N3", "R"})
 
 
@@ -137,11 +150,10 @@ def build_cohorts(
         else None
     )
     jobs: list[tuple[int, str, str, str]] = [(i, s, s, "") for i, s in enumerate(styles)]
-    if real_snores is not None:
-        jobs += [(i, s, s + REAL_SUFFIX, REAL_SUFFIX) for i, s in enumerate(styles) if s in real_styles]
-    if real_background is not None:
-        jobs += [(i, s, s + REALBG_SUFFIX, REALBG_SUFFIX) for i, s in enumerate(styles) if s in real_styles]
-        jobs += [(i, s, s + TV_SUFFIX, TV_SUFFIX) for i, s in enumerate(styles) if s in real_styles and s != "classic"]
+    jobs += [
+        (list(styles).index(s), s, s + x, x)
+        for s, x in recorded_groups(styles, real_styles, real_snores, real_background)
+    ]
     out = []
     for index, style, group, suffix in jobs:
         real, real_bg = suffix == REAL_SUFFIX, suffix == REALBG_SUFFIX
@@ -163,8 +175,11 @@ def build_cohorts(
                 out.append(where)
                 continue
             if progress:
-                what = {REAL_SUFFIX: " with real snores", REALBG_SUFFIX: " with a real background"}.get(suffix, "")
-                what = " with the generator's TV" if suffix == TV_SUFFIX else what
+                what = {
+                    REAL_SUFFIX: " with real snores",
+                    REALBG_SUFFIX: " with a real background",
+                    TV_SUFFIX: " with the generator's TV",
+                }.get(suffix, "")
                 progress(f"writing {count} {kind} night(s) in style {style}{what}")
             generate_cohort(
                 where,
@@ -488,11 +503,7 @@ def run_transfer(
             real_background=real_background,
             real_background_only=real_background_only,
         )
-        if real_snores is not None:
-            wanted += [s + REAL_SUFFIX for s in real_styles]
-        if real_background is not None:
-            wanted += [s + REALBG_SUFFIX for s in real_styles]
-            wanted += [s + TV_SUFFIX for s in real_styles if s != "classic"]
+        wanted += [s + x for s, x in recorded_groups(styles, real_styles, real_snores, real_background)]
     nights_read = read_nights(cohorts, root, styles=wanted if build else None, progress=progress)
     report = transfer_report(nights_read, held_out, min_confidence)
     path = Path(out) if out is not None else Path(root) / "transfer" / "breathing-transfer.json"
