@@ -276,9 +276,9 @@ def detect_candidates(
     in_frames = np.zeros(n, dtype=bool)
     events: list[BreathingEvent] = []
     for _ in range(2):  # the second pass leaves the first pass's events out of the baseline
-        cycle_base = _frame_baseline(cycle, breath_frames & ~in_frames, settings)
-        plain_base = _frame_baseline(plain, clean_frames & ~in_frames, settings)
-        after_blocks = _blocks(cycle, breath_frames & ~in_frames)
+        after_blocks = _blocks(cycle, breath_frames & ~in_frames)  # the baseline's, and the after-check's
+        cycle_base = _frame_baseline(after_blocks, n, settings)
+        plain_base = _frame_baseline(_blocks(plain, clean_frames & ~in_frames), n, settings)
         events = []
         in_frames = np.zeros(n, dtype=bool)
         # Apnoeas: gaps between consecutive breaths.
@@ -361,11 +361,11 @@ def _after_base(blocks: np.ndarray, stop: int, settings: DetectorSettings) -> fl
     return float(np.median(after)) if len(after) >= settings.after_s / 4 else float("nan")
 
 
-def _frame_baseline(cycle: np.ndarray, usable: np.ndarray, settings: DetectorSettings) -> np.ndarray:
-    """Per frame, the median breath-cycle power over the previous ``baseline_s`` (1-s steps), from
-    frames that are breathing and not already in an event; NaN until there is a minute's worth."""
+def _frame_baseline(blocks: np.ndarray, n: int, settings: DetectorSettings) -> np.ndarray:
+    """Per frame (``n`` of them), the median breath-cycle power over the previous ``baseline_s``, from
+    ``_blocks`` of the frames that are breathing and not already in an event; NaN until there is a
+    minute's worth."""
     block = int(FRAME_HZ)
-    blocks = _blocks(cycle, usable)
     n_blocks = len(blocks)
     width = int(settings.baseline_s)
     out = np.full(n_blocks, np.nan)
@@ -374,7 +374,7 @@ def _frame_baseline(cycle: np.ndarray, usable: np.ndarray, settings: DetectorSet
         prior = prior[np.isfinite(prior)]
         if len(prior) >= width // 4:
             out[k] = float(np.median(prior))
-    return np.repeat(out, block)[: len(cycle)]
+    return np.repeat(out, block)[:n]
 
 
 def _weak_stretches(
