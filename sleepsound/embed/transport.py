@@ -127,3 +127,10 @@ def epoch_row(recording_id: str, epoch: Epoch, epoch_seconds: float, channel: st
         "rate": rate,
         AUDIO: epoch.audio,
     }
+
+
+def row_frames(row: dict[str, Any], n_layers: int) -> np.ndarray:
+    """An embedded row's frames: [T, D], or [T, L, D] for a backbone that keeps ``n_layers`` layers (0: one)."""
+    n_frames, dim = int(row["n_frames"]), int(row["dim"])
+    flat = np.asarray(row[EMBEDDING])
+    return flat.reshape((n_frames, n_layers, dim) if n_layers else (n_frames, dim))

@@ -17,7 +17,7 @@ from sleepsound.core.config import Config
 from sleepsound.core.records import TrainedModels
 from sleepsound.core.storage import RootLike, open_root
 from sleepsound.embed.preprocess import Epoch
-from sleepsound.embed.transport import EMBEDDING, epoch_row, table_rows, to_table
+from sleepsound.embed.transport import epoch_row, row_frames, table_rows, to_table
 from sleepsound.labels.targets import TARGETS
 from sleepsound.predict.recordings import prediction_table
 from sleepsound.train.dataset import EmbeddedEpochs
@@ -68,11 +68,9 @@ class Scorer:
         pre = self.cfg.preprocess
         rows = [epoch_row(recording_id, e, pre.epoch_seconds, pre.channel, float(pre.target_rate)) for e in valid]
         backbone = self.stage.backbone
+        n_layers = backbone.n_layers if backbone.layers else 0
         for row in table_rows([self.stage(to_table(rows))]):
-            flat = np.asarray(row[EMBEDDING])
-            n_frames, dim = int(row["n_frames"]), int(row["dim"])
-            shape = (n_frames, backbone.n_layers, dim) if backbone.layers else (n_frames, dim)
-            out[int(row["epoch_index"])] = flat.reshape(shape)
+            out[int(row["epoch_index"])] = row_frames(row, n_layers)
         return out
 
     def predict(

@@ -155,7 +155,7 @@ def embed_laid(audio: np.ndarray, cfg: Config, progress: Progress = quiet) -> tu
     the model stage filters) and the model stage, in blocks of the backbone's stream size."""
     from sleepsound.embed.model_stage import EmbedStage
     from sleepsound.embed.preprocess import iter_epochs, iter_raw_epochs, margins
-    from sleepsound.embed.transport import EMBEDDING, epoch_row, table_rows, to_table
+    from sleepsound.embed.transport import epoch_row, row_frames, table_rows, to_table
 
     prep = cfg.preprocess
     raw = prep.device == "model"
@@ -167,6 +167,7 @@ def embed_laid(audio: np.ndarray, cfg: Config, progress: Progress = quiet) -> tu
     stage = EmbedStage(cfg.backbone.model_dump(), preprocess=prep.model_dump())
     rate = float(RATE if raw else prep.target_rate)
     kept = [e for e in epochs if e.valid]
+    n_layers = stage.backbone.n_layers if stage.backbone.layers else 0
     out: list[np.ndarray] = []
     step = stage.stream_rows
     for start in range(0, len(kept), step):
@@ -174,11 +175,7 @@ def embed_laid(audio: np.ndarray, cfg: Config, progress: Progress = quiet) -> tu
             epoch_row("clip-epochs", e, cfg.preprocess.epoch_seconds, cfg.preprocess.channel, rate)
             for e in kept[start : start + step]
         ]
-        for row in table_rows([stage(to_table(rows, raw=raw))]):
-            flat = np.asarray(row[EMBEDDING])
-            n_frames, dim = int(row["n_frames"]), int(row["dim"])
-            layers = stage.backbone.n_layers if stage.backbone.layers else 0
-            out.append(flat.reshape((n_frames, layers, dim) if layers else (n_frames, dim)))
+        out += [row_frames(row, n_layers) for row in table_rows([stage(to_table(rows, raw=raw))])]
         progress("embed clip epochs", min(start + step, len(kept)), len(kept), "epochs")
     if not out:
         return np.zeros((0, 0, 0), dtype=np.float16), valid
