@@ -83,7 +83,7 @@ def _score_frames(
     rows = manifest_lookup(labelled)
     n_epochs = int((~train_data.is_shifted).sum())
     try:
-        result, y = fit_frames(cfg, train_data, rows, extra=lambda: snore_clip_frames(root, cfg, n_epochs))
+        result, y, _ = fit_frames(cfg, train_data, rows, extra=lambda: snore_clip_frames(root, cfg, n_epochs))
     except ClipSourceError:
         raise
     except ValueError as exc:

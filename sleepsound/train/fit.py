@@ -163,21 +163,17 @@ def _train_frames(
     from sleepsound.train.clip_epochs import ClipFrames, ClipSourceError, snore_clip_frames
     from sleepsound.train.frames import fit_frames, manifest_lookup
 
-    added: list[ClipFrames | None] = []
-
     def clip_epochs() -> ClipFrames | None:  # asked for only once the nights can train the head
-        added.append(snore_clip_frames(root, cfg, int((~data.is_shifted).sum()), progress))
-        return added[0]
+        return snore_clip_frames(root, cfg, int((~data.is_shifted).sum()), progress)
 
     try:
-        result, y = fit_frames(
+        result, y, extra = fit_frames(
             cfg, data, manifest_lookup(labelled), None if val is None else val[0], progress, clip_epochs
         )
     except ClipSourceError:
         raise  # a configured clip source that cannot be read stops the run, never skips the head quietly
     except ValueError as exc:
         raise NotTrainable(f"{target.name}: {exc}") from exc
-    extra = added[0] if added else None
     labelled_frames = y[y >= 0]
     lineage = _lineage(cfg, run_id, labelled, split, target) | {
         "train_epochs": int((y >= 0).any(axis=1).sum()),

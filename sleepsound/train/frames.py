@@ -178,10 +178,11 @@ def fit_frames(
     val: EmbeddedEpochs | None = None,
     progress: Progress = quiet,
     extra: ClipFrames | Callable[[], ClipFrames | None] | None = None,
-) -> tuple[FrameResult, np.ndarray]:
+) -> tuple[FrameResult, np.ndarray, ClipFrames | None]:
     """The snoring head on ``data``'s epochs (shifted windows left out) and ``extra`` clip epochs
     (``train.clip_epochs``: training side only; a callable is asked only once the nights can train a
-    head, so a root without scored snoring makes none) -> (result, the nights' frame targets used)."""
+    head, so a root without scored snoring makes none) -> (result, the nights' frame targets used,
+    the clip epochs added)."""
     epochs_only = ~data.is_shifted
     part = EmbeddedEpochs(data.features[epochs_only], data.epochs[epochs_only].reset_index(drop=True))
     y = frame_labels(part, rows, cfg.preprocess.epoch_seconds)
@@ -204,7 +205,7 @@ def fit_frames(
     val_args = None
     if val is not None and len(val.features):
         val_args = (val.features, frame_labels(val, rows, cfg.preprocess.epoch_seconds))
-    return train_frame_head(x_all, y_all, cfg.training.seed, val_args, progress), y
+    return train_frame_head(x_all, y_all, cfg.training.seed, val_args, progress), y, extra
 
 
 def manifest_lookup(manifest: pd.DataFrame) -> dict[str, ManifestRow]:
