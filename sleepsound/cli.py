@@ -916,6 +916,7 @@ def _figure(value: Any, fmt: str) -> str:
 def _print_nights(summaries_uri: str) -> None:
     """The predicted night summaries (first ``NIGHTS_SHOWN``): what a user scoring a cohort came for."""
     from sleepsound.report.outputs import read_summaries
+    from sleepsound.report.summaries import MIN_SLEEP_HOURS_FOR_AHI
 
     try:
         nights = read_summaries(summaries_uri)
@@ -926,7 +927,7 @@ def _print_nights(summaries_uri: str) -> None:
         return
     table = Table(title=f"nights (predicted), {len(nights)} in all")
     table.add_column("night", overflow="fold")
-    for name in ("h", "sleep h", "eff.", "REM %", "AHI", "severity", "snore idx"):
+    for name in ("h", "sleep h", "eff.", "REM %", "AHI", "REI", "severity", "snore idx"):
         table.add_column(name, no_wrap=True)
     for row in nights.head(NIGHTS_SHOWN).itertuples():
         table.add_row(
@@ -936,6 +937,7 @@ def _print_nights(summaries_uri: str) -> None:
             _figure(row.sleep_efficiency, ".0%"),
             _figure(row.pct_rem, ".0f"),
             _figure(row.ahi, ".1f"),
+            _figure(getattr(row, "rei", None), ".1f"),
             _figure(row.severity, ""),
             _figure(row.snore_index, ".1f"),
         )
@@ -946,6 +948,13 @@ def _print_nights(summaries_uri: str) -> None:
             console.print(f"snore index from: {'; '.join(sources)}")
     if len(nights) > NIGHTS_SHOWN:
         console.print(f"... and {len(nights) - NIGHTS_SHOWN} more nights in {summaries_uri}")
+    if "ahi_warning" in nights:  # too little estimated sleep for the AHI to mean anything
+        short = int(nights["ahi_warning"].notna().sum())
+        if short:
+            console.print(
+                f"AHI unreliable on {short} of {len(nights)} nights (estimated sleep under "
+                f"{MIN_SLEEP_HOURS_FOR_AHI:g} h): read the REI (events per hour of recording)"
+            )
 
 
 def _print_results(result: dict, as_json: bool = False) -> None:

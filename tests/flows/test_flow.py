@@ -132,7 +132,7 @@ def _assert_nightly_does_only_what_is_new(cohort: Path, root: str, tiny_whisper:
         _print_results(second)
     text = shown.get()
     assert "no held-out figures" in text and "nan" not in text
-    assert "nights (predicted), 1 in all" in text and patient in text and "severity" in text
+    assert "nights (predicted), 1 in all" in text and patient in text and "severity" in text and "REI" in text
     import contextlib
     import io
 
