@@ -89,6 +89,11 @@ class DetectorSettings:
     # A sound longer than a breath, not mostly voiced, is cut where it dips this far under its loud part:
     # the fast breaths after a pause run into each other without reaching the floor (notes s24-events).
     split_db: float = 10.0
+    # With the per-second snoring head's frames (``breathing.combine``): a breath whose mean P(snoring)
+    # passes this is snored, so it leaves the plain-breath check as a voiced one does.
+    snored_prob: float = 0.5
+    snored_plain_min_s: float = 0.0  # EXPERIMENT B: with frames, a plain baseline from this many seconds (0: off)
+    snored_change_check: bool = False  # EXPERIMENT C
 
 
 DEFAULT = DetectorSettings()
@@ -104,6 +109,7 @@ class _Sound:
     voiced: float  # share of voiced frames
     breath: bool = False  # counts as a breath (plain breath, or a snore followed by breathing)
     clean: bool = False  # a plain (unvoiced) breath
+    snored: bool = False  # the snoring head hears a snore in it (only with its frames)
 
 
 def _rolling_floor(db: np.ndarray, settings: DetectorSettings) -> np.ndarray:
@@ -172,6 +178,14 @@ def _sounds(
     return out
 
 
+def _mark_snored(sounds: list[_Sound], snoring: np.ndarray, cut: float) -> None:
+    """Mark the sounds whose mean P(snoring) over their frames (those known) passes ``cut``."""
+    for s in sounds:
+        p = snoring[s.start : s.stop]
+        p = p[np.isfinite(p)]
+        s.snored = bool(len(p)) and float(p.mean()) > cut
+
+
 def _bridged_runs(mask: np.ndarray, bridge: int) -> list[list[int]]:
     """Runs of ``mask`` as [start, stop), joined across gaps shorter than ``bridge`` frames."""
     out: list[list[int]] = []
@@ -207,25 +221,35 @@ def _split_long(
 
 
 def detect_events(
-    envelope: np.ndarray, valid: np.ndarray | None = None, settings: DetectorSettings = DEFAULT
+    envelope: np.ndarray,
+    valid: np.ndarray | None = None,
+    settings: DetectorSettings = DEFAULT,
+    snoring: np.ndarray | None = None,
 ) -> list[BreathingEvent]:
     """Apnoeas and hypopnoeas of one night from its envelope ``[frames, FEATURES]`` at ``FRAME_HZ``.
 
     ``valid``: per frame, False where the audio is not to be read (invalid epochs); no event
-    spans such frames. Events are sorted by start and never overlap (an apnoea wins over a
+    spans such frames. ``snoring``: optional P(snoring) per frame from the per-second snoring head
+    (``breathing.combine.snore_track``; NaN where unknown), which marks snored breaths the envelope
+    takes for plain ones. Events are sorted by start and never overlap (an apnoea wins over a
     hypopnoea on the same breaths).
     """
-    return resolve_events(detect_candidates(envelope, valid, settings), settings.min_confidence)
+    return resolve_events(detect_candidates(envelope, valid, settings, snoring), settings.min_confidence)
 
 
 def detect_candidates(
-    envelope: np.ndarray, valid: np.ndarray | None = None, settings: DetectorSettings = DEFAULT
+    envelope: np.ndarray,
+    valid: np.ndarray | None = None,
+    settings: DetectorSettings = DEFAULT,
+    snoring: np.ndarray | None = None,
 ) -> list[BreathingEvent]:
     """Every event the rules propose, overlapping and at any confidence: ``resolve_events`` keeps the
     confident ones, so an evaluation can try several confidence cuts without re-running the rules."""
     if envelope.ndim != 2 or envelope.shape[1] != len(FEATURES):
         raise ValueError(f"an envelope has {len(FEATURES)} features per frame, got shape {envelope.shape}")
     n = len(envelope)
+    if snoring is not None and len(snoring) != n:
+        raise ValueError(f"the snoring track has {len(snoring)} frames, the envelope {n}")
     if n < settings.min_event_s * FRAME_HZ:
         return []
     valid = np.ones(n, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
@@ -241,6 +265,8 @@ def detect_candidates(
 
     broad_db = envelope[:, FEATURES.index("broad_db")].astype(np.float64)
     sounds = _sounds(excess, floor, voiced, broad_db, settings)
+    if snoring is not None:
+        _mark_snored(sounds, np.asarray(snoring, dtype=np.float64), settings.snored_prob)
     breaths = [s for s in sounds if s.breath]
     if len(breaths) < settings.rhythm_breaths + 1:
         return []
@@ -267,7 +293,7 @@ def detect_candidates(
         breath_frames[b.start : b.stop] = True
     clean_frames = np.zeros(n, dtype=bool)
     for b in breaths:
-        clean_frames[b.start : b.stop] |= b.clean
+        clean_frames[b.start : b.stop] |= b.clean and not b.snored
     width = int(settings.cycle_s * FRAME_HZ) | 1
     cycle = maximum_filter1d(np.where(breath_frames, excess, 0.0), size=width)
     # The same from plain (unvoiced) breath noise alone: snoring that starts or stops changes the
@@ -278,7 +304,8 @@ def detect_candidates(
     for _ in range(2):  # the second pass leaves the first pass's events out of the baseline
         after_blocks = _blocks(cycle, breath_frames & ~in_frames)  # the baseline's, and the after-check's
         cycle_base = _frame_baseline(after_blocks, n, settings)
-        plain_base = _frame_baseline(_blocks(plain, clean_frames & ~in_frames), n, settings)
+        plain_min = int(settings.snored_plain_min_s) if snoring is not None and settings.snored_plain_min_s else None
+        plain_base = _frame_baseline(_blocks(plain, clean_frames & ~in_frames), n, settings, plain_min)
         events = []
         in_frames = np.zeros(n, dtype=bool)
         # Apnoeas: gaps between consecutive breaths.
@@ -319,6 +346,11 @@ def detect_candidates(
             heard = plain_base[start:stop]
             if np.isfinite(heard).all() and np.median(plain[start:stop] / np.maximum(heard, 1e-30)) >= limit:
                 continue  # only the snoring changed
+            if snoring is not None and settings.snored_change_check and not np.isfinite(heard).all():
+                before = [b.snored for b in breaths if start - settings.baseline_s * FRAME_HZ <= b.start < start]
+                inside = [b.snored for b in breaths if start <= b.start < stop]
+                if before and inside and np.mean(before) >= 0.5 and np.mean(inside) < 0.5:
+                    continue  # the snoring paused: no plain breaths before to compare the plain ones inside with
             if settings.step_check:
                 later = _after_base(after_blocks, stop, settings)
                 half = int(settings.cycle_s * FRAME_HZ) // 2
@@ -361,7 +393,9 @@ def _after_base(blocks: np.ndarray, stop: int, settings: DetectorSettings) -> fl
     return float(np.median(after)) if len(after) >= settings.after_s / 4 else float("nan")
 
 
-def _frame_baseline(blocks: np.ndarray, n: int, settings: DetectorSettings) -> np.ndarray:
+def _frame_baseline(
+    blocks: np.ndarray, n: int, settings: DetectorSettings, min_blocks: int | None = None
+) -> np.ndarray:
     """Per frame (``n`` of them), the median breath-cycle power over the previous ``baseline_s``, from
     ``_blocks`` of the frames that are breathing and not already in an event; NaN until there is a
     minute's worth."""
@@ -372,7 +406,7 @@ def _frame_baseline(blocks: np.ndarray, n: int, settings: DetectorSettings) -> n
     for k in range(n_blocks):
         prior = blocks[max(0, k - width) : k]
         prior = prior[np.isfinite(prior)]
-        if len(prior) >= width // 4:
+        if len(prior) >= (width // 4 if min_blocks is None else min_blocks):
             out[k] = float(np.median(prior))
     return np.repeat(out, block)[:n]
 
