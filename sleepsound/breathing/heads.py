@@ -127,7 +127,8 @@ def head_outputs(
     if missing:
         raise ValueError(f"{cohort_root}: {len(missing)} night(s) of the evaluation are not in the cohorts")
     say(f"embedding {len(rows)} nights with {backbone} (cached nights are kept)")
-    embed_cohort(list(rows.values()), str(storage_root), cfg, use_ray=False, shifted=False)
+    for batch in _distinct_batches(list(rows.values())):
+        embed_cohort(batch, str(storage_root), cfg, use_ray=False, shifted=False)
 
     def frame(chosen: list[Any]) -> pd.DataFrame:
         return pa.Table.from_pylist(chosen, schema=schemas.MANIFEST).to_pandas()
@@ -176,3 +177,23 @@ def head_outputs(
         "models": {name: str(info["model_dir"]) for name, info in model["heads"].items()},
     }
     return trained, outputs, rows
+
+
+def _distinct_batches(rows: list[Any]) -> list[list[Any]]:
+    """The rows in batches with no recording id twice: a style's recorded-sound groups keep its
+    recording ids (same night plans) with other audio, and the embed stage gathers a recording's rows
+    by id; the same audio twice (``tv-bedroom+tv`` is ``tv-bedroom``) is embedded once."""
+    seen: set[tuple[str, str]] = set()
+    batches: list[list[Any]] = []
+    for row in rows:
+        key = (str(row["recording_id"]), str(row["sha256"]))
+        if key in seen:
+            continue
+        seen.add(key)
+        for batch in batches:
+            if all(str(r["recording_id"]) != key[0] for r in batch):
+                batch.append(row)
+                break
+        else:
+            batches.append([row])
+    return batches
