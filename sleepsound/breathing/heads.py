@@ -101,18 +101,13 @@ def head_outputs(
     import pandas as pd
     import pyarrow as pa
 
-    from sleepsound.breathing.combine import snore_track
-    from sleepsound.breathing.envelope import frames_per_epoch as envelope_frames
     from sleepsound.core import schemas
     from sleepsound.core.storage import open_root
     from sleepsound.embed.cohort import embed_cohort
     from sleepsound.ingest.manifest import build_manifest
     from sleepsound.labels.targets import TARGETS
     from sleepsound.models.heads.artifacts import load_head
-    from sleepsound.train.dataset import load_embedded, model_inputs
     from sleepsound.train.fit import train_models
-    from sleepsound.train.frames import frame_probs
-    from sleepsound.train.loop import predict_with_weights
 
     cfg = head_config(backbone, overrides)
     say = progress or (lambda _: None)
@@ -140,15 +135,44 @@ def head_outputs(
     model = train_models(str(storage_root), cfg, "breathing-transfer", frame(dev), test_subjects=[])
     fs = open_root(str(storage_root)).fs
     heads = {name: (TARGETS[name], load_head(fs, info["model_dir"]), info) for name, info in model["heads"].items()}
-    resp = heads.get("resp")
-    snore = heads.get("snore")
+    outputs = score_nights(storage_root, cfg, heads, rows, nights)
+    trained: HeadsInfo = {
+        "backbone": backbone,
+        "train_nights": len(dev),
+        "train_subjects": len(model["train_subjects"]),
+        "val_subjects": len(model.get("val_subjects", [])),
+        "heads": sorted(heads),
+        "skipped": dict(model.get("skipped", {})),
+        "models": {name: str(info["model_dir"]) for name, info in model["heads"].items()},
+    }
+    return trained, outputs, rows
+
+
+def score_nights(
+    storage_root: str | os.PathLike[str],
+    cfg: Any,
+    heads: dict[str, tuple[Any, Any, Any]],
+    rows: dict[tuple[str, str], Any],
+    nights: Sequence[NightResult],
+) -> dict[tuple[str, str], NightHeads]:
+    """Each night's head outputs from its cached embeddings: ``heads`` maps a target to (target, loaded
+    head, its HeadInfo or lineage), ``rows`` a night's (style, recording id) to its manifest row."""
+    import pyarrow as pa
+
+    from sleepsound.breathing.combine import snore_track
+    from sleepsound.breathing.envelope import frames_per_epoch
+    from sleepsound.core import schemas
+    from sleepsound.train.dataset import load_embedded, model_inputs
+    from sleepsound.train.frames import frame_probs
+    from sleepsound.train.loop import predict_with_weights
+
+    resp, snore = heads.get("resp"), heads.get("snore")
     epoch_s = cfg.preprocess.epoch_seconds
-    per_envelope = envelope_frames(epoch_s)
     outputs: dict[tuple[str, str], NightHeads] = {}
     for night in nights:
         key = (night["style"], night["recording_id"])
         row = rows[key]
-        data = load_embedded(str(storage_root), cfg, frame([row]))
+        data = load_embedded(str(storage_root), cfg, pa.Table.from_pylist([row], schema=schemas.MANIFEST).to_pandas())
         index = data.epochs["epoch_index"].astype(int).to_numpy()
         n_epochs = int(row["n_epochs"])
         got: NightHeads = {"epoch_events": None, "snore_track": None}
@@ -163,20 +187,10 @@ def head_outputs(
             got["epoch_events"] = per_epoch
         if snore is not None:
             p = frame_probs(snore[1], data.features) if len(data.features) else np.zeros((0, 0))
-            got["snore_track"] = snore_track(
-                zip(index.tolist(), list(p), strict=True), n_epochs * per_envelope, epoch_s
-            )
+            pairs = zip(index.tolist(), list(p), strict=True)
+            got["snore_track"] = snore_track(pairs, n_epochs * frames_per_epoch(epoch_s), epoch_s)
         outputs[key] = got
-    trained: HeadsInfo = {
-        "backbone": backbone,
-        "train_nights": len(dev),
-        "train_subjects": len(model["train_subjects"]),
-        "val_subjects": len(model.get("val_subjects", [])),
-        "heads": sorted(heads),
-        "skipped": dict(model.get("skipped", {})),
-        "models": {name: str(info["model_dir"]) for name, info in model["heads"].items()},
-    }
-    return trained, outputs, rows
+    return outputs
 
 
 def _distinct_batches(rows: list[Any]) -> list[list[Any]]:
