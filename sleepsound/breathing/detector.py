@@ -90,10 +90,12 @@ class DetectorSettings:
     # the fast breaths after a pause run into each other without reaching the floor (notes s24-events).
     split_db: float = 10.0
     # With the per-second snoring head's frames (``breathing.combine``): a breath whose mean P(snoring)
-    # passes this is snored, so it leaves the plain-breath check as a voiced one does.
+    # passes ``snored_prob`` is snored, so it leaves the plain-breath check as a voiced one does; plain
+    # breaths are then few in a snorer, so their baseline needs only ``plain_min_s_with_frames`` seconds
+    # of them in the two minutes before (without frames: a quarter of the two minutes). Measured, not
+    # used by ``score``: README "Transfer evaluation", notes s25-events.
     snored_prob: float = 0.5
-    snored_plain_min_s: float = 0.0  # EXPERIMENT B: with frames, a plain baseline from this many seconds (0: off)
-    snored_change_check: bool = False  # EXPERIMENT C
+    plain_min_s_with_frames: float = 8.0
 
 
 DEFAULT = DetectorSettings()
@@ -265,7 +267,8 @@ def detect_candidates(
 
     broad_db = envelope[:, FEATURES.index("broad_db")].astype(np.float64)
     sounds = _sounds(excess, floor, voiced, broad_db, settings)
-    if snoring is not None:
+    heard_snoring = snoring is not None and bool(np.isfinite(snoring).any())  # NaN: the envelope alone
+    if heard_snoring:
         _mark_snored(sounds, np.asarray(snoring, dtype=np.float64), settings.snored_prob)
     breaths = [s for s in sounds if s.breath]
     if len(breaths) < settings.rhythm_breaths + 1:
@@ -304,7 +307,7 @@ def detect_candidates(
     for _ in range(2):  # the second pass leaves the first pass's events out of the baseline
         after_blocks = _blocks(cycle, breath_frames & ~in_frames)  # the baseline's, and the after-check's
         cycle_base = _frame_baseline(after_blocks, n, settings)
-        plain_min = int(settings.snored_plain_min_s) if snoring is not None and settings.snored_plain_min_s else None
+        plain_min = max(1, int(settings.plain_min_s_with_frames)) if heard_snoring else None
         plain_base = _frame_baseline(_blocks(plain, clean_frames & ~in_frames), n, settings, plain_min)
         events = []
         in_frames = np.zeros(n, dtype=bool)
@@ -346,11 +349,6 @@ def detect_candidates(
             heard = plain_base[start:stop]
             if np.isfinite(heard).all() and np.median(plain[start:stop] / np.maximum(heard, 1e-30)) >= limit:
                 continue  # only the snoring changed
-            if snoring is not None and settings.snored_change_check and not np.isfinite(heard).all():
-                before = [b.snored for b in breaths if start - settings.baseline_s * FRAME_HZ <= b.start < start]
-                inside = [b.snored for b in breaths if start <= b.start < stop]
-                if before and inside and np.mean(before) >= 0.5 and np.mean(inside) < 0.5:
-                    continue  # the snoring paused: no plain breaths before to compare the plain ones inside with
             if settings.step_check:
                 later = _after_base(after_blocks, stop, settings)
                 half = int(settings.cycle_s * FRAME_HZ) // 2
@@ -397,8 +395,8 @@ def _frame_baseline(
     blocks: np.ndarray, n: int, settings: DetectorSettings, min_blocks: int | None = None
 ) -> np.ndarray:
     """Per frame (``n`` of them), the median breath-cycle power over the previous ``baseline_s``, from
-    ``_blocks`` of the frames that are breathing and not already in an event; NaN until there is a
-    minute's worth."""
+    ``_blocks`` of the frames that are breathing and not already in an event; NaN until there are
+    ``min_blocks`` seconds of them (default a quarter of ``baseline_s``)."""
     block = int(FRAME_HZ)
     n_blocks = len(blocks)
     width = int(settings.baseline_s)
