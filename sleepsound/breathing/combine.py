@@ -7,16 +7,18 @@ snore, the rest plain breath noise, and a hypopnoea must show as a drop of the p
 that pauses for a few breaths reads as a 30% drop: a false hypopnoea. The per-second snoring head
 (``train.frames``) hears these snores in the backbone's 0.5-s frames; ``snore_track`` lays its
 P(snoring) on the envelope's 10-Hz frames, and ``detector.detect_candidates(..., snoring=track)``
-marks a breath whose mean P(snoring) passes ``detector.DetectorSettings.snored_prob`` as snored, so
-it leaves the plain-breath check as a voiced one does (plain breaths are then few in a snorer, so
-their baseline needs fewer of them). Without a track, or with one that knows nothing (NaN), the
-detector is the envelope's alone.
+marks a breath whose mean P(snoring) passes ``detector.DetectorSettings.snored_prob`` as snored. Where
+most breaths of the two minutes before a hypopnoea snored (70%), the drop must also show in the breaths
+the head does not hear snoring in, or it is a pause of the snoring, no event. Nothing else changes:
+without a track, or with one that knows nothing (NaN), the detector is the envelope's alone.
 
-Measured, not shipped: ``sleepsound breathing-eval --backbone`` reports the detector with and without
-it on held-out styles. On two fresh seeds it removed most false hypopnoeas from snoring that pauses
-(seed 53's held-out clean nights 2.3 -> 1.3 events/h, worst 10 -> 4) but lost true hypopnoeas of
-partial snorers on every set (hypopnoea F1 -0.04 to -0.05; REI error over all 36 nights 3.28 -> 3.39/h),
-so ``score`` does not use it (notes s25-events).
+``score`` (``predict.recordings.detect_night``) uses it wherever the night's predictions have the snoring
+head's frames; the bedside service is unchanged (its events read the envelope alone). Measured by
+``sleepsound breathing-eval --backbone`` on held-out styles of three fresh seeds (notes s25-events): on
+seed 53 the held-out REI error 3.2 -> 2.7/h, nights within 5/h 83% -> 92%, clean nights' false events
+2.3 -> 1.3/h (worst 10 -> 4); on seeds 59 and 61 no change; the development styles unchanged.
+A first form that took every head-snored breath out of the plain-breath check lost true hypopnoeas of
+partial snorers (hypopnoea F1 -0.04 to -0.05 on every set) and was dropped.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ class DetectorSettings:
     # passes ``snored_prob`` is snored. Where at least ``snored_share`` of the breaths of the two minutes
     # before a hypopnoea snored, it must also show in the breaths not snored (their baseline from as few as
     # ``unsnored_min_s`` seconds of them: a snorer has few): snoring that pauses is no drop of the airflow.
-    # Measured on held-out styles of fresh seeds: README "Transfer evaluation", notes s25-events.
+    # Measured on held-out styles of three fresh seeds (``breathing.combine``; notes s25-events).
     snored_prob: float = 0.5
     snored_share: float = 0.7
     unsnored_min_s: float = 8.0
