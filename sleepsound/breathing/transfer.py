@@ -13,6 +13,9 @@ reported per style, per set and overall:
 * the clean nights' false events per hour: nights generated with no event at all (``ahi=0``),
   in every style, so with the style's fan, HVAC or TV in the background.
 
+With trained heads (``breathing.heads``, ``breathing-eval --backbone``) the same groups also get the
+respiratory head's REI/AHI errors and the detector's figures with the snoring head typing its breaths.
+
 Plain functions; the cohorts are ordinary plain-layout synthetic cohorts, one folder per style
 and kind, read the way ``score`` reads a night (manifest, epochs, the cached envelope).
 """
