@@ -23,6 +23,7 @@ import numpy as np
 
 from sleepsound.breathing.detector import DEFAULT, DetectorSettings, detect_candidates
 from sleepsound.breathing.transfer import NightResult, find_cohorts, recorded_suffix
+from sleepsound.core.config import Config
 
 HEAD_TARGETS = ["stage3", "resp", "snore"]  # stage3 is the primary head every training run makes
 
@@ -47,7 +48,7 @@ class NightHeads(TypedDict):
     snore_track: np.ndarray | None
 
 
-def head_config(backbone: str, overrides: Sequence[str] | None = None) -> Any:
+def head_config(backbone: str, overrides: Sequence[str] | None = None) -> Config:
     """The heads' configuration: the defaults (and ``SLEEPSOUND_`` variables) with ``backbone``, no
     shifted windows (the cohorts' nights are embedded for scoring only), and ``section.key=value``
     overrides as ``--set`` takes them."""
@@ -70,7 +71,6 @@ def score_with_heads(
     """``head_outputs``, then ``head_epoch_events`` and ``combined`` (the detector's candidates with the
     snoring head's track) added to each night, in place."""
     from sleepsound.breathing.store import load_envelope
-    from sleepsound.core.config import Config
     from sleepsound.embed.cache import channel_configs
 
     info, outputs, rows = head_outputs(cohort_root, storage_root, nights, held_out, backbone, overrides, progress)
@@ -150,7 +150,7 @@ def head_outputs(
 
 def score_nights(
     storage_root: str | os.PathLike[str],
-    cfg: Any,
+    cfg: Config,
     heads: dict[str, tuple[Any, Any, Any]],
     rows: dict[tuple[str, str], Any],
     nights: Sequence[NightResult],
