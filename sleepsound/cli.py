@@ -492,6 +492,19 @@ def breathing_eval(
     ] = None,
     background_categories: BackgroundCategoriesOpt = None,
     background_only: BackgroundOnlyOpt = None,
+    backbone: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Also evaluate trained heads: embed every night with this backbone (e.g. "
+            "whisper-tiny.en-offline), train the respiratory and per-second snoring heads on the development "
+            "styles' nights, and report the head's REI/AHI error and the detector with the snoring head "
+            "typing its breaths, per group."
+        ),
+    ] = None,
+    overrides: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", help="With --backbone: a setting of the heads, section.key=value (repeatable)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Transfer evaluation of the breathing-event detector: whole generator styles held out."""
@@ -515,6 +528,8 @@ def breathing_eval(
             real_snores=real_snores,
             real_background=real_background,
             real_background_only=only,
+            backbone=backbone,
+            head_overrides=overrides,
         )
     except (FileNotFoundError, ValueError) as exc:
         err_console.print(f"[red]{escape(str(exc))}[/red]")

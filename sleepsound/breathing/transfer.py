@@ -13,6 +13,9 @@ reported per style, per set and overall:
 * the clean nights' false events per hour: nights generated with no event at all (``ahi=0``),
   in every style, so with the style's fan, HVAC or TV in the background.
 
+With trained heads (``breathing.heads``, ``breathing-eval --backbone``) the same groups also get the
+respiratory head's REI/AHI errors and the detector's figures with the snoring head typing its breaths.
+
 Plain functions; the cohorts are ordinary plain-layout synthetic cohorts, one folder per style
 and kind, read the way ``score`` reads a night (manifest, epochs, the cached envelope).
 """
@@ -25,7 +28,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -81,6 +84,10 @@ class NightResult(TypedDict):
     truth: list[Interval]
     candidates: list[BreathingEvent]  # every event the detector proposed, before the confidence cut
     sleep_mask_s: list[tuple[float, float]]  # scored sleep as (start, end) seconds, for the AHI
+    # With trained heads (``breathing.heads``): the candidates with the snoring head typing the breaths,
+    # and the respiratory head's expected events per epoch.
+    combined: NotRequired[list[BreathingEvent]]
+    head_epoch_events: NotRequired[list[float]]
 
 
 class GroupFigures(TypedDict):
@@ -98,6 +105,28 @@ class GroupFigures(TypedDict):
     per_night: list[dict[str, Any]]
 
 
+class HeadFigures(TypedDict):
+    """The respiratory head's per-night REI and AHI errors over a set of nights (its expected events)."""
+
+    nights: int
+    rei_abs_error: float
+    rei_max_error: float
+    rei_within_5: float
+    ahi_abs_error: float
+    clean_false_per_h: float
+    clean_max_per_h: float
+    per_night: list[dict[str, Any]]
+
+
+class CombinedFigures(TypedDict):
+    """The detector with the snoring head typing its breaths: its own cut and figures per group."""
+
+    min_confidence: float
+    fitted: bool
+    calibration: list[dict[str, float]]
+    groups: dict[str, GroupFigures]
+
+
 class TransferReport(TypedDict):
     styles: list[str]
     held_out: list[str]
@@ -105,6 +134,9 @@ class TransferReport(TypedDict):
     fitted: bool
     calibration: list[dict[str, float]]  # the development styles' criterion per candidate cut
     groups: dict[str, GroupFigures]  # each style, "development", "held out", "all"
+    heads: NotRequired[dict[str, Any]]  # with trained heads: what was trained (``breathing.heads``)
+    head_groups: NotRequired[dict[str, HeadFigures]]  # the respiratory head's errors, same groups
+    combined: NotRequired[CombinedFigures]  # the detector + the snoring head, same groups
 
 
 # --- building the cohorts -------------------------------------------------------------------------
@@ -277,8 +309,14 @@ def read_nights(
 # --- the figures ----------------------------------------------------------------------------------
 
 
-def detections(night: NightResult, min_confidence: float) -> list[BreathingEvent]:
-    return resolve_events(night["candidates"], min_confidence)
+Source = str  # which candidates of a night are read: "candidates" (the detector) or "combined"
+
+
+def detections(night: NightResult, min_confidence: float, source: Source = "candidates") -> list[BreathingEvent]:
+    got = night.get(source)
+    if got is None:
+        raise ValueError(f"night {night['recording_id']} has no {source!r} events")
+    return resolve_events(got, min_confidence)  # type: ignore[arg-type]
 
 
 def _in_sleep(events: Sequence[Interval | BreathingEvent], sleep: Sequence[tuple[float, float]]) -> int:
@@ -293,9 +331,9 @@ def _in_sleep(events: Sequence[Interval | BreathingEvent], sleep: Sequence[tuple
     return count
 
 
-def night_figures(night: NightResult, min_confidence: float) -> dict[str, Any]:
+def night_figures(night: NightResult, min_confidence: float, source: Source = "candidates") -> dict[str, Any]:
     """One night's indices (truth and detected) and its per-type match counts."""
-    found = detections(night, min_confidence)
+    found = detections(night, min_confidence, source)
     hours, sleep_h = night["hours"], night["sleep_hours"]
     rei_true = len(night["truth"]) / hours if hours else math.nan
     rei_det = len(found) / hours if hours else math.nan
@@ -316,9 +354,9 @@ def night_figures(night: NightResult, min_confidence: float) -> dict[str, Any]:
     }
 
 
-def group_figures(nights: Sequence[NightResult], min_confidence: float) -> GroupFigures:
+def group_figures(nights: Sequence[NightResult], min_confidence: float, source: Source = "candidates") -> GroupFigures:
     """Summed event counts and averaged per-night errors of a set of nights."""
-    per = [night_figures(n, min_confidence) for n in nights]
+    per = [night_figures(n, min_confidence, source) for n in nights]
     rei_err = np.array([abs(p["rei_detected"] - p["rei_true"]) for p in per], dtype=float)
     ahi_err = np.array([abs(p["ahi_detected"] - p["ahi_true"]) for p in per], dtype=float)
     clean = [p for p in per if p["kind"] == "clean"]
@@ -339,15 +377,53 @@ def group_figures(nights: Sequence[NightResult], min_confidence: float) -> Group
     }
 
 
+def head_figures(nights: Sequence[NightResult]) -> HeadFigures:
+    """The respiratory head's REI (expected events per hour of recording) and AHI (in scored sleep, per
+    hour of scored sleep, as the detector's here) against the truth, per night and summed."""
+    per = []
+    for n in nights:
+        events = np.asarray(n.get("head_epoch_events", []), dtype=float)
+        epoch = n["hours"] * 3600.0 / len(events) if len(events) else math.nan
+        asleep = {round(s / epoch) for s, _ in n["sleep_mask_s"]} if len(events) else set()
+        in_sleep = float(sum(events[i] for i in asleep if i < len(events)))
+        hours, sleep_h = n["hours"], n["sleep_hours"]
+        per.append(
+            {
+                "style": n["style"],
+                "kind": n["kind"],
+                "recording_id": n["recording_id"],
+                "rei_true": len(n["truth"]) / hours if hours else math.nan,
+                "rei_head": float(events.sum()) / hours if hours else math.nan,
+                "ahi_true": _in_sleep(n["truth"], n["sleep_mask_s"]) / sleep_h if sleep_h else math.nan,
+                "ahi_head": in_sleep / sleep_h if sleep_h else math.nan,
+                "hours": hours,
+            }
+        )
+    rei = np.array([abs(p["rei_head"] - p["rei_true"]) for p in per], dtype=float)
+    ahi = np.array([abs(p["ahi_head"] - p["ahi_true"]) for p in per], dtype=float)
+    clean = [p for p in per if p["kind"] == "clean"]
+    clean_h = sum(p["hours"] for p in clean)
+    return {
+        "nights": len(per),
+        "rei_abs_error": float(np.mean(rei)) if len(per) else math.nan,
+        "rei_max_error": float(np.max(rei)) if len(per) else math.nan,
+        "rei_within_5": float(np.mean(rei <= 5.0)) if len(per) else math.nan,
+        "ahi_abs_error": float(np.nanmean(ahi)) if np.isfinite(ahi).any() else math.nan,
+        "clean_false_per_h": sum(p["rei_head"] * p["hours"] for p in clean) / clean_h if clean_h else math.nan,
+        "clean_max_per_h": max((p["rei_head"] for p in clean), default=math.nan),
+        "per_night": per,
+    }
+
+
 def calibrate(
-    nights: Sequence[NightResult], grid: Sequence[float] = CONFIDENCE_GRID
+    nights: Sequence[NightResult], grid: Sequence[float] = CONFIDENCE_GRID, source: Source = "candidates"
 ) -> tuple[float, list[dict[str, float]]]:
     """The minimum confidence that best serves the development nights: the lowest mean per-night
     REI error (which counts both missed events and false alarms on clean nights), ties to the
     higher event F1 of both types. Only development nights may be passed here."""
     table = []
     for cut in grid:
-        g = group_figures(nights, cut)
+        g = group_figures(nights, cut, source)
         f1 = [g["events"].get(t, {}).get("f1", math.nan) for t in EVENT_TYPES]
         table.append(
             {
@@ -359,6 +435,37 @@ def calibrate(
         )
     best = min(table, key=lambda r: (round(r["rei_abs_error"], 6), -r["mean_f1"]))
     return best["min_confidence"], table
+
+
+def _grouped(
+    nights: Sequence[NightResult], held_out: Sequence[str], figures: Callable[[list[NightResult]], Any]
+) -> dict[str, Any]:
+    """``figures`` of each style (its recorded-sound groups too), the development and held-out sets,
+    all, and each recorded-sound kind summed apart (out of "held out" and "all")."""
+    styles = list(dict.fromkeys(n["style"] for n in nights))
+    plain = [n for n in nights if recorded_suffix(n["style"]) is None]
+    out: dict[str, Any] = {s: figures([n for n in nights if n["style"] == s]) for s in styles}
+    dev = [n for n in plain if n["style"] not in held_out]
+    held = [n for n in plain if n["style"] in held_out]
+    for name, chosen in (("development", dev), ("held out", held), ("all", plain)):
+        if chosen:
+            out[name] = figures(chosen)
+    for suffix, name in APART.items():
+        chosen = [n for n in nights if recorded_suffix(n["style"]) == suffix]
+        if chosen:
+            out[name] = figures(chosen)
+    return out
+
+
+def _cut(
+    dev: Sequence[NightResult], min_confidence: float | None, source: Source
+) -> tuple[float, list[dict[str, float]]]:
+    """The given cut, or the one fitted on the development nights (``calibrate``)."""
+    if min_confidence is not None:
+        return min_confidence, []
+    if not dev:
+        raise ValueError("every style is held out: nothing to fit the confidence cut on (give --min-confidence)")
+    return calibrate(dev, source=source)
 
 
 def transfer_report(
@@ -373,44 +480,36 @@ def transfer_report(
     snores), ``<style>+realbg`` (a recorded background as the TV) and ``<style>+tv`` (the generator's
     TV in its place) are never fitted on and are summed apart, as "real snores", "real background" and
     "generator TV", out of "held out" and "all", so those stay comparable with evaluations made
-    without them.
+    without them. Nights scored with trained heads (``breathing.heads``) add the respiratory head's
+    errors (``head_groups``) and the detector with the snoring head (``combined``, its cut fitted the
+    same way), over the same groups.
     """
     styles = list(dict.fromkeys(n["style"] for n in nights))
-    recorded = {x: [n for n in nights if recorded_suffix(n["style"]) == x] for x in APART}
-    real = [n for n in nights if recorded_suffix(n["style"]) is not None]
-    nights = [n for n in nights if recorded_suffix(n["style"]) is None]
     synthetic = [s for s in styles if recorded_suffix(s) is None]
     unknown = sorted(set(held_out) - set(synthetic))
     if unknown:
         raise ValueError(f"held-out style(s) {', '.join(unknown)} have no nights; styles here: {', '.join(synthetic)}")
-    dev = [n for n in nights if n["style"] not in held_out]
-    calibration: list[dict[str, float]] = []
-    fitted = min_confidence is None
-    if min_confidence is None:
-        if not dev:
-            raise ValueError("every style is held out: nothing to fit the confidence cut on (give --min-confidence)")
-        min_confidence, calibration = calibrate(dev)
-    groups: dict[str, GroupFigures] = {
-        s: group_figures([n for n in [*nights, *real] if n["style"] == s], min_confidence) for s in styles
-    }
-    if dev:
-        groups["development"] = group_figures(dev, min_confidence)
-    held = [n for n in nights if n["style"] in held_out]
-    if held:
-        groups["held out"] = group_figures(held, min_confidence)
-    if nights:
-        groups["all"] = group_figures(nights, min_confidence)
-    for suffix, name in APART.items():
-        if recorded[suffix]:
-            groups[name] = group_figures(recorded[suffix], min_confidence)
-    return {
+    dev = [n for n in nights if recorded_suffix(n["style"]) is None and n["style"] not in held_out]
+    cut, calibration = _cut(dev, min_confidence, "candidates")
+    report: TransferReport = {
         "styles": styles,
         "held_out": list(held_out),
-        "min_confidence": float(min_confidence),
-        "fitted": fitted,
+        "min_confidence": float(cut),
+        "fitted": min_confidence is None,
         "calibration": calibration,
-        "groups": groups,
+        "groups": _grouped(nights, held_out, lambda chosen: group_figures(chosen, cut)),
     }
+    if nights and all("head_epoch_events" in n for n in nights):
+        report["head_groups"] = _grouped(nights, held_out, head_figures)
+    if nights and all("combined" in n for n in nights):
+        both_cut, both_calibration = _cut(dev, min_confidence, "combined")
+        report["combined"] = {
+            "min_confidence": float(both_cut),
+            "fitted": min_confidence is None,
+            "calibration": both_calibration,
+            "groups": _grouped(nights, held_out, lambda chosen: group_figures(chosen, both_cut, "combined")),
+        }
+    return report
 
 
 def _fmt(x: float, spec: str = ".2f") -> str:
@@ -418,16 +517,61 @@ def _fmt(x: float, spec: str = ".2f") -> str:
 
 
 def format_report(report: TransferReport) -> str:
-    """The report as a plain-text table: one row per style, then the sets."""
+    """The report as plain-text tables: one row per style, then the sets; with trained heads, the
+    detector with the snoring head typing its breaths, and the respiratory head's errors beside the
+    detector's."""
     how = "fitted on the development styles" if report["fitted"] else "given"
     lines = [
         f"Held out: {', '.join(report['held_out']) or 'none'}; min confidence {report['min_confidence']:.2f} ({how}).",
-        f"{'group':<16}{'nights':>7}{'clean':>6}  {'apnoea P/R/F1':<17}{'hypopnoea P/R/F1':<19}"
-        f"{'REI |err|':>10}{'max':>7}{'<=5/h':>7}{'AHI |err|':>10}{'clean ev/h':>11}{'worst':>7}",
+        *_event_table(report["groups"]),
     ]
-    for name, g in report["groups"].items():
+    combined = report.get("combined")
+    if combined is not None:
+        how = "fitted on the development styles" if combined["fitted"] else "given"
+        lines += [
+            "",
+            f"Detector + the snoring head typing breaths; min confidence {combined['min_confidence']:.2f} ({how}).",
+            *_event_table(combined["groups"]),
+        ]
+    info = report.get("heads", {})
+    for name, why in info.get("skipped", {}).items():
+        lines.append(f"Head {name} not trained: {why}")
+    heads = report.get("head_groups")
+    if heads is not None:
+        columns = (
+            f"{'group':<16}{'nights':>7}{'head REI':>10}{'max':>7}{'<=5/h':>7}{'AHI':>7}{'clean/h':>9}"
+            f"{'detector REI':>14}{'<=5/h':>7}{'AHI':>7}{'clean/h':>9}"
+        )
+        lines += [
+            "",
+            f"Respiratory head ({info.get('backbone', '?')}, trained on {info.get('train_nights', '?')} development "
+            "nights) beside the detector: per-night REI and AHI |error|, events/h.",
+            columns,
+        ]
+        for name, h in heads.items():
+            if name in ("development", "held out", "all", *APART.values()):
+                lines.append("-" * len(columns))
+            d = report["groups"][name]
+            lines.append(
+                f"{name:<16}{h['nights']:>7}{_fmt(h['rei_abs_error'], '.1f'):>10}{_fmt(h['rei_max_error'], '.1f'):>7}"
+                f"{_fmt(100 * h['rei_within_5'], '.0f') + '%':>7}{_fmt(h['ahi_abs_error'], '.1f'):>7}"
+                f"{_fmt(h['clean_false_per_h'], '.1f'):>9}{_fmt(d['rei_abs_error'], '.1f'):>14}"
+                f"{_fmt(100 * d['rei_within_5'], '.0f') + '%':>7}{_fmt(d['ahi_abs_error'], '.1f'):>7}"
+                f"{_fmt(d['clean_false_per_h'], '.1f'):>9}"
+            )
+    return "\n".join(lines)
+
+
+def _event_table(groups: dict[str, GroupFigures]) -> list[str]:
+    """One row per group: event P/R/F1 per type, REI and AHI errors, the clean nights' false events."""
+    head = (
+        f"{'group':<16}{'nights':>7}{'clean':>6}  {'apnoea P/R/F1':<17}{'hypopnoea P/R/F1':<19}"
+        f"{'REI |err|':>10}{'max':>7}{'<=5/h':>7}{'AHI |err|':>10}{'clean ev/h':>11}{'worst':>7}"
+    )
+    lines = [head]
+    for name, g in groups.items():
         if name in ("development", "held out", "all", *APART.values()):
-            lines.append("-" * len(lines[1]))
+            lines.append("-" * len(head))
         ev = g["events"]
 
         def prf(t: str, ev: dict[str, dict[str, float | int]] = ev) -> str:
@@ -442,7 +586,7 @@ def format_report(report: TransferReport) -> str:
             f"{_fmt(100 * g['rei_within_5'], '.0f') + '%':>7}{_fmt(g['ahi_abs_error'], '.1f'):>10}"
             f"{_fmt(g['clean_false_per_h'], '.1f'):>11}{_fmt(g['clean_max_per_h'], '.1f'):>7}"
         )
-    return "\n".join(lines)
+    return lines
 
 
 def report_json(report: TransferReport) -> str:
@@ -482,11 +626,16 @@ def run_transfer(
     real_snores: str | os.PathLike[str] | None = None,
     real_background: str | os.PathLike[str] | None = None,
     real_background_only: Sequence[str] | None = None,
+    backbone: str | None = None,
+    head_overrides: Sequence[str] | None = None,
 ) -> tuple[TransferReport, Path]:
     """Build (with ``build``) or take the cohorts, score every night, report, and write the JSON to
     ``out`` or ``<root>/transfer/breathing-transfer.json``. With ``real_snores`` (and ``build``) the
     held-out styles are also written with the folder's recorded snores (``<style>+real``), with
-    ``real_background`` with the folder's recorded background as their TV (``<style>+realbg``)."""
+    ``real_background`` with the folder's recorded background as their TV (``<style>+realbg``). With
+    ``backbone`` the nights are also embedded with it and the project's heads trained on the
+    development styles score every night (``breathing.heads``; ``head_overrides``: ``section.key=value``
+    settings for them)."""
     wanted = list(styles)
     if build:
         real_styles = [s for s in held_out if s in styles]
@@ -505,7 +654,14 @@ def run_transfer(
         )
         wanted += [s + x for s, x in recorded_groups(styles, real_styles, real_snores, real_background)]
     nights_read = read_nights(cohorts, root, styles=wanted if build else None, progress=progress)
+    heads = None
+    if backbone is not None:
+        from sleepsound.breathing.heads import score_with_heads
+
+        heads = score_with_heads(cohorts, root, nights_read, held_out, backbone, DEFAULT, head_overrides, progress)
     report = transfer_report(nights_read, held_out, min_confidence)
+    if heads is not None:
+        report["heads"] = dict(heads)
     path = Path(out) if out is not None else Path(root) / "transfer" / "breathing-transfer.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(report_json(report))

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from sleepsound.breathing.combine import night_snore_track
 from sleepsound.breathing.detector import BreathingEvent, detect_events
 from sleepsound.breathing.store import load_envelope, write_events
 from sleepsound.core import schemas
@@ -74,17 +75,29 @@ def predict_recordings(
             join(out_dir, f"recording_id={row.recording_id}", "part-0.parquet"),
             table.drop_columns(["recording_id"]),
         )
-        night_events(root, cfg, run_id, manifest_rows[str(row.recording_id)])
+        night_events(root, cfg, run_id, manifest_rows[str(row.recording_id)], table)
     return out_dir
 
 
-def night_events(root: RootLike, cfg: Config, run_id: str, row: ManifestRow) -> list[BreathingEvent]:
+def night_events(
+    root: RootLike, cfg: Config, run_id: str, row: ManifestRow, predictions: pa.Table | None = None
+) -> list[BreathingEvent]:
     """Detect a night's apnoeas and hypopnoeas from its breathing envelope (the first channel's, made
     from its audio if the cache has none) and write the event table beside the predictions."""
     env, valid = load_envelope(root, channel_configs(cfg)[0], row)
-    events = detect_events(env, valid)
+    events = detect_night(env, valid, predictions, cfg.preprocess.epoch_seconds)
     write_events(root, run_id, str(row["recording_id"]), events)
     return events
+
+
+def detect_night(
+    env: np.ndarray, valid: np.ndarray, predictions: pa.Table | pd.DataFrame | None, epoch_seconds: float
+) -> list[BreathingEvent]:
+    """The night's events; where its ``predictions`` hold the per-second snoring head's frames, the
+    head's P(snoring) tells the detector which breaths snored (``breathing.combine``), so a snorer's
+    snoring that pauses is not read as a drop of the breathing."""
+    snoring = None if predictions is None else night_snore_track(predictions, len(env), epoch_seconds)
+    return detect_events(env, valid, snoring=snoring)
 
 
 def _all_epochs(root: RootLike, cfg: Config, recording_id: str) -> list[dict[str, Any]]:

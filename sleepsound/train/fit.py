@@ -62,15 +62,24 @@ def subject_split(cfg: Config, manifest: pd.DataFrame, test_subjects: list[str] 
 
 
 def train_models(
-    root: RootLike, cfg: Config, run_id: str, manifest: pd.DataFrame, progress: Progress = quiet
+    root: RootLike,
+    cfg: Config,
+    run_id: str,
+    manifest: pd.DataFrame,
+    progress: Progress = quiet,
+    test_subjects: list[str] | None = None,
 ) -> TrainedModels:
     """Every configured task's head on one split; the primary (stage3) head's facts at the top level.
+
+    ``test_subjects``: these subjects are the test side instead of the root's evaluation set (the
+    transfer evaluation holds out whole generator styles, not a draw of subjects).
 
     Returns ``{model_dir, version, task (the primary target), train/val/test_subjects, train_epochs, train_shifted,
     heads: {target: {...}}, skipped: {target: reason}}``: locations and counts, never weights.
     """
     labelled = labelled_manifest(manifest)
-    split = subject_split(cfg, manifest, evaluation_subjects(root, cfg, labelled))
+    held = test_subjects if test_subjects is not None else evaluation_subjects(root, cfg, labelled)
+    split = subject_split(cfg, manifest, held)
     train_rows = labelled[labelled["subject_id"].astype(str).isin(split["train_subjects"])]
     data = load_embedded(root, cfg, train_rows, shifted=cfg.training.shift_augment)
     leaked = set(data.epochs["subject_id"].astype(str)) - set(split["train_subjects"])

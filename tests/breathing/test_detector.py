@@ -8,10 +8,18 @@ import numpy as np
 import pytest
 
 from sleepsound.breathing.detector import DEFAULT, detect_candidates, detect_events
-from sleepsound.breathing.envelope import FEATURES, epoch_envelope
+from sleepsound.breathing.envelope import FEATURES, FRAME_HZ, epoch_envelope
 from sleepsound.breathing.evaluate import add_counts, match_counts, scores
 from sleepsound.report.summaries import MIN_SLEEP_HOURS_FOR_AHI, event_indices
-from tests.breathing.signals import RATE, breathing, fan, fast_breaths_between_pauses, one_sound_breaths, speech
+from tests.breathing.signals import (
+    RATE,
+    breathing,
+    fan,
+    fast_breaths_between_pauses,
+    one_sound_breaths,
+    snorer_whose_snoring_pauses,
+    speech,
+)
 
 SECONDS = 240.0
 PAUSE = (130.0, 152.0)  # 22 s without a breath
@@ -148,3 +156,32 @@ def test_ahi_counts_sleep_and_rei_the_whole_recording():
     short = event_indices(events, ["Wake"] * 120 + ["NREM"] * 120 + ["Wake"] * 360)  # 1 h asleep
     assert short["ahi_warning"] and f"{MIN_SLEEP_HOURS_FOR_AHI:g} h" in short["ahi_warning"]
     assert short["ahi"] == pytest.approx(7 / 1.0) and short["severity"] == "mild"
+
+
+def _snore_track(n: int, snores: list[tuple[float, float]]) -> np.ndarray:
+    """What the per-second snoring head would say: P(snoring) 0.9 over each snore, 0.05 elsewhere."""
+    track = np.full(n, 0.05)
+    for a, b in snores:
+        track[int(a * FRAME_HZ) : int(b * FRAME_HZ)] = 0.9
+    return track
+
+
+def test_snoring_that_pauses_is_no_hypopnoea_where_the_snoring_head_hears_the_snores():
+    # Three breaths in four are noise-like snores (palatal, tongue-base: no voicing), nearly 3x as loud
+    # as a plain breath; for 22 s the snoring stops and comes back, the airflow unchanged. The envelope
+    # alone takes the snores for plain breaths and calls the pause a hypopnoea.
+    pause = (150.0, 172.0)
+    audio, snores = snorer_whose_snoring_pauses(300.0, pause)
+    env = epoch_envelope(audio + fan(300.0, 0.003), RATE)
+    assert [e["type"] for e in detect_events(env)] == ["hypopnea"]
+    assert detect_events(env, snoring=_snore_track(len(env), snores)) == []
+    # Unknown frames (NaN: no snoring head, an invalid epoch) leave the envelope's typing as it was.
+    assert detect_events(env, snoring=np.full(len(env), np.nan)) == detect_events(env)
+    # The same snorer's true hypopnoea (every breath 60% weaker, the snoring stopping too) is still one:
+    # the plain breaths inside are weaker than the plain breaths before.
+    audio, snores = snorer_whose_snoring_pauses(300.0, pause, weak=pause)
+    env = epoch_envelope(audio + fan(300.0, 0.003), RATE)
+    event = _only(detect_events(env, snoring=_snore_track(len(env), snores)), "hypopnea")
+    assert event["start_s"] < pause[0] + 4 and event["end_s"] > pause[1] - 4
+    with pytest.raises(ValueError, match="snoring track has 10 frames"):
+        detect_events(env, snoring=np.zeros(10))

@@ -11,17 +11,21 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sleepsound.breathing.envelope import epoch_envelope
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
 from sleepsound.embed.cohort import embed_cohort
 from sleepsound.ingest.manifest import build_manifest, read_manifest, read_manifest_rows, write_manifest
-from sleepsound.predict.recordings import predict_recordings
+from sleepsound.predict.recordings import detect_night, predict_recordings
 from sleepsound.report.outputs import read_summaries, write_run_outputs
 from sleepsound.synth.writers import generate_cohort
 from sleepsound.train.fit import train_models
+from tests.breathing.signals import RATE, fan, snorer_whose_snoring_pauses
 
 
 def test_scoring_writes_the_event_table_and_rebuilds_missing_envelopes(tiny_whisper, tmp_path):
@@ -73,3 +77,23 @@ def test_scoring_writes_the_event_table_and_rebuilds_missing_envelopes(tiny_whis
             a, b = table[column].to_numpy(), written[name][column].to_numpy()
             assert abs(a - b).max() < 1e-3, (name, column)
     assert len(list((root / "runs" / "s1" / "events").glob("recording_id=*/part-0.parquet"))) == len(rows)
+
+
+def test_the_snoring_heads_frames_in_the_predictions_type_the_detectors_breaths():
+    # A snorer (3 breaths in 4 noise-like snores) whose snoring pauses for 22 s, the airflow unchanged:
+    # the envelope alone calls the pause a hypopnoea; the night's predictions, whose per-second snoring
+    # head hears the snores, tell the detector so, and the pause is no event.
+    audio, snores = snorer_whose_snoring_pauses(300.0, (150.0, 172.0))
+    env = epoch_envelope(audio + fan(300.0, 0.003), RATE)
+    valid = np.ones(len(env), dtype=bool)
+    times = np.arange(10)[:, None] * 30.0 + np.arange(60)[None, :] * 0.5 + 0.25  # each 0.5-s frame's middle
+    heard = np.zeros(times.shape, dtype=bool)
+    for a, b in snores:
+        heard |= (times >= a) & (times < b)
+    preds = pd.DataFrame({"epoch_index": range(10), "snore_frames": list(np.where(heard, 0.9, 0.05))})
+    alone = detect_night(env, valid, None, 30.0)
+    assert [e["type"] for e in alone] == ["hypopnea"]
+    assert detect_night(env, valid, preds, 30.0) == []
+    assert detect_night(env, valid, pa.Table.from_pandas(preds), 30.0) == []
+    # Heads without a snoring head (frames null): the envelope's events, as before.
+    assert detect_night(env, valid, preds.assign(snore_frames=None), 30.0) == alone

@@ -84,7 +84,31 @@ def test_report_per_style_and_held_out_styles_never_fit_the_cut():
         transfer_report([A_EVENTS], held_out=["a"])
 
 
-def test_command_on_a_tiny_cohort(tmp_path):
+def test_the_respiratory_heads_errors_and_the_combined_events_per_group():
+    # The head expects 0.5 events in each of 8 epochs of a 4-min night (1 in scored sleep): REI 2 over
+    # 4 min = 60/h against the truth's 15/h (1 event); on the clean night 0.25 per epoch: 30/h.
+    dev = _night("d", "events", [(30, 45, "apnea")], [_ev(30, 45, "apnea")], hours=4 / 60, sleep_h=0.5 / 60)
+    dev["sleep_mask_s"] = [(30.0, 60.0)]
+    dev["head_epoch_events"] = [0.5] * 8
+    dev["combined"] = []  # with the snoring head the detector found nothing
+    held = _night("h", "clean", [], [_ev(100, 115, "hypopnea")], hours=4 / 60, sleep_h=4 / 60)
+    held["head_epoch_events"] = [0.25] * 8
+    held["combined"] = [_ev(100, 115, "hypopnea", 0.6)]  # kept below the cut
+    report = transfer_report([dev, held], held_out=["h"], min_confidence=0.7)
+    heads = report["head_groups"]
+    assert list(heads) == ["d", "h", "development", "held out", "all"]
+    assert heads["d"]["rei_abs_error"] == pytest.approx(45.0) and heads["d"]["rei_within_5"] == 0.0
+    assert heads["d"]["ahi_abs_error"] == pytest.approx(60.0)  # 0.5 vs 1 event in half a minute of sleep
+    assert heads["h"]["clean_false_per_h"] == pytest.approx(30.0) and heads["all"]["nights"] == 2
+    both = report["combined"]
+    assert both["min_confidence"] == 0.7 and not both["fitted"]
+    assert both["groups"]["d"]["events"]["apnea"]["found"] == 0 and both["groups"]["h"]["clean_false_per_h"] == 0.0
+    assert report["groups"]["h"]["clean_false_per_h"] == pytest.approx(15.0)  # the detector alone
+    # Nights without head outputs: the detector's figures only, as before.
+    assert "head_groups" not in transfer_report([A_EVENTS, B_CLEAN], held_out=["b"])
+
+
+def test_command_on_a_tiny_cohort(tmp_path, tiny_whisper):
     cohorts, root, out = tmp_path / "cohorts", tmp_path / "root", tmp_path / "report.json"
     args = ["breathing-eval", str(cohorts), "--root", str(root), "--build", "--styles", "classic,tv-bedroom"]
     args += ["--held-out", "tv-bedroom", "--nights", "1", "--clean", "1", "--hours", "0.1", "--out", str(out)]
@@ -121,5 +145,22 @@ def test_command_on_a_tiny_cohort(tmp_path):
     again = CliRunner().invoke(app, [*args[:4], "--held-out", "tv-bedroom", "--min-confidence", "0.6", "--json"])
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["min_confidence"] == 0.6 and any((root / "breathing").rglob("*.parquet"))
+    # With trained heads: every night embedded, the heads trained on the development style alone (here
+    # tv-bedroom, whose night snores), the respiratory head's errors and the detector with the snoring
+    # head beside the detector's, per group.
+    heads = CliRunner().invoke(
+        app,
+        [*args[:4], "--held-out", "classic", "--min-confidence", "0.7", "--backbone", tiny_whisper]
+        + ["--set", "training.epochs=1", "--out", str(out)],
+    )
+    assert heads.exit_code == 0, heads.output
+    assert "Respiratory head" in heads.output and "snoring head typing breaths" in heads.output
+    report = json.loads(out.read_text())
+    assert report["heads"]["train_nights"] == 2 and set(report["heads"]["heads"]) == {"stage3", "resp", "snore"}
+    assert report["heads"]["backbone"] == tiny_whisper and not report["heads"]["skipped"]
+    assert set(report["head_groups"]) == set(report["groups"]) == set(report["combined"]["groups"])
+    rei = [p["rei_head"] for p in report["head_groups"]["all"]["per_night"]]
+    assert len(rei) == 4 and all(r >= 0 for r in rei)
+    assert report["combined"]["groups"]["real snores"]["nights"] == 2
     missing = CliRunner().invoke(app, ["breathing-eval", str(tmp_path / "none"), "--root", str(root)])
     assert missing.exit_code == 2 and "no <style>" in " ".join(missing.output.split())
