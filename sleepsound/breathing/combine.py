@@ -12,7 +12,7 @@ most breaths of the two minutes before a hypopnoea snored (70%), the drop must a
 the head does not hear snoring in, or it is a pause of the snoring, no event. Nothing else changes:
 without a track, or with one that knows nothing (NaN), the detector is the envelope's alone.
 
-``score`` (``predict.recordings.detect_night``) uses it wherever the night's predictions have the snoring
+``score`` (``detect_night``, called by ``predict.recordings``) uses it wherever the night's predictions have the snoring
 head's frames; the bedside service is unchanged (its events read the envelope alone). Measured by
 ``sleepsound breathing-eval --backbone`` on held-out styles of three fresh seeds (notes s25-events): on
 seed 53 the held-out REI error 3.2 -> 2.7/h, nights within 5/h 83% -> 92%, clean nights' false events
@@ -27,6 +27,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from sleepsound.breathing.detector import BreathingEvent, detect_events
 from sleepsound.breathing.envelope import FRAME_HZ
 
 
@@ -66,6 +67,16 @@ def night_snore_track(night: object, n_frames: int, epoch_seconds: float) -> np.
     if all(p is None for _, p in got):
         return None
     return snore_track(got, n_frames, epoch_seconds)
+
+
+def detect_night(
+    env: np.ndarray, valid: np.ndarray, predictions: object | None, epoch_seconds: float
+) -> list[BreathingEvent]:
+    """The night's events; where its ``predictions`` hold the per-second snoring head's frames, the
+    head's P(snoring) tells the detector which breaths snored (``night_snore_track``), so a snorer's
+    snoring that pauses is not read as a drop of the breathing."""
+    snoring = None if predictions is None else night_snore_track(predictions, len(env), epoch_seconds)
+    return detect_events(env, valid, snoring=snoring)
 
 
 def _missing(value: object) -> bool:

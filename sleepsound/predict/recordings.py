@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from sleepsound.breathing.combine import night_snore_track
-from sleepsound.breathing.detector import BreathingEvent, detect_events
+from sleepsound.breathing.combine import detect_night
+from sleepsound.breathing.detector import BreathingEvent
 from sleepsound.breathing.store import load_envelope, write_events
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
@@ -88,16 +88,6 @@ def night_events(
     events = detect_night(env, valid, predictions, cfg.preprocess.epoch_seconds)
     write_events(root, run_id, str(row["recording_id"]), events)
     return events
-
-
-def detect_night(
-    env: np.ndarray, valid: np.ndarray, predictions: pa.Table | pd.DataFrame | None, epoch_seconds: float
-) -> list[BreathingEvent]:
-    """The night's events; where its ``predictions`` hold the per-second snoring head's frames, the
-    head's P(snoring) tells the detector which breaths snored (``breathing.combine``), so a snorer's
-    snoring that pauses is not read as a drop of the breathing."""
-    snoring = None if predictions is None else night_snore_track(predictions, len(env), epoch_seconds)
-    return detect_events(env, valid, snoring=snoring)
 
 
 def _all_epochs(root: RootLike, cfg: Config, recording_id: str) -> list[dict[str, Any]]:

@@ -16,12 +16,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sleepsound.breathing.combine import detect_night
 from sleepsound.breathing.envelope import epoch_envelope
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
 from sleepsound.embed.cohort import embed_cohort
 from sleepsound.ingest.manifest import build_manifest, read_manifest, read_manifest_rows, write_manifest
-from sleepsound.predict.recordings import detect_night, predict_recordings
+from sleepsound.predict.recordings import predict_recordings
 from sleepsound.report.outputs import read_summaries, write_run_outputs
 from sleepsound.synth.writers import generate_cohort
 from sleepsound.train.fit import train_models
