@@ -12,8 +12,9 @@ most breaths of the two minutes before a hypopnoea snored (70%), the drop must a
 the head does not hear snoring in, or it is a pause of the snoring, no event. Nothing else changes:
 without a track, or with one that knows nothing (NaN), the detector is the envelope's alone.
 
-``score`` (``detect_night``, called by ``predict.recordings``) uses it wherever the night's predictions have the snoring
-head's frames; the bedside service is unchanged (its events read the envelope alone). Measured by
+``detect_night`` uses it wherever a night's predictions have the snoring head's frames: ``score``,
+``run`` and ``nightly`` (``predict.recordings``), and the bedside service's published night (its live
+pause alerts are apnoeas, which the track never changes, and read the envelope alone). Measured by
 ``sleepsound breathing-eval --backbone`` on held-out styles of three fresh seeds (notes s25-events): on
 seed 53 the held-out REI error 3.2 -> 2.7/h, nights within 5/h 83% -> 92%, clean nights' false events
 2.3 -> 1.3/h (worst 10 -> 4); on seeds 59 and 61 no change; the development styles unchanged.

@@ -44,7 +44,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from sleepsound.breathing.detector import detect_events
+from sleepsound.breathing.combine import detect_night
 from sleepsound.breathing.envelope import FEATURES, empty_envelope, frames_per_epoch, night_envelope
 from sleepsound.breathing.store import write_events
 from sleepsound.core import schemas
@@ -385,7 +385,8 @@ class Monitor:
                 )
                 if rows:  # the night's breathing events, as `score` writes them (the summaries read them)
                     spool = self.dir / session.id / ENVELOPES
-                    events = detect_events(*_night_envelope(spool, len(rows), self.cfg.preprocess.epoch_seconds))
+                    epoch = self.cfg.preprocess.epoch_seconds
+                    events = detect_night(*_night_envelope(spool, len(rows), epoch), table, epoch)
                     write_events(store, run_id, session.id, events)
                     reported = write_run_outputs(
                         store, run_id, self.scorer.model, {"run_id": run_id, "flow": "monitor"}, self.cfg
