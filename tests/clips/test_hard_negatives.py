@@ -223,3 +223,18 @@ def test_household_categories_are_written_on_request_undistorted_and_reach_train
     with resolved_hard_negatives(data, settings, lambda _m: None) as (_, made):
         assert made is not None and made["per_category"] == {"door": 5, "water_flush": 5}  # 0.6 x 16 clips
     assert ClipTrainSettings().generated_categories == bedroom.CATEGORIES  # the default stays the steady five
+
+
+def test_clips_cv_makes_the_generated_categories_it_is_asked_for(tmp_path: Path) -> None:
+    """`clips cv --generated-category`: the categories reach the run's generated folder (and the record)."""
+    app = typer.Typer()
+    app.add_typer(clips_app, name="clips")
+    data = make_dataset(tmp_path / "data", per_label=16)
+    args = ["clips", "cv", "--data", str(data), "--k", "2", "--backbone", "mel", "--block-size", "4", "--folds", "2"]
+    args += ["--head", "mlp", "--max-epochs", "2", "--json", "--generated-category", "door"]
+    res = CliRunner().invoke(app, [*args, "--generated-category", "clock_tick"])
+    assert res.exit_code == 0, res.output
+    made = json.loads(res.stdout)["hard_negatives_generated"]
+    assert made["per_category"] == {"door": 10, "clock_tick": 9} and made["seed"] == 101  # 0.6 x 32 clips
+    bad = CliRunner().invoke(app, [*args, "--generated-category", "doorbell"])
+    assert bad.exit_code == 2 and "doorbell" in bad.output
