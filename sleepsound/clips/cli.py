@@ -58,6 +58,14 @@ HardNegativesOpt = Annotated[
         "motors), or 'none'."
     ),
 ]
+GeneratedCategoryOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        help="With --hard-negatives generated: the categories to make (repeatable; default tv_speech, room_speech, "
+        "fan_hvac, motor_hum, vibration_motor; the household transients door, footsteps, water_flush, dishes, "
+        "clock_tick are opt-in)."
+    ),
+]
 TargetRecallOpt = Annotated[
     Optional[float],
     typer.Option(
@@ -92,10 +100,12 @@ def _settings(
     if verbose:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     defaults = ClipTrainSettings()
+    generated = fields.pop("generated_category", None)
     return ClipTrainSettings(
         heads=tuple(head or defaults.heads),
         lrs=tuple(lr or defaults.lrs),
         cache_dir=str(cache) if cache else None,
+        generated_categories=tuple(generated or defaults.generated_categories),
         **fields,
     )
 
@@ -146,6 +156,7 @@ def train(
     cache: CacheOpt = None,
     device: DeviceOpt = "cpu",
     hard_negatives: HardNegativesOpt = "generated",
+    generated_category: GeneratedCategoryOpt = None,
     target_recall: TargetRecallOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
@@ -168,6 +179,7 @@ def train(
         device=device,
         refit_all=refit,
         hard_negatives=_hard_negatives(hard_negatives),
+        generated_category=generated_category,
         target_recall=target_recall or None,
     )
     from rich.console import Console
@@ -239,6 +251,7 @@ def cv(
     categories: CategoriesOpt = None,
     positive: PositiveOpt = "snoring",
     hard_negatives: HardNegativesOpt = "generated",
+    generated_category: GeneratedCategoryOpt = None,
     target_recall: TargetRecallOpt = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
@@ -260,6 +273,7 @@ def cv(
         cache=cache,
         device=device,
         hard_negatives=_hard_negatives(hard_negatives),
+        generated_category=generated_category,
         target_recall=target_recall or None,
         positive=positive,
     )
@@ -418,7 +432,8 @@ def hard_negatives(
     category: Annotated[
         Optional[list[str]],
         typer.Option(
-            help="Categories to make (repeatable): tv_speech, room_speech, fan_hvac, motor_hum, vibration_motor."
+            help="Categories to make (repeatable): tv_speech, room_speech, fan_hvac, motor_hum, vibration_motor "
+            "(the default five), and the household transients door, footsteps, water_flush, dishes, clock_tick."
         ),
     ] = None,
     speech: Annotated[
@@ -436,7 +451,8 @@ def hard_negatives(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Write generated bedroom sounds that are not snoring (TV, talk, fans, motors), and snoring mixed over them."""
+    """Write generated bedroom sounds that are not snoring (TV, talk, fans, motors; doors, footsteps, water, dishes,
+    a clock on request), and snoring mixed over them."""
     from sleepsound.clips.hard_negatives import write_hard_negatives
     from sleepsound.synth.bedroom import CATEGORIES
 

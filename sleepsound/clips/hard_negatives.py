@@ -73,9 +73,12 @@ def write_hard_negatives(
     ``n_snoring`` (default ``n``) of them mixed over fresh backgrounds of the same categories at ``snrs_db``;
     returns the counts per category and where the speech came from."""
     out = Path(out)
-    unknown = [c for c in categories if c not in bedroom.CATEGORIES]
-    if unknown or not categories:
-        raise ValueError(f"unknown hard-negative categories {unknown}; choose from {bedroom.CATEGORIES}")
+    unknown = [c for c in categories if c not in bedroom.ALL_CATEGORIES]
+    if unknown or not categories or len(set(categories)) != len(categories):
+        raise ValueError(
+            f"hard-negative categories {list(categories)}: give each once, from {bedroom.ALL_CATEGORIES}"
+            + (f" (unknown: {unknown})" if unknown else "")
+        )
     if n < len(categories) or n >= RUN * len(categories):
         raise ValueError(f"--n must be between {len(categories)} (one per category) and {RUN * len(categories) - 1}")
     if len(snrs_db) > RUN // SNR_RUN or not snrs_db:

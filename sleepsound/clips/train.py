@@ -48,6 +48,7 @@ from sleepsound.models.backbones.pretrained import OFFLINE_WHISPER
 from sleepsound.models.heads.artifacts import save_head
 from sleepsound.report.metrics import evaluate as score
 from sleepsound.report.metrics import majority_class
+from sleepsound.synth.bedroom import CATEGORIES as GENERATED_CATEGORIES
 from sleepsound.train.loop import TrainConfig, predict_proba, train_head
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ class ClipTrainSettings:
     # "generated": negatives and snoring mixes per data clip; no mixes by default (measured, issue 16: mixes of
     # the data's snores over generated TVs and motors taught the head to call real TVs and motors snoring)
     generated_per_clip: tuple[float, float] = (0.6, 0.0)
+    # which generated categories (synth.bedroom: the default set; the household transients are opt-in or not)
+    generated_categories: tuple[str, ...] = GENERATED_CATEGORIES
     positive: str = "snoring"  # the class an alarm is raised for (the decision threshold is on its probability)
     target_recall: float | None = None  # None: argmax; else the threshold keeping this recall out of fold
 
@@ -401,7 +404,7 @@ def resolved_hard_negatives(
     data: str | Path, settings: ClipTrainSettings, say: Callable[[str], None]
 ) -> Iterator[tuple[ClipTrainSettings, dict[str, Any] | None]]:
     """``settings`` with ``hard_negatives="generated"`` replaced by a folder made for this run (bedroom
-    negatives of every category, 0.6 per data clip, and, when ``generated_per_clip`` asks for them, the
+    negatives of ``generated_categories``, 0.6 per data clip in all, and, when ``generated_per_clip`` asks for them, the
     data's own snores mixed over more, in a temporary folder removed afterwards), and what was made; any other value
     passes through unchanged. Data without snoring and no_snoring labels gets none (said, and recorded).
 
@@ -423,11 +426,13 @@ def resolved_hard_negatives(
         folder = Path(tmp) / "generated"
         made = write_hard_negatives(
             folder,
-            n=max(n_neg, 5),  # at least one per category
+            n=max(n_neg, len(settings.generated_categories)),  # at least one per category
+            categories=settings.generated_categories,
             seed=settings.seed + GENERATED_SEED_OFFSET,
             seconds=ds.clip_samples / SAMPLE_RATE,
             snoring=data if n_mix > 0 else None,
-            n_snoring=max(n_mix, 15) if n_mix > 0 else None,  # at least one per category and SNR
+            # at least one per category and SNR
+            n_snoring=max(n_mix, 3 * len(settings.generated_categories)) if n_mix > 0 else None,
         )
         say(
             f"made {made['counts']['no_snoring']} hard negatives and {made['counts']['snoring']} snoring mixes "

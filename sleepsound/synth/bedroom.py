@@ -10,7 +10,9 @@ different TVs, talkers, fans and motors, each clip deterministic from ``(seed, c
 * ``room_speech``: speech in the room (reverberant, full band) over room tone;
 * ``fan_hvac``: shaped broadband air noise plus a blade-pass hum (50-300 Hz) slowly modulated;
 * ``motor_hum``: harmonic hum of a motor or transformer (50-300 Hz), slow wow, little noise;
-* ``vibration_motor``: near-silence with a phone-like buzz switching on and off.
+* ``vibration_motor``: near-silence with a phone-like buzz switching on and off;
+* household transients (:mod:`sleepsound.synth.household`, ``HOUSEHOLD_CATEGORIES``): ``door``,
+  ``footsteps``, ``water_flush``, ``dishes``, ``clock_tick``, made from modal and bubble acoustics.
 
 Speech comes from Debian's ``espeak-ng`` when it is installed (``speech="espeak"`` requires it,
 ``"auto"`` uses it when present) and otherwise from :func:`speech_like`, a small formant synthesiser:
@@ -31,10 +33,14 @@ import soundfile as sf
 import soxr
 from scipy.signal import butter, fftconvolve, lfilter, sosfilt
 
-from sleepsound.synth.sound import soft_limit
+from sleepsound.synth.sound import LIMIT_CEILING, LIMIT_KNEE, soft_limit
 
 SAMPLE_RATE = 16_000
-CATEGORIES: tuple[str, ...] = ("tv_speech", "room_speech", "fan_hvac", "motor_hum", "vibration_motor")
+STEADY_CATEGORIES: tuple[str, ...] = ("tv_speech", "room_speech", "fan_hvac", "motor_hum", "vibration_motor")
+# household transients (synth.household): doors, footsteps, water, dishes, a clock
+HOUSEHOLD_CATEGORIES: tuple[str, ...] = ("door", "footsteps", "water_flush", "dishes", "clock_tick")
+ALL_CATEGORIES: tuple[str, ...] = STEADY_CATEGORIES + HOUSEHOLD_CATEGORIES  # every category background() makes
+CATEGORIES: tuple[str, ...] = STEADY_CATEGORIES  # the default set (clips' generated negatives, the night's clip epochs)
 SPEECH_SOURCES = ("auto", "espeak", "synth")
 TV_BAND_HZ = (100.0, 7000.0)  # a broadcast chain's band (also used by synth.styled)
 TV_SPEAKER_BAND_HZ = (150.0, 8000.0)  # a TV's small loudspeaker: the band its corners are drawn within
@@ -432,12 +438,19 @@ def room_speech(rng: np.random.Generator, n: int, rate: int = SAMPLE_RATE, sourc
 
 
 def _generators(source: str) -> dict[str, Callable[[np.random.Generator, int, int], np.ndarray]]:
+    from sleepsound.synth import household  # it builds on this module's room and noise
+
     return {
         "tv_speech": lambda r, n, sr: tv_speech(r, n, sr, source),
         "room_speech": lambda r, n, sr: room_speech(r, n, sr, source),
         "fan_hvac": fan,
         "motor_hum": motor_hum,
         "vibration_motor": vibration_motor,
+        "door": household.door,
+        "footsteps": household.footsteps,
+        "water_flush": household.water_flush,
+        "dishes": household.dishes,
+        "clock_tick": household.clock_tick,
     }
 
 
@@ -448,7 +461,7 @@ def background(
     (espeak-ng's output may differ between its versions; ``speech_source='synth'`` never does)."""
     makers = _generators(speech_source)
     if category not in makers:
-        raise ValueError(f"unknown hard-negative category {category!r}; choose from {CATEGORIES}")
+        raise ValueError(f"unknown hard-negative category {category!r}; choose from {ALL_CATEGORIES}")
     n = int(round(seconds * rate))
     if n < 1:
         raise ValueError(f"clip length must be positive, got {seconds} s")
@@ -459,8 +472,15 @@ def background(
 
 
 def at_level(x: np.ndarray, rms_dbfs: float) -> np.ndarray:
-    """``x`` scaled to an RMS of ``rms_dbfs`` and soft-limited, so a 16-bit file never clips."""
-    return soft_limit(_unit_rms(x) * np.float32(10 ** (rms_dbfs / 20)))
+    """``x`` scaled to an RMS of ``rms_dbfs`` and soft-limited, so a 16-bit file never clips; a sound whose peak
+    would pass the limiter's ceiling there (an impulse: a knock, a click) is scaled to a peak at the limiter's
+    knee instead, quieter but undistorted (flattening it would make it another sound)."""
+    y = _unit_rms(x)
+    gain = 10 ** (rms_dbfs / 20)
+    peak = float(np.max(np.abs(y))) if y.size else 0.0
+    if peak * gain > LIMIT_CEILING:
+        gain = LIMIT_KNEE / peak
+    return soft_limit(y * np.float32(gain))
 
 
 def mix_at_snr(signal: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:

@@ -188,3 +188,53 @@ def test_generated_hard_negatives_are_made_for_the_run_mixed_from_its_own_snores
     with resolved_hard_negatives(other, settings, heard.append) as (resolved, made):
         assert resolved.hard_negatives is None and made == {"skipped": "labels ['a', 'b']"}  # not snoring data
     assert "no hard negatives generated" in heard[-1]
+
+
+def test_household_categories_are_written_on_request_undistorted_and_reach_training(tmp_path: Path) -> None:
+    """`clips hard-negatives --category door ...` and `--generated-category`: the household transients are
+    opt-in; an impulse is written quieter rather than flattened by the limiter; unknown or doubled names fail."""
+    from sleepsound.clips.train import resolved_hard_negatives
+    from sleepsound.synth.sound import LIMIT_KNEE
+
+    app = typer.Typer()
+    app.add_typer(clips_app, name="clips")
+    out = tmp_path / "household"
+    args = ["clips", "hard-negatives", "--out", str(out), "--n", "10", "--seed", "2", "--json"]
+    res = CliRunner().invoke(app, [*args, *[f"--category={c}" for c in bedroom.HOUSEHOLD_CATEGORIES]])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["per_category"] == dict.fromkeys(bedroom.HOUSEHOLD_CATEGORIES, 2)
+    ds = load_dataset(out)
+    cats = categorise(ds.files, ds.labels, read_categories(out / "categories.csv"), block_size=25)
+    assert sorted(set(cats)) == sorted(bedroom.HOUSEHOLD_CATEGORIES)
+    for path, category in zip(ds.files, cats, strict=True):
+        audio, _ = sf.read(out / path, dtype="float64")
+        clean = bedroom.background(category, 2, int(Path(path).stem.split("_")[1]) % 10_000)
+        crest = np.abs(audio).max() / np.sqrt(np.mean(audio**2))
+        assert crest == pytest.approx(np.abs(clean).max(), rel=0.05), path  # kept (the knee may touch the top)
+        rms_db = 20 * np.log10(np.sqrt(np.mean(audio**2)))
+        assert np.abs(audio).max() <= LIMIT_KNEE + 1e-3 or rms_db >= LEVEL_DBFS[0] - 1  # quieter only when it must
+    bad = CliRunner().invoke(app, ["clips", "hard-negatives", "--out", str(tmp_path / "x"), "--category", "doorbell"])
+    assert bad.exit_code == 2 and "doorbell" in bad.output
+    with pytest.raises(ValueError, match="give each once"):
+        write_hard_negatives(tmp_path / "twice", n=4, categories=("door", "door"))
+
+    data = make_dataset(tmp_path / "data", per_label=8)
+    settings = ClipTrainSettings(hard_negatives="generated", generated_categories=("door", "water_flush"))
+    with resolved_hard_negatives(data, settings, lambda _m: None) as (_, made):
+        assert made is not None and made["per_category"] == {"door": 5, "water_flush": 5}  # 0.6 x 16 clips
+    assert ClipTrainSettings().generated_categories == bedroom.CATEGORIES  # the default stays the steady five
+
+
+def test_clips_cv_makes_the_generated_categories_it_is_asked_for(tmp_path: Path) -> None:
+    """`clips cv --generated-category`: the categories reach the run's generated folder (and the record)."""
+    app = typer.Typer()
+    app.add_typer(clips_app, name="clips")
+    data = make_dataset(tmp_path / "data", per_label=16)
+    args = ["clips", "cv", "--data", str(data), "--k", "2", "--backbone", "mel", "--block-size", "4", "--folds", "2"]
+    args += ["--head", "mlp", "--max-epochs", "2", "--json", "--generated-category", "door"]
+    res = CliRunner().invoke(app, [*args, "--generated-category", "clock_tick"])
+    assert res.exit_code == 0, res.output
+    made = json.loads(res.stdout)["hard_negatives_generated"]
+    assert made["per_category"] == {"door": 10, "clock_tick": 9} and made["seed"] == 101  # 0.6 x 32 clips
+    bad = CliRunner().invoke(app, [*args, "--generated-category", "doorbell"])
+    assert bad.exit_code == 2 and "doorbell" in bad.output
