@@ -121,6 +121,9 @@ def head_outputs(
     missing = [n["recording_id"] for n in nights if (n["style"], n["recording_id"]) not in rows]
     if missing:
         raise ValueError(f"{cohort_root}: {len(missing)} night(s) of the evaluation are not in the cohorts")
+    dev = [rows[(s, r)] for s, r in rows if s not in held_out and recorded_suffix(s) is None]
+    if not dev:  # before any embedding: nothing to train on is known now
+        raise ValueError("every style is held out: no development nights to train the heads on")
     say(f"embedding {len(rows)} nights with {backbone} (cached nights are kept)")
     for batch in _distinct_batches(list(rows.values())):
         embed_cohort(batch, str(storage_root), cfg, use_ray=False, shifted=False)
@@ -128,9 +131,6 @@ def head_outputs(
     def frame(chosen: list[Any]) -> pd.DataFrame:
         return pa.Table.from_pylist(chosen, schema=schemas.MANIFEST).to_pandas()
 
-    dev = [rows[(s, r)] for s, r in rows if s not in held_out and recorded_suffix(s) is None]
-    if not dev:
-        raise ValueError("every style is held out: no development nights to train the heads on")
     say(f"training the heads on {len(dev)} development nights")
     model = train_models(str(storage_root), cfg, "breathing-transfer", frame(dev), test_subjects=[])
     fs = open_root(str(storage_root)).fs

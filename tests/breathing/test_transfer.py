@@ -162,5 +162,9 @@ def test_command_on_a_tiny_cohort(tmp_path, tiny_whisper):
     rei = [p["rei_head"] for p in report["head_groups"]["all"]["per_night"]]
     assert len(rei) == 4 and all(r >= 0 for r in rei)
     assert report["combined"]["groups"]["real snores"]["nights"] == 2
+    # Every style held out: nothing to train the heads on, said before any night is embedded.
+    none_left = CliRunner().invoke(app, [*args[:4], "--held-out", "classic,tv-bedroom", "--backbone", tiny_whisper])
+    assert none_left.exit_code == 2 and "no development nights" in " ".join(none_left.output.split())
+    assert "embedding" not in none_left.output
     missing = CliRunner().invoke(app, ["breathing-eval", str(tmp_path / "none"), "--root", str(root)])
     assert missing.exit_code == 2 and "no <style>" in " ".join(missing.output.split())
