@@ -304,11 +304,15 @@ def detect_candidates(
     # sound far more than the airflow, so a dip must show in the plain breaths too, where heard.
     plain = maximum_filter1d(np.where(clean_frames, excess, 0.0), size=width)
     # With the snoring head: the plain breaths it does not hear snoring in (noise-like snores are not voiced).
+    # Without its track nothing is snored: no frame to take out, no cycle amplitude to compute again.
     snored = np.array([b.snored for b in breaths], dtype=bool)
-    unsnored_frames = clean_frames.copy()
-    for b in breaths:
-        unsnored_frames[b.start : b.stop] &= not b.snored
-    unsnored = maximum_filter1d(np.where(unsnored_frames, excess, 0.0), size=width) if heard_snoring else plain
+    unsnored_frames, unsnored = clean_frames, plain
+    if heard_snoring:
+        unsnored_frames = clean_frames.copy()
+        for b in breaths:
+            if b.snored:
+                unsnored_frames[b.start : b.stop] = False
+        unsnored = maximum_filter1d(np.where(unsnored_frames, excess, 0.0), size=width)
     in_frames = np.zeros(n, dtype=bool)
     events: list[BreathingEvent] = []
     for _ in range(2):  # the second pass leaves the first pass's events out of the baseline
