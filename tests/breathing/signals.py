@@ -138,3 +138,24 @@ def snorer_whose_snoring_pauses(
             snores.append((t, t + 2.5))
         t, k = t + 4.0, k + 1
     return 0.05 * out, snores
+
+
+def tonal_fragments(seconds: float, span: tuple[float, float], level: float, seed: int = 11) -> np.ndarray:
+    """Short tonal sounds (0.6 s of a tone near 2 kHz) at irregular times
+    inside ``span``, ``level`` x the breaths' amplitude: what is left of a TV in a pause, unvoiced below
+    1.5 kHz (so not speech to the detector) but far less noise-like than breath noise."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(int(seconds * RATE))
+    k = int(0.6 * RATE)
+    t = span[0] + 0.5
+    while t < span[1] - 1.0:
+        k0 = int(t * RATE)
+        tone = np.sin(2 * np.pi * (2000.0 + rng.uniform(-40, 40)) * np.arange(k) / RATE)
+        out[k0 : k0 + k] += level * np.hanning(k) * tone
+        t += rng.uniform(1.6, 3.0)
+    return 0.05 * out
+
+
+def hiss(seconds: float, level: float = 1e-4, seed: int = 2) -> np.ndarray:
+    """A quiet microphone's white self-noise at ``level`` RMS: a floor that is flat, not a fan's."""
+    return level * np.random.default_rng(seed).standard_normal(int(seconds * RATE))

@@ -16,9 +16,11 @@ from tests.breathing.signals import (
     breathing,
     fan,
     fast_breaths_between_pauses,
+    hiss,
     one_sound_breaths,
     snorer_whose_snoring_pauses,
     speech,
+    tonal_fragments,
 )
 
 SECONDS = 240.0
@@ -126,6 +128,24 @@ def test_speech_during_a_pause_does_not_end_it():
 def test_a_tv_lull_without_breathing_before_it_is_no_pause():
     talk = sum(speech(SECONDS, t, 2.5) for t in np.arange(2.0, SECONDS - 3, 3.0) if not 120 <= t < 140)
     assert _detect(talk) == []
+
+
+def test_a_pause_under_faint_tonal_sound_is_an_apnoea():
+    # A TV's faint fragments in the pause pass as breaths, so the rules see a deep hypopnoea; the
+    # fragments are tonal where the breaths before were noise, so it is a pause under other sound.
+    audio = breathing(SECONDS, pauses=(PAUSE,)) + hiss(SECONDS) + tonal_fragments(SECONDS, PAUSE, 0.15)
+    env = epoch_envelope(audio, RATE)
+    event = _only(detect_events(env), "apnea")
+    assert event["start_s"] <= PAUSE[0] + 3.5 and event["end_s"] >= PAUSE[1] - 1
+    without = detect_events(env, settings=replace(DEFAULT, covered_pause_ratio=0.0))
+    assert [e["type"] for e in without] == ["hypopnea"]
+
+
+def test_breaths_weakened_as_deeply_stay_a_hypopnoea():
+    # As deep as the fragments above (amplitude ratio under 0.2), but the sounds are breath noise.
+    audio = breathing(SECONDS, weak=(PAUSE,), weak_gain=0.15) + hiss(SECONDS)
+    event = _only(_detect(audio), "hypopnea")
+    assert event["start_s"] < PAUSE[0] + 4 and event["end_s"] > PAUSE[1] - 4
 
 
 def test_event_matching_counts_overlaps_per_type():
