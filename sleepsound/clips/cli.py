@@ -62,8 +62,8 @@ GeneratedCategoryOpt = Annotated[
     Optional[list[str]],
     typer.Option(
         help="With --hard-negatives generated: the categories to make (repeatable; default tv_speech, room_speech, "
-        "fan_hvac, motor_hum, vibration_motor; the household transients door, footsteps, water_flush, dishes, "
-        "clock_tick are opt-in)."
+        "fan_hvac, motor_hum, vibration_motor; the household transients door, door_creak, footsteps, water_flush, "
+        "dishes, clock_tick are opt-in)."
     ),
 ]
 TargetRecallOpt = Annotated[
@@ -433,7 +433,8 @@ def hard_negatives(
         Optional[list[str]],
         typer.Option(
             help="Categories to make (repeatable): tv_speech, room_speech, fan_hvac, motor_hum, vibration_motor "
-            "(the default five), and the household transients door, footsteps, water_flush, dishes, clock_tick."
+            "(the default five), and the household transients door, door_creak, footsteps, water_flush, dishes, "
+            "clock_tick."
         ),
     ] = None,
     speech: Annotated[

@@ -12,7 +12,8 @@ different TVs, talkers, fans and motors, each clip deterministic from ``(seed, c
 * ``motor_hum``: harmonic hum of a motor or transformer (50-300 Hz), slow wow, little noise;
 * ``vibration_motor``: near-silence with a phone-like buzz switching on and off;
 * household transients (:mod:`sleepsound.synth.household`, ``HOUSEHOLD_CATEGORIES``): ``door``,
-  ``footsteps``, ``water_flush``, ``dishes``, ``clock_tick``, made from modal and bubble acoustics.
+  ``footsteps``, ``water_flush``, ``dishes``, ``clock_tick``, ``door_creak``, made from modal, bubble and
+  stick-slip acoustics.
 
 Speech comes from Debian's ``espeak-ng`` when it is installed (``speech="espeak"`` requires it,
 ``"auto"`` uses it when present) and otherwise from :func:`speech_like`, a small formant synthesiser:
@@ -38,7 +39,7 @@ from sleepsound.synth.sound import LIMIT_CEILING, LIMIT_KNEE, soft_limit
 SAMPLE_RATE = 16_000
 STEADY_CATEGORIES: tuple[str, ...] = ("tv_speech", "room_speech", "fan_hvac", "motor_hum", "vibration_motor")
 # household transients (synth.household): doors, footsteps, water, dishes, a clock
-HOUSEHOLD_CATEGORIES: tuple[str, ...] = ("door", "footsteps", "water_flush", "dishes", "clock_tick")
+HOUSEHOLD_CATEGORIES: tuple[str, ...] = ("door", "footsteps", "water_flush", "dishes", "clock_tick", "door_creak")
 ALL_CATEGORIES: tuple[str, ...] = STEADY_CATEGORIES + HOUSEHOLD_CATEGORIES  # every category background() makes
 CATEGORIES: tuple[str, ...] = STEADY_CATEGORIES  # the default set (clips' generated negatives, the night's clip epochs)
 SPEECH_SOURCES = ("auto", "espeak", "synth")
@@ -447,6 +448,7 @@ def _generators(source: str) -> dict[str, Callable[[np.random.Generator, int, in
         "motor_hum": motor_hum,
         "vibration_motor": vibration_motor,
         "door": household.door,
+        "door_creak": household.door_creak,
         "footsteps": household.footsteps,
         "water_flush": household.water_flush,
         "dishes": household.dishes,

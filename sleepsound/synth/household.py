@@ -9,6 +9,10 @@ general acoustics (not from any recording), each clip deterministic from its ``r
 * ``door``: a door panel struck (a slam, a push shut, or 2-4 knocks): the damped bending modes of a
   rectangular plate excited by a short force pulse, a latch or bolt click (small metal modes) and
   sometimes its rattle; a third of them heard through a wall (mass-law low-pass);
+* ``door_creak``: a hinge creaking as a door swings: stick-slip pulses at 15-200 Hz, their rate
+  following the swing, each knocking the leaf's modes and the hinge's steel (a pulse train with a
+  gliding pitch, as a palatal snore is; added after the default model called 6-8 of 25 held-out Khan
+  door clips snoring, clips whose spectra are such pulse trains);
 * ``footsteps``: footfalls 0.4-0.7 s apart: a heel strike rings the floor's low modes (40-160 Hz), a
   hard sole adds a toe click, some steps make the floorboards creak (stick-slip through a resonance);
   some heard from the room below;
@@ -35,7 +39,7 @@ from scipy.signal import butter, fftconvolve, sosfilt
 
 from sleepsound.synth.bedroom import HOUSEHOLD_CATEGORIES, _band, _unit_rms, pink_noise, room, room_tone
 
-__all__ = ["HOUSEHOLD_CATEGORIES", "clock_tick", "dishes", "door", "footsteps", "water_flush"]
+__all__ = ["HOUSEHOLD_CATEGORIES", "clock_tick", "dishes", "door", "door_creak", "footsteps", "water_flush"]
 MINNAERT_M_PER_S = 3.26  # a bubble of radius r (m) in water rings at about 3.26 / r Hz
 EVENT_OVER_TONE_DB = (15.0, 45.0)  # loudest 50 ms of the event above the room tone
 
@@ -104,11 +108,9 @@ def _through_wall(x: np.ndarray, rng: np.random.Generator, rate: int) -> np.ndar
     return _lowpass(x, rng.uniform(150, 600), rate, order=2)
 
 
-def door_event(rng: np.random.Generator, rate: int) -> np.ndarray:
-    """One door event (up to 1.5 s): a slam, a push shut, or 2-4 knocks on the panel."""
-    seconds = 1.5
-    n = int(seconds * rate)
-    # A door leaf: a plate about 2 m x 0.8 m, f_mn = f11 * (m^2 / a^2 + n^2 / b^2) / (1 / a^2 + 1 / b^2).
+def _leaf_modes(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A door leaf's bending modes struck at a random point: (frequencies, amplitudes, decay times)."""
+    # A plate about 2 m x 0.8 m, f_mn = f11 * (m^2 / a^2 + n^2 / b^2) / (1 / a^2 + 1 / b^2).
     f11 = rng.uniform(45, 160)
     a, b = rng.uniform(1.9, 2.2), rng.uniform(0.7, 0.95)
     m, k = np.meshgrid(np.arange(1, 7), np.arange(1, 5))
@@ -119,6 +121,14 @@ def door_event(rng: np.random.Generator, rate: int) -> np.ndarray:
     eta = rng.uniform(0.02, 0.08)  # wood with the frame's and hinges' losses
     taus = _loss_taus(freqs, eta * rng.uniform(0.8, 1.25, freqs.size))
     amps = shape / np.sqrt(freqs / f11)
+    return freqs, amps, taus
+
+
+def door_event(rng: np.random.Generator, rate: int) -> np.ndarray:
+    """One door event (up to 1.5 s): a slam, a push shut, or 2-4 knocks on the panel."""
+    seconds = 1.5
+    n = int(seconds * rate)
+    freqs, amps, taus = _leaf_modes(rng)
     kind = rng.choice(["slam", "shut", "knock"], p=[0.4, 0.3, 0.3])
     out = np.zeros(n)
     if kind == "knock":
@@ -142,6 +152,33 @@ def door_event(rng: np.random.Generator, rate: int) -> np.ndarray:
             level = np.max(np.abs(out)) * 10 ** (-rng.uniform(0, 14) / 20) * (0.5**c)
             _add(out, level * latch / (np.max(np.abs(latch)) + 1e-12), int(max(at, 0) * rate))
             at += rng.uniform(0.015, 0.06)
+    return out
+
+
+def creak_event(rng: np.random.Generator, rate: int) -> np.ndarray:
+    """One hinge creak (0.4-1.4 s) as a door swings: the pin sticks and slips, each slip a knock into the
+    leaf's modes and the hinge's small steel ones, at a rate (15-200 Hz) that follows the swing's speed.
+
+    A train of pulses with a pitch that glides is what a palatal snore is too (the soft palate's flutter),
+    so this is the door sound most like snoring; the struck door above has none of it."""
+    seconds = 1.5
+    n = int(seconds * rate)
+    m = int(rng.uniform(0.4, 1.4) * rate)
+    slip_hz = np.exp(rng.uniform(np.log(15.0), np.log(200.0)))
+    swing = np.sin(np.pi * np.linspace(0.0, 1.0, m)) ** rng.uniform(0.5, 2.0)  # the door speeds up, slows down
+    glide = slip_hz * (1.0 + rng.uniform(-0.5, 0.5) * np.linspace(-1.0, 1.0, m)) * (0.6 + 0.4 * swing)
+    pulses = np.zeros(m)
+    t = rng.uniform(0.0, 1.0 / slip_hz)
+    while t < m / rate:  # stick-slip is irregular: each period and each slip's strength vary
+        k = int(t * rate)
+        pulses[k] = swing[k] * max(0.0, 1.0 + 0.3 * rng.standard_normal())
+        t += (1.0 + 0.08 * rng.standard_normal()) / glide[k]
+    freqs, amps, taus = _leaf_modes(rng)
+    leaf = fftconvolve(pulses, modes(freqs, amps, taus, int(0.3 * rate), rate))[:m]
+    steel = rng.uniform(1000, 4000)
+    hinge = _band(pulses, steel / 1.3, steel * 1.3, rate, order=2)
+    out = np.zeros(n)
+    _add(out, _unit_rms(leaf) + rng.uniform(0.1, 0.7) * _unit_rms(hinge), 0)
     return out
 
 
@@ -282,6 +319,11 @@ def in_the_room(x: np.ndarray, rng: np.random.Generator, rate: int, wall: float 
 def door(rng: np.random.Generator, n: int, rate: int) -> np.ndarray:
     """Unit-RMS door sounds (slams, pushes shut, knocks), a third heard through a wall."""
     return in_the_room(_events(rng, n, rate, door_event, 4.0), rng, rate, wall=1 / 3)
+
+
+def door_creak(rng: np.random.Generator, n: int, rate: int) -> np.ndarray:
+    """Unit-RMS creaking hinges of a door opened or closed slowly, a fifth heard through a wall."""
+    return in_the_room(_events(rng, n, rate, creak_event, 3.0), rng, rate, wall=0.2)
 
 
 def footsteps(rng: np.random.Generator, n: int, rate: int) -> np.ndarray:

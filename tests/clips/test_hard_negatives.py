@@ -199,7 +199,8 @@ def test_household_categories_are_written_on_request_undistorted_and_reach_train
     app = typer.Typer()
     app.add_typer(clips_app, name="clips")
     out = tmp_path / "household"
-    args = ["clips", "hard-negatives", "--out", str(out), "--n", "10", "--seed", "2", "--json"]
+    n = str(2 * len(bedroom.HOUSEHOLD_CATEGORIES))  # two of each
+    args = ["clips", "hard-negatives", "--out", str(out), "--n", n, "--seed", "2", "--json"]
     res = CliRunner().invoke(app, [*args, *[f"--category={c}" for c in bedroom.HOUSEHOLD_CATEGORIES]])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["per_category"] == dict.fromkeys(bedroom.HOUSEHOLD_CATEGORIES, 2)
@@ -210,7 +211,9 @@ def test_household_categories_are_written_on_request_undistorted_and_reach_train
         audio, _ = sf.read(out / path, dtype="float64")
         clean = bedroom.background(category, 2, int(Path(path).stem.split("_")[1]) % 10_000)
         crest = np.abs(audio).max() / np.sqrt(np.mean(audio**2))
-        assert crest == pytest.approx(np.abs(clean).max(), rel=0.05), path  # kept (the knee may touch the top)
+        # kept: a peak that lands between the limiter's knee and ceiling loses at most 12% to the soft knee
+        # (0.98 -> 0.87); a flattened impulse would lose several times that
+        assert crest == pytest.approx(np.abs(clean).max(), rel=0.13), path
         rms_db = 20 * np.log10(np.sqrt(np.mean(audio**2)))
         assert np.abs(audio).max() <= LIMIT_KNEE + 1e-3 or rms_db >= LEVEL_DBFS[0] - 1  # quieter only when it must
     bad = CliRunner().invoke(app, ["clips", "hard-negatives", "--out", str(tmp_path / "x"), "--category", "doorbell"])

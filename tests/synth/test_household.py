@@ -1,12 +1,13 @@
 """Household transients (synth.household): each category is made deterministically at the asked length and
-has the property that makes it that sound (a door's energy comes in a low, impulsive blow; footsteps
+has the property that makes it that sound (a door's energy comes in a low, impulsive blow, a hinge's creak
+in a train of stick-slip pulses; footsteps
 repeat at a walking pace; water is sustained and broadband; dishes ring; a clock ticks regularly)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.signal import welch
+from scipy.signal import butter, find_peaks, hilbert, sosfiltfilt, welch
 
 from sleepsound.synth import bedroom, household
 
@@ -46,7 +47,7 @@ def _onsets(x: np.ndarray, below_peak_db: float = 15.0, gap_s: float = 0.15) -> 
 
 
 def test_the_household_categories_are_registered_and_opt_in() -> None:
-    assert bedroom.HOUSEHOLD_CATEGORIES == ("door", "footsteps", "water_flush", "dishes", "clock_tick")
+    assert bedroom.HOUSEHOLD_CATEGORIES == ("door", "footsteps", "water_flush", "dishes", "clock_tick", "door_creak")
     assert set(bedroom.ALL_CATEGORIES) == set(bedroom.CATEGORIES) | set(bedroom.HOUSEHOLD_CATEGORIES)
     assert not set(bedroom.CATEGORIES) & set(bedroom.HOUSEHOLD_CATEGORIES)  # not in the shipped default
 
@@ -71,6 +72,25 @@ def test_a_door_is_a_low_impulsive_blow() -> None:
     assert np.median([_share(x, 0, 1000) for x in clips]) > 0.8  # a door panel's modes are low
     fan = [bedroom.background("fan_hvac", 11, i) for i in range(DRAWS)]
     assert np.median([_crest(x) for x in clips]) > 1.5 * np.median([_crest(x) for x in fan])
+
+
+def _pulses(x: np.ndarray) -> int:
+    """Sharp bursts in the 0.8-5 kHz band's envelope at least 4 ms apart (within 10 dB of the loudest)."""
+    sos = butter(4, [800, 5000], btype="bandpass", fs=RATE, output="sos")
+    env = np.convolve(np.abs(hilbert(sosfiltfilt(sos, x))), np.ones(16) / 16, "same")
+    peaks, _ = find_peaks(env, height=0.3 * env.max(), distance=int(0.004 * RATE), prominence=0.15 * env.max())
+    return len(peaks)
+
+
+def test_a_hinge_creak_is_a_train_of_slips_where_a_slam_is_one_blow() -> None:
+    creaks = [household.creak_event(np.random.default_rng(i), RATE) for i in range(DRAWS)]
+    doors = [household.door_event(np.random.default_rng(i), RATE) for i in range(DRAWS)]
+    assert np.median([_pulses(x) for x in creaks]) >= 10  # stick-slip at 15-200 Hz for 0.4-1.4 s
+    assert np.median([_pulses(x) for x in doors]) <= 4  # a slam, a push shut, a few knocks
+    clips = _clips("door_creak")
+    assert np.median([_energy_in_loudest(x, 0.2) for x in clips]) < np.median(
+        [_energy_in_loudest(x, 0.2) for x in _clips("door")]
+    )  # it lasts as the door swings, where a slam's energy is in one blow
 
 
 def test_footsteps_come_at_a_walking_pace_and_are_low() -> None:
