@@ -141,9 +141,9 @@ def snorer_whose_snoring_pauses(
 
 
 def tonal_fragments(seconds: float, span: tuple[float, float], level: float, seed: int = 11) -> np.ndarray:
-    """Short tonal sounds (0.6 s of a tone near 2 kHz) at irregular times
-    inside ``span``, ``level`` x the breaths' amplitude: what is left of a TV in a pause, unvoiced below
-    1.5 kHz (so not speech to the detector) but far less noise-like than breath noise."""
+    """Short tonal sounds (0.6 s of a tone near 2 kHz) at irregular times inside ``span``, ``level`` x the
+    breaths' amplitude: what is left of a TV in a pause, unvoiced below 1.5 kHz (so not speech to the
+    detector) but far less noise-like than breath noise."""
     rng = np.random.default_rng(seed)
     out = np.zeros(int(seconds * RATE))
     k = int(0.6 * RATE)

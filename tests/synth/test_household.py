@@ -1,7 +1,7 @@
 """Household transients (synth.household): each category is made deterministically at the asked length and
 has the property that makes it that sound (a door's energy comes in a low, impulsive blow, a hinge's creak
-in a train of stick-slip pulses; footsteps
-repeat at a walking pace; water is sustained and broadband; dishes ring; a clock ticks regularly)."""
+in a train of stick-slip pulses; footsteps repeat at a walking pace; water is sustained and broadband;
+dishes ring; a clock ticks regularly)."""
 
 from __future__ import annotations
 
