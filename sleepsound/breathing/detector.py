@@ -11,7 +11,8 @@ The AASM's rules read on sound instead of airflow:
 * an event is a dip, not a step: the breathing must come back after it. The silence of an apnoea is
   also judged against the breathing of the minute after it (90% under that too), and a hypopnoea's
   breaths must be 30% weaker than that breathing as well, so sound that steps down and stays down
-  (snoring that stops, a sleeper turning away from the microphone) is no event.
+  (snoring that stops, a sleeper turning away from the microphone) is no event; nor is a weak stretch
+  with no breath after it (the recording ends before the breathing could come back).
 
 Robustness:
 
@@ -387,7 +388,9 @@ def detect_candidates(
                 if np.isfinite(later) and np.median(cycle[start + half : stop - half]) >= limit * later:
                     continue  # a step down that stays, not a dip: the breathing never came back
             after = int(np.searchsorted(starts, stop))
-            recovery = amps[after] / np.sqrt(cycle_base[start]) if after < len(breaths) else 1.0
+            if after == len(breaths):
+                continue  # no breath after it: the recording ends before the breathing is seen coming back
+            recovery = amps[after] / np.sqrt(cycle_base[start])
             # Mostly the depth of the dip: breath sounds vary by 30% from breath to breath in REM and
             # wake, so a dip just past the rule is a hypopnoea only with a long stretch or a recovery.
             confidence = (

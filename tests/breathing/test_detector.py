@@ -77,6 +77,15 @@ def test_breathing_that_steps_down_and_stays_down_is_no_hypopnoea():
     assert [e["type"] for e in without] == ["hypopnea"] and without[0]["confidence"] >= DEFAULT.min_confidence
 
 
+def test_weaker_breathing_until_the_recording_ends_is_no_hypopnoea():
+    # The last 30 s weaker: no breath after it, so the breathing is never seen coming back (the night
+    # ended, or the sleeper turned away) and there is no dip to score; 20 s earlier it is a hypopnoea.
+    audio = breathing(SECONDS, weak=((SECONDS - 30, SECONDS),)) + fan(SECONDS, 0.003)
+    assert _detect(audio) == []
+    earlier = breathing(SECONDS, weak=((SECONDS - 50, SECONDS - 20),)) + fan(SECONDS, 0.003)
+    assert [e["type"] for e in _detect(earlier)] == ["hypopnea"]
+
+
 def test_a_dip_of_ten_percent_is_no_hypopnoea():
     assert _detect(breathing(SECONDS, weak=(PAUSE,), weak_gain=0.9)) == []
 
