@@ -405,6 +405,11 @@ def detect_candidates(
     return events
 
 
+def _breaths_before(starts: np.ndarray, start: int, settings: DetectorSettings) -> np.ndarray:
+    """Which breaths (by their start frames) begin in the ``baseline_s`` before frame ``start``."""
+    return (starts >= start - settings.baseline_s * FRAME_HZ) & (starts < start)
+
+
 def _covered_pause(
     start: int, stop: int, ratio: float, breaths: list[_Sound], starts: np.ndarray, settings: DetectorSettings
 ) -> bool:
@@ -412,7 +417,7 @@ def _covered_pause(
     less noise-like than the breaths of the ``baseline_s`` before (a TV's fragments taken for faint breaths)."""
     if ratio >= settings.covered_pause_ratio:
         return False
-    before = np.flatnonzero((starts >= start - settings.baseline_s * FRAME_HZ) & (starts < start))
+    before = np.flatnonzero(_breaths_before(starts, start, settings))
     inside = np.flatnonzero((starts >= start) & (starts < stop))
     if not len(before) or not len(inside):
         return False
@@ -433,7 +438,7 @@ def _snoring_paused(
     """A snorer's weak stretch that is only a pause of the snoring: most breaths of the two minutes
     before snored (by the snoring head), and the breaths it does not hear snoring in are no weaker
     inside than before (the airflow did not drop)."""
-    before = (starts >= start - settings.baseline_s * FRAME_HZ) & (starts < start)
+    before = _breaths_before(starts, start, settings)
     if not before.any() or snored[before].mean() < settings.snored_share:
         return False
     heard = unsnored_base[start:stop]
