@@ -382,14 +382,14 @@ def detect_candidates(
                 continue  # only the snoring changed
             if heard_snoring and _snoring_paused(start, stop, starts, snored, unsnored, unsnored_base, settings):
                 continue
+            after = int(np.searchsorted(starts, stop))
+            if after == len(breaths):
+                continue  # no breath after it: the recording ends before the breathing is seen coming back
             if settings.step_check:
                 later = _after_base(after_blocks, stop, settings)
                 half = int(settings.cycle_s * FRAME_HZ) // 2
                 if np.isfinite(later) and np.median(cycle[start + half : stop - half]) >= limit * later:
                     continue  # a step down that stays, not a dip: the breathing never came back
-            after = int(np.searchsorted(starts, stop))
-            if after == len(breaths):
-                continue  # no breath after it: the recording ends before the breathing is seen coming back
             recovery = amps[after] / np.sqrt(cycle_base[start])
             # Mostly the depth of the dip: breath sounds vary by 30% from breath to breath in REM and
             # wake, so a dip just past the rule is a hypopnoea only with a long stretch or a recovery.
