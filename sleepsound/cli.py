@@ -487,7 +487,8 @@ def breathing_eval(
         typer.Option(
             help="With --build: also write every held-out style's nights with these recorded background clips "
             "as their TV (groups <style>+realbg, same night plans), reported apart as 'real background', "
-            "never fitted on."
+            "never fitted on; with --real-snores too, also both recorded sounds together (<style>+recorded, "
+            "'real snores and background')."
         ),
     ] = None,
     background_categories: BackgroundCategoriesOpt = None,

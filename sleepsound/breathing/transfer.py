@@ -49,11 +49,19 @@ CONFIDENCE_GRID = tuple(round(0.4 + 0.05 * k, 2) for k in range(11))  # 0.40 .. 
 REAL_SUFFIX = "+real"  # <style>+real: the style's nights again, with recorded snores (never fitted on)
 REALBG_SUFFIX = "+realbg"  # <style>+realbg: ... with a recorded background as their TV (never fitted on)
 TV_SUFFIX = "+tv"  # <style>+tv: ... with the generator's TV where +realbg has the recorded one (its comparison)
-APART = {REAL_SUFFIX: "real snores", REALBG_SUFFIX: "real background", TV_SUFFIX: "generator TV"}  # summed apart
+# <style>+recorded: ... with both the recorded snores and the recorded background (the nearest to a real bedroom)
+RECORDED_SUFFIX = "+recorded"
+APART = {  # summed apart
+    REAL_SUFFIX: "real snores",
+    REALBG_SUFFIX: "real background",
+    TV_SUFFIX: "generator TV",
+    RECORDED_SUFFIX: "real snores and background",
+}
 
 
 def recorded_suffix(group: str) -> str | None:
-    """The suffix of a group summed apart (``<style>+real``, ``+realbg``, ``+tv``), None for a plain style."""
+    """The suffix of a group summed apart (``<style>+real``, ``+realbg``, ``+tv``, ``+recorded``), None for a
+    plain style."""
     return next((x for x in APART if group.endswith(x)), None)
 
 
@@ -62,11 +70,14 @@ def recorded_groups(
 ) -> list[tuple[str, str]]:
     """(style, suffix) of every group written again with recorded sound: ``+real`` with recorded
     snores, ``+realbg`` with a recorded background and ``+tv`` with the generator's TV beside it
-    (classic has no TV renderer), for each of ``real_styles`` in ``styles``' order."""
+    (classic has no TV renderer), and with both folders ``+recorded`` with both recorded sounds, for
+    each of ``real_styles`` in ``styles``' order."""
     chosen = [s for s in styles if s in real_styles]
     out = [(s, REAL_SUFFIX) for s in chosen] if real_snores is not None else []
     if real_background is not None:
         out += [(s, REALBG_SUFFIX) for s in chosen] + [(s, TV_SUFFIX) for s in chosen if s != "classic"]
+        if real_snores is not None:
+            out += [(s, RECORDED_SUFFIX) for s in chosen]
     return out
 
 
@@ -170,7 +181,8 @@ def build_cohorts(
     ``<style>+real``: the same night plans, with the recorded snores laid on the snored breaths; with
     ``real_background`` (recorded TV or talk), as ``<style>+realbg``: the same plans with the recorded
     background as the night's TV (a TV added at tv-bedroom's levels where the style has none), and as
-    ``<style>+tv``: the same TV made by the generator (what the recorded one is compared with).
+    ``<style>+tv``: the same TV made by the generator (what the recorded one is compared with); with
+    both, also as ``<style>+recorded``: the same plans with the recorded snores and the recorded TV.
     """
     from sleepsound.synth.realsnores import folder_digest
     from sleepsound.synth.writers import generate_cohort
@@ -188,7 +200,7 @@ def build_cohorts(
     ]
     out = []
     for index, style, group, suffix in jobs:
-        real, real_bg = suffix == REAL_SUFFIX, suffix == REALBG_SUFFIX
+        real, real_bg = suffix in (REAL_SUFFIX, RECORDED_SUFFIX), suffix in (REALBG_SUFFIX, RECORDED_SUFFIX)
         for kind, count in (("events", nights), ("clean", clean_nights)):
             if count < 1:
                 continue
@@ -211,6 +223,7 @@ def build_cohorts(
                     REAL_SUFFIX: " with real snores",
                     REALBG_SUFFIX: " with a real background",
                     TV_SUFFIX: " with the generator's TV",
+                    RECORDED_SUFFIX: " with real snores and a real background",
                 }.get(suffix, "")
                 progress(f"writing {count} {kind} night(s) in style {style}{what}")
             generate_cohort(

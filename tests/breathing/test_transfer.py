@@ -113,7 +113,7 @@ def test_command_on_a_tiny_cohort(tmp_path, tiny_whisper):
     args = ["breathing-eval", str(cohorts), "--root", str(root), "--build", "--styles", "classic,tv-bedroom"]
     args += ["--held-out", "tv-bedroom", "--nights", "1", "--clean", "1", "--hours", "0.1", "--out", str(out)]
     # The held-out style again with "recorded" snores (clips cut from the generator: no outside data),
-    # and with a "recorded" background as its TV (+realbg) beside the generator's TV (+tv).
+    # and with a "recorded" background as its TV (+realbg) beside the generator's TV (+tv), and with both (+recorded).
     args += ["--real-snores", str(make_snore_clips(tmp_path / "clips"))]
     args += ["--real-background", str(make_background_clips(tmp_path / "bg"))]
     result = CliRunner().invoke(app, args)
@@ -122,8 +122,16 @@ def test_command_on_a_tiny_cohort(tmp_path, tiny_whisper):
     assert "real background" in result.output and "generator TV" in result.output
     report = json.loads(out.read_text())
     assert report["held_out"] == ["tv-bedroom"]
-    assert report["styles"] == ["classic", "tv-bedroom", "tv-bedroom+real", "tv-bedroom+realbg", "tv-bedroom+tv"]
+    assert report["styles"] == [
+        "classic",
+        "tv-bedroom",
+        "tv-bedroom+real",
+        "tv-bedroom+realbg",
+        "tv-bedroom+recorded",
+        "tv-bedroom+tv",
+    ]
     groups = ("classic", "tv-bedroom", "all", "real snores", "real background", "generator TV")
+    groups += ("real snores and background",)
     assert {g: report["groups"][g]["nights"] for g in groups} == {
         "classic": 2,
         "tv-bedroom": 2,
@@ -131,12 +139,17 @@ def test_command_on_a_tiny_cohort(tmp_path, tiny_whisper):
         "real snores": 2,
         "real background": 2,
         "generator TV": 2,
+        "real snores and background": 2,
     }
     realbg = json.loads((cohorts / "tv-bedroom+realbg" / "clean" / "cohort.json").read_text())
     assert realbg["params"]["real_background_sha256"] and realbg["subjects"][0]["real_background"]["clips"] == 3
     real = json.loads((cohorts / "tv-bedroom+real" / "events" / "cohort.json").read_text())
     plain = json.loads((cohorts / "tv-bedroom" / "events" / "cohort.json").read_text())
     assert real["params"]["seed"] == plain["params"]["seed"] and "real_snores" in real["params"]
+    both = json.loads((cohorts / "tv-bedroom+recorded" / "events" / "cohort.json").read_text())
+    assert both["params"]["seed"] == plain["params"]["seed"]
+    assert both["params"]["real_snores_sha256"] == real["params"]["real_snores_sha256"]
+    assert both["params"]["real_background_sha256"] == realbg["params"]["real_background_sha256"]
     assert report["groups"]["all"]["clean_nights"] == 2
     clean = [p for p in report["groups"]["all"]["per_night"] if p["kind"] == "clean"]
     assert [sum(p["n_true"].values()) for p in clean] == [0, 0]  # generated with ahi=0: no event at all
