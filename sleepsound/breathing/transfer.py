@@ -551,8 +551,9 @@ def format_report(report: TransferReport) -> str:
         lines.append(f"Head {name} not trained: {why}")
     heads = report.get("head_groups")
     if heads is not None:
+        w = _name_width(heads)
         columns = (
-            f"{'group':<16}{'nights':>7}{'head REI':>10}{'max':>7}{'<=5/h':>7}{'AHI':>7}{'clean/h':>9}"
+            f"{'group':<{w}}{'nights':>7}{'head REI':>10}{'max':>7}{'<=5/h':>7}{'AHI':>7}{'clean/h':>9}"
             f"{'detector REI':>14}{'<=5/h':>7}{'AHI':>7}{'clean/h':>9}"
         )
         lines += [
@@ -566,7 +567,7 @@ def format_report(report: TransferReport) -> str:
                 lines.append("-" * len(columns))
             d = report["groups"][name]
             lines.append(
-                f"{name:<16}{h['nights']:>7}{_fmt(h['rei_abs_error'], '.1f'):>10}{_fmt(h['rei_max_error'], '.1f'):>7}"
+                f"{name:<{w}}{h['nights']:>7}{_fmt(h['rei_abs_error'], '.1f'):>10}{_fmt(h['rei_max_error'], '.1f'):>7}"
                 f"{_fmt(100 * h['rei_within_5'], '.0f') + '%':>7}{_fmt(h['ahi_abs_error'], '.1f'):>7}"
                 f"{_fmt(h['clean_false_per_h'], '.1f'):>9}{_fmt(d['rei_abs_error'], '.1f'):>14}"
                 f"{_fmt(100 * d['rei_within_5'], '.0f') + '%':>7}{_fmt(d['ahi_abs_error'], '.1f'):>7}"
@@ -575,10 +576,16 @@ def format_report(report: TransferReport) -> str:
     return "\n".join(lines)
 
 
+def _name_width(groups: dict[str, Any]) -> int:
+    """The group column's width: 16, or the longest name and a space (``real snores and background``)."""
+    return max(16, *(len(name) + 1 for name in groups))
+
+
 def _event_table(groups: dict[str, GroupFigures]) -> list[str]:
     """One row per group: event P/R/F1 per type, REI and AHI errors, the clean nights' false events."""
+    w = _name_width(groups)
     head = (
-        f"{'group':<16}{'nights':>7}{'clean':>6}  {'apnoea P/R/F1':<17}{'hypopnoea P/R/F1':<19}"
+        f"{'group':<{w}}{'nights':>7}{'clean':>6}  {'apnoea P/R/F1':<17}{'hypopnoea P/R/F1':<19}"
         f"{'REI |err|':>10}{'max':>7}{'<=5/h':>7}{'AHI |err|':>10}{'clean ev/h':>11}{'worst':>7}"
     )
     lines = [head]
@@ -594,7 +601,7 @@ def _event_table(groups: dict[str, GroupFigures]) -> list[str]:
             return f"{_fmt(float(s['precision']))}/{_fmt(float(s['recall']))}/{_fmt(float(s['f1']))}"
 
         lines.append(
-            f"{name:<16}{g['nights']:>7}{g['clean_nights']:>6}  {prf('apnea'):<17}{prf('hypopnea'):<19}"
+            f"{name:<{w}}{g['nights']:>7}{g['clean_nights']:>6}  {prf('apnea'):<17}{prf('hypopnea'):<19}"
             f"{_fmt(g['rei_abs_error'], '.1f'):>10}{_fmt(g['rei_max_error'], '.1f'):>7}"
             f"{_fmt(100 * g['rei_within_5'], '.0f') + '%':>7}{_fmt(g['ahi_abs_error'], '.1f'):>10}"
             f"{_fmt(g['clean_false_per_h'], '.1f'):>11}{_fmt(g['clean_max_per_h'], '.1f'):>7}"
