@@ -159,3 +159,19 @@ def tonal_fragments(seconds: float, span: tuple[float, float], level: float, see
 def hiss(seconds: float, level: float = 1e-4, seed: int = 2) -> np.ndarray:
     """A quiet microphone's white self-noise at ``level`` RMS: a floor that is flat, not a fan's."""
     return level * np.random.default_rng(seed).standard_normal(int(seconds * RATE))
+
+
+def fan_blips(seconds: float, span: tuple[float, float], level: float, rise_db: float, seed: int = 13) -> np.ndarray:
+    """Short swells of a fan of ``level`` RMS (0.5 s at irregular times inside ``span``), each raising the
+    room's noise by about ``rise_db``: a fan's own wander, which stands a little out of its floor."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(int(seconds * RATE))
+    k = int(0.5 * RATE)
+    gain = level * np.sqrt(10.0 ** (rise_db / 10.0) - 1.0)
+    t = span[0] + 0.5
+    while t < span[1] - 1.0:
+        k0 = int(t * RATE)
+        x = _band_noise(rng, k, 60, 3500)
+        out[k0 : k0 + k] += gain * np.sqrt(np.hanning(k)) * x / x.std()
+        t += rng.uniform(1.6, 3.0)
+    return out

@@ -15,6 +15,7 @@ from tests.breathing.signals import (
     RATE,
     breathing,
     fan,
+    fan_blips,
     fast_breaths_between_pauses,
     hiss,
     one_sound_breaths,
@@ -150,9 +151,23 @@ def test_a_pause_under_faint_tonal_sound_is_an_apnoea():
     assert [e["type"] for e in without] == ["hypopnea"]
 
 
-def test_breaths_weakened_as_deeply_stay_a_hypopnoea():
-    # As deep as the fragments above (amplitude ratio under 0.2), but the sounds are breath noise.
-    audio = breathing(SECONDS, weak=(PAUSE,), weak_gain=0.15) + hiss(SECONDS)
+def test_a_pause_in_a_fan_whose_noise_swells_is_an_apnoea():
+    # The fan's own swells, 2.5 dB over its floor, pass as faint breaths in the pause, so the rules see a
+    # deep hypopnoea; sounds that barely rise out of the room's noise are the room's, so it is a pause.
+    audio = breathing(SECONDS, pauses=(PAUSE,)) + fan(SECONDS, 0.005) + fan_blips(SECONDS, PAUSE, 0.005, 2.5)
+    env = epoch_envelope(audio, RATE)
+    event = _only(detect_events(env), "apnea")
+    assert event["start_s"] <= PAUSE[0] + 3.5 and event["end_s"] >= PAUSE[1] - 1
+    without = detect_events(env, settings=replace(DEFAULT, faint_over_floor=0.0))
+    assert [e["type"] for e in without] == ["hypopnea"]
+
+
+@pytest.mark.parametrize("room", ["hiss", "fan"])
+def test_breaths_weakened_as_deeply_stay_a_hypopnoea(room):
+    # As deep as the fragments above (amplitude ratio under 0.2), but the sounds are breath noise that
+    # stands well out of the room's noise, a microphone's hiss or a fan's.
+    floor = hiss(SECONDS) if room == "hiss" else fan(SECONDS, 0.005)
+    audio = breathing(SECONDS, weak=(PAUSE,), weak_gain=0.15) + floor
     event = _only(_detect(audio), "hypopnea")
     assert event["start_s"] < PAUSE[0] + 4 and event["end_s"] > PAUSE[1] - 4
 
