@@ -100,6 +100,11 @@ class DetectorSettings:
     # ``faint_over_floor`` x the floor's, i.e. 3 dB): a fan's or HVAC's own wander, not breathing. Measured
     # on 7 cohorts, checked on a fresh one (README, "Pauses in a noisy room, typed"); 0.0 turns it off.
     faint_over_floor: float = 1.0
+    # A stretch only this deep (half the baseline's amplitude) is an apnoea under other sound when its sounds
+    # are plainly tonal: flatness under ``tonal_flatness`` x the breaths'. The less deep, the less like
+    # breath noise the sounds must be (README, "Half-deep pauses under a TV"); 0.0 turns it off.
+    tonal_pause_ratio: float = 0.5
+    tonal_flatness: float = 0.6
     # An event is a dip, not a step: the breathing of the minute after it must be louder than the event
     # by the same rules (snoring that stops for good, a sleeper turning away is no event); False: off.
     after_s: float = 60.0
@@ -425,18 +430,20 @@ def _covered_pause(
 ) -> bool:
     """A weak stretch that is a pause under other sound: deep (``covered_pause_ratio``) and its sounds either
     far less noise-like than the breaths of the ``baseline_s`` before (a TV's fragments taken for faint
-    breaths) or barely above the room's floor (a fan's blips: under ``faint_over_floor`` x its power)."""
-    if ratio >= settings.covered_pause_ratio:
+    breaths) or barely above the room's floor (a fan's blips: under ``faint_over_floor`` x its power); or
+    only half-deep (``tonal_pause_ratio``) with plainly tonal sounds (``tonal_flatness``)."""
+    deep = ratio < settings.covered_pause_ratio
+    if not deep and ratio >= settings.tonal_pause_ratio:
         return False
     before = np.flatnonzero(_breaths_before(starts, start, settings))
     inside = np.flatnonzero((starts >= start) & (starts < stop))
     if not len(before) or not len(inside):
         return False
-    if float(np.median([breaths[i].over_floor for i in inside])) < settings.faint_over_floor:
+    if deep and float(np.median([breaths[i].over_floor for i in inside])) < settings.faint_over_floor:
         return True
     usual = float(np.median([breaths[i].flatness for i in before]))
     heard = float(np.median([breaths[i].flatness for i in inside]))
-    return heard < settings.unlike_breath_flatness * usual
+    return heard < (settings.unlike_breath_flatness if deep else settings.tonal_flatness) * usual
 
 
 def _snoring_paused(

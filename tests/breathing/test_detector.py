@@ -147,7 +147,18 @@ def test_a_pause_under_faint_tonal_sound_is_an_apnoea():
     env = epoch_envelope(audio, RATE)
     event = _only(detect_events(env), "apnea")
     assert event["start_s"] <= PAUSE[0] + 3.5 and event["end_s"] >= PAUSE[1] - 1
-    without = detect_events(env, settings=replace(DEFAULT, covered_pause_ratio=0.0))
+    without = detect_events(env, settings=replace(DEFAULT, covered_pause_ratio=0.0, tonal_pause_ratio=0.0))
+    assert [e["type"] for e in without] == ["hypopnea"]
+
+
+def test_a_pause_under_louder_tonal_sound_is_an_apnoea():
+    # Fragments louder than above (the stretch just over a fifth of the baseline, past the deep rule's
+    # depth) are an apnoea too, being plainly tonal; the deep rule alone would call it a hypopnoea.
+    audio = breathing(SECONDS, pauses=(PAUSE,)) + hiss(SECONDS) + tonal_fragments(SECONDS, PAUSE, 0.25)
+    env = epoch_envelope(audio, RATE)
+    event = _only(detect_events(env), "apnea")
+    assert event["start_s"] <= PAUSE[0] + 3.5 and event["end_s"] >= PAUSE[1] - 1
+    without = detect_events(env, settings=replace(DEFAULT, tonal_pause_ratio=0.0))
     assert [e["type"] for e in without] == ["hypopnea"]
 
 
