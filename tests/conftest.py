@@ -132,9 +132,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """A test that starts Ray without saying so (no ``ray_session``) would slip into the fast run: fail it."""
+    """A test that starts Ray without saying so (no ``ray_session``) would slip into the fast run: fail it.
+    Prefect stops the temporary servers that flows run outside ``prefect_api`` start at exit, and says so at
+    INFO on a stream pytest has closed by then (a "Logging error" traceback per server), as it may that its
+    events worker is still sending to one: once the session is over, only errors are logged."""
+    import logging
     import sys
 
+    logging.disable(logging.WARNING)
     markexpr = session.config.option.markexpr or ""
     ray = sys.modules.get("ray")
     if "not ray" in markexpr and ray is not None and ray.is_initialized():
