@@ -133,9 +133,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """A test that starts Ray without saying so (no ``ray_session``) would slip into the fast run: fail it.
-    Prefect stops the temporary servers that flows run outside ``prefect_api`` start at exit, and says so at
-    INFO on a stream pytest has closed by then (a "Logging error" traceback per server), as it may that its
-    events worker is still sending to one: once the session is over, only errors are logged."""
+    Prefect stops the temporary servers that flows run outside ``prefect_api`` start at exit, saying so at INFO
+    (and at times warning that its events worker is still sending to one) on a stream pytest has closed by
+    then: a "Logging error" traceback each. Once the session is over, only errors are logged."""
     import logging
     import sys
 
