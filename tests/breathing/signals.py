@@ -175,3 +175,21 @@ def fan_blips(seconds: float, span: tuple[float, float], level: float, rise_db: 
         out[k0 : k0 + k] += gain * np.sqrt(np.hanning(k)) * x / x.std()
         t += rng.uniform(1.6, 3.0)
     return out
+
+
+def syllabic_noise(seconds: float, span: tuple[float, float], level: float, seed: int = 17) -> np.ndarray:
+    """Bursts of 1.5-3 s inside ``span`` of the breaths' own band noise, its level riding up and down at
+    4-6 syllables a second (``level`` x the breaths' amplitude at the peaks): a TV's unvoiced, noise-like
+    talk as a cheap loudspeaker plays it, as flat as breath noise but changing level as speech does."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(int(seconds * RATE))
+    t = span[0] + 0.5
+    while t < span[1] - 2.0:
+        k0, k = int(t * RATE), int(rng.uniform(1.5, 3.0) * RATE)
+        k = min(k, int((span[1] - 0.5 - t) * RATE))
+        time = np.arange(k) / RATE
+        rate, phase = rng.uniform(4.0, 6.0), rng.uniform(0, 2 * np.pi)
+        syllables = (0.5 + 0.5 * np.sin(2 * np.pi * rate * time + phase)) ** 3
+        out[k0 : k0 + k] += level * syllables * np.hanning(k) ** 0.2 * _band_noise(rng, k, 300, 1800)
+        t += k / RATE + rng.uniform(0.4, 1.5)
+    return 0.05 * out

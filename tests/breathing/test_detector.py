@@ -21,6 +21,7 @@ from tests.breathing.signals import (
     one_sound_breaths,
     snorer_whose_snoring_pauses,
     speech,
+    syllabic_noise,
     tonal_fragments,
 )
 
@@ -147,7 +148,8 @@ def test_a_pause_under_faint_tonal_sound_is_an_apnoea():
     env = epoch_envelope(audio, RATE)
     event = _only(detect_events(env), "apnea")
     assert event["start_s"] <= PAUSE[0] + 3.5 and event["end_s"] >= PAUSE[1] - 1
-    without = detect_events(env, settings=replace(DEFAULT, covered_pause_ratio=0.0, tonal_pause_ratio=0.0))
+    off = replace(DEFAULT, covered_pause_ratio=0.0, tonal_pause_ratio=0.0, flicker_pause_ratio=0.0)
+    without = detect_events(env, settings=off)
     assert [e["type"] for e in without] == ["hypopnea"]
 
 
@@ -158,7 +160,7 @@ def test_a_pause_under_louder_tonal_sound_is_an_apnoea():
     env = epoch_envelope(audio, RATE)
     event = _only(detect_events(env), "apnea")
     assert event["start_s"] <= PAUSE[0] + 3.5 and event["end_s"] >= PAUSE[1] - 1
-    without = detect_events(env, settings=replace(DEFAULT, tonal_pause_ratio=0.0))
+    without = detect_events(env, settings=replace(DEFAULT, tonal_pause_ratio=0.0, flicker_pause_ratio=0.0))
     assert [e["type"] for e in without] == ["hypopnea"]
 
 
@@ -171,6 +173,27 @@ def test_a_pause_in_a_fan_whose_noise_swells_is_an_apnoea():
     assert event["start_s"] <= PAUSE[0] + 3.5 and event["end_s"] >= PAUSE[1] - 1
     without = detect_events(env, settings=replace(DEFAULT, faint_over_floor=0.0))
     assert [e["type"] for e in without] == ["hypopnea"]
+
+
+@pytest.mark.parametrize("room", ["hiss", "fan"])
+def test_a_pause_under_talk_as_noise_like_as_breath_is_an_apnoea(room):
+    # A TV's unvoiced talk in the pause, as flat as breath noise and a quarter of its amplitude (past the
+    # deep rules' depth): its level rides up and down syllable by syllable where breaths swell smoothly.
+    floor = hiss(SECONDS) if room == "hiss" else fan(SECONDS, 0.005)
+    audio = breathing(SECONDS, pauses=(PAUSE,)) + floor + syllabic_noise(SECONDS, PAUSE, 0.4)
+    env = epoch_envelope(audio, RATE)
+    event = _only(detect_events(env), "apnea")
+    assert event["start_s"] <= PAUSE[0] + 3.5 and event["end_s"] >= PAUSE[1] - 1
+    without = detect_events(env, settings=replace(DEFAULT, flicker_pause_ratio=0.0))
+    assert [e["type"] for e in without] == ["hypopnea"]
+
+
+@pytest.mark.parametrize("room", ["hiss", "fan"])
+def test_breaths_weakened_as_much_as_that_talk_stay_a_hypopnoea(room):
+    # Breaths at 0.3 of their usual amplitude are as deep a stretch as the talk above, but they swell smoothly.
+    floor = hiss(SECONDS) if room == "hiss" else fan(SECONDS, 0.005)
+    event = _only(_detect(breathing(SECONDS, weak=(PAUSE,), weak_gain=0.3) + floor), "hypopnea")
+    assert event["start_s"] < PAUSE[0] + 4 and event["end_s"] > PAUSE[1] - 4
 
 
 @pytest.mark.parametrize("room", ["hiss", "fan"])
