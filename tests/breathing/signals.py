@@ -180,7 +180,7 @@ def fan_blips(seconds: float, span: tuple[float, float], level: float, rise_db: 
 def syllabic_noise(seconds: float, span: tuple[float, float], level: float, seed: int = 17) -> np.ndarray:
     """Bursts of 1.5-3 s inside ``span`` of the breaths' own band noise, its level riding up and down at
     4-6 syllables a second (``level`` x the breaths' amplitude at the peaks): a TV's unvoiced, noise-like
-    talk as a cheap loudspeaker plays it, as flat as breath noise but changing level as speech does."""
+    talk as a cheap loudspeaker plays it, as noise-like as breath but changing level as speech does."""
     rng = np.random.default_rng(seed)
     out = np.zeros(int(seconds * RATE))
     t = span[0] + 0.5

@@ -177,8 +177,8 @@ def test_a_pause_in_a_fan_whose_noise_swells_is_an_apnoea():
 
 @pytest.mark.parametrize("room", ["hiss", "fan"])
 def test_a_pause_under_talk_as_noise_like_as_breath_is_an_apnoea(room):
-    # A TV's unvoiced talk in the pause, as flat as breath noise and a quarter of its amplitude (past the
-    # deep rules' depth): its level rides up and down syllable by syllable where breaths swell smoothly.
+    # A TV's unvoiced talk in the pause, no less noise-like than breath (no flatness rule applies) and the
+    # stretch 0.2-0.3 of the baseline: its level rides up and down syllable by syllable where breaths swell.
     floor = hiss(SECONDS) if room == "hiss" else fan(SECONDS, 0.005)
     audio = breathing(SECONDS, pauses=(PAUSE,)) + floor + syllabic_noise(SECONDS, PAUSE, 0.4)
     env = epoch_envelope(audio, RATE)
