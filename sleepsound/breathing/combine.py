@@ -9,8 +9,10 @@ that pauses for a few breaths reads as a 30% drop: a false hypopnoea. The per-se
 P(snoring) on the envelope's 10-Hz frames, and ``detector.detect_candidates(..., snoring=track)``
 marks a breath whose mean P(snoring) passes ``detector.DetectorSettings.snored_prob`` as snored. Where
 most breaths of the two minutes before a hypopnoea snored (70%), the drop must also show in the breaths
-the head does not hear snoring in, or it is a pause of the snoring, no event. Nothing else changes:
-without a track, or with one that knows nothing (NaN), the detector is the envelope's alone.
+the head does not hear snoring in, or it is a pause of the snoring, no event; where every breath before
+snored (none to compare with), a stretch whose breaths have mostly stopped snoring is that pause too.
+Nothing else changes: without a track, or with one that knows nothing (NaN), the detector is the
+envelope's alone.
 
 ``detect_night`` uses it wherever a night's predictions have the snoring head's frames: ``score``,
 ``run`` and ``nightly`` (``predict.recordings``), and the bedside service's published night (its live

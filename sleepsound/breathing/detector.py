@@ -133,6 +133,9 @@ class DetectorSettings:
     snored_prob: float = 0.5
     snored_share: float = 0.7
     unsnored_min_s: float = 8.0
+    # ... and where there are none to compare with (every breath before snored), a stretch whose breaths
+    # have mostly stopped snoring (under 1 - ``snored_share`` of them snored) is the snoring's pause too.
+    stopped_snoring: bool = True
 
 
 DEFAULT = DetectorSettings()
@@ -484,13 +487,20 @@ def _snoring_paused(
 ) -> bool:
     """A snorer's weak stretch that is only a pause of the snoring: most breaths of the two minutes
     before snored (by the snoring head), and the breaths it does not hear snoring in are no weaker
-    inside than before (the airflow did not drop)."""
+    inside than before (the airflow did not drop), or, with none before, the snoring stopped inside."""
     before = _breaths_before(starts, start, settings)
     if not before.any() or snored[before].mean() < settings.snored_share:
         return False
     heard = unsnored_base[start:stop]
     limit = (1.0 - settings.hypopnea_drop) ** 2
-    return bool(np.isfinite(heard).all() and np.median(unsnored[start:stop] / np.maximum(heard, 1e-30)) >= limit)
+    if np.isfinite(heard).all():
+        return bool(np.median(unsnored[start:stop] / np.maximum(heard, 1e-30)) >= limit)
+    # No plain breaths before to compare with (a snorer who snores every breath): where the breaths inside
+    # have mostly stopped snoring, what dropped is the snoring; sound cannot tell the airflow's part.
+    inside = (starts >= start) & (starts < stop)
+    return (
+        settings.stopped_snoring and bool(inside.any()) and float(snored[inside].mean()) < 1.0 - settings.snored_share
+    )
 
 
 def _blocks(cycle: np.ndarray, usable: np.ndarray) -> np.ndarray:

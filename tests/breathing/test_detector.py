@@ -263,3 +263,20 @@ def test_snoring_that_pauses_is_no_hypopnoea_where_the_snoring_head_hears_the_sn
     assert event["start_s"] < pause[0] + 4 and event["end_s"] > pause[1] - 4
     with pytest.raises(ValueError, match="snoring track has 10 frames"):
         detect_events(env, snoring=np.zeros(10))
+
+
+def test_a_snorer_who_snores_every_breath_and_stops_for_a_while_has_no_event():
+    # No plain breath before the pause to compare the plain breaths inside with: the breaths inside have
+    # stopped snoring where every breath before snored, so what dropped is the snoring, not the airflow.
+    pause = (150.0, 172.0)
+    audio, snores = snorer_whose_snoring_pauses(300.0, pause, plain_every=10**6)
+    env = epoch_envelope(audio + fan(300.0, 0.003), RATE)
+    track = _snore_track(len(env), snores)
+    assert detect_events(env, snoring=track) == []
+    off = replace(DEFAULT, stopped_snoring=False)
+    assert [e["type"] for e in detect_events(env, snoring=track, settings=off)] == ["hypopnea"]
+    # The same snorer's hypopnoea with the snores going on, 60% weaker: still one.
+    audio, snores = snorer_whose_snoring_pauses(300.0, (0.0, 0.0), plain_every=10**6, weak=pause)
+    env = epoch_envelope(audio + fan(300.0, 0.003), RATE)
+    event = _only(detect_events(env, snoring=_snore_track(len(env), snores)), "hypopnea")
+    assert event["start_s"] < pause[0] + 4 and event["end_s"] > pause[1] - 4
