@@ -456,24 +456,24 @@ def _covered_pause(
     its sounds flicker where the breaths swelled smoothly (``flicker_pause_ratio``, ``flicker_ratio``: speech
     and a TV change level syllable by syllable); or only half-deep (``tonal_pause_ratio``) with plainly tonal
     sounds (``tonal_flatness``)."""
-    deep = ratio < settings.covered_pause_ratio
-    if not deep and ratio >= max(settings.tonal_pause_ratio, settings.flicker_pause_ratio):
-        return False
+    if ratio >= max(settings.covered_pause_ratio, settings.tonal_pause_ratio, settings.flicker_pause_ratio):
+        return False  # too shallow for every rule
     before = np.flatnonzero(_breaths_before(starts, start, settings))
     inside = np.flatnonzero((starts >= start) & (starts < stop))
     if not len(before) or not len(inside):
         return False
+    deep = ratio < settings.covered_pause_ratio
     if deep and float(np.median([breaths[i].over_floor for i in inside])) < settings.faint_over_floor:
         return True
     if ratio < settings.flicker_pause_ratio:
         smooth = float(np.median([breaths[i].flicker for i in before]))
         if float(np.median([breaths[i].flicker for i in inside])) > settings.flicker_ratio * max(smooth, 1e-6):
             return True
-    if not deep and ratio >= settings.tonal_pause_ratio:
-        return False
     usual = float(np.median([breaths[i].flatness for i in before]))
     heard = float(np.median([breaths[i].flatness for i in inside]))
-    return heard < (settings.unlike_breath_flatness if deep else settings.tonal_flatness) * usual
+    if deep:
+        return heard < settings.unlike_breath_flatness * usual
+    return ratio < settings.tonal_pause_ratio and heard < settings.tonal_flatness * usual
 
 
 def _snoring_paused(
