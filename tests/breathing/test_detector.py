@@ -38,6 +38,21 @@ def _only(events: list, kind: str) -> dict:
     return events[0]
 
 
+def _room(room: str) -> np.ndarray:
+    """The room's own noise: a quiet microphone's hiss or a fan."""
+    return hiss(SECONDS) if room == "hiss" else fan(SECONDS, 0.005)
+
+
+def _pause_typed_apnoea_by(audio: np.ndarray, **rules_off: float) -> None:
+    """The pause in ``audio`` is one apnoea over it, and a hypopnoea with the typing rules ``rules_off``
+    turned off: those rules, not the gap rule, made it an apnoea."""
+    env = epoch_envelope(audio, RATE)
+    event = _only(detect_events(env), "apnea")
+    assert event["start_s"] <= PAUSE[0] + 3.5 and event["end_s"] >= PAUSE[1] - 1
+    without = detect_events(env, settings=replace(DEFAULT, **rules_off))
+    assert [e["type"] for e in without] == ["hypopnea"]
+
+
 def test_envelope_tells_breath_noise_from_silence_and_voice():
     env = epoch_envelope(breathing(12.0) + speech(12.0, 8.0, 2.0), RATE)
     assert env.shape == (120, len(FEATURES)) and env.dtype == np.float32
@@ -145,54 +160,35 @@ def test_a_pause_under_faint_tonal_sound_is_an_apnoea():
     # A TV's faint fragments in the pause pass as breaths, so the rules see a deep hypopnoea; the
     # fragments are tonal where the breaths before were noise, so it is a pause under other sound.
     audio = breathing(SECONDS, pauses=(PAUSE,)) + hiss(SECONDS) + tonal_fragments(SECONDS, PAUSE, 0.15)
-    env = epoch_envelope(audio, RATE)
-    event = _only(detect_events(env), "apnea")
-    assert event["start_s"] <= PAUSE[0] + 3.5 and event["end_s"] >= PAUSE[1] - 1
-    off = replace(DEFAULT, covered_pause_ratio=0.0, tonal_pause_ratio=0.0, flicker_pause_ratio=0.0)
-    without = detect_events(env, settings=off)
-    assert [e["type"] for e in without] == ["hypopnea"]
+    _pause_typed_apnoea_by(audio, covered_pause_ratio=0.0, tonal_pause_ratio=0.0, flicker_pause_ratio=0.0)
 
 
 def test_a_pause_under_louder_tonal_sound_is_an_apnoea():
     # Fragments louder than above (the stretch just over a fifth of the baseline, past the deep rule's
     # depth) are an apnoea too, being plainly tonal; the deep rule alone would call it a hypopnoea.
     audio = breathing(SECONDS, pauses=(PAUSE,)) + hiss(SECONDS) + tonal_fragments(SECONDS, PAUSE, 0.25)
-    env = epoch_envelope(audio, RATE)
-    event = _only(detect_events(env), "apnea")
-    assert event["start_s"] <= PAUSE[0] + 3.5 and event["end_s"] >= PAUSE[1] - 1
-    without = detect_events(env, settings=replace(DEFAULT, tonal_pause_ratio=0.0, flicker_pause_ratio=0.0))
-    assert [e["type"] for e in without] == ["hypopnea"]
+    _pause_typed_apnoea_by(audio, tonal_pause_ratio=0.0, flicker_pause_ratio=0.0)
 
 
 def test_a_pause_in_a_fan_whose_noise_swells_is_an_apnoea():
     # The fan's own swells, 2.5 dB over its floor, pass as faint breaths in the pause, so the rules see a
     # deep hypopnoea; sounds that barely rise out of the room's noise are the room's, so it is a pause.
     audio = breathing(SECONDS, pauses=(PAUSE,)) + fan(SECONDS, 0.005) + fan_blips(SECONDS, PAUSE, 0.005, 2.5)
-    env = epoch_envelope(audio, RATE)
-    event = _only(detect_events(env), "apnea")
-    assert event["start_s"] <= PAUSE[0] + 3.5 and event["end_s"] >= PAUSE[1] - 1
-    without = detect_events(env, settings=replace(DEFAULT, faint_over_floor=0.0))
-    assert [e["type"] for e in without] == ["hypopnea"]
+    _pause_typed_apnoea_by(audio, faint_over_floor=0.0)
 
 
 @pytest.mark.parametrize("room", ["hiss", "fan"])
 def test_a_pause_under_talk_as_noise_like_as_breath_is_an_apnoea(room):
     # A TV's unvoiced talk in the pause, no less noise-like than breath (no flatness rule applies) and the
     # stretch 0.2-0.3 of the baseline: its level rides up and down syllable by syllable where breaths swell.
-    floor = hiss(SECONDS) if room == "hiss" else fan(SECONDS, 0.005)
-    audio = breathing(SECONDS, pauses=(PAUSE,)) + floor + syllabic_noise(SECONDS, PAUSE, 0.4)
-    env = epoch_envelope(audio, RATE)
-    event = _only(detect_events(env), "apnea")
-    assert event["start_s"] <= PAUSE[0] + 3.5 and event["end_s"] >= PAUSE[1] - 1
-    without = detect_events(env, settings=replace(DEFAULT, flicker_pause_ratio=0.0))
-    assert [e["type"] for e in without] == ["hypopnea"]
+    audio = breathing(SECONDS, pauses=(PAUSE,)) + _room(room) + syllabic_noise(SECONDS, PAUSE, 0.4)
+    _pause_typed_apnoea_by(audio, flicker_pause_ratio=0.0)
 
 
 @pytest.mark.parametrize("room", ["hiss", "fan"])
 def test_breaths_weakened_as_much_as_that_talk_stay_a_hypopnoea(room):
     # Breaths at 0.3 of their usual amplitude are as deep a stretch as the talk above, but they swell smoothly.
-    floor = hiss(SECONDS) if room == "hiss" else fan(SECONDS, 0.005)
-    event = _only(_detect(breathing(SECONDS, weak=(PAUSE,), weak_gain=0.3) + floor), "hypopnea")
+    event = _only(_detect(breathing(SECONDS, weak=(PAUSE,), weak_gain=0.3) + _room(room)), "hypopnea")
     assert event["start_s"] < PAUSE[0] + 4 and event["end_s"] > PAUSE[1] - 4
 
 
@@ -200,8 +196,7 @@ def test_breaths_weakened_as_much_as_that_talk_stay_a_hypopnoea(room):
 def test_breaths_weakened_as_deeply_stay_a_hypopnoea(room):
     # As deep as the fragments above (amplitude ratio under 0.2), but the sounds are breath noise that
     # stands well out of the room's noise, a microphone's hiss or a fan's.
-    floor = hiss(SECONDS) if room == "hiss" else fan(SECONDS, 0.005)
-    audio = breathing(SECONDS, weak=(PAUSE,), weak_gain=0.15) + floor
+    audio = breathing(SECONDS, weak=(PAUSE,), weak_gain=0.15) + _room(room)
     event = _only(_detect(audio), "hypopnea")
     assert event["start_s"] < PAUSE[0] + 4 and event["end_s"] > PAUSE[1] - 4
 
