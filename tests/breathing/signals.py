@@ -193,3 +193,13 @@ def syllabic_noise(seconds: float, span: tuple[float, float], level: float, seed
         out[k0 : k0 + k] += level * syllables * np.hanning(k) ** 0.2 * _band_noise(rng, k, 300, 1800)
         t += k / RATE + rng.uniform(0.4, 1.5)
     return 0.05 * out
+
+
+def murmur(seconds: float, span: tuple[float, float], level: float, seed: int = 19) -> np.ndarray:
+    """A steady, low murmur inside ``span`` only (band noise at ``level`` x the breaths' amplitude): a TV
+    turned low, heard in a pause and lost under the breathing elsewhere."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(int(seconds * RATE))
+    k0, k1 = int(span[0] * RATE), int(span[1] * RATE)
+    out[k0:k1] = level * _band_noise(rng, k1 - k0, 300, 1800)
+    return 0.05 * out

@@ -18,6 +18,7 @@ from tests.breathing.signals import (
     fan_blips,
     fast_breaths_between_pauses,
     hiss,
+    murmur,
     one_sound_breaths,
     snorer_whose_snoring_pauses,
     speech,
@@ -149,6 +150,16 @@ def test_speech_during_a_pause_does_not_end_it():
     audio = breathing(SECONDS, pauses=(PAUSE,)) + speech(SECONDS, 138.0, 3.0)
     event = _only(_detect(audio), "apnea")
     assert event["start_s"] <= PAUSE[0] + 3.5 and event["end_s"] >= PAUSE[1] - 0.5  # one event over the whole pause
+
+
+@pytest.mark.parametrize("room", ["hiss", "fan"])
+def test_a_pause_under_a_low_steady_murmur_is_an_apnoea(room):
+    # A TV turned low keeps the room's level over the silence test for the whole pause (about 20 dB under
+    # the breaths) while nothing in the pause stands out of the room as a sound.
+    env = epoch_envelope(breathing(SECONDS, pauses=(PAUSE,)) + _room(room) + murmur(SECONDS, PAUSE, 0.1), RATE)
+    event = _only(detect_events(env), "apnea")
+    assert PAUSE[0] <= event["start_s"] <= PAUSE[0] + 3.5 and PAUSE[1] - 0.5 <= event["end_s"] <= PAUSE[1] + 1
+    assert detect_events(env, settings=replace(DEFAULT, soundless_gap=False)) == []
 
 
 def test_a_tv_lull_without_breathing_before_it_is_no_pause():
