@@ -36,6 +36,9 @@ Robustness:
 * a pause in a noisy room: a fan's or HVAC's own swells, just over the floor, pass as faint breaths
   the same way. A weak stretch as deep whose sounds stand less than 3 dB out of the floor (their peak
   power above it under the floor's own) is an apnoea too;
+* a low TV or a fan's wander in the pause: the room stays over the silence test all through it, yet no
+  sound in it stands out of the room (the segmentation that finds the breaths finds nothing): such a gap
+  between breaths is silent too;
 * a TV louder in the pause (or quieter breathing before it, as recorded snores are in the breath band):
   the stretch is only half-deep. Under half the baseline, it is an apnoea when its sounds are plainly
   tonal (flatness under 0.6 of the breaths'): the less deep, the less like breath noise they must be;
