@@ -3,7 +3,8 @@
 The AASM's rules read on sound instead of airflow:
 
 * an apnoea is at least 10 s with no breath sound: a gap between breaths whose frames stay at
-  the room's noise floor (no more than a tenth of the usual breath's power above it);
+  the room's noise floor (no more than a hundredth of the usual breath's power above it, a tenth of
+  its amplitude);
 * a hypopnoea is at least 10 s of breaths at least 30% weaker (in amplitude, the square root
   of their power above the floor) than the usual breath of the two minutes before;
 * the breath or snore that ends an event (the recovery, louder than usual) is supporting
