@@ -244,6 +244,14 @@ def _sounds(
     return out
 
 
+def _frames_of(sounds: list[_Sound], n: int) -> np.ndarray:
+    """Which of ``n`` frames lie inside one of ``sounds``."""
+    mask = np.zeros(n, dtype=bool)
+    for s in sounds:
+        mask[s.start : s.stop] = True
+    return mask
+
+
 def _mark_snored(sounds: list[_Sound], snoring: np.ndarray, cut: float) -> None:
     """Mark the sounds whose mean P(snoring) over their frames (those known) passes ``cut``."""
     for s in sounds:
@@ -332,9 +340,6 @@ def detect_candidates(
     broad_db = envelope[:, FEATURES.index("broad_db")].astype(np.float64)
     flatness = envelope[:, FEATURES.index("flatness")].astype(np.float64)
     sounds = _sounds(excess, floor, voiced, broad_db, flatness, np.nan_to_num(db, nan=-140.0), settings)
-    in_sound = np.zeros(n, dtype=bool)  # frames inside any sound, breath or other
-    for s in sounds:
-        in_sound[s.start : s.stop] = True
     heard_snoring = snoring is not None and bool(np.isfinite(snoring).any())  # NaN: the envelope alone
     if heard_snoring:
         _mark_snored(sounds, np.asarray(snoring, dtype=np.float64), settings.snored_prob)
@@ -358,13 +363,10 @@ def detect_candidates(
         lo = frame - settings.rhythm_window_s * FRAME_HZ
         return int(np.count_nonzero((starts < frame) & (starts >= lo))) >= settings.rhythm_breaths
 
+    in_sound = _frames_of(sounds, n)  # any sound, breath or other: a gap without any is silent
     # The breath cycles' amplitude: the loudest breath within half a cycle window either side.
-    breath_frames = np.zeros(n, dtype=bool)
-    for b in breaths:
-        breath_frames[b.start : b.stop] = True
-    clean_frames = np.zeros(n, dtype=bool)
-    for b in breaths:
-        clean_frames[b.start : b.stop] |= b.clean
+    breath_frames = _frames_of(breaths, n)
+    clean_frames = _frames_of([b for b in breaths if b.clean], n)
     width = int(settings.cycle_s * FRAME_HZ) | 1
     cycle = maximum_filter1d(np.where(breath_frames, excess, 0.0), size=width)
     # The same from plain (unvoiced) breath noise alone: snoring that starts or stops changes the
@@ -375,10 +377,7 @@ def detect_candidates(
     snored = np.array([b.snored for b in breaths], dtype=bool)
     unsnored_frames, unsnored = clean_frames, plain
     if heard_snoring:
-        unsnored_frames = clean_frames.copy()
-        for b in breaths:
-            if b.snored:
-                unsnored_frames[b.start : b.stop] = False
+        unsnored_frames = clean_frames & ~_frames_of([b for b in breaths if b.snored], n)
         unsnored = maximum_filter1d(np.where(unsnored_frames, excess, 0.0), size=width)
     in_frames = np.zeros(n, dtype=bool)
     events: list[BreathingEvent] = []
