@@ -13,6 +13,13 @@ Why these features (one row per 0.1-s frame):
   A steady hum (fan blade-pass) raises it evenly all night, so the detector reads it
   against its rolling level, never as an absolute.
 
+The features are those of the audio as the embedding stream filters it (16 kHz, 50 Hz high-pass,
+pre-emphasis: ``embed.preprocess``), where the detector's rules were measured. Raw audio (the
+epochs a model device filters itself) is read through the same filters' frequency response, applied
+to each frame's spectrum: a raw night's events are then the filtered night's (the spectra's tilt,
+which pre-emphasis changes by 25 dB between 100 Hz and 2.5 kHz, moves the noise floor, the
+breaths' levels and their flatness).
+
 One real FFT of 1600 points per frame at 16 kHz (300 frames per epoch) and a 300-point inverse
 one for the voicing: about 2-3 ms per 30-s epoch on one core (it was 8 ms with numpy's double
 precision FFTs and a full-length inverse), a fraction of the feed's own cost per epoch.
@@ -25,6 +32,9 @@ from functools import lru_cache
 
 import numpy as np
 import scipy.fft
+from scipy import signal
+
+from sleepsound.core.config import PreprocessConfig
 
 FRAME_SECONDS = 0.1
 FRAME_HZ = 1.0 / FRAME_SECONDS
@@ -42,6 +52,7 @@ class _Plan:
     """Window, frequency bands (as slices of the rfft's bins) and pitch lags for one frame size."""
 
     window: np.ndarray
+    weight: np.ndarray | None  # per bin: the stream filters' power response (raw audio), None: already filtered
     breath: slice
     broad: slice
     flat: slice
@@ -51,10 +62,12 @@ class _Plan:
 
 
 @lru_cache(maxsize=8)
-def _plan(n: int, rate: float) -> _Plan:
-    """The plan for frames of ``n`` samples at ``rate`` (cached per shape)."""
+def _plan(n: int, rate: float, filters: tuple[int, float, float] | None = None) -> _Plan:
+    """The plan for frames of ``n`` samples at ``rate`` (cached per shape); ``filters`` (target rate,
+    high-pass Hz, pre-emphasis) for raw audio that has not been through them."""
     freqs = np.fft.rfftfreq(n, 1.0 / rate)
-    nyq = rate / 2.0
+    nyq = rate / 2.0 if filters is None else min(rate, filters[0]) / 2.0  # the resampled stream's band
+    weight = None if filters is None else _filters_power(freqs, rate, *filters)
 
     def band(lo: float, hi: float) -> slice:
         idx = np.flatnonzero((freqs >= lo) & (freqs < min(hi, nyq)))
@@ -72,6 +85,7 @@ def _plan(n: int, rate: float) -> _Plan:
     hi_lag = min(acf_n - 1, int(np.ceil(acf_rate / PITCH_HZ[0])))
     return _Plan(
         np.hanning(n).astype(np.float32),
+        weight,
         band(*BREATH_BAND_HZ),
         band(BROAD_LOW_HZ, np.inf),
         band(*FLATNESS_BAND_HZ),
@@ -81,9 +95,22 @@ def _plan(n: int, rate: float) -> _Plan:
     )
 
 
-def epoch_envelope(audio: np.ndarray, rate: float) -> np.ndarray:
+def _filters_power(freqs: np.ndarray, rate: float, target: int, highpass_hz: float, preemphasis: float) -> np.ndarray:
+    """Per rfft bin, the power response of the stream's resampling to ``target``, its Butterworth high-pass
+    and its pre-emphasis (``embed.preprocess.StreamingFilter``), scaled so that a sound's per-bin power
+    at ``rate`` equals its power at the target rate; zero above the target's Nyquist frequency."""
+    inside = freqs < target / 2.0
+    sos = signal.butter(2, highpass_hz, btype="highpass", fs=target, output="sos")
+    _, response = signal.sosfreqz(sos, worN=np.where(inside, freqs, 0.0), fs=target)
+    emphasis = np.abs(1.0 - preemphasis * np.exp(-2j * np.pi * freqs / target)) ** 2
+    return np.where(inside, np.abs(response) ** 2 * emphasis * (target / rate), 0.0).astype(np.float32)
+
+
+def epoch_envelope(audio: np.ndarray, rate: float, raw: PreprocessConfig | None = None) -> np.ndarray:
     """``[frames, len(FEATURES)]`` float32 of one epoch's audio (any rate; a trailing part frame is dropped).
 
+    ``raw``: the audio has not been through the stream's filters: read it through those of this
+    preprocessing (its target rate, high-pass and pre-emphasis). None: it has (``embed.preprocess``).
     The audio must not be normalised per epoch: the detector compares levels across epochs.
     Single precision FFTs (``scipy.fft`` keeps float32; numpy's would work in double); levels and
     flatness are averaged in double.
@@ -92,11 +119,14 @@ def epoch_envelope(audio: np.ndarray, rate: float) -> np.ndarray:
     frames = len(audio) // n
     if frames == 0:
         return np.zeros((0, len(FEATURES)), dtype=np.float32)
-    plan = _plan(n, float(rate))
+    filters = None if raw is None else (int(raw.target_rate), float(raw.highpass_hz), float(raw.preemphasis))
+    plan = _plan(n, float(rate), filters)
     x = np.asarray(audio[: frames * n], dtype=np.float32).reshape(frames, n)
     x = x - x.mean(axis=1, keepdims=True)
     spec = scipy.fft.rfft(x * plan.window, axis=1)
     power = (spec.real**2 + spec.imag**2) / np.float32(n)
+    if plan.weight is not None:
+        power *= plan.weight
     tiny = 1e-14
     breath_db = 10.0 * np.log10(power[:, plan.breath].mean(axis=1, dtype=np.float64) + tiny)
     broad_db = 10.0 * np.log10(power[:, plan.broad].mean(axis=1, dtype=np.float64) + tiny)

@@ -6,9 +6,10 @@ preprocessing settings, not the backbone: every backbone shares it)::
     breathing/<preproc>/<rec>-<sha>.parquet      one row per 0.1-s frame (schemas.ENVELOPE)
 
 It is written by the embedding stage from the same stream as the epochs. A night embedded
-before envelopes existed, or whose envelope file fails its check (unreadable, or not one row
-per frame of the night), gets one by re-reading its audio without running the model
-(``load_envelope``); a bad file is quarantined like any cache file. The events of a run::
+before envelopes existed, or whose envelope file fails its check (unreadable, not one row per
+frame of the night, or made from raw audio before ``ENVELOPE_VERSION`` 2), gets one by
+re-reading its audio without running the model (``load_envelope``); a bad file is quarantined
+like any cache file. The events of a run::
 
     runs/<run-id>/events/recording_id=<rec>/part-0.parquet   (schemas.EVENTS)
 """
@@ -33,6 +34,10 @@ from sleepsound.embed.cache import _footer, cache_meta, quarantine_cache_file, w
 
 log = logging.getLogger(__name__)
 
+# 2: a night read raw (``preprocess.device: model``) has its envelope read through the stream's filters,
+# as the CPU stream's is; such a night's envelope from before (version 1) is rebuilt.
+ENVELOPE_VERSION = 2
+
 
 def envelope_path(root: str, cfg: Config, recording_id: str, sha256: str) -> str:
     return join(root, "breathing", cfg.preprocess.fingerprint(), f"{recording_id}-{sha256[:16]}.parquet")
@@ -53,7 +58,9 @@ def envelope_table(epochs: Sequence[dict[str, Any]], epoch_seconds: float) -> pa
     }
     columns |= {name: env[:, i] for i, name in enumerate(FEATURES)}
     table = pa.table(columns)
-    return with_cache_meta(schemas.conform(table, schemas.ENVELOPE), n_epochs=len(rows), frames_per_epoch=per)
+    return with_cache_meta(
+        schemas.conform(table, schemas.ENVELOPE), n_epochs=len(rows), frames_per_epoch=per, version=ENVELOPE_VERSION
+    )
 
 
 def write_envelope(root: RootLike, cfg: Config, row: ManifestRow, table: pa.Table) -> str:
@@ -74,9 +81,12 @@ def envelope_problem(root: RootLike, cfg: Config, row: ManifestRow) -> str | Non
     want = int(row["n_epochs"]) * frames_per_epoch(cfg.preprocess.epoch_seconds)
     if meta.num_rows != want:
         return f"holds {meta.num_rows} envelope frames, the night has {want}"
-    recorded = cache_meta(meta.metadata).get("frames_per_epoch")
-    if recorded is not None and int(recorded) != frames_per_epoch(cfg.preprocess.epoch_seconds):
-        return f"written with {recorded} frames per epoch"
+    recorded = cache_meta(meta.metadata)
+    per = recorded.get("frames_per_epoch")
+    if per is not None and int(per) != frames_per_epoch(cfg.preprocess.epoch_seconds):
+        return f"written with {per} frames per epoch"
+    if cfg.preprocess.device == "model" and int(recorded.get("version", 1)) < 2:
+        return "made from raw audio not read through the stream's filters (envelope version 1)"
     return None
 
 

@@ -259,8 +259,8 @@ def iter_raw_epochs(
     same quality figures and validity, but each one's audio raw (NaN/Inf zeroed), at ``in_rate``,
     with ``margins`` = (before, after) raw samples around it, zeros beyond the night's ends, for
     the model stage to resample and filter on its device (``embed.preprocess_torch``).
-    ``envelope``: each epoch's breathing envelope from its raw samples at ``in_rate`` (not
-    high-passed nor pre-emphasised: the detector reads levels relative to their own night)."""
+    ``envelope``: each epoch's breathing envelope from its raw samples at ``in_rate``, read through
+    the stream's filters (``breathing.envelope``), so a night's events do not depend on the device."""
     raw_epoch = int(round(cfg.epoch_seconds * in_rate))
     half = raw_epoch // 2
     before, after = margins
@@ -292,7 +292,7 @@ def iter_raw_epochs(
             if emit_from <= i < until:
                 lo = i * raw_epoch - before
                 audio = segment(lo, lo + raw_epoch + before + after)
-                env = epoch_envelope(audio[before : before + raw_epoch], in_rate) if envelope else None
+                env = epoch_envelope(audio[before : before + raw_epoch], in_rate, raw=cfg) if envelope else None
                 yield Epoch(i, audio, quality[i], envelope=env)
             quality.pop(pair, None)
             next_index += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,10 +18,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sleepsound.breathing.combine import detect_night
-from sleepsound.breathing.envelope import epoch_envelope
+from sleepsound.breathing.detector import detect_events
+from sleepsound.breathing.envelope import FEATURES, epoch_envelope
+from sleepsound.breathing.store import envelope_problem, envelope_table, load_envelope, write_envelope
 from sleepsound.core import schemas
-from sleepsound.core.config import Config
+from sleepsound.core.config import Config, PreprocessConfig
 from sleepsound.embed.cohort import embed_cohort
+from sleepsound.embed.epochs import read_epochs
 from sleepsound.ingest.manifest import build_manifest, read_manifest, read_manifest_rows, write_manifest
 from sleepsound.predict.recordings import predict_recordings
 from sleepsound.report.outputs import read_summaries, write_run_outputs
@@ -78,6 +82,43 @@ def test_scoring_writes_the_event_table_and_rebuilds_missing_envelopes(tiny_whis
             a, b = table[column].to_numpy(), written[name][column].to_numpy()
             assert abs(a - b).max() < 1e-3, (name, column)
     assert len(list((root / "runs" / "s1" / "events").glob("recording_id=*/part-0.parquet"))) == len(rows)
+
+
+def test_a_nights_events_do_not_depend_on_where_its_audio_is_filtered(tmp_path):
+    # ``preprocess.device: model`` hands the model stage raw epochs (here at 44.1 kHz) to resample and filter
+    # on its device; their envelope is read through the stream's filters, so the detector sees what the
+    # CPU stream's envelope shows (raw, the levels were 14-20 dB apart and the events differed).
+    generate_cohort(tmp_path, n_subjects=1, hours=0.15, seed=5, sample_rate=44_100, layout="plain", ahi=40.0)
+    cfg = PreprocessConfig()
+    [row] = build_manifest(str(tmp_path), cfg)
+    envelopes = []
+    for device in ("cpu", "model"):
+        epochs = [r for r in read_epochs(row, cfg.model_copy(update={"device": device})) if r["kind"] == "epoch"]
+        table = envelope_table(epochs, cfg.epoch_seconds)
+        valid = table["valid"].to_numpy(zero_copy_only=False)
+        envelopes.append((np.stack([table[name].to_numpy() for name in FEATURES], axis=1), valid))
+    (cpu, valid), (model, model_valid) = envelopes
+    np.testing.assert_array_equal(valid, model_valid)
+    gap = np.abs(cpu[valid] - model[valid])
+    for name, most in (("breath_db", 0.1), ("broad_db", 0.5), ("flatness", 0.01), ("voicing", 0.01)):
+        assert np.percentile(gap[:, FEATURES.index(name)], 99) < most, name  # measured: 0.014, 0.32, 0.002, 0.002
+    events = detect_events(cpu, valid)
+    assert len(events) >= 2
+    assert [(e["type"], e["start_s"], e["end_s"]) for e in detect_events(model, valid)] == [
+        (e["type"], e["start_s"], e["end_s"]) for e in events
+    ]
+
+    # A raw night's envelope cached before (no version): named, quarantined and made again through the filters.
+    store, raw = tmp_path / "root", Config.model_validate({"preprocess": {"device": "model"}})
+    path = write_envelope(str(store), raw, row, table.replace_schema_metadata(None))
+    assert (
+        envelope_problem(str(store), raw, row)
+        == "made from raw audio not read through the stream's filters (envelope version 1)"
+    )
+    rebuilt, _ = load_envelope(str(store), raw, row)
+    np.testing.assert_array_equal(rebuilt, model)
+    assert envelope_problem(str(store), raw, row) is None
+    assert (store / "quarantine" / "cache" / Path(path).relative_to(store)).exists()
 
 
 def test_the_snoring_heads_frames_in_the_predictions_type_the_detectors_breaths():
