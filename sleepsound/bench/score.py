@@ -443,7 +443,8 @@ def _figures(stage: dict[str, Any], minutes: float) -> dict[str, Any]:
         "seconds": round(stage["seconds"], 2),
         "nights": stage["nights"],
         "epochs": stage["epochs"],
-        "nights_per_s": round(stage["nights"] / stage["seconds"], 3),
+        # three significant figures: whole nights take minutes, so three decimals could leave one digit
+        "nights_per_s": float(f"{stage['nights'] / stage['seconds']:.3g}"),
         "epochs_per_s": round(stage["epochs"] / stage["seconds"], 2),
         "x_realtime": round(stage["nights"] * minutes * 60 / stage["seconds"], 1),
         "peak_pss_mb": round(stage["peak_pss_mb"], 1),
