@@ -152,7 +152,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     grouped = item.get_closest_marker("ray") or item.get_closest_marker("prefect")
     if grouped and item.config.getvalue("loadgroup") and not item.nodeid.endswith("@ray"):
         # Until 2026-12-06 the marks came after pytest-xdist had read them: both workers started a Ray session.
-        pytest.fail(f"{item.nodeid} uses Ray or Prefect but is not in the 'ray' group of pytest-xdist")
+        pytest.fail(
+            f"{item.nodeid} uses Ray or Prefect but is not in the 'ray' group of pytest-xdist "
+            "(pytest 9.2 and later drop the group: see the test extra in pyproject.toml)"
+        )
     want = 0 if grouped else OTHER_TESTS_NICENESS
     if os.getpriority(os.PRIO_PROCESS, 0) == want:
         return
