@@ -91,13 +91,17 @@ def test_a_nights_events_do_not_depend_on_where_its_audio_is_filtered(tmp_path):
     generate_cohort(tmp_path, n_subjects=1, hours=0.15, seed=5, sample_rate=44_100, layout="plain", ahi=40.0)
     cfg = PreprocessConfig()
     [row] = build_manifest(str(tmp_path), cfg)
-    envelopes = []
-    for device in ("cpu", "model"):
-        epochs = [r for r in read_epochs(row, cfg.model_copy(update={"device": device})) if r["kind"] == "epoch"]
-        table = envelope_table(epochs, cfg.epoch_seconds)
-        valid = table["valid"].to_numpy(zero_copy_only=False)
-        envelopes.append((np.stack([table[name].to_numpy() for name in FEATURES], axis=1), valid))
-    (cpu, valid), (model, model_valid) = envelopes
+    tables = {
+        device: envelope_table(
+            [r for r in read_epochs(row, cfg.model_copy(update={"device": device})) if r["kind"] == "epoch"],
+            cfg.epoch_seconds,
+        )
+        for device in ("cpu", "model")
+    }
+    (cpu, valid), (model, model_valid) = (
+        (np.stack([t[name].to_numpy() for name in FEATURES], axis=1), t["valid"].to_numpy(zero_copy_only=False))
+        for t in tables.values()
+    )
     np.testing.assert_array_equal(valid, model_valid)
     gap = np.abs(cpu[valid] - model[valid])
     for name, most in (("breath_db", 0.1), ("broad_db", 0.5), ("flatness", 0.01), ("voicing", 0.01)):
@@ -110,7 +114,7 @@ def test_a_nights_events_do_not_depend_on_where_its_audio_is_filtered(tmp_path):
 
     # A raw night's envelope cached before (no version): named, quarantined and made again through the filters.
     store, raw = tmp_path / "root", Config.model_validate({"preprocess": {"device": "model"}})
-    path = write_envelope(str(store), raw, row, table.replace_schema_metadata(None))
+    path = write_envelope(str(store), raw, row, tables["model"].replace_schema_metadata(None))
     assert (
         envelope_problem(str(store), raw, row)
         == "made from raw audio not read through the stream's filters (envelope version 1)"
