@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from sleepsound.core.text import plain, printable
+
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
@@ -151,7 +153,7 @@ def synth(
             clip_names(real_snores)
         only = _background_only(real_background, background_categories, background_only)
     except ValueError as exc:
-        err_console.print(f"[red]not written:[/red] {escape(str(exc))}")
+        err_console.print(f"[red]not written:[/red] {escape(printable(exc))}")
         raise typer.Exit(2) from None
     if speech not in SPEECH_SOURCES:
         err_console.print(f"[red]not written:[/red] --speech must be one of {', '.join(SPEECH_SOURCES)}")
@@ -270,13 +272,21 @@ def validate(
         hours = f"{r['duration_s'] / 3600:.2f}" if r["duration_s"] else "-"
         rate = f"{r['sample_rate']:g}" if r["sample_rate"] else "-"
         warnings = sum(f["severity"] == "warning" for f in r["findings"])
-        table.add_row(r["recording_id"], r["status"], hours, rate, r["label_source"], str(warnings), r["reason"] or "")
+        table.add_row(
+            plain(r["recording_id"]),
+            r["status"],
+            hours,
+            rate,
+            r["label_source"],
+            str(warnings),
+            plain(r["reason"] or ""),
+        )
     console.print(table)
     if any(f["severity"] == "warning" for f in findings):
         details = Table("recording", "level", "code", "message", title="warnings (processed, but read these)")
         for f in findings:
             if f["severity"] == "warning":
-                details.add_row(f["recording"], f["level"], f["code"], f["message"])
+                details.add_row(plain(f["recording"]), f["level"], f["code"], plain(f["message"]))
         console.print(details)
     console.print(f"{len(rows)} discovered, {len(accepted)} accepted, {len(rows) - len(accepted)} quarantined")
 
@@ -430,7 +440,7 @@ def score(
     try:
         versions = parse_versions(model)
     except ValueError as exc:
-        console.print(f"[red]{escape(str(exc))}[/red]")
+        console.print(f"[red]{escape(printable(exc))}[/red]")
         raise typer.Exit(2) from exc
     result = _run_flow(source, root, cfg.model_dump(), ray_address, run_id, flow="score", versions=versions)
     _print_results(result, as_json)
@@ -533,7 +543,7 @@ def breathing_eval(
             head_overrides=overrides,
         )
     except (FileNotFoundError, ValueError) as exc:
-        err_console.print(f"[red]{escape(str(exc))}[/red]")
+        err_console.print(f"[red]{escape(printable(exc))}[/red]")
         raise typer.Exit(2) from None
     if as_json:
         print(report_json(report))
@@ -869,7 +879,7 @@ def _run_flow(
 
 def _refused(what: str, exc: Exception) -> typer.Exit:
     """Say why a run did not start (or stopped before its work), in one line; exit 2."""
-    err_console.print(f"[red]{what}:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
+    err_console.print(f"[red]{what}:[/red] {escape(printable(exc))}", soft_wrap=True, highlight=False)
     return typer.Exit(2)
 
 
@@ -947,7 +957,7 @@ def _print_nights(summaries_uri: str) -> None:
         table.add_column(name, no_wrap=True)
     for row in nights.head(NIGHTS_SHOWN).itertuples():
         table.add_row(
-            str(row.recording_id),
+            plain(row.recording_id),
             _figure(row.time_in_bed_min / 60, ".1f"),
             _figure(row.total_sleep_time_min / 60, ".1f"),
             _figure(row.sleep_efficiency, ".0%"),
@@ -1034,7 +1044,7 @@ def main() -> None:
         if _DEBUG["on"]:
             raise
         err_console.print(
-            f"[red]error:[/red] {escape(type(exc).__name__)}: {escape(str(exc))}\n"
+            f"[red]error:[/red] {escape(type(exc).__name__)}: {escape(printable(exc))}\n"
             "This was not expected: rerun with --debug for the traceback, and report it if it is a bug.",
             soft_wrap=True,
             highlight=False,

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from sleepsound.core.json_text import json_text
+from sleepsound.core.text import printable
 
 clips_app = typer.Typer(
     help="Short-window breathing-sound classifier: folders of labelled clips "
@@ -82,7 +83,7 @@ def _json(obj: Any) -> str:
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {printable(message)}", err=True)
     return typer.Exit(2)
 
 
@@ -213,7 +214,7 @@ def train(
         f"(validation macro-F1 {chosen['val_macro_f1']:.3f})"
     )
     for r in summary["rejected"]:
-        typer.echo(f"rejected {r['reason']}")
+        typer.echo(f"rejected {printable(r['reason'])}")
     if held["n"]:
         typer.echo(
             f"held-out test blocks ({held['n']} clips never seen in training): accuracy "
@@ -292,7 +293,7 @@ def cv(
         typer.echo(_json(result))
         return
     for r in result["rejected"]:
-        typer.echo(f"rejected {r['reason']}")
+        typer.echo(f"rejected {printable(r['reason'])}")
     acc, f1 = result["ci95"]["accuracy"], result["ci95"]["macro_f1"]
     _echo_worst(result)
     typer.echo(
@@ -338,7 +339,7 @@ def evaluate(
     if result["n"]:
         _echo_categories(result)
     for r in result["rejected"]:
-        typer.echo(f"rejected {r['reason']}")
+        typer.echo(f"rejected {printable(r['reason'])}")
 
 
 @clips_app.command("score")
@@ -377,11 +378,11 @@ def score_files(
         if as_json:
             typer.echo(_json(result))
         elif "error" in result:
-            typer.echo(f"error: {result['error']}", err=True)
+            typer.echo(f"error: {printable(result['error'])}", err=True)
         else:
             share = ", ".join(f"{c} {s:g} s" for c, s in result["seconds_by_label"].items())
             typer.echo(
-                f"{path}: {result['label']} ({result['seconds']:g} s in {len(result['windows'])} window(s) "
+                f"{printable(path)}: {result['label']} ({result['seconds']:g} s in {len(result['windows'])} window(s) "
                 f"of {result['clip_seconds']:g} s: {share})"
             )
     if failed:
@@ -481,4 +482,4 @@ def hard_negatives(
         f"(speech from {summary['speech_source']}; categories in {out / 'categories.csv'})"
     )
     for skipped in summary["snoring_clips"]["skipped"]:
-        typer.echo(f"skipped snoring clip {skipped}")
+        typer.echo(f"skipped snoring clip {printable(skipped)}")

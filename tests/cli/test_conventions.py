@@ -92,3 +92,38 @@ def test_an_unexpected_error_is_one_line_and_its_traceback_waits_for_debug(tmp_p
     debug = command("--debug")
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "JSONDecodeError" in debug.stderr
     assert "locals" not in debug.stderr.lower()
+
+
+def test_the_installed_command_is_the_one_that_keeps_tracebacks_for_debug() -> None:
+    """The console script called ``app`` directly, so every unplanned error printed a whole traceback."""
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "sleepsound"]
+    assert script.value == "sleepsound.cli:main"
+
+
+def test_names_read_from_files_are_printed_as_they_are(tmp_path) -> None:
+    """A file name or a label is never Rich markup nor a terminal escape: ``[/x]`` in a stage CSV stopped
+    ``validate`` with a MarkupError, ``[bold]b.wav`` was listed as ``b``, and an ESC in a name reached the
+    terminal."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import soundfile as sf
+
+    source = tmp_path / "source"
+    source.mkdir()
+    tone = (0.1 * np.sin(np.arange(16000 * 40) / 5)).astype(np.float32)
+    for name in ("[bold]b", "ctrl\x1b[31mred", "n"):
+        sf.write(source / f"{name}.wav", tone, 16000)
+    (source / "n.stages.csv").write_text("start_s,duration_s,stage\n0,30,[/x]\n")
+    out = subprocess.run(
+        [sys.executable, "-c", "from sleepsound.cli import main; main()", "validate", str(source), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "[bold]b" in out.stdout and "ctrl\\x1b[31mred" in out.stdout and "'[/x]'" in out.stdout
+    assert "\x1b" not in out.stdout + out.stderr
