@@ -247,6 +247,24 @@ def test_missing_weights_are_refused(tiny_dirs, tmp_path):
         load_backbone(str(broken))
 
 
+def test_a_folder_of_pickled_weights_is_refused_unread(tiny_dirs, tmp_path, monkeypatch):
+    """``pytorch_model.bin`` is a pickle: a folder holding only that is named and refused, and no
+    pickle is opened (transformers fell back to ``torch.load`` on it)."""
+    import torch
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        (pickled / name).write_bytes((tiny_dirs["hubert"] / name).read_bytes())
+    torch.save(load_file(str(tiny_dirs["hubert"] / "model.safetensors")), pickled / "pytorch_model.bin")
+    opened: list[object] = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: opened.append(a) or {})
+    with pytest.raises(BackboneLoadError, match=r"only pytorch_model.bin \(pickled weights, never loaded here\)"):
+        load_backbone(str(pickled))
+    assert not opened
+
+
 def test_bf16_autocast_on_cpu_stays_close(tiny_dirs, noise):
     ref = load_backbone(str(tiny_dirs["whisper"])).embed(noise[:1]).astype(np.float32)
     low = load_backbone(str(tiny_dirs["whisper"]), dtype="bfloat16")

@@ -483,6 +483,19 @@ def _load_config(name: str) -> Any:
         ) from exc
 
 
+def _refuse_pickled_weights(name: str, folder: Path) -> None:
+    """A local model folder must hold safetensors: ``pytorch_model.bin`` and its kin are pickles, which
+    sleepsound never loads (a pickle can run code; even torch's restricted loader is a pickle reader)."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+    held = f"only {', '.join(pickled)} (pickled weights, never loaded here)" if pickled else "no weights"
+    raise BackboneLoadError(
+        f"backbone {name!r}: {folder} holds {held}; save it with safetensors "
+        "(model.save_pretrained(folder, safe_serialization=True)) and pass that folder"
+    )
+
+
 def _attn_kwargs(config: Any) -> dict[str, str]:
     """``attn_implementation="sdpa"`` where the model class supports it (WavLM does not)."""
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
@@ -596,18 +609,21 @@ def load_backbone(
             raise BackboneLoadError(f"backbone {name!r} is a {family!r} model; supported: {', '.join(FAMILIES)}")
         source = str(Path(name).expanduser()) if _looks_like_path(name) else name
         folder = Path(source) if Path(source).is_dir() else None
+        safe = {} if folder is None else {"use_safetensors": True}
+        if folder is not None:
+            _refuse_pickled_weights(name, folder)
         if family == "whisper" and whisper_ct2.is_encoder_only_dir(source):
             model = whisper_ct2.load_encoder_only(source)
         elif family == "whisper":
             full, info = WhisperModel.from_pretrained(
-                source, config=config, output_loading_info=True, **_attn_kwargs(config)
+                source, config=config, output_loading_info=True, **safe, **_attn_kwargs(config)
             )
             _check_loading(name, info, prefix="encoder.")
             model = full.get_encoder()
             del full  # the decoder is not needed
         else:
             model, info = AutoModel.from_pretrained(
-                source, config=config, output_loading_info=True, **_attn_kwargs(config)
+                source, config=config, output_loading_info=True, **safe, **_attn_kwargs(config)
             )
             _check_loading(name, info, prefix="")
         extractor = _whisper_extractor(source, config.num_mel_bins) if family == "whisper" else None
