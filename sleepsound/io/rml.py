@@ -7,8 +7,10 @@ mapped to ``UNS`` (stages) and described in ``RmlAnnotations.unknown``. It raise
 :class:`RmlError` only when the file is not RML at all.
 
 Security note: RML is trusted lab data, but it is still parsed defensively. ``xml.etree``
-(expat) never fetches external entities or DTDs; on top of that any document that
-declares entities (``<!ENTITY``) is refused, so no entity is ever expanded.
+(expat) never fetches external entities or DTDs; on top of that any document with a DTD
+(``<!DOCTYPE``) or an entity declaration is refused, so no entity is ever expanded. The check is
+made by expat itself on the decoded document (``_refuse_declarations``), so no encoding (UTF-16,
+a declared legacy codec) can spell the declaration past it.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import math
 import os
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import BinaryIO
+from xml.parsers import expat
 
 from sleepsound.labels.vocabulary import EPOCH_SECONDS, RML_STAGE_TO_5, STAGE5_TO_RML, UNSCORED
 
@@ -148,11 +151,41 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
+class _Declaration(Exception):
+    """Raised from expat's handlers: the document has a DTD or declares an entity."""
+
+
+def _refuse(what: str) -> Callable[..., None]:
+    """An expat handler (of any arity) that raises ``_Declaration(what)``."""
+
+    def handler(*_args: object) -> None:
+        raise _Declaration(what)
+
+    return handler
+
+
+def _refuse_declarations(data: bytes, name: str) -> None:
+    """Raise RmlError if ``data`` holds a DTD (``<!DOCTYPE``) or an entity declaration, in whatever
+    encoding: expat decodes the document (BOM, XML declaration) and calls these handlers before
+    anything is expanded. Other faults are left to the real parse, which names them."""
+    parser = expat.ParserCreate()
+    doctype = "has a DTD (<!DOCTYPE ...>), where XML entities are declared"
+    entity = "declares an XML entity (<!ENTITY ...>)"
+    parser.StartDoctypeDeclHandler = _refuse(doctype)
+    parser.EntityDeclHandler = _refuse(entity)
+    parser.UnparsedEntityDeclHandler = _refuse(entity)
+    try:
+        parser.Parse(data, True)
+    except _Declaration as exc:
+        raise RmlError(name, f"the document {exc}; refused: RML never needs one; re-export it without") from None
+    except (expat.ExpatError, LookupError, ValueError):
+        return  # not well-formed, or an unknown encoding: the parse below says which
+
+
 def parse_rml(source: RmlSource) -> RmlAnnotations:
     """Read an RML file (path, bytes or binary file object) into :class:`RmlAnnotations`."""
     data, name = _read_source(source)
-    if b"<!ENTITY" in data:
-        raise RmlError(name, "the document declares XML entities; refused (RML never needs them)")
+    _refuse_declarations(data, name)
     try:
         root = ET.fromstring(data)
     except ET.ParseError as exc:

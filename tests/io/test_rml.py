@@ -245,3 +245,60 @@ def test_absurd_times_give_short_notes_and_a_stage_time_quarantines() -> None:
         )
     (note,) = check_events([RmlEvent("Respiratory", "Hypopnea", 1e300, 0.0)], 900.0, "/data/n.events.csv")
     assert note.code == "invalid_events" and "at 1e+300 s" in note.message and len(note.message) < 200
+
+
+def _with_declaration(doctype: str, stage: str = "Wake") -> str:
+    return SPEC_EXAMPLE.replace('encoding="utf-8"?>', f'encoding="utf-16"?>\n{doctype}', 1).replace(
+        'Type="Wake" Start="0"', f'Type="{stage}" Start="0"', 1
+    )
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        # Entities that expand to 100,000 characters, in UTF-16: b"<!ENTITY" is not in the bytes.
+        (
+            _with_declaration(
+                '<!DOCTYPE PatientStudy [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
+                '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;"><!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;">'
+                '<!ENTITY e "&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;">]>',
+                "&e;",
+            ),
+            "DTD",
+        ),
+        # Wake turned into REM through an entity.
+        (_with_declaration('<!DOCTYPE PatientStudy [<!ENTITY w "REM">]>', "&w;"), "DTD"),
+        # A DTD naming an external file: expat never fetches it, and RML never needs one.
+        (_with_declaration('<!DOCTYPE PatientStudy SYSTEM "file:///etc/passwd">'), "DTD"),
+    ],
+    ids=["entity-expansion", "entity-renames-a-stage", "external-dtd"],
+)
+def test_declarations_are_refused_in_any_encoding(tmp_path: Path, text: str, fragment: str) -> None:
+    """The guard was `b"<!ENTITY" in data` on the raw bytes: UTF-16 walked past it."""
+    path = tmp_path / "night.rml"
+    path.write_bytes(text.encode("utf-16"))
+    assert b"<!ENTITY" not in path.read_bytes()
+    with pytest.raises(RmlError) as info:
+        parse_rml(path)
+    assert fragment in info.value.message and "refused" in info.value.message
+
+
+def test_an_rml_in_utf16_without_declarations_still_reads(tmp_path: Path) -> None:
+    path = tmp_path / "night.rml"
+    path.write_bytes(SPEC_EXAMPLE.replace('encoding="utf-8"', 'encoding="utf-16"', 1).encode("utf-16"))
+    assert parse_rml(path).stage_changes[0] == (0.0, "Wake")
+
+
+def test_an_rml_with_entities_is_quarantined_as_bad_annotations(tmp_path: Path) -> None:
+    from sleepsound.core.config import PreprocessConfig
+    from sleepsound.ingest.manifest import build_manifest
+    from sleepsound.synth.faults import rml_path
+    from sleepsound.synth.writers import generate_cohort
+
+    generate_cohort(tmp_path, n_subjects=1, hours=0.05, seed=5, sample_rate=16_000, part_seconds=90, cycle_minutes=3)
+    patient = next((tmp_path / "APNEA_EDF").iterdir()).name
+    path = rml_path(tmp_path, patient)
+    text = path.read_text().replace("?>", '?>\n<!DOCTYPE PatientStudy [<!ENTITY w "REM">]>', 1)
+    path.write_bytes(text.replace("encoding='utf-8'", "encoding='utf-16'").encode("utf-16"))
+    (row,) = build_manifest(str(tmp_path), PreprocessConfig())
+    assert row["reason_code"] == "bad_annotations" and str(path) in row["reason"] and "DTD" in row["reason"]
