@@ -76,14 +76,33 @@ def _lenient(text: str) -> float:
         return math.nan
 
 
-def _start(raw: bytes) -> datetime | None:
-    """Start date and time (dd.mm.yy hh.mm.ss; years 85-99 are 19xx, the rest 20xx)."""
+def _start(path: str, raw: bytes) -> datetime | None:
+    """Start date and time (dd.mm.yy hh.mm.ss; years 85-99 are 19xx, the rest 20xx); None when the
+    fields are not numbers with dots (pyedflib refuses such a file, and ``explain_refusal`` names the
+    field). A field of numbers that is no real date or time (``31.02.20``, ``24.00.00``) passes
+    pyedflib, but it would silently turn off every check that needs the start (the RML's start, the
+    parts' continuity): raises EdfHeaderError naming the field and its value."""
+    date, time = _field(raw, 168, 8), _field(raw, 176, 8)
     try:
-        day, month, year = (int(v) for v in _field(raw, 168, 8).split("."))
-        hour, minute, second = (int(v) for v in _field(raw, 176, 8).split("."))
-        return datetime(1900 + year if year >= 85 else 2000 + year, month, day, hour, minute, second)
+        day, month, year = (int(v) for v in date.split("."))
+        hour, minute, second = (int(v) for v in time.split("."))
     except ValueError:
         return None
+    year += 1900 if year >= 85 else 2000
+    for name, form, text, fields in (
+        ("start date", "dd.mm.yy date", date, (year, month, day)),
+        ("start time", "hh.mm.ss time", time, (2000, 1, 1, hour, minute, second)),
+    ):
+        try:
+            datetime(*fields)
+        except ValueError as exc:
+            raise EdfHeaderError(
+                path,
+                "inconsistent_edf_header",
+                f"header field '{name}' is {text!r}, not a valid {form} ({exc}); the night's start is unknown, "
+                "so its annotations and parts cannot be checked against it: re-export the file",
+            ) from None
+    return datetime(year, month, day, hour, minute, second)
 
 
 def read_edf_header(path: str, fs: fsspec.AbstractFileSystem | None = None) -> EdfHeader:
@@ -140,7 +159,7 @@ def read_edf_header(path: str, fs: fsspec.AbstractFileSystem | None = None) -> E
     scaling = tuple(
         tuple(_lenient(_field(signals, ns * (16 + 80 + 8 + 8 * k) + 8 * i, 8)) for k in range(4)) for i in range(ns)
     )
-    header = EdfHeader(is_bdf, _start(fixed), header_bytes, n_records, record_seconds, labels, samples, scaling)
+    header = EdfHeader(is_bdf, _start(path, fixed), header_bytes, n_records, record_seconds, labels, samples, scaling)
     other = EdfHeader(not is_bdf, None, header_bytes, n_records, record_seconds, labels, samples)
     if size != header.expected_bytes and size == other.expected_bytes:
         says, fits = ("BDF (0xFF 'BIOSEMI')", "EDF's 2") if is_bdf else ("EDF ('0')", "BDF's 3")
