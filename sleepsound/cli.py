@@ -234,8 +234,23 @@ def validate(
 
     from sleepsound.ingest.discovery import discover, nothing_found
     from sleepsound.ingest.manifest import build_manifest, write_manifest
+    from sleepsound.runs.preflight import NotStartable, check_source
     from sleepsound.runs.root_lock import RootBusy, RootLost, hold_root
 
+    if not source.strip():  # "" would be read as the current folder
+        err_console.print(
+            "[red]nothing to validate:[/red] the source is empty: name the folder or s3:// prefix that holds "
+            "the recordings",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    if os.path.isfile(source.removeprefix("file://")):
+        try:  # the flow commands' words for it (runs.preflight)
+            check_source(source)
+        except NotStartable as exc:
+            message = str(exc).removeprefix("--source ")
+            err_console.print(f"[red]nothing to validate:[/red] source {escape(message)}", soft_wrap=True)
+            raise typer.Exit(2) from exc
     try:
         found = discover(source)
         if not found:  # before the root is touched: an empty manifest would replace its rows
