@@ -14,7 +14,7 @@ from sleepsound.core.records import Embedded, RootHold
 from sleepsound.core.storage import open_root
 from sleepsound.embed.cache import channel_configs, embeddings_dir
 from sleepsound.embed.cohort import embed_cohort
-from sleepsound.ingest.manifest import quarantine, read_manifest_rows, write_manifest
+from sleepsound.ingest.manifest import nights_without_valid_epochs, quarantine, read_manifest_rows, write_manifest
 from sleepsound.runs.root_lock import follow_hold
 from tasks.progress import run_progress
 
@@ -31,13 +31,25 @@ def embed(
         rows = read_manifest_rows(store)
         accepted = [r for r in rows if r["status"] == "accepted"]
         stats = embed_cohort(accepted, store, cfg, use_ray=use_ray, shifted=shifted, progress=run_progress(hold))
-        if stats.failed:  # a count only: ids (patient ids) and reasons (file paths) go to the manifest
-            path = write_manifest(store, quarantine(rows, stats.failed))
-            get_run_logger().warning(
-                "quarantined %d recordings while streaming (read_error); which ones and why: status and reason in %s",
-                len(stats.failed),
-                path,
-            )
+        # Quick validation reads headers only; the embedding measured every epoch: a night with none
+        # valid (all silent or NaN/Inf) has nothing to score and is quarantined as `validate` would.
+        empty = nights_without_valid_epochs(store, cfg, [r for r in accepted if r["recording_id"] not in stats.failed])
+        if stats.failed or empty:  # a count only: ids (patient ids) and reasons (file paths) go to the manifest
+            path = write_manifest(store, quarantine(quarantine(rows, stats.failed), empty, "no_valid_epochs"))
+            if stats.failed:
+                get_run_logger().warning(
+                    "quarantined %d recordings while streaming (read_error); which ones and why: status and reason "
+                    "in %s",
+                    len(stats.failed),
+                    path,
+                )
+            if empty:
+                get_run_logger().warning(
+                    "quarantined %d recordings without a single valid epoch (no_valid_epochs); which ones and why: "
+                    "status and reason in %s",
+                    len(empty),
+                    path,
+                )
         get_run_logger().info(
             "embedded %d recordings (%d epochs, %d shifted windows), %d from cache, %d failed; "
             "%d bad cache files quarantined and embedded again",

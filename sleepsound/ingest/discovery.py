@@ -10,7 +10,9 @@ beside the PSG-Audio ones. Hidden files and folders (``.name``, macOS ``._name``
 On local disk symbolic links are followed (a folder reached twice, through a loop or a second
 link, is listed once); what cannot be listed (a loop, a folder this process may not read) becomes
 a source with a ``problem``, which validation quarantines with that reason, so nothing under
-the source disappears without a line in the manifest.
+the source disappears without a line in the manifest. Likewise a file whose name is not valid
+UTF-8 (``bad_file_name``), a file inside ``APNEA_EDF/`` or the annotation folder that is neither a
+part nor an RML (``unrecognised_file``), and stage or event CSVs filed away from their audio.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from sleepsound.core.storage import full_uri, open_root
+from sleepsound.core.text import printable
 from sleepsound.io.audio import PLAIN_SUFFIXES, UNREAD_AUDIO_SUFFIXES
 from sleepsound.io.transfer import download
 
@@ -36,6 +39,9 @@ PART_RE = re.compile(r"^(?P<patient>.+)\[(?P<part>\d{3})\]\.(?:edf|bdf)$", re.IG
 # Audio a plain night may arrive as but that is not read (UNREAD_AUDIO_SUFFIXES) is listed too,
 # so the night is quarantined with the reason (``io.audio.probe_plain``) instead of disappearing.
 SIDECAR_SUFFIXES = {"labels_uri": ".stages.csv", "events_uri": ".events.csv"}
+# Names a recording's files have: a file with one of these whose name is not valid UTF-8 is listed
+# (``bad_file_name``); other files outside the PSG-Audio folders are not recordings and are not.
+RECORDING_SUFFIXES = (*PLAIN_SUFFIXES, *UNREAD_AUDIO_SUFFIXES, *SIDECAR_SUFFIXES.values(), ".edf", ".bdf", ".rml")
 
 
 @dataclass
@@ -50,6 +56,9 @@ class RecordingSource:
     labels_uri: str | None = None
     events_uri: str | None = None
     problem: tuple[str, str, str] | None = None  # (path, code, message): quarantined as found
+    # (path, code, message) warnings found by discovery (a CSV with this night's name filed in
+    # another folder): they go into the night's findings, whatever else validation finds.
+    notes: list[tuple[str, str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -71,15 +80,76 @@ def discover(source: str, rml_folder: str = "APNEA_RML") -> list[RecordingSource
     fs, root = open_root(source)
     if not fs.exists(root):
         raise FileNotFoundError(f"source {source!r} does not exist")
+    if isinstance(fs, LocalFileSystem) and not fs.isdir(root):
+        raise NotADirectoryError(f"source {source!r} is a file: give the folder that holds the recordings")
     files, unlisted = _listing(fs, root)
     psg: list[RecordingSource] = []
     edf_root = posixpath.join(root, "APNEA_EDF")
     if fs.isdir(edf_root):
         psg = _discover_psg_audio(fs, root, rml_folder)
         layout_folders = (edf_root + "/", posixpath.join(root, rml_folder) + "/")
+        used = {uri for src in psg for uri in (*src.audio_uris, src.labels_uri) if uri}
+        strays = [path for path in files if path.startswith(layout_folders) and full_uri(fs, path) not in used]
+        psg += [_stray(fs, root, path, rml_folder) for path in strays]
         files = [path for path in files if not path.startswith(layout_folders)]
+    badly_named = [path for path in files if _bad_name(path)]
+    files = [path for path in files if not _bad_name(path)]
     plain = _discover_plain(fs, root, files)
+    plain += [
+        _problem(fs, root, path, "bad_file_name", _BAD_NAME)
+        for path in badly_named
+        if posixpath.basename(path).lower().endswith(RECORDING_SUFFIXES)
+    ]
     return sorted(_one_per_id(psg, plain) + unlisted, key=lambda src: src.recording_id)
+
+
+_BAD_NAME = (
+    "the file name (or a folder above it) is not valid UTF-8 (undecodable bytes shown as \\udcXX), so it cannot "
+    "be a recording id or be written to the manifest: rename it (with its CSVs), e.g. with `convmv` or by hand"
+)
+
+
+def _bad_name(path: str) -> bool:
+    """Whether ``path`` holds bytes that are not UTF-8 (Python keeps them as lone surrogates)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _problem(fs: fsspec.AbstractFileSystem, root: str, path: str, code: str, message: str) -> RecordingSource:
+    """A problem source for one file, named by its path under the source (undecodable bytes escaped)."""
+    relative = printable(posixpath.relpath(path, root))
+    layout = "psg-audio" if relative.startswith("APNEA_") else "plain"
+    return RecordingSource(relative, relative, layout, [], [], problem=(printable(full_uri(fs, path)), code, message))
+
+
+def _stray(fs: fsspec.AbstractFileSystem, root: str, path: str, rml_folder: str) -> RecordingSource:
+    """A file under ``APNEA_EDF/`` or the annotation folder that no night reads: listed, never lost."""
+    if _bad_name(path):
+        return _problem(fs, root, path, "bad_file_name", _BAD_NAME)
+    relative = posixpath.relpath(path, root)
+    parts = relative.split("/")
+    if parts[0] == "APNEA_EDF" and len(parts) == 2:
+        why = (
+            "a file directly in APNEA_EDF/, where only patient folders belong "
+            "(APNEA_EDF/<patient>/<patient>[001].edf): not read; move it into its patient's folder "
+            "under the part's name, or remove it"
+        )
+    elif parts[0] == "APNEA_EDF" and len(parts) == 3:
+        why = (
+            f"not named like a part of night {parts[1]!r} ({parts[1]}[001].edf, [002], ...: three-digit part "
+            "numbers in brackets, .edf or .bdf): not read; rename it if it is a part, or remove it"
+        )
+    elif parts[0] == "APNEA_EDF":
+        why = "in a subfolder of a patient folder, where nothing is read: move it or remove it"
+    else:
+        why = (
+            f"not an RML file directly in {rml_folder}/ (<patient>.rml), so not read as labels: "
+            "move it where it belongs, or remove it"
+        )
+    return _problem(fs, root, path, "unrecognised_file", why)
 
 
 def _one_per_id(psg: list[RecordingSource], plain: list[RecordingSource]) -> list[RecordingSource]:
@@ -180,12 +250,15 @@ def _discover_psg_audio(fs: fsspec.AbstractFileSystem, root: str, rml_folder: st
     edf_root = posixpath.join(root, "APNEA_EDF")
     found: list[RecordingSource] = []
     for patient_dir in sorted(fs.ls(edf_root, detail=False)):
-        if not fs.isdir(patient_dir):
-            continue
         patient = posixpath.basename(patient_dir.rstrip("/"))
+        if _hidden(patient) or _bad_name(patient) or not fs.isdir(patient_dir):
+            continue  # a file here, or a folder name that is not UTF-8: listed by ``_stray``
         parts: list[tuple[int, str]] = []
         for path in fs.ls(patient_dir, detail=False):
-            match = PART_RE.match(unquote(posixpath.basename(path)))
+            name = posixpath.basename(path.rstrip("/"))
+            if _hidden(name) or _bad_name(name):
+                continue
+            match = PART_RE.match(unquote(name))
             if match:
                 parts.append((int(match["part"]), full_uri(fs, path)))
         parts.sort()
@@ -218,6 +291,8 @@ def _orphan_annotations(
         patient = name[: -len(".rml")]
         if not name.endswith(".rml") or not patient or patient in patients or fs.isdir(path):
             continue
+        if _hidden(name) or _bad_name(name):
+            continue  # listed by ``_stray``
         orphans.append(
             RecordingSource(
                 recording_id=patient,
@@ -238,7 +313,9 @@ def _discover_plain(fs: fsspec.AbstractFileSystem, root: str, files: list[str]) 
     A stem given by two audio files (``n.wav`` and ``n.flac``, or ``a/n.wav`` and ``b/n.wav``)
     is one recording id, so it is listed once with every file and validation quarantines it
     (two rows with one id would overwrite each other). Stage or event CSVs without audio are
-    listed too, without audio, so validation quarantines them (``no_audio``) instead of losing them.
+    listed too, without audio, so validation quarantines them (``no_audio``, one row per name
+    naming every such CSV) instead of losing them; a CSV with a night's name in another folder
+    than its audio is named in that night's findings (``misplaced_annotations``, a warning).
     """
     audio: dict[str, list[str]] = {}
     sidecars: dict[tuple[str, str], dict[str, str]] = {}  # (folder, stem) -> {"labels_uri": path, ...}
@@ -254,8 +331,9 @@ def _discover_plain(fs: fsspec.AbstractFileSystem, root: str, files: list[str]) 
     found: list[RecordingSource] = []
     for stem, paths in sorted(audio.items()):
         labels = sidecars.pop((posixpath.dirname(paths[0]), stem), {})
-        for other in paths[1:]:
-            sidecars.pop((posixpath.dirname(other), stem), None)
+        # CSVs with this name elsewhere (another folder, or beside a duplicate's audio): never read
+        elsewhere = [uri for key in sorted(sidecars) if key[1] == stem for uri in sidecars.pop(key).values()]
+        beside = ", ".join(full_uri(fs, p) for p in paths)
         found.append(
             RecordingSource(
                 recording_id=stem,
@@ -263,17 +341,34 @@ def _discover_plain(fs: fsspec.AbstractFileSystem, root: str, files: list[str]) 
                 layout="plain",
                 audio_uris=[full_uri(fs, p) for p in paths],
                 part_numbers=[1] * len(paths),
+                notes=[
+                    (
+                        uri,
+                        "misplaced_annotations",
+                        f"has the recording's name but is not beside its audio ({beside}), so it was not read "
+                        "for it: move it beside the audio if it belongs to this night, or rename or remove it",
+                    )
+                    for uri in elsewhere
+                ],
                 **labels,
             )
         )
-    orphans: dict[str, dict[str, str]] = {}
-    for (_, stem), labels in sorted(sidecars.items()):
-        if stem not in audio:  # beside no audio; one id each (CSVs of a night filed elsewhere show as missing there)
-            orphans.setdefault(stem, labels)
-    found += [
-        RecordingSource(recording_id=stem, subject_id=stem, layout="plain", audio_uris=[], part_numbers=[], **labels)
-        for stem, labels in orphans.items()
-    ]
+    orphans: dict[str, list[dict[str, str]]] = {}
+    for (_, stem), labels in sorted(sidecars.items()):  # beside no audio of their name
+        orphans.setdefault(stem, []).append(labels)
+    for stem, groups in orphans.items():
+        source = RecordingSource(
+            recording_id=stem, subject_id=stem, layout="plain", audio_uris=[], part_numbers=[], **groups[0]
+        )
+        if len(groups) > 1:  # one id, several folders: one row naming every CSV
+            csvs = [uri for labels in groups for uri in labels.values()]
+            source.problem = (
+                csvs[0],
+                "no_audio",
+                f"annotations without audio: no {stem}.wav or .flac anywhere in the source for the CSVs "
+                f"{', '.join(csvs)}; upload the night's audio beside them (in one folder) or remove them",
+            )
+        found.append(source)
     return sorted(found, key=lambda src: src.recording_id)
 
 

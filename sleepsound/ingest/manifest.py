@@ -9,14 +9,17 @@ from typing import Any
 import fsspec
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from sleepsound import __version__
 from sleepsound.core import schemas
-from sleepsound.core.config import PreprocessConfig, ValidationConfig
+from sleepsound.core.config import Config, PreprocessConfig, ValidationConfig
 from sleepsound.core.findings import Finding
 from sleepsound.core.progress import Progress, quiet
 from sleepsound.core.records import ManifestRow
 from sleepsound.core.storage import RootLike, join, open_root, read_table, write_table
+from sleepsound.core.text import printable
 from sleepsound.ingest.discovery import RecordingSource, discover
 from sleepsound.ingest.validate import apply_findings, manifest_row, validate_recording
 
@@ -144,9 +147,28 @@ def write_manifest(root: RootLike, rows: list[ManifestRow]) -> str:
     """Write the manifest (replacing the previous one: it describes the source as seen now)."""
     fs, root_path = open_root(root)
     path = join(root_path, MANIFEST_FILE)
+    rows = [_encodable(row) for row in rows]
     table = pa.Table.from_pylist(rows, schema=schemas.MANIFEST) if rows else schemas.MANIFEST.empty_table()
     write_table(fs, path, table)
     return path
+
+
+def _encodable(value: Any) -> Any:
+    """``value`` with every text that is not valid UTF-8 (a file name's undecodable bytes, kept by
+    Python as lone surrogates) written with ``\\udcXX`` escapes: Parquet holds UTF-8 only, and one
+    such name must not stop the manifest of the whole cohort (discovery already lists such files
+    as ``bad_file_name``; this is the last guard)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return printable(value)
+        return value
+    if isinstance(value, dict):
+        return {key: _encodable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_encodable(item) for item in value]
+    return value
 
 
 def read_manifest(root: RootLike) -> pd.DataFrame:
@@ -168,14 +190,46 @@ def previous_manifest_rows(root: RootLike) -> list[ManifestRow]:
         return []
 
 
-def quarantine(rows: list[ManifestRow], failed: dict[str, str]) -> list[ManifestRow]:
-    """Mark recordings that failed after validation (for example while streaming)."""
+def quarantine(rows: list[ManifestRow], failed: dict[str, str], code: str = "read_error") -> list[ManifestRow]:
+    """Mark recordings that failed after validation (for example while streaming: ``read_error``)."""
     for row in rows:
         if row["recording_id"] in failed and row["status"] == "accepted":
-            finding = Finding("recording", "read_error", "error", row["source_uris"][0], failed[row["recording_id"]])
+            path = row["source_uris"][0] if row["source_uris"] else str(row["recording_id"])
+            finding = Finding("recording", code, "error", path, failed[row["recording_id"]])
             earlier = [Finding(**f) for f in row.get("findings") or []]
             apply_findings(row, [finding, *earlier])
     return rows
+
+
+def nights_without_valid_epochs(root: RootLike, cfg: Config, rows: list[ManifestRow]) -> dict[str, str]:
+    """Accepted nights of ``rows`` whose embedded epochs (the cache's epochs file, one row per epoch
+    with its ``valid`` flag) hold no valid epoch in some channel, with the reason: every epoch
+    silent or NaN/Inf. Such a night has nothing to score, and scored it would read as a night
+    without a single breathing event (REI 0, "normal"): the flow quarantines it as
+    ``no_valid_epochs``, the rule ``sleepsound validate`` applies while it streams the audio
+    (quick validation, the flow's, reads headers only; the embedding measures every epoch).
+    A night without an epochs file (not embedded: it failed) is left to its own reason."""
+    from sleepsound.embed.cache import channel_configs, epochs_path
+
+    fs, root_path = open_root(root)
+    empty: dict[str, str] = {}
+    for row in rows:
+        if row["status"] != "accepted":
+            continue
+        for channel_cfg in channel_configs(cfg):
+            path = epochs_path(root_path, channel_cfg, str(row["recording_id"]))
+            if not fs.exists(path):
+                continue
+            with fs.open(path, "rb") as handle:
+                valid = pq.read_table(handle, columns=["valid"])["valid"]
+            if pc.any(valid).as_py():
+                continue
+            empty[str(row["recording_id"])] = (
+                f"{channel_cfg.preprocess.channel}: none of the {len(valid)} epochs is usable (all silent or "
+                "NaN/Inf); nothing to score"
+            )
+            break
+    return empty
 
 
 def labelled_manifest(manifest: pd.DataFrame) -> pd.DataFrame:

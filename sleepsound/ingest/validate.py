@@ -356,7 +356,10 @@ def validate_recording(
     checks = checks or ValidationConfig()
     tol = Tolerances(start_s=checks.start_tolerance_s, part_s=checks.part_tolerance_s)
     row = manifest_row(src)
-    findings: list[Finding] = []
+    # What discovery saw about this night's files (a CSV of its name filed elsewhere): kept whatever follows.
+    findings: list[Finding] = [
+        Finding("recording", code, "warning", path, message) for path, code, message in src.notes
+    ]
     uri_of: dict[str, str] = {}
     try:
         if src.problem is not None:  # found by discovery (a skipped link, a clash of ids): nothing to open
