@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,18 +18,11 @@ from sleepsound.ingest.discovery import discover
 from sleepsound.ingest.manifest import build_manifest
 from sleepsound.io.audio import unreadable_reason
 from sleepsound.synth.writers import generate_cohort
+from tests.ingest.manifests import by_id as _by_id
+from tests.ingest.manifests import counts_add_up as _counts_add_up
 
 CFG = PreprocessConfig()
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _by_id(rows: list[dict]) -> dict[str, dict]:
-    return {r["recording_id"]: r for r in rows}
-
-
-def _counts_add_up(rows: list[dict], n_inputs: int) -> None:
-    statuses = Counter(r["status"] for r in rows)
-    assert statuses["accepted"] + statuses["quarantined"] == len(rows) == n_inputs
 
 
 @pytest.fixture(scope="module")

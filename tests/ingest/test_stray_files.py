@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,10 @@ from sleepsound.core.config import PreprocessConfig
 from sleepsound.ingest.discovery import discover
 from sleepsound.ingest.manifest import build_manifest, read_manifest_rows, write_manifest
 from sleepsound.synth.writers import generate_cohort
+from tests.ingest.manifests import by_id as _by_id
+from tests.ingest.manifests import counts_add_up as _counts_add_up
 
 CFG = PreprocessConfig()
-
-
-def _by_id(rows: list[dict]) -> dict[str, dict]:
-    return {r["recording_id"]: r for r in rows}
-
-
-def _counts_add_up(rows: list[dict], n_inputs: int) -> None:
-    statuses = Counter(r["status"] for r in rows)
-    assert statuses["accepted"] + statuses["quarantined"] == len(rows) == n_inputs
 
 
 @pytest.fixture(scope="module")
