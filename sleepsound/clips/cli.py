@@ -421,7 +421,8 @@ def serve(
     except (OSError, ValueError) as exc:  # a HeadArtifactError is a ValueError
         raise _fail(str(exc)) from exc
     typer.echo(f"scoring with {model} on http://{host}:{port} (POST /score, GET /health, docs at /docs)")
-    run_server(app, host, port)  # no access log; SIGTERM gives running requests 5 s
+    # no access log or URL query in the log; header deadline, per-client connection cap; SIGTERM gives 5 s
+    run_server(app, host, port)
 
 
 @clips_app.command("hard-negatives")

@@ -7,27 +7,33 @@ training clip was (mono, 16 kHz, peak-normalised on its own, zero-padded at the 
 window scores as the same sound would in training. A tail shorter than the shortest usable
 clip is left out (and said so), unless it is the whole recording.
 
-Shared by ``sleepsound clips score`` (files on disk) and ``sleepsound clips serve`` (HTTP).
+Shared by ``sleepsound clips score`` (files on disk) and ``sleepsound clips serve`` (HTTP). The
+decode is bounded before it starts (``decode_bounded``): a 476-KB FLAC of near-silence at
+192 kHz x 8 channels once took 2.5 GB, and a WAV cut short was scored as if whole.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from typing import Any, BinaryIO
 
 import numpy as np
+import soundfile as sf
+import soxr
 
 from sleepsound.clips.dataset import (
     MIN_CLIP_SECONDS,
     SAMPLE_RATE,
     ClipError,
     check_clip_file,
-    decode_mono_16k,
     fix_length,
     peak_normalise,
 )
 from sleepsound.clips.evaluate import ClipClassifier
-from sleepsound.io.audio import unreadable_reason
+from sleepsound.io.audio import unreadable_reason, wav_length_problem
+from sleepsound.monitor.limits import DECODE_BLOCK_FRAMES, MAX_CHANNELS, MAX_RATE_HZ, SAMPLES_PER_SECOND
 
 MAX_SCORE_SECONDS = 600.0  # longer audio is a night: score it with `sleepsound score`
 
@@ -78,6 +84,79 @@ def score_audio(clf: ClipClassifier, audio: np.ndarray, name: str, batch_size: i
     }
 
 
+def decode_bounded(source: str | BinaryIO, max_seconds: float, min_seconds: float = MIN_CLIP_SECONDS) -> np.ndarray:
+    """float32 mono 16-kHz samples of a file or file-like object, as ``clips.dataset.decode_mono_16k``
+    gives them (channels averaged, soxr HQ; the same values), but refused from the header before
+    decoding when the rate is over ``MAX_RATE_HZ``, there are more than ``MAX_CHANNELS`` channels,
+    more than ``max_seconds`` (``TooLong``) or more samples (frames x channels) than ``max_seconds``
+    of 48 kHz stereo, or a WAV's header declares more audio than the file holds (``validate``'s
+    ``truncated_audio``); then read in blocks, each mixed to mono and resampled as it comes, so
+    memory is one block plus the 16-kHz result. ClipError with the reason."""
+    try:
+        with sf.SoundFile(source) as handle:
+            rate, channels, frames = int(handle.samplerate), int(handle.channels), int(handle.frames)
+            if rate > MAX_RATE_HZ:
+                raise ClipError(f"sample rate {rate} Hz is above the {MAX_RATE_HZ} Hz accepted; resample it")
+            if channels > MAX_CHANNELS:
+                raise ClipError(f"{channels} channels; at most {MAX_CHANNELS} are accepted: keep fewer")
+            if handle.format == "WAV":
+                problem = _wav_problem(source)
+                if problem is not None:
+                    raise ClipError(problem)
+            if frames > max_seconds * rate:
+                raise TooLong(
+                    f"longer than {max_seconds:g} s ({frames / rate:.1f} s); score whole nights with `sleepsound score`"
+                )
+            budget = int(max_seconds * SAMPLES_PER_SECOND)
+            if frames * channels > budget:
+                raise ClipError(
+                    f"{frames / rate:.1f} s at {rate} Hz x {channels} channels is {frames * channels} samples to "
+                    f"decode, over the {budget} allowed ({max_seconds:g} s of 48 kHz stereo); resample it to "
+                    "48 kHz or keep fewer channels"
+                )
+            stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, "float32", "HQ")
+            pieces: list[np.ndarray] = []
+            read = 0
+            limit = math.ceil(max_seconds * rate) + 1  # one frame more tells a header that under-counts
+            while read < limit:
+                block = handle.read(min(DECODE_BLOCK_FRAMES, limit - read), dtype="float32", always_2d=True)
+                if not len(block):
+                    break
+                read += len(block)
+                mono = block.mean(axis=1)
+                if not np.isfinite(mono).all():
+                    raise ClipError("non-finite samples (NaN or Inf)")
+                pieces.append(mono if stream is None else stream.resample_chunk(mono, last=False))
+            if stream is not None:
+                pieces.append(stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    except ClipError:
+        raise
+    except Exception as exc:  # libsndfile raises several types for corrupt or foreign files
+        raise ClipError(f"unreadable audio ({type(exc).__name__}: {exc})") from exc
+    if read == 0:
+        raise ClipError("empty (no samples)")
+    if read < min_seconds * rate:
+        raise ClipError(f"too short ({read / rate:.3f} s < {min_seconds:g} s)")
+    if read > max_seconds * rate:
+        raise TooLong(f"longer than {max_seconds:g} s; score whole nights with `sleepsound score`")
+    return np.concatenate(pieces).astype(np.float32, copy=False)
+
+
+def _wav_problem(source: str | BinaryIO) -> str | None:
+    """``validate``'s verdict on a WAV whose header disagrees with its size (``wav_length_problem``)."""
+    if isinstance(source, str):
+        with open(source, "rb") as handle:
+            problem = wav_length_problem(handle, os.fstat(handle.fileno()).st_size)
+    else:
+        where = source.tell()
+        size = source.seek(0, os.SEEK_END)
+        try:
+            problem = wav_length_problem(source, size)
+        finally:
+            source.seek(where)
+    return None if problem is None else problem[1]
+
+
 def score_source(
     clf: ClipClassifier,
     source: str | BinaryIO,
@@ -93,11 +172,9 @@ def score_source(
             reason = unreadable_reason(source)  # a permission or a FIFO, named before libsndfile opens it
             if reason is not None:
                 raise ClipError(reason[1])
-        audio = decode_mono_16k(source, MIN_CLIP_SECONDS, max_seconds + 1.0)
+        audio = decode_bounded(source, max_seconds, MIN_CLIP_SECONDS)
     except ClipError as exc:
-        raise ClipError(f"{name}: {exc}") from None
+        raise type(exc)(f"{name}: {exc}") from None
     except OSError as exc:  # e.g. a folder on the way that may not be searched: this file only
         raise ClipError(f"{name}: {exc.strerror or exc}") from None
-    if len(audio) > max_seconds * SAMPLE_RATE:
-        raise TooLong(f"{name}: longer than {max_seconds:g} s; score whole nights with `sleepsound score`")
     return score_audio(clf, audio, name, batch_size)

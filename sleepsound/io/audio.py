@@ -218,8 +218,17 @@ def probe_plain(path: str, channel: str, index: int | None = None) -> PartInfo:
 
 
 def check_wav_length(path: str) -> None:
-    """Raise AudioError when a WAV's ``data`` chunk size disagrees with the file; libsndfile reads
-    either case without complaint, as a shorter night:
+    """Raise AudioError when a WAV's ``data`` chunk size disagrees with the file (``wav_length_problem``)."""
+    with open(path, "rb") as handle:
+        problem = wav_length_problem(handle, os.path.getsize(path))
+    if problem is not None:
+        raise AudioError(path, *problem)
+
+
+def wav_length_problem(handle: BinaryIO, size: int) -> tuple[str, str] | None:
+    """(code, message) when the WAV in ``handle`` (``size`` bytes) has a ``data`` chunk size that
+    disagrees with the file, else None; libsndfile reads either case without complaint, as a
+    shorter recording. Takes a handle so an upload held in memory is checked as a file on disk is:
 
     * ``truncated_audio``: the header declares more audio than the file holds (an upload or copy
       cut short; less than a second missing is taken for a writer's miscount and read as it is);
@@ -230,46 +239,44 @@ def check_wav_length(path: str) -> None:
     Only RIFF/RIFX WAVE is checked (RF64 and Wave64 keep their sizes elsewhere); a ``data`` size of
     0xFFFFFFFF is the streaming writers' "to the end of the file" and fine.
     """
-    size = os.path.getsize(path)
-    with open(path, "rb") as handle:
-        head = handle.read(12)
-        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
-            return
-        order = "<" if head[:4] == b"RIFF" else ">"
-        byte_rate, offset = 0, 12
-        while offset + 8 <= size:
-            handle.seek(offset)
-            chunk, length = struct.unpack(f"{order}4sI", handle.read(8))
-            if chunk == b"fmt " and length >= 12:
-                byte_rate = struct.unpack(f"{order}I", handle.read(12)[8:12])[0]
-            if chunk == b"data":
-                break
-            offset += 8 + length + (length & 1)
-        else:
-            return  # no data chunk: libsndfile's own error, or its 0 frames, says so
-        if length == 0xFFFFFFFF or byte_rate == 0:
-            return
-        start, held = offset + 8, size - offset - 8
-        seconds = f"{clock(length / byte_rate)} of audio"
-        if length - held >= byte_rate:
-            raise AudioError(
-                path,
-                "truncated_audio",
-                f"truncated: the header declares {seconds} ({length} bytes) but the file holds "
-                f"{clock(held / byte_rate)} ({length - held} bytes missing): an upload cut short; "
-                "re-upload it",
-            )
-        end = start + length + (length & 1)
-        junk = _unparsed_tail(handle, end, size, order)
-        if junk >= EPOCH_SECONDS * byte_rate:  # a tag or padding is smaller than one epoch of audio
-            raise AudioError(
-                path,
-                "unfinalised_audio",
-                f"the header declares {seconds} ({length} bytes) but {clock(junk / byte_rate)} more "
-                "follows outside any chunk: a recording that was never finalised (the recorder "
-                "stopped before writing the sizes). Rewrite the header, e.g. `sox --ignore-length "
-                "in.wav out.wav`, and re-upload",
-            )
+    handle.seek(0)
+    head = handle.read(12)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+        return None
+    order = "<" if head[:4] == b"RIFF" else ">"
+    byte_rate, offset = 0, 12
+    while offset + 8 <= size:
+        handle.seek(offset)
+        chunk, length = struct.unpack(f"{order}4sI", handle.read(8))
+        if chunk == b"fmt " and length >= 12:
+            byte_rate = struct.unpack(f"{order}I", handle.read(12)[8:12])[0]
+        if chunk == b"data":
+            break
+        offset += 8 + length + (length & 1)
+    else:
+        return None  # no data chunk: libsndfile's own error, or its 0 frames, says so
+    if length == 0xFFFFFFFF or byte_rate == 0:
+        return None
+    start, held = offset + 8, size - offset - 8
+    seconds = f"{clock(length / byte_rate)} of audio"
+    if length - held >= byte_rate:
+        return (
+            "truncated_audio",
+            f"truncated: the header declares {seconds} ({length} bytes) but the file holds "
+            f"{clock(held / byte_rate)} ({length - held} bytes missing): an upload cut short; "
+            "re-upload it",
+        )
+    end = start + length + (length & 1)
+    junk = _unparsed_tail(handle, end, size, order)
+    if junk >= EPOCH_SECONDS * byte_rate:  # a tag or padding is smaller than one epoch of audio
+        return (
+            "unfinalised_audio",
+            f"the header declares {seconds} ({length} bytes) but {clock(junk / byte_rate)} more "
+            "follows outside any chunk: a recording that was never finalised (the recorder "
+            "stopped before writing the sizes). Rewrite the header, e.g. `sox --ignore-length "
+            "in.wav out.wav`, and re-upload",
+        )
+    return None
 
 
 def _unparsed_tail(handle: BinaryIO, offset: int, size: int, order: str) -> int:

@@ -4,10 +4,17 @@ Each rule here answers a defect seen on ``clips serve`` (issue 18):
 
 - a body is read with a byte cap *while it arrives* and a wall-clock read timeout, so neither a
   large upload nor a slow client holds memory or a connection for long (``read_body``);
-- audio is bounded *before* it is decoded: ``soundfile.info`` gives the rate and frame count
-  from the header, a rate under 8 kHz is refused (a 1,244-byte WAV declaring 1 Hz decodes as
-  600 s), and the decode itself reads at most the allowed frames plus one, whatever the
+- audio is bounded *before* it is decoded: ``soundfile.info`` gives the rate, channels and frame
+  count from the header, a rate under 8 kHz is refused (a 1,244-byte WAV declaring 1 Hz decodes as
+  600 s), and so is one over 384 kHz, more than 8 channels, or more samples (frames x channels) than
+  ``AudioLimits.max_samples`` (a 1-MB FLAC of near-silence at 655 kHz x 8 channels decodes to 3 GB);
+  a WAV whose header declares more (or less) audio than it holds is refused as ``validate`` refuses
+  it; the decode reads one channel in blocks, at most the allowed frames plus one, whatever the
   header claims (``decode_audio``);
+- a multipart form is parsed with a cap on its parts and their headers (605k empty parts took
+  4.5 s on the event loop), in memory, keeping only the audio part (``upload_bytes``);
+- uvicorn runs with a deadline for a request's headers, a cap on one client's connections and on
+  all requests (503 past it), the fd limit raised, and no URL query in its log (``serve``);
 - messages name the upload and the problem, never a Python object's repr
   (``<_io.BytesIO object at 0x...>``, which libsndfile's errors carry);
 - a client that goes away mid-upload is one log line, not a traceback (``ClientGone``);
@@ -36,10 +43,24 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sleepsound.io.audio import wav_length_problem
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MIN_RATE_HZ = 8_000
+MAX_RATE_HZ = 384_000  # above any recorder's rate; ultrasonic rates only make a decode bomb
+MAX_CHANNELS = 8
+# Decoded samples (frames x channels) allowed per second of the longest accepted audio: 48 kHz
+# stereo. Bounds the decode's work and memory (one channel is kept: at most 4 bytes a frame).
+SAMPLES_PER_SECOND = 48_000 * 2
+DECODE_BLOCK_FRAMES = 1 << 16
+MAX_FORM_PARTS = 8  # a form holds the audio and a few small fields, never thousands of parts
+MAX_FORM_HEADERS = 16  # headers per part
+HEADER_TIMEOUT_S = 10.0  # a request's headers must arrive within this (slow-loris, idle connections)
+KEEP_ALIVE_S = 5
+MAX_CONNECTIONS_PER_CLIENT = 64
+MAX_CONCURRENCY = 1000  # requests and connections at once; past it uvicorn answers 503
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
@@ -47,10 +68,11 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 class Refused(Exception):
     """A request refused with ``status`` and a message naming the upload and the problem."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 class ClientGone(Exception):
@@ -65,6 +87,37 @@ class AudioLimits:
     max_seconds: float
     min_seconds: float = 0.0
     min_rate: int = MIN_RATE_HZ
+    max_rate: int = MAX_RATE_HZ
+    max_channels: int = MAX_CHANNELS
+    max_samples: int | None = None  # frames x channels; None: max_seconds of 48 kHz stereo
+
+    @property
+    def sample_budget(self) -> int:
+        """Most samples (frames x channels) one decode may read."""
+        if self.max_samples is not None:
+            return self.max_samples
+        return int(self.max_seconds * SAMPLES_PER_SECOND)
+
+
+class AudioBuffer(io.BytesIO):
+    """An upload's bytes for libsndfile: a seek it asks for outside the buffer (a malformed AIFF
+    asks for -1) fails as libsndfile expects (position -1) instead of raising inside soundfile's
+    cffi callback, which prints a traceback to the server's log for every such upload."""
+
+    _failed = False
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        try:
+            return super().seek(offset, whence)
+        except (ValueError, OverflowError):
+            self._failed = True
+            return -1
+
+    def tell(self) -> int:
+        if self._failed:
+            self._failed = False
+            return -1
+        return super().tell()
 
 
 _REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>|<_io\.\w+[^>]*>")
@@ -103,72 +156,148 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes
 
 def upload_bytes(body: bytes, content_type: str, name: str, field: str = "file") -> bytes:
     """The audio of a request: the ``field`` part of a multipart form (as the tutorial's clients
-    send it), or the raw body. The body was already bounded by ``read_body``."""
+    send it), or the raw body. The body was already bounded by ``read_body``; the form is parsed in
+    memory (audio never lands in a temporary file), refused (400) past ``MAX_FORM_PARTS`` parts or
+    ``MAX_FORM_HEADERS`` headers a part, so its parse (on the event loop) stays short."""
     if not content_type.lower().startswith("multipart/form-data"):
         return body
-    from python_multipart import parse_form
+    from python_multipart.multipart import MultipartParser, parse_options_header
 
-    found: dict[str, bytes] = {}
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise Refused(400, f"{name}: malformed multipart form (no boundary in its Content-Type)")
+    parts: list[tuple[bytes, list[bytes]]] = []  # (Content-Disposition, data pieces) of each part
+    header: list[bytes] = [b"", b""]  # the header being read: field, value
 
-    def on_field(part: Any) -> None:
-        found[(part.field_name or b"").decode("latin-1")] = part.value or b""
+    def too_many() -> Refused:
+        return Refused(
+            400, f"{name}: the form has more than {MAX_FORM_PARTS} parts; send the audio as {field}=@clip.wav"
+        )
 
-    def on_file(part: Any) -> None:
-        handle = part.file_object
-        handle.seek(0)
-        found[(part.field_name or b"").decode("latin-1")] = handle.read()
+    def begin() -> None:
+        if len(parts) >= MAX_FORM_PARTS:
+            raise too_many()
+        parts.append((b"", []))
 
-    headers = {"Content-Type": content_type.encode("latin-1"), "Content-Length": str(len(body)).encode()}
+    def header_field(data: bytes, start: int, end: int) -> None:
+        header[0] += data[start:end]
+
+    def header_value(data: bytes, start: int, end: int) -> None:
+        header[1] += data[start:end]
+
+    def header_end() -> None:
+        if header[0].strip().lower() == b"content-disposition" and parts:
+            parts[-1] = (header[1], parts[-1][1])
+        header[0], header[1] = b"", b""
+
+    def part_data(data: bytes, start: int, end: int) -> None:
+        if parts and parts[-1][0] and _disposition_name(parts[-1][0]) == field:
+            parts[-1][1].append(data[start:end])  # only the audio part's bytes are kept
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": begin,
+            "on_header_field": header_field,
+            "on_header_value": header_value,
+            "on_header_end": header_end,
+            "on_part_data": part_data,
+        },  # type: ignore[arg-type]
+        max_size=len(body) + 1,
+        max_header_count=MAX_FORM_HEADERS,
+    )
     try:
-        parse_form(headers, io.BytesIO(body), on_field, on_file)
+        parser.write(body)
+        parser.finalize()
+    except Refused:
+        raise
     except Exception as exc:
         raise Refused(400, f"{name}: malformed multipart form ({clean_message(str(exc), name)})") from None
-    if field not in found:
+    found = [b"".join(pieces) for disposition, pieces in parts if _disposition_name(disposition) == field]
+    if not found:
         raise Refused(400, f"{name}: the form has no {field!r} part; send the audio as {field}=@clip.wav")
-    return found[field]
+    return found[0]
+
+
+def _disposition_name(disposition: bytes) -> str:
+    """The ``name`` of a part's Content-Disposition header."""
+    from python_multipart.multipart import parse_options_header
+
+    return parse_options_header(disposition)[1].get(b"name", b"").decode("latin-1")
 
 
 def probe_audio(data: bytes, name: str, limits: AudioLimits) -> Any:
     """The upload's header (``soundfile.info``), refused before anything is decoded when it is not
-    audio, its rate is under ``limits.min_rate`` or it declares more than ``limits.max_seconds``."""
+    audio, its rate or channels are outside ``limits``, a WAV's header disagrees with its size
+    (truncated or never finalised, as ``validate`` says), it declares more than ``limits.max_seconds``
+    or more samples (frames x channels) than ``limits.sample_budget``."""
     if not data:
         raise Refused(400, f"{name}: empty upload; send the audio file's bytes")
     try:
-        info = sf.info(io.BytesIO(data))
+        info = sf.info(AudioBuffer(data))
     except (sf.LibsndfileError, RuntimeError) as exc:
         reason = getattr(exc, "error_string", None) or clean_message(str(exc), name)
         raise Refused(400, f"{name}: unreadable audio ({reason})") from None
-    rate = int(info.samplerate)
+    rate, channels = int(info.samplerate), int(info.channels)
     if rate < limits.min_rate:
         raise Refused(422, f"{name}: sample rate {rate} Hz is below the {limits.min_rate} Hz this service accepts")
+    if rate > limits.max_rate:
+        raise Refused(
+            422, f"{name}: sample rate {rate} Hz is above the {limits.max_rate} Hz this service accepts; resample it"
+        )
+    if channels > limits.max_channels:
+        raise Refused(
+            422, f"{name}: {channels} channels; this service accepts at most {limits.max_channels}: send fewer"
+        )
+    if info.format == "WAV":
+        problem = wav_length_problem(io.BytesIO(data), len(data))
+        if problem is not None:
+            raise Refused(400, f"{name}: {problem[1]}")
     declared = info.frames / rate
     if declared > limits.max_seconds:
         raise Refused(413, f"{name}: longer than {limits.max_seconds:g} s ({declared:.1f} s)")
+    if info.frames * channels > limits.sample_budget:
+        raise Refused(
+            413,
+            f"{name}: {declared:.1f} s at {rate} Hz x {channels} channels is {info.frames * channels} samples to "
+            f"decode, over the {limits.sample_budget} this service decodes ({limits.max_seconds:g} s of 48 kHz "
+            "stereo); resample it to 48 kHz or send fewer channels",
+        )
     return info
 
 
 def decode_audio(data: bytes, name: str, limits: AudioLimits, channel: int = 0) -> tuple[np.ndarray, int, float]:
     """(mono float32 samples of ``channel``, sample rate, full scale) of an uploaded file, bounded
-    before decoding (``probe_audio``), and the decode itself reads at most the allowed frames (plus
-    one, to tell an over-long file) whatever the header claims."""
+    before decoding (``probe_audio``). The decode reads blocks and keeps only ``channel``, so memory
+    is one block plus the channel, and reads at most the allowed frames (plus one, to tell an
+    over-long file) whatever the header claims."""
     info = probe_audio(data, name, limits)
-    rate = int(info.samplerate)
-    max_frames = int(limits.max_seconds * rate)
+    rate, channels = int(info.samplerate), int(info.channels)
+    if channel >= channels:
+        raise Refused(422, f"{name}: no channel {channel} (the file has {channels})")
+    max_frames = min(int(limits.max_seconds * rate), limits.sample_budget // channels)
+    out = np.empty(min(int(info.frames), max_frames) + 1, dtype=np.float32)
+    block = np.empty((min(DECODE_BLOCK_FRAMES, len(out)), channels), dtype=np.float32)
+    filled = 0
     try:
-        with sf.SoundFile(io.BytesIO(data)) as handle:
-            samples = handle.read(max_frames + 1, dtype="float32", always_2d=True)
+        with sf.SoundFile(AudioBuffer(data)) as handle:
+            while filled < len(out):
+                got = handle.read(min(len(block), len(out) - filled), dtype="float32", always_2d=True, out=block)
+                if not len(got):
+                    break
+                out[filled : filled + len(got)] = got[:, channel]
+                filled += len(got)
     except (sf.LibsndfileError, RuntimeError) as exc:
         reason = getattr(exc, "error_string", None) or clean_message(str(exc), name)
         raise Refused(400, f"{name}: unreadable audio ({reason})") from None
-    if len(samples) > max_frames:
+    if filled > max_frames:
         raise Refused(413, f"{name}: longer than {limits.max_seconds:g} s")
-    seconds = len(samples) / rate
-    if seconds < limits.min_seconds or len(samples) == 0:
+    seconds = filled / rate
+    if seconds < limits.min_seconds or filled == 0:
         raise Refused(422, f"{name}: {seconds:.2f} s of audio; at least {limits.min_seconds:g} s are needed")
-    if channel >= samples.shape[1]:
-        raise Refused(422, f"{name}: no channel {channel} (the file has {samples.shape[1]})")
     full_scale = float("inf") if info.subtype in ("FLOAT", "DOUBLE") else 1.0
-    return np.ascontiguousarray(samples[:, channel]), rate, full_scale
+    return out[:filled], rate, full_scale
 
 
 async def run_unless_gone(worker: BoundedWorker, request: Request, job: Callable[[], T], poll_s: float = 0.1) -> T:
@@ -344,18 +473,38 @@ class OneLineDisconnects(logging.Filter):
         return True
 
 
+_QUERY = re.compile(r"\?[^\s\"']*")
+
+
+class NoQueryStrings(logging.Filter):
+    """uvicorn logs every WebSocket handshake as ``"WebSocket /path?query"``, access log or not; a
+    query may carry a device token (``?token=``, browsers cannot set Authorization on a WebSocket) or
+    a patient's name, so the query is cut from every uvicorn line before it is written."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a record whose arguments do not format: leave it to the handler
+            return True
+        if "?" in message:
+            record.msg, record.args = _QUERY.sub("?[query removed]", message), ()
+        return True
+
+
 def quiet_disconnect_tracebacks() -> None:
-    """Install ``OneLineDisconnects`` on uvicorn's error logger (idempotent)."""
-    logger = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, OneLineDisconnects) for f in logger.filters):
-        logger.addFilter(OneLineDisconnects())
+    """Install ``OneLineDisconnects`` and ``NoQueryStrings`` on uvicorn's loggers (idempotent)."""
+    for name in ("uvicorn.error", "uvicorn.access", "uvicorn"):
+        logger = logging.getLogger(name)
+        for kind in (OneLineDisconnects, NoQueryStrings):
+            if not any(isinstance(f, kind) for f in logger.filters):
+                logger.addFilter(kind())
 
 
 def refused_response(exc: Refused) -> JSONResponse:
     """The refusal as JSON; an upload cut off unread (408, 413) also closes the connection, so the
     server stops reading the rest of it rather than draining it for keep-alive."""
-    headers = {"Connection": "close"} if exc.status in (408, 413) else None
-    return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
+    headers = {"Connection": "close"} if exc.status in (408, 413) else {}
+    return JSONResponse({"detail": exc.message}, status_code=exc.status, headers={**headers, **(exc.headers or {})})
 
 
 def install_handlers(app: Any) -> None:
@@ -376,6 +525,7 @@ def install_handlers(app: Any) -> None:
 def service_logging(level: str = "info") -> None:
     """The service's own lines (counts and opaque ids only) beside uvicorn's; disconnects as one line."""
     quiet_disconnect_tracebacks()
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)  # a malformed form is our 400, not its warning
     ours = logging.getLogger("sleepsound")
     if not ours.handlers:
         handler = logging.StreamHandler()
@@ -384,20 +534,178 @@ def service_logging(level: str = "info") -> None:
         ours.setLevel(level.upper())
 
 
+class ClientSlots:
+    """How many requests each client has queued or running, capped so one client cannot hold every
+    place in a service's queue (ten long uploads from one client kept every other client at 503 for
+    minutes). Thread-safe; a client is its address as uvicorn reports it (a trusted proxy's
+    X-Forwarded-For, else the peer)."""
+
+    def __init__(self, per_client: int) -> None:
+        self.per_client = per_client
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, client: str) -> bool:
+        """One more place for ``client``; False when it already holds ``per_client``."""
+        with self._lock:
+            if self._held.get(client, 0) >= self.per_client:
+                return False
+            self._held[client] = self._held.get(client, 0) + 1
+            return True
+
+    def give_back(self, client: str) -> None:
+        with self._lock:
+            left = self._held.get(client, 0) - 1
+            if left > 0:
+                self._held[client] = left
+            else:
+                self._held.pop(client, None)
+
+    @contextlib.contextmanager
+    def held(self, client: str, refusal: Refused) -> Any:
+        """A place for ``client`` while the block runs; ``refusal`` (a 429) when it has none left."""
+        if not self.take(client):
+            raise refusal
+        try:
+            yield
+        finally:
+            self.give_back(client)
+
+
+def client_of(request: Request) -> str:
+    """The request's client address (``ClientSlots``' key)."""
+    return request.client.host if request.client else "unknown"
+
+
+_TOO_MANY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 5\r\n"
+    b"Connection: close\r\nContent-Length: 43\r\n\r\ntoo many connections from this client; retry"
+)
+
+
+def guarded_protocol(header_timeout_s: float, max_per_client: int) -> type:
+    """uvicorn's h11 protocol with what it lacks against slow and greedy clients (its keep-alive
+    timeout starts only after a first response, so a connection that never finishes its headers was
+    held forever, 20k of them exhausting the fds):
+
+    - a connection must complete a request's headers within ``header_timeout_s`` of opening (or of
+      its previous response), else it is closed;
+    - one client address holds at most ``max_per_client`` connections; another is answered 503 and
+      closed at once, so its fd is free again and other clients still get in.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    open_by_client: dict[str, int] = {}
+
+    class Guarded(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+        _counted: str | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            peer = self.client[0] if self.client else "unknown"
+            if open_by_client.get(peer, 0) >= max_per_client:
+                transport.write(_TOO_MANY)
+                transport.close()
+                return
+            open_by_client[peer] = open_by_client.get(peer, 0) + 1
+            self._counted = peer
+            self._arm()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(header_timeout_s, self._headers_late)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _uncount(self) -> None:
+            if self._counted is not None:
+                left = open_by_client.get(self._counted, 0) - 1
+                if left > 0:
+                    open_by_client[self._counted] = left
+                else:
+                    open_by_client.pop(self._counted, None)
+                self._counted = None
+
+        def _headers_late(self) -> None:
+            import h11
+
+            self._deadline = None
+            waiting = self.cycle is None or self.cycle.response_complete
+            if waiting and self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()  # no request begun in time: a slow-loris or an idle socket
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def handle_websocket_upgrade(self, event: Any) -> None:
+            self._disarm()
+            self._uncount()  # the socket is the WebSocket protocol's now; it is counted by uvicorn
+            super().handle_websocket_upgrade(event)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            self._uncount()
+            super().connection_lost(exc)
+
+    return Guarded
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's open-file soft limit to its hard limit (each connection is an fd; the
+    usual soft 1024 is reached long before memory is); the limit now in force."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, ValueError, OSError):
+        return 1024
+
+
+def server_config(
+    app: Any,
+    host: str,
+    port: int,
+    graceful_s: float = 5.0,
+    log_level: str = "info",
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+    max_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
+    max_concurrency: int = MAX_CONCURRENCY,
+) -> Any:
+    """uvicorn's configuration for a sleepsound service: no access log (URLs and clients are no
+    one's business), a graceful shutdown that gives up on requests still running after
+    ``graceful_s``, a short keep-alive, ``guarded_protocol``'s header deadline and per-client
+    connection cap, and ``limit_concurrency`` (503 past it) kept under the fd limit."""
+    import uvicorn
+
+    fds = raise_fd_limit()
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        access_log=False,
+        log_level=log_level,
+        timeout_graceful_shutdown=graceful_s,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        limit_concurrency=max(16, min(max_concurrency, fds - 64)),
+        http=guarded_protocol(header_timeout_s, max_per_client),
+        h11_max_incomplete_event_size=16 * 1024,  # request line and headers
+    )
+
+
 def serve(app: Any, host: str, port: int, graceful_s: float = 5.0, log_level: str = "info") -> None:
-    """Run ``app`` with uvicorn: no access log (URLs and clients are no one's business), a graceful
-    shutdown that gives up on requests still running after ``graceful_s``, disconnects as one line."""
+    """Run ``app`` with uvicorn as ``server_config`` sets it up; disconnects as one line, no URL
+    query in the log."""
     import uvicorn
 
     service_logging(log_level)
-    uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            access_log=False,
-            log_level=log_level,
-            timeout_graceful_shutdown=graceful_s,
-            timeout_keep_alive=5,
-        )
-    ).run()
+    uvicorn.Server(server_config(app, host, port, graceful_s, log_level)).run()
