@@ -23,6 +23,7 @@ from sleepsound.clips.cli import clips_app
 from sleepsound.core.ports import free_port
 from sleepsound.monitor.limits import server_config
 from tests.clips.test_clips import make_dataset
+from tests.monitor.conftest import run_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -92,12 +93,7 @@ def service(model: Path) -> Iterator[tuple[str, Any]]:
     port = free_port()
     app = create_app(model, max_seconds=5.0, max_mb=4.0, read_timeout_s=30.0, max_per_client=2)
     server = uvicorn.Server(server_config(app, "127.0.0.1", port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
+    thread = run_in_thread(server)
     try:
         yield f"http://127.0.0.1:{port}", app
     finally:

@@ -120,13 +120,18 @@ def start_server(app: object, port: int) -> tuple[uvicorn.Server, threading.Thre
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="info", access_log=False)  # type: ignore[arg-type]
     )
+    return server, run_in_thread(server)
+
+
+def run_in_thread(server: uvicorn.Server) -> threading.Thread:
+    """Run ``server`` in a daemon thread and return once it listens (30 s at most)."""
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
         time.sleep(0.05)
-    return server, thread
+    return thread
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import io
 import logging
 import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -35,6 +34,7 @@ from sleepsound.monitor.limits import (
     service_logging,
     upload_bytes,
 )
+from tests.monitor.conftest import run_in_thread
 
 LIMITS = AudioLimits(max_bytes=8 << 20, max_seconds=10.0)
 HEADER_TIMEOUT_S = 0.5
@@ -72,12 +72,7 @@ def server() -> Iterator[str]:
         _app(), "127.0.0.1", port, header_timeout_s=HEADER_TIMEOUT_S, max_per_client=PER_CLIENT, log_level="info"
     )
     live = uvicorn.Server(config)
-    thread = threading.Thread(target=live.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not live.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
+    thread = run_in_thread(live)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
