@@ -233,6 +233,13 @@ class Alerts:
                 {"seconds_without_audio": round(seconds_since_chunk)},
             )
 
+    def forget(self, session_id: str) -> None:
+        """A session the service no longer holds: its running episodes end here (its alerts stay listed),
+        so the index of running episodes does not grow with every session ever opened."""
+        with self._lock:
+            for key in [k for k in self._active if k[0] == session_id]:
+                del self._active[key]
+
     # ------------------------------------------------------------------ records
 
     def acknowledge(self, alert_id: str, by: str) -> dict[str, Any] | None:

@@ -15,10 +15,17 @@
 
 Who may do what: a device token (random, 256 bits, only its SHA-256 kept, compared in constant
 time) opens its own session and nothing else; with an operator token configured, opening a
-session needs it. The operator side (dashboard, alerts) takes the operator token or a login:
+session and analysing a clip need it as a bearer (a dashboard login's cookie is refused:
+``device_access``). The operator side (dashboard, alerts) takes the operator token or a login:
 a named user's password (``monitor.users``, scrypt-hashed in ``monitor/users.json``) or the token;
 an acknowledgement records who made it. Every request passes ``limits.GuardMiddleware`` (Host and Origin checks) and
-every upload ``limits.read_body`` / ``decode_audio`` (bytes, read time, rate, seconds).
+every upload ``limits.read_body`` / ``decode_audio`` (bytes, read time, rate, seconds); the JSON
+that opens a session is read the same way, after the token check, at most ``SESSION_JSON_BYTES``.
+
+What one client can cause: a chunk number is checked before its body is read (``Monitor.check_seq``:
+not below 0, at most ten minutes of audio ahead), a client address holds at most
+``max_sessions_per_client`` open sessions, and a malformed request is a 422 naming the fields,
+never echoing what was sent (a bed id is a patient identifier) nor failing on NaN.
 """
 
 from __future__ import annotations
@@ -33,8 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Header, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 import sleepsound
@@ -50,6 +58,7 @@ from sleepsound.monitor.limits import (
     GuardMiddleware,
     Refused,
     allowed_hosts,
+    client_of,
     decode_audio,
     install_handlers,
     read_body,
@@ -61,6 +70,7 @@ from sleepsound.monitor.sessions import Monitor
 from sleepsound.monitor.users import USERS_FILE, FailedLogins, UserStore
 
 log = logging.getLogger(__name__)
+SESSION_JSON_BYTES = 4096  # {"bed_id": ..., "chunk_seconds": ...} is well under 200 bytes
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,10 @@ class Settings:
     expiry_check_s: float = 5.0
     login_failures: int = 5  # failed dashboard logins per name (and per address) ...
     login_window_s: float = 900.0  # ... in this window, before further attempts are refused
+    # open sessions one client address may hold (None: all but one of max_sessions, so another client
+    # can always open one); published nights kept in memory for the dashboard (None: max_sessions)
+    max_sessions_per_client: int | None = None
+    keep_finished: int | None = None
     rules: AlertRules = field(default_factory=AlertRules)
     # Off by default: audio is health data and is held only as long as scoring needs it. A folder
     # here keeps each finished night's audio there as <session-id>.flac, a plain recording that
@@ -95,7 +109,11 @@ class Settings:
 class SessionCreate(BaseModel):
     bed_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="The bed's opaque id (never logged).")
     chunk_seconds: float | None = Field(
-        None, gt=0, le=30, description="The chunks' length, for sizing a gap (default: the first chunk's)."
+        None,
+        ge=1,
+        le=30,
+        allow_inf_nan=False,
+        description="The chunks' length in seconds (1-30), for sizing a gap (default: the first chunk's).",
     )
 
 
@@ -161,6 +179,8 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
         settings.burst,
         settings.rules,
         Path(settings.keep_audio) if settings.keep_audio else None,
+        max_per_client=settings.max_sessions_per_client,
+        keep_finished=settings.keep_finished,
     )
 
     @contextlib.asynccontextmanager
@@ -188,6 +208,7 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
     )
     app.state.monitor = monitor
     install_handlers(app)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_middleware(
         GuardMiddleware,
         allowed_hosts=allowed_hosts(settings.host, settings.extra_hosts),
@@ -198,7 +219,7 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
     async def health() -> dict[str, Any]:  # async: on the event loop, never queued for a pool thread
         return {
             "status": "ok",
-            "sessions": sum(s.state == "open" for s in monitor.sessions.values()),
+            "sessions": monitor.open_count(),
             "scoring_queue": monitor.worker.queued,
             "scoring": monitor.worker.busy,
             **scorer.describe(),
@@ -211,10 +232,38 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
     )
     add_dashboard(app, monitor, access)
 
-    @app.post("/v1/sessions", status_code=201)
-    def open_session(body: SessionCreate, request: Request) -> SessionCreated:
-        access.check(request, "opening a session", devices=True)
-        session, token = monitor.open_session(body.bed_id, body.chunk_seconds)
+    def device_access(request: Request, what: str) -> None:
+        """Opening a session and analysing a clip take the operator token as a bearer when one is set,
+        never a dashboard login (a user's password must not open sessions); open without a token."""
+        if access.token_hash is None:
+            return  # loopback without a token: devices open sessions freely, whatever users there are
+        authorization = request.headers.get("authorization") or ""
+        if not authorization.lower().startswith("bearer ") or not authorization[7:].strip():
+            if access.who(request) is not None:
+                raise Refused(
+                    403, f"{what} takes the operator token (Authorization: Bearer <token>), not a dashboard login"
+                )
+            raise Refused(401, f"{what} needs the operator token (Authorization: Bearer <token>)")
+        access.check(request, what, devices=True)  # the bearer: the operator token, else 403
+
+    @app.post(
+        "/v1/sessions",
+        status_code=201,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": SessionCreate.model_json_schema()}},
+            }
+        },
+    )
+    async def open_session(request: Request) -> SessionCreated:
+        """``{"bed_id", "chunk_seconds"}``: checked for the operator token first, then read bounded in
+        bytes and time (``read_body``), never echoed into a log or an answer."""
+        device_access(request, "opening a session")
+        body = session_request(await read_body(request, SESSION_JSON_BYTES, settings.read_timeout_s), request)
+        session, token = await run_in_threadpool(
+            monitor.open_session, body.bed_id, body.chunk_seconds, client_of(request)
+        )
         return SessionCreated(
             session_id=session.id,
             token=token,
@@ -227,6 +276,7 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
     @app.post("/v1/sessions/{sid}/chunks/{seq}")
     async def add_chunk(sid: str, seq: int, request: Request, authorization: str | None = Header(None)) -> ChunkReply:
         session = monitor.authorise(sid, authorization)
+        monitor.check_seq(session, seq)  # before the body: a refused number costs nothing
         body = await read_body(request, limits.max_bytes, settings.read_timeout_s)
         data = upload_bytes(body, request.headers.get("content-type", ""), f"chunk {seq}")
         return ChunkReply(**await run_in_threadpool(monitor.add_chunk, session, seq, data))
@@ -319,7 +369,7 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
 
     @app.post("/analyze-breathing")
     async def analyze_breathing(request: Request, name: str = "upload") -> BreathingAnswer:
-        access.check(request, "analysing a clip", devices=True)
+        device_access(request, "analysing a clip")
         body = await read_body(request, clip_limits.max_bytes, settings.read_timeout_s)
         data = upload_bytes(body, request.headers.get("content-type", ""), name)
         audio, rate, full_scale = await run_in_threadpool(decode_audio, data, name, clip_limits, scorer.channel_index)
@@ -381,3 +431,42 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
         )
 
     return app
+
+
+def _not_finite(constant: str) -> Any:
+    raise Refused(422, f"the session's JSON holds {constant}: numbers must be finite")
+
+
+def session_request(body: bytes, request: Request) -> SessionCreate:
+    """The JSON that opens a session, validated; a 422 naming the fields (never their values) otherwise."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind and kind != "application/json" and not kind.endswith("+json"):
+        raise Refused(415, "send the session as JSON (Content-Type: application/json)")
+    try:
+        data = json.loads(body, parse_constant=_not_finite)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError alike
+        raise Refused(422, 'the body is not JSON; send {"bed_id": "bed-7"}') from None
+    try:
+        return SessionCreate.model_validate(data)
+    except ValidationError as exc:
+        raise Refused(422, _fields(exc.errors(include_url=False, include_input=False))) from None
+
+
+def _fields(errors: Any) -> str:
+    """Validation errors as ``field: problem; ...``, without the values sent."""
+    parts = []
+    for error in errors:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 without the input echoed back (a bed id is a patient identifier, and a NaN in it
+    made the answer itself fail with a 500 and a traceback in the log)."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", "invalid"), "type": e.get("type", "invalid")}
+        for e in exc.errors()
+    ]
+    return JSONResponse({"detail": errors}, status_code=422)

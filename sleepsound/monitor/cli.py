@@ -38,6 +38,12 @@ def serve(
         typer.Option("--model", help="Use this version instead of a task's champion: TASK=VERSION (repeatable)."),
     ] = None,
     max_sessions: Annotated[int, typer.Option(help="Most sessions open at once.")] = 32,
+    max_sessions_per_client: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1, help="Most sessions one client address may hold open (default: all but one of --max-sessions)."
+        ),
+    ] = None,
     max_chunk_mb: Annotated[float, typer.Option(help="Largest chunk upload, in MiB.")] = 8.0,
     read_timeout: Annotated[float, typer.Option(help="Seconds a client has to send a request's body.")] = 30.0,
     idle_timeout: Annotated[float, typer.Option(help="Seconds without a request after which a session ends.")] = 600.0,
@@ -93,6 +99,7 @@ def serve(
         rules=rules,
         host=host,
         max_sessions=max_sessions,
+        max_sessions_per_client=max_sessions_per_client,
         max_chunk_bytes=int(max_chunk_mb * 2**20),
         read_timeout_s=read_timeout,
         idle_timeout_s=idle_timeout,

@@ -20,6 +20,13 @@ only; when a batch run holds the root, publishing waits and is retried.
 Nothing acknowledged is lost: a chunk is on disk (spool + journal) before its 200, a scored
 epoch is on disk before its audio is dropped, and a restarted service replays each open
 session's journal from one epoch before the first unscored epoch (``stream.NightStream``).
+
+What one client can hold (so it never starves the others): at most ``max_per_client`` open
+sessions per client address (all but one of ``max_sessions`` by default: another client can
+always open one), sessions waiting to be published at most ``2 * max_sessions``, and in memory
+only the ``keep_finished`` most recent published nights (the dashboard's finished beds; they stay
+on disk under ``runs/``). A session ended without a single chunk of audio leaves nothing behind:
+no run, no folder, so an open-and-DELETE loop cannot fill memory or the disk.
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ from sleepsound.embed.preprocess import Epoch
 from sleepsound.monitor.alerts import AlertRules, Alerts
 from sleepsound.monitor.limits import AudioLimits, BoundedWorker, Busy, Refused, decode_audio
 from sleepsound.monitor.scoring import Scorer
-from sleepsound.monitor.stream import NightStream, Piece
+from sleepsound.monitor.stream import MAX_GAP_S, MIN_CHUNK_S, NightStream, Piece
 
 log = logging.getLogger(__name__)
 ENVELOPES = "envelopes.bin"
@@ -116,6 +123,9 @@ class Session:
     clipped: dict[int, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     bucket: Bucket | None = None
+    client: str | None = None  # the address that opened it (the per-client cap; None after a restart)
+    finished: float = 0.0  # when it was published (the newest finished nights stay in memory)
+    skipped_s: float = 0.0  # audio given up as missing so far (bounded by the time the session has been open)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -140,6 +150,8 @@ class Monitor:
         burst: float = 20.0,
         rules: AlertRules | None = None,
         keep_audio: Path | None = None,
+        max_per_client: int | None = None,
+        keep_finished: int | None = None,
     ) -> None:
         store = open_root(root)
         if not is_local(root):
@@ -159,6 +171,10 @@ class Monitor:
         self.scorer = scorer
         self.limits = limits
         self.max_sessions = max_sessions
+        # all but one slot by default: one client (address) can never take every slot, and a bench
+        # or a ward behind one address can still fill all the others
+        self.max_per_client = max_per_client or max(1, max_sessions - 1)
+        self.keep_finished = max_sessions if keep_finished is None else keep_finished
         self.window = window
         self.idle_timeout_s = idle_timeout_s
         self.rate, self.burst = rate, burst
@@ -172,23 +188,87 @@ class Monitor:
 
     # ------------------------------------------------------------------ sessions
 
-    def open_session(self, bed_id: str, chunk_seconds: float | None) -> tuple[Session, str]:
-        """A new session and its device token (returned once; only its hash is kept)."""
+    def open_count(self) -> int:
+        """Sessions open now (taking chunks); ended and published ones are not."""
+        return sum(s.state == "open" for s in list(self.sessions.values()))
+
+    def open_session(self, bed_id: str, chunk_seconds: float | None, client: str | None = None) -> tuple[Session, str]:
+        """A new session and its device token (returned once; only its hash is kept). ``client``: the
+        requesting address, held to ``max_per_client`` open sessions (429) so it cannot fill the service."""
         with self._registry:
-            if sum(s.state in ("open", "ending") for s in self.sessions.values()) >= self.max_sessions:
+            self._forget_finished()
+            sessions = list(self.sessions.values())
+            if sum(s.state in ("open", "ending") for s in sessions) >= self.max_sessions:
                 raise Refused(503, f"at capacity: {self.max_sessions} sessions open; retry later")
+            if client is not None:
+                mine = sum(s.state == "open" and s.client == client for s in sessions)
+                if mine >= self.max_per_client:
+                    raise Refused(
+                        429,
+                        f"this client already has {mine} sessions open, the most one client may hold "
+                        f"({self.max_per_client} of {self.max_sessions}); end one (DELETE) before opening another",
+                    )
+            if sum(s.state != "published" for s in sessions) >= 2 * self.max_sessions:
+                raise Refused(503, "at capacity: too many ended nights are waiting to be published; retry later")
             token = secrets.token_urlsafe(32)
             sid = uuid.uuid4().hex
             now = time.time()
             stream = NightStream(self.cfg.preprocess, self.window, chunk_seconds)
-            session = Session(sid, bed_id, token_hash(token), now, now, stream, bucket=Bucket(self.rate, self.burst))
+            session = Session(
+                sid, bed_id, token_hash(token), now, now, stream, bucket=Bucket(self.rate, self.burst), client=client
+            )
             session.last_chunk = now
             self._watch(session)
             (self.dir / sid / "spool").mkdir(parents=True)
             self._save(session)
-            self.sessions[sid] = session
-        log.info("session %s opened (%d open)", sid, len(self.sessions))
+            self.sessions = {**self.sessions, sid: session}  # copied, never changed under a reader's loop
+        log.info("session %s opened (%d open)", sid, self.open_count())
         return session, token
+
+    def check_seq(self, session: Session, seq: int) -> None:
+        """Refuse a chunk number below 0 or too far ahead (``NightStream.check_seq``) before its body is
+        read: a huge number must cost nothing, and a negative one is not a duplicate. Without the session's
+        lock (the event loop must not wait for a chunk being fed): ``add_chunk`` checks again under it."""
+        if session.state != "open":
+            raise Refused(409, f"chunk {seq}: the session has ended")
+        self._check_gap(session, seq)
+
+    def _check_gap(self, session: Session, seq: int) -> None:
+        """``NightStream.check_seq`` (one gap at most ten minutes of audio), and the night's gaps together
+        at most ten minutes more than the session has been open: a live recorder cannot lose more audio
+        than time has passed, and a device skipping ten minutes a request would cost a scoring CPU."""
+        stream = session.stream
+        name = f"chunk {seq}"
+        stream.check_seq(seq, name)
+        given_up = seq - stream.next_seq - stream.window + 1  # at most this many chunks become silence
+        if given_up <= 0:
+            return
+        skip_s = given_up * max(stream.chunk_seconds or MIN_CHUNK_S, MIN_CHUNK_S)
+        budget = MAX_GAP_S + (time.time() - session.created) - session.skipped_s
+        if skip_s > budget:
+            raise Refused(
+                422,
+                f"{name} would give up {skip_s:.0f} s of audio as missing, more than this session has been open "
+                "for; send the chunks in between, or end this session and open a new one",
+            )
+
+    def _forget_finished(self) -> None:
+        """Keep only the ``keep_finished`` most recently published sessions in memory (under the registry
+        lock): their nights stay on disk, and the dashboard lists the recent ones."""
+        published = sorted((s for s in self.sessions.values() if s.state == "published"), key=lambda s: s.finished)
+        gone = published[: max(0, len(published) - self.keep_finished)]
+        if gone:
+            ids = {s.id for s in gone}
+            self.sessions = {k: v for k, v in self.sessions.items() if k not in ids}
+            for sid in ids:
+                self.alerts.forget(sid)
+
+    def _discard(self, session: Session) -> None:
+        """A session that never took a chunk ends without a trace: nothing to score or publish."""
+        with self._registry:
+            self.sessions = {k: v for k, v in self.sessions.items() if k != session.id}
+        self.alerts.forget(session.id)
+        shutil.rmtree(self.dir / session.id, ignore_errors=True)
 
     def authorise(self, sid: str, authorization: str | None) -> Session:
         """The session, if ``authorization`` carries its device token: 401 without a token, 403 with
@@ -211,11 +291,14 @@ class Monitor:
         if session.state != "open":
             raise Refused(409, f"{name}: the session has ended")
         with session.lock:
+            self._check_gap(session, seq)  # first: a negative number is no duplicate, a huge one no gap
             if session.stream.is_duplicate(seq):
                 session.last_seen = time.time()
                 return self._reply(session, seq, duplicate=True)
         audio, rate, full_scale = decode_audio(data, name, self.limits, self.scorer.channel_index)
         with session.lock:
+            if session.state != "open":  # ended while this chunk was decoded
+                raise Refused(409, f"{name}: the session has ended")
             if session.stream.is_duplicate(seq):  # the same chunk raced itself
                 return self._reply(session, seq, duplicate=True)
             session.stream.check_rate(rate, name)
@@ -227,19 +310,29 @@ class Monitor:
             self._save(session)
             self._pauses(session)
             if accepted.missing:
+                session.skipped_s += len(accepted.missing) * (session.stream.chunk_seconds or MIN_CHUNK_S)
                 log.info("session %s: %d chunk(s) given up as missing audio", session.id, len(accepted.missing))
             self._queue(session)
             return self._reply(session, seq, duplicate=False, missing=accepted.missing)
 
     def end_session(self, session: Session, why: str = "closed") -> None:
-        """No more audio: flush the stream; the scoring thread scores the rest and publishes the night."""
+        """No more audio: flush the stream; the scoring thread scores the rest and publishes the night.
+        A session that never took a chunk is discarded at once (``_discard``): there is no night."""
         with session.lock:
             if session.state != "open":
                 return
-            session.cut += session.stream.finish()
-            session.state = "ending"
-            self._save(session)
-            self._queue(session)
+            empty = session.stream.rate is None and not session.stream.pending
+            if empty:
+                session.state = "ended"  # under the lock: no chunk can slip in now
+            else:
+                session.cut += session.stream.finish()
+                session.state = "ending"
+                self._save(session)
+                self._queue(session)
+        if empty:
+            self._discard(session)
+            log.info("session %s %s without audio: nothing to publish", session.id, why)
+            return
         log.info("session %s %s", session.id, why)
 
     def status(self, session: Session) -> dict[str, Any]:
@@ -402,11 +495,14 @@ class Monitor:
         if self.keep_audio is not None:
             self._keep_night(session)
         session.run_id = run_id
+        session.finished = time.time()
         session.state = "published"
         with session.lock:
             self._save(session)
         shutil.rmtree(self.dir / session.id / "spool", ignore_errors=True)
         log.info("session %s published: %d epochs", session.id, len(rows))
+        with self._registry:  # the oldest finished nights leave memory (they stay on disk)
+            self._forget_finished()
 
     def _keep_night(self, session: Session) -> None:
         """The night's audio as ``<keep_audio>/<session-id>.flac``, in order, missing chunks as silence,

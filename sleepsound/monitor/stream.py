@@ -9,10 +9,17 @@ Order: chunk ``seq`` n is the n-th piece of the night. A chunk that arrives earl
 the missing ones are given up: each is ``chunk_seconds`` of silence in the stream, and every
 epoch it touches is invalid with reason ``missing_audio``. Nothing is silently closed up, so
 epoch ``i`` always starts ``30 i`` seconds after the night's start.
+
+Bounds: every chunk given up becomes samples fed through the cutter, so how far ahead a chunk may
+be is bounded (``check_seq``, before anything is decoded or allocated): a negative number is
+refused, and so is one more than ``MAX_GAP_S`` of audio (and more than ``window`` chunks) ahead of
+the next expected chunk (only ``window`` before the chunk length is known); a number like 2**63
+would otherwise fill the night with silence forever.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -23,6 +30,14 @@ from sleepsound.monitor.breathing import PauseWatch
 from sleepsound.monitor.limits import Refused
 
 MISSING = "missing_audio"
+# The most audio one chunk may skip (given up as silence). Why ten minutes: a device that loses its
+# link and resumes with its newest chunk skips what it could not send, and a session with no request
+# for the idle timeout (600 s by default) is ended anyway, so a live session never needs more. A gap
+# of ten minutes costs one request about 20 epochs of silence through the cutter: bounded.
+MAX_GAP_S = 600.0
+# Chunks are 1-30 s long (the service refuses shorter ones): a declared or journalled length below
+# this is taken as this, so a gap is never more than 600 chunks.
+MIN_CHUNK_S = 1.0
 
 
 @dataclass
@@ -102,14 +117,35 @@ class NightStream:
     def is_duplicate(self, seq: int) -> bool:
         return seq < self.next_seq or seq in self.pending
 
+    def max_ahead(self) -> int:
+        """How many chunks past the next expected one a chunk may be: the reorder window, or
+        ``MAX_GAP_S`` of audio at the session's chunk length, whichever is more. Before the chunk length
+        is known (not declared, no chunk yet) only the window: the first chunk taken sets the length,
+        so a first chunk far ahead could otherwise be 30 s long and skip 30 s per chunk number."""
+        if self.chunk_seconds is None:
+            return self.window
+        return max(self.window, math.ceil(MAX_GAP_S / max(self.chunk_seconds, MIN_CHUNK_S)))
+
+    def check_seq(self, seq: int, name: str) -> None:
+        """Refuse (422) a chunk number below 0 or too far ahead, before the chunk costs anything."""
+        if seq < 0:
+            raise Refused(422, f"{name}: chunk numbers start at 0")
+        ahead = seq - self.next_seq
+        if ahead > self.max_ahead():
+            raise Refused(
+                422,
+                f"{name}: {ahead} chunks ahead of the next expected chunk {self.next_seq}; at most "
+                f"{self.max_ahead()} chunks ({MAX_GAP_S / 60:g} min of audio) may be skipped: send the chunks "
+                "in between, or end this session and open a new one",
+            )
+
     def check_rate(self, rate: int, name: str) -> None:
         if self.rate is not None and rate != self.rate:
             raise Refused(422, f"{name}: sample rate {rate} Hz, but this session's audio is {self.rate} Hz")
 
     def accept(self, seq: int, audio: np.ndarray, rate: int, full_scale: float) -> Accepted:
         """Take chunk ``seq`` (decoded, mono, at ``rate``); returns the epochs it completed."""
-        if seq < 0:
-            raise Refused(422, f"chunk {seq}: sequence numbers start at 0")
+        self.check_seq(seq, f"chunk {seq}")
         if self.is_duplicate(seq):
             return Accepted(True)
         self.check_rate(rate, f"chunk {seq}")

@@ -11,8 +11,9 @@ mode 0600, rewritten atomically (aside, then renamed) under a lock, and never ho
 Checking a password costs the same whether the name exists or not (an unknown name is checked
 against a dummy hash) and compares digests in constant time (``hmac.compare_digest``), so
 neither timing nor messages tell which names exist. ``FailedLogins`` refuses further attempts
-for a name, or from an address, after too many failures in a window: an online guesser gets a
-handful of tries per quarter hour, not thousands.
+for a name, or from an address (the operator token: per address), after too many failures in a
+window, reserving each attempt before the password is checked so concurrent guesses count too:
+an online guesser gets a handful of tries per quarter hour, not thousands.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict
@@ -182,19 +184,42 @@ class UserStore:
         return ok and record is not None
 
 
+# The attempt ``FailedLogins.wait`` reserved for the request being handled (its keys and time): the
+# login handler calls wait, then failed or succeeded, in one task, so each sees its own reservation.
+_ATTEMPT: ContextVar[tuple[tuple[str, ...], float] | None] = ContextVar("login_attempt", default=None)
+
+
 @dataclass
 class FailedLogins:
-    """Failed logins per key (a user name, a client address) over a sliding window: after ``limit``
-    failures inside ``window_s`` the key is refused until the oldest failure leaves the window."""
+    """Failed logins per key (a user name, a client address, the operator token from an address) over a
+    sliding window: after ``limit`` failures inside ``window_s`` the key is refused until the oldest
+    failure leaves the window.
+
+    Why attempts are reserved: ``wait`` counts the attempt as a failure *before* the password is
+    checked (atomically with the check of the limit), ``failed`` keeps it and ``succeeded`` takes it
+    back; otherwise 30 guesses sent at once all pass ``wait`` before the first failure is recorded.
+    Why the token is counted per address: a bare ``token`` key (the operator-token login) is scoped
+    to the address it comes with, so a guesser elsewhere cannot lock the operator out.
+    """
 
     limit: int = 5
     window_s: float = 900.0
     address_factor: int = 4  # an address (``address:...`` keys) may fail this many times more: a ward shares one
+    max_keys: int = 10_000  # a flood of names: the oldest keys are forgotten rather than grow without bound
     _seen: dict[str, list[float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    @staticmethod
+    def _scoped(keys: tuple[str, ...]) -> tuple[str, ...]:
+        address = next((k for k in keys if k.startswith("address:")), None)
+        if address is None:
+            return keys
+        return tuple(f"token:{address.removeprefix('address:')}" if k == "token" else k for k in keys)
+
     def wait(self, *keys: str) -> float:
-        """0 when these keys may try now, else the seconds until they may."""
+        """0 when these keys may try now (the attempt is then reserved, counted as a failure until
+        ``succeeded``), else the seconds until they may (nothing reserved)."""
+        keys = self._scoped(keys)
         now = time.monotonic()
         longest = 0.0
         with self._lock:
@@ -207,18 +232,43 @@ class FailedLogins:
                 limit = self.limit * (self.address_factor if key.startswith("address:") else 1)
                 if len(recent) >= limit:
                     longest = max(longest, recent[-limit] + self.window_s - now)
-        return longest
-
-    def failed(self, *keys: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if len(self._seen) > 10_000:  # a flood of names: forget the oldest rather than grow without bound
-                for key in sorted(self._seen, key=lambda k: self._seen[k][-1])[:5_000]:
+            if longest > 0:
+                _ATTEMPT.set(None)
+                return longest
+            if len(self._seen) > self.max_keys:
+                for key in sorted(self._seen, key=lambda k: self._seen[k][-1])[: self.max_keys // 2]:
                     del self._seen[key]
             for key in keys:
                 self._seen.setdefault(key, []).append(now)
+        _ATTEMPT.set((keys, now))
+        return 0.0
 
-    def succeeded(self, *keys: str) -> None:
+    def failed(self, *keys: str) -> None:
+        """The attempt failed: the reservation ``wait`` made stands (keys not reserved are counted now)."""
+        keys = self._scoped(keys)
+        attempt = _ATTEMPT.get()
+        _ATTEMPT.set(None)
+        reserved = attempt[0] if attempt else ()
+        now = time.monotonic()
         with self._lock:
             for key in keys:
-                self._seen.pop(key, None)
+                if key not in reserved:
+                    self._seen.setdefault(key, []).append(now)
+
+    def succeeded(self, *keys: str) -> None:
+        """The attempt succeeded: its reservation is taken back, and ``keys`` (the name) start afresh."""
+        attempt = _ATTEMPT.get()
+        _ATTEMPT.set(None)
+        with self._lock:
+            if attempt is not None:
+                reserved, stamp = attempt
+                for key in reserved:
+                    stamps = self._seen.get(key)
+                    if stamps and stamp in stamps:
+                        stamps.remove(stamp)
+                        if not stamps:
+                            del self._seen[key]
+                keys = self._scoped((*keys, *(k for k in reserved if k.startswith("address:"))))
+            for key in keys:
+                if not key.startswith("address:"):
+                    self._seen.pop(key, None)

@@ -36,7 +36,14 @@ def _raw(port: int, request: bytes) -> socket.socket:
     return sock
 
 
-SMALL = Settings(max_chunk_bytes=256 * 1024, read_timeout_s=1.0, max_sessions=2, rate_per_s=1000.0, burst=1000)
+SMALL = Settings(
+    max_chunk_bytes=256 * 1024,
+    read_timeout_s=1.0,
+    max_sessions=2,
+    max_sessions_per_client=2,  # one client opens both: the test reaches the service's capacity
+    rate_per_s=1000.0,
+    burst=1000,
+)
 
 
 @pytest.mark.parametrize("live", [SMALL], indirect=True)
