@@ -129,7 +129,7 @@ def ray_runner(config: dict[str, Any], ray_address: str | None = None) -> RayTas
     A runtime environment is stored by the cluster and shown by its dashboard and state API, so
     secrets stay out of it (``sleepsound.runs.submit.job_environment``). A local session started
     here needs none: its raylet and workers inherit this process's environment. A cluster's
-    workers (``--ray-address``, or one found already running on this machine) use the cluster's
+    workers (``--ray-address``; ``auto`` for one ``ray start`` left on this machine) use the cluster's
     own credentials: the Secret the KubeRay manifests mount, an instance role, the AWS chain.
     Inside a Ray job (``sleepsound submit``) the job's runtime environment already carries the
     settings, and Ray refuses a second one that differs, so none is added there.
@@ -147,4 +147,9 @@ def ray_runner(config: dict[str, Any], ray_address: str | None = None) -> RayTas
             init_kwargs["num_cpus"] = ray_cfg["num_cpus"]
         if ray_cfg.get("object_store_mb"):
             init_kwargs["object_store_memory"] = int(ray_cfg["object_store_mb"]) * 2**20
-    return RayTaskRunner(address=ray_address or ray_cfg.get("address"), init_kwargs=init_kwargs)
+    address = ray_address or ray_cfg.get("address")
+    if not address and "RAY_ADDRESS" not in os.environ and JOB_CONFIG_ENV not in os.environ:
+        # A session of this run's own: Ray's bare ``init()`` joins any cluster ``ray start`` left on
+        # this machine, whose workers have another folder, code and environment (``auto`` asks for that).
+        address = "local"
+    return RayTaskRunner(address=address, init_kwargs=init_kwargs)

@@ -68,7 +68,12 @@ SetOpt = Annotated[
     Optional[list[str]], typer.Option("--set", help="Override a setting: section.key=value (repeatable).")
 ]
 RayOpt = Annotated[
-    Optional[str], typer.Option("--ray-address", help="Existing Ray cluster (default: start a local one).")
+    Optional[str],
+    typer.Option(
+        "--ray-address",
+        help="Existing Ray cluster: ray://HOST:10001, or auto for one started on this machine with `ray start` "
+        "(default: start a local one of this run's own).",
+    ),
 ]
 RunIdOpt = Annotated[Optional[str], typer.Option(help="Name of this run (default: a timestamp).")]
 JsonOpt = Annotated[

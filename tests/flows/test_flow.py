@@ -267,6 +267,21 @@ def test_local_ray_session_sizes_come_from_the_config_and_never_reach_a_cluster(
     assert "object_store_memory" not in ray_runner({"ray": {}}).init_kwargs
 
 
+def test_without_an_address_a_run_starts_a_session_of_its_own(monkeypatch):
+    """Ray's bare ``init()`` joins a cluster ``ray start`` left on the machine (another folder, code and
+    environment); a run without ``--ray-address`` or ``RAY_ADDRESS`` asks for a local session instead,
+    and ``auto`` still joins the machine's cluster."""
+    from flows.pipeline import JOB_CONFIG_ENV, ray_runner
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv(JOB_CONFIG_ENV, raising=False)
+    assert ray_runner({"ray": {}}).address == "local"
+    assert ray_runner({"ray": {}}, "auto").address == "auto"
+    assert ray_runner({"ray": {"address": "ray://head:10001"}}).address == "ray://head:10001"
+    monkeypatch.setenv("RAY_ADDRESS", "ray://other:10001")  # the user's own choice, which Ray honours
+    assert ray_runner({"ray": {}}).address is None
+
+
 def test_a_local_session_says_token_authentication_explicitly(monkeypatch):
     """Ray's default for a new local session (token auth on) set explicitly, so Ray does not warn about
     it at every command; a mode the user chose, or a cluster's address, is left alone."""
