@@ -249,8 +249,8 @@ def validate(
             soft_wrap=True,
         )
         raise typer.Exit(2)
-    if os.path.isfile(source.removeprefix("file://")):
-        try:  # the flow commands' words for it (runs.preflight)
+    if os.path.isfile(source.removeprefix("file://")) or "@" in source:
+        try:  # the flow commands' words for it (runs.preflight): a file, credentials in a URL
             check_source(source)
         except NotStartable as exc:
             message = str(exc).removeprefix("--source ")

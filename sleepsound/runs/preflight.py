@@ -8,19 +8,34 @@ Each check reads only: nothing is created, so a refused command leaves no root o
 from __future__ import annotations
 
 import os
+import re
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 FLOWS = ("run", "train", "nightly", "score")
+# ``scheme://user[:password]@host/...``: credentials written into a storage URL.
+_USERINFO = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]*@", re.IGNORECASE)
 
 
 class NotStartable(ValueError):
     """A precondition of the command does not hold; the message says which and the way out."""
 
 
+def check_no_credentials(url: str, option: str) -> None:
+    """A storage URL carries no credentials: s3fs does not read them from it (the bucket name would be
+    ``KEY:SECRET@bucket``), and the URL travels into messages, run records and the flow's parameters."""
+    if _USERINFO.match(url):
+        shown = _USERINFO.sub(lambda m: f"{m['scheme']}***@", url)
+        raise NotStartable(
+            f"{option} {shown}: credentials in a storage URL are refused (they would be written wherever the "
+            "URL is); give them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile or the instance's role"
+        )
+
+
 def check_source(source: str) -> None:
     """The source exists and is a folder (or an object-store prefix with something under it)."""
+    check_no_credentials(source, "--source")
     try:
         fs, path = fsspec.core.url_to_fs(source)
     except (ValueError, ImportError) as exc:
@@ -54,6 +69,7 @@ def check_root_writable(root: str) -> None:
 
     Object-store roots are checked by the run's lock, its first write, which names the problem.
     """
+    check_no_credentials(root, "--root")
     fs, path = fsspec.core.url_to_fs(root)
     if not isinstance(fs, LocalFileSystem):
         return

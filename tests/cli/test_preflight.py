@@ -49,6 +49,19 @@ def test_a_file_given_as_the_source_is_refused(tmp_path, monkeypatch) -> None:
     _refused(args, tmp_path, monkeypatch, "is a file: give the folder that holds the recordings")
 
 
+@pytest.mark.parametrize("option", ["--source", "--root"])
+def test_credentials_in_a_storage_url_are_refused_and_never_echoed(option, tmp_path, monkeypatch) -> None:
+    """s3fs does not read ``KEY:SECRET@`` from a URL: it became the bucket's name, and the unplanned
+    error printed it whole."""
+    _one_night(tmp_path / "nights")
+    secret = "s3://KEYID555:SecretZZZ888@bucket/prefix"
+    given = {"--source": str(tmp_path / "nights"), "--root": str(tmp_path / "root"), option: secret}
+    args = ["run", "--source", given["--source"], "--root", given["--root"]]
+    _refused(args, tmp_path, monkeypatch, f"{option} s3://***@bucket/prefix: credentials in a storage URL are refused")
+    out = CliRunner().invoke(app, args)
+    assert "SecretZZZ888" not in out.output and "KEYID555" not in out.output
+
+
 def test_score_without_a_model_is_refused_before_embedding(tmp_path, monkeypatch) -> None:
     _one_night(tmp_path / "nights")
     args = ["score", "--source", str(tmp_path / "nights"), "--root", str(tmp_path / "root")]
