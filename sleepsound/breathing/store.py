@@ -127,10 +127,10 @@ def load_envelope(root: RootLike, cfg: Config, row: ManifestRow) -> tuple[np.nda
     return env, table["valid"].to_numpy(zero_copy_only=False).astype(bool)
 
 
-def events_table(recording_id: str, events: Sequence[BreathingEvent]) -> pa.Table:
+def events_table(events: Sequence[BreathingEvent]) -> pa.Table:
+    """A night's events as written (``schemas.EVENTS``; its recording id is the folder's)."""
     table = pa.table(
         {
-            "recording_id": [recording_id] * len(events),
             "start_s": [float(e["start_s"]) for e in events],
             "end_s": [float(e["end_s"]) for e in events],
             "type": [e["type"] for e in events],
@@ -144,7 +144,7 @@ def write_events(root: RootLike, run_id: str, recording_id: str, events: Sequenc
     """A night's event table (written even when empty: no events is a finding)."""
     store = open_root(root)
     path = events_path(store.path, run_id, recording_id)
-    write_table(store.fs, path, events_table(recording_id, events))
+    write_table(store.fs, path, events_table(events))
     return path
 
 

@@ -169,9 +169,10 @@ ENVELOPE = pa.schema(
 
 # A night's breathing events (runs/<run-id>/events/recording_id=<rec>/part-0.parquet): the detector's
 # apnoeas and hypopnoeas, times in seconds from the recording's start. The night report reads these columns.
+# As in predictions/, the recording id is the folder's (hive partition), not a column: with it in both,
+# pandas and pyarrow refuse to read the folder as one dataset (string vs dictionary).
 EVENTS = pa.schema(
     [
-        ("recording_id", pa.string()),
         ("start_s", pa.float64()),
         ("end_s", pa.float64()),
         ("type", pa.string()),  # "apnea" or "hypopnea"
@@ -181,10 +182,10 @@ EVENTS = pa.schema(
 
 # A night's snoring bouts from the per-second snoring head (runs/<run-id>/snoring/recording_id=<rec>/
 # part-0.parquet, beside the event table): runs of consecutive frames called snoring, in seconds
-# from the recording's start. Written for runs whose predictions have the per-second columns.
+# from the recording's start. Written for runs whose predictions have the per-second columns. The
+# recording id is the folder's, as for the events.
 SNORING = pa.schema(
     [
-        ("recording_id", pa.string()),
         ("start_s", pa.float64()),
         ("end_s", pa.float64()),
         ("mean_prob", pa.float32()),  # the bout's mean P(snoring)

@@ -192,7 +192,7 @@ def _write_snoring(fs: Any, root_path: str, run_id: str, rec: str, night: pd.Dat
     """The night's snoring bouts (``schemas.SNORING``) beside its event table."""
     from sleepsound.train.frames import CUT
 
-    rows = [{"recording_id": rec, **b} for b in snoring_bouts(night, CUT)]
+    rows = snoring_bouts(night, CUT)
     path = join(root_path, "runs", run_id, "snoring", f"recording_id={rec}", "part-0.parquet")
     write_table(fs, path, pa.Table.from_pylist(rows, schema=schemas.SNORING))
 

@@ -63,7 +63,6 @@ def write_events(root: Path, run_id: str, recording_id: str, rows: list[tuple[fl
     folder.mkdir(parents=True, exist_ok=True)
     table = pa.table(
         {
-            "recording_id": [recording_id] * len(rows),
             "start_s": [r[0] for r in rows],
             "end_s": [r[1] for r in rows],
             "type": [r[2] for r in rows],

@@ -451,6 +451,9 @@ def test_heads_without_a_snore_head_fall_back_to_the_per_epoch_snore_index(
         assert predicted["snore_source"].tolist() == [source] * len(nights)
         assert "snore_index" in predicted  # NaN where the tiny heads predict no sleep: per hour of sleep
         assert Path(root, "runs", run_id, "snoring").exists() == ("snore" in targets)
+        if "snore" in targets:  # one dataset, the id from the folders (a column too made pandas refuse it)
+            bouts = pd.read_parquet(Path(root, "runs", run_id, "snoring"))
+            assert {"recording_id", "start_s", "end_s", "mean_prob"} <= set(bouts.columns)
 
 
 def test_a_task_without_labels_is_skipped_with_its_reason(nights, embedded_root, tiny_whisper) -> None:
