@@ -99,7 +99,7 @@ def decode_bounded(source: str | BinaryIO, max_seconds: float, min_seconds: floa
                 raise ClipError(f"sample rate {rate} Hz is above the {MAX_RATE_HZ} Hz accepted; resample it")
             if channels > MAX_CHANNELS:
                 raise ClipError(f"{channels} channels; at most {MAX_CHANNELS} are accepted: keep fewer")
-            if handle.format == "WAV":
+            if handle.format in ("WAV", "RF64"):
                 problem = _wav_problem(source)
                 if problem is not None:
                     raise ClipError(problem)

@@ -209,7 +209,7 @@ def probe_plain(path: str, channel: str, index: int | None = None) -> PartInfo:
         raise AudioError(
             path, "unreadable_audio", f"not a readable {suffix.lstrip('.').upper()} file ({reason})"
         ) from exc
-    if info.format == "WAV":
+    if info.format in ("WAV", "RF64"):
         check_wav_length(path)
     if info.frames == 0:
         raise AudioError(path, "empty_file", "holds an audio header but no samples; re-upload it")
@@ -244,26 +244,32 @@ def wav_length_problem(handle: BinaryIO, size: int) -> tuple[str, str] | None:
       and no valid chunk does: a recording never closed properly (the recorder stopped or crashed
       before writing the sizes).
 
-    Only RIFF/RIFX WAVE is checked (RF64 and Wave64 keep their sizes elsewhere); a ``data`` size of
-    0xFFFFFFFF is the streaming writers' "to the end of the file" and fine.
+    RIFF/RIFX WAVE is checked, and RF64 (its 64-bit ``data`` size in the ``ds64`` chunk); Wave64 is
+    not. A RIFF ``data`` size of 0xFFFFFFFF is the streaming writers' "to the end of the file" and fine.
     """
     handle.seek(0)
     head = handle.read(12)
-    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX", b"RF64") or head[8:12] != b"WAVE":
         return None
-    order = "<" if head[:4] == b"RIFF" else ">"
-    byte_rate, offset = 0, 12
+    order = ">" if head[:4] == b"RIFX" else "<"
+    byte_rate, offset, data64 = 0, 12, None
     while offset + 8 <= size:
         handle.seek(offset)
         chunk, length = struct.unpack(f"{order}4sI", handle.read(8))
         if chunk == b"fmt " and length >= 12:
             byte_rate = struct.unpack(f"{order}I", handle.read(12)[8:12])[0]
+        if chunk == b"ds64" and length >= 16:  # RF64: riff size, then the data size, 64 bits each
+            data64 = struct.unpack("<QQ", handle.read(16))[1]
         if chunk == b"data":
             break
         offset += 8 + length + (length & 1)
     else:
         return None  # no data chunk: libsndfile's own error, or its 0 frames, says so
-    if length == 0xFFFFFFFF or byte_rate == 0:
+    if head[:4] == b"RF64" and length == 0xFFFFFFFF and data64 is not None:
+        length = data64
+    elif length == 0xFFFFFFFF:
+        return None
+    if byte_rate == 0:
         return None
     start, held = offset + 8, size - offset - 8
     seconds = f"{clock(length / byte_rate)} of audio"

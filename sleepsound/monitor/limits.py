@@ -250,7 +250,7 @@ def probe_audio(data: bytes, name: str, limits: AudioLimits) -> Any:
         raise Refused(
             422, f"{name}: {channels} channels; this service accepts at most {limits.max_channels}: send fewer"
         )
-    if info.format == "WAV":
+    if info.format in ("WAV", "RF64"):
         problem = wav_length_problem(io.BytesIO(data), len(data))
         if problem is not None:
             raise Refused(400, f"{name}: {problem[1]}")
