@@ -804,10 +804,13 @@ def _load_config(config: Path | None, overrides: list[str] | None, extra: Sequen
 
     from sleepsound.core.config import load_config
 
+    origins: dict[tuple[str, str], str] = {}  # (section, key) -> the SLEEPSOUND_ variable that set it
     try:
-        return load_config(config, [*extra, *(overrides or [])])
+        return load_config(config, [*extra, *(overrides or [])], origins=origins)
     except ValidationError as exc:
-        problem = _settings_problem(exc)
+        problem = _settings_problem(exc, origins)
+    except RecursionError:  # load_config names the source; this is the last guard against a traceback
+        problem = f"{config or 'the settings'}: nested too deeply"
     except UnicodeDecodeError:
         problem = f"cannot read {config}: not UTF-8 text"
     except OSError as exc:
@@ -824,25 +827,31 @@ def _load_config(config: Path | None, overrides: list[str] | None, extra: Sequen
     raise typer.Exit(2)
 
 
-def _settings_problem(exc: ValidationError) -> str:
-    """Each invalid setting by its dotted name and what is wrong; an unknown one with the valid names beside it."""
+def _settings_problem(exc: ValidationError, origins: dict[tuple[str, str], str] | None = None) -> str:
+    """Each invalid setting by its dotted name and what is wrong; an unknown one with the valid names beside it.
+    A setting that came from a ``SLEEPSOUND_`` variable (``origins``) names the variable: that is what the user
+    wrote, and what they must find and change."""
     parts = []
     for error in exc.errors():
         loc = [str(part) for part in error["loc"]]
         name = ".".join(loc) or "configuration"
+        variable = (origins or {}).get((loc[0], loc[1])) if len(loc) >= 2 else None
         if error["type"] == "extra_forbidden":
             section = ".".join(loc[:-1])
             valid = ", ".join(_setting_names(loc[:-1]))
-            parts.append(
-                f"{name}: unknown setting; {section} has {valid}"
-                if section
-                else f"{name}: unknown section; the sections are {valid}"
-            )
+            if variable and len(loc) == 2:
+                parts.append(f"{variable}: unknown setting {name}; {section} has {valid}")
+            else:
+                parts.append(
+                    f"{name}: unknown setting; {section} has {valid}"
+                    if section
+                    else f"{name}: unknown section; the sections are {valid}"
+                )
             continue
         value = error.get("input")
         got = f" (got {value!r:.60})" if isinstance(value, (str, int, float, bool)) or value is None else ""
         message = error["msg"].removeprefix("Value error, ")  # a validator's own sentence says it all
-        parts.append(f"{name}: {message}{got}")
+        parts.append(f"{name}: {message}{got}" + (f" (set by {variable})" if variable else ""))
     return "; ".join(parts)
 
 

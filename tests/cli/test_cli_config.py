@@ -132,3 +132,71 @@ def test_recipe_overrides_come_before_the_users() -> None:
 
     cfg = _load_config(None, ["training.epochs=3"], extra=DEMO_OVERRIDES)
     assert cfg.training.epochs == 3 and cfg.training.lr == 1e-3 and cfg.training.shift_classes == ["Wake", "REM"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        (["--set", "preprocess.target_rate=0"], "preprocess.target_rate: must be 16000"),
+        (["--set", "preprocess.epoch_seconds=0"], "preprocess.epoch_seconds: must be 30"),
+        (["--set", "training.lr=nan"], "training.lr: Input should be a finite number"),
+        (["--set", "backbone.batch_size=1000000000000"], "backbone.batch_size: must be a whole number"),
+        (["--config", "{tmp}/deep.yaml"], "{tmp}/deep.yaml: nested too deeply"),
+        (["--set", "training.epochs=" + "[" * 5000], "override training.epochs: nested too deeply"),
+        (
+            ["--config", "{tmp}/big.yaml"],
+            "{tmp}/big.yaml is 1048580 bytes (1.0 MiB); a configuration file may be at most",
+        ),
+    ],
+)
+def test_a_bound_nesting_or_size_is_refused_before_any_work(
+    setting: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each ran Prefect and Ray (or crashed with a RecursionError, or parsed for 30 s) before."""
+    (tmp_path / "deep.yaml").write_text("training:\n  epochs: " + "[" * 5000 + "]" * 5000 + "\n")
+    (tmp_path / "big.yaml").write_text("#" * 1048579 + "\n")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    args = ["run", "--source", str(tmp_path / "source"), "--root", str(work / "root")]
+    _refused(
+        args + [a.replace("{tmp}", str(tmp_path)) for a in setting],
+        work,
+        monkeypatch,
+        expected.replace("{tmp}", str(tmp_path)),
+    )
+
+
+def test_an_unknown_environment_variable_is_named_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It was reported as ``training.bogus``, which the user never typed and cannot grep for."""
+    monkeypatch.setenv("SLEEPSOUND_TRAINING__BOGUS", "1")
+    _refused(
+        ["train", "--source", "s", "--root", "root"],
+        tmp_path,
+        monkeypatch,
+        "SLEEPSOUND_TRAINING__BOGUS: unknown setting training.bogus; training has batch_size,",
+    )
+
+
+def test_a_bad_value_from_the_environment_names_its_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLEEPSOUND_TRAINING__EPOCHS", "-1")
+    _refused(
+        ["train", "--source", "s", "--root", "root"],
+        tmp_path,
+        monkeypatch,
+        "training.epochs: Input should be greater than or equal to 1 (got -1) (set by SLEEPSOUND_TRAINING__EPOCHS)",
+    )
+    monkeypatch.setenv("SLEEPSOUND_TRAINING__EPOCHS", "[" * 5000)
+    _refused(
+        ["train", "--source", "s", "--root", "root"],
+        tmp_path,
+        monkeypatch,
+        "SLEEPSOUND_TRAINING__EPOCHS: nested too deeply",
+    )
+
+
+def test_a_flag_that_replaces_a_variable_is_not_blamed_on_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLEEPSOUND_TRAINING__EPOCHS", "3")
+    monkeypatch.chdir(tmp_path)
+    out = CliRunner().invoke(app, ["train", "--source", "s", "--root", "root", "--set", "training.epochs=0"])
+    assert out.exit_code == 2 and "SLEEPSOUND_TRAINING__EPOCHS" not in out.stderr, out.stderr
+    assert "training.epochs: Input should be greater than or equal to 1 (got 0)" in out.stderr
