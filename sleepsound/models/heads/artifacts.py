@@ -6,16 +6,25 @@ loading never imports or calls anything a config names), its constructor dimensi
 in output order, the context (epochs per input: 1 = 30 s, 3 = 90 s) and the training
 settings. The weights are safetensors (raw tensors only). Works with any fsspec
 filesystem (local, s3, memory) given as ``fs`` plus a protocol-free directory path.
+
+Loading trusts neither file's sizes: ``config.json`` is read up to ``MAX_CONFIG_BYTES``; the
+head the config describes is first built on PyTorch's ``meta`` device (shapes, no memory), its
+parameter count capped (``MAX_HEAD_PARAMETERS``) and its tensor names and shapes compared with
+the safetensors header, read alone, before the weights are read or the real head allocated;
+weights holding NaN or Inf are refused.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import posixpath
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import fsspec
+import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
@@ -87,6 +96,17 @@ _MAX_DIM = {"conv_blocks": 16, "kernel_size": 63, "n_heads": 64, "conv_channels"
 # Optional: heads saved before ``n_layers`` existed lack it and are single-layer (the default 1).
 _REQUIRED_DIMS = ("dim", "n_classes")
 MAX_WIDTH = 16_384
+# Each bound above is sane alone, yet together they allow a 17 G-parameter FrameHead (68 GB of
+# float32) from a 4-KB config. The heads sleepsound trains hold well under 5 M parameters (an
+# attention head over a 1280-wide Whisper-large embedding: ~1.6 M); 50 M (200 MB of float32) is
+# ten times that, and still loads on a bedside machine.
+MAX_HEAD_PARAMETERS = 50_000_000
+# A config is a few KB (a clip model lists its held-out files: thousands of names, under 1 MB).
+MAX_CONFIG_BYTES = 16 << 20
+# A head's safetensors header lists ~60 tensors in a few KB; safetensors itself allows 100 MB.
+MAX_HEADER_BYTES = 1 << 20
+# safetensors dtypes a head's float parameters may be stored as, with their sizes in bytes.
+_FLOAT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 
 
 class HeadArtifactError(ValueError):
@@ -139,6 +159,105 @@ def _resolve(fs: fsspec.AbstractFileSystem | None, directory: str) -> tuple[fssp
     return fs, directory.rstrip("/") or "/"
 
 
+def _expected_state(name: str, dims: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The state dict's tensor shapes of ``HEAD_CLASSES[name](**dims)``, from a head built on the
+    ``meta`` device (no memory at all), so a config cannot make the loader allocate before it is checked."""
+    try:
+        with torch.device("meta"):
+            model = HEAD_CLASSES[name](**dims)
+    except (ValueError, TypeError, AssertionError, RuntimeError) as exc:  # in bounds, yet not a buildable head
+        raise HeadArtifactError(f"{name}{dict(dims)} cannot be built: {exc}") from exc
+    return {key: tuple(int(n) for n in value.shape) for key, value in model.state_dict().items()}
+
+
+def _check_parameter_count(name: str, dims: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Refuse a head larger than ``MAX_HEAD_PARAMETERS`` (see there why)."""
+    count = sum(math.prod(shape) for shape in shapes.values())
+    if count > MAX_HEAD_PARAMETERS:
+        raise HeadArtifactError(
+            f"{name}{dict(dims)} would hold {count:,} parameters; a head may hold at most {MAX_HEAD_PARAMETERS:,}"
+        )
+
+
+def _read_capped(fs: fsspec.AbstractFileSystem, path: str, limit: int) -> bytes:
+    """The whole file, refused (naming it) when it holds more than ``limit`` bytes: read no further."""
+    with fs.open(path, "rb") as handle:
+        raw = handle.read(limit + 1)
+    if len(raw) > limit:
+        raise HeadArtifactError(f"{path} is larger than {limit >> 20} MiB: not a head's file")
+    return raw
+
+
+def safetensors_header(fs: fsspec.AbstractFileSystem, path: str) -> tuple[dict[str, Any], int, int]:
+    """The safetensors header of ``path`` (its tensors: name -> dtype, shape, data_offsets), the
+    header's length and the file's size in bytes, from the first 8 + header bytes only; a bad or
+    oversized header is a HeadArtifactError naming the file."""
+    size = int(fs.size(path))
+    with fs.open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise HeadArtifactError(f"{path} is not a safetensors file (only {len(head)} bytes)")
+        (length,) = struct.unpack("<Q", head)
+        if length > MAX_HEADER_BYTES or 8 + length > size:
+            raise HeadArtifactError(
+                f"{path}: its header claims {length:,} bytes (at most {MAX_HEADER_BYTES:,} in a {size:,}-byte file)"
+            )
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HeadArtifactError(f"{path}: its header is not JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise HeadArtifactError(f"{path}: its header is not a JSON object")
+    header.pop("__metadata__", None)
+    for key, entry in header.items():
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("dtype"), str)
+            or not isinstance(entry.get("shape"), list)
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in entry["shape"])
+            or not isinstance(entry.get("data_offsets"), list)
+            or len(entry["data_offsets"]) != 2
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in entry["data_offsets"])
+        ):
+            raise HeadArtifactError(f"{path}: header entry {key!r} is malformed: {entry!r}")
+    return header, int(length), size
+
+
+def _check_header(
+    path: str,
+    header: Mapping[str, Any],
+    header_bytes: int,
+    size: int,
+    name: str,
+    shapes: Mapping[str, tuple[int, ...]],
+) -> None:
+    """The file's tensors are exactly the head's (names, shapes, float dtypes), laid end to end to
+    the file's last byte: so the bytes read next are what the head needs, no more."""
+    missing, unexpected = sorted(set(shapes) - set(header)), sorted(set(header) - set(shapes))
+    if missing or unexpected:
+        raise HeadArtifactError(
+            f"{path}: weights do not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    end = 0
+    for key, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+        if tuple(entry["shape"]) != shapes[key]:
+            raise HeadArtifactError(
+                f"{path}: weights do not fit {name}: tensor {key} is {tuple(entry['shape'])}, "
+                f"the config says {shapes[key]}"
+            )
+        if entry["dtype"] not in _FLOAT_DTYPES:
+            raise HeadArtifactError(f"{path}: tensor {key} is {entry['dtype']}, not a float type")
+        begin, stop = entry["data_offsets"]
+        if begin != end or stop - begin != math.prod(shapes[key]) * _FLOAT_DTYPES[entry["dtype"]]:
+            raise HeadArtifactError(f"{path}: tensor {key} has bad data offsets {entry['data_offsets']}")
+        end = stop
+    if 8 + header_bytes + end != size:
+        raise HeadArtifactError(
+            f"{path} holds {size:,} bytes; its header and tensors account for {8 + header_bytes + end:,}"
+        )
+
+
 def save_head(
     model: nn.Module,
     fs: fsspec.AbstractFileSystem | None,
@@ -159,6 +278,8 @@ def save_head(
     name = head_class_name(type(model).__name__)
     if type(model) is not HEAD_CLASSES[name]:
         raise HeadArtifactError(f"{type(model).__qualname__} is not an allow-listed head")
+    shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    _check_parameter_count(name, model.dims, shapes)  # one it could not load again is not saved
     meta = dict(getattr(model, "meta", {}) or {})
     classes = list(classes if classes is not None else meta.get("classes", STAGES_3))
     if len(classes) != model.dims["n_classes"]:
@@ -211,32 +332,48 @@ def validate_config(config: Any) -> dict[str, Any]:
 def head_config(fs: fsspec.AbstractFileSystem | None, directory: str) -> dict[str, Any]:
     """The validated ``config.json`` of a saved head."""
     fs, directory = _resolve(fs, directory)
-    with fs.open(posixpath.join(directory, CONFIG_NAME), "rb") as handle:
-        raw = handle.read()
+    path = posixpath.join(directory, CONFIG_NAME)
+    raw = _read_capped(fs, path, MAX_CONFIG_BYTES)
     try:
         config = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise HeadArtifactError(f"config.json is not JSON: {exc}") from exc
-    return validate_config(config)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HeadArtifactError(f"{path}: config.json is not JSON: {exc}") from exc
+    try:
+        return validate_config(config)
+    except HeadArtifactError as exc:
+        raise HeadArtifactError(f"{path}: {exc}") from exc
 
 
 def load_head_with_config(fs: fsspec.AbstractFileSystem | None, directory: str) -> tuple[nn.Module, dict[str, Any]]:
     """The head (eval mode, CPU) and its config. Only allow-listed classes, only tensors."""
     fs, directory = _resolve(fs, directory)
     config = head_config(fs, directory)
+    name, dims = config["head_class"], config["dims"]
+    path = posixpath.join(directory, WEIGHTS_NAME)
+    # Sizes first, from the config and the header alone: nothing large is read or allocated
+    # before both agree on a head of a sane size.
     try:
-        model = HEAD_CLASSES[config["head_class"]](**config["dims"])
-    except (ValueError, TypeError, AssertionError) as exc:  # in bounds, yet not a buildable head
-        raise HeadArtifactError(f"{config['head_class']}{config['dims']} cannot be built: {exc}") from exc
-    with fs.open(posixpath.join(directory, WEIGHTS_NAME), "rb") as handle:
-        try:
-            state = load_tensors(handle.read())
-        except Exception as exc:  # safetensors raises its own error types
-            raise HeadArtifactError(f"model.safetensors is unreadable: {exc}") from exc
+        shapes = _expected_state(name, dims)
+        _check_parameter_count(name, dims, shapes)
+    except HeadArtifactError as exc:
+        raise HeadArtifactError(f"{posixpath.join(directory, CONFIG_NAME)}: {exc}") from exc
+    header, header_bytes, size = safetensors_header(fs, path)
+    _check_header(path, header, header_bytes, size, f"{name}{dict(dims)}", shapes)
+    with fs.open(path, "rb") as handle:
+        raw = handle.read(size)
     try:
+        state = load_tensors(raw)
+    except Exception as exc:  # safetensors raises its own error types
+        raise HeadArtifactError(f"{path} is unreadable: {exc}") from exc
+    del raw
+    for key, tensor in state.items():
+        if not bool(torch.isfinite(tensor).all()):  # a NaN weight answers a label with null probabilities
+            raise HeadArtifactError(f"{path}: tensor {key} holds NaN/Inf")
+    try:
+        model = HEAD_CLASSES[name](**dims)
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise HeadArtifactError(f"weights do not fit {config['head_class']}{config['dims']}: {exc}") from exc
+    except (ValueError, TypeError, AssertionError, RuntimeError) as exc:
+        raise HeadArtifactError(f"{path}: weights do not fit {name}{dims}: {exc}") from exc
     model.meta = {
         "classes": config["classes"],
         "context_epochs": config["context_epochs"],
