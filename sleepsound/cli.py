@@ -755,12 +755,16 @@ def models_list(
     if not store.fs.exists(store.path):
         err_console.print(f"[red]no storage root at {escape(root)}[/red]: check the path", highlight=False)
         raise typer.Exit(2)
-    known = model_store.targets(root)
-    if task and task not in known:
-        have = ", ".join(known) or "none yet"
-        err_console.print(f"[red]no models of task {task!r} under {escape(root)}[/red] (tasks here: {have})")
-        raise typer.Exit(2)
-    rows = [v for t in ([task] if task else known) for v in model_store.versions(root, t)]
+    try:  # a damaged or tampered store names its file (DamagedStore is a ModelNotFound)
+        known = model_store.targets(root)
+        if task and task not in known:
+            have = ", ".join(known) or "none yet"
+            err_console.print(f"[red]no models of task {task!r} under {escape(root)}[/red] (tasks here: {have})")
+            raise typer.Exit(2)
+        rows = [v for t in ([task] if task else known) for v in model_store.versions(root, t)]
+    except model_store.ModelNotFound as exc:
+        err_console.print(f"[red]{escape(printable(exc))}[/red]", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
     if as_json:
         print(json.dumps(rows))
         return

@@ -6,16 +6,28 @@ embedding cache key, code version) and, once evaluated, ``metrics.json``;
 ``<root>/models/<target>/champion.json`` names the version that scores by default. A version
 folder is complete when its ``config.json`` exists (``models.heads.artifacts.save_head`` writes it last).
 Nothing here loads weights or runs code from an artifact: it reads JSON only.
+
+Nothing read here is trusted to stay inside the root: a task or version name (from champion.json,
+a listing or the user) must be one plain path segment, as the store writes them; on a local root
+every file read must resolve (symlinks followed) under the root's own real path; and each JSON
+file is read up to ``MAX_JSON_BYTES`` and must have the types the store writes. Anything else is a
+``DamagedStore`` naming the file: a ``ModelNotFound``, so every command that refuses a missing
+model (exit 2) refuses a damaged one alike.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from datetime import UTC, datetime
 from typing import Any
 
+from fsspec.implementations.local import LocalFileSystem
+
 from sleepsound.core.records import HeadInfo, PromotionDecision, TrainedModels
-from sleepsound.core.storage import RootLike, join, open_root, read_json, write_json
-from sleepsound.models.files import CONFIG_NAME
+from sleepsound.core.storage import RootLike, join, open_root, write_json
+from sleepsound.models.files import CONFIG_NAME, WEIGHTS_NAME
 
 CHAMPION = "champion.json"
 LINEAGE = "lineage.json"
@@ -23,12 +35,114 @@ METRICS = "metrics.json"
 PROMOTIONS = "promotions.json"
 
 
+# A registry JSON file is a few KB (promotions.json grows by ~0.5 KB a night); 16 MiB is far
+# beyond any the store writes and still cheap to parse, where a 400-MB lineage.json took ~1 GB.
+MAX_JSON_BYTES = 16 << 20
+# The names the store writes: tasks (stage3, events, ...) and versions (<run id>-<8 hex digits>).
+# One path segment, never '.', '..', a slash or an absolute path.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
+
+
 class ModelNotFound(LookupError):
     """No such target or version under the storage root."""
 
 
+class DamagedStore(ModelNotFound):
+    """A stored file that is not what the store writes: damaged or oversized JSON, a name that is a
+    path, or a link that leads out of the root. A ModelNotFound, so callers refuse it alike (exit 2)."""
+
+
+def check_name(name: Any, what: str, source: str) -> str:
+    """``name`` if it is one plain path segment (see ``NAME_PATTERN``); else DamagedStore naming ``source``."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise DamagedStore(f"{source}: {what} {name!r} is not a plain name (letters, digits, '.', '_', '+', '-')")
+    return name
+
+
+def _inside(fs: Any, root_path: str, path: str) -> str:
+    """``path``, refused if on a local root it resolves (symlinks followed) outside the root's real path."""
+    if isinstance(fs, LocalFileSystem):
+        real_root = os.path.realpath(root_path)
+        real = os.path.realpath(path)
+        if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+            raise DamagedStore(f"{path} leads outside the storage root {root_path} (to {real}): refused")
+    return path
+
+
+def _read_json(fs: Any, root_path: str, path: str, kind: type) -> Any:
+    """The JSON object (``kind`` dict) or array (list) in ``path``, which must stay under the root and
+    hold at most MAX_JSON_BYTES; DamagedStore naming the file otherwise."""
+    _inside(fs, root_path, path)
+    with fs.open(path, "rb") as handle:
+        raw = handle.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise DamagedStore(f"{path} is larger than {MAX_JSON_BYTES >> 20} MiB: not a file the store wrote")
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DamagedStore(f"{path} is not JSON: {exc}") from exc
+    if not isinstance(value, kind):
+        want = "an object" if kind is dict else "an array"
+        raise DamagedStore(f"{path} holds {type(value).__name__}, not {want}")
+    return value
+
+
+def _json_or_empty(fs: Any, root_path: str, path: str, types: dict[str, tuple[type, ...]]) -> dict[str, Any]:
+    """An optional JSON object (empty when absent) whose listed fields, where present, have ``types``."""
+    if not fs.exists(path):
+        return {}
+    value = _read_json(fs, root_path, path, dict)
+    for key, allowed in types.items():
+        field = value.get(key)
+        if key in value and ((isinstance(field, bool) and bool not in allowed) or not isinstance(field, allowed)):
+            raise DamagedStore(f"{path}: {key!r} is {field!r}, not {' or '.join(t.__name__ for t in allowed)}")
+    return value
+
+
+_NONE = type(None)
+_NUMBER = (int, float, _NONE)
+_LINEAGE_TYPES: dict[str, tuple[type, ...]] = {
+    "run_id": (str, _NONE),
+    "created": (str, _NONE),
+    "train_subjects": (list,),
+    "val_subjects": (list,),
+    "train_epochs": (int, _NONE),
+    "class_counts": (dict, list, _NONE),
+}
+_METRICS_TYPES: dict[str, tuple[type, ...]] = {"macro_f1": _NUMBER, "kappa": _NUMBER, "accuracy": _NUMBER}
+_CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    "head_class": (str,),
+    "context_epochs": (int,),
+    "classes": (list,),
+    "extra": (dict,),
+}
+
+
+def _lineage(fs: Any, root_path: str, path: str) -> dict[str, Any]:
+    lineage = _json_or_empty(fs, root_path, join(path, LINEAGE), _LINEAGE_TYPES)
+    for key in ("train_subjects", "val_subjects"):
+        if not all(isinstance(s, str) for s in lineage.get(key, [])):
+            raise DamagedStore(f"{join(path, LINEAGE)}: {key!r} must list subject ids (strings)")
+    return lineage
+
+
+def _config(fs: Any, root_path: str, path: str) -> dict[str, Any]:
+    config = _json_or_empty(fs, root_path, join(path, CONFIG_NAME), _CONFIG_TYPES)
+    if not config:
+        raise DamagedStore(f"{join(path, CONFIG_NAME)} is empty: not a head's config")
+    return config
+
+
 def model_dir(root_path: str, target: str, version: str) -> str:
+    """``<root>/models/<target>/<version>``; both must be plain names (never a path out of the root)."""
+    check_name(target, "task", "models")
+    check_name(version, "version", f"models/{target}")
     return join(root_path, "models", target, version)
+
+
+def _version_dir(fs: Any, root_path: str, target: str, version: str) -> str:
+    """The version's folder, checked to be a plain name that stays under the root."""
+    return _inside(fs, root_path, model_dir(root_path, target, version))
 
 
 def targets(root: RootLike) -> list[str]:
@@ -43,18 +157,20 @@ def targets(root: RootLike) -> list[str]:
 def versions(root: RootLike, target: str) -> list[dict[str, Any]]:
     """Every complete version of ``target``, oldest first, with its headline facts."""
     fs, root_path = open_root(root)
-    base = join(root_path, "models", target)
+    base = join(root_path, "models", check_name(target, "task", join(root_path, "models")))
     if not fs.exists(base):
         return []
+    _inside(fs, root_path, base)
     champion = champion_version(root, target)
     out = []
     for path in fs.ls(base, detail=False):
         version = path.rstrip("/").rsplit("/", 1)[-1]
         if not fs.isdir(path) or not fs.exists(join(path, CONFIG_NAME)):
             continue
-        lineage = _json_or_empty(fs, join(path, LINEAGE))
-        metrics = _json_or_empty(fs, join(path, METRICS))
-        config = read_json(fs, join(path, CONFIG_NAME))
+        path = _version_dir(fs, root_path, target, check_name(version, "version", base))
+        lineage = _lineage(fs, root_path, path)
+        metrics = _json_or_empty(fs, root_path, join(path, METRICS), _METRICS_TYPES)
+        config = _config(fs, root_path, path)
         out.append(
             {
                 "task": target,
@@ -80,30 +196,36 @@ def show(root: RootLike, target: str, version: str | None = None) -> dict[str, A
     version = version or champion_version(root, target)
     if version is None:
         raise ModelNotFound(f"task {target!r} has no champion under {root}; name a version (sleepsound models list)")
-    path = model_dir(root_path, target, version)
+    path = _version_dir(fs, root_path, target, version)
     if not fs.exists(join(path, CONFIG_NAME)):
         raise ModelNotFound(f"no model {target}/{version} under {root}")
+    if fs.exists(join(path, WEIGHTS_NAME)):  # what a scorer loads from this folder stays in the root too
+        _inside(fs, root_path, join(path, WEIGHTS_NAME))
     return {
         "task": target,
         "version": version,
         "path": path,
         "champion": version == champion_version(root, target),
-        "config": read_json(fs, join(path, CONFIG_NAME)),
-        "lineage": _json_or_empty(fs, join(path, LINEAGE)),
-        "metrics": _json_or_empty(fs, join(path, METRICS)),
+        "config": _config(fs, root_path, path),
+        "lineage": _lineage(fs, root_path, path),
+        "metrics": _json_or_empty(fs, root_path, join(path, METRICS), _METRICS_TYPES),
     }
 
 
 def champion_version(root: RootLike, target: str) -> str | None:
+    """The version ``champion.json`` names (None without one); DamagedStore if it is not a plain version name."""
     fs, root_path = open_root(root)
-    pointer = join(root_path, "models", target, CHAMPION)
-    return read_json(fs, pointer)["version"] if fs.exists(pointer) else None
+    pointer = join(root_path, "models", check_name(target, "task", join(root_path, "models")), CHAMPION)
+    if not fs.exists(pointer):
+        return None
+    record = _read_json(fs, root_path, pointer, dict)
+    return check_name(record.get("version"), "version", pointer)
 
 
 def set_champion(root: RootLike, target: str, version: str, reason: str) -> dict[str, Any]:
     """Point ``target``'s champion at ``version`` (which must exist), recording why and what it replaced."""
     fs, root_path = open_root(root)
-    if not fs.exists(join(model_dir(root_path, target, version), CONFIG_NAME)):
+    if not fs.exists(join(_version_dir(fs, root_path, target, version), CONFIG_NAME)):
         raise ModelNotFound(f"no model {target}/{version} under {root}")
     record = {
         "version": version,
@@ -133,7 +255,7 @@ def promote_if_better(
     ``models/<target>/promotions.json`` (promoted or not) and returned.
     """
     fs, root_path = open_root(root)
-    if not fs.exists(join(model_dir(root_path, target, challenger), CONFIG_NAME)):
+    if not fs.exists(join(_version_dir(fs, root_path, target, challenger), CONFIG_NAME)):
         raise ModelNotFound(f"no model {target}/{challenger} under {root}")
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
@@ -165,7 +287,7 @@ def promote_if_better(
         "decided": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     log_path = join(root_path, "models", target, PROMOTIONS)
-    log = read_json(fs, log_path) if fs.exists(log_path) else []
+    log = _read_json(fs, root_path, log_path, list) if fs.exists(log_path) else []
     write_json(fs, log_path, [*log, decision])
     if promoted:
         set_champion(root, target, challenger, why)
@@ -220,8 +342,8 @@ def write_metrics(root: RootLike, target: str, version: str, metrics: dict[str, 
     must be its lineage's ``run_id``), so another run's nights never pass for the model's evaluation.
     That run may write them again: a rerun of a crashed run retrains the same version."""
     fs, root_path = open_root(root)
-    path = model_dir(root_path, target, version)
-    trained_by = _json_or_empty(fs, join(path, LINEAGE)).get("run_id")
+    path = _version_dir(fs, root_path, target, version)
+    trained_by = _lineage(fs, root_path, path).get("run_id")
     if trained_by is None or metrics.get("run_id") != trained_by:
         raise NotTheTrainingRun(
             f"{join(path, METRICS)} belongs to the run that trained {target}/{version} ({trained_by or 'unknown'}); "
@@ -234,11 +356,7 @@ def write_first_metrics(root: RootLike, target: str, version: str, metrics: dict
     """Record figures for a model that has none yet, as its training run (a model's figures are its
     own run's: the promotion step of that run evaluates it on the evaluation subjects)."""
     fs, root_path = open_root(root)
-    path = model_dir(root_path, target, version)
+    path = _version_dir(fs, root_path, target, version)
     if not fs.exists(join(path, METRICS)):
-        trained_by = _json_or_empty(fs, join(path, LINEAGE)).get("run_id")
+        trained_by = _lineage(fs, root_path, path).get("run_id")
         write_metrics(root, target, version, {**metrics, "run_id": trained_by})
-
-
-def _json_or_empty(fs: Any, path: str) -> dict[str, Any]:
-    return read_json(fs, path) if fs.exists(path) else {}

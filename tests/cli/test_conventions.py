@@ -72,25 +72,30 @@ def test_models_list_needs_no_torch(tmp_path) -> None:
 
 
 def test_an_unexpected_error_is_one_line_and_its_traceback_waits_for_debug(tmp_path) -> None:
-    """A damaged champion.json is nothing the command plans for: one line and exit 1; --debug shows
-    the traceback (and tracebacks never print local variables, which can hold secrets)."""
+    """An error no code plans for (here a store reader that fails in a way nothing names) is one line and
+    exit 1; --debug shows the traceback (and tracebacks never print local variables, which can hold
+    secrets). A damaged champion.json was the example until the store learnt to name it (exit 2)."""
     import subprocess
     import sys
 
-    champion = tmp_path / "root" / "models" / "stage3" / "champion.json"
-    champion.parent.mkdir(parents=True)
-    champion.write_text("{not json")
+    (tmp_path / "root").mkdir()
+    main = (
+        "import sleepsound.registry.store as store\n"
+        "def broken(root):\n"
+        "    raise RuntimeError('the reader failed in a way nothing names')\n"
+        "store.targets = broken\n"
+        "from sleepsound.cli import main; main()"
+    )
 
     def command(*extra: str) -> subprocess.CompletedProcess[str]:
-        args = [*extra, "models", "show", "--root", str(tmp_path / "root")]
-        main = "from sleepsound.cli import main; main()"
+        args = [*extra, "models", "list", "--root", str(tmp_path / "root")]
         return subprocess.run([sys.executable, "-c", main, *args], capture_output=True, text=True, timeout=120)
 
     plain = command()
     assert plain.returncode == 1 and "Traceback" not in plain.stderr
-    assert plain.stderr.startswith("error: JSONDecodeError: ") and "rerun with --debug" in plain.stderr
+    assert plain.stderr.startswith("error: RuntimeError: the reader failed") and "rerun with --debug" in plain.stderr
     debug = command("--debug")
-    assert debug.returncode == 1 and "Traceback" in debug.stderr and "JSONDecodeError" in debug.stderr
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "RuntimeError" in debug.stderr
     assert "locals" not in debug.stderr.lower()
 
 
