@@ -1,0 +1,133 @@
+"""A clip model's recipe (config.json extra.clips) is checked when the classifier is built: a
+damaged or tampered field is refused by name, never a crash, a hang or a wrong answer later."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from sleepsound.clips.evaluate import ClipClassifier
+from sleepsound.models.heads.artifacts import HeadArtifactError, build_head, save_head
+
+CLASSES = ["no_snoring", "snoring"]
+
+
+def _clips_info() -> dict[str, Any]:
+    """What `clips train` records for a mel-backbone head (see clips/train.py)."""
+    return {
+        "backbone": "mel",
+        "classes": CLASSES,
+        "clip_samples": 16000,
+        "clip_seconds": 1.0,
+        "decision": None,
+        "features": {"backbone": "mel", "base_pool_seconds": 0.1, "layers": [-1], "pick": [0], "pool_factor": 1},
+        "held_out": {"n": 0},
+        "held_out_files": [],
+        "refit_on_all": False,
+        "sample_rate": 16000,
+        "split": {"block_size": 5},
+    }
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Path:
+    directory = tmp_path / "model"
+    head = build_head("mlp", dim=64, n_classes=2)
+    save_head(head, None, str(directory), classes=CLASSES, extra={"clips": _clips_info()})
+    return directory
+
+
+def _edit(model: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    config = json.loads((model / "config.json").read_text())
+    change(config["extra"]["clips"])
+    (model / "config.json").write_text(json.dumps(config))
+
+
+def _features(**values: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda clips: clips["features"].update(values)
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda c: c.update(clip_samples=16000 * 10**6), "clip_samples"),  # a 1e6-s window: allocates TBs
+        (lambda c: c.update(clip_samples=0), "clip_samples"),
+        (lambda c: c.update(clip_samples=-5), "clip_samples"),
+        (lambda c: c.update(clip_samples="abc"), "clip_samples"),
+        (lambda c: c.update(clip_samples=True), "clip_samples"),
+        (lambda c: c.update(sample_rate=8000), "sample_rate"),
+        (lambda c: c.update(features=[1]), "features"),
+        (_features(pool_factor=0), "features.pool_factor"),  # divided by zero, then scored anyway
+        (_features(pool_factor=1.5), "features.pool_factor"),
+        (_features(pick=[7]), "features.pick"),
+        (_features(pick=[]), "features.pick"),
+        (_features(pick=[0, 0]), "features.pick"),  # two layers for a head that takes one
+        (_features(base_pool_seconds=float("nan")), "features.base_pool_seconds"),
+        (_features(base_pool_seconds=0), "features.base_pool_seconds"),
+        (_features(base_pool_seconds="0.1"), "features.base_pool_seconds"),
+        (_features(layers=5), "features.layers"),
+        (_features(layers=[]), "features.layers"),
+        (lambda c: c["features"].pop("layers"), "features.layers"),
+        (lambda c: c.update(decision="yes"), "decision"),
+        (lambda c: c.update(decision=["snoring", 0.5]), "decision"),
+        (lambda c: c.update(decision={"positive": "snoring", "threshold": [1]}), "decision"),
+        (lambda c: c.update(decision={"positive": "snoring", "threshold": float("nan")}), "decision"),
+        (lambda c: c.update(decision={"positive": "cough", "threshold": 0.5}), "decision"),
+        (lambda c: c.update(held_out_files="a.wav"), "held_out_files"),
+        (lambda c: c.update(split={"block_size": 0}), "split.block_size"),
+        (_features(backbone="/etc"), "features.backbone"),
+        (_features(backbone="../../../../etc"), "features.backbone"),
+        (_features(backbone="a/b/c"), "features.backbone"),
+        (_features(backbone=None), "features.backbone"),
+    ],
+)
+def test_a_tampered_clip_recipe_is_refused_naming_the_field(
+    model: Path, change: Callable[[dict[str, Any]], None], field: str
+) -> None:
+    _edit(model, change)
+    with pytest.raises(HeadArtifactError) as raised:
+        ClipClassifier(model)
+    assert str(raised.value).startswith(f"{model / 'config.json'}: extra.clips.{field}")
+
+
+def test_a_backbone_folder_must_be_a_model_folder_now(model: Path, tmp_path: Path) -> None:
+    """Checked when the classifier is built, not when the first clip is scored."""
+    folder = tmp_path / "backbone"
+    folder.mkdir()
+    _edit(model, _features(backbone=str(folder)))
+    with pytest.raises(HeadArtifactError, match="is no local model folder"):
+        ClipClassifier(model)
+    (folder / "config.json").write_text("{}")
+    assert ClipClassifier(model).spec.backbone == str(folder)  # loaded (and checked further) on first use
+
+
+@pytest.mark.parametrize("backbone", ["mel", "null", "whisper-tiny.en-offline", "openai/whisper-tiny"])
+def test_the_backbones_a_model_may_name(model: Path, backbone: str) -> None:
+    _edit(model, _features(backbone=backbone))
+    assert ClipClassifier(model).spec.backbone == backbone
+
+
+def test_a_good_recipe_with_a_decision_loads_and_scores(model: Path) -> None:
+    _edit(model, lambda c: c.update(decision={"positive": "snoring", "threshold": 0.3}))
+    clf = ClipClassifier(model)
+    assert clf.decision is not None and clf.decision["positive_index"] == 1
+    audio = np.random.default_rng(0).normal(scale=0.1, size=(2, 16000)).astype(np.float32)
+    proba = clf.proba(audio, np.array([16000, 8000]))
+    assert proba.shape == (2, 2) and np.isfinite(proba).all()
+
+
+def test_clips_score_exits_2_naming_the_field(model: Path, tmp_path: Path) -> None:
+    from sleepsound.cli import app
+
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, np.zeros(16000, dtype=np.float32), 16000)
+    _edit(model, _features(pool_factor=0))
+    result = CliRunner().invoke(app, ["clips", "score", "--model", str(model), str(wav)])
+    assert result.exit_code == 2 and "extra.clips.features.pool_factor" in result.output
