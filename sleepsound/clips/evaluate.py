@@ -120,9 +120,10 @@ def check_clip_info(model_dir: str | Path, config: dict[str, Any]) -> dict[str, 
             or not _is_number(threshold)
             or not 0 <= threshold <= 1
         ):
+            shown = {k: decision.get(k) for k in ("positive", "threshold")} if isinstance(decision, dict) else decision
             raise HeadArtifactError(
-                f"{where}.decision must be null or {{positive: one of {config['classes']}, threshold: 0-1}}, "
-                f"got {decision!r}"
+                f"{where}.decision must be null or {{positive: one of {config['classes']}, threshold: 0-1}} "
+                f"(the decision threshold on the positive class's probability), got {shown!r}"
             )
     files = info.get("held_out_files", [])
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
