@@ -448,8 +448,9 @@ def _plain_blocks(part: PartInfo, block_samples: int, first: int = 0) -> Iterato
 
         def read(frames: int) -> np.ndarray:
             try:
-                # a copy: a view would keep every channel of the read alive
-                return handle.read(frames, dtype="float32", always_2d=True)[:, part.channel_index].copy()
+                data = handle.read(frames, dtype="float32", always_2d=True)
+                # of several channels a copy: a view would keep every channel of the read alive
+                return data[:, part.channel_index].copy() if data.shape[1] > 1 else data[:, 0]
             except sf.LibsndfileError as exc:
                 raise AudioError(
                     part.path,
