@@ -282,6 +282,14 @@ def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
         return json.loads(handle.read())
 
 
+def read_bytes_capped(fs: fsspec.AbstractFileSystem, path: str, limit: int) -> bytes | None:
+    """The whole file, or None when it holds more than ``limit`` bytes (read no further than one byte
+    past the limit): files a run did not write itself may be any size."""
+    with fs.open(path, "rb") as handle:
+        raw = handle.read(limit + 1)
+    return None if len(raw) > limit else raw
+
+
 BULK_ROW_GROUP_BYTES = 8 << 20
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from fsspec.implementations.local import LocalFileSystem
 
 from sleepsound.core.records import HeadInfo, PromotionDecision, TrainedModels
-from sleepsound.core.storage import RootLike, join, open_root, write_json
+from sleepsound.core.storage import RootLike, join, open_root, read_bytes_capped, write_json
 from sleepsound.models.files import CONFIG_NAME, WEIGHTS_NAME
 
 CHAMPION = "champion.json"
@@ -73,9 +73,8 @@ def _read_json(fs: Any, root_path: str, path: str, kind: type) -> Any:
     """The JSON object (``kind`` dict) or array (list) in ``path``, which must stay under the root and
     hold at most MAX_JSON_BYTES; DamagedStore naming the file otherwise."""
     _inside(fs, root_path, path)
-    with fs.open(path, "rb") as handle:
-        raw = handle.read(MAX_JSON_BYTES + 1)
-    if len(raw) > MAX_JSON_BYTES:
+    raw = read_bytes_capped(fs, path, MAX_JSON_BYTES)
+    if raw is None:
         raise DamagedStore(f"{path} is larger than {MAX_JSON_BYTES >> 20} MiB: not a file the store wrote")
     try:
         value = json.loads(raw)

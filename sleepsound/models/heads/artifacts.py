@@ -29,7 +29,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from sleepsound.core.storage import write_bytes_atomic
+from sleepsound.core.storage import read_bytes_capped, write_bytes_atomic
 from sleepsound.labels.vocabulary import STAGES_3
 from sleepsound.models.files import CONFIG_NAME, WEIGHTS_NAME
 from sleepsound.models.heads.attention import AttentionPoolingHead
@@ -179,15 +179,6 @@ def _check_parameter_count(name: str, dims: Mapping[str, Any], shapes: Mapping[s
         )
 
 
-def _read_capped(fs: fsspec.AbstractFileSystem, path: str, limit: int) -> bytes:
-    """The whole file, refused (naming it) when it holds more than ``limit`` bytes: read no further."""
-    with fs.open(path, "rb") as handle:
-        raw = handle.read(limit + 1)
-    if len(raw) > limit:
-        raise HeadArtifactError(f"{path} is larger than {limit >> 20} MiB: not a head's file")
-    return raw
-
-
 def safetensors_header(fs: fsspec.AbstractFileSystem, path: str) -> tuple[dict[str, Any], int, int]:
     """The safetensors header of ``path`` (its tensors: name -> dtype, shape, data_offsets), the
     header's length and the file's size in bytes, from the first 8 + header bytes only; a bad or
@@ -333,7 +324,9 @@ def head_config(fs: fsspec.AbstractFileSystem | None, directory: str) -> dict[st
     """The validated ``config.json`` of a saved head."""
     fs, directory = _resolve(fs, directory)
     path = posixpath.join(directory, CONFIG_NAME)
-    raw = _read_capped(fs, path, MAX_CONFIG_BYTES)
+    raw = read_bytes_capped(fs, path, MAX_CONFIG_BYTES)
+    if raw is None:
+        raise HeadArtifactError(f"{path} is larger than {MAX_CONFIG_BYTES >> 20} MiB: not a head's file")
     try:
         config = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
