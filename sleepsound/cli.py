@@ -6,6 +6,7 @@ and Prefect reads its settings only after the local API has been announced.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -934,7 +935,8 @@ def _run_flow_locally(
     run_id = run_id or default_run_id(flow)  # known here, so the bars can follow the run's progress
     keep_s = 60 * float(os.environ.get("SLEEPSOUND_PREFECT_KEEP_MINUTES", "15"))  # 0: stopped after the run
     with (
-        local_prefect_api(Path(".prefect").resolve(), keep_s=keep_s) as api_url,
+        local_prefect_api(Path(".prefect").resolve(), keep_s=keep_s) as api_url,  # before Prefect is imported
+        _prefect_console(),
         progress_bars(err_console, api_url, run_id),
     ):
         err_console.print(f"Prefect API: {api_url}", highlight=False)
@@ -962,6 +964,16 @@ def _run_flow_locally(
         from flows.pipeline import run_pipeline_on_ray
 
         return run_pipeline_on_ray(source, root, config, ray_address=ray_address, run_id=run_id)
+
+
+def _prefect_console() -> contextlib.AbstractContextManager[None]:
+    """A failed flow's traceback, which Prefect's engine logs to the console, waits for --debug like
+    the command's own: its error is one line (the run's logs in Prefect keep the traceback)."""
+    if _DEBUG["on"]:
+        return contextlib.nullcontext()
+    from flows.console_logs import run_tracebacks_off_the_console
+
+    return run_tracebacks_off_the_console()
 
 
 NIGHTS_SHOWN = 15

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.metadata import version
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -132,3 +133,54 @@ def test_names_read_from_files_are_printed_as_they_are(tmp_path) -> None:
     assert out.returncode == 0, out.stderr
     assert "[bold]b" in out.stdout and "ctrl\\x1b[31mred" in out.stdout and "'[/x]'" in out.stdout
     assert "\x1b" not in out.stdout + out.stderr
+
+
+def test_a_flow_that_fails_inside_prefect_is_one_line_and_its_traceback_waits_for_debug(
+    prefect_api: str, ray_session: None, tmp_path: Path
+) -> None:
+    """A task that raises fails the flow inside Prefect, whose engine logs the traceback ("Encountered
+    exception during execution") on the console: it came above the one-line error. Without --debug the
+    console keeps Prefect's line (it names the run) and loses the traceback; the run's logs keep it."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    import ray
+
+    (tmp_path / "incoming").mkdir()  # an empty folder is a quiet night: the flow starts, and its first task fails
+    main = (
+        "from prefect import task\n"
+        "import flows.nightly\n"
+        "@task(name='ingest')\n"
+        "def broken(*args, **kwargs):\n"
+        "    raise RuntimeError('the ingest task failed in a way nothing names')\n"
+        "flows.nightly.ingest = broken\n"
+        "from sleepsound.cli import main; main()"
+    )
+    flow = ["nightly", "--source", str(tmp_path / "incoming"), "--root", str(tmp_path / "root")]
+    flow += ["--ray-address", ray.get_runtime_context().gcs_address]
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+
+    def command(*extra: str) -> subprocess.CompletedProcess[str]:
+        args = [*extra, *flow]
+        return subprocess.run([sys.executable, "-c", main, *args], capture_output=True, text=True, timeout=300, env=env)
+
+    plain = command()
+    assert plain.returncode == 1 and "Traceback (most recent call last)" not in plain.stderr, plain.stderr
+    assert "Encountered exception during execution: RuntimeError" in plain.stderr  # Prefect's line, one line
+    lines = plain.stderr.splitlines()
+    assert "error: RuntimeError: the ingest task failed in a way nothing names" in lines, plain.stderr
+    assert "rerun with --debug" in plain.stderr
+    debug = command("--debug")
+    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr, debug.stderr
+    assert "the ingest task failed in a way nothing names" in debug.stderr and "locals" not in debug.stderr.lower()
+    query = {"logs": {"level": {"ge_": 40}}, "sort": "TIMESTAMP_DESC", "limit": 50}
+    request = urllib.request.Request(
+        f"{prefect_api}/logs/filter", data=json.dumps(query).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        logged = [log["message"] for log in json.load(response)]
+    kept = [m for m in logged if "nothing names" in m and "Traceback (most recent call last)" in m]
+    assert len(kept) >= 2, logged  # both runs' records in Prefect keep the traceback
