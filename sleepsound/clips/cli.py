@@ -75,6 +75,11 @@ TargetRecallOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+TRUST_PROXY_HELP = (
+    "Address or network (CIDR) of a reverse proxy whose X-Forwarded-For (the client's address) and "
+    "X-Forwarded-Proto are believed (repeatable). Default: none: a client is its connection's address, "
+    "so a local process cannot pose as many clients to take more than its places in the queue."
+)
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log each validation run.")]
 
 
@@ -404,11 +409,17 @@ def serve(
     allowed_host: Annotated[
         Optional[list[str]], typer.Option(help="Another Host name to answer to (a reverse proxy's; repeatable).")
     ] = None,
+    trust_proxy: Annotated[Optional[list[str]], typer.Option(help=TRUST_PROXY_HELP)] = None,
 ) -> None:
     """HTTP service: POST audio bytes to /score, get each window's label and probabilities as JSON."""
     from sleepsound.clips.serve import create_app
+    from sleepsound.monitor.limits import parse_trusted_proxies
     from sleepsound.monitor.limits import serve as run_server
 
+    try:
+        proxies = parse_trusted_proxies(trust_proxy or ())
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
     try:
         app = create_app(
             model,
@@ -421,8 +432,11 @@ def serve(
     except (OSError, ValueError) as exc:  # a HeadArtifactError is a ValueError
         raise _fail(str(exc)) from exc
     typer.echo(f"scoring with {model} on http://{host}:{port} (POST /score, GET /health, docs at /docs)")
-    # no access log or URL query in the log; header deadline, per-client connection cap; SIGTERM gives 5 s
-    run_server(app, host, port)
+    if proxies:
+        typer.echo(f"client addresses from X-Forwarded-For of {', '.join(proxies)}")
+    # no access log or URL query in the log; header deadline, per-client connection cap; SIGTERM gives 5 s;
+    # X-Forwarded-For believed only from --trust-proxy (a client's places are counted by its address)
+    run_server(app, host, port, trusted_proxies=proxies)
 
 
 @clips_app.command("hard-negatives")

@@ -11,7 +11,9 @@ bounded in bytes and read time while they arrive, and in rate, channels, seconds
 decode from their header before decoding (``monitor.limits``, shared with ``monitor serve``); a WAV
 cut short is refused as ``validate`` refuses it; bad audio is a 400 naming the upload and the
 problem. One client holds at most ``MAX_PER_CLIENT`` places (queued or running): past
-that it is answered 429 with Retry-After, so it cannot keep every other client at 503. A request
+that it is answered 429 with Retry-After, so it cannot keep every other client at 503. A client
+is its connection's address (``limits.client_of``): X-Forwarded-For counts only from a proxy
+given to ``clips serve --trust-proxy``, so a local process cannot pose as many clients. A request
 whose client has gone is not scored. Requests for another
 Host, and state-changing ones from another Origin, are refused. Audio is never logged or kept:
 it lives in memory for the request only, and the access log is off (upload names may identify

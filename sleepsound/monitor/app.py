@@ -23,9 +23,11 @@ every upload ``limits.read_body`` / ``decode_audio`` (bytes, read time, rate, se
 that opens a session is read the same way, after the token check, at most ``SESSION_JSON_BYTES``.
 
 What one client can cause: a chunk number is checked before its body is read (``Monitor.check_seq``:
-not below 0, at most ten minutes of audio ahead), a client address holds at most
-``max_sessions_per_client`` open sessions, and a malformed request is a 422 naming the fields,
-never echoing what was sent (a bed id is a patient identifier) nor failing on NaN.
+not below 0, at most ten minutes of audio ahead), a client address (``limits.client_of``: the
+connection's, X-Forwarded-For only from a ``--trust-proxy``) holds at most
+``max_sessions_per_client`` open sessions (a quarter of ``max_sessions`` by default), and a
+malformed request is a 422 naming the fields, never echoing what was sent (a bed id is a patient
+identifier) nor failing on NaN.
 """
 
 from __future__ import annotations
@@ -95,8 +97,9 @@ class Settings:
     expiry_check_s: float = 5.0
     login_failures: int = 5  # failed dashboard logins per name (and per address) ...
     login_window_s: float = 900.0  # ... in this window, before further attempts are refused
-    # open sessions one client address may hold (None: all but one of max_sessions, so another client
-    # can always open one); published nights kept in memory for the dashboard (None: max_sessions)
+    # open sessions one client address may hold (None: sessions.default_per_client, a quarter of
+    # max_sessions, so one address cannot take nearly every bed); published nights kept in memory for
+    # the dashboard (None: max_sessions)
     max_sessions_per_client: int | None = None
     keep_finished: int | None = None
     rules: AlertRules = field(default_factory=AlertRules)

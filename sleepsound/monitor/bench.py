@@ -113,6 +113,8 @@ def _run(
         "1000",
         "--max-sessions",
         str(len(nights) + 1),
+        "--max-sessions-per-client",  # every bed is replayed from this one address
+        str(len(nights)),
         *sets,
     ]
     server = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT)

@@ -20,6 +20,12 @@ monitor_app = typer.Typer(
 )
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+TRUST_PROXY_HELP = (
+    "Address or network (CIDR) of a reverse proxy whose X-Forwarded-For (the client's address) and "
+    "X-Forwarded-Proto are believed (repeatable). Default: none: a client is its connection's address, "
+    "so a local process cannot pose as many clients and slip the per-client limits. Behind a TLS proxy, "
+    "give its address (e.g. 127.0.0.1): its X-Forwarded-Proto is what makes an https Origin same-origin."
+)
 
 
 @monitor_app.command()
@@ -41,7 +47,9 @@ def serve(
     max_sessions_per_client: Annotated[
         Optional[int],
         typer.Option(
-            min=1, help="Most sessions one client address may hold open (default: all but one of --max-sessions)."
+            min=1,
+            help="Most sessions one client address may hold open (default: a quarter of --max-sessions, at least "
+            "1, so one address cannot take nearly every bed; raise it when many beds share one address).",
         ),
     ] = None,
     max_chunk_mb: Annotated[float, typer.Option(help="Largest chunk upload, in MiB.")] = 8.0,
@@ -54,6 +62,7 @@ def serve(
     allowed_origin: Annotated[
         Optional[list[str]], typer.Option(help="Another origin allowed to POST (repeatable).")
     ] = None,
+    trust_proxy: Annotated[Optional[list[str]], typer.Option(help=TRUST_PROXY_HELP)] = None,
     operator_token_env: Annotated[
         str, typer.Option(help="Environment variable holding the operator token needed to open sessions.")
     ] = "SLEEPSOUND_MONITOR_OPERATOR_TOKEN",
@@ -75,13 +84,14 @@ def serve(
     from sleepsound.cli import _load_config
     from sleepsound.monitor.alerts import load_rules
     from sleepsound.monitor.app import Settings, create_app
+    from sleepsound.monitor.limits import parse_trusted_proxies, service_logging
     from sleepsound.monitor.limits import serve as run_server
-    from sleepsound.monitor.limits import service_logging
     from sleepsound.registry.serving import parse_versions
 
     cfg = _load_config(config, overrides)
     try:
         versions = parse_versions(model)
+        proxies = parse_trusted_proxies(trust_proxy or ())
     except ValueError as exc:
         raise _fail(str(exc)) from exc
     operator = os.environ.get(operator_token_env) or None
@@ -115,7 +125,9 @@ def serve(
     except (OSError, ValueError, LookupError, RuntimeError) as exc:  # LookupError: no champion
         raise _fail(str(exc)) from exc
     typer.echo(f"monitoring with the champions of {root} on http://{host}:{port} (API docs at /docs)")
-    run_server(app, host, port, graceful_s=graceful)
+    if proxies:
+        typer.echo(f"client addresses from X-Forwarded-For of {', '.join(proxies)}")
+    run_server(app, host, port, graceful_s=graceful, trusted_proxies=proxies)
 
 
 users_app = typer.Typer(

@@ -32,7 +32,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from sleepsound.monitor.limits import Refused, read_body
+from sleepsound.monitor.limits import Refused, client_of, read_body
 from sleepsound.monitor.users import FailedLogins, UserStore
 
 log = logging.getLogger(__name__)
@@ -186,13 +186,14 @@ def add_dashboard(app: FastAPI, monitor: Any, access: Access) -> None:
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
         """Name and password, or the operator token. Failures count per name and per client address
-        (``users.FailedLogins``); past the limit the attempt is refused unread (429)."""
+        (``users.FailedLogins``; the address is ``limits.client_of``, as for every per-client limit);
+        past the limit the attempt is refused unread (429)."""
         body = await read_body(request, 4096, 10.0)
         form = parse_qs(body.decode("utf-8", "replace"))
         token = (form.get("token") or [""])[0]
         name = (form.get("name") or [""])[0].strip()
         password = (form.get("password") or [""])[0]
-        address = f"address:{request.client.host if request.client else '?'}"
+        address = f"address:{client_of(request)}"
         keys = (address, f"name:{name}") if name else (address, "token")
         wait = access.failures.wait(*keys)
         if wait > 0:

@@ -15,6 +15,9 @@ Each rule here answers a defect seen on ``clips serve`` (issue 18):
   4.5 s on the event loop), in memory, keeping only the audio part (``upload_bytes``);
 - uvicorn runs with a deadline for a request's headers, a cap on one client's connections and on
   all requests (503 past it), the fd limit raised, and no URL query in its log (``serve``);
+- a client is its socket's address: X-Forwarded-For (and -Proto) are believed only from the
+  proxies the operator names (``--trust-proxy``), never by default (uvicorn's default believes any
+  local process, which could then pose as any number of clients and slip every per-client limit);
 - messages name the upload and the problem, never a Python object's repr
   (``<_io.BytesIO object at 0x...>``, which libsndfile's errors carry);
 - a client that goes away mid-upload is one log line, not a traceback (``ClientGone``);
@@ -29,11 +32,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import ipaddress
 import logging
 import queue
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -537,8 +541,7 @@ def service_logging(level: str = "info") -> None:
 class ClientSlots:
     """How many requests each client has queued or running, capped so one client cannot hold every
     place in a service's queue (ten long uploads from one client kept every other client at 503 for
-    minutes). Thread-safe; a client is its address as uvicorn reports it (a trusted proxy's
-    X-Forwarded-For, else the peer)."""
+    minutes). Thread-safe; a client is ``client_of`` the request."""
 
     def __init__(self, per_client: int) -> None:
         self.per_client = per_client
@@ -573,8 +576,37 @@ class ClientSlots:
 
 
 def client_of(request: Request) -> str:
-    """The request's client address (``ClientSlots``' key)."""
+    """The request's client address as uvicorn resolved it: the socket's peer, or, for a request from
+    a proxy the operator trusts (``--trust-proxy``), the client its X-Forwarded-For names. Every per-request
+    client key uses it (queue places, sessions per client, failed logins per address), so they all
+    agree on who a client is and none can be dodged by a header the operator did not ask to trust."""
     return request.client.host if request.client else "unknown"
+
+
+def parse_trusted_proxies(values: Iterable[str]) -> tuple[str, ...]:
+    """The reverse proxies (addresses or CIDR networks; a value may list several, comma-separated)
+    whose X-Forwarded-For and X-Forwarded-Proto uvicorn is to believe, normalised; ValueError naming a
+    value that is not one. Checked here because uvicorn takes anything else (a host name, a typo) as a
+    literal that silently never matches; ``*`` is refused: believing every address is the defect this
+    option exists to avoid."""
+    out: list[str] = []
+    for value in values:
+        for item in (part.strip() for part in value.split(",")):
+            if not item:
+                continue
+            if item == "*":
+                raise ValueError(
+                    "--trust-proxy *: name the proxy's address or network; believing X-Forwarded-For from "
+                    "every address lets any client pose as any other"
+                )
+            try:
+                address = ipaddress.ip_network(item, strict=False) if "/" in item else ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(
+                    f"--trust-proxy {item!r}: not an IP address or network (e.g. 127.0.0.1, 10.0.0.0/8)"
+                ) from None
+            out.append(str(address))
+    return tuple(dict.fromkeys(out))
 
 
 _TOO_MANY = (
@@ -592,6 +624,11 @@ def guarded_protocol(header_timeout_s: float, max_per_client: int) -> type:
       its previous response), else it is closed;
     - one client address holds at most ``max_per_client`` connections; another is answered 503 and
       closed at once, so its fd is free again and other clients still get in.
+
+    The address counted is the socket's peer, never X-Forwarded-For, even from a trusted proxy: the
+    count is taken when the connection opens, before any header has arrived, and what it bounds (fds,
+    connections) belongs to the peer. Behind a trusted proxy the cap bounds the proxy's connections
+    to this service; the proxy bounds each of its own clients.
     """
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -680,11 +717,16 @@ def server_config(
     header_timeout_s: float = HEADER_TIMEOUT_S,
     max_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
     max_concurrency: int = MAX_CONCURRENCY,
+    trusted_proxies: Sequence[str] = (),
 ) -> Any:
     """uvicorn's configuration for a sleepsound service: no access log (URLs and clients are no
     one's business), a graceful shutdown that gives up on requests still running after
     ``graceful_s``, a short keep-alive, ``guarded_protocol``'s header deadline and per-client
-    connection cap, and ``limit_concurrency`` (503 past it) kept under the fd limit."""
+    connection cap, and ``limit_concurrency`` (503 past it) kept under the fd limit.
+
+    Proxy headers (X-Forwarded-For, -Proto) are believed only from ``trusted_proxies``
+    (``parse_trusted_proxies``' output), none by default: uvicorn's own default believes them from
+    127.0.0.1 (or $FORWARDED_ALLOW_IPS), so any local process could pose as many clients."""
     import uvicorn
 
     fds = raise_fd_limit()
@@ -694,6 +736,8 @@ def server_config(
         port=port,
         access_log=False,
         log_level=log_level,
+        proxy_headers=bool(trusted_proxies),
+        forwarded_allow_ips=list(trusted_proxies),  # never None: uvicorn would read $FORWARDED_ALLOW_IPS
         timeout_graceful_shutdown=graceful_s,
         timeout_keep_alive=KEEP_ALIVE_S,
         limit_concurrency=max(16, min(max_concurrency, fds - 64)),
@@ -702,10 +746,17 @@ def server_config(
     )
 
 
-def serve(app: Any, host: str, port: int, graceful_s: float = 5.0, log_level: str = "info") -> None:
-    """Run ``app`` with uvicorn as ``server_config`` sets it up; disconnects as one line, no URL
-    query in the log."""
+def serve(
+    app: Any,
+    host: str,
+    port: int,
+    graceful_s: float = 5.0,
+    log_level: str = "info",
+    trusted_proxies: Sequence[str] = (),
+) -> None:
+    """Run ``app`` with uvicorn as ``server_config`` sets it up (proxy headers believed only from
+    ``trusted_proxies``); disconnects as one line, no URL query in the log."""
     import uvicorn
 
     service_logging(log_level)
-    uvicorn.Server(server_config(app, host, port, graceful_s, log_level)).run()
+    uvicorn.Server(server_config(app, host, port, graceful_s, log_level, trusted_proxies=trusted_proxies)).run()

@@ -22,8 +22,8 @@ epoch is on disk before its audio is dropped, and a restarted service replays ea
 session's journal from one epoch before the first unscored epoch (``stream.NightStream``).
 
 What one client can hold (so it never starves the others): at most ``max_per_client`` open
-sessions per client address (all but one of ``max_sessions`` by default: another client can
-always open one), sessions waiting to be published at most ``2 * max_sessions``, and in memory
+sessions per client address (a quarter of ``max_sessions`` by default, at least 1:
+``default_per_client``), sessions waiting to be published at most ``2 * max_sessions``, and in memory
 only the ``keep_finished`` most recent published nights (the dashboard's finished beds; they stay
 on disk under ``runs/``). A session ended without a single chunk of audio leaves nothing behind:
 no run, no folder, so an open-and-DELETE loop cannot fill memory or the disk.
@@ -69,6 +69,18 @@ ENVELOPES = "envelopes.bin"
 KEPT = "kept.jsonl"  # with keep_audio: the pieces scored already, whose spool files wait for publication
 State = Literal["open", "ending", "ended", "published"]
 # What rules and dashboard read (snore_s_pred: the per-second snoring head's seconds, for the snore index).
+CLIENT_SHARE = 4  # by default one client address may hold 1/CLIENT_SHARE of the sessions
+
+
+def default_per_client(max_sessions: int) -> int:
+    """Open sessions one client address may hold when the operator does not say: a quarter of
+    ``max_sessions``, at least 1. Why a quarter: the old default (all but one) let one address, a
+    runaway script or a device with a bug, take nearly every bed while the others waited; a quarter
+    leaves at least three quarters to everyone else. Beds that all reach the service from one
+    address (a gateway, NAT, a bench) are the operator's to allow with ``--max-sessions-per-client``."""
+    return max(1, max_sessions // CLIENT_SHARE)
+
+
 KEEP = ("epoch_index", "stage_pred", "resp_pred", "prob_apnea_hypopnea", "prob_snore", "snore_s_pred")
 
 
@@ -171,9 +183,7 @@ class Monitor:
         self.scorer = scorer
         self.limits = limits
         self.max_sessions = max_sessions
-        # all but one slot by default: one client (address) can never take every slot, and a bench
-        # or a ward behind one address can still fill all the others
-        self.max_per_client = max_per_client or max(1, max_sessions - 1)
+        self.max_per_client = default_per_client(max_sessions) if max_per_client is None else max_per_client
         self.keep_finished = max_sessions if keep_finished is None else keep_finished
         self.window = window
         self.idle_timeout_s = idle_timeout_s

@@ -1,6 +1,7 @@
 """`clips score` and `clips serve` refuse what the prober got through: decode bombs (rate x channels),
-WAVs cut short or lying about their length (scored as if whole), and one client holding every place
-in the service's queue. Through the CLI and a live server run as `clips serve` runs it."""
+WAVs cut short or lying about their length (scored as if whole), one client holding every place
+in the service's queue, and one local process posing as many clients with X-Forwarded-For. Through
+the CLI and a live server run as `clips serve` runs it."""
 
 from __future__ import annotations
 
@@ -86,19 +87,31 @@ def test_clips_score_names_each_refused_file_and_scores_the_rest(model: Path, tm
     assert text.count("error") >= 4 and "good.wav" in text
 
 
-@pytest.fixture(scope="module")
-def service(model: Path) -> Iterator[tuple[str, Any]]:
+def _serve(model: Path, trusted_proxies: tuple[str, ...]) -> Iterator[tuple[str, Any]]:
     from sleepsound.clips.serve import create_app
 
     port = free_port()
     app = create_app(model, max_seconds=5.0, max_mb=4.0, read_timeout_s=30.0, max_per_client=2)
-    server = uvicorn.Server(server_config(app, "127.0.0.1", port, log_level="warning"))
+    config = server_config(app, "127.0.0.1", port, log_level="warning", trusted_proxies=trusted_proxies)
+    server = uvicorn.Server(config)
     thread = run_in_thread(server)
     try:
         yield f"http://127.0.0.1:{port}", app
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def service(model: Path) -> Iterator[tuple[str, Any]]:
+    """The service as `clips serve` runs it by default: no proxy's X-Forwarded-For believed."""
+    yield from _serve(model, ())
+
+
+@pytest.fixture(scope="module")
+def proxied(model: Path) -> Iterator[tuple[str, Any]]:
+    """The service as `clips serve --trust-proxy 127.0.0.1` runs it, behind a proxy on loopback."""
+    yield from _serve(model, ("127.0.0.1",))
 
 
 def test_the_service_refuses_bombs_and_cut_wavs_by_name(service: tuple[str, Any], tmp_path: Path) -> None:
@@ -118,8 +131,8 @@ def test_the_service_refuses_bombs_and_cut_wavs_by_name(service: tuple[str, Any]
         assert reply.status_code == 200 and reply.json()["seconds"] == 2.0
 
 
-def test_one_client_cannot_hold_every_place_in_the_queue(service: tuple[str, Any], tmp_path: Path) -> None:
-    base, app = service
+def test_one_client_cannot_hold_every_place_in_the_queue(proxied: tuple[str, Any], tmp_path: Path) -> None:
+    base, app = proxied
     good = _write(tmp_path / "good.wav", 2.0, 16_000).read_bytes()
     release = threading.Event()
     app.state.worker.put(release.wait)  # the scoring thread busy: requests wait in the queue (8 places)
@@ -151,3 +164,34 @@ def test_one_client_cannot_hold_every_place_in_the_queue(service: tuple[str, Any
     assert codes == {"10.0.0.1": [200, 200], "10.0.0.2": [200]}
     again = httpx.post(f"{base}/score?name=later.wav", content=good, headers={"X-Forwarded-For": "10.0.0.1"})
     assert again.status_code == 200, again.text  # its places were given back
+
+
+def test_x_forwarded_for_does_not_make_a_local_process_many_clients(service: tuple[str, Any], tmp_path: Path) -> None:
+    """By default every request from 127.0.0.1 is the one client 127.0.0.1, whatever X-Forwarded-For
+    says (uvicorn's own default believed it), so its third request is refused, not queued."""
+    base, app = service
+    good = _write(tmp_path / "good.wav", 2.0, 16_000).read_bytes()
+    release = threading.Event()
+    app.state.worker.put(release.wait)  # the scoring thread busy: requests wait in the queue
+    codes: list[int] = []
+
+    def post(forwarded: str) -> None:
+        with httpx.Client(timeout=60) as c:
+            reply = c.post(f"{base}/score?name=x.wav", content=good, headers={"X-Forwarded-For": forwarded})
+            codes.append(reply.status_code)
+
+    posing = [threading.Thread(target=post, args=(f"10.0.0.{i}",)) for i in (1, 2)]
+    for t in posing:
+        t.start()
+    time.sleep(0.5)
+    try:
+        third = httpx.post(
+            f"{base}/score?name=more.wav", content=good, headers={"X-Forwarded-For": "10.0.0.3"}, timeout=10
+        )  # a 429 comes at once; queued (the forwarded address believed), it would wait for the release
+        assert third.status_code == 429, third.text
+        assert "this client already has 2 requests queued or running" in third.json()["detail"]
+    finally:
+        release.set()
+    for t in posing:
+        t.join()
+    assert codes == [200, 200]

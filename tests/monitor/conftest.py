@@ -1,6 +1,8 @@
 """A storage root with champion heads trained on a tiny synthetic cohort, a night to stream, and
 that night scored by the batch path (the score flow's steps in one process, as
-tests/report/test_model_files.py runs them); plus a live monitor server on loopback."""
+tests/report/test_model_files.py runs them); plus a live monitor server on loopback, configured
+as ``monitor serve`` runs it (``limits.server_config``: no proxy header believed unless a test
+names its proxy in ``trusted_proxies``)."""
 
 from __future__ import annotations
 
@@ -113,13 +115,14 @@ class Live:
     app: object
 
 
-def start_server(app: object, port: int) -> tuple[uvicorn.Server, threading.Thread]:
-    from sleepsound.monitor.limits import quiet_disconnect_tracebacks
+def start_server(
+    app: object, port: int, trusted_proxies: tuple[str, ...] = ()
+) -> tuple[uvicorn.Server, threading.Thread]:
+    """``app`` served on loopback as the services serve (``limits.server_config``), in a thread."""
+    from sleepsound.monitor.limits import quiet_disconnect_tracebacks, server_config
 
     quiet_disconnect_tracebacks()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="info", access_log=False)  # type: ignore[arg-type]
-    )
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, log_level="info", trusted_proxies=trusted_proxies))
     return server, run_in_thread(server)
 
 
@@ -135,7 +138,16 @@ def run_in_thread(server: uvicorn.Server) -> threading.Thread:
 
 
 @pytest.fixture
-def live(trained: Trained, fresh_root: Path, request: pytest.FixtureRequest) -> Iterator[Live]:
+def trusted_proxies() -> tuple[str, ...]:
+    """The proxies whose X-Forwarded-For the ``live`` server believes: none, as ``monitor serve`` by
+    default; a test trusts one with ``@pytest.mark.parametrize("trusted_proxies", [("127.0.0.1",)])``."""
+    return ()
+
+
+@pytest.fixture
+def live(
+    trained: Trained, fresh_root: Path, trusted_proxies: tuple[str, ...], request: pytest.FixtureRequest
+) -> Iterator[Live]:
     """A monitor server in this process on a free loopback port (settings from ``@pytest.mark.parametrize``
     of ``settings`` when a test gives them)."""
     from sleepsound.monitor.app import Settings, create_app
@@ -144,7 +156,7 @@ def live(trained: Trained, fresh_root: Path, request: pytest.FixtureRequest) -> 
     settings = getattr(request, "param", None) or Settings(rate_per_s=1000.0, burst=1000)
     app = create_app(str(fresh_root), trained.cfg, settings)
     port = free_port()
-    server, thread = start_server(app, port)
+    server, thread = start_server(app, port, trusted_proxies)
     try:
         yield Live(f"http://127.0.0.1:{port}", server, app)
     finally:

@@ -1,6 +1,7 @@
 """What one client can make the monitor service do, each through a live server on loopback: chunk
 numbers that would fill a night with silence, NaN in the JSON, an unbounded or trickled session
-body, a dashboard login opening sessions, guessed logins, and one client holding every session."""
+body, a dashboard login opening sessions, guessed logins, one client holding every session, and one
+local process posing as many clients with X-Forwarded-For."""
 
 from __future__ import annotations
 
@@ -253,7 +254,8 @@ def test_concurrent_wrong_passwords_are_each_counted_against_the_limit(live: Liv
             assert operator.post(f"{live.base}/login", content=f"token={TOKEN}", headers=FORM).status_code == 303
 
 
-FLOOD = Settings(max_sessions=3, keep_finished=1, rate_per_s=1000.0, burst=1000)
+# one client may hold 2 of the 3 sessions (set here: the default is a quarter, which would be 1)
+FLOOD = Settings(max_sessions=3, max_sessions_per_client=2, keep_finished=1, rate_per_s=1000.0, burst=1000)
 
 
 @pytest.mark.parametrize("live", [FLOOD], indirect=True)
@@ -296,3 +298,71 @@ def test_one_client_cannot_hold_every_session_and_ended_ones_do_not_pile_up(
         assert hog.get(f"{live.base}/health").json()["sessions"] == 1
     opened = [r.getMessage() for r in caplog.records if " opened (" in r.getMessage()]
     assert opened and all(int(m.split("(")[1].split()[0]) <= 3 for m in opened)  # open sessions, not all ever
+
+
+SPOOF = Settings(
+    operator_token_hash=hashlib.sha256(TOKEN.encode()).hexdigest(),
+    max_sessions=8,
+    max_sessions_per_client=2,
+    login_failures=3,
+    rate_per_s=1000.0,
+    burst=1000,
+)
+
+
+def _open_as(client: httpx.Client, base: str, forwarded: str) -> httpx.Response:
+    headers = {**OPERATOR, "X-Forwarded-For": forwarded}
+    return client.post(f"{base}/v1/sessions", json={"bed_id": "bed-x"}, headers=headers)
+
+
+def _guess_as(client: httpx.Client, base: str, forwarded: str, token: str = "a-guess") -> int:
+    headers = {**FORM, "X-Forwarded-For": forwarded}
+    return client.post(f"{base}/login", content=f"token={token}", headers=headers).status_code
+
+
+@pytest.mark.parametrize("live", [SPOOF], indirect=True)
+def test_a_local_process_cannot_pose_as_many_clients_with_x_forwarded_for(live: Live) -> None:
+    """By default no proxy is trusted: every request from 127.0.0.1 is the one client 127.0.0.1,
+    whatever X-Forwarded-For it sends (uvicorn's own default believed it from 127.0.0.1)."""
+    with httpx.Client(timeout=30) as client:
+        codes = [_open_as(client, live.base, f"10.0.0.{i}").status_code for i in range(1, 4)]
+        assert codes == [201, 201, 429]  # one client: its 2 sessions, then refused
+        refused = _open_as(client, live.base, "10.0.0.9")
+        assert "the most one client may hold (2 of 8)" in refused.json()["detail"]
+        guesses = [_guess_as(client, live.base, f"10.1.0.{i}") for i in range(1, 5)]
+        assert guesses == [401, 401, 401, 429]  # login_failures=3 for the one address
+    with _from("127.0.0.2") as other:  # another connection address is another client
+        assert _open_as(other, live.base, "10.0.0.1").status_code == 201
+
+
+@pytest.mark.parametrize("trusted_proxies", [("127.0.0.1",)])
+@pytest.mark.parametrize("live", [SPOOF], indirect=True)
+def test_behind_a_trusted_proxy_its_x_forwarded_for_names_the_client(live: Live) -> None:
+    """``--trust-proxy 127.0.0.1``: the client a proxy there forwards for is the one limited."""
+    with httpx.Client(timeout=30) as proxy:
+        codes = [_open_as(proxy, live.base, "10.0.0.1").status_code for _ in range(3)]
+        assert codes == [201, 201, 429]  # the forwarded client holds its 2 sessions
+        assert _open_as(proxy, live.base, "10.0.0.2").status_code == 201  # another one behind the proxy
+        guesses = [_guess_as(proxy, live.base, "10.1.0.1") for _ in range(4)]
+        assert guesses == [401, 401, 401, 429]
+        assert _guess_as(proxy, live.base, "10.1.0.2", TOKEN) == 303  # only the guesser is locked out
+    with _from("127.0.0.2") as direct:  # not the trusted proxy: its header is not believed
+        assert _open_as(direct, live.base, "10.0.0.3").status_code == 201
+        assert _open_as(direct, live.base, "10.0.0.4").status_code == 201
+        assert _open_as(direct, live.base, "10.0.0.5").status_code == 429
+
+
+@pytest.mark.parametrize("live", [Settings(max_sessions=8, rate_per_s=1000.0, burst=1000)], indirect=True)
+def test_by_default_one_client_holds_a_quarter_of_the_sessions(live: Live) -> None:
+    """Without --max-sessions-per-client one address holds max_sessions // 4 (here 2 of 8), not all
+    but one: the other addresses keep three quarters of the beds."""
+    with httpx.Client(timeout=30) as hog:
+        for i in range(2):
+            _open(hog, live.base, f"bed-{i}")
+        third = hog.post(f"{live.base}/v1/sessions", json={"bed_id": "bed-2"})
+        assert third.status_code == 429 and "the most one client may hold (2 of 8)" in third.json()["detail"]
+    for address in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+        with _from(address) as other:
+            _open(other, live.base, "bed-a")
+            _open(other, live.base, "bed-b")
+    assert httpx.get(f"{live.base}/health", timeout=10).json()["sessions"] == 8

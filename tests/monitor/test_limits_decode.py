@@ -1,7 +1,8 @@
 """The shared service limits (``sleepsound.monitor.limits``) that the prober got past, each through a
 live uvicorn server set up by ``limits.server_config`` (as ``monitor serve`` and ``clips serve`` run it):
 decode bombs (rate x channels), WAVs cut short, forms of many parts, slow and idle connections, one
-client's many connections, URL queries in uvicorn's log, and libsndfile's callback tracebacks.
+client's many connections, URL queries in uvicorn's log, libsndfile's callback tracebacks, and
+X-Forwarded-For believed from any local process.
 
 The app is a small one over the same functions the monitor's endpoints call (``read_body``,
 ``upload_bytes``, ``decode_audio``), so these run in seconds without a trained model."""
@@ -15,6 +16,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,6 +29,7 @@ from fastapi import FastAPI, Request, WebSocket
 from sleepsound.core.ports import free_port
 from sleepsound.monitor.limits import (
     AudioLimits,
+    client_of,
     decode_audio,
     install_handlers,
     read_body,
@@ -55,6 +58,10 @@ def _app() -> FastAPI:
         data = upload_bytes(body, request.headers.get("content-type", ""), name)  # on the loop, as app.py does
         audio, rate, _ = decode_audio(data, name, LIMITS)
         return {"frames": len(audio), "rate": rate}
+
+    @app.get("/client")
+    async def client(request: Request) -> dict[str, str]:
+        return {"client": client_of(request), "scheme": request.url.scheme}
 
     @app.websocket("/ws/{sid}")
     async def ws(websocket: WebSocket, sid: str) -> None:
@@ -224,3 +231,59 @@ def test_uvicorn_log_lines_carry_no_url_query(server: str) -> None:
         logging.getLogger("uvicorn").removeHandler(handler)
     assert any("/ws/s-1" in line for line in lines), lines  # the handshake is still logged ...
     assert not any("SECRET-TOKEN" in line or "Jane-Doe" in line for line in lines), lines  # ... without its query
+
+
+FORWARDED = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
+
+
+def _whoami(base: str, local: str = "127.0.0.1") -> dict[str, str]:
+    transport = httpx.HTTPTransport(local_address=local)
+    with httpx.Client(transport=transport, timeout=5) as client:
+        return client.get(f"{base}/client", headers=FORWARDED).json()
+
+
+def test_a_client_is_its_connections_address_unless_its_proxy_is_trusted(server: str) -> None:
+    from sleepsound.monitor.limits import parse_trusted_proxies
+
+    # by default (uvicorn's own default believed 127.0.0.1): the header is ignored
+    assert _whoami(server) == {"client": "127.0.0.1", "scheme": "http"}
+    port = free_port()
+    trusted = parse_trusted_proxies(["127.0.0.1"])  # as --trust-proxy 127.0.0.1
+    proxied = uvicorn.Server(server_config(_app(), "127.0.0.1", port, log_level="warning", trusted_proxies=trusted))
+    thread = run_in_thread(proxied)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert _whoami(base) == {"client": "203.0.113.7", "scheme": "https"}  # from the trusted proxy
+        assert _whoami(base, local="127.0.0.2") == {"client": "127.0.0.2", "scheme": "http"}  # not from another
+    finally:
+        proxied.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_trusted_proxies_are_addresses_or_networks_never_every_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from sleepsound.clips.cli import clips_app
+    from sleepsound.monitor.cli import monitor_app
+    from sleepsound.monitor.limits import parse_trusted_proxies
+
+    given = ["127.0.0.1, ::1", "10.1.2.3/8", "10.0.0.0/8"]
+    assert parse_trusted_proxies(given) == ("127.0.0.1", "::1", "10.0.0.0/8")
+    assert parse_trusted_proxies([]) == ()
+    for bad, says in (("*", "lets any client pose as any other"), ("localhost", "not an IP address or network")):
+        with pytest.raises(ValueError, match=says):
+            parse_trusted_proxies([bad])
+    # refused by both serve commands before anything is loaded
+    monitor = CliRunner().invoke(monitor_app, ["serve", "--root", str(tmp_path), "--trust-proxy", "localhost"])
+    assert monitor.exit_code == 2 and "--trust-proxy 'localhost': not an IP address" in monitor.output
+    clips = CliRunner().invoke(clips_app, ["serve", "--model", str(tmp_path), "--trust-proxy", "*"])
+    assert clips.exit_code == 2 and "lets any client pose as any other" in clips.output
+    # a good one reaches uvicorn's configuration (the app and the server stubbed: no model to load)
+    served: dict[str, Any] = {}
+    monkeypatch.setattr("sleepsound.clips.serve.create_app", lambda *args, **kwargs: object())
+    monkeypatch.setattr("sleepsound.monitor.limits.serve", lambda *args, **kwargs: served.update(kwargs))
+    given = ["serve", "--model", str(tmp_path), "--trust-proxy", "127.0.0.1", "--trust-proxy", "10.0.0.0/8"]
+    assert CliRunner().invoke(clips_app, given).exit_code == 0
+    assert served["trusted_proxies"] == ("127.0.0.1", "10.0.0.0/8")
