@@ -15,7 +15,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import fsspec
 import numpy as np
@@ -209,8 +209,7 @@ def probe_plain(path: str, channel: str, index: int | None = None) -> PartInfo:
         raise AudioError(
             path, "unreadable_audio", f"not a readable {suffix.lstrip('.').upper()} file ({reason})"
         ) from exc
-    if info.format in ("WAV", "RF64"):
-        check_wav_length(path)
+    check_declared_length(path, info)
     if info.frames == 0:
         raise AudioError(path, "empty_file", "holds an audio header but no samples; re-upload it")
     index = PLAIN_CHANNEL_INDEX[channel] if index is None else index
@@ -225,12 +224,39 @@ def probe_plain(path: str, channel: str, index: int | None = None) -> PartInfo:
     return PartInfo(path, float(info.samplerate), int(info.frames), index, labels, full_scale)
 
 
-def check_wav_length(path: str) -> None:
-    """Raise AudioError when a WAV's ``data`` chunk size disagrees with the file (``wav_length_problem``)."""
+class AudioHeader(Protocol):
+    """What libsndfile says of a file's header: ``soundfile.info``'s answer or an open ``SoundFile``."""
+
+    @property
+    def format(self) -> str: ...
+    @property
+    def subtype(self) -> str: ...
+    @property
+    def frames(self) -> int: ...
+    @property
+    def samplerate(self) -> int: ...
+
+
+def check_declared_length(path: str, info: AudioHeader) -> None:
+    """Raise AudioError when the length ``path``'s header declares cannot fit the file (``length_problem``)."""
     with open(path, "rb") as handle:
-        problem = wav_length_problem(handle, os.path.getsize(path))
+        problem = length_problem(handle, os.path.getsize(path), info)
     if problem is not None:
         raise AudioError(path, *problem)
+
+
+def length_problem(handle: BinaryIO, size: int, info: AudioHeader) -> tuple[str, str] | None:
+    """(code, message) when the length a file's header declares (``info``, libsndfile's reading of it)
+    does not fit the ``size`` bytes of the file in ``handle``, else None: a WAV's ``data`` chunk
+    (``wav_length_problem``); a FLAC's STREAMINFO sample count (``flac_length_problem``); an MP3's or
+    Ogg stream's length (``stream_length_problem``). Checked from the header alone, before anything is
+    decoded: the length sizes what is read and allocated after it. Other formats are not checked
+    (libsndfile takes an AIFF's length from the bytes there are)."""
+    if info.format in ("WAV", "RF64"):
+        return wav_length_problem(handle, size)
+    if info.format == "FLAC":
+        return flac_length_problem(handle, size)
+    return stream_length_problem(info, size)
 
 
 def wav_length_problem(handle: BinaryIO, size: int) -> tuple[str, str] | None:
@@ -303,6 +329,115 @@ def _unparsed_tail(handle: BinaryIO, offset: int, size: int, order: str) -> int:
             return size - offset
         offset += 8 + length + (length & 1)
     return 0
+
+
+# The least a FLAC frame takes (RFC 9639): a header of at least 6 bytes (sync code, block-size, rate,
+# channel and bit-depth codes: 4 bytes; a frame or sample number coded in 1 to 7 bytes; a CRC-8), one
+# subframe per channel of at least its 1-byte header, and a CRC-16.
+_FLAC_FRAME_BYTES = 6 + 2
+_FLAC_LARGEST_BLOCK = 65535  # the most samples a frame header can state
+_FLAC_METADATA_BLOCKS = 4096  # beyond this many metadata blocks the file is not judged
+
+
+def flac_length_problem(handle: BinaryIO, size: int) -> tuple[str, str] | None:
+    """(``truncated_audio``, message) when the FLAC in ``handle`` (``size`` bytes) declares in its
+    STREAMINFO more samples than its audio frames can hold, else None. libsndfile reports that count as
+    it stands, so a header declaring 2^36 samples (1,193 h at 16 kHz) in a 1.3 MB file was taken for a
+    1,193-h night.
+
+    The bound is the format's own, so no real file fails it, digital silence included: a frame holds
+    at most STREAMINFO's maximum block size of samples (by RFC 9639's definition the largest block the
+    stream uses; 65535, the most a frame can state, when the field is no valid size) and takes at least
+    8 bytes plus 1 per channel (``_FLAC_FRAME_BYTES``; the constant's own bits and the padding to a
+    byte are not even counted), near what digital silence takes as one CONSTANT subframe per channel
+    (libFLAC writes 12-14 bytes a 4096-sample mono block). So the audio frames (the bytes after the
+    metadata blocks) must hold at least ``ceil(total / block)`` such frames. An ID3v2 tag before the
+    ``fLaC`` marker (which libFLAC skips) is skipped; a total of 0 (unknown) is not judged. Only an
+    encoder writing blocks above its own STREAMINFO maximum, and then near-silent, could be refused."""
+    handle.seek(0)
+    offset = _id3v2_length(handle.read(10))
+    handle.seek(offset)
+    if handle.read(4) != b"fLaC":
+        return None
+    offset += 4
+    streaminfo = None
+    for _ in range(_FLAC_METADATA_BLOCKS):
+        handle.seek(offset)
+        block = handle.read(4)
+        if len(block) < 4:
+            return None  # the metadata is cut short: libFLAC's own error says so
+        kind, length = block[0] & 0x7F, int.from_bytes(block[1:4], "big")
+        if kind == 0 and streaminfo is None:
+            streaminfo = handle.read(34)
+        offset += 4 + length
+        if block[0] & 0x80:  # the last metadata block: the audio frames follow
+            break
+    else:
+        return None
+    if streaminfo is None or len(streaminfo) < 34:
+        return None
+    largest = int.from_bytes(streaminfo[2:4], "big")
+    fields = int.from_bytes(streaminfo[10:18], "big")  # rate 20 bits, channels-1 3, bits-1 5, samples 36
+    rate, channels, total = fields >> 44, (fields >> 41 & 0x7) + 1, fields & (2**36 - 1)
+    if total == 0 or rate == 0:
+        return None
+    block_samples = largest if largest >= 16 else _FLAC_LARGEST_BLOCK
+    frame_bytes = _FLAC_FRAME_BYTES + channels
+    audio = max(0, size - offset)
+    if -(-total // block_samples) * frame_bytes <= audio:
+        return None
+    most = audio // frame_bytes * block_samples
+    return (
+        "truncated_audio",
+        f"truncated: the header (STREAMINFO) declares {clock(total / rate)} of audio ({total} samples) but "
+        f"its {audio} bytes of audio frames hold at most {clock(most / rate)}, even of digital silence (a "
+        f"frame of at most {block_samples} samples takes at least {frame_bytes} bytes): a damaged header or "
+        "a file cut short; re-upload or re-export it",
+    )
+
+
+def _id3v2_length(head: bytes) -> int:
+    """Bytes of the ID3v2 tag that ``head`` (a file's first 10 bytes) begins, 0 when it begins none."""
+    if len(head) < 10 or head[:3] != b"ID3" or any(b & 0x80 for b in head[6:10]):
+        return 0
+    body = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]  # "synchsafe": 7 bits a byte
+    return 10 + body + (10 if head[5] & 0x10 else 0)  # flag 0x10: a footer follows
+
+
+# The most samples (of each channel) one byte of a lossy stream can stand for, by its smallest unit:
+# an MPEG audio frame has a 4-byte header and decodes to at most 1152 samples (Layer II/III; Layer I
+# 384); an Ogg packet takes at least one lacing byte in its page's segment table and decodes to at most
+# 4096 samples in Vorbis (half its largest block, 8192) or 120 ms in Opus.
+_MPEG_FRAME = (1152 / 4, "an MPEG audio frame of at most 1152 samples takes at least 4 bytes")
+_VORBIS_PACKET = (4096.0, "a Vorbis packet of at most 4096 samples takes at least 1 byte")
+_OPUS_PACKET_S = 0.120
+
+
+def stream_length_problem(info: AudioHeader, size: int) -> tuple[str, str] | None:
+    """(``truncated_audio``, message) when an MP3 or Ogg (Vorbis, Opus) file of ``size`` bytes declares
+    (``info``) more samples than that many bytes can code at the format's densest, else None. Their
+    length is the header's word too: mpg123 takes an MP3's from its Xing/Info frame count, libsndfile
+    an Ogg stream's from its last page's granule position, and a file declaring 2^40 samples was read
+    as if it held them. The bounds are loose (a real file is far below them) but sound: only a length
+    the bytes cannot hold is refused; one merely too long is found when the audio is read."""
+    if info.format == "MP3":
+        kind, (per_byte, why) = "MP3", _MPEG_FRAME
+    elif info.format == "OGG" and info.subtype == "VORBIS":
+        kind, (per_byte, why) = "Ogg Vorbis", _VORBIS_PACKET
+    elif info.format == "OGG" and info.subtype == "OPUS":
+        kind, per_byte = "Ogg Opus", _OPUS_PACKET_S * info.samplerate
+        why = "an Opus packet of at most 120 ms takes at least 1 byte"
+    else:
+        return None
+    rate, frames = info.samplerate, info.frames
+    if rate <= 0 or frames <= per_byte * size:
+        return None
+    return (
+        "truncated_audio",
+        f"truncated: the header declares {clock(frames / rate)} of audio ({frames} samples) but "
+        f"{size} bytes of {kind} hold at most {clock(per_byte * size / rate)} ({why}): a damaged "
+        "header or a file cut short; re-upload or re-export it",
+    )
 
 
 @dataclass(frozen=True)

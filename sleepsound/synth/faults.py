@@ -445,6 +445,25 @@ def plain_flac_corrupt(cohort: Path, name: str) -> None:
     path.write_bytes(bytes(data))
 
 
+def set_flac_total_samples(path: Path, total: int) -> None:
+    """Rewrite the sample count a FLAC's STREAMINFO declares (its 36-bit field; the audio unchanged):
+    STREAMINFO is the first metadata block, its 34 bytes after the ``fLaC`` marker and the block's
+    4-byte header; the count is the last 36 bits of its bytes 10 to 17."""
+    data = bytearray(path.read_bytes())
+    if data[:4] != b"fLaC" or data[4] & 0x7F != 0:
+        raise ValueError(f"{path}: no STREAMINFO right after the fLaC marker")
+    fields = int.from_bytes(data[18:26], "big")
+    fields = (fields & ~(2**36 - 1)) | total
+    data[18:26] = fields.to_bytes(8, "big")
+    path.write_bytes(bytes(data))
+
+
+def plain_flac_header_lies(cohort: Path, name: str) -> None:
+    """A FLAC whose header declares 2^36 - 1 samples (the field's largest: 1,193 h at 16 kHz) in a file
+    of a few minutes: no FLAC of that many bytes can hold it, even of digital silence."""
+    set_flac_total_samples(_plain_audio(cohort, name), 2**36 - 1)
+
+
 def plain_wav_beside_flac(cohort: Path, name: str) -> None:
     """The night uploaded twice, as FLAC and as WAV: two files, one recording id."""
     path = _plain_audio(cohort, name)
@@ -510,6 +529,7 @@ FAULTS: tuple[Fault, ...] = (
     Fault("WAV cut short", "plain", "truncated_audio", "error", plain_wav_cut_short),
     Fault("WAV never finalised", "plain", "unfinalised_audio", "error", plain_wav_never_finalised),
     Fault("FLAC corrupted mid-file", "plain", "unreadable_audio", "error", plain_flac_corrupt),
+    Fault("FLAC declaring more than its bytes hold", "plain", "truncated_audio", "error", plain_flac_header_lies),
     Fault("same night as WAV and FLAC", "plain", "duplicate_recording", "error", plain_wav_beside_flac),
     Fault("stage CSV without audio", "plain", "no_audio", "error", plain_audio_missing),
     Fault("stage CSV with a header only", "plain", "no_staging", "warning", plain_stages_header_only),
