@@ -32,7 +32,7 @@ from sleepsound.clips.dataset import (
     peak_normalise,
 )
 from sleepsound.clips.evaluate import ClipClassifier
-from sleepsound.io.audio import unreadable_reason, wav_length_problem
+from sleepsound.io.audio import AudioHeader, length_problem, unreadable_reason
 from sleepsound.monitor.limits import DECODE_BLOCK_FRAMES, MAX_CHANNELS, MAX_RATE_HZ, SAMPLES_PER_SECOND
 
 MAX_SCORE_SECONDS = 600.0  # longer audio is a night: score it with `sleepsound score`
@@ -89,7 +89,8 @@ def decode_bounded(source: str | BinaryIO, max_seconds: float, min_seconds: floa
     gives them (channels averaged, soxr HQ; the same values), but refused from the header before
     decoding when the rate is over ``MAX_RATE_HZ``, there are more than ``MAX_CHANNELS`` channels,
     more than ``max_seconds`` (``TooLong``) or more samples (frames x channels) than ``max_seconds``
-    of 48 kHz stereo, or a WAV's header declares more audio than the file holds (``validate``'s
+    of 48 kHz stereo, or the header declares more audio than the file holds (a WAV's data size, a
+    FLAC's, MP3's or Ogg stream's length beyond what its bytes can code: ``validate``'s
     ``truncated_audio``); then read in blocks, each mixed to mono and resampled as it comes, so
     memory is one block plus the 16-kHz result. ClipError with the reason."""
     try:
@@ -99,10 +100,9 @@ def decode_bounded(source: str | BinaryIO, max_seconds: float, min_seconds: floa
                 raise ClipError(f"sample rate {rate} Hz is above the {MAX_RATE_HZ} Hz accepted; resample it")
             if channels > MAX_CHANNELS:
                 raise ClipError(f"{channels} channels; at most {MAX_CHANNELS} are accepted: keep fewer")
-            if handle.format in ("WAV", "RF64"):
-                problem = _wav_problem(source)
-                if problem is not None:
-                    raise ClipError(problem)
+            problem = _length_problem(source, handle)
+            if problem is not None:
+                raise ClipError(problem)
             if frames > max_seconds * rate:
                 raise TooLong(
                     f"longer than {max_seconds:g} s ({frames / rate:.1f} s); score whole nights with `sleepsound score`"
@@ -142,16 +142,16 @@ def decode_bounded(source: str | BinaryIO, max_seconds: float, min_seconds: floa
     return np.concatenate(pieces).astype(np.float32, copy=False)
 
 
-def _wav_problem(source: str | BinaryIO) -> str | None:
-    """``validate``'s verdict on a WAV whose header disagrees with its size (``wav_length_problem``)."""
+def _length_problem(source: str | BinaryIO, info: AudioHeader) -> str | None:
+    """``validate``'s verdict on a header declaring a length the file cannot hold (``length_problem``)."""
     if isinstance(source, str):
         with open(source, "rb") as handle:
-            problem = wav_length_problem(handle, os.fstat(handle.fileno()).st_size)
+            problem = length_problem(handle, os.fstat(handle.fileno()).st_size, info)
     else:
         where = source.tell()
         size = source.seek(0, os.SEEK_END)
         try:
-            problem = wav_length_problem(source, size)
+            problem = length_problem(source, size, info)
         finally:
             source.seek(where)
     return None if problem is None else problem[1]

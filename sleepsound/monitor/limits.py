@@ -47,7 +47,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sleepsound.io.audio import wav_length_problem
+from sleepsound.io.audio import length_problem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -233,9 +233,10 @@ def _disposition_name(disposition: bytes) -> str:
 
 def probe_audio(data: bytes, name: str, limits: AudioLimits) -> Any:
     """The upload's header (``soundfile.info``), refused before anything is decoded when it is not
-    audio, its rate or channels are outside ``limits``, a WAV's header disagrees with its size
-    (truncated or never finalised, as ``validate`` says), it declares more than ``limits.max_seconds``
-    or more samples (frames x channels) than ``limits.sample_budget``."""
+    audio, its rate or channels are outside ``limits``, its header disagrees with its size (a WAV
+    truncated or never finalised, a FLAC, MP3 or Ogg stream declaring more than its bytes can code:
+    as ``validate`` says), it declares more than ``limits.max_seconds`` or more samples (frames x
+    channels) than ``limits.sample_budget``."""
     if not data:
         raise Refused(400, f"{name}: empty upload; send the audio file's bytes")
     try:
@@ -254,10 +255,9 @@ def probe_audio(data: bytes, name: str, limits: AudioLimits) -> Any:
         raise Refused(
             422, f"{name}: {channels} channels; this service accepts at most {limits.max_channels}: send fewer"
         )
-    if info.format in ("WAV", "RF64"):
-        problem = wav_length_problem(io.BytesIO(data), len(data))
-        if problem is not None:
-            raise Refused(400, f"{name}: {problem[1]}")
+    problem = length_problem(io.BytesIO(data), len(data), info)
+    if problem is not None:
+        raise Refused(400, f"{name}: {problem[1]}")
     declared = info.frames / rate
     if declared > limits.max_seconds:
         raise Refused(413, f"{name}: longer than {limits.max_seconds:g} s ({declared:.1f} s)")

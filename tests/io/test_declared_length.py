@@ -137,3 +137,19 @@ def test_an_mp3_or_ogg_declaring_more_than_its_bytes_can_hold_is_truncated_audio
     assert sf.info(str(path)).frames > 10**11  # libsndfile takes the header at its word
     message = _refused(path).message
     assert f"bytes of {kind} hold at most" in message and message.startswith("truncated: the header declares")
+
+
+def test_clips_and_the_monitor_refuse_it_as_validate_does(tmp_path: Path) -> None:
+    from sleepsound.clips.dataset import ClipError
+    from sleepsound.clips.scoring import decode_bounded
+    from sleepsound.monitor.limits import AudioLimits, Refused, probe_audio
+
+    path = _write(tmp_path / "clip.flac", 5)
+    set_flac_total_samples(path, LIE)
+    expected = "truncated: the header (STREAMINFO) declares 1193:02:47 of audio"
+    with pytest.raises(ClipError) as clip:
+        decode_bounded(str(path), max_seconds=30.0)
+    assert str(clip.value).startswith(expected)  # not "longer than 30 s": the file is damaged
+    with pytest.raises(Refused) as upload:
+        probe_audio(path.read_bytes(), "clip.flac", AudioLimits(max_bytes=8 << 20, max_seconds=30.0))
+    assert upload.value.status == 400 and upload.value.message.startswith(f"clip.flac: {expected}")
