@@ -580,26 +580,30 @@ def _plain_blocks(part: PartInfo, block_samples: int, first: int = 0) -> Iterato
     630 MB per 30-s block)."""
     with sf.SoundFile(part.path) as handle:
         step = max(1, min(block_samples, DECODE_SAMPLES // max(1, handle.channels)))
+        position = 0  # frames of the file read so far: where a failing read began
 
         def read(frames: int) -> np.ndarray:
+            nonlocal position
             try:
                 data = handle.read(frames, dtype="float32", always_2d=True)
-                # of several channels a copy: a view would keep every channel of the read alive
-                return data[:, part.channel_index].copy() if data.shape[1] > 1 else data[:, 0]
             except sf.LibsndfileError as exc:
+                stopped = _decodes_until(part.path, position, frames)
                 raise AudioError(
                     part.path,
                     "unreadable_audio",
-                    f"the audio stops decoding after {clock(_decoded(handle) / part.sample_rate)} of "
+                    f"the audio stops decoding after {clock(stopped / part.sample_rate)} of "
                     f"{clock(part.duration_s)} ({exc.error_string.strip()}): the file is corrupt or "
                     "cut short; re-upload or re-export it",
                 ) from exc
+            position += len(data)
+            # of several channels a copy: a view would keep every channel of the read alive
+            return data[:, part.channel_index].copy() if data.shape[1] > 1 else data[:, 0]
 
         skip = first
         if first:
             try:
                 handle.seek(first)
-                skip = 0
+                skip, position = 0, first
             except (sf.LibsndfileError, RuntimeError):
                 pass
         while skip:
@@ -625,12 +629,31 @@ def _plain_blocks(part: PartInfo, block_samples: int, first: int = 0) -> Iterato
             yield block
 
 
-def _decoded(handle: sf.SoundFile) -> int:
-    """Frames decoded before a read failed (libsndfile's position), or 0 when it cannot say."""
+_LOCATE_FRAMES = 4096  # the reads that find where decoding stops: a quarter second at 16 kHz
+
+
+def _decodes_until(path: str, start: int, frames: int) -> int:
+    """Where decoding of ``path`` stops within a read of ``frames`` from frame ``start`` that failed.
+
+    A failed read tells nothing of where it failed (libsndfile's position is gone: ``tell`` gives -1),
+    and soundfile drops what it had decoded: a FLAC declaring more samples than it holds decodes to
+    its real end, then fails soundfile's seek past it, so a night whose 60 s decode was reported to
+    stop "after 0:00:00". The span is read again in small reads on a fresh handle, to the last one
+    that succeeds; ``start`` when the file cannot be seeked there (decoding it again from the start
+    could take as long as the night)."""
+    reached = start
     try:
-        return max(0, int(handle.tell()))
-    except (sf.LibsndfileError, RuntimeError):
-        return 0
+        with sf.SoundFile(path) as again:
+            if start:
+                again.seek(start)
+            while reached < start + frames:
+                got = len(again.read(min(_LOCATE_FRAMES, start + frames - reached), dtype="float32"))
+                if not got:
+                    break
+                reached += got
+    except (RuntimeError, OSError):  # LibsndfileError included: the read that fails again
+        pass
+    return reached
 
 
 def iter_night_blocks(

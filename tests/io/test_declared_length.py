@@ -2,7 +2,7 @@
 declared 2^36 - 1 samples (1,193 h at 16 kHz) in 1.5 MB passed quick validation (what `run` and
 `score` check) and its night was read as 1,193 h. A length the file's bytes cannot hold even at the
 format's densest coding is ``truncated_audio`` from the header alone; real files, long digital
-silence included, stay inside the bound."""
+silence included, stay inside the bound. Where a file that passes it stops decoding is named."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import soundfile as sf
 
 from sleepsound.core.config import PreprocessConfig
 from sleepsound.ingest.manifest import build_manifest
-from sleepsound.io.audio import AudioError, probe_plain
+from sleepsound.io.audio import AudioError, iter_part_blocks, probe_plain
 from sleepsound.synth.faults import set_flac_total_samples
 
 RATE = 16_000
@@ -153,3 +153,36 @@ def test_clips_and_the_monitor_refuse_it_as_validate_does(tmp_path: Path) -> Non
     with pytest.raises(Refused) as upload:
         probe_audio(path.read_bytes(), "clip.flac", AudioLimits(max_bytes=8 << 20, max_seconds=30.0))
     assert upload.value.status == 400 and upload.value.message.startswith(f"clip.flac: {expected}")
+
+
+# ----------------------------------------------------------------------------- where decoding stops
+
+
+def _stops_at(path: Path) -> str:
+    part = probe_plain(str(path), "Mic")
+    with pytest.raises(AudioError) as caught:
+        for _ in iter_part_blocks(part, 30 * RATE, "plain"):
+            pass
+    assert caught.value.code == "unreadable_audio" and caught.value.path == str(path)
+    return caught.value.message
+
+
+def test_a_flac_declaring_twice_its_length_is_said_to_stop_where_its_audio_ends(tmp_path: Path) -> None:
+    """The audio decodes to its real end (60 s); the read past it fails. It was said to stop "after
+    0:00:00": soundfile drops a failed read's samples and libsndfile's position is then -1."""
+    path = _write(tmp_path / "night.flac", 60)
+    set_flac_total_samples(path, 120 * RATE)  # within the bound: found when read
+    assert "stops decoding after 0:01:00 of 0:02:00" in _stops_at(path)
+    (row,) = build_manifest(str(tmp_path), PreprocessConfig(), deep=True)
+    assert row["reason_code"] == "unreadable_audio" and "stops decoding after 0:01:00 of 0:02:00" in row["reason"]
+
+
+def test_an_mp3_damaged_half_way_is_said_to_stop_half_way(tmp_path: Path) -> None:
+    path = _write(tmp_path / "night.mp3", 60, "MP3", "MPEG_LAYER_III")
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4000] = np.random.default_rng(1).integers(0, 256, 4000, np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    message = _stops_at(path)
+    stopped = message.split("stops decoding after ")[1].split(" of ")[0]
+    assert stopped in ("0:00:29", "0:00:30", "0:00:31"), message
