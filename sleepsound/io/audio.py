@@ -118,8 +118,11 @@ def check_readable(path: str) -> None:
 # packed with them cost ~80x the file's size in memory (3.5 GB for a 46 MB part). Nothing here reads
 # EDF annotations (labels come from the RML), so none are read.
 NO_EDF_ANNOTATIONS = pyedflib.DO_NOT_READ_ANNOTATIONS
-# Samples (frames x channels) one read of a plain file decodes at most: 30 s of 48-kHz stereo.
-DECODE_SAMPLES = 30 * 48_000 * 2
+# Decoded samples (frames x channels) a second of the richest audio any recorder here makes: 48-kHz
+# stereo. The one unit of decode budgets: a read of a plain file here, a service's upload (monitor.limits).
+SAMPLES_PER_SECOND = 48_000 * 2
+# Samples one read of a plain file decodes at most: 30 s of 48-kHz stereo.
+DECODE_SAMPLES = 30 * SAMPLES_PER_SECOND
 
 
 def probe_edf(path: str, channel: str) -> PartInfo:

@@ -47,7 +47,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sleepsound.io.audio import length_problem
+from sleepsound.io.audio import SAMPLES_PER_SECOND, length_problem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,9 +55,6 @@ T = TypeVar("T")
 MIN_RATE_HZ = 8_000
 MAX_RATE_HZ = 384_000  # above any recorder's rate; ultrasonic rates only make a decode bomb
 MAX_CHANNELS = 8
-# Decoded samples (frames x channels) allowed per second of the longest accepted audio: 48 kHz
-# stereo. Bounds the decode's work and memory (one channel is kept: at most 4 bytes a frame).
-SAMPLES_PER_SECOND = 48_000 * 2
 DECODE_BLOCK_FRAMES = 1 << 16
 MAX_FORM_PARTS = 8  # a form holds the audio and a few small fields, never thousands of parts
 MAX_FORM_HEADERS = 16  # headers per part
@@ -97,7 +94,8 @@ class AudioLimits:
 
     @property
     def sample_budget(self) -> int:
-        """Most samples (frames x channels) one decode may read."""
+        """Most samples (frames x channels) one decode may read: the longest accepted audio at 48-kHz
+        stereo (io's ``SAMPLES_PER_SECOND``), which bounds the decode's work and memory."""
         if self.max_samples is not None:
             return self.max_samples
         return int(self.max_seconds * SAMPLES_PER_SECOND)
