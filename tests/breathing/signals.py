@@ -116,22 +116,26 @@ def snorer_whose_snoring_pauses(
     plain_every: int = 4,
     plain_gain: float = 0.35,
     weak: tuple[float, float] | None = None,
+    weak_plain: bool = True,
+    snoring_in_pause: int = 0,
 ) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """Breaths every 4 s, all of band noise; every breath but each ``plain_every``-th is a snore (noise-like,
     as palatal and tongue-base snores are, ``1 / plain_gain`` times as loud as a plain breath), none inside
     ``pause``, where the snoring stops for a few plain breaths and comes back: the airflow never changes,
-    no event. Inside ``weak`` every breath, snored or plain, is 60% weaker: a hypopnoea in a snorer.
-    -> (audio, the snores' (start, end) seconds)."""
+    no event (but each ``snoring_in_pause``-th breath there still snores, when given). Inside ``weak`` every
+    breath, snored or plain (only the snores without ``weak_plain``), is 60% weaker: a hypopnoea in a
+    snorer. -> (audio, the snores' (start, end) seconds)."""
     rng = np.random.default_rng(7)
     out = np.zeros(int(seconds * RATE))
     snores = []
     t, k = 1.0, 0
     while t < seconds - 4:
-        snored = k % plain_every != 0 and not pause[0] <= t < pause[1]
+        paused = pause[0] <= t < pause[1] and not (snoring_in_pause and k % snoring_in_pause == 0)
+        snored = k % plain_every != 0 and not paused
         n = int(2.5 * RATE)
         k0 = int(t * RATE)
         gain = rng.uniform(0.9, 1.1) * (1.0 if snored else plain_gain)
-        if weak is not None and weak[0] <= t < weak[1]:
+        if weak is not None and weak[0] <= t < weak[1] and (snored or weak_plain):
             gain *= 0.4
         out[k0 : k0 + n] += gain * np.hanning(n) * _band_noise(rng, n, 300, 1800)
         if snored:

@@ -271,6 +271,19 @@ def test_snoring_that_pauses_is_no_hypopnoea_where_the_snoring_head_hears_the_sn
         detect_events(env, snoring=np.zeros(10))
 
 
+def test_a_snorer_whose_snores_go_on_quieter_while_most_stop_has_a_hypopnoea():
+    # Every breath before snored; inside the stretch most stop snoring and the few snores that go on are
+    # at 40% of their amplitude, like every breath there. Only the mix changed for the "stopped snoring"
+    # rule; compared like for like, the snores themselves dropped: a hypopnoea, not a pause of the snoring.
+    weak = (150.0, 190.0)
+    audio, snores = snorer_whose_snoring_pauses(300.0, weak, plain_every=10**6, weak=weak, snoring_in_pause=5)
+    env = epoch_envelope(audio + fan(300.0, 0.003), RATE)
+    track = _snore_track(len(env), snores)
+    event = _only(detect_events(env, snoring=track), "hypopnea")
+    assert event["start_s"] < weak[0] + 4 and event["end_s"] > weak[1] - 4
+    assert detect_events(env, snoring=track, settings=replace(DEFAULT, like_for_like_drop=0.0)) == []
+
+
 def test_a_snorer_who_snores_every_breath_and_stops_for_a_while_has_no_event():
     # No plain breath before the pause to compare the plain breaths inside with: the breaths inside have
     # stopped snoring where every breath before snored, so what dropped is the snoring, not the airflow.
