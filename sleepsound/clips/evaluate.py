@@ -20,7 +20,7 @@ from sleepsound.clips.dataset import MIN_CLIP_SECONDS, SAMPLE_RATE, ClipDataset,
 from sleepsound.clips.features import FeatureSpec, embed_audio, head_input, load_clip_backbone
 from sleepsound.clips.train import decide
 from sleepsound.core.json_text import undefined_as_null
-from sleepsound.models.backbones.pretrained import MEL, NULL, OFFLINE_WHISPER
+from sleepsound.models.backbones.pretrained import MEL, NULL, OFFLINE_WHISPER, hub_id_unavailable
 from sleepsound.models.files import CONFIG_NAME
 from sleepsound.models.heads.artifacts import HeadArtifactError, load_head_with_config
 from sleepsound.models.heads.layers import MAX_LAYERS
@@ -34,7 +34,7 @@ MIN_CLIP_SAMPLES = int(round(MIN_CLIP_SECONDS * SAMPLE_RATE))
 MAX_CLIP_SAMPLES = 60 * SAMPLE_RATE
 MAX_POOL_FACTOR = 1_000  # base pools merged into one head frame: more than a minute of 0.1-s pools
 MAX_POOL_SECONDS = 60.0
-# A Hugging Face id: a name, or owner/name (loaded from the hub's local cache; nothing is fetched here).
+# A Hugging Face id: a name, or owner/name (offline it must be in the hub's local cache; nothing is fetched here).
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
 
 
@@ -48,7 +48,8 @@ def _is_number(value: Any) -> bool:
 
 def _check_backbone(name: Any, where: str) -> str:
     """The offline Whisper, ``mel``, ``null``, a hub id, or an existing local model folder: a name
-    that is a path must be a folder with a ``config.json`` now, not a surprise at the first clip."""
+    that is a path must be a folder with a ``config.json`` now, and a hub id must be in the local
+    cache when the hub is offline, not a surprise at the first clip."""
     if not isinstance(name, str) or not name:
         raise HeadArtifactError(f"{where}.backbone must be a backbone name, got {name!r}")
     if name in (OFFLINE_WHISPER, MEL, NULL):
@@ -62,6 +63,8 @@ def _check_backbone(name: Any, where: str) -> str:
         raise HeadArtifactError(
             f"{where}.backbone {name!r} is neither {OFFLINE_WHISPER!r}, {MEL!r}, {NULL!r}, a hub id nor a local folder"
         )
+    if problem := hub_id_unavailable(name):  # offline and not cached: it would fail only at the first clip
+        raise HeadArtifactError(f"{where}.{problem}")
     return name
 
 

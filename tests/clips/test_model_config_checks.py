@@ -109,9 +109,54 @@ def test_a_backbone_folder_must_be_a_model_folder_now(model: Path, tmp_path: Pat
 
 
 @pytest.mark.parametrize("backbone", ["mel", "null", "whisper-tiny.en-offline", "openai/whisper-tiny"])
-def test_the_backbones_a_model_may_name(model: Path, backbone: str) -> None:
+def test_the_backbones_a_model_may_name(model: Path, backbone: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # online: a hub id downloads on use
     _edit(model, _features(backbone=backbone))
     assert ClipClassifier(model).spec.backbone == backbone
+
+
+@pytest.fixture
+def offline_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face cache in tmp_path, with the hub offline. huggingface_hub reads both
+    settings into ``constants`` at import, so the constants are patched along with the environment."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def test_offline_a_hub_id_missing_from_the_cache_is_refused_at_load(model: Path, offline_hub: Path) -> None:
+    """Not at the first clip, deep inside transformers."""
+    _edit(model, _features(backbone="openai/whisper-tiny"))
+    with pytest.raises(HeadArtifactError) as raised:
+        ClipClassifier(model)
+    message = str(raised.value)
+    assert message.startswith(f"{model / 'config.json'}: extra.clips.features.backbone 'openai/whisper-tiny'")
+    assert "not in the local cache" in message and "offline" in message and "\n" not in message
+
+
+def test_offline_a_cached_hub_id_loads(model: Path, offline_hub: Path) -> None:
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = offline_hub / "models--openai--whisper-tiny"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    (repo / "snapshots" / revision / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    assert try_to_load_from_cache("openai/whisper-tiny", "config.json") == str(
+        repo / "snapshots" / revision / "config.json"
+    )  # the layout huggingface_hub itself reads
+    _edit(model, _features(backbone="openai/whisper-tiny"))
+    assert ClipClassifier(model).spec.backbone == "openai/whisper-tiny"
 
 
 def test_a_good_recipe_with_a_decision_loads_and_scores(model: Path) -> None:

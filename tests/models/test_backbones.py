@@ -218,7 +218,7 @@ def test_clear_errors_for_bad_names_and_settings(tiny_dirs, tmp_path, monkeypatc
     with pytest.raises(BackboneLoadError, match="no model folder"):
         load_backbone(str(tmp_path / "missing"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail fast instead of retrying
-    with pytest.raises(BackboneLoadError, match="Hugging Face hub"):
+    with pytest.raises(BackboneLoadError, match="Hugging Face hub id that is not in the local cache"):
         load_backbone("facebook/hubert-base-ls960")
     bert = tmp_path / "bert"
     bert.mkdir()

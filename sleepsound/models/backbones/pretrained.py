@@ -465,6 +465,29 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or "\\" in name or Path(name).exists()
 
 
+def hub_id_unavailable(name: str) -> str | None:
+    """Why hub id ``name`` cannot be loaded here, or None if it can (or may be downloaded on first use).
+
+    Offline (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``), a hub id missing from the local Hugging Face
+    cache would otherwise fail only at first use, deep inside transformers; so it is refused when named.
+    Online, nothing is asked of the network here: a missing model downloads when first loaded.
+    """
+    from huggingface_hub import constants, is_offline_mode, try_to_load_from_cache
+
+    if not is_offline_mode():
+        return None
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return None
+    except ValueError:  # HFValidationError: not a hub id at all, so certainly not cached
+        pass
+    return (
+        f"backbone {name!r} is a Hugging Face hub id that is not in the local cache ({constants.HF_HUB_CACHE}) "
+        f"and the hub is offline (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE): download it while online, or name a "
+        f"local model folder (save_pretrained) or {OFFLINE_WHISPER!r} instead"
+    )
+
+
 def _load_config(name: str) -> Any:
     from transformers import AutoConfig
 
@@ -473,6 +496,8 @@ def _load_config(name: str) -> Any:
         if not (folder / "config.json").is_file():
             raise BackboneLoadError(f"backbone {name!r}: no model folder with a config.json at {folder}")
         return AutoConfig.from_pretrained(folder)
+    if problem := hub_id_unavailable(name):
+        raise BackboneLoadError(problem)
     try:
         return AutoConfig.from_pretrained(name)
     except Exception as exc:  # OSError offline, HTTP errors, ...
