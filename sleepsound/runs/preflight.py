@@ -92,6 +92,19 @@ def check_models(root: str, versions: dict[str, str]) -> None:
         raise NotStartable(f"cannot score: {exc}") from exc
 
 
+def check_nightly_state(root: str) -> None:
+    """The root's nightly state, if any, can be read: the flow reads it only after validating and
+    embedding the whole cohort, so a damaged one would cost all that and end in a traceback."""
+    from sleepsound.runs.nightly_state import DamagedState, processed, state_path
+
+    try:
+        processed(root)
+    except DamagedState as exc:
+        raise NotStartable(str(exc)) from exc
+    except OSError as exc:  # a folder or an unreadable file where the state belongs
+        raise NotStartable(f"cannot read {state_path(root)} ({exc.strerror or exc}): fix or move it aside") from exc
+
+
 def check_can_start(flow: str, source: str, root: str, versions: dict[str, str] | None = None) -> None:
     """Every check a flow command makes before it starts Prefect, Ray or a lock (NotStartable)."""
     if flow not in FLOWS:
@@ -100,5 +113,7 @@ def check_can_start(flow: str, source: str, root: str, versions: dict[str, str] 
     if flow != "nightly":  # a nightly run over an empty incoming folder is a quiet night, not a mistake
         check_has_recordings(source)
     check_root_writable(root)
+    if flow == "nightly":
+        check_nightly_state(root)
     if flow == "score":
         check_models(root, versions or {})

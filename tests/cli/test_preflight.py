@@ -122,3 +122,13 @@ def test_validate_on_a_source_without_recordings_exits_2_and_writes_no_manifest(
     assert out.exit_code == 2 and out.stdout == ""
     assert out.stderr.startswith("nothing to validate: no recordings under") and "plain nights" in out.stderr
     assert not root.exists()
+
+
+def test_nightly_with_a_damaged_state_is_refused_before_any_work(tmp_path, monkeypatch) -> None:
+    """Read after validating and embedding the cohort, a damaged state cost that work and ended in a bare
+    JSONDecodeError (exit 1)."""
+    _one_night(tmp_path / "nights")
+    (tmp_path / "root" / "state").mkdir(parents=True)
+    (tmp_path / "root" / "state" / "nightly.json").write_text('{"recordings": {"a": ')
+    args = ["nightly", "--source", str(tmp_path / "nights"), "--root", str(tmp_path / "root")]
+    _refused(args, tmp_path, monkeypatch, "state/nightly.json is not JSON")
