@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import io
 
+import numpy as np
 import pandas as pd
 
 from sleepsound.core.findings import Quarantine
@@ -110,8 +111,11 @@ def read_stage_table(path: str) -> pd.DataFrame:
             "bad_annotations",
             f"column {key!r} must hold numbers in every row (row {row + 2}: {table[key].iloc[row]!r})",
         )
-    if key == "epoch_index" and not (numbers == numbers.round()).all():
-        row = int((numbers != numbers.round()).to_numpy().argmax())
+    # inf equals its own rounding: without the finiteness test an ``inf`` (or ``1e400``) epoch_index
+    # passed here and crashed validation later (int(inf)) as validator_failed, naming the audio.
+    whole = np.isfinite(numbers) & (numbers == numbers.round())
+    if key == "epoch_index" and not whole.all():
+        row = int((~whole).to_numpy().argmax())
         raise AnnotationError(
             path,
             "bad_annotations",

@@ -83,6 +83,9 @@ def test_every_spelling_maps_to_a_known_stage():
         ("epoch_index,stage\n0,0\n1,1\n2,4\n", "unknown stage names ['0', '1', '4']"),  # numbers: REM is 4 or 5
         ("epoch_index,stage\n0,W\n1,A\n", "unknown stage names ['A']"),  # artefact or arousal?
         ("epoch_index,stage\n0,W\n1.5,N1\n", "whole numbers (row 3: 1.5)"),
+        ("epoch_index,stage\n0,W\ninf,N1\n", "whole numbers (row 3: inf)"),  # was int(inf) later: validator_failed
+        ("epoch_index,stage\n0,W\n-inf,N1\n", "whole numbers (row 3: -inf)"),
+        ("epoch_index,stage\n0,W\n1e400,N1\n", "whole numbers (row 3: 1e400)"),  # beyond a float: inf
         ("start_s,stage\n0,W\n00:00:30,N1\n", "row 3: '00:00:30'"),
         ("", "empty (0 bytes)"),
         (b"\x00\x01\x02" * 50, "not text"),
