@@ -742,6 +742,20 @@ app.add_typer(models_app, name="models")
 RootOpt = Annotated[str, typer.Option(help="Storage root (path, file:// or s3://).")]
 
 
+def _check_models_root(root: str) -> None:
+    """Exit 2 with one line unless ``root`` is a folder (or object-store prefix) that exists: a file given
+    as the root was listed as "no models" with exit 0, and a missing root was told to name a version."""
+    from sleepsound.core.storage import open_root
+
+    store = open_root(root)
+    if not store.fs.exists(store.path):
+        err_console.print(f"[red]no storage root at {escape(root)}[/red]: check the path", highlight=False)
+        raise typer.Exit(2)
+    if not store.fs.isdir(store.path):
+        err_console.print(f"[red]--root {escape(root)} is a file[/red]: give the storage root folder", highlight=False)
+        raise typer.Exit(2)
+
+
 @models_app.command("list")
 def models_list(
     root: RootOpt,
@@ -749,13 +763,9 @@ def models_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Every stored version, oldest first; the champion is marked."""
-    from sleepsound.core.storage import open_root
     from sleepsound.registry import store as model_store
 
-    store = open_root(root)
-    if not store.fs.exists(store.path):
-        err_console.print(f"[red]no storage root at {escape(root)}[/red]: check the path", highlight=False)
-        raise typer.Exit(2)
+    _check_models_root(root)
     try:  # a damaged or tampered store names its file (DamagedStore is a ModelNotFound)
         known = model_store.targets(root)
         if task and task not in known:
@@ -793,6 +803,7 @@ def models_show(
     """One version's config, lineage and held-out metrics, as JSON."""
     from sleepsound.registry import store as model_store
 
+    _check_models_root(root)
     try:
         print(json.dumps(model_store.show(root, task, version), indent=2, default=str))
     except model_store.ModelNotFound as exc:

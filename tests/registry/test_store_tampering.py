@@ -156,6 +156,20 @@ def test_models_list_exits_2_naming_a_damaged_file(root: Path) -> None:
     assert listed.exit_code == 2 and "champion.json" in listed.output, listed.output
 
 
+@pytest.mark.parametrize("command", ["list", "show"])
+@pytest.mark.parametrize("given", ["missing", "file"])
+def test_models_commands_refuse_a_root_that_is_no_folder(tmp_path: Path, command: str, given: str) -> None:
+    """A file given as the root was listed as "no models" with exit 0; a missing root was told to name a version."""
+    from sleepsound.cli import app
+
+    root = tmp_path / "root"
+    if given == "file":
+        root.write_text("not a root")
+    out = CliRunner().invoke(app, ["models", command, "--root", str(root)])
+    expected = "is a file" if given == "file" else "no storage root at"
+    assert out.exit_code == 2 and expected in out.output and len(out.output.strip().splitlines()) == 1, out.output
+
+
 def test_an_untouched_store_reads_as_before(root: Path) -> None:
     assert [v["version"] for v in model_store.versions(str(root), "stage3")] == [VERSION]
     assert model_store.serving_models(str(root))["version"] == VERSION
