@@ -159,21 +159,31 @@ def test_a_flow_that_fails_inside_prefect_is_one_line_and_its_traceback_waits_fo
         "flows.nightly.ingest = broken\n"
         "from sleepsound.cli import main; main()"
     )
-    flow = ["nightly", "--source", str(tmp_path / "incoming"), "--root", str(tmp_path / "root")]
-    flow += ["--ray-address", ray.get_runtime_context().gcs_address]
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
 
-    def command(*extra: str) -> subprocess.CompletedProcess[str]:
-        args = [*extra, *flow]
-        return subprocess.run([sys.executable, "-c", main, *args], capture_output=True, text=True, timeout=300, env=env)
+    def start(root: str, *extra: str) -> subprocess.Popen[str]:
+        """The command in a child process; both run at once (a root each: a run holds its root)."""
+        flow = ["nightly", "--source", str(tmp_path / "incoming"), "--root", str(tmp_path / root)]
+        flow += ["--ray-address", ray.get_runtime_context().gcs_address]
+        return subprocess.Popen(
+            [sys.executable, "-c", main, *extra, *flow],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
 
-    plain = command()
+    def finish(child: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+        stdout, stderr = child.communicate(timeout=300)
+        return subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
+
+    children = start("root"), start("root-debug", "--debug")
+    plain, debug = (finish(child) for child in children)
     assert plain.returncode == 1 and "Traceback (most recent call last)" not in plain.stderr, plain.stderr
     assert "Encountered exception during execution: RuntimeError" in plain.stderr  # Prefect's line, one line
     lines = plain.stderr.splitlines()
     assert "error: RuntimeError: the ingest task failed in a way nothing names" in lines, plain.stderr
     assert "rerun with --debug" in plain.stderr
-    debug = command("--debug")
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr, debug.stderr
     assert "the ingest task failed in a way nothing names" in debug.stderr and "locals" not in debug.stderr.lower()
     query = {"logs": {"level": {"ge_": 40}}, "sort": "TIMESTAMP_DESC", "limit": 50}
