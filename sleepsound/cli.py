@@ -269,11 +269,9 @@ def validate(
         else:
             rows = build_manifest(source, cfg.preprocess, cfg.validation, deep=deep, found=found)
     except RootBusy as exc:
-        console.print(f"[red]not started:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise _refused("not started", exc) from exc
     except (OSError, RootLost) as exc:
-        console.print(f"[red]cannot run validation:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise _refused("cannot run validation", exc) from exc
     accepted = [r for r in rows if r["status"] == "accepted"]
     findings = [{"recording": r["recording_id"], **f} for r in rows for f in r["findings"]]
     if as_json:
@@ -434,8 +432,7 @@ def submit(
             address, flow, ctx.args, working_dir=working_dir, forward_secrets=forward_secret or (), follow=follow
         )
     except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+        raise _refused(None, exc) from exc
     print(f"Ray job {result['job_id']}: {result['status']}")
     raise typer.Exit(0 if result["status"] == "SUCCEEDED" else 1)
 
@@ -636,8 +633,7 @@ def cv(
     try:
         result = cross_validate(root, cfg, read_manifest(root), folds)
     except (ValueError, OSError) as exc:
-        console.print(f"[red]cannot cross-validate:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise _refused("cannot cross-validate", exc) from exc
     if as_json:
         print(json.dumps(result, default=float))
         return
@@ -691,8 +687,7 @@ def reproduce_embc2025_command(
             psg_audio, root, cfg, backbone=backbone, use_ray=not local, models=models, mel_pool_seconds=mel_pool_seconds
         )
     except (ValueError, OSError) as exc:
-        console.print(f"[red]cannot reproduce:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise _refused("cannot reproduce", exc) from exc
     if as_json:
         print(json.dumps(result, default=float))
         return
@@ -807,8 +802,7 @@ def models_show(
     try:
         print(json.dumps(model_store.show(root, task, version), indent=2, default=str))
     except model_store.ModelNotFound as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+        raise _refused(None, exc) from exc
 
 
 def _load_config(config: Path | None, overrides: list[str] | None, extra: Sequence[str] = ()) -> Config:
@@ -922,9 +916,11 @@ def _run_flow(
         raise _refused("not trained", exc) from exc
 
 
-def _refused(what: str, exc: Exception) -> typer.Exit:
-    """Say why a run did not start (or stopped before its work), in one line; exit 2."""
-    err_console.print(f"[red]{what}:[/red] {escape(printable(exc))}", soft_wrap=True, highlight=False)
+def _refused(what: str | None, exc: Exception) -> typer.Exit:
+    """Say why a command did not start (or stopped before its work), in one line on stderr; exit 2. The
+    message is never read as markup: it names files, and a ``[x]`` in a name was a MarkupError."""
+    head = f"[red]{what}:[/red] " if what else ""
+    err_console.print(f"{head}{escape(printable(exc))}", soft_wrap=True, highlight=False)
     return typer.Exit(2)
 
 
@@ -958,8 +954,7 @@ def _run_flow_locally(
             try:
                 return run_score_on_ray(source, root, config, ray_address=ray_address, run_id=run_id, versions=versions)
             except ModelNotFound as exc:
-                console.print(f"[red]cannot score:[/red] {exc}")
-                raise typer.Exit(2) from exc
+                raise _refused("cannot score", exc) from exc
         if flow == "nightly":
             from flows.nightly import run_nightly_on_ray
 

@@ -171,22 +171,49 @@ def _encodable(value: Any) -> Any:
     return value
 
 
-def read_manifest(root: RootLike) -> pd.DataFrame:
+# Columns every manifest has had (later ones, such as ``source_stamp``, are missing from older roots').
+MANIFEST_KEYS = ("recording_id", "status", "subject_id")
+
+
+class DamagedManifest(ValueError):
+    """The root's manifest is not one ``write_manifest`` wrote: not Parquet, or without its columns."""
+
+
+def _manifest_table(root: RootLike) -> pa.Table:
+    """The root's manifest, checked to be Parquet holding the manifest's columns, so a damaged or foreign
+    file is named with what is wrong rather than failing later as a missing column (KeyError) or as
+    pyarrow's "<Buffer>"; a missing file stays FileNotFoundError (a new root)."""
     fs, root_path = open_root(root)
-    return read_table(fs, join(root_path, MANIFEST_FILE)).to_pandas()
+    path = join(root_path, MANIFEST_FILE)
+    try:
+        table = read_table(fs, path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise DamagedManifest(f"{path}: not a Parquet manifest ({exc}); run `sleepsound validate` again") from exc
+    missing = [name for name in MANIFEST_KEYS if name not in table.column_names]
+    if missing:
+        raise DamagedManifest(
+            f"{path}: not a sleepsound manifest (no column {', '.join(missing)}); run `sleepsound validate` again"
+        )
+    return table
+
+
+def read_manifest(root: RootLike) -> pd.DataFrame:
+    return _manifest_table(root).to_pandas()
 
 
 def read_manifest_rows(root: RootLike) -> list[ManifestRow]:
     """Manifest rows as plain Python values (None stays None, lists stay lists)."""
-    fs, root_path = open_root(root)
-    return read_table(fs, join(root_path, MANIFEST_FILE)).to_pylist()
+    return _manifest_table(root).to_pylist()
 
 
 def previous_manifest_rows(root: RootLike) -> list[ManifestRow]:
-    """The root's last manifest, or nothing on a new root (or one written before ``source_stamp``)."""
+    """The root's last manifest, or nothing on a new root (or one written before ``source_stamp``); a
+    damaged one is nothing too: it only spares validating unchanged nights again, and this run rewrites it."""
     try:
         return read_manifest_rows(root)
-    except FileNotFoundError:
+    except (FileNotFoundError, DamagedManifest):
         return []
 
 
