@@ -341,11 +341,30 @@ def select_and_fit(
 
 
 def load_labelled(data: str | Path, settings: ClipTrainSettings) -> ClipDataset:
-    """The clip folder, refused unless at least two labels have usable clips."""
+    """The clip folder, refused unless at least two labels have usable clips and every label folder has one.
+
+    Why: the classes are the label folders found, so a folder whose every file was rejected would
+    still be a class the head has no example of: a model that can never call it, saved as if fine.
+    """
     ds = load_dataset(data, clip_seconds=settings.clip_seconds)
     if len(ds.classes) < 2:
         raise ValueError(f"need at least 2 label folders with usable clips under {data}, found {list(ds.classes)}")
+    if problem := _label_without_clips(ds):
+        raise ValueError(f"{data}: {problem}")
     return ds
+
+
+def _label_without_clips(ds: ClipDataset) -> str | None:
+    """Why a label folder of ``ds`` cannot be a class (no usable clip: each of its files rejected), or None."""
+    for label in ds.classes:
+        if label not in ds.labels:
+            rejected = [r for r in ds.rejected if r.label == label]
+            first = f"; first: {rejected[0].reason}" if rejected else ""
+            return (
+                f"label folder {label!r} has no usable clip ({len(rejected)} file(s) rejected{first}); "
+                "fix or remove its files, or move the folder out of the data folder"
+            )
+    return None
 
 
 EXTRA_PREFIX = "+extra/"  # names of added training clips, so they never collide with the data's own
