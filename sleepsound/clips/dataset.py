@@ -37,6 +37,8 @@ SAMPLE_RATE = 16_000
 MAX_CLIP_SECONDS = 5.0
 MIN_CLIP_SECONDS = 0.1
 FRAME_SAMPLES = 320  # one 20-ms backbone frame at 16 kHz
+# Finite float samples near the float32 limit can ring past it when resampled (inf, then NaN once normalised).
+RESAMPLED_NOT_FINITE = "samples too large to resample (they pass the float32 range: a damaged float file)"
 
 
 class ClipError(ValueError):
@@ -156,6 +158,8 @@ def decode_mono_16k(
         raise ClipError("non-finite samples (NaN or Inf)")
     if rate != SAMPLE_RATE:
         mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
+        if not np.isfinite(mono).all():  # rejected here by name, not a NaN clip that stops the embedding of all
+            raise ClipError(RESAMPLED_NOT_FINITE)
     return mono.astype(np.float32)
 
 

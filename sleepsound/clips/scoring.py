@@ -25,6 +25,7 @@ import soxr
 
 from sleepsound.clips.dataset import (
     MIN_CLIP_SECONDS,
+    RESAMPLED_NOT_FINITE,
     SAMPLE_RATE,
     ClipError,
     check_clip_file,
@@ -129,6 +130,8 @@ def decode_bounded(source: str | BinaryIO, max_seconds: float, min_seconds: floa
                 pieces.append(mono if stream is None else stream.resample_chunk(mono, last=False))
             if stream is not None:
                 pieces.append(stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+                if not all(np.isfinite(piece).all() for piece in pieces):
+                    raise ClipError(RESAMPLED_NOT_FINITE)
     except ClipError:
         raise
     except Exception as exc:  # libsndfile raises several types for corrupt or foreign files

@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
+import pytest
+import soundfile as sf
 import typer
 from typer.testing import CliRunner
 
 from sleepsound.clips.cli import clips_app
+from sleepsound.clips.dataset import load_dataset
+from sleepsound.models.heads.artifacts import build_head, save_head
 from tests.clips.test_clips import make_dataset
+from tests.clips.test_model_config_checks import CLASSES, _clips_info
+
+
+@pytest.fixture(scope="module")
+def mel_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained mlp head on the mel front end: enough to score files with (no backbone weights)."""
+    directory = tmp_path_factory.mktemp("model") / "model"
+    save_head(
+        build_head("mlp", dim=64, n_classes=2), None, str(directory), classes=CLASSES, extra={"clips": _clips_info()}
+    )
+    return directory
 
 
 def _cli() -> typer.Typer:
@@ -29,3 +46,21 @@ def test_a_label_folder_with_no_usable_clip_is_refused_not_trained_as_an_empty_c
         result.output
     )
     assert "Traceback" not in result.output and not (tmp_path / "model").exists()
+
+
+def test_finite_float_samples_that_resample_past_float32_are_rejected_by_name(tmp_path: Path, mel_model: Path) -> None:
+    """Samples near the float32 limit ring past it when resampled: inf, then NaN after normalising, which
+    stopped the embedding of every clip (train, exit 2 naming no file) instead of rejecting this one."""
+    data = make_dataset(tmp_path / "data", per_label=3)
+    loud = np.sign(np.random.default_rng(0).standard_normal(22_050)).astype(np.float32) * np.float32(3.3e38)
+    sf.write(data / "snoring" / "1_9.wav", loud, 22_050, subtype="FLOAT")
+    assert np.isfinite(sf.read(data / "snoring" / "1_9.wav", dtype="float32")[0]).all()
+
+    ds = load_dataset(data)
+    assert ds.counts() == {"discovered": 7, "used": 6, "rejected": 1} and np.isfinite(ds.audio).all()
+    assert ds.rejected[0].reason.startswith("snoring/1_9.wav: samples too large to resample")
+
+    result = CliRunner().invoke(
+        _cli(), ["clips", "score", "--model", str(mel_model), "--json", str(data / "snoring/1_9.wav")]
+    )
+    assert result.exit_code == 1 and "samples too large to resample" in json.loads(result.stdout)["error"]
