@@ -25,6 +25,7 @@ a label folder not among the expected classes (or, for a file list, a missing fi
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -136,13 +137,28 @@ def read_mono_16k(
     return peak_normalise(decode_mono_16k(str(path), min_seconds, max_seconds))
 
 
+def sound_source(source: str | BinaryIO) -> str | bytes | BinaryIO:
+    """What to hand ``sf.SoundFile``: a path whose name is not valid UTF-8 as its bytes, else as given.
+
+    Why: soundfile encodes a str path strictly, so such a name (Python holds its bytes as surrogate
+    escapes) was refused as unreadable audio though the file opens fine. Other paths stay str, so
+    libsndfile's messages name them as before.
+    """
+    if isinstance(source, str) and not source.isascii():
+        try:
+            source.encode("utf-8")
+        except UnicodeEncodeError:
+            return os.fsencode(source)
+    return source
+
+
 def decode_mono_16k(
     source: str | BinaryIO, min_seconds: float = MIN_CLIP_SECONDS, max_seconds: float = MAX_CLIP_SECONDS
 ) -> np.ndarray:
     """float32 mono 16-kHz samples of the first ``max_seconds`` of a file or file-like object
     (any format soundfile reads), not normalised; ClipError with the reason when unusable."""
     try:
-        with sf.SoundFile(source) as handle:
+        with sf.SoundFile(sound_source(source)) as handle:
             rate = handle.samplerate
             data = handle.read(
                 frames=min(handle.frames, math.ceil(max_seconds * rate)), dtype="float32", always_2d=True

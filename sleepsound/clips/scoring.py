@@ -31,6 +31,7 @@ from sleepsound.clips.dataset import (
     check_clip_file,
     fix_length,
     peak_normalise,
+    sound_source,
 )
 from sleepsound.clips.evaluate import ClipClassifier
 from sleepsound.io.audio import AudioHeader, length_problem, unreadable_reason
@@ -95,7 +96,7 @@ def decode_bounded(source: str | BinaryIO, max_seconds: float, min_seconds: floa
     ``truncated_audio``); then read in blocks, each mixed to mono and resampled as it comes, so
     memory is one block plus the 16-kHz result. ClipError with the reason."""
     try:
-        with sf.SoundFile(source) as handle:
+        with sf.SoundFile(sound_source(source)) as handle:
             rate, channels, frames = int(handle.samplerate), int(handle.channels), int(handle.frames)
             if rate > MAX_RATE_HZ:
                 raise ClipError(f"sample rate {rate} Hz is above the {MAX_RATE_HZ} Hz accepted; resample it")

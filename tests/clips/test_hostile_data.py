@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +66,19 @@ def test_finite_float_samples_that_resample_past_float32_are_rejected_by_name(tm
         _cli(), ["clips", "score", "--model", str(mel_model), "--json", str(data / "snoring/1_9.wav")]
     )
     assert result.exit_code == 1 and "samples too large to resample" in json.loads(result.stdout)["error"]
+
+
+def test_a_clip_whose_name_is_not_utf8_is_read_and_scored(tmp_path: Path, mel_model: Path) -> None:
+    """soundfile encoded str paths strictly, so a readable clip named with invalid UTF-8 bytes was rejected
+    as 'unreadable audio (UnicodeEncodeError ...)' by train/evaluate and clips score."""
+    data = make_dataset(tmp_path / "data", per_label=3)
+    odd = os.fsdecode(os.fsencode(data / "snoring") + b"/1_\xff\xfe_7.wav")
+    shutil.copy(data / "snoring" / "1_0.wav", odd)
+
+    ds = load_dataset(data)
+    assert ds.counts() == {"discovered": 7, "used": 7, "rejected": 0}, ds.rejected
+    assert "snoring/1_\udcff\udcfe_7.wav" in ds.files
+
+    result = CliRunner().invoke(_cli(), ["clips", "score", "--model", str(mel_model), "--json", odd])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["label"] in CLASSES
