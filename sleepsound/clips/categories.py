@@ -33,6 +33,9 @@ from sleepsound.clips.split import blocks_of, file_index, group_by_label
 
 CATEGORIES_FILE = "categories.csv"
 _COLUMNS = ("label", "first", "last", "category")
+# A row per range of clips: thousands of rows are a few hundred KB. Read no more (a path to /dev/zero or a
+# recording given by mistake would otherwise be read whole into memory).
+MAX_CATEGORIES_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -48,18 +51,22 @@ class CategoryRange:
 def read_categories(path: str | Path) -> list[CategoryRange]:
     """The ranges of a ``label,first,last,category`` CSV; an error names the file, the row and the problem."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read the categories file ({exc.strerror or exc})") from exc
+    text = _read_text(path)
     kept = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip() and not line.startswith("#")]
-    rows = list(csv.DictReader(line for _, line in kept))
+    reader = csv.DictReader(line for _, line in kept)
+    try:
+        rows = list(reader)
+    except csv.Error as exc:  # e.g. a field over csv's size limit: not a categories file
+        raise ValueError(f"{path}: not a categories CSV ({exc})") from None
     if not rows:
         raise ValueError(f"{path}: no category rows (expected the columns {', '.join(_COLUMNS)})")
-    header = [h.strip().lower() for h in rows[0]]
+    header = [h.strip().lower() for h in reader.fieldnames or ()]
     missing = [c for c in _COLUMNS if c not in header]
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(_COLUMNS)})")
+    twice = [c for c in _COLUMNS if header.count(c) > 1]
+    if twice:  # csv keeps the last of a repeated column: the ranges would silently come from the wrong one
+        raise ValueError(f"{path}: column(s) {', '.join(twice)} named more than once")
     out: list[CategoryRange] = []
     for (number, _), row in zip(kept[1:], rows, strict=False):  # line numbers in the file, comments counted
         cells = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k is not None}
@@ -78,6 +85,25 @@ def read_categories(path: str | Path) -> list[CategoryRange]:
                 )
         out.append(rng)
     return out
+
+
+def _read_text(path: Path) -> str:
+    """The file's UTF-8 text, at most ``MAX_CATEGORIES_BYTES``; ValueError naming the file otherwise.
+
+    Why: a read error, a non-text file or an endless one (``/dev/zero``) is the user's file to fix, named
+    with its problem, not a decoder's message without the file, or all the memory there is.
+    """
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_CATEGORIES_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the categories file ({exc.strerror or exc})") from exc
+    if len(data) > MAX_CATEGORIES_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_CATEGORIES_BYTES} bytes: not a categories file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
 
 
 def write_categories(path: str | Path, ranges: Sequence[CategoryRange]) -> None:

@@ -11,6 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+import sleepsound.clips.categories as categories_module
 from sleepsound.clips.categories import (
     CategoryRange,
     categorise,
@@ -160,3 +161,27 @@ def test_evaluate_reports_categories_from_a_file_given_by_the_user(data: Path, t
         app, ["clips", "evaluate", "--model", str(model), "--data", str(data), "--categories", str(tmp_path / "no.csv")]
     )
     assert bad.exit_code == 2 and "no.csv" in bad.output
+
+
+def test_a_categories_file_that_is_not_one_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not UTF-8, a field over csv's limit, a repeated column or an endless file: each an error naming the file
+    (the CLI's exit 2), not a decoder's message without it, a crash, a silent wrong range or all the memory."""
+    bad = tmp_path / "bad.csv"
+    monkeypatch.setattr(categories_module, "MAX_CATEGORIES_BYTES", 1 << 18, raising=False)
+    for data, problem in (
+        (b"label,first,last,category\nno_snoring,0,9,\xff\xfe\n", "not UTF-8 text (byte 41: invalid start byte)"),
+        (
+            b"label,first,last,category\nno_snoring,0,9," + b"x" * 300_000 + b"\n",
+            "larger than 262144 bytes: not a categories file",
+        ),
+        (b"label,first,last,category\nno_snoring,0,9," + b"x" * 140_000 + b"\n", "not a categories CSV (field larger"),
+        (b"label,first,last,category,label\nno_snoring,0,9,tv,snoring\n", "column(s) label named more than once"),
+    ):
+        bad.write_bytes(data)
+        with pytest.raises(ValueError, match=re.escape(problem)) as err:
+            read_categories(bad)
+        assert str(bad) in str(err.value)
+    endless = tmp_path / "endless.csv"
+    endless.symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match=re.escape(f"{endless}: larger than 262144 bytes")):
+        read_categories(endless)
