@@ -117,26 +117,31 @@ def _settings(
 
 
 def _echo_worst(result: dict[str, Any]) -> None:
-    """The worst source category's figures, printed before any pooled figure."""
+    """The worst source category's figures, printed before any pooled figure (names as ``printable``
+    writes them: a category comes from a user's CSV, a label from a folder name)."""
     alarm, missed = result.get("worst_false_alarm"), result.get("worst_recall")
+    positive = printable(result.get("positive"))
     if alarm:
         typer.echo(
-            f"worst false alarm: {alarm['category']} called {result['positive']} {alarm['rate']:.0%} of the time "
+            f"worst false alarm: {printable(alarm['category'])} called {positive} {alarm['rate']:.0%} of the time "
             f"({round(alarm['rate'] * alarm['n'])}/{alarm['n']})"
         )
     if missed:
-        typer.echo(f"worst {result['positive']} recall: {missed['category']} {missed['recall']:.2f} (n {missed['n']})")
+        typer.echo(f"worst {positive} recall: {printable(missed['category'])} {missed['recall']:.2f} (n {missed['n']})")
     if not alarm and not missed:
         for label, worst in result["worst_category"].items():
-            typer.echo(f"worst {label} category: {worst['category']} accuracy {worst['accuracy']:.2f} (n {worst['n']})")
+            name = printable(worst["category"])
+            typer.echo(f"worst {printable(label)} category: {name} accuracy {worst['accuracy']:.2f} (n {worst['n']})")
 
 
 def _echo_categories(result: dict[str, Any]) -> None:
-    """One line per source category (worst first within each label), and where the names came from."""
-    typer.echo(f"per source category (from {result['category_source']}):")
+    """One line per source category (worst first within each label), and where the names came from; every
+    name as ``printable`` writes it, so a control character in a CSV or folder name cannot rewrite the screen."""
+    typer.echo(f"per source category (from {printable(result['category_source'])}):")
     for row in result["categories"]:
-        called = ", ".join(f"{c} {n}" for c, n in row["called"].items())
-        typer.echo(f"  {row['label']:>12} | {row['category']}: n {row['n']}, accuracy {row['accuracy']:.2f} ({called})")
+        called = ", ".join(f"{printable(c)} {n}" for c, n in row["called"].items())
+        label, name = printable(row["label"]), printable(row["category"])
+        typer.echo(f"  {label:>12} | {name}: n {row['n']}, accuracy {row['accuracy']:.2f} ({called})")
 
 
 @clips_app.command()

@@ -82,3 +82,14 @@ def test_a_clip_whose_name_is_not_utf8_is_read_and_scored(tmp_path: Path, mel_mo
     result = CliRunner().invoke(_cli(), ["clips", "score", "--model", str(mel_model), "--json", odd])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["label"] in CLASSES
+
+
+def test_category_names_from_a_csv_reach_the_terminal_escaped(tmp_path: Path, mel_model: Path) -> None:
+    """A category name (a user's CSV) or label (a folder name) with a terminal escape was printed raw by
+    `clips evaluate` and `clips cv`, free to clear the screen or retitle the window."""
+    data = make_dataset(tmp_path / "data", per_label=3)
+    (data / "categories.csv").write_bytes(b"label,first,last,category\nsnoring,0,2,tv\x1b[2J\x1b]0;owned\x07\n")
+    result = CliRunner().invoke(_cli(), ["clips", "evaluate", "--model", str(mel_model), "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert "| tv\\x1b[2J\\x1b]0;owned\\x07: n 3" in result.output
