@@ -335,19 +335,23 @@ def evaluate(
         result = evaluate_clips(model, data, split=split, device=device, categories=categories, positive=positive)
     except (OSError, ValueError) as exc:
         raise _fail(str(exc)) from exc
+    if not result["n"]:  # an evaluation of nothing is no pass: folders named unlike the model's classes, say
+        first = f", the first: {result['rejected'][0]['reason']}" if result["rejected"] else ""
+        raise _fail(
+            f"no clip under {data} could be scored ({split}): the model's classes are "
+            f"{', '.join(map(str, result['classes']))}; {len(result['rejected'])} files rejected{first}"
+        )
     if as_json:
         typer.echo(_json(result))
         return
     acc = "n/a" if result["accuracy"] is None else f"{result['accuracy']:.4f}"
     f1 = "n/a" if result["macro_f1"] is None else f"{result['macro_f1']:.4f}"
-    if result["n"]:
-        _echo_worst(result)
+    _echo_worst(result)
     typer.echo(
         f"{result['n']} clips ({split}): accuracy {acc}, macro-F1 {f1}, confusion {result['confusion']} "
         f"(rows true, columns predicted: {result['classes']})"
     )
-    if result["n"]:
-        _echo_categories(result)
+    _echo_categories(result)
     for r in result["rejected"]:
         typer.echo(f"rejected {printable(r['reason'])}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,13 @@ def test_evaluate_reports_categories_from_a_file_given_by_the_user(data: Path, t
         app, ["clips", "evaluate", "--model", str(model), "--data", str(data), "--categories", str(tmp_path / "no.csv")]
     )
     assert bad.exit_code == 2 and "no.csv" in bad.output
+    # Folders named unlike the model's classes: nothing scored is an error, not "0 clips, accuracy n/a", exit 0.
+    renamed = tmp_path / "renamed"
+    for folder in data.iterdir():
+        if folder.is_dir():
+            shutil.copytree(folder, renamed / folder.name.upper())
+    none = CliRunner().invoke(app, ["clips", "evaluate", "--model", str(model), "--data", str(renamed)])
+    assert none.exit_code == 2 and "no clip under" in none.stderr and "rejected" in none.stderr, none.output
 
 
 def test_a_categories_file_that_is_not_one_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
