@@ -151,9 +151,10 @@ def synth(
 
     from sleepsound.synth.realsnores import clip_names
     from sleepsound.synth.styles import SPEECH_SOURCES, resolve_styles
-    from sleepsound.synth.writers import generate_cohort
+    from sleepsound.synth.writers import CohortRefused, check_cohort_args, generate_cohort
 
     try:
+        check_cohort_args(subjects, hours, sample_rate, layout, cycle_minutes)
         resolve_styles(style)
         if real_snores is not None:
             clip_names(real_snores)
@@ -189,21 +190,25 @@ def synth(
         if not typer.confirm(f"write {shape} to {out}?"):
             raise typer.Exit(1)
 
-    summaries = generate_cohort(
-        out,
-        n_subjects=subjects,
-        hours=hours,
-        seed=seed,
-        sample_rate=sample_rate,
-        layout=layout,
-        cycle_minutes=cycle_minutes,
-        style=style,
-        speech_source=speech,
-        snoring=snoring,
-        real_snores=real_snores,
-        real_background=real_background,
-        real_background_only=only,
-    )
+    try:
+        summaries = generate_cohort(
+            out,
+            n_subjects=subjects,
+            hours=hours,
+            seed=seed,
+            sample_rate=sample_rate,
+            layout=layout,
+            cycle_minutes=cycle_minutes,
+            style=style,
+            speech_source=speech,
+            snoring=snoring,
+            real_snores=real_snores,
+            real_background=real_background,
+            real_background_only=only,
+        )
+    except CohortRefused as exc:  # refused before anything was written
+        err_console.print(f"[red]not written:[/red] {escape(printable(exc))}")
+        raise typer.Exit(2) from None
     table = Table("subject", "hours", "epochs", "AHI", "style")
     for s in summaries:
         table.add_row(str(s.subject_id), f"{s.hours:.2f}", str(s.n_epochs), f"{s.ahi:.1f}", s.style)

@@ -284,6 +284,28 @@ def write_plain_night(
     return audio_path, stages_path, events_path
 
 
+class CohortRefused(ValueError):
+    """What ``generate_cohort`` refuses before it writes anything (bad arguments, a target that is
+    no folder), so the synth command can say it in one line with exit 2 while a ValueError raised
+    half-way through writing stays an unexpected error."""
+
+
+def check_cohort_args(n_subjects: int, hours: float, sample_rate: float, layout: str, cycle_minutes: float) -> None:
+    """Refuse a cohort's shape before anything is sized or written: NaN and infinite lengths passed
+    the old ``<= 0`` checks and failed later (``cannot convert float NaN to integer``) after the
+    output folder had been made."""
+    if layout not in LAYOUTS:
+        raise CohortRefused(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if n_subjects < 1 or not (math.isfinite(hours) and hours > 0):
+        raise CohortRefused(
+            f"need at least one subject and a positive, finite number of hours, got {n_subjects} and {hours}"
+        )
+    if not math.isfinite(sample_rate) or int(sample_rate) != sample_rate or sample_rate < 1000:
+        raise CohortRefused(f"sample_rate must be a whole number of Hz >= 1000, got {sample_rate}")
+    if not (math.isfinite(cycle_minutes) and cycle_minutes > 0):
+        raise CohortRefused(f"cycle_minutes must be positive and finite, got {cycle_minutes}")
+
+
 def generate_cohort(
     out_dir: str | os.PathLike[str],
     n_subjects: int,
@@ -337,12 +359,7 @@ def generate_cohort(
         if real_background is not None
         else None
     )
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if n_subjects < 1 or hours <= 0:
-        raise ValueError("need at least one subject and a positive number of hours")
-    if int(sample_rate) != sample_rate or sample_rate < 1000:
-        raise ValueError(f"sample_rate must be a whole number of Hz >= 1000, got {sample_rate}")
+    check_cohort_args(n_subjects, hours, sample_rate, layout, cycle_minutes)
     if (
         int(part_seconds) != part_seconds
         or part_seconds < 1
@@ -351,7 +368,10 @@ def generate_cohort(
     ):
         raise ValueError("part_seconds and chunk_seconds must be positive whole seconds")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission: nothing written yet
+        raise CohortRefused(f"cannot write a cohort into {out}: {exc.strerror or exc}") from exc
     summaries: list[SubjectSummary] = []
     for index in range(n_subjects):
         pid = patient_id(seed, index)

@@ -370,3 +370,40 @@ def test_generate_cohort_rejects_bad_arguments(tmp_path: Path) -> None:
         generate_cohort(tmp_path, 1, 0.1, 0, sample_rate=8000, layout="plain", audio_format="mp3")
     with pytest.raises(ValueError, match="sample_rate"):
         generate_cohort(tmp_path, 1, 0.1, 0, sample_rate=16000.5)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--hours", "nan"], "finite number of hours"),
+        (["--hours", "inf"], "finite number of hours"),
+        (["--subjects", "0"], "at least one subject"),
+        (["--cycle-minutes", "nan"], "cycle_minutes"),
+        (["--cycle-minutes", "inf"], "cycle_minutes"),
+        (["--sample-rate", "0"], "sample_rate"),
+        (["--layout", "edf"], "layout"),
+    ],
+)
+def test_synth_refuses_bad_shapes_in_one_line_before_writing(tmp_path: Path, args: list[str], needle: str) -> None:
+    """Bad counts, NaN or infinite lengths were exit 1 ('not expected', or 'cannot convert float NaN to
+    integer') and NaN ones left the output folder behind; now exit 2, one line, nothing written."""
+    from typer.testing import CliRunner
+
+    from sleepsound.cli import app
+
+    small = ["--subjects", "1", "--hours", "0.02", "--sample-rate", "8000"]
+    out = CliRunner().invoke(app, ["synth", str(tmp_path / "c"), *small, *args])
+    assert out.exit_code == 2 and needle in out.stderr and "not expected" not in out.stderr, out.stderr
+    assert not (tmp_path / "c").exists()
+
+
+def test_synth_refuses_a_target_that_is_no_folder(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sleepsound.cli import app
+
+    (tmp_path / "file").write_text("x")
+    small = ["--subjects", "1", "--hours", "0.02", "--sample-rate", "8000"]
+    for target in (tmp_path / "file", tmp_path / "file" / "below"):
+        out = CliRunner().invoke(app, ["synth", str(target), *small])
+        assert out.exit_code == 2 and "cannot write a cohort into" in out.stderr, out.stderr
