@@ -9,6 +9,7 @@ such. Every figure is an estimate from audio, and both the page and the PDF say 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import re
@@ -308,9 +309,20 @@ def render_night_html(
     return "\n".join(body)
 
 
+MAX_STEM = 120  # with ".html", a "-N" twin suffix and the aside file's ".…tmp-<uuid>" well under 255 bytes
+
+
 def file_stem(recording_id: str) -> str:
-    """A file name for the night's report: the id with anything but letters, digits, '.', '_', '-' as '_'."""
+    """A file name for the night's report: the id with anything but letters, digits, '.', '_', '-' as '_'.
+
+    An id longer than ``MAX_STEM`` keeps its first characters and a digest of the whole id: a
+    220-character id (a long plain-audio file name) made a report name the disk refused (ENAMETOOLONG),
+    which stopped every night's report.
+    """
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", recording_id).lstrip(".")
+    if len(stem) > MAX_STEM:
+        digest = hashlib.sha256(recording_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        stem = f"{stem[: MAX_STEM - 13]}-{digest}"
     return stem or "night"
 
 

@@ -194,3 +194,19 @@ def test_nights_rendered_as_ray_tasks_are_the_pages_one_process_writes(
         pdfs = [PdfReader(io.BytesIO((side / link["pdf"]).read_bytes())) for side in (one, ray)]
         assert same(pdfs[0].pages[0].extract_text()) == same(pdfs[1].pages[0].extract_text())
         assert "Night report" in pdfs[1].pages[0].extract_text()
+
+
+def test_a_very_long_recording_id_still_gets_its_page_and_pdf(tmp_path: Path) -> None:
+    """A 220-character id (a long plain-audio file name) made a report name longer than the disk takes:
+    OSError 'File name too long' stopped the night reports. Now cut, with a digest of the whole id."""
+    from tests.report.conftest import night_predictions
+
+    long_a, long_b = "n" * 219 + "a", "n" * 219 + "b"  # differ only past the cut
+    preds = pd.concat([night_predictions(long_a, "S", 1), night_predictions(long_b, "S", 2)], ignore_index=True)
+    links, _ = write_night_reports(tmp_path, "r1", preds, MODEL, None)
+    folder = tmp_path / "runs" / "r1" / "report"
+    assert len({link["html"] for link in links}) == 2
+    for link in links:
+        assert len(Path(link["html"]).name) <= 130
+        assert (folder / link["pdf"]).read_bytes()[:5] == b"%PDF-"
+        assert html.escape(link["recording_id"]) in (folder / link["html"]).read_text()  # the page names the whole id
