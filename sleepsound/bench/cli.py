@@ -350,21 +350,28 @@ def bench_monitor(
     ramp: Annotated[bool, typer.Option(help="Run 1, 2, 4, ... beds up to --beds; --no-ramp: --beds only.")] = True,
 ) -> None:
     """Replay synthetic nights against a live monitor server: beds held in real time, alert latency, memory."""
+    from sleepsound.bench.ingest import BenchError
     from sleepsound.monitor.bench import run_monitor_bench
 
+    def run() -> dict[str, Any]:
+        """Bad sizes were unexpected errors (exit 1) after the nights were generated, --speed 0 a
+        division by zero in the replay threads; now one line and exit 2 before anything is made."""
+        import math
+
+        sizes = list(chunk_seconds or [10.0])
+        if beds < 1 or not all(math.isfinite(x) and x > 0 for x in (minutes, speed)):
+            raise BenchError(
+                f"--beds must be at least 1 and --minutes, --speed positive and finite, "
+                f"got {beds}, {minutes:g}, {speed:g}"
+            )
+        if not all(1.0 <= c <= 30.0 for c in sizes):
+            raise BenchError(f"--chunk-seconds {sizes}: the service takes chunks of 1-30 s")
+        return run_monitor_bench(
+            root, beds, minutes, speed, sizes, overrides=list(overrides or []), workdir=workdir, ramp=ramp
+        )
+
     result = _run_bench(
-        as_json,
-        f"monitor benchmark: up to {beds} beds, {minutes:g}-min nights at {speed:g}x real time",
-        lambda: run_monitor_bench(
-            root,
-            beds,
-            minutes,
-            speed,
-            list(chunk_seconds or [10.0]),
-            overrides=list(overrides or []),
-            workdir=workdir,
-            ramp=ramp,
-        ),
+        as_json, f"monitor benchmark: up to {beds} beds, {minutes:g}-min nights at {speed:g}x real time", run
     )
     if result is None:
         return

@@ -31,6 +31,7 @@ from typing import Any
 from sleepsound.bench.ingest import (
     PEAK_METHOD,
     BenchError,
+    check_room,
     ensure_generated,
     package_versions,
     peak_rss_mb,
@@ -142,6 +143,8 @@ def run_clips_bench(
     """Both stages on the same clips, each in its own process; the JSON object ``bench clips`` prints."""
     if n_clips < 1 or (batch_size is not None and batch_size < 1):
         raise BenchError("--clips and --batch-size must be at least 1")
+    if data is None:  # the 48-kHz WAV night, then its clips cut out: 16-bit mono twice over
+        check_room(workdir, (n_clips * CLIP_SECONDS + 120) * 48_000 * 2 * 2, f"{n_clips} generated clips")
     require_librosa()
     folder = Path(data) if data is not None else ensure_clip_folder(n_clips, workdir=workdir)
     if not folder.is_dir():

@@ -36,6 +36,7 @@ import argparse
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import resource
 import shutil
@@ -84,6 +85,20 @@ def bench_root(workdir: Path | None = None) -> Path:
     from sleepsound.models.backbones.whisper_ct2 import cache_root
 
     return cache_root() / "bench"
+
+
+def check_room(workdir: Path | None, size_bytes: float, what: str) -> None:
+    """Refuse, before generating, an input the bench root's disk cannot hold: ``--hours 10000`` or
+    ``--clips 100000000`` started writing terabytes with no bound, and NaN sizes failed later as
+    unexpected errors."""
+    if not (math.isfinite(size_bytes) and size_bytes > 0):
+        raise BenchError(f"{what}: needs a positive, finite size")
+    existing = bench_root(workdir).resolve()
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if size_bytes > free:
+        raise BenchError(f"{what} needs about {size_bytes / 1e9:.1f} GB; {existing} has {free / 1e9:.1f} GB free")
 
 
 def night_name(hours: float, sample_rate: int, seed: int) -> str:
@@ -297,8 +312,12 @@ def run_ingest_bench(
     process peak. Top-level ``seconds``, ``x_realtime_per_core`` and ``peak_rss_mb`` are ours;
     ``baseline_*`` the baseline's.
     """
-    if hours <= 0:
-        raise BenchError("hours must be positive")
+    if not (math.isfinite(hours) and hours > 0) or sample_rate < 1000:
+        raise BenchError(
+            f"--hours must be positive and finite and --sample-rate at least 1000, got {hours} and {sample_rate}"
+        )
+    # Mic and Tracheal at 16 bits are most of the EDF parts' bytes
+    check_room(workdir, hours * 3600 * sample_rate * 4, f"a {hours:g}-h night at {sample_rate} Hz")
     require_librosa()
     t0 = time.perf_counter()
     night, generated = ensure_night(hours, sample_rate, seed, workdir)

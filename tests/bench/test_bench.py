@@ -322,3 +322,24 @@ def test_a_stage_reports_its_own_peak_memory_not_its_parents() -> None:
     )
     assert float(child.stdout) < 300  # the child's own imports, far below the parent's 400 MB of ballast
     del ballast
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ingest", "--hours", "nan"],
+        ["ingest", "--hours", "100000"],  # about 69 TB of EDF: more than any disk the tests run on
+        ["ingest", "--sample-rate", "0"],
+        ["clips", "--clips", "1000000000"],  # a 48-kHz night of 10^9 s and its clips
+        ["monitor", "--root", "r", "--speed", "0"],
+        ["monitor", "--root", "r", "--beds", "0"],
+        ["monitor", "--root", "r", "--minutes", "nan"],
+        ["monitor", "--root", "r", "--chunk-seconds", "0"],
+    ],
+)
+def test_bench_refuses_bad_or_unbounded_sizes_before_generating(tmp_path: Path, args: list[str]) -> None:
+    """These were exit 1 ('not expected'), or started generating terabytes with no bound (ingest --hours
+    100000, clips --clips 10^9); now exit 2 with one line, and nothing is generated."""
+    out = CliRunner().invoke(app, ["bench", *args, "--workdir", str(tmp_path / "w")])
+    assert out.exit_code == 2 and "benchmark failed" in out.stdout, out.stdout
+    assert not (tmp_path / "w").exists()
