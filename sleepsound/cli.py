@@ -205,6 +205,7 @@ def synth(
             real_snores=real_snores,
             real_background=real_background,
             real_background_only=only,
+            refuse_other=True,
         )
     except CohortRefused as exc:  # refused before anything was written
         err_console.print(f"[red]not written:[/red] {escape(printable(exc))}")

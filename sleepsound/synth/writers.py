@@ -306,6 +306,28 @@ def check_cohort_args(n_subjects: int, hours: float, sample_rate: float, layout:
         raise CohortRefused(f"cycle_minutes must be positive and finite, got {cycle_minutes}")
 
 
+def _refuse_other_cohort(out: Path, params: dict[str, object]) -> None:
+    """Refuse a folder whose ``cohort.json`` says it holds a cohort made with other arguments: writing
+    over it left the old nights' files beside the new ones while ``cohort.json`` named only the new,
+    so the folder read as a cohort it was not."""
+    path = out / "cohort.json"
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text()).get("params")
+    except (OSError, ValueError, AttributeError):
+        old = None
+    if old != json.loads(json.dumps(params)):
+        shape = (
+            f"seed {old.get('seed')}, {old.get('n_subjects')} night(s) of {old.get('hours')} h"
+            if isinstance(old, dict)
+            else "an unreadable cohort.json"
+        )
+        raise CohortRefused(
+            f"{out} already holds a different synthetic cohort ({shape}); choose an empty folder or delete it first"
+        )
+
+
 def generate_cohort(
     out_dir: str | os.PathLike[str],
     n_subjects: int,
@@ -327,6 +349,7 @@ def generate_cohort(
     real_background: str | os.PathLike[str] | None = None,
     generator_tv: bool = False,
     real_background_only: Sequence[str] | None = None,
+    refuse_other: bool = False,
 ) -> list[SubjectSummary]:
     """Write ``n_subjects`` synthetic nights and ``cohort.json``; same arguments, same bytes.
 
@@ -347,6 +370,8 @@ def generate_cohort(
     the folder, its digest and each night's TV go into ``cohort.json``; ``real_background_only``: play
     only these files of it (recorded in ``cohort.json``). ``generator_tv``: the same
     TV where a style has none, but the generator's own (the comparison for ``real_background``).
+    ``refuse_other``: raise ``CohortRefused`` before writing when ``out_dir`` already holds a
+    ``cohort.json`` made with other arguments (the synth command; same arguments rewrite the same bytes).
     """
     from sleepsound.synth.realbackground import add_generator_tv, describe, lay_real_background
     from sleepsound.synth.realsnores import folder_digest, lay_real_snores
@@ -367,7 +392,37 @@ def generate_cohort(
         or chunk_seconds < 1
     ):
         raise ValueError("part_seconds and chunk_seconds must be positive whole seconds")
+    params: dict[str, object] = dict(
+        seed=seed,
+        n_subjects=n_subjects,
+        hours=hours,
+        sample_rate=int(sample_rate),
+        layout=layout,
+        part_seconds=int(part_seconds),
+        cycle_minutes=cycle_minutes,
+        audio_format=audio_format,
+        plain_channels=list(plain_channels),
+        chunk_seconds=int(chunk_seconds),
+    )
+    if style != CLASSIC:  # a classic cohort's cohort.json stays byte-identical to before styles
+        params["style"] = style
+    if ahi is not None:
+        params["ahi"] = float(ahi)
+    if not snoring:
+        params["snoring"] = False
+    if real_snores is not None:
+        params["real_snores"] = str(Path(real_snores).resolve())
+        params["real_snores_sha256"] = real_digest
+    if real_background is not None:
+        params["real_background"] = str(Path(real_background).resolve())
+        params["real_background_sha256"] = bg_digest
+        if real_background_only is not None:
+            params["real_background_files"] = sorted(real_background_only)
+    if generator_tv:
+        params["generator_tv"] = True
     out = Path(out_dir)
+    if refuse_other:
+        _refuse_other_cohort(out, params)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file in the way, no permission: nothing written yet
@@ -427,34 +482,6 @@ def generate_cohort(
                 real_background=describe(plan.real_background) if plan.real_background is not None else None,
             )
         )
-    params: dict[str, object] = dict(
-        seed=seed,
-        n_subjects=n_subjects,
-        hours=hours,
-        sample_rate=int(sample_rate),
-        layout=layout,
-        part_seconds=int(part_seconds),
-        cycle_minutes=cycle_minutes,
-        audio_format=audio_format,
-        plain_channels=list(plain_channels),
-        chunk_seconds=int(chunk_seconds),
-    )
-    if style != CLASSIC:  # a classic cohort's cohort.json stays byte-identical to before styles
-        params["style"] = style
-    if ahi is not None:
-        params["ahi"] = float(ahi)
-    if not snoring:
-        params["snoring"] = False
-    if real_snores is not None:
-        params["real_snores"] = str(Path(real_snores).resolve())
-        params["real_snores_sha256"] = real_digest
-    if real_background is not None:
-        params["real_background"] = str(Path(real_background).resolve())
-        params["real_background_sha256"] = bg_digest
-        if real_background_only is not None:
-            params["real_background_files"] = sorted(real_background_only)
-    if generator_tv:
-        params["generator_tv"] = True
     _write_cohort_json(out, summaries, params)
     return summaries
 

@@ -407,3 +407,20 @@ def test_synth_refuses_a_target_that_is_no_folder(tmp_path: Path) -> None:
     for target in (tmp_path / "file", tmp_path / "file" / "below"):
         out = CliRunner().invoke(app, ["synth", str(target), *small])
         assert out.exit_code == 2 and "cannot write a cohort into" in out.stderr, out.stderr
+
+
+def test_synth_refuses_a_folder_holding_a_different_cohort(tmp_path: Path) -> None:
+    """A second cohort written into the first's folder left the first's nights beside its own while
+    cohort.json named only the second; now refused (exit 2, nothing touched). The same arguments
+    again still rewrite the same files."""
+    from typer.testing import CliRunner
+
+    from sleepsound.cli import app
+
+    small = [str(tmp_path / "c"), "--subjects", "1", "--hours", "0.02", "--sample-rate", "8000", "--cycle-minutes", "5"]
+    assert CliRunner().invoke(app, ["synth", *small, "--seed", "1"]).exit_code == 0
+    before = sorted(p.name for p in (tmp_path / "c").rglob("*"))
+    other = CliRunner().invoke(app, ["synth", *small, "--seed", "2"])
+    assert other.exit_code == 2 and "already holds a different synthetic cohort (seed 1" in other.stderr, other.stderr
+    assert sorted(p.name for p in (tmp_path / "c").rglob("*")) == before
+    assert CliRunner().invoke(app, ["synth", *small, "--seed", "1"]).exit_code == 0  # same cohort: fine
