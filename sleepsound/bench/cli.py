@@ -15,7 +15,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from sleepsound.core.text import printable
 
 console = Console()
 RayOpt = Annotated[
@@ -42,7 +45,7 @@ def _run_bench(as_json: bool, intro: str, run: Callable[[], dict[str, Any]]) -> 
             console.print(intro)
         result = run()
     except BenchError as exc:
-        console.print(f"[red]benchmark failed:[/red] {exc}")
+        console.print(f"[red]benchmark failed:[/red] {escape(printable(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
     if as_json:
         print(json.dumps(result))
