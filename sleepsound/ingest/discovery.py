@@ -100,7 +100,28 @@ def discover(source: str, rml_folder: str = "APNEA_RML") -> list[RecordingSource
         for path in badly_named
         if posixpath.basename(path).lower().endswith(RECORDING_SUFFIXES)
     ]
-    return sorted(_one_per_id(psg, plain) + unlisted, key=lambda src: src.recording_id)
+    return sorted(_ids_that_fit(_one_per_id(psg, plain)) + unlisted, key=lambda src: src.recording_id)
+
+
+# A night's id names its cache files (``<id>-<digest>.parquet``, ``recording_id=<id>/``): with room for
+# those additions every name stays under the file systems' 255 bytes.
+MAX_ID_BYTES = 200
+
+
+def _ids_that_fit(sources: list[RecordingSource]) -> list[RecordingSource]:
+    """Sources whose recording id is too long to name a file get that as their problem (``bad_file_name``):
+    a 240-byte name was accepted and then failed writing its caches mid-run (ENAMETOOLONG)."""
+    for src in sources:
+        size = len(src.recording_id.encode("utf-8", "surrogateescape"))
+        if src.problem is None and size > MAX_ID_BYTES:
+            where = next(iter(src.audio_uris), src.recording_id)
+            src.problem = (
+                where,
+                "bad_file_name",
+                f"the recording id (the file or patient name) is {size} bytes: the caches name files after it "
+                f"and file names stop at 255, so it must be at most {MAX_ID_BYTES}; rename it (with its CSVs)",
+            )
+    return sources
 
 
 _BAD_NAME = (
