@@ -9,6 +9,7 @@ child processes, sharing the one Prefect API it starts.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -353,8 +354,8 @@ def bench_monitor(
     ramp: Annotated[bool, typer.Option(help="Run 1, 2, 4, ... beds up to --beds; --no-ramp: --beds only.")] = True,
 ) -> None:
     """Replay synthetic nights against a live monitor server: beds held in real time, alert latency, memory."""
-    from sleepsound.bench.ingest import BenchError
-    from sleepsound.monitor.bench import run_monitor_bench
+    from sleepsound.bench.ingest import BenchError, check_room
+    from sleepsound.monitor.bench import NIGHT_RATE, run_monitor_bench
 
     def run() -> dict[str, Any]:
         """Bad sizes were unexpected errors (exit 1) after the nights were generated, --speed 0 a
@@ -369,6 +370,15 @@ def bench_monitor(
             )
         if not all(1.0 <= c <= 30.0 for c in sizes):
             raise BenchError(f"--chunk-seconds {sizes}: the service takes chunks of 1-30 s")
+        # Every bed's night is generated to disk, then held decoded (float32) while it is replayed.
+        samples = beds * minutes * 60 * NIGHT_RATE
+        check_room(workdir, samples * 2, f"--beds {beds} --minutes {minutes:g}")
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if samples * 4 > memory / 2:
+            raise BenchError(
+                f"--beds {beds} --minutes {minutes:g} would hold {samples * 4 / 1e9:.1f} GB of decoded audio, over "
+                f"half of this machine's {memory / 1e9:.1f} GB: fewer beds or shorter nights"
+            )
         return run_monitor_bench(
             root, beds, minutes, speed, sizes, overrides=list(overrides or []), workdir=workdir, ramp=ramp
         )

@@ -39,6 +39,7 @@ import numpy as np
 from sleepsound.core.ports import free_port
 
 READY_S = 180.0
+NIGHT_RATE = 16_000  # the replayed nights' sample rate: what a bedside recorder sends after its own resampling
 
 
 def _rss_kb(pid: int) -> int:
@@ -259,7 +260,7 @@ def run_monitor_bench(
     minutes: float = 10.0,
     speed: float = 1.0,
     chunk_seconds: float | Sequence[float] = 10.0,
-    sample_rate: int = 16_000,
+    sample_rate: int = NIGHT_RATE,
     seed: int = 0,
     overrides: list[str] | None = None,
     max_lag_epochs: int = 2,

@@ -324,6 +324,14 @@ def test_a_stage_reports_its_own_peak_memory_not_its_parents() -> None:
     del ballast
 
 
+def test_bench_monitor_refuses_nights_no_disk_or_memory_holds(tmp_path: Path) -> None:
+    """Every bed's night is generated, then held decoded: 20 nights of 1.9 years were started regardless."""
+    args = ["bench", "monitor", "--root", str(tmp_path), "--beds", "20", "--minutes", "1000000"]
+    out = CliRunner().invoke(app, [*args, "--workdir", str(tmp_path / "w")])
+    assert out.exit_code == 2 and "--beds 20 --minutes 1e+06 needs about" in out.stdout, out.stdout
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize(
     "args",
     [
