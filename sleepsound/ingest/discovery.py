@@ -103,9 +103,9 @@ def discover(source: str, rml_folder: str = "APNEA_RML") -> list[RecordingSource
     return sorted(_ids_that_fit(_one_per_id(psg, plain)) + unlisted, key=lambda src: src.recording_id)
 
 
-# A night's id names its cache files (``<id>-<digest>.parquet``, ``recording_id=<id>/``): with room for
-# those additions every name stays under the file systems' 255 bytes.
-MAX_ID_BYTES = 200
+# A night's id names its cache files, written aside first: ``.<id>-<digest>.shifted-<stage>.parquet.tmp-<uuid>``
+# adds 76 bytes to it, and file names stop at 255 bytes; 160 leaves room for longer stage names.
+MAX_ID_BYTES = 160
 
 
 def _ids_that_fit(sources: list[RecordingSource]) -> list[RecordingSource]:

@@ -39,19 +39,20 @@ def _plain_audio(nights: dict[str, Path]) -> Path:
 
 
 def test_a_recording_id_too_long_to_name_a_cache_file_is_quarantined(nights, tmp_path):
-    """A 240-byte file name was accepted, then its night's cache files (``<id>-<digest>.parquet``) could
-    not be written mid-run (ENAMETOOLONG): it is quarantined as found, the rest goes on."""
+    """A 180-byte file name was accepted, though its night's cache files, written aside first
+    (``.<id>-<digest>.shifted-Wake.parquet.tmp-<uuid>``), cannot be named (ENAMETOOLONG): it is quarantined
+    as found, the rest goes on."""
     source = tmp_path / "long"
     source.mkdir()
     shutil.copy(_plain_audio(nights), source / "ok.flac")
-    long_id = "n" * 120 + "é" * 60  # 240 bytes in UTF-8, 180 characters
+    long_id = "n" * 60 + "é" * 60  # 180 bytes in UTF-8, 120 characters: its cache files' names would pass 255
     shutil.copy(_plain_audio(nights), source / f"{long_id}.flac")
     rows = build_manifest(str(source), CFG)
     _counts_add_up(rows, 2)
     by_id = _by_id(rows)
     assert by_id["ok"]["status"] == "accepted"
     row = by_id[long_id]
-    assert row["reason_code"] == "bad_file_name" and "240 bytes" in row["reason"] and "rename it" in row["reason"]
+    assert row["reason_code"] == "bad_file_name" and "180 bytes" in row["reason"] and "rename it" in row["reason"]
 
 
 def test_a_file_name_that_is_not_utf8_is_quarantined_and_the_rest_of_the_cohort_goes_on(nights, tmp_path):
