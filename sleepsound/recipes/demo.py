@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from rich.console import Console
@@ -27,7 +28,9 @@ DEMO_OVERRIDES = [
 
 
 def ensure_demo_cohort(out: Path, subjects: int, hours: float, seed: int, console: Console) -> Path:
-    """Generate the cohort unless the same one is already on disk (a rerun skips it)."""
+    """Generate the cohort unless the same one is already on disk (a rerun skips it). The folder is the
+    demo's own: a cohort of other settings (or one cut short, without its stamp) is removed first, since
+    generating over it left the old nights beside the new ones, and the demo read them all."""
     params = {
         "subjects": subjects,
         "hours": hours,
@@ -41,6 +44,8 @@ def ensure_demo_cohort(out: Path, subjects: int, hours: float, seed: int, consol
         return out
     from sleepsound.synth.writers import generate_cohort
 
+    if out.exists():
+        shutil.rmtree(out)
     console.print(f"generating {subjects} synthetic nights of {hours:g} h in {out} ...")
     generate_cohort(
         out,
