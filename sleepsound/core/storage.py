@@ -290,6 +290,24 @@ def read_bytes_capped(fs: fsspec.AbstractFileSystem, path: str, limit: int) -> b
     return None if len(raw) > limit else raw
 
 
+class NotOurJson(ValueError):
+    """A JSON file a reader refuses before using it: larger than any it writes, or not JSON at all."""
+
+
+def read_json_capped(fs: fsspec.AbstractFileSystem, path: str, limit: int, what: str, shown: str | None = None) -> Any:
+    """The JSON value in ``path``, which must hold at most ``limit`` bytes; NotOurJson naming the file
+    (``shown``, default ``path``) otherwise: too large to be ``what``, or not JSON (bad text, bad bytes,
+    nesting too deep for the parser)."""
+    name = shown or path
+    raw = read_bytes_capped(fs, path, limit)
+    if raw is None:
+        raise NotOurJson(f"{name} is larger than {limit >> 20} MiB: not {what}")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise NotOurJson(f"{name} is not JSON: {exc}") from exc
+
+
 BULK_ROW_GROUP_BYTES = 8 << 20
 
 

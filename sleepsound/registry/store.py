@@ -17,7 +17,6 @@ model (exit 2) refuses a damaged one alike.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from datetime import UTC, datetime
@@ -26,7 +25,7 @@ from typing import Any
 from fsspec.implementations.local import LocalFileSystem
 
 from sleepsound.core.records import HeadInfo, PromotionDecision, TrainedModels
-from sleepsound.core.storage import RootLike, join, open_root, read_bytes_capped, write_json
+from sleepsound.core.storage import NotOurJson, RootLike, join, open_root, read_json_capped, write_json
 from sleepsound.models.files import CONFIG_NAME, WEIGHTS_NAME
 
 CHAMPION = "champion.json"
@@ -73,13 +72,10 @@ def _read_json(fs: Any, root_path: str, path: str, kind: type) -> Any:
     """The JSON object (``kind`` dict) or array (list) in ``path``, which must stay under the root and
     hold at most MAX_JSON_BYTES; DamagedStore naming the file otherwise."""
     _inside(fs, root_path, path)
-    raw = read_bytes_capped(fs, path, MAX_JSON_BYTES)
-    if raw is None:
-        raise DamagedStore(f"{path} is larger than {MAX_JSON_BYTES >> 20} MiB: not a file the store wrote")
     try:
-        value = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DamagedStore(f"{path} is not JSON: {exc}") from exc
+        value = read_json_capped(fs, path, MAX_JSON_BYTES, "a file the store wrote")
+    except NotOurJson as exc:
+        raise DamagedStore(str(exc)) from exc
     if not isinstance(value, kind):
         want = "an object" if kind is dict else "an array"
         raise DamagedStore(f"{path} holds {type(value).__name__}, not {want}")

@@ -14,12 +14,11 @@ embedding the cohort, and never rewrites: a state it cannot read is not replaced
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 from sleepsound.core.records import ManifestRow
-from sleepsound.core.storage import RootLike, full_uri, join, open_root, read_bytes_capped, write_json
+from sleepsound.core.storage import NotOurJson, RootLike, full_uri, join, open_root, read_json_capped, write_json
 
 STATE = "nightly.json"
 SCHEMA = "sleepsound.nightly/1"
@@ -38,12 +37,8 @@ def state_path(root_path: str) -> str:
     return join(root_path, "state", STATE)
 
 
-def _parse(path: str, raw: bytes) -> dict[str, str]:
-    """The ``recordings`` mapping of a state file's bytes; DamagedState naming ``path`` (its URI) otherwise."""
-    try:
-        value: Any = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise DamagedState(f"{path} is not JSON ({exc}): {_RECOVERY}") from exc
+def _parse(path: str, value: Any) -> dict[str, str]:
+    """The ``recordings`` mapping of a state file's JSON; DamagedState naming ``path`` (its URI) otherwise."""
     if not isinstance(value, dict):
         raise DamagedState(f"{path} holds {type(value).__name__}, not an object: {_RECOVERY}")
     schema = value.get("schema", SCHEMA)
@@ -65,12 +60,12 @@ def processed(root: RootLike) -> dict[str, str]:
     path = state_path(root_path)
     if not fs.exists(path):
         return {}
-    raw = read_bytes_capped(fs, path, MAX_STATE_BYTES)
-    if raw is None:
-        raise DamagedState(
-            f"{full_uri(fs, path)} is larger than {MAX_STATE_BYTES >> 20} MiB: not a nightly state; {_RECOVERY}"
-        )
-    return _parse(full_uri(fs, path), raw)
+    shown = full_uri(fs, path)
+    try:
+        value = read_json_capped(fs, path, MAX_STATE_BYTES, "a nightly state", shown)
+    except NotOurJson as exc:
+        raise DamagedState(f"{exc}; {_RECOVERY}") from exc
+    return _parse(shown, value)
 
 
 def new_recordings(root: RootLike, manifest_rows: list[ManifestRow]) -> list[ManifestRow]:

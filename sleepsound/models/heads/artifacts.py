@@ -29,7 +29,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from sleepsound.core.storage import read_bytes_capped, write_bytes_atomic
+from sleepsound.core.storage import NotOurJson, read_json_capped, write_bytes_atomic
 from sleepsound.labels.vocabulary import STAGES_3
 from sleepsound.models.files import CONFIG_NAME, WEIGHTS_NAME
 from sleepsound.models.heads.attention import AttentionPoolingHead
@@ -324,13 +324,10 @@ def head_config(fs: fsspec.AbstractFileSystem | None, directory: str) -> dict[st
     """The validated ``config.json`` of a saved head."""
     fs, directory = _resolve(fs, directory)
     path = posixpath.join(directory, CONFIG_NAME)
-    raw = read_bytes_capped(fs, path, MAX_CONFIG_BYTES)
-    if raw is None:
-        raise HeadArtifactError(f"{path} is larger than {MAX_CONFIG_BYTES >> 20} MiB: not a head's file")
     try:
-        config = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HeadArtifactError(f"{path}: config.json is not JSON: {exc}") from exc
+        config = read_json_capped(fs, path, MAX_CONFIG_BYTES, "a head's file")
+    except NotOurJson as exc:
+        raise HeadArtifactError(str(exc)) from exc
     try:
         return validate_config(config)
     except HeadArtifactError as exc:
