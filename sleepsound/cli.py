@@ -147,8 +147,8 @@ def synth(
     Full nights are large (an 8-hour 48 kHz PSG-Audio night is about 5.5 GB): above a few GB the
     command asks first (or needs --yes when it cannot ask), and refuses what the disk cannot hold.
     """
-    import shutil
 
+    from sleepsound.core.storage import free_bytes_at
     from sleepsound.synth.realsnores import clip_names
     from sleepsound.synth.styles import SPEECH_SOURCES, resolve_styles
     from sleepsound.synth.writers import CohortRefused, check_cohort_args, generate_cohort
@@ -160,8 +160,7 @@ def synth(
             clip_names(real_snores)
         only = _background_only(real_background, background_categories, background_only)
     except ValueError as exc:
-        err_console.print(f"[red]not written:[/red] {escape(printable(exc))}")
-        raise typer.Exit(2) from None
+        raise _refused("not written", exc) from None
     if speech not in SPEECH_SOURCES:
         err_console.print(f"[red]not written:[/red] --speech must be one of {', '.join(SPEECH_SOURCES)}")
         raise typer.Exit(2)
@@ -169,10 +168,8 @@ def synth(
     # EDF holds Mic and Tracheal at 16 bits; plain audio is one 16-bit channel before compression.
     per_second = sample_rate * 2 * (2 if layout == "psg-audio" else 1)
     size_gb = subjects * hours * 3600 * per_second / 1e9
-    existing = out.resolve()
-    while not existing.exists():
-        existing = existing.parent
-    free_gb = shutil.disk_usage(existing).free / 1e9
+    existing, free = free_bytes_at(out.resolve())
+    free_gb = free / 1e9
     if size_gb > free_gb:
         err_console.print(
             f"[red]not written:[/red] {subjects} night(s) of {hours:g} h at {sample_rate} Hz need about "
@@ -208,8 +205,7 @@ def synth(
             refuse_other=True,
         )
     except CohortRefused as exc:  # refused before anything was written
-        err_console.print(f"[red]not written:[/red] {escape(printable(exc))}")
-        raise typer.Exit(2) from None
+        raise _refused("not written", exc) from None
     table = Table("subject", "hours", "epochs", "AHI", "style")
     for s in summaries:
         table.add_row(str(s.subject_id), f"{s.hours:.2f}", str(s.n_epochs), f"{s.ahi:.1f}", s.style)

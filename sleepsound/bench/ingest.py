@@ -93,10 +93,9 @@ def check_room(workdir: Path | None, size_bytes: float, what: str) -> None:
     unexpected errors."""
     if not (math.isfinite(size_bytes) and size_bytes > 0):
         raise BenchError(f"{what}: needs a positive, finite size")
-    existing = bench_root(workdir).resolve()
-    while not existing.exists():
-        existing = existing.parent
-    free = shutil.disk_usage(existing).free
+    from sleepsound.core.storage import free_bytes_at
+
+    existing, free = free_bytes_at(bench_root(workdir).resolve())
     if size_bytes > free:
         raise BenchError(f"{what} needs about {size_bytes / 1e9:.1f} GB; {existing} has {free / 1e9:.1f} GB free")
 

@@ -30,6 +30,7 @@ import io
 import json
 import os
 import posixpath
+import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -288,6 +289,15 @@ def read_bytes_capped(fs: fsspec.AbstractFileSystem, path: str, limit: int) -> b
     with fs.open(path, "rb") as handle:
         raw = handle.read(limit + 1)
     return None if len(raw) > limit else raw
+
+
+def free_bytes_at(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """The nearest existing folder at or above local ``path`` and the bytes free on its disk: what a
+    command about to create ``path`` may write there, asked before it writes anything."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    return existing, shutil.disk_usage(existing).free
 
 
 class NotOurJson(ValueError):
