@@ -16,6 +16,7 @@ import pandas as pd
 from sleepsound.core.findings import Finding, Quarantine, clock
 from sleepsound.io.audio import PartInfo
 from sleepsound.io.rml import MAX_NIGHT_S, RmlAnnotations, RmlEvent
+from sleepsound.labels.annotations import changes_on_grid
 from sleepsound.labels.vocabulary import APNEA_TYPES, EPOCH_SECONDS, HYPOPNEA_TYPES
 
 RESPIRATORY_TYPES = APNEA_TYPES | HYPOPNEA_TYPES
@@ -272,4 +273,28 @@ def check_stage_table(
     _check_stage_changes(list(starts), path, [f"row {i + 2}" for i in range(len(starts))])
     if float(starts.max()) > audio_s + tol.staging_s:
         _check_length(float(starts.max()), audio_s, path, tol, "the last change point")
-    return []
+    return _split_epochs(table, path, n_epochs)
+
+
+def _split_epochs(table: pd.DataFrame, path: str, n_epochs: int) -> list[Finding]:
+    """Change points off the 30-s grid put two stages in one epoch; the epoch takes the one that
+    covers most of it (``annotations.changes_on_grid``), which is worth saying: an export on
+    another grid (20-s epochs, a start offset) would be read that way throughout."""
+    stages, split = changes_on_grid(table, n_epochs)
+    if not split:
+        return []
+    first = split[0]
+    return [
+        Finding(
+            "recording",
+            "annotation_notes",
+            "warning",
+            path,
+            f"{len(split)} epoch(s) hold a stage change part-way through (first: epoch {first} at "
+            f"{clock(first * EPOCH_SECONDS)}, scored {stages[first]}); each takes the stage that covers "
+            f"most of its {EPOCH_SECONDS:g} s, as AASM scoring does. Change points are expected on the "
+            f"{EPOCH_SECONDS:g}-s grid: check the export",
+            first * EPOCH_SECONDS,
+            (first + 1) * EPOCH_SECONDS,
+        )
+    ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import math
 
 import numpy as np
 import pandas as pd
@@ -126,18 +127,41 @@ def read_stage_table(path: str) -> pd.DataFrame:
 
 
 def stages_from_table(table: pd.DataFrame, n_epochs: int) -> list[str]:
+    """Stages per epoch from a parsed stage CSV (rows per epoch, or change points)."""
+    if "start_s" in table.columns and "epoch_index" not in table.columns:
+        return changes_on_grid(table, n_epochs)[0]
     stages = [UNSCORED] * n_epochs
-    if "epoch_index" in table.columns:
-        for index, stage in zip(table["epoch_index"], table["stage"], strict=True):
-            if 0 <= int(index) < n_epochs and isinstance(stage, str):
-                stages[int(index)] = stage
-        return stages
-    changes = table.sort_values("start_s")
-    for (start, stage), end in zip(
-        changes[["start_s", "stage"]].itertuples(index=False),
-        list(changes["start_s"].iloc[1:]) + [n_epochs * EPOCH_SECONDS],
-        strict=True,
-    ):
-        for index in range(max(0, int(start // EPOCH_SECONDS)), min(n_epochs, int(end // EPOCH_SECONDS))):
-            stages[index] = stage if isinstance(stage, str) else UNSCORED
+    for index, stage in zip(table["epoch_index"], table["stage"], strict=True):
+        if 0 <= int(index) < n_epochs and isinstance(stage, str):
+            stages[int(index)] = stage
     return stages
+
+
+def changes_on_grid(table: pd.DataFrame, n_epochs: int) -> tuple[list[str], list[int]]:
+    """Change points (``start_s``, ``stage``) onto the 30-s grid, and the epochs a change splits.
+
+    Each stage holds until the next change point, the last to the end of the night; time before
+    the first one is unscored. As AASM scoring does, an epoch takes the stage that covers most of
+    it (a tie goes to the earlier stage): a change at 50 s leaves epoch 1 (30-60 s) in the stage
+    before it, not the one after. The second list names the epochs more than one stage covers,
+    which validation counts, since scorers' exports are normally on the grid.
+    """
+    rows = table.sort_values("start_s", kind="stable")
+    starts = [float(start) for start in rows["start_s"]]
+    names = [stage if isinstance(stage, str) else UNSCORED for stage in rows["stage"]]
+    if not starts or starts[0] > 0:
+        starts, names = [0.0, *starts], [UNSCORED, *names]
+    night_s = n_epochs * EPOCH_SECONDS
+    cover: list[dict[str, float]] = [{} for _ in range(n_epochs)]
+    for start, end, name in zip(starts, [*starts[1:], night_s], names, strict=True):
+        first, last = (math.floor(min(max(t, 0.0), night_s) / EPOCH_SECONDS) for t in (start, end))
+        for index in range(first, min(n_epochs, last + 1)):
+            overlap = min(end, (index + 1) * EPOCH_SECONDS) - max(start, index * EPOCH_SECONDS)
+            if overlap > _SLIVER_S:  # float noise at a boundary (30.0000001) is no change
+                cover[index][name] = cover[index].get(name, 0.0) + overlap
+    # max() keeps the first of equals, and each dict holds its stages in the order they began.
+    stages = [max(seconds, key=seconds.__getitem__) if seconds else UNSCORED for seconds in cover]
+    return stages, [index for index, seconds in enumerate(cover) if len(seconds) > 1]
+
+
+_SLIVER_S = 1e-3  # below the millisecond that rml.format_seconds keeps

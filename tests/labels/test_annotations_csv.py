@@ -112,3 +112,36 @@ def test_a_start_s_that_disagrees_with_epoch_index_is_noted(tmp_path):
     (note,) = check_stage_table(read_stage_table(shifted), shifted, "b", 3, 90.0)
     assert (note.code, note.severity) == ("annotation_notes", "warning")
     assert "2 row(s)" in note.message and "row 3, epoch 1 at start_s 60" in note.message
+
+
+@pytest.mark.parametrize(
+    "change_s, epoch_1",
+    [
+        (50.0, "W"),  # 20 s of W, 10 s of N2: the earlier stage has most of the epoch
+        (40.0, "N2"),  # 10 s of W, 20 s of N2
+        (45.0, "W"),  # an even split goes to the stage the epoch began in
+        (30.0, "N2"),  # on the grid: no split at all
+    ],
+)
+def test_a_change_part_way_through_an_epoch_gives_it_the_stage_covering_most_of_it(tmp_path, change_s, epoch_1):
+    """AASM scores an epoch by the stage that fills most of it; the later stage used to win always."""
+    path = _write(tmp_path, f"start_s,stage\n0,W\n{change_s:g},N2\n")
+    assert load_stages(path, "csv", 3) == ["W", epoch_1, "N2"]
+
+
+def test_several_stages_in_one_epoch_and_time_before_the_first_change(tmp_path):
+    # Epoch 0: unscored 0-10 s, then W for 20 s. Epoch 2 (60-90 s): W 5 s, N1 5 s, N2 8 s, R 12 s.
+    path = _write(tmp_path, "start_s,stage\n10,W\n65,N1\n70,N2\n78,R\n")
+    assert load_stages(path, "csv", 4) == ["W", "W", "R", "R"]
+    assert load_stages(_write(tmp_path, "start_s,stage\n20,W\n", "late.stages.csv"), "csv", 2) == [UNSCORED, "W"]
+
+
+def test_mid_epoch_changes_are_counted_in_validation_not_quarantined(tmp_path):
+    on_grid = _write(tmp_path, "start_s,stage\n0,W\n30.0000001,N1\n60,N2\n90,N2\n", "a.stages.csv")
+    assert check_stage_table(read_stage_table(on_grid), on_grid, "a", 4, 120.0) == []
+    off_grid = _write(tmp_path, "start_s,stage\n0,W\n50,N1\n70,N2\n100,N2\n", "b.stages.csv")
+    (note,) = check_stage_table(read_stage_table(off_grid), off_grid, "b", 4, 120.0)
+    assert (note.code, note.severity) == ("annotation_notes", "warning")
+    assert note.message.startswith("2 epoch(s) hold a stage change part-way through (first: epoch 1 at 0:00:30")
+    assert "scored W" in note.message and (note.start_s, note.end_s) == (30.0, 60.0)
+    assert load_stages(off_grid, "csv", 4) == ["W", "W", "N2", "N2"]  # the same change at 100 s is no split
