@@ -150,6 +150,7 @@ def test_offline_a_cached_hub_id_loads(model: Path, offline_hub: Path) -> None:
     revision = "0123456789abcdef0123456789abcdef01234567"
     (repo / "snapshots" / revision).mkdir(parents=True)
     (repo / "snapshots" / revision / "config.json").write_text("{}")
+    (repo / "snapshots" / revision / "model.safetensors").write_bytes(b"{}")  # weights too, or it is refused
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
     assert try_to_load_from_cache("openai/whisper-tiny", "config.json") == str(

@@ -470,22 +470,67 @@ def hub_id_unavailable(name: str) -> str | None:
 
     Offline (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``), a hub id missing from the local Hugging Face
     cache would otherwise fail only at first use, deep inside transformers; so it is refused when named.
+    Its config alone is not enough: an interrupted download (or one of the config only) leaves the
+    weights out, so ``model.safetensors``, or a sharded index and every shard it lists, must be cached
+    too; ``pytorch_model.bin`` is a pickle, which sleepsound never loads, so it does not count.
     Online, nothing is asked of the network here: a missing model downloads when first loaded.
     """
-    from huggingface_hub import constants, is_offline_mode, try_to_load_from_cache
+    from huggingface_hub import constants, is_offline_mode
 
     if not is_offline_mode():
         return None
-    try:
-        if isinstance(try_to_load_from_cache(name, "config.json"), str):
-            return None
-    except ValueError:  # HFValidationError: not a hub id at all, so certainly not cached
-        pass
-    return (
-        f"backbone {name!r} is a Hugging Face hub id that is not in the local cache ({constants.HF_HUB_CACHE}) "
+    where = f"the local cache ({constants.HF_HUB_CACHE})"
+    instead = (
         f"and the hub is offline (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE): download it while online, or name a "
         f"local model folder (save_pretrained) or {OFFLINE_WHISPER!r} instead"
     )
+    if _cached_file(name, "config.json") is None:
+        return f"backbone {name!r} is a Hugging Face hub id that is not in {where} {instead}"
+    missing = _uncached_weights(name)
+    if missing is None:
+        return None
+    head = f"backbone {name!r} is a Hugging Face hub id whose config is in {where} "
+    return head + f"but not its weights ({missing}) {instead}"
+
+
+_MAX_INDEX_BYTES = 16 << 20  # a sharded checkpoint's index lists tensor names: a few MB at most
+
+
+def _cached_file(repo_id: str, filename: str) -> str | None:
+    """The cached file's path, without the network; None when it is not cached (or ``repo_id`` is no hub id)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, filename)
+    except ValueError:  # HFValidationError: not a hub id at all, so certainly not cached
+        return None
+    return found if isinstance(found, str) else None  # None, or the "known not to exist" marker
+
+
+def _uncached_weights(repo_id: str) -> str | None:
+    """What is missing of a cached hub id's safetensors weights, or None when they are all cached."""
+    if _cached_file(repo_id, "model.safetensors") is not None:
+        return None
+    index_name = "model.safetensors.index.json"
+    index_path = _cached_file(repo_id, index_name)
+    if index_path is None:
+        return f"no model.safetensors or {index_name}: a pytorch_model.bin, a pickle, does not count"
+    import fsspec
+
+    from sleepsound.core.storage import NotOurJson, read_json_capped
+
+    try:
+        weight_map = read_json_capped(fsspec.filesystem("file"), index_path, _MAX_INDEX_BYTES, "a safetensors index")
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+    except (OSError, NotOurJson) as exc:
+        return f"{index_name} is unreadable: {exc}"
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        return f"{index_name} holds no weight_map of shard file names"
+    shards = sorted(set(weight_map.values()))
+    absent = [shard for shard in shards if _cached_file(repo_id, shard) is None]
+    if absent:
+        return f"{len(absent)} of the {len(shards)} shards its {index_name} lists, first {absent[0]}"
+    return None
 
 
 def _load_config(name: str) -> Any:
