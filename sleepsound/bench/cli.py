@@ -355,7 +355,7 @@ def bench_monitor(
 ) -> None:
     """Replay synthetic nights against a live monitor server: beds held in real time, alert latency, memory."""
     from sleepsound.bench.ingest import BenchError, check_room
-    from sleepsound.monitor.bench import NIGHT_RATE, run_monitor_bench
+    from sleepsound.monitor.bench import NIGHT_RATE, check_servable, run_monitor_bench
 
     def run() -> dict[str, Any]:
         """Bad sizes were unexpected errors (exit 1) after the nights were generated, --speed 0 a
@@ -379,6 +379,10 @@ def bench_monitor(
                 f"--beds {beds} --minutes {minutes:g} would hold {samples * 4 / 1e9:.1f} GB of decoded audio, over "
                 f"half of this machine's {memory / 1e9:.1f} GB: fewer beds or shorter nights"
             )
+        try:  # the root's champions, before any night is generated (the server found none only at its start)
+            check_servable(root)
+        except (OSError, ValueError, LookupError) as exc:
+            raise BenchError(f"nothing for the monitor server to serve: {exc}") from exc
         return run_monitor_bench(
             root, beds, minutes, speed, sizes, overrides=list(overrides or []), workdir=workdir, ramp=ramp
         )

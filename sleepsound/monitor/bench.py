@@ -254,6 +254,15 @@ def _run(
             server.kill()
 
 
+def check_servable(root: str | Path) -> None:
+    """Raise what ``monitor serve`` would fail on when ``root`` holds no champions to serve (LookupError,
+    or ValueError for a damaged store): checked before any night is generated, which takes minutes,
+    where the server found it only when it started."""
+    from sleepsound.registry.store import serving_models
+
+    serving_models(str(root))
+
+
 def run_monitor_bench(
     root: str | Path,
     beds: int = 20,
@@ -278,6 +287,7 @@ def run_monitor_bench(
     sizes = [float(chunk_seconds)] if isinstance(chunk_seconds, int | float) else [float(c) for c in chunk_seconds]
     if not sizes or any(not 1.0 <= c <= 30.0 for c in sizes):
         raise ValueError(f"chunk sizes {sizes}: the service takes chunks of 1-30 s")
+    check_servable(root)
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="sleepsound-bench-monitor-"))
     work.mkdir(parents=True, exist_ok=True)
     nights = _nights(beds, minutes, sample_rate, seed, work)

@@ -332,6 +332,30 @@ def test_bench_monitor_refuses_nights_no_disk_or_memory_holds(tmp_path: Path) ->
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("champion", [None, "v1"], ids=["no-models", "champion-without-its-model"])
+def test_bench_monitor_refuses_a_root_without_champions_before_generating(tmp_path: Path, champion: str | None) -> None:
+    """The nights were generated (minutes, for many beds) before the server found nothing to serve."""
+    root = tmp_path / "root"
+    root.mkdir()
+    if champion is not None:  # champion.json names a version that is not there
+        (root / "models" / "stage3").mkdir(parents=True)
+        (root / "models" / "stage3" / "champion.json").write_text(json.dumps({"version": champion}))
+    args = ["bench", "monitor", "--root", str(root), "--beds", "1", "--minutes", "0.5", "--no-ramp"]
+    out = CliRunner().invoke(app, [*args, "--workdir", str(tmp_path / "w")])
+    assert out.exit_code == 2, out.stdout
+    assert "benchmark failed: nothing for the monitor server to serve: no" in out.stdout
+    assert ("no stage3 champion" if champion is None else f"stage3/{champion}") in out.stdout
+    assert not (tmp_path / "w").exists()
+
+
+def test_run_monitor_bench_checks_the_champions_before_generating(tmp_path: Path) -> None:
+    from sleepsound.monitor.bench import run_monitor_bench
+
+    with pytest.raises(LookupError, match="no stage3 champion"):
+        run_monitor_bench(tmp_path / "root", beds=1, minutes=0.5, workdir=tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize(
     "args",
     [
