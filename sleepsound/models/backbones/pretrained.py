@@ -679,7 +679,9 @@ def load_backbone(
             raise BackboneLoadError(f"backbone {name!r} is a {family!r} model; supported: {', '.join(FAMILIES)}")
         source = str(Path(name).expanduser()) if _looks_like_path(name) else name
         folder = Path(source) if Path(source).is_dir() else None
-        safe = {} if folder is None else {"use_safetensors": True}
+        # safetensors only, from a folder or the hub: a pytorch_model.bin is a pickle, never loaded here
+        # (transformers would otherwise fall back to a hub repo's .bin when it has no safetensors)
+        safe = {"use_safetensors": True}
         if folder is not None:
             _refuse_pickled_weights(name, folder)
         if family == "whisper" and whisper_ct2.is_encoder_only_dir(source):
