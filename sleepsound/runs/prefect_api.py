@@ -38,6 +38,7 @@ OFFLINE_ENV = {
     "PREFECT_LOGGING_LEVEL": "WARNING",
 }
 _TOUCH_EVERY_S = 20.0
+_LOGS_DRAIN_S = 5.0  # Prefect's own bound for a flush; a log worker stuck longer is not waited for
 
 
 def _healthy(url: str) -> bool:
@@ -90,9 +91,23 @@ def local_prefect_api(home: Path, timeout_s: float = 90.0, keep_s: float = 0.0) 
         os.environ["PREFECT_API_URL"] = url
         yield url
     finally:
+        _send_pending_logs()
         os.environ.pop("PREFECT_API_URL", None)
         _stop(proc)
         log.close()
+
+
+def _send_pending_logs() -> None:
+    """Hand the run logs Prefect still holds to the server while it is up.
+
+    Prefect's API log handler sends them in batches (every 2 s) and at the latest at exit: by then a
+    server stopped after the command (``keep_s`` 0) was gone, and the failed run's last records ended
+    as "--- Error logging to API ---" on the console, under the command's own error line.
+    """
+    handlers = sys.modules.get("prefect.logging.handlers")
+    if handlers is None:  # Prefect never loaded here: nothing was logged to the API
+        return
+    handlers.APILogWorker.drain_all(timeout=_LOGS_DRAIN_S)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -124,6 +139,7 @@ def _kept_server(home: Path, timeout_s: float, keep_s: float) -> Iterator[str]:
     try:
         yield url
     finally:
+        _send_pending_logs()  # before the last mark of use: the keeper never stops a server owed logs
         stop.set()
         marker.join(timeout=5)
         used.touch()

@@ -194,3 +194,49 @@ def test_a_flow_that_fails_inside_prefect_is_one_line_and_its_traceback_waits_fo
         logged = [log["message"] for log in json.load(response)]
     kept = [m for m in logged if "nothing names" in m and "Traceback (most recent call last)" in m]
     assert len(kept) >= 2, logged  # both runs' records in Prefect keep the traceback
+
+
+def test_a_failed_run_says_nothing_of_logs_sent_after_its_prefect_server_stopped(
+    ray_session: None, tmp_path: Path
+) -> None:
+    """With SLEEPSOUND_PREFECT_KEEP_MINUTES=0 the command's own Prefect server stops when the run ends, and
+    Prefect's log worker sent the failed run's last records at exit, to nobody: "--- Error logging to API ---"
+    came under the one-line error. Its batch interval is lengthened here so that those records are certainly
+    still queued when the run ends (at the 2-s default they usually are)."""
+    import os
+    import subprocess
+    import sys
+
+    import ray
+
+    (tmp_path / "incoming").mkdir()  # an empty folder is a quiet night: the flow starts, and its first task fails
+    # The task is replaced once the command has announced its server (Prefect reads its settings on import).
+    main = (
+        "import sleepsound.cli as cli\n"
+        "console = cli._prefect_console\n"
+        "def broken_ingest():\n"
+        "    from prefect import task\n"
+        "    import flows.nightly\n"
+        "    @task(name='ingest')\n"
+        "    def broken(*args, **kwargs):\n"
+        "        raise RuntimeError('the ingest task failed in a way nothing names')\n"
+        "    flows.nightly.ingest = broken\n"
+        "    return console()\n"
+        "cli._prefect_console = broken_ingest\n"
+        "cli.main()"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
+    env |= {
+        "SLEEPSOUND_PREFECT_KEEP_MINUTES": "0",
+        "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "60",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),  # this copy's packages, not the installed ones
+    }
+    flow = ["nightly", "--source", str(tmp_path / "incoming"), "--root", str(tmp_path / "root")]
+    flow += ["--ray-address", ray.get_runtime_context().gcs_address]
+    out = subprocess.run(
+        [sys.executable, "-c", main, *flow], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 1, out.stderr
+    assert "error: RuntimeError: the ingest task failed in a way nothing names" in out.stderr.splitlines()
+    assert "Error logging to API" not in out.stdout + out.stderr, out.stderr
+    assert (tmp_path / ".prefect" / "prefect.db").exists()  # the command's own server, stopped with it
