@@ -426,12 +426,19 @@ def submit(
         ),
     ] = None,
 ) -> None:
-    """Run a flow on a Ray cluster as a Ray job (the flow's own options after it) and follow its logs."""
+    """Run a flow on a Ray cluster as a Ray job (the flow's own options after it) and follow its logs.
+    With ``sleepsound --debug submit`` the job runs with --debug too."""
     from sleepsound.runs.submit import submit_flow
 
     try:
         result = submit_flow(
-            address, flow, ctx.args, working_dir=working_dir, forward_secrets=forward_secret or (), follow=follow
+            address,
+            flow,
+            ctx.args,
+            working_dir=working_dir,
+            forward_secrets=forward_secret or (),
+            follow=follow,
+            debug=_DEBUG["on"],  # `sleepsound --debug submit ...`: the job's own errors show their traceback too
         )
     except ValueError as exc:
         raise _refused(None, exc) from exc

@@ -89,13 +89,17 @@ def withheld_secrets(environ: dict[str, str] | None = None, forward_secrets: Seq
     return sorted(k for k, v in candidates.items() if stays_here(k, v) and k not in forward_secrets)
 
 
-def entrypoint(flow: str, args: Sequence[str]) -> str:
-    """The job's command: the sleepsound CLI, quoted for the shell the job runs it in."""
+def entrypoint(flow: str, args: Sequence[str], debug: bool = False) -> str:
+    """The job's command: the sleepsound CLI, quoted for the shell the job runs it in.
+
+    ``debug`` (``sleepsound --debug submit``) goes before the flow, where the CLI reads it: without
+    it the job's logs held only the one-line error of an unexpected failure, never its traceback.
+    """
     if flow not in FLOWS:
         raise ValueError(f"unknown flow {flow!r}; submit one of {', '.join(FLOWS)}")
     if any(a == "--ray-address" or a.startswith("--ray-address=") for a in args):
         raise ValueError("a submitted flow runs on the job's own cluster: leave --ray-address out")
-    return shlex.join(["sleepsound", flow, *args])
+    return shlex.join(["sleepsound", *(["--debug"] if debug else []), flow, *args])
 
 
 def submit_flow(
@@ -109,16 +113,18 @@ def submit_flow(
     follow: bool = True,
     timeout_s: float | None = None,
     echo: Callable[[str], None] = print,
+    debug: bool = False,
 ) -> dict[str, Any]:
     """Submit the flow as a Ray job; with ``follow`` stream its logs until it ends.
 
     Returns ``{job_id, status, logs}`` (logs only when not followed). ``working_dir`` uploads a
     local folder as the job's code; ``pip`` installs packages into its environment;
-    ``forward_secrets`` names secret-looking variables to send anyway (each with a warning).
+    ``forward_secrets`` names secret-looking variables to send anyway (each with a warning);
+    ``debug`` runs the job's command with ``--debug`` (an unexpected error's traceback in its logs).
     """
     from ray.job_submission import JobSubmissionClient
 
-    command = entrypoint(flow, args)
+    command = entrypoint(flow, args, debug=debug)
     env = job_environment(forward_secrets=forward_secrets)
     withheld = withheld_secrets(forward_secrets=forward_secrets)
     if withheld:

@@ -101,6 +101,7 @@ def test_entrypoint_and_environment() -> None:
         entrypoint("run", ["--source", "s3://b/x y", "--set", "a.b=1"])
         == "sleepsound run --source 's3://b/x y' --set a.b=1"
     )
+    assert entrypoint("run", ["--source", "s"], debug=True) == "sleepsound --debug run --source s"
     with pytest.raises(ValueError, match="unknown flow"):
         entrypoint("validate", [])
     with pytest.raises(ValueError, match="leave --ray-address out"):
@@ -280,3 +281,22 @@ def test_a_submitted_job_carries_no_secret_the_jobs_api_would_show(ray_head, mon
 
     missing = CliRunner().invoke(app, ["submit", "--address", ray_head, "--forward-secret", "NOPE_TOKEN", "run"])
     assert missing.exit_code == 2 and "--forward-secret NOPE_TOKEN: not set" in missing.output
+
+
+def test_debug_travels_into_the_submitted_jobs_command(ray_head, monkeypatch) -> None:
+    """``sleepsound --debug submit`` ran the job's command without --debug: an unexpected error in the
+    job showed its one-line error and never its traceback. The job's command now carries it, where the
+    CLI reads it (before the flow), and the job runs (here the flow's --help, which ends at once)."""
+    from ray.job_submission import JobSubmissionClient
+    from typer.testing import CliRunner
+
+    from sleepsound.cli import app
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    jobs = JobSubmissionClient(ray_head)
+    for given, command in ((["--debug"], "sleepsound --debug run --help"), ([], "sleepsound run --help")):
+        out = CliRunner().invoke(app, [*given, "submit", "--address", ray_head, "--no-follow", "--", "run", "--help"])
+        assert out.exit_code == 0, out.output[-3000:]
+        job_id = re.search(r"Ray job (\S+): SUCCEEDED", out.output).group(1)
+        assert jobs.get_job_info(job_id).entrypoint == command
+        assert "--source" in jobs.get_job_logs(job_id)  # the flow's help: the option parsed where it stands
