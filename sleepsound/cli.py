@@ -753,11 +753,9 @@ def _check_models_root(root: str) -> None:
 
     store = open_root(root)
     if not store.fs.exists(store.path):
-        err_console.print(f"[red]no storage root at {escape(root)}[/red]: check the path", highlight=False)
-        raise typer.Exit(2)
+        raise _refused(None, FileNotFoundError(f"no storage root at {root}: check the path"))
     if not store.fs.isdir(store.path):
-        err_console.print(f"[red]--root {escape(root)} is a file[/red]: give the storage root folder", highlight=False)
-        raise typer.Exit(2)
+        raise _refused(None, NotADirectoryError(f"--root {root} is a file: give the storage root folder"))
 
 
 @models_app.command("list")
@@ -770,16 +768,16 @@ def models_list(
     from sleepsound.registry import store as model_store
 
     _check_models_root(root)
+    # Every refusal goes through _refused: a store's folder names (a damaged store's too) and the user's --task
+    # are text, never markup ('[/x]' was a MarkupError) nor terminal control (an ESC reached the terminal).
     try:  # a damaged or tampered store names its file (DamagedStore is a ModelNotFound)
         known = model_store.targets(root)
         if task and task not in known:
             have = ", ".join(known) or "none yet"
-            err_console.print(f"[red]no models of task {task!r} under {escape(root)}[/red] (tasks here: {have})")
-            raise typer.Exit(2)
+            raise model_store.ModelNotFound(f"no models of task {task!r} under {root} (tasks here: {have})")
         rows = [v for t in ([task] if task else known) for v in model_store.versions(root, t)]
     except model_store.ModelNotFound as exc:
-        err_console.print(f"[red]{escape(printable(exc))}[/red]", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from exc
+        raise _refused(None, exc) from exc
     if as_json:
         print(json.dumps(rows))
         return

@@ -156,6 +156,30 @@ def test_models_list_exits_2_naming_a_damaged_file(root: Path) -> None:
     assert listed.exit_code == 2 and "champion.json" in listed.output, listed.output
 
 
+@pytest.mark.parametrize("task", ["nope", "[/y]"])
+def test_models_list_refuses_a_task_of_a_damaged_store_as_text(root: Path, task: str) -> None:
+    """``models list --task`` printed its refusal by hand, as markup: a task folder named with an ESC put it on
+    the terminal, and ``--task '[/y]'`` was a MarkupError (exit 1, "not expected"). Now the common refusal: one
+    line on stderr, control characters escaped, exit 2."""
+    from sleepsound.cli import app
+
+    (root / "models" / "ctrl\x1b[31mred").mkdir()
+    out = CliRunner().invoke(app, ["models", "list", "--root", str(root), "--task", task])
+    assert out.exit_code == 2 and out.stdout == "", out.output
+    assert out.stderr == f"no models of task {task!r} under {root} (tasks here: ctrl\\x1b[31mred, stage3)\n"
+
+
+@pytest.mark.parametrize("command", ["list", "show"])
+def test_models_commands_refuse_a_root_named_with_control_characters_as_text(tmp_path: Path, command: str) -> None:
+    """The root refusals were printed by hand too: an ESC in the --root given reached the terminal."""
+    from sleepsound.cli import app
+
+    root = tmp_path / "ro\x1b[2Jot[/z]"
+    out = CliRunner().invoke(app, ["models", command, "--root", str(root)])
+    assert out.exit_code == 2 and "\x1b" not in out.output, out.output
+    assert out.stderr == f"no storage root at {tmp_path}/ro\\x1b[2Jot[/z]: check the path\n"
+
+
 @pytest.mark.parametrize("command", ["list", "show"])
 @pytest.mark.parametrize("given", ["missing", "file"])
 def test_models_commands_refuse_a_root_that_is_no_folder(tmp_path: Path, command: str, given: str) -> None:
