@@ -8,7 +8,6 @@ runner as a subflow; the subflow's run, tasks and logs appear under the parent i
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow
@@ -17,10 +16,7 @@ from flows.nightly import nightly
 from flows.pipeline import ray_runner
 from flows.score import score
 from flows.train import train_flow
-
-
-def _run_id(kind: str) -> str:
-    return datetime.now(UTC).strftime(f"{kind}-%Y%m%dT%H%M%SZ")
+from sleepsound.runs.run_record import default_run_id
 
 
 @flow(name="sleepsound-nightly-deployment")
@@ -34,7 +30,7 @@ def nightly_deployment(
 ) -> dict[str, Any]:
     config = config or {}
     return nightly.with_options(task_runner=ray_runner(config, ray_address))(
-        source, root, config, _run_id("nightly"), metric, margin
+        source, root, config, default_run_id("nightly"), metric, margin
     )
 
 
@@ -49,7 +45,7 @@ def train_deployment(
 ) -> dict[str, Any]:
     config = config or {}
     return train_flow.with_options(task_runner=ray_runner(config, ray_address))(
-        source, root, config, _run_id("train"), metric, margin
+        source, root, config, default_run_id("train"), metric, margin
     )
 
 
@@ -63,5 +59,5 @@ def score_deployment(
 ) -> dict[str, Any]:
     config = config or {}
     return score.with_options(task_runner=ray_runner(config, ray_address))(
-        source, root, config, _run_id("score"), versions
+        source, root, config, default_run_id("score"), versions
     )
