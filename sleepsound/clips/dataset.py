@@ -40,6 +40,7 @@ MIN_CLIP_SECONDS = 0.1
 FRAME_SAMPLES = 320  # one 20-ms backbone frame at 16 kHz
 # Finite float samples near the float32 limit can ring past it when resampled (inf, then NaN once normalised).
 RESAMPLED_NOT_FINITE = "samples too large to resample (they pass the float32 range: a damaged float file)"
+NOT_FINITE = "non-finite samples (NaN or Inf)"
 
 
 class ClipError(ValueError):
@@ -169,13 +170,25 @@ def decode_mono_16k(
         raise ClipError("empty (no samples)")
     if data.shape[0] < min_seconds * rate:
         raise ClipError(f"too short ({data.shape[0] / rate:.3f} s < {min_seconds:g} s)")
-    mono = data.mean(axis=1)
-    if not np.isfinite(mono).all():
-        raise ClipError("non-finite samples (NaN or Inf)")
+    mono = mix_to_mono(data)
     if rate != SAMPLE_RATE:
         mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
         if not np.isfinite(mono).all():  # rejected here by name, not a NaN clip that stops the embedding of all
             raise ClipError(RESAMPLED_NOT_FINITE)
+    return mono.astype(np.float32)
+
+
+def mix_to_mono(block: np.ndarray) -> np.ndarray:
+    """float32 mono of a [frames, channels] block: the mean of the channels, taken in float64.
+
+    Why: the float32 mean of finite samples near the float32 limit overflows (two channels at 3e38 sum
+    to inf), and such a clip was rejected for "NaN or Inf" it does not hold. Only samples that are
+    themselves NaN or Inf are named so (ClipError).
+    """
+    if not np.isfinite(block).all():
+        raise ClipError(NOT_FINITE)
+    # Each channel's share, summed: a mean that cannot overflow, the same float32 values for one or two channels.
+    mono = np.divide(block, block.shape[1], dtype=np.float64).sum(axis=1)
     return mono.astype(np.float32)
 
 

@@ -30,6 +30,7 @@ from sleepsound.clips.dataset import (
     ClipError,
     check_clip_file,
     fix_length,
+    mix_to_mono,
     peak_normalise,
     sound_source,
 )
@@ -125,9 +126,7 @@ def decode_bounded(source: str | BinaryIO, max_seconds: float, min_seconds: floa
                 if not len(block):
                     break
                 read += len(block)
-                mono = block.mean(axis=1)
-                if not np.isfinite(mono).all():
-                    raise ClipError("non-finite samples (NaN or Inf)")
+                mono = mix_to_mono(block)
                 pieces.append(mono if stream is None else stream.resample_chunk(mono, last=False))
             if stream is not None:
                 pieces.append(stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True))

@@ -14,8 +14,10 @@ import typer
 from typer.testing import CliRunner
 
 from sleepsound.clips.cli import clips_app
-from sleepsound.clips.dataset import load_dataset
+from sleepsound.clips.dataset import ClipError, load_dataset
+from sleepsound.clips.scoring import decode_bounded
 from sleepsound.models.heads.artifacts import build_head, save_head
+from sleepsound.monitor.limits import AudioBuffer
 from tests.clips.test_clips import make_dataset
 from tests.clips.test_model_config_checks import CLASSES, _clips_info
 
@@ -66,6 +68,35 @@ def test_finite_float_samples_that_resample_past_float32_are_rejected_by_name(tm
         _cli(), ["clips", "score", "--model", str(mel_model), "--json", str(data / "snoring/1_9.wav")]
     )
     assert result.exit_code == 1 and "samples too large to resample" in json.loads(result.stdout)["error"]
+
+
+def test_two_channels_of_finite_samples_near_the_float32_limit_are_not_called_nan_or_inf(
+    tmp_path: Path, mel_model: Path
+) -> None:
+    """The float32 mean of two channels at 3e38 overflowed to inf, and the clip was rejected for "NaN or
+    Inf" that the file does not hold. At 16 kHz (no resampling) it is a clip like its mono twin; at another
+    rate it is named for what it is, by training, `clips score` and the service's decoder alike."""
+    data = make_dataset(tmp_path / "data", per_label=3)
+    loud = np.sign(np.random.default_rng(0).standard_normal(16_000)).astype(np.float32) * np.float32(3e38)
+    stereo = np.stack([loud, loud], axis=1)
+    sf.write(data / "snoring" / "1_8.wav", stereo, 16_000, subtype="FLOAT")
+    sf.write(data / "snoring" / "1_9.wav", stereo, 22_050, subtype="FLOAT")
+    assert np.isfinite(sf.read(data / "snoring" / "1_9.wav", dtype="float32")[0]).all()
+
+    ds = load_dataset(data)
+    assert ds.counts() == {"discovered": 8, "used": 7, "rejected": 1} and np.isfinite(ds.audio).all()
+    assert ds.rejected[0].reason.startswith("snoring/1_9.wav: samples too large to resample"), ds.rejected
+    kept = ds.audio[ds.files.index("snoring/1_8.wav")]
+    np.testing.assert_array_equal(kept[:16_000], np.sign(loud))  # the mono twin's samples, peak-normalised
+
+    result = CliRunner().invoke(
+        _cli(),
+        ["clips", "score", "--model", str(mel_model), "--json", *(str(data / f"snoring/1_{i}.wav") for i in (8, 9))],
+    )
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert "error" not in first and "samples too large to resample" in second["error"], result.stdout
+    with pytest.raises(ClipError, match="samples too large to resample"):  # the service decodes uploads so
+        decode_bounded(AudioBuffer((data / "snoring" / "1_9.wav").read_bytes()), 600.0)
 
 
 def test_a_clip_whose_name_is_not_utf8_is_read_and_scored(tmp_path: Path, mel_model: Path) -> None:
