@@ -41,6 +41,8 @@ FRAME_SAMPLES = 320  # one 20-ms backbone frame at 16 kHz
 # Finite float samples near the float32 limit can ring past it when resampled (inf, then NaN once normalised).
 RESAMPLED_NOT_FINITE = "samples too large to resample (they pass the float32 range: a damaged float file)"
 NOT_FINITE = "non-finite samples (NaN or Inf)"
+# Finite 64-bit float samples past the float32 range: the clips are float32 from here on.
+TOO_LARGE = "samples too large (they pass the float32 range: a damaged float file)"
 
 
 class ClipError(ValueError):
@@ -162,7 +164,7 @@ def decode_mono_16k(
         with sf.SoundFile(sound_source(source)) as handle:
             rate = handle.samplerate
             data = handle.read(
-                frames=min(handle.frames, math.ceil(max_seconds * rate)), dtype="float32", always_2d=True
+                frames=min(handle.frames, math.ceil(max_seconds * rate)), dtype=read_dtype(handle), always_2d=True
             )
     except Exception as exc:  # libsndfile raises several types for corrupt or foreign files
         raise ClipError(f"unreadable audio ({type(exc).__name__}: {exc})") from exc
@@ -178,18 +180,32 @@ def decode_mono_16k(
     return mono.astype(np.float32)
 
 
+def read_dtype(handle: sf.SoundFile) -> str:
+    """The dtype to read ``handle`` in: float64 for a 64-bit float file, else float32.
+
+    Why: libsndfile turns a finite double past the float32 range into inf when asked for float32, and
+    the clip was then rejected for "NaN or Inf" it does not hold; read as it is, it is named for what it is.
+    """
+    return "float64" if handle.subtype == "DOUBLE" else "float32"
+
+
 def mix_to_mono(block: np.ndarray) -> np.ndarray:
     """float32 mono of a [frames, channels] block: the mean of the channels, taken in float64.
 
     Why: the float32 mean of finite samples near the float32 limit overflows (two channels at 3e38 sum
     to inf), and such a clip was rejected for "NaN or Inf" it does not hold. Only samples that are
-    themselves NaN or Inf are named so (ClipError).
+    themselves NaN or Inf are named so; finite ones too large for float32 (a double file's) are
+    ``TOO_LARGE`` (ClipError).
     """
     if not np.isfinite(block).all():
         raise ClipError(NOT_FINITE)
     # Each channel's share, summed: a mean that cannot overflow, the same float32 values for one or two channels.
     mono = np.divide(block, block.shape[1], dtype=np.float64).sum(axis=1)
-    return mono.astype(np.float32)
+    with np.errstate(over="ignore"):
+        out = mono.astype(np.float32)
+    if not np.isfinite(out).all():
+        raise ClipError(TOO_LARGE)
+    return out
 
 
 def peak_normalise(audio: np.ndarray) -> np.ndarray:

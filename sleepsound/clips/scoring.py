@@ -32,6 +32,7 @@ from sleepsound.clips.dataset import (
     fix_length,
     mix_to_mono,
     peak_normalise,
+    read_dtype,
     sound_source,
 )
 from sleepsound.clips.evaluate import ClipClassifier
@@ -119,10 +120,10 @@ def decode_bounded(source: str | BinaryIO, max_seconds: float, min_seconds: floa
                 )
             stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, "float32", "HQ")
             pieces: list[np.ndarray] = []
-            read = 0
+            read, dtype = 0, read_dtype(handle)
             limit = math.ceil(max_seconds * rate) + 1  # one frame more tells a header that under-counts
             while read < limit:
-                block = handle.read(min(DECODE_BLOCK_FRAMES, limit - read), dtype="float32", always_2d=True)
+                block = handle.read(min(DECODE_BLOCK_FRAMES, limit - read), dtype=dtype, always_2d=True)
                 if not len(block):
                     break
                 read += len(block)

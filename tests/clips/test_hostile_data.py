@@ -99,6 +99,36 @@ def test_two_channels_of_finite_samples_near_the_float32_limit_are_not_called_na
         decode_bounded(AudioBuffer((data / "snoring" / "1_9.wav").read_bytes()), 600.0)
 
 
+def test_a_64_bit_float_clip_past_the_float32_range_is_named_too_large_not_nan(tmp_path: Path, mel_model: Path) -> None:
+    """libsndfile turns a finite double past the float32 range into inf when read as float32, so such a
+    clip was rejected for "NaN or Inf" it does not hold. An ordinary double clip is read as it is; a real
+    NaN is still named NaN; training, `clips score` and the service's decoder say the same."""
+    data = make_dataset(tmp_path / "data", per_label=3)
+    rng = np.random.default_rng(0)
+    plain = 0.5 * np.sin(np.arange(16_000) / 16_000 * 2 * np.pi * 300)
+    sf.write(data / "snoring" / "1_7.wav", plain, 16_000, subtype="DOUBLE")
+    sf.write(data / "snoring" / "1_8.wav", np.sign(rng.standard_normal(16_000)) * 1e300, 16_000, subtype="DOUBLE")
+    sf.write(data / "snoring" / "1_9.wav", np.full(16_000, np.nan), 16_000, subtype="DOUBLE")
+    assert np.isfinite(sf.read(data / "snoring" / "1_8.wav", dtype="float64")[0]).all()
+
+    ds = load_dataset(data)
+    assert ds.counts() == {"discovered": 9, "used": 7, "rejected": 2}, ds.rejected
+    np.testing.assert_allclose(ds.audio[ds.files.index("snoring/1_7.wav")][:16_000], plain / 0.5, atol=1e-6)
+    assert [r.reason for r in ds.rejected] == [
+        "snoring/1_8.wav: samples too large (they pass the float32 range: a damaged float file)",
+        "snoring/1_9.wav: non-finite samples (NaN or Inf)",
+    ]
+
+    files = [str(data / "snoring" / f"1_{i}.wav") for i in (7, 8, 9)]
+    result = CliRunner().invoke(_cli(), ["clips", "score", "--model", str(mel_model), "--json", *files])
+    scored = [json.loads(line) for line in result.stdout.splitlines()]
+    assert "error" not in scored[0] and result.exit_code == 1, result.stdout
+    assert scored[1]["error"].endswith("1_8.wav: samples too large (they pass the float32 range: a damaged float file)")
+    assert scored[2]["error"].endswith("1_9.wav: non-finite samples (NaN or Inf)")
+    with pytest.raises(ClipError, match=r"^samples too large \(they pass"):
+        decode_bounded(AudioBuffer((data / "snoring" / "1_8.wav").read_bytes()), 600.0)
+
+
 def test_a_clip_whose_name_is_not_utf8_is_read_and_scored(tmp_path: Path, mel_model: Path) -> None:
     """soundfile encoded str paths strictly, so a readable clip named with invalid UTF-8 bytes was rejected
     as 'unreadable audio (UnicodeEncodeError ...)' by train/evaluate and clips score."""
