@@ -29,7 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fsspec.implementations.local import LocalFileSystem
+
 from sleepsound.clips.split import blocks_of, file_index, group_by_label
+from sleepsound.core.storage import read_text_capped
 
 CATEGORIES_FILE = "categories.csv"
 _COLUMNS = ("label", "first", "last", "category")
@@ -51,7 +54,10 @@ class CategoryRange:
 def read_categories(path: str | Path) -> list[CategoryRange]:
     """The ranges of a ``label,first,last,category`` CSV; an error names the file, the row and the problem."""
     path = Path(path)
-    text = _read_text(path)
+    try:
+        text = read_text_capped(LocalFileSystem(), str(path), MAX_CATEGORIES_BYTES, "a categories file", str(path))
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the categories file ({exc.strerror or exc})") from exc
     kept = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip() and not line.startswith("#")]
     reader = csv.DictReader(line for _, line in kept)
     try:
@@ -85,25 +91,6 @@ def read_categories(path: str | Path) -> list[CategoryRange]:
                 )
         out.append(rng)
     return out
-
-
-def _read_text(path: Path) -> str:
-    """The file's UTF-8 text, at most ``MAX_CATEGORIES_BYTES``; ValueError naming the file otherwise.
-
-    Why: a read error, a non-text file or an endless one (``/dev/zero``) is the user's file to fix, named
-    with its problem, not a decoder's message without the file, or all the memory there is.
-    """
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_CATEGORIES_BYTES + 1)
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read the categories file ({exc.strerror or exc})") from exc
-    if len(data) > MAX_CATEGORIES_BYTES:
-        raise ValueError(f"{path}: larger than {MAX_CATEGORIES_BYTES} bytes: not a categories file")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
 
 
 def write_categories(path: str | Path, ranges: Sequence[CategoryRange]) -> None:

@@ -300,7 +300,11 @@ def free_bytes_at(path: str | os.PathLike[str]) -> tuple[str, int]:
     return existing, shutil.disk_usage(existing).free
 
 
-class NotOurJson(ValueError):
+class NotOurFile(ValueError):
+    """A file a reader refuses before using it: larger than it can be, or not the text it must hold."""
+
+
+class NotOurJson(NotOurFile):
     """A JSON file a reader refuses before using it: larger than any it writes, or not JSON at all."""
 
 
@@ -316,6 +320,22 @@ def read_json_capped(fs: fsspec.AbstractFileSystem, path: str, limit: int, what:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise NotOurJson(f"{name} is not JSON: {exc}") from exc
+
+
+def read_text_capped(fs: fsspec.AbstractFileSystem, path: str, limit: int, what: str, shown: str | None = None) -> str:
+    """The UTF-8 text of ``path`` (a leading byte-order mark dropped), which must hold at most ``limit``
+    bytes; NotOurFile naming the file (``shown``, default ``path``) otherwise: larger than ``limit``, so
+    not ``what``, or not UTF-8. Why: a file the user names may be a recording given by mistake or
+    ``/dev/zero``, to be refused with its problem, not read whole or met with a decoder's message
+    naming no file. A file that cannot be opened raises OSError, for the caller to name."""
+    name = shown or path
+    raw = read_bytes_capped(fs, path, limit)
+    if raw is None:
+        raise NotOurFile(f"{name}: larger than {limit} bytes: not {what}")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise NotOurFile(f"{name}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
 
 
 BULK_ROW_GROUP_BYTES = 8 << 20

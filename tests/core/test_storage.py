@@ -1,10 +1,21 @@
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
 import s3fs
 
 from sleepsound.core import schemas
-from sleepsound.core.storage import list_files, open_root, read_json, read_table, write_json, write_table
+from sleepsound.core.storage import (
+    NotOurFile,
+    list_files,
+    open_root,
+    read_json,
+    read_table,
+    read_text_capped,
+    write_json,
+    write_table,
+)
 from tests.full_disk import disk_full_on, on_a_small_disk
 
 
@@ -45,6 +56,26 @@ def test_local_writes_leave_no_temporary_files(tmp_path):
     fs, path = open_root(str(tmp_path))
     write_json(fs, f"{path}/m.json", {"x": 1})
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_a_capped_text_read_names_the_file_and_never_reads_past_its_limit(tmp_path: Path) -> None:
+    """The one capped text read (the clips categories CSV): a file over the limit, an endless one
+    (/dev/zero) or one that is not UTF-8 is refused naming the file as the user gave it; a missing one
+    is the caller's OSError to name."""
+    fs, base = open_root(str(tmp_path))
+    (tmp_path / "ok.csv").write_bytes(b"\xef\xbb\xbfa,b\n")
+    assert read_text_capped(fs, f"{base}/ok.csv", 7, "a table") == "a,b\n"  # the byte-order mark dropped
+    (tmp_path / "long.csv").write_bytes(b"x" * 8)
+    with pytest.raises(NotOurFile, match=r"^long\.csv: larger than 7 bytes: not a table$"):
+        read_text_capped(fs, f"{base}/long.csv", 7, "a table", "long.csv")
+    (tmp_path / "endless.csv").symlink_to("/dev/zero")
+    with pytest.raises(NotOurFile, match=r"endless\.csv: larger than 1048576 bytes: not a table$"):
+        read_text_capped(fs, f"{base}/endless.csv", 1 << 20, "a table")
+    (tmp_path / "latin.csv").write_bytes(b"caf\xe9\n")
+    with pytest.raises(NotOurFile, match=r"latin\.csv: not UTF-8 text \(byte 3: invalid continuation byte\)$"):
+        read_text_capped(fs, f"{base}/latin.csv", 64, "a table")
+    with pytest.raises(FileNotFoundError):
+        read_text_capped(fs, f"{base}/missing.csv", 64, "a table")
 
 
 def test_conform_refuses_missing_columns():
