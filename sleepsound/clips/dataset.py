@@ -17,7 +17,8 @@ tutorial detector fed Whisper audio of arbitrary length):
    whole 20-ms backbone frame. ``lengths`` keeps each clip's real length, so padding can
    be masked out of the head's pooling.
 
-Rejected: unreadable files, no samples, shorter than ``min_seconds``, non-finite samples,
+Rejected: unreadable files, a header no clip has (a rate outside 8-384 kHz, more than 8 channels,
+more audio declared than the file holds), no samples, shorter than ``min_seconds``, non-finite samples,
 a label folder not among the expected classes (or, for a file list, a missing file). Audio is held in memory
 (float32, 5 s max per clip), which suits clip datasets of a few thousand files.
 """
@@ -33,6 +34,9 @@ from typing import BinaryIO
 import numpy as np
 import soundfile as sf
 import soxr
+
+from sleepsound.io.audio import length_problem
+from sleepsound.monitor.limits import MAX_CHANNELS, MAX_RATE_HZ, MIN_RATE_HZ
 
 SAMPLE_RATE = 16_000
 MAX_CLIP_SECONDS = 5.0
@@ -163,9 +167,12 @@ def decode_mono_16k(
     try:
         with sf.SoundFile(sound_source(source)) as handle:
             rate = handle.samplerate
+            check_header(source, handle)
             data = handle.read(
                 frames=min(handle.frames, math.ceil(max_seconds * rate)), dtype=read_dtype(handle), always_2d=True
             )
+    except ClipError:
+        raise
     except Exception as exc:  # libsndfile raises several types for corrupt or foreign files
         raise ClipError(f"unreadable audio ({type(exc).__name__}: {exc})") from exc
     if data.shape[0] == 0:
@@ -178,6 +185,35 @@ def decode_mono_16k(
         if not np.isfinite(mono).all():  # rejected here by name, not a NaN clip that stops the embedding of all
             raise ClipError(RESAMPLED_NOT_FINITE)
     return mono.astype(np.float32)
+
+
+def check_header(source: str | BinaryIO, handle: sf.SoundFile) -> None:
+    """ClipError when an open file's header is not a clip's: a rate outside ``MIN_RATE_HZ``-``MAX_RATE_HZ``,
+    more than ``MAX_CHANNELS`` channels (the limits of ``monitor.limits``), or more audio declared than
+    the file holds (``io.audio.length_problem``, as ``validate`` says: a WAV or FLAC cut short).
+
+    Why one check for every clip reader: training and ``clips evaluate`` took a 1-Hz header for a 5-s clip
+    and a cut WAV for a whole one, which ``clips score`` and the service refuse; one file, one verdict.
+    """
+    rate, channels = int(handle.samplerate), int(handle.channels)
+    if rate < MIN_RATE_HZ:
+        raise ClipError(f"sample rate {rate} Hz is below the {MIN_RATE_HZ} Hz accepted")
+    if rate > MAX_RATE_HZ:
+        raise ClipError(f"sample rate {rate} Hz is above the {MAX_RATE_HZ} Hz accepted; resample it")
+    if channels > MAX_CHANNELS:
+        raise ClipError(f"{channels} channels; at most {MAX_CHANNELS} are accepted: keep fewer")
+    if isinstance(source, str):
+        with open(source, "rb") as raw:
+            problem = length_problem(raw, os.fstat(raw.fileno()).st_size, handle)
+    else:
+        where = source.tell()
+        size = source.seek(0, os.SEEK_END)
+        try:
+            problem = length_problem(source, size, handle)
+        finally:
+            source.seek(where)
+    if problem is not None:
+        raise ClipError(problem[1])
 
 
 def read_dtype(handle: sf.SoundFile) -> str:

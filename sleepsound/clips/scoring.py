@@ -15,7 +15,6 @@ decode is bounded before it starts (``decode_bounded``): a 476-KB FLAC of near-s
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any, BinaryIO
 
@@ -29,6 +28,7 @@ from sleepsound.clips.dataset import (
     SAMPLE_RATE,
     ClipError,
     check_clip_file,
+    check_header,
     fix_length,
     mix_to_mono,
     peak_normalise,
@@ -36,8 +36,8 @@ from sleepsound.clips.dataset import (
     sound_source,
 )
 from sleepsound.clips.evaluate import ClipClassifier
-from sleepsound.io.audio import AudioHeader, length_problem, unreadable_reason
-from sleepsound.monitor.limits import DECODE_BLOCK_FRAMES, MAX_CHANNELS, MAX_RATE_HZ, SAMPLES_PER_SECOND
+from sleepsound.io.audio import unreadable_reason
+from sleepsound.monitor.limits import DECODE_BLOCK_FRAMES, SAMPLES_PER_SECOND
 
 MAX_SCORE_SECONDS = 600.0  # longer audio is a night: score it with `sleepsound score`
 
@@ -91,22 +91,15 @@ def score_audio(clf: ClipClassifier, audio: np.ndarray, name: str, batch_size: i
 def decode_bounded(source: str | BinaryIO, max_seconds: float, min_seconds: float = MIN_CLIP_SECONDS) -> np.ndarray:
     """float32 mono 16-kHz samples of a file or file-like object, as ``clips.dataset.decode_mono_16k``
     gives them (channels averaged, soxr HQ; the same values), but refused from the header before
-    decoding when the rate is over ``MAX_RATE_HZ``, there are more than ``MAX_CHANNELS`` channels,
-    more than ``max_seconds`` (``TooLong``) or more samples (frames x channels) than ``max_seconds``
-    of 48 kHz stereo, or the header declares more audio than the file holds (a WAV's data size, a
-    FLAC's, MP3's or Ogg stream's length beyond what its bytes can code: ``validate``'s
-    ``truncated_audio``); then read in blocks, each mixed to mono and resampled as it comes, so
-    memory is one block plus the 16-kHz result. ClipError with the reason."""
+    decoding when it is not a clip's (``clips.dataset.check_header``: a rate outside 8-384 kHz, more
+    than 8 channels, more audio declared than the file holds, as ``validate``'s ``truncated_audio``),
+    when it declares more than ``max_seconds`` (``TooLong``) or more samples (frames x channels) than
+    ``max_seconds`` of 48 kHz stereo; then read in blocks, each mixed to mono and resampled as it
+    comes, so memory is one block plus the 16-kHz result. ClipError with the reason."""
     try:
         with sf.SoundFile(sound_source(source)) as handle:
             rate, channels, frames = int(handle.samplerate), int(handle.channels), int(handle.frames)
-            if rate > MAX_RATE_HZ:
-                raise ClipError(f"sample rate {rate} Hz is above the {MAX_RATE_HZ} Hz accepted; resample it")
-            if channels > MAX_CHANNELS:
-                raise ClipError(f"{channels} channels; at most {MAX_CHANNELS} are accepted: keep fewer")
-            problem = _length_problem(source, handle)
-            if problem is not None:
-                raise ClipError(problem)
+            check_header(source, handle)
             if frames > max_seconds * rate:
                 raise TooLong(
                     f"longer than {max_seconds:g} s ({frames / rate:.1f} s); score whole nights with `sleepsound score`"
@@ -144,21 +137,6 @@ def decode_bounded(source: str | BinaryIO, max_seconds: float, min_seconds: floa
     if read > max_seconds * rate:
         raise TooLong(f"longer than {max_seconds:g} s; score whole nights with `sleepsound score`")
     return np.concatenate(pieces).astype(np.float32, copy=False)
-
-
-def _length_problem(source: str | BinaryIO, info: AudioHeader) -> str | None:
-    """``validate``'s verdict on a header declaring a length the file cannot hold (``length_problem``)."""
-    if isinstance(source, str):
-        with open(source, "rb") as handle:
-            problem = length_problem(handle, os.fstat(handle.fileno()).st_size, info)
-    else:
-        where = source.tell()
-        size = source.seek(0, os.SEEK_END)
-        try:
-            problem = length_problem(source, size, info)
-        finally:
-            source.seek(where)
-    return None if problem is None else problem[1]
 
 
 def score_source(

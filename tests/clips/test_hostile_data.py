@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -127,6 +128,98 @@ def test_a_64_bit_float_clip_past_the_float32_range_is_named_too_large_not_nan(t
     assert scored[2]["error"].endswith("1_9.wav: non-finite samples (NaN or Inf)")
     with pytest.raises(ClipError, match=r"^samples too large \(they pass"):
         decode_bounded(AudioBuffer((data / "snoring" / "1_8.wav").read_bytes()), 600.0)
+
+
+def _tone(rate: int, seconds: float = 1.0, channels: int = 1) -> np.ndarray:
+    """A 300-Hz tone at half scale, [frames, channels]."""
+    wave = 0.5 * np.sin(2 * np.pi * 300 * np.arange(int(rate * seconds)) / rate)
+    return np.repeat(wave[:, None], channels, axis=1)
+
+
+def _patched(path: Path, at: bytes, offset: int, value: bytes) -> Path:
+    """``path`` with ``value`` written ``offset`` bytes past the first ``at`` (a header field)."""
+    raw = bytearray(path.read_bytes())
+    start = raw.index(at) + offset
+    raw[start : start + len(value)] = value
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_every_wav_flavour_reads_as_the_same_tone(tmp_path: Path) -> None:
+    """WAVE_FORMAT_EXTENSIBLE, unsigned 8-bit, 24-bit, mu-law, A-law, 64-bit float, RF64 and Wave64 clips
+    are read (resampled from their own rates), not rejected: the same tone, within each coding's error."""
+    folder = tmp_path / "data" / "snoring"
+    folder.mkdir(parents=True)
+    flavours = {
+        "1_0.wav": ("WAVEX", "PCM_16", 16_000, 2, 1e-3),
+        "1_1.wav": ("WAV", "PCM_U8", 22_050, 1, 2e-2),
+        "1_2.wav": ("WAV", "PCM_24", 44_100, 1, 1e-3),
+        "1_3.wav": ("WAV", "ULAW", 8_000, 1, 6e-2),
+        "1_4.wav": ("WAV", "ALAW", 8_000, 1, 6e-2),
+        "1_5.wav": ("WAV", "DOUBLE", 16_000, 1, 1e-6),
+        "1_6.wav": ("RF64", "FLOAT", 48_000, 2, 1e-3),
+        "1_7.wav": ("W64", "PCM_16", 16_000, 1, 1e-3),
+        "1_8.wav": ("WAVEX", "FLOAT", 16_000, 6, 1e-6),
+    }
+    for name, (fmt, subtype, rate, channels, _) in flavours.items():
+        sf.write(folder / name, _tone(rate, channels=channels), rate, format=fmt, subtype=subtype)
+    ds = load_dataset(tmp_path / "data")
+    assert ds.counts() == {"discovered": 9, "used": 9, "rejected": 0}, ds.rejected
+    want = _tone(16_000)[:, 0] / 0.5
+    for name, (*_, tolerance) in flavours.items():
+        got = ds.audio[ds.files.index(f"snoring/{name}")][:16_000]
+        assert np.abs(got[200:-200] - want[200:-200]).max() < tolerance, name  # the ends: the resampler's edges
+
+
+def test_headers_no_clip_has_are_refused_by_name_as_clips_score_and_the_service_refuse_them(
+    tmp_path: Path, mel_model: Path
+) -> None:
+    """Training and `clips evaluate` took a WAV whose rate field says 1 Hz for a 5-s clip (five samples,
+    upsampled), trained on 16 channels, a 4-kHz or 1-MHz header, and a WAV or RF64 whose data size claims
+    more than the file holds, all of which `clips score` or the service refuse (a 4-kHz clip `clips
+    score` scored and the service refused). Each is now rejected by name with its reason by every reader;
+    a zero-channel or 0-Hz header is libsndfile's to refuse, by name too. The counts add up."""
+    data = make_dataset(tmp_path / "data", per_label=3)
+    folder = data / "snoring"
+
+    def wav(name: str, **options: Any) -> Path:
+        rate, channels = options.pop("rate", 16_000), options.pop("channels", 1)
+        sf.write(folder / name, _tone(rate, 2.0, channels), rate, **{"subtype": "PCM_16", **options})
+        return folder / name
+
+    _patched(wav("1_10.wav"), b"fmt ", 12, (1).to_bytes(4, "little"))  # the rate field: 1 Hz
+    _patched(wav("1_11.wav"), b"fmt ", 12, (4_000).to_bytes(4, "little"))
+    _patched(wav("1_12.wav"), b"fmt ", 12, (1_000_000).to_bytes(4, "little"))
+    wav("1_13.wav", channels=16)
+    _patched(wav("1_14.wav"), b"data", 4, (0x7FFFFFF0).to_bytes(4, "little"))  # the data chunk's size
+    _patched(wav("1_15.wav", format="RF64"), b"ds64", 16, (1 << 40).to_bytes(8, "little"))  # RF64's data size
+    _patched(wav("1_16.wav"), b"fmt ", 10, (0).to_bytes(2, "little"))  # no channels
+    _patched(wav("1_17.wav"), b"fmt ", 12, (0).to_bytes(4, "little"))  # 0 Hz
+    expected = {
+        "1_10.wav": "sample rate 1 Hz is below the 8000 Hz accepted",
+        "1_11.wav": "sample rate 4000 Hz is below the 8000 Hz accepted",
+        "1_12.wav": "sample rate 1000000 Hz is above the 384000 Hz accepted; resample it",
+        "1_13.wav": "16 channels; at most 8 are accepted: keep fewer",
+        "1_14.wav": "truncated: the header declares 18:38:29 of audio",
+        "1_15.wav": "truncated: the header declares",
+        "1_16.wav": "unreadable audio (LibsndfileError: ",
+        "1_17.wav": "unreadable audio (LibsndfileError: ",
+    }
+
+    ds = load_dataset(data)
+    assert ds.counts() == {"discovered": 14, "used": 6, "rejected": 8}, ds.rejected
+    reasons = {r.file.split("/")[-1]: r.reason for r in ds.rejected}
+    for name, reason in expected.items():
+        assert reasons[name].startswith(f"snoring/{name}: {reason}"), reasons[name]
+    assert "Channel count is zero" in reasons["1_16.wav"]
+
+    files = [str(folder / name) for name in expected]
+    result = CliRunner().invoke(_cli(), ["clips", "score", "--model", str(mel_model), "--json", *files])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    for line, (name, reason) in zip(result.stdout.splitlines(), expected.items(), strict=True):
+        assert json.loads(line)["error"].startswith(f"{folder / name}: {reason}"), line
+    with pytest.raises(ClipError, match=r"^sample rate 4000 Hz is below the 8000 Hz accepted$"):
+        decode_bounded(AudioBuffer((folder / "1_11.wav").read_bytes()), 600.0)
 
 
 def test_a_clip_whose_name_is_not_utf8_is_read_and_scored(tmp_path: Path, mel_model: Path) -> None:
