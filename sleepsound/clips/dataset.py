@@ -25,6 +25,7 @@ a label folder not among the expected classes (or, for a file list, a missing fi
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from dataclasses import dataclass, field
@@ -123,6 +124,11 @@ def check_clip_file(path: str | Path) -> None:
     """Why ``path`` is not an audio file to read, as a ClipError; nothing when it is one."""
     path = Path(path)
     if path.is_symlink() and not path.exists():
+        try:
+            path.stat()
+        except OSError as exc:  # a loop is no missing file to copy in: say which it is
+            if exc.errno == errno.ELOOP:
+                raise ClipError("symbolic link loop (the link leads back to itself)") from None
         raise ClipError("broken symbolic link")
     if path.is_dir():
         raise ClipError("a folder, not a clip (clips must sit directly inside their label folder)")

@@ -222,6 +222,36 @@ def test_headers_no_clip_has_are_refused_by_name_as_clips_score_and_the_service_
         decode_bounded(AudioBuffer((folder / "1_11.wav").read_bytes()), 600.0)
 
 
+def test_a_symbolic_link_loop_and_a_folder_named_like_a_clip_are_rejected_for_what_they_are(
+    tmp_path: Path, mel_model: Path
+) -> None:
+    """A link leading back to itself was called a "broken symbolic link", as if a file were missing; a
+    folder named like a .wav is a folder. Neither hangs or raises in training or `clips score`."""
+    data = make_dataset(tmp_path / "data", per_label=3)
+    folder = data / "snoring"
+    (folder / "1_7.wav").symlink_to("1_7.wav")
+    (folder / "1_8.wav").symlink_to("1_9.wav")
+    (folder / "1_9.wav").symlink_to("1_8.wav")
+    (folder / "1_10.wav").mkdir()
+    (folder / "1_11.wav").symlink_to("gone.wav")
+
+    ds = load_dataset(data)
+    assert ds.counts() == {"discovered": 11, "used": 6, "rejected": 5}
+    assert [r.reason for r in ds.rejected] == [
+        "snoring/1_10.wav: a folder, not a clip (clips must sit directly inside their label folder)",
+        "snoring/1_11.wav: broken symbolic link",
+        *(f"snoring/1_{i}.wav: symbolic link loop (the link leads back to itself)" for i in (7, 8, 9)),
+    ]
+    result = CliRunner().invoke(
+        _cli(), ["clips", "score", "--model", str(mel_model), "--json", str(folder / "1_8.wav")]
+    )
+    assert result.exit_code == 1
+    assert (
+        json.loads(result.stdout)["error"]
+        == f"{folder / '1_8.wav'}: symbolic link loop (the link leads back to itself)"
+    )
+
+
 def test_a_clip_whose_name_is_not_utf8_is_read_and_scored(tmp_path: Path, mel_model: Path) -> None:
     """soundfile encoded str paths strictly, so a readable clip named with invalid UTF-8 bytes was rejected
     as 'unreadable audio (UnicodeEncodeError ...)' by train/evaluate and clips score."""
