@@ -28,21 +28,23 @@ from __future__ import annotations
 import errno
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 import soundfile as sf
 import soxr
 
-from sleepsound.io.audio import length_problem
+from sleepsound.io.audio import length_problem, wav_format_problem
 from sleepsound.monitor.limits import MAX_CHANNELS, MAX_RATE_HZ, MIN_RATE_HZ
 
 SAMPLE_RATE = 16_000
 MAX_CLIP_SECONDS = 5.0
 MIN_CLIP_SECONDS = 0.1
 FRAME_SAMPLES = 320  # one 20-ms backbone frame at 16 kHz
+T = TypeVar("T")
 # Finite float samples near the float32 limit can ring past it when resampled (inf, then NaN once normalised).
 RESAMPLED_NOT_FINITE = "samples too large to resample (they pass the float32 range: a damaged float file)"
 NOT_FINITE = "non-finite samples (NaN or Inf)"
@@ -180,7 +182,7 @@ def decode_mono_16k(
     except ClipError:
         raise
     except Exception as exc:  # libsndfile raises several types for corrupt or foreign files
-        raise ClipError(f"unreadable audio ({type(exc).__name__}: {exc})") from exc
+        raise unreadable(source, exc) from exc
     if data.shape[0] == 0:
         raise ClipError("empty (no samples)")
     if data.shape[0] < min_seconds * rate:
@@ -208,18 +210,35 @@ def check_header(source: str | BinaryIO, handle: sf.SoundFile) -> None:
         raise ClipError(f"sample rate {rate} Hz is above the {MAX_RATE_HZ} Hz accepted; resample it")
     if channels > MAX_CHANNELS:
         raise ClipError(f"{channels} channels; at most {MAX_CHANNELS} are accepted: keep fewer")
-    if isinstance(source, str):
-        with open(source, "rb") as raw:
-            problem = length_problem(raw, os.fstat(raw.fileno()).st_size, handle)
-    else:
-        where = source.tell()
-        size = source.seek(0, os.SEEK_END)
-        try:
-            problem = length_problem(source, size, handle)
-        finally:
-            source.seek(where)
+    problem = _judge_bytes(source, lambda raw, size: length_problem(raw, size, handle))
     if problem is not None:
         raise ClipError(problem[1])
+
+
+def unreadable(source: str | BinaryIO, exc: Exception) -> ClipError:
+    """The ClipError for a file libsndfile would not open: what its WAV header declares that no audio
+    has (``io.audio.wav_format_problem``: no channels, 0 Hz), else libsndfile's own message.
+
+    Why: libsndfile refuses a 0-Hz header as "Internal error : SF_INFO struct incomplete.".
+    """
+    try:
+        problem = _judge_bytes(source, wav_format_problem)
+    except OSError:  # the file cannot be read again: libsndfile's message is all there is
+        problem = None
+    return ClipError(f"unreadable audio ({problem or f'{type(exc).__name__}: {exc}'})")
+
+
+def _judge_bytes(source: str | BinaryIO, judge: Callable[[BinaryIO, int], T]) -> T:
+    """``judge(handle, size)`` on the raw bytes of a path or of a file-like object (left where it was)."""
+    if isinstance(source, str):
+        with open(source, "rb") as raw:
+            return judge(raw, os.fstat(raw.fileno()).st_size)
+    where = source.tell()
+    size = source.seek(0, os.SEEK_END)
+    try:
+        return judge(source, size)
+    finally:
+        source.seek(where)
 
 
 def read_dtype(handle: sf.SoundFile) -> str:

@@ -34,6 +34,7 @@ from sleepsound.clips.dataset import (
     peak_normalise,
     read_dtype,
     sound_source,
+    unreadable,
 )
 from sleepsound.clips.evaluate import ClipClassifier
 from sleepsound.io.audio import unreadable_reason
@@ -129,7 +130,7 @@ def decode_bounded(source: str | BinaryIO, max_seconds: float, min_seconds: floa
     except ClipError:
         raise
     except Exception as exc:  # libsndfile raises several types for corrupt or foreign files
-        raise ClipError(f"unreadable audio ({type(exc).__name__}: {exc})") from exc
+        raise unreadable(source, exc) from exc
     if read == 0:
         raise ClipError("empty (no samples)")
     if read < min_seconds * rate:

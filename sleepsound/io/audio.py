@@ -276,25 +276,21 @@ def wav_length_problem(handle: BinaryIO, size: int) -> tuple[str, str] | None:
     RIFF/RIFX WAVE is checked, and RF64 (its 64-bit ``data`` size in the ``ds64`` chunk); Wave64 is
     not. A RIFF ``data`` size of 0xFFFFFFFF is the streaming writers' "to the end of the file" and fine.
     """
-    handle.seek(0)
-    head = handle.read(12)
-    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX", b"RF64") or head[8:12] != b"WAVE":
+    kind = _wave_kind(handle)
+    if kind is None:
         return None
-    order = ">" if head[:4] == b"RIFX" else "<"
-    byte_rate, offset, data64 = 0, 12, None
-    while offset + 8 <= size:
-        handle.seek(offset)
-        chunk, length = struct.unpack(f"{order}4sI", handle.read(8))
+    byte_rate, data64, offset, order = 0, None, 0, ">" if kind == b"RIFX" else "<"
+    for at, chunk, length in _wave_chunks(handle, size, order):
         if chunk == b"fmt " and length >= 12:
             byte_rate = struct.unpack(f"{order}I", handle.read(12)[8:12])[0]
         if chunk == b"ds64" and length >= 16:  # RF64: riff size, then the data size, 64 bits each
             data64 = struct.unpack("<QQ", handle.read(16))[1]
         if chunk == b"data":
+            offset = at
             break
-        offset += 8 + length + (length & 1)
     else:
         return None  # no data chunk: libsndfile's own error, or its 0 frames, says so
-    if head[:4] == b"RF64" and length == 0xFFFFFFFF and data64 is not None:
+    if kind == b"RF64" and length == 0xFFFFFFFF and data64 is not None:
         length = data64
     elif length == 0xFFFFFFFF:
         return None
@@ -320,6 +316,44 @@ def wav_length_problem(handle: BinaryIO, size: int) -> tuple[str, str] | None:
             "in.wav out.wav`, and re-upload",
         )
     return None
+
+
+def wav_format_problem(handle: BinaryIO, size: int) -> str | None:
+    """What a RIFF/RIFX/RF64 WAVE file's ``fmt `` chunk declares that no audio has: no channels or a sample
+    rate of 0 Hz; None otherwise (or for another kind of file). Why: libsndfile refuses a 0-Hz header
+    as "Internal error : SF_INFO struct incomplete.", which names neither the field nor the file's fault."""
+    kind = _wave_kind(handle)
+    if kind is None:
+        return None
+    order = ">" if kind == b"RIFX" else "<"
+    for _, chunk, length in _wave_chunks(handle, size, order):
+        body = handle.read(8) if chunk == b"fmt " and length >= 8 else b""
+        if len(body) == 8:  # a fmt chunk cut short is libsndfile's to name
+            _, channels, rate = struct.unpack(f"{order}HHI", body)
+            if channels == 0:
+                return "the header declares 0 channels"
+            return "the header declares a sample rate of 0 Hz" if rate == 0 else None
+    return None
+
+
+def _wave_kind(handle: BinaryIO) -> bytes | None:
+    """``RIFF``, ``RIFX`` or ``RF64`` for a WAVE file in ``handle``, else None."""
+    handle.seek(0)
+    head = handle.read(12)
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX", b"RF64") or head[8:12] != b"WAVE":
+        return None
+    return head[:4]
+
+
+def _wave_chunks(handle: BinaryIO, size: int, order: str) -> Iterator[tuple[int, bytes, int]]:
+    """(offset, id, declared size) of each chunk of a WAVE file of ``size`` bytes, in order; at each,
+    ``handle`` stands just past the chunk's 8-byte header, so its body can be read."""
+    offset = 12
+    while offset + 8 <= size:
+        handle.seek(offset)
+        chunk, length = struct.unpack(f"{order}4sI", handle.read(8))
+        yield offset, chunk, length
+        offset += 8 + length + (length & 1)
 
 
 def _unparsed_tail(handle: BinaryIO, offset: int, size: int, order: str) -> int:

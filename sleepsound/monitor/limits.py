@@ -47,7 +47,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sleepsound.io.audio import SAMPLES_PER_SECOND, length_problem
+from sleepsound.io.audio import SAMPLES_PER_SECOND, length_problem, wav_format_problem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -239,8 +239,12 @@ def probe_audio(data: bytes, name: str, limits: AudioLimits) -> Any:
         raise Refused(400, f"{name}: empty upload; send the audio file's bytes")
     try:
         info = sf.info(AudioBuffer(data))
-    except (sf.LibsndfileError, RuntimeError) as exc:
-        reason = getattr(exc, "error_string", None) or clean_message(str(exc), name)
+    except (sf.LibsndfileError, RuntimeError) as exc:  # a 0-Hz WAV header is named, not libsndfile's "SF_INFO"
+        reason = (
+            wav_format_problem(io.BytesIO(data), len(data))
+            or getattr(exc, "error_string", None)
+            or clean_message(str(exc), name)
+        )
         raise Refused(400, f"{name}: unreadable audio ({reason})") from None
     rate, channels = int(info.samplerate), int(info.channels)
     if rate < limits.min_rate:
