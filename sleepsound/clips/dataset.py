@@ -18,7 +18,8 @@ tutorial detector fed Whisper audio of arbitrary length):
    be masked out of the head's pooling.
 
 Rejected: unreadable files, a header no clip has (a rate outside 8-384 kHz, more than 8 channels,
-more audio declared than the file holds), no samples, shorter than ``min_seconds``, non-finite samples,
+a length the file belies: cut short or never finalised), no samples, shorter than ``min_seconds``,
+non-finite samples or finite ones too large for float32,
 a label folder not among the expected classes (or, for a file list, a missing file). Audio is held in memory
 (float32, 5 s max per clip), which suits clip datasets of a few thousand files.
 """
@@ -197,8 +198,9 @@ def decode_mono_16k(
 
 def check_header(source: str | BinaryIO, handle: sf.SoundFile) -> None:
     """ClipError when an open file's header is not a clip's: a rate outside ``MIN_RATE_HZ``-``MAX_RATE_HZ``,
-    more than ``MAX_CHANNELS`` channels (the limits of ``monitor.limits``), or more audio declared than
-    the file holds (``io.audio.length_problem``, as ``validate`` says: a WAV or FLAC cut short).
+    more than ``MAX_CHANNELS`` channels (the limits of ``monitor.limits``), or a declared length the file
+    belies (``io.audio.length_problem``, as ``validate`` says: a WAV or FLAC cut short, or a WAV never
+    finalised, its samples outside the data chunk its header sizes at 0, which read as "empty").
 
     Why one check for every clip reader: training and ``clips evaluate`` took a 1-Hz header for a 5-s clip
     and a cut WAV for a whole one, which ``clips score`` and the service refuse; one file, one verdict.
@@ -210,7 +212,8 @@ def check_header(source: str | BinaryIO, handle: sf.SoundFile) -> None:
         raise ClipError(f"sample rate {rate} Hz is above the {MAX_RATE_HZ} Hz accepted; resample it")
     if channels > MAX_CHANNELS:
         raise ClipError(f"{channels} channels; at most {MAX_CHANNELS} are accepted: keep fewer")
-    problem = _judge_bytes(source, lambda raw, size: length_problem(raw, size, handle))
+    # Audio outside the data chunk is a clip never finalised once it is as long as the shortest clip.
+    problem = _judge_bytes(source, lambda raw, size: length_problem(raw, size, handle, MIN_CLIP_SECONDS))
     if problem is not None:
         raise ClipError(problem[1])
 

@@ -248,7 +248,9 @@ def check_declared_length(path: str, info: AudioHeader) -> None:
         raise AudioError(path, *problem)
 
 
-def length_problem(handle: BinaryIO, size: int, info: AudioHeader) -> tuple[str, str] | None:
+def length_problem(
+    handle: BinaryIO, size: int, info: AudioHeader, tail_seconds: float = EPOCH_SECONDS
+) -> tuple[str, str] | None:
     """(code, message) when the length a file's header declares (``info``, libsndfile's reading of it)
     does not fit the ``size`` bytes of the file in ``handle``, else None: a WAV's ``data`` chunk
     (``wav_length_problem``); a FLAC's STREAMINFO sample count (``flac_length_problem``); an MP3's or
@@ -256,13 +258,13 @@ def length_problem(handle: BinaryIO, size: int, info: AudioHeader) -> tuple[str,
     decoded: the length sizes what is read and allocated after it. Other formats are not checked
     (libsndfile takes an AIFF's length from the bytes there are)."""
     if info.format in ("WAV", "RF64"):
-        return wav_length_problem(handle, size)
+        return wav_length_problem(handle, size, tail_seconds)
     if info.format == "FLAC":
         return flac_length_problem(handle, size)
     return stream_length_problem(info, size)
 
 
-def wav_length_problem(handle: BinaryIO, size: int) -> tuple[str, str] | None:
+def wav_length_problem(handle: BinaryIO, size: int, tail_seconds: float = EPOCH_SECONDS) -> tuple[str, str] | None:
     """(code, message) when the WAV in ``handle`` (``size`` bytes) has a ``data`` chunk size that
     disagrees with the file, else None; libsndfile reads either case without complaint, as a
     shorter recording. Takes a handle so an upload held in memory is checked as a file on disk is:
@@ -271,7 +273,8 @@ def wav_length_problem(handle: BinaryIO, size: int) -> tuple[str, str] | None:
       cut short; less than a second missing is taken for a writer's miscount and read as it is);
     * ``unfinalised_audio``: the header declares less (0, typically) than the samples that follow,
       and no valid chunk does: a recording never closed properly (the recorder stopped or crashed
-      before writing the sizes).
+      before writing the sizes). At least ``tail_seconds`` of audio must follow (a night's epoch by
+      default: a tag or padding is less; a short clip passes its own length, which is more than that).
 
     RIFF/RIFX WAVE is checked, and RF64 (its 64-bit ``data`` size in the ``ds64`` chunk); Wave64 is
     not. A RIFF ``data`` size of 0xFFFFFFFF is the streaming writers' "to the end of the file" and fine.
@@ -307,7 +310,7 @@ def wav_length_problem(handle: BinaryIO, size: int) -> tuple[str, str] | None:
         )
     end = start + length + (length & 1)
     junk = _unparsed_tail(handle, end, size, order)
-    if junk >= EPOCH_SECONDS * byte_rate:  # a tag or padding is smaller than one epoch of audio
+    if junk >= tail_seconds * byte_rate:
         return (
             "unfinalised_audio",
             f"the header declares {seconds} ({length} bytes) but {clock(junk / byte_rate)} more "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,31 @@ def test_headers_no_clip_has_are_refused_by_name_as_clips_score_and_the_service_
         with pytest.raises(Refused) as refused:
             probe_audio((folder / name).read_bytes(), name, AudioLimits(1 << 20, 600.0))
         assert (refused.value.status, refused.value.message) == (400, f"{name}: {expected[name]}")
+
+
+def test_a_clip_never_finalised_is_named_so_not_called_empty(tmp_path: Path, mel_model: Path) -> None:
+    """A WAV whose recorder stopped before writing the sizes (a data chunk of 0 bytes, the samples after
+    it) was rejected as "empty (no samples)" though it holds a second of them, by training, `clips score`
+    and the service alike. A clip whose tags (a LIST chunk) follow its samples is still a clip."""
+    data = make_dataset(tmp_path / "data", per_label=3)
+    folder = data / "snoring"
+    sf.write(folder / "1_8.wav", _tone(16_000), 16_000, subtype="PCM_16")
+    _patched(folder / "1_8.wav", b"data", 4, (0).to_bytes(4, "little"))
+    with sf.SoundFile(folder / "1_9.wav", "w", 16_000, 1, subtype="PCM_16") as tagged:
+        tagged.title = "a snore, tagged"
+        tagged.write(_tone(16_000))
+    assert b"LIST" in (folder / "1_9.wav").read_bytes()
+    never = "the header declares 0:00:00 of audio (0 bytes) but 0:00:01 more follows outside any chunk: a recording"
+
+    ds = load_dataset(data)
+    assert ds.counts() == {"discovered": 8, "used": 7, "rejected": 1}, ds.rejected
+    assert ds.rejected[0].reason.startswith(f"snoring/1_8.wav: {never}"), ds.rejected
+    result = CliRunner().invoke(
+        _cli(), ["clips", "score", "--model", str(mel_model), "--json", str(folder / "1_8.wav")]
+    )
+    assert result.exit_code == 1 and json.loads(result.stdout)["error"].startswith(f"{folder / '1_8.wav'}: {never}")
+    with pytest.raises(ClipError, match=f"^{re.escape(never)}"):
+        decode_bounded(AudioBuffer((folder / "1_8.wav").read_bytes()), 600.0)
 
 
 def test_a_symbolic_link_loop_and_a_folder_named_like_a_clip_are_rejected_for_what_they_are(
