@@ -209,6 +209,8 @@ def probe_plain(path: str, channel: str, index: int | None = None) -> PartInfo:
         info = sf.info(path)
     except (sf.LibsndfileError, RuntimeError) as exc:
         reason = getattr(exc, "error_string", None) or str(exc)  # without the (maybe temporary) path
+        with open(path, "rb") as handle:  # a 0-Hz header is libsndfile's "SF_INFO struct incomplete"
+            reason = wav_format_problem(handle, os.path.getsize(path)) or reason
         raise AudioError(
             path, "unreadable_audio", f"not a readable {suffix.lstrip('.').upper()} file ({reason})"
         ) from exc

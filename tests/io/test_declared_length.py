@@ -186,3 +186,18 @@ def test_an_mp3_damaged_half_way_is_said_to_stop_half_way(tmp_path: Path) -> Non
     message = _stops_at(path)
     stopped = message.split("stops decoding after ")[1].split(" of ")[0]
     assert stopped in ("0:00:29", "0:00:30", "0:00:31"), message
+
+
+def test_a_night_whose_wav_header_declares_0_hz_is_named_for_the_field(tmp_path: Path) -> None:
+    """libsndfile refuses a 0-Hz WAV header as "Internal error : SF_INFO struct incomplete.", which names
+    no field; the night's header check names it, as the clip readers do."""
+    path = _write(tmp_path / "night.wav", 60, fmt="WAV")
+    raw = bytearray(path.read_bytes())
+    fmt = raw.index(b"fmt ")
+    raw[fmt + 12 : fmt + 16] = (0).to_bytes(4, "little")  # the sample rate field
+    path.write_bytes(bytes(raw))
+    with pytest.raises(AudioError) as caught:
+        probe_plain(str(path), "Mic")
+    assert caught.value.code == "unreadable_audio" and caught.value.path == str(path)
+    assert "the header declares a sample rate of 0 Hz" in caught.value.message
+    assert "SF_INFO" not in caught.value.message
