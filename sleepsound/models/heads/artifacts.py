@@ -35,6 +35,7 @@ from sleepsound.models.files import CONFIG_NAME, WEIGHTS_NAME
 from sleepsound.models.heads.attention import AttentionPoolingHead
 from sleepsound.models.heads.frames import FrameHead
 from sleepsound.models.heads.layers import MAX_LAYERS
+from sleepsound.models.heads.linear import StatsLinearHead
 from sleepsound.models.heads.mlp import MeanPoolingHead
 from sleepsound.models.heads.soundsleepnet import SoundSleepNetHead
 
@@ -47,12 +48,14 @@ HEAD_CLASSES: dict[str, type[nn.Module]] = {
     "MeanPoolingHead": MeanPoolingHead,
     "SoundSleepNetHead": SoundSleepNetHead,
     "FrameHead": FrameHead,
+    "StatsLinearHead": StatsLinearHead,
 }
 _ALIASES = {
     "attention": "AttentionPoolingHead",
     "mlp": "MeanPoolingHead",
     "soundsleepnet": "SoundSleepNetHead",
     "frames": "FrameHead",
+    "linear": "StatsLinearHead",
 }
 _DIM_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
     "AttentionPoolingHead": {
@@ -90,6 +93,7 @@ _DIM_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
         "dropout": (int, float),
         "n_layers": (int,),
     },
+    "StatsLinearHead": {"dim": (int,), "n_classes": (int,), "n_layers": (int,)},
 }
 # Tighter upper bounds than MAX_WIDTH for arguments that multiply the model's size or depth.
 _MAX_DIM = {"conv_blocks": 16, "kernel_size": 63, "n_heads": 64, "conv_channels": 2048, "lstm_hidden": 2048}
