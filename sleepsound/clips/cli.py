@@ -31,7 +31,13 @@ BlockSizeOpt = Annotated[
         "a gap in the file numbering always starts a new block."
     ),
 ]
-HeadOpt = Annotated[Optional[list[str]], typer.Option(help="Head(s) to try: mlp, attention (repeatable).")]
+HeadOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        help="Head(s) to try (repeatable): linear (logistic regression on every layer's mean and spread; the "
+        "default), mlp, attention."
+    ),
+]
 LrOpt = Annotated[Optional[list[float]], typer.Option(help="Learning rate(s) to try (repeatable).")]
 MaxEpochsOpt = Annotated[
     int, typer.Option(help="Epochs per validation run; the epoch of lowest validation log-loss is the one refit.")
@@ -220,8 +226,9 @@ def train(
         return
     typer.echo(
         f"chosen on validation blocks: {chosen['head']} head, layers {chosen['layers']}, "
-        f"pool {chosen['pool_seconds']:g} s, lr {chosen['lr']:g}, {chosen['epochs']} epochs "
-        f"(validation macro-F1 {chosen['val_macro_f1']:.3f})"
+        f"pool {chosen['pool_seconds']:g} s, "
+        + (f"C {chosen['c']:g} " if chosen.get("c") is not None else f"lr {chosen['lr']:g}, {chosen['epochs']} epochs ")
+        + f"(validation macro-F1 {chosen['val_macro_f1']:.3f})"
     )
     for r in summary["rejected"]:
         typer.echo(f"rejected {printable(r['reason'])}")

@@ -132,6 +132,7 @@ def _cross_validate(
                     "layers": layer_names(spec.layers, fitted.best.pick),
                     "pool_seconds": fitted.spec.pool_seconds,
                     "lr": fitted.best.lr,
+                    "c": fitted.best.c,
                     "epochs": fitted.best.best_epoch + 1,
                     "threshold": None if fitted.decision is None else fitted.decision["threshold"],
                 },

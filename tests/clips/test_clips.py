@@ -259,7 +259,8 @@ def test_model_round_trip(trained: dict, tiny_whisper: str) -> None:
     info = config["extra"]["clips"]
     assert config["classes"] == info["classes"] == ["no_snoring", "snoring"]
     assert info["backbone"] == tiny_whisper and info["sample_rate"] == SAMPLE_RATE
-    assert info["features"]["layers"] and info["chosen"]["head"] in {"mlp", "attention"}
+    assert info["features"]["layers"] and info["chosen"]["head"] == "linear"  # the default head
+    assert config["head_class"] == "StatsLinearHead" and info["chosen"]["c"] in info["settings"]["cs"]
     assert info["split"]["kind"] == "block" and len(info["held_out_files"]) == info["counts"]["test"]
     assert info["sleepsound_version"] and info["clip_seconds"] == info["clip_samples"] / SAMPLE_RATE
     chosen_layers = info["chosen"]["layers"]
