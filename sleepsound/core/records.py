@@ -15,7 +15,7 @@ names so existing storage roots stay readable; in them "task" means target.
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 
 class FindingRecord(TypedDict):
@@ -52,6 +52,7 @@ class ManifestRow(TypedDict):
     reason: str | None
     findings: list[FindingRecord]
     source_stamp: str | None  # files' sizes and versions + settings: unchanged -> row reused
+    labels_sha256: NotRequired[str | None]  # stage and event files as validated (absent in older manifests)
 
 
 class HeadInfo(TypedDict, total=False):

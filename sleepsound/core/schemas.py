@@ -44,6 +44,7 @@ MANIFEST = pa.schema(
         ("reason", pa.string()),
         ("findings", pa.list_(FINDING)),  # errors and warnings (sleepsound.core.findings.Finding)
         ("source_stamp", pa.string()),  # files' sizes and versions + settings: unchanged -> row reused
+        ("labels_sha256", pa.string()),  # of the stage and event files as validated; null without labels
     ]
 )
 

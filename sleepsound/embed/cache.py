@@ -20,7 +20,10 @@ both Parquet footers must parse, the epochs file must hold the night's epochs an
 embeddings file one row per valid epoch (the epochs file records its valid count at write;
 older files without it have their small ``valid`` column counted). What fails is moved to
 ``<root>/quarantine/cache/<same path>`` with a ``.reason.json`` beside it, named in a warning,
-and embedded again. The embedding values carry a SHA-256 recorded at write, verified by the
+and embedded again. A file made from another version of the night is not damaged, only stale:
+the epochs file records the audio's SHA-256 and the labels' (``night_identity``), the shifted
+windows the labels', and one that differs from the manifest's is embedded again and overwritten
+(nothing is quarantined). The embedding values carry a SHA-256 recorded at write, verified by the
 readers (``read_cached_table``), which decode every value anyway: hashing an 8-hour night's
 88 MB costs about 0.04 s there, where at the cache check it would mean reading every cached
 night in full on each rerun.
@@ -139,34 +142,56 @@ def plan_recording(root: RootLike, cfg: Config, row: ManifestRow, shifted: bool 
     when only scoring, which never reads the training-only shifted windows.
 
     A cache file that fails its check (``entry_problems``) is quarantined and counts as missing,
-    so it is embedded again."""
+    so it is embedded again; one made from another version of the night (``night_identity``) is
+    simply missing and is overwritten."""
     store = open_root(root)
-    problems = entry_problems(store, cfg, row, shifted)
+    problems, stale = check_entry(store, cfg, row, shifted)
     for path, problem in problems.items():
         quarantine_cache_file(store, path, problem)
     rec, sha = row["recording_id"], row["sha256"]
     present = [
-        store.fs.exists(p) and p not in problems
+        store.fs.exists(p) and p not in problems and p not in stale
         for p in (epochs_path(store.path, cfg, rec), embeddings_path(store.path, cfg, rec, sha))
     ]
     missing = tuple(
         c
         for c in (wanted_shift_classes(cfg, row) if shifted else ())
-        if (path := shifted_path(store.path, cfg, rec, sha, c)) in problems or not store.fs.exists(path)
+        if (path := shifted_path(store.path, cfg, rec, sha, c)) in problems
+        or path in stale
+        or not store.fs.exists(path)
     )
     return EmbedPlan(not all(present), missing, tuple(f"{p}: {why}" for p, why in problems.items()))
 
 
 def is_cached(root: RootLike, cfg: Config, row: ManifestRow) -> bool:
-    """Whether every channel of ``row`` already holds all that ``cfg`` needs, intact (moves nothing)."""
+    """Whether every channel of ``row`` already holds all that ``cfg`` needs, intact and made from
+    this version of the night (moves nothing)."""
     store = open_root(root)
     for c in channel_configs(cfg):
         rec, sha = row["recording_id"], row["sha256"]
         paths = [epochs_path(store.path, c, rec), embeddings_path(store.path, c, rec, sha)]
         paths += [shifted_path(store.path, c, rec, sha, k) for k in wanted_shift_classes(c, row)]
-        if entry_problems(store, c, row) or not all(store.fs.exists(p) for p in paths):
+        problems, stale = check_entry(store, c, row)
+        if problems or stale or not all(store.fs.exists(p) for p in paths):
             return False
     return True
+
+
+def night_identity(row: ManifestRow) -> dict[str, str | None]:
+    """What a night's epochs file is made from besides the settings its folder names: the audio's
+    SHA-256 (which also keys the embeddings) and the labels' (stages and events, which land in the
+    epochs file and the shifted windows but not in the audio's key). Recorded in the epochs file at
+    write, so a file left by another version of the night (labels added or corrected later, audio
+    reverted to an earlier upload, a crash between the embeddings and the epochs file) is never
+    paired with this version's embeddings."""
+    return {"audio_sha256": row.get("sha256"), "labels_sha256": row.get("labels_sha256")}
+
+
+def _other_version(meta: pq.FileMetaData, row: ManifestRow, keys: tuple[str, ...]) -> bool:
+    """Whether a cache file recorded another ``night_identity`` than ``row``'s for ``keys``; a file
+    written before identities were recorded cannot tell, and counts as this version's."""
+    recorded, identity = cache_meta(meta.metadata), night_identity(row)
+    return any(key in recorded and recorded[key] != identity[key] for key in keys)
 
 
 class CacheFileError(OSError):
@@ -174,17 +199,29 @@ class CacheFileError(OSError):
 
 
 def entry_problems(store: StorageRoot, cfg: Config, row: ManifestRow, shifted: bool = True) -> dict[str, str]:
-    """The present cache files of ``row`` (one channel) that fail their check, with the problem.
+    """The present cache files of ``row`` (one channel) that fail their check, with the problem."""
+    return check_entry(store, cfg, row, shifted)[0]
+
+
+def check_entry(
+    store: StorageRoot, cfg: Config, row: ManifestRow, shifted: bool = True
+) -> tuple[dict[str, str], set[str]]:
+    """The present cache files of ``row`` (one channel) that fail their check, with the problem,
+    and those made from another version of the night (``night_identity``: not damaged, only stale).
 
     Absent files are no problem here (they are simply not cached). Only footers are read:
     the epochs file must hold the night's ``n_epochs`` rows, the embeddings file one per
-    valid epoch; a pair where one side is absent is not checked against the other, since the
-    missing side is written again anyway.
+    valid epoch; a pair where one side is absent or stale is not checked against the other,
+    since that side is written again anyway.
     """
     fs, rec, sha = store.fs, row["recording_id"], row["sha256"]
     problems: dict[str, str] = {}
+    stale: set[str] = set()
     epochs, emb = epochs_path(store.path, cfg, rec), embeddings_path(store.path, cfg, rec, sha)
     epochs_meta = _footer(fs, epochs, problems) if fs.exists(epochs) else None
+    if epochs_meta is not None and _other_version(epochs_meta, row, ("audio_sha256", "labels_sha256")):
+        stale.add(epochs)
+        epochs_meta = None
     emb_meta = _footer(fs, emb, problems) if fs.exists(emb) else None
     if epochs_meta is not None and epochs_meta.num_rows != int(row["n_epochs"]):
         problems[epochs] = f"holds {epochs_meta.num_rows} epochs, the night has {row['n_epochs']}"
@@ -195,8 +232,10 @@ def entry_problems(store: StorageRoot, cfg: Config, row: ManifestRow, shifted: b
     for stage in wanted_shift_classes(cfg, row) if shifted else ():
         path = shifted_path(store.path, cfg, rec, sha, stage)
         if fs.exists(path):
-            _footer(fs, path, problems)
-    return problems
+            meta = _footer(fs, path, problems)
+            if meta is not None and _other_version(meta, row, ("labels_sha256",)):  # the audio is in its name
+                stale.add(path)
+    return problems, stale
 
 
 def _footer(fs: Any, path: str, problems: dict[str, str]) -> pq.FileMetaData | None:
@@ -253,8 +292,10 @@ def cache_meta(metadata: dict[bytes, bytes] | None) -> dict[str, Any]:
 
 
 def with_cache_meta(table: pa.Table, **meta: Any) -> pa.Table:
-    """``table`` carrying ``meta`` in its schema metadata, which Parquet keeps in the footer."""
-    return table.replace_schema_metadata({**(table.schema.metadata or {}), CACHE_META_KEY: json.dumps(meta)})
+    """``table`` carrying ``meta`` (added to what it already carries) in its schema metadata, which
+    Parquet keeps in the footer."""
+    merged = {**cache_meta(table.schema.metadata), **meta}
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), CACHE_META_KEY: json.dumps(merged)})
 
 
 def _column_digest(column: pa.ChunkedArray) -> str:

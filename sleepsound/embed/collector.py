@@ -20,7 +20,14 @@ from sleepsound.core import schemas
 from sleepsound.core.config import Config
 from sleepsound.core.records import ManifestRow
 from sleepsound.core.storage import RootLike, open_root, values_digest, write_table
-from sleepsound.embed.cache import EmbedPlan, embeddings_path, epochs_path, shifted_path, with_cache_meta
+from sleepsound.embed.cache import (
+    EmbedPlan,
+    embeddings_path,
+    epochs_path,
+    night_identity,
+    shifted_path,
+    with_cache_meta,
+)
 from sleepsound.embed.epochs import EPOCH_COLUMNS, Chunk
 from sleepsound.labels.events import RESP_COLUMNS
 
@@ -100,10 +107,11 @@ class RecordingCollector:
         shifted = [r for r in rows if r["kind"] == "shifted"]
         for stage in item.plan.shift_classes:
             windows = [r for r in shifted if r["stage3"] == stage]
+            labels = night_identity(item.row)["labels_sha256"]  # the windows' stages come from them
             write_table(
                 self.fs,
                 shifted_path(self.root_path, cfg, rec, sha, stage),
-                _shifted_table(rec, windows, n_layers),
+                with_cache_meta(_shifted_table(rec, windows, n_layers), labels_sha256=labels),
                 bulk=("embedding",),
             )
         epochs = [r for r in rows if r["kind"] == "epoch"]
@@ -121,7 +129,8 @@ class RecordingCollector:
                 write_envelope(self.fs_root, cfg, item.row, envelope_table(epochs, cfg.preprocess.epoch_seconds))
             table = pa.Table.from_pylist([{k: r[k] for k in EPOCH_COLUMNS} for r in epochs])
             n_valid = sum(bool(r["valid"]) for r in epochs)  # the embeddings file's row count, checked on a cache hit
-            table = with_cache_meta(schemas.conform(table, schemas.EPOCHS), n_valid=n_valid)
+            # What the night was made from, so a later version of it is never paired with this file (cache.py).
+            table = with_cache_meta(schemas.conform(table, schemas.EPOCHS), n_valid=n_valid, **night_identity(item.row))
             write_table(self.fs, epochs_path(self.root_path, cfg, rec), table)
         if rec not in self.stats.embedded:
             self.stats.embedded.append(rec)

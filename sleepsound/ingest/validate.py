@@ -17,6 +17,7 @@ import os
 import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
+from typing import Any
 
 from sleepsound.core.config import PreprocessConfig, ValidationConfig
 from sleepsound.core.findings import Finding, Quarantine, clock, epoch_findings, to_records
@@ -162,8 +163,13 @@ def check_continuity(parts: Sequence[PartInfo], numbers: Sequence[int], toleranc
 
 
 def _label_findings(src: RecordingSource, row: ManifestRow, parts: list[PartInfo], tol: Tolerances) -> list[Finding]:
-    """Stage labels (RML or stage CSV) and a plain night's events CSV, checked against the audio."""
+    """Stage labels (RML or stage CSV) and a plain night's events CSV, checked against the audio.
+
+    Also sets ``row["labels_sha256"]``, the digest of the bytes checked here: the audio's SHA-256
+    does not cover the labels, which the embedding cache's epochs file and the nightly state must
+    follow too (labels that arrive or are corrected after a night was embedded)."""
     findings: list[Finding] = []
+    digest = hashlib.sha256()
     if src.labels_uri is None:
         expected = "APNEA_RML/<patient>.rml" if src.layout == "psg-audio" else f"{src.recording_id}.stages.csv"
         findings.append(
@@ -177,6 +183,7 @@ def _label_findings(src: RecordingSource, row: ManifestRow, parts: list[PartInfo
         )
     else:
         with _named(src.labels_uri) as label_path:
+            _digest_file(digest, b"labels", label_path)
             if row["label_source"] == "rml":
                 findings += check_rml(
                     read_rml(label_path), src.labels_uri, parts, src.part_numbers, row["duration_s"], tol
@@ -192,6 +199,7 @@ def _label_findings(src: RecordingSource, row: ManifestRow, parts: list[PartInfo
                 )
     if src.events_uri is not None:
         with _named(src.events_uri) as events_path:
+            _digest_file(digest, b"events", events_path)
             events = read_events_csv(events_path)
         findings += check_events(events, row["duration_s"], src.events_uri)
         unknown = unknown_event_types(events)
@@ -210,7 +218,17 @@ def _label_findings(src: RecordingSource, row: ManifestRow, parts: list[PartInfo
                     "Hypopnea or Snore, in any case or spacing)",
                 )
             )
+    row["labels_sha256"] = digest.hexdigest() if src.labels_uri or src.events_uri else None
     return findings
+
+
+def _digest_file(digest: Any, kind: bytes, path: str) -> None:
+    """Add one annotation file to ``digest``, tagged with its role so a stage file and an events file
+    with the same bytes do not hash alike."""
+    digest.update(kind + b"\0")
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
 
 
 @contextlib.contextmanager
@@ -337,6 +355,7 @@ def manifest_row(src: RecordingSource) -> ManifestRow:
         "reason": None,
         "findings": [],
         "source_stamp": None,
+        "labels_sha256": None,
     }
 
 
