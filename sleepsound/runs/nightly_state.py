@@ -1,10 +1,13 @@
 """What the nightly flow has already done under a storage root, so the next night does only the new.
 
-``<root>/state/nightly.json`` lists every recording (id and audio SHA-256) that a successful
-nightly run processed; it is written last, after the run's outputs, so a run that fails part
-way leaves it as it was and the next run picks the same nights up again (the embedding cache
-and the model store make that cheap and free of duplicates). A recording whose audio changed
-(new SHA-256) counts as new.
+``<root>/state/nightly.json`` lists every recording (id and audio SHA-256, and in ``labels`` the
+digest of its stage and event files, "" for none) that a successful nightly run processed; it is
+written last, after the run's outputs, so a run that fails part way leaves it as it was and the
+next run picks the same nights up again (the embedding cache and the model store make that cheap
+and free of duplicates). A recording whose audio changed (new SHA-256) counts as new, and so does
+one whose labels arrived or changed (same audio): its truth changed, so it is trained on and
+scored again. A night handled before ``labels`` was recorded counts as done while its audio is
+unchanged.
 
 The file is read as untrusted: at most ``MAX_STATE_BYTES``, JSON of the shape written here, and a
 ``schema`` this code knows (none: the first one). Anything else is a ``DamagedState`` naming the
@@ -37,8 +40,9 @@ def state_path(root_path: str) -> str:
     return join(root_path, "state", STATE)
 
 
-def _parse(path: str, value: Any) -> dict[str, str]:
-    """The ``recordings`` mapping of a state file's JSON; DamagedState naming ``path`` (its URI) otherwise."""
+def _parse(path: str, value: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """The ``recordings`` and ``labels`` mappings of a state file's JSON; DamagedState naming ``path``
+    (its URI) otherwise."""
     if not isinstance(value, dict):
         raise DamagedState(f"{path} holds {type(value).__name__}, not an object: {_RECOVERY}")
     schema = value.get("schema", SCHEMA)
@@ -50,16 +54,29 @@ def _parse(path: str, value: Any) -> dict[str, str]:
     recordings = value.get("recordings")
     if not isinstance(recordings, dict) or not all(isinstance(v, str) for v in recordings.values()):
         raise DamagedState(f"{path}: 'recordings' must map recording ids to SHA-256 strings: {_RECOVERY}")
-    return dict(recordings)
+    labels = value.get("labels", {})  # absent in states written before labels were followed
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise DamagedState(f"{path}: 'labels' must map recording ids to digest strings: {_RECOVERY}")
+    return dict(recordings), dict(labels)
 
 
 def processed(root: RootLike) -> dict[str, str]:
     """{recording_id: sha256} of every night a successful nightly run handled; DamagedState if the
     file is not one this module wrote (oversized, not JSON, wrong types, another schema)."""
+    return _read(root)[0]
+
+
+def _labels_key(row: ManifestRow) -> str:
+    """A night's labels as the state records them: their digest, "" for a night without labels."""
+    return str(row.get("labels_sha256") or "")
+
+
+def _read(root: RootLike) -> tuple[dict[str, str], dict[str, str]]:
+    """The state's ``recordings`` and ``labels`` (both empty on a root no nightly run finished on)."""
     fs, root_path = open_root(root)
     path = state_path(root_path)
     if not fs.exists(path):
-        return {}
+        return {}, {}
     shown = full_uri(fs, path)
     try:
         value = read_json_capped(fs, path, MAX_STATE_BYTES, "a nightly state", shown)
@@ -69,22 +86,29 @@ def processed(root: RootLike) -> dict[str, str]:
 
 
 def new_recordings(root: RootLike, manifest_rows: list[ManifestRow]) -> list[ManifestRow]:
-    """Accepted rows not yet processed (or whose audio changed since)."""
-    done = processed(root)
-    return [r for r in manifest_rows if r["status"] == "accepted" and done.get(str(r["recording_id"])) != r["sha256"]]
+    """Accepted rows not yet processed, or whose audio or labels changed since."""
+    done, labels = _read(root)
+
+    def handled(row: ManifestRow) -> bool:
+        rec = str(row["recording_id"])
+        return done.get(rec) == row["sha256"] and labels.get(rec, _labels_key(row)) == _labels_key(row)
+
+    return [r for r in manifest_rows if r["status"] == "accepted" and not handled(r)]
 
 
 def mark_processed(root: RootLike, run_id: str, rows: list[ManifestRow]) -> None:
     """Add ``rows`` to the processed set (atomic write), recording the run that did them."""
     fs, root_path = open_root(root)
-    done = processed(root)
+    done, labels = _read(root)
     done.update({str(r["recording_id"]): str(r["sha256"]) for r in rows})
+    labels.update({str(r["recording_id"]): _labels_key(r) for r in rows})
     write_json(
         fs,
         state_path(root_path),
         {
             "schema": SCHEMA,
             "recordings": done,
+            "labels": labels,
             "last_run": run_id,
             "updated": datetime.now(UTC).isoformat(timespec="seconds"),
         },

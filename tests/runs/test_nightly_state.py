@@ -72,3 +72,30 @@ def test_the_state_round_trips_and_keeps_nights_that_left_the_source(tmp_path) -
 def test_a_state_written_before_the_schema_field_is_read(tmp_path) -> None:
     _state(tmp_path / "root", b'{"recordings": {"a": "ab"}, "last_run": "n1", "updated": "2026-01-01T00:00:00"}')
     assert processed(str(tmp_path / "root")) == {"a": "ab"}
+
+
+def test_labels_that_arrive_or_change_make_a_night_new_again(tmp_path) -> None:
+    """Same audio, other labels: the night's truth changed, so nightly trains on and scores it again
+    (it used to stay "done": labels added to an unlabelled night were never trained on by nightly)."""
+    root = str(tmp_path / "root")
+    unlabelled, labelled = _row("a", "1" * 64), {**_row("b", "2" * 64), "labels_sha256": "f" * 64}
+    mark_processed(root, "n1", [unlabelled, labelled])
+    assert json.loads(Path(state_path(root)).read_text())["labels"] == {"a": "", "b": "f" * 64}
+    assert new_recordings(root, [unlabelled, labelled]) == []
+    arrived, corrected = {**unlabelled, "labels_sha256": "e" * 64}, {**labelled, "labels_sha256": "d" * 64}
+    assert [r["recording_id"] for r in new_recordings(root, [arrived, corrected])] == ["a", "b"]
+    mark_processed(root, "n2", [arrived, corrected])
+    assert new_recordings(root, [arrived, corrected]) == []
+
+
+def test_a_night_handled_before_labels_were_recorded_stays_done_while_its_audio_is_unchanged(tmp_path) -> None:
+    _state(tmp_path / "root", b'{"schema": "sleepsound.nightly/1", "recordings": {"a": "' + b"1" * 64 + b'"}}')
+    row = {**_row("a", "1" * 64), "labels_sha256": "e" * 64}
+    assert new_recordings(str(tmp_path / "root"), [row]) == []
+    assert new_recordings(str(tmp_path / "root"), [{**row, "sha256": "2" * 64}]) == [{**row, "sha256": "2" * 64}]
+
+
+def test_a_state_with_mistyped_labels_is_refused(tmp_path) -> None:
+    _state(tmp_path / "root", b'{"recordings": {"a": "ab"}, "labels": {"a": 5}}')
+    with pytest.raises(DamagedState, match="'labels' must map recording ids"):
+        processed(str(tmp_path / "root"))
