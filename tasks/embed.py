@@ -5,6 +5,7 @@ Its logs carry counts, never a recording id (a patient id in PSG-Audio); the man
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -34,13 +35,16 @@ def embed(
         # Quick validation reads headers only; the embedding measured every epoch: a night with none
         # valid (all silent or NaN/Inf) has nothing to score and is quarantined as `validate` would.
         empty = nights_without_valid_epochs(store, cfg, [r for r in accepted if r["recording_id"] not in stats.failed])
-        if stats.failed or empty:  # a count only: ids (patient ids) and reasons (file paths) go to the manifest
-            path = write_manifest(store, quarantine(quarantine(rows, stats.failed), empty, "no_valid_epochs"))
+        if stats.failed or empty:  # counts only: ids (patient ids) and reasons (file paths) go to the manifest
+            codes = Counter(stats.failure_codes.values())
+            for code in sorted(codes):  # read_error, or source_changed: a file replaced or removed since validation
+                rows = quarantine(rows, {r: m for r, m in stats.failed.items() if stats.failure_codes[r] == code}, code)
+            path = write_manifest(store, quarantine(rows, empty, "no_valid_epochs"))
             if stats.failed:
                 get_run_logger().warning(
-                    "quarantined %d recordings while streaming (read_error); which ones and why: status and reason "
-                    "in %s",
+                    "quarantined %d recordings while streaming (%s); which ones and why: status and reason in %s",
                     len(stats.failed),
+                    ", ".join(f"{code}: {n}" for code, n in sorted(codes.items())),
                     path,
                 )
             if empty:

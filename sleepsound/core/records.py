@@ -30,6 +30,14 @@ class FindingRecord(TypedDict):
     end_s: float | None
 
 
+class FileVersion(TypedDict):
+    """One of a night's files as validation listed it (``sleepsound.ingest.versions``)."""
+
+    uri: str
+    size: int
+    version: str | None  # an object's ETag, a local file's modification time
+
+
 class ManifestRow(TypedDict):
     """One recording of a source: where its files are, what they hold, accepted or quarantined and why."""
 
@@ -53,6 +61,7 @@ class ManifestRow(TypedDict):
     findings: list[FindingRecord]
     source_stamp: str | None  # files' sizes and versions + settings: unchanged -> row reused
     labels_sha256: NotRequired[str | None]  # stage and event files as validated (absent in older manifests)
+    file_versions: NotRequired[list[FileVersion] | None]  # every file read, as listed when validated
 
 
 class HeadInfo(TypedDict, total=False):

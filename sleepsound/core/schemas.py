@@ -23,6 +23,9 @@ FINDING = pa.struct(
     ]
 )
 
+# One of a night's files as validation listed it (sleepsound.ingest.versions): readers check it is still so.
+FILE_VERSION = pa.struct([("uri", pa.string()), ("size", pa.int64()), ("version", pa.string())])
+
 MANIFEST = pa.schema(
     [
         ("recording_id", pa.string()),
@@ -45,6 +48,7 @@ MANIFEST = pa.schema(
         ("findings", pa.list_(FINDING)),  # errors and warnings (sleepsound.core.findings.Finding)
         ("source_stamp", pa.string()),  # files' sizes and versions + settings: unchanged -> row reused
         ("labels_sha256", pa.string()),  # of the stage and event files as validated; null without labels
+        ("file_versions", pa.list_(FILE_VERSION)),  # audio, stage and event files: size and ETag/mtime
     ]
 )
 

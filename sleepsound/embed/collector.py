@@ -29,6 +29,7 @@ from sleepsound.embed.cache import (
     with_cache_meta,
 )
 from sleepsound.embed.epochs import EPOCH_COLUMNS, Chunk
+from sleepsound.ingest.versions import SOURCE_CHANGED, SourceChanged
 from sleepsound.labels.events import RESP_COLUMNS
 
 
@@ -40,6 +41,7 @@ class EmbedStats:
     embedded: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    failure_codes: dict[str, str] = field(default_factory=dict)  # per failed recording: the manifest's reason code
     quarantined: list[str] = field(default_factory=list)  # bad cache files moved aside: "path: problem"
     epochs: int = 0
     shifted: int = 0
@@ -95,6 +97,7 @@ class RecordingCollector:
 
     def _fail(self, key: tuple[str, str], message: str) -> None:
         self.stats.failed[key[1]] = f"{key[0]}: {message}" if self.multi else message
+        self.stats.failure_codes[key[1]] = failure_code(message)
         for other in [k for k in self.items if k[1] == key[1]]:
             self.pending.pop(other, None)
             self.items.pop(other)
@@ -148,6 +151,12 @@ class RecordingCollector:
                 closing = f" ({closed} of {chunks} chunks closed)" if closed else ""
                 self._fail(key, f"only {got} rows arrived{closing}")
         self.pending.clear()
+
+
+def failure_code(message: str) -> str:
+    """The manifest reason code of a night that failed while streaming: ``source_changed`` when a
+    reader found its files other than validated (``ingest.versions``), else ``read_error``."""
+    return SOURCE_CHANGED if message.startswith(f"{SourceChanged.__name__} ({SOURCE_CHANGED})") else "read_error"
 
 
 def _frames(rows: list[dict[str, Any]], n_layers: int) -> tuple[int, int, pa.Array, str]:

@@ -27,6 +27,7 @@ from sleepsound.embed.cache import EmbedPlan
 from sleepsound.embed.preprocess import iter_epochs, iter_raw_epochs, margins
 from sleepsound.ingest.discovery import RecordingSource, local_copies
 from sleepsound.ingest.validate import probe_parts
+from sleepsound.ingest.versions import first_change, verify_unchanged
 from sleepsound.io import rml
 from sleepsound.io.audio import PartInfo, iter_night_blocks, probe_remote_edf
 from sleepsound.labels.annotations import load_stages, read_rml
@@ -164,16 +165,32 @@ def read_epochs(
     carry state across epochs, and the resampler looks a few milliseconds ahead); the filters'
     memory is far shorter than an epoch, so a chunk's rows equal the whole night's to float
     rounding (tests/embed/test_preprocess.py).
+
+    Before it reads and again after, the night's files are compared with the sizes and versions
+    validation listed (``ingest.versions``): a file replaced or removed since ends the night with a
+    ``SourceChanged`` error row, so nothing unvalidated reaches the cache under the validated checksum.
     """
     try:
+        verify_unchanged(row)  # before anything is read: the files validation saw, not others since
         yield from _read_epochs(row, cfg, shift_classes, epochs, chunk)
-    except Quarantine as exc:  # a named fault, naming the source's file rather than its (temporary) local copy
-        yield {
-            **_blank(row, cfg),
-            "error": f"{type(exc).__name__} ({exc.code}): {_source_of(row, exc.path)}: {exc.message}",
-        }
+        verify_unchanged(row)  # and still them once read: the consumer writes the night only after this
     except Exception as exc:
-        yield {**_blank(row, cfg), "error": f"{type(exc).__name__}: {exc}"}
+        if not isinstance(exc, Quarantine):  # a file that changed mid-read can fail in any way: say why
+            exc = _changed_or(row, exc)
+        if isinstance(exc, Quarantine):  # a named fault, naming the source's file rather than its local copy
+            error = f"{type(exc).__name__} ({exc.code}): {_source_of(row, exc.path)}: {exc.message}"
+        else:
+            error = f"{type(exc).__name__}: {exc}"
+        yield {**_blank(row, cfg), "error": error}
+
+
+def _changed_or(row: ManifestRow, exc: Exception) -> Exception:
+    """``SourceChanged`` when one of the night's files changed since validation (the likely cause of
+    ``exc``), else ``exc``; a storage that cannot be asked leaves ``exc`` as it is."""
+    try:
+        return first_change(row) or exc
+    except OSError:
+        return exc
 
 
 def _source_of(row: ManifestRow, path: str) -> str:

@@ -22,6 +22,7 @@ from sleepsound.core.storage import RootLike, join, open_root, read_table, write
 from sleepsound.core.text import printable
 from sleepsound.ingest.discovery import RecordingSource, discover
 from sleepsound.ingest.validate import apply_findings, manifest_row, validate_recording
+from sleepsound.ingest.versions import file_version, night_file_versions
 
 MANIFEST_FILE = "manifest/manifest.parquet"
 
@@ -46,9 +47,13 @@ def build_manifest(
 
     A night whose validator itself dies (a worker killed, out of memory) is retried by Ray,
     then quarantined as ``validator_failed``: one night never takes the cohort down.
+
+    Every row records its files' sizes and versions from that same listing (``file_versions``), which
+    the embed step's readers check before and after they read (``ingest.versions``).
     """
     found = discover(source) if found is None else found
-    stamps = source_stamps(source, found, _settings(cfg, checks, deep))
+    listing = source_listing(source)
+    stamps = source_stamps(source, found, _settings(cfg, checks, deep), listing)
     kept = {r["recording_id"]: r for r in previous or [] if r.get("status") == "accepted" and r.get("source_stamp")}
     reused = {
         src.recording_id: kept[src.recording_id]
@@ -59,7 +64,10 @@ def build_manifest(
     fresh = {row["recording_id"]: row for row in _validate(todo, cfg, checks, deep, use_ray, progress)}
     for rec, row in fresh.items():
         row["source_stamp"] = stamps[rec]
-    return [reused.get(src.recording_id) or fresh[src.recording_id] for src in found]
+    rows = [reused.get(src.recording_id) or fresh[src.recording_id] for src in found]
+    for src, row in zip(found, rows, strict=True):  # a reused row's files are unchanged: listed as they are
+        row["file_versions"] = night_file_versions([*src.audio_uris, src.labels_uri, src.events_uri], listing)
+    return rows
 
 
 def _validate(
@@ -111,15 +119,24 @@ def _settings(cfg: PreprocessConfig, checks: ValidationConfig | None, deep: bool
     )
 
 
-def source_stamps(source: str, found: list[RecordingSource], settings: str) -> dict[str, str | None]:
+def source_listing(source: str) -> dict[str, dict[str, Any]]:
+    """Every file under ``source`` with its size and version (path -> info), from one listing (no
+    request per file on object storage); empty when the source cannot be listed."""
+    fs, root = open_root(source)
+    fs.invalidate_cache(root)  # an object store's client keeps listings: the source as it is now
+    try:
+        return {info["name"].rstrip("/"): info for info in fs.find(root, detail=True).values()}
+    except OSError:
+        return {}
+
+
+def source_stamps(
+    source: str, found: list[RecordingSource], settings: str, listing: dict[str, dict[str, Any]] | None = None
+) -> dict[str, str | None]:
     """Per recording, a hash of its files' paths, sizes and versions and of ``settings``; None
     when a file's version cannot be read (that night is then always validated afresh).
-    One listing of the source serves every night (no request per file on object storage)."""
-    fs, root = open_root(source)
-    try:
-        listing = {info["name"].rstrip("/"): info for info in fs.find(root, detail=True).values()}
-    except OSError:
-        listing = {}
+    One listing of the source (``source_listing``, or ``listing`` when given) serves every night."""
+    listing = source_listing(source) if listing is None else listing
     out: dict[str, str | None] = {}
     for src in found:
         parts: list[Any] = [settings]
@@ -128,11 +145,11 @@ def source_stamps(source: str, found: list[RecordingSource], settings: str) -> d
                 parts.append(None)
                 continue
             info = listing.get(fsspec.core.url_to_fs(uri)[1].rstrip("/"))
-            version = None if info is None else (info.get("ETag") or info.get("mtime") or info.get("LastModified"))
+            version = None if info is None else file_version(info)
             if version is None:
                 parts = []
                 break
-            parts.append([uri, info.get("size"), str(version)])
+            parts.append([uri, info.get("size"), version])
         out[src.recording_id] = hashlib.sha256(json.dumps(parts).encode()).hexdigest() if parts else None
     return out
 

@@ -356,6 +356,7 @@ def manifest_row(src: RecordingSource) -> ManifestRow:
         "findings": [],
         "source_stamp": None,
         "labels_sha256": None,
+        "file_versions": None,
     }
 
 

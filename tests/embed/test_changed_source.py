@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from sleepsound.core.config import Config
-from sleepsound.embed.cache import cache_meta, epochs_path, shifted_path
+from sleepsound.embed.cache import cache_meta, embeddings_path, epochs_path, shifted_path
 from sleepsound.embed.cohort import embed_cohort
+from sleepsound.embed.epochs import read_epochs
 from sleepsound.ingest.manifest import build_manifest
 from sleepsound.synth.writers import generate_cohort
 
@@ -99,3 +100,105 @@ def test_audio_put_back_to_an_earlier_upload_is_not_paired_with_the_later_versio
     assert stats.embedded == [rec] and stats.quarantined == []
     recorded = cache_meta(pq.read_schema(epochs_path(root, CFG, rec)).metadata)
     assert recorded["audio_sha256"] == first[0]["sha256"]
+
+
+def _rewrite_samples(part: Path) -> None:
+    """Other audio in the same bytes count: the EDF stays valid, the file is another version."""
+    start, data = _edf_samples(part)
+    data[start:] = bytes(reversed(data[start:]))
+    part.write_bytes(bytes(data))
+
+
+def _change(src: Path, rec: str, how: str) -> str:
+    """Change one of night ``rec``'s files as ``how`` says; returns the file's name."""
+    part, rml = src / "APNEA_EDF" / rec / f"{rec}[002].edf", src / "APNEA_RML" / f"{rec}.rml"
+    if how == "audio rewritten, same size":
+        _rewrite_samples(part)
+    elif how == "labels corrected":
+        rml.write_text(rml.read_text().replace('Type="NonREM2"', 'Type="REM"'))
+    elif how == "audio removed":
+        part.unlink()
+    else:
+        rml.unlink()
+    return (rml if "labels" in how else part).name
+
+
+@pytest.mark.parametrize("how", ["audio rewritten, same size", "labels corrected", "audio removed", "labels removed"])
+def test_a_night_changed_between_validation_and_embedding_is_quarantined_not_embedded(cohort, tmp_path, how):
+    """Its SHA-256 keys the cache: embedding other bytes under it would serve them for the validated
+    version ever after. Same-size audio used to be embedded; removed files failed as read_error."""
+    src, root = _copy(cohort, tmp_path), str(tmp_path / "root")
+    rows = build_manifest(str(src), CFG.preprocess)
+    changed, other = rows[0]["recording_id"], rows[1]["recording_id"]
+    name = _change(src, changed, how)
+    stats = embed_cohort(rows, root, CFG, use_ray=False)
+    assert stats.embedded == [other] and set(stats.failed) == {changed}
+    assert stats.failure_codes == {changed: "source_changed"}
+    why = stats.failed[changed]
+    assert name in why and ("removed" if "removed" in how else "changed since") in why
+    assert not Path(embeddings_path(root, CFG, changed, rows[0]["sha256"])).exists()
+    assert not Path(epochs_path(root, CFG, changed)).exists()
+    again = build_manifest(str(src), CFG.preprocess, previous=rows)  # the next run sees the night as it is now
+    assert again[0] is not rows[0] and again[1] is rows[1]
+
+
+def test_a_file_changed_while_its_night_is_read_ends_the_night_with_source_changed(cohort, tmp_path):
+    """The readers check again once they have read: the consumer writes a night only after its closing
+    row, so bytes read across a change never reach the cache."""
+    src = _copy(cohort, tmp_path)
+    row = build_manifest(str(src), CFG.preprocess)[0]
+    stream = read_epochs(row, CFG.preprocess)
+    first = next(stream)
+    assert first["error"] is None
+    _rewrite_samples(Path(row["source_uris"][1]))  # the second part, not read yet
+    rest = list(stream)
+    assert rest[-1]["error"].startswith("SourceChanged (source_changed): ") and "[002].edf" in rest[-1]["error"]
+
+
+def test_a_night_with_a_part_added_after_it_was_embedded_is_embedded_whole(cohort, tmp_path):
+    """[002] arrives after a night of [001] alone (no RML yet) was embedded: validated again, a new
+    SHA-256, and its shorter epochs file is simply replaced (it used to be moved to
+    quarantine/cache as a damaged file, with a warning)."""
+    src, root = _copy(cohort, tmp_path), str(tmp_path / "root")
+    rec = sorted(p.name for p in (src / "APNEA_EDF").iterdir())[0]
+    (src / "APNEA_RML" / f"{rec}.rml").unlink()
+    part = src / "APNEA_EDF" / rec / f"{rec}[002].edf"
+    held = part.read_bytes()
+    part.unlink()
+    first = build_manifest(str(src), CFG.preprocess)
+    assert (_by_id(first)[rec]["status"], _by_id(first)[rec]["n_epochs"]) == ("accepted", 3)
+    embed_cohort(first, root, CFG, use_ray=False)
+    part.write_bytes(held)
+    second = build_manifest(str(src), CFG.preprocess, previous=first)
+    assert (_by_id(second)[rec]["n_parts"], _by_id(second)[rec]["n_epochs"]) == (2, 6)
+    stats = embed_cohort(second, root, CFG, use_ray=False)
+    assert stats.embedded == [rec] and stats.quarantined == []
+    assert len(pd.read_parquet(epochs_path(root, CFG, rec))) == 6
+
+
+def test_an_object_replaced_or_removed_on_s3_after_validation_is_not_read(cohort, tmp_path, s3_endpoint):
+    """On object storage too, by another uploader (so s3fs's cached listing knows nothing of it): the
+    download would pass its MD5 check against the new object, and a chunk's ranged reads would mix
+    the two. Both readers compare the ETag validation listed."""
+    import boto3
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("changed-source")
+    fs.put(str(cohort) + "/", "changed-source/src/", recursive=True)
+    rows = build_manifest("s3://changed-source/src", CFG.preprocess)
+    assert [r["status"] for r in rows] == ["accepted", "accepted"] and all(r["file_versions"] for r in rows)
+    replaced, removed = (r["source_uris"][1].removeprefix("s3://changed-source/") for r in rows)
+    other = tmp_path / "other.edf"
+    fs.get_file(f"changed-source/{replaced}", str(other))
+    _rewrite_samples(other)
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.put_object(Bucket="changed-source", Key=replaced, Body=other.read_bytes())  # same size, other bytes
+    client.delete_object(Bucket="changed-source", Key=removed)
+
+    stats = embed_cohort(rows, str(tmp_path / "root"), CFG, use_ray=False)  # whole nights: verified downloads
+    assert stats.embedded == [] and stats.failure_codes == dict.fromkeys(stats.failed, "source_changed")
+    assert "same size, but its version" in stats.failed[rows[0]["recording_id"]]
+    assert "removed after the night was validated" in stats.failed[rows[1]["recording_id"]]
+    chunk = list(read_epochs(rows[0], CFG.preprocess, chunk=(3, 6)))  # ranged reads of the EDF parts
+    assert len(chunk) == 1 and chunk[0]["error"].startswith("SourceChanged (source_changed): s3://changed-source/")

@@ -219,6 +219,9 @@ def test_a_night_on_s3_is_read_in_chunks_by_byte_ranges(s3_endpoint, tmp_path):
     local.write_bytes(data)
     header = read_edf_header(str(local)).header_bytes
     s3.pipe_file(first, data[:header] + bytes(len(data) - header))
+    # Which bytes a chunk reads, so the readers' check that every file is still the version validated
+    # (which now ends a night whose part changed: tests/embed/test_changed_source.py) is set aside.
+    row = {**row, "file_versions": None}
     again = list(read_epochs(row, cfg, stages, chunk=(6, n)))
     assert [key(r) for r in again] == [key(r) for r in pieces if r["epoch_index"] >= 6 or r["kind"] == "end"][
         -len(again) :

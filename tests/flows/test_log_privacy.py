@@ -47,8 +47,8 @@ def test_prefect_logs_of_quarantined_nights_carry_counts_and_codes_not_recording
     for patient in patients:
         assert not [m for m in logged if patient in m], patient
     assert any("quarantined 1 recordings (unreadable_edf: 1)" in m for m in logged), logged
-    assert any("quarantined 1 recordings while streaming" in m for m in logged), logged
+    assert any("quarantined 1 recordings while streaming (source_changed: 1)" in m for m in logged), logged
     # The manifest still names them, with their reasons: it is data, not a log.
     manifest = pd.read_parquet(root / "manifest" / "manifest.parquet").set_index("recording_id")
     assert manifest.loc[patients[0], "reason_code"] == "unreadable_edf"
-    assert manifest.loc[patients[1], "reason_code"] == "read_error"
+    assert manifest.loc[patients[1], "reason_code"] == "source_changed"  # its files changed after validation
