@@ -64,10 +64,15 @@ def embed(
             len(stats.failed),
             len(stats.quarantined),
         )
+        still = sum(r["status"] == "accepted" for r in rows)  # quarantine() marks the rows in place
         return {
             "embedded": len(stats.embedded),
             "cached": len(stats.cached),
             "failed": len(stats.failed),
+            # What the manifest says now, so a run's counts add up whether or not it goes on to predict
+            # (a nightly run with nothing new reported ingest's, the nights quarantined here still accepted).
+            "accepted": still,
+            "quarantined": len(rows) - still,
             "epochs": stats.epochs,
             "shifted": stats.shifted,
             "cache_files_quarantined": len(stats.quarantined),

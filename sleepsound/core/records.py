@@ -104,11 +104,14 @@ class Ingested(TypedDict):
 
 
 class Embedded(TypedDict):
-    """What the embed task returns: recordings embedded, from cache and failed, and rows embedded."""
+    """What the embed task returns: recordings embedded, from cache and failed, and rows embedded;
+    and the manifest's counts once it quarantined what failed or had no valid epoch."""
 
     embedded: int
     cached: int
     failed: int
+    accepted: int
+    quarantined: int
     epochs: int
     shifted: int
     cache: list[str]
