@@ -10,12 +10,14 @@ the night's row count (``end_row``), so a consumer knows when a night is complet
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import posixpath
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import fsspec
 import numpy as np
 
 from sleepsound.breathing.envelope import empty_envelope, frames_per_epoch
@@ -27,7 +29,7 @@ from sleepsound.embed.cache import EmbedPlan
 from sleepsound.embed.preprocess import iter_epochs, iter_raw_epochs, margins
 from sleepsound.ingest.discovery import RecordingSource, local_copies
 from sleepsound.ingest.validate import probe_parts
-from sleepsound.ingest.versions import first_change, verify_unchanged
+from sleepsound.ingest.versions import SourceChanged, digest_annotation, first_change, verify_unchanged
 from sleepsound.io import rml
 from sleepsound.io.audio import PartInfo, iter_night_blocks, probe_remote_edf
 from sleepsound.labels.annotations import load_stages, read_rml
@@ -80,20 +82,53 @@ def recording_source(row: ManifestRow) -> RecordingSource:
 
 
 def night_labels(row: ManifestRow, n_epochs: int) -> NightLabels:
-    """Stages and events of a night; an RML is parsed once for both."""
+    """Stages and events of a night; an RML is parsed once for both.
+
+    The train, predict and report steps read a night's annotation files again after it was embedded,
+    so the bytes read are checked against the digest validation recorded (``labels_sha256``) before
+    they are parsed: a file changed or removed since raises ``SourceChanged`` naming it, and never
+    yields labels nobody validated (a row recorded without the digest is read as it is)."""
     labels = NightLabels([None] * n_epochs, None)
-    if row.get("labels_uri"):
-        with local_copies([row["labels_uri"]]) as (path,):
-            if row["label_source"] == "rml":
-                ann = read_rml(path)
-                labels.stages = (list(rml.stages_per_epoch(ann, n_epochs)) + [UNSCORED] * n_epochs)[:n_epochs]
-                labels.events = events_from_rml(ann)
-            else:
-                labels.stages = list(load_stages(path, row["label_source"], n_epochs))
-    if row.get("events_uri"):
-        with local_copies([row["events_uri"]]) as (path,):
-            labels.events = read_events_csv(path)
+    files = [
+        (kind, uri) for kind, uri in ((b"labels", row.get("labels_uri")), (b"events", row.get("events_uri"))) if uri
+    ]
+    if not files:
+        return labels
+    try:
+        with local_copies([uri for _, uri in files]) as paths:
+            digest = hashlib.sha256()
+            for (kind, _), path in zip(files, paths, strict=True):
+                digest_annotation(digest, kind, path)
+            validated = row.get("labels_sha256")
+            if validated and digest.hexdigest() != validated:
+                raise SourceChanged(
+                    ", ".join(uri for _, uri in files),
+                    "changed since the night was validated (the labels' SHA-256 differs): not read; "
+                    "the next run validates the night again",
+                )
+            by_kind = {kind: path for (kind, _), path in zip(files, paths, strict=True)}
+            if b"labels" in by_kind:
+                path = by_kind[b"labels"]
+                if row["label_source"] == "rml":
+                    ann = read_rml(path)
+                    labels.stages = (list(rml.stages_per_epoch(ann, n_epochs)) + [UNSCORED] * n_epochs)[:n_epochs]
+                    labels.events = events_from_rml(ann)
+                else:
+                    labels.stages = list(load_stages(path, row["label_source"], n_epochs))
+            if b"events" in by_kind:
+                labels.events = read_events_csv(by_kind[b"events"])
+    except FileNotFoundError as exc:
+        gone = next((uri for _, uri in files if not _exists(uri)), files[0][1])
+        raise SourceChanged(
+            gone, "removed after the night was validated: not read; the next run lists it again"
+        ) from exc
     return labels
+
+
+def _exists(uri: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(uri)
+    fs.invalidate_cache(path)
+    return bool(fs.exists(path))
 
 
 def shift_pairs(stage3: Sequence[str | None], classes: Collection[str]) -> set[int]:

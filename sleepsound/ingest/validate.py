@@ -17,7 +17,6 @@ import os
 import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any
 
 from sleepsound.core.config import PreprocessConfig, ValidationConfig
 from sleepsound.core.findings import Finding, Quarantine, clock, epoch_findings, to_records
@@ -26,6 +25,7 @@ from sleepsound.embed.preprocess import count_epochs
 from sleepsound.ingest.discovery import RecordingSource, local_copies
 from sleepsound.ingest.label_checks import Tolerances, check_events, check_rml, check_stage_table
 from sleepsound.ingest.quality import GapFinder, measure_epoch
+from sleepsound.ingest.versions import digest_annotation
 from sleepsound.io.audio import AudioError, PartInfo, iter_night_blocks, probe_edf, probe_plain, unreadable_reason
 from sleepsound.labels.annotations import read_rml, read_stage_table
 from sleepsound.labels.events import read_events_csv, unknown_event_types
@@ -183,7 +183,7 @@ def _label_findings(src: RecordingSource, row: ManifestRow, parts: list[PartInfo
         )
     else:
         with _named(src.labels_uri) as label_path:
-            _digest_file(digest, b"labels", label_path)
+            digest_annotation(digest, b"labels", label_path)
             if row["label_source"] == "rml":
                 findings += check_rml(
                     read_rml(label_path), src.labels_uri, parts, src.part_numbers, row["duration_s"], tol
@@ -199,7 +199,7 @@ def _label_findings(src: RecordingSource, row: ManifestRow, parts: list[PartInfo
                 )
     if src.events_uri is not None:
         with _named(src.events_uri) as events_path:
-            _digest_file(digest, b"events", events_path)
+            digest_annotation(digest, b"events", events_path)
             events = read_events_csv(events_path)
         findings += check_events(events, row["duration_s"], src.events_uri)
         unknown = unknown_event_types(events)
@@ -220,15 +220,6 @@ def _label_findings(src: RecordingSource, row: ManifestRow, parts: list[PartInfo
             )
     row["labels_sha256"] = digest.hexdigest() if src.labels_uri or src.events_uri else None
     return findings
-
-
-def _digest_file(digest: Any, kind: bytes, path: str) -> None:
-    """Add one annotation file to ``digest``, tagged with its role so a stage file and an events file
-    with the same bytes do not hash alike."""
-    digest.update(kind + b"\0")
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
 
 
 @contextlib.contextmanager

@@ -38,6 +38,15 @@ class SourceChanged(Quarantine):
         super().__init__(path, SOURCE_CHANGED, message)
 
 
+def digest_annotation(digest: Any, kind: bytes, path: str) -> None:
+    """Add one annotation file to a night's labels digest (``labels_sha256``), tagged with its role
+    (``labels`` or ``events``) so a stage file and an events file of the same bytes do not hash alike."""
+    digest.update(kind + b"\0")
+    with open(path, "rb") as handle:
+        while chunk := handle.read(8 << 20):
+            digest.update(chunk)
+
+
 def file_version(info: Mapping[str, Any]) -> str | None:
     """A file's version as a listing or ``fs.info`` gives it: an object store's ETag, a local
     file's modification time; None when the storage gives neither."""

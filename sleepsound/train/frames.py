@@ -13,6 +13,7 @@ AdamW; with validation subjects the epoch of best snoring F1 is kept.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,8 @@ from sleepsound.labels.events import snore_frames
 from sleepsound.models.heads.frames import FrameHead
 from sleepsound.train.clip_epochs import ClipFrames
 from sleepsound.train.dataset import EmbeddedEpochs
+
+log = logging.getLogger(__name__)
 
 # The head's size and schedule: small on purpose (a few thousand weights on tiny.en's 384-d frames
 # after the conv); measured in the README's per-second snoring section.
@@ -50,8 +53,11 @@ class FrameResult:
 
 def frame_labels(data: EmbeddedEpochs, rows: dict[str, ManifestRow], epoch_seconds: float) -> np.ndarray:
     """[windows, frames] int8 targets of ``data``'s rows: 1 snoring, 0 not, -1 unknown (a night without
-    an events source, or a row of a recording not in ``rows``)."""
+    an events source, a row of a recording not in ``rows``, or a night whose annotation files changed
+    or went since validation: read again here, after embedding, they are never taken unvalidated, and
+    one such night must not fail the run; the next run validates it again)."""
     from sleepsound.embed.epochs import night_labels  # the annotation readers the embed stage uses
+    from sleepsound.ingest.versions import SourceChanged
 
     n, n_frames = len(data.features), int(data.features.shape[1]) if len(data.features) else 0
     out = np.full((n, n_frames), -1, dtype=np.int8)
@@ -64,7 +70,15 @@ def frame_labels(data: EmbeddedEpochs, rows: dict[str, ManifestRow], epoch_secon
         row = rows.get(str(recording))
         if row is None or row.get("label_source") == "none":
             continue
-        events = night_labels(row, int(row["n_epochs"])).events
+        try:
+            events = night_labels(row, int(row["n_epochs"])).events
+        except SourceChanged as exc:  # no recording id in the log (a patient id): the code and the count
+            log.warning(
+                "a night's annotation files changed or went since validation (%s): its snoring frames are "
+                "left unknown; the next run validates it again",
+                exc.code,
+            )
+            continue
         here = np.flatnonzero(rec == recording)
         got = snore_frames(events, starts[here], epoch_seconds, n_frames)
         if got is not None:

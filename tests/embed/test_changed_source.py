@@ -202,3 +202,38 @@ def test_an_object_replaced_or_removed_on_s3_after_validation_is_not_read(cohort
     assert "removed after the night was validated" in stats.failed[rows[1]["recording_id"]]
     chunk = list(read_epochs(rows[0], CFG.preprocess, chunk=(3, 6)))  # ranged reads of the EDF parts
     assert len(chunk) == 1 and chunk[0]["error"].startswith("SourceChanged (source_changed): s3://changed-source/")
+
+
+def test_annotations_read_again_after_embedding_are_the_validated_ones_or_none(cohort, tmp_path, caplog):
+    """Training (the snoring frames), prediction and the report read a night's annotation files again
+    after embedding: bytes other than validated are refused by their digest, and a night whose files
+    changed or went is left unlabelled there rather than trained on unvalidated or failing the run (a
+    removed RML stopped it with AnnotationError)."""
+    from sleepsound.embed.epochs import night_labels
+    from sleepsound.ingest.versions import SourceChanged
+    from sleepsound.report.outputs import _event_counts
+    from sleepsound.train.dataset import load_embedded
+    from sleepsound.train.frames import frame_labels
+
+    src, root = _copy(cohort, tmp_path), str(tmp_path / "root")
+    rows = build_manifest(str(src), CFG.preprocess)
+    embed_cohort(rows, root, CFG, use_ray=False)
+    data = load_embedded(root, CFG, pd.DataFrame(rows))
+    changed = data.epochs["recording_id"].astype(str).to_numpy() == rows[0]["recording_id"]
+    before = frame_labels(data, _by_id(rows), CFG.preprocess.epoch_seconds)
+    assert (before[changed] >= 0).all() and (before[~changed] >= 0).all()
+    assert _event_counts(rows[0], []) != {}
+
+    rml = Path(rows[0]["labels_uri"])
+    rml.write_text(rml.read_text().replace('Type="Hypopnea"', 'Type="Snore"'))
+    with pytest.raises(SourceChanged, match="changed since the night was validated"):
+        night_labels(rows[0], int(rows[0]["n_epochs"]))
+    after = frame_labels(data, _by_id(rows), CFG.preprocess.epoch_seconds)
+    assert (after[changed] == -1).all() and (after[~changed] == before[~changed]).all()
+    assert _event_counts(rows[0], []) == {}
+    assert "changed or went since validation (source_changed)" in caplog.text
+
+    rml.unlink()
+    with pytest.raises(SourceChanged, match="removed after the night was validated"):
+        night_labels(rows[0], int(rows[0]["n_epochs"]))
+    assert (frame_labels(data, _by_id(rows), CFG.preprocess.epoch_seconds)[changed] == -1).all()
