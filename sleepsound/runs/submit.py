@@ -94,7 +94,11 @@ def entrypoint(flow: str, args: Sequence[str], debug: bool = False) -> str:
 
     ``debug`` (``sleepsound --debug submit``) goes before the flow, where the CLI reads it: without
     it the job's logs held only the one-line error of an unexpected failure, never its traceback.
+    A ``--debug`` among the flow's own options is moved there too: no flow takes one, and the job
+    failed on it as an unknown option only once it had started on the cluster.
     """
+    debug = debug or "--debug" in args
+    args = [a for a in args if a != "--debug"]
     if flow not in FLOWS:
         raise ValueError(f"unknown flow {flow!r}; submit one of {', '.join(FLOWS)}")
     if any(a == "--ray-address" or a.startswith("--ray-address=") for a in args):

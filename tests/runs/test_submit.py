@@ -102,6 +102,8 @@ def test_entrypoint_and_environment() -> None:
         == "sleepsound run --source 's3://b/x y' --set a.b=1"
     )
     assert entrypoint("run", ["--source", "s"], debug=True) == "sleepsound --debug run --source s"
+    # after the flow's name (where no flow takes it) it moves to where the CLI reads it
+    assert entrypoint("run", ["--source", "s", "--debug"]) == "sleepsound --debug run --source s"
     with pytest.raises(ValueError, match="unknown flow"):
         entrypoint("validate", [])
     with pytest.raises(ValueError, match="leave --ray-address out"):
