@@ -141,7 +141,7 @@ def plan_recording(root: RootLike, cfg: Config, row: ManifestRow, shifted: bool 
     """Compare the cache with what ``cfg`` (a single channel) needs for ``row``; ``shifted=False``
     when only scoring, which never reads the training-only shifted windows.
 
-    A cache file that fails its check (``entry_problems``) is quarantined and counts as missing,
+    A cache file that fails its check (``check_entry``) is quarantined and counts as missing,
     so it is embedded again; one made from another version of the night (``night_identity``) is
     simply missing and is overwritten."""
     store = open_root(root)
@@ -196,11 +196,6 @@ def _other_version(meta: pq.FileMetaData, row: ManifestRow, keys: tuple[str, ...
 
 class CacheFileError(OSError):
     """A cache file that cannot be read or fails its check; the message names the file."""
-
-
-def entry_problems(store: StorageRoot, cfg: Config, row: ManifestRow, shifted: bool = True) -> dict[str, str]:
-    """The present cache files of ``row`` (one channel) that fail their check, with the problem."""
-    return check_entry(store, cfg, row, shifted)[0]
 
 
 def check_entry(

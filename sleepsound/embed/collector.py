@@ -28,8 +28,7 @@ from sleepsound.embed.cache import (
     shifted_path,
     with_cache_meta,
 )
-from sleepsound.embed.epochs import EPOCH_COLUMNS, Chunk
-from sleepsound.ingest.versions import SOURCE_CHANGED, SourceChanged
+from sleepsound.embed.epochs import EPOCH_COLUMNS, Chunk, failure_code
 from sleepsound.labels.events import RESP_COLUMNS
 
 
@@ -151,12 +150,6 @@ class RecordingCollector:
                 closing = f" ({closed} of {chunks} chunks closed)" if closed else ""
                 self._fail(key, f"only {got} rows arrived{closing}")
         self.pending.clear()
-
-
-def failure_code(message: str) -> str:
-    """The manifest reason code of a night that failed while streaming: ``source_changed`` when a
-    reader found its files other than validated (``ingest.versions``), else ``read_error``."""
-    return SOURCE_CHANGED if message.startswith(f"{SourceChanged.__name__} ({SOURCE_CHANGED})") else "read_error"
 
 
 def _frames(rows: list[dict[str, Any]], n_layers: int) -> tuple[int, int, pa.Array, str]:

@@ -29,7 +29,7 @@ from sleepsound.embed.cache import EmbedPlan
 from sleepsound.embed.preprocess import iter_epochs, iter_raw_epochs, margins
 from sleepsound.ingest.discovery import RecordingSource, local_copies
 from sleepsound.ingest.validate import probe_parts
-from sleepsound.ingest.versions import SourceChanged, digest_annotation, first_change, verify_unchanged
+from sleepsound.ingest.versions import SOURCE_CHANGED, SourceChanged, digest_annotation, first_change, verify_unchanged
 from sleepsound.io import rml
 from sleepsound.io.audio import PartInfo, iter_night_blocks, probe_remote_edf
 from sleepsound.labels.annotations import load_stages, read_rml
@@ -213,10 +213,22 @@ def read_epochs(
         if not isinstance(exc, Quarantine):  # a file that changed mid-read can fail in any way: say why
             exc = _changed_or(row, exc)
         if isinstance(exc, Quarantine):  # a named fault, naming the source's file rather than its local copy
-            error = f"{type(exc).__name__} ({exc.code}): {_source_of(row, exc.path)}: {exc.message}"
+            error = f"{_quarantine_prefix(type(exc).__name__, exc.code)}{_source_of(row, exc.path)}: {exc.message}"
         else:
             error = f"{type(exc).__name__}: {exc}"
         yield {**_blank(row, cfg), "error": error}
+
+
+def _quarantine_prefix(kind: str, code: str) -> str:
+    """How an error row begins for a named fault (``failure_code`` reads the code back from it)."""
+    return f"{kind} ({code}): "
+
+
+def failure_code(message: str) -> str:
+    """The manifest reason code of a night whose error row is ``message``: ``source_changed`` when a
+    reader found its files other than validated (``ingest.versions``), else ``read_error``."""
+    changed = _quarantine_prefix(SourceChanged.__name__, SOURCE_CHANGED)
+    return SOURCE_CHANGED if message.startswith(changed) else "read_error"
 
 
 def _changed_or(row: ManifestRow, exc: Exception) -> Exception:
