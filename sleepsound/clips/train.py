@@ -142,6 +142,11 @@ def _log_loss(proba: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], 1e-7, 1.0)))) if len(y) else float("nan")
 
 
+def _packed(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """One validation scoring as ``_fit_and_watch`` returns it: the predicted classes, then the log-loss."""
+    return np.append(proba.argmax(axis=1).astype(np.float64), _log_loss(proba, y))
+
+
 def embed_dataset(
     ds: ClipDataset, spec: FeatureSpec, settings: ClipTrainSettings, progress: Callable[[int, int], None] | None = None
 ) -> np.ndarray:
@@ -176,8 +181,7 @@ def _fit_and_watch(
         assert cand.c is not None
         model = fit_stats_linear(x[fit], y[fit], mask[fit], len(classes), cand.c)
         proba = predict_proba(model, x[val], mask=mask[val])
-        packed = np.append(proba.argmax(axis=1).astype(np.float64), _log_loss(proba, y[val]))
-        return packed[None, :], proba.astype(np.float32)[None]
+        return _packed(proba, y[val])[None, :], proba.astype(np.float32)[None]
     held: list[Any] = []
     rows: list[np.ndarray] = []
     probas: list[np.ndarray] = []
@@ -185,7 +189,7 @@ def _fit_and_watch(
     def watch(_record: dict[str, float]) -> None:
         proba = predict_proba(held[0], x[val], mask=mask[val])
         probas.append(proba.astype(np.float32))
-        rows.append(np.append(proba.argmax(axis=1).astype(np.float64), _log_loss(proba, y[val])))
+        rows.append(_packed(proba, y[val]))
 
     cfg = _config(settings, classes, cand.lr, settings.max_epochs, None)
     train_head(
