@@ -35,7 +35,7 @@ class FileVersion(TypedDict):
 
     uri: str
     size: int
-    version: str | None  # an object's ETag, a local file's modification time
+    version: str | None  # an object's ETag; a local file's modification time;ctime;inode (ingest.versions)
 
 
 class ManifestRow(TypedDict):

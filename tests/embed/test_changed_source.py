@@ -237,3 +237,44 @@ def test_annotations_read_again_after_embedding_are_the_validated_ones_or_none(c
     with pytest.raises(SourceChanged, match="removed after the night was validated"):
         night_labels(rows[0], int(rows[0]["n_epochs"]))
     assert (frame_labels(data, _by_id(rows), CFG.preprocess.epoch_seconds)[changed] == -1).all()
+
+
+def test_a_local_file_rewritten_with_its_old_modification_time_put_back_is_caught(cohort, tmp_path):
+    """Same size, other bytes, and ``os.utime`` puts the old modification time back: the size and
+    mtime the listing gave used to match, so the other audio was embedded under the validated
+    checksum, and the next run reused the old row. The status-change time cannot be put back."""
+    import os
+
+    src, root = _copy(cohort, tmp_path), str(tmp_path / "root")
+    rows = build_manifest(str(src), CFG.preprocess)
+    changed, other = rows[0]["recording_id"], rows[1]["recording_id"]
+    part = src / "APNEA_EDF" / changed / f"{changed}[002].edf"
+    before = part.stat()
+    _rewrite_samples(part)
+    os.utime(part, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (part.stat().st_size, part.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+    stats = embed_cohort(rows, root, CFG, use_ray=False)
+    assert stats.embedded == [other] and stats.failure_codes == {changed: "source_changed"}
+    assert part.name in stats.failed[changed] and "same size, but its version" in stats.failed[changed]
+    again = build_manifest(str(src), CFG.preprocess, previous=rows)  # between runs: validated again
+    assert again[0] is not rows[0] and again[0]["sha256"] != rows[0]["sha256"] and again[1] is rows[1]
+
+
+def test_a_version_recorded_before_ctime_and_inode_is_compared_on_its_modification_time(cohort, tmp_path):
+    """A manifest written before the version carried the status-change time and inode: its unchanged
+    files still read as unchanged after an upgrade (no night quarantined for it), a resized or
+    re-timed one is still caught."""
+    import os
+
+    from sleepsound.ingest.versions import first_change
+
+    src = _copy(cohort, tmp_path)
+    row = build_manifest(str(src), CFG.preprocess)[0]
+    assert all(";ctime=" in v["version"] and ";ino=" in v["version"] for v in row["file_versions"])
+    old = {**row, "file_versions": [{**v, "version": v["version"].split(";")[0]} for v in row["file_versions"]]}
+    assert first_change(old) is None
+    part = Path(row["source_uris"][1])
+    os.utime(part, ns=(part.stat().st_atime_ns, part.stat().st_mtime_ns + 10**9))
+    change = first_change(old)
+    assert change is not None and change.code == "source_changed" and part.name in change.path

@@ -201,19 +201,18 @@ def _damage_in_place(path: Path) -> None:
 
 
 def test_unchanged_nights_keep_their_rows_and_changed_ones_are_validated_again(psg_cohort, tmp_path):
-    import os
-
     cohort = _copy(psg_cohort, tmp_path)
     first = build_manifest(str(cohort), CFG)
     assert all(r["status"] == "accepted" and r["source_stamp"] for r in first)
     patient = first[0]["recording_id"]
     part = cohort / "APNEA_EDF" / patient / f"{patient}[001].edf"
 
-    _damage_in_place(part)  # same size, same mtime: taken as unchanged
-    again = build_manifest(str(cohort), CFG, previous=first)
+    again = build_manifest(str(cohort), CFG, previous=first)  # nothing changed: every row kept
     assert again == first and again[0] is first[0]
 
-    os.utime(part)  # a newer version of the file: validated again
+    # Same size, its old mtime put back: the status-change time still moved (ingest.versions), so the
+    # night is validated again (it was taken as unchanged, its damaged header never looked at).
+    _damage_in_place(part)
     changed = _by_id(build_manifest(str(cohort), CFG, previous=first))
     assert changed[patient]["status"] == "quarantined" and changed[patient]["source_stamp"] != first[0]["source_stamp"]
     assert changed[first[1]["recording_id"]] is first[1]
