@@ -26,6 +26,9 @@ def find_new(root: str) -> dict[str, list[str]]:
 def mark_done(root: str, run_id: str, recordings: list[str], hold: RootHold | None = None) -> int:
     with follow_hold(root, hold):
         store = open_root(root)
-        rows = [r for r in read_manifest_rows(store) if str(r["recording_id"]) in set(recordings)]
+        # Accepted ones only: a night quarantined on the way (predict found its source changed) was not
+        # scored, and the next run must take it as new again.
+        wanted = set(recordings)
+        rows = [r for r in read_manifest_rows(store) if str(r["recording_id"]) in wanted and r["status"] == "accepted"]
         mark_processed(store, run_id, rows)
         return len(rows)

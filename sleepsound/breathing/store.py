@@ -91,12 +91,20 @@ def envelope_problem(root: RootLike, cfg: Config, row: ManifestRow) -> str | Non
 
 
 def rebuild_envelope(root: RootLike, cfg: Config, row: ManifestRow) -> pa.Table:
-    """Re-read a night's audio (no model) for its envelope, and cache it."""
-    from sleepsound.embed.epochs import read_epochs
+    """Re-read a night's audio (no model) for its envelope, and cache it.
+
+    ``SourceChanged`` (naming the file) when one of the night's files is no longer the version
+    validation saw: the reader checks them as the embed step's do, so no envelope of other audio is
+    cached under the validated checksum, and the caller can leave the night out with that reason.
+    """
+    from sleepsound.embed.epochs import read_epochs, source_change_in
 
     epochs = []
     for out in read_epochs(row, cfg.preprocess):
         if out["error"]:
+            changed = source_change_in(out["error"])
+            if changed is not None:
+                raise changed
             raise OSError(f"re-reading the audio for its breathing envelope: {out['error']}")
         if out["kind"] == "epoch":
             epochs.append(out)
@@ -108,7 +116,8 @@ def rebuild_envelope(root: RootLike, cfg: Config, row: ManifestRow) -> pa.Table:
 def load_envelope(root: RootLike, cfg: Config, row: ManifestRow) -> tuple[np.ndarray, np.ndarray]:
     """A night's envelope ``[frames, FEATURES]`` and per-frame validity, from the cache or rebuilt.
 
-    ``cfg`` is a single channel's configuration (the first channel when several are read).
+    ``cfg`` is a single channel's configuration (the first channel when several are read). Rebuilding
+    raises ``SourceChanged`` when the night's files changed since validation (``rebuild_envelope``).
     """
     store = open_root(root)
     path = envelope_path(store.path, cfg, str(row["recording_id"]), str(row["sha256"]))

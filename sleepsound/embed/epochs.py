@@ -231,6 +231,17 @@ def failure_code(message: str) -> str:
     return SOURCE_CHANGED if message.startswith(changed) else "read_error"
 
 
+def source_change_in(message: str) -> SourceChanged | None:
+    """The ``SourceChanged`` an error row reports (its file and message, as ``read_epochs`` wrote
+    them), or None for any other error: lets a caller that re-reads a night's audio outside the
+    embed step (the breathing envelope) leave that night out with the same reason."""
+    prefix = _quarantine_prefix(SourceChanged.__name__, SOURCE_CHANGED)
+    if not message.startswith(prefix):
+        return None
+    path, _, text = message.removeprefix(prefix).partition(": ")
+    return SourceChanged(path, text)
+
+
 def _changed_or(row: ManifestRow, exc: Exception) -> Exception:
     """``SourceChanged`` when one of the night's files changed since validation (the likely cause of
     ``exc``), else ``exc``; a storage that cannot be asked leaves ``exc`` as it is."""

@@ -16,13 +16,13 @@ import pandas as pd
 import pyarrow as pa
 
 from sleepsound.breathing.combine import detect_night
-from sleepsound.breathing.detector import BreathingEvent
 from sleepsound.breathing.store import load_envelope, write_events
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
-from sleepsound.core.records import ManifestRow, TrainedModels
+from sleepsound.core.records import TrainedModels
 from sleepsound.core.storage import RootLike, join, open_root, write_table
 from sleepsound.embed.cache import channel_configs, epochs_path, read_cached_table
+from sleepsound.ingest.versions import SourceChanged
 from sleepsound.labels.targets import PRIMARY, TARGETS, Target
 from sleepsound.models.heads.artifacts import load_head
 from sleepsound.train.dataset import EmbeddedEpochs, load_embedded, model_inputs
@@ -36,9 +36,16 @@ def predict_recordings(
     model: TrainedModels,
     manifest: pd.DataFrame,
     recordings: list[str] | None = None,
+    left_out: dict[str, str] | None = None,
 ) -> str:
     """Per-epoch predictions of every trained head for every accepted recording (or only those
-    in ``recordings``), one Parquet file each."""
+    in ``recordings``), one Parquet file each.
+
+    A night whose breathing envelope had to be made from its audio again, and whose files changed
+    since validation (``SourceChanged``), gets no file at all (neither predictions nor events: one
+    version per night, the validated one); with ``left_out`` given it is added there (recording id
+    -> the message naming the file) and the other nights go on, so the caller can quarantine it as
+    ``source_changed`` as the embed step does; without, the ``SourceChanged`` propagates."""
     fs, root_path = open_root(root)
     heads = {
         name: (TARGETS[name], load_head(fs, info["model_dir"]), info)
@@ -52,6 +59,14 @@ def predict_recordings(
     typed = pa.Table.from_pandas(accepted, preserve_index=False).to_pylist()
     manifest_rows = {str(r["recording_id"]): r for r in typed}
     for row in accepted.itertuples(index=False):
+        manifest_row = manifest_rows[str(row.recording_id)]
+        try:  # first: a night that cannot be read as validated is left out before anything of it is written
+            env, valid = load_envelope(root, channel_configs(cfg)[0], manifest_row)
+        except SourceChanged as exc:
+            if left_out is None:
+                raise
+            left_out[str(row.recording_id)] = str(exc)
+            continue
         split = (
             "unlabelled"
             if row.label_source == "none"
@@ -75,19 +90,11 @@ def predict_recordings(
             join(out_dir, f"recording_id={row.recording_id}", "part-0.parquet"),
             table.drop_columns(["recording_id"]),
         )
-        night_events(root, cfg, run_id, manifest_rows[str(row.recording_id)], table)
+        # The night's apnoeas and hypopnoeas from its breathing envelope (the first channel's, made from
+        # its audio if the cache has none), beside the predictions.
+        events = detect_night(env, valid, table, cfg.preprocess.epoch_seconds)
+        write_events(root, run_id, str(row.recording_id), events)
     return out_dir
-
-
-def night_events(
-    root: RootLike, cfg: Config, run_id: str, row: ManifestRow, predictions: pa.Table | None = None
-) -> list[BreathingEvent]:
-    """Detect a night's apnoeas and hypopnoeas from its breathing envelope (the first channel's, made
-    from its audio if the cache has none) and write the event table beside the predictions."""
-    env, valid = load_envelope(root, channel_configs(cfg)[0], row)
-    events = detect_night(env, valid, predictions, cfg.preprocess.epoch_seconds)
-    write_events(root, run_id, str(row["recording_id"]), events)
-    return events
 
 
 def _all_epochs(root: RootLike, cfg: Config, recording_id: str) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from prefect import flow
 
 from sleepsound.core.config import Config
 from sleepsound.embed.cache import cache_meta, embeddings_path, epochs_path, shifted_path
@@ -16,6 +17,7 @@ from sleepsound.embed.cohort import embed_cohort
 from sleepsound.embed.epochs import read_epochs
 from sleepsound.ingest.manifest import build_manifest
 from sleepsound.synth.writers import generate_cohort
+from tasks.predict import predict
 
 CFG = Config.model_validate({"backbone": {"name": "null"}, "training": {"shift_augment": True}})
 
@@ -278,3 +280,52 @@ def test_a_version_recorded_before_ctime_and_inode_is_compared_on_its_modificati
     os.utime(part, ns=(part.stat().st_atime_ns, part.stat().st_mtime_ns + 10**9))
     change = first_change(old)
     assert change is not None and change.code == "source_changed" and part.name in change.path
+
+
+@flow(name="predict-probe")
+def _predict_only(root: str, config: dict, model: dict) -> dict:
+    """The run's predict step alone, as a flow runs it (its Prefect logger, its manifest writes)."""
+    return predict(root, config, "p1", model)
+
+
+def test_a_night_whose_audio_changed_before_its_envelope_is_rebuilt_is_quarantined_not_predicted(
+    cohort, tmp_path, prefect_api, caplog
+):
+    """Prediction reads a night's audio again when its breathing envelope is missing from the cache (a
+    cache from before envelopes, or a bad file moved aside). A file changed since validation stopped the
+    whole predict step with an OSError; now that night alone is quarantined as ``source_changed``,
+    naming the file in the manifest (the log: a count and the code), the others are scored, the counts
+    add up, nothing of it is written, and the next run validates it again."""
+    import logging
+    import shutil as sh
+
+    from sleepsound.ingest.manifest import read_manifest, read_manifest_rows, write_manifest
+    from sleepsound.train.fit import train_models
+
+    src, root = _copy(cohort, tmp_path), str(tmp_path / "root")
+    rows = build_manifest(str(src), CFG.preprocess)
+    write_manifest(root, rows)
+    assert not embed_cohort(rows, root, CFG, use_ray=False).failed
+    model = train_models(root, CFG, "t1", read_manifest(root))
+    changed, other = rows[0]["recording_id"], rows[1]["recording_id"]
+    sh.rmtree(tmp_path / "root" / "breathing")  # no envelope cached: the audio must be read again
+    _rewrite_samples(src / "APNEA_EDF" / changed / f"{changed}[002].edf")
+
+    with caplog.at_level(logging.INFO):
+        predicted = _predict_only(root, CFG.model_dump(), model)
+    assert (predicted["accepted"], predicted["quarantined"]) == (1, 1)
+    manifest = read_manifest(root).set_index("recording_id")
+    assert manifest.loc[changed, "reason_code"] == "source_changed"
+    assert (
+        f"{changed}[002].edf" in manifest.loc[changed, "reason"] and "changed since" in manifest.loc[changed, "reason"]
+    )
+    runs = tmp_path / "root" / "runs" / "p1"
+    assert set(pd.read_parquet(runs / "predictions")["recording_id"].astype(str)) == {other}
+    assert [p.name for p in (runs / "events").iterdir()] == [f"recording_id={other}"]
+    assert not list((tmp_path / "root" / "breathing").rglob(f"{changed}-*"))  # no envelope of the other audio
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("left 1 recordings out of the predictions" in m and "source_changed" in m for m in logged), logged
+    assert not [m for m in logged if changed in m or other in m]
+
+    again = build_manifest(str(src), CFG.preprocess, previous=read_manifest_rows(root))  # the next run
+    assert [r["status"] for r in again] == ["accepted", "accepted"] and again[0]["sha256"] != rows[0]["sha256"]
