@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from prefect import get_run_logger, task
 
 from sleepsound.core.records import PromotionDecision, RootHold, TrainedModels
@@ -18,11 +20,29 @@ def promote(
     margin: float = 0.01,
     hold: RootHold | None = None,
 ) -> dict[str, PromotionDecision]:
-    """Returns each task's decision with both scores (also logged in models/<task>/promotions.json)."""
+    """Returns each task's decision with both scores (also logged in models/<task>/promotions.json).
+
+    Evaluation nights whose files changed since validation are left out of both scores, with a
+    warning giving their count and reason; with too few left the challengers are not compared and
+    the reason says so (``registry.promotion``). The log names no night (a patient id)."""
     with follow_hold(root, hold):
         decisions = decide_promotions(root, model, read_manifest_rows(root), metric=metric, margin=margin)
+        left_out = next((d["left_out"] for d in decisions.values() if "left_out" in d), None)
+        if left_out is not None:
+            get_run_logger().warning(
+                "%d of %d evaluation nights left out of the champion/challenger comparison: their files changed "
+                "since validation (%s); both models are scored on the rest",
+                left_out["nights"],
+                left_out["of"],
+                left_out["reason"],
+            )
         for name, decision in decisions.items():
-            get_run_logger().info(
-                "%s: %s (%s)", name, "promoted" if decision["promoted"] else "kept the champion", decision["reason"]
+            compared = decision["challenger"]["score"] is not None  # None: refused, too few nights to compare on
+            get_run_logger().log(
+                logging.INFO if compared else logging.WARNING,
+                "%s: %s (%s)",
+                name,
+                "promoted" if decision["promoted"] else "kept the champion",
+                decision["reason"],
             )
         return decisions

@@ -140,6 +140,14 @@ class ScoredVersion(TypedDict):
     score: float | None
 
 
+class LeftOut(TypedDict):
+    """Evaluation nights a promotion was decided without, and why (``registry.promotion``)."""
+
+    nights: int
+    of: int  # the evaluation nights there were
+    reason: str  # a reason code: source_changed
+
+
 class PromotionDecision(TypedDict):
     """One target's champion/challenger decision, with both scores (also appended to promotions.json)."""
 
@@ -151,6 +159,7 @@ class PromotionDecision(TypedDict):
     challenger: ScoredVersion
     champion: ScoredVersion
     decided: str  # ISO time
+    left_out: NotRequired[LeftOut]  # present when evaluation nights were left out of the comparison
 
 
 class FlowSummary(TypedDict, total=False):

@@ -5,6 +5,14 @@ trained on (the configuration stored in its lineage: a champion from another bac
 embedded with that backbone, from the cache when it is there). The rule itself is
 ``model_store.promote_if_better``: the challenger must beat the champion on the declared
 metric by the declared margin.
+
+Re-scoring a model of other features embeds its evaluation nights again, reading their audio: a
+night whose files changed since validation (``source_changed``) cannot be read as validated for
+either model. Such nights are left out of the comparison for both models alike (scores on
+different nights would not compare), and the decision says how many and why (``left_out``). When
+fewer than ``MIN_EVALUATED_SHARE`` of the evaluation nights are left, or none, the challenger is
+not compared at all: a refusal recorded like any decision (not promoted, no scores, the reason),
+so the champion keeps serving and the run goes on; the next run validates those nights again.
 """
 
 from __future__ import annotations
@@ -15,15 +23,40 @@ import numpy as np
 import pandas as pd
 
 from sleepsound.core.config import Config
-from sleepsound.core.records import ManifestRow, PromotionDecision, TrainedModels
+from sleepsound.core.records import LeftOut, ManifestRow, PromotionDecision, TrainedModels
 from sleepsound.core.storage import RootLike, join, open_root, read_json
 from sleepsound.embed.cohort import embed_cohort
+from sleepsound.ingest.versions import SOURCE_CHANGED
 from sleepsound.labels.targets import TARGETS
 from sleepsound.models.heads.artifacts import load_head
 from sleepsound.registry import store as model_store
 from sleepsound.report.metrics import evaluate
 from sleepsound.train.dataset import load_embedded, model_inputs
 from sleepsound.train.loop import predict_proba
+
+# A comparison stands on at least this share of the evaluation nights (those left out changed since
+# validation): on fewer it would judge the models on a different, smaller set than every earlier
+# decision in promotions.json, so the challenger is refused rather than promoted or rejected on it.
+MIN_EVALUATED_SHARE = 0.5
+
+
+class EvaluationNightsChanged(Exception):
+    """Evaluation nights whose files changed since validation, so a model's features cannot be made
+    from the validated audio (recording id -> the message naming the file)."""
+
+    def __init__(self, changed: dict[str, str]) -> None:
+        super().__init__(f"{len(changed)} evaluation nights changed since validation ({SOURCE_CHANGED})")
+        self.changed = changed
+
+
+def evaluation_nights(manifest_rows: list[ManifestRow], subjects: list[str]) -> list[ManifestRow]:
+    """The accepted, labelled nights of the evaluation ``subjects``: what every model is scored on."""
+    wanted = set(subjects)
+    return [
+        r
+        for r in manifest_rows
+        if r["status"] == "accepted" and r["label_source"] != "none" and str(r["subject_id"]) in wanted
+    ]
 
 
 def evaluate_on_subjects(
@@ -36,14 +69,13 @@ def evaluate_on_subjects(
         raise ValueError(f"{model_dir} predates stored configurations: it cannot be re-scored")
     cfg = Config.model_validate(lineage["config"])
     spec = TARGETS[target]
-    rows = [
-        r
-        for r in manifest_rows
-        if r["status"] == "accepted" and r["label_source"] != "none" and str(r["subject_id"]) in set(subjects)
-    ]
+    rows = evaluation_nights(manifest_rows, subjects)
     if not rows:
         raise ValueError(f"no labelled nights of the evaluation subjects {subjects}")
     stats = embed_cohort(rows, root, cfg, use_ray=False, shifted=False)  # cache hits unless the features differ
+    changed = {rec: why for rec, why in stats.failed.items() if stats.failure_codes.get(rec) == SOURCE_CHANGED}
+    if changed:  # the caller leaves them out for every model alike
+        raise EvaluationNightsChanged(changed)
     if stats.failed:
         raise RuntimeError(f"evaluation nights failed to embed: {stats.failed}")
     head = load_head(fs, model_dir)
@@ -81,28 +113,74 @@ def decide_promotions(
     metric: str = "macro_f1",
     margin: float = 0.01,
 ) -> dict[str, PromotionDecision]:
-    """For each head just trained: its score, the champion's on the same subjects, the decision."""
-    _, root_path = open_root(root)
+    """For each head just trained: its score, the champion's on the same nights, the decision.
+
+    Every score is computed before any decision is written, on one set of nights: evaluation nights
+    found changed while a model's features are made are left out for all (and every score made
+    again without them), or, when too few are left, each head's promotion is refused (see the
+    module's notes)."""
     subjects = model["test_subjects"]
+    nights = evaluation_nights(manifest_rows, subjects)
+    changed: dict[str, str] = {}
+    while True:  # each pass leaves out at least one more night, so this ends
+        usable = [r for r in manifest_rows if str(r["recording_id"]) not in changed]
+        left = len(nights) - len(changed)
+        if changed and (left == 0 or left < MIN_EVALUATED_SHARE * len(nights)):
+            return {
+                target: model_store.refuse_promotion(
+                    root, target, head["version"], _refusal(len(changed), len(nights)), metric=metric, margin=margin
+                )
+                for target, head in model["heads"].items()
+            }
+        try:
+            scores = _scores(root, model, usable, subjects, metric)
+            break
+        except EvaluationNightsChanged as exc:
+            changed |= exc.changed
+    left_out: LeftOut | None = (
+        {"nights": len(changed), "of": len(nights), "reason": SOURCE_CHANGED} if changed else None
+    )
     decisions = {}
-    for target, head in model["heads"].items():
-        evaluated = evaluate_on_subjects(root, target, head["model_dir"], manifest_rows, subjects)
+    for target, (version, evaluated, champion) in scores.items():
         # A nightly run's report scores with the serving models, so the challenger's own figures
         # are these; a train run's report writes its fuller ones over them afterwards.
-        model_store.write_first_metrics(root, target, head["version"], evaluated)
-        challenger = evaluated[metric]
+        model_store.write_first_metrics(root, target, version, evaluated)
+        decisions[target] = model_store.promote_if_better(
+            root,
+            target,
+            version,
+            float(evaluated[metric]),
+            champion,
+            metric=metric,
+            margin=margin,
+            left_out=left_out,
+        )
+    return decisions
+
+
+def _scores(
+    root: RootLike, model: TrainedModels, manifest_rows: list[ManifestRow], subjects: list[str], metric: str
+) -> dict[str, tuple[str, dict[str, Any], float | None]]:
+    """Per head: its version, its figures, and the champion's ``metric`` on the same nights (None
+    without another champion). ``EvaluationNightsChanged`` when a model's nights cannot be read as
+    validated."""
+    _, root_path = open_root(root)
+    out: dict[str, tuple[str, dict[str, Any], float | None]] = {}
+    for target, head in model["heads"].items():
+        evaluated = evaluate_on_subjects(root, target, head["model_dir"], manifest_rows, subjects)
         current = model_store.champion_version(root, target)
         champion = None
         if current is not None and current != head["version"]:
             champion_dir = model_store.model_dir(root_path, target, current)
-            champion = evaluate_on_subjects(root, target, champion_dir, manifest_rows, subjects)[metric]
-        decisions[target] = model_store.promote_if_better(
-            root,
-            target,
-            head["version"],
-            float(challenger),
-            None if champion is None else float(champion),
-            metric=metric,
-            margin=margin,
-        )
-    return decisions
+            champion = float(evaluate_on_subjects(root, target, champion_dir, manifest_rows, subjects)[metric])
+        out[target] = (head["version"], evaluated, champion)
+    return out
+
+
+def _refusal(changed: int, nights: int) -> str:
+    """Why a challenger was not compared: too few evaluation nights left to judge both models on."""
+    return (
+        f"not compared: {changed} of {nights} evaluation nights changed since validation ({SOURCE_CHANGED}), "
+        f"too few left to score the challenger and the champion on the same nights (at least "
+        f"{MIN_EVALUATED_SHARE:.0%} needed); the champion stays, and the next run validates those nights again"
+    )

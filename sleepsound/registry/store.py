@@ -22,9 +22,10 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from sleepsound.core.records import HeadInfo, PromotionDecision, TrainedModels
+from sleepsound.core.records import HeadInfo, LeftOut, PromotionDecision, TrainedModels
 from sleepsound.core.storage import NotOurJson, RootLike, join, open_root, read_json_capped, write_json
 from sleepsound.models.files import CONFIG_NAME, WEIGHTS_NAME
 
@@ -241,19 +242,18 @@ def promote_if_better(
     *,
     metric: str = "macro_f1",
     margin: float = 0.01,
+    left_out: LeftOut | None = None,
 ) -> PromotionDecision:
     """Champion/challenger: make ``challenger`` the champion only if it beats the champion's score
     on the same evaluation set by at least ``margin`` (higher is better); a first model always wins.
 
     Both scores must come from the same evaluation nights, or the comparison means nothing:
-    the caller scores both. The decision and both scores are appended to
+    the caller scores both (``left_out``: the evaluation nights it left out of both, said in the
+    reason and recorded). The decision and both scores are appended to
     ``models/<target>/promotions.json`` (promoted or not) and returned.
     """
     fs, root_path = open_root(root)
-    if not fs.exists(join(_version_dir(fs, root_path, target, challenger), CONFIG_NAME)):
-        raise ModelNotFound(f"no model {target}/{challenger} under {root}")
-    if margin < 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
+    _check_decision(fs, root_path, root, target, challenger, margin)
     current = champion_version(root, target)
     if challenger_score != challenger_score:  # NaN: nothing to judge it by
         promoted, why = False, f"the challenger's {metric} is undefined on the evaluation set"
@@ -271,7 +271,12 @@ def promote_if_better(
                 f"by the margin {margin}"
             ),
         )
-    decision = {
+    if left_out is not None:
+        why += (
+            f" ({left_out['nights']} of {left_out['of']} evaluation nights left out of both scores: "
+            f"{left_out['reason']})"
+        )
+    decision: PromotionDecision = {
         "task": target,
         "metric": metric,
         "margin": margin,
@@ -281,12 +286,50 @@ def promote_if_better(
         "champion": {"version": current, "score": champion_score},
         "decided": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    log_path = join(root_path, "models", target, PROMOTIONS)
-    log = _read_json(fs, root_path, log_path, list) if fs.exists(log_path) else []
-    write_json(fs, log_path, [*log, decision])
+    if left_out is not None:
+        decision["left_out"] = left_out
+    _append_decision(fs, root_path, target, decision)
     if promoted:
         set_champion(root, target, challenger, why)
     return decision
+
+
+def refuse_promotion(
+    root: RootLike, target: str, challenger: str, reason: str, *, metric: str = "macro_f1", margin: float = 0.01
+) -> PromotionDecision:
+    """Record that ``challenger`` was not compared at all (``reason`` says why: no scores to compare on
+    the evaluation set): not promoted, the champion unchanged, appended to promotions.json like any
+    decision so the history says why this model never had its chance."""
+    fs, root_path = open_root(root)
+    _check_decision(fs, root_path, root, target, challenger, margin)
+    decision: PromotionDecision = {
+        "task": target,
+        "metric": metric,
+        "margin": margin,
+        "promoted": False,
+        "reason": reason,
+        "challenger": {"version": challenger, "score": None},
+        "champion": {"version": champion_version(root, target), "score": None},
+        "decided": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    _append_decision(fs, root_path, target, decision)
+    return decision
+
+
+def _check_decision(
+    fs: fsspec.AbstractFileSystem, root_path: str, root: RootLike, target: str, challenger: str, margin: float
+) -> None:
+    """ModelNotFound for a challenger the store lacks, ValueError for a negative margin."""
+    if not fs.exists(join(_version_dir(fs, root_path, target, challenger), CONFIG_NAME)):
+        raise ModelNotFound(f"no model {target}/{challenger} under {root}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+
+
+def _append_decision(fs: fsspec.AbstractFileSystem, root_path: str, target: str, decision: PromotionDecision) -> None:
+    log_path = join(root_path, "models", target, PROMOTIONS)
+    log = _read_json(fs, root_path, log_path, list) if fs.exists(log_path) else []
+    write_json(fs, log_path, [*log, decision])
 
 
 def serving_models(root: RootLike, versions: dict[str, str] | None = None) -> TrainedModels:

@@ -2,6 +2,7 @@
 manifest describes, so labels that arrive or are corrected later, or audio put back to an earlier
 upload, are embedded again rather than paired with another version's files."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from sleepsound.embed.epochs import read_epochs
 from sleepsound.ingest.manifest import build_manifest
 from sleepsound.synth.writers import generate_cohort
 from tasks.predict import predict
+from tasks.promote import promote
 
 CFG = Config.model_validate({"backbone": {"name": "null"}, "training": {"shift_augment": True}})
 
@@ -329,3 +331,87 @@ def test_a_night_whose_audio_changed_before_its_envelope_is_rebuilt_is_quarantin
 
     again = build_manifest(str(src), CFG.preprocess, previous=read_manifest_rows(root))  # the next run
     assert [r["status"] for r in again] == ["accepted", "accepted"] and again[0]["sha256"] != rows[0]["sha256"]
+
+
+@pytest.fixture(scope="module")
+def four_nights(tmp_path_factory) -> Path:
+    """Four PSG-Audio nights of two 90-s parts, four subjects: two for the evaluation set."""
+    out = tmp_path_factory.mktemp("four-nights")
+    generate_cohort(out, n_subjects=4, hours=0.05, seed=23, sample_rate=16_000, part_seconds=90, cycle_minutes=10)
+    return out
+
+
+@flow(name="promote-probe")
+def _promote_only(root: str, model: dict) -> dict:
+    """The run's promote step alone, as a flow runs it (its Prefect logger)."""
+    return promote(root, model)
+
+
+def test_evaluation_nights_changed_since_validation_are_left_out_of_both_scores_or_refuse_the_comparison(
+    four_nights, tmp_path, prefect_api, caplog
+):
+    """A champion of other features (here another high-pass) is re-scored by embedding its evaluation
+    nights again from the audio: a night changed since validation stopped the promote step with
+    RuntimeError("evaluation nights failed to embed: ..."). Now it is left out of both models' scores
+    (a warning with the count and the reason, no id), and with too few nights left the challenger is
+    not compared: a recorded refusal, the champion kept."""
+    import logging
+
+    from sleepsound.ingest.manifest import read_manifest, write_manifest
+    from sleepsound.registry import store as model_store
+    from sleepsound.registry.promotion import decide_promotions, evaluate_on_subjects
+    from sleepsound.train.fit import train_models
+
+    training = {"test_fraction": 0.5, "epochs": 1, "shift_augment": False}
+    old = Config.model_validate(
+        {"backbone": {"name": "null"}, "preprocess": {"highpass_hz": 60.0}, "training": training}
+    )
+    new = Config.model_validate({"backbone": {"name": "null"}, "training": training})
+    assert old.preprocess.fingerprint() != new.preprocess.fingerprint()
+    src, root = _copy(four_nights, tmp_path), str(tmp_path / "root")
+    rows = build_manifest(str(src), new.preprocess)
+    write_manifest(root, rows)
+    embed_cohort(rows, root, old, use_ray=False)
+    champion = train_models(root, old, "old", read_manifest(root))
+    assert decide_promotions(root, champion, rows)["stage3"]["promoted"]
+    embed_cohort(rows, root, new, use_ray=False)
+    challenger = train_models(root, new, "new", read_manifest(root))
+    subjects = challenger["test_subjects"]
+    nights = [r for r in rows if r["subject_id"] in subjects]
+    assert len(nights) == 2
+
+    def change(night: dict) -> None:
+        """Rewrite one of ``night``'s parts, with the champion's features of every night no longer
+        cached (pruned, or nights added since it was trained): re-scoring it reads the audio again."""
+        for folder in Path(root).glob(f"**/{old.preprocess.fingerprint()}"):
+            shutil.rmtree(folder)
+        _rewrite_samples(Path(night["source_uris"][1]))
+
+    change(nights[0])
+    with caplog.at_level(logging.INFO):
+        decided = _promote_only(root, challenger)
+    rest = [r for r in rows if r["recording_id"] != nights[0]["recording_id"]]
+    champion_dir = model_store.model_dir(root, "stage3", champion["version"])
+    for target, decision in decided.items():
+        assert decision["left_out"] == {"nights": 1, "of": 2, "reason": "source_changed"}, target
+        assert "1 of 2 evaluation nights left out of both scores: source_changed" in decision["reason"]
+    stage3 = decided["stage3"]
+    assert stage3["challenger"]["score"] == pytest.approx(
+        evaluate_on_subjects(root, "stage3", challenger["heads"]["stage3"]["model_dir"], rest, subjects)["macro_f1"]
+    )
+    assert stage3["champion"]["score"] == pytest.approx(
+        evaluate_on_subjects(root, "stage3", champion_dir, rest, subjects)["macro_f1"]
+    )
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("1 of 2 evaluation nights left out" in m and "source_changed" in m for m in logged), logged
+    assert not [m for m in logged for r in rows if r["recording_id"] in m]
+
+    current = model_store.champion_version(root, "stage3")
+    change(nights[1])  # now neither evaluation night can be read as validated for the champion
+    refused = decide_promotions(root, challenger, rows)
+    for decision in refused.values():
+        assert not decision["promoted"] and decision["challenger"]["score"] is None
+        assert decision["reason"].startswith("not compared: 2 of 2 evaluation nights changed since validation")
+    assert model_store.champion_version(root, "stage3") == current
+    log = json.loads(Path(root, "models", "stage3", "promotions.json").read_text())
+    assert log[-1]["reason"] == refused["stage3"]["reason"] and log[-1]["challenger"]["score"] is None
