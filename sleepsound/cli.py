@@ -906,21 +906,28 @@ def _run_flow(
     margin: float = 0.01,
 ) -> dict:
     from sleepsound.runs.preflight import NotStartable, check_can_start
-    from sleepsound.runs.root_lock import RootBusy, check_free
+    from sleepsound.runs.root_lock import RootBusy, hold_root
+    from sleepsound.runs.run_record import default_run_id
 
-    try:  # refuse at once, before Prefect and Ray start (and before torch loads); the flow takes the lock itself
-        check_can_start("run" if flow == "pipeline" else flow, source, root, versions)
-        check_free(root)
-    except (RootBusy, NotStartable) as exc:
-        raise _refused("not started", exc) from exc
-    from sleepsound.registry.evaluation_set import CannotTrain
+    purpose = "run" if flow == "pipeline" else flow
+    run_id = run_id or default_run_id(flow)  # known here, so the hold and the bars follow the run
+    with contextlib.ExitStack() as held:
+        # Refuse at once, before Prefect and Ray start (and before torch loads). The root is held from
+        # here, not first checked and taken by the flow seconds later: of two runs started together
+        # the loser is refused now, having started nothing; the flow carries on under this hold.
+        try:
+            check_can_start(purpose, source, root, versions)
+            held.enter_context(hold_root(root, run_id, purpose))
+        except (RootBusy, NotStartable) as exc:
+            raise _refused("not started", exc) from exc
+        from sleepsound.registry.evaluation_set import CannotTrain
 
-    try:
-        return _run_flow_locally(source, root, config, ray_address, run_id, flow, versions, metric, margin)
-    except RootBusy as exc:  # another run took the root between the check and the flow's lock
-        raise _refused("not started", exc) from exc
-    except CannotTrain as exc:  # found right after validation, before anything was embedded
-        raise _refused("not trained", exc) from exc
+        try:
+            return _run_flow_locally(source, root, config, ray_address, run_id, flow, versions, metric, margin)
+        except RootBusy as exc:  # not expected: the flow runs under this process's hold
+            raise _refused("not started", exc) from exc
+        except CannotTrain as exc:  # found right after validation, before anything was embedded
+            raise _refused("not trained", exc) from exc
 
 
 def _refused(what: str | None, exc: Exception) -> typer.Exit:
@@ -936,7 +943,7 @@ def _run_flow_locally(
     root: str,
     config: dict,
     ray_address: str | None,
-    run_id: str | None,
+    run_id: str,
     flow: str,
     versions: dict[str, str] | None,
     metric: str,
@@ -944,9 +951,7 @@ def _run_flow_locally(
 ) -> dict:
     from sleepsound.runs.prefect_api import local_prefect_api
     from sleepsound.runs.progress_view import progress_bars
-    from sleepsound.runs.run_record import default_run_id
 
-    run_id = run_id or default_run_id(flow)  # known here, so the bars can follow the run's progress
     keep_s = 60 * float(os.environ.get("SLEEPSOUND_PREFECT_KEEP_MINUTES", "15"))  # 0: stopped after the run
     with (
         local_prefect_api(Path(".prefect").resolve(), keep_s=keep_s) as api_url,  # before Prefect is imported

@@ -29,6 +29,11 @@ What is guaranteed, and what is not:
   this run's; it cannot see the holder's failed heartbeats until the lock changes hands.
 - On object stores that ignore conditional writes (``If-None-Match``), two runs starting in
   the same instant can both believe they hold the root; AWS S3 honours it.
+- A command takes the hold before it starts Prefect and Ray, so of two started together the
+  loser is refused before it has done anything; the flow it then runs, in the same process and
+  for the same run, carries on under that hold (``hold_root`` of a run this process already holds
+  the root for yields the same token and neither takes nor frees the lock). A flow started
+  another way (a deployment) takes the lock itself, as its first step.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ from sleepsound.core.storage import (
     write_bytes_atomic,
 )
 
-__all__ = ["RootBusy", "RootLost", "check_free", "follow_hold", "hold_root", "holder", "lock_path"]
+__all__ = ["RootBusy", "RootLost", "follow_hold", "hold_root", "holder", "lock_path"]
 
 LOCK = "lock.json"
 HEARTBEAT_S = 30.0
@@ -72,6 +77,17 @@ UNREADABLE = "(unknown: lock file empty or unreadable)"
 
 class RootBusy(RuntimeError):
     """Another run holds the storage root."""
+
+
+# The holds this process has taken, by lock (protocol, path): the run, the token it yielded and how to
+# ask whether it still holds, so a flow run for that run in this process carries on under it.
+_HELD: dict[tuple[str, str], tuple[str, RootHold, Callable[[], str | None]]] = {}
+_HELD_LOCK = threading.Lock()
+
+
+def _held_key(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, str]:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol, path
 
 
 def lock_path(root_path: str) -> str:
@@ -173,18 +189,6 @@ def _died_here(record: dict[str, Any]) -> bool:
     return False
 
 
-def check_free(root: RootLike, stale_after_s: float = STALE_AFTER_S) -> None:
-    """RootBusy when a live run holds the root; lets a command refuse before it starts anything."""
-    store = open_root(root)
-    path = lock_path(store.path)
-    raw = _read(store.fs, path)
-    if raw is None:
-        return
-    age = _age_s(store.fs, path)
-    if age is not None:
-        _refuse_if_live(store, _parse(raw), age, stale_after_s)
-
-
 def _refuse_if_live(store: StorageRoot, current: dict[str, Any], age_s: float, stale_after_s: float) -> None:
     if age_s < stale_after_s and not _died_here(current):
         raise RootBusy(
@@ -256,10 +260,21 @@ def hold_root(
     """Hold the root for the duration of the block; RootBusy when a live run holds it.
 
     While held, this process's writes under the root raise RootLost once the hold is lost
-    (see the module's notes), and so does the end of the block.
+    (see the module's notes), and so does the end of the block. When this process already holds the
+    root for ``run_id`` (the command line took it before starting the flow), the block runs under
+    that hold: the same token, no lock taken or freed here, RootLost at its end if it was lost.
     """
     store = open_root(root)
     fs, path = store.fs, lock_path(store.path)
+    key = _held_key(fs, path)
+    with _HELD_LOCK:
+        outer = _HELD.get(key)
+    if outer is not None and outer[0] == run_id:
+        yield outer[1]
+        reason = outer[2]()
+        if reason is not None:
+            raise RootLost(f"{reason}; what it wrote before is kept, rerun it to finish")
+        return
     fs.makedirs(store.join("state"), exist_ok=True)
     acquired = _now().isoformat()
     hold: dict[str, Any] = {"renewed": time.monotonic(), "lost": None}  # renewed: when the last good write began
@@ -298,11 +313,18 @@ def hold_root(
 
     thread = threading.Thread(target=beat_loop, name="sleepsound-root-lock", daemon=True)
     thread.start()
+    token: RootHold = {"run_id": run_id, "path": path, "acquired": acquired}
+    with _HELD_LOCK:
+        _HELD[key] = (run_id, token, lost)
     try:
         with fenced(fs, store.path, lost):
-            yield {"run_id": run_id, "path": path, "acquired": acquired}
+            yield token
         reason = lost()
     finally:
+        with _HELD_LOCK:
+            held = _HELD.get(key)
+            if held is not None and held[1] is token:
+                del _HELD[key]
         stop.set()
         thread.join(timeout=5)
         if _is_mine(_read(fs, path), run_id, acquired):

@@ -229,6 +229,56 @@ def test_the_cli_refuses_before_starting_anything(tmp_path) -> None:
     assert "not started" in out.output and "night-7" in out.output
 
 
+def test_a_flow_run_under_its_commands_hold_carries_on_under_it(tmp_path) -> None:
+    """The command line holds the root before it starts Prefect and Ray; the flow it then runs in the
+    same process for the same run takes no second lock (it was refused by its own command's) and frees
+    nothing when it ends; another run is still refused."""
+    root = str(tmp_path / "root")
+    with hold_root(root, "r1", "nightly") as outer:
+        with hold_root(root, "r1", "nightly") as inner:
+            assert inner == outer and holder(root)["run_id"] == "r1"
+            with pytest.raises(RootBusy, match="in use by run 'r1'"):
+                with hold_root(root, "r2", "score"):
+                    pass
+        assert (holder(root)["run_id"], holder(root)["acquired"]) == ("r1", outer["acquired"])
+    assert holder(root) is None
+    with hold_root(root, "r2", "score"):  # released by the command's hold alone
+        assert holder(root)["run_id"] == "r2"
+
+
+def test_of_two_commands_started_together_the_loser_starts_nothing(prefect_api, tmp_path) -> None:
+    """Two `sleepsound nightly` started at once on one root (an empty incoming folder: a quiet night).
+    Both used to pass the command's look at the lock, and the loser was refused only when its flow
+    took the lock, after starting Prefect and Ray. The command now takes the lock itself before it
+    starts anything: the loser is refused with the holder named and never gets as far as printing
+    its Prefect API (the first thing a started run prints)."""
+    import os
+    import subprocess
+    import sys
+
+    source, root = tmp_path / "incoming", tmp_path / "root"
+    source.mkdir()
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "SLEEPSOUND_PREFECT_KEEP_MINUTES": "0"}
+    command = [str(Path(sys.executable).parent / "sleepsound"), "nightly", "--source", str(source), "--root", str(root)]
+    runs = [
+        subprocess.Popen(
+            [*command, "--run-id", f"n{i}"],  # each would start a local Ray session of its own
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for i in (1, 2)
+    ]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert sorted(run.returncode for run in runs) == [0, 2], outputs
+    won, lost = outputs if runs[0].returncode == 0 else outputs[::-1]
+    assert "Prefect API:" in won
+    assert "not started" in lost and "is in use by run 'n" in lost and "Prefect API:" not in lost, lost
+    assert holder(str(root)) is None
+
+
 def test_a_stalled_run_never_overwrites_the_lock_of_the_run_that_took_over(tmp_path) -> None:
     """And it is told: its next write and the end of its block raise RootLost naming the taker."""
     from sleepsound.core.storage import open_root, write_json
