@@ -22,16 +22,17 @@ def promote(
 ) -> dict[str, PromotionDecision]:
     """Returns each task's decision with both scores (also logged in models/<task>/promotions.json).
 
-    Evaluation nights whose files changed since validation are left out of both scores, with a
-    warning giving their count and reason; with too few left the challengers are not compared and
-    the reason says so (``registry.promotion``). The log names no night (a patient id)."""
+    Evaluation nights whose files changed since validation, or that can no longer be read, are left
+    out of both scores, with a warning giving their count and reason codes; with too few left the
+    challengers are not compared and the reason says so (``registry.promotion``). The log names no
+    night (a patient id)."""
     with follow_hold(root, hold):
         decisions = decide_promotions(root, model, read_manifest_rows(root), metric=metric, margin=margin)
         left_out = next((d["left_out"] for d in decisions.values() if "left_out" in d), None)
         if left_out is not None:
             get_run_logger().warning(
                 "%d of %d evaluation nights left out of the champion/challenger comparison: their files changed "
-                "since validation (%s); both models are scored on the rest",
+                "since validation or could not be read again (%s); both models are scored on the rest",
                 left_out["nights"],
                 left_out["of"],
                 left_out["reason"],

@@ -145,7 +145,7 @@ class LeftOut(TypedDict):
 
     nights: int
     of: int  # the evaluation nights there were
-    reason: str  # a reason code: source_changed
+    reason: str  # the reason codes, comma-separated: source_changed, read_error
 
 
 class PromotionDecision(TypedDict):

@@ -7,9 +7,10 @@ embedded with that backbone, from the cache when it is there). The rule itself i
 metric by the declared margin.
 
 Re-scoring a model of other features embeds its evaluation nights again, reading their audio: a
-night whose files changed since validation (``source_changed``) cannot be read as validated for
-either model. Such nights are left out of the comparison for both models alike (scores on
-different nights would not compare), and the decision says how many and why (``left_out``). When
+night whose files changed since validation (``source_changed``), or that can no longer be read
+(``read_error``), cannot be scored as validated for either model. Such nights are left out of the
+comparison for both models alike (scores on different nights would not compare), and the decision
+says how many and why (``left_out``, reason codes only: no recording id, a patient id). When
 fewer than ``MIN_EVALUATED_SHARE`` of the evaluation nights are left, or none, the challenger is
 not compared at all: a refusal recorded like any decision (not promoted, no scores, the reason),
 so the champion keeps serving and the run goes on; the next run validates those nights again.
@@ -26,7 +27,6 @@ from sleepsound.core.config import Config
 from sleepsound.core.records import LeftOut, ManifestRow, PromotionDecision, TrainedModels
 from sleepsound.core.storage import RootLike, join, open_root, read_json
 from sleepsound.embed.cohort import embed_cohort
-from sleepsound.ingest.versions import SOURCE_CHANGED
 from sleepsound.labels.targets import TARGETS
 from sleepsound.models.heads.artifacts import load_head
 from sleepsound.registry import store as model_store
@@ -40,13 +40,18 @@ from sleepsound.train.loop import predict_proba
 MIN_EVALUATED_SHARE = 0.5
 
 
-class EvaluationNightsChanged(Exception):
-    """Evaluation nights whose files changed since validation, so a model's features cannot be made
-    from the validated audio (recording id -> the message naming the file)."""
+class EvaluationNightsUnread(Exception):
+    """Evaluation nights a model's features could not be made for from the validated audio (recording
+    id -> the manifest's reason code: ``source_changed``, ``read_error``). The message gives the count
+    and the codes only: it may reach a log, and recording ids are patient ids."""
 
-    def __init__(self, changed: dict[str, str]) -> None:
-        super().__init__(f"{len(changed)} evaluation nights changed since validation ({SOURCE_CHANGED})")
-        self.changed = changed
+    def __init__(self, codes: dict[str, str]) -> None:
+        super().__init__(f"{len(codes)} evaluation nights could not be read again ({_codes(codes)})")
+        self.codes = codes
+
+
+def _codes(codes: dict[str, str]) -> str:
+    return ", ".join(sorted(set(codes.values())))
 
 
 def evaluation_nights(manifest_rows: list[ManifestRow], subjects: list[str]) -> list[ManifestRow]:
@@ -73,11 +78,8 @@ def evaluate_on_subjects(
     if not rows:
         raise ValueError(f"no labelled nights of the evaluation subjects {subjects}")
     stats = embed_cohort(rows, root, cfg, use_ray=False, shifted=False)  # cache hits unless the features differ
-    changed = {rec: why for rec, why in stats.failed.items() if stats.failure_codes.get(rec) == SOURCE_CHANGED}
-    if changed:  # the caller leaves them out for every model alike
-        raise EvaluationNightsChanged(changed)
-    if stats.failed:
-        raise RuntimeError(f"evaluation nights failed to embed: {stats.failed}")
+    if stats.failed:  # the caller leaves them out for every model alike
+        raise EvaluationNightsUnread({rec: stats.failure_codes.get(rec, "read_error") for rec in stats.failed})
     head = load_head(fs, model_dir)
     data = load_embedded(root, cfg, pd.DataFrame(rows))
     if spec.frames:  # the per-second snoring head: every labelled frame of the evaluation nights
@@ -116,30 +118,27 @@ def decide_promotions(
     """For each head just trained: its score, the champion's on the same nights, the decision.
 
     Every score is computed before any decision is written, on one set of nights: evaluation nights
-    found changed while a model's features are made are left out for all (and every score made
+    found changed or unreadable while a model's features are made are left out for all (and every score made
     again without them), or, when too few are left, each head's promotion is refused (see the
     module's notes)."""
     subjects = model["test_subjects"]
     nights = evaluation_nights(manifest_rows, subjects)
-    changed: dict[str, str] = {}
+    unread: dict[str, str] = {}  # recording id -> reason code
     while True:  # each pass leaves out at least one more night, so this ends
-        usable = [r for r in manifest_rows if str(r["recording_id"]) not in changed]
-        left = len(nights) - len(changed)
-        if changed and (left == 0 or left < MIN_EVALUATED_SHARE * len(nights)):
+        usable = [r for r in manifest_rows if str(r["recording_id"]) not in unread]
+        left = len(nights) - len(unread)
+        if unread and (left == 0 or left < MIN_EVALUATED_SHARE * len(nights)):
+            why = _refusal(len(unread), len(nights), _codes(unread))
             return {
-                target: model_store.refuse_promotion(
-                    root, target, head["version"], _refusal(len(changed), len(nights)), metric=metric, margin=margin
-                )
+                target: model_store.refuse_promotion(root, target, head["version"], why, metric=metric, margin=margin)
                 for target, head in model["heads"].items()
             }
         try:
             scores = _scores(root, model, usable, subjects, metric)
             break
-        except EvaluationNightsChanged as exc:
-            changed |= exc.changed
-    left_out: LeftOut | None = (
-        {"nights": len(changed), "of": len(nights), "reason": SOURCE_CHANGED} if changed else None
-    )
+        except EvaluationNightsUnread as exc:
+            unread |= exc.codes
+    left_out: LeftOut | None = {"nights": len(unread), "of": len(nights), "reason": _codes(unread)} if unread else None
     decisions = {}
     for target, (version, evaluated, champion) in scores.items():
         # A nightly run's report scores with the serving models, so the challenger's own figures
@@ -162,7 +161,7 @@ def _scores(
     root: RootLike, model: TrainedModels, manifest_rows: list[ManifestRow], subjects: list[str], metric: str
 ) -> dict[str, tuple[str, dict[str, Any], float | None]]:
     """Per head: its version, its figures, and the champion's ``metric`` on the same nights (None
-    without another champion). ``EvaluationNightsChanged`` when a model's nights cannot be read as
+    without another champion). ``EvaluationNightsUnread`` when a model's nights cannot be read as
     validated."""
     _, root_path = open_root(root)
     out: dict[str, tuple[str, dict[str, Any], float | None]] = {}
@@ -177,10 +176,11 @@ def _scores(
     return out
 
 
-def _refusal(changed: int, nights: int) -> str:
+def _refusal(unread: int, nights: int, codes: str) -> str:
     """Why a challenger was not compared: too few evaluation nights left to judge both models on."""
     return (
-        f"not compared: {changed} of {nights} evaluation nights changed since validation ({SOURCE_CHANGED}), "
+        f"not compared: {unread} of {nights} evaluation nights changed since validation or could not be read "
+        f"again ({codes}), "
         f"too few left to score the challenger and the champion on the same nights (at least "
         f"{MIN_EVALUATED_SHARE:.0%} needed); the champion stays, and the next run validates those nights again"
     )

@@ -4,6 +4,7 @@ upload, are embedded again rather than paired with another version's files."""
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -347,19 +348,12 @@ def _promote_only(root: str, model: dict) -> dict:
     return promote(root, model)
 
 
-def test_evaluation_nights_changed_since_validation_are_left_out_of_both_scores_or_refuse_the_comparison(
-    four_nights, tmp_path, prefect_api, caplog
-):
-    """A champion of other features (here another high-pass) is re-scored by embedding its evaluation
-    nights again from the audio: a night changed since validation stopped the promote step with
-    RuntimeError("evaluation nights failed to embed: ..."). Now it is left out of both models' scores
-    (a warning with the count and the reason, no id), and with too few nights left the challenger is
-    not compared: a recorded refusal, the champion kept."""
-    import logging
-
+def _champion_of_other_features(four_nights: Path, tmp_path: Path) -> tuple[str, list, dict, dict, Callable[[], None]]:
+    """A root whose champion was trained on other features (another high-pass) than its challenger,
+    both on the same evaluation subjects; ``forget()`` drops the champion's cached features, so
+    re-scoring it must read the evaluation nights' audio again."""
     from sleepsound.ingest.manifest import read_manifest, write_manifest
-    from sleepsound.registry import store as model_store
-    from sleepsound.registry.promotion import decide_promotions, evaluate_on_subjects
+    from sleepsound.registry.promotion import decide_promotions
     from sleepsound.train.fit import train_models
 
     training = {"test_fraction": 0.5, "epochs": 1, "shift_augment": False}
@@ -376,6 +370,28 @@ def test_evaluation_nights_changed_since_validation_are_left_out_of_both_scores_
     assert decide_promotions(root, champion, rows)["stage3"]["promoted"]
     embed_cohort(rows, root, new, use_ray=False)
     challenger = train_models(root, new, "new", read_manifest(root))
+
+    def forget() -> None:
+        for folder in Path(root).glob(f"**/{old.preprocess.fingerprint()}"):
+            shutil.rmtree(folder)
+
+    return root, rows, champion, challenger, forget
+
+
+def test_evaluation_nights_changed_since_validation_are_left_out_of_both_scores_or_refuse_the_comparison(
+    four_nights, tmp_path, prefect_api, caplog
+):
+    """A champion of other features (here another high-pass) is re-scored by embedding its evaluation
+    nights again from the audio: a night changed since validation stopped the promote step with
+    RuntimeError("evaluation nights failed to embed: ..."). Now it is left out of both models' scores
+    (a warning with the count and the reason, no id), and with too few nights left the challenger is
+    not compared: a recorded refusal, the champion kept."""
+    import logging
+
+    from sleepsound.registry import store as model_store
+    from sleepsound.registry.promotion import decide_promotions, evaluate_on_subjects
+
+    root, rows, champion, challenger, forget = _champion_of_other_features(four_nights, tmp_path)
     subjects = challenger["test_subjects"]
     nights = [r for r in rows if r["subject_id"] in subjects]
     assert len(nights) == 2
@@ -383,8 +399,7 @@ def test_evaluation_nights_changed_since_validation_are_left_out_of_both_scores_
     def change(night: dict) -> None:
         """Rewrite one of ``night``'s parts, with the champion's features of every night no longer
         cached (pruned, or nights added since it was trained): re-scoring it reads the audio again."""
-        for folder in Path(root).glob(f"**/{old.preprocess.fingerprint()}"):
-            shutil.rmtree(folder)
+        forget()
         _rewrite_samples(Path(night["source_uris"][1]))
 
     change(nights[0])
@@ -411,7 +426,33 @@ def test_evaluation_nights_changed_since_validation_are_left_out_of_both_scores_
     refused = decide_promotions(root, challenger, rows)
     for decision in refused.values():
         assert not decision["promoted"] and decision["challenger"]["score"] is None
-        assert decision["reason"].startswith("not compared: 2 of 2 evaluation nights changed since validation")
+        assert decision["reason"].startswith("not compared: 2 of 2 evaluation nights changed since validation or could")
     assert model_store.champion_version(root, "stage3") == current
     log = json.loads(Path(root, "models", "stage3", "promotions.json").read_text())
     assert log[-1]["reason"] == refused["stage3"]["reason"] and log[-1]["challenger"]["score"] is None
+
+
+def test_an_evaluation_night_that_cannot_be_read_again_is_left_out_by_its_code_with_no_id_said(four_nights, tmp_path):
+    """Not changed (the storage gave no version to compare, and the size is the same) but no longer
+    readable: re-scoring the champion raised RuntimeError("evaluation nights failed to embed: {id:
+    message}"), a patient id in the traceback a flow logs. Now the night is left out of both scores
+    like a changed one, by its reason code (``read_error``), and nothing raised names it."""
+    from sleepsound.registry.promotion import decide_promotions
+
+    root, rows, _, challenger, forget = _champion_of_other_features(four_nights, tmp_path)
+    night = next(r for r in rows if r["subject_id"] in challenger["test_subjects"])
+    forget()
+    part = Path(night["source_uris"][0])
+    data = bytearray(part.read_bytes())
+    data[:8] = b"garbage!"  # the EDF header's version field: no longer an EDF, same size
+    part.write_bytes(bytes(data))
+    blind = [
+        {**r, "file_versions": [{**v, "version": None} for v in r["file_versions"]]}
+        if r["recording_id"] == night["recording_id"]
+        else r
+        for r in rows
+    ]
+    decided = decide_promotions(root, challenger, blind)
+    for target, decision in decided.items():
+        assert decision["left_out"] == {"nights": 1, "of": 2, "reason": "read_error"}, target
+        assert night["recording_id"] not in decision["reason"]
