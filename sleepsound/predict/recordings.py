@@ -45,7 +45,11 @@ def predict_recordings(
     since validation (``SourceChanged``), gets no file at all (neither predictions nor events: one
     version per night, the validated one); with ``left_out`` given it is added there (recording id
     -> the message naming the file) and the other nights go on, so the caller can quarantine it as
-    ``source_changed`` as the embed step does; without, the ``SourceChanged`` propagates."""
+    ``source_changed`` as the embed step does; without, the ``SourceChanged`` propagates.
+
+    Afterwards the run's prediction and event folders hold the nights predicted here and no other:
+    a rerun of the same run id (finishing a killed run, the demo's fixed ``demo``) leaves no file of
+    a night quarantined since the first attempt, which its report would otherwise count."""
     fs, root_path = open_root(root)
     heads = {
         name: (TARGETS[name], load_head(fs, info["model_dir"]), info)
@@ -58,6 +62,7 @@ def predict_recordings(
     # The given manifest's rows as plain values (None, not NaN; lists, not arrays), for the event detector.
     typed = pa.Table.from_pandas(accepted, preserve_index=False).to_pylist()
     manifest_rows = {str(r["recording_id"]): r for r in typed}
+    predicted: set[str] = set()
     for row in accepted.itertuples(index=False):
         manifest_row = manifest_rows[str(row.recording_id)]
         try:  # first: a night that cannot be read as validated is left out before anything of it is written
@@ -94,7 +99,17 @@ def predict_recordings(
         # its audio if the cache has none), beside the predictions.
         events = detect_night(env, valid, table, cfg.preprocess.epoch_seconds)
         write_events(root, run_id, str(row.recording_id), events)
+        predicted.add(str(row.recording_id))
+    for folder in (out_dir, join(root_path, "runs", run_id, "events")):
+        _drop_other_nights(fs, folder, predicted)
     return out_dir
+
+
+def _drop_other_nights(fs: Any, folder: str, keep: set[str]) -> None:
+    """Remove ``folder``'s ``recording_id=<id>`` partitions of nights not in ``keep``."""
+    for path in fs.glob(join(folder, "recording_id=*")):
+        if path.rstrip("/").rsplit("recording_id=", 1)[1] not in keep:
+            fs.rm(path, recursive=True)
 
 
 def _all_epochs(root: RootLike, cfg: Config, recording_id: str) -> list[dict[str, Any]]:

@@ -298,11 +298,13 @@ def test_a_night_whose_audio_changed_before_its_envelope_is_rebuilt_is_quarantin
     cache from before envelopes, or a bad file moved aside). A file changed since validation stopped the
     whole predict step with an OSError; now that night alone is quarantined as ``source_changed``,
     naming the file in the manifest (the log: a count and the code), the others are scored, the counts
-    add up, nothing of it is written, and the next run validates it again."""
+    add up, nothing of it is written (a first attempt's files of it are removed from the rerun of that
+    run id), and the next run validates it again."""
     import logging
     import shutil as sh
 
     from sleepsound.ingest.manifest import read_manifest, read_manifest_rows, write_manifest
+    from sleepsound.predict.recordings import predict_recordings
     from sleepsound.train.fit import train_models
 
     src, root = _copy(cohort, tmp_path), str(tmp_path / "root")
@@ -311,6 +313,7 @@ def test_a_night_whose_audio_changed_before_its_envelope_is_rebuilt_is_quarantin
     assert not embed_cohort(rows, root, CFG, use_ray=False).failed
     model = train_models(root, CFG, "t1", read_manifest(root))
     changed, other = rows[0]["recording_id"], rows[1]["recording_id"]
+    predict_recordings(root, CFG, "p1", model, read_manifest(root))  # a first attempt of the run scored both
     sh.rmtree(tmp_path / "root" / "breathing")  # no envelope cached: the audio must be read again
     _rewrite_samples(src / "APNEA_EDF" / changed / f"{changed}[002].edf")
 
