@@ -274,6 +274,13 @@ def _create_with_o_excl(path: str, data: bytes) -> None:
         raise
 
 
+def remove_tree(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Remove ``path`` and what is under it, fenced like a write: a run that lost its root never
+    removes the files of the run that took it over (RootLost)."""
+    _check_fence(fs, path)
+    fs.rm(path, recursive=True)
+
+
 def write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
     write_bytes_atomic(fs, path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 

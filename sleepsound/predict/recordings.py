@@ -20,7 +20,7 @@ from sleepsound.breathing.store import load_envelope, write_events
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
 from sleepsound.core.records import TrainedModels
-from sleepsound.core.storage import RootLike, join, open_root, write_table
+from sleepsound.core.storage import RootLike, join, open_root, remove_tree, write_table
 from sleepsound.embed.cache import channel_configs, epochs_path, read_cached_table
 from sleepsound.ingest.versions import SourceChanged
 from sleepsound.labels.targets import PRIMARY, TARGETS, Target
@@ -109,7 +109,7 @@ def _drop_other_nights(fs: Any, folder: str, keep: set[str]) -> None:
     """Remove ``folder``'s ``recording_id=<id>`` partitions of nights not in ``keep``."""
     for path in fs.glob(join(folder, "recording_id=*")):
         if path.rstrip("/").rsplit("recording_id=", 1)[1] not in keep:
-            fs.rm(path, recursive=True)
+            remove_tree(fs, path)
 
 
 def _all_epochs(root: RootLike, cfg: Config, recording_id: str) -> list[dict[str, Any]]:

@@ -205,3 +205,20 @@ def test_a_local_write_is_fsynced_before_it_is_published_and_its_folder_after(tm
     (aside, published_then), (folder, published_after) = synced
     assert aside.startswith(str(target.parent) + "/.m.json.tmp-") and not published_then  # the data, before the rename
     assert folder == str(target.parent) and published_after  # the rename itself, after it
+
+
+def test_removing_a_tree_under_a_lost_root_is_refused_like_a_write(tmp_path) -> None:
+    """A stalled run that lost its root to another must not delete that run's files either."""
+    from sleepsound.core.storage import RootLost, fenced, open_root, remove_tree
+
+    store = open_root(str(tmp_path / "root"))
+    kept = tmp_path / "root" / "runs" / "r" / "predictions" / "recording_id=a"
+    kept.mkdir(parents=True)
+    (kept / "part-0.parquet").write_bytes(b"x")
+    with fenced(store.fs, store.path, lambda: "run 'r' no longer holds the root"):
+        with pytest.raises(RootLost, match="no longer holds"):
+            remove_tree(store.fs, str(kept))
+    assert (kept / "part-0.parquet").exists()
+    with fenced(store.fs, store.path, lambda: None):  # held: removed
+        remove_tree(store.fs, str(kept))
+    assert not kept.exists()
