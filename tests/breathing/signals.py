@@ -144,6 +144,31 @@ def snorer_whose_snoring_pauses(
     return 0.05 * out, snores
 
 
+def half_voiced_snorer(
+    seconds: float, pause: tuple[float, float], weak: tuple[float, float] | None = None, seed: int = 7
+) -> np.ndarray:
+    """Breaths every 4 s of band noise, each snored but inside ``pause``, where the snoring stops for a few
+    plain breaths (0.35 x as loud) and comes back, the airflow unchanged. A snore is the breath's noise
+    with the palate's flutter (90 Hz and its harmonics) in its first 0.9 s: about a quarter of its frames
+    voiced, under the half that makes a sound voiced, so the envelope takes it for a plain breath. Inside
+    ``weak`` every breath, snores going on, is 60% weaker: a hypopnoea in that snorer."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(int(seconds * RATE))
+    t, n, m = 1.0, int(2.5 * RATE), int(0.9 * RATE)
+    while t < seconds - 4:
+        snored = not pause[0] <= t < pause[1]
+        gain = rng.uniform(0.9, 1.1) * (1.0 if snored else 0.35) * (0.4 if weak and weak[0] <= t < weak[1] else 1.0)
+        sound = np.hanning(n) * _band_noise(rng, n, 300, 1800)
+        if snored:
+            tt = np.arange(m) / RATE
+            flutter = sum(np.sin(2 * np.pi * 90 * rng.uniform(0.95, 1.05) * h * tt) / h for h in range(1, 10))
+            sound[:m] += 1.5 * np.std(sound) * np.hanning(m) * flutter / np.std(flutter)
+        k0 = int(t * RATE)
+        out[k0 : k0 + n] += gain * sound
+        t += 4.0
+    return 0.05 * out
+
+
 def tonal_fragments(seconds: float, span: tuple[float, float], level: float, seed: int = 11) -> np.ndarray:
     """Short tonal sounds (0.6 s of a tone near 2 kHz) at irregular times inside ``span``, ``level`` x the
     breaths' amplitude: what is left of a TV in a pause, unvoiced below 1.5 kHz (so not speech to the

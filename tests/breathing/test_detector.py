@@ -17,6 +17,7 @@ from tests.breathing.signals import (
     fan,
     fan_blips,
     fast_breaths_between_pauses,
+    half_voiced_snorer,
     hiss,
     murmur,
     one_sound_breaths,
@@ -282,6 +283,21 @@ def test_a_snorer_whose_snores_go_on_quieter_while_most_stop_has_a_hypopnoea():
     event = _only(detect_events(env, snoring=track), "hypopnea")
     assert event["start_s"] < weak[0] + 4 and event["end_s"] > weak[1] - 4
     assert detect_events(env, snoring=track, settings=replace(DEFAULT, like_for_like_drop=0.0)) == []
+
+
+def test_a_half_voiced_snorer_whose_snoring_pauses_has_no_event_without_the_snoring_head():
+    # The snores' flutter voices about a quarter of their frames, too few for the envelope to call them
+    # snores, so they count as plain breaths and the few truly plain breaths of the pause as a 65% drop.
+    # The breaths' voicing stopping with it tells the snoring stopped, not the airflow.
+    pause = (150.0, 172.0)
+    env = epoch_envelope(half_voiced_snorer(300.0, pause) + fan(300.0, 0.003), RATE)
+    assert detect_events(env) == []
+    off = replace(DEFAULT, stopped_voicing=0.0)
+    assert [e["type"] for e in detect_events(env, settings=off)] == ["hypopnea"]
+    # The same snorer's hypopnoea, snoring on 60% weaker (voiced as before), is still one.
+    env = epoch_envelope(half_voiced_snorer(300.0, (0.0, 0.0), weak=pause) + fan(300.0, 0.003), RATE)
+    event = _only(detect_events(env), "hypopnea")
+    assert event["start_s"] < pause[0] + 4 and event["end_s"] > pause[1] - 4
 
 
 def test_a_snorer_who_snores_every_breath_and_stops_for_a_while_has_no_event():
