@@ -246,7 +246,7 @@ def test_a_flow_run_under_its_commands_hold_carries_on_under_it(tmp_path) -> Non
         assert holder(root)["run_id"] == "r2"
 
 
-def test_of_two_commands_started_together_the_loser_starts_nothing(prefect_api, tmp_path) -> None:
+def test_of_two_commands_started_together_the_loser_starts_nothing(prefect_api, ray_session, tmp_path) -> None:
     """Two `sleepsound nightly` started at once on one root (an empty incoming folder: a quiet night).
     Both used to pass the command's look at the lock, and the loser was refused only when its flow
     took the lock, after starting Prefect and Ray. The command now takes the lock itself before it
@@ -256,13 +256,16 @@ def test_of_two_commands_started_together_the_loser_starts_nothing(prefect_api, 
     import subprocess
     import sys
 
+    import ray
+
     source, root = tmp_path / "incoming", tmp_path / "root"
     source.mkdir()
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "SLEEPSOUND_PREFECT_KEEP_MINUTES": "0"}
+    gcs = ray.get_runtime_context().gcs_address  # the winner joins the test run's one Ray session
     command = [str(Path(sys.executable).parent / "sleepsound"), "nightly", "--source", str(source), "--root", str(root)]
     runs = [
         subprocess.Popen(
-            [*command, "--run-id", f"n{i}"],  # each would start a local Ray session of its own
+            [*command, "--run-id", f"n{i}", "--ray-address", gcs],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
