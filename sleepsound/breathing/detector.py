@@ -480,6 +480,13 @@ def _breaths_before(starts: np.ndarray, start: int, settings: DetectorSettings) 
     return (starts >= start - settings.baseline_s * FRAME_HZ) & (starts < start)
 
 
+def _before_and_inside(
+    starts: np.ndarray, start: int, stop: int, settings: DetectorSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the breaths beginning in the ``baseline_s`` before a stretch [start, stop) and inside it."""
+    return np.flatnonzero(_breaths_before(starts, start, settings)), np.flatnonzero((starts >= start) & (starts < stop))
+
+
 def _covered_pause(
     start: int, stop: int, ratio: float, breaths: list[_Sound], starts: np.ndarray, settings: DetectorSettings
 ) -> bool:
@@ -491,8 +498,7 @@ def _covered_pause(
     sounds (``tonal_flatness``)."""
     if ratio >= max(settings.covered_pause_ratio, settings.tonal_pause_ratio, settings.flicker_pause_ratio):
         return False  # too shallow for every rule
-    before = np.flatnonzero(_breaths_before(starts, start, settings))
-    inside = np.flatnonzero((starts >= start) & (starts < stop))
+    before, inside = _before_and_inside(starts, start, stop, settings)
     if not len(before) or not len(inside):
         return False
     deep = ratio < settings.covered_pause_ratio
@@ -550,8 +556,7 @@ def _voicing_stopped(
     stopped, heard plainly, where a hypopnoea quietens snores and breaths alike."""
     if settings.stopped_voicing <= 0.0:
         return False
-    before = np.flatnonzero(_breaths_before(starts, start, settings))
-    inside = np.flatnonzero((starts >= start) & (starts < stop))
+    before, inside = _before_and_inside(starts, start, stop, settings)
     if not len(before) or not len(inside):
         return False
     then = float(np.mean([breaths[i].voiced for i in before]))
