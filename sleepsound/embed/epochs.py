@@ -227,8 +227,7 @@ def _quarantine_prefix(kind: str, code: str) -> str:
 def failure_code(message: str) -> str:
     """The manifest reason code of a night whose error row is ``message``: ``source_changed`` when a
     reader found its files other than validated (``ingest.versions``), else ``read_error``."""
-    changed = _quarantine_prefix(SourceChanged.__name__, SOURCE_CHANGED)
-    return SOURCE_CHANGED if message.startswith(changed) else "read_error"
+    return SOURCE_CHANGED if source_change_in(message) is not None else "read_error"
 
 
 def source_change_in(message: str) -> SourceChanged | None:
