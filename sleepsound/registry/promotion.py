@@ -127,7 +127,7 @@ def decide_promotions(
     while True:  # each pass leaves out at least one more night, so this ends
         usable = [r for r in manifest_rows if str(r["recording_id"]) not in unread]
         left = len(nights) - len(unread)
-        if unread and (left == 0 or left < MIN_EVALUATED_SHARE * len(nights)):
+        if unread and left < MIN_EVALUATED_SHARE * len(nights):  # (the unread are evaluation nights: none left counts)
             why = _refusal(len(unread), len(nights), _codes(unread))
             return {
                 target: model_store.refuse_promotion(root, target, head["version"], why, metric=metric, margin=margin)
