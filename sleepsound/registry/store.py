@@ -276,16 +276,9 @@ def promote_if_better(
             f" ({left_out['nights']} of {left_out['of']} evaluation nights left out of both scores: "
             f"{left_out['reason']})"
         )
-    decision: PromotionDecision = {
-        "task": target,
-        "metric": metric,
-        "margin": margin,
-        "promoted": promoted,
-        "reason": why,
-        "challenger": {"version": challenger, "score": challenger_score},
-        "champion": {"version": current, "score": champion_score},
-        "decided": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    decision = _decision(
+        target, metric, margin, promoted, why, (challenger, challenger_score), (current, champion_score)
+    )
     if left_out is not None:
         decision["left_out"] = left_out
     _append_decision(fs, root_path, target, decision)
@@ -302,18 +295,33 @@ def refuse_promotion(
     decision so the history says why this model never had its chance."""
     fs, root_path = open_root(root)
     _check_decision(fs, root_path, root, target, challenger, margin)
-    decision: PromotionDecision = {
+    decision = _decision(
+        target, metric, margin, False, reason, (challenger, None), (champion_version(root, target), None)
+    )
+    _append_decision(fs, root_path, target, decision)
+    return decision
+
+
+def _decision(
+    target: str,
+    metric: str,
+    margin: float,
+    promoted: bool,
+    reason: str,
+    challenger: tuple[str, float | None],
+    champion: tuple[str | None, float | None],
+) -> PromotionDecision:
+    """One promotions.json entry, decided now; ``challenger`` and ``champion``: (version, score)."""
+    return {
         "task": target,
         "metric": metric,
         "margin": margin,
-        "promoted": False,
+        "promoted": promoted,
         "reason": reason,
-        "challenger": {"version": challenger, "score": None},
-        "champion": {"version": champion_version(root, target), "score": None},
+        "challenger": {"version": challenger[0], "score": challenger[1]},
+        "champion": {"version": champion[0], "score": champion[1]},
         "decided": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    _append_decision(fs, root_path, target, decision)
-    return decision
 
 
 def _check_decision(
