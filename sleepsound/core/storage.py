@@ -111,7 +111,8 @@ _FENCES: dict[tuple[str, str], Callable[[], str | None]] = {}
 _FENCES_LOCK = threading.Lock()
 
 
-def _fence_key(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, str]:
+def path_key(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, str]:
+    """(protocol, path) naming one place on a filesystem, whichever of its protocol names it goes by."""
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol, path.rstrip("/") or "/"
 
@@ -123,7 +124,7 @@ def fenced(fs: fsspec.AbstractFileSystem, root_path: str, check: Callable[[], st
     ``check`` returns None while the root is held, else why not; the write then raises RootLost.
     Lives here, not with the lock, so the foundations need no import from the runs stage.
     """
-    key = _fence_key(fs, root_path)
+    key = path_key(fs, root_path)
     with _FENCES_LOCK:  # a run of this process that took over from another of this process replaces its fence
         _FENCES[key] = check
     try:
@@ -136,14 +137,14 @@ def fenced(fs: fsspec.AbstractFileSystem, root_path: str, check: Callable[[], st
 
 def is_fenced(fs: fsspec.AbstractFileSystem, root_path: str) -> bool:
     """Whether this process already fences writes under ``root_path`` (it holds the root, or follows the hold)."""
-    key = _fence_key(fs, root_path)
+    key = path_key(fs, root_path)
     with _FENCES_LOCK:
         return key in _FENCES
 
 
 def _check_fence(fs: fsspec.AbstractFileSystem, path: str) -> None:
     """RootLost when ``path`` lies under a root this process held and has lost."""
-    protocol, target = _fence_key(fs, path)
+    protocol, target = path_key(fs, path)
     with _FENCES_LOCK:
         checks = [
             check

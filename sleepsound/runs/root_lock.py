@@ -62,6 +62,7 @@ from sleepsound.core.storage import (
     is_fenced,
     join,
     open_root,
+    path_key,
     write_bytes_atomic,
 )
 
@@ -83,11 +84,6 @@ class RootBusy(RuntimeError):
 # ask whether it still holds, so a flow run for that run in this process carries on under it.
 _HELD: dict[tuple[str, str], tuple[str, RootHold, Callable[[], str | None]]] = {}
 _HELD_LOCK = threading.Lock()
-
-
-def _held_key(fs: fsspec.AbstractFileSystem, path: str) -> tuple[str, str]:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol, path
 
 
 def lock_path(root_path: str) -> str:
@@ -266,7 +262,7 @@ def hold_root(
     """
     store = open_root(root)
     fs, path = store.fs, lock_path(store.path)
-    key = _held_key(fs, path)
+    key = path_key(fs, path)
     with _HELD_LOCK:
         outer = _HELD.get(key)
     if outer is not None and outer[0] == run_id:
