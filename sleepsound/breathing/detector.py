@@ -91,6 +91,14 @@ class DetectorSettings:
     # pause while nothing in it is heard as a sound. Chosen on 10 cohorts, checked on a fresh one (README,
     # "Where the error is now"); False: off.
     soundless_gap: bool = True
+    # ... and a short sound in a pause (under ``faint_in_pause_s``) does not end it where it is both far
+    # under the usual breath (its power under ``faint_in_pause`` x the usual breath's, 13 dB) and barely
+    # out of the room's noise (under ``faint_over_floor`` x the floor's power, 3 dB): a TV's or the
+    # room's faint fragments passing as breaths split a pause into gaps under 10 s, or one pause into two
+    # apnoeas. Such a sound starts no gap either. Chosen on five cohorts, checked on a fresh one (README,
+    # "Faint sounds in a pause"); 0.0 turns it off.
+    faint_in_pause: float = 0.05
+    faint_in_pause_s: float = 1.0
     min_breath_s: float = 0.3
     max_breath_s: float = 6.0  # one continuous sound longer than this is not one breath
     rhythm_window_s: float = 40.0
@@ -112,7 +120,8 @@ class DetectorSettings:
     covered_pause_ratio: float = 0.2
     unlike_breath_flatness: float = 0.8
     # ... or whose sounds barely rise out of the room's noise (their peak power above the floor under
-    # ``faint_over_floor`` x the floor's, i.e. 3 dB): a fan's or HVAC's own wander, not breathing; 0.0: off.
+    # ``faint_over_floor`` x the floor's, i.e. 3 dB): a fan's or HVAC's own wander, not breathing; 0.0: off
+    # (and then no sound is faint enough for ``faint_in_pause`` either).
     faint_over_floor: float = 1.0
     # A stretch only this deep (half the baseline's amplitude) is an apnoea under other sound when its sounds
     # are plainly tonal: flatness under ``tonal_flatness`` x the breaths'. The less deep, the less like
@@ -364,7 +373,15 @@ def detect_candidates(
         return []
     starts = np.array([b.start for b in breaths])
     stops = np.array([b.stop for b in breaths])
-    amps = np.sqrt(np.array([b.peak for b in breaths]))
+    peaks = np.array([b.peak for b in breaths])
+    amps = np.sqrt(peaks)
+    # sounds a pause may hold if faint enough (``faint_in_pause``): short and barely out of the room's noise
+    slight = np.array(
+        [
+            b.stop - b.start < settings.faint_in_pause_s * FRAME_HZ and b.over_floor < settings.faint_over_floor
+            for b in breaths
+        ]
+    )
     invalid_before = np.concatenate([[0], np.cumsum(~valid)])
     min_len = settings.min_event_s * FRAME_HZ
     max_len = settings.max_event_s * FRAME_HZ
@@ -406,14 +423,24 @@ def detect_candidates(
             unsnored_base = _frame_baseline(_blocks(unsnored, unsnored_frames & ~in_frames), n, settings, few)
         events = []
         in_frames = np.zeros(n, dtype=bool)
-        # Apnoeas: gaps between consecutive breaths.
+        # Apnoeas: gaps between breaths, where short faint sounds neither end nor start one.
         for k in range(len(breaths) - 1):
-            gap_start, gap_stop = int(stops[k]), int(starts[k + 1])
+            usual = cycle_base[int(stops[k])]  # the usual breath cycle's power above the floor, before the gap
+            if not np.isfinite(usual):
+                continue
+            faint = settings.faint_in_pause * usual  # a short sound under this is no breath heard
+            if slight[k] and peaks[k] < faint:
+                continue
+            m = k + 1  # the next breath heard
+            while m < len(breaths) and slight[m] and peaks[m] < faint and starts[m] - stops[k] <= max_len:
+                m += 1
+            if m == len(breaths):
+                continue
+            gap_start, gap_stop = int(stops[k]), int(starts[m])
             length = gap_stop - gap_start
             if length < min_len or length > max_len or invalid_before[gap_stop] != invalid_before[gap_start]:
                 continue
-            usual = cycle_base[gap_start]  # the usual breath cycle's power above the floor, before the gap
-            if not rhythm_before(k) or not np.isfinite(usual):
+            if not rhythm_before(k):
                 continue
             # No breath sound: 90% under the usual breath in amplitude, or lost in the room's noise; or,
             # where the room stays above that, no sound standing out of it at all.
@@ -428,13 +455,13 @@ def detect_candidates(
                     silent_after = np.maximum(settings.quiet_fraction * later, silent)
                     if float(np.mean(excess[gap_start:gap_stop] < silent_after)) < 0.6:
                         continue
-            recovery = amps[k + 1] / np.sqrt(usual)
+            recovery = amps[m] / np.sqrt(usual)
             confidence = (
                 0.45
                 + 0.2 * min(1.0, (length - min_len) / min_len)
                 + 0.2 * quiet
                 + 0.15 * float(min(1.0, max(0.0, (recovery - 1.0) / 0.5)))
-                - (0.1 if not breaths[k + 1].clean else 0.0)
+                - (0.1 if not breaths[m].clean else 0.0)
             )
             events.append(_event(gap_start, gap_stop, "apnea", confidence))
             in_frames[gap_start:gap_stop] = True

@@ -185,6 +185,18 @@ def tonal_fragments(seconds: float, span: tuple[float, float], level: float, see
     return 0.05 * out
 
 
+def faint_fragments(seconds: float, times: tuple[float, ...], level: float, seed: int = 23) -> np.ndarray:
+    """Half-second sounds in the breaths' band at ``times``, ``level`` x the breaths' amplitude: what a TV or
+    the room leaves in a pause, faint enough to pass as breaths yet far under them."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(int(seconds * RATE))
+    k = int(0.5 * RATE)
+    for t in times:
+        k0 = int(t * RATE)
+        out[k0 : k0 + k] += level * np.hanning(k) * _band_noise(rng, k, 300, 1800)
+    return 0.05 * out
+
+
 def hiss(seconds: float, level: float = 1e-4, seed: int = 2) -> np.ndarray:
     """A quiet microphone's white self-noise at ``level`` RMS: a floor that is flat, not a fan's."""
     return level * np.random.default_rng(seed).standard_normal(int(seconds * RATE))

@@ -14,6 +14,7 @@ from sleepsound.report.summaries import MIN_SLEEP_HOURS_FOR_AHI, event_indices
 from tests.breathing.signals import (
     RATE,
     breathing,
+    faint_fragments,
     fan,
     fan_blips,
     fast_breaths_between_pauses,
@@ -187,6 +188,29 @@ def test_a_pause_in_a_fan_whose_noise_swells_is_an_apnoea():
     # deep hypopnoea; sounds that barely rise out of the room's noise are the room's, so it is a pause.
     audio = breathing(SECONDS, pauses=(PAUSE,)) + fan(SECONDS, 0.005) + fan_blips(SECONDS, PAUSE, 0.005, 2.5)
     _pause_typed_apnoea_by(audio, faint_over_floor=0.0)
+
+
+@pytest.mark.parametrize("times", [(134.0, 139.0, 144.5, 149.0), (136.0, 141.0, 146.0), (134.5, 140.0, 145.5, 150.0)])
+def test_faint_fragments_in_a_pause_do_not_end_it(times):
+    # Half-second sounds 18 dB under the breaths and 1-2 dB over a fan's noise pass as breaths; the pause is
+    # still one apnoea over its whole length (they made it a shorter apnoea, or a hypopnoea).
+    audio = breathing(SECONDS, pauses=(PAUSE,)) + fan(SECONDS, 0.005) + faint_fragments(SECONDS, times, 0.12)
+    event = _only(_detect(audio), "apnea")
+    assert event["start_s"] <= PAUSE[0] + 3.5 and event["end_s"] >= PAUSE[1] - 1
+
+
+def test_one_faint_fragment_does_not_split_a_pause_in_two():
+    pause = (120.0, 152.0)
+    audio = breathing(SECONDS, pauses=(pause,)) + fan(SECONDS, 0.005) + faint_fragments(SECONDS, (136.0,), 0.12)
+    env = epoch_envelope(audio, RATE)
+    event = _only(detect_events(env), "apnea")
+    assert event["start_s"] <= pause[0] + 3.5 and event["end_s"] >= pause[1] - 1
+    assert [e["type"] for e in detect_events(env, settings=replace(DEFAULT, faint_in_pause=0.0))] == ["apnea"] * 2
+    # A fragment that stands clearly out of a quiet room is heard: the rule leaves it alone.
+    quiet_room = epoch_envelope(
+        breathing(SECONDS, pauses=(pause,)) + hiss(SECONDS) + faint_fragments(SECONDS, (136.0,), 0.15), RATE
+    )
+    assert [e["type"] for e in detect_events(quiet_room)] == ["apnea"] * 2
 
 
 @pytest.mark.parametrize("room", ["hiss", "fan"])
