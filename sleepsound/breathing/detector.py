@@ -136,6 +136,14 @@ class DetectorSettings:
     # "Talk as noise-like as breath in a pause, typed").
     flicker_pause_ratio: float = 0.4
     flicker_ratio: float = 2.0
+    # A stretch this deep (``faint_pause_ratio``) whose sounds stay faint (peaks under ``faint_pause_over_floor``
+    # x the floor's power, 10 dB) is an apnoea under other sound when they flicker even a little more than
+    # the breaths before (``faint_flicker_ratio``): breaths weakened that far still swell smoothly, where a
+    # TV or talk that only a pause lets through rides up and down. 0.0 turns it off. Chosen on six cohorts,
+    # checked on a fresh one (README, "Faint talk in a pause, typed").
+    faint_pause_ratio: float = 0.3
+    faint_pause_over_floor: float = 9.0
+    faint_flicker_ratio: float = 1.2
     # An event is a dip, not a step: the breathing of the minute after it must be louder than the event
     # by the same rules (snoring that stops for good, a sleeper turning away is no event); False: off.
     after_s: float = 60.0
@@ -521,20 +529,26 @@ def _covered_pause(
     far less noise-like than the breaths of the ``baseline_s`` before (a TV's fragments taken for faint
     breaths) or barely above the room's floor (a fan's blips: under ``faint_over_floor`` x its power); or
     its sounds flicker where the breaths swelled smoothly (``flicker_pause_ratio``, ``flicker_ratio``: speech
-    and a TV change level syllable by syllable); or only half-deep (``tonal_pause_ratio``) with plainly tonal
+    and a TV change level syllable by syllable), or, faint, flicker only a little (``faint_pause_ratio``,
+    ``faint_pause_over_floor``, ``faint_flicker_ratio``); or only half-deep (``tonal_pause_ratio``) with plainly tonal
     sounds (``tonal_flatness``)."""
-    if ratio >= max(settings.covered_pause_ratio, settings.tonal_pause_ratio, settings.flicker_pause_ratio):
+    rules = (settings.covered_pause_ratio, settings.tonal_pause_ratio, settings.flicker_pause_ratio)
+    if ratio >= max(*rules, settings.faint_pause_ratio):
         return False  # too shallow for every rule
     before, inside = _before_and_inside(starts, start, stop, settings)
     if not len(before) or not len(inside):
         return False
     deep = ratio < settings.covered_pause_ratio
-    if deep and float(np.median([breaths[i].over_floor for i in inside])) < settings.faint_over_floor:
+    over_floor = float(np.median([breaths[i].over_floor for i in inside]))
+    if deep and over_floor < settings.faint_over_floor:
         return True
-    if ratio < settings.flicker_pause_ratio:
-        smooth = float(np.median([breaths[i].flicker for i in before]))
-        if float(np.median([breaths[i].flicker for i in inside])) > settings.flicker_ratio * max(smooth, 1e-6):
-            return True
+    smooth = max(float(np.median([breaths[i].flicker for i in before])), 1e-6)
+    flicker = float(np.median([breaths[i].flicker for i in inside])) / smooth  # x the breaths' before
+    if ratio < settings.flicker_pause_ratio and flicker > settings.flicker_ratio:
+        return True
+    faint = ratio < settings.faint_pause_ratio and over_floor < settings.faint_pause_over_floor
+    if faint and flicker > settings.faint_flicker_ratio:
+        return True
     usual = float(np.median([breaths[i].flatness for i in before]))
     heard = float(np.median([breaths[i].flatness for i in inside]))
     if deep:

@@ -218,10 +218,13 @@ def fan_blips(seconds: float, span: tuple[float, float], level: float, rise_db: 
     return out
 
 
-def syllabic_noise(seconds: float, span: tuple[float, float], level: float, seed: int = 17) -> np.ndarray:
+def syllabic_noise(
+    seconds: float, span: tuple[float, float], level: float, seed: int = 17, depth: float = 1.0
+) -> np.ndarray:
     """Bursts of 1.5-3 s inside ``span`` of the breaths' own band noise, its level riding up and down at
     4-6 syllables a second (``level`` x the breaths' amplitude at the peaks): a TV's unvoiced, noise-like
-    talk as a cheap loudspeaker plays it, as noise-like as breath but changing level as speech does."""
+    talk as a cheap loudspeaker plays it, as noise-like as breath but changing level as speech does. A
+    ``depth`` under 1 keeps that share of the level's swing: talk heard from further off, its syllables blurred."""
     rng = np.random.default_rng(seed)
     out = np.zeros(int(seconds * RATE))
     t = span[0] + 0.5
@@ -230,7 +233,7 @@ def syllabic_noise(seconds: float, span: tuple[float, float], level: float, seed
         k = min(k, int((span[1] - 0.5 - t) * RATE))
         time = np.arange(k) / RATE
         rate, phase = rng.uniform(4.0, 6.0), rng.uniform(0, 2 * np.pi)
-        syllables = (0.5 + 0.5 * np.sin(2 * np.pi * rate * time + phase)) ** 3
+        syllables = 1.0 - depth + depth * (0.5 + 0.5 * np.sin(2 * np.pi * rate * time + phase)) ** 3
         out[k0 : k0 + k] += level * syllables * np.hanning(k) ** 0.2 * _band_noise(rng, k, 300, 1800)
         t += k / RATE + rng.uniform(0.4, 1.5)
     return 0.05 * out

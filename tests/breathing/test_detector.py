@@ -218,7 +218,15 @@ def test_a_pause_under_talk_as_noise_like_as_breath_is_an_apnoea(room):
     # A TV's unvoiced talk in the pause, no less noise-like than breath (no flatness rule applies) and the
     # stretch 0.2-0.3 of the baseline: its level rides up and down syllable by syllable where breaths swell.
     audio = breathing(SECONDS, pauses=(PAUSE,)) + _room(room) + syllabic_noise(SECONDS, PAUSE, 0.4)
-    _pause_typed_apnoea_by(audio, flicker_pause_ratio=0.0)
+    _pause_typed_apnoea_by(audio, flicker_pause_ratio=0.0, faint_pause_ratio=0.0)
+
+
+def test_a_pause_under_faint_blurred_talk_is_an_apnoea():
+    # Talk from further off in a fan's noise: under 10 dB over the room, the stretch a quarter of the
+    # baseline, its syllables blurred so its level rides only half again as much as the breaths' did (the
+    # flicker rule wants twice). Breaths weakened as far still swell smoothly (the tests below).
+    audio = breathing(SECONDS, pauses=(PAUSE,)) + fan(SECONDS, 0.005) + syllabic_noise(SECONDS, PAUSE, 0.25, depth=0.25)
+    _pause_typed_apnoea_by(audio, faint_pause_ratio=0.0)
 
 
 @pytest.mark.parametrize("room", ["hiss", "fan"])
