@@ -532,8 +532,13 @@ def _covered_pause(
     and a TV change level syllable by syllable), or, faint, flicker only a little (``faint_pause_ratio``,
     ``faint_pause_over_floor``, ``faint_flicker_ratio``); or only half-deep (``tonal_pause_ratio``) with plainly tonal
     sounds (``tonal_flatness``)."""
-    depths = (settings.covered_pause_ratio, settings.tonal_pause_ratio, settings.flicker_pause_ratio)
-    if ratio >= max(*depths, settings.faint_pause_ratio):
+    rule_depths = (
+        settings.covered_pause_ratio,
+        settings.tonal_pause_ratio,
+        settings.flicker_pause_ratio,
+        settings.faint_pause_ratio,
+    )
+    if ratio >= max(rule_depths):
         return False  # too shallow for every rule
     before, inside = _before_and_inside(starts, start, stop, settings)
     if not len(before) or not len(inside):
