@@ -14,7 +14,7 @@ CHROMIUM ?= /usr/bin/chromium
 # them while the others run beside them; the serial suite left a core idle about 40% of the time.
 PYTEST_WORKERS ?= -n 2 --dist loadgroup
 
-.PHONY: setup demo test test-fast clean-demo chromium
+.PHONY: setup demo test test-fast clean-demo chromium espeak
 
 setup: $(STAMP)
 
@@ -47,14 +47,26 @@ chromium:
 		fi; \
 	fi
 
-test: $(STAMP) chromium
+# Styled nights voice their TVs and sleep talk with Debian's espeak-ng where it is installed (else the
+# built-in formant synthesiser): install it so the tests cover the speech the generator prefers.
+espeak:
+	@if ! command -v espeak-ng >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing espeak-ng for the generator's TV speech"; \
+			apt-get install -y -qq espeak-ng >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null; }; \
+		else \
+			echo "espeak-ng is not installed: styled nights use the built-in speech, and its test is skipped ('sudo apt-get install -y espeak-ng')." >&2; \
+		fi; \
+	fi
+
+test: $(STAMP) chromium espeak
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q $(PYTEST_WORKERS)
 
 # The unit tests alone (no Ray, no Prefect flows: 974 of the 1,005 tests on 2026-12-06), for the edit-test loop.
-test-fast: $(STAMP) chromium
+test-fast: $(STAMP) chromium espeak
 	$(PY) -m pytest -q $(PYTEST_WORKERS) -m "not ray and not prefect"
 
 clean-demo:
