@@ -20,10 +20,11 @@ def breathing(
     weak_gain: float = 0.35,
     period_s: float = 4.0,
     seed: int = 0,
+    band: tuple[float, float] = (300.0, 1800.0),
 ) -> np.ndarray:
-    """Breaths every ``period_s`` (1.4 s inspiration, 1.8 s expiration of band noise, +-10% in depth),
-    none starting inside a ``pauses`` interval, ``weak_gain`` times as loud inside ``weak``; the first
-    breath after a pause or a weak stretch is 1.5 times as loud (the recovery)."""
+    """Breaths every ``period_s`` (1.4 s inspiration, 1.8 s expiration of noise in ``band``, +-10% in
+    depth), none starting inside a ``pauses`` interval, ``weak_gain`` times as loud inside ``weak``; the
+    first breath after a pause or a weak stretch is 1.5 times as loud (the recovery)."""
     rng = np.random.default_rng(seed)
     n = int(seconds * RATE)
     out = np.zeros(n)
@@ -38,7 +39,7 @@ def breathing(
         recovering = soft
         for offset, length, level in ((0.0, 1.4, 1.0), (1.5, 1.8, 0.6)):
             k0, k = int((t + offset) * RATE), int(length * RATE)
-            out[k0 : k0 + k] += gain * level * np.hanning(k) * _band_noise(rng, k, 300, 1800)
+            out[k0 : k0 + k] += gain * level * np.hanning(k) * _band_noise(rng, k, *band)
         t += period_s * rng.uniform(0.95, 1.05)
     return 0.05 * out
 
@@ -219,12 +220,19 @@ def fan_blips(seconds: float, span: tuple[float, float], level: float, rise_db: 
 
 
 def syllabic_noise(
-    seconds: float, span: tuple[float, float], level: float, seed: int = 17, depth: float = 1.0
+    seconds: float,
+    span: tuple[float, float],
+    level: float,
+    seed: int = 17,
+    depth: float = 1.0,
+    tonal: bool = False,
 ) -> np.ndarray:
     """Bursts of 1.5-3 s inside ``span`` of the breaths' own band noise, its level riding up and down at
     4-6 syllables a second (``level`` x the breaths' amplitude at the peaks): a TV's unvoiced, noise-like
     talk as a cheap loudspeaker plays it, as noise-like as breath but changing level as speech does. A
-    ``depth`` under 1 keeps that share of the level's swing: talk heard from further off, its syllables blurred."""
+    ``depth`` under 1 keeps that share of the level's swing: talk heard from further off, its syllables
+    blurred. ``tonal``: a voice's harmonics from 1.6 to 3.9 kHz instead of the noise (above the voicing's
+    band, so never voiced to the detector): what a pause lets through of a TV's speech, tonal and syllabic."""
     rng = np.random.default_rng(seed)
     out = np.zeros(int(seconds * RATE))
     t = span[0] + 0.5
@@ -234,7 +242,14 @@ def syllabic_noise(
         time = np.arange(k) / RATE
         rate, phase = rng.uniform(4.0, 6.0), rng.uniform(0, 2 * np.pi)
         syllables = 1.0 - depth + depth * (0.5 + 0.5 * np.sin(2 * np.pi * rate * time + phase)) ** 3
-        out[k0 : k0 + k] += level * syllables * np.hanning(k) ** 0.2 * _band_noise(rng, k, 300, 1800)
+        if tonal:  # the harmonics of a voice's pitch above the voicing's band
+            pitch = rng.uniform(180.0, 220.0)
+            harmonics = np.arange(np.ceil(1600.0 / pitch), np.floor(3900.0 / pitch) + 1) * pitch
+            carrier = sum(np.sin(2 * np.pi * f * time + rng.uniform(0, 2 * np.pi)) for f in harmonics)
+            carrier *= 0.61 / np.sqrt(len(harmonics) / 2)  # the band noise's RMS
+        else:
+            carrier = _band_noise(rng, k, 300, 1800)
+        out[k0 : k0 + k] += level * syllables * np.hanning(k) ** 0.2 * carrier
         t += k / RATE + rng.uniform(0.4, 1.5)
     return 0.05 * out
 

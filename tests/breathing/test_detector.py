@@ -173,14 +173,17 @@ def test_a_pause_under_faint_tonal_sound_is_an_apnoea():
     # A TV's faint fragments in the pause pass as breaths, so the rules see a deep hypopnoea; the
     # fragments are tonal where the breaths before were noise, so it is a pause under other sound.
     audio = breathing(SECONDS, pauses=(PAUSE,)) + hiss(SECONDS) + tonal_fragments(SECONDS, PAUSE, 0.15)
-    _pause_typed_apnoea_by(audio, covered_pause_ratio=0.0, tonal_pause_ratio=0.0, flicker_pause_ratio=0.0)
+    # (Tonal and flickering, so far under the breaths, they are also no breath heard in the pause: that rule
+    # off too, they are the hypopnoea the typing rules retype.)
+    rules_off = {"covered_pause_ratio": 0.0, "tonal_pause_ratio": 0.0, "flicker_pause_ratio": 0.0}
+    _pause_typed_apnoea_by(audio, talk_in_pause_flicker=0.0, **rules_off)
 
 
 def test_a_pause_under_louder_tonal_sound_is_an_apnoea():
     # Fragments louder than above (the stretch just over a fifth of the baseline, past the deep rule's
     # depth) are an apnoea too, being plainly tonal; the deep rule alone would call it a hypopnoea.
     audio = breathing(SECONDS, pauses=(PAUSE,)) + hiss(SECONDS) + tonal_fragments(SECONDS, PAUSE, 0.25)
-    _pause_typed_apnoea_by(audio, tonal_pause_ratio=0.0, flicker_pause_ratio=0.0)
+    _pause_typed_apnoea_by(audio, tonal_pause_ratio=0.0, flicker_pause_ratio=0.0, talk_in_pause_flicker=0.0)
 
 
 def test_a_pause_in_a_fan_whose_noise_swells_is_an_apnoea():
@@ -211,6 +214,20 @@ def test_one_faint_fragment_does_not_split_a_pause_in_two():
         breathing(SECONDS, pauses=(pause,)) + hiss(SECONDS) + faint_fragments(SECONDS, (136.0,), 0.15), RATE
     )
     assert [e["type"] for e in detect_events(quiet_room)] == ["apnea"] * 2
+
+
+@pytest.mark.parametrize("room", ["hiss", "fan"])
+def test_faint_tonal_talk_in_a_pause_does_not_end_it(room):
+    # Breaths of broadband noise, and in the pause a second and a half of a TV's talk 15 dB under them:
+    # a voice's harmonics (tonal, unvoiced to the detector) riding up and down syllable by syllable. It
+    # passes as a breath and cuts the pause in two (the apnoea after it alone is found); being tonal and
+    # flickering where the breaths were smooth noise, it is no breath heard and the pause is one apnoea.
+    audio = breathing(SECONDS, pauses=(PAUSE,), band=(250.0, 3900.0)) + _room(room)
+    env = epoch_envelope(audio + syllabic_noise(SECONDS, (139.0, 141.6), 0.6, tonal=True), RATE)
+    event = _only(detect_events(env), "apnea")
+    assert event["start_s"] <= PAUSE[0] + 3.5 and event["end_s"] >= PAUSE[1] - 1
+    split = _only(detect_events(env, settings=replace(DEFAULT, talk_in_pause_flicker=0.0)), "apnea")
+    assert split["start_s"] > 140.0
 
 
 @pytest.mark.parametrize("room", ["hiss", "fan"])
