@@ -45,7 +45,11 @@ Robustness:
   tonal (flatness under 0.6 of the breaths'): the less deep, the less like breath noise they must be;
 * talk as noise-like as the breaths (a TV through a small loudspeaker, with recorded snores as flat as
   it): under 0.4 of the baseline, it is an apnoea when its sounds flicker, their breath-band level bending
-  from frame to frame twice as much as the breaths' before (syllables; a breath swells and fades smoothly).
+  from frame to frame twice as much as the breaths' before (syllables; a breath swells and fades smoothly);
+* faint sounds inside a pause: a sound under a second long, 13 dB under the usual breath and barely out of
+  the room's noise, or one of any length as far under it that is tonal and flickers against the breaths
+  before (a TV's speech that only the pause lets through), is no breath heard: it neither ends a pause
+  nor starts one, where it would cut the pause into gaps under 10 s.
 
 Plain functions on numpy arrays; one night of 8 h (288,000 frames) takes well under a second.
 """
