@@ -150,20 +150,21 @@ def synth(
 
     from sleepsound.core.storage import free_bytes_at
     from sleepsound.synth.realsnores import clip_names
-    from sleepsound.synth.styles import SPEECH_SOURCES, resolve_styles
+    from sleepsound.synth.styles import CLASSIC, SPEECH_SOURCES, resolve_speech_source, resolve_styles
     from sleepsound.synth.writers import CohortRefused, check_cohort_args, generate_cohort
 
     try:
         check_cohort_args(subjects, hours, sample_rate, layout, cycle_minutes)
         resolve_styles(style)
+        if speech not in SPEECH_SOURCES:
+            raise ValueError(f"--speech must be one of {', '.join(SPEECH_SOURCES)}")
+        if style != CLASSIC:  # only styled nights talk: espeak-ng without espeak-ng is refused here
+            resolve_speech_source(speech)
         if real_snores is not None:
             clip_names(real_snores)
         only = _background_only(real_background, background_categories, background_only)
     except ValueError as exc:
         raise _refused("not written", exc) from None
-    if speech not in SPEECH_SOURCES:
-        err_console.print(f"[red]not written:[/red] --speech must be one of {', '.join(SPEECH_SOURCES)}")
-        raise typer.Exit(2)
 
     # EDF holds Mic and Tracheal at 16 bits; plain audio is one 16-bit channel before compression.
     per_second = sample_rate * 2 * (2 if layout == "psg-audio" else 1)
@@ -543,6 +544,13 @@ def breathing_eval(
         Optional[list[str]],
         typer.Option("--set", help="With --backbone: a setting of the heads, section.key=value (repeatable)."),
     ] = None,
+    speech: Annotated[
+        str,
+        typer.Option(
+            help="With --build: the styled nights' TV and sleep-talk voices, espeak (espeak-ng), synth, or auto "
+            "(espeak-ng where installed); a cohort voiced otherwise is written again."
+        ),
+    ] = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Transfer evaluation of the breathing-event detector: whole generator styles held out."""
@@ -568,6 +576,7 @@ def breathing_eval(
             real_background_only=only,
             backbone=backbone,
             head_overrides=overrides,
+            speech_source=speech,
         )
     except (FileNotFoundError, ValueError) as exc:
         err_console.print(f"[red]{escape(printable(exc))}[/red]")

@@ -148,6 +148,7 @@ class TransferReport(TypedDict):
     heads: NotRequired[dict[str, Any]]  # with trained heads: what was trained (``breathing.heads``)
     head_groups: NotRequired[dict[str, HeadFigures]]  # the respiratory head's errors, same groups
     combined: NotRequired[CombinedFigures]  # the detector + the snoring head, same groups
+    speech: NotRequired[list[str]]  # what voiced the styled cohorts' TVs and sleep talk (espeak, synth)
 
 
 # --- building the cohorts -------------------------------------------------------------------------
@@ -185,8 +186,10 @@ def build_cohorts(
     both, also as ``<style>+recorded``: the same plans with the recorded snores and the recorded TV.
     """
     from sleepsound.synth.realsnores import folder_digest
+    from sleepsound.synth.styles import CLASSIC, resolve_speech_source
     from sleepsound.synth.writers import generate_cohort
 
+    speech = resolve_speech_source(speech_source)  # a cohort voiced otherwise is written again, not kept
     digest = folder_digest(real_snores) if real_snores is not None else None
     bg_digest = (
         folder_digest(real_background, "background clips", real_background_only)
@@ -214,6 +217,7 @@ def build_cohorts(
                 "real_snores_sha256": digest if real else None,
                 "real_background_sha256": bg_digest if real_bg else None,
                 "generator_tv": True if suffix == TV_SUFFIX else None,
+                "speech": speech if style != CLASSIC else None,
             }
             if _written_with(where, wanted):
                 out.append(where)
@@ -235,7 +239,7 @@ def build_cohorts(
                 layout="plain",
                 cycle_minutes=cycle_minutes,
                 style=style,
-                speech_source=speech_source,
+                speech_source=speech,
                 ahi=0.0 if kind == "clean" else None,
                 real_snores=real_snores if real else None,
                 real_background=real_background if real_bg else None,
@@ -267,6 +271,18 @@ def find_cohorts(root: str | os.PathLike[str]) -> list[tuple[str, str, Path]]:
 
 
 # --- reading the nights ---------------------------------------------------------------------------
+
+
+def cohort_speech(root: str | os.PathLike[str], styles: set[str]) -> list[str]:
+    """The speech sources that voiced these styles' cohorts under ``root`` (their ``cohort.json``): results
+    differ between espeak-ng's speech and the built-in synthesiser's, so a report says which it had. A
+    cohort written before cohorts recorded it counts as ``unrecorded``."""
+    found = set()
+    for style, _kind, folder in find_cohorts(root):
+        params = json.loads((folder / "cohort.json").read_text()).get("params", {})
+        if style in styles and params.get("style", "classic") != "classic":
+            found.add(str(params.get("speech", "unrecorded")))
+    return sorted(found)
 
 
 def read_nights(
@@ -538,6 +554,9 @@ def format_report(report: TransferReport) -> str:
         f"Held out: {', '.join(report['held_out']) or 'none'}; min confidence {report['min_confidence']:.2f} ({how}).",
         *_event_table(report["groups"]),
     ]
+    if report.get("speech"):
+        voices = {"espeak": "espeak-ng", "synth": "the built-in synthesiser"}
+        lines.append("TVs and sleep talk voiced by " + ", ".join(voices.get(v, v) for v in report["speech"]) + ".")
     combined = report.get("combined")
     if combined is not None:
         how = "fitted on the development styles" if combined["fitted"] else "given"
@@ -648,6 +667,7 @@ def run_transfer(
     real_background_only: Sequence[str] | None = None,
     backbone: str | None = None,
     head_overrides: Sequence[str] | None = None,
+    speech_source: str = "auto",
 ) -> tuple[TransferReport, Path]:
     """Build (with ``build``) or take the cohorts, score every night, report, and write the JSON to
     ``out`` or ``<root>/transfer/breathing-transfer.json``. With ``real_snores`` (and ``build``) the
@@ -671,6 +691,7 @@ def run_transfer(
             real_styles=real_styles,
             real_background=real_background,
             real_background_only=real_background_only,
+            speech_source=speech_source,
         )
         wanted += [s + x for s, x in recorded_groups(styles, real_styles, real_snores, real_background)]
     nights_read = read_nights(cohorts, root, styles=wanted if build else None, progress=progress)
@@ -680,6 +701,7 @@ def run_transfer(
 
         heads = score_with_heads(cohorts, root, nights_read, held_out, backbone, DEFAULT, head_overrides, progress)
     report = transfer_report(nights_read, held_out, min_confidence)
+    report["speech"] = cohort_speech(cohorts, {n["style"] for n in nights_read})
     if heads is not None:
         report["heads"] = dict(heads)
     path = Path(out) if out is not None else Path(root) / "transfer" / "breathing-transfer.json"

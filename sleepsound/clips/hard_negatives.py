@@ -29,6 +29,7 @@ import soundfile as sf
 from sleepsound.clips.categories import CategoryRange, write_categories
 from sleepsound.clips.dataset import SAMPLE_RATE, ClipError, discover, fix_length, read_mono_16k
 from sleepsound.synth import bedroom
+from sleepsound.synth.styles import resolve_speech_source
 
 RUN = 10_000  # file numbers of one category: a gap between categories starts a new block
 SNR_RUN = 1_000
@@ -85,11 +86,7 @@ def write_hard_negatives(
         raise ValueError(f"give 1 to {RUN // SNR_RUN} SNRs")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} already exists and is not an empty folder: choose a new --out")
-    if speech_source == "espeak" and not bedroom.espeak_available():
-        raise ValueError("--speech espeak: espeak-ng is not installed (apt-get install espeak-ng); or --speech synth")
-    used_speech = (
-        "espeak" if speech_source == "espeak" or (speech_source == "auto" and bedroom.espeak_available()) else "synth"
-    )
+    used_speech = resolve_speech_source(speech_source)
     say = progress or (lambda _msg: None)
 
     snores, skipped = _snoring_clips(snoring, seconds) if snoring is not None else ([], [])

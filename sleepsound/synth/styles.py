@@ -286,21 +286,31 @@ def _mic(rng: np.random.Generator, kind: str) -> MicSpec:
     )
 
 
+def resolve_speech_source(source: str) -> str:
+    """The speech that will voice styled nights, ``espeak`` or ``synth``: ``auto`` is espeak-ng where it
+    is installed and the built-in formant synthesiser elsewhere, so the same seed gives other audio on
+    another machine; a cohort records what it got. ``espeak`` without espeak-ng is refused up front."""
+    from sleepsound.synth import bedroom
+
+    if source not in SPEECH_SOURCES:
+        raise ValueError(f"speech source must be one of {', '.join(SPEECH_SOURCES)}, got {source!r}")
+    if source == "auto":
+        return "espeak" if bedroom.espeak_available() else "synth"
+    if source == "espeak" and not bedroom.espeak_available():
+        raise ValueError("speech 'espeak': espeak-ng is not installed (apt-get install espeak-ng); or use 'synth'")
+    return source
+
+
 def draw_style(name: str, seed: int, subject_index: int, duration_s: float, speech_source: str = "auto") -> StyleParams:
     """The parameters of night ``subject_index`` in style ``name`` (any of :data:`PRESETS`)."""
     if name not in PRESETS:
         raise ValueError(f"{name!r} is not a drawn style; choose from {', '.join(PRESETS)}")
-    if speech_source not in SPEECH_SOURCES:
-        raise ValueError(f"speech source must be one of {SPEECH_SOURCES}, got {speech_source!r}")
-    from sleepsound.synth.bedroom import espeak_available
-
+    speech_source = resolve_speech_source(speech_source)
     preset = PRESETS[name]
     rng = _rng(seed, subject_index, name, 1)
     distance = float(rng.uniform(0.4, 2.0))
     kinds = [k for k in BACKGROUND_KINDS if k in preset.forced or (k in preset.optional and rng.random() < 0.35)]
     bg_rng = _rng(seed, subject_index, name, 2)
-    if speech_source == "auto":
-        speech_source = "espeak" if espeak_available() else "synth"
     return StyleParams(
         name=name,
         breath_model=_pick(rng, preset.breath),

@@ -375,7 +375,7 @@ def generate_cohort(
     """
     from sleepsound.synth.realbackground import add_generator_tv, describe, lay_real_background
     from sleepsound.synth.realsnores import folder_digest, lay_real_snores
-    from sleepsound.synth.styles import CLASSIC, resolve_styles, style_for_night
+    from sleepsound.synth.styles import CLASSIC, resolve_speech_source, resolve_styles, style_for_night
 
     resolve_styles(style)  # refuse an unknown style before writing anything
     real_digest = folder_digest(real_snores) if real_snores is not None else None  # refuse a bad folder now
@@ -406,6 +406,8 @@ def generate_cohort(
     )
     if style != CLASSIC:  # a classic cohort's cohort.json stays byte-identical to before styles
         params["style"] = style
+        speech_source = resolve_speech_source(speech_source)  # what voices its TVs and sleep talk
+        params["speech"] = speech_source
     if ahi is not None:
         params["ahi"] = float(ahi)
     if not snoring:

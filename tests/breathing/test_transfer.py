@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 from typer.testing import CliRunner
 
-from sleepsound.breathing.transfer import NightResult, group_figures, transfer_report
+from sleepsound.breathing.transfer import NightResult, build_cohorts, cohort_speech, group_figures, transfer_report
 from sleepsound.cli import app
 from tests.synth.bgclips import make_background_clips
 from tests.synth.snoreclips import make_snore_clips
@@ -112,6 +113,7 @@ def test_command_on_a_tiny_cohort(tmp_path, tiny_whisper):
     cohorts, root, out = tmp_path / "cohorts", tmp_path / "root", tmp_path / "report.json"
     args = ["breathing-eval", str(cohorts), "--root", str(root), "--build", "--styles", "classic,tv-bedroom"]
     args += ["--held-out", "tv-bedroom", "--nights", "1", "--clean", "1", "--hours", "0.1", "--out", str(out)]
+    args += ["--speech", "synth"]  # the same nights whether or not this machine has espeak-ng
     # The held-out style again with "recorded" snores (clips cut from the generator: no outside data),
     # and with a "recorded" background as its TV (+realbg) beside the generator's TV (+tv), and with both (+recorded).
     args += ["--real-snores", str(make_snore_clips(tmp_path / "clips"))]
@@ -121,7 +123,8 @@ def test_command_on_a_tiny_cohort(tmp_path, tiny_whisper):
     assert "held out" in result.output and "classic" in result.output and "real snores" in result.output
     assert "real background" in result.output and "generator TV" in result.output
     report = json.loads(out.read_text())
-    assert report["held_out"] == ["tv-bedroom"]
+    assert report["held_out"] == ["tv-bedroom"] and report["speech"] == ["synth"]
+    assert "voiced by the built-in synthesiser" in result.output
     assert report["styles"] == [
         "classic",
         "tv-bedroom",
@@ -181,3 +184,21 @@ def test_command_on_a_tiny_cohort(tmp_path, tiny_whisper):
     assert "embedding" not in none_left.output
     missing = CliRunner().invoke(app, ["breathing-eval", str(tmp_path / "none"), "--root", str(root)])
     assert missing.exit_code == 2 and "no <style>" in " ".join(missing.output.split())
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_a_cohort_voiced_otherwise_is_written_again(tmp_path, monkeypatch):
+    # Results differ between espeak-ng's speech and the built-in synthesiser's (README, "TV speech from
+    # espeak-ng"): a styled cohort built with the other is written again, not kept, and the report says which.
+    kwargs = dict(styles=("classic", "tv-bedroom"), nights=1, clean_nights=0, hours=0.02, seed=5)
+    classic, tv = build_cohorts(tmp_path, **kwargs, speech_source="synth")
+    written = {p: (p / "cohort.json").stat().st_mtime_ns for p in (classic, tv)}
+    with monkeypatch.context() as m:
+        m.setenv("PATH", "/nonexistent")  # no espeak-ng: "auto" is the synthesiser, so both are kept
+        build_cohorts(tmp_path, **kwargs)
+    assert {p: (p / "cohort.json").stat().st_mtime_ns for p in (classic, tv)} == written
+    assert cohort_speech(tmp_path, {"classic", "tv-bedroom"}) == ["synth"]
+    build_cohorts(tmp_path, **kwargs)  # espeak-ng here: the styled cohort is voiced again, the classic kept
+    assert (classic / "cohort.json").stat().st_mtime_ns == written[classic]
+    assert json.loads((tv / "cohort.json").read_text())["params"]["speech"] == "espeak"
+    assert cohort_speech(tmp_path, {"classic", "tv-bedroom"}) == ["espeak"]

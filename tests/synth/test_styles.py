@@ -25,6 +25,7 @@ from sleepsound.synth.styles import (
     RoomSpec,
     draw_style,
     make_assets,
+    resolve_speech_source,
     resolve_styles,
     style_for_night,
 )
@@ -228,6 +229,28 @@ def test_speech_falls_back_to_the_formant_synthesiser(monkeypatch: pytest.Monkey
     assert draw_style("tv-bedroom", 1, 0, 60.0).speech_source == "synth"
     with pytest.raises(ValueError, match="speech source"):
         draw_style("tv-bedroom", 1, 0, 60.0, speech_source="festival")
+
+
+def test_a_styled_cohort_records_the_speech_that_voiced_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # "auto" is espeak-ng on one machine and the formant synthesiser on another: the same seed, other audio.
+    kwargs = dict(n_subjects=1, hours=0.02, seed=3, sample_rate=RATE, layout="plain", cycle_minutes=5.0)
+    generate_cohort(tmp_path / "a", **kwargs, style="tv-bedroom", speech_source="synth")
+    assert json.loads((tmp_path / "a" / "cohort.json").read_text())["params"]["speech"] == "synth"
+    generate_cohort(tmp_path / "c", **kwargs)  # classic nights do not talk: their cohort.json is as before
+    assert "speech" not in json.loads((tmp_path / "c" / "cohort.json").read_text())["params"]
+    monkeypatch.setenv("PATH", "/nonexistent")  # a machine without espeak-ng
+    assert resolve_speech_source("auto") == "synth" and resolve_speech_source("synth") == "synth"
+    with pytest.raises(ValueError, match="espeak-ng is not installed"):
+        generate_cohort(tmp_path / "b", **kwargs, style="tv-bedroom", speech_source="espeak")
+    assert not (tmp_path / "b").exists()  # refused before anything was written
+
+    from typer.testing import CliRunner
+
+    from sleepsound.cli import app
+
+    args = ["--subjects", "1", "--hours", "0.02", "--sample-rate", "8000", "--layout", "plain"]
+    out = CliRunner().invoke(app, ["synth", str(tmp_path / "d"), *args, "--style", "varied", "--speech", "espeak"])
+    assert out.exit_code == 2 and "espeak-ng is not installed" in out.stderr and not (tmp_path / "d").exists()
 
 
 def test_a_mixed_cohort_records_each_nights_style(tmp_path: Path) -> None:
