@@ -109,7 +109,7 @@ class DetectorSettings:
     # theirs). A TV's speech that only a pause lets through, 20-30 dB under the breaths and voiced only in
     # patches, otherwise passes as breaths and splits the pause into gaps under 10 s; a faint breath is
     # noise that swells and fades smoothly, however weak. Chosen on seven cohorts, checked on a fresh one
-    # (README, "TV speech in a pause"); 0.0 turns it off.
+    # (README, "TV speech from espeak-ng, and talk in a pause"); 0.0 turns it off.
     talk_in_pause_flicker: float = 2.0
     min_breath_s: float = 0.3
     max_breath_s: float = 6.0  # one continuous sound longer than this is not one breath
