@@ -277,10 +277,12 @@ def cohort_speech(root: str | os.PathLike[str], styles: set[str]) -> list[str]:
     """The speech sources that voiced these styles' cohorts under ``root`` (their ``cohort.json``): results
     differ between espeak-ng's speech and the built-in synthesiser's, so a report says which it had. A
     cohort written before cohorts recorded it counts as ``unrecorded``."""
+    from sleepsound.synth.styles import CLASSIC
+
     found = set()
     for style, _kind, folder in find_cohorts(root):
         params = json.loads((folder / "cohort.json").read_text()).get("params", {})
-        if style in styles and params.get("style", "classic") != "classic":
+        if style in styles and params.get("style", CLASSIC) != CLASSIC:
             found.add(str(params.get("speech", "unrecorded")))
     return sorted(found)
 
