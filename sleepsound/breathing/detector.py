@@ -14,10 +14,10 @@ The AASM's rules read on sound instead of airflow:
   sound in it stands out of the room (below) is no apnoea when the breathing after it is weaker than
   before, so sound that steps down and stays down (snoring that stops, a sleeper turning away from the
   microphone) is no event; nor is a weak stretch with no breath after it (the recording ends before the
-  breathing could come back). A gap quiet against the usual breath is not judged against the breathing
-  after it too: that took as many true apnoeas (a weak minute after a pause, faint TV fragments in it)
-  as false ones (a snorer's snoring stopping under a TV that masks the plain breaths; README, "Tried
-  and left out").
+  breathing could come back). A gap silent against the usual breath is not also judged against the
+  breathing after it: doing so took as many true apnoeas (a weak minute after a pause with faint TV
+  fragments in it) as false ones (a snorer's snoring stopping under a TV that masks the plain breaths;
+  README, "Tried and left out").
 
 Robustness:
 
