@@ -27,10 +27,6 @@ os.environ.update(
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
         "TOKENIZERS_PARALLELISM": "false",
-        # Ray starts its workers at niceness 15 (the raylet's `worker_niceness`); the tests' own Ray
-        # workers run at the usual priority instead, like the rest of the Ray and Prefect group
-        # (`OTHER_TESTS_NICENESS` below). Read by every raylet a test starts, `ray start` nodes too.
-        "RAY_worker_niceness": "0",
     }
 )
 os.environ.pop("PREFECT_API_URL", None)
@@ -140,10 +136,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # The Ray and Prefect group is the run's critical path, yet leaves about half the CPU idle while it waits on
 # workers, servers and flows (measured alone: 593 s wall, 724 CPU-s on 2 cores). At equal priority the other
 # worker's unit tests slowed it by about 250 s; at the lowest priority they take the idle CPU and yield the
-# rest, Ray's workers included: Ray starts those at niceness 15, where a niceness-19 test still took a
-# third of a core from each, so the session starts them at 0 (`RAY_worker_niceness` above; whole suite
-# 919-957 s -> 886-892 s on this 2-core machine, 2026-12-07). A third xdist worker was slower (957 s):
-# the group stays the critical path, and the two others' contention cost more CPU than it saved.
+# rest, even to Ray's workers, which Ray itself starts at niceness 15 (its raylet's `worker_niceness`).
 OTHER_TESTS_NICENESS = 19
 
 
