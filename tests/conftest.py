@@ -6,8 +6,10 @@ the driver's environment at ``ray.init`` and Prefect reads its settings on impor
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,9 @@ from typing import Any
 import pytest
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="sleepsound-tests-"))
+# Each pytest process (the controller and every xdist worker) makes its own; removed when it exits,
+# after the session fixtures have stopped the servers and Ray that wrote into it.
+atexit.register(shutil.rmtree, _SESSION_DIR, ignore_errors=True)
 os.environ.update(
     {
         "PREFECT_HOME": str(_SESSION_DIR / "prefect"),
