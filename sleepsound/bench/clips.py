@@ -37,6 +37,7 @@ from sleepsound.bench.ingest import (
     peak_rss_mb,
     require_librosa,
     run_stage,
+    significant,
     stage_main,
 )
 
@@ -165,16 +166,16 @@ def run_clips_bench(
         "rejected": ours["rejected"],
         "audio_seconds": round(ours["audio_seconds"], 2),
         "seconds": round(ours["seconds"], 2),
-        "clips_per_second": round(ours["clips"] / ours["seconds"], 2),
-        "embed_clips_per_second": round(ours["clips"] / ours["embed_seconds"], 2),
+        "clips_per_second": significant(ours["clips"] / ours["seconds"]),
+        "embed_clips_per_second": significant(ours["clips"] / ours["embed_seconds"]),
         "read_seconds": round(ours["read_seconds"], 2),
         "embed_seconds": round(ours["embed_seconds"], 2),
         "peak_rss_mb": round(ours["peak_rss_mb"], 1),
         "output_shape": ours["output_shape"],
         "baseline_seconds": round(base["seconds"], 2),
-        "baseline_clips_per_second": round(base["clips"] / base["seconds"], 2),
+        "baseline_clips_per_second": significant(base["clips"] / base["seconds"]),
         "baseline_peak_rss_mb": round(base["peak_rss_mb"], 1),
-        "speedup": round(base["seconds"] / ours["seconds"], 2),
+        "speedup": significant(base["seconds"] / ours["seconds"]),
         "method": {
             "ours": OURS_METHOD,
             "baseline": BASELINE_METHOD,

@@ -54,6 +54,7 @@ from sleepsound.bench.ingest import (
     peak_rss_mb,
     require_librosa,
     run_stage,
+    significant,
     stage_main,
 )
 
@@ -445,7 +446,7 @@ def measure_feed_scaling(cohort: Path, spec: dict[str, Any], cores: list[int]) -
                 "seconds": round(run["seconds"], 3),
                 "nights": run["nights"],
                 "epochs": run["epochs"],
-                "x_realtime": round(run["audio_seconds"] / run["seconds"], 1),
+                "x_realtime": significant(run["audio_seconds"] / run["seconds"], 4),
                 "epochs_per_s": round(run["epochs"] / run["seconds"], 2),
             }
         )
@@ -661,23 +662,23 @@ def run_embed_bench(
         "sample_rate": sample_rate,
         "epochs": epochs,
         "seconds": round(ours["seconds"], 3),
-        "epochs_per_s": round(eps, 3),
-        "x_realtime": round(x_realtime, 1),
+        "epochs_per_s": significant(eps, 4),
+        "x_realtime": significant(x_realtime, 4),
         "cpu_seconds": round(ours["cpu_seconds"], 3),
-        "x_realtime_per_core": round(per_core, 1),
+        "x_realtime_per_core": significant(per_core, 4),
         "peak_rss_mb": round(ours["peak_rss_mb"], 1),
         "eight_hour_night_seconds": round(NIGHT_HOURS * 3600.0 / x_realtime, 1),
         "model_seconds": round(model["seconds"], 3),
-        "model_epochs_per_s": round(epochs / model["seconds"], 3),
+        "model_epochs_per_s": significant(epochs / model["seconds"], 4),
         "backbone_load_seconds": round(model["load_seconds"], 3),
         "overhead_fraction": None if overhead is None else round(overhead, 3),
         "overhead_fraction_after_load": None
         if overhead is None
         else round(overhead - model["load_seconds"] / model["seconds"], 3),
-        "baseline_epochs_per_s": round(base_eps, 3),
+        "baseline_epochs_per_s": significant(base_eps, 4),
         "baseline_seconds": round(base["seconds"], 3),
         "baseline_peak_rss_mb": round(base["peak_rss_mb"], 1),
-        "speedup": round(speedup, 2),
+        "speedup": significant(speedup),
         "flops_per_epoch": flops,
         "model_tflops_per_s": round(model_tflops, 4),
         "model_gflops_per_s": round(model_tflops * 1e3, 1),
