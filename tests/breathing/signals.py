@@ -119,13 +119,14 @@ def snorer_whose_snoring_pauses(
     weak: tuple[float, float] | None = None,
     weak_plain: bool = True,
     snoring_in_pause: int = 0,
+    weak_gain: float = 0.4,
 ) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """Breaths every 4 s, all of band noise; every breath but each ``plain_every``-th is a snore (noise-like,
     as palatal and tongue-base snores are, ``1 / plain_gain`` times as loud as a plain breath), none inside
     ``pause``, where the snoring stops for a few plain breaths and comes back: the airflow never changes,
     no event (but each ``snoring_in_pause``-th breath there still snores, when given). Inside ``weak`` every
-    breath, snored or plain (only the snores without ``weak_plain``), is 60% weaker: a hypopnoea in a
-    snorer. -> (audio, the snores' (start, end) seconds)."""
+    breath, snored or plain (only the snores without ``weak_plain``), is ``weak_gain`` x as loud (60% weaker):
+    a hypopnoea in a snorer. -> (audio, the snores' (start, end) seconds)."""
     rng = np.random.default_rng(7)
     out = np.zeros(int(seconds * RATE))
     snores = []
@@ -137,7 +138,7 @@ def snorer_whose_snoring_pauses(
         k0 = int(t * RATE)
         gain = rng.uniform(0.9, 1.1) * (1.0 if snored else plain_gain)
         if weak is not None and weak[0] <= t < weak[1] and (snored or weak_plain):
-            gain *= 0.4
+            gain *= weak_gain
         out[k0 : k0 + n] += gain * np.hanning(n) * _band_noise(rng, n, 300, 1800)
         if snored:
             snores.append((t, t + 2.5))
