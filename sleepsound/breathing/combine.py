@@ -10,8 +10,8 @@ P(snoring) on the envelope's 10-Hz frames, and ``detector.detect_candidates(...,
 marks a breath whose mean P(snoring) passes ``detector.DetectorSettings.snored_prob`` as snored. Where
 most breaths of the two minutes before a hypopnoea snored (70%), the breaths the head does not hear
 snoring in must have weakened too (by over 10% in amplitude), or it is a pause of the snoring, no event;
-where every breath before
-snored (none to compare with), a stretch whose breaths have mostly stopped snoring is that pause too.
+where every breath before snored (none to compare with), a stretch whose breaths have mostly stopped
+snoring is that pause too.
 Nothing else changes: without a track, or with one that knows nothing (NaN), the detector is the
 envelope's alone.
 

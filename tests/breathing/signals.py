@@ -125,7 +125,7 @@ def snorer_whose_snoring_pauses(
     as palatal and tongue-base snores are, ``1 / plain_gain`` times as loud as a plain breath), none inside
     ``pause``, where the snoring stops for a few plain breaths and comes back: the airflow never changes,
     no event (but each ``snoring_in_pause``-th breath there still snores, when given). Inside ``weak`` every
-    breath, snored or plain (only the snores without ``weak_plain``), is ``weak_gain`` x as loud (60% weaker):
+    breath, snored or plain (only the snores without ``weak_plain``), is ``weak_gain`` x as loud (0.4: 60% weaker):
     a hypopnoea in a snorer. -> (audio, the snores' (start, end) seconds)."""
     rng = np.random.default_rng(7)
     out = np.zeros(int(seconds * RATE))
