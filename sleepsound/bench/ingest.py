@@ -175,13 +175,6 @@ def stage_main(
 # ----------------------------------------------------------------------------- stages (child side)
 
 
-def significant(x: float, digits: int = 3) -> float:
-    """``x`` to ``digits`` significant figures: a rate or a ratio rounded to fixed decimals keeps one
-    digit when it is small (a loaded machine's 0.07 clips/s is 0.074), and a reader checking it against
-    the seconds beside it would find it 5% off."""
-    return float(f"{x:.{digits}g}")
-
-
 def cpu_seconds() -> float:
     """User + system CPU seconds of this process, all its threads."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -285,6 +278,13 @@ _STAGES = {"ours": _stage_ours, "baseline": _stage_baseline}
 
 
 # ----------------------------------------------------------------------------- driver (parent side)
+
+
+def significant(x: float, digits: int = 3) -> float:
+    """``x`` to ``digits`` significant figures: a rate or a ratio rounded to fixed decimals keeps one
+    digit when it is small (a loaded machine's 0.07 clips/s is 0.074), and a reader checking it against
+    the seconds beside it would find it 5% off."""
+    return float(f"{x:.{digits}g}")
 
 
 def _figures(stage: dict[str, Any], audio_s: float) -> dict[str, float]:

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sleepsound.bench.ingest import BenchError, ensure_generated, package_versions, stage_main
+from sleepsound.bench.ingest import BenchError, ensure_generated, package_versions, significant, stage_main
 
 BASELINE_METHOD = (
     "one process, no Ray or Prefect (python -m sleepsound.bench.score --stage baseline): "
@@ -444,7 +444,7 @@ def _figures(stage: dict[str, Any], minutes: float) -> dict[str, Any]:
         "nights": stage["nights"],
         "epochs": stage["epochs"],
         # three significant figures: whole nights take minutes, so three decimals could leave one digit
-        "nights_per_s": float(f"{stage['nights'] / stage['seconds']:.3g}"),
+        "nights_per_s": significant(stage["nights"] / stage["seconds"]),
         "epochs_per_s": round(stage["epochs"] / stage["seconds"], 2),
         "x_realtime": round(stage["nights"] * minutes * 60 / stage["seconds"], 1),
         "peak_pss_mb": round(stage["peak_pss_mb"], 1),
