@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,32 +20,42 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sleepsound.core.ports import free_port
 from sleepsound.runs.submit import _submit_when_agent_ready, entrypoint, is_secret, job_environment, withheld_secrets
 from sleepsound.synth.writers import generate_cohort
 
 
-@pytest.fixture(scope="module")
-def ray_head() -> Iterator[str]:
-    """A Ray head of its own (not the test session's), in the foreground, stopped with its process group."""
-    port, dashboard = free_port(), free_port()
-    # A short folder of its own: Ray's Unix socket paths live under it and may not pass 107 bytes,
-    # which pytest's temporary paths can (under pytest-xdist the head never came up).
-    temp_dir = tempfile.mkdtemp(prefix="rayhead-")
+def _quiet_ports(count: int) -> list[int]:
+    """Distinct free ports below the system's ephemeral range (32768 up on Linux): a port from
+    ``free_port`` lies inside it, where any outgoing connection of the busy test session (its own
+    Ray's gRPC above all) may take it in the seconds before the head binds it, and the head dies."""
+    rng = random.Random()
+    ports: set[int] = set()
+    while len(ports) < count:
+        port = rng.randrange(20000, 32000)  # above Ray's worker ports (10002-19999)
+        try:
+            with socket.socket() as probe:
+                probe.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        ports.add(port)
+    return sorted(ports)
+
+
+def _start_head(temp_dir: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``ray start --head --block`` on ports of its own; returns the process and its dashboard's
+    address once the jobs API answers, or raises with the tail of the head's log."""
     # The session's own Ray already holds the default agent ports (52365, ...): a second node on
     # this machine needs its own, or its job agent never starts ("No available agent").
-    agent_ports = [
-        f"--{name}={free_port()}"
-        for name in (
-            "dashboard-agent-listen-port",
-            "dashboard-agent-grpc-port",
-            "metrics-export-port",
-            "runtime-env-agent-port",
-            "ray-client-server-port",
-            "node-manager-port",
-            "object-manager-port",
-        )
-    ]
+    names = (
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "metrics-export-port",
+        "runtime-env-agent-port",
+        "ray-client-server-port",
+        "node-manager-port",
+        "object-manager-port",
+    )
+    port, dashboard, *others = _quiet_ports(len(names) + 2)
     bin_dir = Path(sys.executable).parent  # the cluster's nodes have sleepsound on PATH, as in infra/
     env = {
         **os.environ,
@@ -51,48 +63,74 @@ def ray_head() -> Iterator[str]:
         "RAY_USAGE_STATS_ENABLED": "0",
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    ray = bin_dir / "ray"
-    proc = subprocess.Popen(
-        [
-            str(ray),
-            "start",
-            "--head",
-            "--block",
-            f"--port={port}",
-            f"--dashboard-port={dashboard}",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            "--num-cpus=2",
-            f"--temp-dir={temp_dir}",
-            "--disable-usage-stats",
-            *agent_ports,
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                str(bin_dir / "ray"),
+                "start",
+                "--head",
+                "--block",
+                f"--port={port}",
+                f"--dashboard-port={dashboard}",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                "--num-cpus=2",
+                f"--temp-dir={temp_dir}",
+                "--disable-usage-stats",
+                *(f"--{name}={p}" for name, p in zip(names, others, strict=True)),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     address = f"http://127.0.0.1:{dashboard}"
-    try:
-        from ray.job_submission import JobSubmissionClient
+    from ray.job_submission import JobSubmissionClient
 
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                JobSubmissionClient(address).list_jobs()
-                break
-            except Exception:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the test's Ray head did not come up") from None
-                time.sleep(1)
-        yield address
-    finally:
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            JobSubmissionClient(address).list_jobs()
+            return proc, address
+        except Exception:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                _stop(proc)
+                tail = log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the test's Ray head did not come up; its output ends:\n{tail}") from None
+            time.sleep(1)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the head's whole process group, which may already be gone."""
+    try:
         os.killpg(proc.pid, signal.SIGTERM)
         try:  # `ray start --block` rarely exits on SIGTERM in time; the head is throwaway, so kill it soon
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[str]:
+    """A Ray head of its own (not the test session's), in the foreground, stopped with its process group.
+    A head that dies while starting is started once more on other ports (CI saw one die, once)."""
+    # A short folder of its own: Ray's Unix socket paths live under it and may not pass 107 bytes,
+    # which pytest's temporary paths can (under pytest-xdist the head never came up).
+    temp_dir = tempfile.mkdtemp(prefix="rayhead-")
+    log = Path(temp_dir) / "head.log"
+    try:
+        try:
+            proc, address = _start_head(temp_dir, log)
+        except RuntimeError:
+            proc, address = _start_head(temp_dir, log)
+        try:
+            yield address
+        finally:
+            _stop(proc)
+    finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
