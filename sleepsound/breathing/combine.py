@@ -21,7 +21,7 @@ pause alerts are apnoeas, which the track never changes, and read the envelope a
 ``sleepsound breathing-eval --backbone`` on held-out styles of three fresh seeds (notes s25-events): on
 seed 53 the held-out REI error 3.2 -> 2.7/h, nights within 5/h 83% -> 92%, clean nights' false events
 2.3 -> 1.3/h (worst 10 -> 4); on seeds 59 and 61 no change; the development styles unchanged. Fresh
-seeds 163 and 167 (README, "Three fresh seeds, with trained heads"): until the unsnored breaths had to be
+seeds 163 and 167 (README, "Fresh seeds, with trained heads"): until the unsnored breaths had to be
 unchanged rather than short of a 30% drop, it lost true events under a TV (seed 163 tv-bedroom
 hypopnoea F1 0.67 -> 0.44; now 0.60), while it took false ones from both seeds' development nights.
 A first form that took every head-snored breath out of the plain-breath check lost true hypopnoeas of

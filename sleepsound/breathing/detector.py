@@ -178,7 +178,8 @@ class DetectorSettings:
     unsnored_min_s: float = 8.0
     # "Unchanged" is within ``unsnored_kept`` of their baseline in power (10% in amplitude): breaths the
     # head does not hear snoring in that weaken by 20-30% while the snoring stops are a hypopnoea's, and
-    # the 30% drop the rule asked of them before lost true events under a TV (README, "Three fresh seeds").
+    # the 30% drop the rule asked of them before lost true events under a TV (README, "Fresh seeds,
+    # with trained heads").
     unsnored_kept: float = 0.8
     # ... and where there are none to compare with (every breath before snored), a stretch whose breaths
     # have mostly stopped snoring (under 1 - ``snored_share`` of them snored) is the snoring's pause too.
