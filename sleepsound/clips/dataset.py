@@ -220,14 +220,16 @@ def check_header(source: str | BinaryIO, handle: sf.SoundFile) -> None:
 
 def unreadable(source: str | BinaryIO, exc: Exception) -> ClipError:
     """The ClipError for a file libsndfile would not open: what its WAV header declares that no audio
-    has (``io.audio.wav_format_problem``: no channels, 0 Hz), else libsndfile's own message.
+    has (``io.audio.wav_format_problem``: no channels, 0 Hz), the system's reason where the file cannot
+    be opened at all (permission denied), else libsndfile's own message.
 
-    Why: libsndfile refuses a 0-Hz header as "Internal error : SF_INFO struct incomplete.".
+    Why: libsndfile refuses a 0-Hz header as "Internal error : SF_INFO struct incomplete.", and any file
+    the system will not open as "System error.", which names no cause.
     """
     try:
         problem = _judge_bytes(source, wav_format_problem)
-    except OSError:  # the file cannot be read again: libsndfile's message is all there is
-        problem = None
+    except OSError as denied:  # the system's own reason, which libsndfile's "System error." hides
+        problem = denied.strerror or f"{type(denied).__name__}: {denied}"
     return ClipError(f"unreadable audio ({problem or f'{type(exc).__name__}: {exc}'})")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -250,6 +251,31 @@ def test_a_clip_never_finalised_is_named_so_not_called_empty(tmp_path: Path, mel
     assert result.exit_code == 1 and json.loads(result.stdout)["error"].startswith(f"{folder / '1_8.wav'}: {never}")
     with pytest.raises(ClipError, match=f"^{re.escape(never)}"):
         decode_bounded(AudioBuffer((folder / "1_8.wav").read_bytes()), 600.0)
+
+
+def test_a_clip_the_system_will_not_open_is_named_with_the_systems_reason() -> None:
+    """libsndfile calls any file the system refuses to open "System error." (a clip without read
+    permission, the likeliest); the system's reason is what the user can act on. Tests run as root,
+    whom no permission stops, so a Unix socket stands in: it exists, and opening it fails (ENXIO)."""
+    import socket
+    import tempfile
+
+    from sleepsound.clips.dataset import decode_mono_16k
+
+    folder = tempfile.mkdtemp(prefix="clip-")  # a socket's path may not pass 107 bytes
+    try:
+        path = os.path.join(folder, "1_1.wav")
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(path)
+            with pytest.raises(ClipError) as refused:
+                decode_mono_16k(path)
+            with pytest.raises(ClipError) as refused_bounded:
+                decode_bounded(path, 600.0)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    reason = os.strerror(errno.ENXIO)
+    assert str(refused.value) == str(refused_bounded.value) == f"unreadable audio ({reason})"
+    assert "System error" not in str(refused.value)
 
 
 def test_a_symbolic_link_loop_and_a_folder_named_like_a_clip_are_rejected_for_what_they_are(
