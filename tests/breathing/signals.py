@@ -146,6 +146,32 @@ def snorer_whose_snoring_pauses(
     return 0.05 * out, snores
 
 
+def snorer_with_short_snores(
+    seconds: float,
+    pause: tuple[float, float] = (0.0, 0.0),
+    weak: tuple[float, float] | None = None,
+    weak_gain: float = 0.4,
+    seed: int = 5,
+) -> np.ndarray:
+    """Breaths every 4 s (1.4 s inspiration, 1.8 s expiration of band noise), each inspiration outside
+    ``pause`` carrying a short snore: 0.4 s of noise-like sound four times as loud in the middle of it, as
+    a recorded snore laid on a breath is. Inside ``pause`` the snoring stops and the breaths go on
+    unchanged: no event. Inside ``weak`` every sound, snores going on, is ``weak_gain`` x as loud."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(int(seconds * RATE))
+    t = 1.0
+    while t < seconds - 4:
+        gain = rng.uniform(0.9, 1.1) * (weak_gain if weak and weak[0] <= t < weak[1] else 1.0)
+        for offset, length, level in ((0.0, 1.4, 1.0), (1.5, 1.8, 0.6)):
+            k0, k = int((t + offset) * RATE), int(length * RATE)
+            out[k0 : k0 + k] += gain * level * np.hanning(k) * _band_noise(rng, k, 300, 1800)
+        if not pause[0] <= t < pause[1]:
+            k0, k = int((t + 0.5) * RATE), int(0.4 * RATE)
+            out[k0 : k0 + k] += gain * 4.0 * np.hanning(k) * _band_noise(rng, k, 300, 1800)
+        t += 4.0
+    return 0.05 * out
+
+
 def half_voiced_snorer(
     seconds: float, pause: tuple[float, float], weak: tuple[float, float] | None = None, seed: int = 7
 ) -> np.ndarray:

@@ -23,6 +23,7 @@ from tests.breathing.signals import (
     murmur,
     one_sound_breaths,
     snorer_whose_snoring_pauses,
+    snorer_with_short_snores,
     speech,
     syllabic_noise,
     tonal_fragments,
@@ -319,6 +320,21 @@ def test_snoring_that_pauses_is_no_hypopnoea_where_the_snoring_head_hears_the_sn
     assert event["start_s"] < pause[0] + 4 and event["end_s"] > pause[1] - 4
     with pytest.raises(ValueError, match="snoring track has 10 frames"):
         detect_events(env, snoring=np.zeros(10))
+
+
+def test_short_snores_on_breaths_that_pause_are_no_hypopnoea_but_all_of_it_weakening_is_one():
+    # Each inspiration carries a short snore four times as loud (as a recorded snore laid on a breath);
+    # for 22 s the snoring stops and the breaths go on unchanged. The breath cycles' peaks drop far past
+    # 30%, the breath noise around them not at all: the airflow did not drop, no event. The envelope
+    # alone, without a snoring head; without the body's check it was a hypopnoea.
+    pause = (150.0, 172.0)
+    env = epoch_envelope(snorer_with_short_snores(300.0, pause) + fan(300.0, 0.003), RATE)
+    assert detect_events(env) == []
+    assert [e["type"] for e in detect_events(env, settings=replace(DEFAULT, body_percentile=0.0))] == ["hypopnea"]
+    # Snores and breaths 60% weaker together: the body drops with the peaks, a hypopnoea.
+    env = epoch_envelope(snorer_with_short_snores(300.0, pause, weak=pause) + fan(300.0, 0.003), RATE)
+    event = _only(detect_events(env), "hypopnea")
+    assert event["start_s"] < pause[0] + 4 and event["end_s"] > pause[1] - 4
 
 
 def test_a_snorer_whose_snoring_stops_while_the_plain_breaths_weaken_a_quarter_has_a_hypopnoea():
