@@ -228,8 +228,8 @@ def unreadable(source: str | BinaryIO, exc: Exception) -> ClipError:
     """
     try:
         problem = _judge_bytes(source, wav_format_problem)
-    except OSError as denied:  # the system's own reason, which libsndfile's "System error." hides
-        problem = denied.strerror or f"{type(denied).__name__}: {denied}"
+    except OSError as denied:  # the system's own reason (errno's), which libsndfile's "System error." hides
+        problem = denied.strerror
     return ClipError(f"unreadable audio ({problem or f'{type(exc).__name__}: {exc}'})")
 
 
