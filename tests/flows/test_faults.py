@@ -97,7 +97,7 @@ def test_a_flow_killed_mid_run_is_finished_by_a_rerun_that_redoes_nothing(tiny_w
     from flows.pipeline import run_pipeline_on_ray
 
     cohort = tmp_path / "cohort"
-    generate_cohort(cohort, n_subjects=6, hours=0.25, seed=32, sample_rate=16_000, part_seconds=900, cycle_minutes=15)
+    generate_cohort(cohort, n_subjects=6, hours=0.1, seed=32, sample_rate=16_000, part_seconds=360, cycle_minutes=6)
     root = tmp_path / "root"
     cfg = _cfg(tiny_whisper)
     proc = _sleepsound(

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 def cohort(tmp_path_factory) -> Path:
     """Five short nights, plus one corrupt night and one night without labels."""
     out = tmp_path_factory.mktemp("flow-cohort")
-    generate_cohort(out, n_subjects=6, hours=0.25, seed=11, sample_rate=16_000, part_seconds=600, cycle_minutes=15)
+    generate_cohort(out, n_subjects=6, hours=0.1, seed=11, sample_rate=16_000, part_seconds=360, cycle_minutes=6)
     patients = sorted(p.name for p in (out / "APNEA_EDF").iterdir())
     (out / "APNEA_EDF" / patients[0] / f"{patients[0]}[001].edf").write_bytes(b"\x00garbage" * 64)
     (out / "APNEA_RML" / f"{patients[1]}.rml").unlink()
@@ -30,7 +30,7 @@ def _config(tiny_whisper: str) -> dict:
     return Config.model_validate(
         {
             "backbone": {"name": tiny_whisper, "batch_size": 4},
-            "training": {"lr": 3e-3, "min_lr": 1e-4, "epochs": 8, "batch_size": 16},
+            "training": {"lr": 3e-3, "min_lr": 1e-4, "epochs": 20, "batch_size": 16},
         }
     ).model_dump()
 
@@ -117,7 +117,7 @@ def _assert_nightly_does_only_what_is_new(cohort: Path, root: str, tiny_whisper:
     assert len(processed(root)) == 5
 
     generate_cohort(
-        tmp_path / "extra", n_subjects=1, hours=0.25, seed=99, sample_rate=16_000, part_seconds=600, cycle_minutes=15
+        tmp_path / "extra", n_subjects=1, hours=0.1, seed=99, sample_rate=16_000, part_seconds=360, cycle_minutes=6
     )
     patient = next((tmp_path / "extra" / "APNEA_EDF").iterdir()).name
     shutil.copytree(tmp_path / "extra" / "APNEA_EDF" / patient, source / "APNEA_EDF" / patient)  # no RML: unlabelled
@@ -250,7 +250,7 @@ def _assert_progress_reported(run_id: str, counts: dict) -> None:
         s["stage"]: s for s in read_progress(os.environ["PREFECT_API_URL"], run_id, datetime(2000, 1, 1, tzinfo=UTC))
     }
     assert stages["validate"] == {"stage": "validate", "done": 6, "total": 6, "unit": "recordings"}
-    assert stages["embed"]["done"] == stages["embed"]["total"] == 5 * 30  # five accepted 15-min nights
+    assert stages["embed"]["done"] == stages["embed"]["total"] == 5 * 12  # five accepted 6-min nights
     assert stages["train stage3"]["done"] == stages["train stage3"]["total"] >= 1
     assert {"train stage5", "train resp"} <= set(stages)
 
