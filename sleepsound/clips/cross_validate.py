@@ -40,7 +40,7 @@ from sleepsound.clips.train import (
     validation_folds,
     with_extra,
 )
-from sleepsound.report.metrics import bootstrap_ci, evaluate, macro_f1
+from sleepsound.report.metrics import bootstrap_ci, confusion_accuracy, confusion_macro_f1, evaluate
 
 
 def block_ids(ds: ClipDataset, block_size: int) -> list[str]:
@@ -144,8 +144,8 @@ def _cross_validate(
     assert len(pred) == len(ds.files), "every clip lies in exactly one outer fold"
     groups = block_ids(ds, settings.block_size)
     metrics = evaluate(ds.labels, pred, ds.classes)  # baseline: the majority of all clips (each held out once)
-    acc_ci = bootstrap_ci(ds.labels, pred, groups, _accuracy, seed=settings.seed)
-    f1_ci = bootstrap_ci(ds.labels, pred, groups, lambda t, p: macro_f1(t, p, ds.classes), seed=settings.seed)
+    acc_ci = bootstrap_ci(ds.labels, pred, groups, confusion_accuracy, ds.classes, seed=settings.seed)
+    f1_ci = bootstrap_ci(ds.labels, pred, groups, confusion_macro_f1, ds.classes, seed=settings.seed)
     by_block: dict[str, list[bool]] = {}
     for g, t, p in zip(groups, ds.labels, pred, strict=True):
         by_block.setdefault(g, []).append(t == p)

@@ -36,7 +36,14 @@ from sleepsound.report.figures import (
     hypnogram_figure,
     trend_figure,
 )
-from sleepsound.report.metrics import ahi_agreement, bootstrap_ci, cohen_kappa, confusion_counts, evaluate
+from sleepsound.report.metrics import (
+    ahi_agreement,
+    bootstrap_ci,
+    confusion_accuracy,
+    confusion_kappa,
+    confusion_macro_f1,
+    evaluate,
+)
 from sleepsound.report.night import subject_trends
 from sleepsound.report.night_reports import write_night_reports
 from sleepsound.report.render import ReportInputs, render_report
@@ -128,25 +135,15 @@ def subject_intervals(preds: pd.DataFrame, seed: int = 0) -> dict[str, tuple[flo
     test = preds[(preds["split"] == "test") & preds["stage_true"].notna() & preds["stage_pred"].notna()]
     if test["subject_id"].nunique() < 2:
         return {}
-    classes = TARGETS[PRIMARY].classes
-
-    def accuracy(t: list[Any], p: list[Any]) -> float:
-        return float(np.mean(np.asarray(t) == np.asarray(p)))
-
-    def macro(t: list[Any], p: list[Any]) -> float:
-        return float(evaluate(t, p, classes)["macro_f1"])
-
-    def kappa(t: list[Any], p: list[Any]) -> float:
-        return cohen_kappa(confusion_counts(t, p, classes))
-
     args = (
         test["stage_true"].astype(str).tolist(),
         test["stage_pred"].astype(str).tolist(),
         test["subject_id"].astype(str).tolist(),
     )
+    metrics = (("accuracy", confusion_accuracy), ("macro_f1", confusion_macro_f1), ("kappa", confusion_kappa))
     return {
-        name: bootstrap_ci(*args, metric=fn, n_boot=CI_BOOTSTRAPS, seed=seed)
-        for name, fn in (("accuracy", accuracy), ("macro_f1", macro), ("kappa", kappa))
+        name: bootstrap_ci(*args, metric=fn, classes=TARGETS[PRIMARY].classes, n_boot=CI_BOOTSTRAPS, seed=seed)
+        for name, fn in metrics
     }
 
 

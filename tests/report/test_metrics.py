@@ -120,18 +120,53 @@ def test_ahi_agreement_by_hand() -> None:
 
 
 def test_bootstrap_resamples_subjects_not_epochs() -> None:
-    from sleepsound.report.metrics import bootstrap_ci, per_subject
+    from sleepsound.report.metrics import bootstrap_ci, confusion_accuracy, per_subject
 
     # subject a is always right, subject b always wrong: the CI must span both extremes' mixtures
     true = ["Wake"] * 10 + ["NREM"] * 10
     pred = ["Wake"] * 10 + ["REM"] * 10
     groups = ["a"] * 10 + ["b"] * 10
-    accuracy = lambda t, p: float(np.mean(np.asarray(t) == np.asarray(p)))  # noqa: E731
-    low, high = bootstrap_ci(true, pred, groups, accuracy, n_boot=400, seed=1)
+    low, high = bootstrap_ci(true, pred, groups, confusion_accuracy, C, n_boot=400, seed=1)
     assert low == 0.0 and high == 1.0  # draws of (b, b) and (a, a) happen
-    assert all(math.isnan(v) for v in bootstrap_ci(true, pred, ["a"] * 20, accuracy))
+    assert all(math.isnan(v) for v in bootstrap_ci(true, pred, ["a"] * 20, confusion_accuracy, C))
+    with pytest.raises(ValueError, match="N9"):
+        bootstrap_ci(true, pred[:-1] + ["N9"], groups, confusion_accuracy, C)
     table = per_subject(true, pred, groups)
     assert table.set_index("subject")["accuracy"].to_dict() == {"a": 1.0, "b": 0.0}
+
+
+def test_bootstrap_from_subject_matrices_equals_scoring_each_draws_epochs() -> None:
+    """Summing each subject's confusion matrix per draw gives the interval that pooling the drawn
+    subjects' epochs and scoring them with scikit-learn gives, draw for draw."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from sleepsound.report.metrics import (
+        bootstrap_ci,
+        confusion_accuracy,
+        confusion_kappa,
+        confusion_macro_f1,
+    )
+
+    rng = np.random.default_rng(11)
+    groups = np.repeat([f"s{i:02d}" for i in range(9)], rng.integers(5, 40, size=9))
+    true = rng.choice(C, size=len(groups), p=[0.2, 0.6, 0.2])
+    pred = np.where(rng.random(len(groups)) < 0.6, true, rng.choice(C, size=len(groups)))
+    pred[groups == "s03"] = "REM"  # a subject the model calls one class throughout
+    scorers = {
+        "accuracy": (confusion_accuracy, lambda t, p: accuracy_score(t, p)),
+        "macro_f1": (confusion_macro_f1, lambda t, p: f1_score(t, p, labels=C, average="macro", zero_division=0)),
+        "kappa": (confusion_kappa, lambda t, p: cohen_kappa_score(t, p, labels=C)),
+    }
+    subjects = np.unique(groups)
+    for name, (from_counts, from_labels) in scorers.items():
+        draws = np.random.default_rng(4)
+        values = []
+        for _ in range(200):
+            take = np.concatenate([np.flatnonzero(groups == s) for s in subjects[draws.choice(len(subjects), 9)]])
+            values.append(from_labels(true[take], pred[take]))
+        expected = (np.quantile(values, 0.025), np.quantile(values, 0.975))
+        got = bootstrap_ci(true.tolist(), pred.tolist(), groups.tolist(), from_counts, C, n_boot=200, seed=4)
+        assert got == pytest.approx(expected, abs=1e-12), name
 
 
 def test_severity_and_breathing_summary() -> None:
