@@ -186,13 +186,14 @@ def test_split_by_subject_is_deterministic_and_never_leaks() -> None:
 
 
 RATE = 48_000
+NIGHT_EPOCHS = 18  # of 30 s in each of the ``nights`` fixture's 9-min nights
 
 
 @pytest.fixture(scope="module")
 def nights(tmp_path_factory) -> list[dict]:
-    """Four 15-min nights at 16 kHz (every stage within them); the last has no annotations."""
+    """Four 9-min nights at 16 kHz (every stage within them); the last has no annotations."""
     out = tmp_path_factory.mktemp("shift-cohort")
-    generate_cohort(out, n_subjects=4, hours=0.25, seed=5, sample_rate=16_000, part_seconds=900, cycle_minutes=15)
+    generate_cohort(out, n_subjects=4, hours=0.15, seed=5, sample_rate=16_000, part_seconds=540, cycle_minutes=9)
     unlabelled = sorted(p.name for p in (out / "APNEA_EDF").iterdir())[-1]
     (out / "APNEA_RML" / f"{unlabelled}.rml").unlink()
     rows = build_manifest(str(out), PreprocessConfig())
@@ -266,7 +267,7 @@ def test_cache_embeds_only_missing_shifted_windows(nights, tiny_whisper, tmp_pat
     root = str(tmp_path / "root")
     labelled = [r for r in nights if r["label_source"] != "none"]
     first = embed_cohort(nights, root, _config(tiny_whisper, shift_augment=False), use_ray=False)
-    assert first.epochs == 4 * 30 and first.shifted == 0
+    assert first.epochs == 4 * NIGHT_EPOCHS and first.shifted == 0
     cfg = _config(tiny_whisper, shift_classes=["REM"])
     assert not any(Path(shifted_path(root, cfg, r["recording_id"], r["sha256"], "REM")).exists() for r in nights)
     kept = {p: p.stat().st_mtime_ns for p in Path(root).rglob("*.parquet")}
@@ -331,7 +332,7 @@ def test_90s_context_trains_with_shifted_windows_and_predicts(nights, embedded_r
     assert model["train_shifted"] > 0
     out = predict_recordings(embedded_root, cfg, "ctx3", model, manifest)
     preds = pd.read_parquet(out)
-    assert len(preds) == 4 * 30 and not preds.duplicated(["recording_id", "epoch_index"]).any()
+    assert len(preds) == 4 * NIGHT_EPOCHS and not preds.duplicated(["recording_id", "epoch_index"]).any()
     assert preds["stage_pred"].notna().all()
 
 
@@ -341,7 +342,7 @@ def test_both_channels_concatenate_each_epochs_embeddings(nights, embedded_root,
     assert (mic.preprocess.channel, tracheal.preprocess.channel) == ("Mic", "Tracheal")
     assert mic.preprocess.fingerprint() != tracheal.preprocess.fingerprint()
     stats = embed_cohort(nights, embedded_root, both, use_ray=False)  # Mic is cached: Tracheal only
-    assert stats.epochs == 4 * 30 and not stats.failed
+    assert stats.epochs == 4 * NIGHT_EPOCHS and not stats.failed
     for row in nights:
         for single in (mic, tracheal):
             assert Path(epochs_path(embedded_root, single, row["recording_id"])).exists()
