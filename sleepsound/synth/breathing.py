@@ -161,15 +161,16 @@ def _apply_events(
     )
 
 
-def snore_events(breaths: BreathTable) -> list[SynthEvent]:
-    """One ``Nasal/Snore`` event per snored inspiration, on the 0.1-s grid scorers use."""
-    idx = np.flatnonzero(breaths.snore > 0)
-    return [
-        SynthEvent(
-            SNORE_FAMILY, SNORE_TYPE, round(float(breaths.onset_s[i]), 1), max(0.1, round(float(breaths.insp_s[i]), 1))
-        )
-        for i in idx
-    ]
+def snore_events(breaths: BreathTable, night_s: float) -> list[SynthEvent]:
+    """One ``Nasal/Snore`` event per snored inspiration, on the 0.1-s grid scorers use, ended with the
+    night (``night_s`` seconds): a snore still under way at the end is scored up to it, as a scorer would."""
+    out = []
+    for i in np.flatnonzero(breaths.snore > 0):
+        start = round(float(breaths.onset_s[i]), 1)
+        duration = min(max(0.1, round(float(breaths.insp_s[i]), 1)), round(night_s - start, 1))
+        if duration >= 0.1:
+            out.append(SynthEvent(SNORE_FAMILY, SNORE_TYPE, start, duration))
+    return out
 
 
 # Mean transients per epoch by stage: rustles, voice-like bursts.

@@ -432,7 +432,8 @@ def make_night_plan(
         breaths = dataclasses.replace(breaths, snore=np.zeros_like(breaths.snore))
     transients = make_transients(stages, breath_rng)
     events = sorted(
-        respiratory + extra + snore_events(breaths), key=lambda e: (e.start_s, e.family, e.type, e.duration_s)
+        respiratory + extra + snore_events(breaths, n_epochs * EPOCH_SECONDS),
+        key=lambda e: (e.start_s, e.family, e.type, e.duration_s),
     )
     sleep_h = sum(s != "W" for s in stages) * EPOCH_SECONDS / 3600.0
     realised = len(respiratory) / sleep_h if sleep_h > 0 else 0.0

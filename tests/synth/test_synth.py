@@ -84,6 +84,18 @@ def test_event_count_follows_ahi_and_events_respect_sleep(ahi: float) -> None:
             assert not any(a.start_s < e.start_s < a.end_s - 1e-6 for a in respiratory if a.type in APNEA_TYPES)
 
 
+def test_a_snore_under_way_at_the_end_of_the_night_is_scored_up_to_the_end() -> None:
+    """This night's last snored inspiration starts 0.4 s before the end: its event ends with the night
+    (it ran 1.7 s past it, which validation then reported as an event outside the recording)."""
+    plan = make_night_plan("s", 10 / 60, seed=5, subject_index=1, cycle_minutes=10)
+    night_s = plan.n_epochs * EPOCH_SECONDS
+    last = max((e for e in plan.events if e.type == SNORE_TYPE), key=lambda e: e.start_s)
+    assert (last.start_s, last.end_s) == (pytest.approx(night_s - 0.4), pytest.approx(night_s))
+    for index in range(6):
+        for e in make_night_plan("s", 0.2, seed=index, subject_index=index, cycle_minutes=6).events:
+            assert e.start_s >= 0.0 and e.end_s <= 0.2 * 3600 + 1e-6 and e.duration_s >= 0.1, e
+
+
 def test_events_cluster_in_light_and_rem_sleep() -> None:
     per_hour: dict[str, list[float]] = {s: [] for s in STAGES_5}
     for index in range(3):
