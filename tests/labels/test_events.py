@@ -154,8 +154,11 @@ def test_unknown_event_types_in_a_csv_are_kept_and_reported(tmp_path: Path) -> N
 
 @pytest.fixture(scope="module")
 def rml_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two 12-min nights in 6-min parts at AHI 30: twelve events, one across a part boundary."""
     out = tmp_path_factory.mktemp("events-psg")
-    generate_cohort(out, n_subjects=2, hours=0.5, seed=21, sample_rate=16_000, part_seconds=900, cycle_minutes=15)
+    generate_cohort(
+        out, n_subjects=2, hours=0.2, seed=21, sample_rate=16_000, part_seconds=360, cycle_minutes=6, ahi=30.0
+    )
     return out
 
 
