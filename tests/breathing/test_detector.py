@@ -394,3 +394,32 @@ def test_a_snorer_who_snores_every_breath_and_stops_for_a_while_has_no_event():
     env = epoch_envelope(audio + fan(300.0, 0.003), RATE)
     event = _only(detect_events(env, snoring=_snore_track(len(env), snores)), "hypopnea")
     assert event["start_s"] < pause[0] + 4 and event["end_s"] > pause[1] - 4
+
+
+@pytest.mark.parametrize("min_blocks", [None, 8, 0])
+def test_the_baseline_is_the_median_of_each_seconds_usable_window(min_blocks: int | None) -> None:
+    """The vectorised rolling baseline equals the plain definition, second by second: the median of the
+    finite block values of the ``baseline_s`` before, or NaN with fewer than the minimum of them (long
+    runs without breathing, a night shorter than the window, more rows than one sorted block)."""
+    from sleepsound.breathing.detector import _BASELINE_ROWS, _frame_baseline
+
+    rng = np.random.default_rng(3)
+    n_blocks = _BASELINE_ROWS + 700
+    blocks = rng.lognormal(0.0, 1.0, n_blocks)
+    blocks[rng.random(n_blocks) < 0.4] = np.nan  # seconds without a usable breath frame
+    blocks[1000:1300] = np.nan  # five minutes without one
+    blocks[2000:2040] = 1.0  # ties
+    settings = replace(DEFAULT, baseline_s=120.0)
+    need = 30 if min_blocks is None else min_blocks
+    want = np.full(n_blocks, np.nan)
+    for k in range(n_blocks):
+        prior = blocks[max(0, k - 120) : k]
+        prior = prior[np.isfinite(prior)]
+        if len(prior) >= max(need, 1):
+            want[k] = np.median(prior)
+    got = _frame_baseline(blocks, n_blocks * int(FRAME_HZ) - 3, settings, min_blocks)
+    assert len(got) == n_blocks * int(FRAME_HZ) - 3
+    np.testing.assert_array_equal(got[:: int(FRAME_HZ)], want[: len(got[:: int(FRAME_HZ)])])
+    assert np.isnan(want[1250]) and np.isfinite(want[1300 + 121])  # the gap empties the window, then it refills
+    short = _frame_baseline(blocks[:50], 50 * int(FRAME_HZ), settings, min_blocks)
+    assert np.isnan(short[0]) and (np.isfinite(short[-1]) == (need <= np.isfinite(blocks[:49]).sum()))
