@@ -274,7 +274,7 @@ def bootstrap_ci(
     rng = np.random.default_rng(seed)
     drawn = np.zeros((n_boot, len(subjects)), dtype=np.int64)  # how often each draw takes each subject
     for b in range(n_boot):  # one call per draw: the same draws as scoring each draw's epochs did
-        np.add.at(drawn[b], rng.choice(len(subjects), size=len(subjects), replace=True), 1)
+        drawn[b] = np.bincount(rng.choice(len(subjects), size=len(subjects), replace=True), minlength=len(subjects))
     values = np.asarray(metric(np.einsum("bs,sij->bij", drawn, per_subject)), dtype=np.float64)
     finite = values[np.isfinite(values)]
     if not len(finite):
