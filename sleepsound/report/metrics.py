@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from sklearn.metrics import confusion_matrix
 
 from sleepsound.labels.vocabulary import STAGES_3
 
@@ -117,13 +117,6 @@ def majority_class(y_train: Iterable[Any], classes: Sequence[Any] = STAGES_3) ->
 _majority_class = majority_class  # ``evaluate``'s argument of the same name shadows it
 
 
-def macro_f1(y_true: Sequence[Any], y_pred: Sequence[Any], classes: Sequence[Any]) -> float:
-    """Macro-F1 over ``classes`` (a class with no true and no predicted epochs scores 0)."""
-    if not len(y_true):
-        return float("nan")
-    return float(f1_score(list(y_true), list(y_pred), labels=list(classes), average="macro", zero_division=0))
-
-
 def evaluate(
     y_true: Iterable[Any], y_pred: Iterable[Any], classes: Sequence[str] = STAGES_3, majority_class: Any | None = None
 ) -> dict[str, Any]:
@@ -148,14 +141,14 @@ def evaluate(
         "n_epochs": len(yt),
         "classes": labels,
         "support": counts.sum(axis=1).tolist(),
-        "accuracy": float(accuracy_score(yt, yp)) if yt else float("nan"),
+        "accuracy": float(confusion_accuracy(counts)),
         "kappa": cohen_kappa(counts),
-        "macro_f1": macro_f1(yt, yp, labels),
+        "macro_f1": float(confusion_macro_f1(counts)),
         "baseline_class": majority_class,
         "baseline_from": baseline_from,
-        "baseline_accuracy": float(accuracy_score(yt, baseline)) if yt else float("nan"),
+        "baseline_accuracy": float(confusion_accuracy(base_counts)),
         "baseline_kappa": cohen_kappa(base_counts),
-        "baseline_macro_f1": macro_f1(yt, baseline, labels),
+        "baseline_macro_f1": float(confusion_macro_f1(base_counts)),
         "confusion": counts.tolist(),
         "confusion_normalised": row_normalise(counts).tolist(),
         "per_class": per_class.reset_index().to_dict("records"),
@@ -295,8 +288,8 @@ def per_subject(
             {
                 "subject": subject,
                 "epochs": len(part),
-                "accuracy": float((part["true"] == part["pred"]).mean()),
-                "macro_f1": macro_f1(list(part["true"]), list(part["pred"]), classes),
+                "accuracy": float(confusion_accuracy(counts)),
+                "macro_f1": float(confusion_macro_f1(counts)),
                 "kappa": cohen_kappa(counts),
             }
         )
