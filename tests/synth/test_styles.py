@@ -33,8 +33,8 @@ from sleepsound.synth.writers import generate_cohort, night_styles
 
 # The classic generator as it was before styles existed (commit c66dd34; its byte digests held until
 # 2026-12-07): a change to classic (new random draws, a different filter) changes these fingerprints,
-# and with them every cache. Audio is compared by its level over each 10 s, not by its bytes: the FFT
-# and math kernels numpy and scipy pick for the CPU (AVX-512 or not) round the last bits of float32
+# and with them every cache. Audio is compared by its level over each 10 s, not by its bytes: the
+# math kernels numpy and scipy pick for the CPU (AVX-512 or not) round the last bits of float32
 # samples differently, so the same code writes other bytes on another machine (the byte digest failed on
 # an AMD EPYC without AVX-512). Files that are not audio (annotations, stages, cohort.json) stay exact.
 CLASSIC_FINGERPRINTS = Path(__file__).with_name("classic_fingerprints.json")
