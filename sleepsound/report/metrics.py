@@ -216,8 +216,9 @@ def confusion_accuracy(counts: np.ndarray) -> np.ndarray:
 
 
 def confusion_macro_f1(counts: np.ndarray) -> np.ndarray:
-    """Macro-F1 per matrix of ``[..., C, C]``, as ``macro_f1`` scores labels: a class with no true and
-    no predicted epochs scores 0 (F1 = 2TP / (2TP + FP + FN))."""
+    """Macro-F1 per matrix of ``[..., C, C]``, as scikit-learn's ``f1_score(average="macro",
+    zero_division=0)`` scores labels: a class with no true and no predicted epochs scores 0
+    (F1 = 2TP / (2TP + FP + FN))."""
     counts = np.asarray(counts, dtype=np.float64)
     tp = np.diagonal(counts, axis1=-2, axis2=-1)
     denominator = counts.sum(axis=-1) + counts.sum(axis=-2)  # 2TP + FN + FP

@@ -38,7 +38,7 @@ from sleepsound.synth.writers import generate_cohort, night_styles
 # samples differently, so the same code writes other bytes on another machine (the byte digest failed on
 # an AMD EPYC without AVX-512). Files that are not audio (annotations, stages, cohort.json) stay exact.
 CLASSIC_FINGERPRINTS = Path(__file__).with_name("classic_fingerprints.json")
-AUDIO_SUFFIXES = (".edf", ".flac", ".wav")
+SOUND_FILES = (".flac", ".wav")  # EDF holds its audio among other signals: read apart
 BLOCK_S = 10
 
 
@@ -72,7 +72,7 @@ def _files_fingerprint(folder: Path) -> dict[str, object]:
                     label: _levels(edf.readSignal(i), edf.getSampleFrequency(i))
                     for i, label in enumerate(edf.getSignalLabels())
                 }
-        elif path.suffix in AUDIO_SUFFIXES:
+        elif path.suffix in SOUND_FILES:
             audio, rate = sf.read(path, dtype="float64", always_2d=True)
             out[name] = {f"channel {c}": _levels(audio[:, c], rate) for c in range(audio.shape[1])}
         else:
