@@ -69,6 +69,21 @@ def clock_text(nf: NightFigures, seconds: float) -> str:
     return f"+{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d} from recording start"
 
 
+def rem_segments(hours: np.ndarray, rem: np.ndarray, step: float, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of the hypnogram's REM bar as one line: a segment per run of consecutive REM epochs
+    (``hours`` their starts, ``step`` an epoch), NaN between runs; a gap in the epochs ends a run."""
+    rem = np.asarray(rem, dtype=bool)
+    if not rem.any():
+        return np.empty(0), np.empty(0)
+    joined = np.zeros(len(rem), dtype=bool)  # REM epoch i continues the run of epoch i - 1
+    joined[1:] = rem[1:] & rem[:-1] & (np.diff(hours) <= step * 1.001)
+    firsts = np.flatnonzero(rem & ~joined)
+    lasts = np.flatnonzero(rem & ~np.append(joined[1:], False))
+    xs = np.column_stack([hours[firsts], hours[lasts] + step, np.full(len(firsts), np.nan)]).ravel()
+    ys = np.column_stack([np.full((len(firsts), 2), level), np.full(len(firsts), np.nan)]).ravel()
+    return xs, ys
+
+
 def clock_ticks(start: datetime | None, span_h: float) -> np.ndarray:
     """Tick positions (hours from the start) on round clock times: every 5, 10 or 30 minutes or
     every hour, by the night's length; from the recording's start when its clock time is unknown."""
@@ -95,14 +110,10 @@ def draw_night_chart(fig: Figure, nf: NightFigures, area: Mapping[str, float] | 
     if len(y):
         hyp.step(np.append(hours0, hours0[-1] + step), np.append(y, y[-1]), where="post", lw=1.4, color="#1f4e9a")
         rem = np.array([STAGE_NAMES.get(s or "") == "REM" for s in nf.stages])
-        for h in hours0[rem]:
-            hyp.plot(
-                [h, h + step],
-                [levels["R" if "R" in levels else "REM"]] * 2,
-                color="#c0392b",
-                lw=3.5,
-                solid_capstyle="butt",
-            )
+        # REM as one line broken by NaNs, a segment per run of REM epochs: a line per epoch was a
+        # third of an 8-h night's page and PDF (two hundred artists, each laid out and drawn twice).
+        xs, ys = rem_segments(hours0, rem, step, levels["R" if "R" in levels else "REM"])
+        hyp.plot(xs, ys, color="#c0392b", lw=3.5, solid_capstyle="butt")
     order = sorted(levels, key=levels.get, reverse=True)
     hyp.set_yticks([levels[s] for s in order], [STAGE_NAMES[s] for s in order])
     hyp.set_ylim(-0.5, max(levels.values()) + 0.5)

@@ -17,7 +17,14 @@ import pytest
 from pypdf import PdfReader
 
 from sleepsound.report.night import ahi_by_stage, night_figures, read_night_events, recording_start, subject_trends
-from sleepsound.report.night_page import breathing_rows, clock_ticks, night_pdf, render_night_html
+from sleepsound.report.night_page import (
+    breathing_rows,
+    clock_ticks,
+    draw_night_chart,
+    night_pdf,
+    rem_segments,
+    render_night_html,
+)
 from sleepsound.report.night_reports import write_night_reports
 from tests.report.conftest import NIGHT_START, write_events
 
@@ -55,6 +62,37 @@ def test_hypnogram_ticks_fall_on_round_clock_times() -> None:
     assert list(clock_ticks(datetime(2024, 3, 9, 22, 41), 2.0) * 60) == pytest.approx([19, 49, 79, 109])  # 23:00 ...
     assert list(clock_ticks(datetime(2024, 3, 9, 22, 0), 8.0) * 60) == pytest.approx(range(0, 481, 60))
     assert list(clock_ticks(None, 0.25) * 60) == pytest.approx([0, 5, 10, 15])  # from the recording's start
+
+
+def test_the_rem_bar_is_a_segment_per_run_of_rem_epochs() -> None:
+    step = 0.5 / 60.0  # 30-s epochs in hours
+    hours = np.arange(8) * step
+    rem = np.array([0, 1, 1, 1, 0, 0, 1, 1], dtype=bool)
+    xs, ys = rem_segments(hours, rem, step, 2.0)
+    np.testing.assert_allclose(xs, [1 * step, 4 * step, np.nan, 6 * step, 8 * step, np.nan])
+    np.testing.assert_allclose(ys, [2, 2, np.nan, 2, 2, np.nan])
+    gap = np.append(hours[:4], hours[4:] + 10 * step)  # epochs missing between the 4th and 5th: runs end there
+    xs, _ = rem_segments(gap, np.ones(8, dtype=bool), step, 2.0)
+    np.testing.assert_allclose(xs, [0, 4 * step, np.nan, 14 * step, 18 * step, np.nan])
+    assert [len(a) for a in rem_segments(hours, np.zeros(8, dtype=bool), step, 2.0)] == [0, 0]
+
+
+def test_a_long_fragmented_night_draws_no_more_artists_than_a_short_one(three_nights: pd.DataFrame) -> None:
+    """A line per REM epoch made an 8-h night's chart hundreds of artists, a third of its page and PDF."""
+    from matplotlib.figure import Figure
+
+    night = three_nights[three_nights["recording_id"] == "P1-night1"]
+    rng = np.random.default_rng(3)
+    counts = []
+    for reps in (1, 20):
+        long = pd.concat([night] * reps, ignore_index=True)
+        long["epoch_index"] = np.arange(len(long))
+        long["start_s"] = long["epoch_index"] * 30.0
+        long["stage_pred"] = rng.choice(["Wake", "NREM", "REM"], size=len(long))  # REM in many short runs
+        fig = Figure()
+        draw_night_chart(fig, _figures(long, None))
+        counts.append(len(fig.axes[0].lines))
+    assert counts[0] == counts[1] <= 2  # the hypnogram's step line and one REM line
 
 
 def test_event_table_is_read_and_checked(tmp_path: Path) -> None:
