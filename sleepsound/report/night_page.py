@@ -113,7 +113,8 @@ def draw_night_chart(fig: Figure, nf: NightFigures, area: Mapping[str, float] | 
         # REM as one line broken by NaNs, a segment per run of REM epochs: a line per epoch was a
         # third of an 8-h night's page and PDF (two hundred artists, each laid out and drawn twice).
         xs, ys = rem_segments(hours0, rem, step, levels["R" if "R" in levels else "REM"])
-        hyp.plot(xs, ys, color="#c0392b", lw=3.5, solid_capstyle="butt")
+        if len(xs):
+            hyp.plot(xs, ys, color="#c0392b", lw=3.5, solid_capstyle="butt")
     order = sorted(levels, key=levels.get, reverse=True)
     hyp.set_yticks([levels[s] for s in order], [STAGE_NAMES[s] for s in order])
     hyp.set_ylim(-0.5, max(levels.values()) + 0.5)
