@@ -31,7 +31,15 @@ def embed(
         store = open_root(root)
         rows = read_manifest_rows(store)
         accepted = [r for r in rows if r["status"] == "accepted"]
-        stats = embed_cohort(accepted, store, cfg, use_ray=use_ray, shifted=shifted, progress=run_progress(hold))
+        stats = embed_cohort(
+            accepted,
+            store,
+            cfg,
+            use_ray=use_ray,
+            shifted=shifted,
+            progress=run_progress(hold),
+            small_job_epochs=cfg.ray.small_job_epochs,
+        )
         # Quick validation reads headers only; the embedding measured every epoch: a night with none
         # valid (all silent or NaN/Inf) has nothing to score and is quarantined as `validate` would.
         empty = nights_without_valid_epochs(store, cfg, [r for r in accepted if r["recording_id"] not in stats.failed])
@@ -55,11 +63,14 @@ def embed(
                     path,
                 )
         get_run_logger().info(
-            "embedded %d recordings (%d epochs, %d shifted windows), %d from cache, %d failed; "
+            "embedded %d recordings (%d epochs, %d shifted windows%s), %d from cache, %d failed; "
             "%d bad cache files quarantined and embedded again",
             len(stats.embedded),
             stats.epochs,
             stats.shifted,
+            "; a small job: in this task's process, not through Ray Data"
+            if use_ray and (stats.embedded or stats.failed) and not stats.ray_data
+            else "",
             len(stats.cached),
             len(stats.failed),
             len(stats.quarantined),

@@ -281,6 +281,14 @@ class RayConfig(_Section):
         "this length (each with an epoch of pre- and post-roll: the same rows to float rounding); 0: one reader "
         "per night",
     )
+    small_job_epochs: int = Field(
+        240,
+        ge=0,
+        le=10_000_000,
+        description="a flow's embedding of at most this many epochs (240: two hours of audio) runs in its task's "
+        "own process, not through Ray Data, where the session is one node without GPUs and one model actor is "
+        "asked for: Ray Data's start and the actor's imports (5-7 s) outweigh such a job; 0: always Ray Data",
+    )
     object_store_mb: int | None = Field(
         None,
         ge=64,

@@ -24,7 +24,7 @@ from sleepsound.embed.cache import channel_configs, plan_recording
 from sleepsound.embed.collector import EmbedStats, RecordingCollector, WorkItem
 from sleepsound.embed.epochs import Chunk, night_rows
 from sleepsound.embed.model_stage import EmbedStage
-from sleepsound.embed.ray_adapter import ray_pipeline
+from sleepsound.embed.ray_adapter import one_node_without_gpus, ray_pipeline
 from sleepsound.embed.transport import table_rows, to_table
 
 
@@ -35,10 +35,13 @@ def embed_cohort(
     use_ray: bool = True,
     shifted: bool = True,
     progress: Progress = quiet,
+    small_job_epochs: int = 0,
 ) -> EmbedStats:
     """Embed what the cache lacks for the accepted recordings; returns per-recording outcomes.
 
     ``shifted=False`` skips the shifted training windows (scoring only needs the epochs).
+    ``small_job_epochs`` (a flow's ``ray.small_job_epochs``): with ``use_ray``, a job of at most
+    that many epochs still runs in this process where Ray Data would gain nothing (``small_job``).
     Every channel of every recording is one work item in one pipeline (one backbone load);
     a recording counts as cached when no channel needs anything. A cache file that fails its
     check is quarantined (``stats.quarantined``) and embedded again. On Ray, a night on local
@@ -67,12 +70,13 @@ def embed_cohort(
         return stats
     collector = RecordingCollector(root, items, stats)
     backbone = cfg.backbone.model_dump()
-    if use_ray:
+    total = sum(item.plan.epochs * _epochs_in(item) for item in items)
+    stats.ray_data = use_ray and not small_job(total, cfg, small_job_epochs)
+    if stats.ray_data:
         rows = ray_pipeline(items, cfg, backbone)
     else:
         stage = EmbedStage(backbone, preprocess=cfg.preprocess.model_dump())
         rows = _local_pipeline(items, cfg, stage)
-    total = sum(item.plan.epochs * _epochs_in(item) for item in items)
     done = 0
     progress("embed", done, total, "epochs")
     for row in rows:
@@ -82,6 +86,17 @@ def embed_cohort(
             progress("embed", done, total, "epochs")
     collector.finish()
     return stats
+
+
+def small_job(epochs: int, cfg: Config, limit: int) -> bool:
+    """Whether ``epochs`` to embed are better embedded in this process than through Ray Data: at most
+    ``limit`` of them, one model actor asked for, and a Ray session of one node without GPUs (in a
+    flow's task: its own machine, which the task's process shares with nothing else the flow runs then).
+    Ray Data's start and its model actor's imports cost 5-7 s of a 2-core machine, where a night-hour
+    of a tiny model embeds in about 3 s; GPUs or other nodes are what Ray Data is for, so it keeps them."""
+    if epochs > limit or cfg.ray.embed_workers != 1 or cfg.ray.num_gpus_per_worker or cfg.ray.embed_resources:
+        return False
+    return one_node_without_gpus()
 
 
 def night_chunks(row: ManifestRow, chunk_epochs: int) -> list[Chunk | None]:

@@ -44,6 +44,7 @@ class EmbedStats:
     quarantined: list[str] = field(default_factory=list)  # bad cache files moved aside: "path: problem"
     epochs: int = 0
     shifted: int = 0
+    ray_data: bool = False  # embedded through Ray Data (False: in the calling process, or nothing to embed)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,16 @@ def import_ray_data() -> None:
     import ray.data  # noqa: F401
 
 
+def one_node_without_gpus() -> bool:
+    """Whether the connected Ray session is one live node with no GPUs (False without a session)."""
+    import ray
+
+    if not ray.is_initialized():
+        return False
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    return len(alive) == 1 and not ray.cluster_resources().get("GPU")
+
+
 def ray_pipeline(items: list[WorkItem], cfg: Config, backbone: dict[str, Any]) -> Iterator[dict[str, Any]]:
     import ray
 

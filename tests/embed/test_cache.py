@@ -222,6 +222,7 @@ def test_long_nights_are_read_in_chunks_on_ray_and_cached_as_one_reader_would(ti
     many = embed_cohort(nights, chunked, cfg, use_ray=True)
     assert many.failed == {} and sorted(many.embedded) == sorted(one.embedded)
     assert (many.epochs, many.shifted) == (one.epochs, one.shifted) and many.epochs == 24 and many.shifted > 0
+    assert many.ray_data and not one.ray_data
     for row in nights:
         rec = row["recording_id"]
         pd.testing.assert_frame_equal(  # labels, validity, quality figures: identical
@@ -238,6 +239,32 @@ def test_long_nights_are_read_in_chunks_on_ray_and_cached_as_one_reader_would(ti
             np.testing.assert_allclose(
                 np.stack(x["embedding"]).astype(np.float32), np.stack(y["embedding"]).astype(np.float32), atol=2e-2
             )
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_small_job_on_one_node_without_gpus_is_embedded_in_the_calling_process(rows, tiny_whisper, tmp_path):
+    """A flow's embedding of few epochs on a one-node session without GPUs skips Ray Data (its start and
+    the model actor's imports outweigh the job): the cache is the one-process path's, file for file."""
+    from sleepsound.embed.cohort import small_job
+
+    cfg = _cfg(tiny_whisper)
+    local, small = str(tmp_path / "local"), str(tmp_path / "small")
+    one = embed_cohort(rows, local, cfg, use_ray=False)
+    flow = embed_cohort(rows, small, cfg, use_ray=True, small_job_epochs=cfg.ray.small_job_epochs)
+    assert not flow.ray_data and flow.epochs == one.epochs == 18 and flow.embedded == one.embedded
+    for rec in flow.embedded:
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(epochs_path(local, cfg, rec)), pd.read_parquet(epochs_path(small, cfg, rec))
+        )
+        for path in sorted(Path(embeddings_dir(local, cfg)).glob(f"{rec}-*.parquet")):
+            pd.testing.assert_frame_equal(
+                pd.read_parquet(path), pd.read_parquet(Path(embeddings_dir(small, cfg)) / path.name)
+            )
+    assert small_job(18, cfg, 18) and not small_job(19, cfg, 18) and not small_job(18, cfg, 0)
+    for ray in ({"embed_workers": 2}, {"num_gpus_per_worker": 1}, {"embed_resources": {"model_node": 1}}):
+        asked = Config.model_validate({**cfg.model_dump(), "ray": {**cfg.ray.model_dump(), **ray}})
+        assert not small_job(18, asked, 240), ray  # several actors, GPUs or chosen nodes: Ray Data's work
+    assert Config().ray.small_job_epochs == 240  # two hours of audio
 
 
 def test_the_model_stage_keeps_one_row_width_and_the_transport_keeps_nulls(tiny_whisper):
