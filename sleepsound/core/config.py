@@ -335,6 +335,7 @@ class Config(_Section):
 
     def fingerprint(self) -> str:
         data = self.model_dump(exclude={"report"})  # what the report draws never changes a model
+        del data["ray"]["small_job_epochs"]  # where a small embedding runs, not what it makes (the same cache)
         if not data["backbone"]["layers"]:  # configs from before ``layers`` keep their hash
             del data["backbone"]["layers"]
         for (section, key), default in _ADDED_LATER.items():  # likewise for later settings left at default
