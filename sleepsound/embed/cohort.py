@@ -92,8 +92,8 @@ def small_job(epochs: int, cfg: Config, limit: int) -> bool:
     """Whether ``epochs`` to embed are better embedded in this process than through Ray Data: at most
     ``limit`` of them, one model actor asked for, and a Ray session of one node without GPUs (in a
     flow's task: its own machine, which the task's process shares with nothing else the flow runs then).
-    Ray Data's start and its model actor's imports cost 5-7 s of a 2-core machine, where a night-hour
-    of a tiny model embeds in about 3 s; GPUs or other nodes are what Ray Data is for, so it keeps them."""
+    Ray Data's start and its model actor's imports cost 5-7 s of a 2-core machine, where half an hour of
+    audio embeds with a tiny model in 3.5 s; GPUs or other nodes are what Ray Data is for: it keeps them."""
     if epochs > limit or cfg.ray.embed_workers != 1 or cfg.ray.num_gpus_per_worker or cfg.ray.embed_resources:
         return False
     return one_node_without_gpus()
