@@ -334,8 +334,8 @@ class Config(_Section):
     report: ReportConfig = ReportConfig()
 
     def fingerprint(self) -> str:
-        data = self.model_dump(exclude={"report"})  # what the report draws never changes a model
-        del data["ray"]["small_job_epochs"]  # where a small embedding runs, not what it makes (the same cache)
+        # Never hashed: what the report draws, and where a small embedding runs (the same cache either way).
+        data = self.model_dump(exclude={"report": True, "ray": {"small_job_epochs"}})
         if not data["backbone"]["layers"]:  # configs from before ``layers`` keep their hash
             del data["backbone"]["layers"]
         for (section, key), default in _ADDED_LATER.items():  # likewise for later settings left at default
