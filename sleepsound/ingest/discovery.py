@@ -280,7 +280,7 @@ def _discover_psg_audio(fs: fsspec.AbstractFileSystem, root: str, rml_folder: st
             if _hidden(name) or _bad_name(name):
                 continue
             match = PART_RE.match(unquote(name))
-            if match:
+            if match and match["patient"] in (patient, unquote(patient)):  # another patient's part is a stray
                 parts.append((int(match["part"]), full_uri(fs, path)))
         parts.sort()
         rml = posixpath.join(root, rml_folder, f"{patient}.rml")

@@ -98,7 +98,7 @@ def test_a_surrogate_that_reaches_the_manifest_is_escaped_not_fatal(tmp_path):
 
 def test_files_in_the_psg_audio_folders_that_no_night_reads_are_listed(nights, tmp_path):
     """Defect 4: loose files in APNEA_EDF/, misnamed parts, audio in APNEA_RML/ and a file where a patient
-    folder belongs vanished without a line."""
+    folder belongs vanished without a line. A part named for another patient was read as this night's."""
     source = tmp_path / "psg"
     shutil.copytree(nights["psg"], source)
     patient = next((source / "APNEA_EDF").iterdir()).name
@@ -110,6 +110,7 @@ def test_files_in_the_psg_audio_folders_that_no_night_reads_are_listed(nights, t
         f"APNEA_EDF/{patient}/{patient}.edf": part,  # no part number
         f"APNEA_EDF/{patient}/{patient}[1].edf": part,  # not three digits
         f"APNEA_EDF/{patient}/extra.flac": audio,
+        f"APNEA_EDF/{patient}/99999999-000000[003].edf": part,  # another patient's name: not this night's part
         "APNEA_RML/misplaced.flac": audio,
         "APNEA_EDF/00000232-200808": part,  # a file where a patient folder belongs
     }
@@ -127,6 +128,7 @@ def test_files_in_the_psg_audio_folders_that_no_night_reads_are_listed(nights, t
         assert row["findings"][0]["path"] == str(source / relative)
     assert "only patient folders belong" in by_id["APNEA_EDF/00000232-200808"]["reason"]
     assert f"not named like a part of night '{patient}'" in by_id[f"APNEA_EDF/{patient}/{patient}[1].edf"]["reason"]
+    assert by_id[patient]["n_parts"] == len(list(nights["psg"].glob(f"APNEA_EDF/{patient}/*.edf")))
     assert "not an RML file" in by_id["APNEA_RML/misplaced.flac"]["reason"]
 
 
