@@ -53,6 +53,15 @@ def check_rml(
                 "this RML belongs to another recording; find the right one",
             )
     _check_segments(ann.segment_durations_s, path, parts, part_numbers, tol)
+    if ann.unreadable_stages:
+        stype, start = ann.unreadable_stages[0]
+        more = f" (and {len(ann.unreadable_stages) - 1} more)" if len(ann.unreadable_stages) > 1 else ""
+        raise Quarantine(
+            path,
+            "invalid_staging",
+            f"UserStaging <Stage Type={stype[:40]!r}> has Start={start[:40]!r}{more}, not a "
+            "number of seconds: the stages after it cannot be placed; fix the scoring export",
+        )
     _check_stage_changes(
         [start for start, _ in ann.stage_changes],
         path,

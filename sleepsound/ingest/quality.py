@@ -42,7 +42,8 @@ def flat_frames(raw: np.ndarray, in_rate: float, frame_seconds: float) -> np.nda
     if n == 0:
         return np.zeros(0, dtype=bool)
     frames = raw[: n * frame].reshape(n, frame)
-    return frames.max(axis=1) == frames.min(axis=1)
+    # a run of +inf is equal too, but it is a broken signal (counted as non-finite), not silence
+    return (frames.max(axis=1) == frames.min(axis=1)) & np.isfinite(frames[:, 0])
 
 
 def measure_epoch(

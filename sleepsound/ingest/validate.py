@@ -31,6 +31,10 @@ from sleepsound.labels.annotations import read_rml, read_stage_table
 from sleepsound.labels.events import read_events_csv, unknown_event_types
 
 MIN_SAMPLE_RATE = 16_000
+# The highest rate audio interfaces record at (DXD, 384 kHz). A header declaring more is a corrupt
+# field or not a microphone; the deep scan's blocks (epochs at the file's own rate) grow with it,
+# to gigabytes at a declared 4 MHz.
+MAX_SAMPLE_RATE = 384_000
 EDF_CLOCK_RESOLUTION_S = 1.0  # EDF headers give start times to the second
 _CHUNK = 8 << 20
 
@@ -103,6 +107,13 @@ def probe_channel(src: RecordingSource, paths: list[str], cfg: PreprocessConfig,
                 part.path,
                 "low_sample_rate",
                 f"{channel} is sampled at {part.sample_rate:g} Hz; at least {MIN_SAMPLE_RATE} Hz needed",
+            )
+        if part.sample_rate > MAX_SAMPLE_RATE:
+            raise AudioError(
+                part.path,
+                "high_sample_rate",
+                f"{channel} is sampled at {part.sample_rate:g} Hz, above the {MAX_SAMPLE_RATE // 1000} kHz any audio "
+                "recorder uses (a corrupt header, or not a microphone): re-export the audio at 16-48 kHz",
             )
     if len({p.sample_rate for p in parts}) > 1:
         rates = ", ".join(f"[{n:03d}] {p.sample_rate:g} Hz" for n, p in zip(src.part_numbers, parts, strict=True))

@@ -123,6 +123,7 @@ NO_EDF_ANNOTATIONS = pyedflib.DO_NOT_READ_ANNOTATIONS
 SAMPLES_PER_SECOND = 48_000 * 2
 # Samples one read of a plain file decodes at most: 30 s of 48-kHz stereo.
 DECODE_SAMPLES = 30 * SAMPLES_PER_SECOND
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # samples are float32 once scaled
 
 
 def probe_edf(path: str, channel: str) -> PartInfo:
@@ -168,6 +169,13 @@ def _scaling_findings(reader: pyedflib.EdfReader, index: int, path: str, channel
     for kind, low, high in (("digital", dmin, dmax), ("physical", pmin, pmax)):
         if (problem := empty_range(channel, kind, low, high)) is not None:
             raise AudioError(path, "inconsistent_edf_header", f"{problem}; re-export the file")
+    if max(abs(pmin), abs(pmax)) >= FLOAT32_MAX:  # scaled, every sample would read as inf
+        raise AudioError(
+            path,
+            "inconsistent_edf_header",
+            f"signal {channel!r}: physical range {pmin:g} to {pmax:g} is beyond what a 32-bit float holds, so "
+            "its scaled samples would all be infinite; re-export the file",
+        )
     if dmin < dmax:
         return ()
     flipped = pmin < pmax  # the slope (pmax - pmin) / (dmax - dmin) is negative

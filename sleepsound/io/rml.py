@@ -91,6 +91,10 @@ class RmlAnnotations:
     segment_durations_s: list[float] = field(default_factory=list)
     channels: list[str] = field(default_factory=list)
     stage_changes: list[tuple[float, str]] = field(default_factory=list)  # UserStaging only
+    # UserStaging <Stage> elements whose Start is missing or not a finite number of seconds, as
+    # (Type, Start as written): left out of ``stage_changes``, where the stage before would have
+    # silently run on over their epochs; validation quarantines the night (``invalid_staging``).
+    unreadable_stages: list[tuple[str, str]] = field(default_factory=list)
     events: list[RmlEvent] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     # Lights off/on in seconds from the start, when the Session records them (Sleepware may
@@ -106,21 +110,34 @@ class RmlAnnotations:
 # ----------------------------------------------------------------------------- reading
 
 
+MAX_RML_BYTES = 32 * 2**20
+"""A night's scoring export is a few thousand elements of about a hundred bytes (events, stage
+changes, channels): well under a megabyte. Parsing holds about ten times the file in memory (a
+padded 44-MB file took 700 MB), so a larger file is refused before it is parsed."""
+
+
 def _read_source(source: RmlSource) -> tuple[bytes, str]:
     if isinstance(source, bytes | bytearray):
-        return bytes(source), "<bytes>"
-    if hasattr(source, "read"):
-        data = source.read()  # type: ignore[union-attr]
+        data, name = bytes(source), "<bytes>"
+    elif hasattr(source, "read"):
+        data = source.read(MAX_RML_BYTES + 1)  # type: ignore[union-attr]
         name = str(getattr(source, "name", "<stream>"))
         if isinstance(data, str):
             data = data.encode("utf-8")
-        return data, name
-    path = os.fspath(source)  # type: ignore[arg-type]
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(), path
-    except OSError as exc:
-        raise RmlError(path, f"cannot read the RML file ({exc.strerror or exc})") from exc
+    else:
+        name = os.fspath(source)  # type: ignore[arg-type]
+        try:
+            with open(name, "rb") as handle:
+                data = handle.read(MAX_RML_BYTES + 1)
+        except OSError as exc:
+            raise RmlError(name, f"cannot read the RML file ({exc.strerror or exc})") from exc
+    if len(data) > MAX_RML_BYTES:
+        raise RmlError(
+            name,
+            f"over {MAX_RML_BYTES >> 20} MB, far more than a night's scoring export holds (well under 1 MB "
+            "with every event): not parsed; check what was uploaded, or re-export the night's annotations alone",
+        )
+    return data, name
 
 
 def _float(text: str | None) -> float | None:
@@ -133,13 +150,20 @@ def _float(text: str | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _clock_time(text: str) -> datetime:
+    """An ISO date-time as the wall clock it names. EDF headers hold the local clock time without a
+    zone, so an offset (``+02:00``) is dropped, not converted: both name the same clock. Kept, it made
+    every comparison with the EDF's start a TypeError that blamed the audio. Raises ValueError."""
+    return datetime.fromisoformat(text.strip()).replace(tzinfo=None)
+
+
 def _seconds_or_time(text: str, start: datetime | None) -> float | None:
     """Seconds from the start, given as a number or as an ISO date-time (needs RecordingStart)."""
     value = _float(text)
     if value is not None:
         return value if value >= 0 else None
     try:
-        moment = datetime.fromisoformat(text.strip())
+        moment = _clock_time(text)
     except ValueError:
         return None
     if start is None or moment < start:
@@ -224,7 +248,7 @@ def _read_session(session: ET.Element, ann: RmlAnnotations, notes: Counter[str])
     start = session.findtext(f"{_Q}RecordingStart")
     if start is not None:
         try:
-            ann.recording_start = datetime.fromisoformat(start.strip())
+            ann.recording_start = _clock_time(start)
         except ValueError:
             notes[f"RecordingStart {start.strip()!r} is not an ISO date-time"] += 1
     duration = session.findtext(f"{_Q}Duration")
@@ -312,7 +336,7 @@ def _read_user_staging(scoring: ET.Element, ann: RmlAnnotations, notes: Counter[
         stype = stage.get("Type", "")
         start = _float(stage.get("Start"))
         if start is None:
-            notes[f"Stage {stype!r} without a numeric Start dropped"] += 1
+            ann.unreadable_stages.append((stype, stage.get("Start", "")))
             continue
         if stype not in RML_STAGE_TO_5:
             notes[f"stage type {stype!r} not known; its epochs are marked {UNSCORED}"] += 1

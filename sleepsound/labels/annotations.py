@@ -76,6 +76,11 @@ def read_annotation_csv(path: str, what: str, code: str) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
         raise AnnotationError(path, code, f"{what} is not readable ({str(exc).strip()})") from exc
     table.columns = [str(c).strip().lower() for c in table.columns]
+    repeated = sorted({c for c in table.columns if list(table.columns).count(c) > 1})
+    if repeated:  # "type" and "Type": which one holds the labels is anyone's guess
+        raise AnnotationError(
+            path, code, f"{what} names the column(s) {repeated} more than once (case aside): keep one of each"
+        )
     table = table.apply(lambda column: column.str.strip()).replace("", None)
     if sep != ",":
         table = table.replace(r"^([+-]?\d+),(\d+)$", r"\1.\2", regex=True)

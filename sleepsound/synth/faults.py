@@ -183,6 +183,11 @@ def mic_digital_range_empty(cohort: Path, patient: str) -> None:
     edit_signal_header(path, "Mic", digital_min=signal_header_fields(path, "Mic")["digital_max"])
 
 
+def mic_physical_range_beyond_a_float(cohort: Path, patient: str) -> None:
+    """Physical maximum 1e308 (eight characters, valid EDF): every scaled sample overflows float32."""
+    edit_signal_header(part_path(cohort, patient, 1), "Mic", physical_max="1e308")
+
+
 def truncate_last_part(cohort: Path, patient: str) -> None:
     path = parts_of(cohort, patient)[-1]
     path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])  # an upload cut short
@@ -293,6 +298,18 @@ def stage_at_an_absurd_time(cohort: Path, patient: str) -> None:
     path.write_text(path.read_text().replace(f'Start="{format_seconds(1e300)}"', 'Start="1e300"'))
 
 
+def stage_start_not_a_number(cohort: Path, patient: str) -> None:
+    """A Stage whose Start reads "inf" (an overflowed export): dropping it would stretch the stage
+    before it over its epochs, wrong labels that look right."""
+    path = rml_path(cohort, patient)
+    start, stype = parse_rml(path).stage_changes[2]
+    stage = f'<Stage Type="{stype}" Start="{format_seconds(start)}"'  # as the writer lays it out
+    text = path.read_text()
+    if stage not in text:
+        raise ValueError(f"{path}: no {stage} to damage")
+    path.write_text(text.replace(stage, f'<Stage Type="{stype}" Start="inf"', 1))
+
+
 def event_at_an_absurd_time(cohort: Path, patient: str) -> None:
     path = rml_path(cohort, patient)
     marker = "<Events>"
@@ -372,6 +389,14 @@ def plain_8khz(cohort: Path, name: str) -> None:
     audio, rate = sf.read(path, dtype="float32")
     path.unlink()
     sf.write(path.with_suffix(".wav"), sps.resample_poly(audio, 8000, rate).astype(np.float32), 8000)
+
+
+def plain_at_1mhz(cohort: Path, name: str) -> None:
+    """The night's samples under a header declaring 1 MHz (a corrupt rate field)."""
+    path = _plain_audio(cohort, name)
+    audio, _ = sf.read(path, dtype="float32")
+    path.unlink()
+    sf.write(path.with_suffix(".wav"), audio, 1_000_000, subtype="PCM_16")
 
 
 def plain_nan_samples(cohort: Path, name: str) -> None:
@@ -494,6 +519,13 @@ FAULTS: tuple[Fault, ...] = (
     Fault("start date with colons", "psg-audio", "inconsistent_edf_header", "error", start_date_with_colons),
     Fault("Mic digital range reversed", "psg-audio", "reversed_digital_range", "warning", mic_digital_range_reversed),
     Fault("Mic digital range empty", "psg-audio", "inconsistent_edf_header", "error", mic_digital_range_empty),
+    Fault(
+        "Mic physical range beyond a float",
+        "psg-audio",
+        "inconsistent_edf_header",
+        "error",
+        mic_physical_range_beyond_a_float,
+    ),
     Fault("last part truncated", "psg-audio", "truncated_edf", "error", truncate_last_part),
     Fault("Mic channel missing", "psg-audio", "channel_missing", "error", drop_mic),
     Fault("Mic at 8 kHz", "psg-audio", "low_sample_rate", "error", mic_at_8khz),
@@ -510,6 +542,7 @@ FAULTS: tuple[Fault, ...] = (
     Fault("stage before the start", "psg-audio", "invalid_staging", "error", stage_before_start),
     Fault("two stages at one time", "psg-audio", "invalid_staging", "error", two_stages_at_once),
     Fault("stage at an absurd time", "psg-audio", "invalid_staging", "error", stage_at_an_absurd_time),
+    Fault("stage start not a number", "psg-audio", "invalid_staging", "error", stage_start_not_a_number),
     Fault("event at an absurd time", "psg-audio", "annotation_notes", "warning", event_at_an_absurd_time),
     Fault("events outside the recording", "psg-audio", "events_out_of_range", "warning", events_outside),
     Fault("event with negative duration", "psg-audio", "invalid_events", "warning", event_with_negative_duration),
@@ -520,6 +553,7 @@ FAULTS: tuple[Fault, ...] = (
     Fault("microphone silent all night", "psg-audio", "no_valid_epochs", "error", all_parts_silent),
     Fault("plain file is not audio", "plain", "unreadable_audio", "error", plain_not_audio),
     Fault("plain file at 8 kHz", "plain", "low_sample_rate", "error", plain_8khz),
+    Fault("plain file declaring 1 MHz", "plain", "high_sample_rate", "error", plain_at_1mhz),
     Fault("NaN samples", "plain", "nonfinite_samples", "warning", plain_nan_samples),
     Fault("stage CSV of another recording", "plain", "annotation_mismatch", "error", plain_stages_of_another_recording),
     Fault("stage CSV unparsable", "plain", "bad_annotations", "error", plain_garbled_stages),

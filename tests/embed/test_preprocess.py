@@ -60,6 +60,9 @@ def test_zero_rms_counts_flat_frames_at_any_offset():
     x[RATE * 5 : RATE * 17] = 0.25  # 12 s flat line with an EDF-style DC offset
     assert zero_rms_seconds(x, RATE, 0.1) == pytest.approx(12.0, abs=0.1)
     assert zero_rms_seconds(_noise(30) * 1e-6, RATE, 0.1) == 0.0  # quiet is not silent
+    broken = _noise(30)
+    broken[RATE * 5 : RATE * 17] = np.inf  # a broken signal (counted as non-finite), not a silent one
+    assert zero_rms_seconds(broken, RATE, 0.1) == 0.0
 
 
 def test_epochs_are_cut_and_invalidated_by_the_zero_rms_rule():

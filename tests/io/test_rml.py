@@ -146,6 +146,20 @@ def test_not_rml_raises_rml_error_naming_the_file(tmp_path: Path, payload: bytes
     assert fragment in info.value.message
 
 
+def test_a_file_far_larger_than_any_night_is_refused_before_parsing(tmp_path: Path) -> None:
+    """A valid RML padded with events to 33 MB took about ten times that to parse: refused, read no further."""
+    from sleepsound.io.rml import MAX_RML_BYTES
+
+    event = b'<Event Family="Respiratory" Type="Hypopnea" Start="50" Duration="12"/>'
+    padded = SPEC_EXAMPLE.encode().replace(b"<Events>", b"<Events>" + event * (MAX_RML_BYTES // len(event) + 1))
+    path = tmp_path / "padded.rml"
+    path.write_bytes(padded)
+    for source in (path, io.BytesIO(padded), padded):
+        with pytest.raises(RmlError, match="far more than a night's scoring export"):
+            parse_rml(source)
+    parse_rml(SPEC_EXAMPLE.encode())  # the usual size reads as before
+
+
 def test_missing_file_is_an_rml_error(tmp_path: Path) -> None:
     with pytest.raises(RmlError, match=r"missing\.rml"):
         parse_rml(tmp_path / "missing.rml")
@@ -196,6 +210,11 @@ def test_lights_off_and_on_as_seconds_or_date_times():
     odd = parse_rml(text)
     assert odd.lights_off_s == 300.0 and odd.lights_on_s is None
     assert any("LightsOn" in note for note in odd.unknown)
+    # a zone offset names the same wall clock as the EDF header's zone-less time: dropped, not a TypeError
+    zoned = rml_bytes(ann).replace(b">120<", b">2019-03-04T22:15:00+02:00<")
+    zoned = zoned.replace(b"2019-03-04T22:10:00<", b"2019-03-04T22:10:00+00:00<")
+    back = parse_rml(zoned)
+    assert back.recording_start == datetime(2019, 3, 4, 22, 10) and back.lights_off_s == 300.0
 
 
 def test_absurd_times_give_short_notes_and_a_stage_time_quarantines() -> None:

@@ -89,6 +89,7 @@ def test_every_spelling_maps_to_a_known_stage():
         ("start_s,stage\n0,W\n00:00:30,N1\n", "row 3: '00:00:30'"),
         ("", "empty (0 bytes)"),
         (b"\x00\x01\x02" * 50, "not text"),
+        ("epoch_index,stage,Stage\n0,W,N1\n", "names the column(s) ['stage'] more than once"),  # which one?
     ],
 )
 def test_what_cannot_be_meant_is_refused_by_name(tmp_path, data, fragment):

@@ -109,6 +109,7 @@ def test_malformed_events_csv_raises_bad_events(tmp_path: Path) -> None:
         "number.csv": "type,start_s,duration_s\nHypopnea,soon,12\n",
         "empty.csv": "",
         "missing.csv": "type,start_s,duration_s\n,3,12\n",
+        "cased.csv": "start_s,duration_s,type,Type\n3,12,Hypopnea,Snore\n",  # was a zip() ValueError
         "absurd.csv": "type,start_s,duration_s\nHypopnea,3,12\nObstructiveApnea,30,1e300\n",
     }
     for name, text in cases.items():
