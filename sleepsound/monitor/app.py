@@ -57,6 +57,7 @@ from sleepsound.monitor.dashboard import Access, add_dashboard
 from sleepsound.monitor.limits import (
     AudioLimits,
     Busy,
+    ClientSlots,
     GuardMiddleware,
     Refused,
     allowed_hosts,
@@ -64,6 +65,7 @@ from sleepsound.monitor.limits import (
     decode_audio,
     install_handlers,
     read_body,
+    refused_response,
     run_unless_gone,
     upload_bytes,
 )
@@ -102,6 +104,9 @@ class Settings:
     # the dashboard (None: max_sessions)
     max_sessions_per_client: int | None = None
     keep_finished: int | None = None
+    # /analyze-breathing clips one client address may have queued or running: forty from one client
+    # kept every other client's clips at 503 and a live bed's epochs 77 s late
+    max_clips_per_client: int = 2
     rules: AlertRules = field(default_factory=AlertRules)
     # Off by default: audio is health data and is held only as long as scoring needs it. A folder
     # here keeps each finished night's audio there as <session-id>.flac, a plain recording that
@@ -284,6 +289,9 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
         data = upload_bytes(body, request.headers.get("content-type", ""), f"chunk {seq}")
         return ChunkReply(**await run_in_threadpool(monitor.add_chunk, session, seq, data))
 
+    streams: dict[str, WebSocket] = {}  # session id -> its one open stream
+    clip_slots = ClientSlots(settings.max_clips_per_client)
+
     @app.websocket("/v1/sessions/{sid}/stream")
     async def stream_chunks(websocket: WebSocket, sid: str) -> None:
         """The same chunks over one WebSocket: each binary message is an 8-byte little-endian sequence
@@ -294,12 +302,22 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
         auth = websocket.headers.get("authorization")
         try:
             session = monitor.authorise(sid, auth)
-        except Refused as exc:
-            await websocket.close(code=1008, reason=exc.message[:100])
+        except Refused as exc:  # the HTTP status and message, as a POST would get them (401, 403, 429)
+            await websocket.send_denial_response(refused_response(exc))
             return
         await websocket.accept()
-        with contextlib.suppress(WebSocketDisconnect, TimeoutError):
+        # One stream a session, the newest: a device that reconnects replaces its half-dead socket, and
+        # no client holds more sockets than sessions (they were uncounted, and a thousand filled uvicorn's
+        # connection limit, so that /health answered 503).
+        replaced = streams.get(session.id)
+        streams[session.id] = websocket
+        if replaced is not None:
+            with contextlib.suppress(Exception):
+                await replaced.close(code=1008, reason="replaced by a newer stream of this session")
+        with contextlib.suppress(WebSocketDisconnect, TimeoutError, _Replaced):
             while True:
+                if streams.get(session.id) is not websocket:
+                    raise _Replaced
                 message = await asyncio.wait_for(websocket.receive(), timeout=settings.idle_timeout_s)
                 if message["type"] == "websocket.disconnect":
                     return
@@ -315,6 +333,8 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
                     await websocket.send_json(ChunkReply(**reply).model_dump())
                 except Refused as exc:
                     await websocket.send_json({"seq": seq, "status": exc.status, "detail": exc.message})
+        if streams.get(session.id) is websocket:
+            del streams[session.id]
 
     @app.get("/v1/sessions/{sid}")
     def session_status(sid: str, authorization: str | None = Header(None)) -> SessionStatus:
@@ -370,9 +390,8 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
-    @app.post("/analyze-breathing")
-    async def analyze_breathing(request: Request, name: str = "upload") -> BreathingAnswer:
-        device_access(request, "analysing a clip")
+    async def read_and_analyse(request: Request, name: str) -> tuple[list[Any], list[dict[str, Any]], float]:
+        """Read, decode and analyse one clip: its breathing pauses and its epochs' predictions."""
         body = await read_body(request, clip_limits.max_bytes, settings.read_timeout_s)
         data = upload_bytes(body, request.headers.get("content-type", ""), name)
         audio, rate, full_scale = await run_in_threadpool(decode_audio, data, name, clip_limits, scorer.channel_index)
@@ -409,6 +428,21 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
             pauses, windows = await run_unless_gone(monitor.worker, request, analyse)
         except Busy:
             raise Refused(503, "the scoring queue is full; retry in a few seconds") from None
+        return pauses, windows, seconds
+
+    @app.post("/analyze-breathing")
+    async def analyze_breathing(request: Request, name: str = "upload") -> BreathingAnswer:
+        device_access(request, "analysing a clip")
+        busy = Refused(
+            429,
+            f"{name}: this client already has {settings.max_clips_per_client} clip(s) being sent or analysed; "
+            "retry when one has finished",
+            {"Retry-After": "5"},
+        )
+        # A place for the client from before its body is read until the answer: one client holds at most
+        # max_clips_per_client clips in memory and in the scoring queue.
+        with clip_slots.held(client_of(request), busy):
+            pauses, windows, seconds = await read_and_analyse(request, name)
         scored = [w for w in windows if w["prob_snore"] is not None]
         note = None
         probabilities = None
@@ -436,6 +470,10 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
     return app
 
 
+class _Replaced(Exception):
+    """A stream whose session opened a newer one: it ends quietly."""
+
+
 def _not_finite(constant: str) -> Any:
     raise Refused(422, f"the session's JSON holds {constant}: numbers must be finite")
 
@@ -449,6 +487,8 @@ def session_request(body: bytes, request: Request) -> SessionCreate:
         data = json.loads(body, parse_constant=_not_finite)
     except ValueError:  # UnicodeDecodeError and JSONDecodeError alike
         raise Refused(422, 'the body is not JSON; send {"bed_id": "bed-7"}') from None
+    except RecursionError:  # [[[[...]]]] deeper than the parser's stack, within the 4 KiB allowed
+        raise Refused(422, 'the body nests too deeply to be a session; send {"bed_id": "bed-7"}') from None
     try:
         return SessionCreate.model_validate(data)
     except ValidationError as exc:

@@ -52,6 +52,10 @@ def serve(
             "1, so one address cannot take nearly every bed; raise it when many beds share one address).",
         ),
     ] = None,
+    max_clips_per_client: Annotated[
+        int,
+        typer.Option(min=1, help="Most /analyze-breathing clips one client address may have sent or analysed at once."),
+    ] = 2,
     max_chunk_mb: Annotated[float, typer.Option(help="Largest chunk upload, in MiB.")] = 8.0,
     read_timeout: Annotated[float, typer.Option(help="Seconds a client has to send a request's body.")] = 30.0,
     idle_timeout: Annotated[float, typer.Option(help="Seconds without a request after which a session ends.")] = 600.0,
@@ -110,6 +114,7 @@ def serve(
         host=host,
         max_sessions=max_sessions,
         max_sessions_per_client=max_sessions_per_client,
+        max_clips_per_client=max_clips_per_client,
         max_chunk_bytes=int(max_chunk_mb * 2**20),
         read_timeout_s=read_timeout,
         idle_timeout_s=idle_timeout,

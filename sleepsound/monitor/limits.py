@@ -506,11 +506,18 @@ def quiet_disconnect_tracebacks() -> None:
                 logger.addFilter(kind())
 
 
-def refused_response(exc: Refused) -> JSONResponse:
-    """The refusal as JSON; an upload cut off unread (408, 413) also closes the connection, so the
-    server stops reading the rest of it rather than draining it for keep-alive."""
-    headers = {"Connection": "close"} if exc.status in (408, 413) else {}
+def refused_response(exc: Refused, with_body: bool = False) -> JSONResponse:
+    """The refusal as JSON. An upload cut off unread (408, 413), or any refusal of a request that
+    came with a body (``with_body``: a 401 is decided before the chunk is read), also closes the
+    connection: the server stops there rather than draining the rest for keep-alive, and a client
+    dripping a body after its refusal no longer holds the socket open for ever."""
+    headers = {"Connection": "close"} if with_body or exc.status in (408, 413) else {}
     return JSONResponse({"detail": exc.message}, status_code=exc.status, headers={**headers, **(exc.headers or {})})
+
+
+def _declares_a_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    return "transfer-encoding" in request.headers or (length is not None and length.strip() not in ("", "0"))
 
 
 def install_handlers(app: Any) -> None:
@@ -518,7 +525,7 @@ def install_handlers(app: Any) -> None:
 
     async def on_refused(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, Refused)
-        return refused_response(exc)
+        return refused_response(exc, with_body=_declares_a_body(request))
 
     async def on_gone(request: Request, exc: Exception) -> JSONResponse:
         log.info("client went away during its upload to %s", request.url.path.split("/")[1] or "/")

@@ -135,7 +135,7 @@ class Session:
     clipped: dict[int, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     bucket: Bucket | None = None
-    client: str | None = None  # the address that opened it (the per-client cap; None after a restart)
+    client: str | None = None  # the address that opened it (the per-client cap; saved, so a restart keeps it)
     finished: float = 0.0  # when it was published (the newest finished nights stay in memory)
     skipped_s: float = 0.0  # audio given up as missing so far (bounded by the time the session has been open)
 
@@ -550,6 +550,7 @@ class Monitor:
                 "last_seen": session.last_seen,
                 "state": session.state,
                 "run_id": session.run_id,
+                "client": session.client,
                 "stream": {
                     "chunk_seconds": s.chunk_seconds,
                     "rate": s.rate,
@@ -602,6 +603,7 @@ class Monitor:
             sid, saved["bed_id"], saved["token_hash"], saved["created"], time.time(), stream, state=saved["state"]
         )
         session.bucket = Bucket(self.rate, self.burst)
+        session.client = saved.get("client")  # a session saved before clients were kept counts for none
         session.last_chunk = time.time()
         self._watch(session)
         session.night = [{k: r.get(k) for k in KEEP} for r in rows]

@@ -150,6 +150,8 @@ def test_bad_session_json_is_a_clean_422_that_echoes_and_logs_no_bed_id(
         assert badly_named.status_code == 422 and badly_named.json()["detail"].startswith("bed_id:")
         assert "secret" not in badly_named.text
         assert client.post(f"{live.base}/v1/sessions", content=b"{not json").status_code == 422
+        nested = client.post(f"{live.base}/v1/sessions", content=b"[" * 2000 + b"]" * 2000, headers=json_headers)
+        assert nested.status_code == 422 and "nests too deeply" in nested.json()["detail"]  # was a 500, traceback
         plain = client.post(
             f"{live.base}/v1/sessions", content=b'{"bed_id": "b"}', headers={"Content-Type": "text/plain"}
         )
@@ -366,3 +368,90 @@ def test_by_default_one_client_holds_a_quarter_of_the_sessions(live: Live) -> No
             _open(other, live.base, "bed-a")
             _open(other, live.base, "bed-b")
     assert httpx.get(f"{live.base}/health", timeout=10).json()["sessions"] == 8
+
+
+def _until_closed(sock: socket.socket, seconds: float) -> tuple[bytes, bool]:
+    """What the server sent, and whether it closed the connection within ``seconds``."""
+    sock.settimeout(seconds)
+    got = b""
+    try:
+        while chunk := sock.recv(4096):
+            got += chunk
+        return got, True
+    except TimeoutError:
+        return got, False
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("live", [FAST], indirect=True)
+def test_a_request_refused_before_its_body_is_read_closes_its_connection(live: Live) -> None:
+    """A chunk refused for its token (401) was answered but its connection stayed open for as long as
+    the client dripped the promised body: no read timeout runs for a body nobody reads."""
+    port = int(live.base.rsplit(":", 1)[1])
+    for auth in ("", "Authorization: Bearer a-guess\r\n"):
+        sock = _raw(
+            port,
+            f"POST /v1/sessions/x/chunks/0 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}"
+            "Content-Length: 1000000\r\n\r\nRIFF".encode(),
+        )
+        answer, closed = _until_closed(sock, 5.0)
+        assert answer.split(b" ")[1] in (b"401", b"403", b"404") and closed, answer[:200]
+
+
+@pytest.mark.parametrize("live", [FAST], indirect=True)
+def test_a_session_has_one_stream_the_newest_and_refused_handshakes_say_why(trained: Trained, live: Live) -> None:
+    """A thousand WebSockets on one session from one address filled uvicorn's connection limit (they
+    were not counted per client), so /health answered 503. Now a new stream replaces the session's
+    old one; a refused handshake is the HTTP status a POST gets, not a bare 403."""
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    chunk = flac_chunks(trained.night[: 10 * NIGHT_RATE], NIGHT_RATE, 10.0)[0]
+    with httpx.Client(timeout=30) as client:
+        sid, auth = _open(client, live.base)
+        url = f"{live.base.replace('http://', 'ws://')}/v1/sessions/{sid}/stream"
+        for headers, status in (({}, 401), ({"Authorization": "Bearer a-guess"}, 403)):
+            with pytest.raises(InvalidStatus) as refused:
+                connect(url, additional_headers=headers, open_timeout=10)
+            assert refused.value.response.status_code == status
+            assert b"detail" in refused.value.response.body
+        sockets = [connect(url, additional_headers=auth, max_size=None, open_timeout=10) for _ in range(5)]
+        newest = sockets[-1]
+        for old in sockets[:-1]:
+            with pytest.raises(ConnectionClosed) as ended:
+                old.recv(timeout=10)
+            assert ended.value.rcvd is not None and ended.value.rcvd.code == 1008
+        newest.send((0).to_bytes(8, "little", signed=True) + chunk)
+        assert json.loads(newest.recv(timeout=30))["next_seq"] == 1
+        newest.close()
+        assert client.get(f"{live.base}/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "live", [Settings(rate_per_s=1000.0, burst=1000, max_clips_per_client=1, read_timeout_s=20.0)], indirect=True
+)
+def test_one_client_cannot_hold_every_place_in_the_clip_queue(live: Live) -> None:
+    """Forty clips in flight from one client kept every other client's at 503 and a live bed's epochs
+    late. A client's place is taken before its clip is read: one upload still arriving is its one."""
+    port = int(live.base.rsplit(":", 1)[1])
+    clip = _wav(12.0, 16_000)
+    arriving = _raw(
+        port,
+        f"POST /analyze-breathing HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(clip)}\r\n\r\n".encode()
+        + clip[:1000],
+    )
+    try:
+        time.sleep(0.5)
+        with httpx.Client(timeout=60) as same:
+            second = same.post(f"{live.base}/analyze-breathing", content=clip)
+        assert second.status_code == 429 and "already has 1 clip" in second.json()["detail"]
+        with _from("127.0.0.2", timeout=60) as other:
+            assert other.post(f"{live.base}/analyze-breathing", content=clip).status_code == 200
+        arriving.sendall(clip[1000:])  # the first upload completes, is answered, and gives its place back
+        arriving.settimeout(60)
+        assert arriving.recv(4096).startswith(b"HTTP/1.1 200")
+    finally:
+        arriving.close()
+    with httpx.Client(timeout=60) as same:
+        assert same.post(f"{live.base}/analyze-breathing", content=clip).status_code == 200

@@ -100,11 +100,11 @@ def test_health_answers_at_once_while_the_scoring_queue_is_full(trained: Trained
     clip = _flac(trained.night[: 300 * NIGHT_RATE], NIGHT_RATE)
     codes: list[int] = []
 
-    def analyse() -> None:
-        with httpx.Client(timeout=120) as client:
+    def analyse(address: str) -> None:  # six clients (one client may have only two clips in flight)
+        with httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=120) as client:
             codes.append(client.post(f"{live.base}/analyze-breathing", content=clip).status_code)
 
-    threads = [threading.Thread(target=analyse) for _ in range(6)]
+    threads = [threading.Thread(target=analyse, args=(f"127.0.0.{2 + i}",)) for i in range(6)]
     for t in threads:
         t.start()
     seen_busy, slowest = False, 0.0

@@ -140,12 +140,12 @@ def test_a_gap_beyond_the_window_is_missing_audio_not_closed_up(trained: Trained
     assert MISSING == "missing_audio"
 
 
-def _spawn(root: Path, port: int, trained: Trained, log: Path) -> subprocess.Popen:
+def _spawn(root: Path, port: int, trained: Trained, log: Path, *options: str) -> subprocess.Popen:
     sets = [arg for item in config_overrides(trained.tiny_whisper) for arg in ("--set", item)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     return subprocess.Popen(
         [sys.executable, "-m", "sleepsound.cli", "monitor", "serve", "--root", str(root), "--port", str(port)]
-        + ["--rate", "1000", *sets],
+        + ["--rate", "1000", *options, *sets],
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
         env=env,
@@ -171,7 +171,8 @@ def test_a_server_killed_mid_night_resumes_the_session_and_loses_nothing(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"
-    first = _spawn(fresh_root, port, trained, log)
+    one_each = ("--max-sessions-per-client", "1")
+    first = _spawn(fresh_root, port, trained, log, *one_each)
     try:
         _wait_up(base, first, log)
         with httpx.Client(timeout=60) as client:
@@ -189,12 +190,14 @@ def test_a_server_killed_mid_night_resumes_the_session_and_loses_nothing(
     finally:
         if first.poll() is None:
             first.kill()
-    second = _spawn(fresh_root, port, trained, log)
+    second = _spawn(fresh_root, port, trained, log, *one_each)
     try:
         _wait_up(base, second, log)
         with httpx.Client(timeout=60) as client:
             status = client.get(f"{base}/v1/sessions/{sid}", headers=auth).json()
             assert status["state"] == "open" and status["waiting_chunks"] == [half - 1]
+            # the resumed session still counts for the address that opened it (a restart freed its place)
+            assert client.post(f"{base}/v1/sessions", json={"bed_id": "bed-8"}).status_code == 429
             for seq in range(half - 2, len(chunks)):  # half-1 again: taken once
                 reply = client.post(f"{base}/v1/sessions/{sid}/chunks/{seq}", content=chunks[seq], headers=auth)
                 assert reply.status_code == 200 and reply.json()["duplicate"] == (seq == half - 1), reply.text
