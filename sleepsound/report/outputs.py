@@ -45,7 +45,7 @@ from sleepsound.report.metrics import (
     evaluate,
 )
 from sleepsound.report.night import subject_trends
-from sleepsound.report.night_reports import write_night_reports
+from sleepsound.report.night_reports import start_night_reports
 from sleepsound.report.render import ReportInputs, render_report
 from sleepsound.report.summaries import (
     breathing_summary,
@@ -211,11 +211,14 @@ def write_run_outputs(
     are also their own ``models/<task>/<version>/metrics.json``, and a task without a champion
     gets its first. A scoring run (score, nightly) writes nothing under ``models/``: a model's
     files belong to the run that trained it, and other nights' figures would pass for its own.
-    ``use_ray``: the nights' pages render as Ray tasks (``night_reports``)."""
+    ``use_ray``: the nights' pages render as Ray tasks (``night_reports``), beside this process's own
+    figures."""
     cfg = cfg or Config()
     fs, root_path = open_root(root)
     preds = read_predictions(root, run_id).sort_values(["recording_id", "epoch_index"])
     heads = model.get("heads") or {PRIMARY: model}
+    # on Ray the nights' pages render in tasks from here on, while this process draws the run's figures
+    night_pages = start_night_reports(root, run_id, preds, model, meta.get("backbone"), use_ray=use_ray)
     by_target = target_metrics(preds, model)
     metrics = by_target.get(PRIMARY)
     resp = heads.get("resp")
@@ -314,7 +317,7 @@ def write_run_outputs(
         **{f"{name} skipped": reason for name, reason in model.get("skipped", {}).items()},
     }
     views = attention_views(preds, read_manifest_rows(root), cfg, cfg.report.attention_examples)
-    night_links, nights = write_night_reports(root, run_id, preds, model, meta.get("backbone"), use_ray=use_ray)
+    night_links, nights = night_pages()
     trends = subject_trends(nights)
     trend_figures = [trend_figure(str(subject), rows) for subject, rows in trends.groupby("subject_id", sort=True)][
         : cfg.report.hypnograms

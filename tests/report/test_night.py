@@ -211,15 +211,17 @@ def test_every_night_gets_a_page_and_a_pdf(three_nights: pd.DataFrame, tmp_path:
 def test_nights_rendered_as_ray_tasks_are_the_pages_one_process_writes(
     ray_session, three_nights: pd.DataFrame, tmp_path: Path
 ) -> None:
-    """A cohort's pages render as Ray tasks (one night a task here) and come back to be written by the
-    caller: the same files, in the same order, as rendering them in one process."""
-    for root in (tmp_path / "one", tmp_path / "ray"):
+    """A cohort's pages render as Ray tasks (one night a task, and the default: the three nights shared
+    over the session's free CPUs) and come back to be written by the caller: the same files, in the
+    same order, as rendering them in one process."""
+    for root in (tmp_path / "one", tmp_path / "ray", tmp_path / "shared"):
         write_events(root, "r1", "P2-night1", [(1205.0, 1230.0, "apnea", 0.9)])
     alone, _ = write_night_reports(tmp_path / "one", "r1", three_nights, MODEL, "hubert-base")
+    shared, _ = write_night_reports(str(tmp_path / "shared"), "r1", three_nights, MODEL, "hubert-base", use_ray=True)
     fanned, nights = write_night_reports(
         str(tmp_path / "ray"), "r1", three_nights, MODEL, "hubert-base", use_ray=True, nights_per_task=1
     )
-    assert fanned == alone and [n.recording_id for n in nights] == ["P1-night1", "P1-night2", "P2-night1"]
+    assert fanned == alone == shared and [n.recording_id for n in nights] == ["P1-night1", "P1-night2", "P2-night1"]
     written = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC")  # "Report written": each page says when
 
     def same(text: str) -> str:
