@@ -282,6 +282,12 @@ def bench_score(
             f"stages with {r['embed_workers']} worker(s), seconds: "
             + ", ".join(f"{k} {v:.1f}" for k, v in r["steps"].items())
         )
+    if result["baseline"] and "report_seconds" in result["baseline"]:
+        console.print(
+            "report, seconds: "
+            + ", ".join(f"{r['embed_workers']} worker(s) {r['steps'].get('report', 0.0):.1f}" for r in result["runs"])
+            + f"; baseline (one process) {result['baseline']['report_seconds']:.1f}"
+        )
     if result["scaling_efficiency"]:
         console.print(
             "scaling efficiency: "

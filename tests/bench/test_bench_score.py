@@ -62,6 +62,7 @@ def test_bench_score_json_times_every_stage_and_the_baseline(
     assert any("sleepsound.cli" in name for name in run["at_peak_mb"]), run["at_peak_mb"]
     assert run["work_seconds"] == pytest.approx(sum(run["steps"].values()), abs=0.05)
     assert 0 < result["baseline"]["work_seconds"] <= result["baseline"]["seconds"]
+    assert 0 < result["baseline"]["report_seconds"] < result["baseline"]["work_seconds"]  # it renders the report too
     assert {"seconds", "ours", "baseline", "memory"} <= set(result["method"])
     assert "stage3" in result["train"]["promoted"] and "stage3" in result["train"]["champions"]
     for figures in (run, result["baseline"]):
