@@ -146,6 +146,19 @@ def probe_edf(path: str, channel: str) -> PartInfo:
             )
         index = labels.index(channel)
         full_scale = max(abs(reader.getPhysicalMinimum(index)), abs(reader.getPhysicalMaximum(index)))
+        twice = ()
+        if labels.count(channel) > 1:  # which one is the microphone is the exporter's secret: say which is read
+            others = [i + 1 for i, label in enumerate(labels) if label == channel][1:]
+            twice = (
+                Finding(
+                    "recording",
+                    "duplicate_channel",
+                    "warning",
+                    path,
+                    f"{labels.count(channel)} signals are labelled {channel!r}: signal {index + 1} is read, "
+                    f"signal(s) {others} are not; check the montage",
+                ),
+            )
         return PartInfo(
             path,
             float(reader.getSampleFrequency(index)),
@@ -154,7 +167,7 @@ def probe_edf(path: str, channel: str) -> PartInfo:
             labels,
             float(full_scale),
             header.start,
-            _scaling_findings(reader, index, path, channel),
+            _scaling_findings(reader, index, path, channel) + twice,
         )
     finally:
         reader.close()

@@ -148,13 +148,13 @@ def signal_header_fields(path: Path, label: str) -> dict[str, str]:
     return fields
 
 
-def edit_signal_header(path: Path, label: str, **values: str) -> None:
-    """Overwrite header fields of the signal called ``label`` in place (left-aligned ASCII, as an exporter
+def edit_signal_header(path: Path, signal: str, **values: str) -> None:
+    """Overwrite header fields of the signal called ``signal`` in place (left-aligned ASCII, as an exporter
     writes them), the way a damaged export arrives: pyedflib's writer would refuse to write most of these."""
     data = bytearray(path.read_bytes())
     ns = int(data[252:256])
     labels = [bytes(data[256 + 16 * i : 256 + 16 * (i + 1)]).decode("ascii").strip() for i in range(ns)]
-    index, offset = labels.index(label), 256
+    index, offset = labels.index(signal), 256
     for name, width in SIGNAL_FIELD_WIDTHS.items():
         if name in values:
             data[offset + index * width : offset + (index + 1) * width] = values[name].ljust(width).encode("ascii")
@@ -186,6 +186,11 @@ def mic_digital_range_empty(cohort: Path, patient: str) -> None:
 def mic_physical_range_beyond_a_float(cohort: Path, patient: str) -> None:
     """Physical maximum 1e308 (eight characters, valid EDF): every scaled sample overflows float32."""
     edit_signal_header(part_path(cohort, patient, 1), "Mic", physical_max="1e308")
+
+
+def tracheal_labelled_mic(cohort: Path, patient: str) -> None:
+    """The tracheal microphone exported under the label 'Mic' too: two signals answer to the name."""
+    edit_signal_header(part_path(cohort, patient, 1), "Tracheal", label="Mic")
 
 
 def truncate_last_part(cohort: Path, patient: str) -> None:
@@ -528,6 +533,7 @@ FAULTS: tuple[Fault, ...] = (
     ),
     Fault("last part truncated", "psg-audio", "truncated_edf", "error", truncate_last_part),
     Fault("Mic channel missing", "psg-audio", "channel_missing", "error", drop_mic),
+    Fault("two signals labelled Mic", "psg-audio", "duplicate_channel", "warning", tracheal_labelled_mic),
     Fault("Mic at 8 kHz", "psg-audio", "low_sample_rate", "error", mic_at_8khz),
     Fault("one part at another rate", "psg-audio", "inconsistent_parts", "error", part_at_another_rate),
     Fault("middle part missing", "psg-audio", "missing_part", "error", remove_middle_part),
