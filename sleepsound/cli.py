@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sleepsound.core.text import plain, printable
+from sleepsound.core.text import plain, printable, without_credentials
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -943,7 +943,7 @@ def _refused(what: str | None, exc: Exception) -> typer.Exit:
     """Say why a command did not start (or stopped before its work), in one line on stderr; exit 2. The
     message is never read as markup: it names files, and a ``[x]`` in a name was a MarkupError."""
     head = f"[red]{what}:[/red] " if what else ""
-    err_console.print(f"{head}{escape(printable(exc))}", soft_wrap=True, highlight=False)
+    err_console.print(f"{head}{escape(without_credentials(printable(exc)))}", soft_wrap=True, highlight=False)
     return typer.Exit(2)
 
 
@@ -1110,13 +1110,20 @@ def _print_results(result: dict, as_json: bool = False) -> None:
 def main() -> None:
     """The command's entry point: an error nobody planned for is one line and exit 1 (the traceback
     with --debug); planned refusals already said their line and exit 2."""
+    from sleepsound.core.storage import CredentialsInUrl
+
     try:
         app()
+    except CredentialsInUrl as exc:  # planned: any command given a storage URL with a secret in it
+        if _DEBUG["on"]:
+            raise
+        err_console.print(f"[red]error:[/red] {escape(printable(exc))}", soft_wrap=True, highlight=False)
+        sys.exit(2)
     except Exception as exc:
         if _DEBUG["on"]:
             raise
         err_console.print(
-            f"[red]error:[/red] {escape(type(exc).__name__)}: {escape(printable(exc))}\n"
+            f"[red]error:[/red] {escape(type(exc).__name__)}: {escape(without_credentials(printable(exc)))}\n"
             "This was not expected: rerun with --debug for the traceback, and report it if it is a bug.",
             soft_wrap=True,
             highlight=False,

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from sleepsound.core.json_text import json_text
-from sleepsound.core.text import printable
+from sleepsound.core.text import printable, without_credentials
 
 clips_app = typer.Typer(
     help="Short-window breathing-sound classifier: folders of labelled clips "
@@ -94,7 +94,7 @@ def _json(obj: Any) -> str:
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {printable(message)}", err=True)
+    typer.echo(f"error: {without_credentials(printable(message))}", err=True)
     return typer.Exit(2)
 
 

@@ -30,6 +30,7 @@ import io
 import json
 import os
 import posixpath
+import re
 import shutil
 import threading
 import uuid
@@ -43,6 +44,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
+
+from sleepsound.core.text import without_credentials
 
 
 @dataclass(frozen=True)
@@ -67,12 +70,31 @@ class StorageRoot:
 
 # What library functions accept as a storage root: a URI (as tasks pass it) or an opened root.
 RootLike = str | StorageRoot
+# ``scheme://user[:password]@host/...``: credentials written into a storage URL.
+_USERINFO = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]*@", re.IGNORECASE)
+
+
+class CredentialsInUrl(ValueError):
+    """A storage URL with ``user:secret@`` in it. s3fs does not read credentials from there (the bucket
+    name would be ``KEY:SECRET@bucket``, and botocore's error printed it whole), and the URL travels into
+    messages, run records and a flow's parameters: refused, shown masked."""
+
+
+def refuse_credentials(url: str, what: str = "storage URL") -> None:
+    """Raise CredentialsInUrl (its message names ``what`` and the masked URL) if ``url`` carries any."""
+    if _USERINFO.match(url):
+        raise CredentialsInUrl(
+            f"{what} {without_credentials(url)}: credentials in a storage URL are refused (they would be written "
+            "wherever the URL is); give them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile or the "
+            "instance's role"
+        )
 
 
 def open_root(root: RootLike) -> StorageRoot:
     """The root's filesystem and protocol-free path; an already opened root is returned as it is."""
     if isinstance(root, StorageRoot):
         return root
+    refuse_credentials(root, "storage root")
     fs, path = fsspec.core.url_to_fs(root)
     if isinstance(fs, LocalFileSystem):
         path = posixpath.normpath(path)  # messages name /data/x, not /work/../data/x
@@ -81,6 +103,7 @@ def open_root(root: RootLike) -> StorageRoot:
 
 def is_local(uri: str) -> bool:
     """Whether ``uri`` is on this machine's disk (a path or ``file://``), so reading it downloads nothing."""
+    refuse_credentials(uri)
     fs, _ = fsspec.core.url_to_fs(uri)
     return isinstance(fs, LocalFileSystem)
 

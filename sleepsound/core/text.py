@@ -7,9 +7,19 @@ is it could hide the real name, style the line, or stop the command with a ``Mar
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 from rich.text import Text
+
+# ``scheme://user:secret@`` (or ``scheme:/...``, as a path type folds it) anywhere in a text.
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*:/{1,2})[^/@\s'\"]*@", re.IGNORECASE)
+
+
+def without_credentials(text: str) -> str:
+    """``text`` with the ``user:secret@`` of every URL in it masked as ``***@``: for any message that
+    may quote a storage URL a user wrote a key into."""
+    return _URL_USERINFO.sub(lambda m: f"{m['scheme']}***@", text)
 
 
 def printable(value: object) -> str:

@@ -13,6 +13,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from sleepsound.core.text import without_credentials
+
 monitor_app = typer.Typer(
     help="Bedside monitoring: devices stream a night's audio, every 30-s epoch is scored as it completes.",
     no_args_is_help=True,
@@ -215,5 +217,5 @@ def users_list(root: RootOpt) -> None:
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {without_credentials(message)}", err=True)
     return typer.Exit(2)

@@ -8,14 +8,13 @@ Each check reads only: nothing is created, so a refused command leaves no root o
 from __future__ import annotations
 
 import os
-import re
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from sleepsound.core.storage import CredentialsInUrl, refuse_credentials
+
 FLOWS = ("run", "train", "nightly", "score")
-# ``scheme://user[:password]@host/...``: credentials written into a storage URL.
-_USERINFO = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]*@", re.IGNORECASE)
 
 
 class NotStartable(ValueError):
@@ -23,14 +22,11 @@ class NotStartable(ValueError):
 
 
 def check_no_credentials(url: str, option: str) -> None:
-    """A storage URL carries no credentials: s3fs does not read them from it (the bucket name would be
-    ``KEY:SECRET@bucket``), and the URL travels into messages, run records and the flow's parameters."""
-    if _USERINFO.match(url):
-        shown = _USERINFO.sub(lambda m: f"{m['scheme']}***@", url)
-        raise NotStartable(
-            f"{option} {shown}: credentials in a storage URL are refused (they would be written wherever the "
-            "URL is); give them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile or the instance's role"
-        )
+    """A storage URL carries no credentials (``storage.refuse_credentials``), as a NotStartable naming ``option``."""
+    try:
+        refuse_credentials(url, option)
+    except CredentialsInUrl as exc:
+        raise NotStartable(str(exc)) from None
 
 
 def check_source(source: str) -> None:

@@ -62,6 +62,31 @@ def test_credentials_in_a_storage_url_are_refused_and_never_echoed(option, tmp_p
     assert "SecretZZZ888" not in out.output and "KEYID555" not in out.output
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["models", "list", "--root"],
+        ["monitor", "users", "list", "--root"],
+        ["clips", "score", "/etc/hostname", "--model"],
+    ],
+    ids=["models", "monitor-users", "clips-model"],
+)
+def test_every_command_refuses_a_storage_url_with_credentials_without_echoing_them(args) -> None:
+    """Only the flow commands checked: `models list --root s3://KEY:SECRET@bucket/...` printed botocore's
+    'Invalid bucket name "KEY:SECRET@bucket"', and `clips score --model` the path with them."""
+    secret = "s3://KEYID555:SecretZZZ888@bucket/prefix"
+    done = subprocess.run(
+        [sys.executable, "-m", "sleepsound.cli", *args, secret],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "SecretZZZ888" not in done.stdout + done.stderr and "KEYID555" not in done.stdout + done.stderr
+    assert "***@bucket" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_score_without_a_model_is_refused_before_embedding(tmp_path, monkeypatch) -> None:
     _one_night(tmp_path / "nights")
     args = ["score", "--source", str(tmp_path / "nights"), "--root", str(tmp_path / "root")]

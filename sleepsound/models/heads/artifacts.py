@@ -29,7 +29,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from sleepsound.core.storage import NotOurJson, read_json_capped, write_bytes_atomic
+from sleepsound.core.storage import NotOurJson, read_json_capped, refuse_credentials, write_bytes_atomic
 from sleepsound.labels.vocabulary import STAGES_3
 from sleepsound.models.files import CONFIG_NAME, WEIGHTS_NAME
 from sleepsound.models.heads.attention import AttentionPoolingHead
@@ -159,6 +159,7 @@ def build_head(kind: str, **dims: Any) -> nn.Module:
 
 def _resolve(fs: fsspec.AbstractFileSystem | None, directory: str) -> tuple[fsspec.AbstractFileSystem, str]:
     if fs is None:
+        refuse_credentials(directory, "model folder")
         fs, directory = fsspec.core.url_to_fs(directory)
     return fs, directory.rstrip("/") or "/"
 
