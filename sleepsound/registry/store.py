@@ -17,6 +17,7 @@ model (exit 2) refuses a damaged one alike.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from datetime import UTC, datetime
@@ -120,6 +121,19 @@ def _lineage(fs: Any, root_path: str, path: str) -> dict[str, Any]:
         if not all(isinstance(s, str) for s in lineage.get(key, [])):
             raise DamagedStore(f"{join(path, LINEAGE)}: {key!r} must list subject ids (strings)")
     return lineage
+
+
+def _check_class_counts(counts: Any, classes: Any, path: str) -> None:
+    """A head's training class counts (its majority-class baseline): one non-negative number per
+    class. A list longer than the head's classes ended a score run in a bare IndexError."""
+    if counts is None:
+        return
+    values = list(counts.values()) if isinstance(counts, dict) else counts
+    where = join(path, LINEAGE)
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in values):
+        raise DamagedStore(f"{where}: 'class_counts' must hold one count (a number, 0 or more) per class")
+    if isinstance(counts, list) and isinstance(classes, list) and len(counts) != len(classes):
+        raise DamagedStore(f"{where}: 'class_counts' has {len(counts)} entries for the head's {len(classes)} classes")
 
 
 def _config(fs: Any, root_path: str, path: str) -> dict[str, Any]:
@@ -357,6 +371,7 @@ def serving_models(root: RootLike, versions: dict[str, str] | None = None) -> Tr
             continue
         info = show(root, target, version)
         extra = info["config"].get("extra", {})
+        _check_class_counts(info["lineage"].get("class_counts"), info["config"].get("classes"), info["path"])
         heads[target] = {
             "task": target,
             "model_dir": info["path"],

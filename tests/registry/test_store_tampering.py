@@ -197,3 +197,31 @@ def test_models_commands_refuse_a_root_that_is_no_folder(tmp_path: Path, command
 def test_an_untouched_store_reads_as_before(root: Path) -> None:
     assert [v["version"] for v in model_store.versions(str(root), "stage3")] == [VERSION]
     assert model_store.serving_models(str(root))["version"] == VERSION
+
+
+@pytest.mark.parametrize(
+    "counts, message",
+    [
+        ([0, 0, 0, 0, 0, 0, 0, 9], "has 8 entries for the head's 3 classes"),  # ended a score run in IndexError
+        ([1, "x", 2], "must hold one count"),
+        ([1, -2, 3], "must hold one count"),
+    ],
+)
+def test_class_counts_that_do_not_fit_the_head_are_refused_by_file(root: Path, counts: list, message: str) -> None:
+    lineage = _stage3(root) / VERSION / "lineage.json"
+    lineage.write_text(json.dumps({**json.loads(lineage.read_text()), "class_counts": counts}))
+    with pytest.raises(model_store.DamagedStore, match=message) as refused:
+        model_store.serving_models(str(root))
+    assert "lineage.json" in str(refused.value)
+
+
+def test_score_refuses_a_truncated_champion_before_it_starts(root: Path, tmp_path: Path) -> None:
+    """The preflight only resolved names: a champion cut to 100 bytes started Prefect and Ray, embedded
+    the cohort, and failed when the head was loaded. Now its header is checked first (no weights read)."""
+    from sleepsound.runs.preflight import NotStartable, check_models
+
+    check_models(str(root), {})  # whole: passes
+    weights = _stage3(root) / VERSION / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(NotStartable, match=r"cannot score: .*model\.safetensors"):
+        check_models(str(root), {})

@@ -339,8 +339,10 @@ def head_config(fs: fsspec.AbstractFileSystem | None, directory: str) -> dict[st
         raise HeadArtifactError(f"{path}: {exc}") from exc
 
 
-def load_head_with_config(fs: fsspec.AbstractFileSystem | None, directory: str) -> tuple[nn.Module, dict[str, Any]]:
-    """The head (eval mode, CPU) and its config. Only allow-listed classes, only tensors."""
+def check_head_files(fs: fsspec.AbstractFileSystem | None, directory: str) -> tuple[dict[str, Any], int]:
+    """A saved head's config and its weights file's size, both checked from the config and the
+    safetensors header alone (no weights read): a command can refuse a damaged head before it starts
+    anything, where loading it inside a run failed after the whole cohort was embedded."""
     fs, directory = _resolve(fs, directory)
     config = head_config(fs, directory)
     name, dims = config["head_class"], config["dims"]
@@ -354,6 +356,15 @@ def load_head_with_config(fs: fsspec.AbstractFileSystem | None, directory: str) 
         raise HeadArtifactError(f"{posixpath.join(directory, CONFIG_NAME)}: {exc}") from exc
     header, header_bytes, size = safetensors_header(fs, path)
     _check_header(path, header, header_bytes, size, f"{name}{dict(dims)}", shapes)
+    return config, size
+
+
+def load_head_with_config(fs: fsspec.AbstractFileSystem | None, directory: str) -> tuple[nn.Module, dict[str, Any]]:
+    """The head (eval mode, CPU) and its config. Only allow-listed classes, only tensors."""
+    fs, directory = _resolve(fs, directory)
+    config, size = check_head_files(fs, directory)
+    name, dims = config["head_class"], config["dims"]
+    path = posixpath.join(directory, WEIGHTS_NAME)
     with fs.open(path, "rb") as handle:
         raw = handle.read(size)
     try:
