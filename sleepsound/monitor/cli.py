@@ -7,6 +7,7 @@ imports happen inside the command so ``--help`` stays instant.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Optional
@@ -36,7 +37,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on (loopback by default: audio is health data).")] = (
         "127.0.0.1"
     ),
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file.")] = None,
     overrides: Annotated[
         Optional[list[str]], typer.Option("--set", help="Override a setting: section.key=value (repeatable).")
@@ -45,7 +46,7 @@ def serve(
         Optional[list[str]],
         typer.Option("--model", help="Use this version instead of a task's champion: TASK=VERSION (repeatable)."),
     ] = None,
-    max_sessions: Annotated[int, typer.Option(help="Most sessions open at once.")] = 32,
+    max_sessions: Annotated[int, typer.Option(min=1, help="Most sessions open at once.")] = 32,
     max_sessions_per_client: Annotated[
         Optional[int],
         typer.Option(
@@ -94,6 +95,16 @@ def serve(
     from sleepsound.monitor.limits import serve as run_server
     from sleepsound.registry.serving import parse_versions
 
+    for option, value in (
+        ("--max-chunk-mb", max_chunk_mb),
+        ("--read-timeout", read_timeout),
+        ("--idle-timeout", idle_timeout),
+        ("--rate", rate),
+    ):  # NaN passes any range check, and a limit of inf or 0 (or below) is no limit at all
+        if not (math.isfinite(value) and value > 0):
+            raise _fail(f"{option} {value!r}: give a finite number above 0")
+    if not (math.isfinite(graceful) and graceful >= 0):
+        raise _fail(f"--graceful {graceful!r}: give a finite number of seconds, 0 or more")
     cfg = _load_config(config, overrides)
     try:
         versions = parse_versions(model)

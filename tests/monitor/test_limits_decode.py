@@ -287,3 +287,24 @@ def test_trusted_proxies_are_addresses_or_networks_never_every_address(
     given = ["serve", "--model", str(tmp_path), "--trust-proxy", "127.0.0.1", "--trust-proxy", "10.0.0.0/8"]
     assert CliRunner().invoke(clips_app, given).exit_code == 0
     assert served["trusted_proxies"] == ("127.0.0.1", "10.0.0.0/8")
+
+
+@pytest.mark.parametrize(
+    "given, says",
+    [
+        (["--max-chunk-mb", "nan"], "--max-chunk-mb nan: give a finite number above 0"),  # was int(nan): ValueError
+        (["--rate", "inf"], "--rate inf: give a finite number above 0"),  # was OverflowError
+        (["--read-timeout", "nan"], "--read-timeout nan"),  # was accepted: no read deadline at all
+        (["--idle-timeout", "-1"], "--idle-timeout -1.0"),
+        (["--graceful", "nan"], "--graceful nan"),
+        (["--port", "99999"], "65535"),  # was a uvicorn traceback
+        (["--max-sessions", "-5"], "--max-sessions"),
+    ],
+)
+def test_monitor_serve_refuses_limits_that_are_no_limits(tmp_path: Path, given: list[str], says: str) -> None:
+    from typer.testing import CliRunner
+
+    from sleepsound.monitor.cli import monitor_app
+
+    refused = CliRunner().invoke(monitor_app, ["serve", "--root", str(tmp_path), *given])
+    assert refused.exit_code == 2 and says in refused.output, refused.output
