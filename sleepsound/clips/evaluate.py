@@ -104,10 +104,16 @@ def check_clip_info(model_dir: str | Path, config: dict[str, Any]) -> dict[str, 
     if (len(pick) if len(pick) > 1 else 1) != n_layers:
         raise HeadArtifactError(f"{where}.features.pick picks {len(pick)} layer(s); the head takes {n_layers}")
     seconds = features.get("base_pool_seconds")
-    if not _is_number(seconds) or not 0 < seconds <= MAX_POOL_SECONDS:
-        raise HeadArtifactError(
-            f"{where}.features.base_pool_seconds must be a finite number of seconds in (0, {MAX_POOL_SECONDS:g}], "
-            f"got {seconds!r}"
+    frames = round(seconds * 100) if _is_number(seconds) else 0
+    if (
+        not _is_number(seconds)
+        or not 0 < seconds <= MAX_POOL_SECONDS
+        or frames < 1
+        or abs(seconds * 100 - frames) > 1e-6
+    ):
+        raise HeadArtifactError(  # 1e-9 or 0.015 s passed, and scoring then blamed the audio file
+            f"{where}.features.base_pool_seconds must be a whole number of 0.01-s frames in "
+            f"(0, {MAX_POOL_SECONDS:g}] s, got {seconds!r}"
         )
     factor = features.get("pool_factor")
     if not _is_int(factor) or not 1 <= factor <= MAX_POOL_FACTOR:

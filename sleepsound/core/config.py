@@ -166,6 +166,8 @@ class BackboneConfig(_Section):
         """Pooling windows hold whole frames; refused here rather than when the model loads on a worker."""
         if abs(value * 100 - round(value * 100)) > 1e-6:
             raise ValueError("must be a multiple of 0.01 s (whole frames; the speech models need 0.02 s)")
+        if round(value * 100) < 1:  # 1e-9 passed the check above as zero frames: a ZeroDivisionError later
+            raise ValueError("must be at least one frame, 0.01 s (the speech models need 0.02 s)")
         return value
 
     @model_validator(mode="after")
@@ -437,9 +439,13 @@ def load_config(
     for name, value in env.items():
         if name.startswith(ENV_PREFIX) and "__" in name:
             section, key = name[len(ENV_PREFIX) :].lower().split("__", 1)
-            if section in Config.model_fields:
-                _set_dotted(data, f"{section}.{key}", _yaml_value(value, name))
-                found[(section, key)] = name
+            if section not in Config.model_fields:  # a misspelt section was ignored in silence
+                raise ValueError(
+                    f"environment variable {name}: no configuration section {section!r} "
+                    f"(sections: {', '.join(Config.model_fields)}); fix or unset it"
+                )
+            _set_dotted(data, f"{section}.{key}", _yaml_value(value, name))
+            found[(section, key)] = name
     for item in overrides or []:
         dotted, sep, value = item.partition("=")
         if not sep:

@@ -71,6 +71,8 @@ def _features(**values: Any) -> Callable[[dict[str, Any]], None]:
         (_features(pick=[0, 0]), "features.pick"),  # two layers for a head that takes one
         (_features(base_pool_seconds=float("nan")), "features.base_pool_seconds"),
         (_features(base_pool_seconds=0), "features.base_pool_seconds"),
+        (_features(base_pool_seconds=1e-9), "features.base_pool_seconds"),  # zero frames: ZeroDivisionError
+        (_features(base_pool_seconds=0.015), "features.base_pool_seconds"),  # not whole frames
         (_features(base_pool_seconds="0.1"), "features.base_pool_seconds"),
         (_features(layers=5), "features.layers"),
         (_features(layers=[]), "features.layers"),

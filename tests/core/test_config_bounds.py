@@ -48,6 +48,7 @@ REFUSED: list[tuple[str, str]] = [
     ("backbone.pool_seconds=0", "backbone.pool_seconds"),
     ("backbone.pool_seconds=nan", "backbone.pool_seconds"),
     ("backbone.pool_seconds=0.013", "backbone.pool_seconds"),
+    ("backbone.pool_seconds=1e-9", "backbone.pool_seconds"),  # zero frames: a ZeroDivisionError when embedding
     ("backbone.pool_seconds=60", "backbone.pool_seconds"),
     ("backbone.batch_size=1000000000000", "backbone.batch_size"),
     ("backbone.batch_size=0", "backbone.batch_size"),
@@ -173,3 +174,9 @@ def test_the_variables_behind_settings_are_reported() -> None:
     env = {"SLEEPSOUND_TRAINING__EPOCHS": "2", "SLEEPSOUND_BACKBONE__LAYER": "2"}
     load_config(None, ["backbone.layer=3"], environ=env, origins=origins)
     assert origins == {("training", "epochs"): "SLEEPSOUND_TRAINING__EPOCHS"}  # the flag replaced the other
+
+
+def test_a_variable_naming_no_section_is_refused_not_ignored() -> None:
+    """SLEEPSOUND_TRAINNG__EPOCHS=3 was ignored in silence (a misspelt key in a known section was refused)."""
+    with pytest.raises(ValueError, match="SLEEPSOUND_TRAINNG__EPOCHS: no configuration section 'trainng'"):
+        load_config(None, [], environ={"SLEEPSOUND_TRAINNG__EPOCHS": "3"})
