@@ -30,11 +30,11 @@ Each rule here answers a defect seen on ``clips serve`` (issue 18):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import io
 import ipaddress
 import logging
-import queue
 import re
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -307,29 +307,41 @@ def decode_audio(data: bytes, name: str, limits: AudioLimits, channel: int = 0) 
 
 
 async def run_unless_gone(worker: BoundedWorker, request: Request, job: Callable[[], T], poll_s: float = 0.1) -> T:
-    """``job`` on ``worker``, skipped if the client goes away while it waits in the queue (``ClientGone``);
-    ``Busy`` at once when the queue is full. A job already running finishes (its work is bounded)."""
-    gone = threading.Event()
-
-    def guarded() -> T:
-        if gone.is_set():
-            worker.abandoned += 1
-            raise ClientGone()
-        return job()
-
-    future = worker.submit(guarded)
+    """``job`` on ``worker``, taken out of the queue if the client goes away while it waits
+    (``ClientGone``); ``Busy`` at once when the queue is full. A job already running finishes (its work
+    is bounded). An abandoned job used to keep its queue place until the worker reached it, so a
+    client that hung up after each upload filled the queue past its own cap: every other client 503."""
+    guarded = _UnlessGone(job)
+    future, withdraw = worker.submit(guarded)
     while True:
         done, _ = await asyncio.wait({future}, timeout=poll_s)
         if done:
             return future.result()
         if await request.is_disconnected():
-            gone.set()
+            guarded.gone.set()  # if the worker took it meanwhile, it is skipped there
+            if withdraw():
+                worker.abandoned += 1
             future.cancel()  # nobody waits for it now
             raise ClientGone()
 
 
+class _UnlessGone:
+    """A job skipped when ``gone`` is set by the time the worker reaches it."""
+
+    def __init__(self, job: Callable[[], Any]) -> None:
+        self.job, self.gone = job, threading.Event()
+
+    def __call__(self) -> Any:
+        if self.gone.is_set():
+            raise ClientGone()
+        return self.job()
+
+
 class Busy(Exception):
     """The worker's queue is full: the caller answers 503 at once rather than queueing without bound."""
+
+
+Job = tuple[Callable[[], Any], Callable[[Any, BaseException | None], None]]
 
 
 class BoundedWorker:
@@ -337,34 +349,51 @@ class BoundedWorker:
 
     Why one thread: a CPU forward pass already uses every core, so two at once only contend.
     Why a daemon: a job stuck in a long forward pass must not keep a stopping server alive.
+    A queued job can be withdrawn (its client went), which frees its place at once.
     """
 
     def __init__(self, max_queued: int, name: str = "scoring") -> None:
-        self._jobs: queue.Queue[tuple[Callable[[], Any], Callable[[Any, BaseException | None], None]] | None] = (
-            queue.Queue(maxsize=max_queued)
-        )
+        self.max_queued = max_queued
+        self._jobs: collections.deque[Job] = collections.deque()
+        self._changed = threading.Condition()
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.busy = False
         self.finished = 0  # jobs taken off the queue
-        self.abandoned = 0  # jobs skipped because their client had gone
+        self.abandoned = 0  # jobs withdrawn because their client had gone
         self._thread.start()
 
     @property
     def queued(self) -> int:
-        return self._jobs.qsize()
+        with self._changed:
+            return len(self._jobs)
 
     def full(self) -> bool:
-        return self._jobs.full()
+        return self.queued >= self.max_queued
 
-    def put(self, job: Callable[[], Any], done: Callable[[Any, BaseException | None], None] | None = None) -> None:
-        """Queue ``job`` (``done(result, error)`` runs on the worker thread after it); ``Busy`` when full."""
-        try:
-            self._jobs.put_nowait((job, done or (lambda result, error: None)))
-        except queue.Full:
-            raise Busy() from None
+    def put(
+        self, job: Callable[[], Any], done: Callable[[Any, BaseException | None], None] | None = None
+    ) -> Callable[[], bool]:
+        """Queue ``job`` (``done(result, error)`` runs on the worker thread after it); ``Busy`` when full.
+        Returns the call that withdraws it while it still waits (True if it did)."""
+        entry: Job = (job, done or (lambda result, error: None))
+        with self._changed:
+            if self._stopping or len(self._jobs) >= self.max_queued:
+                raise Busy()
+            self._jobs.append(entry)
+            self._changed.notify()
 
-    def submit(self, job: Callable[[], T]) -> asyncio.Future[T]:
-        """Queue ``job``; the returned future (of the running loop) resolves with its result."""
+        def withdraw() -> bool:
+            with self._changed:
+                if any(queued is entry for queued in self._jobs):
+                    self._jobs.remove(entry)
+                    return True
+                return False  # already taken by the worker (or done)
+
+        return withdraw
+
+    def submit(self, job: Callable[[], T]) -> tuple[asyncio.Future[T], Callable[[], bool]]:
+        """Queue ``job``: a future (of the running loop) that resolves with its result, and its withdraw call."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
 
@@ -379,21 +408,23 @@ class BoundedWorker:
 
             loop.call_soon_threadsafe(apply)
 
-        self.put(job, settle)
-        return future
+        return future, self.put(job, settle)
 
     def stop(self) -> None:
-        """No more jobs after those queued (the thread ends when it reaches this marker)."""
-        with contextlib.suppress(queue.Full):
-            self._jobs.put_nowait(None)
+        """No more jobs after those queued (the thread ends once it has run them)."""
+        with self._changed:
+            self._stopping = True
+            self._changed.notify()
 
     def _run(self) -> None:
         while True:
-            item = self._jobs.get()
-            if item is None:
-                return
-            job, done = item
-            self.busy = True
+            with self._changed:
+                while not self._jobs and not self._stopping:
+                    self._changed.wait()
+                if not self._jobs:
+                    return
+                job, done = self._jobs.popleft()
+                self.busy = True
             try:
                 result = job()
             except BaseException as exc:

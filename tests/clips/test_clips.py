@@ -553,21 +553,24 @@ def test_the_http_service_bounds_its_work_and_refuses_what_main_let_through(trai
             caplog.clear()
             raw(f"POST /score HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 50000\r\n\r\n".encode()).close()
 
-            # the scoring thread busy: a request whose client leaves while queued is never scored,
-            # the queue holds 3 and refuses the rest at once, /health answers throughout
+            # the scoring thread busy: a request whose client leaves while queued is never scored and
+            # gives its queue place back at once (it kept it until the worker came by: a client hanging up
+            # after each upload filled the queue past its own cap); the queue holds 3 and refuses the rest
+            # at once, /health answers throughout
             release = threading.Event()
             app.state.worker.put(release.wait)
             header = f"POST /score?name=gone.wav HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             header += f"Content-Length: {len(clip)}\r\n\r\n"
             raw(header.encode() + clip).close()
             time.sleep(0.5)
+            assert app.state.worker.queued == 0 and app.state.worker.abandoned == 1
             codes: list[int] = []
 
-            def post() -> None:
-                with httpx.Client(timeout=60) as c:
+            def post(address: str) -> None:
+                with httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=60) as c:
                     codes.append(c.post(f"{base}/score?name=x.wav", content=clip).status_code)
 
-            posts = [threading.Thread(target=post) for _ in range(6)]
+            posts = [threading.Thread(target=post, args=(f"127.0.0.{1 + i % 2}",)) for i in range(6)]
             for t in posts:
                 t.start()
             time.sleep(1.0)
@@ -577,8 +580,8 @@ def test_the_http_service_bounds_its_work_and_refuses_what_main_let_through(trai
             release.set()
             for t in posts:
                 t.join()
-            assert sorted(codes) == [200, 200, 503, 503, 503, 503]
-            assert app.state.worker.abandoned == 1
+            assert sorted(codes)[:3] == [200, 200, 200] and set(codes) - {200} <= {429, 503}, codes
+            assert 503 in codes and app.state.worker.abandoned == 1
         messages = [r.getMessage() for r in caplog.records]
         assert sum("went away" in m for m in messages) >= 2  # the aborted upload and the client gone while queued
         assert not any(r.exc_info for r in caplog.records), messages
