@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
+from starlette.concurrency import run_in_threadpool
 
 import sleepsound
 from sleepsound.clips.dataset import SAMPLE_RATE, ClipError
@@ -110,8 +111,8 @@ def create_app(
         body = await read_body(request, limits.max_bytes, read_timeout_s)
         if not body:
             raise Refused(400, f"{name}: empty request body; send the audio file's bytes")
-        try:
-            probe_audio(body, name, limits)
+        try:  # off the event loop: /health and other clients never wait behind a header check
+            await run_in_threadpool(probe_audio, body, name, limits)
         except Refused as exc:
             if exc.status == 413 and "longer than" in exc.message:  # the CLI's wording for a long file
                 raise Refused(

@@ -371,11 +371,20 @@ def _wave_kind(handle: BinaryIO) -> bytes | None:
     return head[:4]
 
 
+# A recording's WAVE file holds a handful of chunks (fmt, data, LIST, bext, id3 ...). The walks stop
+# after this many: a 60-MB upload of 7.8 million empty chunks kept the header check busy for 10 s,
+# on the service's event loop.
+MAX_WAVE_CHUNKS = 4096
+
+
 def _wave_chunks(handle: BinaryIO, size: int, order: str) -> Iterator[tuple[int, bytes, int]]:
-    """(offset, id, declared size) of each chunk of a WAVE file of ``size`` bytes, in order; at each,
-    ``handle`` stands just past the chunk's 8-byte header, so its body can be read."""
+    """(offset, id, declared size) of each chunk of a WAVE file of ``size`` bytes, in order, the first
+    ``MAX_WAVE_CHUNKS``; at each, ``handle`` stands just past the chunk's 8-byte header, so its body
+    can be read."""
     offset = 12
-    while offset + 8 <= size:
+    for _ in range(MAX_WAVE_CHUNKS):
+        if offset + 8 > size:
+            return
         handle.seek(offset)
         chunk, length = struct.unpack(f"{order}4sI", handle.read(8))
         yield offset, chunk, length
@@ -384,8 +393,11 @@ def _wave_chunks(handle: BinaryIO, size: int, order: str) -> Iterator[tuple[int,
 
 def _unparsed_tail(handle: BinaryIO, offset: int, size: int, order: str) -> int:
     """Bytes from ``offset`` on that are not inside well-formed chunks (an ASCII id and a size
-    that fits the file); 0 when the rest of the file is chunks (``LIST``, ``id3 `` ...)."""
-    while offset + 8 <= size:
+    that fits the file); 0 when the rest of the file is chunks (``LIST``, ``id3 `` ...), or more than
+    ``MAX_WAVE_CHUNKS`` of them (nothing a reader plays: libsndfile stops at the data chunk)."""
+    for _ in range(MAX_WAVE_CHUNKS):
+        if offset + 8 > size:
+            return 0
         handle.seek(offset)
         chunk, length = struct.unpack(f"{order}4sI", handle.read(8))
         if not all(32 <= c < 127 for c in chunk) or offset + 8 + length > size:

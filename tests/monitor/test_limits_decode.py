@@ -308,3 +308,24 @@ def test_monitor_serve_refuses_limits_that_are_no_limits(tmp_path: Path, given: 
 
     refused = CliRunner().invoke(monitor_app, ["serve", "--root", str(tmp_path), *given])
     assert refused.exit_code == 2 and says in refused.output, refused.output
+
+
+def test_a_wave_file_of_millions_of_chunks_is_walked_no_further_than_any_recording_needs() -> None:
+    """7.8 million empty chunks after the audio (60 MB, under the upload limit) kept the header check
+    busy 10 s on the event loop. The walk stops after MAX_WAVE_CHUNKS: what lies past them is not read."""
+    import struct
+
+    import soundfile as sf
+
+    from sleepsound.io.audio import MAX_WAVE_CHUNKS, _unparsed_tail
+    from sleepsound.monitor.limits import AudioLimits, probe_audio
+
+    empty = b"JUNK\x00\x00\x00\x00"
+    for count, expected in ((10, 64), (MAX_WAVE_CHUNKS + 10, 0)):  # garbage reached, or not read at all
+        data = empty * count + b"\xff" * 64
+        assert _unparsed_tail(io.BytesIO(data), 0, len(data), "<") == expected
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(16_000, dtype=np.float32), 16_000, format="WAV", subtype="PCM_16")
+    body = buffer.getvalue() + empty * (MAX_WAVE_CHUNKS * 4)
+    body = body[:4] + struct.pack("<I", len(body) - 8) + body[8:]
+    probe_audio(body, "c.wav", AudioLimits(64 * 2**20, 600.0))  # the audio is read as before
