@@ -82,9 +82,9 @@ class CredentialsInUrl(ValueError):
 
 def refuse_credentials(url: str, what: str = "storage URL") -> None:
     """Raise CredentialsInUrl (its message names ``what`` and the masked URL) if ``url`` carries any."""
-    if _USERINFO.match(url):
+    if _USERINFO.match(str(url)):  # a Path too: callers pass them where they mean a local root
         raise CredentialsInUrl(
-            f"{what} {without_credentials(url)}: credentials in a storage URL are refused (they would be written "
+            f"{what} {without_credentials(str(url))}: credentials in a storage URL are refused (they would be written "
             "wherever the URL is); give them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile or the "
             "instance's role"
         )

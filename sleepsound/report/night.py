@@ -27,6 +27,7 @@ import pandas as pd
 from sleepsound.breathing.store import events_path
 from sleepsound.core.storage import RootLike, open_root
 from sleepsound.io.edf_header import EdfHeaderError, read_edf_header
+from sleepsound.io.rml import MAX_NIGHT_S
 from sleepsound.labels.vocabulary import EPOCH_SECONDS
 from sleepsound.report.summaries import (
     EVENT_TYPES,
@@ -160,7 +161,10 @@ def night_figures(
     ``snore_share_per_snore_epoch``: the respiratory head's training-side factors (None when
     the run has no respiratory head).
     """
-    night = night.sort_values("start_s", kind="stable")
+    placed = night["start_s"].to_numpy(np.float64, na_value=np.nan)
+    # an epoch with no time in the night (NaN, inf, 1e9 s in a damaged predictions file) cannot be
+    # drawn: NaN stopped every night's report, 1e9 s drew a tick an hour for 30 years
+    night = night[np.isfinite(placed) & (np.abs(placed) <= MAX_NIGHT_S)].sort_values("start_s", kind="stable")
     starts = night["start_s"].to_numpy(np.float64)
     five = _strings(night["stage5_pred"]) if "stage5_pred" in night else []
     three = _strings(night["stage_pred"])

@@ -250,3 +250,21 @@ def test_a_very_long_recording_id_still_gets_its_page_and_pdf(tmp_path: Path) ->
         assert len(Path(link["html"]).name) <= 130
         assert (folder / link["pdf"]).read_bytes()[:5] == b"%PDF-"
         assert html.escape(link["recording_id"]) in (folder / link["html"]).read_text()  # the page names the whole id
+
+
+def test_an_epoch_with_no_time_in_the_night_is_left_off_its_page(tmp_path: Path) -> None:
+    """One NaN start_s in a damaged predictions file stopped every night's report (ValueError in the tick
+    formatter); 1e9 s drew a tick an hour for thirty years. Such epochs cannot be placed: left off."""
+    from tests.report.conftest import night_predictions
+
+    good = night_predictions("good", "S", 1)
+    nights = []
+    for n, bad in enumerate((float("nan"), float("inf"), 1e9)):
+        night = night_predictions(f"bad{n}", "S", 1)
+        night.loc[5, "start_s"] = bad
+        nights.append(night)
+    links, figures = write_night_reports(tmp_path, "r1", pd.concat([good, *nights], ignore_index=True), MODEL, None)
+    assert sorted(link["recording_id"] for link in links) == ["bad0", "bad1", "bad2", "good"]
+    by_id = {f.recording_id: f for f in figures}
+    assert all(len(by_id[f"bad{n}"].start_s) == len(by_id["good"].start_s) - 1 for n in range(3))
+    assert np.isfinite(by_id["bad2"].start_s).all() and by_id["bad2"].start_s.max() < 86_400
