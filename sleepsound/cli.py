@@ -761,9 +761,19 @@ def _check_models_root(root: str) -> None:
     from sleepsound.core.storage import open_root
 
     store = open_root(root)
-    if not store.fs.exists(store.path):
+    try:
+        exists = store.fs.exists(store.path)
+        folder = exists and store.fs.isdir(store.path)
+    except Exception as exc:  # botocore's NoCredentialsError or EndpointConnectionError are no OSErrors
+        raise _refused(
+            None,
+            OSError(
+                f"storage root {root} cannot be read ({type(exc).__name__}: {exc}); check the address and credentials"
+            ),
+        ) from exc
+    if not exists:
         raise _refused(None, FileNotFoundError(f"no storage root at {root}: check the path"))
-    if not store.fs.isdir(store.path):
+    if not folder:
         raise _refused(None, NotADirectoryError(f"--root {root} is a file: give the storage root folder"))
 
 

@@ -137,6 +137,10 @@ def serve(
         extra_hosts=tuple(allowed_host or ()),
         allowed_origins=tuple(allowed_origin or ()),
     )
+    from sleepsound.core.storage import is_local
+
+    if not is_local(root):  # its sessions, users and spooled audio are files on this machine
+        raise _fail(f"--root {root}: the monitor keeps its sessions on local disk; give a local storage root")
     service_logging()
     try:
         app = create_app(root, cfg, settings, versions)

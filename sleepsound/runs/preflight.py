@@ -46,8 +46,10 @@ def check_source(source: str) -> None:
         return
     try:
         found = fs.exists(path) and bool(fs.ls(path, detail=False))
-    except (OSError, PermissionError) as exc:
-        raise NotStartable(f"--source {source}: cannot be listed ({exc}); check the address and credentials") from exc
+    except Exception as exc:  # botocore's NoCredentialsError or EndpointConnectionError are no OSErrors
+        raise NotStartable(
+            f"--source {source}: cannot be listed ({type(exc).__name__}: {exc}); check the address and credentials"
+        ) from exc
     if not found:
         raise NotStartable(f"--source {source}: nothing there; check the bucket and prefix")
 

@@ -157,3 +157,22 @@ def test_nightly_with_a_damaged_state_is_refused_before_any_work(tmp_path, monke
     (tmp_path / "root" / "state" / "nightly.json").write_text('{"recordings": {"a": ')
     args = ["nightly", "--source", str(tmp_path / "nights"), "--root", str(tmp_path / "root")]
     _refused(args, tmp_path, monkeypatch, "state/nightly.json is not JSON")
+
+
+def test_an_object_store_root_that_cannot_be_read_is_one_line_naming_it(monkeypatch) -> None:
+    """`models list --root s3://...` without credentials ended in "error: NoCredentialsError: Unable to
+    locate credentials" (exit 1, the root unnamed): botocore's errors are not OSErrors."""
+    import s3fs
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to look for
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+    s3fs.S3FileSystem.clear_instance_cache()  # a file system another test opened holds its credentials
+    try:
+        out = CliRunner().invoke(app, ["models", "list", "--root", "s3://no-such-bucket-here/prefix"])
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+    assert out.exit_code == 2, out.output
+    assert "storage root s3://no-such-bucket-here/prefix cannot be read (NoCredentialsError" in out.output
