@@ -186,16 +186,3 @@ def start_night_reports(
         return links, nights
 
     return written
-
-
-def write_night_reports(
-    root: RootLike,
-    run_id: str,
-    preds: pd.DataFrame,
-    model: TrainedModels,
-    backbone: str | None,
-    use_ray: bool = False,
-    nights_per_task: int = NIGHTS_PER_TASK,
-) -> tuple[list[NightLink], list[NightFigures]]:
-    """``start_night_reports`` and wait for it: every night's page and PDF written, their links."""
-    return start_night_reports(root, run_id, preds, model, backbone, use_ray, nights_per_task)()

@@ -20,7 +20,7 @@ from sleepsound.labels.vocabulary import STAGES_3, STAGES_5
 from sleepsound.report.figures import event_timeline_figure, hypnogram_figure, trend_figure
 from sleepsound.report.metrics import evaluate
 from sleepsound.report.night import subject_trends
-from sleepsound.report.night_reports import write_night_reports
+from sleepsound.report.night_reports import start_night_reports
 from sleepsound.report.outputs import night_breathing
 from sleepsound.report.render import ReportInputs, render_report
 from sleepsound.report.summaries import night_summary
@@ -47,7 +47,7 @@ def run_dir(three_nights: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory
     """A run's report folder as write_run_outputs lays it out: index.html and nights/*.html, *.pdf."""
     root = tmp_path_factory.mktemp("browser-root")
     write_events(root, "r1", "P2-night1", [(1205.0, 1230.0, "apnea", 0.9), (3305.0, 3350.0, "hypopnea", 0.6)])
-    links, nights = write_night_reports(root, "r1", three_nights, MODEL, "hubert-base")
+    links, nights = start_night_reports(root, "r1", three_nights, MODEL, "hubert-base")()
     rng = np.random.default_rng(0)
     rows, figures = [], []
     for rec, night in three_nights.groupby("recording_id"):

@@ -25,7 +25,7 @@ from sleepsound.report.night_page import (
     rem_segments,
     render_night_html,
 )
-from sleepsound.report.night_reports import write_night_reports
+from sleepsound.report.night_reports import start_night_reports
 from tests.report.conftest import NIGHT_START, write_events
 
 MODEL = {
@@ -196,7 +196,7 @@ def test_night_page_and_pdf_say_what_they_are(three_nights: pd.DataFrame) -> Non
 
 def test_every_night_gets_a_page_and_a_pdf(three_nights: pd.DataFrame, tmp_path: Path) -> None:
     write_events(tmp_path, "r1", "P2-night1", [(1205.0, 1230.0, "apnea", 0.9)])
-    links, nights = write_night_reports(tmp_path, "r1", three_nights, MODEL, "/models/hubert-base")
+    links, nights = start_night_reports(tmp_path, "r1", three_nights, MODEL, "/models/hubert-base")()
     assert [link["recording_id"] for link in links] == ["P1-night1", "P1-night2", "P2-night1"]
     assert [link["source"] for link in links] == ["per-epoch", "per-epoch", "event table"]
     folder = tmp_path / "runs" / "r1" / "report"
@@ -216,11 +216,11 @@ def test_nights_rendered_as_ray_tasks_are_the_pages_one_process_writes(
     same order, as rendering them in one process."""
     for root in (tmp_path / "one", tmp_path / "ray", tmp_path / "shared"):
         write_events(root, "r1", "P2-night1", [(1205.0, 1230.0, "apnea", 0.9)])
-    alone, _ = write_night_reports(tmp_path / "one", "r1", three_nights, MODEL, "hubert-base")
-    shared, _ = write_night_reports(str(tmp_path / "shared"), "r1", three_nights, MODEL, "hubert-base", use_ray=True)
-    fanned, nights = write_night_reports(
+    alone, _ = start_night_reports(tmp_path / "one", "r1", three_nights, MODEL, "hubert-base")()
+    shared, _ = start_night_reports(str(tmp_path / "shared"), "r1", three_nights, MODEL, "hubert-base", use_ray=True)()
+    fanned, nights = start_night_reports(
         str(tmp_path / "ray"), "r1", three_nights, MODEL, "hubert-base", use_ray=True, nights_per_task=1
-    )
+    )()
     assert fanned == alone == shared and [n.recording_id for n in nights] == ["P1-night1", "P1-night2", "P2-night1"]
     written = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC")  # "Report written": each page says when
 
@@ -243,7 +243,7 @@ def test_a_very_long_recording_id_still_gets_its_page_and_pdf(tmp_path: Path) ->
 
     long_a, long_b = "n" * 219 + "a", "n" * 219 + "b"  # differ only past the cut
     preds = pd.concat([night_predictions(long_a, "S", 1), night_predictions(long_b, "S", 2)], ignore_index=True)
-    links, _ = write_night_reports(tmp_path, "r1", preds, MODEL, None)
+    links, _ = start_night_reports(tmp_path, "r1", preds, MODEL, None)()
     folder = tmp_path / "runs" / "r1" / "report"
     assert len({link["html"] for link in links}) == 2
     for link in links:
@@ -263,7 +263,7 @@ def test_an_epoch_with_no_time_in_the_night_is_left_off_its_page(tmp_path: Path)
         night = night_predictions(f"bad{n}", "S", 1)
         night.loc[5, "start_s"] = bad
         nights.append(night)
-    links, figures = write_night_reports(tmp_path, "r1", pd.concat([good, *nights], ignore_index=True), MODEL, None)
+    links, figures = start_night_reports(tmp_path, "r1", pd.concat([good, *nights], ignore_index=True), MODEL, None)()
     assert sorted(link["recording_id"] for link in links) == ["bad0", "bad1", "bad2", "good"]
     by_id = {f.recording_id: f for f in figures}
     assert all(len(by_id[f"bad{n}"].start_s) == len(by_id["good"].start_s) - 1 for n in range(3))
