@@ -314,27 +314,31 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
         if replaced is not None:
             with contextlib.suppress(Exception):
                 await replaced.close(code=1008, reason="replaced by a newer stream of this session")
-        with contextlib.suppress(WebSocketDisconnect, TimeoutError, _Replaced):
-            while True:
-                if streams.get(session.id) is not websocket:
-                    raise _Replaced
-                message = await asyncio.wait_for(websocket.receive(), timeout=settings.idle_timeout_s)
-                if message["type"] == "websocket.disconnect":
-                    return
-                data = message.get("bytes")
-                seq = int.from_bytes(data[:8], "little", signed=True) if data and len(data) >= 8 else None
-                try:
-                    if seq is None:
-                        raise Refused(400, "a chunk is an 8-byte little-endian sequence number, then the audio")
-                    if len(data) - 8 > limits.max_bytes:  # type: ignore[arg-type]
-                        raise Refused(413, f"chunk {seq}: over {limits.max_bytes} bytes")
-                    monitor.authorise(sid, auth)  # the token again, and the session's rate limit
-                    reply = await run_in_threadpool(monitor.add_chunk, session, seq, data[8:])  # type: ignore[index]
-                    await websocket.send_json(ChunkReply(**reply).model_dump())
-                except Refused as exc:
-                    await websocket.send_json({"seq": seq, "status": exc.status, "detail": exc.message})
-        if streams.get(session.id) is websocket:
-            del streams[session.id]
+        try:
+            with contextlib.suppress(WebSocketDisconnect, TimeoutError, _Replaced):
+                while True:
+                    if streams.get(session.id) is not websocket:
+                        raise _Replaced
+                    message = await asyncio.wait_for(websocket.receive(), timeout=settings.idle_timeout_s)
+                    if message["type"] == "websocket.disconnect":
+                        return
+                    data = message.get("bytes")
+                    seq = int.from_bytes(data[:8], "little", signed=True) if data and len(data) >= 8 else None
+                    try:
+                        if seq is None:
+                            raise Refused(400, "a chunk is an 8-byte little-endian sequence number, then the audio")
+                        if len(data) - 8 > limits.max_bytes:  # type: ignore[arg-type]
+                            raise Refused(413, f"chunk {seq}: over {limits.max_bytes} bytes")
+                        monitor.authorise(sid, auth)  # the token again, and the session's rate limit
+                        reply = await run_in_threadpool(monitor.add_chunk, session, seq, data[8:])  # type: ignore[index]
+                        if streams.get(session.id) is not websocket:  # closed meanwhile: the chunk is taken
+                            raise _Replaced
+                        await websocket.send_json(ChunkReply(**reply).model_dump())
+                    except Refused as exc:
+                        await websocket.send_json({"seq": seq, "status": exc.status, "detail": exc.message})
+        finally:
+            if streams.get(session.id) is websocket:  # gone or disconnected: not replaced
+                del streams[session.id]
 
     @app.get("/v1/sessions/{sid}")
     def session_status(sid: str, authorization: str | None = Header(None)) -> SessionStatus:
