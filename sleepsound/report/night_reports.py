@@ -155,8 +155,8 @@ def start_night_reports(
         cpus = 1  # hours of pages in this one process
     if cpus:  # a small run's nights shared over the free CPUs: 20 nights on 2 CPUs 17.6 -> 9.6 s
         per_task = min(per_task, max(1, math.ceil(len(jobs) / cpus)))
-    # With no CPU free (a flow's model actor still holding one), a small run renders here: a task
-    # waiting for the actor to go made the score benchmark's report 19 -> 32 s.
+    # Whole free CPUs only: 1.9 rounded up made two tasks on a 2-core flow, the second waiting for the
+    # first (the score benchmark's report 19 -> 32 s). With none free a small run renders here.
     batches = [jobs[i : i + per_task] for i in range(0, len(jobs), per_task)]
     folder = join(store.path, "runs", run_id, "report", "nights")
     pages = _rendered(full_uri(store.fs, store.path), run_id, batches, models, heads.get("resp"), cpus)
