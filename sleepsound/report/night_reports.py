@@ -25,6 +25,9 @@ from sleepsound.report.night_page import data_source_text, file_stem, night_pdf,
 from sleepsound.report.render import NightLink
 
 NIGHTS_PER_TASK = 32  # about 10 s of rendering per task: enough to hide a task's start-up
+# A small run is shared over the free CPUs, but a task carries at least this many nights: a fresh
+# worker's imports (matplotlib, the report) cost about 2 s, four nights' rendering.
+MIN_NIGHTS_PER_TASK = 4
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ def start_night_reports(
     if free == 0 and len(jobs) > per_task:  # a large run waits for CPUs on Ray rather than rendering
         cpus = 1  # hours of pages in this one process
     if cpus:  # a small run's nights shared over the free CPUs: 20 nights on 2 CPUs 17.6 -> 9.6 s
-        per_task = min(per_task, max(1, math.ceil(len(jobs) / cpus)))
+        per_task = min(per_task, max(MIN_NIGHTS_PER_TASK, math.ceil(len(jobs) / cpus)))
     # Whole free CPUs only: 1.9 rounded up made two tasks on a 2-core flow, the second waiting for the
     # first (the score benchmark's report 19 -> 32 s). With none free a small run renders here.
     batches = [jobs[i : i + per_task] for i in range(0, len(jobs), per_task)]

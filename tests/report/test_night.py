@@ -211,9 +211,9 @@ def test_every_night_gets_a_page_and_a_pdf(three_nights: pd.DataFrame, tmp_path:
 def test_nights_rendered_as_ray_tasks_are_the_pages_one_process_writes(
     ray_session, three_nights: pd.DataFrame, tmp_path: Path
 ) -> None:
-    """A cohort's pages render as Ray tasks (one night a task, and the default: the three nights shared
-    over the session's free CPUs) and come back to be written by the caller: the same files, in the
-    same order, as rendering them in one process."""
+    """A cohort's pages render as Ray tasks (one night a task, and the default: a small run shared over
+    the session's free CPUs, at least four nights a task, so one task here) and come back to be written
+    by the caller: the same files, in the same order, as rendering them in one process."""
     for root in (tmp_path / "one", tmp_path / "ray", tmp_path / "shared"):
         write_events(root, "r1", "P2-night1", [(1205.0, 1230.0, "apnea", 0.9)])
     alone, _ = start_night_reports(tmp_path / "one", "r1", three_nights, MODEL, "hubert-base")()
