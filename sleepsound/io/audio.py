@@ -377,11 +377,10 @@ def _wave_kind(handle: BinaryIO) -> bytes | None:
 MAX_WAVE_CHUNKS = 4096
 
 
-def _wave_chunks(handle: BinaryIO, size: int, order: str) -> Iterator[tuple[int, bytes, int]]:
-    """(offset, id, declared size) of each chunk of a WAVE file of ``size`` bytes, in order, the first
-    ``MAX_WAVE_CHUNKS``; at each, ``handle`` stands just past the chunk's 8-byte header, so its body
-    can be read."""
-    offset = 12
+def _wave_chunks(handle: BinaryIO, size: int, order: str, offset: int = 12) -> Iterator[tuple[int, bytes, int]]:
+    """(offset, id, declared size) of each chunk of a WAVE file of ``size`` bytes, in order from
+    ``offset`` (the first chunk's, by default), the first ``MAX_WAVE_CHUNKS``; at each, ``handle``
+    stands just past the chunk's 8-byte header, so its body can be read."""
     for _ in range(MAX_WAVE_CHUNKS):
         if offset + 8 > size:
             return
@@ -395,14 +394,9 @@ def _unparsed_tail(handle: BinaryIO, offset: int, size: int, order: str) -> int:
     """Bytes from ``offset`` on that are not inside well-formed chunks (an ASCII id and a size
     that fits the file); 0 when the rest of the file is chunks (``LIST``, ``id3 `` ...), or more than
     ``MAX_WAVE_CHUNKS`` of them (nothing a reader plays: libsndfile stops at the data chunk)."""
-    for _ in range(MAX_WAVE_CHUNKS):
-        if offset + 8 > size:
-            return 0
-        handle.seek(offset)
-        chunk, length = struct.unpack(f"{order}4sI", handle.read(8))
-        if not all(32 <= c < 127 for c in chunk) or offset + 8 + length > size:
-            return size - offset
-        offset += 8 + length + (length & 1)
+    for at, chunk, length in _wave_chunks(handle, size, order, offset):
+        if not all(32 <= c < 127 for c in chunk) or at + 8 + length > size:
+            return size - at
     return 0
 
 
