@@ -19,6 +19,7 @@ from sleepsound.clips.categories import categorise, find_categories, per_categor
 from sleepsound.clips.dataset import MIN_CLIP_SECONDS, SAMPLE_RATE, ClipDataset, load_dataset
 from sleepsound.clips.features import FeatureSpec, embed_audio, head_input, load_clip_backbone
 from sleepsound.clips.train import decide
+from sleepsound.core.config import whole_frames
 from sleepsound.core.json_text import undefined_as_null
 from sleepsound.models.backbones.pretrained import MEL, NULL, OFFLINE_WHISPER, hub_id_unavailable
 from sleepsound.models.files import CONFIG_NAME
@@ -104,13 +105,8 @@ def check_clip_info(model_dir: str | Path, config: dict[str, Any]) -> dict[str, 
     if (len(pick) if len(pick) > 1 else 1) != n_layers:
         raise HeadArtifactError(f"{where}.features.pick picks {len(pick)} layer(s); the head takes {n_layers}")
     seconds = features.get("base_pool_seconds")
-    frames = round(seconds * 100) if _is_number(seconds) else 0
-    if (
-        not _is_number(seconds)
-        or not 0 < seconds <= MAX_POOL_SECONDS
-        or frames < 1
-        or abs(seconds * 100 - frames) > 1e-6
-    ):
+    frames = whole_frames(seconds) if _is_number(seconds) else None
+    if frames is None or frames < 1 or not 0 < seconds <= MAX_POOL_SECONDS:
         raise HeadArtifactError(  # 1e-9 or 0.015 s passed, and scoring then blamed the audio file
             f"{where}.features.base_pool_seconds must be a whole number of 0.01-s frames in "
             f"(0, {MAX_POOL_SECONDS:g}] s, got {seconds!r}"

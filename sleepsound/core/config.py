@@ -111,6 +111,13 @@ class PreprocessConfig(_Section):
 AUTO_STREAM_ROWS = 64
 
 
+def whole_frames(seconds: float) -> int | None:
+    """How many 0.01-s frames (the finest frame step of any backbone) ``seconds`` holds, None when not
+    a whole number of them: pooling windows (``backbone.pool_seconds``, a clip model's) must be."""
+    frames = round(seconds * 100)
+    return frames if abs(seconds * 100 - frames) <= 1e-6 else None
+
+
 class BackboneConfig(_Section):
     name: PathLike = "whisper-tiny.en-offline"
     # Negative counts from the end (-1 = the model output); the model refuses an index it lacks when it loads.
@@ -164,9 +171,10 @@ class BackboneConfig(_Section):
     @classmethod
     def _whole_frames(cls, value: float) -> float:
         """Pooling windows hold whole frames; refused here rather than when the model loads on a worker."""
-        if abs(value * 100 - round(value * 100)) > 1e-6:
+        frames = whole_frames(value)
+        if frames is None:
             raise ValueError("must be a multiple of 0.01 s (whole frames; the speech models need 0.02 s)")
-        if round(value * 100) < 1:  # 1e-9 passed the check above as zero frames: a ZeroDivisionError later
+        if frames < 1:  # 1e-9 is a whole number of frames, zero: a ZeroDivisionError later
             raise ValueError("must be at least one frame, 0.01 s (the speech models need 0.02 s)")
         return value
 
