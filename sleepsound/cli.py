@@ -1024,7 +1024,7 @@ def _figure(value: Any, fmt: str) -> str:
 def _print_nights(summaries_uri: str) -> None:
     """The predicted night summaries (first ``NIGHTS_SHOWN``): what a user scoring a cohort came for."""
     from sleepsound.report.outputs import read_summaries
-    from sleepsound.report.summaries import MIN_SLEEP_HOURS_FOR_AHI
+    from sleepsound.report.summaries import MIN_HEARD_SHARE, MIN_SLEEP_HOURS_FOR_AHI
 
     try:
         nights = read_summaries(summaries_uri)
@@ -1035,7 +1035,7 @@ def _print_nights(summaries_uri: str) -> None:
         return
     table = Table(title=f"nights (predicted), {len(nights)} in all")
     table.add_column("night", overflow="fold")
-    for name in ("h", "sleep h", "eff.", "REM %", "AHI", "REI", "severity", "snore idx"):
+    for name in ("h", "sleep h", "eff.", "REM %", "AHI", "REI", "severity", "heard", "snore idx"):
         table.add_column(name, no_wrap=True)
     for row in nights.head(NIGHTS_SHOWN).itertuples():
         table.add_row(
@@ -1047,6 +1047,7 @@ def _print_nights(summaries_uri: str) -> None:
             _figure(row.ahi, ".1f"),
             _figure(getattr(row, "rei", None), ".1f"),
             _figure(row.severity, ""),
+            _figure(getattr(row, "breathing_heard", None), ".0%"),
             _figure(row.snore_index, ".1f"),
         )
     console.print(table)
@@ -1062,6 +1063,13 @@ def _print_nights(summaries_uri: str) -> None:
             console.print(
                 f"AHI unreliable on {short} of {len(nights)} nights (estimated sleep under "
                 f"{MIN_SLEEP_HOURS_FOR_AHI:g} h): read the REI (events per hour of recording)"
+            )
+    if "events_warning" in nights:  # breathing too seldom heard for a low index to mean a normal night
+        unheard = int(nights["events_warning"].notna().sum())
+        if unheard:
+            console.print(
+                f"breathing heard in under {MIN_HEARD_SHARE:.0%} of the recording on {unheard} of {len(nights)} "
+                "nights ('heard'): events are found only where it is heard, so a low REI there does not rule out apnoea"
             )
 
 

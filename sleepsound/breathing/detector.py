@@ -230,6 +230,73 @@ class _Sound:
     snored: bool = False  # the snoring head hears a snore in it (only with its frames)
 
 
+@dataclass(frozen=True)
+class _NightSounds:
+    """What the rules read of a night: its valid frames, the room's floor, each frame's power above it, and
+    the stretches of sound (breaths and other sounds)."""
+
+    n: int
+    valid: np.ndarray
+    floor: np.ndarray
+    excess: np.ndarray
+    sounds: list[_Sound]
+
+
+def _night_sounds(envelope: np.ndarray, valid: np.ndarray | None, settings: DetectorSettings) -> _NightSounds | None:
+    """The night's sounds over its tracked noise floor (``_sounds``); None when it is shorter than an event."""
+    if envelope.ndim != 2 or envelope.shape[1] != len(FEATURES):
+        raise ValueError(f"an envelope has {len(FEATURES)} features per frame, got shape {envelope.shape}")
+    n = len(envelope)
+    if n < settings.min_event_s * FRAME_HZ:
+        return None
+    valid = np.ones(n, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+    db = np.where(valid, envelope[:, FEATURES.index("breath_db")].astype(np.float64), np.nan)
+    floor_db = _rolling_floor(db, settings)
+    power = np.where(valid, 10.0 ** (np.nan_to_num(db, nan=-140.0) / 10.0), 0.0)
+    floor = 10.0 ** (floor_db / 10.0)
+    smooth = uniform_filter1d(power, size=max(1, int(0.5 * FRAME_HZ)), mode="nearest")
+    excess = np.where(valid, np.maximum(smooth - floor, 0.0), 0.0)
+    voicing = envelope[:, FEATURES.index("voicing")].astype(np.float64)
+    typical = percentile_filter(voicing[:: int(FRAME_HZ)], 50, size=121, mode="nearest")
+    voiced = voicing - np.repeat(typical, int(FRAME_HZ))[:n] > settings.voiced_excess
+    broad_db = envelope[:, FEATURES.index("broad_db")].astype(np.float64)
+    flatness = envelope[:, FEATURES.index("flatness")].astype(np.float64)
+    sounds = _sounds(excess, floor, voiced, broad_db, flatness, np.nan_to_num(db, nan=-140.0), settings)
+    return _NightSounds(n, valid, floor, excess, sounds)
+
+
+def heard_frames(
+    envelope: np.ndarray,
+    valid: np.ndarray | None = None,
+    events: list[BreathingEvent] | None = None,
+    settings: DetectorSettings = DEFAULT,
+) -> np.ndarray:
+    """Per frame, whether breathing was heard around it: the night's share where an event could be found.
+
+    A pause counts only after a breathing rhythm (``rhythm_breaths`` breath sounds in ``rhythm_window_s``),
+    so where no rhythm is heard, before or after, the detector is blind: breathing too faint for the
+    microphone (a sleeper far from it, a loud room) gives no events, and an REI of 0 there says nothing.
+    A frame is heard when that many breath sounds begin in the window before it or in the window after it
+    (so a pause's own frames count), or it lies in one of ``events``; never where ``valid`` is False.
+    """
+    heard = np.zeros(len(envelope), dtype=bool)
+    night = _night_sounds(envelope, valid, settings)
+    if night is not None:
+        window = int(settings.rhythm_window_s * FRAME_HZ)
+        begins = np.zeros(night.n + 1, dtype=np.int64)
+        np.add.at(begins, [s.start + 1 for s in night.sounds if s.breath], 1)
+        upto = np.cumsum(begins)  # upto[f]: breaths beginning before frame f
+        frame = np.arange(night.n)
+        before = upto[frame + 1] - upto[np.maximum(frame + 1 - window, 0)]  # in [f - window, f]
+        after = upto[np.minimum(frame + window, night.n)] - upto[frame]  # in [f, f + window)
+        heard = ((before >= settings.rhythm_breaths) | (after >= settings.rhythm_breaths)) & night.valid
+    for event in events or []:
+        heard[int(round(event["start_s"] * FRAME_HZ)) : int(round(event["end_s"] * FRAME_HZ))] = True
+    if valid is not None:
+        heard &= np.asarray(valid, dtype=bool)
+    return heard
+
+
 def _rolling_floor(db: np.ndarray, settings: DetectorSettings) -> np.ndarray:
     """The noise floor in dB per frame: a low percentile of 1-s block minima over ``floor_window_s``."""
     block = int(FRAME_HZ)
@@ -383,27 +450,12 @@ def detect_candidates(
 ) -> list[BreathingEvent]:
     """Every event the rules propose, overlapping and at any confidence: ``resolve_events`` keeps the
     confident ones, so an evaluation can try several confidence cuts without re-running the rules."""
-    if envelope.ndim != 2 or envelope.shape[1] != len(FEATURES):
-        raise ValueError(f"an envelope has {len(FEATURES)} features per frame, got shape {envelope.shape}")
-    n = len(envelope)
-    if snoring is not None and len(snoring) != n:
-        raise ValueError(f"the snoring track has {len(snoring)} frames, the envelope {n}")
-    if n < settings.min_event_s * FRAME_HZ:
+    if snoring is not None and len(snoring) != len(envelope):
+        raise ValueError(f"the snoring track has {len(snoring)} frames, the envelope {len(envelope)}")
+    night = _night_sounds(envelope, valid, settings)
+    if night is None:
         return []
-    valid = np.ones(n, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
-    db = np.where(valid, envelope[:, FEATURES.index("breath_db")].astype(np.float64), np.nan)
-    floor_db = _rolling_floor(db, settings)
-    power = np.where(valid, 10.0 ** (np.nan_to_num(db, nan=-140.0) / 10.0), 0.0)
-    floor = 10.0 ** (floor_db / 10.0)
-    smooth = uniform_filter1d(power, size=max(1, int(0.5 * FRAME_HZ)), mode="nearest")
-    excess = np.where(valid, np.maximum(smooth - floor, 0.0), 0.0)
-    voicing = envelope[:, FEATURES.index("voicing")].astype(np.float64)
-    typical = percentile_filter(voicing[:: int(FRAME_HZ)], 50, size=121, mode="nearest")
-    voiced = voicing - np.repeat(typical, int(FRAME_HZ))[:n] > settings.voiced_excess
-
-    broad_db = envelope[:, FEATURES.index("broad_db")].astype(np.float64)
-    flatness = envelope[:, FEATURES.index("flatness")].astype(np.float64)
-    sounds = _sounds(excess, floor, voiced, broad_db, flatness, np.nan_to_num(db, nan=-140.0), settings)
+    n, valid, floor, excess, sounds = night.n, night.valid, night.floor, night.excess, night.sounds
     heard_snoring = snoring is not None and bool(np.isfinite(snoring).any())  # NaN: the envelope alone
     if heard_snoring:
         _mark_snored(sounds, np.asarray(snoring, dtype=np.float64), settings.snored_prob)

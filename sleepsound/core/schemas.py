@@ -153,11 +153,13 @@ PREDICTIONS = pa.schema(
         ("snore_s_pred", pa.float32()),
         ("snore_frames", pa.list_(pa.float32())),
         ("snore_frames_true", pa.list_(pa.int8())),
+        # Seconds of the epoch in which breathing was heard (``breathing.heard``): null without an envelope.
+        ("breath_heard_s", pa.float32()),
         ("split", pa.string()),  # "train", "validation", "test" or "unlabelled"
         ("model_version", pa.string()),  # the stage3 head's; the run's metadata names every head
     ]
 )
-PREDICTIONS_VERSION = 3  # 3: the per-second snoring columns
+PREDICTIONS_VERSION = 4  # 3: the per-second snoring columns; 4: breath_heard_s
 
 # A night's breathing envelope (cache: <root>/breathing/<preproc>/<rec>-<sha>.parquet), one row per
 # 0.1-s frame from the recording's start; the features are those of sleepsound.breathing.envelope.

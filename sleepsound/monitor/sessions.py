@@ -52,7 +52,9 @@ import numpy as np
 import pyarrow as pa
 
 from sleepsound.breathing.combine import detect_night
+from sleepsound.breathing.detector import BreathingEvent
 from sleepsound.breathing.envelope import FEATURES, empty_envelope, frames_per_epoch, night_envelope
+from sleepsound.breathing.heard import with_heard_seconds
 from sleepsound.breathing.store import write_events
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
@@ -479,6 +481,12 @@ class Monitor:
             "summaries": None,
             "report": None,
         }
+        events: list[BreathingEvent] = []
+        if rows:  # the night's breathing events and where breathing was heard, as `score` finds them
+            epoch = self.cfg.preprocess.epoch_seconds
+            env, valid = _night_envelope(self.dir / session.id / ENVELOPES, len(rows), epoch)
+            events = detect_night(env, valid, table, epoch)
+            table = with_heard_seconds(table, env, valid, events, epoch)
         try:
             with hold_root(store, run_id, "monitor"):
                 write_table(
@@ -486,10 +494,7 @@ class Monitor:
                     f"{predictions}/recording_id={session.id}/part-0.parquet",
                     table.drop_columns(["recording_id"]),
                 )
-                if rows:  # the night's breathing events, as `score` writes them (the summaries read them)
-                    spool = self.dir / session.id / ENVELOPES
-                    epoch = self.cfg.preprocess.epoch_seconds
-                    events = detect_night(*_night_envelope(spool, len(rows), epoch), table, epoch)
+                if rows:  # the summaries read the event table, as `score` writes it
                     write_events(store, run_id, session.id, events)
                     reported = write_run_outputs(
                         store, run_id, self.scorer.model, {"run_id": run_id, "flow": "monitor"}, self.cfg

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from sleepsound.breathing.combine import detect_night
+from sleepsound.breathing.heard import with_heard_seconds
 from sleepsound.breathing.store import load_envelope, write_events
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
@@ -89,15 +90,16 @@ def predict_recordings(
 
             truth = frame_labels(data, manifest_rows, cfg.preprocess.epoch_seconds)
         table = prediction_table(heads, data, epochs, cfg, split, model["version"], truth)
+        # The night's apnoeas and hypopnoeas from its breathing envelope (the first channel's, made from
+        # its audio if the cache has none), and where in each epoch breathing was heard to find them.
+        events = detect_night(env, valid, table, cfg.preprocess.epoch_seconds)
+        table = with_heard_seconds(table, env, valid, events, cfg.preprocess.epoch_seconds)
         # Hive partitioning: the folder name carries recording_id, so the file must not.
         write_table(
             fs,
             join(out_dir, f"recording_id={row.recording_id}", "part-0.parquet"),
             table.drop_columns(["recording_id"]),
         )
-        # The night's apnoeas and hypopnoeas from its breathing envelope (the first channel's, made from
-        # its audio if the cache has none), beside the predictions.
-        events = detect_night(env, valid, table, cfg.preprocess.epoch_seconds)
         write_events(root, run_id, str(row.recording_id), events)
         predicted.add(str(row.recording_id))
     for folder in (out_dir, join(root_path, "runs", run_id, "events")):

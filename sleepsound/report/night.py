@@ -34,7 +34,9 @@ from sleepsound.report.summaries import (
     MIN_SLEEP_HOURS_FOR_AHI,
     SNORE_FROM_FRAMES,
     ahi_by_stage,
+    breathing_heard,
     breathing_summary,
+    events_warning,
     night_summary,
     severity,
     snore_shares,
@@ -113,6 +115,7 @@ class NightFigures:
     # Where the snoring row and the snore index come from: the per-second head (``prob_snore`` then
     # holds each epoch's share of seconds called snoring) or the per-epoch P(snore) (None: neither).
     snore_source: str | None = None
+    breathing_heard: float = math.nan  # share of the recording with breathing heard (NaN: older runs)
 
     @property
     def rei(self) -> float:
@@ -212,6 +215,10 @@ def night_figures(
         snore_index = breathing_summary(folded, np.zeros(len(folded)), np.nan_to_num(shares), epoch_seconds)[
             "snore_index"
         ]
+    recording_hours = float(starts.max() + epoch_seconds - starts.min()) / 3600.0 if len(starts) else 0.0
+    heard = breathing_heard(night["breath_heard_s"].tolist() if "breath_heard_s" in night else None, recording_hours)
+    if events_warning(heard):
+        notes.append(str(events_warning(heard)))
     sleep_hours = summary["total_sleep_time_min"] / 60.0
     if sleep_hours < MIN_SLEEP_HOURS_FOR_AHI:
         notes.append(
@@ -253,6 +260,7 @@ def night_figures(
         epoch_seconds=epoch_seconds,
         notes=notes,
         snore_source=snore_source,
+        breathing_heard=heard,
     )
 
 

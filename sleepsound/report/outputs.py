@@ -148,7 +148,17 @@ def subject_intervals(preds: pd.DataFrame, seed: int = 0) -> dict[str, tuple[flo
 
 
 # The detector's figures in the summaries (beside the snore index and the head's estimate).
-EVENT_FIELDS = ("ahi", "severity", "rei", "severity_rei", "n_apnea", "n_hypopnea", "ahi_warning")
+EVENT_FIELDS = (
+    "ahi",
+    "severity",
+    "rei",
+    "severity_rei",
+    "n_apnea",
+    "n_hypopnea",
+    "ahi_warning",
+    "breathing_heard",
+    "events_warning",
+)
 
 
 def night_breathing(
@@ -182,7 +192,8 @@ def night_breathing(
         out["snore_index_estimated"] = breathing_summary(stages, np.zeros(len(stages)), shares)["snore_index"]
         out["snore_source"] = source
     if detected is not None:
-        indices = event_indices(detected, _stages(night["stage_pred"]), epoch)
+        heard = night["breath_heard_s"].tolist() if "breath_heard_s" in night else None  # older runs: none
+        indices = event_indices(detected, _stages(night["stage_pred"]), epoch, heard_s=heard)
         out |= {f"{k}_estimated": indices[k] for k in EVENT_FIELDS}
     return out
 

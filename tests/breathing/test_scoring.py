@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from sleepsound.breathing.combine import detect_night
 from sleepsound.breathing.detector import detect_events
@@ -71,6 +72,17 @@ def test_scoring_writes_the_event_table_and_rebuilds_missing_envelopes(tiny_whis
     hours = predicted["time_in_bed_min"] / 60.0
     assert ((predicted["rei"] * hours).round(6) == (predicted["n_apnea"] + predicted["n_hypopnea"])).all()
     assert predicted["ahi_warning"].notna().all()  # six-minute nights: far under 2 h of sleep
+    # where breathing was heard, per epoch in the predictions and per night in the summaries
+    preds = pd.read_parquet(root / "runs" / "t1" / "predictions")
+    assert preds["breath_heard_s"].between(0.0, cfg.preprocess.epoch_seconds).all()
+    heard = preds.groupby("recording_id", observed=True)["breath_heard_s"].sum()
+    nights = predicted.set_index("recording_id")
+    for rec, seconds in heard.items():
+        assert nights.loc[str(rec), "breathing_heard"] == pytest.approx(
+            seconds / nights.loc[str(rec), "time_in_bed_min"] / 60.0
+        )
+    assert (predicted["breathing_heard"] > 0.6).all()  # the generator's breathing is heard
+    assert predicted["events_warning"].isna().all()
     metrics = json.loads((root / "runs" / "t1" / "metrics.json").read_text())
     assert "breathing_events" in metrics
 

@@ -44,3 +44,25 @@ def test_no_warning_line_when_every_night_slept_long_enough(tmp_path: Path) -> N
     with console.capture() as shown:
         _print_nights(str(tmp_path))
     assert "unreliable" not in shown.get()
+
+
+def test_the_table_shows_where_breathing_was_heard_and_warns_where_too_little(tmp_path: Path) -> None:
+    unheard = "breathing was heard in 12% of the recording: ..."
+    rows = [
+        {**_night("night-a", "predicted", 300.0, 0.0, 0.0, None), "breathing_heard": 0.12, "events_warning": unheard},
+        {**_night("night-b", "predicted", 300.0, 3.3, 3.0, None), "breathing_heard": 0.97, "events_warning": None},
+    ]
+    pd.DataFrame(rows).to_parquet(tmp_path / "summaries.parquet")
+    with console.capture() as shown:
+        _print_nights(str(tmp_path))
+    text = shown.get()
+    assert "heard" in text and "12%" in text and "97%" in text
+    assert "breathing heard in under 50% of the recording on 1 of 2 nights" in text
+    assert "does not rule out apnoea" in " ".join(text.split())
+
+
+def test_an_older_run_without_the_heard_figures_still_prints(tmp_path: Path) -> None:
+    pd.DataFrame([_night("night-b", "predicted", 300.0, 3.3, 3.0, None)]).to_parquet(tmp_path / "summaries.parquet")
+    with console.capture() as shown:
+        _print_nights(str(tmp_path))
+    assert "night-b" in shown.get() and "breathing heard in under" not in shown.get()

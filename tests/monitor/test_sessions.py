@@ -104,6 +104,9 @@ def test_a_night_streamed_in_chunks_scores_as_batch_score_and_lands_as_a_run(tra
     run = root / "runs" / status["run_id"]
     published = pd.read_parquet(run / "predictions" / f"recording_id={sid}" / "part-0.parquet")
     assert published["epoch_index"].tolist() == trained.batch["epoch_index"].tolist()
+    # where breathing was heard, epoch by epoch as batch `score` finds it
+    assert published["breath_heard_s"].notna().all() and published["breath_heard_s"].sum() > 0
+    np.testing.assert_allclose(published["breath_heard_s"], trained.batch["breath_heard_s"], atol=0.5)
     assert (run / "summaries" / "summaries.parquet").exists() and (run / "report" / "index.html").exists()
     summaries = pd.read_parquet(run / "summaries" / "summaries.parquet")
     assert summaries.loc[summaries["source"] == "predicted", "snore_source"].tolist() == ["per-second snoring head"]

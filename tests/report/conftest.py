@@ -52,6 +52,7 @@ def night_predictions(recording_id: str, subject_id: str, seed: int, *, five_cla
             "resp_pred": np.where(prob_event > 0.5, "apnea_hypopnea", "none"),
             "events_true": events_true,
             "snore_frac_true": (prob_snore > 0.5).astype(np.float32),
+            "breath_heard_s": np.full(n, EPOCH_SECONDS, dtype=np.float32),  # heard all night
             "split": "test",
         }
     )

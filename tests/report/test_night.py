@@ -137,6 +137,16 @@ def test_night_figures_from_the_event_table_and_without_it(three_nights: pd.Data
     assert ("Severity by AHI / by REI", "normal / normal", "–") in breathing_rows(nf)
     assert any("under 2 h" in note and "REI" in note for note in nf.notes)  # 100 min of sleep: read the REI
 
+    assert not any("heard" in note for note in nf.notes)
+    older = _figures(night.drop(columns="breath_heard_s"), read_night_events(tmp_path, "r", "P1-night1"))
+    assert math.isnan(older.breathing_heard) and older.notes == nf.notes  # a run from before: unknown, no note
+    # breathing heard in the first 24 min of the 2 h only: the page says what its indices are worth
+    faint = night.assign(breath_heard_s=np.where(np.arange(len(night)) < 48, 30.0, 0.0))
+    faint_nf = _figures(faint, read_night_events(tmp_path, "r", "P1-night1"))
+    assert faint_nf.breathing_heard == pytest.approx(0.2)
+    assert any("heard in 20% of the recording" in note for note in faint_nf.notes)
+    assert "heard in 20% of the recording" in render_night_html(faint_nf, "r", "P1-night1")
+
     fallback = _figures(night, None)
     assert "per-epoch" in fallback.ahi_source and math.isnan(fallback.ahi["ahi_apnea"])
     assert math.isnan(fallback.longest_event_s) and fallback.notes
