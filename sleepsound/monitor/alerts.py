@@ -9,6 +9,10 @@ The rules and their defaults (a YAML file given to ``monitor serve --alerts`` ch
   (P(apnoea-hypopnoea) x events per event epoch); judged once 10 minutes have been scored.
 - ``loud_snoring``: snoring in every epoch for 10 minutes: at least 10 s of the epoch called snoring
   by the per-second ``snore`` head, or, for heads that predate it, the resp head's snore label.
+- ``breathing_unheard``: no breathing heard for 5 minutes while audio comes in (no rhythm of breath
+  sounds over the room's noise: ``breathing.heard``), so no pause could be found: the microphone is too
+  far, turned away or drowned by the room. One alert per episode; it clears when breathing is heard.
+  It reads the pause rule's envelope, so it needs ``breathing_pause`` enabled.
 - ``no_audio``: no chunk for 120 s while the session is open (the device is gone).
 - ``sensor``: the microphone silent (an epoch refused for zero RMS) or clipping (over 1% of an
   epoch's samples at full scale) for 5 minutes.
@@ -65,6 +69,11 @@ class SnoringRule(BaseModel):
     seconds_per_epoch: float = Field(10.0, gt=0, le=30)  # per-second head: an epoch snores with this much snoring
 
 
+class UnheardRule(BaseModel):
+    enabled: bool = True
+    minutes: float = Field(5.0, gt=0)
+
+
 class NoAudioRule(BaseModel):
     enabled: bool = True
     seconds: float = Field(120.0, gt=0)
@@ -89,6 +98,7 @@ class AlertRules(BaseModel):
     breathing_pause: PauseRule = PauseRule()
     event_rate: EventRateRule = EventRateRule()
     loud_snoring: SnoringRule = SnoringRule()
+    breathing_unheard: UnheardRule = UnheardRule()
     no_audio: NoAudioRule = NoAudioRule()
     sensor: SensorRule = SensorRule()
     webhooks: list[Webhook] = []
@@ -140,8 +150,27 @@ class Alerts:
 
     # ------------------------------------------------------------------ rules
 
-    def on_chunk(self, session_id: str, bed_id: str, pauses: list[tuple[float, float]]) -> None:
-        """Pauses (night seconds) found in the stream's recent audio: one alert per new pause."""
+    def on_chunk(
+        self,
+        session_id: str,
+        bed_id: str,
+        pauses: list[tuple[float, float]],
+        unheard_s: float | None = None,
+        now_s: float | None = None,
+    ) -> None:
+        """Pauses (night seconds) found in the stream's recent audio: one alert per new pause; and how long
+        breathing has not been heard up to ``now_s`` (night seconds), the ``breathing_unheard`` rule."""
+        u = self.rules.breathing_unheard
+        if u.enabled and unheard_s is not None and now_s is not None:
+            self._episode(
+                session_id,
+                bed_id,
+                "breathing_unheard",
+                unheard_s >= u.minutes * 60,
+                now_s - unheard_s,
+                now_s,
+                {"minutes": round(unheard_s / 60, 1)},
+            )
         rule = self.rules.breathing_pause
         if not rule.enabled:
             return

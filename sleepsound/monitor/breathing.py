@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from sleepsound.breathing.detector import detect_events
+from sleepsound.breathing.detector import detect_events, heard_frames
 from sleepsound.breathing.envelope import FEATURES, FRAME_SECONDS, epoch_envelope
 from sleepsound.core.config import PreprocessConfig
 from sleepsound.embed.preprocess import StreamingFilter
@@ -55,8 +55,12 @@ class PauseWatch:
         self._filter = StreamingFilter(rate, self.cfg)
         self._rest = np.zeros(0, dtype=np.float32)  # filtered samples short of a whole frame
         self._frames = np.zeros((0, len(FEATURES)), dtype=np.float32)
+        self.began_s: float | None = None  # the stream's time of the first frame ever pushed (since a restart)
+        self.last_heard_s: float | None = None  # the stream's time breathing was last heard
 
     def push(self, audio: np.ndarray) -> None:
+        if self.began_s is None:
+            self.began_s = self.start_s + len(self._frames) * FRAME_SECONDS
         filtered = self._filter.process(sanitise(np.asarray(audio, dtype=np.float32)))
         x = np.concatenate([self._rest, filtered]) if len(self._rest) else filtered
         frame = int(round(FRAME_SECONDS * self.cfg.target_rate))
@@ -71,6 +75,16 @@ class PauseWatch:
         """After a gap: what comes next is not continuous with what came before."""
         self.__init__(self.rate, self.keep * FRAME_SECONDS, self.cfg)  # type: ignore[misc]
         self.start_s = at_s
+
+    def unheard_seconds(self) -> float:
+        """How long breathing has not been heard, up to the newest frame (``breathing.heard``: no rhythm of
+        breath sounds in the 40 s before): while it is not, no pause can be found, so the bed is unwatched."""
+        end_s = self.start_s + len(self._frames) * FRAME_SECONDS
+        heard = np.flatnonzero(heard_frames(self._frames))
+        if len(heard):
+            self.last_heard_s = max(self.last_heard_s or 0.0, self.start_s + (heard[-1] + 1) * FRAME_SECONDS)
+        since = self.last_heard_s if self.last_heard_s is not None else self.began_s
+        return 0.0 if since is None else max(0.0, round(end_s - since, 1))
 
     def pauses(self, min_pause_s: float = MIN_PAUSE_S) -> list[Pause]:
         """The detector's apnoeas of at least ``min_pause_s`` among the kept frames, in stream seconds;

@@ -168,6 +168,12 @@ def bed_view(monitor: Any, session: Any) -> dict[str, Any]:
         "hypnogram": [[row["epoch_index"], row["stage_pred"]] for row in night],
         "ahi": _number(figures.get("ahi_estimated")),
         "snore_index": _number(figures.get("snore_index_estimated")),
+        # minutes without breathing heard while the bed is watched (None: heard, or not watched)
+        "unheard_minutes": (
+            round(session.unheard_s / 60, 1)
+            if session.state == "open" and session.unheard_s is not None and session.unheard_s >= 60
+            else None
+        ),
         "report": f"/runs/{session.run_id}/report" if session.state == "published" and session.run_id else None,
     }
 
@@ -282,7 +288,7 @@ h1{font-size:1.3rem;margin:.2rem 0 .8rem}main{display:grid;gap:.8rem;grid-templa
 .bed{background:#fff;border-radius:.5rem;padding:.7rem;margin-bottom:.8rem;box-shadow:0 1px 2px #0002}
 .bed h2{font-size:1.05rem;margin:0 0 .3rem;display:flex;justify-content:space-between;gap:.5rem;flex-wrap:wrap}
 .state{font-weight:600}.state.awake{color:#b36b00}.state.NREM{color:#1f5fa8}.state.REM{color:#6b3fa0}
-.state.no.signal,.state.ended{color:#666}.figures{font-size:.9rem;color:#444}
+.state.no.signal,.state.ended{color:#666}.figures{font-size:.9rem;color:#444}.unheard{color:#a40000}
 svg{width:100%;height:70px;background:#fafbfc;border:1px solid #e3e6ea;border-radius:.3rem}
 .feed{background:#fff;border-radius:.5rem;padding:.7rem;box-shadow:0 1px 2px #0002}
 .alert{border-left:4px solid #b00020;padding:.3rem .5rem;margin:.4rem 0;background:#fff5f6}
@@ -357,6 +363,10 @@ async function refresh() {
     const minutes = (bed.epochs / 2).toFixed(1);
     card.appendChild(el('div', {class: 'figures'},
       `${minutes} min scored, events/h ${figure(bed.ahi, '')}, snore index ${figure(bed.snore_index, 'min/h')}`));
+    if (bed.unheard_minutes !== null) {
+      card.appendChild(el('div', {class: 'unheard'},
+        `breathing not heard for ${bed.unheard_minutes} min: pauses cannot be found`));
+    }
     if (bed.report) {
       const link = el('a', {href: bed.report}, 'Night report');
       card.appendChild(link);

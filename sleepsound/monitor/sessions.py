@@ -140,6 +140,7 @@ class Session:
     client: str | None = None  # the address that opened it (the per-client cap; saved, so a restart keeps it)
     finished: float = 0.0  # when it was published (the newest finished nights stay in memory)
     skipped_s: float = 0.0  # audio given up as missing so far (bounded by the time the session has been open)
+    unheard_s: float | None = None  # how long breathing has not been heard (None: the pause rule is off)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -388,7 +389,11 @@ class Monitor:
         if watch is None:
             return
         found = watch.pauses(self.alerts.rules.breathing_pause.min_pause_s)
-        self.alerts.on_chunk(session.id, session.bed_id, [(p.start_s, p.end_s) for p in found])
+        session.unheard_s = watch.unheard_seconds()
+        now_s = session.stream.night_samples / (session.stream.rate or 1)
+        self.alerts.on_chunk(
+            session.id, session.bed_id, [(p.start_s, p.end_s) for p in found], session.unheard_s, now_s
+        )
 
     def _epoch_rules(self, session: Session, rows: list[dict[str, Any]]) -> None:
         trimmed = [{k: row.get(k) for k in KEEP} for row in rows]

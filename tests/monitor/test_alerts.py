@@ -168,3 +168,19 @@ def test_loud_snoring_reads_the_per_second_head_where_the_rows_have_it(tmp_path:
         alerts.on_epochs(session, "bed", night, {}, {}, 1.0)
     raised = {a["session_id"] for a in alerts.listing() if a["rule"] == "loud_snoring"}
     assert raised == {"s-loud", "s-old"}
+
+
+def test_breathing_unheard_for_five_minutes_is_one_alert_until_it_is_heard_again(tmp_path: Path) -> None:
+    alerts = Alerts(AlertRules(), tmp_path, epoch_seconds=30.0)
+    for now, unheard in ((100.0, 0.0), (400.0, 240.0), (460.0, 300.0), (520.0, 360.0), (580.0, 420.0)):
+        alerts.on_chunk("s-far", "bed 4", [], unheard, now)
+    [alert] = [a for a in alerts.listing() if a["rule"] == "breathing_unheard"]
+    assert alert["start_s"] == 160.0 and alert["end_s"] == 580.0 and alert["active"]  # one alert, the episode grows
+    assert alert["evidence"]["minutes"] == 5.0
+    alerts.on_chunk("s-far", "bed 4", [], 0.0, 640.0)  # heard again: the episode clears
+    assert not alerts.listing()[0]["active"]
+    alerts.on_chunk("s-far", "bed 4", [], 300.0, 1000.0)  # a second episode, a second alert
+    assert len([a for a in alerts.listing() if a["rule"] == "breathing_unheard"]) == 2
+    off = Alerts(AlertRules.model_validate({"breathing_unheard": {"enabled": False}}), tmp_path / "off", 30.0)
+    off.on_chunk("s-far", "bed 4", [], 900.0, 1000.0)
+    assert off.listing() == []

@@ -119,3 +119,29 @@ def test_health_answers_at_once_while_the_scoring_queue_is_full(trained: Trained
         t.join()
     assert seen_busy and slowest < 1.0
     assert 200 in codes and 503 in codes  # the queue is bounded: the surplus is refused at once, not queued
+
+
+def test_a_stream_says_how_long_breathing_has_gone_unheard() -> None:
+    """Breathing for two minutes, then six minutes of the room alone (the sleeper turned away, the
+    microphone knocked over), then breathing again: the watch counts the unheard time from the last
+    rhythm heard, and it drops to nothing once breathing is heard again."""
+    from sleepsound.monitor.breathing import PauseWatch
+
+    room = np.random.default_rng(5).normal(0, 0.002, 360 * RATE).astype(np.float32)
+    audio = np.concatenate([_breaths(120, None), room, _breaths(120, None, seed=1)])
+    watch = PauseWatch(RATE, keep_s=180)
+    unheard = []
+    for start in range(0, len(audio), 10 * RATE):
+        watch.push(audio[start : start + 10 * RATE])
+        unheard.append((start / RATE + 10, watch.unheard_seconds()))
+    at = dict(unheard)
+    assert at[120.0] == 0.0  # breathing all along
+    # since the last rhythm heard: the last breath ends at 117.5 s, and a pause can be found for up to the
+    # 40-s rhythm window after it
+    assert 300 - 118 - 40 <= at[300.0] <= 300 - 118
+    assert at[480.0] > 280  # past the 180 s the watch keeps: counted on (the room alone, heard nowhere)
+    assert at[600.0] == 0.0  # heard again
+    silent = PauseWatch(RATE, keep_s=180)  # a microphone that never hears breathing: unheard from its start
+    for start in range(0, 200 * RATE, 10 * RATE):
+        silent.push(room[start : start + 10 * RATE])
+    assert silent.unheard_seconds() == pytest.approx(200.0, abs=0.2)
