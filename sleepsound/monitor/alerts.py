@@ -25,7 +25,8 @@ appended to ``monitor/sessions/<id>/alerts.jsonl`` as they happen, so a restarte
 shows them again.
 
 Delivery: every alert (and acknowledgement) goes to the live subscribers (the server-sent
-event stream) at once and to each configured webhook from a thread of its own: the JSON body
+event stream) at once and to each configured webhook from a thread and queue of its own (a webhook
+that hangs delays only its own deliveries): the JSON body
 signed with HMAC-SHA256 of the webhook's secret (``X-Sleepsound-Signature: sha256=<hex>``),
 retried with exponential backoff (1, 2, 4, ... s, up to ``max_attempts``), every attempt
 recorded in ``monitor/webhooks.jsonl`` (time, alert, webhook index, status or error).
@@ -134,10 +135,13 @@ class Alerts:
         self._active: dict[tuple[str, str], str] = {}  # (session, rule) -> the episode's alert id
         self._lock = threading.Lock()
         self._subscribers: list[Callable[[dict[str, Any]], None]] = []
-        self._deliveries: queue.Queue[tuple[dict[str, Any], int, int] | None] = queue.Queue()
+        # One queue and one delivery thread per webhook: a pager that hangs or refuses delays its own
+        # deliveries only (with one thread for all, a dead one held every other's alerts for minutes).
+        self._deliveries: list[queue.Queue[tuple[dict[str, Any], int] | None]] = [queue.Queue() for _ in rules.webhooks]
         self._webhook_log = folder.parent / "webhooks.jsonl"
-        if rules.webhooks:
-            threading.Thread(target=self._deliver_loop, name="webhooks", daemon=True).start()
+        self._log_lock = threading.Lock()
+        for index in range(len(rules.webhooks)):
+            threading.Thread(target=self._deliver_loop, args=(index,), name=f"webhook-{index}", daemon=True).start()
         for path in sorted(folder.glob("*/alerts.jsonl")):
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
@@ -263,11 +267,19 @@ class Alerts:
             )
 
     def forget(self, session_id: str) -> None:
-        """A session the service no longer holds: its running episodes end here (its alerts stay listed),
-        so the index of running episodes does not grow with every session ever opened."""
+        """A session the service no longer holds: its running episodes end and its alerts leave memory and
+        the listings (they stay in its ``alerts.jsonl``), so neither grows with every night ever watched."""
+        self.keep_only(None, drop=session_id)
+
+    def keep_only(self, session_ids: set[str] | None, drop: str | None = None) -> None:
+        """Hold the alerts of ``session_ids`` only (None: all but ``drop``'s)."""
+
+        def kept(sid: str) -> bool:
+            return sid != drop if session_ids is None else sid in session_ids
+
         with self._lock:
-            for key in [k for k in self._active if k[0] == session_id]:
-                del self._active[key]
+            self._active = {k: v for k, v in self._active.items() if kept(k[0])}
+            self.alerts = {k: a for k, a in self.alerts.items() if kept(a["session_id"])}
 
     # ------------------------------------------------------------------ records
 
@@ -365,18 +377,19 @@ class Alerts:
             subscribers = list(self._subscribers)
         for callback in subscribers:
             callback(message)
-        for index in range(len(self.rules.webhooks)):
-            self._deliveries.put((message, index, 1))
+        for deliveries in self._deliveries:
+            deliveries.put((message, 1))
 
-    def _deliver_loop(self) -> None:
+    def _deliver_loop(self, index: int) -> None:
+        """Webhook ``index``'s deliveries, each retried with backoff while the next ones go out."""
         import httpx
 
-        waiting: list[tuple[float, dict[str, Any], int, int]] = []
+        waiting: list[tuple[float, dict[str, Any], int]] = []
         with httpx.Client(timeout=5) as client:
             while True:
                 timeout = max(0.0, min(w[0] for w in waiting) - time.monotonic()) if waiting else None
                 try:
-                    item = self._deliveries.get(timeout=timeout)
+                    item = self._deliveries[index].get(timeout=timeout)
                     if item is None:
                         return
                     waiting.append((time.monotonic(), *item))
@@ -384,10 +397,10 @@ class Alerts:
                     pass
                 due = [w for w in waiting if w[0] <= time.monotonic()]
                 waiting = [w for w in waiting if w[0] > time.monotonic()]
-                for _, message, index, attempt in due:
+                for _, message, attempt in due:
                     if not self._attempt(client, message, index, attempt) and attempt < self.rules.max_attempts:
                         delay = self.rules.backoff_s * 2 ** (attempt - 1)
-                        waiting.append((time.monotonic() + delay, message, index, attempt + 1))
+                        waiting.append((time.monotonic() + delay, message, attempt + 1))
 
     def _attempt(self, client: Any, message: dict[str, Any], index: int, attempt: int) -> bool:
         hook = self.rules.webhooks[index]
@@ -413,12 +426,13 @@ class Alerts:
         except Exception as exc:  # refused, timed out, DNS: recorded and retried
             record["error"] = type(exc).__name__
             ok = False
-        with self._webhook_log.open("a", encoding="utf-8") as handle:
+        with self._log_lock, self._webhook_log.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         return ok
 
     def stop(self) -> None:
-        self._deliveries.put(None)
+        for deliveries in self._deliveries:
+            deliveries.put(None)
 
 
 def _trailing(rows: list[dict[str, Any]], test: Callable[[dict[str, Any]], bool]) -> int:

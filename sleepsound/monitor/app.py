@@ -386,6 +386,12 @@ def create_app(root: str, cfg: Config, settings: Settings, versions: dict[str, s
                     try:
                         message = await asyncio.wait_for(inbox.get(), 15.0)
                     except TimeoutError:
+                        message = None
+                    # the login is checked again before anything more is sent: a browser logged out, a
+                    # user removed or a login expired since the stream opened gets nothing more
+                    if access.who(request) is None:
+                        return
+                    if message is None:
                         yield b": keep-alive\n\n"
                         continue
                     yield f"event: {message['type']}\ndata: {json.dumps(message['alert'])}\n\n".encode()

@@ -45,6 +45,11 @@ HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "same-origin",  # no-referrer would make a form POST say Origin: null
 }
+# A night's report is static: no script at all, its figures inline PNGs (``data:``), its style inline.
+REPORT_HEADERS = {
+    **HEADERS,
+    "Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'none'",
+}
 
 
 def _digest(text: str) -> str:
@@ -157,9 +162,12 @@ def bed_view(monitor: Any, session: Any) -> dict[str, Any]:
     else:
         state = {"Wake": "awake"}.get(last["stage_pred"], last["stage_pred"])
     figures: dict[str, Any] = {}
-    if night:
+    if night and session.figures is not None and session.figures[0] == len(night):
+        figures = session.figures[1]  # no epoch scored since the last poll: the same figures
+    elif night:  # a DataFrame of the whole night: 6.5 ms for an 8-h bed, so once per newly scored epoch
         frame = pd.DataFrame(night).assign(events_true=None, snore_frac_true=None, stage_true=None)
         figures = night_breathing(frame, monitor.scorer.model["heads"].get("resp"))
+        session.figures = (len(night), figures)
     return {
         "session_id": session.id,
         "bed_id": session.bed_id,
@@ -174,7 +182,13 @@ def bed_view(monitor: Any, session: Any) -> dict[str, Any]:
             if session.state == "open" and session.unheard_s is not None and session.unheard_s >= 60
             else None
         ),
-        "report": f"/runs/{session.run_id}/report" if session.state == "published" and session.run_id else None,
+        "report": (
+            f"/runs/{session.run_id}/report"
+            if session.state == "published"
+            and session.run_id
+            and (_report_folder(monitor, session.run_id) / "index.html").exists()
+            else None  # a night with no whole epoch is published without one
+        ),
     }
 
 
@@ -251,14 +265,31 @@ def add_dashboard(app: FastAPI, monitor: Any, access: Access) -> None:
         return [bed_view(monitor, s) for s in sorted(monitor.sessions.values(), key=lambda s: s.created)]
 
     @app.get("/runs/{run_id}/report", include_in_schema=False)
+    @app.get("/runs/{run_id}/index.html", include_in_schema=False)  # where a night's page links back to
     def report(run_id: str, request: Request) -> Response:
         access.check(request, "a night's report")
-        if not any(s.run_id == run_id for s in monitor.sessions.values()):
-            raise Refused(404, f"no published night {run_id}")
-        path = Path(monitor.dir).parents[1] / "runs" / run_id / "report" / "index.html"
+        path = _report_folder(monitor, run_id) / "index.html"
         if not path.exists():
             raise Refused(404, f"night {run_id} has no report")
-        return FileResponse(path, media_type="text/html", headers=HEADERS)
+        return FileResponse(path, media_type="text/html", headers=REPORT_HEADERS)
+
+    @app.get("/runs/{run_id}/nights/{name}", include_in_schema=False)
+    def night_page(run_id: str, name: str, request: Request) -> Response:
+        """The night's own page and PDF, which the report links to (``nights/<id>.html``, ``.pdf``)."""
+        access.check(request, "a night's report")
+        folder = _report_folder(monitor, run_id) / "nights"
+        kinds = {".html": "text/html", ".pdf": "application/pdf"}
+        path = folder / name
+        if Path(name).suffix not in kinds or path.parent != folder or not path.is_file():
+            raise Refused(404, f"night {run_id} has no page {name!r}")
+        return FileResponse(path, media_type=kinds[Path(name).suffix], headers=REPORT_HEADERS)
+
+
+def _report_folder(monitor: Any, run_id: str) -> Path:
+    """A published night's report folder; 404 for a run id no session the service holds published."""
+    if not any(s.run_id == run_id for s in monitor.sessions.values()):
+        raise Refused(404, f"no published night {run_id}")
+    return Path(monitor.dir).parents[1] / "runs" / run_id / "report"
 
 
 LOGIN_HTML = """<!doctype html>
@@ -296,14 +327,15 @@ svg{width:100%;height:70px;background:#fafbfc;border:1px solid #e3e6ea;border-ra
 .alert button{font-size:.9rem;padding:.3rem .6rem;margin-top:.2rem}.empty{color:#666}
 .legend{font-size:.75rem;color:#666}header{display:flex;justify-content:space-between;align-items:center;
 flex-wrap:wrap;gap:.5rem}.who{font-size:.9rem;color:#444}.who button{font-size:.85rem}
-.feed h2{font-size:1.05rem;margin:0 0 .3rem}
+.feed h2{font-size:1.05rem;margin:0 0 .3rem}.problem{color:#a40000;margin:0 0 .5rem}.problem:empty{display:none}
 </style></head>
 <body><header><h1>Bedside monitor</h1>
 <form method="post" action="/logout" class="who"><span id="who"></span> <button type="submit">Log out</button></form>
 </header>
-<main><section id="beds" aria-label="beds"><p class="empty">No beds yet.</p></section>
+<p id="problem" class="problem" role="status"></p>
+<main><section id="beds" aria-label="beds"><p class="empty">Loading beds…</p></section>
 <section class="feed" aria-label="alerts"><h2>Alerts</h2>
-<div id="alerts"><p class="empty">No alerts.</p></div></section></main>
+<div id="alerts"><p class="empty">Loading alerts…</p></div></section></main>
 <script src="/dashboard.js"></script></body></html>
 """
 
@@ -311,6 +343,7 @@ DASHBOARD_JS = r"""'use strict';
 const LEVEL = {Wake: 8, REM: 30, NREM: 55};
 const beds = document.getElementById('beds');
 const feed = document.getElementById('alerts');
+const problem = document.getElementById('problem');
 const known = new Map();
 
 function el(tag, attrs, text) {
@@ -347,9 +380,20 @@ function hypnogram(points) {
 function figure(value, unit) { return value === null ? '-' : `${value} ${unit}`; }
 
 async function refresh() {
-  const reply = await fetch('/v1/beds', {credentials: 'same-origin'});
-  if (reply.status === 401) { location.href = '/login'; return; }
-  const list = await reply.json();
+  // A failed poll (the service busy, the network gone) keeps the last beds shown and says so: an empty
+  // ward must never be shown for an answer that was not a list of beds.
+  let list;
+  try {
+    const reply = await fetch('/v1/beds', {credentials: 'same-origin'});
+    if (reply.status === 401) { location.href = '/login'; return; }
+    if (!reply.ok) throw new Error(`the service answered ${reply.status}`);
+    list = await reply.json();
+    if (!Array.isArray(list)) throw new Error('the service answered no list of beds');
+  } catch (error) {
+    problem.textContent = `Beds not updated since ${new Date().toLocaleTimeString()}: ${error.message}; retrying.`;
+    return;
+  }
+  problem.textContent = '';
   beds.replaceChildren();
   if (!list.length) beds.appendChild(el('p', {class: 'empty'}, 'No beds yet.'));
   for (const bed of list) {
@@ -403,19 +447,41 @@ function showAlert(alert) {
   }
 }
 
-async function start() {
+async function loadAlerts() {
+  // Every alert so far: at start and whenever the live stream (re)connects, so none raised while it
+  // was down is missed; retried until it answers.
+  try {
+    const reply = await fetch('/v1/alerts', {credentials: 'same-origin'});
+    if (!reply.ok) throw new Error(`the service answered ${reply.status}`);
+    const alerts = await reply.json();
+    for (const alert of alerts) showAlert(alert);
+    if (!alerts.length && !known.size) feed.replaceChildren(el('p', {class: 'empty'}, 'No alerts.'));
+  } catch (error) {
+    setTimeout(loadAlerts, 5000);
+  }
+}
+
+async function poll() {
   await refresh();
-  const me = await fetch('/v1/me', {credentials: 'same-origin'});
-  if (me.ok) {
+  setTimeout(poll, 2000);  // the next poll after this one's answer: slow answers never pile up
+}
+
+async function whoAmI() {
+  try {
+    const me = await fetch('/v1/me', {credentials: 'same-origin'});
+    if (!me.ok) return;
     const who = await me.json();
     document.getElementById('who').textContent = who.open ? 'open on loopback' : `logged in as ${who.who}`;
-  }
-  const reply = await fetch('/v1/alerts', {credentials: 'same-origin'});
-  if (reply.ok) for (const alert of await reply.json()) showAlert(alert);
+  } catch (error) { /* shown at the next page load */ }
+}
+
+function start() {
   const stream = new EventSource('/v1/alerts/stream');
+  stream.addEventListener('open', loadAlerts);
   stream.addEventListener('alert', (e) => showAlert(JSON.parse(e.data)));
   stream.addEventListener('acknowledged', (e) => showAlert(JSON.parse(e.data)));
-  setInterval(refresh, 2000);
+  whoAmI();
+  poll();
 }
 start();
 """

@@ -59,7 +59,7 @@ from sleepsound.breathing.store import write_events
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
 from sleepsound.core.records import FlowSummary
-from sleepsound.core.storage import full_uri, is_local, open_root, write_synced_aside, write_table
+from sleepsound.core.storage import full_uri, is_local, open_root, remove_tree, write_synced_aside, write_table
 from sleepsound.embed.preprocess import Epoch
 from sleepsound.monitor.alerts import AlertRules, Alerts
 from sleepsound.monitor.limits import AudioLimits, BoundedWorker, Busy, Refused, decode_audio
@@ -141,6 +141,7 @@ class Session:
     finished: float = 0.0  # when it was published (the newest finished nights stay in memory)
     skipped_s: float = 0.0  # audio given up as missing so far (bounded by the time the session has been open)
     unheard_s: float | None = None  # how long breathing has not been heard (None: the pause rule is off)
+    figures: tuple[int, dict[str, Any]] | None = None  # the dashboard's figures and the epochs they were of
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -480,7 +481,7 @@ class Monitor:
             "counts": {
                 "epochs": len(rows),
                 "scored": sum(r["stage_pred"] is not None for r in rows),
-                "missing_seconds": round(sum(b - a for a, b in session.stream.missing) / rate, 1),
+                "missing_seconds": round(session.stream.missing_samples / rate, 1),
             },
             "predictions": full_uri(store.fs, predictions),
             "summaries": None,
@@ -494,6 +495,10 @@ class Monitor:
             table = with_heard_seconds(table, env, valid, events, epoch)
         try:
             with hold_root(store, run_id, "monitor"):
+                # an earlier publication of this night that died part-way left files (a write's temporary one
+                # too): the night is written again whole, nothing of the first attempt kept
+                if store.fs.exists(f"{store.path}/runs/{run_id}"):
+                    remove_tree(store.fs, f"{store.path}/runs/{run_id}")
                 write_table(
                     store.fs,
                     f"{predictions}/recording_id={session.id}/part-0.parquet",
@@ -568,6 +573,7 @@ class Monitor:
                     "next_seq": s.next_seq,
                     "night_samples": s.night_samples,
                     "missing": s.missing,
+                    "missing_samples": s.missing_samples,
                     "pieces": [asdict(p) for p in s.pieces],
                     "pending": sorted(s.pending),
                 },
@@ -586,6 +592,7 @@ class Monitor:
                 if session.state == "ending" and not session.cut:
                     session.state = "ended"
                 self._queue(session)
+        self.alerts.keep_only(set(self.sessions))  # a published night's alerts went with it
         if self.sessions:
             log.info("resumed %d session(s)", len(self.sessions))
 
@@ -608,6 +615,7 @@ class Monitor:
             [tuple(m) for m in st["missing"]],
             first_epoch=max(0, emit_from - 1),
             emit_from=emit_from,
+            missing_samples=st.get("missing_samples"),  # saved before the total was kept: the gaps still held
         )
         session = Session(
             sid, saved["bed_id"], saved["token_hash"], saved["created"], time.time(), stream, state=saved["state"]

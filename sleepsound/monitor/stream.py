@@ -79,6 +79,7 @@ class NightStream:
         missing: list[tuple[int, int]] | None = None,
         first_epoch: int = 0,
         emit_from: int = 0,
+        missing_samples: int | None = None,
     ) -> None:
         self.cfg = cfg
         self.window = window
@@ -87,7 +88,9 @@ class NightStream:
         self.full_scale = full_scale
         self.next_seq = next_seq
         self.night_samples = night_samples  # samples fed so far, missing ones included
-        self.missing: list[tuple[int, int]] = list(missing or [])
+        self.missing: list[tuple[int, int]] = list(missing or [])  # the gaps still inside the window
+        # every sample given up as missing this night (``missing`` forgets gaps as their epochs are scored)
+        self.missing_samples = sum(b - a for a, b in self.missing) if missing_samples is None else missing_samples
         self.pending: dict[int, np.ndarray] = {}
         self.pieces: list[Piece] = []
         self.first_epoch = first_epoch
@@ -214,6 +217,7 @@ class NightStream:
         assert self.rate is not None and self.chunk_seconds is not None
         n = max(1, int(round(self.chunk_seconds * self.rate)))
         self.missing.append((self.night_samples, self.night_samples + n))
+        self.missing_samples += n
         self.pieces.append(Piece(seq, self.night_samples, n, missing=True))
         self.night_samples += n
         self._keep_tail(None)

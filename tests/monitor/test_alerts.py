@@ -184,3 +184,59 @@ def test_breathing_unheard_for_five_minutes_is_one_alert_until_it_is_heard_again
     off = Alerts(AlertRules.model_validate({"breathing_unheard": {"enabled": False}}), tmp_path / "off", 30.0)
     off.on_chunk("s-far", "bed 4", [], 900.0, 1000.0)
     assert off.listing() == []
+
+
+def test_a_webhook_that_hangs_delays_none_of_another_webhooks_alerts(tmp_path: Path) -> None:
+    """A pager that takes connections and never answers (each attempt waits out the 5-s timeout) and a
+    healthy one: every alert reaches the healthy one at once, as if the other were not there."""
+    import socket
+
+    hanging = socket.socket()
+    hanging.bind(("127.0.0.1", 0))
+    hanging.listen(64)  # connections complete in the kernel's backlog; nothing ever reads or answers
+    received: list[float] = []
+
+    async def hook(request: Request) -> PlainTextResponse:
+        received.append(time.monotonic())
+        return PlainTextResponse("ok")
+
+    port = free_port()
+    server, thread = start_server(Starlette(routes=[Route("/hook", hook, methods=["POST"])]), port)
+    rules = AlertRules.model_validate(
+        {
+            "webhooks": [
+                {"url": f"http://127.0.0.1:{hanging.getsockname()[1]}/hook", "secret": SECRET},
+                {"url": f"http://127.0.0.1:{port}/hook", "secret": SECRET},
+            ]
+        }
+    )
+    alerts = Alerts(rules, tmp_path / "sessions", epoch_seconds=30.0)
+    try:
+        start = time.monotonic()
+        for k in range(4):  # four pauses of two beds
+            alerts.on_chunk(f"s-{k % 2}", f"bed {k % 2}", [(100.0 * k, 100.0 * k + 15.0)])
+        deadline = time.monotonic() + 4.0  # under one timeout of the hanging pager
+        while len(received) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(received) == 4 and max(received) - start < 4.0
+    finally:
+        alerts.stop()
+        server.should_exit = True
+        thread.join(timeout=10)
+        hanging.close()
+
+
+def test_a_forgotten_nights_alerts_leave_memory_and_a_restart_holds_only_the_sessions_it_resumes(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "sessions"
+    alerts = Alerts(AlertRules(), folder, epoch_seconds=30.0)
+    for sid in ("s-old", "s-new"):
+        alerts.on_chunk(sid, "bed", [(100.0, 115.0)])
+    alerts.forget("s-old")
+    assert {a["session_id"] for a in alerts.listing()} == {"s-new"}
+    assert (folder / "s-old" / "alerts.jsonl").exists()  # its record stays on disk
+    again = Alerts(AlertRules(), folder, epoch_seconds=30.0)  # a restart reads every session's file
+    assert len(again.listing()) == 2
+    again.keep_only({"s-new"})  # the sessions it resumed
+    assert [a["session_id"] for a in again.listing()] == ["s-new"]

@@ -130,9 +130,18 @@ def test_a_gap_beyond_the_window_is_missing_audio_not_closed_up(trained: Trained
             for i in sent
         ]
         assert [seq for r in replies for seq in r["missing"]] == [4, 5]
+        # what a publication of this night killed part-way would have left: written again whole, without it
+        runs = Path(live.app.state.monitor.root) / "runs" / f"monitor-{sid}"  # type: ignore[attr-defined]
+        leftover = runs / "predictions" / f"recording_id={sid}" / ".part-0.parquet.tmp-5a1e"
+        leftover.parent.mkdir(parents=True)
+        leftover.write_bytes(b"half a parquet file")
         client.delete(f"{live.base}/v1/sessions/{sid}", headers=auth)
-        _wait_published(client, live.base, sid, auth)
+        status = _wait_published(client, live.base, sid, auth)
         rows = client.get(f"{live.base}/v1/sessions/{sid}/epochs", headers=auth).json()
+    assert not leftover.exists() and (runs / "run.json").exists()
+    record = json.loads((runs / "run.json").read_text())
+    assert record["counts"]["missing_seconds"] == 20.0  # the whole night's gap, long scored past by the end
+    assert status["run_id"] == f"monitor-{sid}"
     assert [r["epoch_index"] for r in rows] == [0, 1, 2, 3, 4]  # epoch 2 still starts at 60 s
     assert rows[1]["stage_pred"] is None  # 30-60 s held the missing audio: not scored
     assert rows[0]["stage_pred"] is not None and rows[2]["stage_pred"] is not None
