@@ -141,7 +141,8 @@ class Session:
     finished: float = 0.0  # when it was published (the newest finished nights stay in memory)
     skipped_s: float = 0.0  # audio given up as missing so far (bounded by the time the session has been open)
     unheard_s: float | None = None  # how long breathing has not been heard (None: the pause rule is off)
-    figures: tuple[int, dict[str, Any]] | None = None  # the dashboard's figures and the epochs they were of
+    # the dashboard's view of the night (``dashboard.bed_view``): epochs scored, figures, hypnogram
+    figures: tuple[int, dict[str, Any], list[list[Any]]] | None = None
 
 
 def _write_json(path: Path, obj: Any) -> None:
