@@ -116,6 +116,7 @@ class NightFigures:
     # holds each epoch's share of seconds called snoring) or the per-epoch P(snore) (None: neither).
     snore_source: str | None = None
     breathing_heard: float = math.nan  # share of the recording with breathing heard (NaN: older runs)
+    heard_s: np.ndarray | None = None  # per epoch, seconds with breathing heard (NaN unknown; None: older runs)
 
     @property
     def rei(self) -> float:
@@ -216,7 +217,8 @@ def night_figures(
             "snore_index"
         ]
     recording_hours = float(starts.max() + epoch_seconds - starts.min()) / 3600.0 if len(starts) else 0.0
-    heard = breathing_heard(night["breath_heard_s"].tolist() if "breath_heard_s" in night else None, recording_hours)
+    heard_s = night["breath_heard_s"].to_numpy(np.float64, na_value=np.nan) if "breath_heard_s" in night else None
+    heard = breathing_heard(None if heard_s is None else heard_s.tolist(), recording_hours)
     if events_warning(heard):
         notes.append(str(events_warning(heard)))
     sleep_hours = summary["total_sleep_time_min"] / 60.0
@@ -261,6 +263,7 @@ def night_figures(
         notes=notes,
         snore_source=snore_source,
         breathing_heard=heard,
+        heard_s=heard_s,
     )
 
 

@@ -123,6 +123,19 @@ def draw_night_chart(fig: Figure, nf: NightFigures, area: Mapping[str, float] | 
     hyp.set_title(f"Hypnogram ({head})", loc="left")
     hyp.grid(axis="x", color="#e5e5e5")
 
+    unheard = _unheard_spans(nf, hours0, step)
+    if unheard:  # where no event could have been found: grey behind the events' rows
+        ev.broken_barh(unheard, (-0.6, 2.2), color="#e3e3e3", zorder=0)
+        ev.text(
+            0.995,
+            0.94,
+            "grey: breathing not heard",
+            transform=ev.transAxes,
+            ha="right",
+            va="top",
+            fontsize=7,
+            color="#666",
+        )
     if nf.events is not None:
         for row, kind in enumerate(("apnea", "hypopnea")):
             mine = nf.events[nf.events["type"] == kind]
@@ -168,6 +181,18 @@ def draw_night_chart(fig: Figure, nf: NightFigures, area: Mapping[str, float] | 
         ax.xaxis.set_major_formatter(FuncFormatter(_clock(nf)))
         ax.tick_params(axis="x", labelbottom=ax is sn)
     sn.set_xlabel("clock time" if nf.start is not None else "time from the start of the recording (h:mm)")
+
+
+def _unheard_spans(nf: NightFigures, hours0: np.ndarray, step: float) -> list[tuple[float, float]]:
+    """(start, width) in hours of each run of epochs with breathing heard under half their length."""
+    if nf.heard_s is None or len(nf.heard_s) != len(hours0):
+        return []
+    low = np.isfinite(nf.heard_s) & (nf.heard_s < nf.epoch_seconds / 2)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], low.astype(np.int8), [0]])))
+    return [
+        (float(hours0[a]), float(hours0[b - 1] - hours0[a] + step))
+        for a, b in zip(edges[::2], edges[1::2], strict=True)
+    ]
 
 
 def night_chart_tag(nf: NightFigures) -> str:

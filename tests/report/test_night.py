@@ -16,8 +16,10 @@ import pyedflib
 import pytest
 from pypdf import PdfReader
 
+from sleepsound.labels.vocabulary import EPOCH_SECONDS
 from sleepsound.report.night import ahi_by_stage, night_figures, read_night_events, recording_start, subject_trends
 from sleepsound.report.night_page import (
+    _unheard_spans,
     breathing_rows,
     clock_ticks,
     draw_night_chart,
@@ -146,6 +148,10 @@ def test_night_figures_from_the_event_table_and_without_it(three_nights: pd.Data
     assert faint_nf.breathing_heard == pytest.approx(0.2)
     assert any("heard in 20% of the recording" in note for note in faint_nf.notes)
     assert "heard in 20% of the recording" in render_night_html(faint_nf, "r", "P1-night1")
+    hours0, step = faint_nf.start_s / 3600.0, EPOCH_SECONDS / 3600.0
+    [(start, width)] = _unheard_spans(faint_nf, hours0, step)  # shaded behind the events' rows
+    assert (start, width) == (pytest.approx(0.4), pytest.approx(1.6))
+    assert _unheard_spans(nf, hours0, step) == [] and _unheard_spans(older, hours0, step) == []
 
     fallback = _figures(night, None)
     assert "per-epoch" in fallback.ahi_source and math.isnan(fallback.ahi["ahi_apnea"])
