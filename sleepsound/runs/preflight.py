@@ -83,13 +83,15 @@ def check_root_writable(root: str) -> None:
 def check_models(root: str, versions: dict[str, str]) -> None:
     """A score run has a stage3 model to score with, every version it names exists, and each head's
     files are whole (config and weights header; a truncated champion failed only inside the flow)."""
+    from sleepsound.core.storage import open_root
     from sleepsound.models.heads.artifacts import HeadArtifactError, check_head_files
     from sleepsound.registry.store import ModelNotFound, serving_models
 
     try:
         model = serving_models(root, versions)
+        fs, _ = open_root(root)  # the heads' folders are paths of the root's filesystem (no s3:// of their own)
         for head in model["heads"].values():
-            check_head_files(None, head["model_dir"])
+            check_head_files(fs, head["model_dir"])
     except (ModelNotFound, HeadArtifactError) as exc:
         raise NotStartable(f"cannot score: {exc}") from exc
 

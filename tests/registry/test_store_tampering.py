@@ -225,3 +225,21 @@ def test_score_refuses_a_truncated_champion_before_it_starts(root: Path, tmp_pat
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(NotStartable, match=r"cannot score: .*model\.safetensors"):
         check_models(str(root), {})
+
+
+def test_score_checks_a_champion_on_object_storage_through_the_roots_filesystem(root: Path, s3_endpoint: str) -> None:
+    """The heads' folders the store names are paths of the root's filesystem (no ``s3://``): the check
+    read them from local disk, so `score` on an S3 root failed every time before it started."""
+    import s3fs
+
+    from sleepsound.runs.preflight import NotStartable, check_models
+
+    s3 = s3fs.S3FileSystem()
+    s3.mkdir("preflight-s3")
+    s3.put(str(root) + "/", "preflight-s3/root/", recursive=True)
+    check_models("s3://preflight-s3/root", {})  # whole: passes
+    key = f"preflight-s3/root/models/stage3/{VERSION}/model.safetensors"
+    s3.pipe_file(key, s3.cat_file(key)[:100])
+    s3.invalidate_cache()
+    with pytest.raises(NotStartable, match=r"cannot score: .*model\.safetensors"):
+        check_models("s3://preflight-s3/root", {})
