@@ -7,8 +7,16 @@ starting together exactly one gets it; the other is refused at once with a messa
 holder. The holder rewrites the lock every ``heartbeat_s``; a lock the storage last wrote more
 than ``stale_after_s`` ago belongs to a run that died (killed, machine lost) and is taken over,
 so a crash never locks a root for good. A holder on this same machine whose process is gone is
-known dead at once. Taking over is atomic too: the runs that find the same dead lock race to
-create a claim named after that lock's bytes, and only the one that creates it replaces the lock.
+known dead at once: "this same machine" is the hostname, the boot id and the PID namespace the
+lock records, as one hostname is shared by containers with host networking (Kubernetes
+``hostNetwork`` pods), whose processes one another cannot see; a holder in another PID namespace
+or booted kernel is left to go stale like another machine's, and the process's start time tells a
+reused pid from the holder's (a lock written before these were recorded is judged by hostname and
+pid). Taking over is atomic too: the runs that find the same dead lock race to create a claim
+named after that lock's bytes, and only the one that creates it replaces the lock. A create whose
+answer was lost after the storage made it (a dropped response: the retried ``If-None-Match: *``
+PUT is refused, 412) finds the lock, or the claim, holding this attempt's own record, and counts as
+made, so one dropped response neither refuses the run nor leaves its lock behind.
 
 What is guaranteed, and what is not:
 
@@ -94,11 +102,40 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _boot_id() -> str | None:
+    """This kernel since it booted: the hostname alone does not tell two machines (or VMs) apart."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip() or None
+    except OSError:  # no /proc (macOS): the hostname and pid are all there is
+        return None
+
+
+def _pid_ns() -> int | None:
+    """This process's PID namespace: containers sharing a hostname (host networking) have their own."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def _started(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot, /proc/<pid>/stat field 22), to tell a reused pid
+    from the process that held the lock; None when unknown (gone, no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as handle:
+            stat = handle.read()
+        return int(stat[stat.rindex(")") + 2 :].split()[19])  # after "pid (comm) ": fields 3 onwards
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _record(run_id: str, purpose: str, acquired: str) -> bytes:
     """The lock's content: who holds it, for people and for the holder to recognise its own lock.
 
     ``heartbeat`` is the holder's wall clock, shown to people only: staleness is judged by the
-    storage's modification time of the file.
+    storage's modification time of the file. ``boot_id``, ``pid_ns`` and ``started`` say which
+    process on which kernel ``pid`` is, so only a run that can see it judges it dead at once.
     """
     return json.dumps(
         {
@@ -106,10 +143,24 @@ def _record(run_id: str, purpose: str, acquired: str) -> bytes:
             "purpose": purpose,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "boot_id": _boot_id(),
+            "pid_ns": _pid_ns(),
+            "started": _started(os.getpid()),
             "acquired": acquired,
             "heartbeat": _now().isoformat(),
         }
     ).encode()
+
+
+def _is_this_attempts(raw: bytes | None, record: bytes) -> bool:
+    """True when ``raw`` (what the storage holds) is ``record``, this attempt's own: a create whose answer
+    was lost after the storage made it is retried and refused (the file exists), yet it is ours."""
+    if raw is None:
+        return False
+    if raw == record:
+        return True
+    found, mine = _parse(raw), _parse(record)
+    return all(found.get(key) == mine.get(key) for key in ("run_id", "acquired", "pid", "host"))
 
 
 def _read(fs: fsspec.AbstractFileSystem, path: str) -> bytes | None:
@@ -171,18 +222,33 @@ def _age_s(fs: fsspec.AbstractFileSystem, path: str) -> float | None:
 
 
 def _died_here(record: dict[str, Any]) -> bool:
-    """True when the holder ran on this machine and its process is gone (killed, crashed):
-    no need to wait for its lock to go stale. Other machines' runs only go stale."""
+    """True when the holder ran where this process can see it and its process is gone (killed,
+    crashed) or its pid now names another process: no need to wait for its lock to go stale.
+
+    "Where" is the hostname, the boot id and the PID namespace, all three this process's: containers
+    with host networking share a hostname, and from another PID namespace a live holder's pid looks
+    gone. A holder elsewhere only goes stale. A record written before boot id and namespace were
+    kept is judged by hostname and pid alone, as then.
+    """
     pid = record.get("pid")
     if record.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    if ("boot_id" in record or "pid_ns" in record) and (record.get("boot_id"), record.get("pid_ns")) != (
+        _boot_id(),
+        _pid_ns(),
+    ):
         return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except PermissionError:  # alive, another user's
+    except PermissionError:  # alive, another user's: the holder, unless its pid was reused
+        pass
+    started = record.get("started")
+    if not isinstance(started, int):
         return False
-    return False
+    now = _started(pid)
+    return now is not None and now != started
 
 
 def _refuse_if_live(store: StorageRoot, current: dict[str, Any], age_s: float, stale_after_s: float) -> None:
@@ -206,11 +272,18 @@ def _take_over(fs: fsspec.AbstractFileSystem, path: str, dead: bytes, record: by
     try:
         create_bytes_exclusive(fs, claim, record)
     except FileExistsError:
+        if _is_this_attempts(_read(fs, claim), record):  # ours: its answer was lost and the retry refused
+            return _replace(fs, path, claim, dead, record)
         age = _age_s(fs, claim)
         if age is not None and age > CLAIM_STALE_S:  # its taker died mid-takeover
             with contextlib.suppress(FileNotFoundError):
                 fs.rm_file(claim)
         return False
+    return _replace(fs, path, claim, dead, record)
+
+
+def _replace(fs: fsspec.AbstractFileSystem, path: str, claim: str, dead: bytes, record: bytes) -> bool:
+    """With the claim made: replace the lock if it still holds ``dead``, then remove the claim."""
     try:
         if _read(fs, path) != dead:
             return False
@@ -221,20 +294,26 @@ def _take_over(fs: fsspec.AbstractFileSystem, path: str, dead: bytes, record: by
             fs.rm_file(claim)
 
 
-def _acquire(store: StorageRoot, path: str, record: Callable[[], bytes], stale_after_s: float) -> None:
-    """Create the lock, or take over a dead run's; RootBusy when a live run (or a faster taker) has it."""
+def _acquire(store: StorageRoot, path: str, record: bytes, stale_after_s: float) -> None:
+    """Create the lock, or take over a dead run's; RootBusy when a live run (or a faster taker) has it.
+
+    ``record`` is built once for the attempt, so a lock (or claim) holding it is known to be this
+    attempt's own even when the storage's answer to creating it was lost.
+    """
     for _ in range(3):  # the lock may vanish (holder finished) or change hands between the steps
         try:
-            create_bytes_exclusive(store.fs, path, record())
+            create_bytes_exclusive(store.fs, path, record)
             return
         except FileExistsError:
             pass
         raw = _read(store.fs, path)
+        if _is_this_attempts(raw, record):  # created by us: the answer was lost, and the retry refused
+            return
         age = None if raw is None else _age_s(store.fs, path)
         if raw is None or age is None or _read(store.fs, path) != raw:
             continue  # the lock changed while its age was read: the age may be another record's
         _refuse_if_live(store, _parse(raw), age, stale_after_s)
-        if _take_over(store.fs, path, raw, record()):
+        if _take_over(store.fs, path, raw, record):
             return
         time.sleep(0.05)  # the winner writes its lock within milliseconds: then it is named below
     current = holder(store) or {}
@@ -274,7 +353,7 @@ def hold_root(
     fs.makedirs(store.join("state"), exist_ok=True)
     acquired = _now().isoformat()
     hold: dict[str, Any] = {"renewed": time.monotonic(), "lost": None}  # renewed: when the last good write began
-    _acquire(store, path, lambda: _record(run_id, purpose, acquired), stale_after_s)
+    _acquire(store, path, _record(run_id, purpose, acquired), stale_after_s)
     stop = threading.Event()
 
     def lost() -> str | None:

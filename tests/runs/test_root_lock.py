@@ -561,3 +561,222 @@ def test_a_task_run_in_the_holders_own_process_keeps_the_holders_fence(tmp_path)
             write_json(store.fs, store.join("inside.json"), {"x": 1})
         assert is_fenced(store.fs, store.path)
     assert not is_fenced(store.fs, store.path)
+
+
+def _replaying(monkeypatch, pattern: str) -> list[str]:
+    """Exclusive creates of paths matching ``pattern`` behave as one whose answer was lost after the storage
+    made it: the file is created, and the retried request is refused (FileExistsError, S3's 412)."""
+    import re
+
+    from sleepsound.runs import root_lock
+
+    real, replayed = root_lock.create_bytes_exclusive, []
+
+    def create(fs, path: str, data: bytes) -> None:
+        real(fs, path, data)
+        if re.search(pattern, path):
+            replayed.append(path)
+            raise FileExistsError(path)
+
+    monkeypatch.setattr(root_lock, "create_bytes_exclusive", create)
+    return replayed
+
+
+def test_a_lock_whose_create_answer_was_lost_is_the_runs_own(tmp_path, monkeypatch) -> None:
+    """It used to refuse the run by its own name ("in use by run 'lockreplay'") and leave the lock behind."""
+    root = str(tmp_path / "root")
+    replayed = _replaying(monkeypatch, r"/state/lock\.json$")
+    with hold_root(root, "lockreplay", "nightly"):
+        assert holder(root)["run_id"] == "lockreplay"
+        with pytest.raises(RootBusy, match="in use by run 'lockreplay'"), hold_root(root, "other", "train"):
+            pass  # another run still finds it held
+    assert replayed == [lock_path(root)]  # the other run's create failed for real
+    assert holder(root) is None  # released on the way out, not left to block the root
+
+
+def test_a_takeover_claim_whose_create_answer_was_lost_is_the_runs_own(tmp_path, monkeypatch) -> None:
+    root = str(tmp_path / "root")
+    _write_dead_lock(root)
+    replayed = _replaying(monkeypatch, r"\.takeover-")
+    with hold_root(root, "next", "nightly"):
+        assert holder(root)["run_id"] == "next"
+    assert len(replayed) == 1
+    assert holder(root) is None
+    assert not list(Path(lock_path(root)).parent.glob("*.takeover-*"))  # no claim left behind
+
+
+class _DropsFirstAnswer:
+    """A FlakyS3Proxy that drops the answer to the first ``method`` request for a key ending in ``suffix``
+    after S3 acted on it (botocore retries it: a replay), and passes everything else through."""
+
+    def __init__(self, upstream: str, method: str, suffix: str) -> None:
+        from urllib.parse import urlsplit
+
+        from tests.flaky_s3 import FlakyS3Proxy
+
+        self.seen, self.dropped = 0, 0
+        request, lock, outer = threading.local(), threading.Lock(), self
+
+        class Proxy(FlakyS3Proxy):
+            def _fate(self) -> tuple[str | None, bool]:
+                drop, delay = super()._fate()
+                if getattr(request, "matches", False):
+                    with lock:
+                        outer.seen += 1
+                        if outer.dropped == 0:
+                            outer.dropped = 1
+                            return "after", delay
+                return drop, delay
+
+        self.proxy = Proxy(upstream)
+        base = self.proxy.server.RequestHandlerClass
+
+        class Handler(base):  # type: ignore[misc, valid-type]
+            def _noted(self) -> None:
+                request.matches = self.command == method and urlsplit(self.path).path.endswith(suffix)
+                base._forward(self)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _noted
+
+        self.proxy.server.RequestHandlerClass = Handler
+        self.url = self.proxy.url
+
+    def __enter__(self) -> _DropsFirstAnswer:
+        self.proxy.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proxy.__exit__(*exc)
+
+
+def test_a_lost_answer_to_the_lock_put_on_s3_neither_refuses_the_run_nor_leaves_its_lock(
+    s3_endpoint, monkeypatch
+) -> None:
+    """The audit's case on a real S3 API: the answer to the lock's PUT is dropped after S3 stored it,
+    botocore retries the conditional PUT, and S3 refuses it (412) as the lock exists: the run's own."""
+    s3fs.S3FileSystem().mkdir("sleepsound-lock-replay")
+    root = "s3://sleepsound-lock-replay/root"
+    with _DropsFirstAnswer(s3_endpoint, "PUT", "/root/state/lock.json") as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        s3fs.S3FileSystem.clear_instance_cache()
+        try:
+            with hold_root(root, "lockreplay", "nightly"):
+                assert holder(root)["run_id"] == "lockreplay"
+            assert holder(root) is None  # its own lock removed on the way out
+        finally:
+            monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+            s3fs.S3FileSystem.clear_instance_cache()
+    assert proxy.dropped == 1 and proxy.seen >= 2, proxy.seen  # dropped, then replayed
+    assert holder(root) is None
+
+
+def _lock_of_this_host(root: str, **fields: object) -> Path:
+    """A lock naming this host and ``fields`` (pid, boot_id, pid_ns, started), renewed just now."""
+    import socket
+
+    path = Path(lock_path(root))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    now = "2999-01-01T00:00:00+00:00"  # a heartbeat that never goes stale: the storage's clock decides
+    record = {"run_id": "neighbour", "purpose": "nightly", "host": socket.gethostname(), "acquired": now}
+    path.write_text(json.dumps({**record, **fields, "heartbeat": now}))
+    return path
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+
+
+@pytest.mark.parametrize("other", ["pid_ns", "boot_id"])
+def test_a_holder_of_this_hostname_in_another_pid_namespace_or_boot_waits_to_go_stale(other, tmp_path) -> None:
+    """Containers with host networking share the hostname, not their processes: its pid is not ours to judge."""
+    from sleepsound.runs.root_lock import _boot_id, _pid_ns
+
+    root = str(tmp_path / "root")
+    here = {"boot_id": _boot_id(), "pid_ns": _pid_ns()}
+    elsewhere = {**here, other: 1 if other == "pid_ns" else "another-boot"}
+    path = _lock_of_this_host(root, pid=_dead_pid(), **elsewhere)
+    with pytest.raises(RootBusy, match="in use by run 'neighbour'"), hold_root(root, "mine", "run"):
+        pass
+    _age(path, 700)
+    with hold_root(root, "mine", "run"):
+        assert holder(root)["run_id"] == "mine"
+
+
+def test_a_dead_holder_in_this_pid_namespace_frees_the_root_at_once(tmp_path) -> None:
+    from sleepsound.runs.root_lock import _boot_id, _pid_ns
+
+    root = str(tmp_path / "root")
+    _lock_of_this_host(root, pid=_dead_pid(), boot_id=_boot_id(), pid_ns=_pid_ns(), started=1)
+    with hold_root(root, "mine", "run"):
+        assert holder(root)["run_id"] == "mine"
+
+
+def test_a_holders_pid_now_naming_another_process_frees_the_root_at_once(tmp_path) -> None:
+    """The pid is alive but started at another time than the holder: reused after the holder died."""
+    import os
+
+    from sleepsound.runs.root_lock import _boot_id, _pid_ns, _started
+
+    root = str(tmp_path / "root")
+    me = {"pid": os.getpid(), "boot_id": _boot_id(), "pid_ns": _pid_ns()}
+    _lock_of_this_host(root, **me, started=_started(os.getpid()))  # the very process: alive
+    with pytest.raises(RootBusy, match="in use by run 'neighbour'"), hold_root(root, "mine", "run"):
+        pass
+    _lock_of_this_host(root, **me, started=_started(os.getpid()) - 1)
+    with hold_root(root, "mine", "run"):
+        assert holder(root)["run_id"] == "mine"
+
+
+_HOLDER_IN_ITS_OWN_PID_NAMESPACE = """
+import os, subprocess, sys
+with open("/proc/sys/kernel/ns_last_pid", "w") as out:  # the holder's pid: one that is free outside
+    out.write(sys.argv[1])
+holder = (
+    "import os, sys\\n"
+    "from sleepsound.runs.root_lock import hold_root\\n"
+    "with hold_root(sys.argv[1], 'neighbour', 'nightly', heartbeat_s=0.05):\\n"
+    "    print('held', os.getpid(), flush=True)\\n"
+    "    sys.stdin.readline()\\n"
+    "print('released', flush=True)\\n"
+)
+sys.exit(subprocess.run([sys.executable, "-c", holder, sys.argv[2]]).returncode)
+"""
+
+
+def test_a_live_holder_in_another_pid_namespace_of_this_host_keeps_the_root(tmp_path) -> None:
+    """For real: a holder in its own PID namespace (unshare), under this hostname, at a pid that names no
+    process here. It used to be judged dead at once and lose its root."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    unshare = shutil.which("unshare")
+    probe = [unshare or "unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "true"]
+    if unshare is None or subprocess.run(probe, capture_output=True).returncode != 0:
+        pytest.skip("this machine lets no test make a PID namespace (unshare)")
+    with open("/proc/sys/kernel/pid_max") as handle:
+        pid_max = int(handle.read())
+    free = next(p for p in range(pid_max - 2, 300, -1) if not os.path.exists(f"/proc/{p}"))
+    root = str(tmp_path / "root")
+    run = subprocess.Popen(
+        [*probe[:-1], sys.executable, "-c", _HOLDER_IN_ITS_OWN_PID_NAMESPACE, str(free - 1), root],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert run.stdout.readline().split() == ["held", str(free)], run.stderr.read() if run.poll() else ""
+        assert holder(root)["pid"] == free and not os.path.exists(f"/proc/{free}")  # "dead" seen from here
+        with pytest.raises(RootBusy, match="in use by run 'neighbour'"), hold_root(root, "mine", "run"):
+            pass
+        threading.Event().wait(0.2)  # a few of its heartbeats: it still holds the root
+        assert holder(root)["run_id"] == "neighbour"
+    finally:
+        out, err = run.communicate("\n", timeout=60)
+    assert run.returncode == 0 and out.strip() == "released", err  # no RootLost: nobody took it over
+    assert holder(root) is None
