@@ -29,7 +29,7 @@ from sleepsound.breathing.envelope import FEATURES, frames_per_epoch, night_enve
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
 from sleepsound.core.records import ManifestRow
-from sleepsound.core.storage import RootLike, join, open_root, write_table
+from sleepsound.core.storage import RootLike, join, open_root, partition, partition_files, partitions, write_table
 from sleepsound.embed.cache import _footer, cache_meta, quarantine_cache_file, with_cache_meta
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def envelope_path(root: str, cfg: Config, recording_id: str, sha256: str) -> str
 
 
 def events_path(root: str, run_id: str, recording_id: str) -> str:
-    return join(root, "runs", run_id, "events", f"recording_id={recording_id}", "part-0.parquet")
+    return join(partition(join(root, "runs", run_id, "events"), recording_id), "part-0.parquet")
 
 
 def envelope_table(epochs: Sequence[dict[str, Any]], epoch_seconds: float) -> pa.Table:
@@ -161,10 +161,15 @@ def read_events(root: RootLike, run_id: str) -> dict[str, list[BreathingEvent]]:
     """Every night's events of a run, by recording id (nights without a table are absent)."""
     store = open_root(root)
     out: dict[str, list[BreathingEvent]] = {}
-    for path in sorted(store.fs.glob(join(store.path, "runs", run_id, "events", "recording_id=*", "*.parquet"))):
-        with store.fs.open(path, "rb") as handle:
-            rows = pq.read_table(handle).to_pylist()
-        rec = path.split("recording_id=")[1].split("/")[0]
+    nights = partitions(store.fs, join(store.path, "runs", run_id, "events"))
+    for rec, folder in sorted(nights.items()):
+        files = partition_files(store.fs, folder)
+        if not files:
+            continue
+        rows = []
+        for path in files:
+            with store.fs.open(path, "rb") as handle:
+                rows += pq.read_table(handle).to_pylist()
         out[rec] = [
             {"start_s": r["start_s"], "end_s": r["end_s"], "type": r["type"], "confidence": r["confidence"]}
             for r in rows

@@ -37,6 +37,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, unquote
 
 import fsspec
 import numpy as np
@@ -300,9 +301,64 @@ def _create_with_o_excl(path: str, data: bytes) -> None:
 
 def remove_tree(fs: fsspec.AbstractFileSystem, path: str) -> None:
     """Remove ``path`` and what is under it, fenced like a write: a run that lost its root never
-    removes the files of the run that took it over (RootLost)."""
+    removes the files of the run that took it over (RootLost).
+
+    The files are listed and removed one by one, never through ``fs.rm``: fsspec reads ``[``, ``*`` and
+    ``?`` in a path given to it as a pattern, so removing the night ``n [2] b`` removed ``n 2 b``."""
     _check_fence(fs, path)
-    fs.rm(path, recursive=True)
+    if isinstance(fs, LocalFileSystem):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+        return
+    for file in sorted(fs.find(path), reverse=True):
+        fs.rm_file(file)
+    fs.invalidate_cache(path)
+
+
+def move_file(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:
+    """Move one file, by its literal name (``fs.mv`` reads the name as a glob pattern, as ``fs.rm`` does)."""
+    _check_fence(fs, dst)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+        os.replace(src, dst)
+        return
+    fs.cp_file(src, dst)
+    fs.rm_file(src)
+
+
+# Runs write each night's outputs as hive partitions (``<folder>/recording_id=<id>/part-0.parquet``).
+PARTITION_KEY = "recording_id"
+
+
+def partition(folder: str, recording_id: str) -> str:
+    """A night's partition folder under ``folder``: its id URI-encoded, as pyarrow's hive reading decodes
+    it (a raw ``n%41x`` came back as ``nAx``), and with no ``[``, ``*`` or ``?`` for fsspec to read as a
+    pattern. Plain ids (letters, digits, ``-``, ``_``, ``.``) are unchanged."""
+    return join(folder, f"{PARTITION_KEY}={quote(recording_id, safe='')}")
+
+
+def partitions(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, str]:
+    """Every night's partition folder directly under ``folder``, by recording id; listed, never globbed
+    (the root's or the run's own name may hold ``[`` too). Empty when there is no such folder."""
+    try:
+        listed = fs.ls(folder, detail=False)
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for path in listed:
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith(f"{PARTITION_KEY}=") and fs.isdir(path):
+            out[unquote(name[len(PARTITION_KEY) + 1 :])] = path.rstrip("/")
+    return out
+
+
+def partition_files(fs: fsspec.AbstractFileSystem, folder: str) -> list[str]:
+    """A partition's Parquet files (not a write's hidden temporary ones), by name."""
+    return sorted(
+        p for p in fs.ls(folder, detail=False) if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith(".")
+    )
 
 
 def write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:

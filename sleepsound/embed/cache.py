@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 
 from sleepsound.core.config import BackboneConfig, Config
 from sleepsound.core.records import ManifestRow
-from sleepsound.core.storage import RootLike, StorageRoot, join, open_root, write_json
+from sleepsound.core.storage import RootLike, StorageRoot, join, move_file, open_root, write_json
 from sleepsound.labels.vocabulary import STAGES_3
 
 log = logging.getLogger(__name__)
@@ -339,7 +339,7 @@ def quarantine_cache_file(store: StorageRoot, path: str, problem: str) -> str:
     beside it, and warn naming the problem and the quarantine folder; returns where it went."""
     dest = quarantine_path(store, path)
     store.fs.makedirs(posixpath.dirname(dest), exist_ok=True)
-    store.fs.mv(path, dest)
+    move_file(store.fs, path, dest)
     reason = {"path": path, "problem": problem, "quarantined_at": _dt.datetime.now(_dt.UTC).isoformat()}
     write_json(store.fs, f"{dest}.reason.json", reason)
     # Cache paths hold recording ids (patient ids): the log names the folder, the reason file the path.

@@ -59,7 +59,16 @@ from sleepsound.breathing.store import write_events
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
 from sleepsound.core.records import FlowSummary
-from sleepsound.core.storage import full_uri, is_local, open_root, remove_tree, write_synced_aside, write_table
+from sleepsound.core.storage import (
+    full_uri,
+    is_local,
+    join,
+    open_root,
+    partition,
+    remove_tree,
+    write_synced_aside,
+    write_table,
+)
 from sleepsound.embed.preprocess import Epoch
 from sleepsound.monitor.alerts import AlertRules, Alerts
 from sleepsound.monitor.limits import AudioLimits, BoundedWorker, Busy, Refused, decode_audio
@@ -502,7 +511,7 @@ class Monitor:
                     remove_tree(store.fs, f"{store.path}/runs/{run_id}")
                 write_table(
                     store.fs,
-                    f"{predictions}/recording_id={session.id}/part-0.parquet",
+                    join(partition(predictions, session.id), "part-0.parquet"),
                     table.drop_columns(["recording_id"]),
                 )
                 if rows:  # the summaries read the event table, as `score` writes it

@@ -21,7 +21,7 @@ from sleepsound.breathing.store import load_envelope, write_events
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
 from sleepsound.core.records import TrainedModels
-from sleepsound.core.storage import RootLike, join, open_root, remove_tree, write_table
+from sleepsound.core.storage import RootLike, join, open_root, partition, partitions, remove_tree, write_table
 from sleepsound.embed.cache import channel_configs, epochs_path, read_cached_table
 from sleepsound.ingest.versions import SourceChanged
 from sleepsound.labels.targets import PRIMARY, TARGETS, Target
@@ -97,7 +97,7 @@ def predict_recordings(
         # Hive partitioning: the folder name carries recording_id, so the file must not.
         write_table(
             fs,
-            join(out_dir, f"recording_id={row.recording_id}", "part-0.parquet"),
+            join(partition(out_dir, str(row.recording_id)), "part-0.parquet"),
             table.drop_columns(["recording_id"]),
         )
         write_events(root, run_id, str(row.recording_id), events)
@@ -109,8 +109,8 @@ def predict_recordings(
 
 def _drop_other_nights(fs: Any, folder: str, keep: set[str]) -> None:
     """Remove ``folder``'s ``recording_id=<id>`` partitions of nights not in ``keep``."""
-    for path in fs.glob(join(folder, "recording_id=*")):
-        if path.rstrip("/").rsplit("recording_id=", 1)[1] not in keep:
+    for rec, path in partitions(fs, folder).items():
+        if rec not in keep:
             remove_tree(fs, path)
 
 

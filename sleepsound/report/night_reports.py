@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from sleepsound.core.records import HeadInfo, TrainedModels
-from sleepsound.core.storage import RootLike, full_uri, join, open_root, write_bytes_atomic
+from sleepsound.core.storage import RootLike, StorageRoot, full_uri, join, open_root, remove_tree, write_bytes_atomic
 from sleepsound.ingest.manifest import read_manifest_rows
 from sleepsound.labels.targets import PRIMARY, TARGETS
 from sleepsound.report.night import NightFigures, night_figures, read_night_events, recording_start
@@ -124,6 +124,19 @@ def _rendered(
     return collected()
 
 
+def _drop_other_pages(store: StorageRoot, folder: str, stems: set[str]) -> None:
+    """Remove the pages of nights this run no longer holds (a rerun after a night was quarantined): the
+    folder then holds the pages of the nights its report lists and no other."""
+    try:
+        listed = store.fs.ls(folder, detail=False)
+    except FileNotFoundError:
+        return
+    for path in listed:
+        stem, dot, suffix = path.rsplit("/", 1)[-1].rpartition(".")
+        if dot and suffix in ("html", "pdf") and stem not in stems:
+            remove_tree(store.fs, path)
+
+
 def start_night_reports(
     root: RootLike,
     run_id: str,
@@ -186,6 +199,7 @@ def start_night_reports(
                         source="event table" if figures.events is not None else "per-epoch",
                     )
                 )
+        _drop_other_pages(store, folder, {link["html"].rsplit("/", 1)[-1].removesuffix(".html") for link in links})
         return links, nights
 
     return written

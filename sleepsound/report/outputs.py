@@ -24,7 +24,19 @@ from sleepsound.breathing.store import read_events
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
 from sleepsound.core.records import HeadInfo, Reported, TrainedModels
-from sleepsound.core.storage import RootLike, full_uri, join, open_root, write_bytes_atomic, write_json, write_table
+from sleepsound.core.storage import (
+    RootLike,
+    full_uri,
+    join,
+    open_root,
+    partition,
+    partition_files,
+    partitions,
+    remove_tree,
+    write_bytes_atomic,
+    write_json,
+    write_table,
+)
 from sleepsound.ingest.manifest import read_manifest, read_manifest_rows
 from sleepsound.labels.targets import PRIMARY, TARGETS
 from sleepsound.labels.vocabulary import EPOCH_SECONDS
@@ -63,11 +75,12 @@ log = logging.getLogger(__name__)
 def read_predictions(root: RootLike, run_id: str) -> pd.DataFrame:
     fs, root_path = open_root(root)
     frames = []
-    for path in sorted(fs.glob(join(root_path, "runs", run_id, "predictions", "recording_id=*", "*.parquet"))):
-        with fs.open(path, "rb") as handle:
-            frame = pd.read_parquet(handle)
-        frame.insert(0, "recording_id", path.split("recording_id=")[1].split("/")[0])
-        frames.append(frame)
+    for rec, folder in sorted(partitions(fs, join(root_path, "runs", run_id, "predictions")).items()):
+        for path in partition_files(fs, folder):
+            with fs.open(path, "rb") as handle:
+                frame = pd.read_parquet(handle)
+            frame.insert(0, "recording_id", rec)
+            frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -203,7 +216,7 @@ def _write_snoring(fs: Any, root_path: str, run_id: str, rec: str, night: pd.Dat
     from sleepsound.train.frames import CUT
 
     rows = snoring_bouts(night, CUT)
-    path = join(root_path, "runs", run_id, "snoring", f"recording_id={rec}", "part-0.parquet")
+    path = join(partition(join(root_path, "runs", run_id, "snoring"), rec), "part-0.parquet")
     write_table(fs, path, pa.Table.from_pylist(rows, schema=schemas.SNORING))
 
 
@@ -237,12 +250,14 @@ def write_run_outputs(
     detected = read_events(root, run_id)
     manifest_rows = {str(r["recording_id"]): r for r in read_manifest_rows(root)}
     rows, breathing, hypnograms, timelines, event_counts = [], [], [], [], []
+    snored: set[str] = set()
     for rec, night in preds.groupby("recording_id", sort=True):
         split = str(night["split"].iloc[0])
         subject = str(night["subject_id"].iloc[0])
         figures = night_breathing(night, resp, detected.get(str(rec)))
         if "snore_frames" in night and night["snore_frames"].notna().any():
             _write_snoring(fs, root_path, run_id, str(rec), night)
+            snored.add(str(rec))
         if split == "test" and str(rec) in detected and night["events_true"].notna().any():
             event_counts.append(_event_counts(manifest_rows.get(str(rec)), detected[str(rec)]))
         for source, column in (("predicted", "stage_pred"), ("scored", "stage_true")):
@@ -279,6 +294,11 @@ def write_run_outputs(
                     _stages(night["stage_pred"]),
                 )
             )
+    # the snoring folder holds the nights snored in this run and no other (a rerun after a night was
+    # quarantined left its first attempt's bouts, as the predict step does for its own folders)
+    for rec, folder in partitions(fs, join(root_path, "runs", run_id, "snoring")).items():
+        if rec not in snored:
+            remove_tree(fs, folder)
     summaries = pd.DataFrame(rows)
     breathing_frame = pd.DataFrame(breathing)
     ahi, ahi_figures = None, []
