@@ -17,7 +17,7 @@ from flows.pipeline import COORDINATOR_CPUS, StepTimer, flow_run_ref, flow_summa
 from sleepsound.core.records import FlowSummary
 from sleepsound.core.storage import open_root
 from sleepsound.runs.root_lock import hold_root
-from sleepsound.runs.run_record import default_run_id, write_run_record
+from sleepsound.runs.run_record import check_run_id, default_run_id, write_run_record
 from tasks.champions import champions
 from tasks.embed import embed
 from tasks.ingest import ingest
@@ -45,6 +45,7 @@ def nightly(
         "summaries": None,
         "metrics": None,
     }
+    check_run_id(run_id)  # before anything is written under runs/<id>/
     store = open_root(root)  # opened once for the lock and the run record; tasks get the URI
     with hold_root(store, run_id, "nightly") as hold, remote_options(num_cpus=COORDINATOR_CPUS):
         ingested = timer.step("ingest", ingest.submit(source, root, config, hold=hold))

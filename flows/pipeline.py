@@ -27,7 +27,7 @@ from sleepsound.core.records import (
 )
 from sleepsound.core.storage import open_root
 from sleepsound.runs.root_lock import hold_root
-from sleepsound.runs.run_record import default_run_id, write_run_record
+from sleepsound.runs.run_record import check_run_id, default_run_id, write_run_record
 from sleepsound.runs.submit import job_environment
 from tasks.embed import embed
 from tasks.ingest import ingest
@@ -100,6 +100,7 @@ def pipeline(source: str, root: str, config: dict[str, Any], run_id: str) -> Flo
     logger = get_run_logger()
     timer = StepTimer()
     seconds = timer.seconds
+    check_run_id(run_id)  # before anything is written under runs/<id>/
     store = open_root(root)  # opened once for the lock and the run record; tasks get the URI
     with hold_root(store, run_id, "run") as hold, remote_options(num_cpus=COORDINATOR_CPUS):
         ingested = timer.step("ingest", ingest.submit(source, root, config, hold=hold))

@@ -15,7 +15,7 @@ from flows.pipeline import COORDINATOR_CPUS, StepTimer, flow_summary
 from sleepsound.core.records import FlowSummary
 from sleepsound.core.storage import open_root
 from sleepsound.runs.root_lock import hold_root
-from sleepsound.runs.run_record import default_run_id, write_run_record
+from sleepsound.runs.run_record import check_run_id, default_run_id, write_run_record
 from tasks.champions import champions
 from tasks.embed import embed
 from tasks.ingest import ingest
@@ -29,6 +29,7 @@ def score(
 ) -> FlowSummary:
     """Returns the same summary as the pipeline flow; ``model`` names the versions used."""
     timer = StepTimer()
+    check_run_id(run_id)  # before anything is written under runs/<id>/
     store = open_root(root)  # opened once for the lock and the run record; tasks get the URI
     with hold_root(store, run_id, "score") as hold, remote_options(num_cpus=COORDINATOR_CPUS):
         ingested = timer.step("ingest", ingest.submit(source, root, config, hold=hold))

@@ -17,7 +17,7 @@ from flows.pipeline import COORDINATOR_CPUS, StepTimer, flow_summary, promotion_
 from sleepsound.core.records import FlowSummary
 from sleepsound.core.storage import open_root
 from sleepsound.runs.root_lock import hold_root
-from sleepsound.runs.run_record import default_run_id, write_run_record
+from sleepsound.runs.run_record import check_run_id, default_run_id, write_run_record
 from tasks.embed import embed
 from tasks.ingest import ingest
 from tasks.predict import predict
@@ -31,6 +31,7 @@ def train_flow(
     source: str, root: str, config: dict[str, Any], run_id: str, metric: str = "macro_f1", margin: float = 0.01
 ) -> FlowSummary:
     timer = StepTimer()
+    check_run_id(run_id)  # before anything is written under runs/<id>/
     store = open_root(root)  # opened once for the lock and the run record; tasks get the URI
     with hold_root(store, run_id, "train") as hold, remote_options(num_cpus=COORDINATOR_CPUS):
         ingested = timer.step("ingest", ingest.submit(source, root, config, hold=hold))

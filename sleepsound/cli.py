@@ -935,7 +935,7 @@ def _run_flow(
         # here, not first checked and taken by the flow seconds later: of two runs started together
         # the loser is refused now, having started nothing; the flow carries on under this hold.
         try:
-            check_can_start(purpose, source, root, versions)
+            check_can_start(purpose, source, root, versions, run_id)
             held.enter_context(hold_root(root, run_id, purpose))
         except (RootBusy, NotStartable) as exc:
             raise _refused("not started", exc) from exc

@@ -96,6 +96,26 @@ def check_models(root: str, versions: dict[str, str]) -> None:
         raise NotStartable(f"cannot score: {exc}") from exc
 
 
+def check_champions(root: str) -> None:
+    """A run that trains can read the store it will promote into: each task's champion pointer and the
+    head it names. A damaged pointer was found only at the promotion, after the cohort was embedded and
+    every head trained, and each retry left one more set of orphan versions behind."""
+    from sleepsound.core.storage import open_root
+    from sleepsound.models.heads.artifacts import HeadArtifactError, check_head_files
+    from sleepsound.registry.store import ModelNotFound, champion_version, model_dir, targets
+
+    try:
+        fs, root_path = open_root(root)
+        if not fs.exists(root_path):
+            return
+        for target in targets(root):
+            version = champion_version(root, target)
+            if version is not None:
+                check_head_files(fs, model_dir(root_path, target, version))
+    except (ModelNotFound, HeadArtifactError) as exc:
+        raise NotStartable(f"cannot train into this store: {exc}") from exc
+
+
 def check_nightly_state(root: str) -> None:
     """The root's nightly state, if any, can be read: the flow reads it only after validating and
     embedding the whole cohort, so a damaged one would cost all that and end in a traceback."""
@@ -109,15 +129,26 @@ def check_nightly_state(root: str) -> None:
         raise NotStartable(f"cannot read {state_path(root)} ({exc.strerror or exc}): fix or move it aside") from exc
 
 
-def check_can_start(flow: str, source: str, root: str, versions: dict[str, str] | None = None) -> None:
+def check_can_start(
+    flow: str, source: str, root: str, versions: dict[str, str] | None = None, run_id: str | None = None
+) -> None:
     """Every check a flow command makes before it starts Prefect, Ray or a lock (NotStartable)."""
+    from sleepsound.runs.run_record import check_run_id
+
     if flow not in FLOWS:
         raise ValueError(f"unknown flow {flow!r}")
+    if run_id is not None:
+        try:
+            check_run_id(run_id)
+        except ValueError as exc:
+            raise NotStartable(f"--run-id: {exc}") from exc
     check_source(source)
     if flow != "nightly":  # a nightly run over an empty incoming folder is a quiet night, not a mistake
         check_has_recordings(source)
     check_root_writable(root)
     if flow == "nightly":
         check_nightly_state(root)
+    if flow != "score":
+        check_champions(root)
     if flow == "score":
         check_models(root, versions or {})

@@ -7,6 +7,7 @@ per-stage wall times and the counts (discovered = accepted + quarantined, embedd
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +19,21 @@ from sleepsound.core.storage import RootLike, full_uri, join, open_root, write_j
 
 SCHEMA = "sleepsound.run/1"
 _RUN_ID_PREFIX = {"pipeline": "", "score": "score-", "train": "train-", "nightly": "nightly-"}
+
+
+# A run id names the folder ``runs/<id>/`` under the root: one plain path segment, as model versions are.
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it is a plain name, else ValueError saying what one is: ``../x`` or ``/abs`` wrote a
+    whole run outside the root (and removed other nights' files where it landed), ``r[1]`` is a pattern."""
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+        raise ValueError(
+            f"run id {run_id!r} is not a plain name: letters, digits, '.', '_', '+' and '-', starting with a "
+            "letter or digit, at most 128 (it names the run's folder runs/<id>/ under the root)"
+        )
+    return run_id
 
 
 def default_run_id(flow: str) -> str:

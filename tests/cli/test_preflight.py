@@ -176,3 +176,55 @@ def test_an_object_store_root_that_cannot_be_read_is_one_line_naming_it(monkeypa
         s3fs.S3FileSystem.clear_instance_cache()
     assert out.exit_code == 2, out.output
     assert "storage root s3://no-such-bucket-here/prefix cannot be read (NoCredentialsError" in out.output
+
+
+@pytest.mark.parametrize("command", ["run", "train", "nightly", "score"])
+@pytest.mark.parametrize("run_id", ["../../escaped", "/tmp/abs", "r[1]", "a/b", ".hidden", "x" * 129, "naïve"])
+def test_a_run_id_that_is_no_plain_name_is_refused(command, run_id, tmp_path, monkeypatch) -> None:
+    """A run id names runs/<id>/ under the root: ``../../escaped`` and ``/abs`` wrote a whole run outside
+    it, and a rerun's clean-up removed the nights of whatever run folder it landed in."""
+    _one_night(tmp_path / "nights")
+    args = [command, "--source", str(tmp_path / "nights"), "--root", str(tmp_path / "root"), "--run-id", run_id]
+    _refused(args, tmp_path, monkeypatch, f"--run-id: run id {run_id!r} is not a plain name")
+
+
+def test_plain_run_ids_pass_as_the_default_ones_do() -> None:
+    from sleepsound.runs.run_record import check_run_id, default_run_id
+
+    for run_id in (
+        "demo",
+        "nightly-20261207T210000Z",
+        "bench-w1",
+        "monitor-" + "a" * 32,
+        "v1.2+rc_3",
+        default_run_id("score"),
+    ):
+        assert check_run_id(run_id) == run_id
+    with pytest.raises(ValueError, match="not a plain name"):
+        check_run_id("../x")
+
+
+@pytest.mark.parametrize("command", ["run", "train", "nightly"])
+@pytest.mark.parametrize("damage", ["pointer", "weights"])
+def test_a_run_that_trains_refuses_a_damaged_store_before_any_work(command, damage, tmp_path, monkeypatch) -> None:
+    """Found at the promotion before: after the whole cohort was embedded and every head trained, exit 1
+    "not expected", and each retry left a new set of orphan versions in the store."""
+    from sleepsound.registry import store as model_store
+    from tests.registry.test_model_store import _store
+
+    _one_night(tmp_path / "nights")
+    root = tmp_path / "root"
+    _store(str(root), "r1-aaaa", "2026-11-01T00:00:00", None)
+    model_store.set_champion(str(root), "stage3", "r1-aaaa", "first")
+    if damage == "pointer":
+        (root / "models" / "stage3" / "champion.json").write_text('{"version": "../../../../tmp/evil", "promoted": "x"')
+        expected = "champion.json"
+    else:
+        weights = root / "models" / "stage3" / "r1-aaaa" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
+        expected = "model.safetensors"
+    args = [command, "--source", str(tmp_path / "nights"), "--root", str(root)]
+    _refused(args, tmp_path, monkeypatch, "cannot train into this store")
+    out = CliRunner().invoke(app, args)
+    assert expected in out.stderr
+    assert sorted(p.name for p in (root / "models" / "stage3").iterdir() if p.is_dir()) == ["r1-aaaa"]
