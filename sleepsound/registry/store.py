@@ -269,12 +269,27 @@ def promote_if_better(
     fs, root_path = open_root(root)
     _check_decision(fs, root_path, root, target, challenger, margin)
     current = champion_version(root, target)
+    if current == challenger:
+        # A rerun of the run that promoted it (killed after promoting): its decision stands as recorded,
+        # once, with both scores; the pointer, naming the champion it replaced, is left as it is.
+        log_path = join(root_path, "models", target, PROMOTIONS)
+        earlier = _read_json(fs, root_path, log_path, list) if fs.exists(log_path) else []
+        made = [d for d in earlier if isinstance(d, dict) and (d.get("challenger") or {}).get("version") == challenger]
+        if made and made[-1].get("promoted"):
+            return made[-1]  # type: ignore[no-any-return]
+        return _decision(
+            target,
+            metric,
+            margin,
+            True,
+            "already the champion: promoted by an earlier attempt of this run",
+            (challenger, challenger_score),
+            (current, None),
+        )
     if challenger_score != challenger_score:  # NaN: nothing to judge it by
         promoted, why = False, f"the challenger's {metric} is undefined on the evaluation set"
     elif current is None or champion_score is None:
         promoted, why = True, "no champion yet"
-    elif current == challenger:
-        promoted, why = False, "the challenger is already the champion"
     elif challenger_score >= champion_score + margin:
         promoted, why = True, f"{metric} {challenger_score:.4f} beats {champion_score:.4f} by at least {margin}"
     else:

@@ -113,3 +113,20 @@ def test_flow_commands_refuse_bad_arguments_before_starting_anything(args, messa
 
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 2 and message in out.output
+
+
+def test_a_rerun_of_the_run_that_promoted_repeats_its_decision_and_records_nothing_more(tmp_path):
+    """A train run killed after promoting, run again: the challenger is already the champion. It was
+    recorded as "no champion yet" a second time, and the pointer's ``previous`` named itself."""
+    root = str(tmp_path / "root")
+    for version in ("base-aaaa", "tr1-bbbb"):
+        _store(root, version, "2026-11-01T00:00:00", None)
+    model_store.promote_if_better(root, "stage3", "base-aaaa", 0.50, None)
+    first = model_store.promote_if_better(root, "stage3", "tr1-bbbb", 0.55, 0.50, margin=0.0)
+    pointer = (tmp_path / "root" / "models" / "stage3" / "champion.json").read_text()
+    again = model_store.promote_if_better(root, "stage3", "tr1-bbbb", 0.55, None, margin=0.0)  # the rerun
+    assert again == first and again["champion"] == {"version": "base-aaaa", "score": 0.50}
+    log = json.loads((tmp_path / "root" / "models" / "stage3" / "promotions.json").read_text())
+    assert [d["challenger"]["version"] for d in log] == ["base-aaaa", "tr1-bbbb"]  # nothing appended
+    assert (tmp_path / "root" / "models" / "stage3" / "champion.json").read_text() == pointer
+    assert json.loads(pointer)["previous"] == "base-aaaa"
