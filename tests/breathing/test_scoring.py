@@ -85,6 +85,12 @@ def test_scoring_writes_the_event_table_and_rebuilds_missing_envelopes(tiny_whis
     assert predicted["events_warning"].isna().all()
     metrics = json.loads((root / "runs" / "t1" / "metrics.json").read_text())
     assert "breathing_events" in metrics
+    # a night quarantined since a first attempt of the run: its snoring bouts do not outlive it
+    stale = root / "runs" / "t1" / "snoring" / "recording_id=gone-night" / "part-0.parquet"
+    stale.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"start_s": [1.0], "end_s": [2.0], "mean_prob": [0.9]}), stale)
+    write_run_outputs(str(root), "t1", model, {"run_id": "t1"}, cfg, trained=True)
+    assert not stale.parent.exists()
 
     # A cache from before envelopes: scoring makes them again from the audio, the same as the stream's.
     shutil.rmtree(root / "breathing")

@@ -222,6 +222,14 @@ def test_every_night_gets_a_page_and_a_pdf(three_nights: pd.DataFrame, tmp_path:
     assert nights[0].models == {"stage3": "v3", "stage5": "v5", "resp": "vr", "backbone": "hubert-base"}
     assert nights[0].start is None  # no manifest: times are from the recording's start, and the page says so
     assert "from the recording's start" in html.unescape((folder / links[0]["html"]).read_text())
+    # the same run again after a night was quarantined: its pages go with it, the others are written again
+    rerun = three_nights[three_nights["recording_id"] != "P1-night2"]
+    (folder / "nights" / "notes.txt").write_text("not a night's page")
+    again, _ = start_night_reports(tmp_path, "r1", rerun, MODEL, "/models/hubert-base")()
+    assert sorted(p.name for p in (folder / "nights").iterdir()) == sorted(
+        [*(link["html"].split("/")[1] for link in again), *(link["pdf"].split("/")[1] for link in again), "notes.txt"]
+    )
+    assert not (folder / links[1]["html"]).exists() and not (folder / links[1]["pdf"]).exists()
 
 
 def test_nights_rendered_as_ray_tasks_are_the_pages_one_process_writes(
