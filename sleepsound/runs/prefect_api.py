@@ -11,12 +11,17 @@ keeper process (``python -m sleepsound.runs.prefect_api``) that stops it once no
 used it for ``keep_s`` seconds. The next command finds it through ``<home>/server.json`` and
 its health check, and starts a new one when it is gone. Commands mark their use by touching
 ``<home>/last-used`` while they run, so a long run is never cut off.
+
+The terminal stays quiet through the level of Prefect's console handler, not of its loggers: those
+also feed the API handler, and a run's INFO records (counts, reason codes, promotion scores) belong
+in its logs in Prefect.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import fcntl
 import json
 import os
@@ -26,7 +31,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sleepsound.core.ports import free_port
@@ -35,10 +40,13 @@ OFFLINE_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
+    # Prefect's console handler (logging.yml ``handlers.console.level``); its loggers stay at INFO for the API
+    "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "WARNING",
 }
 _TOUCH_EVERY_S = 20.0
 _LOGS_DRAIN_S = 5.0  # Prefect's own bound for a flush; a log worker stuck longer is not waited for
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_SIGTERM = int(signal.SIGTERM)
 
 
 def _healthy(url: str) -> bool:
@@ -51,6 +59,31 @@ def _healthy(url: str) -> bool:
 
 def _server_command(port: int) -> list[str]:
     return [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def _dies_with_this_process() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel send the child SIGTERM when this process dies (Linux), or None.
+
+    The command's own server runs in a session of its own, out of reach of the terminal's Ctrl-C (SIGINT
+    goes to the whole foreground process group: it stopped before it was handed the run's pending logs).
+    Out of that group, a command killed outright (SIGKILL to its group) no longer takes it along; this
+    does. The signal follows the thread that started the server: ``local_prefect_api`` is entered on the
+    main thread. The function runs between fork and exec, so it only calls what was looked up before.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, _SIGTERM)
+        if os.getppid() != parent:  # this process died before the request: nothing would signal it
+            os._exit(1)
+
+    return preexec
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, home: Path, timeout_s: float) -> None:
@@ -83,8 +116,15 @@ def local_prefect_api(home: Path, timeout_s: float = 90.0, keep_s: float = 0.0) 
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     log = (home / "server.log").open("ab")
+    tie = _dies_with_this_process()
     proc = subprocess.Popen(
-        _server_command(port), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PREFECT_HOME": str(home)}
+        _server_command(port),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "PREFECT_HOME": str(home)},
+        start_new_session=tie is not None,  # Ctrl-C reaches the command, not its server; only where it is tied
+        preexec_fn=tie,
     )
     try:
         _wait_healthy(url, proc, home, timeout_s)
