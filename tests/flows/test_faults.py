@@ -5,6 +5,7 @@ root: tests/runs/test_root_lock.py; a worse challenger refused: tests/registry/t
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -182,12 +183,26 @@ def test_storage_that_drops_and_delays_requests_under_the_nightly_flow(
     for local in night.rglob("*.edf"):  # nothing damaged on the way in or out
         assert s3.cat_file(f"sleepsound-faults/source/APNEA_EDF/{local.parent.name}/{local.name}") == local.read_bytes()
 
-    # The score flow on the same S3 root (direct, no proxy): the champions nightly promoted score the
-    # nights from the cache, nothing embedded or re-read.
-    from flows.score import run_score_on_ray
-
+    # `sleepsound score` on the same S3 root (no proxy), as a user runs it: its preflight reads the
+    # champions nightly promoted from the root's filesystem, and the nights score from the cache, nothing
+    # embedded or re-read.
     root = "s3://sleepsound-faults/root"
-    scored = run_score_on_ray("s3://sleepsound-faults/source", root, _cfg(tiny_whisper).model_dump(), run_id="s3score")
-    assert scored["counts"]["cached"] == 3 and scored["counts"]["unchanged"] == 3
-    assert s3.exists("sleepsound-faults/root/runs/s3score/run.json")
+    proc = _sleepsound(
+        "score",
+        "--source",
+        "s3://sleepsound-faults/source",
+        "--root",
+        root,
+        "--run-id",
+        "s3score",
+        "--ray-address",
+        _ray_address(),
+        "--set",
+        f"backbone.name={tiny_whisper}",
+        env=_cli_env(prefect_api),
+    )
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-3000:]
+    record = json.loads(s3.cat_file("sleepsound-faults/root/runs/s3score/run.json"))
+    assert record["counts"]["cached"] == 3 and record["counts"]["unchanged"] == 3
     assert pd.read_parquet(f"{root}/runs/s3score/predictions")["recording_id"].nunique() == 3
