@@ -279,8 +279,32 @@ def heard_frames(
     A frame is heard when that many breath sounds begin in the window before it or in the window after it
     (so a pause's own frames count), or it lies in one of ``events``; never where ``valid`` is False.
     """
-    heard = np.zeros(len(envelope), dtype=bool)
+    return _heard(_night_sounds(envelope, valid, settings), len(envelope), valid, events, settings)
+
+
+def events_and_heard(
+    envelope: np.ndarray,
+    valid: np.ndarray | None = None,
+    settings: DetectorSettings = DEFAULT,
+    snoring: np.ndarray | None = None,
+) -> tuple[list[BreathingEvent], np.ndarray]:
+    """``detect_events`` and ``heard_frames`` of one envelope from one reading of its sounds (the bedside
+    asks both after every chunk: reading them twice doubled its cost)."""
+    if snoring is not None and len(snoring) != len(envelope):
+        raise ValueError(f"the snoring track has {len(snoring)} frames, the envelope {len(envelope)}")
     night = _night_sounds(envelope, valid, settings)
+    events = resolve_events(_candidates(night, settings, snoring), settings.min_confidence)
+    return events, _heard(night, len(envelope), valid, events, settings)
+
+
+def _heard(
+    night: _NightSounds | None,
+    n: int,
+    valid: np.ndarray | None,
+    events: list[BreathingEvent] | None,
+    settings: DetectorSettings,
+) -> np.ndarray:
+    heard = np.zeros(n, dtype=bool)
     if night is not None:
         window = int(settings.rhythm_window_s * FRAME_HZ)
         begins = np.zeros(night.n + 1, dtype=np.int64)
@@ -452,7 +476,12 @@ def detect_candidates(
     confident ones, so an evaluation can try several confidence cuts without re-running the rules."""
     if snoring is not None and len(snoring) != len(envelope):
         raise ValueError(f"the snoring track has {len(snoring)} frames, the envelope {len(envelope)}")
-    night = _night_sounds(envelope, valid, settings)
+    return _candidates(_night_sounds(envelope, valid, settings), settings, snoring)
+
+
+def _candidates(
+    night: _NightSounds | None, settings: DetectorSettings, snoring: np.ndarray | None
+) -> list[BreathingEvent]:
     if night is None:
         return []
     n, valid, floor, excess, sounds = night.n, night.valid, night.floor, night.excess, night.sounds

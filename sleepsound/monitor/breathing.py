@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from sleepsound.breathing.detector import detect_events, heard_frames
+from sleepsound.breathing.detector import BreathingEvent, events_and_heard
 from sleepsound.breathing.envelope import FEATURES, FRAME_SECONDS, epoch_envelope
 from sleepsound.core.config import PreprocessConfig
 from sleepsound.embed.preprocess import StreamingFilter
@@ -57,6 +57,7 @@ class PauseWatch:
         self._frames = np.zeros((0, len(FEATURES)), dtype=np.float32)
         self.began_s: float | None = None  # the stream's time of the first frame ever pushed (since a restart)
         self.last_heard_s: float | None = None  # the stream's time breathing was last heard
+        self._seen: tuple[tuple[float, int], list[BreathingEvent]] | None = None  # ``_read``'s last answer
 
     def push(self, audio: np.ndarray) -> None:
         if self.began_s is None:
@@ -76,13 +77,23 @@ class PauseWatch:
         self.__init__(self.rate, self.keep * FRAME_SECONDS, self.cfg)  # type: ignore[misc]
         self.start_s = at_s
 
+    def _read(self) -> list[BreathingEvent]:
+        """The kept frames' events, and when breathing was last heard in them: read once per chunk pushed,
+        for both ``pauses`` and ``unheard_seconds``."""
+        key = (self.start_s, len(self._frames))
+        if self._seen is None or self._seen[0] != key:
+            events, heard = events_and_heard(self._frames)
+            last = np.flatnonzero(heard)
+            if len(last):
+                self.last_heard_s = max(self.last_heard_s or 0.0, self.start_s + (last[-1] + 1) * FRAME_SECONDS)
+            self._seen = (key, events)
+        return self._seen[1]
+
     def unheard_seconds(self) -> float:
         """How long breathing has not been heard, up to the newest frame (``breathing.heard``: no rhythm of
         breath sounds in the 40 s before): while it is not, no pause can be found, so the bed is unwatched."""
+        self._read()
         end_s = self.start_s + len(self._frames) * FRAME_SECONDS
-        heard = np.flatnonzero(heard_frames(self._frames))
-        if len(heard):
-            self.last_heard_s = max(self.last_heard_s or 0.0, self.start_s + (heard[-1] + 1) * FRAME_SECONDS)
         since = self.last_heard_s if self.last_heard_s is not None else self.began_s
         return 0.0 if since is None else max(0.0, round(end_s - since, 1))
 
@@ -91,7 +102,7 @@ class PauseWatch:
         one still running at the end is not reported (its recovery breath has not come)."""
         return [
             Pause(round(self.start_s + e["start_s"], 2), round(self.start_s + e["end_s"], 2), float(e["confidence"]))
-            for e in detect_events(self._frames)
+            for e in self._read()
             if e["type"] == "apnea" and e["end_s"] - e["start_s"] >= min_pause_s
         ]
 

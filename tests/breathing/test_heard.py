@@ -113,3 +113,12 @@ def test_a_real_bedroom_microphone_hears_its_sleepers_breathing_throughout() -> 
     per_epoch = heard_seconds(env, np.ones(len(env), dtype=bool), detect_events(env), 30.0)
     far_indices = event_indices([], ["NREM"] * len(per_epoch), heard_s=per_epoch.tolist())
     assert far_indices["breathing_heard"] < MIN_HEARD_SHARE and far_indices["events_warning"] is not None
+
+
+def test_events_and_heard_in_one_reading_are_the_two_calls_answers() -> None:
+    from sleepsound.breathing.detector import events_and_heard
+
+    env = epoch_envelope(breathing(SECONDS, pauses=((130.0, 152.0),)) + hiss(SECONDS), RATE)
+    events, heard = events_and_heard(env)
+    assert events == detect_events(env) and len(events) == 1
+    np.testing.assert_array_equal(heard, heard_frames(env, events=events))
