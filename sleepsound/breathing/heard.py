@@ -12,33 +12,26 @@ generator's nights are heard over 60% of the time, most of them all of it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import pyarrow as pa
 
-from sleepsound.breathing.detector import BreathingEvent, heard_frames
 from sleepsound.breathing.envelope import FRAME_HZ, frames_per_epoch
 
 HEARD_COLUMN = "breath_heard_s"
 
 
-def heard_seconds(
-    env: np.ndarray, valid: np.ndarray, events: Sequence[BreathingEvent], epoch_seconds: float
-) -> np.ndarray:
-    """Seconds of each epoch (rows of ``frames_per_epoch`` envelope frames) in which breathing was heard."""
+def heard_seconds(heard: np.ndarray, epoch_seconds: float) -> np.ndarray:
+    """Seconds of each epoch (rows of ``frames_per_epoch`` envelope frames) in which breathing was heard,
+    from the night's frames heard (``detector.heard_frames`` or ``events_and_heard``)."""
     per = frames_per_epoch(epoch_seconds)
-    heard = heard_frames(env, valid, list(events))
     whole = len(heard) // per
-    return heard[: whole * per].reshape(whole, per).sum(axis=1) / FRAME_HZ
+    return np.asarray(heard[: whole * per], dtype=bool).reshape(whole, per).sum(axis=1) / FRAME_HZ
 
 
-def with_heard_seconds(
-    table: pa.Table, env: np.ndarray, valid: np.ndarray, events: Sequence[BreathingEvent], epoch_seconds: float
-) -> pa.Table:
+def with_heard_seconds(table: pa.Table, heard: np.ndarray, epoch_seconds: float) -> pa.Table:
     """A night's prediction rows with ``breath_heard_s`` filled by their ``epoch_index`` (null for an epoch
     the envelope does not reach)."""
-    seconds = heard_seconds(env, valid, events, epoch_seconds)
+    seconds = heard_seconds(heard, epoch_seconds)
     index = table.column("epoch_index").to_numpy(zero_copy_only=False).astype(np.int64)
     inside = (index >= 0) & (index < len(seconds))
     values = np.zeros(len(index))

@@ -51,7 +51,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from sleepsound.breathing.combine import detect_night
+from sleepsound.breathing.combine import detect_night_and_heard
 from sleepsound.breathing.detector import BreathingEvent
 from sleepsound.breathing.envelope import FEATURES, empty_envelope, frames_per_epoch, night_envelope
 from sleepsound.breathing.heard import with_heard_seconds
@@ -501,8 +501,8 @@ class Monitor:
         if rows:  # the night's breathing events and where breathing was heard, as `score` finds them
             epoch = self.cfg.preprocess.epoch_seconds
             env, valid = _night_envelope(self.dir / session.id / ENVELOPES, len(rows), epoch)
-            events = detect_night(env, valid, table, epoch)
-            table = with_heard_seconds(table, env, valid, events, epoch)
+            events, heard = detect_night_and_heard(env, valid, table, epoch)
+            table = with_heard_seconds(table, heard, epoch)
         try:
             with hold_root(store, run_id, "monitor"):
                 # an earlier publication of this night that died part-way left files (a write's temporary one

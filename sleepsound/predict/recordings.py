@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from sleepsound.breathing.combine import detect_night
+from sleepsound.breathing.combine import detect_night_and_heard
 from sleepsound.breathing.heard import with_heard_seconds
 from sleepsound.breathing.store import load_envelope, write_events
 from sleepsound.core import schemas
@@ -92,8 +92,8 @@ def predict_recordings(
         table = prediction_table(heads, data, epochs, cfg, split, model["version"], truth)
         # The night's apnoeas and hypopnoeas from its breathing envelope (the first channel's, made from
         # its audio if the cache has none), and where in each epoch breathing was heard to find them.
-        events = detect_night(env, valid, table, cfg.preprocess.epoch_seconds)
-        table = with_heard_seconds(table, env, valid, events, cfg.preprocess.epoch_seconds)
+        events, heard = detect_night_and_heard(env, valid, table, cfg.preprocess.epoch_seconds)
+        table = with_heard_seconds(table, heard, cfg.preprocess.epoch_seconds)
         # Hive partitioning: the folder name carries recording_id, so the file must not.
         write_table(
             fs,

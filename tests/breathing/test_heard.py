@@ -58,10 +58,10 @@ def test_each_epochs_heard_seconds_land_on_its_prediction_row() -> None:
     quiet_then_breathing = np.concatenate([hiss(120.0), breathing(120.0) + hiss(120.0, seed=3)])
     env = epoch_envelope(quiet_then_breathing, RATE)
     valid = np.ones(len(env), dtype=bool)
-    seconds = heard_seconds(env, valid, [], 30.0)
+    seconds = heard_seconds(heard_frames(env, valid), 30.0)
     assert seconds.shape == (8,) and seconds[0] == 0.0 and np.all(seconds[5:] == 30.0)
     rows = [{"recording_id": "r", "epoch_index": i, "start_s": 30.0 * i} for i in (7, 0, 3, 9)]  # 9: past the end
-    table = with_heard_seconds(pa.Table.from_pylist(rows, schema=schemas.PREDICTIONS), env, valid, [], 30.0)
+    table = with_heard_seconds(pa.Table.from_pylist(rows, schema=schemas.PREDICTIONS), heard_frames(env, valid), 30.0)
     assert table.schema == schemas.PREDICTIONS
     assert table.column(HEARD_COLUMN).to_pylist() == [30.0, 0.0, pytest.approx(seconds[3]), None]
 
@@ -102,7 +102,7 @@ def test_a_real_bedroom_microphone_hears_its_sleepers_breathing_throughout() -> 
         [epoch_envelope(night[k : k + epoch], rate, raw=PreprocessConfig()) for k in range(0, len(night), epoch)]
     )
     events = detect_events(env)
-    per_epoch = heard_seconds(env, np.ones(len(env), dtype=bool), events, 30.0)
+    per_epoch = heard_seconds(heard_frames(env, events=events), 30.0)
     indices = event_indices(events, ["NREM"] * len(per_epoch), heard_s=per_epoch.tolist())
     assert events == [] and indices["breathing_heard"] > 0.95 and indices["events_warning"] is None
     # the same room with its sleeper 30 dB further off (the microphone's own noise added back): unheard
@@ -110,7 +110,7 @@ def test_a_real_bedroom_microphone_hears_its_sleepers_breathing_throughout() -> 
     env = np.concatenate(
         [epoch_envelope(far[k : k + epoch], rate, raw=PreprocessConfig()) for k in range(0, len(far), epoch)]
     )
-    per_epoch = heard_seconds(env, np.ones(len(env), dtype=bool), detect_events(env), 30.0)
+    per_epoch = heard_seconds(heard_frames(env, events=detect_events(env)), 30.0)
     far_indices = event_indices([], ["NREM"] * len(per_epoch), heard_s=per_epoch.tolist())
     assert far_indices["breathing_heard"] < MIN_HEARD_SHARE and far_indices["events_warning"] is not None
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sleepsound.breathing.combine import detect_night
+from sleepsound.breathing.combine import detect_night, detect_night_and_heard
 from sleepsound.breathing.detector import detect_events
 from sleepsound.breathing.envelope import FEATURES, epoch_envelope
 from sleepsound.breathing.store import envelope_problem, envelope_table, load_envelope, write_envelope
@@ -165,3 +165,7 @@ def test_the_snoring_heads_frames_in_the_predictions_type_the_detectors_breaths(
     assert detect_night(env, valid, pa.Table.from_pandas(preds), 30.0) == []
     # Heads without a snoring head (frames null): the envelope's events, as before.
     assert detect_night(env, valid, preds.assign(snore_frames=None), 30.0) == alone
+    # the events of one reading with where breathing was heard (score and the bedside): the same events
+    for given, expected in ((None, alone), (preds, [])):
+        events, heard_frames = detect_night_and_heard(env, valid, given, 30.0)
+        assert events == expected and heard_frames.shape == (len(env),) and heard_frames.mean() > 0.9
