@@ -423,3 +423,17 @@ def test_the_baseline_is_the_median_of_each_seconds_usable_window(min_blocks: in
     assert np.isnan(want[1250]) and np.isfinite(want[1300 + 121])  # the gap empties the window, then it refills
     short = _frame_baseline(blocks[:50], 50 * int(FRAME_HZ), settings, min_blocks)
     assert np.isnan(short[0]) and (np.isfinite(short[-1]) == (need <= np.isfinite(blocks[:49]).sum()))
+
+
+@pytest.mark.parametrize("quiet", [0.03, 0.01], ids=["30 dB", "40 dB"])
+def test_breathing_that_gets_louder_leaves_no_false_pause_before_the_step(quiet):
+    """A recorder's gain, a quiet start or a sleeper turning to the microphone: the quiet breaths of the
+    minute before the step were judged against the loud ones after it (a window centred on each second),
+    stopped counting as sounds, and the gap they left was an apnoea (the odd-audio audit, 2026-12-07)."""
+    seconds = 480.0
+    t = np.arange(int(seconds * RATE)) / RATE
+    audio = breathing(seconds) * np.where(t < 240, quiet, 1.0) + hiss(seconds)
+    assert _detect(audio) == []
+    paused = breathing(seconds, pauses=((300.0, 325.0),)) * np.where(t < 240, quiet, 1.0) + hiss(seconds)
+    event = _only(_detect(paused), "apnea")  # a pause after the step is still one
+    assert event["start_s"] <= 303.5 and event["end_s"] >= 324
