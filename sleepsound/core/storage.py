@@ -343,14 +343,15 @@ def partitions(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, str]:
     """Every night's partition folder directly under ``folder``, by recording id; listed, never globbed
     (the root's or the run's own name may hold ``[`` too). Empty when there is no such folder."""
     try:
-        listed = fs.ls(folder, detail=False)
+        listed = fs.ls(folder, detail=True)  # one listing: the entries' types come with it (no request each)
     except FileNotFoundError:
         return {}
     out = {}
-    for path in listed:
-        name = path.rstrip("/").rsplit("/", 1)[-1]
-        if name.startswith(f"{PARTITION_KEY}=") and fs.isdir(path):
-            out[unquote(name[len(PARTITION_KEY) + 1 :])] = path.rstrip("/")
+    for entry in listed:
+        path = str(entry["name"]).rstrip("/")
+        name = path.rsplit("/", 1)[-1]
+        if name.startswith(f"{PARTITION_KEY}=") and entry.get("type") == "directory":
+            out[unquote(name[len(PARTITION_KEY) + 1 :])] = path
     return out
 
 

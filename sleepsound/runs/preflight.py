@@ -114,6 +114,8 @@ def check_champions(root: str) -> None:
                 check_head_files(fs, model_dir(root_path, target, version))
     except (ModelNotFound, HeadArtifactError) as exc:
         raise NotStartable(f"cannot train into this store: {exc}") from exc
+    except OSError as exc:  # unreachable or refused storage: one line, not a traceback
+        raise NotStartable(f"cannot read the model store under {root}: {exc.strerror or exc}") from exc
 
 
 def check_nightly_state(root: str) -> None:
