@@ -83,6 +83,23 @@ def _server_of(pid: int) -> int:
     raise AssertionError(f"process {pid} started no Prefect server")
 
 
+def _interruptible() -> None:
+    """In the command, before it starts: SIGINT handled and not blocked, as a terminal starts a command.
+    A child inherits an ignored or blocked SIGINT, and in the suite's Prefect group worker the command
+    never saw its Ctrl-C (it slept on past the test's bound, printing nothing)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _signal_state(pid: int) -> str:
+    """The process's blocked and ignored signal masks, for a failure's message."""
+    return " ".join(
+        line.strip()
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith(("SigBlk", "SigIgn"))
+    )
+
+
 def _start_command(home: Path) -> tuple[subprocess.Popen[str], int]:
     """The command in a process group of its own, as a terminal runs it; returns it and its server's pid."""
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
@@ -94,6 +111,7 @@ def _start_command(home: Path) -> tuple[subprocess.Popen[str], int]:
         text=True,
         env=env,
         start_new_session=True,
+        preexec_fn=_interruptible,
     )
     line = command.stdout.readline()  # the server answers its health check before the body starts
     assert line.startswith("serving"), line + command.stdout.read()
@@ -109,8 +127,13 @@ def test_ctrl_c_leaves_the_commands_own_server_up_for_its_logs_then_stops_it(tmp
     died with the Ctrl-C before it was handed the run's pending logs, and the command ended with an
     unexpected "ConnectError: Connection refused" instead of its interruption."""
     command, server = _start_command(tmp_path / "prefect")
+    state = _signal_state(command.pid)
     os.killpg(command.pid, signal.SIGINT)
-    out, _ = command.communicate(timeout=180)  # a bound, not a speed test: the server's stop waits up to 20 s
+    try:
+        out, _ = command.communicate(timeout=180)  # a bound, not a speed test: the server's stop waits up to 20 s
+    except subprocess.TimeoutExpired:
+        command.kill()
+        raise AssertionError(f"the command did not end on SIGINT ({state})") from None
     assert "handed over: True" in out, out
     assert "KeyboardInterrupt" in out and "ConnectError" not in out, out
     assert _wait(lambda: _ended(server), 60), "the command stops its server after the hand-over"
