@@ -355,6 +355,14 @@ def partitions(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, str]:
     return out
 
 
+def drop_other_partitions(fs: fsspec.AbstractFileSystem, folder: str, keep: set[str]) -> None:
+    """Remove ``folder``'s partitions of nights not in ``keep``: a rerun of a run leaves its folders holding
+    the nights it wrote and no other (not a night quarantined since the first attempt)."""
+    for rec, path in partitions(fs, folder).items():
+        if rec not in keep:
+            remove_tree(fs, path)
+
+
 def partition_files(fs: fsspec.AbstractFileSystem, folder: str) -> list[str]:
     """A partition's Parquet files (not a write's hidden temporary ones), by name."""
     return sorted(

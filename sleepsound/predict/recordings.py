@@ -21,7 +21,7 @@ from sleepsound.breathing.store import load_envelope, write_events
 from sleepsound.core import schemas
 from sleepsound.core.config import Config
 from sleepsound.core.records import TrainedModels
-from sleepsound.core.storage import RootLike, join, open_root, partition, partitions, remove_tree, write_table
+from sleepsound.core.storage import RootLike, drop_other_partitions, join, open_root, partition, write_table
 from sleepsound.embed.cache import channel_configs, epochs_path, read_cached_table
 from sleepsound.ingest.versions import SourceChanged
 from sleepsound.labels.targets import PRIMARY, TARGETS, Target
@@ -103,15 +103,8 @@ def predict_recordings(
         write_events(root, run_id, str(row.recording_id), events)
         predicted.add(str(row.recording_id))
     for folder in (out_dir, join(root_path, "runs", run_id, "events")):
-        _drop_other_nights(fs, folder, predicted)
+        drop_other_partitions(fs, folder, predicted)
     return out_dir
-
-
-def _drop_other_nights(fs: Any, folder: str, keep: set[str]) -> None:
-    """Remove ``folder``'s ``recording_id=<id>`` partitions of nights not in ``keep``."""
-    for rec, path in partitions(fs, folder).items():
-        if rec not in keep:
-            remove_tree(fs, path)
 
 
 def _all_epochs(root: RootLike, cfg: Config, recording_id: str) -> list[dict[str, Any]]:

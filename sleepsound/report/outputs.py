@@ -26,13 +26,13 @@ from sleepsound.core.config import Config
 from sleepsound.core.records import HeadInfo, Reported, TrainedModels
 from sleepsound.core.storage import (
     RootLike,
+    drop_other_partitions,
     full_uri,
     join,
     open_root,
     partition,
     partition_files,
     partitions,
-    remove_tree,
     write_bytes_atomic,
     write_json,
     write_table,
@@ -295,10 +295,8 @@ def write_run_outputs(
                 )
             )
     # the snoring folder holds the nights snored in this run and no other (a rerun after a night was
-    # quarantined left its first attempt's bouts, as the predict step does for its own folders)
-    for rec, folder in partitions(fs, join(root_path, "runs", run_id, "snoring")).items():
-        if rec not in snored:
-            remove_tree(fs, folder)
+    # quarantined left its first attempt's bouts), as the predict step's folders do
+    drop_other_partitions(fs, join(root_path, "runs", run_id, "snoring"), snored)
     summaries = pd.DataFrame(rows)
     breathing_frame = pd.DataFrame(breathing)
     ahi, ahi_figures = None, []
