@@ -273,11 +273,25 @@ def _heard_before(excess: np.ndarray, floor: np.ndarray, settings: DetectorSetti
     before stop counting as sounds, and the gap they leave passed for an apnoea. A past-only window
     instead lost pauses and typings the centred one finds (two of the detector's tests, and the cohorts'
     figures mixed), so it only vetoes such a gap (``breathed_in_gap``)."""
-    block = int(FRAME_HZ)
     window = int(settings.baseline_s) | 1
-    peaks = np.maximum.reduceat(excess, np.arange(0, len(excess), block))
-    before = percentile_filter(peaks, 80, size=window, mode="nearest", origin=window // 2)
-    loud = np.repeat(before, block)[: len(excess)]
+    return _sound_frames(excess, floor, settings, origin=window // 2)
+
+
+def _sound_frames(excess: np.ndarray, floor: np.ndarray, settings: DetectorSettings, origin: int = 0) -> np.ndarray:
+    """Frames of sound: over the floor by ``sound_over_floor``, and within ``sound_below_loud_db`` of the loud
+    sounds (80th percentile of each second's peak) of a ``baseline_s`` window, centred on the second
+    (``origin`` 0) or shifted (``origin`` half the window: the window before it)."""
+    block = int(FRAME_HZ)
+    loud = np.repeat(
+        percentile_filter(
+            np.maximum.reduceat(excess, np.arange(0, len(excess), block)),
+            80,
+            size=int(settings.baseline_s) | 1,
+            mode="nearest",
+            origin=origin,
+        ),
+        block,
+    )[: len(excess)]
     return (excess > settings.sound_over_floor * floor) & (
         excess > loud * 10.0 ** (-settings.sound_below_loud_db / 10.0)
     )
@@ -345,7 +359,7 @@ def _heard(
         frame = np.arange(night.n)
         before = upto[frame + 1] - upto[np.maximum(frame + 1 - window, 0)]  # in [f - window, f]
         after = upto[np.minimum(frame + window, night.n)] - upto[frame]  # in [f, f + window)
-        heard = ((before >= settings.rhythm_breaths) | (after >= settings.rhythm_breaths)) & night.valid
+        heard = (before >= settings.rhythm_breaths) | (after >= settings.rhythm_breaths)
     for event in events or []:
         heard[int(round(event["start_s"] * FRAME_HZ)) : int(round(event["end_s"] * FRAME_HZ))] = True
     if valid is not None:
@@ -393,19 +407,7 @@ def _sounds(
     when it is still longer than one breath can be, or voiced and syllabic: its level jumps between
     frames as syllables do (4-5 per second), where a breath or a snore swells and fades smoothly.
     """
-    block = int(FRAME_HZ)
-    loud = np.repeat(
-        percentile_filter(
-            np.maximum.reduceat(excess, np.arange(0, len(excess), block)),
-            80,
-            size=int(settings.baseline_s) | 1,
-            mode="nearest",
-        ),
-        block,
-    )[: len(excess)]
-    mask = (excess > settings.sound_over_floor * floor) & (
-        excess > loud * 10.0 ** (-settings.sound_below_loud_db / 10.0)
-    )
+    mask = _sound_frames(excess, floor, settings)
     bridge = int(0.2 * FRAME_HZ)
     merged = _bridged_runs(mask, bridge)
     jumps = np.abs(np.diff(broad_db, prepend=broad_db[:1]))

@@ -219,8 +219,8 @@ def night_figures(
     recording_hours = float(starts.max() + epoch_seconds - starts.min()) / 3600.0 if len(starts) else 0.0
     heard_s = night["breath_heard_s"].to_numpy(np.float64, na_value=np.nan) if "breath_heard_s" in night else None
     heard = breathing_heard(None if heard_s is None else heard_s.tolist(), recording_hours)
-    if events_warning(heard):
-        notes.append(str(events_warning(heard)))
+    if (unheard := events_warning(heard)) is not None:
+        notes.append(unheard)
     sleep_hours = summary["total_sleep_time_min"] / 60.0
     if sleep_hours < MIN_SLEEP_HOURS_FOR_AHI:
         notes.append(
