@@ -241,6 +241,7 @@ class _NightSounds:
     excess: np.ndarray
     sounds: list[_Sound]
     heard_before: np.ndarray  # per frame: sound against the loud sounds of the two minutes before only
+    heard_after: np.ndarray  # per frame: sound against the loud sounds of the two minutes after only
 
 
 def _night_sounds(envelope: np.ndarray, valid: np.ndarray | None, settings: DetectorSettings) -> _NightSounds | None:
@@ -263,24 +264,23 @@ def _night_sounds(envelope: np.ndarray, valid: np.ndarray | None, settings: Dete
     broad_db = envelope[:, FEATURES.index("broad_db")].astype(np.float64)
     flatness = envelope[:, FEATURES.index("flatness")].astype(np.float64)
     sounds = _sounds(excess, floor, voiced, broad_db, flatness, np.nan_to_num(db, nan=-140.0), settings)
-    return _NightSounds(n, valid, floor, excess, sounds, _heard_before(excess, floor, settings))
-
-
-def _heard_before(excess: np.ndarray, floor: np.ndarray, settings: DetectorSettings) -> np.ndarray:
-    """Frames that are sound against the loud sounds of the two minutes before them only. ``_sounds`` judges
-    a frame against a window centred on it, which looks a minute ahead: where the sound gets 30 dB louder
-    (a recorder's gain, a quiet start, a sleeper turning to the microphone) the quiet breaths of the minute
-    before stop counting as sounds, and the gap they leave passed for an apnoea. A past-only window
-    instead lost pauses and typings the centred one finds (two of the detector's tests, and the cohorts'
-    figures mixed), so it only vetoes such a gap (``breathed_in_gap``)."""
-    window = int(settings.baseline_s) | 1
-    return _sound_frames(excess, floor, settings, origin=window // 2)
+    half = (int(settings.baseline_s) | 1) // 2
+    before = _sound_frames(excess, floor, settings, origin=half)
+    after = _sound_frames(excess, floor, settings, origin=-half)
+    return _NightSounds(n, valid, floor, excess, sounds, before, after)
 
 
 def _sound_frames(excess: np.ndarray, floor: np.ndarray, settings: DetectorSettings, origin: int = 0) -> np.ndarray:
     """Frames of sound: over the floor by ``sound_over_floor``, and within ``sound_below_loud_db`` of the loud
     sounds (80th percentile of each second's peak) of a ``baseline_s`` window, centred on the second
-    (``origin`` 0) or shifted (``origin`` half the window: the window before it)."""
+    (``origin`` 0) or shifted (``origin`` plus or minus half the window: the window before or after it).
+
+    ``_sounds`` uses the centred window. Where the sound steps by 30 dB for good (a recorder's gain, a quiet
+    start, a sleeper turning to or from the microphone) the quieter breaths within a minute of the step
+    stop counting as sounds against the louder ones on its other side, and the gap they leave passed for
+    an apnoea. A one-sided window for the segmentation itself lost pauses and typings the centred one
+    finds (two of the detector's tests, and the cohorts' figures mixed), so the one-sided frames only
+    veto such a gap (``_breathed_in_gap``)."""
     block = int(FRAME_HZ)
     loud = np.repeat(
         percentile_filter(
@@ -297,18 +297,25 @@ def _sound_frames(excess: np.ndarray, floor: np.ndarray, settings: DetectorSetti
     )
 
 
-def _breathed_in_gap(night: _NightSounds, start: int, stop: int, usual: float, settings: DetectorSettings) -> bool:
-    """A breathing rhythm inside [start, stop) against the breathing before it: ``rhythm_breaths`` sounds of
-    a breath's length, none faint against the usual breath (``faint_in_pause``: a TV's or the room's
-    fragments in a pause are). Then the gap is silent only against louder sound after it, not a pause."""
+def _silent_part(
+    night: _NightSounds, heard: np.ndarray, start: int, stop: int, usual: float, settings: DetectorSettings
+) -> tuple[int, int]:
+    """The part of the gap [start, stop) silent against ``heard`` (one of the one-sided sound frames): the
+    whole gap, unless a breathing rhythm sounds in it there (``rhythm_breaths`` sounds of a breath's length,
+    none faint against ``usual``, the breathing on the window's side: a TV's or the room's fragments in a
+    pause are faint); then only the longest stretch between those breaths, as the gap was silent only
+    against the louder sound on the other side of a step."""
     shortest = settings.min_breath_s * FRAME_HZ
     faint = settings.faint_in_pause * usual
     runs = [
-        (a, b)
-        for a, b in _runs(night.heard_before[start:stop])
+        (start + a, start + b)
+        for a, b in _runs(heard[start:stop])
         if b - a >= shortest and float(night.excess[start + a : start + b].max()) >= faint
     ]
-    return len(runs) >= settings.rhythm_breaths
+    if len(runs) < settings.rhythm_breaths:
+        return start, stop
+    edges = [start, *(edge for run in runs for edge in run), stop]
+    return max(zip(edges[::2], edges[1::2], strict=True), key=lambda gap: gap[1] - gap[0])
 
 
 def heard_frames(
@@ -619,8 +626,16 @@ def _candidates(
                 continue
             if not rhythm_before(k):
                 continue
-            if _breathed_in_gap(night, gap_start, gap_stop, usual, settings):
-                continue  # quiet breathing, hidden only by the louder sound after it
+            # Quiet breathing hidden only by the louder sound after it (a step up) or before it (a step
+            # down: the breathing after is too weak to count as sound beside the breathing before, so
+            # only a window after the gap hears it) is no pause: what is left silent may be.
+            gap_start, gap_stop = _silent_part(night, night.heard_before, gap_start, gap_stop, usual, settings)
+            later = _after_base(after_blocks, gap_stop, settings)
+            if np.isfinite(later) and later < usual * 10.0 ** (-settings.sound_below_loud_db / 10.0):
+                gap_start, gap_stop = _silent_part(night, night.heard_after, gap_start, gap_stop, later, settings)
+            length = gap_stop - gap_start
+            if length < min_len:
+                continue
             # No breath sound: 90% under the usual breath in amplitude, or lost in the room's noise; or,
             # where the room stays above that, no sound standing out of it at all.
             silent = np.maximum(settings.quiet_fraction * usual, settings.sound_over_floor * floor[gap_start:gap_stop])

@@ -425,15 +425,27 @@ def test_the_baseline_is_the_median_of_each_seconds_usable_window(min_blocks: in
     assert np.isnan(short[0]) and (np.isfinite(short[-1]) == (need <= np.isfinite(blocks[:49]).sum()))
 
 
+@pytest.mark.parametrize("step", ["up", "down"])
 @pytest.mark.parametrize("quiet", [0.03, 0.01], ids=["30 dB", "40 dB"])
-def test_breathing_that_gets_louder_leaves_no_false_pause_before_the_step(quiet):
-    """A recorder's gain, a quiet start or a sleeper turning to the microphone: the quiet breaths of the
-    minute before the step were judged against the loud ones after it (a window centred on each second),
-    stopped counting as sounds, and the gap they left was an apnoea (the odd-audio audit, 2026-12-07)."""
+def test_breathing_whose_level_steps_for_good_leaves_no_false_pause_beside_the_step(quiet, step):
+    """A recorder's gain, a quiet start, a sleeper turning to or from the microphone: the quiet breaths of the
+    minute beside the step were judged against the loud ones on its other side (a window centred on each
+    second), stopped counting as sounds, and the gap they left was an apnoea (the odd-audio audit,
+    2026-12-07: up; 2026-12-08: down)."""
     seconds = 480.0
     t = np.arange(int(seconds * RATE)) / RATE
-    audio = breathing(seconds) * np.where(t < 240, quiet, 1.0) + hiss(seconds)
-    assert _detect(audio) == []
-    paused = breathing(seconds, pauses=((300.0, 325.0),)) * np.where(t < 240, quiet, 1.0) + hiss(seconds)
-    event = _only(_detect(paused), "apnea")  # a pause after the step is still one
-    assert event["start_s"] <= 303.5 and event["end_s"] >= 324
+    gain = np.where(t < 240, quiet, 1.0) if step == "up" else np.where(t < 240, 1.0, quiet)
+    assert _detect(breathing(seconds) * gain + hiss(seconds)) == []
+
+
+@pytest.mark.parametrize("step", ["up", "down"])
+@pytest.mark.parametrize("pause", [(215.0, 235.0), (250.0, 270.0), (300.0, 325.0)], ids=str)
+def test_a_pause_beside_a_step_of_the_level_is_still_found_where_it_is(pause, step):
+    """Quiet breaths beside a step leave a gap silent only against the loud side; the pause inside that gap
+    is what is left silent once they count (a veto of the whole gap lost pauses in the minute before a
+    step up)."""
+    seconds = 480.0
+    t = np.arange(int(seconds * RATE)) / RATE
+    gain = np.where(t < 240, 0.03, 1.0) if step == "up" else np.where(t < 240, 1.0, 0.03)
+    event = _only(_detect(breathing(seconds, pauses=(pause,)) * gain + hiss(seconds)), "apnea")
+    assert pause[0] - 1 <= event["start_s"] <= pause[0] + 3.5 and pause[1] - 1 <= event["end_s"] <= pause[1] + 1
