@@ -631,7 +631,9 @@ def _candidates(
             # only a window after the gap hears it) is no pause: what is left silent may be.
             gap_start, gap_stop = _silent_part(night, night.heard_before, gap_start, gap_stop, usual, settings)
             later = _after_base(after_blocks, gap_stop, settings)
-            if np.isfinite(later) and later < usual * 10.0 ** (-settings.sound_below_loud_db / 10.0):
+            if not np.isfinite(later):  # too little breathing after it yet (the bedside's newest gap): the
+                later = float(peaks[m])  # breath that ended it (a true pause's recovery breath is no weaker)
+            if later < usual * 10.0 ** (-settings.sound_below_loud_db / 10.0):
                 gap_start, gap_stop = _silent_part(night, night.heard_after, gap_start, gap_stop, later, settings)
             length = gap_stop - gap_start
             if length < min_len:

@@ -69,6 +69,30 @@ def test_a_stream_finds_the_pause_when_its_recovery_breath_arrives_keeping_only_
     assert watch.pauses() == [] and watch.start_s == 300.0
 
 
+@pytest.mark.parametrize("pause", [None, (250.0, 270.0)], ids=["no pause", "a pause after the step"])
+def test_a_stream_whose_sound_gets_30_db_quieter_for_good_raises_no_pause_at_the_step(pause) -> None:
+    """The sleeper turns away from the microphone: the newest gap closes before a minute of the quieter
+    breathing after it is heard, so it is judged against the breath that closed it (a true pause's recovery
+    breath is no weaker); the batch detector said no pause, but the stream raised one at the step."""
+    from sleepsound.monitor.breathing import PauseWatch
+    from tests.breathing.signals import RATE as SIGNAL_RATE
+    from tests.breathing.signals import breathing, hiss
+
+    seconds = 360.0
+    t = np.arange(int(seconds * SIGNAL_RATE)) / SIGNAL_RATE
+    audio = breathing(seconds, pauses=(pause,) if pause else ()) * np.where(t < 240, 1.0, 0.03) + hiss(seconds)
+    watch = PauseWatch(SIGNAL_RATE, keep_s=180)
+    seen = set()
+    step = 10 * SIGNAL_RATE
+    for start in range(0, len(audio), step):
+        watch.push(audio[start : start + step].astype(np.float32))
+        seen |= {(round(p.start_s), round(p.end_s)) for p in watch.pauses()}
+    if pause is None:
+        assert seen == set()
+    else:
+        assert len(seen) == 1 and all(abs(a - 250) <= 3 and abs(b - 270) <= 1 for a, b in seen), seen
+
+
 def test_analyze_breathing_answers_like_the_tutorial(trained: Trained, live: Live) -> None:
     clip = _flac(_breaths(120, (60.0, 76.0)))
     with httpx.Client(timeout=60) as client:
