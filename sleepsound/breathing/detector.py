@@ -280,7 +280,7 @@ def _sound_frames(excess: np.ndarray, floor: np.ndarray, settings: DetectorSetti
     stop counting as sounds against the louder ones on its other side, and the gap they leave passed for
     an apnoea. A one-sided window for the segmentation itself lost pauses and typings the centred one
     finds (two of the detector's tests, and the cohorts' figures mixed), so the one-sided frames only
-    veto such a gap (``_breathed_in_gap``)."""
+    judge such a gap again (``_silent_part``)."""
     block = int(FRAME_HZ)
     loud = np.repeat(
         percentile_filter(
