@@ -154,7 +154,7 @@ def synth(
     from sleepsound.synth.writers import CohortRefused, check_cohort_args, generate_cohort
 
     try:
-        check_cohort_args(subjects, hours, sample_rate, layout, cycle_minutes)
+        check_cohort_args(subjects, hours, sample_rate, layout, cycle_minutes, seed)
         resolve_styles(style)
         if speech not in SPEECH_SOURCES:
             raise ValueError(f"--speech must be one of {', '.join(SPEECH_SOURCES)}")
@@ -578,9 +578,8 @@ def breathing_eval(
             head_overrides=overrides,
             speech_source=speech,
         )
-    except (FileNotFoundError, ValueError) as exc:
-        err_console.print(f"[red]{escape(printable(exc))}[/red]")
-        raise typer.Exit(2) from None
+    except (OSError, ValueError) as exc:  # bad options, no cohorts, a report that cannot be written: one line
+        raise _refused(None, exc) from None
     if as_json:
         print(report_json(report))
     else:

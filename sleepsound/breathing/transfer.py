@@ -493,6 +493,8 @@ def _cut(
 ) -> tuple[float, list[dict[str, float]]]:
     """The given cut, or the one fitted on the development nights (``calibrate``)."""
     if min_confidence is not None:
+        if not (math.isfinite(min_confidence) and 0.0 <= min_confidence <= 1.0):  # NaN dropped every event
+            raise ValueError(f"min_confidence must be a number from 0 to 1, got {min_confidence:g}")
         return min_confidence, []
     if not dev:
         raise ValueError("every style is held out: nothing to fit the confidence cut on (give --min-confidence)")
@@ -651,6 +653,39 @@ def with_settings(settings: DetectorSettings, **changes: Any) -> DetectorSetting
     return replace(settings, **changes)
 
 
+def check_transfer_options(
+    nights: int, clean_nights: int, hours: float, seed: int, min_confidence: float | None, build: bool
+) -> None:
+    """Refuse a bad count, length, seed or cut (ValueError naming the option and its range) before anything
+    is built: a NaN cut dropped every event (recall 0, exit 0), -5 kept every candidate, and ``--nights 0``
+    built nothing and was then blamed on the folder (``build them with --build``)."""
+    if min_confidence is not None and not (math.isfinite(min_confidence) and 0.0 <= min_confidence <= 1.0):
+        raise ValueError(f"--min-confidence must be a number from 0 to 1, got {min_confidence:g}")
+    if nights < 1:
+        raise ValueError(f"--nights must be at least 1, got {nights}")
+    if clean_nights < 0:
+        raise ValueError(f"--clean must be 0 or more, got {clean_nights}")
+    if seed < 0:
+        raise ValueError(f"--seed must be a whole number >= 0, got {seed}")
+    if build and not (math.isfinite(hours) and hours > 0):
+        raise ValueError(f"--hours must be a positive, finite number, got {hours:g}")
+
+
+def check_report_path(path: Path, option: str) -> None:
+    """Refuse a report path that cannot be written (ValueError naming ``option``) before any night is built or
+    scored: a folder, or a folder that cannot be made (a file in the way, no permission), failed only at the
+    end, after all the work, as an unexpected error. Nothing is created here."""
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder: name the report file, e.g. {path / 'breathing-transfer.json'}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:  # the nearest folder that is there
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{option} {path}: {parent} is a file, so the report's folder cannot be made")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: {parent} is not writable")
+
+
 def run_transfer(
     cohorts: str | os.PathLike[str],
     root: str | os.PathLike[str],
@@ -678,6 +713,9 @@ def run_transfer(
     ``backbone`` the nights are also embedded with it and the project's heads trained on the
     development styles score every night (``breathing.heads``; ``head_overrides``: ``section.key=value``
     settings for them)."""
+    check_transfer_options(nights, clean_nights, hours, seed, min_confidence, build)
+    path = Path(out) if out is not None else Path(root) / "transfer" / "breathing-transfer.json"
+    check_report_path(path, "--out" if out is not None else "--root")
     wanted = list(styles)
     if build:
         real_styles = [s for s in held_out if s in styles]
@@ -706,7 +744,9 @@ def run_transfer(
     report["speech"] = cohort_speech(cohorts, {n["style"] for n in nights_read})
     if heads is not None:
         report["heads"] = dict(heads)
-    path = Path(out) if out is not None else Path(root) / "transfer" / "breathing-transfer.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(report_json(report))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(report_json(report))
+    except OSError as exc:  # a full disk, a folder made there meanwhile: one line, not an unexpected error
+        raise OSError(f"cannot write the report to {path}: {exc.strerror or exc}") from exc
     return report, path

@@ -187,9 +187,15 @@ def make_hypnogram(
     scale = cycle_minutes / 90.0
     per_cycle = cycle_minutes * 60.0 / EPOCH_SECONDS
     seq: list[str] = []
+
+    def add(stage: str, count: int) -> None:
+        """``count`` epochs of ``stage``, never past the night: the lists grew with ``cycle_minutes`` before the
+        night was cut to length (4 GB for a 6-minute night at 1e10), and the same draws give the same night."""
+        seq.extend([stage] * max(0, min(count, n_epochs - len(seq))))
+
     latency = int(np.clip(round(rng.lognormal(math.log(24 * scale), 0.5)), 1, max(1, n_epochs // 8)))
-    seq += ["W"] * latency
-    seq += ["N1"] * int(rng.integers(1, max(1, round(3 * scale)) + 1))
+    add("W", latency)
+    add("N1", int(rng.integers(1, max(1, round(3 * scale)) + 1)))
     while len(seq) < n_epochs:
         length = max(8, round(per_cycle * rng.uniform(0.85, 1.15)))
         pos = min(1.0, (len(seq) + length / 2) / n_epochs)
@@ -203,12 +209,14 @@ def make_hypnogram(
         n_n1 = 0 if seq[-1] == "N1" else max(1, round((0.02 + 0.03 * fragmentation) * length))
         n_n2 = max(2, length - n_rem - n_n3 - n_n1)
         descent = math.ceil(0.6 * n_n2)
-        seq += ["N1"] * n_n1 + ["N2"] * descent + ["N3"] * n_n3 + ["N2"] * (n_n2 - descent) + ["R"] * n_rem
+        for stage, count in (("N1", n_n1), ("N2", descent), ("N3", n_n3), ("N2", n_n2 - descent), ("R", n_rem)):
+            add(stage, count)
         if rng.random() < 0.3 + 0.3 * fragmentation + 0.2 * pos:
             wake = 1 + int(rng.poisson(1.5 * (1 + fragmentation)))
             if rng.random() < 0.08 + 0.1 * pos:
                 wake += int(rng.integers(4, 20))  # a longer wake bout
-            seq += ["W"] * wake + ["N1"] * int(rng.integers(1, 3))
+            add("W", wake)
+            add("N1", int(rng.integers(1, 3)))
     stages = np.array(seq[:n_epochs], dtype=object)
 
     # Scattered transitions, after sleep onset only.

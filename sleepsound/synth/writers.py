@@ -36,6 +36,9 @@ from sleepsound.synth.sound import AUDIO_CHANNELS, channel_rates, synthesise_chu
 LAYOUTS = ("psg-audio", "plain")
 AUDIO_FORMATS = ("flac", "wav")
 GENERATOR_VERSION = 1
+# Longest sleep cycle accepted, minutes: a real one lasts 70-120, the option only shortens it for short demo
+# nights; a day is far past any use and keeps the hypnogram's draws small (1e12 was a MemoryError).
+MAX_CYCLE_MINUTES = 24 * 60.0
 
 
 @dataclass(frozen=True)
@@ -290,10 +293,13 @@ class CohortRefused(ValueError):
     half-way through writing stays an unexpected error."""
 
 
-def check_cohort_args(n_subjects: int, hours: float, sample_rate: float, layout: str, cycle_minutes: float) -> None:
+def check_cohort_args(
+    n_subjects: int, hours: float, sample_rate: float, layout: str, cycle_minutes: float, seed: int
+) -> None:
     """Refuse a cohort's shape before anything is sized or written: NaN and infinite lengths passed
     the old ``<= 0`` checks and failed later (``cannot convert float NaN to integer``) after the
-    output folder had been made."""
+    output folder had been made, and so did a negative seed (numpy's ``expected non-negative
+    integer``) and a huge cycle (a MemoryError: the hypnogram's lists grew with it)."""
     if layout not in LAYOUTS:
         raise CohortRefused(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if n_subjects < 1 or not (math.isfinite(hours) and hours > 0):
@@ -302,8 +308,12 @@ def check_cohort_args(n_subjects: int, hours: float, sample_rate: float, layout:
         )
     if not math.isfinite(sample_rate) or int(sample_rate) != sample_rate or sample_rate < 1000:
         raise CohortRefused(f"sample_rate must be a whole number of Hz >= 1000, got {sample_rate}")
-    if not (math.isfinite(cycle_minutes) and cycle_minutes > 0):
-        raise CohortRefused(f"cycle_minutes must be positive and finite, got {cycle_minutes}")
+    if not (math.isfinite(cycle_minutes) and 0 < cycle_minutes <= MAX_CYCLE_MINUTES):
+        raise CohortRefused(
+            f"cycle_minutes must be positive, finite and at most {MAX_CYCLE_MINUTES:g} (a day), got {cycle_minutes:g}"
+        )
+    if seed < 0:
+        raise CohortRefused(f"seed must be a whole number >= 0, got {seed}")
 
 
 def _refuse_other_cohort(out: Path, params: dict[str, object]) -> None:
@@ -384,7 +394,7 @@ def generate_cohort(
         if real_background is not None
         else None
     )
-    check_cohort_args(n_subjects, hours, sample_rate, layout, cycle_minutes)
+    check_cohort_args(n_subjects, hours, sample_rate, layout, cycle_minutes, seed)
     if (
         int(part_seconds) != part_seconds
         or part_seconds < 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -202,3 +203,65 @@ def test_a_cohort_voiced_otherwise_is_written_again(tmp_path, monkeypatch):
     assert (classic / "cohort.json").stat().st_mtime_ns == written[classic]
     assert json.loads((tv / "cohort.json").read_text())["params"]["speech"] == "espeak"
     assert cohort_speech(tmp_path, {"classic", "tv-bedroom"}) == ["espeak"]
+
+
+SMALL_BUILD = ["--build", "--styles", "classic", "--held-out", "classic", "--nights", "1", "--clean", "0"]
+SMALL_BUILD += ["--hours", "0.02", "--speech", "synth"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--min-confidence", "nan"], "--min-confidence must be a number from 0 to 1, got nan"),
+        (["--min-confidence", "-5"], "--min-confidence must be a number from 0 to 1, got -5"),
+        (["--min-confidence", "7"], "--min-confidence must be a number from 0 to 1, got 7"),
+        (["--nights", "0"], "--nights must be at least 1, got 0"),
+        (["--clean", "-1"], "--clean must be 0 or more, got -1"),
+        (["--seed", "-1"], "--seed must be a whole number >= 0, got -1"),
+        (["--hours", "nan"], "--hours must be a positive, finite number, got nan"),
+    ],
+)
+def test_bad_options_are_refused_in_one_line_before_anything_is_built(tmp_path, args, needle):
+    """A NaN cut dropped every event (recall 0, exit 0) and -5 kept every candidate; --nights 0 built nothing
+    and was blamed on the folder. Now exit 2, one line naming the option, and nothing built or written."""
+    cohorts, root = tmp_path / "cohorts", tmp_path / "root"
+    result = CliRunner().invoke(app, ["breathing-eval", str(cohorts), "--root", str(root), *SMALL_BUILD, *args])
+    assert result.exit_code == 2 and needle in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and "not expected" not in result.output
+    assert not cohorts.exists() and not root.exists()
+
+
+def test_a_report_path_that_cannot_be_written_is_refused_before_any_night_is_built(tmp_path):
+    """An --out that is a folder, or below a file, failed only after every night was built and scored, as
+    "This was not expected" (exit 1). Now exit 2 in one line, before anything is built."""
+    cohorts, root = tmp_path / "cohorts", tmp_path / "root"
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-folder").mkdir()
+    for out, needle in (
+        (tmp_path / "a-folder", "is a folder: name the report file"),
+        (tmp_path / "a-file" / "deeper" / "report.json", "a-file is a file, so the report's folder cannot be made"),
+    ):
+        args = ["breathing-eval", str(cohorts), "--root", str(root), *SMALL_BUILD, "--out", str(out)]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and "--out" in result.stderr and needle in result.stderr, result.output
+        assert len(result.stderr.strip().splitlines()) == 1 and "not expected" not in result.output
+        assert not cohorts.exists() and not root.exists()
+    (tmp_path / "root").write_text("x")  # the default report path is under --root: checked the same way
+    result = CliRunner().invoke(app, ["breathing-eval", str(cohorts), "--root", str(root), *SMALL_BUILD])
+    assert result.exit_code == 2 and "--root" in result.stderr and "is a file" in result.stderr, result.output
+    assert not cohorts.exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device that is always full)")
+def test_a_report_that_fails_to_write_is_one_line(tmp_path):
+    """A full disk at the report (the last step) was a traceback ending "This was not expected"; now one line
+    naming the report's path, exit 2."""
+    from sleepsound.synth.writers import generate_cohort
+
+    cohorts, root = tmp_path / "cohorts", tmp_path / "root"
+    generate_cohort(cohorts / "classic" / "events", 1, 0.02, 3, sample_rate=16_000, layout="plain", cycle_minutes=3)
+    args = ["breathing-eval", str(cohorts), "--root", str(root), "--held-out", "classic", "--min-confidence", "0.7"]
+    result = CliRunner().invoke(app, [*args, "--out", "/dev/full"])
+    last = result.stderr.strip().splitlines()[-1]  # after the progress lines
+    assert result.exit_code == 2 and last == "cannot write the report to /dev/full: No space left on device", last
+    assert "Traceback" not in result.output and "not expected" not in result.output

@@ -241,3 +241,49 @@ def test_clips_cv_makes_the_generated_categories_it_is_asked_for(tmp_path: Path)
     assert made["per_category"] == {"door": 10, "clock_tick": 9} and made["seed"] == 101  # 0.6 x 32 clips
     bad = CliRunner().invoke(app, [*args, "--generated-category", "doorbell"])
     assert bad.exit_code == 2 and "doorbell" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--snr", "nan"], "--snr must be from -30 to 60 dB, got nan"),
+        (["--snr", "0", "--snr=-inf"], "--snr must be from -30 to 60 dB, got -inf"),
+        (["--snr", "61"], "--snr must be from -30 to 60 dB, got 61"),
+        (["--seconds", "nan"], "--seconds must be more than 0 (at least one sample) and at most 60, got nan"),
+        (["--seconds", "-1"], "--seconds must be more than 0"),
+        (["--seconds", "0.00001"], "--seconds must be more than 0"),
+        (["--seconds", "600"], "and at most 60, got 600"),
+        (["--seed", "-1"], "--seed must be a whole number >= 0, got -1"),
+    ],
+)
+def test_bad_options_are_refused_in_one_line_before_anything_is_made(
+    tmp_path: Path, args: list[str], needle: str
+) -> None:
+    """--snr nan or -inf wrote 'snoring' clips of one constant sample (exit 0), --seconds 600 ten-minute clips
+    (1.3 GB), and a bad --seconds or --seed failed after making .OUT.partial and left it, in words that named no
+    option. Now exit 2, one line naming the option and its range, and nothing made."""
+    app = typer.Typer()
+    app.add_typer(clips_app, name="clips")
+    snores = make_dataset(tmp_path / "real", per_label=2)
+    out = tmp_path / "hard"
+    cmd = ["clips", "hard-negatives", "--out", str(out), "--n", "5", "--speech", "synth"]
+    cmd += ["--snoring", str(snores), "--n-snoring", "15"]
+    res = CliRunner().invoke(app, [*cmd, *args])
+    assert res.exit_code == 2 and needle in res.stderr, res.output
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["real"]  # no OUT, no .OUT.partial
+
+
+def test_a_run_that_fails_after_starting_leaves_no_partial_folder(tmp_path: Path) -> None:
+    """A run that failed once the aside folder was made left ``.OUT.partial`` behind. Here another writer
+    puts a file into the (empty) OUT while the clips are made, so OUT cannot be replaced at the end."""
+    out = tmp_path / "hard"
+    out.mkdir()
+
+    def meanwhile(_message: str) -> None:
+        (out / "someone-else.txt").write_text("x")
+
+    with pytest.raises(OSError):
+        write_hard_negatives(out, n=5, seconds=0.1, speech_source="synth", progress=meanwhile)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hard"]
+    assert sorted(p.name for p in out.iterdir()) == ["someone-else.txt"]

@@ -392,13 +392,17 @@ def test_generate_cohort_rejects_bad_arguments(tmp_path: Path) -> None:
         (["--subjects", "0"], "at least one subject"),
         (["--cycle-minutes", "nan"], "cycle_minutes"),
         (["--cycle-minutes", "inf"], "cycle_minutes"),
+        (["--cycle-minutes", "1e12"], "cycle_minutes must be positive, finite and at most 1440 (a day), got 1e+12"),
+        (["--cycle-minutes", "1441"], "at most 1440"),
+        (["--seed", "-5"], "seed must be a whole number >= 0, got -5"),
         (["--sample-rate", "0"], "sample_rate"),
         (["--layout", "edf"], "layout"),
     ],
 )
 def test_synth_refuses_bad_shapes_in_one_line_before_writing(tmp_path: Path, args: list[str], needle: str) -> None:
-    """Bad counts, NaN or infinite lengths were exit 1 ('not expected', or 'cannot convert float NaN to
-    integer') and NaN ones left the output folder behind; now exit 2, one line, nothing written."""
+    """Bad counts, NaN or infinite lengths, a negative seed and a cycle of 1e12 minutes were exit 1 ('not
+    expected', 'cannot convert float NaN to integer', 'expected non-negative integer', a MemoryError) and left
+    the output folder behind; now exit 2, one line, nothing written."""
     from typer.testing import CliRunner
 
     from sleepsound.cli import app
@@ -406,7 +410,25 @@ def test_synth_refuses_bad_shapes_in_one_line_before_writing(tmp_path: Path, arg
     small = ["--subjects", "1", "--hours", "0.02", "--sample-rate", "8000"]
     out = CliRunner().invoke(app, ["synth", str(tmp_path / "c"), *small, *args])
     assert out.exit_code == 2 and needle in out.stderr and "not expected" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "c").exists()
+
+
+def test_a_long_cycle_never_builds_stages_past_the_night() -> None:
+    """The hypnogram's lists grew with the cycle before the night was cut to length (a 6-minute night took
+    4 GB at 1e10 minutes); now they stop at the night's end, so memory follows the night alone."""
+    import tracemalloc
+
+    from sleepsound.synth.hypnogram import make_hypnogram
+
+    tracemalloc.start()
+    try:
+        stages = make_hypnogram(12, np.random.default_rng(3), cycle_minutes=1e8)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(stages) == 12 and set(stages) <= set(STAGES_5)
+    assert peak < 200_000, peak  # was 9.6 MB: a list of a million epochs of sleep-onset N1
 
 
 def test_synth_refuses_a_target_that_is_no_folder(tmp_path: Path) -> None:
