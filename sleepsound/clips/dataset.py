@@ -3,7 +3,9 @@
 Layout: ``ROOT/<label>/<file>``; every non-hidden entry directly inside a label folder is a
 candidate (any format soundfile reads; a sub-folder or a broken link is rejected by name).
 Each candidate ends either *used* or *rejected* with a reason naming the file, so
-``len(clips) + len(rejected) == n_files``.
+``len(clips) + len(rejected) == n_files``. Audio files the layout leaves out (at the top of ROOT,
+hidden, or in a hidden folder: ``passed_over``) are rejected too, as "not read" with the reason,
+so none is lost unseen. Identical audio under two labels is rejected, every copy naming another.
 
 Fixed-length policy (why: the head and the backbone batch need one length, and the
 tutorial detector fed Whisper audio of arbitrary length):
@@ -18,20 +20,23 @@ tutorial detector fed Whisper audio of arbitrary length):
    be masked out of the head's pooling.
 
 Rejected: unreadable files, a header no clip has (a rate outside 8-384 kHz, more than 8 channels,
-a length the file belies: cut short or never finalised), no samples, shorter than ``min_seconds``,
+a length the file belies: cut short by more than ``CLIP_SHORT_SECONDS`` or never finalised), no samples,
+shorter than ``min_seconds``,
 non-finite samples or finite ones too large for float32,
-a label folder not among the expected classes (or, for a file list, a missing file). Audio is held in memory
+a label folder not among the expected classes (or, for a file list, a missing file or a name that is not
+``label/file`` inside ROOT). Audio is held in memory
 (float32, 5 s max per clip), which suits clip datasets of a few thousand files.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO, TypeVar
 
 import numpy as np
@@ -51,6 +56,17 @@ RESAMPLED_NOT_FINITE = "samples too large to resample (they pass the float32 ran
 NOT_FINITE = "non-finite samples (NaN or Inf)"
 # Finite 64-bit float samples past the float32 range: the clips are float32 from here on.
 TOO_LARGE = "samples too large (they pass the float32 range: a damaged float file)"
+# A clip WAV may miss at most this much of the audio its header declares (io.audio.wav_length_problem).
+# Why 10 ms: the nights' second is all of a 1-s clip (a clip cut in half was read as a whole, shorter one);
+# 10 ms is half a 20-ms backbone frame, still more than a header miscounted by a few dozen bytes (e.g.
+# counting its own 44) at any clip rate (44 bytes are 5.5 ms of 8-kHz 8-bit mono), and less than any cut.
+CLIP_SHORT_SECONDS = 0.01
+# Names (by suffix) of audio files the layout leaves out that are reported as not read; other files there
+# (a categories.csv or manifest.csv beside the label folders, .DS_Store, a .git folder) are no clips.
+AUDIO_SUFFIXES = frozenset(
+    {f".{name.lower()}" for name in sf.available_formats()}
+    | {".wave", ".bwf", ".oga", ".opus", ".aif", ".aifc", ".snd", ".m4a", ".aac", ".wma", ".mp4", ".webm"}
+)
 
 
 class ClipError(ValueError):
@@ -123,6 +139,69 @@ def discover(root: str | Path) -> list[tuple[str, str]]:
     return found
 
 
+def passed_over(root: str | Path) -> list[tuple[str, str, str]]:
+    """(label, root-relative path, why) for each audio file (by suffix, ``AUDIO_SUFFIXES``) that
+    :func:`discover` leaves out: at the top of ``root`` (label ""), hidden inside a label folder, or
+    directly inside a hidden folder (at the top or in a label folder; label "" at the top). Sorted.
+
+    Why: "nothing is lost": a clip dropped beside the label folders or hidden by a copy tool appeared in no
+    count. Listed by name only (nothing is opened), one folder level deep, so a ``.git`` folder costs one listing.
+    """
+    base = Path(root)
+    out: list[tuple[str, str, str]] = []
+
+    def audio(entry: Path) -> bool:
+        return entry.suffix.lower() in AUDIO_SUFFIXES and not entry.is_dir()
+
+    def hidden_folder(folder: Path, label: str, rel: str) -> None:
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:  # a hidden folder the user cannot list (a system's trash, say) holds no clip of theirs
+            return
+        for entry in entries:
+            if audio(entry):
+                why = f"not read: inside a hidden folder ({folder.name!r}); move it into a label folder to use it"
+                out.append((label, f"{rel}/{entry.name}", why))
+
+    for top in sorted(base.iterdir()):
+        if top.is_dir():
+            if top.name.startswith("."):
+                hidden_folder(top, "", top.name)
+                continue
+            for entry in sorted(top.iterdir()):
+                if not entry.name.startswith("."):
+                    continue
+                rel = f"{top.name}/{entry.name}"
+                if entry.is_dir():
+                    hidden_folder(entry, top.name, rel)
+                elif audio(entry):
+                    why = "not read: a hidden file (its name starts with '.'); rename it to use it as a clip"
+                    out.append((top.name, rel, why))
+        elif audio(top):
+            why = "not read: not inside a label folder (clips sit in DATA/<label>/)"
+            out.append(("", top.name, why))
+    return out
+
+
+def outside_reason(rel: str) -> str | None:
+    """Why the root-relative name ``rel`` (a file list's, e.g. a model's held-out files) is not a
+    ``label/file`` name inside the data folder, or None when it is one.
+
+    Why: a model folder from elsewhere lists its held-out files by name; ``snoring/../../x`` or an
+    absolute path made ``clips evaluate`` read, score and report on files outside ``--data``. Only the
+    shape discovery gives (two parts, neither hidden, ``.`` or ``..``) is read; links inside a label folder
+    are followed as discovery follows them.
+    """
+    if not rel or "\0" in rel or PurePosixPath(rel).is_absolute():
+        return "not a file of the data folder (an absolute or empty name): not read"
+    parts = rel.split("/")
+    if ".." in parts:
+        return "not a file of the data folder (the name holds '..'): not read"
+    if len(parts) != 2 or any(not part or part.startswith(".") for part in parts):
+        return "not a file of the data folder (names are label/file, neither hidden): not read"
+    return None
+
+
 def check_clip_file(path: str | Path) -> None:
     """Why ``path`` is not an audio file to read, as a ClipError; nothing when it is one."""
     path = Path(path)
@@ -172,7 +251,10 @@ def decode_mono_16k(
     source: str | BinaryIO, min_seconds: float = MIN_CLIP_SECONDS, max_seconds: float = MAX_CLIP_SECONDS
 ) -> np.ndarray:
     """float32 mono 16-kHz samples of the first ``max_seconds`` of a file or file-like object
-    (any format soundfile reads), not normalised; ClipError with the reason when unusable."""
+    (any format soundfile reads), not normalised; ClipError with the reason when unusable.
+    ValueError (not a ClipError: the caller's setting, not the file, is at fault) when ``max_seconds`` is
+    not a finite number above 0: soundfile reads a negative frame count as "all", a whole recording."""
+    check_seconds("max_seconds", max_seconds)
     try:
         with sf.SoundFile(sound_source(source)) as handle:
             rate = handle.samplerate
@@ -196,11 +278,21 @@ def decode_mono_16k(
     return mono.astype(np.float32)
 
 
+def check_seconds(name: str, value: float) -> None:
+    """ValueError naming ``name`` unless ``value`` is a finite number of seconds above 0.
+
+    Why: a read limit of -1 read every file whole (a night among the clips: gigabytes), 0 blamed every
+    clip for being empty, and NaN failed each file with "cannot convert float NaN to integer"."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number of seconds above 0, got {value!r}")
+
+
 def check_header(source: str | BinaryIO, handle: sf.SoundFile) -> None:
     """ClipError when an open file's header is not a clip's: a rate outside ``MIN_RATE_HZ``-``MAX_RATE_HZ``,
     more than ``MAX_CHANNELS`` channels (the limits of ``monitor.limits``), or a declared length the file
-    belies (``io.audio.length_problem``, as ``validate`` says: a WAV or FLAC cut short, or a WAV never
-    finalised, its samples outside the data chunk its header sizes at 0, which read as "empty").
+    belies (``io.audio.length_problem``, as ``validate`` says: a WAV or FLAC cut short, a WAV by more than
+    ``CLIP_SHORT_SECONDS``, not the nights' second, or a WAV never finalised, its samples outside the data
+    chunk its header sizes at 0, which read as "empty").
 
     Why one check for every clip reader: training and ``clips evaluate`` took a 1-Hz header for a 5-s clip
     and a cut WAV for a whole one, which ``clips score`` and the service refuse; one file, one verdict.
@@ -213,7 +305,9 @@ def check_header(source: str | BinaryIO, handle: sf.SoundFile) -> None:
     if channels > MAX_CHANNELS:
         raise ClipError(f"{channels} channels; at most {MAX_CHANNELS} are accepted: keep fewer")
     # Audio outside the data chunk is a clip never finalised once it is as long as the shortest clip.
-    problem = _judge_bytes(source, lambda raw, size: length_problem(raw, size, handle, MIN_CLIP_SECONDS))
+    problem = _judge_bytes(
+        source, lambda raw, size: length_problem(raw, size, handle, MIN_CLIP_SECONDS, CLIP_SHORT_SECONDS)
+    )
     if problem is not None:
         raise ClipError(problem[1])
 
@@ -307,15 +401,29 @@ def load_dataset(
     """Load every clip under ``root`` (or only the root-relative ``files``, e.g. a held-out list).
 
     ``classes`` (a trained model's) rejects files of other labels; when None the label
-    folders found are the classes. ``clip_seconds`` None applies the default policy.
+    folders found are the classes. ``clip_seconds`` None applies the default policy; otherwise
+    it must be a finite number of seconds above 0 (ValueError naming it). A name in ``files`` that
+    is not ``label/file`` inside ``root`` (absolute, with ``..``) is rejected by name, never read.
+    Without ``files``, audio files the layout leaves out (:func:`passed_over`) are rejected as not read.
     """
+    if clip_seconds is not None:
+        check_seconds("clip_seconds", clip_seconds)
+    check_seconds("max_seconds", max_seconds)
     found = discover(root)
+    rejected: list[Rejected] = []
     if files is not None:
         by_name = {rel: label for label, rel in found}
-        found = [(by_name.get(rel, rel.split("/", 1)[0]), rel) for rel in files]
+        found = []
+        for rel in files:
+            problem = None if rel in by_name else outside_reason(rel)
+            if problem is None:
+                found.append((by_name.get(rel, rel.split("/", 1)[0]), rel))
+            else:
+                rejected.append(Rejected(rel, "", f"{rel}: {problem}"))
+    else:
+        rejected += [Rejected(rel, label, f"{rel}: {why}") for label, rel, why in passed_over(root)]
     names = tuple(classes) if classes is not None else tuple(sorted({label for label, _ in found}))
     kept: list[tuple[str, str, np.ndarray]] = []
-    rejected: list[Rejected] = []
     base = Path(root)
     read_seconds = clip_seconds if clip_seconds is not None else max_seconds  # no clip uses more than this
     for label, rel in found:
@@ -325,6 +433,7 @@ def load_dataset(
             kept.append((label, rel, read_mono_16k(base / rel, min_seconds, read_seconds)))
         except ClipError as exc:
             rejected.append(Rejected(rel, label, f"{rel}: {exc}"))
+    kept, rejected = _without_label_conflicts(kept, rejected)
     if clip_seconds is not None:
         clip_samples = int(round(clip_seconds * SAMPLE_RATE))
     else:
@@ -338,3 +447,44 @@ def load_dataset(
     return ClipDataset(
         str(root), names, [r for _, r, _ in kept], [lb for lb, _, _ in kept], audio, lengths, clip_samples, rejected
     )
+
+
+def audio_digest(audio: np.ndarray) -> str:
+    """A digest of a clip's samples as the model gets them (peak-normalised float32, read up to the clip
+    length), their count included: two files that decode to the same clip are one sound."""
+    samples = np.ascontiguousarray(audio, dtype=np.float32)
+    return hashlib.blake2b(samples.tobytes(), digest_size=16, person=len(samples).to_bytes(8, "little")).hexdigest()
+
+
+def _without_label_conflicts(
+    kept: list[tuple[str, str, np.ndarray]], rejected: list[Rejected]
+) -> tuple[list[tuple[str, str, np.ndarray]], list[Rejected]]:
+    """``kept`` less every clip whose audio (as read) is also kept under another label; each of those is
+    added to ``rejected``, naming a copy under another label.
+
+    Why every copy, not the second: one sound under two labels is a labelling mistake, and which label is
+    right is the data team's call; keeping the first (by sort order, i.e. by label name) would train or
+    score on a label chosen by its spelling. Copies under one label are kept (a duplicate, not a contradiction),
+    and so are clips without any variation (digital silence, a constant offset): no sound, so nothing a label
+    could be wrong about, and a silent clip is a valid example wherever it sits.
+    """
+    by_digest: dict[str, list[int]] = {}
+    for i, (_, _, audio) in enumerate(kept):
+        if audio.size and audio.min() != audio.max():
+            by_digest.setdefault(audio_digest(audio), []).append(i)
+    conflicts: dict[int, str] = {}
+    for members in by_digest.values():
+        if len({kept[i][0] for i in members}) < 2:
+            continue
+        for i in members:
+            other = next(j for j in members if kept[j][0] != kept[i][0])
+            more = len(members) - 2
+            also = f" and {more} more cop{'y' if more == 1 else 'ies'}" if more > 0 else ""
+            conflicts[i] = (
+                f"the same audio as {kept[other][1]} (label {kept[other][0]!r}){also}: one sound cannot be "
+                "two labels; keep it under the right one only"
+            )
+    if not conflicts:
+        return kept, rejected
+    out = [row for i, row in enumerate(kept) if i not in conflicts]
+    return out, rejected + [Rejected(kept[i][1], kept[i][0], f"{kept[i][1]}: {why}") for i, why in conflicts.items()]

@@ -263,6 +263,11 @@ class AudioHeader(Protocol):
     def samplerate(self) -> int: ...
 
 
+# A night's WAV may miss less than this much of the audio its header declares and still be read, as
+# it is (see wav_length_problem); a clip reader passes its own, far smaller share.
+WAV_SHORT_SECONDS = 1.0
+
+
 def check_declared_length(path: str, info: AudioHeader) -> None:
     """Raise AudioError when the length ``path``'s header declares cannot fit the file (``length_problem``)."""
     with open(path, "rb") as handle:
@@ -272,28 +277,37 @@ def check_declared_length(path: str, info: AudioHeader) -> None:
 
 
 def length_problem(
-    handle: BinaryIO, size: int, info: AudioHeader, tail_seconds: float = EPOCH_SECONDS
+    handle: BinaryIO,
+    size: int,
+    info: AudioHeader,
+    tail_seconds: float = EPOCH_SECONDS,
+    short_seconds: float = WAV_SHORT_SECONDS,
 ) -> tuple[str, str] | None:
     """(code, message) when the length a file's header declares (``info``, libsndfile's reading of it)
     does not fit the ``size`` bytes of the file in ``handle``, else None: a WAV's ``data`` chunk
     (``wav_length_problem``); a FLAC's STREAMINFO sample count (``flac_length_problem``); an MP3's or
     Ogg stream's length (``stream_length_problem``). Checked from the header alone, before anything is
     decoded: the length sizes what is read and allocated after it. Other formats are not checked
-    (libsndfile takes an AIFF's length from the bytes there are)."""
+    (libsndfile takes an AIFF's length from the bytes there are). ``tail_seconds`` and ``short_seconds``
+    are ``wav_length_problem``'s."""
     if info.format in ("WAV", "RF64"):
-        return wav_length_problem(handle, size, tail_seconds)
+        return wav_length_problem(handle, size, tail_seconds, short_seconds)
     if info.format == "FLAC":
         return flac_length_problem(handle, size)
     return stream_length_problem(info, size)
 
 
-def wav_length_problem(handle: BinaryIO, size: int, tail_seconds: float = EPOCH_SECONDS) -> tuple[str, str] | None:
+def wav_length_problem(
+    handle: BinaryIO, size: int, tail_seconds: float = EPOCH_SECONDS, short_seconds: float = WAV_SHORT_SECONDS
+) -> tuple[str, str] | None:
     """(code, message) when the WAV in ``handle`` (``size`` bytes) has a ``data`` chunk size that
     disagrees with the file, else None; libsndfile reads either case without complaint, as a
     shorter recording. Takes a handle so an upload held in memory is checked as a file on disk is:
 
     * ``truncated_audio``: the header declares more audio than the file holds (an upload or copy
-      cut short; less than a second missing is taken for a writer's miscount and read as it is);
+      cut short). Less than ``short_seconds`` missing (a second by default, sized for whole nights) is
+      taken for a writer's miscount and read as it is; a clip reader passes a few milliseconds, as a
+      second is all of a 1-s clip;
     * ``unfinalised_audio``: the header declares less (0, typically) than the samples that follow,
       and no valid chunk does: a recording never closed properly (the recorder stopped or crashed
       before writing the sizes). At least ``tail_seconds`` of audio must follow (a night's epoch by
@@ -324,7 +338,7 @@ def wav_length_problem(handle: BinaryIO, size: int, tail_seconds: float = EPOCH_
         return None
     start, held = offset + 8, size - offset - 8
     seconds = f"{clock(length / byte_rate)} of audio"
-    if length - held >= byte_rate:
+    if length - held >= max(1.0, short_seconds * byte_rate):
         return (
             "truncated_audio",
             f"truncated: the header declares {seconds} ({length} bytes) but the file holds "

@@ -333,3 +333,35 @@ def test_category_names_from_a_csv_reach_the_terminal_escaped(tmp_path: Path, me
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\x07" not in result.output
     assert "| tv\\x1b[2J\\x1b]0;owned\\x07: n 3" in result.output
+
+
+def test_evaluate_names_every_file_it_does_not_use_and_refuses_a_clip_cut_by_half_a_second(
+    tmp_path: Path, mel_model: Path
+) -> None:
+    """`clips evaluate` and `clips score` took a 1-s clip cut to 0.5 s for a whole, shorter one; a clip at
+    the data folder's top level, a hidden one and one in a hidden folder were in no count; and one sound
+    under both labels was used twice, once with each label."""
+    data = make_dataset(tmp_path / "data", per_label=3)
+    sf.write(data / "snoring" / "1_8.wav", _tone(16_000)[:, 0], 16_000, subtype="PCM_16")
+    whole = (data / "snoring" / "1_8.wav").read_bytes()
+    (data / "snoring" / "1_8.wav").write_bytes(whole[: len(whole) - 16_000])  # 0.5 s of 1 s missing
+    shutil.copy(data / "snoring" / "1_0.wav", data / "top_level.wav")
+    shutil.copy(data / "snoring" / "1_1.wav", data / "snoring" / ".1_1.wav")
+    (data / ".archive").mkdir()
+    shutil.copy(data / "snoring" / "1_2.wav", data / ".archive" / "1_2.wav")
+    shutil.copy(data / "no_snoring" / "0_0.wav", data / "snoring" / "1_9.wav")
+
+    result = CliRunner().invoke(_cli(), ["clips", "evaluate", "--model", str(mel_model), "--data", str(data), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    reasons = {r["file"]: r["reason"] for r in out["rejected"]}
+    assert out["counts"] == {"discovered": 11, "used": 5, "rejected": 6}, reasons
+    assert reasons["snoring/1_8.wav"].startswith("snoring/1_8.wav: truncated: the header declares")
+    assert "not inside a label folder" in reasons["top_level.wav"]
+    assert "a hidden file" in reasons["snoring/.1_1.wav"]
+    assert "inside a hidden folder ('.archive')" in reasons[".archive/1_2.wav"]
+    assert "the same audio as no_snoring/0_0.wav (label 'no_snoring')" in reasons["snoring/1_9.wav"]
+    assert "the same audio as snoring/1_9.wav (label 'snoring')" in reasons["no_snoring/0_0.wav"]
+
+    score = CliRunner().invoke(_cli(), ["clips", "score", "--model", str(mel_model), str(data / "snoring/1_8.wav")])
+    assert score.exit_code == 1 and "truncated: the header declares" in score.output, score.output
