@@ -113,13 +113,40 @@ def _settings(
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     defaults = ClipTrainSettings()
     generated = fields.pop("generated_category", None)
-    return ClipTrainSettings(
-        heads=tuple(head or defaults.heads),
-        lrs=tuple(lr or defaults.lrs),
-        cache_dir=str(cache) if cache else None,
-        generated_categories=tuple(generated or defaults.generated_categories),
-        **fields,
-    )
+    try:  # every option in range (ClipTrainSettings.check) before any clip is read or file written
+        return ClipTrainSettings(
+            heads=tuple(head or defaults.heads),
+            lrs=tuple(lr or defaults.lrs),
+            cache_dir=str(cache) if cache else None,
+            generated_categories=tuple(generated or defaults.generated_categories),
+            **fields,
+        )
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _load_errors() -> tuple[type[Exception], ...]:
+    """What a clips command turns into one line and exit 2: storage, bad values, and a backbone that cannot
+    be loaded (a typo, offline and not cached, CUDA absent), which used to end "This was not expected"."""
+    from sleepsound.models.backbones.pretrained import BackboneLoadError
+
+    return (OSError, ValueError, BackboneLoadError)
+
+
+def _check_device(device: str) -> None:
+    """Exit 2 naming --device unless it is a device name (checked before a model or clip is read)."""
+    from sleepsound.clips.train import check_device
+
+    try:
+        check_device(device)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _echo_warnings(result: dict[str, Any]) -> None:
+    """Warnings on stderr (stdout may be one JSON object)."""
+    for warning in result.get("warnings", []):
+        typer.echo(f"warning: {printable(warning)}", err=True)
 
 
 def _echo_worst(result: dict[str, Any]) -> None:
@@ -175,6 +202,9 @@ def train(
     hard_negatives: HardNegativesOpt = "generated",
     generated_category: GeneratedCategoryOpt = None,
     target_recall: TargetRecallOpt = None,
+    positive: Annotated[
+        str, typer.Option(help="With --target-recall: the class whose probability the threshold is on.")
+    ] = "snoring",
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -198,6 +228,7 @@ def train(
         hard_negatives=_hard_negatives(hard_negatives),
         generated_category=generated_category,
         target_recall=target_recall or None,
+        positive=positive,
     )
     from rich.console import Console
 
@@ -206,7 +237,7 @@ def train(
     try:
         with local_bars(Console(stderr=True)) as bar:
             summary = train_clips(data, out, settings, progress=None if as_json else typer.echo, bar=bar)
-    except (OSError, ValueError) as exc:
+    except _load_errors() as exc:
         raise _fail(str(exc)) from exc
     held, chosen = summary["held_out"], summary["chosen"]
     if as_json:
@@ -304,8 +335,9 @@ def cv(
             categories=categories,
             positive=positive,
         )
-    except (OSError, ValueError) as exc:
+    except _load_errors() as exc:
         raise _fail(str(exc)) from exc
+    _echo_warnings(result)
     if as_json:
         typer.echo(_json(result))
         return
@@ -338,10 +370,12 @@ def evaluate(
     """Score a saved model on a folder of labelled clips, per source category, worst first."""
     from sleepsound.clips.evaluate import evaluate_clips
 
+    _check_device(device)
     try:
         result = evaluate_clips(model, data, split=split, device=device, categories=categories, positive=positive)
-    except (OSError, ValueError) as exc:
+    except _load_errors() as exc:
         raise _fail(str(exc)) from exc
+    _echo_warnings(result)
     if not result["n"]:  # an evaluation of nothing is no pass: folders named unlike the model's classes, say
         first = f", the first: {result['rejected'][0]['reason']}" if result["rejected"] else ""
         raise _fail(
@@ -380,11 +414,14 @@ def score_files(
     """Label every clip-length window of short recordings; exit 1 if any file could not be scored."""
     from sleepsound.clips.dataset import ClipError
     from sleepsound.clips.evaluate import ClipClassifier
-    from sleepsound.clips.scoring import score_source
+    from sleepsound.clips.scoring import check_max_seconds, score_source
 
+    _check_device(device)
     try:
+        max_seconds = check_max_seconds(max_seconds)
         clf = ClipClassifier(model, device)
-    except (OSError, ValueError) as exc:  # a HeadArtifactError is a ValueError
+        clf.load_backbone()  # a backbone or device that cannot load is one error, not every file's
+    except _load_errors() as exc:  # a HeadArtifactError is a ValueError
         raise _fail(str(exc)) from exc
     failed = 0
     for path in files:

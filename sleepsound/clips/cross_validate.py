@@ -27,6 +27,8 @@ from sleepsound.clips.split import block_folds, blocks_of, group_by_label
 from sleepsound.clips.train import (
     GENERATED,
     ClipTrainSettings,
+    check_folds,
+    check_output_folder,
     decide,
     embed_all,
     extra_rows,
@@ -38,6 +40,7 @@ from sleepsound.clips.train import (
     tied_rows,
     untied,
     validation_folds,
+    with_backbone_layers,
     with_extra,
 )
 from sleepsound.report.metrics import bootstrap_ci, confusion_accuracy, confusion_macro_f1, evaluate
@@ -72,6 +75,10 @@ def cross_validate_clips(
     called positive, the worst false-alarm rate and the worst recall."""
     settings = settings or ClipTrainSettings()
     say = progress or (lambda _msg: None)
+    check_folds(k, "--k")
+    if settings.cache_dir:
+        check_output_folder(settings.cache_dir, "--cache")
+    settings = with_backbone_layers(settings)  # a backbone or device that cannot load: refused before the clips
     with resolved_hard_negatives(data, settings, say) as (resolved, made):
         result = _cross_validate(data, resolved, k, say, categories, positive)
     if made is not None:
@@ -89,6 +96,7 @@ def _cross_validate(
 ) -> dict[str, Any]:
     started = time.perf_counter()
     ds = load_labelled(data, settings)
+    warnings = positive_warnings(positive, ds.classes)
     ranges, category_source = find_categories(data, categories)
     outer = block_folds(group_by_label(ds.files, ds.labels), block_size=settings.block_size, k=k, seed=settings.seed)
     extra = load_extra(settings, ds)
@@ -187,5 +195,17 @@ def _cross_validate(
         ],
         "counts": ds.counts(),
         "rejected": [r.as_dict() for r in ds.rejected],
+        "warnings": warnings,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def positive_warnings(positive: str | None, classes: tuple[str, ...]) -> list[str]:
+    """A warning when ``positive`` is given but is none of ``classes``: the per-category alarm and recall
+    figures are then left out, which used to happen without a word (a name differing only in case, say)."""
+    if positive is None or positive in classes:
+        return []
+    return [
+        f"--positive {positive!r} is none of the classes {', '.join(classes)}: no false-alarm or recall "
+        "figures per category, only each category's accuracy"
+    ]

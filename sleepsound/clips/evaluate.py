@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from sleepsound.clips.categories import categorise, find_categories, per_category
+from sleepsound.clips.cross_validate import positive_warnings
 from sleepsound.clips.dataset import MIN_CLIP_SECONDS, SAMPLE_RATE, ClipDataset, load_dataset
 from sleepsound.clips.features import FeatureSpec, embed_audio, head_input, load_clip_backbone
-from sleepsound.clips.train import decide
+from sleepsound.clips.train import MAX_MODEL_CLIP_SECONDS, decide
 from sleepsound.core.config import whole_frames
 from sleepsound.core.json_text import undefined_as_null
 from sleepsound.models.backbones.pretrained import MEL, NULL, OFFLINE_WHISPER, hub_id_unavailable
@@ -32,7 +33,7 @@ SPLITS = ("all", "test")
 # Clip lengths a model may ask for: the shortest clip discovery keeps, up to a minute (training
 # takes the longest clip, 5 s by default; every scored window is this long, and a service holds it).
 MIN_CLIP_SAMPLES = int(round(MIN_CLIP_SECONDS * SAMPLE_RATE))
-MAX_CLIP_SAMPLES = 60 * SAMPLE_RATE
+MAX_CLIP_SAMPLES = int(MAX_MODEL_CLIP_SECONDS * SAMPLE_RATE)  # what `clips train --clip-seconds` allows
 MAX_POOL_FACTOR = 1_000  # base pools merged into one head frame: more than a minute of 0.1-s pools
 MAX_POOL_SECONDS = 60.0
 # A Hugging Face id: a name, or owner/name (offline it must be in the hub's local cache; nothing is fetched here).
@@ -45,6 +46,12 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_label_file(name: str) -> bool:
+    """``label/file``: two plain names (no '.', '..', empty part, backslash or NUL), so it stays under --data."""
+    parts = name.split("/")
+    return len(parts) == 2 and all(p not in ("", ".", "..") and "\\" not in p and "\0" not in p for p in parts)
 
 
 def _check_backbone(name: Any, where: str) -> str:
@@ -133,6 +140,10 @@ def check_clip_info(model_dir: str | Path, config: dict[str, Any]) -> dict[str, 
     files = info.get("held_out_files", [])
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
         raise HeadArtifactError(f"{where}.held_out_files must list file names")
+    if bad := next((f for f in files if not _is_label_file(f)), None):
+        raise HeadArtifactError(  # joined to --data by `evaluate --split test`: '..' or '/' would leave it
+            f"{where}.held_out_files must list label/file names inside the data folder, got {bad!r}"
+        )
     for key in ("held_out", "split"):
         if not isinstance(info.get(key, {}), (dict, type(None))):
             raise HeadArtifactError(f"{where}.{key} must be an object, got {info[key]!r}")
@@ -163,13 +174,18 @@ class ClipClassifier:
     def held_out_files(self) -> list[str]:
         return [str(f) for f in self.info.get("held_out_files", [])]
 
+    def load_backbone(self) -> Any:
+        """The backbone, loaded on first use (a heavy model, not needed to read the config); callers that
+        score many files load it first, so a name or device that cannot load is one error, not each file's."""
+        if self._backbone is None:
+            self._backbone = load_clip_backbone(self.spec, self.device)
+        return self._backbone
+
     def proba(self, audio: np.ndarray, lengths: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Class probabilities [N, C] for fixed-length 16-kHz clips [N, clip_samples]."""
         if audio.ndim != 2 or audio.shape[1] != self.clip_samples:
             raise ValueError(f"expected clips [N, {self.clip_samples}], got {audio.shape}")
-        if self._backbone is None:  # loaded on first use: a heavy model, not needed to read the config
-            self._backbone = load_clip_backbone(self.spec, self.device)
-        emb = embed_audio(self._backbone, audio, batch_size)
+        emb = embed_audio(self.load_backbone(), audio, batch_size)
         x, mask = head_input(emb, lengths, self.spec)
         return predict_proba(self.model, x, mask=mask)
 
@@ -210,6 +226,7 @@ def evaluate_clips(
     """{n, accuracy, macro_f1, kappa, classes, confusion, per_class, counts, rejected} on ``data``, and every
     source category's figures (see :mod:`sleepsound.clips.categories`), the worst first."""
     clf = ClipClassifier(model_dir, device)
+    clf.load_backbone()  # a backbone or device that cannot load: refused before the clips are read
     ranges, category_source = find_categories(data, categories)
     ds = clf.load(data, split)
     out: dict[str, Any] = {
@@ -243,4 +260,5 @@ def evaluate_clips(
         )
     out["counts"] = ds.counts()
     out["rejected"] = [r.as_dict() for r in ds.rejected]
+    out["warnings"] = positive_warnings(positive, clf.classes)
     return undefined_as_null(out)

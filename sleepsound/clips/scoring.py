@@ -43,6 +43,19 @@ from sleepsound.monitor.limits import DECODE_BLOCK_FRAMES, SAMPLES_PER_SECOND
 MAX_SCORE_SECONDS = 600.0  # longer audio is a night: score it with `sleepsound score`
 
 
+def check_max_seconds(value: float, option: str = "--max-seconds") -> float:
+    """``value`` if it is a finite length in [MIN_CLIP_SECONDS, MAX_SCORE_SECONDS]; ValueError naming ``option``
+    otherwise (NaN or inf was blamed on every file as unreadable, and 1e300 lifted every bound)."""
+    if not (
+        isinstance(value, (int, float)) and math.isfinite(value) and MIN_CLIP_SECONDS <= value <= MAX_SCORE_SECONDS
+    ):
+        raise ValueError(
+            f"{option} must be a number of seconds in {MIN_CLIP_SECONDS:g}..{MAX_SCORE_SECONDS:g} "
+            f"(longer audio is a night: `sleepsound score`), got {value!r}"
+        )
+    return float(value)
+
+
 class TooLong(ClipError):
     """Audio over the scoring limit (the service answers 413, not 400)."""
 

@@ -135,14 +135,15 @@ def block_folds(
     """
     if k < 2:
         raise ValueError(f"need k >= 2 folds, got {k}")
-    folds: list[list[str]] = [[] for _ in range(k)]
-    for label in sorted(files_by_label):
-        blocks, _ = blocks_of(files_by_label[label], block_size)
+    by_label = {label: blocks_of(files_by_label[label], block_size)[0] for label in sorted(files_by_label)}
+    for label, blocks in by_label.items():  # before any per-fold list exists: a huge k allocated without bound
         if len(blocks) < k:
             raise ValueError(
-                f"label {label!r} has {len(blocks)} training blocks, fewer than {k} folds; "
+                f"label {label!r} has {len(blocks)} blocks, fewer than {k} folds; "
                 "lower --block-size or the number of folds"
             )
+    folds: list[list[str]] = [[] for _ in range(k)]
+    for label, blocks in by_label.items():
         rng = np.random.default_rng([seed, zlib.crc32(label.encode()), k])
         for n, b in enumerate(rng.permutation(len(blocks))):
             folds[n % k].extend(blocks[int(b)])

@@ -14,11 +14,12 @@ the head that was scored instead, so ``clips evaluate --split test`` can re-chec
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import hashlib
 import itertools
 import logging
+import math
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +32,8 @@ import numpy as np
 from sklearn.metrics import f1_score
 
 import sleepsound
-from sleepsound.clips.dataset import SAMPLE_RATE, ClipDataset, load_dataset
+from sleepsound.clips.categories import read_csv_rows
+from sleepsound.clips.dataset import MIN_CLIP_SECONDS, SAMPLE_RATE, ClipDataset, load_dataset
 from sleepsound.clips.features import (
     FeatureSpec,
     default_layers,
@@ -55,6 +57,35 @@ from sleepsound.train.loop import TrainConfig, predict_proba, train_head
 log = logging.getLogger(__name__)
 
 LINEAR = "linear"  # the head fitted in closed form (heads.linear); the others are trained by gradient steps
+# The longest clip a model may use: check_clip_info (clips.evaluate) refuses a saved model with longer ones.
+MAX_MODEL_CLIP_SECONDS = 60.0
+MAX_FOLDS = 1_000  # validation or outer folds: each is a list built before the blocks are dealt
+MAX_EPOCHS = 100_000
+DEVICES = "cpu, cuda, cuda:N or auto"
+_DEVICE = re.compile(r"cpu|auto|cuda(:[0-9]{1,3})?")
+
+
+class OptionError(ValueError):
+    """A setting out of its range, named as its command-line option (the clips CLI exits 2 on it)."""
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_device(device: Any) -> str:
+    """``device`` if it is one of the names torch and the backbones take; OptionError naming --device
+    otherwise (a typo such as 'tpu' was blamed on every clip, or ended "not expected")."""
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise OptionError(f"--device must be {DEVICES}, got {device!r}")
+    return device
+
+
+def check_folds(k: Any, option: str) -> int:
+    """``k`` folds if 2 <= k <= MAX_FOLDS; OptionError naming ``option`` (a huge k allocated per-fold lists)."""
+    if not isinstance(k, int) or isinstance(k, bool) or not 2 <= k <= MAX_FOLDS:
+        raise OptionError(f"{option} must be a whole number in 2..{MAX_FOLDS}, got {k!r}")
+    return k
 
 
 @dataclass
@@ -91,6 +122,58 @@ class ClipTrainSettings:
     positive: str = "snoring"  # the class an alarm is raised for (the decision threshold is on its probability)
     target_recall: float | None = None  # None: argmax; else the threshold keeping this recall out of fold
 
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """OptionError naming the option of the first setting out of range, before any clip is read.
+
+        Why here: train and cv (and any caller) build these settings before loading; a bad value used to
+        surface after the embedding, as a crash, as every clip blamed, or as a whole long file read.
+        """
+        clip = self.clip_seconds
+        if clip is not None and not (_finite(clip) and MIN_CLIP_SECONDS <= clip <= MAX_MODEL_CLIP_SECONDS):
+            raise OptionError(
+                f"--clip-seconds must be a number of seconds in {MIN_CLIP_SECONDS:g}..{MAX_MODEL_CLIP_SECONDS:g}, "
+                f"got {clip!r}"
+            )
+        check_folds(self.folds, "--folds")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise OptionError(f"--seed must be a whole number >= 0, got {self.seed!r}")
+        if not self.lrs or not all(_finite(lr) and lr > 0 for lr in self.lrs):
+            raise OptionError(f"--lr must be a finite number > 0, got {list(self.lrs)!r}")
+        if not self.cs or not all(_finite(c) and c > 0 for c in self.cs):
+            raise OptionError(f"every inverse L2 strength (cs) must be a finite number > 0, got {list(self.cs)!r}")
+        if not isinstance(self.max_epochs, int) or not 1 <= self.max_epochs <= MAX_EPOCHS:
+            raise OptionError(f"--max-epochs must be a whole number in 1..{MAX_EPOCHS}, got {self.max_epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise OptionError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
+        if self.embed_batch is not None and (not isinstance(self.embed_batch, int) or self.embed_batch < 1):
+            raise OptionError(f"embed_batch must be a whole number >= 1, got {self.embed_batch!r}")
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise OptionError(f"--block-size must be a whole number >= 1, got {self.block_size!r}")
+        if not (_finite(self.test_fraction) and 0 <= self.test_fraction < 1):
+            raise OptionError(f"--test-fraction must be in [0, 1), got {self.test_fraction!r}")
+        recall = self.target_recall
+        if recall is not None and not (_finite(recall) and 0 < recall <= 1):
+            raise OptionError(f"--target-recall must be in (0, 1], got {recall!r}")
+        check_device(self.device)
+        if not self.heads:
+            raise OptionError("--head: at least one head to try")
+        if not isinstance(self.positive, str) or not self.positive:
+            raise OptionError(f"--positive must name a class, got {self.positive!r}")
+
+    def check_classes(self, classes: tuple[str, ...]) -> None:
+        """OptionError when a threshold is asked for (--target-recall) but --positive is none of ``classes``.
+
+        Why: the threshold was silently skipped, and a model saying target_recall 0.9 decided by argmax.
+        """
+        if self.target_recall is not None and self.positive not in classes:
+            raise OptionError(
+                f"--target-recall needs --positive to be one of the classes {', '.join(classes)}; "
+                f"got --positive {self.positive!r}"
+            )
+
 
 @dataclass
 class Candidate:
@@ -107,6 +190,7 @@ class Candidate:
     best_epoch: int = -1
     val_proba: np.ndarray | None = None  # out-of-fold probabilities [n_val, C] at the chosen epoch
     val_truth: np.ndarray | None = None  # their true class indices
+    failed: str | None = None  # why its training failed (a diverging loss), or None: scored
 
 
 def candidates(n_layers: int, settings: ClipTrainSettings) -> list[Candidate]:
@@ -229,11 +313,18 @@ def select(
         cspec = FeatureSpec(spec.backbone, spec.layers, spec.base_pool_seconds, cand.pick, cand.pool_factor)
         x, mask = head_input(emb, ds.lengths, cspec)
         runs, probas = [], []
-        for val in folds:
-            fit = untied(np.setdiff1d(train_idx, val), val, tied)  # no mix of a validation snore in its fit
-            packed, proba = _fit_and_watch(x, y, mask, fit, val, cand, settings, ds.classes)
-            runs.append(packed)
-            probas.append(proba)
+        try:
+            for val in folds:
+                fit = untied(np.setdiff1d(train_idx, val), val, tied)  # no mix of a validation snore in its fit
+                packed, proba = _fit_and_watch(x, y, mask, fit, val, cand, settings, ds.classes)
+                runs.append(packed)
+                probas.append(proba)
+        except FloatingPointError as exc:  # one diverging learning rate is a failed candidate, not a failed run
+            cand.failed = str(exc)
+            log.warning("candidate %s lr=%g failed: %s", cand.head, cand.lr, exc)
+            scored.append(cand)
+            bar("select", len(scored), len(tried), "settings")
+            continue
         losses = np.mean([r[:, -1] for r in runs], axis=0)
         epoch = int(np.argmin(losses))
         pred = np.concatenate([r[epoch, :-1] for r in runs]).astype(np.int64)
@@ -257,7 +348,12 @@ def select(
         )
         scored.append(cand)
         bar("select", len(scored), len(tried), "settings")
-    best = max(scored, key=lambda c: (c.val_macro_f1, -c.val_log_loss))  # first wins exact ties
+    working = [c for c in scored if c.failed is None]
+    if not working:
+        raise ValueError(
+            f"every setting tried failed in training ({len(scored)}; the first: {scored[0].failed}); try a lower --lr"
+        )
+    best = max(working, key=lambda c: (c.val_macro_f1, -c.val_log_loss))  # first wins exact ties
     return best, scored
 
 
@@ -367,7 +463,11 @@ def select_and_fit(
             best.val_proba, best.val_truth, ds.classes.index(settings.positive), settings.target_recall
         )
         decision["positive"] = settings.positive
-    return FittedClips(fit_setting(emb, ds, train_idx, chosen, best, settings), chosen, best, scored, decision)
+    try:
+        model = fit_setting(emb, ds, train_idx, chosen, best, settings)
+    except FloatingPointError as exc:  # the validated setting diverged on the whole training side
+        raise ValueError(f"the chosen setting ({best.head}, lr {best.lr:g}) failed in its refit: {exc}") from exc
+    return FittedClips(model, chosen, best, scored, decision)
 
 
 def load_labelled(data: str | Path, settings: ClipTrainSettings) -> ClipDataset:
@@ -381,7 +481,39 @@ def load_labelled(data: str | Path, settings: ClipTrainSettings) -> ClipDataset:
         raise ValueError(f"need at least 2 label folders with usable clips under {data}, found {list(ds.classes)}")
     if problem := _label_without_clips(ds):
         raise ValueError(f"{data}: {problem}")
+    settings.check_classes(ds.classes)  # the classes are known now, and nothing is embedded yet
     return ds
+
+
+def check_output_folder(path: str | Path, option: str) -> None:
+    """OSError naming ``option`` unless ``path`` is a folder this process can write a file in, or can be made
+    in one (its nearest existing parent is a writable folder); probed with a temporary file, nothing kept.
+
+    Why: ``--out`` and ``--cache`` were first touched after the embedding (and the fit), so an existing file
+    of that name, or a folder that may not be written, lost all the work done before it.
+    """
+    folder = Path(path).expanduser()
+    probe = folder
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "is" if probe == folder else f"lies under {probe}, which is"
+        raise OSError(f"{option} {folder} {what} not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise OSError(f"{option} {folder}: cannot write in {probe} ({exc.strerror or exc})") from None
+
+
+def with_backbone_layers(settings: ClipTrainSettings) -> ClipTrainSettings:
+    """``settings`` with ``layers`` resolved, by loading the backbone now: a name that cannot be loaded (a typo,
+    offline and not cached), or a device this machine lacks, is refused before any clip is read
+    (BackboneLoadError), not after every clip was loaded."""
+    if settings.layers is not None:
+        load_clip_backbone(FeatureSpec(settings.backbone, list(settings.layers)), settings.device)
+        return settings
+    return replace(settings, layers=default_layers(settings.backbone, settings.device))
 
 
 def _label_without_clips(ds: ClipDataset) -> str | None:
@@ -428,8 +560,8 @@ def tied_rows(full: ClipDataset, folder: str | Path | None) -> np.ndarray:
     manifest = Path(folder) / "manifest.csv" if folder else None
     if manifest is None or not manifest.is_file():
         return tied
-    with manifest.open(newline="", encoding="utf-8") as fh:
-        made_from = {row["file"]: row.get("snore_file") or "" for row in csv.DictReader(fh) if row.get("file")}
+    rows = read_csv_rows(manifest, "hard-negatives manifest", ("file",))  # capped, errors name the file
+    made_from = {row["file"]: row.get("snore_file") or "" for _, row in rows if row["file"]}
     row_of = {f: i for i, f in enumerate(full.files) if not f.startswith(EXTRA_PREFIX)}
     for i, name in enumerate(full.files):
         if name.startswith(EXTRA_PREFIX):
@@ -555,6 +687,10 @@ def train_clips(
     ``progress`` hears a line per step, ``bar`` the counts of clips embedded and settings tried."""
     settings = settings or ClipTrainSettings()
     say = progress or (lambda _msg: None)
+    check_output_folder(out_dir, "--out")
+    if settings.cache_dir:
+        check_output_folder(settings.cache_dir, "--cache")
+    settings = with_backbone_layers(settings)
     with resolved_hard_negatives(data, settings, say) as (resolved, made):
         return _train_clips(data, out_dir, resolved, say, bar, made)
 
@@ -633,7 +769,7 @@ def _train_clips(
         "clip_seconds": ds.clip_samples / SAMPLE_RATE,
         "clip_samples": ds.clip_samples,
         "sample_rate": SAMPLE_RATE,
-        "data_root": str(Path(data).resolve()),
+        "data_root": Path(data).resolve().name,  # the folder's name only: no path of the training machine
         "split": {
             **split.describe(),
             "validation": {
@@ -667,10 +803,11 @@ def _train_clips(
                 "val_accuracy": c.val_accuracy,
                 "val_log_loss": c.val_log_loss,
                 "best_epoch": c.best_epoch,
+                "failed": c.failed,
             }
             for c in scored
         ],
-        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()},
+        "settings": shipped_settings(settings, made),
         "hard_negatives_generated": made,  # what --hard-negatives generated made (its folder is gone), or None
         "held_out": held_out,
         "seconds": {
@@ -679,5 +816,35 @@ def _train_clips(
             "total": round(time.perf_counter() - started, 1),
         },
     }
-    save_head(model, None, str(out_dir), extra={"clips": summary})
+    save_head(
+        model, None, str(out_dir), extra={"clips": {**summary, "rejected": rejected_summary(summary["rejected"])}}
+    )
     return summary
+
+
+def shipped_settings(settings: ClipTrainSettings, made: dict[str, Any] | None) -> dict[str, Any]:
+    """The settings as the saved config records them: folders (the cache, the added clips) by name only, and
+    a generated folder (gone after the run) as 'generated'."""
+    out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}
+    for key in ("cache_dir", "hard_negatives"):
+        if out[key]:
+            out[key] = Path(out[key]).name
+    if made is not None and "skipped" not in made:
+        out["hard_negatives"] = GENERATED
+    return out
+
+
+def rejected_summary(rejected: list[dict[str, str]]) -> dict[str, Any]:
+    """The rejected files as a shipped model's config keeps them: how many, and how many for each kind of
+    reason (the text after the file's name, up to any detail in brackets), no file name or path.
+
+    Why: a model is handed on, and file names (or a decoder message quoting a full path) may identify a
+    patient; the full list is in what ``clips train`` prints and returns."""
+    reasons: dict[str, int] = {}
+    for row in rejected:
+        reason, name = row["reason"], row["file"].removeprefix(EXTRA_PREFIX)  # an added clip's reason has no prefix
+        if reason.startswith(name + ": "):
+            reason = reason[len(name) + 2 :]
+        kind = reason.split(" (", 1)[0].split(":", 1)[0].strip() or "unknown"
+        reasons[kind] = reasons.get(kind, 0) + 1
+    return {"n": len(rejected), "reasons": dict(sorted(reasons.items()))}
