@@ -716,6 +716,13 @@ def run_transfer(
     check_transfer_options(nights, clean_nights, hours, seed, min_confidence, build)
     path = Path(out) if out is not None else Path(root) / "transfer" / "breathing-transfer.json"
     check_report_path(path, "--out" if out is not None else "--root")
+    if backbone is not None:  # a name that cannot be loaded (a typo, offline): refused now, not after every night
+        from sleepsound.models.backbones.pretrained import BackboneLoadError, load_backbone
+
+        try:
+            load_backbone(backbone)
+        except BackboneLoadError as exc:
+            raise ValueError(str(exc)) from None
     wanted = list(styles)
     if build:
         real_styles = [s for s in held_out if s in styles]

@@ -219,6 +219,7 @@ SMALL_BUILD += ["--hours", "0.02", "--speech", "synth"]
         (["--clean", "-1"], "--clean must be 0 or more, got -1"),
         (["--seed", "-1"], "--seed must be a whole number >= 0, got -1"),
         (["--hours", "nan"], "--hours must be a positive, finite number, got nan"),
+        (["--backbone", "./no-such-model"], "no model folder with a config.json"),  # was exit 1 after every night
     ],
 )
 def test_bad_options_are_refused_in_one_line_before_anything_is_built(tmp_path, args, needle):
