@@ -12,7 +12,8 @@ tutorial detector fed Whisper audio of arbitrary length):
 
 1. read with soundfile, mix to mono (mean of the channels);
 2. resample to 16 kHz with soxr (high quality);
-3. peak-normalise to 1.0 (recording gain differs between clips; the label should not);
+3. take out the mean (a DC offset), then peak-normalise to 1.0 (recording gain differs between clips;
+   the label should not);
    all-zero clips (digital silence) are kept as they are: silence is a valid "no event";
 4. pad with zeros at the end, or keep the first ``clip_samples`` (trim the tail).
    ``clip_samples`` defaults to the longest accepted clip, at most 5 s, rounded up to a
@@ -369,10 +370,17 @@ def mix_to_mono(block: np.ndarray) -> np.ndarray:
 
 
 def peak_normalise(audio: np.ndarray) -> np.ndarray:
-    """Scaled to peak 1 (recording gain should not decide the label); digital silence is a valid
-    example of "no event" and is kept as it is."""
-    peak = float(np.abs(audio).max()) if audio.size else 0.0
-    return audio.astype(np.float32) if peak == 0.0 else (audio / peak).astype(np.float32)
+    """Its mean taken out, then scaled to peak 1 (recording gain should not decide the label); digital
+    silence (or a constant) is a valid example of "no event" and is kept as silence.
+
+    Why the mean first: a microphone's or converter's DC offset set the peak, so a quiet clip over an
+    offset of a few percent of full scale was scaled by the offset and reached the backbone as near-silence
+    (a float clip at +1000 read as silence). The Khan clips' offsets are at most 0.5% of their peaks."""
+    if not audio.size:
+        return audio.astype(np.float32)
+    centred = np.asarray(audio, dtype=np.float64) - float(np.mean(audio, dtype=np.float64))
+    peak = float(np.abs(centred).max())
+    return np.zeros(audio.shape, dtype=np.float32) if peak == 0.0 else (centred / peak).astype(np.float32)
 
 
 def default_clip_samples(lengths: list[int], max_seconds: float = MAX_CLIP_SECONDS) -> int:

@@ -217,3 +217,16 @@ def test_one_sound_under_two_labels_is_rejected_every_copy_naming_another(tmp_pa
     assert {"snoring/1_200.wav", "snoring/1_1.wav", "snoring/1_300.wav", "no_snoring/0_300.wav"} <= set(ds.files)
     assert ds.counts() == {"discovered": 12, "used": 7, "rejected": 5}
     assert len(ds.audio) == len(ds.files) == len(ds.labels) == len(ds.lengths)
+
+
+def test_a_clip_over_a_dc_offset_reaches_the_model_as_loud_as_without_it(tmp_path: Path) -> None:
+    """A quiet sound over a converter's offset was scaled by the offset: a float clip at +1000 with a
+    sound of 0.5 reached the backbone at a two-thousandth of full scale, near-silence (audit of 2026-12-07)."""
+    sound = 0.5 * _tone(1.0)
+    sf.write(tmp_path / "plain.wav", sound, RATE, subtype="FLOAT")
+    sf.write(tmp_path / "offset.wav", sound + 1000.0, RATE, subtype="FLOAT")
+    sf.write(tmp_path / "constant.wav", np.full(RATE, 0.25, dtype=np.float32), RATE, subtype="FLOAT")
+    plain, offset = read_mono_16k(tmp_path / "plain.wav"), read_mono_16k(tmp_path / "offset.wav")
+    assert abs(np.abs(offset).max() - 1.0) < 1e-6 and abs(float(offset.mean())) < 1e-3
+    np.testing.assert_allclose(offset, plain, atol=2e-3)  # the same clip, whatever the offset
+    assert not read_mono_16k(tmp_path / "constant.wav").any()  # an offset alone is silence, kept as silence
