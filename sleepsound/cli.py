@@ -149,7 +149,7 @@ def synth(
     """
 
     from sleepsound.core.storage import free_bytes_at
-    from sleepsound.synth.realsnores import clip_names
+    from sleepsound.synth.realsnores import BACKGROUND_CLIPS, skipped_clips
     from sleepsound.synth.styles import CLASSIC, SPEECH_SOURCES, resolve_speech_source, resolve_styles
     from sleepsound.synth.writers import CohortRefused, check_cohort_args, generate_cohort
 
@@ -160,11 +160,14 @@ def synth(
             raise ValueError(f"--speech must be one of {', '.join(SPEECH_SOURCES)}")
         if style != CLASSIC:  # only styled nights talk: espeak-ng without espeak-ng is refused here
             resolve_speech_source(speech)
-        if real_snores is not None:
-            clip_names(real_snores)
+        skipped = [("--real-snores", *s) for s in (skipped_clips(real_snores) if real_snores else ())]
+        if real_background:
+            skipped += [("--real-background", *s) for s in skipped_clips(real_background, BACKGROUND_CLIPS)]
         only = _background_only(real_background, background_categories, background_only)
     except ValueError as exc:
         raise _refused("not written", exc) from None
+    for option, name, why in skipped:  # unusable files are left out by name (cohort.json lists them too)
+        err_console.print(f"{option}: skipped {printable(name)}: {why}", soft_wrap=True, highlight=False, markup=False)
 
     # EDF holds Mic and Tracheal at 16 bits; plain audio is one 16-bit channel before compression.
     per_second = sample_rate * 2 * (2 if layout == "psg-audio" else 1)

@@ -19,6 +19,11 @@ the generator's speech) would come out quieter than the generator's TV once a ph
 high-pass has removed its lows. The clips themselves are not filtered. Digitally silent clips are
 left out.
 
+Only usable files are clips (``realsnores.clip_folder`` with ``BACKGROUND_CLIPS``): hidden files are none,
+and a file that cannot be read, is empty, shorter than ``MIN_CLIP_S`` or holds NaN or Inf samples is
+skipped by name with its reason. At most the first ``BACKGROUND_CLIPS.max_seconds`` (60 s) of a file are
+read and played: a long recording dropped into the folder is never read whole.
+
 Each night plays the folder's clips (at most ``MAX_CLIPS`` of them, drawn from the seed) in its own
 order, reshuffled on every pass, from ``(seed, subject)``: the same folder and arguments give the same
 files. Rendering is chunk-exact: the pieces' start times are fixed for the whole night when the plan
@@ -35,18 +40,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import soundfile as sf
 import soxr
 
 from sleepsound.synth.bedroom import _band
-from sleepsound.synth.realsnores import clip_names, read_clip, sounding_rms
+from sleepsound.synth.realsnores import BACKGROUND_CLIPS, clip_folder, clip_names, read_clip, sounding_rms
 from sleepsound.synth.styles import TV_CLIP_S, TV_CLIPS, BackgroundSpec, StyleParams, _background
 
 if TYPE_CHECKING:
     from sleepsound.synth.hypnogram import NightPlan
 
 XFADE_S = 0.05  # crossfade between consecutive clips (equal power: the stream's level holds through it)
-MIN_CLIP_S = 0.25
+MIN_CLIP_S = BACKGROUND_CLIPS.min_seconds  # 0.25 s: shorter clips cannot crossfade; they are skipped
+MAX_CLIP_S = BACKGROUND_CLIPS.max_seconds  # 60 s: only a file's first minute is read and played
 MAX_CLIPS = 256  # a night's repertoire: at most this many of the folder's clips
 SPEECH_BAND_HZ = (300.0, 3400.0)  # the band the level is matched in
 TV_DUTY = TV_CLIP_S / (TV_CLIP_S + 0.5)  # the generator's TV: utterances of TV_CLIP_S, gaps 0.1-0.9 s
@@ -67,19 +72,15 @@ class RealBackground:
 
 
 def _durations(folder: str, clips: tuple[str, ...]) -> np.ndarray:
-    """Each clip's length in seconds (from its header); a clip too short to crossfade is refused."""
-    out = []
+    """Each clip's length in seconds as it is read (its first ``MAX_CLIP_S`` at most); ValueError
+    naming a clip that is no usable background clip (``realsnores.clip_folder``)."""
+    listing = clip_folder(folder, BACKGROUND_CLIPS)
+    seconds = dict(zip(listing.names, listing.seconds, strict=True))
+    skipped = dict(listing.skipped)
     for name in clips:
-        path = Path(folder) / name
-        try:
-            info = sf.info(path)
-        except (RuntimeError, sf.LibsndfileError) as exc:
-            raise ValueError(f"{path}: not a readable audio clip ({exc})") from exc
-        seconds = info.frames / info.samplerate
-        if seconds < MIN_CLIP_S:
-            raise ValueError(f"{path}: a clip of {seconds:.3f} s is too short to string together (< {MIN_CLIP_S} s)")
-        out.append(seconds)
-    return np.array(out)
+        if name not in seconds:
+            raise ValueError(f"{Path(folder) / name}: {skipped.get(name, 'not in the folder')}")
+    return np.array([seconds[name] for name in clips])
 
 
 def generator_band_rms(plan: NightPlan) -> float:
@@ -101,7 +102,7 @@ def _bank(folder: str, clips: tuple[str, ...], rate: int, band_rms: float = 1.0)
     raw = []
     band_energy = 0.0
     for name in clips:
-        x, native = read_clip(Path(folder) / name)
+        x, native = read_clip(Path(folder) / name, MAX_CLIP_S, MIN_CLIP_S)
         x = np.asarray(x, dtype=np.float64)
         rms = sounding_rms(x, native)
         x = x / rms if rms > 0 else np.zeros_like(x)
@@ -135,7 +136,7 @@ def select_clips(folder: str | Path, categories_file: str | Path, categories: Se
     chosen = [r for r in ranges if r.category in categories]
     names = tuple(
         n
-        for n in clip_names(folder, "background clips")
+        for n in clip_names(folder, BACKGROUND_CLIPS)
         if (i := file_index(n)) is not None and any(r.first <= i <= r.last for r in chosen)
     )
     if not names:
@@ -146,7 +147,7 @@ def select_clips(folder: str | Path, categories_file: str | Path, categories: Se
 def lay_real_background(plan: NightPlan, folder: str | Path, only: Sequence[str] | None = None) -> NightPlan:
     """The same plan with its TV played from the clips in ``folder`` (or only the files ``only`` of
     it, e.g. from :func:`select_clips`); a TV added where the style has none."""
-    names = clip_names(folder, "background clips")
+    names = clip_names(folder, BACKGROUND_CLIPS)
     if only is not None:
         missing = sorted(set(only) - set(names))
         if missing or not only:
@@ -156,7 +157,7 @@ def lay_real_background(plan: NightPlan, folder: str | Path, only: Sequence[str]
     rng = np.random.default_rng([int(plan.seed) & 0x7FFFFFFF, plan.subject_index, _STREAM])
     if len(names) > MAX_CLIPS:
         names = tuple(names[int(i)] for i in np.sort(rng.choice(len(names), MAX_CLIPS, replace=False)))
-    durations = _durations(where, names)  # a clip too short to crossfade is refused first, by name
+    durations = _durations(where, names)  # lengths as read (a clip no longer usable is refused by name)
     sounding = [np.any(x) for x in _bank(where, names, 16_000)]  # reads every clip now, not mid-night
     names, durations = tuple(n for n, keep in zip(names, sounding, strict=True) if keep), durations[sounding]
     if not names:

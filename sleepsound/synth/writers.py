@@ -384,7 +384,7 @@ def generate_cohort(
     ``cohort.json`` made with other arguments (the synth command; same arguments rewrite the same bytes).
     """
     from sleepsound.synth.realbackground import add_generator_tv, describe, lay_real_background
-    from sleepsound.synth.realsnores import folder_digest, lay_real_snores
+    from sleepsound.synth.realsnores import BACKGROUND_CLIPS, SNORE_CLIPS, clip_folder, folder_digest, lay_real_snores
     from sleepsound.synth.styles import CLASSIC, resolve_speech_source, resolve_styles, style_for_night
 
     resolve_styles(style)  # refuse an unknown style before writing anything
@@ -425,9 +425,14 @@ def generate_cohort(
     if real_snores is not None:
         params["real_snores"] = str(Path(real_snores).resolve())
         params["real_snores_sha256"] = real_digest
+        # the unusable files, by name, only where there are some: other cohorts' cohort.json stays as it was
+        if (listing := clip_folder(real_snores, SNORE_CLIPS).record())["skipped"]:
+            params["real_snores_clips"] = listing
     if real_background is not None:
         params["real_background"] = str(Path(real_background).resolve())
         params["real_background_sha256"] = bg_digest
+        if (listing := clip_folder(real_background, BACKGROUND_CLIPS).record())["skipped"]:
+            params["real_background_clips"] = listing
         if real_background_only is not None:
             params["real_background_files"] = sorted(real_background_only)
     if generator_tv:
