@@ -17,7 +17,7 @@ import numpy as np
 
 from sleepsound.clips.categories import categorise, find_categories, per_category
 from sleepsound.clips.cross_validate import positive_warnings
-from sleepsound.clips.dataset import MIN_CLIP_SECONDS, SAMPLE_RATE, ClipDataset, load_dataset
+from sleepsound.clips.dataset import MIN_CLIP_SECONDS, SAMPLE_RATE, ClipDataset, load_dataset, outside_reason
 from sleepsound.clips.features import FeatureSpec, embed_audio, head_input, load_clip_backbone
 from sleepsound.clips.train import MAX_MODEL_CLIP_SECONDS, decide
 from sleepsound.core.config import whole_frames
@@ -46,12 +46,6 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_label_file(name: str) -> bool:
-    """``label/file``: two plain names (no '.', '..', empty part, backslash or NUL), so it stays under --data."""
-    parts = name.split("/")
-    return len(parts) == 2 and all(p not in ("", ".", "..") and "\\" not in p and "\0" not in p for p in parts)
 
 
 def _check_backbone(name: Any, where: str) -> str:
@@ -140,7 +134,7 @@ def check_clip_info(model_dir: str | Path, config: dict[str, Any]) -> dict[str, 
     files = info.get("held_out_files", [])
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
         raise HeadArtifactError(f"{where}.held_out_files must list file names")
-    if bad := next((f for f in files if not _is_label_file(f)), None):
+    if bad := next((f for f in files if outside_reason(f)), None):
         raise HeadArtifactError(  # joined to --data by `evaluate --split test`: '..' or '/' would leave it
             f"{where}.held_out_files must list label/file names inside the data folder, got {bad!r}"
         )
