@@ -700,13 +700,26 @@ def reproduce_embc2025_command(
 ) -> None:
     """Run the EMBC 2025 paper's protocol and print its Table II beside the paper's numbers."""
     cfg = _load_config(config, overrides)
-    from sleepsound.recipes.embc2025 import reproduce_embc2025
+    from datetime import UTC, datetime
 
-    try:
-        result = reproduce_embc2025(
-            psg_audio, root, cfg, backbone=backbone, use_ray=not local, models=models, mel_pool_seconds=mel_pool_seconds
-        )
-    except (ValueError, OSError) as exc:
+    from sleepsound.recipes.embc2025 import reproduce_embc2025
+    from sleepsound.runs.root_lock import RootBusy, RootLost, hold_root
+
+    run_id = datetime.now(UTC).strftime("reproduce-%Y%m%dT%H%M%SZ")
+    try:  # it writes the root's manifest and caches: held like every writing command
+        with hold_root(root, run_id, "reproduce"):
+            result = reproduce_embc2025(
+                psg_audio,
+                root,
+                cfg,
+                backbone=backbone,
+                use_ray=not local,
+                models=models,
+                mel_pool_seconds=mel_pool_seconds,
+            )
+    except RootBusy as exc:
+        raise _refused("not started", exc) from exc
+    except (ValueError, OSError, RootLost) as exc:
         raise _refused("cannot reproduce", exc) from exc
     if as_json:
         print(json.dumps(result, default=float))

@@ -77,12 +77,16 @@ def reproduce_embc2025(
         if unknown:
             raise ValueError(f"unknown models {unknown}; known: {list(configs)}")
         configs = {k: v for k, v in configs.items() if k in models}
+    for name in sorted({cfg.backbone.name for cfg in configs.values()}):  # a typo or offline: refused now
+        _check_backbone(name)
     rows = build_manifest(source, base.preprocess, base.validation, use_ray=use_ray)
-    write_manifest(root, rows)
     manifest = pd.DataFrame(rows)
-    labelled = labelled_manifest(manifest)
-    subjects = sorted(labelled["subject_id"].astype(str).unique())
+    labelled = labelled_manifest(manifest) if rows else manifest  # nothing found: no subject, refused below
+    subjects = sorted(labelled["subject_id"].astype(str).unique()) if len(labelled) else []
     train, test = split_by_subject(subjects, base.training.test_fraction, base.training.seed)
+    # Only a run that can go on replaces the root's manifest: a source it refuses (too few subjects, none
+    # found) used to wipe the root's cohort from it first.
+    write_manifest(root, rows)
     accepted = [r for r in rows if r["status"] == "accepted"]
 
     results: dict[str, Any] = {}
@@ -143,3 +147,14 @@ def table_ii(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def _check_backbone(name: str) -> None:
+    """ValueError when backbone ``name`` cannot be loaded here (``mel`` needs nothing): it ended as an
+    unexpected error after the manifest was written and other models embedded."""
+    from sleepsound.models.backbones.pretrained import BackboneLoadError, load_backbone
+
+    try:
+        load_backbone(name)
+    except BackboneLoadError as exc:
+        raise ValueError(str(exc)) from None

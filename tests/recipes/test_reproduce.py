@@ -87,3 +87,27 @@ def test_reproduce_prints_table_ii_beside_the_papers_numbers(psg_audio, tiny_whi
         app, ["reproduce-embc2025", "--psg-audio", str(psg_audio), "--root", str(root), "--local", "--model", "ResNet"]
     )
     assert bad.exit_code == 2 and "unknown models" in bad.output
+
+
+def test_a_refused_source_or_a_held_root_leaves_the_roots_manifest_as_it_was(psg_audio, tmp_path):
+    """The recipe replaced the root's manifest before it could refuse the source (an empty folder wiped the
+    root's cohort from it), and it never held the root, so it did so under another run (audit of 2026-12-08)."""
+    from sleepsound.core.config import Config
+    from sleepsound.ingest.manifest import build_manifest, read_manifest, write_manifest
+    from sleepsound.runs.root_lock import hold_root
+
+    root = tmp_path / "root"
+    rows = build_manifest(str(psg_audio), Config().preprocess, Config().validation, use_ray=False)
+    write_manifest(str(root), rows)
+    before = sorted(read_manifest(str(root))["recording_id"])
+    (tmp_path / "empty").mkdir()
+    base = ["reproduce-embc2025", "--root", str(root), "--local", "--model", "SoundSleepNet"]
+    refused = CliRunner().invoke(app, [*base, "--psg-audio", str(tmp_path / "empty")])
+    assert refused.exit_code == 2 and "cannot reproduce" in refused.output and "subjects" in refused.output
+    assert "not expected" not in refused.output
+    unknown = CliRunner().invoke(app, [*base[:-2], "--psg-audio", str(psg_audio), "--backbone", "./no-such-model"])
+    assert unknown.exit_code == 2 and "no model folder" in unknown.output
+    with hold_root(str(root), "someone-else", "score"):
+        busy = CliRunner().invoke(app, [*base, "--psg-audio", str(tmp_path / "empty")])
+    assert busy.exit_code == 2 and "not started" in busy.output and "someone-else" in busy.output
+    assert sorted(read_manifest(str(root))["recording_id"]) == before
