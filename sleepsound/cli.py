@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from sleepsound.core.json_text import figures_json
 from sleepsound.core.text import plain, printable, without_credentials
 
 if TYPE_CHECKING:
@@ -655,7 +656,7 @@ def cv(
     except (ValueError, OSError) as exc:
         raise _refused("cannot cross-validate", exc) from exc
     if as_json:
-        print(json.dumps(result, default=float))
+        print(figures_json(result))
         return
     table = Table(
         "task",
@@ -722,7 +723,7 @@ def reproduce_embc2025_command(
     except (ValueError, OSError, RootLost) as exc:
         raise _refused("cannot reproduce", exc) from exc
     if as_json:
-        print(json.dumps(result, default=float))
+        print(figures_json(result))
         return
     table = Table(
         "model",

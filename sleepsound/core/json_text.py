@@ -21,3 +21,10 @@ def undefined_as_null(value: Any) -> Any:
 def json_text(obj: Any, **dumps: Any) -> str:
     """``obj`` as strict JSON; values json cannot name (dates, paths) as their text."""
     return json.dumps(undefined_as_null(obj), allow_nan=False, default=str, **dumps)
+
+
+def figures_json(obj: Any, **dumps: Any) -> str:
+    """``obj`` as strict JSON where its numbers may be numpy's (metrics tables): each becomes a plain number,
+    an undefined one (NaN, a class never predicted) null. ``json.dumps(default=float)`` wrote bare ``NaN``,
+    which ``jq`` and ``JSON.parse`` refuse."""
+    return json_text(json.loads(json.dumps(obj, default=float)), **dumps)

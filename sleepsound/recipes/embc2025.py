@@ -20,6 +20,7 @@ kappa and macro-F1, written to ``<root>/reproduce/embc2025.json``.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,7 @@ import pandas as pd
 
 from sleepsound import __version__
 from sleepsound.core.config import Config
+from sleepsound.core.json_text import figures_json
 from sleepsound.core.storage import RootLike, join, open_root, write_json
 from sleepsound.embed.cohort import embed_cohort
 from sleepsound.ingest.manifest import build_manifest, labelled_manifest, write_manifest
@@ -127,7 +129,7 @@ def reproduce_embc2025(
         "models": results,
     }
     fs, root_path = open_root(root)
-    write_json(fs, join(root_path, "reproduce", "embc2025.json"), out)
+    write_json(fs, join(root_path, "reproduce", "embc2025.json"), json.loads(figures_json(out)))  # NaN as null
     return out
 
 

@@ -545,7 +545,7 @@ def test_kfold_cross_validation_tests_every_labelled_subject_once(nights, embedd
         ],
     )
     assert out.exit_code == 0, out.output
-    result = json.loads(out.output.strip().splitlines()[-1])
+    result = json.loads(out.output.strip().splitlines()[-1], parse_constant=_no_constants)  # strict: no NaN
     labelled = sorted(r["subject_id"] for r in nights if r["label_source"] != "none")
     assert sorted(sum(result["fold_subjects"], [])) == labelled
     stage3 = result["tasks"]["stage3"]
@@ -619,3 +619,8 @@ def test_whether_nights_can_train_is_known_before_embedding_and_asking_writes_no
     drawn = evaluation_subjects(str(root), cfg, pd.DataFrame({"subject_id": ["s1", "s2", "s3", "s4"]}))
     with pytest.raises(CannotTrain, match="add their nights to the source, or delete that file"):
         check_trainable(str(root), pd.DataFrame({"subject_id": sorted({"s1", "s2", "s3", "s4"} - set(drawn))}))
+
+
+def _no_constants(name: str) -> None:
+    """``json.loads``' hook for NaN and Infinity, which jq and JSON.parse refuse."""
+    raise ValueError(f"not JSON: {name}")
