@@ -604,10 +604,28 @@ def demo(
     ray_address: RayOpt = None,
 ) -> None:
     """Generate a small synthetic cohort and run the full workflow on it."""
-    from sleepsound.recipes.demo import DEMO_OVERRIDES, ensure_demo_cohort
+    from sleepsound.core.storage import free_bytes_at
+    from sleepsound.recipes.demo import DEMO_CYCLE_MINUTES, DEMO_OVERRIDES, DEMO_SAMPLE_RATE, ensure_demo_cohort
+    from sleepsound.runs.preflight import check_root_writable
+    from sleepsound.synth.writers import check_cohort_args
 
     cfg = _load_config(config, overrides, extra=DEMO_OVERRIDES)  # refused before the cohort is generated
-    source = ensure_demo_cohort(Path(".sleepsound-demo-source"), subjects, hours, seed, console)
+    source = Path(".sleepsound-demo-source")
+    # Before the old cohort is removed or a new one generated: a bad size removed the last demo's nights and
+    # ended "not expected", an unwritable --root was found only after the generation, and any size was started.
+    try:
+        check_cohort_args(subjects, hours, DEMO_SAMPLE_RATE, "psg-audio", DEMO_CYCLE_MINUTES, seed)
+        check_root_writable(root)
+        size = subjects * hours * 3600 * DEMO_SAMPLE_RATE * 2 * 2  # two 16-bit microphones
+        existing, free = free_bytes_at(source.resolve())
+        if size > free:
+            raise ValueError(
+                f"{subjects} night(s) of {hours:g} h need about {size / 1e9:.1f} GB; {existing} has "
+                f"{free / 1e9:.1f} GB free (use fewer --subjects or --hours)"
+            )
+    except ValueError as exc:
+        raise _refused("not started", exc) from None
+    source = ensure_demo_cohort(source, subjects, hours, seed, console)
     result = _run_flow(str(source), root, cfg.model_dump(), ray_address, "demo")
     _print_results(result)
 

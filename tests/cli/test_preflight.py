@@ -228,3 +228,27 @@ def test_a_run_that_trains_refuses_a_damaged_store_before_any_work(command, dama
     out = CliRunner().invoke(app, args)
     assert expected in out.stderr
     assert sorted(p.name for p in (root / "models" / "stage3").iterdir() if p.is_dir()) == ["r1-aaaa"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--hours", "nan"], "positive, finite number of hours"),
+        (["--subjects", "0"], "at least one subject"),
+        (["--seed", "-1"], "seed must be a whole number >= 0"),
+        (["--hours", "1e6"], "GB free"),
+        (["--root", "A_FILE"], "is a file, not a folder"),
+    ],
+)
+def test_demo_refuses_a_bad_size_or_root_before_it_touches_the_last_demos_nights(args, needle, tmp_path, monkeypatch):
+    """The demo removed its last cohort, then ended "not expected" on a bad --hours or --subjects; a --root
+    that is a file was found only after the nights were generated; any size was started (audit of 2026-12-08)."""
+    monkeypatch.chdir(tmp_path)
+    last = tmp_path / ".sleepsound-demo-source"
+    last.mkdir()
+    (last / "demo-params.json").write_text("{}")
+    (tmp_path / "A_FILE").write_text("x")
+    result = CliRunner().invoke(app, ["demo", *[str(tmp_path / a) if a == "A_FILE" else a for a in args]])
+    assert result.exit_code == 2 and needle in " ".join(result.output.split()), result.output
+    assert "not expected" not in result.output
+    assert (last / "demo-params.json").read_text() == "{}" and not (tmp_path / "sleepsound-demo").exists()
