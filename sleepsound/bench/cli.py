@@ -22,6 +22,7 @@ from rich.table import Table
 from sleepsound.core.text import printable
 
 console = Console()
+err_console = Console(stderr=True)  # refusals: stdout holds the table or the one JSON object
 RayOpt = Annotated[
     Optional[str], typer.Option("--ray-address", help="Existing Ray cluster (default: start a local one).")
 ]
@@ -46,7 +47,7 @@ def _run_bench(as_json: bool, intro: str, run: Callable[[], dict[str, Any]]) -> 
             console.print(intro)
         result = run()
     except BenchError as exc:
-        console.print(f"[red]benchmark failed:[/red] {escape(printable(exc))}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]benchmark failed:[/red] {escape(printable(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
     if as_json:
         print(json.dumps(result))

@@ -328,7 +328,7 @@ def test_bench_monitor_refuses_nights_no_disk_or_memory_holds(tmp_path: Path) ->
     """Every bed's night is generated, then held decoded: 20 nights of 1.9 years were started regardless."""
     args = ["bench", "monitor", "--root", str(tmp_path), "--beds", "20", "--minutes", "1000000"]
     out = CliRunner().invoke(app, [*args, "--workdir", str(tmp_path / "w")])
-    assert out.exit_code == 2 and "--beds 20 --minutes 1e+06 needs about" in out.stdout, out.stdout
+    assert out.exit_code == 2 and "--beds 20 --minutes 1e+06 needs about" in out.stderr, out.output
     assert not (tmp_path / "w").exists()
 
 
@@ -342,9 +342,9 @@ def test_bench_monitor_refuses_a_root_without_champions_before_generating(tmp_pa
         (root / "models" / "stage3" / "champion.json").write_text(json.dumps({"version": champion}))
     args = ["bench", "monitor", "--root", str(root), "--beds", "1", "--minutes", "0.5", "--no-ramp"]
     out = CliRunner().invoke(app, [*args, "--workdir", str(tmp_path / "w")])
-    assert out.exit_code == 2, out.stdout
-    assert "benchmark failed: nothing for the monitor server to serve: no" in out.stdout
-    assert ("no stage3 champion" if champion is None else f"stage3/{champion}") in out.stdout
+    assert out.exit_code == 2, out.output
+    assert "benchmark failed: nothing for the monitor server to serve: no" in out.stderr
+    assert ("no stage3 champion" if champion is None else f"stage3/{champion}") in out.stderr
     assert not (tmp_path / "w").exists()
 
 
@@ -373,5 +373,6 @@ def test_bench_refuses_bad_or_unbounded_sizes_before_generating(tmp_path: Path, 
     """These were exit 1 ('not expected'), or started generating terabytes with no bound (ingest --hours
     100000, clips --clips 10^9); now exit 2 with one line, and nothing is generated."""
     out = CliRunner().invoke(app, ["bench", *args, "--workdir", str(tmp_path / "w")])
-    assert out.exit_code == 2 and "benchmark failed" in out.stdout, out.stdout
+    assert out.exit_code == 2 and "benchmark failed" in out.stderr, out.output
+    assert "benchmark failed" not in out.stdout  # refusals on stderr: stdout is the table or one JSON object
     assert not (tmp_path / "w").exists()
