@@ -257,7 +257,8 @@ def validate(
             soft_wrap=True,
         )
         raise typer.Exit(2)
-    if os.path.isfile(source.removeprefix("file://")) or "@" in source:
+    remote = "://" in source and not source.startswith("file://")  # unreachable storage: one line, exit 2
+    if remote or os.path.isfile(source.removeprefix("file://")) or "@" in source:
         try:  # the flow commands' words for it (runs.preflight): a file, credentials in a URL
             check_source(source)
         except NotStartable as exc:
@@ -669,6 +670,7 @@ def cv(
     from sleepsound.ingest.manifest import read_manifest
     from sleepsound.train.cross_validation import cross_validate
 
+    _check_models_root(root)  # missing, a file, or unreachable storage: one line, exit 2
     try:
         result = cross_validate(root, cfg, read_manifest(root), folds)
     except (ValueError, OSError) as exc:
