@@ -231,10 +231,13 @@ def bench_score(
 ) -> None:
     """Score a cohort of short synthetic nights with the score flow: per-stage times, scaling, peak memory."""
     from sleepsound.bench.embed import parse_workers
-    from sleepsound.bench.score import run_score_bench
+    from sleepsound.bench.score import check_score_options, run_score_bench
     from sleepsound.runs.prefect_api import local_prefect_api
 
     def run() -> dict[str, Any]:
+        check_score_options(
+            nights, minutes, train_nights, batch_size, 16_000, workdir, object_store_mb
+        )  # before the API
         with local_prefect_api(Path(".prefect").resolve()):
             return run_score_bench(
                 nights=nights,

@@ -34,6 +34,7 @@ score`` starts one), so no child pays for starting a server of its own.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -351,6 +352,32 @@ def _fresh_root(models_from: Path, out: Path) -> Path:
     return out
 
 
+def check_score_options(
+    nights: int,
+    minutes: float,
+    train_nights: int,
+    batch_size: int,
+    sample_rate: int,
+    workdir: Path | None,
+    object_store_mb: int | None,
+) -> None:
+    """BenchError naming the option, before a Prefect API is started or a night generated: NaN minutes failed
+    as an unexpected error after the API, a million nights started writing petabytes, and a bad batch size
+    or object store was found by the child runs after the cohort was generated."""
+    from sleepsound.bench.ingest import check_room
+
+    if nights < 2 or train_nights < 2 or train_nights > nights:
+        raise BenchError(f"need 2 <= --train-nights <= --nights; got {train_nights} and {nights}")
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise BenchError(f"--minutes must be a positive, finite number, got {minutes:g}")
+    if batch_size < 1:
+        raise BenchError(f"--batch-size must be at least 1, got {batch_size}")
+    if object_store_mb is not None and object_store_mb < 1:
+        raise BenchError(f"--object-store-mb must be at least 1, got {object_store_mb}")
+    size = nights * minutes * 60 * sample_rate * 2 * 2  # two 16-bit microphones per night
+    check_room(workdir, size, f"--nights {nights} --minutes {minutes:g}")
+
+
 def run_score_bench(
     nights: int = 100,
     minutes: float = 6.0,
@@ -371,8 +398,7 @@ def run_score_bench(
     Needs ``PREFECT_API_URL`` (``sleepsound bench score`` starts a local API): every child shares it."""
     from sleepsound.core.config import BackboneConfig
 
-    if nights < 2 or train_nights < 2 or train_nights > nights:
-        raise BenchError(f"need 2 <= --train-nights <= --nights; got {train_nights} and {nights}")
+    check_score_options(nights, minutes, train_nights, batch_size, sample_rate, workdir, object_store_mb)
     if not os.environ.get("PREFECT_API_URL"):
         raise BenchError("set PREFECT_API_URL (sleepsound bench score starts a local Prefect API for its runs)")
     workers = workers or [1, 2]

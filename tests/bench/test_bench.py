@@ -367,6 +367,9 @@ def test_run_monitor_bench_checks_the_champions_before_generating(tmp_path: Path
         ["monitor", "--root", "r", "--beds", "0"],
         ["monitor", "--root", "r", "--minutes", "nan"],
         ["monitor", "--root", "r", "--chunk-seconds", "0"],
+        ["score", "--minutes", "nan"],  # these three: before its Prefect API starts, too
+        ["score", "--nights", "1000000", "--minutes", "600"],  # about 2.3 PB of nights
+        ["score", "--batch-size", "0"],
     ],
 )
 def test_bench_refuses_bad_or_unbounded_sizes_before_generating(tmp_path: Path, args: list[str]) -> None:
