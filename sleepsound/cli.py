@@ -633,7 +633,7 @@ def demo(
 
 @app.command()
 def ui(
-    port: Annotated[int, typer.Option(help="Port of the Prefect UI on 127.0.0.1.")] = 4200,
+    port: Annotated[int, typer.Option(help="Port of the Prefect UI on 127.0.0.1.", min=1, max=65535)] = 4200,
 ) -> None:
     """Browse the flow and task runs of local runs in Prefect's UI (state kept in ./.prefect)."""
     import os
@@ -642,10 +642,9 @@ def ui(
     from sleepsound.runs.prefect_api import OFFLINE_ENV
 
     home = Path(".prefect").resolve()
-    if not home.exists():
-        console.print(
-            "[red]no local Prefect state in ./.prefect:[/red] run `sleepsound run` or `sleepsound demo` first"
-        )
+    if not home.is_dir():  # a file there was a database traceback
+        what = "is not a folder" if home.exists() else "holds no local Prefect state"
+        err_console.print(f"[red]./.prefect {what}:[/red] run `sleepsound run` or `sleepsound demo` first")
         raise typer.Exit(2)
     console.print(f"Prefect UI at http://127.0.0.1:{port} (Ctrl-C to stop)")
     env = {**os.environ, **OFFLINE_ENV, "PREFECT_HOME": str(home)}

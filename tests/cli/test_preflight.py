@@ -263,3 +263,19 @@ def test_unreachable_object_storage_is_one_line_not_an_unexpected_error(command,
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 2 and "s3://nobucket/x" in result.stderr, result.output
     assert "not expected" not in result.output and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("port", ["-1", "0", "99999"])
+def test_ui_refuses_a_port_that_is_none_before_it_starts_anything(port, tmp_path, monkeypatch) -> None:
+    """-1 and 99999 ended in Prefect's or uvicorn's traceback, 0 served on a random port printed as ':0'."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".prefect").mkdir()
+    result = CliRunner().invoke(app, ["ui", "--port", port])
+    assert result.exit_code == 2 and "--port" in result.output and "Prefect UI at" not in result.output
+
+
+def test_ui_without_a_prefect_folder_is_one_line(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".prefect").write_text("x")  # a file where the state should be: a database traceback before
+    result = CliRunner().invoke(app, ["ui"])
+    assert result.exit_code == 2 and "./.prefect is not a folder" in result.stderr, result.output
