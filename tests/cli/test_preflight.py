@@ -258,9 +258,17 @@ def test_demo_refuses_a_bad_size_or_root_before_it_touches_the_last_demos_nights
 def test_unreachable_object_storage_is_one_line_not_an_unexpected_error(command, monkeypatch) -> None:
     """botocore's errors are no OSErrors: `validate` and `cv` on storage that answers nothing ended with
     exit 1 and "This was not expected" (audit of 2026-12-08). A closed port on loopback: nothing answers."""
+    import s3fs
+
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    result = CliRunner().invoke(app, command)
+    # s3fs keeps one filesystem per set of arguments, whatever the endpoint in the environment: a cached one
+    # would miss this endpoint, and the one made here would send later tests' requests to the closed port.
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        result = CliRunner().invoke(app, command)
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
     assert result.exit_code == 2 and "s3://nobucket/x" in result.stderr, result.output
     assert "not expected" not in result.output and len(result.stderr.strip().splitlines()) == 1
 
